@@ -1,0 +1,66 @@
+"""The Dask cluster a run computes on.
+
+By default a ``distributed.LocalCluster`` of worker processes sized to the machine: one
+single-threaded worker per available core (GDAL and the LAZ decoder are not thread-safe
+in every build, and processes sidestep the GIL for numpy-light code), each allowed an
+equal share of 80% of physical memory. The config's ``dask`` section overrides each
+figure; ``--scheduler tcp://HOST:PORT`` connects to an existing cluster instead, which is
+how a run outgrows one machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+import psutil
+
+from pipeline.config import DaskSettings
+from pipeline.errors import ConfigError
+
+#: share of physical memory the default local cluster may use
+MEMORY_SHARE = 0.8
+
+
+def local_cluster_size(settings: DaskSettings) -> tuple[int, int, int | str]:
+    """(workers, threads per worker, memory limit per worker) for this machine."""
+    cores = len(os.sched_getaffinity(0))
+    n_workers = settings.n_workers or cores
+    threads = settings.threads_per_worker or max(1, cores // n_workers)
+    memory: int | str = settings.memory_limit or int(
+        psutil.virtual_memory().total * MEMORY_SHARE / n_workers
+    )
+    return n_workers, threads, memory
+
+
+@contextlib.contextmanager
+def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iterator[object]:
+    """A ``distributed.Client`` on a new local cluster, or on ``scheduler`` if given."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="15s")
+        except OSError as err:
+            raise ConfigError(
+                f"--scheduler {scheduler}: cannot connect to a Dask scheduler there ({err}); "
+                "start one with `dask scheduler` or omit --scheduler for a local cluster"
+            ) from None
+        with client:
+            yield client
+        return
+    n_workers, threads, memory = local_cluster_size(settings)
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads,
+            memory_limit=memory,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

@@ -1,0 +1,386 @@
+"""Run configuration: one frozen pydantic model tree, loaded from YAML.
+
+A region's pinned config lives at ``configs/regions/<region>.yaml``. Relative paths in a
+config are resolved against the directory the pipeline is run from (the repository
+root when run through ``make``), so that a config and its hash are the same on every
+machine. Every section forbids unknown keys and is frozen once loaded; stages receive
+only their own section (see :mod:`pipeline.stages`), never the whole tree.
+
+The config hash is the sha256 of the canonical JSON form (sorted keys, no whitespace)
+of the resolved config, leaving out ``output_dir``: where a run is written does not
+change its numbers, so a reproduction into a fresh folder has the same hash.
+
+Run ``forest-carbon run --region nanping`` to load ``configs/regions/nanping.yaml``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+CONFIG_DIR = Path("configs")
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Epoch(Section):
+    """A named observation epoch and the date window of its satellite season."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
+    start: dt.date
+    end: dt.date
+    #: the nominal date of the stock estimate (used for annual rates); mid-window by default
+    reference_date: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> Epoch:
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) is before start ({self.start})")
+        if self.reference_date is not None and not self.start <= self.reference_date <= self.end:
+            raise ValueError("reference_date must lie between start and end")
+        return self
+
+    @property
+    def reference(self) -> dt.date:
+        """The date the epoch's stock refers to."""
+        if self.reference_date is not None:
+            return self.reference_date
+        return self.start + (self.end - self.start) / 2
+
+
+class CatalogSource(Section):
+    """Where satellite scenes are searched (endpoints and profiles: ``data_catalog/``)."""
+
+    kind: Literal["local", "earth-search", "planetary-computer", "stac-api"] = "local"
+    #: the local catalog file (kind ``local``) or the API root URL (kind ``stac-api``)
+    location: str | None = None
+    collections: tuple[str, ...] = ("sentinel-2-l2a", "landsat-c2-l2")
+    #: the DEM collection terrain is derived from (``None``: no terrain layers)
+    dem_collection: str | None = "cop-dem-glo-30"
+    #: provider profile of the items (asset keys, scale/offset conventions) for kind
+    #: ``stac-api``/``local``; ``None`` = the catalog's default in data_catalog/catalogs.yaml
+    provider: str | None = None
+
+
+class Sources(Section):
+    """Input data of a region: catalogs, point clouds, field plots, parcels."""
+
+    catalog: CatalogSource = CatalogSource()
+    #: glob of LAS/LAZ tiles, relative to the run directory
+    lidar_tiles: str | None = None
+    #: CRS to assume for tiles whose header has none (otherwise such a tile is an error)
+    lidar_crs: str | None = None
+    trees: Path | None = None
+    plot_locations: Path | None = None
+    parcels: Path | None = None
+    project_area: Path | None = None
+
+
+class SimulateParams(Section):
+    """Parameters of the demo-region simulator (``forest-carbon simulate``).
+
+    The simulated AOI is a square of ``size_km`` centred on (``center_lon``, ``center_lat``)
+    in the region CRS; the simulator writes it to ``<out>/aoi.geojson``. The science
+    coefficients live in ``pipeline/simulate/data/simulation.yaml``.
+    """
+
+    size_km: float = Field(default=10.0, gt=0)
+    #: centre of the AOI, WGS84 degrees (Nanping, Fujian by default)
+    center_lon: float = Field(default=118.1, ge=-180, le=180)
+    center_lat: float = Field(default=26.6, ge=-80, le=84)
+    #: side of the LiDAR block in km (covers part of the AOI)
+    lidar_km: float = Field(default=2.0, gt=0)
+    #: side of the optional second-epoch LiDAR block in km (0 = none), inside the first
+    lidar2_km: float = Field(default=0.0, ge=0)
+    n_plots: int = Field(default=80, ge=1)
+    #: Sentinel-2 and Landsat scenes per epoch
+    n_s2_scenes: int = Field(default=6, ge=1)
+    n_landsat_scenes: int = Field(default=3, ge=0)
+
+
+class AcquireParams(Section):
+    """Scene search per epoch (``forest-carbon search``; stage ``acquire``)."""
+
+    #: largest scene cloud cover kept, percent (``eo:cloud_cover``)
+    max_cloud_cover: float = Field(default=80.0, ge=0, le=100)
+    #: most items kept per collection and epoch (least cloudy first)
+    max_items: int = Field(default=200, ge=1)
+    #: items per page requested from a STAC API
+    page_size: int = Field(default=100, ge=1, le=10000)
+
+
+class CompositeParams(Section):
+    """Seasonal composites and terrain (``forest-carbon composite``; stage ``composite``)."""
+
+    #: cloud and shadow masks are grown by this many model-grid pixels
+    cloud_dilation_px: int = Field(default=2, ge=0)
+    method: Literal["median"] = "median"
+    #: adjust Landsat OLI reflectance to Sentinel-2 MSI (HLS v2.0 bandpass coefficients)
+    harmonise_landsat: bool = True
+    #: which Sentinel-2 unit's MSI the Landsat bands are adjusted to
+    harmonise_to: Literal["sentinel-2a", "sentinel-2b"] = "sentinel-2a"
+    #: resampling of reflectance bands onto the model grid (masks always use nearest)
+    resampling: Literal["nearest", "bilinear", "average", "cubic"] = "bilinear"
+    #: what a failed dark-object check (suspected wrong BOA offset flag) does
+    dark_object_check: Literal["warn", "error", "off"] = "warn"
+
+
+class LidarParams(Section):
+    """LiDAR stage settings (see :mod:`pipeline.lidar` for the methods and their sources)."""
+
+    #: CHM and DTM cell size in metres
+    resolution_m: float = Field(default=1.0, gt=0)
+    #: buffer around each processing chunk in metres (removes seams)
+    buffer_m: float = Field(default=20.0, ge=0)
+    #: side of the square processing chunks in metres (rounded up to a whole multiple of
+    #: the LiDAR and model-grid resolutions); 1000 m matches the usual 1 km tiles
+    chunk_size_m: float = Field(default=1000.0, gt=0)
+    chm_algorithm: Literal["p2r", "pitfree"] = "p2r"
+    #: pit-free CHM (Khosravipour et al. 2014): height thresholds of the TIN layers and max
+    #: triangle edge of the lowest / other layers (lidR's ``pitfree()`` defaults)
+    pitfree_thresholds_m: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 15.0)
+    pitfree_max_edge_m: tuple[float, float] = (0.0, 1.0)
+    #: negative normalised heights down to this value are clamped to 0 and counted
+    negative_tolerance_m: float = Field(default=0.5, ge=0)
+    #: ground returns are thinned to the lowest per cell of this side before the TIN
+    #: (None: half the DTM resolution)
+    dtm_thin_m: float | None = Field(default=None, ge=0)
+    #: IDW extrapolation radius outside the ground TIN (lidR ``knnidw(rmax = 50)``)
+    idw_rmax_m: float = Field(default=50.0, gt=0)
+    #: already height-normalised input: detect from ground returns at 0 m, or force
+    normalised_input: Literal["detect", "yes", "no"] = "detect"
+    #: statistical outlier filter for unclassified clouds (PDAL ``filters.outlier``
+    #: defaults: mean_k 8, multiplier 2)
+    outlier_k: int = Field(default=8, ge=1)
+    outlier_multiplier: float = Field(default=2.0, gt=0)
+    #: cloth simulation filter for clouds without ground class (Zhang et al. 2016,
+    #: doi:10.3390/rs8060501): a soft cloth (rigidness 1) with slope smoothing is the
+    #: authors' setting for steep terrain; resolution near the ground-point spacing
+    csf_cloth_resolution_m: float = Field(default=0.5, gt=0)
+    csf_rigidness: Literal[1, 2, 3] = 1
+    csf_class_threshold_m: float = Field(default=0.5, gt=0)
+    csf_time_step: float = Field(default=0.65, gt=0)
+    csf_iterations: int = Field(default=500, ge=1)
+    csf_slope_smooth: bool = True
+    #: area-based metrics: height statistics use first returns with at least this height
+    #: (0: all first returns, lidR's ``stdmetrics_z`` on first returns)
+    metrics_min_height_m: float = Field(default=0.0, ge=0)
+    #: canopy-cover threshold of ``cover_2m`` (share of first returns above it)
+    cover_threshold_m: float = Field(default=2.0, ge=0)
+    #: points decoded per read (bounds the memory of one decode step)
+    points_per_read: int = Field(default=1_000_000, ge=10_000)
+
+
+class PlotsParams(Section):
+    #: allometric equation name, or ``species`` for the registry's default per species
+    equation: str = "species"
+    #: environmental stress index E for Chave et al. 2014 eq. 7
+    chave_e: float | None = None
+    mc_draws: int = Field(default=1000, ge=10)
+    #: H-D model form; ``best`` = lowest RSE (BIOMASS modelHD comparison), ``loglog`` = log1
+    hd_model: Literal["best", "loglog", "log2", "michaelis", "weibull"] = "best"
+    dbh_error: Literal["chave2004", "none"] = "chave2004"
+    #: seed of the Monte Carlo propagation (the lead passes the config seed)
+    seed: int = Field(default=0, ge=0)
+
+
+class ModelParams(Section):
+    candidates: tuple[Literal["powerlaw", "random_forest", "gradient_boosting"], ...] = (
+        "powerlaw",
+        "random_forest",
+        "gradient_boosting",
+    )
+    #: side of the square spatial blocks of the cross-validation, metres
+    cv_block_m: float = Field(default=1000.0, gt=0)
+    cv_folds: int = Field(default=5, ge=2)
+    n_bootstrap: int = Field(default=30, ge=2)
+    interval: float = Field(default=0.9, gt=0, lt=1)
+
+
+class PredictParams(Section):
+    #: relative error below which a pixel's quality flag is good (GEDI L4B spirit)
+    good_relative_error: float = Field(default=0.2, gt=0)
+
+
+class SinkParams(Section):
+    """Stock-change sink and its aggregation to parcels (stages ``sink`` and ``parcels``).
+
+    ``epoch_error_correlation`` is the correlation rho of the two epochs' per-pixel carbon
+    errors in Var(C2 - C1) = s1^2 + s2^2 - 2 rho s1 s2. Both epochs are mapped by the same
+    model from the same kind of predictors, so their errors are positively correlated
+    (0 <= rho <= 1); for rho in [0, 1] the sink SD is largest at rho = 0. Until a
+    correlation is estimated (e.g. from residuals of plots re-measured at both epochs)
+    the default 0 gives the conservative (largest) sink SD, which is what an
+    uncertainty deduction should see. See :mod:`pipeline.sink`.
+    """
+
+    #: correlation of the two epochs' errors used in the sink SD (0 = independent)
+    epoch_error_correlation: float = Field(default=0.0, ge=-1, le=1)
+    #: the two epochs compared (start, end); default: the first and the last epoch
+    epochs: tuple[str, str] | None = None
+    #: pixels whose quality flag is below this value in either epoch are masked
+    min_quality: int = Field(default=1, ge=0)
+    #: how pixel errors add up inside a parcel: ``correlated`` (sum of SDs, upper bound,
+    #: default: one model's errors are spatially correlated) or ``independent`` (root sum
+    #: of squares, lower bound; reported alongside in any case)
+    parcel_error_aggregation: Literal["correlated", "independent"] = "correlated"
+    #: central coverage of the intervals reported per parcel
+    interval: float = Field(default=0.9, gt=0, lt=1)
+
+
+class CreditsParams(Section):
+    """Credit calculation (stage ``credits``); the rules sit in the methodology file."""
+
+    methodology: Path = Path("configs/methodology/ccer.yaml")
+    #: overrides the methodology's default leakage fraction (share of net removals)
+    leakage_fraction: float | None = Field(default=None, ge=0, le=1)
+    #: overrides the methodology's default non-permanence buffer (e.g. the project's own
+    #: VCS AFOLU Non-Permanence Risk Tool result)
+    buffer_fraction: float | None = Field(default=None, ge=0, le=1)
+
+
+class ReportParams(Section):
+    """The HTML report (stage ``report``)."""
+
+    title: str | None = None
+    #: composite bands shown as the RGB quicklook
+    rgb_bands: tuple[str, str, str] = ("red", "green", "blue")
+    #: percentiles of the reflectance stretch of the RGB quicklook
+    rgb_stretch_percentiles: tuple[float, float] = (2.0, 98.0)
+
+
+class StageParams(Section):
+    acquire: AcquireParams = AcquireParams()
+    composite: CompositeParams = CompositeParams()
+    lidar: LidarParams = LidarParams()
+    plots: PlotsParams = PlotsParams()
+    model: ModelParams = ModelParams()
+    predict: PredictParams = PredictParams()
+    sink: SinkParams = SinkParams()
+    credits: CreditsParams = CreditsParams()
+    report: ReportParams = ReportParams()
+
+
+class DaskSettings(Section):
+    """Sizing of the default ``distributed.LocalCluster`` (``None`` = sized to the machine)."""
+
+    n_workers: int | None = Field(default=None, ge=1)
+    threads_per_worker: int | None = Field(default=None, ge=1)
+    #: per-worker memory limit, e.g. ``"4GiB"``
+    memory_limit: str | None = None
+    #: raster chunk side in pixels
+    chunk_px: int = Field(default=1024, ge=64)
+
+
+class Config(Section):
+    """A region's resolved run configuration."""
+
+    region: str = Field(min_length=1, pattern=r"^[a-z0-9_\-]+$")
+    #: inputs are simulated (the demo region); stated in the manifest and the report
+    simulated: bool = False
+    aoi: Path
+    crs: str = Field(pattern=r"^EPSG:\d+$")
+    resolution_m: float = Field(gt=0)
+    epochs: tuple[Epoch, ...] = Field(min_length=1)
+    data_dir: Path
+    output_dir: Path
+    seed: int = Field(ge=0)
+    sources: Sources = Sources()
+    simulate: SimulateParams = SimulateParams()
+    stages: StageParams = StageParams()
+    dask: DaskSettings = DaskSettings()
+
+    @model_validator(mode="after")
+    def _epochs(self) -> Config:
+        names = [e.name for e in self.epochs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"epoch names must be unique, got {names}")
+        if any(b.start <= a.start for a, b in zip(self.epochs, self.epochs[1:], strict=False)):
+            raise ValueError("epochs must be in chronological order of their start dates")
+        return self
+
+    def canonical_json(self) -> str:
+        """The canonical form the hash is taken over (sorted keys, no ``output_dir``)."""
+        data = self.model_dump(mode="json", exclude={"output_dir"})
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def region_config_path(region: str) -> Path:
+    """The pinned config file of a region."""
+    return CONFIG_DIR / "regions" / f"{region}.yaml"
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _format_validation(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        # model validators report at the level of the object they check
+        loc = tuple(p for p in e["loc"] if p not in ("function-after",))
+        msg = e["msg"].removeprefix("Value error, ")
+        allowed = ""
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        if e["type"] == "literal_error" and "expected" in (e.get("ctx") or {}):
+            allowed = f" (allowed: {e['ctx']['expected']})"
+        lines.append(f"{source}: {_key_path(loc)}: {msg}{allowed}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, *, source: str, overrides: dict[str, Any] | None = None) -> Config:
+    """Validate a mapping as a :class:`Config`; errors name ``source`` and the key path."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: (top level): expected a mapping of keys, got {type(data).__name__}"
+        )
+    if overrides:
+        data = {**data, **overrides}
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(source, err)) from None
+
+
+def load_config(path: Path, *, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a YAML config file.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or not YAML, or a value is invalid; the message names the
+        file, the key path (e.g. ``epochs[1].end``) and what is allowed.
+    """
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: config file not found "
+            "(a region's config lives at configs/regions/<region>.yaml)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data, source=str(path), overrides=overrides)

@@ -1,0 +1,28 @@
+"""The project's exception hierarchy.
+
+One base error with a subclass per kind of problem. The CLI turns every
+:class:`ForestCarbonError` into one clear line on stderr and exit code 2; anything
+else is an internal error (exit 1).
+"""
+
+from __future__ import annotations
+
+
+class ForestCarbonError(Exception):
+    """Base of every error the user can fix by changing an input, a file or a setting."""
+
+
+class ConfigError(ForestCarbonError):
+    """A configuration file is missing, malformed or has a value out of its allowed range."""
+
+
+class InputDataError(ForestCarbonError):
+    """An input file (raster, point cloud, table, vector) is missing, corrupt or inconsistent."""
+
+
+class CatalogError(ForestCarbonError):
+    """A STAC search failed or found nothing usable."""
+
+
+class ScienceDomainError(ForestCarbonError):
+    """Inputs fall outside the domain in which a method or equation is valid."""

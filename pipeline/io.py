@@ -1,0 +1,348 @@
+"""Reading and writing stage inputs and outputs, atomically, with content checksums.
+
+Only the runner and the stand-alone commands call this module: stages take and return
+in-memory objects. Every file is first written under a temporary name in its final
+folder (``.<name>.tmp-<pid>``) and renamed into place with :func:`os.replace`, which is
+atomic on POSIX filesystems: a run killed at any point leaves either the previous file or
+no file under the final name, never a partial one.
+
+Rasters are computed block by block: each Dask block is computed on the cluster and
+written by this process into a tiled GeoTIFF, which GDAL then converts to a Cloud
+Optimized GeoTIFF (``driver="COG"``). Memory therefore stays at a few blocks whatever
+the raster size, and the same code works with a remote cluster that shares no disk.
+
+Content checksums (:func:`content_checksum`) are what ``reproduce`` compares: for a raster
+a hash of its pixels, dtype, nodata, CRS and transform; for a table a hash of its rows
+(and geometries as WKB); for JSON its canonical form; otherwise the bytes. File metadata
+such as GeoPackage timestamps therefore does not count as a difference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import rioxarray
+import xarray as xr
+
+from pipeline.errors import InputDataError
+
+RASTER_SUFFIXES = {".tif", ".tiff"}
+VECTOR_SUFFIXES = {".gpkg", ".geojson"}
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def tmp_path_for(path: Path) -> Path:
+    """The temporary sibling a file is written to before being renamed into place."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path; rename it to ``path`` when the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_stale_temporaries(root: Path) -> int:
+    """Delete temporaries left by killed runs under ``root``; returns how many."""
+    n = 0
+    if root.is_dir():
+        for p in root.rglob(".*.tmp-*"):
+            if p.is_file():
+                p.unlink()
+                n += 1
+    return n
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_checksum(spec: Path | tuple[Path, ...]) -> str:
+    """sha256 of an input file, of every file under a directory, or of a tuple of paths."""
+    paths = spec if isinstance(spec, tuple) else (spec,)
+    h = hashlib.sha256()
+    for p in paths:
+        if p.is_dir():
+            files = sorted(q for q in p.rglob("*") if q.is_file())
+        elif p.is_file():
+            files = [p]
+        else:
+            raise InputDataError(f"{p}: input not found")
+        for q in files:
+            h.update(str(q.relative_to(p) if p.is_dir() else q.name).encode())
+            h.update(file_sha256(q).encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_input(spec: Path | tuple[Path, ...], *, chunk_px: int) -> Any:
+    """Load an input the way :mod:`pipeline.stage` documents (by suffix)."""
+    if isinstance(spec, tuple) or spec.is_dir():
+        return spec
+    suffix = spec.suffix.lower()
+    if not spec.exists():
+        raise InputDataError(f"{spec}: input not found")
+    if suffix in RASTER_SUFFIXES:
+        return open_raster(spec, chunk_px=chunk_px)
+    if suffix in VECTOR_SUFFIXES:
+        import geopandas as gpd
+
+        return gpd.read_file(spec)
+    if suffix == ".csv":
+        return pd.read_csv(spec)
+    if suffix == ".json":
+        return json.loads(spec.read_text())
+    return spec
+
+
+def open_raster(path: Path, *, chunk_px: int = 1024) -> xr.DataArray:
+    """A raster as a lazy DataArray ``(band, y, x)`` whose ``band`` coordinate holds names."""
+    arr = rioxarray.open_rasterio(path, chunks={"band": 1, "y": chunk_px, "x": chunk_px})
+    if not isinstance(arr, xr.DataArray):
+        raise InputDataError(f"{path}: holds subdatasets; expected a single (multi-band) raster")
+    names = arr.attrs.get("long_name")
+    if isinstance(names, str):
+        names = (names,)
+    if names and len(names) == arr.sizes["band"]:
+        arr = arr.assign_coords(band=list(names))
+    return arr
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _as_band_array(obj: xr.DataArray | xr.Dataset) -> xr.DataArray:
+    if isinstance(obj, xr.Dataset):
+        names = list(obj.data_vars)
+        arr = xr.concat([obj[n] for n in names], dim="band").assign_coords(band=names)
+        arr.attrs = {**obj.attrs}
+        units = [obj[n].attrs.get("units", "") for n in names]
+        if any(units):
+            arr.attrs["units"] = tuple(units)
+        return arr
+    if "band" not in obj.dims:
+        return obj.expand_dims(band=[obj.name or "band_1"])
+    return obj
+
+
+def _nodata_of(arr: xr.DataArray) -> float | None:
+    for key in ("nodata", "_FillValue"):
+        if key in arr.attrs:
+            return arr.attrs[key]
+        if key in arr.encoding:
+            return arr.encoding[key]
+    if np.issubdtype(arr.dtype, np.floating):
+        return float("nan")
+    return None
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def write_cog(
+    arr_in: xr.DataArray | xr.Dataset,
+    path: Path,
+    *,
+    client: Any = None,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Write a georeferenced DataArray/Dataset as a COG, block by block, atomically.
+
+    ``progress(done, total)`` is called after each block is written.
+    """
+    import rasterio
+    import rasterio.shutil
+    from rasterio.windows import Window
+
+    arr = _as_band_array(arr_in).transpose("band", "y", "x")
+    crs = arr.rio.crs
+    if crs is None:
+        raise ValueError(f"{path}: raster has no CRS (set it with .rio.write_crs)")
+    transform = arr.rio.transform(recalc=True)
+    nodata = _nodata_of(arr)
+    data = arr.data if isinstance(arr.data, da.Array) else da.from_array(np.asarray(arr.data))
+    data = data.rechunk({0: 1})
+    bands, height, width = data.shape
+    block = 512
+    profile = {
+        "driver": "GTiff",
+        "dtype": str(data.dtype),
+        "count": bands,
+        "height": height,
+        "width": width,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": block,
+        "blockysize": block,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage_tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.blocks.tif")
+    try:
+        with rasterio.open(stage_tmp, "w", **profile) as dst:
+            names = [str(b) for b in arr.coords["band"].values] if "band" in arr.coords else []
+            for i, name in enumerate(names, start=1):
+                dst.set_band_description(i, name)
+            units = arr.attrs.get("units")
+            if units:
+                unit_list = [units] * bands if isinstance(units, str) else list(units)
+                for i, u in enumerate(unit_list, start=1):
+                    if u:
+                        dst.set_band_unit(i, u)
+            total = int(np.prod(data.numblocks))
+            for done, ((b, y0, x0), values) in enumerate(
+                _computed_blocks(data, client=client), start=1
+            ):
+                win = Window(x0, y0, values.shape[2], values.shape[1])
+                dst.write(values, indexes=list(range(b + 1, b + 1 + values.shape[0])), window=win)
+                if progress is not None:
+                    progress(done, total)
+        with atomic_path(path) as tmp:
+            rasterio.shutil.copy(
+                stage_tmp,
+                tmp,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                PREDICTOR="YES" if np.issubdtype(data.dtype, np.floating) else "NO",
+                BLOCKSIZE=block,
+                OVERVIEWS="AUTO",
+                RESAMPLING="NEAREST",
+                NUM_THREADS=1,
+            )
+    finally:
+        if stage_tmp.exists():
+            stage_tmp.unlink()
+
+
+def _computed_blocks(
+    data: da.Array, *, client: Any
+) -> Iterator[tuple[tuple[int, int, int], np.ndarray]]:
+    """Yield ``((band0, y0, x0), block)`` as blocks finish computing."""
+    offsets = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in data.chunks]
+    keys = list(np.ndindex(*data.numblocks))
+    delayed = data.to_delayed()
+    starts = [(int(offsets[0][k[0]]), int(offsets[1][k[1]]), int(offsets[2][k[2]])) for k in keys]
+    if client is None:
+        for start, key in zip(starts, keys, strict=True):
+            yield start, np.asarray(delayed[key].compute(scheduler="sync"))
+        return
+    from distributed import as_completed
+
+    futures = client.compute([delayed[k] for k in keys])
+    where = {f.key: s for f, s in zip(futures, starts, strict=True)}
+    for fut in as_completed(futures):
+        yield where[fut.key], np.asarray(fut.result())
+        fut.release()
+
+
+def write_output(
+    obj: Any, path: Path, *, client: Any = None, progress: ProgressCallback | None = None
+) -> None:
+    """Write one stage output by its type (see :mod:`pipeline.stage`), atomically."""
+    import geopandas as gpd
+
+    if isinstance(obj, xr.DataArray | xr.Dataset):
+        write_cog(obj, path, client=client, progress=progress)
+        return
+    with atomic_path(path) as tmp:
+        if isinstance(obj, gpd.GeoDataFrame):
+            driver = "GeoJSON" if path.suffix.lower() == ".geojson" else "GPKG"
+            obj.to_file(tmp, driver=driver, layer=path.stem if driver == "GPKG" else None)
+        elif isinstance(obj, pd.DataFrame):
+            obj.to_csv(tmp, index=False)
+        elif isinstance(obj, dict | list):
+            tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        elif isinstance(obj, str):
+            tmp.write_text(obj)
+        elif isinstance(obj, bytes):
+            tmp.write_bytes(obj)
+        else:
+            raise TypeError(f"{path}: cannot write an output of type {type(obj).__name__}")
+
+
+def write_outputs(outputs: Mapping[Path, Any], *, client: Any = None) -> None:
+    """Write several outputs (for the stand-alone commands and the runner)."""
+    for path, obj in outputs.items():
+        write_output(obj, path, client=client)
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def _raster_checksum(path: Path) -> str:
+    import rasterio
+
+    h = hashlib.sha256()
+    with rasterio.open(path) as src:
+        h.update(
+            json.dumps(
+                [
+                    src.dtypes,
+                    src.nodata,
+                    src.crs.to_wkt() if src.crs else None,
+                    list(src.transform)[:6],
+                    src.descriptions,
+                ],
+                default=str,
+            ).encode()
+        )
+        for _, window in src.block_windows(1):
+            h.update(np.ascontiguousarray(src.read(window=window)).tobytes())
+    return h.hexdigest()
+
+
+def _table_checksum(df: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([str(c) for c in df.columns]).encode())
+    for col in df.columns:
+        values = df[col]
+        if hasattr(values, "to_wkb"):
+            for wkb in values.to_wkb():
+                h.update(b"" if wkb is None else wkb)
+        else:
+            h.update(pd.util.hash_pandas_object(values, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def content_checksum(path: Path) -> str:
+    """A checksum of what a file holds, not of its bytes (see the module docstring)."""
+    suffix = path.suffix.lower()
+    if suffix in RASTER_SUFFIXES:
+        return _raster_checksum(path)
+    if suffix in VECTOR_SUFFIXES:
+        import geopandas as gpd
+
+        return _table_checksum(gpd.read_file(path))
+    if suffix == ".csv":
+        return _table_checksum(pd.read_csv(path))
+    if suffix == ".json":
+        data = json.loads(path.read_text())
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return file_sha256(path)

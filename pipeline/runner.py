@@ -1,0 +1,394 @@
+"""The runner: resolves the config, runs the stages in order, records the manifest.
+
+For each selected stage the runner
+
+1. resolves the stage's input files and takes their checksums;
+2. fingerprints the stage: its name, its frozen parameters, its inputs' checksums and
+   the code's source hash. If the fingerprint equals the one recorded after the stage's
+   last successful run and every recorded output is still on disk with the same bytes,
+   the stage is skipped (``--force`` reruns it);
+3. loads the inputs, calls the stage function, and writes every returned output
+   atomically (temporary name, then rename: see :mod:`pipeline.io`), computing lazy
+   rasters block by block on the Dask cluster;
+4. records the stage's state (``.state/<stage>.json``) and rewrites ``manifest.json``.
+
+A run killed at any point leaves complete files or none under their final names; the
+stage that was running has no new state record, so the next call reruns it and skips the
+ones before it. Temporaries left by a killed run are removed at the start of the next.
+
+The manifest (DESIGN §3) holds the resolved config and its hash, the code version, key
+package versions, every input with its checksum (STAC items by id and href), every output
+with a content checksum, the seed, and each stage's wall time and peak memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from pipeline import io
+from pipeline.config import Config
+from pipeline.errors import ConfigError
+from pipeline.stage import RunLayout, Stage
+
+#: packages whose versions go into the manifest
+KEY_PACKAGES = (
+    "forest-carbon",
+    "numpy",
+    "scipy",
+    "pandas",
+    "xarray",
+    "dask",
+    "distributed",
+    "rasterio",
+    "odc-stac",
+    "odc-geo",
+    "pystac",
+    "pystac-client",
+    "laspy",
+    "lazrs",
+    "geopandas",
+    "shapely",
+    "pyproj",
+    "scikit-learn",
+    "exactextract",
+    "pydantic",
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run, as opposed to what to compute (not part of any fingerprint)."""
+
+    stages: tuple[str, ...] | None = None
+    force: bool = False
+    scheduler: str | None = None
+    quiet: bool = False
+
+
+@dataclass
+class StageRecord:
+    status: str
+    wall_s: float
+    peak_rss_mb: float | None = None
+    peak_cluster_mb: float | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path | dt.date):
+        return str(obj)
+    if isinstance(obj, tuple | list):
+        return [_jsonable(o) for o in obj]
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    return obj
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def source_sha256() -> str:
+    """Hash of the code and science data that produce the numbers."""
+    h = hashlib.sha256()
+    for pkg in ("pipeline", "models", "data_catalog"):
+        base = PROJECT_ROOT / pkg
+        for p in sorted(base.rglob("*")):
+            if p.is_file() and p.suffix in {".py", ".yaml", ".yml", ".csv", ".json", ".html"}:
+                h.update(str(p.relative_to(PROJECT_ROOT)).encode())
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def code_version() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "package": metadata.version("forest-carbon"),
+        "source_sha256": source_sha256(),
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        info["git_commit"] = commit
+        info["git_dirty"] = bool(dirty)
+    except (OSError, subprocess.CalledProcessError):
+        info["git_commit"] = None
+    return info
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in KEY_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@contextmanager
+def peak_rss() -> Iterator[list[float]]:
+    """Sample this process tree's resident memory; yields a one-element list of the peak (MB)."""
+    peak = [0.0]
+    stop = threading.Event()
+    me = psutil.Process()
+
+    def sample() -> None:
+        while True:
+            rss = me.memory_info().rss
+            for child in me.children(recursive=True):
+                try:
+                    rss += child.memory_info().rss
+                except psutil.Error:
+                    continue
+            peak[0] = max(peak[0], rss / 2**20)
+            if stop.wait(0.1):
+                return
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        t.join()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Runner:
+    """Runs ``stages`` for ``config`` into ``layout`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        stages: Sequence[Stage],
+        *,
+        options: RunOptions = RunOptions(),
+        console: Console | None = None,
+    ) -> None:
+        self.config = config
+        self.stages = list(stages)
+        self.options = options
+        self.layout = RunLayout(Path(config.output_dir))
+        self.console = console or Console(stderr=True, quiet=options.quiet)
+        known = [s.name for s in self.stages]
+        if options.stages is not None:
+            unknown = [s for s in options.stages if s not in known]
+            if unknown:
+                raise ConfigError(
+                    f"--stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(known)})"
+                )
+
+    def selected(self) -> list[Stage]:
+        if self.options.stages is None:
+            return self.stages
+        return [s for s in self.stages if s.name in self.options.stages]
+
+    # state ---------------------------------------------------------------------------
+
+    def _state_path(self, stage: Stage) -> Path:
+        return self.layout.state_dir / f"{stage.name}.json"
+
+    def _load_state(self, stage: Stage) -> dict[str, Any] | None:
+        p = self._state_path(stage)
+        if not p.is_file():
+            return None
+        try:
+            data: dict[str, Any] = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            return None
+        return data
+
+    def _is_current(self, stage: Stage, fingerprint: str) -> bool:
+        state = self._load_state(stage)
+        if state is None or state.get("fingerprint") != fingerprint:
+            return False
+        for rel, sha in state.get("file_sha256", {}).items():
+            p = self.layout.path(rel)
+            if not p.is_file() or io.file_sha256(p) != sha:
+                return False
+        return True
+
+    # manifest ------------------------------------------------------------------------
+
+    def _manifest(self) -> dict[str, Any]:
+        if self.layout.manifest.is_file():
+            data: dict[str, Any] = json.loads(self.layout.manifest.read_text())
+            return data
+        return {}
+
+    def _write_manifest(self, manifest: Mapping[str, Any]) -> None:
+        with io.atomic_path(self.layout.manifest) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+
+    # run -----------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Run the selected stages; returns the manifest."""
+        from pipeline.cluster import dask_client
+
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        io.remove_stale_temporaries(self.layout.root)
+        code = code_version()
+        manifest = self._manifest()
+        manifest.update(
+            {
+                "region": self.config.region,
+                "simulated": self.config.simulated,
+                "config": self.config.model_dump(mode="json"),
+                "config_sha256": self.config.sha256,
+                "code_version": code,
+                "packages": package_versions(),
+                "seeds": {"seed": self.config.seed},
+            }
+        )
+        manifest.setdefault("inputs", {})
+        manifest.setdefault("outputs", {})
+        manifest.setdefault("stages", {})
+        manifest.setdefault("stac_items", {})
+        with dask_client(self.config.dask, scheduler=self.options.scheduler) as client:
+            nthreads = client.nthreads()  # type: ignore[attr-defined]
+            manifest["cluster"] = {
+                "scheduler": client.scheduler.address,  # type: ignore[attr-defined]
+                "workers": len(nthreads),
+                "threads": sum(nthreads.values()),
+            }
+            for stage in self.selected():
+                self._run_stage(stage, client, code["source_sha256"], manifest)
+                self._write_manifest(manifest)
+        return manifest
+
+    def _run_stage(
+        self, stage: Stage, client: Any, source_hash: str, manifest: dict[str, Any]
+    ) -> None:
+        t0 = time.perf_counter()
+        params = stage.params(self.config)
+        specs = dict(stage.inputs(self.config, self.layout))
+        checksums = {name: io.input_checksum(spec) for name, spec in specs.items()}
+        fingerprint = hashlib.sha256(
+            canonical([stage.name, params, checksums, source_hash]).encode()
+        ).hexdigest()
+        if not self.options.force and self._is_current(stage, fingerprint):
+            state = self._load_state(stage) or {}
+            manifest["stages"][stage.name] = {
+                **state.get("record", {}),
+                "status": "skipped (unchanged)",
+            }
+            self.console.print(
+                f"[dim]↷ {stage.name:<10} skipped: inputs and parameters unchanged[/]"
+            )
+            return
+        self.console.print(f"▶ {stage.name:<10} running")
+        # raw inputs (outside the run folder) are recorded with their checksums
+        root = self.layout.root.resolve()
+        for name, spec in specs.items():
+            paths = spec if isinstance(spec, tuple) else (spec,)
+            if not any(root in p.resolve().parents for p in paths):
+                manifest["inputs"][f"{stage.name}.{name}"] = {
+                    "paths": [str(p) for p in paths],
+                    "sha256": checksums[name],
+                }
+        from distributed.diagnostics import MemorySampler
+
+        sampler = MemorySampler()
+        with peak_rss() as rss, sampler.sample(stage.name, client=client, measure="process"):
+            loaded = {
+                name: io.read_input(spec, chunk_px=self.config.dask.chunk_px)
+                for name, spec in specs.items()
+            }
+            outputs = dict(stage.func(params, **loaded))
+            with Progress(
+                TextColumn("  {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            ) as bar:
+                for rel, obj in outputs.items():
+                    task = bar.add_task(rel, total=None)
+
+                    def advance(done: int, total: int, task: TaskID = task) -> None:
+                        bar.update(task, completed=done, total=total)
+
+                    io.write_output(obj, self.layout.path(rel), client=client, progress=advance)
+        cluster_peak = sampler.to_pandas().max().max() if sampler.samples.get(stage.name) else None
+        record = StageRecord(
+            status="ran",
+            wall_s=round(time.perf_counter() - t0, 3),
+            peak_rss_mb=round(rss[0], 1),
+            peak_cluster_mb=None if cluster_peak is None else round(float(cluster_peak) / 2**20, 1),
+        )
+        for rel in outputs:
+            checksum = io.content_checksum(self.layout.path(rel))
+            record.outputs[rel] = checksum
+            manifest["outputs"][rel] = {"stage": stage.name, "checksum": checksum}
+            obj = outputs[rel]
+            if isinstance(obj, dict) and obj.get("type") == "FeatureCollection":
+                manifest["stac_items"][rel] = [
+                    {
+                        "id": f.get("id"),
+                        "collection": f.get("collection"),
+                        "hrefs": sorted(a.get("href", "") for a in f.get("assets", {}).values()),
+                    }
+                    for f in obj.get("features", [])
+                ]
+        manifest["stages"][stage.name] = dataclasses.asdict(record)
+        state = {
+            "fingerprint": fingerprint,
+            "record": dataclasses.asdict(record),
+            "file_sha256": {rel: io.file_sha256(self.layout.path(rel)) for rel in outputs},
+        }
+        with io.atomic_path(self._state_path(stage)) as tmp:
+            tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        peak = f", peak {record.peak_rss_mb:.0f} MB" if record.peak_rss_mb else ""
+        self.console.print(f"[green]✓[/] {stage.name:<10} {record.wall_s:8.1f} s{peak}")

@@ -1,0 +1,227 @@
+"""The runner on real Dask clusters: skip/rerun, subsets, atomic writes under SIGKILL,
+an external scheduler, the manifest, and reproduce."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import toy_stages
+
+from pipeline.config import load_config
+from pipeline.reproduce import reproduce
+from pipeline.runner import Runner, RunOptions
+
+TESTS = Path(__file__).parent
+
+
+def _run(cfg_path: Path, **options) -> dict:
+    config = load_config(cfg_path)
+    return Runner(config, toy_stages.stages(), options=RunOptions(quiet=True, **options)).run()
+
+
+def test_runs_on_local_cluster_of_two_processes_then_skips(tmp_path):
+    cfg = toy_stages.write_config(tmp_path)
+    m1 = _run(cfg)
+    summary = json.loads((tmp_path / "out/toy/summary.json").read_text())
+    assert m1["cluster"]["workers"] == 2
+    assert summary["bands"] == ["noise"]
+    assert 0.45 < summary["mean"] < 0.55  # uniform(0, 1) over 65536 pixels
+    assert m1["stages"]["noise"]["status"] == "ran"
+    m2 = _run(cfg)
+    assert m2["stages"]["noise"]["status"].startswith("skipped")
+    assert m2["stages"]["summary"]["status"].startswith("skipped")
+    assert m2["outputs"] == m1["outputs"]
+
+
+def test_parameter_change_reruns_the_stage_and_its_dependants(tmp_path):
+    cfg = toy_stages.write_config(tmp_path)
+    _run(cfg)
+    before = json.loads((tmp_path / "out/toy/summary.json").read_text())["mean"]
+    toy_stages.write_config(tmp_path, scale=2.0)  # the noise stage's input changes
+    m = _run(cfg)
+    assert m["stages"]["noise"]["status"] == "ran"
+    assert m["stages"]["summary"]["status"] == "ran"
+    after = json.loads((tmp_path / "out/toy/summary.json").read_text())["mean"]
+    assert after == pytest.approx(2 * before, rel=1e-6)
+
+
+def test_force_and_stage_subset(tmp_path):
+    cfg = toy_stages.write_config(tmp_path)
+    first = _run(cfg)
+    m = _run(cfg, stages=("summary",), force=True)
+    assert m["stages"]["summary"]["status"] == "ran"
+    assert m["stages"]["summary"]["wall_s"] != first["stages"]["summary"]["wall_s"]
+    assert m["stages"]["noise"] == first["stages"]["noise"]  # not selected: record kept
+    with pytest.raises(Exception, match="unknown stage"):
+        _run(cfg, stages=("nosuch",))
+
+
+def test_raster_output_is_a_cog_with_band_description(tmp_path):
+    cfg = toy_stages.write_config(tmp_path, size_px=1100)
+    _run(cfg, stages=("noise",))
+    path = tmp_path / "out/toy/noise.tif"
+    with rasterio.open(path) as src:
+        assert src.driver == "GTiff"
+        assert src.descriptions == ("noise",)
+        assert src.crs.to_epsg() == 32650
+        assert src.overviews(1), "a COG carries overviews"
+        assert src.profile["tiled"]
+        values = src.read(1)
+    assert values.shape == (1100, 1100)
+    # the block-by-block write equals the same seeded array computed in memory
+    expected = np.asarray(
+        toy_stages.noise(
+            toy_stages.NoiseJob(7, "EPSG:32650", 10.0),
+            params=pd.DataFrame({"size_px": [1100], "scale": [1.0]}),
+        )["toy/noise.tif"]
+    )[0]
+    np.testing.assert_array_equal(values, expected)
+
+
+def test_manifest_records_config_inputs_outputs_and_costs(tmp_path):
+    cfg = toy_stages.write_config(tmp_path)
+    _run(cfg)
+    m = json.loads((tmp_path / "out/manifest.json").read_text())
+    config = load_config(cfg)
+    assert m["config_sha256"] == config.sha256
+    assert m["seeds"] == {"seed": 7}
+    assert {"numpy", "dask", "rasterio"} <= set(m["packages"])
+    assert m["code_version"]["source_sha256"]
+    assert m["inputs"]["noise.params"]["sha256"]
+    assert set(m["outputs"]) == {"toy/noise.tif", "toy/summary.json"}
+    for name in ("noise", "summary"):
+        assert m["stages"][name]["wall_s"] > 0
+        assert m["stages"][name]["peak_rss_mb"] > 0
+        assert m["stages"][name]["peak_cluster_mb"] > 0
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+KILLABLE = """
+import sys, toy_stages
+from pathlib import Path
+from pipeline.config import load_config
+from pipeline.runner import RunOptions, Runner
+Runner(load_config(Path(sys.argv[1])), toy_stages.stages(pause_s=float(sys.argv[2])),
+       options=RunOptions(quiet=True)).run()
+"""
+
+
+def test_sigkill_while_writing_leaves_no_partial_file_and_resumes(tmp_path):
+    cfg = toy_stages.write_config(tmp_path, size_px=512)
+    final = tmp_path / "out/toy/noise.tif"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE, str(cfg), "0.4"], env=_env(), start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "out/toy").glob(".noise.tif*")):
+            assert proc.poll() is None, "the run ended before it was killed"
+            assert time.monotonic() < deadline, "no temporary file appeared"
+            time.sleep(0.05)
+        time.sleep(0.5)  # well inside the block-by-block write
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not final.exists()
+    assert list((tmp_path / "out/toy").glob(".noise.tif*")), "the killed run was mid-write"
+    m = _run(cfg)  # resumes: reruns the interrupted stage, cleans the temporaries
+    assert m["stages"]["noise"]["status"] == "ran"
+    assert final.is_file()
+    assert not list((tmp_path / "out").rglob(".*.tmp-*"))
+
+
+@pytest.fixture
+def external_scheduler(tmp_path):
+    sched_file = tmp_path / "scheduler.json"
+    dask = Path(sys.executable).with_name("dask")
+    procs = [
+        subprocess.Popen(
+            [
+                str(dask),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(sched_file),
+            ],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    deadline = time.monotonic() + 60
+    while not sched_file.exists():
+        assert time.monotonic() < deadline, "dask scheduler did not start"
+        time.sleep(0.2)
+    procs.append(
+        subprocess.Popen(
+            [
+                str(dask),
+                "worker",
+                "--scheduler-file",
+                str(sched_file),
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+                "--memory-limit",
+                "2GiB",
+            ],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    yield json.loads(sched_file.read_text())["address"]
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+def test_runs_through_an_external_scheduler(tmp_path, external_scheduler):
+    cfg = toy_stages.write_config(tmp_path)
+    from distributed import Client
+
+    with Client(external_scheduler, timeout="30s") as c:
+        c.wait_for_workers(1, timeout=60)
+    m = _run(cfg, scheduler=external_scheduler)
+    assert m["cluster"] == {"scheduler": external_scheduler, "workers": 1, "threads": 1}
+    assert (tmp_path / "out/toy/summary.json").is_file()
+
+
+def test_bad_scheduler_address_is_a_clear_error(tmp_path):
+    cfg = toy_stages.write_config(tmp_path)
+    with pytest.raises(Exception, match="cannot connect to a Dask scheduler"):
+        _run(cfg, scheduler="tcp://127.0.0.1:9")
+
+
+def test_reproduce_identical_then_different_after_input_change(tmp_path):
+    cfg = toy_stages.write_config(tmp_path)
+    _run(cfg)
+    manifest = tmp_path / "out/manifest.json"
+    same = reproduce(manifest, toy_stages.stages(), out=tmp_path / "again", quiet=True)
+    assert same.identical
+    assert [v for _, v in same.outputs] == ["identical", "identical"]
+    toy_stages.write_config(tmp_path, scale=1.5)  # alter an input of the recorded run
+    diff = reproduce(manifest, toy_stages.stages(), out=tmp_path / "again2", quiet=True)
+    assert not diff.identical
+    assert dict(diff.outputs)["toy/noise.tif"] == "different"
+    assert diff.changed_inputs == ("noise.params",)
