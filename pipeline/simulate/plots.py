@@ -1,0 +1,165 @@
+"""Permanent field plots: tree lists with measurement errors, plot squares with GPS error.
+
+Square plots of 0.0667 ha (the Chinese national forest inventory plot size) are placed in
+forest (a share inside the LiDAR block) and measured at every epoch. The tallied trees are
+exactly the simulated trees whose stems fall inside the true square
+(:mod:`pipeline.simulate.stands`), so plot AGB from error-free trees equals the truth
+raster's biomass there up to the square's partial pixels. Measurement model
+(``simulation.yaml``, ``plots``):
+
+* DBH error: normal with sd ``0.0904 + 0.0062 * D`` cm plus 2 % gross errors with sd
+  4.64 cm (Chave et al. 2004, Phil. Trans. R. Soc. B 359:409-420,
+  doi:10.1098/rstb.2003.1425); recorded to 0.1 cm;
+* height measured on a share of trees, with relative plus absolute error (assumption),
+  recorded to 0.1 m, empty otherwise;
+* bamboo culm age in years recorded exactly (assumption), empty for trees;
+* the plot polygon is drawn at the GPS-measured centre, displaced by a normal error of
+  ``gps_error_sd_m`` per axis (assumption for handheld GNSS under canopy).
+"""
+
+from __future__ import annotations
+
+import math
+
+import geopandas as gpd
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from shapely.geometry import box
+
+from pipeline.simulate.grid import Grid
+from pipeline.simulate.science import coefficients
+from pipeline.simulate.stands import StandEpoch, Trees, generate_trees
+
+
+def choose_plots(
+    rng: np.random.Generator,
+    grid: Grid,
+    parcel_idx: npt.NDArray[np.int64],
+    forest0: npt.NDArray[np.bool_],
+    lidar_bounds: tuple[float, float, float, float] | None,
+    n_plots: int,
+) -> npt.NDArray[np.float64]:
+    """True plot centres (n, 2), in forest, each square inside one parcel, not overlapping."""
+    p = coefficients()["plots"]
+    half = math.sqrt(float(p["plot_area_ha"]) * 10_000.0) / 2.0
+    # a pixel qualifies when its 5 x 5 neighbourhood is one forest parcel
+    ok = forest0.copy()
+    pad = np.pad(parcel_idx, 2, mode="edge")
+    fpad = np.pad(forest0, 2, mode="constant")
+    for di in range(5):
+        for dj in range(5):
+            sl = (slice(di, di + grid.ny), slice(dj, dj + grid.nx))
+            ok &= (pad[sl] == parcel_idx) & fpad[sl]
+    ok[:3, :] = ok[-3:, :] = False
+    ok[:, :3] = ok[:, -3:] = False
+    xs, ys = grid.mesh()
+    cand = np.flatnonzero(ok)
+    inside = np.zeros(cand.shape, dtype=bool)
+    if lidar_bounds is not None:
+        x, y = xs.ravel()[cand], ys.ravel()[cand]
+        b = lidar_bounds
+        inside = (x > b[0] + half) & (x < b[2] - half) & (y > b[1] + half) & (y < b[3] - half)
+    n_in = min(round(float(p["lidar_share"]) * n_plots), int(inside.sum()))
+    chosen: list[tuple[float, float]] = []
+    for pool, want in ((cand[inside], n_in), (cand[~inside], n_plots - n_in)):
+        order = rng.permutation(pool)
+        got = 0
+        for k in order:
+            if got >= want:
+                break
+            x = xs.ravel()[k] + rng.uniform(-0.5, 0.5) * grid.res_m
+            y = ys.ravel()[k] + rng.uniform(-0.5, 0.5) * grid.res_m
+            if all(max(abs(x - a), abs(y - b)) > 2.5 * half for a, b in chosen):
+                chosen.append((x, y))
+                got += 1
+    return np.array(chosen, dtype=np.float64).reshape(-1, 2)
+
+
+def plot_trees(
+    seed: int,
+    grid: Grid,
+    centers: npt.NDArray[np.float64],
+    parcel_idx: npt.NDArray[np.int64],
+    stocking: npt.NDArray[np.float64],
+    stand: StandEpoch,
+) -> tuple[Trees, npt.NDArray[np.int64]]:
+    """The true trees inside each plot square and the plot index of each tree."""
+    half = math.sqrt(float(coefficients()["plots"]["plot_area_ha"]) * 10_000.0) / 2.0
+    pix = []
+    for x, y in centers:
+        c0 = int((x - half - grid.x0_m) // grid.res_m)
+        c1 = int((x + half - grid.x0_m) // grid.res_m)
+        r0 = int((grid.y1_m - y - half) // grid.res_m)
+        r1 = int((grid.y1_m - y + half) // grid.res_m)
+        rr, cc = np.meshgrid(np.arange(r0, r1 + 1), np.arange(c0, c1 + 1), indexing="ij")
+        pix.append((rr * grid.nx + cc).ravel())
+    pixels = np.unique(np.concatenate(pix)) if pix else np.zeros(0, dtype=np.int64)
+    trees = generate_trees(
+        seed, grid, pixels, parcel_idx.ravel()[pixels], stocking.ravel()[pixels], stand
+    )
+    which = np.full(len(trees), -1, dtype=np.int64)
+    for i, (x, y) in enumerate(centers):
+        m = (np.abs(trees.x_m - x) < half) & (np.abs(trees.y_m - y) < half)
+        which[m] = i
+    keep = which >= 0
+    return trees.subset(keep), which[keep]
+
+
+def measure(
+    rng: np.random.Generator, trees: Trees
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Measured DBH (cm), height (m, NaN if not measured) and culm age (yr, NaN if none)."""
+    p = coefficients()["plots"]
+    n = len(trees)
+    d = trees.dbh_cm
+    sd = float(p["dbh_error_a_cm"]) + float(p["dbh_error_b"]) * d
+    dm = d + rng.normal(0.0, 1.0, n) * sd
+    gross = rng.uniform(size=n) < float(p["gross_error_rate"])
+    dm = np.where(gross, dm + rng.normal(0.0, float(p["gross_error_sd_cm"]), n), dm)
+    dm = np.round(np.maximum(dm, 0.1), 1).astype(np.float64)
+    measured = rng.uniform(size=n) < float(p["height_measured_share"])
+    he: npt.NDArray[np.float64] = trees.height_m * (
+        1.0 + rng.normal(0.0, float(p["height_error_sd_rel"]), n)
+    )
+    he = he + rng.normal(0.0, float(p["height_error_sd_m"]), n)
+    hm = np.where(measured, np.round(np.maximum(he, 1.3), 1), np.nan)
+    return dm, hm, trees.age_yr.copy()
+
+
+def plot_polygons(
+    rng: np.random.Generator, centers: npt.NDArray[np.float64], plot_ids: list[str], crs: str
+) -> tuple[gpd.GeoDataFrame, npt.NDArray[np.float64]]:
+    """Plot squares at the GPS-measured centres, and those centres."""
+    p = coefficients()["plots"]
+    half = math.sqrt(float(p["plot_area_ha"]) * 10_000.0) / 2.0
+    gps = centers + rng.normal(0.0, float(p["gps_error_sd_m"]), centers.shape)
+    geoms = [box(x - half, y - half, x + half, y + half) for x, y in gps]
+    gdf = gpd.GeoDataFrame(
+        {"plot_id": plot_ids, "plot_area_ha": float(p["plot_area_ha"])}, geometry=geoms, crs=crs
+    )
+    return gdf, gps
+
+
+def tree_table(
+    plot_ids: list[str],
+    epoch: str,
+    trees: Trees,
+    which: npt.NDArray[np.int64],
+    dbh_cm: npt.NDArray[np.float64],
+    height_m: npt.NDArray[np.float64],
+    age_yr: npt.NDArray[np.float64],
+    tree_ids: list[str],
+) -> pd.DataFrame:
+    """The field tree list of one epoch (contract columns)."""
+    return pd.DataFrame(
+        {
+            "plot_id": np.asarray(plot_ids, dtype=object)[which],
+            "epoch": epoch,
+            "tree_id": tree_ids,
+            "species": trees.species,
+            "dbh_cm": dbh_cm,
+            "height_m": height_m,
+            "age_yr": age_yr,
+        }
+    )

@@ -1,0 +1,58 @@
+"""Truth of the simulated region: per-pixel AGB, carbon and canopy height per epoch.
+
+Computed from the individual trees of every pixel (:mod:`pipeline.simulate.stands`), row
+block by row block so memory stays bounded on large regions. The truth is what a perfect
+method would estimate: AGB (Mg/ha) of trees >= the inventory DBH threshold, carbon
+(Mg C/ha, AGB + BGB times carbon fraction, via :mod:`models.allometry`), canopy height
+(m, the tallest tree of the 10 m cell). Written under ``truth/`` for tests and benchmarks
+only; the pipeline never reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.simulate.grid import Grid
+from pipeline.simulate.stands import StandEpoch, generate_trees, pixel_truth
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class EpochTruth:
+    agb_mg_ha: FloatArray
+    carbon_mg_ha: FloatArray
+    canopy_height_m: FloatArray
+    n_trees: int
+
+
+def epoch_truth(
+    seed: int,
+    grid: Grid,
+    parcel_idx: npt.NDArray[np.int64],
+    stocking: FloatArray,
+    stand: StandEpoch,
+    *,
+    rows_per_block: int = 64,
+) -> EpochTruth:
+    """Truth rasters (y, x) of one epoch on the model grid."""
+    agb = np.zeros(grid.ny * grid.nx)
+    carbon = np.zeros_like(agb)
+    height = np.zeros_like(agb)
+    n_trees = 0
+    flat_parcel = parcel_idx.ravel()
+    flat_stock = stocking.ravel()
+    for r0 in range(0, grid.ny, rows_per_block):
+        r1 = min(grid.ny, r0 + rows_per_block)
+        pixels = np.arange(r0 * grid.nx, r1 * grid.nx, dtype=np.int64)
+        trees = generate_trees(seed, grid, pixels, flat_parcel[pixels], flat_stock[pixels], stand)
+        t = pixel_truth(trees, pixels, res_m=grid.res_m)
+        agb[pixels] = t.agb_mg_ha
+        carbon[pixels] = t.carbon_mg_ha
+        height[pixels] = t.canopy_height_m
+        n_trees += len(trees)
+    shape = grid.shape
+    return EpochTruth(agb.reshape(shape), carbon.reshape(shape), height.reshape(shape), n_trees)

@@ -1,0 +1,312 @@
+"""Tests of the demo-region simulator on the tiny region (built once per session)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import geopandas as gpd
+import laspy
+import numpy as np
+import pandas as pd
+import pystac
+import pytest
+import rasterio
+from rasterio.windows import from_bounds
+
+from pipeline.commands import simulate as simulate_cmd
+from pipeline.config import load_config, region_config_path
+from pipeline.grid import region_geobox
+from pipeline.simulate.noise import hash_uniform
+from pipeline.simulate.satellite import solar_position, to_landsat_dn, to_s2_dn
+from pipeline.simulate.stands import chapman_richards
+
+
+def _simulate(out: Path, *extra: str) -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    simulate_cmd.register(sub)
+    args = parser.parse_args(["simulate", "--region", "tiny", "--out", str(out), *extra])
+    assert args.func(args) == 0
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sim") / "tiny"
+    _simulate(out)
+    return out
+
+
+def _items(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "catalog/items.ndjson").read_text().splitlines()]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name == "items.ndjson":  # hrefs carry the folder name
+                data = data.replace(root.resolve().as_uri().encode(), b"ROOT")
+            out[str(p.relative_to(root))] = data
+    return out
+
+
+def test_same_seed_same_bytes_other_seed_differs(tiny: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    _simulate(again)
+    a, b = _files(tiny), _files(again)
+    assert sorted(a) == sorted(b)
+    different = [k for k in a if a[k] != b[k]]
+    assert different == []
+    other = tmp_path / "other"
+    _simulate(other, "--seed", "8")
+    c = _files(other)
+    assert a["truth/agb_2019.tif"] != c["truth/agb_2019.tif"]
+    assert a["plots/trees.csv"] != c["plots/trees.csv"]
+
+
+def test_layout_and_complete_marker(tiny: Path) -> None:
+    for rel in (
+        "catalog/items.ndjson",
+        "catalog/collections.json",
+        "plots/trees.csv",
+        "plots/plots.gpkg",
+        "parcels/parcels.gpkg",
+        "parcels/project.gpkg",
+        "truth/agb_2019.tif",
+        "truth/carbon_2024.tif",
+        "truth/canopy_height_2019.tif",
+        "truth/forest_type.tif",
+        "truth/sink.tif",
+        "truth/reflectance_2019.tif",
+        "truth/dem_lidar.tif",
+        "truth/chm_lidar_2019.tif",
+        "truth/chm_lidar_2024.tif",
+        "truth/plots.csv",
+        "truth/parcels.csv",
+        "truth/summary.json",
+        ".complete",
+    ):
+        assert (tiny / rel).is_file(), rel
+    assert len(list((tiny / "truth/clear").glob("*.tif"))) == 8
+
+
+def test_model_grid_matches_aoi(tiny: Path) -> None:
+    cfg = load_config(region_config_path("tiny"))
+    gb = region_geobox(gpd.read_file(tiny / "aoi.geojson"), crs=cfg.crs, resolution_m=10)
+    with rasterio.open(tiny / "truth/agb_2019.tif") as src:
+        assert src.crs.to_epsg() == 32650
+        assert src.shape == gb.shape
+        assert tuple(src.transform)[:6] == tuple(gb.transform)[:6]
+
+
+def test_items_read_as_stac_and_offsets(tiny: Path) -> None:
+    raw = _items(tiny)
+    items = [pystac.Item.from_dict(d) for d in raw]
+    assert {it.collection_id for it in items} == {
+        "sentinel-2-l2a",
+        "landsat-c2-l2",
+        "cop-dem-glo-30",
+    }
+    for it in items:
+        assert it.properties["forest-carbon:simulated"] is True
+        for asset in it.assets.values():
+            assert asset.href.startswith(tiny.resolve().as_uri())
+    s2 = [d for d in raw if d["collection"] == "sentinel-2-l2a"]
+    assert {d["properties"]["s2:processing_baseline"][:2] for d in s2} == {"02", "05"}
+    flags_new = []
+    for d in s2:
+        props = d["properties"]
+        new = props["s2:processing_baseline"] >= "04.00"
+        if new:
+            flags_new.append(props["earthsearch:boa_offset_applied"])
+        else:
+            assert props["earthsearch:boa_offset_applied"] is False
+        assert props["proj:epsg"] == 32650 and props["proj:code"] == "EPSG:32650"
+        assert 0 <= props["eo:cloud_cover"] <= 100
+        rb = d["assets"]["red"]["raster:bands"][0]
+        assert rb["scale"] == 0.0001 and rb["offset"] == (-0.1 if new else 0.0)
+        assert rb["nodata"] == 0 and rb["data_type"] == "uint16"
+        path = tiny / "scenes/sentinel-2-l2a" / d["id"]
+        with rasterio.open(path / "red.tif") as src:
+            assert src.dtypes[0] == "uint16" and src.nodata == 0
+            assert list(src.shape) == d["assets"]["red"]["proj:shape"]
+        with rasterio.open(path / "swir16.tif") as src:
+            assert src.res == (20.0, 20.0)
+        with rasterio.open(path / "scl.tif") as src:
+            scl = src.read(1)
+            assert src.dtypes[0] == "uint8" and src.nodata == 0
+            assert set(np.unique(scl)) <= set(range(1, 12))
+    # post-04.00 scenes both with the offset removed by the provider and raw (+1000)
+    assert set(flags_new) == {True, False}
+
+
+def test_s2_dn_decodes_to_truth_reflectance(tiny: Path) -> None:
+    """On clear pixels, DN decoded as Earth Search v1 means it is the truth reflectance:
+    the raster:bands offset applies only where the provider has not removed it."""
+    for it in _items(tiny):
+        if it["collection"] != "sentinel-2-l2a":
+            continue
+        rb = it["assets"]["nir"]["raster:bands"][0]
+        removed = it["properties"]["earthsearch:boa_offset_applied"]
+        offset = 0.0 if removed else rb["offset"]
+        with rasterio.open(tiny / "scenes/sentinel-2-l2a" / it["id"] / "nir.tif") as src:
+            rho = src.read(1).astype(float) * rb["scale"] + offset
+        with rasterio.open(tiny / "truth/clear" / f"{it['id']}.tif") as src:
+            clear = src.read(1) == 1
+        year = it["properties"]["datetime"][:4]
+        with rasterio.open(tiny / f"truth/reflectance_{year}.tif") as src:
+            truth = src.read(7)
+        if clear.sum() < 100:
+            continue
+        # scene noise and illumination/season differences are a few hundredths at most
+        assert abs(np.median(rho[clear] - truth[clear])) < 0.05
+        assert 0.1 < np.median(rho[clear]) < 0.6
+
+
+def test_landsat_encoding_and_qa(tiny: Path) -> None:
+    ls = [d for d in _items(tiny) if d["collection"] == "landsat-c2-l2"]
+    assert len(ls) == 2
+    for it in ls:
+        rb = it["assets"]["red"]["raster:bands"][0]
+        assert rb["scale"] == 0.0000275 and rb["offset"] == -0.2
+        d = tiny / "scenes/landsat-c2-l2" / it["id"]
+        with rasterio.open(d / "qa_pixel.tif") as src:
+            qa = src.read(1)
+            assert src.dtypes[0] == "uint16" and src.nodata == 1 and src.res == (30.0, 30.0)
+        allowed = {1, 21824, 21952, 21826, 22080, 22280, 23888, 54596}
+        assert set(np.unique(qa)) <= allowed
+        with rasterio.open(d / "red.tif") as src:
+            red = src.read(1)
+        assert np.all(red[qa == 1] == 0) and np.all(red[qa != 1] > 0)
+        clear = (qa & (1 << 6)) > 0
+        refl = red[clear & ((qa & 0b11000) == 0)] * 0.0000275 - 0.2
+        assert 0.0 < np.median(refl) < 0.2
+    # the decode rule: reflectance 0.05 is DN 9091 (USGS C2 L2 scale/offset)
+    assert to_landsat_dn(np.array([0.05]))[0] == round(0.25 / 0.0000275)
+    assert to_s2_dn(np.array([0.05]), offset_applied=True)[0] == 1500
+    assert to_s2_dn(np.array([0.05]), offset_applied=False)[0] == 500
+
+
+def test_dem_item(tiny: Path) -> None:
+    dem = [d for d in _items(tiny) if d["collection"] == "cop-dem-glo-30"]
+    assert len(dem) == 1 and "data" in dem[0]["assets"]
+    with rasterio.open(tiny / "scenes/cop-dem-glo-30" / dem[0]["id"] / "data.tif") as src:
+        assert src.crs.to_epsg() == 4326 and src.dtypes[0] == "float32"
+        z = src.read(1)
+    summary = json.loads((tiny / "truth/summary.json").read_text())
+    lo, hi = summary["elevation_range_m"]
+    assert lo - 10 < np.median(z) < hi + 40
+
+
+def test_lidar_tiles(tiny: Path) -> None:
+    tiles = sorted((tiny / "lidar").glob("*.laz"))
+    assert len(tiles) == 2  # the tiny block straddles a 1 km line
+    classified_seen = unclassified_seen = False
+    with rasterio.open(tiny / "truth/dem_lidar.tif") as src:
+        dem, tf = src.read(1), src.transform
+    for t in tiles:
+        las = laspy.read(t)
+        assert las.header.point_format.id == 6
+        assert las.header.parse_crs().to_epsg() == 32650
+        area = (las.header.maxs[0] - las.header.mins[0]) * (las.header.maxs[1] - las.header.mins[1])
+        assert len(las.points) / area > 4.0  # points per m2
+        rn, nr = np.asarray(las.return_number), np.asarray(las.number_of_returns)
+        assert np.all((rn >= 1) & (rn <= nr)) and nr.max() >= 3
+        cls = set(np.unique(np.asarray(las.classification)).tolist())
+        if 2 in cls:
+            classified_seen = True
+            assert {2, 3, 4, 5, 7, 18} <= cls
+            g = np.asarray(las.classification) == 2
+            rows, cols = rasterio.transform.rowcol(tf, np.asarray(las.x)[g], np.asarray(las.y)[g])
+            rows, cols = np.clip(rows, 0, dem.shape[0] - 1), np.clip(cols, 0, dem.shape[1] - 1)
+            assert np.median(np.abs(np.asarray(las.z)[g] - dem[rows, cols])) < 0.3
+        else:
+            unclassified_seen = True
+            assert cls <= {0, 1}
+    assert classified_seen and unclassified_seen
+
+
+def test_plot_trees_match_truth_raster(tiny: Path) -> None:
+    truth = pd.read_csv(tiny / "truth/plots.csv")
+    trees = pd.read_csv(tiny / "plots/trees.csv")
+    assert list(trees.columns) == [
+        "plot_id",
+        "epoch",
+        "tree_id",
+        "species",
+        "dbh_cm",
+        "height_m",
+        "age_yr",
+    ]
+    assert trees["height_m"].isna().any() and trees["height_m"].notna().any()
+    half = math.sqrt(667.0) / 2
+    rel = []
+    with rasterio.open(tiny / "truth/agb_2019.tif") as src:
+        for _, r in truth[truth.epoch == 2019].iterrows():
+            x, y = r.x_true_m, r.y_true_m
+            w = from_bounds(x - half, y - half, x + half, y + half, src.transform)
+            # area-weighted mean of the 10 m truth over the true plot square (1 m supersample)
+            a = src.read(1, window=w.round_offsets().round_lengths(), boundless=True)
+            xs = np.arange(x - half + 0.5, x + half, 1.0)
+            ys = np.arange(y - half + 0.5, y + half, 1.0)
+            gx, gy = np.meshgrid(xs, ys)
+            rows, cols = rasterio.transform.rowcol(src.transform, gx.ravel(), gy.ravel())
+            full = src.read(1)
+            mean = float(full[np.asarray(rows), np.asarray(cols)].mean())
+            assert a.size > 0
+            if mean > 20:
+                rel.append(r.agb_mg_ha / mean - 1)
+    assert rel, "no forest plot with biomass"
+    assert abs(np.median(rel)) < 0.2
+    # trees carry the same ids across epochs (permanent plots)
+    ids = trees.groupby("epoch")["tree_id"].apply(set)
+    assert len(ids.iloc[0] & ids.iloc[1]) > 0
+
+
+def test_parcels_and_project(tiny: Path) -> None:
+    parcels = gpd.read_file(tiny / "parcels/parcels.gpkg")
+    assert parcels.crs.to_epsg() == 32650
+    assert set(parcels.forest_type) <= {
+        "chinese_fir",
+        "masson_pine",
+        "broadleaf",
+        "moso_bamboo",
+        "non_forest",
+    }
+    assert abs(parcels.area_ha.sum() - 36.0) < 0.01
+    project = gpd.read_file(tiny / "parcels/project.gpkg")
+    assert set(project.parcel_id) <= set(parcels.parcel_id)
+    assert (project.baseline_tco2e_ha_yr >= 0).all()
+    truth = pd.read_csv(tiny / "truth/parcels.csv")
+    with rasterio.open(tiny / "truth/carbon_2019.tif") as src:
+        total = float(src.read(1).astype(float).sum()) * 0.01
+    assert truth["carbon_2019_mg"].sum() == pytest.approx(total, rel=0.02)
+    plots = gpd.read_file(tiny / "plots/plots.gpkg")
+    assert (plots.plot_area_ha == 0.0667).all() and len(plots) == 6
+
+
+def test_hash_uniform_is_keyed_and_uniform() -> None:
+    u = hash_uniform(1, np.arange(100_000), 3)
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
+    assert np.array_equal(hash_uniform(1, np.arange(10), 3), u[:10])
+    assert not np.array_equal(hash_uniform(2, np.arange(10), 3), u[:10])
+
+
+def test_chapman_richards_closed_form() -> None:
+    # at k * t = ln 2 the curve is ymax * 0.5 ** c
+    assert chapman_richards(np.log(2) / 0.1, 30.0, 0.1, 2.0) == pytest.approx(7.5)
+
+
+def test_solar_position_noon_equinox() -> None:
+    import datetime as dt
+
+    # near the March equinox, solar noon at the equator on the Greenwich meridian: zenith ~0
+    zen, _ = solar_position(dt.datetime(2021, 3, 20, 12, 7, tzinfo=dt.UTC), 0.0, 0.0)
+    assert zen < 1.0
+    # Nanping, 21 June, 10:30 local solar time: zenith = |lat - decl| at noon -> larger at 10:30
+    zen, az = solar_position(dt.datetime(2019, 6, 21, 2, 38, tzinfo=dt.UTC), 118.1, 26.6)
+    assert 15 < zen < 35 and 60 < az < 120
