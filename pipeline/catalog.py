@@ -1,0 +1,350 @@
+"""Scene search in STAC catalogs, and the per-provider profiles of the collections.
+
+Science and conventions live in ``data_catalog/`` (YAML); this module reads them and
+searches:
+
+- ``local``: a region's ``catalog/items.ndjson`` (one STAC item per line), filtered
+  in-process with DuckDB (bbox intersection, datetime window, ``eo:cloud_cover``); no
+  server, no network, no DuckDB extensions (``json`` is built in).
+- ``earth-search``, ``planetary-computer``, ``stac-api``: any STAC API through
+  pystac-client; Planetary Computer hrefs are signed with ``planetary_computer``.
+  Servers that ignore the ``query`` extension return unfiltered items, so the cloud
+  limit is enforced again on what comes back.
+
+It also resolves, per item, the DN-to-reflectance scale and offset (the Sentinel-2
+processing-baseline 04.00 offset and whether the provider already removed it: the most
+reported pitfall of the field, DESIGN.md section 4).
+
+Command: ``forest-carbon search --catalog earth-search --bbox ... --start ... --end ...``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pystac
+import yaml
+
+from pipeline.errors import CatalogError, ConfigError
+
+CATALOG_DIR = Path(__file__).resolve().parent.parent / "data_catalog"
+
+BBox = tuple[float, float, float, float]
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+@functools.cache
+def _load_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: catalog profile not found (data_catalog/ is part of the repo)")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def catalogs() -> dict[str, Any]:
+    """The endpoint table ``data_catalog/catalogs.yaml``."""
+    return _load_yaml(CATALOG_DIR / "catalogs.yaml")
+
+
+def collection_profile(collection: str) -> dict[str, Any]:
+    """The profile ``data_catalog/collections/<collection>.yaml``."""
+    path = CATALOG_DIR / "collections" / f"{collection}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CATALOG_DIR / "collections").glob("*.yaml"))
+        raise ConfigError(
+            f"collection {collection!r} has no profile in data_catalog/collections/ "
+            f"(known: {', '.join(known)}); add one or fix sources.catalog.collections"
+        )
+    return _load_yaml(path)
+
+
+def index_definitions() -> dict[str, Any]:
+    """Spectral index definitions ``data_catalog/indices.yaml``."""
+    return _load_yaml(CATALOG_DIR / "indices.yaml")
+
+
+def provider_of(item: pystac.Item, *, default: str | None = None) -> str:
+    """Which provider convention an item follows.
+
+    Planetary Computer items link to planetarycomputer.microsoft.com; Earth Search v0
+    items are in collection ``sentinel-s2-l2a-cogs``; otherwise Earth Search v1 (or
+    ``default``, the catalog's configured provider).
+    """
+    # raw link targets: resolving a link (``link.href``) could fetch a remote root catalog
+    hrefs = [link.target for link in item.links if isinstance(link.target, str)]
+    hrefs += [a.href for a in item.assets.values()]
+    if any("planetarycomputer.microsoft.com" in h or ".blob.core.windows.net" in h for h in hrefs):
+        return "planetary-computer"
+    if item.collection_id == "sentinel-s2-l2a-cogs":
+        return "earth-search-v0"
+    return default or "earth-search-v1"
+
+
+def profile_collection(item: pystac.Item) -> str:
+    """Our profile name for an item's collection (Earth Search v0 maps to sentinel-2-l2a)."""
+    if item.collection_id == "sentinel-s2-l2a-cogs":
+        return "sentinel-2-l2a"
+    if item.collection_id is None:
+        raise CatalogError(f"item {item.id!r} names no collection; cannot pick its profile")
+    return item.collection_id
+
+
+def asset_keys(item: pystac.Item, *, provider: str | None = None) -> dict[str, str]:
+    """Our band names (and ``mask`` / ``elevation``) to the item's asset keys."""
+    profile = collection_profile(profile_collection(item))
+    prov = provider or provider_of(item)
+    try:
+        return dict(profile["providers"][prov]["assets"])
+    except KeyError:
+        raise CatalogError(
+            f"item {item.id!r}: collection {item.collection_id!r} has no profile for provider "
+            f"{prov!r} in data_catalog/collections/{profile_collection(item)}.yaml"
+        ) from None
+
+
+def _baseline_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(text).split("."))
+
+
+@dataclass(frozen=True)
+class Radiometry:
+    """DN to reflectance of one item: ``reflectance = dn * scale + offset``."""
+
+    scale: float
+    offset: float
+    nodata_dn: int
+    #: why this offset (for QA records and error messages)
+    reason: str
+
+
+def radiometry(item: pystac.Item, *, provider: str | None = None) -> Radiometry:
+    """The scale and offset that turn an item's reflectance DN into reflectance.
+
+    Sentinel-2: ``scale`` always 1e-4; the -0.1 BOA offset applies from processing
+    baseline 04.00 on, unless the provider flags that it already removed it
+    (Earth Search v1 ``earthsearch:boa_offset_applied``). Landsat C2 L2: fixed
+    0.0000275 and -0.2. Values come from ``data_catalog/collections/*.yaml``.
+    """
+    coll = profile_collection(item)
+    profile = collection_profile(coll)
+    if profile.get("kind") != "reflectance":
+        raise CatalogError(f"item {item.id!r}: collection {coll!r} is not a reflectance product")
+    nodata = int(profile["nodata_dn"])
+    if "boa_add_offset_reflectance" not in profile:
+        return Radiometry(float(profile["scale"]), float(profile["offset"]), nodata, "fixed")
+    prov = provider or provider_of(item)
+    props = item.properties
+    baseline = props.get(profile["baseline_property"])
+    if baseline is not None:
+        new = _baseline_tuple(baseline) >= _baseline_tuple(profile["boa_offset_from_baseline"])
+        why = f"baseline {baseline}"
+    else:
+        cutoff = dt.datetime.fromisoformat(profile["boa_offset_from_date"]).replace(tzinfo=dt.UTC)
+        when = item.datetime or item.common_metadata.start_datetime
+        if when is None:
+            raise CatalogError(f"item {item.id!r} has neither a processing baseline nor a date")
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        new = when >= cutoff
+        why = f"no baseline, acquired {when.date()}"
+    flag_key = profile["providers"].get(prov, {}).get("offset_applied_property")
+    applied = bool(flag_key and props.get(flag_key, False))
+    if new and not applied:
+        return Radiometry(
+            float(profile["scale"]),
+            float(profile["boa_add_offset_reflectance"]),
+            nodata,
+            f"{why} >= {profile['boa_offset_from_baseline']}, offset in the DN",
+        )
+    if new and applied:
+        return Radiometry(float(profile["scale"]), 0.0, nodata, f"{why}, {flag_key} true")
+    return Radiometry(float(profile["scale"]), 0.0, nodata, f"{why} < offset baseline")
+
+
+# --------------------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search: collections, area (WGS84 bbox), date window, cloud limit."""
+
+    collections: tuple[str, ...]
+    bbox: BBox
+    start: dt.date | None
+    end: dt.date | None
+    max_cloud_cover: float | None
+    max_items: int = 200
+    page_size: int = 100
+
+    @property
+    def datetime_range(self) -> str | None:
+        if self.start is None and self.end is None:
+            return None
+        a = f"{self.start.isoformat()}T00:00:00Z" if self.start else ".."
+        b = f"{self.end.isoformat()}T23:59:59Z" if self.end else ".."
+        return f"{a}/{b}"
+
+    def describe(self, catalog: str) -> str:
+        cloud = "none" if self.max_cloud_cover is None else f"{self.max_cloud_cover:g}%"
+        box = ", ".join(f"{v:.5f}" for v in self.bbox)
+        return (
+            f"catalog {catalog}, collections {', '.join(self.collections)}, bbox [{box}], "
+            f"dates {self.start or '..'} to {self.end or '..'}, cloud limit {cloud}"
+        )
+
+
+def _cloud_ok(item: pystac.Item, limit: float | None) -> bool:
+    if limit is None:
+        return True
+    cc = item.properties.get("eo:cloud_cover")
+    return cc is not None and float(cc) <= limit
+
+
+def _finish(items: Iterable[pystac.Item], req: SearchRequest) -> list[pystac.Item]:
+    """Enforce the cloud limit client-side, order by (cloud, datetime, id), cap per collection."""
+    kept = [i for i in items if _cloud_ok(i, req.max_cloud_cover)]
+    kept.sort(
+        key=lambda i: (
+            float(i.properties.get("eo:cloud_cover", 0.0)),
+            i.datetime.isoformat() if i.datetime else "",
+            i.id,
+        )
+    )
+    out: list[pystac.Item] = []
+    per: dict[str | None, int] = {}
+    for item in kept:
+        n = per.get(item.collection_id, 0)
+        if n < req.max_items:
+            out.append(item)
+            per[item.collection_id] = n + 1
+    out.sort(key=lambda i: (i.datetime.isoformat() if i.datetime else "", i.id))
+    return out
+
+
+def search_local(path: Path, req: SearchRequest) -> list[pystac.Item]:
+    """Search a newline-delimited JSON file of STAC items in-process with DuckDB."""
+    if not path.is_file():
+        raise CatalogError(
+            f"{path}: local catalog not found (build the demo region with "
+            f"`forest-carbon simulate`, or set sources.catalog.location)"
+        )
+    minx, miny, maxx, maxy = req.bbox
+    where = [
+        "list_contains(?, json->>'$.collection')",
+        "CAST(json->>'$.bbox[0]' AS DOUBLE) <= ?",
+        "CAST(json->>'$.bbox[2]' AS DOUBLE) >= ?",
+        "CAST(json->>'$.bbox[1]' AS DOUBLE) <= ?",
+        "CAST(json->>'$.bbox[3]' AS DOUBLE) >= ?",
+    ]
+    params: list[Any] = [list(req.collections), maxx, minx, maxy, miny]
+    if req.start is not None:
+        where.append(
+            "CAST(json->>'$.properties.datetime' AS TIMESTAMPTZ) >= CAST(? AS TIMESTAMPTZ)"
+        )
+        params.append(f"{req.start.isoformat()}T00:00:00Z")
+    if req.end is not None:
+        where.append(
+            "CAST(json->>'$.properties.datetime' AS TIMESTAMPTZ) <= CAST(? AS TIMESTAMPTZ)"
+        )
+        params.append(f"{req.end.isoformat()}T23:59:59Z")
+    if req.max_cloud_cover is not None:
+        where.append(
+            "(json->>'$.properties.\"eo:cloud_cover\"' IS NULL "
+            "OR CAST(json->>'$.properties.\"eo:cloud_cover\"' AS DOUBLE) <= ?)"
+        )
+        params.append(req.max_cloud_cover)
+    sql = "SELECT CAST(json AS VARCHAR) FROM read_ndjson_objects(?) WHERE " + " AND ".join(where)
+    con = duckdb.connect(":memory:")
+    try:
+        rows = con.execute(sql, [str(path), *params]).fetchall()
+    except duckdb.Error as err:
+        raise CatalogError(f"{path}: cannot read the local catalog: {err}") from None
+    finally:
+        con.close()
+    items = [pystac.Item.from_dict(json.loads(r[0])) for r in rows]
+    return _finish(items, req)
+
+
+def search_api(url: str, req: SearchRequest, *, sign: str | None = None) -> list[pystac.Item]:
+    """Search a STAC API with pystac-client (POST, paging followed to ``max_items``)."""
+    import pystac_client  # imported here: only API searches need it
+    from pystac_client.exceptions import APIError
+
+    modifier = None
+    if sign == "planetary_computer":
+        import planetary_computer
+
+        modifier = planetary_computer.sign_inplace
+    try:
+        client = pystac_client.Client.open(url, modifier=modifier)
+        query = None
+        if req.max_cloud_cover is not None:
+            query = {"eo:cloud_cover": {"lte": req.max_cloud_cover}}
+        search = client.search(
+            collections=list(req.collections),
+            bbox=list(req.bbox),
+            datetime=req.datetime_range,
+            query=query,
+            limit=req.page_size,
+            max_items=req.max_items * len(req.collections) * 4,
+        )
+        items = list(search.items())
+    except (APIError, OSError) as err:
+        raise CatalogError(f"STAC search failed at {url}: {err}") from None
+    return _finish(items, req)
+
+
+def search(req: SearchRequest, *, kind: str, location: str | None = None) -> pystac.ItemCollection:
+    """Search the catalog ``kind`` (``data_catalog/catalogs.yaml``).
+
+    Raises
+    ------
+    CatalogError
+        Nothing found; the message names the catalog, collections, bbox, dates and
+        cloud limit.
+    """
+    table = catalogs()
+    if kind not in table:
+        raise ConfigError(
+            f"sources.catalog.kind: unknown catalog {kind!r} (known: {sorted(table)})"
+        )
+    entry = table[kind]
+    if kind == "local":
+        if not location:
+            raise ConfigError(
+                "sources.catalog.location: the local catalog needs its items.ndjson path"
+            )
+        name = f"local {location}"
+        items = search_local(Path(location), req)
+    else:
+        url = location if kind == "stac-api" else (location or entry["url"])
+        if not url:
+            raise ConfigError("sources.catalog.location: a stac-api catalog needs its root URL")
+        name = f"{kind} {url}"
+        items = search_api(url, req, sign=entry.get("sign"))
+    if not items:
+        raise CatalogError(
+            f"no items found: {req.describe(name)}. Widen the date window, raise "
+            f"stages.acquire.max_cloud_cover, or check the AOI and collections"
+        )
+    return pystac.ItemCollection(items)
+
+
+def item_collection_from_dict(data: Mapping[str, Any] | Sequence[Any]) -> pystac.ItemCollection:
+    """A frozen ItemCollection (as written to ``items/<epoch>.json``) back as objects."""
+    if isinstance(data, Mapping) and data.get("type") == "FeatureCollection":
+        return pystac.ItemCollection.from_dict(dict(data))
+    if isinstance(data, Sequence):
+        return pystac.ItemCollection([pystac.Item.from_dict(d) for d in data])
+    raise CatalogError("frozen items: expected a STAC FeatureCollection (items/<epoch>.json)")

@@ -1,0 +1,393 @@
+"""Composite science on small synthetic scenes: numpy reference == the lazy Dask result.
+
+The generator below writes a handful of tiny COG scenes (Earth-Search-v1-shaped items,
+``file://`` hrefs) from a seeded RNG: Sentinel-2 before and after baseline 04.00 (with
+and without the provider's "offset applied" flag), SCL clouds and shadows, and one
+Landsat scene with QA_PIXEL bits. The reference recomputes every step with plain numpy
+and scipy on the whole array; the pipeline's version runs chunked (chunks smaller than
+the scene, so dilation and the median cross chunk edges).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import BoundingBox
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+from pipeline import catalog
+from pipeline import composite as C
+
+CRS = "EPSG:32650"
+X0, Y0 = 700000.0, 2950000.0  # upper-left corner, metres
+N = 48  # pixels per side
+RES = 10.0
+S2_KEYS = (
+    "blue",
+    "green",
+    "red",
+    "rededge1",
+    "rededge2",
+    "rededge3",
+    "nir",
+    "nir08",
+    "swir16",
+    "swir22",
+)
+LS_KEYS = ("blue", "green", "red", "nir08", "swir16", "swir22")
+
+
+def _write(path: Path, arr: np.ndarray, *, nodata: float | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=arr.shape[1],
+        height=arr.shape[0],
+        count=1,
+        dtype=arr.dtype,
+        crs=CRS,
+        transform=from_origin(X0, Y0, RES, RES),
+        nodata=nodata,
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+    ) as dst:
+        dst.write(arr, 1)
+
+
+def _item_dict(
+    item_id: str, collection: str, when: dt.datetime, props: dict[str, Any], assets: dict[str, Path]
+) -> dict[str, Any]:
+    lon0, lat0, lon1, lat1 = 119.0, 26.6, 119.1, 26.7  # only used for search, not loading
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": item_id,
+        "collection": collection,
+        "bbox": [lon0, lat0, lon1, lat1],
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[lon0, lat0], [lon1, lat0], [lon1, lat1], [lon0, lat1], [lon0, lat0]]],
+        },
+        "properties": {
+            "datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "proj:epsg": 32650,
+            "forest-carbon:simulated": True,
+            **props,
+        },
+        "links": [],
+        "assets": {
+            k: {
+                "href": p.resolve().as_uri(),
+                "type": "image/tiff",
+                "proj:epsg": 32650,
+                "proj:shape": [N, N],
+                "proj:transform": [RES, 0.0, X0, 0.0, -RES, Y0],
+            }
+            for k, p in assets.items()
+        },
+    }
+
+
+def make_scenes(root: Path, seed: int = 7) -> tuple[list[pystac.Item], dict[str, Any]]:
+    """Write the synthetic scenes; return items and the ground truth used to make them."""
+    rng = np.random.default_rng(seed)
+    truth = {b: rng.uniform(0.02, 0.4, (N, N)).astype("float32") for b in S2_KEYS}
+    items: list[pystac.Item] = []
+    dns: dict[str, dict[str, np.ndarray]] = {}
+    specs = [
+        # id, date, baseline, flag, dn offset actually in the pixels
+        ("S2A_PRE_0_L2A", dt.datetime(2021, 6, 1), "03.01", None, 0),
+        ("S2B_POST_FLAG_0_L2A", dt.datetime(2023, 6, 11), "05.09", True, 0),
+        ("S2A_POST_RAW_0_L2A", dt.datetime(2022, 7, 1), "04.00", False, 1000),
+        ("S2B_POST_RAW2_0_L2A", dt.datetime(2022, 7, 11), "04.00", False, 1000),
+    ]
+    for item_id, when, baseline, flag, dn_off in specs:
+        assets: dict[str, Path] = {}
+        noise = {b: rng.normal(0, 0.004, (N, N)) for b in S2_KEYS}
+        dn_b = {}
+        for b in S2_KEYS:
+            dn = np.round((truth[b] + noise[b]) * 10000 + dn_off).astype("uint16")
+            dn[0, :3] = 0  # no-data strip
+            dn_b[b] = dn
+            assets[b] = root / item_id / f"{b}.tif"
+            _write(assets[b], dn, nodata=0)
+        scl = np.full((N, N), 4, dtype="uint8")
+        cy, cx = rng.integers(8, N - 8, 2)
+        scl[cy - 3 : cy + 3, cx - 4 : cx + 4] = 9  # a cloud
+        scl[(cy + 5) % N, :10] = 3  # a shadow streak
+        scl[0, :3] = 0
+        dn_b["scl"] = scl
+        assets["scl"] = root / item_id / "scl.tif"
+        _write(assets["scl"], scl, nodata=0)
+        props: dict[str, Any] = {
+            "s2:processing_baseline": baseline,
+            "eo:cloud_cover": 10.0,
+            "platform": "sentinel-2a",
+        }
+        if flag is not None:
+            props["earthsearch:boa_offset_applied"] = flag
+        items.append(
+            pystac.Item.from_dict(_item_dict(item_id, "sentinel-2-l2a", when, props, assets))
+        )
+        dns[item_id] = dn_b
+    # one Landsat scene: OLI reflectance = HLS forward model of the MSI truth
+    coeffs = C.harmonisation_coefficients("sentinel-2a")
+    assets = {}
+    dn_l: dict[str, np.ndarray] = {}
+    for b in LS_KEYS:
+        slope, off = coeffs[b]
+        oli = truth[b] * slope + off
+        dn = np.round((oli + 0.2) / 0.0000275).astype("uint16")
+        dn_l[b] = dn
+        assets[b] = root / "LC09_X" / f"{b}.tif"
+        _write(assets[b], dn, nodata=0)
+    qa = np.full((N, N), 1 << 6, dtype="uint16")  # clear
+    qa[10:14, 30:36] = (1 << 3) | (1 << 1)  # cloud + dilated cloud
+    qa[40, :] = 1 << 4  # shadow
+    qa[20:22, 5:9] = 1 << 5  # snow
+    dn_l["qa_pixel"] = qa
+    assets["qa_pixel"] = root / "LC09_X" / "qa_pixel.tif"
+    _write(assets["qa_pixel"], qa, nodata=1)
+    items.append(
+        pystac.Item.from_dict(
+            _item_dict(
+                "LC09_X",
+                "landsat-c2-l2",
+                dt.datetime(2022, 8, 1),
+                {"eo:cloud_cover": 5.0, "platform": "landsat-9"},
+                assets,
+            )
+        )
+    )
+    dns["LC09_X"] = dn_l
+    return items, {"truth": truth, "dn": dns}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[pystac.Item], dict[str, Any]]:
+    return make_scenes(tmp_path_factory.mktemp("scenes"))
+
+
+def _geobox() -> GeoBox:
+    return GeoBox.from_bbox(
+        BoundingBox(X0, Y0 - N * RES, X0 + N * RES, Y0, crs=CRS), crs=CRS, resolution=RES
+    )
+
+
+SETTINGS = C.CompositeSettings(cloud_dilation_px=2, resampling="nearest", chunk_px=20)
+
+
+def _reference(
+    items: list[pystac.Item], data: dict[str, Any], band: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plain numpy/scipy composite of one band, written out independently of the module."""
+    disk = C.disk(2)
+    layers = []
+    for item in items:
+        dn = data["dn"][item.id]
+        if item.collection_id == "sentinel-2-l2a":
+            base = item.properties["s2:processing_baseline"]
+            applied = item.properties.get("earthsearch:boa_offset_applied", False)
+            offset = -0.1 if (base >= "04.00" and not applied) else 0.0
+            scl = dn["scl"]
+            bad = np.isin(scl, [0, 1, 3, 8, 9, 10, 11])
+            bad |= ndimage.binary_dilation(np.isin(scl, [3, 8, 9, 10]), structure=disk)
+            refl = np.where(dn[band] == 0, np.nan, dn[band] * 1e-4 + offset)
+        else:
+            if band not in dn:
+                continue
+            qa = dn["qa_pixel"].astype(np.int64)
+            bad = (qa & 0b111111) != 0
+            bad |= ndimage.binary_dilation((qa & 0b11110) != 0, structure=disk)
+            slope, off = C.harmonisation_coefficients("sentinel-2a")[band]
+            refl = ((dn[band] * 0.0000275 - 0.2) - off) / slope
+        layers.append(np.where(bad, np.nan, refl))
+    stack = np.stack(layers)
+    with (
+        np.errstate(all="ignore"),
+        pytest.warns(RuntimeWarning) if np.isnan(stack).all(0).any() else _null(),
+    ):
+        med = np.nanmedian(stack, axis=0)
+    return med, np.isfinite(stack).sum(0)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def test_radiometry_rules_on_synthetic_items(
+    scenes: tuple[list[pystac.Item], dict[str, Any]],
+) -> None:
+    items, _ = scenes
+    got = {i.id: catalog.radiometry(i).offset for i in items}
+    assert got == {
+        "S2A_PRE_0_L2A": 0.0,
+        "S2B_POST_FLAG_0_L2A": 0.0,
+        "S2A_POST_RAW_0_L2A": -0.1,
+        "S2B_POST_RAW2_0_L2A": -0.1,
+        "LC09_X": -0.2,
+    }
+
+
+@pytest.mark.parametrize("band", ["red", "nir08", "rededge1"])
+def test_composite_equals_numpy_reference(
+    scenes: tuple[list[pystac.Item], dict[str, Any]], band: str
+) -> None:
+    items, data = scenes
+    comp, _ = C.seasonal_composite(items, _geobox(), settings=SETTINGS)
+    assert comp.data.chunksize[1:] == (20, 20)  # stayed lazy and chunked
+    got = comp.sel(band=band).values
+    ref, count = _reference(items, data, band)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)
+    if band == "red":
+        np.testing.assert_array_equal(comp.sel(band="n_valid").values, count)
+
+
+def test_composite_recovers_truth_and_masks(
+    scenes: tuple[list[pystac.Item], dict[str, Any]],
+) -> None:
+    items, data = scenes
+    comp, _ = C.seasonal_composite(items, _geobox(), settings=SETTINGS)
+    red = comp.sel(band="red").values
+    ok = np.isfinite(red)
+    assert ok.mean() > 0.95
+    # the offsets were removed exactly once: the median sits on the truth within noise
+    assert np.median(np.abs(red[ok] - data["truth"]["red"][ok])) < 0.005
+    # a pixel cloudy in every scene but one keeps only that scene
+    assert comp.sel(band="n_valid").values.max() == 5
+
+
+def test_landsat_harmonisation_inverts_hls(
+    scenes: tuple[list[pystac.Item], dict[str, Any]],
+) -> None:
+    items, data = scenes
+    ls = [i for i in items if i.collection_id == "landsat-c2-l2"]
+    comp, _ = C.seasonal_composite(
+        ls,
+        _geobox(),
+        settings=C.CompositeSettings(cloud_dilation_px=0, resampling="nearest", chunk_px=20),
+    )
+    blue = comp.sel(band="blue").values
+    ok = np.isfinite(blue)
+    # DN rounding is 0.0000275 reflectance; after the inverse, MSI truth within 3e-5
+    np.testing.assert_allclose(blue[ok], data["truth"]["blue"][ok], atol=3e-5)
+    # QA bits: cloud, shadow and snow pixels are masked
+    assert np.isnan(blue[11, 32]) and np.isnan(blue[40, 7]) and np.isnan(blue[21, 6])
+    # Landsat has no B08 / red edge: those stay empty rather than borrowed
+    assert np.isnan(comp.sel(band="rededge1").values).all()
+    # without harmonisation the values differ by the published regression
+    raw, _ = C.seasonal_composite(
+        ls,
+        _geobox(),
+        settings=C.CompositeSettings(
+            cloud_dilation_px=0, resampling="nearest", chunk_px=20, harmonise_landsat=False
+        ),
+    )
+    slope, off = C.harmonisation_coefficients("sentinel-2a")["blue"]
+    np.testing.assert_allclose(raw.sel(band="blue").values[ok], blue[ok] * slope + off, atol=1e-6)
+
+
+def test_hls_coefficients_match_published_table() -> None:
+    # NASA HLS bandpass adjustment page, Sentinel-2A column (MSI -> OLI)
+    c = C.harmonisation_coefficients("sentinel-2a")
+    assert c["red"] == (0.9765, 0.0009) and c["swir22"] == (1.003, -0.0012)
+    assert C.harmonisation_coefficients("sentinel-2b")["green"] == (1.0075, -0.0008)
+
+
+def test_indices_closed_form() -> None:
+    import xarray as xr
+
+    v = {
+        b: xr.DataArray(np.array([x], dtype="float32"))
+        for b, x in {
+            "nir": 0.4,
+            "red": 0.05,
+            "blue": 0.03,
+            "swir16": 0.2,
+            "swir22": 0.1,
+            "rededge1": 0.1,
+        }.items()
+    }
+    out = C.indices(v)
+    assert float(out["ndvi"][0]) == pytest.approx(0.35 / 0.45, rel=1e-6)
+    assert float(out["nbr"][0]) == pytest.approx(0.3 / 0.5, rel=1e-6)
+    assert float(out["ndmi"][0]) == pytest.approx(0.2 / 0.6, rel=1e-6)
+    assert float(out["ndre"][0]) == pytest.approx(0.3 / 0.5, rel=1e-6)
+    assert float(out["evi"][0]) == pytest.approx(2.5 * 0.35 / (0.4 + 0.3 - 0.225 + 1), rel=1e-6)
+
+
+def test_dilation_is_seamless_across_chunks() -> None:
+    import dask.array as da
+
+    rng = np.random.default_rng(3)
+    m = rng.random((37, 41)) > 0.97
+    for chunks in [(5, 7), (37, 41), (10, 3)]:
+        got = C.dilate(da.from_array(m, chunks=chunks), 3).compute()
+        np.testing.assert_array_equal(got, ndimage.binary_dilation(m, structure=C.disk(3)))
+
+
+def test_horn_slope_aspect_on_planes() -> None:
+    yy, xx = np.mgrid[0:6, 0:6].astype(float)
+    # rows run north to south: northing decreases with row index
+    east_up = 0.5 * xx * 10  # rises 0.5 m per metre eastwards -> faces west
+    slope, aspect = C.horn_slope_aspect(east_up, dx_m=10, dy_m=10)
+    assert slope[2, 2] == pytest.approx(np.degrees(np.arctan(0.5)), abs=1e-4)
+    assert aspect[2, 2] == pytest.approx(270.0, abs=1e-4)
+    north_up = -yy * 10 * 0.2  # rises towards the north (row 0) -> faces south
+    slope, aspect = C.horn_slope_aspect(north_up, dx_m=10, dy_m=10)
+    assert aspect[3, 3] == pytest.approx(180.0, abs=1e-4)
+    assert np.isnan(slope[0, 0])  # edge has no neighbours
+    flat = np.zeros((4, 4))
+    assert np.isnan(C.horn_slope_aspect(flat, dx_m=10, dy_m=10)[1][1, 1])
+
+
+def test_terrain_from_dem_item(tmp_path: Path) -> None:
+    _, xx = np.mgrid[0:N, 0:N].astype("float32")
+    dem = (100 + 0.3 * xx * RES).astype("float32")  # rises eastwards, 0.3 m/m
+    _write(tmp_path / "dem.tif", dem, nodata=-32767.0)
+    item = pystac.Item.from_dict(
+        _item_dict(
+            "Copernicus_DSM_X",
+            "cop-dem-glo-30",
+            dt.datetime(2021, 4, 22),
+            {},
+            {"data": tmp_path / "dem.tif"},
+        )
+    )
+    t = C.terrain([item], _geobox(), settings=SETTINGS)
+    assert list(t.band.values) == ["elevation", "slope_deg", "aspect_deg"]
+    vals = t.values
+    np.testing.assert_allclose(vals[0], dem, atol=1e-3)
+    inner = (slice(1, -1), slice(1, -1))
+    np.testing.assert_allclose(vals[1][inner], np.degrees(np.arctan(0.3)), atol=1e-3)
+    np.testing.assert_allclose(vals[2][inner], 270.0, atol=1e-3)
+
+
+def test_dark_object_qa_flags_wrong_offset_flag(tmp_path: Path) -> None:
+    items, _ = make_scenes(tmp_path / "s")
+    raw = next(i for i in items if i.id == "S2A_POST_RAW_0_L2A")
+    # the provider claims it removed the offset, but the pixels still carry it
+    lying = raw.clone()
+    lying.properties["earthsearch:boa_offset_applied"] = True
+    # dark objects: the synthetic truth starts at 0.02 reflectance
+    scenes_ = [C.load_scene(i, _geobox(), settings=SETTINGS) for i in (raw, lying)]
+    qa = C.dark_object_qa(scenes_, stride=1)
+    assert qa[0]["status"] == "ok"
+    assert qa[1]["status"].startswith("suspect: dark objects too bright")
+    assert qa[1]["dark_object_reflectance"] > 0.1
