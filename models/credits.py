@@ -1,0 +1,304 @@
+"""Carbon credit arithmetic: net removals, uncertainty deduction, non-permanence buffer.
+
+The science of a credit is bookkeeping with rules, and the rules belong to a methodology
+(``configs/methodology/*.yaml``), never to this code. For one accounting unit (a parcel or
+the whole project area) over one monitoring period:
+
+1. project removals ``P`` (t CO2e) = annual stock-change sink x period, with standard
+   deviation ``sd_P`` from the per-pixel uncertainty of the maps;
+2. baseline removals ``B`` (t CO2e) = stated baseline rate (t CO2e/ha/yr) x area x period,
+   taken as exact (it is a stated, validated value of the project design);
+3. leakage ``L`` = leakage fraction x max(P - B, 0);
+4. net removals ``N = P - B - L``, with ``sd_N = sd_P x (1 - leakage fraction)``;
+5. uncertainty ``U`` = half-width of the two-sided confidence interval at the
+   methodology's level (normal quantile) divided by ``N``;
+6. uncertainty deduction, by the methodology's rule:
+
+   - ``discount_table`` (CDM AR-TOOL14 v04.2 Appendix 2): deduction = share(U) x half-width,
+     the share read from the table band that contains U;
+   - ``excess_over_threshold`` (VM0047 v1.0 section 8.4 as encoded in the methodology file):
+     deduction = max(0, U - threshold) x N;
+
+7. buffer = buffer fraction x (N - deduction) (the non-permanence risk withholding);
+8. credits = N - deduction - buffer.
+
+When ``N <= 0`` there is nothing to credit: deduction and buffer are zero and the
+negative net removals are reported as they are (a reversal is not hidden).
+
+This module imports nothing from :mod:`pipeline` so it can be used on its own; it raises
+``ValueError`` for malformed methodology data and the pipeline turns that into a
+``ConfigError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from scipy.stats import norm
+
+
+@dataclass(frozen=True)
+class DiscountBand:
+    """One band of a discount table: applies while ``U <= max_uncertainty``."""
+
+    #: upper bound of the relative uncertainty U (fraction); ``None`` = no upper bound
+    max_uncertainty: float | None
+    #: share of the absolute confidence-interval half-width that is deducted
+    share_of_half_width: float
+
+
+@dataclass(frozen=True)
+class UncertaintyRule:
+    """How a methodology turns the relative uncertainty U into a deduction."""
+
+    kind: Literal["discount_table", "excess_over_threshold"]
+    bands: tuple[DiscountBand, ...] = ()
+    threshold: float | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Methodology:
+    """The parameters of a crediting methodology, each with its source."""
+
+    id: str
+    name: str
+    confidence_level: float
+    uncertainty_rule: UncertaintyRule
+    leakage_fraction: float
+    buffer_fraction: float
+    baseline_column: str
+    #: parameter name -> (source, verified)
+    provenance: tuple[tuple[str, str, bool], ...] = ()
+
+    def with_overrides(
+        self, *, leakage_fraction: float | None = None, buffer_fraction: float | None = None
+    ) -> Methodology:
+        """A copy with the run config's overrides of leakage and buffer applied."""
+        prov = list(self.provenance)
+        lf, bf = self.leakage_fraction, self.buffer_fraction
+        if leakage_fraction is not None:
+            lf = leakage_fraction
+            prov = [p for p in prov if p[0] != "leakage_fraction"]
+            prov.append(("leakage_fraction", "run config stages.credits.leakage_fraction", True))
+        if buffer_fraction is not None:
+            bf = buffer_fraction
+            prov = [p for p in prov if p[0] != "buffer_fraction"]
+            prov.append(("buffer_fraction", "run config stages.credits.buffer_fraction", True))
+        return Methodology(
+            id=self.id,
+            name=self.name,
+            confidence_level=self.confidence_level,
+            uncertainty_rule=self.uncertainty_rule,
+            leakage_fraction=lf,
+            buffer_fraction=bf,
+            baseline_column=self.baseline_column,
+            provenance=tuple(prov),
+        )
+
+
+def _param(data: Mapping[str, Any], key: str, source: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{source}: '{key}' must be a mapping with 'value' and 'source'")
+    if "source" not in value:
+        raise ValueError(f"{source}: '{key}' has no 'source'; every parameter must cite one")
+    return value
+
+
+def _fraction(entry: Mapping[str, Any], key: str, source: str) -> float:
+    value = entry.get("value")
+    if not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"{source}: '{key}.value' must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def methodology_from_mapping(data: Mapping[str, Any], *, source: str) -> Methodology:
+    """Validate a parsed methodology file (see ``configs/methodology/ccer.yaml``)."""
+    for key in ("id", "name"):
+        if not isinstance(data.get(key), str):
+            raise ValueError(f"{source}: '{key}' must be a string")
+    prov: list[tuple[str, str, bool]] = []
+    entries = {}
+    for key in ("leakage_fraction", "buffer_fraction", "confidence_level", "baseline"):
+        entries[key] = _param(data, key, source)
+        prov.append((key, str(entries[key]["source"]), bool(entries[key].get("verified", False))))
+    confidence = _fraction(entries["confidence_level"], "confidence_level", source)
+    if not 0 < confidence < 1:
+        raise ValueError(f"{source}: 'confidence_level.value' must lie strictly between 0 and 1")
+    column = entries["baseline"].get("column")
+    if entries["baseline"].get("kind") != "stated_per_parcel" or not isinstance(column, str):
+        raise ValueError(
+            f"{source}: 'baseline' must have kind 'stated_per_parcel' and a 'column' name"
+        )
+
+    rule_data = _param(data, "uncertainty_rule", source)
+    kind = rule_data.get("kind")
+    prov.append(
+        ("uncertainty_rule", str(rule_data["source"]), bool(rule_data.get("verified", False)))
+    )
+    if kind == "discount_table":
+        raw = rule_data.get("bands")
+        if not isinstance(raw, list) or not raw:
+            raise ValueError(f"{source}: 'uncertainty_rule.bands' must be a non-empty list")
+        bands = []
+        last = -math.inf
+        for i, band in enumerate(raw):
+            upper = band.get("max_uncertainty")
+            share = band.get("share_of_half_width")
+            if not isinstance(share, int | float) or not 0 <= share <= 1:
+                raise ValueError(
+                    f"{source}: uncertainty_rule.bands[{i}].share_of_half_width must be in [0, 1]"
+                )
+            if upper is None and i != len(raw) - 1:
+                raise ValueError(f"{source}: only the last band may have max_uncertainty null")
+            if upper is not None and upper <= last:
+                raise ValueError(f"{source}: uncertainty_rule.bands must be in increasing order")
+            last = math.inf if upper is None else float(upper)
+            bands.append(DiscountBand(None if upper is None else float(upper), float(share)))
+        if bands[-1].max_uncertainty is not None:
+            raise ValueError(
+                f"{source}: the last uncertainty band must have max_uncertainty null (no bound)"
+            )
+        rule = UncertaintyRule("discount_table", bands=tuple(bands), source=rule_data["source"])
+    elif kind == "excess_over_threshold":
+        thr = rule_data.get("threshold")
+        if not isinstance(thr, int | float) or not 0 <= thr < 1:
+            raise ValueError(f"{source}: 'uncertainty_rule.threshold' must be in [0, 1)")
+        rule = UncertaintyRule(
+            "excess_over_threshold", threshold=float(thr), source=rule_data["source"]
+        )
+    else:
+        raise ValueError(
+            f"{source}: uncertainty_rule.kind must be 'discount_table' or "
+            f"'excess_over_threshold', got {kind!r}"
+        )
+    return Methodology(
+        id=str(data["id"]),
+        name=str(data["name"]),
+        confidence_level=confidence,
+        uncertainty_rule=rule,
+        leakage_fraction=_fraction(entries["leakage_fraction"], "leakage_fraction", source),
+        buffer_fraction=_fraction(entries["buffer_fraction"], "buffer_fraction", source),
+        baseline_column=column,
+        provenance=tuple(prov),
+    )
+
+
+def load_methodology(path: Path) -> Methodology:
+    """Read and validate a methodology YAML file."""
+    if not path.is_file():
+        raise ValueError(f"{path}: methodology file not found (see configs/methodology/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a mapping of keys")
+    return methodology_from_mapping(data, source=str(path))
+
+
+def two_sided_quantile(confidence_level: float) -> float:
+    """Standard normal quantile of a two-sided interval (1.6449 at 90 %)."""
+    return float(norm.ppf(0.5 + confidence_level / 2))
+
+
+def uncertainty_deduction_tco2e(
+    net_tco2e: float, half_width_tco2e: float, rule: UncertaintyRule
+) -> tuple[float, float]:
+    """The deduction (t CO2e) and the factor applied, for positive net removals.
+
+    Returns ``(deduction, factor)``: for a discount table the factor is the share of the
+    half-width, for a threshold rule it is the share of the net removals.
+    """
+    if net_tco2e <= 0:
+        return 0.0, 0.0
+    u = half_width_tco2e / net_tco2e
+    if rule.kind == "discount_table":
+        for band in rule.bands:
+            if band.max_uncertainty is None or u <= band.max_uncertainty:
+                share = band.share_of_half_width
+                # AR-TOOL14: never deduct more than the whole estimate
+                return min(share * half_width_tco2e, net_tco2e), share
+        raise ValueError("discount table has no open-ended last band")  # validated on load
+    threshold = rule.threshold if rule.threshold is not None else 0.0
+    factor = min(max(0.0, u - threshold), 1.0)
+    return factor * net_tco2e, factor
+
+
+@dataclass(frozen=True)
+class CreditSteps:
+    """Every intermediate value of one credit calculation (t CO2e unless stated)."""
+
+    area_ha: float
+    period_yr: float
+    project_tco2e: float
+    project_sd_tco2e: float
+    baseline_rate_tco2e_ha_yr: float
+    baseline_tco2e: float
+    leakage_fraction: float
+    leakage_tco2e: float
+    net_tco2e: float
+    net_sd_tco2e: float
+    z_value: float
+    half_width_tco2e: float
+    uncertainty_pct: float
+    uncertainty_factor: float
+    uncertainty_deduction_tco2e: float
+    after_uncertainty_tco2e: float
+    buffer_fraction: float
+    buffer_tco2e: float
+    credits_tco2e: float
+
+
+def credit_steps(
+    *,
+    area_ha: float,
+    period_yr: float,
+    project_tco2e: float,
+    project_sd_tco2e: float,
+    baseline_rate_tco2e_ha_yr: float,
+    methodology: Methodology,
+) -> CreditSteps:
+    """Run the credit calculation for one accounting unit (see the module docstring)."""
+    if period_yr <= 0:
+        raise ValueError(f"the monitoring period must be positive, got {period_yr} years")
+    if project_sd_tco2e < 0:
+        raise ValueError(f"a standard deviation cannot be negative, got {project_sd_tco2e}")
+    lf = methodology.leakage_fraction
+    baseline = baseline_rate_tco2e_ha_yr * area_ha * period_yr
+    leakage = lf * max(project_tco2e - baseline, 0.0)
+    net = project_tco2e - baseline - leakage
+    net_sd = project_sd_tco2e * (1.0 - lf)
+    z = two_sided_quantile(methodology.confidence_level)
+    half_width = z * net_sd
+    u_pct = 100.0 * half_width / net if net > 0 else math.nan
+    deduction, factor = uncertainty_deduction_tco2e(net, half_width, methodology.uncertainty_rule)
+    after = net - deduction
+    buffer = methodology.buffer_fraction * after if after > 0 else 0.0
+    return CreditSteps(
+        area_ha=area_ha,
+        period_yr=period_yr,
+        project_tco2e=project_tco2e,
+        project_sd_tco2e=project_sd_tco2e,
+        baseline_rate_tco2e_ha_yr=baseline_rate_tco2e_ha_yr,
+        baseline_tco2e=baseline,
+        leakage_fraction=lf,
+        leakage_tco2e=leakage,
+        net_tco2e=net,
+        net_sd_tco2e=net_sd,
+        z_value=z,
+        half_width_tco2e=half_width,
+        uncertainty_pct=u_pct,
+        uncertainty_factor=factor,
+        uncertainty_deduction_tco2e=deduction,
+        after_uncertainty_tco2e=after,
+        buffer_fraction=methodology.buffer_fraction,
+        buffer_tco2e=buffer,
+        credits_tco2e=after - buffer,
+    )

@@ -1,0 +1,172 @@
+"""Stage ``credits``: net removals, uncertainty deduction and buffer for the project area.
+
+The arithmetic is :func:`models.credits.credit_steps`; the rules come from the
+methodology file named by ``stages.credits.methodology`` (``configs/methodology/ccer.yaml``
+or ``vm0047.yaml``), resolved into the frozen job before any work.
+
+For each project parcel of ``project.gpkg`` the project removals are the
+fractional-coverage zonal sum of the sink map (t CO2e/yr, :mod:`pipeline.zonal`) times the
+monitoring period (years between the two epochs' reference dates); the baseline is the
+parcel's stated ``baseline_tco2e_ha_yr`` times its area (from the geometry, in the map
+CRS) and the period. Parcel rows are informative; the credited line is the project
+``TOTAL``, whose uncertainty is that of the project total (fully correlated pixel errors:
+SDs add up; ``independent``: root sum of squares, per ``SinkParams``) - the methodologies
+apply the uncertainty rule to the project's estimate, not parcel by parcel.
+
+Signatures
+----------
+``credits_job(config) -> CreditsJob``
+    loads and validates the methodology (``ConfigError`` naming the file on problems) and
+    applies ``stages.credits.leakage_fraction`` / ``buffer_fraction`` overrides.
+``credits_inputs(config, layout) -> {"sink": rasters/sink.tif, "project": sources.project_area}``
+``credits_stage(job, *, sink, project) -> {"credits/credits.csv": DataFrame}``
+    one row per parcel and a ``TOTAL`` row, every step's value in its own column.
+
+Run: ``forest-carbon run --region nanping --stages credits`` or ``forest-carbon credits``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+
+from models.credits import CreditSteps, Methodology, credit_steps, load_methodology
+from pipeline.config import Config
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.sink import as_band, named_band
+from pipeline.stage import RunLayout, Stage
+from pipeline.stages.sink import SINK_RELPATH, SinkJob, sink_job
+from pipeline.zonal import coverage_cells, weighted_sum
+
+CREDITS_RELPATH = "credits/credits.csv"
+TOTAL_ID = "TOTAL"
+#: square metres in a hectare (unit definition)
+M2_PER_HA = 10_000.0
+
+
+@dataclass(frozen=True)
+class CreditsJob:
+    """The resolved methodology plus the sink's epochs and error aggregation."""
+
+    methodology: Methodology
+    methodology_file: str
+    sink: SinkJob
+
+
+def credits_job(config: Config) -> CreditsJob:
+    """Resolve ``stages.credits``: load the methodology file and apply overrides."""
+    params = config.stages.credits
+    try:
+        method = load_methodology(params.methodology)
+    except ValueError as err:
+        raise ConfigError(f"stages.credits.methodology: {err}") from None
+    method = method.with_overrides(
+        leakage_fraction=params.leakage_fraction, buffer_fraction=params.buffer_fraction
+    )
+    return CreditsJob(method, str(params.methodology), sink_job(config))
+
+
+def credits_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
+    """Input files of the ``credits`` stage."""
+    if config.sources.project_area is None:
+        raise ConfigError(
+            "sources.project_area: the credits stage needs the project parcels "
+            "(e.g. data/<region>/parcels/project.gpkg)"
+        )
+    return {"sink": layout.path(SINK_RELPATH), "project": config.sources.project_area}
+
+
+def _steps_row(unit_id: str, scope: str, steps: CreditSteps) -> dict[str, Any]:
+    return {"parcel_id": unit_id, "scope": scope, **dataclasses.asdict(steps)}
+
+
+def credits_table(
+    job: CreditsJob,
+    *,
+    sink: xr.DataArray | xr.Dataset,
+    project: gpd.GeoDataFrame,
+) -> pd.DataFrame:
+    """Credit calculation per project parcel and for the project total."""
+    method = job.methodology
+    col = method.baseline_column
+    for needed in ("parcel_id", col):
+        if needed not in project.columns:
+            raise InputDataError(
+                f"project area: no '{needed}' column (needed by methodology '{method.id}', "
+                f"{job.methodology_file}); columns: {list(project.columns)}"
+            )
+    if project[col].isna().any():
+        bad = project.loc[project[col].isna(), "parcel_id"].tolist()[:5]
+        raise InputDataError(f"project area: '{col}' is empty for parcels {bad}")
+    rate = as_band(named_band(sink, "sink_tco2e_ha_yr", source=SINK_RELPATH), name="sink")
+    sd = as_band(named_band(sink, "sink_sd_tco2e_ha_yr", source=SINK_RELPATH), name="sink SD")
+    crs = rate.rio.crs
+    if crs is None:
+        raise InputDataError(f"{SINK_RELPATH}: the sink raster has no CRS")
+    transform = rate.rio.transform(recalc=True)
+    rate_v = np.asarray(rate.values, dtype=np.float64)
+    sd_v = np.asarray(sd.values, dtype=np.float64)
+    px_ha = abs(transform.a * transform.e) / M2_PER_HA
+    covs = coverage_cells(project, transform=transform, shape=rate_v.shape, crs=crs.to_string())
+    areas_ha = project.geometry.to_crs(crs.to_string()).area.to_numpy() / M2_PER_HA
+    years = job.sink.years
+    correlated = job.sink.parcel_error_aggregation == "correlated"
+
+    rows = []
+    sums = {"project": 0.0, "sd_lin": 0.0, "sd_sq": 0.0, "area": 0.0, "baseline": 0.0}
+    for pid, base_rate, area, cov in zip(
+        project["parcel_id"], project[col].astype(float), areas_ha, covs, strict=True
+    ):
+        proj_yr = weighted_sum(cov, rate_v) * px_ha
+        sd_lin = weighted_sum(cov, sd_v) * px_ha
+        sd_rss = math.sqrt(weighted_sum(cov, sd_v, power=2)) * px_ha
+        sd_yr = sd_lin if correlated else sd_rss
+        steps = credit_steps(
+            area_ha=float(area),
+            period_yr=years,
+            project_tco2e=proj_yr * years,
+            project_sd_tco2e=sd_yr * years,
+            baseline_rate_tco2e_ha_yr=float(base_rate),
+            methodology=method,
+        )
+        rows.append(_steps_row(str(pid), "parcel (informative)", steps))
+        sums["project"] += proj_yr * years
+        sums["sd_lin"] += sd_lin * years
+        sums["sd_sq"] += (sd_rss * years) ** 2
+        sums["area"] += float(area)
+        sums["baseline"] += float(base_rate) * float(area)
+    total_sd = sums["sd_lin"] if correlated else math.sqrt(sums["sd_sq"])
+    total_area = sums["area"]
+    total = credit_steps(
+        area_ha=total_area,
+        period_yr=years,
+        project_tco2e=sums["project"],
+        project_sd_tco2e=total_sd,
+        # area-weighted mean stated rate, so that rate x area x period = sum of parcels
+        baseline_rate_tco2e_ha_yr=sums["baseline"] / total_area if total_area > 0 else 0.0,
+        methodology=method,
+    )
+    rows.append(_steps_row(TOTAL_ID, "project (credited)", total))
+    table = pd.DataFrame(rows)
+    table.insert(2, "methodology", method.id)
+    table.insert(3, "epochs", f"{job.sink.epoch_start}-{job.sink.epoch_end}")
+    return table
+
+
+def credits_stage(
+    job: CreditsJob, *, sink: xr.DataArray | xr.Dataset, project: gpd.GeoDataFrame
+) -> dict[str, pd.DataFrame]:
+    """The ``credits`` stage: ``credits/credits.csv``."""
+    return {CREDITS_RELPATH: credits_table(job, sink=sink, project=project)}
+
+
+STAGE = Stage(name="credits", func=credits_stage, params=credits_job, inputs=credits_inputs)

@@ -1,0 +1,215 @@
+"""Tests of the credit arithmetic (models.credits) and the credits stage."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rioxarray  # noqa: F401
+import xarray as xr
+from shapely.geometry import box
+
+from models.credits import (
+    credit_steps,
+    load_methodology,
+    methodology_from_mapping,
+    uncertainty_deduction_tco2e,
+)
+from pipeline.config import parse_config
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.stages.credits import TOTAL_ID, CreditsJob, credits_job, credits_stage
+from pipeline.stages.sink import SinkJob
+
+REPO = Path(__file__).resolve().parent.parent
+CCER = load_methodology(REPO / "configs/methodology/ccer.yaml")
+VM0047 = load_methodology(REPO / "configs/methodology/vm0047.yaml")
+
+
+def test_methodology_files_load_with_sources():
+    assert CCER.uncertainty_rule.kind == "discount_table"
+    assert [b.share_of_half_width for b in CCER.uncertainty_rule.bands] == [
+        0.0, 0.25, 0.5, 0.75, 1.0,
+    ]  # fmt: skip
+    assert VM0047.uncertainty_rule.kind == "excess_over_threshold"
+    assert VM0047.uncertainty_rule.threshold == pytest.approx(0.15)
+    for m in (CCER, VM0047):
+        assert m.confidence_level == pytest.approx(0.90)
+        names = {p[0] for p in m.provenance}
+        assert {"leakage_fraction", "buffer_fraction", "uncertainty_rule"} <= names
+        assert all(src for _, src, _ in m.provenance)
+
+
+def test_ar_tool14_worked_example():
+    # AR-TOOL14 v04.2 Appendix 2: mean 60 +- 9 t d.m./ha, U = 9/60 = 15 % -> 25 % of the
+    # half-width: 0.25 x 9 = 2.25, conservative project value 60 - 2.25 = 57.75
+    deduction, share = uncertainty_deduction_tco2e(60.0, 9.0, CCER.uncertainty_rule)
+    assert share == 0.25
+    assert deduction == pytest.approx(2.25)
+    assert 60.0 - deduction == pytest.approx(57.75)
+    # U = 8 % -> no deduction; U = 40 % -> the whole half-width
+    assert uncertainty_deduction_tco2e(100.0, 8.0, CCER.uncertainty_rule) == (0.0, 0.0)
+    assert uncertainty_deduction_tco2e(100.0, 40.0, CCER.uncertainty_rule)[0] == pytest.approx(40.0)
+
+
+def test_credit_steps_by_hand_ccer_table():
+    # Hand computation (t CO2e), CCER file with leakage 10 % and buffer 5 % overrides:
+    #   project P = 1000, sd_P = 100, area 10 ha, period 5 yr, baseline 4 t/ha/yr
+    #   baseline B = 4 x 10 x 5 = 200
+    #   leakage L = 0.10 x (1000 - 200) = 80
+    #   net N = 1000 - 200 - 80 = 720; sd_N = 100 x (1 - 0.10) = 90
+    #   z(90 %) = 1.6448536; half-width = 1.6448536 x 90 = 148.036826
+    #   U = 148.036826 / 720 = 0.2056067 (20.56 %) -> band 20-30 % -> 75 % of half-width
+    #   deduction = 0.75 x 148.036826 = 111.027620; after = 720 - 111.027620 = 608.972380
+    #   buffer = 0.05 x 608.972380 = 30.448619; credits = 608.972380 - 30.448619 = 578.523761
+    m = CCER.with_overrides(leakage_fraction=0.10, buffer_fraction=0.05)
+    s = credit_steps(
+        area_ha=10.0,
+        period_yr=5.0,
+        project_tco2e=1000.0,
+        project_sd_tco2e=100.0,
+        baseline_rate_tco2e_ha_yr=4.0,
+        methodology=m,
+    )
+    assert s.baseline_tco2e == pytest.approx(200.0)
+    assert s.leakage_tco2e == pytest.approx(80.0)
+    assert s.net_tco2e == pytest.approx(720.0)
+    assert s.net_sd_tco2e == pytest.approx(90.0)
+    assert s.z_value == pytest.approx(1.6448536, abs=1e-7)
+    assert s.half_width_tco2e == pytest.approx(148.036826, abs=1e-5)
+    assert s.uncertainty_pct == pytest.approx(20.56067, abs=1e-4)
+    assert s.uncertainty_factor == 0.75
+    assert s.uncertainty_deduction_tco2e == pytest.approx(111.027620, abs=1e-5)
+    assert s.after_uncertainty_tco2e == pytest.approx(608.972380, abs=1e-5)
+    assert s.buffer_tco2e == pytest.approx(30.448619, abs=1e-5)
+    assert s.credits_tco2e == pytest.approx(578.523761, abs=1e-5)
+
+
+def test_credit_steps_by_hand_vm0047_threshold():
+    # Same inputs, VM0047 file (threshold 15 %), leakage 10 %, buffer 10 %:
+    #   N = 720, half-width 148.036826, U = 20.56067 %
+    #   UNC = (0.2056067 - 0.15) x 720 = 148.036826 - 108 = 40.036826
+    #   after = 679.963174; buffer = 0.10 x 679.963174 = 67.996317; credits = 611.966857
+    m = VM0047.with_overrides(leakage_fraction=0.10, buffer_fraction=0.10)
+    s = credit_steps(
+        area_ha=10.0,
+        period_yr=5.0,
+        project_tco2e=1000.0,
+        project_sd_tco2e=100.0,
+        baseline_rate_tco2e_ha_yr=4.0,
+        methodology=m,
+    )
+    assert s.uncertainty_deduction_tco2e == pytest.approx(40.036826, abs=1e-5)
+    assert s.after_uncertainty_tco2e == pytest.approx(679.963174, abs=1e-5)
+    assert s.buffer_tco2e == pytest.approx(67.996317, abs=1e-5)
+    assert s.credits_tco2e == pytest.approx(611.966857, abs=1e-5)
+
+
+def test_no_credits_when_net_removals_are_not_positive():
+    # project 100 below baseline 4 x 10 x 5 = 200: net -100, nothing deducted, reported as is
+    s = credit_steps(
+        area_ha=10.0,
+        period_yr=5.0,
+        project_tco2e=100.0,
+        project_sd_tco2e=10.0,
+        baseline_rate_tco2e_ha_yr=4.0,
+        methodology=CCER,
+    )
+    assert s.net_tco2e == pytest.approx(-100.0)
+    assert s.uncertainty_deduction_tco2e == 0.0
+    assert s.buffer_tco2e == 0.0
+    assert s.credits_tco2e == pytest.approx(-100.0)
+
+
+def test_methodology_without_source_is_rejected():
+    data = {
+        "id": "x",
+        "name": "x",
+        "leakage_fraction": {"value": 0.0},
+        "buffer_fraction": {"value": 0.1, "source": "s"},
+        "confidence_level": {"value": 0.9, "source": "s"},
+        "baseline": {"kind": "stated_per_parcel", "column": "b", "source": "s"},
+        "uncertainty_rule": {"kind": "excess_over_threshold", "threshold": 0.1, "source": "s"},
+    }
+    with pytest.raises(ValueError, match="'leakage_fraction' has no 'source'"):
+        methodology_from_mapping(data, source="m.yaml")
+
+
+def _sink_raster(rate: float, sd: float) -> xr.DataArray:
+    # 10 x 10 grid of 10 m cells at (500000, 3000000) - (500100, 2999900)
+    y = 3_000_000 - 10 * (np.arange(10) + 0.5)
+    x = 500_000 + 10 * (np.arange(10) + 0.5)
+    data = np.stack(
+        [np.full((10, 10), v, dtype=np.float32) for v in (rate / 3.6667, 0.1, rate, sd)]
+    )
+    da = xr.DataArray(
+        data,
+        dims=("band", "y", "x"),
+        coords={
+            "band": ["sink_mg_c_ha_yr", "sink_sd_mg_c_ha_yr", "sink_tco2e_ha_yr",
+                     "sink_sd_tco2e_ha_yr"],
+            "y": y,
+            "x": x,
+        },
+    )  # fmt: skip
+    return da.rio.write_crs("EPSG:32650")
+
+
+def test_credits_stage_on_a_uniform_sink():
+    # sink 10 t CO2e/ha/yr (sd 1) everywhere; parcels A = 50 x 100 m = 0.5 ha (baseline 2),
+    # B = 25 x 40 m = 0.1 ha (baseline 0); 5.0021 years between the reference dates.
+    # A: P = 10 x 0.5 x T, B = 2 x 0.5 x T; B: P = 10 x 0.1 x T
+    sink_job = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1))
+    years = sink_job.years
+    job = CreditsJob(CCER, "configs/methodology/ccer.yaml", sink_job)
+    project = gpd.GeoDataFrame(
+        {"parcel_id": ["A", "B"], "baseline_tco2e_ha_yr": [2.0, 0.0]},
+        geometry=[
+            box(500_000, 2_999_900, 500_050, 3_000_000),
+            box(500_060, 2_999_950, 500_085, 2_999_990),
+        ],
+        crs="EPSG:32650",
+    )
+    table = credits_stage(job, sink=_sink_raster(10.0, 1.0), project=project)["credits/credits.csv"]
+    rows = table.set_index("parcel_id")
+    assert rows.loc["A", "project_tco2e"] == pytest.approx(10 * 0.5 * years, rel=1e-6)
+    assert rows.loc["A", "baseline_tco2e"] == pytest.approx(2 * 0.5 * years, rel=1e-9)
+    assert rows.loc["B", "project_tco2e"] == pytest.approx(10 * 0.1 * years, rel=1e-6)
+    total = rows.loc[TOTAL_ID]
+    assert total["project_tco2e"] == pytest.approx(6.0 * years, rel=1e-6)
+    assert total["baseline_tco2e"] == pytest.approx(1.0 * years, rel=1e-9)
+    # correlated pixel errors: sd = 1 t/ha/yr x 0.6 ha x T; U = 1.645 x 0.6 / 5 = 19.7 %
+    assert total["project_sd_tco2e"] == pytest.approx(0.6 * years, rel=1e-6)
+    assert total["uncertainty_pct"] == pytest.approx(100 * 1.6448536 * 0.6 / 5.0, rel=1e-5)
+    assert total["uncertainty_factor"] == 0.5  # band 15-20 %
+    assert total["credits_tco2e"] == pytest.approx(
+        total["net_tco2e"] - total["uncertainty_deduction_tco2e"] - total["buffer_tco2e"]
+    )
+    assert list(table["scope"])[-1] == "project (credited)"
+
+
+def test_credits_stage_names_a_missing_baseline_column():
+    job = CreditsJob(CCER, "ccer.yaml", SinkJob("a", "b", dt.date(2019, 7, 1), dt.date(2024, 7, 1)))
+    project = gpd.GeoDataFrame(
+        {"parcel_id": ["A"]}, geometry=[box(500_000, 2_999_900, 500_050, 3_000_000)],
+        crs="EPSG:32650",
+    )  # fmt: skip
+    with pytest.raises(InputDataError, match="baseline_tco2e_ha_yr"):
+        credits_stage(job, sink=_sink_raster(1.0, 0.1), project=project)
+
+
+def test_credits_job_reports_a_missing_methodology_file():
+    cfg = parse_config(
+        {
+            "region": "t", "aoi": "a.geojson", "crs": "EPSG:32650", "resolution_m": 10,
+            "epochs": [{"name": "a", "start": "2019-01-01", "end": "2019-12-31"},
+                       {"name": "b", "start": "2024-01-01", "end": "2024-12-31"}],
+            "data_dir": "d", "output_dir": "o", "seed": 1,
+            "stages": {"credits": {"methodology": "configs/methodology/nope.yaml"}},
+        },
+        source="test",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"nope\.yaml: methodology file not found"):
+        credits_job(cfg)

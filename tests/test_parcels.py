@@ -1,0 +1,181 @@
+"""Tests of fractional-coverage zonal sums (pipeline.zonal) and the parcels stage."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rioxarray  # noqa: F401
+import xarray as xr
+from affine import Affine
+from shapely.geometry import LineString, box
+from shapely.ops import split
+
+from pipeline.errors import InputDataError
+from pipeline.sink import CO2_PER_C, stock_change_sink
+from pipeline.stages.parcels import parcel_sink_table, parcels_stage
+from pipeline.stages.sink import SinkJob
+from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
+
+RES_M = 10.0
+X0, Y0 = 500_000.0, 3_000_000.0
+CRS = "EPSG:32650"
+JOB = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1))
+
+
+def raster(values: np.ndarray, band: list | None = None) -> xr.DataArray:
+    data = values if values.ndim == 3 else values[None]
+    ny, nx = data.shape[1:]
+    da = xr.DataArray(
+        data.astype(np.float32),
+        dims=("band", "y", "x"),
+        coords={
+            "band": band or list(range(1, data.shape[0] + 1)),
+            "y": Y0 - RES_M * (np.arange(ny) + 0.5),
+            "x": X0 + RES_M * (np.arange(nx) + 0.5),
+        },
+    )
+    return da.rio.write_crs(CRS)
+
+
+def epoch_inputs(seed: int, shape=(20, 24)) -> dict[str, xr.DataArray]:
+    """Seeded synthetic carbon/SD/quality maps of two epochs, with gaps (Mg C/ha)."""
+    rng = np.random.default_rng(seed)
+    c1 = rng.uniform(20, 120, shape)
+    c2 = c1 + rng.normal(3, 2, shape)
+    c1[rng.uniform(size=shape) < 0.1] = np.nan  # some non-forest pixels
+    q = (rng.uniform(size=shape) > 0.05).astype(float)
+    return {
+        "carbon_start": raster(c1),
+        "carbon_end": raster(c2),
+        "carbon_sd_start": raster(0.2 * np.nan_to_num(c1, nan=50.0)),
+        "carbon_sd_end": raster(0.2 * c2),
+        "quality_start": raster(np.ones(shape)),
+        "quality_end": raster(q),
+    }
+
+
+def partition(shape=(20, 24)) -> gpd.GeoDataFrame:
+    """The grid extent cut by two oblique lines: polygons that cut cells fractionally."""
+    ny, nx = shape
+    extent = box(X0, Y0 - ny * RES_M, X0 + nx * RES_M, Y0)
+    parts = list(split(extent, LineString([(X0 - 1, Y0 - 37.3), (X0 + 300, Y0 - 161.7)])).geoms)
+    pieces = []
+    for p in parts:
+        pieces.extend(split(p, LineString([(X0 + 93.1, Y0 + 1), (X0 + 151.7, Y0 - 300)])).geoms)
+    return gpd.GeoDataFrame(
+        {"parcel_id": [f"P{i}" for i in range(len(pieces))], "forest_type": "chinese_fir"},
+        geometry=pieces,
+        crs=CRS,
+    )
+
+
+def test_half_cell_closed_form():
+    # 2 x 2 grid of 10 m cells; the polygon is the left half of the top-left cell:
+    # coverage 0.5, area 0.5 x 100 m2 = 0.005 ha, value-weighted sum 0.5 x 7
+    transform = Affine(RES_M, 0, X0, 0, -RES_M, Y0)
+    poly = gpd.GeoDataFrame(geometry=[box(X0, Y0 - 10, X0 + 5, Y0)], crs=CRS)
+    (cov,) = coverage_cells(poly, transform=transform, shape=(2, 2), crs=CRS)
+    np.testing.assert_array_equal(cov.cell, [0])
+    np.testing.assert_allclose(cov.fraction, [0.5])
+    values = np.array([[7.0, 1.0], [1.0, 1.0]])
+    assert weighted_sum(cov, values) == pytest.approx(3.5)
+    assert covered_fraction_sum(cov) * 100 / 10_000 == pytest.approx(0.005)
+
+
+def test_half_cell_through_the_parcels_stage():
+    # sink = (110 - 100) / years Mg C/ha/yr on every pixel; the parcel covers half a cell:
+    # total = sink x 0.005 ha
+    shape = (2, 2)
+    inputs = {
+        "carbon_start": raster(np.full(shape, 100.0)),
+        "carbon_end": raster(np.full(shape, 110.0)),
+        "carbon_sd_start": raster(np.full(shape, 3.0)),
+        "carbon_sd_end": raster(np.full(shape, 4.0)),
+        "quality_start": raster(np.ones(shape)),
+        "quality_end": raster(np.ones(shape)),
+    }
+    parcels = gpd.GeoDataFrame(
+        {"parcel_id": ["half"]}, geometry=[box(X0 + 10, Y0 - 15, X0 + 20, Y0 - 10)], crs=CRS
+    )
+    row = parcel_sink_table(JOB, parcels=parcels, **inputs).iloc[0]
+    sink = 10.0 / JOB.years
+    assert row["area_grid_ha"] == pytest.approx(0.005)
+    assert row["forest_area_ha"] == pytest.approx(0.005)
+    assert row["sink_mg_c_yr"] == pytest.approx(sink * 0.005)
+    assert row["sink_tco2e_yr"] == pytest.approx(sink * 0.005 * 44 / 12)
+    assert row["sink_sd_mg_c_yr"] == pytest.approx(5.0 / JOB.years * 0.005, rel=1e-5)
+    assert row["carbon_2024_mg_c"] == pytest.approx(110 * 0.005)
+    # 90 % interval: mean -/+ 1.6449 sd
+    assert row["sink_hi_tco2e_yr"] - row["sink_tco2e_yr"] == pytest.approx(
+        1.6448536 * row["sink_sd_tco2e_yr"], rel=1e-6
+    )
+
+
+def test_parcel_totals_add_up_to_the_aoi_total():
+    inputs = epoch_inputs(11)
+    parcels = partition()
+    assert len(parcels) >= 4
+    lidar = np.stack([np.zeros((20, 24)), np.full((20, 24), 0.25)])
+    table = parcel_sink_table(
+        JOB,
+        parcels=parcels,
+        lidar_metrics=raster(lidar, band=["h_mean", "lidar_fraction"]),
+        **inputs,
+    )
+    ds = stock_change_sink(
+        *inputs.values(), years=JOB.years, epoch_error_correlation=0.0, min_quality=1
+    )
+    px_ha = RES_M * RES_M / 10_000
+    # float64 sums of the float32 maps: parcel sums agree to rounding (rel 1e-9)
+    sink_total = float(np.nansum(ds["sink_mg_c_ha_yr"].values.astype(np.float64))) * px_ha
+    sd_total = float(np.nansum(ds["sink_sd_mg_c_ha_yr"].values.astype(np.float64))) * px_ha
+    forest_ha = float(np.isfinite(ds["sink_mg_c_ha_yr"].values).sum()) * px_ha
+    assert table["sink_mg_c_yr"].sum() == pytest.approx(sink_total, rel=1e-9)
+    assert table["sink_tco2e_yr"].sum() == pytest.approx(sink_total * CO2_PER_C, rel=1e-9)
+    # fully correlated SDs add up over a partition as well
+    assert table["sink_sd_mg_c_yr"].sum() == pytest.approx(sd_total, rel=1e-9)
+    assert table["forest_area_ha"].sum() == pytest.approx(forest_ha, rel=1e-9)
+    assert table["area_grid_ha"].sum() == pytest.approx(20 * 24 * px_ha, rel=1e-9)
+    c2 = inputs["carbon_end"].values[0].astype(np.float64)
+    q2 = inputs["quality_end"].values[0]
+    assert table["carbon_2024_mg_c"].sum() == pytest.approx(
+        float(np.nansum(np.where(q2 >= 1, c2, np.nan))) * px_ha, rel=1e-9
+    )
+    # cells are really cut: some coverage fractions are strictly between 0 and 1
+    transform = inputs["carbon_end"].rio.transform()
+    fractions = np.concatenate(
+        [c.fraction for c in coverage_cells(parcels, transform=transform, shape=(20, 24), crs=CRS)]
+    )
+    assert ((fractions > 0.01) & (fractions < 0.99)).sum() > 10
+    np.testing.assert_allclose(table["lidar_share"], 0.25)
+    # the independent SD is the lower bound
+    assert (table["sink_sd_independent_tco2e_yr"] < table["sink_sd_tco2e_yr"]).all()
+
+
+def test_stage_returns_gpkg_and_csv_tables():
+    out = parcels_stage(JOB, parcels=partition(), **epoch_inputs(3))
+    gdf, csv = out["parcels/parcel_sink.gpkg"], out["parcels/parcel_sink.csv"]
+    assert isinstance(gdf, gpd.GeoDataFrame)
+    assert "geometry" not in csv.columns
+    assert list(csv["parcel_id"]) == list(gdf["parcel_id"])
+    assert {"mean_quality_2024", "lidar_share", "sink_lo_tco2e_yr"} <= set(csv.columns)
+
+
+def test_duplicate_parcel_ids_are_reported():
+    parcels = partition()
+    parcels["parcel_id"] = "same"
+    with pytest.raises(InputDataError, match="duplicate parcel_id"):
+        parcel_sink_table(JOB, parcels=parcels, **epoch_inputs(1))
+
+
+def test_missing_lidar_band_is_named():
+    with pytest.raises(InputDataError, match="lidar_fraction"):
+        parcel_sink_table(
+            JOB,
+            parcels=partition(),
+            lidar_metrics=raster(np.zeros((1, 20, 24)), band=["h_mean"]),
+            **epoch_inputs(1),
+        )

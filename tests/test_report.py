@@ -1,0 +1,246 @@
+"""Tests of the HTML report: content, determinism, and rendering in headless Chromium.
+
+Chromium comes from ``scripts/install-report-deps.sh`` (Debian package ``chromium``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import geopandas as gpd
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+import rioxarray  # noqa: F401
+import xarray as xr
+from shapely.geometry import LineString, box
+from shapely.ops import split
+
+from models.credits import load_methodology
+from pipeline.sink import stock_change_sink
+from pipeline.stages.credits import CreditsJob, credits_table
+from pipeline.stages.parcels import parcel_sink_table
+from pipeline.stages.report import ReportJob, report_stage
+from pipeline.stages.sink import SinkJob
+
+REPO = Path(__file__).resolve().parent.parent
+RES_M, X0, Y0, CRS = 10.0, 500_000.0, 3_000_000.0, "EPSG:32650"
+SHAPE = (30, 40)
+SINK_JOB = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1))
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+def raster(values: np.ndarray, band: list) -> xr.DataArray:
+    data = values if values.ndim == 3 else values[None]
+    ny, nx = data.shape[1:]
+    da = xr.DataArray(
+        data.astype(np.float32),
+        dims=("band", "y", "x"),
+        coords={
+            "band": band,
+            "y": Y0 - RES_M * (np.arange(ny) + 0.5),
+            "x": X0 + RES_M * (np.arange(nx) + 0.5),
+        },
+    )
+    return da.rio.write_crs(CRS)
+
+
+@pytest.fixture(scope="module")
+def report_inputs() -> dict:
+    """A small seeded region: two epochs of maps, parcels, project, model outputs, items."""
+    rng = np.random.default_rng(20190701)
+    yy, xx = np.mgrid[0 : SHAPE[0], 0 : SHAPE[1]]
+    c1 = 40 + 30 * np.sin(xx / 6.0) ** 2 + rng.normal(0, 3, SHAPE)
+    c2 = c1 + 2.0 + 1.5 * np.cos(yy / 5.0) + rng.normal(0, 1, SHAPE)
+    c1[:4, :6] = np.nan  # non-forest corner
+    epochs = {
+        "carbon_start": raster(c1, [1]),
+        "carbon_end": raster(c2, [1]),
+        "carbon_sd_start": raster(0.03 * np.nan_to_num(c1, nan=40.0), [1]),
+        "carbon_sd_end": raster(0.03 * c2, [1]),
+        "quality_start": raster(np.ones(SHAPE), [1]),
+        "quality_end": raster((rng.uniform(size=SHAPE) > 0.03).astype(float), [1]),
+    }
+    sink = stock_change_sink(
+        *epochs.values(), years=SINK_JOB.years, epoch_error_correlation=0.0, min_quality=1
+    )
+    sink.coords["spatial_ref"] = epochs["carbon_end"].coords["spatial_ref"]
+    extent = box(X0, Y0 - SHAPE[0] * RES_M, X0 + SHAPE[1] * RES_M, Y0)
+    halves = split(extent, LineString([(X0 + 170, Y0 + 1), (X0 + 230, Y0 - 400)])).geoms
+    pieces = []
+    for h in halves:
+        pieces.extend(split(h, LineString([(X0 - 1, Y0 - 120), (X0 + 500, Y0 - 190)])).geoms)
+    parcels = gpd.GeoDataFrame(
+        {
+            "parcel_id": [f"NP-{i:03d}" for i in range(len(pieces))],
+            "forest_type": ["chinese_fir", "masson_pine", "broadleaf", "moso_bamboo"][
+                : len(pieces)
+            ],
+        },
+        geometry=list(pieces),
+        crs=CRS,
+    )
+    parcel_sink = parcel_sink_table(SINK_JOB, parcels=parcels, **epochs)
+    project = parcels.iloc[:2][["parcel_id", "geometry"]].copy()
+    project["baseline_tco2e_ha_yr"] = [0.5, 1.0]
+    ccer = load_methodology(REPO / "configs/methodology/ccer.yaml")
+    credits_job = CreditsJob(ccer, "configs/methodology/ccer.yaml", SINK_JOB)
+    credits = credits_table(credits_job, sink=sink, project=project)
+    # darker, greener where the carbon density is high
+    refl = np.stack([0.09 - c2 / 1500 + 0.005 * rng.uniform(size=SHAPE) for _ in range(3)])
+    refl[1] += 0.02
+    plots = pd.DataFrame(
+        {
+            "plot_id": [f"P{i:02d}" for i in range(12)],
+            "x_m": X0 + rng.uniform(0, 400, 12),
+            "y_m": Y0 - rng.uniform(0, 300, 12),
+            "agb_mg_ha": rng.uniform(50, 200, 12),
+        }
+    )
+    plots["agb_cv_pred_mg_ha"] = plots["agb_mg_ha"] + rng.normal(0, 15, 12)
+    items = {
+        "type": "FeatureCollection",
+        "features": [
+            {"id": f"S2A_50RNN_2024{m:02d}01_0_L2A", "collection": "sentinel-2-l2a"}
+            for m in range(3, 11)
+        ]
+        + [{"id": "LC09_119041_20240601_02_T1", "collection": "landsat-c2-l2"}],
+    }
+    job = ReportJob(
+        title="Forest carbon stock and sink: test region",
+        region="tiny",
+        simulated=True,
+        config_sha256="ab" * 32,
+        credits=credits_job,
+    )
+    return {
+        "job": job,
+        "sink": sink,
+        "parcel_sink": parcel_sink,
+        "credits": credits,
+        "composite": raster(refl, ["blue", "green", "red"]),
+        "chm": raster(np.clip(c2 / 4, 0, None), [1]),
+        "agb": raster(c2 / 0.47 / 1.2, [1]),
+        "carbon": epochs["carbon_end"],
+        # the shape of pipeline.stages.model's card (CV results nested per model)
+        "model_card": {
+            "satellite_source": "plots",
+            "satellite_model": {
+                "chosen": "random_forest",
+                "candidates": {
+                    "random_forest": {"spatial_cv": {"rmse_mg_ha": 15.2, "r2": 0.71}},
+                    "powerlaw": {"spatial_cv": {"rmse_mg_ha": 18.9, "r2": 0.55}},
+                },
+            },
+        },
+        "plot_features": plots,
+        "items_end": items,
+        "lidar_tiles": pd.DataFrame({"tile": ["500_3000.laz", "501_3000.laz"]}),
+        "plot_biomass": pd.DataFrame({"plot_id": ["P00", "P01", "P00"],
+                                      "epoch": ["2019", "2019", "2024"]}),
+    }  # fmt: skip
+
+
+def run_report(inputs: dict) -> dict:
+    args = {k: v for k, v in inputs.items() if k != "job"}
+    return report_stage(inputs["job"], **args)
+
+
+def test_report_content_and_quicklooks(report_inputs):
+    out = run_report(report_inputs)
+    html = out["report/report.html"]
+    assert isinstance(html, str)
+    assert 'id="simulated-banner"' in html
+    assert "ab" * 32 in html
+    names = {k.split("/")[-1] for k in out if k.startswith("report/quicklooks/")}
+    assert names == {
+        "rgb.png", "chm.png", "agb.png", "carbon.png", "sink.png", "sink_sd.png",
+        "parcels.png", "observed_vs_predicted.png", "residuals.png",
+    }  # fmt: skip
+    for key, png in out.items():
+        if key.endswith(".png"):
+            assert png[:8] == b"\x89PNG\r\n\x1a\n"
+            assert b"matplotlib" not in png  # no Software stamp
+    assert html.count('src="data:image/png;base64,') == len(names)
+    n_parcels = len(report_inputs["parcel_sink"])
+    table = html.split('id="parcel-table"')[1].split("</table>")[0]
+    assert table.count("<tr>") == n_parcels + 1
+    # the credited total and its steps are shown with the numbers of credits.csv
+    total = report_inputs["credits"].set_index("parcel_id").loc["TOTAL"]
+    assert f"{total['credits_tco2e']:,.1f} t CO2e" in html
+    assert html.count("<li>") == 9
+    assert "AR-TOOL14" in html  # the rule's source is stated
+    assert "satellite_model.candidates.random_forest.spatial_cv.rmse_mg_ha" in html
+    assert "satellite_model: random_forest" in html  # inventory names the chosen model
+    assert "9 scenes" in html and "2 tiles" in html
+
+
+def test_report_is_byte_identical_on_rerun(report_inputs):
+    first, second = run_report(report_inputs), run_report(report_inputs)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert first[key] == second[key], key
+    assert not re.search(r"20\d\d-\d\d-\d\dT\d\d:\d\d", first["report/report.html"])
+
+
+def test_report_renders_in_headless_chromium(report_inputs, tmp_path):
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is missing: run scripts/install-report-deps.sh"
+    html = run_report(report_inputs)["report/report.html"]
+    (tmp_path / "report.html").write_text(html)
+    # A copy instrumented with a probe that records, after load, how each image decoded.
+    probe = (
+        "<script>window.addEventListener('load', () => { const r = [];"
+        " for (const i of document.images) { r.push(i.complete + ':' + i.naturalWidth + 'x'"
+        " + i.naturalHeight + ':' + i.getBoundingClientRect().width); }"
+        " const d = document.createElement('pre'); d.id = 'img-probe';"
+        " d.textContent = r.join('\\n'); document.body.appendChild(d); });</script>"
+    )
+    probed = tmp_path / "probed.html"
+    probed.write_text(html.replace("</body>", probe + "</body>"))
+    common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(
+        [*common, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    ).stdout
+    probe_text = dom.split('<pre id="img-probe">')[1].split("</pre>")[0].strip()
+    lines = probe_text.splitlines()
+    assert len(lines) == 9
+    for line in lines:
+        complete, size, shown = line.split(":")
+        w, h = (int(v) for v in size.split("x"))
+        assert complete == "true" and w > 100 and h > 100 and float(shown) > 100, line
+    n_rows = len(re.findall(r"<tr>", dom.split('id="parcel-table"')[1].split("</table>")[0]))
+    assert n_rows == len(report_inputs["parcel_sink"]) + 1
+    assert 'id="credit-steps"' in dom
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*common, "--window-size=1280,2400", f"--screenshot={shot}",
+         (tmp_path / "report.html").as_uri()],
+        capture_output=True,
+        timeout=180,
+        check=True,
+    )  # fmt: skip
+    img = mpimg.imread(shot)
+    assert img.shape[0] == 2400 and img.shape[1] == 1280
+    # the red simulated-data banner is drawn at the top (#b3261e = 179, 38, 30)
+    top = (img[5:40, 100:1100, :3] * 255).round()
+    assert (np.abs(top - [179, 38, 30]).sum(axis=-1) < 12).mean() > 0.5
+    # and the page below is not blank
+    assert img[400:2400, :, :3].std() > 0.05
