@@ -18,6 +18,12 @@ from pipeline.errors import ForestCarbonError
 COMMAND_MODULES = (
     "pipeline.commands.run",
     "pipeline.commands.reproduce",
+    "pipeline.commands.simulate",
+    "pipeline.commands.search",
+    "pipeline.commands.composite",
+    "pipeline.commands.sink",
+    "pipeline.commands.credits",
+    "pipeline.commands.report",
 )
 
 

@@ -155,7 +155,9 @@ class LidarParams(Section):
     #: negative normalised heights down to this value are clamped to 0 and counted
     negative_tolerance_m: float = Field(default=0.5, ge=0)
     #: ground returns are thinned to the lowest per cell of this side before the TIN
-    #: (None: half the DTM resolution)
+    #: (None: twice the DTM resolution; keeps the triangulation's cost well below the
+    #: decoding's at 20 returns/m2 while a TIN of the kept returns stays within a few cm of
+    #: a smooth terrain; 0: no thinning, as lidR's ``tin()``)
     dtm_thin_m: float | None = Field(default=None, ge=0)
     #: IDW extrapolation radius outside the ground TIN (lidR ``knnidw(rmax = 50)``)
     idw_rmax_m: float = Field(default=50.0, gt=0)
@@ -197,6 +199,8 @@ class PlotsParams(Section):
 
 
 class ModelParams(Section):
+    """Biomass models (``model`` stage; science in :mod:`models.biomass`)."""
+
     candidates: tuple[Literal["powerlaw", "random_forest", "gradient_boosting"], ...] = (
         "powerlaw",
         "random_forest",
@@ -205,12 +209,33 @@ class ModelParams(Section):
     #: side of the square spatial blocks of the cross-validation, metres
     cv_block_m: float = Field(default=1000.0, gt=0)
     cv_folds: int = Field(default=5, ge=2)
-    n_bootstrap: int = Field(default=30, ge=2)
+    #: nominal coverage of the per-pixel prediction interval
     interval: float = Field(default=0.9, gt=0, lt=1)
+    #: LiDAR height metric (m) and canopy cover (0-1) of the power-law ABA model
+    powerlaw_height: str = "h_mean"
+    powerlaw_cover: str = "cover_2m"
+    #: LiDAR predictors of the RF/GB candidates (empty = every h_* and cover* band)
+    lidar_features: tuple[str, ...] = ()
+    #: epoch the LiDAR was flown in (unsuffixed metrics); default: the first epoch
+    lidar_epoch: str | None = None
+    #: a cell/plot counts as inside the LiDAR cover from this coverage fraction on
+    lidar_min_fraction: float = Field(default=0.95, gt=0, le=1)
+    #: fewer LiDAR plots than this: no LiDAR model, satellite model straight from plots
+    min_lidar_plots: int = Field(default=20, ge=10)
+    #: spacing of the thinned sample of the LiDAR-model map (satellite training), metres
+    upscale_spacing_m: float = Field(default=50.0, gt=0)
+    upscale_max_samples: int = Field(default=3000, ge=30)
+    rf_n_estimators: int = Field(default=300, ge=10)
+    rf_min_samples_leaf: int = Field(default=3, ge=1)
+    gb_max_iter: int = Field(default=200, ge=10)
+    gb_learning_rate: float = Field(default=0.05, gt=0, le=1)
+    gb_min_samples_leaf: int = Field(default=5, ge=1)
 
 
 class PredictParams(Section):
-    #: relative error below which a pixel's quality flag is good (GEDI L4B spirit)
+    """Wall-to-wall maps (``predict`` stage)."""
+
+    #: relative error (SD / AGB) below which a pixel's quality flag is good (GEDI L4B spirit)
     good_relative_error: float = Field(default=0.2, gt=0)
 
 

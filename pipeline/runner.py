@@ -170,6 +170,18 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def group_inputs(loaded: Mapping[str, Any]) -> dict[str, Any]:
+    """Inputs named ``group.key`` become one argument ``group={key: value, ...}``."""
+    out: dict[str, Any] = {}
+    for name, value in loaded.items():
+        group, dot, key = name.partition(".")
+        if dot:
+            out.setdefault(group, {})[key] = value
+        else:
+            out[name] = value
+    return out
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -345,7 +357,7 @@ class Runner:
                 name: io.read_input(spec, chunk_px=self.config.dask.chunk_px)
                 for name, spec in specs.items()
             }
-            outputs = dict(stage.func(params, **loaded))
+            outputs = dict(stage.func(params, **group_inputs(loaded)))
             with Progress(
                 TextColumn("  {task.description}"),
                 BarColumn(),

@@ -15,6 +15,9 @@ Loading by the runner, by the suffix of each input path a stage declares:
 anything else, a directory,  passed on as the ``Path`` (or tuple of paths); the stage
 or a tuple of paths          reads it lazily itself (LAS/LAZ tiles, STAC assets)
 
+Inputs named ``group.key`` are passed as one argument ``group={key: loaded, ...}`` (e.g.
+``items.2019`` and ``items.2024`` become ``items={"2019": ..., "2024": ...}``).
+
 Writing by the runner, by the type of each returned object:
 
 ``xarray.DataArray`` / ``Dataset``   Cloud Optimized GeoTIFF (``.tif``); a Dataset's
