@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "pipeline.commands.simulate",
     "pipeline.commands.search",
     "pipeline.commands.composite",
+    "pipeline.commands.plots",
     "pipeline.commands.sink",
     "pipeline.commands.credits",
     "pipeline.commands.report",

@@ -194,8 +194,8 @@ class PlotsParams(Section):
     #: H-D model form; ``best`` = lowest RSE (BIOMASS modelHD comparison), ``loglog`` = log1
     hd_model: Literal["best", "loglog", "log2", "michaelis", "weibull"] = "best"
     dbh_error: Literal["chave2004", "none"] = "chave2004"
-    #: seed of the Monte Carlo propagation (the lead passes the config seed)
-    seed: int = Field(default=0, ge=0)
+    #: seed of the Monte Carlo propagation; ``None`` = the run's top-level ``seed``
+    seed: int | None = Field(default=None, ge=0)
 
 
 class ModelParams(Section):

@@ -8,8 +8,8 @@ registry only fixes the order.
 from __future__ import annotations
 
 from pipeline.stage import Stage
-from pipeline.stages import acquire, composite, credits, parcels, report, sink
+from pipeline.stages import acquire, composite, credits, parcels, plots, report, sink
 
 STAGES: tuple[Stage, ...] = tuple(
-    m.STAGE for m in (acquire, composite, sink, parcels, credits, report)
+    m.STAGE for m in (acquire, composite, plots, sink, parcels, credits, report)
 )

@@ -1,0 +1,661 @@
+"""Plot aboveground/belowground biomass, carbon and CO2e with Monte Carlo uncertainty.
+
+From a field tree list (plot_id, epoch, tree_id, species, dbh_cm, optional height_m,
+wood_density_g_cm3, age_yr) and plot areas, per plot and epoch:
+
+1. **QA** (``models/data/qa_rules.yaml``): implausible rows are reported with a reason and
+   an action (exclude the tree, discard the height, discard a wood density override, or
+   keep with a warning). A plot left without a usable tree is an error naming the plot.
+2. **Heights**: trees without a (plausible) height get one from an H-D model
+   (:mod:`models.hd`, BIOMASS ``modelHD`` forms) fitted per plot/epoch/species group when
+   it has >= 15 measured heights, else per species group and epoch over all plots, else
+   per species group; with no model the species' no-height equation is used.
+3. **Tree biomass**: :func:`models.allometry.tree_agb_kg` (registry default per species,
+   or the forced equation), BGB = AGB x IPCC root-to-shoot ratio of the plot's AGB class,
+   carbon = (AGB + BGB) x carbon fraction, CO2e = C x 44/12.
+4. **Monte Carlo** (as BIOMASS ``AGBmonteCarlo``, Rejou-Mechain et al. 2017): each draw
+   perturbs DBH with the Chave et al. (2004) measurement error model (95% of trees
+   sd = 0.0062 D + 0.0904 cm, 5% sd = 4.64 cm, truncated normal 0.1-500 cm), wood density
+   (truncated normal, 0.08-1.39 g/cm3), predicted heights (H-D model error, re-predicted
+   from the perturbed DBH), the allometric residual (log-normal with the equation's RSE),
+   the root-to-shoot ratio (triangular on the IPCC range, per plot) and the carbon
+   fraction (normal, per tree, as BIOMASS). Constants: ``models/data/uncertainty.yaml``.
+
+Two deliberate differences from BIOMASS: model coefficients are fixed at their published
+values (BIOMASS draws Chave eq. 4 coefficients from its MCMC posterior ``param_4``, which
+is not published as a table), and the allometric error factor is mean-preserving
+(exp(e - RSE^2/2)), so the Monte Carlo mean of each tree equals its equation value at the
+observed inputs and the plot estimate (``agb_mg_ha``) is the deterministic sum, i.e. the
+``computeAGB`` number. Standard deviations and the 5th/95th percentiles come from the draws.
+
+Run from the command line: ``forest-carbon plots TREES.csv --plots PLOTS.gpkg --out DIR``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import yaml
+from scipy.special import ndtr, ndtri
+
+from models import allometry
+from models.hd import HDChoice, HDFitError, HDModel, select_hd
+
+FloatArray = npt.NDArray[np.float64]
+
+TREE_COLUMNS = ("plot_id", "epoch", "tree_id", "species", "dbh_cm")
+OPTIONAL_COLUMNS = ("height_m", "wood_density_g_cm3", "age_yr", "plot_area_ha")
+PLOT_COLUMNS = (
+    "plot_id",
+    "epoch",
+    "n_stems",
+    "basal_area_m2_ha",
+    "agb_mg_ha",
+    "agb_sd_mg_ha",
+    "bgb_mg_ha",
+    "bgb_sd_mg_ha",
+    "carbon_mg_ha",
+    "carbon_sd_mg_ha",
+    "co2e_t_ha",
+    "co2e_sd_t_ha",
+    "agb_p05_mg_ha",
+    "agb_p95_mg_ha",
+)
+QA_COLUMNS = ("plot_id", "epoch", "tree_id", "field", "value", "reason", "action")
+KG_PER_MG = 1000.0
+CM2_PER_M2 = 10000.0
+
+
+class PlotDataError(ValueError):
+    """The tree list cannot give a plot estimate (missing columns, plot without trees)."""
+
+
+@dataclass(frozen=True)
+class PlotBiomassOptions:
+    """Options of :func:`plot_biomass` (mirrors ``PlotsParams`` of the pipeline config)."""
+
+    #: equation name for every tree, or ``species`` for the registry default per species
+    equation: str = "species"
+    #: Chave et al. 2014 E index (eq. 7 family only)
+    chave_e: float | None = None
+    n_draws: int = 1000
+    hd_model: HDChoice = "best"
+    dbh_error: Literal["chave2004", "none"] = "chave2004"
+    seed: int = 0
+    #: lower and upper quantiles reported as agb_p05 / agb_p95
+    quantiles: tuple[float, float] = (0.05, 0.95)
+
+
+@cache
+def _yaml(name: str) -> dict[str, Any]:
+    text = resources.files("models").joinpath("data", name).read_text(encoding="utf-8")
+    return dict(yaml.load(text, Loader=allometry.YAML_LOADER))
+
+
+def _truncnorm(
+    rng: np.random.Generator, mean: FloatArray, sd: FloatArray, lower: float, upper: float
+) -> FloatArray:
+    """Truncated normal draws by inversion (BIOMASS ``myrtruncnorm``)."""
+    sd = np.where(sd > 0, sd, np.nan)
+    lo = ndtr((lower - mean) / sd)
+    hi = ndtr((upper - mean) / sd)
+    u = rng.uniform(size=mean.shape)
+    draw = mean + sd * ndtri(lo + u * (hi - lo))
+    return np.where(np.isfinite(sd), draw, mean)
+
+
+# ----------------------------------------------------------------------------- QA
+def _qa_row(r: pd.Series, field: str, value: object, reason: str, action: str) -> dict[str, Any]:
+    return {
+        "plot_id": r["plot_id"],
+        "epoch": r["epoch"],
+        "tree_id": r["tree_id"],
+        "field": field,
+        "value": value,
+        "reason": reason,
+        "action": action,
+    }
+
+
+def check_trees(
+    trees: pd.DataFrame, options: PlotBiomassOptions
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Apply the QA rules; return (trees with a ``usable`` flag and cleaned fields, qa).
+
+    Raises
+    ------
+    PlotDataError
+        A required column is missing.
+    """
+    missing = [c for c in TREE_COLUMNS if c not in trees.columns]
+    if missing:
+        raise PlotDataError(
+            f"tree list lacks column(s) {missing}; required: {list(TREE_COLUMNS)}, "
+            f"optional: {list(OPTIONAL_COLUMNS)}"
+        )
+    rules = _yaml("qa_rules.yaml")
+    t = trees.copy().reset_index(drop=True)
+    for col in OPTIONAL_COLUMNS:
+        if col not in t.columns:
+            t[col] = np.nan
+    for col in ("dbh_cm", "height_m", "wood_density_g_cm3", "age_yr", "plot_area_ha"):
+        t[col] = pd.to_numeric(t[col], errors="coerce")
+    t["species"] = t["species"].map(allometry.normalise_species)
+    t["height_measured_m"] = t["height_m"]
+    t["usable"] = True
+    qa: list[dict[str, Any]] = []
+
+    d_rule = rules["dbh_cm"]
+    bad_d = ~(t["dbh_cm"] > d_rule["min_exclusive"]) | (t["dbh_cm"] > d_rule["max"])
+    for _, r in t[bad_d].iterrows():
+        reason = (
+            "dbh missing"
+            if pd.isna(r["dbh_cm"])
+            else (f"dbh outside ({d_rule['min_exclusive']}, {d_rule['max']}] cm")
+        )
+        qa.append(_qa_row(r, "dbh_cm", r["dbh_cm"], reason, "exclude"))
+    t.loc[bad_d, "usable"] = False
+
+    h_rule = rules["height_m"]
+    has_h = t["height_m"].notna()
+    bad_h = has_h & ((t["height_m"] < h_rule["min"]) | (t["height_m"] > h_rule["max"]))
+    for _, r in t[bad_h & t["usable"]].iterrows():
+        qa.append(
+            _qa_row(
+                r,
+                "height_m",
+                r["height_m"],
+                f"height outside [{h_rule['min']}, {h_rule['max']}] m",
+                "drop_height",
+            )
+        )
+    t.loc[bad_h, "height_m"] = np.nan
+
+    w_rule = rules["wood_density_g_cm3"]
+    has_w = t["wood_density_g_cm3"].notna()
+    bad_w = has_w & (
+        (t["wood_density_g_cm3"] < w_rule["min"]) | (t["wood_density_g_cm3"] > w_rule["max"])
+    )
+    for _, r in t[bad_w & t["usable"]].iterrows():
+        qa.append(
+            _qa_row(
+                r,
+                "wood_density_g_cm3",
+                r["wood_density_g_cm3"],
+                f"wood density outside [{w_rule['min']}, {w_rule['max']}] g/cm3",
+                "drop_override",
+            )
+        )
+    t.loc[bad_w, "wood_density_g_cm3"] = np.nan
+
+    bad_age = t["age_yr"].notna() & (t["age_yr"] < rules["age_yr"]["min"])
+    t.loc[bad_age, "age_yr"] = np.nan
+    for _, r in t[bad_age].iterrows():
+        qa.append(_qa_row(r, "age_yr", r["age_yr"], "negative age", "drop_age"))
+
+    dup = t.duplicated(subset=["plot_id", "epoch", "tree_id"], keep="first") & t["tree_id"].notna()
+    for _, r in t[dup].iterrows():
+        qa.append(
+            _qa_row(r, "tree_id", r["tree_id"], "duplicate tree_id in plot and epoch", "exclude")
+        )
+    t.loc[dup, "usable"] = False
+
+    for sp in pd.unique(t["species"]):
+        tax = allometry.resolve_taxon(str(sp))
+        if tax.known_species:
+            continue
+        level = (
+            f"genus {tax.genus} ({tax.group} defaults)"
+            if tax.family
+            else (f"regional defaults ({tax.group})")
+        )
+        for _, r in t[(t["species"] == sp) & t["usable"]].iterrows():
+            qa.append(
+                _qa_row(
+                    r, "species", sp, f"species not in models/data/species.csv: {level}", "keep"
+                )
+            )
+    return t, pd.DataFrame(qa, columns=list(QA_COLUMNS))
+
+
+# ------------------------------------------------------------------------ heights
+def assign_height_models(
+    t: pd.DataFrame, choice: HDChoice
+) -> tuple[pd.Series, dict[tuple[Any, ...], HDModel]]:
+    """For each usable tree without height, the key of the H-D model that predicts it.
+
+    Scopes tried in order: (plot, epoch, group), (epoch, group), (group). Returns the
+    key per tree (None where no model could be fitted) and the fitted models by key.
+    """
+    groups = t["species"].map(lambda s: allometry.resolve_taxon(str(s)).group)
+    t = t.assign(_group=groups)
+    usable = t[t["usable"]]
+    models: dict[tuple[Any, ...], HDModel] = {}
+    failed: set[tuple[Any, ...]] = set()
+
+    def model_for(key: tuple[Any, ...], sub: pd.DataFrame) -> HDModel | None:
+        if key in models:
+            return models[key]
+        if key in failed:
+            return None
+        try:
+            models[key] = select_hd(sub["dbh_cm"], sub["height_m"], choice)
+            return models[key]
+        except HDFitError:
+            failed.add(key)
+            return None
+
+    keys = pd.Series([None] * len(t), index=t.index, dtype=object)
+    need = t["usable"] & t["height_m"].isna()
+    for idx, r in t[need].iterrows():
+        scopes: list[tuple[tuple[Any, ...], pd.Series]] = [
+            (
+                ("plot", r["plot_id"], r["epoch"], r["_group"]),
+                (usable["plot_id"] == r["plot_id"])
+                & (usable["epoch"] == r["epoch"])
+                & (usable["_group"] == r["_group"]),
+            ),
+            (
+                ("epoch", r["epoch"], r["_group"]),
+                (usable["epoch"] == r["epoch"]) & (usable["_group"] == r["_group"]),
+            ),
+            (("group", r["_group"]), usable["_group"] == r["_group"]),
+        ]
+        for key, sel in scopes:
+            if model_for(key, usable[sel]) is not None:
+                keys[idx] = key
+                break
+    return keys, models
+
+
+# ------------------------------------------------------------------- Monte Carlo
+@dataclass(frozen=True)
+class _TreeInputs:
+    species: npt.NDArray[np.object_]
+    dbh_cm: FloatArray
+    height_m: FloatArray  # measured (NaN where predicted or unknown)
+    hd_keys: list[Any]
+    wood_density_g_cm3: FloatArray
+    wd_rel_sd: FloatArray
+    age_yr: FloatArray
+    equations: npt.NDArray[np.object_]
+    bgb_equations: npt.NDArray[np.object_]  # None where the root-to-shoot ratio applies
+    cf: FloatArray
+    cf_sd: FloatArray
+
+
+def _draw_dbh(rng: np.random.Generator, d: FloatArray, m: int, how: str) -> FloatArray:
+    n = d.size
+    if how == "none":
+        return np.repeat(d[:, None], m, axis=1)
+    c = _yaml("uncertainty.yaml")["dbh_error"]["chave2004"]
+    sd = np.repeat((c["small_sd_slope"] * d + c["small_sd_intercept_cm"])[:, None], m, axis=1)
+    k = round(n * c["large_error_share"])
+    if k > 0:
+        # k trees per draw get the large error (BIOMASS: sample(len, fivePercent) per draw)
+        large = np.argsort(rng.uniform(size=(n, m)), axis=0)[:k]
+        sd[large, np.arange(m)[None, :]] = c["large_sd_cm"]
+    lo, hi = c["truncate_cm"]
+    return _truncnorm(rng, np.repeat(d[:, None], m, axis=1), sd, float(lo), float(hi))
+
+
+def _rse_log(eq: allometry.Equation) -> float:
+    if eq.rse_log is not None:
+        return eq.rse_log
+    fallback = _yaml("uncertainty.yaml")["allometry"]["fallback_rse_equation"]
+    rse = allometry.get_equation(fallback).rse_log
+    return float(rse or 0.0)
+
+
+def _lognormal_error(
+    rng: np.random.Generator, names: npt.NDArray[np.object_], values: FloatArray
+) -> FloatArray:
+    """Multiply each tree's value by its equation's mean-preserving log-normal error."""
+    out = values.copy()
+    for name in pd.unique(names[pd.notna(names)]):
+        rows = names == name
+        sigma = _rse_log(allometry.get_equation(str(name)))
+        eps = rng.normal(0.0, sigma, size=values[rows].shape)
+        out[rows] = values[rows] * np.exp(eps - 0.5 * sigma**2)
+    return out
+
+
+def _simulate_trees(
+    rng: np.random.Generator,
+    x: _TreeInputs,
+    models: Mapping[Any, HDModel],
+    options: PlotBiomassOptions,
+) -> tuple[FloatArray, FloatArray]:
+    """Matrices (trees x draws) of simulated tree AGB and root-equation BGB in kg.
+
+    The BGB matrix is NaN for trees whose BGB comes from the root-to-shoot ratio.
+    """
+    m = options.n_draws
+    unc = _yaml("uncertainty.yaml")
+    d_sim = _draw_dbh(rng, x.dbh_cm, m, options.dbh_error)
+    wd_mean = np.repeat(x.wood_density_g_cm3[:, None], m, axis=1)
+    wd_sd = np.repeat((x.wood_density_g_cm3 * x.wd_rel_sd)[:, None], m, axis=1)
+    lo, hi = unc["wood_density"]["truncate_g_cm3"]
+    wd_sim = _truncnorm(rng, wd_mean, wd_sd, float(lo), float(hi))
+    h_sim = np.repeat(x.height_m[:, None], m, axis=1)
+    rel_h = float(unc["height"]["measured_relative_sd"])
+    measured = np.isfinite(x.height_m)
+    if rel_h > 0 and measured.any():
+        upper = float(np.nanmax(x.height_m)) + float(unc["height"]["upper_margin_m"])
+        h_sim[measured] = _truncnorm(
+            rng, h_sim[measured], h_sim[measured] * rel_h, float(unc["height"]["lower_m"]), upper
+        )
+    for key in {k for k in x.hd_keys if k is not None}:
+        rows = np.array([k == key for k in x.hd_keys])
+        h_sim[rows] = models[key].predict(d_sim[rows], rng)
+    inputs: dict[str, Any] = {
+        "dbh_cm": d_sim,
+        "height_m": h_sim,
+        "wood_density_g_cm3": wd_sim,
+        "age_yr": np.repeat(x.age_yr[:, None], m, axis=1),
+        "e_index": options.chave_e,
+    }
+    agb = _lognormal_error(rng, x.equations, allometry.evaluate_equations(x.equations, **inputs))
+    bgb = _lognormal_error(
+        rng, x.bgb_equations, allometry.evaluate_equations(x.bgb_equations, **inputs)
+    )
+    return agb, bgb
+
+
+def _root_shoot_draws(
+    rng: np.random.Generator, species: npt.NDArray[np.object_], plot_agb_draws: FloatArray
+) -> FloatArray:
+    """Root-to-shoot ratio per tree and draw: triangular(low, value, high) of the IPCC class
+    selected by each draw's plot AGB; one draw per plot and draw (a stand-level ratio)."""
+    n, m = species.size, plot_agb_draws.size
+    out = np.full((n, m), np.nan)
+    u = rng.uniform(size=m)
+    for sp in pd.unique(species):
+        rows = species == sp
+        for lo, hi, c, a, b in allometry.root_shoot_classes(str(sp)):
+            cls = (plot_agb_draws >= lo) & (plot_agb_draws < hi)
+            # inverse CDF of the triangular distribution, same uniform for every species
+            fc = (c - a) / (b - a)
+            tri = np.where(
+                u < fc, a + np.sqrt(u * (b - a) * (c - a)), b - np.sqrt((1 - u) * (b - a) * (b - c))
+            )
+            out[np.ix_(rows, cls)] = tri[cls][None, :]
+    return out
+
+
+# -------------------------------------------------------------------------- main
+def plot_biomass(
+    trees: pd.DataFrame,
+    plot_area_ha: Mapping[Any, float] | pd.Series | None = None,
+    *,
+    options: PlotBiomassOptions | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Tree-level and plot-level biomass, carbon and CO2e with Monte Carlo uncertainty.
+
+    Parameters
+    ----------
+    trees
+        Tree list (see module docstring for the columns).
+    plot_area_ha
+        Plot area (ha) by plot_id; rows' ``plot_area_ha`` column is used where absent.
+    options
+        Equation choice, E, number of draws, H-D model choice, DBH error model, seed.
+
+    Returns
+    -------
+    trees_out, plots_out, qa
+        Every input row with equation, height used, wood density (and its level),
+        agb_kg, bgb_kg, carbon_kg; one row per plot and epoch (``PLOT_COLUMNS`` plus
+        diagnostics); the QA table.
+
+    Raises
+    ------
+    PlotDataError
+        Missing columns, a plot without area, or a plot/epoch without any usable tree.
+    """
+    opts = options or PlotBiomassOptions()
+    if opts.equation != "species":
+        try:
+            allometry.get_equation(opts.equation)
+        except allometry.AllometryError as err:
+            raise PlotDataError(str(err)) from None
+    t, qa = check_trees(trees, opts)
+    qa_rows: list[dict[str, Any]] = []
+
+    # plot areas
+    # plot ids are matched as text: a CSV may read "101" as a number, a GeoPackage as text
+    areas = {str(k): float(v) for k, v in plot_area_ha.items()} if plot_area_ha is not None else {}
+    area = t["plot_id"].astype(str).map(areas).astype(float)
+    area = area.fillna(t["plot_area_ha"])
+    no_area = sorted({str(p) for p in t.loc[~(area > 0), "plot_id"]})
+    if no_area:
+        raise PlotDataError(
+            f"no plot area for plot(s) {', '.join(no_area)}: give plot_area_ha in the plot "
+            "layer (--plots) or as a column of the tree list"
+        )
+    t["plot_area_ha"] = area
+
+    # plots without usable trees
+    counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
+    empty = counts[counts == 0]
+    if len(empty):
+        names = ", ".join(f"{p} (epoch {e})" for p, e in empty.index)
+        raise PlotDataError(
+            f"plot(s) without any usable tree: {names}; see the QA reasons of its rows"
+        )
+
+    # heights
+    keys, models = assign_height_models(t, opts.hd_model)
+    t["hd_model"] = [None if k is None else models[k].describe() for k in keys]
+    t["hd_scope"] = [None if k is None else "/".join(str(v) for v in k) for k in keys]
+    pred_h = np.full(len(t), np.nan)
+    for key in {k for k in keys if k is not None}:
+        rows = np.array([k == key for k in keys])
+        pred_h[rows] = models[key].predict(t.loc[rows, "dbh_cm"].to_numpy())
+    t["height_source"] = np.where(
+        t["height_m"].notna(), "measured", np.where(np.isfinite(pred_h), "hd_model", "none")
+    )
+    t["height_used_m"] = t["height_m"].fillna(pd.Series(pred_h, index=t.index))
+
+    # wood density and equations
+    wd, level = allometry.wood_density(t["species"].to_numpy(dtype=object))
+    user = t["wood_density_g_cm3"].notna().to_numpy()
+    wd = np.where(user, t["wood_density_g_cm3"].to_numpy(), wd)
+    level = np.where(user, "user", level)
+    known = np.isfinite(wd) & t["usable"].to_numpy()
+    if np.isnan(wd).any():
+        dataset_mean = (
+            float(wd[known].mean())
+            if known.any()
+            else float(allometry._defaults()["region_wood_density_g_cm3"])
+        )
+        level = np.where(np.isnan(wd), "dataset", level)
+        wd = np.where(np.isnan(wd), dataset_mean, wd)
+    t["wood_density_used_g_cm3"] = wd
+    t["wood_density_level"] = level
+    eqs = allometry.tree_equations(
+        t["species"].to_numpy(dtype=object), t["height_used_m"].to_numpy(), equation=opts.equation
+    )
+    t["equation"] = eqs
+
+    # trees whose equation needs an input they lack
+    for name in pd.unique(eqs):
+        eq = allometry.get_equation(str(name))
+        rows = (t["equation"] == name) & t["usable"]
+        if not eq.usable:
+            raise PlotDataError(
+                str(
+                    allometry.AllometryError(
+                        f"equation {name!r} has no coefficients in models/data/allometry.yaml"
+                    )
+                )
+            )
+        if "e_index" in eq.required and opts.chave_e is None:
+            raise PlotDataError(
+                f"equation {name!r} needs the environmental stress index E: "
+                "set stages.plots.chave_e in the config"
+            )
+        if "age_du" in eq.required:
+            no_age = rows & t["age_yr"].isna()
+            for _, r in t[no_age].iterrows():
+                qa_rows.append(
+                    _qa_row(r, "age_yr", r["age_yr"], f"culm age required by {name}", "exclude")
+                )
+            t.loc[no_age, "usable"] = False
+        if "height_m" in eq.required:
+            no_h = rows & t["usable"] & t["height_used_m"].isna()
+            for _, r in t[no_h].iterrows():
+                qa_rows.append(
+                    _qa_row(
+                        r,
+                        "height_m",
+                        r["height_m"],
+                        f"height required by {name} and no H-D model could be fitted "
+                        "(fewer than 15 measured heights in the species group)",
+                        "exclude",
+                    )
+                )
+            t.loc[no_h, "usable"] = False
+        inputs = {
+            "dbh_cm": t.loc[rows, "dbh_cm"],
+            "height_m": t.loc[rows, "height_used_m"],
+            "age_du": allometry.culm_age_du(t.loc[rows, "age_yr"]),
+        }
+        if not eq.domain:
+            continue
+        inside = eq.in_domain(**{k: v for k, v in inputs.items() if k in eq.domain})
+        for (_, r), ok in zip(t[rows].iterrows(), inside, strict=True):
+            if not ok:
+                qa_rows.append(
+                    _qa_row(
+                        r,
+                        "equation",
+                        name,
+                        f"outside the domain of {name} {dict(eq.domain)}",
+                        "keep",
+                    )
+                )
+
+    counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
+    empty = counts[counts == 0]
+    if len(empty):
+        names = ", ".join(f"{p} (epoch {e})" for p, e in empty.index)
+        raise PlotDataError(
+            f"plot(s) without any usable tree: {names}; see the QA reasons of its rows"
+        )
+
+    # deterministic tree values
+    u = t["usable"].to_numpy()
+    agb = np.full(len(t), np.nan)
+    agb[u] = allometry.tree_agb_kg(
+        t.loc[u, "species"].to_numpy(dtype=object),
+        t.loc[u, "dbh_cm"].to_numpy(),
+        t.loc[u, "height_used_m"].to_numpy(),
+        t.loc[u, "age_yr"].to_numpy(),
+        wood_density_g_cm3=wd[u],
+        equation=opts.equation,
+        e_index=opts.chave_e,
+    )
+    t["agb_kg"] = agb
+    bgb_names = allometry.tree_bgb_equations(
+        t["species"].to_numpy(dtype=object), t["height_used_m"].to_numpy(), equation=opts.equation
+    )
+    t["bgb_equation"] = bgb_names
+    bgb_eq = np.full(len(t), np.nan)
+    bgb_eq[u] = allometry.evaluate_equations(
+        bgb_names[u],
+        dbh_cm=t.loc[u, "dbh_cm"].to_numpy(dtype=float),
+        height_m=t.loc[u, "height_used_m"].to_numpy(dtype=float),
+        wood_density_g_cm3=wd[u],
+        age_yr=t.loc[u, "age_yr"].to_numpy(dtype=float),
+        e_index=opts.chave_e,
+    )
+    t["bgb_eq_kg"] = bgb_eq
+    t["carbon_fraction"] = allometry.carbon_fraction(t["species"].to_numpy(dtype=object))
+
+    rel_sd_table = _yaml("uncertainty.yaml")["wood_density"]["relative_sd"]
+    co2_per_c = float(allometry._defaults()["co2_per_c"])
+    seeds = np.random.SeedSequence(opts.seed)
+    plot_keys = sorted(counts.index, key=lambda k: (str(k[0]), str(k[1])))
+    children = seeds.spawn(len(plot_keys))
+    plot_rows = []
+    t["bgb_kg"] = np.nan
+    t["root_shoot_ratio"] = np.nan
+    for (pid, epoch), child in zip(plot_keys, children, strict=True):
+        sel = (t["plot_id"] == pid) & (t["epoch"] == epoch) & t["usable"]
+        sub = t[sel]
+        area_ha = float(sub["plot_area_ha"].iloc[0])
+        sp = sub["species"].to_numpy(dtype=object)
+        agb_mg_ha = float(sub["agb_kg"].sum()) / KG_PER_MG / area_ha
+        bgb_names = sub["bgb_equation"].to_numpy(dtype=object)
+        by_ratio = pd.isna(bgb_names)
+        ratio = np.where(by_ratio, allometry.root_shoot_ratio(sp, agb_mg_ha), np.nan)
+        bgb_kg = np.where(by_ratio, sub["agb_kg"].to_numpy() * ratio, sub["bgb_eq_kg"].to_numpy())
+        t.loc[sel, "bgb_kg"] = bgb_kg
+        t.loc[sel, "root_shoot_ratio"] = ratio
+        cf = sub["carbon_fraction"].to_numpy()
+        carbon_mg_ha = float(np.sum((sub["agb_kg"].to_numpy() + bgb_kg) * cf)) / KG_PER_MG / area_ha
+
+        rng = np.random.default_rng(child)
+        x = _TreeInputs(
+            species=sp,
+            dbh_cm=sub["dbh_cm"].to_numpy(),
+            height_m=sub["height_m"].to_numpy(dtype=float),
+            hd_keys=[keys[i] for i in sub.index],
+            wood_density_g_cm3=sub["wood_density_used_g_cm3"].to_numpy(),
+            wd_rel_sd=np.array([float(rel_sd_table[str(lv)]) for lv in sub["wood_density_level"]]),
+            age_yr=sub["age_yr"].to_numpy(dtype=float),
+            equations=sub["equation"].to_numpy(dtype=object),
+            bgb_equations=bgb_names,
+            cf=cf,
+            cf_sd=allometry.carbon_fraction_sd(sp),
+        )
+        agb_sim, bgb_eq_sim = _simulate_trees(rng, x, models, opts)
+        plot_agb = np.nansum(agb_sim, axis=0) / KG_PER_MG / area_ha
+        r_sim = _root_shoot_draws(rng, sp, plot_agb)
+        bgb_sim = np.where(by_ratio[:, None], agb_sim * r_sim, bgb_eq_sim)
+        cf_sim = rng.normal(
+            np.repeat(x.cf[:, None], opts.n_draws, axis=1),
+            np.repeat(x.cf_sd[:, None], opts.n_draws, axis=1),
+        )
+        plot_bgb = np.nansum(bgb_sim, axis=0) / KG_PER_MG / area_ha
+        plot_c = np.nansum((agb_sim + bgb_sim) * cf_sim, axis=0) / KG_PER_MG / area_ha
+        q_lo, q_hi = np.quantile(plot_agb, opts.quantiles)
+        ba = float(np.sum(np.pi * (sub["dbh_cm"].to_numpy() / 200.0) ** 2)) / area_ha
+        plot_rows.append(
+            {
+                "plot_id": pid,
+                "epoch": epoch,
+                "n_stems": len(sub),
+                "basal_area_m2_ha": ba,
+                "agb_mg_ha": agb_mg_ha,
+                "agb_sd_mg_ha": float(np.std(plot_agb, ddof=1)),
+                "bgb_mg_ha": float(bgb_kg.sum()) / KG_PER_MG / area_ha,
+                "bgb_sd_mg_ha": float(np.std(plot_bgb, ddof=1)),
+                "carbon_mg_ha": carbon_mg_ha,
+                "carbon_sd_mg_ha": float(np.std(plot_c, ddof=1)),
+                "co2e_t_ha": carbon_mg_ha * co2_per_c,
+                "co2e_sd_t_ha": float(np.std(plot_c, ddof=1)) * co2_per_c,
+                "agb_p05_mg_ha": float(q_lo),
+                "agb_p95_mg_ha": float(q_hi),
+                "agb_mc_mean_mg_ha": float(np.mean(plot_agb)),
+                "plot_area_ha": area_ha,
+                "n_rows_excluded": int(
+                    ((t["plot_id"] == pid) & (t["epoch"] == epoch) & ~t["usable"]).sum()
+                ),
+                "n_heights_predicted": int((sub["height_source"] == "hd_model").sum()),
+                "mc_draws": opts.n_draws,
+            }
+        )
+    t["carbon_kg"] = (t["agb_kg"] + t["bgb_kg"]) * t["carbon_fraction"]
+    t = t.drop(columns=["height_measured_m", "bgb_eq_kg"])
+    qa_all = pd.concat([qa, pd.DataFrame(qa_rows, columns=list(QA_COLUMNS))], ignore_index=True)
+    plots = pd.DataFrame(plot_rows)
+    return t, plots, qa_all
