@@ -40,7 +40,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.stats import poisson
 
-from models.allometry import carbon_fraction, root_shoot_ratio, tree_agb_kg
+from models.allometry import carbon_fraction, tree_agb_kg, tree_bgb_kg
 from pipeline.simulate.grid import Grid
 from pipeline.simulate.noise import hash_normal, hash_uniform
 from pipeline.simulate.science import FOREST_TYPES, coefficients
@@ -252,11 +252,11 @@ def pixel_truth(trees: Trees, pixels: IntArray, *, res_m: float) -> PixelTruth:
     agb_px = np.bincount(local, weights=agb, minlength=n) / 1000.0 / area_ha
     hmax = np.zeros(n)
     np.maximum.at(hmax, local, trees.height_m)
-    carbon = np.zeros(n)
-    for sp in pd.unique(trees.species):
-        m = trees.species == sp
-        a_sp = np.bincount(local[m], weights=agb[m], minlength=n) / 1000.0 / area_ha
-        cf = carbon_fraction([sp])[0]
-        rs = root_shoot_ratio(np.full(n, sp, dtype=object), agb_px)
-        carbon += a_sp * (1.0 + rs) * cf
+    # belowground biomass exactly as the plots stage computes it (species root equations,
+    # else the root-to-shoot ratio of the stand's AGB class)
+    bgb = tree_bgb_kg(
+        trees.species, trees.dbh_cm, trees.height_m, trees.age_yr, stand_agb_mg_ha=agb_px[local]
+    )
+    cf = carbon_fraction(trees.species)
+    carbon = np.bincount(local, weights=(agb + bgb) * cf, minlength=n) / 1000.0 / area_ha
     return PixelTruth(agb_px, carbon, hmax)
