@@ -44,7 +44,8 @@ VECTOR_SUFFIXES = {".gpkg", ".geojson"}
 
 def tmp_path_for(path: Path) -> Path:
     """The temporary sibling a file is written to before being renamed into place."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # the suffix is kept last: GDAL picks drivers and checks names by it
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
 
 
 @contextlib.contextmanager
@@ -204,7 +205,7 @@ def write_cog(
         "BIGTIFF": "IF_SAFER",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    stage_tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.blocks.tif")
+    stage_tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.blocks{path.suffix}")
     try:
         with rasterio.open(stage_tmp, "w", **profile) as dst:
             names = [str(b) for b in arr.coords["band"].values] if "band" in arr.coords else []

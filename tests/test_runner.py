@@ -130,7 +130,7 @@ def test_sigkill_while_writing_leaves_no_partial_file_and_resumes(tmp_path):
     )
     try:
         deadline = time.monotonic() + 120
-        while not list((tmp_path / "out/toy").glob(".noise.tif*")):
+        while not list((tmp_path / "out/toy").glob(".noise.tmp-*")):
             assert proc.poll() is None, "the run ended before it was killed"
             assert time.monotonic() < deadline, "no temporary file appeared"
             time.sleep(0.05)
@@ -139,7 +139,7 @@ def test_sigkill_while_writing_leaves_no_partial_file_and_resumes(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not final.exists()
-    assert list((tmp_path / "out/toy").glob(".noise.tif*")), "the killed run was mid-write"
+    assert list((tmp_path / "out/toy").glob(".noise.tmp-*")), "the killed run was mid-write"
     m = _run(cfg)  # resumes: reruns the interrupted stage, cleans the temporaries
     assert m["stages"]["noise"]["status"] == "ran"
     assert final.is_file()
