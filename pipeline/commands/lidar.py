@@ -1,0 +1,103 @@
+"""``forest-carbon lidar``: DTM, CHM and area-based metrics from LAS/LAZ tiles.
+
+Example::
+
+    forest-carbon lidar data/nanping/lidar/*.laz --resolution 1 --grid-resolution 10 \\
+        --out outputs/lidar_only/
+
+Writes ``DIR/dtm.tif`` and ``DIR/chm.tif`` (``--resolution`` cells over the tiles),
+``DIR/metrics.tif`` (``--grid-resolution`` cells over ``--aoi``, or over the tiles; bands
+h_mean ... lidar_fraction), ``DIR/qa.json`` and ``DIR/tiles.csv``. The CRS is the tiles'
+own (``--crs`` states it for tiles whose header has none). Tiles that fail to decode are
+listed in the QA; the others' results are written and the command then exits with 2.
+Runs on a local Dask cluster sized to the machine, or on ``--scheduler ADDR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lidar", help="DTM, CHM and area-based metrics from LAS/LAZ tiles")
+    p.add_argument("tiles", type=Path, nargs="+", help="LAS/LAZ files, or folders of them")
+    p.add_argument("--resolution", type=float, default=1.0, help="DTM/CHM cell, metres")
+    p.add_argument(
+        "--grid-resolution", type=float, default=10.0, help="metrics (model grid) cell, metres"
+    )
+    p.add_argument("--crs", help="CRS of tiles whose header has none, e.g. EPSG:32650")
+    p.add_argument("--aoi", type=Path, help="AOI vector file: the metrics grid covers it")
+    p.add_argument("--chm", choices=("p2r", "pitfree"), default="p2r", help="CHM algorithm")
+    p.add_argument("--buffer", type=float, default=20.0, help="chunk buffer, metres")
+    p.add_argument("--chunk-size", type=float, default=1000.0, help="chunk side, metres")
+    p.add_argument("--scheduler", metavar="ADDR", help="existing Dask scheduler tcp://HOST:PORT")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=main)
+
+
+def _expand(paths: list[Path]) -> tuple[Path, ...]:
+    from pipeline.errors import InputDataError
+
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in (".las", ".laz"))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise InputDataError(f"{p}: LiDAR tile not found")
+    if not out:
+        raise InputDataError(f"no .las/.laz files in {', '.join(map(str, paths))}")
+    return tuple(out)
+
+
+def main(args: argparse.Namespace) -> int:
+    import geopandas as gpd
+
+    from pipeline.cluster import dask_client
+    from pipeline.config import DaskSettings, LidarParams
+    from pipeline.errors import InputDataError
+    from pipeline.io import write_outputs
+    from pipeline.lidar.index import index_tiles
+    from pipeline.stages.lidar import (
+        LidarJob,
+        model_grid_for_tiles,
+        model_grid_from_aoi,
+        run_lidar,
+    )
+
+    tiles = _expand(list(args.tiles))
+    index = index_tiles(list(tiles), assume_crs=args.crs)
+    crs = next((t.crs for t in index if t.crs is not None), None)
+    if crs is None:
+        raise InputDataError("no LiDAR tile could be read: " + "; ".join(t.error for t in index))
+    params = LidarParams(
+        resolution_m=args.resolution,
+        buffer_m=args.buffer,
+        chunk_size_m=args.chunk_size,
+        chm_algorithm=args.chm,
+    )
+    job = LidarJob(params, crs=crs, resolution_m=args.grid_resolution, tile_crs=args.crs)
+    if args.aoi is not None:
+        if not args.aoi.is_file():
+            raise InputDataError(f"{args.aoi}: AOI file not found")
+        grid = model_grid_from_aoi(
+            gpd.read_file(args.aoi), crs=crs, resolution_m=args.grid_resolution
+        )
+    else:
+        grid = model_grid_for_tiles(index, resolution_m=args.grid_resolution)
+    with dask_client(DaskSettings(), scheduler=args.scheduler):
+        out = run_lidar(job, tiles=tiles, model_grid=grid)
+    write_outputs({args.out / Path(rel).name: obj for rel, obj in out.items()})
+    for rel in out:
+        print(f"wrote {args.out / Path(rel).name}")
+    qa = out["lidar/qa.json"]
+    failed = qa["failed_tiles"]  # type: ignore[index]
+    if failed:
+        listing = "; ".join(f"{msg}" for msg in failed.values())
+        raise InputDataError(
+            f"{len(failed)} of {len(tiles)} LiDAR tiles failed ({listing}); the other tiles' "
+            f"results are in {args.out} and qa.json lists the failures"
+        )
+    return 0

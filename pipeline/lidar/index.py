@@ -1,0 +1,205 @@
+"""Index of LAS/LAZ tile headers: bounds, point counts, CRS, point format.
+
+Like lidR's ``readLAScatalog`` this reads headers only (no points), checks that every
+tile has one usable, metric CRS, and decides which tiles can be processed at all. A tile
+whose header cannot be read is kept in the index with ``status="failed"`` and its error,
+so the run goes on with the other tiles and the QA lists it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import laspy
+import pyproj
+from laspy.vlrs.known import GeoKeyDirectoryVlr, WktCoordinateSystemVlr
+
+from pipeline.errors import InputDataError
+
+METRE_UNITS = ("metre", "meter", "metres", "meters")
+
+
+@dataclass(frozen=True)
+class TileInfo:
+    """What a tile's header says.
+
+    ``status`` is ``ok``, ``empty`` (no points) or ``failed`` (``error`` says why).
+    Bounds are in the tile CRS (metres); ``crs`` is its ``EPSG:n`` or WKT string.
+    """
+
+    path: Path
+    status: str
+    error: str
+    point_count: int
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    zmin: float
+    zmax: float
+    crs: str | None
+    crs_source: str
+    point_format: int
+    version: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def intersects(self, box: tuple[float, float, float, float]) -> bool:
+        """Whether the tile may hold points in the closed-open box ``(xmin, ymin, xmax, ymax)``."""
+        return (
+            self.xmin < box[2]
+            and box[0] <= self.xmax
+            and self.ymin < box[3]
+            and box[1] <= self.ymax
+        )
+
+
+def _crs_label(crs: pyproj.CRS) -> str:
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg is not None else crs.to_wkt()
+
+
+def _horizontal(crs: pyproj.CRS) -> pyproj.CRS:
+    if crs.is_compound and crs.sub_crs_list:
+        return crs.sub_crs_list[0]
+    return crs
+
+
+def _header_crs(path: Path, header: laspy.LasHeader) -> tuple[pyproj.CRS | None, str]:
+    """The CRS of a header, checking that its WKT and GeoTIFF records agree."""
+    found: list[tuple[str, pyproj.CRS]] = []
+    for vlr in header.vlrs:
+        if isinstance(vlr, WktCoordinateSystemVlr | GeoKeyDirectoryVlr):
+            kind = "WKT" if isinstance(vlr, WktCoordinateSystemVlr) else "GeoTIFF keys"
+            try:
+                crs = vlr.parse_crs()
+            except Exception as err:  # laspy/pyproj raise several types for bad records
+                raise InputDataError(
+                    f"{path}: its {kind} CRS record cannot be parsed ({err})"
+                ) from None
+            if crs is not None:
+                found.append((kind, crs))
+    if not found:
+        return None, "none"
+    first_kind, first = found[0]
+    for kind, other in found[1:]:
+        if not _horizontal(first).equals(_horizontal(other), ignore_axis_order=True):
+            raise InputDataError(
+                f"{path}: conflicting CRS records in the header: {first_kind} says "
+                f"{_crs_label(first)}, {kind} says {_crs_label(other)}; fix the header (e.g. "
+                "`pdal translate IN OUT --writers.las.a_srs=EPSG:n`) or state the CRS with --crs "
+                "(config: sources.lidar_crs)"
+            )
+    return first, first_kind
+
+
+def _check_units(path: Path, crs: pyproj.CRS) -> None:
+    """Metric horizontal and vertical units, or a clear error."""
+    horiz = _horizontal(crs)
+    if horiz.is_geographic:
+        raise InputDataError(
+            f"{path}: CRS {_crs_label(crs)} is geographic (degrees); LiDAR tiles must be in a "
+            "projected metric CRS; reproject them (e.g. `pdal translate IN OUT reprojection "
+            '--filters.reprojection.out_srs="EPSG:32650"`)'
+        )
+    for axis in crs.axis_info:
+        if axis.unit_name.lower() not in METRE_UNITS:
+            raise InputDataError(
+                f"{path}: CRS {_crs_label(crs)} has {axis.direction} axis units "
+                f"'{axis.unit_name}'; this pipeline computes heights and densities in metres: "
+                "convert the tiles to a metric CRS (e.g. `pdal translate IN OUT reprojection "
+                '--filters.reprojection.out_srs="EPSG:32650"`) before running it'
+            )
+
+
+def read_tile_info(path: Path, *, assume_crs: str | None = None) -> TileInfo:
+    """Read one tile's header.
+
+    Raises
+    ------
+    InputDataError
+        The header has no CRS and ``assume_crs`` is not given, its CRS records conflict, or
+        its units are not metres. (An unreadable header is not raised: the tile is returned
+        with ``status="failed"``.)
+    """
+    try:
+        with laspy.open(path) as reader:
+            header = reader.header
+    except FileNotFoundError:
+        raise InputDataError(f"{path}: LiDAR tile not found") from None
+    except Exception as err:  # laspy raises LaspyException, ValueError, OSError, ...
+        return TileInfo(
+            path,
+            "failed",
+            f"{path.name}: cannot read the header: {err}",
+            0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            None,
+            "none",
+            -1,
+            "",
+        )
+    crs, source = _header_crs(path, header)
+    if crs is None:
+        if assume_crs is None:
+            raise InputDataError(
+                f"{path}: the tile's header has no CRS; state it with --crs EPSG:n "
+                "(config: sources.lidar_crs) or add it to the file "
+                "(`pdal translate IN OUT --writers.las.a_srs=EPSG:n`)"
+            )
+        crs = pyproj.CRS.from_user_input(assume_crs)
+        source = "assumed (--crs / sources.lidar_crs)"
+    _check_units(path, crs)
+    count = int(header.point_count)
+    mins, maxs = header.mins, header.maxs
+    return TileInfo(
+        path=path,
+        status="ok" if count > 0 else "empty",
+        error="" if count > 0 else f"{path.name}: the tile has no points; skipped",
+        point_count=count,
+        xmin=float(mins[0]),
+        ymin=float(mins[1]),
+        xmax=float(maxs[0]),
+        ymax=float(maxs[1]),
+        zmin=float(mins[2]),
+        zmax=float(maxs[2]),
+        crs=_crs_label(_horizontal(crs)),
+        crs_source=source,
+        point_format=int(header.point_format.id),
+        version=str(header.version),
+    )
+
+
+def index_tiles(paths: Sequence[Path], *, assume_crs: str | None = None) -> list[TileInfo]:
+    """Index tile headers and check that all readable tiles share one CRS.
+
+    Raises
+    ------
+    InputDataError
+        No tiles given; a tile has no CRS (and no ``assume_crs``), conflicting CRS records
+        or non-metric units; tiles disagree on the CRS.
+    """
+    if not paths:
+        raise InputDataError(
+            "no LiDAR tiles given (check sources.lidar_tiles or the TILES arguments)"
+        )
+    tiles = [read_tile_info(Path(p), assume_crs=assume_crs) for p in sorted(paths)]
+    crs_seen: dict[str, str] = {}
+    for t in tiles:
+        if t.crs is not None:
+            crs_seen.setdefault(t.crs, t.name)
+    if len(crs_seen) > 1:
+        listing = ", ".join(f"{name} has {crs}" for crs, name in crs_seen.items())
+        raise InputDataError(
+            f"LiDAR tiles are in different CRSs ({listing}); reproject them to one CRS first"
+        )
+    return tiles

@@ -1,0 +1,407 @@
+"""LiDAR stage: LAS/LAZ tiles -> DTM, CHM and area-based metrics on the model grid.
+
+Science (details and references in :mod:`pipeline.lidar`): ASPRS noise classes 7/18 are
+dropped (plus a statistical outlier filter on unclassified clouds); ground returns are
+class 2, or found by the cloth simulation filter when a cloud has no ground class; the
+DTM is a TIN of the ground returns; every return is normalised to height above the DTM;
+the CHM takes the highest return per cell (p2r) or the pit-free algorithm; area-based
+metrics (height mean, sd, max, percentiles of first returns, cover above 2 m, return
+density and the LiDAR-covered share of each cell) are computed on the model grid shared
+with the composites. Tiles are processed in buffered chunks on the active Dask scheduler
+(:mod:`pipeline.lidar.engine`), so tile edges leave no seams.
+
+Outputs (run-folder relpaths): ``lidar/dtm.tif``, ``lidar/chm.tif`` (LiDAR resolution,
+over the tiles), ``lidar/metrics.tif`` (model grid), ``lidar/qa.json``, ``lidar/tiles.csv``.
+
+Standalone: ``forest-carbon lidar TILES... --resolution 1 --out DIR``.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyproj
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from affine import Affine
+
+from pipeline.config import Config, LidarParams
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.grid import region_geobox, snapped_bounds
+from pipeline.lidar import engine
+from pipeline.lidar.chm import P2R, PitFree
+from pipeline.lidar.grid import CellGrid
+from pipeline.lidar.ground import CSF
+from pipeline.lidar.index import TileInfo, index_tiles
+from pipeline.lidar.metrics import BAND_NAMES, BAND_UNITS, N_POINT_BANDS, footprint_fraction
+from pipeline.stage import RunLayout, Stage
+
+#: output relpaths in the run folder
+DTM_PATH = "lidar/dtm.tif"
+CHM_PATH = "lidar/chm.tif"
+METRICS_PATH = "lidar/metrics.tif"
+QA_PATH = "lidar/qa.json"
+TILES_PATH = "lidar/tiles.csv"
+
+
+@dataclass(frozen=True)
+class LidarJob:
+    """What the LiDAR stage needs from the config: its params and the model grid.
+
+    Attributes
+    ----------
+    params
+        The ``stages.lidar`` section.
+    crs
+        Model CRS (``EPSG:n``); the tiles must be in it.
+    resolution_m
+        Model-grid resolution (the metrics' cell size).
+    tile_crs
+        CRS assumed for tiles whose header has none (``sources.lidar_crs``), or None.
+    """
+
+    params: LidarParams
+    crs: str
+    resolution_m: float
+    tile_crs: str | None = None
+
+
+def engine_settings(
+    job: LidarJob, *, model_grid: engine.MapGrid, lidar_grid: engine.MapGrid
+) -> engine.EngineSettings:
+    """The frozen settings of the chunk tasks."""
+    p = job.params
+    algo: P2R | PitFree = (
+        PitFree(thresholds_m=p.pitfree_thresholds_m, max_edge_m=p.pitfree_max_edge_m)
+        if p.chm_algorithm == "pitfree"
+        else P2R()
+    )
+    return engine.EngineSettings(
+        resolution_m=p.resolution_m,
+        buffer_m=p.buffer_m,
+        chunk_size_m=engine.chunk_side(p.chunk_size_m, p.resolution_m, job.resolution_m),
+        model_grid=model_grid,
+        lidar_grid=lidar_grid,
+        chm_algorithm=algo,
+        ground=CSF(
+            cloth_resolution_m=p.csf_cloth_resolution_m,
+            rigidness=p.csf_rigidness,
+            class_threshold_m=p.csf_class_threshold_m,
+            time_step=p.csf_time_step,
+            iterations=p.csf_iterations,
+            slope_smooth=p.csf_slope_smooth,
+        ),
+        outlier_k=p.outlier_k,
+        outlier_multiplier=p.outlier_multiplier,
+        negative_tolerance_m=p.negative_tolerance_m,
+        normalised_input=p.normalised_input,
+        dtm_thin_m=p.dtm_thin_m if p.dtm_thin_m is not None else 2 * p.resolution_m,
+        idw_rmax_m=p.idw_rmax_m,
+        metrics_min_height_m=p.metrics_min_height_m,
+        cover_threshold_m=p.cover_threshold_m,
+        points_per_chunk=p.points_per_read,
+    )
+
+
+def _check_crs(tiles: list[TileInfo], crs: str) -> None:
+    want = pyproj.CRS.from_user_input(crs)
+    for t in tiles:
+        if t.crs is not None and not pyproj.CRS.from_user_input(t.crs).equals(
+            want, ignore_axis_order=True
+        ):
+            raise InputDataError(
+                f"{t.path}: the tile is in {t.crs} but the model grid is in {crs}; reproject "
+                "the tiles (e.g. `pdal translate IN OUT reprojection "
+                f'--filters.reprojection.out_srs="{crs}"`) or set the region crs'
+            )
+
+
+def lidar_grid_for(tiles: list[TileInfo], *, res_m: float, anchor_m: float) -> engine.MapGrid:
+    """The DTM/CHM grid over the tiles, snapped outwards to multiples of ``anchor_m``."""
+    ok = [t for t in tiles if t.status == "ok"]
+    b = (
+        min(t.xmin for t in ok),
+        min(t.ymin for t in ok),
+        max(t.xmax for t in ok),
+        max(t.ymax for t in ok),
+    )
+    x0, y0, x1, y1 = snapped_bounds(b, anchor_m)
+    x1, y1 = max(x1, x0 + anchor_m), max(y1, y0 + anchor_m)
+    return engine.MapGrid(x0, y1, res_m, round((y1 - y0) / res_m), round((x1 - x0) / res_m))
+
+
+def _dataarray(
+    data: np.ndarray,
+    grid: engine.MapGrid,
+    crs: str,
+    bands: list[str],
+    units: list[str],
+    long_name: str,
+) -> xr.DataArray:
+    xs = grid.x0 + (np.arange(grid.cols) + 0.5) * grid.res
+    ys = grid.ytop - (np.arange(grid.rows) + 0.5) * grid.res
+    da = xr.DataArray(
+        data.astype(np.float32, copy=False),
+        dims=("band", "y", "x"),
+        coords={"band": bands, "y": ys, "x": xs},
+        attrs={"long_name": long_name, "units": units[0] if len(set(units)) == 1 else units},
+    )
+    da = da.rio.write_crs(crs)
+    da = da.rio.write_transform(Affine(grid.res, 0, grid.x0, 0, -grid.res, grid.ytop))
+    return da.rio.write_nodata(np.nan, encoded=False)
+
+
+def assemble(
+    results: list[engine.ChunkResult],
+    tiles: list[TileInfo],
+    settings: engine.EngineSettings,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str]]:
+    """Mosaic chunk results: DTM, CHM, metrics (13 bands) and the failed tiles."""
+    lg, mg = settings.lidar_grid, settings.model_grid
+    dtm = np.full((lg.rows, lg.cols), np.nan, np.float32)
+    chm = np.full((lg.rows, lg.cols), np.nan, np.float32)
+    metrics = np.full((len(BAND_NAMES), mg.rows, mg.cols), np.nan, np.float32)
+    n_returns = np.zeros((mg.rows, mg.cols), np.int64)
+    failures: dict[str, str] = {}
+    for r in results:
+        failures.update(r.failures)
+        r0, r1, c0, c1 = r.lidar_window
+        if r1 > r0 and c1 > c0:
+            dtm[r0:r1, c0:c1] = r.dtm_m
+            chm[r0:r1, c0:c1] = r.chm_m
+        r0, r1, c0, c1 = r.model_window
+        if r1 > r0 and c1 > c0:
+            metrics[:N_POINT_BANDS, r0:r1, c0:c1] = r.metrics
+            n_returns[r0:r1, c0:c1] = r.n_returns
+    good = [
+        (t.xmin, t.ymin, t.xmax, t.ymax)
+        for t in tiles
+        if t.status == "ok" and t.name not in failures
+    ]
+    # cells outside every processed tile: no DTM/CHM (IDW extrapolation stops there)
+    cover_l = footprint_fraction(good, engine_grid(lg)) > 0
+    dtm[~cover_l] = np.nan
+    chm[~cover_l] = np.nan
+    frac = footprint_fraction(good, engine_grid(mg))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        density = np.where(frac > 0, n_returns / (frac * mg.res**2), np.nan)
+    metrics[:N_POINT_BANDS, frac == 0] = np.nan
+    metrics[N_POINT_BANDS] = density
+    metrics[N_POINT_BANDS + 1] = frac
+    return dtm, chm, metrics, failures
+
+
+def engine_grid(g: engine.MapGrid) -> CellGrid:
+    """A :class:`~pipeline.lidar.grid.CellGrid` in map coordinates."""
+    return CellGrid(g.x0, g.ytop, g.res, g.rows, g.cols)
+
+
+def _qa(
+    tiles: list[TileInfo],
+    results: list[engine.ChunkResult],
+    failures: dict[str, str],
+    settings: engine.EngineSettings,
+    chm: np.ndarray,
+) -> dict[str, Any]:
+    chunks = [r.stats for r in results]
+
+    def total(k: str) -> int:
+        return sum(int(str(c.get(k, 0))) for c in chunks)
+
+    normalised = [c["chunk"] for c in chunks if c.get("input_normalised")]
+    messages = [t.error for t in tiles if t.status == "empty"]
+    messages += [f"{name}: failed: {msg}" for name, msg in sorted(failures.items())]
+    messages += [t.error for t in tiles if t.status == "failed"]
+    if normalised:
+        messages.append(
+            f"chunks {', '.join(map(str, normalised))}: the input is already height-normalised "
+            "(ground returns at 0 m); normalisation skipped and no DTM produced there"
+        )
+    n_out = total("n_points_out")
+    return {
+        "n_tiles": len(tiles),
+        "n_tiles_ok": sum(t.status == "ok" and t.name not in failures for t in tiles),
+        "n_tiles_empty": sum(t.status == "empty" for t in tiles),
+        "n_tiles_failed": sum(t.status == "failed" or t.name in failures for t in tiles),
+        "failed_tiles": {**{t.name: t.error for t in tiles if t.status == "failed"}, **failures},
+        "empty_tiles": [t.name for t in tiles if t.status == "empty"],
+        "n_points_read": total("n_read"),
+        "n_noise_class_removed": total("n_noise_class"),
+        "n_outliers_removed": total("n_outliers"),
+        "n_ground": total("n_ground"),
+        "n_heights_clamped": total("n_clamped"),
+        "n_heights_below_tolerance_clamped": total("n_below_tolerance"),
+        "n_without_terrain_removed": total("n_no_terrain_dropped"),
+        "n_points_used": n_out,
+        "share_heights_clamped": (total("n_clamped") / n_out) if n_out else 0.0,
+        "share_heights_below_tolerance": (total("n_below_tolerance") / n_out) if n_out else 0.0,
+        "negative_tolerance_m": settings.negative_tolerance_m,
+        "normalised_input_chunks": normalised,
+        "ground_source": sorted({str(c["ground_source"]) for c in chunks}),
+        "chm_max_m": float(np.nanmax(chm)) if np.isfinite(chm).any() else None,
+        "chm_min_m": float(np.nanmin(chm)) if np.isfinite(chm).any() else None,
+        "metrics_returns": (
+            f"height statistics from first returns with height >= "
+            f"{settings.metrics_min_height_m} m; cover_2m = share of first returns above "
+            f"{settings.cover_threshold_m} m; density from all returns after noise removal"
+        ),
+        "chunk_side_m": settings.chunk_size_m,
+        "buffer_m": settings.buffer_m,
+        "messages": messages,
+        "chunks": chunks,
+    }
+
+
+def _tiles_table(tiles: list[TileInfo], failures: dict[str, str]) -> pd.DataFrame:
+    rows = []
+    for t in tiles:
+        row = asdict(t)
+        row["path"] = str(t.path)
+        row["name"] = t.name
+        if t.name in failures:
+            row["status"] = "failed"
+            row["error"] = failures[t.name]
+        rows.append(row)
+    cols = [
+        "name",
+        "status",
+        "error",
+        "point_count",
+        "xmin",
+        "ymin",
+        "xmax",
+        "ymax",
+        "zmin",
+        "zmax",
+        "crs",
+        "crs_source",
+        "point_format",
+        "version",
+        "path",
+    ]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def run_lidar(
+    job: LidarJob, *, tiles: tuple[Path, ...], model_grid: engine.MapGrid, use_dask: bool = True
+) -> dict[str, object]:
+    """The stage on an explicit model grid (the command's entry point)."""
+    index = index_tiles(list(tiles), assume_crs=job.tile_crs)
+    _check_crs(index, job.crs)
+    ok = [t for t in index if t.status == "ok"]
+    if not ok:
+        detail = "; ".join(t.error for t in index)
+        raise InputDataError(f"no LiDAR tile has readable points: {detail}")
+    lgrid = lidar_grid_for(index, res_m=job.params.resolution_m, anchor_m=job.resolution_m)
+    settings = engine_settings(job, model_grid=model_grid, lidar_grid=lgrid)
+    results = engine.run_dask(index, settings) if use_dask else engine.run_serial(index, settings)
+    dtm, chm, metrics, failures = assemble(results, index, settings)
+    if len(failures) + sum(t.status != "ok" for t in index) == len(index):
+        raise InputDataError(
+            "every LiDAR tile failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items())
+        )
+    units = [BAND_UNITS[b] for b in BAND_NAMES]
+    return {
+        DTM_PATH: _dataarray(
+            dtm[None],
+            lgrid,
+            job.crs,
+            ["elevation"],
+            ["m"],
+            "terrain elevation (TIN of ground returns)",
+        ),
+        CHM_PATH: _dataarray(
+            chm[None],
+            lgrid,
+            job.crs,
+            ["canopy_height"],
+            ["m"],
+            f"canopy height ({job.params.chm_algorithm})",
+        ),
+        METRICS_PATH: _dataarray(
+            metrics, model_grid, job.crs, list(BAND_NAMES), units, "LiDAR area-based metrics"
+        ),
+        QA_PATH: _qa(index, results, failures, settings, chm),
+        TILES_PATH: _tiles_table(index, failures),
+    }
+
+
+def model_grid_from_aoi(aoi: gpd.GeoDataFrame, *, crs: str, resolution_m: float) -> engine.MapGrid:
+    """The region's model grid (:func:`pipeline.grid.region_geobox`) as a MapGrid."""
+    gbox = region_geobox(aoi, crs=crs, resolution_m=resolution_m)
+    a = gbox.affine
+    rows, cols = gbox.shape
+    return engine.MapGrid(float(a.c), float(a.f), float(a.a), int(rows), int(cols))
+
+
+def model_grid_for_tiles(tiles: list[TileInfo], *, resolution_m: float) -> engine.MapGrid:
+    """A model grid covering the tiles (the command without an AOI)."""
+    ok = [t for t in tiles if t.status == "ok"]
+    if not ok:
+        raise InputDataError("no LiDAR tile has readable points")
+    g = lidar_grid_for(tiles, res_m=resolution_m, anchor_m=resolution_m)
+    return g
+
+
+def lidar(job: LidarJob, *, tiles: tuple[Path, ...], aoi: gpd.GeoDataFrame) -> dict[str, object]:
+    """LiDAR stage: ``lidar/{dtm,chm,metrics}.tif``, ``lidar/qa.json``, ``lidar/tiles.csv``.
+
+    Parameters
+    ----------
+    job
+        :class:`LidarJob` (LiDAR params, model CRS and resolution, assumed tile CRS).
+    tiles
+        LAS/LAZ tile paths.
+    aoi
+        Area of interest; the metrics' model grid is ``region_geobox(aoi, ...)``.
+
+    Returns
+    -------
+    dict
+        In-memory ``xarray.DataArray`` rasters (dims band, y, x; CRS and transform set,
+        band names as descriptions) plus the QA dict and the tile table.
+
+    Raises
+    ------
+    InputDataError
+        No tiles, a tile without CRS (and no ``tile_crs``), conflicting CRS records,
+        non-metric units, tiles in another CRS than the model's, or no tile with points.
+    """
+    if not math.isfinite(job.resolution_m) or job.resolution_m <= 0:
+        raise InputDataError(f"model resolution must be positive, got {job.resolution_m}")
+    grid = model_grid_from_aoi(aoi, crs=job.crs, resolution_m=job.resolution_m)
+    return run_lidar(job, tiles=tiles, model_grid=grid)
+
+
+def lidar_job(config: Config) -> LidarJob:
+    """The LiDAR parameters with the model grid's CRS and resolution."""
+    return LidarJob(
+        params=config.stages.lidar,
+        crs=config.crs,
+        resolution_m=config.resolution_m,
+        tile_crs=config.sources.lidar_crs,
+    )
+
+
+def lidar_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Path, ...]]:
+    """The AOI and the LAS/LAZ tiles matched by ``sources.lidar_tiles``."""
+    pattern = config.sources.lidar_tiles
+    if pattern is None:
+        raise ConfigError("sources.lidar_tiles: the lidar stage needs a glob of LAS/LAZ tiles")
+    tiles = tuple(Path(p) for p in sorted(glob.glob(pattern)))
+    if not tiles:
+        raise InputDataError(
+            f"sources.lidar_tiles: no file matches {pattern!r}; check the path or build the "
+            "demo data (forest-carbon simulate)"
+        )
+    return {"aoi": config.aoi, "tiles": tiles}
+
+
+STAGE = Stage(name="lidar", func=lidar, params=lidar_job, inputs=lidar_inputs)

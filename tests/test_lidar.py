@@ -1,0 +1,296 @@
+"""LiDAR stage on seeded synthetic clouds with known terrain and canopy (tests/lidar_fixtures.py).
+
+Truth comes from the generator: the analytic terrain (DTM) and the crown raster (CHM);
+metrics are checked against numpy's own percentile/std on the raw returns of a cloud
+whose heights are known exactly (an already normalised cloud).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask
+import geopandas as gpd
+import laspy
+import numpy as np
+import pytest
+from lidar_fixtures import Scene, make_scene, write_tiles
+from shapely.geometry import box
+
+from pipeline.config import LidarParams
+from pipeline.lidar import engine
+from pipeline.lidar.metrics import BAND_NAMES
+from pipeline.stages.lidar import (
+    CHM_PATH,
+    DTM_PATH,
+    METRICS_PATH,
+    QA_PATH,
+    TILES_PATH,
+    LidarJob,
+    engine_settings,
+    lidar,
+    lidar_grid_for,
+    run_lidar,
+)
+
+X0, Y0, SIDE = 500_000.0, 2_900_000.0, 200.0
+MODEL = engine.MapGrid(X0, Y0 + SIDE, 10.0, 20, 20)
+
+
+def job(**kw: object) -> LidarJob:
+    return LidarJob(LidarParams(**kw), crs="EPSG:32650", resolution_m=10.0)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def scene() -> Scene:
+    return make_scene(seed=7, bounds=(X0, Y0, X0 + SIDE, Y0 + SIDE), slope_deg=30.0)
+
+
+@pytest.fixture(scope="module")
+def tiles4(scene: Scene, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_tiles(scene, tmp_path_factory.mktemp("t4"), tile_m=100.0)
+
+
+@pytest.fixture(scope="module")
+def tiles1(scene: Scene, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_tiles(scene, tmp_path_factory.mktemp("t1"), tile_m=200.0)
+
+
+@pytest.fixture(scope="module")
+def out4(tiles4: list[Path]) -> dict[str, object]:
+    return run_lidar(job(chunk_size_m=100.0), tiles=tuple(tiles4), model_grid=MODEL)
+
+
+def rmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.nanmean((a - b) ** 2)))
+
+
+def values(out: dict[str, object], key: str) -> np.ndarray:
+    return np.asarray(out[key].values)  # type: ignore[attr-defined]
+
+
+def test_dtm_and_chm_match_the_generator_truth(scene: Scene, out4: dict[str, object]) -> None:
+    dtm = values(out4, DTM_PATH)[0]
+    chm = values(out4, CHM_PATH)[0]
+    assert dtm.shape == (200, 200)
+    true_dtm = scene.true_dtm(X0, Y0 + SIDE, 1.0, dtm.shape)
+    true_chm = scene.true_chm(X0, Y0 + SIDE, 1.0, chm.shape)
+    # 30 degree slope: a 1 m cell spans 0.58 m of elevation, the TIN stays within decimetres
+    assert rmse(dtm, true_dtm) < 0.15
+    assert np.isfinite(dtm).all()
+    # p2r misses the very top of a cell's crown at 8 pulses/m2; it never invents height
+    assert rmse(chm, true_chm) < 2.5
+    assert -1.0 < float(np.nanmean(chm - true_chm)) < 0.0
+    assert float(np.nanmax(chm)) < float(true_chm.max()) + 0.5
+    assert float(np.nanmin(chm)) >= 0.0
+    tall = true_chm > 15
+    assert float(np.nanmedian(np.abs(chm - true_chm)[tall])) < 1.0
+
+
+def test_outputs_are_georeferenced_with_band_names(out4: dict[str, object]) -> None:
+    m = out4[METRICS_PATH]
+    assert list(m.band.values) == list(BAND_NAMES)  # type: ignore[attr-defined]
+    assert m.rio.crs.to_epsg() == 32650  # type: ignore[attr-defined]
+    assert tuple(m.rio.transform())[:6] == (10.0, 0.0, X0, 0.0, -10.0, Y0 + SIDE)  # type: ignore[attr-defined]
+    d = out4[DTM_PATH]
+    assert tuple(d.rio.transform())[:6] == (1.0, 0.0, X0, 0.0, -1.0, Y0 + SIDE)  # type: ignore[attr-defined]
+    frac = m.sel(band="lidar_fraction").values  # type: ignore[attr-defined]
+    assert np.allclose(frac, 1.0, atol=1e-3)
+    qa = out4[QA_PATH]
+    assert qa["n_tiles_ok"] == 4 and qa["n_noise_class_removed"] > 0  # type: ignore[index]
+    assert qa["ground_source"] == ["class 2"]  # type: ignore[index]
+    # ground returns scatter +-3 cm around the TIN: about half are clamped from just below 0;
+    # only a few returns at the block's edge (IDW extrapolation) lie further below ground
+    assert 0.1 < qa["share_heights_clamped"] < 0.4  # type: ignore[index]
+    assert 0 <= qa["share_heights_below_tolerance"] < 1e-3  # type: ignore[index]
+    table = out4[TILES_PATH]
+    assert list(table["status"]) == ["ok"] * 4  # type: ignore[index]
+
+
+def test_tiled_run_equals_single_tile_run_away_from_the_border(
+    tiles1: list[Path], out4: dict[str, object]
+) -> None:
+    one = run_lidar(job(chunk_size_m=200.0), tiles=tuple(tiles1), model_grid=MODEL)
+    b = 25  # metres from the region border, where the two runs see different neighbours
+    for key in (DTM_PATH, CHM_PATH):
+        a4 = values(out4, key)[0][b:-b, b:-b]
+        a1 = values(one, key)[0][b:-b, b:-b]
+        assert np.isfinite(a1).mean() > 0.99
+        np.testing.assert_allclose(a4, a1, atol=2e-3, equal_nan=True)
+    # metrics: every model cell lies inside one chunk; cells on the region border see a
+    # different TIN hull in the two runs, the rest agree
+    m4 = values(out4, METRICS_PATH)[:, 2:-2, 2:-2]
+    m1 = values(one, METRICS_PATH)[:, 2:-2, 2:-2]
+    assert np.isfinite(m1).all()
+    np.testing.assert_allclose(m4, m1, atol=2e-3)
+
+
+def test_numpy_and_dask_results_are_equal(tiles4: list[Path]) -> None:
+    j = job(chunk_size_m=100.0, buffer_m=10.0)
+    from pipeline.lidar.index import index_tiles
+
+    index = index_tiles(tiles4)
+    lg = lidar_grid_for(index, res_m=1.0, anchor_m=10.0)
+    settings = engine_settings(j, model_grid=MODEL, lidar_grid=lg)
+    serial = engine.run_serial(index, settings)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        par = engine.run_dask(index, settings)
+    assert [r.key for r in serial] == [r.key for r in par]
+    assert len(serial) == 4
+    for a, b in zip(serial, par, strict=True):
+        np.testing.assert_array_equal(a.dtm_m, b.dtm_m)
+        np.testing.assert_array_equal(a.chm_m, b.chm_m)
+        np.testing.assert_array_equal(a.metrics, b.metrics)
+
+
+def test_metrics_equal_numpy_on_a_normalised_cloud(scene: Scene, tmp_path: Path) -> None:
+    paths = write_tiles(scene, tmp_path, tile_m=200.0, normalised=True)
+    out = run_lidar(job(chunk_size_m=200.0), tiles=tuple(paths), model_grid=MODEL)
+    qa = out[QA_PATH]
+    assert qa["normalised_input_chunks"]  # type: ignore[index]
+    assert any("already height-normalised" in m for m in qa["messages"])  # type: ignore[index]
+    assert np.isnan(values(out, DTM_PATH)).all()
+    las = laspy.read(paths[0])
+    x, y, z = np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)
+    keep = ~np.isin(np.asarray(las.classification), (7, 18))
+    first = keep & (np.asarray(las.return_number) == 1)
+    m = out[METRICS_PATH]
+    for row, col in [(3, 4), (10, 10), (17, 2)]:
+        cx0 = X0 + col * 10
+        cy1 = Y0 + SIDE - row * 10
+        in_cell = (x >= cx0) & (x < cx0 + 10) & (y >= cy1 - 10) & (y < cy1)
+        h = np.clip(z[in_cell & first], 0, None)
+        got = m[:, row, col].values  # type: ignore[index]
+        ref = dict(
+            h_mean=h.mean(),
+            h_sd=h.std(ddof=1),
+            h_max=h.max(),
+            **{f"h_p{p}": np.percentile(h, p) for p in (10, 25, 50, 75, 90, 95, 99)},
+            cover_2m=(h > 2).mean(),
+            density_pts_m2=(in_cell & keep).sum() / 100.0,
+        )
+        for name, want in ref.items():
+            assert got[BAND_NAMES.index(name)] == pytest.approx(want, abs=1e-3), name
+    chm = values(out, CHM_PATH)[0]
+    true_chm = scene.true_chm(X0, Y0 + SIDE, 1.0, chm.shape)
+    assert rmse(chm, true_chm) < 2.5
+
+
+def test_unclassified_cloud_uses_csf_and_outlier_filter(tmp_path: Path) -> None:
+    s = make_scene(
+        seed=11, bounds=(X0, Y0, X0 + 100, Y0 + 100), slope_deg=35.0, noise_fraction=0.003
+    )
+    paths = write_tiles(s, tmp_path, tile_m=100.0, classified=False)
+    grid = engine.MapGrid(X0, Y0 + 100, 10.0, 10, 10)
+    out = run_lidar(job(chunk_size_m=100.0), tiles=tuple(paths), model_grid=grid)
+    qa = out[QA_PATH]
+    assert qa["ground_source"] == ["CSF"]  # type: ignore[index]
+    assert qa["n_outliers_removed"] > 0  # type: ignore[index]
+    dtm = values(out, DTM_PATH)[0]
+    true_dtm = s.true_dtm(X0, Y0 + 100, 1.0, dtm.shape)
+    inner = (slice(5, -5), slice(5, -5))
+    assert rmse(dtm[inner], true_dtm[inner]) < 0.5
+    chm = values(out, CHM_PATH)[0]
+    true_chm = s.true_chm(X0, Y0 + 100, 1.0, chm.shape)
+    # high noise (60-150 m) would show up as spikes if the outlier filter missed it
+    assert float(np.nanpercentile(chm, 99.9)) < float(true_chm.max()) + 2.0
+    assert rmse(chm[inner], true_chm[inner]) < 3.0
+
+
+def test_pitfree_chm_has_fewer_pits_than_p2r(tiles1: list[Path]) -> None:
+    grid = MODEL
+    p2r = values(
+        run_lidar(job(chunk_size_m=200.0), tiles=tuple(tiles1), model_grid=grid), CHM_PATH
+    )[0]
+    pf = values(
+        run_lidar(
+            job(chunk_size_m=200.0, chm_algorithm="pitfree"), tiles=tuple(tiles1), model_grid=grid
+        ),
+        CHM_PATH,
+    )[0]
+
+    def pits(c: np.ndarray) -> int:
+        c = np.nan_to_num(c)
+        nb = np.stack(
+            [
+                np.roll(np.roll(c, i, 0), j, 1)
+                for i in (-1, 0, 1)
+                for j in (-1, 0, 1)
+                if (i, j) != (0, 0)
+            ]
+        )
+        return int((c[1:-1, 1:-1] < nb.mean(0)[1:-1, 1:-1] - 3.0).sum())
+
+    assert pits(pf) < pits(p2r)
+    assert float(np.nanmax(pf)) <= float(np.nanmax(p2r)) + 1e-3
+
+
+def test_stage_function_builds_the_model_grid_from_the_aoi(tiles1: list[Path]) -> None:
+    aoi = gpd.GeoDataFrame(geometry=[box(X0 - 15, Y0 + 3, X0 + 120, Y0 + 150)], crs="EPSG:32650")
+    out = lidar(job(chunk_size_m=200.0), tiles=tuple(tiles1), aoi=aoi)
+    m = out[METRICS_PATH]
+    assert m.shape == (len(BAND_NAMES), 15, 14)  # type: ignore[attr-defined]
+    # the grid starts 20 m west of the tiles (AOI snapped outwards to 10 m)
+    assert float(m.x[0]) == X0 - 15.0  # type: ignore[attr-defined]
+    frac = m.sel(band="lidar_fraction").values  # type: ignore[attr-defined]
+    h_mean = m.sel(band="h_mean").values  # type: ignore[attr-defined]
+    assert (frac[:, :2] == 0).all() and np.isnan(h_mean[:, :2]).all()
+    assert np.allclose(frac[:, 2:], 1.0, atol=1e-3) and np.isfinite(h_mean[:, 2:]).all()
+
+
+def test_chunk_side_is_a_multiple_of_both_resolutions() -> None:
+    assert engine.chunk_side(1000.0, 1.0, 30.0) == 1020.0
+    assert engine.chunk_side(1000.0, 0.5, 10.0) == 1000.0
+    assert engine.chunk_side(100.0, 0.25, 20.0) == 100.0
+
+
+def test_tin_rasteriser_equals_scipy_linear_interpolation() -> None:
+    from scipy.interpolate import LinearNDInterpolator
+
+    from pipeline.lidar.grid import CellGrid
+    from pipeline.lidar.tin import rasterise_tin, triangulate
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 50, 2000)
+    y = rng.uniform(0, 40, 2000)
+    z = np.sin(x / 7) * 5 + y * 0.3
+    grid = CellGrid(-5.0, 45.0, 0.5, 100, 120)
+    tri = triangulate(x, y)
+    assert tri is not None
+    got = rasterise_tin(x, y, z, tri, grid)
+    xc, yc = grid.centres()
+    xx, yy = np.meshgrid(xc, yc)
+    ref = LinearNDInterpolator(np.column_stack([x, y]), z)(xx, yy)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, atol=1e-4, equal_nan=True)
+    # long-edged triangles dropped: fewer cells, same values where kept
+    short = rasterise_tin(x, y, z, tri, grid, max_edge_m=1.5)
+    assert np.isnan(short).sum() > np.isnan(got).sum()
+    np.testing.assert_allclose(short[~np.isnan(short)], got[~np.isnan(short)], atol=1e-6)
+
+
+def test_bilinear_normalisation_equals_scipy_regular_grid_interpolator() -> None:
+    from scipy.interpolate import RegularGridInterpolator
+
+    from pipeline.lidar.grid import CellGrid
+    from pipeline.lidar.normalise import bilinear
+
+    rng = np.random.default_rng(1)
+    g = CellGrid(-20.0, 120.0, 1.0, 140, 130)
+    z = rng.normal(size=g.shape).astype(np.float32)
+    xc, yc = g.centres()
+    x = rng.uniform(xc[0], xc[-1], 10_000).astype(np.float32)
+    y = rng.uniform(yc[-1], yc[0], 10_000).astype(np.float32)
+    ref = RegularGridInterpolator((yc[::-1], xc), z[::-1])(np.column_stack([y, x]))
+    np.testing.assert_allclose(bilinear(z, g, x, y), ref, atol=1e-4)
+
+
+def test_footprint_fraction_is_the_exact_overlap_area() -> None:
+    from pipeline.lidar.grid import CellGrid
+    from pipeline.lidar.metrics import footprint_fraction
+
+    grid = CellGrid(0.0, 30.0, 10.0, 3, 3)
+    # two abutting tiles: x 5-15 and 15-25, y 0-12
+    frac = footprint_fraction([(5.0, 0.0, 15.0, 12.0), (15.0, 0.0, 25.0, 12.0)], grid)
+    want = np.array([[0, 0, 0], [0.1, 0.2, 0.1], [0.5, 1.0, 0.5]])
+    np.testing.assert_allclose(frac, want, atol=1e-12)
