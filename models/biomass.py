@@ -1,0 +1,731 @@
+"""Statistical biomass models: area-based LiDAR, satellite, spatial validation, uncertainty.
+
+The science
+-----------
+Field plots give above-ground biomass (AGB, Mg/ha) at a few dozen places; remote sensing
+gives predictors everywhere. This module fits the link between them behind one small
+interface (:class:`BiomassModel`: ``fit`` / ``predict`` / ``describe``) with three
+candidates:
+
+``powerlaw``
+    The classic area-based approach (ABA) model on LiDAR metrics,
+    ``AGB = a * H^b * cover^c`` (Næsset 2002, doi:10.1016/S0034-4257(01)00290-5;
+    Asner & Mascaro 2014, doi:10.1016/j.rse.2013.09.023), fitted by least squares in log
+    space and back-transformed with the log-normal bias correction ``exp(s^2 / 2)``
+    (Baskerville 1972, doi:10.1139/x72-009; Sprugel 1983, doi:10.2307/1937343), where
+    ``s^2`` is the residual mean square of the log-space fit.
+``random_forest``
+    scikit-learn's :class:`~sklearn.ensemble.RandomForestRegressor` (Breiman 2001,
+    doi:10.1023/A:1010933404324), seeded.
+``gradient_boosting``
+    scikit-learn's :class:`~sklearn.ensemble.HistGradientBoostingRegressor` (handles
+    missing predictors natively), seeded.
+
+Validation: plots are spatially autocorrelated, so a random K-fold split puts near
+neighbours of every test plot into its training set and underestimates the error of
+wall-to-wall prediction (Roberts et al. 2017, doi:10.1111/ecog.02881; Ploton et al. 2020,
+doi:10.1038/s41467-020-18321-y). Candidates are therefore compared and selected by
+*spatially blocked* cross-validation: plots are grouped into square blocks of side
+``cv_block_m`` and whole blocks are held out. The random-split figures are computed too
+and recorded next to them, to show the difference.
+
+Uncertainty: normalised split-conformal prediction (Lei et al. 2018,
+doi:10.1080/01621459.2017.1307116; Papadopoulos et al. 2011 for the normalised score)
+calibrated on the out-of-fold residuals of the *spatial* cross-validation. Why this and
+not a bootstrap ensemble: bootstrap and quantile-forest spreads measure the variance of
+the fit around the training plots, not the error of prediction far from them, and are
+known to under-cover under spatial autocorrelation (Ploton et al. 2020); conformal
+intervals calibrated on held-out spatial blocks carry the error the map really makes
+away from plots, with a finite-sample coverage guarantee for exchangeable blocks. Biomass
+errors grow with biomass, so scores are normalised by a local difficulty
+``sigma(pred) = s0 + s1 * pred`` fitted to the absolute out-of-fold residuals. The
+per-pixel SD is ``k * sigma`` with ``k`` the root mean square of the normalised scores;
+the interval is ``pred + [q_lo, q_hi] * sigma`` with the conformal quantiles of the
+signed normalised scores (asymmetric if the residuals are), clipped at zero.
+
+LiDAR-assisted upscaling (two-phase, "hybrid" inference; Saarela et al. 2016,
+doi:10.1186/s13021-016-0054-5): where LiDAR covers only part of the area of interest,
+the plot->LiDAR model maps AGB over the LiDAR block; a spatially thinned sample of that
+map trains a satellite-only model that predicts everywhere. The satellite model's error
+against the LiDAR map (spatial CV on the sample) and the LiDAR model's own error (its
+conformal calibration) are independent, so their SDs and interval half-widths add in
+quadrature (:func:`chain_uncertainty`). CV inside the LiDAR block cannot see the error of
+extrapolating beyond it, so where plots exist that the satellite model stands for and
+that trained neither model (outside the LiDAR cover, or of other epochs), the chained SD
+is re-calibrated on them conformally (:func:`calibrate_scale`): the satellite part of the
+map is calibrated against field data, not only against the LiDAR map.
+
+Support: plot predictors are area-weighted means over a plot square, so the models
+describe AGB at plot support; maps apply them to plot-sized moving-window means of the
+predictors (``pipeline.features.focal_mean``), and per-pixel SDs and intervals refer to
+that support.
+
+Everything is seeded with ``numpy.random.default_rng(seed)`` / ``random_state=seed``:
+the same inputs give the same predictions bit for bit. This module imports nothing from
+``pipeline/``; the ``model`` stage (``forest-carbon fit``) drives it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+
+FloatArray = NDArray[np.float64]
+CandidateName = Literal["powerlaw", "random_forest", "gradient_boosting"]
+
+
+class ModelDomainError(ValueError):
+    """Training data do not allow a model or a validation scheme (too few plots, blocks...)."""
+
+
+class BiomassModel(Protocol):
+    """What every biomass model offers."""
+
+    name: str
+
+    @property
+    def features(self) -> tuple[str, ...]: ...
+
+    def fit(self, x: pd.DataFrame, agb_mg_ha: FloatArray) -> Any: ...
+
+    def predict(self, x: pd.DataFrame) -> FloatArray: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def _matrix(x: pd.DataFrame, features: Sequence[str]) -> FloatArray:
+    missing = [f for f in features if f not in x.columns]
+    if missing:
+        raise ModelDomainError(f"predictor column(s) {missing} missing from the feature table")
+    return x.loc[:, list(features)].to_numpy(dtype=np.float64)
+
+
+@dataclass
+class PowerLawABA:
+    """``AGB = a * H^b * cover^c``, fitted in log space with the Baskerville correction.
+
+    Parameters
+    ----------
+    height
+        Name of the LiDAR height metric column (m), e.g. ``h_mean``.
+    cover
+        Name of the canopy cover column (fraction 0-1), e.g. ``cover_2m``.
+    """
+
+    height: str = "h_mean"
+    cover: str = "cover_2m"
+    name: str = "powerlaw"
+    coef_: FloatArray | None = None
+    residual_ms_log_: float = 0.0
+    n_fit_: int = 0
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return (self.height, self.cover)
+
+    def fit(self, x: pd.DataFrame, agb_mg_ha: FloatArray) -> PowerLawABA:
+        m = _matrix(x, self.features)
+        y = np.asarray(agb_mg_ha, dtype=np.float64)
+        # the log form is defined only for positive biomass, height and cover
+        ok = np.isfinite(m).all(axis=1) & (m > 0).all(axis=1) & np.isfinite(y) & (y > 0)
+        n = int(ok.sum())
+        if n < 4:
+            raise ModelDomainError(
+                f"power-law model needs at least 4 plots with positive AGB, {self.height} and "
+                f"{self.cover}; got {n}"
+            )
+        design = np.column_stack([np.ones(n), np.log(m[ok])])
+        coef, *_ = np.linalg.lstsq(design, np.log(y[ok]), rcond=None)
+        resid = np.log(y[ok]) - design @ coef
+        self.coef_ = coef
+        self.residual_ms_log_ = float(resid @ resid / max(n - design.shape[1], 1))
+        self.n_fit_ = n
+        return self
+
+    def predict(self, x: pd.DataFrame) -> FloatArray:
+        if self.coef_ is None:
+            raise ModelDomainError("power-law model used before fit()")
+        m = _matrix(x, self.features)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_pred = self.coef_[0] + np.log(np.clip(m, 0.0, None)) @ self.coef_[1:]
+            # Baskerville (1972) back-transformation of a log-space mean
+            out = np.exp(log_pred + self.residual_ms_log_ / 2.0)
+        return np.where(np.isfinite(m).all(axis=1), out, np.nan)
+
+    def describe(self) -> dict[str, Any]:
+        coef = [math.nan] * 3 if self.coef_ is None else [float(c) for c in self.coef_]
+        return {
+            "form": f"AGB = a * {self.height}^b * {self.cover}^c",
+            "a": math.exp(coef[0]),
+            "b": coef[1],
+            "c": coef[2],
+            "log_residual_ms": self.residual_ms_log_,
+            "bias_correction": math.exp(self.residual_ms_log_ / 2.0),
+            "bias_correction_ref": "Baskerville 1972 doi:10.1139/x72-009",
+            "n_fit": self.n_fit_,
+        }
+
+
+@dataclass
+class SklearnModel:
+    """A scikit-learn regressor on named feature columns (missing rows predict NaN)."""
+
+    name: str
+    features: tuple[str, ...]
+    estimator: Any
+    hyper_parameters: dict[str, Any] = field(default_factory=dict)
+
+    def fit(self, x: pd.DataFrame, agb_mg_ha: FloatArray) -> SklearnModel:
+        m = _matrix(x, self.features)
+        y = np.asarray(agb_mg_ha, dtype=np.float64)
+        ok = np.isfinite(y) & np.isfinite(m).any(axis=1)
+        if ok.sum() < 4:
+            raise ModelDomainError(f"{self.name} needs at least 4 training rows, got {ok.sum()}")
+        self.estimator.fit(m[ok], y[ok])
+        return self
+
+    def predict(self, x: pd.DataFrame) -> FloatArray:
+        m = _matrix(x, self.features)
+        out = np.full(len(m), np.nan)
+        ok = np.isfinite(m).all(axis=1)
+        if ok.any():
+            out[ok] = self.estimator.predict(m[ok])
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"estimator": type(self.estimator).__name__, **self.hyper_parameters}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Hyper-parameters and validation settings (mirrors ``ModelParams`` of the config)."""
+
+    candidates: tuple[CandidateName, ...] = ("powerlaw", "random_forest", "gradient_boosting")
+    cv_block_m: float = 1000.0
+    cv_folds: int = 5
+    interval: float = 0.9
+    powerlaw_height: str = "h_mean"
+    powerlaw_cover: str = "cover_2m"
+    rf_n_estimators: int = 300
+    rf_min_samples_leaf: int = 3
+    gb_max_iter: int = 200
+    gb_learning_rate: float = 0.05
+    gb_min_samples_leaf: int = 5
+
+
+def make_model(
+    name: CandidateName, features: Sequence[str], *, settings: ModelSettings, seed: int
+) -> BiomassModel:
+    """A fresh, unfitted candidate model."""
+    if name == "powerlaw":
+        return PowerLawABA(height=settings.powerlaw_height, cover=settings.powerlaw_cover)
+    if name == "random_forest":
+        hp = {
+            "n_estimators": settings.rf_n_estimators,
+            "min_samples_leaf": settings.rf_min_samples_leaf,
+            "max_features": 1.0 / 3.0,
+        }
+        est = RandomForestRegressor(**hp, random_state=seed, n_jobs=1)
+        return SklearnModel(name, tuple(features), est, {**hp, "random_state": seed})
+    if name == "gradient_boosting":
+        hp = {
+            "max_iter": settings.gb_max_iter,
+            "learning_rate": settings.gb_learning_rate,
+            "min_samples_leaf": settings.gb_min_samples_leaf,
+            "max_depth": 3,
+            "early_stopping": False,
+        }
+        est = HistGradientBoostingRegressor(**hp, random_state=seed)
+        return SklearnModel(name, tuple(features), est, {**hp, "random_state": seed})
+    raise ModelDomainError(f"unknown model candidate {name!r}")
+
+
+def candidate_applicable(
+    name: CandidateName, features: Sequence[str], settings: ModelSettings
+) -> bool:
+    """Whether a candidate can use this feature set (power law needs height and cover)."""
+    if name == "powerlaw":
+        return settings.powerlaw_height in features and settings.powerlaw_cover in features
+    return len(features) > 0
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def spatial_block_ids(x_m: FloatArray, y_m: FloatArray, *, block_m: float) -> NDArray[np.int64]:
+    """Id of the square block (side ``block_m`` metres) each point falls in."""
+    bx = np.floor(np.asarray(x_m) / block_m).astype(np.int64)
+    by = np.floor(np.asarray(y_m) / block_m).astype(np.int64)
+    _, ids = np.unique(np.column_stack([bx, by]), axis=0, return_inverse=True)
+    return ids.reshape(-1).astype(np.int64)
+
+
+def blocked_folds(
+    x_m: FloatArray, y_m: FloatArray, *, block_m: float, n_folds: int, seed: int
+) -> NDArray[np.int64]:
+    """Fold index per point; whole spatial blocks go to one fold, folds balanced by count.
+
+    Blocks are visited in a seeded random order and each is given to the fold with the
+    fewest points so far. With fewer blocks than ``n_folds``, each block is its own fold.
+    """
+    blocks = spatial_block_ids(x_m, y_m, block_m=block_m)
+    n_blocks = int(blocks.max()) + 1 if blocks.size else 0
+    if n_blocks < 2:
+        raise ModelDomainError(
+            f"all {blocks.size} points fall in one {block_m:g} m block: spatial cross-validation "
+            "needs at least 2 blocks; lower model.cv_block_m"
+        )
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(blocks, minlength=n_blocks)
+    k = min(n_folds, n_blocks)
+    fold_of_block = np.empty(n_blocks, dtype=np.int64)
+    load = np.zeros(k, dtype=np.int64)
+    for b in rng.permutation(n_blocks):
+        f = int(np.argmin(load))
+        fold_of_block[b] = f
+        load[f] += counts[b]
+    return fold_of_block[blocks]
+
+
+def random_folds(n: int, *, n_folds: int, seed: int) -> NDArray[np.int64]:
+    """Fold index per point for a naive random K-fold split."""
+    rng = np.random.default_rng(seed)
+    return (rng.permutation(n) % min(n_folds, n)).astype(np.int64)
+
+
+def out_of_fold(
+    factory: Callable[[], BiomassModel],
+    x: pd.DataFrame,
+    agb_mg_ha: FloatArray,
+    folds: NDArray[np.int64],
+) -> FloatArray:
+    """Out-of-fold predictions: each fold predicted by a model fitted on the others."""
+    pred = np.full(len(x), np.nan)
+    for f in np.unique(folds):
+        test = folds == f
+        model = factory().fit(x.loc[~test], agb_mg_ha[~test])
+        pred[test] = model.predict(x.loc[test])
+    return pred
+
+
+def accuracy(obs_mg_ha: FloatArray, pred_mg_ha: FloatArray) -> dict[str, float]:
+    """RMSE (Mg/ha), relative RMSE (of the observed mean), bias (pred - obs) and R2."""
+    ok = np.isfinite(obs_mg_ha) & np.isfinite(pred_mg_ha)
+    o, p = obs_mg_ha[ok], pred_mg_ha[ok]
+    if o.size == 0:
+        return {
+            "rmse_mg_ha": math.nan,
+            "rel_rmse": math.nan,
+            "bias_mg_ha": math.nan,
+            "r2": math.nan,
+            "n": 0,
+        }
+    err = p - o
+    rmse = float(np.sqrt(np.mean(err**2)))
+    ss_tot = float(np.sum((o - o.mean()) ** 2))
+    return {
+        "rmse_mg_ha": rmse,
+        "rel_rmse": rmse / float(o.mean()) if o.mean() != 0 else math.nan,
+        "bias_mg_ha": float(err.mean()),
+        "r2": 1.0 - float(np.sum(err**2)) / ss_tot if ss_tot > 0 else math.nan,
+        "n": int(o.size),
+    }
+
+
+# -------------------------------------------------------------------------- uncertainty
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-sample prediction with uncertainty (all Mg/ha)."""
+
+    mean: FloatArray
+    sd: FloatArray
+    lower: FloatArray
+    upper: FloatArray
+
+
+@dataclass(frozen=True)
+class ConformalCalibration:
+    """Normalised split-conformal calibration from out-of-fold residuals.
+
+    ``sigma(pred) = max(s0 + s1 * pred, sigma_floor)``; SD ``= k_sd * sigma``; interval
+    ``pred + [q_lo, q_hi] * sigma``.
+    """
+
+    s0: float
+    s1: float
+    sigma_floor: float
+    k_sd: float
+    q_lo: float
+    q_hi: float
+    interval: float
+    n: int
+
+    def sigma(self, pred_mg_ha: FloatArray) -> FloatArray:
+        return np.maximum(self.s0 + self.s1 * np.clip(pred_mg_ha, 0.0, None), self.sigma_floor)
+
+    def apply(self, pred_mg_ha: FloatArray) -> Prediction:
+        s = self.sigma(pred_mg_ha)
+        lower = np.clip(pred_mg_ha + self.q_lo * s, 0.0, None)
+        return Prediction(pred_mg_ha, self.k_sd * s, lower, pred_mg_ha + self.q_hi * s)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": "normalised split-conformal on spatial-CV out-of-fold residuals",
+            "difficulty": "sigma = max(s0 + s1 * pred, sigma_floor)",
+            "s0_mg_ha": self.s0,
+            "s1": self.s1,
+            "sigma_floor_mg_ha": self.sigma_floor,
+            "k_sd": self.k_sd,
+            "q_lo": self.q_lo,
+            "q_hi": self.q_hi,
+            "interval": self.interval,
+            "n_calibration": self.n,
+        }
+
+
+def _conformal_quantile(scores: FloatArray, level: float) -> float:
+    """Finite-sample conformal quantile: the ceil((n+1) level)-th smallest score."""
+    s = np.sort(scores)
+    n = s.size
+    k = math.ceil((n + 1) * level)
+    return float(s[min(max(k, 1), n) - 1])
+
+
+def calibrate_conformal(
+    obs_mg_ha: FloatArray,
+    oof_pred_mg_ha: FloatArray,
+    *,
+    interval: float,
+    min_sigma_fraction: float = 0.1,
+) -> ConformalCalibration:
+    """Fit the difficulty model and conformal quantiles from out-of-fold predictions.
+
+    Parameters
+    ----------
+    obs_mg_ha, oof_pred_mg_ha
+        Observed values and their out-of-fold (held-out) predictions.
+    interval
+        Nominal coverage of the two-sided interval (e.g. 0.9).
+    min_sigma_fraction
+        Floor of the difficulty as a fraction of the mean absolute residual, so that a
+        fitted negative intercept cannot produce zero-width intervals.
+    """
+    ok = np.isfinite(obs_mg_ha) & np.isfinite(oof_pred_mg_ha)
+    o, p = obs_mg_ha[ok], np.clip(oof_pred_mg_ha[ok], 0.0, None)
+    if o.size < 10:
+        raise ModelDomainError(
+            f"uncertainty calibration needs at least 10 held-out predictions, got {o.size}"
+        )
+    r = o - p
+    abs_r = np.abs(r)
+    design = np.column_stack([np.ones_like(p), p])
+    (s0, s1), *_ = np.linalg.lstsq(design, abs_r, rcond=None)
+    floor = min_sigma_fraction * float(abs_r.mean()) if abs_r.mean() > 0 else 1e-9
+    cal = ConformalCalibration(float(s0), float(s1), floor, 1.0, 0.0, 0.0, interval, int(o.size))
+    z = r / cal.sigma(p)
+    alpha = 1.0 - interval
+    return ConformalCalibration(
+        s0=float(s0),
+        s1=float(s1),
+        sigma_floor=floor,
+        k_sd=float(np.sqrt(np.mean(z**2))),
+        q_lo=-_conformal_quantile(-z, 1.0 - alpha / 2.0),
+        q_hi=_conformal_quantile(z, 1.0 - alpha / 2.0),
+        interval=interval,
+        n=int(o.size),
+    )
+
+
+def chain_uncertainty(second: Prediction, first: ConformalCalibration) -> Prediction:
+    """Add the first-phase (LiDAR model) error to a second-phase (satellite) prediction.
+
+    The satellite model learned the LiDAR map, so its error against the truth is its
+    error against the LiDAR map plus the LiDAR map's error; the two are independent, so
+    SDs and interval half-widths add in quadrature (exact for Gaussian errors).
+    """
+    one = first.apply(second.mean)
+    sd = np.hypot(second.sd, one.sd)
+    lo = np.hypot(second.mean - second.lower, one.mean - one.lower)
+    hi = np.hypot(second.upper - second.mean, one.upper - one.mean)
+    return Prediction(second.mean, sd, np.clip(second.mean - lo, 0.0, None), second.mean + hi)
+
+
+@dataclass(frozen=True)
+class ScaleCalibration:
+    """Conformal re-calibration of an existing SD against independent observations.
+
+    Scores ``z = (obs - mean) / sd``; the new SD is ``k_sd * sd`` and the interval
+    ``mean + [q_lo, q_hi] * sd`` with the conformal quantiles of the signed scores.
+    """
+
+    k_sd: float
+    q_lo: float
+    q_hi: float
+    interval: float
+    n: int
+
+    def apply(self, pred: Prediction) -> Prediction:
+        lower = np.clip(pred.mean + self.q_lo * pred.sd, 0.0, None)
+        return Prediction(pred.mean, self.k_sd * pred.sd, lower, pred.mean + self.q_hi * pred.sd)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": "conformal re-calibration of the chained SD on independent plots",
+            "k_sd": self.k_sd,
+            "q_lo": self.q_lo,
+            "q_hi": self.q_hi,
+            "interval": self.interval,
+            "n_calibration": self.n,
+        }
+
+
+def calibrate_scale(
+    obs_mg_ha: FloatArray, pred: Prediction, *, interval: float
+) -> ScaleCalibration:
+    """Re-calibrate ``pred``'s SD on observations it was not trained on (see class)."""
+    ok = np.isfinite(obs_mg_ha) & np.isfinite(pred.mean) & (pred.sd > 0)
+    if ok.sum() < 10:
+        raise ModelDomainError(
+            f"re-calibration needs at least 10 independent plots, got {ok.sum()}"
+        )
+    z = (obs_mg_ha[ok] - pred.mean[ok]) / pred.sd[ok]
+    alpha = 1.0 - interval
+    return ScaleCalibration(
+        k_sd=float(np.sqrt(np.mean(z**2))),
+        q_lo=-_conformal_quantile(-z, 1.0 - alpha / 2.0),
+        q_hi=_conformal_quantile(z, 1.0 - alpha / 2.0),
+        interval=interval,
+        n=int(ok.sum()),
+    )
+
+
+# ------------------------------------------------------------------------ fit and select
+
+
+@dataclass
+class FittedModel:
+    """A selected model fitted on all data, with its calibration and validation record."""
+
+    model: BiomassModel
+    calibration: ConformalCalibration
+    card: dict[str, Any]
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.model.features
+
+    def predict(self, x: pd.DataFrame) -> Prediction:
+        mean = self.model.predict(x)
+        return self.calibration.apply(mean)
+
+
+def select_and_fit(
+    x: pd.DataFrame,
+    agb_mg_ha: FloatArray,
+    *,
+    x_m: FloatArray,
+    y_m: FloatArray,
+    features: Sequence[str],
+    settings: ModelSettings,
+    seed: int,
+) -> FittedModel:
+    """Compare candidates by spatially blocked CV, fit the best on all data, calibrate.
+
+    Parameters
+    ----------
+    x
+        Feature table, one row per training sample.
+    agb_mg_ha
+        Target AGB (Mg/ha) per row.
+    x_m, y_m
+        Sample coordinates in a projected CRS (metres), for the spatial blocks.
+    features
+        Predictor columns.
+    settings
+        Candidates, CV and hyper-parameters.
+    seed
+        Seed of the fold assignment and the estimators.
+
+    Returns
+    -------
+    FittedModel
+        ``card`` holds, per candidate, blocked-CV and random-split accuracy, the chosen
+        model, its hyper-parameters and its calibration.
+    """
+    y = np.asarray(agb_mg_ha, dtype=np.float64)
+    folds_b = blocked_folds(
+        x_m, y_m, block_m=settings.cv_block_m, n_folds=settings.cv_folds, seed=seed
+    )
+    folds_r = random_folds(len(y), n_folds=settings.cv_folds, seed=seed)
+    results: dict[str, Any] = {}
+    oof: dict[CandidateName, FloatArray] = {}
+    for name in settings.candidates:
+        if not candidate_applicable(name, features, settings):
+            results[name] = {"skipped": "needs LiDAR height and cover features"}
+            continue
+
+        def factory(name: CandidateName = name) -> BiomassModel:
+            return make_model(name, features, settings=settings, seed=seed)
+
+        try:
+            pred_b = out_of_fold(factory, x, y, folds_b)
+            pred_r = out_of_fold(factory, x, y, folds_r)
+        except ModelDomainError as err:
+            results[name] = {"skipped": str(err)}
+            continue
+        oof[name] = pred_b
+        results[name] = {
+            "spatial_cv": accuracy(y, pred_b),
+            "random_cv": accuracy(y, pred_r),
+        }
+    if not oof:
+        raise ModelDomainError(
+            f"no model candidate could be fitted ({results}); check the training data"
+        )
+    chosen: CandidateName = min(oof, key=lambda n: results[n]["spatial_cv"]["rmse_mg_ha"])
+    model = make_model(chosen, features, settings=settings, seed=seed).fit(x, y)
+    cal = calibrate_conformal(y, oof[chosen], interval=settings.interval)
+    cover = cal.apply(oof[chosen])
+    inside = (y >= cover.lower) & (y <= cover.upper)
+    card = {
+        "features": list(model.features),
+        "n_samples": len(y),
+        "cv": {
+            "block_m": settings.cv_block_m,
+            "n_folds_spatial": int(folds_b.max()) + 1,
+            "n_blocks": int(spatial_block_ids(x_m, y_m, block_m=settings.cv_block_m).max()) + 1,
+            "n_folds_random": int(folds_r.max()) + 1,
+        },
+        "candidates": results,
+        "chosen": chosen,
+        "model": model.describe(),
+        "uncertainty": {**cal.describe(), "oof_coverage": float(np.mean(inside))},
+        # held-out (spatial CV) predictions of the chosen model, for diagnostics plots
+        "cv_predictions": [
+            {"observed": float(o), "predicted": float(q), "x": float(a), "y": float(b)}
+            for o, q, a, b in zip(y, oof[chosen], x_m, y_m, strict=True)
+        ],
+    }
+    return FittedModel(model, cal, card)
+
+
+def thinned_sample(
+    valid: NDArray[np.bool_],
+    *,
+    step_px: int,
+    max_samples: int,
+    seed: int,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Rows and columns of a systematic sample of ``valid`` cells (one per ``step_px``).
+
+    A systematic grid with a seeded random origin thins the LiDAR map so that training
+    samples for the satellite model are not all neighbours; beyond ``max_samples`` a
+    seeded random subset is kept.
+    """
+    rng = np.random.default_rng(seed)
+    oy, ox = (int(v) for v in rng.integers(0, step_px, size=2))
+    rows, cols = np.meshgrid(
+        np.arange(oy, valid.shape[0], step_px),
+        np.arange(ox, valid.shape[1], step_px),
+        indexing="ij",
+    )
+    r, c = rows.ravel(), cols.ravel()
+    keep = valid[r, c]
+    r, c = r[keep], c[keep]
+    if r.size > max_samples:
+        pick = np.sort(rng.choice(r.size, size=max_samples, replace=False))
+        r, c = r[pick], c[pick]
+    return r.astype(np.int64), c.astype(np.int64)
+
+
+# ------------------------------------------------------------------------- mapping
+
+#: codes of the ``model_source`` quality band
+SOURCE_NONE = 0
+SOURCE_LIDAR = 1
+SOURCE_SATELLITE_UPSCALED = 2
+SOURCE_SATELLITE_PLOTS = 3
+
+
+@dataclass
+class BiomassMapper:
+    """The fitted models of a run and the rule that picks one per pixel.
+
+    Attributes
+    ----------
+    satellite
+        Satellite(+terrain)-only model, predicts everywhere.
+    satellite_source
+        ``"lidar_upscaled"`` (trained on a thinned sample of the LiDAR-model map; its
+        uncertainty is chained with the LiDAR model's) or ``"plots"`` (trained on plots).
+    lidar
+        Plot->LiDAR model, or ``None`` when there is no usable LiDAR.
+    lidar_epoch
+        Epoch the LiDAR was acquired in (the LiDAR model applies to it only).
+    lidar_min_fraction
+        Minimum LiDAR coverage fraction of a cell for the LiDAR model to be used there.
+    satellite_scale
+        Re-calibration of the (chained) satellite-model uncertainty on plots the
+        satellite model stands for and that trained neither model (plots outside the
+        LiDAR cover, or of other epochs): the LiDAR block's own CV cannot see the error
+        of extrapolating beyond it.
+    """
+
+    satellite: FittedModel
+    satellite_source: Literal["lidar_upscaled", "plots"]
+    lidar: FittedModel | None = None
+    lidar_epoch: str | None = None
+    lidar_min_fraction: float = 0.95
+    satellite_scale: ScaleCalibration | None = None
+
+    def satellite_prediction(self, table: pd.DataFrame) -> Prediction:
+        """The satellite model's prediction, with the LiDAR model's error chained in."""
+        sat = self.satellite.predict(table)
+        if self.satellite_source == "lidar_upscaled" and self.lidar is not None:
+            sat = chain_uncertainty(sat, self.lidar.calibration)
+        return sat
+
+    def predict(self, table: pd.DataFrame, *, epoch: str) -> tuple[Prediction, NDArray[np.uint8]]:
+        """AGB with uncertainty (Mg/ha) and the ``model_source`` code per row of ``table``.
+
+        ``table`` holds the satellite features, and where LiDAR exists the LiDAR features
+        and ``lidar_fraction``. Rows with missing predictors of the chosen model are NaN.
+        """
+        sat = self.satellite_prediction(table)
+        if self.satellite_scale is not None:
+            sat = self.satellite_scale.apply(sat)
+        n = len(table)
+        code = (
+            SOURCE_SATELLITE_UPSCALED
+            if self.satellite_source == "lidar_upscaled"
+            else SOURCE_SATELLITE_PLOTS
+        )
+        source = np.where(np.isfinite(sat.mean), code, SOURCE_NONE).astype(np.uint8)
+        mean, sd, lower, upper = (a.copy() for a in (sat.mean, sat.sd, sat.lower, sat.upper))
+        if (
+            self.lidar is not None
+            and epoch == self.lidar_epoch
+            and "lidar_fraction" in table.columns
+            and set(self.lidar.features) <= set(table.columns)
+        ):
+            frac = table["lidar_fraction"].to_numpy(dtype=np.float64)
+            use = np.nan_to_num(frac) >= self.lidar_min_fraction
+            if use.any():
+                lid = self.lidar.predict(table.loc[use])
+                ok = np.isfinite(lid.mean)
+                idx = np.flatnonzero(use)[ok]
+                mean[idx], sd[idx] = lid.mean[ok], lid.sd[ok]
+                lower[idx], upper[idx] = lid.lower[ok], lid.upper[ok]
+                source[idx] = SOURCE_LIDAR
+        if n == 0:
+            source = np.zeros(0, dtype=np.uint8)
+        return Prediction(mean, sd, lower, upper), source

@@ -1,0 +1,98 @@
+"""``forest-carbon fit``: fit the biomass models on plots and rasters (the ``model`` stage).
+
+    forest-carbon fit --plot-biomass plots/plot_biomass.csv --plots plots.gpkg \\
+        --composite 2019=composites/2019.tif --composite 2024=composites/2024.tif \\
+        --terrain composites/terrain.tif [--lidar-metrics lidar/metrics.tif] \\
+        [--lidar-epoch 2019] [--cv-block-m 1000] [--seed 0] --out DIR
+
+Writes DIR/model/model_card.json (CV metrics per candidate, spatial and random split),
+DIR/model/plot_features.csv and DIR/model/models.pkl (for ``forest-carbon predict``).
+The science is in :mod:`models.biomass`; the stage in :mod:`pipeline.stages.model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+
+def epoch_paths(items: list[str], *, option: str) -> dict[str, Path]:
+    """``["2019=a.tif", ...]`` -> ``{"2019": Path("a.tif"), ...}`` (order kept)."""
+    out: dict[str, Path] = {}
+    for item in items:
+        epoch, sep, path = item.partition("=")
+        if not sep or not epoch or not path:
+            raise ConfigError(
+                f"{option}: '{item}' is not EPOCH=PATH (e.g. 2019=composites/2019.tif)"
+            )
+        if epoch in out:
+            raise ConfigError(f"{option}: epoch {epoch} given twice")
+        out[epoch] = Path(path)
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit", help="fit biomass models (plots -> LiDAR -> satellite) with spatial CV"
+    )
+    p.add_argument(
+        "--plot-biomass", type=Path, required=True, help="plot_biomass.csv of the plots stage"
+    )
+    p.add_argument(
+        "--plots", type=Path, required=True, help="plot squares (GeoPackage with plot_id)"
+    )
+    p.add_argument(
+        "--composite",
+        action="append",
+        required=True,
+        metavar="EPOCH=PATH",
+        help="composite of an epoch (repeat per epoch, in chronological order)",
+    )
+    p.add_argument(
+        "--terrain", type=Path, required=True, help="terrain.tif (elevation, slope, aspect)"
+    )
+    p.add_argument("--lidar-metrics", type=Path, help="LiDAR metrics.tif with lidar_fraction")
+    p.add_argument("--lidar-epoch", help="epoch the LiDAR was flown in (default: the first)")
+    p.add_argument("--cv-block-m", type=float, help="side of the spatial CV blocks, metres")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=main)  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from pipeline import io
+    from pipeline.config import ModelParams
+    from pipeline.stages.model import ModelJob, model
+
+    composites = epoch_paths(args.composite, option="--composite")
+    overrides = {
+        k: v
+        for k, v in (("lidar_epoch", args.lidar_epoch), ("cv_block_m", args.cv_block_m))
+        if v is not None
+    }
+    try:
+        params = ModelParams(**overrides)
+    except ValidationError as err:
+        raise ConfigError(f"fit: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") from None
+    rasters = {e: io.read_input(p, chunk_px=1024) for e, p in composites.items()}
+    terrain = io.read_input(args.terrain, chunk_px=1024)
+    crs = terrain.rio.crs
+    job = ModelJob(params=params, epochs=tuple(composites), seed=args.seed, crs=str(crs))
+    outputs = model(
+        job,
+        plot_biomass=io.read_input(args.plot_biomass, chunk_px=1024),
+        plot_locations=io.read_input(args.plots, chunk_px=1024),
+        composites=rasters,
+        terrain=terrain,
+        lidar_metrics=io.read_input(args.lidar_metrics, chunk_px=1024)
+        if args.lidar_metrics
+        else None,
+    )
+    io.write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
+    for rel in outputs:
+        print(args.out / rel)
+    return 0

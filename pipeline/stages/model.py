@@ -1,0 +1,456 @@
+"""Stage ``model``: features at plots, model selection by spatial CV, LiDAR upscaling.
+
+What it does, in order (science in :mod:`models.biomass`):
+
+1. Extracts predictors at every plot square, area-weighted (:mod:`pipeline.features`):
+   per epoch the composite bands and indices plus terrain (elevation, slope, northness,
+   eastness); from ``lidar/metrics.tif`` the LiDAR metrics and ``lidar_fraction``.
+2. Where enough plots of the LiDAR epoch lie inside the LiDAR cover
+   (``lidar_fraction >= lidar_min_fraction``), fits the plot->LiDAR model: candidates
+   (power-law ABA, random forest, gradient boosting) compared by spatially blocked CV.
+3. LiDAR-assisted upscaling: maps AGB with that model over the LiDAR cells, takes a
+   systematic sample thinned to one cell per ``upscale_spacing_m``, and trains the
+   satellite-only model on it (selected by blocked CV on the sample); its chained
+   uncertainty is re-calibrated on the plots it stands for that trained neither model
+   (outside the LiDAR cover or of other epochs). Without LiDAR the satellite model is
+   trained on the plots of all epochs directly. Predictors of the sample are plot-sized
+   moving-window means (the plots' support), as in ``predict``.
+4. Derives the plot table's own conversion factors as ratio estimators (sum of BGB over
+   sum of AGB; carbon over AGB+BGB; CO2e over carbon): they come from the species
+   tables of the plots stage (:mod:`models.allometry` data), so no factor sits here.
+
+Signature (the runner passes ``.tif`` inputs as lazy DataArrays, dims ``band, y, x``)::
+
+    model(job: ModelJob, *, plot_biomass: DataFrame, plot_locations: GeoDataFrame,
+          composites: Mapping[epoch, DataArray] | Sequence[DataArray] (job.epochs order),
+          terrain: DataArray, lidar_metrics: DataArray | None = None)
+    -> {"model/model_card.json": dict, "model/plot_features.csv": DataFrame,
+        "model/models.pkl": bytes}
+
+``models.pkl`` is a pickle of ``{"mapper": BiomassMapper, "conversion": {...}}`` read by
+the ``predict`` stage. Command: ``forest-carbon fit`` (see :mod:`pipeline.commands.fit`).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from models.biomass import (
+    BiomassMapper,
+    FittedModel,
+    ModelDomainError,
+    ModelSettings,
+    accuracy,
+    calibrate_scale,
+    select_and_fit,
+    thinned_sample,
+)
+from pipeline import io
+from pipeline.config import Config, ModelParams
+from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
+from pipeline.features import (
+    focal_mean,
+    gather_cells,
+    grid_extent,
+    plot_features,
+    predictor_stack,
+    support_window_px,
+    terrain_features,
+    with_band_names,
+)
+from pipeline.stage import RunLayout, Stage
+
+REQUIRED_PLOT_COLUMNS = ("plot_id", "epoch", "agb_mg_ha")
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """What the ``model`` stage needs from the config."""
+
+    params: ModelParams
+    epochs: tuple[str, ...]
+    seed: int
+    crs: str
+
+
+def settings_from(params: ModelParams) -> ModelSettings:
+    """The science-side settings object from the config section."""
+    return ModelSettings(
+        candidates=tuple(params.candidates),
+        cv_block_m=params.cv_block_m,
+        cv_folds=params.cv_folds,
+        interval=params.interval,
+        powerlaw_height=params.powerlaw_height,
+        powerlaw_cover=params.powerlaw_cover,
+        rf_n_estimators=params.rf_n_estimators,
+        rf_min_samples_leaf=params.rf_min_samples_leaf,
+        gb_max_iter=params.gb_max_iter,
+        gb_learning_rate=params.gb_learning_rate,
+        gb_min_samples_leaf=params.gb_min_samples_leaf,
+    )
+
+
+def open_raster(obj: xr.DataArray | Path | str) -> xr.DataArray:
+    """A lazy DataArray from a DataArray or a GeoTIFF path (band names from descriptions)."""
+    if isinstance(obj, xr.DataArray):
+        return obj
+    return io.open_raster(Path(obj))
+
+
+def composites_by_epoch(
+    composites: Mapping[str, Any] | Sequence[Any], epochs: Sequence[str]
+) -> dict[str, xr.DataArray]:
+    """Composites keyed by epoch name (a mapping, or a sequence in ``epochs`` order)."""
+    if isinstance(composites, Mapping):
+        missing = [e for e in epochs if e not in composites]
+        if missing:
+            raise InputDataError(f"composites missing for epoch(s) {missing}")
+        return {e: open_raster(composites[e]) for e in epochs}
+    items = list(composites)
+    if len(items) != len(epochs):
+        raise InputDataError(f"got {len(items)} composites for {len(epochs)} epochs {list(epochs)}")
+    return {e: open_raster(c) for e, c in zip(epochs, items, strict=True)}
+
+
+def lidar_for_epoch(
+    lidar_metrics: xr.DataArray, *, epochs: Sequence[str], lidar_epoch: str | None
+) -> tuple[str, xr.DataArray]:
+    """The LiDAR epoch and its metrics with plain band names.
+
+    Metrics of a second LiDAR epoch carry ``_<epoch>`` suffixes; the configured
+    ``lidar_epoch`` (or the first suffixed epoch) is used. Unsuffixed metrics belong to
+    ``lidar_epoch``, by default the first epoch.
+    """
+    da = with_band_names(lidar_metrics, source="lidar/metrics.tif")
+    names = [str(b) for b in da["band"].to_numpy()]
+    suffixed = [e for e in epochs if any(n.endswith(f"_{e}") for n in names)]
+    if not suffixed:
+        epoch = lidar_epoch or epochs[0]
+        if epoch not in epochs:
+            raise InputDataError(
+                f"model.lidar_epoch {epoch!r} is not one of the epochs {list(epochs)}"
+            )
+        return epoch, da
+    epoch = lidar_epoch or suffixed[0]
+    keep = [n for n in names if n.endswith(f"_{epoch}")]
+    if not keep:
+        raise InputDataError(f"lidar/metrics.tif has no bands with suffix _{epoch} (has {names})")
+    sub = da.sel(band=keep)
+    return epoch, sub.assign_coords(band=[n.removesuffix(f"_{epoch}") for n in keep])
+
+
+def lidar_predictors(lidar: xr.DataArray, params: ModelParams) -> list[str]:
+    names = [str(b) for b in lidar["band"].to_numpy()]
+    if params.lidar_features:
+        missing = [f for f in params.lidar_features if f not in names]
+        if missing:
+            raise InputDataError(
+                f"model.lidar_features {missing} not in lidar/metrics.tif ({names})"
+            )
+        return list(params.lidar_features)
+    return [n for n in names if n.startswith("h_") or n.startswith("cover")]
+
+
+def conversion_factors(plot_biomass: pd.DataFrame) -> dict[str, Any]:
+    """Ratio estimators of the plot table: root-to-shoot, carbon fraction, CO2e per C."""
+    needed = ("agb_mg_ha", "bgb_mg_ha", "carbon_mg_ha", "co2e_t_ha")
+    missing = [c for c in needed if c not in plot_biomass.columns]
+    if missing:
+        raise InputDataError(
+            f"plots/plot_biomass.csv: column(s) {missing} missing; the carbon conversion factors "
+            "are taken from the plot table (written by the plots stage)"
+        )
+    t = plot_biomass.loc[:, list(needed)].dropna()
+    agb, bgb, c, co2 = (t[n].sum() for n in needed)
+    if agb <= 0 or c <= 0:
+        raise ScienceDomainError("plots/plot_biomass.csv: total AGB or carbon is not positive")
+    return {
+        "root_to_shoot": float(bgb / agb),
+        "carbon_fraction": float(c / (agb + bgb)),
+        "co2e_per_c": float(co2 / c),
+        "method": "ratio estimators over all plot-epochs of plots/plot_biomass.csv",
+        "n_plot_epochs": len(t),
+    }
+
+
+def model(
+    job: ModelJob,
+    *,
+    plot_biomass: pd.DataFrame,
+    plot_locations: gpd.GeoDataFrame,
+    composites: Mapping[str, Any] | Sequence[Any],
+    terrain: xr.DataArray | Path,
+    lidar_metrics: xr.DataArray | Path | None = None,
+) -> dict[str, Any]:
+    """Fit the biomass models of a run (see the module docstring)."""
+    p = job.params
+    settings = settings_from(p)
+    missing = [c for c in REQUIRED_PLOT_COLUMNS if c not in plot_biomass.columns]
+    if missing:
+        raise InputDataError(f"plots/plot_biomass.csv: column(s) {missing} missing")
+    biomass = plot_biomass.assign(epoch=plot_biomass["epoch"].astype(str))
+    comps = composites_by_epoch(composites, job.epochs)
+    terr = terrain_features(open_raster(terrain))
+
+    sat_stacks = {
+        e: predictor_stack(
+            comps[e], terr, sources=(f"composites/{e}.tif", "composites/terrain.tif")
+        )
+        for e in job.epochs
+    }
+    sat_features = [str(b) for b in sat_stacks[job.epochs[0]]["band"].to_numpy()]
+    tables = []
+    for e in job.epochs:
+        t = plot_features(sat_stacks[e], plot_locations).rename(
+            columns={"valid_fraction": "sat_valid_fraction"}
+        )
+        tables.append(t.assign(epoch=e))
+    feats = pd.concat(tables, ignore_index=True)
+
+    lidar_epoch: str | None = None
+    lidar_feats: list[str] = []
+    lidar: xr.DataArray | None = None
+    if lidar_metrics is not None:
+        lidar_epoch, lidar = lidar_for_epoch(
+            open_raster(lidar_metrics), epochs=job.epochs, lidar_epoch=p.lidar_epoch
+        )
+        lidar = lidar.astype(np.float32)
+        lidar_feats = lidar_predictors(lidar, p)
+        if "lidar_fraction" not in lidar["band"].to_numpy():
+            raise InputDataError("lidar/metrics.tif: band 'lidar_fraction' missing")
+        lt = plot_features(lidar.sel(band=[*lidar_feats, "lidar_fraction"]), plot_locations)
+        lt = lt.drop(columns=["x_m", "y_m", "valid_fraction"]).assign(epoch=lidar_epoch)
+        feats = feats.merge(lt, on=["plot_id", "epoch"], how="left")
+
+    keep_cols = [
+        c for c in ("plot_id", "epoch", "agb_mg_ha", "agb_sd_mg_ha") if c in biomass.columns
+    ]
+    table = biomass.loc[:, keep_cols].merge(feats, on=["plot_id", "epoch"], how="inner")
+    if table.empty:
+        raise InputDataError(
+            "no plot of plots/plot_biomass.csv matches plots.gpkg and the epochs "
+            f"{list(job.epochs)} (check plot_id and epoch values)"
+        )
+    y_all = table["agb_mg_ha"].to_numpy(dtype=np.float64)
+
+    card: dict[str, Any] = {
+        "n_plot_epochs": len(table),
+        "epochs": list(job.epochs),
+        "seed": job.seed,
+    }
+    lidar_model: FittedModel | None = None
+    if lidar is not None and lidar_epoch is not None:
+        in_lidar = (
+            (table["epoch"] == lidar_epoch)
+            & (table["lidar_fraction"].fillna(0) >= p.lidar_min_fraction)
+            & table[lidar_feats].notna().all(axis=1)
+            & np.isfinite(y_all)
+        ).to_numpy()
+        card["lidar_plots"] = int(in_lidar.sum())
+        if in_lidar.sum() >= p.min_lidar_plots:
+            sub = table.loc[in_lidar]
+            lidar_model = _fit(
+                sub, sub["agb_mg_ha"].to_numpy(), lidar_feats, settings, job.seed, "LiDAR"
+            )
+            card["lidar_model"] = lidar_model.card
+        else:
+            card["lidar_model"] = {
+                "skipped": f"{int(in_lidar.sum())} plots inside the LiDAR cover, "
+                f"model.min_lidar_plots is {p.min_lidar_plots}"
+            }
+
+    support_px = _support_px(plot_locations, sat_stacks[job.epochs[0]])
+    card["support_window_px"] = support_px
+    if lidar_model is not None and lidar is not None and lidar_epoch is not None:
+        sample, info = _upscaling_sample(
+            lidar,
+            sat_stacks[lidar_epoch],
+            lidar_model,
+            lidar_feats,
+            sat_features,
+            p,
+            job.seed,
+            support_px,
+        )
+        satellite = _fit(
+            sample, sample["agb_mg_ha"].to_numpy(), sat_features, settings, job.seed, "satellite"
+        )
+        satellite.card["training"] = info
+        # its held-out pairs are LiDAR-map cells, not plots: keep them out of plot diagnostics
+        satellite.card.pop("cv_predictions", None)
+        mapper = BiomassMapper(
+            satellite, "lidar_upscaled", lidar_model, lidar_epoch, p.lidar_min_fraction
+        )
+        # plots where the map uses the satellite model and that trained neither model
+        independent = (
+            (table["epoch"] != lidar_epoch)
+            | (table["lidar_fraction"].fillna(0) < p.lidar_min_fraction)
+        ).to_numpy() & np.isfinite(y_all)
+        sub = table.loc[independent]
+        chained = mapper.satellite_prediction(sub)
+        obs = y_all[independent]
+        before = (
+            float(np.mean((obs >= chained.lower) & (obs <= chained.upper)))
+            if len(obs)
+            else float("nan")
+        )
+        try:
+            mapper.satellite_scale = calibrate_scale(obs, chained, interval=p.interval)
+            satellite.card["recalibration"] = {
+                **mapper.satellite_scale.describe(),
+                "coverage_before": before,
+                "accuracy_at_independent_plots": accuracy(obs, chained.mean),
+            }
+        except ModelDomainError as err:
+            satellite.card["recalibration"] = {"skipped": str(err), "coverage_chained": before}
+    else:
+        ok = table[sat_features].notna().all(axis=1).to_numpy() & np.isfinite(y_all)
+        sub = table.loc[ok]
+        satellite = _fit(
+            sub, sub["agb_mg_ha"].to_numpy(), sat_features, settings, job.seed, "satellite"
+        )
+        satellite.card["training"] = {"source": "plots", "n": int(ok.sum())}
+        mapper = BiomassMapper(satellite, "plots", None, lidar_epoch, p.lidar_min_fraction)
+    card["satellite_model"] = satellite.card
+    card["satellite_source"] = mapper.satellite_source
+    card["lidar_epoch"] = lidar_epoch
+
+    # end-to-end check of the final per-pixel rule at the plots (LiDAR-epoch plots inside
+    # the LiDAR cover are in-sample for the LiDAR model: reported, not used to select)
+    final = [mapper.predict(table.loc[table["epoch"] == e], epoch=e) for e in job.epochs]
+    pred = np.concatenate([f[0].mean for f in final])
+    lower = np.concatenate([f[0].lower for f in final])
+    upper = np.concatenate([f[0].upper for f in final])
+    obs = np.concatenate([y_all[(table["epoch"] == e).to_numpy()] for e in job.epochs])
+    card["final_at_plots"] = {
+        **accuracy(obs, pred),
+        "interval_coverage": float(np.mean((obs >= lower) & (obs <= upper))),
+        "note": "partly in-sample (plots trained the models); the CV figures are the honest ones",
+    }
+    conversion = conversion_factors(plot_biomass)
+    card["conversion"] = conversion
+    bundle = {"mapper": mapper, "conversion": conversion, "support_px": support_px}
+    blob = pickle.dumps(bundle, protocol=5)
+    return {
+        "model/model_card.json": card,
+        "model/plot_features.csv": table,
+        "model/models.pkl": blob,
+    }
+
+
+def _fit(
+    table: pd.DataFrame,
+    agb_mg_ha: np.ndarray,
+    features: Sequence[str],
+    settings: ModelSettings,
+    seed: int,
+    what: str,
+) -> FittedModel:
+    try:
+        return select_and_fit(
+            table,
+            np.asarray(agb_mg_ha, dtype=np.float64),
+            x_m=table["x_m"].to_numpy(dtype=np.float64),
+            y_m=table["y_m"].to_numpy(dtype=np.float64),
+            features=features,
+            settings=settings,
+            seed=seed,
+        )
+    except ModelDomainError as err:
+        raise ScienceDomainError(f"{what} model: {err}") from None
+
+
+def _support_px(plots: gpd.GeoDataFrame, grid: xr.DataArray) -> int:
+    """Window (cells) of the plots' support: median plot side over the grid resolution."""
+    _, _, _, _, res_x, _ = grid_extent(grid)
+    crs = grid.rio.crs if hasattr(grid, "rio") else None
+    areas = (plots.to_crs(crs) if crs is not None and plots.crs is not None else plots).area
+    return support_window_px(float(np.sqrt(np.median(areas))), res_x)
+
+
+def _upscaling_sample(
+    lidar: xr.DataArray,
+    sat_stack: xr.DataArray,
+    lidar_model: FittedModel,
+    lidar_feats: Sequence[str],
+    sat_features: Sequence[str],
+    p: ModelParams,
+    seed: int,
+    support_px: int,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Thinned sample of the LiDAR-model map with satellite features at the same cells.
+
+    Predictors are taken at plot support (moving-window means), as in ``predict``.
+    """
+    (frac,) = dask.compute(lidar.sel(band="lidar_fraction").data)
+    valid = np.nan_to_num(np.asarray(frac, dtype=np.float64)) >= p.lidar_min_fraction
+    _, _, _, _, res_x, _ = grid_extent(lidar)
+    step = max(1, round(p.upscale_spacing_m / res_x))
+    rows, cols = thinned_sample(valid, step_px=step, max_samples=p.upscale_max_samples, seed=seed)
+    lid_vals, sat_vals = dask.compute(
+        gather_cells(focal_mean(lidar.sel(band=list(lidar_feats)), size_px=support_px), rows, cols)
+        .transpose("point", "band")
+        .data,
+        gather_cells(focal_mean(sat_stack, size_px=support_px), rows, cols)
+        .transpose("point", "band")
+        .data,
+    )
+    table = pd.DataFrame(np.asarray(lid_vals, dtype=np.float64), columns=list(lidar_feats))
+    table[list(sat_features)] = np.asarray(sat_vals, dtype=np.float64)
+    table["x_m"] = lidar["x"].to_numpy()[cols]
+    table["y_m"] = lidar["y"].to_numpy()[rows]
+    table["agb_mg_ha"] = lidar_model.model.predict(table)
+    ok = table[[*lidar_feats, *sat_features, "agb_mg_ha"]].notna().all(axis=1)
+    table = table.loc[ok].reset_index(drop=True)
+    if len(table) < 30:
+        raise ScienceDomainError(
+            f"LiDAR upscaling: only {len(table)} usable sample cells in the LiDAR cover; lower "
+            "model.upscale_spacing_m or model.lidar_min_fraction"
+        )
+    info = {
+        "source": "lidar_upscaled",
+        "n": len(table),
+        "spacing_m": step * res_x,
+        "lidar_cells": int(valid.sum()),
+    }
+    return table, info
+
+
+def model_job(config: Config) -> ModelJob:
+    """The stage's frozen parameters from a run config."""
+    return ModelJob(
+        params=config.stages.model,
+        epochs=tuple(e.name for e in config.epochs),
+        seed=config.seed,
+        crs=config.crs,
+    )
+
+
+def model_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Path, ...]]:
+    """Files the stage reads: plot table and squares, composites, terrain, LiDAR metrics."""
+    if config.sources.plot_locations is None:
+        raise ConfigError(
+            "sources.plot_locations: the model stage needs the plot squares (plots.gpkg)"
+        )
+    inputs: dict[str, Path | tuple[Path, ...]] = {
+        "plot_biomass": layout.path("plots/plot_biomass.csv"),
+        "plot_locations": config.sources.plot_locations,
+        **{f"composites.{e.name}": layout.path(f"composites/{e.name}.tif") for e in config.epochs},
+        "terrain": layout.path("composites/terrain.tif"),
+    }
+    if config.sources.lidar_tiles is not None:
+        inputs["lidar_metrics"] = layout.path("lidar/metrics.tif")
+    return inputs
+
+
+STAGE = Stage(name="model", func=model, params=model_job, inputs=model_inputs)

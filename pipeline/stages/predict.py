@@ -1,0 +1,284 @@
+"""Stage ``predict``: wall-to-wall AGB, carbon and CO2e maps with per-pixel uncertainty.
+
+Per epoch, the fitted :class:`~models.biomass.BiomassMapper` from the ``model`` stage is
+applied lazily, chunk by chunk (``dask.array.map_blocks`` with ``meta=``, graph layers
+named by ``tokenize`` so reruns hit the same keys): the LiDAR model where the LiDAR epoch
+has LiDAR cover, the satellite model elsewhere. Carbon is ``AGB * (1 + R) * CF`` and
+CO2e is ``carbon * (CO2/C)``, with ``R`` (root-to-shoot), ``CF`` (carbon fraction) and
+``CO2/C`` taken from ``models.pkl`` (ratio estimators of the plots stage's table, see
+:func:`pipeline.stages.model.conversion_factors`); the SDs scale by the same factors
+(the factors' own uncertainty is not propagated).
+
+Signature::
+
+    predict(job: PredictJob, *, models: Path | bytes,
+            composites: Mapping[epoch, DataArray] | Sequence[DataArray],
+            terrain: DataArray, lidar_metrics: DataArray | None = None)
+    -> {"rasters/agb_<epoch>.tif": DataArray (Mg/ha),
+        "rasters/agb_sd_<epoch>.tif": DataArray (Mg/ha),
+        "rasters/agb_interval_<epoch>.tif": DataArray, bands agb_lower, agb_upper (Mg/ha),
+        "rasters/carbon_<epoch>.tif", "rasters/carbon_sd_<epoch>.tif" (Mg C/ha),
+        "rasters/co2e_<epoch>.tif" (t CO2e/ha),
+        "rasters/quality_<epoch>.tif": int16 bands model_source (0 none, 1 LiDAR model,
+            2 satellite model upscaled from LiDAR, 3 satellite model from plots),
+            n_valid (clear observations in the composite, -1 unknown),
+            good (1 if SD/AGB < good_relative_error)}
+
+All maps are lazy DataArrays (dims ``band, y, x``) with the CRS written. Command:
+``forest-carbon predict`` (see :mod:`pipeline.commands.predict`).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as darr
+import numpy as np
+import pandas as pd
+import rioxarray  # noqa: F401  (registers the .rio accessor used to write the CRS)
+import xarray as xr
+from dask.base import tokenize
+
+from models.biomass import BiomassMapper
+from pipeline.config import Config, PredictParams
+from pipeline.errors import InputDataError
+from pipeline.features import (
+    concat_aligned,
+    focal_mean,
+    predictor_stack,
+    terrain_features,
+    with_band_names,
+)
+from pipeline.stage import RunLayout, Stage
+from pipeline.stages.model import composites_by_epoch, lidar_for_epoch, model_inputs, open_raster
+
+#: float layers produced per block, in order
+FLOAT_LAYERS = ("agb", "agb_sd", "agb_lower", "agb_upper", "carbon", "carbon_sd", "co2e")
+#: int layers, after the float ones
+INT_LAYERS = ("model_source", "n_valid", "good")
+INT_NODATA = -1
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """What the ``predict`` stage needs from the config."""
+
+    params: PredictParams
+    epochs: tuple[str, ...]
+    seed: int
+    crs: str
+
+
+def load_models(models: Path | bytes | Mapping[str, Any]) -> dict[str, Any]:
+    """The ``{"mapper", "conversion", "support_px"}`` bundle of ``model/models.pkl``.
+
+    Only load model files your own runs wrote: unpickling runs code.
+    """
+    if isinstance(models, Mapping):
+        return dict(models)
+    blob = models if isinstance(models, bytes) else Path(models).read_bytes()
+    bundle = pickle.loads(blob)
+    if not isinstance(bundle, dict) or not isinstance(bundle.get("mapper"), BiomassMapper):
+        raise InputDataError("model/models.pkl: not a models file of the model stage; rerun `fit`")
+    return bundle
+
+
+def predict_block(
+    block: np.ndarray,
+    *,
+    names: Sequence[str],
+    mapper: BiomassMapper,
+    epoch: str,
+    conversion: Mapping[str, float],
+    good_relative_error: float,
+) -> np.ndarray:
+    """Maps of one block: ``(n_bands, ny, nx)`` predictors -> ``(n_layers, ny, nx)`` float32.
+
+    ``names`` are the band names of ``block`` (predictors, optionally ``lidar_fraction``
+    and ``n_valid``). Layers: :data:`FLOAT_LAYERS` then :data:`INT_LAYERS` (as floats).
+    """
+    nb, ny, nx = block.shape
+    table = pd.DataFrame(block.reshape(nb, -1).T.astype(np.float64), columns=list(names))
+    pred, source = mapper.predict(table, epoch=epoch)
+    factor_c = (1.0 + conversion["root_to_shoot"]) * conversion["carbon_fraction"]
+    carbon = pred.mean * factor_c
+    with np.errstate(invalid="ignore", divide="ignore"):
+        good = np.where(
+            np.isfinite(pred.mean),
+            (pred.sd < good_relative_error * pred.mean).astype(np.float64),
+            INT_NODATA,
+        )
+    n_valid = (
+        table["n_valid"].to_numpy() if "n_valid" in table.columns else np.full(len(table), np.nan)
+    )
+    n_valid = np.where(np.isfinite(n_valid), n_valid, INT_NODATA)
+    layers = [
+        pred.mean,
+        pred.sd,
+        pred.lower,
+        pred.upper,
+        carbon,
+        pred.sd * factor_c,
+        carbon * conversion["co2e_per_c"],
+        source.astype(np.float64),
+        n_valid,
+        good,
+    ]
+    return np.stack(layers).reshape(len(layers), ny, nx).astype(np.float32)
+
+
+def epoch_stack(
+    composite: xr.DataArray,
+    terrain: xr.DataArray,
+    lidar: xr.DataArray | None,
+    *,
+    epoch: str,
+    support_px: int,
+) -> xr.DataArray:
+    """Predictor stack of one epoch at plot support, + ``lidar_fraction`` and ``n_valid``.
+
+    Predictors (composite bands and indices, terrain, LiDAR metrics) are averaged over
+    the plot-sized window of each cell (:func:`pipeline.features.focal_mean`); the
+    data-quality bands are kept per cell. One chunk along ``band``.
+    """
+    comp = with_band_names(composite, source=f"composites/{epoch}.tif")
+    layers = [comp, terrain]
+    sources = [f"composites/{epoch}.tif", "composites/terrain.tif"]
+    if lidar is not None:
+        layers.append(lidar)
+        sources.append("lidar/metrics.tif")
+    parts = [focal_mean(predictor_stack(*layers, sources=sources), size_px=support_px)]
+    part_sources = [f"composites/{epoch}.tif"]
+    if lidar is not None:
+        parts.append(lidar.sel(band=["lidar_fraction"]).astype(np.float32))
+        part_sources.append("lidar/metrics.tif")
+    if "n_valid" in comp["band"].to_numpy():
+        parts.append(comp.sel(band=["n_valid"]).astype(np.float32))
+        part_sources.append(f"composites/{epoch}.tif")
+    stack = concat_aligned(parts, sources=part_sources)
+    return stack.chunk({"band": -1})
+
+
+def predict(
+    job: PredictJob,
+    *,
+    models: Path | bytes,
+    composites: Mapping[str, Any] | Sequence[Any],
+    terrain: xr.DataArray | Path,
+    lidar_metrics: xr.DataArray | Path | None = None,
+) -> dict[str, xr.DataArray]:
+    """Lazy wall-to-wall maps for every epoch (see the module docstring)."""
+    bundle = load_models(models)
+    mapper: BiomassMapper = bundle["mapper"]
+    conversion = bundle["conversion"]
+    comps = composites_by_epoch(composites, job.epochs)
+    terr = terrain_features(open_raster(terrain))
+    lidar: xr.DataArray | None = None
+    lidar_epoch: str | None = None
+    if lidar_metrics is not None and mapper.lidar is not None:
+        lidar_epoch, lidar = lidar_for_epoch(
+            open_raster(lidar_metrics), epochs=job.epochs, lidar_epoch=mapper.lidar_epoch
+        )
+    out: dict[str, xr.DataArray] = {}
+    for e in job.epochs:
+        stack = epoch_stack(
+            comps[e],
+            terr,
+            lidar if e == lidar_epoch else None,
+            epoch=e,
+            support_px=bundle["support_px"],
+        )
+        maps = predict_maps(
+            stack, mapper=mapper, epoch=e, conversion=conversion, params=job.params, crs=job.crs
+        )
+        out.update({f"rasters/{k}_{e}.tif": v for k, v in maps.items()})
+    return out
+
+
+def predict_maps(
+    stack: xr.DataArray,
+    *,
+    mapper: BiomassMapper,
+    epoch: str,
+    conversion: Mapping[str, float],
+    params: PredictParams,
+    crs: str,
+) -> dict[str, xr.DataArray]:
+    """Lazy maps of one epoch from its predictor stack, keyed by map name."""
+    names = [str(b) for b in stack["band"].to_numpy()]
+    data = stack.data if isinstance(stack.data, darr.Array) else darr.from_array(stack.data)
+    data = data.rechunk({0: -1})
+    n_layers = len(FLOAT_LAYERS) + len(INT_LAYERS)
+    kwargs = {
+        "names": names,
+        "mapper": mapper,
+        "epoch": epoch,
+        "conversion": dict(conversion),
+        "good_relative_error": params.good_relative_error,
+    }
+    token = tokenize(
+        data, names, epoch, kwargs["conversion"], params.good_relative_error, pickle.dumps(mapper)
+    )
+    result = darr.map_blocks(
+        predict_block,
+        data,
+        chunks=((n_layers,), *data.chunks[1:]),
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+        name=f"predict-biomass-{token}",
+        **kwargs,
+    )
+    layer = {n: i for i, n in enumerate((*FLOAT_LAYERS, *INT_LAYERS))}
+    coords = {"y": stack["y"], "x": stack["x"]}
+
+    def make(bands: Sequence[str], *, units: str, dtype: Any, nodata: float) -> xr.DataArray:
+        arr = result[[layer[b] for b in bands]]
+        if np.dtype(dtype).kind == "i":
+            arr = darr.where(darr.isnan(arr), nodata, arr).astype(dtype)
+        da = xr.DataArray(arr, dims=("band", "y", "x"), coords={"band": list(bands), **coords})
+        da.attrs.update({"units": units, "_FillValue": nodata})
+        return da.rio.write_crs(crs)
+
+    nan = float("nan")
+    return {
+        "agb": make(["agb"], units="Mg/ha", dtype=np.float32, nodata=nan),
+        "agb_sd": make(["agb_sd"], units="Mg/ha", dtype=np.float32, nodata=nan),
+        "agb_interval": make(
+            ["agb_lower", "agb_upper"], units="Mg/ha", dtype=np.float32, nodata=nan
+        ),
+        "carbon": make(["carbon"], units="Mg C/ha", dtype=np.float32, nodata=nan),
+        "carbon_sd": make(["carbon_sd"], units="Mg C/ha", dtype=np.float32, nodata=nan),
+        "co2e": make(["co2e"], units="t CO2e/ha", dtype=np.float32, nodata=nan),
+        "quality": make(list(INT_LAYERS), units="1", dtype=np.int16, nodata=INT_NODATA),
+    }
+
+
+def predict_job(config: Config) -> PredictJob:
+    """The stage's frozen parameters from a run config."""
+    return PredictJob(
+        params=config.stages.predict,
+        epochs=tuple(e.name for e in config.epochs),
+        seed=config.seed,
+        crs=config.crs,
+    )
+
+
+def predict_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Path, ...]]:
+    """Files the stage reads: the fitted models and the predictor rasters."""
+    rasters = model_inputs(config, layout)
+    inputs: dict[str, Path | tuple[Path, ...]] = {"models": layout.path("model/models.pkl")}
+    inputs.update(
+        {
+            k: v
+            for k, v in rasters.items()
+            if k.partition(".")[0] in ("composites", "terrain", "lidar_metrics")
+        }
+    )
+    return inputs
+
+
+STAGE = Stage(name="predict", func=predict, params=predict_job, inputs=predict_inputs)

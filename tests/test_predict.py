@@ -1,0 +1,362 @@
+"""The model and predict stages end to end on seeded synthetic rasters with known truth.
+
+LiDAR covers the western half of the grid in the first epoch; plots are scattered over
+the whole grid. Checks: the stage outputs and model card, LiDAR-assisted upscaling and
+the model-source band, the carbon conversion, Dask == in-memory, and determinism.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rioxarray  # noqa: F401
+import xarray as xr
+from scipy.ndimage import uniform_filter
+from shapely.geometry import box
+from synthetic_landscape import make_landscape
+
+from models.biomass import SOURCE_LIDAR, SOURCE_SATELLITE_PLOTS, SOURCE_SATELLITE_UPSCALED
+from pipeline.config import ModelParams, PredictParams
+from pipeline.errors import InputDataError
+from pipeline.features import terrain_features
+from pipeline.stages.model import ModelJob, model
+from pipeline.stages.predict import (
+    FLOAT_LAYERS,
+    INT_LAYERS,
+    PredictJob,
+    epoch_stack,
+    predict,
+    predict_block,
+)
+
+CRS = "EPSG:32650"
+RES = 10.0
+X0, Y0 = 600_000.0, 2_960_000.0
+EPOCHS = ("2019", "2024")
+N = 80
+
+
+def raster(layers: dict[str, np.ndarray], chunks: int = 32) -> xr.DataArray:
+    names = list(layers)
+    x = X0 + (np.arange(N) + 0.5) * RES
+    y = Y0 - (np.arange(N) + 0.5) * RES
+    data = np.stack([layers[n] for n in names]).astype(np.float32)
+    da = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": names, "y": y, "x": x})
+    return da.rio.write_crs(CRS).chunk({"band": 1, "y": chunks, "x": chunks})
+
+
+@pytest.fixture(scope="module")
+def scene() -> dict[str, object]:
+    land = make_landscape(11, n=N, cell_m=RES)
+    f = land.features
+    rng = np.random.default_rng(11)
+    comps = {}
+    for i, e in enumerate(EPOCHS):
+        comps[e] = raster(
+            {
+                "red": 0.08 - 0.05 * f["ndvi"] + rng.normal(0, 0.003, (N, N)),
+                "ndvi": f["ndvi"] + 0.01 * i,
+                "nbr": f["nbr"],
+                "n_valid": np.full((N, N), 12.0 + i),
+            }
+        )
+    aspect = np.mod(np.degrees(np.arctan2(*np.gradient(f["elevation"]))), 360.0)
+    terrain = raster(
+        {"elevation": f["elevation"], "slope_deg": f["slope_deg"], "aspect_deg": aspect}
+    )
+    frac = np.zeros((N, N))
+    frac[:, : N // 2] = 1.0
+    lidar_layers = {k: np.where(frac > 0, f[k], np.nan) for k in ("h_mean", "h_p95", "cover_2m")}
+    lidar_layers["density_pts_m2"] = np.where(frac > 0, 12.0, np.nan)
+    lidar_layers["lidar_fraction"] = frac
+    lidar = raster(lidar_layers)
+    # plots: 0.0667 ha squares centred on random cells; plot AGB = mean truth over the
+    # square's 3 x 3 cells (25.8 m on a 10 m grid) + 5 % measurement noise
+    plot_truth = uniform_filter(land.agb_mg_ha, size=3, mode="nearest")
+    centres = rng.integers(2, N - 2, size=(90, 2))
+    polys, rows = [], []
+    for k, (r, c) in enumerate(centres):
+        cx, cy = X0 + (c + 0.5) * RES, Y0 - (r + 0.5) * RES
+        polys.append(box(cx - 12.91, cy - 12.91, cx + 12.91, cy + 12.91))
+        for e in EPOCHS:
+            agb = plot_truth[r, c] * (1 + 0.05 * rng.standard_normal())
+            rs = rng.uniform(0.2, 0.3)  # test data: plot-level root-to-shoot varies by plot
+            bgb = agb * rs
+            carbon = (agb + bgb) * rng.uniform(0.45, 0.5)
+            rows.append((f"P{k:03d}", e, agb, 0.1 * agb, bgb, carbon, carbon * 3.6667))
+    plot_biomass = pd.DataFrame(
+        rows,
+        columns=[
+            "plot_id",
+            "epoch",
+            "agb_mg_ha",
+            "agb_sd_mg_ha",
+            "bgb_mg_ha",
+            "carbon_mg_ha",
+            "co2e_t_ha",
+        ],
+    )
+    plots = gpd.GeoDataFrame(
+        {"plot_id": [f"P{k:03d}" for k in range(len(centres))]}, geometry=polys, crs=CRS
+    )
+    params = ModelParams(
+        cv_block_m=200.0,
+        rf_n_estimators=60,
+        gb_max_iter=60,
+        upscale_spacing_m=30.0,
+        min_lidar_plots=20,
+    )
+    job = ModelJob(params=params, epochs=EPOCHS, seed=7, crs=CRS)
+    inputs = {
+        "plot_biomass": plot_biomass,
+        "plot_locations": plots,
+        "composites": comps,
+        "terrain": terrain,
+        "lidar_metrics": lidar,
+    }
+    out = model(job, **inputs)
+    return {"land": land, "job": job, "inputs": inputs, "out": out}
+
+
+def test_model_stage_outputs_and_card(scene: dict) -> None:
+    out = scene["out"]
+    assert set(out) == {"model/model_card.json", "model/plot_features.csv", "model/models.pkl"}
+    card = out["model/model_card.json"]
+    assert card["satellite_source"] == "lidar_upscaled" and card["lidar_epoch"] == "2019"
+    lid = card["lidar_model"]
+    assert set(lid["candidates"]) == {"powerlaw", "random_forest", "gradient_boosting"}
+    for res in lid["candidates"].values():
+        assert {"rmse_mg_ha", "rel_rmse", "bias_mg_ha", "r2"} <= set(res["spatial_cv"])
+        assert {"rmse_mg_ha", "rel_rmse", "bias_mg_ha", "r2"} <= set(res["random_cv"])
+    assert card["satellite_model"]["candidates"]["powerlaw"] == {
+        "skipped": "needs LiDAR height and cover features"
+    }
+    assert card["satellite_model"]["training"]["source"] == "lidar_upscaled"
+    assert card["satellite_model"]["training"]["n"] > 100
+    # plot-level held-out pairs for the report: LiDAR model only (satellite pairs are cells)
+    pairs = lid["cv_predictions"]
+    assert len(pairs) == card["lidar_plots"]
+    assert {"observed", "predicted", "x", "y"} <= set(pairs[0])
+    assert "cv_predictions" not in card["satellite_model"]
+    table = out["model/plot_features.csv"]
+    assert {"ndvi", "northness", "h_mean", "lidar_fraction", "agb_mg_ha"} <= set(table.columns)
+    # LiDAR metrics only for the LiDAR epoch, and only inside the cover
+    assert table.loc[table["epoch"] == "2024", "h_mean"].isna().all()
+    pb = scene["inputs"]["plot_biomass"]
+    conv = card["conversion"]
+    assert conv["root_to_shoot"] == pytest.approx(pb["bgb_mg_ha"].sum() / pb["agb_mg_ha"].sum())
+    assert conv["carbon_fraction"] == pytest.approx(
+        pb["carbon_mg_ha"].sum() / (pb["agb_mg_ha"] + pb["bgb_mg_ha"]).sum()
+    )
+
+
+@pytest.fixture(scope="module")
+def maps(scene: dict) -> dict[str, xr.DataArray]:
+    pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
+    inp = scene["inputs"]
+    return predict(
+        pjob,
+        models=scene["out"]["model/models.pkl"],
+        composites=inp["composites"],
+        terrain=inp["terrain"],
+        lidar_metrics=inp["lidar_metrics"],
+    )
+
+
+def test_predict_outputs_are_lazy_with_crs_and_model_source(maps: dict) -> None:
+    names = {"agb", "agb_sd", "agb_interval", "carbon", "carbon_sd", "co2e", "quality"}
+    assert set(maps) == {f"rasters/{n}_{e}.tif" for n in names for e in EPOCHS}
+    agb = maps["rasters/agb_2019.tif"]
+    assert agb.chunks is not None and agb.rio.crs.to_string() == CRS
+    assert agb.attrs["units"] == "Mg/ha"
+    q19 = maps["rasters/quality_2019.tif"].compute()
+    assert list(q19["band"].to_numpy()) == ["model_source", "n_valid", "good"]
+    src = q19.sel(band="model_source").to_numpy()
+    assert (src[:, : N // 2] == SOURCE_LIDAR).all()
+    assert (src[:, N // 2 :] == SOURCE_SATELLITE_UPSCALED).all()
+    assert (q19.sel(band="n_valid").to_numpy() == 12).all()
+    q24 = maps["rasters/quality_2024.tif"].sel(band="model_source").compute().to_numpy()
+    assert (q24 == SOURCE_SATELLITE_UPSCALED).all()
+    good = q19.sel(band="good").to_numpy()
+    rel = maps["rasters/agb_sd_2019.tif"].to_numpy()[0] / maps["rasters/agb_2019.tif"].to_numpy()[0]
+    np.testing.assert_array_equal(good == 1, rel < 0.2)
+
+
+def test_carbon_and_co2e_follow_the_conversion_factors(scene: dict, maps: dict) -> None:
+    conv = scene["out"]["model/model_card.json"]["conversion"]
+    agb = maps["rasters/agb_2024.tif"].compute().to_numpy()
+    carbon = maps["rasters/carbon_2024.tif"].compute().to_numpy()
+    sd = maps["rasters/agb_sd_2024.tif"].compute().to_numpy()
+    c_sd = maps["rasters/carbon_sd_2024.tif"].compute().to_numpy()
+    co2e = maps["rasters/co2e_2024.tif"].compute().to_numpy()
+    f = (1 + conv["root_to_shoot"]) * conv["carbon_fraction"]
+    np.testing.assert_allclose(carbon, agb * f, rtol=1e-5)
+    np.testing.assert_allclose(c_sd, sd * f, rtol=1e-5)
+    np.testing.assert_allclose(co2e, carbon * conv["co2e_per_c"], rtol=1e-5)
+    assert conv["co2e_per_c"] == pytest.approx(3.6667, rel=1e-6)  # what the test table used
+
+
+def test_dask_prediction_equals_in_memory_prediction(scene: dict, maps: dict) -> None:
+    inp = scene["inputs"]
+    bundle = pickle.loads(scene["out"]["model/models.pkl"])
+    stack = epoch_stack(
+        inp["composites"]["2019"],
+        terrain_features(inp["terrain"]),
+        inp["lidar_metrics"],
+        epoch="2019",
+        support_px=bundle["support_px"],
+    )
+    window = dict(y=slice(20, 45), x=slice(25, 60))  # straddles LiDAR edge and chunk borders
+    numpy_stack = stack.isel(**window).compute().to_numpy()
+    ref = predict_block(
+        numpy_stack,
+        names=[str(b) for b in stack["band"].to_numpy()],
+        mapper=bundle["mapper"],
+        epoch="2019",
+        conversion=bundle["conversion"],
+        good_relative_error=0.2,
+    )
+    layers = (*FLOAT_LAYERS, *INT_LAYERS)
+    dask_agb = maps["rasters/agb_2019.tif"].isel(**window).compute().to_numpy()[0]
+    np.testing.assert_array_equal(dask_agb, ref[layers.index("agb")])
+    dask_hi = maps["rasters/agb_interval_2019.tif"].isel(**window).compute().to_numpy()[1]
+    np.testing.assert_array_equal(dask_hi, ref[layers.index("agb_upper")])
+
+
+def test_same_seed_same_model_bytes_and_maps(scene: dict, maps: dict) -> None:
+    again = model(scene["job"], **scene["inputs"])
+    assert again["model/model_card.json"] == scene["out"]["model/model_card.json"]
+    m1 = pickle.loads(scene["out"]["model/models.pkl"])["mapper"]
+    m2 = pickle.loads(again["model/models.pkl"])["mapper"]
+    table = scene["out"]["model/plot_features.csv"]
+    p1, _ = m1.predict(table, epoch="2019")
+    p2, _ = m2.predict(table, epoch="2019")
+    np.testing.assert_array_equal(p1.mean, p2.mean)
+    np.testing.assert_array_equal(p1.sd, p2.sd)
+
+
+def test_upscaled_map_error_and_interval_coverage_against_truth(scene: dict, maps: dict) -> None:
+    truth = scene["land"].agb_mg_ha
+    agb = maps["rasters/agb_2019.tif"].compute().to_numpy()[0]
+    sd = maps["rasters/agb_sd_2019.tif"].compute().to_numpy()[0]
+    lo, hi = maps["rasters/agb_interval_2019.tif"].compute().to_numpy()
+    inside = (truth >= lo) & (truth <= hi)
+    west, east = np.s_[:, : N // 2], np.s_[:, N // 2 :]
+    rmse = {
+        k: float(np.sqrt(np.mean((agb - truth)[s] ** 2)))
+        for k, s in (("lidar", west), ("sat", east))
+    }
+    mean_sd = {k: float(np.sqrt(np.mean(sd[s] ** 2))) for k, s in (("lidar", west), ("sat", east))}
+    print(
+        f"coverage all={inside.mean():.3f} LiDAR={inside[west].mean():.3f}",
+        f"upscaled={inside[east].mean():.3f}",
+    )
+    print(f"rmse={rmse} rms_sd={mean_sd}")
+    assert 0.85 <= inside.mean() <= 0.95
+    # the LiDAR model is the better one, and the maps' SD says so
+    assert rmse["lidar"] < rmse["sat"]
+    assert mean_sd["lidar"] < mean_sd["sat"]
+    # the SDs are of the right size in both parts (within a factor 1.5 of the true RMSE)
+    for k in rmse:
+        assert rmse[k] / 1.5 <= mean_sd[k] <= rmse[k] * 1.5, k
+
+
+def test_fit_and_predict_commands_write_cogs(scene: dict, tmp_path: Path) -> None:
+    import argparse
+
+    import rasterio
+
+    from pipeline import io
+    from pipeline.commands import fit as fit_cmd
+    from pipeline.commands import predict as predict_cmd
+
+    inp = scene["inputs"]
+    files = {
+        "c19": (tmp_path / "in/2019.tif", inp["composites"]["2019"]),
+        "c24": (tmp_path / "in/2024.tif", inp["composites"]["2024"]),
+        "terrain": (tmp_path / "in/terrain.tif", inp["terrain"]),
+        "lidar": (tmp_path / "in/metrics.tif", inp["lidar_metrics"]),
+        "pb": (tmp_path / "in/plot_biomass.csv", inp["plot_biomass"]),
+        "plots": (tmp_path / "in/plots.gpkg", inp["plot_locations"]),
+    }
+    for path, obj in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.write_output(obj, path)
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    fit_cmd.register(sub)
+    predict_cmd.register(sub)
+    comps = ["--composite", f"2019={files['c19'][0]}", "--composite", f"2024={files['c24'][0]}"]
+    common = [
+        *comps,
+        "--terrain",
+        str(files["terrain"][0]),
+        "--lidar-metrics",
+        str(files["lidar"][0]),
+    ]
+    args = parser.parse_args(
+        [
+            *("fit", "--plot-biomass", str(files["pb"][0]), "--plots", str(files["plots"][0])),
+            *common,
+            *("--cv-block-m", "200", "--seed", "7", "--out", str(tmp_path / "run")),
+        ]
+    )
+    assert args.func(args) == 0
+    card = json.loads((tmp_path / "run/model/model_card.json").read_text())
+    assert card["satellite_source"] == "lidar_upscaled"
+    models = tmp_path / "run/model/models.pkl"
+    args = parser.parse_args(
+        ["predict", "--models", str(models), *common, "--out", str(tmp_path / "run")]
+    )
+    assert args.func(args) == 0
+    with rasterio.open(tmp_path / "run/rasters/carbon_2024.tif") as src:
+        assert src.descriptions == ("carbon",) and src.crs.to_string() == CRS
+        assert src.shape == (N, N) and np.isfinite(src.read(1)).all()
+    with rasterio.open(tmp_path / "run/rasters/quality_2019.tif") as src:
+        assert src.descriptions == ("model_source", "n_valid", "good")
+    bad = parser.parse_args(
+        ["predict", "--models", str(tmp_path / "nope.pkl"), *common, "--out", "x"]
+    )
+    with pytest.raises(InputDataError, match=r"nope\.pkl: models file not found"):
+        bad.func(bad)
+
+
+@pytest.mark.parametrize("chunk_px", [9, 23, 80])
+def test_maps_do_not_depend_on_chunking(scene: dict, maps: dict, chunk_px: int) -> None:
+    inp = scene["inputs"]
+    pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
+
+    def rechunk(da: xr.DataArray) -> xr.DataArray:
+        return da.chunk({"band": 1, "y": chunk_px, "x": chunk_px})
+
+    out = predict(
+        pjob,
+        models=scene["out"]["model/models.pkl"],
+        composites={e: rechunk(c) for e, c in inp["composites"].items()},
+        terrain=rechunk(inp["terrain"]),
+        lidar_metrics=rechunk(inp["lidar_metrics"]),
+    )
+    assert out["rasters/agb_2019.tif"].chunks[1][0] == chunk_px
+    for key in ("rasters/agb_2019.tif", "rasters/agb_sd_2019.tif", "rasters/quality_2019.tif"):
+        np.testing.assert_array_equal(out[key].to_numpy(), maps[key].to_numpy())
+
+
+def test_without_lidar_the_satellite_model_learns_from_plots(scene: dict) -> None:
+    inp = {k: v for k, v in scene["inputs"].items() if k != "lidar_metrics"}
+    out = model(scene["job"], **inp)
+    card = out["model/model_card.json"]
+    assert card["satellite_source"] == "plots" and "lidar_model" not in card
+    assert card["satellite_model"]["training"] == {"source": "plots", "n": 180}
+    assert len(card["satellite_model"]["cv_predictions"]) == 180
+    pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
+    maps = predict(
+        pjob, models=out["model/models.pkl"], composites=inp["composites"], terrain=inp["terrain"]
+    )
+    src = maps["rasters/quality_2019.tif"].sel(band="model_source").to_numpy()
+    assert (src == SOURCE_SATELLITE_PLOTS).all()
