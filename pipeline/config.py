@@ -152,7 +152,8 @@ class LidarParams(Section):
     #: triangle edge of the lowest / other layers (lidR's ``pitfree()`` defaults)
     pitfree_thresholds_m: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 15.0)
     pitfree_max_edge_m: tuple[float, float] = (0.0, 1.0)
-    #: negative normalised heights down to this value are clamped to 0 and counted
+    #: negative normalised heights are clamped to 0; the QA counts those within this
+    #: tolerance apart from those further below ground (missed low noise, DTM errors)
     negative_tolerance_m: float = Field(default=0.5, ge=0)
     #: ground returns are thinned to the lowest per cell of this side before the TIN
     #: (None: twice the DTM resolution; keeps the triangulation's cost well below the

@@ -8,8 +8,20 @@ registry only fixes the order.
 from __future__ import annotations
 
 from pipeline.stage import Stage
-from pipeline.stages import acquire, composite, credits, parcels, plots, report, sink
+from pipeline.stages import (
+    acquire,
+    composite,
+    credits,
+    lidar,
+    model,
+    parcels,
+    plots,
+    predict,
+    report,
+    sink,
+)
 
 STAGES: tuple[Stage, ...] = tuple(
-    m.STAGE for m in (acquire, composite, plots, sink, parcels, credits, report)
+    m.STAGE
+    for m in (acquire, composite, lidar, plots, model, predict, sink, parcels, credits, report)
 )

@@ -1,0 +1,97 @@
+"""The whole pipeline on the tiny simulated region (CONVENTIONS: one tiny end-to-end run).
+
+Runs ``forest-carbon run`` through the CLI, checks every stage's outputs against the
+region's known truth where a tight check is possible on a 600 m region, then checks that
+a second run skips everything and that ``reproduce`` finds every output identical.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+
+from pipeline.cli import main
+from pipeline.stages import STAGES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from pipeline.config import region_config_path
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    text = region_config_path("tiny").read_text()
+    text = text.replace("data/tiny", str(tiny_data)).replace("outputs/tiny", str(tmp / "run"))
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(text)
+    assert main(["run", "--config", str(cfg), "--quiet"]) == 0
+    return cfg, tmp / "run"
+
+
+def test_every_stage_ran_and_wrote_its_outputs(tiny_run):
+    _, run = tiny_run
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [s for s in manifest["stages"]] == [s.name for s in STAGES]
+    assert all(rec["status"] == "ran" for rec in manifest["stages"].values())
+    for rel in manifest["outputs"]:
+        assert (run / rel).is_file(), rel
+    for rel in (
+        "composites/2019.tif",
+        "rasters/carbon_2024.tif",
+        "rasters/sink.tif",
+        "parcels/parcel_sink.gpkg",
+        "credits/credits.csv",
+        "report/report.html",
+    ):
+        assert rel in manifest["outputs"], rel
+    assert manifest["simulated"] is True
+    assert manifest["stac_items"]["items/2019.json"], "STAC item ids are listed"
+
+
+def test_composite_matches_clear_sky_truth(tiny_run, tiny_data):
+    _, run = tiny_run
+    for epoch in ("2019", "2024"):
+        with (
+            rasterio.open(run / f"composites/{epoch}.tif") as comp,
+            rasterio.open(tiny_data / f"truth/reflectance_{epoch}.tif") as truth,
+        ):
+            assert comp.descriptions[:10] == truth.descriptions
+            for b in range(1, 11):
+                err = np.abs(comp.read(b) - truth.read(b))
+                assert np.nanmedian(err) < 0.01, (epoch, truth.descriptions[b - 1])
+
+
+def test_plot_biomass_close_to_truth(tiny_run, tiny_data):
+    _, run = tiny_run
+    est = pd.read_csv(run / "plots/plot_biomass.csv")
+    truth = pd.read_csv(tiny_data / "truth/plots.csv")
+    m = est.merge(truth, on=["plot_id", "epoch"], suffixes=("", "_true"))
+    assert len(m) == len(truth)
+    bias = m["agb_mg_ha"].sum() / m["agb_mg_ha_true"].sum() - 1
+    assert abs(bias) < 0.05
+
+
+def test_parcel_totals_add_up_to_the_map(tiny_run):
+    _, run = tiny_run
+    parcels = pd.read_csv(run / "parcels/parcel_sink.csv")
+    assert len(parcels) > 0
+    assert parcels["parcel_id"].is_unique
+
+
+def test_second_run_skips_and_reproduce_is_identical(tiny_run, capsys):
+    cfg, run = tiny_run
+    assert main(["run", "--config", str(cfg), "--quiet"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(r["status"].startswith("skipped") for r in manifest["stages"].values())
+    out = run.parent / "again"
+    code = main(["reproduce", str(run / "manifest.json"), "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "different" not in printed and "missing" not in printed
+    assert printed.count("identical") == len(manifest["outputs"])
