@@ -131,4 +131,3 @@ def acquire_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
 
 
 STAGE = Stage(name="acquire", func=acquire, params=AcquireJob.from_config, inputs=acquire_inputs)
-

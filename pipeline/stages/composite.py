@@ -130,4 +130,3 @@ def composite_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
 STAGE = Stage(
     name="composite", func=composite, params=CompositeJob.from_config, inputs=composite_inputs
 )
-
