@@ -82,6 +82,7 @@ class EngineSettings:
     """Everything a chunk task needs (frozen, picklable)."""
 
     resolution_m: float
+    min_ground_share: float
     buffer_m: float
     chunk_size_m: float
     model_grid: MapGrid
@@ -249,7 +250,13 @@ def process_points(
     stats["n_noise_class"] = n_noise_read + n_noise
     if n_noise:
         pts = pts.select(~noise)
-    classified = bool((pts.classification == GROUND).any())
+    # decide by the core's own returns: buffer returns (or returns on the shared edge) of
+    # a classified neighbour must not make an unclassified tile look classified, or its
+    # ground would be extrapolated from the buffer alone
+    core = (pts.x_m >= 0) & (pts.x_m < side) & (pts.y_m >= 0) & (pts.y_m < side)
+    n_core = int(np.count_nonzero(core))
+    n_core_ground = int(np.count_nonzero(pts.classification[core] == GROUND))
+    classified = n_core > 0 and n_core_ground >= settings.min_ground_share * n_core
     stats["ground_source"] = "class 2" if classified else "CSF"
     if not classified:
         out = statistical_outlier_mask(

@@ -85,6 +85,7 @@ def engine_settings(
     )
     return engine.EngineSettings(
         resolution_m=p.resolution_m,
+        min_ground_share=p.min_ground_share,
         buffer_m=p.buffer_m,
         chunk_size_m=engine.chunk_side(p.chunk_size_m, p.resolution_m, job.resolution_m),
         model_grid=model_grid,
