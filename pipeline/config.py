@@ -262,8 +262,13 @@ class SinkParams(Section):
     epoch_error_correlation: float = Field(default=0.0, ge=-1, le=1)
     #: the two epochs compared (start, end); default: the first and the last epoch
     epochs: tuple[str, str] | None = None
-    #: pixels whose quality flag is below this value in either epoch are masked
-    min_quality: int = Field(default=1, ge=0)
+    #: pixels whose quality flag is below this value in either epoch are masked. 0 by
+    #: default: the flag marks a relative SD under 20% (GEDI L4B spirit), which 10 m
+    #: pixels rarely reach; masking the others would drop real stock from parcel totals
+    min_quality: int = Field(default=0, ge=0)
+    #: land classes of ``sources.parcels`` (column ``land_class``) that are forest land:
+    #: the sink is masked outside them (the bureau's sub-compartment map defines forest)
+    forest_land_classes: tuple[str, ...] = ("forest",)
     #: how pixel errors add up inside a parcel: ``correlated`` (sum of SDs, upper bound,
     #: default: one model's errors are spatially correlated) or ``independent`` (root sum
     #: of squares, lower bound; reported alongside in any case)

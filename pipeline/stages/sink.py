@@ -29,11 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import geopandas as gpd
 import xarray as xr
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.sink import forest_carbon_index, stock_change_sink, years_between
+from pipeline.sink import (
+    forest_carbon_index,
+    forest_land_mask,
+    stock_change_sink,
+    years_between,
+)
 from pipeline.stage import RunLayout, Stage
 
 SINK_RELPATH = "rasters/sink.tif"
@@ -49,7 +55,8 @@ class SinkJob:
     reference_start: dt.date
     reference_end: dt.date
     epoch_error_correlation: float = 0.0
-    min_quality: int = 1
+    min_quality: int = 0
+    forest_land_classes: tuple[str, ...] = ("forest",)
     parcel_error_aggregation: Literal["correlated", "independent"] = "correlated"
     interval: float = 0.9
 
@@ -89,6 +96,7 @@ def sink_job(config: Config) -> SinkJob:
         reference_end=last.reference,
         epoch_error_correlation=params.epoch_error_correlation,
         min_quality=params.min_quality,
+        forest_land_classes=params.forest_land_classes,
         parcel_error_aggregation=params.parcel_error_aggregation,
         interval=params.interval,
     )
@@ -106,7 +114,10 @@ def epoch_raster_inputs(job: SinkJob, layout: RunLayout) -> dict[str, Path]:
 
 def sink_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
     """Input files of the ``sink`` stage."""
-    return epoch_raster_inputs(sink_job(config), layout)
+    inputs = epoch_raster_inputs(sink_job(config), layout)
+    if config.sources.parcels is not None:
+        inputs["parcels"] = config.sources.parcels
+    return inputs
 
 
 def sink(
@@ -118,8 +129,13 @@ def sink(
     carbon_sd_end: xr.DataArray,
     quality_start: xr.DataArray,
     quality_end: xr.DataArray,
+    parcels: gpd.GeoDataFrame | None = None,
 ) -> dict[str, xr.Dataset]:
-    """The ``sink`` stage: annual sink raster and the forest carbon index (lazy)."""
+    """The ``sink`` stage: annual sink raster and the forest carbon index (lazy).
+
+    With ``parcels``, pixels whose centre lies outside the parcels of a forest land class
+    (``SinkJob.forest_land_classes``) are masked: they are not forest in the bureau's map.
+    """
     ds = stock_change_sink(
         carbon_start,
         carbon_end,
@@ -131,6 +147,10 @@ def sink(
         epoch_error_correlation=job.epoch_error_correlation,
         min_quality=job.min_quality,
     )
+    if parcels is not None:
+        forest = forest_land_mask(parcels, carbon_end, land_classes=job.forest_land_classes)
+        with xr.set_options(keep_attrs=True):
+            ds = ds.where(forest)
     ds.attrs.update({"epoch_start": job.epoch_start, "epoch_end": job.epoch_end})
     index = forest_carbon_index(
         carbon_end, carbon_sd_end, quality_end, ds, min_quality=job.min_quality
