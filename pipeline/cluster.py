@@ -58,7 +58,7 @@ def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iter
             threads_per_worker=threads,
             memory_limit=memory,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: never clashes with another cluster
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,
