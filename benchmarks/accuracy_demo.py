@@ -1,0 +1,205 @@
+"""Accuracy of a run on a simulated region against the region's truth.
+
+Prints the figures the issues ask for, stage by stage: composite reflectance error and
+cloud residue, DTM/CHM error under canopy, plot AGB bias and Monte Carlo coverage,
+pixel and parcel AGB/carbon error and interval coverage, the spatial-CV estimate next to
+the true error, and the per-parcel sink against truth. Only tests and this script read
+``truth/``.
+
+Usage: ``python benchmarks/accuracy_demo.py [--region nanping] [--run outputs/nanping]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+from rasterio.windows import from_bounds
+from scipy.ndimage import uniform_filter
+
+from pipeline.config import load_config, region_config_path
+
+
+def read_on(path: Path, ref: Path, band: int = 1) -> np.ndarray:
+    """Band of ``path`` on the window of ``ref``'s bounds (same resolution and alignment)."""
+    with rasterio.open(ref) as r:
+        bounds = r.bounds
+        shape = (r.height, r.width)
+    with rasterio.open(path) as src:
+        win = from_bounds(*bounds, transform=src.transform).round_offsets().round_lengths()
+        data = src.read(band, window=win, boundless=True, fill_value=np.nan, out_dtype="float64")
+    return data[: shape[0], : shape[1]]
+
+
+def read(path: Path, band: int = 1) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(band, out_dtype="float64", masked=True).filled(np.nan)
+
+
+def band_index(path: Path, name: str) -> int:
+    with rasterio.open(path) as src:
+        return src.descriptions.index(name) + 1
+
+
+def composites(run: Path, truth: Path, epochs: list[str]) -> None:
+    print("== composite: median |composite - clear-sky truth| per band")
+    for e in epochs:
+        comp, ref = run / f"composites/{e}.tif", truth / f"reflectance_{e}.tif"
+        with rasterio.open(ref) as r:
+            names = r.descriptions
+        errs = []
+        for i, name in enumerate(names, start=1):
+            d = read(comp, band_index(comp, name)) - read(ref, i)
+            errs.append(f"{name} {np.nanmedian(np.abs(d)):.4f}")
+        # a cloud left in the composite is bright in blue; count pixels whose blue exceeds
+        # the clear-sky truth by 0.05 where some scene of the epoch was clear
+        items = json.loads((run / f"items/{e}.json").read_text())["features"]
+        clear_any = None
+        for it in items:
+            p = truth / "clear" / f"{it['id']}.tif"
+            if p.is_file() and it["collection"] == "sentinel-2-l2a":
+                c = read(p) == 1
+                clear_any = c if clear_any is None else clear_any | c
+        blue = read(comp, band_index(comp, "blue")) - read(ref, 1)
+        residue = np.mean(blue[clear_any] > 0.05) if clear_any is not None else float("nan")
+        missing = np.mean(np.isnan(blue[clear_any])) if clear_any is not None else float("nan")
+        print(f"  {e}: " + ", ".join(errs))
+        print(f"  {e}: cloud residue where a scene was clear {residue:.4%}, no value {missing:.4%}")
+
+
+def lidar(run: Path, truth: Path, epoch: str) -> None:
+    print("== lidar: DTM and CHM against truth at the LiDAR resolution")
+    ref = truth / "dem_lidar.tif"
+    dem = read(ref)
+    dtm = read_on(run / "lidar/dtm.tif", ref)
+    chm_true = read_on(truth / f"chm_lidar_{epoch}.tif", ref)
+    chm = read_on(run / "lidar/chm.tif", ref)
+    under = chm_true > 2
+    d = dtm - dem
+    ok = np.isfinite(d)
+    print(
+        f"  DTM RMSE {np.sqrt(np.nanmean(d[ok] ** 2)):.3f} m (all), under canopy "
+        f"{np.sqrt(np.nanmean(d[ok & under] ** 2)):.3f} m, bias {np.nanmean(d[ok]):+.3f} m"
+    )
+    c = chm - chm_true
+    ok = np.isfinite(c)
+    print(
+        f"  CHM RMSE {np.sqrt(np.mean(c[ok] ** 2)):.3f} m, bias {np.mean(c[ok]):+.3f} m "
+        f"({ok.sum()} cells)"
+    )
+
+
+def plots(run: Path, truth: Path) -> None:
+    print("== plots: plot AGB against the error-free trees")
+    est = pd.read_csv(run / "plots/plot_biomass.csv")
+    tru = pd.read_csv(truth / "plots.csv")
+    m = est.merge(tru, on=["plot_id", "epoch"], suffixes=("", "_true"))
+    bias = m["agb_mg_ha"].sum() / m["agb_mg_ha_true"].sum() - 1
+    truth = m["agb_mg_ha_true"]
+    inside = (m["agb_p05_mg_ha"] <= truth) & (truth <= m["agb_p95_mg_ha"])
+    rmse = np.sqrt(np.mean((m["agb_mg_ha"] - m["agb_mg_ha_true"]) ** 2))
+    print(
+        f"  {len(m)} plot-epochs: bias {bias:+.2%}, RMSE {rmse:.1f} Mg/ha, "
+        f"90% MC interval covers truth in {inside.mean():.1%}"
+    )
+
+
+def maps(run: Path, truth: Path, epochs: list[str], window_px: int) -> None:
+    print("== maps: AGB and carbon against truth")
+    for e in epochs:
+        agb = read(run / f"rasters/agb_{e}.tif")
+        true = read(truth / f"agb_{e}.tif")
+        ok = np.isfinite(agb) & np.isfinite(true)
+        d = agb - true
+        true_w = uniform_filter(np.nan_to_num(true), size=window_px, mode="nearest")
+        dw = agb - true_w
+        iv = run / f"rasters/agb_interval_{e}.tif"
+        lo, hi = read(iv, 1), read(iv, 2)
+        cov = np.mean((lo[ok] <= true[ok]) & (true[ok] <= hi[ok]))
+        cov_w = np.mean((lo[ok] <= true_w[ok]) & (true_w[ok] <= hi[ok]))
+        print(
+            f"  {e}: pixel AGB RMSE {np.sqrt(np.mean(d[ok] ** 2)):.1f} Mg/ha, bias "
+            f"{np.mean(d[ok]):+.1f}; against the {window_px}x{window_px}-cell truth mean "
+            f"(the maps' support) RMSE {np.sqrt(np.mean(dw[ok] ** 2)):.1f}, bias "
+            f"{np.mean(dw[ok]):+.1f}; 90% interval coverage {cov:.1%} (pixel), {cov_w:.1%} "
+            "(window)"
+        )
+        carbon = read(run / f"rasters/carbon_{e}.tif")
+        carbon_true = read(truth / f"carbon_{e}.tif")
+        cell_ha = 0.01
+        tot, tot_true = np.nansum(carbon) * cell_ha, np.nansum(carbon_true) * cell_ha
+        print(
+            f"  {e}: AOI carbon {tot:,.0f} Mg C vs truth {tot_true:,.0f} "
+            f"({tot / tot_true - 1:+.2%})"
+        )
+
+
+def model_card(run: Path) -> None:
+    card = json.loads((run / "model/model_card.json").read_text())
+    print("== model card: spatially blocked CV vs random split (chosen models)")
+    for key in ("lidar_model", "satellite_model"):
+        m = card.get(key, {})
+        if "chosen" not in m:
+            print(f"  {key}: {m}")
+            continue
+        chosen = m["chosen"]
+        cand = m.get("candidates", {}).get(chosen, {})
+        print(f"  {key}: chosen {chosen}; {json.dumps(cand, sort_keys=True)[:400]}")
+    print(f"  final at plots: {card.get('final_at_plots')}")
+
+
+def parcels(run: Path, truth: Path, epochs: list[str]) -> None:
+    print("== parcels: carbon stock and sink against truth")
+    est = pd.read_csv(run / "parcels/parcel_sink.csv")
+    tru = pd.read_csv(truth / "parcels.csv")
+    m = est.merge(tru, on="parcel_id", suffixes=("", "_true"))
+    forest = m[m["land_class"] == "forest"]
+    for e in epochs:
+        c, t = forest[f"carbon_{e}_mg_c"], forest[f"carbon_{e}_mg"]
+        rmse = np.sqrt(np.mean((c - t) ** 2))
+        inside = (forest[f"carbon_{e}_lo_mg_c"] <= t) & (t <= forest[f"carbon_{e}_hi_mg_c"])
+        print(
+            f"  {e}: {len(forest)} forest parcels, carbon RMSE {rmse:,.0f} Mg C "
+            f"({rmse / t.mean():.1%} of the mean parcel stock), 90% interval coverage "
+            f"{inside.mean():.1%}"
+        )
+    s, t = forest["sink_tco2e_yr"], forest["sink_tco2e_yr_true"]
+    rmse = np.sqrt(np.mean((s - t) ** 2))
+    inside = (forest["sink_lo_tco2e_yr"] <= t) & (t <= forest["sink_hi_tco2e_yr"])
+    print(
+        f"  sink: RMSE {rmse:,.1f} t CO2e/yr ({rmse / t.abs().mean():.1%} of the mean |sink|), "
+        f"bias {np.mean(s - t):+.1f}, 90% interval coverage {inside.mean():.1%}"
+    )
+    cut = forest[forest["disturbance"] == "clearcut"]
+    sig = (cut["sink_hi_tco2e_yr"] < 0).mean() if len(cut) else float("nan")
+    print(
+        f"  clear-cut parcels: {len(cut)}, estimated sink {cut['sink_tco2e_yr'].sum():,.0f} vs "
+        f"truth {cut['sink_tco2e_yr_true'].sum():,.0f} t CO2e/yr; upper 90% bound below zero "
+        f"in {sig:.0%}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--region", default="nanping")
+    ap.add_argument("--run", type=Path)
+    args = ap.parse_args()
+    cfg = load_config(region_config_path(args.region))
+    run = args.run or cfg.output_dir
+    truth = Path(cfg.data_dir) / "truth"
+    epochs = [e.name for e in cfg.epochs]
+    card = json.loads((run / "model/model_card.json").read_text())
+    composites(run, truth, epochs)
+    lidar(run, truth, card.get("lidar_epoch", epochs[0]))
+    plots(run, truth)
+    model_card(run)
+    maps(run, truth, epochs, int(card.get("support_window_px", 1)))
+    parcels(run, truth, epochs)
+
+
+if __name__ == "__main__":
+    main()
