@@ -22,7 +22,8 @@ from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
 RES_M = 10.0
 X0, Y0 = 500_000.0, 3_000_000.0
 CRS = "EPSG:32650"
-JOB = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1))
+# quality masking on (min_quality=1), so the sums also check that masked cells drop out
+JOB = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1), min_quality=1)
 
 
 def raster(values: np.ndarray, band: list | None = None) -> xr.DataArray:

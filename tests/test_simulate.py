@@ -91,7 +91,9 @@ def test_layout_and_complete_marker(tiny: Path) -> None:
         ".complete",
     ):
         assert (tiny / rel).is_file(), rel
-    assert len(list((tiny / "truth/clear").glob("*.tif"))) == 8
+    sim = load_config(region_config_path("tiny")).simulate
+    n_scenes = 2 * (sim.n_s2_scenes + sim.n_landsat_scenes)  # two epochs
+    assert len(list((tiny / "truth/clear").glob("*.tif"))) == n_scenes
 
 
 def test_model_grid_matches_aoi(tiny: Path) -> None:

@@ -133,10 +133,18 @@ def _config(**sink_params):
             "crs": "EPSG:32650",
             "resolution_m": 10,
             "epochs": [
-                {"name": "2019", "start": "2019-03-01", "end": "2019-11-30",
-                 "reference_date": "2019-07-01"},
-                {"name": "2024", "start": "2024-03-01", "end": "2024-11-30",
-                 "reference_date": "2024-07-01"},
+                {
+                    "name": "2019",
+                    "start": "2019-03-01",
+                    "end": "2019-11-30",
+                    "reference_date": "2019-07-01",
+                },
+                {
+                    "name": "2024",
+                    "start": "2024-03-01",
+                    "end": "2024-11-30",
+                    "reference_date": "2024-07-01",
+                },
             ],
             "data_dir": "data/t",
             "output_dir": "outputs/t",
@@ -144,7 +152,7 @@ def _config(**sink_params):
             "stages": {"sink": sink_params},
         },
         source="test",
-    )  # fmt: skip
+    )
 
 
 def test_job_uses_reference_dates():
@@ -159,7 +167,7 @@ def test_job_uses_reference_dates():
 
 
 def test_stage_outputs_write_as_described_cogs(tmp_path):
-    job = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1))
+    job = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1), min_quality=1)
     c1, c2, s1, s2, q1, q2 = epoch_stack(3, chunks=4)
     out = sink(
         job,
@@ -208,12 +216,26 @@ def test_sink_command_on_explicit_files(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     sink_command.register(parser.add_subparsers())
     args = parser.parse_args(
-        ["sink", "--carbon", str(paths["c1"]), str(paths["c2"]),
-         "--sd", str(paths["s1"]), str(paths["s2"]),
-         "--quality", str(paths["q1"]), str(paths["q2"]),
-         "--dates", "2019-07-01", "2024-07-01", "--parcels", str(parcels),
-         "--out", str(tmp_path / "out")]
-    )  # fmt: skip
+        [
+            "sink",
+            "--carbon",
+            str(paths["c1"]),
+            str(paths["c2"]),
+            "--sd",
+            str(paths["s1"]),
+            str(paths["s2"]),
+            "--quality",
+            str(paths["q1"]),
+            str(paths["q2"]),
+            "--dates",
+            "2019-07-01",
+            "2024-07-01",
+            "--parcels",
+            str(parcels),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert args.func(args) == 0
     with rasterio.open(tmp_path / "out/rasters/forest_carbon_index.tif") as src:
         assert src.count == 5 and src.descriptions[-1] == "quality_flag"
@@ -238,3 +260,36 @@ def test_uses_the_good_band_of_a_multiband_quality_raster():
     )
     v = ds["sink_mg_c_ha_yr"].values
     assert v[0, 0] == pytest.approx(2.0) and np.isnan(v[0, 1])
+
+
+def test_sink_is_masked_outside_forest_land_parcels():
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    job = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1))
+    c1, c2, s1, s2, q1, q2 = epoch_stack(5)
+    minx, miny, maxx, maxy = c1.rio.bounds()
+    mid = minx + 4 * (maxx - minx) / 9  # after the 4th of 9 columns: a cell edge
+    parcels = gpd.GeoDataFrame(
+        {"land_class": ["forest", "farmland"]},
+        geometry=[box(minx, miny, mid, maxy), box(mid, miny, maxx, maxy)],
+        crs=c1.rio.crs,
+    )
+    kwargs = dict(
+        carbon_start=c1,
+        carbon_end=c2,
+        carbon_sd_start=s1,
+        carbon_sd_end=s2,
+        quality_start=q1,
+        quality_end=q2,
+    )
+    masked = sink(job, parcels=parcels, **kwargs)["rasters/sink.tif"]
+    unmasked = sink(job, **kwargs)["rasters/sink.tif"]
+    a = masked["sink_mg_c_ha_yr"].values
+    b = unmasked["sink_mg_c_ha_yr"].values
+    assert np.isnan(a[:, 4:]).all()  # farmland
+    np.testing.assert_array_equal(a[:, :4], b[:, :4])  # forest land keeps its values
+    assert np.isfinite(b[:, 4:]).sum() > 0
+    assert masked["sink_mg_c_ha_yr"].attrs["units"] == "Mg C ha-1 yr-1"
+    with pytest.raises(InputDataError, match="no column 'land_class'"):
+        sink(job, parcels=parcels.rename(columns={"land_class": "lc"}), **kwargs)
