@@ -2,7 +2,7 @@
 
     forest-carbon sink --carbon C2019.tif C2024.tif --sd SD2019.tif SD2024.tif \\
         --quality Q2019.tif Q2024.tif --dates 2019-07-01 2024-07-01 \\
-        [--correlation 0] [--min-quality 1] [--parcels parcels.gpkg] --out DIR
+        [--correlation 0] [--min-quality 0] [--parcels parcels.gpkg] --out DIR
 
 Writes DIR/rasters/sink.tif and DIR/rasters/forest_carbon_index.tif; with ``--parcels``
 also DIR/parcels/parcel_sink.gpkg and .csv (fractional-coverage zonal sums). The science
@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
+from pipeline.config import SinkParams
 from pipeline.errors import ConfigError
 
 
@@ -57,7 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="correlation of the epochs' errors (default 0: conservative)",
     )
-    p.add_argument("--min-quality", type=int, default=1, help="lowest quality flag kept")
+    p.add_argument(
+        "--min-quality",
+        type=int,
+        default=SinkParams().min_quality,
+        help="lowest quality flag kept (default: the config default, no masking)",
+    )
     p.add_argument(
         "--aggregation",
         choices=("correlated", "independent"),
