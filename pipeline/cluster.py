@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Iterator
 
+import dask
 import psutil
 
 from pipeline.config import DaskSettings
@@ -53,6 +54,10 @@ def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iter
         return
     n_workers, threads, memory = local_cluster_size(settings)
     with (
+        # a compiled filter (e.g. the cloth simulation filter on a 1 km chunk) can hold
+        # the GIL for longer than the default 5-minute worker TTL; the scheduler would then
+        # declare the busy worker dead and retry the task until it gives up
+        dask.config.set({"distributed.scheduler.worker-ttl": None}),
         LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads,

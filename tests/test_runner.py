@@ -225,3 +225,13 @@ def test_reproduce_identical_then_different_after_input_change(tmp_path):
     assert not diff.identical
     assert dict(diff.outputs)["toy/noise.tif"] == "different"
     assert diff.changed_inputs == ("noise.params",)
+
+
+def test_local_cluster_does_not_time_out_workers_busy_in_compiled_code():
+    # the cloth simulation filter holds the GIL for minutes on a 1 km chunk: with the
+    # default 5-minute TTL the scheduler would declare the worker dead and retry the task
+    from pipeline.cluster import dask_client
+    from pipeline.config import DaskSettings
+
+    with dask_client(DaskSettings(n_workers=1, threads_per_worker=1, memory_limit="1GiB")) as c:
+        assert c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.worker_ttl) is None
