@@ -12,6 +12,8 @@ times, each in its own process (so the peak memory of each is its own):
 - ``chm``: read + highest return per 1 m cell (the p2r CHM / whitebox block maximum);
 - ``stage``: the whole LiDAR stage on the classified file (noise, DTM TIN, normalise,
   CHM, 10 m metrics, QA), one core (Dask synchronous scheduler);
+- ``stage_ground``: the same with the file's ground class ignored (``min_ground_share``
+  1), so the outlier filter and the SMRF ground filter run as on an unclassified tile;
 - ``wbw_chm`` / ``wbw_dtm``: whitebox-workflows ``lidar_block_maximum`` and
   ``lidar_tin_gridding`` (ground only) on the same file, one core (``max_procs = 1``).
 
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "data" / "bench"
 SEED = 20240501
 PULSES_M2 = 13.0  # about 1.55 returns per pulse: 20 returns/m2
-PARTS = ("decode", "decode_selected", "chm", "stage", "wbw_chm", "wbw_dtm")
+PARTS = ("decode", "decode_selected", "chm", "stage", "stage_ground", "wbw_chm", "wbw_dtm")
 
 
 def bench_file(points: int) -> Path:
@@ -104,11 +106,12 @@ def run_part(part: str, path: Path) -> dict[str, float]:
         cgrid = CellGrid(0.0, float(y1 - y0), 1.0, int(y1 - y0), int(x1 - x0))
         chm = p2r(pts, cgrid)
         assert np.isfinite(chm).any()
-    elif part == "stage":
+    elif part in ("stage", "stage_ground"):
         x0, y0 = 10 * math.floor(mins[0] / 10), 10 * math.floor(mins[1] / 10)
         x1, y1 = 10 * math.ceil(maxs[0] / 10), 10 * math.ceil(maxs[1] / 10)
         grid = MapGrid(x0, y1, 10.0, int((y1 - y0) / 10), int((x1 - x0) / 10))
-        job = LidarJob(LidarParams(), crs="EPSG:32650", resolution_m=10.0)
+        params = LidarParams(min_ground_share=1.0 if part == "stage_ground" else 0.01)
+        job = LidarJob(params, crs="EPSG:32650", resolution_m=10.0)
         with dask.config.set(scheduler="sync"):
             out = run_lidar(job, tiles=(path,), model_grid=grid)
         qa = out["lidar/qa.json"]

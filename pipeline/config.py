@@ -148,13 +148,22 @@ class LidarParams(Section):
     #: the LiDAR and model-grid resolutions); 1000 m matches the usual 1 km tiles
     chunk_size_m: float = Field(default=1000.0, gt=0)
     chm_algorithm: Literal["p2r", "pitfree"] = "p2r"
+    #: p2r: the highest return is taken per sub-cell of resolution / ``p2r_subcells``,
+    #: empty sub-cells get the mean of their occupied 3 x 3 neighbours (a one-ring form of
+    #: lidR's ``p2r(na.fill = knnidw())``, Roussel et al. 2020,
+    #: doi:10.1016/j.rse.2020.112061), and each CHM cell takes the highest of its
+    #: sub-cells; ``1`` and ``"none"`` give lidR's plain ``p2r()``. At 5 pulses/m2 a
+    #: quarter of the 0.5 m sub-cells get no return; on the demo region this halves the
+    #: CHM error of canopy cells against the plain 1 m p2r (see :mod:`pipeline.lidar.chm`).
+    p2r_subcells: int = Field(default=2, ge=1, le=8)
+    p2r_fill: Literal["none", "neighbours"] = "neighbours"
     #: pit-free CHM (Khosravipour et al. 2014): height thresholds of the TIN layers and max
     #: triangle edge of the lowest / other layers (lidR's ``pitfree()`` defaults)
     pitfree_thresholds_m: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 15.0)
     pitfree_max_edge_m: tuple[float, float] = (0.0, 1.0)
     #: a chunk whose core returns are less than this share ground (class 2) is treated as
-    #: unclassified and gets the cloth simulation filter (classified forest ALS usually
-    #: has several per cent ground returns even under dense canopy)
+    #: unclassified and gets the ground filter (classified forest ALS usually has several
+    #: per cent ground returns even under dense canopy)
     min_ground_share: float = Field(default=0.01, ge=0, le=1)
     #: negative normalised heights are clamped to 0; the QA counts those within this
     #: tolerance apart from those further below ground (missed low noise, DTM errors)
@@ -169,10 +178,29 @@ class LidarParams(Section):
     #: already height-normalised input: detect from ground returns at 0 m, or force
     normalised_input: Literal["detect", "yes", "no"] = "detect"
     #: statistical outlier filter for unclassified clouds (PDAL ``filters.outlier``
-    #: defaults: mean_k 8, multiplier 2)
+    #: defaults: mean_k 8, multiplier 2), applied to the highest and lowest returns of
+    #: 2 m columns (see :mod:`pipeline.lidar.noise`)
     outlier_k: int = Field(default=8, ge=1)
     outlier_multiplier: float = Field(default=2.0, gt=0)
-    #: cloth simulation filter for clouds without ground class (Zhang et al. 2016,
+    #: ground filter of clouds without ground class: the simple morphological filter
+    #: (SMRF, Pingel et al. 2013, doi:10.1016/j.isprsjprs.2012.12.002) or the cloth
+    #: simulation filter (CSF, below)
+    ground_algorithm: Literal["smrf", "csf"] = "smrf"
+    #: SMRF (PDAL ``filters.smrf`` names): cell 1 m, window 18 m, threshold 0.5 m and
+    #: scalar 1.25 are PDAL's defaults.
+    #: The slope threshold (rise over run) must exceed the steepest terrain: PDAL's 0.15
+    #: suits flat urban scenes; 1.0 (45 degrees) keeps 35-degree forest slopes and ridges
+    #: as ground, while crowns metres high and a few metres wide still drop far more than
+    #: slope x radius in the opening. ``smrf_low_outlier_m``: a cell this far below the
+    #: opening of the inverted minimum surface is a low outlier (assumption: well above
+    #: the ground returns' centimetre noise, well below the metres of missed low noise).
+    smrf_cell_m: float = Field(default=1.0, gt=0)
+    smrf_slope: float = Field(default=1.0, gt=0)
+    smrf_window_m: float = Field(default=18.0, gt=0)
+    smrf_threshold_m: float = Field(default=0.5, gt=0)
+    smrf_scalar: float = Field(default=1.25, ge=0)
+    smrf_low_outlier_m: float = Field(default=1.0, gt=0)
+    #: cloth simulation filter (``ground_algorithm: csf``; Zhang et al. 2016,
     #: doi:10.3390/rs8060501): a soft cloth (rigidness 1) with slope smoothing is the
     #: authors' setting for steep terrain; resolution near the ground-point spacing. The
     #: filter is fragile on steep forested slopes: on the tiny demo region's narrow

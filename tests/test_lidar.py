@@ -14,12 +14,17 @@ import geopandas as gpd
 import laspy
 import numpy as np
 import pytest
-from lidar_fixtures import Scene, make_scene, write_tiles
+from lidar_fixtures import Scene, iter_points, make_scene, write_tiles
 from shapely.geometry import box
 
 from pipeline.config import LidarParams
 from pipeline.lidar import engine
+from pipeline.lidar.chm import P2R, chm, fill_from_neighbours
+from pipeline.lidar.dtm import dtm_tin
+from pipeline.lidar.grid import CellGrid
+from pipeline.lidar.ground import SMRF, smrf_ground
 from pipeline.lidar.metrics import BAND_NAMES
+from pipeline.lidar.points import PointSet
 from pipeline.stages.lidar import (
     CHM_PATH,
     DTM_PATH,
@@ -176,15 +181,20 @@ def test_metrics_equal_numpy_on_a_normalised_cloud(scene: Scene, tmp_path: Path)
     assert rmse(chm, true_chm) < 2.5
 
 
-def test_unclassified_cloud_uses_csf_and_outlier_filter(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("ground", "source"), [("smrf", "SMRF"), ("csf", "CSF")])
+def test_unclassified_cloud_uses_the_ground_and_outlier_filters(
+    tmp_path: Path, ground: str, source: str
+) -> None:
     s = make_scene(
         seed=11, bounds=(X0, Y0, X0 + 100, Y0 + 100), slope_deg=35.0, noise_fraction=0.003
     )
     paths = write_tiles(s, tmp_path, tile_m=100.0, classified=False)
     grid = engine.MapGrid(X0, Y0 + 100, 10.0, 10, 10)
-    out = run_lidar(job(chunk_size_m=100.0), tiles=tuple(paths), model_grid=grid)
+    out = run_lidar(
+        job(chunk_size_m=100.0, ground_algorithm=ground), tiles=tuple(paths), model_grid=grid
+    )
     qa = out[QA_PATH]
-    assert qa["ground_source"] == ["CSF"]  # type: ignore[index]
+    assert qa["ground_source"] == [source]  # type: ignore[index]
     assert qa["n_outliers_removed"] > 0  # type: ignore[index]
     dtm = values(out, DTM_PATH)[0]
     true_dtm = s.true_dtm(X0, Y0 + 100, 1.0, dtm.shape)
@@ -197,9 +207,71 @@ def test_unclassified_cloud_uses_csf_and_outlier_filter(tmp_path: Path) -> None:
     assert rmse(chm[inner], true_chm[inner]) < 3.0
 
 
-def test_pitfree_chm_has_fewer_pits_than_p2r(tiles1: list[Path]) -> None:
+@pytest.mark.parametrize("slope_deg", [0.0, 35.0, 42.0])
+def test_smrf_ground_gives_the_true_terrain_under_canopy(slope_deg: float) -> None:
+    """SMRF on a steep forested slope: ground found, canopy rejected, TIN DTM near truth.
+
+    Truth is closed-form: the scene's analytic terrain (a plane of ``slope_deg`` plus 3 m
+    undulations) and the generator's own ground flag of every return.
+    """
+    s = make_scene(seed=5, bounds=(X0, Y0, X0 + 120, Y0 + 120), slope_deg=slope_deg, trees_ha=600.0)
+    cols = list(iter_points(s))
+    x = np.concatenate([c["x"] for c in cols]) - X0
+    y = np.concatenate([c["y"] for c in cols]) - Y0
+    z = np.concatenate([c["z"] for c in cols])
+    cls = np.concatenate([c["classification"] for c in cols])
+    keep = cls != 18  # high noise is the outlier filter's job; low noise stays in
+    x, y, z, cls = x[keep], y[keep], z[keep], cls[keep]
+    u = np.zeros(x.shape[0], np.uint8)
+    pts = PointSet(
+        x.astype(np.float32), y.astype(np.float32), z.astype(np.float32), u, u, u, (X0, Y0)
+    )
+    found = smrf_ground(pts, algorithm=SMRF())
+    truth = cls == 2
+    height = z - s.ground(x + X0, y + Y0)
+    assert found[truth].mean() > 0.95  # nearly every ground return is kept
+    assert not found[cls == 7].any()  # low noise (3-15 m below ground) is not ground
+    assert found[height > 1.0].mean() < 0.002  # canopy returns are rejected
+    grid = CellGrid(0.0, 120.0, 1.0, 120, 120)
+    dtm = dtm_tin(pts.x_m[found], pts.y_m[found], pts.z_m[found], grid, thin_m=2.0)
+    true_dtm = s.true_dtm(X0, Y0 + 120, 1.0, dtm.shape)
+    chm = s.true_chm(X0, Y0 + 120, 1.0, dtm.shape)
+    inner = np.zeros(dtm.shape, bool)
+    inner[3:-3, 3:-3] = True
+    assert (chm[inner] > 2).mean() > 0.4  # the test is about terrain under canopy
+    assert rmse(dtm[inner], true_dtm[inner]) < 0.1
+    assert rmse(dtm[inner & (chm > 2)], true_dtm[inner & (chm > 2)]) < 0.1
+
+
+def test_p2r_subcells_fill_gaps_from_neighbours_and_keep_the_cell_maximum() -> None:
+    # one return per 0.5 m sub-cell except the empty north-east sub-cell of cell (0, 1)
+    xs = np.array([0.2, 0.7, 0.2, 0.7, 1.2, 1.2, 1.7], np.float32)
+    ys = np.array([1.7, 1.7, 1.2, 1.2, 1.7, 1.2, 1.2], np.float32)
+    zs = np.array([1.0, 2.0, 3.0, 4.0, 8.0, 6.0, 5.0], np.float32)
+    u = np.zeros(xs.shape[0], np.uint8)
+    pts = PointSet(xs, ys, zs, u, u, u, (0.0, 0.0))
+    grid = CellGrid(0.0, 2.0, 1.0, 1, 2)
+    assert np.array_equal(chm(pts, grid, algorithm=P2R()), np.array([[4.0, 8.0]], np.float32))
+    filled = chm(pts, grid, algorithm=P2R(subcells=2, fill="neighbours"))
+    # the empty sub-cell gets the mean of its 3 x 3 neighbours (8, 6, 5): below the max
+    assert np.array_equal(filled, np.array([[4.0, 8.0]], np.float32))
+    gaps = fill_from_neighbours(np.array([[np.nan, 2.0], [4.0, np.nan]], np.float32))
+    assert np.array_equal(gaps, np.array([[3.0, 2.0], [4.0, 3.0]], np.float32))
+
+
+def test_pitfree_and_filled_p2r_have_fewer_pits_than_plain_p2r(
+    scene: Scene, tiles1: list[Path]
+) -> None:
     grid = MODEL
     p2r = values(
+        run_lidar(
+            job(chunk_size_m=200.0, p2r_subcells=1, p2r_fill="none"),
+            tiles=tuple(tiles1),
+            model_grid=grid,
+        ),
+        CHM_PATH,
+    )[0]
+    filled = values(
         run_lidar(job(chunk_size_m=200.0), tiles=tuple(tiles1), model_grid=grid), CHM_PATH
     )[0]
     pf = values(
@@ -223,6 +295,12 @@ def test_pitfree_chm_has_fewer_pits_than_p2r(tiles1: list[Path]) -> None:
 
     assert pits(pf) < pits(p2r)
     assert float(np.nanmax(pf)) <= float(np.nanmax(p2r)) + 1e-3
+    # the default p2r (highest per half cell, empty half cells filled from their
+    # neighbours) fills pits too, never exceeds the highest return, and is closer to truth
+    assert pits(filled) < pits(p2r)
+    assert float(np.nanmax(filled)) <= float(np.nanmax(p2r)) + 1e-3
+    true_chm = scene.true_chm(X0, Y0 + SIDE, 1.0, p2r.shape)
+    assert rmse(filled, true_chm) < rmse(p2r, true_chm)
 
 
 def test_stage_function_builds_the_model_grid_from_the_aoi(tiles1: list[Path]) -> None:

@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crs", help="CRS of tiles whose header has none, e.g. EPSG:32650")
     p.add_argument("--aoi", type=Path, help="AOI vector file: the metrics grid covers it")
     p.add_argument("--chm", choices=("p2r", "pitfree"), default="p2r", help="CHM algorithm")
+    p.add_argument(
+        "--ground",
+        choices=("smrf", "csf"),
+        default="smrf",
+        help="ground filter of tiles without ground class (simple morphological or cloth)",
+    )
     p.add_argument("--buffer", type=float, default=20.0, help="chunk buffer, metres")
     p.add_argument("--chunk-size", type=float, default=1000.0, help="chunk side, metres")
     p.add_argument("--scheduler", metavar="ADDR", help="existing Dask scheduler tcp://HOST:PORT")
@@ -77,6 +83,7 @@ def main(args: argparse.Namespace) -> int:
         buffer_m=args.buffer,
         chunk_size_m=args.chunk_size,
         chm_algorithm=args.chm,
+        ground_algorithm=args.ground,
     )
     job = LidarJob(params, crs=crs, resolution_m=args.grid_resolution, tile_crs=args.crs)
     if args.aoi is not None:

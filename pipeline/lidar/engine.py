@@ -49,7 +49,7 @@ from pipeline.errors import InputDataError
 from pipeline.lidar.chm import P2R, PitFree, chm
 from pipeline.lidar.dtm import dtm_tin
 from pipeline.lidar.grid import CellGrid
-from pipeline.lidar.ground import CSF, classify_ground
+from pipeline.lidar.ground import CSF, SMRF, classify_ground
 from pipeline.lidar.index import TileInfo
 from pipeline.lidar.metrics import point_metrics
 from pipeline.lidar.noise import noise_class_mask, statistical_outlier_mask
@@ -88,7 +88,7 @@ class EngineSettings:
     model_grid: MapGrid
     lidar_grid: MapGrid
     chm_algorithm: P2R | PitFree = field(default_factory=P2R)
-    ground: CSF = field(default_factory=CSF)
+    ground: CSF | SMRF = field(default_factory=SMRF)
     outlier_k: int = 8
     outlier_multiplier: float = 2.0
     negative_tolerance_m: float = 0.5
@@ -257,7 +257,7 @@ def process_points(
     n_core = int(np.count_nonzero(core))
     n_core_ground = int(np.count_nonzero(pts.classification[core] == GROUND))
     classified = n_core > 0 and n_core_ground >= settings.min_ground_share * n_core
-    stats["ground_source"] = "class 2" if classified else "CSF"
+    stats["ground_source"] = "class 2" if classified else type(settings.ground).__name__
     if not classified:
         out = statistical_outlier_mask(
             pts, k=settings.outlier_k, multiplier=settings.outlier_multiplier
@@ -316,12 +316,14 @@ def process_points(
         n_below_tolerance=nstats.n_below_tolerance,
         n_no_terrain_dropped=nstats.n_no_terrain_dropped,
     )
-    if isinstance(settings.chm_algorithm, PitFree):
-        chm_buf = chm(pts, buf_grid, algorithm=settings.chm_algorithm)
+    algo = settings.chm_algorithm
+    if isinstance(algo, PitFree) or algo.fill != "none":
+        # both look at neighbouring cells: computed over the ring too, so no seams
+        chm_buf = chm(pts, buf_grid, algorithm=algo)
         chm_core = chm_buf[nb : nb + n_core, nb : nb + n_core]
     else:
         core_grid = CellGrid(0.0, side, res, n_core, n_core)
-        chm_core = chm(pts, core_grid, algorithm=settings.chm_algorithm)
+        chm_core = chm(pts, core_grid, algorithm=algo)
     dtm_core = dtm[nb : nb + n_core, nb : nb + n_core]
     # crop to the output grids
     lw = settings.lidar_grid.window(spec.core)

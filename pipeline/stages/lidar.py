@@ -2,9 +2,11 @@
 
 Science (details and references in :mod:`pipeline.lidar`): ASPRS noise classes 7/18 are
 dropped (plus a statistical outlier filter on unclassified clouds); ground returns are
-class 2, or found by the cloth simulation filter when a cloud has no ground class; the
-DTM is a TIN of the ground returns; every return is normalised to height above the DTM;
-the CHM takes the highest return per cell (p2r) or the pit-free algorithm; area-based
+class 2, or found by the simple morphological filter (SMRF; or the cloth simulation
+filter) when a cloud has no ground class; the DTM is a TIN of the ground returns; every
+return is normalised to height above the DTM; the CHM takes the highest return per cell
+(p2r, by default per half cell with empty half cells filled from their neighbours) or
+the pit-free algorithm; area-based
 metrics (height mean, sd, max, percentiles of first returns, cover above 2 m, return
 density and the LiDAR-covered share of each cell) are computed on the model grid shared
 with the composites. Tiles are processed in buffered chunks on the active Dask scheduler
@@ -38,7 +40,7 @@ from pipeline.grid import region_geobox, snapped_bounds
 from pipeline.lidar import engine
 from pipeline.lidar.chm import P2R, PitFree
 from pipeline.lidar.grid import CellGrid
-from pipeline.lidar.ground import CSF
+from pipeline.lidar.ground import CSF, SMRF
 from pipeline.lidar.index import TileInfo, index_tiles
 from pipeline.lidar.metrics import BAND_NAMES, BAND_UNITS, N_POINT_BANDS, footprint_fraction
 from pipeline.stage import RunLayout, Stage
@@ -81,7 +83,7 @@ def engine_settings(
     algo: P2R | PitFree = (
         PitFree(thresholds_m=p.pitfree_thresholds_m, max_edge_m=p.pitfree_max_edge_m)
         if p.chm_algorithm == "pitfree"
-        else P2R()
+        else P2R(subcells=p.p2r_subcells, fill=p.p2r_fill)
     )
     return engine.EngineSettings(
         resolution_m=p.resolution_m,
@@ -91,14 +93,7 @@ def engine_settings(
         model_grid=model_grid,
         lidar_grid=lidar_grid,
         chm_algorithm=algo,
-        ground=CSF(
-            cloth_resolution_m=p.csf_cloth_resolution_m,
-            rigidness=p.csf_rigidness,
-            class_threshold_m=p.csf_class_threshold_m,
-            time_step=p.csf_time_step,
-            iterations=p.csf_iterations,
-            slope_smooth=p.csf_slope_smooth,
-        ),
+        ground=ground_algorithm(p),
         outlier_k=p.outlier_k,
         outlier_multiplier=p.outlier_multiplier,
         negative_tolerance_m=p.negative_tolerance_m,
@@ -108,6 +103,27 @@ def engine_settings(
         metrics_min_height_m=p.metrics_min_height_m,
         cover_threshold_m=p.cover_threshold_m,
         points_per_chunk=p.points_per_read,
+    )
+
+
+def ground_algorithm(p: LidarParams) -> CSF | SMRF:
+    """The ground filter of unclassified clouds, with its parameters."""
+    if p.ground_algorithm == "csf":
+        return CSF(
+            cloth_resolution_m=p.csf_cloth_resolution_m,
+            rigidness=p.csf_rigidness,
+            class_threshold_m=p.csf_class_threshold_m,
+            time_step=p.csf_time_step,
+            iterations=p.csf_iterations,
+            slope_smooth=p.csf_slope_smooth,
+        )
+    return SMRF(
+        cell_m=p.smrf_cell_m,
+        slope=p.smrf_slope,
+        window_m=p.smrf_window_m,
+        threshold_m=p.smrf_threshold_m,
+        scalar=p.smrf_scalar,
+        low_outlier_m=p.smrf_low_outlier_m,
     )
 
 
