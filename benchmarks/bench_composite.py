@@ -1,7 +1,7 @@
-"""Throughput of the seasonal composite next to a plain rasterio + numpy baseline.
+"""Throughput and peak memory of the seasonal composite.
 
-Writes a seeded set of synthetic Sentinel-2 scenes (``tests/test_composite.py``'s layout,
-larger), then times, in the same run:
+Throughput: writes a seeded set of synthetic Sentinel-2 scenes (``tests/test_composite.py``'s
+layout, larger), then times, in the same run:
 
 - the pipeline: odc-stac load, scale/offset, SCL mask with dilation, median of all ten
   bands, indices and n_valid, computed with Dask (threads);
@@ -9,12 +9,26 @@ larger), then times, in the same run:
   SCL mask (no dilation), and ``numpy.nanmedian`` per band.
 
 Prints pixels per second (model-grid pixels x bands x scenes) of both and their ratio.
-Run: ``.venv/bin/python benchmarks/bench_composite.py``.
+
+Memory: writes seeded scenes covering a 2M x 2M-pixel square, then runs the composite
+as a run does (``pipeline.io.write_cog`` onto a ``distributed.LocalCluster`` of two
+single-threaded worker processes, as :mod:`pipeline.cluster` sizes it on two cores) once
+on the top-left M x M region and once on the whole square (4x the area), each in a fresh
+child process. The parent samples the resident set size (RSS) of the child and all its
+descendants (the Dask scheduler, nanny and worker processes) every 50 ms and prints the
+peak of the tree's total for both regions and their ratio; a flat-memory composite keeps
+the ratio near 1 (a composite that held the region in memory would approach 4).
+
+Run: ``.venv/bin/python benchmarks/bench_composite.py [--part throughput|memory|all]``
+(about 2-3 minutes on two cores for ``all``).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +36,7 @@ from pathlib import Path
 
 import dask
 import numpy as np
+import psutil
 import pystac
 import rasterio
 from odc.geo.geobox import GeoBox
@@ -36,28 +51,36 @@ X0, Y0, RES = 700000.0, 2950000.0, 10.0
 N_PX = 1024
 N_SCENES = 8
 BANDS = C.REFLECTANCE_BANDS
+#: memory part: side of the small region (pixels); the large one is twice the side
+MEM_PX = 512
+MEM_SCENES = 6
+MEM_CHUNK_PX = 256
+MEM_SAMPLE_S = 0.05
 
 
 def _write(path: Path, arr: np.ndarray) -> None:
+    ny, nx = arr.shape
     with rasterio.open(
-        path, "w", driver="GTiff", width=N_PX, height=N_PX, count=1, dtype=arr.dtype, crs=CRS,
+        path, "w", driver="GTiff", width=nx, height=ny, count=1, dtype=arr.dtype, crs=CRS,
         transform=from_origin(X0, Y0, RES, RES), nodata=0, tiled=True, blockxsize=256,
         blockysize=256, compress="deflate",
     ) as dst:  # fmt: skip
         dst.write(arr, 1)
 
 
-def make(root: Path, seed: int = 1) -> list[pystac.Item]:
+def make(
+    root: Path, seed: int = 1, *, n_px: int = N_PX, n_scenes: int = N_SCENES
+) -> list[pystac.Item]:
     rng = np.random.default_rng(seed)
     items = []
-    for k in range(N_SCENES):
+    for k in range(n_scenes):
         sid = f"S2_BENCH_{k}"
         (root / sid).mkdir(parents=True)
         assets = {}
         for b in BANDS:
-            _write(root / sid / f"{b}.tif", rng.integers(200, 4000, (N_PX, N_PX), dtype="uint16"))
+            _write(root / sid / f"{b}.tif", rng.integers(200, 4000, (n_px, n_px), dtype="uint16"))
             assets[b] = {"href": (root / sid / f"{b}.tif").as_uri(), "type": "image/tiff"}
-        scl = np.where(rng.random((N_PX, N_PX)) < 0.1, 9, 4).astype("uint8")
+        scl = np.where(rng.random((n_px, n_px)) < 0.1, 9, 4).astype("uint8")
         _write(root / sid / "scl.tif", scl)
         assets["scl"] = {"href": (root / sid / "scl.tif").as_uri(), "type": "image/tiff"}
         when = dt.datetime(2021, 6, 1) + dt.timedelta(days=5 * k)
@@ -87,13 +110,17 @@ def baseline(root: Path, items: list[pystac.Item]) -> np.ndarray:
     return out
 
 
-def main() -> None:
+def _geobox(n_px: int) -> GeoBox:
+    return GeoBox.from_bbox(
+        BoundingBox(X0, Y0 - n_px * RES, X0 + n_px * RES, Y0, crs=CRS), crs=CRS, resolution=RES
+    )
+
+
+def throughput() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         items = make(root)
-        gbox = GeoBox.from_bbox(
-            BoundingBox(X0, Y0 - N_PX * RES, X0 + N_PX * RES, Y0, crs=CRS), crs=CRS, resolution=RES
-        )
+        gbox = _geobox(N_PX)
         work = N_PX * N_PX * len(BANDS) * len(items)
         settings = C.CompositeSettings(cloud_dilation_px=2, resampling="nearest", chunk_px=512)
         t0 = time.perf_counter()
@@ -113,6 +140,120 @@ def main() -> None:
               f"{work / t_base / 1e6:7.2f} Mpx/s")  # fmt: skip
         print(f"ratio pipeline/baseline throughput: {t_base / t_pipe:.2f}")
         print(f"max |blue difference| (dilation masks more in the pipeline): {diff:.4f}")
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _measure_child(items_path: Path, n_px: int, out: Path) -> None:
+    """In a fresh process: the composite of the top-left ``n_px`` square, written as a run does."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from pipeline.io import write_cog
+
+    items = [pystac.Item.from_dict(f) for f in json.loads(items_path.read_text())["features"]]
+    settings = C.CompositeSettings(cloud_dilation_px=2, chunk_px=MEM_CHUNK_PX)
+    t0 = time.perf_counter()
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        idle, _ = _tree_rss(psutil.Process())
+        comp, _ = C.seasonal_composite(items, _geobox(n_px), settings=settings)
+        write_cog(comp, out, client=client)
+    seconds = round(time.perf_counter() - t0, 2)
+    print(json.dumps({"seconds": seconds, "idle_rss_mb": idle / 2**20}))
+
+
+def _tree_rss(proc: psutil.Process) -> tuple[int, int]:
+    """(total RSS in bytes, number of processes) of ``proc`` and its descendants."""
+    procs = [proc]
+    try:
+        procs += proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0, 0
+    total, n = 0, 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+            n += 1
+        except psutil.NoSuchProcess:
+            pass
+    return total, n
+
+
+def _run_measured(items_path: Path, n_px: int, out: Path) -> dict[str, float]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", str(items_path)]
+    cmd += [str(n_px), str(out)]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = psutil.Process(child.pid)
+    peak, peak_n, peak_main = 0, 0, 0
+    while child.poll() is None:
+        rss, n = _tree_rss(proc)
+        if rss > peak:
+            peak, peak_n = rss, n
+        try:
+            peak_main = max(peak_main, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(MEM_SAMPLE_S)
+    stdout = child.stdout.read() if child.stdout else ""
+    if child.returncode != 0:
+        raise RuntimeError(f"memory child for {n_px} px failed (exit {child.returncode})")
+    report = json.loads(stdout.strip().splitlines()[-1])
+    return {
+        "peak_rss_mb": peak / 2**20,
+        "processes": peak_n,
+        "peak_client_rss_mb": peak_main / 2**20,
+        **report,
+    }
+
+
+def memory() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        items = make(root / "scenes", seed=2, n_px=2 * MEM_PX, n_scenes=MEM_SCENES)
+        items_path = root / "items.json"
+        items_path.write_text(json.dumps(pystac.ItemCollection(items).to_dict()))
+        rows = {}
+        for n_px in (MEM_PX, 2 * MEM_PX):
+            rows[n_px] = _run_measured(items_path, n_px, root / f"composite_{n_px}.tif")
+        small, large = rows[MEM_PX], rows[2 * MEM_PX]
+        print(f"memory: {MEM_SCENES} scenes x {len(BANDS)} bands, {MEM_CHUNK_PX}-px chunks, "
+              "LocalCluster 2 workers x 1 thread, write_cog")  # fmt: skip
+        for n_px, r in rows.items():
+            print(f"  region {n_px}x{n_px} px: peak process-tree RSS {r['peak_rss_mb']:6.0f} MB "
+                  f"({r['processes']} processes; idle cluster {r['idle_rss_mb']:.0f} MB, "
+                  f"compute adds {r['peak_rss_mb'] - r['idle_rss_mb']:.0f} MB; client/writer "
+                  f"process alone peaks at {r['peak_client_rss_mb']:.0f} MB), "
+                  f"{r['seconds']:.1f} s")  # fmt: skip
+        ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
+        added = (large["peak_rss_mb"] - large["idle_rss_mb"]) / (
+            small["peak_rss_mb"] - small["idle_rss_mb"]
+        )
+        print(f"  area ratio 4.00: peak RSS ratio {ratio:.2f}, "
+              f"ratio of what compute adds {added:.2f}")  # fmt: skip
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--_child":
+        _measure_child(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", choices=("throughput", "memory", "all"), default="all")
+    args = ap.parse_args()
+    if args.part in ("throughput", "all"):
+        throughput()
+    if args.part in ("memory", "all"):
+        memory()
 
 
 if __name__ == "__main__":

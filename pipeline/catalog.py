@@ -133,7 +133,9 @@ def radiometry(item: pystac.Item, *, provider: str | None = None) -> Radiometry:
 
     Sentinel-2: ``scale`` always 1e-4; the -0.1 BOA offset applies from processing
     baseline 04.00 on, unless the provider flags that it already removed it
-    (Earth Search v1 ``earthsearch:boa_offset_applied``). Landsat C2 L2: fixed
+    (Earth Search v1 ``earthsearch:boa_offset_applied``, v0 ``sentinel:boa_offset_applied``;
+    each provider entry of the profile may name its own baseline and flag properties);
+    without a baseline the acquisition date decides. Landsat C2 L2: fixed
     0.0000275 and -0.2. Values come from ``data_catalog/collections/*.yaml``.
     """
     coll = profile_collection(item)
@@ -144,8 +146,9 @@ def radiometry(item: pystac.Item, *, provider: str | None = None) -> Radiometry:
     if "boa_add_offset_reflectance" not in profile:
         return Radiometry(float(profile["scale"]), float(profile["offset"]), nodata, "fixed")
     prov = provider or provider_of(item)
+    prov_profile = profile["providers"].get(prov, {})
     props = item.properties
-    baseline = props.get(profile["baseline_property"])
+    baseline = props.get(prov_profile.get("baseline_property") or profile["baseline_property"])
     if baseline is not None:
         new = _baseline_tuple(baseline) >= _baseline_tuple(profile["boa_offset_from_baseline"])
         why = f"baseline {baseline}"
@@ -158,7 +161,7 @@ def radiometry(item: pystac.Item, *, provider: str | None = None) -> Radiometry:
             when = when.replace(tzinfo=dt.UTC)
         new = when >= cutoff
         why = f"no baseline, acquired {when.date()}"
-    flag_key = profile["providers"].get(prov, {}).get("offset_applied_property")
+    flag_key = prov_profile.get("offset_applied_property")
     applied = bool(flag_key and props.get(flag_key, False))
     if new and not applied:
         return Radiometry(

@@ -37,7 +37,6 @@ Command: ``forest-carbon composite ITEMS.json --aoi AOI --crs EPSG:32650 --out D
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -138,11 +137,33 @@ def landsat_to_sentinel2(oli: Any, *, slope: float, offset: float) -> Any:
     return (oli - np.float32(offset)) / np.float32(slope)
 
 
-def normalised_difference(a: Any, b: Any) -> Any:
-    """``(a - b) / (a + b)``; NaN where ``a + b`` is 0."""
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` as float32, NaN where ``den`` is 0 (no divide warnings)."""
+    # the error state has to be set where the blocks compute, not where the graph is built
     with np.errstate(divide="ignore", invalid="ignore"):
-        total = a + b
-        return xr.where(total != 0, (a - b) / total, np.nan)
+        return np.where(den != 0, num / den, np.nan).astype("float32")
+
+
+def _nd_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return _ratio(a - b, a + b)
+
+
+def _evi_kernel(
+    nir: np.ndarray,
+    red: np.ndarray,
+    blue: np.ndarray,
+    *,
+    gain: float,
+    c1: float,
+    c2: float,
+    canopy_l: float,
+) -> np.ndarray:
+    return _ratio(gain * (nir - red), nir + c1 * red - c2 * blue + canopy_l)
+
+
+def normalised_difference(a: Any, b: Any) -> Any:
+    """``(a - b) / (a + b)``; NaN where ``a + b`` is 0 (lazy on Dask-backed arrays)."""
+    return xr.apply_ufunc(_nd_kernel, a, b, dask="parallelized", output_dtypes=[np.float32])
 
 
 def indices(bands: Mapping[str, xr.DataArray]) -> dict[str, xr.DataArray]:
@@ -152,9 +173,15 @@ def indices(bands: Mapping[str, xr.DataArray]) -> dict[str, xr.DataArray]:
     for name, nd in spec["normalised_difference"].items():
         out[name] = normalised_difference(bands[nd["a"]], bands[nd["b"]]).astype("float32")
     e = spec["evi"]
-    nir, red, blue = bands[e["nir"]], bands[e["red"]], bands[e["blue"]]
-    denom = nir + e["C1"] * red - e["C2"] * blue + e["L"]
-    out["evi"] = xr.where(denom != 0, e["G"] * (nir - red) / denom, np.nan).astype("float32")
+    out["evi"] = xr.apply_ufunc(
+        _evi_kernel,
+        bands[e["nir"]],
+        bands[e["red"]],
+        bands[e["blue"]],
+        kwargs={"gain": e["G"], "c1": e["C1"], "c2": e["C2"], "canopy_l": e["L"]},
+        dask="parallelized",
+        output_dtypes=[np.float32],
+    ).astype("float32")
     return {k: out[k] for k in INDEX_NAMES}
 
 
@@ -279,9 +306,15 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
 
 
 def _nanmedian_block(block: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN pixels -> NaN
-        return np.nanmedian(block, axis=0).astype("float32")
+    # Pixels with no valid observation get NaN. They are filled before nanmedian rather
+    # than silenced with warnings.catch_warnings, which is not thread-safe (threads of a
+    # Dask worker share the global warning filters, so warnings leaked into the logs).
+    empty = np.isnan(block).all(axis=0)
+    if empty.any():
+        block = np.where(empty[None], np.float32(0), block)
+    med = np.nanmedian(block, axis=0).astype("float32")
+    med[empty] = np.nan
+    return med
 
 
 def median_stack(layers: Sequence[da.Array]) -> tuple[da.Array, da.Array]:

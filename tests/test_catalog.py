@@ -11,65 +11,97 @@ import pystac
 import pytest
 
 from pipeline import catalog
+from pipeline import composite as C
 from pipeline.errors import CatalogError
 
-FIXTURES = Path(__file__).parent / "fixtures" / "stac"
+FIXTURES = Path(__file__).parent / "fixtures" / "items"  # provenance: README.md there
+
+ES_V1_POST = "earth-search-v1_S2A_17SNB_20230617_0_L2A.json"
+ES_V0_PRE = "earth-search-v0_S2A_28QCH_20200714_0_L2A.json"
+PC_S2_PRE = "planetary-computer_S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531.json"
+PC_S2_POST = "planetary-computer_S2B_MSIL2A_20240419T095549_R122_T47XML.json"
+PC_LANDSAT = "planetary-computer_LC09_L2SP_089090_20240417_02_T1.json"
 
 
 def _item(name: str) -> pystac.Item:
     return pystac.Item.from_dict(json.loads((FIXTURES / name).read_text()))
 
 
-# DN of a dark forest pixel and the reflectance a user must get (ESA: (DN + offset)/10000)
+def _reflectance(item: pystac.Item, dn: int) -> float:
+    """What the composite's kernel makes of one DN of ``item`` (the code path that applies it)."""
+    rad = catalog.radiometry(item)
+    out = C.dn_to_reflectance(
+        np.array([dn, rad.nodata_dn]), scale=rad.scale, offset=rad.offset, nodata_dn=rad.nodata_dn
+    )
+    assert np.isnan(out[1])  # DN 0 is no data, never reflectance -0.1 or -0.2
+    return float(out[0])
+
+
+# Worked values. Sentinel-2 L2A (ESA): reflectance = (DN + BOA_ADD_OFFSET) / 10000 with
+# BOA_ADD_OFFSET = -1000 from processing baseline 04.00 on and 0 before, so DN 1500 is 0.05
+# in a product that still carries the offset and 0.15 in one that does not (before 04.00,
+# or Earth Search v1 with the offset already removed from the pixels). Landsat C2 L2
+# (USGS LSDS-1619): DN * 0.0000275 - 0.2, so DN 10000 is 0.075.
 @pytest.mark.parametrize(
-    ("fixture", "provider", "dn", "reflectance", "asset"),
+    ("fixture", "provider", "baseline", "asset", "dn", "reflectance"),
     [
-        # Earth Search v1, baseline 05.09, flag true: DN already shifted -> DN/1e4, even
-        # though raster:bands says offset -0.1
-        ("earth-search-v1_S2B_22MHD_20230912_0_L2A.json", "earth-search-v1", 350, 0.035, "red"),
-        # Earth Search v0, baseline 02.14: DN/1e4
-        ("earth-search-v0_S2A_28QCH_20200714_0_L2A.json", "earth-search-v0", 350, 0.035, "B04"),
-        # Planetary Computer, baseline 05.10, raw ESA DN: (DN - 1000)/1e4
-        (
-            "planetary-computer_S2B_MSIL2A_20240419T095549_R122_T47XML.json",
-            "planetary-computer",
-            1350,
-            0.035,
-            "B04",
-        ),
-        # Landsat C2 L2 on PC: DN * 2.75e-5 - 0.2
-        (
-            "planetary-computer_LC09_L2SP_089090_20240417_02_T1.json",
-            "planetary-computer",
-            8545,
-            8545 * 2.75e-5 - 0.2,
-            "red",
-        ),
+        (ES_V1_POST, "earth-search-v1", "05.09", "red", 1500, 0.15),  # flag true: removed
+        (ES_V0_PRE, "earth-search-v0", None, "B04", 1500, 0.15),  # N0214; no property: date
+        (PC_S2_PRE, "planetary-computer", "02.12", "B04", 1500, 0.15),
+        (PC_S2_POST, "planetary-computer", "05.10", "B04", 1500, 0.05),  # raw ESA DN
+        (PC_LANDSAT, "planetary-computer", None, "red", 10000, 0.075),
     ],
 )
 def test_real_items_give_the_right_reflectance(
-    fixture: str, provider: str, dn: int, reflectance: float, asset: str
+    fixture: str, provider: str, baseline: str | None, asset: str, dn: int, reflectance: float
 ) -> None:
     item = _item(fixture)
     assert catalog.provider_of(item) == provider
+    assert item.properties.get("s2:processing_baseline") == baseline
     keys = catalog.asset_keys(item)
-    assert keys["red"] in item.assets and keys["red"] == asset
-    rad = catalog.radiometry(item)
-    assert dn * rad.scale + rad.offset == pytest.approx(reflectance, abs=1e-9)
+    assert keys["red"] == asset and asset in item.assets
+    assert keys["mask"] in item.assets  # SCL / QA_PIXEL is where the profile says
+    assert _reflectance(item, dn) == pytest.approx(reflectance, abs=1e-6)
 
 
-def test_earth_search_raster_bands_offset_is_not_applied_twice() -> None:
-    item = _item("earth-search-v1_S2B_22MHD_20230912_0_L2A.json")
+def test_earth_search_v1_flag_decides_and_raster_bands_offset_is_not_applied_twice() -> None:
+    item = _item(ES_V1_POST)
     declared = item.assets["red"].extra_fields["raster:bands"][0]
-    assert declared["offset"] == -0.1  # what the item says...
-    assert catalog.radiometry(item).offset == 0.0  # ...and what the flag overrides
-    flipped = item.clone()
-    flipped.properties["earthsearch:boa_offset_applied"] = False
-    assert catalog.radiometry(flipped).offset == -0.1
+    assert (declared["scale"], declared["offset"]) == (0.0001, -0.1)  # what the item says...
+    assert item.properties["earthsearch:boa_offset_applied"] is True  # ...and the flag
+    assert _reflectance(item, 1500) == pytest.approx(0.15, abs=1e-6)  # flag wins: once only
+    raw = item.clone()  # the same item as Earth Search publishes a scene it did not shift
+    raw.properties["earthsearch:boa_offset_applied"] = False
+    assert _reflectance(raw, 1500) == pytest.approx(0.05, abs=1e-6)
+    # before baseline 04.00 there is no offset, whatever the flag and raster:bands say
+    old = raw.clone()
+    old.properties["s2:processing_baseline"] = "03.01"
+    assert _reflectance(old, 1500) == pytest.approx(0.15, abs=1e-6)
+
+
+def test_earth_search_v0_uses_its_own_baseline_and_flag_properties() -> None:
+    item = _item(ES_V0_PRE)  # July 2020, before v0 published either property
+    assert catalog.radiometry(item).reason == "no baseline, acquired 2020-07-14 < offset baseline"
+    # the same item as v0 published scenes from 25 Jan 2022 on (cirrus-earth-search#21)
+    new = item.clone()
+    new.properties["sentinel:processing_baseline"] = "04.00"
+    new.properties["sentinel:boa_offset_applied"] = True
+    assert _reflectance(new, 1500) == pytest.approx(0.15, abs=1e-6)
+    new.properties["sentinel:boa_offset_applied"] = False
+    assert _reflectance(new, 1500) == pytest.approx(0.05, abs=1e-6)
+
+
+def test_planetary_computer_s2_has_no_raster_bands_so_the_baseline_decides() -> None:
+    for name, offset in ((PC_S2_PRE, 0.0), (PC_S2_POST, -0.1)):
+        item = _item(name)
+        assert all("raster:bands" not in a.extra_fields for a in item.assets.values())
+        rad = catalog.radiometry(item)
+        assert (rad.scale, rad.offset) == (0.0001, offset)
+        assert rad.reason.startswith(f"baseline {item.properties['s2:processing_baseline']}")
 
 
 def test_landsat_profile_matches_the_items_own_metadata() -> None:
-    item = _item("planetary-computer_LC09_L2SP_089090_20240417_02_T1.json")
+    item = _item(PC_LANDSAT)
     rad = catalog.radiometry(item)
     for key in ("red", "blue", "nir08", "swir22"):
         rb = item.assets[key].extra_fields["raster:bands"][0]
@@ -85,7 +117,7 @@ def test_landsat_profile_matches_the_items_own_metadata() -> None:
 
 
 def test_pc_item_without_baseline_falls_back_to_date() -> None:
-    item = _item("planetary-computer_S2B_MSIL2A_20240419T095549_R122_T47XML.json")
+    item = _item(PC_S2_POST)
     del item.properties["s2:processing_baseline"]
     assert catalog.radiometry(item).offset == -0.1
     item.datetime = dt.datetime(2021, 12, 1, tzinfo=dt.UTC)

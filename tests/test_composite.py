@@ -332,6 +332,37 @@ def test_indices_closed_form() -> None:
     assert float(out["evi"][0]) == pytest.approx(2.5 * 0.35 / (0.4 + 0.3 - 0.225 + 1), rel=1e-6)
 
 
+def test_median_and_indices_are_quiet_where_there_is_no_data() -> None:
+    """Empty pixels give NaN without RuntimeWarnings, also computed on threads."""
+    import warnings
+
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    rng = np.random.default_rng(5)
+    layers = [rng.uniform(0.01, 0.4, (12, 12)).astype("float32") for _ in range(3)]
+    for a in layers:
+        a[:4, :4] = np.nan  # no valid observation here
+    layers[0][6, 6] = np.nan  # one of three missing: median of the other two
+    zero = np.zeros((12, 12), dtype="float32")  # a + b == 0: index undefined
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with dask.config.set(scheduler="threads", num_workers=4):
+            med, count = C.median_stack([da.from_array(a, chunks=4) for a in layers])
+            med_v, count_v = dask.compute(med, count)
+            nd = C.normalised_difference(
+                xr.DataArray(da.from_array(zero, chunks=4)),
+                xr.DataArray(da.from_array(zero, chunks=4)),
+            ).values
+    assert np.isnan(med_v[:4, :4]).all() and (count_v[:4, :4] == 0).all()
+    assert med_v[6, 6] == pytest.approx((layers[1][6, 6] + layers[2][6, 6]) / 2, rel=1e-6)
+    ref = np.median(np.stack(layers)[:, 4:, 4:], axis=0)
+    ref[2, 2] = med_v[6, 6]
+    np.testing.assert_allclose(med_v[4:, 4:], ref, rtol=1e-6)
+    assert np.isnan(nd).all()
+
+
 def test_dilation_is_seamless_across_chunks() -> None:
     import dask.array as da
 
