@@ -284,6 +284,9 @@ def test_parcels_and_project(tiny: Path) -> None:
     assert set(project.parcel_id) <= set(parcels.parcel_id)
     assert (project.baseline_tco2e_ha_yr >= 0).all()
     truth = pd.read_csv(tiny / "truth/parcels.csv")
+    # projects commit to no clear-cutting: none of its parcels was clear-cut
+    in_project = truth[truth["parcel_id"].isin(project.parcel_id)]
+    assert len(in_project) == len(project) and (in_project["disturbance"] != "clearcut").all()
     with rasterio.open(tiny / "truth/carbon_2019.tif") as src:
         total = float(src.read(1).astype(float).sum()) * 0.01
     assert truth["carbon_2019_mg"].sum() == pytest.approx(total, rel=0.02)

@@ -11,9 +11,10 @@ parcel truth is the sum of its pixels.
 Between the epochs a share of forest parcels is clear-cut and replanted, a share thinned
 (``thinning_removal_fraction`` of stems removed), and a share of farmland afforested with
 Chinese fir. The carbon project is a share of the forest parcels (those nearest a random
-centre) with a stated baseline removal rate per parcel: ``baseline_factor`` times the
-parcel's true sink with multiplicative noise (assumption; a methodology would derive it
-from a business-as-usual scenario).
+centre), leaving out parcels clear-cut in the period (forest management projects commit
+to no clear-cutting in the project area; assumption), with a stated baseline removal
+rate per parcel: ``baseline_factor`` times the parcel's true sink with multiplicative
+noise (assumption; a methodology would derive it from a business-as-usual scenario).
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ def choose_project(
     p = coefficients()["project"]
     forest = parcels[parcels["forest_type"] != NON_FOREST]
     n = max(1, round(float(p["parcel_share"]) * len(forest)))
+    forest = forest[forest["disturbance"] != "clearcut"]
     rp = forest.geometry.representative_point()
     center = rp.iloc[int(rng.integers(len(forest)))]
     d = rp.distance(center).to_numpy()

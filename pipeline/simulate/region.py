@@ -264,7 +264,10 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     inside30 = sat.inside_model(grid, g30)
     water30 = sat.resample_to((use[0] == "water").astype(np.float64), grid, g30, smooth_px=1) > 0.5
     items: list[dict[str, Any]] = []
+    # clear-sky reflectance of every Sentinel-2 scene, NaN where the scene was cloudy or
+    # shadowed: the composite truth is what a perfect cloud mask lets a median see
     clear_rho: dict[int, list[np.ndarray]] = {i: [] for i in range(len(epochs))}
+    sky_rho: dict[int, list[np.ndarray]] = {i: [] for i in range(len(epochs))}
     n_scenes = {"sentinel-2-l2a": 0, "landsat-c2-l2": 0}
     n_post_baseline = 0
     for sc in scenes:
@@ -281,7 +284,8 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         date = sc.when.strftime("%Y%m%d")
         if sc.collection == "sentinel-2-l2a":
             item_id = f"S2{sc.platform[-1].upper()}_{tile}_{date}_0_L2A"
-            clear_rho[ei].append(rho.astype(np.float32))
+            clear_rho[ei].append(np.where(cl.clear[None], rho, np.nan).astype(np.float32))
+            sky_rho[ei].append(rho.astype(np.float32))
             post_baseline = sc.when.date() >= dt.date.fromisoformat(
                 c["sentinel2"]["offset_from_date"]
             )
@@ -395,7 +399,12 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
             descriptions=["clear"],
         )
     for ei, ep in enumerate(epochs):
-        med = np.median(np.stack(clear_rho[ei]), axis=0).astype(np.float32)
+        # median over the dates each pixel was truly clear; where it never was, over all
+        # dates (the clear-sky reflectance no composite could have seen)
+        seen = np.stack(clear_rho[ei])
+        never = np.isnan(seen).all(axis=0)
+        seen[:, never] = np.stack(sky_rho[ei])[:, never]
+        med = np.nanmedian(seen, axis=0).astype(np.float32)
         write_cog(
             tdir / f"reflectance_{ep}.tif",
             med,
