@@ -25,9 +25,11 @@ otherwise, and for belowground biomass its ``bgb_equation`` / ``bgb_equation_no_
 in ``species.csv`` takes its genus' group defaults (``defaults.yaml``), and a genus unknown
 to ``genus.csv`` the ``broadleaf`` defaults: Chave et al. 2014 eq. 4 with the tree's wood
 density when height is known, Zeng (2018) M = 0.3 rho D^(7/3) without. Only equations with
-``status: verified`` are defaults; the demo species' defaults are the provincial equations
-of Zhou et al. (2018) from the provinces next to Nanping (Jiangxi, Zhejiang) where they
-exist, Chave eq. 4 otherwise (the LY/T 2263/2264-2014 coefficients could not be obtained).
+``status: verified`` are defaults. Chinese fir with height takes the national standard
+LY/T 2264-2014 (AGB and root models); the other demo species' defaults (and Chinese fir
+without height) are the provincial equations of Zhou et al. (2018) from the provinces next
+to Nanping (Jiangxi, Zhejiang) where they exist, Chave eq. 4 otherwise (the LY/T 2263-2014
+Masson pine coefficients could not be obtained).
 
 From the command line: ``forest-carbon plots --list-equations`` prints the registry.
 
@@ -98,6 +100,18 @@ def _power_dh(c: Mapping[str, float], x: Mapping[str, FloatArray]) -> FloatArray
     return c["a"] * x["dbh_cm"] ** c["b"] * x["height_m"] ** c["c"]
 
 
+def _power_dh_split_d(c: Mapping[str, float], x: Mapping[str, FloatArray]) -> FloatArray:
+    """``a D^b H^c`` for D >= ``d_split_cm``, ``a_small D^b_small H^c_small`` below it.
+
+    The two-segment D-H model of the LY/T 226x-2014 tree biomass standards as implemented
+    in the StemAnalysis R package (separate parameters for trees below 5 cm DBH).
+    """
+    d, h = x["dbh_cm"], x["height_m"]
+    small = c["a_small"] * d ** c["b_small"] * h ** c["c_small"]
+    large = c["a"] * d ** c["b"] * h ** c["c"]
+    return np.where(d < c["d_split_cm"], small, large)
+
+
 def _power_d(c: Mapping[str, float], x: Mapping[str, FloatArray]) -> FloatArray:
     """``a * D^b``."""
     return c["a"] * x["dbh_cm"] ** c["b"]
@@ -140,6 +154,7 @@ FORMS: dict[
     "chave_eq7": (_chave_eq7, ("dbh_cm", "wood_density_g_cm3", "e_index")),
     "power_rho_d": (_power_rho_d, ("dbh_cm", "wood_density_g_cm3")),
     "power_dh": (_power_dh, ("dbh_cm", "height_m")),
+    "power_dh_split_d": (_power_dh_split_d, ("dbh_cm", "height_m")),
     "power_d": (_power_d, ("dbh_cm",)),
     "power_d2h": (_power_d2h, ("dbh_cm", "height_m")),
     "power_sum_d": (_power_sum_d, ("dbh_cm",)),

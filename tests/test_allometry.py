@@ -8,8 +8,11 @@ independently of the registry code:
   ``computeAGB()`` documentation (``D <- 10:99; H <- D^(2/3)``, umr-amap/BIOMASS
   R/computeAGB.R), with wood density fixed at 0.6 g/cm3 instead of the doc's random draw.
 * Chave et al. 2014 eq. 7 coefficients as quoted in BIOMASS ``AGBmonteCarlo()``.
-* Chinese fir: LY/T 2264-2014 coefficients were not available (see allometry.yaml), so the
-  species default is Chave eq. 4 with the table wood density; the test recomputes that.
+* Chinese fir (species default with height): LY/T 2264-2014 as transcribed in the R
+  package StemAnalysis 0.1.0; tested against the worked example that the same source
+  publishes (its vignette Tables 1-2), not against a recomputation.
+* Zhou et al. (2018) Jiangxi Chinese fir (default without height) recomputed by hand from
+  the coefficients transcribed in BiomassChina R/newValue.R.
 """
 
 from __future__ import annotations
@@ -80,7 +83,71 @@ def test_chave_eq7_without_e_is_refused() -> None:
         tree_agb_kg(["Schima superba"], [20.0], equation="chave2014_eq7")
 
 
-def test_chinese_fir_default_matches_zhou2018_jiangxi_by_hand() -> None:
+# Worked example of the source of the LY/T 2264-2014 coefficients: R package StemAnalysis
+# 0.1.0 (Wu H., Xiang W.), github.com/forestscientist/StemAnalysis at commit
+# 683dbb316bb1f1bf56710e3017a65bf79f632449, vignette "The StemAnalysis R package", section
+# 6.2.1, for tree 8 (a 20-year-old Chinese fir): DBH (cm) and height (m) by age class from
+# Table 1 (inst/extdata/StemGrowth.csv, columns DBHt, Height) and the biomass the package
+# computes with the LY/T 2264-2014 parameters from Table 2 (inst/extdata/allomCarbon.csv,
+# columns abovegroundB, belowgroundB, kg). Rows: age, DBH, height, AGB, BGB.
+STEMANALYSIS_TREE8 = [
+    (4, 2.093, 2.2, 0.765, 0.145),
+    (6, 5.134, 4.787, 3.844, 0.854),
+    (8, 6.111, 6.72, 6.461, 1.276),
+    (10, 7.197, 8.826, 10.283, 1.868),
+    (12, 8.392, 10.908, 15.564, 2.688),
+    (14, 9.043, 11.333, 18.444, 3.233),
+    (16, 9.586, 12.446, 21.73, 3.705),
+    (18, 9.695, 12.467, 22.247, 3.812),
+    (20, 10.347, 12.6, 25.501, 4.488),
+]
+
+
+def test_lyt2264_chinese_fir_reproduces_source_worked_example() -> None:
+    """LY/T 2264-2014 Chinese fir reproduces StemAnalysis vignette Table 2 (tree 8).
+
+    Source: StemAnalysis 0.1.0 vignette section 6.2.1, Table 2 (allomCarbon.csv), with the
+    tree's DBH and height from Table 1 (StemGrowth.csv); both tables are rounded to 3
+    decimals. Rounding DBH and height to 0.001 moves the biomass by at most ~6e-4 of its
+    value (for the 2.093 cm tree) and the stated biomass is rounded to 0.001 kg, so the
+    tolerance is 1e-3 relative. The rows cover both segments of the model (DBH < 5 cm at age
+    4, >= 5 cm after).
+    """
+    table = np.array(STEMANALYSIS_TREE8, dtype=float)
+    d, h, agb_stated, bgb_stated = table[:, 1], table[:, 2], table[:, 3], table[:, 4]
+    species = ["Cunninghamia lanceolata"] * d.size
+    assert set(tree_equations(species, h)) == {"lyt2264_2014_chinese_fir"}  # species default
+    agb = tree_agb_kg(species, d, h)
+    bgb = tree_bgb_kg(species, d, h)
+    np.testing.assert_allclose(agb, agb_stated, rtol=1e-3)
+    np.testing.assert_allclose(bgb, bgb_stated, rtol=1e-3)
+    # the last row to the stated 3 decimals: 25.501 kg above ground, 4.488 kg roots
+    assert round(float(agb[-1]), 3) == pytest.approx(25.501, abs=0.0025)
+    assert round(float(bgb[-1]), 3) == pytest.approx(4.488, abs=0.0005)
+
+
+def test_lyt2264_root_model_is_compatible_with_source_root_shoot_function() -> None:
+    """BGB / AGB equals the standard's root-to-shoot ratio function, and segments join at 5 cm.
+
+    StemAnalysis inst/extdata/volumePardata.csv (same commit), row "RSR" DBH ">5":
+    RSR = 0.25059 D^0.51205 H^-0.61168 (a published 5-significant-digit table, hence 2e-4).
+    """
+    d = np.array([5.0, 8.0, 15.0, 30.0, 45.0])
+    h = np.array([5.0, 9.0, 14.0, 22.0, 28.0])
+    agb = get_equation("lyt2264_2014_chinese_fir").evaluate(dbh_cm=d, height_m=h)
+    bgb = get_equation("lyt2264_2014_chinese_fir_bgb").evaluate(dbh_cm=d, height_m=h)
+    rsr = 0.25059 * d**0.51205 * h**-0.61168
+    np.testing.assert_allclose(bgb / agb, rsr, rtol=2e-4)
+    # the D < 5 cm and D >= 5 cm segments meet at 5 cm (at H = 1 m: their H exponents differ
+    # in the 4th digit for AGB, 0.49452 vs 0.49425)
+    for name in ("lyt2264_2014_chinese_fir", "lyt2264_2014_chinese_fir_bgb"):
+        below, at = get_equation(name).evaluate(
+            dbh_cm=np.array([5.0 - 1e-9, 5.0]), height_m=np.array([1.0, 1.0])
+        )
+        assert below == pytest.approx(at, rel=1e-4)
+
+
+def test_zhou2018_jiangxi_chinese_fir_matches_hand_computation() -> None:
     # Zhou et al. (2018) Jiangxi Chinese fir, W = a (D^2 H)^b per component (stem,
     # branches, foliage; root), coefficients as transcribed in BiomassChina R/newValue.R
     d, h = 20.0, 15.0
@@ -89,10 +156,15 @@ def test_chinese_fir_default_matches_zhou2018_jiangxi_by_hand() -> None:
     branches = 0.0002 * d2h**1.3056
     foliage = 0.0138 * d2h**0.8107
     root = 0.0362 * d2h**0.7883
-    got = tree_agb_kg(["Cunninghamia lanceolata"], [d], [h])
+    got = tree_agb_kg(
+        ["Cunninghamia lanceolata"], [d], [h], equation="zhou2018_jiangxi_chinese_fir_agb_dh"
+    )
     assert got[0] == pytest.approx(stem + branches + foliage, rel=1e-9)
-    assert tree_bgb_kg(["Cunninghamia lanceolata"], [d], [h])[0] == pytest.approx(root, rel=1e-9)
-    # without height: W = a D^b
+    root_eq = get_equation("zhou2018_jiangxi_chinese_fir_bgb_dh")
+    assert root_eq.evaluate(dbh_cm=np.array([d]), height_m=np.array([h]))[0] == pytest.approx(
+        root, rel=1e-9
+    )
+    # without height the species default is Zhou's W = a D^b
     agb_d = 0.2206 * d**2.0335 + 0.0035 * d**2.8231 + 0.0449 * d**1.9430
     got_d = tree_agb_kg(["Cunninghamia lanceolata"], [d])
     assert got_d[0] == pytest.approx(agb_d, rel=1e-9)
@@ -181,9 +253,7 @@ def test_unverified_or_unavailable_equations_are_never_defaults() -> None:
 
 def test_unavailable_equation_says_so() -> None:
     with pytest.raises(AllometryError, match="no coefficients"):
-        tree_agb_kg(
-            ["Cunninghamia lanceolata"], [20.0], [15.0], equation="lyt2264_2014_chinese_fir"
-        )
+        tree_agb_kg(["Pinus massoniana"], [20.0], [15.0], equation="lyt2263_2014_masson_pine")
 
 
 def test_unknown_equation_lists_registered_names() -> None:

@@ -176,7 +176,7 @@ def test_predicted_heights_are_used_and_reported() -> None:
     assert len(pred) == 20
     assert pred["hd_model"].str.startswith("log1").all()
     assert plots.loc[0, "n_heights_predicted"] == 20
-    assert (pred["equation"] == "zhou2018_jiangxi_chinese_fir_agb_dh").all()
+    assert (pred["equation"] == "lyt2264_2014_chinese_fir").all()
 
 
 def test_default_equations_use_species_root_equations() -> None:
@@ -185,13 +185,15 @@ def test_default_equations_use_species_root_equations() -> None:
         trees, {"P000": AREA_HA}, options=PlotBiomassOptions(n_draws=50, seed=2)
     )
     assert set(tree_out["equation"]) == {
-        "zhou2018_jiangxi_chinese_fir_agb_dh",
+        "lyt2264_2014_chinese_fir",
         "zhou2018_zhejiang_masson_pine_agb_dh",
         "zhou2018_zhejiang_schima_superba_agb_dh",
     }
     fir = tree_out[tree_out["species"] == "Cunninghamia lanceolata"]
-    d2h = fir["dbh_cm"] ** 2 * fir["height_m"]
-    np.testing.assert_allclose(fir["bgb_kg"], 0.0362 * d2h**0.7883, rtol=1e-9)
+    d, h = fir["dbh_cm"].to_numpy(), fir["height_m"].to_numpy()
+    # LY/T 2264-2014 root model (StemAnalysis allomPardata.csv "belowground" rows)
+    root = np.where(d < 5, 0.034655 * d**2.06398 * h**-0.11744, 0.016385 * d**2.52941 * h**-0.11744)
+    np.testing.assert_allclose(fir["bgb_kg"], root, rtol=1e-9)
     assert plots.loc[0, "bgb_mg_ha"] == pytest.approx(tree_out["bgb_kg"].sum() / 1000 / AREA_HA)
     assert plots.loc[0, "bgb_sd_mg_ha"] > 0
 
