@@ -22,8 +22,10 @@ the whole project area) over one monitoring period:
 7. buffer = buffer fraction x (N - deduction) (the non-permanence risk withholding);
 8. credits = N - deduction - buffer.
 
-When ``N <= 0`` there is nothing to credit: deduction and buffer are zero and the
-negative net removals are reported as they are (a reversal is not hidden).
+When ``N <= 0`` there is nothing to credit: deduction, buffer and credits are zero, and
+the shortfall ``-N`` is reported as ``reversal_tco2e`` (net emissions against the
+baseline are shown, not hidden; how they are compensated, e.g. from a buffer pool, is
+the registry's business).
 
 This module imports nothing from :mod:`pipeline` so it can be used on its own; it raises
 ``ValueError`` for malformed methodology data and the pipeline turns that into a
@@ -254,6 +256,7 @@ class CreditSteps:
     buffer_fraction: float
     buffer_tco2e: float
     credits_tco2e: float
+    reversal_tco2e: float
 
 
 def credit_steps(
@@ -300,5 +303,6 @@ def credit_steps(
         after_uncertainty_tco2e=after,
         buffer_fraction=methodology.buffer_fraction,
         buffer_tco2e=buffer,
-        credits_tco2e=after - buffer,
+        credits_tco2e=max(after - buffer, 0.0),
+        reversal_tco2e=max(-net, 0.0),
     )

@@ -120,7 +120,8 @@ def test_no_credits_when_net_removals_are_not_positive():
     assert s.net_tco2e == pytest.approx(-100.0)
     assert s.uncertainty_deduction_tco2e == 0.0
     assert s.buffer_tco2e == 0.0
-    assert s.credits_tco2e == pytest.approx(-100.0)
+    assert s.credits_tco2e == 0.0
+    assert s.reversal_tco2e == pytest.approx(100.0)
 
 
 def test_methodology_without_source_is_rejected():

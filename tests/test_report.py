@@ -181,7 +181,7 @@ def test_report_content_and_quicklooks(report_inputs):
     # the credited total and its steps are shown with the numbers of credits.csv
     total = report_inputs["credits"].set_index("parcel_id").loc["TOTAL"]
     assert f"{total['credits_tco2e']:,.1f} t CO2e" in html
-    assert html.count("<li>") == 9
+    assert html.count("<li>") == 10  # one per credit step, the reversal included
     assert "AR-TOOL14" in html  # the rule's source is stated
     assert "satellite_model.candidates.random_forest.spatial_cv.rmse_mg_ha" in html
     assert "satellite_model: random_forest" in html  # inventory names the chosen model

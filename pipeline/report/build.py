@@ -261,7 +261,8 @@ def credit_step_list(total: Mapping[str, Any]) -> list[dict[str, str]]:
         ("After the uncertainty deduction", t("after_uncertainty_tco2e"), "N - deduction"),
         ("Non-permanence buffer", t("buffer_tco2e"),
          f"{fmt(100 * total['buffer_fraction'], 1)} % of the value after deduction"),
-        ("Credits", t("credits_tco2e"), "after deduction - buffer"),
+        ("Credits", t("credits_tco2e"), "after deduction - buffer, never below 0"),
+        ("Reversal", t("reversal_tco2e"), "-N where net removals are negative, else 0"),
     ]  # fmt: skip
     return [{"label": a, "value": v, "formula": f} for a, v, f in steps]
 
@@ -410,7 +411,7 @@ def build_report(
         ("project_tco2e", "P", 1), ("baseline_tco2e", "B", 1), ("leakage_tco2e", "L", 1),
         ("net_tco2e", "N", 1), ("uncertainty_pct", "U (%)", 2),
         ("uncertainty_deduction_tco2e", "deduction", 1), ("buffer_tco2e", "buffer", 1),
-        ("credits_tco2e", "credits", 1),
+        ("credits_tco2e", "credits", 1), ("reversal_tco2e", "reversal", 1),
     ]  # fmt: skip
     credit_rows = [
         [r[c] if c in ("parcel_id", "scope") else fmt(r[c], d) for c, _, d in ccols]
