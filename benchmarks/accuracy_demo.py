@@ -109,7 +109,11 @@ def plots(run: Path, truth: Path) -> None:
 
 
 def maps(run: Path, truth: Path, epochs: list[str], window_px: int) -> None:
-    print("== maps: AGB and carbon against truth")
+    print("== maps: AGB and carbon against truth (the maps cover forest land only)")
+    card = json.loads((run / "model/model_card.json").read_text())
+    sat = card["satellite_model"]
+    cv = sat["candidates"][sat["chosen"]]
+    true_sq: list[np.ndarray] = []
     for e in epochs:
         agb = read(run / f"rasters/agb_{e}.tif")
         true = read(truth / f"agb_{e}.tif")
@@ -128,6 +132,8 @@ def maps(run: Path, truth: Path, epochs: list[str], window_px: int) -> None:
             f"{np.mean(dw[ok]):+.1f}; 90% interval coverage {cov:.1%} (pixel), {cov_w:.1%} "
             "(window)"
         )
+        satellite = read(run / f"rasters/quality_{e}.tif", 1) >= 2  # satellite-model cells
+        true_sq.append(dw[ok & satellite] ** 2)
         carbon = read(run / f"rasters/carbon_{e}.tif")
         carbon_true = read(truth / f"carbon_{e}.tif")
         cell_ha = 0.01
@@ -136,6 +142,13 @@ def maps(run: Path, truth: Path, epochs: list[str], window_px: int) -> None:
             f"  {e}: AOI carbon {tot:,.0f} Mg C vs truth {tot_true:,.0f} "
             f"({tot / tot_true - 1:+.2%})"
         )
+    true_rmse = float(np.sqrt(np.mean(np.concatenate(true_sq))))
+    blocked, naive = cv["spatial_cv"]["rmse_mg_ha"], cv["random_cv"]["rmse_mg_ha"]
+    print(
+        f"  satellite model ({sat['training']['source']}): true RMSE at its cells (map "
+        f"support) {true_rmse:.1f} Mg/ha; spatial CV {blocked:.1f} (ratio "
+        f"{blocked / true_rmse:.2f}), random CV {naive:.1f} (ratio {naive / true_rmse:.2f})"
+    )
 
 
 def model_card(run: Path) -> None:

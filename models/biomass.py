@@ -45,15 +45,21 @@ signed normalised scores (asymmetric if the residuals are), clipped at zero.
 
 LiDAR-assisted upscaling (two-phase, "hybrid" inference; Saarela et al. 2016,
 doi:10.1186/s13021-016-0054-5): where LiDAR covers only part of the area of interest,
-the plot->LiDAR model maps AGB over the LiDAR block; a spatially thinned sample of that
-map trains a satellite-only model that predicts everywhere. The satellite model's error
-against the LiDAR map (spatial CV on the sample) and the LiDAR model's own error (its
-conformal calibration) are independent, so their SDs and interval half-widths add in
-quadrature (:func:`chain_uncertainty`). CV inside the LiDAR block cannot see the error of
-extrapolating beyond it, so where plots exist that the satellite model stands for and
-that trained neither model (outside the LiDAR cover, or of other epochs), the chained SD
-is re-calibrated on them conformally (:func:`calibrate_scale`): the satellite part of the
-map is calibrated against field data, not only against the LiDAR map.
+the plot->LiDAR model maps AGB over the LiDAR block, and a spatially thinned sample of that
+map can train the satellite-only model that predicts everywhere. A sample of a model's map
+is not an observation, and a LiDAR block is rarely representative of a whole region (an
+optical signal that saturates at high biomass maps to the block's own mean there), so the
+satellite model is always *validated at the field plots*: the LiDAR sample is an
+:class:`Auxiliary` training set, used to fit and never to score. Its spatial blocks share
+the plots' folds, so a held-out plot has neither its own block's plots nor its block's
+LiDAR cells in the training data. Scored this way, the training sources ``plots``,
+``lidar_upscaled`` and ``plots+lidar_upscaled`` are compared like candidates (the model
+stage picks the best unless configured), and the conformal calibration on the held-out
+plots carries both models' errors (the LiDAR model's error is inside the sample's
+targets) into the satellite model's uncertainty, measured against field data rather than
+chained from assumptions. One leak remains: the LiDAR model itself was fitted on the
+LiDAR-epoch plots inside the cover, held-out ones included, which makes the
+``lidar_upscaled`` scores slightly optimistic.
 
 Support: plot predictors are area-weighted means over a plot square, so the models
 describe AGB at plot support; maps apply them to plot-sized moving-window means of the
@@ -93,7 +99,9 @@ class BiomassModel(Protocol):
     @property
     def features(self) -> tuple[str, ...]: ...
 
-    def fit(self, x: pd.DataFrame, agb_mg_ha: FloatArray) -> Any: ...
+    def fit(
+        self, x: pd.DataFrame, agb_mg_ha: FloatArray, weight: FloatArray | None = None
+    ) -> Any: ...
 
     def predict(self, x: pd.DataFrame) -> FloatArray: ...
 
@@ -130,9 +138,12 @@ class PowerLawABA:
     def features(self) -> tuple[str, ...]:
         return (self.height, self.cover)
 
-    def fit(self, x: pd.DataFrame, agb_mg_ha: FloatArray) -> PowerLawABA:
+    def fit(
+        self, x: pd.DataFrame, agb_mg_ha: FloatArray, weight: FloatArray | None = None
+    ) -> PowerLawABA:
         m = _matrix(x, self.features)
         y = np.asarray(agb_mg_ha, dtype=np.float64)
+        w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
         # the log form is defined only for positive biomass, height and cover
         ok = np.isfinite(m).all(axis=1) & (m > 0).all(axis=1) & np.isfinite(y) & (y > 0)
         n = int(ok.sum())
@@ -142,8 +153,9 @@ class PowerLawABA:
                 f"{self.cover}; got {n}"
             )
         design = np.column_stack([np.ones(n), np.log(m[ok])])
-        coef, *_ = np.linalg.lstsq(design, np.log(y[ok]), rcond=None)
-        resid = np.log(y[ok]) - design @ coef
+        root_w = np.sqrt(w[ok] / w[ok].mean())
+        coef, *_ = np.linalg.lstsq(design * root_w[:, None], np.log(y[ok]) * root_w, rcond=None)
+        resid = (np.log(y[ok]) - design @ coef) * root_w
         self.coef_ = coef
         self.residual_ms_log_ = float(resid @ resid / max(n - design.shape[1], 1))
         self.n_fit_ = n
@@ -182,13 +194,16 @@ class SklearnModel:
     estimator: Any
     hyper_parameters: dict[str, Any] = field(default_factory=dict)
 
-    def fit(self, x: pd.DataFrame, agb_mg_ha: FloatArray) -> SklearnModel:
+    def fit(
+        self, x: pd.DataFrame, agb_mg_ha: FloatArray, weight: FloatArray | None = None
+    ) -> SklearnModel:
         m = _matrix(x, self.features)
         y = np.asarray(agb_mg_ha, dtype=np.float64)
         ok = np.isfinite(y) & np.isfinite(m).any(axis=1)
         if ok.sum() < 4:
             raise ModelDomainError(f"{self.name} needs at least 4 training rows, got {ok.sum()}")
-        self.estimator.fit(m[ok], y[ok])
+        w = None if weight is None else np.asarray(weight, dtype=np.float64)[ok]
+        self.estimator.fit(m[ok], y[ok], sample_weight=w)
         return self
 
     def predict(self, x: pd.DataFrame) -> FloatArray:
@@ -300,17 +315,76 @@ def random_folds(n: int, *, n_folds: int, seed: int) -> NDArray[np.int64]:
     return (rng.permutation(n) % min(n_folds, n)).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class Auxiliary:
+    """Training samples that are not observations (e.g. a thinned sample of a LiDAR-model
+    map): used to fit, never to score or calibrate.
+
+    ``share`` is the share of the total training weight they carry next to the plots
+    (1: they alone train the model, the plots only score it).
+    """
+
+    table: pd.DataFrame
+    agb_mg_ha: FloatArray
+    x_m: FloatArray
+    y_m: FloatArray
+    share: float
+
+    def folds(
+        self, x_m: FloatArray, y_m: FloatArray, folds: NDArray[np.int64], *, block_m: float
+    ) -> NDArray[np.int64]:
+        """Fold of each sample: the fold of the plots in its spatial block, or -1 (never
+        held out) in blocks without plots. ``x_m, y_m, folds`` are the plots'."""
+
+        def key(x: FloatArray, y: FloatArray) -> NDArray[np.int64]:
+            bx = np.floor(np.asarray(x) / block_m).astype(np.int64)
+            by = np.floor(np.asarray(y) / block_m).astype(np.int64)
+            return bx * 1_000_003 + by
+
+        fold_of_block = dict(zip(key(x_m, y_m).tolist(), folds.tolist(), strict=True))
+        return np.array(
+            [fold_of_block.get(k, -1) for k in key(self.x_m, self.y_m).tolist()], dtype=np.int64
+        )
+
+
+def training_set(
+    x: pd.DataFrame,
+    agb_mg_ha: FloatArray,
+    plots: NDArray[np.bool_],
+    auxiliary: Auxiliary | None,
+    aux_rows: NDArray[np.bool_] | None,
+) -> tuple[pd.DataFrame, FloatArray, FloatArray | None]:
+    """Rows of the plots (mask ``plots``) and of the auxiliary samples (``aux_rows``) with
+    weights giving the auxiliary samples their ``share`` of the total weight."""
+    if auxiliary is None or aux_rows is None or not aux_rows.any():
+        return x.loc[plots], agb_mg_ha[plots], None
+    n_p, n_a = int(plots.sum()), int(aux_rows.sum())
+    share = auxiliary.share if n_p else 1.0
+    if share >= 1.0:
+        return auxiliary.table.loc[aux_rows], auxiliary.agb_mg_ha[aux_rows], None
+    table = pd.concat([x.loc[plots], auxiliary.table.loc[aux_rows]], ignore_index=True)
+    y = np.concatenate([agb_mg_ha[plots], auxiliary.agb_mg_ha[aux_rows]])
+    # plots weigh 1 each; the auxiliary samples together weigh share / (1 - share) of that
+    w_aux = n_p * share / ((1.0 - share) * n_a)
+    return table, y, np.concatenate([np.ones(n_p), np.full(n_a, w_aux)])
+
+
 def out_of_fold(
     factory: Callable[[], BiomassModel],
     x: pd.DataFrame,
     agb_mg_ha: FloatArray,
     folds: NDArray[np.int64],
+    auxiliary: Auxiliary | None = None,
+    aux_folds: NDArray[np.int64] | None = None,
 ) -> FloatArray:
-    """Out-of-fold predictions: each fold predicted by a model fitted on the others."""
+    """Out-of-fold predictions at the plots: each fold predicted by a model fitted on the
+    other folds' plots and auxiliary samples (see :class:`Auxiliary`)."""
     pred = np.full(len(x), np.nan)
     for f in np.unique(folds):
         test = folds == f
-        model = factory().fit(x.loc[~test], agb_mg_ha[~test])
+        aux_rows = None if aux_folds is None else aux_folds != f
+        tx, ty, tw = training_set(x, agb_mg_ha, ~test, auxiliary, aux_rows)
+        model = factory().fit(tx, ty, tw)
         pred[test] = model.predict(x.loc[test])
     return pred
 
@@ -445,69 +519,6 @@ def calibrate_conformal(
     )
 
 
-def chain_uncertainty(second: Prediction, first: ConformalCalibration) -> Prediction:
-    """Add the first-phase (LiDAR model) error to a second-phase (satellite) prediction.
-
-    The satellite model learned the LiDAR map, so its error against the truth is its
-    error against the LiDAR map plus the LiDAR map's error; the two are independent, so
-    SDs and interval half-widths add in quadrature (exact for Gaussian errors).
-    """
-    one = first.apply(second.mean)
-    sd = np.hypot(second.sd, one.sd)
-    lo = np.hypot(second.mean - second.lower, one.mean - one.lower)
-    hi = np.hypot(second.upper - second.mean, one.upper - one.mean)
-    return Prediction(second.mean, sd, np.clip(second.mean - lo, 0.0, None), second.mean + hi)
-
-
-@dataclass(frozen=True)
-class ScaleCalibration:
-    """Conformal re-calibration of an existing SD against independent observations.
-
-    Scores ``z = (obs - mean) / sd``; the new SD is ``k_sd * sd`` and the interval
-    ``mean + [q_lo, q_hi] * sd`` with the conformal quantiles of the signed scores.
-    """
-
-    k_sd: float
-    q_lo: float
-    q_hi: float
-    interval: float
-    n: int
-
-    def apply(self, pred: Prediction) -> Prediction:
-        lower = np.clip(pred.mean + self.q_lo * pred.sd, 0.0, None)
-        return Prediction(pred.mean, self.k_sd * pred.sd, lower, pred.mean + self.q_hi * pred.sd)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "method": "conformal re-calibration of the chained SD on independent plots",
-            "k_sd": self.k_sd,
-            "q_lo": self.q_lo,
-            "q_hi": self.q_hi,
-            "interval": self.interval,
-            "n_calibration": self.n,
-        }
-
-
-def calibrate_scale(
-    obs_mg_ha: FloatArray, pred: Prediction, *, interval: float
-) -> ScaleCalibration:
-    """Re-calibrate ``pred``'s SD on observations it was not trained on (see class)."""
-    ok = np.isfinite(obs_mg_ha) & np.isfinite(pred.mean) & (pred.sd > 0)
-    if ok.sum() < 10:
-        raise ModelDomainError(
-            f"re-calibration needs at least 10 independent plots, got {ok.sum()}"
-        )
-    z = (obs_mg_ha[ok] - pred.mean[ok]) / pred.sd[ok]
-    alpha = 1.0 - interval
-    return ScaleCalibration(
-        k_sd=float(np.sqrt(np.mean(z**2))),
-        q_lo=-_conformal_quantile(-z, 1.0 - alpha / 2.0),
-        q_hi=_conformal_quantile(z, 1.0 - alpha / 2.0),
-        interval=interval,
-        n=int(ok.sum()),
-    )
-
-
 # ------------------------------------------------------------------------ fit and select
 
 
@@ -537,6 +548,7 @@ def select_and_fit(
     features: Sequence[str],
     settings: ModelSettings,
     seed: int,
+    auxiliary: Auxiliary | None = None,
 ) -> FittedModel:
     """Compare candidates by spatially blocked CV, fit the best on all data, calibrate.
 
@@ -554,18 +566,26 @@ def select_and_fit(
         Candidates, CV and hyper-parameters.
     seed
         Seed of the fold assignment and the estimators.
+    auxiliary
+        Extra training samples that are never scored (see :class:`Auxiliary`); the rows
+        of ``x`` are then the scoring plots, and train only if ``auxiliary.share < 1``.
 
     Returns
     -------
     FittedModel
-        ``card`` holds, per candidate, blocked-CV and random-split accuracy, the chosen
-        model, its hyper-parameters and its calibration.
+        ``card`` holds, per candidate, blocked-CV accuracy (and for the chosen one the
+        random-split accuracy too), the chosen model, its hyper-parameters and its
+        calibration.
     """
     y = np.asarray(agb_mg_ha, dtype=np.float64)
     folds_b = blocked_folds(
         x_m, y_m, block_m=settings.cv_block_m, n_folds=settings.cv_folds, seed=seed
     )
     folds_r = random_folds(len(y), n_folds=settings.cv_folds, seed=seed)
+    aux_b = aux_r = None
+    if auxiliary is not None:
+        aux_b = auxiliary.folds(x_m, y_m, folds_b, block_m=settings.cv_block_m)
+        aux_r = np.full(len(auxiliary.agb_mg_ha), -1, dtype=np.int64)  # random split: all
     results: dict[str, Any] = {}
     oof: dict[CandidateName, FloatArray] = {}
     for name in settings.candidates:
@@ -577,28 +597,42 @@ def select_and_fit(
             return make_model(name, features, settings=settings, seed=seed)
 
         try:
-            pred_b = out_of_fold(factory, x, y, folds_b)
-            pred_r = out_of_fold(factory, x, y, folds_r)
+            pred_b = out_of_fold(factory, x, y, folds_b, auxiliary, aux_b)
         except ModelDomainError as err:
             results[name] = {"skipped": str(err)}
             continue
         oof[name] = pred_b
-        results[name] = {
-            "spatial_cv": accuracy(y, pred_b),
-            "random_cv": accuracy(y, pred_r),
-        }
+        results[name] = {"spatial_cv": accuracy(y, pred_b)}
     if not oof:
         raise ModelDomainError(
             f"no model candidate could be fitted ({results}); check the training data"
         )
     chosen: CandidateName = min(oof, key=lambda n: results[n]["spatial_cv"]["rmse_mg_ha"])
-    model = make_model(chosen, features, settings=settings, seed=seed).fit(x, y)
+    # the random split, for the chosen candidate: what an unblocked CV would have claimed
+    results[chosen]["random_cv"] = accuracy(
+        y,
+        out_of_fold(
+            lambda: make_model(chosen, features, settings=settings, seed=seed),
+            x,
+            y,
+            folds_r,
+            auxiliary,
+            aux_r,
+        ),
+    )
+    every = np.ones(len(y), dtype=bool)
+    all_aux = None if auxiliary is None else np.ones(len(auxiliary.agb_mg_ha), dtype=bool)
+    model = make_model(chosen, features, settings=settings, seed=seed).fit(
+        *training_set(x, y, every, auxiliary, all_aux)
+    )
     cal = calibrate_conformal(y, oof[chosen], interval=settings.interval)
     cover = cal.apply(oof[chosen])
     inside = (y >= cover.lower) & (y <= cover.upper)
     card = {
         "features": list(model.features),
         "n_samples": len(y),
+        "n_auxiliary": 0 if auxiliary is None else len(auxiliary.agb_mg_ha),
+        "auxiliary_share": None if auxiliary is None else auxiliary.share,
         "cv": {
             "block_m": settings.cv_block_m,
             "n_folds_spatial": int(folds_b.max()) + 1,
@@ -616,6 +650,76 @@ def select_and_fit(
         ],
     }
     return FittedModel(model, cal, card)
+
+
+@dataclass(frozen=True)
+class EpochCorrection:
+    """Additive bias correction of one epoch's map (Mg/ha) with its standard error."""
+
+    offset_mg_ha: float
+    se_mg_ha: float
+    n: int
+
+
+def epoch_corrections(
+    obs_mg_ha: FloatArray, oof_pred_mg_ha: FloatArray, epochs: Sequence[str]
+) -> dict[str, EpochCorrection]:
+    """Per-epoch mean of the held-out residuals at the plots: the map's bias at that epoch.
+
+    One model maps every epoch, but each epoch's composite differs (dates, phenology,
+    sensors), so the model's bias differs by epoch, and the sink, a difference of two
+    maps, inherits the difference of the biases in full. The plots measured at each epoch
+    estimate it: the mean residual ``obs - pred`` of the epoch's plots is the correction
+    term of the model-assisted (generalised regression, GREG) estimator of the mean
+    (Särndal, Swensson & Wretman 1992, *Model Assisted Survey Sampling*, Springer,
+    ch. 6), with standard error ``sd / sqrt(n)``. Held-out (spatial CV) predictions are
+    used so that a flexible model's in-sample fit does not hide its bias.
+    """
+    ep = np.asarray(epochs, dtype=object)
+    out: dict[str, EpochCorrection] = {}
+    for e in dict.fromkeys(ep.tolist()):
+        m = (ep == e) & np.isfinite(obs_mg_ha) & np.isfinite(oof_pred_mg_ha)
+        r = obs_mg_ha[m] - oof_pred_mg_ha[m]
+        if r.size >= 2:
+            out[str(e)] = EpochCorrection(
+                float(r.mean()), float(r.std(ddof=1) / math.sqrt(r.size)), int(r.size)
+            )
+    return out
+
+
+def epoch_error_correlation(
+    obs_mg_ha: FloatArray,
+    oof_pred_mg_ha: FloatArray,
+    calibration: ConformalCalibration,
+    *,
+    epochs: Sequence[str],
+    plot_ids: Sequence[str],
+    first: str,
+    second: str,
+) -> tuple[float, int]:
+    """Correlation of the two epochs' map errors, from plots measured at both epochs.
+
+    The errors of one model at one place are alike at two epochs (same stand structure,
+    same terrain, similar spectra), which makes the error of a difference of the maps
+    smaller than that of either map. It is estimated as the Pearson correlation of the
+    held-out residuals of the plots re-measured at both epochs, each normalised by the
+    calibration's difficulty ``sigma(pred)`` (the per-pixel SDs are ``k * sigma``).
+    Returns ``(rho, n_plots)``; ``rho`` is NaN with fewer than 10 re-measured plots.
+    """
+    t = pd.DataFrame(
+        {
+            "plot": list(plot_ids),
+            "epoch": list(epochs),
+            "z": (obs_mg_ha - oof_pred_mg_ha) / calibration.sigma(oof_pred_mg_ha),
+        }
+    ).dropna()
+    wide = t.pivot_table(index="plot", columns="epoch", values="z", aggfunc="mean")
+    if first not in wide.columns or second not in wide.columns:
+        return math.nan, 0
+    pair = wide[[first, second]].dropna()
+    if len(pair) < 10:
+        return math.nan, len(pair)
+    return float(np.corrcoef(pair[first], pair[second])[0, 1]), len(pair)
 
 
 def thinned_sample(
@@ -654,6 +758,15 @@ SOURCE_NONE = 0
 SOURCE_LIDAR = 1
 SOURCE_SATELLITE_UPSCALED = 2
 SOURCE_SATELLITE_PLOTS = 3
+SOURCE_SATELLITE_COMBINED = 4
+
+#: the satellite model's training sources (see :class:`Auxiliary`), and their source codes
+SatelliteSource = Literal["plots", "lidar_upscaled", "plots+lidar_upscaled"]
+SATELLITE_SOURCE_CODES: dict[str, int] = {
+    "lidar_upscaled": SOURCE_SATELLITE_UPSCALED,
+    "plots": SOURCE_SATELLITE_PLOTS,
+    "plots+lidar_upscaled": SOURCE_SATELLITE_COMBINED,
+}
 
 
 @dataclass
@@ -663,36 +776,29 @@ class BiomassMapper:
     Attributes
     ----------
     satellite
-        Satellite(+terrain)-only model, predicts everywhere.
+        Satellite(+terrain)-only model, predicts everywhere; its uncertainty is
+        calibrated on held-out field plots whatever it was trained on.
     satellite_source
-        ``"lidar_upscaled"`` (trained on a thinned sample of the LiDAR-model map; its
-        uncertainty is chained with the LiDAR model's) or ``"plots"`` (trained on plots).
+        What trained it: ``"plots"``, ``"lidar_upscaled"`` (a thinned sample of the
+        LiDAR-model map) or ``"plots+lidar_upscaled"``.
     lidar
         Plot->LiDAR model, or ``None`` when there is no usable LiDAR.
     lidar_epoch
         Epoch the LiDAR was acquired in (the LiDAR model applies to it only).
     lidar_min_fraction
         Minimum LiDAR coverage fraction of a cell for the LiDAR model to be used there.
-    satellite_scale
-        Re-calibration of the (chained) satellite-model uncertainty on plots the
-        satellite model stands for and that trained neither model (plots outside the
-        LiDAR cover, or of other epochs): the LiDAR block's own CV cannot see the error
-        of extrapolating beyond it.
+    epoch_offsets
+        Additive per-epoch bias correction of the satellite model (Mg/ha, see
+        :func:`epoch_corrections`), applied before its calibration; epochs not listed are
+        not corrected.
     """
 
     satellite: FittedModel
-    satellite_source: Literal["lidar_upscaled", "plots"]
+    satellite_source: SatelliteSource
     lidar: FittedModel | None = None
     lidar_epoch: str | None = None
     lidar_min_fraction: float = 0.95
-    satellite_scale: ScaleCalibration | None = None
-
-    def satellite_prediction(self, table: pd.DataFrame) -> Prediction:
-        """The satellite model's prediction, with the LiDAR model's error chained in."""
-        sat = self.satellite.predict(table)
-        if self.satellite_source == "lidar_upscaled" and self.lidar is not None:
-            sat = chain_uncertainty(sat, self.lidar.calibration)
-        return sat
+    epoch_offsets: dict[str, float] = field(default_factory=dict)
 
     def predict(self, table: pd.DataFrame, *, epoch: str) -> tuple[Prediction, NDArray[np.uint8]]:
         """AGB with uncertainty (Mg/ha) and the ``model_source`` code per row of ``table``.
@@ -700,15 +806,13 @@ class BiomassMapper:
         ``table`` holds the satellite features, and where LiDAR exists the LiDAR features
         and ``lidar_fraction``. Rows with missing predictors of the chosen model are NaN.
         """
-        sat = self.satellite_prediction(table)
-        if self.satellite_scale is not None:
-            sat = self.satellite_scale.apply(sat)
+        # the epoch's bias correction first, then the calibration (which the model stage
+        # fits on the corrected held-out predictions)
+        shift = self.epoch_offsets.get(epoch, 0.0)
+        mean = np.clip(self.satellite.model.predict(table) + shift, 0.0, None)
+        sat = self.satellite.calibration.apply(mean)
         n = len(table)
-        code = (
-            SOURCE_SATELLITE_UPSCALED
-            if self.satellite_source == "lidar_upscaled"
-            else SOURCE_SATELLITE_PLOTS
-        )
+        code = SATELLITE_SOURCE_CODES[self.satellite_source]
         source = np.where(np.isfinite(sat.mean), code, SOURCE_NONE).astype(np.uint8)
         mean, sd, lower, upper = (a.copy() for a in (sat.mean, sat.sd, sat.lower, sat.upper))
         if (

@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -261,6 +261,14 @@ class ModelParams(Section):
     #: spacing of the thinned sample of the LiDAR-model map (satellite training), metres
     upscale_spacing_m: float = Field(default=50.0, gt=0)
     upscale_max_samples: int = Field(default=3000, ge=30)
+    #: what trains the satellite model: field plots, the LiDAR-map sample, both, or
+    #: "auto" (the one with the lowest spatial-CV RMSE at held-out field plots)
+    satellite_training: Literal["auto", "plots", "lidar_upscaled", "plots+lidar_upscaled"] = "auto"
+    #: share of the training weight of the LiDAR-map sample when trained with the plots
+    upscale_share: float = Field(default=0.5, gt=0, lt=1)
+    #: add to each epoch's satellite map the mean held-out residual of that epoch's plots
+    #: (model-assisted bias correction, see ``models.biomass.epoch_corrections``)
+    epoch_bias_correction: bool = True
     rf_n_estimators: int = Field(default=300, ge=10)
     rf_min_samples_leaf: int = Field(default=3, ge=1)
     gb_max_iter: int = Field(default=200, ge=10)
@@ -273,6 +281,11 @@ class PredictParams(Section):
 
     #: relative error (SD / AGB) below which a pixel's quality flag is good (GEDI L4B spirit)
     good_relative_error: float = Field(default=0.2, gt=0)
+    #: land classes of ``sources.parcels`` (column ``land_class``) that are forest land.
+    #: The maps cover them only: the models were trained and calibrated on forest plots
+    #: and say nothing of farmland, water or settlements (no value there, as in the
+    #: bureau's sub-compartment map, which defines forest). No parcel layer: no mask.
+    forest_land_classes: tuple[str, ...] = ("forest",)
 
 
 class SinkParams(Section):
@@ -281,23 +294,24 @@ class SinkParams(Section):
     ``epoch_error_correlation`` is the correlation rho of the two epochs' per-pixel carbon
     errors in Var(C2 - C1) = s1^2 + s2^2 - 2 rho s1 s2. Both epochs are mapped by the same
     model from the same kind of predictors, so their errors are positively correlated
-    (0 <= rho <= 1); for rho in [0, 1] the sink SD is largest at rho = 0. Until a
-    correlation is estimated (e.g. from residuals of plots re-measured at both epochs)
-    the default 0 gives the conservative (largest) sink SD, which is what an
-    uncertainty deduction should see. See :mod:`pipeline.sink`.
+    (0 <= rho <= 1); for rho in [0, 1] the sink SD is largest at rho = 0. By default rho
+    is estimated from the held-out residuals of the plots measured at both epochs (the
+    ``model`` stage writes it to the model card); a number given here overrides it, and
+    0 gives the conservative (largest) sink SD. See :mod:`pipeline.sink`.
     """
 
-    #: correlation of the two epochs' errors used in the sink SD (0 = independent)
-    epoch_error_correlation: float = Field(default=0.0, ge=-1, le=1)
+    #: correlation of the two epochs' errors used in the sink SD: a number (0 =
+    #: independent), or "estimated": from the plots measured at both epochs (the model
+    #: card's ``epoch_error_correlation``; 0 when too few plots were re-measured)
+    epoch_error_correlation: Annotated[float, Field(ge=-1, le=1)] | Literal["estimated"] = (
+        "estimated"
+    )
     #: the two epochs compared (start, end); default: the first and the last epoch
     epochs: tuple[str, str] | None = None
     #: pixels whose quality flag is below this value in either epoch are masked. 0 by
     #: default: the flag marks a relative SD under 20% (GEDI L4B spirit), which 10 m
     #: pixels rarely reach; masking the others would drop real stock from parcel totals
     min_quality: int = Field(default=0, ge=0)
-    #: land classes of ``sources.parcels`` (column ``land_class``) that are forest land:
-    #: the sink is masked outside them (the bureau's sub-compartment map defines forest)
-    forest_land_classes: tuple[str, ...] = ("forest",)
     #: how pixel errors add up inside a parcel: ``correlated`` (sum of SDs, upper bound,
     #: default: one model's errors are spatially correlated) or ``independent`` (root sum
     #: of squares, lower bound; reported alongside in any case)

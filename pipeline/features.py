@@ -304,3 +304,37 @@ def focal_mean(stack: xr.DataArray, *, size_px: int) -> xr.DataArray:
         size_px=size_px,
     )
     return stack.copy(data=out)
+
+
+def forest_land_mask(
+    parcels: gpd.GeoDataFrame,
+    like: xr.DataArray,
+    *,
+    land_classes: tuple[str, ...],
+    column: str = "land_class",
+) -> xr.DataArray:
+    """True where a pixel of ``like``'s grid has its centre in a forest-land parcel.
+
+    A mask by pixel centre is what a forest/non-forest map is; the parcel sums themselves
+    use fractional coverage (:mod:`pipeline.zonal`).
+    """
+    from rasterio.features import rasterize
+
+    if column not in parcels.columns:
+        raise InputDataError(
+            f"parcels: no column {column!r} to tell forest land (values {list(land_classes)}); "
+            "add it to the parcel layer or leave sources.parcels unset"
+        )
+    forest = parcels[parcels[column].isin(land_classes)].to_crs(like.rio.crs)
+    band = like.isel(band=0) if "band" in like.dims else like
+    shape = (band.sizes["y"], band.sizes["x"])
+    mask = np.zeros(shape, dtype="uint8")
+    if len(forest):
+        mask = rasterize(
+            ((geom, 1) for geom in forest.geometry),
+            out_shape=shape,
+            transform=like.rio.transform(recalc=True),
+            fill=0,
+            dtype="uint8",
+        )
+    return xr.DataArray(mask.astype(bool), dims=("y", "x"), coords={"y": band.y, "x": band.x})

@@ -15,11 +15,12 @@ Its variance follows from first-order error propagation of a difference,
 where ``s1``, ``s2`` are the per-pixel standard deviations and ``rho`` the correlation of
 the two epochs' errors (``SinkParams.epoch_error_correlation``). Both maps come from the
 same model fitted to the same kind of predictors, so their errors are positively
-correlated (0 <= rho <= 1), which makes the true sink SD *smaller* than at rho = 0. The
-default rho = 0 therefore gives the largest (conservative) sink SD, the right side to err
-on for an uncertainty deduction, until rho is estimated (e.g. from residuals of plots
-re-measured at both epochs) and set in the config (CDM AR-TOOL14 v04.2, eq. 2, also
-treats the two stock estimates as independent).
+correlated (0 <= rho <= 1), which makes the true sink SD *smaller* than at rho = 0. By
+default rho is estimated from the held-out residuals of the plots measured at both
+epochs (:func:`models.biomass.epoch_error_correlation`, resolved by
+:func:`pipeline.stages.sink.resolve_correlation`); rho = 0 gives the largest
+(conservative) sink SD, as CDM AR-TOOL14 v04.2, eq. 2, which treats the two stock
+estimates as independent.
 
 A pixel's sink is masked (NaN) where either epoch has no carbon estimate (not forest, or
 outside the maps) or a quality flag below ``SinkParams.min_quality``. The quality flag is
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import geopandas as gpd
 import numpy as np
 import xarray as xr
 
@@ -254,37 +254,3 @@ def _copy_spatial_ref(template: xr.DataArray, ds: xr.Dataset) -> None:
     """Carry the CRS of the inputs (rioxarray keeps it in a ``spatial_ref`` coordinate)."""
     if "spatial_ref" in template.coords and "spatial_ref" not in ds.coords:
         ds.coords["spatial_ref"] = template.coords["spatial_ref"]
-
-
-def forest_land_mask(
-    parcels: gpd.GeoDataFrame,
-    like: xr.DataArray,
-    *,
-    land_classes: tuple[str, ...],
-    column: str = "land_class",
-) -> xr.DataArray:
-    """True where a pixel of ``like``'s grid has its centre in a forest-land parcel.
-
-    A mask by pixel centre is what a forest/non-forest map is; the parcel sums themselves
-    use fractional coverage (:mod:`pipeline.zonal`).
-    """
-    from rasterio.features import rasterize
-
-    if column not in parcels.columns:
-        raise InputDataError(
-            f"parcels: no column {column!r} to tell forest land (values {list(land_classes)}); "
-            "add it to the parcel layer or leave sources.parcels unset"
-        )
-    forest = parcels[parcels[column].isin(land_classes)].to_crs(like.rio.crs)
-    band = like.isel(band=0) if "band" in like.dims else like
-    shape = (band.sizes["y"], band.sizes["x"])
-    mask = np.zeros(shape, dtype="uint8")
-    if len(forest):
-        mask = rasterize(
-            ((geom, 1) for geom in forest.geometry),
-            out_shape=shape,
-            transform=like.rio.transform(recalc=True),
-            fill=0,
-            dtype="uint8",
-        )
-    return xr.DataArray(mask.astype(bool), dims=("y", "x"), coords={"y": band.y, "x": band.x})

@@ -21,7 +21,12 @@ from scipy.ndimage import uniform_filter
 from shapely.geometry import box
 from synthetic_landscape import make_landscape
 
-from models.biomass import SOURCE_LIDAR, SOURCE_SATELLITE_PLOTS, SOURCE_SATELLITE_UPSCALED
+from models.biomass import (
+    SOURCE_LIDAR,
+    SOURCE_NONE,
+    SOURCE_SATELLITE_PLOTS,
+    SOURCE_SATELLITE_UPSCALED,
+)
 from pipeline.config import ModelParams, PredictParams
 from pipeline.errors import InputDataError
 from pipeline.features import terrain_features
@@ -29,6 +34,7 @@ from pipeline.stages.model import ModelJob, model
 from pipeline.stages.predict import (
     FLOAT_LAYERS,
     INT_LAYERS,
+    INT_NODATA,
     PredictJob,
     epoch_stack,
     predict,
@@ -111,6 +117,7 @@ def scene() -> dict[str, object]:
         gb_max_iter=60,
         upscale_spacing_m=30.0,
         min_lidar_plots=20,
+        satellite_training="lidar_upscaled",
     )
     job = ModelJob(params=params, epochs=EPOCHS, seed=7, crs=CRS)
     inputs = {
@@ -133,17 +140,22 @@ def test_model_stage_outputs_and_card(scene: dict) -> None:
     assert set(lid["candidates"]) == {"powerlaw", "random_forest", "gradient_boosting"}
     for res in lid["candidates"].values():
         assert {"rmse_mg_ha", "rel_rmse", "bias_mg_ha", "r2"} <= set(res["spatial_cv"])
-        assert {"rmse_mg_ha", "rel_rmse", "bias_mg_ha", "r2"} <= set(res["random_cv"])
+    assert {"rmse_mg_ha", "rel_rmse", "bias_mg_ha", "r2"} <= set(
+        lid["candidates"][lid["chosen"]]["random_cv"]
+    )
     assert card["satellite_model"]["candidates"]["powerlaw"] == {
         "skipped": "needs LiDAR height and cover features"
     }
-    assert card["satellite_model"]["training"]["source"] == "lidar_upscaled"
-    assert card["satellite_model"]["training"]["n"] > 100
-    # plot-level held-out pairs for the report: LiDAR model only (satellite pairs are cells)
+    training = card["satellite_model"]["training"]
+    assert training["source"] == "lidar_upscaled" and training["n_plots"] == 0
+    assert training["lidar_sample"]["n"] > 100
+    assert card["satellite_model"]["n_auxiliary"] == training["lidar_sample"]["n"]
+    # held-out pairs for the report are field plots for both models: the LiDAR-map
+    # sample trains the satellite model but is never scored
     pairs = lid["cv_predictions"]
     assert len(pairs) == card["lidar_plots"]
     assert {"observed", "predicted", "x", "y"} <= set(pairs[0])
-    assert "cv_predictions" not in card["satellite_model"]
+    assert len(card["satellite_model"]["cv_predictions"]) == 2 * 90
     table = out["model/plot_features.csv"]
     assert {"ndvi", "northness", "h_mean", "lidar_fraction", "agb_mg_ha"} <= set(table.columns)
     # LiDAR metrics only for the LiDAR epoch, and only inside the cover
@@ -242,7 +254,9 @@ def test_same_seed_same_model_bytes_and_maps(scene: dict, maps: dict) -> None:
 
 
 def test_upscaled_map_error_and_interval_coverage_against_truth(scene: dict, maps: dict) -> None:
-    truth = scene["land"].agb_mg_ha
+    # the maps estimate AGB at plot support (the 3 x 3 cells a plot square covers), which
+    # is what the plots measured and the intervals were calibrated on
+    truth = uniform_filter(scene["land"].agb_mg_ha, size=3, mode="nearest")
     agb = maps["rasters/agb_2019.tif"].compute().to_numpy()[0]
     sd = maps["rasters/agb_sd_2019.tif"].compute().to_numpy()[0]
     lo, hi = maps["rasters/agb_interval_2019.tif"].compute().to_numpy()
@@ -309,7 +323,11 @@ def test_fit_and_predict_commands_write_cogs(scene: dict, tmp_path: Path) -> Non
     )
     assert args.func(args) == 0
     card = json.loads((tmp_path / "run/model/model_card.json").read_text())
-    assert card["satellite_source"] == "lidar_upscaled"
+    # the command compares every training source at the plots and keeps the best
+    compared = card["satellite_model"]["training"]["sources_compared"]
+    assert set(compared) == {"plots", "lidar_upscaled", "plots+lidar_upscaled"}
+    best = min(compared, key=lambda s: compared[s]["spatial_cv_rmse_mg_ha"])
+    assert card["satellite_source"] == best
     models = tmp_path / "run/model/models.pkl"
     args = parser.parse_args(
         ["predict", "--models", str(models), *common, "--out", str(tmp_path / "run")]
@@ -349,10 +367,14 @@ def test_maps_do_not_depend_on_chunking(scene: dict, maps: dict, chunk_px: int) 
 
 def test_without_lidar_the_satellite_model_learns_from_plots(scene: dict) -> None:
     inp = {k: v for k, v in scene["inputs"].items() if k != "lidar_metrics"}
-    out = model(scene["job"], **inp)
+    job = scene["job"]
+    params = job.params.model_copy(update={"satellite_training": "auto"})
+    out = model(ModelJob(params=params, epochs=job.epochs, seed=job.seed, crs=job.crs), **inp)
     card = out["model/model_card.json"]
     assert card["satellite_source"] == "plots" and "lidar_model" not in card
-    assert card["satellite_model"]["training"] == {"source": "plots", "n": 180}
+    training = card["satellite_model"]["training"]
+    assert training["source"] == "plots" and training["n_plots"] == 180
+    assert set(training["sources_compared"]) == {"plots"}
     assert len(card["satellite_model"]["cv_predictions"]) == 180
     pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
     maps = predict(
@@ -360,3 +382,37 @@ def test_without_lidar_the_satellite_model_learns_from_plots(scene: dict) -> Non
     )
     src = maps["rasters/quality_2019.tif"].sel(band="model_source").to_numpy()
     assert (src == SOURCE_SATELLITE_PLOTS).all()
+
+
+def test_maps_cover_forest_land_parcels_only(scene: dict, maps: dict) -> None:
+    inp = scene["inputs"]
+    minx, miny, maxx, maxy = inp["terrain"].rio.bounds()
+    mid = minx + 30 * RES  # a cell edge: 30 columns of forest land, the rest farmland
+    parcels = gpd.GeoDataFrame(
+        {"land_class": ["forest", "farmland"]},
+        geometry=[box(minx, miny, mid, maxy), box(mid, miny, maxx, maxy)],
+        crs=CRS,
+    )
+    pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
+    out = predict(pjob, models=scene["out"]["model/models.pkl"], **inp_maps(inp), parcels=parcels)
+    for key in ("rasters/agb_2019.tif", "rasters/carbon_sd_2024.tif"):
+        masked, full = out[key].to_numpy()[0], maps[key].to_numpy()[0]
+        assert np.isnan(masked[:, 30:]).all()  # farmland: no value
+        np.testing.assert_array_equal(masked[:, :30], full[:, :30])  # forest keeps its values
+    q = out["rasters/quality_2019.tif"].sel(band="model_source").to_numpy()
+    assert (q[:, 30:] == SOURCE_NONE).all() and (q[:, :30] > 0).all()
+    n_valid = out["rasters/quality_2019.tif"].sel(band="n_valid").to_numpy()
+    assert (n_valid[:, 30:] == INT_NODATA).all()
+    with pytest.raises(InputDataError, match="no column 'land_class'"):
+        predict(
+            pjob,
+            models=scene["out"]["model/models.pkl"],
+            **inp_maps(inp),
+            parcels=parcels.rename(columns={"land_class": "lc"}),
+        )
+
+
+def inp_maps(inp: dict) -> dict:
+    """The predictor inputs of ``predict`` from the scene's inputs."""
+    keys = ("composites", "terrain", "lidar_metrics")
+    return {k: inp[k] for k in keys}

@@ -18,7 +18,7 @@ from pipeline import io
 from pipeline.config import parse_config
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sink import CO2_PER_C, forest_carbon_index, stock_change_sink, years_between
-from pipeline.stages.sink import SinkJob, sink, sink_job
+from pipeline.stages.sink import SinkJob, resolve_correlation, sink, sink_job
 
 RES_M = 10.0
 X0, Y0 = 500_000.0, 3_000_000.0
@@ -262,34 +262,32 @@ def test_uses_the_good_band_of_a_multiband_quality_raster():
     assert v[0, 0] == pytest.approx(2.0) and np.isnan(v[0, 1])
 
 
-def test_sink_is_masked_outside_forest_land_parcels():
-    import geopandas as gpd
-    from shapely.geometry import box
-
-    job = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1))
-    c1, c2, s1, s2, q1, q2 = epoch_stack(5)
-    minx, miny, maxx, maxy = c1.rio.bounds()
-    mid = minx + 4 * (maxx - minx) / 9  # after the 4th of 9 columns: a cell edge
-    parcels = gpd.GeoDataFrame(
-        {"land_class": ["forest", "farmland"]},
-        geometry=[box(minx, miny, mid, maxy), box(mid, miny, maxx, maxy)],
-        crs=c1.rio.crs,
-    )
-    kwargs = dict(
+def test_estimated_correlation_comes_from_the_model_card():
+    dates = (dt.date(2019, 7, 1), dt.date(2024, 7, 1))
+    job = SinkJob("2019", "2024", *dates, epoch_error_correlation="estimated")
+    card = {"epoch_error_correlation": {"2019/2024": {"rho": 0.79, "n_plots": 79}}}
+    assert resolve_correlation(job, card).correlation == 0.79
+    # too few re-measured plots: the conservative 0
+    none = {"epoch_error_correlation": {"2019/2024": {"rho": None, "n_plots": 3}}}
+    assert resolve_correlation(job, none).correlation == 0.0
+    fixed = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1), 0.3)
+    assert resolve_correlation(fixed, card).correlation == 0.3
+    with pytest.raises(InputDataError, match="no model card"):
+        resolve_correlation(job, None)
+    with pytest.raises(InputDataError, match="not resolved"):
+        _ = job.correlation
+    # the sink SD follows: s1 = s2 = s gives sd = s * sqrt(2 (1 - rho)) / years
+    c1, c2, s1, _, q1, q2 = epoch_stack(3)
+    ds = sink(
+        job,
         carbon_start=c1,
         carbon_end=c2,
         carbon_sd_start=s1,
-        carbon_sd_end=s2,
+        carbon_sd_end=s1,
         quality_start=q1,
         quality_end=q2,
-    )
-    masked = sink(job, parcels=parcels, **kwargs)["rasters/sink.tif"]
-    unmasked = sink(job, **kwargs)["rasters/sink.tif"]
-    a = masked["sink_mg_c_ha_yr"].values
-    b = unmasked["sink_mg_c_ha_yr"].values
-    assert np.isnan(a[:, 4:]).all()  # farmland
-    np.testing.assert_array_equal(a[:, :4], b[:, :4])  # forest land keeps its values
-    assert np.isfinite(b[:, 4:]).sum() > 0
-    assert masked["sink_mg_c_ha_yr"].attrs["units"] == "Mg C ha-1 yr-1"
-    with pytest.raises(InputDataError, match="no column 'land_class'"):
-        sink(job, parcels=parcels.rename(columns={"land_class": "lc"}), **kwargs)
+        model_card=card,
+    )["rasters/sink.tif"]
+    expected = np.squeeze(s1.values) * math.sqrt(2 * (1 - 0.79)) / job.years
+    got = np.squeeze(ds["sink_sd_mg_c_ha_yr"].values)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -8,13 +8,13 @@ What it does, in order (science in :mod:`models.biomass`):
 2. Where enough plots of the LiDAR epoch lie inside the LiDAR cover
    (``lidar_fraction >= lidar_min_fraction``), fits the plot->LiDAR model: candidates
    (power-law ABA, random forest, gradient boosting) compared by spatially blocked CV.
-3. LiDAR-assisted upscaling: maps AGB with that model over the LiDAR cells, takes a
-   systematic sample thinned to one cell per ``upscale_spacing_m``, and trains the
-   satellite-only model on it (selected by blocked CV on the sample); its chained
-   uncertainty is re-calibrated on the plots it stands for that trained neither model
-   (outside the LiDAR cover or of other epochs). Without LiDAR the satellite model is
-   trained on the plots of all epochs directly. Predictors of the sample are plot-sized
-   moving-window means (the plots' support), as in ``predict``.
+3. LiDAR-assisted upscaling: maps AGB with that model over the LiDAR cells and takes a
+   systematic sample thinned to one cell per ``upscale_spacing_m`` (predictors at plot
+   support: moving-window means, as in ``predict``). The satellite-only model is trained
+   on the field plots of all epochs, on that sample, or on both (``satellite_training``;
+   ``auto`` keeps the one with the lowest spatially blocked CV error), and every choice is
+   scored and calibrated at the same held-out field plots (:class:`models.biomass.Auxiliary`),
+   so its uncertainty carries the LiDAR model's error when the sample trained it.
 4. Derives the plot table's own conversion factors as ratio estimators (sum of BGB over
    sum of AGB; carbon over AGB+BGB; CO2e over carbon): they come from the species
    tables of the plots stage (:mod:`models.allometry` data), so no factor sits here.
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,16 @@ import pandas as pd
 import xarray as xr
 
 from models.biomass import (
+    Auxiliary,
     BiomassMapper,
     FittedModel,
     ModelDomainError,
     ModelSettings,
+    SatelliteSource,
     accuracy,
-    calibrate_scale,
+    calibrate_conformal,
+    epoch_corrections,
+    epoch_error_correlation,
     select_and_fit,
     thinned_sample,
 )
@@ -271,8 +275,12 @@ def model(
 
     support_px = _support_px(plot_locations, sat_stacks[job.epochs[0]])
     card["support_window_px"] = support_px
+    ok = table[sat_features].notna().all(axis=1).to_numpy() & np.isfinite(y_all)
+    sat_plots = table.loc[ok].reset_index(drop=True)
+    sample: pd.DataFrame | None = None
+    sample_info: dict[str, Any] = {}
     if lidar_model is not None and lidar is not None and lidar_epoch is not None:
-        sample, info = _upscaling_sample(
+        sample, sample_info = _upscaling_sample(
             lidar,
             sat_stacks[lidar_epoch],
             lidar_model,
@@ -282,47 +290,20 @@ def model(
             job.seed,
             support_px,
         )
-        satellite = _fit(
-            sample, sample["agb_mg_ha"].to_numpy(), sat_features, settings, job.seed, "satellite"
-        )
-        satellite.card["training"] = info
-        # its held-out pairs are LiDAR-map cells, not plots: keep them out of plot diagnostics
-        satellite.card.pop("cv_predictions", None)
-        mapper = BiomassMapper(
-            satellite, "lidar_upscaled", lidar_model, lidar_epoch, p.lidar_min_fraction
-        )
-        # plots where the map uses the satellite model and that trained neither model
-        independent = (
-            (table["epoch"] != lidar_epoch)
-            | (table["lidar_fraction"].fillna(0) < p.lidar_min_fraction)
-        ).to_numpy() & np.isfinite(y_all)
-        sub = table.loc[independent]
-        chained = mapper.satellite_prediction(sub)
-        obs = y_all[independent]
-        before = (
-            float(np.mean((obs >= chained.lower) & (obs <= chained.upper)))
-            if len(obs)
-            else float("nan")
-        )
-        try:
-            mapper.satellite_scale = calibrate_scale(obs, chained, interval=p.interval)
-            satellite.card["recalibration"] = {
-                **mapper.satellite_scale.describe(),
-                "coverage_before": before,
-                "accuracy_at_independent_plots": accuracy(obs, chained.mean),
-            }
-        except ModelDomainError as err:
-            satellite.card["recalibration"] = {"skipped": str(err), "coverage_chained": before}
-    else:
-        ok = table[sat_features].notna().all(axis=1).to_numpy() & np.isfinite(y_all)
-        sub = table.loc[ok]
-        satellite = _fit(
-            sub, sub["agb_mg_ha"].to_numpy(), sat_features, settings, job.seed, "satellite"
-        )
-        satellite.card["training"] = {"source": "plots", "n": int(ok.sum())}
-        mapper = BiomassMapper(satellite, "plots", None, lidar_epoch, p.lidar_min_fraction)
+    source, satellite, sources_card = _satellite_model(
+        sat_plots, sample, sat_features, settings, p, job.seed
+    )
+    satellite.card["training"] = {
+        "source": source,
+        "n_plots": len(sat_plots) if source != "lidar_upscaled" else 0,
+        **({"lidar_sample": sample_info} if source != "plots" else {}),
+        "scored_at": f"{len(sat_plots)} field plot-epochs (spatially blocked CV)",
+        "sources_compared": sources_card,
+    }
+    mapper = BiomassMapper(satellite, source, lidar_model, lidar_epoch, p.lidar_min_fraction)
+    _epoch_errors(mapper, sat_plots, job.epochs, p, card)
     card["satellite_model"] = satellite.card
-    card["satellite_source"] = mapper.satellite_source
+    card["satellite_source"] = source
     card["lidar_epoch"] = lidar_epoch
 
     # end-to-end check of the final per-pixel rule at the plots (LiDAR-epoch plots inside
@@ -355,6 +336,7 @@ def _fit(
     settings: ModelSettings,
     seed: int,
     what: str,
+    auxiliary: Auxiliary | None = None,
 ) -> FittedModel:
     try:
         return select_and_fit(
@@ -365,9 +347,119 @@ def _fit(
             features=features,
             settings=settings,
             seed=seed,
+            auxiliary=auxiliary,
         )
     except ModelDomainError as err:
         raise ScienceDomainError(f"{what} model: {err}") from None
+
+
+def _satellite_model(
+    plots: pd.DataFrame,
+    sample: pd.DataFrame | None,
+    features: Sequence[str],
+    settings: ModelSettings,
+    p: ModelParams,
+    seed: int,
+) -> tuple[SatelliteSource, FittedModel, dict[str, Any]]:
+    """The satellite model of the best (or the configured) training source.
+
+    Every source is scored at the same held-out field plots (:class:`Auxiliary`), so
+    their spatial-CV RMSEs compare like for like.
+    """
+    available: list[SatelliteSource] = ["plots"]
+    if sample is not None:
+        available += ["lidar_upscaled", "plots+lidar_upscaled"]
+    wanted = available if p.satellite_training == "auto" else [p.satellite_training]
+    if not set(wanted) <= set(available):
+        raise ConfigError(
+            f"model.satellite_training {p.satellite_training!r} needs a LiDAR model, and this "
+            "run has none (no LiDAR tiles, or fewer LiDAR plots than model.min_lidar_plots)"
+        )
+    y = plots["agb_mg_ha"].to_numpy(dtype=np.float64)
+    fitted: dict[SatelliteSource, FittedModel] = {}
+    for src in wanted:
+        aux = None
+        if src != "plots" and sample is not None:
+            aux = Auxiliary(
+                table=sample,
+                agb_mg_ha=sample["agb_mg_ha"].to_numpy(dtype=np.float64),
+                x_m=sample["x_m"].to_numpy(dtype=np.float64),
+                y_m=sample["y_m"].to_numpy(dtype=np.float64),
+                share=1.0 if src == "lidar_upscaled" else p.upscale_share,
+            )
+        fitted[src] = _fit(plots, y, features, settings, seed, f"satellite ({src})", aux)
+
+    def rmse(src: SatelliteSource) -> float:
+        c = fitted[src].card
+        return float(c["candidates"][c["chosen"]]["spatial_cv"]["rmse_mg_ha"])
+
+    best = min(fitted, key=rmse)
+    compared: dict[str, Any] = {
+        src: {
+            "chosen_candidate": f.card["chosen"],
+            "spatial_cv_rmse_mg_ha": rmse(src),
+            "spatial_cv_bias_mg_ha": f.card["candidates"][f.card["chosen"]]["spatial_cv"][
+                "bias_mg_ha"
+            ],
+        }
+        for src, f in fitted.items()
+    }
+    return best, fitted[best], compared
+
+
+def _epoch_errors(
+    mapper: BiomassMapper,
+    plots: pd.DataFrame,
+    epochs: Sequence[str],
+    p: ModelParams,
+    card: dict[str, Any],
+) -> None:
+    """Per-epoch bias correction of the satellite map and the epochs' error correlations.
+
+    Both from the satellite model's held-out (spatial CV) predictions at the plots, which
+    ``select_and_fit`` records in the order of ``plots``' rows.
+    """
+    held_out = pd.DataFrame(mapper.satellite.card["cv_predictions"])
+    obs = held_out["observed"].to_numpy(dtype=np.float64)
+    pred = held_out["predicted"].to_numpy(dtype=np.float64)
+    plot_epochs = plots["epoch"].astype(str).tolist()
+    corrections = epoch_corrections(obs, pred, plot_epochs)
+    if p.epoch_bias_correction:
+        mapper.epoch_offsets = {e: c.offset_mg_ha for e, c in corrections.items()}
+        # intervals around the corrected map: calibrate on the corrected predictions
+        shift = np.array([mapper.epoch_offsets.get(e, 0.0) for e in plot_epochs])
+        corrected = np.clip(pred + shift, 0.0, None)
+        mapper.satellite.calibration = calibrate_conformal(obs, corrected, interval=p.interval)
+        cover = mapper.satellite.calibration.apply(corrected)
+        mapper.satellite.card["uncertainty"] = {
+            **mapper.satellite.calibration.describe(),
+            "oof_coverage": float(np.mean((obs >= cover.lower) & (obs <= cover.upper))),
+            "after": "the epoch bias correction",
+        }
+    mapper.satellite.card["epoch_bias_correction"] = {
+        "applied": p.epoch_bias_correction,
+        "method": "mean held-out residual of the epoch's plots (model-assisted, GREG)",
+        **{e: asdict(c) for e, c in corrections.items()},
+    }
+    pairs: dict[str, Any] = {}
+    for i, first in enumerate(epochs):
+        for second in epochs[i + 1 :]:
+            rho, n = epoch_error_correlation(
+                obs,
+                pred,
+                mapper.satellite.calibration,
+                epochs=plot_epochs,
+                plot_ids=plots["plot_id"].astype(str).tolist(),
+                first=first,
+                second=second,
+            )
+            # None (JSON null) when too few plots were measured at both epochs
+            pairs[f"{first}/{second}"] = {"rho": rho if np.isfinite(rho) else None, "n_plots": n}
+    card["epoch_error_correlation"] = {
+        **pairs,
+        "method": "Pearson correlation of the satellite model's normalised held-out "
+        "residuals at plots measured at both epochs",
+    }
 
 
 def _support_px(plots: gpd.GeoDataFrame, grid: xr.DataArray) -> int:

@@ -47,6 +47,7 @@ Run: ``forest-carbon run --region nanping --stages parcels``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,13 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sink import CO2_PER_C, as_band, named_band, quality_band, stock_change_sink
 from pipeline.stage import RunLayout, Stage
-from pipeline.stages.sink import SinkJob, epoch_raster_inputs, sink_job
+from pipeline.stages.sink import (
+    SinkJob,
+    correlation_input,
+    epoch_raster_inputs,
+    resolve_correlation,
+    sink_job,
+)
 from pipeline.zonal import Coverage, coverage_cells, covered_fraction_sum, weighted_sum
 
 GPKG_RELPATH = "parcels/parcel_sink.gpkg"
@@ -78,7 +85,7 @@ def parcels_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
             "sources.parcels: the parcels stage needs a parcel GeoPackage "
             "(e.g. data/<region>/parcels/parcels.gpkg)"
         )
-    out = epoch_raster_inputs(sink_job(config), layout)
+    out = {**epoch_raster_inputs(sink_job(config), layout), **correlation_input(config, layout)}
     out["parcels"] = config.sources.parcels
     if config.sources.lidar_tiles is not None:
         out["lidar_metrics"] = layout.path("lidar/metrics.tif")
@@ -118,7 +125,7 @@ def parcel_sink_table(
         quality_start,
         quality_end,
         years=job.years,
-        epoch_error_correlation=job.epoch_error_correlation,
+        epoch_error_correlation=job.correlation,
         min_quality=job.min_quality,
     )
     # zonal sums need pixel values: this is the stage's one compute
@@ -213,10 +220,11 @@ def parcels_stage(
     quality_start: xr.DataArray,
     quality_end: xr.DataArray,
     lidar_metrics: xr.DataArray | None = None,
+    model_card: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``parcels`` stage: the per-parcel sink table as GeoPackage and CSV."""
     table = parcel_sink_table(
-        job,
+        resolve_correlation(job, model_card),
         parcels=parcels,
         carbon_start=carbon_start,
         carbon_end=carbon_end,

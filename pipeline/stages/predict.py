@@ -3,7 +3,9 @@
 Per epoch, the fitted :class:`~models.biomass.BiomassMapper` from the ``model`` stage is
 applied lazily, chunk by chunk (``dask.array.map_blocks`` with ``meta=``, graph layers
 named by ``tokenize`` so reruns hit the same keys): the LiDAR model where the LiDAR epoch
-has LiDAR cover, the satellite model elsewhere. Carbon is ``AGB * (1 + R) * CF`` and
+has LiDAR cover, the satellite model elsewhere. With a parcel layer, only cells whose
+centre lies in a forest-land parcel (``PredictParams.forest_land_classes``) get values:
+the models know forest plots only. Carbon is ``AGB * (1 + R) * CF`` and
 CO2e is ``carbon * (CO2/C)``, with ``R`` (root-to-shoot), ``CF`` (carbon fraction) and
 ``CO2/C`` taken from ``models.pkl`` (ratio estimators of the plots stage's table, see
 :func:`pipeline.stages.model.conversion_factors`); the SDs scale by the same factors
@@ -13,7 +15,8 @@ Signature::
 
     predict(job: PredictJob, *, models: Path | bytes,
             composites: Mapping[epoch, DataArray] | Sequence[DataArray],
-            terrain: DataArray, lidar_metrics: DataArray | None = None)
+            terrain: DataArray, lidar_metrics: DataArray | None = None,
+            parcels: GeoDataFrame | None = None)
     -> {"rasters/agb_<epoch>.tif": DataArray (Mg/ha),
         "rasters/agb_sd_<epoch>.tif": DataArray (Mg/ha),
         "rasters/agb_interval_<epoch>.tif": DataArray, bands agb_lower, agb_upper (Mg/ha),
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as darr
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401  (registers the .rio accessor used to write the CRS)
@@ -49,6 +53,7 @@ from pipeline.errors import InputDataError
 from pipeline.features import (
     concat_aligned,
     focal_mean,
+    forest_land_mask,
     predictor_stack,
     terrain_features,
     with_band_names,
@@ -61,6 +66,8 @@ FLOAT_LAYERS = ("agb", "agb_sd", "agb_lower", "agb_upper", "carbon", "carbon_sd"
 #: int layers, after the float ones
 INT_LAYERS = ("model_source", "n_valid", "good")
 INT_NODATA = -1
+#: name of the forest-land mask band added to the predictor stack
+FOREST_BAND = "forest_land"
 
 
 @dataclass(frozen=True)
@@ -98,11 +105,14 @@ def predict_block(
 ) -> np.ndarray:
     """Maps of one block: ``(n_bands, ny, nx)`` predictors -> ``(n_layers, ny, nx)`` float32.
 
-    ``names`` are the band names of ``block`` (predictors, optionally ``lidar_fraction``
-    and ``n_valid``). Layers: :data:`FLOAT_LAYERS` then :data:`INT_LAYERS` (as floats).
+    ``names`` are the band names of ``block`` (predictors, optionally ``lidar_fraction``,
+    ``n_valid`` and ``forest_land``, 0 where no value is wanted). Layers:
+    :data:`FLOAT_LAYERS` then :data:`INT_LAYERS` (as floats).
     """
     nb, ny, nx = block.shape
     table = pd.DataFrame(block.reshape(nb, -1).T.astype(np.float64), columns=list(names))
+    if FOREST_BAND in table.columns:
+        table.loc[table[FOREST_BAND] <= 0, [n for n in names if n != FOREST_BAND]] = np.nan
     pred, source = mapper.predict(table, epoch=epoch)
     factor_c = (1.0 + conversion["root_to_shoot"]) * conversion["carbon_fraction"]
     carbon = pred.mean * factor_c
@@ -170,6 +180,7 @@ def predict(
     composites: Mapping[str, Any] | Sequence[Any],
     terrain: xr.DataArray | Path,
     lidar_metrics: xr.DataArray | Path | None = None,
+    parcels: gpd.GeoDataFrame | None = None,
 ) -> dict[str, xr.DataArray]:
     """Lazy wall-to-wall maps for every epoch (see the module docstring)."""
     bundle = load_models(models)
@@ -192,6 +203,13 @@ def predict(
             epoch=e,
             support_px=bundle["support_px"],
         )
+        if parcels is not None:
+            forest = forest_land_mask(
+                parcels, stack, land_classes=job.params.forest_land_classes
+            ).astype(np.float32)
+            ychunks, xchunks = stack.data.chunks[1:]
+            band = forest.expand_dims(band=[FOREST_BAND]).chunk({"y": ychunks, "x": xchunks})
+            stack = xr.concat([stack, band], dim="band").chunk({"band": -1})
         maps = predict_maps(
             stack, mapper=mapper, epoch=e, conversion=conversion, params=job.params, crs=job.crs
         )
@@ -278,6 +296,8 @@ def predict_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[
             if k.partition(".")[0] in ("composites", "terrain", "lidar_metrics")
         }
     )
+    if config.sources.parcels is not None:
+        inputs["parcels"] = config.sources.parcels
     return inputs
 
 

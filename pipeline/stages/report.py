@@ -26,7 +26,7 @@ Run: ``forest-carbon run --region nanping --stages report`` or ``forest-carbon r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from pipeline.report.build import build_report
 from pipeline.stage import RunLayout, Stage
 from pipeline.stages.credits import CREDITS_RELPATH, CreditsJob, credits_job
 from pipeline.stages.parcels import GPKG_RELPATH
-from pipeline.stages.sink import SINK_RELPATH, SinkJob
+from pipeline.stages.sink import SINK_RELPATH, SinkJob, resolve_correlation
 
 REPORT_RELPATH = "report/report.html"
 QUICKLOOK_DIR = "report/quicklooks"
@@ -128,6 +128,8 @@ def report_stage(
     plot_biomass: pd.DataFrame | None = None,
 ) -> dict[str, str | bytes]:
     """The ``report`` stage."""
+    sink_job = resolve_correlation(job.sink, model_card)
+    job = replace(job, credits=replace(job.credits, sink=sink_job))
     items = {}
     if items_start is not None:
         items[job.sink.epoch_start] = items_start

@@ -25,18 +25,17 @@ Run: ``forest-carbon run --region nanping --stages sink`` or ``forest-carbon sin
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import geopandas as gpd
 import xarray as xr
 
 from pipeline.config import Config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputDataError
 from pipeline.sink import (
     forest_carbon_index,
-    forest_land_mask,
     stock_change_sink,
     years_between,
 )
@@ -54,11 +53,20 @@ class SinkJob:
     epoch_end: str
     reference_start: dt.date
     reference_end: dt.date
-    epoch_error_correlation: float = 0.0
+    epoch_error_correlation: float | Literal["estimated"] = 0.0
     min_quality: int = 0
-    forest_land_classes: tuple[str, ...] = ("forest",)
     parcel_error_aggregation: Literal["correlated", "independent"] = "correlated"
     interval: float = 0.9
+
+    @property
+    def correlation(self) -> float:
+        """``epoch_error_correlation`` as a number (see :func:`resolve_correlation`)."""
+        if self.epoch_error_correlation == "estimated":
+            raise InputDataError(
+                "the epochs' error correlation is 'estimated' and was not resolved from the "
+                "model card"
+            )
+        return float(self.epoch_error_correlation)
 
     @property
     def years(self) -> float:
@@ -96,10 +104,35 @@ def sink_job(config: Config) -> SinkJob:
         reference_end=last.reference,
         epoch_error_correlation=params.epoch_error_correlation,
         min_quality=params.min_quality,
-        forest_land_classes=params.forest_land_classes,
         parcel_error_aggregation=params.parcel_error_aggregation,
         interval=params.interval,
     )
+
+
+def resolve_correlation(job: SinkJob, model_card: Mapping[str, Any] | None) -> SinkJob:
+    """The job with a number for ``epoch_error_correlation``.
+
+    ``"estimated"`` takes the model card's estimate for the compared epochs (written by the
+    ``model`` stage from plots measured at both epochs); without one (too few re-measured
+    plots) it falls back to 0, the conservative value.
+    """
+    if job.epoch_error_correlation != "estimated":
+        return job
+    if model_card is None:
+        raise InputDataError(
+            "stages.sink.epoch_error_correlation is 'estimated' but there is no model card "
+            "(model/model_card.json); run the model stage or give a number"
+        )
+    key = f"{job.epoch_start}/{job.epoch_end}"
+    rho = model_card.get("epoch_error_correlation", {}).get(key, {}).get("rho")
+    return replace(job, epoch_error_correlation=0.0 if rho is None else float(rho))
+
+
+def correlation_input(config: Config, layout: RunLayout) -> dict[str, Path]:
+    """The model card, when the sink's epoch correlation is to be taken from it."""
+    if config.stages.sink.epoch_error_correlation == "estimated":
+        return {"model_card": layout.path("model/model_card.json")}
+    return {}
 
 
 def epoch_raster_inputs(job: SinkJob, layout: RunLayout) -> dict[str, Path]:
@@ -114,10 +147,7 @@ def epoch_raster_inputs(job: SinkJob, layout: RunLayout) -> dict[str, Path]:
 
 def sink_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
     """Input files of the ``sink`` stage."""
-    inputs = epoch_raster_inputs(sink_job(config), layout)
-    if config.sources.parcels is not None:
-        inputs["parcels"] = config.sources.parcels
-    return inputs
+    return {**epoch_raster_inputs(sink_job(config), layout), **correlation_input(config, layout)}
 
 
 def sink(
@@ -129,13 +159,14 @@ def sink(
     carbon_sd_end: xr.DataArray,
     quality_start: xr.DataArray,
     quality_end: xr.DataArray,
-    parcels: gpd.GeoDataFrame | None = None,
+    model_card: Mapping[str, Any] | None = None,
 ) -> dict[str, xr.Dataset]:
     """The ``sink`` stage: annual sink raster and the forest carbon index (lazy).
 
-    With ``parcels``, pixels whose centre lies outside the parcels of a forest land class
-    (``SinkJob.forest_land_classes``) are masked: they are not forest in the bureau's map.
+    The carbon maps have values on forest land only (``PredictParams.forest_land_classes``),
+    so the sink is masked outside forest land too.
     """
+    job = resolve_correlation(job, model_card)
     ds = stock_change_sink(
         carbon_start,
         carbon_end,
@@ -144,13 +175,9 @@ def sink(
         quality_start,
         quality_end,
         years=job.years,
-        epoch_error_correlation=job.epoch_error_correlation,
+        epoch_error_correlation=job.correlation,
         min_quality=job.min_quality,
     )
-    if parcels is not None:
-        forest = forest_land_mask(parcels, carbon_end, land_classes=job.forest_land_classes)
-        with xr.set_options(keep_attrs=True):
-            ds = ds.where(forest)
     ds.attrs.update({"epoch_start": job.epoch_start, "epoch_end": job.epoch_end})
     index = forest_carbon_index(
         carbon_end, carbon_sd_end, quality_end, ds, min_quality=job.min_quality
