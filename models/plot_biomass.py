@@ -306,12 +306,14 @@ def _draw_dbh(rng: np.random.Generator, d: FloatArray, m: int, how: str) -> Floa
     return _truncnorm(rng, np.repeat(d[:, None], m, axis=1), sd, float(lo), float(hi))
 
 
-def _rse_log(eq: allometry.Equation) -> float:
+def rse_log(equation: str) -> float:
+    """Residual SE (natural-log scale) of an equation; its own, else the configured
+    fallback equation's (``uncertainty.yaml``: ``allometry.fallback_rse_equation``)."""
+    eq = allometry.get_equation(equation)
     if eq.rse_log is not None:
         return eq.rse_log
     fallback = _yaml("uncertainty.yaml")["allometry"]["fallback_rse_equation"]
-    rse = allometry.get_equation(fallback).rse_log
-    return float(rse or 0.0)
+    return float(allometry.get_equation(fallback).rse_log or 0.0)
 
 
 def _lognormal_error(
@@ -321,7 +323,7 @@ def _lognormal_error(
     out = values.copy()
     for name in pd.unique(names[pd.notna(names)]):
         rows = names == name
-        sigma = _rse_log(allometry.get_equation(str(name)))
+        sigma = rse_log(str(name))
         eps = rng.normal(0.0, sigma, size=values[rows].shape)
         out[rows] = values[rows] * np.exp(eps - 0.5 * sigma**2)
     return out

@@ -40,7 +40,8 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.stats import poisson
 
-from models.allometry import carbon_fraction, tree_agb_kg, tree_bgb_kg
+from models.allometry import carbon_fraction, tree_agb_kg, tree_bgb_kg, tree_equations
+from models.plot_biomass import rse_log
 from pipeline.simulate.grid import Grid
 from pipeline.simulate.noise import hash_normal, hash_uniform
 from pipeline.simulate.science import FOREST_TYPES, coefficients
@@ -49,7 +50,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 # field ids of the counter-based random numbers
-_F_COUNT, _F_X, _F_Y, _F_SIZE, _F_HEIGHT, _F_SPECIES, _F_AGE = range(7)
+_F_COUNT, _F_X, _F_Y, _F_SIZE, _F_HEIGHT, _F_SPECIES, _F_AGE, _F_ALLOMETRY = range(8)
 
 
 def chapman_richards(age_yr: npt.ArrayLike, ymax: float, k: float, c: float) -> FloatArray:
@@ -122,6 +123,7 @@ class Trees:
     dbh_cm: FloatArray
     height_m: FloatArray
     age_yr: FloatArray  # bamboo culm age, NaN otherwise
+    allometry_z: FloatArray  # standard normal deviate of the tree's allometric residual
 
     def __len__(self) -> int:
         return int(self.pixel.shape[0])
@@ -131,10 +133,22 @@ class Trees:
         return Trees(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
 
     def agb_kg(self) -> FloatArray:
-        """Aboveground biomass per tree from :func:`models.allometry.tree_agb_kg`."""
+        """Aboveground biomass per tree: :func:`models.allometry.tree_agb_kg` times the
+        tree's own allometric residual.
+
+        Real trees scatter around any allometry; each simulated tree gets a mean-preserving
+        log-normal residual ``exp(s z - s^2 / 2)`` with ``s`` the residual SE its equation
+        has in the plots stage's Monte Carlo (:func:`models.plot_biomass.rse_log`), so
+        the plot truth contains the error the Monte Carlo propagates.
+        """
         if len(self) == 0:
             return np.zeros(0)
-        return tree_agb_kg(self.species, self.dbh_cm, self.height_m, self.age_yr)
+        agb = tree_agb_kg(self.species, self.dbh_cm, self.height_m, self.age_yr)
+        names, tree = np.unique(
+            tree_equations(self.species, self.height_m).astype(str), return_inverse=True
+        )
+        s = np.array([rse_log(n) for n in names])[tree.reshape(-1)]
+        return np.asarray(agb * np.exp(s * self.allometry_z - 0.5 * s**2))
 
     def crown_radius_m(self) -> FloatArray:
         coef = coefficients()["forest_types"]
@@ -227,7 +241,8 @@ def generate_trees(
             ua = hash_uniform(seed, tp[m], tc[m], slot[m], _F_AGE)
             age[m] = 1.0 + np.floor(ua * float(ftc[t]["culm_age_max_yr"]))
     keep = dbh >= float(coef["min_dbh_cm"])
-    trees = Trees(tp, tc, slot, x, y, tt, species, dbh, height, age)
+    allometry_z = hash_normal(seed, tp, tc, slot, _F_ALLOMETRY)
+    trees = Trees(tp, tc, slot, x, y, tt, species, dbh, height, age, allometry_z)
     return trees.subset(keep)
 
 
