@@ -274,11 +274,16 @@ def candidate_applicable(
 # --------------------------------------------------------------------------- validation
 
 
-def spatial_block_ids(x_m: FloatArray, y_m: FloatArray, *, block_m: float) -> NDArray[np.int64]:
-    """Id of the square block (side ``block_m`` metres) each point falls in."""
+def block_keys(x_m: FloatArray, y_m: FloatArray, *, block_m: float) -> NDArray[np.int64]:
+    """(column, row) of the square block (side ``block_m`` metres) of each point, ``(n, 2)``."""
     bx = np.floor(np.asarray(x_m) / block_m).astype(np.int64)
     by = np.floor(np.asarray(y_m) / block_m).astype(np.int64)
-    _, ids = np.unique(np.column_stack([bx, by]), axis=0, return_inverse=True)
+    return np.column_stack([bx, by])
+
+
+def spatial_block_ids(x_m: FloatArray, y_m: FloatArray, *, block_m: float) -> NDArray[np.int64]:
+    """Id of the square block (side ``block_m`` metres) each point falls in."""
+    _, ids = np.unique(block_keys(x_m, y_m, block_m=block_m), axis=0, return_inverse=True)
     return ids.reshape(-1).astype(np.int64)
 
 
@@ -335,16 +340,10 @@ class Auxiliary:
     ) -> NDArray[np.int64]:
         """Fold of each sample: the fold of the plots in its spatial block, or -1 (never
         held out) in blocks without plots. ``x_m, y_m, folds`` are the plots'."""
-
-        def key(x: FloatArray, y: FloatArray) -> NDArray[np.int64]:
-            bx = np.floor(np.asarray(x) / block_m).astype(np.int64)
-            by = np.floor(np.asarray(y) / block_m).astype(np.int64)
-            return bx * 1_000_003 + by
-
-        fold_of_block = dict(zip(key(x_m, y_m).tolist(), folds.tolist(), strict=True))
-        return np.array(
-            [fold_of_block.get(k, -1) for k in key(self.x_m, self.y_m).tolist()], dtype=np.int64
-        )
+        plots = map(tuple, block_keys(x_m, y_m, block_m=block_m).tolist())
+        fold_of_block = dict(zip(plots, folds.tolist(), strict=True))
+        mine = block_keys(self.x_m, self.y_m, block_m=block_m).tolist()
+        return np.array([fold_of_block.get(tuple(k), -1) for k in mine], dtype=np.int64)
 
 
 def training_set(
@@ -464,6 +463,17 @@ class ConformalCalibration:
             "interval": self.interval,
             "n_calibration": self.n,
         }
+
+
+def calibration_record(
+    obs_mg_ha: FloatArray, oof_pred_mg_ha: FloatArray, *, interval: float
+) -> tuple[ConformalCalibration, dict[str, Any]]:
+    """:func:`calibrate_conformal` and its model-card record, with the coverage its
+    intervals reach on the held-out predictions it was fitted on."""
+    cal = calibrate_conformal(obs_mg_ha, oof_pred_mg_ha, interval=interval)
+    cover = cal.apply(oof_pred_mg_ha)
+    inside = (obs_mg_ha >= cover.lower) & (obs_mg_ha <= cover.upper)
+    return cal, {**cal.describe(), "oof_coverage": float(np.mean(inside))}
 
 
 def _conformal_quantile(scores: FloatArray, level: float) -> float:
@@ -625,9 +635,7 @@ def select_and_fit(
     model = make_model(chosen, features, settings=settings, seed=seed).fit(
         *training_set(x, y, every, auxiliary, all_aux)
     )
-    cal = calibrate_conformal(y, oof[chosen], interval=settings.interval)
-    cover = cal.apply(oof[chosen])
-    inside = (y >= cover.lower) & (y <= cover.upper)
+    cal, uncertainty = calibration_record(y, oof[chosen], interval=settings.interval)
     card = {
         "features": list(model.features),
         "n_samples": len(y),
@@ -642,7 +650,7 @@ def select_and_fit(
         "candidates": results,
         "chosen": chosen,
         "model": model.describe(),
-        "uncertainty": {**cal.describe(), "oof_coverage": float(np.mean(inside))},
+        "uncertainty": uncertainty,
         # held-out (spatial CV) predictions of the chosen model, for diagnostics plots
         "cv_predictions": [
             {"observed": float(o), "predicted": float(q), "x": float(a), "y": float(b)}

@@ -53,7 +53,7 @@ from models.biomass import (
     ModelSettings,
     SatelliteSource,
     accuracy,
-    calibrate_conformal,
+    calibration_record,
     epoch_corrections,
     epoch_error_correlation,
     select_and_fit,
@@ -429,13 +429,9 @@ def _epoch_errors(
         # intervals around the corrected map: calibrate on the corrected predictions
         shift = np.array([mapper.epoch_offsets.get(e, 0.0) for e in plot_epochs])
         corrected = np.clip(pred + shift, 0.0, None)
-        mapper.satellite.calibration = calibrate_conformal(obs, corrected, interval=p.interval)
-        cover = mapper.satellite.calibration.apply(corrected)
-        mapper.satellite.card["uncertainty"] = {
-            **mapper.satellite.calibration.describe(),
-            "oof_coverage": float(np.mean((obs >= cover.lower) & (obs <= cover.upper))),
-            "after": "the epoch bias correction",
-        }
+        cal, record = calibration_record(obs, corrected, interval=p.interval)
+        mapper.satellite.calibration = cal
+        mapper.satellite.card["uncertainty"] = {**record, "after": "the epoch bias correction"}
     mapper.satellite.card["epoch_bias_correction"] = {
         "applied": p.epoch_bias_correction,
         "method": "mean held-out residual of the epoch's plots (model-assisted, GREG)",
