@@ -148,12 +148,14 @@ def epoch_stack(
     *,
     epoch: str,
     support_px: int,
+    forest: xr.DataArray | None = None,
 ) -> xr.DataArray:
-    """Predictor stack of one epoch at plot support, + ``lidar_fraction`` and ``n_valid``.
+    """Predictor stack of one epoch at plot support, + ``lidar_fraction``, ``n_valid`` and
+    the forest-land mask (band :data:`FOREST_BAND`, when ``forest`` is given).
 
     Predictors (composite bands and indices, terrain, LiDAR metrics) are averaged over
     the plot-sized window of each cell (:func:`pipeline.features.focal_mean`); the
-    data-quality bands are kept per cell. One chunk along ``band``.
+    data-quality bands and the mask are kept per cell. One chunk along ``band``.
     """
     comp = with_band_names(composite, source=f"composites/{epoch}.tif")
     layers = [comp, terrain]
@@ -169,6 +171,9 @@ def epoch_stack(
     if "n_valid" in comp["band"].to_numpy():
         parts.append(comp.sel(band=["n_valid"]).astype(np.float32))
         part_sources.append(f"composites/{epoch}.tif")
+    if forest is not None:
+        parts.append(forest.astype(np.float32).expand_dims(band=[FOREST_BAND]))
+        part_sources.append("parcels (forest land)")
     stack = concat_aligned(parts, sources=part_sources)
     return stack.chunk({"band": -1})
 
@@ -194,6 +199,12 @@ def predict(
         lidar_epoch, lidar = lidar_for_epoch(
             open_raster(lidar_metrics), epochs=job.epochs, lidar_epoch=mapper.lidar_epoch
         )
+    # one grid for every epoch: the mask is rasterised once
+    forest = (
+        None
+        if parcels is None
+        else forest_land_mask(parcels, terr, land_classes=job.params.forest_land_classes)
+    )
     out: dict[str, xr.DataArray] = {}
     for e in job.epochs:
         stack = epoch_stack(
@@ -202,14 +213,8 @@ def predict(
             lidar if e == lidar_epoch else None,
             epoch=e,
             support_px=bundle["support_px"],
+            forest=forest,
         )
-        if parcels is not None:
-            forest = forest_land_mask(
-                parcels, stack, land_classes=job.params.forest_land_classes
-            ).astype(np.float32)
-            ychunks, xchunks = stack.data.chunks[1:]
-            band = forest.expand_dims(band=[FOREST_BAND]).chunk({"y": ychunks, "x": xchunks})
-            stack = xr.concat([stack, band], dim="band").chunk({"band": -1})
         maps = predict_maps(
             stack, mapper=mapper, epoch=e, conversion=conversion, params=job.params, crs=job.crs
         )
