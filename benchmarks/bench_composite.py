@@ -15,9 +15,11 @@ as a run does (``pipeline.io.write_cog`` onto a ``distributed.LocalCluster`` of 
 single-threaded worker processes, as :mod:`pipeline.cluster` sizes it on two cores) once
 on the top-left M x M region and once on the whole square (4x the area), each in a fresh
 child process. The parent samples the resident set size (RSS) of the child and all its
-descendants (the Dask scheduler, nanny and worker processes) every 50 ms and prints the
-peak of the tree's total for both regions and their ratio; a flat-memory composite keeps
-the ratio near 1 (a composite that held the region in memory would approach 4).
+descendants (the Dask worker processes) every 50 ms and prints the peak of the tree's
+total for both regions and their ratio; a flat-memory composite keeps the ratio near 1 (a
+composite that held the region in memory would approach 4). It also prints each process's
+own peak: the "driver" is the child itself, which holds the client, the writer and (in a
+``LocalCluster``) the scheduler and nannies; the graph's task count is printed with it.
 
 Run: ``.venv/bin/python benchmarks/bench_composite.py [--part throughput|memory|all]``
 (about 2-3 minutes on two cores for ``all``).
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -168,9 +171,10 @@ def _measure_child(items_path: Path, n_px: int, out: Path) -> None:
     ):
         idle, _ = _tree_rss(psutil.Process())
         comp, _ = C.seasonal_composite(items, _geobox(n_px), settings=settings)
+        graph = {"tasks": len(comp.data.__dask_graph__()), "chunks": comp.data.npartitions}
         write_cog(comp, out, client=client)
     seconds = round(time.perf_counter() - t0, 2)
-    print(json.dumps({"seconds": seconds, "idle_rss_mb": idle / 2**20}))
+    print(json.dumps({"seconds": seconds, "idle_rss_mb": idle / 2**20, **graph}))
 
 
 def _tree_rss(proc: psutil.Process) -> tuple[int, int]:
@@ -190,20 +194,40 @@ def _tree_rss(proc: psutil.Process) -> tuple[int, int]:
     return total, n
 
 
-def _run_measured(items_path: Path, n_px: int, out: Path) -> dict[str, float]:
+def _role(proc: psutil.Process, driver: psutil.Process) -> str:
+    """Which part of the cluster a process of the measured tree is."""
+    if proc.pid == driver.pid:
+        # LocalCluster keeps the scheduler and the nannies in the client's process
+        return "driver"
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "other"
+    return "worker" if "spawn_main" in cmd else "other"
+
+
+def _run_measured(items_path: Path, n_px: int, out: Path) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", str(items_path)]
     cmd += [str(n_px), str(out)]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     proc = psutil.Process(child.pid)
-    peak, peak_n, peak_main = 0, 0, 0
+    peak, peak_n = 0, 0
+    per_pid: dict[int, tuple[str, int]] = {}  # pid: (role, peak RSS)
     while child.poll() is None:
         rss, n = _tree_rss(proc)
         if rss > peak:
             peak, peak_n = rss, n
         try:
-            peak_main = max(peak_main, proc.memory_info().rss)
+            procs = [proc, *proc.children(recursive=True)]
         except psutil.NoSuchProcess:
-            pass
+            procs = []
+        for p in procs:
+            try:
+                p_rss = p.memory_info().rss
+                role = per_pid[p.pid][0] if p.pid in per_pid else _role(p, proc)
+            except psutil.NoSuchProcess:
+                continue
+            per_pid[p.pid] = (role, max(p_rss, per_pid.get(p.pid, ("", 0))[1]))
         time.sleep(MEM_SAMPLE_S)
     stdout = child.stdout.read() if child.stdout else ""
     if child.returncode != 0:
@@ -212,7 +236,7 @@ def _run_measured(items_path: Path, n_px: int, out: Path) -> dict[str, float]:
     return {
         "peak_rss_mb": peak / 2**20,
         "processes": peak_n,
-        "peak_client_rss_mb": peak_main / 2**20,
+        "peaks_mb": sorted((r, m / 2**20) for r, m in per_pid.values()),
         **report,
     }
 
@@ -230,11 +254,15 @@ def memory() -> None:
         print(f"memory: {MEM_SCENES} scenes x {len(BANDS)} bands, {MEM_CHUNK_PX}-px chunks, "
               "LocalCluster 2 workers x 1 thread, write_cog")  # fmt: skip
         for n_px, r in rows.items():
-            print(f"  region {n_px}x{n_px} px: peak process-tree RSS {r['peak_rss_mb']:6.0f} MB "
-                  f"({r['processes']} processes; idle cluster {r['idle_rss_mb']:.0f} MB, "
-                  f"compute adds {r['peak_rss_mb'] - r['idle_rss_mb']:.0f} MB; client/writer "
-                  f"process alone peaks at {r['peak_client_rss_mb']:.0f} MB), "
-                  f"{r['seconds']:.1f} s")  # fmt: skip
+            print(
+                f"  region {n_px}x{n_px} px: peak process-tree RSS {r['peak_rss_mb']:6.0f} MB "
+                f"({r['processes']} processes; idle cluster {r['idle_rss_mb']:.0f} MB, "
+                f"compute adds {r['peak_rss_mb'] - r['idle_rss_mb']:.0f} MB), "
+                f"{r['seconds']:.1f} s; graph {r['tasks']} tasks, {r['chunks']} output chunks"
+            )
+            # each process's own peak (they need not coincide with the tree's peak)
+            print("    per-process peak RSS: " + ", ".join(
+                f"{role} {mb:.0f} MB" for role, mb in r["peaks_mb"]))  # fmt: skip
         ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
         added = (large["peak_rss_mb"] - large["idle_rss_mb"]) / (
             small["peak_rss_mb"] - small["idle_rss_mb"]

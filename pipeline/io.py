@@ -36,6 +36,15 @@ import xarray as xr
 from pipeline.errors import InputDataError
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
+
+#: GDAL block cache (bytes) of the process that writes rasters. GDAL's default is 5% of
+#: RAM (1.2 GB on a 24 GB machine), and the writer would fill it with the dirty blocks of
+#: the whole raster and, in the COG conversion, with its source blocks and a swath as wide
+#: as the raster (the swath is a quarter of the cache), so its memory would grow with the
+#: region. 32 MiB holds 8 one-band float32 staging blocks of 1024 x 1024 px (the largest
+#: chunk a run uses) or 32 COG blocks of 512 x 512 px; GDAL flushes to disk beyond that,
+#: which costs time, not results.
+WRITER_GDAL_CACHE_BYTES = 32 * 2**20
 VECTOR_SUFFIXES = {".gpkg", ".geojson"}
 
 
@@ -189,6 +198,13 @@ def write_cog(
     data = data.rechunk({0: 1})
     bands, height, width = data.shape
     block = 512
+    # The staging file's blocks are the Dask blocks, one band each (GTiff wants multiples
+    # of 16), so every computed block fills whole GDAL blocks: none waits in the bounded
+    # cache for a neighbour or another band, whatever order blocks finish in. The COG's own
+    # layout is set by the conversion below.
+    stage_y, stage_x = data.chunks[1][0], data.chunks[2][0]
+    if stage_y % 16 or stage_x % 16:
+        stage_y = stage_x = block
     profile = {
         "driver": "GTiff",
         "dtype": str(data.dtype),
@@ -199,15 +215,19 @@ def write_cog(
         "transform": transform,
         "nodata": nodata,
         "tiled": True,
-        "blockxsize": block,
-        "blockysize": block,
+        "blockxsize": stage_x,
+        "blockysize": stage_y,
+        "interleave": "band",
         "compress": "deflate",
         "BIGTIFF": "IF_SAFER",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     stage_tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.blocks{path.suffix}")
     try:
-        with rasterio.open(stage_tmp, "w", **profile) as dst:
+        with (
+            rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES),  # bytes, not MB, in rasterio
+            rasterio.open(stage_tmp, "w", **profile) as dst,
+        ):
             names = [str(b) for b in arr.coords["band"].values] if "band" in arr.coords else []
             for i, name in enumerate(names, start=1):
                 dst.set_band_description(i, name)
@@ -225,7 +245,7 @@ def write_cog(
                 dst.write(values, indexes=list(range(b + 1, b + 1 + values.shape[0])), window=win)
                 if progress is not None:
                     progress(done, total)
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES):
             rasterio.shutil.copy(
                 stage_tmp,
                 tmp,
