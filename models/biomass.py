@@ -529,6 +529,103 @@ def calibrate_conformal(
     )
 
 
+@dataclass(frozen=True)
+class CellSupport:
+    """Change of support from the maps' plot-sized window to one grid cell.
+
+    The maps estimate, at each cell, the AGB of the plot-sized window centred on it: the
+    support the models were fitted and calibrated at (:func:`pipeline.features.focal_mean`).
+    A single cell's AGB departs from its window's by the stand's variation inside the
+    window (single crowns and gaps), which a window-support model cannot predict, so a
+    cell's SD and interval must add it (the change-of-support problem of geostatistics,
+    Gotway & Young 2002, doi:10.1198/016214502760047140). The departure is described by
+    the relative deviation ``r = (cell - window) / window`` of a cell-support AGB field,
+    per bin of window AGB (:func:`cell_support`), and is taken independent of the window
+    estimate's error: variances add, and each side's interval half-width adds in
+    quadrature with ``|q| * AGB`` (normal approximation of the convolution).
+
+    Attributes
+    ----------
+    edges
+        Interior bin edges of the window AGB (Mg/ha); bin ``k`` holds ``rms[k]`` etc.
+    rms, q_lo, q_hi
+        Root mean square and the ``(1 - interval) / 2`` and ``(1 + interval) / 2``
+        quantiles of ``r`` in each bin.
+    """
+
+    edges: tuple[float, ...]
+    rms: tuple[float, ...]
+    q_lo: tuple[float, ...]
+    q_hi: tuple[float, ...]
+    interval: float
+    n_cells: int
+    reference: str
+
+    def widen(self, pred: Prediction) -> Prediction:
+        """The prediction of one cell from that of its window (same mean)."""
+        m = pred.mean
+        k = np.digitize(np.nan_to_num(m), np.asarray(self.edges))
+        rms, q_lo, q_hi = (np.asarray(v)[k] for v in (self.rms, self.q_lo, self.q_hi))
+        lower = np.clip(m - np.hypot(m - pred.lower, q_lo * m), 0.0, None)
+        upper = m + np.hypot(pred.upper - m, q_hi * m)
+        return Prediction(m, np.hypot(pred.sd, rms * m), lower, upper)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": "relative deviation of a cell-support AGB field from its plot-sized "
+            "window mean, per bin of window AGB; added to the window estimate's error "
+            "as independent",
+            "reference_field": self.reference,
+            "window_agb_bin_edges_mg_ha": list(self.edges),
+            "rms_relative": list(self.rms),
+            "q_lo_relative": list(self.q_lo),
+            "q_hi_relative": list(self.q_hi),
+            "interval": self.interval,
+            "n_cells": self.n_cells,
+        }
+
+
+def cell_support(
+    cell_mg_ha: FloatArray,
+    window_mg_ha: FloatArray,
+    *,
+    interval: float,
+    n_bins: int,
+    reference: str,
+    min_cells_per_bin: int = 30,
+) -> CellSupport:
+    """Fit :class:`CellSupport` from a cell-support AGB field and its window means.
+
+    ``cell_mg_ha`` and ``window_mg_ha`` are the field at each cell and its moving-window
+    mean over the maps' support (cells whose window is not wholly inside the field
+    should be NaN); ``reference`` names the field for the model card. Bins are
+    quantiles of the window AGB, so each holds as many cells.
+    """
+    c = np.asarray(cell_mg_ha, dtype=np.float64).ravel()
+    w = np.asarray(window_mg_ha, dtype=np.float64).ravel()
+    ok = np.isfinite(c) & np.isfinite(w) & (w > 0)
+    n = int(ok.sum())
+    if n < n_bins * min_cells_per_bin:
+        raise ModelDomainError(
+            f"cell-support deviations need at least {n_bins * min_cells_per_bin} cells with "
+            f"a whole window of positive AGB ({n_bins} bins), got {n}"
+        )
+    w, r = w[ok], (c[ok] - w[ok]) / w[ok]
+    edges = np.unique(np.quantile(w, np.linspace(0.0, 1.0, n_bins + 1)[1:-1]))
+    k = np.digitize(w, edges)
+    alpha = 1.0 - interval
+    groups = [r[k == i] for i in range(edges.size + 1)]
+    return CellSupport(
+        edges=tuple(float(e) for e in edges),
+        rms=tuple(float(np.sqrt(np.mean(g**2))) for g in groups),
+        q_lo=tuple(float(np.quantile(g, alpha / 2.0)) for g in groups),
+        q_hi=tuple(float(np.quantile(g, 1.0 - alpha / 2.0)) for g in groups),
+        interval=interval,
+        n_cells=n,
+        reference=reference,
+    )
+
+
 # ------------------------------------------------------------------------ fit and select
 
 
@@ -795,6 +892,9 @@ class BiomassMapper:
         Epoch the LiDAR was acquired in (the LiDAR model applies to it only).
     lidar_min_fraction
         Minimum LiDAR coverage fraction of a cell for the LiDAR model to be used there.
+    cell_support
+        Change of support from the plot-sized window to one cell (:class:`CellSupport`)
+        for the per-cell uncertainty of the maps; ``None`` when it could not be estimated.
     epoch_offsets
         Additive per-epoch bias correction of the satellite model (Mg/ha, see
         :func:`epoch_corrections`), applied before its calibration; epochs not listed are
@@ -807,6 +907,7 @@ class BiomassMapper:
     lidar_epoch: str | None = None
     lidar_min_fraction: float = 0.95
     epoch_offsets: dict[str, float] = field(default_factory=dict)
+    cell_support: CellSupport | None = None
 
     def predict(self, table: pd.DataFrame, *, epoch: str) -> tuple[Prediction, NDArray[np.uint8]]:
         """AGB with uncertainty (Mg/ha) and the ``model_source`` code per row of ``table``.

@@ -269,6 +269,15 @@ class ModelParams(Section):
     #: add to each epoch's satellite map the mean held-out residual of that epoch's plots
     #: (model-assisted bias correction, see ``models.biomass.epoch_corrections``)
     epoch_bias_correction: bool = True
+    #: categorical column of ``sources.parcels`` (the bureau's sub-compartment map) whose
+    #: classes become satellite-model predictors: per class, the share of the plot or
+    #: the plot-sized window in parcels of that class (``pipeline.features.class_layers``).
+    #: Optical reflectance saturates in dense forest; the forest type tells stands of
+    #: the same greenness apart. null, or no parcel layer: not used
+    parcel_class_column: str | None = "forest_type"
+    #: bins of window AGB in which the cell-vs-window deviations of the per-cell
+    #: uncertainty are described (``models.biomass.cell_support``; needs LiDAR)
+    cell_support_bins: int = Field(default=10, ge=1)
     rf_n_estimators: int = Field(default=300, ge=10)
     rf_min_samples_leaf: int = Field(default=3, ge=1)
     gb_max_iter: int = Field(default=200, ge=10)

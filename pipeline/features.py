@@ -306,6 +306,23 @@ def focal_mean(stack: xr.DataArray, *, size_px: int) -> xr.DataArray:
     return stack.copy(data=out)
 
 
+def _burn(parcels: gpd.GeoDataFrame, like: xr.DataArray) -> np.ndarray:
+    """uint8 grid of ``like``: 1 where a cell's centre lies in one of ``parcels``."""
+    from rasterio.features import rasterize
+
+    band = like.isel(band=0) if "band" in like.dims else like
+    shape = (band.sizes["y"], band.sizes["x"])
+    if not len(parcels):
+        return np.zeros(shape, dtype="uint8")
+    return rasterize(
+        ((geom, 1) for geom in parcels.to_crs(like.rio.crs).geometry),
+        out_shape=shape,
+        transform=like.rio.transform(recalc=True),
+        fill=0,
+        dtype="uint8",
+    )
+
+
 def forest_land_mask(
     parcels: gpd.GeoDataFrame,
     like: xr.DataArray,
@@ -318,23 +335,58 @@ def forest_land_mask(
     A mask by pixel centre is what a forest/non-forest map is; the parcel sums themselves
     use fractional coverage (:mod:`pipeline.zonal`).
     """
-    from rasterio.features import rasterize
-
     if column not in parcels.columns:
         raise InputDataError(
             f"parcels: no column {column!r} to tell forest land (values {list(land_classes)}); "
             "add it to the parcel layer or leave sources.parcels unset"
         )
-    forest = parcels[parcels[column].isin(land_classes)].to_crs(like.rio.crs)
+    mask = _burn(parcels[parcels[column].isin(land_classes)], like)
     band = like.isel(band=0) if "band" in like.dims else like
-    shape = (band.sizes["y"], band.sizes["x"])
-    mask = np.zeros(shape, dtype="uint8")
-    if len(forest):
-        mask = rasterize(
-            ((geom, 1) for geom in forest.geometry),
-            out_shape=shape,
-            transform=like.rio.transform(recalc=True),
-            fill=0,
-            dtype="uint8",
-        )
     return xr.DataArray(mask.astype(bool), dims=("y", "x"), coords={"y": band.y, "x": band.x})
+
+
+def _class_column(parcels: gpd.GeoDataFrame, column: str) -> pd.Series:
+    if column not in parcels.columns:
+        raise InputDataError(
+            f"parcels: no column {column!r} (columns {list(parcels.columns)}); add it to the "
+            "parcel layer or set model.parcel_class_column to another column or to null"
+        )
+    return parcels[column]
+
+
+def parcel_classes(parcels: gpd.GeoDataFrame, *, column: str) -> list[str]:
+    """The sorted classes of the parcel attribute ``column`` (see :func:`class_layers`)."""
+    return sorted(str(v) for v in _class_column(parcels, column).dropna().unique())
+
+
+def class_layers(
+    parcels: gpd.GeoDataFrame, like: xr.DataArray, *, column: str, classes: Sequence[str]
+) -> xr.DataArray:
+    """One 0/1 band per class of the parcel attribute ``column``, named ``column:class``:
+    1 where a cell's centre lies in a parcel of that class.
+
+    Averaged over a plot square or the plot-sized window like every predictor, a band
+    becomes the share of that area in the class: this is how the bureau's
+    sub-compartment map (forest type or dominant species of every parcel) enters the
+    models. A class the layer no longer has gives an all-zero band.
+    """
+    values = _class_column(parcels, column).astype(str)
+    band = like.isel(band=0) if "band" in like.dims else like
+    # one byte per cell in memory (class number, 0 = none; parcels do not overlap), the
+    # float bands are made lazily from it chunk by chunk
+    if len(classes) > np.iinfo(np.uint8).max:
+        raise InputDataError(
+            f"parcels: column {column!r} has {len(classes)} classes, more than 255; use a "
+            "coarser class column for model.parcel_class_column"
+        )
+    codes = np.zeros((band.sizes["y"], band.sizes["x"]), dtype=np.uint8)
+    for k, c in enumerate(classes, start=1):
+        codes[_burn(parcels[values == c], like) == 1] = k
+    chunks = band.data.chunksize if isinstance(band.data, dask.array.Array) else codes.shape
+    lazy = dask.array.from_array(codes, chunks=chunks)
+    data = dask.array.stack([lazy == k for k in range(1, len(classes) + 1)]).astype(np.float32)
+    return xr.DataArray(
+        data,
+        dims=("band", "y", "x"),
+        coords={"band": [f"{column}:{c}" for c in classes], "y": band.y, "x": band.x},
+    )

@@ -27,10 +27,15 @@ outside the maps) or a quality flag below ``SinkParams.min_quality``. The qualit
 band ``good`` of the predict stage's ``rasters/quality_<epoch>.tif`` (1 where the
 relative SD is below ``PredictParams.good_relative_error``), or a single-band flag.
 
+The SDs are those of the maps' support (band ``carbon_sd_support`` of the predict
+stage's SD rasters, :func:`support_sd_band`): the within-window variation that a single
+cell's SD adds belongs to the same trees at both epochs, so it largely cancels in the
+difference, while the window estimate's error is what the two maps' errors share.
+
 CO2 equivalents use the molar-mass ratio of CO2 to C, 44/12 (IPCC convention).
 
 The "forest carbon index" is one multi-band COG in the spirit of the GEDI L4B gridded
-product: carbon density and its SD at the last epoch, the annual sink and its SD, and a
+product: carbon density and its (support) SD at the last epoch, the annual sink and its SD, and a
 quality flag (2 = stock and sink valid, 1 = stock valid but the sink is masked, 0 = no
 valid estimate).
 
@@ -71,6 +76,8 @@ def as_band(da: xr.DataArray, *, name: str) -> xr.DataArray:
         if da.sizes["band"] != 1:
             raise InputDataError(f"{name}: expected a single-band raster, got {da.sizes['band']}")
         da = da.isel(band=0, drop=True)
+    elif "band" in da.coords:  # a band picked by name keeps its name as a scalar coordinate
+        da = da.drop_vars("band")
     nodata = da.attrs.get("_FillValue", da.attrs.get("nodata"))
     out = da.astype(np.float32)
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
@@ -96,11 +103,27 @@ def named_band(raster: xr.DataArray | xr.Dataset, name: str, *, source: str) -> 
 QUALITY_BAND = "good"
 
 
+#: band of the predict stage's carbon SD raster with the window estimate's own error
+SUPPORT_SD_BAND = "carbon_sd_support"
+
+
+def _band_or_only(raster: xr.DataArray, band: str, *, name: str) -> xr.DataArray:
+    if "band" in raster.dims and raster.sizes["band"] > 1:
+        return as_band(named_band(raster, band, source=name), name=name)
+    return as_band(raster, name=name)
+
+
 def quality_band(quality: xr.DataArray, *, name: str) -> xr.DataArray:
     """The good-quality flag: band ``good`` of a multi-band quality raster, or its only band."""
-    if "band" in quality.dims and quality.sizes["band"] > 1:
-        return as_band(named_band(quality, QUALITY_BAND, source=name), name=name)
-    return as_band(quality, name=name)
+    return _band_or_only(quality, QUALITY_BAND, name=name)
+
+
+def support_sd_band(carbon_sd: xr.DataArray, *, name: str) -> xr.DataArray:
+    """The carbon SD to sum over areas and difference over epochs: band
+    ``carbon_sd_support`` of the predict stage's SD raster (the error of the plot-sized
+    window estimate, shared by neighbouring cells and by the epochs; see
+    :mod:`pipeline.stages.predict`), or the only band of a single-band SD raster."""
+    return _band_or_only(carbon_sd, SUPPORT_SD_BAND, name=name)
 
 
 def _check_same_grid(arrays: dict[str, xr.DataArray]) -> None:
@@ -159,8 +182,8 @@ def stock_change_sink(
     arrays = {
         "carbon (start epoch)": as_band(carbon_start, name="carbon (start epoch)"),
         "carbon (end epoch)": as_band(carbon_end, name="carbon (end epoch)"),
-        "carbon SD (start epoch)": as_band(carbon_sd_start, name="carbon SD (start epoch)"),
-        "carbon SD (end epoch)": as_band(carbon_sd_end, name="carbon SD (end epoch)"),
+        "carbon SD (start epoch)": support_sd_band(carbon_sd_start, name="carbon SD (start epoch)"),
+        "carbon SD (end epoch)": support_sd_band(carbon_sd_end, name="carbon SD (end epoch)"),
         "quality (start epoch)": quality_band(quality_start, name="quality (start epoch)"),
         "quality (end epoch)": quality_band(quality_end, name="quality (end epoch)"),
     }
@@ -223,7 +246,7 @@ def forest_carbon_index(
         valid but sink masked, 0 = no valid estimate), all float32.
     """
     c2 = as_band(carbon_end, name="carbon (end epoch)")
-    s2 = as_band(carbon_sd_end, name="carbon SD (end epoch)")
+    s2 = support_sd_band(carbon_sd_end, name="carbon SD (end epoch)")
     q2 = quality_band(quality_end, name="quality (end epoch)")
     stock_ok = c2.notnull() & s2.notnull() & (q2 >= min_quality)
     sink_ok = sink["sink_mg_c_ha_yr"].notnull()

@@ -18,10 +18,12 @@ from models.biomass import (
     ModelDomainError,
     ModelSettings,
     PowerLawABA,
+    Prediction,
     _conformal_quantile,
     accuracy,
     blocked_folds,
     calibrate_conformal,
+    cell_support,
     epoch_corrections,
     epoch_error_correlation,
     make_model,
@@ -317,3 +319,51 @@ def test_mapper_shifts_the_satellite_map_of_a_corrected_epoch_only() -> None:
     np.testing.assert_array_equal(later.sd, again.sd)
     np.testing.assert_array_equal(later.upper, again.upper)
     np.testing.assert_array_equal(shifted.predict(px, epoch="2019")[0].mean, plain.mean)
+
+
+def test_cell_support_recovers_a_known_relative_deviation() -> None:
+    # cells depart from their window mean by r ~ U(-0.6, 0.8) at every AGB level: the
+    # 5 % and 95 % quantiles are -0.53 and 0.73, the RMS sqrt(1.4^2 / 12 + 0.1^2)
+    rng = np.random.default_rng(3)
+    window = rng.uniform(20.0, 400.0, 200_000)
+    cell = window * (1.0 + rng.uniform(-0.6, 0.8, window.size))
+    cs = cell_support(cell, window, interval=0.9, n_bins=5, reference="test")
+    assert len(cs.edges) == 4 and cs.n_cells == window.size
+    np.testing.assert_allclose(cs.q_lo, -0.53, atol=0.01)
+    np.testing.assert_allclose(cs.q_hi, 0.73, atol=0.01)
+    np.testing.assert_allclose(cs.rms, math.sqrt(1.4**2 / 12 + 0.01), atol=0.005)
+    # cells of windows without positive AGB or with NaN do not count
+    window[:10] = 0.0
+    cell[10:20] = np.nan
+    assert cell_support(cell, window, interval=0.9, n_bins=5, reference="t").n_cells == (
+        window.size - 20
+    )
+    with pytest.raises(ModelDomainError, match="at least 150 cells"):
+        cell_support(cell[:100], window[:100], interval=0.9, n_bins=5, reference="t")
+
+
+def test_widened_intervals_cover_single_cells_at_the_nominal_rate() -> None:
+    # a calibrated window estimate (normal error, SD 15 %) of windows whose cells depart
+    # by a level-dependent relative deviation: its own interval under-covers the cells,
+    # the widened one covers them at about the nominal 90 %
+    rng = np.random.default_rng(11)
+    n = 100_000
+    window = rng.uniform(30.0, 350.0, n)
+    spread = np.where(window < 150.0, 0.25, 0.5)
+    cells = window * (1.0 + spread * rng.standard_normal(n)).clip(0.0)
+    cs = cell_support(cells, window, interval=0.9, n_bins=8, reference="test")
+    sd = 0.15 * window
+    est = window + sd * rng.standard_normal(n)
+    z = 1.6449
+    pred = Prediction(est, sd, est - z * sd, est + z * sd)
+    # new cells of the same landscape, not the ones the deviations were fitted on
+    fresh = window * (1.0 + spread * rng.standard_normal(n)).clip(0.0)
+
+    def coverage(p: Prediction) -> float:
+        return float(np.mean((p.lower <= fresh) & (fresh <= p.upper)))
+
+    wide = cs.widen(pred)
+    assert coverage(pred) < 0.7
+    assert 0.86 <= coverage(wide) <= 0.94
+    np.testing.assert_array_equal(wide.mean, pred.mean)
+    assert (wide.sd >= pred.sd).all() and (wide.lower >= 0).all()

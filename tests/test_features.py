@@ -12,7 +12,9 @@ from shapely.geometry import box
 from pipeline.errors import InputDataError
 from pipeline.features import (
     cell_weights,
+    class_layers,
     focal_mean,
+    parcel_classes,
     plot_features,
     predictor_stack,
     support_window_px,
@@ -168,3 +170,33 @@ def test_focal_mean_matches_brute_force_nanmean_across_chunks() -> None:
     np.testing.assert_allclose(got, ref, rtol=1e-6)
     assert support_window_px(25.82, 10.0) == 3 and support_window_px(25.82, 1.0) == 27
     assert focal_mean(da, size_px=1) is da
+
+
+def test_parcel_class_layers_burn_cell_centres_and_average_to_class_shares() -> None:
+    # two parcels split a 6 x 6 grid of 10 m cells at x = X0 + 24 m: the centres of
+    # columns 0-1 (X0 + 5, + 15 m) lie in the west parcel, those of columns 2-5 in the east
+    like = make_raster(np.zeros((1, 6, 6)), ["elevation"])
+    parcels = gpd.GeoDataFrame(
+        {"forest_type": ["pine", "fir"]},
+        geometry=[box(X0, Y0 - 60, X0 + 24, Y0), box(X0 + 24, Y0 - 60, X0 + 60, Y0)],
+        crs=CRS,
+    )
+    classes = parcel_classes(parcels, column="forest_type")
+    assert classes == ["fir", "pine"]
+    layers = class_layers(parcels, like, column="forest_type", classes=[*classes, "bamboo"])
+    assert list(layers["band"].to_numpy()) == [
+        "forest_type:fir",
+        "forest_type:pine",
+        "forest_type:bamboo",
+    ]
+    v = layers.compute().to_numpy()
+    np.testing.assert_array_equal(v[1], np.tile([1, 1, 0, 0, 0, 0], (6, 1)))
+    np.testing.assert_array_equal(v[0], 1 - v[1])
+    assert not v[2].any()
+    # averaged over a plot square, a band is the plot's share of that class
+    square = gpd.GeoDataFrame({"plot_id": ["A"]}, geometry=[box(X0, Y0 - 30, X0 + 30, Y0)], crs=CRS)
+    shares = plot_features(layers, square)
+    assert shares.loc[0, "forest_type:pine"] == pytest.approx(2 / 3)
+    assert shares.loc[0, "forest_type:fir"] == pytest.approx(1 / 3)
+    with pytest.raises(InputDataError, match=r"model\.parcel_class_column"):
+        parcel_classes(parcels, column="species")

@@ -196,7 +196,10 @@ def test_predict_outputs_are_lazy_with_crs_and_model_source(maps: dict) -> None:
     q24 = maps["rasters/quality_2024.tif"].sel(band="model_source").compute().to_numpy()
     assert (q24 == SOURCE_SATELLITE_UPSCALED).all()
     good = q19.sel(band="good").to_numpy()
-    rel = maps["rasters/agb_sd_2019.tif"].to_numpy()[0] / maps["rasters/agb_2019.tif"].to_numpy()[0]
+    sd = maps["rasters/agb_sd_2019.tif"].compute()
+    assert list(sd["band"].to_numpy()) == ["agb_sd", "agb_sd_support"]
+    rel = sd.sel(band="agb_sd_support").to_numpy() / maps["rasters/agb_2019.tif"].to_numpy()[0]
+    # the flag judges the window estimate, not the cell's within-window variation
     np.testing.assert_array_equal(good == 1, rel < 0.2)
 
 
@@ -258,9 +261,16 @@ def test_upscaled_map_error_and_interval_coverage_against_truth(scene: dict, map
     # is what the plots measured and the intervals were calibrated on
     truth = uniform_filter(scene["land"].agb_mg_ha, size=3, mode="nearest")
     agb = maps["rasters/agb_2019.tif"].compute().to_numpy()[0]
-    sd = maps["rasters/agb_sd_2019.tif"].compute().to_numpy()[0]
-    lo, hi = maps["rasters/agb_interval_2019.tif"].compute().to_numpy()
+    sd = maps["rasters/agb_sd_2019.tif"].sel(band="agb_sd_support").compute().to_numpy()
+    interval = maps["rasters/agb_interval_2019.tif"].compute()
+    lo, hi = (interval.sel(band=f"agb_{b}_support").to_numpy() for b in ("lower", "upper"))
     inside = (truth >= lo) & (truth <= hi)
+    # a single cell's interval adds the within-window variation and covers the cell
+    cell = scene["land"].agb_mg_ha
+    lo_c, hi_c = (interval.sel(band=f"agb_{b}").to_numpy() for b in ("lower", "upper"))
+    inside_cell = (cell >= lo_c) & (cell <= hi_c)
+    assert 0.85 <= inside_cell.mean() <= 0.95
+    assert (lo_c <= lo).all() and (hi_c >= hi).all()
     west, east = np.s_[:, : N // 2], np.s_[:, N // 2 :]
     rmse = {
         k: float(np.sqrt(np.mean((agb - truth)[s] ** 2)))

@@ -4,7 +4,9 @@ What it does, in order (science in :mod:`models.biomass`):
 
 1. Extracts predictors at every plot square, area-weighted (:mod:`pipeline.features`):
    per epoch the composite bands and indices plus terrain (elevation, slope, northness,
-   eastness); from ``lidar/metrics.tif`` the LiDAR metrics and ``lidar_fraction``.
+   eastness) and, with a parcel layer, the share of the plot in each class of its
+   ``model.parcel_class_column`` (forest type); from ``lidar/metrics.tif`` the LiDAR
+   metrics and ``lidar_fraction``.
 2. Where enough plots of the LiDAR epoch lie inside the LiDAR cover
    (``lidar_fraction >= lidar_min_fraction``), fits the plot->LiDAR model: candidates
    (power-law ABA, random forest, gradient boosting) compared by spatially blocked CV.
@@ -23,11 +25,13 @@ Signature (the runner passes ``.tif`` inputs as lazy DataArrays, dims ``band, y,
 
     model(job: ModelJob, *, plot_biomass: DataFrame, plot_locations: GeoDataFrame,
           composites: Mapping[epoch, DataArray] | Sequence[DataArray] (job.epochs order),
-          terrain: DataArray, lidar_metrics: DataArray | None = None)
+          terrain: DataArray, lidar_metrics: DataArray | None = None,
+          parcels: GeoDataFrame | None = None)
     -> {"model/model_card.json": dict, "model/plot_features.csv": DataFrame,
         "model/models.pkl": bytes}
 
-``models.pkl`` is a pickle of ``{"mapper": BiomassMapper, "conversion": {...}}`` read by
+``models.pkl`` is a pickle of ``{"mapper": BiomassMapper, "conversion": {...},
+"support_px": int, "parcel_classes": {"column", "classes"} | None}`` read by
 the ``predict`` stage. Command: ``forest-carbon fit`` (see :mod:`pipeline.commands.fit`).
 """
 
@@ -44,16 +48,20 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy.ndimage import binary_erosion
 
 from models.biomass import (
     Auxiliary,
     BiomassMapper,
+    CellSupport,
     FittedModel,
     ModelDomainError,
     ModelSettings,
+    PowerLawABA,
     SatelliteSource,
     accuracy,
     calibration_record,
+    cell_support,
     epoch_corrections,
     epoch_error_correlation,
     select_and_fit,
@@ -63,9 +71,11 @@ from pipeline import io
 from pipeline.config import Config, ModelParams
 from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
 from pipeline.features import (
+    class_layers,
     focal_mean,
     gather_cells,
     grid_extent,
+    parcel_classes,
     plot_features,
     predictor_stack,
     support_window_px,
@@ -195,6 +205,7 @@ def model(
     composites: Mapping[str, Any] | Sequence[Any],
     terrain: xr.DataArray | Path,
     lidar_metrics: xr.DataArray | Path | None = None,
+    parcels: gpd.GeoDataFrame | None = None,
 ) -> dict[str, Any]:
     """Fit the biomass models of a run (see the module docstring)."""
     p = job.params
@@ -206,10 +217,15 @@ def model(
     comps = composites_by_epoch(composites, job.epochs)
     terr = terrain_features(open_raster(terrain))
 
+    fixed, fixed_sources = [terr], ["composites/terrain.tif"]
+    classes: dict[str, Any] | None = None
+    if p.parcel_class_column is not None and parcels is not None:
+        column = p.parcel_class_column
+        classes = {"column": column, "classes": parcel_classes(parcels, column=column)}
+        fixed.append(class_layers(parcels, terr, **classes))
+        fixed_sources.append(f"parcels ({column})")
     sat_stacks = {
-        e: predictor_stack(
-            comps[e], terr, sources=(f"composites/{e}.tif", "composites/terrain.tif")
-        )
+        e: predictor_stack(comps[e], *fixed, sources=(f"composites/{e}.tif", *fixed_sources))
         for e in job.epochs
     }
     sat_features = [str(b) for b in sat_stacks[job.epochs[0]]["band"].to_numpy()]
@@ -251,6 +267,8 @@ def model(
         "n_plot_epochs": len(table),
         "epochs": list(job.epochs),
         "seed": job.seed,
+        "parcel_classes": classes
+        or {"skipped": "no parcel layer, or model.parcel_class_column is null"},
     }
     lidar_model: FittedModel | None = None
     if lidar is not None and lidar_epoch is not None:
@@ -302,6 +320,14 @@ def model(
     }
     mapper = BiomassMapper(satellite, source, lidar_model, lidar_epoch, p.lidar_min_fraction)
     _epoch_errors(mapper, sat_plots, job.epochs, p, card)
+    if lidar_model is not None and lidar is not None:
+        lidar_plots = table.loc[in_lidar]
+        mapper.cell_support, card["cell_support"] = _cell_support(lidar, lidar_plots, p, support_px)
+    else:
+        card["cell_support"] = {
+            "skipped": "no LiDAR model: per-cell SDs and intervals are those of the "
+            "plot-sized window (the maps' support)"
+        }
     card["satellite_model"] = satellite.card
     card["satellite_source"] = source
     card["lidar_epoch"] = lidar_epoch
@@ -320,7 +346,12 @@ def model(
     }
     conversion = conversion_factors(plot_biomass)
     card["conversion"] = conversion
-    bundle = {"mapper": mapper, "conversion": conversion, "support_px": support_px}
+    bundle = {
+        "mapper": mapper,
+        "conversion": conversion,
+        "support_px": support_px,
+        "parcel_classes": classes,
+    }
     blob = pickle.dumps(bundle, protocol=5)
     return {
         "model/model_card.json": card,
@@ -514,6 +545,58 @@ def _upscaling_sample(
     return table, info
 
 
+def _cell_support(
+    lidar: xr.DataArray, plots: pd.DataFrame, p: ModelParams, support_px: int
+) -> tuple[CellSupport | None, dict[str, Any]]:
+    """Change of support from the maps' window to one cell, with its model-card record.
+
+    The reference field is the power-law ABA model (fitted on the LiDAR plots) applied to
+    single-cell LiDAR metrics inside the LiDAR cover, whatever model the LiDAR cells are
+    mapped with: a smooth monotone function of height and cover extrapolates to single
+    cells, whose heights and covers range wider than the plots'; tree ensembles cap
+    their predictions at the training range and would understate the cell-to-cell
+    variation. Only cells whose whole window lies inside the cover count.
+    """
+    height, cover = p.powerlaw_height, p.powerlaw_cover
+    names = [str(b) for b in lidar["band"].to_numpy()]
+    if height not in names or cover not in names:
+        return None, {"skipped": f"lidar/metrics.tif lacks {height!r} or {cover!r}"}
+    try:
+        law = PowerLawABA(height=height, cover=cover).fit(
+            plots, plots["agb_mg_ha"].to_numpy(dtype=np.float64)
+        )
+    except ModelDomainError as err:
+        return None, {"skipped": str(err)}
+    (frac,) = dask.compute(lidar.sel(band="lidar_fraction").data)
+    inside = np.nan_to_num(np.asarray(frac, dtype=np.float64)) >= p.lidar_min_fraction
+    if not inside.any():
+        return None, {"skipped": "no cell inside the LiDAR cover"}
+    # the cover's bounding box only: the rest of the grid has no LiDAR
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    sub = lidar.isel(y=box[0], x=box[1])
+    (metrics,) = dask.compute(sub.sel(band=[height, cover]).data)
+    table = pd.DataFrame(
+        np.asarray(metrics, dtype=np.float64).reshape(2, -1).T, columns=[height, cover]
+    )
+    cell = law.predict(table).reshape(metrics.shape[1:])
+    whole = binary_erosion(inside[box], structure=np.ones((support_px, support_px)))
+    cell = np.where(inside[box], cell, np.nan)
+    window = focal_mean(sub.isel(band=[0]).copy(data=cell[None]), size_px=support_px)
+    window_values = np.where(whole, np.asarray(window.values)[0], np.nan)
+    try:
+        cs = cell_support(
+            cell,
+            window_values,
+            interval=p.interval,
+            n_bins=p.cell_support_bins,
+            reference=f"power-law ABA ({law.describe()['form']}) on single-cell LiDAR metrics",
+        )
+    except ModelDomainError as err:
+        return None, {"skipped": str(err)}
+    return cs, cs.describe()
+
+
 def model_job(config: Config) -> ModelJob:
     """The stage's frozen parameters from a run config."""
     return ModelJob(
@@ -538,6 +621,8 @@ def model_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Pa
     }
     if config.sources.lidar_tiles is not None:
         inputs["lidar_metrics"] = layout.path("lidar/metrics.tif")
+    if config.sources.parcels is not None and config.stages.model.parcel_class_column:
+        inputs["parcels"] = config.sources.parcels
     return inputs
 
 

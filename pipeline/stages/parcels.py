@@ -60,7 +60,14 @@ from scipy.stats import norm
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError, InputDataError
-from pipeline.sink import CO2_PER_C, as_band, named_band, quality_band, stock_change_sink
+from pipeline.sink import (
+    CO2_PER_C,
+    as_band,
+    named_band,
+    quality_band,
+    stock_change_sink,
+    support_sd_band,
+)
 from pipeline.stage import RunLayout, Stage
 from pipeline.stages.sink import (
     SinkJob,
@@ -138,7 +145,7 @@ def parcel_sink_table(
         "end": (carbon_end, carbon_sd_end, quality_end),
     }
     for role, (c, s, q) in stock_inputs.items():
-        cb, sb = as_band(c, name="carbon"), as_band(s, name="carbon SD")
+        cb, sb = as_band(c, name="carbon"), support_sd_band(s, name="carbon SD")
         qb = quality_band(q, name="quality")
         ok = cb.notnull() & sb.notnull() & (qb >= job.min_quality)
         arrays[f"c_{role}"] = cb.where(ok)

@@ -11,6 +11,17 @@ CO2e is ``carbon * (CO2/C)``, with ``R`` (root-to-shoot), ``CF`` (carbon fractio
 :func:`pipeline.stages.model.conversion_factors`); the SDs scale by the same factors
 (the factors' own uncertainty is not propagated).
 
+Two supports of uncertainty. Each cell's value is the AGB of the plot-sized window
+centred on it (:func:`pipeline.features.focal_mean`), the support the models are
+calibrated at. The first band of each SD and interval raster is for the cell itself: it
+adds the within-window variation of the stand (``BiomassMapper.cell_support``, estimated
+from LiDAR in the ``model`` stage), so a 10 m cell's 90 % interval covers the AGB of that
+cell. The ``*_support`` bands are the window estimate's own error: that error is shared
+by neighbouring cells and by both epochs, the within-window variation is not (it
+averages out over areas and largely persists between epochs), so sums over parcels and
+the sink use the ``*_support`` bands (:func:`pipeline.sink.support_sd_band`), and so does
+the quality flag.
+
 Signature::
 
     predict(job: PredictJob, *, models: Path | bytes,
@@ -18,14 +29,17 @@ Signature::
             terrain: DataArray, lidar_metrics: DataArray | None = None,
             parcels: GeoDataFrame | None = None)
     -> {"rasters/agb_<epoch>.tif": DataArray (Mg/ha),
-        "rasters/agb_sd_<epoch>.tif": DataArray (Mg/ha),
-        "rasters/agb_interval_<epoch>.tif": DataArray, bands agb_lower, agb_upper (Mg/ha),
-        "rasters/carbon_<epoch>.tif", "rasters/carbon_sd_<epoch>.tif" (Mg C/ha),
+        "rasters/agb_sd_<epoch>.tif": DataArray, bands agb_sd, agb_sd_support (Mg/ha),
+        "rasters/agb_interval_<epoch>.tif": DataArray, bands agb_lower, agb_upper,
+            agb_lower_support, agb_upper_support (Mg/ha),
+        "rasters/carbon_<epoch>.tif" (Mg C/ha),
+        "rasters/carbon_sd_<epoch>.tif": bands carbon_sd, carbon_sd_support (Mg C/ha),
         "rasters/co2e_<epoch>.tif" (t CO2e/ha),
         "rasters/quality_<epoch>.tif": int16 bands model_source (0 none, 1 LiDAR model,
-            2 satellite model upscaled from LiDAR, 3 satellite model from plots),
+            2 satellite model upscaled from LiDAR, 3 satellite model from plots,
+            4 satellite model from both),
             n_valid (clear observations in the composite, -1 unknown),
-            good (1 if SD/AGB < good_relative_error)}
+            good (1 if support SD/AGB < good_relative_error)}
 
 All maps are lazy DataArrays (dims ``band, y, x``) with the CRS written. Command:
 ``forest-carbon predict`` (see :mod:`pipeline.commands.predict`).
@@ -51,6 +65,7 @@ from models.biomass import BiomassMapper
 from pipeline.config import Config, PredictParams
 from pipeline.errors import InputDataError
 from pipeline.features import (
+    class_layers,
     concat_aligned,
     focal_mean,
     forest_land_mask,
@@ -62,7 +77,19 @@ from pipeline.stage import RunLayout, Stage
 from pipeline.stages.model import composites_by_epoch, lidar_for_epoch, model_inputs, open_raster
 
 #: float layers produced per block, in order
-FLOAT_LAYERS = ("agb", "agb_sd", "agb_lower", "agb_upper", "carbon", "carbon_sd", "co2e")
+FLOAT_LAYERS = (
+    "agb",
+    "agb_sd",
+    "agb_sd_support",
+    "agb_lower",
+    "agb_upper",
+    "agb_lower_support",
+    "agb_upper_support",
+    "carbon",
+    "carbon_sd",
+    "carbon_sd_support",
+    "co2e",
+)
 #: int layers, after the float ones
 INT_LAYERS = ("model_source", "n_valid", "good")
 INT_NODATA = -1
@@ -114,6 +141,7 @@ def predict_block(
     if FOREST_BAND in table.columns:
         table.loc[table[FOREST_BAND] <= 0, [n for n in names if n != FOREST_BAND]] = np.nan
     pred, source = mapper.predict(table, epoch=epoch)
+    cell = pred if mapper.cell_support is None else mapper.cell_support.widen(pred)
     factor_c = (1.0 + conversion["root_to_shoot"]) * conversion["carbon_fraction"]
     carbon = pred.mean * factor_c
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -128,10 +156,14 @@ def predict_block(
     n_valid = np.where(np.isfinite(n_valid), n_valid, INT_NODATA)
     layers = [
         pred.mean,
+        cell.sd,
         pred.sd,
+        cell.lower,
+        cell.upper,
         pred.lower,
         pred.upper,
         carbon,
+        cell.sd * factor_c,
         pred.sd * factor_c,
         carbon * conversion["co2e_per_c"],
         source.astype(np.float64),
@@ -149,17 +181,22 @@ def epoch_stack(
     epoch: str,
     support_px: int,
     forest: xr.DataArray | None = None,
+    classes: xr.DataArray | None = None,
 ) -> xr.DataArray:
     """Predictor stack of one epoch at plot support, + ``lidar_fraction``, ``n_valid`` and
     the forest-land mask (band :data:`FOREST_BAND`, when ``forest`` is given).
 
-    Predictors (composite bands and indices, terrain, LiDAR metrics) are averaged over
+    Predictors (composite bands and indices, terrain, the parcel-class layers of
+    :func:`pipeline.features.class_layers` when given, LiDAR metrics) are averaged over
     the plot-sized window of each cell (:func:`pipeline.features.focal_mean`); the
     data-quality bands and the mask are kept per cell. One chunk along ``band``.
     """
     comp = with_band_names(composite, source=f"composites/{epoch}.tif")
     layers = [comp, terrain]
     sources = [f"composites/{epoch}.tif", "composites/terrain.tif"]
+    if classes is not None:
+        layers.append(classes)
+        sources.append("parcels (classes)")
     if lidar is not None:
         layers.append(lidar)
         sources.append("lidar/metrics.tif")
@@ -205,6 +242,15 @@ def predict(
         if parcels is None
         else forest_land_mask(parcels, terr, land_classes=job.params.forest_land_classes)
     )
+    spec = bundle.get("parcel_classes")
+    classes: xr.DataArray | None = None
+    if spec is not None:
+        if parcels is None:
+            raise InputDataError(
+                f"model/models.pkl: the models use the parcel layer's {spec['column']!r} "
+                "classes as predictors; give the parcel layer (sources.parcels, or --parcels)"
+            )
+        classes = class_layers(parcels, terr, column=spec["column"], classes=spec["classes"])
     out: dict[str, xr.DataArray] = {}
     for e in job.epochs:
         stack = epoch_stack(
@@ -214,6 +260,7 @@ def predict(
             epoch=e,
             support_px=bundle["support_px"],
             forest=forest,
+            classes=classes,
         )
         maps = predict_maps(
             stack, mapper=mapper, epoch=e, conversion=conversion, params=job.params, crs=job.crs
@@ -269,12 +316,17 @@ def predict_maps(
     nan = float("nan")
     return {
         "agb": make(["agb"], units="Mg/ha", dtype=np.float32, nodata=nan),
-        "agb_sd": make(["agb_sd"], units="Mg/ha", dtype=np.float32, nodata=nan),
+        "agb_sd": make(["agb_sd", "agb_sd_support"], units="Mg/ha", dtype=np.float32, nodata=nan),
         "agb_interval": make(
-            ["agb_lower", "agb_upper"], units="Mg/ha", dtype=np.float32, nodata=nan
+            ["agb_lower", "agb_upper", "agb_lower_support", "agb_upper_support"],
+            units="Mg/ha",
+            dtype=np.float32,
+            nodata=nan,
         ),
         "carbon": make(["carbon"], units="Mg C/ha", dtype=np.float32, nodata=nan),
-        "carbon_sd": make(["carbon_sd"], units="Mg C/ha", dtype=np.float32, nodata=nan),
+        "carbon_sd": make(
+            ["carbon_sd", "carbon_sd_support"], units="Mg C/ha", dtype=np.float32, nodata=nan
+        ),
         "co2e": make(["co2e"], units="t CO2e/ha", dtype=np.float32, nodata=nan),
         "quality": make(list(INT_LAYERS), units="1", dtype=np.int16, nodata=INT_NODATA),
     }
