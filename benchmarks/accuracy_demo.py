@@ -121,10 +121,11 @@ def maps(run: Path, truth: Path, epochs: list[str], window_px: int) -> None:
         d = agb - true
         true_w = uniform_filter(np.nan_to_num(true), size=window_px, mode="nearest")
         dw = agb - true_w
+        # bands 1-2: the cell's own interval; 3-4: the window estimate's (the maps' support)
         iv = run / f"rasters/agb_interval_{e}.tif"
-        lo, hi = read(iv, 1), read(iv, 2)
+        lo, hi, lo_w, hi_w = (read(iv, b) for b in (1, 2, 3, 4))
         cov = np.mean((lo[ok] <= true[ok]) & (true[ok] <= hi[ok]))
-        cov_w = np.mean((lo[ok] <= true_w[ok]) & (true_w[ok] <= hi[ok]))
+        cov_w = np.mean((lo_w[ok] <= true_w[ok]) & (true_w[ok] <= hi_w[ok]))
         print(
             f"  {e}: pixel AGB RMSE {np.sqrt(np.mean(d[ok] ** 2)):.1f} Mg/ha, bias "
             f"{np.mean(d[ok]):+.1f}; against the {window_px}x{window_px}-cell truth mean "
@@ -137,10 +138,17 @@ def maps(run: Path, truth: Path, epochs: list[str], window_px: int) -> None:
         carbon = read(run / f"rasters/carbon_{e}.tif")
         carbon_true = read(truth / f"carbon_{e}.tif")
         cell_ha = 0.01
-        tot, tot_true = np.nansum(carbon) * cell_ha, np.nansum(carbon_true) * cell_ha
+        mapped = np.isfinite(carbon)
+        tot = np.nansum(carbon) * cell_ha
+        tot_forest = np.nansum(carbon_true[mapped]) * cell_ha
+        tot_true = np.nansum(carbon_true) * cell_ha
+        # the maps cover forest land (the parcel layer's land classes) only: compare them
+        # with the truth on the same cells; the rest of the AOI's truth is shown apart
         print(
-            f"  {e}: AOI carbon {tot:,.0f} Mg C vs truth {tot_true:,.0f} "
-            f"({tot / tot_true - 1:+.2%})"
+            f"  {e}: AOI forest-land carbon {tot:,.0f} Mg C vs truth on the same cells "
+            f"{tot_forest:,.0f} ({tot / tot_forest - 1:+.2%}); truth outside forest land "
+            f"{tot_true - tot_forest:,.0f} Mg C ({(tot_true - tot_forest) / tot_true:.1%} of "
+            f"the AOI's {tot_true:,.0f}; map vs the whole AOI {tot / tot_true - 1:+.2%})"
         )
     true_rmse = float(np.sqrt(np.mean(np.concatenate(true_sq))))
     blocked, naive = cv["spatial_cv"]["rmse_mg_ha"], cv["random_cv"]["rmse_mg_ha"]
