@@ -275,6 +275,16 @@ class ModelParams(Section):
     #: Optical reflectance saturates in dense forest; the forest type tells stands of
     #: the same greenness apart. null, or no parcel layer: not used
     parcel_class_column: str | None = "forest_type"
+    #: judge, at the epochs other than the parcel layer's, whether each forest-land
+    #: parcel was forest then (``models.landuse``); parcels that were not (farmland
+    #: afforested since) get no estimate at that epoch, so no false loss of carbon.
+    #: Needs a parcel layer with forest and other land
+    land_use_change: bool = True
+    #: epoch the parcel layer describes (default: the last epoch)
+    parcels_epoch: str | None = None
+    #: spacing of the systematic cell samples that train the land-use classifier
+    #: (per kind of land, at most ``upscale_max_samples`` each) and judge the parcels
+    land_use_spacing_m: float = Field(default=30.0, gt=0)
     #: bins of window AGB in which the cell-vs-window deviations of the per-cell
     #: uncertainty are described (``models.biomass.cell_support``; needs LiDAR)
     cell_support_bins: int = Field(default=10, ge=1)

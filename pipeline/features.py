@@ -306,21 +306,34 @@ def focal_mean(stack: xr.DataArray, *, size_px: int) -> xr.DataArray:
     return stack.copy(data=out)
 
 
-def _burn(parcels: gpd.GeoDataFrame, like: xr.DataArray) -> np.ndarray:
-    """uint8 grid of ``like``: 1 where a cell's centre lies in one of ``parcels``."""
+def _burn(
+    parcels: gpd.GeoDataFrame,
+    like: xr.DataArray,
+    values: Sequence[int] | None = None,
+    dtype: str = "uint8",
+) -> np.ndarray:
+    """Grid of ``like``: where a cell's centre lies in a parcel, that parcel's value of
+    ``values`` (1 without ``values``), 0 elsewhere."""
     from rasterio.features import rasterize
 
     band = like.isel(band=0) if "band" in like.dims else like
     shape = (band.sizes["y"], band.sizes["x"])
     if not len(parcels):
-        return np.zeros(shape, dtype="uint8")
+        return np.zeros(shape, dtype=dtype)
+    burn = [1] * len(parcels) if values is None else [int(v) for v in values]
     return rasterize(
-        ((geom, 1) for geom in parcels.to_crs(like.rio.crs).geometry),
+        zip(parcels.to_crs(like.rio.crs).geometry, burn, strict=True),
         out_shape=shape,
         transform=like.rio.transform(recalc=True),
         fill=0,
-        dtype="uint8",
+        dtype=dtype,
     )
+
+
+def parcel_index(parcels: gpd.GeoDataFrame, like: xr.DataArray) -> np.ndarray:
+    """int32 grid of ``like``: 1 + the row number of the parcel each cell's centre lies
+    in, 0 outside every parcel."""
+    return _burn(parcels, like, values=range(1, len(parcels) + 1), dtype="int32")
 
 
 def forest_land_mask(
@@ -379,9 +392,9 @@ def class_layers(
             f"parcels: column {column!r} has {len(classes)} classes, more than 255; use a "
             "coarser class column for model.parcel_class_column"
         )
-    codes = np.zeros((band.sizes["y"], band.sizes["x"]), dtype=np.uint8)
-    for k, c in enumerate(classes, start=1):
-        codes[_burn(parcels[values == c], like) == 1] = k
+    code = {c: k for k, c in enumerate(classes, start=1)}
+    known = values.isin(code)
+    codes = _burn(parcels[known], like, values=values[known].map(code).tolist())
     chunks = band.data.chunksize if isinstance(band.data, dask.array.Array) else codes.shape
     lazy = dask.array.from_array(codes, chunks=chunks)
     data = dask.array.stack([lazy == k for k in range(1, len(classes) + 1)]).astype(np.float32)

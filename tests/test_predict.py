@@ -37,6 +37,7 @@ from pipeline.stages.predict import (
     INT_NODATA,
     PredictJob,
     epoch_stack,
+    load_models,
     predict,
     predict_block,
 )
@@ -420,6 +421,28 @@ def test_maps_cover_forest_land_parcels_only(scene: dict, maps: dict) -> None:
             **inp_maps(inp),
             parcels=parcels.rename(columns={"land_class": "lc"}),
         )
+
+
+def test_parcels_judged_not_yet_forest_get_no_estimate_at_that_epoch(scene: dict) -> None:
+    # the model stage judged parcel B farmland at 2019 (afforested since): no 2019 value
+    # there, while its 2024 values and parcel A's are kept
+    inp = scene["inputs"]
+    minx, miny, maxx, maxy = inp["terrain"].rio.bounds()
+    mid = minx + 30 * RES
+    parcels = gpd.GeoDataFrame(
+        {"parcel_id": ["A", "B"], "land_class": ["forest", "forest"]},
+        geometry=[box(minx, miny, mid, maxy), box(mid, miny, maxx, maxy)],
+        crs=CRS,
+    )
+    bundle = {
+        **load_models(scene["out"]["model/models.pkl"]),
+        "non_forest_parcels": {"2019": ["B"]},
+    }
+    pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
+    out = predict(pjob, models=bundle, **inp_maps(inp), parcels=parcels)
+    a19, a24 = (out[f"rasters/agb_{e}.tif"].to_numpy()[0] for e in EPOCHS)
+    assert np.isnan(a19[:, 30:]).all() and np.isfinite(a19[:, :30]).all()
+    assert np.isfinite(a24).all()
 
 
 def inp_maps(inp: dict) -> dict:

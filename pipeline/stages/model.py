@@ -67,6 +67,7 @@ from models.biomass import (
     select_and_fit,
     thinned_sample,
 )
+from models.landuse import fit_land_use
 from pipeline import io
 from pipeline.config import Config, ModelParams
 from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
@@ -76,6 +77,7 @@ from pipeline.features import (
     gather_cells,
     grid_extent,
     parcel_classes,
+    parcel_index,
     plot_features,
     predictor_stack,
     support_window_px,
@@ -95,6 +97,8 @@ class ModelJob:
     epochs: tuple[str, ...]
     seed: int
     crs: str
+    #: land classes of the parcel layer that are forest land (``PredictParams``)
+    forest_land_classes: tuple[str, ...] = ("forest",)
 
 
 def settings_from(params: ModelParams) -> ModelSettings:
@@ -346,11 +350,19 @@ def model(
     }
     conversion = conversion_factors(plot_biomass)
     card["conversion"] = conversion
+    non_forest: dict[str, list[str]] = {}
+    if p.land_use_change and parcels is not None:
+        non_forest, card["land_use"] = _land_use(
+            parcels, sat_stacks, job, support_px, exclude=classes
+        )
+    else:
+        card["land_use"] = {"skipped": "no parcel layer, or model.land_use_change is off"}
     bundle = {
         "mapper": mapper,
         "conversion": conversion,
         "support_px": support_px,
         "parcel_classes": classes,
+        "non_forest_parcels": non_forest,
     }
     blob = pickle.dumps(bundle, protocol=5)
     return {
@@ -545,6 +557,97 @@ def _upscaling_sample(
     return table, info
 
 
+def _land_use(
+    parcels: gpd.GeoDataFrame,
+    sat_stacks: Mapping[str, xr.DataArray],
+    job: ModelJob,
+    support_px: int,
+    *,
+    exclude: Mapping[str, Any] | None,
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Forest-land parcels that were not forest at each epoch other than the parcel
+    layer's (``{epoch: [parcel_id, ...]}``), with the model-card record.
+
+    See :mod:`models.landuse`. The classifier's features are the satellite predictors
+    at plot support without the parcel-class bands (they come from the labels' layer).
+    """
+    p = job.params
+    ref = p.parcels_epoch or job.epochs[-1]
+    if ref not in sat_stacks:
+        raise ConfigError(
+            f"model.parcels_epoch {ref!r} is not one of the epochs {list(job.epochs)}"
+        )
+    if "parcel_id" not in parcels.columns or "land_class" not in parcels.columns:
+        raise InputDataError(
+            "parcels: columns 'parcel_id' and 'land_class' are needed to judge land-use "
+            "change; add them or set model.land_use_change: false"
+        )
+    prefix = f"{exclude['column']}:" if exclude else None
+    stacks = {
+        e: focal_mean(
+            st.sel(
+                band=[b for b in st["band"].to_numpy() if not (prefix and b.startswith(prefix))]
+            ),
+            size_px=support_px,
+        )
+        for e, st in sat_stacks.items()
+    }
+    features = [str(b) for b in stacks[ref]["band"].to_numpy()]
+    is_forest = parcels["land_class"].isin(job.forest_land_classes).to_numpy()
+    grid = stacks[ref]
+    index = parcel_index(parcels, grid)
+    row_of = np.arange(len(parcels))
+    forest_cells = np.isin(index, 1 + row_of[is_forest])
+    other_cells = np.isin(index, 1 + row_of[~is_forest])
+    _, _, _, _, res_x, _ = grid_extent(grid)
+    step = max(1, round(p.land_use_spacing_m / res_x))
+
+    def cells(mask: np.ndarray, stack: xr.DataArray, seed: int, cap: int) -> pd.DataFrame:
+        rows, cols = thinned_sample(mask, step_px=step, max_samples=cap, seed=seed)
+        (vals,) = dask.compute(gather_cells(stack, rows, cols).transpose("point", "band").data)
+        table = pd.DataFrame(np.asarray(vals, dtype=np.float64), columns=features)
+        table["x_m"] = stack["x"].to_numpy()[cols]
+        table["y_m"] = stack["y"].to_numpy()[rows]
+        table["parcel"] = index[rows, cols] - 1
+        return table
+
+    try:
+        clf = fit_land_use(
+            cells(forest_cells, grid, job.seed, p.upscale_max_samples),
+            cells(other_cells, grid, job.seed + 1, p.upscale_max_samples),
+            features=features,
+            block_m=p.cv_block_m,
+            n_folds=p.cv_folds,
+            n_estimators=p.rf_n_estimators,
+            min_samples_leaf=p.rf_min_samples_leaf,
+            seed=job.seed,
+        )
+    except ModelDomainError as err:
+        return {}, {"skipped": str(err)}
+    non_forest: dict[str, list[str]] = {}
+    judged: dict[str, Any] = {}
+    for e in job.epochs:
+        if e == ref:
+            continue
+        # every forest-land parcel, on the full systematic grid
+        sample = cells(forest_cells, stacks[e], job.seed + 2, int(forest_cells.sum()))
+        prob = clf.forest_probability(sample)
+        ok = np.isfinite(prob)
+        share = (
+            pd.DataFrame({"parcel": sample["parcel"], "forest": prob >= 0.5})
+            .loc[ok]
+            .groupby("parcel")["forest"]
+            .mean()
+        )
+        # land use is a parcel attribute: the majority of its cells decides
+        ids = parcels["parcel_id"].astype(str).to_numpy()[share.index[share < 0.5].to_numpy()]
+        non_forest[e] = sorted(ids.tolist())
+        judged[e] = {"non_forest_parcels": non_forest[e], "parcels_judged": int(share.size)}
+    rule = "forest at an epoch when the classifier calls at least half its sampled cells forest"
+    record = {**clf.card, "parcels_epoch": ref, "rule": rule, **judged}
+    return non_forest, record
+
+
 def _cell_support(
     lidar: xr.DataArray, plots: pd.DataFrame, p: ModelParams, support_px: int
 ) -> tuple[CellSupport | None, dict[str, Any]]:
@@ -604,6 +707,7 @@ def model_job(config: Config) -> ModelJob:
         epochs=tuple(e.name for e in config.epochs),
         seed=config.seed,
         crs=config.crs,
+        forest_land_classes=config.stages.predict.forest_land_classes,
     )
 
 
@@ -621,7 +725,8 @@ def model_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Pa
     }
     if config.sources.lidar_tiles is not None:
         inputs["lidar_metrics"] = layout.path("lidar/metrics.tif")
-    if config.sources.parcels is not None and config.stages.model.parcel_class_column:
+    p = config.stages.model
+    if config.sources.parcels is not None and (p.parcel_class_column or p.land_use_change):
         inputs["parcels"] = config.sources.parcels
     return inputs
 

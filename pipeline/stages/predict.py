@@ -5,7 +5,9 @@ applied lazily, chunk by chunk (``dask.array.map_blocks`` with ``meta=``, graph 
 named by ``tokenize`` so reruns hit the same keys): the LiDAR model where the LiDAR epoch
 has LiDAR cover, the satellite model elsewhere. With a parcel layer, only cells whose
 centre lies in a forest-land parcel (``PredictParams.forest_land_classes``) get values:
-the models know forest plots only. Carbon is ``AGB * (1 + R) * CF`` and
+the models know forest plots only; at an epoch before the parcel layer's date, parcels
+the ``model`` stage judged not yet forest (``non_forest_parcels`` of ``models.pkl``, see
+:mod:`models.landuse`) get none either. Carbon is ``AGB * (1 + R) * CF`` and
 CO2e is ``carbon * (CO2/C)``, with ``R`` (root-to-shoot), ``CF`` (carbon fraction) and
 ``CO2/C`` taken from ``models.pkl`` (ratio estimators of the plots stage's table, see
 :func:`pipeline.stages.model.conversion_factors`); the SDs scale by the same factors
@@ -236,12 +238,14 @@ def predict(
         lidar_epoch, lidar = lidar_for_epoch(
             open_raster(lidar_metrics), epochs=job.epochs, lidar_epoch=mapper.lidar_epoch
         )
-    # one grid for every epoch: the mask is rasterised once
+    # one grid for every epoch: the mask is rasterised once, and again for an epoch at
+    # which some forest-land parcels were not forest yet (the model stage's judgement)
     forest = (
         None
         if parcels is None
         else forest_land_mask(parcels, terr, land_classes=job.params.forest_land_classes)
     )
+    non_forest: Mapping[str, Sequence[str]] = bundle.get("non_forest_parcels") or {}
     spec = bundle.get("parcel_classes")
     classes: xr.DataArray | None = None
     if spec is not None:
@@ -253,13 +257,19 @@ def predict(
         classes = class_layers(parcels, terr, column=spec["column"], classes=spec["classes"])
     out: dict[str, xr.DataArray] = {}
     for e in job.epochs:
+        forest_e = forest
+        if parcels is not None and non_forest.get(e):
+            was_forest = parcels[~parcels["parcel_id"].astype(str).isin(non_forest[e])]
+            forest_e = forest_land_mask(
+                was_forest, terr, land_classes=job.params.forest_land_classes
+            )
         stack = epoch_stack(
             comps[e],
             terr,
             lidar if e == lidar_epoch else None,
             epoch=e,
             support_px=bundle["support_px"],
-            forest=forest,
+            forest=forest_e,
             classes=classes,
         )
         maps = predict_maps(
