@@ -806,25 +806,34 @@ def epoch_error_correlation(
 
     The errors of one model at one place are alike at two epochs (same stand structure,
     same terrain, similar spectra), which makes the error of a difference of the maps
-    smaller than that of either map. It is estimated as the Pearson correlation of the
-    held-out residuals of the plots re-measured at both epochs, each normalised by the
-    calibration's difficulty ``sigma(pred)`` (the per-pixel SDs are ``k * sigma``).
-    Returns ``(rho, n_plots)``; ``rho`` is NaN with fewer than 10 re-measured plots.
+    smaller than that of either map. The sink SD is ``Var(e2 - e1) = s1^2 + s2^2 - 2 rho
+    s1 s2`` with ``s`` the maps' SDs (``k * sigma(pred)`` of ``calibration``), so ``rho``
+    is the errors' covariance as a share of ``s1 s2``. It is estimated by the method of
+    moments over the plots re-measured at both epochs: ``sum(r1 r2) / sum(s1 s2)`` with
+    ``r`` the held-out residuals. Each plot weighs by ``s1 s2``, as its pixels weigh in
+    the SDs summed over a parcel; the correlation of the normalised residuals ``r / s``
+    would let plots with a small SD (young or felled stands) dominate through their
+    amplified residuals. Clipped to [-1, 1]. Returns ``(rho, n_plots)``; ``rho`` is NaN
+    with fewer than 10 re-measured plots.
     """
     t = pd.DataFrame(
         {
             "plot": list(plot_ids),
             "epoch": list(epochs),
-            "z": (obs_mg_ha - oof_pred_mg_ha) / calibration.sigma(oof_pred_mg_ha),
+            "r": obs_mg_ha - oof_pred_mg_ha,
+            "s": calibration.k_sd * calibration.sigma(oof_pred_mg_ha),
         }
     ).dropna()
-    wide = t.pivot_table(index="plot", columns="epoch", values="z", aggfunc="mean")
-    if first not in wide.columns or second not in wide.columns:
+    wide = t.pivot_table(index="plot", columns="epoch", values=["r", "s"], aggfunc="mean")
+    epochs_there = set(wide.columns.get_level_values("epoch"))
+    if first not in epochs_there or second not in epochs_there:
         return math.nan, 0
-    pair = wide[[first, second]].dropna()
-    if len(pair) < 10:
-        return math.nan, len(pair)
-    return float(np.corrcoef(pair[first], pair[second])[0, 1]), len(pair)
+    both = wide.loc[:, (slice(None), [first, second])].dropna()
+    if len(both) < 10:
+        return math.nan, len(both)
+    r1, r2 = both[("r", first)].to_numpy(), both[("r", second)].to_numpy()
+    s1, s2 = both[("s", first)].to_numpy(), both[("s", second)].to_numpy()
+    return float(np.clip(np.sum(r1 * r2) / np.sum(s1 * s2), -1.0, 1.0)), len(both)
 
 
 def thinned_sample(

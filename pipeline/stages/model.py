@@ -471,8 +471,8 @@ def _epoch_errors(
         mapper.epoch_offsets = {e: c.offset_mg_ha for e, c in corrections.items()}
         # intervals around the corrected map: calibrate on the corrected predictions
         shift = np.array([mapper.epoch_offsets.get(e, 0.0) for e in plot_epochs])
-        corrected = np.clip(pred + shift, 0.0, None)
-        cal, record = calibration_record(obs, corrected, interval=p.interval)
+        pred = np.clip(pred + shift, 0.0, None)
+        cal, record = calibration_record(obs, pred, interval=p.interval)
         mapper.satellite.calibration = cal
         mapper.satellite.card["uncertainty"] = {**record, "after": "the epoch bias correction"}
     mapper.satellite.card["epoch_bias_correction"] = {
@@ -496,8 +496,8 @@ def _epoch_errors(
             pairs[f"{first}/{second}"] = {"rho": rho if np.isfinite(rho) else None, "n_plots": n}
     card["epoch_error_correlation"] = {
         **pairs,
-        "method": "Pearson correlation of the satellite model's normalised held-out "
-        "residuals at plots measured at both epochs",
+        "method": "method of moments, sum(r1 r2) / sum(s1 s2), over the satellite model's "
+        "held-out residuals r and map SDs s at plots measured at both epochs",
     }
 
 
