@@ -73,6 +73,7 @@ from pipeline.config import Config, ModelParams
 from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
 from pipeline.features import (
     class_layers,
+    concat_aligned,
     focal_mean,
     gather_cells,
     grid_extent,
@@ -221,17 +222,25 @@ def model(
     comps = composites_by_epoch(composites, job.epochs)
     terr = terrain_features(open_raster(terrain))
 
-    fixed, fixed_sources = [terr], ["composites/terrain.tif"]
+    # spectral (composite + terrain) predictors, and with the parcel classes added
+    spectral = {
+        e: predictor_stack(
+            comps[e], terr, sources=(f"composites/{e}.tif", "composites/terrain.tif")
+        )
+        for e in job.epochs
+    }
+    sat_stacks = spectral
     classes: dict[str, Any] | None = None
     if p.parcel_class_column is not None and parcels is not None:
         column = p.parcel_class_column
         classes = {"column": column, "classes": parcel_classes(parcels, column=column)}
-        fixed.append(class_layers(parcels, terr, **classes))
-        fixed_sources.append(f"parcels ({column})")
-    sat_stacks = {
-        e: predictor_stack(comps[e], *fixed, sources=(f"composites/{e}.tif", *fixed_sources))
-        for e in job.epochs
-    }
+        class_bands = class_layers(parcels, terr, **classes)
+        sat_stacks = {
+            e: concat_aligned(
+                [st, class_bands], sources=(f"composites/{e}.tif", f"parcels ({column})")
+            )
+            for e, st in spectral.items()
+        }
     sat_features = [str(b) for b in sat_stacks[job.epochs[0]]["band"].to_numpy()]
     tables = []
     for e in job.epochs:
@@ -301,9 +310,12 @@ def model(
     sat_plots = table.loc[ok].reset_index(drop=True)
     sample: pd.DataFrame | None = None
     sample_info: dict[str, Any] = {}
+    cover: np.ndarray | None = None
     if lidar_model is not None and lidar is not None and lidar_epoch is not None:
+        cover = _lidar_cover(lidar, p)
         sample, sample_info = _upscaling_sample(
             lidar,
+            cover,
             sat_stacks[lidar_epoch],
             lidar_model,
             lidar_feats,
@@ -324,9 +336,11 @@ def model(
     }
     mapper = BiomassMapper(satellite, source, lidar_model, lidar_epoch, p.lidar_min_fraction)
     _epoch_errors(mapper, sat_plots, job.epochs, p, card)
-    if lidar_model is not None and lidar is not None:
+    if lidar is not None and cover is not None:
         lidar_plots = table.loc[in_lidar]
-        mapper.cell_support, card["cell_support"] = _cell_support(lidar, lidar_plots, p, support_px)
+        mapper.cell_support, card["cell_support"] = _cell_support(
+            lidar, cover, lidar_plots, p, support_px
+        )
     else:
         card["cell_support"] = {
             "skipped": "no LiDAR model: per-cell SDs and intervals are those of the "
@@ -352,9 +366,7 @@ def model(
     card["conversion"] = conversion
     non_forest: dict[str, list[str]] = {}
     if p.land_use_change and parcels is not None:
-        non_forest, card["land_use"] = _land_use(
-            parcels, sat_stacks, job, support_px, exclude=classes
-        )
+        non_forest, card["land_use"] = _land_use(parcels, spectral, job, support_px)
     else:
         card["land_use"] = {"skipped": "no parcel layer, or model.land_use_change is off"}
     bundle = {
@@ -509,8 +521,26 @@ def _support_px(plots: gpd.GeoDataFrame, grid: xr.DataArray) -> int:
     return support_window_px(float(np.sqrt(np.median(areas))), res_x)
 
 
+def _lidar_cover(lidar: xr.DataArray, p: ModelParams) -> np.ndarray:
+    """Cells inside the LiDAR cover (``lidar_fraction >= model.lidar_min_fraction``)."""
+    (frac,) = dask.compute(lidar.sel(band="lidar_fraction").data)
+    return np.nan_to_num(np.asarray(frac, dtype=np.float64)) >= p.lidar_min_fraction
+
+
+def _sampled_cells(stack: xr.DataArray, rows: np.ndarray, cols: np.ndarray) -> pd.DataFrame:
+    """Values of ``stack`` at cells ``(rows, cols)``, a column per band, with the cells'
+    ``x_m`` and ``y_m``."""
+    (vals,) = dask.compute(gather_cells(stack, rows, cols).transpose("point", "band").data)
+    names = [str(b) for b in stack["band"].to_numpy()]
+    table = pd.DataFrame(np.asarray(vals, dtype=np.float64), columns=names)
+    table["x_m"] = stack["x"].to_numpy()[cols]
+    table["y_m"] = stack["y"].to_numpy()[rows]
+    return table
+
+
 def _upscaling_sample(
     lidar: xr.DataArray,
+    cover: np.ndarray,
     sat_stack: xr.DataArray,
     lidar_model: FittedModel,
     lidar_feats: Sequence[str],
@@ -523,23 +553,14 @@ def _upscaling_sample(
 
     Predictors are taken at plot support (moving-window means), as in ``predict``.
     """
-    (frac,) = dask.compute(lidar.sel(band="lidar_fraction").data)
-    valid = np.nan_to_num(np.asarray(frac, dtype=np.float64)) >= p.lidar_min_fraction
     _, _, _, _, res_x, _ = grid_extent(lidar)
     step = max(1, round(p.upscale_spacing_m / res_x))
-    rows, cols = thinned_sample(valid, step_px=step, max_samples=p.upscale_max_samples, seed=seed)
-    lid_vals, sat_vals = dask.compute(
-        gather_cells(focal_mean(lidar.sel(band=list(lidar_feats)), size_px=support_px), rows, cols)
-        .transpose("point", "band")
-        .data,
-        gather_cells(focal_mean(sat_stack, size_px=support_px), rows, cols)
-        .transpose("point", "band")
-        .data,
+    rows, cols = thinned_sample(cover, step_px=step, max_samples=p.upscale_max_samples, seed=seed)
+    both = concat_aligned(
+        [lidar.sel(band=list(lidar_feats)), sat_stack],
+        sources=("lidar/metrics.tif", "satellite predictors"),
     )
-    table = pd.DataFrame(np.asarray(lid_vals, dtype=np.float64), columns=list(lidar_feats))
-    table[list(sat_features)] = np.asarray(sat_vals, dtype=np.float64)
-    table["x_m"] = lidar["x"].to_numpy()[cols]
-    table["y_m"] = lidar["y"].to_numpy()[rows]
+    table = _sampled_cells(focal_mean(both, size_px=support_px), rows, cols)
     table["agb_mg_ha"] = lidar_model.model.predict(table)
     ok = table[[*lidar_feats, *sat_features, "agb_mg_ha"]].notna().all(axis=1)
     table = table.loc[ok].reset_index(drop=True)
@@ -552,28 +573,27 @@ def _upscaling_sample(
         "source": "lidar_upscaled",
         "n": len(table),
         "spacing_m": step * res_x,
-        "lidar_cells": int(valid.sum()),
+        "lidar_cells": int(cover.sum()),
     }
     return table, info
 
 
 def _land_use(
     parcels: gpd.GeoDataFrame,
-    sat_stacks: Mapping[str, xr.DataArray],
+    spectral_stacks: Mapping[str, xr.DataArray],
     job: ModelJob,
     support_px: int,
-    *,
-    exclude: Mapping[str, Any] | None,
 ) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """Forest-land parcels that were not forest at each epoch other than the parcel
     layer's (``{epoch: [parcel_id, ...]}``), with the model-card record.
 
-    See :mod:`models.landuse`. The classifier's features are the satellite predictors
-    at plot support without the parcel-class bands (they come from the labels' layer).
+    See :mod:`models.landuse`. The classifier's features are the spectral predictors
+    (``spectral_stacks``: composite and terrain, not the parcel classes, which come from
+    the labels' layer) at plot support.
     """
     p = job.params
     ref = p.parcels_epoch or job.epochs[-1]
-    if ref not in sat_stacks:
+    if ref not in spectral_stacks:
         raise ConfigError(
             f"model.parcels_epoch {ref!r} is not one of the epochs {list(job.epochs)}"
         )
@@ -582,16 +602,7 @@ def _land_use(
             "parcels: columns 'parcel_id' and 'land_class' are needed to judge land-use "
             "change; add them or set model.land_use_change: false"
         )
-    prefix = f"{exclude['column']}:" if exclude else None
-    stacks = {
-        e: focal_mean(
-            st.sel(
-                band=[b for b in st["band"].to_numpy() if not (prefix and b.startswith(prefix))]
-            ),
-            size_px=support_px,
-        )
-        for e, st in sat_stacks.items()
-    }
+    stacks = {e: focal_mean(st, size_px=support_px) for e, st in spectral_stacks.items()}
     features = [str(b) for b in stacks[ref]["band"].to_numpy()]
     is_forest = parcels["land_class"].isin(job.forest_land_classes).to_numpy()
     grid = stacks[ref]
@@ -604,10 +615,7 @@ def _land_use(
 
     def cells(mask: np.ndarray, stack: xr.DataArray, seed: int, cap: int) -> pd.DataFrame:
         rows, cols = thinned_sample(mask, step_px=step, max_samples=cap, seed=seed)
-        (vals,) = dask.compute(gather_cells(stack, rows, cols).transpose("point", "band").data)
-        table = pd.DataFrame(np.asarray(vals, dtype=np.float64), columns=features)
-        table["x_m"] = stack["x"].to_numpy()[cols]
-        table["y_m"] = stack["y"].to_numpy()[rows]
+        table = _sampled_cells(stack, rows, cols)
         table["parcel"] = index[rows, cols] - 1
         return table
 
@@ -649,7 +657,7 @@ def _land_use(
 
 
 def _cell_support(
-    lidar: xr.DataArray, plots: pd.DataFrame, p: ModelParams, support_px: int
+    lidar: xr.DataArray, in_cover: np.ndarray, plots: pd.DataFrame, p: ModelParams, support_px: int
 ) -> tuple[CellSupport | None, dict[str, Any]]:
     """Change of support from the maps' window to one cell, with its model-card record.
 
@@ -670,12 +678,10 @@ def _cell_support(
         )
     except ModelDomainError as err:
         return None, {"skipped": str(err)}
-    (frac,) = dask.compute(lidar.sel(band="lidar_fraction").data)
-    inside = np.nan_to_num(np.asarray(frac, dtype=np.float64)) >= p.lidar_min_fraction
-    if not inside.any():
+    if not in_cover.any():
         return None, {"skipped": "no cell inside the LiDAR cover"}
     # the cover's bounding box only: the rest of the grid has no LiDAR
-    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    rows, cols = np.flatnonzero(in_cover.any(axis=1)), np.flatnonzero(in_cover.any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     sub = lidar.isel(y=box[0], x=box[1])
     (metrics,) = dask.compute(sub.sel(band=[height, cover]).data)
@@ -683,8 +689,8 @@ def _cell_support(
         np.asarray(metrics, dtype=np.float64).reshape(2, -1).T, columns=[height, cover]
     )
     cell = law.predict(table).reshape(metrics.shape[1:])
-    whole = binary_erosion(inside[box], structure=np.ones((support_px, support_px)))
-    cell = np.where(inside[box], cell, np.nan)
+    whole = binary_erosion(in_cover[box], structure=np.ones((support_px, support_px)))
+    cell = np.where(in_cover[box], cell, np.nan)
     window = focal_mean(sub.isel(band=[0]).copy(data=cell[None]), size_px=support_px)
     window_values = np.where(whole, np.asarray(window.values)[0], np.nan)
     try:
