@@ -795,7 +795,6 @@ def epoch_corrections(
 def epoch_error_correlation(
     obs_mg_ha: FloatArray,
     oof_pred_mg_ha: FloatArray,
-    calibration: ConformalCalibration,
     *,
     epochs: Sequence[str],
     plot_ids: Sequence[str],
@@ -807,33 +806,34 @@ def epoch_error_correlation(
     The errors of one model at one place are alike at two epochs (same stand structure,
     same terrain, similar spectra), which makes the error of a difference of the maps
     smaller than that of either map. The sink SD is ``Var(e2 - e1) = s1^2 + s2^2 - 2 rho
-    s1 s2`` with ``s`` the maps' SDs (``k * sigma(pred)`` of ``calibration``), so ``rho``
-    is the errors' covariance as a share of ``s1 s2``. It is estimated by the method of
-    moments over the plots re-measured at both epochs: ``sum(r1 r2) / sum(s1 s2)`` with
-    ``r`` the held-out residuals. Each plot weighs by ``s1 s2``, as its pixels weigh in
-    the SDs summed over a parcel; the correlation of the normalised residuals ``r / s``
-    would let plots with a small SD (young or felled stands) dominate through their
-    amplified residuals. Clipped to [-1, 1]. Returns ``(rho, n_plots)``; ``rho`` is NaN
-    with fewer than 10 re-measured plots.
+    s1 s2`` with ``s`` the maps' SDs, so ``rho`` is a correlation coefficient: the
+    uncentred correlation ``sum(r1 r2) / sqrt(sum(r1^2) sum(r2^2))`` of the held-out
+    residuals ``r`` over the plots re-measured at both epochs (uncentred because the
+    errors of a bias-corrected map have mean zero).
+
+    Why the raw residuals: each plot weighs by the size of its errors, as its pixels
+    weigh in the SDs summed over a parcel; the correlation of the normalised residuals
+    ``r / s`` lets plots with a small SD (young or felled stands) dominate through their
+    amplified residuals. Why not ``sum(r1 r2) / sum(s1 s2)``: that ratio also carries how
+    the calibrated SDs ``s`` scale against the residuals of these particular plots (their
+    ``sum(r^2) / sum(s^2)`` need not be 1, since ``s`` is calibrated on every plot-epoch
+    with a normalised score), so it confounds the SDs' scale with the correlation.
+    Returns ``(rho, n_plots)``; ``rho`` is NaN with fewer than 10 re-measured plots.
     """
     t = pd.DataFrame(
-        {
-            "plot": list(plot_ids),
-            "epoch": list(epochs),
-            "r": obs_mg_ha - oof_pred_mg_ha,
-            "s": calibration.k_sd * calibration.sigma(oof_pred_mg_ha),
-        }
+        {"plot": list(plot_ids), "epoch": list(epochs), "r": obs_mg_ha - oof_pred_mg_ha}
     ).dropna()
-    wide = t.pivot_table(index="plot", columns="epoch", values=["r", "s"], aggfunc="mean")
-    epochs_there = set(wide.columns.get_level_values("epoch"))
-    if first not in epochs_there or second not in epochs_there:
+    wide = t.pivot_table(index="plot", columns="epoch", values="r", aggfunc="mean")
+    if first not in wide.columns or second not in wide.columns:
         return math.nan, 0
-    both = wide.loc[:, (slice(None), [first, second])].dropna()
+    both = wide[[first, second]].dropna()
     if len(both) < 10:
         return math.nan, len(both)
-    r1, r2 = both[("r", first)].to_numpy(), both[("r", second)].to_numpy()
-    s1, s2 = both[("s", first)].to_numpy(), both[("s", second)].to_numpy()
-    return float(np.clip(np.sum(r1 * r2) / np.sum(s1 * s2), -1.0, 1.0)), len(both)
+    r1, r2 = both[first].to_numpy(), both[second].to_numpy()
+    norm = math.sqrt(float(np.sum(r1 * r1) * np.sum(r2 * r2)))
+    if norm == 0.0:
+        return math.nan, len(both)
+    return float(np.sum(r1 * r2) / norm), len(both)
 
 
 def thinned_sample(

@@ -278,28 +278,29 @@ def test_epoch_corrections_are_the_mean_held_out_residual_per_epoch() -> None:
     assert out["2024"].n == 4
 
 
-def test_epoch_error_correlation_recovers_a_known_correlation() -> None:
+def test_epoch_error_correlation_recovers_a_known_correlation_whatever_the_sd_scale() -> None:
     rng = np.random.default_rng(8)
     n, rho = 4000, 0.7
     pred = rng.uniform(50, 300, n)
-    cal = ConformalCalibration(5.0, 0.1, 1.0, 1.0, -1.645, 1.645, 0.9, n)
+    sigma = ConformalCalibration(5.0, 0.1, 1.0, 1.0, -1.645, 1.645, 0.9, n).sigma(pred)
     z1 = rng.standard_normal(n)
     z2 = rho * z1 + math.sqrt(1 - rho**2) * rng.standard_normal(n)
-    sigma = cal.sigma(pred)
-    obs = np.concatenate([pred + z1 * sigma, pred + z2 * sigma])
     ids = [f"P{i}" for i in range(n)] * 2
-    est, m = epoch_error_correlation(
-        obs,
-        np.concatenate([pred, pred]),
-        cal,
-        epochs=["a"] * n + ["b"] * n,
-        plot_ids=ids,
-        first="a",
-        second="b",
-    )
-    assert m == n and est == pytest.approx(rho, abs=0.03)
+    # the errors are 0.6 times the size the calibration would give them: a correlation
+    # of the errors must not see that scale (sum(r1 r2) / sum(s1 s2) would give 0.42)
+    for scale in (1.0, 0.6):
+        obs = np.concatenate([pred + scale * z1 * sigma, pred + scale * z2 * sigma])
+        est, m = epoch_error_correlation(
+            obs,
+            np.concatenate([pred, pred]),
+            epochs=["a"] * n + ["b"] * n,
+            plot_ids=ids,
+            first="a",
+            second="b",
+        )
+        assert m == n and est == pytest.approx(rho, abs=0.03)
     few, m = epoch_error_correlation(
-        obs[:5], pred[:5], cal, epochs=["a"] * 5, plot_ids=ids[:5], first="a", second="b"
+        obs[:5], pred[:5], epochs=["a"] * 5, plot_ids=ids[:5], first="a", second="b"
     )
     assert math.isnan(few) and m == 0
 

@@ -498,7 +498,6 @@ def _epoch_errors(
             rho, n = epoch_error_correlation(
                 obs,
                 pred,
-                mapper.satellite.calibration,
                 epochs=plot_epochs,
                 plot_ids=plots["plot_id"].astype(str).tolist(),
                 first=first,
@@ -508,8 +507,8 @@ def _epoch_errors(
             pairs[f"{first}/{second}"] = {"rho": rho if np.isfinite(rho) else None, "n_plots": n}
     card["epoch_error_correlation"] = {
         **pairs,
-        "method": "method of moments, sum(r1 r2) / sum(s1 s2), over the satellite model's "
-        "held-out residuals r and map SDs s at plots measured at both epochs",
+        "method": "uncentred correlation sum(r1 r2) / sqrt(sum(r1^2) sum(r2^2)) of the "
+        "satellite model's held-out residuals r at plots measured at both epochs",
     }
 
 
