@@ -15,6 +15,7 @@ from models.biomass import (
     Auxiliary,
     BiomassMapper,
     ConformalCalibration,
+    LogLinearRidge,
     ModelDomainError,
     ModelSettings,
     PowerLawABA,
@@ -75,6 +76,36 @@ def test_powerlaw_gives_zero_at_zero_height_and_nan_for_missing() -> None:
     model = PowerLawABA().fit(x, 3 * x["h_mean"].to_numpy() ** 1.2)
     out = model.predict(pd.DataFrame({"h_mean": [0.0, np.nan], "cover_2m": [0.5, 0.5]}))
     assert out[0] == 0.0 and np.isnan(out[1])
+
+
+def test_log_linear_recovers_coefficients_and_duan_smearing_unbiases_the_mean() -> None:
+    # log(1 + AGB) = 3 + 0.5 x1 - 0.2 x2 + e, with a skewed e (centred exponential / 2):
+    # Duan's smearing factor is E[exp(e)] = exp(-0.5) / (1 - 0.5) = 1.2131, where the
+    # normal-theory factor exp(var / 2) would give exp(0.125) = 1.133
+    rng = np.random.default_rng(3)
+    n = 40000
+    x = pd.DataFrame({"x1": rng.normal(2.0, 1.5, n), "x2": rng.uniform(0.0, 4.0, n)})
+    e = 0.5 * (rng.exponential(1.0, n) - 1.0)
+    y = np.exp(3.0 + 0.5 * x["x1"] - 0.2 * x["x2"] + e) - 1.0
+    model = LogLinearRidge(("x1", "x2"), alpha=1e-6).fit(x, y.to_numpy())
+    d = model.describe()
+    # coefficients are per standard deviation of the predictor
+    assert d["coefficients"]["x1"] / x["x1"].std(ddof=0) == pytest.approx(0.5, abs=0.01)
+    assert d["coefficients"]["x2"] / x["x2"].std(ddof=0) == pytest.approx(-0.2, abs=0.01)
+    assert d["smearing_factor"] == pytest.approx(math.exp(-0.5) / 0.5, rel=0.01)
+    assert model.predict(x).mean() == pytest.approx(y.mean(), rel=0.01)
+
+
+def test_log_linear_clips_predictors_to_the_training_range_and_skips_missing() -> None:
+    rng = np.random.default_rng(4)
+    x = pd.DataFrame({"ndvi": rng.uniform(0.5, 0.9, 60)})
+    y = np.exp(1.0 + 4.0 * x["ndvi"].to_numpy()) - 1.0
+    model = LogLinearRidge(("ndvi",), alpha=1e-6).fit(x, y)
+    far, top, gap = model.predict(pd.DataFrame({"ndvi": [5.0, x["ndvi"].max(), np.nan]}))
+    assert far == pytest.approx(top, rel=1e-12) and np.isnan(gap)
+    assert top == pytest.approx(y.max(), rel=1e-6)
+    with pytest.raises(ModelDomainError, match="at least 3"):
+        LogLinearRidge(("ndvi",)).fit(x.iloc[:2], y[:2])
 
 
 def test_blocked_folds_keep_blocks_whole_and_are_seeded() -> None:
@@ -239,12 +270,22 @@ def test_same_seed_same_predictions(landscape_fit: dict) -> None:
 def test_lidar_powerlaw_model_chosen_on_aba_landscape_and_mapper_rule() -> None:
     land = make_landscape(5, n=80, cell_m=25.0)
     table, obs, _ = sample_plots(land, 105, n_clusters=30, per_cluster=2, spread_px=2)
-    settings = ModelSettings(cv_block_m=500.0, rf_n_estimators=50, gb_max_iter=50)
+    settings = ModelSettings(
+        candidates=("powerlaw", "random_forest", "gradient_boosting", "log_linear"),
+        cv_block_m=500.0,
+        rf_n_estimators=50,
+        gb_max_iter=50,
+    )
     xy = {"x_m": table["x_m"].to_numpy(), "y_m": table["y_m"].to_numpy()}
     lidar = select_and_fit(
         table, obs, **xy, features=["h_mean", "h_p95", "cover_2m"], settings=settings, seed=5
     )
-    assert set(lidar.card["candidates"]) == {"powerlaw", "random_forest", "gradient_boosting"}
+    assert set(lidar.card["candidates"]) == {
+        "powerlaw",
+        "random_forest",
+        "gradient_boosting",
+        "log_linear",
+    }
     # the truth is a power law: the ABA model should fit it best and find b near 1.3
     assert lidar.card["chosen"] == "powerlaw"
     assert lidar.card["model"]["b"] == pytest.approx(1.3, abs=0.25)

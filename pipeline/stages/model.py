@@ -9,7 +9,8 @@ What it does, in order (science in :mod:`models.biomass`):
    metrics and ``lidar_fraction``.
 2. Where enough plots of the LiDAR epoch lie inside the LiDAR cover
    (``lidar_fraction >= lidar_min_fraction``), fits the plot->LiDAR model: candidates
-   (power-law ABA, random forest, gradient boosting) compared by spatially blocked CV.
+   (``model.candidates``: power-law ABA, random forest, gradient boosting; log-linear
+   ridge on request) compared by spatially blocked CV.
 3. LiDAR-assisted upscaling: maps AGB with that model over the LiDAR cells and takes a
    systematic sample thinned to one cell per ``upscale_spacing_m`` (predictors at plot
    support: moving-window means, as in ``predict``). The satellite-only model is trained
@@ -116,6 +117,7 @@ def settings_from(params: ModelParams) -> ModelSettings:
         gb_max_iter=params.gb_max_iter,
         gb_learning_rate=params.gb_learning_rate,
         gb_min_samples_leaf=params.gb_min_samples_leaf,
+        ridge_alpha=params.ridge_alpha,
     )
 
 
