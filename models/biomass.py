@@ -130,6 +130,15 @@ def _matrix(x: pd.DataFrame, features: Sequence[str]) -> FloatArray:
     return x.loc[:, list(features)].to_numpy(dtype=np.float64)
 
 
+def _fit_arrays(
+    x: pd.DataFrame, features: Sequence[str], agb_mg_ha: FloatArray, weight: FloatArray | None
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Predictor matrix, target and weights (1 each without ``weight``) of a fit."""
+    y = np.asarray(agb_mg_ha, dtype=np.float64)
+    w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+    return _matrix(x, features), y, w
+
+
 @dataclass
 class PowerLawABA:
     """``AGB = a * H^b * cover^c``, fitted in log space with the Baskerville correction.
@@ -156,9 +165,7 @@ class PowerLawABA:
     def fit(
         self, x: pd.DataFrame, agb_mg_ha: FloatArray, weight: FloatArray | None = None
     ) -> PowerLawABA:
-        m = _matrix(x, self.features)
-        y = np.asarray(agb_mg_ha, dtype=np.float64)
-        w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+        m, y, w = _fit_arrays(x, self.features, agb_mg_ha, weight)
         # the log form is defined only for positive biomass, height and cover
         ok = np.isfinite(m).all(axis=1) & (m > 0).all(axis=1) & np.isfinite(y) & (y > 0)
         n = int(ok.sum())
@@ -255,9 +262,7 @@ class LogLinearRidge:
     def fit(
         self, x: pd.DataFrame, agb_mg_ha: FloatArray, weight: FloatArray | None = None
     ) -> LogLinearRidge:
-        m = _matrix(x, self.features)
-        y = np.asarray(agb_mg_ha, dtype=np.float64)
-        w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+        m, y, w = _fit_arrays(x, self.features, agb_mg_ha, weight)
         ok = np.isfinite(m).all(axis=1) & np.isfinite(y) & (y >= 0)
         n = int(ok.sum())
         if n <= 2:
