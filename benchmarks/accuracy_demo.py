@@ -22,6 +22,16 @@ from rasterio.windows import from_bounds
 from scipy.ndimage import uniform_filter
 
 from pipeline.config import load_config, region_config_path
+from pipeline.contracts import (
+    LIDAR_CHM_RELPATH,
+    LIDAR_DTM_RELPATH,
+    MODEL_CARD_RELPATH,
+    PARCEL_SINK_CSV_RELPATH,
+    PLOT_BIOMASS_RELPATH,
+    composite_relpath,
+    items_relpath,
+    map_relpath,
+)
 
 
 def read_on(path: Path, ref: Path, band: int = 1) -> np.ndarray:
@@ -48,7 +58,7 @@ def band_index(path: Path, name: str) -> int:
 def composites(run: Path, truth: Path, epochs: list[str]) -> None:
     print("== composite: median |composite - clear-sky truth| per band")
     for e in epochs:
-        comp, ref = run / f"composites/{e}.tif", truth / f"reflectance_{e}.tif"
+        comp, ref = run / composite_relpath(e), truth / f"reflectance_{e}.tif"
         with rasterio.open(ref) as r:
             names = r.descriptions
         errs = []
@@ -57,7 +67,7 @@ def composites(run: Path, truth: Path, epochs: list[str]) -> None:
             errs.append(f"{name} {np.nanmedian(np.abs(d)):.4f}")
         # a cloud left in the composite is bright in blue; count pixels whose blue exceeds
         # the clear-sky truth by 0.05 where some scene of the epoch was clear
-        items = json.loads((run / f"items/{e}.json").read_text())["features"]
+        items = json.loads((run / items_relpath(e)).read_text())["features"]
         clear_any = None
         for it in items:
             p = truth / "clear" / f"{it['id']}.tif"
@@ -75,9 +85,9 @@ def lidar(run: Path, truth: Path, epoch: str) -> None:
     print("== lidar: DTM and CHM against truth at the LiDAR resolution")
     ref = truth / "dem_lidar.tif"
     dem = read(ref)
-    dtm = read_on(run / "lidar/dtm.tif", ref)
+    dtm = read_on(run / LIDAR_DTM_RELPATH, ref)
     chm_true = read_on(truth / f"chm_lidar_{epoch}.tif", ref)
-    chm = read_on(run / "lidar/chm.tif", ref)
+    chm = read_on(run / LIDAR_CHM_RELPATH, ref)
     under = chm_true > 2
     d = dtm - dem
     ok = np.isfinite(d)
@@ -95,7 +105,7 @@ def lidar(run: Path, truth: Path, epoch: str) -> None:
 
 def plots(run: Path, truth: Path) -> None:
     print("== plots: plot AGB against the error-free trees")
-    est = pd.read_csv(run / "plots/plot_biomass.csv")
+    est = pd.read_csv(run / PLOT_BIOMASS_RELPATH)
     tru = pd.read_csv(truth / "plots.csv")
     m = est.merge(tru, on=["plot_id", "epoch"], suffixes=("", "_true"))
     bias = m["agb_mg_ha"].sum() / m["agb_mg_ha_true"].sum() - 1
@@ -110,19 +120,19 @@ def plots(run: Path, truth: Path) -> None:
 
 def maps(run: Path, truth: Path, epochs: list[str], window_px: int) -> None:
     print("== maps: AGB and carbon against truth (the maps cover forest land only)")
-    card = json.loads((run / "model/model_card.json").read_text())
+    card = json.loads((run / MODEL_CARD_RELPATH).read_text())
     sat = card["satellite_model"]
     cv = sat["candidates"][sat["chosen"]]
     true_sq: list[np.ndarray] = []
     for e in epochs:
-        agb = read(run / f"rasters/agb_{e}.tif")
+        agb = read(run / map_relpath("agb", e))
         true = read(truth / f"agb_{e}.tif")
         ok = np.isfinite(agb) & np.isfinite(true)
         d = agb - true
         true_w = uniform_filter(np.nan_to_num(true), size=window_px, mode="nearest")
         dw = agb - true_w
         # bands 1-2: the cell's own interval; 3-4: the window estimate's (the maps' support)
-        iv = run / f"rasters/agb_interval_{e}.tif"
+        iv = run / map_relpath("agb_interval", e)
         lo, hi, lo_w, hi_w = (read(iv, b) for b in (1, 2, 3, 4))
         cov = np.mean((lo[ok] <= true[ok]) & (true[ok] <= hi[ok]))
         cov_w = np.mean((lo_w[ok] <= true_w[ok]) & (true_w[ok] <= hi_w[ok]))
@@ -133,9 +143,9 @@ def maps(run: Path, truth: Path, epochs: list[str], window_px: int) -> None:
             f"{np.mean(dw[ok]):+.1f}; 90% interval coverage {cov:.1%} (pixel), {cov_w:.1%} "
             "(window)"
         )
-        satellite = read(run / f"rasters/quality_{e}.tif", 1) >= 2  # satellite-model cells
+        satellite = read(run / map_relpath("quality", e), 1) >= 2  # satellite-model cells
         true_sq.append(dw[ok & satellite] ** 2)
-        carbon = read(run / f"rasters/carbon_{e}.tif")
+        carbon = read(run / map_relpath("carbon", e))
         carbon_true = read(truth / f"carbon_{e}.tif")
         cell_ha = 0.01
         mapped = np.isfinite(carbon)
@@ -160,7 +170,7 @@ def maps(run: Path, truth: Path, epochs: list[str], window_px: int) -> None:
 
 
 def model_card(run: Path) -> None:
-    card = json.loads((run / "model/model_card.json").read_text())
+    card = json.loads((run / MODEL_CARD_RELPATH).read_text())
     print("== model card: spatially blocked CV vs random split (chosen models)")
     for key in ("lidar_model", "satellite_model"):
         m = card.get(key, {})
@@ -175,7 +185,7 @@ def model_card(run: Path) -> None:
 
 def parcels(run: Path, truth: Path, epochs: list[str]) -> None:
     print("== parcels: carbon stock and sink against truth")
-    est = pd.read_csv(run / "parcels/parcel_sink.csv")
+    est = pd.read_csv(run / PARCEL_SINK_CSV_RELPATH)
     tru = pd.read_csv(truth / "parcels.csv")
     m = est.merge(tru, on="parcel_id", suffixes=("", "_true"))
     forest = m[m["land_class"] == "forest"]
@@ -213,7 +223,7 @@ def main() -> None:
     run = args.run or cfg.output_dir
     truth = Path(cfg.data_dir) / "truth"
     epochs = [e.name for e in cfg.epochs]
-    card = json.loads((run / "model/model_card.json").read_text())
+    card = json.loads((run / MODEL_CARD_RELPATH).read_text())
     composites(run, truth, epochs)
     lidar(run, truth, card.get("lidar_epoch", epochs[0]))
     plots(run, truth)

@@ -81,6 +81,7 @@ def run_part(part: str, path: Path) -> dict[str, float]:
     wbw = importlib.import_module("whitebox_workflows")
 
     from pipeline.config import LidarParams
+    from pipeline.contracts import LIDAR_QA_RELPATH
     from pipeline.lidar.chm import p2r
     from pipeline.lidar.engine import MapGrid
     from pipeline.lidar.grid import CellGrid
@@ -114,7 +115,7 @@ def run_part(part: str, path: Path) -> dict[str, float]:
         job = LidarJob(params, crs="EPSG:32650", resolution_m=10.0)
         with dask.config.set(scheduler="sync"):
             out = run_lidar(job, tiles=(path,), model_grid=grid)
-        qa = out["lidar/qa.json"]
+        qa = out[LIDAR_QA_RELPATH]
         assert qa["n_tiles_ok"] == 1  # type: ignore[index]
     elif part in ("wbw_chm", "wbw_dtm"):
         wbe = wbw.WbEnvironment()

@@ -24,6 +24,7 @@ import rioxarray
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from pipeline.config import load_config, region_config_path
+from pipeline.contracts import TERRAIN_RELPATH, composite_relpath
 from pipeline.features import parcel_index
 
 N_TRAIN = 300_000
@@ -82,11 +83,11 @@ def main() -> None:
     if cfg.sources.parcels is None:
         raise SystemExit(f"{args.region}: no sources.parcels in the config; nothing to score")
     parcels = gpd.read_file(cfg.sources.parcels)
-    terrain = run / "composites/terrain.tif"
+    terrain = run / TERRAIN_RELPATH
     print(f"== information limit, epoch {epoch}: oracle trained on true cell AGB of half the")
     print("   forest parcels, scored on the other half's parcel totals, per random halving")
     for name, refl in (
-        ("run composite", run / f"composites/{epoch}.tif"),
+        ("run composite", run / composite_relpath(epoch)),
         ("noise-free truth reflectance", truth / f"reflectance_{epoch}.tif"),
     ):
         runs = [

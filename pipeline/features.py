@@ -68,15 +68,14 @@ def _masked(da: xr.DataArray) -> xr.DataArray:
     return da
 
 
-def terrain_features(terrain: xr.DataArray) -> xr.DataArray:
-    """Elevation (m), slope (deg), northness and eastness (unitless) from ``terrain``."""
-    terrain = _masked(with_band_names(terrain, source="composites/terrain.tif"))
+def terrain_features(terrain: xr.DataArray, *, source: str) -> xr.DataArray:
+    """Elevation (m), slope (deg), northness and eastness (unitless) from ``terrain``
+    (bands ``elevation``, ``slope_deg``, ``aspect_deg``; ``source`` names it in errors)."""
+    terrain = _masked(with_band_names(terrain, source=source))
     names = list(terrain["band"].to_numpy())
     needed = {"elevation", "slope_deg", "aspect_deg"}
     if not needed <= set(names):
-        raise InputDataError(
-            f"composites/terrain.tif: bands {sorted(needed - set(names))} missing (has {names})"
-        )
+        raise InputDataError(f"{source}: bands {sorted(needed - set(names))} missing (has {names})")
     aspect_rad = terrain.sel(band="aspect_deg", drop=True) * (np.pi / 180.0)
     northness = xr.apply_ufunc(np.cos, aspect_rad, dask="allowed")
     eastness = xr.apply_ufunc(np.sin, aspect_rad, dask="allowed")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline import io
 from pipeline.config import parse_config
+from pipeline.contracts import ITEMS_DIR, PINNED_ITEMS_DIR, RunLayout
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.runner import Runner, RunOptions
 from pipeline.stage import Stage
@@ -51,9 +52,9 @@ def reproduce(
     )
     if config.sha256 != recorded.get("config_sha256"):
         raise ConfigError(f"{manifest_path}: the stored config does not match its recorded hash")
-    items = manifest_path.parent / "items"
+    items = RunLayout(manifest_path.parent).path(ITEMS_DIR)
     if items.is_dir():
-        shutil.copytree(items, out / "pinned" / "items")
+        shutil.copytree(items, RunLayout(out).path(PINNED_ITEMS_DIR))
     ran = tuple(recorded.get("stages", {}))
     options = RunOptions(stages=ran or None, force=True, scheduler=scheduler, quiet=quiet)
     Runner(config, stages, options=options).run()

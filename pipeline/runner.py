@@ -51,8 +51,9 @@ from rich.progress import (
 
 from pipeline import io
 from pipeline.config import Config
+from pipeline.contracts import RunLayout
 from pipeline.errors import ConfigError
-from pipeline.stage import RunLayout, Stage
+from pipeline.stage import Stage
 
 #: packages whose versions go into the manifest
 KEY_PACKAGES = (

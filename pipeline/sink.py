@@ -18,7 +18,7 @@ same model fitted to the same kind of predictors, so their errors are positively
 correlated (0 <= rho <= 1), which makes the true sink SD *smaller* than at rho = 0. By
 default rho is estimated from the held-out residuals of the plots measured at both
 epochs (:func:`models.biomass.epoch_error_correlation`, resolved by
-:func:`pipeline.stages.sink.resolve_correlation`); rho = 0 gives the largest
+:func:`pipeline.contracts.resolve_correlation`); rho = 0 gives the largest
 (conservative) sink SD, as CDM AR-TOOL14 v04.2, eq. 2, which treats the two stock
 estimates as independent.
 

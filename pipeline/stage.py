@@ -1,10 +1,11 @@
-"""What a pipeline stage is, and where a run keeps its files.
+"""What a pipeline stage is.
 
 A stage is a pure function of a frozen parameter object and in-memory inputs that
 returns its outputs as in-memory objects keyed by their path in the run folder. The
 runner (:mod:`pipeline.runner`) alone resolves input files, loads them, calls the
 stage, computes lazy results and writes them atomically. Stage modules never import
-the runner nor each other's internals.
+the runner nor each other: the run folder's paths and what stages share are in
+:mod:`pipeline.contracts`.
 
 Loading by the runner, by the suffix of each input path a stage declares:
 
@@ -39,28 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.contracts import RunLayout
 
 InputSpec = Path | tuple[Path, ...]
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Paths of a run folder (``outputs/<region>/`` by default)."""
-
-    root: Path
-
-    def path(self, relpath: str) -> Path:
-        """An output's final path from its path relative to the run folder."""
-        return self.root / relpath
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def state_dir(self) -> Path:
-        """Per-stage records of the last successful run (fingerprint and outputs)."""
-        return self.root / ".state"
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from models.credits import (
     uncertainty_deduction_tco2e,
 )
 from pipeline.config import parse_config
+from pipeline.contracts import CREDITS_RELPATH, TOTAL_ID, CreditsJob, SinkJob, credits_job
 from pipeline.errors import ConfigError, InputDataError
-from pipeline.stages.credits import TOTAL_ID, CreditsJob, credits_job, credits_stage
-from pipeline.stages.sink import SinkJob
+from pipeline.stages.credits import credits_stage
 
 REPO = Path(__file__).resolve().parent.parent
 CCER = load_methodology(REPO / "configs/methodology/ccer.yaml")
@@ -173,7 +173,7 @@ def test_credits_stage_on_a_uniform_sink():
         ],
         crs="EPSG:32650",
     )
-    table = credits_stage(job, sink=_sink_raster(10.0, 1.0), project=project)["credits/credits.csv"]
+    table = credits_stage(job, sink=_sink_raster(10.0, 1.0), project=project)[CREDITS_RELPATH]
     rows = table.set_index("parcel_id")
     assert rows.loc["A", "project_tco2e"] == pytest.approx(10 * 0.5 * years, rel=1e-6)
     assert rows.loc["A", "baseline_tco2e"] == pytest.approx(2 * 0.5 * years, rel=1e-9)

@@ -16,6 +16,17 @@ import pytest
 import rasterio
 
 from pipeline.cli import main
+from pipeline.contracts import (
+    CREDITS_RELPATH,
+    PARCEL_SINK_CSV_RELPATH,
+    PARCEL_SINK_GPKG_RELPATH,
+    PLOT_BIOMASS_RELPATH,
+    REPORT_RELPATH,
+    SINK_RELPATH,
+    composite_relpath,
+    items_relpath,
+    map_relpath,
+)
 from pipeline.stages import STAGES
 
 pytestmark = pytest.mark.slow
@@ -42,23 +53,23 @@ def test_every_stage_ran_and_wrote_its_outputs(tiny_run):
     for rel in manifest["outputs"]:
         assert (run / rel).is_file(), rel
     for rel in (
-        "composites/2019.tif",
-        "rasters/carbon_2024.tif",
-        "rasters/sink.tif",
-        "parcels/parcel_sink.gpkg",
-        "credits/credits.csv",
-        "report/report.html",
+        composite_relpath("2019"),
+        map_relpath("carbon", "2024"),
+        SINK_RELPATH,
+        PARCEL_SINK_GPKG_RELPATH,
+        CREDITS_RELPATH,
+        REPORT_RELPATH,
     ):
         assert rel in manifest["outputs"], rel
     assert manifest["simulated"] is True
-    assert manifest["stac_items"]["items/2019.json"], "STAC item ids are listed"
+    assert manifest["stac_items"][items_relpath("2019")], "STAC item ids are listed"
 
 
 def test_composite_matches_clear_sky_truth(tiny_run, tiny_data):
     _, run = tiny_run
     for epoch in ("2019", "2024"):
         with (
-            rasterio.open(run / f"composites/{epoch}.tif") as comp,
+            rasterio.open(run / composite_relpath(epoch)) as comp,
             rasterio.open(tiny_data / f"truth/reflectance_{epoch}.tif") as truth,
         ):
             assert comp.descriptions[:10] == truth.descriptions
@@ -69,7 +80,7 @@ def test_composite_matches_clear_sky_truth(tiny_run, tiny_data):
 
 def test_plot_biomass_close_to_truth(tiny_run, tiny_data):
     _, run = tiny_run
-    est = pd.read_csv(run / "plots/plot_biomass.csv")
+    est = pd.read_csv(run / PLOT_BIOMASS_RELPATH)
     truth = pd.read_csv(tiny_data / "truth/plots.csv")
     m = est.merge(truth, on=["plot_id", "epoch"], suffixes=("", "_true"))
     assert len(m) == len(truth)
@@ -79,7 +90,7 @@ def test_plot_biomass_close_to_truth(tiny_run, tiny_data):
 
 def test_parcel_totals_add_up_to_the_map(tiny_run):
     _, run = tiny_run
-    parcels = pd.read_csv(run / "parcels/parcel_sink.csv")
+    parcels = pd.read_csv(run / PARCEL_SINK_CSV_RELPATH)
     assert len(parcels) > 0
     assert parcels["parcel_id"].is_unique
 

@@ -128,7 +128,7 @@ def test_terrain_aspect_becomes_northness_eastness_and_stack_drops_qa_bands() ->
         np.stack([np.full((4, 4), 300.0), np.full((4, 4), 20.0), np.full((4, 4), 90.0)]),
         ["elevation", "slope_deg", "aspect_deg"],
     )
-    tf = terrain_features(terrain)
+    tf = terrain_features(terrain, source="t.tif")
     assert list(tf["band"].to_numpy()) == ["elevation", "slope_deg", "northness", "eastness"]
     np.testing.assert_allclose(tf.sel(band="northness").to_numpy(), 0.0, atol=1e-6)
     np.testing.assert_allclose(tf.sel(band="eastness").to_numpy(), 1.0, atol=1e-6)

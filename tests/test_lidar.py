@@ -18,6 +18,13 @@ from lidar_fixtures import Scene, iter_points, make_scene, write_tiles
 from shapely.geometry import box
 
 from pipeline.config import LidarParams
+from pipeline.contracts import (
+    LIDAR_CHM_RELPATH,
+    LIDAR_DTM_RELPATH,
+    LIDAR_METRICS_RELPATH,
+    LIDAR_QA_RELPATH,
+    LIDAR_TILES_RELPATH,
+)
 from pipeline.lidar import engine
 from pipeline.lidar.chm import P2R, chm, fill_from_neighbours
 from pipeline.lidar.dtm import dtm_tin
@@ -26,11 +33,6 @@ from pipeline.lidar.ground import SMRF, smrf_ground
 from pipeline.lidar.metrics import BAND_NAMES
 from pipeline.lidar.points import PointSet
 from pipeline.stages.lidar import (
-    CHM_PATH,
-    DTM_PATH,
-    METRICS_PATH,
-    QA_PATH,
-    TILES_PATH,
     LidarJob,
     engine_settings,
     lidar,
@@ -75,8 +77,8 @@ def values(out: dict[str, object], key: str) -> np.ndarray:
 
 
 def test_dtm_and_chm_match_the_generator_truth(scene: Scene, out4: dict[str, object]) -> None:
-    dtm = values(out4, DTM_PATH)[0]
-    chm = values(out4, CHM_PATH)[0]
+    dtm = values(out4, LIDAR_DTM_RELPATH)[0]
+    chm = values(out4, LIDAR_CHM_RELPATH)[0]
     assert dtm.shape == (200, 200)
     true_dtm = scene.true_dtm(X0, Y0 + SIDE, 1.0, dtm.shape)
     true_chm = scene.true_chm(X0, Y0 + SIDE, 1.0, chm.shape)
@@ -93,22 +95,22 @@ def test_dtm_and_chm_match_the_generator_truth(scene: Scene, out4: dict[str, obj
 
 
 def test_outputs_are_georeferenced_with_band_names(out4: dict[str, object]) -> None:
-    m = out4[METRICS_PATH]
+    m = out4[LIDAR_METRICS_RELPATH]
     assert list(m.band.values) == list(BAND_NAMES)  # type: ignore[attr-defined]
     assert m.rio.crs.to_epsg() == 32650  # type: ignore[attr-defined]
     assert tuple(m.rio.transform())[:6] == (10.0, 0.0, X0, 0.0, -10.0, Y0 + SIDE)  # type: ignore[attr-defined]
-    d = out4[DTM_PATH]
+    d = out4[LIDAR_DTM_RELPATH]
     assert tuple(d.rio.transform())[:6] == (1.0, 0.0, X0, 0.0, -1.0, Y0 + SIDE)  # type: ignore[attr-defined]
     frac = m.sel(band="lidar_fraction").values  # type: ignore[attr-defined]
     assert np.allclose(frac, 1.0, atol=1e-3)
-    qa = out4[QA_PATH]
+    qa = out4[LIDAR_QA_RELPATH]
     assert qa["n_tiles_ok"] == 4 and qa["n_noise_class_removed"] > 0  # type: ignore[index]
     assert qa["ground_source"] == ["class 2"]  # type: ignore[index]
     # ground returns scatter +-3 cm around the TIN: about half are clamped from just below 0;
     # only a few returns at the block's edge (IDW extrapolation) lie further below ground
     assert 0.1 < qa["share_heights_clamped"] < 0.4  # type: ignore[index]
     assert 0 <= qa["share_heights_below_tolerance"] < 1e-3  # type: ignore[index]
-    table = out4[TILES_PATH]
+    table = out4[LIDAR_TILES_RELPATH]
     assert list(table["status"]) == ["ok"] * 4  # type: ignore[index]
 
 
@@ -117,15 +119,15 @@ def test_tiled_run_equals_single_tile_run_away_from_the_border(
 ) -> None:
     one = run_lidar(job(chunk_size_m=200.0), tiles=tuple(tiles1), model_grid=MODEL)
     b = 25  # metres from the region border, where the two runs see different neighbours
-    for key in (DTM_PATH, CHM_PATH):
+    for key in (LIDAR_DTM_RELPATH, LIDAR_CHM_RELPATH):
         a4 = values(out4, key)[0][b:-b, b:-b]
         a1 = values(one, key)[0][b:-b, b:-b]
         assert np.isfinite(a1).mean() > 0.99
         np.testing.assert_allclose(a4, a1, atol=2e-3, equal_nan=True)
     # metrics: every model cell lies inside one chunk; cells on the region border see a
     # different TIN hull in the two runs, the rest agree
-    m4 = values(out4, METRICS_PATH)[:, 2:-2, 2:-2]
-    m1 = values(one, METRICS_PATH)[:, 2:-2, 2:-2]
+    m4 = values(out4, LIDAR_METRICS_RELPATH)[:, 2:-2, 2:-2]
+    m1 = values(one, LIDAR_METRICS_RELPATH)[:, 2:-2, 2:-2]
     assert np.isfinite(m1).all()
     np.testing.assert_allclose(m4, m1, atol=2e-3)
 
@@ -151,15 +153,15 @@ def test_numpy_and_dask_results_are_equal(tiles4: list[Path]) -> None:
 def test_metrics_equal_numpy_on_a_normalised_cloud(scene: Scene, tmp_path: Path) -> None:
     paths = write_tiles(scene, tmp_path, tile_m=200.0, normalised=True)
     out = run_lidar(job(chunk_size_m=200.0), tiles=tuple(paths), model_grid=MODEL)
-    qa = out[QA_PATH]
+    qa = out[LIDAR_QA_RELPATH]
     assert qa["normalised_input_chunks"]  # type: ignore[index]
     assert any("already height-normalised" in m for m in qa["messages"])  # type: ignore[index]
-    assert np.isnan(values(out, DTM_PATH)).all()
+    assert np.isnan(values(out, LIDAR_DTM_RELPATH)).all()
     las = laspy.read(paths[0])
     x, y, z = np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)
     keep = ~np.isin(np.asarray(las.classification), (7, 18))
     first = keep & (np.asarray(las.return_number) == 1)
-    m = out[METRICS_PATH]
+    m = out[LIDAR_METRICS_RELPATH]
     for row, col in [(3, 4), (10, 10), (17, 2)]:
         cx0 = X0 + col * 10
         cy1 = Y0 + SIDE - row * 10
@@ -176,7 +178,7 @@ def test_metrics_equal_numpy_on_a_normalised_cloud(scene: Scene, tmp_path: Path)
         )
         for name, want in ref.items():
             assert got[BAND_NAMES.index(name)] == pytest.approx(want, abs=1e-3), name
-    chm = values(out, CHM_PATH)[0]
+    chm = values(out, LIDAR_CHM_RELPATH)[0]
     true_chm = scene.true_chm(X0, Y0 + SIDE, 1.0, chm.shape)
     assert rmse(chm, true_chm) < 2.5
 
@@ -193,14 +195,14 @@ def test_unclassified_cloud_uses_the_ground_and_outlier_filters(
     out = run_lidar(
         job(chunk_size_m=100.0, ground_algorithm=ground), tiles=tuple(paths), model_grid=grid
     )
-    qa = out[QA_PATH]
+    qa = out[LIDAR_QA_RELPATH]
     assert qa["ground_source"] == [source]  # type: ignore[index]
     assert qa["n_outliers_removed"] > 0  # type: ignore[index]
-    dtm = values(out, DTM_PATH)[0]
+    dtm = values(out, LIDAR_DTM_RELPATH)[0]
     true_dtm = s.true_dtm(X0, Y0 + 100, 1.0, dtm.shape)
     inner = (slice(5, -5), slice(5, -5))
     assert rmse(dtm[inner], true_dtm[inner]) < 0.5
-    chm = values(out, CHM_PATH)[0]
+    chm = values(out, LIDAR_CHM_RELPATH)[0]
     true_chm = s.true_chm(X0, Y0 + 100, 1.0, chm.shape)
     # high noise (60-150 m) would show up as spikes if the outlier filter missed it
     assert float(np.nanpercentile(chm, 99.9)) < float(true_chm.max()) + 2.0
@@ -269,16 +271,16 @@ def test_pitfree_and_filled_p2r_have_fewer_pits_than_plain_p2r(
             tiles=tuple(tiles1),
             model_grid=grid,
         ),
-        CHM_PATH,
+        LIDAR_CHM_RELPATH,
     )[0]
     filled = values(
-        run_lidar(job(chunk_size_m=200.0), tiles=tuple(tiles1), model_grid=grid), CHM_PATH
+        run_lidar(job(chunk_size_m=200.0), tiles=tuple(tiles1), model_grid=grid), LIDAR_CHM_RELPATH
     )[0]
     pf = values(
         run_lidar(
             job(chunk_size_m=200.0, chm_algorithm="pitfree"), tiles=tuple(tiles1), model_grid=grid
         ),
-        CHM_PATH,
+        LIDAR_CHM_RELPATH,
     )[0]
 
     def pits(c: np.ndarray) -> int:
@@ -306,7 +308,7 @@ def test_pitfree_and_filled_p2r_have_fewer_pits_than_plain_p2r(
 def test_stage_function_builds_the_model_grid_from_the_aoi(tiles1: list[Path]) -> None:
     aoi = gpd.GeoDataFrame(geometry=[box(X0 - 15, Y0 + 3, X0 + 120, Y0 + 150)], crs="EPSG:32650")
     out = lidar(job(chunk_size_m=200.0), tiles=tuple(tiles1), aoi=aoi)
-    m = out[METRICS_PATH]
+    m = out[LIDAR_METRICS_RELPATH]
     assert m.shape == (len(BAND_NAMES), 15, 14)  # type: ignore[attr-defined]
     # the grid starts 20 m west of the tiles (AOI snapped outwards to 10 m)
     assert float(m.x[0]) == X0 - 15.0  # type: ignore[attr-defined]

@@ -12,10 +12,16 @@ import pytest
 from lidar_fixtures import Scene, las_header, make_scene, write_tiles
 
 from pipeline.config import LidarParams
+from pipeline.contracts import (
+    LIDAR_CHM_RELPATH,
+    LIDAR_METRICS_RELPATH,
+    LIDAR_QA_RELPATH,
+    LIDAR_TILES_RELPATH,
+)
 from pipeline.errors import InputDataError
 from pipeline.lidar import engine
 from pipeline.lidar.index import index_tiles
-from pipeline.stages.lidar import CHM_PATH, QA_PATH, TILES_PATH, LidarJob, run_lidar
+from pipeline.stages.lidar import LidarJob, run_lidar
 
 X0, Y0 = 500_000.0, 2_900_000.0
 GRID = engine.MapGrid(X0, Y0 + 100, 10.0, 10, 20)
@@ -41,7 +47,7 @@ def test_tile_without_crs_is_an_error_naming_it_unless_a_crs_is_given(
     ):
         run_lidar(job(), tiles=tuple(paths), model_grid=GRID)
     out = run_lidar(job(tile_crs="EPSG:32650"), tiles=tuple(paths), model_grid=GRID)
-    assert out[TILES_PATH]["crs_source"].str.startswith("assumed").all()  # type: ignore[index]
+    assert out[LIDAR_TILES_RELPATH]["crs_source"].str.startswith("assumed").all()  # type: ignore[index]
 
 
 def test_conflicting_crs_records_are_an_error(tmp_path: Path) -> None:
@@ -91,18 +97,18 @@ def test_corrupt_tile_is_listed_and_other_tiles_keep_their_results(
     garbage = tmp_path / "garbage.laz"
     garbage.write_bytes(b"not a LAS file at all" * 10)
     out = run_lidar(job(), tiles=(*paths, garbage), model_grid=GRID)
-    qa = out[QA_PATH]
+    qa = out[LIDAR_QA_RELPATH]
     assert set(qa["failed_tiles"]) == {bad.name, garbage.name}  # type: ignore[index]
     assert "corrupt or truncated" in qa["failed_tiles"][bad.name]  # type: ignore[index]
     assert "cannot read the header" in qa["failed_tiles"][garbage.name]  # type: ignore[index]
-    table = out[TILES_PATH].set_index("name")  # type: ignore[attr-defined]
+    table = out[LIDAR_TILES_RELPATH].set_index("name")  # type: ignore[attr-defined]
     assert table.loc[bad.name, "status"] == "failed"
     assert (table.drop([bad.name, garbage.name])["status"] == "ok").all()
-    chm = np.asarray(out[CHM_PATH].values)[0]  # type: ignore[attr-defined]
+    chm = np.asarray(out[LIDAR_CHM_RELPATH].values)[0]  # type: ignore[attr-defined]
     # the bad tile (south-west 50 m) has no CHM; the other three are filled
     assert np.isnan(chm[50:, :50]).all()
     assert np.isfinite(chm[:50, :]).mean() > 0.9 and np.isfinite(chm[50:, 50:]).mean() > 0.9
-    frac = out["lidar/metrics.tif"].sel(band="lidar_fraction").values  # type: ignore[attr-defined]
+    frac = out[LIDAR_METRICS_RELPATH].sel(band="lidar_fraction").values  # type: ignore[attr-defined]
     assert (frac[5:, :5] == 0).all() and np.allclose(frac[:5, :10], 1.0, atol=1e-3)
     assert (frac[:, 10:] == 0).all()  # the grid reaches 100 m east of the tiles
 
@@ -113,7 +119,7 @@ def test_empty_tile_is_reported_and_all_empty_is_an_error(scene: Scene, tmp_path
     with laspy.open(empty, mode="w", header=las_header()) as w:
         w.write_points(laspy.ScaleAwarePointRecord.zeros(0, header=w.header))
     out = run_lidar(job(), tiles=(*paths, empty), model_grid=GRID)
-    qa = out[QA_PATH]
+    qa = out[LIDAR_QA_RELPATH]
     assert qa["empty_tiles"] == ["empty.laz"]  # type: ignore[index]
     assert "empty.laz: the tile has no points; skipped" in qa["messages"]  # type: ignore[index]
     assert qa["n_tiles_ok"] == 1  # type: ignore[index]

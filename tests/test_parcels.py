@@ -13,10 +13,10 @@ from affine import Affine
 from shapely.geometry import LineString, box
 from shapely.ops import split
 
+from pipeline.contracts import PARCEL_SINK_CSV_RELPATH, PARCEL_SINK_GPKG_RELPATH, SinkJob
 from pipeline.errors import InputDataError
 from pipeline.sink import CO2_PER_C, stock_change_sink
 from pipeline.stages.parcels import parcel_sink_table, parcels_stage
-from pipeline.stages.sink import SinkJob
 from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
 
 RES_M = 10.0
@@ -158,7 +158,7 @@ def test_parcel_totals_add_up_to_the_aoi_total():
 
 def test_stage_returns_gpkg_and_csv_tables():
     out = parcels_stage(JOB, parcels=partition(), **epoch_inputs(3))
-    gdf, csv = out["parcels/parcel_sink.gpkg"], out["parcels/parcel_sink.csv"]
+    gdf, csv = out[PARCEL_SINK_GPKG_RELPATH], out[PARCEL_SINK_CSV_RELPATH]
     assert isinstance(gdf, gpd.GeoDataFrame)
     assert "geometry" not in csv.columns
     assert list(csv["parcel_id"]) == list(gdf["parcel_id"])

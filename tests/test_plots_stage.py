@@ -10,6 +10,7 @@ from shapely.geometry import box
 
 from pipeline.commands import plots as plots_command
 from pipeline.config import PlotsParams
+from pipeline.contracts import PLOT_BIOMASS_RELPATH, PLOTS_QA_RELPATH, TREES_RELPATH
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.stages.plots import plots
 
@@ -48,10 +49,10 @@ def _locations(n_plots: int = 2) -> gpd.GeoDataFrame:
 
 def test_stage_returns_the_three_tables() -> None:
     out = plots(PlotsParams(mc_draws=20, seed=1), trees=_trees(), plot_locations=_locations())
-    assert set(out) == {"plots/trees.csv", "plots/plot_biomass.csv", "plots/qa.csv"}
-    tb = out["plots/trees.csv"]
+    assert set(out) == {TREES_RELPATH, PLOT_BIOMASS_RELPATH, PLOTS_QA_RELPATH}
+    tb = out[TREES_RELPATH]
     assert {"equation", "agb_kg", "bgb_kg", "carbon_kg"} <= set(tb.columns)
-    pb = out["plots/plot_biomass.csv"]
+    pb = out[PLOT_BIOMASS_RELPATH]
     assert len(pb) == 2
     d, h = tb["dbh_cm"].to_numpy(), tb["height_m"].to_numpy()
     rho = 0.451  # models/data/wood_density.csv, Castanopsis carlesii (GWDD China mean)
@@ -61,11 +62,9 @@ def test_stage_returns_the_three_tables() -> None:
 
 def test_area_from_polygons_when_no_area_column() -> None:
     loc = _locations().drop(columns="plot_area_ha")
-    a = plots(PlotsParams(mc_draws=20), trees=_trees(), plot_locations=loc)[
-        "plots/plot_biomass.csv"
-    ]
+    a = plots(PlotsParams(mc_draws=20), trees=_trees(), plot_locations=loc)[PLOT_BIOMASS_RELPATH]
     b = plots(PlotsParams(mc_draws=20), trees=_trees(), plot_locations=_locations())[
-        "plots/plot_biomass.csv"
+        PLOT_BIOMASS_RELPATH
     ]
     np.testing.assert_allclose(a["agb_mg_ha"], b["agb_mg_ha"], rtol=1e-6)
 
@@ -129,14 +128,14 @@ def test_numeric_plot_ids_match_text_ids_of_the_plot_layer() -> None:
     loc = _locations()
     loc["plot_id"] = ["0", "1"]
     out = plots(PlotsParams(mc_draws=20), trees=trees, plot_locations=loc)
-    assert len(out["plots/plot_biomass.csv"]) == 2
+    assert len(out[PLOT_BIOMASS_RELPATH]) == 2
 
 
 def test_stage_registration_uses_run_seed_and_configured_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
     from pipeline.config import load_config
-    from pipeline.stage import RunLayout
+    from pipeline.contracts import RunLayout
     from pipeline.stages.plots import STAGE
 
     config = load_config(Path("configs/regions/tiny.yaml"))

@@ -28,6 +28,13 @@ from models.biomass import (
     SOURCE_SATELLITE_UPSCALED,
 )
 from pipeline.config import ModelParams, PredictParams
+from pipeline.contracts import (
+    MODEL_CARD_RELPATH,
+    MODELS_RELPATH,
+    PLOT_FEATURES_RELPATH,
+    TERRAIN_RELPATH,
+    map_relpath,
+)
 from pipeline.errors import InputDataError
 from pipeline.features import terrain_features
 from pipeline.stages.model import ModelJob, model
@@ -134,8 +141,8 @@ def scene() -> dict[str, object]:
 
 def test_model_stage_outputs_and_card(scene: dict) -> None:
     out = scene["out"]
-    assert set(out) == {"model/model_card.json", "model/plot_features.csv", "model/models.pkl"}
-    card = out["model/model_card.json"]
+    assert set(out) == {MODEL_CARD_RELPATH, PLOT_FEATURES_RELPATH, MODELS_RELPATH}
+    card = out[MODEL_CARD_RELPATH]
     assert card["satellite_source"] == "lidar_upscaled" and card["lidar_epoch"] == "2019"
     lid = card["lidar_model"]
     assert set(lid["candidates"]) == {"powerlaw", "random_forest", "gradient_boosting"}
@@ -157,7 +164,7 @@ def test_model_stage_outputs_and_card(scene: dict) -> None:
     assert len(pairs) == card["lidar_plots"]
     assert {"observed", "predicted", "x", "y"} <= set(pairs[0])
     assert len(card["satellite_model"]["cv_predictions"]) == 2 * 90
-    table = out["model/plot_features.csv"]
+    table = out[PLOT_FEATURES_RELPATH]
     assert {"ndvi", "northness", "h_mean", "lidar_fraction", "agb_mg_ha"} <= set(table.columns)
     # LiDAR metrics only for the LiDAR epoch, and only inside the cover
     assert table.loc[table["epoch"] == "2024", "h_mean"].isna().all()
@@ -175,7 +182,7 @@ def maps(scene: dict) -> dict[str, xr.DataArray]:
     inp = scene["inputs"]
     return predict(
         pjob,
-        models=scene["out"]["model/models.pkl"],
+        models=scene["out"][MODELS_RELPATH],
         composites=inp["composites"],
         terrain=inp["terrain"],
         lidar_metrics=inp["lidar_metrics"],
@@ -184,32 +191,32 @@ def maps(scene: dict) -> dict[str, xr.DataArray]:
 
 def test_predict_outputs_are_lazy_with_crs_and_model_source(maps: dict) -> None:
     names = {"agb", "agb_sd", "agb_interval", "carbon", "carbon_sd", "co2e", "quality"}
-    assert set(maps) == {f"rasters/{n}_{e}.tif" for n in names for e in EPOCHS}
-    agb = maps["rasters/agb_2019.tif"]
+    assert set(maps) == {map_relpath(n, e) for n in names for e in EPOCHS}
+    agb = maps[map_relpath("agb", "2019")]
     assert agb.chunks is not None and agb.rio.crs.to_string() == CRS
     assert agb.attrs["units"] == "Mg/ha"
-    q19 = maps["rasters/quality_2019.tif"].compute()
+    q19 = maps[map_relpath("quality", "2019")].compute()
     assert list(q19["band"].to_numpy()) == ["model_source", "n_valid", "good"]
     src = q19.sel(band="model_source").to_numpy()
     assert (src[:, : N // 2] == SOURCE_LIDAR).all()
     assert (src[:, N // 2 :] == SOURCE_SATELLITE_UPSCALED).all()
     assert (q19.sel(band="n_valid").to_numpy() == 12).all()
-    q24 = maps["rasters/quality_2024.tif"].sel(band="model_source").compute().to_numpy()
+    q24 = maps[map_relpath("quality", "2024")].sel(band="model_source").compute().to_numpy()
     assert (q24 == SOURCE_SATELLITE_UPSCALED).all()
     good = q19.sel(band="good").to_numpy()
-    sd = maps["rasters/agb_sd_2019.tif"].compute()
+    sd = maps[map_relpath("agb_sd", "2019")].compute()
     assert list(sd["band"].to_numpy()) == ["agb_sd", "agb_sd_support"]
-    rel = sd.sel(band="agb_sd_support").to_numpy() / maps["rasters/agb_2019.tif"].to_numpy()[0]
+    rel = sd.sel(band="agb_sd_support").to_numpy() / maps[map_relpath("agb", "2019")].to_numpy()[0]
     # the flag judges the window estimate, not the cell's within-window variation
     np.testing.assert_array_equal(good == 1, rel < 0.2)
 
 
 def test_carbon_and_co2e_follow_the_conversion_factors(scene: dict, maps: dict) -> None:
-    conv = scene["out"]["model/model_card.json"]["conversion"]
-    agb = maps["rasters/agb_2024.tif"].compute().to_numpy()
-    carbon = maps["rasters/carbon_2024.tif"].compute().to_numpy()
-    sd = maps["rasters/agb_sd_2024.tif"].compute().to_numpy()
-    c_sd = maps["rasters/carbon_sd_2024.tif"].compute().to_numpy()
+    conv = scene["out"][MODEL_CARD_RELPATH]["conversion"]
+    agb = maps[map_relpath("agb", "2024")].compute().to_numpy()
+    carbon = maps[map_relpath("carbon", "2024")].compute().to_numpy()
+    sd = maps[map_relpath("agb_sd", "2024")].compute().to_numpy()
+    c_sd = maps[map_relpath("carbon_sd", "2024")].compute().to_numpy()
     co2e = maps["rasters/co2e_2024.tif"].compute().to_numpy()
     f = (1 + conv["root_to_shoot"]) * conv["carbon_fraction"]
     np.testing.assert_allclose(carbon, agb * f, rtol=1e-5)
@@ -220,10 +227,10 @@ def test_carbon_and_co2e_follow_the_conversion_factors(scene: dict, maps: dict) 
 
 def test_dask_prediction_equals_in_memory_prediction(scene: dict, maps: dict) -> None:
     inp = scene["inputs"]
-    bundle = pickle.loads(scene["out"]["model/models.pkl"])
+    bundle = pickle.loads(scene["out"][MODELS_RELPATH])
     stack = epoch_stack(
         inp["composites"]["2019"],
-        terrain_features(inp["terrain"]),
+        terrain_features(inp["terrain"], source=TERRAIN_RELPATH),
         inp["lidar_metrics"],
         epoch="2019",
         support_px=bundle["support_px"],
@@ -239,18 +246,18 @@ def test_dask_prediction_equals_in_memory_prediction(scene: dict, maps: dict) ->
         good_relative_error=0.2,
     )
     layers = (*FLOAT_LAYERS, *INT_LAYERS)
-    dask_agb = maps["rasters/agb_2019.tif"].isel(**window).compute().to_numpy()[0]
+    dask_agb = maps[map_relpath("agb", "2019")].isel(**window).compute().to_numpy()[0]
     np.testing.assert_array_equal(dask_agb, ref[layers.index("agb")])
-    dask_hi = maps["rasters/agb_interval_2019.tif"].isel(**window).compute().to_numpy()[1]
+    dask_hi = maps[map_relpath("agb_interval", "2019")].isel(**window).compute().to_numpy()[1]
     np.testing.assert_array_equal(dask_hi, ref[layers.index("agb_upper")])
 
 
 def test_same_seed_same_model_bytes_and_maps(scene: dict, maps: dict) -> None:
     again = model(scene["job"], **scene["inputs"])
-    assert again["model/model_card.json"] == scene["out"]["model/model_card.json"]
-    m1 = pickle.loads(scene["out"]["model/models.pkl"])["mapper"]
-    m2 = pickle.loads(again["model/models.pkl"])["mapper"]
-    table = scene["out"]["model/plot_features.csv"]
+    assert again[MODEL_CARD_RELPATH] == scene["out"][MODEL_CARD_RELPATH]
+    m1 = pickle.loads(scene["out"][MODELS_RELPATH])["mapper"]
+    m2 = pickle.loads(again[MODELS_RELPATH])["mapper"]
+    table = scene["out"][PLOT_FEATURES_RELPATH]
     p1, _ = m1.predict(table, epoch="2019")
     p2, _ = m2.predict(table, epoch="2019")
     np.testing.assert_array_equal(p1.mean, p2.mean)
@@ -261,9 +268,9 @@ def test_upscaled_map_error_and_interval_coverage_against_truth(scene: dict, map
     # the maps estimate AGB at plot support (the 3 x 3 cells a plot square covers), which
     # is what the plots measured and the intervals were calibrated on
     truth = uniform_filter(scene["land"].agb_mg_ha, size=3, mode="nearest")
-    agb = maps["rasters/agb_2019.tif"].compute().to_numpy()[0]
-    sd = maps["rasters/agb_sd_2019.tif"].sel(band="agb_sd_support").compute().to_numpy()
-    interval = maps["rasters/agb_interval_2019.tif"].compute()
+    agb = maps[map_relpath("agb", "2019")].compute().to_numpy()[0]
+    sd = maps[map_relpath("agb_sd", "2019")].sel(band="agb_sd_support").compute().to_numpy()
+    interval = maps[map_relpath("agb_interval", "2019")].compute()
     lo, hi = (interval.sel(band=f"agb_{b}_support").to_numpy() for b in ("lower", "upper"))
     inside = (truth >= lo) & (truth <= hi)
     # a single cell's interval adds the within-window variation and covers the cell
@@ -333,21 +340,21 @@ def test_fit_and_predict_commands_write_cogs(scene: dict, tmp_path: Path) -> Non
         ]
     )
     assert args.func(args) == 0
-    card = json.loads((tmp_path / "run/model/model_card.json").read_text())
+    card = json.loads((tmp_path / "run" / MODEL_CARD_RELPATH).read_text())
     # the command compares every training source at the plots and keeps the best
     compared = card["satellite_model"]["training"]["sources_compared"]
     assert set(compared) == {"plots", "lidar_upscaled", "plots+lidar_upscaled"}
     best = min(compared, key=lambda s: compared[s]["spatial_cv_rmse_mg_ha"])
     assert card["satellite_source"] == best
-    models = tmp_path / "run/model/models.pkl"
+    models = tmp_path / "run" / MODELS_RELPATH
     args = parser.parse_args(
         ["predict", "--models", str(models), *common, "--out", str(tmp_path / "run")]
     )
     assert args.func(args) == 0
-    with rasterio.open(tmp_path / "run/rasters/carbon_2024.tif") as src:
+    with rasterio.open(tmp_path / "run" / map_relpath("carbon", "2024")) as src:
         assert src.descriptions == ("carbon",) and src.crs.to_string() == CRS
         assert src.shape == (N, N) and np.isfinite(src.read(1)).all()
-    with rasterio.open(tmp_path / "run/rasters/quality_2019.tif") as src:
+    with rasterio.open(tmp_path / "run" / map_relpath("quality", "2019")) as src:
         assert src.descriptions == ("model_source", "n_valid", "good")
     bad = parser.parse_args(
         ["predict", "--models", str(tmp_path / "nope.pkl"), *common, "--out", "x"]
@@ -366,13 +373,17 @@ def test_maps_do_not_depend_on_chunking(scene: dict, maps: dict, chunk_px: int) 
 
     out = predict(
         pjob,
-        models=scene["out"]["model/models.pkl"],
+        models=scene["out"][MODELS_RELPATH],
         composites={e: rechunk(c) for e, c in inp["composites"].items()},
         terrain=rechunk(inp["terrain"]),
         lidar_metrics=rechunk(inp["lidar_metrics"]),
     )
-    assert out["rasters/agb_2019.tif"].chunks[1][0] == chunk_px
-    for key in ("rasters/agb_2019.tif", "rasters/agb_sd_2019.tif", "rasters/quality_2019.tif"):
+    assert out[map_relpath("agb", "2019")].chunks[1][0] == chunk_px
+    for key in (
+        map_relpath("agb", "2019"),
+        map_relpath("agb_sd", "2019"),
+        map_relpath("quality", "2019"),
+    ):
         np.testing.assert_array_equal(out[key].to_numpy(), maps[key].to_numpy())
 
 
@@ -381,7 +392,7 @@ def test_without_lidar_the_satellite_model_learns_from_plots(scene: dict) -> Non
     job = scene["job"]
     params = job.params.model_copy(update={"satellite_training": "auto"})
     out = model(ModelJob(params=params, epochs=job.epochs, seed=job.seed, crs=job.crs), **inp)
-    card = out["model/model_card.json"]
+    card = out[MODEL_CARD_RELPATH]
     assert card["satellite_source"] == "plots" and "lidar_model" not in card
     training = card["satellite_model"]["training"]
     assert training["source"] == "plots" and training["n_plots"] == 180
@@ -389,9 +400,9 @@ def test_without_lidar_the_satellite_model_learns_from_plots(scene: dict) -> Non
     assert len(card["satellite_model"]["cv_predictions"]) == 180
     pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
     maps = predict(
-        pjob, models=out["model/models.pkl"], composites=inp["composites"], terrain=inp["terrain"]
+        pjob, models=out[MODELS_RELPATH], composites=inp["composites"], terrain=inp["terrain"]
     )
-    src = maps["rasters/quality_2019.tif"].sel(band="model_source").to_numpy()
+    src = maps[map_relpath("quality", "2019")].sel(band="model_source").to_numpy()
     assert (src == SOURCE_SATELLITE_PLOTS).all()
 
 
@@ -405,19 +416,19 @@ def test_maps_cover_forest_land_parcels_only(scene: dict, maps: dict) -> None:
         crs=CRS,
     )
     pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
-    out = predict(pjob, models=scene["out"]["model/models.pkl"], **inp_maps(inp), parcels=parcels)
-    for key in ("rasters/agb_2019.tif", "rasters/carbon_sd_2024.tif"):
+    out = predict(pjob, models=scene["out"][MODELS_RELPATH], **inp_maps(inp), parcels=parcels)
+    for key in (map_relpath("agb", "2019"), map_relpath("carbon_sd", "2024")):
         masked, full = out[key].to_numpy()[0], maps[key].to_numpy()[0]
         assert np.isnan(masked[:, 30:]).all()  # farmland: no value
         np.testing.assert_array_equal(masked[:, :30], full[:, :30])  # forest keeps its values
-    q = out["rasters/quality_2019.tif"].sel(band="model_source").to_numpy()
+    q = out[map_relpath("quality", "2019")].sel(band="model_source").to_numpy()
     assert (q[:, 30:] == SOURCE_NONE).all() and (q[:, :30] > 0).all()
-    n_valid = out["rasters/quality_2019.tif"].sel(band="n_valid").to_numpy()
+    n_valid = out[map_relpath("quality", "2019")].sel(band="n_valid").to_numpy()
     assert (n_valid[:, 30:] == INT_NODATA).all()
     with pytest.raises(InputDataError, match="no column 'land_class'"):
         predict(
             pjob,
-            models=scene["out"]["model/models.pkl"],
+            models=scene["out"][MODELS_RELPATH],
             **inp_maps(inp),
             parcels=parcels.rename(columns={"land_class": "lc"}),
         )
@@ -435,12 +446,12 @@ def test_parcels_judged_not_yet_forest_get_no_estimate_at_that_epoch(scene: dict
         crs=CRS,
     )
     bundle = {
-        **load_models(scene["out"]["model/models.pkl"]),
+        **load_models(scene["out"][MODELS_RELPATH]),
         "non_forest_parcels": {"2019": ["B"]},
     }
     pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
     out = predict(pjob, models=bundle, **inp_maps(inp), parcels=parcels)
-    a19, a24 = (out[f"rasters/agb_{e}.tif"].to_numpy()[0] for e in EPOCHS)
+    a19, a24 = (out[map_relpath("agb", e)].to_numpy()[0] for e in EPOCHS)
     assert np.isnan(a19[:, 30:]).all() and np.isfinite(a19[:, :30]).all()
     assert np.isfinite(a24).all()
 

@@ -22,11 +22,12 @@ from shapely.geometry import LineString, box
 from shapely.ops import split
 
 from models.credits import load_methodology
+from pipeline.contracts import REPORT_RELPATH, TOTAL_ID, CreditsJob, SinkJob, quicklook_relpath
+from pipeline.report.build import ReportJob
 from pipeline.sink import stock_change_sink
-from pipeline.stages.credits import CreditsJob, credits_table
+from pipeline.stages.credits import credits_table
 from pipeline.stages.parcels import parcel_sink_table
-from pipeline.stages.report import ReportJob, report_stage
-from pipeline.stages.sink import SinkJob
+from pipeline.stages.report import report_stage
 
 REPO = Path(__file__).resolve().parent.parent
 RES_M, X0, Y0, CRS = 10.0, 500_000.0, 3_000_000.0, "EPSG:32650"
@@ -161,14 +162,15 @@ def run_report(inputs: dict) -> dict:
 
 def test_report_content_and_quicklooks(report_inputs):
     out = run_report(report_inputs)
-    html = out["report/report.html"]
+    html = out[REPORT_RELPATH]
     assert isinstance(html, str)
     assert 'id="simulated-banner"' in html
     assert "ab" * 32 in html
-    names = {k.split("/")[-1] for k in out if k.startswith("report/quicklooks/")}
+    names = {k for k in out if k != REPORT_RELPATH}
     assert names == {
-        "rgb.png", "chm.png", "agb.png", "carbon.png", "sink.png", "sink_sd.png",
-        "parcels.png", "observed_vs_predicted.png", "residuals.png",
+        quicklook_relpath(n)
+        for n in ("rgb", "chm", "agb", "carbon", "sink", "sink_sd", "parcels",
+                  "observed_vs_predicted", "residuals")
     }  # fmt: skip
     for key, png in out.items():
         if key.endswith(".png"):
@@ -179,7 +181,7 @@ def test_report_content_and_quicklooks(report_inputs):
     table = html.split('id="parcel-table"')[1].split("</table>")[0]
     assert table.count("<tr>") == n_parcels + 1
     # the credited total and its steps are shown with the numbers of credits.csv
-    total = report_inputs["credits"].set_index("parcel_id").loc["TOTAL"]
+    total = report_inputs["credits"].set_index("parcel_id").loc[TOTAL_ID]
     assert f"{total['credits_tco2e']:,.1f} t CO2e" in html
     assert html.count("<li>") == 10  # one per credit step, the reversal included
     assert "AR-TOOL14" in html  # the rule's source is stated
@@ -193,13 +195,13 @@ def test_report_is_byte_identical_on_rerun(report_inputs):
     assert first.keys() == second.keys()
     for key in first:
         assert first[key] == second[key], key
-    assert not re.search(r"20\d\d-\d\d-\d\dT\d\d:\d\d", first["report/report.html"])
+    assert not re.search(r"20\d\d-\d\d-\d\dT\d\d:\d\d", first[REPORT_RELPATH])
 
 
 def test_report_renders_in_headless_chromium(report_inputs, tmp_path):
     chromium = shutil.which("chromium")
     assert chromium, "chromium is missing: run scripts/install-report-deps.sh"
-    html = run_report(report_inputs)["report/report.html"]
+    html = run_report(report_inputs)[REPORT_RELPATH]
     (tmp_path / "report.html").write_text(html)
     # A copy instrumented with a probe that records, after load, how each image decoded.
     probe = (

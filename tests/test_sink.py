@@ -16,9 +16,17 @@ from hypothesis import strategies as st
 
 from pipeline import io
 from pipeline.config import parse_config
+from pipeline.contracts import (
+    INDEX_RELPATH,
+    PARCEL_SINK_GPKG_RELPATH,
+    SINK_RELPATH,
+    SinkJob,
+    resolve_correlation,
+    sink_job,
+)
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sink import CO2_PER_C, forest_carbon_index, stock_change_sink, years_between
-from pipeline.stages.sink import SinkJob, resolve_correlation, sink, sink_job
+from pipeline.stages.sink import sink
 
 RES_M = 10.0
 X0, Y0 = 500_000.0, 3_000_000.0
@@ -178,9 +186,9 @@ def test_stage_outputs_write_as_described_cogs(tmp_path):
         quality_start=q1,
         quality_end=q2,
     )
-    assert set(out) == {"rasters/sink.tif", "rasters/forest_carbon_index.tif"}
+    assert set(out) == {SINK_RELPATH, INDEX_RELPATH}
     path = tmp_path / "sink.tif"
-    io.write_cog(out["rasters/sink.tif"], path)
+    io.write_cog(out[SINK_RELPATH], path)
     with rasterio.open(path) as src:
         assert src.descriptions == (
             "sink_mg_c_ha_yr",
@@ -237,10 +245,10 @@ def test_sink_command_on_explicit_files(tmp_path, capsys):
         ]
     )
     assert args.func(args) == 0
-    with rasterio.open(tmp_path / "out/rasters/forest_carbon_index.tif") as src:
+    with rasterio.open(tmp_path / "out" / INDEX_RELPATH) as src:
         assert src.count == 5 and src.descriptions[-1] == "quality_flag"
         sink_band = src.read(3)
-    table = gpd.read_file(tmp_path / "out/parcels/parcel_sink.gpkg")
+    table = gpd.read_file(tmp_path / "out" / PARCEL_SINK_GPKG_RELPATH)
     # the one parcel covers the whole grid: its sink is the raster's sum x 0.01 ha
     assert table["sink_mg_c_yr"].iloc[0] == pytest.approx(
         float(np.nansum(sink_band.astype(np.float64))) * 0.01, rel=1e-6
@@ -287,7 +295,7 @@ def test_estimated_correlation_comes_from_the_model_card():
         quality_start=q1,
         quality_end=q2,
         model_card=card,
-    )["rasters/sink.tif"]
+    )[SINK_RELPATH]
     expected = np.squeeze(s1.values) * math.sqrt(2 * (1 - 0.79)) / job.years
     got = np.squeeze(ds["sink_sd_mg_c_ha_yr"].values)
     np.testing.assert_allclose(got, expected, rtol=1e-5)

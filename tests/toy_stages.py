@@ -19,7 +19,8 @@ import rioxarray  # noqa: F401 - registers the .rio accessor
 import xarray as xr
 
 from pipeline.config import Config
-from pipeline.stage import RunLayout, Stage
+from pipeline.contracts import RunLayout
+from pipeline.stage import Stage
 
 # the worker processes of a LocalCluster cannot import this test module
 cloudpickle.register_pickle_by_value(__import__(__name__))

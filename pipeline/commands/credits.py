@@ -55,8 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from models.credits import load_methodology
     from pipeline import io
-    from pipeline.stages.credits import CreditsJob, credits_stage
-    from pipeline.stages.sink import SinkJob
+    from pipeline.contracts import TOTAL_ID, CreditsJob, SinkJob
+    from pipeline.stages.credits import credits_stage
 
     try:
         dates = [dt.date.fromisoformat(d) for d in args.dates]
@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
     )
     io.write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
     table = next(iter(outputs.values()))
-    total = table.loc[table["parcel_id"] == "TOTAL"].iloc[0]
+    total = table.loc[table["parcel_id"] == TOTAL_ID].iloc[0]
     print(f"credits: {total['credits_tco2e']:,.1f} t CO2e "
           f"(net {total['net_tco2e']:,.1f}, U {total['uncertainty_pct']:.1f} %) -> "
           f"{args.out / next(iter(outputs))}")  # fmt: skip

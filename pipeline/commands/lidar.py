@@ -63,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
 
     from pipeline.cluster import dask_client
     from pipeline.config import DaskSettings, LidarParams
+    from pipeline.contracts import LIDAR_QA_RELPATH
     from pipeline.errors import InputDataError
     from pipeline.io import write_outputs
     from pipeline.lidar.index import index_tiles
@@ -99,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
     write_outputs({args.out / Path(rel).name: obj for rel, obj in out.items()})
     for rel in out:
         print(f"wrote {args.out / Path(rel).name}")
-    qa = out["lidar/qa.json"]
+    qa = out[LIDAR_QA_RELPATH]
     failed = qa["failed_tiles"]  # type: ignore[index]
     if failed:
         listing = "; ".join(f"{msg}" for msg in failed.values())

@@ -50,6 +50,7 @@ def _read_table(path: Path) -> object:
 def main(args: argparse.Namespace) -> int:
     from models.allometry import list_equations
     from pipeline.config import PlotsParams
+    from pipeline.contracts import PLOT_BIOMASS_RELPATH, PLOTS_QA_RELPATH
     from pipeline.stages.plots import plots
 
     if args.list_equations:
@@ -82,9 +83,9 @@ def main(args: argparse.Namespace) -> int:
         tmp = path.with_suffix(".tmp")
         df.to_csv(tmp, index=False)
         tmp.replace(path)
-    summary = outputs["plots/plot_biomass.csv"]
+    summary = outputs[PLOT_BIOMASS_RELPATH]
     print(
-        f"{len(summary)} plot-epochs, {len(outputs['plots/qa.csv'])} QA rows -> {args.out}",
+        f"{len(summary)} plot-epochs, {len(outputs[PLOTS_QA_RELPATH])} QA rows -> {args.out}",
         file=sys.stderr,
     )
     return 0

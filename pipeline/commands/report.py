@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from pipeline import io
     from pipeline.config import load_config, region_config_path
+    from pipeline.contracts import REPORT_RELPATH, RunLayout
     from pipeline.errors import ConfigError
-    from pipeline.stage import RunLayout
     from pipeline.stages.report import report_inputs, report_job, report_stage
 
     if (args.region is None) == (args.config is None):
@@ -40,5 +40,5 @@ def main(args: argparse.Namespace) -> int:
     }
     outputs = report_stage(report_job(config), **inputs)
     io.write_outputs({layout.path(rel): obj for rel, obj in outputs.items()})
-    print(layout.path("report/report.html"))
+    print(layout.path(REPORT_RELPATH))
     return 0

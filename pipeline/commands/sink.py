@@ -84,8 +84,9 @@ def _date(text: str) -> dt.date:
 
 def main(args: argparse.Namespace) -> int:
     from pipeline import io
+    from pipeline.contracts import SinkJob
     from pipeline.stages.parcels import parcels_stage
-    from pipeline.stages.sink import SinkJob, sink
+    from pipeline.stages.sink import sink
 
     if not -1 <= args.correlation <= 1:
         raise ConfigError(f"--correlation must lie in [-1, 1], got {args.correlation}")

@@ -5,6 +5,8 @@ uncertainty, maps, a per-parcel table) and a verifier (the credit calculation st
 step with every parameter's source, model diagnostics, the data inventory and the config
 hash). Images are base64-embedded, so ``report.html`` is one file that opens offline.
 Rendering is deterministic: no timestamps, fixed figure metadata, inputs in input order.
+What the report states about the run comes in one frozen :class:`ReportJob` (built from
+the config by the ``report`` stage, :mod:`pipeline.stages.report`).
 """
 
 from __future__ import annotations
@@ -14,19 +16,18 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import geopandas as gpd
 import jinja2
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy.stats import norm
 
+from pipeline.contracts import TOTAL_ID, CreditsJob, SinkJob
 from pipeline.report import figures
 from pipeline.sink import as_band, named_band
-
-if TYPE_CHECKING:
-    from pipeline.stages.report import ReportJob
 
 #: longest side of a map quicklook in pixels (larger maps are subsampled)
 MAX_MAP_PX = 600
@@ -53,6 +54,32 @@ class Figure:
     @property
     def b64(self) -> str:
         return base64.b64encode(self.png).decode("ascii")
+
+
+@dataclass(frozen=True)
+class ReportJob:
+    """What the report states about the run, resolved from the config."""
+
+    title: str
+    region: str
+    simulated: bool
+    config_sha256: str
+    credits: CreditsJob
+    rgb_bands: tuple[str, str, str] = ("red", "green", "blue")
+    rgb_stretch_percentiles: tuple[float, float] = (2.0, 98.0)
+
+    @property
+    def sink(self) -> SinkJob:
+        return self.credits.sink
+
+    @property
+    def z_value(self) -> float:
+        """Normal quantile of the central interval of the sink tables."""
+        return float(norm.ppf(0.5 + self.sink.interval / 2))
+
+    @property
+    def interval_pct(self) -> str:
+        return f"{100 * self.sink.interval:g}"
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -375,7 +402,7 @@ def build_report(
     c_end = float(parcel_sink[f"carbon_{e2}_mg_c"].sum())
     c_sds = parcel_sink[f"carbon_sd_{e2}_mg_c"].to_numpy(dtype=float)
     c_sd = float(c_sds.sum()) if agg == "correlated" else float(np.sqrt((c_sds**2).sum()))
-    total = credits.loc[credits["parcel_id"] == "TOTAL"].iloc[0].to_dict()
+    total = credits.loc[credits["parcel_id"] == TOTAL_ID].iloc[0].to_dict()
     forest_ha = fmt(float(parcel_sink["forest_area_ha"].sum()))
     grid_ha = fmt(float(parcel_sink["area_grid_ha"].sum()))
     lo_txt, hi_txt = fmt(sink_sum - z * sink_sd), fmt(sink_sum + z * sink_sd)

@@ -22,10 +22,9 @@ import geopandas as gpd
 
 from pipeline import catalog
 from pipeline.config import AcquireParams, CatalogSource, Config, Epoch
+from pipeline.contracts import PINNED_ITEMS_DIR, TERRAIN_KEY, RunLayout, items_relpath
 from pipeline.errors import CatalogError
-from pipeline.stage import RunLayout, Stage
-
-TERRAIN_KEY = "terrain"
+from pipeline.stage import Stage
 
 
 @dataclass(frozen=True)
@@ -42,11 +41,6 @@ class AcquireJob:
     def from_config(cls, config: Config) -> AcquireJob:
         src = config.sources.catalog
         return cls(config.stages.acquire, src, config.epochs, src.collections, src.dem_collection)
-
-
-def items_relpath(epoch: str) -> str:
-    """Run-folder path of an epoch's frozen items (``items/terrain.json`` for the DEM)."""
-    return f"items/{epoch}.json"
 
 
 def aoi_bbox_wgs84(aoi: gpd.GeoDataFrame) -> tuple[float, float, float, float]:
@@ -113,14 +107,10 @@ def acquire(
     return out
 
 
-#: where ``reproduce`` puts the original run's frozen STAC items (see :mod:`pipeline.reproduce`)
-PINNED_ITEMS = "pinned/items"
-
-
 def acquire_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
     """The AOI and the local catalog file, or the pinned items of a reproduction."""
     inputs: dict[str, Path] = {"aoi": config.aoi}
-    pinned = layout.path(PINNED_ITEMS)
+    pinned = layout.path(PINNED_ITEMS_DIR)
     if pinned.is_dir():  # a reproduction: the recorded items, never a new search
         inputs.update({f"frozen.{p.stem}": p for p in sorted(pinned.glob("*.json"))})
         return inputs

@@ -23,10 +23,17 @@ import geopandas as gpd
 from pipeline import catalog
 from pipeline import composite as science
 from pipeline.config import CompositeParams, Config
+from pipeline.contracts import (
+    COMPOSITE_QA_RELPATH,
+    TERRAIN_KEY,
+    TERRAIN_RELPATH,
+    RunLayout,
+    composite_relpath,
+    items_relpath,
+)
 from pipeline.errors import ScienceDomainError
 from pipeline.grid import region_geobox
-from pipeline.stage import RunLayout, Stage
-from pipeline.stages.acquire import TERRAIN_KEY, items_relpath  # acquire's output contract
+from pipeline.stage import Stage
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ def composite(
     for epoch in job.epochs:
         ic = catalog.item_collection_from_dict(items[epoch])
         comp, scenes = science.seasonal_composite(list(ic), geobox, settings=settings)
-        out[f"composites/{epoch}.tif"] = comp
+        out[composite_relpath(epoch)] = comp
         if job.params.dark_object_check != "off":
             records = science.dark_object_qa(scenes)
             qa["epochs"][epoch] = records
@@ -112,8 +119,8 @@ def composite(
             ]
     if terrain_items is not None:
         dem = list(catalog.item_collection_from_dict(terrain_items))
-        out["composites/terrain.tif"] = science.terrain(dem, geobox, settings=settings)
-    out["composites/qa.json"] = qa
+        out[TERRAIN_RELPATH] = science.terrain(dem, geobox, settings=settings)
+    out[COMPOSITE_QA_RELPATH] = qa
     return out
 
 

@@ -15,7 +15,7 @@ apply the uncertainty rule to the project's estimate, not parcel by parcel.
 
 Signatures
 ----------
-``credits_job(config) -> CreditsJob``
+``credits_job(config) -> CreditsJob`` (:mod:`pipeline.contracts`, shared with ``report``)
     loads and validates the methodology (``ConfigError`` naming the file on problems) and
     applies ``stages.credits.leakage_fraction`` / ``buffer_fraction`` overrides.
 ``credits_inputs(config, layout) -> {"sink": rasters/sink.tif, "project": sources.project_area}``
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,40 +38,23 @@ import pandas as pd
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from models.credits import CreditSteps, Methodology, credit_steps, load_methodology
+from models.credits import CreditSteps, credit_steps
 from pipeline.config import Config
+from pipeline.contracts import (
+    CREDITS_RELPATH,
+    SINK_RELPATH,
+    TOTAL_ID,
+    CreditsJob,
+    RunLayout,
+    credits_job,
+)
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sink import as_band, named_band
-from pipeline.stage import RunLayout, Stage
-from pipeline.stages.sink import SINK_RELPATH, SinkJob, sink_job
+from pipeline.stage import Stage
 from pipeline.zonal import coverage_cells, weighted_sum
 
-CREDITS_RELPATH = "credits/credits.csv"
-TOTAL_ID = "TOTAL"
 #: square metres in a hectare (unit definition)
 M2_PER_HA = 10_000.0
-
-
-@dataclass(frozen=True)
-class CreditsJob:
-    """The resolved methodology plus the sink's epochs and error aggregation."""
-
-    methodology: Methodology
-    methodology_file: str
-    sink: SinkJob
-
-
-def credits_job(config: Config) -> CreditsJob:
-    """Resolve ``stages.credits``: load the methodology file and apply overrides."""
-    params = config.stages.credits
-    try:
-        method = load_methodology(params.methodology)
-    except ValueError as err:
-        raise ConfigError(f"stages.credits.methodology: {err}") from None
-    method = method.with_overrides(
-        leakage_fraction=params.leakage_fraction, buffer_fraction=params.buffer_fraction
-    )
-    return CreditsJob(method, str(params.methodology), sink_job(config))
 
 
 def credits_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:

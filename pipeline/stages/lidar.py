@@ -35,6 +35,14 @@ import xarray as xr
 from affine import Affine
 
 from pipeline.config import Config, LidarParams
+from pipeline.contracts import (
+    LIDAR_CHM_RELPATH,
+    LIDAR_DTM_RELPATH,
+    LIDAR_METRICS_RELPATH,
+    LIDAR_QA_RELPATH,
+    LIDAR_TILES_RELPATH,
+    RunLayout,
+)
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.grid import region_geobox, snapped_bounds
 from pipeline.lidar import engine
@@ -43,14 +51,7 @@ from pipeline.lidar.grid import CellGrid
 from pipeline.lidar.ground import CSF, SMRF
 from pipeline.lidar.index import TileInfo, index_tiles
 from pipeline.lidar.metrics import BAND_NAMES, BAND_UNITS, N_POINT_BANDS, footprint_fraction
-from pipeline.stage import RunLayout, Stage
-
-#: output relpaths in the run folder
-DTM_PATH = "lidar/dtm.tif"
-CHM_PATH = "lidar/chm.tif"
-METRICS_PATH = "lidar/metrics.tif"
-QA_PATH = "lidar/qa.json"
-TILES_PATH = "lidar/tiles.csv"
+from pipeline.stage import Stage
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,7 @@ def run_lidar(
         )
     units = [BAND_UNITS[b] for b in BAND_NAMES]
     return {
-        DTM_PATH: _dataarray(
+        LIDAR_DTM_RELPATH: _dataarray(
             dtm[None],
             lgrid,
             job.crs,
@@ -334,7 +335,7 @@ def run_lidar(
             ["m"],
             "terrain elevation (TIN of ground returns)",
         ),
-        CHM_PATH: _dataarray(
+        LIDAR_CHM_RELPATH: _dataarray(
             chm[None],
             lgrid,
             job.crs,
@@ -342,11 +343,11 @@ def run_lidar(
             ["m"],
             f"canopy height ({job.params.chm_algorithm})",
         ),
-        METRICS_PATH: _dataarray(
+        LIDAR_METRICS_RELPATH: _dataarray(
             metrics, model_grid, job.crs, list(BAND_NAMES), units, "LiDAR area-based metrics"
         ),
-        QA_PATH: _qa(index, results, failures, settings, chm),
-        TILES_PATH: _tiles_table(index, failures),
+        LIDAR_QA_RELPATH: _qa(index, results, failures, settings, chm),
+        LIDAR_TILES_RELPATH: _tiles_table(index, failures),
     }
 
 

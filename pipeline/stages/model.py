@@ -69,8 +69,21 @@ from models.biomass import (
     thinned_sample,
 )
 from models.landuse import fit_land_use
-from pipeline import io
 from pipeline.config import Config, ModelParams
+from pipeline.contracts import (
+    LIDAR_METRICS_RELPATH,
+    MODEL_CARD_RELPATH,
+    MODELS_RELPATH,
+    PLOT_BIOMASS_RELPATH,
+    PLOT_FEATURES_RELPATH,
+    TERRAIN_RELPATH,
+    RunLayout,
+    composite_relpath,
+    composites_by_epoch,
+    lidar_for_epoch,
+    open_raster,
+    predictor_inputs,
+)
 from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
 from pipeline.features import (
     class_layers,
@@ -84,9 +97,8 @@ from pipeline.features import (
     predictor_stack,
     support_window_px,
     terrain_features,
-    with_band_names,
 )
-from pipeline.stage import RunLayout, Stage
+from pipeline.stage import Stage
 
 REQUIRED_PLOT_COLUMNS = ("plot_id", "epoch", "agb_mg_ha")
 
@@ -121,62 +133,13 @@ def settings_from(params: ModelParams) -> ModelSettings:
     )
 
 
-def open_raster(obj: xr.DataArray | Path | str) -> xr.DataArray:
-    """A lazy DataArray from a DataArray or a GeoTIFF path (band names from descriptions)."""
-    if isinstance(obj, xr.DataArray):
-        return obj
-    return io.open_raster(Path(obj))
-
-
-def composites_by_epoch(
-    composites: Mapping[str, Any] | Sequence[Any], epochs: Sequence[str]
-) -> dict[str, xr.DataArray]:
-    """Composites keyed by epoch name (a mapping, or a sequence in ``epochs`` order)."""
-    if isinstance(composites, Mapping):
-        missing = [e for e in epochs if e not in composites]
-        if missing:
-            raise InputDataError(f"composites missing for epoch(s) {missing}")
-        return {e: open_raster(composites[e]) for e in epochs}
-    items = list(composites)
-    if len(items) != len(epochs):
-        raise InputDataError(f"got {len(items)} composites for {len(epochs)} epochs {list(epochs)}")
-    return {e: open_raster(c) for e, c in zip(epochs, items, strict=True)}
-
-
-def lidar_for_epoch(
-    lidar_metrics: xr.DataArray, *, epochs: Sequence[str], lidar_epoch: str | None
-) -> tuple[str, xr.DataArray]:
-    """The LiDAR epoch and its metrics with plain band names.
-
-    Metrics of a second LiDAR epoch carry ``_<epoch>`` suffixes; the configured
-    ``lidar_epoch`` (or the first suffixed epoch) is used. Unsuffixed metrics belong to
-    ``lidar_epoch``, by default the first epoch.
-    """
-    da = with_band_names(lidar_metrics, source="lidar/metrics.tif")
-    names = [str(b) for b in da["band"].to_numpy()]
-    suffixed = [e for e in epochs if any(n.endswith(f"_{e}") for n in names)]
-    if not suffixed:
-        epoch = lidar_epoch or epochs[0]
-        if epoch not in epochs:
-            raise InputDataError(
-                f"model.lidar_epoch {epoch!r} is not one of the epochs {list(epochs)}"
-            )
-        return epoch, da
-    epoch = lidar_epoch or suffixed[0]
-    keep = [n for n in names if n.endswith(f"_{epoch}")]
-    if not keep:
-        raise InputDataError(f"lidar/metrics.tif has no bands with suffix _{epoch} (has {names})")
-    sub = da.sel(band=keep)
-    return epoch, sub.assign_coords(band=[n.removesuffix(f"_{epoch}") for n in keep])
-
-
 def lidar_predictors(lidar: xr.DataArray, params: ModelParams) -> list[str]:
     names = [str(b) for b in lidar["band"].to_numpy()]
     if params.lidar_features:
         missing = [f for f in params.lidar_features if f not in names]
         if missing:
             raise InputDataError(
-                f"model.lidar_features {missing} not in lidar/metrics.tif ({names})"
+                f"model.lidar_features {missing} not in {LIDAR_METRICS_RELPATH} ({names})"
             )
         return list(params.lidar_features)
     return [n for n in names if n.startswith("h_") or n.startswith("cover")]
@@ -188,18 +151,18 @@ def conversion_factors(plot_biomass: pd.DataFrame) -> dict[str, Any]:
     missing = [c for c in needed if c not in plot_biomass.columns]
     if missing:
         raise InputDataError(
-            f"plots/plot_biomass.csv: column(s) {missing} missing; the carbon conversion factors "
+            f"{PLOT_BIOMASS_RELPATH}: column(s) {missing} missing; the carbon conversion factors "
             "are taken from the plot table (written by the plots stage)"
         )
     t = plot_biomass.loc[:, list(needed)].dropna()
     agb, bgb, c, co2 = (t[n].sum() for n in needed)
     if agb <= 0 or c <= 0:
-        raise ScienceDomainError("plots/plot_biomass.csv: total AGB or carbon is not positive")
+        raise ScienceDomainError(f"{PLOT_BIOMASS_RELPATH}: total AGB or carbon is not positive")
     return {
         "root_to_shoot": float(bgb / agb),
         "carbon_fraction": float(c / (agb + bgb)),
         "co2e_per_c": float(co2 / c),
-        "method": "ratio estimators over all plot-epochs of plots/plot_biomass.csv",
+        "method": f"ratio estimators over all plot-epochs of {PLOT_BIOMASS_RELPATH}",
         "n_plot_epochs": len(t),
     }
 
@@ -219,16 +182,14 @@ def model(
     settings = settings_from(p)
     missing = [c for c in REQUIRED_PLOT_COLUMNS if c not in plot_biomass.columns]
     if missing:
-        raise InputDataError(f"plots/plot_biomass.csv: column(s) {missing} missing")
+        raise InputDataError(f"{PLOT_BIOMASS_RELPATH}: column(s) {missing} missing")
     biomass = plot_biomass.assign(epoch=plot_biomass["epoch"].astype(str))
     comps = composites_by_epoch(composites, job.epochs)
-    terr = terrain_features(open_raster(terrain))
+    terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
 
     # spectral (composite + terrain) predictors, and with the parcel classes added
     spectral = {
-        e: predictor_stack(
-            comps[e], terr, sources=(f"composites/{e}.tif", "composites/terrain.tif")
-        )
+        e: predictor_stack(comps[e], terr, sources=(composite_relpath(e), TERRAIN_RELPATH))
         for e in job.epochs
     }
     sat_stacks = spectral
@@ -239,7 +200,7 @@ def model(
         class_bands = class_layers(parcels, terr, **classes)
         sat_stacks = {
             e: concat_aligned(
-                [st, class_bands], sources=(f"composites/{e}.tif", f"parcels ({column})")
+                [st, class_bands], sources=(composite_relpath(e), f"parcels ({column})")
             )
             for e, st in spectral.items()
         }
@@ -262,7 +223,7 @@ def model(
         lidar = lidar.astype(np.float32)
         lidar_feats = lidar_predictors(lidar, p)
         if "lidar_fraction" not in lidar["band"].to_numpy():
-            raise InputDataError("lidar/metrics.tif: band 'lidar_fraction' missing")
+            raise InputDataError(f"{LIDAR_METRICS_RELPATH}: band 'lidar_fraction' missing")
         lt = plot_features(lidar.sel(band=[*lidar_feats, "lidar_fraction"]), plot_locations)
         lt = lt.drop(columns=["x_m", "y_m", "valid_fraction"]).assign(epoch=lidar_epoch)
         feats = feats.merge(lt, on=["plot_id", "epoch"], how="left")
@@ -273,7 +234,7 @@ def model(
     table = biomass.loc[:, keep_cols].merge(feats, on=["plot_id", "epoch"], how="inner")
     if table.empty:
         raise InputDataError(
-            "no plot of plots/plot_biomass.csv matches plots.gpkg and the epochs "
+            f"no plot of {PLOT_BIOMASS_RELPATH} matches plots.gpkg and the epochs "
             f"{list(job.epochs)} (check plot_id and epoch values)"
         )
     y_all = table["agb_mg_ha"].to_numpy(dtype=np.float64)
@@ -380,9 +341,9 @@ def model(
     }
     blob = pickle.dumps(bundle, protocol=5)
     return {
-        "model/model_card.json": card,
-        "model/plot_features.csv": table,
-        "model/models.pkl": blob,
+        MODEL_CARD_RELPATH: card,
+        PLOT_FEATURES_RELPATH: table,
+        MODELS_RELPATH: blob,
     }
 
 
@@ -559,7 +520,7 @@ def _upscaling_sample(
     rows, cols = thinned_sample(cover, step_px=step, max_samples=p.upscale_max_samples, seed=seed)
     both = concat_aligned(
         [lidar.sel(band=list(lidar_feats)), sat_stack],
-        sources=("lidar/metrics.tif", "satellite predictors"),
+        sources=(LIDAR_METRICS_RELPATH, "satellite predictors"),
     )
     table = _sampled_cells(focal_mean(both, size_px=support_px), rows, cols)
     table["agb_mg_ha"] = lidar_model.model.predict(table)
@@ -672,7 +633,7 @@ def _cell_support(
     height, cover = p.powerlaw_height, p.powerlaw_cover
     names = [str(b) for b in lidar["band"].to_numpy()]
     if height not in names or cover not in names:
-        return None, {"skipped": f"lidar/metrics.tif lacks {height!r} or {cover!r}"}
+        return None, {"skipped": f"{LIDAR_METRICS_RELPATH} lacks {height!r} or {cover!r}"}
     try:
         law = PowerLawABA(height=height, cover=cover).fit(
             plots, plots["agb_mg_ha"].to_numpy(dtype=np.float64)
@@ -725,13 +686,10 @@ def model_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Pa
             "sources.plot_locations: the model stage needs the plot squares (plots.gpkg)"
         )
     inputs: dict[str, Path | tuple[Path, ...]] = {
-        "plot_biomass": layout.path("plots/plot_biomass.csv"),
+        "plot_biomass": layout.path(PLOT_BIOMASS_RELPATH),
         "plot_locations": config.sources.plot_locations,
-        **{f"composites.{e.name}": layout.path(f"composites/{e.name}.tif") for e in config.epochs},
-        "terrain": layout.path("composites/terrain.tif"),
+        **predictor_inputs(config, layout),
     }
-    if config.sources.lidar_tiles is not None:
-        inputs["lidar_metrics"] = layout.path("lidar/metrics.tif")
     p = config.stages.model
     if config.sources.parcels is not None and (p.parcel_class_column or p.land_use_change):
         inputs["parcels"] = config.sources.parcels

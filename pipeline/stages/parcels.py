@@ -35,7 +35,7 @@ percentiles).
 Signatures
 ----------
 ``parcels_inputs(config, layout) -> {name: Path}``
-    the six epoch rasters of :func:`pipeline.stages.sink.epoch_raster_inputs`,
+    the six epoch rasters of :func:`pipeline.contracts.epoch_raster_inputs`,
     ``parcels`` = ``config.sources.parcels`` and, when LiDAR tiles are configured,
     ``lidar_metrics`` = ``lidar/metrics.tif``.
 ``parcels_stage(job: SinkJob, *, parcels, carbon_start, carbon_end, carbon_sd_start,
@@ -59,6 +59,17 @@ import xarray as xr
 from scipy.stats import norm
 
 from pipeline.config import Config
+from pipeline.contracts import (
+    LIDAR_METRICS_RELPATH,
+    PARCEL_SINK_CSV_RELPATH,
+    PARCEL_SINK_GPKG_RELPATH,
+    RunLayout,
+    SinkJob,
+    correlation_input,
+    epoch_raster_inputs,
+    resolve_correlation,
+    sink_job,
+)
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sink import (
     CO2_PER_C,
@@ -68,18 +79,9 @@ from pipeline.sink import (
     stock_change_sink,
     support_sd_band,
 )
-from pipeline.stage import RunLayout, Stage
-from pipeline.stages.sink import (
-    SinkJob,
-    correlation_input,
-    epoch_raster_inputs,
-    resolve_correlation,
-    sink_job,
-)
+from pipeline.stage import Stage
 from pipeline.zonal import Coverage, coverage_cells, covered_fraction_sum, weighted_sum
 
-GPKG_RELPATH = "parcels/parcel_sink.gpkg"
-CSV_RELPATH = "parcels/parcel_sink.csv"
 #: square metres in a hectare (unit definition)
 M2_PER_HA = 10_000.0
 LIDAR_FRACTION_BAND = "lidar_fraction"
@@ -95,7 +97,7 @@ def parcels_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
     out = {**epoch_raster_inputs(sink_job(config), layout), **correlation_input(config, layout)}
     out["parcels"] = config.sources.parcels
     if config.sources.lidar_tiles is not None:
-        out["lidar_metrics"] = layout.path("lidar/metrics.tif")
+        out["lidar_metrics"] = layout.path(LIDAR_METRICS_RELPATH)
     return out
 
 
@@ -152,7 +154,7 @@ def parcel_sink_table(
         arrays[f"s_{role}"] = sb.where(ok)
     arrays["q_end"] = quality_band(quality_end, name="quality (end epoch)")
     if lidar_metrics is not None:
-        lf = named_band(lidar_metrics, LIDAR_FRACTION_BAND, source="lidar/metrics.tif")
+        lf = named_band(lidar_metrics, LIDAR_FRACTION_BAND, source=LIDAR_METRICS_RELPATH)
         arrays["lidar"] = as_band(lf, name="lidar_fraction")
     computed = {k: np.asarray(v.values, dtype=np.float64) for k, v in arrays.items()}
 
@@ -242,7 +244,7 @@ def parcels_stage(
         lidar_metrics=lidar_metrics,
     )
     csv = pd.DataFrame(table.drop(columns=table.geometry.name))
-    return {GPKG_RELPATH: table, CSV_RELPATH: csv}
+    return {PARCEL_SINK_GPKG_RELPATH: table, PARCEL_SINK_CSV_RELPATH: csv}
 
 
 STAGE = Stage(name="parcels", func=parcels_stage, params=sink_job, inputs=parcels_inputs)

@@ -23,8 +23,9 @@ import pandas as pd
 from models.allometry import AllometryError
 from models.plot_biomass import PlotBiomassOptions, PlotDataError, plot_biomass
 from pipeline.config import Config, PlotsParams
+from pipeline.contracts import PLOT_BIOMASS_RELPATH, PLOTS_QA_RELPATH, TREES_RELPATH, RunLayout
 from pipeline.errors import ConfigError, InputDataError
-from pipeline.stage import RunLayout, Stage
+from pipeline.stage import Stage
 
 
 def plot_areas(plot_locations: pd.DataFrame | None) -> pd.Series | None:
@@ -95,7 +96,7 @@ def plots(
         raise InputDataError(f"tree list: {text}") from None
     except AllometryError as err:
         raise InputDataError(f"tree list: {err}") from None
-    return {"plots/trees.csv": tree_out, "plots/plot_biomass.csv": plot_out, "plots/qa.csv": qa}
+    return {TREES_RELPATH: tree_out, PLOT_BIOMASS_RELPATH: plot_out, PLOTS_QA_RELPATH: qa}
 
 
 def plots_params(config: Config) -> PlotsParams:

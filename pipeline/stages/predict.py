@@ -65,6 +65,18 @@ from dask.base import tokenize
 
 from models.biomass import BiomassMapper
 from pipeline.config import Config, PredictParams
+from pipeline.contracts import (
+    LIDAR_METRICS_RELPATH,
+    MODELS_RELPATH,
+    TERRAIN_RELPATH,
+    RunLayout,
+    composite_relpath,
+    composites_by_epoch,
+    lidar_for_epoch,
+    map_relpath,
+    open_raster,
+    predictor_inputs,
+)
 from pipeline.errors import InputDataError
 from pipeline.features import (
     class_layers,
@@ -75,8 +87,7 @@ from pipeline.features import (
     terrain_features,
     with_band_names,
 )
-from pipeline.stage import RunLayout, Stage
-from pipeline.stages.model import composites_by_epoch, lidar_for_epoch, model_inputs, open_raster
+from pipeline.stage import Stage
 
 #: float layers produced per block, in order
 FLOAT_LAYERS = (
@@ -119,7 +130,7 @@ def load_models(models: Path | bytes | Mapping[str, Any]) -> dict[str, Any]:
     blob = models if isinstance(models, bytes) else Path(models).read_bytes()
     bundle = pickle.loads(blob)
     if not isinstance(bundle, dict) or not isinstance(bundle.get("mapper"), BiomassMapper):
-        raise InputDataError("model/models.pkl: not a models file of the model stage; rerun `fit`")
+        raise InputDataError(f"{MODELS_RELPATH}: not a models file of the model stage; rerun `fit`")
     return bundle
 
 
@@ -193,23 +204,24 @@ def epoch_stack(
     the plot-sized window of each cell (:func:`pipeline.features.focal_mean`); the
     data-quality bands and the mask are kept per cell. One chunk along ``band``.
     """
-    comp = with_band_names(composite, source=f"composites/{epoch}.tif")
+    comp_source = composite_relpath(epoch)
+    comp = with_band_names(composite, source=comp_source)
     layers = [comp, terrain]
-    sources = [f"composites/{epoch}.tif", "composites/terrain.tif"]
+    sources = [comp_source, TERRAIN_RELPATH]
     if classes is not None:
         layers.append(classes)
         sources.append("parcels (classes)")
     if lidar is not None:
         layers.append(lidar)
-        sources.append("lidar/metrics.tif")
+        sources.append(LIDAR_METRICS_RELPATH)
     parts = [focal_mean(predictor_stack(*layers, sources=sources), size_px=support_px)]
-    part_sources = [f"composites/{epoch}.tif"]
+    part_sources = [comp_source]
     if lidar is not None:
         parts.append(lidar.sel(band=["lidar_fraction"]).astype(np.float32))
-        part_sources.append("lidar/metrics.tif")
+        part_sources.append(LIDAR_METRICS_RELPATH)
     if "n_valid" in comp["band"].to_numpy():
         parts.append(comp.sel(band=["n_valid"]).astype(np.float32))
-        part_sources.append(f"composites/{epoch}.tif")
+        part_sources.append(comp_source)
     if forest is not None:
         parts.append(forest.astype(np.float32).expand_dims(band=[FOREST_BAND]))
         part_sources.append("parcels (forest land)")
@@ -231,7 +243,7 @@ def predict(
     mapper: BiomassMapper = bundle["mapper"]
     conversion = bundle["conversion"]
     comps = composites_by_epoch(composites, job.epochs)
-    terr = terrain_features(open_raster(terrain))
+    terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
     lidar: xr.DataArray | None = None
     lidar_epoch: str | None = None
     if lidar_metrics is not None and mapper.lidar is not None:
@@ -251,7 +263,7 @@ def predict(
     if spec is not None:
         if parcels is None:
             raise InputDataError(
-                f"model/models.pkl: the models use the parcel layer's {spec['column']!r} "
+                f"{MODELS_RELPATH}: the models use the parcel layer's {spec['column']!r} "
                 "classes as predictors; give the parcel layer (sources.parcels, or --parcels)"
             )
         classes = class_layers(parcels, terr, column=spec["column"], classes=spec["classes"])
@@ -275,7 +287,7 @@ def predict(
         maps = predict_maps(
             stack, mapper=mapper, epoch=e, conversion=conversion, params=job.params, crs=job.crs
         )
-        out.update({f"rasters/{k}_{e}.tif": v for k, v in maps.items()})
+        out.update({map_relpath(k, e): v for k, v in maps.items()})
     return out
 
 
@@ -354,15 +366,10 @@ def predict_job(config: Config) -> PredictJob:
 
 def predict_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Path, ...]]:
     """Files the stage reads: the fitted models and the predictor rasters."""
-    rasters = model_inputs(config, layout)
-    inputs: dict[str, Path | tuple[Path, ...]] = {"models": layout.path("model/models.pkl")}
-    inputs.update(
-        {
-            k: v
-            for k, v in rasters.items()
-            if k.partition(".")[0] in ("composites", "terrain", "lidar_metrics")
-        }
-    )
+    inputs: dict[str, Path | tuple[Path, ...]] = {
+        "models": layout.path(MODELS_RELPATH),
+        **predictor_inputs(config, layout),
+    }
     if config.sources.parcels is not None:
         inputs["parcels"] = config.sources.parcels
     return inputs

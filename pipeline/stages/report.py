@@ -1,6 +1,7 @@
 """Stage ``report``: one self-contained ``report/report.html`` plus PNG quicklooks.
 
-Assembly is in :mod:`pipeline.report.build` (maps, model diagnostics, per-parcel table,
+Assembly, and the report's parameters (:class:`~pipeline.report.build.ReportJob`), are
+in :mod:`pipeline.report.build` (maps, model diagnostics, per-parcel table,
 credit calculation step by step with parameter sources, data inventory, config hash, a
 banner when the inputs are simulated). Output is deterministic: rerunning on the same
 inputs writes the same bytes.
@@ -26,50 +27,35 @@ Run: ``forest-carbon run --region nanping --stages report`` or ``forest-carbon r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import pandas as pd
 import xarray as xr
-from scipy.stats import norm
 
 from pipeline.config import Config
-from pipeline.report.build import build_report
-from pipeline.stage import RunLayout, Stage
-from pipeline.stages.credits import CREDITS_RELPATH, CreditsJob, credits_job
-from pipeline.stages.parcels import GPKG_RELPATH
-from pipeline.stages.sink import SINK_RELPATH, SinkJob, resolve_correlation
-
-REPORT_RELPATH = "report/report.html"
-QUICKLOOK_DIR = "report/quicklooks"
-
-
-@dataclass(frozen=True)
-class ReportJob:
-    """What the report states about the run, resolved from the config."""
-
-    title: str
-    region: str
-    simulated: bool
-    config_sha256: str
-    credits: CreditsJob
-    rgb_bands: tuple[str, str, str] = ("red", "green", "blue")
-    rgb_stretch_percentiles: tuple[float, float] = (2.0, 98.0)
-
-    @property
-    def sink(self) -> SinkJob:
-        return self.credits.sink
-
-    @property
-    def z_value(self) -> float:
-        """Normal quantile of the central interval of the sink tables."""
-        return float(norm.ppf(0.5 + self.sink.interval / 2))
-
-    @property
-    def interval_pct(self) -> str:
-        return f"{100 * self.sink.interval:g}"
+from pipeline.contracts import (
+    CREDITS_RELPATH,
+    LIDAR_CHM_RELPATH,
+    LIDAR_TILES_RELPATH,
+    MODEL_CARD_RELPATH,
+    PARCEL_SINK_GPKG_RELPATH,
+    PLOT_BIOMASS_RELPATH,
+    PLOT_FEATURES_RELPATH,
+    REPORT_RELPATH,
+    SINK_RELPATH,
+    RunLayout,
+    composite_relpath,
+    credits_job,
+    items_relpath,
+    map_relpath,
+    quicklook_relpath,
+    resolve_correlation,
+)
+from pipeline.report.build import ReportJob, build_report
+from pipeline.stage import Stage
 
 
 def report_job(config: Config) -> ReportJob:
@@ -92,20 +78,20 @@ def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
     sj = credits_job(config).sink
     required = {
         "sink": layout.path(SINK_RELPATH),
-        "parcel_sink": layout.path(GPKG_RELPATH),
+        "parcel_sink": layout.path(PARCEL_SINK_GPKG_RELPATH),
         "credits": layout.path(CREDITS_RELPATH),
     }
     optional = {
-        "composite": layout.path(f"composites/{sj.epoch_end}.tif"),
-        "chm": layout.path("lidar/chm.tif"),
-        "agb": layout.path(f"rasters/agb_{sj.epoch_end}.tif"),
-        "carbon": layout.path(f"rasters/carbon_{sj.epoch_end}.tif"),
-        "model_card": layout.path("model/model_card.json"),
-        "plot_features": layout.path("model/plot_features.csv"),
-        "items_start": layout.path(f"items/{sj.epoch_start}.json"),
-        "items_end": layout.path(f"items/{sj.epoch_end}.json"),
-        "lidar_tiles": layout.path("lidar/tiles.csv"),
-        "plot_biomass": layout.path("plots/plot_biomass.csv"),
+        "composite": layout.path(composite_relpath(sj.epoch_end)),
+        "chm": layout.path(LIDAR_CHM_RELPATH),
+        "agb": layout.path(map_relpath("agb", sj.epoch_end)),
+        "carbon": layout.path(map_relpath("carbon", sj.epoch_end)),
+        "model_card": layout.path(MODEL_CARD_RELPATH),
+        "plot_features": layout.path(PLOT_FEATURES_RELPATH),
+        "items_start": layout.path(items_relpath(sj.epoch_start)),
+        "items_end": layout.path(items_relpath(sj.epoch_end)),
+        "lidar_tiles": layout.path(LIDAR_TILES_RELPATH),
+        "plot_biomass": layout.path(PLOT_BIOMASS_RELPATH),
     }
     return {**required, **{k: p for k, p in optional.items() if p.exists()}}
 
@@ -152,7 +138,7 @@ def report_stage(
     )
     out: dict[str, str | bytes] = {REPORT_RELPATH: html}
     for name, png in quicklooks.items():
-        out[f"{QUICKLOOK_DIR}/{name}.png"] = png
+        out[quicklook_relpath(name)] = png
     return out
 
 

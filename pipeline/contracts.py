@@ -1,0 +1,334 @@
+"""The contracts between stages: the run folder's layout and the jobs stages share.
+
+Stages never import each other (DESIGN §2). What one stage writes and another reads is
+agreed here instead: every path of the run folder, relative to its root (a stage keys its
+outputs by these paths, the runner writes them under :class:`RunLayout`), and the
+resolved parameter objects, input specs and raster openers that more than one stage, the
+report package, the commands or the tests use.
+
+The run folder (``outputs/<region>/`` by default)::
+
+    manifest.json, .state/<stage>.json       the runner's records
+    items/<epoch>.json, items/terrain.json   acquire: frozen STAC items (terrain: the DEM)
+    pinned/items/<epoch>.json                reproduce: the recorded items, never searched
+    composites/<epoch>.tif, terrain.tif,     composite
+      qa.json
+    lidar/dtm.tif, chm.tif, metrics.tif,     lidar
+      qa.json, tiles.csv
+    plots/trees.csv, plot_biomass.csv,       plots
+      qa.csv
+    model/model_card.json,                   model
+      plot_features.csv, models.pkl
+    rasters/<map>_<epoch>.tif                predict (agb, agb_sd, agb_interval, carbon,
+                                             carbon_sd, co2e, quality)
+    rasters/sink.tif,                        sink
+      forest_carbon_index.tif
+    parcels/parcel_sink.gpkg, .csv           parcels
+    credits/credits.csv                      credits
+    report/report.html,                      report
+      report/quicklooks/<name>.png
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import xarray as xr
+
+from models.credits import Methodology, load_methodology
+from pipeline import io
+from pipeline.config import Config
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.features import with_band_names
+from pipeline.sink import years_between
+
+# -- the run folder ---------------------------------------------------------------------
+
+#: frozen STAC items of the acquire stage, one ``<epoch>.json`` each
+ITEMS_DIR = "items"
+#: where ``reproduce`` puts the original run's frozen items (see :mod:`pipeline.reproduce`)
+PINNED_ITEMS_DIR = "pinned/items"
+#: key of the DEM items next to the epochs' (``items/terrain.json``)
+TERRAIN_KEY = "terrain"
+
+TERRAIN_RELPATH = "composites/terrain.tif"
+COMPOSITE_QA_RELPATH = "composites/qa.json"
+
+LIDAR_DTM_RELPATH = "lidar/dtm.tif"
+LIDAR_CHM_RELPATH = "lidar/chm.tif"
+LIDAR_METRICS_RELPATH = "lidar/metrics.tif"
+LIDAR_QA_RELPATH = "lidar/qa.json"
+LIDAR_TILES_RELPATH = "lidar/tiles.csv"
+
+TREES_RELPATH = "plots/trees.csv"
+PLOT_BIOMASS_RELPATH = "plots/plot_biomass.csv"
+PLOTS_QA_RELPATH = "plots/qa.csv"
+
+MODEL_CARD_RELPATH = "model/model_card.json"
+PLOT_FEATURES_RELPATH = "model/plot_features.csv"
+MODELS_RELPATH = "model/models.pkl"
+
+SINK_RELPATH = "rasters/sink.tif"
+INDEX_RELPATH = "rasters/forest_carbon_index.tif"
+
+PARCEL_SINK_GPKG_RELPATH = "parcels/parcel_sink.gpkg"
+PARCEL_SINK_CSV_RELPATH = "parcels/parcel_sink.csv"
+
+CREDITS_RELPATH = "credits/credits.csv"
+
+REPORT_RELPATH = "report/report.html"
+
+
+def items_relpath(epoch: str) -> str:
+    """Frozen items of an epoch (``items/terrain.json`` for the DEM, :data:`TERRAIN_KEY`)."""
+    return f"{ITEMS_DIR}/{epoch}.json"
+
+
+def composite_relpath(epoch: str) -> str:
+    """Seasonal composite of an epoch."""
+    return f"composites/{epoch}.tif"
+
+
+def map_relpath(name: str, epoch: str) -> str:
+    """A map of the ``predict`` stage (``agb``, ``carbon_sd``, ``quality`` ...) of an epoch."""
+    return f"rasters/{name}_{epoch}.tif"
+
+
+def quicklook_relpath(name: str) -> str:
+    """A PNG quicklook of the report."""
+    return f"report/quicklooks/{name}.png"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of a run folder (``outputs/<region>/`` by default)."""
+
+    root: Path
+
+    def path(self, relpath: str) -> Path:
+        """An output's final path from its path relative to the run folder."""
+        return self.root / relpath
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def state_dir(self) -> Path:
+        """Per-stage records of the last successful run (fingerprint and outputs)."""
+        return self.root / ".state"
+
+
+# -- the sink's epochs and error model (stages sink, parcels, credits, report) ---------
+
+
+@dataclass(frozen=True)
+class SinkJob:
+    """Everything the ``sink`` and ``parcels`` stages need, resolved from the config."""
+
+    epoch_start: str
+    epoch_end: str
+    reference_start: dt.date
+    reference_end: dt.date
+    epoch_error_correlation: float | Literal["estimated"] = 0.0
+    min_quality: int = 0
+    parcel_error_aggregation: Literal["correlated", "independent"] = "correlated"
+    interval: float = 0.9
+
+    @property
+    def correlation(self) -> float:
+        """``epoch_error_correlation`` as a number (see :func:`resolve_correlation`)."""
+        if self.epoch_error_correlation == "estimated":
+            raise InputDataError(
+                "the epochs' error correlation is 'estimated' and was not resolved from the "
+                "model card"
+            )
+        return float(self.epoch_error_correlation)
+
+    @property
+    def years(self) -> float:
+        """Time between the two epochs' reference dates, years."""
+        return years_between(self.reference_start, self.reference_end)
+
+
+def sink_job(config: Config) -> SinkJob:
+    """Resolve the sink parameters and the compared epochs from a run config.
+
+    Raises
+    ------
+    ConfigError
+        Fewer than two epochs, an unknown epoch in ``stages.sink.epochs``, or epochs out
+        of order.
+    """
+    params = config.stages.sink
+    by_name = {e.name: e for e in config.epochs}
+    if params.epochs is None:
+        if len(config.epochs) < 2:
+            raise ConfigError(
+                "stages.sink: a sink needs two epochs; the config lists only "
+                f"{[e.name for e in config.epochs]} (add a second epoch under 'epochs')"
+            )
+        first, last = config.epochs[0], config.epochs[-1]
+    else:
+        missing = [n for n in params.epochs if n not in by_name]
+        if missing:
+            raise ConfigError(
+                f"stages.sink.epochs: unknown epoch(s) {missing}; defined: {sorted(by_name)}"
+            )
+        first, last = by_name[params.epochs[0]], by_name[params.epochs[1]]
+    if last.reference <= first.reference:
+        raise ConfigError(
+            f"stages.sink.epochs: epoch '{last.name}' ({last.reference}) must come after "
+            f"'{first.name}' ({first.reference})"
+        )
+    return SinkJob(
+        epoch_start=first.name,
+        epoch_end=last.name,
+        reference_start=first.reference,
+        reference_end=last.reference,
+        epoch_error_correlation=params.epoch_error_correlation,
+        min_quality=params.min_quality,
+        parcel_error_aggregation=params.parcel_error_aggregation,
+        interval=params.interval,
+    )
+
+
+def resolve_correlation(job: SinkJob, model_card: Mapping[str, Any] | None) -> SinkJob:
+    """The job with a number for ``epoch_error_correlation``.
+
+    ``"estimated"`` takes the model card's estimate for the compared epochs (written by the
+    ``model`` stage from plots measured at both epochs); without one (too few re-measured
+    plots) it falls back to 0, the conservative value.
+    """
+    if job.epoch_error_correlation != "estimated":
+        return job
+    if model_card is None:
+        raise InputDataError(
+            "stages.sink.epoch_error_correlation is 'estimated' but there is no model card "
+            f"({MODEL_CARD_RELPATH}); run the model stage or give a number"
+        )
+    key = f"{job.epoch_start}/{job.epoch_end}"
+    rho = model_card.get("epoch_error_correlation", {}).get(key, {}).get("rho")
+    return replace(job, epoch_error_correlation=0.0 if rho is None else float(rho))
+
+
+def correlation_input(config: Config, layout: RunLayout) -> dict[str, Path]:
+    """The model card, when the sink's epoch correlation is to be taken from it."""
+    if config.stages.sink.epoch_error_correlation == "estimated":
+        return {"model_card": layout.path(MODEL_CARD_RELPATH)}
+    return {}
+
+
+def epoch_raster_inputs(job: SinkJob, layout: RunLayout) -> dict[str, Path]:
+    """The per-epoch carbon, SD and quality maps of the two compared epochs.
+
+    ``carbon_start``/``carbon_end``, ``carbon_sd_start``/``carbon_sd_end`` and
+    ``quality_start``/``quality_end``.
+    """
+    out = {}
+    for role, epoch in (("start", job.epoch_start), ("end", job.epoch_end)):
+        for name in ("carbon", "carbon_sd", "quality"):
+            out[f"{name}_{role}"] = layout.path(map_relpath(name, epoch))
+    return out
+
+
+# -- the credited project (stages credits and report) ----------------------------------
+
+#: ``parcel_id`` of the credited project total's row in ``credits/credits.csv``
+TOTAL_ID = "TOTAL"
+
+
+@dataclass(frozen=True)
+class CreditsJob:
+    """The resolved methodology plus the sink's epochs and error aggregation."""
+
+    methodology: Methodology
+    methodology_file: str
+    sink: SinkJob
+
+
+def credits_job(config: Config) -> CreditsJob:
+    """Resolve ``stages.credits``: load the methodology file and apply overrides.
+
+    Raises
+    ------
+    ConfigError
+        The methodology file is missing or invalid (the message names it).
+    """
+    params = config.stages.credits
+    try:
+        method = load_methodology(params.methodology)
+    except ValueError as err:
+        raise ConfigError(f"stages.credits.methodology: {err}") from None
+    method = method.with_overrides(
+        leakage_fraction=params.leakage_fraction, buffer_fraction=params.buffer_fraction
+    )
+    return CreditsJob(method, str(params.methodology), sink_job(config))
+
+
+# -- predictor rasters (stages model and predict) --------------------------------------
+
+
+def predictor_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
+    """The predictor rasters: each epoch's composite (``composites.<epoch>``), the
+    terrain and, when LiDAR tiles are configured, the LiDAR metrics."""
+    inputs = {f"composites.{e.name}": layout.path(composite_relpath(e.name)) for e in config.epochs}
+    inputs["terrain"] = layout.path(TERRAIN_RELPATH)
+    if config.sources.lidar_tiles is not None:
+        inputs["lidar_metrics"] = layout.path(LIDAR_METRICS_RELPATH)
+    return inputs
+
+
+def open_raster(obj: xr.DataArray | Path | str) -> xr.DataArray:
+    """A lazy DataArray from a DataArray or a GeoTIFF path (band names from descriptions)."""
+    if isinstance(obj, xr.DataArray):
+        return obj
+    return io.open_raster(Path(obj))
+
+
+def composites_by_epoch(
+    composites: Mapping[str, Any] | Sequence[Any], epochs: Sequence[str]
+) -> dict[str, xr.DataArray]:
+    """Composites keyed by epoch name (a mapping, or a sequence in ``epochs`` order)."""
+    if isinstance(composites, Mapping):
+        missing = [e for e in epochs if e not in composites]
+        if missing:
+            raise InputDataError(f"composites missing for epoch(s) {missing}")
+        return {e: open_raster(composites[e]) for e in epochs}
+    items = list(composites)
+    if len(items) != len(epochs):
+        raise InputDataError(f"got {len(items)} composites for {len(epochs)} epochs {list(epochs)}")
+    return {e: open_raster(c) for e, c in zip(epochs, items, strict=True)}
+
+
+def lidar_for_epoch(
+    lidar_metrics: xr.DataArray, *, epochs: Sequence[str], lidar_epoch: str | None
+) -> tuple[str, xr.DataArray]:
+    """The LiDAR epoch and its metrics with plain band names.
+
+    Metrics of a second LiDAR epoch carry ``_<epoch>`` suffixes; the configured
+    ``lidar_epoch`` (or the first suffixed epoch) is used. Unsuffixed metrics belong to
+    ``lidar_epoch``, by default the first epoch.
+    """
+    da = with_band_names(lidar_metrics, source=LIDAR_METRICS_RELPATH)
+    names = [str(b) for b in da["band"].to_numpy()]
+    suffixed = [e for e in epochs if any(n.endswith(f"_{e}") for n in names)]
+    if not suffixed:
+        epoch = lidar_epoch or epochs[0]
+        if epoch not in epochs:
+            raise InputDataError(
+                f"model.lidar_epoch {epoch!r} is not one of the epochs {list(epochs)}"
+            )
+        return epoch, da
+    epoch = lidar_epoch or suffixed[0]
+    keep = [n for n in names if n.endswith(f"_{epoch}")]
+    if not keep:
+        raise InputDataError(
+            f"{LIDAR_METRICS_RELPATH} has no bands with suffix _{epoch} (has {names})"
+        )
+    sub = da.sel(band=keep)
+    return epoch, sub.assign_coords(band=[n.removesuffix(f"_{epoch}") for n in keep])
