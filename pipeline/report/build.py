@@ -311,23 +311,17 @@ def rule_text(job: ReportJob) -> str:
     return f"deduct max(0, U - {100 * (rule.threshold or 0):g} %) x N. Source: {rule.source}"
 
 
-def build_report(
+def report_maps(
     job: ReportJob,
     *,
     sink: xr.DataArray | xr.Dataset,
     parcel_sink: gpd.GeoDataFrame,
-    credits: pd.DataFrame,
-    composite: xr.DataArray | None = None,
-    chm: xr.DataArray | None = None,
-    agb: xr.DataArray | None = None,
-    carbon: xr.DataArray | None = None,
-    model_card: Mapping[str, Any] | None = None,
-    plot_features: pd.DataFrame | None = None,
-    items: Mapping[str, Any] | None = None,
-    lidar_tiles: pd.DataFrame | None = None,
-    plot_biomass: pd.DataFrame | None = None,
-) -> tuple[str, dict[str, bytes]]:
-    """The report HTML and its quicklooks ``{name: png bytes}``."""
+    composite: xr.DataArray | None,
+    chm: xr.DataArray | None,
+    agb: xr.DataArray | None,
+    carbon: xr.DataArray | None,
+) -> tuple[list[Figure], list[str]]:
+    """The report's maps, and the titles of those left out for lack of an input."""
     sj = job.sink
     e1, e2 = sj.epoch_start, sj.epoch_end
     maps: list[Figure] = []
@@ -375,7 +369,13 @@ def build_report(
     )  # fmt: skip
     maps.append(Figure("parcels", "Parcels coloured by sink", "Fractional-coverage zonal sums "
                        "divided by the parcel's forest area.", parcels_png))  # fmt: skip
+    return maps, missing
 
+
+def diagnostic_figures(
+    model_card: Mapping[str, Any] | None, plot_features: pd.DataFrame | None
+) -> list[Figure]:
+    """Observed vs predicted AGB and the residual map of the cross-validated plots."""
     diagnostics: list[Figure] = []
     pairs = observed_predicted(model_card, plot_features)
     if pairs is not None and len(pairs):
@@ -392,8 +392,15 @@ def build_report(
                                       figures.residual_map_png(
                                           pairs["x"], pairs["y"], resid,
                                           title="CV residuals", units="Mg/ha")))  # fmt: skip
+    return diagnostics
 
-    # headline numbers over all parcels, and the credited project total
+
+def headline_rows(
+    job: ReportJob, *, parcel_sink: gpd.GeoDataFrame, total: Mapping[str, Any]
+) -> list[dict[str, str]]:
+    """Headline numbers over all parcels, and the credited project ``total``."""
+    sj = job.sink
+    e1, e2 = sj.epoch_start, sj.epoch_end
     agg = sj.parcel_error_aggregation
     z = job.z_value
     sink_sum = float(parcel_sink["sink_tco2e_yr"].sum())
@@ -402,11 +409,10 @@ def build_report(
     c_end = float(parcel_sink[f"carbon_{e2}_mg_c"].sum())
     c_sds = parcel_sink[f"carbon_sd_{e2}_mg_c"].to_numpy(dtype=float)
     c_sd = float(c_sds.sum()) if agg == "correlated" else float(np.sqrt((c_sds**2).sum()))
-    total = credits.loc[credits["parcel_id"] == TOTAL_ID].iloc[0].to_dict()
     forest_ha = fmt(float(parcel_sink["forest_area_ha"].sum()))
     grid_ha = fmt(float(parcel_sink["area_grid_ha"].sum()))
     lo_txt, hi_txt = fmt(sink_sum - z * sink_sd), fmt(sink_sum + z * sink_sd)
-    headline = [
+    return [
         {"label": f"Annual sink {e1}-{e2}, all parcels", "value": f"{fmt(sink_sum)} t CO2e/yr",
          "detail": f"± {fmt(sink_sd)} (SD); {job.interval_pct} % interval {lo_txt} to {hi_txt}"},
         {"label": f"Carbon stock {e2}", "value": f"{fmt(c_end)} Mg C",
@@ -419,6 +425,13 @@ def build_report(
          "detail": f"after {fmt(total['uncertainty_deduction_tco2e'])} uncertainty deduction "
                    f"and {fmt(total['buffer_tco2e'])} buffer"},
     ]  # fmt: skip
+
+
+def parcel_table(
+    parcel_sink: gpd.GeoDataFrame, *, epoch_start: str, epoch_end: str
+) -> tuple[list[str], list[list[str]]]:
+    """Column headers and formatted rows of the per-parcel table."""
+    e1, e2 = epoch_start, epoch_end
     pcols = [
         ("parcel_id", "parcel", 0), ("forest_type", "forest type", 0),
         ("area_grid_ha", "area (ha)", 2), ("forest_area_ha", "forest (ha)", 2),
@@ -429,10 +442,15 @@ def build_report(
         ("lidar_share", "LiDAR share", 2),
     ]  # fmt: skip
     pcols = [c for c in pcols if c[0] in parcel_sink.columns]
-    parcel_rows = [
+    rows = [
         [fmt(r[c], d) if d or not isinstance(r[c], str) else r[c] for c, _, d in pcols]
         for _, r in parcel_sink.iterrows()
     ]
+    return [c[1] for c in pcols], rows
+
+
+def credit_table(credits: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Column headers and formatted rows of the credit table (parcels and the total)."""
     ccols = [
         ("parcel_id", "unit", 0), ("scope", "scope", 0), ("area_ha", "area (ha)", 2),
         ("project_tco2e", "P", 1), ("baseline_tco2e", "B", 1), ("leakage_tco2e", "L", 1),
@@ -440,10 +458,46 @@ def build_report(
         ("uncertainty_deduction_tco2e", "deduction", 1), ("buffer_tco2e", "buffer", 1),
         ("credits_tco2e", "credits", 1), ("reversal_tco2e", "reversal", 1),
     ]  # fmt: skip
-    credit_rows = [
+    rows = [
         [r[c] if c in ("parcel_id", "scope") else fmt(r[c], d) for c, _, d in ccols]
         for _, r in credits.iterrows()
     ]
+    return [c[1] for c in ccols], rows
+
+
+def build_report(
+    job: ReportJob,
+    *,
+    sink: xr.DataArray | xr.Dataset,
+    parcel_sink: gpd.GeoDataFrame,
+    credits: pd.DataFrame,
+    composite: xr.DataArray | None = None,
+    chm: xr.DataArray | None = None,
+    agb: xr.DataArray | None = None,
+    carbon: xr.DataArray | None = None,
+    model_card: Mapping[str, Any] | None = None,
+    plot_features: pd.DataFrame | None = None,
+    items: Mapping[str, Any] | None = None,
+    lidar_tiles: pd.DataFrame | None = None,
+    plot_biomass: pd.DataFrame | None = None,
+) -> tuple[str, dict[str, bytes]]:
+    """The report HTML and its quicklooks ``{name: png bytes}``."""
+    sj = job.sink
+    maps, missing = report_maps(
+        job,
+        sink=sink,
+        parcel_sink=parcel_sink,
+        composite=composite,
+        chm=chm,
+        agb=agb,
+        carbon=carbon,
+    )
+    diagnostics = diagnostic_figures(model_card, plot_features)
+    total = credits.loc[credits["parcel_id"] == TOTAL_ID].iloc[0].to_dict()
+    parcel_columns, parcel_rows = parcel_table(
+        parcel_sink, epoch_start=sj.epoch_start, epoch_end=sj.epoch_end
+    )
+    credit_columns, credit_rows = credit_table(credits)
     inventory = inventory_rows(
         items=items or {},
         lidar_tiles=lidar_tiles,
@@ -461,24 +515,24 @@ def build_report(
         title=job.title,
         simulated=job.simulated,
         region=job.region,
-        epoch_start=e1,
-        epoch_end=e2,
+        epoch_start=sj.epoch_start,
+        epoch_end=sj.epoch_end,
         reference_start=sj.reference_start.isoformat(),
         reference_end=sj.reference_end.isoformat(),
         years=sj.years,
         config_sha256=job.config_sha256,
         interval_pct=job.interval_pct,
-        aggregation=agg,
+        aggregation=sj.parcel_error_aggregation,
         epoch_error_correlation=sj.epoch_error_correlation,
-        headline=headline,
+        headline=headline_rows(job, parcel_sink=parcel_sink, total=total),
         maps=maps,
         missing_maps=missing,
         diagnostics=diagnostics,
         cv_metrics=cv_metric_rows(model_card),
-        parcel_columns=[c[1] for c in pcols],
+        parcel_columns=parcel_columns,
         parcel_rows=parcel_rows,
         credit_steps=credit_step_list(total),
-        credit_columns=[c[1] for c in ccols],
+        credit_columns=credit_columns,
         credit_rows=credit_rows,
         methodology={
             "name": method.name,
