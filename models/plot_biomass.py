@@ -47,6 +47,7 @@ from models.datafiles import data_yaml
 from models.errors import (
     AllometryError,
     HDFitError,
+    ModelDomainError,
     PlotDataError,
     PlotOptionsError,
 )
@@ -700,4 +701,39 @@ def _plot_estimate(
         ),
         "n_heights_predicted": int((sub["height_source"] == "hd_model").sum()),
         "mc_draws": opts.n_draws,
+    }
+
+
+def conversion_factors(plots: pd.DataFrame) -> dict[str, Any]:
+    """The plot table's own carbon conversion factors, as ratio estimators.
+
+    Root-to-shoot ratio (sum of BGB over sum of AGB), carbon fraction (carbon over
+    AGB + BGB) and CO2e per carbon, over every plot-epoch of ``plots`` (the table
+    :func:`plot_biomass` returns) with all four values: they come from the species tables
+    of :mod:`models.allometry`, so the maps convert AGB as the plots did.
+
+    Raises
+    ------
+    PlotDataError
+        A column is missing.
+    ModelDomainError
+        Total AGB or carbon is not positive.
+    """
+    needed = ("agb_mg_ha", "bgb_mg_ha", "carbon_mg_ha", "co2e_t_ha")
+    missing = [c for c in needed if c not in plots.columns]
+    if missing:
+        raise PlotDataError(
+            f"column(s) {missing} missing; the carbon conversion factors are taken from the "
+            "plot table (written by the plots stage)"
+        )
+    t = plots.loc[:, list(needed)].dropna()
+    agb, bgb, c, co2 = (t[n].sum() for n in needed)
+    if agb <= 0 or c <= 0:
+        raise ModelDomainError("total AGB or carbon is not positive")
+    return {
+        "root_to_shoot": float(bgb / agb),
+        "carbon_fraction": float(c / (agb + bgb)),
+        "co2e_per_c": float(co2 / c),
+        "method": "ratio estimators over all plot-epochs of plots/plot_biomass.csv",
+        "n_plot_epochs": len(t),
     }
