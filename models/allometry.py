@@ -45,31 +45,19 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import yaml
+
+from models.datafiles import data_csv, data_yaml
+from models.errors import AllometryError
 
 ArrayLike = npt.ArrayLike
 FloatArray = npt.NDArray[np.float64]
 Component = Literal["aboveground", "belowground", "stem", "branches", "foliage", "roots"]
 WoodDensityLevel = Literal["user", "species", "genus", "family", "dataset", "region"]
-
-
-#: the C YAML parser when libyaml is available (the registry is parsed once per process)
-YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_YAML_LOADER = YAML_LOADER
-
-
-class AllometryError(ValueError):
-    """An equation cannot be evaluated (unknown name, missing input or coefficients).
-
-    ``models`` imports nothing from ``pipeline``; the stage turns this into the project's
-    :class:`~pipeline.errors.InputDataError` / ``ConfigError``.
-    """
 
 
 # --------------------------------------------------------------------------- forms
@@ -225,19 +213,10 @@ class Equation:
         return result
 
 
-def _data_text(name: str) -> str:
-    return resources.files("models").joinpath("data", name).read_text(encoding="utf-8")
-
-
-def _data_csv(name: str) -> pd.DataFrame:
-    with resources.as_file(resources.files("models").joinpath("data", name)) as path:
-        return pd.read_csv(path, keep_default_na=False, na_values=[""])
-
-
 @cache
 def registry() -> dict[str, Equation]:
     """All registered equations by name (read once from ``models/data/allometry.yaml``)."""
-    raw = yaml.load(_data_text("allometry.yaml"), Loader=_YAML_LOADER)["equations"]
+    raw = data_yaml("allometry.yaml")["equations"]
     out: dict[str, Equation] = {}
     for name, e in raw.items():
         if e["form"] not in FORMS:
@@ -315,17 +294,12 @@ class Taxon:
 
 @cache
 def _species_table() -> pd.DataFrame:
-    return _data_csv("species.csv").set_index("species")
+    return data_csv("species.csv").set_index("species")
 
 
 @cache
 def _genus_table() -> pd.DataFrame:
-    return _data_csv("genus.csv").set_index("genus")
-
-
-@cache
-def _defaults() -> dict[str, Any]:
-    return dict(yaml.load(_data_text("defaults.yaml"), Loader=_YAML_LOADER))
+    return data_csv("genus.csv").set_index("genus")
 
 
 def normalise_species(name: object) -> str:
@@ -354,7 +328,7 @@ def _resolve_taxon(sp: str) -> Taxon:
     if genus in gtable.index:
         g = gtable.loc[genus]
         return Taxon(sp, genus, str(g["family"]), str(g["group"]), False)
-    return Taxon(sp, genus, None, str(_defaults()["unknown_group"]), False)
+    return Taxon(sp, genus, None, str(data_yaml("defaults.yaml")["unknown_group"]), False)
 
 
 def is_known_species(species: str) -> bool:
@@ -369,14 +343,14 @@ def default_equation_name(species: str, *, has_height: bool) -> str:
     column = "agb_equation" if has_height else "agb_equation_no_height"
     if tax.known_species:
         return str(table.loc[tax.species, column])
-    group_defaults = _defaults()["group_equations"]
+    group_defaults = data_yaml("defaults.yaml")["group_equations"]
     return str(group_defaults[tax.group][column])
 
 
 # ---------------------------------------------------------------- property tables
 @cache
 def _wood_density_table() -> pd.DataFrame:
-    return _data_csv("wood_density.csv")
+    return data_csv("wood_density.csv")
 
 
 def _wd_lookup() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
@@ -444,7 +418,9 @@ def fill_dataset_mean(wood_density_g_cm3: FloatArray) -> FloatArray:
     if known.all():
         return wd
     fill = (
-        float(wd[known].mean()) if known.any() else float(_defaults()["region_wood_density_g_cm3"])
+        float(wd[known].mean())
+        if known.any()
+        else float(data_yaml("defaults.yaml")["region_wood_density_g_cm3"])
     )
     wd[~known] = fill
     return wd
@@ -468,7 +444,7 @@ def _lookup_by_level(table: pd.DataFrame, tax: Taxon, value: str) -> pd.Series:
 
 @cache
 def _cf_table() -> pd.DataFrame:
-    return _data_csv("carbon_fraction.csv")
+    return data_csv("carbon_fraction.csv")
 
 
 @cache
@@ -497,7 +473,7 @@ def carbon_fraction_sd(species: ArrayLike) -> FloatArray:
 
 @cache
 def _rs_table() -> pd.DataFrame:
-    t = _data_csv("root_shoot.csv")
+    t = data_csv("root_shoot.csv")
     t["agb_max_mg_ha"] = t["agb_max_mg_ha"].astype(float)
     return t
 
@@ -553,7 +529,7 @@ def root_shoot_ratio(species: ArrayLike, stand_agb_mg_ha: ArrayLike | None = Non
 # ----------------------------------------------------------------- tree functions
 def culm_age_du(age_yr: ArrayLike) -> FloatArray:
     """Moso bamboo culm age in "du" (1 du = 2 years; culm age 1-2 yr -> 1 du)."""
-    years_per_du = float(_defaults()["bamboo_years_per_du"])
+    years_per_du = float(data_yaml("defaults.yaml")["bamboo_years_per_du"])
     return np.ceil(np.asarray(age_yr, dtype=np.float64) / years_per_du)
 
 

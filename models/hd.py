@@ -33,6 +33,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import OptimizeWarning, curve_fit
 
+from models.errors import HDFitError
+
 HDMethod = Literal["log1", "log2", "michaelis", "weibull"]
 HDChoice = Literal["best", "loglog", "log1", "log2", "michaelis", "weibull"]
 FloatArray = npt.NDArray[np.float64]
@@ -43,10 +45,6 @@ MIN_HEIGHTS = 15
 MIN_PREDICTED_HEIGHT_M = 0.1
 #: how many parameters each form has (for the RSE degrees of freedom)
 N_PARAMS: dict[str, int] = {"log1": 2, "log2": 3, "michaelis": 2, "weibull": 3}
-
-
-class HDFitError(ValueError):
-    """An H-D model cannot be fitted (too few heights, non-convergence)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ cells do not change it. Clear-felled forest land is still forest land: it is lab
 forest at the layer's date, and the classifier learns it apart from farmland.
 
 A random forest classifier (scikit-learn) on the satellite predictors at plot support;
-its spatially blocked cross-validated accuracy goes into the model card.
+its spatially blocked cross-validated accuracy goes into the model card. Thresholds and
+the parcel rule: ``models/data/model_rules.yaml`` (``land_use``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import pandas as pd
 from numpy.typing import NDArray
 from sklearn.ensemble import RandomForestClassifier
 
-from models.biomass import ModelDomainError, blocked_folds
+from models.biomass import blocked_folds
+from models.datafiles import data_yaml
+from models.errors import ModelDomainError
 
 
 @dataclass
@@ -66,9 +69,10 @@ def fit_land_use(
     table = pd.concat([forest.assign(_label=1), other.assign(_label=0)], ignore_index=True)
     table = table.loc[table[list(features)].notna().all(axis=1)].reset_index(drop=True)
     counts = table["_label"].value_counts()
-    if counts.get(1, 0) < 30 or counts.get(0, 0) < 30:
+    least = data_yaml("model_rules.yaml")["land_use"]["min_cells_per_class"]
+    if counts.get(1, 0) < least or counts.get(0, 0) < least:
         raise ModelDomainError(
-            f"land-use classifier needs at least 30 cells of forest and of other land, got "
+            f"land-use classifier needs at least {least} cells of forest and of other land, got "
             f"{counts.get(1, 0)} and {counts.get(0, 0)}"
         )
     x = table[list(features)].to_numpy(dtype=np.float64)
@@ -107,3 +111,33 @@ def fit_land_use(
         },
     }
     return LandUseClassifier(tuple(features), model().fit(x, y), card)
+
+
+def judge_parcels(
+    clf: LandUseClassifier, cells: pd.DataFrame, parcel_ids: Sequence[str]
+) -> dict[str, Any]:
+    """The forest-land parcels that were not forest at an epoch, by the majority of cells.
+
+    ``cells`` holds the classifier's features at a sample of the parcels' cells at that
+    epoch and each cell's ``parcel`` (row of ``parcel_ids``). A cell is forest when its
+    probability reaches ``land_use.forest_probability``, a parcel when its share of
+    forest cells reaches ``land_use.forest_share`` (``model_rules.yaml``): land use is a
+    parcel attribute. Cells with a missing feature do not count.
+
+    Returns
+    -------
+    dict
+        ``non_forest_parcels`` (sorted ids) and ``parcels_judged`` (parcels with a cell).
+    """
+    rules = data_yaml("model_rules.yaml")["land_use"]
+    prob = clf.forest_probability(cells)
+    ok = np.isfinite(prob)
+    share = (
+        pd.DataFrame({"parcel": cells["parcel"], "forest": prob >= rules["forest_probability"]})
+        .loc[ok]
+        .groupby("parcel")["forest"]
+        .mean()
+    )
+    not_forest = share.index[share < rules["forest_share"]].to_numpy()
+    ids = np.asarray(parcel_ids, dtype=object)[not_forest]
+    return {"non_forest_parcels": sorted(ids.tolist()), "parcels_judged": int(share.size)}

@@ -35,18 +35,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import yaml
 from scipy.special import ndtr, ndtri
 
 from models import allometry
-from models.hd import HDChoice, HDFitError, HDModel, select_hd
+from models.datafiles import data_yaml
+from models.errors import (
+    AllometryError,
+    HDFitError,
+    ModelDomainError,
+    PlotDataError,
+    PlotOptionsError,
+)
+from models.hd import HDChoice, HDModel, select_hd
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -73,10 +78,6 @@ KG_PER_MG = 1000.0
 CM2_PER_M2 = 10000.0
 
 
-class PlotDataError(ValueError):
-    """The tree list cannot give a plot estimate (missing columns, plot without trees)."""
-
-
 @dataclass(frozen=True)
 class PlotBiomassOptions:
     """Options of :func:`plot_biomass` (mirrors ``PlotsParams`` of the pipeline config)."""
@@ -91,12 +92,6 @@ class PlotBiomassOptions:
     seed: int = 0
     #: lower and upper quantiles reported as agb_p05 / agb_p95
     quantiles: tuple[float, float] = (0.05, 0.95)
-
-
-@cache
-def _yaml(name: str) -> dict[str, Any]:
-    text = resources.files("models").joinpath("data", name).read_text(encoding="utf-8")
-    return dict(yaml.load(text, Loader=allometry.YAML_LOADER))
 
 
 def _truncnorm(
@@ -140,7 +135,7 @@ def check_trees(
             f"tree list lacks column(s) {missing}; required: {list(TREE_COLUMNS)}, "
             f"optional: {list(OPTIONAL_COLUMNS)}"
         )
-    rules = _yaml("qa_rules.yaml")
+    rules = data_yaml("qa_rules.yaml")
     t = trees.copy().reset_index(drop=True)
     for col in OPTIONAL_COLUMNS:
         if col not in t.columns:
@@ -295,7 +290,7 @@ def _draw_dbh(rng: np.random.Generator, d: FloatArray, m: int, how: str) -> Floa
     n = d.size
     if how == "none":
         return np.repeat(d[:, None], m, axis=1)
-    c = _yaml("uncertainty.yaml")["dbh_error"]["chave2004"]
+    c = data_yaml("uncertainty.yaml")["dbh_error"]["chave2004"]
     sd = np.repeat((c["small_sd_slope"] * d + c["small_sd_intercept_cm"])[:, None], m, axis=1)
     k = round(n * c["large_error_share"])
     if k > 0:
@@ -312,7 +307,7 @@ def rse_log(equation: str) -> float:
     eq = allometry.get_equation(equation)
     if eq.rse_log is not None:
         return eq.rse_log
-    fallback = _yaml("uncertainty.yaml")["allometry"]["fallback_rse_equation"]
+    fallback = data_yaml("uncertainty.yaml")["allometry"]["fallback_rse_equation"]
     return float(allometry.get_equation(fallback).rse_log or 0.0)
 
 
@@ -340,7 +335,7 @@ def _simulate_trees(
     The BGB matrix is NaN for trees whose BGB comes from the root-to-shoot ratio.
     """
     m = options.n_draws
-    unc = _yaml("uncertainty.yaml")
+    unc = data_yaml("uncertainty.yaml")
     d_sim = _draw_dbh(rng, x.dbh_cm, m, options.dbh_error)
     wd_mean = np.repeat(x.wood_density_g_cm3[:, None], m, axis=1)
     wd_sd = np.repeat((x.wood_density_g_cm3 * x.wd_rel_sd)[:, None], m, axis=1)
@@ -419,6 +414,9 @@ def plot_biomass(
 
     Raises
     ------
+    PlotOptionsError
+        ``options.equation`` is not registered, or an equation needs Chave's E and
+        ``options.chave_e`` is not set.
     PlotDataError
         Missing columns, a plot without area, or a plot/epoch without any usable tree.
     """
@@ -426,12 +424,46 @@ def plot_biomass(
     if opts.equation != "species":
         try:
             allometry.get_equation(opts.equation)
-        except allometry.AllometryError as err:
-            raise PlotDataError(str(err)) from None
+        except AllometryError as err:
+            raise PlotOptionsError(str(err)) from None
     t, qa = check_trees(trees, opts)
-    qa_rows: list[dict[str, Any]] = []
+    t["plot_area_ha"] = _plot_areas(t, plot_area_ha)
+    keys, models = _predict_heights(t, opts.hd_model)
+    _assign_equations(t, opts)
+    qa_rows = _exclude_trees_lacking_inputs(t, opts)
+    counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
+    empty = counts[counts == 0]
+    if len(empty):
+        names = ", ".join(f"{p} (epoch {e})" for p, e in empty.index)
+        raise PlotDataError(
+            f"plot(s) without any usable tree: {names}; see the QA reasons of its rows"
+        )
+    _tree_values(t, opts)
 
-    # plot areas
+    seeds = np.random.SeedSequence(opts.seed)
+    plot_keys = sorted(counts.index, key=lambda k: (str(k[0]), str(k[1])))
+    children = seeds.spawn(len(plot_keys))
+    t["bgb_kg"] = np.nan
+    t["root_shoot_ratio"] = np.nan
+    plot_rows = [
+        _plot_estimate(t, pid, epoch, np.random.default_rng(child), keys, models, opts)
+        for (pid, epoch), child in zip(plot_keys, children, strict=True)
+    ]
+    t["carbon_kg"] = (t["agb_kg"] + t["bgb_kg"]) * t["carbon_fraction"]
+    t = t.drop(columns=["height_measured_m", "bgb_eq_kg"])
+    qa_all = pd.concat([qa, pd.DataFrame(qa_rows, columns=list(QA_COLUMNS))], ignore_index=True)
+    plots = pd.DataFrame(plot_rows)
+    return t, plots, qa_all
+
+
+def _plot_areas(t: pd.DataFrame, plot_area_ha: Mapping[Any, float] | pd.Series | None) -> pd.Series:
+    """Each tree's plot area (ha): from ``plot_area_ha``, else the row's own column.
+
+    Raises
+    ------
+    PlotDataError
+        A plot has no positive area (the message names it).
+    """
     # plot ids are matched as text: a CSV may read "101" as a number, a GeoPackage as text
     areas = {str(k): float(v) for k, v in plot_area_ha.items()} if plot_area_ha is not None else {}
     area = t["plot_id"].astype(str).map(areas).astype(float)
@@ -442,19 +474,16 @@ def plot_biomass(
             f"no plot area for plot(s) {', '.join(no_area)}: give plot_area_ha in the plot "
             "layer (--plots) or as a column of the tree list"
         )
-    t["plot_area_ha"] = area
+    return area
 
-    # plots without usable trees
-    counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
-    empty = counts[counts == 0]
-    if len(empty):
-        names = ", ".join(f"{p} (epoch {e})" for p, e in empty.index)
-        raise PlotDataError(
-            f"plot(s) without any usable tree: {names}; see the QA reasons of its rows"
-        )
 
-    # heights
-    keys, models = assign_height_models(t, opts.hd_model)
+def _predict_heights(
+    t: pd.DataFrame, choice: HDChoice
+) -> tuple[pd.Series, dict[tuple[Any, ...], HDModel]]:
+    """Fill ``height_used_m`` (measured, else from an H-D model) and record each tree's
+    H-D model (``hd_model``, ``hd_scope``) and ``height_source``; returns the model key
+    per tree and the fitted models (see :func:`assign_height_models`)."""
+    keys, models = assign_height_models(t, choice)
     t["hd_model"] = [None if k is None else models[k].describe() for k in keys]
     t["hd_scope"] = [None if k is None else "/".join(str(v) for v in k) for k in keys]
     pred_h = np.full(len(t), np.nan)
@@ -465,8 +494,17 @@ def plot_biomass(
         t["height_m"].notna(), "measured", np.where(np.isfinite(pred_h), "hd_model", "none")
     )
     t["height_used_m"] = t["height_m"].fillna(pd.Series(pred_h, index=t.index))
+    return keys, models
 
-    # wood density and equations
+
+def _assign_equations(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
+    """Each tree's wood density (``wood_density_used_g_cm3``, ``wood_density_level``) and
+    AGB equation (``equation``).
+
+    Wood density: the user's value, else the table's (species, genus, family), else the
+    mean of the usable trees' known values (BIOMASS "dataset" level), else the region
+    default of ``defaults.yaml``.
+    """
     wd, level = allometry.wood_density(t["species"].to_numpy(dtype=object))
     user = t["wood_density_g_cm3"].notna().to_numpy()
     wd = np.where(user, t["wood_density_g_cm3"].to_numpy(), wd)
@@ -476,31 +514,40 @@ def plot_biomass(
         dataset_mean = (
             float(wd[known].mean())
             if known.any()
-            else float(allometry._defaults()["region_wood_density_g_cm3"])
+            else float(data_yaml("defaults.yaml")["region_wood_density_g_cm3"])
         )
         level = np.where(np.isnan(wd), "dataset", level)
         wd = np.where(np.isnan(wd), dataset_mean, wd)
     t["wood_density_used_g_cm3"] = wd
     t["wood_density_level"] = level
-    eqs = allometry.tree_equations(
+    t["equation"] = allometry.tree_equations(
         t["species"].to_numpy(dtype=object), t["height_used_m"].to_numpy(), equation=opts.equation
     )
-    t["equation"] = eqs
 
-    # trees whose equation needs an input they lack
-    for name in pd.unique(eqs):
+
+def _exclude_trees_lacking_inputs(
+    t: pd.DataFrame, opts: PlotBiomassOptions
+) -> list[dict[str, Any]]:
+    """Mark unusable the trees whose equation needs an input they lack (culm age, a
+    height); QA rows for them and for trees outside their equation's published domain.
+
+    Raises
+    ------
+    PlotDataError
+        An equation in use has no coefficients.
+    PlotOptionsError
+        An equation in use needs Chave's E and ``opts.chave_e`` is not set.
+    """
+    qa_rows: list[dict[str, Any]] = []
+    for name in pd.unique(t["equation"]):
         eq = allometry.get_equation(str(name))
         rows = (t["equation"] == name) & t["usable"]
         if not eq.usable:
             raise PlotDataError(
-                str(
-                    allometry.AllometryError(
-                        f"equation {name!r} has no coefficients in models/data/allometry.yaml"
-                    )
-                )
+                f"equation {name!r} has no coefficients in models/data/allometry.yaml"
             )
         if "e_index" in eq.required and opts.chave_e is None:
-            raise PlotDataError(
+            raise PlotOptionsError(
                 f"equation {name!r} needs the environmental stress index E: "
                 "set stages.plots.chave_e in the config"
             )
@@ -525,13 +572,13 @@ def plot_biomass(
                     )
                 )
             t.loc[no_h, "usable"] = False
+        if not eq.domain:
+            continue
         inputs = {
             "dbh_cm": t.loc[rows, "dbh_cm"],
             "height_m": t.loc[rows, "height_used_m"],
             "age_du": allometry.culm_age_du(t.loc[rows, "age_yr"]),
         }
-        if not eq.domain:
-            continue
         inside = eq.in_domain(**{k: v for k, v in inputs.items() if k in eq.domain})
         for (_, r), ok in zip(t[rows].iterrows(), inside, strict=True):
             if not ok:
@@ -544,17 +591,14 @@ def plot_biomass(
                         "keep",
                     )
                 )
+    return qa_rows
 
-    counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
-    empty = counts[counts == 0]
-    if len(empty):
-        names = ", ".join(f"{p} (epoch {e})" for p, e in empty.index)
-        raise PlotDataError(
-            f"plot(s) without any usable tree: {names}; see the QA reasons of its rows"
-        )
 
-    # deterministic tree values
+def _tree_values(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
+    """The usable trees' deterministic AGB (``agb_kg``), BGB by root equation
+    (``bgb_equation``, ``bgb_eq_kg``) and carbon fraction, at the observed inputs."""
     u = t["usable"].to_numpy()
+    wd = t["wood_density_used_g_cm3"].to_numpy()
     agb = np.full(len(t), np.nan)
     agb[u] = allometry.tree_agb_kg(
         t.loc[u, "species"].to_numpy(dtype=object),
@@ -582,82 +626,115 @@ def plot_biomass(
     t["bgb_eq_kg"] = bgb_eq
     t["carbon_fraction"] = allometry.carbon_fraction(t["species"].to_numpy(dtype=object))
 
-    rel_sd_table = _yaml("uncertainty.yaml")["wood_density"]["relative_sd"]
-    co2_per_c = float(allometry._defaults()["co2_per_c"])
-    seeds = np.random.SeedSequence(opts.seed)
-    plot_keys = sorted(counts.index, key=lambda k: (str(k[0]), str(k[1])))
-    children = seeds.spawn(len(plot_keys))
-    plot_rows = []
-    t["bgb_kg"] = np.nan
-    t["root_shoot_ratio"] = np.nan
-    for (pid, epoch), child in zip(plot_keys, children, strict=True):
-        sel = (t["plot_id"] == pid) & (t["epoch"] == epoch) & t["usable"]
-        sub = t[sel]
-        area_ha = float(sub["plot_area_ha"].iloc[0])
-        sp = sub["species"].to_numpy(dtype=object)
-        agb_mg_ha = float(sub["agb_kg"].sum()) / KG_PER_MG / area_ha
-        bgb_names = sub["bgb_equation"].to_numpy(dtype=object)
-        by_ratio = pd.isna(bgb_names)
-        ratio = np.where(by_ratio, allometry.root_shoot_ratio(sp, agb_mg_ha), np.nan)
-        bgb_kg = np.where(by_ratio, sub["agb_kg"].to_numpy() * ratio, sub["bgb_eq_kg"].to_numpy())
-        t.loc[sel, "bgb_kg"] = bgb_kg
-        t.loc[sel, "root_shoot_ratio"] = ratio
-        cf = sub["carbon_fraction"].to_numpy()
-        carbon_mg_ha = float(np.sum((sub["agb_kg"].to_numpy() + bgb_kg) * cf)) / KG_PER_MG / area_ha
 
-        rng = np.random.default_rng(child)
-        x = _TreeInputs(
-            species=sp,
-            dbh_cm=sub["dbh_cm"].to_numpy(),
-            height_m=sub["height_m"].to_numpy(dtype=float),
-            hd_keys=[keys[i] for i in sub.index],
-            wood_density_g_cm3=sub["wood_density_used_g_cm3"].to_numpy(),
-            wd_rel_sd=np.array([float(rel_sd_table[str(lv)]) for lv in sub["wood_density_level"]]),
-            age_yr=sub["age_yr"].to_numpy(dtype=float),
-            equations=sub["equation"].to_numpy(dtype=object),
-            bgb_equations=bgb_names,
-            cf=cf,
-            cf_sd=allometry.carbon_fraction_sd(sp),
+def _plot_estimate(
+    t: pd.DataFrame,
+    pid: Any,
+    epoch: Any,
+    rng: np.random.Generator,
+    keys: pd.Series,
+    models: Mapping[Any, HDModel],
+    opts: PlotBiomassOptions,
+) -> dict[str, Any]:
+    """One plot and epoch: its trees' BGB (``bgb_kg``, ``root_shoot_ratio`` set in ``t``)
+    and its row of the plot table, the SDs and quantiles from the Monte Carlo draws."""
+    sel = (t["plot_id"] == pid) & (t["epoch"] == epoch) & t["usable"]
+    sub = t[sel]
+    area_ha = float(sub["plot_area_ha"].iloc[0])
+    sp = sub["species"].to_numpy(dtype=object)
+    agb_mg_ha = float(sub["agb_kg"].sum()) / KG_PER_MG / area_ha
+    bgb_names = sub["bgb_equation"].to_numpy(dtype=object)
+    by_ratio = pd.isna(bgb_names)
+    ratio = np.where(by_ratio, allometry.root_shoot_ratio(sp, agb_mg_ha), np.nan)
+    bgb_kg = np.where(by_ratio, sub["agb_kg"].to_numpy() * ratio, sub["bgb_eq_kg"].to_numpy())
+    t.loc[sel, "bgb_kg"] = bgb_kg
+    t.loc[sel, "root_shoot_ratio"] = ratio
+    cf = sub["carbon_fraction"].to_numpy()
+    carbon_mg_ha = float(np.sum((sub["agb_kg"].to_numpy() + bgb_kg) * cf)) / KG_PER_MG / area_ha
+
+    rel_sd_table = data_yaml("uncertainty.yaml")["wood_density"]["relative_sd"]
+    x = _TreeInputs(
+        species=sp,
+        dbh_cm=sub["dbh_cm"].to_numpy(),
+        height_m=sub["height_m"].to_numpy(dtype=float),
+        hd_keys=[keys[i] for i in sub.index],
+        wood_density_g_cm3=sub["wood_density_used_g_cm3"].to_numpy(),
+        wd_rel_sd=np.array([float(rel_sd_table[str(lv)]) for lv in sub["wood_density_level"]]),
+        age_yr=sub["age_yr"].to_numpy(dtype=float),
+        equations=sub["equation"].to_numpy(dtype=object),
+        bgb_equations=bgb_names,
+        cf=cf,
+        cf_sd=allometry.carbon_fraction_sd(sp),
+    )
+    agb_sim, bgb_eq_sim = _simulate_trees(rng, x, models, opts)
+    plot_agb = np.nansum(agb_sim, axis=0) / KG_PER_MG / area_ha
+    r_sim = _root_shoot_draws(rng, sp, plot_agb)
+    bgb_sim = np.where(by_ratio[:, None], agb_sim * r_sim, bgb_eq_sim)
+    cf_sim = rng.normal(
+        np.repeat(x.cf[:, None], opts.n_draws, axis=1),
+        np.repeat(x.cf_sd[:, None], opts.n_draws, axis=1),
+    )
+    plot_bgb = np.nansum(bgb_sim, axis=0) / KG_PER_MG / area_ha
+    plot_c = np.nansum((agb_sim + bgb_sim) * cf_sim, axis=0) / KG_PER_MG / area_ha
+    q_lo, q_hi = np.quantile(plot_agb, opts.quantiles)
+    co2_per_c = float(data_yaml("defaults.yaml")["co2_per_c"])
+    basal_area_m2_ha = float(np.sum(np.pi * (sub["dbh_cm"].to_numpy() / 200.0) ** 2)) / area_ha
+    return {
+        "plot_id": pid,
+        "epoch": epoch,
+        "n_stems": len(sub),
+        "basal_area_m2_ha": basal_area_m2_ha,
+        "agb_mg_ha": agb_mg_ha,
+        "agb_sd_mg_ha": float(np.std(plot_agb, ddof=1)),
+        "bgb_mg_ha": float(bgb_kg.sum()) / KG_PER_MG / area_ha,
+        "bgb_sd_mg_ha": float(np.std(plot_bgb, ddof=1)),
+        "carbon_mg_ha": carbon_mg_ha,
+        "carbon_sd_mg_ha": float(np.std(plot_c, ddof=1)),
+        "co2e_t_ha": carbon_mg_ha * co2_per_c,
+        "co2e_sd_t_ha": float(np.std(plot_c, ddof=1)) * co2_per_c,
+        "agb_p05_mg_ha": float(q_lo),
+        "agb_p95_mg_ha": float(q_hi),
+        "agb_mc_mean_mg_ha": float(np.mean(plot_agb)),
+        "plot_area_ha": area_ha,
+        "n_rows_excluded": int(
+            ((t["plot_id"] == pid) & (t["epoch"] == epoch) & ~t["usable"]).sum()
+        ),
+        "n_heights_predicted": int((sub["height_source"] == "hd_model").sum()),
+        "mc_draws": opts.n_draws,
+    }
+
+
+def conversion_factors(plots: pd.DataFrame, *, source: str) -> dict[str, Any]:
+    """The plot table's own carbon conversion factors, as ratio estimators.
+
+    Root-to-shoot ratio (sum of BGB over sum of AGB), carbon fraction (carbon over
+    AGB + BGB) and CO2e per carbon, over every plot-epoch of ``plots`` (the table
+    :func:`plot_biomass` returns) with all four values: they come from the species tables
+    of :mod:`models.allometry`, so the maps convert AGB as the plots did. ``source`` names
+    the table in the returned ``method`` text.
+
+    Raises
+    ------
+    PlotDataError
+        A column is missing.
+    ModelDomainError
+        Total AGB or carbon is not positive.
+    """
+    needed = ("agb_mg_ha", "bgb_mg_ha", "carbon_mg_ha", "co2e_t_ha")
+    missing = [c for c in needed if c not in plots.columns]
+    if missing:
+        raise PlotDataError(
+            f"column(s) {missing} missing; the carbon conversion factors are taken from the "
+            "plot table (written by the plots stage)"
         )
-        agb_sim, bgb_eq_sim = _simulate_trees(rng, x, models, opts)
-        plot_agb = np.nansum(agb_sim, axis=0) / KG_PER_MG / area_ha
-        r_sim = _root_shoot_draws(rng, sp, plot_agb)
-        bgb_sim = np.where(by_ratio[:, None], agb_sim * r_sim, bgb_eq_sim)
-        cf_sim = rng.normal(
-            np.repeat(x.cf[:, None], opts.n_draws, axis=1),
-            np.repeat(x.cf_sd[:, None], opts.n_draws, axis=1),
-        )
-        plot_bgb = np.nansum(bgb_sim, axis=0) / KG_PER_MG / area_ha
-        plot_c = np.nansum((agb_sim + bgb_sim) * cf_sim, axis=0) / KG_PER_MG / area_ha
-        q_lo, q_hi = np.quantile(plot_agb, opts.quantiles)
-        ba = float(np.sum(np.pi * (sub["dbh_cm"].to_numpy() / 200.0) ** 2)) / area_ha
-        plot_rows.append(
-            {
-                "plot_id": pid,
-                "epoch": epoch,
-                "n_stems": len(sub),
-                "basal_area_m2_ha": ba,
-                "agb_mg_ha": agb_mg_ha,
-                "agb_sd_mg_ha": float(np.std(plot_agb, ddof=1)),
-                "bgb_mg_ha": float(bgb_kg.sum()) / KG_PER_MG / area_ha,
-                "bgb_sd_mg_ha": float(np.std(plot_bgb, ddof=1)),
-                "carbon_mg_ha": carbon_mg_ha,
-                "carbon_sd_mg_ha": float(np.std(plot_c, ddof=1)),
-                "co2e_t_ha": carbon_mg_ha * co2_per_c,
-                "co2e_sd_t_ha": float(np.std(plot_c, ddof=1)) * co2_per_c,
-                "agb_p05_mg_ha": float(q_lo),
-                "agb_p95_mg_ha": float(q_hi),
-                "agb_mc_mean_mg_ha": float(np.mean(plot_agb)),
-                "plot_area_ha": area_ha,
-                "n_rows_excluded": int(
-                    ((t["plot_id"] == pid) & (t["epoch"] == epoch) & ~t["usable"]).sum()
-                ),
-                "n_heights_predicted": int((sub["height_source"] == "hd_model").sum()),
-                "mc_draws": opts.n_draws,
-            }
-        )
-    t["carbon_kg"] = (t["agb_kg"] + t["bgb_kg"]) * t["carbon_fraction"]
-    t = t.drop(columns=["height_measured_m", "bgb_eq_kg"])
-    qa_all = pd.concat([qa, pd.DataFrame(qa_rows, columns=list(QA_COLUMNS))], ignore_index=True)
-    plots = pd.DataFrame(plot_rows)
-    return t, plots, qa_all
+    t = plots.loc[:, list(needed)].dropna()
+    agb, bgb, c, co2 = (t[n].sum() for n in needed)
+    if agb <= 0 or c <= 0:
+        raise ModelDomainError("total AGB or carbon is not positive")
+    return {
+        "root_to_shoot": float(bgb / agb),
+        "carbon_fraction": float(c / (agb + bgb)),
+        "co2e_per_c": float(co2 / c),
+        "method": f"ratio estimators over all plot-epochs of {source}",
+        "n_plot_epochs": len(t),
+    }

@@ -20,12 +20,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from models import allometry
 from models.allometry import (
-    AllometryError,
     carbon_fraction,
     get_equation,
     list_equations,
@@ -35,6 +33,8 @@ from models.allometry import (
     tree_equations,
     wood_density,
 )
+from models.datafiles import data_csv
+from models.errors import AllometryError
 
 DEMO_SPECIES = [
     "Cunninghamia lanceolata",
@@ -247,7 +247,7 @@ def test_registry_lists_every_equation_with_citation() -> None:
 
 
 def test_unverified_or_unavailable_equations_are_never_defaults() -> None:
-    species = pd.read_csv(allometry.resources.files("models").joinpath("data", "species.csv"))
+    species = data_csv("species.csv")
     defaults = set(species["agb_equation"]) | set(species["agb_equation_no_height"])
     for name in defaults:
         assert registry()[name].status == "verified", name

@@ -16,11 +16,9 @@ from models.biomass import (
     BiomassMapper,
     ConformalCalibration,
     LogLinearRidge,
-    ModelDomainError,
     ModelSettings,
     PowerLawABA,
     Prediction,
-    _conformal_quantile,
     accuracy,
     blocked_folds,
     calibrate_conformal,
@@ -33,6 +31,8 @@ from models.biomass import (
     thinned_sample,
     training_set,
 )
+from models.biomass.uncertainty import _conformal_quantile
+from models.errors import ModelDomainError
 
 SAT_FEATURES = ["ndvi", "nbr", "elevation", "slope_deg"]
 FAST = ModelSettings(

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.biomass import ModelDomainError
+from models.errors import ModelDomainError
 from models.landuse import fit_land_use
 
 

@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 
 from models import allometry
-from models.hd import HDFitError, fit_hd, select_hd
-from models.plot_biomass import PLOT_COLUMNS, PlotBiomassOptions, PlotDataError, plot_biomass
+from models.errors import HDFitError, PlotDataError
+from models.hd import fit_hd, select_hd
+from models.plot_biomass import PLOT_COLUMNS, PlotBiomassOptions, plot_biomass
 
 AREA_HA = 0.0667
 SPECIES = ["Cunninghamia lanceolata", "Pinus massoniana", "Schima superba"]

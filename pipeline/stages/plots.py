@@ -20,8 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from models.allometry import AllometryError
-from models.plot_biomass import PlotBiomassOptions, PlotDataError, plot_biomass
+from models.errors import AllometryError, PlotDataError, PlotOptionsError
+from models.plot_biomass import PlotBiomassOptions, plot_biomass
 from pipeline.config import Config, PlotsParams
 from pipeline.contracts import PLOT_BIOMASS_RELPATH, PLOTS_QA_RELPATH, TREES_RELPATH, RunLayout
 from pipeline.errors import ConfigError, InputDataError
@@ -89,12 +89,9 @@ def plots(
     options = options_from_params(params)
     try:
         tree_out, plot_out, qa = plot_biomass(trees, plot_areas(plot_locations), options=options)
-    except PlotDataError as err:
-        text = str(err)
-        if "unknown allometric equation" in text or "chave_e" in text:
-            raise ConfigError(f"stages.plots: {text}") from None
-        raise InputDataError(f"tree list: {text}") from None
-    except AllometryError as err:
+    except PlotOptionsError as err:
+        raise ConfigError(f"stages.plots: {err}") from None
+    except (PlotDataError, AllometryError) as err:
         raise InputDataError(f"tree list: {err}") from None
     return {TREES_RELPATH: tree_out, PLOT_BIOMASS_RELPATH: plot_out, PLOTS_QA_RELPATH: qa}
 

@@ -10,7 +10,7 @@ the ``model`` stage judged not yet forest (``non_forest_parcels`` of ``models.pk
 :mod:`models.landuse`) get none either. Carbon is ``AGB * (1 + R) * CF`` and
 CO2e is ``carbon * (CO2/C)``, with ``R`` (root-to-shoot), ``CF`` (carbon fraction) and
 ``CO2/C`` taken from ``models.pkl`` (ratio estimators of the plots stage's table, see
-:func:`pipeline.stages.model.conversion_factors`); the SDs scale by the same factors
+:func:`models.plot_biomass.conversion_factors`); the SDs scale by the same factors
 (the factors' own uncertainty is not propagated).
 
 Two supports of uncertainty. Each cell's value is the AGB of the plot-sized window

@@ -1,0 +1,312 @@
+"""Per-pixel uncertainty of the biomass maps: conformal calibration and change of support.
+
+Normalised split-conformal prediction (Lei et al. 2018, doi:10.1080/01621459.2017.1307116;
+Papadopoulos et al. 2011 for the normalised score) calibrated on the out-of-fold
+residuals of the *spatial* cross-validation. Why this and not a bootstrap ensemble:
+bootstrap and quantile-forest spreads measure the variance of the fit around the
+training plots, not the error of prediction far from them, and are known to under-cover
+under spatial autocorrelation (Ploton et al. 2020, doi:10.1038/s41467-020-18321-y);
+conformal intervals calibrated on held-out spatial blocks carry the error the map really
+makes away from plots, with a finite-sample coverage guarantee for exchangeable blocks.
+Biomass errors grow with biomass, so scores are normalised by a local difficulty
+``sigma(pred) = s0 + s1 * pred`` fitted to the absolute out-of-fold residuals. The
+per-pixel SD is ``k * sigma`` with ``k`` the root mean square of the normalised scores;
+the interval is ``pred + [q_lo, q_hi] * sigma`` with the conformal quantiles of the
+signed normalised scores (asymmetric if the residuals are), clipped at zero.
+
+Support: plot predictors are area-weighted means over a plot square, so the models
+describe AGB at plot support; maps apply them to plot-sized moving-window means of the
+predictors, and per-pixel SDs and intervals refer to that support. :class:`CellSupport`
+widens them to a single cell (the change-of-support problem, Gotway & Young 2002,
+doi:10.1198/016214502760047140); :func:`lidar_cell_support` estimates it from a
+power-law ABA field on single-cell LiDAR metrics. Thresholds: ``models/data/model_rules.yaml``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from scipy.ndimage import binary_erosion
+
+from models.biomass.candidates import PowerLawABA
+from models.datafiles import data_yaml
+from models.errors import ModelDomainError
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-sample prediction with uncertainty (all Mg/ha)."""
+
+    mean: FloatArray
+    sd: FloatArray
+    lower: FloatArray
+    upper: FloatArray
+
+
+@dataclass(frozen=True)
+class ConformalCalibration:
+    """Normalised split-conformal calibration from out-of-fold residuals.
+
+    ``sigma(pred) = max(s0 + s1 * pred, sigma_floor)``; SD ``= k_sd * sigma``; interval
+    ``pred + [q_lo, q_hi] * sigma``.
+    """
+
+    s0: float
+    s1: float
+    sigma_floor: float
+    k_sd: float
+    q_lo: float
+    q_hi: float
+    interval: float
+    n: int
+
+    def sigma(self, pred_mg_ha: FloatArray) -> FloatArray:
+        return np.maximum(self.s0 + self.s1 * np.clip(pred_mg_ha, 0.0, None), self.sigma_floor)
+
+    def apply(self, pred_mg_ha: FloatArray) -> Prediction:
+        s = self.sigma(pred_mg_ha)
+        lower = np.clip(pred_mg_ha + self.q_lo * s, 0.0, None)
+        return Prediction(pred_mg_ha, self.k_sd * s, lower, pred_mg_ha + self.q_hi * s)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": "normalised split-conformal on spatial-CV out-of-fold residuals",
+            "difficulty": "sigma = max(s0 + s1 * pred, sigma_floor)",
+            "s0_mg_ha": self.s0,
+            "s1": self.s1,
+            "sigma_floor_mg_ha": self.sigma_floor,
+            "k_sd": self.k_sd,
+            "q_lo": self.q_lo,
+            "q_hi": self.q_hi,
+            "interval": self.interval,
+            "n_calibration": self.n,
+        }
+
+
+def calibration_record(
+    obs_mg_ha: FloatArray, oof_pred_mg_ha: FloatArray, *, interval: float
+) -> tuple[ConformalCalibration, dict[str, Any]]:
+    """:func:`calibrate_conformal` and its model-card record, with the coverage its
+    intervals reach on the held-out predictions it was fitted on."""
+    cal = calibrate_conformal(obs_mg_ha, oof_pred_mg_ha, interval=interval)
+    cover = cal.apply(oof_pred_mg_ha)
+    inside = (obs_mg_ha >= cover.lower) & (obs_mg_ha <= cover.upper)
+    return cal, {**cal.describe(), "oof_coverage": float(np.mean(inside))}
+
+
+def _conformal_quantile(scores: FloatArray, level: float) -> float:
+    """Finite-sample conformal quantile: the ceil((n+1) level)-th smallest score."""
+    s = np.sort(scores)
+    n = s.size
+    k = math.ceil((n + 1) * level)
+    return float(s[min(max(k, 1), n) - 1])
+
+
+def calibrate_conformal(
+    obs_mg_ha: FloatArray,
+    oof_pred_mg_ha: FloatArray,
+    *,
+    interval: float,
+    min_sigma_fraction: float = 0.1,
+) -> ConformalCalibration:
+    """Fit the difficulty model and conformal quantiles from out-of-fold predictions.
+
+    Parameters
+    ----------
+    obs_mg_ha, oof_pred_mg_ha
+        Observed values and their out-of-fold (held-out) predictions.
+    interval
+        Nominal coverage of the two-sided interval (e.g. 0.9).
+    min_sigma_fraction
+        Floor of the difficulty as a fraction of the mean absolute residual, so that a
+        fitted negative intercept cannot produce zero-width intervals.
+    """
+    ok = np.isfinite(obs_mg_ha) & np.isfinite(oof_pred_mg_ha)
+    o, p = obs_mg_ha[ok], np.clip(oof_pred_mg_ha[ok], 0.0, None)
+    least = data_yaml("model_rules.yaml")["calibration"]["min_held_out"]
+    if o.size < least:
+        raise ModelDomainError(
+            f"uncertainty calibration needs at least {least} held-out predictions, got {o.size}"
+        )
+    r = o - p
+    abs_r = np.abs(r)
+    design = np.column_stack([np.ones_like(p), p])
+    (s0, s1), *_ = np.linalg.lstsq(design, abs_r, rcond=None)
+    floor = min_sigma_fraction * float(abs_r.mean()) if abs_r.mean() > 0 else 1e-9
+    cal = ConformalCalibration(float(s0), float(s1), floor, 1.0, 0.0, 0.0, interval, int(o.size))
+    z = r / cal.sigma(p)
+    alpha = 1.0 - interval
+    return ConformalCalibration(
+        s0=float(s0),
+        s1=float(s1),
+        sigma_floor=floor,
+        k_sd=float(np.sqrt(np.mean(z**2))),
+        q_lo=-_conformal_quantile(-z, 1.0 - alpha / 2.0),
+        q_hi=_conformal_quantile(z, 1.0 - alpha / 2.0),
+        interval=interval,
+        n=int(o.size),
+    )
+
+
+@dataclass(frozen=True)
+class CellSupport:
+    """Change of support from the maps' plot-sized window to one grid cell.
+
+    The maps estimate, at each cell, the AGB of the plot-sized window centred on it: the
+    support the models were fitted and calibrated at (:func:`pipeline.features.focal_mean`).
+    A single cell's AGB departs from its window's by the stand's variation inside the
+    window (single crowns and gaps), which a window-support model cannot predict, so a
+    cell's SD and interval must add it (the change-of-support problem of geostatistics,
+    Gotway & Young 2002, doi:10.1198/016214502760047140). The departure is described by
+    the relative deviation ``r = (cell - window) / window`` of a cell-support AGB field,
+    per bin of window AGB (:func:`cell_support`), and is taken independent of the window
+    estimate's error: variances add, and each side's interval half-width adds in
+    quadrature with ``|q| * AGB`` (normal approximation of the convolution).
+
+    Attributes
+    ----------
+    edges
+        Interior bin edges of the window AGB (Mg/ha); bin ``k`` holds ``rms[k]`` etc.
+    rms, q_lo, q_hi
+        Root mean square and the ``(1 - interval) / 2`` and ``(1 + interval) / 2``
+        quantiles of ``r`` in each bin.
+    """
+
+    edges: tuple[float, ...]
+    rms: tuple[float, ...]
+    q_lo: tuple[float, ...]
+    q_hi: tuple[float, ...]
+    interval: float
+    n_cells: int
+    reference: str
+
+    def widen(self, pred: Prediction) -> Prediction:
+        """The prediction of one cell from that of its window (same mean)."""
+        m = pred.mean
+        k = np.digitize(np.nan_to_num(m), np.asarray(self.edges))
+        rms, q_lo, q_hi = (np.asarray(v)[k] for v in (self.rms, self.q_lo, self.q_hi))
+        lower = np.clip(m - np.hypot(m - pred.lower, q_lo * m), 0.0, None)
+        upper = m + np.hypot(pred.upper - m, q_hi * m)
+        return Prediction(m, np.hypot(pred.sd, rms * m), lower, upper)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": "relative deviation of a cell-support AGB field from its plot-sized "
+            "window mean, per bin of window AGB; added to the window estimate's error "
+            "as independent",
+            "reference_field": self.reference,
+            "window_agb_bin_edges_mg_ha": list(self.edges),
+            "rms_relative": list(self.rms),
+            "q_lo_relative": list(self.q_lo),
+            "q_hi_relative": list(self.q_hi),
+            "interval": self.interval,
+            "n_cells": self.n_cells,
+        }
+
+
+def cell_support(
+    cell_mg_ha: FloatArray,
+    window_mg_ha: FloatArray,
+    *,
+    interval: float,
+    n_bins: int,
+    reference: str,
+) -> CellSupport:
+    """Fit :class:`CellSupport` from a cell-support AGB field and its window means.
+
+    ``cell_mg_ha`` and ``window_mg_ha`` are the field at each cell and its moving-window
+    mean over the maps' support (cells whose window is not wholly inside the field
+    should be NaN); ``reference`` names the field for the model card. Bins are
+    quantiles of the window AGB, so each holds as many cells, at least
+    ``cell_support.min_cells_per_bin`` (``model_rules.yaml``).
+    """
+    c = np.asarray(cell_mg_ha, dtype=np.float64).ravel()
+    w = np.asarray(window_mg_ha, dtype=np.float64).ravel()
+    ok = np.isfinite(c) & np.isfinite(w) & (w > 0)
+    n = int(ok.sum())
+    min_cells_per_bin = data_yaml("model_rules.yaml")["cell_support"]["min_cells_per_bin"]
+    if n < n_bins * min_cells_per_bin:
+        raise ModelDomainError(
+            f"cell-support deviations need at least {n_bins * min_cells_per_bin} cells with "
+            f"a whole window of positive AGB ({n_bins} bins), got {n}"
+        )
+    w, r = w[ok], (c[ok] - w[ok]) / w[ok]
+    edges = np.unique(np.quantile(w, np.linspace(0.0, 1.0, n_bins + 1)[1:-1]))
+    k = np.digitize(w, edges)
+    alpha = 1.0 - interval
+    groups = [r[k == i] for i in range(edges.size + 1)]
+    return CellSupport(
+        edges=tuple(float(e) for e in edges),
+        rms=tuple(float(np.sqrt(np.mean(g**2))) for g in groups),
+        q_lo=tuple(float(np.quantile(g, alpha / 2.0)) for g in groups),
+        q_hi=tuple(float(np.quantile(g, 1.0 - alpha / 2.0)) for g in groups),
+        interval=interval,
+        n_cells=n,
+        reference=reference,
+    )
+
+
+def lidar_cell_support(
+    plots: pd.DataFrame,
+    cell_metrics: FloatArray,
+    in_cover: NDArray[np.bool_],
+    *,
+    height: str,
+    cover: str,
+    support_px: int,
+    window_mean: Callable[[FloatArray], FloatArray],
+    interval: float,
+    n_bins: int,
+) -> CellSupport:
+    """:class:`CellSupport` from a power-law ABA field on single-cell LiDAR metrics.
+
+    The reference field is the power-law ABA model (fitted on the LiDAR ``plots``, which
+    hold ``height``, ``cover`` and ``agb_mg_ha``) applied to single-cell LiDAR metrics
+    inside the LiDAR cover, whatever model the LiDAR cells are mapped with: a smooth
+    monotone function of height and cover extrapolates to single cells, whose heights and
+    covers range wider than the plots'; tree ensembles cap their predictions at the
+    training range and would understate the cell-to-cell variation. Only cells whose
+    whole window lies inside the cover count.
+
+    Parameters
+    ----------
+    cell_metrics
+        ``(2, rows, cols)``: ``height`` (m) and ``cover`` (0-1) of each cell.
+    in_cover
+        ``(rows, cols)``: the cells inside the LiDAR cover.
+    support_px
+        Side of the maps' plot-sized window, cells.
+    window_mean
+        The maps' NaN-aware moving-window mean over that window, of a ``(rows, cols)``
+        field (the same one the maps' predictors are taken with).
+
+    Raises
+    ------
+    ModelDomainError
+        The power law cannot be fitted, or too few cells to describe the deviations.
+    """
+    law = PowerLawABA(height=height, cover=cover).fit(
+        plots, plots["agb_mg_ha"].to_numpy(dtype=np.float64)
+    )
+    table = pd.DataFrame(
+        np.asarray(cell_metrics, dtype=np.float64).reshape(2, -1).T, columns=[height, cover]
+    )
+    cell = law.predict(table).reshape(cell_metrics.shape[1:])
+    whole = binary_erosion(in_cover, structure=np.ones((support_px, support_px)))
+    cell = np.where(in_cover, cell, np.nan)
+    window = np.where(whole, window_mean(cell), np.nan)
+    return cell_support(
+        cell,
+        window,
+        interval=interval,
+        n_bins=n_bins,
+        reference=f"power-law ABA ({law.describe()['form']}) on single-cell LiDAR metrics",
+    )

@@ -1,0 +1,196 @@
+"""Steps of the ``model`` stage: each prepares a science call from the run's rasters and
+parameters, makes it, and turns its errors into the pipeline's.
+
+:mod:`pipeline.stages.model` wires them together; the predictor tables come from
+:mod:`pipeline.samples`, the science from :mod:`models.biomass`, :mod:`models.landuse`.
+A step whose science finds too little data to work with records why in the model card
+(``{"skipped": reason}``) where the run can go on without it (land-use change, per-cell
+support), and fails with :class:`~pipeline.errors.ScienceDomainError` where it cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from models.biomass import (
+    CellSupport,
+    FittedModel,
+    ModelSettings,
+    SatelliteSource,
+    fit_plots,
+    fit_satellite_model,
+    lidar_cell_support,
+    upscaled_sample,
+)
+from models.datafiles import data_yaml
+from models.errors import ModelDomainError
+from models.landuse import fit_land_use, judge_parcels
+from pipeline.config import ModelParams
+from pipeline.contracts import LIDAR_METRICS_RELPATH
+from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
+from pipeline.features import focal_mean
+from pipeline.samples import cover_box, land_use_cells, upscaling_cells
+
+
+def settings_from(params: ModelParams) -> ModelSettings:
+    """The science-side settings object from the config section (same field names)."""
+    return ModelSettings(**{f.name: getattr(params, f.name) for f in fields(ModelSettings)})
+
+
+def lidar_model(
+    table: pd.DataFrame,
+    epoch: str | None,
+    features: list[str],
+    p: ModelParams,
+    seed: int,
+    card: dict[str, Any],
+) -> tuple[FittedModel | None, pd.DataFrame]:
+    """The plot->LiDAR model, fitted on the ``epoch`` plots inside the LiDAR cover when
+    there are ``model.min_lidar_plots`` of them, and those plots (recorded in ``card``)."""
+    plots = table.loc[
+        (
+            (table["epoch"] == epoch)
+            & (table["lidar_fraction"].fillna(0) >= p.lidar_min_fraction)
+            & table[features].notna().all(axis=1)
+            & np.isfinite(table["agb_mg_ha"])
+        ).to_numpy()
+    ]
+    card["lidar_plots"] = len(plots)
+    if len(plots) < p.min_lidar_plots:
+        card["lidar_model"] = {
+            "skipped": f"{len(plots)} plots inside the LiDAR cover, "
+            f"model.min_lidar_plots is {p.min_lidar_plots}"
+        }
+        return None, plots
+    try:
+        fitted = fit_plots(plots, features, settings=settings_from(p), seed=seed)
+    except ModelDomainError as err:
+        raise ScienceDomainError(f"LiDAR model: {err}") from None
+    card["lidar_model"] = fitted.card
+    return fitted, plots
+
+
+def upscaling_sample(
+    lidar: xr.DataArray,
+    cover: np.ndarray,
+    sat_stack: xr.DataArray,
+    lidar_model: FittedModel,
+    lidar_feats: Sequence[str],
+    sat_features: Sequence[str],
+    p: ModelParams,
+    seed: int,
+    support_px: int,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The LiDAR-model map's thinned sample with satellite features, and its record."""
+    cells, spacing_m = upscaling_cells(
+        lidar, cover, sat_stack, lidar_feats, spacing_m=p.upscale_spacing_m,
+        max_samples=p.upscale_max_samples, seed=seed, support_px=support_px,
+    )  # fmt: skip
+    try:
+        sample = upscaled_sample(cells, lidar_model, [*lidar_feats, *sat_features])
+    except ModelDomainError as err:
+        raise ScienceDomainError(str(err)) from None
+    info = {
+        "source": "lidar_upscaled",
+        "n": len(sample),
+        "spacing_m": spacing_m,
+        "lidar_cells": int(cover.sum()),
+    }
+    return sample, info
+
+
+def satellite_model(
+    plots: pd.DataFrame,
+    sample: pd.DataFrame | None,
+    sample_info: dict[str, Any],
+    features: Sequence[str],
+    p: ModelParams,
+    seed: int,
+) -> tuple[SatelliteSource, FittedModel]:
+    """The satellite model of the configured (or the best) training source."""
+    if p.satellite_training not in ("auto", "plots") and sample is None:
+        raise ConfigError(
+            f"model.satellite_training {p.satellite_training!r} needs a LiDAR model, and this "
+            "run has none (no LiDAR tiles, or fewer LiDAR plots than model.min_lidar_plots)"
+        )
+    try:
+        return fit_satellite_model(
+            plots, sample, features, settings=settings_from(p), seed=seed,
+            training=p.satellite_training, share=p.upscale_share, sample_info=sample_info,
+        )  # fmt: skip
+    except ModelDomainError as err:
+        raise ScienceDomainError(str(err)) from None
+
+
+def land_use(
+    parcels: gpd.GeoDataFrame,
+    spectral_stacks: Mapping[str, xr.DataArray],
+    p: ModelParams,
+    *,
+    epochs: Sequence[str],
+    forest_land_classes: Sequence[str],
+    seed: int,
+    support_px: int,
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Forest-land parcels that were not forest at each epoch other than the parcel
+    layer's (``{epoch: [parcel_id, ...]}``), with the model-card record.
+
+    The classifier's features are the spectral predictors (``spectral_stacks``: composite
+    and terrain, not the parcel classes, which come from the labels' layer) at plot support.
+    """
+    ref = p.parcels_epoch or epochs[-1]
+    if ref not in spectral_stacks:
+        raise ConfigError(f"model.parcels_epoch {ref!r} is not one of the epochs {list(epochs)}")
+    if "parcel_id" not in parcels.columns or "land_class" not in parcels.columns:
+        raise InputDataError(
+            "parcels: columns 'parcel_id' and 'land_class' are needed to judge land-use "
+            "change; add them or set model.land_use_change: false"
+        )
+    stacks = {e: focal_mean(st, size_px=support_px) for e, st in spectral_stacks.items()}
+    forest, other, cells_at = land_use_cells(
+        parcels, stacks, ref=ref, forest_land_classes=forest_land_classes,
+        spacing_m=p.land_use_spacing_m, max_samples=p.upscale_max_samples, seed=seed,
+    )  # fmt: skip
+    try:
+        clf = fit_land_use(
+            forest, other, features=[str(b) for b in stacks[ref]["band"].to_numpy()],
+            block_m=p.cv_block_m, n_folds=p.cv_folds, n_estimators=p.rf_n_estimators,
+            min_samples_leaf=p.rf_min_samples_leaf, seed=seed,
+        )  # fmt: skip
+    except ModelDomainError as err:
+        return {}, {"skipped": str(err)}
+    ids = parcels["parcel_id"].astype(str).to_numpy()
+    judged = {e: judge_parcels(clf, cells_at(e), ids) for e in epochs if e != ref}
+    rule = data_yaml("model_rules.yaml")["land_use"]["rule"]
+    record = {**clf.card, "parcels_epoch": ref, "rule": rule, **judged}
+    return {e: j["non_forest_parcels"] for e, j in judged.items()}, record
+
+
+def cell_support(
+    lidar: xr.DataArray, in_cover: np.ndarray, plots: pd.DataFrame, p: ModelParams, support_px: int
+) -> tuple[CellSupport | None, dict[str, Any]]:
+    """Change of support from the maps' window to one cell (see
+    :func:`models.biomass.lidar_cell_support`), with its model-card record."""
+    height, cover = p.powerlaw_height, p.powerlaw_cover
+    if not {height, cover} <= {str(b) for b in lidar["band"].to_numpy()}:
+        return None, {"skipped": f"{LIDAR_METRICS_RELPATH} lacks {height!r} or {cover!r}"}
+    if not in_cover.any():
+        return None, {"skipped": "no cell inside the LiDAR cover"}
+    metrics, box_cover, window_mean = cover_box(
+        lidar, in_cover, [height, cover], support_px=support_px
+    )
+    try:
+        cs = lidar_cell_support(
+            plots, metrics, box_cover, height=height, cover=cover, support_px=support_px,
+            window_mean=window_mean, interval=p.interval, n_bins=p.cell_support_bins,
+        )  # fmt: skip
+    except ModelDomainError as err:
+        return None, {"skipped": str(err)}
+    return cs, cs.describe()

@@ -1,0 +1,254 @@
+"""Predictor tables of the ``model`` stage: at the plots, and at samples of grid cells.
+
+The rasters' side of the model fit (xarray in, pandas out; the science that uses the
+tables is in :mod:`models.biomass` and :mod:`models.landuse`):
+
+- the plot table: per plot and epoch, the field AGB next to the satellite predictors
+  (composite, terrain, parcel classes) and, at the LiDAR epoch, the LiDAR metrics, all
+  area-weighted over the plot square (:func:`pipeline.features.plot_features`);
+- systematic samples of cells (:func:`models.biomass.thinned_sample`) with their
+  predictors at plot support: the LiDAR-model map sample that can train the satellite
+  model, and the parcels' cells that train and apply the land-use classifier;
+- the LiDAR cover and the single-cell LiDAR metrics of the per-cell uncertainty.
+
+I/O-free like :mod:`pipeline.features`; only :func:`sampled_cells` and the cover
+computations compute Dask arrays, at the size of a sample or of the LiDAR cover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import dask
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from models.biomass import thinned_sample
+from pipeline.contracts import (
+    LIDAR_METRICS_RELPATH,
+    PLOT_BIOMASS_RELPATH,
+    TERRAIN_RELPATH,
+    composite_relpath,
+)
+from pipeline.errors import InputDataError
+from pipeline.features import (
+    class_layers,
+    concat_aligned,
+    focal_mean,
+    gather_cells,
+    grid_extent,
+    parcel_classes,
+    parcel_index,
+    plot_features,
+    predictor_stack,
+    support_window_px,
+)
+
+
+def satellite_stacks(
+    composites: Mapping[str, xr.DataArray],
+    terrain: xr.DataArray,
+    parcels: gpd.GeoDataFrame | None,
+    *,
+    class_column: str | None,
+) -> tuple[dict[str, xr.DataArray], dict[str, xr.DataArray], dict[str, Any] | None]:
+    """Per epoch the spectral predictors (composite and terrain) and the satellite
+    predictors (with, given a parcel layer and ``class_column``, the share of each of its
+    classes: ``pipeline.features.class_layers``), and those classes' record."""
+    spectral = {
+        e: predictor_stack(comp, terrain, sources=(composite_relpath(e), TERRAIN_RELPATH))
+        for e, comp in composites.items()
+    }
+    if class_column is None or parcels is None:
+        return spectral, spectral, None
+    classes: dict[str, Any] = {
+        "column": class_column,
+        "classes": parcel_classes(parcels, column=class_column),
+    }
+    class_bands = class_layers(parcels, terrain, **classes)
+    stacks = {
+        e: concat_aligned(
+            [st, class_bands], sources=(composite_relpath(e), f"parcels ({class_column})")
+        )
+        for e, st in spectral.items()
+    }
+    return spectral, stacks, classes
+
+
+def lidar_predictors(lidar: xr.DataArray, features: Sequence[str]) -> list[str]:
+    """The LiDAR metrics that are predictors: ``features``, or when empty every ``h_*``
+    and ``cover*`` band.
+
+    Raises
+    ------
+    InputDataError
+        A band of ``features`` is missing.
+    """
+    names = [str(b) for b in lidar["band"].to_numpy()]
+    if features:
+        missing = [f for f in features if f not in names]
+        if missing:
+            raise InputDataError(
+                f"model.lidar_features {missing} not in {LIDAR_METRICS_RELPATH} ({names})"
+            )
+        return list(features)
+    return [n for n in names if n.startswith("h_") or n.startswith("cover")]
+
+
+def plot_table(
+    biomass: pd.DataFrame,
+    sat_stacks: Mapping[str, xr.DataArray],
+    plot_locations: gpd.GeoDataFrame,
+    *,
+    lidar: xr.DataArray | None = None,
+    lidar_features: Sequence[str] = (),
+    lidar_epoch: str | None = None,
+) -> pd.DataFrame:
+    """Field AGB and predictors per plot and epoch (epochs: ``sat_stacks``' keys).
+
+    The satellite features' ``valid_fraction`` becomes ``sat_valid_fraction``; the LiDAR
+    metrics ``lidar_features`` and ``lidar_fraction`` are joined at ``lidar_epoch``.
+
+    Raises
+    ------
+    InputDataError
+        ``lidar`` lacks ``lidar_fraction``, or no plot matches the plot squares.
+    """
+    tables = []
+    for e, stack in sat_stacks.items():
+        t = plot_features(stack, plot_locations).rename(
+            columns={"valid_fraction": "sat_valid_fraction"}
+        )
+        tables.append(t.assign(epoch=e))
+    feats = pd.concat(tables, ignore_index=True)
+    if lidar is not None:
+        if "lidar_fraction" not in lidar["band"].to_numpy():
+            raise InputDataError(f"{LIDAR_METRICS_RELPATH}: band 'lidar_fraction' missing")
+        lt = plot_features(lidar.sel(band=[*lidar_features, "lidar_fraction"]), plot_locations)
+        lt = lt.drop(columns=["x_m", "y_m", "valid_fraction"]).assign(epoch=lidar_epoch)
+        feats = feats.merge(lt, on=["plot_id", "epoch"], how="left")
+    keep_cols = [
+        c for c in ("plot_id", "epoch", "agb_mg_ha", "agb_sd_mg_ha") if c in biomass.columns
+    ]
+    table = biomass.loc[:, keep_cols].merge(feats, on=["plot_id", "epoch"], how="inner")
+    if table.empty:
+        raise InputDataError(
+            f"no plot of {PLOT_BIOMASS_RELPATH} matches plots.gpkg and the epochs "
+            f"{list(sat_stacks)} (check plot_id and epoch values)"
+        )
+    return table
+
+
+def plot_support_px(plots: gpd.GeoDataFrame, grid: xr.DataArray) -> int:
+    """Window (cells) of the plots' support: median plot side over the grid resolution."""
+    _, _, _, _, res_x, _ = grid_extent(grid)
+    crs = grid.rio.crs if hasattr(grid, "rio") else None
+    areas = (plots.to_crs(crs) if crs is not None and plots.crs is not None else plots).area
+    return support_window_px(float(np.sqrt(np.median(areas))), res_x)
+
+
+def lidar_cover(lidar: xr.DataArray, *, min_fraction: float) -> np.ndarray:
+    """Cells inside the LiDAR cover (``lidar_fraction >= min_fraction``)."""
+    (frac,) = dask.compute(lidar.sel(band="lidar_fraction").data)
+    return np.nan_to_num(np.asarray(frac, dtype=np.float64)) >= min_fraction
+
+
+def sampled_cells(stack: xr.DataArray, rows: np.ndarray, cols: np.ndarray) -> pd.DataFrame:
+    """Values of ``stack`` at cells ``(rows, cols)``, a column per band, with the cells'
+    ``x_m`` and ``y_m``."""
+    (vals,) = dask.compute(gather_cells(stack, rows, cols).transpose("point", "band").data)
+    names = [str(b) for b in stack["band"].to_numpy()]
+    table = pd.DataFrame(np.asarray(vals, dtype=np.float64), columns=names)
+    table["x_m"] = stack["x"].to_numpy()[cols]
+    table["y_m"] = stack["y"].to_numpy()[rows]
+    return table
+
+
+def _step_px(grid: xr.DataArray, spacing_m: float) -> int:
+    """Cells between the samples of a systematic grid of ``spacing_m`` metres."""
+    _, _, _, _, res_x, _ = grid_extent(grid)
+    return max(1, round(spacing_m / res_x))
+
+
+def upscaling_cells(
+    lidar: xr.DataArray,
+    cover: np.ndarray,
+    sat_stack: xr.DataArray,
+    lidar_features: Sequence[str],
+    *,
+    spacing_m: float,
+    max_samples: int,
+    seed: int,
+    support_px: int,
+) -> tuple[pd.DataFrame, float]:
+    """LiDAR and satellite predictors at a thinned sample of the LiDAR cover's cells, at
+    plot support (moving-window means, as in ``predict``), and the sample's spacing (m)."""
+    step = _step_px(lidar, spacing_m)
+    rows, cols = thinned_sample(cover, step_px=step, max_samples=max_samples, seed=seed)
+    both = concat_aligned(
+        [lidar.sel(band=list(lidar_features)), sat_stack],
+        sources=(LIDAR_METRICS_RELPATH, "satellite predictors"),
+    )
+    _, _, _, _, res_x, _ = grid_extent(lidar)
+    return sampled_cells(focal_mean(both, size_px=support_px), rows, cols), step * res_x
+
+
+def land_use_cells(
+    parcels: gpd.GeoDataFrame,
+    stacks: Mapping[str, xr.DataArray],
+    *,
+    ref: str,
+    forest_land_classes: Sequence[str],
+    spacing_m: float,
+    max_samples: int,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, Callable[[str], pd.DataFrame]]:
+    """Cell samples of the land-use classifier, each cell with its ``parcel`` (row).
+
+    Returns the training cells of the forest-land and of the other parcels at ``ref``
+    (the parcel layer's epoch; at most ``max_samples`` each), and a function giving, for
+    an epoch, every forest-land parcel's cells on the full systematic grid. ``stacks``
+    hold the predictors at plot support per epoch.
+    """
+    grid = stacks[ref]
+    index = parcel_index(parcels, grid)
+    row_of = np.arange(len(parcels))
+    is_forest = parcels["land_class"].isin(forest_land_classes).to_numpy()
+    forest = np.isin(index, 1 + row_of[is_forest])
+    other = np.isin(index, 1 + row_of[~is_forest])
+    step = _step_px(grid, spacing_m)
+
+    def cells(mask: np.ndarray, stack: xr.DataArray, seed: int, cap: int) -> pd.DataFrame:
+        rows, cols = thinned_sample(mask, step_px=step, max_samples=cap, seed=seed)
+        table = sampled_cells(stack, rows, cols)
+        table["parcel"] = index[rows, cols] - 1
+        return table
+
+    def at_epoch(epoch: str) -> pd.DataFrame:
+        return cells(forest, stacks[epoch], seed + 2, int(forest.sum()))
+
+    return (
+        cells(forest, grid, seed, max_samples),
+        cells(other, grid, seed + 1, max_samples),
+        at_epoch,
+    )
+
+
+def cover_box(
+    lidar: xr.DataArray, in_cover: np.ndarray, bands: Sequence[str], *, support_px: int
+) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Single-cell ``bands`` of the LiDAR cover's bounding box (the rest of the grid has
+    no LiDAR), the cover inside the box, and the maps' moving-window mean on the box."""
+    rows, cols = np.flatnonzero(in_cover.any(axis=1)), np.flatnonzero(in_cover.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    sub = lidar.isel(y=box[0], x=box[1])
+    (metrics,) = dask.compute(sub.sel(band=list(bands)).data)
+
+    def window_mean(field: np.ndarray) -> np.ndarray:
+        window = focal_mean(sub.isel(band=[0]).copy(data=field[None]), size_px=support_px)
+        return np.asarray(window.values)[0]
+
+    return np.asarray(metrics), in_cover[box], window_mean
