@@ -328,6 +328,11 @@ def _defaults() -> dict[str, Any]:
     return dict(yaml.load(_data_text("defaults.yaml"), Loader=_YAML_LOADER))
 
 
+def co2_per_c() -> float:
+    """Mass ratio of CO2 to C, t CO2 per t C (44/12; ``defaults.yaml`` gives the source)."""
+    return float(_defaults()["co2_per_c"])
+
+
 def normalise_species(name: object) -> str:
     """``'pinus  Massoniana'`` -> ``'Pinus massoniana'`` (binomial capitalisation)."""
     if name is None or (isinstance(name, float) and math.isnan(name)):

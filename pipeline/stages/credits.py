@@ -45,12 +45,11 @@ from pipeline.errors import ConfigError, InputDataError
 from pipeline.sink import as_band, named_band
 from pipeline.stage import RunLayout, Stage
 from pipeline.stages.sink import SINK_RELPATH, SinkJob, sink_job
+from pipeline.units import M2_PER_HA
 from pipeline.zonal import coverage_cells, weighted_sum
 
 CREDITS_RELPATH = "credits/credits.csv"
 TOTAL_ID = "TOTAL"
-#: square metres in a hectare (unit definition)
-M2_PER_HA = 10_000.0
 
 
 @dataclass(frozen=True)
