@@ -79,16 +79,20 @@ class PlotDataError(ValueError):
 
 @dataclass(frozen=True)
 class PlotBiomassOptions:
-    """Options of :func:`plot_biomass` (mirrors ``PlotsParams`` of the pipeline config)."""
+    """Options of :func:`plot_biomass`.
+
+    They mirror ``PlotsParams`` of the pipeline config, which holds their defaults.
+    """
 
     #: equation name for every tree, or ``species`` for the registry default per species
-    equation: str = "species"
+    equation: str
     #: Chave et al. 2014 E index (eq. 7 family only)
-    chave_e: float | None = None
-    n_draws: int = 1000
-    hd_model: HDChoice = "best"
-    dbh_error: Literal["chave2004", "none"] = "chave2004"
-    seed: int = 0
+    chave_e: float | None
+    #: Monte Carlo draws
+    n_draws: int
+    hd_model: HDChoice
+    dbh_error: Literal["chave2004", "none"]
+    seed: int
     #: lower and upper quantiles reported as agb_p05 / agb_p95
     quantiles: tuple[float, float] = (0.05, 0.95)
 
@@ -397,7 +401,7 @@ def plot_biomass(
     trees: pd.DataFrame,
     plot_area_ha: Mapping[Any, float] | pd.Series | None = None,
     *,
-    options: PlotBiomassOptions | None = None,
+    options: PlotBiomassOptions,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Tree-level and plot-level biomass, carbon and CO2e with Monte Carlo uncertainty.
 
@@ -422,7 +426,7 @@ def plot_biomass(
     PlotDataError
         Missing columns, a plot without area, or a plot/epoch without any usable tree.
     """
-    opts = options or PlotBiomassOptions()
+    opts = options
     if opts.equation != "species":
         try:
             allometry.get_equation(opts.equation)
@@ -583,7 +587,7 @@ def plot_biomass(
     t["carbon_fraction"] = allometry.carbon_fraction(t["species"].to_numpy(dtype=object))
 
     rel_sd_table = _yaml("uncertainty.yaml")["wood_density"]["relative_sd"]
-    co2_per_c = float(allometry._defaults()["co2_per_c"])
+    co2_per_c = allometry.co2_per_c()
     seeds = np.random.SeedSequence(opts.seed)
     plot_keys = sorted(counts.index, key=lambda k: (str(k[0]), str(k[1])))
     children = seeds.spawn(len(plot_keys))
