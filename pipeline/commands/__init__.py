@@ -75,7 +75,7 @@ def make_params(model: type[ModelT], *, command: str, **values: Any) -> ModelT:
         return model(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(map(str, first["loc"])) or model.__name__
+        where = str(first["loc"][0]) if first["loc"] else model.__name__
         raise ConfigError(f"{command}: {where}: {first['msg']}") from None
 
 
