@@ -48,6 +48,7 @@ from rasterio.transform import from_origin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import composite as C
+from pipeline.config import CompositeParams
 
 CRS = "EPSG:32650"
 X0, Y0, RES = 700000.0, 2950000.0, 10.0
@@ -125,7 +126,11 @@ def throughput() -> None:
         items = make(root)
         gbox = _geobox(N_PX)
         work = N_PX * N_PX * len(BANDS) * len(items)
-        settings = C.CompositeSettings(cloud_dilation_px=2, resampling="nearest", chunk_px=512)
+        settings = C.CompositeSettings.from_params(
+            CompositeParams(cloud_dilation_px=2, resampling="nearest"),
+            chunk_px=512,
+            default_provider=None,
+        )
         t0 = time.perf_counter()
         comp, _ = C.seasonal_composite(items, gbox, settings=settings)
         with dask.config.set(scheduler="threads", num_workers=2):
@@ -157,7 +162,9 @@ def _measure_child(items_path: Path, n_px: int, out: Path) -> None:
     from pipeline.io import write_cog
 
     items = [pystac.Item.from_dict(f) for f in json.loads(items_path.read_text())["features"]]
-    settings = C.CompositeSettings(cloud_dilation_px=2, chunk_px=MEM_CHUNK_PX)
+    settings = C.CompositeSettings.from_params(
+        CompositeParams(cloud_dilation_px=2), chunk_px=MEM_CHUNK_PX, default_provider=None
+    )
     t0 = time.perf_counter()
     with (
         LocalCluster(

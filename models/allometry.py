@@ -302,6 +302,11 @@ def _genus_table() -> pd.DataFrame:
     return data_csv("genus.csv").set_index("genus")
 
 
+def co2_per_c() -> float:
+    """Mass ratio of CO2 to C, t CO2 per t C (44/12; ``defaults.yaml`` gives the source)."""
+    return float(data_yaml("defaults.yaml")["co2_per_c"])
+
+
 def normalise_species(name: object) -> str:
     """``'pinus  Massoniana'`` -> ``'Pinus massoniana'`` (binomial capitalisation)."""
     if name is None or (isinstance(name, float) and math.isnan(name)):

@@ -80,16 +80,20 @@ CM2_PER_M2 = 10000.0
 
 @dataclass(frozen=True)
 class PlotBiomassOptions:
-    """Options of :func:`plot_biomass` (mirrors ``PlotsParams`` of the pipeline config)."""
+    """Options of :func:`plot_biomass`.
+
+    They mirror ``PlotsParams`` of the pipeline config, which holds their defaults.
+    """
 
     #: equation name for every tree, or ``species`` for the registry default per species
-    equation: str = "species"
+    equation: str
     #: Chave et al. 2014 E index (eq. 7 family only)
-    chave_e: float | None = None
-    n_draws: int = 1000
-    hd_model: HDChoice = "best"
-    dbh_error: Literal["chave2004", "none"] = "chave2004"
-    seed: int = 0
+    chave_e: float | None
+    #: Monte Carlo draws
+    n_draws: int
+    hd_model: HDChoice
+    dbh_error: Literal["chave2004", "none"]
+    seed: int
     #: lower and upper quantiles reported as agb_p05 / agb_p95
     quantiles: tuple[float, float] = (0.05, 0.95)
 
@@ -392,7 +396,7 @@ def plot_biomass(
     trees: pd.DataFrame,
     plot_area_ha: Mapping[Any, float] | pd.Series | None = None,
     *,
-    options: PlotBiomassOptions | None = None,
+    options: PlotBiomassOptions,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Tree-level and plot-level biomass, carbon and CO2e with Monte Carlo uncertainty.
 
@@ -420,17 +424,16 @@ def plot_biomass(
     PlotDataError
         Missing columns, a plot without area, or a plot/epoch without any usable tree.
     """
-    opts = options or PlotBiomassOptions()
-    if opts.equation != "species":
+    if options.equation != "species":
         try:
-            allometry.get_equation(opts.equation)
+            allometry.get_equation(options.equation)
         except AllometryError as err:
             raise PlotOptionsError(str(err)) from None
-    t, qa = check_trees(trees, opts)
+    t, qa = check_trees(trees, options)
     t["plot_area_ha"] = _plot_areas(t, plot_area_ha)
-    keys, models = _predict_heights(t, opts.hd_model)
-    _assign_equations(t, opts)
-    qa_rows = _exclude_trees_lacking_inputs(t, opts)
+    keys, models = _predict_heights(t, options.hd_model)
+    _assign_equations(t, options)
+    qa_rows = _exclude_trees_lacking_inputs(t, options)
     counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
     empty = counts[counts == 0]
     if len(empty):
@@ -438,15 +441,15 @@ def plot_biomass(
         raise PlotDataError(
             f"plot(s) without any usable tree: {names}; see the QA reasons of its rows"
         )
-    _tree_values(t, opts)
+    _tree_values(t, options)
 
-    seeds = np.random.SeedSequence(opts.seed)
+    seeds = np.random.SeedSequence(options.seed)
     plot_keys = sorted(counts.index, key=lambda k: (str(k[0]), str(k[1])))
     children = seeds.spawn(len(plot_keys))
     t["bgb_kg"] = np.nan
     t["root_shoot_ratio"] = np.nan
     plot_rows = [
-        _plot_estimate(t, pid, epoch, np.random.default_rng(child), keys, models, opts)
+        _plot_estimate(t, pid, epoch, np.random.default_rng(child), keys, models, options)
         for (pid, epoch), child in zip(plot_keys, children, strict=True)
     ]
     t["carbon_kg"] = (t["agb_kg"] + t["bgb_kg"]) * t["carbon_fraction"]
@@ -677,7 +680,7 @@ def _plot_estimate(
     plot_bgb = np.nansum(bgb_sim, axis=0) / KG_PER_MG / area_ha
     plot_c = np.nansum((agb_sim + bgb_sim) * cf_sim, axis=0) / KG_PER_MG / area_ha
     q_lo, q_hi = np.quantile(plot_agb, opts.quantiles)
-    co2_per_c = float(data_yaml("defaults.yaml")["co2_per_c"])
+    co2_per_c = allometry.co2_per_c()
     basal_area_m2_ha = float(np.sum(np.pi * (sub["dbh_cm"].to_numpy() / 200.0) ** 2)) / area_ha
     return {
         "plot_id": pid,

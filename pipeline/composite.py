@@ -51,6 +51,7 @@ from odc.geo.geobox import GeoBox
 from scipy import ndimage
 
 from pipeline import catalog
+from pipeline.config import CompositeParams
 from pipeline.errors import CatalogError, ScienceDomainError
 
 REFLECTANCE_BANDS: tuple[str, ...] = (
@@ -74,13 +75,27 @@ TERRAIN_BANDS: tuple[str, ...] = ("elevation", "slope_deg", "aspect_deg")
 class CompositeSettings:
     """Resolved options of one composite (from :class:`pipeline.config.CompositeParams`)."""
 
-    cloud_dilation_px: int = 2
-    harmonise_landsat: bool = True
-    harmonise_to: Literal["sentinel-2a", "sentinel-2b"] = "sentinel-2a"
-    resampling: str = "bilinear"
-    chunk_px: int = 512
+    cloud_dilation_px: int
+    harmonise_landsat: bool
+    harmonise_to: Literal["sentinel-2a", "sentinel-2b"]
+    resampling: str
+    chunk_px: int
     #: provider convention for items that do not reveal theirs (catalogs.yaml default)
-    default_provider: str | None = None
+    default_provider: str | None
+
+    @classmethod
+    def from_params(
+        cls, params: CompositeParams, *, chunk_px: int, default_provider: str | None
+    ) -> CompositeSettings:
+        """The settings of a ``stages.composite`` section, in chunks of ``chunk_px``."""
+        return cls(
+            cloud_dilation_px=params.cloud_dilation_px,
+            harmonise_landsat=params.harmonise_landsat,
+            harmonise_to=params.harmonise_to,
+            resampling=params.resampling,
+            chunk_px=chunk_px,
+            default_provider=default_provider,
+        )
 
 
 # --------------------------------------------------------------------------- pure kernels

@@ -389,6 +389,23 @@ class DaskSettings(Section):
     chunk_px: int = Field(default=1024, ge=64)
 
 
+class StandaloneParams(Section):
+    """What a run takes from its region config and a stand-alone command has no config for.
+
+    The stand-alone commands (``forest-carbon composite | lidar | plots | fit | predict |
+    sink``) use these defaults; a run uses the config's ``resolution_m``, ``seed`` and the
+    sink's ``epoch_error_correlation`` instead. Not part of :class:`Config`.
+    """
+
+    #: model-grid cell, metres (a run: the config's ``resolution_m``)
+    resolution_m: float = Field(default=10.0, gt=0)
+    #: random seed of the model fits and the Monte Carlo draws (a run: the config's ``seed``)
+    seed: int = Field(default=0, ge=0)
+    #: correlation of the two epochs' errors in the sink SD: without a model card to
+    #: estimate it from, 0, the conservative (largest) sink SD (see :class:`SinkParams`)
+    epoch_error_correlation: float = Field(default=0.0, ge=-1, le=1)
+
+
 class Config(Section):
     """A region's resolved run configuration."""
 

@@ -41,7 +41,7 @@ import xarray as xr
 
 from models.credits import Methodology, load_methodology
 from pipeline import io
-from pipeline.config import Config
+from pipeline.config import Config, SinkParams
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.features import with_band_names
 from pipeline.sink import years_between
@@ -134,10 +134,30 @@ class SinkJob:
     epoch_end: str
     reference_start: dt.date
     reference_end: dt.date
-    epoch_error_correlation: float | Literal["estimated"] = 0.0
-    min_quality: int = 0
-    parcel_error_aggregation: Literal["correlated", "independent"] = "correlated"
-    interval: float = 0.9
+    epoch_error_correlation: float | Literal["estimated"]
+    min_quality: int
+    parcel_error_aggregation: Literal["correlated", "independent"]
+    interval: float
+
+    @classmethod
+    def from_params(
+        cls,
+        params: SinkParams,
+        *,
+        epochs: tuple[str, str],
+        reference_dates: tuple[dt.date, dt.date],
+    ) -> SinkJob:
+        """The job comparing ``epochs`` (start, end) dated ``reference_dates``."""
+        return cls(
+            epoch_start=epochs[0],
+            epoch_end=epochs[1],
+            reference_start=reference_dates[0],
+            reference_end=reference_dates[1],
+            epoch_error_correlation=params.epoch_error_correlation,
+            min_quality=params.min_quality,
+            parcel_error_aggregation=params.parcel_error_aggregation,
+            interval=params.interval,
+        )
 
     @property
     def correlation(self) -> float:
@@ -185,15 +205,8 @@ def sink_job(config: Config) -> SinkJob:
             f"stages.sink.epochs: epoch '{last.name}' ({last.reference}) must come after "
             f"'{first.name}' ({first.reference})"
         )
-    return SinkJob(
-        epoch_start=first.name,
-        epoch_end=last.name,
-        reference_start=first.reference,
-        reference_end=last.reference,
-        epoch_error_correlation=params.epoch_error_correlation,
-        min_quality=params.min_quality,
-        parcel_error_aggregation=params.parcel_error_aggregation,
-        interval=params.interval,
+    return SinkJob.from_params(
+        params, epochs=(first.name, last.name), reference_dates=(first.reference, last.reference)
     )
 
 

@@ -45,7 +45,7 @@ RASTER_SUFFIXES = {".tif", ".tiff"}
 #: chunk a run uses) or 32 COG blocks of 512 x 512 px; GDAL flushes to disk beyond that,
 #: which costs time, not results.
 WRITER_GDAL_CACHE_BYTES = 32 * 2**20
-VECTOR_SUFFIXES = {".gpkg", ".geojson"}
+VECTOR_SUFFIXES = {".gpkg", ".geojson", ".shp"}
 
 
 # --------------------------------------------------------------------------- paths

@@ -32,7 +32,8 @@ stage's SD rasters, :func:`support_sd_band`): the within-window variation that a
 cell's SD adds belongs to the same trees at both epochs, so it largely cancels in the
 difference, while the window estimate's error is what the two maps' errors share.
 
-CO2 equivalents use the molar-mass ratio of CO2 to C, 44/12 (IPCC convention).
+CO2 equivalents use the molar-mass ratio of CO2 to C, 44/12 (IPCC convention; the value
+and its source are in ``models/data/defaults.yaml``).
 
 The "forest carbon index" is one multi-band COG in the spirit of the GEDI L4B gridded
 product: carbon density and its (support) SD at the last epoch, the annual sink and its SD, and a
@@ -51,10 +52,9 @@ import datetime as dt
 import numpy as np
 import xarray as xr
 
+from models.allometry import co2_per_c
 from pipeline.errors import InputDataError
 
-#: t CO2 per t C: molar mass of CO2 (44) over that of C (12), the IPCC convention
-CO2_PER_C = 44.0 / 12.0
 #: days in a Julian year, the year used for annual rates between two dates
 DAYS_PER_YEAR = 365.25
 
@@ -202,7 +202,7 @@ def stock_change_sink(
     sd_diff = variance.clip(min=0.0) ** 0.5
     sink = ((c2 - c1) / years).where(valid).astype(np.float32)
     sink_sd = (sd_diff / years).where(valid).astype(np.float32)
-    co2 = np.float32(CO2_PER_C)
+    co2 = np.float32(co2_per_c())
     ds = xr.Dataset(
         {
             "sink_mg_c_ha_yr": sink,

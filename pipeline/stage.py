@@ -10,7 +10,8 @@ the runner nor each other: the run folder's paths and what stages share are in
 Loading by the runner, by the suffix of each input path a stage declares:
 
 ``.tif``                     lazy ``xarray.DataArray`` (dims ``band, y, x``, Dask chunks)
-``.gpkg``, ``.geojson``      ``geopandas.GeoDataFrame``
+``.gpkg``, ``.geojson``,     ``geopandas.GeoDataFrame``
+``.shp``
 ``.csv``                     ``pandas.DataFrame``
 ``.json``                    the parsed JSON value
 anything else, a directory,  passed on as the ``Path`` (or tuple of paths); the stage

@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from pipeline import catalog
 from pipeline import composite as C
+from pipeline.config import CompositeParams
 
 CRS = "EPSG:32650"
 X0, Y0 = 700000.0, 2950000.0  # upper-left corner, metres
@@ -185,7 +186,9 @@ def _geobox() -> GeoBox:
     )
 
 
-SETTINGS = C.CompositeSettings(cloud_dilation_px=2, resampling="nearest", chunk_px=20)
+SETTINGS = C.CompositeSettings.from_params(
+    CompositeParams(cloud_dilation_px=2, resampling="nearest"), chunk_px=20, default_provider=None
+)
 
 
 def _reference(
@@ -281,7 +284,11 @@ def test_landsat_harmonisation_inverts_hls(
     comp, _ = C.seasonal_composite(
         ls,
         _geobox(),
-        settings=C.CompositeSettings(cloud_dilation_px=0, resampling="nearest", chunk_px=20),
+        settings=C.CompositeSettings.from_params(
+            CompositeParams(cloud_dilation_px=0, resampling="nearest"),
+            chunk_px=20,
+            default_provider=None,
+        ),
     )
     blue = comp.sel(band="blue").values
     ok = np.isfinite(blue)
@@ -295,8 +302,10 @@ def test_landsat_harmonisation_inverts_hls(
     raw, _ = C.seasonal_composite(
         ls,
         _geobox(),
-        settings=C.CompositeSettings(
-            cloud_dilation_px=0, resampling="nearest", chunk_px=20, harmonise_landsat=False
+        settings=C.CompositeSettings.from_params(
+            CompositeParams(cloud_dilation_px=0, resampling="nearest", harmonise_landsat=False),
+            chunk_px=20,
+            default_provider=None,
         ),
     )
     slope, off = C.harmonisation_coefficients("sentinel-2a")["blue"]

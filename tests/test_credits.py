@@ -18,7 +18,7 @@ from models.credits import (
     methodology_from_mapping,
     uncertainty_deduction_tco2e,
 )
-from pipeline.config import parse_config
+from pipeline.config import SinkParams, parse_config
 from pipeline.contracts import CREDITS_RELPATH, TOTAL_ID, CreditsJob, SinkJob, credits_job
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.stages.credits import credits_stage
@@ -162,7 +162,11 @@ def test_credits_stage_on_a_uniform_sink():
     # sink 10 t CO2e/ha/yr (sd 1) everywhere; parcels A = 50 x 100 m = 0.5 ha (baseline 2),
     # B = 25 x 40 m = 0.1 ha (baseline 0); 5.0021 years between the reference dates.
     # A: P = 10 x 0.5 x T, B = 2 x 0.5 x T; B: P = 10 x 0.1 x T
-    sink_job = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1))
+    sink_job = SinkJob.from_params(
+        SinkParams(epoch_error_correlation=0.0),
+        epochs=("2019", "2024"),
+        reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
+    )
     years = sink_job.years
     job = CreditsJob(CCER, "configs/methodology/ccer.yaml", sink_job)
     project = gpd.GeoDataFrame(
@@ -192,7 +196,12 @@ def test_credits_stage_on_a_uniform_sink():
 
 
 def test_credits_stage_names_a_missing_baseline_column():
-    job = CreditsJob(CCER, "ccer.yaml", SinkJob("a", "b", dt.date(2019, 7, 1), dt.date(2024, 7, 1)))
+    sink_job = SinkJob.from_params(
+        SinkParams(epoch_error_correlation=0.0),
+        epochs=("a", "b"),
+        reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
+    )
+    job = CreditsJob(CCER, "ccer.yaml", sink_job)
     project = gpd.GeoDataFrame(
         {"parcel_id": ["A"]}, geometry=[box(500_000, 2_999_900, 500_050, 3_000_000)],
         crs="EPSG:32650",

@@ -29,12 +29,13 @@ from pipeline.lidar import engine
 from pipeline.lidar.chm import P2R, chm, fill_from_neighbours
 from pipeline.lidar.dtm import dtm_tin
 from pipeline.lidar.grid import CellGrid
-from pipeline.lidar.ground import SMRF, smrf_ground
+from pipeline.lidar.ground import smrf_ground
 from pipeline.lidar.metrics import BAND_NAMES
 from pipeline.lidar.points import PointSet
 from pipeline.stages.lidar import (
     LidarJob,
     engine_settings,
+    ground_algorithm,
     lidar,
     lidar_grid_for,
     run_lidar,
@@ -228,7 +229,7 @@ def test_smrf_ground_gives_the_true_terrain_under_canopy(slope_deg: float) -> No
     pts = PointSet(
         x.astype(np.float32), y.astype(np.float32), z.astype(np.float32), u, u, u, (X0, Y0)
     )
-    found = smrf_ground(pts, algorithm=SMRF())
+    found = smrf_ground(pts, algorithm=ground_algorithm(LidarParams()))  # the defaults
     truth = cls == 2
     height = z - s.ground(x + X0, y + Y0)
     assert found[truth].mean() > 0.95  # nearly every ground return is kept
@@ -253,7 +254,9 @@ def test_p2r_subcells_fill_gaps_from_neighbours_and_keep_the_cell_maximum() -> N
     u = np.zeros(xs.shape[0], np.uint8)
     pts = PointSet(xs, ys, zs, u, u, u, (0.0, 0.0))
     grid = CellGrid(0.0, 2.0, 1.0, 1, 2)
-    assert np.array_equal(chm(pts, grid, algorithm=P2R()), np.array([[4.0, 8.0]], np.float32))
+    assert np.array_equal(
+        chm(pts, grid, algorithm=P2R(subcells=1, fill="none")), np.array([[4.0, 8.0]], np.float32)
+    )
     filled = chm(pts, grid, algorithm=P2R(subcells=2, fill="neighbours"))
     # the empty sub-cell gets the mean of its 3 x 3 neighbours (8, 6, 5): below the max
     assert np.array_equal(filled, np.array([[4.0, 8.0]], np.float32))

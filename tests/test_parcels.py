@@ -13,9 +13,11 @@ from affine import Affine
 from shapely.geometry import LineString, box
 from shapely.ops import split
 
+from models.allometry import co2_per_c
+from pipeline.config import SinkParams
 from pipeline.contracts import PARCEL_SINK_CSV_RELPATH, PARCEL_SINK_GPKG_RELPATH, SinkJob
 from pipeline.errors import InputDataError
-from pipeline.sink import CO2_PER_C, stock_change_sink
+from pipeline.sink import stock_change_sink
 from pipeline.stages.parcels import parcel_sink_table, parcels_stage
 from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
 
@@ -23,7 +25,11 @@ RES_M = 10.0
 X0, Y0 = 500_000.0, 3_000_000.0
 CRS = "EPSG:32650"
 # quality masking on (min_quality=1), so the sums also check that masked cells drop out
-JOB = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1), min_quality=1)
+JOB = SinkJob.from_params(
+    SinkParams(epoch_error_correlation=0.0, min_quality=1),
+    epochs=("2019", "2024"),
+    reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
+)
 
 
 def raster(values: np.ndarray, band: list | None = None) -> xr.DataArray:
@@ -135,7 +141,7 @@ def test_parcel_totals_add_up_to_the_aoi_total():
     sd_total = float(np.nansum(ds["sink_sd_mg_c_ha_yr"].values.astype(np.float64))) * px_ha
     forest_ha = float(np.isfinite(ds["sink_mg_c_ha_yr"].values).sum()) * px_ha
     assert table["sink_mg_c_yr"].sum() == pytest.approx(sink_total, rel=1e-9)
-    assert table["sink_tco2e_yr"].sum() == pytest.approx(sink_total * CO2_PER_C, rel=1e-9)
+    assert table["sink_tco2e_yr"].sum() == pytest.approx(sink_total * co2_per_c(), rel=1e-9)
     # fully correlated SDs add up over a partition as well
     assert table["sink_sd_mg_c_yr"].sum() == pytest.approx(sd_total, rel=1e-9)
     assert table["forest_area_ha"].sum() == pytest.approx(forest_ha, rel=1e-9)

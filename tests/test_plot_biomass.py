@@ -11,7 +11,9 @@ estimates must be unbiased within 3%.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,8 +23,17 @@ from models import allometry
 from models.errors import HDFitError, PlotDataError
 from models.hd import fit_hd, select_hd
 from models.plot_biomass import PLOT_COLUMNS, PlotBiomassOptions, plot_biomass
+from pipeline.config import PlotsParams
+from pipeline.stages.plots import options_from_params
 
 AREA_HA = 0.0667
+
+
+def _options(**changes: Any) -> PlotBiomassOptions:
+    """The pipeline's default options (``PlotsParams``) with ``changes``."""
+    return dataclasses.replace(options_from_params(PlotsParams()), **changes)
+
+
 SPECIES = ["Cunninghamia lanceolata", "Pinus massoniana", "Schima superba"]
 
 
@@ -59,7 +70,7 @@ def _simulate(n_plots: int, n_trees: int, seed: int) -> tuple[pd.DataFrame, pd.S
 def test_mc_interval_coverage_and_bias_on_known_truth() -> None:
     trees, truth = _simulate(n_plots=160, n_trees=25, seed=42)
     areas = {p: AREA_HA for p in truth.index}
-    opts = PlotBiomassOptions(equation="chave2014_eq4", n_draws=200, seed=7)
+    opts = _options(equation="chave2014_eq4", n_draws=200, seed=7)
     _, plots, _ = plot_biomass(trees, areas, options=opts)
     plots = plots.set_index("plot_id")
     t = truth.loc[plots.index]
@@ -75,7 +86,7 @@ def test_plot_totals_equal_tree_sums_and_columns() -> None:
     tree_out, plots, qa = plot_biomass(
         trees,
         {"P000": AREA_HA, "P001": AREA_HA},
-        options=PlotBiomassOptions(equation="chave2014_eq4", n_draws=50, seed=1),
+        options=_options(equation="chave2014_eq4", n_draws=50, seed=1),
     )
     assert list(plots.columns[: len(PLOT_COLUMNS)]) == list(PLOT_COLUMNS)
     for pid, grp in tree_out.groupby("plot_id"):
@@ -95,9 +106,9 @@ def test_plot_totals_equal_tree_sums_and_columns() -> None:
 def test_mc_is_seeded_and_deterministic() -> None:
     trees, _ = _simulate(n_plots=2, n_trees=15, seed=3)
     areas = {"P000": AREA_HA, "P001": AREA_HA}
-    a = plot_biomass(trees, areas, options=PlotBiomassOptions(n_draws=50, seed=11))[1]
-    b = plot_biomass(trees, areas, options=PlotBiomassOptions(n_draws=50, seed=11))[1]
-    c = plot_biomass(trees, areas, options=PlotBiomassOptions(n_draws=50, seed=12))[1]
+    a = plot_biomass(trees, areas, options=_options(n_draws=50, seed=11))[1]
+    b = plot_biomass(trees, areas, options=_options(n_draws=50, seed=11))[1]
+    c = plot_biomass(trees, areas, options=_options(n_draws=50, seed=12))[1]
     pd.testing.assert_frame_equal(a, b)
     assert not np.allclose(a["agb_sd_mg_ha"], c["agb_sd_mg_ha"])
 
@@ -109,9 +120,7 @@ def test_bad_rows_are_reported_and_handled() -> None:
     trees.loc[2, "height_m"] = 300.0
     trees.loc[3, "species"] = "Quercus glauca"
     trees.loc[4, "tree_id"] = trees.loc[5, "tree_id"]
-    tree_out, plots, qa = plot_biomass(
-        trees, {"P000": AREA_HA}, options=PlotBiomassOptions(n_draws=20)
-    )
+    tree_out, plots, qa = plot_biomass(trees, {"P000": AREA_HA}, options=_options(n_draws=20))
     by_field = qa.set_index("field")
     assert set(qa.loc[qa["field"] == "dbh_cm", "action"]) == {"exclude"}
     assert len(qa[qa["field"] == "dbh_cm"]) == 2
@@ -126,15 +135,13 @@ def test_plot_without_usable_tree_fails_naming_it() -> None:
     trees, _ = _simulate(n_plots=2, n_trees=5, seed=2)
     trees.loc[trees["plot_id"] == "P001", "dbh_cm"] = -1.0
     with pytest.raises(PlotDataError, match="P001"):
-        plot_biomass(
-            trees, {"P000": AREA_HA, "P001": AREA_HA}, options=PlotBiomassOptions(n_draws=20)
-        )
+        plot_biomass(trees, {"P000": AREA_HA, "P001": AREA_HA}, options=_options(n_draws=20))
 
 
 def test_missing_area_fails_naming_plot() -> None:
     trees, _ = _simulate(n_plots=2, n_trees=5, seed=2)
     with pytest.raises(PlotDataError, match="P001"):
-        plot_biomass(trees, {"P000": AREA_HA}, options=PlotBiomassOptions(n_draws=20))
+        plot_biomass(trees, {"P000": AREA_HA}, options=_options(n_draws=20))
 
 
 # ------------------------------------------------------------------ H-D models
@@ -171,7 +178,7 @@ def test_predicted_heights_are_used_and_reported() -> None:
     trees["species"] = "Cunninghamia lanceolata"  # one species group: one plot-level model
     trees.loc[trees.index[::2], "height_m"] = np.nan
     tree_out, plots, _ = plot_biomass(
-        trees, {"P000": AREA_HA}, options=PlotBiomassOptions(n_draws=50, hd_model="loglog")
+        trees, {"P000": AREA_HA}, options=_options(n_draws=50, hd_model="loglog")
     )
     pred = tree_out[tree_out["height_source"] == "hd_model"]
     assert len(pred) == 20
@@ -183,7 +190,7 @@ def test_predicted_heights_are_used_and_reported() -> None:
 def test_default_equations_use_species_root_equations() -> None:
     trees, _ = _simulate(n_plots=1, n_trees=20, seed=4)
     tree_out, plots, _ = plot_biomass(
-        trees, {"P000": AREA_HA}, options=PlotBiomassOptions(n_draws=50, seed=2)
+        trees, {"P000": AREA_HA}, options=_options(n_draws=50, seed=2)
     )
     assert set(tree_out["equation"]) == {
         "lyt2264_2014_chinese_fir",
@@ -203,7 +210,7 @@ def test_forced_height_equation_without_heights_excludes_and_reports() -> None:
     trees, _ = _simulate(n_plots=1, n_trees=10, seed=8)
     trees.loc[trees.index[:4], "height_m"] = np.nan  # 6 heights left: no H-D model possible
     _, plots, qa = plot_biomass(
-        trees, {"P000": AREA_HA}, options=PlotBiomassOptions(equation="chave2014_eq4", n_draws=20)
+        trees, {"P000": AREA_HA}, options=_options(equation="chave2014_eq4", n_draws=20)
     )
     assert (qa["reason"].str.contains("height required by chave2014_eq4")).sum() == 4
     assert plots.loc[0, "n_stems"] == 6

@@ -7,6 +7,7 @@ the model-source band, the carbon conversion, Dask == in-memory, and determinism
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -127,7 +128,13 @@ def scene() -> dict[str, object]:
         min_lidar_plots=20,
         satellite_training="lidar_upscaled",
     )
-    job = ModelJob(params=params, epochs=EPOCHS, seed=7, crs=CRS)
+    job = ModelJob(
+        params=params,
+        epochs=EPOCHS,
+        seed=7,
+        crs=CRS,
+        forest_land_classes=PredictParams().forest_land_classes,
+    )
     inputs = {
         "plot_biomass": plot_biomass,
         "plot_locations": plots,
@@ -391,7 +398,7 @@ def test_without_lidar_the_satellite_model_learns_from_plots(scene: dict) -> Non
     inp = {k: v for k, v in scene["inputs"].items() if k != "lidar_metrics"}
     job = scene["job"]
     params = job.params.model_copy(update={"satellite_training": "auto"})
-    out = model(ModelJob(params=params, epochs=job.epochs, seed=job.seed, crs=job.crs), **inp)
+    out = model(dataclasses.replace(job, params=params), **inp)
     card = out[MODEL_CARD_RELPATH]
     assert card["satellite_source"] == "plots" and "lidar_model" not in card
     training = card["satellite_model"]["training"]

@@ -22,6 +22,7 @@ from shapely.geometry import LineString, box
 from shapely.ops import split
 
 from models.credits import load_methodology
+from pipeline.config import ReportParams, SinkParams
 from pipeline.contracts import REPORT_RELPATH, TOTAL_ID, CreditsJob, SinkJob, quicklook_relpath
 from pipeline.report.build import ReportJob
 from pipeline.sink import stock_change_sink
@@ -32,7 +33,11 @@ from pipeline.stages.report import report_stage
 REPO = Path(__file__).resolve().parent.parent
 RES_M, X0, Y0, CRS = 10.0, 500_000.0, 3_000_000.0, "EPSG:32650"
 SHAPE = (30, 40)
-SINK_JOB = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1))
+SINK_JOB = SinkJob.from_params(
+    SinkParams(epoch_error_correlation=0.0),
+    epochs=("2019", "2024"),
+    reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
+)
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -126,6 +131,8 @@ def report_inputs() -> dict:
         simulated=True,
         config_sha256="ab" * 32,
         credits=credits_job,
+        rgb_bands=ReportParams().rgb_bands,
+        rgb_stretch_percentiles=ReportParams().rgb_stretch_percentiles,
     )
     return {
         "job": job,

@@ -14,8 +14,9 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.allometry import co2_per_c
 from pipeline import io
-from pipeline.config import parse_config
+from pipeline.config import SinkParams, parse_config
 from pipeline.contracts import (
     INDEX_RELPATH,
     PARCEL_SINK_GPKG_RELPATH,
@@ -25,7 +26,7 @@ from pipeline.contracts import (
     sink_job,
 )
 from pipeline.errors import ConfigError, InputDataError
-from pipeline.sink import CO2_PER_C, forest_carbon_index, stock_change_sink, years_between
+from pipeline.sink import forest_carbon_index, stock_change_sink, years_between
 from pipeline.stages.sink import sink
 
 RES_M = 10.0
@@ -175,7 +176,11 @@ def test_job_uses_reference_dates():
 
 
 def test_stage_outputs_write_as_described_cogs(tmp_path):
-    job = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1), min_quality=1)
+    job = SinkJob.from_params(
+        SinkParams(epoch_error_correlation=0.0, min_quality=1),
+        epochs=("2019", "2024"),
+        reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
+    )
     c1, c2, s1, s2, q1, q2 = epoch_stack(3, chunks=4)
     out = sink(
         job,
@@ -198,7 +203,7 @@ def test_stage_outputs_write_as_described_cogs(tmp_path):
         )
         assert src.units[2] == "t CO2e ha-1 yr-1"
         band1, band3 = src.read(1), src.read(3)
-    np.testing.assert_allclose(band3, band1 * CO2_PER_C, rtol=1e-6)
+    np.testing.assert_allclose(band3, band1 * co2_per_c(), rtol=1e-6)
     expected = (c2.values[0] - c1.values[0]) / job.years
     expected[q1.values[0] < 1] = np.nan
     np.testing.assert_allclose(band1, expected, rtol=1e-5)
@@ -272,13 +277,19 @@ def test_uses_the_good_band_of_a_multiband_quality_raster():
 
 def test_estimated_correlation_comes_from_the_model_card():
     dates = (dt.date(2019, 7, 1), dt.date(2024, 7, 1))
-    job = SinkJob("2019", "2024", *dates, epoch_error_correlation="estimated")
+    job = SinkJob.from_params(
+        SinkParams(epoch_error_correlation="estimated"),
+        epochs=("2019", "2024"),
+        reference_dates=dates,
+    )
     card = {"epoch_error_correlation": {"2019/2024": {"rho": 0.79, "n_plots": 79}}}
     assert resolve_correlation(job, card).correlation == 0.79
     # too few re-measured plots: the conservative 0
     none = {"epoch_error_correlation": {"2019/2024": {"rho": None, "n_plots": 3}}}
     assert resolve_correlation(job, none).correlation == 0.0
-    fixed = SinkJob("2019", "2024", dt.date(2019, 7, 1), dt.date(2024, 7, 1), 0.3)
+    fixed = SinkJob.from_params(
+        SinkParams(epoch_error_correlation=0.3), epochs=("2019", "2024"), reference_dates=dates
+    )
     assert resolve_correlation(fixed, card).correlation == 0.3
     with pytest.raises(InputDataError, match="no model card"):
         resolve_correlation(job, None)

@@ -13,8 +13,10 @@ Writes ``<out>/<name>.tif`` (bands blue ... swir22, ndvi, evi, nbr, ndmi, ndre, 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from pipeline.commands import make_params, param_option, read_input, write_outputs
+from pipeline.config import CompositeParams, DaskSettings, StandaloneParams
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,42 +24,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("items", type=Path, help="ItemCollection JSON (from `forest-carbon search`)")
     p.add_argument("--aoi", type=Path, required=True, help="AOI vector file with a CRS")
     p.add_argument("--crs", required=True, help="model grid CRS, e.g. EPSG:32650")
-    p.add_argument("--resolution", type=float, default=10.0, help="model grid cell, metres")
+    param_option(
+        p, "--resolution", StandaloneParams, "resolution_m", help="model grid cell, metres"
+    )
     p.add_argument("--dem-items", type=Path, help="DEM ItemCollection JSON for terrain.tif")
-    p.add_argument("--dilation", type=int, default=2, help="cloud mask growth, pixels")
+    param_option(
+        p, "--dilation", CompositeParams, "cloud_dilation_px", help="cloud mask growth, pixels"
+    )
     p.add_argument("--no-harmonise", action="store_true", help="keep Landsat OLI as is")
     p.add_argument("--provider", help="provider convention of items that do not reveal it")
-    p.add_argument("--chunk", type=int, default=512, help="chunk side, pixels")
+    param_option(p, "--chunk", DaskSettings, "chunk_px", help="chunk side, pixels")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    import geopandas as gpd
-
-    from pipeline.config import CompositeParams
-    from pipeline.errors import InputDataError
-    from pipeline.io import atomic_path, write_cog
     from pipeline.stages.composite import CompositeJob, composite
 
-    for path in [args.items, args.aoi, *([args.dem_items] if args.dem_items else [])]:
-        if not path.is_file():
-            raise InputDataError(f"{path}: not found")
-    params = CompositeParams(
-        cloud_dilation_px=args.dilation, harmonise_landsat=not args.no_harmonise
+    params = make_params(
+        CompositeParams,
+        command="composite",
+        cloud_dilation_px=args.dilation,
+        harmonise_landsat=False if args.no_harmonise else None,
     )
     name = args.items.stem
     job = CompositeJob(params, (name,), args.crs, args.resolution, args.chunk, args.provider)
-    items = {name: json.loads(args.items.read_text())}
-    dem = json.loads(args.dem_items.read_text()) if args.dem_items else None
-    out = composite(job, aoi=gpd.read_file(args.aoi), items=items, terrain_items=dem)
-    for rel, obj in out.items():
-        target = args.out / Path(rel).name
-        if target.suffix == ".tif":
-            write_cog(obj, target)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(target) as tmp:
-                tmp.write_text(json.dumps(obj, sort_keys=True, indent=1))
-        print(f"wrote {target}")
+    out = composite(
+        job,
+        aoi=read_input(args.aoi),
+        items={name: read_input(args.items)},
+        terrain_items=read_input(args.dem_items) if args.dem_items else None,
+    )
+    write_outputs({args.out / Path(rel).name: obj for rel, obj in out.items()})
     return 0

@@ -12,9 +12,16 @@ buffer, credits). The arithmetic is :mod:`models.credits`, the rules the methodo
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from pathlib import Path
 
+from pipeline.commands import (
+    make_params,
+    param_option,
+    parse_dates,
+    read_input,
+    write_outputs,
+)
+from pipeline.config import CreditsParams, SinkParams
 from pipeline.errors import ConfigError
 
 
@@ -34,19 +41,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar=("START", "END"),
         help="reference dates of the two epochs (YYYY-MM-DD)",
     )
-    p.add_argument(
-        "--methodology",
-        type=Path,
-        default=Path("configs/methodology/ccer.yaml"),
-        help="methodology file (default configs/methodology/ccer.yaml)",
+    param_option(p, "--methodology", CreditsParams, "methodology", help="methodology file")
+    param_option(
+        p,
+        "--leakage-fraction",
+        CreditsParams,
+        "leakage_fraction",
+        type=float,
+        help="override the methodology's leakage fraction",
     )
-    p.add_argument("--leakage-fraction", type=float, help="override the leakage fraction")
-    p.add_argument("--buffer-fraction", type=float, help="override the buffer fraction")
-    p.add_argument(
-        "--aggregation",
-        choices=("correlated", "independent"),
-        default="correlated",
-        help="how pixel errors add up (default correlated)",
+    param_option(
+        p,
+        "--buffer-fraction",
+        CreditsParams,
+        "buffer_fraction",
+        type=float,
+        help="override the methodology's buffer fraction",
+    )
+    param_option(
+        p, "--aggregation", SinkParams, "parcel_error_aggregation", help="how pixel errors add up"
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=main)  # fmt: skip
@@ -54,34 +67,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from models.credits import load_methodology
-    from pipeline import io
     from pipeline.contracts import TOTAL_ID, CreditsJob, SinkJob
     from pipeline.stages.credits import credits_stage
 
+    reference_dates = parse_dates(args.dates)
+    params = make_params(
+        CreditsParams,
+        command="credits",
+        methodology=args.methodology,
+        leakage_fraction=args.leakage_fraction,
+        buffer_fraction=args.buffer_fraction,
+    )
     try:
-        dates = [dt.date.fromisoformat(d) for d in args.dates]
-    except ValueError:
-        raise ConfigError(f"--dates: {args.dates} are not dates (use YYYY-MM-DD)") from None
-    for name in ("leakage_fraction", "buffer_fraction"):
-        value = getattr(args, name)
-        if value is not None and not 0 <= value <= 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
-    try:
-        method = load_methodology(args.methodology)
+        method = load_methodology(params.methodology)
     except ValueError as err:
         raise ConfigError(f"--methodology: {err}") from None
     method = method.with_overrides(
-        leakage_fraction=args.leakage_fraction, buffer_fraction=args.buffer_fraction
+        leakage_fraction=params.leakage_fraction, buffer_fraction=params.buffer_fraction
     )
-    sink_job = SinkJob("start", "end", dates[0], dates[1],
-                       parcel_error_aggregation=args.aggregation)  # fmt: skip
-    job = CreditsJob(method, str(args.methodology), sink_job)
-    outputs = credits_stage(
-        job,
-        sink=io.read_input(args.sink, chunk_px=1024),
-        project=io.read_input(args.project, chunk_px=1024),
+    sink_params = make_params(
+        SinkParams, command="credits", parcel_error_aggregation=args.aggregation
     )
-    io.write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
+    sink_job = SinkJob.from_params(
+        sink_params, epochs=("start", "end"), reference_dates=reference_dates
+    )
+    job = CreditsJob(method, str(params.methodology), sink_job)
+    outputs = credits_stage(job, sink=read_input(args.sink), project=read_input(args.project))
+    write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
     table = next(iter(outputs.values()))
     total = table.loc[table["parcel_id"] == TOTAL_ID].iloc[0]
     print(f"credits: {total['credits_tco2e']:,.1f} t CO2e "

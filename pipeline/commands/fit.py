@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.commands import make_params, param_option, read_input, write_outputs
+from pipeline.config import ModelParams, PredictParams, StandaloneParams
 from pipeline.errors import ConfigError
 
 
@@ -54,45 +56,43 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--terrain", type=Path, required=True, help="terrain.tif (elevation, slope, aspect)"
     )
     p.add_argument("--lidar-metrics", type=Path, help="LiDAR metrics.tif with lidar_fraction")
-    p.add_argument("--lidar-epoch", help="epoch the LiDAR was flown in (default: the first)")
-    p.add_argument("--cv-block-m", type=float, help="side of the spatial CV blocks, metres")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    param_option(
+        p,
+        "--lidar-epoch",
+        ModelParams,
+        "lidar_epoch",
+        help="epoch the LiDAR was flown in (default: the first)",
+    )
+    param_option(
+        p, "--cv-block-m", ModelParams, "cv_block_m", help="side of the spatial CV blocks, metres"
+    )
+    param_option(p, "--seed", StandaloneParams, "seed", help="random seed")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=main)  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from pipeline import io
-    from pipeline.config import ModelParams
     from pipeline.stages.model import ModelJob, model
 
     composites = epoch_paths(args.composite, option="--composite")
-    overrides = {
-        k: v
-        for k, v in (("lidar_epoch", args.lidar_epoch), ("cv_block_m", args.cv_block_m))
-        if v is not None
-    }
-    try:
-        params = ModelParams(**overrides)
-    except ValidationError as err:
-        raise ConfigError(f"fit: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") from None
-    rasters = {e: io.read_input(p, chunk_px=1024) for e, p in composites.items()}
-    terrain = io.read_input(args.terrain, chunk_px=1024)
-    crs = terrain.rio.crs
-    job = ModelJob(params=params, epochs=tuple(composites), seed=args.seed, crs=str(crs))
+    params = make_params(
+        ModelParams, command="fit", lidar_epoch=args.lidar_epoch, cv_block_m=args.cv_block_m
+    )
+    terrain = read_input(args.terrain)
+    job = ModelJob(
+        params=params,
+        epochs=tuple(composites),
+        seed=args.seed,
+        crs=str(terrain.rio.crs),
+        forest_land_classes=PredictParams().forest_land_classes,
+    )
     outputs = model(
         job,
-        plot_biomass=io.read_input(args.plot_biomass, chunk_px=1024),
-        plot_locations=io.read_input(args.plots, chunk_px=1024),
-        composites=rasters,
+        plot_biomass=read_input(args.plot_biomass),
+        plot_locations=read_input(args.plots),
+        composites={e: read_input(p) for e, p in composites.items()},
         terrain=terrain,
-        lidar_metrics=io.read_input(args.lidar_metrics, chunk_px=1024)
-        if args.lidar_metrics
-        else None,
+        lidar_metrics=read_input(args.lidar_metrics) if args.lidar_metrics else None,
     )
-    io.write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
-    for rel in outputs:
-        print(args.out / rel)
+    write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
     return 0

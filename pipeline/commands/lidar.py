@@ -18,25 +18,33 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.commands import make_params, param_option, read_input, write_outputs
+from pipeline.config import LidarParams, StandaloneParams
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lidar", help="DTM, CHM and area-based metrics from LAS/LAZ tiles")
     p.add_argument("tiles", type=Path, nargs="+", help="LAS/LAZ files, or folders of them")
-    p.add_argument("--resolution", type=float, default=1.0, help="DTM/CHM cell, metres")
-    p.add_argument(
-        "--grid-resolution", type=float, default=10.0, help="metrics (model grid) cell, metres"
+    param_option(p, "--resolution", LidarParams, "resolution_m", help="DTM/CHM cell, metres")
+    param_option(
+        p,
+        "--grid-resolution",
+        StandaloneParams,
+        "resolution_m",
+        help="metrics (model grid) cell, metres",
     )
     p.add_argument("--crs", help="CRS of tiles whose header has none, e.g. EPSG:32650")
     p.add_argument("--aoi", type=Path, help="AOI vector file: the metrics grid covers it")
-    p.add_argument("--chm", choices=("p2r", "pitfree"), default="p2r", help="CHM algorithm")
-    p.add_argument(
+    param_option(p, "--chm", LidarParams, "chm_algorithm", help="CHM algorithm")
+    param_option(
+        p,
         "--ground",
-        choices=("smrf", "csf"),
-        default="smrf",
+        LidarParams,
+        "ground_algorithm",
         help="ground filter of tiles without ground class (simple morphological or cloth)",
     )
-    p.add_argument("--buffer", type=float, default=20.0, help="chunk buffer, metres")
-    p.add_argument("--chunk-size", type=float, default=1000.0, help="chunk side, metres")
+    param_option(p, "--buffer", LidarParams, "buffer_m", help="chunk buffer, metres")
+    param_option(p, "--chunk-size", LidarParams, "chunk_size_m", help="chunk side, metres")
     p.add_argument("--scheduler", metavar="ADDR", help="existing Dask scheduler tcp://HOST:PORT")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=main)
@@ -59,13 +67,10 @@ def _expand(paths: list[Path]) -> tuple[Path, ...]:
 
 
 def main(args: argparse.Namespace) -> int:
-    import geopandas as gpd
-
     from pipeline.cluster import dask_client
-    from pipeline.config import DaskSettings, LidarParams
+    from pipeline.config import DaskSettings
     from pipeline.contracts import LIDAR_QA_RELPATH
     from pipeline.errors import InputDataError
-    from pipeline.io import write_outputs
     from pipeline.lidar.index import index_tiles
     from pipeline.stages.lidar import (
         LidarJob,
@@ -79,7 +84,9 @@ def main(args: argparse.Namespace) -> int:
     crs = next((t.crs for t in index if t.crs is not None), None)
     if crs is None:
         raise InputDataError("no LiDAR tile could be read: " + "; ".join(t.error for t in index))
-    params = LidarParams(
+    params = make_params(
+        LidarParams,
+        command="lidar",
         resolution_m=args.resolution,
         buffer_m=args.buffer,
         chunk_size_m=args.chunk_size,
@@ -88,18 +95,12 @@ def main(args: argparse.Namespace) -> int:
     )
     job = LidarJob(params, crs=crs, resolution_m=args.grid_resolution, tile_crs=args.crs)
     if args.aoi is not None:
-        if not args.aoi.is_file():
-            raise InputDataError(f"{args.aoi}: AOI file not found")
-        grid = model_grid_from_aoi(
-            gpd.read_file(args.aoi), crs=crs, resolution_m=args.grid_resolution
-        )
+        grid = model_grid_from_aoi(read_input(args.aoi), crs=crs, resolution_m=args.grid_resolution)
     else:
         grid = model_grid_for_tiles(index, resolution_m=args.grid_resolution)
     with dask_client(DaskSettings(), scheduler=args.scheduler):
         out = run_lidar(job, tiles=tiles, model_grid=grid)
     write_outputs({args.out / Path(rel).name: obj for rel, obj in out.items()})
-    for rel in out:
-        print(f"wrote {args.out / Path(rel).name}")
     qa = out[LIDAR_QA_RELPATH]
     failed = qa["failed_tiles"]  # type: ignore[index]
     if failed:

@@ -10,46 +10,41 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.errors import ConfigError, InputDataError
+from pipeline.commands import make_params, param_option, read_input, write_outputs
+from pipeline.config import PlotsParams, StandaloneParams
+from pipeline.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plots", help="plot biomass and carbon from field tree lists")
     p.add_argument("trees", type=Path, nargs="?", help="tree list (CSV or GeoPackage)")
     p.add_argument("--plots", type=Path, help="plot layer with plot_id and plot_area_ha")
-    p.add_argument(
+    param_option(
+        p,
         "--equation",
-        default="species",
-        help="allometric equation for all trees (default: species defaults)",
+        PlotsParams,
+        "equation",
+        help="allometric equation for all trees ('species': the species defaults)",
     )
-    p.add_argument("--chave-e", type=float, default=None, help="E index for Chave 2014 eq. 7")
-    p.add_argument("--draws", type=int, default=1000, help="Monte Carlo draws (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="Monte Carlo seed (default 0)")
-    p.add_argument(
+    param_option(
+        p, "--chave-e", PlotsParams, "chave_e", type=float, help="E index for Chave 2014 eq. 7"
+    )
+    param_option(p, "--draws", PlotsParams, "mc_draws", help="Monte Carlo draws")
+    param_option(p, "--seed", StandaloneParams, "seed", help="Monte Carlo seed")
+    param_option(
+        p,
         "--hd-model",
-        default="best",
-        choices=["best", "loglog", "log2", "michaelis", "weibull"],
-        help="height-diameter model for trees without height (default: lowest RSE)",
+        PlotsParams,
+        "hd_model",
+        help="height-diameter model for trees without height ('best': lowest RSE)",
     )
     p.add_argument("--list-equations", action="store_true", help="print the equation registry")
     p.add_argument("--out", type=Path, help="output folder")
     p.set_defaults(func=main)
 
 
-def _read_table(path: Path) -> object:
-    import geopandas as gpd
-    import pandas as pd
-
-    if not path.is_file():
-        raise InputDataError(f"{path}: file not found")
-    if path.suffix.lower() in (".gpkg", ".geojson", ".shp"):
-        return gpd.read_file(path)
-    return pd.read_csv(path)
-
-
 def main(args: argparse.Namespace) -> int:
     from models.allometry import list_equations
-    from pipeline.config import PlotsParams
     from pipeline.contracts import PLOT_BIOMASS_RELPATH, PLOTS_QA_RELPATH
     from pipeline.stages.plots import plots
 
@@ -64,25 +59,21 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.trees is None or args.out is None:
         raise ConfigError("plots: give TREES and --out DIR (or --list-equations)")
-    try:
-        params = PlotsParams(
-            equation=args.equation,
-            chave_e=args.chave_e,
-            mc_draws=args.draws,
-            seed=args.seed,
-            hd_model=args.hd_model,
-        )
-    except ValueError as err:
-        raise ConfigError(f"plots: {err}") from None
-    trees = _read_table(args.trees)
-    locations = _read_table(args.plots) if args.plots else None
-    outputs = plots(params, trees=trees, plot_locations=locations)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for rel, df in outputs.items():
-        path = args.out / Path(rel).name
-        tmp = path.with_suffix(".tmp")
-        df.to_csv(tmp, index=False)
-        tmp.replace(path)
+    params = make_params(
+        PlotsParams,
+        command="plots",
+        equation=args.equation,
+        chave_e=args.chave_e,
+        mc_draws=args.draws,
+        seed=args.seed,
+        hd_model=args.hd_model,
+    )
+    outputs = plots(
+        params,
+        trees=read_input(args.trees),
+        plot_locations=read_input(args.plots) if args.plots else None,
+    )
+    write_outputs({args.out / Path(rel).name: df for rel, df in outputs.items()})
     summary = outputs[PLOT_BIOMASS_RELPATH]
     print(
         f"{len(summary)} plot-epochs, {len(outputs[PLOTS_QA_RELPATH])} QA rows -> {args.out}",

@@ -17,6 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.commands import make_params, param_option, read_input, write_outputs
+from pipeline.config import PredictParams, StandaloneParams
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -33,53 +36,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--terrain", type=Path, required=True, help="terrain.tif")
     p.add_argument("--lidar-metrics", type=Path, help="LiDAR metrics.tif with lidar_fraction")
     p.add_argument("--parcels", type=Path, help="parcels with land_class: map forest land only")
-    p.add_argument(
+    param_option(
+        p,
         "--forest-class",
+        PredictParams,
+        "forest_land_classes",
         action="append",
-        help="land_class value of forest land (repeat; default from the config defaults)",
+        help="land_class value of forest land (repeat)",
     )
-    p.add_argument(
+    param_option(
+        p,
         "--good-relative-error",
-        type=float,
-        default=None,
-        help="SD/AGB below which the quality flag is good (default from the config defaults)",
+        PredictParams,
+        "good_relative_error",
+        help="SD/AGB below which the quality flag is good",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=main)  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline import io
     from pipeline.commands.fit import epoch_paths
-    from pipeline.config import PredictParams
-    from pipeline.errors import ConfigError, InputDataError
+    from pipeline.errors import InputDataError
     from pipeline.stages.predict import PredictJob, predict
 
     if not args.models.is_file():
         raise InputDataError(
             f"{args.models}: models file not found (write it with `forest-carbon fit`)"
         )
-    if args.good_relative_error is not None and args.good_relative_error <= 0:
-        raise ConfigError(f"--good-relative-error must be > 0, got {args.good_relative_error}")
-    given = {
-        "good_relative_error": args.good_relative_error,
-        "forest_land_classes": tuple(args.forest_class) if args.forest_class else None,
-    }
-    params = PredictParams(**{k: v for k, v in given.items() if v is not None})
+    params = make_params(
+        PredictParams,
+        command="predict",
+        good_relative_error=args.good_relative_error,
+        forest_land_classes=tuple(args.forest_class) if args.forest_class else None,
+    )
     composites = epoch_paths(args.composite, option="--composite")
-    terrain = io.read_input(args.terrain, chunk_px=1024)
-    job = PredictJob(params=params, epochs=tuple(composites), seed=0, crs=str(terrain.rio.crs))
+    terrain = read_input(args.terrain)
+    job = PredictJob(
+        params=params,
+        epochs=tuple(composites),
+        seed=StandaloneParams().seed,
+        crs=str(terrain.rio.crs),
+    )
     outputs = predict(
         job,
         models=args.models,
-        composites={e: io.read_input(p, chunk_px=1024) for e, p in composites.items()},
+        composites={e: read_input(p) for e, p in composites.items()},
         terrain=terrain,
-        lidar_metrics=io.read_input(args.lidar_metrics, chunk_px=1024)
-        if args.lidar_metrics
-        else None,
-        parcels=io.read_input(args.parcels, chunk_px=1024) if args.parcels else None,
+        lidar_metrics=read_input(args.lidar_metrics) if args.lidar_metrics else None,
+        parcels=read_input(args.parcels) if args.parcels else None,
     )
-    io.write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
-    for rel in outputs:
-        print(args.out / rel)
+    write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
     return 0

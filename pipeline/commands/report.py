@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.commands import read_input, write_outputs
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="build the HTML report of a run folder")
@@ -24,9 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline import io
     from pipeline.config import load_config, region_config_path
-    from pipeline.contracts import REPORT_RELPATH, RunLayout
+    from pipeline.contracts import RunLayout
     from pipeline.errors import ConfigError
     from pipeline.stages.report import report_inputs, report_job, report_stage
 
@@ -35,10 +36,9 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.config or region_config_path(args.region))
     layout = RunLayout(args.out or config.output_dir)
     inputs = {
-        name: io.read_input(path, chunk_px=config.dask.chunk_px)
+        name: read_input(path, dask=config.dask)
         for name, path in report_inputs(config, layout).items()
     }
     outputs = report_stage(report_job(config), **inputs)
-    io.write_outputs({layout.path(rel): obj for rel, obj in outputs.items()})
-    print(layout.path(REPORT_RELPATH))
+    write_outputs({layout.path(rel): obj for rel, obj in outputs.items()})
     return 0

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 from pathlib import Path
+
+from pipeline.commands import param_option, write_outputs
+from pipeline.config import AcquireParams, CatalogSource
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["local", "earth-search", "planetary-computer", "stac-api"],
     )
     p.add_argument("--location", help="items.ndjson (local) or API root URL (stac-api)")
-    p.add_argument("--collections", nargs="+", default=["sentinel-2-l2a", "landsat-c2-l2"])
+    param_option(
+        p,
+        "--collections",
+        CatalogSource,
+        "collections",
+        nargs="+",
+        help="STAC collections searched",
+    )
     p.add_argument(
         "--bbox",
         nargs=4,
@@ -37,15 +46,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--start", type=dt.date.fromisoformat, help="first date (YYYY-MM-DD)")
     p.add_argument("--end", type=dt.date.fromisoformat, help="last date (YYYY-MM-DD)")
-    p.add_argument("--max-cloud", type=float, default=80.0, help="cloud cover limit, percent")
-    p.add_argument("--max-items", type=int, default=200, help="most items per collection")
+    param_option(
+        p, "--max-cloud", AcquireParams, "max_cloud_cover", help="cloud cover limit, percent"
+    )
+    param_option(p, "--max-items", AcquireParams, "max_items", help="most items per collection")
     p.add_argument("--out", type=Path, required=True, help="ItemCollection JSON to write")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from pipeline import catalog
-    from pipeline.io import atomic_path
 
     req = catalog.SearchRequest(
         collections=tuple(args.collections),
@@ -56,12 +66,10 @@ def main(args: argparse.Namespace) -> int:
         max_items=args.max_items,
     )
     found = catalog.search(req, kind=args.catalog, location=args.location)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(found.to_dict(), sort_keys=True, indent=1))
+    write_outputs({args.out: found.to_dict()})
     by_coll: dict[str, int] = {}
     for item in found:
         by_coll[str(item.collection_id)] = by_coll.get(str(item.collection_id), 0) + 1
     summary = ", ".join(f"{n} {c}" for c, n in sorted(by_coll.items()))
-    print(f"{len(found)} items ({summary}) -> {args.out}")
+    print(f"{len(found)} items ({summary})")
     return 0

@@ -12,11 +12,16 @@ is in :mod:`pipeline.sink` and :mod:`pipeline.stages.parcels`.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from pathlib import Path
 
-from pipeline.config import SinkParams
-from pipeline.errors import ConfigError
+from pipeline.commands import (
+    make_params,
+    param_option,
+    parse_dates,
+    read_input,
+    write_outputs,
+)
+from pipeline.config import SinkParams, StandaloneParams
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,64 +57,55 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar=("START", "END"),
         help="reference dates of the two epochs (YYYY-MM-DD)",
     )
-    p.add_argument(
+    param_option(
+        p,
         "--correlation",
-        type=float,
-        default=0.0,
-        help="correlation of the epochs' errors (default 0: conservative)",
+        StandaloneParams,
+        "epoch_error_correlation",
+        help="correlation of the epochs' errors (0: conservative)",
     )
-    p.add_argument(
+    param_option(
+        p,
         "--min-quality",
-        type=int,
-        default=SinkParams().min_quality,
-        help="lowest quality flag kept (default: the config default, no masking)",
+        SinkParams,
+        "min_quality",
+        help="lowest quality flag kept (0: no masking)",
     )
-    p.add_argument(
+    param_option(
+        p,
         "--aggregation",
-        choices=("correlated", "independent"),
-        default="correlated",
-        help="how pixel errors add up inside a parcel (default correlated)",
+        SinkParams,
+        "parcel_error_aggregation",
+        help="how pixel errors add up inside a parcel",
     )
     p.add_argument("--parcels", type=Path, help="parcel polygons with parcel_id: zonal table")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=main)  # fmt: skip
 
 
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"--dates: '{text}' is not a date (use YYYY-MM-DD)") from None
-
-
 def main(args: argparse.Namespace) -> int:
-    from pipeline import io
     from pipeline.contracts import SinkJob
     from pipeline.stages.parcels import parcels_stage
     from pipeline.stages.sink import sink
 
-    if not -1 <= args.correlation <= 1:
-        raise ConfigError(f"--correlation must lie in [-1, 1], got {args.correlation}")
-    job = SinkJob(
-        epoch_start="start",
-        epoch_end="end",
-        reference_start=_date(args.dates[0]),
-        reference_end=_date(args.dates[1]),
+    params = make_params(
+        SinkParams,
+        command="sink",
         epoch_error_correlation=args.correlation,
         min_quality=args.min_quality,
         parcel_error_aggregation=args.aggregation,
     )
+    job = SinkJob.from_params(
+        params, epochs=("start", "end"), reference_dates=parse_dates(args.dates)
+    )
     rasters = {
-        f"{kind}_{role}": io.read_input(path, chunk_px=1024)
+        f"{kind}_{role}": read_input(path)
         for kind, paths in (("carbon", args.carbon), ("carbon_sd", args.sd),
                             ("quality", args.quality))
         for role, path in zip(("start", "end"), paths, strict=True)
     }  # fmt: skip
     outputs = dict(sink(job, **rasters))
     if args.parcels is not None:
-        outputs.update(parcels_stage(job, parcels=io.read_input(args.parcels, chunk_px=1024),
-                                     **rasters))  # fmt: skip
-    io.write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
-    for rel in outputs:
-        print(args.out / rel)
+        outputs.update(parcels_stage(job, parcels=read_input(args.parcels), **rasters))
+    write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
     return 0

@@ -35,21 +35,28 @@ from pipeline.lidar.tin import rasterise_tin, triangulate
 
 @dataclass(frozen=True)
 class P2R:
-    """Highest return per cell (or per sub-cell, gap-filled, then the cell's highest)."""
+    """Highest return per cell (or per sub-cell, gap-filled, then the cell's highest).
+
+    Parameters and their defaults: ``p2r_*`` of :class:`pipeline.config.LidarParams`.
+    """
 
     #: sub-cells per cell side (1: plain p2r)
-    subcells: int = 1
+    subcells: int
     #: how empty sub-cells are filled before taking each cell's highest
-    fill: Literal["none", "neighbours"] = "none"
+    fill: Literal["none", "neighbours"]
 
 
 @dataclass(frozen=True)
 class PitFree:
-    """Pit-free CHM (Khosravipour et al. 2014)."""
+    """Pit-free CHM (Khosravipour et al. 2014).
 
-    thresholds_m: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 15.0)
+    Parameters and their defaults: ``pitfree_*`` of :class:`pipeline.config.LidarParams`.
+    """
+
+    #: height thresholds of the TIN layers, metres
+    thresholds_m: tuple[float, ...]
     #: max triangle edge of the lowest layer (0 = no limit) and of the others, metres
-    max_edge_m: tuple[float, float] = (0.0, 1.0)
+    max_edge_m: tuple[float, float]
 
 
 def p2r(points: PointSet, grid: CellGrid) -> np.ndarray:

@@ -79,7 +79,11 @@ class MapGrid:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Everything a chunk task needs (frozen, picklable)."""
+    """Everything a chunk task needs (frozen, picklable).
+
+    Built from :class:`pipeline.config.LidarParams` (the defaults' home) by
+    :func:`pipeline.stages.lidar.engine_settings`.
+    """
 
     resolution_m: float
     min_ground_share: float
@@ -87,17 +91,17 @@ class EngineSettings:
     chunk_size_m: float
     model_grid: MapGrid
     lidar_grid: MapGrid
-    chm_algorithm: P2R | PitFree = field(default_factory=P2R)
-    ground: CSF | SMRF = field(default_factory=SMRF)
-    outlier_k: int = 8
-    outlier_multiplier: float = 2.0
-    negative_tolerance_m: float = 0.5
-    normalised_input: Literal["detect", "yes", "no"] = "detect"
-    dtm_thin_m: float = 0.5
-    idw_rmax_m: float = 50.0
-    metrics_min_height_m: float = 0.0
-    cover_threshold_m: float = 2.0
-    points_per_chunk: int = 1_000_000
+    chm_algorithm: P2R | PitFree
+    ground: CSF | SMRF
+    outlier_k: int
+    outlier_multiplier: float
+    negative_tolerance_m: float
+    normalised_input: Literal["detect", "yes", "no"]
+    dtm_thin_m: float
+    idw_rmax_m: float
+    metrics_min_height_m: float
+    cover_threshold_m: float
+    points_per_chunk: int
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,74 @@ def _read_chunk(
     return pts, failures, sink.n_noise
 
 
+def _drop_noise(pts: PointSet, stats: dict[str, object], *, n_noise_read: int) -> PointSet:
+    """``pts`` without the ASPRS noise classes (counted with those the reader dropped)."""
+    noise = noise_class_mask(pts)
+    n_noise = int(np.count_nonzero(noise))
+    stats["n_noise_class"] = n_noise_read + n_noise
+    return pts.select(~noise) if n_noise else pts
+
+
+def _with_ground(
+    pts: PointSet, side: float, settings: EngineSettings, stats: dict[str, object]
+) -> PointSet:
+    """``pts`` with ground returns in class 2: their own, or the ground filter's."""
+    # decide by the core's own returns: buffer returns (or returns on the shared edge) of
+    # a classified neighbour must not make an unclassified tile look classified, or its
+    # ground would be extrapolated from the buffer alone
+    core = (pts.x_m >= 0) & (pts.x_m < side) & (pts.y_m >= 0) & (pts.y_m < side)
+    n_core = int(np.count_nonzero(core))
+    n_core_ground = int(np.count_nonzero(pts.classification[core] == GROUND))
+    classified = n_core > 0 and n_core_ground >= settings.min_ground_share * n_core
+    stats["ground_source"] = "class 2" if classified else type(settings.ground).__name__
+    if classified:
+        stats["n_outliers"] = 0
+        return pts
+    out = statistical_outlier_mask(
+        pts, k=settings.outlier_k, multiplier=settings.outlier_multiplier
+    )
+    stats["n_outliers"] = int(out.sum())
+    return classify_ground(pts.select(~out), algorithm=settings.ground)
+
+
+def _terrain_needed(
+    pts: PointSet, spec: ChunkSpec, buf_grid: CellGrid, *, nb: int, n_core: int, res: float
+) -> np.ndarray:
+    """Cells of ``buf_grid`` whose terrain is needed: under every ring return (for the
+    normalisation) and under the core tiles' footprints (output)."""
+    side = spec.core[2] - spec.core[0]
+    # returns in the core lie under the core tiles, so only the ring's need looking at
+    x, y = pts.x_m, pts.y_m
+    ring = (x < 0) | (x >= side) | (y < 0) | (y >= side)
+    needed = np.zeros(buf_grid.rows * buf_grid.cols, bool)
+    flat, inside = buf_grid.flat_index(x[ring], y[ring])
+    needed[flat[inside]] = True
+    needed = needed.reshape(buf_grid.shape)
+    for t in spec.core_tiles:
+        c0 = max(math.floor((max(t.xmin, spec.core[0]) - spec.core[0]) / res) + nb, 0)
+        c1 = min(math.ceil((min(t.xmax, spec.core[2]) - spec.core[0]) / res) + nb, nb + n_core)
+        r0 = max(math.floor((spec.core[3] - min(t.ymax, spec.core[3])) / res) + nb, 0)
+        r1 = min(math.ceil((spec.core[3] - max(t.ymin, spec.core[1])) / res) + nb, nb + n_core)
+        needed[r0:r1, c0:c1] = True
+    return needed
+
+
+def _metrics_grid(
+    spec: ChunkSpec, settings: EngineSettings
+) -> tuple[tuple[int, int, int, int], CellGrid]:
+    """The model-grid window of the chunk and its cells in chunk coordinates."""
+    mg = settings.model_grid
+    mw = mg.window(spec.core)
+    sub = CellGrid(
+        mg.x0 + mw[2] * mg.res - spec.core[0],
+        mg.ytop - mw[0] * mg.res - spec.core[1],
+        mg.res,
+        max(mw[1] - mw[0], 0),
+        max(mw[3] - mw[2], 0),
+    )
+    return mw, sub
+
+
 def process_points(
     pts: PointSet, spec: ChunkSpec, settings: EngineSettings, *, n_noise_read: int = 0
 ) -> ChunkResult:
@@ -245,28 +317,7 @@ def process_points(
         "chunk": f"{spec.key[0]}_{spec.key[1]}",
         "n_read": len(pts) + n_noise_read,
     }
-    noise = noise_class_mask(pts)
-    n_noise = int(np.count_nonzero(noise))
-    stats["n_noise_class"] = n_noise_read + n_noise
-    if n_noise:
-        pts = pts.select(~noise)
-    # decide by the core's own returns: buffer returns (or returns on the shared edge) of
-    # a classified neighbour must not make an unclassified tile look classified, or its
-    # ground would be extrapolated from the buffer alone
-    core = (pts.x_m >= 0) & (pts.x_m < side) & (pts.y_m >= 0) & (pts.y_m < side)
-    n_core = int(np.count_nonzero(core))
-    n_core_ground = int(np.count_nonzero(pts.classification[core] == GROUND))
-    classified = n_core > 0 and n_core_ground >= settings.min_ground_share * n_core
-    stats["ground_source"] = "class 2" if classified else type(settings.ground).__name__
-    if not classified:
-        out = statistical_outlier_mask(
-            pts, k=settings.outlier_k, multiplier=settings.outlier_multiplier
-        )
-        stats["n_outliers"] = int(out.sum())
-        pts = pts.select(~out)
-        pts = classify_ground(pts, algorithm=settings.ground)
-    else:
-        stats["n_outliers"] = 0
+    pts = _with_ground(_drop_noise(pts, stats, n_noise_read=n_noise_read), side, settings, stats)
     ground = pts.classification == GROUND
     stats["n_ground"] = int(ground.sum())
     if settings.normalised_input == "detect":
@@ -285,30 +336,14 @@ def process_points(
             pts.with_z(pts.z_m.copy()), tolerance_m=settings.negative_tolerance_m
         )
     else:
-        gx, gy, gz = pts.x_m[ground], pts.y_m[ground], pts.z_m[ground]
-        # terrain is needed in the core under the tiles (output) and under every return
-        # (normalisation); returns in the core lie under the core tiles, so only the
-        # ring's returns need looking at
-        x, y = pts.x_m, pts.y_m
-        ring = (x < 0) | (x >= side) | (y < 0) | (y >= side)
-        needed = np.zeros(buf_grid.rows * buf_grid.cols, bool)
-        flat, inside = buf_grid.flat_index(x[ring], y[ring])
-        needed[flat[inside]] = True
-        needed = needed.reshape(buf_grid.shape)
-        for t in spec.core_tiles:  # and in the core under the tiles' footprints
-            c0 = max(math.floor((max(t.xmin, spec.core[0]) - spec.core[0]) / res) + nb, 0)
-            c1 = min(math.ceil((min(t.xmax, spec.core[2]) - spec.core[0]) / res) + nb, nb + n_core)
-            r0 = max(math.floor((spec.core[3] - min(t.ymax, spec.core[3])) / res) + nb, 0)
-            r1 = min(math.ceil((spec.core[3] - max(t.ymin, spec.core[1])) / res) + nb, nb + n_core)
-            needed[r0:r1, c0:c1] = True
         dtm = dtm_tin(
-            gx,
-            gy,
-            gz,
+            pts.x_m[ground],
+            pts.y_m[ground],
+            pts.z_m[ground],
             buf_grid,
             thin_m=settings.dtm_thin_m,
             idw_rmax_m=settings.idw_rmax_m,
-            needed=needed,
+            needed=_terrain_needed(pts, spec, buf_grid, nb=nb, n_core=n_core, res=res),
         )
         pts, nstats = normalise(pts, dtm, buf_grid, tolerance_m=settings.negative_tolerance_m)
     stats.update(
@@ -330,15 +365,7 @@ def process_points(
     lr0 = lw[0] - round((settings.lidar_grid.ytop - spec.core[3]) / res)
     lc0 = lw[2] - round((spec.core[0] - settings.lidar_grid.x0) / res)
     sl = (slice(lr0, lr0 + lw[1] - lw[0]), slice(lc0, lc0 + lw[3] - lw[2]))
-    mg = settings.model_grid
-    mw = mg.window(spec.core)
-    sub = CellGrid(
-        mg.x0 + mw[2] * mg.res - spec.core[0],
-        mg.ytop - mw[0] * mg.res - spec.core[1],
-        mg.res,
-        max(mw[1] - mw[0], 0),
-        max(mw[3] - mw[2], 0),
-    )
+    mw, sub = _metrics_grid(spec, settings)
     metrics, n_returns = point_metrics(
         pts,
         sub,

@@ -53,19 +53,24 @@ UNCLASSIFIED = 1
 
 @dataclass(frozen=True)
 class CSF:
-    """Cloth simulation filter parameters (Zhang et al. 2016)."""
+    """Cloth simulation filter parameters (Zhang et al. 2016).
 
-    cloth_resolution_m: float = 0.5
-    rigidness: int = 1
-    class_threshold_m: float = 0.5
-    time_step: float = 0.65
-    iterations: int = 500
-    slope_smooth: bool = True
+    Defaults: ``csf_*`` of :class:`pipeline.config.LidarParams`.
+    """
+
+    cloth_resolution_m: float
+    rigidness: int
+    class_threshold_m: float
+    time_step: float
+    iterations: int
+    slope_smooth: bool
 
 
 @dataclass(frozen=True)
 class SMRF:
     """Simple morphological filter parameters (Pingel et al. 2013; PDAL ``filters.smrf``).
+
+    Defaults: ``smrf_*`` of :class:`pipeline.config.LidarParams`.
 
     Attributes
     ----------
@@ -84,12 +89,12 @@ class SMRF:
         outlier (not a ground candidate).
     """
 
-    cell_m: float = 1.0
-    slope: float = 1.0
-    window_m: float = 18.0
-    threshold_m: float = 0.5
-    scalar: float = 1.25
-    low_outlier_m: float = 1.0
+    cell_m: float
+    slope: float
+    window_m: float
+    threshold_m: float
+    scalar: float
+    low_outlier_m: float
 
 
 def classify_ground(points: PointSet, *, algorithm: CSF | SMRF) -> PointSet:

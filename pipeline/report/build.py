@@ -65,8 +65,8 @@ class ReportJob:
     simulated: bool
     config_sha256: str
     credits: CreditsJob
-    rgb_bands: tuple[str, str, str] = ("red", "green", "blue")
-    rgb_stretch_percentiles: tuple[float, float] = (2.0, 98.0)
+    rgb_bands: tuple[str, str, str]
+    rgb_stretch_percentiles: tuple[float, float]
 
     @property
     def sink(self) -> SinkJob:

@@ -30,6 +30,7 @@ from shapely.geometry import box
 from pipeline.simulate.grid import Grid
 from pipeline.simulate.science import coefficients
 from pipeline.simulate.stands import StandEpoch, Trees, generate_trees
+from pipeline.units import M2_PER_HA
 
 
 def choose_plots(
@@ -42,7 +43,7 @@ def choose_plots(
 ) -> npt.NDArray[np.float64]:
     """True plot centres (n, 2), in forest, each square inside one parcel, not overlapping."""
     p = coefficients()["plots"]
-    half = math.sqrt(float(p["plot_area_ha"]) * 10_000.0) / 2.0
+    half = math.sqrt(float(p["plot_area_ha"]) * M2_PER_HA) / 2.0
     # a pixel qualifies when its 5 x 5 neighbourhood is one forest parcel
     ok = forest0.copy()
     pad = np.pad(parcel_idx, 2, mode="edge")
@@ -85,7 +86,7 @@ def plot_trees(
     stand: StandEpoch,
 ) -> tuple[Trees, npt.NDArray[np.int64]]:
     """The true trees inside each plot square and the plot index of each tree."""
-    half = math.sqrt(float(coefficients()["plots"]["plot_area_ha"]) * 10_000.0) / 2.0
+    half = math.sqrt(float(coefficients()["plots"]["plot_area_ha"]) * M2_PER_HA) / 2.0
     pix = []
     for x, y in centers:
         c0 = int((x - half - grid.x0_m) // grid.res_m)
@@ -132,7 +133,7 @@ def plot_polygons(
 ) -> tuple[gpd.GeoDataFrame, npt.NDArray[np.float64]]:
     """Plot squares at the GPS-measured centres, and those centres."""
     p = coefficients()["plots"]
-    half = math.sqrt(float(p["plot_area_ha"]) * 10_000.0) / 2.0
+    half = math.sqrt(float(p["plot_area_ha"]) * M2_PER_HA) / 2.0
     gps = centers + rng.normal(0.0, float(p["gps_error_sd_m"]), centers.shape)
     geoms = [box(x - half, y - half, x + half, y + half) for x, y in gps]
     gdf = gpd.GeoDataFrame(

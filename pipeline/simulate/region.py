@@ -38,6 +38,7 @@ from pipeline.simulate.science import FOREST_TYPES, coefficients, type_codes
 from pipeline.simulate.stands import generate_trees, stand_epochs
 from pipeline.simulate.terrain import make_terrain
 from pipeline.simulate.truth import epoch_truth
+from pipeline.units import M2_PER_HA
 
 _BLOCK_M = 60.0  # AOI sides are multiples of 60 m so 10, 20 and 60 m grids nest
 
@@ -220,14 +221,14 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     )
 
     # --- parcels and project -----------------------------------------------------
-    cell_ha = grid.res_m**2 / 10_000.0
+    cell_ha = grid.res_m**2 / M2_PER_HA
     npar = len(parcels)
     valid = pidx >= 0
     stock_mg = [
         np.bincount(pidx[valid], weights=t.carbon_mg_ha[valid] * cell_ha, minlength=npar)
         for t in truths
     ]
-    area_ha = parcels.geometry.area.to_numpy() / 10_000.0
+    area_ha = parcels.geometry.area.to_numpy() / M2_PER_HA
     sink_t = (stock_mg[-1] - stock_mg[0]) * 44.0 / 12.0 / dt_years
     ptruth = pd.DataFrame(
         {

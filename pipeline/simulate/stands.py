@@ -45,6 +45,7 @@ from models.plot_biomass import rse_log
 from pipeline.simulate.grid import Grid
 from pipeline.simulate.noise import hash_normal, hash_uniform
 from pipeline.simulate.science import FOREST_TYPES, coefficients
+from pipeline.units import M2_PER_HA
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -203,7 +204,7 @@ def generate_trees(
     par = parcel_of_pixel[forest]
     tix = tix[forest]
     cohort = stand.cohort[par]
-    area_ha = grid.res_m**2 / 10_000.0
+    area_ha = grid.res_m**2 / M2_PER_HA
     lam = stand.stems_per_ha[par] * area_ha * stocking[forest]
     u = hash_uniform(seed, px, cohort, 0, _F_COUNT)
     count = np.where(lam > 0, poisson.ppf(u, np.maximum(lam, 1e-12)), 0).astype(np.int64)
@@ -262,7 +263,7 @@ def pixel_truth(trees: Trees, pixels: IntArray, *, res_m: float) -> PixelTruth:
         z = np.zeros(n)
         return PixelTruth(z, z.copy(), z.copy())
     local = np.searchsorted(pixels, trees.pixel)
-    area_ha = res_m**2 / 10_000.0
+    area_ha = res_m**2 / M2_PER_HA
     agb = trees.agb_kg()
     agb_px = np.bincount(local, weights=agb, minlength=n) / 1000.0 / area_ha
     hmax = np.zeros(n)

@@ -62,14 +62,8 @@ class CompositeJob:
 
     @property
     def settings(self) -> science.CompositeSettings:
-        p = self.params
-        return science.CompositeSettings(
-            cloud_dilation_px=p.cloud_dilation_px,
-            harmonise_landsat=p.harmonise_landsat,
-            harmonise_to=p.harmonise_to,
-            resampling=p.resampling,
-            chunk_px=self.chunk_px,
-            default_provider=self.default_provider,
+        return science.CompositeSettings.from_params(
+            self.params, chunk_px=self.chunk_px, default_provider=self.default_provider
         )
 
 

@@ -51,10 +51,8 @@ from pipeline.contracts import (
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sink import as_band, named_band
 from pipeline.stage import Stage
+from pipeline.units import M2_PER_HA
 from pipeline.zonal import coverage_cells, weighted_sum
-
-#: square metres in a hectare (unit definition)
-M2_PER_HA = 10_000.0
 
 
 def credits_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:

@@ -93,7 +93,7 @@ class ModelJob:
     seed: int
     crs: str
     #: land classes of the parcel layer that are forest land (``PredictParams``)
-    forest_land_classes: tuple[str, ...] = ("forest",)
+    forest_land_classes: tuple[str, ...]
 
 
 def model(

@@ -58,6 +58,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from scipy.stats import norm
 
+from models.allometry import co2_per_c
 from pipeline.config import Config
 from pipeline.contracts import (
     LIDAR_METRICS_RELPATH,
@@ -72,7 +73,6 @@ from pipeline.contracts import (
 )
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sink import (
-    CO2_PER_C,
     as_band,
     named_band,
     quality_band,
@@ -80,10 +80,9 @@ from pipeline.sink import (
     support_sd_band,
 )
 from pipeline.stage import Stage
+from pipeline.units import M2_PER_HA
 from pipeline.zonal import Coverage, coverage_cells, covered_fraction_sum, weighted_sum
 
-#: square metres in a hectare (unit definition)
-M2_PER_HA = 10_000.0
 LIDAR_FRACTION_BAND = "lidar_fraction"
 
 
@@ -167,6 +166,7 @@ def parcel_sink_table(
     shape = computed["sink"].shape
     covs = coverage_cells(parcels, transform=transform, shape=shape, crs=crs.to_string())
     z = float(norm.ppf(0.5 + job.interval / 2))
+    co2 = co2_per_c()
     sink_valid = np.isfinite(computed["sink"])
     e1, e2 = job.epoch_start, job.epoch_end
 
@@ -189,12 +189,12 @@ def parcel_sink_table(
         sd = sd_c if job.parcel_error_aggregation == "correlated" else sd_i
         row["sink_mg_c_yr"] = sink_c
         row["sink_sd_mg_c_yr"] = sd
-        row["sink_tco2e_yr"] = sink_c * CO2_PER_C
-        row["sink_sd_tco2e_yr"] = sd * CO2_PER_C
-        row["sink_sd_correlated_tco2e_yr"] = sd_c * CO2_PER_C
-        row["sink_sd_independent_tco2e_yr"] = sd_i * CO2_PER_C
-        row["sink_lo_tco2e_yr"] = (sink_c - z * sd) * CO2_PER_C
-        row["sink_hi_tco2e_yr"] = (sink_c + z * sd) * CO2_PER_C
+        row["sink_tco2e_yr"] = sink_c * co2
+        row["sink_sd_tco2e_yr"] = sd * co2
+        row["sink_sd_correlated_tco2e_yr"] = sd_c * co2
+        row["sink_sd_independent_tco2e_yr"] = sd_i * co2
+        row["sink_lo_tco2e_yr"] = (sink_c - z * sd) * co2
+        row["sink_hi_tco2e_yr"] = (sink_c + z * sd) * co2
         forest = row["forest_area_ha"]
         row["sink_tco2e_ha_yr"] = row["sink_tco2e_yr"] / forest if forest > 0 else np.nan
         covered = covered_fraction_sum(cov)

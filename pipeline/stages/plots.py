@@ -22,10 +22,11 @@ import pandas as pd
 
 from models.errors import AllometryError, PlotDataError, PlotOptionsError
 from models.plot_biomass import PlotBiomassOptions, plot_biomass
-from pipeline.config import Config, PlotsParams
+from pipeline.config import Config, PlotsParams, StandaloneParams
 from pipeline.contracts import PLOT_BIOMASS_RELPATH, PLOTS_QA_RELPATH, TREES_RELPATH, RunLayout
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.stage import Stage
+from pipeline.units import M2_PER_HA
 
 
 def plot_areas(plot_locations: pd.DataFrame | None) -> pd.Series | None:
@@ -50,19 +51,23 @@ def plot_areas(plot_locations: pd.DataFrame | None) -> pd.Series | None:
                 "plot layer: no plot_area_ha column and no projected CRS to measure the plot "
                 "polygons; add plot_area_ha (ha)"
             )
-        area = plot_locations.geometry.area / 10000.0
+        area = plot_locations.geometry.area / M2_PER_HA
     return pd.Series(area.to_numpy(), index=plot_locations["plot_id"].to_numpy())
 
 
 def options_from_params(params: PlotsParams) -> PlotBiomassOptions:
-    """The model options of a ``PlotsParams`` section."""
+    """The model options of a ``PlotsParams`` section.
+
+    A seed left unset outside a run (where :func:`plots_params` sets the run's) is the
+    stand-alone seed of :class:`pipeline.config.StandaloneParams`.
+    """
     return PlotBiomassOptions(
         equation=params.equation,
         chave_e=params.chave_e,
         n_draws=params.mc_draws,
         hd_model=params.hd_model,
         dbh_error=params.dbh_error,
-        seed=0 if params.seed is None else params.seed,
+        seed=StandaloneParams().seed if params.seed is None else params.seed,
     )
 
 
