@@ -49,8 +49,6 @@ from models.survey.design import (
     Estimate,
     Quantity,
     StratifiedDesign,
-    combine_strata,
-    estimate_from_mean,
     stratum_moments,
 )
 from models.survey.stratified import DegreesOfFreedom, estimate_from_strata
@@ -223,17 +221,9 @@ def _greg(
             )
         means[h], ge[rows] = _greg_stratum(xh, y[rows], x_pop_mean[h, used[h]], c[rows])
     _, ge_variances = stratum_moments(design, ge)
-    mean, var_mean, _ = combine_strata(design, means, ge_variances)
-    return estimate_from_mean(
-        estimator,
-        quantity,
-        mean_per_ha=mean,
-        var_mean=var_mean,
-        area_ha=design.area_ha,
-        df=float(design.n_plots - used.sum()),
-        n=design.n_plots,
-        confidence=confidence,
-    )
+    fitted_parameters = int(used.sum())
+    df = float(design.n_plots - fitted_parameters)
+    return estimate_from_strata(design, means, ge_variances, estimator, quantity, confidence, df)
 
 
 def _greg_stratum(

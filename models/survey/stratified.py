@@ -108,15 +108,17 @@ def estimate_from_strata(
     estimator: str,
     quantity: Quantity,
     confidence: float,
-    df: DegreesOfFreedom,
+    df: DegreesOfFreedom | float,
 ) -> Estimate:
     """Combine per-stratum means and per-plot variances into an :class:`Estimate`.
 
-    Shared by the plot-only and the difference estimator, which differ only in what is
-    averaged within strata.
+    Shared by all stratum-wise estimators, which differ only in what is averaged within
+    strata; ``df`` is a rule name or, for fitted models, the degrees of freedom itself.
     """
     mean, var_mean, contributions = combine_strata(design, stratum_means, stratum_variances)
-    if df == "n_minus_strata":
+    if isinstance(df, float):
+        dof = df
+    elif df == "n_minus_strata":
         dof = float(design.n_plots - design.n_strata)
     elif df == "satterthwaite":
         dof = satterthwaite_df(contributions, design.plots_per_stratum.astype(np.float64) - 1.0)
