@@ -34,3 +34,7 @@ class PlotOptionsError(ModelsError):
 
 class ModelDomainError(ModelsError):
     """Training data do not allow a model or a validation scheme (too few plots, blocks...)."""
+
+
+class SurveyError(ModelsError):
+    """A plot sample, its design or its auxiliary data cannot give a survey estimate."""

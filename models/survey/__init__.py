@@ -19,5 +19,5 @@ pixels. This package holds that science, as pure functions on numpy arrays:
 
 Plot values are per-hectare densities (Mg/ha or t CO2e/ha); a total is the area times
 the estimated mean density. Nothing here imports :mod:`pipeline`; malformed input raises
-``ValueError`` naming the argument to fix.
+:class:`models.errors.SurveyError` naming the argument to fix.
 """

@@ -45,6 +45,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from models.errors import SurveyError
 from models.survey.design import (
     Estimate,
     Quantity,
@@ -118,13 +119,13 @@ def greg_estimate(
         c = np.ones_like(map_values)
     elif model == "ratio":
         if (map_values <= 0).any() or (map_means <= 0).any():
-            raise ValueError(
+            raise SurveyError(
                 "the ratio model needs positive map values (m and map_mean); "
                 "use model='linear' for signed quantities such as stock change"
             )
         x, x_pop, c = map_values[:, None], map_means[:, None], map_values
     else:
-        raise ValueError(f"model must be 'linear' or 'ratio', got {model!r}")
+        raise SurveyError(f"model must be 'linear' or 'ratio', got {model!r}")
     used = np.ones(x_pop.shape, dtype=bool)
     return _greg(design, values, x, x_pop, used, c, f"greg_{model}", quantity, confidence)
 
@@ -157,29 +158,29 @@ def post_stratified_estimate(
     values = design.plot_values(y, "y")
     groups = np.asarray(post_stratum, dtype=np.intp)
     if groups.shape != values.shape:
-        raise ValueError(f"post_stratum must have one value per plot ({design.n_plots})")
+        raise SurveyError(f"post_stratum must have one value per plot ({design.n_plots})")
     share = np.atleast_2d(np.asarray(post_stratum_share, dtype=np.float64))
     if share.shape[0] != design.n_strata or (share < 0).any():
-        raise ValueError(
+        raise SurveyError(
             f"post_stratum_share must be non-negative with one row per stratum "
             f"({design.n_strata}), got shape {share.shape}"
         )
     if not np.allclose(share.sum(axis=1), 1.0, atol=1e-9):
-        raise ValueError(f"post_stratum_share rows must sum to 1, got {share.sum(axis=1)}")
+        raise SurveyError(f"post_stratum_share rows must sum to 1, got {share.sum(axis=1)}")
     if groups.min() < 0 or groups.max() >= share.shape[1]:
-        raise ValueError(f"post_stratum holds indices outside 0..{share.shape[1] - 1}")
+        raise SurveyError(f"post_stratum holds indices outside 0..{share.shape[1] - 1}")
     x = (groups[:, None] == np.arange(share.shape[1])).astype(np.float64)
     for h, name in enumerate(design.stratum_names):
         in_h = design.plot_stratum == h
         counts = x[in_h].sum(axis=0)
         for g in range(share.shape[1]):
             if share[h, g] > 0 and counts[g] == 0:
-                raise ValueError(
+                raise SurveyError(
                     f"post-stratum {g} has share {share[h, g]:.3g} of stratum {name!r} but no "
                     "plots there; collapse it with a neighbouring post-stratum"
                 )
             if share[h, g] == 0 and counts[g] > 0:
-                raise ValueError(
+                raise SurveyError(
                     f"stratum {name!r} has {int(counts[g])} plots in post-stratum {g}, "
                     "whose share there is 0"
                 )
@@ -215,7 +216,7 @@ def _greg(
         xh = x[np.ix_(rows, used[h])]
         n_h, p = xh.shape
         if n_h <= p or np.linalg.matrix_rank(xh) < p:
-            raise ValueError(
+            raise SurveyError(
                 f"stratum {name!r}: {n_h} plots cannot fit the {estimator} model's {p} "
                 "parameters with a residual variance (too few plots, or constant map values)"
             )
@@ -244,7 +245,7 @@ def _greg_stratum(
 def _per_stratum(design: StratifiedDesign, values: ArrayLike, name: str) -> NDArray[np.float64]:
     array = np.asarray(values, dtype=np.float64)
     if array.shape != (design.n_strata,) or not np.isfinite(array).all():
-        raise ValueError(
+        raise SurveyError(
             f"{name} must have one finite value per stratum ({design.n_strata}), got {array}"
         )
     return array

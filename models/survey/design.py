@@ -32,6 +32,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import t as student_t
 
+from models.errors import SurveyError
+
 #: what an estimate is of: a stock at one epoch, or a change between two epochs
 Quantity = Literal["stock", "change"]
 
@@ -65,19 +67,19 @@ class StratifiedDesign:
         plot_stratum = np.asarray(self.plot_stratum, dtype=np.intp)
         area = np.asarray(self.stratum_area_ha, dtype=np.float64)
         if plot_stratum.ndim != 1 or area.shape != (n_strata,):
-            raise ValueError(
+            raise SurveyError(
                 f"plot_stratum must be 1-D and stratum_area_ha must have one value per "
                 f"stratum ({n_strata}); got shapes {plot_stratum.shape} and {area.shape}"
             )
         if plot_stratum.size and (plot_stratum.min() < 0 or plot_stratum.max() >= n_strata):
-            raise ValueError(f"plot_stratum holds indices outside 0..{n_strata - 1}")
+            raise SurveyError(f"plot_stratum holds indices outside 0..{n_strata - 1}")
         for name, a in zip(self.stratum_names, area, strict=True):
             if not (math.isfinite(a) and a > 0):
-                raise ValueError(f"stratum {name!r} has area {a} ha; it must be positive")
+                raise SurveyError(f"stratum {name!r} has area {a} ha; it must be positive")
         n_h = np.bincount(plot_stratum, minlength=n_strata)
         for name, n in zip(self.stratum_names, n_h, strict=True):
             if n < 2:
-                raise ValueError(
+                raise SurveyError(
                     f"stratum {name!r} has {n} plot(s); the stratified variance needs at least "
                     "2 plots per stratum (add plots or merge the stratum with a neighbour)"
                 )
@@ -86,10 +88,10 @@ class StratifiedDesign:
         if self.stratum_units is not None:
             units = np.asarray(self.stratum_units, dtype=np.float64)
             if units.shape != (n_strata,):
-                raise ValueError("stratum_units must have one value per stratum")
+                raise SurveyError("stratum_units must have one value per stratum")
             for name, n, big_n in zip(self.stratum_names, n_h, units, strict=True):
                 if not big_n >= n:
-                    raise ValueError(
+                    raise SurveyError(
                         f"stratum {name!r} has {n} plots but only {big_n} population units"
                     )
             object.__setattr__(self, "stratum_units", units)
@@ -110,7 +112,7 @@ class StratifiedDesign:
         index = {name: i for i, name in enumerate(names)}
         unknown = sorted(set(plot_strata) - set(index))
         if unknown:
-            raise ValueError(f"plots in strata {unknown} that have no area in area_ha")
+            raise SurveyError(f"plots in strata {unknown} that have no area in area_ha")
         return cls(
             stratum_names=names,
             plot_stratum=np.array([index[s] for s in plot_strata], dtype=np.intp),
@@ -163,7 +165,7 @@ class StratifiedDesign:
         """
         mask = np.asarray(keep, dtype=bool)
         if mask.shape != self.plot_stratum.shape:
-            raise ValueError(f"keep must have one flag per plot ({self.n_plots})")
+            raise SurveyError(f"keep must have one flag per plot ({self.n_plots})")
         return StratifiedDesign(
             self.stratum_names, self.plot_stratum[mask], self.stratum_area_ha, self.stratum_units
         )
@@ -172,12 +174,12 @@ class StratifiedDesign:
         """``values`` as a float array with one finite value per plot, or a clear error."""
         array = np.asarray(values, dtype=np.float64)
         if array.shape != self.plot_stratum.shape:
-            raise ValueError(
+            raise SurveyError(
                 f"{name} must have one value per plot ({self.n_plots}), got {array.shape}"
             )
         if not np.isfinite(array).all():
             bad = np.flatnonzero(~np.isfinite(array))[:5].tolist()
-            raise ValueError(f"{name} has non-finite values at plots {bad}")
+            raise SurveyError(f"{name} has non-finite values at plots {bad}")
         return array
 
 
@@ -213,9 +215,9 @@ class Estimate:
 def t_quantile(confidence: float, df: float) -> float:
     """Two-sided Student-t quantile for ``confidence`` (e.g. 1.645 at 0.90, df = inf)."""
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise SurveyError(f"confidence must be in (0, 1), got {confidence}")
     if not df > 0:
-        raise ValueError(f"degrees of freedom must be positive, got {df}")
+        raise SurveyError(f"degrees of freedom must be positive, got {df}")
     return float(student_t.ppf(0.5 + confidence / 2.0, df))
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from models.errors import SurveyError
 from models.survey.design import Estimate, Quantity, estimate_from_mean, satterthwaite_df
 
 
@@ -74,18 +75,18 @@ def hybrid_estimate(
     y = np.asarray(y_plots, dtype=np.float64)
     n_plots, p = xp.shape
     if y.shape != (n_plots,) or not np.isfinite(y).all():
-        raise ValueError(f"y_plots must have one finite value per row of x_plots ({n_plots})")
+        raise SurveyError(f"y_plots must have one finite value per row of x_plots ({n_plots})")
     if xl.shape[1] != p:
-        raise ValueError(f"x_lidar has {xl.shape[1]} columns, x_plots has {p}")
+        raise SurveyError(f"x_lidar has {xl.shape[1]} columns, x_plots has {p}")
     n_lidar = xl.shape[0]
     if n_plots <= p or np.linalg.matrix_rank(xp) < p:
-        raise ValueError(
+        raise SurveyError(
             f"{n_plots} plots cannot fit {p} model parameters with a residual variance"
         )
     if n_lidar < 2:
-        raise ValueError("the LiDAR sample needs at least 2 units for its sampling variance")
+        raise SurveyError("the LiDAR sample needs at least 2 units for its sampling variance")
     if lidar_population_units is not None and lidar_population_units < n_lidar:
-        raise ValueError("lidar_population_units is smaller than the LiDAR sample")
+        raise SurveyError("lidar_population_units is smaller than the LiDAR sample")
 
     beta, beta_cov = _ols(xp, y)
     predictions = xl @ beta
@@ -120,5 +121,5 @@ def _ols(
 def _matrix(values: ArrayLike, name: str) -> NDArray[np.float64]:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 2 or not np.isfinite(array).all():
-        raise ValueError(f"{name} must be a finite 2-D design matrix, got shape {array.shape}")
+        raise SurveyError(f"{name} must be a finite 2-D design matrix, got shape {array.shape}")
     return array

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from models.errors import SurveyError
 from models.survey.design import t_quantile
 
 #: AR-TOOL03 v02.1.0 paras. 12-13: below this first-iteration n, iterate once on t with n - 1 df
@@ -105,16 +106,16 @@ def ar_tool03_sample_size(
     sd = np.asarray(stratum_sd, dtype=np.float64)
     mean = np.asarray(stratum_mean, dtype=np.float64)
     if sd.shape != area.shape or mean.shape != area.shape or (sd < 0).any():
-        raise ValueError("stratum_sd and stratum_mean need one value per stratum, sd >= 0")
+        raise SurveyError("stratum_sd and stratum_mean need one value per stratum, sd >= 0")
     unit_cost = np.ones_like(area) if cost is None else _positive(cost, "cost")
     if unit_cost.shape != area.shape:
-        raise ValueError("cost needs one value per stratum")
+        raise SurveyError("cost needs one value per stratum")
     if not relative_error > 0:
-        raise ValueError(f"relative_error must be positive, got {relative_error}")
+        raise SurveyError(f"relative_error must be positive, got {relative_error}")
     w = area / area.sum()
     allowable_error = relative_error * abs(float(w @ mean))
     if allowable_error == 0.0:
-        raise ValueError("the weighted mean of stratum_mean is 0; no relative precision exists")
+        raise SurveyError("the weighted mean of stratum_mean is 0; no relative precision exists")
     population = math.inf if plot_area_ha is None else float(area.sum() / plot_area_ha)
 
     def required(t: float) -> float:
@@ -145,5 +146,5 @@ def ar_tool03_sample_size(
 def _positive(values: ArrayLike, name: str) -> NDArray[np.float64]:
     array = np.atleast_1d(np.asarray(values, dtype=np.float64))
     if array.ndim != 1 or not (np.isfinite(array) & (array > 0)).all():
-        raise ValueError(f"{name} must be positive and finite, one value per stratum: {array}")
+        raise SurveyError(f"{name} must be positive and finite, one value per stratum: {array}")
     return array

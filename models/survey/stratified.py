@@ -40,6 +40,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from models.errors import SurveyError
 from models.survey.design import (
     Estimate,
     Quantity,
@@ -123,7 +124,7 @@ def estimate_from_strata(
     elif df == "satterthwaite":
         dof = satterthwaite_df(contributions, design.plots_per_stratum.astype(np.float64) - 1.0)
     else:
-        raise ValueError(f"df must be 'n_minus_strata' or 'satterthwaite', got {df!r}")
+        raise SurveyError(f"df must be 'n_minus_strata' or 'satterthwaite', got {df!r}")
     return estimate_from_mean(
         estimator,
         quantity,
