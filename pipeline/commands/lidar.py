@@ -64,14 +64,10 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.cluster import dask_client
     from pipeline.config import DaskSettings, LidarParams
     from pipeline.errors import InputDataError
+    from pipeline.grid import region_geobox
     from pipeline.io import write_outputs
     from pipeline.lidar.index import index_tiles
-    from pipeline.stages.lidar import (
-        LidarJob,
-        model_grid_for_tiles,
-        model_grid_from_aoi,
-        run_lidar,
-    )
+    from pipeline.stages.lidar import LidarJob, model_grid_for_tiles, run_lidar
 
     tiles = _expand(list(args.tiles))
     index = index_tiles(list(tiles), assume_crs=args.crs)
@@ -89,9 +85,7 @@ def main(args: argparse.Namespace) -> int:
     if args.aoi is not None:
         if not args.aoi.is_file():
             raise InputDataError(f"{args.aoi}: AOI file not found")
-        grid = model_grid_from_aoi(
-            gpd.read_file(args.aoi), crs=crs, resolution_m=args.grid_resolution
-        )
+        grid = region_geobox(gpd.read_file(args.aoi), crs=crs, resolution_m=args.grid_resolution)
     else:
         grid = model_grid_for_tiles(index, resolution_m=args.grid_resolution)
     with dask_client(DaskSettings(), scheduler=args.scheduler):

@@ -21,16 +21,17 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 from affine import Affine
+from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 from scipy import ndimage
 from shapely.geometry import box
 
 from pipeline.config import Config
+from pipeline.grid import cell_centres, north_up_geobox
 from pipeline.simulate import lidar as lidar_mod
 from pipeline.simulate import plots as plots_mod
 from pipeline.simulate import satellite as sat
 from pipeline.simulate import stac_items
-from pipeline.simulate.grid import Grid
 from pipeline.simulate.io import write_cog, write_gpkg, write_json
 from pipeline.simulate.noise import gaussian_field
 from pipeline.simulate.parcels import choose_project, make_parcels, make_roads, rasterise
@@ -48,7 +49,7 @@ def _year_fraction(d: dt.date) -> float:
     return d.year + ((d - start).days + 0.5) / days
 
 
-def aoi_grid(config: Config) -> Grid:
+def aoi_grid(config: Config) -> GeoBox:
     """The simulated AOI on the model grid (square of ``size_km`` around the centre)."""
     p = config.simulate
     t = Transformer.from_crs("EPSG:4326", config.crs, always_xy=True)
@@ -58,12 +59,12 @@ def aoi_grid(config: Config) -> Grid:
     half = max(1, round(p.size_km * 1000.0 / 2.0 / _BLOCK_M)) * _BLOCK_M
     res = config.resolution_m
     n = round(2 * half / res)
-    return Grid(cx - half, cy + half, res, n, n)
+    return north_up_geobox((n, n), x0_m=cx - half, ytop_m=cy + half, res_m=res, crs=config.crs)
 
 
-def aoi_frame(grid: Grid, crs: str) -> gpd.GeoDataFrame:
+def aoi_frame(grid: GeoBox, crs: str) -> gpd.GeoDataFrame:
     """The AOI polygon in WGS84, inset 1 m so snapping it outwards gives back ``grid``."""
-    xmin, ymin, xmax, ymax = grid.bounds
+    xmin, ymin, xmax, ymax = grid.boundingbox
     poly = box(xmin + 1.0, ymin + 1.0, xmax - 1.0, ymax - 1.0)
     return gpd.GeoDataFrame({"name": ["simulated AOI"]}, geometry=[poly], crs=crs).to_crs(
         "EPSG:4326"
@@ -140,9 +141,9 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     aoi.to_file(out_dir / "aoi.geojson", driver="GeoJSON")
 
     # --- terrain, parcels, stands -------------------------------------------------
-    xmin, ymin, xmax, ymax = grid.bounds
+    xmin, ymin, xmax, ymax = grid.boundingbox
     terrain = make_terrain(r_terrain, center_x_m=(xmin + xmax) / 2, center_y_m=(ymin + ymax) / 2)
-    xx, yy = grid.mesh()
+    xx, yy = np.meshgrid(*cell_centres(grid))
     elev = terrain.elevation(xx, yy)
     slope, aspect = terrain.slope_aspect_deg(xx, yy)
     parcels = make_parcels(r_parcels, grid, terrain, crs=crs, epoch_years=years)
@@ -152,7 +153,9 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     stocking = np.exp(
         float(land["stocking_sd_log"])
         * gaussian_field(
-            r_stock, grid.shape, length_px=float(land["stocking_length_scale_m"]) / grid.res_m
+            r_stock,
+            grid.shape.yx,
+            length_px=float(land["stocking_length_scale_m"]) / grid.resolution.x,
         )
         - 0.5 * float(land["stocking_sd_log"]) ** 2
     )
@@ -174,7 +177,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         write_cog(
             tdir / f"agb_{ep}.tif",
             tr.agb_mg_ha.astype(np.float32),
-            transform=grid.transform,
+            transform=grid.affine,
             crs=crs,
             nodata=None,
             descriptions=["agb"],
@@ -183,7 +186,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         write_cog(
             tdir / f"carbon_{ep}.tif",
             tr.carbon_mg_ha.astype(np.float32),
-            transform=grid.transform,
+            transform=grid.affine,
             crs=crs,
             nodata=None,
             descriptions=["carbon"],
@@ -192,7 +195,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         write_cog(
             tdir / f"canopy_height_{ep}.tif",
             tr.canopy_height_m.astype(np.float32),
-            transform=grid.transform,
+            transform=grid.affine,
             crs=crs,
             nodata=None,
             descriptions=["canopy_height"],
@@ -202,7 +205,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     write_cog(
         tdir / "sink.tif",
         sink.astype(np.float32),
-        transform=grid.transform,
+        transform=grid.affine,
         crs=crs,
         nodata=None,
         descriptions=["sink"],
@@ -212,7 +215,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     write_cog(
         tdir / "forest_type.tif",
         ft,
-        transform=grid.transform,
+        transform=grid.affine,
         crs=crs,
         nodata=None,
         descriptions=["forest_type"],
@@ -220,7 +223,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     )
 
     # --- parcels and project -----------------------------------------------------
-    cell_ha = grid.res_m**2 / 10_000.0
+    cell_ha = grid.resolution.x**2 / 10_000.0
     npar = len(parcels)
     valid = pidx >= 0
     stock_mg = [
@@ -259,7 +262,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         f"{utm_zone:02d}R{stac_items.mgrs_square(utm_zone, (xmin + xmax) / 2, (ymin + ymax) / 2)}"
     )
     scenes = _plan_scenes(config, r_scenes)
-    g20 = Grid(grid.x0_m, grid.y1_m, 20.0, grid.nx // 2, grid.ny // 2)
+    g20 = sat.s2_20m_grid(grid)
     g30 = sat.landsat_grid(grid)
     inside30 = sat.inside_model(grid, g30)
     water30 = sat.resample_to((use[0] == "water").astype(np.float64), grid, g30, smooth_px=1) > 0.5
@@ -307,13 +310,13 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
                 write_cog(
                     sdir / f"{b}.tif",
                     sat.to_s2_dn(arr, offset_applied=raw_offset),
-                    transform=g.transform,
+                    transform=g.affine,
                     crs=crs,
                     nodata=0,
                 )
                 hrefs[b] = (final_dir / "scenes" / sc.collection / item_id / f"{b}.tif").as_uri()
             scl = sat.scl_20m(obs20, cl, use[ei], cos_i, rng=rng)
-            write_cog(sdir / "scl.tif", scl, transform=g20.transform, crs=crs, nodata=0)
+            write_cog(sdir / "scl.tif", scl, transform=g20.affine, crs=crs, nodata=0)
             hrefs["scl"] = (final_dir / "scenes" / sc.collection / item_id / "scl.tif").as_uri()
             k = c["sentinel2"]["scl_classes"]
             pct = {
@@ -358,7 +361,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
             for bi, b in enumerate(c["landsat"]["bands"]):
                 dn = sat.to_landsat_dn(oli[bi])
                 dn[~inside30] = 0
-                write_cog(sdir / f"{b}.tif", dn, transform=g30.transform, crs=crs, nodata=0)
+                write_cog(sdir / f"{b}.tif", dn, transform=g30.affine, crs=crs, nodata=0)
                 hrefs[b] = (final_dir / "scenes" / sc.collection / item_id / f"{b}.tif").as_uri()
             op30 = sat.resample_to(cl.opacity, grid, g30, smooth_px=3)
             sh30 = sat.resample_to(cl.shadow, grid, g30, smooth_px=3)
@@ -366,7 +369,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
             write_cog(
                 sdir / "qa_pixel.tif",
                 qa,
-                transform=g30.transform,
+                transform=g30.affine,
                 crs=crs,
                 nodata=float(c["landsat"]["qa_fill"]),
             )
@@ -393,7 +396,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         write_cog(
             tdir / "clear" / f"{item_id}.tif",
             cl.clear.astype(np.uint8),
-            transform=grid.transform,
+            transform=grid.affine,
             crs=crs,
             nodata=None,
             descriptions=["clear"],
@@ -408,7 +411,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         write_cog(
             tdir / f"reflectance_{ep}.tif",
             med,
-            transform=grid.transform,
+            transform=grid.affine,
             crs=crs,
             nodata=None,
             descriptions=list(c["reflectance"]["bands"]),
@@ -427,8 +430,8 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     lo2, la2 = np.meshgrid(lons, lats)
     to_utm = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
     ux, uy = to_utm.transform(lo2, la2)
-    col = np.clip(((ux - grid.x0_m) / grid.res_m).astype(np.int64), 0, grid.nx - 1)
-    row = np.clip(((grid.y1_m - uy) / grid.res_m).astype(np.int64), 0, grid.ny - 1)
+    col = np.clip(((ux - grid.affine.c) / grid.resolution.x).astype(np.int64), 0, grid.width - 1)
+    row = np.clip(((grid.affine.f - uy) / grid.resolution.x).astype(np.int64), 0, grid.height - 1)
     canopy = ndimage.uniform_filter(truths[0].canopy_height_m, size=3)[row, col]
     dem = (
         terrain.elevation(ux, uy)
@@ -491,12 +494,12 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         )
     tiles_all = []
     for ei, b, ldir in lidar_epochs:
-        c0 = max(0, int((b[0] - grid.x0_m) // grid.res_m) - 1)
-        c1 = min(grid.nx - 1, int((b[2] - grid.x0_m) // grid.res_m) + 1)
-        r0 = max(0, int((grid.y1_m - b[3]) // grid.res_m) - 1)
-        r1 = min(grid.ny - 1, int((grid.y1_m - b[1]) // grid.res_m) + 1)
+        c0 = max(0, int((b[0] - grid.affine.c) // grid.resolution.x) - 1)
+        c1 = min(grid.width - 1, int((b[2] - grid.affine.c) // grid.resolution.x) + 1)
+        r0 = max(0, int((grid.affine.f - b[3]) // grid.resolution.x) - 1)
+        r1 = min(grid.height - 1, int((grid.affine.f - b[1]) // grid.resolution.x) + 1)
         rr, cc = np.meshgrid(np.arange(r0, r1 + 1), np.arange(c0, c1 + 1), indexing="ij")
-        pix = np.sort((rr * grid.nx + cc).ravel())
+        pix = np.sort((rr * grid.width + cc).ravel())
         trees = generate_trees(
             tree_seed, grid, pix, pidx.ravel()[pix], stocking.ravel()[pix], stands[ei]
         )
@@ -518,7 +521,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
             write_cog(
                 tdir / "dem_lidar.tif",
                 lt.dem_1m.astype(np.float32),
-                transform=lt.grid_1m.transform,
+                transform=lt.grid_1m.affine,
                 crs=crs,
                 nodata=None,
                 descriptions=["elevation"],
@@ -527,7 +530,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         write_cog(
             tdir / f"chm_lidar_{epochs[ei]}.tif",
             lt.chm_1m.astype(np.float32),
-            transform=lt.grid_1m.transform,
+            transform=lt.grid_1m.affine,
             crs=crs,
             nodata=None,
             descriptions=["canopy_height"],
@@ -588,9 +591,9 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         "simulated": True,
         "seed": seed,
         "crs": crs,
-        "bounds": list(grid.bounds),
-        "resolution_m": grid.res_m,
-        "shape": [grid.ny, grid.nx],
+        "bounds": list(grid.boundingbox),
+        "resolution_m": grid.resolution.x,
+        "shape": [grid.height, grid.width],
         "epochs": {
             ep: {"reference_year": round(y, 4)} for ep, y in zip(epochs, years, strict=True)
         },
