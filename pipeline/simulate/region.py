@@ -28,11 +28,12 @@ from shapely.geometry import box
 
 from pipeline.config import Config
 from pipeline.grid import cell_centres, north_up_geobox
+from pipeline.io import write_cog
 from pipeline.simulate import lidar as lidar_mod
 from pipeline.simulate import plots as plots_mod
 from pipeline.simulate import satellite as sat
 from pipeline.simulate import stac_items
-from pipeline.simulate.io import write_cog, write_gpkg, write_json
+from pipeline.simulate.io import raster, write_gpkg, write_json
 from pipeline.simulate.noise import gaussian_field
 from pipeline.simulate.parcels import choose_project, make_parcels, make_roads, rasterise
 from pipeline.simulate.science import FOREST_TYPES, coefficients, type_codes
@@ -175,50 +176,32 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     tdir = out_dir / "truth"
     for ep, tr in zip(epochs, truths, strict=True):
         write_cog(
+            raster(tr.agb_mg_ha.astype(np.float32), grid, nodata=None, bands=["agb"]),
             tdir / f"agb_{ep}.tif",
-            tr.agb_mg_ha.astype(np.float32),
-            transform=grid.affine,
-            crs=crs,
-            nodata=None,
-            descriptions=["agb"],
-            units="Mg/ha",
+            band_tags={"units": "Mg/ha"},
         )
         write_cog(
+            raster(tr.carbon_mg_ha.astype(np.float32), grid, nodata=None, bands=["carbon"]),
             tdir / f"carbon_{ep}.tif",
-            tr.carbon_mg_ha.astype(np.float32),
-            transform=grid.affine,
-            crs=crs,
-            nodata=None,
-            descriptions=["carbon"],
-            units="Mg C/ha",
+            band_tags={"units": "Mg C/ha"},
         )
         write_cog(
+            raster(
+                tr.canopy_height_m.astype(np.float32), grid, nodata=None, bands=["canopy_height"]
+            ),
             tdir / f"canopy_height_{ep}.tif",
-            tr.canopy_height_m.astype(np.float32),
-            transform=grid.affine,
-            crs=crs,
-            nodata=None,
-            descriptions=["canopy_height"],
-            units="m",
+            band_tags={"units": "m"},
         )
     sink = (truths[-1].carbon_mg_ha - truths[0].carbon_mg_ha) / dt_years
     write_cog(
+        raster(sink.astype(np.float32), grid, nodata=None, bands=["sink"]),
         tdir / "sink.tif",
-        sink.astype(np.float32),
-        transform=grid.affine,
-        crs=crs,
-        nodata=None,
-        descriptions=["sink"],
-        units="Mg C/ha/yr",
+        band_tags={"units": "Mg C/ha/yr"},
     )
     ft = np.vectorize(lambda s: codes[s] if s in codes else 0, otypes=[np.uint8])(use[-1])
     write_cog(
+        raster(ft, grid, nodata=None, bands=["forest_type"]),
         tdir / "forest_type.tif",
-        ft,
-        transform=grid.affine,
-        crs=crs,
-        nodata=None,
-        descriptions=["forest_type"],
         tags={f"code_{v}": k for k, v in sorted(codes.items())},
     )
 
@@ -308,15 +291,12 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
                 g = grid if res == 10 else g20
                 arr = obs[bi] if res == 10 else obs20[bi]
                 write_cog(
+                    raster(sat.to_s2_dn(arr, offset_applied=raw_offset), g, nodata=0),
                     sdir / f"{b}.tif",
-                    sat.to_s2_dn(arr, offset_applied=raw_offset),
-                    transform=g.affine,
-                    crs=crs,
-                    nodata=0,
                 )
                 hrefs[b] = (final_dir / "scenes" / sc.collection / item_id / f"{b}.tif").as_uri()
             scl = sat.scl_20m(obs20, cl, use[ei], cos_i, rng=rng)
-            write_cog(sdir / "scl.tif", scl, transform=g20.affine, crs=crs, nodata=0)
+            write_cog(raster(scl, g20, nodata=0), sdir / "scl.tif")
             hrefs["scl"] = (final_dir / "scenes" / sc.collection / item_id / "scl.tif").as_uri()
             k = c["sentinel2"]["scl_classes"]
             pct = {
@@ -361,18 +341,12 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
             for bi, b in enumerate(c["landsat"]["bands"]):
                 dn = sat.to_landsat_dn(oli[bi])
                 dn[~inside30] = 0
-                write_cog(sdir / f"{b}.tif", dn, transform=g30.affine, crs=crs, nodata=0)
+                write_cog(raster(dn, g30, nodata=0), sdir / f"{b}.tif")
                 hrefs[b] = (final_dir / "scenes" / sc.collection / item_id / f"{b}.tif").as_uri()
             op30 = sat.resample_to(cl.opacity, grid, g30, smooth_px=3)
             sh30 = sat.resample_to(cl.shadow, grid, g30, smooth_px=3)
             qa = sat.qa_pixel(op30, sh30, water30, inside30)
-            write_cog(
-                sdir / "qa_pixel.tif",
-                qa,
-                transform=g30.affine,
-                crs=crs,
-                nodata=float(c["landsat"]["qa_fill"]),
-            )
+            write_cog(raster(qa, g30, nodata=float(c["landsat"]["qa_fill"])), sdir / "qa_pixel.tif")
             hrefs["qa_pixel"] = (
                 final_dir / "scenes" / sc.collection / item_id / "qa_pixel.tif"
             ).as_uri()
@@ -394,12 +368,8 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
             )
         n_scenes[sc.collection] += 1
         write_cog(
+            raster(cl.clear.astype(np.uint8), grid, nodata=None, bands=["clear"]),
             tdir / "clear" / f"{item_id}.tif",
-            cl.clear.astype(np.uint8),
-            transform=grid.affine,
-            crs=crs,
-            nodata=None,
-            descriptions=["clear"],
         )
     for ei, ep in enumerate(epochs):
         # median over the dates each pixel was truly clear; where it never was, over all
@@ -409,13 +379,9 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         seen[:, never] = np.stack(sky_rho[ei])[:, never]
         med = np.nanmedian(seen, axis=0).astype(np.float32)
         write_cog(
+            raster(med, grid, nodata=None, bands=list(c["reflectance"]["bands"])),
             tdir / f"reflectance_{ep}.tif",
-            med,
-            transform=grid.affine,
-            crs=crs,
-            nodata=None,
-            descriptions=list(c["reflectance"]["bands"]),
-            units="reflectance",
+            band_tags={"units": "reflectance"},
         )
     lap("satellite")
 
@@ -438,14 +404,11 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         + float(d["canopy_fraction"]) * canopy
         + r_dem.normal(0.0, float(d["noise_sd_m"]), ux.shape)
     )
-    dem_tf = Affine(step, 0.0, w0, 0.0, -step, n0)
+    dem_grid = GeoBox((ny_d, nx_d), Affine(step, 0.0, w0, 0.0, -step, n0), "EPSG:4326")
     dem_id = f"Copernicus_DSM_COG_10_N{math.floor(lat):02d}_00_E{math.floor(lon):03d}_00_DEM"
     write_cog(
+        raster(dem.astype(np.float32), dem_grid, nodata=-32767.0),
         out_dir / "scenes" / "cop-dem-glo-30" / dem_id / "data.tif",
-        dem.astype(np.float32),
-        transform=dem_tf,
-        crs="EPSG:4326",
-        nodata=-32767.0,
     )
     items.append(
         stac_items.dem_item(
@@ -519,22 +482,14 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         )
         if ei == 0:
             write_cog(
+                raster(lt.dem_1m.astype(np.float32), lt.grid_1m, nodata=None, bands=["elevation"]),
                 tdir / "dem_lidar.tif",
-                lt.dem_1m.astype(np.float32),
-                transform=lt.grid_1m.affine,
-                crs=crs,
-                nodata=None,
-                descriptions=["elevation"],
-                units="m",
+                band_tags={"units": "m"},
             )
         write_cog(
+            raster(lt.chm_1m.astype(np.float32), lt.grid_1m, nodata=None, bands=["canopy_height"]),
             tdir / f"chm_lidar_{epochs[ei]}.tif",
-            lt.chm_1m.astype(np.float32),
-            transform=lt.grid_1m.affine,
-            crs=crs,
-            nodata=None,
-            descriptions=["canopy_height"],
-            units="m",
+            band_tags={"units": "m"},
         )
         for t in tiles:
             t["epoch"] = epochs[ei]
