@@ -82,9 +82,8 @@ def run_part(part: str, path: Path) -> dict[str, float]:
 
     from pipeline.config import LidarParams
     from pipeline.contracts import LIDAR_QA_RELPATH
+    from pipeline.grid import north_up_geobox
     from pipeline.lidar.chm import p2r
-    from pipeline.lidar.engine import MapGrid
-    from pipeline.lidar.grid import CellGrid
     from pipeline.lidar.read import SELECTION, PointSink, Target, read_targets
     from pipeline.stages.lidar import LidarJob, run_lidar
 
@@ -104,13 +103,15 @@ def run_part(part: str, path: Path) -> dict[str, float]:
         sink = PointSink(n)
         read_targets(path, [Target(((x0, y0, x1, y1),), (x0, y0), sink)])
         pts = sink.points((x0, y0))
-        cgrid = CellGrid(0.0, float(y1 - y0), 1.0, int(y1 - y0), int(x1 - x0))
+        shape = (int(y1 - y0), int(x1 - x0))
+        cgrid = north_up_geobox(shape, x0_m=0.0, ytop_m=float(y1 - y0), res_m=1.0)
         chm = p2r(pts, cgrid)
         assert np.isfinite(chm).any()
     elif part in ("stage", "stage_ground"):
         x0, y0 = 10 * math.floor(mins[0] / 10), 10 * math.floor(mins[1] / 10)
         x1, y1 = 10 * math.ceil(maxs[0] / 10), 10 * math.ceil(maxs[1] / 10)
-        grid = MapGrid(x0, y1, 10.0, int((y1 - y0) / 10), int((x1 - x0) / 10))
+        shape = (int((y1 - y0) / 10), int((x1 - x0) / 10))
+        grid = north_up_geobox(shape, x0_m=x0, ytop_m=y1, res_m=10.0)
         params = LidarParams(min_ground_share=1.0 if part == "stage_ground" else 0.01)
         job = LidarJob(params, crs="EPSG:32650", resolution_m=10.0)
         with dask.config.set(scheduler="sync"):

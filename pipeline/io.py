@@ -1,10 +1,10 @@
 """Reading and writing stage inputs and outputs, atomically, with content checksums.
 
-Only the runner and the stand-alone commands call this module: stages take and return
-in-memory objects. Every file is first written under a temporary name in its final
-folder (``.<name>.tmp-<pid>``) and renamed into place with :func:`os.replace`, which is
-atomic on POSIX filesystems: a run killed at any point leaves either the previous file or
-no file under the final name, never a partial one.
+Only the runner, the stand-alone commands and the demo-region simulator (for its COGs)
+call this module: stages take and return in-memory objects. Every file is first written
+under a temporary name in its final folder (``.<name>.tmp-<pid>``) and renamed into place
+with :func:`os.replace`, which is atomic on POSIX filesystems: a run killed at any point
+leaves either the previous file or no file under the final name, never a partial one.
 
 Rasters are computed block by block: each Dask block is computed on the cluster and
 written by this process into a tiled GeoTIFF, which GDAL then converts to a Cloud
@@ -179,10 +179,31 @@ def write_cog(
     *,
     client: Any = None,
     progress: ProgressCallback | None = None,
+    tags: Mapping[str, str] | None = None,
+    band_tags: Mapping[str, str] | None = None,
 ) -> None:
     """Write a georeferenced DataArray/Dataset as a COG, block by block, atomically.
 
-    ``progress(done, total)`` is called after each block is written.
+    Every COG of the project (run outputs and the simulated demo data) is written here:
+    deflate with the predictor that suits the data type, 512 px blocks and nearest-
+    neighbour overviews (categorical bands stay categorical). Band names come from the
+    ``band`` coordinate, units from ``attrs["units"]`` (one, or one per band), nodata
+    from ``attrs``/``encoding`` (``nodata``, ``_FillValue``; ``None`` writes none; NaN
+    for floats by default).
+
+    Parameters
+    ----------
+    arr_in
+        ``(band, y, x)`` or ``(y, x)`` array, or a Dataset (one band per variable), with
+        CRS and transform set (``.rio.write_crs`` / ``.rio.write_transform``).
+    path
+        The COG to write (replaced atomically).
+    client
+        Distributed client that computes the blocks (else the synchronous scheduler).
+    progress
+        ``progress(done, total)`` is called after each block is written.
+    tags, band_tags
+        GDAL metadata items of the dataset, and of every band.
     """
     import rasterio
     import rasterio.shutil
@@ -237,6 +258,11 @@ def write_cog(
                 for i, u in enumerate(unit_list, start=1):
                     if u:
                         dst.set_band_unit(i, u)
+            if band_tags:
+                for i in range(1, bands + 1):
+                    dst.update_tags(i, **band_tags)
+            if tags:
+                dst.update_tags(**tags)
             total = int(np.prod(data.numblocks))
             for done, ((b, y0, x0), values) in enumerate(
                 _computed_blocks(data, client=client), start=1
@@ -251,7 +277,8 @@ def write_cog(
                 tmp,
                 driver="COG",
                 COMPRESS="DEFLATE",
-                PREDICTOR="YES" if np.issubdtype(data.dtype, np.floating) else "NO",
+                # floating-point prediction for floats, horizontal differencing for integers
+                PREDICTOR="YES",
                 BLOCKSIZE=block,
                 OVERVIEWS="AUTO",
                 RESAMPLING="NEAREST",

@@ -14,10 +14,13 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import pystac
 import pytest
 import rasterio
+import xarray as xr
+from helpers import assert_numpy_equals_dask
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import BoundingBox
 from rasterio.transform import from_origin
@@ -320,8 +323,6 @@ def test_hls_coefficients_match_published_table() -> None:
 
 
 def test_indices_closed_form() -> None:
-    import xarray as xr
-
     v = {
         b: xr.DataArray(np.array([x], dtype="float32"))
         for b, x in {
@@ -346,8 +347,6 @@ def test_median_and_indices_are_quiet_where_there_is_no_data() -> None:
     import warnings
 
     import dask
-    import dask.array as da
-    import xarray as xr
 
     rng = np.random.default_rng(5)
     layers = [rng.uniform(0.01, 0.4, (12, 12)).astype("float32") for _ in range(3)]
@@ -373,13 +372,32 @@ def test_median_and_indices_are_quiet_where_there_is_no_data() -> None:
 
 
 def test_dilation_is_seamless_across_chunks() -> None:
-    import dask.array as da
-
     rng = np.random.default_rng(3)
     m = rng.random((37, 41)) > 0.97
-    for chunks in [(5, 7), (37, 41), (10, 3)]:
-        got = C.dilate(da.from_array(m, chunks=chunks), 3).compute()
-        np.testing.assert_array_equal(got, ndimage.binary_dilation(m, structure=C.disk(3)))
+    want = ndimage.binary_dilation(m, structure=C.disk(3))
+    for chunks in [(5, 7), (10, 3)]:
+        # dilate works on Dask arrays: the numpy side is the whole array as one chunk
+        got = assert_numpy_equals_dask(lambda a: C.dilate(da.asarray(a), 3), m, chunks=chunks)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_median_and_indices_numpy_equals_dask() -> None:
+    rng = np.random.default_rng(8)
+    layers = [rng.uniform(0.01, 0.4, (13, 11)).astype("float32") for _ in range(4)]
+    for a in layers:
+        a[rng.uniform(size=a.shape) < 0.3] = np.nan
+    for a in layers:
+        a[:2, :2] = np.nan  # no valid observation
+    assert_numpy_equals_dask(
+        lambda ls: C.median_stack([da.asarray(a) for a in ls]), layers, chunks=(4, 5)
+    )
+    bands = {
+        b: xr.DataArray(rng.uniform(0.01, 0.5, (13, 11)).astype("float32"), dims=("y", "x"))
+        for b in ("blue", "green", "red", "rededge1", "nir", "swir16", "swir22")
+    }
+    for b in bands.values():
+        b[0, :4] = 0.0  # a + b == 0: index undefined
+    assert_numpy_equals_dask(C.indices, bands, chunks=(4, 5))
 
 
 def test_horn_slope_aspect_on_planes() -> None:
@@ -417,6 +435,10 @@ def test_terrain_from_dem_item(tmp_path: Path) -> None:
     inner = (slice(1, -1), slice(1, -1))
     np.testing.assert_allclose(vals[1][inner], np.degrees(np.arctan(0.3)), atol=1e-3)
     np.testing.assert_allclose(vals[2][inner], 270.0, atol=1e-3)
+    # the chunked slope and aspect equal Horn's on the whole array (numpy)
+    slope, aspect = C.horn_slope_aspect(vals[0], dx_m=RES, dy_m=RES)
+    np.testing.assert_array_equal(vals[1], slope)
+    np.testing.assert_array_equal(vals[2], aspect)
 
 
 def test_dark_object_qa_flags_wrong_offset_flag(tmp_path: Path) -> None:

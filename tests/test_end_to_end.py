@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+import shapely
 
 from pipeline.cli import main
 from pipeline.contracts import (
@@ -88,11 +90,36 @@ def test_plot_biomass_close_to_truth(tiny_run, tiny_data):
     assert abs(bias) < 0.05
 
 
-def test_parcel_totals_add_up_to_the_map(tiny_run):
+def test_parcel_totals_add_up_to_the_map(tiny_run, tiny_data):
+    """The parcels' sink adds up to the sink map summed over the area the parcels cover.
+
+    The reference weights every cell of ``rasters/sink.tif`` by the share of its area
+    inside the union of the parcels, computed here with shapely (not by the stage's
+    zonal code); the parcels do not overlap, so their totals add up to that sum.
+    """
     _, run = tiny_run
-    parcels = pd.read_csv(run / PARCEL_SINK_CSV_RELPATH)
-    assert len(parcels) > 0
-    assert parcels["parcel_id"].is_unique
+    table = pd.read_csv(run / PARCEL_SINK_CSV_RELPATH)
+    assert len(table) > 1
+    assert table["parcel_id"].is_unique
+    union = gpd.read_file(tiny_data / "parcels/parcels.gpkg").union_all()
+    with rasterio.open(run / SINK_RELPATH) as src:
+        assert src.descriptions[0] == "sink_mg_c_ha_yr"
+        sink = src.read(1).astype(np.float64)
+        t = src.transform
+    rows, cols = np.indices(sink.shape)
+    west, north = t.c + cols * t.a, t.f + rows * t.e
+    cells = shapely.box(west, north + t.e, west + t.a, north)
+    cell_m2 = t.a * -t.e
+    share = shapely.area(shapely.intersection(cells, union)) / cell_m2
+    cell_ha = cell_m2 / 10_000.0
+    forest = np.isfinite(sink)
+    assert forest.sum() > sink.size / 2  # most of the map has a sink to add up
+    want_sink = float(np.sum(np.where(forest, sink, 0.0) * share)) * cell_ha
+    assert table["sink_mg_c_yr"].sum() == pytest.approx(want_sink, rel=1e-6)
+    assert table["forest_area_ha"].sum() == pytest.approx(
+        float(share[forest].sum()) * cell_ha, rel=1e-9
+    )
+    assert table["area_grid_ha"].sum() == pytest.approx(float(share.sum()) * cell_ha, rel=1e-9)
 
 
 def test_second_run_skips_and_reproduce_is_identical(tiny_run, capsys):

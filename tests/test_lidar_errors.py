@@ -19,12 +19,12 @@ from pipeline.contracts import (
     LIDAR_TILES_RELPATH,
 )
 from pipeline.errors import InputDataError
-from pipeline.lidar import engine
+from pipeline.grid import north_up_geobox
 from pipeline.lidar.index import index_tiles
 from pipeline.stages.lidar import LidarJob, run_lidar
 
 X0, Y0 = 500_000.0, 2_900_000.0
-GRID = engine.MapGrid(X0, Y0 + 100, 10.0, 10, 20)
+GRID = north_up_geobox((10, 20), x0_m=X0, ytop_m=Y0 + 100, res_m=10.0)
 
 
 def job(crs: str = "EPSG:32650", tile_crs: str | None = None) -> LidarJob:

@@ -10,6 +10,7 @@ import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
 from affine import Affine
+from helpers import assert_numpy_equals_dask
 from shapely.geometry import LineString, box
 from shapely.ops import split
 
@@ -126,8 +127,10 @@ def test_parcel_totals_add_up_to_the_aoi_total():
     parcels = partition()
     assert len(parcels) >= 4
     lidar = np.stack([np.zeros((20, 24)), np.full((20, 24), 0.25)])
-    table = parcel_sink_table(
+    table = assert_numpy_equals_dask(
+        parcel_sink_table,
         JOB,
+        chunks=7,
         parcels=parcels,
         lidar_metrics=raster(lidar, band=["h_mean", "lidar_fraction"]),
         **inputs,

@@ -71,13 +71,9 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.config import DaskSettings
     from pipeline.contracts import LIDAR_QA_RELPATH
     from pipeline.errors import InputDataError
+    from pipeline.grid import region_geobox
     from pipeline.lidar.index import index_tiles
-    from pipeline.stages.lidar import (
-        LidarJob,
-        model_grid_for_tiles,
-        model_grid_from_aoi,
-        run_lidar,
-    )
+    from pipeline.stages.lidar import LidarJob, model_grid_for_tiles, run_lidar
 
     tiles = _expand(list(args.tiles))
     index = index_tiles(list(tiles), assume_crs=args.crs)
@@ -95,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
     )
     job = LidarJob(params, crs=crs, resolution_m=args.grid_resolution, tile_crs=args.crs)
     if args.aoi is not None:
-        grid = model_grid_from_aoi(read_input(args.aoi), crs=crs, resolution_m=args.grid_resolution)
+        grid = region_geobox(read_input(args.aoi), crs=crs, resolution_m=args.grid_resolution)
     else:
         grid = model_grid_for_tiles(index, resolution_m=args.grid_resolution)
     with dask_client(DaskSettings(), scheduler=args.scheduler):

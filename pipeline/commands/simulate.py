@@ -59,10 +59,11 @@ def run(args: argparse.Namespace) -> int:
         have = snapped_bounds(
             tuple(gpd.read_file(aoi_path).to_crs(config.crs).total_bounds), config.resolution_m
         )
-        if any(abs(a - b) > 1e-6 for a, b in zip(have, grid.bounds, strict=True)):
+        want = tuple(grid.boundingbox)
+        if any(abs(a - b) > 1e-6 for a, b in zip(have, want, strict=True)):
             raise ConfigError(
                 f"{path}: aoi {aoi_path} has bounds {have} but simulate.size_km/center_lon/"
-                f"center_lat give {grid.bounds}; fix the config or delete the AOI file to "
+                f"center_lat give {want}; fix the config or delete the AOI file to "
                 "have it written"
             )
     out.parent.mkdir(parents=True, exist_ok=True)

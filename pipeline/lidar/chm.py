@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from odc.geo.geobox import GeoBox
 from scipy import ndimage
 
-from pipeline.lidar.grid import CellGrid
+from pipeline.grid import flat_index_blocks, north_up_geobox
 from pipeline.lidar.points import PointSet
 from pipeline.lidar.tin import rasterise_tin, triangulate
 
@@ -59,10 +60,10 @@ class PitFree:
     max_edge_m: tuple[float, float]
 
 
-def p2r(points: PointSet, grid: CellGrid) -> np.ndarray:
+def p2r(points: PointSet, grid: GeoBox) -> np.ndarray:
     """Highest height per cell (float32, NaN where the cell has no return)."""
-    out = np.full(grid.rows * grid.cols, -np.inf, np.float32)
-    for sl, flat, inside in grid.flat_index_blocks(points.x_m, points.y_m):
+    out = np.full(grid.height * grid.width, -np.inf, np.float32)
+    for sl, flat, inside in flat_index_blocks(grid, points.x_m, points.y_m):
         np.maximum.at(out, flat[inside], points.z_m[sl][inside])
     out[np.isneginf(out)] = np.nan
     return out.reshape(grid.shape)
@@ -83,16 +84,19 @@ def fill_from_neighbours(z: np.ndarray) -> np.ndarray:
     return out
 
 
-def p2r_subcells(points: PointSet, grid: CellGrid, *, algorithm: P2R) -> np.ndarray:
+def p2r_subcells(points: PointSet, grid: GeoBox, *, algorithm: P2R) -> np.ndarray:
     """:class:`P2R` with sub-cells: highest per sub-cell, gaps filled, highest per cell."""
     k = algorithm.subcells
     if k == 1 and algorithm.fill == "none":
         return p2r(points, grid)
-    fine = CellGrid(grid.x0_m, grid.ytop_m, grid.res_m / k, grid.rows * k, grid.cols * k)
+    a = grid.affine
+    fine = north_up_geobox(
+        (grid.height * k, grid.width * k), x0_m=a.c, ytop_m=a.f, res_m=a.a / k, crs=grid.crs
+    )
     sub = p2r(points, fine)
     if algorithm.fill == "neighbours":
         sub = fill_from_neighbours(sub)
-    blocks = sub.reshape(grid.rows, k, grid.cols, k)
+    blocks = sub.reshape(grid.height, k, grid.width, k)
     # NaN only where no sub-cell has a value (np.nanmax would warn on those)
     out = np.where(np.isnan(blocks), -np.inf, blocks).max(axis=(1, 3))
     out[np.isneginf(out)] = np.nan
@@ -114,10 +118,10 @@ def _highest_per_cell(points: PointSet, cell_m: float) -> PointSet:
     return points.select(order[first])
 
 
-def pitfree(points: PointSet, grid: CellGrid, *, algorithm: PitFree) -> np.ndarray:
+def pitfree(points: PointSet, grid: GeoBox, *, algorithm: PitFree) -> np.ndarray:
     """Pit-free CHM (float32) on ``grid`` from normalised returns."""
     first = points.select(points.return_number == 1)
-    top = _highest_per_cell(first, grid.res_m / 2)
+    top = _highest_per_cell(first, grid.affine.a / 2)
     out = np.full(grid.shape, np.nan, np.float32)
     for i, th in enumerate(algorithm.thresholds_m):
         layer_pts = top.select(top.z_m >= th) if th > 0 else top
@@ -140,7 +144,7 @@ def pitfree(points: PointSet, grid: CellGrid, *, algorithm: PitFree) -> np.ndarr
     return out
 
 
-def chm(points: PointSet, grid: CellGrid, *, algorithm: P2R | PitFree) -> np.ndarray:
+def chm(points: PointSet, grid: GeoBox, *, algorithm: P2R | PitFree) -> np.ndarray:
     """Canopy height model on ``grid`` (heights in metres, float32)."""
     if isinstance(algorithm, PitFree):
         return pitfree(points, grid, algorithm=algorithm)

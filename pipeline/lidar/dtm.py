@@ -12,9 +12,9 @@ keeps the terrain surface at the DTM's scale and bounds the triangulation's cost
 from __future__ import annotations
 
 import numpy as np
+from odc.geo.geobox import GeoBox
 from scipy.spatial import cKDTree
 
-from pipeline.lidar.grid import CellGrid
 from pipeline.lidar.tin import rasterise_tin, triangulate
 
 
@@ -48,7 +48,7 @@ def lowest_per_cell(
 
 def idw_fill(
     grid_z: np.ndarray,
-    grid: CellGrid,
+    grid: GeoBox,
     x: np.ndarray,
     y: np.ndarray,
     z: np.ndarray,
@@ -65,8 +65,9 @@ def idw_fill(
     if not missing.any() or x.shape[0] == 0:
         return grid_z
     rows, cols = np.nonzero(missing)
-    xc = grid.x0_m + (cols + 0.5) * grid.res_m
-    yc = grid.ytop_m - (rows + 0.5) * grid.res_m
+    a = grid.affine
+    xc = a.c + (cols + 0.5) * a.a
+    yc = a.f - (rows + 0.5) * a.a
     kk = min(k, x.shape[0])
     tree = cKDTree(np.column_stack([x, y]).astype(np.float64))
     dist, idx = tree.query(np.column_stack([xc, yc]), k=kk, distance_upper_bound=rmax_m)
@@ -86,7 +87,7 @@ def dtm_tin(
     x: np.ndarray,
     y: np.ndarray,
     z: np.ndarray,
-    grid: CellGrid,
+    grid: GeoBox,
     *,
     thin_m: float,
     idw_rmax_m: float = 50.0,

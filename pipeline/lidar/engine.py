@@ -44,11 +44,12 @@ from typing import Literal
 
 import dask
 import numpy as np
+from odc.geo.geobox import GeoBox
 
 from pipeline.errors import InputDataError
+from pipeline.grid import cell_window, flat_index, north_up_geobox
 from pipeline.lidar.chm import P2R, PitFree, chm
 from pipeline.lidar.dtm import dtm_tin
-from pipeline.lidar.grid import CellGrid
 from pipeline.lidar.ground import CSF, SMRF, classify_ground
 from pipeline.lidar.index import TileInfo
 from pipeline.lidar.metrics import point_metrics
@@ -56,25 +57,6 @@ from pipeline.lidar.noise import noise_class_mask, statistical_outlier_mask
 from pipeline.lidar.normalise import NormaliseStats, clamp_heights, looks_normalised, normalise
 from pipeline.lidar.points import GROUND, PointSet, empty_points
 from pipeline.lidar.read import Box, PointSink, Target, read_targets
-
-
-@dataclass(frozen=True)
-class MapGrid:
-    """A north-up grid in map coordinates (metres)."""
-
-    x0: float
-    ytop: float
-    res: float
-    rows: int
-    cols: int
-
-    def window(self, box: Box) -> tuple[int, int, int, int]:
-        """Row/col range ``(r0, r1, c0, c1)`` of the cells inside ``box`` (clipped)."""
-        c0 = round((box[0] - self.x0) / self.res)
-        c1 = round((box[2] - self.x0) / self.res)
-        r0 = round((self.ytop - box[3]) / self.res)
-        r1 = round((self.ytop - box[1]) / self.res)
-        return (max(r0, 0), min(r1, self.rows), max(c0, 0), min(c1, self.cols))
 
 
 @dataclass(frozen=True)
@@ -89,8 +71,8 @@ class EngineSettings:
     min_ground_share: float
     buffer_m: float
     chunk_size_m: float
-    model_grid: MapGrid
-    lidar_grid: MapGrid
+    model_grid: GeoBox
+    lidar_grid: GeoBox
     chm_algorithm: P2R | PitFree
     ground: CSF | SMRF
     outlier_k: int
@@ -267,7 +249,7 @@ def _with_ground(
 
 
 def _terrain_needed(
-    pts: PointSet, spec: ChunkSpec, buf_grid: CellGrid, *, nb: int, n_core: int, res: float
+    pts: PointSet, spec: ChunkSpec, buf_grid: GeoBox, *, nb: int, n_core: int, res: float
 ) -> np.ndarray:
     """Cells of ``buf_grid`` whose terrain is needed: under every ring return (for the
     normalisation) and under the core tiles' footprints (output)."""
@@ -275,8 +257,8 @@ def _terrain_needed(
     # returns in the core lie under the core tiles, so only the ring's need looking at
     x, y = pts.x_m, pts.y_m
     ring = (x < 0) | (x >= side) | (y < 0) | (y >= side)
-    needed = np.zeros(buf_grid.rows * buf_grid.cols, bool)
-    flat, inside = buf_grid.flat_index(x[ring], y[ring])
+    needed = np.zeros(buf_grid.height * buf_grid.width, bool)
+    flat, inside = flat_index(buf_grid, x[ring], y[ring])
     needed[flat[inside]] = True
     needed = needed.reshape(buf_grid.shape)
     for t in spec.core_tiles:
@@ -290,16 +272,16 @@ def _terrain_needed(
 
 def _metrics_grid(
     spec: ChunkSpec, settings: EngineSettings
-) -> tuple[tuple[int, int, int, int], CellGrid]:
-    """The model-grid window of the chunk and its cells in chunk coordinates."""
-    mg = settings.model_grid
-    mw = mg.window(spec.core)
-    sub = CellGrid(
-        mg.x0 + mw[2] * mg.res - spec.core[0],
-        mg.ytop - mw[0] * mg.res - spec.core[1],
-        mg.res,
-        max(mw[1] - mw[0], 0),
-        max(mw[3] - mw[2], 0),
+) -> tuple[tuple[int, int, int, int], GeoBox]:
+    """The model-grid window of the chunk and its cells in chunk coordinates (metres from
+    the chunk's SW corner, the frame of its points)."""
+    mw = cell_window(settings.model_grid, spec.core)
+    ma = settings.model_grid.affine
+    sub = north_up_geobox(
+        (max(mw[1] - mw[0], 0), max(mw[3] - mw[2], 0)),
+        x0_m=ma.c + mw[2] * ma.a - spec.core[0],
+        ytop_m=ma.f - mw[0] * ma.a - spec.core[1],
+        res_m=ma.a,
     )
     return mw, sub
 
@@ -329,7 +311,8 @@ def process_points(
     nb = math.ceil(settings.buffer_m / res)
     b = nb * res
     n_core = round(side / res)
-    buf_grid = CellGrid(-b, side + b, res, n_core + 2 * nb, n_core + 2 * nb)
+    n_buf = n_core + 2 * nb
+    buf_grid = north_up_geobox((n_buf, n_buf), x0_m=-b, ytop_m=side + b, res_m=res)
     if normalised:
         dtm = np.full(buf_grid.shape, np.nan, np.float32)
         pts, nstats = clamp_heights(
@@ -357,13 +340,14 @@ def process_points(
         chm_buf = chm(pts, buf_grid, algorithm=algo)
         chm_core = chm_buf[nb : nb + n_core, nb : nb + n_core]
     else:
-        core_grid = CellGrid(0.0, side, res, n_core, n_core)
+        core_grid = north_up_geobox((n_core, n_core), x0_m=0.0, ytop_m=side, res_m=res)
         chm_core = chm(pts, core_grid, algorithm=algo)
     dtm_core = dtm[nb : nb + n_core, nb : nb + n_core]
     # crop to the output grids
-    lw = settings.lidar_grid.window(spec.core)
-    lr0 = lw[0] - round((settings.lidar_grid.ytop - spec.core[3]) / res)
-    lc0 = lw[2] - round((spec.core[0] - settings.lidar_grid.x0) / res)
+    lw = cell_window(settings.lidar_grid, spec.core)
+    la = settings.lidar_grid.affine
+    lr0 = lw[0] - round((la.f - spec.core[3]) / res)
+    lc0 = lw[2] - round((spec.core[0] - la.c) / res)
     sl = (slice(lr0, lr0 + lw[1] - lw[0]), slice(lc0, lc0 + lw[3] - lw[2]))
     mw, sub = _metrics_grid(spec, settings)
     metrics, n_returns = point_metrics(
@@ -440,7 +424,6 @@ __all__ = [
     "ChunkResult",
     "ChunkSpec",
     "EngineSettings",
-    "MapGrid",
     "NormaliseStats",
     "build_tasks",
     "chunk_side",

@@ -43,7 +43,7 @@ import CSF as csf_lib
 import numpy as np
 from scipy import ndimage
 
-from pipeline.lidar.grid import CellGrid
+from pipeline.grid import flat_index_blocks, north_up_geobox
 from pipeline.lidar.normalise import bilinear
 from pipeline.lidar.points import GROUND, PointSet
 from pipeline.lidar.tin import rasterise_tin, triangulate
@@ -152,10 +152,10 @@ def smrf_ground(points: PointSet, *, algorithm: SMRF) -> np.ndarray:
     ytop = (math.floor(float(y.max()) / c) + 1) * c
     cols = math.floor((float(x.max()) - x0) / c) + 1
     rows = math.ceil((ytop - float(y.min())) / c)
-    grid = CellGrid(x0, ytop, c, rows, cols)
+    grid = north_up_geobox((rows, cols), x0_m=x0, ytop_m=ytop, res_m=c)
     # (1) minimum surface and the index of each cell's lowest return
     flat = np.empty(n, np.int32)
-    for sl, f, _ in grid.flat_index_blocks(x, y):
+    for sl, f, _ in flat_index_blocks(grid, x, y):
         flat[sl] = f
     zmin = np.full(rows * cols, np.inf, z.dtype)  # same dtype: the == below is exact
     np.minimum.at(zmin, flat, z)
@@ -194,7 +194,7 @@ def smrf_ground(points: PointSet, *, algorithm: SMRF) -> np.ndarray:
     gr, gc = np.gradient(dem.astype(np.float64), c)
     tolerance = (a.threshold_m + a.scalar * np.hypot(gr, gc)).astype(np.float32).reshape(-1)
     out = np.empty(n, bool)
-    for sl, f, _ in grid.flat_index_blocks(x, y):
+    for sl, f, _ in flat_index_blocks(grid, x, y):
         dz = z[sl] - bilinear(dem, grid, x[sl], y[sl])
         out[sl] = np.abs(dz) <= tolerance[f]
     return out

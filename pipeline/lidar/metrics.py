@@ -19,8 +19,9 @@ Cells without first returns are NaN in every band but ``lidar_fraction``.
 from __future__ import annotations
 
 import numpy as np
+from odc.geo.geobox import GeoBox
 
-from pipeline.lidar.grid import CellGrid
+from pipeline.grid import flat_index_blocks
 from pipeline.lidar.points import PointSet
 
 PERCENTILES = (10, 25, 50, 75, 90, 95, 99)
@@ -45,7 +46,7 @@ N_POINT_BANDS = len(BAND_NAMES) - 2
 
 
 def point_metrics(
-    points: PointSet, grid: CellGrid, *, min_height_m: float, cover_threshold_m: float
+    points: PointSet, grid: GeoBox, *, min_height_m: float, cover_threshold_m: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell height metrics and return counts.
 
@@ -57,7 +58,7 @@ def point_metrics(
     n_returns
         ``(rows, cols)`` int64 count of all returns per cell.
     """
-    ncell = grid.rows * grid.cols
+    ncell = grid.height * grid.width
     n_returns = np.zeros(ncell, np.int64)
     n_first = np.zeros(ncell, np.int64)
     n_cover = np.zeros(ncell, np.int64)
@@ -68,7 +69,7 @@ def point_metrics(
     cell = np.empty(cap, np.int32)
     h = np.empty(cap, np.float32)
     k = 0
-    for sl, flat, inside in grid.flat_index_blocks(points.x_m, points.y_m):
+    for sl, flat, inside in flat_index_blocks(grid, points.x_m, points.y_m):
         n_returns += np.bincount(flat[inside], minlength=ncell)
         first = inside & is_first[sl]
         fc = flat[first]
@@ -115,17 +116,16 @@ def point_metrics(
             frac = pos - lo
             out[3 + i, cells] = hs[starts + lo] + frac * (hs[starts + hi] - hs[starts + lo])
     out[N_POINT_BANDS - 1, n_first > 0] = n_cover[n_first > 0] / n_first[n_first > 0]
-    shape = (N_POINT_BANDS, grid.rows, grid.cols)
+    shape = (N_POINT_BANDS, grid.height, grid.width)
     return out.reshape(shape).astype(np.float32), n_returns.reshape(grid.shape)
 
 
-def footprint_fraction(
-    boxes: list[tuple[float, float, float, float]], grid: CellGrid
-) -> np.ndarray:
+def footprint_fraction(boxes: list[tuple[float, float, float, float]], grid: GeoBox) -> np.ndarray:
     """Share of each cell covered by the union of non-overlapping tile bounds."""
     frac = np.zeros(grid.shape, np.float64)
-    xe = grid.x0_m + np.arange(grid.cols + 1) * grid.res_m
-    ye = grid.ytop_m - np.arange(grid.rows + 1) * grid.res_m
+    a = grid.affine
+    xe = a.c + np.arange(grid.width + 1) * a.a
+    ye = a.f - np.arange(grid.height + 1) * a.a
     for b in boxes:
         ox = np.clip(np.minimum(xe[1:], b[2]) - np.maximum(xe[:-1], b[0]), 0, None)
         oy = np.clip(np.minimum(ye[:-1], b[3]) - np.maximum(ye[1:], b[1]), 0, None)
@@ -134,4 +134,4 @@ def footprint_fraction(
         if cols.size and rows.size:  # touch only the tile's window of the grid
             c0, c1, r0, r1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
             frac[r0:r1, c0:c1] += np.outer(oy[r0:r1], ox[c0:c1])
-    return np.clip(frac / grid.res_m**2, 0.0, 1.0)
+    return np.clip(frac / a.a**2, 0.0, 1.0)

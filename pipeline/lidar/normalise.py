@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from odc.geo.geobox import GeoBox
 
-from pipeline.lidar.grid import CellGrid
 from pipeline.lidar.points import PointSet
 
 #: detection thresholds of an already normalised cloud (metres); a real terrain surface
@@ -38,16 +38,17 @@ def looks_normalised(ground_z_m: np.ndarray) -> bool:
     return bool(np.median(a) < NORMALISED_MEDIAN_M and np.percentile(a, 95) < NORMALISED_P95_M)
 
 
-def bilinear(grid_z: np.ndarray, grid: CellGrid, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def bilinear(grid_z: np.ndarray, grid: GeoBox, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Bilinear interpolation between cell centres (edges extend the border cells).
 
     Computed in float32 with flat gathers: this runs once per return, so it is written
     for speed (about 10 ns per return).
     """
     rows, cols = grid.shape
-    inv = np.float32(1.0 / grid.res_m)
-    fx = (x - np.float32(grid.x0_m)) * inv - np.float32(0.5)
-    fy = (np.float32(grid.ytop_m) - y) * inv - np.float32(0.5)
+    a = grid.affine
+    inv = np.float32(1.0 / a.a)
+    fx = (x - np.float32(a.c)) * inv - np.float32(0.5)
+    fy = (np.float32(a.f) - y) * inv - np.float32(0.5)
     # truncation equals floor for fx >= 0; values in (-1, 0) clamp to column 0 anyway
     c0 = fx.astype(np.int32)
     r0 = fy.astype(np.int32)
@@ -80,7 +81,7 @@ class NormaliseStats:
 
 
 def normalise(
-    points: PointSet, dtm_m: np.ndarray, grid: CellGrid, *, tolerance_m: float
+    points: PointSet, dtm_m: np.ndarray, grid: GeoBox, *, tolerance_m: float
 ) -> tuple[PointSet, NormaliseStats]:
     """Heights above the DTM; negatives clamped (within tolerance) or dropped."""
     n = len(points)

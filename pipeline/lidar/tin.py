@@ -11,9 +11,8 @@ lasR's rasteriser of triangulations.
 from __future__ import annotations
 
 import numpy as np
+from odc.geo.geobox import GeoBox
 from scipy.spatial import Delaunay, QhullError
-
-from pipeline.lidar.grid import CellGrid
 
 #: triangles are processed in batches of this many to bound temporary memory
 BATCH = 500_000
@@ -36,7 +35,7 @@ def rasterise_tin(
     y: np.ndarray,
     z: np.ndarray,
     triangles: np.ndarray,
-    grid: CellGrid,
+    grid: GeoBox,
     *,
     max_edge_m: float = 0.0,
     out: np.ndarray | None = None,
@@ -66,7 +65,9 @@ def rasterise_tin(
     xd = x.astype(np.float64)
     yd = y.astype(np.float64)
     zd = z.astype(np.float64)
-    res = grid.res_m
+    a = grid.affine
+    x0, ytop, res = a.c, a.f, a.a
+    rows, cols = grid.shape
     for start in range(0, triangles.shape[0], BATCH):
         t = triangles[start : start + BATCH]
         ax, ay, az = xd[t[:, 0]], yd[t[:, 0]], zd[t[:, 0]]
@@ -85,14 +86,14 @@ def rasterise_tin(
                 v[keep] for v in (ax, ay, az, bx, by, bz, cx, cy, cz)
             )
         # cell columns/rows whose centre may fall inside each triangle's bounding box
-        c0 = np.ceil((np.minimum.reduce([ax, bx, cx]) - grid.x0_m) / res - 0.5).astype(np.int64)
-        c1 = np.floor((np.maximum.reduce([ax, bx, cx]) - grid.x0_m) / res - 0.5).astype(np.int64)
-        r0 = np.ceil((grid.ytop_m - np.maximum.reduce([ay, by, cy])) / res - 0.5).astype(np.int64)
-        r1 = np.floor((grid.ytop_m - np.minimum.reduce([ay, by, cy])) / res - 0.5).astype(np.int64)
+        c0 = np.ceil((np.minimum.reduce([ax, bx, cx]) - x0) / res - 0.5).astype(np.int64)
+        c1 = np.floor((np.maximum.reduce([ax, bx, cx]) - x0) / res - 0.5).astype(np.int64)
+        r0 = np.ceil((ytop - np.maximum.reduce([ay, by, cy])) / res - 0.5).astype(np.int64)
+        r1 = np.floor((ytop - np.minimum.reduce([ay, by, cy])) / res - 0.5).astype(np.int64)
         c0 = np.maximum(c0, 0)
         r0 = np.maximum(r0, 0)
-        c1 = np.minimum(c1, grid.cols - 1)
-        r1 = np.minimum(r1, grid.rows - 1)
+        c1 = np.minimum(c1, cols - 1)
+        r1 = np.minimum(r1, rows - 1)
         nc = np.maximum(c1 - c0 + 1, 0)
         nr = np.maximum(r1 - r0 + 1, 0)
         n = nc * nr
@@ -105,8 +106,8 @@ def rasterise_tin(
         ncol = nc[tid]
         col = c0[tid] + k % ncol
         row = r0[tid] + k // ncol
-        px = grid.x0_m + (col + 0.5) * res
-        py = grid.ytop_m - (row + 0.5) * res
+        px = x0 + (col + 0.5) * res
+        py = ytop - (row + 0.5) * res
         # barycentric coordinates
         axt, ayt = ax[tid], ay[tid]
         v0x, v0y = bx[tid] - axt, by[tid] - ayt
@@ -120,5 +121,5 @@ def rasterise_tin(
         eps = -1e-9
         inside = (wa >= eps) & (wb >= eps) & (wc >= eps) & (den != 0)
         val = wa * az[tid] + wb * bz[tid] + wc * cz[tid]
-        flat[(row * grid.cols + col)[inside]] = val[inside]
+        flat[(row * cols + col)[inside]] = val[inside]
     return out

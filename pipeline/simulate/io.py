@@ -1,4 +1,8 @@
-"""Writing the simulator's files: Cloud Optimized GeoTIFFs and deterministic JSON."""
+"""Writing the simulator's files: rasters for the pipeline's COG writer, deterministic JSON.
+
+Rasters go through :func:`pipeline.io.write_cog`, the one COG writer of the project;
+:func:`raster` puts a simulated array on its grid for it.
+"""
 
 from __future__ import annotations
 
@@ -7,50 +11,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
-import rasterio
-from affine import Affine
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from odc.geo.geobox import GeoBox
 
 
-def write_cog(
-    path: Path,
+def raster(
     data: npt.NDArray[Any],
+    grid: GeoBox,
     *,
-    transform: Affine,
-    crs: str,
     nodata: float | None,
-    descriptions: Sequence[str] | None = None,
-    units: str | None = None,
-    tags: dict[str, str] | None = None,
-) -> None:
-    """Write a 2-D or 3-D (band, y, x) array as a deflate-compressed COG."""
-    arr = data if data.ndim == 3 else data[None]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    predictor = 3 if np.issubdtype(arr.dtype, np.floating) else 2
-    profile = {
-        "driver": "COG",
-        "width": arr.shape[2],
-        "height": arr.shape[1],
-        "count": arr.shape[0],
-        "dtype": arr.dtype.name,
-        "crs": crs,
-        "transform": transform,
-        "nodata": nodata,
-        "compress": "deflate",
-        "predictor": predictor,
-        "blocksize": 512,
-        "bigtiff": "NO",
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(arr)
-        for i in range(arr.shape[0]):
-            if descriptions is not None:
-                dst.set_band_description(i + 1, descriptions[i])
-            if units is not None:
-                dst.update_tags(i + 1, units=units)
-        if tags:
-            dst.update_tags(**tags)
+    bands: Sequence[str] | None = None,
+) -> xr.DataArray:
+    """A 2-D or ``(band, y, x)`` array on ``grid`` as a DataArray for the COG writer.
+
+    Georeferenced by the grid's CRS and affine alone, without x/y coordinates, so the
+    file gets the grid's transform exactly (rather than one recomputed from cell
+    centres). ``bands`` names the bands (their descriptions); ``nodata=None`` writes none.
+    """
+    arr = xr.DataArray(
+        data if data.ndim == 3 else data[None], dims=("band", "y", "x"), attrs={"nodata": nodata}
+    )
+    if bands is not None:
+        arr = arr.assign_coords(band=list(bands))
+    return arr.rio.write_crs(grid.crs).rio.write_transform(grid.affine)
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -35,10 +35,11 @@ from pathlib import Path
 import laspy
 import numpy as np
 import numpy.typing as npt
+from odc.geo.geobox import GeoBox
 from pyproj import CRS
 from scipy import ndimage
 
-from pipeline.simulate.grid import Grid
+from pipeline.grid import cell_centres, north_up_geobox
 from pipeline.simulate.science import FOREST_TYPES, coefficients
 from pipeline.simulate.stands import Trees
 from pipeline.simulate.terrain import Terrain
@@ -46,10 +47,10 @@ from pipeline.simulate.terrain import Terrain
 FloatArray = npt.NDArray[np.float64]
 
 
-def crown_surface(trees: Trees, grid: Grid) -> FloatArray:
+def crown_surface(trees: Trees, grid: GeoBox) -> FloatArray:
     """Height above ground of the top of the canopy on ``grid`` (max over crowns)."""
     coef = coefficients()["forest_types"]
-    surf = np.zeros(grid.ny * grid.nx)
+    surf = np.zeros(grid.height * grid.width)
     if len(trees) == 0:
         return surf.reshape(grid.shape)
     r = trees.crown_radius_m()
@@ -58,9 +59,9 @@ def crown_surface(trees: Trees, grid: Grid) -> FloatArray:
     order = np.argsort(-r, kind="stable")
     r, length, cone = r[order], length[order], cone[order]
     x, y, h = trees.x_m[order], trees.y_m[order], trees.height_m[order]
-    res = grid.res_m
-    fc = (x - grid.x0_m) / res
-    fr = (grid.y1_m - y) / res
+    res = grid.resolution.x
+    fc = (x - grid.affine.c) / res
+    fr = (grid.affine.f - y) / res
     ci = np.floor(fc).astype(np.int64)
     ri = np.floor(fr).astype(np.int64)
     reach = math.ceil(float(r.max()) / res) + 1
@@ -75,7 +76,7 @@ def crown_surface(trees: Trees, grid: Grid) -> FloatArray:
             dx = (cc + 0.5) * res - fc[:n] * res
             dy = (rr + 0.5) * res - fr[:n] * res
             d = np.hypot(dx, dy) / r[:n]
-            m = (d <= 1.0) & (rr >= 0) & (rr < grid.ny) & (cc >= 0) & (cc < grid.nx)
+            m = (d <= 1.0) & (rr >= 0) & (rr < grid.height) & (cc >= 0) & (cc < grid.width)
             if not m.any():
                 continue
             dd = d[m]
@@ -84,7 +85,7 @@ def crown_surface(trees: Trees, grid: Grid) -> FloatArray:
                 h[:n][m] - length[:n][m] * dd,
                 h[:n][m] - length[:n][m] * (1.0 - np.sqrt(1.0 - dd**2)),
             )
-            np.maximum.at(surf, rr[m] * grid.nx + cc[m], z)
+            np.maximum.at(surf, rr[m] * grid.width + cc[m], z)
     return surf.reshape(grid.shape)
 
 
@@ -92,7 +93,7 @@ def crown_surface(trees: Trees, grid: Grid) -> FloatArray:
 class LidarTruth:
     dem_1m: FloatArray
     chm_1m: FloatArray
-    grid_1m: Grid
+    grid_1m: GeoBox
 
 
 def gps_seconds(when: dt.datetime) -> float:
@@ -101,9 +102,9 @@ def gps_seconds(when: dt.datetime) -> float:
     return (when - epoch).total_seconds() + 18.0 - 1e9
 
 
-def _bilinear(a: FloatArray, g: Grid, x: FloatArray, y: FloatArray) -> FloatArray:
-    col = (x - g.x0_m) / g.res_m - 0.5
-    row = (g.y1_m - y) / g.res_m - 0.5
+def _bilinear(a: FloatArray, g: GeoBox, x: FloatArray, y: FloatArray) -> FloatArray:
+    col = (x - g.affine.c) / g.resolution.x - 0.5
+    row = (g.affine.f - y) / g.resolution.x - 0.5
     return np.asarray(ndimage.map_coordinates(a, [row, col], order=1, mode="nearest"))
 
 
@@ -119,18 +120,19 @@ def simulate_block(
 ) -> tuple[LidarTruth, list[dict[str, object]]]:
     """Write the LAZ tiles of a LiDAR block and return its truth and a tile table."""
     c = coefficients()["lidar"]
-    g1 = Grid(bounds[0], bounds[3], 1.0, round(bounds[2] - bounds[0]), round(bounds[3] - bounds[1]))
-    gc = Grid(
-        g1.x0_m,
-        g1.y1_m,
-        float(c["crown_raster_m"]),
-        round(g1.nx / c["crown_raster_m"]),
-        round(g1.ny / c["crown_raster_m"]),
+    shape = (round(bounds[3] - bounds[1]), round(bounds[2] - bounds[0]))
+    g1 = north_up_geobox(shape, x0_m=bounds[0], ytop_m=bounds[3], res_m=1.0, crs=crs)
+    gc = north_up_geobox(
+        (round(g1.height / c["crown_raster_m"]), round(g1.width / c["crown_raster_m"])),
+        x0_m=g1.affine.c,
+        ytop_m=g1.affine.f,
+        res_m=float(c["crown_raster_m"]),
+        crs=crs,
     )
     surf = crown_surface(trees, gc)
-    k = round(1.0 / gc.res_m)
-    chm = surf.reshape(g1.ny, k, g1.nx, k).max(axis=(1, 3))
-    xx, yy = g1.mesh()
+    k = round(1.0 / gc.resolution.x)
+    chm = surf.reshape(g1.height, k, g1.width, k).max(axis=(1, 3))
+    xx, yy = np.meshgrid(*cell_centres(g1))
     dem = terrain.elevation(xx, yy)
     out_dir.mkdir(parents=True, exist_ok=True)
     tiles = []
@@ -186,9 +188,9 @@ def _write_tile(
     rng: np.random.Generator,
     tb: tuple[float, float, float, float],
     surf: FloatArray,
-    gc: Grid,
+    gc: GeoBox,
     dem: FloatArray,
-    g1: Grid,
+    g1: GeoBox,
     trees: Trees,
     *,
     crs: str,
@@ -201,8 +203,8 @@ def _write_tile(
     n = int(rng.poisson(area * float(c["pulse_density_per_m2"])))
     px = rng.uniform(tb[0], tb[2], n)
     py = rng.uniform(tb[1], tb[3], n)
-    col = np.clip(((px - gc.x0_m) / gc.res_m).astype(np.int64), 0, gc.nx - 1)
-    row = np.clip(((gc.y1_m - py) / gc.res_m).astype(np.int64), 0, gc.ny - 1)
+    col = np.clip(((px - gc.affine.c) / gc.resolution.x).astype(np.int64), 0, gc.width - 1)
+    row = np.clip(((gc.affine.f - py) / gc.resolution.x).astype(np.int64), 0, gc.height - 1)
     s = surf[row, col]
     canopy = s > 0.5
     probs = np.array(c["returns_probabilities"], dtype=np.float64)

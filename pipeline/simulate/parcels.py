@@ -24,17 +24,17 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import shapely
+from odc.geo.geobox import GeoBox
 from rasterio import features
 from shapely.geometry import LineString, box
 
-from pipeline.simulate.grid import Grid
 from pipeline.simulate.science import FOREST_TYPES, NON_FOREST, coefficients
 from pipeline.simulate.terrain import Terrain
 
 
 def make_parcels(
     rng: np.random.Generator,
-    grid: Grid,
+    grid: GeoBox,
     terrain: Terrain,
     *,
     crs: str,
@@ -43,7 +43,7 @@ def make_parcels(
     """Parcels with their type, age, disturbances and per-epoch stand descriptors."""
     c = coefficients()
     land = c["landscape"]
-    xmin, ymin, xmax, ymax = grid.bounds
+    xmin, ymin, xmax, ymax = grid.boundingbox
     area_km2 = (xmax - xmin) * (ymax - ymin) / 1e6
     n = max(int(land["min_parcels"]), round(area_km2 * float(land["parcels_per_km2"])))
     pts = np.column_stack([rng.uniform(xmin, xmax, n), rng.uniform(ymin, ymax, n)])
@@ -112,10 +112,10 @@ def make_parcels(
     return gpd.GeoDataFrame(df, geometry=polys, crs=crs)
 
 
-def make_roads(rng: np.random.Generator, grid: Grid) -> list[LineString]:
+def make_roads(rng: np.random.Generator, grid: GeoBox) -> list[LineString]:
     """Smooth random roads crossing the AOI from west to east."""
     land = coefficients()["landscape"]
-    xmin, ymin, xmax, ymax = grid.bounds
+    xmin, ymin, xmax, ymax = grid.boundingbox
     n = max(1, round(float(land["n_roads_per_10km"]) * (xmax - xmin) / 10_000.0))
     roads = []
     t = np.linspace(0.0, 1.0, 200)
@@ -131,19 +131,19 @@ def make_roads(rng: np.random.Generator, grid: Grid) -> list[LineString]:
 
 
 def rasterise(
-    parcels: gpd.GeoDataFrame, roads: list[LineString], grid: Grid
+    parcels: gpd.GeoDataFrame, roads: list[LineString], grid: GeoBox
 ) -> npt.NDArray[np.int64]:
     """Parcel row per model-grid pixel (cell-centre rule); -1 on roads."""
     shapes = ((geom, i) for i, geom in enumerate(parcels.geometry))
     idx = features.rasterize(
-        shapes, out_shape=grid.shape, transform=grid.transform, fill=-2, dtype="int32"
+        shapes, out_shape=grid.shape, transform=grid.affine, fill=-2, dtype="int32"
     ).astype(np.int64)
     width = float(coefficients()["landscape"]["road_width_m"])
     if roads:
         road = features.rasterize(
             ((r.buffer(width / 2.0), 1) for r in roads),
             out_shape=grid.shape,
-            transform=grid.transform,
+            transform=grid.affine,
             fill=0,
             dtype="uint8",
             all_touched=False,

@@ -25,9 +25,10 @@ import geopandas as gpd
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from odc.geo.geobox import GeoBox
 from shapely.geometry import box
 
-from pipeline.simulate.grid import Grid
+from pipeline.grid import cell_centres
 from pipeline.simulate.science import coefficients
 from pipeline.simulate.stands import StandEpoch, Trees, generate_trees
 from pipeline.units import M2_PER_HA
@@ -35,7 +36,7 @@ from pipeline.units import M2_PER_HA
 
 def choose_plots(
     rng: np.random.Generator,
-    grid: Grid,
+    grid: GeoBox,
     parcel_idx: npt.NDArray[np.int64],
     forest0: npt.NDArray[np.bool_],
     lidar_bounds: tuple[float, float, float, float] | None,
@@ -50,11 +51,11 @@ def choose_plots(
     fpad = np.pad(forest0, 2, mode="constant")
     for di in range(5):
         for dj in range(5):
-            sl = (slice(di, di + grid.ny), slice(dj, dj + grid.nx))
+            sl = (slice(di, di + grid.height), slice(dj, dj + grid.width))
             ok &= (pad[sl] == parcel_idx) & fpad[sl]
     ok[:3, :] = ok[-3:, :] = False
     ok[:, :3] = ok[:, -3:] = False
-    xs, ys = grid.mesh()
+    xs, ys = np.meshgrid(*cell_centres(grid))
     cand = np.flatnonzero(ok)
     inside = np.zeros(cand.shape, dtype=bool)
     if lidar_bounds is not None:
@@ -69,8 +70,8 @@ def choose_plots(
         for k in order:
             if got >= want:
                 break
-            x = xs.ravel()[k] + rng.uniform(-0.5, 0.5) * grid.res_m
-            y = ys.ravel()[k] + rng.uniform(-0.5, 0.5) * grid.res_m
+            x = xs.ravel()[k] + rng.uniform(-0.5, 0.5) * grid.resolution.x
+            y = ys.ravel()[k] + rng.uniform(-0.5, 0.5) * grid.resolution.x
             if all(max(abs(x - a), abs(y - b)) > 2.5 * half for a, b in chosen):
                 chosen.append((x, y))
                 got += 1
@@ -79,7 +80,7 @@ def choose_plots(
 
 def plot_trees(
     seed: int,
-    grid: Grid,
+    grid: GeoBox,
     centers: npt.NDArray[np.float64],
     parcel_idx: npt.NDArray[np.int64],
     stocking: npt.NDArray[np.float64],
@@ -89,12 +90,12 @@ def plot_trees(
     half = math.sqrt(float(coefficients()["plots"]["plot_area_ha"]) * M2_PER_HA) / 2.0
     pix = []
     for x, y in centers:
-        c0 = int((x - half - grid.x0_m) // grid.res_m)
-        c1 = int((x + half - grid.x0_m) // grid.res_m)
-        r0 = int((grid.y1_m - y - half) // grid.res_m)
-        r1 = int((grid.y1_m - y + half) // grid.res_m)
+        c0 = int((x - half - grid.affine.c) // grid.resolution.x)
+        c1 = int((x + half - grid.affine.c) // grid.resolution.x)
+        r0 = int((grid.affine.f - y - half) // grid.resolution.x)
+        r1 = int((grid.affine.f - y + half) // grid.resolution.x)
         rr, cc = np.meshgrid(np.arange(r0, r1 + 1), np.arange(c0, c1 + 1), indexing="ij")
-        pix.append((rr * grid.nx + cc).ravel())
+        pix.append((rr * grid.width + cc).ravel())
     pixels = np.unique(np.concatenate(pix)) if pix else np.zeros(0, dtype=np.int64)
     trees = generate_trees(
         seed, grid, pixels, parcel_idx.ravel()[pixels], stocking.ravel()[pixels], stand

@@ -6,6 +6,10 @@ of the project (``catalog/``, ``scenes/``, ``lidar/``, ``plots/``, ``parcels/``,
 with ``file://`` hrefs pointing at ``final_dir``. Everything is a function of the seed:
 one ``numpy.random.SeedSequence`` is spawned into independent child streams per component,
 and trees use counter-based numbers keyed by pixel, so the same seed gives the same bytes.
+
+The steps, in order: the landscape (terrain, parcels, stands) and its truth maps, the
+parcel files, the satellite scenes, the DEM and the STAC catalog, the LiDAR blocks, the
+field plots, and ``truth/summary.json``.
 """
 
 from __future__ import annotations
@@ -14,30 +18,34 @@ import datetime as dt
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from affine import Affine
+from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 from scipy import ndimage
 from shapely.geometry import box
 
 from pipeline.config import Config
+from pipeline.grid import cell_centres, north_up_geobox
+from pipeline.io import write_cog
 from pipeline.simulate import lidar as lidar_mod
 from pipeline.simulate import plots as plots_mod
 from pipeline.simulate import satellite as sat
 from pipeline.simulate import stac_items
-from pipeline.simulate.grid import Grid
-from pipeline.simulate.io import write_cog, write_gpkg, write_json
+from pipeline.simulate.io import raster, write_gpkg, write_json
 from pipeline.simulate.noise import gaussian_field
 from pipeline.simulate.parcels import choose_project, make_parcels, make_roads, rasterise
 from pipeline.simulate.science import FOREST_TYPES, coefficients, type_codes
-from pipeline.simulate.stands import generate_trees, stand_epochs
-from pipeline.simulate.terrain import make_terrain
-from pipeline.simulate.truth import epoch_truth
+from pipeline.simulate.stands import StandEpoch, generate_trees, stand_epochs
+from pipeline.simulate.terrain import Terrain, make_terrain
+from pipeline.simulate.truth import EpochTruth, epoch_truth
 from pipeline.units import M2_PER_HA
 
 _BLOCK_M = 60.0  # AOI sides are multiples of 60 m so 10, 20 and 60 m grids nest
@@ -49,7 +57,7 @@ def _year_fraction(d: dt.date) -> float:
     return d.year + ((d - start).days + 0.5) / days
 
 
-def aoi_grid(config: Config) -> Grid:
+def aoi_grid(config: Config) -> GeoBox:
     """The simulated AOI on the model grid (square of ``size_km`` around the centre)."""
     p = config.simulate
     t = Transformer.from_crs("EPSG:4326", config.crs, always_xy=True)
@@ -59,12 +67,12 @@ def aoi_grid(config: Config) -> Grid:
     half = max(1, round(p.size_km * 1000.0 / 2.0 / _BLOCK_M)) * _BLOCK_M
     res = config.resolution_m
     n = round(2 * half / res)
-    return Grid(cx - half, cy + half, res, n, n)
+    return north_up_geobox((n, n), x0_m=cx - half, ytop_m=cy + half, res_m=res, crs=config.crs)
 
 
-def aoi_frame(grid: Grid, crs: str) -> gpd.GeoDataFrame:
+def aoi_frame(grid: GeoBox, crs: str) -> gpd.GeoDataFrame:
     """The AOI polygon in WGS84, inset 1 m so snapping it outwards gives back ``grid``."""
-    xmin, ymin, xmax, ymax = grid.bounds
+    xmin, ymin, xmax, ymax = grid.boundingbox
     poly = box(xmin + 1.0, ymin + 1.0, xmax - 1.0, ymax - 1.0)
     return gpd.GeoDataFrame({"name": ["simulated AOI"]}, geometry=[poly], crs=crs).to_crs(
         "EPSG:4326"
@@ -108,128 +116,160 @@ def _plan_scenes(config: Config, rng: np.random.Generator) -> list[sat.Scene]:
     return scenes
 
 
-def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int) -> dict[str, Any]:
-    """Simulate the region into ``out_dir``; hrefs point to ``final_dir``. Returns the summary."""
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+@dataclass(frozen=True)
+class _Streams:
+    """Independent random streams of the components, spawned from one seed."""
 
-    def lap(name: str) -> None:
-        timings[name] = round(time.perf_counter() - t_start - sum(timings.values()), 2)
+    terrain: np.random.Generator
+    parcels: np.random.Generator
+    roads: np.random.Generator
+    stock: np.random.Generator
+    scenes: np.random.Generator
+    plots: np.random.Generator
+    measure: np.random.Generator
+    project: np.random.Generator
+    dem: np.random.Generator
+    lidar: np.random.Generator
+    #: key of the counter-based numbers of the trees (keyed by pixel)
+    tree_seed: int
 
-    c = coefficients()
-    crs = config.crs
-    final_dir = final_dir.resolve()
+
+def _streams(seed: int) -> _Streams:
     ss = np.random.SeedSequence(seed)
-    (
-        r_terrain,
-        r_parcels,
-        r_roads,
-        r_stock,
-        r_scenes,
-        r_plots,
-        r_measure,
-        r_project,
-        r_dem,
-        r_lidar,
-    ) = (np.random.default_rng(s) for s in ss.spawn(10))
-    tree_seed = int(ss.generate_state(1, dtype=np.uint64)[0])
-    grid = aoi_grid(config)
-    p = config.simulate
-    epochs = [e.name for e in config.epochs]
-    years = [_year_fraction(e.reference) for e in config.epochs]
-    aoi = aoi_frame(grid, crs)
-    aoi.to_file(out_dir / "aoi.geojson", driver="GeoJSON")
+    terrain, parcels, roads, stock, scenes, plots, measure, project, dem, lidar = (
+        np.random.default_rng(s) for s in ss.spawn(10)
+    )
+    return _Streams(
+        terrain=terrain,
+        parcels=parcels,
+        roads=roads,
+        stock=stock,
+        scenes=scenes,
+        plots=plots,
+        measure=measure,
+        project=project,
+        dem=dem,
+        lidar=lidar,
+        tree_seed=int(ss.generate_state(1, dtype=np.uint64)[0]),
+    )
 
-    # --- terrain, parcels, stands -------------------------------------------------
-    xmin, ymin, xmax, ymax = grid.bounds
-    terrain = make_terrain(r_terrain, center_x_m=(xmin + xmax) / 2, center_y_m=(ymin + ymax) / 2)
-    xx, yy = grid.mesh()
+
+@dataclass(frozen=True)
+class _Landscape:
+    """The simulated landscape: terrain, parcels and stands on the model grid."""
+
+    grid: GeoBox
+    epochs: list[str]
+    #: reference date of each epoch as a decimal year
+    years: list[float]
+    terrain: Terrain
+    elevation_m: npt.NDArray[np.float64]
+    slope_deg: npt.NDArray[np.float64]
+    aspect_deg: npt.NDArray[np.float64]
+    parcels: gpd.GeoDataFrame
+    #: parcel row per model-grid cell, -1 on roads
+    parcel_idx: npt.NDArray[np.int64]
+    stocking: npt.NDArray[np.float64]
+    stands: list[StandEpoch]
+
+
+@dataclass(frozen=True)
+class _Truth:
+    """Per epoch: the truth maps and the land use of every cell (forest type or other)."""
+
+    maps: list[EpochTruth]
+    use: list[npt.NDArray[np.object_]]
+
+
+def _landscape(config: Config, grid: GeoBox, rs: _Streams) -> _Landscape:
+    years = [_year_fraction(e.reference) for e in config.epochs]
+    xmin, ymin, xmax, ymax = grid.boundingbox
+    terrain = make_terrain(rs.terrain, center_x_m=(xmin + xmax) / 2, center_y_m=(ymin + ymax) / 2)
+    xx, yy = np.meshgrid(*cell_centres(grid))
     elev = terrain.elevation(xx, yy)
     slope, aspect = terrain.slope_aspect_deg(xx, yy)
-    parcels = make_parcels(r_parcels, grid, terrain, crs=crs, epoch_years=years)
-    roads = make_roads(r_roads, grid)
+    parcels = make_parcels(rs.parcels, grid, terrain, crs=config.crs, epoch_years=years)
+    roads = make_roads(rs.roads, grid)
     pidx = rasterise(parcels, roads, grid)
-    land = c["landscape"]
+    land = coefficients()["landscape"]
     stocking = np.exp(
         float(land["stocking_sd_log"])
         * gaussian_field(
-            r_stock, grid.shape, length_px=float(land["stocking_length_scale_m"]) / grid.res_m
+            rs.stock,
+            grid.shape.yx,
+            length_px=float(land["stocking_length_scale_m"]) / grid.resolution.x,
         )
         - 0.5 * float(land["stocking_sd_log"]) ** 2
     )
-    stands = stand_epochs(parcels, years)
-    lap("landscape")
+    return _Landscape(
+        grid=grid,
+        epochs=[e.name for e in config.epochs],
+        years=years,
+        terrain=terrain,
+        elevation_m=elev,
+        slope_deg=slope,
+        aspect_deg=aspect,
+        parcels=parcels,
+        parcel_idx=pidx,
+        stocking=stocking,
+        stands=stand_epochs(parcels, years),
+    )
 
-    # --- truth per epoch ---------------------------------------------------------
-    codes = type_codes()
-    truths = [epoch_truth(tree_seed, grid, pidx, stocking, st) for st in stands]
+
+def _truth(land: _Landscape, tree_seed: int) -> _Truth:
+    pidx = land.parcel_idx
+    maps = [epoch_truth(tree_seed, land.grid, pidx, land.stocking, st) for st in land.stands]
     use = []
-    for i in range(len(epochs)):
-        u = np.asarray(parcels[f"type_{i}"].to_numpy(), dtype=object)[np.maximum(pidx, 0)]
+    for i in range(len(land.epochs)):
+        u = np.asarray(land.parcels[f"type_{i}"].to_numpy(), dtype=object)[np.maximum(pidx, 0)]
         u[pidx < 0] = "road"
         use.append(u)
-    lap("truth")
-    dt_years = years[-1] - years[0]
-    tdir = out_dir / "truth"
-    for ep, tr in zip(epochs, truths, strict=True):
-        write_cog(
-            tdir / f"agb_{ep}.tif",
-            tr.agb_mg_ha.astype(np.float32),
-            transform=grid.transform,
-            crs=crs,
-            nodata=None,
-            descriptions=["agb"],
-            units="Mg/ha",
-        )
-        write_cog(
-            tdir / f"carbon_{ep}.tif",
-            tr.carbon_mg_ha.astype(np.float32),
-            transform=grid.transform,
-            crs=crs,
-            nodata=None,
-            descriptions=["carbon"],
-            units="Mg C/ha",
-        )
-        write_cog(
-            tdir / f"canopy_height_{ep}.tif",
-            tr.canopy_height_m.astype(np.float32),
-            transform=grid.transform,
-            crs=crs,
-            nodata=None,
-            descriptions=["canopy_height"],
-            units="m",
-        )
-    sink = (truths[-1].carbon_mg_ha - truths[0].carbon_mg_ha) / dt_years
+    return _Truth(maps, use)
+
+
+def _write_truth_maps(land: _Landscape, truth: _Truth, tdir: Path) -> None:
+    """``truth/``: AGB, carbon and canopy height per epoch, the sink, the forest types."""
+    grid = land.grid
+    for ep, tr in zip(land.epochs, truth.maps, strict=True):
+        for name, values, units in (
+            ("agb", tr.agb_mg_ha, "Mg/ha"),
+            ("carbon", tr.carbon_mg_ha, "Mg C/ha"),
+            ("canopy_height", tr.canopy_height_m, "m"),
+        ):
+            write_cog(
+                raster(values.astype(np.float32), grid, nodata=None, bands=[name]),
+                tdir / f"{name}_{ep}.tif",
+                band_tags={"units": units},
+            )
+    dt_years = land.years[-1] - land.years[0]
+    sink = (truth.maps[-1].carbon_mg_ha - truth.maps[0].carbon_mg_ha) / dt_years
     write_cog(
+        raster(sink.astype(np.float32), grid, nodata=None, bands=["sink"]),
         tdir / "sink.tif",
-        sink.astype(np.float32),
-        transform=grid.transform,
-        crs=crs,
-        nodata=None,
-        descriptions=["sink"],
-        units="Mg C/ha/yr",
+        band_tags={"units": "Mg C/ha/yr"},
     )
-    ft = np.vectorize(lambda s: codes[s] if s in codes else 0, otypes=[np.uint8])(use[-1])
+    codes = type_codes()
+    ft = np.vectorize(lambda s: codes[s] if s in codes else 0, otypes=[np.uint8])(truth.use[-1])
     write_cog(
+        raster(ft, grid, nodata=None, bands=["forest_type"]),
         tdir / "forest_type.tif",
-        ft,
-        transform=grid.transform,
-        crs=crs,
-        nodata=None,
-        descriptions=["forest_type"],
         tags={f"code_{v}": k for k, v in sorted(codes.items())},
     )
 
-    # --- parcels and project -----------------------------------------------------
-    cell_ha = grid.res_m**2 / M2_PER_HA
-    npar = len(parcels)
+
+def _write_parcels(
+    land: _Landscape, truth: _Truth, rng: np.random.Generator, out_dir: Path, tdir: Path
+) -> gpd.GeoDataFrame:
+    """``parcels/`` (parcels, project) and ``truth/parcels.csv``; returns the project."""
+    parcels, pidx = land.parcels, land.parcel_idx
+    cell_ha = land.grid.resolution.x**2 / M2_PER_HA
     valid = pidx >= 0
     stock_mg = [
-        np.bincount(pidx[valid], weights=t.carbon_mg_ha[valid] * cell_ha, minlength=npar)
-        for t in truths
+        np.bincount(pidx[valid], weights=t.carbon_mg_ha[valid] * cell_ha, minlength=len(parcels))
+        for t in truth.maps
     ]
     area_ha = parcels.geometry.area.to_numpy() / M2_PER_HA
-    sink_t = (stock_mg[-1] - stock_mg[0]) * 44.0 / 12.0 / dt_years
+    sink_t = (stock_mg[-1] - stock_mg[0]) * 44.0 / 12.0 / (land.years[-1] - land.years[0])
     ptruth = pd.DataFrame(
         {
             "parcel_id": parcels["parcel_id"],
@@ -237,7 +277,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
             "disturbance": parcels["disturbance"],
         }
     )
-    for ep, s in zip(epochs, stock_mg, strict=True):
+    for ep, s in zip(land.epochs, stock_mg, strict=True):
         ptruth[f"carbon_{ep}_mg"] = np.round(s, 3)
     ptruth["sink_tco2e_yr"] = np.round(sink_t, 3)
     ptruth.to_csv(tdir / "parcels.csv", index=False)
@@ -246,50 +286,190 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     pub["area_ha"] = np.round(area_ha, 4)
     write_gpkg(
         out_dir / "parcels" / "parcels.gpkg",
-        gpd.GeoDataFrame(pub, geometry=parcels.geometry, crs=crs),
+        gpd.GeoDataFrame(pub, geometry=parcels.geometry, crs=land.grid.crs),
         layer="parcels",
     )
-    project = choose_project(r_project, parcels, sink_t / np.maximum(area_ha, 1e-9))
+    project = choose_project(rng, parcels, sink_t / np.maximum(area_ha, 1e-9))
     write_gpkg(out_dir / "parcels" / "project.gpkg", project, layer="project")
-    lap("parcels")
+    return project
 
-    # --- satellite -----------------------------------------------------------------
-    lon, lat = p.center_lon, p.center_lat
-    utm_zone = int(crs.split(":")[1]) % 100
+
+@dataclass(frozen=True)
+class _SceneState:
+    """What a scene looks like before the sensor: sun, terrain illumination, sky."""
+
+    scene: sat.Scene
+    sun_zenith_deg: float
+    sun_azimuth_deg: float
+    cos_incidence: npt.NDArray[np.float64]
+    #: clear-sky surface reflectance (band, y, x) on the model grid
+    rho: npt.NDArray[np.float64]
+    clouds: sat.CloudState
+    #: observed reflectance (clouds, shadows, noise) on the model grid
+    obs: npt.NDArray[np.float64]
+    #: the scene's stream, continued by the sensor's classification noise
+    rng: np.random.Generator
+
+
+def _scene_state(config: Config, land: _Landscape, truth: _Truth, sc: sat.Scene) -> _SceneState:
+    ei = sc.epoch_index
+    p = config.simulate
+    sz, sa = sat.solar_position(sc.when, p.center_lon, p.center_lat)
+    factor, cos_i = sat.illumination_factor(land.slope_deg, land.aspect_deg, sz, sa)
+    doy = sc.when.timetuple().tm_yday
+    rho = sat.base_reflectance(truth.use[ei], truth.maps[ei].agb_mg_ha, doy) * factor[None]
+    cl = sat.clouds(sc, land.grid, sz, sa)
+    rng = np.random.default_rng(sc.seed + 1)
+    obs = sat.observe(rho, cl, rng=rng)
+    return _SceneState(sc, sz, sa, cos_i, rho, cl, obs, rng)
+
+
+def _href(final_dir: Path, *parts: str) -> str:
+    return final_dir.joinpath(*parts).as_uri()
+
+
+def _write_s2_scene(
+    st: _SceneState,
+    use: npt.NDArray[np.object_],
+    grid: GeoBox,
+    *,
+    tile: str,
+    raw_offset: bool,
+    post_baseline: bool,
+    out_dir: Path,
+    final_dir: Path,
+) -> dict[str, Any]:
+    """Write a Sentinel-2 L2A scene's bands and SCL; returns its STAC item."""
+    c = coefficients()
+    sc = st.scene
+    item_id = f"S2{sc.platform[-1].upper()}_{tile}_{sc.when.strftime('%Y%m%d')}_0_L2A"
+    rel = ("scenes", sc.collection, item_id)
+    g20 = sat.s2_20m_grid(grid)
+    hrefs = {}
+    obs20 = sat.block_mean(st.obs, 2)
+    for bi, (b, res) in enumerate(
+        zip(c["reflectance"]["bands"], c["sentinel2"]["resolution_m"], strict=True)
+    ):
+        g = grid if res == 10 else g20
+        arr = st.obs[bi] if res == 10 else obs20[bi]
+        write_cog(
+            raster(sat.to_s2_dn(arr, offset_applied=raw_offset), g, nodata=0),
+            out_dir.joinpath(*rel, f"{b}.tif"),
+        )
+        hrefs[b] = _href(final_dir, *rel, f"{b}.tif")
+    scl = sat.scl_20m(obs20, st.clouds, use, st.cos_incidence, rng=st.rng)
+    write_cog(raster(scl, g20, nodata=0), out_dir.joinpath(*rel, "scl.tif"))
+    hrefs["scl"] = _href(final_dir, *rel, "scl.tif")
+    k = c["sentinel2"]["scl_classes"]
+    pct = {
+        name: float((scl == k[key]).mean() * 100)
+        for name, key in (
+            ("vegetation", "vegetation"),
+            ("not_vegetated", "not_vegetated"),
+            ("water", "water"),
+            ("cloud_shadow", "cloud_shadow"),
+            ("medium_proba_clouds", "cloud_medium"),
+            ("high_proba_clouds", "cloud_high"),
+            ("thin_cirrus", "thin_cirrus"),
+            ("dark_features", "dark_area"),
+            ("unclassified", "unclassified"),
+        )
+    }
+    return stac_items.s2_item(
+        item_id=item_id,
+        when=sc.when,
+        platform=sc.platform,
+        baseline=sc.extra["baseline"],
+        post_baseline=post_baseline,
+        boa_offset_applied=post_baseline and not raw_offset,
+        grid10=grid,
+        crs=str(grid.crs),
+        hrefs=hrefs,
+        cloud_cover=pct["medium_proba_clouds"] + pct["high_proba_clouds"] + pct["thin_cirrus"],
+        scl_percent=pct,
+        sun_zenith=st.sun_zenith_deg,
+        sun_azimuth=st.sun_azimuth_deg,
+        tile=tile,
+    )
+
+
+def _write_landsat_scene(
+    st: _SceneState, water0: npt.NDArray[np.bool_], grid: GeoBox, *, out_dir: Path, final_dir: Path
+) -> dict[str, Any]:
+    """Write a Landsat C2 L2 scene's bands and QA_PIXEL; returns its STAC item."""
+    c = coefficients()
+    sc = st.scene
+    sensor = "LC08" if sc.platform == "landsat-8" else "LC09"
+    item_id = f"{sensor}_L2SP_120041_{sc.when.strftime('%Y%m%d')}_02_T1"
+    rel = ("scenes", sc.collection, item_id)
+    g30 = sat.landsat_grid(grid)
+    inside30 = sat.inside_model(grid, g30)
+    oli = sat.hls_to_oli(sat.resample_to(st.obs, grid, g30, smooth_px=3))
+    hrefs = {}
+    for bi, b in enumerate(c["landsat"]["bands"]):
+        dn = sat.to_landsat_dn(oli[bi])
+        dn[~inside30] = 0
+        write_cog(raster(dn, g30, nodata=0), out_dir.joinpath(*rel, f"{b}.tif"))
+        hrefs[b] = _href(final_dir, *rel, f"{b}.tif")
+    op30 = sat.resample_to(st.clouds.opacity, grid, g30, smooth_px=3)
+    sh30 = sat.resample_to(st.clouds.shadow, grid, g30, smooth_px=3)
+    water30 = sat.resample_to(water0.astype(np.float64), grid, g30, smooth_px=1) > 0.5
+    qa = sat.qa_pixel(op30, sh30, water30, inside30)
+    qa_fill = float(c["landsat"]["qa_fill"])
+    write_cog(raster(qa, g30, nodata=qa_fill), out_dir.joinpath(*rel, "qa_pixel.tif"))
+    hrefs["qa_pixel"] = _href(final_dir, *rel, "qa_pixel.tif")
+    return stac_items.landsat_item(
+        item_id=item_id,
+        when=sc.when,
+        platform=sc.platform,
+        grid30=g30,
+        crs=str(grid.crs),
+        hrefs=hrefs,
+        cloud_cover=float((op30[inside30] > 0.1).mean() * 100),
+        sun_zenith=st.sun_zenith_deg,
+        sun_azimuth=st.sun_azimuth_deg,
+        wrs_path="120",
+        wrs_row="041",
+    )
+
+
+def _simulate_scenes(
+    config: Config,
+    land: _Landscape,
+    truth: _Truth,
+    rng: np.random.Generator,
+    *,
+    out_dir: Path,
+    final_dir: Path,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Write every scene, its clear-sky mask and the reflectance truth per epoch.
+
+    Returns the scenes' STAC items and the number of scenes per collection.
+    """
+    c = coefficients()
+    grid, tdir = land.grid, out_dir / "truth"
+    utm_zone = int(config.crs.split(":")[1]) % 100
+    xmin, ymin, xmax, ymax = grid.boundingbox
     tile = (
         f"{utm_zone:02d}R{stac_items.mgrs_square(utm_zone, (xmin + xmax) / 2, (ymin + ymax) / 2)}"
     )
-    scenes = _plan_scenes(config, r_scenes)
-    g20 = Grid(grid.x0_m, grid.y1_m, 20.0, grid.nx // 2, grid.ny // 2)
-    g30 = sat.landsat_grid(grid)
-    inside30 = sat.inside_model(grid, g30)
-    water30 = sat.resample_to((use[0] == "water").astype(np.float64), grid, g30, smooth_px=1) > 0.5
+    offset_from = dt.date.fromisoformat(c["sentinel2"]["offset_from_date"])
     items: list[dict[str, Any]] = []
     # clear-sky reflectance of every Sentinel-2 scene, NaN where the scene was cloudy or
     # shadowed: the composite truth is what a perfect cloud mask lets a median see
-    clear_rho: dict[int, list[np.ndarray]] = {i: [] for i in range(len(epochs))}
-    sky_rho: dict[int, list[np.ndarray]] = {i: [] for i in range(len(epochs))}
+    clear_rho: dict[int, list[np.ndarray]] = {i: [] for i in range(len(land.epochs))}
+    sky_rho: dict[int, list[np.ndarray]] = {i: [] for i in range(len(land.epochs))}
     n_scenes = {"sentinel-2-l2a": 0, "landsat-c2-l2": 0}
     n_post_baseline = 0
-    for sc in scenes:
-        ei = sc.epoch_index
-        sz, sa = sat.solar_position(sc.when, lon, lat)
-        factor, cos_i = sat.illumination_factor(slope, aspect, sz, sa)
-        rho = (
-            sat.base_reflectance(use[ei], truths[ei].agb_mg_ha, sc.when.timetuple().tm_yday)
-            * factor[None]
-        )
-        cl = sat.clouds(sc, grid, sz, sa)
-        rng = np.random.default_rng(sc.seed + 1)
-        obs = sat.observe(rho, cl, rng=rng)
-        date = sc.when.strftime("%Y%m%d")
+    water0 = truth.use[0] == "water"
+    for sc in _plan_scenes(config, rng):
+        st = _scene_state(config, land, truth, sc)
         if sc.collection == "sentinel-2-l2a":
-            item_id = f"S2{sc.platform[-1].upper()}_{tile}_{date}_0_L2A"
-            clear_rho[ei].append(np.where(cl.clear[None], rho, np.nan).astype(np.float32))
-            sky_rho[ei].append(rho.astype(np.float32))
-            post_baseline = sc.when.date() >= dt.date.fromisoformat(
-                c["sentinel2"]["offset_from_date"]
+            clear_rho[sc.epoch_index].append(
+                np.where(st.clouds.clear[None], st.rho, np.nan).astype(np.float32)
             )
+            sky_rho[sc.epoch_index].append(st.rho.astype(np.float32))
+            post_baseline = sc.when.date() >= offset_from
             # Earth Search v1 removes the +1000 BOA offset from the pixels of most
             # baseline >= 04.00 scenes and flags it (earthsearch:boa_offset_applied: true);
             # some scenes keep the raw +1000 with the flag false (Element84/earth-search#66,
@@ -297,109 +477,25 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
             # both paths are exercised.
             raw_offset = post_baseline and n_post_baseline % 3 == 2
             n_post_baseline += post_baseline
-            sdir = out_dir / "scenes" / sc.collection / item_id
-            hrefs = {}
-            obs20 = sat.block_mean(obs, 2)
-            for bi, (b, res) in enumerate(
-                zip(c["reflectance"]["bands"], c["sentinel2"]["resolution_m"], strict=True)
-            ):
-                g = grid if res == 10 else g20
-                arr = obs[bi] if res == 10 else obs20[bi]
-                write_cog(
-                    sdir / f"{b}.tif",
-                    sat.to_s2_dn(arr, offset_applied=raw_offset),
-                    transform=g.transform,
-                    crs=crs,
-                    nodata=0,
-                )
-                hrefs[b] = (final_dir / "scenes" / sc.collection / item_id / f"{b}.tif").as_uri()
-            scl = sat.scl_20m(obs20, cl, use[ei], cos_i, rng=rng)
-            write_cog(sdir / "scl.tif", scl, transform=g20.transform, crs=crs, nodata=0)
-            hrefs["scl"] = (final_dir / "scenes" / sc.collection / item_id / "scl.tif").as_uri()
-            k = c["sentinel2"]["scl_classes"]
-            pct = {
-                name: float((scl == k[key]).mean() * 100)
-                for name, key in (
-                    ("vegetation", "vegetation"),
-                    ("not_vegetated", "not_vegetated"),
-                    ("water", "water"),
-                    ("cloud_shadow", "cloud_shadow"),
-                    ("medium_proba_clouds", "cloud_medium"),
-                    ("high_proba_clouds", "cloud_high"),
-                    ("thin_cirrus", "thin_cirrus"),
-                    ("dark_features", "dark_area"),
-                    ("unclassified", "unclassified"),
-                )
-            }
-            cover = pct["medium_proba_clouds"] + pct["high_proba_clouds"] + pct["thin_cirrus"]
-            items.append(
-                stac_items.s2_item(
-                    item_id=item_id,
-                    when=sc.when,
-                    platform=sc.platform,
-                    baseline=sc.extra["baseline"],
-                    post_baseline=post_baseline,
-                    boa_offset_applied=post_baseline and not raw_offset,
-                    grid10=grid,
-                    crs=crs,
-                    hrefs=hrefs,
-                    cloud_cover=cover,
-                    scl_percent=pct,
-                    sun_zenith=sz,
-                    sun_azimuth=sa,
-                    tile=tile,
-                )
+            item = _write_s2_scene(
+                st,
+                truth.use[sc.epoch_index],
+                grid,
+                tile=tile,
+                raw_offset=raw_offset,
+                post_baseline=post_baseline,
+                out_dir=out_dir,
+                final_dir=final_dir,
             )
         else:
-            sensor = "LC08" if sc.platform == "landsat-8" else "LC09"
-            item_id = f"{sensor}_L2SP_120041_{date}_02_T1"
-            sdir = out_dir / "scenes" / sc.collection / item_id
-            oli = sat.hls_to_oli(sat.resample_to(obs, grid, g30, smooth_px=3))
-            hrefs = {}
-            for bi, b in enumerate(c["landsat"]["bands"]):
-                dn = sat.to_landsat_dn(oli[bi])
-                dn[~inside30] = 0
-                write_cog(sdir / f"{b}.tif", dn, transform=g30.transform, crs=crs, nodata=0)
-                hrefs[b] = (final_dir / "scenes" / sc.collection / item_id / f"{b}.tif").as_uri()
-            op30 = sat.resample_to(cl.opacity, grid, g30, smooth_px=3)
-            sh30 = sat.resample_to(cl.shadow, grid, g30, smooth_px=3)
-            qa = sat.qa_pixel(op30, sh30, water30, inside30)
-            write_cog(
-                sdir / "qa_pixel.tif",
-                qa,
-                transform=g30.transform,
-                crs=crs,
-                nodata=float(c["landsat"]["qa_fill"]),
-            )
-            hrefs["qa_pixel"] = (
-                final_dir / "scenes" / sc.collection / item_id / "qa_pixel.tif"
-            ).as_uri()
-            cover = float((op30[inside30] > 0.1).mean() * 100)
-            items.append(
-                stac_items.landsat_item(
-                    item_id=item_id,
-                    when=sc.when,
-                    platform=sc.platform,
-                    grid30=g30,
-                    crs=crs,
-                    hrefs=hrefs,
-                    cloud_cover=cover,
-                    sun_zenith=sz,
-                    sun_azimuth=sa,
-                    wrs_path="120",
-                    wrs_row="041",
-                )
-            )
+            item = _write_landsat_scene(st, water0, grid, out_dir=out_dir, final_dir=final_dir)
+        items.append(item)
         n_scenes[sc.collection] += 1
         write_cog(
-            tdir / "clear" / f"{item_id}.tif",
-            cl.clear.astype(np.uint8),
-            transform=grid.transform,
-            crs=crs,
-            nodata=None,
-            descriptions=["clear"],
+            raster(st.clouds.clear.astype(np.uint8), grid, nodata=None, bands=["clear"]),
+            tdir / "clear" / f"{item['id']}.tif",
         )
-    for ei, ep in enumerate(epochs):
+    for ei, ep in enumerate(land.epochs):
         # median over the dates each pixel was truly clear; where it never was, over all
         # dates (the clear-sky reflectance no composite could have seen)
         seen = np.stack(clear_rho[ei])
@@ -407,58 +503,65 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         seen[:, never] = np.stack(sky_rho[ei])[:, never]
         med = np.nanmedian(seen, axis=0).astype(np.float32)
         write_cog(
+            raster(med, grid, nodata=None, bands=list(c["reflectance"]["bands"])),
             tdir / f"reflectance_{ep}.tif",
-            med,
-            transform=grid.transform,
-            crs=crs,
-            nodata=None,
-            descriptions=list(c["reflectance"]["bands"]),
-            units="reflectance",
+            band_tags={"units": "reflectance"},
         )
-    lap("satellite")
+    return items, n_scenes
 
-    # --- Copernicus DEM (EPSG:4326, 1 arc-second) ------------------------------------
-    d = c["dem"]
+
+def _simulate_dem(
+    config: Config,
+    land: _Landscape,
+    truth: _Truth,
+    aoi: gpd.GeoDataFrame,
+    rng: np.random.Generator,
+    *,
+    out_dir: Path,
+    final_dir: Path,
+) -> dict[str, Any]:
+    """Write the Copernicus DEM tile (EPSG:4326, 1 arc-second); returns its STAC item."""
+    d = coefficients()["dem"]
+    grid = land.grid
     w, s, e, n = aoi.total_bounds
     step = 1.0 / 3600.0
     w0, n0 = math.floor(w / step) * step, math.ceil(n / step) * step
     nx_d, ny_d = math.ceil((e - w0) / step), math.ceil((n0 - s) / step)
-    lons = w0 + (np.arange(nx_d) + 0.5) * step
-    lats = n0 - (np.arange(ny_d) + 0.5) * step
-    lo2, la2 = np.meshgrid(lons, lats)
-    to_utm = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    dem_grid = GeoBox((ny_d, nx_d), Affine(step, 0.0, w0, 0.0, -step, n0), "EPSG:4326")
+    lo2, la2 = np.meshgrid(*cell_centres(dem_grid))
+    to_utm = Transformer.from_crs("EPSG:4326", config.crs, always_xy=True)
     ux, uy = to_utm.transform(lo2, la2)
-    col = np.clip(((ux - grid.x0_m) / grid.res_m).astype(np.int64), 0, grid.nx - 1)
-    row = np.clip(((grid.y1_m - uy) / grid.res_m).astype(np.int64), 0, grid.ny - 1)
-    canopy = ndimage.uniform_filter(truths[0].canopy_height_m, size=3)[row, col]
+    col = np.clip(((ux - grid.affine.c) / grid.resolution.x).astype(np.int64), 0, grid.width - 1)
+    row = np.clip(((grid.affine.f - uy) / grid.resolution.x).astype(np.int64), 0, grid.height - 1)
+    canopy = ndimage.uniform_filter(truth.maps[0].canopy_height_m, size=3)[row, col]
     dem = (
-        terrain.elevation(ux, uy)
+        land.terrain.elevation(ux, uy)
         + float(d["canopy_fraction"]) * canopy
-        + r_dem.normal(0.0, float(d["noise_sd_m"]), ux.shape)
+        + rng.normal(0.0, float(d["noise_sd_m"]), ux.shape)
     )
-    dem_tf = Affine(step, 0.0, w0, 0.0, -step, n0)
-    dem_id = f"Copernicus_DSM_COG_10_N{math.floor(lat):02d}_00_E{math.floor(lon):03d}_00_DEM"
-    write_cog(
-        out_dir / "scenes" / "cop-dem-glo-30" / dem_id / "data.tif",
-        dem.astype(np.float32),
-        transform=dem_tf,
-        crs="EPSG:4326",
-        nodata=-32767.0,
+    p = config.simulate
+    lat, lon = math.floor(p.center_lat), math.floor(p.center_lon)
+    dem_id = f"Copernicus_DSM_COG_10_N{lat:02d}_00_E{lon:03d}_00_DEM"
+    rel = ("scenes", "cop-dem-glo-30", dem_id, "data.tif")
+    write_cog(raster(dem.astype(np.float32), dem_grid, nodata=-32767.0), out_dir.joinpath(*rel))
+    return stac_items.dem_item(
+        item_id=dem_id,
+        href=_href(final_dir, *rel),
+        shape=(ny_d, nx_d),
+        transform=list(dem_grid.affine)[:6],
+        bbox=[
+            round(w0, 8),
+            round(n0 - ny_d * step, 8),
+            round(w0 + nx_d * step, 8),
+            round(n0, 8),
+        ],
     )
-    items.append(
-        stac_items.dem_item(
-            item_id=dem_id,
-            href=(final_dir / "scenes" / "cop-dem-glo-30" / dem_id / "data.tif").as_uri(),
-            shape=(ny_d, nx_d),
-            transform=[step, 0.0, w0, 0.0, -step, n0],
-            bbox=[
-                round(w0, 8),
-                round(n0 - ny_d * step, 8),
-                round(w0 + nx_d * step, 8),
-                round(n0, 8),
-            ],
-        )
-    )
+
+
+def _write_catalog(
+    config: Config, items: list[dict[str, Any]], aoi: gpd.GeoDataFrame, out_dir: Path
+) -> None:
+    """``catalog/items.ndjson`` and ``catalog/collections.json``."""
     (out_dir / "catalog").mkdir()
     with open(out_dir / "catalog" / "items.ndjson", "w") as f:
         for it in items:
@@ -470,36 +573,61 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
             bbox, [f"{config.epochs[0].start}T00:00:00Z", f"{config.epochs[-1].end}T23:59:59Z"]
         ),
     )
-    lap("dem_catalog")
 
-    # --- LiDAR ----------------------------------------------------------------------
-    lc = c["lidar"]
+
+def _lidar_blocks(
+    config: Config, land: _Landscape, out_dir: Path
+) -> list[tuple[int, tuple[float, float, float, float], Path]]:
+    """The LiDAR blocks ``(epoch index, bounds, folder)``: the first epoch's, then the last's."""
+    p = config.simulate
+    xmin, ymin, xmax, ymax = land.grid.boundingbox
     side = min(p.lidar_km * 1000.0, xmax - xmin, ymax - ymin)
     side = math.floor(side)
     # the block sits in the south-west of the AOI centre, straddling a km line when possible
     bx0 = math.floor(max(xmin, min((xmin + xmax) / 2 - side / 2, xmax - side)))
     by0 = math.floor(max(ymin, min((ymin + ymax) / 2 - side / 2, ymax - side)))
-    lidar_bounds = (float(bx0), float(by0), float(bx0 + side), float(by0 + side))
-    lidar_epochs = [(0, lidar_bounds, out_dir / "lidar")]
+    blocks = [
+        (0, (float(bx0), float(by0), float(bx0 + side), float(by0 + side)), out_dir / "lidar")
+    ]
     if p.lidar2_km > 0:
         s2 = math.floor(min(p.lidar2_km * 1000.0, side))
-        lidar_epochs.append(
+        blocks.append(
             (
-                len(epochs) - 1,
+                len(land.epochs) - 1,
                 (float(bx0), float(by0), float(bx0 + s2), float(by0 + s2)),
-                out_dir / f"lidar_{epochs[-1]}",
+                out_dir / f"lidar_{land.epochs[-1]}",
             )
         )
+    return blocks
+
+
+def _simulate_lidar(
+    config: Config,
+    land: _Landscape,
+    blocks: list[tuple[int, tuple[float, float, float, float], Path]],
+    rs: _Streams,
+    tdir: Path,
+) -> list[dict[str, object]]:
+    """Write the LAZ tiles of the blocks and the LiDAR truth; returns the tile table."""
+    lc = coefficients()["lidar"]
+    grid = land.grid
+    a, res = grid.affine, grid.resolution.x
     tiles_all = []
-    for ei, b, ldir in lidar_epochs:
-        c0 = max(0, int((b[0] - grid.x0_m) // grid.res_m) - 1)
-        c1 = min(grid.nx - 1, int((b[2] - grid.x0_m) // grid.res_m) + 1)
-        r0 = max(0, int((grid.y1_m - b[3]) // grid.res_m) - 1)
-        r1 = min(grid.ny - 1, int((grid.y1_m - b[1]) // grid.res_m) + 1)
+    for ei, b, ldir in blocks:
+        # the trees of the model cells under the block, one cell beyond it on every side
+        c0 = max(0, int((b[0] - a.c) // res) - 1)
+        c1 = min(grid.width - 1, int((b[2] - a.c) // res) + 1)
+        r0 = max(0, int((a.f - b[3]) // res) - 1)
+        r1 = min(grid.height - 1, int((a.f - b[1]) // res) + 1)
         rr, cc = np.meshgrid(np.arange(r0, r1 + 1), np.arange(c0, c1 + 1), indexing="ij")
-        pix = np.sort((rr * grid.nx + cc).ravel())
+        pix = np.sort((rr * grid.width + cc).ravel())
         trees = generate_trees(
-            tree_seed, grid, pix, pidx.ravel()[pix], stocking.ravel()[pix], stands[ei]
+            rs.tree_seed,
+            grid,
+            pix,
+            land.parcel_idx.ravel()[pix],
+            land.stocking.ravel()[pix],
+            land.stands[ei],
         )
         lep = config.epochs[ei]
         flight_date = lep.start + dt.timedelta(
@@ -508,50 +636,58 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
         flight = dt.datetime.combine(flight_date, dt.time(2, 0, 0), dt.UTC)
         lt, tiles = lidar_mod.simulate_block(
             trees,
-            terrain,
+            land.terrain,
             b,
-            crs=crs,
+            crs=config.crs,
             out_dir=ldir,
             flight=flight,
-            seed=int(r_lidar.integers(2**62)),
+            seed=int(rs.lidar.integers(2**62)),
         )
         if ei == 0:
             write_cog(
+                raster(lt.dem_1m.astype(np.float32), lt.grid_1m, nodata=None, bands=["elevation"]),
                 tdir / "dem_lidar.tif",
-                lt.dem_1m.astype(np.float32),
-                transform=lt.grid_1m.transform,
-                crs=crs,
-                nodata=None,
-                descriptions=["elevation"],
-                units="m",
+                band_tags={"units": "m"},
             )
         write_cog(
-            tdir / f"chm_lidar_{epochs[ei]}.tif",
-            lt.chm_1m.astype(np.float32),
-            transform=lt.grid_1m.transform,
-            crs=crs,
-            nodata=None,
-            descriptions=["canopy_height"],
-            units="m",
+            raster(lt.chm_1m.astype(np.float32), lt.grid_1m, nodata=None, bands=["canopy_height"]),
+            tdir / f"chm_lidar_{land.epochs[ei]}.tif",
+            band_tags={"units": "m"},
         )
         for t in tiles:
-            t["epoch"] = epochs[ei]
+            t["epoch"] = land.epochs[ei]
             t["folder"] = ldir.name
         tiles_all.extend(tiles)
-    lap("lidar")
+    return tiles_all
 
-    # --- plots ------------------------------------------------------------------------
-    forest0 = np.isin(use[0], FOREST_TYPES)
-    centers = plots_mod.choose_plots(r_plots, grid, pidx, forest0, lidar_bounds, p.n_plots)
+
+def _simulate_plots(
+    config: Config,
+    land: _Landscape,
+    truth: _Truth,
+    lidar_bounds: tuple[float, float, float, float],
+    rs: _Streams,
+    out_dir: Path,
+) -> tuple[int, int]:
+    """``plots/`` (plot polygons, measured trees) and ``truth/plots.csv``.
+
+    Returns the number of plots and of measured tree records.
+    """
+    grid, pidx = land.grid, land.parcel_idx
+    forest0 = np.isin(truth.use[0], FOREST_TYPES)
+    n_plots = config.simulate.n_plots
+    centers = plots_mod.choose_plots(rs.plots, grid, pidx, forest0, lidar_bounds, n_plots)
     plot_ids = [f"P{i + 1:03d}" for i in range(len(centers))]
-    gdf, gps = plots_mod.plot_polygons(r_plots, centers, plot_ids, crs)
+    gdf, gps = plots_mod.plot_polygons(rs.plots, centers, plot_ids, config.crs)
     (out_dir / "plots").mkdir()
     write_gpkg(out_dir / "plots" / "plots.gpkg", gdf, layer="plots")
     tables, truth_rows = [], []
     id_maps: list[dict[tuple[int, int, int], str]] = [{} for _ in plot_ids]
-    plot_area = float(c["plots"]["plot_area_ha"])
-    for ei, ep in enumerate(epochs):
-        trees, which = plots_mod.plot_trees(tree_seed, grid, centers, pidx, stocking, stands[ei])
+    plot_area = float(coefficients()["plots"]["plot_area_ha"])
+    for ei, ep in enumerate(land.epochs):
+        trees, which = plots_mod.plot_trees(
+            rs.tree_seed, grid, centers, pidx, land.stocking, land.stands[ei]
+        )
         order = np.lexsort((trees.slot, trees.cohort, trees.pixel, which))
         trees, which = trees.subset(order), which[order]
         tids = []
@@ -561,7 +697,7 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
             if key not in m:
                 m[key] = f"{plot_ids[int(w_)]}-T{len(m) + 1:04d}"
             tids.append(m[key])
-        dm, hm, age = plots_mod.measure(r_measure, trees)
+        dm, hm, age = plots_mod.measure(rs.measure, trees)
         tables.append(plots_mod.tree_table(plot_ids, ep, trees, which, dm, hm, age, tids))
         agb = trees.agb_kg()
         per_plot = np.bincount(which, weights=agb, minlength=len(plot_ids)) / 1000.0 / plot_area
@@ -581,45 +717,103 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
             )
     trees_df = pd.concat(tables, ignore_index=True)
     trees_df.to_csv(out_dir / "plots" / "trees.csv", index=False, float_format="%.10g")
-    pd.DataFrame(truth_rows).to_csv(tdir / "plots.csv", index=False)
-    lap("plots")
+    pd.DataFrame(truth_rows).to_csv(out_dir / "truth" / "plots.csv", index=False)
+    return len(plot_ids), len(trees_df)
 
-    summary: dict[str, Any] = {
-        "region": config.region,
-        "simulated": True,
-        "seed": seed,
-        "crs": crs,
-        "bounds": list(grid.bounds),
-        "resolution_m": grid.res_m,
-        "shape": [grid.ny, grid.nx],
-        "epochs": {
-            ep: {"reference_year": round(y, 4)} for ep, y in zip(epochs, years, strict=True)
-        },
-        "n_parcels": npar,
+
+def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int) -> dict[str, Any]:
+    """Simulate the region into ``out_dir``; hrefs point to ``final_dir``. Returns the summary."""
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.perf_counter() - t_start - sum(timings.values()), 2)
+
+    final_dir = final_dir.resolve()
+    tdir = out_dir / "truth"
+    rs = _streams(seed)
+    grid = aoi_grid(config)
+    aoi = aoi_frame(grid, config.crs)
+    aoi.to_file(out_dir / "aoi.geojson", driver="GeoJSON")
+    land = _landscape(config, grid, rs)
+    lap("landscape")
+    truth = _truth(land, rs.tree_seed)
+    lap("truth")
+    _write_truth_maps(land, truth, tdir)
+    project = _write_parcels(land, truth, rs.project, out_dir, tdir)
+    lap("parcels")
+    items, n_scenes = _simulate_scenes(
+        config, land, truth, rs.scenes, out_dir=out_dir, final_dir=final_dir
+    )
+    lap("satellite")
+    items.append(
+        _simulate_dem(config, land, truth, aoi, rs.dem, out_dir=out_dir, final_dir=final_dir)
+    )
+    _write_catalog(config, items, aoi, out_dir)
+    lap("dem_catalog")
+    blocks = _lidar_blocks(config, land, out_dir)
+    tiles = _simulate_lidar(config, land, blocks, rs, tdir)
+    lap("lidar")
+    lidar_bounds = blocks[0][1]
+    n_plots, n_plot_trees = _simulate_plots(config, land, truth, lidar_bounds, rs, out_dir)
+    lap("plots")
+    counts = {
+        "n_parcels": len(land.parcels),
         "n_project_parcels": len(project),
-        "n_plots": len(plot_ids),
-        "n_plot_trees": len(trees_df),
+        "n_plots": n_plots,
+        "n_plot_trees": n_plot_trees,
         "n_scenes": n_scenes,
         "n_items": len(items),
-        "lidar": {
-            "bounds": list(lidar_bounds),
-            "epoch": epochs[0],
-            "tiles": tiles_all,
-            "second_epoch": epochs[-1] if p.lidar2_km > 0 else None,
-        },
-        "type_codes": codes,
-        "n_trees": {ep: t.n_trees for ep, t in zip(epochs, truths, strict=True)},
-        "mean_agb_mg_ha": {
-            ep: round(float(t.agb_mg_ha.mean()), 4) for ep, t in zip(epochs, truths, strict=True)
-        },
-        "total_carbon_mg": {
-            ep: round(float(t.carbon_mg_ha.sum() * cell_ha), 3)
-            for ep, t in zip(epochs, truths, strict=True)
-        },
-        "elevation_range_m": [round(float(elev.min()), 3), round(float(elev.max()), 3)],
-        "max_slope_deg": round(float(slope.max()), 3),
     }
+    summary = _summary(
+        config, land, truth, seed=seed, counts=counts, lidar_bounds=lidar_bounds, lidar_tiles=tiles
+    )
     write_json(tdir / "summary.json", summary)
     lap("summary")
     summary["timings_s"] = timings
     return summary
+
+
+def _summary(
+    config: Config,
+    land: _Landscape,
+    truth: _Truth,
+    *,
+    seed: int,
+    counts: dict[str, Any],
+    lidar_bounds: tuple[float, float, float, float],
+    lidar_tiles: list[dict[str, object]],
+) -> dict[str, Any]:
+    """``truth/summary.json``: what was simulated, with headline truth figures."""
+    grid, epochs = land.grid, land.epochs
+    p = config.simulate
+    cell_ha = grid.resolution.x**2 / M2_PER_HA
+    maps = list(zip(epochs, truth.maps, strict=True))
+    return {
+        "region": config.region,
+        "simulated": True,
+        "seed": seed,
+        "crs": config.crs,
+        "bounds": list(grid.boundingbox),
+        "resolution_m": grid.resolution.x,
+        "shape": [grid.height, grid.width],
+        "epochs": {
+            ep: {"reference_year": round(y, 4)} for ep, y in zip(epochs, land.years, strict=True)
+        },
+        **counts,
+        "lidar": {
+            "bounds": list(lidar_bounds),
+            "epoch": epochs[0],
+            "tiles": lidar_tiles,
+            "second_epoch": epochs[-1] if p.lidar2_km > 0 else None,
+        },
+        "type_codes": type_codes(),
+        "n_trees": {ep: t.n_trees for ep, t in maps},
+        "mean_agb_mg_ha": {ep: round(float(t.agb_mg_ha.mean()), 4) for ep, t in maps},
+        "total_carbon_mg": {ep: round(float(t.carbon_mg_ha.sum() * cell_ha), 3) for ep, t in maps},
+        "elevation_range_m": [
+            round(float(land.elevation_m.min()), 3),
+            round(float(land.elevation_m.max()), 3),
+        ],
+        "max_slope_deg": round(float(land.slope_deg.max()), 3),
+    }

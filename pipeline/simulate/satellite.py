@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from odc.geo.geobox import GeoBox
 from scipy import ndimage
 
-from pipeline.simulate.grid import Grid
+from pipeline.grid import cell_centres, north_up_geobox
 from pipeline.simulate.noise import gaussian_field
 from pipeline.simulate.science import FOREST_TYPES, coefficients
 
@@ -184,18 +185,20 @@ class CloudState:
         return (self.opacity < 0.02) & (self.shadow < 0.02)
 
 
-def clouds(scene: Scene, grid: Grid, sun_zenith_deg: float, sun_azimuth_deg: float) -> CloudState:
+def clouds(scene: Scene, grid: GeoBox, sun_zenith_deg: float, sun_azimuth_deg: float) -> CloudState:
     """Cloud opacity and displaced shadow of a scene."""
     c = coefficients()["clouds"]
     rng = np.random.default_rng(scene.seed)
     if scene.cloud_fraction <= 0.0:
         z = np.zeros(grid.shape)
         return CloudState(z, z.copy())
-    field_ = gaussian_field(rng, grid.shape, length_px=float(c["length_scale_m"]) / grid.res_m)
+    field_ = gaussian_field(
+        rng, grid.shape.yx, length_px=float(c["length_scale_m"]) / grid.resolution.x
+    )
     thr = float(np.quantile(field_, 1.0 - scene.cloud_fraction))
     opacity = np.clip((field_ - thr) / float(c["edge_width"]) + 0.5, 0.0, 1.0)
     opacity[field_ < thr - 0.5 * float(c["edge_width"])] = 0.0
-    d = scene.cloud_height_m * math.tan(math.radians(sun_zenith_deg)) / grid.res_m
+    d = scene.cloud_height_m * math.tan(math.radians(sun_zenith_deg)) / grid.resolution.x
     az = math.radians(sun_azimuth_deg)
     # the shadow falls away from the sun: east/north components of the displacement
     dx, dy = -d * math.sin(az), -d * math.cos(az)
@@ -287,35 +290,42 @@ def to_landsat_dn(rho: FloatArray) -> npt.NDArray[np.uint16]:
     return np.clip(np.rint(dn), 1, 65535).astype(np.uint16)
 
 
-def landsat_grid(model: Grid) -> Grid:
+def s2_20m_grid(grid10: GeoBox) -> GeoBox:
+    """The 20 m grid of the Sentinel-2 bands at 20 m (same corner as the 10 m grid)."""
+    a = grid10.affine
+    shape = (grid10.height // 2, grid10.width // 2)
+    return north_up_geobox(shape, x0_m=a.c, ytop_m=a.f, res_m=20.0, crs=grid10.crs)
+
+
+def landsat_grid(model: GeoBox) -> GeoBox:
     """A 30 m grid offset by 15 m from the 30 m multiples (as Landsat's), covering the AOI."""
-    xmin, ymin, xmax, ymax = model.bounds
+    xmin, ymin, xmax, ymax = model.boundingbox
     x0 = math.floor((xmin - 15.0) / 30.0) * 30.0 + 15.0
     y1 = math.ceil((ymax - 15.0) / 30.0) * 30.0 + 15.0
     nx = math.ceil((xmax - x0) / 30.0)
     ny = math.ceil((y1 - ymin) / 30.0)
-    return Grid(x0, y1, 30.0, nx, ny)
+    return north_up_geobox((ny, nx), x0_m=x0, ytop_m=y1, res_m=30.0, crs=model.crs)
 
 
-def resample_to(values: FloatArray, model: Grid, target: Grid, *, smooth_px: int) -> FloatArray:
+def resample_to(values: FloatArray, model: GeoBox, target: GeoBox, *, smooth_px: int) -> FloatArray:
     """Values (..., y, x) on the model grid, box-averaged and sampled at ``target`` centres."""
-    tx, ty = target.centers()
-    cols = (tx - model.x0_m) / model.res_m - 0.5
-    rows = (model.y1_m - ty) / model.res_m - 0.5
+    tx, ty = cell_centres(target)
+    cols = (tx - model.affine.c) / model.resolution.x - 0.5
+    rows = (model.affine.f - ty) / model.resolution.x - 0.5
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     lead = values.shape[:-2]
     flat = values.reshape(-1, *values.shape[-2:])
-    out = np.empty((flat.shape[0], target.ny, target.nx))
+    out = np.empty((flat.shape[0], target.height, target.width))
     for i in range(flat.shape[0]):
         sm = ndimage.uniform_filter(flat[i], size=smooth_px, mode="nearest")
         out[i] = ndimage.map_coordinates(sm, [rr, cc], order=1, mode="nearest")
-    return out.reshape(*lead, target.ny, target.nx)
+    return out.reshape(*lead, target.height, target.width)
 
 
-def inside_model(model: Grid, target: Grid) -> npt.NDArray[np.bool_]:
+def inside_model(model: GeoBox, target: GeoBox) -> npt.NDArray[np.bool_]:
     """Target cells whose centre lies inside the model grid."""
-    tx, ty = target.centers()
-    xmin, ymin, xmax, ymax = model.bounds
+    tx, ty = cell_centres(target)
+    xmin, ymin, xmax, ymax = model.boundingbox
     return ((ty[:, None] > ymin) & (ty[:, None] < ymax)) & ((tx[None] > xmin) & (tx[None] < xmax))
 
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 
-from pipeline.simulate.grid import Grid
+from pipeline.simulate.satellite import s2_20m_grid
 from pipeline.simulate.science import coefficients
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -44,10 +45,10 @@ def mgrs_square(zone: int, easting_m: float, northing_m: float) -> str:
     return col + row
 
 
-def footprint(grid: Grid, crs: str) -> tuple[dict[str, Any], list[float]]:
+def footprint(grid: GeoBox, crs: str) -> tuple[dict[str, Any], list[float]]:
     """WGS84 polygon and bbox of a grid's extent."""
     t = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    xmin, ymin, xmax, ymax = grid.bounds
+    xmin, ymin, xmax, ymax = grid.boundingbox
     ring = [(xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax), (xmin, ymin)]
     ll = [tuple(round(v, 8) for v in t.transform(x, y)) for x, y in ring]
     lons = [p[0] for p in ll]
@@ -60,8 +61,8 @@ def footprint(grid: Grid, crs: str) -> tuple[dict[str, Any], list[float]]:
     ]
 
 
-def _transform(g: Grid) -> list[float]:
-    return [g.res_m, 0.0, g.x0_m, 0.0, -g.res_m, g.y1_m]
+def _transform(g: GeoBox) -> list[float]:
+    return list(g.affine)[:6]
 
 
 def _iso(when: dt.datetime) -> str:
@@ -76,7 +77,7 @@ def s2_item(
     baseline: str,
     post_baseline: bool,
     boa_offset_applied: bool,
-    grid10: Grid,
+    grid10: GeoBox,
     crs: str,
     hrefs: dict[str, str],
     cloud_cover: float,
@@ -89,7 +90,7 @@ def s2_item(
     s = coefficients()["sentinel2"]
     epsg = int(crs.split(":")[1])
     geom, bbox = footprint(grid10, crs)
-    grid20 = Grid(grid10.x0_m, grid10.y1_m, 20.0, grid10.nx // 2, grid10.ny // 2)
+    grid20 = s2_20m_grid(grid10)
     assets: dict[str, Any] = {}
     names = coefficients()["reflectance"]["bands"]
     for name, bid, res, cw, fw in zip(
@@ -115,7 +116,7 @@ def s2_item(
                 }
             ],
             "gsd": res,
-            "proj:shape": [g.ny, g.nx],
+            "proj:shape": [g.height, g.width],
             "proj:transform": _transform(g),
             "raster:bands": [
                 {
@@ -133,7 +134,7 @@ def s2_item(
         "href": hrefs["scl"],
         "type": COG,
         "title": "Scene classification map (SCL)",
-        "proj:shape": [grid20.ny, grid20.nx],
+        "proj:shape": [grid20.height, grid20.width],
         "proj:transform": _transform(grid20),
         "raster:bands": [{"nodata": 0, "data_type": "uint8", "spatial_resolution": 20}],
         "roles": ["data", "reflectance"],
@@ -185,7 +186,7 @@ def landsat_item(
     item_id: str,
     when: dt.datetime,
     platform: str,
-    grid30: Grid,
+    grid30: GeoBox,
     crs: str,
     hrefs: dict[str, str],
     cloud_cover: float,
@@ -206,7 +207,7 @@ def landsat_item(
             "title": f"{name} ({bid})",
             "eo:bands": [{"name": bid, "common_name": name, "center_wavelength": cw}],
             "gsd": 30,
-            "proj:shape": [grid30.ny, grid30.nx],
+            "proj:shape": [grid30.height, grid30.width],
             "proj:transform": _transform(grid30),
             "raster:bands": [
                 {
@@ -224,7 +225,7 @@ def landsat_item(
         "href": hrefs["qa_pixel"],
         "type": COG,
         "title": "Pixel Quality Assessment Band (QA_PIXEL)",
-        "proj:shape": [grid30.ny, grid30.nx],
+        "proj:shape": [grid30.height, grid30.width],
         "proj:transform": _transform(grid30),
         "raster:bands": [
             {

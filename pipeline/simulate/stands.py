@@ -38,11 +38,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from odc.geo.geobox import GeoBox
 from scipy.stats import poisson
 
 from models.allometry import carbon_fraction, tree_agb_kg, tree_bgb_kg, tree_equations
 from models.plot_biomass import rse_log
-from pipeline.simulate.grid import Grid
 from pipeline.simulate.noise import hash_normal, hash_uniform
 from pipeline.simulate.science import FOREST_TYPES, coefficients
 from pipeline.units import M2_PER_HA
@@ -172,7 +172,7 @@ def _species_tables() -> tuple[list[list[str]], list[FloatArray]]:
 
 def generate_trees(
     seed: int,
-    grid: Grid,
+    grid: GeoBox,
     pixels: IntArray,
     parcel_of_pixel: IntArray,
     stocking: FloatArray,
@@ -204,7 +204,7 @@ def generate_trees(
     par = parcel_of_pixel[forest]
     tix = tix[forest]
     cohort = stand.cohort[par]
-    area_ha = grid.res_m**2 / M2_PER_HA
+    area_ha = grid.resolution.x**2 / M2_PER_HA
     lam = stand.stems_per_ha[par] * area_ha * stocking[forest]
     u = hash_uniform(seed, px, cohort, 0, _F_COUNT)
     count = np.where(lam > 0, poisson.ppf(u, np.maximum(lam, 1e-12)), 0).astype(np.int64)
@@ -215,9 +215,9 @@ def generate_trees(
     tp = px[owner]
     tc = cohort[owner]
     tt = tix[owner]
-    row, col = np.divmod(tp, grid.nx)
-    x = grid.x0_m + (col + hash_uniform(seed, tp, tc, slot, _F_X)) * grid.res_m
-    y = grid.y1_m - (row + hash_uniform(seed, tp, tc, slot, _F_Y)) * grid.res_m
+    row, col = np.divmod(tp, grid.width)
+    x = grid.affine.c + (col + hash_uniform(seed, tp, tc, slot, _F_X)) * grid.resolution.x
+    y = grid.affine.f - (row + hash_uniform(seed, tp, tc, slot, _F_Y)) * grid.resolution.x
     sd = np.array([ftc[t]["dbh_sd_log"] for t in FOREST_TYPES])[tt]
     hd = np.array([ftc[t]["hd_exponent"] for t in FOREST_TYPES])[tt]
     hsd = np.array([ftc[t]["height_sd_log"] for t in FOREST_TYPES])[tt]

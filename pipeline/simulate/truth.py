@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from odc.geo.geobox import GeoBox
 
-from pipeline.simulate.grid import Grid
 from pipeline.simulate.stands import StandEpoch, generate_trees, pixel_truth
 
 FloatArray = npt.NDArray[np.float64]
@@ -31,7 +31,7 @@ class EpochTruth:
 
 def epoch_truth(
     seed: int,
-    grid: Grid,
+    grid: GeoBox,
     parcel_idx: npt.NDArray[np.int64],
     stocking: FloatArray,
     stand: StandEpoch,
@@ -39,17 +39,17 @@ def epoch_truth(
     rows_per_block: int = 64,
 ) -> EpochTruth:
     """Truth rasters (y, x) of one epoch on the model grid."""
-    agb = np.zeros(grid.ny * grid.nx)
+    agb = np.zeros(grid.height * grid.width)
     carbon = np.zeros_like(agb)
     height = np.zeros_like(agb)
     n_trees = 0
     flat_parcel = parcel_idx.ravel()
     flat_stock = stocking.ravel()
-    for r0 in range(0, grid.ny, rows_per_block):
-        r1 = min(grid.ny, r0 + rows_per_block)
-        pixels = np.arange(r0 * grid.nx, r1 * grid.nx, dtype=np.int64)
+    for r0 in range(0, grid.height, rows_per_block):
+        r1 = min(grid.height, r0 + rows_per_block)
+        pixels = np.arange(r0 * grid.width, r1 * grid.width, dtype=np.int64)
         trees = generate_trees(seed, grid, pixels, flat_parcel[pixels], flat_stock[pixels], stand)
-        t = pixel_truth(trees, pixels, res_m=grid.res_m)
+        t = pixel_truth(trees, pixels, res_m=grid.resolution.x)
         agb[pixels] = t.agb_mg_ha
         carbon[pixels] = t.carbon_mg_ha
         height[pixels] = t.canopy_height_m

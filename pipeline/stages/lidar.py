@@ -32,7 +32,7 @@ import pandas as pd
 import pyproj
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
-from affine import Affine
+from odc.geo.geobox import GeoBox
 
 from pipeline.config import Config, LidarParams
 from pipeline.contracts import (
@@ -44,10 +44,9 @@ from pipeline.contracts import (
     RunLayout,
 )
 from pipeline.errors import ConfigError, InputDataError
-from pipeline.grid import region_geobox, snapped_bounds
+from pipeline.grid import cell_centres, north_up_geobox, region_geobox, snapped_bounds
 from pipeline.lidar import engine
 from pipeline.lidar.chm import P2R, PitFree
-from pipeline.lidar.grid import CellGrid
 from pipeline.lidar.ground import CSF, SMRF
 from pipeline.lidar.index import TileInfo, index_tiles
 from pipeline.lidar.metrics import BAND_NAMES, BAND_UNITS, N_POINT_BANDS, footprint_fraction
@@ -77,7 +76,7 @@ class LidarJob:
 
 
 def engine_settings(
-    job: LidarJob, *, model_grid: engine.MapGrid, lidar_grid: engine.MapGrid
+    job: LidarJob, *, model_grid: GeoBox, lidar_grid: GeoBox
 ) -> engine.EngineSettings:
     """The frozen settings of the chunk tasks."""
     p = job.params
@@ -141,7 +140,7 @@ def _check_crs(tiles: list[TileInfo], crs: str) -> None:
             )
 
 
-def lidar_grid_for(tiles: list[TileInfo], *, res_m: float, anchor_m: float) -> engine.MapGrid:
+def lidar_grid_for(tiles: list[TileInfo], *, res_m: float, anchor_m: float) -> GeoBox:
     """The DTM/CHM grid over the tiles, snapped outwards to multiples of ``anchor_m``."""
     ok = [t for t in tiles if t.status == "ok"]
     b = (
@@ -152,19 +151,19 @@ def lidar_grid_for(tiles: list[TileInfo], *, res_m: float, anchor_m: float) -> e
     )
     x0, y0, x1, y1 = snapped_bounds(b, anchor_m)
     x1, y1 = max(x1, x0 + anchor_m), max(y1, y0 + anchor_m)
-    return engine.MapGrid(x0, y1, res_m, round((y1 - y0) / res_m), round((x1 - x0) / res_m))
+    shape = (round((y1 - y0) / res_m), round((x1 - x0) / res_m))
+    return north_up_geobox(shape, x0_m=x0, ytop_m=y1, res_m=res_m)
 
 
 def _dataarray(
     data: np.ndarray,
-    grid: engine.MapGrid,
+    grid: GeoBox,
     crs: str,
     bands: list[str],
     units: list[str],
     long_name: str,
 ) -> xr.DataArray:
-    xs = grid.x0 + (np.arange(grid.cols) + 0.5) * grid.res
-    ys = grid.ytop - (np.arange(grid.rows) + 0.5) * grid.res
+    xs, ys = cell_centres(grid)
     da = xr.DataArray(
         data.astype(np.float32, copy=False),
         dims=("band", "y", "x"),
@@ -172,7 +171,7 @@ def _dataarray(
         attrs={"long_name": long_name, "units": units[0] if len(set(units)) == 1 else units},
     )
     da = da.rio.write_crs(crs)
-    da = da.rio.write_transform(Affine(grid.res, 0, grid.x0, 0, -grid.res, grid.ytop))
+    da = da.rio.write_transform(grid.affine)
     return da.rio.write_nodata(np.nan, encoded=False)
 
 
@@ -183,10 +182,10 @@ def assemble(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str]]:
     """Mosaic chunk results: DTM, CHM, metrics (13 bands) and the failed tiles."""
     lg, mg = settings.lidar_grid, settings.model_grid
-    dtm = np.full((lg.rows, lg.cols), np.nan, np.float32)
-    chm = np.full((lg.rows, lg.cols), np.nan, np.float32)
-    metrics = np.full((len(BAND_NAMES), mg.rows, mg.cols), np.nan, np.float32)
-    n_returns = np.zeros((mg.rows, mg.cols), np.int64)
+    dtm = np.full(lg.shape, np.nan, np.float32)
+    chm = np.full(lg.shape, np.nan, np.float32)
+    metrics = np.full((len(BAND_NAMES), *mg.shape), np.nan, np.float32)
+    n_returns = np.zeros(mg.shape, np.int64)
     failures: dict[str, str] = {}
     for r in results:
         failures.update(r.failures)
@@ -204,21 +203,16 @@ def assemble(
         if t.status == "ok" and t.name not in failures
     ]
     # cells outside every processed tile: no DTM/CHM (IDW extrapolation stops there)
-    cover_l = footprint_fraction(good, engine_grid(lg)) > 0
+    cover_l = footprint_fraction(good, lg) > 0
     dtm[~cover_l] = np.nan
     chm[~cover_l] = np.nan
-    frac = footprint_fraction(good, engine_grid(mg))
+    frac = footprint_fraction(good, mg)
     with np.errstate(divide="ignore", invalid="ignore"):
-        density = np.where(frac > 0, n_returns / (frac * mg.res**2), np.nan)
+        density = np.where(frac > 0, n_returns / (frac * mg.affine.a**2), np.nan)
     metrics[:N_POINT_BANDS, frac == 0] = np.nan
     metrics[N_POINT_BANDS] = density
     metrics[N_POINT_BANDS + 1] = frac
     return dtm, chm, metrics, failures
-
-
-def engine_grid(g: engine.MapGrid) -> CellGrid:
-    """A :class:`~pipeline.lidar.grid.CellGrid` in map coordinates."""
-    return CellGrid(g.x0, g.ytop, g.res, g.rows, g.cols)
 
 
 def _qa(
@@ -308,7 +302,7 @@ def _tiles_table(tiles: list[TileInfo], failures: dict[str, str]) -> pd.DataFram
 
 
 def run_lidar(
-    job: LidarJob, *, tiles: tuple[Path, ...], model_grid: engine.MapGrid, use_dask: bool = True
+    job: LidarJob, *, tiles: tuple[Path, ...], model_grid: GeoBox, use_dask: bool = True
 ) -> dict[str, object]:
     """The stage on an explicit model grid (the command's entry point)."""
     index = index_tiles(list(tiles), assume_crs=job.tile_crs)
@@ -351,15 +345,7 @@ def run_lidar(
     }
 
 
-def model_grid_from_aoi(aoi: gpd.GeoDataFrame, *, crs: str, resolution_m: float) -> engine.MapGrid:
-    """The region's model grid (:func:`pipeline.grid.region_geobox`) as a MapGrid."""
-    gbox = region_geobox(aoi, crs=crs, resolution_m=resolution_m)
-    a = gbox.affine
-    rows, cols = gbox.shape
-    return engine.MapGrid(float(a.c), float(a.f), float(a.a), int(rows), int(cols))
-
-
-def model_grid_for_tiles(tiles: list[TileInfo], *, resolution_m: float) -> engine.MapGrid:
+def model_grid_for_tiles(tiles: list[TileInfo], *, resolution_m: float) -> GeoBox:
     """A model grid covering the tiles (the command without an AOI)."""
     ok = [t for t in tiles if t.status == "ok"]
     if not ok:
@@ -394,7 +380,7 @@ def lidar(job: LidarJob, *, tiles: tuple[Path, ...], aoi: gpd.GeoDataFrame) -> d
     """
     if not math.isfinite(job.resolution_m) or job.resolution_m <= 0:
         raise InputDataError(f"model resolution must be positive, got {job.resolution_m}")
-    grid = model_grid_from_aoi(aoi, crs=job.crs, resolution_m=job.resolution_m)
+    grid = region_geobox(aoi, crs=job.crs, resolution_m=job.resolution_m)
     return run_lidar(job, tiles=tiles, model_grid=grid)
 
 
