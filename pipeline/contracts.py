@@ -41,7 +41,7 @@ import xarray as xr
 
 from models.credits import Methodology, load_methodology
 from pipeline import io
-from pipeline.config import Config, SinkParams
+from pipeline.config import Config, CreditsParams, SinkParams
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.features import with_band_names
 from pipeline.sink import years_between
@@ -263,24 +263,30 @@ class CreditsJob:
     methodology_file: str
     sink: SinkJob
 
+    @classmethod
+    def from_params(cls, params: CreditsParams, sink: SinkJob, *, key: str) -> CreditsJob:
+        """Load the methodology file of ``params`` and apply its overrides.
+
+        Raises
+        ------
+        ConfigError
+            The methodology file is missing or invalid (the message names ``key`` and it).
+        """
+        try:
+            method = load_methodology(params.methodology)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
+        method = method.with_overrides(
+            leakage_fraction=params.leakage_fraction, buffer_fraction=params.buffer_fraction
+        )
+        return cls(method, str(params.methodology), sink)
+
 
 def credits_job(config: Config) -> CreditsJob:
-    """Resolve ``stages.credits``: load the methodology file and apply overrides.
-
-    Raises
-    ------
-    ConfigError
-        The methodology file is missing or invalid (the message names it).
-    """
-    params = config.stages.credits
-    try:
-        method = load_methodology(params.methodology)
-    except ValueError as err:
-        raise ConfigError(f"stages.credits.methodology: {err}") from None
-    method = method.with_overrides(
-        leakage_fraction=params.leakage_fraction, buffer_fraction=params.buffer_fraction
+    """Resolve ``stages.credits`` and the sink's epochs from a run config."""
+    return CreditsJob.from_params(
+        config.stages.credits, sink_job(config), key="stages.credits.methodology"
     )
-    return CreditsJob(method, str(params.methodology), sink_job(config))
 
 
 # -- predictor rasters (stages model and predict) --------------------------------------

@@ -22,7 +22,6 @@ from pipeline.commands import (
     write_outputs,
 )
 from pipeline.config import CreditsParams, SinkParams
-from pipeline.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from models.credits import load_methodology
     from pipeline.contracts import TOTAL_ID, CreditsJob, SinkJob
     from pipeline.stages.credits import credits_stage
 
@@ -78,20 +76,13 @@ def main(args: argparse.Namespace) -> int:
         leakage_fraction=args.leakage_fraction,
         buffer_fraction=args.buffer_fraction,
     )
-    try:
-        method = load_methodology(params.methodology)
-    except ValueError as err:
-        raise ConfigError(f"--methodology: {err}") from None
-    method = method.with_overrides(
-        leakage_fraction=params.leakage_fraction, buffer_fraction=params.buffer_fraction
-    )
     sink_params = make_params(
         SinkParams, command="credits", parcel_error_aggregation=args.aggregation
     )
     sink_job = SinkJob.from_params(
         sink_params, epochs=("start", "end"), reference_dates=reference_dates
     )
-    job = CreditsJob(method, str(params.methodology), sink_job)
+    job = CreditsJob.from_params(params, sink_job, key="--methodology")
     outputs = credits_stage(job, sink=read_input(args.sink), project=read_input(args.project))
     write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
     table = next(iter(outputs.values()))
