@@ -1,0 +1,175 @@
+"""Every survey estimate of one plot sample: stock per epoch and stock change, by each estimator.
+
+One function, :func:`sample_totals`, runs the estimators of :mod:`models.survey` on one
+stratified plot sample (the region's inventory or a project's monitoring plots) with a
+wall-to-wall map as auxiliary variable, and marks the one a report or a credit calculation
+uses (:func:`choose`). The pipeline's ``estimate`` stage and the repeated-sampling
+benchmark both call it, so what is validated is what runs.
+
+Quantities and units: ``stock`` at each epoch from the plots' carbon density (Mg C/ha) and
+the map's; ``change`` between the first and the last epoch from the plots measured at both
+(paired differences, AR-TOOL14 "direct estimation of change by re-measurement"), scaled by
+``change_factor`` (e.g. 44/12 for t CO2e).
+
+Estimators (names used in ``estimates/totals.csv`` and the methodology files):
+
+``stratified``
+    Plot-only stratified estimator, CDM AR-TOOL14 (:mod:`models.survey.stratified`).
+``difference``
+    Difference estimator with the map as auxiliary
+    (:func:`~models.survey.assisted.difference_estimate`).
+``greg``
+    GREG with a linear model on the map within strata
+    (:func:`~models.survey.assisted.greg_estimate`).
+
+The estimator chosen by ``"most_precise"`` is the one of these with the smallest standard
+error; all three are design-consistent, so choosing among them keeps the inference
+design-based (the repeated-sampling benchmark measures what the choice costs in coverage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.errors import SurveyError
+from models.survey.assisted import difference_estimate, greg_estimate
+from models.survey.design import Estimate, Quantity, StratifiedDesign
+from models.survey.stratified import stratified_estimate
+
+#: estimator names, plot-only first (the reference of the relative efficiency)
+ESTIMATORS = ("stratified", "difference", "greg")
+#: the rule that picks the smallest standard error among :data:`ESTIMATORS`
+MOST_PRECISE = "most_precise"
+
+
+@dataclass(frozen=True)
+class SampleTotal:
+    """One estimate of one quantity from one sample, with what a reader compares it to."""
+
+    quantity: str
+    unit: str
+    estimate: Estimate
+    #: variance of the plot-only estimate over this one's (> 1: the map helps)
+    relative_efficiency: float
+    #: the map's own total over the sample's population (same unit), for comparison
+    map_total: float
+
+
+def _estimates(
+    design: StratifiedDesign,
+    y: NDArray[np.float64],
+    m: NDArray[np.float64],
+    map_mean: NDArray[np.float64],
+    *,
+    quantity: Quantity,
+    confidence: float,
+) -> dict[str, Estimate]:
+    q = quantity
+    out = {
+        "stratified": stratified_estimate(design, y, quantity=q, confidence=confidence),
+        "difference": difference_estimate(
+            design, y, m, map_mean, quantity=q, confidence=confidence
+        ),
+    }
+    if np.all(design.plots_per_stratum >= 3):  # a line needs a residual degree of freedom
+        out["greg"] = greg_estimate(design, y, m, map_mean, quantity=q, confidence=confidence)
+    return out
+
+
+def sample_totals(
+    design: StratifiedDesign,
+    *,
+    plot_values: Mapping[str, NDArray[np.float64]],
+    map_at_plots: Mapping[str, NDArray[np.float64]],
+    map_stratum_mean: Mapping[str, NDArray[np.float64]],
+    epochs: Sequence[str],
+    stock_unit: str,
+    change_factor: float,
+    change_unit: str,
+    confidence: float,
+) -> list[SampleTotal]:
+    """Stock at every epoch and change from the first to the last epoch, by each estimator.
+
+    Parameters
+    ----------
+    design
+        The sample's strata (areas) and each plot's stratum.
+    plot_values, map_at_plots
+        Per epoch, one density per plot (NaN where a plot was not measured at that epoch);
+        the map's value at the plot must be on the same support and unit as the plot's.
+    map_stratum_mean
+        Per epoch, the map's mean density over each stratum's whole area.
+    epochs
+        The epochs, in time order; the change is from the first to the last.
+    change_factor, change_unit
+        Factor from the stock unit to the change's unit (e.g. 44/12: Mg C to t CO2e).
+    confidence
+        Two-sided confidence level of the intervals.
+
+    Raises
+    ------
+    SurveyError
+        Fewer than two measured plots in a stratum, or arrays that do not match the design.
+    """
+    rows: list[SampleTotal] = []
+
+    def add(quantity: str, unit: str, ests: dict[str, Estimate], map_total: float) -> None:
+        ref = ests["stratified"].se ** 2
+        for est in ests.values():
+            eff = ref / est.se**2 if est.se > 0 else float("inf")
+            rows.append(SampleTotal(quantity, unit, est, eff, map_total))
+
+    for e in epochs:
+        y, m = plot_values[e], map_at_plots[e]
+        ok = np.isfinite(y)
+        sub = design.subset(ok)
+        ests = _estimates(
+            sub, y[ok], np.nan_to_num(m[ok]), map_stratum_mean[e], quantity="stock",
+            confidence=confidence,
+        )  # fmt: skip
+        add(
+            f"stock_{e}",
+            stock_unit,
+            ests,
+            float(np.sum(design.stratum_area_ha * map_stratum_mean[e])),
+        )
+    first, last = epochs[0], epochs[-1]
+    both = np.isfinite(plot_values[first]) & np.isfinite(plot_values[last])
+    if not both.any():
+        raise SurveyError(f"no plot was measured at both epochs {first} and {last}")
+    sub = design.subset(both)
+    d = (plot_values[last][both] - plot_values[first][both]) * change_factor
+    dm = np.nan_to_num(map_at_plots[last][both]) - np.nan_to_num(map_at_plots[first][both])
+    dm_mean = (map_stratum_mean[last] - map_stratum_mean[first]) * change_factor
+    # the plot-only estimate of d is AR-TOOL14's direct estimation of change (eqs. 4-8)
+    ests = _estimates(sub, d, dm * change_factor, dm_mean, quantity="change", confidence=confidence)
+    add(
+        f"change_{first}_{last}", change_unit, ests, float(np.sum(design.stratum_area_ha * dm_mean))
+    )
+    return rows
+
+
+def choose(totals: Sequence[SampleTotal], quantity: str, rule: str) -> SampleTotal:
+    """The estimate of ``quantity`` that ``rule`` names: an estimator, or ``most_precise``.
+
+    Raises
+    ------
+    SurveyError
+        ``rule`` is neither an estimator name nor ``most_precise``, or it names an
+        estimator that could not run on this sample.
+    """
+    cands = [t for t in totals if t.quantity == quantity]
+    if rule == MOST_PRECISE:
+        return min(cands, key=lambda t: (t.estimate.se, ESTIMATORS.index(t.estimate.estimator)))
+    if rule not in ESTIMATORS:
+        raise SurveyError(f"unknown estimator {rule!r}; use one of {[*ESTIMATORS, MOST_PRECISE]}")
+    for t in cands:
+        if t.estimate.estimator == rule:
+            return t
+    raise SurveyError(
+        f"estimator {rule!r} could not run on this sample (too few plots per stratum)"
+    )
