@@ -4,14 +4,17 @@ The science of a credit is bookkeeping with rules, and the rules belong to a met
 (``configs/methodology/*.yaml``), never to this code. For one accounting unit (a parcel or
 the whole project area) over one monitoring period:
 
-1. project removals ``P`` (t CO2e) = annual stock-change sink x period, with standard
-   deviation ``sd_P`` from the per-pixel uncertainty of the maps;
+1. project removals ``P`` (t CO2e) = the project's stock change over the period, with its
+   standard error ``sd_P`` and degrees of freedom: a survey estimate from the project's
+   monitoring plots (:mod:`models.survey`), or, without plots, the map's sum with its
+   fully correlated SD bound (normal quantile);
 2. baseline removals ``B`` (t CO2e) = stated baseline rate (t CO2e/ha/yr) x area x period,
    taken as exact (it is a stated, validated value of the project design);
 3. leakage ``L`` = leakage fraction x max(P - B, 0);
 4. net removals ``N = P - B - L``, with ``sd_N = sd_P x (1 - leakage fraction)``;
 5. uncertainty ``U`` = half-width of the two-sided confidence interval at the
-   methodology's level (normal quantile) divided by ``N``;
+   methodology's level (Student-t quantile with the estimate's degrees of freedom,
+   AR-TOOL14) divided by ``N``;
 6. uncertainty deduction, by the methodology's rule:
 
    - ``discount_table`` (CDM AR-TOOL14 v04.2 Appendix 2): deduction = share(U) x half-width,
@@ -41,7 +44,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from scipy.stats import norm
+
+from models.survey.design import t_quantile
+from models.survey.totals import ESTIMATORS, MOST_PRECISE
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,9 @@ class Methodology:
     leakage_fraction: float
     buffer_fraction: float
     baseline_column: str
+    #: the survey estimator of the project's stock change (a name of
+    #: :data:`models.survey.totals.ESTIMATORS`, or ``most_precise``)
+    estimator: str
     #: parameter name -> (source, verified)
     provenance: tuple[tuple[str, str, bool], ...] = ()
 
@@ -100,6 +108,7 @@ class Methodology:
             leakage_fraction=lf,
             buffer_fraction=bf,
             baseline_column=self.baseline_column,
+            estimator=self.estimator,
             provenance=tuple(prov),
         )
 
@@ -127,7 +136,7 @@ def methodology_from_mapping(data: Mapping[str, Any], *, source: str) -> Methodo
             raise ValueError(f"{source}: '{key}' must be a string")
     prov: list[tuple[str, str, bool]] = []
     entries = {}
-    for key in ("leakage_fraction", "buffer_fraction", "confidence_level", "baseline"):
+    for key in ("leakage_fraction", "buffer_fraction", "confidence_level", "baseline", "estimator"):
         entries[key] = _param(data, key, source)
         prov.append((key, str(entries[key]["source"]), bool(entries[key].get("verified", False))))
     confidence = _fraction(entries["confidence_level"], "confidence_level", source)
@@ -137,6 +146,13 @@ def methodology_from_mapping(data: Mapping[str, Any], *, source: str) -> Methodo
     if entries["baseline"].get("kind") != "stated_per_parcel" or not isinstance(column, str):
         raise ValueError(
             f"{source}: 'baseline' must have kind 'stated_per_parcel' and a 'column' name"
+        )
+
+    estimator = entries["estimator"].get("value")
+    if estimator not in (*ESTIMATORS, MOST_PRECISE):
+        raise ValueError(
+            f"{source}: 'estimator.value' must be one of {[*ESTIMATORS, MOST_PRECISE]}, "
+            f"got {estimator!r}"
         )
 
     rule_data = _param(data, "uncertainty_rule", source)
@@ -188,6 +204,7 @@ def methodology_from_mapping(data: Mapping[str, Any], *, source: str) -> Methodo
         leakage_fraction=_fraction(entries["leakage_fraction"], "leakage_fraction", source),
         buffer_fraction=_fraction(entries["buffer_fraction"], "buffer_fraction", source),
         baseline_column=column,
+        estimator=str(estimator),
         provenance=tuple(prov),
     )
 
@@ -203,11 +220,6 @@ def load_methodology(path: Path) -> Methodology:
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a mapping of keys")
     return methodology_from_mapping(data, source=str(path))
-
-
-def two_sided_quantile(confidence_level: float) -> float:
-    """Standard normal quantile of a two-sided interval (1.6449 at 90 %)."""
-    return float(norm.ppf(0.5 + confidence_level / 2))
 
 
 def uncertainty_deduction_tco2e(
@@ -241,13 +253,18 @@ class CreditSteps:
     period_yr: float
     project_tco2e: float
     project_sd_tco2e: float
+    #: half-width of the project estimate's interval (t_value x project SD)
+    project_half_width_tco2e: float
     baseline_rate_tco2e_ha_yr: float
     baseline_tco2e: float
     leakage_fraction: float
     leakage_tco2e: float
     net_tco2e: float
     net_sd_tco2e: float
-    z_value: float
+    #: two-sided Student-t quantile of the interval (normal where ``df`` is infinite)
+    t_value: float
+    df: float
+    estimator: str
     half_width_tco2e: float
     uncertainty_pct: float
     uncertainty_factor: float
@@ -267,8 +284,16 @@ def credit_steps(
     project_sd_tco2e: float,
     baseline_rate_tco2e_ha_yr: float,
     methodology: Methodology,
+    df: float,
+    estimator: str,
 ) -> CreditSteps:
-    """Run the credit calculation for one accounting unit (see the module docstring)."""
+    """Run the credit calculation for one accounting unit (see the module docstring).
+
+    ``project_sd_tco2e`` is the standard error of ``project_tco2e`` by ``estimator`` with
+    ``df`` degrees of freedom: the interval's half-width is the two-sided Student-t
+    quantile at the methodology's confidence level times the SD (AR-TOOL14), the normal
+    quantile where ``df`` is infinite (a map-based SD).
+    """
     if period_yr <= 0:
         raise ValueError(f"the monitoring period must be positive, got {period_yr} years")
     if project_sd_tco2e < 0:
@@ -278,8 +303,8 @@ def credit_steps(
     leakage = lf * max(project_tco2e - baseline, 0.0)
     net = project_tco2e - baseline - leakage
     net_sd = project_sd_tco2e * (1.0 - lf)
-    z = two_sided_quantile(methodology.confidence_level)
-    half_width = z * net_sd
+    t_value = t_quantile(methodology.confidence_level, df)
+    half_width = t_value * net_sd
     u_pct = 100.0 * half_width / net if net > 0 else math.nan
     deduction, factor = uncertainty_deduction_tco2e(net, half_width, methodology.uncertainty_rule)
     after = net - deduction
@@ -289,13 +314,16 @@ def credit_steps(
         period_yr=period_yr,
         project_tco2e=project_tco2e,
         project_sd_tco2e=project_sd_tco2e,
+        project_half_width_tco2e=t_value * project_sd_tco2e,
         baseline_rate_tco2e_ha_yr=baseline_rate_tco2e_ha_yr,
         baseline_tco2e=baseline,
         leakage_fraction=lf,
         leakage_tco2e=leakage,
         net_tco2e=net,
         net_sd_tco2e=net_sd,
-        z_value=z,
+        t_value=t_value,
+        df=df,
+        estimator=estimator,
         half_width_tco2e=half_width,
         uncertainty_pct=u_pct,
         uncertainty_factor=factor,

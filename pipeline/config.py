@@ -86,6 +86,10 @@ class Sources(Section):
     plot_locations: Path | None = None
     parcels: Path | None = None
     project_area: Path | None = None
+    #: the plot samples' design: a GeoPackage (layer ``strata``) with one row per sample and
+    #: stratum (``sample``, ``stratum``, ``area_ha``) whose geometry is the stratum's
+    #: sampling frame; the plots of ``plot_locations`` name theirs in ``sample``/``stratum``
+    plot_design: Path | None = None
 
 
 class SimulateParams(Section):
@@ -345,6 +349,22 @@ class SinkParams(Section):
     interval: float = Field(default=0.9, gt=0, lt=1)
 
 
+class EstimateParams(Section):
+    """Survey estimates of totals from the plot samples (stage ``estimate``).
+
+    Each probability sample of plots declared in ``sources.plot_design`` (the region's
+    inventory, a project's monitoring plots) gives the stock at every epoch and the stock
+    change, by every estimator of :mod:`models.survey.totals`; the one named here is marked
+    as chosen for the report (a project's credits use the methodology file's estimator).
+    """
+
+    #: ``most_precise`` (smallest standard error among the design-consistent estimators) or
+    #: one of ``stratified`` (plot-only, AR-TOOL14), ``difference``, ``greg``
+    estimator: Literal["most_precise", "stratified", "difference", "greg"] = "most_precise"
+    #: two-sided confidence level of the intervals (AR-TOOL14: 90 %)
+    confidence: float = Field(default=0.9, gt=0, lt=1)
+
+
 class CreditsParams(Section):
     """Credit calculation (stage ``credits``); the rules sit in the methodology file."""
 
@@ -374,6 +394,7 @@ class StageParams(Section):
     model: ModelParams = ModelParams()
     predict: PredictParams = PredictParams()
     sink: SinkParams = SinkParams()
+    estimate: EstimateParams = EstimateParams()
     credits: CreditsParams = CreditsParams()
     report: ReportParams = ReportParams()
 

@@ -78,6 +78,10 @@ INDEX_RELPATH = "rasters/forest_carbon_index.tif"
 PARCEL_SINK_GPKG_RELPATH = "parcels/parcel_sink.gpkg"
 PARCEL_SINK_CSV_RELPATH = "parcels/parcel_sink.csv"
 
+ESTIMATES_RELPATH = "estimates/totals.csv"
+#: the plot sample (``sample`` of the plot design) whose stock change the credits take
+PROJECT_SAMPLE = "project"
+
 CREDITS_RELPATH = "credits/credits.csv"
 
 REPORT_RELPATH = "report/report.html"

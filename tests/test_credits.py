@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
@@ -72,12 +74,14 @@ def test_credit_steps_by_hand_ccer_table():
         project_sd_tco2e=100.0,
         baseline_rate_tco2e_ha_yr=4.0,
         methodology=m,
+        df=math.inf,
+        estimator="hand",
     )
     assert s.baseline_tco2e == pytest.approx(200.0)
     assert s.leakage_tco2e == pytest.approx(80.0)
     assert s.net_tco2e == pytest.approx(720.0)
     assert s.net_sd_tco2e == pytest.approx(90.0)
-    assert s.z_value == pytest.approx(1.6448536, abs=1e-7)
+    assert s.t_value == pytest.approx(1.6448536, abs=1e-7)  # df = inf: the normal quantile
     assert s.half_width_tco2e == pytest.approx(148.036826, abs=1e-5)
     assert s.uncertainty_pct == pytest.approx(20.56067, abs=1e-4)
     assert s.uncertainty_factor == 0.75
@@ -100,11 +104,33 @@ def test_credit_steps_by_hand_vm0047_threshold():
         project_sd_tco2e=100.0,
         baseline_rate_tco2e_ha_yr=4.0,
         methodology=m,
+        df=math.inf,
+        estimator="hand",
     )
     assert s.uncertainty_deduction_tco2e == pytest.approx(40.036826, abs=1e-5)
     assert s.after_uncertainty_tco2e == pytest.approx(679.963174, abs=1e-5)
     assert s.buffer_tco2e == pytest.approx(67.996317, abs=1e-5)
     assert s.credits_tco2e == pytest.approx(611.966857, abs=1e-5)
+
+
+def test_half_width_uses_the_estimate_degrees_of_freedom():
+    # AR-TOOL14: t(0.90 two-sided, 33 df) = 1.6924 (tables: 1.692); P = 1000, sd 100,
+    # no leakage: half-width = 169.24 of the net 800 (baseline 200) -> U = 21.2 %
+    s = credit_steps(
+        area_ha=10.0,
+        period_yr=5.0,
+        project_tco2e=1000.0,
+        project_sd_tco2e=100.0,
+        baseline_rate_tco2e_ha_yr=4.0,
+        methodology=CCER,
+        df=33.0,
+        estimator="stratified",
+    )
+    assert s.t_value == pytest.approx(1.6924, abs=1e-4)
+    assert s.project_half_width_tco2e == pytest.approx(169.24, abs=0.01)
+    assert s.half_width_tco2e == pytest.approx(169.24, abs=0.01)
+    assert s.uncertainty_pct == pytest.approx(100 * 169.24 / 800, abs=0.01)
+    assert s.estimator == "stratified"
 
 
 def test_no_credits_when_net_removals_are_not_positive():
@@ -116,6 +142,8 @@ def test_no_credits_when_net_removals_are_not_positive():
         project_sd_tco2e=10.0,
         baseline_rate_tco2e_ha_yr=4.0,
         methodology=CCER,
+        df=math.inf,
+        estimator="hand",
     )
     assert s.net_tco2e == pytest.approx(-100.0)
     assert s.uncertainty_deduction_tco2e == 0.0
@@ -177,7 +205,8 @@ def test_credits_stage_on_a_uniform_sink():
         ],
         crs="EPSG:32650",
     )
-    table = credits_stage(job, sink=_sink_raster(10.0, 1.0), project=project)[CREDITS_RELPATH]
+    with pytest.warns(UserWarning, match="no project plot sample"):
+        table = credits_stage(job, sink=_sink_raster(10.0, 1.0), project=project)[CREDITS_RELPATH]
     rows = table.set_index("parcel_id")
     assert rows.loc["A", "project_tco2e"] == pytest.approx(10 * 0.5 * years, rel=1e-6)
     assert rows.loc["A", "baseline_tco2e"] == pytest.approx(2 * 0.5 * years, rel=1e-9)
@@ -193,6 +222,44 @@ def test_credits_stage_on_a_uniform_sink():
         total["net_tco2e"] - total["uncertainty_deduction_tco2e"] - total["buffer_tco2e"]
     )
     assert list(table["scope"])[-1] == "project (credited)"
+    assert total["estimator"] == "map_sum_correlated_bound"
+
+
+def test_credits_total_is_the_project_sample_estimate():
+    # The chosen survey estimate of the project's change replaces the map sum in TOTAL:
+    # P = 20, SE 2, 14 df -> t(0.90, 14) = 1.7613; baseline 1.0 x T; parcels stay map-based
+    sink_job = SinkJob.from_params(
+        SinkParams(epoch_error_correlation=0.0),
+        epochs=("2019", "2024"),
+        reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
+    )
+    job = CreditsJob(CCER, "configs/methodology/ccer.yaml", sink_job)
+    project = gpd.GeoDataFrame(
+        {"parcel_id": ["A"], "baseline_tco2e_ha_yr": [2.0]},
+        geometry=[box(500_000, 2_999_900, 500_050, 3_000_000)],
+        crs="EPSG:32650",
+    )
+    estimates = pd.DataFrame(
+        {
+            "sample": ["project", "project", "inventory"],
+            "quantity": ["change_2019_2024"] * 3,
+            "estimator": ["stratified", "greg", "greg"],
+            "chosen": [False, True, True],
+            "total": [25.0, 20.0, 999.0],
+            "se": [5.0, 2.0, 1.0],
+            "df": [15.0, 14.0, 70.0],
+        }
+    )
+    table = credits_stage(job, sink=_sink_raster(10.0, 1.0), project=project, estimates=estimates)[
+        CREDITS_RELPATH
+    ]
+    total = table.set_index("parcel_id").loc[TOTAL_ID]
+    assert total["project_tco2e"] == 20.0
+    assert total["project_sd_tco2e"] == 2.0
+    assert total["t_value"] == pytest.approx(1.7613, abs=1e-4)
+    assert total["project_half_width_tco2e"] == pytest.approx(2.0 * 1.7613, abs=1e-3)
+    assert total["estimator"] == "greg (project plots)"
+    assert total["baseline_tco2e"] == pytest.approx(2.0 * 0.5 * sink_job.years, rel=1e-9)
 
 
 def test_credits_stage_names_a_missing_baseline_column():

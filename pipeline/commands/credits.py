@@ -60,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     param_option(
         p, "--aggregation", SinkParams, "parcel_error_aggregation", help="how pixel errors add up"
     )
+    p.add_argument(
+        "--estimates",
+        type=Path,
+        help="estimates/totals.csv of a run: the project total is its chosen estimate of the "
+        "project sample's stock change (without it: the sink map's sum, an upper-bound SD)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=main)  # fmt: skip
 
@@ -83,7 +89,12 @@ def main(args: argparse.Namespace) -> int:
         sink_params, epochs=("start", "end"), reference_dates=reference_dates
     )
     job = CreditsJob.from_params(params, sink_job, key="--methodology")
-    outputs = credits_stage(job, sink=read_input(args.sink), project=read_input(args.project))
+    outputs = credits_stage(
+        job,
+        sink=read_input(args.sink),
+        project=read_input(args.project),
+        estimates=read_input(args.estimates) if args.estimates else None,
+    )
     write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
     table = next(iter(outputs.values()))
     total = table.loc[table["parcel_id"] == TOTAL_ID].iloc[0]

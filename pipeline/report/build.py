@@ -282,7 +282,8 @@ def credit_step_list(total: Mapping[str, Any]) -> list[dict[str, str]]:
          f"{fmt(100 * total['leakage_fraction'], 1)} % of max(P - B, 0)"),
         ("Net removals N = P - B - L", t("net_tco2e"), f"SD {t('net_sd_tco2e')}"),
         ("Uncertainty U (CI half-width / N)", f"{fmt(total['uncertainty_pct'], 2)} %",
-         f"half-width = {fmt(total['z_value'], 4)} x SD = {t('half_width_tco2e')}"),
+         f"half-width = t {fmt(total['t_value'], 4)} (df {fmt(total['df'], 1)}) x SD = "
+         f"{t('half_width_tco2e')}; {total['estimator']}"),
         ("Uncertainty deduction", t("uncertainty_deduction_tco2e"),
          f"factor {fmt(total['uncertainty_factor'], 4)} (see the rule above)"),
         ("After the uncertainty deduction", t("after_uncertainty_tco2e"), "N - deduction"),
@@ -395,6 +396,34 @@ def diagnostic_figures(
     return diagnostics
 
 
+#: how the report names the plot samples of ``estimates/totals.csv``
+SAMPLE_LABELS = {"inventory": "forest land (inventory plots)", "project": "project area"}
+
+
+def survey_rows(estimates: pd.DataFrame | None) -> list[dict[str, str]]:
+    """Headline cards of the chosen survey estimates: total, interval, estimator, map sum."""
+    if estimates is None or estimates.empty:
+        return [{"label": "Survey estimates", "value": "none",
+                 "detail": "no plot design (sources.plot_design): the totals below are map "
+                           "sums, whose SDs are upper bounds"}]  # fmt: skip
+    rows = []
+    for r in estimates[estimates["chosen"].astype(bool)].itertuples():
+        what = (
+            str(r.quantity).replace("stock_", "Carbon stock ").replace("change_", "Stock change ")
+        )
+        pct = fmt(100 * float(r.confidence), 0)
+        rows.append(
+            {
+                "label": f"{what.replace('_', '-')}, {SAMPLE_LABELS.get(r.sample, r.sample)}",
+                "value": f"{fmt(r.total)} ± {fmt(r.half_width)} {r.unit}",
+                "detail": f"{pct} % interval {fmt(r.lower)} to {fmt(r.upper)}; {r.estimator} "
+                f"estimator, {r.n_plots} plots, efficiency {fmt(r.relative_efficiency, 2)}x "
+                f"plot-only; map sum {fmt(r.map_total)}",
+            }
+        )
+    return rows
+
+
 def headline_rows(
     job: ReportJob, *, parcel_sink: gpd.GeoDataFrame, total: Mapping[str, Any]
 ) -> list[dict[str, str]]:
@@ -413,13 +442,14 @@ def headline_rows(
     grid_ha = fmt(float(parcel_sink["area_grid_ha"].sum()))
     lo_txt, hi_txt = fmt(sink_sum - z * sink_sd), fmt(sink_sum + z * sink_sd)
     return [
-        {"label": f"Annual sink {e1}-{e2}, all parcels", "value": f"{fmt(sink_sum)} t CO2e/yr",
+        {"label": f"Annual sink {e1}-{e2}, all parcels (map sum)",
+         "value": f"{fmt(sink_sum)} t CO2e/yr",
          "detail": f"± {fmt(sink_sd)} (SD); {job.interval_pct} % interval {lo_txt} to {hi_txt}"},
-        {"label": f"Carbon stock {e2}", "value": f"{fmt(c_end)} Mg C",
+        {"label": f"Carbon stock {e2} (map sum)", "value": f"{fmt(c_end)} Mg C",
          "detail": f"± {fmt(c_sd)} (SD); {forest_ha} ha forest of {grid_ha} ha"},
         {"label": "Net removals, project area", "value": f"{fmt(total['net_tco2e'])} t CO2e",
          "detail": f"over {fmt(total['period_yr'], 2)} yr; "
-                   f"U = {fmt(total['uncertainty_pct'], 1)} %"},
+                   f"U = {fmt(total['uncertainty_pct'], 1)} %; {total['estimator']}"},
         {"label": f"Credits ({job.credits.methodology.id})",
          "value": f"{fmt(total['credits_tco2e'])} t CO2e",
          "detail": f"after {fmt(total['uncertainty_deduction_tco2e'])} uncertainty deduction "
@@ -471,6 +501,7 @@ def build_report(
     sink: xr.DataArray | xr.Dataset,
     parcel_sink: gpd.GeoDataFrame,
     credits: pd.DataFrame,
+    estimates: pd.DataFrame | None = None,
     composite: xr.DataArray | None = None,
     chm: xr.DataArray | None = None,
     agb: xr.DataArray | None = None,
@@ -524,7 +555,10 @@ def build_report(
         interval_pct=job.interval_pct,
         aggregation=sj.parcel_error_aggregation,
         epoch_error_correlation=sj.epoch_error_correlation,
-        headline=headline_rows(job, parcel_sink=parcel_sink, total=total),
+        headline=[
+            *survey_rows(estimates),
+            *headline_rows(job, parcel_sink=parcel_sink, total=total),
+        ],
         maps=maps,
         missing_maps=missing,
         diagnostics=diagnostics,

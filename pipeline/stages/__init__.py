@@ -12,6 +12,7 @@ from pipeline.stages import (
     acquire,
     composite,
     credits,
+    estimate,
     lidar,
     model,
     parcels,
@@ -23,5 +24,17 @@ from pipeline.stages import (
 
 STAGES: tuple[Stage, ...] = tuple(
     m.STAGE
-    for m in (acquire, composite, lidar, plots, model, predict, sink, parcels, credits, report)
+    for m in (
+        acquire,
+        composite,
+        lidar,
+        plots,
+        model,
+        predict,
+        sink,
+        parcels,
+        estimate,
+        credits,
+        report,
+    )
 )

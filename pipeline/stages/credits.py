@@ -4,22 +4,27 @@ The arithmetic is :func:`models.credits.credit_steps`; the rules come from the
 methodology file named by ``stages.credits.methodology`` (``configs/methodology/ccer.yaml``
 or ``vm0047.yaml``), resolved into the frozen job before any work.
 
-For each project parcel of ``project.gpkg`` the project removals are the
-fractional-coverage zonal sum of the sink map (t CO2e/yr, :mod:`pipeline.zonal`) times the
-monitoring period (years between the two epochs' reference dates); the baseline is the
-parcel's stated ``baseline_tco2e_ha_yr`` times its area (from the geometry, in the map
-CRS) and the period. Parcel rows are informative; the credited line is the project
-``TOTAL``, whose uncertainty is that of the project total (fully correlated pixel errors:
-SDs add up; ``independent``: root sum of squares, per ``SinkParams``) - the methodologies
-apply the uncertainty rule to the project's estimate, not parcel by parcel.
+The credited line is the project ``TOTAL``. Its project removals are the project's stock
+change as estimated from its monitoring plots (``estimates/totals.csv``, sample
+``project``, the estimator the methodology file names: :mod:`pipeline.stages.estimate`),
+with that estimate's standard error and Student-t degrees of freedom (AR-TOOL14); the
+baseline is the parcels' stated ``baseline_tco2e_ha_yr`` times their area (from the
+geometry, in the map CRS) and the period (years between the two epochs' reference dates).
+Without a project plot sample the total falls back to the sink map's sum with the fully
+correlated SD bound (normal quantile), and the stage warns: a verifier will not accept it.
+
+Parcel rows are informative: the fractional-coverage zonal sum of the sink map (t CO2e/yr,
+:mod:`pipeline.zonal`) times the period, with the SD aggregation of ``SinkParams``
+(correlated: SDs add up; independent: root sum of squares).
 
 Signatures
 ----------
 ``credits_job(config) -> CreditsJob`` (:mod:`pipeline.contracts`, shared with ``report``)
     loads and validates the methodology (``ConfigError`` naming the file on problems) and
     applies ``stages.credits.leakage_fraction`` / ``buffer_fraction`` overrides.
-``credits_inputs(config, layout) -> {"sink": rasters/sink.tif, "project": sources.project_area}``
-``credits_stage(job, *, sink, project) -> {"credits/credits.csv": DataFrame}``
+``credits_inputs(config, layout) -> {"sink": rasters/sink.tif, "project": sources.project_area,
+"estimates": estimates/totals.csv}``
+``credits_stage(job, *, sink, project, estimates=None) -> {"credits/credits.csv": DataFrame}``
     one row per parcel and a ``TOTAL`` row, every step's value in its own column.
 
 Run: ``forest-carbon run --region nanping --stages credits`` or ``forest-carbon credits``.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,8 @@ from models.credits import CreditSteps, credit_steps
 from pipeline.config import Config
 from pipeline.contracts import (
     CREDITS_RELPATH,
+    ESTIMATES_RELPATH,
+    PROJECT_SAMPLE,
     SINK_RELPATH,
     TOTAL_ID,
     CreditsJob,
@@ -62,7 +70,38 @@ def credits_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
             "sources.project_area: the credits stage needs the project parcels "
             "(e.g. data/<region>/parcels/project.gpkg)"
         )
-    return {"sink": layout.path(SINK_RELPATH), "project": config.sources.project_area}
+    return {
+        "sink": layout.path(SINK_RELPATH),
+        "project": config.sources.project_area,
+        "estimates": layout.path(ESTIMATES_RELPATH),
+    }
+
+
+#: the estimator name of a total taken from the maps (no project plot sample)
+MAP_SUM = "map_sum_correlated_bound"
+
+
+def project_change(
+    job: CreditsJob, estimates: pd.DataFrame | None
+) -> tuple[float, float, float, str] | None:
+    """The chosen survey estimate of the project's stock change: total, SE, df, estimator.
+
+    ``None`` when ``estimates`` has no ``project`` sample (no project plots).
+    """
+    if estimates is None or estimates.empty:
+        return None
+    quantity = f"change_{job.sink.epoch_start}_{job.sink.epoch_end}"
+    rows = estimates[
+        (estimates["sample"] == PROJECT_SAMPLE)
+        & (estimates["quantity"] == quantity)
+        & estimates["chosen"].astype(bool)
+    ]
+    if rows.empty:
+        return None
+    if len(rows) > 1:
+        raise InputDataError(f"{ESTIMATES_RELPATH}: more than one chosen estimate of {quantity}")
+    r = rows.iloc[0]
+    return float(r["total"]), float(r["se"]), float(r["df"]), f"{r['estimator']} (project plots)"
 
 
 def _steps_row(unit_id: str, scope: str, steps: CreditSteps) -> dict[str, Any]:
@@ -74,6 +113,7 @@ def credits_table(
     *,
     sink: xr.DataArray | xr.Dataset,
     project: gpd.GeoDataFrame,
+    estimates: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Credit calculation per project parcel and for the project total."""
     method = job.methodology
@@ -117,6 +157,8 @@ def credits_table(
             project_sd_tco2e=sd_yr * years,
             baseline_rate_tco2e_ha_yr=float(base_rate),
             methodology=method,
+            df=math.inf,
+            estimator=f"map ({job.sink.parcel_error_aggregation} pixel errors)",
         )
         rows.append(_steps_row(str(pid), "parcel (informative)", steps))
         sums["project"] += proj_yr * years
@@ -124,16 +166,27 @@ def credits_table(
         sums["sd_sq"] += (sd_rss * years) ** 2
         sums["area"] += float(area)
         sums["baseline"] += float(base_rate) * float(area)
-    total_sd = sums["sd_lin"] if correlated else math.sqrt(sums["sd_sq"])
     total_area = sums["area"]
+    survey = project_change(job, estimates)
+    if survey is None:
+        warnings.warn(
+            f"credits: no project plot sample in {ESTIMATES_RELPATH}; the project total is the "
+            "sink map's sum with the fully correlated SD bound, which a verifier will not "
+            "accept (declare the project's monitoring plots in sources.plot_design)",
+            stacklevel=2,
+        )
+        survey = (sums["project"], sums["sd_lin"], math.inf, MAP_SUM)
+    change, change_sd, df, estimator = survey
     total = credit_steps(
         area_ha=total_area,
         period_yr=years,
-        project_tco2e=sums["project"],
-        project_sd_tco2e=total_sd,
+        project_tco2e=change,
+        project_sd_tco2e=change_sd,
         # area-weighted mean stated rate, so that rate x area x period = sum of parcels
         baseline_rate_tco2e_ha_yr=sums["baseline"] / total_area if total_area > 0 else 0.0,
         methodology=method,
+        df=df,
+        estimator=estimator,
     )
     rows.append(_steps_row(TOTAL_ID, "project (credited)", total))
     table = pd.DataFrame(rows)
@@ -143,10 +196,14 @@ def credits_table(
 
 
 def credits_stage(
-    job: CreditsJob, *, sink: xr.DataArray | xr.Dataset, project: gpd.GeoDataFrame
+    job: CreditsJob,
+    *,
+    sink: xr.DataArray | xr.Dataset,
+    project: gpd.GeoDataFrame,
+    estimates: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The ``credits`` stage: ``credits/credits.csv``."""
-    return {CREDITS_RELPATH: credits_table(job, sink=sink, project=project)}
+    return {CREDITS_RELPATH: credits_table(job, sink=sink, project=project, estimates=estimates)}
 
 
 STAGE = Stage(name="credits", func=credits_stage, params=credits_job, inputs=credits_inputs)

@@ -38,6 +38,7 @@ import xarray as xr
 from pipeline.config import Config
 from pipeline.contracts import (
     CREDITS_RELPATH,
+    ESTIMATES_RELPATH,
     LIDAR_CHM_RELPATH,
     LIDAR_TILES_RELPATH,
     MODEL_CARD_RELPATH,
@@ -80,6 +81,7 @@ def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         "sink": layout.path(SINK_RELPATH),
         "parcel_sink": layout.path(PARCEL_SINK_GPKG_RELPATH),
         "credits": layout.path(CREDITS_RELPATH),
+        "estimates": layout.path(ESTIMATES_RELPATH),
     }
     optional = {
         "composite": layout.path(composite_relpath(sj.epoch_end)),
@@ -102,6 +104,7 @@ def report_stage(
     sink: xr.DataArray | xr.Dataset,
     parcel_sink: gpd.GeoDataFrame,
     credits: pd.DataFrame,
+    estimates: pd.DataFrame | None = None,
     composite: xr.DataArray | None = None,
     chm: xr.DataArray | None = None,
     agb: xr.DataArray | None = None,
@@ -126,6 +129,7 @@ def report_stage(
         sink=sink,
         parcel_sink=parcel_sink,
         credits=credits,
+        estimates=estimates,
         composite=composite,
         chm=chm,
         agb=agb,

@@ -1,0 +1,215 @@
+"""Stage ``estimate``: survey estimates of stock and stock change from the plot samples.
+
+Totals that users act on (a region's carbon stock and its change, a project's stock change
+and so its credits) are survey estimates from probability samples of field plots, with the
+carbon maps as auxiliary data (DESIGN §4; :mod:`models.survey`). The samples and their
+strata come from ``sources.plot_design`` (one sampling frame polygon per sample and
+stratum); each plot of ``sources.plot_locations`` names its ``sample`` and ``stratum``.
+
+For each sample the stage computes, for the stock at every epoch (Mg C) and the change
+from the first to the last epoch (t CO2e), every estimator of
+:func:`models.survey.totals.sample_totals`:
+
+* the plot values are the plots stage's carbon densities (``carbon_mg_ha``);
+* the map value at a plot is the carbon map's mean over the plot square, and the map's
+  stratum mean its mean over the frame, both by exact fractional coverage
+  (:mod:`pipeline.zonal`) and both counting unmapped cells (not forest land) as 0, so the
+  auxiliary variable is defined the same way at the plots and over the population.
+
+``estimates/totals.csv`` holds one row per sample, quantity and estimator, with the
+estimate, its SE, degrees of freedom, interval, relative efficiency against the plot-only
+estimator, the map's own total over the same area for comparison, and ``chosen`` marking
+the estimate the report (``stages.estimate.estimator``) and the credits (the methodology
+file's ``estimator``, for the ``project`` sample) use.
+
+A region without ``sources.plot_design`` gets an empty table; the credits stage then falls
+back to the map and says so.
+
+Run: ``forest-carbon run --region nanping --stages estimate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from models.allometry import co2_per_c
+from models.errors import SurveyError
+from models.survey.design import StratifiedDesign, relative_half_width
+from models.survey.totals import SampleTotal, choose, sample_totals
+from pipeline.config import Config
+from pipeline.contracts import (
+    ESTIMATES_RELPATH,
+    PLOT_BIOMASS_RELPATH,
+    PROJECT_SAMPLE,
+    RunLayout,
+    credits_job,
+    map_relpath,
+)
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.stage import Stage
+from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
+
+COLUMNS = (
+    "sample", "quantity", "unit", "estimator", "chosen", "total", "se", "df", "confidence",
+    "half_width", "lower", "upper", "relative_half_width", "mean_per_ha", "area_ha",
+    "n_plots", "relative_efficiency", "map_total",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EstimateJob:
+    """The epochs, the confidence level and the estimator each sample's totals use."""
+
+    epochs: tuple[str, ...]
+    confidence: float
+    #: estimator rule of the region's samples (``stages.estimate.estimator``)
+    estimator: str
+    #: estimator rule of the project sample (the credit methodology's ``estimator``)
+    project_estimator: str
+
+
+def estimate_job(config: Config) -> EstimateJob:
+    """The stage's frozen parameters from a run config."""
+    p = config.stages.estimate
+    project_rule: str = p.estimator
+    if config.sources.project_area is not None:
+        project_rule = credits_job(config).methodology.estimator
+    return EstimateJob(
+        epochs=tuple(e.name for e in config.epochs),
+        confidence=p.confidence,
+        estimator=p.estimator,
+        project_estimator=project_rule,
+    )
+
+
+def estimate_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
+    """The plot table, plot squares and design, and every epoch's carbon map."""
+    if config.sources.plot_design is None:
+        return {}
+    if config.sources.plot_locations is None:
+        raise ConfigError(
+            "sources.plot_locations: the estimate stage needs the plot squares with their "
+            "'sample' and 'stratum' (sources.plot_design is set)"
+        )
+    return {
+        "plot_biomass": layout.path(PLOT_BIOMASS_RELPATH),
+        "plot_locations": config.sources.plot_locations,
+        "design": config.sources.plot_design,
+        **{f"carbon.{e.name}": layout.path(map_relpath("carbon", e.name)) for e in config.epochs},
+    }
+
+
+def _zonal_means(polygons: gpd.GeoDataFrame, carbon: xr.DataArray) -> np.ndarray:
+    """Mean of ``carbon`` over each polygon by fractional coverage, unmapped cells as 0."""
+    band = carbon.squeeze("band", drop=True) if "band" in carbon.dims else carbon
+    values = np.asarray(band.values, dtype=np.float64)
+    crs = band.rio.crs
+    covs = coverage_cells(
+        polygons, transform=band.rio.transform(recalc=True), shape=values.shape, crs=str(crs)
+    )
+    means = []
+    for cov in covs:
+        cells = covered_fraction_sum(cov)
+        means.append(weighted_sum(cov, values) / cells if cells > 0 else np.nan)
+    return np.asarray(means, dtype=np.float64)
+
+
+def _sample_design(
+    name: str, frames: gpd.GeoDataFrame, plots: gpd.GeoDataFrame
+) -> StratifiedDesign:
+    area = dict(zip(frames["stratum"].astype(str), frames["area_ha"].astype(float), strict=True))
+    unknown = sorted(set(plots["stratum"].astype(str)) - set(area))
+    if unknown:
+        raise InputDataError(
+            f"plot locations: sample {name!r} has plots in strata {unknown} that the design "
+            f"file does not list (it lists {sorted(area)})"
+        )
+    return StratifiedDesign.from_labels(plots["stratum"].astype(str).tolist(), area)
+
+
+def _rows(name: str, totals: list[SampleTotal], rule: str, area_ha: float) -> list[dict[str, Any]]:
+    chosen = {choose(totals, q, rule).estimate for q in dict.fromkeys(t.quantity for t in totals)}
+    return [
+        {
+            "sample": name,
+            "quantity": t.quantity,
+            "unit": t.unit,
+            "estimator": t.estimate.estimator,
+            "chosen": t.estimate in chosen,
+            "total": t.estimate.total,
+            "se": t.estimate.se,
+            "df": t.estimate.df,
+            "confidence": t.estimate.confidence,
+            "half_width": t.estimate.half_width,
+            "lower": t.estimate.lower,
+            "upper": t.estimate.upper,
+            "relative_half_width": relative_half_width(t.estimate),
+            "mean_per_ha": t.estimate.mean_per_ha,
+            "area_ha": area_ha,
+            "n_plots": t.estimate.n,
+            "relative_efficiency": t.relative_efficiency,
+            "map_total": t.map_total,
+        }
+        for t in totals
+    ]
+
+
+def estimate(
+    job: EstimateJob,
+    *,
+    plot_biomass: pd.DataFrame | None = None,
+    plot_locations: gpd.GeoDataFrame | None = None,
+    design: gpd.GeoDataFrame | None = None,
+    carbon: Mapping[str, xr.DataArray] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """The ``estimate`` stage: ``estimates/totals.csv``."""
+    if design is None or plot_biomass is None or plot_locations is None or carbon is None:
+        return {ESTIMATES_RELPATH: pd.DataFrame(columns=list(COLUMNS))}
+    for table, name, cols in (
+        (plot_locations, "plot locations", ("plot_id", "sample", "stratum")),
+        (design, "plot design", ("sample", "stratum", "area_ha")),
+        (plot_biomass, PLOT_BIOMASS_RELPATH, ("plot_id", "epoch", "carbon_mg_ha")),
+    ):
+        missing = [c for c in cols if c not in table.columns]
+        if missing:
+            raise InputDataError(f"{name}: column(s) {missing} missing; has {list(table.columns)}")
+    values = plot_biomass.assign(epoch=plot_biomass["epoch"].astype(str)).pivot_table(
+        index="plot_id", columns="epoch", values="carbon_mg_ha", aggfunc="first"
+    )
+    rows: list[dict[str, Any]] = []
+    for name, frames in design.groupby("sample", sort=True):
+        plots = plot_locations[plot_locations["sample"] == name].reset_index(drop=True)
+        plots = plots[plots["plot_id"].isin(values.index)].reset_index(drop=True)
+        if plots.empty:
+            raise InputDataError(f"plot design: sample {name!r} has no plot with a plot estimate")
+        frames = frames.reset_index(drop=True)
+        sample_design = _sample_design(str(name), frames, plots)
+        order = list(sample_design.stratum_names)
+        frames = frames.set_index(frames["stratum"].astype(str)).loc[order].reset_index(drop=True)
+        at_plots, frame_means, y = {}, {}, {}
+        for e in job.epochs:
+            at_plots[e] = _zonal_means(plots, carbon[e])
+            frame_means[e] = _zonal_means(frames, carbon[e])
+            y[e] = values.reindex(plots["plot_id"])[e].to_numpy(dtype=np.float64)
+        try:
+            totals = sample_totals(
+                sample_design, plot_values=y, map_at_plots=at_plots, map_stratum_mean=frame_means,
+                epochs=job.epochs, stock_unit="Mg C", change_factor=co2_per_c(),
+                change_unit="t CO2e", confidence=job.confidence,
+            )  # fmt: skip
+            rule = job.project_estimator if name == PROJECT_SAMPLE else job.estimator
+            rows.extend(_rows(str(name), totals, rule, sample_design.area_ha))
+        except SurveyError as err:
+            raise InputDataError(f"plot design: sample {name!r}: {err}") from None
+    return {ESTIMATES_RELPATH: pd.DataFrame(rows, columns=list(COLUMNS))}
+
+
+STAGE = Stage(name="estimate", func=estimate, params=estimate_job, inputs=estimate_inputs)

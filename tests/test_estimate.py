@@ -1,0 +1,159 @@
+"""The ``estimate`` stage against the same estimators computed by hand with numpy.
+
+A 40 x 40 grid of 10 m cells carries a carbon map per epoch; two strata split it into a
+west and an east half (the sampling frames); plot squares are aligned with the grid so
+that the map's mean over a plot or a frame is a plain numpy mean of cells.
+"""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from scipy.stats import t as student_t
+from shapely.geometry import box
+
+from models.allometry import co2_per_c
+from pipeline.contracts import ESTIMATES_RELPATH
+from pipeline.errors import InputDataError
+from pipeline.stages.estimate import EstimateJob, estimate
+
+X0, Y1, RES, N = 500_000.0, 3_000_000.0, 10.0, 40
+EPOCHS = ("2019", "2024")
+
+
+def _raster(values: np.ndarray) -> xr.DataArray:
+    y = Y1 - RES * (np.arange(N) + 0.5)
+    x = X0 + RES * (np.arange(N) + 0.5)
+    da = xr.DataArray(values[None].astype(np.float32), dims=("band", "y", "x"),
+                      coords={"band": ["carbon"], "y": y, "x": x})  # fmt: skip
+    return da.rio.write_crs("EPSG:32650")
+
+
+def _cells(r0: int, c0: int, size: int = 2) -> tuple[slice, slice]:
+    return slice(r0, r0 + size), slice(c0, c0 + size)
+
+
+def _square(r0: int, c0: int, size: int = 2) -> box:
+    return box(X0 + c0 * RES, Y1 - (r0 + size) * RES, X0 + (c0 + size) * RES, Y1 - r0 * RES)
+
+
+@pytest.fixture()
+def scene() -> dict:
+    rng = np.random.default_rng(3)
+    maps = {
+        "2019": rng.uniform(20, 80, (N, N)),
+        "2024": None,
+    }
+    maps["2024"] = maps["2019"] + rng.uniform(0, 10, (N, N))
+    maps["2019"][5:8, 5:8] = np.nan  # unmapped cells count as 0 at plots and frames alike
+    maps = {e: m.astype(np.float32).astype(np.float64) for e, m in maps.items()}  # as stored
+    frames = gpd.GeoDataFrame(
+        {"sample": ["project", "project"], "stratum": ["west", "east"],
+         "area_ha": [20 * 40 * 0.01, 20 * 40 * 0.01]},
+        geometry=[box(X0, Y1 - 400, X0 + 200, Y1), box(X0 + 200, Y1 - 400, X0 + 400, Y1)],
+        crs="EPSG:32650",
+    )  # fmt: skip
+    corners = [(1, 1), (10, 4), (20, 12), (30, 6), (4, 5), (2, 22), (14, 30), (25, 25), (33, 35)]
+    plots = gpd.GeoDataFrame(
+        {"plot_id": [f"J{i}" for i in range(len(corners))], "sample": "project",
+         "stratum": ["west" if c < 20 else "east" for _, c in corners]},
+        geometry=[_square(r, c) for r, c in corners], crs="EPSG:32650",
+    )  # fmt: skip
+    # field values: the map plus a plot-level error, so the map is a good auxiliary
+    biomass = []
+    truth = {}
+    for e in EPOCHS:
+        m = np.nan_to_num(maps[e])
+        truth[e] = np.array([m[_cells(r, c)].mean() for r, c in corners])
+        y = truth[e] + rng.normal(0, 5, len(corners))
+        biomass += [{"plot_id": p, "epoch": e, "carbon_mg_ha": v}
+                    for p, v in zip(plots["plot_id"], y, strict=True)]  # fmt: skip
+    return {
+        "maps": maps,
+        "frames": frames,
+        "plots": plots,
+        "biomass": pd.DataFrame(biomass),
+        "corners": corners,
+    }
+
+
+def _run(scene: dict) -> pd.DataFrame:
+    job = EstimateJob(epochs=EPOCHS, confidence=0.9, estimator="greg", project_estimator="greg")
+    out = estimate(
+        job,
+        plot_biomass=scene["biomass"],
+        plot_locations=scene["plots"],
+        design=scene["frames"],
+        carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
+    )
+    return out[ESTIMATES_RELPATH].set_index(["quantity", "estimator"])
+
+
+def _by_hand(scene: dict, epoch: str) -> dict[str, np.ndarray]:
+    b = scene["biomass"]
+    y = b[b["epoch"] == epoch].set_index("plot_id").loc[scene["plots"]["plot_id"], "carbon_mg_ha"]
+    m_map = np.nan_to_num(scene["maps"][epoch])
+    m = np.array([m_map[_cells(r, c)].mean() for r, c in scene["corners"]])
+    west = (scene["plots"]["stratum"] == "west").to_numpy()
+    return {"y": y.to_numpy(), "m": m, "west": west,
+            "M": np.array([m_map[:, :20].mean(), m_map[:, 20:].mean()])}  # fmt: skip
+
+
+def test_stratified_stock_equals_numpy(scene: dict) -> None:
+    table = _run(scene)
+    h = _by_hand(scene, "2019")
+    area = 8.0  # ha per stratum
+    means = [h["y"][h["west"]].mean(), h["y"][~h["west"]].mean()]
+    var = [h["y"][h["west"]].var(ddof=1) / h["west"].sum(),
+           h["y"][~h["west"]].var(ddof=1) / (~h["west"]).sum()]  # fmt: skip
+    total = area * sum(means)
+    se = area * np.sqrt(sum(var))
+    row = table.loc[("stock_2019", "stratified")]
+    assert row["total"] == pytest.approx(total, rel=1e-12)
+    assert row["se"] == pytest.approx(se, rel=1e-12)
+    assert row["df"] == len(h["y"]) - 2  # AR-TOOL14: n - M
+    t90 = student_t.ppf(0.95, len(h["y"]) - 2)
+    assert row["half_width"] == pytest.approx(t90 * se, rel=1e-12)
+
+
+def test_difference_estimator_uses_the_map_the_same_way_at_plots_and_frames(scene: dict) -> None:
+    table = _run(scene)
+    h = _by_hand(scene, "2019")
+    e = h["y"] - h["m"]
+    total = 8.0 * ((h["M"][0] + e[h["west"]].mean()) + (h["M"][1] + e[~h["west"]].mean()))
+    row = table.loc[("stock_2019", "difference")]
+    assert row["total"] == pytest.approx(total, rel=1e-9)
+    assert row["map_total"] == pytest.approx(8.0 * h["M"].sum(), rel=1e-9)
+    # the map explains most of the plot variance: the difference estimator is more efficient
+    assert row["relative_efficiency"] > 2.0
+
+
+def test_change_is_in_co2e_from_plots_measured_at_both_epochs(scene: dict) -> None:
+    table = _run(scene)
+    a, b = _by_hand(scene, "2019"), _by_hand(scene, "2024")
+    d = (b["y"] - a["y"]) * co2_per_c()
+    total = 8.0 * (d[a["west"]].mean() + d[~a["west"]].mean())
+    row = table.loc[("change_2019_2024", "stratified")]
+    assert row["total"] == pytest.approx(total, rel=1e-9)
+    assert row["unit"] == "t CO2e"
+    chosen = table[table["chosen"]]
+    assert sorted(chosen.index.get_level_values("quantity")) == [
+        "change_2019_2024", "stock_2019", "stock_2024",
+    ]  # fmt: skip
+    assert set(chosen.index.get_level_values("estimator")) == {"greg"}
+
+
+def test_a_plot_in_an_undeclared_stratum_is_refused(scene: dict) -> None:
+    scene["plots"].loc[0, "stratum"] = "north"
+    with pytest.raises(InputDataError, match="strata \\['north'\\]"):
+        _run(scene)
+
+
+def test_no_design_gives_an_empty_table() -> None:
+    job = EstimateJob(epochs=EPOCHS, confidence=0.9, estimator="greg", project_estimator="greg")
+    table = estimate(job)[ESTIMATES_RELPATH]
+    assert table.empty and "total" in table.columns
