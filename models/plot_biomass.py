@@ -422,13 +422,20 @@ def plot_biomass(
         ``options.equation`` is not registered, or an equation needs Chave's E and
         ``options.chave_e`` is not set.
     PlotDataError
-        Missing columns, a plot without area, or a plot/epoch without any usable tree.
+        Missing columns, a plot without area, or a plot/epoch whose trees are all unusable
+        (a plot measured with no trees is recorded as one row with ``plot_id`` and
+        ``epoch`` and neither species nor DBH: it gets zero biomass, see
+        :func:`empty_plot_rows`).
     """
+    trees, empty_plots = split_empty_plots(trees)
     if options.equation != "species":
         try:
             allometry.get_equation(options.equation)
         except AllometryError as err:
             raise PlotOptionsError(str(err)) from None
+    if trees.empty:  # every plot measured with no trees
+        zeros = empty_plot_rows(empty_plots, plot_area_ha, options)
+        return trees, zeros, _empty_plot_qa(empty_plots)
     t, qa = check_trees(trees, options)
     t["plot_area_ha"] = _plot_areas(t, plot_area_ha)
     keys, models = _predict_heights(t, options.hd_model)
@@ -454,9 +461,86 @@ def plot_biomass(
     ]
     t["carbon_kg"] = (t["agb_kg"] + t["bgb_kg"]) * t["carbon_fraction"]
     t = t.drop(columns=["height_measured_m", "bgb_eq_kg"])
-    qa_all = pd.concat([qa, pd.DataFrame(qa_rows, columns=list(QA_COLUMNS))], ignore_index=True)
+    qa_all = pd.concat(
+        [qa, pd.DataFrame(qa_rows, columns=list(QA_COLUMNS)), _empty_plot_qa(empty_plots)],
+        ignore_index=True,
+    )
     plots = pd.DataFrame(plot_rows)
+    if not empty_plots.empty:
+        zeros = empty_plot_rows(empty_plots, plot_area_ha, options)
+        plots = pd.concat([plots, zeros], ignore_index=True)
+        order = sorted(
+            range(len(plots)), key=lambda i: (str(plots["plot_id"][i]), str(plots["epoch"][i]))
+        )
+        plots = plots.iloc[order].reset_index(drop=True)
     return t, plots, qa_all
+
+
+def split_empty_plots(trees: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tree rows, and the plot-epochs recorded as measured with no trees.
+
+    A field crew that measures a plot and finds no tree (a clear-cut, land not yet
+    planted) records it as a row with ``plot_id`` and ``epoch`` and neither ``species``
+    nor ``dbh_cm``: such a plot has zero biomass, a legitimate value of the sample. A
+    plot-epoch that has such a row and also trees is a contradiction.
+
+    Raises
+    ------
+    PlotDataError
+        A plot-epoch has an empty-plot row and trees.
+    """
+    needed = [c for c in ("plot_id", "epoch", "species", "dbh_cm") if c not in trees.columns]
+    if needed:
+        return trees, pd.DataFrame(columns=["plot_id", "epoch"])
+    species = trees["species"].astype("string").str.strip().replace("", pd.NA)
+    marker = species.isna() & pd.to_numeric(trees["dbh_cm"], errors="coerce").isna()
+    if not marker.any():
+        return trees, pd.DataFrame(columns=["plot_id", "epoch"])
+    key = ["plot_id", "epoch"]
+    cols = [*key, "plot_area_ha"] if "plot_area_ha" in trees.columns else key
+    empty = trees.loc[marker, cols].drop_duplicates(key)
+    clash = empty.merge(trees.loc[~marker, key].drop_duplicates(), on=key)
+    if not clash.empty:
+        names = ", ".join(f"{p} (epoch {e})" for p, e in clash.itertuples(index=False))
+        raise PlotDataError(
+            f"plot(s) {names} have both trees and a row with neither species nor DBH (the "
+            "record of a plot measured with no trees): remove one or the other"
+        )
+    return trees.loc[~marker], empty.reset_index(drop=True)
+
+
+def empty_plot_rows(
+    empty: pd.DataFrame,
+    plot_area_ha: Mapping[Any, float] | pd.Series | None,
+    options: PlotBiomassOptions,
+) -> pd.DataFrame:
+    """Plot rows of zero biomass (exactly, SD 0) for plots measured with no trees."""
+    areas = {str(k): float(v) for k, v in plot_area_ha.items()} if plot_area_ha is not None else {}
+    zero_cols = [c for c in PLOT_COLUMNS if c not in ("plot_id", "epoch")]
+    rows = [
+        {
+            "plot_id": r.plot_id,
+            "epoch": r.epoch,
+            **dict.fromkeys(zero_cols, 0.0),
+            "n_stems": 0,
+            "agb_mc_mean_mg_ha": 0.0,
+            "plot_area_ha": areas.get(str(r.plot_id), getattr(r, "plot_area_ha", np.nan)),
+            "n_rows_excluded": 0,
+            "n_heights_predicted": 0,
+            "mc_draws": options.n_draws,
+        }
+        for r in empty.itertuples(index=False)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _empty_plot_qa(empty: pd.DataFrame) -> pd.DataFrame:
+    rows = [
+        {"plot_id": r.plot_id, "epoch": r.epoch, "tree_id": None, "field": "plot",
+         "value": 0.0, "reason": "measured with no trees", "action": "zero_biomass"}
+        for r in empty.itertuples(index=False)
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=list(QA_COLUMNS))
 
 
 def _plot_areas(t: pd.DataFrame, plot_area_ha: Mapping[Any, float] | pd.Series | None) -> pd.Series:

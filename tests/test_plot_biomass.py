@@ -138,6 +138,29 @@ def test_plot_without_usable_tree_fails_naming_it() -> None:
         plot_biomass(trees, {"P000": AREA_HA, "P001": AREA_HA}, options=_options(n_draws=20))
 
 
+def test_plot_measured_with_no_trees_has_zero_biomass_and_leaves_the_others_alone() -> None:
+    trees, _ = _simulate(n_plots=2, n_trees=15, seed=4)
+    areas = {"P000": AREA_HA, "P001": AREA_HA, "P002": AREA_HA}
+    opts = _options(n_draws=50, seed=3)
+    _, before, _ = plot_biomass(trees, areas, options=opts)
+    empty = pd.DataFrame([{"plot_id": "P002", "epoch": "2019", "tree_id": None,
+                           "species": None, "dbh_cm": None}])  # fmt: skip
+    _, plots, qa = plot_biomass(pd.concat([empty, trees]), areas, options=opts)
+    row = plots.set_index("plot_id").loc["P002"]
+    assert row["agb_mg_ha"] == 0.0 and row["agb_sd_mg_ha"] == 0.0 and row["n_stems"] == 0
+    assert row["carbon_mg_ha"] == 0.0 and row["plot_area_ha"] == AREA_HA
+    # the plots with trees keep their values and random draws
+    pd.testing.assert_frame_equal(plots[plots["plot_id"] != "P002"], before)
+    assert qa.set_index("plot_id").loc["P002", "action"] == "zero_biomass"
+
+
+def test_empty_plot_row_beside_trees_is_refused() -> None:
+    trees, _ = _simulate(n_plots=1, n_trees=5, seed=4)
+    empty = pd.DataFrame([{"plot_id": "P000", "epoch": "2019", "species": None, "dbh_cm": None}])
+    with pytest.raises(PlotDataError, match="P000 \\(epoch 2019\\)"):
+        plot_biomass(pd.concat([trees, empty]), {"P000": AREA_HA}, options=_options(n_draws=20))
+
+
 def test_missing_area_fails_naming_plot() -> None:
     trees, _ = _simulate(n_plots=2, n_trees=5, seed=2)
     with pytest.raises(PlotDataError, match="P001"):
