@@ -30,7 +30,7 @@ design-based (the repeated-sampling benchmark measures what the choice costs in 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -76,7 +76,8 @@ def _estimates(
         ),
     }
     if np.all(design.plots_per_stratum >= 3):  # a line needs a residual degree of freedom
-        out["greg"] = greg_estimate(design, y, m, map_mean, quantity=q, confidence=confidence)
+        greg = greg_estimate(design, y, m, map_mean, quantity=q, confidence=confidence)
+        out["greg"] = replace(greg, estimator="greg")  # the name choose() and the CSV use
     return out
 
 
