@@ -274,7 +274,8 @@ class Draws:
     #: one row per draw, quantity and rule: total, se, half_width, lower, upper, u, rel_eff
     estimates: pd.DataFrame
     #: per stratum and epoch: the frame's true mean density and the mean at the drawn
-    #: squares (with its Monte Carlo SE): the edge effect of keeping squares in the frame
+    #: squares (with its Monte Carlo SE), and the same two of the map: the edge effect of
+    #: keeping squares inside the frame
     support: pd.DataFrame
 
 
@@ -337,11 +338,14 @@ def run_draws(
     for s in pop.strata:
         for e in pop.epochs:
             v = true[e][:, start : start + s.n_plots]
+            m = at_plots[e][:, start : start + s.n_plots]
             support.append(
-                (s.name, e, s.truth_mean[e], v.mean(), v.std(ddof=1) / math.sqrt(v.size))
-            )
+                (s.name, e, s.truth_mean[e], v.mean(), v.std(ddof=1) / math.sqrt(v.size),
+                 s.map_mean[e], m.mean())
+            )  # fmt: skip
         start += s.n_plots
-    cols = ["stratum", "epoch", "frame_mean", "plot_mean", "plot_mean_se"]
+    cols = ["stratum", "epoch", "frame_mean", "plot_mean", "plot_mean_se", "map_frame_mean"]
+    cols.append("map_plot_mean")
     return Draws(estimates, pd.DataFrame(support, columns=cols))
 
 
@@ -349,7 +353,13 @@ def score(estimates: pd.DataFrame, truth: Mapping[str, float]) -> pd.DataFrame:
     """Per quantity and rule: bias, RMSE, coverage, U and efficiency against ``truth``.
 
     Relative figures are in % of the true total; ``*_mcse`` are Monte Carlo standard
-    errors; ``re_mean`` is the mean of the per-draw variance ratios plot-only/this,
+    errors; ``below_pct`` / ``above_pct`` the draws whose interval lies above / below the
+    truth; ``se_ratio`` the root mean estimated variance over the empirical SD (1: the
+    variance estimator is right on average); ``corr_err_se`` the correlation of the error
+    with the estimated SE (skewed plot values make small errors come with small SEs);
+    ``u_pct`` is the mean of the per-draw U (half-width over the estimate: heavy
+    tailed when the estimate can be near zero), ``hw_pct`` the mean half-width over the
+    true total; ``re_mean`` is the mean of the per-draw variance ratios plot-only/this,
     ``re_empirical`` the ratio of the empirical variances of the totals.
     """
     rows = []
@@ -359,6 +369,7 @@ def score(estimates: pd.DataFrame, truth: Mapping[str, float]) -> pd.DataFrame:
         n = len(g)
         err = g["total"].to_numpy() - t
         cover = float(np.mean((g["lower"] <= t) & (t <= g["upper"])))
+        se = g["se"].to_numpy()
         rows.append(
             {
                 "quantity": quantity,
@@ -369,7 +380,12 @@ def score(estimates: pd.DataFrame, truth: Mapping[str, float]) -> pd.DataFrame:
                 "rmse_pct": 100 * math.sqrt(np.mean(err**2)) / abs(t),
                 "coverage_pct": 100 * cover,
                 "coverage_mcse_pct": 100 * math.sqrt(cover * (1 - cover) / n),
+                "below_pct": 100 * float(np.mean(t < g["lower"])),
+                "above_pct": 100 * float(np.mean(t > g["upper"])),
+                "se_ratio": math.sqrt(np.mean(se**2)) / err.std(ddof=1),
+                "corr_err_se": float(np.corrcoef(err, se)[0, 1]),
                 "u_pct": 100 * g["u"].mean(),
+                "hw_pct": 100 * g["half_width"].mean() / abs(t),
                 "re_mean": g["rel_eff"].mean(),
                 "re_empirical": ref["total"].var() / g["total"].var(),
             }
@@ -411,39 +427,88 @@ def credit_draws(
 
 def print_scores(scores: pd.DataFrame, units: Mapping[str, str]) -> None:
     print(
-        f"  {'quantity':<16}{'rule':<14}{'truth':>14} {'bias%':>7} {'±mcse':>6} {'rmse%':>6} "
-        f"{'cover%':>7} {'±mcse':>6} {'U%':>6} {'RE mean':>8} {'RE emp':>7}"
+        f"  {'quantity':<18}{'rule':<13}{'truth':>10} {'bias%':>6} {'±mcse':>5} {'rmse%':>6} "
+        f"{'cover%':>6} {'±mcse':>5} {'lo/hi%':>9} {'se/sd':>5} {'r(e,se)':>7} {'U%':>7} "
+        f"{'hw/T%':>6} {'RE mean':>7} {'RE emp':>6}"
     )
     for r in scores.itertuples(index=False):
         print(
-            f"  {r.quantity:<16}{r.rule:<14}{r.truth:>14,.0f} {r.bias_pct:>+7.2f} "
-            f"{r.bias_mcse_pct:>6.2f} {r.rmse_pct:>6.2f} {r.coverage_pct:>7.1f} "
-            f"{r.coverage_mcse_pct:>6.1f} {r.u_pct:>6.2f} {r.re_mean:>8.2f} {r.re_empirical:>7.2f}"
+            f"  {r.quantity:<18}{r.rule:<13}{r.truth:>10,.0f} {r.bias_pct:>+6.2f} "
+            f"{r.bias_mcse_pct:>5.2f} {r.rmse_pct:>6.2f} {r.coverage_pct:>6.1f} "
+            f"{r.coverage_mcse_pct:>5.1f} {r.below_pct:>4.1f}/{r.above_pct:<4.1f} "
+            f"{r.se_ratio:>5.2f} {r.corr_err_se:>+7.2f} {r.u_pct:>7.2f} {r.hw_pct:>6.2f} "
+            f"{r.re_mean:>7.2f} "
+            f"{r.re_empirical:>6.2f}"
         )
-    print("  units of truth: " + ", ".join(f"{q} {u}" for q, u in units.items()))
+    print(
+        "  truth in " + ", ".join(f"{q} {u}" for q, u in units.items()) + "; U = mean over "
+        "draws of half-width/|estimate|, hw/T = mean half-width/|truth|; RE = variance of "
+        "the plot-only estimate over this one's (mean of per-draw ratios; empirical); lo/hi "
+        "= truth below/above the interval; se/sd = RMS estimated SE / empirical SD; "
+        "r(e,se) = correlation of error and estimated SE"
+    )
 
 
 def print_support(support: pd.DataFrame) -> None:
-    print("  edge effect: true mean density at the drawn squares vs over the frame (Mg C/ha)")
+    print("  edge effect: mean density at the drawn squares vs over the frame (Mg C/ha)")
     for r in support.itertuples(index=False):
         rel = 100 * (r.plot_mean / r.frame_mean - 1)
+        rel_map = 100 * (r.map_plot_mean / r.map_frame_mean - 1)
         print(
-            f"    {r.stratum:<14}{r.epoch:>6}: frame {r.frame_mean:8.2f}, squares "
-            f"{r.plot_mean:8.2f} ± {r.plot_mean_se:.2f} ({rel:+.2f} %)"
+            f"    {r.stratum:<12}{r.epoch:>5}: truth: frame {r.frame_mean:7.2f}, squares "
+            f"{r.plot_mean:7.2f} ± {r.plot_mean_se:.2f} ({rel:+.2f} %); map: frame "
+            f"{r.map_frame_mean:7.2f}, squares {r.map_plot_mean:7.2f} ({rel_map:+.2f} %)"
         )
 
 
-def print_credits(credits: pd.DataFrame, true_net_tco2e: float) -> None:
-    n = credits["draw"].nunique()
-    print(f"  credits vs true net removals {true_net_tco2e:,.0f} t CO2e")
+def credit_scores(credits: pd.DataFrame, true_net_tco2e: float) -> pd.DataFrame:
+    """Per rule: share of draws whose credits exceed the true net removals, mean credits."""
+    rows = []
     for rule, g in credits.groupby("rule", sort=False):
         over = float(np.mean(g["credits_tco2e"] > true_net_tco2e))
-        mean = g["credits_tco2e"].mean()
-        print(
-            f"    {rule:<14} credits exceed truth in {100 * over:5.1f} % ± "
-            f"{100 * math.sqrt(over * (1 - over) / n):.1f} of draws; mean credits {mean:,.0f} "
-            f"({100 * (mean / true_net_tco2e - 1):+.2f} %), mean U {g['u_pct'].mean():.2f} %"
+        rows.append(
+            {
+                "rule": rule,
+                "over_pct": 100 * over,
+                "over_mcse_pct": 100 * math.sqrt(over * (1 - over) / len(g)),
+                "mean_credits": g["credits_tco2e"].mean(),
+                "no_credit_pct": 100 * float(np.mean(g["credits_tco2e"] <= 0)),
+                "median_u_pct": g["u_pct"].median(),
+            }
         )
+    return pd.DataFrame(rows)
+
+
+def print_credits(scores: pd.DataFrame, true_net_tco2e: float) -> None:
+    print(f"  credits vs the true net removals, {true_net_tco2e:,.0f} t CO2e")
+    for r in scores.itertuples(index=False):
+        print(
+            f"    {r.rule:<13} exceed truth in {r.over_pct:5.1f} ± {r.over_mcse_pct:.1f} % of "
+            f"draws; mean credits {r.mean_credits:,.0f} "
+            f"({100 * (r.mean_credits / true_net_tco2e - 1):+.1f} %); no credits in "
+            f"{r.no_credit_pct:.1f} %; median U of the net removals {r.median_u_pct:.1f} %"
+        )
+
+
+def print_targets(scores: Mapping[str, pd.DataFrame], credits: pd.DataFrame) -> None:
+    """The issue's targets for the chosen (``most_precise``) estimate, met or not."""
+    print(f"== targets of issue 14 ({MOST_PRECISE} estimate)")
+    for sample, sc in scores.items():
+        for r in sc[sc["rule"] == MOST_PRECISE].itertuples(index=False):
+            ok = abs(r.bias_pct) < 2.0
+            line = f"  {POPULATION_NAMES[sample]:<16}{r.quantity:<18}bias {r.bias_pct:+.2f} % "
+            line += f"({'ok' if ok else 'FAILS'} < 2 %)"
+            if sample == "inventory" or r.quantity.startswith("change"):
+                cov = 86.0 <= r.coverage_pct <= 94.0
+                line += f"; coverage {r.coverage_pct:.1f} % ({'ok' if cov else 'FAILS'} 86-94)"
+            line += f"; efficiency over plot-only {r.re_empirical:.2f} (empirical)"
+            print(line)
+    c = credits[credits["rule"] == MOST_PRECISE].iloc[0]
+    ok = c["over_pct"] <= 5.0
+    print(
+        f"  project credits exceed the true net removals in {c['over_pct']:.1f} % of draws "
+        f"({'ok' if ok else 'FAILS'} <= 5 %)"
+    )
 
 
 def _read(path: Path) -> tuple[NDArray[np.float64], Affine, str]:
@@ -488,7 +553,7 @@ def main() -> None:
     )
     check_rng, rng = np.random.default_rng(args.seed).spawn(2)
     pops = {}
-    for sample in ("inventory", "project"):
+    for sample in POPULATION_NAMES:  # the project last: its draws give the credits
         f = frames[frames["sample"] == sample].reset_index(drop=True)
         pops[sample] = population(
             f,
@@ -500,34 +565,43 @@ def main() -> None:
             plot_area_ha=float(plot_area_ha),
         )
     check_square_support(pops["inventory"], check_rng, crs=crs)
+    project = gpd.read_file(args.data / "parcels" / "project.gpkg").to_crs(crs)
+    rate = project[methodology.baseline_column].to_numpy(dtype=float)
+    baseline = float(np.sum(rate * project.geometry.area.to_numpy() / M2_PER_HA)) * years
+    change = f"change_{epochs[0]}_{epochs[-1]}"
+    scores = {}
     loop_start = time.perf_counter()
     for sample, pop in pops.items():
-        name = POPULATION_NAMES[sample]
         n_h = ", ".join(f"{s.name} {s.n_plots}" for s in pop.strata)
-        print(f"== {name} ({sample} sample: {pop.area_ha:,.1f} ha; plots {n_h})")
+        print(
+            f"== {POPULATION_NAMES[sample]} ({sample} sample: {pop.area_ha:,.1f} ha; plots {n_h})"
+        )
         draws = run_draws(
             pop, draws=args.draws, rng=rng, plot_rel_sd=rel_sd, confidence=confidence,
             change_factor=factor,
         )  # fmt: skip
         true = pop.true_totals(factor)
-        units = {q: "Mg C" if q.startswith("stock") else "t CO2e" for q in true}
-        print_scores(score(draws.estimates, true), units)
+        scores[sample] = score(draws.estimates, true)
+        print_scores(
+            scores[sample], {q: "Mg C" if q.startswith("stock") else "t CO2e" for q in true}
+        )
         print_support(draws.support)
-        if sample == "project":
-            project = gpd.read_file(args.data / "parcels" / "project.gpkg").to_crs(crs)
-            rate = project[methodology.baseline_column].to_numpy(dtype=float)
-            baseline = float(np.sum(rate * project.geometry.area.to_numpy() / M2_PER_HA)) * years
-            change = f"change_{epochs[0]}_{epochs[-1]}"
-            credits = credit_draws(
-                draws.estimates, change, area_ha=pop.area_ha, baseline_tco2e=baseline,
-                period_yr=years, methodology=methodology,
-            )  # fmt: skip
-            print(f"  baseline {baseline:,.0f} t CO2e over {years:.3f} years ({methodology.id})")
-            print_credits(credits, true[change] - baseline)
-    loop = time.perf_counter() - loop_start
+    credits = credit_draws(
+        draws.estimates, change, area_ha=pop.area_ha, baseline_tco2e=baseline,
+        period_yr=years, methodology=methodology,
+    )  # fmt: skip
+    true_net = true[change] - baseline
+    credit_table = credit_scores(credits, true_net)
     print(
-        f"== wall time {time.perf_counter() - started:.1f} s; draw loop {loop:.1f} s "
-        f"({args.draws * len(pops) / loop:.1f} sample draws per second)"
+        f"  credits ({methodology.id}): baseline {baseline:,.0f} t CO2e over {years:.3f} years; "
+        f"the rule's estimate of the change, with its Student-t half-width"
+    )
+    print_credits(credit_table, true_net)
+    loop = time.perf_counter() - loop_start
+    print_targets(scores, credit_table)
+    print(
+        f"== wall time {time.perf_counter() - started:.1f} s; draws {loop:.1f} s "
+        f"({args.draws / loop:.1f} draws per second, each: both samples, all estimators)"
     )
 
 
