@@ -198,7 +198,9 @@ def draw_centres(
         batch = max(2 * (k - have), 1024)
         pick = rng.integers(0, stratum.interior.size, batch)
         offset = rng.random((batch, 2))
-        x, y = transform @ (stratum.cols[pick] + offset[:, 0], stratum.rows[pick] + offset[:, 1])
+        # north-up grid (checked by coverage_cells when the population was built)
+        x = transform.c + transform.a * (stratum.cols[pick] + offset[:, 0])
+        y = transform.f + transform.e * (stratum.rows[pick] + offset[:, 1])
         ok = stratum.interior[pick].copy()
         edge = ~ok
         ok[edge] = shapely.contains(
@@ -295,19 +297,30 @@ def run_draws(
     Plot values are the true square means times ``1 + plot_rel_sd x N(0, 1)``, drawn
     independently per plot and epoch; the map values at plots are the map's square means.
     """
-    sq = {"transform": pop.transform, "half_side_m": pop.half_side_m}
     design = pop.design()
     xy = np.concatenate(
         [
-            draw_centres(rng, s, draws * s.n_plots, **sq).reshape(draws, s.n_plots, 2)
+            draw_centres(
+                rng, s, draws * s.n_plots, transform=pop.transform, half_side_m=pop.half_side_m
+            ).reshape(draws, s.n_plots, 2)
             for s in pop.strata
         ],
         axis=1,
     ).reshape(-1, 2)
     shape = (draws, design.n_plots)
-    true = {e: square_means(pop.truth[e], xy, **sq).reshape(shape) for e in pop.epochs}
+    true = {
+        e: square_means(
+            pop.truth[e], xy, transform=pop.transform, half_side_m=pop.half_side_m
+        ).reshape(shape)
+        for e in pop.epochs
+    }
     measured = {e: true[e] * (1.0 + plot_rel_sd * rng.standard_normal(shape)) for e in pop.epochs}
-    at_plots = {e: square_means(pop.maps[e], xy, **sq).reshape(shape) for e in pop.epochs}
+    at_plots = {
+        e: square_means(
+            pop.maps[e], xy, transform=pop.transform, half_side_m=pop.half_side_m
+        ).reshape(shape)
+        for e in pop.epochs
+    }
     map_mean = {e: np.array([s.map_mean[e] for s in pop.strata]) for e in pop.epochs}
     rows = []
     for d in range(draws):
@@ -326,10 +339,10 @@ def run_draws(
         for quantity in dict.fromkeys(t.quantity for t in totals):
             for rule in (r for r in RULES if r in ran):
                 t = choose(totals, quantity, rule)
-                e = t.estimate
+                est = t.estimate
                 rows.append(
-                    (d, quantity, rule, e.estimator, e.total, e.se, e.half_width, e.lower,
-                     e.upper, relative_half_width(e), t.relative_efficiency)
+                    (d, quantity, rule, est.estimator, est.total, est.se, est.half_width,
+                     est.lower, est.upper, relative_half_width(est), t.relative_efficiency)
                 )  # fmt: skip
     columns = ["draw", "quantity", "rule", "estimator", "total", "se", "half_width", "lower"]
     estimates = pd.DataFrame(rows, columns=[*columns, "upper", "u", "rel_eff"])
@@ -553,7 +566,7 @@ def main() -> None:
     )
     check_rng, rng = np.random.default_rng(args.seed).spawn(2)
     pops = {}
-    for sample in POPULATION_NAMES:  # the project last: its draws give the credits
+    for sample in POPULATION_NAMES:
         f = frames[frames["sample"] == sample].reset_index(drop=True)
         pops[sample] = population(
             f,
@@ -569,7 +582,7 @@ def main() -> None:
     rate = project[methodology.baseline_column].to_numpy(dtype=float)
     baseline = float(np.sum(rate * project.geometry.area.to_numpy() / M2_PER_HA)) * years
     change = f"change_{epochs[0]}_{epochs[-1]}"
-    scores = {}
+    scores, estimates = {}, {}
     loop_start = time.perf_counter()
     for sample, pop in pops.items():
         n_h = ", ".join(f"{s.name} {s.n_plots}" for s in pop.strata)
@@ -581,16 +594,17 @@ def main() -> None:
             change_factor=factor,
         )  # fmt: skip
         true = pop.true_totals(factor)
+        estimates[sample] = draws.estimates
         scores[sample] = score(draws.estimates, true)
         print_scores(
             scores[sample], {q: "Mg C" if q.startswith("stock") else "t CO2e" for q in true}
         )
         print_support(draws.support)
     credits = credit_draws(
-        draws.estimates, change, area_ha=pop.area_ha, baseline_tco2e=baseline,
+        estimates["project"], change, area_ha=pops["project"].area_ha, baseline_tco2e=baseline,
         period_yr=years, methodology=methodology,
     )  # fmt: skip
-    true_net = true[change] - baseline
+    true_net = pops["project"].true_totals(factor)[change] - baseline
     credit_table = credit_scores(credits, true_net)
     print(
         f"  credits ({methodology.id}): baseline {baseline:,.0f} t CO2e over {years:.3f} years; "
@@ -608,11 +622,14 @@ def main() -> None:
 def check_square_support(pop: Population, rng: np.random.Generator, *, crs: str) -> None:
     """Print the largest difference of :func:`square_means` from exactextract's means."""
     s = max(pop.strata, key=lambda s: s.area_ha)
-    sq = {"transform": pop.transform, "half_side_m": pop.half_side_m}
-    centres = draw_centres(rng, s, CHECKED_SQUARES, **sq)
+    centres = draw_centres(
+        rng, s, CHECKED_SQUARES, transform=pop.transform, half_side_m=pop.half_side_m
+    )
     values = pop.truth[pop.epochs[0]]
-    fast = square_means(values, centres, **sq)
-    exact = exact_square_means(values, centres, crs=crs, **sq)
+    fast = square_means(values, centres, transform=pop.transform, half_side_m=pop.half_side_m)
+    exact = exact_square_means(
+        values, centres, crs=crs, transform=pop.transform, half_side_m=pop.half_side_m
+    )
     print(
         f"  plot squares: separable exact coverage vs exactextract on {CHECKED_SQUARES} squares "
         f"of {s.name}: max |difference| {np.max(np.abs(fast - exact)):.2e} Mg C/ha "

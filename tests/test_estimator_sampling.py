@@ -16,6 +16,7 @@ from affine import Affine
 from shapely.geometry import MultiPolygon, box
 
 from benchmarks.estimator_sampling import (
+    Population,
     draw_centres,
     exact_square_means,
     population,
@@ -29,7 +30,7 @@ X0, Y0, RES, SIZE = 600_000.0, 2_940_000.0, 10.0, 100
 TRANSFORM = Affine(RES, 0.0, X0, 0.0, -RES, Y0)
 
 
-def synthetic_population(seed: int = 7):  # type: ignore[no-untyped-def]
+def synthetic_population(seed: int = 7) -> Population:
     rng = np.random.default_rng(seed)
     west = np.arange(SIZE) < SIZE // 2
     level = np.where(west, 80.0, 140.0)[None, :] * np.ones((SIZE, 1))
@@ -79,11 +80,18 @@ def test_stratified_estimator_unbiased_with_nominal_coverage() -> None:
 
 def test_square_means_equal_exactextract() -> None:
     pop = synthetic_population()
-    sq = {"transform": pop.transform, "half_side_m": pop.half_side_m}
-    centres = draw_centres(np.random.default_rng(1), pop.strata[0], 100, **sq)
+    centres = draw_centres(
+        np.random.default_rng(1),
+        pop.strata[0],
+        100,
+        transform=pop.transform,
+        half_side_m=pop.half_side_m,
+    )
     values = pop.truth["t0"]
-    fast = square_means(values, centres, **sq)
-    exact = exact_square_means(values, centres, crs=CRS, **sq)
+    fast = square_means(values, centres, transform=pop.transform, half_side_m=pop.half_side_m)
+    exact = exact_square_means(
+        values, centres, crs=CRS, transform=pop.transform, half_side_m=pop.half_side_m
+    )
     # exactextract keeps coverage fractions in single precision
     np.testing.assert_allclose(fast, exact, rtol=1e-7)
 
@@ -95,7 +103,8 @@ def test_centres_keep_the_whole_square_inside_the_frame() -> None:
         np.random.default_rng(2),
         s,
         2000,
-        **{"transform": pop.transform, "half_side_m": pop.half_side_m},
+        transform=pop.transform,
+        half_side_m=pop.half_side_m,
     )
     x0, y0, x1, y1 = s.frame.bounds
     h = pop.half_side_m
