@@ -64,7 +64,7 @@ from numpy.typing import NDArray
 from scipy.ndimage import minimum_filter
 
 from models.allometry import co2_per_c
-from models.credits import Methodology, credit_steps, two_sided_quantile
+from models.credits import Methodology, credit_steps
 from models.survey.design import StratifiedDesign, relative_half_width
 from models.survey.totals import ESTIMATORS, MOST_PRECISE, choose, sample_totals
 from pipeline.config import load_config, region_config_path
@@ -341,10 +341,10 @@ def run_draws(
                 t = choose(totals, quantity, rule)
                 est = t.estimate
                 rows.append(
-                    (d, quantity, rule, est.estimator, est.total, est.se, est.half_width,
+                    (d, quantity, rule, est.estimator, est.total, est.se, est.df, est.half_width,
                      est.lower, est.upper, relative_half_width(est), t.relative_efficiency)
                 )  # fmt: skip
-    columns = ["draw", "quantity", "rule", "estimator", "total", "se", "half_width", "lower"]
+    columns = ["draw", "quantity", "rule", "estimator", "total", "se", "df", "half_width", "lower"]
     estimates = pd.DataFrame(rows, columns=[*columns, "upper", "u", "rel_eff"])
     support = []
     start = 0
@@ -421,18 +421,19 @@ def credit_draws(
     quantile; the SD passed is the estimate's Student-t half-width over that quantile, so
     the half-width it works with is the estimate's own.
     """
-    z = two_sided_quantile(methodology.confidence_level)
     rows = []
-    for d, rule, total, half_width in estimates.loc[
-        estimates["quantity"] == quantity, ["draw", "rule", "total", "half_width"]
+    for d, rule, estimator, total, se, df in estimates.loc[
+        estimates["quantity"] == quantity, ["draw", "rule", "estimator", "total", "se", "df"]
     ].itertuples(index=False):
         steps = credit_steps(
             area_ha=area_ha,
             period_yr=period_yr,
             project_tco2e=total,
-            project_sd_tco2e=half_width / z,
+            project_sd_tco2e=se,
             baseline_rate_tco2e_ha_yr=baseline_tco2e / (area_ha * period_yr),
             methodology=methodology,
+            df=df,
+            estimator=estimator,
         )
         rows.append((d, rule, steps.net_tco2e, steps.uncertainty_pct, steps.credits_tco2e))
     return pd.DataFrame(rows, columns=["draw", "rule", "net_tco2e", "u_pct", "credits_tco2e"])
