@@ -15,13 +15,14 @@ import pystac
 import pytest
 import rasterio
 from rasterio.windows import from_bounds
-from shapely.geometry import box
+from shapely.geometry import MultiPolygon, box
 
 from models.survey.sample_size import ar_tool03_sample_size
 from pipeline.commands import simulate as simulate_cmd
 from pipeline.config import load_config, region_config_path
-from pipeline.grid import region_geobox
+from pipeline.grid import north_up_geobox, region_geobox
 from pipeline.simulate.noise import hash_uniform
+from pipeline.simulate.sampling import Stratum, plot_support_mean, project_sample
 from pipeline.simulate.satellite import solar_position, to_landsat_dn, to_s2_dn
 from pipeline.simulate.stands import chapman_richards
 
@@ -386,6 +387,23 @@ def test_project_sample_is_the_ar_tool03_plan(tiny: Path) -> None:
     trees = pd.read_csv(tiny / "plots/trees.csv", dtype={"epoch": str})
     measured = trees[trees.plot_id.str.startswith("J")].groupby("epoch").plot_id.nunique()
     assert measured.to_dict() == {"2019": len(project), "2024": len(project)}
+
+
+def test_project_sample_drops_a_frame_too_small_for_a_plot() -> None:
+    grid = north_up_geobox((40, 40), x0_m=0.0, ytop_m=400.0, res_m=10.0, crs="EPSG:32650")
+    carbon = np.random.default_rng(0).gamma(4.0, 20.0, (40, 40))
+    big = Stratum("project", "big", MultiPolygon([box(0, 0, 300, 300)]))
+    small = Stratum("project", "small", MultiPolygon([box(350, 350, 370, 370)]))
+    sample = project_sample(np.random.default_rng(1), [big, small], grid, carbon)
+    assert [s.name for s in sample.strata] == ["big"]
+    assert list(sample.record["dropped_strata"]) == ["small"]
+    n = sample.record["n_plots"]
+    assert n == sample.record["n_placed"] == len(sample.centers) and sample.labels == ["big"] * n
+    # the mean over the plot square keeps a constant field and the field's total
+    assert np.allclose(plot_support_mean(np.full((5, 5), 7.0), 10.0), 7.0)
+    spike = np.zeros((5, 5))
+    spike[2, 2] = 1.0
+    assert plot_support_mean(spike, 10.0).sum() == pytest.approx(1.0)
 
 
 def test_hash_uniform_is_keyed_and_uniform() -> None:

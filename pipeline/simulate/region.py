@@ -695,7 +695,7 @@ def _simulate_plots(
     inventory["sample"] = sampling.INVENTORY
     inventory["stratum"] = sampling.inventory_labels(centers, lidar_bounds)
     inventory_trees, inventory_truth = _measure_plots(
-        land, rs, rs.measure, inventory_ids, centers, inventory_gps
+        land, rs.tree_seed, rs.measure, sampling.INVENTORY, inventory_ids, centers, inventory_gps
     )
     # the project sample's own stream places, locates and measures its plots
     sample = sampling.project_sample(
@@ -711,7 +711,13 @@ def _simulate_plots(
     project_plots["sample"] = sampling.PROJECT
     project_plots["stratum"] = sample.labels
     project_trees, project_truth = _measure_plots(
-        land, rs, rs.project_plots, project_ids, sample.centers, project_gps
+        land,
+        rs.tree_seed,
+        rs.project_plots,
+        sampling.PROJECT,
+        project_ids,
+        sample.centers,
+        project_gps,
     )
     (out_dir / "plots").mkdir()
     write_gpkg(
@@ -726,34 +732,32 @@ def _simulate_plots(
     )
     trees_df = pd.concat([inventory_trees, project_trees], ignore_index=True)
     trees_df.to_csv(out_dir / "plots" / "trees.csv", index=False, float_format="%.10g")
-    truth_df = pd.concat(
-        [
-            pd.DataFrame(inventory_truth).assign(sample=sampling.INVENTORY),
-            pd.DataFrame(project_truth).assign(sample=sampling.PROJECT),
-        ],
-        ignore_index=True,
+    pd.DataFrame(inventory_truth + project_truth).to_csv(
+        out_dir / "truth" / "plots.csv", index=False
     )
-    truth_df.insert(1, "sample", truth_df.pop("sample"))
-    truth_df.to_csv(out_dir / "truth" / "plots.csv", index=False)
     n_by_sample = {sampling.INVENTORY: len(inventory_ids), sampling.PROJECT: len(project_ids)}
     return n_by_sample, len(trees_df), sample.record
 
 
 def _measure_plots(
     land: _Landscape,
-    rs: _Streams,
+    tree_seed: int,
     rng: np.random.Generator,
+    sample: str,
     plot_ids: list[str],
     centers: npt.NDArray[np.float64],
     gps: npt.NDArray[np.float64],
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """The measured tree lists of the plots at every epoch, and their true plot values."""
+    """The measured tree lists of a sample's plots at every epoch, and their true values.
+
+    ``rng`` is the sample's measurement stream; ``tree_seed`` keys the simulated trees.
+    """
     tables, truth_rows = [], []
     id_maps: list[dict[tuple[int, int, int], str]] = [{} for _ in plot_ids]
     plot_area = float(coefficients()["plots"]["plot_area_ha"])
     for ei, ep in enumerate(land.epochs):
         trees, which = plots_mod.plot_trees(
-            rs.tree_seed, land.grid, centers, land.parcel_idx, land.stocking, land.stands[ei]
+            tree_seed, land.grid, centers, land.parcel_idx, land.stocking, land.stands[ei]
         )
         order = np.lexsort((trees.slot, trees.cohort, trees.pixel, which))
         trees, which = trees.subset(order), which[order]
@@ -773,6 +777,7 @@ def _measure_plots(
             truth_rows.append(
                 {
                     "plot_id": pid,
+                    "sample": sample,
                     "epoch": ep,
                     "agb_mg_ha": round(float(per_plot[i]), 4),
                     "n_trees": int(nt[i]),
