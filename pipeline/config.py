@@ -84,6 +84,11 @@ class Sources(Section):
     lidar_crs: str | None = None
     trees: Path | None = None
     plot_locations: Path | None = None
+    #: the plot samples' designs (GeoPackage, layer ``strata``): one row per sample and
+    #: stratum with ``sample``, ``stratum``, ``area_ha`` and the stratum's sampling frame
+    #: (MultiPolygon); the plots of ``plot_locations`` name theirs in columns ``sample`` and
+    #: ``stratum``
+    plot_design: Path | None = None
     parcels: Path | None = None
     project_area: Path | None = None
     #: the plot samples' design: a GeoPackage (layer ``strata``) with one row per sample and

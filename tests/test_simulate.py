@@ -15,11 +15,14 @@ import pystac
 import pytest
 import rasterio
 from rasterio.windows import from_bounds
+from shapely.geometry import MultiPolygon, box
 
+from models.survey.sample_size import ar_tool03_sample_size
 from pipeline.commands import simulate as simulate_cmd
 from pipeline.config import load_config, region_config_path
-from pipeline.grid import region_geobox
+from pipeline.grid import north_up_geobox, region_geobox
 from pipeline.simulate.noise import hash_uniform
+from pipeline.simulate.sampling import Stratum, plot_support_mean, project_sample
 from pipeline.simulate.satellite import solar_position, to_landsat_dn, to_s2_dn
 from pipeline.simulate.stands import chapman_richards
 
@@ -74,6 +77,7 @@ def test_layout_and_complete_marker(tiny: Path) -> None:
         "catalog/collections.json",
         "plots/trees.csv",
         "plots/plots.gpkg",
+        "plots/design.gpkg",
         "parcels/parcels.gpkg",
         "parcels/project.gpkg",
         "truth/agb_2019.tif",
@@ -291,7 +295,115 @@ def test_parcels_and_project(tiny: Path) -> None:
         total = float(src.read(1).astype(float).sum()) * 0.01
     assert truth["carbon_2019_mg"].sum() == pytest.approx(total, rel=0.02)
     plots = gpd.read_file(tiny / "plots/plots.gpkg")
-    assert (plots.plot_area_ha == 0.0667).all() and len(plots) == 6
+    assert (plots.plot_area_ha == 0.0667).all() and (plots["sample"] == "inventory").sum() == 6
+
+
+def _plots_with_truth(tiny: Path) -> gpd.GeoDataFrame:
+    """The plots with their true centres and true squares (first epoch)."""
+    plots = gpd.read_file(tiny / "plots/plots.gpkg")
+    truth = pd.read_csv(tiny / "truth/plots.csv").drop_duplicates("plot_id")
+    m = plots.merge(truth, on=["plot_id", "sample"], validate="one_to_one")
+    half = math.sqrt(667.0) / 2
+    m["true_square"] = [
+        box(x - half, y - half, x + half, y + half)
+        for x, y in zip(m.x_true_m, m.y_true_m, strict=True)
+    ]
+    m["true_centre"] = gpd.points_from_xy(m.x_true_m, m.y_true_m)
+    return m
+
+
+def test_design_frames_partition_their_sample_and_hold_their_plots(tiny: Path) -> None:
+    design = gpd.read_file(tiny / "plots/design.gpkg", layer="strata")
+    assert list(design.columns) == ["sample", "stratum", "area_ha", "geometry"]
+    assert design.crs.to_epsg() == 32650 and (design.geom_type == "MultiPolygon").all()
+    assert not design.duplicated(["sample", "stratum"]).any()
+    assert np.allclose(design.area_ha, design.area / 1e4, rtol=1e-12)
+    assert set(design["sample"]) == {"inventory", "project"}
+    for _, frames in design.groupby("sample"):
+        geoms = list(frames.geometry)
+        for i, a in enumerate(geoms):
+            for b in geoms[i + 1 :]:
+                assert a.intersection(b).area < 1e-3  # m2: shared edges only
+    # the project's frames are its parcels, one per forest type present
+    project = gpd.read_file(tiny / "parcels/project.gpkg")
+    parcels = gpd.read_file(tiny / "parcels/parcels.gpkg").set_index("parcel_id")
+    frames = design[design["sample"] == "project"]
+    assert set(frames.stratum) == set(parcels.loc[project.parcel_id, "forest_type"])
+    assert frames.union_all().symmetric_difference(project.union_all()).area < 1e-3
+    # every plot lies in its stratum's frame: the centre, and for the project (simple
+    # random sample of whole squares) the whole true square
+    plots = _plots_with_truth(tiny)
+    assert set(zip(plots["sample"], plots.stratum, strict=True)) <= set(
+        zip(design["sample"], design.stratum, strict=True)
+    )
+    frame = design.set_index(["sample", "stratum"]).geometry
+    for _, p in plots.iterrows():
+        f = frame[(p["sample"], p.stratum)]
+        assert f.contains(p.true_centre), p.plot_id
+        if p["sample"] == "project":
+            assert f.buffer(1e-6).contains(p.true_square), p.plot_id
+
+
+def test_inventory_strata_follow_the_lidar_block(tiny: Path) -> None:
+    summary = json.loads((tiny / "truth/summary.json").read_text())
+    block = box(*summary["lidar"]["bounds"])
+    plots = _plots_with_truth(tiny)
+    inventory = plots[plots["sample"] == "inventory"]
+    assert list(inventory.plot_id) == [f"P{i:03d}" for i in range(1, 7)]
+    inside = inventory.true_centre.apply(block.contains)
+    assert list(inventory.stratum) == ["lidar_block" if i else "outside" for i in inside]
+    assert set(inventory.stratum) == {"lidar_block", "outside"}
+
+
+def test_project_sample_is_the_ar_tool03_plan(tiny: Path) -> None:
+    rec = json.loads((tiny / "truth/summary.json").read_text())["project_sample"]
+    assert rec["relative_error"] == 0.1 and rec["confidence"] == 0.9
+    strata = rec["strata"]
+    plan = ar_tool03_sample_size(
+        [s["area_ha"] for s in strata.values()],
+        [s["sd_mg_c_ha"] for s in strata.values()],
+        [s["mean_mg_c_ha"] for s in strata.values()],
+        plot_area_ha=rec["plot_area_ha"],
+    )
+    assert plan.n_plots == rec["n_plots"] > 0
+    assert list(plan.plots) == [s["n_plots"] for s in strata.values()]
+    plots = _plots_with_truth(tiny)
+    project = plots[plots["sample"] == "project"]
+    assert list(project.plot_id) == [f"J{i:03d}" for i in range(1, len(project) + 1)]
+    assert len(project) == rec["n_placed"]
+    for name, s in strata.items():
+        placed = int((project.stratum == name).sum())
+        assert placed == s["n_placed"]
+        # all the plan's plots, unless the frame is recorded as too small for them
+        assert placed == s["n_plots"] or (name in rec["short_strata"] and placed >= 2)
+    # inside the project area, not overlapping one another
+    area = gpd.read_file(tiny / "parcels/project.gpkg").union_all().buffer(1e-6)
+    assert project.true_square.apply(area.contains).all()
+    squares = list(project.true_square)
+    for i, a in enumerate(squares):
+        for b in squares[i + 1 :]:
+            assert a.intersection(b).area < 1e-6
+    # measured at both epochs like the inventory plots
+    trees = pd.read_csv(tiny / "plots/trees.csv", dtype={"epoch": str})
+    measured = trees[trees.plot_id.str.startswith("J")].groupby("epoch").plot_id.nunique()
+    assert measured.to_dict() == {"2019": len(project), "2024": len(project)}
+
+
+def test_project_sample_drops_a_frame_too_small_for_a_plot() -> None:
+    grid = north_up_geobox((40, 40), x0_m=0.0, ytop_m=400.0, res_m=10.0, crs="EPSG:32650")
+    carbon = np.random.default_rng(0).gamma(4.0, 20.0, (40, 40))
+    big = Stratum("project", "big", MultiPolygon([box(0, 0, 300, 300)]))
+    small = Stratum("project", "small", MultiPolygon([box(350, 350, 370, 370)]))
+    sample = project_sample(np.random.default_rng(1), [big, small], grid, carbon)
+    assert [s.name for s in sample.strata] == ["big"]
+    assert list(sample.record["dropped_strata"]) == ["small"]
+    n = sample.record["n_plots"]
+    assert n == sample.record["n_placed"] == len(sample.centers) and sample.labels == ["big"] * n
+    # the mean over the plot square keeps a constant field and the field's total
+    assert np.allclose(plot_support_mean(np.full((5, 5), 7.0), 10.0), 7.0)
+    spike = np.zeros((5, 5))
+    spike[2, 2] = 1.0
+    assert plot_support_mean(spike, 10.0).sum() == pytest.approx(1.0)
 
 
 def test_hash_uniform_is_keyed_and_uniform() -> None:

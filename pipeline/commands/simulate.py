@@ -80,11 +80,12 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    t = summary["timings_s"]
+    t, n = summary["timings_s"], summary["n_plots"]
     print(
         f"simulated {config.region} (seed {seed}) into {out}: {summary['shape'][1]}x"
         f"{summary['shape'][0]} px, {summary['n_items']} items, {len(summary['lidar']['tiles'])}"
-        f" LiDAR tiles, {summary['n_plots']} plots, {summary['n_parcels']} parcels; "
+        f" LiDAR tiles, {n['inventory']} inventory + {n['project']} project plots, "
+        f"{summary['n_parcels']} parcels; "
         f"timings {t}"
     )
     return 0

@@ -13,7 +13,9 @@ GeoPackage, with its truth kept apart under ``truth/``. Modules:
 - :mod:`~pipeline.simulate.satellite`: reflectance, clouds and shadows, SCL / QA_PIXEL;
 - :mod:`~pipeline.simulate.stac_items`: Earth Search v1 shaped items;
 - :mod:`~pipeline.simulate.lidar`: crowns, returns, noise, LAZ tiles;
-- :mod:`~pipeline.simulate.plots`: permanent plots with measurement and GPS errors.
+- :mod:`~pipeline.simulate.plots`: permanent plots with measurement and GPS errors;
+- :mod:`~pipeline.simulate.sampling`: the plot samples' designs (strata and sampling
+  frames, ``plots/design.gpkg``) and the project's AR-TOOL03-sized monitoring plots.
 
 Every coefficient is in ``pipeline/simulate/data/simulation.yaml`` with its source or
 marked as an assumption. Run: ``forest-carbon simulate --region nanping --out data/nanping``.

@@ -1,7 +1,12 @@
 """Permanent field plots: tree lists with measurement errors, plot squares with GPS error.
 
 Square plots of 0.0667 ha (the Chinese national forest inventory plot size) are placed in
-forest (a share inside the LiDAR block) and measured at every epoch. The tallied trees are
+forest (a share inside the LiDAR block) and measured at every epoch. The region's inventory
+plots (:func:`choose_plots`) sit at random cells whose 5 x 5 neighbourhood lies inside one
+forest parcel, so they avoid parcel edges and roads: an approximation of simple random
+sampling in their strata's frames (:mod:`pipeline.simulate.sampling`) that the estimator
+validation benchmark quantifies. The project's plots are placed by
+:mod:`pipeline.simulate.sampling` and measured alike. The tallied trees are
 exactly the simulated trees whose stems fall inside the true square
 (:mod:`pipeline.simulate.stands`), so plot AGB from error-free trees equals the truth
 raster's biomass there up to the square's partial pixels. Measurement model

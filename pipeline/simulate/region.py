@@ -9,7 +9,11 @@ and trees use counter-based numbers keyed by pixel, so the same seed gives the s
 
 The steps, in order: the landscape (terrain, parcels, stands) and its truth maps, the
 parcel files, the satellite scenes, the DEM and the STAC catalog, the LiDAR blocks, the
-field plots, and ``truth/summary.json``.
+field plots of both samples (the region's inventory ``P001``... and the carbon project's
+monitoring plots ``J001``...: ``plots/plots.gpkg`` with each plot's ``sample`` and
+``stratum``, their trees in ``plots/trees.csv``, the designs in ``plots/design.gpkg``, the
+true plot values in ``truth/plots.csv``), and ``truth/summary.json`` (with the project
+sample's AR-TOOL03 plan under ``project_sample``).
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ from pipeline.grid import cell_centres, north_up_geobox
 from pipeline.io import write_cog
 from pipeline.simulate import lidar as lidar_mod
 from pipeline.simulate import plots as plots_mod
+from pipeline.simulate import sampling, stac_items
 from pipeline.simulate import satellite as sat
-from pipeline.simulate import stac_items
 from pipeline.simulate.io import raster, write_gpkg, write_json
 from pipeline.simulate.noise import gaussian_field
 from pipeline.simulate.parcels import choose_project, make_parcels, make_roads, rasterise
@@ -130,14 +134,17 @@ class _Streams:
     project: np.random.Generator
     dem: np.random.Generator
     lidar: np.random.Generator
+    #: the project's monitoring plots (placement, GPS, measurement); spawned last, so the
+    #: other streams are those of a simulator without it
+    project_plots: np.random.Generator
     #: key of the counter-based numbers of the trees (keyed by pixel)
     tree_seed: int
 
 
 def _streams(seed: int) -> _Streams:
     ss = np.random.SeedSequence(seed)
-    terrain, parcels, roads, stock, scenes, plots, measure, project, dem, lidar = (
-        np.random.default_rng(s) for s in ss.spawn(10)
+    terrain, parcels, roads, stock, scenes, plots, measure, project, dem, lidar, project_plots = (
+        np.random.default_rng(s) for s in ss.spawn(11)
     )
     return _Streams(
         terrain=terrain,
@@ -150,6 +157,7 @@ def _streams(seed: int) -> _Streams:
         project=project,
         dem=dem,
         lidar=lidar,
+        project_plots=project_plots,
         tree_seed=int(ss.generate_state(1, dtype=np.uint64)[0]),
     )
 
@@ -665,28 +673,91 @@ def _simulate_plots(
     config: Config,
     land: _Landscape,
     truth: _Truth,
+    project: gpd.GeoDataFrame,
     lidar_bounds: tuple[float, float, float, float],
     rs: _Streams,
     out_dir: Path,
-) -> tuple[int, int]:
-    """``plots/`` (plot polygons, measured trees) and ``truth/plots.csv``.
+) -> tuple[dict[str, int], int, dict[str, Any]]:
+    """``plots/`` (plot polygons, measured trees, sample designs) and ``truth/plots.csv``.
 
-    Returns the number of plots and of measured tree records.
+    Returns the number of plots per sample, of measured tree records, and the project
+    sample's sizing record (see :mod:`pipeline.simulate.sampling`).
     """
-    grid, pidx = land.grid, land.parcel_idx
+    grid = land.grid
     forest0 = np.isin(truth.use[0], FOREST_TYPES)
     n_plots = config.simulate.n_plots
-    centers = plots_mod.choose_plots(rs.plots, grid, pidx, forest0, lidar_bounds, n_plots)
-    plot_ids = [f"P{i + 1:03d}" for i in range(len(centers))]
-    gdf, gps = plots_mod.plot_polygons(rs.plots, centers, plot_ids, config.crs)
+    centers = plots_mod.choose_plots(
+        rs.plots, grid, land.parcel_idx, forest0, lidar_bounds, n_plots
+    )
+    inventory_ids = [f"P{i + 1:03d}" for i in range(len(centers))]
+    inventory, inventory_gps = plots_mod.plot_polygons(rs.plots, centers, inventory_ids, config.crs)
+    inventory_strata = sampling.inventory_strata(land.parcels, lidar_bounds)
+    inventory["sample"] = sampling.INVENTORY
+    inventory["stratum"] = sampling.inventory_labels(centers, lidar_bounds)
+    inventory_trees, inventory_truth = _measure_plots(
+        land, rs.tree_seed, rs.measure, sampling.INVENTORY, inventory_ids, centers, inventory_gps
+    )
+    # the project sample's own stream places, locates and measures its plots
+    sample = sampling.project_sample(
+        rs.project_plots,
+        sampling.project_strata(land.parcels, project),
+        grid,
+        truth.maps[0].carbon_mg_ha,
+    )
+    project_ids = [f"J{i + 1:03d}" for i in range(len(sample.centers))]
+    project_plots, project_gps = plots_mod.plot_polygons(
+        rs.project_plots, sample.centers, project_ids, config.crs
+    )
+    project_plots["sample"] = sampling.PROJECT
+    project_plots["stratum"] = sample.labels
+    project_trees, project_truth = _measure_plots(
+        land,
+        rs.tree_seed,
+        rs.project_plots,
+        sampling.PROJECT,
+        project_ids,
+        sample.centers,
+        project_gps,
+    )
     (out_dir / "plots").mkdir()
-    write_gpkg(out_dir / "plots" / "plots.gpkg", gdf, layer="plots")
+    write_gpkg(
+        out_dir / "plots" / "plots.gpkg",
+        pd.concat([inventory, project_plots], ignore_index=True),
+        layer="plots",
+    )
+    write_gpkg(
+        out_dir / "plots" / "design.gpkg",
+        sampling.design_table([*inventory_strata, *sample.strata], config.crs),
+        layer="strata",
+    )
+    trees_df = pd.concat([inventory_trees, project_trees], ignore_index=True)
+    trees_df.to_csv(out_dir / "plots" / "trees.csv", index=False, float_format="%.10g")
+    pd.DataFrame(inventory_truth + project_truth).to_csv(
+        out_dir / "truth" / "plots.csv", index=False
+    )
+    n_by_sample = {sampling.INVENTORY: len(inventory_ids), sampling.PROJECT: len(project_ids)}
+    return n_by_sample, len(trees_df), sample.record
+
+
+def _measure_plots(
+    land: _Landscape,
+    tree_seed: int,
+    rng: np.random.Generator,
+    sample: str,
+    plot_ids: list[str],
+    centers: npt.NDArray[np.float64],
+    gps: npt.NDArray[np.float64],
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The measured tree lists of a sample's plots at every epoch, and their true values.
+
+    ``rng`` is the sample's measurement stream; ``tree_seed`` keys the simulated trees.
+    """
     tables, truth_rows = [], []
     id_maps: list[dict[tuple[int, int, int], str]] = [{} for _ in plot_ids]
     plot_area = float(coefficients()["plots"]["plot_area_ha"])
     for ei, ep in enumerate(land.epochs):
         trees, which = plots_mod.plot_trees(
-            rs.tree_seed, grid, centers, pidx, land.stocking, land.stands[ei]
+            tree_seed, land.grid, centers, land.parcel_idx, land.stocking, land.stands[ei]
         )
         order = np.lexsort((trees.slot, trees.cohort, trees.pixel, which))
         trees, which = trees.subset(order), which[order]
@@ -697,7 +768,7 @@ def _simulate_plots(
             if key not in m:
                 m[key] = f"{plot_ids[int(w_)]}-T{len(m) + 1:04d}"
             tids.append(m[key])
-        dm, hm, age = plots_mod.measure(rs.measure, trees)
+        dm, hm, age = plots_mod.measure(rng, trees)
         tables.append(plots_mod.tree_table(plot_ids, ep, trees, which, dm, hm, age, tids))
         agb = trees.agb_kg()
         per_plot = np.bincount(which, weights=agb, minlength=len(plot_ids)) / 1000.0 / plot_area
@@ -706,6 +777,7 @@ def _simulate_plots(
             truth_rows.append(
                 {
                     "plot_id": pid,
+                    "sample": sample,
                     "epoch": ep,
                     "agb_mg_ha": round(float(per_plot[i]), 4),
                     "n_trees": int(nt[i]),
@@ -715,10 +787,7 @@ def _simulate_plots(
                     "y_gps_m": round(float(gps[i, 1]), 3),
                 }
             )
-    trees_df = pd.concat(tables, ignore_index=True)
-    trees_df.to_csv(out_dir / "plots" / "trees.csv", index=False, float_format="%.10g")
-    pd.DataFrame(truth_rows).to_csv(out_dir / "truth" / "plots.csv", index=False)
-    return len(plot_ids), len(trees_df)
+    return pd.concat(tables, ignore_index=True), truth_rows
 
 
 def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int) -> dict[str, Any]:
@@ -755,13 +824,16 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     tiles = _simulate_lidar(config, land, blocks, rs, tdir)
     lap("lidar")
     lidar_bounds = blocks[0][1]
-    n_plots, n_plot_trees = _simulate_plots(config, land, truth, lidar_bounds, rs, out_dir)
+    n_plots, n_plot_trees, project_sample = _simulate_plots(
+        config, land, truth, project, lidar_bounds, rs, out_dir
+    )
     lap("plots")
     counts = {
         "n_parcels": len(land.parcels),
         "n_project_parcels": len(project),
         "n_plots": n_plots,
         "n_plot_trees": n_plot_trees,
+        "project_sample": project_sample,
         "n_scenes": n_scenes,
         "n_items": len(items),
     }

@@ -1,0 +1,268 @@
+"""The plot samples' designs as data: strata, sampling frames, and the project's sample.
+
+The field plots are two probability samples, and the simulator ships each one's design as
+a real bureau or project developer would. ``plots/design.gpkg`` (layer ``strata``) has one
+row per sample and stratum: ``sample``, ``stratum``, ``area_ha`` (the frame's area in the
+region CRS) and the stratum's *sampling frame* (MultiPolygon), the area within which that
+stratum's plots were placed at random. The frames of a sample do not overlap; their union
+is the sample's population. Every plot of ``plots/plots.gpkg`` carries its ``sample`` and
+``stratum``.
+
+- ``inventory``: the region's permanent plots (:func:`pipeline.simulate.plots.choose_plots`).
+  Population: the land that was forest at the first epoch (the parcels whose first-epoch
+  type is a forest type; the parcel file's ``land_class`` describes the last epoch, when
+  afforested farmland is forest too). Strata: ``lidar_block`` (inside the first LiDAR
+  block's bounds) and ``outside``; a plot's stratum is where its true centre lies.
+- ``project``: the carbon project's monitoring plots. Population: the project parcels,
+  one stratum per forest type. The number of plots and their Neyman allocation follow CDM
+  AR-TOOL03 (:func:`models.survey.sample_size.ar_tool03_sample_size`) for the target in
+  ``simulation.yaml`` (``project_sample``), from each stratum's area and the mean and SD of
+  the first-epoch true carbon density at plot support (:func:`plot_support_mean`). The
+  plots are a stratified simple random sample: uniform random centres in each frame,
+  kept when the whole plot square lies inside the frame and overlaps no earlier plot.
+  A stratum whose frame cannot hold a plot square is dropped, and one too small for its
+  allocation keeps the plots that fit; both are recorded in ``truth/summary.json``
+  (``project_sample``), with the plan: n, the allocation, the densities' means and SDs
+  and the target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import numpy.typing as npt
+import shapely
+from odc.geo.geobox import GeoBox
+from rasterio import features
+from scipy import ndimage
+from shapely.geometry import MultiPolygon, box
+from shapely.geometry.base import BaseGeometry
+
+from models.survey.sample_size import ar_tool03_sample_size
+from pipeline.simulate.science import FOREST_TYPES, coefficients
+from pipeline.units import M2_PER_HA
+
+INVENTORY = "inventory"
+PROJECT = "project"
+LIDAR_BLOCK = "lidar_block"
+OUTSIDE = "outside"
+#: random centres tried per plot before a stratum's frame counts as full
+_TRIES_PER_PLOT = 1000
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """A stratum of a plot sample and its sampling frame (region CRS)."""
+
+    sample: str
+    name: str
+    frame: MultiPolygon
+
+    @property
+    def area_ha(self) -> float:
+        return float(self.frame.area) / M2_PER_HA
+
+
+def plot_half_side_m() -> float:
+    """Half the side of the square plot (m)."""
+    return math.sqrt(float(coefficients()["plots"]["plot_area_ha"]) * M2_PER_HA) / 2.0
+
+
+def inventory_strata(
+    parcels: gpd.GeoDataFrame, lidar_bounds: tuple[float, float, float, float]
+) -> list[Stratum]:
+    """The inventory's strata: first-epoch forest inside and outside the LiDAR block."""
+    forest = shapely.union_all(parcels.geometry[parcels["type_0"].isin(FOREST_TYPES)].to_numpy())
+    block = box(*lidar_bounds)
+    strata = [
+        Stratum(INVENTORY, LIDAR_BLOCK, _multipolygon(forest.intersection(block))),
+        Stratum(INVENTORY, OUTSIDE, _multipolygon(forest.difference(block))),
+    ]
+    # a LiDAR block over all the forest (or none of it) leaves one stratum
+    return [s for s in strata if not s.frame.is_empty]
+
+
+def inventory_labels(
+    centers: npt.NDArray[np.float64], lidar_bounds: tuple[float, float, float, float]
+) -> list[str]:
+    """The stratum of each inventory plot: where its true centre lies."""
+    b = lidar_bounds
+    x, y = centers[:, 0], centers[:, 1]
+    inside = (x >= b[0]) & (x <= b[2]) & (y >= b[1]) & (y <= b[3])
+    return [LIDAR_BLOCK if i else OUTSIDE for i in inside]
+
+
+def project_strata(parcels: gpd.GeoDataFrame, project: gpd.GeoDataFrame) -> list[Stratum]:
+    """The project's strata: its parcels grouped by forest type (sorted by name)."""
+    forest_type = parcels.set_index("parcel_id").loc[project["parcel_id"], "forest_type"]
+    geoms = project.geometry.to_numpy()
+    return [
+        Stratum(PROJECT, t, _multipolygon(shapely.union_all(geoms[forest_type.to_numpy() == t])))
+        for t in sorted(set(forest_type))
+    ]
+
+
+def plot_support_mean(values: npt.NDArray[np.float64], res_m: float) -> npt.NDArray[np.float64]:
+    """Mean of ``values`` over the plot square centred on each cell centre.
+
+    Each cell is weighted by its area inside the square (the 0.0667 ha square is 25.8 m
+    wide: at 10 m, the centre cell in full and 79 % of each neighbouring row and column),
+    taking a cell's value as uniform over the cell; beyond the raster edge the edge cells
+    are repeated.
+    """
+    half = plot_half_side_m()
+    k = math.ceil(half / res_m - 0.5)
+    edges = (np.arange(-k, k + 2) - 0.5) * res_m
+    weights = np.clip(np.minimum(edges[1:], half) - np.maximum(edges[:-1], -half), 0.0, None)
+    weights /= weights.sum()
+    out = ndimage.correlate1d(values, weights, axis=0, mode="nearest")
+    return ndimage.correlate1d(out, weights, axis=1, mode="nearest")
+
+
+@dataclass(frozen=True)
+class ProjectSample:
+    """The project's monitoring plot sample."""
+
+    #: the strata that hold plots (those whose frame cannot hold a plot square are dropped)
+    strata: list[Stratum]
+    #: true plot centres (n, 2), region CRS
+    centers: npt.NDArray[np.float64]
+    #: the stratum of each plot
+    labels: list[str]
+    #: the ``project_sample`` entry of ``truth/summary.json``: target, densities, plan
+    record: dict[str, Any]
+
+
+def project_sample(
+    rng: np.random.Generator,
+    strata: list[Stratum],
+    grid: GeoBox,
+    carbon_mg_ha: npt.NDArray[np.float64],
+) -> ProjectSample:
+    """Size the project sample by AR-TOOL03 and place it as a stratified random sample.
+
+    A real developer sizes the sample from a pilot survey or a prior map; the simulator
+    plays that role with the first-epoch truth (``carbon_mg_ha``, Mg C/ha on ``grid``) at
+    plot support. Sampling error alone is sized for: the simulated measurement errors are
+    small beside the spread of plot densities. A frame too small for its allocation (a
+    random packing of non-overlapping squares fills little more than half of an area) gets
+    the plots it holds, and the shortfall is recorded.
+    """
+    target = coefficients()["project_sample"]
+    plot_area_ha = float(coefficients()["plots"]["plot_area_ha"])
+    # any point this far inside the frame is the centre of a square that fits in it
+    reach = plot_half_side_m() * math.sqrt(2.0)
+    fits = [not s.frame.buffer(-reach).is_empty for s in strata]
+    kept = [s for s, ok in zip(strata, fits, strict=True) if ok]
+    record: dict[str, Any] = {
+        "method": "CDM AR-TOOL03 v02.1.0 Eq. 1, Neyman allocation, at least 2 plots a stratum",
+        "density": (
+            "first-epoch true carbon density (Mg C/ha), mean over the plot square centred on "
+            "each model-grid cell of the stratum frame (cells weighted by their area in it)"
+        ),
+        "relative_error": float(target["relative_error"]),
+        "confidence": float(target["confidence"]),
+        "plot_area_ha": plot_area_ha,
+        "dropped_strata": {
+            s.name: f"no {plot_area_ha} ha plot square fits inside the frame ({s.area_ha:.4f} ha)"
+            for s, ok in zip(strata, fits, strict=True)
+            if not ok
+        },
+        "short_strata": {},
+        "strata": {},
+        "n_plots": 0,
+        "n_placed": 0,
+    }
+    if not kept:
+        return ProjectSample([], np.zeros((0, 2)), [], record)
+    density = plot_support_mean(carbon_mg_ha, grid.resolution.x)
+    stats = []
+    for s in kept:
+        cells = features.rasterize(
+            [(s.frame, 1)], out_shape=grid.shape, transform=grid.affine, fill=0, dtype="uint8"
+        ).astype(bool)
+        stats.append((float(density[cells].mean()), float(density[cells].std())))
+    mean, sd = (np.array(v) for v in zip(*stats, strict=True))
+    plan = ar_tool03_sample_size(
+        [s.area_ha for s in kept],
+        sd,
+        mean,
+        relative_error=float(target["relative_error"]),
+        confidence=float(target["confidence"]),
+        plot_area_ha=plot_area_ha,
+    )
+    centers: list[npt.NDArray[np.float64]] = []
+    labels: list[str] = []
+    for s, m, d, a, n in zip(kept, mean, sd, plan.allocation, plan.plots, strict=True):
+        xy = _place(rng, s.frame, int(n))
+        centers.append(xy)
+        labels.extend([s.name] * len(xy))
+        record["strata"][s.name] = {
+            "area_ha": round(s.area_ha, 4),
+            "mean_mg_c_ha": round(m, 4),
+            "sd_mg_c_ha": round(d, 4),
+            "allocation": round(float(a), 4),
+            "n_plots": int(n),
+            "n_placed": len(xy),
+        }
+        if len(xy) < n:
+            record["short_strata"][s.name] = (
+                f"the frame ({s.area_ha:.4f} ha) took {len(xy)} of the {int(n)} plots at random "
+                "without overlap"
+            )
+    record.update(
+        {
+            "n_plots": plan.n_plots,
+            "n_placed": len(labels),
+            "n_required": round(plan.n_required, 4),
+            "t_value": round(plan.t_value, 6),
+            "df": None if math.isinf(plan.df) else plan.df,
+            "allowable_error_mg_c_ha": round(plan.allowable_error, 4),
+        }
+    )
+    return ProjectSample(kept, np.concatenate(centers), labels, record)
+
+
+def _place(rng: np.random.Generator, frame: MultiPolygon, n: int) -> npt.NDArray[np.float64]:
+    """Up to ``n`` simple random plot centres (k, 2) in ``frame``.
+
+    Centres are drawn uniformly over the frame's bounding box and kept when the whole plot
+    square lies inside the frame and overlaps none kept before; after ``n`` times
+    ``_TRIES_PER_PLOT`` draws the frame counts as full.
+    """
+    half = plot_half_side_m()
+    shapely.prepare(frame)
+    xmin, ymin, xmax, ymax = frame.bounds
+    chosen: list[tuple[float, float]] = []
+    for _ in range(n * _TRIES_PER_PLOT):
+        if len(chosen) == n:
+            break
+        x, y = float(rng.uniform(xmin, xmax)), float(rng.uniform(ymin, ymax))
+        if frame.contains(box(x - half, y - half, x + half, y + half)) and all(
+            max(abs(x - a), abs(y - b)) >= 2.0 * half for a, b in chosen
+        ):
+            chosen.append((x, y))
+    return np.array(chosen, dtype=np.float64).reshape(-1, 2)
+
+
+def design_table(strata: list[Stratum], crs: str) -> gpd.GeoDataFrame:
+    """The ``strata`` layer of ``plots/design.gpkg``."""
+    return gpd.GeoDataFrame(
+        {
+            "sample": [s.sample for s in strata],
+            "stratum": [s.name for s in strata],
+            "area_ha": [s.area_ha for s in strata],
+        },
+        geometry=[s.frame for s in strata],
+        crs=crs,
+    )
+
+
+def _multipolygon(geom: BaseGeometry) -> MultiPolygon:
+    """The polygonal parts of ``geom`` (dropping the lines and points of a clip's edges)."""
+    parts = [g for g in shapely.get_parts(geom) if g.geom_type == "Polygon"]
+    return MultiPolygon(parts)
