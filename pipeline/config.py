@@ -91,10 +91,6 @@ class Sources(Section):
     plot_design: Path | None = None
     parcels: Path | None = None
     project_area: Path | None = None
-    #: the plot samples' design: a GeoPackage (layer ``strata``) with one row per sample and
-    #: stratum (``sample``, ``stratum``, ``area_ha``) whose geometry is the stratum's
-    #: sampling frame; the plots of ``plot_locations`` name theirs in ``sample``/``stratum``
-    plot_design: Path | None = None
 
 
 class SimulateParams(Section):

@@ -3,7 +3,11 @@
 What it does, in order (predictor tables in :mod:`pipeline.samples`; the science in
 :mod:`models.biomass`, :mod:`models.landuse` and :mod:`models.plot_biomass`):
 
-1. Extracts predictors at every plot square, area-weighted: per epoch the composite
+1. Extracts predictors at every plot square, area-weighted, leaving out the plots of a
+   carbon project's monitoring sample (``sample == "project"`` in the plot layer): the
+   maps are its auxiliary data, and a model-assisted estimate is design-unbiased only
+   when the auxiliary values do not depend on the sample (Särndal et al. 1992 §6.3; see
+   :mod:`pipeline.stages.estimate`). Per epoch the composite
    bands and indices plus terrain and, with a parcel layer, the share of the plot in
    each class of its ``model.parcel_class_column`` (forest type); from
    ``lidar/metrics.tif`` the LiDAR metrics and ``lidar_fraction``.
@@ -63,6 +67,7 @@ from pipeline.contracts import (
     MODELS_RELPATH,
     PLOT_BIOMASS_RELPATH,
     PLOT_FEATURES_RELPATH,
+    PROJECT_SAMPLE,
     TERRAIN_RELPATH,
     RunLayout,
     composites_by_epoch,
@@ -112,6 +117,8 @@ def model(
     if missing:
         raise InputDataError(f"{PLOT_BIOMASS_RELPATH}: column(s) {missing} missing")
     biomass = plot_biomass.assign(epoch=plot_biomass["epoch"].astype(str))
+    if "sample" in plot_locations.columns:
+        plot_locations = plot_locations[plot_locations["sample"] != PROJECT_SAMPLE]
     comps = composites_by_epoch(composites, job.epochs)
     terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
     spectral, sat_stacks, classes = satellite_stacks(
