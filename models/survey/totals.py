@@ -75,9 +75,11 @@ def _estimates(
             design, y, m, map_mean, quantity=q, confidence=confidence
         ),
     }
-    if np.all(design.plots_per_stratum >= 3):  # a line needs a residual degree of freedom
+    try:  # a line per stratum needs a residual degree of freedom and varying map values
         greg = greg_estimate(design, y, m, map_mean, quantity=q, confidence=confidence)
         out["greg"] = replace(greg, estimator="greg")  # the linear model: "greg" in configs
+    except SurveyError:
+        pass  # not estimable on this sample: choose() says so if a rule names it
     return out
 
 
@@ -172,5 +174,6 @@ def choose(totals: Sequence[SampleTotal], quantity: str, rule: str) -> SampleTot
         if t.estimate.estimator == rule:
             return t
     raise SurveyError(
-        f"estimator {rule!r} could not run on this sample (it needs 3 plots in every stratum)"
+        f"estimator {rule!r} could not run on this sample (GREG needs 3 plots and varying map "
+        "values in every stratum)"
     )
