@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -15,6 +16,8 @@ import xarray as xr
 from shapely.geometry import box
 
 from models.credits import (
+    CreditSteps,
+    Methodology,
     credit_steps,
     load_methodology,
     methodology_from_mapping,
@@ -56,6 +59,15 @@ def test_ar_tool14_worked_example():
     assert uncertainty_deduction_tco2e(100.0, 40.0, CCER.uncertainty_rule)[0] == pytest.approx(40.0)
 
 
+def _steps(methodology: Methodology, **changes: Any) -> CreditSteps:
+    """The hand examples' unit: 10 ha over 5 years, baseline 4 t CO2e/ha/yr, P 1000 +- 100."""
+    inputs: dict[str, Any] = {
+        "area_ha": 10.0, "period_yr": 5.0, "project_tco2e": 1000.0, "project_sd_tco2e": 100.0,
+        "baseline_rate_tco2e_ha_yr": 4.0, "df": math.inf, "estimator": "hand",
+    }  # fmt: skip
+    return credit_steps(**{**inputs, **changes}, methodology=methodology)
+
+
 def test_credit_steps_by_hand_ccer_table():
     # Hand computation (t CO2e), CCER file with leakage 10 % and buffer 5 % overrides:
     #   project P = 1000, sd_P = 100, area 10 ha, period 5 yr, baseline 4 t/ha/yr
@@ -67,16 +79,7 @@ def test_credit_steps_by_hand_ccer_table():
     #   deduction = 0.75 x 148.036826 = 111.027620; after = 720 - 111.027620 = 608.972380
     #   buffer = 0.05 x 608.972380 = 30.448619; credits = 608.972380 - 30.448619 = 578.523761
     m = CCER.with_overrides(leakage_fraction=0.10, buffer_fraction=0.05)
-    s = credit_steps(
-        area_ha=10.0,
-        period_yr=5.0,
-        project_tco2e=1000.0,
-        project_sd_tco2e=100.0,
-        baseline_rate_tco2e_ha_yr=4.0,
-        methodology=m,
-        df=math.inf,
-        estimator="hand",
-    )
+    s = _steps(m)
     assert s.baseline_tco2e == pytest.approx(200.0)
     assert s.leakage_tco2e == pytest.approx(80.0)
     assert s.net_tco2e == pytest.approx(720.0)
@@ -97,16 +100,7 @@ def test_credit_steps_by_hand_vm0047_threshold():
     #   UNC = (0.2056067 - 0.15) x 720 = 148.036826 - 108 = 40.036826
     #   after = 679.963174; buffer = 0.10 x 679.963174 = 67.996317; credits = 611.966857
     m = VM0047.with_overrides(leakage_fraction=0.10, buffer_fraction=0.10)
-    s = credit_steps(
-        area_ha=10.0,
-        period_yr=5.0,
-        project_tco2e=1000.0,
-        project_sd_tco2e=100.0,
-        baseline_rate_tco2e_ha_yr=4.0,
-        methodology=m,
-        df=math.inf,
-        estimator="hand",
-    )
+    s = _steps(m)
     assert s.uncertainty_deduction_tco2e == pytest.approx(40.036826, abs=1e-5)
     assert s.after_uncertainty_tco2e == pytest.approx(679.963174, abs=1e-5)
     assert s.buffer_tco2e == pytest.approx(67.996317, abs=1e-5)
@@ -116,16 +110,7 @@ def test_credit_steps_by_hand_vm0047_threshold():
 def test_half_width_uses_the_estimate_degrees_of_freedom():
     # AR-TOOL14: t(0.90 two-sided, 33 df) = 1.6924 (tables: 1.692); P = 1000, sd 100,
     # no leakage: half-width = 169.24 of the net 800 (baseline 200) -> U = 21.2 %
-    s = credit_steps(
-        area_ha=10.0,
-        period_yr=5.0,
-        project_tco2e=1000.0,
-        project_sd_tco2e=100.0,
-        baseline_rate_tco2e_ha_yr=4.0,
-        methodology=CCER,
-        df=33.0,
-        estimator="stratified",
-    )
+    s = _steps(CCER, df=33.0, estimator="stratified")
     assert s.t_value == pytest.approx(1.6924, abs=1e-4)
     assert s.project_half_width_tco2e == pytest.approx(169.24, abs=0.01)
     assert s.half_width_tco2e == pytest.approx(169.24, abs=0.01)
@@ -135,16 +120,7 @@ def test_half_width_uses_the_estimate_degrees_of_freedom():
 
 def test_no_credits_when_net_removals_are_not_positive():
     # project 100 below baseline 4 x 10 x 5 = 200: net -100, nothing deducted, reported as is
-    s = credit_steps(
-        area_ha=10.0,
-        period_yr=5.0,
-        project_tco2e=100.0,
-        project_sd_tco2e=10.0,
-        baseline_rate_tco2e_ha_yr=4.0,
-        methodology=CCER,
-        df=math.inf,
-        estimator="hand",
-    )
+    s = _steps(CCER, project_tco2e=100.0, project_sd_tco2e=10.0)
     assert s.net_tco2e == pytest.approx(-100.0)
     assert s.uncertainty_deduction_tco2e == 0.0
     assert s.buffer_tco2e == 0.0

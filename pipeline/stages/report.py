@@ -31,10 +31,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
-import pandas as pd
-import xarray as xr
-
 from pipeline.config import Config
 from pipeline.contracts import (
     CREDITS_RELPATH,
@@ -101,22 +97,13 @@ def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
 def report_stage(
     job: ReportJob,
     *,
-    sink: xr.DataArray | xr.Dataset,
-    parcel_sink: gpd.GeoDataFrame,
-    credits: pd.DataFrame,
-    estimates: pd.DataFrame | None = None,
-    composite: xr.DataArray | None = None,
-    chm: xr.DataArray | None = None,
-    agb: xr.DataArray | None = None,
-    carbon: xr.DataArray | None = None,
     model_card: dict[str, Any] | None = None,
-    plot_features: pd.DataFrame | None = None,
     items_start: dict[str, Any] | None = None,
     items_end: dict[str, Any] | None = None,
-    lidar_tiles: pd.DataFrame | None = None,
-    plot_biomass: pd.DataFrame | None = None,
+    **inputs: Any,
 ) -> dict[str, str | bytes]:
-    """The ``report`` stage."""
+    """The ``report`` stage: the inputs of :func:`report_inputs`, by name, into
+    :func:`pipeline.report.build.build_report` (which documents them)."""
     sink_job = resolve_correlation(job.sink, model_card)
     job = replace(job, credits=replace(job.credits, sink=sink_job))
     items = {}
@@ -124,22 +111,7 @@ def report_stage(
         items[job.sink.epoch_start] = items_start
     if items_end is not None:
         items[job.sink.epoch_end] = items_end
-    html, quicklooks = build_report(
-        job,
-        sink=sink,
-        parcel_sink=parcel_sink,
-        credits=credits,
-        estimates=estimates,
-        composite=composite,
-        chm=chm,
-        agb=agb,
-        carbon=carbon,
-        model_card=model_card,
-        plot_features=plot_features,
-        items=items,
-        lidar_tiles=lidar_tiles,
-        plot_biomass=plot_biomass,
-    )
+    html, quicklooks = build_report(job, model_card=model_card, items=items, **inputs)
     out: dict[str, str | bytes] = {REPORT_RELPATH: html}
     for name, png in quicklooks.items():
         out[quicklook_relpath(name)] = png
