@@ -66,7 +66,7 @@ from scipy.ndimage import minimum_filter
 from models.allometry import co2_per_c
 from models.credits import Methodology, credit_steps
 from models.survey.design import StratifiedDesign, relative_half_width
-from models.survey.totals import ESTIMATORS, MOST_PRECISE, choose, sample_totals
+from models.survey.totals import ESTIMATORS, MOST_PRECISE, PLOT_ONLY, choose, sample_totals
 from pipeline.config import load_config, region_config_path
 from pipeline.contracts import PLOT_BIOMASS_RELPATH, credits_job, map_relpath
 from pipeline.units import M2_PER_HA
@@ -504,11 +504,13 @@ def print_credits(scores: pd.DataFrame, true_net_tco2e: float) -> None:
         )
 
 
-def print_targets(scores: Mapping[str, pd.DataFrame], credits: pd.DataFrame) -> None:
-    """The issue's targets for the chosen (``most_precise``) estimate, met or not."""
-    print(f"== targets of issue 14 ({MOST_PRECISE} estimate)")
+def print_targets(
+    scores: Mapping[str, pd.DataFrame], credits: pd.DataFrame, rules: Mapping[str, str]
+) -> None:
+    """The issue's targets for the estimate a run chooses (``rules`` by sample), met or not."""
+    print(f"== targets of issue 14 (the run's rules: {dict(rules)})")
     for sample, sc in scores.items():
-        for r in sc[sc["rule"] == MOST_PRECISE].itertuples(index=False):
+        for r in sc[sc["rule"] == rules[sample]].itertuples(index=False):
             ok = abs(r.bias_pct) < 2.0
             line = f"  {POPULATION_NAMES[sample]:<16}{r.quantity:<18}bias {r.bias_pct:+.2f} % "
             line += f"({'ok' if ok else 'FAILS'} < 2 %)"
@@ -517,7 +519,7 @@ def print_targets(scores: Mapping[str, pd.DataFrame], credits: pd.DataFrame) -> 
                 line += f"; coverage {r.coverage_pct:.1f} % ({'ok' if cov else 'FAILS'} 86-94)"
             line += f"; efficiency over plot-only {r.re_empirical:.2f} (empirical)"
             print(line)
-    c = credits[credits["rule"] == MOST_PRECISE].iloc[0]
+    c = credits[credits["rule"] == rules["project"]].iloc[0]
     ok = c["over_pct"] <= 5.0
     print(
         f"  project credits exceed the true net removals in {c['over_pct']:.1f} % of draws "
@@ -613,7 +615,9 @@ def main() -> None:
     )
     print_credits(credit_table, true_net)
     loop = time.perf_counter() - loop_start
-    print_targets(scores, credit_table)
+    # the estimate stage's choice: the inventory trained the run's map (plot-only there);
+    # here the maps are fixed and the draws fresh, so every estimator is valid and shown
+    print_targets(scores, credit_table, {"inventory": PLOT_ONLY, "project": methodology.estimator})
     print(
         f"== wall time {time.perf_counter() - started:.1f} s; draws {loop:.1f} s "
         f"({args.draws / loop:.1f} draws per second, each: both samples, all estimators)"

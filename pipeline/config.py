@@ -359,9 +359,11 @@ class EstimateParams(Section):
     as chosen for the report (a project's credits use the methodology file's estimator).
     """
 
-    #: ``most_precise`` (smallest standard error among the design-consistent estimators) or
-    #: one of ``stratified`` (plot-only, AR-TOOL14), ``difference``, ``greg``
-    estimator: Literal["most_precise", "stratified", "difference", "greg"] = "most_precise"
+    #: the estimator chosen for samples the map may assist (a sample that trained the map
+    #: always gets ``stratified``): ``difference`` (exactly design-unbiased for a map not
+    #: fitted to the sample), ``greg``, ``stratified`` (plot-only, AR-TOOL14) or
+    #: ``most_precise`` (the smallest standard error of the three)
+    estimator: Literal["most_precise", "stratified", "difference", "greg"] = "difference"
     #: two-sided confidence level of the intervals (AR-TOOL14: 90 %)
     confidence: float = Field(default=0.9, gt=0, lt=1)
 

@@ -157,3 +157,13 @@ def test_no_design_gives_an_empty_table() -> None:
     job = EstimateJob(epochs=EPOCHS, confidence=0.9, estimator="greg", project_estimator="greg")
     table = estimate(job)[ESTIMATES_RELPATH]
     assert table.empty and "total" in table.columns
+
+
+def test_a_sample_that_trained_the_map_gets_the_plot_only_estimate(scene: dict) -> None:
+    scene["plots"]["sample"] = "inventory"
+    scene["frames"]["sample"] = "inventory"
+    table = _run(scene)
+    chosen = table[table["chosen"]]
+    assert set(chosen.index.get_level_values("estimator")) == {"stratified"}
+    assisted = table[table.index.get_level_values("estimator") != "stratified"]
+    assert (assisted["note"].str.startswith("not used: the map was trained")).all()

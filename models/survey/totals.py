@@ -42,6 +42,8 @@ from models.survey.stratified import stratified_estimate
 
 #: estimator names, plot-only first (the reference of the relative efficiency)
 ESTIMATORS = ("stratified", "difference", "greg")
+#: the design-based estimator that uses no map
+PLOT_ONLY = "stratified"
 #: the rule that picks the smallest standard error among :data:`ESTIMATORS`
 MOST_PRECISE = "most_precise"
 
@@ -121,7 +123,7 @@ def sample_totals(
     rows: list[SampleTotal] = []
 
     def add(quantity: str, unit: str, ests: dict[str, Estimate], map_total: float) -> None:
-        ref = ests["stratified"].se ** 2
+        ref = ests[PLOT_ONLY].se ** 2
         for est in ests.values():
             eff = ref / est.se**2 if est.se > 0 else float("inf")
             rows.append(SampleTotal(quantity, unit, est, eff, map_total))

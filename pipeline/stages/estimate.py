@@ -22,6 +22,16 @@ estimator, the map's own total over the same area for comparison, and ``chosen``
 the estimate the report (``stages.estimate.estimator``) and the credits (the methodology
 file's ``estimator``, for the ``project`` sample) use.
 
+Which samples the map may assist: a model-assisted estimator is design-unbiased, with a
+valid variance, only when the map does not depend on the sample (Särndal et al. 1992
+§6.3). The ``model`` stage trains the maps on every plot except the project's monitoring
+sample, so the project's estimates may use the map; for the samples that trained it (the
+region's inventory) the map's values at the plots are in-sample fits, whose residuals
+understate the variance several-fold. For those samples the plot-only ``stratified``
+estimate is chosen, and the model-assisted rows say why they are not used (``note``).
+Using them needs out-of-fold map values at the training plots (cross-fitting), which the
+pipeline does not yet produce.
+
 A region without ``sources.plot_design`` gets an empty table; the credits stage then falls
 back to the map and says so.
 
@@ -43,7 +53,7 @@ import xarray as xr
 from models.allometry import co2_per_c
 from models.errors import SurveyError
 from models.survey.design import StratifiedDesign, relative_half_width
-from models.survey.totals import SampleTotal, choose, sample_totals
+from models.survey.totals import PLOT_ONLY, SampleTotal, choose, sample_totals
 from pipeline.config import Config
 from pipeline.contracts import (
     ESTIMATES_RELPATH,
@@ -60,8 +70,12 @@ from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
 COLUMNS = (
     "sample", "quantity", "unit", "estimator", "chosen", "total", "se", "df", "confidence",
     "half_width", "lower", "upper", "relative_half_width", "mean_per_ha", "area_ha",
-    "n_plots", "relative_efficiency", "map_total",
+    "n_plots", "relative_efficiency", "map_total", "note",
 )  # fmt: skip
+#: why a model-assisted estimate of a sample that trained the map is not chosen
+IN_SAMPLE_NOTE = (
+    "not used: the map was trained on these plots, so their residuals understate the variance"
+)
 
 
 @dataclass(frozen=True)
@@ -135,7 +149,10 @@ def _sample_design(
     return StratifiedDesign.from_labels(plots["stratum"].astype(str).tolist(), area)
 
 
-def _rows(name: str, totals: list[SampleTotal], rule: str, area_ha: float) -> list[dict[str, Any]]:
+def _rows(
+    name: str, totals: list[SampleTotal], rule: str, area_ha: float, *, map_independent: bool
+) -> list[dict[str, Any]]:
+    rule = rule if map_independent else PLOT_ONLY
     chosen = {choose(totals, q, rule).estimate for q in dict.fromkeys(t.quantity for t in totals)}
     return [
         {
@@ -157,6 +174,7 @@ def _rows(name: str, totals: list[SampleTotal], rule: str, area_ha: float) -> li
             "n_plots": t.estimate.n,
             "relative_efficiency": t.relative_efficiency,
             "map_total": t.map_total,
+            "note": "" if map_independent or t.estimate.estimator == PLOT_ONLY else IN_SAMPLE_NOTE,
         }
         for t in totals
     ]
@@ -206,7 +224,12 @@ def estimate(
                 change_unit="t CO2e", confidence=job.confidence,
             )  # fmt: skip
             rule = job.project_estimator if name == PROJECT_SAMPLE else job.estimator
-            rows.extend(_rows(str(name), totals, rule, sample_design.area_ha))
+            rows.extend(
+                _rows(
+                    str(name), totals, rule, sample_design.area_ha,
+                    map_independent=name == PROJECT_SAMPLE,
+                )
+            )  # fmt: skip
         except SurveyError as err:
             raise InputDataError(f"plot design: sample {name!r}: {err}") from None
     return {ESTIMATES_RELPATH: pd.DataFrame(rows, columns=list(COLUMNS))}
