@@ -17,11 +17,13 @@ import rasterio
 from rasterio.windows import from_bounds
 from shapely.geometry import MultiPolygon, box
 
+from models.plot_biomass import split_empty_plots
 from models.survey.sample_size import ar_tool03_sample_size
 from pipeline.commands import simulate as simulate_cmd
 from pipeline.config import load_config, region_config_path
 from pipeline.grid import north_up_geobox, region_geobox
 from pipeline.simulate.noise import hash_uniform
+from pipeline.simulate.plots import empty_plot_rows
 from pipeline.simulate.sampling import Stratum, plot_support_mean, project_sample
 from pipeline.simulate.satellite import solar_position, to_landsat_dn, to_s2_dn
 from pipeline.simulate.stands import chapman_richards
@@ -427,3 +429,17 @@ def test_solar_position_noon_equinox() -> None:
     # Nanping, 21 June, 10:30 local solar time: zenith = |lat - decl| at noon -> larger at 10:30
     zen, az = solar_position(dt.datetime(2019, 6, 21, 2, 38, tzinfo=dt.UTC), 118.1, 26.6)
     assert 15 < zen < 35 and 60 < az < 120
+
+
+def test_a_plot_without_trees_is_recorded_as_an_empty_plot_row() -> None:
+    # plots 0 and 2 hold trees, plot 1 none: one row for plot 1, read by the plots stage as
+    # a zero-biomass plot (models.plot_biomass.split_empty_plots)
+    rows = empty_plot_rows(["A", "B", "C"], "2024", np.array([0, 0, 2]))
+    assert rows["plot_id"].tolist() == ["B"]
+    trees = pd.concat(
+        [rows, pd.DataFrame({"plot_id": ["A"], "epoch": ["2024"], "species": ["x"],
+                             "dbh_cm": [12.0]})]
+    )  # fmt: skip
+    kept, empty = split_empty_plots(trees)
+    assert kept["plot_id"].tolist() == ["A"]
+    assert empty[["plot_id", "epoch"]].values.tolist() == [["B", "2024"]]

@@ -170,3 +170,21 @@ def tree_table(
             "age_yr": age_yr,
         }
     )
+
+
+def empty_plot_rows(plot_ids: list[str], epoch: str, which: npt.NDArray[np.int64]) -> pd.DataFrame:
+    """The field record of each plot measured at ``epoch`` with no tree in it (a clear-cut,
+    land not yet planted): a row with the plot and epoch and neither species nor DBH, which
+    the plots stage reads as a zero-biomass plot (:func:`models.plot_biomass.split_empty_plots`)."""
+    empty = sorted(set(range(len(plot_ids))) - set(which.tolist()))
+    return pd.DataFrame(
+        {
+            "plot_id": [plot_ids[i] for i in empty],
+            "epoch": epoch,
+            "tree_id": None,
+            "species": None,
+            "dbh_cm": np.nan,
+            "height_m": np.nan,
+            "age_yr": np.nan,
+        }
+    )

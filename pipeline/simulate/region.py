@@ -770,6 +770,9 @@ def _measure_plots(
             tids.append(m[key])
         dm, hm, age = plots_mod.measure(rng, trees)
         tables.append(plots_mod.tree_table(plot_ids, ep, trees, which, dm, hm, age, tids))
+        empty = plots_mod.empty_plot_rows(plot_ids, ep, which)
+        if len(empty):
+            tables.append(empty)
         agb = trees.agb_kg()
         per_plot = np.bincount(which, weights=agb, minlength=len(plot_ids)) / 1000.0 / plot_area
         nt = np.bincount(which, minlength=len(plot_ids))
