@@ -366,6 +366,10 @@ class EstimateParams(Section):
     estimator: Literal["most_precise", "stratified", "difference", "greg"] = "difference"
     #: two-sided confidence level of the intervals (AR-TOOL14: 90 %)
     confidence: float = Field(default=0.9, gt=0, lt=1)
+    #: target precision of a sample's stock estimate: half-width of the interval over the
+    #: estimate (CDM AR-TOOL03: ±10 % at 90 % confidence); the plan of
+    #: ``estimates/sample_plan.csv`` sizes each sample for it
+    target_relative_half_width: float = Field(default=0.10, gt=0, lt=1)
 
 
 class CreditsParams(Section):

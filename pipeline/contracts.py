@@ -79,6 +79,7 @@ PARCEL_SINK_GPKG_RELPATH = "parcels/parcel_sink.gpkg"
 PARCEL_SINK_CSV_RELPATH = "parcels/parcel_sink.csv"
 
 ESTIMATES_RELPATH = "estimates/totals.csv"
+SAMPLE_PLAN_RELPATH = "estimates/sample_plan.csv"
 #: the plot sample (``sample`` of the plot design) whose stock change the credits take
 PROJECT_SAMPLE = "project"
 

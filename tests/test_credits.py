@@ -201,6 +201,29 @@ def test_credits_stage_on_a_uniform_sink():
     assert total["estimator"] == "map_sum_correlated_bound"
 
 
+def test_credits_warn_when_the_project_sample_misses_its_target():
+    sink_job = SinkJob.from_params(
+        SinkParams(epoch_error_correlation=0.0),
+        epochs=("2019", "2024"),
+        reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
+    )
+    job = CreditsJob(CCER, "configs/methodology/ccer.yaml", sink_job)
+    project = gpd.GeoDataFrame(
+        {"parcel_id": ["A"], "baseline_tco2e_ha_yr": [2.0]},
+        geometry=[box(500_000, 2_999_900, 500_050, 3_000_000)], crs="EPSG:32650",
+    )  # fmt: skip
+    estimates = pd.DataFrame(
+        {"sample": ["project"] * 2, "quantity": ["change_2019_2024", "stock_2024"],
+         "estimator": ["difference"] * 2, "chosen": [True, True], "total": [20.0, 300.0],
+         "se": [2.0, 40.0], "df": [14.0, 14.0], "meets_target": [False, False]}
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="misses its target precision"):
+        table = credits_stage(
+            job, sink=_sink_raster(10.0, 1.0), project=project, estimates=estimates
+        )[CREDITS_RELPATH]
+    assert not table.set_index("parcel_id").loc[TOTAL_ID, "sample_meets_target"]
+
+
 def test_credits_total_is_the_project_sample_estimate():
     # The chosen survey estimate of the project's change replaces the map sum in TOTAL:
     # P = 20, SE 2, 14 df -> t(0.90, 14) = 1.7613; baseline 1.0 x T; parcels stay map-based
@@ -217,13 +240,14 @@ def test_credits_total_is_the_project_sample_estimate():
     )
     estimates = pd.DataFrame(
         {
-            "sample": ["project", "project", "inventory"],
-            "quantity": ["change_2019_2024"] * 3,
-            "estimator": ["stratified", "greg", "greg"],
-            "chosen": [False, True, True],
-            "total": [25.0, 20.0, 999.0],
-            "se": [5.0, 2.0, 1.0],
-            "df": [15.0, 14.0, 70.0],
+            "sample": ["project", "project", "inventory", "project"],
+            "quantity": ["change_2019_2024"] * 3 + ["stock_2024"],
+            "estimator": ["stratified", "greg", "greg", "greg"],
+            "chosen": [False, True, True, True],
+            "total": [25.0, 20.0, 999.0, 300.0],
+            "se": [5.0, 2.0, 1.0, 10.0],
+            "df": [15.0, 14.0, 70.0, 14.0],
+            "meets_target": [False, False, False, True],
         }
     )
     table = credits_stage(job, sink=_sink_raster(10.0, 1.0), project=project, estimates=estimates)[
@@ -235,6 +259,7 @@ def test_credits_total_is_the_project_sample_estimate():
     assert total["t_value"] == pytest.approx(1.7613, abs=1e-4)
     assert total["project_half_width_tco2e"] == pytest.approx(2.0 * 1.7613, abs=1e-3)
     assert total["estimator"] == "greg (project plots)"
+    assert total["sample_meets_target"]
     assert total["baseline_tco2e"] == pytest.approx(2.0 * 0.5 * sink_job.years, rel=1e-9)
 
 

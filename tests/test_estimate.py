@@ -82,7 +82,9 @@ def scene() -> dict:
 
 
 def _run(scene: dict) -> pd.DataFrame:
-    job = EstimateJob(epochs=EPOCHS, confidence=0.9, estimator="greg", project_estimator="greg")
+    job = EstimateJob(
+        epochs=EPOCHS, confidence=0.9, target=0.1, estimator="greg", project_estimator="greg"
+    )
     out = estimate(
         job,
         plot_biomass=scene["biomass"],
@@ -154,7 +156,9 @@ def test_a_plot_in_an_undeclared_stratum_is_refused(scene: dict) -> None:
 
 
 def test_no_design_gives_an_empty_table() -> None:
-    job = EstimateJob(epochs=EPOCHS, confidence=0.9, estimator="greg", project_estimator="greg")
+    job = EstimateJob(
+        epochs=EPOCHS, confidence=0.9, target=0.1, estimator="greg", project_estimator="greg"
+    )
     table = estimate(job)[ESTIMATES_RELPATH]
     assert table.empty and "total" in table.columns
 
@@ -167,3 +171,28 @@ def test_a_sample_that_trained_the_map_gets_the_plot_only_estimate(scene: dict) 
     assert set(chosen.index.get_level_values("estimator")) == {"stratified"}
     assisted = table[table.index.get_level_values("estimator") != "stratified"]
     assert (assisted["note"].str.startswith("not used: the map was trained")).all()
+
+
+def test_sample_plan_is_ar_tool03_eq2_on_the_sample_sds(scene: dict) -> None:
+    job = EstimateJob(
+        epochs=EPOCHS, confidence=0.9, target=0.1, estimator="greg", project_estimator="greg"
+    )
+    out = estimate(
+        job, plot_biomass=scene["biomass"], plot_locations=scene["plots"],
+        design=scene["frames"], carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
+    )  # fmt: skip
+    plan = out["estimates/sample_plan.csv"]
+    stock = plan[plan["quantity"] == "stock_2024"].set_index("stratum")
+    h = _by_hand(scene, "2024")
+    s = np.array([h["y"][h["west"]].std(ddof=1), h["y"][~h["west"]].std(ddof=1)])
+    m = np.array([h["y"][h["west"]].mean(), h["y"][~h["west"]].mean()])
+    w = np.array([0.5, 0.5])  # equal stratum areas; order west, east
+    allowable = 0.1 * float(w @ m)
+    # no plot area given: infinite population, AR-TOOL03 Eq. 2, t at infinite df; below 30
+    # plots once more with t at floor(n - 1) df (paras. 11-13)
+    n = (student_t.ppf(0.95, np.inf) / allowable) ** 2 * float(w @ s) ** 2
+    assert n < 30
+    n = (student_t.ppf(0.95, np.floor(n - 1)) / allowable) ** 2 * float(w @ s) ** 2
+    assert stock.loc["west", "n_required"] == pytest.approx(n, rel=1e-9)
+    assert stock.loc["west", "sd_per_ha"] == pytest.approx(s[0], rel=1e-9)
+    assert stock["n_plots"].sum() == len(h["y"])

@@ -50,6 +50,7 @@ from pipeline.contracts import (
     CREDITS_RELPATH,
     ESTIMATES_RELPATH,
     PROJECT_SAMPLE,
+    SAMPLE_PLAN_RELPATH,
     SINK_RELPATH,
     TOTAL_ID,
     CreditsJob,
@@ -81,12 +82,24 @@ def credits_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
 MAP_SUM = "map_sum_correlated_bound"
 
 
+def sample_meets_target(job: CreditsJob, estimates: pd.DataFrame) -> bool:
+    """Whether the project sample's chosen stock estimate at the last epoch reaches the
+    target precision (``meets_target`` of the estimate stage: CDM AR-TOOL03)."""
+    rows = estimates[
+        (estimates["sample"] == PROJECT_SAMPLE)
+        & (estimates["quantity"] == f"stock_{job.sink.epoch_end}")
+        & estimates["chosen"].astype(bool)
+    ]
+    return bool(len(rows) and rows["meets_target"].astype(bool).all())
+
+
 def project_change(
     job: CreditsJob, estimates: pd.DataFrame | None
 ) -> tuple[float, float, float, str] | None:
     """The chosen survey estimate of the project's stock change: total, SE, df, estimator.
 
-    ``None`` when ``estimates`` has no ``project`` sample (no project plots).
+    ``None`` when ``estimates`` has no ``project`` sample (no project plots). Warns when the
+    project's sample misses its target precision (AR-TOOL03).
     """
     if estimates is None or estimates.empty:
         return None
@@ -100,6 +113,12 @@ def project_change(
         return None
     if len(rows) > 1:
         raise InputDataError(f"{ESTIMATES_RELPATH}: more than one chosen estimate of {quantity}")
+    if not sample_meets_target(job, estimates):
+        warnings.warn(
+            f"credits: the project's plot sample misses its target precision for the stock "
+            f"(see {SAMPLE_PLAN_RELPATH} for the plots it needs)",
+            stacklevel=2,
+        )
     r = rows.iloc[0]
     return float(r["total"]), float(r["se"]), float(r["df"]), f"{r['estimator']} (project plots)"
 
@@ -190,6 +209,11 @@ def credits_table(
     )
     rows.append(_steps_row(TOTAL_ID, "project (credited)", total))
     table = pd.DataFrame(rows)
+    table["sample_meets_target"] = pd.Series(dtype="boolean")
+    if estimator != MAP_SUM and estimates is not None:
+        table.loc[table["parcel_id"] == TOTAL_ID, "sample_meets_target"] = sample_meets_target(
+            job, estimates
+        )
     table.insert(2, "methodology", method.id)
     table.insert(3, "epochs", f"{job.sink.epoch_start}-{job.sink.epoch_end}")
     return table

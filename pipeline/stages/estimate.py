@@ -16,6 +16,10 @@ from the first to the last epoch (t CO2e), every estimator of
   (:mod:`pipeline.zonal`) and both counting unmapped cells (not forest land) as 0, so the
   auxiliary variable is defined the same way at the plots and over the population.
 
+``estimates/sample_plan.csv`` sizes each sample with CDM AR-TOOL03 for the target
+precision (``stages.estimate.target_relative_half_width``) of its stock at the last epoch
+and of its change, from the sample's own stratum SDs, beside the plots it has.
+
 ``estimates/totals.csv`` holds one row per sample, quantity and estimator, with the
 estimate, its SE, degrees of freedom, interval, relative efficiency against the plot-only
 estimator, the map's own total over the same area for comparison, and ``chosen`` marking
@@ -53,12 +57,14 @@ import xarray as xr
 from models.allometry import co2_per_c
 from models.errors import SurveyError
 from models.survey.design import StratifiedDesign, relative_half_width
+from models.survey.sample_size import ar_tool03_sample_size
 from models.survey.totals import PLOT_ONLY, SampleTotal, choose, sample_totals
 from pipeline.config import Config
 from pipeline.contracts import (
     ESTIMATES_RELPATH,
     PLOT_BIOMASS_RELPATH,
     PROJECT_SAMPLE,
+    SAMPLE_PLAN_RELPATH,
     RunLayout,
     credits_job,
     map_relpath,
@@ -70,7 +76,11 @@ from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
 COLUMNS = (
     "sample", "quantity", "unit", "estimator", "chosen", "total", "se", "df", "confidence",
     "half_width", "lower", "upper", "relative_half_width", "mean_per_ha", "area_ha",
-    "n_plots", "relative_efficiency", "map_total", "note",
+    "n_plots", "relative_efficiency", "map_total", "meets_target", "note",
+)  # fmt: skip
+PLAN_COLUMNS = (
+    "sample", "quantity", "stratum", "area_ha", "n_plots", "sd_per_ha", "mean_per_ha",
+    "target_relative_half_width", "confidence", "n_required", "plots_required",
 )  # fmt: skip
 #: why a model-assisted estimate of a sample that trained the map is not chosen
 IN_SAMPLE_NOTE = (
@@ -84,6 +94,7 @@ class EstimateJob:
 
     epochs: tuple[str, ...]
     confidence: float
+    target: float
     #: estimator rule of the region's samples (``stages.estimate.estimator``)
     estimator: str
     #: estimator rule of the project sample (the credit methodology's ``estimator``)
@@ -99,6 +110,7 @@ def estimate_job(config: Config) -> EstimateJob:
     return EstimateJob(
         epochs=tuple(e.name for e in config.epochs),
         confidence=p.confidence,
+        target=p.target_relative_half_width,
         estimator=p.estimator,
         project_estimator=project_rule,
     )
@@ -150,7 +162,13 @@ def _sample_design(
 
 
 def _rows(
-    name: str, totals: list[SampleTotal], rule: str, area_ha: float, *, map_independent: bool
+    name: str,
+    totals: list[SampleTotal],
+    rule: str,
+    area_ha: float,
+    *,
+    map_independent: bool,
+    target: float,
 ) -> list[dict[str, Any]]:
     rule = rule if map_independent else PLOT_ONLY
     chosen = {choose(totals, q, rule).estimate for q in dict.fromkeys(t.quantity for t in totals)}
@@ -174,6 +192,7 @@ def _rows(
             "n_plots": t.estimate.n,
             "relative_efficiency": t.relative_efficiency,
             "map_total": t.map_total,
+            "meets_target": bool(relative_half_width(t.estimate) <= target),
             "note": "" if map_independent or t.estimate.estimator == PLOT_ONLY else IN_SAMPLE_NOTE,
         }
         for t in totals
@@ -190,7 +209,10 @@ def estimate(
 ) -> dict[str, pd.DataFrame]:
     """The ``estimate`` stage: ``estimates/totals.csv``."""
     if design is None or plot_biomass is None or plot_locations is None or carbon is None:
-        return {ESTIMATES_RELPATH: pd.DataFrame(columns=list(COLUMNS))}
+        return {
+            ESTIMATES_RELPATH: pd.DataFrame(columns=list(COLUMNS)),
+            SAMPLE_PLAN_RELPATH: pd.DataFrame(columns=list(PLAN_COLUMNS)),
+        }
     for table, name, cols in (
         (plot_locations, "plot locations", ("plot_id", "sample", "stratum")),
         (design, "plot design", ("sample", "stratum", "area_ha")),
@@ -203,6 +225,10 @@ def estimate(
         index="plot_id", columns="epoch", values="carbon_mg_ha", aggfunc="first"
     )
     rows: list[dict[str, Any]] = []
+    plan: list[dict[str, Any]] = []
+    plot_area_ha = (
+        float(plot_biomass["plot_area_ha"].median()) if "plot_area_ha" in plot_biomass else None
+    )
     for name, frames in design.groupby("sample", sort=True):
         plots = plot_locations[plot_locations["sample"] == name].reset_index(drop=True)
         plots = plots[plots["plot_id"].isin(values.index)].reset_index(drop=True)
@@ -227,12 +253,60 @@ def estimate(
             rows.extend(
                 _rows(
                     str(name), totals, rule, sample_design.area_ha,
-                    map_independent=name == PROJECT_SAMPLE,
+                    map_independent=name == PROJECT_SAMPLE, target=job.target,
                 )
             )  # fmt: skip
+            plan.extend(_plan(str(name), sample_design, y, job, plot_area_ha))
         except SurveyError as err:
             raise InputDataError(f"plot design: sample {name!r}: {err}") from None
-    return {ESTIMATES_RELPATH: pd.DataFrame(rows, columns=list(COLUMNS))}
+    return {
+        ESTIMATES_RELPATH: pd.DataFrame(rows, columns=list(COLUMNS)),
+        SAMPLE_PLAN_RELPATH: pd.DataFrame(plan, columns=list(PLAN_COLUMNS)),
+    }
+
+
+def _plan(
+    name: str,
+    design: StratifiedDesign,
+    y: Mapping[str, np.ndarray],
+    job: EstimateJob,
+    plot_area_ha: float | None,
+) -> list[dict[str, Any]]:
+    """The AR-TOOL03 plan of a sample for its stock at the last epoch and for the change.
+
+    The stratum SDs and means are the sample's own (plot densities; the change in t CO2e):
+    how many plots, allocated by Neyman, the target precision needs, beside how many the
+    sample has. A project developer reads it before the next measurement.
+    """
+    first, last = job.epochs[0], job.epochs[-1]
+    both = np.isfinite(y[first]) & np.isfinite(y[last])
+    values = {
+        f"stock_{last}": (np.isfinite(y[last]), y[last]),
+        f"change_{first}_{last}": (both, (y[last] - y[first]) * co2_per_c()),
+    }
+    rows = []
+    for quantity, (ok, v) in values.items():
+        sub = design.subset(ok)
+        vals = v[ok]
+        idx = sub.plot_stratum
+        sd = np.array([np.std(vals[idx == h], ddof=1) for h in range(sub.n_strata)])
+        mean = np.array([np.mean(vals[idx == h]) for h in range(sub.n_strata)])
+        plan = ar_tool03_sample_size(
+            sub.stratum_area_ha, sd, mean, relative_error=job.target,
+            confidence=job.confidence, plot_area_ha=plot_area_ha,
+        )  # fmt: skip
+        for h, stratum in enumerate(sub.stratum_names):
+            rows.append(
+                {
+                    "sample": name, "quantity": quantity, "stratum": stratum,
+                    "area_ha": float(sub.stratum_area_ha[h]),
+                    "n_plots": int(sub.plots_per_stratum[h]), "sd_per_ha": float(sd[h]),
+                    "mean_per_ha": float(mean[h]), "target_relative_half_width": job.target,
+                    "confidence": job.confidence, "n_required": plan.n_required,
+                    "plots_required": int(plan.plots[h]),
+                }
+            )  # fmt: skip
+    return rows
 
 
 STAGE = Stage(name="estimate", func=estimate, params=estimate_job, inputs=estimate_inputs)
