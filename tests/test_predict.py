@@ -441,9 +441,12 @@ def test_maps_cover_forest_land_parcels_only(scene: dict, maps: dict) -> None:
         )
 
 
-def test_parcels_judged_not_yet_forest_get_no_estimate_at_that_epoch(scene: dict) -> None:
-    # the model stage judged parcel B farmland at 2019 (afforested since): no 2019 value
-    # there, while its 2024 values and parcel A's are kept
+def test_parcels_judged_not_yet_forest_hold_the_baseline_stock_at_that_epoch(
+    scene: dict,
+) -> None:
+    # the model stage judged parcel B farmland at 2019 (afforested since): its 2019 cells
+    # hold the baseline stock, zero with zero SD (model_source 5), so its growth counts in
+    # the sink; its 2024 values and parcel A's are the models' own
     inp = scene["inputs"]
     minx, miny, maxx, maxy = inp["terrain"].rio.bounds()
     mid = minx + 30 * RES
@@ -459,8 +462,11 @@ def test_parcels_judged_not_yet_forest_get_no_estimate_at_that_epoch(scene: dict
     pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
     out = predict(pjob, models=bundle, **inp_maps(inp), parcels=parcels)
     a19, a24 = (out[map_relpath("agb", e)].to_numpy()[0] for e in EPOCHS)
-    assert np.isnan(a19[:, 30:]).all() and np.isfinite(a19[:, :30]).all()
-    assert np.isfinite(a24).all()
+    assert (a19[:, 30:] == 0).all() and (a19[:, :30] > 0).all()
+    assert (out[map_relpath("carbon_sd", "2019")].to_numpy()[:, :, 30:] == 0).all()
+    source = out[map_relpath("quality", "2019")].sel(band="model_source").to_numpy()
+    assert (source[:, 30:] == 5).all() and (source[:, :30] != 5).all()
+    assert np.isfinite(a24).all() and (a24 > 0).all()
 
 
 def inp_maps(inp: dict) -> dict:

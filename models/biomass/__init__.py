@@ -47,6 +47,7 @@ from models.biomass.epochs import (
 )
 from models.biomass.mapping import (
     SATELLITE_SOURCE_CODES,
+    SOURCE_BASELINE,
     SOURCE_LIDAR,
     SOURCE_NONE,
     SOURCE_SATELLITE_COMBINED,
@@ -80,6 +81,7 @@ from models.biomass.validation import (
 
 __all__ = [
     "SATELLITE_SOURCE_CODES",
+    "SOURCE_BASELINE",
     "SOURCE_LIDAR",
     "SOURCE_NONE",
     "SOURCE_SATELLITE_COMBINED",

@@ -26,6 +26,8 @@ SOURCE_LIDAR = 1
 SOURCE_SATELLITE_UPSCALED = 2
 SOURCE_SATELLITE_PLOTS = 3
 SOURCE_SATELLITE_COMBINED = 4
+#: land not yet forest at the epoch (afforestation): the baseline stock, zero
+SOURCE_BASELINE = 5
 
 #: the satellite model's training sources (see :class:`Auxiliary`), and their source codes
 SatelliteSource = Literal["plots", "lidar_upscaled", "plots+lidar_upscaled"]

@@ -5,13 +5,16 @@ applied lazily, chunk by chunk (``dask.array.map_blocks`` with ``meta=``, graph 
 named by ``tokenize`` so reruns hit the same keys): the LiDAR model where the LiDAR epoch
 has LiDAR cover, the satellite model elsewhere. With a parcel layer, only cells whose
 centre lies in a forest-land parcel (``PredictParams.forest_land_classes``) get values:
-the models know forest plots only; at an epoch before the parcel layer's date, parcels
+the models know forest plots only. At an epoch before the parcel layer's date, parcels
 the ``model`` stage judged not yet forest (``non_forest_parcels`` of ``models.pkl``, see
-:mod:`models.landuse`) get none either. Carbon is ``AGB * (1 + R) * CF`` and
-CO2e is ``carbon * (CO2/C)``, with ``R`` (root-to-shoot), ``CF`` (carbon fraction) and
-``CO2/C`` taken from ``models.pkl`` (ratio estimators of the plots stage's table, see
-:func:`models.plot_biomass.conversion_factors`); the SDs scale by the same factors
-(the factors' own uncertainty is not propagated).
+:mod:`models.landuse`: afforestation) hold the baseline vegetation stock, taken as zero
+with zero SD (``model_source`` 5), so that their growth counts in the sink instead of
+dropping out with "no value"; a measured pre-project stock would belong here instead.
+Carbon is ``AGB * (1 + R) * CF`` and CO2e is ``carbon * (CO2/C)``, with ``R``
+(root-to-shoot), ``CF`` (carbon fraction) and ``CO2/C`` taken from ``models.pkl``
+(ratio estimators of the plots stage's table, see
+:func:`models.plot_biomass.conversion_factors`); the SDs scale by the same factors (the
+factors' own uncertainty is not propagated).
 
 Two supports of uncertainty. Each cell's value is the AGB of the plot-sized window
 centred on it (:func:`pipeline.features.focal_mean`), the support the models are
@@ -39,7 +42,7 @@ Signature::
         "rasters/co2e_<epoch>.tif" (t CO2e/ha),
         "rasters/quality_<epoch>.tif": int16 bands model_source (0 none, 1 LiDAR model,
             2 satellite model upscaled from LiDAR, 3 satellite model from plots,
-            4 satellite model from both),
+            4 satellite model from both, 5 baseline stock of land not yet forest),
             n_valid (clear observations in the composite, -1 unknown),
             good (1 if support SD/AGB < good_relative_error)}
 
@@ -63,7 +66,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor used to write the C
 import xarray as xr
 from dask.base import tokenize
 
-from models.biomass import BiomassMapper
+from models.biomass import SOURCE_BASELINE, BiomassMapper
 from pipeline.config import Config, PredictParams
 from pipeline.contracts import (
     LIDAR_METRICS_RELPATH,
@@ -146,12 +149,15 @@ def predict_block(
     """Maps of one block: ``(n_bands, ny, nx)`` predictors -> ``(n_layers, ny, nx)`` float32.
 
     ``names`` are the band names of ``block`` (predictors, optionally ``lidar_fraction``,
-    ``n_valid`` and ``forest_land``, 0 where no value is wanted). Layers:
+    ``n_valid`` and ``forest_land``: 0 where no value is wanted, negative on land not yet
+    forest at this epoch, which gets the baseline stock zero). Layers:
     :data:`FLOAT_LAYERS` then :data:`INT_LAYERS` (as floats).
     """
     nb, ny, nx = block.shape
     table = pd.DataFrame(block.reshape(nb, -1).T.astype(np.float64), columns=list(names))
+    baseline = np.zeros(len(table), dtype=bool)
     if FOREST_BAND in table.columns:
+        baseline = (table[FOREST_BAND] < 0).to_numpy()
         table.loc[table[FOREST_BAND] <= 0, [n for n in names if n != FOREST_BAND]] = np.nan
     pred, source = mapper.predict(table, epoch=epoch)
     cell = pred if mapper.cell_support is None else mapper.cell_support.widen(pred)
@@ -183,7 +189,11 @@ def predict_block(
         n_valid,
         good,
     ]
-    return np.stack(layers).reshape(len(layers), ny, nx).astype(np.float32)
+    out = np.stack(layers)
+    out[: len(FLOAT_LAYERS), baseline] = 0.0
+    out[len(FLOAT_LAYERS), baseline] = SOURCE_BASELINE
+    out[len(FLOAT_LAYERS) + 2, baseline] = 1.0  # an exact zero: "good"
+    return out.reshape(len(layers), ny, nx).astype(np.float32)
 
 
 def epoch_stack(
@@ -270,11 +280,13 @@ def predict(
     out: dict[str, xr.DataArray] = {}
     for e in job.epochs:
         forest_e = forest
-        if parcels is not None and non_forest.get(e):
-            was_forest = parcels[~parcels["parcel_id"].astype(str).isin(non_forest[e])]
-            forest_e = forest_land_mask(
-                was_forest, terr, land_classes=job.params.forest_land_classes
+        if forest is not None and parcels is not None and non_forest.get(e):
+            not_yet = parcels[parcels["parcel_id"].astype(str).isin(non_forest[e])]
+            not_yet_mask = forest_land_mask(
+                not_yet, terr, land_classes=job.params.forest_land_classes
             )
+            # 1 forest land, 0 not forest land, -1 forest land not yet forest at this epoch
+            forest_e = forest.astype(np.int8) - 2 * (forest & not_yet_mask).astype(np.int8)
         stack = epoch_stack(
             comps[e],
             terr,
