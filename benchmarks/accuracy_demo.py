@@ -15,23 +15,31 @@ import argparse
 import json
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rasterio
 from rasterio.windows import from_bounds
 from scipy.ndimage import uniform_filter
 
+from models.allometry import co2_per_c
 from pipeline.config import load_config, region_config_path
 from pipeline.contracts import (
+    CREDITS_RELPATH,
+    ESTIMATES_RELPATH,
     LIDAR_CHM_RELPATH,
     LIDAR_DTM_RELPATH,
     MODEL_CARD_RELPATH,
     PARCEL_SINK_CSV_RELPATH,
     PLOT_BIOMASS_RELPATH,
+    PROJECT_SAMPLE,
+    TOTAL_ID,
     composite_relpath,
     items_relpath,
     map_relpath,
 )
+from pipeline.units import M2_PER_HA
+from pipeline.zonal import coverage_cells, weighted_sum
 
 
 def read_on(path: Path, ref: Path, band: int = 1) -> np.ndarray:
@@ -201,9 +209,11 @@ def parcels(run: Path, truth: Path, epochs: list[str]) -> None:
     s, t = forest["sink_tco2e_yr"], forest["sink_tco2e_yr_true"]
     rmse = np.sqrt(np.mean((s - t) ** 2))
     inside = (forest["sink_lo_tco2e_yr"] <= t) & (t <= forest["sink_hi_tco2e_yr"])
+    calm = (forest["disturbance"] == "none").to_numpy()
     print(
         f"  sink: RMSE {rmse:,.1f} t CO2e/yr ({rmse / t.abs().mean():.1%} of the mean |sink|), "
-        f"bias {np.mean(s - t):+.1f}, 90% interval coverage {inside.mean():.1%}"
+        f"bias {np.mean(s - t):+.1f}, 90% interval coverage {inside.mean():.1%} (undisturbed "
+        f"parcels {inside[calm].mean():.1%})"
     )
     cut = forest[forest["disturbance"] == "clearcut"]
     sig = (cut["sink_hi_tco2e_yr"] < 0).mean() if len(cut) else float("nan")
@@ -212,6 +222,51 @@ def parcels(run: Path, truth: Path, epochs: list[str]) -> None:
         f"truth {cut['sink_tco2e_yr_true'].sum():,.0f} t CO2e/yr; upper 90% bound below zero "
         f"in {sig:.0%}"
     )
+
+
+def totals(run: Path, truth: Path, design_path: Path | None, epochs: list[str]) -> None:
+    """The chosen survey estimates of each sample's totals against the truth over its frames,
+    and the project's credits against its true net removals."""
+    print("== totals: chosen survey estimates against the truth over each sample's population")
+    est_path = run / ESTIMATES_RELPATH
+    if design_path is None or not est_path.is_file():
+        print("  no plot design or no estimates: nothing to compare")
+        return
+    design = gpd.read_file(design_path)
+    est = pd.read_csv(est_path)
+    true: dict[tuple[str, str], float] = {}
+    for sample, frames in design.groupby("sample"):
+        for e in epochs:
+            with rasterio.open(truth / f"carbon_{e}.tif") as src:
+                values = src.read(1).astype(np.float64)
+                covs = coverage_cells(
+                    frames, transform=src.transform, shape=values.shape, crs=str(src.crs)
+                )
+                px_ha = abs(src.transform.a * src.transform.e) / M2_PER_HA
+            true[(str(sample), f"stock_{e}")] = sum(weighted_sum(c, values) for c in covs) * px_ha
+        change = f"change_{epochs[0]}_{epochs[-1]}"
+        true[(str(sample), change)] = (
+            true[(str(sample), f"stock_{epochs[-1]}")] - true[(str(sample), f"stock_{epochs[0]}")]
+        ) * co2_per_c()
+    for r in est[est["chosen"].astype(bool)].itertuples():
+        t = true[(r.sample, r.quantity)]
+        hit = "covers" if r.lower <= t <= r.upper else "MISSES"
+        print(
+            f"  {r.sample:<9} {r.quantity:<17} {r.estimator:<10} {r.total:>12,.0f} "
+            f"± {r.half_width:>10,.0f} {r.unit:<6} truth {t:>12,.0f} ({r.total / t - 1:+.1%}); "
+            f"interval {hit} the truth; map sum {r.map_total:,.0f} ({r.map_total / t - 1:+.1%})"
+        )
+    credits = pd.read_csv(run / CREDITS_RELPATH)
+    total = credits[credits["parcel_id"] == TOTAL_ID].iloc[0]
+    change = f"change_{epochs[0]}_{epochs[-1]}"
+    if (PROJECT_SAMPLE, change) in true:
+        net = true[(PROJECT_SAMPLE, change)] - total["baseline_tco2e"]
+        print(
+            f"  credits {total['credits_tco2e']:,.0f} t CO2e ({total['estimator']}; U "
+            f"{total['uncertainty_pct']:.1f} %) against true net removals {net:,.0f} t CO2e "
+            f"(estimated {total['net_tco2e']:,.0f}); sample meets its target: "
+            f"{total.get('sample_meets_target', 'not recorded')}"
+        )
 
 
 def main() -> None:
@@ -230,6 +285,7 @@ def main() -> None:
     model_card(run)
     maps(run, truth, epochs, int(card.get("support_window_px", 1)))
     parcels(run, truth, epochs)
+    totals(run, truth, cfg.sources.plot_design, epochs)
 
 
 if __name__ == "__main__":
