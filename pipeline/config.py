@@ -359,11 +359,15 @@ class EstimateParams(Section):
     as chosen for the report (a project's credits use the methodology file's estimator).
     """
 
-    #: the estimator chosen for samples the map may assist (a sample that trained the map
-    #: always gets ``stratified``): ``difference`` (exactly design-unbiased for a map not
-    #: fitted to the sample), ``greg``, ``stratified`` (plot-only, AR-TOOL14) or
+    #: the estimator of the stocks for samples the map may assist (a sample that trained
+    #: the map always gets ``stratified``): ``difference`` (exactly design-unbiased for a
+    #: map not fitted to the sample), ``greg``, ``stratified`` (plot-only, AR-TOOL14) or
     #: ``most_precise`` (the smallest standard error of the three)
     estimator: Literal["most_precise", "stratified", "difference", "greg"] = "difference"
+    #: the estimator of a stock change (a project's comes from its methodology file):
+    #: ``stratified``, AR-TOOL14's direct estimation from the re-measured plots, because
+    #: the map difference is a weak auxiliary of plot-level change (docs/estimation.md)
+    change_estimator: Literal["most_precise", "stratified", "difference", "greg"] = "stratified"
     #: two-sided confidence level of the intervals (AR-TOOL14: 90 %)
     confidence: float = Field(default=0.9, gt=0, lt=1)
     #: target precision of a sample's stock estimate: half-width of the interval over the

@@ -83,7 +83,12 @@ def scene() -> dict:
 
 def _run(scene: dict) -> pd.DataFrame:
     job = EstimateJob(
-        epochs=EPOCHS, confidence=0.9, target=0.1, estimator="greg", project_estimator="greg"
+        epochs=EPOCHS,
+        confidence=0.9,
+        target=0.1,
+        estimator="greg",
+        change_estimator="greg",
+        project_change_estimator="greg",
     )
     out = estimate(
         job,
@@ -157,7 +162,12 @@ def test_a_plot_in_an_undeclared_stratum_is_refused(scene: dict) -> None:
 
 def test_no_design_gives_an_empty_table() -> None:
     job = EstimateJob(
-        epochs=EPOCHS, confidence=0.9, target=0.1, estimator="greg", project_estimator="greg"
+        epochs=EPOCHS,
+        confidence=0.9,
+        target=0.1,
+        estimator="greg",
+        change_estimator="greg",
+        project_change_estimator="greg",
     )
     table = estimate(job)[ESTIMATES_RELPATH]
     assert table.empty and "total" in table.columns
@@ -175,7 +185,12 @@ def test_a_sample_that_trained_the_map_gets_the_plot_only_estimate(scene: dict) 
 
 def test_sample_plan_is_ar_tool03_eq2_on_the_sample_sds(scene: dict) -> None:
     job = EstimateJob(
-        epochs=EPOCHS, confidence=0.9, target=0.1, estimator="greg", project_estimator="greg"
+        epochs=EPOCHS,
+        confidence=0.9,
+        target=0.1,
+        estimator="greg",
+        change_estimator="greg",
+        project_change_estimator="greg",
     )
     out = estimate(
         job, plot_biomass=scene["biomass"], plot_locations=scene["plots"],

@@ -23,8 +23,9 @@ and of its change, from the sample's own stratum SDs, beside the plots it has.
 ``estimates/totals.csv`` holds one row per sample, quantity and estimator, with the
 estimate, its SE, degrees of freedom, interval, relative efficiency against the plot-only
 estimator, the map's own total over the same area for comparison, and ``chosen`` marking
-the estimate the report (``stages.estimate.estimator``) and the credits (the methodology
-file's ``estimator``, for the ``project`` sample) use.
+the estimate the report and the credits use: ``stages.estimate.estimator`` for stocks,
+``stages.estimate.change_estimator`` for a change, and the methodology file's
+``estimator`` for the ``project`` sample's change (the credited quantity).
 
 Which samples the map may assist: a model-assisted estimator is design-unbiased, with a
 valid variance, only when the map does not depend on the sample (Särndal et al. 1992
@@ -95,16 +96,18 @@ class EstimateJob:
     epochs: tuple[str, ...]
     confidence: float
     target: float
-    #: estimator rule of the region's samples (``stages.estimate.estimator``)
+    #: estimator rule of the stocks (``stages.estimate.estimator``)
     estimator: str
-    #: estimator rule of the project sample (the credit methodology's ``estimator``)
-    project_estimator: str
+    #: estimator rule of a stock change (``stages.estimate.change_estimator``)
+    change_estimator: str
+    #: estimator rule of the project sample's stock change (the methodology's ``estimator``)
+    project_change_estimator: str
 
 
 def estimate_job(config: Config) -> EstimateJob:
     """The stage's frozen parameters from a run config."""
     p = config.stages.estimate
-    project_rule: str = p.estimator
+    project_rule: str = p.change_estimator
     if config.sources.project_area is not None:
         project_rule = credits_job(config).methodology.estimator
     return EstimateJob(
@@ -112,7 +115,8 @@ def estimate_job(config: Config) -> EstimateJob:
         confidence=p.confidence,
         target=p.target_relative_half_width,
         estimator=p.estimator,
-        project_estimator=project_rule,
+        change_estimator=p.change_estimator,
+        project_change_estimator=project_rule,
     )
 
 
@@ -164,14 +168,21 @@ def _sample_design(
 def _rows(
     name: str,
     totals: list[SampleTotal],
-    rule: str,
+    rules: tuple[str, str],
     area_ha: float,
     *,
     map_independent: bool,
     target: float,
 ) -> list[dict[str, Any]]:
-    rule = rule if map_independent else PLOT_ONLY
-    chosen = {choose(totals, q, rule).estimate for q in dict.fromkeys(t.quantity for t in totals)}
+    """Table rows of a sample's totals; ``rules`` choose the (stock, change) estimates."""
+
+    def rule(quantity: str) -> str:
+        if not map_independent:
+            return PLOT_ONLY
+        return rules[1] if quantity.startswith("change") else rules[0]
+
+    quantities = dict.fromkeys(t.quantity for t in totals)
+    chosen = {choose(totals, q, rule(q)).estimate for q in quantities}
     return [
         {
             "sample": name,
@@ -249,7 +260,10 @@ def estimate(
                 epochs=job.epochs, stock_unit="Mg C", change_factor=co2_per_c(),
                 change_unit="t CO2e", confidence=job.confidence,
             )  # fmt: skip
-            rule = job.project_estimator if name == PROJECT_SAMPLE else job.estimator
+            change_rule = (
+                job.project_change_estimator if name == PROJECT_SAMPLE else job.change_estimator
+            )
+            rule = (job.estimator, change_rule)
             rows.extend(
                 _rows(
                     str(name), totals, rule, sample_design.area_ha,
