@@ -291,3 +291,30 @@ def test_credits_job_reports_a_missing_methodology_file():
     )  # fmt: skip
     with pytest.raises(ConfigError, match=r"nope\.yaml: methodology file not found"):
         credits_job(cfg)
+
+
+def test_credits_command_takes_the_epochs_from_the_estimates(tmp_path: Path) -> None:
+    from pipeline.cli import main
+
+    sink = _sink_raster(10.0, 1.0)
+    sink.attrs["long_name"] = tuple(str(b) for b in sink["band"].values)  # band descriptions
+    sink.rio.to_raster(tmp_path / "sink.tif")
+    gpd.GeoDataFrame(
+        {"parcel_id": ["A"], "baseline_tco2e_ha_yr": [2.0]},
+        geometry=[box(500_000, 2_999_900, 500_050, 3_000_000)], crs="EPSG:32650",
+    ).to_file(tmp_path / "project.gpkg")  # fmt: skip
+    pd.DataFrame(
+        {"sample": ["project"] * 2, "quantity": ["change_2019_2024", "stock_2024"],
+         "estimator": ["stratified"] * 2, "chosen": [True, True], "total": [20.0, 300.0],
+         "se": [2.0, 10.0], "df": [14.0, 14.0], "meets_target": [True, True]}
+    ).to_csv(tmp_path / "totals.csv", index=False)  # fmt: skip
+    code = main(
+        ["credits", "--sink", str(tmp_path / "sink.tif"), "--project",
+         str(tmp_path / "project.gpkg"), "--estimates", str(tmp_path / "totals.csv"),
+         "--dates", "2019-07-01", "2024-07-01", "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert code == 0
+    table = pd.read_csv(tmp_path / "out" / CREDITS_RELPATH).set_index("parcel_id")
+    assert table.loc[TOTAL_ID, "epochs"] == "2019-2024"
+    assert table.loc[TOTAL_ID, "project_tco2e"] == 20.0
+    assert table.loc[TOTAL_ID, "estimator"] == "stratified (project plots)"

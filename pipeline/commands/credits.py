@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from pipeline.commands import (
     make_params,
@@ -22,6 +23,7 @@ from pipeline.commands import (
     write_outputs,
 )
 from pipeline.config import CreditsParams, SinkParams
+from pipeline.errors import InputDataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +72,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)  # fmt: skip
 
 
+def _epochs(estimates: Any, path: Path | None) -> tuple[str, str]:
+    """The compared epochs' names: those of the project's stock change in ``estimates``
+    (``change_<start>_<end>``), or placeholders without a table."""
+    if estimates is None:
+        return ("start", "end")
+    from pipeline.contracts import PROJECT_SAMPLE
+
+    changes = sorted(
+        {
+            str(q)
+            for q, s in zip(estimates["quantity"], estimates["sample"], strict=True)
+            if s == PROJECT_SAMPLE and str(q).startswith("change_")
+        }
+    )
+    if len(changes) != 1 or changes[0].count("_") != 2:
+        raise InputDataError(
+            f"{path}: expected one stock change of the '{PROJECT_SAMPLE}' sample "
+            f"(change_<start>_<end>), found {changes}"
+        )
+    _, start, end = changes[0].split("_")
+    return (start, end)
+
+
 def main(args: argparse.Namespace) -> int:
     from pipeline.contracts import TOTAL_ID, CreditsJob, SinkJob
     from pipeline.stages.credits import credits_stage
@@ -85,15 +110,13 @@ def main(args: argparse.Namespace) -> int:
     sink_params = make_params(
         SinkParams, command="credits", parcel_error_aggregation=args.aggregation
     )
+    estimates = read_input(args.estimates) if args.estimates else None
     sink_job = SinkJob.from_params(
-        sink_params, epochs=("start", "end"), reference_dates=reference_dates
+        sink_params, epochs=_epochs(estimates, args.estimates), reference_dates=reference_dates
     )
     job = CreditsJob.from_params(params, sink_job, key="--methodology")
     outputs = credits_stage(
-        job,
-        sink=read_input(args.sink),
-        project=read_input(args.project),
-        estimates=read_input(args.estimates) if args.estimates else None,
+        job, sink=read_input(args.sink), project=read_input(args.project), estimates=estimates
     )
     write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
     table = next(iter(outputs.values()))
