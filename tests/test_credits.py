@@ -201,17 +201,26 @@ def test_credits_stage_on_a_uniform_sink():
     assert total["estimator"] == "map_sum_correlated_bound"
 
 
-def test_credits_warn_when_the_project_sample_misses_its_target():
+#: one project parcel of 0.5 ha with a stated baseline of 2 t CO2e/ha/yr
+ONE_PARCEL = gpd.GeoDataFrame(
+    {"parcel_id": ["A"], "baseline_tco2e_ha_yr": [2.0]},
+    geometry=[box(500_000, 2_999_900, 500_050, 3_000_000)],
+    crs="EPSG:32650",
+)
+
+
+def _one_parcel_job() -> CreditsJob:
+    """The CCER job comparing 2019 and 2024 (reference dates 1 July)."""
     sink_job = SinkJob.from_params(
         SinkParams(epoch_error_correlation=0.0),
         epochs=("2019", "2024"),
         reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
     )
-    job = CreditsJob(CCER, "configs/methodology/ccer.yaml", sink_job)
-    project = gpd.GeoDataFrame(
-        {"parcel_id": ["A"], "baseline_tco2e_ha_yr": [2.0]},
-        geometry=[box(500_000, 2_999_900, 500_050, 3_000_000)], crs="EPSG:32650",
-    )  # fmt: skip
+    return CreditsJob(CCER, "configs/methodology/ccer.yaml", sink_job)
+
+
+def test_credits_warn_when_the_project_sample_misses_its_target():
+    job = _one_parcel_job()
     estimates = pd.DataFrame(
         {"sample": ["project"] * 2, "quantity": ["change_2019_2024", "stock_2024"],
          "estimator": ["difference"] * 2, "chosen": [True, True], "total": [20.0, 300.0],
@@ -219,7 +228,7 @@ def test_credits_warn_when_the_project_sample_misses_its_target():
     )  # fmt: skip
     with pytest.warns(UserWarning, match="misses its target precision"):
         table = credits_stage(
-            job, sink=_sink_raster(10.0, 1.0), project=project, estimates=estimates
+            job, sink=_sink_raster(10.0, 1.0), project=ONE_PARCEL, estimates=estimates
         )[CREDITS_RELPATH]
     assert not table.set_index("parcel_id").loc[TOTAL_ID, "sample_meets_target"]
 
@@ -227,17 +236,7 @@ def test_credits_warn_when_the_project_sample_misses_its_target():
 def test_credits_total_is_the_project_sample_estimate():
     # The chosen survey estimate of the project's change replaces the map sum in TOTAL:
     # P = 20, SE 2, 14 df -> t(0.90, 14) = 1.7613; baseline 1.0 x T; parcels stay map-based
-    sink_job = SinkJob.from_params(
-        SinkParams(epoch_error_correlation=0.0),
-        epochs=("2019", "2024"),
-        reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
-    )
-    job = CreditsJob(CCER, "configs/methodology/ccer.yaml", sink_job)
-    project = gpd.GeoDataFrame(
-        {"parcel_id": ["A"], "baseline_tco2e_ha_yr": [2.0]},
-        geometry=[box(500_000, 2_999_900, 500_050, 3_000_000)],
-        crs="EPSG:32650",
-    )
+    job = _one_parcel_job()
     estimates = pd.DataFrame(
         {
             "sample": ["project", "project", "inventory", "project"],
@@ -250,9 +249,9 @@ def test_credits_total_is_the_project_sample_estimate():
             "meets_target": [False, False, False, True],
         }
     )
-    table = credits_stage(job, sink=_sink_raster(10.0, 1.0), project=project, estimates=estimates)[
-        CREDITS_RELPATH
-    ]
+    table = credits_stage(
+        job, sink=_sink_raster(10.0, 1.0), project=ONE_PARCEL, estimates=estimates
+    )[CREDITS_RELPATH]
     total = table.set_index("parcel_id").loc[TOTAL_ID]
     assert total["project_tco2e"] == 20.0
     assert total["project_sd_tco2e"] == 2.0
@@ -260,7 +259,7 @@ def test_credits_total_is_the_project_sample_estimate():
     assert total["project_half_width_tco2e"] == pytest.approx(2.0 * 1.7613, abs=1e-3)
     assert total["estimator"] == "greg (project plots)"
     assert total["sample_meets_target"]
-    assert total["baseline_tco2e"] == pytest.approx(2.0 * 0.5 * sink_job.years, rel=1e-9)
+    assert total["baseline_tco2e"] == pytest.approx(2.0 * 0.5 * job.sink.years, rel=1e-9)
 
 
 def test_credits_stage_names_a_missing_baseline_column():
@@ -299,10 +298,7 @@ def test_credits_command_takes_the_epochs_from_the_estimates(tmp_path: Path) -> 
     sink = _sink_raster(10.0, 1.0)
     sink.attrs["long_name"] = tuple(str(b) for b in sink["band"].values)  # band descriptions
     sink.rio.to_raster(tmp_path / "sink.tif")
-    gpd.GeoDataFrame(
-        {"parcel_id": ["A"], "baseline_tco2e_ha_yr": [2.0]},
-        geometry=[box(500_000, 2_999_900, 500_050, 3_000_000)], crs="EPSG:32650",
-    ).to_file(tmp_path / "project.gpkg")  # fmt: skip
+    ONE_PARCEL.to_file(tmp_path / "project.gpkg")
     pd.DataFrame(
         {"sample": ["project"] * 2, "quantity": ["change_2019_2024", "stock_2024"],
          "estimator": ["stratified"] * 2, "chosen": [True, True], "total": [20.0, 300.0],

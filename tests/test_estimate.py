@@ -17,7 +17,7 @@ from scipy.stats import t as student_t
 from shapely.geometry import box
 
 from models.allometry import co2_per_c
-from pipeline.contracts import ESTIMATES_RELPATH
+from pipeline.contracts import ESTIMATES_RELPATH, SAMPLE_PLAN_RELPATH
 from pipeline.errors import InputDataError
 from pipeline.stages.estimate import EstimateJob, estimate
 
@@ -81,23 +81,29 @@ def scene() -> dict:
     }
 
 
-def _run(scene: dict) -> pd.DataFrame:
-    job = EstimateJob(
-        epochs=EPOCHS,
-        confidence=0.9,
-        target=0.1,
-        estimator="greg",
-        change_estimator="greg",
-        project_change_estimator="greg",
-    )
-    out = estimate(
-        job,
+#: GREG chosen everywhere the map may assist
+JOB = EstimateJob(
+    epochs=EPOCHS,
+    confidence=0.9,
+    target=0.1,
+    estimator="greg",
+    change_estimator="greg",
+    project_change_estimator="greg",
+)
+
+
+def _outputs(scene: dict) -> dict[str, pd.DataFrame]:
+    return estimate(
+        JOB,
         plot_biomass=scene["biomass"],
         plot_locations=scene["plots"],
         design=scene["frames"],
         carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
     )
-    return out[ESTIMATES_RELPATH].set_index(["quantity", "estimator"])
+
+
+def _run(scene: dict) -> pd.DataFrame:
+    return _outputs(scene)[ESTIMATES_RELPATH].set_index(["quantity", "estimator"])
 
 
 def _by_hand(scene: dict, epoch: str) -> dict[str, np.ndarray]:
@@ -161,15 +167,7 @@ def test_a_plot_in_an_undeclared_stratum_is_refused(scene: dict) -> None:
 
 
 def test_no_design_gives_an_empty_table() -> None:
-    job = EstimateJob(
-        epochs=EPOCHS,
-        confidence=0.9,
-        target=0.1,
-        estimator="greg",
-        change_estimator="greg",
-        project_change_estimator="greg",
-    )
-    table = estimate(job)[ESTIMATES_RELPATH]
+    table = estimate(JOB)[ESTIMATES_RELPATH]
     assert table.empty and "total" in table.columns
 
 
@@ -184,19 +182,7 @@ def test_a_sample_that_trained_the_map_gets_the_plot_only_estimate(scene: dict) 
 
 
 def test_sample_plan_is_ar_tool03_eq2_on_the_sample_sds(scene: dict) -> None:
-    job = EstimateJob(
-        epochs=EPOCHS,
-        confidence=0.9,
-        target=0.1,
-        estimator="greg",
-        change_estimator="greg",
-        project_change_estimator="greg",
-    )
-    out = estimate(
-        job, plot_biomass=scene["biomass"], plot_locations=scene["plots"],
-        design=scene["frames"], carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
-    )  # fmt: skip
-    plan = out["estimates/sample_plan.csv"]
+    plan = _outputs(scene)[SAMPLE_PLAN_RELPATH]
     stock = plan[plan["quantity"] == "stock_2024"].set_index("stratum")
     h = _by_hand(scene, "2024")
     s = np.array([h["y"][h["west"]].std(ddof=1), h["y"][~h["west"]].std(ddof=1)])
