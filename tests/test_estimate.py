@@ -167,7 +167,8 @@ def test_a_plot_in_an_undeclared_stratum_is_refused(scene: dict) -> None:
 
 
 def test_no_design_gives_an_empty_table() -> None:
-    table = estimate(JOB)[ESTIMATES_RELPATH]
+    with pytest.warns(UserWarning, match="no plot design"):
+        table = estimate(JOB)[ESTIMATES_RELPATH]
     assert table.empty and "total" in table.columns
 
 

@@ -45,6 +45,7 @@ Run: ``forest-carbon run --region nanping --stages estimate``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,11 @@ def estimate(
 ) -> dict[str, pd.DataFrame]:
     """The ``estimate`` stage: ``estimates/totals.csv``."""
     if design is None or plot_biomass is None or plot_locations is None or carbon is None:
+        warnings.warn(
+            "estimate: no plot design (sources.plot_design), so no survey estimates; totals "
+            "in the report and the credits fall back to map sums, whose SDs are upper bounds",
+            stacklevel=2,
+        )
         return {
             ESTIMATES_RELPATH: pd.DataFrame(columns=list(COLUMNS)),
             SAMPLE_PLAN_RELPATH: pd.DataFrame(columns=list(PLAN_COLUMNS)),
