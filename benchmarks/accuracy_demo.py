@@ -23,6 +23,7 @@ from rasterio.windows import from_bounds
 from scipy.ndimage import uniform_filter
 
 from models.allometry import co2_per_c
+from models.survey.totals import change_quantity, stock_quantity
 from pipeline.config import load_config, region_config_path
 from pipeline.contracts import (
     CREDITS_RELPATH,
@@ -243,10 +244,13 @@ def totals(run: Path, truth: Path, design_path: Path | None, epochs: list[str]) 
                     frames, transform=src.transform, shape=values.shape, crs=str(src.crs)
                 )
                 px_ha = abs(src.transform.a * src.transform.e) / M2_PER_HA
-            true[(str(sample), f"stock_{e}")] = sum(weighted_sum(c, values) for c in covs) * px_ha
-        change = f"change_{epochs[0]}_{epochs[-1]}"
+            true[(str(sample), stock_quantity(e))] = (
+                sum(weighted_sum(c, values) for c in covs) * px_ha
+            )
+        change = change_quantity(epochs[0], epochs[-1])
         true[(str(sample), change)] = (
-            true[(str(sample), f"stock_{epochs[-1]}")] - true[(str(sample), f"stock_{epochs[0]}")]
+            true[(str(sample), stock_quantity(epochs[-1]))]
+            - true[(str(sample), stock_quantity(epochs[0]))]
         ) * co2_per_c()
     for r in est[est["chosen"].astype(bool)].itertuples():
         t = true[(r.sample, r.quantity)]
@@ -258,7 +262,7 @@ def totals(run: Path, truth: Path, design_path: Path | None, epochs: list[str]) 
         )
     credits = pd.read_csv(run / CREDITS_RELPATH)
     total = credits[credits["parcel_id"] == TOTAL_ID].iloc[0]
-    change = f"change_{epochs[0]}_{epochs[-1]}"
+    change = change_quantity(epochs[0], epochs[-1])
     if (PROJECT_SAMPLE, change) in true:
         net = true[(PROJECT_SAMPLE, change)] - total["baseline_tco2e"]
         print(

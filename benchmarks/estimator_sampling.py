@@ -66,7 +66,16 @@ from scipy.ndimage import minimum_filter
 from models.allometry import co2_per_c
 from models.credits import Methodology, credit_steps
 from models.survey.design import StratifiedDesign, relative_half_width
-from models.survey.totals import ESTIMATORS, MOST_PRECISE, PLOT_ONLY, choose, sample_totals
+from models.survey.totals import (
+    ESTIMATORS,
+    MOST_PRECISE,
+    PLOT_ONLY,
+    change_quantity,
+    choose,
+    is_change,
+    sample_totals,
+    stock_quantity,
+)
 from pipeline.config import load_config, region_config_path
 from pipeline.contracts import PLOT_BIOMASS_RELPATH, credits_job, map_relpath
 from pipeline.units import M2_PER_HA
@@ -128,8 +137,8 @@ class Population:
         stock = {e: sum(s.area_ha * s.truth_mean[e] for s in self.strata) for e in self.epochs}
         first, last = self.epochs[0], self.epochs[-1]
         return {
-            **{f"stock_{e}": v for e, v in stock.items()},
-            f"change_{first}_{last}": (stock[last] - stock[first]) * change_factor,
+            **{stock_quantity(e): v for e, v in stock.items()},
+            change_quantity(first, last): (stock[last] - stock[first]) * change_factor,
         }
 
 
@@ -514,7 +523,7 @@ def print_targets(
             ok = abs(r.bias_pct) < 2.0
             line = f"  {POPULATION_NAMES[sample]:<16}{r.quantity:<18}bias {r.bias_pct:+.2f} % "
             line += f"({'ok' if ok else 'FAILS'} < 2 %)"
-            if sample == "inventory" or r.quantity.startswith("change"):
+            if sample == "inventory" or is_change(r.quantity):
                 cov = 86.0 <= r.coverage_pct <= 94.0
                 line += f"; coverage {r.coverage_pct:.1f} % ({'ok' if cov else 'FAILS'} 86-94)"
             line += f"; efficiency over plot-only {r.re_empirical:.2f} (empirical)"
@@ -584,7 +593,7 @@ def main() -> None:
     project = gpd.read_file(args.data / "parcels" / "project.gpkg").to_crs(crs)
     rate = project[methodology.baseline_column].to_numpy(dtype=float)
     baseline = float(np.sum(rate * project.geometry.area.to_numpy() / M2_PER_HA)) * years
-    change = f"change_{epochs[0]}_{epochs[-1]}"
+    change = change_quantity(epochs[0], epochs[-1])
     scores, estimates = {}, {}
     loop_start = time.perf_counter()
     for sample, pop in pops.items():

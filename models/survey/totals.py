@@ -46,6 +46,23 @@ ESTIMATORS = ("stratified", "difference", "greg")
 PLOT_ONLY = "stratified"
 #: the rule that picks the smallest standard error among :data:`ESTIMATORS`
 MOST_PRECISE = "most_precise"
+#: prefix of the name of a stock change (``change_<start>_<end>``)
+CHANGE_PREFIX = "change_"
+
+
+def stock_quantity(epoch: str) -> str:
+    """The name of the stock at ``epoch`` in the totals (``stock_<epoch>``)."""
+    return f"stock_{epoch}"
+
+
+def change_quantity(first: str, last: str) -> str:
+    """The name of the stock change from ``first`` to ``last`` (``change_<first>_<last>``)."""
+    return f"{CHANGE_PREFIX}{first}_{last}"
+
+
+def is_change(quantity: str) -> bool:
+    """Whether ``quantity`` names a stock change."""
+    return quantity.startswith(CHANGE_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -137,7 +154,7 @@ def sample_totals(
             confidence=confidence,
         )  # fmt: skip
         add(
-            f"stock_{e}",
+            stock_quantity(e),
             stock_unit,
             ests,
             float(np.sum(design.stratum_area_ha * map_stratum_mean[e])),
@@ -148,12 +165,17 @@ def sample_totals(
         raise SurveyError(f"no plot was measured at both epochs {first} and {last}")
     sub = design.subset(both)
     d = (plot_values[last][both] - plot_values[first][both]) * change_factor
-    dm = np.nan_to_num(map_at_plots[last][both]) - np.nan_to_num(map_at_plots[first][both])
+    dm = (
+        np.nan_to_num(map_at_plots[last][both]) - np.nan_to_num(map_at_plots[first][both])
+    ) * change_factor
     dm_mean = (map_stratum_mean[last] - map_stratum_mean[first]) * change_factor
     # the plot-only estimate of d is AR-TOOL14's direct estimation of change (eqs. 4-8)
-    ests = _estimates(sub, d, dm * change_factor, dm_mean, quantity="change", confidence=confidence)
+    ests = _estimates(sub, d, dm, dm_mean, quantity="change", confidence=confidence)
     add(
-        f"change_{first}_{last}", change_unit, ests, float(np.sum(design.stratum_area_ha * dm_mean))
+        change_quantity(first, last),
+        change_unit,
+        ests,
+        float(np.sum(design.stratum_area_ha * dm_mean)),
     )
     return rows
 

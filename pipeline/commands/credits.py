@@ -77,22 +77,23 @@ def _epochs(estimates: Any, path: Path | None) -> tuple[str, str]:
     (``change_<start>_<end>``), or placeholders without a table."""
     if estimates is None:
         return ("start", "end")
+    from models.survey.totals import CHANGE_PREFIX, change_quantity, is_change
     from pipeline.contracts import PROJECT_SAMPLE
 
     changes = sorted(
         {
             str(q)
             for q, s in zip(estimates["quantity"], estimates["sample"], strict=True)
-            if s == PROJECT_SAMPLE and str(q).startswith("change_")
+            if s == PROJECT_SAMPLE and is_change(str(q))
         }
     )
-    if len(changes) != 1 or changes[0].count("_") != 2:
+    epochs = changes[0].removeprefix(CHANGE_PREFIX).split("_") if len(changes) == 1 else []
+    if len(epochs) != 2 or change_quantity(*epochs) != changes[0]:
         raise InputDataError(
             f"{path}: expected one stock change of the '{PROJECT_SAMPLE}' sample "
-            f"(change_<start>_<end>), found {changes}"
+            f"({change_quantity('<start>', '<end>')}, epoch names without '_'), found {changes}"
         )
-    _, start, end = changes[0].split("_")
-    return (start, end)
+    return (epochs[0], epochs[1])
 
 
 def main(args: argparse.Namespace) -> int:

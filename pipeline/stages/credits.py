@@ -45,6 +45,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
 from models.credits import CreditSteps, credit_steps
+from models.survey.totals import change_quantity, stock_quantity
 from pipeline.config import Config
 from pipeline.contracts import (
     CREDITS_RELPATH,
@@ -87,7 +88,7 @@ def sample_meets_target(job: CreditsJob, estimates: pd.DataFrame) -> bool:
     target precision (``meets_target`` of the estimate stage: CDM AR-TOOL03)."""
     rows = estimates[
         (estimates["sample"] == PROJECT_SAMPLE)
-        & (estimates["quantity"] == f"stock_{job.sink.epoch_end}")
+        & (estimates["quantity"] == stock_quantity(job.sink.epoch_end))
         & estimates["chosen"].astype(bool)
     ]
     return bool(len(rows) and rows["meets_target"].astype(bool).all())
@@ -103,7 +104,7 @@ def project_change(
     """
     if estimates is None or estimates.empty:
         return None
-    quantity = f"change_{job.sink.epoch_start}_{job.sink.epoch_end}"
+    quantity = change_quantity(job.sink.epoch_start, job.sink.epoch_end)
     rows = estimates[
         (estimates["sample"] == PROJECT_SAMPLE)
         & (estimates["quantity"] == quantity)

@@ -60,7 +60,15 @@ from models.allometry import co2_per_c
 from models.errors import SurveyError
 from models.survey.design import StratifiedDesign, relative_half_width
 from models.survey.sample_size import ar_tool03_sample_size
-from models.survey.totals import PLOT_ONLY, SampleTotal, choose, sample_totals
+from models.survey.totals import (
+    PLOT_ONLY,
+    SampleTotal,
+    change_quantity,
+    choose,
+    is_change,
+    sample_totals,
+    stock_quantity,
+)
 from pipeline.config import Config
 from pipeline.contracts import (
     ESTIMATES_RELPATH,
@@ -180,7 +188,7 @@ def _rows(
     def rule(quantity: str) -> str:
         if not map_independent:
             return PLOT_ONLY
-        return rules[1] if quantity.startswith("change") else rules[0]
+        return rules[1] if is_change(quantity) else rules[0]
 
     quantities = dict.fromkeys(t.quantity for t in totals)
     chosen = {choose(totals, q, rule(q)).estimate for q in quantities}
@@ -301,8 +309,8 @@ def _plan(
     first, last = job.epochs[0], job.epochs[-1]
     both = np.isfinite(y[first]) & np.isfinite(y[last])
     values = {
-        f"stock_{last}": (np.isfinite(y[last]), y[last]),
-        f"change_{first}_{last}": (both, (y[last] - y[first]) * co2_per_c()),
+        stock_quantity(last): (np.isfinite(y[last]), y[last]),
+        change_quantity(first, last): (both, (y[last] - y[first]) * co2_per_c()),
     }
     rows = []
     for quantity, (ok, v) in values.items():
