@@ -48,6 +48,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ from pipeline.contracts import (
 )
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.stage import Stage
-from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
+from pipeline.zonal import Coverage, coverage_cells, covered_fraction_sum, weighted_sum
 
 COLUMNS = (
     "sample", "quantity", "unit", "estimator", "chosen", "total", "se", "df", "confidence",
@@ -146,14 +147,13 @@ def estimate_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
     }
 
 
-def _zonal_means(polygons: gpd.GeoDataFrame, carbon: xr.DataArray) -> np.ndarray:
-    """Mean of ``carbon`` over each polygon by fractional coverage, unmapped cells as 0."""
-    band = carbon.squeeze("band", drop=True) if "band" in carbon.dims else carbon
-    values = np.asarray(band.values, dtype=np.float64)
-    crs = band.rio.crs
-    covs = coverage_cells(
-        polygons, transform=band.rio.transform(recalc=True), shape=values.shape, crs=str(crs)
-    )
+def _band(carbon: xr.DataArray) -> xr.DataArray:
+    return carbon.squeeze("band", drop=True) if "band" in carbon.dims else carbon
+
+
+def _zonal_means(covs: list[Coverage], values: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` over each polygon's covered cells by coverage fraction, unmapped
+    cells (NaN) as 0."""
     means = []
     for cov in covs:
         cells = covered_fraction_sum(cov)
@@ -249,6 +249,15 @@ def estimate(
     values = plot_biomass.assign(epoch=plot_biomass["epoch"].astype(str)).pivot_table(
         index="plot_id", columns="epoch", values="carbon_mg_ha", aggfunc="first"
     )
+    # every epoch's map is read once; all maps share one grid (the predict stage's)
+    grid = _band(carbon[job.epochs[0]])
+    maps = {e: np.asarray(_band(carbon[e]).values, dtype=np.float64) for e in job.epochs}
+    cover = partial(
+        coverage_cells,
+        transform=grid.rio.transform(recalc=True),
+        shape=maps[job.epochs[0]].shape,
+        crs=str(grid.rio.crs),
+    )
     rows: list[dict[str, Any]] = []
     plan: list[dict[str, Any]] = []
     plot_area_ha = (
@@ -263,11 +272,10 @@ def estimate(
         sample_design = _sample_design(str(name), frames, plots)
         order = list(sample_design.stratum_names)
         frames = frames.set_index(frames["stratum"].astype(str)).loc[order].reset_index(drop=True)
-        at_plots, frame_means, y = {}, {}, {}
-        for e in job.epochs:
-            at_plots[e] = _zonal_means(plots, carbon[e])
-            frame_means[e] = _zonal_means(frames, carbon[e])
-            y[e] = values.reindex(plots["plot_id"])[e].to_numpy(dtype=np.float64)
+        plot_cover, frame_cover = cover(plots), cover(frames)
+        at_plots = {e: _zonal_means(plot_cover, maps[e]) for e in job.epochs}
+        frame_means = {e: _zonal_means(frame_cover, maps[e]) for e in job.epochs}
+        y = {e: values.reindex(plots["plot_id"])[e].to_numpy(dtype=np.float64) for e in job.epochs}
         try:
             totals = sample_totals(
                 sample_design, plot_values=y, map_at_plots=at_plots, map_stratum_mean=frame_means,
