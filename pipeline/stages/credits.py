@@ -99,8 +99,7 @@ def project_change(
 ) -> tuple[float, float, float, str] | None:
     """The chosen survey estimate of the project's stock change: total, SE, df, estimator.
 
-    ``None`` when ``estimates`` has no ``project`` sample (no project plots). Warns when the
-    project's sample misses its target precision (AR-TOOL03).
+    ``None`` when ``estimates`` has no ``project`` sample (no project plots).
     """
     if estimates is None or estimates.empty:
         return None
@@ -114,12 +113,6 @@ def project_change(
         return None
     if len(rows) > 1:
         raise InputDataError(f"{ESTIMATES_RELPATH}: more than one chosen estimate of {quantity}")
-    if not sample_meets_target(job, estimates):
-        warnings.warn(
-            f"credits: the project's plot sample misses its target precision for the stock "
-            f"(see {SAMPLE_PLAN_RELPATH} for the plots it needs)",
-            stacklevel=2,
-        )
     r = rows.iloc[0]
     return float(r["total"]), float(r["se"]), float(r["df"]), f"{r['estimator']} (project plots)"
 
@@ -188,6 +181,15 @@ def credits_table(
         sums["baseline"] += float(base_rate) * float(area)
     total_area = sums["area"]
     survey = project_change(job, estimates)
+    meets_target: bool | None = None
+    if survey is not None and estimates is not None:
+        meets_target = sample_meets_target(job, estimates)
+        if not meets_target:
+            warnings.warn(
+                f"credits: the project's plot sample misses its target precision for the stock "
+                f"(see {SAMPLE_PLAN_RELPATH} for the plots it needs)",
+                stacklevel=2,
+            )
     if survey is None:
         warnings.warn(
             f"credits: no project plot sample in {ESTIMATES_RELPATH}; the project total is the "
@@ -211,10 +213,8 @@ def credits_table(
     rows.append(_steps_row(TOTAL_ID, "project (credited)", total))
     table = pd.DataFrame(rows)
     table["sample_meets_target"] = pd.Series(dtype="boolean")
-    if estimator != MAP_SUM and estimates is not None:
-        table.loc[table["parcel_id"] == TOTAL_ID, "sample_meets_target"] = sample_meets_target(
-            job, estimates
-        )
+    if meets_target is not None:
+        table.loc[table["parcel_id"] == TOTAL_ID, "sample_meets_target"] = meets_target
     table.insert(2, "methodology", method.id)
     table.insert(3, "epochs", f"{job.sink.epoch_start}-{job.sink.epoch_end}")
     return table
