@@ -428,13 +428,13 @@ def plot_biomass(
         :func:`empty_plot_rows`).
     """
     trees, empty_plots = split_empty_plots(trees)
+    zeros = empty_plot_rows(empty_plots, plot_area_ha, options)
     if options.equation != "species":
         try:
             allometry.get_equation(options.equation)
         except AllometryError as err:
             raise PlotOptionsError(str(err)) from None
     if trees.empty:  # every plot measured with no trees
-        zeros = empty_plot_rows(empty_plots, plot_area_ha, options)
         return trees, zeros, _empty_plot_qa(empty_plots)
     t, qa = check_trees(trees, options)
     t["plot_area_ha"] = _plot_areas(t, plot_area_ha)
@@ -466,8 +466,7 @@ def plot_biomass(
         ignore_index=True,
     )
     plots = pd.DataFrame(plot_rows)
-    if not empty_plots.empty:
-        zeros = empty_plot_rows(empty_plots, plot_area_ha, options)
+    if not zeros.empty:
         plots = pd.concat([plots, zeros], ignore_index=True)
         order = sorted(
             range(len(plots)), key=lambda i: (str(plots["plot_id"][i]), str(plots["epoch"][i]))
@@ -515,7 +514,7 @@ def empty_plot_rows(
     options: PlotBiomassOptions,
 ) -> pd.DataFrame:
     """Plot rows of zero biomass (exactly, SD 0) for plots measured with no trees."""
-    areas = {str(k): float(v) for k, v in plot_area_ha.items()} if plot_area_ha is not None else {}
+    areas = _area_lookup(empty, plot_area_ha).to_numpy()
     zero_cols = [c for c in PLOT_COLUMNS if c not in ("plot_id", "epoch")]
     rows = [
         {
@@ -524,12 +523,12 @@ def empty_plot_rows(
             **dict.fromkeys(zero_cols, 0.0),
             "n_stems": 0,
             "agb_mc_mean_mg_ha": 0.0,
-            "plot_area_ha": areas.get(str(r.plot_id), getattr(r, "plot_area_ha", np.nan)),
+            "plot_area_ha": area,
             "n_rows_excluded": 0,
             "n_heights_predicted": 0,
             "mc_draws": options.n_draws,
         }
-        for r in empty.itertuples(index=False)
+        for r, area in zip(empty.itertuples(index=False), areas, strict=True)
     ]
     return pd.DataFrame(rows)
 
@@ -543,6 +542,19 @@ def _empty_plot_qa(empty: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(QA_COLUMNS))
 
 
+def _area_lookup(
+    rows: pd.DataFrame, plot_area_ha: Mapping[Any, float] | pd.Series | None
+) -> pd.Series:
+    """Each row's plot area (ha) from ``plot_area_ha`` by ``plot_id``, else from the row's
+    own ``plot_area_ha`` column (NaN where neither has one)."""
+    # plot ids are matched as text: a CSV may read "101" as a number, a GeoPackage as text
+    areas = {str(k): float(v) for k, v in plot_area_ha.items()} if plot_area_ha is not None else {}
+    area = rows["plot_id"].astype(str).map(areas).astype(float)
+    if "plot_area_ha" in rows.columns:
+        area = area.fillna(rows["plot_area_ha"])
+    return area
+
+
 def _plot_areas(t: pd.DataFrame, plot_area_ha: Mapping[Any, float] | pd.Series | None) -> pd.Series:
     """Each tree's plot area (ha): from ``plot_area_ha``, else the row's own column.
 
@@ -551,10 +563,7 @@ def _plot_areas(t: pd.DataFrame, plot_area_ha: Mapping[Any, float] | pd.Series |
     PlotDataError
         A plot has no positive area (the message names it).
     """
-    # plot ids are matched as text: a CSV may read "101" as a number, a GeoPackage as text
-    areas = {str(k): float(v) for k, v in plot_area_ha.items()} if plot_area_ha is not None else {}
-    area = t["plot_id"].astype(str).map(areas).astype(float)
-    area = area.fillna(t["plot_area_ha"])
+    area = _area_lookup(t, plot_area_ha)
     no_area = sorted({str(p) for p in t.loc[~(area > 0), "plot_id"]})
     if no_area:
         raise PlotDataError(
