@@ -108,6 +108,8 @@ FLOAT_LAYERS = (
 )
 #: int layers, after the float ones
 INT_LAYERS = ("model_source", "n_valid", "good")
+#: position of each layer in a block of :func:`predict_block`
+LAYER_INDEX = {n: i for i, n in enumerate((*FLOAT_LAYERS, *INT_LAYERS))}
 INT_NODATA = -1
 #: name of the forest-land mask band added to the predictor stack
 FOREST_BAND = "forest_land"
@@ -191,8 +193,8 @@ def predict_block(
     ]
     out = np.stack(layers)
     out[: len(FLOAT_LAYERS), baseline] = 0.0
-    out[len(FLOAT_LAYERS), baseline] = SOURCE_BASELINE
-    out[len(FLOAT_LAYERS) + 2, baseline] = 1.0  # an exact zero: "good"
+    out[LAYER_INDEX["model_source"], baseline] = SOURCE_BASELINE
+    out[LAYER_INDEX["good"], baseline] = 1.0  # an exact zero: "good"
     return out.reshape(len(layers), ny, nx).astype(np.float32)
 
 
@@ -336,11 +338,10 @@ def predict_maps(
         name=f"predict-biomass-{token}",
         **kwargs,
     )
-    layer = {n: i for i, n in enumerate((*FLOAT_LAYERS, *INT_LAYERS))}
     coords = {"y": stack["y"], "x": stack["x"]}
 
     def make(bands: Sequence[str], *, units: str, dtype: Any, nodata: float) -> xr.DataArray:
-        arr = result[[layer[b] for b in bands]]
+        arr = result[[LAYER_INDEX[b] for b in bands]]
         if np.dtype(dtype).kind == "i":
             arr = darr.where(darr.isnan(arr), nodata, arr).astype(dtype)
         da = xr.DataArray(arr, dims=("band", "y", "x"), coords={"band": list(bands), **coords})
