@@ -51,11 +51,9 @@ def param_option(
     default = info.get_default(call_default_factory=True)
     if get_origin(info.annotation) is Literal and "choices" not in kwargs:
         kwargs["choices"] = get_args(info.annotation)
-    if "type" not in kwargs and kwargs.get("action") is None:
-        if isinstance(default, bool | str | tuple) or default is None:
-            pass
-        else:
-            kwargs["type"] = type(default)
+    typed = default is not None and not isinstance(default, bool | str | tuple)
+    if typed and "type" not in kwargs and kwargs.get("action") is None:
+        kwargs["type"] = type(default)
     if default is not None:
         help = f"{help} (default: {_shown(default)})"
     if kwargs.get("action") == "append":
