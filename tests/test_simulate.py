@@ -14,7 +14,8 @@ import pandas as pd
 import pystac
 import pytest
 import rasterio
-from rasterio.windows import from_bounds
+import shapely
+from shapely import affinity
 from shapely.geometry import MultiPolygon, box
 
 from models.plot_biomass import split_empty_plots
@@ -24,7 +25,12 @@ from pipeline.config import load_config, region_config_path
 from pipeline.grid import north_up_geobox, region_geobox
 from pipeline.simulate.noise import hash_uniform
 from pipeline.simulate.plots import empty_plot_rows
-from pipeline.simulate.sampling import Stratum, plot_support_mean, project_sample
+from pipeline.simulate.sampling import (
+    Stratum,
+    centre_region,
+    plot_support_mean,
+    project_sample,
+)
 from pipeline.simulate.satellite import solar_position, to_landsat_dn, to_s2_dn
 from pipeline.simulate.stands import chapman_richards
 
@@ -252,24 +258,32 @@ def test_plot_trees_match_truth_raster(tiny: Path) -> None:
     ]
     assert trees["height_m"].isna().any() and trees["height_m"].notna().any()
     half = math.sqrt(667.0) / 2
-    rel = []
+    design = gpd.read_file(tiny / "plots/design.gpkg", layer="strata")
+    frames = design.set_index(["sample", "stratum"]).geometry
+    plots = gpd.read_file(tiny / "plots/plots.gpkg").set_index("plot_id")
+    pairs: dict[str, list[tuple[float, float]]] = {"inventory": [], "project": []}
     with rasterio.open(tiny / "truth/agb_2019.tif") as src:
+        full = np.pad(src.read(1), 10)  # squares of buffer-method plots may reach past the AOI
         for _, r in truth[truth.epoch == 2019].iterrows():
             x, y = r.x_true_m, r.y_true_m
-            w = from_bounds(x - half, y - half, x + half, y + half, src.transform)
-            # area-weighted mean of the 10 m truth over the true plot square (1 m supersample)
-            a = src.read(1, window=w.round_offsets().round_lengths(), boundless=True)
-            xs = np.arange(x - half + 0.5, x + half, 1.0)
-            ys = np.arange(y - half + 0.5, y + half, 1.0)
-            gx, gy = np.meshgrid(xs, ys)
+            # area-weighted mean of the 10 m truth over the true plot square (1 m supersample);
+            # a project plot (buffer method) sees only its stratum frame's part of it
+            gx, gy = np.meshgrid(
+                np.arange(x - half + 0.5, x + half, 1.0), np.arange(y - half + 0.5, y + half, 1.0)
+            )
             rows, cols = rasterio.transform.rowcol(src.transform, gx.ravel(), gy.ravel())
-            full = src.read(1)
-            mean = float(full[np.asarray(rows), np.asarray(cols)].mean())
-            assert a.size > 0
-            if mean > 20:
-                rel.append(r.agb_mg_ha / mean - 1)
-    assert rel, "no forest plot with biomass"
-    assert abs(np.median(rel)) < 0.2
+            values = full[np.asarray(rows) + 10, np.asarray(cols) + 10]
+            if r["sample"] == "project":
+                frame = frames[("project", plots.loc[r.plot_id, "stratum"])]
+                values = values * shapely.contains_xy(frame, gx.ravel(), gy.ravel())
+            pairs[r["sample"]].append((r.agb_mg_ha, float(values.mean())))
+    inventory = np.array(pairs["inventory"])
+    forest = inventory[:, 1] > 20
+    assert forest.any(), "no forest plot with biomass"
+    assert abs(np.median(inventory[forest, 0] / inventory[forest, 1] - 1)) < 0.2
+    # the tiny project's young stands are too sparse for plot-by-plot checks: their total
+    project = np.array(pairs["project"]).sum(axis=0)
+    assert project[1] > 0 and abs(project[0] / project[1] - 1) < 0.2
     # trees carry the same ids across epochs (permanent plots)
     ids = trees.groupby("epoch")["tree_id"].apply(set)
     assert len(ids.iloc[0] & ids.iloc[1]) > 0
@@ -316,7 +330,7 @@ def _plots_with_truth(tiny: Path) -> gpd.GeoDataFrame:
 
 def test_design_frames_partition_their_sample_and_hold_their_plots(tiny: Path) -> None:
     design = gpd.read_file(tiny / "plots/design.gpkg", layer="strata")
-    assert list(design.columns) == ["sample", "stratum", "area_ha", "geometry"]
+    assert list(design.columns) == ["sample", "stratum", "area_ha", "centre_area_ha", "geometry"]
     assert design.crs.to_epsg() == 32650 and (design.geom_type == "MultiPolygon").all()
     assert not design.duplicated(["sample", "stratum"]).any()
     assert np.allclose(design.area_ha, design.area / 1e4, rtol=1e-12)
@@ -332,18 +346,25 @@ def test_design_frames_partition_their_sample_and_hold_their_plots(tiny: Path) -
     frames = design[design["sample"] == "project"]
     assert set(frames.stratum) == set(parcels.loc[project.parcel_id, "forest_type"])
     assert frames.union_all().symmetric_difference(project.union_all()).area < 1e-3
-    # every plot lies in its stratum's frame: the centre, and for the project (simple
-    # random sample of whole squares) the whole true square
+    # the inventory's plots lie in their stratum's frame (the centre); the project's
+    # (buffer method) have squares that meet their frame, and the centre area is the
+    # frame dilated by the plot square
     plots = _plots_with_truth(tiny)
     assert set(zip(plots["sample"], plots.stratum, strict=True)) <= set(
         zip(design["sample"], design.stratum, strict=True)
     )
-    frame = design.set_index(["sample", "stratum"]).geometry
+    indexed = design.set_index(["sample", "stratum"])
     for _, p in plots.iterrows():
-        f = frame[(p["sample"], p.stratum)]
-        assert f.contains(p.true_centre), p.plot_id
+        f = indexed.geometry[(p["sample"], p.stratum)]
         if p["sample"] == "project":
-            assert f.buffer(1e-6).contains(p.true_square), p.plot_id
+            assert f.intersects(p.true_square), p.plot_id
+        else:
+            assert f.contains(p.true_centre), p.plot_id
+    assert design.loc[design["sample"] == "inventory", "centre_area_ha"].isna().all()
+    for _, f in frames.iterrows():
+        dilated = centre_region(f.geometry, half_side_m=math.sqrt(667.0) / 2)
+        assert f.centre_area_ha == pytest.approx(dilated.area / 1e4, rel=1e-9)
+        assert f.centre_area_ha > f.area_ha
 
 
 def test_inventory_strata_follow_the_lidar_block(tiny: Path) -> None:
@@ -362,7 +383,7 @@ def test_project_sample_is_the_ar_tool03_plan(tiny: Path) -> None:
     assert rec["relative_error"] == 0.1 and rec["confidence"] == 0.9
     strata = rec["strata"]
     plan = ar_tool03_sample_size(
-        [s["area_ha"] for s in strata.values()],
+        [s["centre_area_ha"] for s in strata.values()],
         [s["sd_mg_c_ha"] for s in strata.values()],
         [s["mean_mg_c_ha"] for s in strata.values()],
         plot_area_ha=rec["plot_area_ha"],
@@ -378,9 +399,9 @@ def test_project_sample_is_the_ar_tool03_plan(tiny: Path) -> None:
         assert placed == s["n_placed"]
         # all the plan's plots, unless the frame is recorded as too small for them
         assert placed == s["n_plots"] or (name in rec["short_strata"] and placed >= 2)
-    # inside the project area, not overlapping one another
-    area = gpd.read_file(tiny / "parcels/project.gpkg").union_all().buffer(1e-6)
-    assert project.true_square.apply(area.contains).all()
+    # meeting the project area, not overlapping one another
+    area = gpd.read_file(tiny / "parcels/project.gpkg").union_all()
+    assert project.true_square.apply(area.intersects).all()
     squares = list(project.true_square)
     for i, a in enumerate(squares):
         for b in squares[i + 1 :]:
@@ -391,21 +412,46 @@ def test_project_sample_is_the_ar_tool03_plan(tiny: Path) -> None:
     assert measured.to_dict() == {"2019": len(project), "2024": len(project)}
 
 
-def test_project_sample_drops_a_frame_too_small_for_a_plot() -> None:
+def test_project_sample_places_plots_meeting_a_frame_smaller_than_a_plot() -> None:
     grid = north_up_geobox((40, 40), x0_m=0.0, ytop_m=400.0, res_m=10.0, crs="EPSG:32650")
     carbon = np.random.default_rng(0).gamma(4.0, 20.0, (40, 40))
     big = Stratum("project", "big", MultiPolygon([box(0, 0, 300, 300)]))
     small = Stratum("project", "small", MultiPolygon([box(350, 350, 370, 370)]))
     sample = project_sample(np.random.default_rng(1), [big, small], grid, carbon)
-    assert [s.name for s in sample.strata] == ["big"]
-    assert list(sample.record["dropped_strata"]) == ["small"]
+    assert [s.name for s in sample.strata] == ["big", "small"]
+    side = math.sqrt(667.0)
+    # the centre region of a rectangle is the rectangle grown by the plot's side
+    assert sample.strata[0].centre_area_ha == pytest.approx((300 + side) ** 2 / 1e4)
+    assert sample.strata[1].centre_area_ha == pytest.approx((20 + side) ** 2 / 1e4)
     n = sample.record["n_plots"]
-    assert n == sample.record["n_placed"] == len(sample.centers) and sample.labels == ["big"] * n
+    assert n == sample.record["n_placed"] == len(sample.centers)
+    small_plots = sample.centers[np.array(sample.labels) == "small"]
+    assert len(small_plots) >= 2
+    half = side / 2
+    for x, y in small_plots:
+        assert box(x - half, y - half, x + half, y + half).intersects(small.frame)
     # the mean over the plot square keeps a constant field and the field's total
     assert np.allclose(plot_support_mean(np.full((5, 5), 7.0), 10.0), 7.0)
     spike = np.zeros((5, 5))
     spike[2, 2] = 1.0
     assert plot_support_mean(spike, 10.0).sum() == pytest.approx(1.0)
+
+
+def test_centre_region_is_the_minkowski_sum_with_the_plot_square() -> None:
+    h = 5.0  # half side: a 10 m square
+    assert centre_region(box(0, 0, 100, 50), h).area == pytest.approx(110 * 60)
+    # a convex polygon grows by the perimeter x the square's half-width across each edge
+    # (mixed area) plus the square: for a square of side L turned 45 degrees,
+    # L^2 + 2 sqrt(2) L s + s^2 with s = 2h
+    diamond = affinity.rotate(box(0, 0, 100, 100), 45)
+    assert centre_region(diamond, h).area == pytest.approx(
+        100**2 + 2 * math.sqrt(2) * 100 * 10 + 10**2
+    )
+    # a hole narrower than the square is filled; a wide one keeps its shrunken part
+    narrow = box(0, 0, 100, 100).difference(box(40, 40, 48, 48))
+    assert centre_region(narrow, h).area == pytest.approx(110 * 110)
+    wide = box(0, 0, 100, 100).difference(box(30, 30, 70, 70))
+    assert centre_region(wide, h).area == pytest.approx(110 * 110 - 30 * 30)
 
 
 def test_hash_uniform_is_keyed_and_uniform() -> None:

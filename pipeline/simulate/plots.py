@@ -6,7 +6,8 @@ plots (:func:`choose_plots`) sit at random cells whose 5 x 5 neighbourhood lies 
 forest parcel, so they avoid parcel edges and roads: an approximation of simple random
 sampling in their strata's frames (:mod:`pipeline.simulate.sampling`) that the estimator
 validation benchmark quantifies. The project's plots are placed by
-:mod:`pipeline.simulate.sampling` and measured alike. The tallied trees are
+:mod:`pipeline.simulate.sampling` and measured alike, except that a square straddling its
+stratum's frame tallies only the trees inside the frame (the buffer method). The tallied trees are
 exactly the simulated trees whose stems fall inside the true square
 (:mod:`pipeline.simulate.stands`), so plot AGB from error-free trees equals the truth
 raster's biomass there up to the square's partial pixels. Measurement model
@@ -25,13 +26,16 @@ raster's biomass there up to the square's partial pixels. Measurement model
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import geopandas as gpd
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import shapely
 from odc.geo.geobox import GeoBox
 from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
 
 from pipeline.grid import cell_centres
 from pipeline.simulate.science import coefficients
@@ -90,8 +94,14 @@ def plot_trees(
     parcel_idx: npt.NDArray[np.int64],
     stocking: npt.NDArray[np.float64],
     stand: StandEpoch,
+    frames: Sequence[BaseGeometry] | None = None,
 ) -> tuple[Trees, npt.NDArray[np.int64]]:
-    """The true trees inside each plot square and the plot index of each tree."""
+    """The true trees inside each plot square and the plot index of each tree.
+
+    With ``frames`` (one sampling frame per plot, the buffer method of
+    :mod:`pipeline.simulate.sampling`) a plot keeps only the trees of its square that
+    stand inside its frame.
+    """
     half = math.sqrt(float(coefficients()["plots"]["plot_area_ha"]) * M2_PER_HA) / 2.0
     pix = []
     for x, y in centers:
@@ -99,7 +109,10 @@ def plot_trees(
         c1 = int((x + half - grid.affine.c) // grid.resolution.x)
         r0 = int((grid.affine.f - y - half) // grid.resolution.x)
         r1 = int((grid.affine.f - y + half) // grid.resolution.x)
-        rr, cc = np.meshgrid(np.arange(r0, r1 + 1), np.arange(c0, c1 + 1), indexing="ij")
+        # a buffer-method square may reach past the grid, where there are no trees
+        rows = np.arange(max(r0, 0), min(r1, grid.height - 1) + 1)
+        cols = np.arange(max(c0, 0), min(c1, grid.width - 1) + 1)
+        rr, cc = np.meshgrid(rows, cols, indexing="ij")
         pix.append((rr * grid.width + cc).ravel())
     pixels = np.unique(np.concatenate(pix)) if pix else np.zeros(0, dtype=np.int64)
     trees = generate_trees(
@@ -108,6 +121,8 @@ def plot_trees(
     which = np.full(len(trees), -1, dtype=np.int64)
     for i, (x, y) in enumerate(centers):
         m = (np.abs(trees.x_m - x) < half) & (np.abs(trees.y_m - y) < half)
+        if frames is not None:
+            m[m] = shapely.contains_xy(frames[i], trees.x_m[m], trees.y_m[m])
         which[m] = i
     keep = which >= 0
     return trees.subset(keep), which[keep]

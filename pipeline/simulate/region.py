@@ -35,6 +35,7 @@ from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 from scipy import ndimage
 from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
 
 from pipeline.config import Config
 from pipeline.grid import cell_centres, north_up_geobox
@@ -710,6 +711,7 @@ def _simulate_plots(
     )
     project_plots["sample"] = sampling.PROJECT
     project_plots["stratum"] = sample.labels
+    frames = {s.name: s.frame for s in sample.strata}
     project_trees, project_truth = _measure_plots(
         land,
         rs.tree_seed,
@@ -718,6 +720,7 @@ def _simulate_plots(
         project_ids,
         sample.centers,
         project_gps,
+        frames=[frames[label] for label in sample.labels],
     )
     (out_dir / "plots").mkdir()
     write_gpkg(
@@ -747,17 +750,19 @@ def _measure_plots(
     plot_ids: list[str],
     centers: npt.NDArray[np.float64],
     gps: npt.NDArray[np.float64],
+    frames: list[BaseGeometry] | None = None,
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """The measured tree lists of a sample's plots at every epoch, and their true values.
 
-    ``rng`` is the sample's measurement stream; ``tree_seed`` keys the simulated trees.
+    ``rng`` is the sample's measurement stream; ``tree_seed`` keys the simulated trees;
+    ``frames`` (one per plot) limit each plot's trees to its stratum's frame.
     """
     tables, truth_rows = [], []
     id_maps: list[dict[tuple[int, int, int], str]] = [{} for _ in plot_ids]
     plot_area = float(coefficients()["plots"]["plot_area_ha"])
     for ei, ep in enumerate(land.epochs):
         trees, which = plots_mod.plot_trees(
-            tree_seed, land.grid, centers, land.parcel_idx, land.stocking, land.stands[ei]
+            tree_seed, land.grid, centers, land.parcel_idx, land.stocking, land.stands[ei], frames
         )
         order = np.lexsort((trees.slot, trees.cohort, trees.pixel, which))
         trees, which = trees.subset(order), which[order]
