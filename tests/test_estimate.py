@@ -198,3 +198,59 @@ def test_sample_plan_is_ar_tool03_eq2_on_the_sample_sds(scene: dict) -> None:
     assert stock.loc["west", "n_required"] == pytest.approx(n, rel=1e-9)
     assert stock.loc["west", "sd_per_ha"] == pytest.approx(s[0], rel=1e-9)
     assert stock["n_plots"].sum() == len(h["y"])
+
+
+def test_buffer_method_plots_see_only_their_frame_and_expand_by_the_centre_area(
+    scene: dict,
+) -> None:
+    """Plots straddling the west/east edge (buffer method, ``centre_area_ha``): with plot
+    values equal to the map inside their frame, the difference estimate is the map's total
+    over the frames exactly, and the plot-only estimate is the centre area times the mean."""
+    centre_ha = {"west": 9.5, "east": 10.25}
+    scene["frames"]["centre_area_ha"] = scene["frames"]["stratum"].map(centre_ha)
+    # four plots straddle the edge at column 20: two west, two east
+    straddling = [(8, 19, "west"), (26, 19, "west"), (12, 19, "east"), (35, 19, "east")]
+    corners = scene["corners"] + [(r, c) for r, c, _ in straddling]
+    strata = ["west" if c < 20 else "east" for _, c in scene["corners"]]
+    strata += [s for _, _, s in straddling]
+    scene["plots"] = gpd.GeoDataFrame(
+        {"plot_id": [f"J{i}" for i in range(len(corners))], "sample": "project",
+         "stratum": strata},
+        geometry=[_square(r, c) for r, c in corners], crs="EPSG:32650",
+    )  # fmt: skip
+    west_cols = np.arange(N) < 20
+    rows, y_west = [], []
+    for e in EPOCHS:
+        m = np.nan_to_num(scene["maps"][e])
+        for pid, (r, c), s in zip(scene["plots"]["plot_id"], corners, strata, strict=True):
+            inside = west_cols if s == "west" else ~west_cols
+            v = (m * inside[None, :])[_cells(r, c)].mean()  # outside its frame as 0
+            rows.append({"plot_id": pid, "epoch": e, "carbon_mg_ha": v})
+            if e == "2019" and s == "west":
+                y_west.append(v)
+    scene["biomass"] = pd.DataFrame(rows)
+    table = _run(scene)
+    m19 = np.nan_to_num(scene["maps"]["2019"])
+    map_total = (m19[:, :20].sum() + m19[:, 20:].sum()) * 0.01  # Mg C over 0.01 ha cells
+    diff = table.loc[("stock_2019", "difference")]
+    assert diff["map_total"] == pytest.approx(map_total, rel=1e-9)
+    assert diff["total"] == pytest.approx(map_total, rel=1e-9)
+    assert diff["se"] == pytest.approx(0.0, abs=1e-6 * map_total)
+    # the straddling plots saw about half their square: they are below the cell means
+    assert min(y_west[-2:]) < 0.75 * np.mean(y_west[:-2])
+    b = scene["biomass"]
+    y = b[b["epoch"] == "2019"].set_index("plot_id").loc[scene["plots"]["plot_id"], "carbon_mg_ha"]
+    west = np.array(strata) == "west"
+    total = 9.5 * y[west].mean() + 10.25 * y[~west].mean()
+    strat = table.loc[("stock_2019", "stratified")]
+    assert strat["total"] == pytest.approx(total, rel=1e-9)
+    # per-hectare figures are per frame hectare; the area is the frames'
+    assert strat["area_ha"] == pytest.approx(16.0) and strat["mean_per_ha"] == pytest.approx(
+        total / 16.0
+    )
+
+
+def test_a_centre_area_below_the_frame_area_is_refused(scene: dict) -> None:
+    scene["frames"]["centre_area_ha"] = [7.0, np.nan]
+    with pytest.raises(InputDataError, match="centre_area_ha is below area_ha"):
+        _run(scene)

@@ -11,16 +11,27 @@ from the first to the last epoch (t CO2e), every estimator of
 :func:`models.survey.totals.sample_totals`:
 
 * the plot values are the plots stage's carbon densities (``carbon_mg_ha``);
-* the map value at a plot is the carbon map's mean over the plot square, and the map's
-  stratum mean its mean over the frame, both by exact fractional coverage
-  (:mod:`pipeline.zonal`) and both counting unmapped cells (not forest land) as 0, so the
-  auxiliary variable is defined the same way at the plots and over the population.
+* the map value at a plot is the mean over the plot square of the map inside the plot's
+  stratum frame (cells by their exact coverage fractions of the square and of the frame,
+  :mod:`pipeline.zonal`; cells outside the frame and unmapped cells, not forest land, as
+  0), and the map's stratum mean is its total over the frame divided by the stratum's
+  expansion area; so the auxiliary variable is defined as the plots' is, at the plots
+  and over the population.
+
+A stratum's expansion area is the design's ``centre_area_ha`` when given: the area over
+which the plot centres were drawn when plots that straddle the frame's edge tally only the
+trees inside it (the buffer method of boundary correction, Gregoire & Valentine 2008,
+Sampling Strategies for Natural Resources and the Environment, ch. 7). The stratum total is
+that area times the mean plot density, and equals the frame's total without the edge bias
+of keeping plots inside the frame. Without ``centre_area_ha`` it is the frame's ``area_ha``
+(plots kept inside the frame). Per-hectare figures in the table are per frame hectare.
 
 ``estimates/sample_plan.csv`` sizes each sample with CDM AR-TOOL03 for the target
 precision (``stages.estimate.target_relative_half_width``) of its stock at the last epoch
 and of its change, from the sample's own stratum SDs, beside the plots it has.
 
-``estimates/totals.csv`` holds one row per sample, quantity and estimator, with the
+``estimates/totals.csv`` (and, in short, the manifest's ``results.estimate``) holds one row
+per sample, quantity and estimator, with the
 estimate, its SE, degrees of freedom, interval, relative efficiency against the plot-only
 estimator, the map's own total over the same area for comparison, and ``chosen`` marking
 the estimate the report and the credits use: ``stages.estimate.estimator`` for stocks,
@@ -45,6 +56,7 @@ Run: ``forest-carbon run --region nanping --stages estimate``.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,6 +94,7 @@ from pipeline.contracts import (
 )
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.stage import Stage
+from pipeline.units import M2_PER_HA
 from pipeline.zonal import Coverage, coverage_cells, covered_fraction_sum, weighted_sum
 
 COLUMNS = (
@@ -151,20 +164,48 @@ def _band(carbon: xr.DataArray) -> xr.DataArray:
     return carbon.squeeze("band", drop=True) if "band" in carbon.dims else carbon
 
 
-def _zonal_means(covs: list[Coverage], values: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` over each polygon's covered cells by coverage fraction, unmapped
-    cells (NaN) as 0."""
+def _fraction_raster(cov: Coverage, shape: tuple[int, int]) -> np.ndarray:
+    """The share of each cell inside a polygon, as a raster."""
+    out = np.zeros(shape[0] * shape[1], dtype=np.float64)
+    out[cov.cell] = cov.fraction
+    return out.reshape(shape)
+
+
+def _at_plots(
+    plot_cover: list[Coverage], frame_share: list[np.ndarray], values: np.ndarray
+) -> np.ndarray:
+    """Mean over each plot square of ``values`` inside the plot's frame (share per cell),
+    cells outside the frame and unmapped cells (NaN) as 0."""
+    flat = values.reshape(-1)
     means = []
-    for cov in covs:
+    for cov, share in zip(plot_cover, frame_share, strict=True):
+        v = np.nan_to_num(flat[cov.cell]) * share.reshape(-1)[cov.cell]
         cells = covered_fraction_sum(cov)
-        means.append(weighted_sum(cov, values) / cells if cells > 0 else np.nan)
+        means.append(float(np.sum(v * cov.fraction)) / cells if cells > 0 else np.nan)
     return np.asarray(means, dtype=np.float64)
+
+
+def _expansion_areas(name: str, frames: gpd.GeoDataFrame) -> dict[str, float]:
+    """Each stratum's expansion area (ha): ``centre_area_ha`` where given, else ``area_ha``."""
+    area = frames["area_ha"].astype(float).to_numpy()
+    if "centre_area_ha" in frames:
+        centre = frames["centre_area_ha"].astype(float).to_numpy()
+        bad = np.isfinite(centre) & ~(centre >= area)
+        if bad.any():
+            strata = frames["stratum"].astype(str)[bad].tolist()
+            raise InputDataError(
+                f"plot design: sample {name!r}, strata {strata}: centre_area_ha is below "
+                "area_ha; the region of plot centres (the frame dilated by the plot square) "
+                "contains the frame, so give its area or leave the value empty"
+            )
+        area = np.where(np.isfinite(centre), centre, area)
+    return dict(zip(frames["stratum"].astype(str), area.tolist(), strict=True))
 
 
 def _sample_design(
     name: str, frames: gpd.GeoDataFrame, plots: gpd.GeoDataFrame
 ) -> StratifiedDesign:
-    area = dict(zip(frames["stratum"].astype(str), frames["area_ha"].astype(float), strict=True))
+    area = _expansion_areas(name, frames)
     unknown = sorted(set(plots["stratum"].astype(str)) - set(area))
     if unknown:
         raise InputDataError(
@@ -207,7 +248,7 @@ def _rows(
             "lower": t.estimate.lower,
             "upper": t.estimate.upper,
             "relative_half_width": relative_half_width(t.estimate),
-            "mean_per_ha": t.estimate.mean_per_ha,
+            "mean_per_ha": t.estimate.total / area_ha,
             "area_ha": area_ha,
             "n_plots": t.estimate.n,
             "relative_efficiency": t.relative_efficiency,
@@ -252,12 +293,10 @@ def estimate(
     # every epoch's map is read once; all maps share one grid (the predict stage's)
     grid = _band(carbon[job.epochs[0]])
     maps = {e: np.asarray(_band(carbon[e]).values, dtype=np.float64) for e in job.epochs}
-    cover = partial(
-        coverage_cells,
-        transform=grid.rio.transform(recalc=True),
-        shape=maps[job.epochs[0]].shape,
-        crs=str(grid.rio.crs),
-    )
+    transform = grid.rio.transform(recalc=True)
+    grid_shape = maps[job.epochs[0]].shape
+    cell_ha = abs(transform.a * transform.e) / M2_PER_HA
+    cover = partial(coverage_cells, transform=transform, shape=grid_shape, crs=str(grid.rio.crs))
     rows: list[dict[str, Any]] = []
     plan: list[dict[str, Any]] = []
     plot_area_ha = (
@@ -273,8 +312,15 @@ def estimate(
         order = list(sample_design.stratum_names)
         frames = frames.set_index(frames["stratum"].astype(str)).loc[order].reset_index(drop=True)
         plot_cover, frame_cover = cover(plots), cover(frames)
-        at_plots = {e: _zonal_means(plot_cover, maps[e]) for e in job.epochs}
-        frame_means = {e: _zonal_means(frame_cover, maps[e]) for e in job.epochs}
+        shares = [_fraction_raster(c, grid_shape) for c in frame_cover]
+        plot_share = [shares[h] for h in sample_design.plot_stratum]
+        at_plots = {e: _at_plots(plot_cover, plot_share, maps[e]) for e in job.epochs}
+        frame_means = {
+            e: np.array([weighted_sum(c, maps[e]) for c in frame_cover])
+            * cell_ha
+            / sample_design.stratum_area_ha
+            for e in job.epochs
+        }
         y = {e: values.reindex(plots["plot_id"])[e].to_numpy(dtype=np.float64) for e in job.epochs}
         try:
             totals = sample_totals(
@@ -288,7 +334,7 @@ def estimate(
             rule = (job.estimator, change_rule)
             rows.extend(
                 _rows(
-                    str(name), totals, rule, sample_design.area_ha,
+                    str(name), totals, rule, float(frames["area_ha"].sum()),
                     map_independent=name == PROJECT_SAMPLE, target=job.target,
                 )
             )  # fmt: skip
@@ -310,7 +356,8 @@ def _plan(
 ) -> list[dict[str, Any]]:
     """The AR-TOOL03 plan of a sample for its stock at the last epoch and for the change.
 
-    The stratum SDs and means are the sample's own (plot densities; the change in t CO2e):
+    The stratum SDs and means are the sample's own (plot densities; the change in t CO2e),
+    and the areas the strata's expansion areas:
     how many plots, allocated by Neyman, the target precision needs, beside how many the
     sample has. A project developer reads it before the next measurement.
     """
@@ -345,4 +392,25 @@ def _plan(
     return rows
 
 
-STAGE = Stage(name="estimate", func=estimate, params=estimate_job, inputs=estimate_inputs)
+#: the columns of ``estimates/totals.csv`` the manifest records for every estimate
+RESULT_COLUMNS = (
+    "sample", "quantity", "unit", "estimator", "chosen", "total", "se", "df", "half_width",
+    "lower", "upper", "relative_efficiency", "map_total", "meets_target",
+)  # fmt: skip
+
+
+def estimate_results(outputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every estimator's result with its relative efficiency, for the manifest."""
+    table = outputs[ESTIMATES_RELPATH].loc[:, list(RESULT_COLUMNS)]
+    # NaN (no efficiency of the plot-only estimate against itself) as null
+    records: list[dict[str, Any]] = json.loads(table.to_json(orient="records", double_precision=15))
+    return records
+
+
+STAGE = Stage(
+    name="estimate",
+    func=estimate,
+    params=estimate_job,
+    inputs=estimate_inputs,
+    results=estimate_results,
+)
