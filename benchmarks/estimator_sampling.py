@@ -12,14 +12,19 @@ known truth. Here the population is a simulated region's true carbon density
 One draw, for each sample (``inventory``: the AOI's forest land; ``project``):
 
 1. in every stratum, ``n_h`` plot squares (the plots' area, axis-parallel like the
-   simulator's) with centres uniform over the positions whose whole square lies inside
-   the frame (overlaps allowed: at ~100 plots in thousands of hectares they are rare);
-2. a plot's true value is the true density averaged over its square with exact
-   fractional cell coverage (:func:`square_means`), plus a measurement error: zero-mean
+   simulator's; overlaps allowed: at ~100 plots in thousands of hectares they are rare)
+   placed as the design file says: where the stratum has a ``centre_area_ha`` (the
+   buffer method), centres uniform over the frame dilated by the square
+   (:func:`pipeline.simulate.sampling.centre_region`), and each plot sees only the frame's
+   part of its square; otherwise centres uniform over the positions whose whole square
+   lies inside the frame;
+2. a plot's true value is the true density (inside the frame, for the buffer method)
+   averaged over its square with exact fractional cell coverage (:func:`square_means`),
+   plus a measurement error: zero-mean
    normal with the plots stage's median relative SD (``carbon_sd_mg_ha / carbon_mg_ha`` of
    ``plots/plot_biomass.csv``), drawn independently at each epoch (the simulator draws
    its measurement errors per epoch; a shared allometric error would not be independent);
-   the map value at the plot is the map averaged over the same square;
+   the map value at the plot is the map averaged the same way;
 3. :func:`models.survey.totals.sample_totals`, the function the ``estimate`` stage runs,
    gives stock at each epoch and change by every estimator, with the maps' stratum means
    computed once, exactly, over the frames (:mod:`pipeline.zonal`);
@@ -27,13 +32,15 @@ One draw, for each sample (``inventory``: the AOI's forest land; ``project``):
 4. for the project, :func:`models.credits.credit_steps` turns each rule's change estimate
    into credits, with the estimate's Student-t half-width as the interval.
 
-The truth is the true total over each sample's population (the union of its frames).
+The truth is the true total over each sample's population (the union of its frames);
+stratum totals are the expansion area (``centre_area_ha``, else ``area_ha``) times the
+mean density per hectare of it, as in the ``estimate`` stage.
 Printed per sample, quantity and estimator: relative bias, relative RMSE, 90 % interval
 coverage with its Monte Carlo SE, mean relative half-width U, relative efficiency over
 the plot-only estimator (mean of the per-draw variance ratios, and the ratio of the
 empirical variances); for credits, how often they exceed the true net removals. The
-mean true density at the drawn squares against the frame's mean shows the edge effect
-of keeping squares inside the frames.
+mean true density at the drawn squares against the stratum's mean shows the edge effect
+of keeping squares inside the frames (and its absence under the buffer method).
 
 Plot squares are axis-parallel on a north-up grid, so their exact coverage of a cell is a
 product of two interval overlaps; :func:`square_means` computes that for all plots at
@@ -78,6 +85,7 @@ from models.survey.totals import (
 )
 from pipeline.config import load_config, region_config_path
 from pipeline.contracts import PLOT_BIOMASS_RELPATH, credits_job, map_relpath
+from pipeline.simulate.sampling import centre_region
 from pipeline.units import M2_PER_HA
 from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
 
@@ -94,6 +102,7 @@ class Stratum:
     """A stratum's sampling frame on the raster grid, its plot count and its true means."""
 
     name: str
+    #: the expansion area (ha): the centre region's under the buffer method, else the frame's
     area_ha: float
     n_plots: int
     #: the sampling frame (prepared for repeated containment tests)
@@ -103,9 +112,17 @@ class Stratum:
     cols: NDArray[np.int64]
     #: per cell: the square around any centre in it lies inside the frame
     interior: NDArray[np.bool_]
-    #: per epoch, the true and the map's mean density over the frame (exact coverage)
+    #: per epoch, the true and the map's total over the frame per hectare of ``area_ha``
     truth_mean: Mapping[str, float]
     map_mean: Mapping[str, float]
+    #: buffer method: the region of plot centres (prepared) and the frame's share of each
+    #: cell, by which the densities are multiplied; ``None`` when plots stay inside
+    centres: shapely.Geometry | None = None
+    share: NDArray[np.float64] | None = None
+
+    def masked(self, values: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``values`` as this stratum's plots see them."""
+        return values if self.share is None else values * self.share
 
 
 @dataclass(frozen=True)
@@ -152,10 +169,11 @@ def population(
     crs: str,
     plot_area_ha: float,
 ) -> Population:
-    """A sample's population from its frames (columns ``stratum``, ``area_ha``) and rasters.
+    """A sample's population from its frames (columns ``stratum``, ``area_ha`` and, for
+    the buffer method, ``centre_area_ha``) and rasters.
 
     ``truth`` and ``maps`` map each epoch, in time order, to a density array on the
-    north-up grid ``transform``; NaN counts as 0. Stratum means use the exact fractional
+    north-up grid ``transform``; NaN counts as 0. Stratum totals use the exact fractional
     cell coverage of the frame (:mod:`pipeline.zonal`).
     """
     truth = {e: np.nan_to_num(np.asarray(v, dtype=np.float64)) for e, v in truth.items()}
@@ -164,28 +182,40 @@ def population(
     half = math.sqrt(plot_area_ha * M2_PER_HA) / 2.0
     # a square centred anywhere in a cell stays within `reach` cells of it
     reach = math.ceil(half / abs(transform.a))
+    cell_ha = abs(transform.a * transform.e) / M2_PER_HA
     covs = coverage_cells(frames, transform=transform, shape=shape, crs=crs)
+    centre_area = frames.get("centre_area_ha", pd.Series(np.nan, index=frames.index))
     strata = []
-    for name, area, frame, cov in zip(
-        frames["stratum"], frames["area_ha"], frames.geometry, covs, strict=True
+    for name, area, centre_ha, frame, cov in zip(
+        frames["stratum"], frames["area_ha"], centre_area, frames.geometry, covs, strict=True
     ):
         full = np.zeros(shape, dtype=bool)
         full.reshape(-1)[cov.cell[cov.fraction >= 1.0]] = True
         inner = minimum_filter(full, size=2 * reach + 1, mode="constant", cval=False)
         shapely.prepare(frame)
-        n_cells = covered_fraction_sum(cov)
         rows, cols = np.divmod(cov.cell, shape[1])
+        centres, share, expansion = None, None, float(area)
+        if np.isfinite(centre_ha):
+            centres = centre_region(frame, half)
+            shapely.prepare(centres)
+            share = np.zeros(shape[0] * shape[1])
+            share[cov.cell] = cov.fraction
+            share = share.reshape(shape)
+            expansion = float(centre_ha)
+        per_ha = cell_ha / expansion
         strata.append(
             Stratum(
                 name=str(name),
-                area_ha=float(area),
+                area_ha=expansion,
                 n_plots=int(n_plots[str(name)]),
                 frame=frame,
                 rows=rows,
                 cols=cols,
                 interior=inner.reshape(-1)[cov.cell],
-                truth_mean={e: weighted_sum(cov, v) / n_cells for e, v in truth.items()},
-                map_mean={e: weighted_sum(cov, v) / n_cells for e, v in maps.items()},
+                truth_mean={e: weighted_sum(cov, v) * per_ha for e, v in truth.items()},
+                map_mean={e: weighted_sum(cov, v) * per_ha for e, v in maps.items()},
+                centres=centres,
+                share=share,
             )
         )
     return Population(tuple(strata), transform, half, truth, maps)
@@ -194,15 +224,25 @@ def population(
 def draw_centres(
     rng: np.random.Generator, stratum: Stratum, k: int, *, transform: Affine, half_side_m: float
 ) -> NDArray[np.float64]:
-    """``k`` plot centres (k, 2), uniform over the positions whose square fits in the frame.
+    """``k`` plot centres (k, 2), uniform over the stratum's centre region (buffer method)
+    or over the positions whose square fits in the frame.
 
-    Rejection sampling: a candidate is a uniform point in a uniformly chosen cell that the
-    frame touches (the cells have equal areas); it is kept at once in an interior cell,
-    and elsewhere when the frame contains its square.
+    Rejection sampling. Buffer method: a candidate is a uniform point of the region's
+    bounding box, kept when the region contains it. Otherwise a candidate is a uniform
+    point in a uniformly chosen cell that the frame touches (the cells have equal areas);
+    it is kept at once in an interior cell, and elsewhere when the frame contains its
+    square.
     """
     kept: list[NDArray[np.float64]] = []
     have = 0
     h = half_side_m
+    while stratum.centres is not None and have < k:
+        xmin, ymin, xmax, ymax = stratum.centres.bounds
+        batch = max(4 * (k - have), 1024)
+        x, y = rng.uniform(xmin, xmax, batch), rng.uniform(ymin, ymax, batch)
+        new = np.column_stack([x, y])[shapely.contains_xy(stratum.centres, x, y)][: k - have]
+        kept.append(new)
+        have += len(new)
     while have < k:
         batch = max(2 * (k - have), 1024)
         pick = rng.integers(0, stratum.interior.size, batch)
@@ -224,12 +264,11 @@ def draw_centres(
 def _overlaps(
     edge: NDArray[np.float64], width: float, n_cells: int
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    """Cells along one axis under ``[edge, edge + width]`` (cell units) and their overlaps."""
+    """Cells along one axis under ``[edge, edge + width]`` (cell units) and their overlaps;
+    beyond the raster (a buffer-method square past the edge) the overlap is 0."""
     index = np.floor(edge).astype(np.int64)[:, None] + np.arange(math.ceil(width) + 1)
     overlap = np.minimum(edge[:, None] + width, index + 1) - np.maximum(edge[:, None], index)
-    overlap = np.clip(overlap, 0.0, None)
-    if np.any((overlap > 0) & ((index < 0) | (index >= n_cells))):
-        raise ValueError("a plot square reaches beyond the raster; the frames must lie inside it")
+    overlap = np.where((index < 0) | (index >= n_cells), 0.0, np.clip(overlap, 0.0, None))
     return np.clip(index, 0, n_cells - 1), overlap
 
 
@@ -244,7 +283,8 @@ def square_means(
 
     On a north-up grid a square's coverage of a cell is the product of its overlaps with
     the cell's column and row, so the fractional-coverage mean is two small weight
-    vectors per square.
+    vectors per square. The mean is over the whole square: a part beyond the raster
+    counts as 0.
     """
     res_x, res_y = transform.a, -transform.e
     cols, wx = _overlaps(
@@ -259,7 +299,7 @@ def square_means(
     )
     cells = values[rows[:, :, None], cols[:, None, :]]
     total = np.einsum("ni,nj,nij->n", wy, wx, cells)
-    return total / (wy.sum(axis=1) * wx.sum(axis=1))
+    return total / ((2 * half_side_m / res_x) * (2 * half_side_m / res_y))
 
 
 def exact_square_means(
@@ -303,33 +343,33 @@ def run_draws(
 ) -> Draws:
     """Draw ``draws`` samples of the design from ``pop`` and estimate every total from each.
 
-    Plot values are the true square means times ``1 + plot_rel_sd x N(0, 1)``, drawn
-    independently per plot and epoch; the map values at plots are the map's square means.
+    Plot values are the true square means (of the density the stratum's plots see,
+    :meth:`Stratum.masked`) times ``1 + plot_rel_sd x N(0, 1)``, drawn independently per
+    plot and epoch; the map values at plots are the map's square means, seen alike.
     """
     design = pop.design()
-    xy = np.concatenate(
-        [
-            draw_centres(
-                rng, s, draws * s.n_plots, transform=pop.transform, half_side_m=pop.half_side_m
-            ).reshape(draws, s.n_plots, 2)
-            for s in pop.strata
-        ],
-        axis=1,
-    ).reshape(-1, 2)
+    xy = [
+        draw_centres(
+            rng, s, draws * s.n_plots, transform=pop.transform, half_side_m=pop.half_side_m
+        ).reshape(draws, s.n_plots, 2)
+        for s in pop.strata
+    ]
     shape = (draws, design.n_plots)
-    true = {
-        e: square_means(
-            pop.truth[e], xy, transform=pop.transform, half_side_m=pop.half_side_m
-        ).reshape(shape)
-        for e in pop.epochs
-    }
+
+    def at_squares(values: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Each draw's plot means of ``values`` (draws, plots), plots ordered by stratum."""
+        means = [
+            square_means(
+                s.masked(values), c.reshape(-1, 2), transform=pop.transform,
+                half_side_m=pop.half_side_m,
+            ).reshape(draws, s.n_plots)
+            for s, c in zip(pop.strata, xy, strict=True)
+        ]  # fmt: skip
+        return np.concatenate(means, axis=1)
+
+    true = {e: at_squares(pop.truth[e]) for e in pop.epochs}
     measured = {e: true[e] * (1.0 + plot_rel_sd * rng.standard_normal(shape)) for e in pop.epochs}
-    at_plots = {
-        e: square_means(
-            pop.maps[e], xy, transform=pop.transform, half_side_m=pop.half_side_m
-        ).reshape(shape)
-        for e in pop.epochs
-    }
+    at_plots = {e: at_squares(pop.maps[e]) for e in pop.epochs}
     map_mean = {e: np.array([s.map_mean[e] for s in pop.strata]) for e in pop.epochs}
     rows = []
     for d in range(draws):
