@@ -18,7 +18,8 @@ ones before it. Temporaries left by a killed run are removed at the start of the
 
 The manifest (DESIGN §3) holds the resolved config and its hash, the code version, key
 package versions, every input with its checksum (STAC items by id and href), every output
-with a content checksum, the seed, and each stage's wall time and peak memory.
+with a content checksum, the seed, each stage's wall time and peak memory, and the key
+figures of the stages that declare them (``results``: the survey totals).
 """
 
 from __future__ import annotations
@@ -395,6 +396,8 @@ class Runner:
                     }
                     for f in obj.get("features", [])
                 ]
+        if stage.results is not None:
+            manifest.setdefault("results", {})[stage.name] = stage.results(outputs)
         manifest["stages"][stage.name] = dataclasses.asdict(record)
         state = {
             "fingerprint": fingerprint,

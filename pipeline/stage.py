@@ -63,9 +63,14 @@ class Stage:
     inputs
         ``inputs(config, layout) -> {name: path or tuple of paths}``: every file the stage
         reads; their checksums are part of the fingerprint and go into the manifest.
+    results
+        Optional ``results(outputs) -> JSON-able``: the figures of the stage's outputs that
+        the manifest records under ``results.<stage>`` (e.g. the survey totals), so that a
+        verifier reads them beside the checksums.
     """
 
     name: str
     func: Callable[..., Mapping[str, Any]]
     params: Callable[[Config], Any]
     inputs: Callable[[Config, RunLayout], Mapping[str, InputSpec]]
+    results: Callable[[Mapping[str, Any]], Any] | None = None

@@ -20,6 +20,7 @@ import shapely
 from pipeline.cli import main
 from pipeline.contracts import (
     CREDITS_RELPATH,
+    ESTIMATES_RELPATH,
     PARCEL_SINK_CSV_RELPATH,
     PARCEL_SINK_GPKG_RELPATH,
     PLOT_BIOMASS_RELPATH,
@@ -65,6 +66,12 @@ def test_every_stage_ran_and_wrote_its_outputs(tiny_run):
         assert rel in manifest["outputs"], rel
     assert manifest["simulated"] is True
     assert manifest["stac_items"][items_relpath("2019")], "STAC item ids are listed"
+    # the survey totals are in the manifest as in estimates/totals.csv, every estimator
+    totals = pd.read_csv(run / ESTIMATES_RELPATH)
+    recorded = pd.DataFrame(manifest["results"]["estimate"])
+    assert len(recorded) == len(totals) > 0
+    assert np.allclose(recorded["total"], totals["total"], rtol=1e-12, atol=0)
+    assert set(recorded["estimator"]) == {"stratified", "difference", "greg"}
 
 
 def test_composite_matches_clear_sky_truth(tiny_run, tiny_data):
