@@ -37,6 +37,11 @@ from pipeline.errors import InputDataError
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
 
+#: encoding of every CSV the pipeline writes: UTF-8 with a byte-order mark, which Excel
+#: needs to recognise UTF-8 (without it, it decodes Chinese names with the system code
+#: page); readers use the same codec, which also reads plain UTF-8 and drops the mark
+CSV_ENCODING = "utf-8-sig"
+
 #: GDAL block cache (bytes) of the process that writes rasters. GDAL's default is 5% of
 #: RAM (1.2 GB on a 24 GB machine), and the writer would fill it with the dirty blocks of
 #: the whole raster and, in the COG conversion, with its source blocks and a swath as wide
@@ -123,10 +128,15 @@ def read_input(spec: Path | tuple[Path, ...], *, chunk_px: int) -> Any:
 
         return gpd.read_file(spec)
     if suffix == ".csv":
-        return pd.read_csv(spec)
+        return read_table(spec)
     if suffix == ".json":
         return json.loads(spec.read_text())
     return spec
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV table, UTF-8 with or without a byte-order mark (never part of a column name)."""
+    return pd.read_csv(path, encoding=CSV_ENCODING)
 
 
 def open_raster(path: Path, *, chunk_px: int = 1024) -> xr.DataArray:
@@ -324,7 +334,7 @@ def write_output(
             driver = "GeoJSON" if path.suffix.lower() == ".geojson" else "GPKG"
             obj.to_file(tmp, driver=driver, layer=path.stem if driver == "GPKG" else None)
         elif isinstance(obj, pd.DataFrame):
-            obj.to_csv(tmp, index=False)
+            obj.to_csv(tmp, index=False, encoding=CSV_ENCODING)
         elif isinstance(obj, dict | list):
             tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
         elif isinstance(obj, str):
@@ -389,7 +399,7 @@ def content_checksum(path: Path) -> str:
 
         return _table_checksum(gpd.read_file(path))
     if suffix == ".csv":
-        return _table_checksum(pd.read_csv(path))
+        return _table_checksum(read_table(path))
     if suffix == ".json":
         data = json.loads(path.read_text())
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
