@@ -13,7 +13,8 @@ the raster size, and the same code works with a remote cluster that shares no di
 
 Content checksums (:func:`content_checksum`) are what ``reproduce`` compares: for a raster
 a hash of its pixels, dtype, nodata, CRS and transform; for a table a hash of its rows
-(and geometries as WKB); for JSON its canonical form; otherwise the bytes. File metadata
+(and geometries as WKB); for a workbook (XLSX) the rows of every sheet, by sheet name;
+for JSON its canonical form; otherwise the bytes. File metadata
 such as GeoPackage timestamps therefore does not count as a difference.
 """
 
@@ -400,6 +401,13 @@ def content_checksum(path: Path) -> str:
         return _table_checksum(gpd.read_file(path))
     if suffix == ".csv":
         return _table_checksum(read_table(path))
+    if suffix == ".xlsx":
+        # the zip entries and document properties carry the time of writing
+        h = hashlib.sha256()
+        for name, sheet in pd.read_excel(path, sheet_name=None, engine="openpyxl").items():
+            h.update(json.dumps(name).encode())
+            h.update(_table_checksum(sheet).encode())
+        return h.hexdigest()
     if suffix == ".json":
         data = json.loads(path.read_text())
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
