@@ -196,8 +196,9 @@ def write_cog(
     """Write a georeferenced DataArray/Dataset as a COG, block by block, atomically.
 
     Every COG of the project (run outputs and the simulated demo data) is written here:
-    deflate with the predictor that suits the data type, 512 px blocks and nearest-
-    neighbour overviews (categorical bands stay categorical). Band names come from the
+    deflate with the predictor that suits the data type, 512 px blocks and overviews
+    resampled as :func:`overview_resampling` says (averages of continuous quantities,
+    nearest neighbour where a band holds classes or flags). Band names come from the
     ``band`` coordinate, units from ``attrs["units"]`` (one, or one per band), nodata
     from ``attrs``/``encoding`` (``nodata``, ``_FillValue``; ``None`` writes none; NaN
     for floats by default).
@@ -292,12 +293,32 @@ def write_cog(
                 PREDICTOR="YES",
                 BLOCKSIZE=block,
                 OVERVIEWS="AUTO",
-                RESAMPLING="NEAREST",
+                OVERVIEW_RESAMPLING=overview_resampling(arr_in),
                 NUM_THREADS=1,
             )
     finally:
         if stage_tmp.exists():
             stage_tmp.unlink()
+
+
+def overview_resampling(obj: xr.DataArray | xr.Dataset) -> str:
+    """GDAL resampling of a raster's overviews: ``AVERAGE``, or ``NEAREST`` when a band
+    holds classes or flags.
+
+    A band is categorical when its data type is an integer (the quality maps, class and
+    mask layers, QA bit fields) or when it declares CF flag values (``flag_values`` in its
+    attributes, as the forest carbon index's ``quality_flag`` does): averaging would
+    invent classes and bit patterns that are not in the data. Continuous bands (carbon,
+    SDs, sink, reflectance) get the mean of the cells they cover (nodata cells left out),
+    so an overview shows the same mean density as the full resolution.
+
+    GDAL's COG driver resamples all bands of a file alike, so a file that mixes both kinds
+    gets ``NEAREST``: a decimated continuous band is still a sample of true values, while
+    an averaged flag is not a flag.
+    """
+    variables = list(obj.data_vars.values()) if isinstance(obj, xr.Dataset) else [obj]
+    categorical = any(v.dtype.kind in "biu" or "flag_values" in v.attrs for v in variables)
+    return "NEAREST" if categorical else "AVERAGE"
 
 
 def _computed_blocks(
