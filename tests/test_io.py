@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import rasterio
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
@@ -40,13 +41,21 @@ def test_csv_starts_with_bom_and_round_trips_chinese_text(tmp_path: Path) -> Non
     pd.testing.assert_frame_equal(got, table)
 
 
-def test_csv_readers_get_clean_column_names_with_or_without_bom(tmp_path: Path) -> None:
+@pytest.fixture
+def bom_and_plain(tmp_path: Path) -> tuple[Path, Path]:
+    """The Chinese table written by the pipeline (with a BOM) and as plain UTF-8."""
+    with_bom, plain = tmp_path / "bom.csv", tmp_path / "plain.csv"
+    io.write_output(_chinese_table(), with_bom)
+    _chinese_table().to_csv(plain, index=False, encoding="utf-8")
+    return with_bom, plain
+
+
+def test_csv_readers_get_clean_column_names_with_or_without_bom(
+    bom_and_plain: tuple[Path, Path],
+) -> None:
     table = _chinese_table()
-    with_bom = tmp_path / "bom.csv"
-    io.write_output(table, with_bom)
-    plain = tmp_path / "plain.csv"
-    table.to_csv(plain, index=False, encoding="utf-8")
-    for path in (with_bom, plain):
+    with_bom, _ = bom_and_plain
+    for path in bom_and_plain:
         assert list(io.read_table(path).columns) == list(table.columns)
     # what Excel and other BOM-aware readers see (an independent reader: the csv module)
     with with_bom.open(encoding="utf-8-sig", newline="") as f:
@@ -55,12 +64,8 @@ def test_csv_readers_get_clean_column_names_with_or_without_bom(tmp_path: Path) 
     assert rows[1][1] == "将乐县万安镇 12 林班"
 
 
-def test_table_checksum_ignores_the_bom(tmp_path: Path) -> None:
-    table = _chinese_table()
-    with_bom = tmp_path / "bom.csv"
-    io.write_output(table, with_bom)
-    plain = tmp_path / "plain.csv"
-    table.to_csv(plain, index=False, encoding="utf-8")
+def test_table_checksum_ignores_the_bom(bom_and_plain: tuple[Path, Path]) -> None:
+    with_bom, plain = bom_and_plain
     assert with_bom.read_bytes() != plain.read_bytes()
     assert io.content_checksum(with_bom) == io.content_checksum(plain)
 
