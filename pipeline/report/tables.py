@@ -2,7 +2,8 @@
 
 A forestry bureau's staff open tables in Excel; the CSVs of the run folder open there too
 (UTF-8 with a byte-order mark, :data:`pipeline.io.CSV_ENCODING`), and this workbook holds
-the same rows in one file: the parcel table (``parcels/parcel_sink.csv``), the credit
+the same rows in one file: the parcel table (``parcels/parcel_sink.gpkg`` without its
+geometry: the rows and columns of ``parcels/parcel_sink.csv``), the credit
 calculation (``credits/credits.csv``), the survey totals (``estimates/totals.csv``) and the
 sample plan (``estimates/sample_plan.csv``). Column names are those of the CSVs, so the
 units are in the headers (``area_ha``, ``area_mu``, ``sink_tco2e_yr`` ...). Values are
