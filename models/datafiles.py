@@ -25,7 +25,8 @@ def data_text(name: str) -> str:
 def data_csv(name: str) -> pd.DataFrame:
     """``models/data/<name>`` as a table (empty cells are missing, ``NA`` is text)."""
     with resources.as_file(resources.files("models").joinpath("data", name)) as path:
-        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+        # utf-8-sig: a file saved from Excel starts with a byte-order mark
+        return pd.read_csv(path, encoding="utf-8-sig", keep_default_na=False, na_values=[""])
 
 
 @cache

@@ -26,7 +26,8 @@ The run folder (``outputs/<region>/`` by default)::
     parcels/parcel_sink.gpkg, .csv           parcels
     credits/credits.csv                      credits
     report/report.html,                      report
-      report/quicklooks/<name>.png
+      report/quicklooks/<name>.png,
+      report/tables.xlsx
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ PROJECT_SAMPLE = "project"
 CREDITS_RELPATH = "credits/credits.csv"
 
 REPORT_RELPATH = "report/report.html"
+#: the run's tables in one workbook, one sheet per table (:mod:`pipeline.report.tables`)
+TABLES_XLSX_RELPATH = "report/tables.xlsx"
 
 
 def items_relpath(epoch: str) -> str:

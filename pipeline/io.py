@@ -13,7 +13,8 @@ the raster size, and the same code works with a remote cluster that shares no di
 
 Content checksums (:func:`content_checksum`) are what ``reproduce`` compares: for a raster
 a hash of its pixels, dtype, nodata, CRS and transform; for a table a hash of its rows
-(and geometries as WKB); for JSON its canonical form; otherwise the bytes. File metadata
+(and geometries as WKB); for a workbook (XLSX) the rows of every sheet, by sheet name;
+for JSON its canonical form; otherwise the bytes. File metadata
 such as GeoPackage timestamps therefore does not count as a difference.
 """
 
@@ -36,6 +37,11 @@ import xarray as xr
 from pipeline.errors import InputDataError
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
+
+#: encoding of every CSV the pipeline writes: UTF-8 with a byte-order mark, which Excel
+#: needs to recognise UTF-8 (without it, it decodes Chinese names with the system code
+#: page); readers use the same codec, which also reads plain UTF-8 and drops the mark
+CSV_ENCODING = "utf-8-sig"
 
 #: GDAL block cache (bytes) of the process that writes rasters. GDAL's default is 5% of
 #: RAM (1.2 GB on a 24 GB machine), and the writer would fill it with the dirty blocks of
@@ -123,10 +129,15 @@ def read_input(spec: Path | tuple[Path, ...], *, chunk_px: int) -> Any:
 
         return gpd.read_file(spec)
     if suffix == ".csv":
-        return pd.read_csv(spec)
+        return read_table(spec)
     if suffix == ".json":
         return json.loads(spec.read_text())
     return spec
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV table, UTF-8 with or without a byte-order mark (never part of a column name)."""
+    return pd.read_csv(path, encoding=CSV_ENCODING)
 
 
 def open_raster(path: Path, *, chunk_px: int = 1024) -> xr.DataArray:
@@ -185,8 +196,9 @@ def write_cog(
     """Write a georeferenced DataArray/Dataset as a COG, block by block, atomically.
 
     Every COG of the project (run outputs and the simulated demo data) is written here:
-    deflate with the predictor that suits the data type, 512 px blocks and nearest-
-    neighbour overviews (categorical bands stay categorical). Band names come from the
+    deflate with the predictor that suits the data type, 512 px blocks and overviews
+    resampled as :func:`overview_resampling` says (averages of continuous quantities,
+    nearest neighbour where a band holds classes or flags). Band names come from the
     ``band`` coordinate, units from ``attrs["units"]`` (one, or one per band), nodata
     from ``attrs``/``encoding`` (``nodata``, ``_FillValue``; ``None`` writes none; NaN
     for floats by default).
@@ -281,12 +293,32 @@ def write_cog(
                 PREDICTOR="YES",
                 BLOCKSIZE=block,
                 OVERVIEWS="AUTO",
-                RESAMPLING="NEAREST",
+                OVERVIEW_RESAMPLING=overview_resampling(arr_in),
                 NUM_THREADS=1,
             )
     finally:
         if stage_tmp.exists():
             stage_tmp.unlink()
+
+
+def overview_resampling(obj: xr.DataArray | xr.Dataset) -> str:
+    """GDAL resampling of a raster's overviews: ``AVERAGE``, or ``NEAREST`` when a band
+    holds classes or flags.
+
+    A band is categorical when its data type is an integer (the quality maps, class and
+    mask layers, QA bit fields) or when it declares CF flag values (``flag_values`` in its
+    attributes, as the forest carbon index's ``quality_flag`` does): averaging would
+    invent classes and bit patterns that are not in the data. Continuous bands (carbon,
+    SDs, sink, reflectance) get the mean of the cells they cover (nodata cells left out),
+    so an overview shows the same mean density as the full resolution.
+
+    GDAL's COG driver resamples all bands of a file alike, so a file that mixes both kinds
+    gets ``NEAREST``: a decimated continuous band is still a sample of true values, while
+    an averaged flag is not a flag.
+    """
+    variables = list(obj.data_vars.values()) if isinstance(obj, xr.Dataset) else [obj]
+    categorical = any(v.dtype.kind in "biu" or "flag_values" in v.attrs for v in variables)
+    return "NEAREST" if categorical else "AVERAGE"
 
 
 def _computed_blocks(
@@ -324,7 +356,7 @@ def write_output(
             driver = "GeoJSON" if path.suffix.lower() == ".geojson" else "GPKG"
             obj.to_file(tmp, driver=driver, layer=path.stem if driver == "GPKG" else None)
         elif isinstance(obj, pd.DataFrame):
-            obj.to_csv(tmp, index=False)
+            obj.to_csv(tmp, index=False, encoding=CSV_ENCODING)
         elif isinstance(obj, dict | list):
             tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
         elif isinstance(obj, str):
@@ -389,7 +421,14 @@ def content_checksum(path: Path) -> str:
 
         return _table_checksum(gpd.read_file(path))
     if suffix == ".csv":
-        return _table_checksum(pd.read_csv(path))
+        return _table_checksum(read_table(path))
+    if suffix == ".xlsx":
+        # the zip entries and document properties carry the time of writing
+        h = hashlib.sha256()
+        for name, sheet in pd.read_excel(path, sheet_name=None, engine="openpyxl").items():
+            h.update(json.dumps(name).encode())
+            h.update(_table_checksum(sheet).encode())
+        return h.hexdigest()
     if suffix == ".json":
         data = json.loads(path.read_text())
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

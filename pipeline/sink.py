@@ -269,6 +269,10 @@ def forest_carbon_index(
     }
     for name, unit in units.items():
         ds[name].attrs = {"units": unit, "_FillValue": np.float32(np.nan)}
+    # CF flag attributes: the writer keeps flag bands out of averaged overviews
+    ds["quality_flag"].attrs.update(
+        flag_values=[0, 1, 2], flag_meanings="no_estimate stock_only stock_and_sink"
+    )
     _copy_spatial_ref(carbon_end, ds)
     return ds
 

@@ -6,12 +6,17 @@ kernels cross chunk edges, and on Dask it must stay lazy. xarray-spatial tests e
 its operations this way on both backends; :func:`assert_numpy_equals_dask` is our
 version, :func:`dask_chunked` makes the Dask-backed inputs and
 :func:`assert_same_result` compares two results of any shape the operations return.
+
+:func:`assert_workbook_matches_csvs` checks an XLSX workbook cell by cell against CSVs.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -136,3 +141,34 @@ def assert_numpy_equals_dask(
             assert isinstance(_backing(leaf), da.Array), "the Dask result was computed"
     assert_same_result(got, want, rtol=rtol, atol=atol)
     return want
+
+
+def assert_workbook_matches_csvs(xlsx: Path, csvs: Mapping[str, Path]) -> None:
+    """Each sheet of ``xlsx`` (in order) holds its CSV's header and rows, number for number
+    (to the 16 significant digits a workbook holds).
+
+    The workbook is read with openpyxl and the CSVs with the csv module as Excel decodes
+    them (``utf-8-sig``), so neither side goes through the pipeline's pandas readers.
+    """
+    from openpyxl import load_workbook
+
+    wb = load_workbook(xlsx, read_only=True, data_only=True)
+    assert wb.sheetnames == list(csvs)
+    for sheet, path in csvs.items():
+        got = list(wb[sheet].iter_rows(values_only=True))
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            want = list(csv.reader(f))
+        assert list(got[0]) == want[0], sheet
+        assert len(got) == len(want) > 1, sheet
+        for i, (got_row, want_row) in enumerate(zip(got[1:], want[1:], strict=True)):
+            for name, cell, text in zip(want[0], got_row, want_row, strict=True):
+                where = (sheet, i, name)
+                if text == "":
+                    assert cell is None, where
+                elif isinstance(cell, bool):
+                    assert str(cell) == text, where
+                elif isinstance(cell, int | float):
+                    # openpyxl writes 16 significant digits ("%.16g"; Excel shows 15)
+                    assert math.isclose(cell, float(text), rel_tol=1e-15, abs_tol=0.0), where
+                else:
+                    assert cell == text, where  # text, and inf written as "inf"

@@ -199,6 +199,12 @@ def test_credits_stage_on_a_uniform_sink():
     )
     assert list(table["scope"])[-1] == "project (credited)"
     assert total["estimator"] == "map_sum_correlated_bound"
+    # areas in 亩 beside ha: A = 5000 m2 / (6000/9 m2 per 亩) = 7.5 亩, B = 1.5 亩
+    cols = list(table.columns)
+    assert cols[cols.index("area_ha") + 1] == "area_mu"
+    assert rows.loc["A", "area_mu"] == pytest.approx(5000 / (6000 / 9), rel=1e-12)
+    assert rows.loc["B", "area_mu"] == pytest.approx(1000 / (6000 / 9), rel=1e-12)
+    assert total["area_mu"] == pytest.approx(9.0, rel=1e-12)
 
 
 #: one project parcel of 0.5 ha with a stated baseline of 2 t CO2e/ha/yr

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import rasterio
 import shapely
+from helpers import assert_workbook_matches_csvs
 
 from pipeline.cli import main
 from pipeline.contracts import (
@@ -25,7 +26,9 @@ from pipeline.contracts import (
     PARCEL_SINK_GPKG_RELPATH,
     PLOT_BIOMASS_RELPATH,
     REPORT_RELPATH,
+    SAMPLE_PLAN_RELPATH,
     SINK_RELPATH,
+    TABLES_XLSX_RELPATH,
     composite_relpath,
     items_relpath,
     map_relpath,
@@ -141,3 +144,25 @@ def test_second_run_skips_and_reproduce_is_identical(tiny_run, capsys):
     assert "different" not in printed and "missing" not in printed
     verdicts = [line.split()[0] for line in printed.splitlines()[:-1]]
     assert verdicts == ["identical"] * len(manifest["outputs"])
+
+
+def test_bureau_tables_open_in_excel(tiny_run):
+    """The CSVs start with a byte-order mark (Excel reads them as UTF-8), plain UTF-8
+    readers get clean column names, areas come in ha and 亩, and the workbook holds the
+    CSVs' numbers."""
+    _, run = tiny_run
+    csvs = {
+        "parcels": run / PARCEL_SINK_CSV_RELPATH,
+        "credits": run / CREDITS_RELPATH,
+        "estimates": run / ESTIMATES_RELPATH,
+        "sample_plan": run / SAMPLE_PLAN_RELPATH,
+    }
+    for path in csvs.values():
+        assert path.read_bytes()[:3] == b"\xef\xbb\xbf", path
+        assert pd.read_csv(path, encoding="utf-8").columns[0] in {"parcel_id", "sample"}
+    for rel in (PARCEL_SINK_CSV_RELPATH, CREDITS_RELPATH):
+        table = pd.read_csv(run / rel, encoding="utf-8-sig")
+        for ha in [c for c in table.columns if c.endswith("_ha") and "area" in c]:
+            mu = table[ha.removesuffix("_ha") + "_mu"]
+            np.testing.assert_allclose(mu, table[ha] * 10_000 / (6000 / 9), rtol=1e-12)
+    assert_workbook_matches_csvs(run / TABLES_XLSX_RELPATH, csvs)

@@ -172,6 +172,16 @@ def test_stage_returns_gpkg_and_csv_tables():
     assert "geometry" not in csv.columns
     assert list(csv["parcel_id"]) == list(gdf["parcel_id"])
     assert {"mean_quality_2024", "lidar_share", "sink_lo_tco2e_yr"} <= set(csv.columns)
+    # every area in ha has its 亩 (666.67 m2 = 6000/9 m2) right after it, in both tables
+    for table in (gdf, csv):
+        cols = list(table.columns)
+        for ha in ("area_grid_ha", "forest_area_ha"):
+            mu = ha.removesuffix("_ha") + "_mu"
+            assert cols[cols.index(ha) + 1] == mu
+            np.testing.assert_allclose(table[mu], table[ha] * 10_000 / (6000 / 9), rtol=1e-12)
+    # rates per hectare are not areas
+    assert "sink_tco2e_mu_yr" not in csv.columns
+    assert gdf.attrs["epochs"] == ["2019", "2024"]
 
 
 def test_duplicate_parcel_ids_are_reported():

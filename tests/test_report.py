@@ -18,12 +18,21 @@ import pandas as pd
 import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
+from helpers import assert_workbook_matches_csvs
 from shapely.geometry import LineString, box
 from shapely.ops import split
 
 from models.credits import load_methodology
+from pipeline import io
 from pipeline.config import ReportParams, SinkParams
-from pipeline.contracts import REPORT_RELPATH, TOTAL_ID, CreditsJob, SinkJob, quicklook_relpath
+from pipeline.contracts import (
+    REPORT_RELPATH,
+    TABLES_XLSX_RELPATH,
+    TOTAL_ID,
+    CreditsJob,
+    SinkJob,
+    quicklook_relpath,
+)
 from pipeline.report.build import ReportJob
 from pipeline.sink import stock_change_sink
 from pipeline.stages.credits import credits_table
@@ -173,7 +182,7 @@ def test_report_content_and_quicklooks(report_inputs):
     assert isinstance(html, str)
     assert 'id="simulated-banner"' in html
     assert "ab" * 32 in html
-    names = {k for k in out if k != REPORT_RELPATH}
+    names = {k for k in out if k not in {REPORT_RELPATH, TABLES_XLSX_RELPATH}}
     assert names == {
         quicklook_relpath(n)
         for n in ("rgb", "chm", "agb", "carbon", "sink", "sink_sd", "parcels",
@@ -197,12 +206,60 @@ def test_report_content_and_quicklooks(report_inputs):
     assert "9 scenes" in html and "2 tiles" in html
 
 
-def test_report_is_byte_identical_on_rerun(report_inputs):
+def test_report_is_byte_identical_on_rerun(report_inputs, tmp_path):
     first, second = run_report(report_inputs), run_report(report_inputs)
     assert first.keys() == second.keys()
-    for key in first:
+    for key in first.keys() - {TABLES_XLSX_RELPATH}:
         assert first[key] == second[key], key
+    # the workbook's container is time-stamped: its cells are what must not change
+    sums = []
+    for n, out in enumerate((first, second)):
+        path = tmp_path / f"{n}.xlsx"
+        path.write_bytes(out[TABLES_XLSX_RELPATH])
+        sums.append(io.content_checksum(path))
+    assert sums[0] == sums[1]
     assert not re.search(r"20\d\d-\d\d-\d\dT\d\d:\d\d", first[REPORT_RELPATH])
+
+
+def test_tables_workbook_holds_the_csvs_numbers(report_inputs, tmp_path):
+    """Write the tables as the runner does, read them back, build the workbook and
+    compare every sheet with its CSV (Chinese text and empty cells included)."""
+    parcel_sink = report_inputs["parcel_sink"].copy()
+    parcel_sink["name"] = [f"万安镇 {i} 小班" for i in range(len(parcel_sink))]
+    tables = {
+        "parcels": parcel_sink,
+        "credits": report_inputs["credits"],
+        # one row per kind of column of the estimate stage's tables (text, flags, floats,
+        # integers, empty cells)
+        "estimates": pd.DataFrame(
+            {"sample": ["project"], "quantity": ["change_2019_2024"], "unit": ["Mg C"],
+             "estimator": ["stratified"], "chosen": [True], "total": [1234.5678901234567],
+             "se": [98.7], "df": [5.0], "confidence": [0.9], "half_width": [198.9],
+             "lower": [1035.6678901234567], "upper": [1433.4678901234567],
+             "relative_half_width": [0.161], "mean_per_ha": [39.6], "area_ha": [31.2],
+             "n_plots": [6], "relative_efficiency": [1.0], "map_total": [1200.0],
+             "meets_target": [False], "note": [None]}
+        ),
+        "sample_plan": pd.DataFrame(
+            {"sample": ["project"], "quantity": ["stock_2024"], "stratum": ["杉木"],
+             "area_ha": [31.2], "n_plots": [6], "sd_per_ha": [12.5], "mean_per_ha": [39.6],
+             "target_relative_half_width": [0.1], "confidence": [0.9], "n_required": [9],
+             "plots_required": [3]}
+        ),
+    }  # fmt: skip
+    read_back = {}
+    for name, table in tables.items():
+        if name == "parcels":  # the runner writes the GeoPackage and a CSV without geometry
+            io.write_output(table, tmp_path / "parcels.gpkg")
+            io.write_output(pd.DataFrame(table.drop(columns="geometry")), tmp_path / "parcels.csv")
+            read_back["parcel_sink"] = io.read_input(tmp_path / "parcels.gpkg", chunk_px=256)
+        else:
+            io.write_output(table, tmp_path / f"{name}.csv")
+            read_back[name] = io.read_input(tmp_path / f"{name}.csv", chunk_px=256)
+    out = run_report({**report_inputs, **read_back})
+    xlsx = tmp_path / "tables.xlsx"
+    io.write_output(out[TABLES_XLSX_RELPATH], xlsx)
+    assert_workbook_matches_csvs(xlsx, {n: tmp_path / f"{n}.csv" for n in tables})
 
 
 def test_report_renders_in_headless_chromium(report_inputs, tmp_path):

@@ -61,7 +61,7 @@ from pipeline.contracts import (
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sink import as_band, named_band
 from pipeline.stage import Stage
-from pipeline.units import M2_PER_HA
+from pipeline.units import M2_PER_HA, with_mu_areas
 from pipeline.zonal import coverage_cells, weighted_sum
 
 
@@ -228,7 +228,8 @@ def credits_stage(
     estimates: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The ``credits`` stage: ``credits/credits.csv``."""
-    return {CREDITS_RELPATH: credits_table(job, sink=sink, project=project, estimates=estimates)}
+    table = credits_table(job, sink=sink, project=project, estimates=estimates)
+    return {CREDITS_RELPATH: with_mu_areas(table)}
 
 
 STAGE = Stage(name="credits", func=credits_stage, params=credits_job, inputs=credits_inputs)

@@ -80,7 +80,7 @@ from pipeline.sink import (
     support_sd_band,
 )
 from pipeline.stage import Stage
-from pipeline.units import M2_PER_HA
+from pipeline.units import M2_PER_HA, with_mu_areas
 from pipeline.zonal import Coverage, coverage_cells, covered_fraction_sum, weighted_sum
 
 LIDAR_FRACTION_BAND = "lidar_fraction"
@@ -243,6 +243,7 @@ def parcels_stage(
         quality_end=quality_end,
         lidar_metrics=lidar_metrics,
     )
+    table = with_mu_areas(table)
     csv = pd.DataFrame(table.drop(columns=table.geometry.name))
     return {PARCEL_SINK_GPKG_RELPATH: table, PARCEL_SINK_CSV_RELPATH: csv}
 

@@ -1,10 +1,11 @@
-"""Stage ``report``: one self-contained ``report/report.html`` plus PNG quicklooks.
+"""Stage ``report``: one self-contained ``report/report.html`` plus PNG quicklooks, and the
+run's tables in one workbook, ``report/tables.xlsx`` (:mod:`pipeline.report.tables`).
 
 Assembly, and the report's parameters (:class:`~pipeline.report.build.ReportJob`), are
 in :mod:`pipeline.report.build` (maps, model diagnostics, per-parcel table,
 credit calculation step by step with parameter sources, data inventory, config hash, a
 banner when the inputs are simulated). Output is deterministic: rerunning on the same
-inputs writes the same bytes.
+inputs writes the same bytes (the workbook: the same cells; its container is time-stamped).
 
 Signatures
 ----------
@@ -12,7 +13,8 @@ Signatures
     title, region, ``simulated`` flag, config sha256, the resolved sink and credits jobs.
 ``report_inputs(config, layout) -> {name: Path}``
     required: ``sink`` = ``rasters/sink.tif``, ``parcel_sink`` =
-    ``parcels/parcel_sink.gpkg``, ``credits`` = ``credits/credits.csv``; used when present:
+    ``parcels/parcel_sink.gpkg``, ``credits`` = ``credits/credits.csv``, ``estimates`` =
+    ``estimates/totals.csv``, ``sample_plan`` = ``estimates/sample_plan.csv``; used when present:
     ``composite`` = ``composites/<end epoch>.tif``, ``chm`` = ``lidar/chm.tif``, ``agb`` /
     ``carbon`` = ``rasters/agb_<end>.tif`` / ``rasters/carbon_<end>.tif``, ``model_card`` =
     ``model/model_card.json``, ``plot_features`` = ``model/plot_features.csv``,
@@ -20,7 +22,9 @@ Signatures
     ``lidar/tiles.csv``, ``plot_biomass`` = ``plots/plot_biomass.csv``.
 ``report_stage(job, *, sink, parcel_sink, credits, **optional) -> {relpath: str | bytes}``
     ``report/report.html`` and ``report/quicklooks/<name>.png`` (rgb, chm, agb, carbon,
-    sink, sink_sd, parcels, observed_vs_predicted, residuals; those whose inputs exist).
+    sink, sink_sd, parcels, observed_vs_predicted, residuals; those whose inputs exist),
+    and ``report/tables.xlsx`` (sheets parcels, credits, estimates, sample_plan; those
+    given).
 
 Run: ``forest-carbon run --region nanping --stages report`` or ``forest-carbon report``.
 """
@@ -30,6 +34,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from pipeline.config import Config
 from pipeline.contracts import (
@@ -42,7 +48,9 @@ from pipeline.contracts import (
     PLOT_BIOMASS_RELPATH,
     PLOT_FEATURES_RELPATH,
     REPORT_RELPATH,
+    SAMPLE_PLAN_RELPATH,
     SINK_RELPATH,
+    TABLES_XLSX_RELPATH,
     RunLayout,
     composite_relpath,
     credits_job,
@@ -52,6 +60,7 @@ from pipeline.contracts import (
     resolve_correlation,
 )
 from pipeline.report.build import ReportJob, build_report
+from pipeline.report.tables import SHEETS, tables_workbook
 from pipeline.stage import Stage
 
 
@@ -78,6 +87,7 @@ def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         "parcel_sink": layout.path(PARCEL_SINK_GPKG_RELPATH),
         "credits": layout.path(CREDITS_RELPATH),
         "estimates": layout.path(ESTIMATES_RELPATH),
+        "sample_plan": layout.path(SAMPLE_PLAN_RELPATH),
     }
     optional = {
         "composite": layout.path(composite_relpath(sj.epoch_end)),
@@ -100,6 +110,7 @@ def report_stage(
     model_card: dict[str, Any] | None = None,
     items_start: dict[str, Any] | None = None,
     items_end: dict[str, Any] | None = None,
+    sample_plan: pd.DataFrame | None = None,
     **inputs: Any,
 ) -> dict[str, str | bytes]:
     """The ``report`` stage: the inputs of :func:`report_inputs`, by name, into
@@ -115,6 +126,10 @@ def report_stage(
     out: dict[str, str | bytes] = {REPORT_RELPATH: html}
     for name, png in quicklooks.items():
         out[quicklook_relpath(name)] = png
+    tables = {**inputs, "sample_plan": sample_plan}
+    out[TABLES_XLSX_RELPATH] = tables_workbook(
+        {sheet: tables[name] for name, sheet in SHEETS.items() if tables.get(name) is not None}
+    )
     return out
 
 

@@ -1,0 +1,140 @@
+"""The one writer and reader of run files (:mod:`pipeline.io`): CSV encoding for Excel,
+content checksums, COG overviews (averaged for continuous bands, nearest for classes)."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+
+from pipeline import io
+
+
+def _chinese_table() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "parcel_id": ["P1", "P2"],
+            "parcel_name": ["将乐县万安镇 12 林班", "顺昌县 3 小班"],
+            "species": ["杉木", "马尾松"],
+            "area_ha": [1.5, 2.25],
+        }
+    )
+
+
+def test_csv_starts_with_bom_and_round_trips_chinese_text(tmp_path: Path) -> None:
+    table = _chinese_table()
+    path = tmp_path / "t.csv"
+    io.write_output(table, path)
+    raw = path.read_bytes()
+    assert raw.startswith(codecs.BOM_UTF8)
+    assert not raw[3:].startswith(codecs.BOM_UTF8)
+    got = io.read_input(path, chunk_px=256)
+    assert list(got.columns) == list(table.columns)
+    pd.testing.assert_frame_equal(got, table)
+
+
+@pytest.fixture
+def bom_and_plain(tmp_path: Path) -> tuple[Path, Path]:
+    """The Chinese table written by the pipeline (with a BOM) and as plain UTF-8."""
+    with_bom, plain = tmp_path / "bom.csv", tmp_path / "plain.csv"
+    io.write_output(_chinese_table(), with_bom)
+    _chinese_table().to_csv(plain, index=False, encoding="utf-8")
+    return with_bom, plain
+
+
+def test_csv_readers_get_clean_column_names_with_or_without_bom(
+    bom_and_plain: tuple[Path, Path],
+) -> None:
+    table = _chinese_table()
+    with_bom, _ = bom_and_plain
+    for path in bom_and_plain:
+        assert list(io.read_table(path).columns) == list(table.columns)
+    # what Excel and other BOM-aware readers see (an independent reader: the csv module)
+    with with_bom.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == list(table.columns)
+    assert rows[1][1] == "将乐县万安镇 12 林班"
+
+
+def test_table_checksum_ignores_the_bom(bom_and_plain: tuple[Path, Path]) -> None:
+    with_bom, plain = bom_and_plain
+    assert with_bom.read_bytes() != plain.read_bytes()
+    assert io.content_checksum(with_bom) == io.content_checksum(plain)
+
+
+# --------------------------------------------------------------------------- overviews
+
+#: 1024 px: one overview level (2x) below the COG's 512 px blocks
+SIZE = 1024
+
+
+def _raster(values: np.ndarray, band: list[str], *, nodata: float | None) -> xr.DataArray:
+    da = xr.DataArray(
+        values,
+        dims=("band", "y", "x"),
+        coords={
+            "band": band,
+            "y": 3_000_000 - 10.0 * (np.arange(SIZE) + 0.5),
+            "x": 500_000 + 10.0 * (np.arange(SIZE) + 0.5),
+        },
+    )
+    if nodata is not None:
+        da.attrs["_FillValue"] = nodata
+    return da.rio.write_crs("EPSG:32650")
+
+
+def _overview(path: Path) -> np.ndarray:
+    """The 2x overview GDAL stored (read at its size, which GDAL serves from it)."""
+    with rasterio.open(path) as src:
+        assert src.overviews(1) == [2]
+        return src.read(out_shape=(src.count, SIZE // 2, SIZE // 2))
+
+
+def test_continuous_overview_is_the_block_mean(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    carbon = rng.gamma(4.0, 20.0, size=(1, SIZE, SIZE)).astype(np.float32)
+    carbon[0, :6, :6] = np.nan  # non-forest: left out of the means
+    carbon[0, 10, 11] = np.nan  # one cell of a 2 x 2 block
+    path = tmp_path / "carbon.tif"
+    io.write_cog(_raster(carbon, ["carbon"], nodata=float("nan")), path)
+    got = _overview(path)
+    blocks = carbon[0].astype(np.float64).reshape(SIZE // 2, 2, SIZE // 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        want = np.nanmean(blocks, axis=(1, 3))
+    assert np.isnan(got[0, :3, :3]).all()
+    three = carbon[0, 10:12, 10:12].ravel()[[0, 2, 3]]  # the block's valid cells
+    np.testing.assert_allclose(got[0, 5, 5], three.astype(np.float64).mean(), rtol=1e-6)
+    np.testing.assert_allclose(got[0], want, rtol=1e-6)
+    # nearest neighbour would hold only values of the full resolution
+    assert not np.isin(got[0, 3:, 3:], carbon).all()
+
+
+def test_categorical_overviews_hold_only_values_of_the_data(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    classes = rng.choice(np.array([0, 3, 7], dtype=np.int16), size=(1, SIZE, SIZE))
+    path = tmp_path / "quality.tif"
+    io.write_cog(_raster(classes, ["model_source"], nodata=-1), path)
+    got = _overview(path)
+    assert set(np.unique(got)) <= {0, 3, 7}
+
+    # a float flag band declared with CF flag_values, in a file with continuous bands
+    flag = rng.choice(np.array([0.0, 1.0, 2.0], dtype=np.float32), size=(SIZE, SIZE))
+    sink = rng.normal(2.0, 1.0, size=(SIZE, SIZE)).astype(np.float32)
+    index = _raster(np.stack([sink, flag]), ["sink", "quality_flag"], nodata=float("nan"))
+    ds = index.to_dataset(dim="band")
+    ds["quality_flag"].attrs["flag_values"] = [0, 1, 2]
+    assert io.overview_resampling(ds) == "NEAREST"
+    assert io.overview_resampling(ds[["sink"]]) == "AVERAGE"
+    path = tmp_path / "index.tif"
+    io.write_cog(ds, path)
+    got = _overview(path)
+    assert set(np.unique(got[1])) <= {0.0, 1.0, 2.0}
