@@ -9,6 +9,7 @@ report package, the commands or the tests use.
 The run folder (``outputs/<region>/`` by default)::
 
     manifest.json, .state/<stage>.json       the runner's records
+    catalog.json, stac/<item>.json           the runner: the outputs as a STAC catalog
     items/<epoch>.json, items/terrain.json   acquire: frozen STAC items (terrain: the DEM)
     pinned/items/<epoch>.json                reproduce: the recorded items, never searched
     composites/<epoch>.tif, terrain.tif,     composite
@@ -27,6 +28,7 @@ The run folder (``outputs/<region>/`` by default)::
     credits/credits.csv                      credits
     report/report.html,                      report
       report/quicklooks/<name>.png
+    rasters/*.qml, parcels/*.qml             styles: QGIS layer styles beside their layers
 """
 
 from __future__ import annotations
@@ -108,6 +110,29 @@ def quicklook_relpath(name: str) -> str:
     return f"report/quicklooks/{name}.png"
 
 
+#: suffix of the QGIS layer styles
+STYLE_SUFFIX = ".qml"
+
+
+def style_relpath(layer_relpath: str, band: str | None = None) -> str:
+    """The QGIS style of a layer, beside it: ``rasters/sink.qml`` (QGIS loads a ``.qml``
+    of the layer's name as its default style) or, for a further band of the same layer,
+    ``rasters/sink.<band>.qml`` (loaded by hand)."""
+    stem = Path(layer_relpath).with_suffix("")
+    return f"{stem}{'' if band is None else '.' + band}{STYLE_SUFFIX}"
+
+
+def styled_layer(style: str, layers: Sequence[str]) -> tuple[str, str | None] | None:
+    """The layer among ``layers`` that :func:`style_relpath` named ``style`` after, and the
+    band (``None`` for the default style); ``None`` when no layer matches."""
+    path = Path(style)
+    name, _, band = path.name.removesuffix(STYLE_SUFFIX).partition(".")
+    for layer in layers:
+        if not layer.endswith(STYLE_SUFFIX) and Path(layer).with_suffix("") == path.parent / name:
+            return layer, band or None
+    return None
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Paths of a run folder (``outputs/<region>/`` by default)."""
@@ -121,6 +146,16 @@ class RunLayout:
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.json"
+
+    @property
+    def catalog(self) -> Path:
+        """The run's STAC catalog, rebuilt from the manifest (:mod:`pipeline.run_catalog`)."""
+        return self.root / "catalog.json"
+
+    @property
+    def catalog_items_dir(self) -> Path:
+        """Where the catalog's items go, one ``<item id>.json`` per output."""
+        return self.root / "stac"
 
     @property
     def state_dir(self) -> Path:
