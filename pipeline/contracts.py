@@ -112,6 +112,8 @@ def quicklook_relpath(name: str) -> str:
 
 #: suffix of the QGIS layer styles
 STYLE_SUFFIX = ".qml"
+#: files a style can belong to: rasters and vector layers
+STYLED_SUFFIXES = io.RASTER_SUFFIXES | io.VECTOR_SUFFIXES
 
 
 def style_relpath(layer_relpath: str, band: str | None = None) -> str:
@@ -123,12 +125,14 @@ def style_relpath(layer_relpath: str, band: str | None = None) -> str:
 
 
 def styled_layer(style: str, layers: Sequence[str]) -> tuple[str, str | None] | None:
-    """The layer among ``layers`` that :func:`style_relpath` named ``style`` after, and the
-    band (``None`` for the default style); ``None`` when no layer matches."""
+    """The raster or vector layer among ``layers`` that :func:`style_relpath` named
+    ``style`` after, and the band (``None`` for the default style); ``None`` when no layer
+    matches (``parcels/parcel_sink.qml`` styles the GeoPackage, not the CSV beside it)."""
     path = Path(style)
     name, _, band = path.name.removesuffix(STYLE_SUFFIX).partition(".")
     for layer in layers:
-        if not layer.endswith(STYLE_SUFFIX) and Path(layer).with_suffix("") == path.parent / name:
+        p = Path(layer)
+        if p.suffix.lower() in STYLED_SUFFIXES and p.with_suffix("") == path.parent / name:
             return layer, band or None
     return None
 

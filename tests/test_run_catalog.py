@@ -1,8 +1,9 @@
 """The run folder's STAC catalog (pipeline.run_catalog) on the toy pipeline.
 
 Offline, ``catalog.validate_all()`` checks every object against the STAC 1.1 core schemas
-pystac bundles; the extensions' schemas are only online (the last test uses them when
-their host answers). The extension fields are checked here against rasterio instead.
+pystac bundles (:mod:`run_folder_checks`); the extensions' schemas are only online (the
+last test uses them when their host answers). The extension fields are checked here
+against rasterio instead.
 """
 
 from __future__ import annotations
@@ -17,29 +18,12 @@ import rasterio
 import toy_stages
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterExtension
-from pystac.validation import RegisteredValidator, set_validator
-from pystac.validation.stac_validator import JsonSchemaSTACValidator
+from run_folder_checks import check_catalog, offline_validation
 
 from pipeline.config import load_config
 from pipeline.contracts import RunLayout, style_relpath, styled_layer
 from pipeline.run_catalog import PREFIX, item_id, write_catalog
 from pipeline.runner import Runner, RunOptions
-
-
-class CoreSchemaValidator(JsonSchemaSTACValidator):
-    """pystac's validator on the core schemas it bundles; extension schemas are skipped
-    (they are fetched from their URLs, which an offline machine cannot reach)."""
-
-    def validate_extension(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
-@pytest.fixture
-def offline_validation():
-    previous = RegisteredValidator.get_validator()
-    set_validator(CoreSchemaValidator())
-    yield
-    set_validator(previous)
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +35,11 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return Path(config.output_dir), manifest
 
 
-def test_catalog_validates_and_holds_every_output_with_its_checksums(toy_run, offline_validation):
+def test_catalog_validates_and_holds_every_output_with_its_checksums(toy_run):
     run, manifest = toy_run
-    catalog = pystac.Catalog.from_file(str(run / "catalog.json"))
-    assert catalog.validate_all() == len(manifest["outputs"])
+    catalog = check_catalog(run)
+    with offline_validation():
+        assert catalog.validate_all() == len(manifest["outputs"])
     items = {item.id: item for item in catalog.get_items()}
     assert set(items) == {item_id(rel) for rel in manifest["outputs"]}
     for rel, record in manifest["outputs"].items():
@@ -114,6 +99,7 @@ def test_a_style_becomes_an_asset_of_its_layer(toy_run):
         None,
     )
     assert styled_layer("toy/other.qml", list(manifest["outputs"])) is None
+    assert styled_layer("p/a.qml", ["p/a.csv", "p/a.gpkg"]) == ("p/a.gpkg", None)
     layout = RunLayout(run)
     (run / style).write_text("<qgis/>")
     outputs = {**manifest["outputs"], style: {"stage": "noise", "checksum": "x"}}
