@@ -7,12 +7,12 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
-import rioxarray  # noqa: F401 - registers the .rio accessor
 import shapely
 import xarray as xr
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from run_folder_checks import check_raster_style, check_vector_style, style_band
+from test_report import X0, Y0, raster
 
 from pipeline import io
 from pipeline.contracts import PARCEL_SINK_GPKG_RELPATH, SINK_RELPATH, map_relpath
@@ -22,18 +22,7 @@ from pipeline.stages.styles import StylesJob, styles_stage
 
 
 def _raster(values: np.ndarray, bands: list[str], units: list[str]) -> xr.DataArray:
-    ny, nx = values.shape[1:]
-    arr = xr.DataArray(
-        values.astype(np.float32),
-        dims=("band", "y", "x"),
-        coords={
-            "band": bands,
-            "y": 2942880.0 - 10 * np.arange(ny),
-            "x": 609660.0 + 10 * np.arange(nx),
-        },
-        attrs={"units": tuple(units)},
-    )
-    return arr.rio.write_crs("EPSG:32650")
+    return raster(values, bands).assign_attrs(units=tuple(units))
 
 
 @pytest.fixture
@@ -54,7 +43,7 @@ def run(tmp_path: Path) -> Path:
     bands = ["sink_mg_c_ha_yr", "sink_sd_mg_c_ha_yr", "sink_tco2e_ha_yr", "sink_sd_tco2e_ha_yr"]
     stack = np.stack([sink, np.abs(sink), sink * 44 / 12, np.abs(sink) * 44 / 12])
     io.write_cog(_raster(stack, bands, ["u"] * 4), tmp_path / SINK_RELPATH)
-    polys = [shapely.box(609660 + 50 * i, 2942480, 609700 + 50 * i, 2942520) for i in range(8)]
+    polys = [shapely.box(X0 + 50 * i, Y0 - 400, X0 + 40 + 50 * i, Y0 - 360) for i in range(8)]
     parcels = gpd.GeoDataFrame(
         {"parcel_id": [f"P{i}" for i in range(8)], "sink_tco2e_ha_yr": rng.normal(0, 5, 8)},
         geometry=polys,
