@@ -9,6 +9,7 @@ report package, the commands or the tests use.
 The run folder (``outputs/<region>/`` by default)::
 
     manifest.json, .state/<stage>.json       the runner's records
+    catalog.json, stac/<item>.json           the runner: the outputs as a STAC catalog
     items/<epoch>.json, items/terrain.json   acquire: frozen STAC items (terrain: the DEM)
     pinned/items/<epoch>.json                reproduce: the recorded items, never searched
     composites/<epoch>.tif, terrain.tif,     composite
@@ -28,6 +29,7 @@ The run folder (``outputs/<region>/`` by default)::
     report/report.html,                      report
       report/quicklooks/<name>.png,
       report/tables.xlsx
+    rasters/*.qml, parcels/*.qml             styles: QGIS layer styles beside their layers
 """
 
 from __future__ import annotations
@@ -111,6 +113,33 @@ def quicklook_relpath(name: str) -> str:
     return f"report/quicklooks/{name}.png"
 
 
+#: suffix of the QGIS layer styles
+STYLE_SUFFIX = ".qml"
+#: files a style can belong to: rasters and vector layers
+STYLED_SUFFIXES = io.RASTER_SUFFIXES | io.VECTOR_SUFFIXES
+
+
+def style_relpath(layer_relpath: str, band: str | None = None) -> str:
+    """The QGIS style of a layer, beside it: ``rasters/sink.qml`` (QGIS loads a ``.qml``
+    of the layer's name as its default style) or, for a further band of the same layer,
+    ``rasters/sink.<band>.qml`` (loaded by hand)."""
+    stem = Path(layer_relpath).with_suffix("")
+    return f"{stem}{'' if band is None else '.' + band}{STYLE_SUFFIX}"
+
+
+def styled_layer(style: str, layers: Sequence[str]) -> tuple[str, str | None] | None:
+    """The raster or vector layer among ``layers`` that :func:`style_relpath` named
+    ``style`` after, and the band (``None`` for the default style); ``None`` when no layer
+    matches (``parcels/parcel_sink.qml`` styles the GeoPackage, not the CSV beside it)."""
+    path = Path(style)
+    name, _, band = path.name.removesuffix(STYLE_SUFFIX).partition(".")
+    for layer in layers:
+        p = Path(layer)
+        if p.suffix.lower() in STYLED_SUFFIXES and p.with_suffix("") == path.parent / name:
+            return layer, band or None
+    return None
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Paths of a run folder (``outputs/<region>/`` by default)."""
@@ -124,6 +153,16 @@ class RunLayout:
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.json"
+
+    @property
+    def catalog(self) -> Path:
+        """The run's STAC catalog, rebuilt from the manifest (:mod:`pipeline.run_catalog`)."""
+        return self.root / "catalog.json"
+
+    @property
+    def catalog_items_dir(self) -> Path:
+        """Where the catalog's items go, one ``<item id>.json`` per output."""
+        return self.root / "stac"
 
     @property
     def state_dir(self) -> Path:

@@ -10,7 +10,8 @@ For each selected stage the runner
 3. loads the inputs, calls the stage function, and writes every returned output
    atomically (temporary name, then rename: see :mod:`pipeline.io`), computing lazy
    rasters block by block on the Dask cluster;
-4. records the stage's state (``.state/<stage>.json``) and rewrites ``manifest.json``.
+4. records the stage's state (``.state/<stage>.json``), rewrites ``manifest.json`` and
+   rebuilds the run's STAC catalog from it (``catalog.json``, :mod:`pipeline.run_catalog`).
 
 A run killed at any point leaves complete files or none under their final names; the
 stage that was running has no new state record, so the next call reruns it and skips the
@@ -18,8 +19,9 @@ ones before it. Temporaries left by a killed run are removed at the start of the
 
 The manifest (DESIGN §3) holds the resolved config and its hash, the code version, key
 package versions, every input with its checksum (STAC items by id and href), every output
-with a content checksum, the seed, each stage's wall time and peak memory, and the key
-figures of the stages that declare them (``results``: the survey totals).
+with a content checksum (and the sha256 of its bytes), the seed, when the run started and
+each stage finished, each stage's wall time and peak memory, and the key figures of the
+stages that declare them (``results``: the survey totals).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from pipeline import io
 from pipeline.config import Config
 from pipeline.contracts import RunLayout
 from pipeline.errors import ConfigError
+from pipeline.run_catalog import write_catalog
 from pipeline.stage import Stage
 
 #: packages whose versions go into the manifest
@@ -99,6 +102,8 @@ class StageRecord:
     wall_s: float
     peak_rss_mb: float | None = None
     peak_cluster_mb: float | None = None
+    #: when the stage finished (UTC, ISO 8601): the ``created`` time of its outputs
+    finished: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -160,6 +165,11 @@ def code_version() -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         info["git_commit"] = None
     return info
+
+
+def utc_now() -> str:
+    """The current time, UTC, ISO 8601 to the second."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
 def package_versions() -> dict[str, str]:
@@ -281,8 +291,10 @@ class Runner:
         return {}
 
     def _write_manifest(self, manifest: Mapping[str, Any]) -> None:
+        """Write the manifest, then the catalog rebuilt from it (both atomically)."""
         with io.atomic_path(self.layout.manifest) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        write_catalog(manifest, self.layout)
 
     # run -----------------------------------------------------------------------------
 
@@ -303,6 +315,7 @@ class Runner:
                 "code_version": code,
                 "packages": package_versions(),
                 "seeds": {"seed": self.config.seed},
+                "run_datetime": utc_now(),
             }
         )
         manifest.setdefault("inputs", {})
@@ -337,6 +350,8 @@ class Runner:
                 **state.get("record", {}),
                 "status": "skipped (unchanged)",
             }
+            for rel, sha in state.get("file_sha256", {}).items():
+                manifest["outputs"].setdefault(rel, {"stage": stage.name})["file_sha256"] = sha
             self.console.print(
                 f"[dim]↷ {stage.name:<10} skipped: inputs and parameters unchanged[/]"
             )
@@ -381,11 +396,17 @@ class Runner:
             wall_s=round(time.perf_counter() - t0, 3),
             peak_rss_mb=round(rss[0], 1),
             peak_cluster_mb=None if cluster_peak is None else round(float(cluster_peak) / 2**20, 1),
+            finished=utc_now(),
         )
+        file_sha256 = {rel: io.file_sha256(self.layout.path(rel)) for rel in outputs}
         for rel in outputs:
             checksum = io.content_checksum(self.layout.path(rel))
             record.outputs[rel] = checksum
-            manifest["outputs"][rel] = {"stage": stage.name, "checksum": checksum}
+            manifest["outputs"][rel] = {
+                "stage": stage.name,
+                "checksum": checksum,
+                "file_sha256": file_sha256[rel],
+            }
             obj = outputs[rel]
             if isinstance(obj, dict) and obj.get("type") == "FeatureCollection":
                 manifest["stac_items"][rel] = [
@@ -402,7 +423,7 @@ class Runner:
         state = {
             "fingerprint": fingerprint,
             "record": dataclasses.asdict(record),
-            "file_sha256": {rel: io.file_sha256(self.layout.path(rel)) for rel in outputs},
+            "file_sha256": file_sha256,
         }
         with io.atomic_path(self._state_path(stage)) as tmp:
             tmp.write_text(json.dumps(state, indent=2, sort_keys=True))

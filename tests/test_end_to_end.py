@@ -17,6 +17,7 @@ import pytest
 import rasterio
 import shapely
 from helpers import assert_workbook_matches_csvs
+from run_folder_checks import check_catalog, check_raster_style, check_vector_style
 
 from pipeline.cli import main
 from pipeline.contracts import (
@@ -32,6 +33,7 @@ from pipeline.contracts import (
     composite_relpath,
     items_relpath,
     map_relpath,
+    style_relpath,
 )
 from pipeline.stages import STAGES
 
@@ -49,6 +51,20 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     cfg.write_text(text)
     assert main(["run", "--config", str(cfg), "--quiet"]) == 0
     return cfg, tmp / "run"
+
+
+def test_run_folder_is_a_valid_stac_catalog_with_qgis_styles(tiny_run):
+    _, run = tiny_run
+    check_catalog(run)
+    for epoch in ("2019", "2024"):
+        for name in ("carbon", "carbon_sd"):
+            layer = map_relpath(name, epoch)
+            check_raster_style(run / style_relpath(layer), run / layer)
+    check_raster_style(run / style_relpath(SINK_RELPATH), run / SINK_RELPATH)
+    check_raster_style(run / style_relpath(SINK_RELPATH, "sink_sd_tco2e_ha_yr"), run / SINK_RELPATH)
+    check_vector_style(
+        run / style_relpath(PARCEL_SINK_GPKG_RELPATH), run / PARCEL_SINK_GPKG_RELPATH
+    )
 
 
 def test_every_stage_ran_and_wrote_its_outputs(tiny_run):

@@ -20,6 +20,7 @@ from pipeline.stages import (
     predict,
     report,
     sink,
+    styles,
 )
 
 STAGES: tuple[Stage, ...] = tuple(
@@ -33,6 +34,7 @@ STAGES: tuple[Stage, ...] = tuple(
         predict,
         sink,
         parcels,
+        styles,
         estimate,
         credits,
         report,
