@@ -254,3 +254,37 @@ def test_a_centre_area_below_the_frame_area_is_refused(scene: dict) -> None:
     scene["frames"]["centre_area_ha"] = [7.0, np.nan]
     with pytest.raises(InputDataError, match="centre_area_ha is below area_ha"):
         _run(scene)
+
+
+def _without_design_area(scene: dict) -> None:
+    scene["frames"] = scene["frames"].drop(columns="area_ha")
+
+
+def _without_plot_stratum(scene: dict) -> None:
+    scene["plots"] = scene["plots"].drop(columns="stratum")
+
+
+def _one_plot_east(scene: dict) -> None:
+    east = scene["plots"].index[scene["plots"]["stratum"] == "east"]
+    scene["plots"].loc[east[1:], "stratum"] = "west"
+
+
+def _negative_area(scene: dict) -> None:
+    scene["frames"].loc[0, "area_ha"] = -8.0
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (_without_design_area, r"plot design: column\(s\) \['area_ha'\] missing"),
+        (_without_plot_stratum, r"plot locations: column\(s\) \['stratum'\] missing"),
+        (_one_plot_east, r"sample 'project': stratum 'east' has 1 plot"),
+        (_negative_area, r"sample 'project': stratum 'west' has area -8.0 ha"),
+    ],
+)
+def test_bad_design_inputs_are_refused_naming_the_file_and_field(
+    scene: dict, spoil, message
+) -> None:
+    spoil(scene)
+    with pytest.raises(InputDataError, match=message):
+        _run(scene)

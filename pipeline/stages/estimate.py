@@ -212,7 +212,15 @@ def _sample_design(
             f"plot locations: sample {name!r} has plots in strata {unknown} that the design "
             f"file does not list (it lists {sorted(area)})"
         )
-    return StratifiedDesign.from_labels(plots["stratum"].astype(str).tolist(), area)
+    try:
+        return StratifiedDesign.from_labels(plots["stratum"].astype(str).tolist(), area)
+    except SurveyError as err:
+        raise _refused(name, err) from None
+
+
+def _refused(sample: str, err: SurveyError) -> InputDataError:
+    """A survey error of one sample as an input error naming the design file's sample."""
+    return InputDataError(f"plot design: sample {sample!r}: {err}")
 
 
 def _rows(
@@ -340,7 +348,7 @@ def estimate(
             )  # fmt: skip
             plan.extend(_plan(str(name), sample_design, y, job, plot_area_ha))
         except SurveyError as err:
-            raise InputDataError(f"plot design: sample {name!r}: {err}") from None
+            raise _refused(str(name), err) from None
     return {
         ESTIMATES_RELPATH: pd.DataFrame(rows, columns=list(COLUMNS)),
         SAMPLE_PLAN_RELPATH: pd.DataFrame(plan, columns=list(PLAN_COLUMNS)),
