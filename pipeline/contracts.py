@@ -32,6 +32,7 @@ The run folder (``outputs/<region>/`` by default)::
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import Any, Literal
 
 import xarray as xr
 
+from models.biomass import BiomassMapper
 from models.credits import Methodology, load_methodology
 from pipeline import io
 from pipeline.config import Config, CreditsParams, SinkParams
@@ -292,6 +294,23 @@ def credits_job(config: Config) -> CreditsJob:
     return CreditsJob.from_params(
         config.stages.credits, sink_job(config), key="stages.credits.methodology"
     )
+
+
+# -- the fitted models (stage model to stages predict and parcels) ------------------------
+
+
+def load_models(models: Path | bytes | Mapping[str, Any]) -> dict[str, Any]:
+    """The ``{"mapper", "conversion", "support_px"}`` bundle of ``model/models.pkl``.
+
+    Only load model files your own runs wrote: unpickling runs code.
+    """
+    if isinstance(models, Mapping):
+        return dict(models)
+    blob = models if isinstance(models, bytes) else Path(models).read_bytes()
+    bundle = pickle.loads(blob)
+    if not isinstance(bundle, dict) or not isinstance(bundle.get("mapper"), BiomassMapper):
+        raise InputDataError(f"{MODELS_RELPATH}: not a models file of the model stage; rerun `fit`")
+    return bundle
 
 
 # -- predictor rasters (stages model and predict) --------------------------------------

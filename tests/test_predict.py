@@ -34,18 +34,18 @@ from pipeline.contracts import (
     MODELS_RELPATH,
     PLOT_FEATURES_RELPATH,
     TERRAIN_RELPATH,
+    load_models,
     map_relpath,
 )
 from pipeline.errors import InputDataError
 from pipeline.features import terrain_features
+from pipeline.samples import epoch_stack
 from pipeline.stages.model import ModelJob, model
 from pipeline.stages.predict import (
     FLOAT_LAYERS,
     INT_LAYERS,
     INT_NODATA,
     PredictJob,
-    epoch_stack,
-    load_models,
     predict,
     predict_block,
 )
