@@ -342,10 +342,12 @@ class SinkParams(Section):
     #: default: the flag marks a relative SD under 20% (GEDI L4B spirit), which 10 m
     #: pixels rarely reach; masking the others would drop real stock from parcel totals
     min_quality: int = Field(default=0, ge=0)
-    #: how pixel errors add up inside a parcel: ``correlated`` (sum of SDs, upper bound,
-    #: default: one model's errors are spatially correlated) or ``independent`` (root sum
-    #: of squares, lower bound; reported alongside in any case)
-    parcel_error_aggregation: Literal["correlated", "independent"] = "correlated"
+    #: how pixel errors add up inside a parcel: ``spatial`` (default: with the error
+    #: correlogram fitted to the satellite map's residuals against the LiDAR map inside
+    #: the LiDAR cover, :mod:`pipeline.map_errors`; the correlated bound where there is
+    #: no LiDAR to fit it), ``correlated`` (sum of SDs, upper bound) or ``independent``
+    #: (root sum of squares, lower bound); both bounds are reported alongside in any case
+    parcel_error_aggregation: Literal["spatial", "correlated", "independent"] = "spatial"
     #: central coverage of the intervals reported per parcel
     interval: float = Field(default=0.9, gt=0, lt=1)
 

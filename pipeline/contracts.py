@@ -23,7 +23,8 @@ The run folder (``outputs/<region>/`` by default)::
                                              carbon_sd, co2e, quality)
     rasters/sink.tif,                        sink
       forest_carbon_index.tif
-    parcels/parcel_sink.gpkg, .csv           parcels
+    parcels/parcel_sink.gpkg, .csv,          parcels
+      error_correlogram.json
     credits/credits.csv                      credits
     report/report.html,                      report
       report/quicklooks/<name>.png
@@ -79,6 +80,8 @@ INDEX_RELPATH = "rasters/forest_carbon_index.tif"
 
 PARCEL_SINK_GPKG_RELPATH = "parcels/parcel_sink.gpkg"
 PARCEL_SINK_CSV_RELPATH = "parcels/parcel_sink.csv"
+#: the map-error correlogram the parcels' SDs use (parameters and empirical points)
+ERROR_CORRELOGRAM_RELPATH = "parcels/error_correlogram.json"
 
 ESTIMATES_RELPATH = "estimates/totals.csv"
 SAMPLE_PLAN_RELPATH = "estimates/sample_plan.csv"
@@ -143,7 +146,7 @@ class SinkJob:
     reference_end: dt.date
     epoch_error_correlation: float | Literal["estimated"]
     min_quality: int
-    parcel_error_aggregation: Literal["correlated", "independent"]
+    parcel_error_aggregation: Literal["spatial", "correlated", "independent"]
     interval: float
 
     @classmethod

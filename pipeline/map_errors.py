@@ -1,0 +1,154 @@
+"""The map-error correlogram of the parcels' SDs, fitted inside the LiDAR cover.
+
+A parcel's SD needs the correlation of the map's errors between the parcel's pixels
+(:mod:`models.spatial_error`). The run has dense evidence of it in one place: inside the
+LiDAR cover at the LiDAR epoch the map is the LiDAR model's, and the satellite model,
+which maps everywhere else, can be applied there too. Their difference, standardised by
+the SD of a difference of two independent estimates,
+
+    z = (AGB_satellite - AGB_LiDAR) / sqrt(sd_satellite^2 + sd_LiDAR^2)
+
+(the support SDs, band ``agb_sd_support``), is a dense field of map residuals whose
+empirical correlogram is fitted with the nugget + exponential + shared form of
+:class:`models.spatial_error.Correlogram`. Carbon is AGB times a constant, so its errors
+have the same correlation.
+
+What this assumes, and how it can err:
+
+- the satellite map's errors outside the cover have the correlation structure they have
+  inside it (stationarity; the cover is a few km^2 of the region's forests);
+- ``z`` mixes the errors of both models: where the LiDAR model's errors are less (more)
+  spatially correlated than the satellite model's, the correlogram understates
+  (overstates) the satellite map's. The LiDAR map is the densest reference the run has;
+  the plots are too sparse to resolve correlation at parcel scale;
+- the sink's errors, a difference of two epochs' errors, have the same spatial shape,
+  with the epochs' error correlation the sink already uses (a separable model).
+
+With no LiDAR model, or fewer residual cells than ``map_errors.min_cells`` of
+``models/data/model_rules.yaml``, nothing is fitted and the parcels keep the fully
+correlated bound; the record says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from models.biomass import SOURCE_LIDAR
+from models.datafiles import data_yaml
+from models.errors import ModelDomainError
+from models.spatial_error import (
+    Correlogram,
+    correlogram_record,
+    empirical_correlogram,
+    fit_correlogram,
+)
+from pipeline.contracts import (
+    MODELS_RELPATH,
+    TERRAIN_RELPATH,
+    load_models,
+    map_relpath,
+    open_raster,
+)
+from pipeline.errors import InputDataError
+from pipeline.features import class_layers, grid_extent, terrain_features
+from pipeline.samples import epoch_stack
+from pipeline.sink import as_band, named_band
+
+#: band of the predict stage's quality raster with the model that mapped a cell
+MODEL_SOURCE_BAND = "model_source"
+#: band of the predict stage's AGB SD raster with the window estimate's own error
+AGB_SUPPORT_SD_BAND = "agb_sd_support"
+
+
+def lidar_residuals(
+    models: Path | bytes,
+    *,
+    composites: Mapping[str, xr.DataArray],
+    terrain: xr.DataArray,
+    agb: Mapping[str, xr.DataArray],
+    agb_sd: Mapping[str, xr.DataArray],
+    quality: Mapping[str, xr.DataArray],
+    parcels: gpd.GeoDataFrame | None,
+) -> tuple[np.ndarray, float, str] | str:
+    """Standardised satellite-minus-LiDAR residuals on the LiDAR-mapped cells' bounding
+    box (NaN elsewhere), the cell size (m) and the LiDAR epoch; or why there are none.
+
+    ``composites``, ``agb``, ``agb_sd`` and ``quality`` hold each epoch's composite and
+    predict-stage maps; only the LiDAR epoch's are read.
+    """
+    bundle = load_models(models)
+    mapper = bundle["mapper"]
+    epoch = mapper.lidar_epoch
+    if mapper.lidar is None or epoch is None:
+        return f"{MODELS_RELPATH} has no LiDAR model"
+    missing = [k for k, maps in (("composite", composites), ("agb", agb)) if epoch not in maps]
+    if missing:
+        raise InputDataError(f"no {missing} map of the LiDAR epoch {epoch}")
+    src_name = map_relpath("quality", epoch)
+    source = as_band(named_band(quality[epoch], MODEL_SOURCE_BAND, source=src_name), name=src_name)
+    lidar_cells = np.asarray(source.values) == SOURCE_LIDAR
+    least = int(data_yaml("model_rules.yaml")["map_errors"]["min_cells"])
+    if lidar_cells.sum() < least:
+        return f"{int(lidar_cells.sum())} LiDAR-mapped cells at {epoch}, fewer than {least}"
+    rows, cols = np.flatnonzero(lidar_cells.any(axis=1)), np.flatnonzero(lidar_cells.any(axis=0))
+    box = {"y": slice(rows[0], rows[-1] + 1), "x": slice(cols[0], cols[-1] + 1)}
+    terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
+    spec = bundle.get("parcel_classes")
+    classes = None
+    if spec is not None:
+        if parcels is None:
+            raise InputDataError(
+                f"{MODELS_RELPATH}: the models use the parcel layer's {spec['column']!r} "
+                "classes as predictors; give the parcel layer (sources.parcels)"
+            )
+        classes = class_layers(parcels, terr, column=spec["column"], classes=spec["classes"])
+    # the predict stage's stack without LiDAR: the satellite model's prediction, as it
+    # maps every cell outside the cover
+    stack = epoch_stack(
+        open_raster(composites[epoch]), terr, None, epoch=epoch,
+        support_px=bundle["support_px"], classes=classes,
+    ).isel(box)  # fmt: skip
+    names = [str(b) for b in stack["band"].to_numpy()]
+    values = np.asarray(stack.values, dtype=np.float64)
+    nb, ny, nx = values.shape
+    table = pd.DataFrame(values.reshape(nb, -1).T, columns=names)
+    satellite, _ = mapper.predict(table, epoch=epoch)
+    sd_name = map_relpath("agb_sd", epoch)
+    lid = np.asarray(as_band(agb[epoch], name=map_relpath("agb", epoch)).isel(box).values)
+    lid_sd = as_band(named_band(agb_sd[epoch], AGB_SUPPORT_SD_BAND, source=sd_name), name=sd_name)
+    lid_s = np.asarray(lid_sd.isel(box).values, dtype=np.float64)
+    sat, sat_s = satellite.mean.reshape(ny, nx), satellite.sd.reshape(ny, nx)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (sat - lid) / np.hypot(sat_s, lid_s)
+    z = np.where(lidar_cells[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], z, np.nan)
+    z[~np.isfinite(z)] = np.nan
+    _, _, _, _, cell_m, _ = grid_extent(source)
+    return z, float(cell_m), str(epoch)
+
+
+def fit_map_errors(residuals: np.ndarray, *, cell_m: float) -> tuple[Correlogram, dict[str, Any]]:
+    """The correlogram fitted to standardised residuals on a grid, and its record
+    (parameters, empirical points, the distance classes used)."""
+    share = float(data_yaml("model_rules.yaml")["map_errors"]["max_lag_share"])
+    max_lag_m = share * min(residuals.shape) * cell_m
+    empirical = empirical_correlogram(residuals, cell_m=cell_m, max_lag_m=max_lag_m, bin_m=cell_m)
+    try:
+        model = fit_correlogram(empirical)
+    except (ModelDomainError, RuntimeError) as err:
+        raise InputDataError(f"the map-error correlogram cannot be fitted: {err}") from None
+    record = correlogram_record(model, empirical)
+    record.update(
+        n_cells=int(np.isfinite(residuals).sum()),
+        mean_residual=float(np.nanmean(residuals)),
+        mean_square_residual=float(empirical["mean_square"][0]),
+        max_lag_m=max_lag_m,
+        bin_m=cell_m,
+    )
+    return model, record
