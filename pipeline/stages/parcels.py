@@ -9,24 +9,42 @@ Per parcel (units in the column names):
 - ``area_grid_ha``: area covered by the map grid; ``forest_area_ha``: area where the sink
   is valid (forest with good quality at both epochs), the area the sink is summed over;
 - ``carbon_<epoch>_mg_c`` per compared epoch, over pixels with a valid estimate at that
-  epoch, with SD and interval bounds;
-- ``sink_mg_c_yr``, ``sink_tco2e_yr``, their SDs and interval bounds, and the sink per
-  forest hectare;
+  epoch, with its SD (``carbon_sd_<epoch>_mg_c``, by the chosen aggregation), both
+  bounds (``carbon_sd_correlated_<epoch>_mg_c``, ``carbon_sd_independent_<epoch>_mg_c``)
+  and interval bounds;
+- ``sink_mg_c_yr``, ``sink_tco2e_yr``, their SDs (``sink_sd_*``, chosen aggregation;
+  ``sink_sd_correlated_tco2e_yr``, ``sink_sd_independent_tco2e_yr``) and interval
+  bounds, and the sink per forest hectare;
 - ``mean_quality_<epoch>`` (coverage-weighted mean quality flag of the end epoch: the
   share of the parcel flagged good, band ``good`` of ``rasters/quality_<epoch>.tif``) and
   ``lidar_share`` (coverage-weighted mean LiDAR coverage fraction, band ``lidar_fraction``
   of ``lidar/metrics.tif``; 0 without LiDAR).
 
-Aggregating pixel errors. A parcel total is a sum of pixel estimates whose errors come
-from one model: plot-level residual structure, predictor biases and the model's own
-parameter error are shared by neighbouring pixels, so the errors are strongly spatially
-correlated and a root-sum-of-squares (independent) SD shrinks as 1/sqrt(n pixels) where
-the true error does not (McRoberts & Westfall 2016, doi:10.1007/s13595-015-0473-x, show
-that ignoring the model's error covariance badly understates large-area uncertainty).
-Without a fitted spatial correlation model, the fully correlated sum of pixel SDs is the
-defensible upper bound and is the default (``SinkParams.parcel_error_aggregation``);
-the independent lower bound is always reported next to it (``*_sd_independent_*``).
-With full correlation the SDs also add up over parcels to the area's SD.
+Aggregating pixel errors (``SinkParams.parcel_error_aggregation``). A parcel total is a
+sum of pixel estimates whose errors come from one model: plot-level residual structure,
+predictor biases and the model's own parameter error are shared by neighbouring pixels,
+so a root-sum-of-squares (``independent``) SD shrinks as 1/sqrt(n pixels) where the true
+error does not (McRoberts & Westfall 2016, doi:10.1007/s13595-015-0473-x), and the fully
+correlated sum of pixel SDs (``correlated``) is an upper bound, far too wide for
+parcels spanning several error ranges. ``spatial`` (the default) takes the correlation
+from a model of the map errors: a correlogram ``rho(d)`` (nugget + exponential + a
+shared part, :class:`models.spatial_error.Correlogram`) fitted to the satellite map's
+residuals against the LiDAR map inside the LiDAR cover (:mod:`pipeline.map_errors`),
+written with its parameters and empirical points to ``parcels/error_correlogram.json``
+(and to the table's ``attrs["error_correlogram"]``). A parcel's variance is then
+
+    Var(carbon) = sum_i sum_j w_i s_i w_j s_j rho(d_ij)
+    Var(sink)   = sum_i sum_j rho(d_ij) (a_i a_j + b_i b_j - 2 r a_i b_j) / years^2
+
+with ``w`` the pixel area inside the parcel (ha), ``s`` the support SD, ``a``, ``b``
+the start and end epochs' ``w s`` where the sink is valid and ``r`` the epochs' error
+correlation of the sink (:mod:`pipeline.sink`): the sink's errors are assumed to share
+the stocks' spatial shape (a separable model). Each double sum is one FFT convolution
+on the parcel's bounding box (:func:`models.spatial_error.weighted_covariance`). Where
+no correlogram can be fitted (no LiDAR model, too small a cover) ``spatial`` falls back
+to the correlated bound and the JSON file says why. Across parcels the errors stay
+correlated (neighbours, the shared part): sum parcel SDs, or use the survey estimates
+of :mod:`pipeline.stages.estimate`, for areas made of many parcels.
 
 Intervals are ``mean -/+ z SD`` with z the normal quantile of the central
 ``SinkParams.interval`` (default 90 %: columns ``*_lo`` and ``*_hi`` are the 5th and 95th
@@ -37,10 +55,16 @@ Signatures
 ``parcels_inputs(config, layout) -> {name: Path}``
     the six epoch rasters of :func:`pipeline.contracts.epoch_raster_inputs`,
     ``parcels`` = ``config.sources.parcels`` and, when LiDAR tiles are configured,
-    ``lidar_metrics`` = ``lidar/metrics.tif``.
+    ``lidar_metrics`` = ``lidar/metrics.tif``; for the ``spatial`` aggregation also the
+    predictor rasters (``composites.<epoch>``, ``terrain``), ``models`` =
+    ``model/models.pkl`` and every epoch's ``agb_maps``, ``agb_sd_maps`` and
+    ``quality_maps`` of the predict stage.
 ``parcels_stage(job: SinkJob, *, parcels, carbon_start, carbon_end, carbon_sd_start,
-carbon_sd_end, quality_start, quality_end, lidar_metrics=None) -> {relpath: table}``
-    ``parcels/parcel_sink.gpkg`` (GeoDataFrame) and ``parcels/parcel_sink.csv``.
+carbon_sd_end, quality_start, quality_end, lidar_metrics=None, model_card=None,
+models=None, composites=None, terrain=None, agb_maps=None, agb_sd_maps=None,
+quality_maps=None) -> {relpath: table}``
+    ``parcels/parcel_sink.gpkg`` (GeoDataFrame), ``parcels/parcel_sink.csv`` and
+    ``parcels/error_correlogram.json`` (dict).
 
 Run: ``forest-carbon run --region nanping --stages parcels``.
 """
@@ -131,7 +155,10 @@ def _box(cov: Coverage, values: np.ndarray, *, nx: int) -> np.ndarray:
 def _box_shape(covs: list[Coverage], *, nx: int) -> tuple[int, int]:
     """The largest bounding box (rows, columns) of the parcels' covered cells."""
     extents = [np.ptp(np.divmod(c.cell, nx), axis=1) + 1 for c in covs if c.cell.size]
-    return tuple(np.max(extents, axis=0).tolist()) if extents else (1, 1)  # type: ignore[return-value]
+    if not extents:
+        return 1, 1
+    ny_max, nx_max = np.max(extents, axis=0)
+    return int(ny_max), int(nx_max)
 
 
 def parcel_sink_table(
