@@ -57,8 +57,8 @@ from pipeline.contracts import (
     open_raster,
 )
 from pipeline.errors import InputDataError
-from pipeline.features import class_layers, grid_extent, terrain_features
-from pipeline.samples import epoch_stack
+from pipeline.features import grid_extent, terrain_features
+from pipeline.samples import bundle_class_layers, epoch_stack
 from pipeline.sink import as_band, named_band
 
 #: band of the predict stage's quality raster with the model that mapped a cell
@@ -88,9 +88,10 @@ def lidar_residuals(
     epoch = mapper.lidar_epoch
     if mapper.lidar is None or epoch is None:
         return f"{MODELS_RELPATH} has no LiDAR model"
-    missing = [k for k, maps in (("composite", composites), ("agb", agb)) if epoch not in maps]
+    given = {"composite": composites, "agb": agb, "agb_sd": agb_sd, "quality": quality}
+    missing = [name for name, maps in given.items() if epoch not in maps]
     if missing:
-        raise InputDataError(f"no {missing} map of the LiDAR epoch {epoch}")
+        raise InputDataError(f"no {missing} map of the LiDAR epoch {epoch} for the error model")
     src_name = map_relpath("quality", epoch)
     source = as_band(named_band(quality[epoch], MODEL_SOURCE_BAND, source=src_name), name=src_name)
     lidar_cells = np.asarray(source.values) == SOURCE_LIDAR
@@ -100,15 +101,7 @@ def lidar_residuals(
     rows, cols = np.flatnonzero(lidar_cells.any(axis=1)), np.flatnonzero(lidar_cells.any(axis=0))
     box = {"y": slice(rows[0], rows[-1] + 1), "x": slice(cols[0], cols[-1] + 1)}
     terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
-    spec = bundle.get("parcel_classes")
-    classes = None
-    if spec is not None:
-        if parcels is None:
-            raise InputDataError(
-                f"{MODELS_RELPATH}: the models use the parcel layer's {spec['column']!r} "
-                "classes as predictors; give the parcel layer (sources.parcels)"
-            )
-        classes = class_layers(parcels, terr, column=spec["column"], classes=spec["classes"])
+    classes = bundle_class_layers(bundle, parcels, terr)
     # the predict stage's stack without LiDAR: the satellite model's prediction, as it
     # maps every cell outside the cover
     stack = epoch_stack(

@@ -31,6 +31,7 @@ import xarray as xr
 from models.biomass import thinned_sample
 from pipeline.contracts import (
     LIDAR_METRICS_RELPATH,
+    MODELS_RELPATH,
     PLOT_BIOMASS_RELPATH,
     TERRAIN_RELPATH,
     composite_relpath,
@@ -301,3 +302,26 @@ def epoch_stack(
         part_sources.append("parcels (forest land)")
     stack = concat_aligned(parts, sources=part_sources)
     return stack.chunk({"band": -1})
+
+
+def bundle_class_layers(
+    bundle: Mapping[str, Any], parcels: gpd.GeoDataFrame | None, terrain: xr.DataArray
+) -> xr.DataArray | None:
+    """The parcel-class predictor layers the fitted models of ``bundle`` (``models.pkl``,
+    :func:`pipeline.contracts.load_models`) use, on the grid of ``terrain``; ``None``
+    when they use none.
+
+    Raises
+    ------
+    InputDataError
+        The models use parcel classes and ``parcels`` is ``None``.
+    """
+    spec = bundle.get("parcel_classes")
+    if spec is None:
+        return None
+    if parcels is None:
+        raise InputDataError(
+            f"{MODELS_RELPATH}: the models use the parcel layer's {spec['column']!r} "
+            "classes as predictors; give the parcel layer (sources.parcels, or --parcels)"
+        )
+    return class_layers(parcels, terrain, column=spec["column"], classes=spec["classes"])

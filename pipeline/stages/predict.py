@@ -79,9 +79,8 @@ from pipeline.contracts import (
     open_raster,
     predictor_inputs,
 )
-from pipeline.errors import InputDataError
-from pipeline.features import class_layers, forest_land_mask, terrain_features
-from pipeline.samples import FOREST_BAND, epoch_stack
+from pipeline.features import forest_land_mask, terrain_features
+from pipeline.samples import FOREST_BAND, bundle_class_layers, epoch_stack
 from pipeline.stage import Stage
 
 #: float layers produced per block, in order
@@ -203,15 +202,7 @@ def predict(
         else forest_land_mask(parcels, terr, land_classes=job.params.forest_land_classes)
     )
     non_forest: Mapping[str, Sequence[str]] = bundle.get("non_forest_parcels") or {}
-    spec = bundle.get("parcel_classes")
-    classes: xr.DataArray | None = None
-    if spec is not None:
-        if parcels is None:
-            raise InputDataError(
-                f"{MODELS_RELPATH}: the models use the parcel layer's {spec['column']!r} "
-                "classes as predictors; give the parcel layer (sources.parcels, or --parcels)"
-            )
-        classes = class_layers(parcels, terr, column=spec["column"], classes=spec["classes"])
+    classes = bundle_class_layers(bundle, parcels, terr)
     out: dict[str, xr.DataArray] = {}
     for e in job.epochs:
         forest_e = forest
