@@ -23,7 +23,14 @@ does not average out over an area:
 
 It is fitted (:func:`fit_correlogram`) by weighted least squares to an empirical
 correlogram by distance class, each class weighted by its number of pairs (Cressie
-1985, doi:10.1007/BF01035243, with the pair counts as weights). The empirical
+1985, doi:10.1007/BF01035243, with the pair counts as weights). A parcel's variance (1)
+involves pairs of pixels *of that parcel* only, and pixels of one forest stand share
+more than their distance: species, age and density, hence much of a model's error. The
+empirical correlogram can therefore be restricted to pairs within the same group
+(``groups``, e.g. the parcel of each cell), which conditions ``rho`` on "same parcel";
+its ``shared`` part is then the error share common to a whole parcel (a stand effect
+plus the model's own error, the between-group variance component of a nested error
+model: Searle, Casella & McCulloch 1992, *Variance Components*, Wiley, ch. 3). The empirical
 correlogram (:func:`empirical_correlogram`) of a gridded residual field is computed
 over *all* pairs of valid cells in every direction with Fourier transforms (Marcotte
 1996, "Fast variogram computation with FFT", Computers & Geosciences 22(10):1175-1186,
@@ -104,7 +111,12 @@ class Correlogram:
 
 
 def empirical_correlogram(
-    residuals: FloatArray, *, cell_m: float, max_lag_m: float, bin_m: float
+    residuals: FloatArray,
+    *,
+    cell_m: float,
+    max_lag_m: float,
+    bin_m: float,
+    groups: NDArray[np.integer] | None = None,
 ) -> dict[str, FloatArray]:
     """Uncentred correlogram of a gridded residual field by distance class.
 
@@ -119,38 +131,50 @@ def empirical_correlogram(
     bin_m
         Width of the distance classes (m); the first class holds distances in
         ``(0, bin_m]``, and so on.
+    groups
+        Optional ``(ny, nx)`` integer labels (e.g. the parcel of each cell): only pairs
+        of cells with the same positive label count, the correlation of errors *within*
+        a group; cells labelled 0 or less drop out.
 
     Returns
     -------
     dict
         ``lag_m`` (mean pair distance of each class), ``rho`` (``sum z_i z_j`` over the
-        class's pairs, over ``n_pairs`` times the mean square ``E[z^2]``) and ``n_pairs``
-        per non-empty class, and ``mean_square`` (``E[z^2]``, a 1-element array).
-        Pairs are unordered; every pair of valid cells at a distance up to
-        ``max_lag_m`` is counted, in all directions (Marcotte 1996).
+        class's pairs, over ``n_pairs`` times the mean square ``E[z^2]`` of the cells
+        that count) and ``n_pairs`` per non-empty class, and ``mean_square``
+        (``E[z^2]``, a 1-element array). Pairs are unordered; every pair of valid cells
+        at a distance up to ``max_lag_m`` is counted, in all directions (Marcotte 1996),
+        one FFT per group on its bounding box.
     """
     z = np.asarray(residuals, dtype=np.float64)
     valid = np.isfinite(z)
+    labels = np.ones(z.shape, dtype=np.int64) if groups is None else np.asarray(groups)
+    valid &= labels > 0
     if valid.sum() < 2:
         raise ModelDomainError("correlogram: fewer than two valid residuals")
-    zf = np.where(valid, z, 0.0)
-    w = valid.astype(np.float64)
-    # cross-products and pair counts at every offset: autocorrelations by FFT
-    prod = fftconvolve(zf, zf[::-1, ::-1])
-    count = np.rint(fftconvolve(w, w[::-1, ::-1]))
-    ny, nx = z.shape
-    dy = np.arange(-(ny - 1), ny)[:, None] * cell_m
-    dx = np.arange(-(nx - 1), nx)[None, :] * cell_m
-    dist = np.hypot(dy, dx)
-    mean_square = float(np.sum(zf**2) / valid.sum())
+    mean_square = float(np.mean(z[valid] ** 2))
     if mean_square <= 0:
         raise ModelDomainError("correlogram: the residuals are all zero")
     edges = np.arange(0.0, max_lag_m + bin_m, bin_m)
-    keep = (dist > 0) & (dist <= edges[-1]) & (count > 0)
-    cls = np.digitize(dist[keep], edges, right=True)
-    n = np.bincount(cls, weights=count[keep], minlength=len(edges))
-    s = np.bincount(cls, weights=prod[keep], minlength=len(edges))
-    d = np.bincount(cls, weights=dist[keep] * count[keep], minlength=len(edges))
+    n, s, d = (np.zeros(len(edges)) for _ in range(3))
+    for label in np.unique(labels[valid]):
+        member = valid & (labels == label)
+        rows, cols = np.flatnonzero(member.any(axis=1)), np.flatnonzero(member.any(axis=0))
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        w = member[box].astype(np.float64)
+        zf = np.where(member[box], z[box], 0.0)
+        # cross-products and pair counts at every offset: autocorrelations by FFT
+        prod = fftconvolve(zf, zf[::-1, ::-1])
+        count = np.rint(fftconvolve(w, w[::-1, ::-1]))
+        ny, nx = w.shape
+        dy = np.arange(-(ny - 1), ny)[:, None] * cell_m
+        dx = np.arange(-(nx - 1), nx)[None, :] * cell_m
+        dist = np.hypot(dy, dx)
+        keep = (dist > 0) & (dist <= edges[-1]) & (count > 0)
+        cls = np.digitize(dist[keep], edges, right=True)
+        n += np.bincount(cls, weights=count[keep], minlength=len(edges))
+        s += np.bincount(cls, weights=prod[keep], minlength=len(edges))
+        d += np.bincount(cls, weights=dist[keep] * count[keep], minlength=len(edges))
     has = n > 0
     # each unordered pair appears at two opposite offsets: the ratios are unchanged
     return {

@@ -8,15 +8,18 @@ the SD of a difference of two independent estimates,
 
     z = (AGB_satellite - AGB_LiDAR) / sqrt(sd_satellite^2 + sd_LiDAR^2)
 
-(the support SDs, band ``agb_sd_support``), is a dense field of map residuals whose
-empirical correlogram is fitted with the nugget + exponential + shared form of
-:class:`models.spatial_error.Correlogram`. Carbon is AGB times a constant, so its errors
-have the same correlation.
+(the support SDs, band ``agb_sd_support``), is a dense field of map residuals. Their
+empirical correlogram over pairs of cells *in the same parcel* (a parcel's variance
+involves no other pairs, and a stand's pixels share errors beyond what their distance
+says) is fitted with the nugget + exponential + shared form of
+:class:`models.spatial_error.Correlogram`; the fit over all pairs is recorded next to it.
+Carbon is AGB times a constant, so its errors have the same correlation.
 
 What this assumes, and how it can err:
 
 - the satellite map's errors outside the cover have the correlation structure they have
-  inside it (stationarity; the cover is a few km^2 of the region's forests);
+  inside it (stationarity; the cover is a few km^2 of the region's forests, and the
+  parcel-shared part rests on the dozen or so parcels inside it);
 - ``z`` mixes the errors of both models: where the LiDAR model's errors are less (more)
   spatially correlated than the satellite model's, the correlogram understates
   (overstates) the satellite map's. The LiDAR map is the densest reference the run has;
@@ -57,7 +60,7 @@ from pipeline.contracts import (
     open_raster,
 )
 from pipeline.errors import InputDataError
-from pipeline.features import grid_extent, terrain_features
+from pipeline.features import grid_extent, parcel_index, terrain_features
 from pipeline.samples import bundle_class_layers, epoch_stack
 from pipeline.sink import as_band, named_band
 
@@ -75,10 +78,11 @@ def lidar_residuals(
     agb: Mapping[str, xr.DataArray],
     agb_sd: Mapping[str, xr.DataArray],
     quality: Mapping[str, xr.DataArray],
-    parcels: gpd.GeoDataFrame | None,
-) -> tuple[np.ndarray, float, str] | str:
+    parcels: gpd.GeoDataFrame,
+) -> tuple[np.ndarray, np.ndarray, float, str] | str:
     """Standardised satellite-minus-LiDAR residuals on the LiDAR-mapped cells' bounding
-    box (NaN elsewhere), the cell size (m) and the LiDAR epoch; or why there are none.
+    box (NaN elsewhere), the parcel of each of its cells (1 + row of ``parcels``, 0 in
+    none; by cell centre), the cell size (m) and the LiDAR epoch; or why there are none.
 
     ``composites``, ``agb``, ``agb_sd`` and ``quality`` hold each epoch's composite and
     predict-stage maps; only the LiDAR epoch's are read.
@@ -120,28 +124,42 @@ def lidar_residuals(
     sat, sat_s = satellite.mean.reshape(ny, nx), satellite.sd.reshape(ny, nx)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (sat - lid) / np.hypot(sat_s, lid_s)
-    z = np.where(lidar_cells[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], z, np.nan)
+    z = np.where(lidar_cells[box["y"], box["x"]], z, np.nan)
     z[~np.isfinite(z)] = np.nan
+    labels = parcel_index(parcels, source)[box["y"], box["x"]]
     _, _, _, _, cell_m, _ = grid_extent(source)
-    return z, float(cell_m), str(epoch)
+    return z, labels, float(cell_m), str(epoch)
 
 
-def fit_map_errors(residuals: np.ndarray, *, cell_m: float) -> tuple[Correlogram, dict[str, Any]]:
-    """The correlogram fitted to standardised residuals on a grid, and its record
-    (parameters, empirical points, the distance classes used)."""
+def fit_map_errors(
+    residuals: np.ndarray, parcel_labels: np.ndarray, *, cell_m: float
+) -> tuple[Correlogram, dict[str, Any]]:
+    """The correlogram of errors within a parcel fitted to standardised residuals on a
+    grid (pairs of cells with the same positive ``parcel_labels`` only), and its record:
+    parameters, empirical points, the distance classes, and the fit over all pairs next
+    to it for comparison."""
     share = float(data_yaml("model_rules.yaml")["map_errors"]["max_lag_share"])
     max_lag_m = share * min(residuals.shape) * cell_m
-    empirical = empirical_correlogram(residuals, cell_m=cell_m, max_lag_m=max_lag_m, bin_m=cell_m)
-    try:
-        model = fit_correlogram(empirical)
-    except (ModelDomainError, RuntimeError) as err:
-        raise InputDataError(f"the map-error correlogram cannot be fitted: {err}") from None
-    record = correlogram_record(model, empirical)
-    record.update(
-        n_cells=int(np.isfinite(residuals).sum()),
-        mean_residual=float(np.nanmean(residuals)),
-        mean_square_residual=float(empirical["mean_square"][0]),
-        max_lag_m=max_lag_m,
-        bin_m=cell_m,
-    )
-    return model, record
+    records: dict[str, Any] = {}
+    models: dict[str, Correlogram] = {}
+    for key, groups in (("within_parcel", parcel_labels), ("all_pairs", None)):
+        empirical = empirical_correlogram(
+            residuals, cell_m=cell_m, max_lag_m=max_lag_m, bin_m=cell_m, groups=groups
+        )
+        try:
+            models[key] = fit_correlogram(empirical)
+        except (ModelDomainError, RuntimeError) as err:
+            raise InputDataError(f"the map-error correlogram cannot be fitted: {err}") from None
+        records[key] = correlogram_record(models[key], empirical)
+    within = parcel_labels > 0
+    record = {
+        **records.pop("within_parcel"),
+        "pairs": "within a parcel (the parcels' SDs use these)",
+        "all_pairs": records["all_pairs"],
+        "n_cells": int(np.isfinite(residuals[within]).sum()),
+        "n_parcels": int(np.unique(parcel_labels[within & np.isfinite(residuals)]).size),
+        "mean_residual": float(np.nanmean(residuals[within])),
+        "max_lag_m": max_lag_m,
+        "bin_m": cell_m,
+    }
+    return models["within_parcel"], record

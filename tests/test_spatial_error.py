@@ -137,3 +137,23 @@ def test_too_few_distance_classes_are_refused():
     emp = empirical_correlogram(z, cell_m=CELL_M, max_lag_m=10.0, bin_m=CELL_M)
     with pytest.raises(ModelDomainError, match="at least 3"):
         fit_correlogram(emp)
+
+
+def test_grouped_correlogram_counts_pairs_within_a_group_only():
+    rng = np.random.default_rng(8)
+    z = rng.normal(0.2, 1, (9, 10))
+    groups = np.zeros(z.shape, dtype=int)
+    groups[:, :4], groups[:5, 4:], groups[5:, 4:] = 1, 2, 3
+    groups[0, 0] = 0  # left out
+    emp = empirical_correlogram(z, cell_m=CELL_M, max_lag_m=30.0, bin_m=15.0, groups=groups)
+    yy, xx = np.nonzero(groups > 0)
+    vals, lab = z[yy, xx], groups[yy, xx]
+    i, j = np.triu_indices(len(vals), k=1)
+    same = lab[i] == lab[j]
+    i, j = i[same], j[same]
+    d = np.hypot(yy[i] - yy[j], xx[i] - xx[j]) * CELL_M
+    cls = np.ceil(d / 15.0).astype(int)
+    ms = np.mean(vals**2)
+    want = [np.mean(vals[i[cls == c]] * vals[j[cls == c]]) / ms for c in (1, 2)]
+    np.testing.assert_allclose(emp["rho"], want, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(emp["n_pairs"], [(cls == c).sum() for c in (1, 2)])

@@ -27,9 +27,10 @@ so a root-sum-of-squares (``independent``) SD shrinks as 1/sqrt(n pixels) where 
 error does not (McRoberts & Westfall 2016, doi:10.1007/s13595-015-0473-x), and the fully
 correlated sum of pixel SDs (``correlated``) is an upper bound, far too wide for
 parcels spanning several error ranges. ``spatial`` (the default) takes the correlation
-from a model of the map errors: a correlogram ``rho(d)`` (nugget + exponential + a
-shared part, :class:`models.spatial_error.Correlogram`) fitted to the satellite map's
-residuals against the LiDAR map inside the LiDAR cover (:mod:`pipeline.map_errors`),
+from a model of the map errors: a correlogram ``rho(d)`` of two pixels of the same
+parcel (nugget + exponential + a part shared by the whole parcel,
+:class:`models.spatial_error.Correlogram`) fitted to the satellite map's residuals
+against the LiDAR map inside the LiDAR cover (:mod:`pipeline.map_errors`),
 written with its parameters and empirical points to ``parcels/error_correlogram.json``
 (and to the table's ``attrs["error_correlogram"]``). A parcel's variance is then
 
@@ -400,8 +401,8 @@ def parcel_error_model(
     )
     if isinstance(found, str):
         return None, {"skipped": f"{found}: the fully correlated bound is used"}
-    residuals, cell_m, epoch = found
-    correlogram, record = fit_map_errors(residuals, cell_m=cell_m)
+    residuals, labels, cell_m, epoch = found
+    correlogram, record = fit_map_errors(residuals, labels, cell_m=cell_m)
     record["residuals"] = (
         f"satellite model minus LiDAR map inside the LiDAR cover at {epoch}, over the SD "
         "of their difference (pipeline.map_errors)"
