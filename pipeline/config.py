@@ -244,10 +244,10 @@ class ModelParams(Section):
 
     #: ``log_linear`` is opt-in: on the demo it wins the spatial CV (41.8 against 51.1
     #: Mg/ha) and brings the AOI totals within 3 % of the truth, but its parcel sink
-    #: intervals over-cover (95.5 % at 90 % nominal), because the parcels sum pixel SDs
-    #: as fully correlated (``sink.parcel_error_aggregation``), an upper bound that gets
-    #: looser as the map's stand-level error shrinks. Add it here once a within-parcel
-    #: error correlation is modelled, or where conservative sink intervals are wanted.
+    #: intervals over-cover (95.5 % at 90 % nominal) when the parcels sum pixel SDs as
+    #: fully correlated (``sink.parcel_error_aggregation: correlated``), an upper bound
+    #: that gets looser as the map's stand-level error shrinks. That was measured before
+    #: the ``spatial`` aggregation existed; measure it again before adding it here.
     candidates: tuple[
         Literal["powerlaw", "random_forest", "gradient_boosting", "log_linear"], ...
     ] = ("powerlaw", "random_forest", "gradient_boosting")
