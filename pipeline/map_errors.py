@@ -104,14 +104,23 @@ def lidar_residuals(
         return f"{int(lidar_cells.sum())} LiDAR-mapped cells at {epoch}, fewer than {least}"
     rows, cols = np.flatnonzero(lidar_cells.any(axis=1)), np.flatnonzero(lidar_cells.any(axis=0))
     box = {"y": slice(rows[0], rows[-1] + 1), "x": slice(cols[0], cols[-1] + 1)}
-    terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
+    # predictors on the box plus the moving window's reach (the window means inside the
+    # box are then the predict stage's), not on the whole grid
+    pad = int(bundle["support_px"])
+    r0, c0 = max(rows[0] - pad, 0), max(cols[0] - pad, 0)
+    padded = {"y": slice(r0, rows[-1] + 1 + pad), "x": slice(c0, cols[-1] + 1 + pad)}
+    inner = {
+        "y": slice(rows[0] - r0, rows[-1] + 1 - r0),
+        "x": slice(cols[0] - c0, cols[-1] + 1 - c0),
+    }
+    terr = terrain_features(open_raster(terrain).isel(padded), source=TERRAIN_RELPATH)
     classes = bundle_class_layers(bundle, parcels, terr)
     # the predict stage's stack without LiDAR: the satellite model's prediction, as it
     # maps every cell outside the cover
     stack = epoch_stack(
-        open_raster(composites[epoch]), terr, None, epoch=epoch,
+        open_raster(composites[epoch]).isel(padded), terr, None, epoch=epoch,
         support_px=bundle["support_px"], classes=classes,
-    ).isel(box)  # fmt: skip
+    ).isel(inner)  # fmt: skip
     names = [str(b) for b in stack["band"].to_numpy()]
     values = np.asarray(stack.values, dtype=np.float64)
     nb, ny, nx = values.shape
