@@ -244,10 +244,10 @@ class ModelParams(Section):
 
     #: ``log_linear`` is opt-in: on the demo it wins the spatial CV (41.8 against 51.1
     #: Mg/ha) and brings the AOI totals within 3 % of the truth, but its parcel sink
-    #: intervals over-cover (95.5 % at 90 % nominal), because the parcels sum pixel SDs
-    #: as fully correlated (``sink.parcel_error_aggregation``), an upper bound that gets
-    #: looser as the map's stand-level error shrinks. Add it here once a within-parcel
-    #: error correlation is modelled, or where conservative sink intervals are wanted.
+    #: intervals over-cover (95.5 % at 90 % nominal) when the parcels sum pixel SDs as
+    #: fully correlated (``sink.parcel_error_aggregation: correlated``), an upper bound
+    #: that gets looser as the map's stand-level error shrinks. That was measured before
+    #: the ``spatial`` aggregation existed; measure it again before adding it here.
     candidates: tuple[
         Literal["powerlaw", "random_forest", "gradient_boosting", "log_linear"], ...
     ] = ("powerlaw", "random_forest", "gradient_boosting")
@@ -342,10 +342,12 @@ class SinkParams(Section):
     #: default: the flag marks a relative SD under 20% (GEDI L4B spirit), which 10 m
     #: pixels rarely reach; masking the others would drop real stock from parcel totals
     min_quality: int = Field(default=0, ge=0)
-    #: how pixel errors add up inside a parcel: ``correlated`` (sum of SDs, upper bound,
-    #: default: one model's errors are spatially correlated) or ``independent`` (root sum
-    #: of squares, lower bound; reported alongside in any case)
-    parcel_error_aggregation: Literal["correlated", "independent"] = "correlated"
+    #: how pixel errors add up inside a parcel: ``spatial`` (default: with the error
+    #: correlogram fitted to the satellite map's residuals against the LiDAR map inside
+    #: the LiDAR cover, :mod:`pipeline.map_errors`; the correlated bound where there is
+    #: no LiDAR to fit it), ``correlated`` (sum of SDs, upper bound) or ``independent``
+    #: (root sum of squares, lower bound); both bounds are reported alongside in any case
+    parcel_error_aggregation: Literal["spatial", "correlated", "independent"] = "spatial"
     #: central coverage of the intervals reported per parcel
     interval: float = Field(default=0.9, gt=0, lt=1)
 

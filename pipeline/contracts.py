@@ -24,7 +24,8 @@ The run folder (``outputs/<region>/`` by default)::
                                              carbon_sd, co2e, quality)
     rasters/sink.tif,                        sink
       forest_carbon_index.tif
-    parcels/parcel_sink.gpkg, .csv           parcels
+    parcels/parcel_sink.gpkg, .csv,          parcels
+      error_correlogram.json
     credits/credits.csv                      credits
     report/report.html,                      report
       report/quicklooks/<name>.png,
@@ -35,6 +36,7 @@ The run folder (``outputs/<region>/`` by default)::
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +44,7 @@ from typing import Any, Literal
 
 import xarray as xr
 
+from models.biomass import BiomassMapper
 from models.credits import Methodology, load_methodology
 from pipeline import io
 from pipeline.config import Config, CreditsParams, SinkParams
@@ -80,6 +83,8 @@ INDEX_RELPATH = "rasters/forest_carbon_index.tif"
 
 PARCEL_SINK_GPKG_RELPATH = "parcels/parcel_sink.gpkg"
 PARCEL_SINK_CSV_RELPATH = "parcels/parcel_sink.csv"
+#: the map-error correlogram the parcels' SDs use (parameters and empirical points)
+ERROR_CORRELOGRAM_RELPATH = "parcels/error_correlogram.json"
 
 ESTIMATES_RELPATH = "estimates/totals.csv"
 SAMPLE_PLAN_RELPATH = "estimates/sample_plan.csv"
@@ -183,7 +188,7 @@ class SinkJob:
     reference_end: dt.date
     epoch_error_correlation: float | Literal["estimated"]
     min_quality: int
-    parcel_error_aggregation: Literal["correlated", "independent"]
+    parcel_error_aggregation: Literal["spatial", "correlated", "independent"]
     interval: float
 
     @classmethod
@@ -334,6 +339,23 @@ def credits_job(config: Config) -> CreditsJob:
     return CreditsJob.from_params(
         config.stages.credits, sink_job(config), key="stages.credits.methodology"
     )
+
+
+# -- the fitted models (stage model to stages predict and parcels) ------------------------
+
+
+def load_models(models: Path | bytes | Mapping[str, Any]) -> dict[str, Any]:
+    """The ``{"mapper", "conversion", "support_px"}`` bundle of ``model/models.pkl``.
+
+    Only load model files your own runs wrote: unpickling runs code.
+    """
+    if isinstance(models, Mapping):
+        return dict(models)
+    blob = models if isinstance(models, bytes) else Path(models).read_bytes()
+    bundle = pickle.loads(blob)
+    if not isinstance(bundle, dict) or not isinstance(bundle.get("mapper"), BiomassMapper):
+        raise InputDataError(f"{MODELS_RELPATH}: not a models file of the model stage; rerun `fit`")
+    return bundle
 
 
 # -- predictor rasters (stages model and predict) --------------------------------------

@@ -9,7 +9,9 @@ tables is in :mod:`models.biomass` and :mod:`models.landuse`):
 - systematic samples of cells (:func:`models.biomass.thinned_sample`) with their
   predictors at plot support: the LiDAR-model map sample that can train the satellite
   model, and the parcels' cells that train and apply the land-use classifier;
-- the LiDAR cover and the single-cell LiDAR metrics of the per-cell uncertainty.
+- the LiDAR cover and the single-cell LiDAR metrics of the per-cell uncertainty;
+- the predictor stack of an epoch that the ``predict`` stage maps, cell by cell, and the
+  parcels stage's error model predicts on inside the LiDAR cover (:func:`epoch_stack`).
 
 I/O-free like :mod:`pipeline.features`; only :func:`sampled_cells` and the cover
 computations compute Dask arrays, at the size of a sample or of the LiDAR cover.
@@ -29,6 +31,7 @@ import xarray as xr
 from models.biomass import thinned_sample
 from pipeline.contracts import (
     LIDAR_METRICS_RELPATH,
+    MODELS_RELPATH,
     PLOT_BIOMASS_RELPATH,
     TERRAIN_RELPATH,
     composite_relpath,
@@ -45,7 +48,11 @@ from pipeline.features import (
     plot_features,
     predictor_stack,
     support_window_px,
+    with_band_names,
 )
+
+#: name of the forest-land mask band added to the predictor stack
+FOREST_BAND = "forest_land"
 
 
 def satellite_stacks(
@@ -252,3 +259,69 @@ def cover_box(
         return np.asarray(window.values)[0]
 
     return np.asarray(metrics), in_cover[box], window_mean
+
+
+def epoch_stack(
+    composite: xr.DataArray,
+    terrain: xr.DataArray,
+    lidar: xr.DataArray | None,
+    *,
+    epoch: str,
+    support_px: int,
+    forest: xr.DataArray | None = None,
+    classes: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Predictor stack of one epoch at plot support, + ``lidar_fraction``, ``n_valid`` and
+    the forest-land mask (band :data:`FOREST_BAND`, when ``forest`` is given).
+
+    Predictors (composite bands and indices, terrain, the parcel-class layers of
+    :func:`pipeline.features.class_layers` when given, LiDAR metrics) are averaged over
+    the plot-sized window of each cell (:func:`pipeline.features.focal_mean`); the
+    data-quality bands and the mask are kept per cell. One chunk along ``band``.
+    """
+    comp_source = composite_relpath(epoch)
+    comp = with_band_names(composite, source=comp_source)
+    layers = [comp, terrain]
+    sources = [comp_source, TERRAIN_RELPATH]
+    if classes is not None:
+        layers.append(classes)
+        sources.append("parcels (classes)")
+    if lidar is not None:
+        layers.append(lidar)
+        sources.append(LIDAR_METRICS_RELPATH)
+    parts = [focal_mean(predictor_stack(*layers, sources=sources), size_px=support_px)]
+    part_sources = [comp_source]
+    if lidar is not None:
+        parts.append(lidar.sel(band=["lidar_fraction"]).astype(np.float32))
+        part_sources.append(LIDAR_METRICS_RELPATH)
+    if "n_valid" in comp["band"].to_numpy():
+        parts.append(comp.sel(band=["n_valid"]).astype(np.float32))
+        part_sources.append(comp_source)
+    if forest is not None:
+        parts.append(forest.astype(np.float32).expand_dims(band=[FOREST_BAND]))
+        part_sources.append("parcels (forest land)")
+    stack = concat_aligned(parts, sources=part_sources)
+    return stack.chunk({"band": -1})
+
+
+def bundle_class_layers(
+    bundle: Mapping[str, Any], parcels: gpd.GeoDataFrame | None, terrain: xr.DataArray
+) -> xr.DataArray | None:
+    """The parcel-class predictor layers the fitted models of ``bundle`` (``models.pkl``,
+    :func:`pipeline.contracts.load_models`) use, on the grid of ``terrain``; ``None``
+    when they use none.
+
+    Raises
+    ------
+    InputDataError
+        The models use parcel classes and ``parcels`` is ``None``.
+    """
+    spec = bundle.get("parcel_classes")
+    if spec is None:
+        return None
+    if parcels is None:
+        raise InputDataError(
+            f"{MODELS_RELPATH}: the models use the parcel layer's {spec['column']!r} "
+            "classes as predictors; give the parcel layer (sources.parcels, or --parcels)"
+        )
+    return class_layers(parcels, terrain, column=spec["column"], classes=spec["classes"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import geopandas as gpd
 import numpy as np
@@ -15,8 +16,14 @@ from shapely.geometry import LineString, box
 from shapely.ops import split
 
 from models.allometry import co2_per_c
+from models.spatial_error import Correlogram
 from pipeline.config import SinkParams
-from pipeline.contracts import PARCEL_SINK_CSV_RELPATH, PARCEL_SINK_GPKG_RELPATH, SinkJob
+from pipeline.contracts import (
+    ERROR_CORRELOGRAM_RELPATH,
+    PARCEL_SINK_CSV_RELPATH,
+    PARCEL_SINK_GPKG_RELPATH,
+    SinkJob,
+)
 from pipeline.errors import InputDataError
 from pipeline.sink import stock_change_sink
 from pipeline.stages.parcels import parcel_sink_table, parcels_stage
@@ -182,6 +189,86 @@ def test_stage_returns_gpkg_and_csv_tables():
     # rates per hectare are not areas
     assert "sink_tco2e_mu_yr" not in csv.columns
     assert gdf.attrs["epochs"] == ["2019", "2024"]
+    # no models and maps to fit the error model to: the record says so, the SDs are the
+    # fully correlated bound
+    assert "correlated bound" in out[ERROR_CORRELOGRAM_RELPATH]["skipped"]
+    np.testing.assert_allclose(csv["sink_sd_tco2e_yr"], csv["sink_sd_correlated_tco2e_yr"])
+    assert gdf.attrs["error_aggregation"] == "correlated"
+
+
+SPATIAL = replace(JOB, epoch_error_correlation=0.6)
+
+
+@pytest.mark.parametrize(
+    ("model", "bound"),
+    [
+        (Correlogram(nugget=1.0, shared=0.0, range_m=30.0), "independent"),
+        (Correlogram(nugget=0.0, shared=1.0, range_m=30.0), "correlated"),
+    ],
+)
+def test_spatial_sds_reach_the_bounds_at_the_correlogram_extremes(model, bound):
+    table = parcel_sink_table(SPATIAL, parcels=partition(), correlogram=model, **epoch_inputs(4))
+    assert table.attrs["error_aggregation"] == "spatial"
+    assert table.attrs["error_correlogram"] == model.record()
+    for e in ("2019", "2024"):
+        np.testing.assert_allclose(
+            table[f"carbon_sd_{e}_mg_c"], table[f"carbon_sd_{bound}_{e}_mg_c"], rtol=1e-9
+        )
+    if bound == "independent":
+        # per pixel Var(sink) = s1^2 + s2^2 - 2 rho s1 s2: without spatial correlation the
+        # pixel sink SDs (float32 in the sink map) add up as independent
+        np.testing.assert_allclose(
+            table["sink_sd_tco2e_yr"], table["sink_sd_independent_tco2e_yr"], rtol=1e-6
+        )
+
+
+def test_spatial_sds_lie_between_the_bounds():
+    model = Correlogram(nugget=0.3, shared=0.05, range_m=40.0)
+    table = parcel_sink_table(SPATIAL, parcels=partition(), correlogram=model, **epoch_inputs(5))
+    for col, lo, hi in [
+        ("sink_sd_tco2e_yr", "sink_sd_independent_tco2e_yr", "sink_sd_correlated_tco2e_yr"),
+        (
+            "carbon_sd_2024_mg_c",
+            "carbon_sd_independent_2024_mg_c",
+            "carbon_sd_correlated_2024_mg_c",
+        ),
+    ]:
+        assert (table[lo] < table[col]).all() and (table[col] < table[hi]).all()
+    # the interval is built on the spatial SD
+    np.testing.assert_allclose(
+        table["sink_hi_tco2e_yr"] - table["sink_tco2e_yr"],
+        1.6448536 * table["sink_sd_tco2e_yr"],
+        rtol=1e-6,
+    )
+
+
+def test_spatial_sink_sd_of_one_parcel_equals_the_double_sum():
+    # a whole-grid parcel: Var(sink) = sum_ij rho(d_ij) (a_i a_j + b_i b_j - 2 r a_i b_j)
+    # / years^2 with a, b the epochs' SDs where the sink is valid (pixel area 0.01 ha)
+    shape = (6, 8)
+    rng = np.random.default_rng(9)
+    s1, s2 = rng.uniform(1, 5, shape), rng.uniform(1, 5, shape)
+    inputs = {
+        "carbon_start": raster(np.full(shape, 100.0)),
+        "carbon_end": raster(np.full(shape, 110.0)),
+        "carbon_sd_start": raster(s1),
+        "carbon_sd_end": raster(s2),
+        "quality_start": raster(np.ones(shape)),
+        "quality_end": raster(np.ones(shape)),
+    }
+    parcels = gpd.GeoDataFrame(
+        {"parcel_id": ["all"]}, geometry=[box(X0, Y0 - 60, X0 + 80, Y0)], crs=CRS
+    )
+    model = Correlogram(nugget=0.2, shared=0.1, range_m=25.0)
+    row = parcel_sink_table(SPATIAL, parcels=parcels, correlogram=model, **inputs).iloc[0]
+    yy, xx = np.indices(shape)
+    pts = np.column_stack([yy.ravel(), xx.ravel()]) * RES_M
+    rho = model(np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1)))
+    a = s1.astype(np.float32).ravel().astype(np.float64) * 0.01
+    b = s2.astype(np.float32).ravel().astype(np.float64) * 0.01
+    var = a @ rho @ a + b @ rho @ b - 2 * 0.6 * (a @ rho @ b)
+    assert row["sink_sd_mg_c_yr"] == pytest.approx(np.sqrt(var) / SPATIAL.years, rel=1e-9)
+    assert row["carbon_sd_2019_mg_c"] == pytest.approx(np.sqrt(a @ rho @ a), rel=1e-9)
 
 
 def test_duplicate_parcel_ids_are_reported():

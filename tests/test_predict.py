@@ -8,6 +8,7 @@ the model-source band, the carbon conversion, Dask == in-memory, and determinism
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import pickle
 from pathlib import Path
@@ -28,24 +29,30 @@ from models.biomass import (
     SOURCE_SATELLITE_PLOTS,
     SOURCE_SATELLITE_UPSCALED,
 )
-from pipeline.config import ModelParams, PredictParams
+from pipeline.config import ModelParams, PredictParams, SinkParams
 from pipeline.contracts import (
+    ERROR_CORRELOGRAM_RELPATH,
     MODEL_CARD_RELPATH,
     MODELS_RELPATH,
+    PARCEL_SINK_CSV_RELPATH,
+    PARCEL_SINK_GPKG_RELPATH,
     PLOT_FEATURES_RELPATH,
     TERRAIN_RELPATH,
+    SinkJob,
+    load_models,
     map_relpath,
 )
 from pipeline.errors import InputDataError
 from pipeline.features import terrain_features
+from pipeline.map_errors import lidar_residuals
+from pipeline.samples import epoch_stack
 from pipeline.stages.model import ModelJob, model
+from pipeline.stages.parcels import parcels_stage
 from pipeline.stages.predict import (
     FLOAT_LAYERS,
     INT_LAYERS,
     INT_NODATA,
     PredictJob,
-    epoch_stack,
-    load_models,
     predict,
     predict_block,
 )
@@ -473,3 +480,75 @@ def inp_maps(inp: dict) -> dict:
     """The predictor inputs of ``predict`` from the scene's inputs."""
     keys = ("composites", "terrain", "lidar_metrics")
     return {k: inp[k] for k in keys}
+
+
+def strips(inp: dict, n: int) -> gpd.GeoDataFrame:
+    """``n`` vertical forest parcels covering the scene."""
+    minx, miny, maxx, maxy = inp["terrain"].rio.bounds()
+    xs = np.linspace(minx, maxx, n + 1)
+    return gpd.GeoDataFrame(
+        {"parcel_id": [f"S{i}" for i in range(n)], "land_class": "forest"},
+        geometry=[box(xs[i], miny, xs[i + 1], maxy) for i in range(n)],
+        crs=CRS,
+    )
+
+
+def test_error_model_predicts_like_the_predict_stage_inside_the_cover(
+    scene: dict, maps: dict
+) -> None:
+    # the LiDAR half of the 2019 map replaced by the predict stage's satellite-only map:
+    # the error model's satellite prediction there must equal it, residuals all zero
+    inp = scene["inputs"]
+    pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
+    satellite = predict(
+        pjob, models=scene["out"][MODELS_RELPATH], **{**inp_maps(inp), "lidar_metrics": None}
+    )
+    found = lidar_residuals(
+        scene["out"][MODELS_RELPATH],
+        composites=inp["composites"],
+        terrain=inp["terrain"],
+        agb={e: satellite[map_relpath("agb", e)] for e in EPOCHS},
+        agb_sd={e: satellite[map_relpath("agb_sd", e)] for e in EPOCHS},
+        quality={e: maps[map_relpath("quality", e)] for e in EPOCHS},
+        parcels=strips(inp, 4),
+    )
+    assert not isinstance(found, str)
+    z, labels, cell_m, epoch = found
+    lidar_cells = maps[map_relpath("quality", "2019")].sel(band="model_source").to_numpy() == 1
+    assert epoch == "2019" and cell_m == RES and z.shape == (N, N // 2)
+    assert np.isfinite(z).sum() == lidar_cells.sum() > 1000
+    assert np.nanmax(np.abs(z)) < 1e-4
+    assert set(np.unique(labels)) == {1, 2}  # the two strips of the LiDAR half
+
+
+def test_parcels_stage_fits_the_error_model_inside_the_lidar_cover(scene: dict, maps: dict) -> None:
+    inp = scene["inputs"]
+    job = SinkJob.from_params(
+        SinkParams(epoch_error_correlation=0.5),
+        epochs=EPOCHS,
+        reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
+    )
+    rasters = {
+        f"{name}_{role}": maps[map_relpath(name, e)]
+        for role, e in zip(("start", "end"), EPOCHS, strict=True)
+        for name in ("carbon", "carbon_sd", "quality")
+    }
+    out = parcels_stage(
+        job,
+        parcels=strips(inp, 8),
+        **rasters,
+        models=scene["out"][MODELS_RELPATH],
+        composites=inp["composites"],
+        terrain=inp["terrain"],
+        agb_maps={e: maps[map_relpath("agb", e)] for e in EPOCHS},
+        agb_sd_maps={e: maps[map_relpath("agb_sd", e)] for e in EPOCHS},
+        quality_maps={e: maps[map_relpath("quality", e)] for e in EPOCHS},
+    )
+    record = out[ERROR_CORRELOGRAM_RELPATH]
+    assert "skipped" not in record and record["n_parcels"] == 4
+    assert {"nugget", "shared", "range_m", "empirical", "all_pairs"} <= set(record)
+    table = out[PARCEL_SINK_CSV_RELPATH]
+    assert out[PARCEL_SINK_GPKG_RELPATH].attrs["error_aggregation"] == "spatial"
+    sd = table["sink_sd_tco2e_yr"]
+    assert (sd <= table["sink_sd_correlated_tco2e_yr"] * (1 + 1e-9)).all()
+    assert (sd >= table["sink_sd_independent_tco2e_yr"] * (1 - 1e-9)).all()

@@ -434,10 +434,12 @@ def headline_rows(
     z = job.z_value
     sink_sum = float(parcel_sink["sink_tco2e_yr"].sum())
     sds = parcel_sink["sink_sd_tco2e_yr"].to_numpy(dtype=float)
-    sink_sd = float(sds.sum()) if agg == "correlated" else float(np.sqrt((sds**2).sum()))
+    # parcels' errors add up as fully correlated unless pixel errors are independent: a
+    # spatial model's shared part and neighbouring parcels' errors are correlated
+    sink_sd = float(sds.sum()) if agg != "independent" else float(np.sqrt((sds**2).sum()))
     c_end = float(parcel_sink[f"carbon_{e2}_mg_c"].sum())
     c_sds = parcel_sink[f"carbon_sd_{e2}_mg_c"].to_numpy(dtype=float)
-    c_sd = float(c_sds.sum()) if agg == "correlated" else float(np.sqrt((c_sds**2).sum()))
+    c_sd = float(c_sds.sum()) if agg != "independent" else float(np.sqrt((c_sds**2).sum()))
     forest_ha = fmt(float(parcel_sink["forest_area_ha"].sum()))
     grid_ha = fmt(float(parcel_sink["area_grid_ha"].sum()))
     lo_txt, hi_txt = fmt(sink_sum - z * sink_sd), fmt(sink_sum + z * sink_sd)

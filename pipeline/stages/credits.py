@@ -152,7 +152,10 @@ def credits_table(
     covs = coverage_cells(project, transform=transform, shape=rate_v.shape, crs=crs.to_string())
     areas_ha = project.geometry.to_crs(crs.to_string()).area.to_numpy() / M2_PER_HA
     years = job.sink.years
-    correlated = job.sink.parcel_error_aggregation == "correlated"
+    # the spatial error model is fitted by the parcels stage, for the parcels' SDs; the
+    # credits' map rows (informative) keep the fully correlated bound under it
+    correlated = job.sink.parcel_error_aggregation != "independent"
+    aggregation = "correlated" if correlated else "independent"
 
     rows = []
     sums = {"project": 0.0, "sd_lin": 0.0, "sd_sq": 0.0, "area": 0.0, "baseline": 0.0}
@@ -171,7 +174,7 @@ def credits_table(
             baseline_rate_tco2e_ha_yr=float(base_rate),
             methodology=method,
             df=math.inf,
-            estimator=f"map ({job.sink.parcel_error_aggregation} pixel errors)",
+            estimator=f"map ({aggregation} pixel errors)",
         )
         rows.append(_steps_row(str(pid), "parcel (informative)", steps))
         sums["project"] += proj_yr * years

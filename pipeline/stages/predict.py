@@ -69,27 +69,18 @@ from dask.base import tokenize
 from models.biomass import SOURCE_BASELINE, BiomassMapper
 from pipeline.config import Config, PredictParams
 from pipeline.contracts import (
-    LIDAR_METRICS_RELPATH,
     MODELS_RELPATH,
     TERRAIN_RELPATH,
     RunLayout,
-    composite_relpath,
     composites_by_epoch,
     lidar_for_epoch,
+    load_models,
     map_relpath,
     open_raster,
     predictor_inputs,
 )
-from pipeline.errors import InputDataError
-from pipeline.features import (
-    class_layers,
-    concat_aligned,
-    focal_mean,
-    forest_land_mask,
-    predictor_stack,
-    terrain_features,
-    with_band_names,
-)
+from pipeline.features import forest_land_mask, terrain_features
+from pipeline.samples import FOREST_BAND, bundle_class_layers, epoch_stack
 from pipeline.stage import Stage
 
 #: float layers produced per block, in order
@@ -111,8 +102,6 @@ INT_LAYERS = ("model_source", "n_valid", "good")
 #: position of each layer in a block of :func:`predict_block`
 LAYER_INDEX = {n: i for i, n in enumerate((*FLOAT_LAYERS, *INT_LAYERS))}
 INT_NODATA = -1
-#: name of the forest-land mask band added to the predictor stack
-FOREST_BAND = "forest_land"
 
 
 @dataclass(frozen=True)
@@ -123,20 +112,6 @@ class PredictJob:
     epochs: tuple[str, ...]
     seed: int
     crs: str
-
-
-def load_models(models: Path | bytes | Mapping[str, Any]) -> dict[str, Any]:
-    """The ``{"mapper", "conversion", "support_px"}`` bundle of ``model/models.pkl``.
-
-    Only load model files your own runs wrote: unpickling runs code.
-    """
-    if isinstance(models, Mapping):
-        return dict(models)
-    blob = models if isinstance(models, bytes) else Path(models).read_bytes()
-    bundle = pickle.loads(blob)
-    if not isinstance(bundle, dict) or not isinstance(bundle.get("mapper"), BiomassMapper):
-        raise InputDataError(f"{MODELS_RELPATH}: not a models file of the model stage; rerun `fit`")
-    return bundle
 
 
 def predict_block(
@@ -198,49 +173,6 @@ def predict_block(
     return out.reshape(len(layers), ny, nx).astype(np.float32)
 
 
-def epoch_stack(
-    composite: xr.DataArray,
-    terrain: xr.DataArray,
-    lidar: xr.DataArray | None,
-    *,
-    epoch: str,
-    support_px: int,
-    forest: xr.DataArray | None = None,
-    classes: xr.DataArray | None = None,
-) -> xr.DataArray:
-    """Predictor stack of one epoch at plot support, + ``lidar_fraction``, ``n_valid`` and
-    the forest-land mask (band :data:`FOREST_BAND`, when ``forest`` is given).
-
-    Predictors (composite bands and indices, terrain, the parcel-class layers of
-    :func:`pipeline.features.class_layers` when given, LiDAR metrics) are averaged over
-    the plot-sized window of each cell (:func:`pipeline.features.focal_mean`); the
-    data-quality bands and the mask are kept per cell. One chunk along ``band``.
-    """
-    comp_source = composite_relpath(epoch)
-    comp = with_band_names(composite, source=comp_source)
-    layers = [comp, terrain]
-    sources = [comp_source, TERRAIN_RELPATH]
-    if classes is not None:
-        layers.append(classes)
-        sources.append("parcels (classes)")
-    if lidar is not None:
-        layers.append(lidar)
-        sources.append(LIDAR_METRICS_RELPATH)
-    parts = [focal_mean(predictor_stack(*layers, sources=sources), size_px=support_px)]
-    part_sources = [comp_source]
-    if lidar is not None:
-        parts.append(lidar.sel(band=["lidar_fraction"]).astype(np.float32))
-        part_sources.append(LIDAR_METRICS_RELPATH)
-    if "n_valid" in comp["band"].to_numpy():
-        parts.append(comp.sel(band=["n_valid"]).astype(np.float32))
-        part_sources.append(comp_source)
-    if forest is not None:
-        parts.append(forest.astype(np.float32).expand_dims(band=[FOREST_BAND]))
-        part_sources.append("parcels (forest land)")
-    stack = concat_aligned(parts, sources=part_sources)
-    return stack.chunk({"band": -1})
-
-
 def predict(
     job: PredictJob,
     *,
@@ -270,15 +202,7 @@ def predict(
         else forest_land_mask(parcels, terr, land_classes=job.params.forest_land_classes)
     )
     non_forest: Mapping[str, Sequence[str]] = bundle.get("non_forest_parcels") or {}
-    spec = bundle.get("parcel_classes")
-    classes: xr.DataArray | None = None
-    if spec is not None:
-        if parcels is None:
-            raise InputDataError(
-                f"{MODELS_RELPATH}: the models use the parcel layer's {spec['column']!r} "
-                "classes as predictors; give the parcel layer (sources.parcels, or --parcels)"
-            )
-        classes = class_layers(parcels, terr, column=spec["column"], classes=spec["classes"])
+    classes = bundle_class_layers(bundle, parcels, terr)
     out: dict[str, xr.DataArray] = {}
     for e in job.epochs:
         forest_e = forest
