@@ -17,7 +17,10 @@ The science, per scene (STAC item) and then per season:
 5. **Median** per band over the season's valid observations (``nanmedian`` per pixel,
    chunked in space, one chunk in time: never the whole stack in memory), the count of
    valid observations ``n_valid``, and indices NDVI, EVI, NBR, NDMI, NDRE
-   (``data_catalog/indices.yaml``) from the median bands.
+   (``data_catalog/indices.yaml``) from the median bands. The NIR indices use the narrow
+   NIR that HLS harmonises across both sensors (B8A / OLI B5), so they exist wherever
+   either sensor saw the ground; red edge, B08 and NDRE are Sentinel-2 only
+   (:func:`single_sensor_bands`).
 
 A QA check on each scene's dark objects (low percentile of clear blue reflectance)
 catches wrong provider offset flags, reported for some 2022 and 2025 Earth Search scenes.
@@ -145,6 +148,38 @@ def harmonisation_coefficients(target: str) -> dict[str, tuple[float, float]]:
     if table.get("direction") != "msi_to_oli":
         raise ScienceDomainError("landsat-c2-l2.yaml: harmonisation.direction must be msi_to_oli")
     return {b: (float(c["slope"]), float(c["offset"])) for b, c in table[target].items()}
+
+
+def harmonised_bands() -> frozenset[str]:
+    """Reflectance bands both sensors deliver on one scale: the bands of the Landsat
+    profile's HLS harmonisation table (``data_catalog/collections/landsat-c2-l2.yaml``)."""
+    table = catalog.collection_profile("landsat-c2-l2")["harmonisation"]
+    targets = [v for v in table.values() if isinstance(v, Mapping)]
+    return frozenset(str(b) for t in targets for b in t)
+
+
+def index_inputs() -> dict[str, frozenset[str]]:
+    """The reflectance bands each index of ``data_catalog/indices.yaml`` is computed from."""
+    spec = catalog.index_definitions()
+    out = {
+        name: frozenset((nd["a"], nd["b"])) for name, nd in spec["normalised_difference"].items()
+    }
+    e = spec["evi"]
+    out["evi"] = frozenset((e["nir"], e["red"], e["blue"]))
+    return out
+
+
+def single_sensor_bands() -> tuple[str, ...]:
+    """Composite bands that only Sentinel-2 observes: its reflectance bands HLS does not
+    harmonise with Landsat (red edge, the broad NIR B08) and the indices computed from one
+    of them. Where a season's only clear views are Landsat's, these bands are NaN."""
+    common = harmonised_bands()
+    inputs = index_inputs()
+    return tuple(
+        b
+        for b in (*REFLECTANCE_BANDS, *INDEX_NAMES)
+        if (b in REFLECTANCE_BANDS and b not in common) or (b in inputs and not inputs[b] <= common)
+    )
 
 
 def landsat_to_sentinel2(oli: Any, *, slope: float, offset: float) -> Any:

@@ -79,6 +79,8 @@ PLOT_FEATURES_RELPATH = "model/plot_features.csv"
 MODELS_RELPATH = "model/models.pkl"
 
 SINK_RELPATH = "rasters/sink.tif"
+#: per epoch, how many forest-land cells each model mapped and how many have no value
+MAP_COVERAGE_RELPATH = "rasters/coverage.json"
 INDEX_RELPATH = "rasters/forest_carbon_index.tif"
 
 PARCEL_SINK_GPKG_RELPATH = "parcels/parcel_sink.gpkg"

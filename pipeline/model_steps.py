@@ -20,6 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from models.biomass import (
+    SOURCE_SATELLITE_COMMON,
     CellSupport,
     FittedModel,
     ModelSettings,
@@ -32,6 +33,7 @@ from models.biomass import (
 from models.datafiles import data_yaml
 from models.errors import ModelDomainError
 from models.landuse import fit_land_use, judge_parcels
+from pipeline.composite import single_sensor_bands
 from pipeline.config import ModelParams
 from pipeline.contracts import LIDAR_METRICS_RELPATH
 from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
@@ -113,8 +115,11 @@ def satellite_model(
     features: Sequence[str],
     p: ModelParams,
     seed: int,
+    *,
+    training: SatelliteSource | None = None,
 ) -> tuple[SatelliteSource, FittedModel]:
-    """The satellite model of the configured (or the best) training source."""
+    """The satellite model of the configured (or the best) training source; ``training``
+    overrides ``model.satellite_training``."""
     if p.satellite_training not in ("auto", "plots") and sample is None:
         raise ConfigError(
             f"model.satellite_training {p.satellite_training!r} needs a LiDAR model, and this "
@@ -123,10 +128,46 @@ def satellite_model(
     try:
         return fit_satellite_model(
             plots, sample, features, settings=settings_from(p), seed=seed,
-            training=p.satellite_training, share=p.upscale_share, sample_info=sample_info,
+            training=training or p.satellite_training, share=p.upscale_share,
+            sample_info=sample_info,
         )  # fmt: skip
     except ModelDomainError as err:
         raise ScienceDomainError(str(err)) from None
+
+
+def common_band_model(
+    table: pd.DataFrame,
+    sample: pd.DataFrame | None,
+    sample_info: dict[str, Any],
+    features: Sequence[str],
+    source: SatelliteSource,
+    p: ModelParams,
+    seed: int,
+) -> tuple[FittedModel | None, pd.DataFrame, dict[str, Any]]:
+    """The fallback satellite model on the predictors both sensors give, its plots and
+    its model-card record.
+
+    ``features`` minus the Sentinel-2-only bands and indices
+    (:func:`pipeline.composite.single_sensor_bands`), trained on the same ``source`` as
+    the satellite model, on every plot-epoch that has these predictors (also those seen
+    only by Landsat, which the satellite model cannot use), and selected, validated and
+    calibrated the same way (spatially blocked CV). ``None`` when no feature is
+    single-sensor.
+    """
+    single = set(single_sensor_bands())
+    common = [f for f in features if f not in single]
+    if len(common) == len(features):
+        return None, table.iloc[:0], {"skipped": "the satellite model uses no Sentinel-2-only band"}
+    ok = table[common].notna().all(axis=1) & np.isfinite(table["agb_mg_ha"])
+    plots = table.loc[ok.to_numpy()].reset_index(drop=True)
+    _, fitted = satellite_model(plots, sample, sample_info, common, p, seed, training=source)
+    record = {
+        "model_source": SOURCE_SATELLITE_COMMON,
+        "used": "where a cell lacks a Sentinel-2-only predictor of the satellite model",
+        "left_out": sorted(single & set(features)),
+    }
+    fitted.card.update(record)
+    return fitted, plots, fitted.card
 
 
 def land_use(

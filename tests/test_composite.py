@@ -323,10 +323,12 @@ def test_hls_coefficients_match_published_table() -> None:
 
 
 def test_indices_closed_form() -> None:
+    # the NIR indices use the narrow NIR (B8A / OLI B5, "nir08"), NDRE the broad one (B08)
     v = {
         b: xr.DataArray(np.array([x], dtype="float32"))
         for b, x in {
             "nir": 0.4,
+            "nir08": 0.35,
             "red": 0.05,
             "blue": 0.03,
             "swir16": 0.2,
@@ -335,11 +337,23 @@ def test_indices_closed_form() -> None:
         }.items()
     }
     out = C.indices(v)
-    assert float(out["ndvi"][0]) == pytest.approx(0.35 / 0.45, rel=1e-6)
-    assert float(out["nbr"][0]) == pytest.approx(0.3 / 0.5, rel=1e-6)
-    assert float(out["ndmi"][0]) == pytest.approx(0.2 / 0.6, rel=1e-6)
+    assert float(out["ndvi"][0]) == pytest.approx(0.30 / 0.40, rel=1e-6)
+    assert float(out["nbr"][0]) == pytest.approx(0.25 / 0.45, rel=1e-6)
+    assert float(out["ndmi"][0]) == pytest.approx(0.15 / 0.55, rel=1e-6)
     assert float(out["ndre"][0]) == pytest.approx(0.3 / 0.5, rel=1e-6)
-    assert float(out["evi"][0]) == pytest.approx(2.5 * 0.35 / (0.4 + 0.3 - 0.225 + 1), rel=1e-6)
+    assert float(out["evi"][0]) == pytest.approx(2.5 * 0.30 / (0.35 + 0.3 - 0.225 + 1), rel=1e-6)
+
+
+def test_indices_of_a_landsat_only_pixel() -> None:
+    # only the bands Landsat has: the NIR indices exist, the red-edge one does not
+    v = {
+        b: xr.DataArray(np.array([x], dtype="float32"))
+        for b, x in {"nir": np.nan, "rededge1": np.nan, "nir08": 0.35, "red": 0.05,
+                     "blue": 0.03, "swir16": 0.2, "swir22": 0.1}.items()
+    }  # fmt: skip
+    out = C.indices(v)
+    assert {k for k, a in out.items() if np.isfinite(float(a[0]))} == {"ndvi", "nbr", "ndmi", "evi"}
+    assert set(C.single_sensor_bands()) == {"rededge1", "rededge2", "rededge3", "nir", "ndre"}
 
 
 def test_median_and_indices_are_quiet_where_there_is_no_data() -> None:
@@ -393,7 +407,7 @@ def test_median_and_indices_numpy_equals_dask() -> None:
     )
     bands = {
         b: xr.DataArray(rng.uniform(0.01, 0.5, (13, 11)).astype("float32"), dims=("y", "x"))
-        for b in ("blue", "green", "red", "rededge1", "nir", "swir16", "swir22")
+        for b in ("blue", "green", "red", "rededge1", "nir", "nir08", "swir16", "swir22")
     }
     for b in bands.values():
         b[0, :4] = 0.0  # a + b == 0: index undefined

@@ -26,12 +26,14 @@ from synthetic_landscape import make_landscape
 from models.biomass import (
     SOURCE_LIDAR,
     SOURCE_NONE,
+    SOURCE_SATELLITE_COMMON,
     SOURCE_SATELLITE_PLOTS,
     SOURCE_SATELLITE_UPSCALED,
 )
 from pipeline.config import ModelParams, PredictParams, SinkParams
 from pipeline.contracts import (
     ERROR_CORRELOGRAM_RELPATH,
+    MAP_COVERAGE_RELPATH,
     MODEL_CARD_RELPATH,
     MODELS_RELPATH,
     PARCEL_SINK_CSV_RELPATH,
@@ -205,7 +207,14 @@ def maps(scene: dict) -> dict[str, xr.DataArray]:
 
 def test_predict_outputs_are_lazy_with_crs_and_model_source(maps: dict) -> None:
     names = {"agb", "agb_sd", "agb_interval", "carbon", "carbon_sd", "co2e", "quality"}
-    assert set(maps) == {map_relpath(n, e) for n in names for e in EPOCHS}
+    assert set(maps) == {map_relpath(n, e) for n in names for e in EPOCHS} | {MAP_COVERAGE_RELPATH}
+    # no parcel layer: every cell counts; 2019 half LiDAR, half satellite, 2024 satellite
+    cov = maps[MAP_COVERAGE_RELPATH]["epochs"]
+    assert cov["2019"]["cells"] == N * N and cov["2019"]["cells_are"] == "all cells"
+    by19, by24 = cov["2019"]["by_model_source"], cov["2024"]["by_model_source"]
+    assert by19[str(SOURCE_LIDAR)]["cells"] == by19[str(SOURCE_SATELLITE_UPSCALED)]["cells"]
+    assert by24[str(SOURCE_SATELLITE_UPSCALED)]["share"] == 1.0
+    assert by24[str(SOURCE_NONE)]["cells"] == by24[str(SOURCE_SATELLITE_COMMON)]["cells"] == 0
     agb = maps[map_relpath("agb", "2019")]
     assert agb.chunks is not None and agb.rio.crs.to_string() == CRS
     assert agb.attrs["units"] == "Mg/ha"
@@ -479,7 +488,7 @@ def test_parcels_judged_not_yet_forest_hold_the_baseline_stock_at_that_epoch(
 def inp_maps(inp: dict) -> dict:
     """The predictor inputs of ``predict`` from the scene's inputs."""
     keys = ("composites", "terrain", "lidar_metrics")
-    return {k: inp[k] for k in keys}
+    return {k: inp[k] for k in keys if k in inp}
 
 
 def strips(inp: dict, n: int) -> gpd.GeoDataFrame:
@@ -552,3 +561,59 @@ def test_parcels_stage_fits_the_error_model_inside_the_lidar_cover(scene: dict, 
     sd = table["sink_sd_tco2e_yr"]
     assert (sd <= table["sink_sd_correlated_tco2e_yr"] * (1 + 1e-9)).all()
     assert (sd >= table["sink_sd_independent_tco2e_yr"] * (1 - 1e-9)).all()
+
+
+def test_cells_seen_only_by_landsat_take_the_common_band_model(scene: dict) -> None:
+    # a red-edge band (Sentinel-2 only) that carries signal; in a block of cells the
+    # season was clear only in Landsat scenes: no red edge, no NDRE, the rest present
+    inp = {k: v for k, v in scene["inputs"].items() if k != "lidar_metrics"}
+    land = scene["land"]
+    rng = np.random.default_rng(3)
+    gap = np.zeros((N, N), dtype=bool)
+    gap[10:30, 40:70] = True
+    comps = {}
+    for e, comp in inp["composites"].items():
+        layers = {str(b): comp.sel(band=b).to_numpy() for b in comp["band"].to_numpy()}
+        rededge = 0.05 + 0.1 * land.features["ndvi"] + rng.normal(0, 0.003, (N, N))
+        layers["rededge1"] = np.where(gap, np.nan, rededge)
+        layers["ndre"] = np.where(gap, np.nan, land.features["ndvi"] - 0.2)
+        comps[e] = raster(layers)
+    inp["composites"] = comps
+    params = scene["job"].params.model_copy(update={"satellite_training": "plots"})
+    out = model(dataclasses.replace(scene["job"], params=params), **inp)
+    card = out[MODEL_CARD_RELPATH]
+    common = card["common_band_model"]
+    assert common["model_source"] == SOURCE_SATELLITE_COMMON
+    assert common["left_out"] == ["ndre", "rededge1"]
+    assert {"rededge1", "ndre"} <= set(card["satellite_model"]["features"])
+    assert not {"rededge1", "ndre"} & set(common["features"])
+    # its own validation: spatially blocked CV and a calibration of its own residuals
+    assert common["candidates"][common["chosen"]]["spatial_cv"]["rmse_mg_ha"] > 0
+    assert common["uncertainty"]["after"] == "the epoch bias correction"
+    # plots in the gap have no red edge: the common-band model trains on more plot-epochs
+    assert len(common["cv_predictions"]) > len(card["satellite_model"]["cv_predictions"])
+
+    pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
+    with pytest.warns(UserWarning, match=r"600 \(9\.4%\) lack a Sentinel-2-only band"):
+        maps = predict(pjob, models=out[MODELS_RELPATH], **inp_maps(inp))
+    for e in EPOCHS:
+        src = maps[map_relpath("quality", e)].sel(band="model_source").to_numpy()
+        agb = maps[map_relpath("agb", e)].to_numpy()[0]
+        sd = maps[map_relpath("agb_sd", e)].to_numpy()[0]
+        # the plot-sized window mean is NaN-aware but keeps a cell without data empty: the
+        # cells lacking the red edge are the gap's, its neighbours' windows still have it
+        assert (src[gap] == SOURCE_SATELLITE_COMMON).all()
+        assert (src[~gap] == SOURCE_SATELLITE_PLOTS).all()
+        assert np.isfinite(agb).all() and (sd[gap] > 0).all()
+        by = maps[MAP_COVERAGE_RELPATH]["epochs"][e]["by_model_source"]
+        assert by[str(SOURCE_SATELLITE_COMMON)]["cells"] == gap.sum() == 600
+        assert by[str(SOURCE_NONE)]["cells"] == 0
+    # where every band exists, the main model alone decides: same values as without the
+    # fallback (the two models are not designed to agree where both could predict)
+    bundle = load_models(out[MODELS_RELPATH])
+    bundle["mapper"].common = None
+    with pytest.warns(UserWarning, match=r"0 \(0\.0%\) lack .* 600 \(9\.4%\) have no value"):
+        plain = predict(pjob, models=bundle, **inp_maps(inp))
+    a, b = (m[map_relpath("agb", "2019")].to_numpy()[0] for m in (maps, plain))
+    np.testing.assert_array_equal(a[~gap], b[~gap])
+    assert np.isnan(b[gap]).all()

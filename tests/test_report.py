@@ -168,6 +168,13 @@ def report_inputs() -> dict:
         "lidar_tiles": pd.DataFrame({"tile": ["500_3000.laz", "501_3000.laz"]}),
         "plot_biomass": pd.DataFrame({"plot_id": ["P00", "P01", "P00"],
                                       "epoch": ["2019", "2019", "2024"]}),
+        # the shape of pipeline.stages.predict's rasters/coverage.json
+        "map_coverage": {"epochs": {"2019": {"cells": 1000, "cells_are": "forest land",
+            "by_model_source": {
+                "0": {"name": "no value", "cells": 61, "share": 0.061},
+                "3": {"name": "satellite model from plots", "cells": 675, "share": 0.675},
+                "6": {"name": "common-band satellite model", "cells": 264, "share": 0.264},
+                "1": {"name": "LiDAR model", "cells": 0, "share": 0.0}}}}},
     }  # fmt: skip
 
 
@@ -204,6 +211,10 @@ def test_report_content_and_quicklooks(report_inputs):
     assert "satellite_model.candidates.random_forest.spatial_cv.rmse_mg_ha" in html
     assert "satellite_model: random_forest" in html  # inventory names the chosen model
     assert "9 scenes" in html and "2 tiles" in html
+    # the cells left to the fallback model or without a value are shown, with their share
+    row = html.split("map cells by model, epoch 2019")[1].split("</tr>")[0]
+    assert "1,000 forest land cells" in row and "no value 61 (6.1 %)" in row
+    assert "common-band satellite model 264 (26.4 %)" in row and "LiDAR" not in row
 
 
 def test_report_is_byte_identical_on_rerun(report_inputs, tmp_path):

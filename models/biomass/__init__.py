@@ -12,7 +12,7 @@ module:
 - :mod:`~models.biomass.selection`: candidates compared by blocked CV, the best fitted
   on all data and calibrated;
 - :mod:`~models.biomass.mapping`: the per-pixel rule (LiDAR model in the LiDAR cover,
-  satellite model elsewhere);
+  satellite model elsewhere, its common-band twin where a Sentinel-2-only band is missing);
 - :mod:`~models.biomass.epochs`: each epoch's map bias and the epochs' error correlation;
 - :mod:`~models.biomass.upscaling`: LiDAR-assisted (hybrid) training of the satellite
   model.
@@ -49,8 +49,10 @@ from models.biomass.mapping import (
     SATELLITE_SOURCE_CODES,
     SOURCE_BASELINE,
     SOURCE_LIDAR,
+    SOURCE_NAMES,
     SOURCE_NONE,
     SOURCE_SATELLITE_COMBINED,
+    SOURCE_SATELLITE_COMMON,
     SOURCE_SATELLITE_PLOTS,
     SOURCE_SATELLITE_UPSCALED,
     BiomassMapper,
@@ -83,8 +85,10 @@ __all__ = [
     "SATELLITE_SOURCE_CODES",
     "SOURCE_BASELINE",
     "SOURCE_LIDAR",
+    "SOURCE_NAMES",
     "SOURCE_NONE",
     "SOURCE_SATELLITE_COMBINED",
+    "SOURCE_SATELLITE_COMMON",
     "SOURCE_SATELLITE_PLOTS",
     "SOURCE_SATELLITE_UPSCALED",
     "Auxiliary",

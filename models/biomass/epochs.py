@@ -18,6 +18,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from models.biomass.mapping import BiomassMapper
+from models.biomass.selection import FittedModel
 from models.biomass.uncertainty import calibration_record
 from models.datafiles import data_yaml
 
@@ -112,35 +113,62 @@ def correct_epochs(
     *,
     interval: float,
     bias_correction: bool,
+    common_plots: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Per-epoch bias correction of the satellite map and the epochs' error correlations.
+    """Per-epoch bias correction of the satellite maps and the epochs' error correlations.
 
-    Both from the satellite model's held-out (spatial CV) predictions at the plots, which
+    Both from a satellite model's held-out (spatial CV) predictions at the plots, which
     ``select_and_fit`` records in the order of ``plots``' rows (columns ``epoch`` and
     ``plot_id``). With ``bias_correction`` the mapper's ``epoch_offsets`` are set and its
     satellite model recalibrated on the corrected predictions; the satellite model's card
-    records the corrections either way.
+    records the corrections either way. The common-band model (``mapper.common``, trained
+    on ``common_plots``) gets the same from its own residuals, into
+    ``common_epoch_offsets`` and its own card.
 
     Returns
     -------
     dict
-        The model card's ``epoch_error_correlation`` record: ``rho`` and ``n_plots`` per
-        pair of epochs (``rho`` None when too few plots were measured at both).
+        The model card's ``epoch_error_correlation`` record of the satellite model: ``rho``
+        and ``n_plots`` per pair of epochs (``rho`` None when too few plots were measured
+        at both).
     """
-    held_out = pd.DataFrame(mapper.satellite.card["cv_predictions"])
+    mapper.epoch_offsets, pairs = _correct_model(
+        mapper.satellite, plots, epochs, interval=interval, bias_correction=bias_correction
+    )
+    if mapper.common is not None and common_plots is not None:
+        mapper.common_epoch_offsets, common_pairs = _correct_model(
+            mapper.common, common_plots, epochs, interval=interval, bias_correction=bias_correction
+        )
+        mapper.common.card["epoch_error_correlation"] = common_pairs
+    return pairs
+
+
+def _correct_model(
+    fitted: FittedModel,
+    plots: pd.DataFrame,
+    epochs: Sequence[str],
+    *,
+    interval: float,
+    bias_correction: bool,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`correct_epochs` for one model: its epoch offsets (empty without
+    ``bias_correction``; the model is recalibrated and its card updated in place) and its
+    ``epoch_error_correlation`` record."""
+    held_out = pd.DataFrame(fitted.card["cv_predictions"])
     obs = held_out["observed"].to_numpy(dtype=np.float64)
     pred = held_out["predicted"].to_numpy(dtype=np.float64)
     plot_epochs = plots["epoch"].astype(str).tolist()
     corrections = epoch_corrections(obs, pred, plot_epochs)
+    offsets: dict[str, float] = {}
     if bias_correction:
-        mapper.epoch_offsets = {e: c.offset_mg_ha for e, c in corrections.items()}
+        offsets = {e: c.offset_mg_ha for e, c in corrections.items()}
         # intervals around the corrected map: calibrate on the corrected predictions
-        shift = np.array([mapper.epoch_offsets.get(e, 0.0) for e in plot_epochs])
+        shift = np.array([offsets.get(e, 0.0) for e in plot_epochs])
         pred = np.clip(pred + shift, 0.0, None)
         cal, record = calibration_record(obs, pred, interval=interval)
-        mapper.satellite.calibration = cal
-        mapper.satellite.card["uncertainty"] = {**record, "after": "the epoch bias correction"}
-    mapper.satellite.card["epoch_bias_correction"] = {
+        fitted.calibration = cal
+        fitted.card["uncertainty"] = {**record, "after": "the epoch bias correction"}
+    fitted.card["epoch_bias_correction"] = {
         "applied": bias_correction,
         "method": "mean held-out residual of the epoch's plots (model-assisted, GREG)",
         **{e: asdict(c) for e, c in corrections.items()},
@@ -158,7 +186,7 @@ def correct_epochs(
             )
             # None (JSON null) when too few plots were measured at both epochs
             pairs[f"{first}/{second}"] = {"rho": rho if np.isfinite(rho) else None, "n_plots": n}
-    return {
+    return offsets, {
         **pairs,
         "method": "uncentred correlation sum(r1 r2) / sqrt(sum(r1^2) sum(r2^2)) of the "
         "satellite model's held-out residuals r at plots measured at both epochs",

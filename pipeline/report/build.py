@@ -265,6 +265,23 @@ def inventory_rows(
     return rows
 
 
+def coverage_rows(map_coverage: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """Per epoch, the share of forest-land cells each model mapped and the share left
+    without a value (``rasters/coverage.json`` of the ``predict`` stage)."""
+    rows = []
+    for epoch, cov in ((map_coverage or {}).get("epochs") or {}).items():
+        parts = [
+            f"{v['name']} {v['cells']:,} ({fmt(100 * v['share'])} %)"
+            for v in cov["by_model_source"].values()
+            if v["cells"]
+        ]
+        rows.append(
+            (f"map cells by model, epoch {epoch}", f"{cov['cells']:,} {cov['cells_are']} cells: "
+             + "; ".join(parts))
+        )  # fmt: skip
+    return rows
+
+
 def credit_step_list(total: Mapping[str, Any]) -> list[dict[str, str]]:
     """The project's credit calculation as ordered, labelled steps."""
 
@@ -513,6 +530,7 @@ def build_report(
     items: Mapping[str, Any] | None = None,
     lidar_tiles: pd.DataFrame | None = None,
     plot_biomass: pd.DataFrame | None = None,
+    map_coverage: Mapping[str, Any] | None = None,
 ) -> tuple[str, dict[str, bytes]]:
     """The report HTML and its quicklooks ``{name: png bytes}``."""
     sj = job.sink
@@ -538,7 +556,7 @@ def build_report(
         parcels=parcel_sink,
         project_rows=len(credits) - 1,
         model_card=model_card,
-    )
+    ) + coverage_rows(map_coverage)
     method = job.credits.methodology
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(

@@ -17,7 +17,10 @@ What it does, in order (predictor tables in :mod:`pipeline.samples`; the science
 3. LiDAR-assisted upscaling: a sample of the LiDAR-model map thinned to one cell per
    ``upscale_spacing_m`` can train the satellite-only model, which is trained on the
    field plots, that sample, or both (``satellite_training``; ``auto``: the lowest
-   spatial-CV error), and always scored and calibrated at held-out field plots.
+   spatial-CV error), and always scored and calibrated at held-out field plots. A
+   second, fallback satellite model on the predictors both Sentinel-2 and Landsat give
+   (``common_band_model`` of the card, ``model_source`` 6) maps the cells whose season was
+   clear only in Landsat scenes, where the Sentinel-2-only bands are empty.
 4. Corrects each epoch's satellite map bias and estimates the epochs' error correlation,
    describes the change of support to one cell and, with a parcel layer, judges which
    forest-land parcels were not yet forest at the other epochs.
@@ -167,10 +170,16 @@ def model(
     source, satellite = steps.satellite_model(
         sat_plots, sample, sample_info, sat_features, p, job.seed
     )
-    mapper = BiomassMapper(satellite, source, lidar_model, lidar_epoch, p.lidar_min_fraction)
-    card["epoch_error_correlation"] = correct_epochs(
-        mapper, sat_plots, job.epochs, interval=p.interval, bias_correction=p.epoch_bias_correction
+    common, common_plots, card["common_band_model"] = steps.common_band_model(
+        table, sample, sample_info, sat_features, source, p, job.seed
     )
+    mapper = BiomassMapper(
+        satellite, source, lidar_model, lidar_epoch, p.lidar_min_fraction, common=common
+    )
+    card["epoch_error_correlation"] = correct_epochs(
+        mapper, sat_plots, job.epochs, interval=p.interval,
+        bias_correction=p.epoch_bias_correction, common_plots=common_plots,
+    )  # fmt: skip
     if lidar is not None and cover is not None:
         mapper.cell_support, card["cell_support"] = steps.cell_support(
             lidar, cover, lidar_plots, p, support_px

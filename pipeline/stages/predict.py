@@ -3,7 +3,10 @@
 Per epoch, the fitted :class:`~models.biomass.BiomassMapper` from the ``model`` stage is
 applied lazily, chunk by chunk (``dask.array.map_blocks`` with ``meta=``, graph layers
 named by ``tokenize`` so reruns hit the same keys): the LiDAR model where the LiDAR epoch
-has LiDAR cover, the satellite model elsewhere. With a parcel layer, only cells whose
+has LiDAR cover, the satellite model elsewhere, and where a cell lacks one of the
+satellite model's predictors (its season was clear only in Landsat scenes, which have no
+red edge nor B08) the common-band satellite model (``model_source`` 6, see
+:class:`~models.biomass.BiomassMapper`). With a parcel layer, only cells whose
 centre lies in a forest-land parcel (``PredictParams.forest_land_classes``) get values:
 the models know forest plots only. At an epoch before the parcel layer's date, parcels
 the ``model`` stage judged not yet forest (``non_forest_parcels`` of ``models.pkl``, see
@@ -42,9 +45,20 @@ Signature::
         "rasters/co2e_<epoch>.tif" (t CO2e/ha),
         "rasters/quality_<epoch>.tif": int16 bands model_source (0 none, 1 LiDAR model,
             2 satellite model upscaled from LiDAR, 3 satellite model from plots,
-            4 satellite model from both, 5 baseline stock of land not yet forest),
+            4 satellite model from both, 5 baseline stock of land not yet forest,
+            6 common-band satellite model),
             n_valid (clear observations in the composite, -1 unknown),
-            good (1 if support SD/AGB < good_relative_error)}
+            good (1 if support SD/AGB < good_relative_error),
+        "rasters/coverage.json": dict, per epoch the forest-land cells (all cells without
+            a parcel layer) by model_source, with shares}
+
+Nothing is left out silently: the stage counts, per epoch, the forest-land cells each
+model maps and those left without a value (no clear observation by either sensor, or a
+predictor missing for every model), writes them to ``rasters/coverage.json`` (the report
+shows them) and warns (the CLI prints it) when any cell took the common-band model or has
+no value. The count decides by the predictors alone
+(:meth:`~models.biomass.BiomassMapper.sources`), so it costs one pass over the predictor
+stacks, not a second prediction.
 
 All maps are lazy DataArrays (dims ``band, y, x``) with the CRS written. Command:
 ``forest-carbon predict`` (see :mod:`pipeline.commands.predict`).
@@ -53,6 +67,7 @@ All maps are lazy DataArrays (dims ``band, y, x``) with the CRS written. Command
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +81,16 @@ import rioxarray  # noqa: F401  (registers the .rio accessor used to write the C
 import xarray as xr
 from dask.base import tokenize
 
-from models.biomass import SOURCE_BASELINE, BiomassMapper
+from models.biomass import (
+    SOURCE_BASELINE,
+    SOURCE_NAMES,
+    SOURCE_NONE,
+    SOURCE_SATELLITE_COMMON,
+    BiomassMapper,
+)
 from pipeline.config import Config, PredictParams
 from pipeline.contracts import (
+    MAP_COVERAGE_RELPATH,
     MODELS_RELPATH,
     TERRAIN_RELPATH,
     RunLayout,
@@ -114,6 +136,84 @@ class PredictJob:
     crs: str
 
 
+def block_table(block: np.ndarray, *, names: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """One block's cells as a table (one row per cell, columns ``names``), emptied where
+    :data:`FOREST_BAND` is 0 or negative, and the cells of land not yet forest (negative)."""
+    nb = block.shape[0]
+    table = pd.DataFrame(block.reshape(nb, -1).T.astype(np.float64), columns=list(names))
+    baseline = np.zeros(len(table), dtype=bool)
+    if FOREST_BAND in table.columns:
+        baseline = (table[FOREST_BAND] < 0).to_numpy()
+        table.loc[table[FOREST_BAND] <= 0, [n for n in names if n != FOREST_BAND]] = np.nan
+    return table, baseline
+
+
+def source_block(
+    block: np.ndarray, *, names: Sequence[str], mapper: BiomassMapper, epoch: str
+) -> np.ndarray:
+    """The ``model_source`` code each cell of a block gets (``(ny, nx)`` int8), by the
+    predictors alone; :data:`INT_NODATA` outside forest land (where no value is wanted)."""
+    _, ny, nx = block.shape
+    table, baseline = block_table(block, names=names)
+    code = mapper.sources(table, epoch=epoch).astype(np.int8)
+    code[baseline] = SOURCE_BASELINE
+    if FOREST_BAND in table.columns:
+        code[(table[FOREST_BAND] == 0).to_numpy()] = INT_NODATA
+    return code.reshape(ny, nx)
+
+
+def map_coverage(stack: xr.DataArray, *, mapper: BiomassMapper, epoch: str) -> dict[str, Any]:
+    """Cells of forest land (all cells without a :data:`FOREST_BAND`) by ``model_source``.
+
+    Computes, here in the stage, one pass over the predictor stack (no model is applied):
+    the stage reports the counts before the runner writes the maps.
+    """
+    import dask
+
+    names = [str(b) for b in stack["band"].to_numpy()]
+    data = stack.data if isinstance(stack.data, darr.Array) else darr.from_array(stack.data)
+    data = data.rechunk({0: -1})
+    codes = darr.map_blocks(
+        source_block,
+        data,
+        drop_axis=0,
+        dtype=np.int8,
+        meta=np.empty((0, 0), dtype=np.int8),
+        name=f"map-sources-{tokenize(data, names, epoch, pickle.dumps(mapper))}",
+        names=names,
+        mapper=mapper,
+        epoch=epoch,
+    )
+    counts = dask.compute(*[(codes == c).sum() for c in SOURCE_NAMES])
+    by_code = {c: int(n) for c, n in zip(SOURCE_NAMES, counts, strict=True)}
+    cells = sum(by_code.values())
+    return {
+        "cells": cells,
+        "cells_are": "forest land" if FOREST_BAND in names else "all cells",
+        "by_model_source": {
+            str(c): {"name": SOURCE_NAMES[c], "cells": n, "share": n / cells if cells else None}
+            for c, n in by_code.items()
+        },
+    }
+
+
+def coverage_warning(epoch: str, coverage: Mapping[str, Any]) -> str | None:
+    """The warning of :func:`predict` for one epoch's :func:`map_coverage`, or ``None``
+    when every cell got a value from one of the main models."""
+    by = coverage["by_model_source"]
+    common, none = by[str(SOURCE_SATELLITE_COMMON)], by[str(SOURCE_NONE)]
+    if not common["cells"] and not none["cells"]:
+        return None
+    return (
+        f"predict: epoch {epoch}: of {coverage['cells']:,} {coverage['cells_are']} cells, "
+        f"{common['cells']:,} ({common['share']:.1%}) lack a Sentinel-2-only band (seen clear "
+        f"only by Landsat) and are mapped by the common-band model (model_source "
+        f"{SOURCE_SATELLITE_COMMON}); {none['cells']:,} ({none['share']:.1%}) have no value "
+        f"(no clear observation, or a predictor missing; model_source {SOURCE_NONE}). See "
+        f"{MAP_COVERAGE_RELPATH}."
+    )
+
+
 def predict_block(
     block: np.ndarray,
     *,
@@ -130,12 +230,8 @@ def predict_block(
     forest at this epoch, which gets the baseline stock zero). Layers:
     :data:`FLOAT_LAYERS` then :data:`INT_LAYERS` (as floats).
     """
-    nb, ny, nx = block.shape
-    table = pd.DataFrame(block.reshape(nb, -1).T.astype(np.float64), columns=list(names))
-    baseline = np.zeros(len(table), dtype=bool)
-    if FOREST_BAND in table.columns:
-        baseline = (table[FOREST_BAND] < 0).to_numpy()
-        table.loc[table[FOREST_BAND] <= 0, [n for n in names if n != FOREST_BAND]] = np.nan
+    _, ny, nx = block.shape
+    table, baseline = block_table(block, names=names)
     pred, source = mapper.predict(table, epoch=epoch)
     cell = pred if mapper.cell_support is None else mapper.cell_support.widen(pred)
     factor_c = (1.0 + conversion["root_to_shoot"]) * conversion["carbon_fraction"]
@@ -181,8 +277,9 @@ def predict(
     terrain: xr.DataArray | Path,
     lidar_metrics: xr.DataArray | Path | None = None,
     parcels: gpd.GeoDataFrame | None = None,
-) -> dict[str, xr.DataArray]:
-    """Lazy wall-to-wall maps for every epoch (see the module docstring)."""
+) -> dict[str, Any]:
+    """Lazy wall-to-wall maps for every epoch and their coverage record (see the module
+    docstring)."""
     bundle = load_models(models)
     mapper: BiomassMapper = bundle["mapper"]
     conversion = bundle["conversion"]
@@ -203,7 +300,8 @@ def predict(
     )
     non_forest: Mapping[str, Sequence[str]] = bundle.get("non_forest_parcels") or {}
     classes = bundle_class_layers(bundle, parcels, terr)
-    out: dict[str, xr.DataArray] = {}
+    out: dict[str, Any] = {}
+    coverage: dict[str, dict[str, Any]] = {}
     for e in job.epochs:
         forest_e = forest
         if forest is not None and parcels is not None and non_forest.get(e):
@@ -226,6 +324,14 @@ def predict(
             stack, mapper=mapper, epoch=e, conversion=conversion, params=job.params, crs=job.crs
         )
         out.update({map_relpath(k, e): v for k, v in maps.items()})
+        coverage[e] = map_coverage(stack, mapper=mapper, epoch=e)
+        message = coverage_warning(e, coverage[e])
+        if message is not None:
+            warnings.warn(message, stacklevel=2)
+    out[MAP_COVERAGE_RELPATH] = {
+        "epochs": coverage,
+        "model_source": {str(c): n for c, n in SOURCE_NAMES.items()},
+    }
     return out
 
 

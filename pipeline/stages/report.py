@@ -19,7 +19,8 @@ Signatures
     ``carbon`` = ``rasters/agb_<end>.tif`` / ``rasters/carbon_<end>.tif``, ``model_card`` =
     ``model/model_card.json``, ``plot_features`` = ``model/plot_features.csv``,
     ``items_start`` / ``items_end`` = ``items/<epoch>.json``, ``lidar_tiles`` =
-    ``lidar/tiles.csv``, ``plot_biomass`` = ``plots/plot_biomass.csv``.
+    ``lidar/tiles.csv``, ``plot_biomass`` = ``plots/plot_biomass.csv``, ``map_coverage`` =
+    ``rasters/coverage.json`` (forest-land cells per mapping model, and without a value).
 ``report_stage(job, *, sink, parcel_sink, credits, **optional) -> {relpath: str | bytes}``
     ``report/report.html`` and ``report/quicklooks/<name>.png`` (rgb, chm, agb, carbon,
     sink, sink_sd, parcels, observed_vs_predicted, residuals; those whose inputs exist),
@@ -43,6 +44,7 @@ from pipeline.contracts import (
     ESTIMATES_RELPATH,
     LIDAR_CHM_RELPATH,
     LIDAR_TILES_RELPATH,
+    MAP_COVERAGE_RELPATH,
     MODEL_CARD_RELPATH,
     PARCEL_SINK_GPKG_RELPATH,
     PLOT_BIOMASS_RELPATH,
@@ -100,6 +102,7 @@ def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         "items_end": layout.path(items_relpath(sj.epoch_end)),
         "lidar_tiles": layout.path(LIDAR_TILES_RELPATH),
         "plot_biomass": layout.path(PLOT_BIOMASS_RELPATH),
+        "map_coverage": layout.path(MAP_COVERAGE_RELPATH),
     }
     return {**required, **{k: p for k, p in optional.items() if p.exists()}}
 
