@@ -6,7 +6,8 @@ pixel and parcel AGB/carbon error and interval coverage, the spatial-CV estimate
 the true error, and the per-parcel sink against truth. Only tests and this script read
 ``truth/``.
 
-Usage: ``python benchmarks/accuracy_demo.py [--region nanping] [--run outputs/nanping]``
+Usage: ``python benchmarks/accuracy_demo.py [--region nanping | --config FILE]
+[--run outputs/nanping]``
 """
 
 from __future__ import annotations
@@ -275,10 +276,12 @@ def totals(run: Path, truth: Path, design_path: Path | None, epochs: list[str]) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--region", default="nanping")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--region", default="nanping", help="configs/regions/NAME.yaml")
+    which.add_argument("--config", type=Path, help="a region config file (e.g. another seed's)")
     ap.add_argument("--run", type=Path)
     args = ap.parse_args()
-    cfg = load_config(region_config_path(args.region))
+    cfg = load_config(args.config or region_config_path(args.region))
     run = args.run or cfg.output_dir
     truth = Path(cfg.data_dir) / "truth"
     epochs = [e.name for e in cfg.epochs]
