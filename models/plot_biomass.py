@@ -1,7 +1,8 @@
 """Plot aboveground/belowground biomass, carbon and CO2e with Monte Carlo uncertainty.
 
 From a field tree list (plot_id, epoch, tree_id, species, dbh_cm, optional height_m,
-wood_density_g_cm3, age_yr) and plot areas, per plot and epoch:
+wood_density_g_cm3, age_yr; without an ``epoch`` column the list is one census, see
+:func:`with_epoch`) and plot areas, per plot and epoch:
 
 1. **QA** (``models/data/qa_rules.yaml``): implausible rows are reported with a reason and
    an action (exclude the tree, discard the height, discard a wood density override, or
@@ -33,6 +34,7 @@ Run from the command line: ``forest-carbon plots TREES.csv --plots PLOTS.gpkg --
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -56,6 +58,8 @@ from models.hd import HDChoice, HDModel, select_hd
 FloatArray = npt.NDArray[np.float64]
 
 TREE_COLUMNS = ("plot_id", "epoch", "tree_id", "species", "dbh_cm")
+#: epoch of a single-census tree list (no ``epoch`` column) when no other name is given
+DEFAULT_EPOCH = "single"
 OPTIONAL_COLUMNS = ("height_m", "wood_density_g_cm3", "age_yr", "plot_area_ha")
 PLOT_COLUMNS = (
     "plot_id",
@@ -96,6 +100,8 @@ class PlotBiomassOptions:
     seed: int
     #: lower and upper quantiles reported as agb_p05 / agb_p95
     quantiles: tuple[float, float] = (0.05, 0.95)
+    #: epoch given to every tree of a list without an ``epoch`` column (a single census)
+    tree_epoch: str = DEFAULT_EPOCH
 
 
 def _truncnorm(
@@ -427,7 +433,7 @@ def plot_biomass(
         ``epoch`` and neither species nor DBH: it gets zero biomass, see
         :func:`empty_plot_rows`).
     """
-    trees, empty_plots = split_empty_plots(trees)
+    trees, empty_plots = split_empty_plots(with_epoch(trees, options.tree_epoch))
     zeros = empty_plot_rows(empty_plots, plot_area_ha, options)
     if options.equation != "species":
         try:
@@ -473,6 +479,22 @@ def plot_biomass(
         )
         plots = plots.iloc[order].reset_index(drop=True)
     return t, plots, qa_all
+
+
+def with_epoch(trees: pd.DataFrame, epoch: str) -> pd.DataFrame:
+    """The tree list, with every tree in ``epoch`` if it has no ``epoch`` column.
+
+    A single-census list needs no epoch column; a warning names the epoch its trees get.
+    """
+    if "epoch" in trees.columns:
+        return trees
+    warnings.warn(
+        f"tree list has no 'epoch' column: all {len(trees)} rows taken as one census, "
+        f"epoch {epoch!r} (set stages.plots.tree_epoch, or add an epoch column for "
+        "re-measured plots)",
+        stacklevel=3,
+    )
+    return trees.assign(epoch=epoch)
 
 
 def split_empty_plots(trees: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
