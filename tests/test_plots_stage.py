@@ -161,10 +161,8 @@ def test_single_census_list_without_epoch_column_is_one_epoch(tmp_path) -> None:
     _trees().drop(columns="epoch").to_csv(trees_csv, index=False)
     parser = argparse.ArgumentParser()
     plots_command.register(parser.add_subparsers())
-    args = parser.parse_args(
-        ["plots", str(trees_csv), "--plots", str(tmp_path / "p.gpkg"), "--draws", "20"]
-        + ["--epoch", "2019", "--out", str(tmp_path / "out")]
-    )
+    argv = ["plots", str(trees_csv), "--plots", str(tmp_path / "p.gpkg"), "--draws", "20"]
+    args = parser.parse_args([*argv, "--epoch", "2019", "--out", str(tmp_path / "out")])
     _locations().to_file(tmp_path / "p.gpkg", driver="GPKG")
     with pytest.warns(UserWarning, match=r"no 'epoch' column.*epoch '2019'"):
         assert args.func(args) == 0
