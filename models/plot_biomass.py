@@ -78,6 +78,16 @@ PLOT_COLUMNS = (
     "agb_p95_mg_ha",
 )
 QA_COLUMNS = ("plot_id", "epoch", "tree_id", "field", "value", "reason", "action")
+#: QA ``field`` of the run's summary of the trees outside the species table (one row)
+SPECIES_TABLE_FIELD = "species_table"
+#: where each wood density level comes from, for the summary of trees outside the table
+WOOD_DENSITY_SOURCES = {
+    "user": "the tree list's own values",
+    "species": "species values of wood_density.csv",
+    "genus": "genus means (wood_density.csv, else Global Wood Density Database)",
+    "family": "family means (wood_density.csv, else Global Wood Density Database)",
+    "dataset": "the mean of the run's trees with a table value (BIOMASS dataset level)",
+}
 KG_PER_MG = 1000.0
 CM2_PER_M2 = 10000.0
 
@@ -468,7 +478,12 @@ def plot_biomass(
     t["carbon_kg"] = (t["agb_kg"] + t["bgb_kg"]) * t["carbon_fraction"]
     t = t.drop(columns=["height_measured_m", "bgb_eq_kg"])
     qa_all = pd.concat(
-        [qa, pd.DataFrame(qa_rows, columns=list(QA_COLUMNS)), _empty_plot_qa(empty_plots)],
+        [
+            _species_table_qa(t),
+            qa,
+            pd.DataFrame(qa_rows, columns=list(QA_COLUMNS)),
+            _empty_plot_qa(empty_plots),
+        ],
         ignore_index=True,
     )
     plots = pd.DataFrame(plot_rows)
@@ -743,6 +758,49 @@ def _tree_values(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
     )
     t["bgb_eq_kg"] = bgb_eq
     t["carbon_fraction"] = allometry.carbon_fraction(t["species"].to_numpy(dtype=object))
+
+
+def species_table_summary(t: pd.DataFrame) -> tuple[float, str] | None:
+    """Share of AGB and one line on the usable trees whose species is not in
+    ``models/data/species.csv``: their share of trees and of AGB, the equations and the
+    wood density sources they got; None when every species is in the table.
+
+    ``t`` is the tree table with ``equation``, ``wood_density_level`` and ``agb_kg``.
+    """
+    u = t[t["usable"]]
+    known = u["species"].map(lambda s: allometry.resolve_taxon(str(s)).known_species)
+    out = u[~known.astype(bool)]
+    if out.empty:
+        return None
+    agb_share = float(out["agb_kg"].sum() / u["agb_kg"].sum())
+
+    def counts(col: pd.Series, names: Mapping[str, str] | None = None) -> str:
+        parts = col.value_counts()
+        return ", ".join(f"{(names or {}).get(str(k), k)} ({n})" for k, n in parts.items())
+
+    species = counts(out["species"])
+    text = (
+        f"{len(out)} of {len(u)} trees ({len(out) / len(u):.0%}) carrying {agb_share:.0%} of "
+        f"the AGB have a species not in models/data/species.csv: {species}. They got the "
+        f"group default equations: {counts(out['equation'])}; wood density from "
+        f"{counts(out['wood_density_level'], WOOD_DENSITY_SOURCES)}. Their biomass and its "
+        "uncertainty rest on generic equations: add the species to species.csv with a "
+        "regional equation"
+    )
+    return agb_share, text
+
+
+def _species_table_qa(t: pd.DataFrame) -> pd.DataFrame:
+    """The QA row of :func:`species_table_summary` (none when every species is known),
+    also raised as a warning."""
+    summary = species_table_summary(t)
+    if summary is None:
+        return pd.DataFrame(columns=list(QA_COLUMNS))
+    share, text = summary
+    warnings.warn(text, stacklevel=3)
+    row = {"plot_id": None, "epoch": None, "tree_id": None, "field": SPECIES_TABLE_FIELD,
+           "value": round(share, 4), "reason": text, "action": "keep"}  # fmt: skip
+    return pd.DataFrame([row], columns=list(QA_COLUMNS))
 
 
 def _plot_estimate(
