@@ -49,6 +49,7 @@ from models.datafiles import data_yaml
 from models.errors import (
     AllometryError,
     HDFitError,
+    ImplausibleHDError,
     ModelDomainError,
     PlotDataError,
     PlotOptionsError,
@@ -241,19 +242,32 @@ def check_trees(
 
 
 # ------------------------------------------------------------------------ heights
-def assign_height_models(
-    t: pd.DataFrame, choice: HDChoice
-) -> tuple[pd.Series, dict[tuple[Any, ...], HDModel]]:
-    """For each usable tree without height, the key of the H-D model that predicts it.
+@dataclass
+class HeightModels:
+    """The H-D models of a tree list: the model key per tree (None where no model could be
+    fitted), the fitted models by key, and the fits refused as implausible (reason by key)."""
 
-    Scopes tried in order: (plot, epoch, group), (epoch, group), (group). Returns the
-    key per tree (None where no model could be fitted) and the fitted models by key.
+    keys: pd.Series
+    models: dict[tuple[Any, ...], HDModel]
+    rejected: dict[tuple[Any, ...], str]
+
+
+def assign_height_models(
+    t: pd.DataFrame, choice: HDChoice, *, rows: pd.Series | None = None
+) -> HeightModels:
+    """For each usable tree without height (or each of ``rows``), the H-D model for it.
+
+    Scopes tried in order: (plot, epoch, group), (epoch, group), (group); a scope whose
+    fits are all implausible (:meth:`models.hd.HDModel.implausibility` over the scope's
+    diameters, heights up to ``qa_rules.yaml`` ``height_m.max``) falls to the next.
     """
+    max_h = float(data_yaml("qa_rules.yaml")["height_m"]["max"])
     groups = t["species"].map(lambda s: allometry.resolve_taxon(str(s)).group)
     t = t.assign(_group=groups)
     usable = t[t["usable"]]
     models: dict[tuple[Any, ...], HDModel] = {}
     failed: set[tuple[Any, ...]] = set()
+    rejected: dict[tuple[Any, ...], str] = {}
 
     def model_for(key: tuple[Any, ...], sub: pd.DataFrame) -> HDModel | None:
         if key in models:
@@ -261,14 +275,17 @@ def assign_height_models(
         if key in failed:
             return None
         try:
-            models[key] = select_hd(sub["dbh_cm"], sub["height_m"], choice)
+            models[key] = select_hd(sub["dbh_cm"], sub["height_m"], choice, max_height_m=max_h)
             return models[key]
+        except ImplausibleHDError as err:
+            rejected[key] = str(err)
         except HDFitError:
-            failed.add(key)
-            return None
+            pass
+        failed.add(key)
+        return None
 
     keys = pd.Series([None] * len(t), index=t.index, dtype=object)
-    need = t["usable"] & t["height_m"].isna()
+    need = t["usable"] & t["height_m"].isna() if rows is None else rows
     for idx, r in t[need].iterrows():
         scopes: list[tuple[tuple[Any, ...], pd.Series]] = [
             (
@@ -287,7 +304,55 @@ def assign_height_models(
             if model_for(key, usable[sel]) is not None:
                 keys[idx] = key
                 break
-    return keys, models
+    return HeightModels(keys, models, rejected)
+
+
+def _scope_qa(key: tuple[Any, ...]) -> dict[str, Any]:
+    """plot_id and epoch of a QA row about the H-D model of scope ``key``."""
+    return {
+        "plot_id": key[1] if key[0] == "plot" else None,
+        "epoch": key[2] if key[0] == "plot" else (key[1] if key[0] == "epoch" else None),
+    }
+
+
+def flag_measured_heights(t: pd.DataFrame, choice: HDChoice) -> list[dict[str, Any]]:
+    """Discard measured heights far off their H-D model; QA rows for them.
+
+    No tallest-tree table by genus or region could be sourced, so the bound is the H-D
+    model of the tree's scope (fitted with the tree): a measured height whose log ratio to
+    the model's height exceeds ``height_m.outlier_robust_z`` robust standard deviations
+    (1.4826 x the median absolute log residual of the scope's measured trees, which one
+    wild height cannot inflate, at least ``height_m.outlier_min_log_sd``) is dropped and
+    predicted like a missing one.
+    """
+    rule = data_yaml("qa_rules.yaml")["height_m"]
+    z, floor = float(rule["outlier_robust_z"]), float(rule["outlier_min_log_sd"])
+    measured = t["usable"] & t["height_m"].notna()
+    hm = assign_height_models(t, choice, rows=measured)
+    ratio = pd.Series(np.nan, index=t.index)
+    for key in {k for k in hm.keys if k is not None}:
+        rows = (hm.keys == key).to_numpy()
+        pred = hm.models[key].predict(t.loc[rows, "dbh_cm"].to_numpy())
+        ratio[rows] = np.log(t.loc[rows, "height_m"].to_numpy() / pred)
+    qa_rows: list[dict[str, Any]] = []
+    for key in {k for k in hm.keys if k is not None}:
+        rows = hm.keys == key
+        res = ratio[rows]
+        scale = max(1.4826 * float(np.median(np.abs(res - np.median(res)))), floor)
+        bad = rows & (np.abs(ratio - np.median(res)) > z * scale)
+        for _, r in t[bad].iterrows():
+            qa_rows.append(
+                _qa_row(
+                    r,
+                    "height_m",
+                    r["height_m"],
+                    f"measured height {np.exp(ratio[r.name]):.2g} x the H-D model's "
+                    f"({hm.models[key].describe()}), beyond {z:g} robust SDs of its scope",
+                    "drop_height",
+                )
+            )
+        t.loc[bad, "height_m"] = np.nan
+    return qa_rows
 
 
 # ------------------------------------------------------------------- Monte Carlo
@@ -454,9 +519,10 @@ def plot_biomass(
         return trees, zeros, _empty_plot_qa(empty_plots)
     t, qa = check_trees(trees, options)
     t["plot_area_ha"] = _plot_areas(t, plot_area_ha)
-    keys, models = _predict_heights(t, options.hd_model)
+    hm, qa_rows = _predict_heights(t, options.hd_model)
+    keys, models = hm.keys, hm.models
     _assign_equations(t, options)
-    qa_rows = _exclude_trees_lacking_inputs(t, options)
+    qa_rows += _exclude_trees_lacking_inputs(t, options)
     counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
     empty = counts[counts == 0]
     if len(empty):
@@ -612,11 +678,21 @@ def _plot_areas(t: pd.DataFrame, plot_area_ha: Mapping[Any, float] | pd.Series |
 
 def _predict_heights(
     t: pd.DataFrame, choice: HDChoice
-) -> tuple[pd.Series, dict[tuple[Any, ...], HDModel]]:
+) -> tuple[HeightModels, list[dict[str, Any]]]:
     """Fill ``height_used_m`` (measured, else from an H-D model) and record each tree's
-    H-D model (``hd_model``, ``hd_scope``) and ``height_source``; returns the model key
-    per tree and the fitted models (see :func:`assign_height_models`)."""
-    keys, models = assign_height_models(t, choice)
+    H-D model (``hd_model``, ``hd_scope``) and ``height_source``, after discarding the
+    measured heights far off their model (:func:`flag_measured_heights`); returns the
+    models (:func:`assign_height_models`) and QA rows for the discarded heights and the
+    refused fits (each refused fit also raised as a warning)."""
+    qa_rows = flag_measured_heights(t, choice)
+    hm = assign_height_models(t, choice)
+    keys, models = hm.keys, hm.models
+    for key, why in hm.rejected.items():
+        scope = "/".join(str(v) for v in key)
+        text = f"H-D model of {scope} refused (next scope, else no-height equation): {why}"
+        warnings.warn(text, stacklevel=3)
+        qa_rows.append({**_scope_qa(key), "tree_id": None, "field": "hd_model",
+                        "value": scope, "reason": text, "action": "fallback"})  # fmt: skip
     t["hd_model"] = [None if k is None else models[k].describe() for k in keys]
     t["hd_scope"] = [None if k is None else "/".join(str(v) for v in k) for k in keys]
     pred_h = np.full(len(t), np.nan)
@@ -627,7 +703,7 @@ def _predict_heights(
         t["height_m"].notna(), "measured", np.where(np.isfinite(pred_h), "hd_model", "none")
     )
     t["height_used_m"] = t["height_m"].fillna(pd.Series(pred_h, index=t.index))
-    return keys, models
+    return hm, qa_rows
 
 
 def _assign_equations(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
