@@ -571,8 +571,8 @@ def with_epoch(trees: pd.DataFrame, epoch: str) -> pd.DataFrame:
         return trees
     warnings.warn(
         f"tree list has no 'epoch' column: all {len(trees)} rows taken as one census, "
-        f"epoch {epoch!r} (set stages.plots.tree_epoch, or add an epoch column for "
-        "re-measured plots)",
+        f"epoch {epoch!r} (name it with stages.plots.tree_epoch or --epoch; add an epoch "
+        "column for re-measured plots)",
         stacklevel=3,
     )
     return trees.assign(epoch=epoch)
