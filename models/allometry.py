@@ -13,6 +13,11 @@ fraction. Every coefficient lives in the data files of :mod:`models` (``models/d
     equations (with and without height).
 ``wood_density.csv``, ``carbon_fraction.csv``, ``root_shoot.csv``
     Tables by species/genus/family/group/region with sources.
+``wood_density_gwdd.csv``
+    Genus and family means of the Global Wood Density Database (BIOMASS
+    ``getWoodDensity`` rule, all regions), written by ``scripts/gwdd_means.py``; they
+    serve trees whose species is not in ``wood_density.csv`` and give the family of a
+    genus unknown to ``genus.csv``.
 
 This module holds the functional forms only (:data:`FORMS`). Lookups follow the fallback
 order species -> genus -> family -> group -> region default; which level served each tree
@@ -333,7 +338,11 @@ def _resolve_taxon(sp: str) -> Taxon:
     if genus in gtable.index:
         g = gtable.loc[genus]
         return Taxon(sp, genus, str(g["family"]), str(g["group"]), False)
-    return Taxon(sp, genus, None, str(data_yaml("defaults.yaml")["unknown_group"]), False)
+    unknown_group = str(data_yaml("defaults.yaml")["unknown_group"])
+    gwdd = _gwdd_table()
+    rows = gwdd[(gwdd["level"] == "genus") & (gwdd["taxon"] == genus)]
+    family = str(rows["family"].iloc[0]) if len(rows) else None
+    return Taxon(sp, genus, family, unknown_group, False)
 
 
 def is_known_species(species: str) -> bool:
@@ -358,8 +367,17 @@ def _wood_density_table() -> pd.DataFrame:
     return data_csv("wood_density.csv")
 
 
+@cache
+def _gwdd_table() -> pd.DataFrame:
+    return data_csv("wood_density_gwdd.csv")
+
+
+@cache
 def _wd_lookup() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """Species, genus and family mean wood densities (genus/family = mean of members)."""
+    """Species, genus and family wood densities, in the order of BIOMASS
+    ``getWoodDensity``: a genus (family) takes the explicit row of ``wood_density.csv``,
+    else the Global Wood Density Database mean of ``wood_density_gwdd.csv``, else the mean
+    of its species in ``wood_density.csv``."""
     wd = _wood_density_table()
     sp = {
         normalise_species(r.taxon): float(r.wood_density_g_cm3)
@@ -373,12 +391,12 @@ def _wd_lookup() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
         gen.setdefault(tax.genus, []).append(value)
         if tax.family:
             fam.setdefault(tax.family, []).append(value)
-    # explicit genus/family rows override the means of their species
-    for r in wd.itertuples():
-        if r.level == "genus":
-            gen[str(r.taxon)] = [float(r.wood_density_g_cm3)]
-        elif r.level == "family":
-            fam[str(r.taxon)] = [float(r.wood_density_g_cm3)]
+    for table in (_gwdd_table(), wd):  # explicit rows of wood_density.csv come last, win
+        for r in table.itertuples():
+            if r.level == "genus":
+                gen[str(r.taxon)] = [float(r.wood_density_g_cm3)]
+            elif r.level == "family":
+                fam[str(r.taxon)] = [float(r.wood_density_g_cm3)]
     return (
         sp,
         {k: float(np.mean(v)) for k, v in gen.items()},
@@ -389,7 +407,7 @@ def _wd_lookup() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
 def wood_density(species: ArrayLike) -> tuple[FloatArray, npt.NDArray[np.object_]]:
     """Wood density of each tree from the tables, species -> genus -> family.
 
-    Trees whose family is not in the table get NaN and level ``"none"``; the plots
+    Trees whose family is not in the tables get NaN and level ``"none"``; the plots
     stage fills those with the dataset mean (BIOMASS ``getWoodDensity`` rule).
 
     Returns

@@ -23,6 +23,11 @@ class HDFitError(ModelsError):
     """An H-D model cannot be fitted (too few heights, non-convergence)."""
 
 
+class ImplausibleHDError(HDFitError):
+    """Every H-D fit converged to a curve that is not a plausible height-diameter model
+    (a parameter outside its domain, or heights out of range over the diameters)."""
+
+
 class PlotDataError(ModelsError):
     """The tree list cannot give a plot estimate (missing columns, plot without trees)."""
 

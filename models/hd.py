@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from models.errors import HDFitError
+from models.errors import HDFitError, ImplausibleHDError
 
 HDMethod = Literal["log1", "log2", "michaelis", "weibull"]
 HDChoice = Literal["best", "loglog", "log1", "log2", "michaelis", "weibull"]
@@ -93,6 +93,39 @@ class HDModel:
             if rng is not None:
                 h = h + rng.normal(0.0, self.rse_m, size=d.shape)
         return np.where(h <= 0, MIN_PREDICTED_HEIGHT_M, h)
+
+    def implausibility(self, dbh_cm: npt.ArrayLike, max_height_m: float) -> str | None:
+        """Why the model cannot be used over the diameters ``dbh_cm``, or None if it can.
+
+        A fit is refused when a parameter leaves the domain in which its form is a
+        height-diameter curve (every parameter of ``michaelis`` and ``weibull`` positive:
+        a negative half-saturation B puts a pole inside the diameter range; a positive
+        slope b of ``log1``) or when its heights over the diameter range (from the smallest
+        to the largest diameter, on a log grid) are not finite, not positive or above
+        ``max_height_m``. Heights are checked before the 0.1 m floor of :meth:`predict`.
+        """
+        p = self.coefficients
+        if self.method in ("michaelis", "weibull") and min(p) <= 0:
+            return f"{self.describe()}: a parameter is not positive"
+        if self.method == "log1" and p[1] <= 0:
+            return f"{self.describe()}: height does not grow with diameter (b <= 0)"
+        d = np.asarray(dbh_cm, dtype=np.float64)
+        d = d[np.isfinite(d) & (d > 0)]
+        if d.size == 0:
+            return None
+        grid = np.geomspace(d.min(), d.max(), 50)
+        if self.method in ("log1", "log2"):
+            h = self.predict(grid)  # exp(): positive by construction
+        else:
+            h = _nonlinear(self.method, grid, *p)
+        worst = int(np.nanargmax(np.where(np.isfinite(h), np.abs(h), np.inf)))
+        if not np.all(np.isfinite(h)) or np.any(h <= 0) or np.any(h > max_height_m):
+            return (
+                f"{self.describe()}: predicts {h[worst]:.3g} m at {grid[worst]:.3g} cm DBH "
+                f"(diameters {d.min():.3g}-{d.max():.3g} cm; plausible heights (0, "
+                f"{max_height_m:g}] m)"
+            )
+        return None
 
     def describe(self) -> str:
         """One-line description for QA tables (``weibull(a=..., b=..., c=...) RSE=...``)."""
@@ -178,25 +211,40 @@ def compare_hd(dbh_cm: npt.ArrayLike, height_m: npt.ArrayLike) -> dict[str, HDMo
     return out
 
 
-def select_hd(dbh_cm: npt.ArrayLike, height_m: npt.ArrayLike, choice: HDChoice = "best") -> HDModel:
+def select_hd(
+    dbh_cm: npt.ArrayLike,
+    height_m: npt.ArrayLike,
+    choice: HDChoice = "best",
+    *,
+    max_height_m: float = np.inf,
+) -> HDModel:
     """The H-D model asked for, or the lowest-RSE one with ``choice="best"``.
 
-    ``loglog`` is an alias of ``log1`` (the power model).
+    ``loglog`` is an alias of ``log1`` (the power model). Only fits that are plausible
+    over the diameters ``dbh_cm`` (all of them, with or without height) are returned
+    (:meth:`HDModel.implausibility` with ``max_height_m``); with ``choice="best"`` the
+    lowest-RSE plausible form.
 
     Raises
     ------
     HDFitError
-        Too few heights, or no form converged.
+        Too few heights, no form converged, or no converged form is plausible (the
+        message gives the reasons).
     """
     if choice != "best":
         method: HDMethod = "log1" if choice == "loglog" else choice
-        return fit_hd(dbh_cm, height_m, method)
-    d, _ = _clean(dbh_cm, height_m)
-    if d.size < MIN_HEIGHTS:
-        raise HDFitError(
-            f"only {d.size} trees with diameter and height (at least {MIN_HEIGHTS} needed)"
-        )
-    models = compare_hd(dbh_cm, height_m)
-    if not models:
-        raise HDFitError("no H-D model form converged")
-    return min(models.values(), key=lambda m: m.rse_m)
+        models: dict[str, HDModel] = {method: fit_hd(dbh_cm, height_m, method)}
+    else:
+        d, _ = _clean(dbh_cm, height_m)
+        if d.size < MIN_HEIGHTS:
+            raise HDFitError(
+                f"only {d.size} trees with diameter and height (at least {MIN_HEIGHTS} needed)"
+            )
+        models = dict(compare_hd(dbh_cm, height_m))
+        if not models:
+            raise HDFitError("no H-D model form converged")
+    reasons = {m: models[m].implausibility(dbh_cm, max_height_m) for m in models}
+    plausible = [models[m] for m, why in reasons.items() if why is None]
+    if not plausible:
+        raise ImplausibleHDError("implausible H-D fit: " + "; ".join(map(str, reasons.values())))
+    return min(plausible, key=lambda m: m.rse_m)

@@ -1,7 +1,8 @@
 """Plot aboveground/belowground biomass, carbon and CO2e with Monte Carlo uncertainty.
 
 From a field tree list (plot_id, epoch, tree_id, species, dbh_cm, optional height_m,
-wood_density_g_cm3, age_yr) and plot areas, per plot and epoch:
+wood_density_g_cm3, age_yr; without an ``epoch`` column the list is one census, see
+:func:`with_epoch`) and plot areas, per plot and epoch:
 
 1. **QA** (``models/data/qa_rules.yaml``): implausible rows are reported with a reason and
    an action (exclude the tree, discard the height, discard a wood density override, or
@@ -33,6 +34,7 @@ Run from the command line: ``forest-carbon plots TREES.csv --plots PLOTS.gpkg --
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,6 +49,7 @@ from models.datafiles import data_yaml
 from models.errors import (
     AllometryError,
     HDFitError,
+    ImplausibleHDError,
     ModelDomainError,
     PlotDataError,
     PlotOptionsError,
@@ -56,6 +59,8 @@ from models.hd import HDChoice, HDModel, select_hd
 FloatArray = npt.NDArray[np.float64]
 
 TREE_COLUMNS = ("plot_id", "epoch", "tree_id", "species", "dbh_cm")
+#: epoch of a single-census tree list (no ``epoch`` column) when no other name is given
+DEFAULT_EPOCH = "single"
 OPTIONAL_COLUMNS = ("height_m", "wood_density_g_cm3", "age_yr", "plot_area_ha")
 PLOT_COLUMNS = (
     "plot_id",
@@ -74,6 +79,16 @@ PLOT_COLUMNS = (
     "agb_p95_mg_ha",
 )
 QA_COLUMNS = ("plot_id", "epoch", "tree_id", "field", "value", "reason", "action")
+#: QA ``field`` of the run's summary of the trees outside the species table (one row)
+SPECIES_TABLE_FIELD = "species_table"
+#: where each wood density level comes from, for the summary of trees outside the table
+WOOD_DENSITY_SOURCES = {
+    "user": "the tree list's own values",
+    "species": "species values of wood_density.csv",
+    "genus": "genus means (wood_density.csv, else Global Wood Density Database)",
+    "family": "family means (wood_density.csv, else Global Wood Density Database)",
+    "dataset": "the mean of the run's trees with a table value (BIOMASS dataset level)",
+}
 KG_PER_MG = 1000.0
 CM2_PER_M2 = 10000.0
 
@@ -96,6 +111,8 @@ class PlotBiomassOptions:
     seed: int
     #: lower and upper quantiles reported as agb_p05 / agb_p95
     quantiles: tuple[float, float] = (0.05, 0.95)
+    #: epoch given to every tree of a list without an ``epoch`` column (a single census)
+    tree_epoch: str = DEFAULT_EPOCH
 
 
 def _truncnorm(
@@ -225,19 +242,32 @@ def check_trees(
 
 
 # ------------------------------------------------------------------------ heights
-def assign_height_models(
-    t: pd.DataFrame, choice: HDChoice
-) -> tuple[pd.Series, dict[tuple[Any, ...], HDModel]]:
-    """For each usable tree without height, the key of the H-D model that predicts it.
+@dataclass
+class HeightModels:
+    """The H-D models of a tree list: the model key per tree (None where no model could be
+    fitted), the fitted models by key, and the fits refused as implausible (reason by key)."""
 
-    Scopes tried in order: (plot, epoch, group), (epoch, group), (group). Returns the
-    key per tree (None where no model could be fitted) and the fitted models by key.
+    keys: pd.Series
+    models: dict[tuple[Any, ...], HDModel]
+    rejected: dict[tuple[Any, ...], str]
+
+
+def assign_height_models(
+    t: pd.DataFrame, choice: HDChoice, *, rows: pd.Series | None = None
+) -> HeightModels:
+    """For each usable tree without height (or each of ``rows``), the H-D model for it.
+
+    Scopes tried in order: (plot, epoch, group), (epoch, group), (group); a scope whose
+    fits are all implausible (:meth:`models.hd.HDModel.implausibility` over the scope's
+    diameters, heights up to ``qa_rules.yaml`` ``height_m.max``) falls to the next.
     """
+    max_h = float(data_yaml("qa_rules.yaml")["height_m"]["max"])
     groups = t["species"].map(lambda s: allometry.resolve_taxon(str(s)).group)
     t = t.assign(_group=groups)
     usable = t[t["usable"]]
     models: dict[tuple[Any, ...], HDModel] = {}
     failed: set[tuple[Any, ...]] = set()
+    rejected: dict[tuple[Any, ...], str] = {}
 
     def model_for(key: tuple[Any, ...], sub: pd.DataFrame) -> HDModel | None:
         if key in models:
@@ -245,14 +275,17 @@ def assign_height_models(
         if key in failed:
             return None
         try:
-            models[key] = select_hd(sub["dbh_cm"], sub["height_m"], choice)
+            models[key] = select_hd(sub["dbh_cm"], sub["height_m"], choice, max_height_m=max_h)
             return models[key]
+        except ImplausibleHDError as err:
+            rejected[key] = str(err)
         except HDFitError:
-            failed.add(key)
-            return None
+            pass
+        failed.add(key)
+        return None
 
     keys = pd.Series([None] * len(t), index=t.index, dtype=object)
-    need = t["usable"] & t["height_m"].isna()
+    need = t["usable"] & t["height_m"].isna() if rows is None else rows
     for idx, r in t[need].iterrows():
         scopes: list[tuple[tuple[Any, ...], pd.Series]] = [
             (
@@ -271,7 +304,55 @@ def assign_height_models(
             if model_for(key, usable[sel]) is not None:
                 keys[idx] = key
                 break
-    return keys, models
+    return HeightModels(keys, models, rejected)
+
+
+def _scope_qa(key: tuple[Any, ...]) -> dict[str, Any]:
+    """plot_id and epoch of a QA row about the H-D model of scope ``key``."""
+    return {
+        "plot_id": key[1] if key[0] == "plot" else None,
+        "epoch": key[2] if key[0] == "plot" else (key[1] if key[0] == "epoch" else None),
+    }
+
+
+def flag_measured_heights(t: pd.DataFrame, choice: HDChoice) -> list[dict[str, Any]]:
+    """Discard measured heights far off their H-D model; QA rows for them.
+
+    No tallest-tree table by genus or region could be sourced, so the bound is the H-D
+    model of the tree's scope (fitted with the tree): a measured height whose log ratio to
+    the model's height exceeds ``height_m.outlier_robust_z`` robust standard deviations
+    (1.4826 x the median absolute log residual of the scope's measured trees, which one
+    wild height cannot inflate, at least ``height_m.outlier_min_log_sd``) is dropped and
+    predicted like a missing one.
+    """
+    rule = data_yaml("qa_rules.yaml")["height_m"]
+    z, floor = float(rule["outlier_robust_z"]), float(rule["outlier_min_log_sd"])
+    measured = t["usable"] & t["height_m"].notna()
+    hm = assign_height_models(t, choice, rows=measured)
+    ratio = pd.Series(np.nan, index=t.index)
+    for key in {k for k in hm.keys if k is not None}:
+        rows = (hm.keys == key).to_numpy()
+        pred = hm.models[key].predict(t.loc[rows, "dbh_cm"].to_numpy())
+        ratio[rows] = np.log(t.loc[rows, "height_m"].to_numpy() / pred)
+    qa_rows: list[dict[str, Any]] = []
+    for key in {k for k in hm.keys if k is not None}:
+        rows = hm.keys == key
+        res = ratio[rows]
+        scale = max(1.4826 * float(np.median(np.abs(res - np.median(res)))), floor)
+        bad = rows & (np.abs(ratio - np.median(res)) > z * scale)
+        for _, r in t[bad].iterrows():
+            qa_rows.append(
+                _qa_row(
+                    r,
+                    "height_m",
+                    r["height_m"],
+                    f"measured height {np.exp(ratio[r.name]):.2g} x the H-D model's "
+                    f"({hm.models[key].describe()}), beyond {z:g} robust SDs of its scope",
+                    "drop_height",
+                )
+            )
+        t.loc[bad, "height_m"] = np.nan
+    return qa_rows
 
 
 # ------------------------------------------------------------------- Monte Carlo
@@ -427,7 +508,7 @@ def plot_biomass(
         ``epoch`` and neither species nor DBH: it gets zero biomass, see
         :func:`empty_plot_rows`).
     """
-    trees, empty_plots = split_empty_plots(trees)
+    trees, empty_plots = split_empty_plots(with_epoch(trees, options.tree_epoch))
     zeros = empty_plot_rows(empty_plots, plot_area_ha, options)
     if options.equation != "species":
         try:
@@ -438,9 +519,10 @@ def plot_biomass(
         return trees, zeros, _empty_plot_qa(empty_plots)
     t, qa = check_trees(trees, options)
     t["plot_area_ha"] = _plot_areas(t, plot_area_ha)
-    keys, models = _predict_heights(t, options.hd_model)
+    hm, qa_rows = _predict_heights(t, options.hd_model)
+    keys, models = hm.keys, hm.models
     _assign_equations(t, options)
-    qa_rows = _exclude_trees_lacking_inputs(t, options)
+    qa_rows += _exclude_trees_lacking_inputs(t, options)
     counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
     empty = counts[counts == 0]
     if len(empty):
@@ -462,7 +544,12 @@ def plot_biomass(
     t["carbon_kg"] = (t["agb_kg"] + t["bgb_kg"]) * t["carbon_fraction"]
     t = t.drop(columns=["height_measured_m", "bgb_eq_kg"])
     qa_all = pd.concat(
-        [qa, pd.DataFrame(qa_rows, columns=list(QA_COLUMNS)), _empty_plot_qa(empty_plots)],
+        [
+            _species_table_qa(t),
+            qa,
+            pd.DataFrame(qa_rows, columns=list(QA_COLUMNS)),
+            _empty_plot_qa(empty_plots),
+        ],
         ignore_index=True,
     )
     plots = pd.DataFrame(plot_rows)
@@ -473,6 +560,22 @@ def plot_biomass(
         )
         plots = plots.iloc[order].reset_index(drop=True)
     return t, plots, qa_all
+
+
+def with_epoch(trees: pd.DataFrame, epoch: str) -> pd.DataFrame:
+    """The tree list, with every tree in ``epoch`` if it has no ``epoch`` column.
+
+    A single-census list needs no epoch column; a warning names the epoch its trees get.
+    """
+    if "epoch" in trees.columns:
+        return trees
+    warnings.warn(
+        f"tree list has no 'epoch' column: all {len(trees)} rows taken as one census, "
+        f"epoch {epoch!r} (name it with stages.plots.tree_epoch or --epoch; add an epoch "
+        "column for re-measured plots)",
+        stacklevel=3,
+    )
+    return trees.assign(epoch=epoch)
 
 
 def split_empty_plots(trees: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -575,11 +678,21 @@ def _plot_areas(t: pd.DataFrame, plot_area_ha: Mapping[Any, float] | pd.Series |
 
 def _predict_heights(
     t: pd.DataFrame, choice: HDChoice
-) -> tuple[pd.Series, dict[tuple[Any, ...], HDModel]]:
+) -> tuple[HeightModels, list[dict[str, Any]]]:
     """Fill ``height_used_m`` (measured, else from an H-D model) and record each tree's
-    H-D model (``hd_model``, ``hd_scope``) and ``height_source``; returns the model key
-    per tree and the fitted models (see :func:`assign_height_models`)."""
-    keys, models = assign_height_models(t, choice)
+    H-D model (``hd_model``, ``hd_scope``) and ``height_source``, after discarding the
+    measured heights far off their model (:func:`flag_measured_heights`); returns the
+    models (:func:`assign_height_models`) and QA rows for the discarded heights and the
+    refused fits (each refused fit also raised as a warning)."""
+    qa_rows = flag_measured_heights(t, choice)
+    hm = assign_height_models(t, choice)
+    keys, models = hm.keys, hm.models
+    for key, why in hm.rejected.items():
+        scope = "/".join(str(v) for v in key)
+        text = f"H-D model of {scope} refused (next scope, else no-height equation): {why}"
+        warnings.warn(text, stacklevel=3)
+        qa_rows.append({**_scope_qa(key), "tree_id": None, "field": "hd_model",
+                        "value": scope, "reason": text, "action": "fallback"})  # fmt: skip
     t["hd_model"] = [None if k is None else models[k].describe() for k in keys]
     t["hd_scope"] = [None if k is None else "/".join(str(v) for v in k) for k in keys]
     pred_h = np.full(len(t), np.nan)
@@ -590,7 +703,7 @@ def _predict_heights(
         t["height_m"].notna(), "measured", np.where(np.isfinite(pred_h), "hd_model", "none")
     )
     t["height_used_m"] = t["height_m"].fillna(pd.Series(pred_h, index=t.index))
-    return keys, models
+    return hm, qa_rows
 
 
 def _assign_equations(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
@@ -721,6 +834,49 @@ def _tree_values(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
     )
     t["bgb_eq_kg"] = bgb_eq
     t["carbon_fraction"] = allometry.carbon_fraction(t["species"].to_numpy(dtype=object))
+
+
+def species_table_summary(t: pd.DataFrame) -> tuple[float, str] | None:
+    """Share of AGB and one line on the usable trees whose species is not in
+    ``models/data/species.csv``: their share of trees and of AGB, the equations and the
+    wood density sources they got; None when every species is in the table.
+
+    ``t`` is the tree table with ``equation``, ``wood_density_level`` and ``agb_kg``.
+    """
+    u = t[t["usable"]]
+    known = u["species"].map(lambda s: allometry.resolve_taxon(str(s)).known_species)
+    out = u[~known.astype(bool)]
+    if out.empty:
+        return None
+    agb_share = float(out["agb_kg"].sum() / u["agb_kg"].sum())
+
+    def counts(col: pd.Series, names: Mapping[str, str] | None = None) -> str:
+        parts = col.value_counts()
+        return ", ".join(f"{(names or {}).get(str(k), k)} ({n})" for k, n in parts.items())
+
+    species = counts(out["species"])
+    text = (
+        f"{len(out)} of {len(u)} trees ({len(out) / len(u):.0%}) carrying {agb_share:.0%} of "
+        f"the AGB have a species not in models/data/species.csv: {species}. They got the "
+        f"group default equations: {counts(out['equation'])}; wood density from "
+        f"{counts(out['wood_density_level'], WOOD_DENSITY_SOURCES)}. Their biomass and its "
+        "uncertainty rest on generic equations: add the species to species.csv with a "
+        "regional equation"
+    )
+    return agb_share, text
+
+
+def _species_table_qa(t: pd.DataFrame) -> pd.DataFrame:
+    """The QA row of :func:`species_table_summary` (none when every species is known),
+    also raised as a warning."""
+    summary = species_table_summary(t)
+    if summary is None:
+        return pd.DataFrame(columns=list(QA_COLUMNS))
+    share, text = summary
+    warnings.warn(text, stacklevel=3)
+    row = {"plot_id": None, "epoch": None, "tree_id": None, "field": SPECIES_TABLE_FIELD,
+           "value": round(share, 4), "reason": text, "action": "keep"}  # fmt: skip
+    return pd.DataFrame([row], columns=list(QA_COLUMNS))
 
 
 def _plot_estimate(

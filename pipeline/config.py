@@ -237,6 +237,9 @@ class PlotsParams(Section):
     dbh_error: Literal["chave2004", "none"] = "chave2004"
     #: seed of the Monte Carlo propagation; ``None`` = the run's top-level ``seed``
     seed: int | None = Field(default=None, ge=0)
+    #: epoch of a tree list without an ``epoch`` column (a single census); ``None`` = the
+    #: config's only epoch, or ``single`` outside a run
+    tree_epoch: str | None = Field(default=None, min_length=1)
 
 
 class ModelParams(Section):

@@ -16,12 +16,13 @@ import math
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pytest
 
 from models import allometry
 from models.errors import HDFitError, PlotDataError
-from models.hd import fit_hd, select_hd
+from models.hd import HDModel, fit_hd, select_hd
 from models.plot_biomass import PLOT_COLUMNS, PlotBiomassOptions, plot_biomass
 from pipeline.config import PlotsParams
 from pipeline.stages.plots import options_from_params
@@ -238,3 +239,118 @@ def test_forced_height_equation_without_heights_excludes_and_reports() -> None:
     assert (qa["reason"].str.contains("height required by chave2014_eq4")).sum() == 4
     assert plots.loc[0, "n_stems"] == 6
     assert np.isfinite(plots.loc[0, "agb_mg_ha"])
+
+
+def _european_inventory(seed: int = 3) -> pd.DataFrame:
+    """A tree list shaped like a central-European inventory: beech and spruce (outside the
+    species table) beside Chinese fir, every tree with a measured height."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(3):
+        for i in range(20):
+            sp = ["Fagus sylvatica", "Picea abies", "Cunninghamia lanceolata"][i % 3]
+            d = float(rng.uniform(10, 50))
+            h = 1.3 + 30 * (1 - math.exp(-d / 25))
+            rows.append({"plot_id": f"E{p}", "epoch": "2020", "tree_id": i, "species": sp,
+                         "dbh_cm": d, "height_m": h, "plot_area_ha": 0.1})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_trees_outside_the_species_table_are_reported_loudly() -> None:
+    """Defect 1 of issue 17: a warning, a QA row and a report line say which share of trees
+    and AGB fell outside the species table and what they got."""
+    from models.plot_biomass import SPECIES_TABLE_FIELD
+    from pipeline.report.build import species_table_rows
+
+    trees = _european_inventory()
+    with pytest.warns(UserWarning, match=r"42 of 60 trees \(70%\).*not in models/data/spec"):
+        t, _, qa = plot_biomass(trees, options=_options(n_draws=20))
+    row = qa[qa["field"] == SPECIES_TABLE_FIELD]
+    assert len(row) == 1
+    # independent reference: the two foreign species by Chave eq. 4 with the GWDD genus means
+    # (Fagus: mean of its species means in BIOMASS wdData.csv rows 6938-6946; Picea: read
+    # from the generated table, checked by the level)
+    fagus = np.mean([0.55104, 0.644028, 0.56, np.mean([0.682773, 0.52, 0.61]), 0.58, 0.58548])
+    beech = t["species"] == "Fagus sylvatica"
+    d, h = t.loc[beech, "dbh_cm"], t.loc[beech, "height_used_m"]
+    np.testing.assert_allclose(
+        t.loc[beech, "agb_kg"], 0.0673 * (fagus * d**2 * h) ** 0.976, rtol=1e-4
+    )
+    foreign = t["species"] != "Cunninghamia lanceolata"
+    assert set(t.loc[foreign, "wood_density_level"]) == {"genus"}
+    share = t.loc[foreign, "agb_kg"].sum() / t["agb_kg"].sum()
+    assert float(row["value"].iloc[0]) == pytest.approx(share, abs=1e-4)
+    reason = str(row["reason"].iloc[0])
+    assert "chave2014_eq4 (42)" in reason and "genus means" in reason
+    assert species_table_rows(qa) == [("field trees outside the species table", reason)]
+
+
+def test_no_species_table_summary_when_every_species_is_known() -> None:
+    trees, _ = _simulate(2, 15, seed=5)
+    _, _, qa = plot_biomass(trees, pd.Series({p: AREA_HA for p in trees["plot_id"]}),
+                            options=_options(n_draws=20))  # fmt: skip
+    assert "species_table" not in set(qa["field"])
+
+
+def _stand(plot: str, n: int, seed: int, species: str = "Schima superba") -> list[dict[str, Any]]:
+    """``n`` trees of a 10-40 cm stand with heights on a Weibull curve (5% noise)."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(10, 40, n)
+    h = 28 * (1 - np.exp(-((d / 15) ** 1.2))) * np.exp(rng.normal(0, 0.05, n))
+    return [{"plot_id": plot, "epoch": "2020", "tree_id": f"{plot}-{i}", "species": species,
+             "dbh_cm": d[i], "height_m": h[i], "plot_area_ha": 0.1} for i in range(n)]  # fmt: skip
+
+
+def test_hd_fit_with_a_pole_in_the_diameter_range_is_refused() -> None:
+    """Defect 10 of issue 17: a Michaelis-Menten fit with a negative B (a pole at D = -B)
+    was accepted and predicted well over 100 m for a 1.2 cm stem."""
+    d = np.linspace(2.0, 40.0, 20)
+    h = 25.0 * d / (d - 1.0)  # A = 25, B = -1: heights 50 -> 26 m, falling with diameter
+    fit = fit_hd(d, h, "michaelis")
+    assert fit.coefficients[1] < 0  # the fit itself converges to the pole
+    assert fit.predict([1.2])[0] > 100
+    why = fit.implausibility(np.append(d, 1.2), max_height_m=120.0)
+    assert why is not None and "not positive" in why
+    steep = HDModel("log1", (3.0, 1.0), rse_m=1.0, rse_log=0.1, n=20)  # 20 m per cm
+    assert "predicts" in str(steep.implausibility([5.0, 40.0], max_height_m=120.0))
+    good = fit_hd(*_weibull_heights(), "weibull")
+    assert good.implausibility(_weibull_heights()[0], max_height_m=120.0) is None
+    with pytest.raises(HDFitError, match="implausible"):
+        select_hd(np.append(d, 1.2), np.append(h, np.nan), "michaelis", max_height_m=120.0)
+
+    # in the plots stage the plot's fit is refused with a warning, then the next scopes'
+    # (the epoch's and the group's trees, pulled to the pole by plot A), and the small stem
+    # gets its species' equation without height instead of a 150 m height
+    rows = [{"plot_id": "A", "epoch": "2020", "tree_id": f"A-{i}", "species": "Schima superba",
+             "dbh_cm": di, "height_m": hi, "plot_area_ha": 0.1}
+            for i, (di, hi) in enumerate(zip(d, h, strict=True))]  # fmt: skip
+    rows.append({**rows[0], "tree_id": "A-small", "dbh_cm": 1.2, "height_m": np.nan})
+    trees = pd.DataFrame(rows + _stand("B", 60, seed=1))
+    with pytest.warns(UserWarning, match=r"H-D model of plot/A/2020/broadleaf refused"):
+        t, _, qa = plot_biomass(trees, options=_options(n_draws=20, hd_model="michaelis"))
+    small = t[t["tree_id"] == "A-small"].iloc[0]
+    assert small["height_source"] == "none" and np.isnan(small["height_used_m"])
+    assert small["equation"] == "zhou2018_zhejiang_schima_superba_agb_d"
+    fallbacks = qa[qa["action"] == "fallback"]
+    assert list(fallbacks["value"]) == [
+        "plot/A/2020/broadleaf",
+        "epoch/2020/broadleaf",
+        "group/broadleaf",
+    ]
+
+
+def _weibull_heights() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    rows = pd.DataFrame(_stand("W", 40, seed=2))
+    return rows["dbh_cm"].to_numpy(), rows["height_m"].to_numpy()
+
+
+def test_measured_height_far_off_its_stand_is_dropped() -> None:
+    """Defect 10 of issue 17: a measured 120 m height in a 20 m stand was kept."""
+    trees = pd.DataFrame(_stand("P", 40, seed=3))
+    trees.loc[5, "height_m"] = 120.0
+    t, _, qa = plot_biomass(trees, options=_options(n_draws=20))
+    row = t.loc[5]
+    assert row["height_source"] == "hd_model" and row["height_used_m"] < 40
+    flagged = qa[(qa["field"] == "height_m") & (qa["action"] == "drop_height")]
+    assert list(flagged["tree_id"]) == [row["tree_id"]]
+    assert (t["height_source"] == "measured").sum() == 39  # no other height discarded

@@ -151,3 +151,44 @@ def test_stage_registration_uses_run_seed_and_configured_files(tmp_path) -> None
     )
     with pytest.raises(ConfigError, match=r"sources\.trees"):
         STAGE.inputs(no_trees, RunLayout(tmp_path))
+
+
+def test_single_census_list_without_epoch_column_is_one_epoch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Defect 4 of issue 17: ``forest-carbon plots trees.csv`` without an epoch column."""
+    import argparse
+
+    trees_csv = tmp_path / "trees.csv"
+    _trees().drop(columns="epoch").to_csv(trees_csv, index=False)
+    parser = argparse.ArgumentParser()
+    plots_command.register(parser.add_subparsers())
+    argv = ["plots", str(trees_csv), "--plots", str(tmp_path / "p.gpkg"), "--draws", "20"]
+    args = parser.parse_args([*argv, "--epoch", "2019", "--out", str(tmp_path / "out")])
+    _locations().to_file(tmp_path / "p.gpkg", driver="GPKG")
+    with pytest.warns(UserWarning, match=r"no 'epoch' column.*epoch '2019'"):
+        assert args.func(args) == 0
+    got = pd.read_csv(tmp_path / "out" / "plot_biomass.csv", dtype={"epoch": str})
+    # the same trees with an explicit epoch column give the same plot table
+    ref = plots(PlotsParams(mc_draws=20), trees=_trees(), plot_locations=_locations())
+    expected = ref[PLOT_BIOMASS_RELPATH]
+    assert list(got["epoch"]) == ["2019", "2019"]
+    np.testing.assert_allclose(got["agb_mg_ha"], expected["agb_mg_ha"], rtol=1e-12)
+    with pytest.warns(UserWarning, match="epoch 'single'"):
+        out = plots(
+            PlotsParams(mc_draws=20),
+            trees=_trees().drop(columns="epoch"),
+            plot_locations=_locations(),
+        )
+    assert set(out[PLOT_BIOMASS_RELPATH]["epoch"]) == {"single"}
+
+
+def test_run_names_the_epoch_of_a_list_without_one_from_a_single_epoch_config() -> None:
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from pipeline.stages.plots import STAGE
+
+    config = load_config(Path("configs/regions/tiny.yaml"))
+    one = config.model_copy(update={"epochs": config.epochs[:1]})
+    assert STAGE.params(one).tree_epoch == config.epochs[0].name
+    if len(config.epochs) > 1:
+        assert STAGE.params(config).tree_epoch is None

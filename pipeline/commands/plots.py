@@ -16,7 +16,16 @@ from pipeline.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plots", help="plot biomass and carbon from field tree lists")
+    p = sub.add_parser(
+        "plots",
+        help="plot biomass and carbon from field tree lists",
+        description="Plot biomass and carbon from a field tree list. Tree-list columns: "
+        "plot_id, tree_id, species (Latin binomial), dbh_cm (required); epoch (optional: "
+        "without it the list is one census, named by --epoch), height_m, "
+        "wood_density_g_cm3, age_yr (bamboo culm age), plot_area_ha (unless --plots gives "
+        "areas). One row with plot_id, epoch and neither species nor dbh_cm records a plot "
+        "measured with no trees.",
+    )
     p.add_argument("trees", type=Path, nargs="?", help="tree list (CSV or GeoPackage)")
     p.add_argument("--plots", type=Path, help="plot layer with plot_id and plot_area_ha")
     param_option(
@@ -31,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     param_option(p, "--draws", PlotsParams, "mc_draws", help="Monte Carlo draws")
     param_option(p, "--seed", StandaloneParams, "seed", help="Monte Carlo seed")
+    param_option(
+        p,
+        "--epoch",
+        PlotsParams,
+        "tree_epoch",
+        help="epoch of a tree list without an epoch column (not given: 'single')",
+    )
     param_option(
         p,
         "--hd-model",
@@ -67,6 +83,7 @@ def main(args: argparse.Namespace) -> int:
         mc_draws=args.draws,
         seed=args.seed,
         hd_model=args.hd_model,
+        tree_epoch=args.epoch,
     )
     outputs = plots(
         params,

@@ -25,6 +25,7 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import norm
 
+from models.plot_biomass import SPECIES_TABLE_FIELD
 from pipeline.contracts import TOTAL_ID, CreditsJob, SinkJob
 from pipeline.report import figures
 from pipeline.sink import as_band, named_band
@@ -263,6 +264,14 @@ def inventory_rows(
         name = "; ".join(chosen) or model_card.get("selected_model", "see model_card.json")
         rows.append(("biomass model", str(name)))
     return rows
+
+
+def species_table_rows(plots_qa: pd.DataFrame | None) -> list[tuple[str, str]]:
+    """The plots stage's summary of the trees whose species is outside the species table."""
+    if plots_qa is None or "field" not in plots_qa.columns:
+        return []
+    rows = plots_qa.loc[plots_qa["field"] == SPECIES_TABLE_FIELD, "reason"]
+    return [("field trees outside the species table", str(text)) for text in rows]
 
 
 def coverage_rows(map_coverage: Mapping[str, Any] | None) -> list[tuple[str, str]]:
@@ -531,6 +540,7 @@ def build_report(
     lidar_tiles: pd.DataFrame | None = None,
     plot_biomass: pd.DataFrame | None = None,
     map_coverage: Mapping[str, Any] | None = None,
+    plots_qa: pd.DataFrame | None = None,
 ) -> tuple[str, dict[str, bytes]]:
     """The report HTML and its quicklooks ``{name: png bytes}``."""
     sj = job.sink
@@ -549,14 +559,18 @@ def build_report(
         parcel_sink, epoch_start=sj.epoch_start, epoch_end=sj.epoch_end
     )
     credit_columns, credit_rows = credit_table(credits)
-    inventory = inventory_rows(
-        items=items or {},
-        lidar_tiles=lidar_tiles,
-        plot_biomass=plot_biomass,
-        parcels=parcel_sink,
-        project_rows=len(credits) - 1,
-        model_card=model_card,
-    ) + coverage_rows(map_coverage)
+    inventory = (
+        inventory_rows(
+            items=items or {},
+            lidar_tiles=lidar_tiles,
+            plot_biomass=plot_biomass,
+            parcels=parcel_sink,
+            project_rows=len(credits) - 1,
+            model_card=model_card,
+        )
+        + species_table_rows(plots_qa)
+        + coverage_rows(map_coverage)
+    )
     method = job.credits.methodology
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(

@@ -5,8 +5,9 @@ live in :mod:`models`): it joins plot areas from the plot layer, maps ``PlotsPar
 model options and turns model errors into :class:`~pipeline.errors.InputDataError` /
 :class:`~pipeline.errors.ConfigError`.
 
-Inputs (loaded by the runner): ``trees`` (CSV -> DataFrame: plot_id, epoch, tree_id,
-species, dbh_cm, optional height_m, wood_density_g_cm3, age_yr, plot_area_ha) and
+Inputs (loaded by the runner): ``trees`` (CSV -> DataFrame: plot_id, tree_id, species,
+dbh_cm, optional epoch (absent: one census, ``stages.plots.tree_epoch`` or the config's only
+epoch), height_m, wood_density_g_cm3, age_yr, plot_area_ha) and
 ``plot_locations`` (GeoPackage -> GeoDataFrame with plot_id and plot_area_ha, or None).
 Outputs: ``plots/trees.csv``, ``plots/plot_biomass.csv``, ``plots/qa.csv``.
 
@@ -21,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from models.errors import AllometryError, PlotDataError, PlotOptionsError
-from models.plot_biomass import PlotBiomassOptions, plot_biomass
+from models.plot_biomass import DEFAULT_EPOCH, PlotBiomassOptions, plot_biomass
 from pipeline.config import Config, PlotsParams, StandaloneParams
 from pipeline.contracts import PLOT_BIOMASS_RELPATH, PLOTS_QA_RELPATH, TREES_RELPATH, RunLayout
 from pipeline.errors import ConfigError, InputDataError
@@ -68,6 +69,7 @@ def options_from_params(params: PlotsParams) -> PlotBiomassOptions:
         hd_model=params.hd_model,
         dbh_error=params.dbh_error,
         seed=StandaloneParams().seed if params.seed is None else params.seed,
+        tree_epoch=DEFAULT_EPOCH if params.tree_epoch is None else params.tree_epoch,
     )
 
 
@@ -102,10 +104,13 @@ def plots(
 
 
 def plots_params(config: Config) -> PlotsParams:
-    """The stage's parameters: ``stages.plots`` with the run seed when it sets none."""
+    """The stage's parameters: ``stages.plots`` with the run seed when it sets none, and
+    the config's epoch as the epoch of a tree list without one when the config has one."""
     params = config.stages.plots
     if params.seed is None:
         params = params.model_copy(update={"seed": config.seed})
+    if params.tree_epoch is None and len(config.epochs) == 1:
+        params = params.model_copy(update={"tree_epoch": config.epochs[0].name})
     return params
 
 

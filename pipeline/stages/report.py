@@ -49,6 +49,7 @@ from pipeline.contracts import (
     PARCEL_SINK_GPKG_RELPATH,
     PLOT_BIOMASS_RELPATH,
     PLOT_FEATURES_RELPATH,
+    PLOTS_QA_RELPATH,
     REPORT_RELPATH,
     SAMPLE_PLAN_RELPATH,
     SINK_RELPATH,
@@ -102,6 +103,7 @@ def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         "items_end": layout.path(items_relpath(sj.epoch_end)),
         "lidar_tiles": layout.path(LIDAR_TILES_RELPATH),
         "plot_biomass": layout.path(PLOT_BIOMASS_RELPATH),
+        "plots_qa": layout.path(PLOTS_QA_RELPATH),
         "map_coverage": layout.path(MAP_COVERAGE_RELPATH),
     }
     return {**required, **{k: p for k, p in optional.items() if p.exists()}}
