@@ -14,7 +14,10 @@ import sys
 
 import pandas as pd
 
-SOURCE = "GWDD (Zanne et al. 2009 doi:10.5061/dryad.234) via BIOMASS wdData.csv 4a574a9d; scripts/gwdd_means.py"
+SOURCE = (
+    "GWDD (Zanne et al. 2009 doi:10.5061/dryad.234) via BIOMASS wdData.csv 4a574a9d; "
+    "scripts/gwdd_means.py"
+)
 
 
 def main(src: str, dst: str) -> None:
@@ -39,12 +42,26 @@ def main(src: str, dst: str) -> None:
     fam = fam.reset_index()
     rows = pd.concat(
         [
-            pd.DataFrame({"level": "genus", "taxon": gen["genus"], "family": gen["family"],
-                          "wood_density_g_cm3": gen["wd"].round(4), "n_taxa": gen["n_taxa"],
-                          "n_records": gen["n_records"]}),
-            pd.DataFrame({"level": "family", "taxon": fam["family"], "family": fam["family"],
-                          "wood_density_g_cm3": fam["wd"].round(4), "n_taxa": fam["n_taxa"],
-                          "n_records": fam["n_records"]}),
+            pd.DataFrame(
+                {
+                    "level": "genus",
+                    "taxon": gen["genus"],
+                    "family": gen["family"],
+                    "wood_density_g_cm3": gen["wd"].round(4),
+                    "n_taxa": gen["n_taxa"],
+                    "n_records": gen["n_records"],
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "level": "family",
+                    "taxon": fam["family"],
+                    "family": fam["family"],
+                    "wood_density_g_cm3": fam["wd"].round(4),
+                    "n_taxa": fam["n_taxa"],
+                    "n_records": fam["n_records"],
+                }
+            ),
         ]
     )
     rows["source"] = SOURCE
