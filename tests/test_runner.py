@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import rasterio
 import toy_stages
 
 from pipeline.config import load_config
+from pipeline.errors import PipelineWarning
 from pipeline.reproduce import reproduce
 from pipeline.runner import Runner, RunOptions
 
@@ -53,6 +56,44 @@ def test_parameter_change_reruns_the_stage_and_its_dependants(tmp_path):
     assert m["stages"]["summary"]["status"] == "ran"
     after = json.loads((tmp_path / "out/toy/summary.json").read_text())["mean"]
     assert after == pytest.approx(2 * before, rel=1e-6)
+
+
+def _warning_noise(job, *, params):
+    warnings.warn("noise: the parameters look odd", PipelineWarning, stacklevel=2)
+    warnings.warn("a library speaks", UserWarning, stacklevel=2)
+    return toy_stages.noise(job, params=params)
+
+
+def test_stage_warnings_reach_console_manifest_and_the_next_stages(tmp_path, capsys):
+    cfg = toy_stages.write_config(tmp_path)
+    noise, summary = toy_stages.stages()
+    stages = (replace(noise, func=_warning_noise), summary)
+    config = load_config(cfg)
+
+    def run() -> dict:
+        return Runner(config, stages, options=RunOptions(quiet=True)).run()
+
+    first = run()
+    assert first["stages"]["noise"]["warnings"] == ["noise: the parameters look odd"]
+    (library,) = first["stages"]["noise"]["library_warnings"]
+    assert library.startswith("UserWarning (") and library.endswith("a library speaks")
+    assert first["stages"]["summary"]["warnings"] == []
+    assert "noise: the parameters look odd" in capsys.readouterr().err  # also under --quiet
+    # what the stages after it read (the report does)
+    before_summary = json.loads((tmp_path / "out/.state/warnings.json").read_text())
+    assert before_summary == [
+        {
+            "stage": "noise",
+            "warnings": ["noise: the parameters look odd"],
+            "library_warnings": [library],
+        }
+    ]
+    # a skipped stage keeps its warnings, and says them again
+    second = run()
+    assert second["stages"]["noise"]["status"].startswith("skipped")
+    assert second["stages"]["noise"]["warnings"] == ["noise: the parameters look odd"]
+    assert "noise: the parameters look odd" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out/manifest.json").read_text())["stages"] == second["stages"]
 
 
 def test_force_and_stage_subset(tmp_path):
