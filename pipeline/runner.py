@@ -421,33 +421,40 @@ class Runner:
         from distributed.diagnostics import MemorySampler
 
         sampler = MemorySampler()
-        with (
-            warnings.catch_warnings(record=True) as caught,
-            peak_rss() as rss,
-            sampler.sample(stage.name, client=client, measure="process"),
-        ):
-            # the pipeline's own warnings are never filtered out (nor shown only once)
-            warnings.simplefilter("always", PipelineWarning)
-            loaded = {
-                name: io.read_input(spec, chunk_px=self.config.dask.chunk_px)
-                for name, spec in specs.items()
-            }
-            outputs = dict(stage.func(params, **group_inputs(loaded)))
-            with Progress(
-                TextColumn("  {task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=True,
-            ) as bar:
-                for rel, obj in outputs.items():
-                    task = bar.add_task(rel, total=None)
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with (
+                warnings.catch_warnings(record=True) as caught,
+                peak_rss() as rss,
+                sampler.sample(stage.name, client=client, measure="process"),
+            ):
+                # the pipeline's own warnings are never filtered out (nor shown only once)
+                warnings.simplefilter("always", PipelineWarning)
+                loaded = {
+                    name: io.read_input(spec, chunk_px=self.config.dask.chunk_px)
+                    for name, spec in specs.items()
+                }
+                outputs = dict(stage.func(params, **group_inputs(loaded)))
+                with Progress(
+                    TextColumn("  {task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=self.console,
+                    transient=True,
+                ) as bar:
+                    for rel, obj in outputs.items():
+                        task = bar.add_task(rel, total=None)
 
-                    def advance(done: int, total: int, task: TaskID = task) -> None:
-                        bar.update(task, completed=done, total=total)
+                        def advance(done: int, total: int, task: TaskID = task) -> None:
+                            bar.update(task, completed=done, total=total)
 
-                    io.write_output(obj, self.layout.path(rel), client=client, progress=advance)
+                        io.write_output(obj, self.layout.path(rel), client=client, progress=advance)
+        except Exception:
+            # a failed stage records nothing, but what it warned may explain the failure
+            own, other = sort_warnings(caught)
+            self._print_warnings(stage, {"warnings": own, "library_warnings": other})
+            raise
         cluster_peak = sampler.to_pandas().max().max() if sampler.samples.get(stage.name) else None
         record = StageRecord(
             status="ran",
