@@ -55,6 +55,7 @@ from typing import Any
 import psutil
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -328,9 +329,14 @@ class Runner:
 
     def _print_warnings(self, stage: Stage, record: Mapping[str, Any]) -> None:
         for message in record.get("warnings", []):
-            self.alerts.print(f"[yellow]⚠ {stage.name}:[/] {message}", highlight=False)
+            # most of the pipeline's messages already start with their stage's name
+            named = message.startswith(f"{stage.name}:")
+            text = escape(message if named else f"{stage.name}: {message}")
+            self.alerts.print(f"[yellow]⚠[/] {text}", highlight=False)
         for message in record.get("library_warnings", []):
-            self.alerts.print(f"[dim]⚠ {stage.name} (library): {message}[/]", highlight=False)
+            self.alerts.print(
+                f"[dim]⚠ {stage.name} (library): {escape(message)}[/]", highlight=False
+            )
 
     # manifest ------------------------------------------------------------------------
 
