@@ -3,6 +3,7 @@ an external scheduler, the manifest, and reproduce."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -94,6 +95,24 @@ def test_stage_warnings_reach_console_manifest_and_the_next_stages(tmp_path, cap
     assert second["stages"]["noise"]["warnings"] == ["noise: the parameters look odd"]
     assert "noise: the parameters look odd" in capsys.readouterr().err
     assert json.loads((tmp_path / "out/manifest.json").read_text())["stages"] == second["stages"]
+
+
+def test_the_pipelines_warnings_are_all_pipeline_warnings():
+    """The report shows PipelineWarning and counts the rest as library noise: a warning of
+    the project's own code raised with another class would be hidden there."""
+    root = TESTS.parent
+    wrong = []
+    for path in sorted([*(root / "pipeline").rglob("*.py"), *(root / "models").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "warnings.warn"):
+                continue
+            category = node.args[1] if len(node.args) > 1 else None
+            for kw in node.keywords:
+                if kw.arg == "category":
+                    category = kw.value
+            if category is None or ast.unparse(category) != "PipelineWarning":
+                wrong.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not wrong, f"warnings.warn without PipelineWarning: {wrong}"
 
 
 def test_force_and_stage_subset(tmp_path):
