@@ -31,7 +31,9 @@ class ScienceDomainError(ForestCarbonError):
 class PipelineWarning(UserWarning):
     """Something the user should know about a run's inputs or results that does not stop it.
 
-    The runner records every warning of this kind under its stage in the manifest
-    (``stages.<stage>.warnings``), prints it also under ``--quiet``, and the report lists it;
-    warnings of other kinds (from libraries) go to ``stages.<stage>.library_warnings``.
+    The runner records every warning of this kind, and of :class:`models.errors.ModelsWarning`
+    (the science's, as :mod:`models` imports nothing from here), under its stage in the
+    manifest (``stages.<stage>.warnings``), prints it also under ``--quiet``, and the report
+    lists it; warnings of other kinds (from libraries) go to
+    ``stages.<stage>.library_warnings``.
     """

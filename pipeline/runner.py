@@ -26,7 +26,8 @@ and the key figures of the stages that declare them (``results``: the survey tot
 Warnings: the Python warnings raised in this process while a stage loads its inputs, runs
 and has its outputs written are caught (:func:`warnings.catch_warnings`), printed on the
 console (also under ``--quiet``: they are not chatter) and kept in the stage's state and in
-the manifest: the pipeline's own (:class:`~pipeline.errors.PipelineWarning`) under
+the manifest: the project's own (:class:`~pipeline.errors.PipelineWarning`,
+:class:`~models.errors.ModelsWarning`) under
 ``stages.<stage>.warnings``, every other one (library noise such as distributed's "Sending
 large graph") under ``stages.<stage>.library_warnings``. A skipped stage keeps the warnings
 of the run that made its outputs. Before each stage the runner writes
@@ -65,6 +66,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from models.errors import ModelsWarning
 from pipeline import io
 from pipeline.config import Config
 from pipeline.contracts import RunLayout
@@ -216,7 +218,7 @@ def sort_warnings(caught: Sequence[warnings.WarningMessage]) -> tuple[list[str],
     own: list[str] = []
     other: list[str] = []
     for w in caught:
-        if issubclass(w.category, PipelineWarning):
+        if issubclass(w.category, PipelineWarning | ModelsWarning):
             message, into = str(w.message), own
         else:
             where = "/".join(Path(w.filename).parts[-2:])
@@ -434,8 +436,9 @@ class Runner:
                 peak_rss() as rss,
                 sampler.sample(stage.name, client=client, measure="process"),
             ):
-                # the pipeline's own warnings are never filtered out (nor shown only once)
+                # the project's own warnings are never filtered out (nor shown only once)
                 warnings.simplefilter("always", PipelineWarning)
+                warnings.simplefilter("always", ModelsWarning)
                 loaded = {
                     name: io.read_input(spec, chunk_px=self.config.dask.chunk_px)
                     for name, spec in specs.items()
