@@ -43,3 +43,9 @@ class ModelDomainError(ModelsError):
 
 class SurveyError(ModelsError):
     """A plot sample, its design or its auxiliary data cannot give a survey estimate."""
+
+
+class ModelsWarning(UserWarning):
+    """Something about the science's inputs or results the user should know, that does not
+    stop it (e.g. a fallback taken). The pipeline's runner records these as the project's own
+    warnings (with :class:`pipeline.errors.PipelineWarning`), never as library noise."""

@@ -51,6 +51,7 @@ from models.errors import (
     HDFitError,
     ImplausibleHDError,
     ModelDomainError,
+    ModelsWarning,
     PlotDataError,
     PlotOptionsError,
 )
@@ -573,6 +574,7 @@ def with_epoch(trees: pd.DataFrame, epoch: str) -> pd.DataFrame:
         f"tree list has no 'epoch' column: all {len(trees)} rows taken as one census, "
         f"epoch {epoch!r} (name it with stages.plots.tree_epoch or --epoch; add an epoch "
         "column for re-measured plots)",
+        ModelsWarning,
         stacklevel=3,
     )
     return trees.assign(epoch=epoch)
@@ -690,7 +692,7 @@ def _predict_heights(
     for key, why in hm.rejected.items():
         scope = "/".join(str(v) for v in key)
         text = f"H-D model of {scope} refused (next scope, else no-height equation): {why}"
-        warnings.warn(text, stacklevel=3)
+        warnings.warn(text, ModelsWarning, stacklevel=3)
         qa_rows.append({**_scope_qa(key), "tree_id": None, "field": "hd_model",
                         "value": scope, "reason": text, "action": "fallback"})  # fmt: skip
     t["hd_model"] = [None if k is None else models[k].describe() for k in keys]
@@ -873,7 +875,7 @@ def _species_table_qa(t: pd.DataFrame) -> pd.DataFrame:
     if summary is None:
         return pd.DataFrame(columns=list(QA_COLUMNS))
     share, text = summary
-    warnings.warn(text, stacklevel=3)
+    warnings.warn(text, ModelsWarning, stacklevel=3)
     row = {"plot_id": None, "epoch": None, "tree_id": None, "field": SPECIES_TABLE_FIELD,
            "value": round(share, 4), "reason": text, "action": "keep"}  # fmt: skip
     return pd.DataFrame([row], columns=list(QA_COLUMNS))

@@ -55,7 +55,7 @@ from scipy import ndimage
 
 from pipeline import catalog
 from pipeline.config import CompositeParams
-from pipeline.errors import CatalogError, ScienceDomainError
+from pipeline.errors import CatalogError, InputDataError, ScienceDomainError
 
 REFLECTANCE_BANDS: tuple[str, ...] = (
     "blue",
@@ -419,6 +419,22 @@ def seasonal_composite(
     out.attrs.update({"_FillValue": np.float32(np.nan), "units": "1"})
     out = out.rio.write_crs(str(geobox.crs))
     return out, scenes
+
+
+def require_clear_pixels(composite: xr.DataArray, *, epoch: str, n_scenes: int) -> None:
+    """Refuse a composite without one clear observation (every band would be NaN).
+
+    Computes the largest ``n_valid`` of the composite: one pass over the red band and the
+    masks of every scene, the price of never writing an empty composite with exit 0.
+    """
+    n_max = float(composite.sel(band="n_valid").max().compute())
+    if not n_max > 0:
+        raise InputDataError(
+            f"epoch {epoch}: the composite has no clear pixel: none of its {n_scenes} scene(s) "
+            f"has a cloud-free, valid observation on the AOI's grid, so every band would be "
+            f"NaN. Check items/{epoch}.json (do the scenes cover the AOI?), widen the epoch's "
+            f"dates in the config's epochs, or raise sources.catalog.max_cloud_cover"
+        )
 
 
 def terrain(

@@ -176,6 +176,11 @@ class RunLayout:
         """Per-stage records of the last successful run (fingerprint and outputs)."""
         return self.root / ".state"
 
+    @property
+    def warnings(self) -> Path:
+        """The warnings of the stages before the one running (written by the runner)."""
+        return self.state_dir / "warnings.json"
+
 
 # -- the sink's epochs and error model (stages sink, parcels, credits, report) ---------
 

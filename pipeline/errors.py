@@ -26,3 +26,14 @@ class CatalogError(ForestCarbonError):
 
 class ScienceDomainError(ForestCarbonError):
     """Inputs fall outside the domain in which a method or equation is valid."""
+
+
+class PipelineWarning(UserWarning):
+    """Something the user should know about a run's inputs or results that does not stop it.
+
+    The runner records every warning of this kind, and of :class:`models.errors.ModelsWarning`
+    (the science's, as :mod:`models` imports nothing from here), under its stage in the
+    manifest (``stages.<stage>.warnings``), prints it also under ``--quiet``, and the report
+    lists it; warnings of other kinds (from libraries) go to
+    ``stages.<stage>.library_warnings``.
+    """

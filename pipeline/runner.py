@@ -20,8 +20,20 @@ ones before it. Temporaries left by a killed run are removed at the start of the
 The manifest (DESIGN §3) holds the resolved config and its hash, the code version, key
 package versions, every input with its checksum (STAC items by id and href), every output
 with a content checksum (and the sha256 of its bytes), the seed, when the run started and
-each stage finished, each stage's wall time and peak memory, and the key figures of the
-stages that declare them (``results``: the survey totals).
+each stage finished, each stage's wall time and peak memory, the warnings each stage raised,
+and the key figures of the stages that declare them (``results``: the survey totals).
+
+Warnings: the Python warnings raised in this process while a stage loads its inputs, runs
+and has its outputs written are caught (:func:`warnings.catch_warnings`), printed on the
+console (also under ``--quiet``: they are not chatter) and kept in the stage's state and in
+the manifest: the project's own (:class:`~pipeline.errors.PipelineWarning`,
+:class:`~models.errors.ModelsWarning`) under
+``stages.<stage>.warnings``, every other one (library noise such as distributed's "Sending
+large graph") under ``stages.<stage>.library_warnings``. A skipped stage keeps the warnings
+of the run that made its outputs. Before each stage the runner writes
+``.state/warnings.json``: the warnings of the stages before it in pipeline order, which the
+``report`` stage reads as an input (so the report reruns only when they change). Warnings
+raised inside Dask tasks on worker processes are printed by the workers, not caught here.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import json
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +56,7 @@ from typing import Any
 import psutil
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -52,10 +66,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from models.errors import ModelsWarning
 from pipeline import io
 from pipeline.config import Config
 from pipeline.contracts import RunLayout
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineWarning
 from pipeline.run_catalog import write_catalog
 from pipeline.stage import Stage
 
@@ -105,6 +120,10 @@ class StageRecord:
     #: when the stage finished (UTC, ISO 8601): the ``created`` time of its outputs
     finished: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    #: the pipeline's own warnings raised while the stage ran (messages, in order)
+    warnings: list[str] = field(default_factory=list)
+    #: other warnings (libraries): ``"Category (module file:line): message"``
+    library_warnings: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -194,6 +213,21 @@ def group_inputs(loaded: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def sort_warnings(caught: Sequence[warnings.WarningMessage]) -> tuple[list[str], list[str]]:
+    """The pipeline's own warnings and the others (libraries), each message once, in order."""
+    own: list[str] = []
+    other: list[str] = []
+    for w in caught:
+        if issubclass(w.category, PipelineWarning | ModelsWarning):
+            message, into = str(w.message), own
+        else:
+            where = "/".join(Path(w.filename).parts[-2:])
+            message, into = f"{w.category.__name__} ({where}:{w.lineno}): {w.message}", other
+        if message not in into:
+            into.append(message)
+    return own, other
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -244,6 +278,8 @@ class Runner:
         self.options = options
         self.layout = RunLayout(Path(config.output_dir))
         self.console = console or Console(stderr=True, quiet=options.quiet)
+        #: warnings are printed also under --quiet
+        self.alerts = Console(stderr=True) if self.console.quiet else self.console
         known = [s.name for s in self.stages]
         if options.stages is not None:
             unknown = [s for s in options.stages if s not in known]
@@ -281,6 +317,28 @@ class Runner:
             if not p.is_file() or io.file_sha256(p) != sha:
                 return False
         return True
+
+    def _write_warnings_before(self, stage: Stage) -> None:
+        """``.state/warnings.json``: the recorded warnings of the stages before ``stage``."""
+        before = []
+        for s in self.stages[: self.stages.index(stage)]:
+            record = (self._load_state(s) or {}).get("record", {})
+            own, other = record.get("warnings", []), record.get("library_warnings", [])
+            if own or other:
+                before.append({"stage": s.name, "warnings": own, "library_warnings": other})
+        with io.atomic_path(self.layout.warnings) as tmp:
+            tmp.write_text(json.dumps(before, indent=2) + "\n")
+
+    def _print_warnings(self, stage: Stage, record: Mapping[str, Any]) -> None:
+        for message in record.get("warnings", []):
+            # most of the pipeline's messages already start with their stage's name
+            named = message.startswith(f"{stage.name}:")
+            text = escape(message if named else f"{stage.name}: {message}")
+            self.alerts.print(f"[yellow]⚠[/] {text}", highlight=False)
+        for message in record.get("library_warnings", []):
+            self.alerts.print(
+                f"[dim]⚠ {stage.name} (library): {escape(message)}[/]", highlight=False
+            )
 
     # manifest ------------------------------------------------------------------------
 
@@ -338,6 +396,7 @@ class Runner:
         self, stage: Stage, client: Any, source_hash: str, manifest: dict[str, Any]
     ) -> None:
         t0 = time.perf_counter()
+        self._write_warnings_before(stage)
         params = stage.params(self.config)
         specs = dict(stage.inputs(self.config, self.layout))
         checksums = {name: io.input_checksum(spec) for name, spec in specs.items()}
@@ -355,6 +414,7 @@ class Runner:
             self.console.print(
                 f"[dim]↷ {stage.name:<10} skipped: inputs and parameters unchanged[/]"
             )
+            self._print_warnings(stage, manifest["stages"][stage.name])
             return
         self.console.print(f"▶ {stage.name:<10} running")
         # raw inputs (outside the run folder) are recorded with their checksums
@@ -369,27 +429,41 @@ class Runner:
         from distributed.diagnostics import MemorySampler
 
         sampler = MemorySampler()
-        with peak_rss() as rss, sampler.sample(stage.name, client=client, measure="process"):
-            loaded = {
-                name: io.read_input(spec, chunk_px=self.config.dask.chunk_px)
-                for name, spec in specs.items()
-            }
-            outputs = dict(stage.func(params, **group_inputs(loaded)))
-            with Progress(
-                TextColumn("  {task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=True,
-            ) as bar:
-                for rel, obj in outputs.items():
-                    task = bar.add_task(rel, total=None)
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with (
+                warnings.catch_warnings(record=True) as caught,
+                peak_rss() as rss,
+                sampler.sample(stage.name, client=client, measure="process"),
+            ):
+                # the project's own warnings are never filtered out (nor shown only once)
+                warnings.simplefilter("always", PipelineWarning)
+                warnings.simplefilter("always", ModelsWarning)
+                loaded = {
+                    name: io.read_input(spec, chunk_px=self.config.dask.chunk_px)
+                    for name, spec in specs.items()
+                }
+                outputs = dict(stage.func(params, **group_inputs(loaded)))
+                with Progress(
+                    TextColumn("  {task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=self.console,
+                    transient=True,
+                ) as bar:
+                    for rel, obj in outputs.items():
+                        task = bar.add_task(rel, total=None)
 
-                    def advance(done: int, total: int, task: TaskID = task) -> None:
-                        bar.update(task, completed=done, total=total)
+                        def advance(done: int, total: int, task: TaskID = task) -> None:
+                            bar.update(task, completed=done, total=total)
 
-                    io.write_output(obj, self.layout.path(rel), client=client, progress=advance)
+                        io.write_output(obj, self.layout.path(rel), client=client, progress=advance)
+        except Exception:
+            # a failed stage records nothing, but what it warned may explain the failure
+            own, other = sort_warnings(caught)
+            self._print_warnings(stage, {"warnings": own, "library_warnings": other})
+            raise
         cluster_peak = sampler.to_pandas().max().max() if sampler.samples.get(stage.name) else None
         record = StageRecord(
             status="ran",
@@ -398,6 +472,7 @@ class Runner:
             peak_cluster_mb=None if cluster_peak is None else round(float(cluster_peak) / 2**20, 1),
             finished=utc_now(),
         )
+        record.warnings, record.library_warnings = sort_warnings(caught)
         file_sha256 = {rel: io.file_sha256(self.layout.path(rel)) for rel in outputs}
         for rel in outputs:
             checksum = io.content_checksum(self.layout.path(rel))
@@ -427,5 +502,6 @@ class Runner:
         }
         with io.atomic_path(self._state_path(stage)) as tmp:
             tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        self._print_warnings(stage, manifest["stages"][stage.name])
         peak = f", peak {record.peak_rss_mb:.0f} MB" if record.peak_rss_mb else ""
         self.console.print(f"[green]✓[/] {stage.name:<10} {record.wall_s:8.1f} s{peak}")

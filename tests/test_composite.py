@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import geopandas as gpd
 import numpy as np
 import pystac
 import pytest
@@ -25,10 +26,13 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import BoundingBox
 from rasterio.transform import from_origin
 from scipy import ndimage
+from shapely.geometry import box
 
 from pipeline import catalog
 from pipeline import composite as C
 from pipeline.config import CompositeParams
+from pipeline.errors import InputDataError, PipelineWarning, ScienceDomainError
+from pipeline.stages.composite import CompositeJob, composite
 
 CRS = "EPSG:32650"
 X0, Y0 = 700000.0, 2950000.0  # upper-left corner, metres
@@ -467,3 +471,55 @@ def test_dark_object_qa_flags_wrong_offset_flag(tmp_path: Path) -> None:
     assert qa[0]["status"] == "ok"
     assert qa[1]["status"].startswith("suspect: dark objects too bright")
     assert qa[1]["dark_object_reflectance"] > 0.1
+
+
+def _stage(items: list[pystac.Item], *, check: str = "warn") -> dict[str, Any]:
+    """The composite stage on ``items`` as one epoch "2022", on the synthetic grid."""
+    job = CompositeJob(
+        params=CompositeParams(cloud_dilation_px=2, resampling="nearest", dark_object_check=check),
+        epochs=("2022",),
+        crs=CRS,
+        resolution_m=RES,
+        chunk_px=20,
+        default_provider=None,
+    )
+    aoi = gpd.GeoDataFrame(geometry=[box(X0, Y0 - N * RES, X0 + N * RES, Y0)], crs=CRS)
+    collection = pystac.ItemCollection([i.clone() for i in items]).to_dict()
+    return composite(job, aoi=aoi, items={"2022": collection})
+
+
+def _all_cloud(item: pystac.Item, root: Path) -> pystac.Item:
+    """``item`` with a scene classification that marks every pixel as cloud (SCL 9)."""
+    cloudy = item.clone()
+    cloudy.id = item.id.replace("_L2A", "_CLOUDY_L2A")
+    scl = root / f"{cloudy.id}_scl.tif"
+    _write(scl, np.full((N, N), 9, dtype="uint8"), nodata=0)
+    cloudy.assets["scl"].href = scl.resolve().as_uri()
+    return cloudy
+
+
+def test_all_nan_composite_is_refused_naming_the_epoch(tmp_path: Path) -> None:
+    items, _ = make_scenes(tmp_path / "s")
+    s2 = [i for i in items if i.collection_id == "sentinel-2-l2a"][:2]
+    with pytest.raises(InputDataError, match=r"epoch 2022: the composite has no clear pixel"):
+        _stage([_all_cloud(i, tmp_path) for i in s2])
+
+
+def test_suspect_offset_and_no_clear_pixels_are_warnings(tmp_path: Path) -> None:
+    items, _ = make_scenes(tmp_path / "s")
+    raw = next(i for i in items if i.id == "S2A_POST_RAW_0_L2A")
+    lying = raw.clone()
+    lying.id = "S2A_LYING_L2A"
+    lying.properties["earthsearch:boa_offset_applied"] = True
+    cloudy = _all_cloud(raw, tmp_path)
+    with pytest.warns(PipelineWarning) as record:
+        out = _stage([raw, lying, cloudy])
+    messages = [str(w.message) for w in record if issubclass(w.category, PipelineWarning)]
+    assert len(messages) == 2
+    assert "S2A_LYING_L2A: suspect: dark objects too bright" in messages[0]
+    assert "epoch 2022" in messages[0] and "composites/qa.json" in messages[0]
+    assert "S2A_POST_RAW_0_CLOUDY_L2A: no clear pixels" in messages[1]
+    statuses = {r["item_id"]: r["status"] for r in out["composites/qa.json"]["epochs"]["2022"]}
+    assert statuses["S2A_POST_RAW_0_L2A"] == "ok"
+    with pytest.raises(ScienceDomainError, match="S2A_LYING_L2A"):
+        _stage([raw, lying], check="error")

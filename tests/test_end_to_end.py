@@ -17,6 +17,7 @@ import pytest
 import rasterio
 import shapely
 from helpers import assert_workbook_matches_csvs
+from markupsafe import escape
 from run_folder_checks import check_catalog, check_raster_style, check_vector_style
 
 from pipeline.cli import main
@@ -146,6 +147,18 @@ def test_parcel_totals_add_up_to_the_map(tiny_run, tiny_data):
         float(share[forest].sum()) * cell_ha, rel=1e-9
     )
     assert table["area_grid_ha"].sum() == pytest.approx(float(share.sum()) * cell_ha, rel=1e-9)
+
+
+def test_the_stages_warnings_are_in_the_manifest_and_the_report(tiny_run):
+    _, run = tiny_run
+    manifest = json.loads((run / "manifest.json").read_text())
+    said = [
+        (s, m) for s, rec in manifest["stages"].items() if s != "report" for m in rec["warnings"]
+    ]
+    assert said, "the tiny region leaves cells without a value: predict says so"
+    section = (run / REPORT_RELPATH).read_text().split('id="warnings"')[1].split('id="headline"')[0]
+    for _, message in said:
+        assert str(escape(message)) in section
 
 
 def test_second_run_skips_and_reproduce_is_identical(tiny_run, capsys):

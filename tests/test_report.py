@@ -217,6 +217,27 @@ def test_report_content_and_quicklooks(report_inputs):
     assert "common-band satellite model 264 (26.4 %)" in row and "LiDAR" not in row
 
 
+def test_report_lists_the_pipelines_warnings_and_counts_library_noise(report_inputs):
+    recorded = [
+        {"stage": "predict", "warnings": ["predict: epoch 2019: 182 cells have no value"],
+         "library_warnings": ["UserWarning (distributed/client.py:3370): Sending large graph"]},
+        {"stage": "credits", "warnings": ["credits: the sample misses its target precision"],
+         "library_warnings": []},
+    ]  # fmt: skip
+    html = run_report({**report_inputs, "warnings": recorded})[REPORT_RELPATH]
+    assert isinstance(html, str)
+    # near the top: before the headline numbers
+    assert html.index('id="warnings"') < html.index('id="headline"')
+    table = html.split('id="warning-table"')[1].split("</table>")[0]
+    assert table.count("<tr>") == 3
+    assert "182 cells have no value" in table and "misses its target precision" in table
+    assert "Sending large graph" not in html
+    assert "1 warning(s) from libraries" in html
+    quiet = run_report(report_inputs)[REPORT_RELPATH]
+    assert isinstance(quiet, str)
+    assert "The stages raised no warnings." in quiet and "warning-table" not in quiet
+
+
 def test_report_is_byte_identical_on_rerun(report_inputs, tmp_path):
     first, second = run_report(report_inputs), run_report(report_inputs)
     assert first.keys() == second.keys()

@@ -3,12 +3,15 @@ an external scheduler, the manifest, and reproduce."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,9 @@ import pytest
 import rasterio
 import toy_stages
 
+from models.errors import ModelsWarning
 from pipeline.config import load_config
+from pipeline.errors import PipelineWarning
 from pipeline.reproduce import reproduce
 from pipeline.runner import Runner, RunOptions
 
@@ -53,6 +58,61 @@ def test_parameter_change_reruns_the_stage_and_its_dependants(tmp_path):
     assert m["stages"]["summary"]["status"] == "ran"
     after = json.loads((tmp_path / "out/toy/summary.json").read_text())["mean"]
     assert after == pytest.approx(2 * before, rel=1e-6)
+
+
+def _warning_noise(job, *, params):
+    warnings.warn("noise: the parameters look odd", PipelineWarning, stacklevel=2)
+    warnings.warn("the science took a fallback", ModelsWarning, stacklevel=2)
+    warnings.warn("a library speaks", UserWarning, stacklevel=2)
+    return toy_stages.noise(job, params=params)
+
+
+def test_stage_warnings_reach_console_manifest_and_the_next_stages(tmp_path, capsys):
+    cfg = toy_stages.write_config(tmp_path)
+    noise, summary = toy_stages.stages()
+    stages = (replace(noise, func=_warning_noise), summary)
+    config = load_config(cfg)
+
+    def run() -> dict:
+        return Runner(config, stages, options=RunOptions(quiet=True)).run()
+
+    first = run()
+    own = ["noise: the parameters look odd", "the science took a fallback"]
+    assert first["stages"]["noise"]["warnings"] == own
+    (library,) = first["stages"]["noise"]["library_warnings"]
+    assert library.startswith("UserWarning (") and library.endswith("a library speaks")
+    assert first["stages"]["summary"]["warnings"] == []
+    assert "noise: the parameters look odd" in capsys.readouterr().err  # also under --quiet
+    # what the stages after it read (the report does)
+    before_summary = json.loads((tmp_path / "out/.state/warnings.json").read_text())
+    assert before_summary == [{"stage": "noise", "warnings": own, "library_warnings": [library]}]
+    # a skipped stage keeps its warnings, and says them again
+    second = run()
+    assert second["stages"]["noise"]["status"].startswith("skipped")
+    assert second["stages"]["noise"]["warnings"] == own
+    assert "noise: the parameters look odd" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out/manifest.json").read_text())["stages"] == second["stages"]
+
+
+def test_the_projects_warnings_are_all_of_its_own_classes():
+    """The report shows PipelineWarning and ModelsWarning and counts the rest as library
+    noise: a warning of the project's own code raised with another class would be hidden."""
+    root = TESTS.parent
+    wrong = []
+    own = {"pipeline": "PipelineWarning", "models": "ModelsWarning"}
+    paths = [p for package in own for p in sorted((root / package).rglob("*.py"))]
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "warnings.warn"):
+                continue
+            category = node.args[1] if len(node.args) > 1 else None
+            for kw in node.keywords:
+                if kw.arg == "category":
+                    category = kw.value
+            expected = own[path.relative_to(root).parts[0]]
+            if category is None or ast.unparse(category) != expected:
+                wrong.append(f"{path.relative_to(root)}:{node.lineno} (use {expected})")
+    assert not wrong, f"warnings.warn of another class: {wrong}"
 
 
 def test_force_and_stage_subset(tmp_path):

@@ -291,6 +291,23 @@ def coverage_rows(map_coverage: Mapping[str, Any] | None) -> list[tuple[str, str
     return rows
 
 
+def warning_rows(
+    recorded: Sequence[Mapping[str, Any]] | None,
+) -> tuple[list[tuple[str, str]], int]:
+    """The pipeline's own warnings as ``(stage, message)`` rows, and how many others.
+
+    ``recorded`` is the runner's ``.state/warnings.json``: per stage, its ``warnings`` (the
+    pipeline's own, all shown) and ``library_warnings`` (library noise such as distributed's
+    "Sending large graph", only counted here; they are listed in the manifest).
+    """
+    rows: list[tuple[str, str]] = []
+    n_library = 0
+    for entry in recorded or ():
+        rows += [(str(entry["stage"]), str(m)) for m in entry.get("warnings", [])]
+        n_library += len(entry.get("library_warnings", []))
+    return rows, n_library
+
+
 def credit_step_list(total: Mapping[str, Any]) -> list[dict[str, str]]:
     """The project's credit calculation as ordered, labelled steps."""
 
@@ -541,6 +558,7 @@ def build_report(
     plot_biomass: pd.DataFrame | None = None,
     map_coverage: Mapping[str, Any] | None = None,
     plots_qa: pd.DataFrame | None = None,
+    warnings: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[str, dict[str, bytes]]:
     """The report HTML and its quicklooks ``{name: png bytes}``."""
     sj = job.sink
@@ -571,6 +589,7 @@ def build_report(
         + species_table_rows(plots_qa)
         + coverage_rows(map_coverage)
     )
+    warning_list, n_library_warnings = warning_rows(warnings)
     method = job.credits.methodology
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(
@@ -609,6 +628,8 @@ def build_report(
             "provenance": list(method.provenance),
         },
         inventory=inventory,
+        warnings=warning_list,
+        n_library_warnings=n_library_warnings,
     )
     quicklooks = {f.name: f.png for f in [*maps, *diagnostics]}
     return html, quicklooks

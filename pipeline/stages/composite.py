@@ -7,12 +7,18 @@ Inputs: the frozen items of every epoch (``items/<epoch>.json``), the DEM items
 ``composites/qa.json`` (per scene: scale, offset and why, dark-object check). The science
 is in :mod:`pipeline.composite`.
 
+An epoch whose composite has no clear pixel stops the run (exit 2, naming the epoch). With
+``dark_object_check: warn`` (the default), every scene the check flags (a suspect provider
+offset flag, or no clear pixels) is also a warning, which the runner records in the manifest
+and the report lists; with ``error`` a suspect offset stops the run.
+
 Command: ``forest-carbon run --region nanping --stages composite``
 (or ``forest-carbon composite ITEMS.json ...`` on explicit inputs).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +37,7 @@ from pipeline.contracts import (
     composite_relpath,
     items_relpath,
 )
-from pipeline.errors import ScienceDomainError
+from pipeline.errors import PipelineWarning, ScienceDomainError
 from pipeline.grid import region_geobox
 from pipeline.stage import Stage
 
@@ -67,6 +73,14 @@ class CompositeJob:
         )
 
 
+def _qa_line(record: Mapping[str, Any]) -> str:
+    """One scene's dark-object check, as the warning and the error say it."""
+    return (
+        f"{record['item_id']}: {record['status']} (p1 {record['dark_object_reflectance']}, "
+        f"offset {record['offset']} from {record['offset_reason']})"
+    )
+
+
 def composite(
     job: CompositeJob,
     *,
@@ -86,21 +100,26 @@ def composite(
     for epoch in job.epochs:
         ic = catalog.item_collection_from_dict(items[epoch])
         comp, scenes = science.seasonal_composite(list(ic), geobox, settings=settings)
+        science.require_clear_pixels(comp, epoch=epoch, n_scenes=len(scenes))
         out[composite_relpath(epoch)] = comp
         if job.params.dark_object_check != "off":
             records = science.dark_object_qa(scenes)
             qa["epochs"][epoch] = records
             bad = [r for r in records if r["status"].startswith("suspect")]
             if bad and job.params.dark_object_check == "error":
-                lines = "; ".join(
-                    f"{r['item_id']}: {r['status']} (p1 {r['dark_object_reflectance']}, "
-                    f"offset {r['offset']} from {r['offset_reason']})"
-                    for r in bad
-                )
+                lines = "; ".join(map(_qa_line, bad))
                 raise ScienceDomainError(
                     f"epoch {epoch}: dark-object check failed for {lines}. Drop the scenes or "
                     f"set stages.composite.dark_object_check: warn"
                 )
+            for r in records:
+                if r["status"] != "ok":
+                    warnings.warn(
+                        f"composite: epoch {epoch}: dark-object check: {_qa_line(r)}; see "
+                        f"{COMPOSITE_QA_RELPATH}",
+                        PipelineWarning,
+                        stacklevel=2,
+                    )
         else:
             qa["epochs"][epoch] = [
                 {

@@ -58,7 +58,7 @@ from pipeline.contracts import (
     RunLayout,
     credits_job,
 )
-from pipeline.errors import ConfigError, InputDataError
+from pipeline.errors import ConfigError, InputDataError, PipelineWarning
 from pipeline.sink import as_band, named_band
 from pipeline.stage import Stage
 from pipeline.units import M2_PER_HA, with_mu_areas
@@ -191,6 +191,7 @@ def credits_table(
             warnings.warn(
                 f"credits: the project's plot sample misses its target precision for the stock "
                 f"(see {SAMPLE_PLAN_RELPATH} for the plots it needs)",
+                PipelineWarning,
                 stacklevel=2,
             )
     if survey is None:
@@ -198,6 +199,7 @@ def credits_table(
             f"credits: no project plot sample in {ESTIMATES_RELPATH}; the project total is the "
             "sink map's sum with the fully correlated SD bound, which a verifier will not "
             "accept (declare the project's monitoring plots in sources.plot_design)",
+            PipelineWarning,
             stacklevel=2,
         )
         survey = (sums["project"], sums["sd_lin"], math.inf, MAP_SUM)

@@ -92,7 +92,7 @@ from pipeline.contracts import (
     credits_job,
     map_relpath,
 )
-from pipeline.errors import ConfigError, InputDataError
+from pipeline.errors import ConfigError, InputDataError, PipelineWarning
 from pipeline.stage import Stage
 from pipeline.units import M2_PER_HA
 from pipeline.zonal import Coverage, coverage_cells, covered_fraction_sum, weighted_sum
@@ -281,6 +281,7 @@ def estimate(
         warnings.warn(
             "estimate: no plot design (sources.plot_design), so no survey estimates; totals "
             "in the report and the credits fall back to map sums, whose SDs are upper bounds",
+            PipelineWarning,
             stacklevel=2,
         )
         return {

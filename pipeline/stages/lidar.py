@@ -14,6 +14,10 @@ with the composites. Tiles are processed in buffered chunks on the active Dask s
 
 Outputs (run-folder relpaths): ``lidar/dtm.tif``, ``lidar/chm.tif`` (LiDAR resolution,
 over the tiles), ``lidar/metrics.tif`` (model grid), ``lidar/qa.json``, ``lidar/tiles.csv``.
+Every message of the QA (empty, unreadable or failed tiles; chunks whose input is already
+height-normalised, where the cloud holds no terrain and ``lidar/dtm.tif`` is NaN) is also a
+warning, which the runner records in the manifest and the report lists: the heights and
+metrics of a normalised cloud are used as they are, but its empty DTM is never silent.
 
 Standalone: ``forest-carbon lidar TILES... --resolution 1 --out DIR``.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,7 @@ from pipeline.contracts import (
     LIDAR_TILES_RELPATH,
     RunLayout,
 )
-from pipeline.errors import ConfigError, InputDataError
+from pipeline.errors import ConfigError, InputDataError, PipelineWarning
 from pipeline.grid import cell_centres, north_up_geobox, region_geobox, snapped_bounds
 from pipeline.lidar import engine
 from pipeline.lidar.chm import P2R, PitFree
@@ -234,7 +239,9 @@ def _qa(
     if normalised:
         messages.append(
             f"chunks {', '.join(map(str, normalised))}: the input is already height-normalised "
-            "(ground returns at 0 m); normalisation skipped and no DTM produced there"
+            f"(ground returns at 0 m); normalisation skipped and no DTM produced there, so "
+            f"{LIDAR_DTM_RELPATH} is NaN on them (take the terrain from the provider's DTM; "
+            f"if the heights are elevations, set stages.lidar.normalised_input: no)"
         )
     n_out = total("n_points_out")
     return {
@@ -319,6 +326,9 @@ def run_lidar(
         raise InputDataError(
             "every LiDAR tile failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items())
         )
+    qa = _qa(index, results, failures, settings, chm)
+    for message in qa["messages"]:
+        warnings.warn(f"lidar: {message}", PipelineWarning, stacklevel=2)
     units = [BAND_UNITS[b] for b in BAND_NAMES]
     return {
         LIDAR_DTM_RELPATH: _dataarray(
@@ -340,7 +350,7 @@ def run_lidar(
         LIDAR_METRICS_RELPATH: _dataarray(
             metrics, model_grid, job.crs, list(BAND_NAMES), units, "LiDAR area-based metrics"
         ),
-        LIDAR_QA_RELPATH: _qa(index, results, failures, settings, chm),
+        LIDAR_QA_RELPATH: qa,
         LIDAR_TILES_RELPATH: _tiles_table(index, failures),
     }
 

@@ -101,6 +101,7 @@ from pipeline.contracts import (
     open_raster,
     predictor_inputs,
 )
+from pipeline.errors import PipelineWarning
 from pipeline.features import forest_land_mask, terrain_features
 from pipeline.samples import FOREST_BAND, bundle_class_layers, epoch_stack
 from pipeline.stage import Stage
@@ -327,7 +328,7 @@ def predict(
         coverage[e] = map_coverage(stack, mapper=mapper, epoch=e)
         message = coverage_warning(e, coverage[e])
         if message is not None:
-            warnings.warn(message, stacklevel=2)
+            warnings.warn(message, PipelineWarning, stacklevel=2)
     out[MAP_COVERAGE_RELPATH] = {
         "epochs": coverage,
         "model_source": {str(c): n for c, n in SOURCE_NAMES.items()},

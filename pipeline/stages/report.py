@@ -20,7 +20,9 @@ Signatures
     ``model/model_card.json``, ``plot_features`` = ``model/plot_features.csv``,
     ``items_start`` / ``items_end`` = ``items/<epoch>.json``, ``lidar_tiles`` =
     ``lidar/tiles.csv``, ``plot_biomass`` = ``plots/plot_biomass.csv``, ``map_coverage`` =
-    ``rasters/coverage.json`` (forest-land cells per mapping model, and without a value).
+    ``rasters/coverage.json`` (forest-land cells per mapping model, and without a value),
+    ``warnings`` = ``.state/warnings.json`` (the warnings the runner recorded for the stages
+    before the report; the file changes only when they do, so it does not rerun the report).
 ``report_stage(job, *, sink, parcel_sink, credits, **optional) -> {relpath: str | bytes}``
     ``report/report.html`` and ``report/quicklooks/<name>.png`` (rgb, chm, agb, carbon,
     sink, sink_sd, parcels, observed_vs_predicted, residuals; those whose inputs exist),
@@ -105,6 +107,7 @@ def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         "plot_biomass": layout.path(PLOT_BIOMASS_RELPATH),
         "plots_qa": layout.path(PLOTS_QA_RELPATH),
         "map_coverage": layout.path(MAP_COVERAGE_RELPATH),
+        "warnings": layout.warnings,
     }
     return {**required, **{k: p for k, p in optional.items() if p.exists()}}
 
