@@ -43,6 +43,11 @@ from pipeline.simulate.stands import StandEpoch, Trees, generate_trees
 from pipeline.units import M2_PER_HA
 
 
+def plot_half_side_m() -> float:
+    """Half the side of the square plot (m)."""
+    return math.sqrt(float(coefficients()["plots"]["plot_area_ha"]) * M2_PER_HA) / 2.0
+
+
 def choose_plots(
     rng: np.random.Generator,
     grid: GeoBox,
@@ -53,7 +58,7 @@ def choose_plots(
 ) -> npt.NDArray[np.float64]:
     """True plot centres (n, 2), in forest, each square inside one parcel, not overlapping."""
     p = coefficients()["plots"]
-    half = math.sqrt(float(p["plot_area_ha"]) * M2_PER_HA) / 2.0
+    half = plot_half_side_m()
     # a pixel qualifies when its 5 x 5 neighbourhood is one forest parcel
     ok = forest0.copy()
     pad = np.pad(parcel_idx, 2, mode="edge")
@@ -102,7 +107,7 @@ def plot_trees(
     :mod:`pipeline.simulate.sampling`) a plot keeps only the trees of its square that
     stand inside its frame.
     """
-    half = math.sqrt(float(coefficients()["plots"]["plot_area_ha"]) * M2_PER_HA) / 2.0
+    half = plot_half_side_m()
     pix = []
     for x, y in centers:
         c0 = int((x - half - grid.affine.c) // grid.resolution.x)
@@ -154,7 +159,7 @@ def plot_polygons(
 ) -> tuple[gpd.GeoDataFrame, npt.NDArray[np.float64]]:
     """Plot squares at the GPS-measured centres, and those centres."""
     p = coefficients()["plots"]
-    half = math.sqrt(float(p["plot_area_ha"]) * M2_PER_HA) / 2.0
+    half = plot_half_side_m()
     gps = centers + rng.normal(0.0, float(p["gps_error_sd_m"]), centers.shape)
     geoms = [box(x - half, y - half, x + half, y + half) for x, y in gps]
     gdf = gpd.GeoDataFrame(

@@ -56,6 +56,7 @@ from shapely.geometry import MultiPolygon, box
 from shapely.geometry.base import BaseGeometry
 
 from models.survey.sample_size import ar_tool03_sample_size
+from pipeline.simulate.plots import plot_half_side_m
 from pipeline.simulate.science import FOREST_TYPES, coefficients
 from pipeline.units import M2_PER_HA
 
@@ -86,11 +87,6 @@ class Stratum:
     def centre_area_ha(self) -> float:
         """Area of the centre region (ha); NaN when the plots were kept inside the frame."""
         return math.nan if self.centres is None else float(self.centres.area) / M2_PER_HA
-
-
-def plot_half_side_m() -> float:
-    """Half the side of the square plot (m)."""
-    return math.sqrt(float(coefficients()["plots"]["plot_area_ha"]) * M2_PER_HA) / 2.0
 
 
 def inventory_strata(
