@@ -87,7 +87,7 @@ from pipeline.config import load_config, region_config_path
 from pipeline.contracts import PLOT_BIOMASS_RELPATH, credits_job, map_relpath
 from pipeline.simulate.sampling import centre_region
 from pipeline.units import M2_PER_HA
-from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
+from pipeline.zonal import coverage_cells, covered_fraction_sum, fraction_raster, weighted_sum
 
 #: the estimate rules scored, plot-only first (the reference of the relative efficiency)
 RULES = (*ESTIMATORS, MOST_PRECISE)
@@ -189,18 +189,15 @@ def population(
     for name, area, centre_ha, frame, cov in zip(
         frames["stratum"], frames["area_ha"], centre_area, frames.geometry, covs, strict=True
     ):
-        full = np.zeros(shape, dtype=bool)
-        full.reshape(-1)[cov.cell[cov.fraction >= 1.0]] = True
-        inner = minimum_filter(full, size=2 * reach + 1, mode="constant", cval=False)
+        fraction = fraction_raster(cov, shape)
+        inner = minimum_filter(fraction >= 1.0, size=2 * reach + 1, mode="constant", cval=False)
         shapely.prepare(frame)
         rows, cols = np.divmod(cov.cell, shape[1])
         centres, share, expansion = None, None, float(area)
         if np.isfinite(centre_ha):
             centres = centre_region(frame, half)
             shapely.prepare(centres)
-            share = np.zeros(shape[0] * shape[1])
-            share[cov.cell] = cov.fraction
-            share = share.reshape(shape)
+            share = fraction
             expansion = float(centre_ha)
         per_ha = cell_ha / expansion
         strata.append(

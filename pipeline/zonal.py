@@ -97,3 +97,10 @@ def covered_fraction_sum(cov: Coverage, mask: np.ndarray | None = None) -> float
         return float(np.sum(cov.fraction))
     m = mask.reshape(-1)[cov.cell]
     return float(np.sum(np.where(m, cov.fraction, 0.0)))
+
+
+def fraction_raster(cov: Coverage, shape: tuple[int, int]) -> np.ndarray:
+    """The covered fraction of every cell of a ``shape`` grid (0 where not covered)."""
+    out = np.zeros(shape[0] * shape[1], dtype=np.float64)
+    out[cov.cell] = cov.fraction
+    return out.reshape(shape)

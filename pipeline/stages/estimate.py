@@ -95,7 +95,13 @@ from pipeline.contracts import (
 from pipeline.errors import ConfigError, InputDataError, PipelineWarning
 from pipeline.stage import Stage
 from pipeline.units import M2_PER_HA
-from pipeline.zonal import Coverage, coverage_cells, covered_fraction_sum, weighted_sum
+from pipeline.zonal import (
+    Coverage,
+    coverage_cells,
+    covered_fraction_sum,
+    fraction_raster,
+    weighted_sum,
+)
 
 COLUMNS = (
     "sample", "quantity", "unit", "estimator", "chosen", "total", "se", "df", "confidence",
@@ -162,13 +168,6 @@ def estimate_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
 
 def _band(carbon: xr.DataArray) -> xr.DataArray:
     return carbon.squeeze("band", drop=True) if "band" in carbon.dims else carbon
-
-
-def _fraction_raster(cov: Coverage, shape: tuple[int, int]) -> np.ndarray:
-    """The share of each cell inside a polygon, as a raster."""
-    out = np.zeros(shape[0] * shape[1], dtype=np.float64)
-    out[cov.cell] = cov.fraction
-    return out.reshape(shape)
 
 
 def _at_plots(
@@ -321,7 +320,7 @@ def estimate(
         order = list(sample_design.stratum_names)
         frames = frames.set_index(frames["stratum"].astype(str)).loc[order].reset_index(drop=True)
         plot_cover, frame_cover = cover(plots), cover(frames)
-        shares = [_fraction_raster(c, grid_shape) for c in frame_cover]
+        shares = [fraction_raster(c, grid_shape) for c in frame_cover]
         plot_share = [shares[h] for h in sample_design.plot_stratum]
         at_plots = {e: _at_plots(plot_cover, plot_share, maps[e]) for e in job.epochs}
         frame_means = {
