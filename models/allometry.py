@@ -449,6 +449,30 @@ def fill_dataset_mean(wood_density_g_cm3: FloatArray) -> FloatArray:
     return wd
 
 
+def wood_density_sd(level: ArrayLike, known_g_cm3: ArrayLike) -> FloatArray:
+    """Absolute SD (g cm-3) of each tree's wood density by the level that served it.
+
+    The BIOMASS ``getWoodDensity`` rule (``uncertainty.yaml``, ``wood_density``): the
+    mean within-taxon SD of the Global Wood Density Database at the species, genus or
+    family level; 0 for a user value; for the ``"dataset"`` level the SD of the known
+    densities ``known_g_cm3`` of the call's trees, or the whole database's SD where that
+    is undefined or zero.
+    """
+    unc = data_yaml("uncertainty.yaml")["wood_density"]
+    table = {k: float(v) for k, v in unc["absolute_sd_g_cm3"].items()}
+    known = np.asarray(known_g_cm3, dtype=np.float64)
+    known = known[np.isfinite(known)]
+    spread = float(np.std(known, ddof=1)) if known.size > 1 else 0.0
+    table["dataset"] = spread if spread > 0 else float(unc["dataset_fallback_sd_g_cm3"])
+    levels = np.atleast_1d(np.asarray(level, dtype=object))
+    unknown = sorted({str(v) for v in levels} - set(table))
+    if unknown:
+        raise AllometryError(
+            f"models/data/uncertainty.yaml: wood_density.absolute_sd_g_cm3 has no level {unknown}"
+        )
+    return np.array([table[str(v)] for v in levels], dtype=np.float64)
+
+
 def _lookup_by_level(table: pd.DataFrame, tax: Taxon, value: str) -> pd.Series:
     for level, key in (
         ("species", tax.species),

@@ -364,7 +364,7 @@ class _TreeInputs:
     height_m: FloatArray  # measured (NaN where predicted or unknown)
     hd_keys: list[Any]
     wood_density_g_cm3: FloatArray
-    wd_rel_sd: FloatArray
+    wd_sd: FloatArray  # absolute SD (g cm-3), BIOMASS getWoodDensity levels
     age_yr: FloatArray
     equations: npt.NDArray[np.object_]
     bgb_equations: npt.NDArray[np.object_]  # None where the root-to-shoot ratio applies
@@ -424,7 +424,7 @@ def _simulate_trees(
     unc = data_yaml("uncertainty.yaml")
     d_sim = _draw_dbh(rng, x.dbh_cm, m, options.dbh_error)
     wd_mean = np.repeat(x.wood_density_g_cm3[:, None], m, axis=1)
-    wd_sd = np.repeat((x.wood_density_g_cm3 * x.wd_rel_sd)[:, None], m, axis=1)
+    wd_sd = np.repeat(x.wd_sd[:, None], m, axis=1)
     lo, hi = unc["wood_density"]["truncate_g_cm3"]
     wd_sim = _truncnorm(rng, wd_mean, wd_sd, float(lo), float(hi))
     h_sim = np.repeat(x.height_m[:, None], m, axis=1)
@@ -709,8 +709,9 @@ def _predict_heights(
 
 
 def _assign_equations(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
-    """Each tree's wood density (``wood_density_used_g_cm3``, ``wood_density_level``) and
-    AGB equation (``equation``).
+    """Each tree's wood density (``wood_density_used_g_cm3``, ``wood_density_level``, its
+    SD ``wood_density_sd_g_cm3``: :func:`models.allometry.wood_density_sd`) and AGB
+    equation (``equation``).
 
     Wood density: the user's value, else the table's (species, genus, family), else the
     mean of the usable trees' known values (BIOMASS "dataset" level), else the region
@@ -731,6 +732,7 @@ def _assign_equations(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
         wd = np.where(np.isnan(wd), dataset_mean, wd)
     t["wood_density_used_g_cm3"] = wd
     t["wood_density_level"] = level
+    t["wood_density_sd_g_cm3"] = allometry.wood_density_sd(level, wd[known])
     t["equation"] = allometry.tree_equations(
         t["species"].to_numpy(dtype=object), t["height_used_m"].to_numpy(), equation=opts.equation
     )
@@ -906,14 +908,13 @@ def _plot_estimate(
     cf = sub["carbon_fraction"].to_numpy()
     carbon_mg_ha = float(np.sum((sub["agb_kg"].to_numpy() + bgb_kg) * cf)) / KG_PER_MG / area_ha
 
-    rel_sd_table = data_yaml("uncertainty.yaml")["wood_density"]["relative_sd"]
     x = _TreeInputs(
         species=sp,
         dbh_cm=sub["dbh_cm"].to_numpy(),
         height_m=sub["height_m"].to_numpy(dtype=float),
         hd_keys=[keys[i] for i in sub.index],
         wood_density_g_cm3=sub["wood_density_used_g_cm3"].to_numpy(),
-        wd_rel_sd=np.array([float(rel_sd_table[str(lv)]) for lv in sub["wood_density_level"]]),
+        wd_sd=sub["wood_density_sd_g_cm3"].to_numpy(dtype=float),
         age_yr=sub["age_yr"].to_numpy(dtype=float),
         equations=sub["equation"].to_numpy(dtype=object),
         bgb_equations=bgb_names,

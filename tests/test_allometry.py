@@ -283,3 +283,19 @@ def test_domain_check() -> None:
     eq = get_equation("chave2014_eq4")
     ok = eq.in_domain(dbh_cm=np.array([4.0, 20.0, 300.0]), height_m=np.array([10.0, 10.0, 10.0]))
     assert list(ok) == [False, True, False]
+
+
+def test_wood_density_sd_is_biomass_absolute_sd_by_level() -> None:
+    # BIOMASS sd_10 (umr-amap/BIOMASS data/sd_10.rda, commit 4ba9f7fa): 0.07082326,
+    # 0.09413391, 0.12340172 g cm-3 at the species, genus and family levels
+    sd = allometry.wood_density_sd(["species", "genus", "family", "user"], [0.3, 0.5])
+    np.testing.assert_allclose(sd, [0.07082326, 0.09413391, 0.12340172, 0.0], atol=5e-5)
+    # dataset level: the sd of the known trees (R sd, n - 1), as getWoodDensity
+    known = [0.307, 0.485, 0.538]
+    got = allometry.wood_density_sd(["dataset"], known)[0]
+    mean = sum(known) / 3
+    assert got == pytest.approx(math.sqrt(sum((k - mean) ** 2 for k in known) / 2))
+    # one known tree: no spread, so the whole database's sd (sd(wdData$wd) = 0.17594)
+    assert allometry.wood_density_sd(["dataset"], [0.4])[0] == pytest.approx(0.17594, abs=5e-5)
+    with pytest.raises(AllometryError, match="absolute_sd_g_cm3"):
+        allometry.wood_density_sd(["stand"], known)
