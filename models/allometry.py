@@ -62,6 +62,7 @@ from models.errors import AllometryError
 ArrayLike = npt.ArrayLike
 FloatArray = npt.NDArray[np.float64]
 Component = Literal["aboveground", "belowground", "stem", "branches", "foliage", "roots"]
+Biomass = Literal["aboveground", "belowground"]
 WoodDensityLevel = Literal["user", "species", "genus", "family", "dataset", "region"]
 
 
@@ -495,27 +496,42 @@ def _cf_table() -> pd.DataFrame:
 
 
 @cache
-def _cf_row(species: str) -> tuple[float, float]:
-    row = _lookup_by_level(_cf_table(), resolve_taxon(species), "carbon fraction")
+def _cf_row(species: str, component: Biomass) -> tuple[float, float]:
+    table = _cf_table()
+    rows = table[table["component"].isin(("all", component))]
+    row = _lookup_by_level(rows, resolve_taxon(species), f"{component} carbon fraction")
     return float(row["carbon_fraction"]), float(row["sd"])
 
 
-def carbon_fraction(species: ArrayLike) -> FloatArray:
-    """Carbon fraction of dry biomass (kg C / kg) per tree (species -> ... -> region)."""
-    names = np.atleast_1d(np.asarray(species, dtype=object))
-    out = np.empty(names.shape)
-    for name in pd.unique(names):
-        out[names == name] = _cf_row(str(name))[0]
-    return out
+def carbon_fraction(species: ArrayLike, component: Biomass = "aboveground") -> FloatArray:
+    """Carbon fraction of dry biomass (kg C / kg) per tree (species -> ... -> region).
+
+    ``component`` picks the above- or belowground fraction where ``carbon_fraction.csv``
+    gives them apart (LY/T 2264-2014 for Chinese fir); rows marked ``all`` serve both.
+    """
+    return _cf_column(species, component, 0)
 
 
-def carbon_fraction_sd(species: ArrayLike) -> FloatArray:
+def carbon_fraction_sd(species: ArrayLike, component: Biomass = "aboveground") -> FloatArray:
     """Standard deviation of the carbon fraction per tree (same lookup as the value)."""
+    return _cf_column(species, component, 1)
+
+
+def _cf_column(species: ArrayLike, component: Biomass, which: int) -> FloatArray:
     names = np.atleast_1d(np.asarray(species, dtype=object))
     out = np.empty(names.shape)
     for name in pd.unique(names):
-        out[names == name] = _cf_row(str(name))[1]
+        out[names == name] = _cf_row(str(name), component)[which]
     return out
+
+
+def tree_carbon_kg(species: ArrayLike, agb_kg: ArrayLike, bgb_kg: ArrayLike) -> FloatArray:
+    """Carbon of each tree (kg C): AGB and BGB times their own carbon fractions."""
+    return np.asarray(
+        np.asarray(agb_kg, dtype=np.float64) * carbon_fraction(species, "aboveground")
+        + np.asarray(bgb_kg, dtype=np.float64) * carbon_fraction(species, "belowground"),
+        dtype=np.float64,
+    )
 
 
 @cache

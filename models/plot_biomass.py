@@ -368,8 +368,10 @@ class _TreeInputs:
     age_yr: FloatArray
     equations: npt.NDArray[np.object_]
     bgb_equations: npt.NDArray[np.object_]  # None where the root-to-shoot ratio applies
-    cf: FloatArray
-    cf_sd: FloatArray
+    cf_agb: FloatArray  # carbon fractions of AGB and BGB (kg C / kg) and their SDs
+    cf_bgb: FloatArray
+    cf_sd_agb: FloatArray
+    cf_sd_bgb: FloatArray
 
 
 def _draw_dbh(rng: np.random.Generator, d: FloatArray, m: int, how: str) -> FloatArray:
@@ -542,7 +544,7 @@ def plot_biomass(
         _plot_estimate(t, pid, epoch, np.random.default_rng(child), keys, models, options)
         for (pid, epoch), child in zip(plot_keys, children, strict=True)
     ]
-    t["carbon_kg"] = (t["agb_kg"] + t["bgb_kg"]) * t["carbon_fraction"]
+    t["carbon_kg"] = t["agb_kg"] * t["carbon_fraction_agb"] + t["bgb_kg"] * t["carbon_fraction_bgb"]
     t = t.drop(columns=["height_measured_m", "bgb_eq_kg"])
     qa_all = pd.concat(
         [
@@ -837,7 +839,9 @@ def _tree_values(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
         e_index=opts.chave_e,
     )
     t["bgb_eq_kg"] = bgb_eq
-    t["carbon_fraction"] = allometry.carbon_fraction(t["species"].to_numpy(dtype=object))
+    species = t["species"].to_numpy(dtype=object)
+    t["carbon_fraction_agb"] = allometry.carbon_fraction(species, "aboveground")
+    t["carbon_fraction_bgb"] = allometry.carbon_fraction(species, "belowground")
 
 
 def species_table_summary(t: pd.DataFrame) -> tuple[float, str] | None:
@@ -905,8 +909,10 @@ def _plot_estimate(
     bgb_kg = np.where(by_ratio, sub["agb_kg"].to_numpy() * ratio, sub["bgb_eq_kg"].to_numpy())
     t.loc[sel, "bgb_kg"] = bgb_kg
     t.loc[sel, "root_shoot_ratio"] = ratio
-    cf = sub["carbon_fraction"].to_numpy()
-    carbon_mg_ha = float(np.sum((sub["agb_kg"].to_numpy() + bgb_kg) * cf)) / KG_PER_MG / area_ha
+    cf_agb = sub["carbon_fraction_agb"].to_numpy()
+    cf_bgb = sub["carbon_fraction_bgb"].to_numpy()
+    carbon_kg = sub["agb_kg"].to_numpy() * cf_agb + bgb_kg * cf_bgb
+    carbon_mg_ha = float(np.sum(carbon_kg)) / KG_PER_MG / area_ha
 
     x = _TreeInputs(
         species=sp,
@@ -918,19 +924,22 @@ def _plot_estimate(
         age_yr=sub["age_yr"].to_numpy(dtype=float),
         equations=sub["equation"].to_numpy(dtype=object),
         bgb_equations=bgb_names,
-        cf=cf,
-        cf_sd=allometry.carbon_fraction_sd(sp),
+        cf_agb=cf_agb,
+        cf_bgb=cf_bgb,
+        cf_sd_agb=allometry.carbon_fraction_sd(sp, "aboveground"),
+        cf_sd_bgb=allometry.carbon_fraction_sd(sp, "belowground"),
     )
     agb_sim, bgb_eq_sim = _simulate_trees(rng, x, models, opts)
     plot_agb = np.nansum(agb_sim, axis=0) / KG_PER_MG / area_ha
     r_sim = _root_shoot_draws(rng, sp, plot_agb)
     bgb_sim = np.where(by_ratio[:, None], agb_sim * r_sim, bgb_eq_sim)
-    cf_sim = rng.normal(
-        np.repeat(x.cf[:, None], opts.n_draws, axis=1),
-        np.repeat(x.cf_sd[:, None], opts.n_draws, axis=1),
-    )
+    # one normal deviate per tree and draw moves both fractions (their errors taken as
+    # fully correlated; with a single fraction this is BIOMASS's per-tree normal draw)
+    z = rng.standard_normal((sp.size, opts.n_draws))
+    cf_a_sim = x.cf_agb[:, None] + z * x.cf_sd_agb[:, None]
+    cf_b_sim = x.cf_bgb[:, None] + z * x.cf_sd_bgb[:, None]
     plot_bgb = np.nansum(bgb_sim, axis=0) / KG_PER_MG / area_ha
-    plot_c = np.nansum((agb_sim + bgb_sim) * cf_sim, axis=0) / KG_PER_MG / area_ha
+    plot_c = np.nansum(agb_sim * cf_a_sim + bgb_sim * cf_b_sim, axis=0) / KG_PER_MG / area_ha
     q_lo, q_hi = np.quantile(plot_agb, opts.quantiles)
     co2_per_c = allometry.co2_per_c()
     basal_area_m2_ha = float(np.sum(np.pi * (sub["dbh_cm"].to_numpy() / 200.0) ** 2)) / area_ha

@@ -211,8 +211,28 @@ def test_bgb_is_agb_times_ipcc_ratio_by_stand_class() -> None:
     np.testing.assert_allclose(high, agb * 0.24)
 
 
-def test_carbon_fraction_is_ipcc_default() -> None:
-    np.testing.assert_allclose(carbon_fraction(DEMO_SPECIES), 0.47)
+def test_carbon_fraction_is_ipcc_default_except_chinese_fir() -> None:
+    others = [s for s in DEMO_SPECIES if s != "Cunninghamia lanceolata"]
+    for part in ("aboveground", "belowground"):
+        np.testing.assert_allclose(carbon_fraction(others, part), 0.47)  # type: ignore[arg-type]
+
+
+def test_chinese_fir_carbon_fractions_are_lyt2264() -> None:
+    # LY/T 2264-2014 carbon concentrations (StemAnalysis allomPardata.csv Cconcentration):
+    # 0.5003 aboveground, 0.488 belowground
+    fir = ["Cunninghamia lanceolata"]
+    assert carbon_fraction(fir, "aboveground")[0] == 0.5003
+    assert carbon_fraction(fir, "belowground")[0] == 0.488
+    # the source's worked example (vignette Table 2 = inst/extdata/allomCarbon.csv): per
+    # tree age, abovegroundB/belowgroundB (kg) and abovegroundC/belowgroundC (kg C), all
+    # rounded to 3 decimals (so a product is off by up to 0.5 x 0.0005 + 0.0005 kg)
+    rows = [(4, 0.765, 0.145, 0.382, 0.071), (12, 15.564, 2.688, 7.787, 1.312),
+            (20, 25.501, 4.488, 12.758, 2.19)]  # fmt: skip
+    for _, agb, bgb, c_agb, c_bgb in rows:
+        assert agb * carbon_fraction(fir, "aboveground")[0] == pytest.approx(c_agb, abs=8e-4)
+        assert bgb * carbon_fraction(fir, "belowground")[0] == pytest.approx(c_bgb, abs=8e-4)
+        got = allometry.tree_carbon_kg(fir, [agb], [bgb])[0]
+        assert got == pytest.approx(c_agb + c_bgb, abs=1.6e-3)
 
 
 def test_wood_density_fallback_levels() -> None:
