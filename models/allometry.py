@@ -26,15 +26,18 @@ is reported by :func:`wood_density`.
 Default equations of a species (the same rule the ``plots`` stage uses): the species'
 ``agb_equation`` from ``species.csv`` when height is known, its ``agb_equation_no_height``
 otherwise, and for belowground biomass its ``bgb_equation`` / ``bgb_equation_no_height``
-(root equations) or, where it has none, AGB x the IPCC root-to-shoot ratio. A species not
-in ``species.csv`` takes its genus' group defaults (``defaults.yaml``), and a genus unknown
-to ``genus.csv`` the ``broadleaf`` defaults: Chave et al. 2014 eq. 4 with the tree's wood
-density when height is known, Zeng (2018) M = 0.3 rho D^(7/3) without. Only equations with
-``status: verified`` are defaults. Chinese fir with height takes the national standard
-LY/T 2264-2014 (AGB and root models); the other demo species' defaults (and Chinese fir
-without height) are the provincial equations of Zhou et al. (2018) from the provinces next
-to Nanping (Jiangxi, Zhejiang) where they exist, Chave eq. 4 otherwise (the LY/T 2263-2014
-Masson pine coefficients could not be obtained).
+(root equations) or, where it has none, AGB x the root-to-shoot ratio of ``root_shoot.csv``
+(the species' own, else IPCC's). A species not in ``species.csv`` takes its genus' group
+defaults (``defaults.yaml``), and a genus unknown to ``genus.csv`` the ``broadleaf``
+defaults: Chave et al. 2014 eq. 4 with the tree's wood density when height is known, Zeng
+(2018) M = 0.3 rho D^(7/3) without. Only equations with ``status: verified`` (or
+``checked``: cited coefficients checked against independent harvest data, see
+``allometry.yaml``) are defaults. Chinese fir with height takes the national standard
+LY/T 2264-2014 (AGB and root models); Moso bamboo the culm model of Zhou & Jiang (2004) by
+DBH and culm age (``checked``) with its own root-to-shoot ratio; the other demo species'
+defaults (and Chinese fir without height) are the provincial equations of Zhou et al.
+(2018) from the provinces next to Nanping (Jiangxi, Zhejiang) where they exist, Chave eq. 4
+otherwise (the LY/T 2263-2014 Masson pine coefficients could not be obtained).
 
 From the command line: ``forest-carbon plots --list-equations`` prints the registry.
 
@@ -171,7 +174,7 @@ class Equation:
     domain: Mapping[str, tuple[float, float]]
     rse_log: float | None
     citation: str
-    status: Literal["verified", "unverified", "unavailable"]
+    status: Literal["verified", "checked", "unverified", "unavailable"]
     checked_in: str = ""
     notes: str = ""
     required: tuple[str, ...] = field(default=())
