@@ -695,20 +695,54 @@ def tree_agb_kg(
 def tree_equations(
     species: ArrayLike, height_m: ArrayLike | None = None, *, equation: str | None = None
 ) -> npt.NDArray[np.object_]:
-    """Name of the AGB equation each tree gets (default rule or the forced ``equation``)."""
+    """Name of the AGB equation each tree gets (default rule or the forced ``equation``).
+
+    Default rule: the species' with-height equation where every tree of the species in
+    the call has a height, else its no-height equation for all of them (one equation per
+    species across the call, see :func:`species_lacking_heights`).
+    """
     names = np.atleast_1d(np.asarray(species, dtype=object))
     n = names.shape[0]
     if equation is not None and equation != "species":
         get_equation(equation)
         return np.full(n, equation, dtype=object)
-    h = _as_array(height_m, n, "height_m")
-    has_h = np.isfinite(h)
+    has_h = _heights_per_species(names, _as_array(height_m, n, "height_m"))
     out = np.empty(n, dtype=object)
     for name in pd.unique(names):
         mask = names == name
         out[mask & has_h] = default_equation_name(str(name), has_height=True)
         out[mask & ~has_h] = default_equation_name(str(name), has_height=False)
     return out
+
+
+def species_lacking_heights(species: ArrayLike, height_m: ArrayLike) -> list[str]:
+    """Species of which some trees have a height and others not (none where all or none do).
+
+    The default equations give such a species its no-height equation for every tree of
+    the call (see :func:`tree_equations`).
+    """
+    names = np.atleast_1d(np.asarray(species, dtype=object))
+    has_h = np.isfinite(_as_array(height_m, names.shape[0], "height_m"))
+    return [
+        str(name)
+        for name in pd.unique(names)
+        if has_h[names == name].any() and not has_h[names == name].all()
+    ]
+
+
+def _heights_per_species(names: npt.NDArray[np.object_], h: FloatArray) -> npt.NDArray[np.bool_]:
+    """Whether each tree takes its species' with-height equation: only where every tree of
+    its species in the call has a height, so that one species gets one equation.
+
+    Pass all the epochs of a remeasured plot set in one call: an epoch measured without
+    heights (and no H-D model to fill them) then moves every epoch of the species to the
+    no-height equation, instead of comparing one equation's biomass with another's,
+    which would show their difference as growth.
+    """
+    has_h = np.isfinite(h)
+    for name in species_lacking_heights(names, h):
+        has_h[names == name] = False
+    return has_h
 
 
 def tree_bgb_equations(
@@ -725,8 +759,7 @@ def tree_bgb_equations(
     out = np.full(n, None, dtype=object)
     if equation is not None and equation != "species":
         return out
-    h = _as_array(height_m, n, "height_m")
-    has_h = np.isfinite(h)
+    has_h = _heights_per_species(names, _as_array(height_m, n, "height_m"))
     table = _species_table()
     for name in pd.unique(names):
         tax = resolve_taxon(str(name))

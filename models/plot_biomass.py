@@ -524,7 +524,7 @@ def plot_biomass(
     t["plot_area_ha"] = _plot_areas(t, plot_area_ha)
     hm, qa_rows = _predict_heights(t, options.hd_model)
     keys, models = hm.keys, hm.models
-    _assign_equations(t, options)
+    qa_rows += _assign_equations(t, options)
     qa_rows += _exclude_trees_lacking_inputs(t, options)
     counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
     empty = counts[counts == 0]
@@ -710,10 +710,15 @@ def _predict_heights(
     return hm, qa_rows
 
 
-def _assign_equations(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
+def _assign_equations(t: pd.DataFrame, opts: PlotBiomassOptions) -> list[dict[str, Any]]:
     """Each tree's wood density (``wood_density_used_g_cm3``, ``wood_density_level``, its
-    SD ``wood_density_sd_g_cm3``: :func:`models.allometry.wood_density_sd`) and AGB
-    equation (``equation``).
+    SD ``wood_density_sd_g_cm3``: :func:`models.allometry.wood_density_sd`), AGB equation
+    (``equation``) and root equation (``bgb_equation``, None where the root-to-shoot ratio
+    applies); QA rows for the species whose usable trees not all have a height.
+
+    Equations follow :func:`models.allometry.tree_equations` over the usable trees of all
+    epochs together: a species gets one equation in every epoch (an epoch without heights
+    and no H-D model to fill them moves the whole species to its no-height equation).
 
     Wood density: the user's value, else the table's (species, genus, family), else the
     mean of the usable trees' known values (BIOMASS "dataset" level), else the region
@@ -735,9 +740,32 @@ def _assign_equations(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
     t["wood_density_used_g_cm3"] = wd
     t["wood_density_level"] = level
     t["wood_density_sd_g_cm3"] = allometry.wood_density_sd(level, wd[known])
-    t["equation"] = allometry.tree_equations(
-        t["species"].to_numpy(dtype=object), t["height_used_m"].to_numpy(), equation=opts.equation
-    )
+    species = t["species"].to_numpy(dtype=object)
+    height = t["height_used_m"].to_numpy(dtype=float)
+    eq = np.empty(len(t), dtype=object)
+    bgb = np.empty(len(t), dtype=object)
+    qa_rows: list[dict[str, Any]] = []
+    for rows in (t["usable"].to_numpy(), ~t["usable"].to_numpy()):
+        eq[rows] = allometry.tree_equations(species[rows], height[rows], equation=opts.equation)
+        bgb[rows] = allometry.tree_bgb_equations(
+            species[rows], height[rows], equation=opts.equation
+        )
+    t["equation"] = eq
+    t["bgb_equation"] = bgb
+    if opts.equation != "species":
+        return qa_rows
+    u = t["usable"].to_numpy()
+    for name in allometry.species_lacking_heights(species[u], height[u]):
+        n_without = int((u & (species == name) & np.isnan(height)).sum())
+        reason = (
+            f"{n_without} of {int((u & (species == name)).sum())} usable trees of {name} have "
+            "no height and no H-D model to predict one: every tree of the species, in every "
+            f"epoch, takes its no-height equation {eq[u & (species == name)][0]} (one "
+            "equation per species, so that a change of equation is not read as growth)"
+        )
+        qa_rows.append({"plot_id": None, "epoch": None, "tree_id": None, "field": "equation",
+                        "value": name, "reason": reason, "action": "keep"})  # fmt: skip
+    return qa_rows
 
 
 def _exclude_trees_lacking_inputs(
@@ -810,25 +838,22 @@ def _exclude_trees_lacking_inputs(
 
 
 def _tree_values(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
-    """The usable trees' deterministic AGB (``agb_kg``), BGB by root equation
-    (``bgb_equation``, ``bgb_eq_kg``) and carbon fraction, at the observed inputs."""
+    """The usable trees' deterministic AGB (``agb_kg``) and BGB by root equation
+    (``bgb_eq_kg``) with the equations of :func:`_assign_equations`, and carbon fractions,
+    at the observed inputs."""
     u = t["usable"].to_numpy()
     wd = t["wood_density_used_g_cm3"].to_numpy()
     agb = np.full(len(t), np.nan)
-    agb[u] = allometry.tree_agb_kg(
-        t.loc[u, "species"].to_numpy(dtype=object),
-        t.loc[u, "dbh_cm"].to_numpy(),
-        t.loc[u, "height_used_m"].to_numpy(),
-        t.loc[u, "age_yr"].to_numpy(),
+    agb[u] = allometry.evaluate_equations(
+        t.loc[u, "equation"].to_numpy(dtype=object),
+        dbh_cm=t.loc[u, "dbh_cm"].to_numpy(dtype=float),
+        height_m=t.loc[u, "height_used_m"].to_numpy(dtype=float),
         wood_density_g_cm3=wd[u],
-        equation=opts.equation,
+        age_yr=t.loc[u, "age_yr"].to_numpy(dtype=float),
         e_index=opts.chave_e,
     )
     t["agb_kg"] = agb
-    bgb_names = allometry.tree_bgb_equations(
-        t["species"].to_numpy(dtype=object), t["height_used_m"].to_numpy(), equation=opts.equation
-    )
-    t["bgb_equation"] = bgb_names
+    bgb_names = t["bgb_equation"].to_numpy(dtype=object)
     bgb_eq = np.full(len(t), np.nan)
     bgb_eq[u] = allometry.evaluate_equations(
         bgb_names[u],

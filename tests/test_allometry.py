@@ -373,3 +373,17 @@ def test_wood_density_sd_is_biomass_absolute_sd_by_level() -> None:
     assert allometry.wood_density_sd(["dataset"], [0.4])[0] == pytest.approx(0.17594, abs=5e-5)
     with pytest.raises(AllometryError, match="absolute_sd_g_cm3"):
         allometry.wood_density_sd(["stand"], known)
+
+
+def test_one_equation_per_species_when_some_trees_lack_a_height() -> None:
+    sp = ["Cunninghamia lanceolata"] * 2 + ["Pinus massoniana"] * 2
+    h = [12.0, np.nan, 14.0, 15.0]
+    assert list(tree_equations(sp, h)) == [
+        "zhou2018_jiangxi_chinese_fir_agb_d",
+        "zhou2018_jiangxi_chinese_fir_agb_d",
+        "zhou2018_zhejiang_masson_pine_agb_dh",
+        "zhou2018_zhejiang_masson_pine_agb_dh",
+    ]
+    assert allometry.species_lacking_heights(sp, h) == ["Cunninghamia lanceolata"]
+    bgb = allometry.tree_bgb_equations(sp, h)
+    assert list(bgb[:2]) == ["zhou2018_jiangxi_chinese_fir_bgb_d"] * 2
