@@ -185,7 +185,8 @@ class Equation:
         return self.coefficients is not None
 
     def evaluate(self, **inputs: ArrayLike | None) -> FloatArray:
-        """Evaluate the equation, returning its output unit (kg for every registered one).
+        """Evaluate the equation, in its output unit (kg for the biomass equations; the
+        LY/T 2264 factor functions give a ratio or Mg m-3).
 
         Parameters
         ----------
@@ -264,6 +265,24 @@ def get_equation(name: str) -> Equation:
             "(see `forest-carbon plots --list-equations`)"
         )
     return reg[name]
+
+
+def agb_equation(name: str) -> Equation:
+    """A registered aboveground biomass equation, for a user who forces one on all trees.
+
+    Raises
+    ------
+    AllometryError
+        The name is not registered, or the equation gives something else (roots, a
+        conversion factor).
+    """
+    eq = get_equation(name)
+    if eq.component != "aboveground":
+        raise AllometryError(
+            f"equation {name!r} gives {eq.component} ({eq.output_unit}), not aboveground "
+            "biomass; choose an aboveground equation (see `forest-carbon plots --list-equations`)"
+        )
+    return eq
 
 
 def list_equations() -> pd.DataFrame:
@@ -704,7 +723,7 @@ def tree_equations(
     names = np.atleast_1d(np.asarray(species, dtype=object))
     n = names.shape[0]
     if equation is not None and equation != "species":
-        get_equation(equation)
+        agb_equation(equation)
         return np.full(n, equation, dtype=object)
     has_h = _heights_per_species(names, _as_array(height_m, n, "height_m"))
     out = np.empty(n, dtype=object)

@@ -515,7 +515,7 @@ def plot_biomass(
     zeros = empty_plot_rows(empty_plots, plot_area_ha, options)
     if options.equation != "species":
         try:
-            allometry.get_equation(options.equation)
+            allometry.agb_equation(options.equation)
         except AllometryError as err:
             raise PlotOptionsError(str(err)) from None
     if trees.empty:  # every plot measured with no trees

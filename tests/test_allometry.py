@@ -139,6 +139,16 @@ def test_lyt2264_root_model_is_compatible_with_source_root_shoot_function() -> N
     bgb = get_equation("lyt2264_2014_chinese_fir_bgb").evaluate(dbh_cm=d, height_m=h)
     rsr = 0.25059 * d**0.51205 * h**-0.61168
     np.testing.assert_allclose(bgb / agb, rsr, rtol=2e-4)
+    # the registered function is that table row (and its "<5" row below 5 cm)
+    registered = get_equation("lyt2264_2014_chinese_fir_rsr")
+    np.testing.assert_allclose(registered.evaluate(dbh_cm=d, height_m=h), rsr, rtol=1e-12)
+    small = registered.evaluate(dbh_cm=np.array([3.0]), height_m=np.array([4.0]))[0]
+    assert small == pytest.approx(0.18171 * 3.0**0.71173 * 4.0**-0.61168, rel=1e-12)
+    ratio = (
+        get_equation("lyt2264_2014_chinese_fir_bgb").evaluate(dbh_cm=[3.0], height_m=[4.0])[0]
+        / get_equation("lyt2264_2014_chinese_fir").evaluate(dbh_cm=[3.0], height_m=[4.0])[0]
+    )
+    assert small == pytest.approx(ratio, rel=2e-3)
     # the D < 5 cm and D >= 5 cm segments meet at 5 cm (at H = 1 m: their H exponents differ
     # in the 4th digit for AGB, 0.49452 vs 0.49425)
     for name in ("lyt2264_2014_chinese_fir", "lyt2264_2014_chinese_fir_bgb"):
@@ -146,6 +156,15 @@ def test_lyt2264_root_model_is_compatible_with_source_root_shoot_function() -> N
             dbh_cm=np.array([5.0 - 1e-9, 5.0]), height_m=np.array([1.0, 1.0])
         )
         assert below == pytest.approx(at, rel=1e-4)
+
+
+def test_lyt2264_bcf_function_matches_source_table() -> None:
+    # StemAnalysis volumePardata.csv rows "BCF": ln(BCF) = ln(a) + b ln(D) + c ln(H)
+    bcf = get_equation("lyt2264_2014_chinese_fir_bcf")
+    d, h = np.array([3.0, 20.0]), np.array([4.0, 16.0])
+    expected = [1.02753 * 3.0**0.13827 * 4.0**-0.50351, 0.96176 * 20.0**0.17937 * 16.0**-0.50351]
+    np.testing.assert_allclose(bcf.evaluate(dbh_cm=d, height_m=h), expected, rtol=1e-12)
+    assert bcf.output_unit == "Mg m-3" and 0.3 < expected[1] < 0.5
 
 
 def test_zhou2018_jiangxi_chinese_fir_matches_hand_computation() -> None:
@@ -387,3 +406,10 @@ def test_one_equation_per_species_when_some_trees_lack_a_height() -> None:
     assert allometry.species_lacking_heights(sp, h) == ["Cunninghamia lanceolata"]
     bgb = allometry.tree_bgb_equations(sp, h)
     assert list(bgb[:2]) == ["zhou2018_jiangxi_chinese_fir_bgb_d"] * 2
+
+
+def test_a_forced_equation_must_give_aboveground_biomass() -> None:
+    for name in ("lyt2264_2014_chinese_fir_bgb", "lyt2264_2014_chinese_fir_bcf"):
+        with pytest.raises(AllometryError, match="not aboveground biomass"):
+            tree_equations(["Cunninghamia lanceolata"], [12.0], equation=name)
+    assert allometry.agb_equation("chave2014_eq4").component == "aboveground"
