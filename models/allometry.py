@@ -26,15 +26,18 @@ is reported by :func:`wood_density`.
 Default equations of a species (the same rule the ``plots`` stage uses): the species'
 ``agb_equation`` from ``species.csv`` when height is known, its ``agb_equation_no_height``
 otherwise, and for belowground biomass its ``bgb_equation`` / ``bgb_equation_no_height``
-(root equations) or, where it has none, AGB x the IPCC root-to-shoot ratio. A species not
-in ``species.csv`` takes its genus' group defaults (``defaults.yaml``), and a genus unknown
-to ``genus.csv`` the ``broadleaf`` defaults: Chave et al. 2014 eq. 4 with the tree's wood
-density when height is known, Zeng (2018) M = 0.3 rho D^(7/3) without. Only equations with
-``status: verified`` are defaults. Chinese fir with height takes the national standard
-LY/T 2264-2014 (AGB and root models); the other demo species' defaults (and Chinese fir
-without height) are the provincial equations of Zhou et al. (2018) from the provinces next
-to Nanping (Jiangxi, Zhejiang) where they exist, Chave eq. 4 otherwise (the LY/T 2263-2014
-Masson pine coefficients could not be obtained).
+(root equations) or, where it has none, AGB x the root-to-shoot ratio of ``root_shoot.csv``
+(the species' own, else IPCC's). A species not in ``species.csv`` takes its genus' group
+defaults (``defaults.yaml``), and a genus unknown to ``genus.csv`` the ``broadleaf``
+defaults: Chave et al. 2014 eq. 4 with the tree's wood density when height is known, Zeng
+(2018) M = 0.3 rho D^(7/3) without. Only equations with ``status: verified`` (or
+``checked``: cited coefficients checked against independent harvest data, see
+``allometry.yaml``) are defaults. Chinese fir with height takes the national standard
+LY/T 2264-2014 (AGB and root models); Moso bamboo the culm model of Zhou & Jiang (2004) by
+DBH and culm age (``checked``) with its own root-to-shoot ratio; the other demo species'
+defaults (and Chinese fir without height) are the provincial equations of Zhou et al.
+(2018) from the provinces next to Nanping (Jiangxi, Zhejiang) where they exist, Chave eq. 4
+otherwise (the LY/T 2263-2014 Masson pine coefficients could not be obtained).
 
 From the command line: ``forest-carbon plots --list-equations`` prints the registry.
 
@@ -62,6 +65,7 @@ from models.errors import AllometryError
 ArrayLike = npt.ArrayLike
 FloatArray = npt.NDArray[np.float64]
 Component = Literal["aboveground", "belowground", "stem", "branches", "foliage", "roots"]
+Biomass = Literal["aboveground", "belowground"]
 WoodDensityLevel = Literal["user", "species", "genus", "family", "dataset", "region"]
 
 
@@ -170,7 +174,7 @@ class Equation:
     domain: Mapping[str, tuple[float, float]]
     rse_log: float | None
     citation: str
-    status: Literal["verified", "unverified", "unavailable"]
+    status: Literal["verified", "checked", "unverified", "unavailable"]
     checked_in: str = ""
     notes: str = ""
     required: tuple[str, ...] = field(default=())
@@ -181,7 +185,8 @@ class Equation:
         return self.coefficients is not None
 
     def evaluate(self, **inputs: ArrayLike | None) -> FloatArray:
-        """Evaluate the equation, returning its output unit (kg for every registered one).
+        """Evaluate the equation, in its output unit (kg for the biomass equations; the
+        LY/T 2264 factor functions give a ratio or Mg m-3).
 
         Parameters
         ----------
@@ -260,6 +265,24 @@ def get_equation(name: str) -> Equation:
             "(see `forest-carbon plots --list-equations`)"
         )
     return reg[name]
+
+
+def agb_equation(name: str) -> Equation:
+    """A registered aboveground biomass equation, for a user who forces one on all trees.
+
+    Raises
+    ------
+    AllometryError
+        The name is not registered, or the equation gives something else (roots, a
+        conversion factor).
+    """
+    eq = get_equation(name)
+    if eq.component != "aboveground":
+        raise AllometryError(
+            f"equation {name!r} gives {eq.component} ({eq.output_unit}), not aboveground "
+            "biomass; choose an aboveground equation (see `forest-carbon plots --list-equations`)"
+        )
+    return eq
 
 
 def list_equations() -> pd.DataFrame:
@@ -449,6 +472,30 @@ def fill_dataset_mean(wood_density_g_cm3: FloatArray) -> FloatArray:
     return wd
 
 
+def wood_density_sd(level: ArrayLike, known_g_cm3: ArrayLike) -> FloatArray:
+    """Absolute SD (g cm-3) of each tree's wood density by the level that served it.
+
+    The BIOMASS ``getWoodDensity`` rule (``uncertainty.yaml``, ``wood_density``): the
+    mean within-taxon SD of the Global Wood Density Database at the species, genus or
+    family level; 0 for a user value; for the ``"dataset"`` level the SD of the known
+    densities ``known_g_cm3`` of the call's trees, or the whole database's SD where that
+    is undefined or zero.
+    """
+    unc = data_yaml("uncertainty.yaml")["wood_density"]
+    table = {k: float(v) for k, v in unc["absolute_sd_g_cm3"].items()}
+    known = np.asarray(known_g_cm3, dtype=np.float64)
+    known = known[np.isfinite(known)]
+    spread = float(np.std(known, ddof=1)) if known.size > 1 else 0.0
+    table["dataset"] = spread if spread > 0 else float(unc["dataset_fallback_sd_g_cm3"])
+    levels = np.atleast_1d(np.asarray(level, dtype=object))
+    unknown = sorted({str(v) for v in levels} - set(table))
+    if unknown:
+        raise AllometryError(
+            f"models/data/uncertainty.yaml: wood_density.absolute_sd_g_cm3 has no level {unknown}"
+        )
+    return np.array([table[str(v)] for v in levels], dtype=np.float64)
+
+
 def _lookup_by_level(table: pd.DataFrame, tax: Taxon, value: str) -> pd.Series:
     for level, key in (
         ("species", tax.species),
@@ -471,27 +518,42 @@ def _cf_table() -> pd.DataFrame:
 
 
 @cache
-def _cf_row(species: str) -> tuple[float, float]:
-    row = _lookup_by_level(_cf_table(), resolve_taxon(species), "carbon fraction")
+def _cf_row(species: str, component: Biomass) -> tuple[float, float]:
+    table = _cf_table()
+    rows = table[table["component"].isin(("all", component))]
+    row = _lookup_by_level(rows, resolve_taxon(species), f"{component} carbon fraction")
     return float(row["carbon_fraction"]), float(row["sd"])
 
 
-def carbon_fraction(species: ArrayLike) -> FloatArray:
-    """Carbon fraction of dry biomass (kg C / kg) per tree (species -> ... -> region)."""
-    names = np.atleast_1d(np.asarray(species, dtype=object))
-    out = np.empty(names.shape)
-    for name in pd.unique(names):
-        out[names == name] = _cf_row(str(name))[0]
-    return out
+def carbon_fraction(species: ArrayLike, component: Biomass = "aboveground") -> FloatArray:
+    """Carbon fraction of dry biomass (kg C / kg) per tree (species -> ... -> region).
+
+    ``component`` picks the above- or belowground fraction where ``carbon_fraction.csv``
+    gives them apart (LY/T 2264-2014 for Chinese fir); rows marked ``all`` serve both.
+    """
+    return _cf_column(species, component, 0)
 
 
-def carbon_fraction_sd(species: ArrayLike) -> FloatArray:
+def carbon_fraction_sd(species: ArrayLike, component: Biomass = "aboveground") -> FloatArray:
     """Standard deviation of the carbon fraction per tree (same lookup as the value)."""
+    return _cf_column(species, component, 1)
+
+
+def _cf_column(species: ArrayLike, component: Biomass, which: int) -> FloatArray:
     names = np.atleast_1d(np.asarray(species, dtype=object))
     out = np.empty(names.shape)
     for name in pd.unique(names):
-        out[names == name] = _cf_row(str(name))[1]
+        out[names == name] = _cf_row(str(name), component)[which]
     return out
+
+
+def tree_carbon_kg(species: ArrayLike, agb_kg: ArrayLike, bgb_kg: ArrayLike) -> FloatArray:
+    """Carbon of each tree (kg C): AGB and BGB times their own carbon fractions."""
+    return np.asarray(
+        np.asarray(agb_kg, dtype=np.float64) * carbon_fraction(species, "aboveground")
+        + np.asarray(bgb_kg, dtype=np.float64) * carbon_fraction(species, "belowground"),
+        dtype=np.float64,
+    )
 
 
 @cache
@@ -652,20 +714,54 @@ def tree_agb_kg(
 def tree_equations(
     species: ArrayLike, height_m: ArrayLike | None = None, *, equation: str | None = None
 ) -> npt.NDArray[np.object_]:
-    """Name of the AGB equation each tree gets (default rule or the forced ``equation``)."""
+    """Name of the AGB equation each tree gets (default rule or the forced ``equation``).
+
+    Default rule: the species' with-height equation where every tree of the species in
+    the call has a height, else its no-height equation for all of them (one equation per
+    species across the call, see :func:`species_lacking_heights`).
+    """
     names = np.atleast_1d(np.asarray(species, dtype=object))
     n = names.shape[0]
     if equation is not None and equation != "species":
-        get_equation(equation)
+        agb_equation(equation)
         return np.full(n, equation, dtype=object)
-    h = _as_array(height_m, n, "height_m")
-    has_h = np.isfinite(h)
+    has_h = _heights_per_species(names, _as_array(height_m, n, "height_m"))
     out = np.empty(n, dtype=object)
     for name in pd.unique(names):
         mask = names == name
         out[mask & has_h] = default_equation_name(str(name), has_height=True)
         out[mask & ~has_h] = default_equation_name(str(name), has_height=False)
     return out
+
+
+def species_lacking_heights(species: ArrayLike, height_m: ArrayLike) -> list[str]:
+    """Species of which some trees have a height and others not (none where all or none do).
+
+    The default equations give such a species its no-height equation for every tree of
+    the call (see :func:`tree_equations`).
+    """
+    names = np.atleast_1d(np.asarray(species, dtype=object))
+    has_h = np.isfinite(_as_array(height_m, names.shape[0], "height_m"))
+    return [
+        str(name)
+        for name in pd.unique(names)
+        if has_h[names == name].any() and not has_h[names == name].all()
+    ]
+
+
+def _heights_per_species(names: npt.NDArray[np.object_], h: FloatArray) -> npt.NDArray[np.bool_]:
+    """Whether each tree takes its species' with-height equation: only where every tree of
+    its species in the call has a height, so that one species gets one equation.
+
+    Pass all the epochs of a remeasured plot set in one call: an epoch measured without
+    heights (and no H-D model to fill them) then moves every epoch of the species to the
+    no-height equation, instead of comparing one equation's biomass with another's,
+    which would show their difference as growth.
+    """
+    has_h = np.isfinite(h)
+    for name in species_lacking_heights(names, h):
+        has_h[names == name] = False
+    return has_h
 
 
 def tree_bgb_equations(
@@ -682,8 +778,7 @@ def tree_bgb_equations(
     out = np.full(n, None, dtype=object)
     if equation is not None and equation != "species":
         return out
-    h = _as_array(height_m, n, "height_m")
-    has_h = np.isfinite(h)
+    has_h = _heights_per_species(names, _as_array(height_m, n, "height_m"))
     table = _species_table()
     for name in pd.unique(names):
         tax = resolve_taxon(str(name))

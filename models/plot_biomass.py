@@ -364,12 +364,14 @@ class _TreeInputs:
     height_m: FloatArray  # measured (NaN where predicted or unknown)
     hd_keys: list[Any]
     wood_density_g_cm3: FloatArray
-    wd_rel_sd: FloatArray
+    wd_sd: FloatArray  # absolute SD (g cm-3), BIOMASS getWoodDensity levels
     age_yr: FloatArray
     equations: npt.NDArray[np.object_]
     bgb_equations: npt.NDArray[np.object_]  # None where the root-to-shoot ratio applies
-    cf: FloatArray
-    cf_sd: FloatArray
+    cf_agb: FloatArray  # carbon fractions of AGB and BGB (kg C / kg) and their SDs
+    cf_bgb: FloatArray
+    cf_sd_agb: FloatArray
+    cf_sd_bgb: FloatArray
 
 
 def _draw_dbh(rng: np.random.Generator, d: FloatArray, m: int, how: str) -> FloatArray:
@@ -424,7 +426,7 @@ def _simulate_trees(
     unc = data_yaml("uncertainty.yaml")
     d_sim = _draw_dbh(rng, x.dbh_cm, m, options.dbh_error)
     wd_mean = np.repeat(x.wood_density_g_cm3[:, None], m, axis=1)
-    wd_sd = np.repeat((x.wood_density_g_cm3 * x.wd_rel_sd)[:, None], m, axis=1)
+    wd_sd = np.repeat(x.wd_sd[:, None], m, axis=1)
     lo, hi = unc["wood_density"]["truncate_g_cm3"]
     wd_sim = _truncnorm(rng, wd_mean, wd_sd, float(lo), float(hi))
     h_sim = np.repeat(x.height_m[:, None], m, axis=1)
@@ -513,7 +515,7 @@ def plot_biomass(
     zeros = empty_plot_rows(empty_plots, plot_area_ha, options)
     if options.equation != "species":
         try:
-            allometry.get_equation(options.equation)
+            allometry.agb_equation(options.equation)
         except AllometryError as err:
             raise PlotOptionsError(str(err)) from None
     if trees.empty:  # every plot measured with no trees
@@ -522,7 +524,7 @@ def plot_biomass(
     t["plot_area_ha"] = _plot_areas(t, plot_area_ha)
     hm, qa_rows = _predict_heights(t, options.hd_model)
     keys, models = hm.keys, hm.models
-    _assign_equations(t, options)
+    qa_rows += _assign_equations(t, options)
     qa_rows += _exclude_trees_lacking_inputs(t, options)
     counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
     empty = counts[counts == 0]
@@ -542,7 +544,7 @@ def plot_biomass(
         _plot_estimate(t, pid, epoch, np.random.default_rng(child), keys, models, options)
         for (pid, epoch), child in zip(plot_keys, children, strict=True)
     ]
-    t["carbon_kg"] = (t["agb_kg"] + t["bgb_kg"]) * t["carbon_fraction"]
+    t["carbon_kg"] = t["agb_kg"] * t["carbon_fraction_agb"] + t["bgb_kg"] * t["carbon_fraction_bgb"]
     t = t.drop(columns=["height_measured_m", "bgb_eq_kg"])
     qa_all = pd.concat(
         [
@@ -708,9 +710,15 @@ def _predict_heights(
     return hm, qa_rows
 
 
-def _assign_equations(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
-    """Each tree's wood density (``wood_density_used_g_cm3``, ``wood_density_level``) and
-    AGB equation (``equation``).
+def _assign_equations(t: pd.DataFrame, opts: PlotBiomassOptions) -> list[dict[str, Any]]:
+    """Each tree's wood density (``wood_density_used_g_cm3``, ``wood_density_level``, its
+    SD ``wood_density_sd_g_cm3``: :func:`models.allometry.wood_density_sd`), AGB equation
+    (``equation``) and root equation (``bgb_equation``, None where the root-to-shoot ratio
+    applies); QA rows for the species whose usable trees not all have a height.
+
+    Equations follow :func:`models.allometry.tree_equations` over the usable trees of all
+    epochs together: a species gets one equation in every epoch (an epoch without heights
+    and no H-D model to fill them moves the whole species to its no-height equation).
 
     Wood density: the user's value, else the table's (species, genus, family), else the
     mean of the usable trees' known values (BIOMASS "dataset" level), else the region
@@ -731,9 +739,33 @@ def _assign_equations(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
         wd = np.where(np.isnan(wd), dataset_mean, wd)
     t["wood_density_used_g_cm3"] = wd
     t["wood_density_level"] = level
-    t["equation"] = allometry.tree_equations(
-        t["species"].to_numpy(dtype=object), t["height_used_m"].to_numpy(), equation=opts.equation
-    )
+    t["wood_density_sd_g_cm3"] = allometry.wood_density_sd(level, wd[known])
+    species = t["species"].to_numpy(dtype=object)
+    height = t["height_used_m"].to_numpy(dtype=float)
+    eq = np.empty(len(t), dtype=object)
+    bgb = np.empty(len(t), dtype=object)
+    qa_rows: list[dict[str, Any]] = []
+    for rows in (t["usable"].to_numpy(), ~t["usable"].to_numpy()):
+        eq[rows] = allometry.tree_equations(species[rows], height[rows], equation=opts.equation)
+        bgb[rows] = allometry.tree_bgb_equations(
+            species[rows], height[rows], equation=opts.equation
+        )
+    t["equation"] = eq
+    t["bgb_equation"] = bgb
+    if opts.equation != "species":
+        return qa_rows
+    u = t["usable"].to_numpy()
+    for name in allometry.species_lacking_heights(species[u], height[u]):
+        n_without = int((u & (species == name) & np.isnan(height)).sum())
+        reason = (
+            f"{n_without} of {int((u & (species == name)).sum())} usable trees of {name} have "
+            "no height and no H-D model to predict one: every tree of the species, in every "
+            f"epoch, takes its no-height equation {eq[u & (species == name)][0]} (one "
+            "equation per species, so that a change of equation is not read as growth)"
+        )
+        qa_rows.append({"plot_id": None, "epoch": None, "tree_id": None, "field": "equation",
+                        "value": name, "reason": reason, "action": "keep"})  # fmt: skip
+    return qa_rows
 
 
 def _exclude_trees_lacking_inputs(
@@ -806,25 +838,22 @@ def _exclude_trees_lacking_inputs(
 
 
 def _tree_values(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
-    """The usable trees' deterministic AGB (``agb_kg``), BGB by root equation
-    (``bgb_equation``, ``bgb_eq_kg``) and carbon fraction, at the observed inputs."""
+    """The usable trees' deterministic AGB (``agb_kg``) and BGB by root equation
+    (``bgb_eq_kg``) with the equations of :func:`_assign_equations`, and carbon fractions,
+    at the observed inputs."""
     u = t["usable"].to_numpy()
     wd = t["wood_density_used_g_cm3"].to_numpy()
     agb = np.full(len(t), np.nan)
-    agb[u] = allometry.tree_agb_kg(
-        t.loc[u, "species"].to_numpy(dtype=object),
-        t.loc[u, "dbh_cm"].to_numpy(),
-        t.loc[u, "height_used_m"].to_numpy(),
-        t.loc[u, "age_yr"].to_numpy(),
+    agb[u] = allometry.evaluate_equations(
+        t.loc[u, "equation"].to_numpy(dtype=object),
+        dbh_cm=t.loc[u, "dbh_cm"].to_numpy(dtype=float),
+        height_m=t.loc[u, "height_used_m"].to_numpy(dtype=float),
         wood_density_g_cm3=wd[u],
-        equation=opts.equation,
+        age_yr=t.loc[u, "age_yr"].to_numpy(dtype=float),
         e_index=opts.chave_e,
     )
     t["agb_kg"] = agb
-    bgb_names = allometry.tree_bgb_equations(
-        t["species"].to_numpy(dtype=object), t["height_used_m"].to_numpy(), equation=opts.equation
-    )
-    t["bgb_equation"] = bgb_names
+    bgb_names = t["bgb_equation"].to_numpy(dtype=object)
     bgb_eq = np.full(len(t), np.nan)
     bgb_eq[u] = allometry.evaluate_equations(
         bgb_names[u],
@@ -835,7 +864,9 @@ def _tree_values(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
         e_index=opts.chave_e,
     )
     t["bgb_eq_kg"] = bgb_eq
-    t["carbon_fraction"] = allometry.carbon_fraction(t["species"].to_numpy(dtype=object))
+    species = t["species"].to_numpy(dtype=object)
+    t["carbon_fraction_agb"] = allometry.carbon_fraction(species, "aboveground")
+    t["carbon_fraction_bgb"] = allometry.carbon_fraction(species, "belowground")
 
 
 def species_table_summary(t: pd.DataFrame) -> tuple[float, str] | None:
@@ -903,33 +934,37 @@ def _plot_estimate(
     bgb_kg = np.where(by_ratio, sub["agb_kg"].to_numpy() * ratio, sub["bgb_eq_kg"].to_numpy())
     t.loc[sel, "bgb_kg"] = bgb_kg
     t.loc[sel, "root_shoot_ratio"] = ratio
-    cf = sub["carbon_fraction"].to_numpy()
-    carbon_mg_ha = float(np.sum((sub["agb_kg"].to_numpy() + bgb_kg) * cf)) / KG_PER_MG / area_ha
+    cf_agb = sub["carbon_fraction_agb"].to_numpy()
+    cf_bgb = sub["carbon_fraction_bgb"].to_numpy()
+    carbon_kg = sub["agb_kg"].to_numpy() * cf_agb + bgb_kg * cf_bgb
+    carbon_mg_ha = float(np.sum(carbon_kg)) / KG_PER_MG / area_ha
 
-    rel_sd_table = data_yaml("uncertainty.yaml")["wood_density"]["relative_sd"]
     x = _TreeInputs(
         species=sp,
         dbh_cm=sub["dbh_cm"].to_numpy(),
         height_m=sub["height_m"].to_numpy(dtype=float),
         hd_keys=[keys[i] for i in sub.index],
         wood_density_g_cm3=sub["wood_density_used_g_cm3"].to_numpy(),
-        wd_rel_sd=np.array([float(rel_sd_table[str(lv)]) for lv in sub["wood_density_level"]]),
+        wd_sd=sub["wood_density_sd_g_cm3"].to_numpy(dtype=float),
         age_yr=sub["age_yr"].to_numpy(dtype=float),
         equations=sub["equation"].to_numpy(dtype=object),
         bgb_equations=bgb_names,
-        cf=cf,
-        cf_sd=allometry.carbon_fraction_sd(sp),
+        cf_agb=cf_agb,
+        cf_bgb=cf_bgb,
+        cf_sd_agb=allometry.carbon_fraction_sd(sp, "aboveground"),
+        cf_sd_bgb=allometry.carbon_fraction_sd(sp, "belowground"),
     )
     agb_sim, bgb_eq_sim = _simulate_trees(rng, x, models, opts)
     plot_agb = np.nansum(agb_sim, axis=0) / KG_PER_MG / area_ha
     r_sim = _root_shoot_draws(rng, sp, plot_agb)
     bgb_sim = np.where(by_ratio[:, None], agb_sim * r_sim, bgb_eq_sim)
-    cf_sim = rng.normal(
-        np.repeat(x.cf[:, None], opts.n_draws, axis=1),
-        np.repeat(x.cf_sd[:, None], opts.n_draws, axis=1),
-    )
+    # one normal deviate per tree and draw moves both fractions (their errors taken as
+    # fully correlated; with a single fraction this is BIOMASS's per-tree normal draw)
+    z = rng.standard_normal((sp.size, opts.n_draws))
+    cf_a_sim = x.cf_agb[:, None] + z * x.cf_sd_agb[:, None]
+    cf_b_sim = x.cf_bgb[:, None] + z * x.cf_sd_bgb[:, None]
     plot_bgb = np.nansum(bgb_sim, axis=0) / KG_PER_MG / area_ha
-    plot_c = np.nansum((agb_sim + bgb_sim) * cf_sim, axis=0) / KG_PER_MG / area_ha
+    plot_c = np.nansum(agb_sim * cf_a_sim + bgb_sim * cf_b_sim, axis=0) / KG_PER_MG / area_ha
     q_lo, q_hi = np.quantile(plot_agb, opts.quantiles)
     co2_per_c = allometry.co2_per_c()
     basal_area_m2_ha = float(np.sum(np.pi * (sub["dbh_cm"].to_numpy() / 200.0) ** 2)) / area_ha

@@ -3,7 +3,8 @@
 The coverage test simulates plots with known truth under the error model the Monte Carlo
 claims to represent (seeded): true diameters observed with the Chave et al. (2004) error
 (95% sd = 0.0062 D + 0.0904 cm, 5% sd = 4.64 cm), true wood densities scattered around the
-table value (10% sd, the species-level value of models/data/uncertainty.yaml), and tree
+table value (sd 0.0708 g cm-3, the species-level value of models/data/uncertainty.yaml, BIOMASS
+sd_10), and tree
 AGB scattered around Chave eq. 4 with its published RSE (0.357, log scale). The 90%
 interval [agb_p05, agb_p95] must cover the true plot AGB in 85-95% of plots and the plot
 estimates must be unbiased within 3%.
@@ -48,7 +49,7 @@ def _simulate(n_plots: int, n_trees: int, seed: int) -> tuple[pd.DataFrame, pd.S
             d_true = rng.uniform(8, 35)
             h = 1.3 + 22 * (1 - math.exp(-d_true / 18)) * math.exp(rng.normal(0, 0.08))
             rho_table = float(allometry.wood_density([sp])[0][0])
-            rho_true = rho_table * (1 + 0.10 * rng.normal())
+            rho_true = rho_table + 0.0708 * rng.normal()
             eps = rng.normal(0, 0.357)
             total += 0.0673 * (rho_true * d_true**2 * h) ** 0.976 * math.exp(eps - 0.357**2 / 2)
             sd = 4.64 if rng.uniform() < 0.05 else 0.0062 * d_true + 0.0904
@@ -239,6 +240,31 @@ def test_forced_height_equation_without_heights_excludes_and_reports() -> None:
     assert (qa["reason"].str.contains("height required by chave2014_eq4")).sum() == 4
     assert plots.loc[0, "n_stems"] == 6
     assert np.isfinite(plots.loc[0, "agb_mg_ha"])
+
+
+def test_an_epoch_without_heights_does_not_change_the_equation() -> None:
+    """Issue #16: the same Chinese firs measured twice, with heights in 2019 only (too few
+    for an H-D model), get one equation in both epochs, so the plot shows no growth; with
+    the D-H standard in 2019 and the D-only equation in 2024 it would show a false sink."""
+    trees, _ = _simulate(n_plots=1, n_trees=10, seed=5)
+    trees["species"] = "Cunninghamia lanceolata"
+    later = trees.assign(epoch="2024", height_m=np.nan)
+    both = pd.concat([trees, later], ignore_index=True)
+    tree_out, plots, qa = plot_biomass(both, {"P000": AREA_HA}, options=_options(n_draws=20))
+    assert set(tree_out["equation"]) == {"zhou2018_jiangxi_chinese_fir_agb_d"}
+    assert set(tree_out["bgb_equation"]) == {"zhou2018_jiangxi_chinese_fir_bgb_d"}
+    by_epoch = plots.set_index("epoch")
+    for col in ("agb_mg_ha", "bgb_mg_ha", "carbon_mg_ha"):
+        assert by_epoch.loc["2024", col] == pytest.approx(by_epoch.loc["2019", col], rel=1e-12)
+    # the rule is stated in the QA table
+    row = qa[(qa["field"] == "equation") & (qa["value"] == "Cunninghamia lanceolata")]
+    assert len(row) == 1 and "10 of 20 usable trees" in row["reason"].iloc[0]
+    # the equations differ enough that mixing them would have shown a sink
+    d, h = trees["dbh_cm"].to_numpy(), trees["height_m"].to_numpy()
+    sp = ["Cunninghamia lanceolata"] * len(d)
+    dh = allometry.tree_agb_kg(sp, d, h).sum()
+    d_only = allometry.tree_agb_kg(sp, d, None).sum()
+    assert abs(d_only / dh - 1) > 0.05
 
 
 def _european_inventory(seed: int = 3) -> pd.DataFrame:

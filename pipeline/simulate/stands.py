@@ -41,7 +41,7 @@ import pandas as pd
 from odc.geo.geobox import GeoBox
 from scipy.stats import poisson
 
-from models.allometry import carbon_fraction, tree_agb_kg, tree_bgb_kg, tree_equations
+from models.allometry import tree_agb_kg, tree_bgb_kg, tree_carbon_kg, tree_equations
 from models.plot_biomass import rse_log
 from pipeline.simulate.noise import hash_normal, hash_uniform
 from pipeline.simulate.science import FOREST_TYPES, coefficients
@@ -273,6 +273,6 @@ def pixel_truth(trees: Trees, pixels: IntArray, *, res_m: float) -> PixelTruth:
     bgb = tree_bgb_kg(
         trees.species, trees.dbh_cm, trees.height_m, trees.age_yr, stand_agb_mg_ha=agb_px[local]
     )
-    cf = carbon_fraction(trees.species)
-    carbon = np.bincount(local, weights=(agb + bgb) * cf, minlength=n) / 1000.0 / area_ha
+    carbon_kg = tree_carbon_kg(trees.species, agb, bgb)
+    carbon = np.bincount(local, weights=carbon_kg, minlength=n) / 1000.0 / area_ha
     return PixelTruth(agb_px, carbon, hmax)
