@@ -801,6 +801,7 @@ def _exclude_trees_lacking_inputs(
                     _qa_row(r, "age_yr", r["age_yr"], f"culm age required by {name}", "exclude")
                 )
             t.loc[no_age, "usable"] = False
+            _warn_excluded(int(no_age.sum()), name, "a culm age (age_yr)")
         if "height_m" in eq.required:
             no_h = rows & t["usable"] & t["height_used_m"].isna()
             for _, r in t[no_h].iterrows():
@@ -815,6 +816,7 @@ def _exclude_trees_lacking_inputs(
                     )
                 )
             t.loc[no_h, "usable"] = False
+            _warn_excluded(int(no_h.sum()), name, "a height (height_m, or an H-D model)")
         if not eq.domain:
             continue
         inputs = {
@@ -835,6 +837,19 @@ def _exclude_trees_lacking_inputs(
                     )
                 )
     return qa_rows
+
+
+def _warn_excluded(n: int, equation: str, needs: str) -> None:
+    """Say that ``n`` trees were left out of their plots because ``equation`` needs an input
+    they lack: their plots' biomass reads low by what those trees carry."""
+    if n:
+        warnings.warn(
+            f"{n} trees whose equation {equation} needs {needs} lack it and are left out of "
+            "their plots' biomass (QA action 'exclude'), so those plots read low: record the "
+            "input, or set the species' equation in models/data/species.csv",
+            ModelsWarning,
+            stacklevel=4,
+        )
 
 
 def _tree_values(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from models import allometry
-from models.errors import HDFitError, PlotDataError
+from models.errors import HDFitError, ModelsWarning, PlotDataError
 from models.hd import HDModel, fit_hd, select_hd
 from models.plot_biomass import PLOT_COLUMNS, PlotBiomassOptions, plot_biomass
 from pipeline.config import PlotsParams
@@ -234,9 +234,10 @@ def test_default_equations_use_species_root_equations() -> None:
 def test_forced_height_equation_without_heights_excludes_and_reports() -> None:
     trees, _ = _simulate(n_plots=1, n_trees=10, seed=8)
     trees.loc[trees.index[:4], "height_m"] = np.nan  # 6 heights left: no H-D model possible
-    _, plots, qa = plot_biomass(
-        trees, {"P000": AREA_HA}, options=_options(equation="chave2014_eq4", n_draws=20)
-    )
+    with pytest.warns(ModelsWarning, match="4 trees whose equation chave2014_eq4 needs a height"):
+        _, plots, qa = plot_biomass(
+            trees, {"P000": AREA_HA}, options=_options(equation="chave2014_eq4", n_draws=20)
+        )
     assert (qa["reason"].str.contains("height required by chave2014_eq4")).sum() == 4
     assert plots.loc[0, "n_stems"] == 6
     assert np.isfinite(plots.loc[0, "agb_mg_ha"])
