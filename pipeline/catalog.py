@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,9 @@ from typing import Any
 import duckdb
 import pystac
 import yaml
+from urllib3 import Retry
 
-from pipeline.errors import CatalogError, ConfigError
+from pipeline.errors import CatalogError, ConfigError, PipelineWarning
 
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "data_catalog"
 
@@ -189,6 +191,11 @@ class SearchRequest:
     max_cloud_cover: float | None
     max_items: int = 200
     page_size: int = 100
+    #: seconds to wait for a STAC API's answer, and how often to retry (backoff doubles
+    #: from ``backoff_s``); the config's defaults are in :class:`pipeline.config.AcquireParams`
+    timeout_s: float = 60.0
+    retries: int = 4
+    backoff_s: float = 1.0
 
     @property
     def datetime_range(self) -> str | None:
@@ -279,21 +286,117 @@ def search_local(path: Path, req: SearchRequest) -> list[pystac.Item]:
     return _finish(items, req)
 
 
+#: HTTP statuses worth another try: rate limit and server-side faults (RFC 9110 6.6, 15.5.20)
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+class _LoggedRetry(Retry):
+    """urllib3's retry policy that says each new attempt as a :class:`PipelineWarning`."""
+
+    def increment(  # type: ignore[override]
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> Retry:
+        new = super().increment(method, url, response, error, _pool, _stacktrace)
+        where = f"{_pool.scheme}://{_pool.host}:{_pool.port}{url or ''}" if _pool else url
+        why = f"HTTP {response.status}" if response is not None else f"{error!r}"
+        attempt = len(new.history) + 1
+        warnings.warn(
+            f"STAC API {method} {where}: {why}; attempt {attempt} of {self.total_attempts} "
+            f"in {new.get_backoff_time():.1f} s",
+            PipelineWarning,
+            stacklevel=2,
+        )
+        return new
+
+    @property
+    def total_attempts(self) -> int:
+        """1 plus the retries this policy started with (``total`` less what it used)."""
+        return 1 + int(self.total or 0) + len(self.history)
+
+
+def _unique_items(pages: Iterable[Mapping[str, Any]], *, where: str) -> list[pystac.Item]:
+    """The items of a STAC API's pages, each id once; stops at a page it has seen before.
+
+    A server whose ``next`` link points back at a page (itself or an earlier one) would
+    otherwise be followed until ``max_items`` and one scene counted many times. pystac-client
+    follows ``next`` links as given, so the loop is caught here, on the page contents.
+    """
+    seen_pages: set[tuple[str, ...]] = set()
+    items: dict[str, pystac.Item] = {}
+    repeats = 0
+    for n, page in enumerate(pages, start=1):
+        features = page.get("features") or []
+        key = tuple(str(f.get("id")) for f in features)
+        if key in seen_pages:
+            warnings.warn(
+                f"{where}: page {n} repeats an earlier page (its 'next' link loops); "
+                f"stopped paging with {len(items)} item(s)",
+                PipelineWarning,
+                stacklevel=2,
+            )
+            break
+        seen_pages.add(key)
+        for feature in features:
+            item = pystac.Item.from_dict(feature)
+            if item.id in items:
+                repeats += 1
+            else:
+                items[item.id] = item
+    if repeats:
+        warnings.warn(
+            f"{where}: {repeats} item(s) came more than once; each id is used once",
+            PipelineWarning,
+            stacklevel=2,
+        )
+    return list(items.values())
+
+
 def search_api(url: str, req: SearchRequest, *, sign: str | None = None) -> list[pystac.Item]:
-    """Search a STAC API with pystac-client (POST, paging followed to ``max_items``)."""
+    """Search a STAC API with pystac-client (POST, paging followed to ``max_items``).
+
+    Each request waits at most ``req.timeout_s`` for the server and is retried up to
+    ``req.retries`` times, with exponential backoff, on a connection fault, a timeout or a
+    status in :data:`RETRY_STATUSES` (honouring ``Retry-After``); each retry warns.
+
+    Raises
+    ------
+    CatalogError
+        The server failed, never answered or did not answer STAC JSON; the message names
+        the URL and the query.
+    """
     import pystac_client  # imported here: only API searches need it
     from pystac_client.exceptions import APIError
+    from pystac_client.stac_api_io import StacApiIO
 
     modifier = None
     if sign == "planetary_computer":
         import planetary_computer
 
         modifier = planetary_computer.sign_inplace
+    retry = _LoggedRetry(
+        total=req.retries,
+        backoff_factor=req.backoff_s,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=None,  # the search is a POST, and as safe to repeat as a GET
+        raise_on_status=False,  # the last failed answer reaches the error message below
+    )
+    faults = (APIError, OSError, ValueError, NotImplementedError, pystac.STACError)
+    query = None
+    if req.max_cloud_cover is not None:
+        query = {"eo:cloud_cover": {"lte": req.max_cloud_cover}}
     try:
-        client = pystac_client.Client.open(url, modifier=modifier)
-        query = None
-        if req.max_cloud_cover is not None:
-            query = {"eo:cloud_cover": {"lte": req.max_cloud_cover}}
+        client = pystac_client.Client.open(
+            url,
+            modifier=modifier,
+            stac_io=StacApiIO(timeout=req.timeout_s, max_retries=retry),
+            timeout=req.timeout_s,
+        )
         search = client.search(
             collections=list(req.collections),
             bbox=list(req.bbox),
@@ -302,9 +405,13 @@ def search_api(url: str, req: SearchRequest, *, sign: str | None = None) -> list
             limit=req.page_size,
             max_items=req.max_items * len(req.collections) * 4,
         )
-        items = list(search.items())
-    except (APIError, OSError) as err:
-        raise CatalogError(f"STAC search failed at {url}: {err}") from None
+        items = _unique_items(search.pages_as_dicts(), where=f"STAC API {url}")
+    except faults as err:
+        raise CatalogError(
+            f"STAC search failed at {url} ({type(err).__name__}: {err}) for the query "
+            f"{req.describe(url)}. Check the URL (sources.catalog.location), the network, "
+            f"or stages.acquire.timeout_s / retries"
+        ) from None
     return _finish(items, req)
 
 

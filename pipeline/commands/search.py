@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p, "--max-cloud", AcquireParams, "max_cloud_cover", help="cloud cover limit, percent"
     )
     param_option(p, "--max-items", AcquireParams, "max_items", help="most items per collection")
+    param_option(p, "--timeout", AcquireParams, "timeout_s", help="seconds a STAC API may take")
+    param_option(p, "--retries", AcquireParams, "retries", help="retries on 429/5xx or timeout")
     p.add_argument("--out", type=Path, required=True, help="ItemCollection JSON to write")
     p.set_defaults(func=main)
 
@@ -64,6 +66,8 @@ def main(args: argparse.Namespace) -> int:
         end=args.end,
         max_cloud_cover=args.max_cloud,
         max_items=args.max_items,
+        timeout_s=args.timeout,
+        retries=args.retries,
     )
     found = catalog.search(req, kind=args.catalog, location=args.location)
     write_outputs({args.out: found.to_dict()})

@@ -89,6 +89,8 @@ def acquire(
             max_cloud_cover=job.params.max_cloud_cover,
             max_items=job.params.max_items,
             page_size=job.params.page_size,
+            timeout_s=job.params.timeout_s,
+            retries=job.params.retries,
         )
         found = catalog.search(req, kind=job.source.kind, location=location)
         out[items_relpath(epoch.name)] = found.to_dict()
@@ -101,6 +103,8 @@ def acquire(
             max_cloud_cover=None,
             max_items=job.params.max_items,
             page_size=job.params.page_size,
+            timeout_s=job.params.timeout_s,
+            retries=job.params.retries,
         )
         dem = catalog.search(req, kind=job.source.kind, location=location)
         out[items_relpath(TERRAIN_KEY)] = dem.to_dict()
