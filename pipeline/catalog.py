@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -197,6 +198,14 @@ class SearchRequest:
     retries: int = 4
     backoff_s: float = 1.0
 
+    def __post_init__(self) -> None:
+        west, south, east, north = self.bbox
+        if not all(math.isfinite(v) for v in self.bbox) or west > east or south > north:
+            raise ConfigError(
+                f"search area: bbox {list(self.bbox)} is not a WGS84 box (west <= east, "
+                f"south <= north, all finite); an empty AOI or an AOI without a CRS gives this"
+            )
+
     @property
     def datetime_range(self) -> str | None:
         if self.start is None and self.end is None:
@@ -242,13 +251,30 @@ def _finish(items: Iterable[pystac.Item], req: SearchRequest) -> list[pystac.Ite
     return out
 
 
+def local_catalog_file(location: str | None) -> Path:
+    """The local catalog's items file (``sources.catalog.location``), which must exist.
+
+    Raises
+    ------
+    ConfigError
+        No location, or no file there; the message names ``sources.catalog.location``.
+    """
+    if not location:
+        raise ConfigError(
+            "sources.catalog.location: the local catalog needs the path of its items.ndjson"
+        )
+    path = Path(location)
+    if not path.is_file():
+        raise ConfigError(
+            f"sources.catalog.location: the local catalog {path} does not exist "
+            f"(resolved from {Path.cwd()}); build the demo region with `forest-carbon "
+            f"simulate`, or point sources.catalog.location at your catalog's items.ndjson"
+        )
+    return path
+
+
 def search_local(path: Path, req: SearchRequest) -> list[pystac.Item]:
     """Search a newline-delimited JSON file of STAC items in-process with DuckDB."""
-    if not path.is_file():
-        raise CatalogError(
-            f"{path}: local catalog not found (build the demo region with "
-            f"`forest-carbon simulate`, or set sources.catalog.location)"
-        )
     minx, miny, maxx, maxy = req.bbox
     where = [
         "list_contains(?, json->>'$.collection')",
@@ -431,12 +457,8 @@ def search(req: SearchRequest, *, kind: str, location: str | None = None) -> pys
         )
     entry = table[kind]
     if kind == "local":
-        if not location:
-            raise ConfigError(
-                "sources.catalog.location: the local catalog needs its items.ndjson path"
-            )
         name = f"local {location}"
-        items = search_local(Path(location), req)
+        items = search_local(local_catalog_file(location), req)
     else:
         url = location if kind == "stac-api" else (location or entry["url"])
         if not url:

@@ -236,3 +236,65 @@ def test_acquire_freezes_and_reuses(tmp_path: Path) -> None:
     (tmp_path / "items.ndjson").unlink()
     again = acquire(job, aoi=aoi, frozen={"e1": out["items/e1.json"]})
     assert [f["id"] for f in again["items/e1.json"]["features"]] == ids
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_local_catalog_names_the_config_key(tmp_path: Path) -> None:
+    from pipeline.config import CatalogSource, load_config
+    from pipeline.contracts import RunLayout
+    from pipeline.errors import ConfigError
+    from pipeline.stages.acquire import acquire_inputs
+
+    config = load_config(Path(__file__).parent.parent / "configs" / "regions" / "tiny.yaml")
+    missing = tmp_path / "moved" / "items.ndjson"
+    source = CatalogSource(kind="local", location=str(missing))
+    config = config.model_copy(
+        update={"sources": config.sources.model_copy(update={"catalog": source})}
+    )
+    with pytest.raises(ConfigError, match=r"sources\.catalog\.location: .*moved/items\.ndjson"):
+        acquire_inputs(config, RunLayout(tmp_path / "run"))
+    req = catalog.SearchRequest(("sentinel-2-l2a",), (118.0, 26.0, 118.1, 26.1), None, None, None)
+    with pytest.raises(ConfigError, match=r"sources\.catalog\.location: .*moved/items\.ndjson"):
+        catalog.search(req, kind="local", location=str(missing))
+
+
+def test_an_empty_aoi_says_so_not_bbox_nan(tmp_path: Path) -> None:
+    import geopandas as gpd
+    from shapely.geometry import Polygon
+
+    from pipeline.errors import ConfigError, InputDataError
+    from pipeline.stages.acquire import aoi_bbox_wgs84
+
+    for aoi in (
+        gpd.GeoDataFrame(geometry=[], crs="EPSG:4326"),
+        gpd.GeoDataFrame(geometry=[Polygon()], crs="EPSG:4326"),
+    ):
+        with pytest.raises(InputDataError, match=r"AOI \(config key `aoi`\) holds no geometry"):
+            aoi_bbox_wgs84(aoi)
+    with pytest.raises(ConfigError, match=r"bbox \[nan, .*not a WGS84 box"):
+        catalog.SearchRequest(("x",), (float("nan"), 1.0, 2.0, 3.0), None, None, None)
+
+
+def test_a_non_json_items_file_is_exit_2_naming_it(tmp_path: Path, capsys) -> None:
+    from pipeline.cli import main
+
+    bad = tmp_path / "2024.json"
+    bad.write_text("<html>not json</html>")
+    out = str(tmp_path / "o")
+    rc = main(
+        ["composite", str(bad), "--aoi", "aoi/tiny.geojson", "--crs", "EPSG:32650", "--out", out]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{bad}: not a JSON file" in err and "internal error" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_local_catalog_line_that_is_not_json_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "items.ndjson"
+    _write_catalog(path)
+    path.write_text(path.read_text() + '{"type": "Feature", "id": "TRUNC\n')
+    req = catalog.SearchRequest(("sentinel-2-l2a",), (118.0, 26.0, 118.1, 26.1), None, None, None)
+    with pytest.raises(CatalogError, match=r"items\.ndjson: cannot read the local catalog"):
+        catalog.search(req, kind="local", location=str(path))
