@@ -5,7 +5,8 @@ searches:
 
 - ``local``: a region's ``catalog/items.ndjson`` (one STAC item per line), filtered
   in-process with DuckDB (bbox intersection, datetime window, ``eo:cloud_cover``); no
-  server, no network, no DuckDB extensions (``json`` is built in).
+  server, no network, no DuckDB extensions (``json`` is built in). Asset hrefs may be
+  relative to that file, so a data folder can be moved or copied whole.
 - ``earth-search``, ``planetary-computer``, ``stac-api``: any STAC API through
   pystac-client; Planetary Computer hrefs are signed with ``planetary_computer``.
   Servers that ignore the ``query`` extension return unfiltered items, so the cloud
@@ -29,10 +30,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import duckdb
 import pystac
 import yaml
+from pystac.utils import make_absolute_href
 from urllib3 import Retry
 
 from pipeline.errors import CatalogError, ConfigError, PipelineWarning
@@ -308,8 +311,25 @@ def search_local(path: Path, req: SearchRequest) -> list[pystac.Item]:
         raise CatalogError(f"{path}: cannot read the local catalog: {err}") from None
     finally:
         con.close()
-    items = [pystac.Item.from_dict(json.loads(r[0])) for r in rows]
+    base = str(path.resolve())
+    items = [pystac.Item.from_dict(_local_hrefs(json.loads(r[0]), base)) for r in rows]
     return _finish(items, req)
+
+
+def _local_hrefs(item: dict[str, Any], catalog_file: str) -> dict[str, Any]:
+    """An item of a local catalog with its local asset hrefs as absolute ``file://`` URIs.
+
+    A relative href is resolved against the catalog file (as STAC resolves relative hrefs
+    against the file they are written in), so a data folder can be moved or copied. A
+    local path never stays bare: pystac would resolve it against the item's ``self`` link,
+    and real items keep theirs (``s3://...``), which turned local files into S3 URLs.
+    Remote hrefs (``https://``, ``s3://``, ``file://``) are kept as they are.
+    """
+    for asset in item.get("assets", {}).values():
+        href = asset.get("href")
+        if isinstance(href, str) and not urlparse(href).scheme:
+            asset["href"] = Path(make_absolute_href(href, catalog_file)).as_uri()
+    return item
 
 
 #: HTTP statuses worth another try: rate limit and server-side faults (RFC 9110 6.6, 15.5.20)
