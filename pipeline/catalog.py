@@ -80,30 +80,53 @@ def index_definitions() -> dict[str, Any]:
     return _load_yaml(CATALOG_DIR / "indices.yaml")
 
 
+@functools.cache
+def _provider_collections() -> dict[str, tuple[str, str | None]]:
+    """A provider's collection id -> (our profile, the one provider that uses that id).
+
+    Each profile's ``providers.<name>.collection`` says what the provider calls the
+    product (Earth Search v0 ``sentinel-s2-l2a-cogs``, USGS ``landsat-c2l2-sr``, Earth
+    Search ``sentinel-2-c1-l2a``...). An id only one provider uses names that provider too;
+    an id several share (``sentinel-2-l2a``) names none.
+    """
+    index: dict[str, tuple[str, str | None]] = {}
+    for path in sorted((CATALOG_DIR / "collections").glob("*.yaml")):
+        profile = _load_yaml(path)
+        users: dict[str, list[str]] = {}
+        for name, entry in profile.get("providers", {}).items():
+            users.setdefault(str(entry.get("collection", profile["collection"])), []).append(name)
+        for cid, names in users.items():
+            index[cid] = (str(profile["collection"]), names[0] if len(names) == 1 else None)
+    return index
+
+
 def provider_of(item: pystac.Item, *, default: str | None = None) -> str:
     """Which provider convention an item follows.
 
-    Planetary Computer items link to planetarycomputer.microsoft.com; Earth Search v0
-    items are in collection ``sentinel-s2-l2a-cogs``; otherwise Earth Search v1 (or
-    ``default``, the catalog's configured provider).
+    Planetary Computer items link to planetarycomputer.microsoft.com; an item in a
+    collection only one provider publishes (Earth Search v0 ``sentinel-s2-l2a-cogs``, USGS
+    ``landsat-c2l2-sr``, Earth Search ``sentinel-2-c1-l2a``) follows that provider;
+    otherwise Earth Search v1 (or ``default``, the catalog's configured provider).
     """
     # raw link targets: resolving a link (``link.href``) could fetch a remote root catalog
     hrefs = [link.target for link in item.links if isinstance(link.target, str)]
     hrefs += [a.href for a in item.assets.values()]
     if any("planetarycomputer.microsoft.com" in h or ".blob.core.windows.net" in h for h in hrefs):
         return "planetary-computer"
-    if item.collection_id == "sentinel-s2-l2a-cogs":
-        return "earth-search-v0"
-    return default or "earth-search-v1"
+    implied = _provider_collections().get(str(item.collection_id), ("", None))[1]
+    return implied or default or "earth-search-v1"
 
 
 def profile_collection(item: pystac.Item) -> str:
-    """Our profile name for an item's collection (Earth Search v0 maps to sentinel-2-l2a)."""
-    if item.collection_id == "sentinel-s2-l2a-cogs":
-        return "sentinel-2-l2a"
+    """Our profile name for an item's collection (``data_catalog/collections/<name>.yaml``).
+
+    A provider's own name for a product maps to our profile of it (Earth Search v0
+    ``sentinel-s2-l2a-cogs`` and ``sentinel-2-c1-l2a`` to ``sentinel-2-l2a``, USGS
+    ``landsat-c2l2-sr`` to ``landsat-c2-l2``); other ids are their own profile's name.
+    """
     if item.collection_id is None:
         raise CatalogError(f"item {item.id!r} names no collection; cannot pick its profile")
-    return item.collection_id
+    return _provider_collections().get(item.collection_id, (item.collection_id, None))[0]
 
 
 def asset_keys(item: pystac.Item, *, provider: str | None = None) -> dict[str, str]:

@@ -21,6 +21,9 @@ ES_V0_PRE = "earth-search-v0_S2A_28QCH_20200714_0_L2A.json"
 PC_S2_PRE = "planetary-computer_S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531.json"
 PC_S2_POST = "planetary-computer_S2B_MSIL2A_20240419T095549_R122_T47XML.json"
 PC_LANDSAT = "planetary-computer_LC09_L2SP_089090_20240417_02_T1.json"
+ES_V1_PRE = "earth-search-v1_S2A_29RKH_20200219_0_L2A.json"
+ES_V1_LANDSAT = "earth-search-v1_LC08_L2SP_033032_20231008_02_T1.json"
+USGS_LANDSAT = "usgs_LC08_L2SP_028030_20200114_20200824_02_T1_SR.json"
 
 
 def _item(name: str) -> pystac.Item:
@@ -50,6 +53,9 @@ def _reflectance(item: pystac.Item, dn: int) -> float:
         (PC_S2_PRE, "planetary-computer", "02.12", "B04", 1500, 0.15),
         (PC_S2_POST, "planetary-computer", "05.10", "B04", 1500, 0.05),  # raw ESA DN
         (PC_LANDSAT, "planetary-computer", None, "red", 10000, 0.075),
+        (ES_V1_PRE, "earth-search-v1", "02.14", "red", 1500, 0.15),  # flag false, pre-04.00
+        (ES_V1_LANDSAT, "earth-search-v1", None, "red", 10000, 0.075),
+        (USGS_LANDSAT, "usgs", None, "red", 10000, 0.075),  # landsat-c2l2-sr, no raster:bands
     ],
 )
 def test_real_items_give_the_right_reflectance(
@@ -114,6 +120,36 @@ def test_landsat_profile_matches_the_items_own_metadata() -> None:
     assert sorted(rule["invalid_bits"]) == sorted(
         bits[n] for n in ("fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow")
     )
+
+
+def test_real_items_raster_bands_agree_with_the_profiles() -> None:
+    # where a provider declares scale and offset per asset and says they are what to apply
+    # (Earth Search v1 before baseline 04.00, Landsat C2 L2), the profile gives the same
+    for name in (ES_V1_PRE, ES_V1_LANDSAT):
+        item = _item(name)
+        rad = catalog.radiometry(item)
+        for key in ("blue", "red", "nir08", "swir22"):
+            rb = item.assets[key].extra_fields["raster:bands"][0]
+            assert (rb["scale"], rb["offset"]) == pytest.approx((rad.scale, rad.offset))
+    usgs = _item(USGS_LANDSAT)
+    assert catalog.profile_collection(usgs) == "landsat-c2-l2"  # USGS's own id is mapped
+    assert catalog.radiometry(usgs) == catalog.radiometry(_item(ES_V1_LANDSAT))
+
+
+def test_earth_search_collection_1_keeps_esa_dn() -> None:
+    # Earth Search's sentinel-2-c1-l2a (baseline >= 05.00) keeps ESA's BOA_ADD_OFFSET in the
+    # DN and says so only in raster:bands: the v1 item recast as a Collection 1 item
+    c1 = _item(ES_V1_POST).clone()
+    c1.collection_id = "sentinel-2-c1-l2a"
+    del c1.properties["earthsearch:boa_offset_applied"]
+    assert catalog.provider_of(c1) == "earth-search-v1-c1"
+    assert catalog.profile_collection(c1) == "sentinel-2-l2a"
+    assert catalog.asset_keys(c1)["red"] == "red" and catalog.asset_keys(c1)["mask"] == "scl"
+    assert _reflectance(c1, 1500) == pytest.approx(0.05, abs=1e-6)
+    rb = c1.assets["red"].extra_fields["raster:bands"][0]
+    assert 1500 * rb["scale"] + rb["offset"] == pytest.approx(0.05, abs=1e-6)
+    c1.properties["earthsearch:boa_offset_applied"] = True  # not a Collection 1 flag: ignored
+    assert _reflectance(c1, 1500) == pytest.approx(0.05, abs=1e-6)
 
 
 def test_pc_item_without_baseline_falls_back_to_date() -> None:
@@ -298,3 +334,28 @@ def test_a_local_catalog_line_that_is_not_json_names_the_file(tmp_path: Path) ->
     req = catalog.SearchRequest(("sentinel-2-l2a",), (118.0, 26.0, 118.1, 26.1), None, None, None)
     with pytest.raises(CatalogError, match=r"items\.ndjson: cannot read the local catalog"):
         catalog.search(req, kind="local", location=str(path))
+
+
+def test_local_assets_of_a_real_item_with_an_s3_self_link_stay_local(tmp_path: Path) -> None:
+    data = json.loads((FIXTURES / ES_V1_PRE).read_text())
+    remote_self = next(link["href"] for link in data["links"] if link["rel"] == "self")
+    assert remote_self.startswith("s3://")  # kept as Earth Search published it
+    scl_href = data["assets"]["scl"]["href"]
+    data["assets"] = {k: data["assets"][k] for k in ("red", "nir", "scl")}  # a partial download
+    data["assets"]["red"]["href"] = "../scenes/S2A_29RKH/red.tif"  # relative to the catalog
+    data["assets"]["nir"]["href"] = str(tmp_path / "elsewhere" / "nir.tif")  # an absolute path
+    path = tmp_path / "data" / "catalog" / "items.ndjson"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data) + "\n")
+    req = catalog.SearchRequest(("sentinel-2-l2a",), tuple(data["bbox"]), None, None, None)
+    [item] = catalog.search(req, kind="local", location=str(path))
+    # what odc-stac opens is the asset's absolute href, which pystac resolves against the
+    # item's self link: local files must not become s3://sentinel-cogs/... URLs
+    want = {
+        "red": (tmp_path / "data" / "scenes" / "S2A_29RKH" / "red.tif").as_uri(),
+        "nir": (tmp_path / "elsewhere" / "nir.tif").as_uri(),
+        "scl": scl_href,
+    }
+    assert {k: a.get_absolute_href() for k, a in item.assets.items()} == want
+    frozen = catalog.item_collection_from_dict(pystac.ItemCollection([item]).to_dict())
+    assert {k: a.get_absolute_href() for k, a in frozen[0].assets.items()} == want
