@@ -444,7 +444,7 @@ def require_clear_pixels(composite: xr.DataArray, *, epoch: str, n_scenes: int) 
             f"epoch {epoch}: the composite has no clear pixel: none of its {n_scenes} scene(s) "
             f"has a cloud-free, valid observation on the AOI's grid, so every band would be "
             f"NaN. Check items/{epoch}.json (do the scenes cover the AOI?), widen the epoch's "
-            f"dates in the config's epochs, or raise sources.catalog.max_cloud_cover"
+            f"dates in the config's epochs, or raise stages.acquire.max_cloud_cover"
         )
 
 
