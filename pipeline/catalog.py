@@ -218,8 +218,9 @@ class SearchRequest:
     max_cloud_cover: float | None
     max_items: int = 200
     page_size: int = 100
-    #: seconds to wait for a STAC API's answer, and how often to retry (backoff doubles
-    #: from ``backoff_s``); the config's defaults are in :class:`pipeline.config.AcquireParams`
+    #: seconds to wait for a STAC API's answer, and how often to retry (urllib3 waits
+    #: ``backoff_s * 2**(n - 1)`` s before retry n > 1); the config's defaults are in
+    #: :class:`pipeline.config.AcquireParams`
     timeout_s: float = 60.0
     retries: int = 4
     backoff_s: float = 1.0
@@ -455,7 +456,15 @@ def search_api(url: str, req: SearchRequest, *, sign: str | None = None) -> list
         allowed_methods=None,  # the search is a POST, and as safe to repeat as a GET
         raise_on_status=False,  # the last failed answer reaches the error message below
     )
-    faults = (APIError, OSError, ValueError, NotImplementedError, pystac.STACError)
+    faults = (
+        APIError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        NotImplementedError,
+        pystac.STACError,
+    )
     query = None
     if req.max_cloud_cover is not None:
         query = {"eo:cloud_cover": {"lte": req.max_cloud_cover}}
