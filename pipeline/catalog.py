@@ -257,9 +257,25 @@ def _cloud_ok(item: pystac.Item, limit: float | None) -> bool:
     return cc is not None and float(cc) <= limit
 
 
-def _finish(items: Iterable[pystac.Item], req: SearchRequest) -> list[pystac.Item]:
-    """Enforce the cloud limit client-side, order by (cloud, datetime, id), cap per collection."""
-    kept = [i for i in items if _cloud_ok(i, req.max_cloud_cover)]
+def _finish(items: Sequence[pystac.Item], req: SearchRequest, *, where: str) -> list[pystac.Item]:
+    """Each item once, the cloud limit enforced client-side, order by (cloud, datetime, id),
+    cap per collection.
+
+    An item (collection and id) found twice, as a server that pages badly or a catalog file
+    with a line appended twice gives it, is used once, with a warning: counted twice, one
+    scene would weigh double in the composite's median and ``n_valid``.
+    """
+    unique: dict[tuple[str | None, str], pystac.Item] = {}
+    for item in items:
+        unique.setdefault((item.collection_id, item.id), item)
+    repeats = len(items) - len(unique)
+    if repeats:
+        warnings.warn(
+            f"{where}: {repeats} item(s) came more than once; each is used once",
+            PipelineWarning,
+            stacklevel=3,
+        )
+    kept = [i for i in unique.values() if _cloud_ok(i, req.max_cloud_cover)]
     kept.sort(
         key=lambda i: (
             float(i.properties.get("eo:cloud_cover", 0.0)),
@@ -337,7 +353,7 @@ def search_local(path: Path, req: SearchRequest) -> list[pystac.Item]:
         con.close()
     base = str(path.resolve())
     items = [pystac.Item.from_dict(_local_hrefs(json.loads(r[0]), base)) for r in rows]
-    return _finish(items, req)
+    return _finish(items, req, where=f"local catalog {path}")
 
 
 def _local_hrefs(item: dict[str, Any], catalog_file: str) -> dict[str, Any]:
@@ -390,41 +406,29 @@ class _LoggedRetry(Retry):
         return 1 + int(self.total or 0) + len(self.history)
 
 
-def _unique_items(pages: Iterable[Mapping[str, Any]], *, where: str) -> list[pystac.Item]:
-    """The items of a STAC API's pages, each id once; stops at a page it has seen before.
+def _page_items(pages: Iterable[Mapping[str, Any]], *, where: str) -> list[pystac.Item]:
+    """The items of a STAC API's pages, stopping at a page it has seen before.
 
     A server whose ``next`` link points back at a page (itself or an earlier one) would
     otherwise be followed until ``max_items`` and one scene counted many times. pystac-client
     follows ``next`` links as given, so the loop is caught here, on the page contents.
     """
     seen_pages: set[tuple[str, ...]] = set()
-    items: dict[str, pystac.Item] = {}
-    repeats = 0
+    items: list[pystac.Item] = []
     for n, page in enumerate(pages, start=1):
         features = page.get("features") or []
         key = tuple(str(f.get("id")) for f in features)
         if key in seen_pages:
             warnings.warn(
                 f"{where}: page {n} repeats an earlier page (its 'next' link loops); "
-                f"stopped paging with {len(items)} item(s)",
+                f"stopped paging after page {n - 1}",
                 PipelineWarning,
                 stacklevel=2,
             )
             break
         seen_pages.add(key)
-        for feature in features:
-            item = pystac.Item.from_dict(feature)
-            if item.id in items:
-                repeats += 1
-            else:
-                items[item.id] = item
-    if repeats:
-        warnings.warn(
-            f"{where}: {repeats} item(s) came more than once; each id is used once",
-            PipelineWarning,
-            stacklevel=2,
-        )
-    return list(items.values())
+        items.extend(pystac.Item.from_dict(f) for f in features)
+    return items
 
 
 def search_api(url: str, req: SearchRequest, *, sign: str | None = None) -> list[pystac.Item]:
@@ -483,14 +487,14 @@ def search_api(url: str, req: SearchRequest, *, sign: str | None = None) -> list
             limit=req.page_size,
             max_items=req.max_items * len(req.collections) * 4,
         )
-        items = _unique_items(search.pages_as_dicts(), where=f"STAC API {url}")
+        items = _page_items(search.pages_as_dicts(), where=f"STAC API {url}")
     except faults as err:
         raise CatalogError(
             f"STAC search failed at {url} ({type(err).__name__}: {err}) for the query "
             f"{req.describe(url)}. Check the URL (sources.catalog.location), the network, "
             f"or stages.acquire.timeout_s / retries"
         ) from None
-    return _finish(items, req)
+    return _finish(items, req, where=f"STAC API {url}")
 
 
 def search(req: SearchRequest, *, kind: str, location: str | None = None) -> pystac.ItemCollection:

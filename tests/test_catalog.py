@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import catalog
 from pipeline import composite as C
-from pipeline.errors import CatalogError
+from pipeline.errors import CatalogError, PipelineWarning
 
 FIXTURES = Path(__file__).parent / "fixtures" / "items"  # provenance: README.md there
 
@@ -359,3 +359,16 @@ def test_local_assets_of_a_real_item_with_an_s3_self_link_stay_local(tmp_path: P
     assert {k: a.get_absolute_href() for k, a in item.assets.items()} == want
     frozen = catalog.item_collection_from_dict(pystac.ItemCollection([item]).to_dict())
     assert {k: a.get_absolute_href() for k, a in frozen[0].assets.items()} == want
+
+
+def test_an_item_twice_in_a_local_catalog_is_used_once_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "items.ndjson"
+    rows = _write_catalog(path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + lines[:5]) + "\n")  # the first five appended again
+    req = catalog.SearchRequest(
+        ("sentinel-2-l2a", "landsat-c2-l2"), (117.0, 25.0, 121.0, 27.0), None, None, None
+    )
+    with pytest.warns(PipelineWarning, match=r"items\.ndjson: 5 item\(s\) came more than once"):
+        got = catalog.search(req, kind="local", location=str(path))
+    assert sorted(i.id for i in got) == sorted(r["id"] for r in rows)
