@@ -226,11 +226,12 @@ class SearchRequest:
     backoff_s: float = 1.0
 
     def __post_init__(self) -> None:
-        west, south, east, north = self.bbox
-        if not all(math.isfinite(v) for v in self.bbox) or west > east or south > north:
+        # west > east is allowed: STAC's form of a box across the antimeridian
+        _, south, _, north = self.bbox
+        if not all(math.isfinite(v) for v in self.bbox) or south > north:
             raise ConfigError(
-                f"search area: bbox {list(self.bbox)} is not a WGS84 box (west <= east, "
-                f"south <= north, all finite); an empty AOI or an AOI without a CRS gives this"
+                f"search area: bbox {list(self.bbox)} is not a WGS84 box (west, south, east, "
+                f"north, all finite, south <= north); an empty AOI gives this"
             )
 
     @property

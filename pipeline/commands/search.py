@@ -8,6 +8,8 @@ Example::
 ``--catalog`` is ``local`` (with ``--location items.ndjson``), ``earth-search``,
 ``planetary-computer`` or ``stac-api`` (with ``--location URL``). The file written is a
 STAC ItemCollection that ``forest-carbon composite`` (and the pipeline) read back.
+API requests time out after ``--timeout`` seconds and are retried ``--retries`` times on
+429/5xx or a lost connection (docs/scene_catalogs.md).
 """
 
 from __future__ import annotations
