@@ -38,7 +38,7 @@ def main() -> None:
             out = Path(tmp) / "region"
             out.mkdir()
             t0 = time.perf_counter()
-            summary = simulate_region(config, out, final_dir=out, seed=config.seed)
+            summary = simulate_region(config, out, seed=config.seed)
             wall = time.perf_counter() - t0
             rows.append(
                 {

@@ -5,7 +5,8 @@ searches:
 
 - ``local``: a region's ``catalog/items.ndjson`` (one STAC item per line), filtered
   in-process with DuckDB (bbox intersection, datetime window, ``eo:cloud_cover``); no
-  server, no network, no DuckDB extensions (``json`` is built in).
+  server, no network, no DuckDB extensions (``json`` is built in). Asset hrefs may be
+  relative to that file, so a data folder can be moved or copied whole.
 - ``earth-search``, ``planetary-computer``, ``stac-api``: any STAC API through
   pystac-client; Planetary Computer hrefs are signed with ``planetary_computer``.
   Servers that ignore the ``query`` extension return unfiltered items, so the cloud
@@ -23,16 +24,21 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import duckdb
 import pystac
 import yaml
+from pystac.utils import make_absolute_href
+from urllib3 import Retry
 
-from pipeline.errors import CatalogError, ConfigError
+from pipeline.errors import CatalogError, ConfigError, PipelineWarning
 
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "data_catalog"
 
@@ -74,30 +80,53 @@ def index_definitions() -> dict[str, Any]:
     return _load_yaml(CATALOG_DIR / "indices.yaml")
 
 
+@functools.cache
+def _provider_collections() -> dict[str, tuple[str, str | None]]:
+    """A provider's collection id -> (our profile, the one provider that uses that id).
+
+    Each profile's ``providers.<name>.collection`` says what the provider calls the
+    product (Earth Search v0 ``sentinel-s2-l2a-cogs``, USGS ``landsat-c2l2-sr``, Earth
+    Search ``sentinel-2-c1-l2a``...). An id only one provider uses names that provider too;
+    an id several share (``sentinel-2-l2a``) names none.
+    """
+    index: dict[str, tuple[str, str | None]] = {}
+    for path in sorted((CATALOG_DIR / "collections").glob("*.yaml")):
+        profile = _load_yaml(path)
+        users: dict[str, list[str]] = {}
+        for name, entry in profile.get("providers", {}).items():
+            users.setdefault(str(entry.get("collection", profile["collection"])), []).append(name)
+        for cid, names in users.items():
+            index[cid] = (str(profile["collection"]), names[0] if len(names) == 1 else None)
+    return index
+
+
 def provider_of(item: pystac.Item, *, default: str | None = None) -> str:
     """Which provider convention an item follows.
 
-    Planetary Computer items link to planetarycomputer.microsoft.com; Earth Search v0
-    items are in collection ``sentinel-s2-l2a-cogs``; otherwise Earth Search v1 (or
-    ``default``, the catalog's configured provider).
+    Planetary Computer items link to planetarycomputer.microsoft.com; an item in a
+    collection only one provider publishes (Earth Search v0 ``sentinel-s2-l2a-cogs``, USGS
+    ``landsat-c2l2-sr``, Earth Search ``sentinel-2-c1-l2a``) follows that provider;
+    otherwise Earth Search v1 (or ``default``, the catalog's configured provider).
     """
     # raw link targets: resolving a link (``link.href``) could fetch a remote root catalog
     hrefs = [link.target for link in item.links if isinstance(link.target, str)]
     hrefs += [a.href for a in item.assets.values()]
     if any("planetarycomputer.microsoft.com" in h or ".blob.core.windows.net" in h for h in hrefs):
         return "planetary-computer"
-    if item.collection_id == "sentinel-s2-l2a-cogs":
-        return "earth-search-v0"
-    return default or "earth-search-v1"
+    implied = _provider_collections().get(str(item.collection_id), ("", None))[1]
+    return implied or default or "earth-search-v1"
 
 
 def profile_collection(item: pystac.Item) -> str:
-    """Our profile name for an item's collection (Earth Search v0 maps to sentinel-2-l2a)."""
-    if item.collection_id == "sentinel-s2-l2a-cogs":
-        return "sentinel-2-l2a"
+    """Our profile name for an item's collection (``data_catalog/collections/<name>.yaml``).
+
+    A provider's own name for a product maps to our profile of it (Earth Search v0
+    ``sentinel-s2-l2a-cogs`` and ``sentinel-2-c1-l2a`` to ``sentinel-2-l2a``, USGS
+    ``landsat-c2l2-sr`` to ``landsat-c2-l2``); other ids are their own profile's name.
+    """
     if item.collection_id is None:
         raise CatalogError(f"item {item.id!r} names no collection; cannot pick its profile")
-    return item.collection_id
+    return _provider_collections().get(item.collection_id, (item.collection_id, None))[0]
 
 
 def asset_keys(item: pystac.Item, *, provider: str | None = None) -> dict[str, str]:
@@ -189,6 +218,21 @@ class SearchRequest:
     max_cloud_cover: float | None
     max_items: int = 200
     page_size: int = 100
+    #: seconds to wait for a STAC API's answer, and how often to retry (urllib3 waits
+    #: ``backoff_s * 2**(n - 1)`` s before retry n > 1); the config's defaults are in
+    #: :class:`pipeline.config.AcquireParams`
+    timeout_s: float = 60.0
+    retries: int = 4
+    backoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        # west > east is allowed: STAC's form of a box across the antimeridian
+        _, south, _, north = self.bbox
+        if not all(math.isfinite(v) for v in self.bbox) or south > north:
+            raise ConfigError(
+                f"search area: bbox {list(self.bbox)} is not a WGS84 box (west, south, east, "
+                f"north, all finite, south <= north); an empty AOI gives this"
+            )
 
     @property
     def datetime_range(self) -> str | None:
@@ -214,9 +258,25 @@ def _cloud_ok(item: pystac.Item, limit: float | None) -> bool:
     return cc is not None and float(cc) <= limit
 
 
-def _finish(items: Iterable[pystac.Item], req: SearchRequest) -> list[pystac.Item]:
-    """Enforce the cloud limit client-side, order by (cloud, datetime, id), cap per collection."""
-    kept = [i for i in items if _cloud_ok(i, req.max_cloud_cover)]
+def _finish(items: Sequence[pystac.Item], req: SearchRequest, *, where: str) -> list[pystac.Item]:
+    """Each item once, the cloud limit enforced client-side, order by (cloud, datetime, id),
+    cap per collection.
+
+    An item (collection and id) found twice, as a server that pages badly or a catalog file
+    with a line appended twice gives it, is used once, with a warning: counted twice, one
+    scene would weigh double in the composite's median and ``n_valid``.
+    """
+    unique: dict[tuple[str | None, str], pystac.Item] = {}
+    for item in items:
+        unique.setdefault((item.collection_id, item.id), item)
+    repeats = len(items) - len(unique)
+    if repeats:
+        warnings.warn(
+            f"{where}: {repeats} item(s) came more than once; each is used once",
+            PipelineWarning,
+            stacklevel=3,
+        )
+    kept = [i for i in unique.values() if _cloud_ok(i, req.max_cloud_cover)]
     kept.sort(
         key=lambda i: (
             float(i.properties.get("eo:cloud_cover", 0.0)),
@@ -235,13 +295,30 @@ def _finish(items: Iterable[pystac.Item], req: SearchRequest) -> list[pystac.Ite
     return out
 
 
+def local_catalog_file(location: str | None) -> Path:
+    """The local catalog's items file (``sources.catalog.location``), which must exist.
+
+    Raises
+    ------
+    ConfigError
+        No location, or no file there; the message names ``sources.catalog.location``.
+    """
+    if not location:
+        raise ConfigError(
+            "sources.catalog.location: the local catalog needs the path of its items.ndjson"
+        )
+    path = Path(location)
+    if not path.is_file():
+        raise ConfigError(
+            f"sources.catalog.location: the local catalog {path} does not exist "
+            f"(resolved from {Path.cwd()}); build the demo region with `forest-carbon "
+            f"simulate`, or point sources.catalog.location at your catalog's items.ndjson"
+        )
+    return path
+
+
 def search_local(path: Path, req: SearchRequest) -> list[pystac.Item]:
     """Search a newline-delimited JSON file of STAC items in-process with DuckDB."""
-    if not path.is_file():
-        raise CatalogError(
-            f"{path}: local catalog not found (build the demo region with "
-            f"`forest-carbon simulate`, or set sources.catalog.location)"
-        )
     minx, miny, maxx, maxy = req.bbox
     where = [
         "list_contains(?, json->>'$.collection')",
@@ -275,25 +352,134 @@ def search_local(path: Path, req: SearchRequest) -> list[pystac.Item]:
         raise CatalogError(f"{path}: cannot read the local catalog: {err}") from None
     finally:
         con.close()
-    items = [pystac.Item.from_dict(json.loads(r[0])) for r in rows]
-    return _finish(items, req)
+    base = str(path.resolve())
+    items = [pystac.Item.from_dict(_local_hrefs(json.loads(r[0]), base)) for r in rows]
+    return _finish(items, req, where=f"local catalog {path}")
+
+
+def _local_hrefs(item: dict[str, Any], catalog_file: str) -> dict[str, Any]:
+    """An item of a local catalog with its local asset hrefs as absolute ``file://`` URIs.
+
+    A relative href is resolved against the catalog file (as STAC resolves relative hrefs
+    against the file they are written in), so a data folder can be moved or copied. A
+    local path never stays bare: pystac would resolve it against the item's ``self`` link,
+    and real items keep theirs (``s3://...``), which turned local files into S3 URLs.
+    Remote hrefs (``https://``, ``s3://``, ``file://``) are kept as they are.
+    """
+    for asset in item.get("assets", {}).values():
+        href = asset.get("href")
+        if isinstance(href, str) and not urlparse(href).scheme:
+            asset["href"] = Path(make_absolute_href(href, catalog_file)).as_uri()
+    return item
+
+
+#: HTTP statuses worth another try: rate limit and server-side faults (RFC 9110 6.6, 15.5.20)
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+class _LoggedRetry(Retry):
+    """urllib3's retry policy that says each new attempt as a :class:`PipelineWarning`."""
+
+    def increment(  # type: ignore[override]
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> Retry:
+        new = super().increment(method, url, response, error, _pool, _stacktrace)
+        where = f"{_pool.scheme}://{_pool.host}:{_pool.port}{url or ''}" if _pool else url
+        why = f"HTTP {response.status}" if response is not None else f"{error!r}"
+        attempt = len(new.history) + 1
+        warnings.warn(
+            f"STAC API {method} {where}: {why}; attempt {attempt} of {self.total_attempts} "
+            f"in {new.get_backoff_time():.1f} s",
+            PipelineWarning,
+            stacklevel=2,
+        )
+        return new
+
+    @property
+    def total_attempts(self) -> int:
+        """1 plus the retries this policy started with (``total`` less what it used)."""
+        return 1 + int(self.total or 0) + len(self.history)
+
+
+def _page_items(pages: Iterable[Mapping[str, Any]], *, where: str) -> list[pystac.Item]:
+    """The items of a STAC API's pages, stopping at a page it has seen before.
+
+    A server whose ``next`` link points back at a page (itself or an earlier one) would
+    otherwise be followed until ``max_items`` and one scene counted many times. pystac-client
+    follows ``next`` links as given, so the loop is caught here, on the page contents.
+    """
+    seen_pages: set[tuple[str, ...]] = set()
+    items: list[pystac.Item] = []
+    for n, page in enumerate(pages, start=1):
+        features = page.get("features") or []
+        key = tuple(str(f.get("id")) for f in features)
+        if key in seen_pages:
+            warnings.warn(
+                f"{where}: page {n} repeats an earlier page (its 'next' link loops); "
+                f"stopped paging after page {n - 1}",
+                PipelineWarning,
+                stacklevel=2,
+            )
+            break
+        seen_pages.add(key)
+        items.extend(pystac.Item.from_dict(f) for f in features)
+    return items
 
 
 def search_api(url: str, req: SearchRequest, *, sign: str | None = None) -> list[pystac.Item]:
-    """Search a STAC API with pystac-client (POST, paging followed to ``max_items``)."""
+    """Search a STAC API with pystac-client (POST, paging followed to ``max_items``).
+
+    Each request waits at most ``req.timeout_s`` for the server and is retried up to
+    ``req.retries`` times, with exponential backoff, on a connection fault, a timeout or a
+    status in :data:`RETRY_STATUSES` (honouring ``Retry-After``); each retry warns.
+
+    Raises
+    ------
+    CatalogError
+        The server failed, never answered or did not answer STAC JSON; the message names
+        the URL and the query.
+    """
     import pystac_client  # imported here: only API searches need it
     from pystac_client.exceptions import APIError
+    from pystac_client.stac_api_io import StacApiIO
 
     modifier = None
     if sign == "planetary_computer":
         import planetary_computer
 
         modifier = planetary_computer.sign_inplace
+    retry = _LoggedRetry(
+        total=req.retries,
+        backoff_factor=req.backoff_s,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=None,  # the search is a POST, and as safe to repeat as a GET
+        raise_on_status=False,  # the last failed answer reaches the error message below
+    )
+    faults = (
+        APIError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        NotImplementedError,
+        pystac.STACError,
+    )
+    query = None
+    if req.max_cloud_cover is not None:
+        query = {"eo:cloud_cover": {"lte": req.max_cloud_cover}}
     try:
-        client = pystac_client.Client.open(url, modifier=modifier)
-        query = None
-        if req.max_cloud_cover is not None:
-            query = {"eo:cloud_cover": {"lte": req.max_cloud_cover}}
+        client = pystac_client.Client.open(
+            url,
+            modifier=modifier,
+            stac_io=StacApiIO(timeout=req.timeout_s, max_retries=retry),
+            timeout=req.timeout_s,
+        )
         search = client.search(
             collections=list(req.collections),
             bbox=list(req.bbox),
@@ -302,10 +488,14 @@ def search_api(url: str, req: SearchRequest, *, sign: str | None = None) -> list
             limit=req.page_size,
             max_items=req.max_items * len(req.collections) * 4,
         )
-        items = list(search.items())
-    except (APIError, OSError) as err:
-        raise CatalogError(f"STAC search failed at {url}: {err}") from None
-    return _finish(items, req)
+        items = _page_items(search.pages_as_dicts(), where=f"STAC API {url}")
+    except faults as err:
+        raise CatalogError(
+            f"STAC search failed at {url} ({type(err).__name__}: {err}) for the query "
+            f"{req.describe(url)}. Check the URL (sources.catalog.location), the network, "
+            f"or stages.acquire.timeout_s / retries"
+        ) from None
+    return _finish(items, req, where=f"STAC API {url}")
 
 
 def search(req: SearchRequest, *, kind: str, location: str | None = None) -> pystac.ItemCollection:
@@ -324,12 +514,8 @@ def search(req: SearchRequest, *, kind: str, location: str | None = None) -> pys
         )
     entry = table[kind]
     if kind == "local":
-        if not location:
-            raise ConfigError(
-                "sources.catalog.location: the local catalog needs its items.ndjson path"
-            )
         name = f"local {location}"
-        items = search_local(Path(location), req)
+        items = search_local(local_catalog_file(location), req)
     else:
         url = location if kind == "stac-api" else (location or entry["url"])
         if not url:

@@ -40,6 +40,7 @@ Command: ``forest-carbon composite ITEMS.json --aoi AOI --crs EPSG:32650 --out D
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,7 +56,7 @@ from scipy import ndimage
 
 from pipeline import catalog
 from pipeline.config import CompositeParams
-from pipeline.errors import CatalogError, InputDataError, ScienceDomainError
+from pipeline.errors import CatalogError, InputDataError, PipelineWarning, ScienceDomainError
 
 REFLECTANCE_BANDS: tuple[str, ...] = (
     "blue",
@@ -306,12 +307,22 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
     provider = catalog.provider_of(item, default=settings.default_provider)
     keys = catalog.asset_keys(item, provider=provider)
     rad = catalog.radiometry(item, provider=provider)
-    ours = [b for b in REFLECTANCE_BANDS if b in keys]
-    missing = [keys[b] for b in [*ours, "mask"] if keys[b] not in item.assets]
-    if missing:
+    profiled = [b for b in REFLECTANCE_BANDS if b in keys]
+    ours = [b for b in profiled if keys[b] in item.assets]
+    if keys["mask"] not in item.assets or not ours:
+        need = "its mask asset" if ours else "any reflectance asset"
         raise CatalogError(
-            f"item {item.id!r} ({provider}) lacks assets {missing}; its collection profile "
+            f"item {item.id!r} ({provider}) lacks {need}; its collection profile "
             f"data_catalog/collections/{coll}.yaml expects {sorted(keys.values())}"
+        )
+    if len(ours) < len(profiled):  # a partial download: use what is there, say what is not
+        lacking = [f"{b} ({keys[b]})" for b in profiled if b not in ours]
+        warnings.warn(
+            f"item {item.id!r} lacks the assets of {', '.join(lacking)}: the composite uses "
+            f"its other bands, and these bands (and indices made from them) come from the "
+            f"epoch's other scenes only",
+            PipelineWarning,
+            stacklevel=2,
         )
     resampling = {keys[b]: settings.resampling for b in ours}
     resampling[keys["mask"]] = "nearest"
@@ -433,7 +444,7 @@ def require_clear_pixels(composite: xr.DataArray, *, epoch: str, n_scenes: int) 
             f"epoch {epoch}: the composite has no clear pixel: none of its {n_scenes} scene(s) "
             f"has a cloud-free, valid observation on the AOI's grid, so every band would be "
             f"NaN. Check items/{epoch}.json (do the scenes cover the AOI?), widen the epoch's "
-            f"dates in the config's epochs, or raise sources.catalog.max_cloud_cover"
+            f"dates in the config's epochs, or raise stages.acquire.max_cloud_cover"
         )
 
 

@@ -124,6 +124,10 @@ class AcquireParams(Section):
     max_items: int = Field(default=200, ge=1)
     #: items per page requested from a STAC API
     page_size: int = Field(default=100, ge=1, le=10000)
+    #: seconds a STAC API may take to answer one request
+    timeout_s: float = Field(default=60.0, gt=0)
+    #: retries of a STAC API request after a timeout, a lost connection or HTTP 429/5xx
+    retries: int = Field(default=4, ge=0, le=20)
 
 
 class CompositeParams(Section):

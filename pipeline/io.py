@@ -131,7 +131,10 @@ def read_input(spec: Path | tuple[Path, ...], *, chunk_px: int) -> Any:
     if suffix == ".csv":
         return read_table(spec)
     if suffix == ".json":
-        return json.loads(spec.read_text())
+        try:
+            return json.loads(spec.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputDataError(f"{spec}: not a JSON file ({err})") from None
     return spec
 
 

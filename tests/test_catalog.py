@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import catalog
 from pipeline import composite as C
-from pipeline.errors import CatalogError
+from pipeline.errors import CatalogError, PipelineWarning
 
 FIXTURES = Path(__file__).parent / "fixtures" / "items"  # provenance: README.md there
 
@@ -21,6 +21,9 @@ ES_V0_PRE = "earth-search-v0_S2A_28QCH_20200714_0_L2A.json"
 PC_S2_PRE = "planetary-computer_S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531.json"
 PC_S2_POST = "planetary-computer_S2B_MSIL2A_20240419T095549_R122_T47XML.json"
 PC_LANDSAT = "planetary-computer_LC09_L2SP_089090_20240417_02_T1.json"
+ES_V1_PRE = "earth-search-v1_S2A_29RKH_20200219_0_L2A.json"
+ES_V1_LANDSAT = "earth-search-v1_LC08_L2SP_033032_20231008_02_T1.json"
+USGS_LANDSAT = "usgs_LC08_L2SP_028030_20200114_20200824_02_T1_SR.json"
 
 
 def _item(name: str) -> pystac.Item:
@@ -50,6 +53,9 @@ def _reflectance(item: pystac.Item, dn: int) -> float:
         (PC_S2_PRE, "planetary-computer", "02.12", "B04", 1500, 0.15),
         (PC_S2_POST, "planetary-computer", "05.10", "B04", 1500, 0.05),  # raw ESA DN
         (PC_LANDSAT, "planetary-computer", None, "red", 10000, 0.075),
+        (ES_V1_PRE, "earth-search-v1", "02.14", "red", 1500, 0.15),  # flag false, pre-04.00
+        (ES_V1_LANDSAT, "earth-search-v1", None, "red", 10000, 0.075),
+        (USGS_LANDSAT, "usgs", None, "red", 10000, 0.075),  # landsat-c2l2-sr, no raster:bands
     ],
 )
 def test_real_items_give_the_right_reflectance(
@@ -114,6 +120,36 @@ def test_landsat_profile_matches_the_items_own_metadata() -> None:
     assert sorted(rule["invalid_bits"]) == sorted(
         bits[n] for n in ("fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow")
     )
+
+
+def test_real_items_raster_bands_agree_with_the_profiles() -> None:
+    # where a provider declares scale and offset per asset and says they are what to apply
+    # (Earth Search v1 before baseline 04.00, Landsat C2 L2), the profile gives the same
+    for name in (ES_V1_PRE, ES_V1_LANDSAT):
+        item = _item(name)
+        rad = catalog.radiometry(item)
+        for key in ("blue", "red", "nir08", "swir22"):
+            rb = item.assets[key].extra_fields["raster:bands"][0]
+            assert (rb["scale"], rb["offset"]) == pytest.approx((rad.scale, rad.offset))
+    usgs = _item(USGS_LANDSAT)
+    assert catalog.profile_collection(usgs) == "landsat-c2-l2"  # USGS's own id is mapped
+    assert catalog.radiometry(usgs) == catalog.radiometry(_item(ES_V1_LANDSAT))
+
+
+def test_earth_search_collection_1_keeps_esa_dn() -> None:
+    # Earth Search's sentinel-2-c1-l2a (baseline >= 05.00) keeps ESA's BOA_ADD_OFFSET in the
+    # DN and says so only in raster:bands: the v1 item recast as a Collection 1 item
+    c1 = _item(ES_V1_POST).clone()
+    c1.collection_id = "sentinel-2-c1-l2a"
+    del c1.properties["earthsearch:boa_offset_applied"]
+    assert catalog.provider_of(c1) == "earth-search-v1-c1"
+    assert catalog.profile_collection(c1) == "sentinel-2-l2a"
+    assert catalog.asset_keys(c1)["red"] == "red" and catalog.asset_keys(c1)["mask"] == "scl"
+    assert _reflectance(c1, 1500) == pytest.approx(0.05, abs=1e-6)
+    rb = c1.assets["red"].extra_fields["raster:bands"][0]
+    assert 1500 * rb["scale"] + rb["offset"] == pytest.approx(0.05, abs=1e-6)
+    c1.properties["earthsearch:boa_offset_applied"] = True  # not a Collection 1 flag: ignored
+    assert _reflectance(c1, 1500) == pytest.approx(0.05, abs=1e-6)
 
 
 def test_pc_item_without_baseline_falls_back_to_date() -> None:
@@ -236,3 +272,103 @@ def test_acquire_freezes_and_reuses(tmp_path: Path) -> None:
     (tmp_path / "items.ndjson").unlink()
     again = acquire(job, aoi=aoi, frozen={"e1": out["items/e1.json"]})
     assert [f["id"] for f in again["items/e1.json"]["features"]] == ids
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_local_catalog_names_the_config_key(tmp_path: Path) -> None:
+    from pipeline.config import CatalogSource, load_config
+    from pipeline.contracts import RunLayout
+    from pipeline.errors import ConfigError
+    from pipeline.stages.acquire import acquire_inputs
+
+    config = load_config(Path(__file__).parent.parent / "configs" / "regions" / "tiny.yaml")
+    missing = tmp_path / "moved" / "items.ndjson"
+    source = CatalogSource(kind="local", location=str(missing))
+    config = config.model_copy(
+        update={"sources": config.sources.model_copy(update={"catalog": source})}
+    )
+    with pytest.raises(ConfigError, match=r"sources\.catalog\.location: .*moved/items\.ndjson"):
+        acquire_inputs(config, RunLayout(tmp_path / "run"))
+    req = catalog.SearchRequest(("sentinel-2-l2a",), (118.0, 26.0, 118.1, 26.1), None, None, None)
+    with pytest.raises(ConfigError, match=r"sources\.catalog\.location: .*moved/items\.ndjson"):
+        catalog.search(req, kind="local", location=str(missing))
+
+
+def test_an_empty_aoi_says_so_not_bbox_nan(tmp_path: Path) -> None:
+    import geopandas as gpd
+    from shapely.geometry import Polygon
+
+    from pipeline.errors import ConfigError, InputDataError
+    from pipeline.stages.acquire import aoi_bbox_wgs84
+
+    for aoi in (
+        gpd.GeoDataFrame(geometry=[], crs="EPSG:4326"),
+        gpd.GeoDataFrame(geometry=[Polygon()], crs="EPSG:4326"),
+    ):
+        with pytest.raises(InputDataError, match=r"AOI \(config key `aoi`\) holds no geometry"):
+            aoi_bbox_wgs84(aoi)
+    with pytest.raises(ConfigError, match=r"bbox \[nan, .*not a WGS84 box"):
+        catalog.SearchRequest(("x",), (float("nan"), 1.0, 2.0, 3.0), None, None, None)
+
+
+def test_a_non_json_items_file_is_exit_2_naming_it(tmp_path: Path, capsys) -> None:
+    from pipeline.cli import main
+
+    bad = tmp_path / "2024.json"
+    bad.write_text("<html>not json</html>")
+    out = str(tmp_path / "o")
+    rc = main(
+        ["composite", str(bad), "--aoi", "aoi/tiny.geojson", "--crs", "EPSG:32650", "--out", out]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{bad}: not a JSON file" in err and "internal error" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_local_catalog_line_that_is_not_json_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "items.ndjson"
+    _write_catalog(path)
+    path.write_text(path.read_text() + '{"type": "Feature", "id": "TRUNC\n')
+    req = catalog.SearchRequest(("sentinel-2-l2a",), (118.0, 26.0, 118.1, 26.1), None, None, None)
+    with pytest.raises(CatalogError, match=r"items\.ndjson: cannot read the local catalog"):
+        catalog.search(req, kind="local", location=str(path))
+
+
+def test_local_assets_of_a_real_item_with_an_s3_self_link_stay_local(tmp_path: Path) -> None:
+    data = json.loads((FIXTURES / ES_V1_PRE).read_text())
+    remote_self = next(link["href"] for link in data["links"] if link["rel"] == "self")
+    assert remote_self.startswith("s3://")  # kept as Earth Search published it
+    scl_href = data["assets"]["scl"]["href"]
+    data["assets"] = {k: data["assets"][k] for k in ("red", "nir", "scl")}  # a partial download
+    data["assets"]["red"]["href"] = "../scenes/S2A_29RKH/red.tif"  # relative to the catalog
+    data["assets"]["nir"]["href"] = str(tmp_path / "elsewhere" / "nir.tif")  # an absolute path
+    path = tmp_path / "data" / "catalog" / "items.ndjson"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data) + "\n")
+    req = catalog.SearchRequest(("sentinel-2-l2a",), tuple(data["bbox"]), None, None, None)
+    [item] = catalog.search(req, kind="local", location=str(path))
+    # what odc-stac opens is the asset's absolute href, which pystac resolves against the
+    # item's self link: local files must not become s3://sentinel-cogs/... URLs
+    want = {
+        "red": (tmp_path / "data" / "scenes" / "S2A_29RKH" / "red.tif").as_uri(),
+        "nir": (tmp_path / "elsewhere" / "nir.tif").as_uri(),
+        "scl": scl_href,
+    }
+    assert {k: a.get_absolute_href() for k, a in item.assets.items()} == want
+    frozen = catalog.item_collection_from_dict(pystac.ItemCollection([item]).to_dict())
+    assert {k: a.get_absolute_href() for k, a in frozen[0].assets.items()} == want
+
+
+def test_an_item_twice_in_a_local_catalog_is_used_once_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "items.ndjson"
+    rows = _write_catalog(path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + lines[:5]) + "\n")  # the first five appended again
+    req = catalog.SearchRequest(
+        ("sentinel-2-l2a", "landsat-c2-l2"), (117.0, 25.0, 121.0, 27.0), None, None, None
+    )
+    with pytest.warns(PipelineWarning, match=r"items\.ndjson: 5 item\(s\) came more than once"):
+        got = catalog.search(req, kind="local", location=str(path))
+    assert sorted(i.id for i in got) == sorted(r["id"] for r in rows)

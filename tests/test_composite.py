@@ -31,7 +31,7 @@ from shapely.geometry import box
 from pipeline import catalog
 from pipeline import composite as C
 from pipeline.config import CompositeParams
-from pipeline.errors import InputDataError, PipelineWarning, ScienceDomainError
+from pipeline.errors import CatalogError, InputDataError, PipelineWarning, ScienceDomainError
 from pipeline.stages.composite import CompositeJob, composite
 
 CRS = "EPSG:32650"
@@ -523,3 +523,27 @@ def test_suspect_offset_and_no_clear_pixels_are_warnings(tmp_path: Path) -> None
     assert statuses["S2A_POST_RAW_0_L2A"] == "ok"
     with pytest.raises(ScienceDomainError, match="S2A_LYING_L2A"):
         _stage([raw, lying], check="error")
+
+
+def test_an_item_with_some_bands_is_used_for_those_with_a_warning(
+    scenes: tuple[list[pystac.Item], dict[str, Any]],
+) -> None:
+    items, data = scenes
+    full = [i for i in items if i.collection_id == "sentinel-2-l2a"]
+    partial = full[0].clone()  # a partial download: no red edge, no swir22
+    for key in ("rededge1", "rededge2", "rededge3", "swir22"):
+        del partial.assets[key]
+    mixed = [partial, *full[1:]]
+    with pytest.warns(PipelineWarning, match=rf"{partial.id}' lacks the assets of rededge1"):
+        comp, _ = C.seasonal_composite(mixed, _geobox(), settings=SETTINGS)
+    for band, used in (("red", mixed), ("rededge1", full[1:]), ("swir22", full[1:])):
+        ref, count = _reference(used, data, band)
+        got = comp.sel(band=band).values
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)
+        if band == "red":  # every scene counts where it has red
+            np.testing.assert_array_equal(comp.sel(band="n_valid").values, count)
+    no_mask = full[1].clone()
+    del no_mask.assets["scl"]
+    with pytest.raises(CatalogError, match=r"lacks its mask asset"):
+        C.load_scene(no_mask, _geobox(), settings=SETTINGS)

@@ -55,17 +55,13 @@ def _items(root: Path) -> list[dict]:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            data = p.read_bytes()
-            if p.name == "items.ndjson":  # hrefs carry the folder name
-                data = data.replace(root.resolve().as_uri().encode(), b"ROOT")
-            out[str(p.relative_to(root))] = data
-    return out
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_same_seed_same_bytes_other_seed_differs(tiny: Path, tmp_path: Path) -> None:
+    # another folder, and the catalog too is byte-identical (its hrefs are relative)
     again = tmp_path / "again"
     _simulate(again)
     a, b = _files(tiny), _files(again)
@@ -127,8 +123,9 @@ def test_items_read_as_stac_and_offsets(tiny: Path) -> None:
     }
     for it in items:
         assert it.properties["forest-carbon:simulated"] is True
-        for asset in it.assets.values():
-            assert asset.href.startswith(tiny.resolve().as_uri())
+        for asset in it.assets.values():  # relative to the catalog file, which exists
+            assert asset.href.startswith("../scenes/")
+            assert (tiny / "catalog" / asset.href).resolve().is_file()
     s2 = [d for d in raw if d["collection"] == "sentinel-2-l2a"]
     assert {d["properties"]["s2:processing_baseline"][:2] for d in s2} == {"02", "05"}
     flags_new = []
@@ -489,3 +486,29 @@ def test_a_plot_without_trees_is_recorded_as_an_empty_plot_row() -> None:
     kept, empty = split_empty_plots(trees)
     assert kept["plot_id"].tolist() == ["A"]
     assert empty[["plot_id", "epoch"]].values.tolist() == [["B", "2024"]]
+
+
+def test_a_moved_data_folder_still_searches_and_composites(tiny: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.cli import main
+
+    first = tmp_path / "disk1" / "tiny"
+    shutil.copytree(tiny, first)
+    moved = tmp_path / "disk2" / "copied-to-laptop"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    items = tmp_path / "2019.json"
+    bbox = [str(v) for v in gpd.read_file(moved / "aoi.geojson").to_crs(4326).total_bounds]
+    argv = ["search", "--catalog", "local", "--location", str(moved / "catalog/items.ndjson")]
+    argv += ["--bbox", *bbox, "--start", "2019-03-01", "--end", "2019-11-30", "--out", str(items)]
+    assert main(argv) == 0
+    found = json.loads(items.read_text())["features"]
+    hrefs = [a["href"] for f in found for a in f["assets"].values()]
+    assert found and all(h.startswith(moved.resolve().as_uri() + "/scenes/") for h in hrefs)
+    out = tmp_path / "composite"
+    argv = ["composite", str(items), "--aoi", str(moved / "aoi.geojson"), "--crs", "EPSG:32650"]
+    assert main([*argv, "--out", str(out)]) == 0
+    with rasterio.open(out / "2019.tif") as src:
+        n_valid = src.read(list(src.descriptions).index("n_valid") + 1)
+    assert 0 < n_valid.max() <= len(found)

@@ -8,6 +8,8 @@ Example::
 ``--catalog`` is ``local`` (with ``--location items.ndjson``), ``earth-search``,
 ``planetary-computer`` or ``stac-api`` (with ``--location URL``). The file written is a
 STAC ItemCollection that ``forest-carbon composite`` (and the pipeline) read back.
+API requests time out after ``--timeout`` seconds and are retried ``--retries`` times on
+429/5xx or a lost connection (docs/scene_catalogs.md).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p, "--max-cloud", AcquireParams, "max_cloud_cover", help="cloud cover limit, percent"
     )
     param_option(p, "--max-items", AcquireParams, "max_items", help="most items per collection")
+    param_option(p, "--timeout", AcquireParams, "timeout_s", help="seconds a STAC API may take")
+    param_option(p, "--retries", AcquireParams, "retries", help="retries on 429/5xx or timeout")
     p.add_argument("--out", type=Path, required=True, help="ItemCollection JSON to write")
     p.set_defaults(func=main)
 
@@ -64,6 +68,8 @@ def main(args: argparse.Namespace) -> int:
         end=args.end,
         max_cloud_cover=args.max_cloud,
         max_items=args.max_items,
+        timeout_s=args.timeout,
+        retries=args.retries,
     )
     found = catalog.search(req, kind=args.catalog, location=args.location)
     write_outputs({args.out: found.to_dict()})

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        summary = simulate_region(config, tmp, final_dir=out.resolve(), seed=seed)
+        summary = simulate_region(config, tmp, seed=seed)
         if not aoi_path.is_file() and not aoi_path.resolve().is_relative_to(out.resolve()):
             aoi_path.parent.mkdir(parents=True, exist_ok=True)
             aoi_frame(grid, config.crs).to_file(aoi_path, driver="GeoJSON")

@@ -3,9 +3,10 @@
 ``simulate_region(config, out_dir, seed=...)`` writes, into ``out_dir`` (which must not
 exist yet; the command writes to a temporary folder and renames it), the demo data layout
 of the project (``catalog/``, ``scenes/``, ``lidar/``, ``plots/``, ``parcels/``, ``truth/``),
-with ``file://`` hrefs pointing at ``final_dir``. Everything is a function of the seed:
-one ``numpy.random.SeedSequence`` is spawned into independent child streams per component,
-and trees use counter-based numbers keyed by pixel, so the same seed gives the same bytes.
+with asset hrefs relative to the catalog file (``../scenes/...``), so the folder can be
+moved or copied. Everything is a function of the seed: one ``numpy.random.SeedSequence``
+is spawned into independent child streams per component, and trees use counter-based
+numbers keyed by pixel, so the same seed gives the same bytes, in any folder.
 
 The steps, in order: the landscape (terrain, parcels, stands) and its truth maps, the
 parcel files, the satellite scenes, the DEM and the STAC catalog, the LiDAR blocks, the
@@ -333,8 +334,9 @@ def _scene_state(config: Config, land: _Landscape, truth: _Truth, sc: sat.Scene)
     return _SceneState(sc, sz, sa, cos_i, rho, cl, obs, rng)
 
 
-def _href(final_dir: Path, *parts: str) -> str:
-    return final_dir.joinpath(*parts).as_uri()
+def _href(*parts: str) -> str:
+    """An asset href relative to ``catalog/items.ndjson``, where STAC resolves it."""
+    return "/".join(("..", *parts))
 
 
 def _write_s2_scene(
@@ -346,7 +348,6 @@ def _write_s2_scene(
     raw_offset: bool,
     post_baseline: bool,
     out_dir: Path,
-    final_dir: Path,
 ) -> dict[str, Any]:
     """Write a Sentinel-2 L2A scene's bands and SCL; returns its STAC item."""
     c = coefficients()
@@ -365,10 +366,10 @@ def _write_s2_scene(
             raster(sat.to_s2_dn(arr, offset_applied=raw_offset), g, nodata=0),
             out_dir.joinpath(*rel, f"{b}.tif"),
         )
-        hrefs[b] = _href(final_dir, *rel, f"{b}.tif")
+        hrefs[b] = _href(*rel, f"{b}.tif")
     scl = sat.scl_20m(obs20, st.clouds, use, st.cos_incidence, rng=st.rng)
     write_cog(raster(scl, g20, nodata=0), out_dir.joinpath(*rel, "scl.tif"))
-    hrefs["scl"] = _href(final_dir, *rel, "scl.tif")
+    hrefs["scl"] = _href(*rel, "scl.tif")
     k = c["sentinel2"]["scl_classes"]
     pct = {
         name: float((scl == k[key]).mean() * 100)
@@ -403,7 +404,7 @@ def _write_s2_scene(
 
 
 def _write_landsat_scene(
-    st: _SceneState, water0: npt.NDArray[np.bool_], grid: GeoBox, *, out_dir: Path, final_dir: Path
+    st: _SceneState, water0: npt.NDArray[np.bool_], grid: GeoBox, *, out_dir: Path
 ) -> dict[str, Any]:
     """Write a Landsat C2 L2 scene's bands and QA_PIXEL; returns its STAC item."""
     c = coefficients()
@@ -419,14 +420,14 @@ def _write_landsat_scene(
         dn = sat.to_landsat_dn(oli[bi])
         dn[~inside30] = 0
         write_cog(raster(dn, g30, nodata=0), out_dir.joinpath(*rel, f"{b}.tif"))
-        hrefs[b] = _href(final_dir, *rel, f"{b}.tif")
+        hrefs[b] = _href(*rel, f"{b}.tif")
     op30 = sat.resample_to(st.clouds.opacity, grid, g30, smooth_px=3)
     sh30 = sat.resample_to(st.clouds.shadow, grid, g30, smooth_px=3)
     water30 = sat.resample_to(water0.astype(np.float64), grid, g30, smooth_px=1) > 0.5
     qa = sat.qa_pixel(op30, sh30, water30, inside30)
     qa_fill = float(c["landsat"]["qa_fill"])
     write_cog(raster(qa, g30, nodata=qa_fill), out_dir.joinpath(*rel, "qa_pixel.tif"))
-    hrefs["qa_pixel"] = _href(final_dir, *rel, "qa_pixel.tif")
+    hrefs["qa_pixel"] = _href(*rel, "qa_pixel.tif")
     return stac_items.landsat_item(
         item_id=item_id,
         when=sc.when,
@@ -449,7 +450,6 @@ def _simulate_scenes(
     rng: np.random.Generator,
     *,
     out_dir: Path,
-    final_dir: Path,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Write every scene, its clear-sky mask and the reflectance truth per epoch.
 
@@ -494,10 +494,9 @@ def _simulate_scenes(
                 raw_offset=raw_offset,
                 post_baseline=post_baseline,
                 out_dir=out_dir,
-                final_dir=final_dir,
             )
         else:
-            item = _write_landsat_scene(st, water0, grid, out_dir=out_dir, final_dir=final_dir)
+            item = _write_landsat_scene(st, water0, grid, out_dir=out_dir)
         items.append(item)
         n_scenes[sc.collection] += 1
         write_cog(
@@ -527,7 +526,6 @@ def _simulate_dem(
     rng: np.random.Generator,
     *,
     out_dir: Path,
-    final_dir: Path,
 ) -> dict[str, Any]:
     """Write the Copernicus DEM tile (EPSG:4326, 1 arc-second); returns its STAC item."""
     d = coefficients()["dem"]
@@ -555,7 +553,7 @@ def _simulate_dem(
     write_cog(raster(dem.astype(np.float32), dem_grid, nodata=-32767.0), out_dir.joinpath(*rel))
     return stac_items.dem_item(
         item_id=dem_id,
-        href=_href(final_dir, *rel),
+        href=_href(*rel),
         shape=(ny_d, nx_d),
         transform=list(dem_grid.affine)[:6],
         bbox=[
@@ -798,15 +796,14 @@ def _measure_plots(
     return pd.concat(tables, ignore_index=True), truth_rows
 
 
-def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int) -> dict[str, Any]:
-    """Simulate the region into ``out_dir``; hrefs point to ``final_dir``. Returns the summary."""
+def simulate_region(config: Config, out_dir: Path, *, seed: int) -> dict[str, Any]:
+    """Simulate the region into ``out_dir``. Returns the summary."""
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
     def lap(name: str) -> None:
         timings[name] = round(time.perf_counter() - t_start - sum(timings.values()), 2)
 
-    final_dir = final_dir.resolve()
     tdir = out_dir / "truth"
     rs = _streams(seed)
     grid = aoi_grid(config)
@@ -819,13 +816,9 @@ def simulate_region(config: Config, out_dir: Path, *, final_dir: Path, seed: int
     _write_truth_maps(land, truth, tdir)
     project = _write_parcels(land, truth, rs.project, out_dir, tdir)
     lap("parcels")
-    items, n_scenes = _simulate_scenes(
-        config, land, truth, rs.scenes, out_dir=out_dir, final_dir=final_dir
-    )
+    items, n_scenes = _simulate_scenes(config, land, truth, rs.scenes, out_dir=out_dir)
     lap("satellite")
-    items.append(
-        _simulate_dem(config, land, truth, aoi, rs.dem, out_dir=out_dir, final_dir=final_dir)
-    )
+    items.append(_simulate_dem(config, land, truth, aoi, rs.dem, out_dir=out_dir))
     _write_catalog(config, items, aoi, out_dir)
     lap("dem_catalog")
     blocks = _lidar_blocks(config, land, out_dir)

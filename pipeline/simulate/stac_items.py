@@ -5,7 +5,7 @@ against published item JSON: ``eo:cloud_cover``, ``proj:epsg``, ``s2:processing_
 ``earthsearch:boa_offset_applied``, per-asset ``proj:shape``/``proj:transform`` and
 ``raster:bands`` with ``nodata``/``data_type``/``spatial_resolution``/``scale``/``offset``),
 plus ``proj:code`` (projection extension v2) and ``"forest-carbon:simulated": true``. Hrefs
-are absolute ``file://`` URIs of the final data folder.
+are relative to the catalog file ``catalog/items.ndjson`` (``../scenes/...``).
 
 Convention for the Sentinel-2 offset, as real Earth Search v1 items of baseline >= 04.00
 have it: every reflectance asset declares ``scale`` 0.0001 and ``offset`` -0.1 in

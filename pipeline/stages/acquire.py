@@ -23,7 +23,7 @@ import geopandas as gpd
 from pipeline import catalog
 from pipeline.config import AcquireParams, CatalogSource, Config, Epoch
 from pipeline.contracts import PINNED_ITEMS_DIR, TERRAIN_KEY, RunLayout, items_relpath
-from pipeline.errors import CatalogError
+from pipeline.errors import CatalogError, InputDataError
 from pipeline.stage import Stage
 
 
@@ -45,6 +45,11 @@ class AcquireJob:
 
 def aoi_bbox_wgs84(aoi: gpd.GeoDataFrame) -> tuple[float, float, float, float]:
     """The AOI's bounding box in WGS84 (lon/lat) as STAC searches expect."""
+    if aoi.empty or (aoi.geometry.isna() | aoi.geometry.is_empty).all():
+        raise InputDataError(
+            "the AOI (config key `aoi`) holds no geometry, so there is no area to search "
+            "scenes for: write the area of interest as a polygon into that file"
+        )
     if aoi.crs is None:
         raise CatalogError("the AOI has no CRS; write it with an explicit CRS")
     minx, miny, maxx, maxy = (float(v) for v in aoi.to_crs("EPSG:4326").total_bounds)
@@ -89,6 +94,8 @@ def acquire(
             max_cloud_cover=job.params.max_cloud_cover,
             max_items=job.params.max_items,
             page_size=job.params.page_size,
+            timeout_s=job.params.timeout_s,
+            retries=job.params.retries,
         )
         found = catalog.search(req, kind=job.source.kind, location=location)
         out[items_relpath(epoch.name)] = found.to_dict()
@@ -101,6 +108,8 @@ def acquire(
             max_cloud_cover=None,
             max_items=job.params.max_items,
             page_size=job.params.page_size,
+            timeout_s=job.params.timeout_s,
+            retries=job.params.retries,
         )
         dem = catalog.search(req, kind=job.source.kind, location=location)
         out[items_relpath(TERRAIN_KEY)] = dem.to_dict()
@@ -115,8 +124,8 @@ def acquire_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         inputs.update({f"frozen.{p.stem}": p for p in sorted(pinned.glob("*.json"))})
         return inputs
     src = config.sources.catalog
-    if src.kind == "local" and src.location:
-        inputs["catalog_file"] = Path(src.location)
+    if src.kind == "local":
+        inputs["catalog_file"] = catalog.local_catalog_file(src.location)
     return inputs
 
 
