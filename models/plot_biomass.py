@@ -1042,3 +1042,9 @@ def conversion_factors(plots: pd.DataFrame, *, source: str) -> dict[str, Any]:
         "method": f"ratio estimators over all plot-epochs of {source}",
         "n_plot_epochs": len(t),
     }
+
+
+def carbon_per_agb(conversion: Mapping[str, Any]) -> float:
+    """Mg C per Mg of aboveground biomass, from :func:`conversion_factors`' record: the
+    factor that turns an AGB map (and its SDs) into a carbon map, roots included."""
+    return (1.0 + float(conversion["root_to_shoot"])) * float(conversion["carbon_fraction"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from models.biomass import (
     blocked_folds,
     calibrate_conformal,
     cell_support,
+    cross_fitted_at_plots,
     epoch_corrections,
     epoch_error_correlation,
     make_model,
@@ -41,6 +43,8 @@ FAST = ModelSettings(
     rf_n_estimators=100,
     gb_max_iter=100,
 )
+#: one small candidate, where the test is about what is done with a fit, not which wins
+ONE = replace(FAST, candidates=("gradient_boosting",), gb_max_iter=50)
 
 
 def test_powerlaw_recovers_coefficients_without_noise() -> None:
@@ -361,6 +365,39 @@ def test_mapper_shifts_the_satellite_map_of_a_corrected_epoch_only() -> None:
     np.testing.assert_array_equal(later.sd, again.sd)
     np.testing.assert_array_equal(later.upper, again.upper)
     np.testing.assert_array_equal(shifted.predict(px, epoch="2019")[0].mean, plain.mean)
+
+
+def test_cross_fitted_values_are_the_models_own_held_out_predictions_with_the_offset() -> None:
+    """At the plots a model trained on, the cross-fitted value is its spatial-CV prediction
+    (``select_and_fit`` recomputed here by the fold rule) plus the epoch offset, clipped as
+    the map; at plots it never saw, the map's own prediction."""
+    land = make_landscape(5, n=40, cell_m=25.0)
+    table, obs, _ = sample_plots(land, 105, n_clusters=20, per_cluster=2, spread_px=2)
+    table = table.assign(plot_id=[f"P{i}" for i in range(len(table))], epoch="2024")
+    xy = {"x_m": table["x_m"].to_numpy(), "y_m": table["y_m"].to_numpy()}
+    train = np.arange(len(table)) < 28
+    sat = select_and_fit(
+        table[train], obs[train], x_m=xy["x_m"][train], y_m=xy["y_m"][train],
+        features=SAT_FEATURES, settings=ONE, seed=5,
+    )  # fmt: skip
+    mapper = BiomassMapper(sat, "plots", epoch_offsets={"2024": -4.0})
+    out = cross_fitted_at_plots(mapper, table, ["2024"], [(sat, table[train])])
+    # an independent reference: refit the chosen candidate fold by fold
+    folds = blocked_folds(xy["x_m"][train], xy["y_m"][train], block_m=750.0, n_folds=5, seed=5)
+    oof = np.empty(int(train.sum()))
+    for f in np.unique(folds):
+        fitted = make_model(sat.card["chosen"], SAT_FEATURES, settings=ONE, seed=5).fit(
+            table[train][folds != f], obs[train][folds != f]
+        )
+        oof[folds == f] = fitted.predict(table[train][folds == f])
+    np.testing.assert_allclose(out["held_out_mg_ha"][train], np.clip(oof - 4.0, 0, None))
+    in_map = mapper.predict(table, epoch="2024")[0].mean
+    np.testing.assert_allclose(out["fitted_mg_ha"], in_map)
+    np.testing.assert_array_equal(out["held_out_mg_ha"][~train], in_map[~train])
+    # in sample the fit follows the plots: its residuals are smaller than the held-out ones
+    r_in = obs[train] - out["fitted_mg_ha"][train]
+    r_out = obs[train] - out["held_out_mg_ha"][train]
+    assert np.sqrt(np.mean(r_in**2)) < 0.8 * np.sqrt(np.mean(r_out**2))
 
 
 def test_cell_support_recovers_a_known_relative_deviation() -> None:

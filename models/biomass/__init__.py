@@ -58,6 +58,7 @@ from models.biomass.mapping import (
     BiomassMapper,
     SatelliteSource,
     accuracy_at_plots,
+    cross_fitted_at_plots,
 )
 from models.biomass.selection import FittedModel, fit_plots, select_and_fit
 from models.biomass.uncertainty import (
@@ -114,6 +115,7 @@ __all__ = [
     "candidate_applicable",
     "cell_support",
     "correct_epochs",
+    "cross_fitted_at_plots",
     "epoch_corrections",
     "epoch_error_correlation",
     "fit_plots",

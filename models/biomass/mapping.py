@@ -178,3 +178,74 @@ def accuracy_at_plots(
         "interval_coverage": float(np.mean((obs >= lower) & (obs <= upper))),
         "note": "partly in-sample (plots trained the models); the CV figures are the honest ones",
     }
+
+
+def cross_fitted_at_plots(
+    mapper: BiomassMapper,
+    table: pd.DataFrame,
+    epochs: Sequence[str],
+    training: Sequence[tuple[FittedModel | None, pd.DataFrame]],
+) -> pd.DataFrame:
+    """The final per-pixel rule's prediction at each plot-epoch of ``table``, in-sample and
+    cross-fitted, for model-assisted estimation from the plots that trained the maps.
+
+    A model-assisted (difference, GREG) estimator is design-unbiased with a valid variance
+    only when the auxiliary values at the sample plots do not depend on the sample
+    (Särndal, Swensson & Wretman 1992, §6.3). At the plots that trained a map they do: the
+    fit follows the plots, and the residuals understate the variance several-fold.
+    Cross-fitting (the sample splitting of Chernozhukov et al. 2018, Econometrics J.
+    21:C1–C68; on model-assisted estimation with machine-learned predictions, Breidt &
+    Opsomer 2017, Statist. Sci. 32:190–205) replaces each training plot's auxiliary value
+    by the prediction of the model fitted without the plot's fold: here the spatially
+    blocked out-of-fold prediction that model selection already made
+    (``card["cv_predictions"]``, in the order of the model's training rows), with the same
+    epoch offset and clipping the map applies.
+
+    ``training`` pairs each fitted model with its training rows (columns ``plot_id`` and
+    ``epoch``); a plot-epoch a model did not train on keeps its prediction, which is then
+    out of sample already. Returns ``plot_id``, ``epoch``, ``model_source``,
+    ``fitted_mg_ha`` (the map's rule, in sample) and ``held_out_mg_ha`` (cross-fitted) per
+    row of ``table``.
+
+    The epoch offsets are means of all plots' held-out residuals, so they keep a share 1/n
+    of each plot's own residual: a second-order term left in, as in the map.
+    """
+    held: dict[int, dict[tuple[str, str], float]] = {}
+    for fitted, rows in training:
+        if fitted is None or fitted.card.get("auxiliary_share") == 1.0:
+            continue  # plots scored it but never trained it
+        oofs = [float(r["predicted"]) for r in fitted.card["cv_predictions"]]
+        trained = zip(rows["plot_id"].astype(str), rows["epoch"].astype(str), strict=True)
+        held[id(fitted)] = dict(zip(trained, oofs, strict=True))
+    # per source code: the model, its epoch offsets, and whether the map clips it at 0
+    models: dict[int, tuple[FittedModel | None, dict[str, float], bool]] = {
+        SATELLITE_SOURCE_CODES[mapper.satellite_source]: (
+            mapper.satellite, mapper.epoch_offsets, True
+        ),
+        SOURCE_SATELLITE_COMMON: (mapper.common, mapper.common_epoch_offsets, True),
+        SOURCE_LIDAR: (mapper.lidar, {}, False),
+    }  # fmt: skip
+    parts = []
+    for epoch in epochs:
+        rows = table.loc[table["epoch"].astype(str) == epoch]
+        pred, source = mapper.predict(rows, epoch=epoch)
+        out = pred.mean.copy()
+        keys = list(zip(rows["plot_id"].astype(str), [epoch] * len(rows), strict=True))
+        for i, (code, key) in enumerate(zip(source, keys, strict=True)):
+            fitted, offsets, clipped = models.get(int(code), (None, {}, False))
+            oof = held.get(id(fitted), {}).get(key) if fitted is not None else None
+            if oof is not None:
+                shifted = oof + offsets.get(epoch, 0.0)
+                out[i] = max(shifted, 0.0) if clipped else shifted
+        parts.append(
+            pd.DataFrame(
+                {
+                    "plot_id": rows["plot_id"].astype(str).to_numpy(),
+                    "epoch": epoch,
+                    "model_source": source,
+                    "fitted_mg_ha": pred.mean,
+                    "held_out_mg_ha": out,
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)

@@ -39,14 +39,19 @@ the estimate the report and the credits use: ``stages.estimate.estimator`` for s
 ``estimator`` for the ``project`` sample's change (the credited quantity).
 
 Which samples the map may assist: a model-assisted estimator is design-unbiased, with a
-valid variance, only when the map does not depend on the sample (Särndal et al. 1992
-§6.3). The ``model`` stage trains the maps on every plot except the project's monitoring
-sample, so the project's estimates may use the map; for the samples that trained it (the
-region's inventory) the map's values at the plots are in-sample fits, whose residuals
-understate the variance several-fold. For those samples the plot-only ``stratified``
-estimate is chosen, and the model-assisted rows say why they are not used (``note``).
-Using them needs out-of-fold map values at the training plots (cross-fitting), which the
-pipeline does not yet produce.
+valid variance, only when the map's values at the sample plots do not depend on the
+sample (Särndal et al. 1992 §6.3). The ``model`` stage trains the maps on every plot except
+the project's monitoring sample, so the project's estimates use the map as it is. At the
+plots that trained it (the region's inventory) the map's values are in-sample fits, whose
+residuals understate the variance several-fold; there the stage cross-fits: each training
+plot's map value is shifted by the difference between the cross-fitted and the in-sample
+prediction of the model that maps it (``held_out_mg_ha - fitted_mg_ha`` of
+``model/plot_features.csv``, the spatially blocked out-of-fold prediction, converted to
+carbon by the model card's factors and weighted by the plot's share inside its frame;
+:func:`models.biomass.cross_fitted_at_plots`), and its row says so (``note``). Without
+those columns (a run folder of an older model stage) the plot-only ``stratified``
+estimate is chosen for such a sample, and the model-assisted rows say why they are not
+used.
 
 A region without ``sources.plot_design`` gets an empty table; the credits stage then falls
 back to the map and says so.
@@ -71,6 +76,7 @@ import xarray as xr
 
 from models.allometry import co2_per_c
 from models.errors import SurveyError
+from models.plot_biomass import carbon_per_agb
 from models.survey.design import StratifiedDesign, relative_half_width
 from models.survey.sample_size import ar_tool03_sample_size
 from models.survey.totals import (
@@ -85,7 +91,9 @@ from models.survey.totals import (
 from pipeline.config import Config
 from pipeline.contracts import (
     ESTIMATES_RELPATH,
+    MODEL_CARD_RELPATH,
     PLOT_BIOMASS_RELPATH,
+    PLOT_FEATURES_RELPATH,
     PROJECT_SAMPLE,
     SAMPLE_PLAN_RELPATH,
     RunLayout,
@@ -116,6 +124,10 @@ PLAN_COLUMNS = (
 IN_SAMPLE_NOTE = (
     "not used: the map was trained on these plots, so their residuals understate the variance"
 )
+#: how a model-assisted estimate of a sample that trained the map was made valid
+CROSS_FITTED_NOTE = "cross-fitted: out-of-fold map values at the plots that trained the map"
+#: the columns of ``model/plot_features.csv`` that cross-fitting needs
+CROSS_FIT_COLUMNS = ("plot_id", "epoch", "fitted_mg_ha", "held_out_mg_ha")
 
 
 @dataclass(frozen=True)
@@ -162,6 +174,8 @@ def estimate_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         "plot_biomass": layout.path(PLOT_BIOMASS_RELPATH),
         "plot_locations": config.sources.plot_locations,
         "design": config.sources.plot_design,
+        "plot_features": layout.path(PLOT_FEATURES_RELPATH),
+        "model_card": layout.path(MODEL_CARD_RELPATH),
         **{f"carbon.{e.name}": layout.path(map_relpath("carbon", e.name)) for e in config.epochs},
     }
 
@@ -228,15 +242,24 @@ def _rows(
     rules: tuple[str, str],
     area_ha: float,
     *,
-    map_independent: bool,
+    assisted_note: str | None,
     target: float,
 ) -> list[dict[str, Any]]:
-    """Table rows of a sample's totals; ``rules`` choose the (stock, change) estimates."""
+    """Table rows of a sample's totals; ``rules`` choose the (stock, change) estimates.
+
+    ``assisted_note`` is the note of the model-assisted rows: ``""`` for a sample that did
+    not train the map, :data:`CROSS_FITTED_NOTE` for one that did, ``None`` when the map's
+    values at the plots are in sample (the plot-only estimate is then chosen)."""
 
     def rule(quantity: str) -> str:
-        if not map_independent:
+        if assisted_note is None:
             return PLOT_ONLY
         return rules[1] if is_change(quantity) else rules[0]
+
+    def note(estimator: str) -> str:
+        if estimator == PLOT_ONLY:
+            return ""
+        return IN_SAMPLE_NOTE if assisted_note is None else assisted_note
 
     quantities = dict.fromkeys(t.quantity for t in totals)
     chosen = {choose(totals, q, rule(q)).estimate for q in quantities}
@@ -261,7 +284,7 @@ def _rows(
             "relative_efficiency": t.relative_efficiency,
             "map_total": t.map_total,
             "meets_target": bool(relative_half_width(t.estimate) <= target),
-            "note": "" if map_independent or t.estimate.estimator == PLOT_ONLY else IN_SAMPLE_NOTE,
+            "note": note(t.estimate.estimator),
         }
         for t in totals
     ]
@@ -274,6 +297,8 @@ def estimate(
     plot_locations: gpd.GeoDataFrame | None = None,
     design: gpd.GeoDataFrame | None = None,
     carbon: Mapping[str, xr.DataArray] | None = None,
+    plot_features: pd.DataFrame | None = None,
+    model_card: Mapping[str, Any] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The ``estimate`` stage: ``estimates/totals.csv``."""
     if design is None or plot_biomass is None or plot_locations is None or carbon is None:
@@ -310,6 +335,7 @@ def estimate(
     plot_area_ha = (
         float(plot_biomass["plot_area_ha"].median()) if "plot_area_ha" in plot_biomass else None
     )
+    shifts = _cross_fit_shifts(plot_features, model_card)
     for name, frames in design.groupby("sample", sort=True):
         plots = plot_locations[plot_locations["sample"] == name].reset_index(drop=True)
         plots = plots[plots["plot_id"].isin(values.index)].reset_index(drop=True)
@@ -323,6 +349,16 @@ def estimate(
         shares = [fraction_raster(c, grid_shape) for c in frame_cover]
         plot_share = [shares[h] for h in sample_design.plot_stratum]
         at_plots = {e: _at_plots(plot_cover, plot_share, maps[e]) for e in job.epochs}
+        assisted_note: str | None = ""
+        if name != PROJECT_SAMPLE:
+            assisted_note = None if shifts is None else CROSS_FITTED_NOTE
+            if shifts is not None:
+                inside = _at_plots(plot_cover, plot_share, np.ones(grid_shape))
+                for e in job.epochs:
+                    shift = shifts.get(e, pd.Series(dtype=np.float64))
+                    at_plots[e] = at_plots[e] + inside * np.nan_to_num(
+                        shift.reindex(plots["plot_id"].astype(str)).to_numpy(dtype=np.float64)
+                    )
         frame_means = {
             e: np.array([weighted_sum(c, maps[e]) for c in frame_cover])
             * cell_ha
@@ -343,7 +379,7 @@ def estimate(
             rows.extend(
                 _rows(
                     str(name), totals, rule, float(frames["area_ha"].sum()),
-                    map_independent=name == PROJECT_SAMPLE, target=job.target,
+                    assisted_note=assisted_note, target=job.target,
                 )
             )  # fmt: skip
             plan.extend(_plan(str(name), sample_design, y, job, plot_area_ha))
@@ -352,6 +388,29 @@ def estimate(
     return {
         ESTIMATES_RELPATH: pd.DataFrame(rows, columns=list(COLUMNS)),
         SAMPLE_PLAN_RELPATH: pd.DataFrame(plan, columns=list(PLAN_COLUMNS)),
+    }
+
+
+def _cross_fit_shifts(
+    plot_features: pd.DataFrame | None, model_card: Mapping[str, Any] | None
+) -> dict[str, pd.Series] | None:
+    """Per epoch, the carbon density (Mg C/ha) to add to the map's value at each training
+    plot (index ``plot_id``) to make it cross-fitted: the model stage's held-out minus
+    in-sample prediction (Mg/ha AGB) times the maps' AGB-to-carbon factor. ``None`` when the
+    model stage did not record them."""
+    if plot_features is None or model_card is None:
+        return None
+    if not set(CROSS_FIT_COLUMNS) <= set(plot_features.columns):
+        return None
+    factor_c = carbon_per_agb(model_card["conversion"])
+    table = plot_features.assign(
+        plot_id=plot_features["plot_id"].astype(str),
+        epoch=plot_features["epoch"].astype(str),
+        shift=(plot_features["held_out_mg_ha"] - plot_features["fitted_mg_ha"]) * factor_c,
+    )
+    return {
+        str(e): part.set_index("plot_id")["shift"].astype(np.float64)
+        for e, part in table.groupby("epoch", sort=False)
     }
 
 

@@ -24,7 +24,12 @@ What it does, in order (predictor tables in :mod:`pipeline.samples`; the science
 4. Corrects each epoch's satellite map bias and estimates the epochs' error correlation,
    describes the change of support to one cell and, with a parcel layer, judges which
    forest-land parcels were not yet forest at the other epochs.
-5. Derives the plot table's own conversion factors as ratio estimators (no factor sits
+5. Writes the maps' rule at every training plot-epoch into ``plot_features.csv``: its
+   in-sample prediction (``fitted_mg_ha``), its cross-fitted one (``held_out_mg_ha``,
+   the spatial-CV out-of-fold prediction of the model that maps the plot, with the
+   map's epoch offset) and the ``model_source``; the estimate stage uses the difference
+   to make the maps usable as auxiliary data at the plots that trained them.
+6. Derives the plot table's own conversion factors as ratio estimators (no factor sits
    here: they come from the species tables of the plots stage).
 
 Signature (the runner passes ``.tif`` inputs as lazy DataArrays, dims ``band, y, x``)::
@@ -60,6 +65,7 @@ from models.biomass import (
     FittedModel,
     accuracy_at_plots,
     correct_epochs,
+    cross_fitted_at_plots,
 )
 from models.errors import ModelDomainError, PlotDataError
 from models.plot_biomass import conversion_factors
@@ -193,6 +199,14 @@ def model(
     card["satellite_source"] = source
     card["lidar_epoch"] = lidar_epoch
     card["final_at_plots"] = accuracy_at_plots(mapper, table, job.epochs)
+    # the maps' values at the training plots, in sample and cross-fitted (estimate stage)
+    training = [(satellite, sat_plots), (common, common_plots), (lidar_model, lidar_plots)]
+    table = table.merge(
+        cross_fitted_at_plots(mapper, table, job.epochs, training),
+        on=["plot_id", "epoch"],
+        how="left",
+        validate="one_to_one",
+    )
     try:
         card["conversion"] = conversion = conversion_factors(
             plot_biomass, source=PLOT_BIOMASS_RELPATH

@@ -88,6 +88,7 @@ from models.biomass import (
     SOURCE_SATELLITE_COMMON,
     BiomassMapper,
 )
+from models.plot_biomass import carbon_per_agb
 from pipeline.config import Config, PredictParams
 from pipeline.contracts import (
     MAP_COVERAGE_RELPATH,
@@ -235,7 +236,7 @@ def predict_block(
     table, baseline = block_table(block, names=names)
     pred, source = mapper.predict(table, epoch=epoch)
     cell = pred if mapper.cell_support is None else mapper.cell_support.widen(pred)
-    factor_c = (1.0 + conversion["root_to_shoot"]) * conversion["carbon_fraction"]
+    factor_c = carbon_per_agb(conversion)
     carbon = pred.mean * factor_c
     with np.errstate(invalid="ignore", divide="ignore"):
         good = np.where(

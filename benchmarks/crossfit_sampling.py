@@ -1,0 +1,289 @@
+"""Repeated sampling with the map refitted on every sample: is the cross-fitted
+model-assisted estimate of a region's stock valid when its plots also trained the map?
+
+``benchmarks/estimator_sampling.py`` keeps the maps fixed and draws fresh plots, which is
+the project sample's situation (its plots never train the map). The region's inventory
+plots do train it, so their map values are in-sample fits and the estimate stage
+cross-fits them (:func:`models.biomass.cross_fitted_at_plots`,
+:mod:`pipeline.stages.estimate`). That can only be validated by drawing a new sample *and
+refitting the map on it*, every draw; this harness does, on a simulated region:
+
+1. The population: the region's true carbon density (``truth/carbon_<epoch>.tif``) and
+   the run's predictors (``composites/<epoch>.tif``, ``composites/terrain.tif``) on a
+   grid coarsened ``--coarsen`` times (block means: the map is refitted and predicted
+   every draw, so the grid is kept small), forest land where the run's carbon map has
+   values (its share of each coarse cell).
+2. One draw: the inventory design's plots (``plots/design.gpkg``, as
+   ``estimator_sampling.py`` places them), each plot's true density plus the plots'
+   measurement error, and its predictors averaged over the plot square (as the model
+   stage extracts them).
+3. The map of that draw, as the model stage makes it: the run's chosen satellite
+   candidate (``model_card.json``) with the config's hyper-parameters fitted on every
+   plot-epoch; its spatially blocked out-of-fold predictions (the config's blocks and
+   folds); the per-epoch offset (mean held-out residual,
+   :func:`models.biomass.epoch_corrections`); the map is the fit plus the offset,
+   clipped at 0, over forest land.
+4. Estimates by :func:`models.survey.totals.sample_totals` (what the estimate stage runs)
+   twice: with the map's values at the plots in sample (what a naive analyst would do),
+   and cross-fitted: shifted by the out-of-fold minus the in-sample prediction at the
+   plot, as the estimate stage does.
+
+What it leaves out of the pipeline's map, to stay fast: the LiDAR model inside the LiDAR
+block, the common-band fallback, the parcel-class predictors, candidate selection per
+draw (the run's chosen candidate is refitted) and the moving-window support (the
+coarse cell is the support); and it models carbon density directly (the pipeline
+models AGB and converts by a constant factor). The estimator is the same; its validity
+does not depend on these.
+
+Printed per quantity and estimator: relative bias, relative RMSE, 90 % interval coverage
+with its Monte Carlo SE, the SE ratio (root mean estimated variance over the empirical
+SD), and the share of draws within 5 % of the truth.
+
+Usage: ``python benchmarks/crossfit_sampling.py --data data/nanping --run outputs/nanping
+[--region nanping] [--draws 500] [--seed 1] [--coarsen 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+from affine import Affine
+from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
+
+from benchmarks.estimator_sampling import (
+    Population,
+    draw_centres,
+    population,
+    print_scores,
+    score,
+    square_means,
+)
+from models.allometry import co2_per_c
+from models.biomass import blocked_folds, epoch_corrections, make_model, out_of_fold
+from models.survey.totals import MOST_PRECISE, choose, sample_totals
+from pipeline.config import load_config, region_config_path
+from pipeline.contracts import MODEL_CARD_RELPATH, PLOT_BIOMASS_RELPATH, map_relpath
+from pipeline.model_steps import settings_from
+from pipeline.zonal import coverage_cells, weighted_sum
+
+#: estimate rules printed: the estimator names of :mod:`models.survey.totals`
+RULES = ("stratified", "difference", "greg", MOST_PRECISE)
+
+
+def _coarsen(values: NDArray[np.float64], k: int) -> NDArray[np.float64]:
+    """Block means of ``k`` x ``k`` cells (NaN ignored; all-NaN blocks NaN), edges cut."""
+    rows, cols = (values.shape[0] // k) * k, (values.shape[1] // k) * k
+    blocks = values[:rows, :cols].reshape(rows // k, k, cols // k, k)
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(blocks, axis=(1, 3)) if np.isnan(blocks).any() else blocks.mean((1, 3))
+
+
+def _bands(path: Path, k: int) -> tuple[dict[str, NDArray[np.float64]], Affine, str]:
+    """Every band of a raster, coarsened, by its description."""
+    with rasterio.open(path) as src:
+        out = {
+            str(name): _coarsen(src.read(i + 1, out_dtype="float64", masked=True).filled(np.nan), k)
+            for i, name in enumerate(src.descriptions)
+        }
+        return out, src.transform * Affine.scale(k), src.crs.to_string()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="simulated region, e.g. data/nanping")
+    ap.add_argument("--run", type=Path, required=True, help="pipeline run on it")
+    ap.add_argument("--region", default="nanping", help="region config: epochs, model settings")
+    ap.add_argument("--config", type=Path, help="config file (instead of --region)")
+    ap.add_argument("--draws", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--coarsen", type=int, default=3, help="grid coarsening factor")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    cfg = load_config(args.config or region_config_path(args.region))
+    epochs = [e.name for e in cfg.epochs]
+    settings = settings_from(cfg.stages.model)
+    card = json.loads((args.run / MODEL_CARD_RELPATH).read_text())
+    candidate = card["satellite_model"]["chosen"]
+    k = args.coarsen
+    truth, share, feats = {}, {}, {}
+    terrain, _, _ = _bands(args.run / "composites" / "terrain.tif", k)
+    for e in epochs:
+        t, transform, crs = _bands(args.data / "truth" / f"carbon_{e}.tif", k)
+        truth[e] = np.nan_to_num(next(iter(t.values())))
+        with rasterio.open(args.run / map_relpath("carbon", e)) as src:
+            mapped = np.isfinite(src.read(1, masked=True).filled(np.nan))
+        # forest land: the run's mapped share of each coarse cell
+        share[e] = _coarsen(mapped.astype(np.float64), k)
+        bands, _, _ = _bands(args.run / "composites" / f"{e}.tif", k)
+        feats[e] = {**bands, **terrain}
+    names = sorted(set.intersection(*(set(f) for f in feats.values())))
+    frames = gpd.read_file(args.data / "plots" / "design.gpkg", layer="strata").to_crs(crs)
+    frames = frames[frames["sample"] == "inventory"].reset_index(drop=True)
+    plots = gpd.read_file(args.data / "plots" / "plots.gpkg")
+    n_plots = plots[plots["sample"] == "inventory"].groupby("stratum").size().to_dict()
+    (plot_area_ha,) = plots["plot_area_ha"].unique()
+    pb = pd.read_csv(args.run / PLOT_BIOMASS_RELPATH)
+    rel_sd = float((pb["carbon_sd_mg_ha"] / pb["carbon_mg_ha"]).median())
+    shape = truth[epochs[0]].shape
+    zeros = {e: np.zeros(shape) for e in epochs}
+    pop = population(
+        frames, n_plots, truth=truth, maps=zeros, transform=transform, crs=crs,
+        plot_area_ha=float(plot_area_ha),
+    )  # fmt: skip
+    covs = coverage_cells(frames, transform=transform, shape=shape, crs=crs)
+    cell_ha = abs(transform.a * transform.e) / 1e4
+    factor = co2_per_c()
+    true = pop.true_totals(factor)
+    print(
+        f"== cross-fit sampling: {args.draws} draws, seed {args.seed}, {k}x coarser grid "
+        f"({abs(transform.a):.0f} m, {shape[0]}x{shape[1]}), candidate {candidate}, "
+        f"{len(names)} predictors, plots {n_plots}, measurement error {100 * rel_sd:.2f} %"
+    )
+    cells = {e: np.flatnonzero(share[e] > 0) for e in epochs}
+    grids = {e: pd.DataFrame({n: feats[e][n].reshape(-1)[cells[e]] for n in names}) for e in epochs}
+    rng = np.random.default_rng(args.seed)
+    design = pop.design()
+    rows = []
+    loop_start = time.perf_counter()
+    # one thread per fit: on 160 plot-epochs, OpenMP's threads in the gradient boosting
+    # cost far more than they save (measured: 20x slower on a loaded 2-core machine)
+    with threadpool_limits(limits=1):
+        for d in range(args.draws):
+            rows.extend(
+                _one_draw(
+                    d, pop, rng, design=design, epochs=epochs, names=names, feats=feats,
+                    grids=grids, cells=cells, share=share, covs=covs, cell_ha=cell_ha,
+                    rel_sd=rel_sd, candidate=candidate, settings=settings, seed=cfg.seed,
+                    factor=factor, confidence=cfg.stages.estimate.confidence,
+                )
+            )  # fmt: skip
+    loop = time.perf_counter() - loop_start
+    cols = ["draw", "quantity", "rule", "estimator", "total", "se", "df", "half_width"]
+    table = pd.DataFrame(rows, columns=[*cols, "lower", "upper", "u", "rel_eff", "values"])
+    for values in ("in_sample", "cross_fitted"):
+        part = table[table["values"] == values].drop(columns="values")
+        print(f"== map values at the plots: {values.replace('_', ' ')}")
+        print_scores(
+            score(part, true), {q: "Mg C" if q.startswith("stock") else "t CO2e" for q in true}
+        )
+        within = part.assign(
+            err=lambda t: (t["total"] - t["quantity"].map(true)).abs() / t["quantity"].map(true)
+        )
+        share5 = within.groupby(["quantity", "rule"])["err"].apply(lambda s: (s <= 0.05).mean())
+        print("  within 5 % of the truth (share of draws):")
+        for (q, r), v in share5.items():
+            print(f"    {q:18s} {r:13s} {100 * v:5.1f} %")
+    print(
+        f"== wall time {time.perf_counter() - started:.1f} s; draws {loop:.1f} s "
+        f"({args.draws / loop:.2f} draws per second)"
+    )
+
+
+def _one_draw(
+    d: int,
+    pop: Population,
+    rng: np.random.Generator,
+    *,
+    design,
+    epochs,
+    names,
+    feats,
+    grids,
+    cells,
+    share,
+    covs,
+    cell_ha,
+    rel_sd,
+    candidate,
+    settings,
+    seed,
+    factor,
+    confidence,
+) -> list[tuple]:
+    """One sample, its refitted map and both sets of estimates (rows for the score)."""
+    centres = np.concatenate(
+        [
+            draw_centres(rng, s, s.n_plots, transform=pop.transform, half_side_m=pop.half_side_m)
+            for s in pop.strata
+        ]
+    )
+    strata = [s for s in pop.strata for _ in range(s.n_plots)]
+
+    def at_plots(values: NDArray[np.float64], *, masked: bool = True) -> NDArray[np.float64]:
+        """Plot means of densities as the plots see them (inside their frame, ``masked``)
+        or of predictors (over the whole square, as the model stage extracts them)."""
+        out = np.empty(len(centres))
+        for s in pop.strata:
+            idx = np.array([i for i, t in enumerate(strata) if t is s])
+            out[idx] = square_means(
+                s.masked(values) if masked else values, centres[idx], transform=pop.transform,
+                half_side_m=pop.half_side_m,
+            )  # fmt: skip
+        return out
+
+    y = {
+        e: at_plots(pop.truth[e]) * (1.0 + rel_sd * rng.standard_normal(len(centres)))
+        for e in epochs
+    }
+    x = pd.concat(
+        [pd.DataFrame({n: at_plots(feats[e][n], masked=False) for n in names}) for e in epochs],
+        ignore_index=True,
+    )
+    target = np.concatenate([y[e] for e in epochs])
+    plot_epochs = [e for e in epochs for _ in range(len(centres))]
+    xm = np.tile(centres[:, 0], len(epochs))
+    ym = np.tile(centres[:, 1], len(epochs))
+
+    def factory():
+        return make_model(candidate, names, settings=settings, seed=seed)
+
+    folds = blocked_folds(xm, ym, block_m=settings.cv_block_m, n_folds=settings.cv_folds, seed=seed)
+    oof = out_of_fold(factory, x, target, folds)
+    full = factory().fit(x, target)
+    fitted = full.predict(x)
+    offsets = {e: c.offset_mg_ha for e, c in epoch_corrections(target, oof, plot_epochs).items()}
+    inside = at_plots(np.ones_like(pop.truth[epochs[0]]))
+    in_sample, crossed, means = {}, {}, {}
+    n = len(centres)
+    for j, e in enumerate(epochs):
+        grid = np.zeros(pop.truth[e].shape)
+        pred = np.clip(full.predict(grids[e]) + offsets.get(e, 0.0), 0.0, None)
+        grid.reshape(-1)[cells[e]] = pred * share[e].reshape(-1)[cells[e]]
+        means[e] = (
+            np.array([weighted_sum(c, grid) for c in covs]) * cell_ha / design.stratum_area_ha
+        )
+        in_sample[e] = at_plots(grid)
+        part = slice(j * n, (j + 1) * n)
+        shift = np.clip(oof[part] + offsets.get(e, 0.0), 0.0, None) - np.clip(
+            fitted[part] + offsets.get(e, 0.0), 0.0, None
+        )
+        crossed[e] = in_sample[e] + inside * shift
+    rows = []
+    for label, values in (("in_sample", in_sample), ("cross_fitted", crossed)):
+        totals = sample_totals(
+            design, plot_values=y, map_at_plots=values, map_stratum_mean=means, epochs=epochs,
+            stock_unit="Mg C", change_factor=factor, change_unit="t CO2e", confidence=confidence,
+        )  # fmt: skip
+        ran = {t.estimate.estimator for t in totals} | {MOST_PRECISE}
+        for quantity in dict.fromkeys(t.quantity for t in totals):
+            for rule in (r for r in RULES if r in ran):
+                t = choose(totals, quantity, rule)
+                est = t.estimate
+                rows.append(
+                    (d, quantity, rule, est.estimator, est.total, est.se, est.df, est.half_width,
+                     est.lower, est.upper, est.half_width / abs(est.total), t.relative_efficiency,
+                     label)
+                )  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    main()
