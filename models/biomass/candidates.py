@@ -45,6 +45,7 @@ from numpy.typing import NDArray
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from models.errors import ModelDomainError
 
@@ -171,7 +172,11 @@ class SklearnModel:
         if ok.sum() < 4:
             raise ModelDomainError(f"{self.name} needs at least 4 training rows, got {ok.sum()}")
         w = None if weight is None else np.asarray(weight, dtype=np.float64)[ok]
-        self.estimator.fit(m[ok], y[ok], sample_weight=w)
+        # one OpenMP thread: the training sets are plots (hundreds of rows), where the
+        # gradient boosting's threads cost far more than they save; on a busy 2-core
+        # machine 28 times the CPU (benchmarks/bench_model_fit.py)
+        with threadpool_limits(limits=1, user_api="openmp"):
+            self.estimator.fit(m[ok], y[ok], sample_weight=w)
         return self
 
     def predict(self, x: pd.DataFrame) -> FloatArray:
