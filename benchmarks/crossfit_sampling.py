@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -82,8 +83,11 @@ def _coarsen(values: NDArray[np.float64], k: int) -> NDArray[np.float64]:
     """Block means of ``k`` x ``k`` cells (NaN ignored; all-NaN blocks NaN), edges cut."""
     rows, cols = (values.shape[0] // k) * k, (values.shape[1] // k) * k
     blocks = values[:rows, :cols].reshape(rows // k, k, cols // k, k)
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(blocks, axis=(1, 3)) if np.isnan(blocks).any() else blocks.mean((1, 3))
+    if not np.isnan(blocks).any():
+        return blocks.mean(axis=(1, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks are NaN, as meant
+        return np.nanmean(blocks, axis=(1, 3))
 
 
 def _bands(path: Path, k: int) -> tuple[dict[str, NDArray[np.float64]], Affine, str]:
