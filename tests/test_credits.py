@@ -155,9 +155,7 @@ def test_credit_steps_by_hand_bamboo_management_steady_state():
     #   P = 300, sd_P = 100; t(0.90 two-sided, 19 df) = 1.729133 (tables: 1.729)
     #   N = 300; half-width = 172.9133; U = 57.64 % -> last band: the whole half-width
     #   deduction = 172.9133; credits = 300 - 172.9133 = 127.0867
-    s = _steps(
-        BAMBOO_MANAGEMENT, project_tco2e=300.0, baseline_rate_tco2e_ha_yr=0.0, df=19.0
-    )
+    s = _steps(BAMBOO_MANAGEMENT, project_tco2e=300.0, baseline_rate_tco2e_ha_yr=0.0, df=19.0)
     assert s.net_tco2e == pytest.approx(300.0)
     assert s.t_value == pytest.approx(1.729133, abs=1e-6)
     assert s.half_width_tco2e == pytest.approx(172.9133, abs=1e-3)
