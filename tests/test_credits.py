@@ -31,6 +31,8 @@ from pipeline.stages.credits import credits_stage
 REPO = Path(__file__).resolve().parent.parent
 CCER = load_methodology(REPO / "configs/methodology/ccer.yaml")
 VM0047 = load_methodology(REPO / "configs/methodology/vm0047.yaml")
+FOREST_MANAGEMENT = load_methodology(REPO / "configs/methodology/forest_management.yaml")
+BAMBOO_MANAGEMENT = load_methodology(REPO / "configs/methodology/bamboo_management.yaml")
 
 
 def test_methodology_files_load_with_sources():
@@ -45,6 +47,28 @@ def test_methodology_files_load_with_sources():
         names = {p[0] for p in m.provenance}
         assert {"leakage_fraction", "buffer_fraction", "uncertainty_rule"} <= names
         assert all(src for _, src, _ in m.provenance)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "configs/methodology").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_methodology_file_loads_and_cites_its_sources(path: Path) -> None:
+    m = load_methodology(path)
+    names = [p[0] for p in m.provenance]
+    assert {"leakage_fraction", "buffer_fraction", "baseline", "uncertainty_rule"} <= set(names)
+    assert all(src.strip() for _, src, _ in m.provenance)
+
+
+def test_management_methodologies_carry_their_ids_and_defaults():
+    # AR-CM-003-V01 and AR-CM-005-V01: no leakage or buffer clause could be read, so both
+    # default to 0 and are flagged unverified; the uncertainty rule is AR-TOOL14's table
+    for m, ident in ((FOREST_MANAGEMENT, "ar-cm-003"), (BAMBOO_MANAGEMENT, "ar-cm-005")):
+        assert m.id == ident
+        assert (m.leakage_fraction, m.buffer_fraction) == (0.0, 0.0)
+        assert m.uncertainty_rule.kind == "discount_table"
+        assert m.estimator == "stratified"
+        verified = {name: ok for name, _, ok in m.provenance}
+        assert not verified["leakage_fraction"] and not verified["buffer_fraction"]
 
 
 def test_ar_tool14_worked_example():
@@ -105,6 +129,40 @@ def test_credit_steps_by_hand_vm0047_threshold():
     assert s.after_uncertainty_tco2e == pytest.approx(679.963174, abs=1e-5)
     assert s.buffer_tco2e == pytest.approx(67.996317, abs=1e-5)
     assert s.credits_tco2e == pytest.approx(611.966857, abs=1e-5)
+
+
+def test_credit_steps_by_hand_forest_management_negative_baseline():
+    # AR-CM-003 file as it stands (leakage 0, buffer 0). A forest-management baseline can
+    # lose carbon (business-as-usual harvest): -2 t CO2e/ha/yr on 10 ha over 5 years
+    #   B = -2 x 10 x 5 = -100; P = 1000, sd_P = 100 (df inf: z = 1.6448536)
+    #   N = 1000 - (-100) - 0 = 1100; half-width = 164.48536; U = 164.48536 / 1100 = 14.953 %
+    #   band 10-15 % -> 25 % of the half-width: 41.12134; credits = 1100 - 41.12134 = 1058.87866
+    s = _steps(FOREST_MANAGEMENT, baseline_rate_tco2e_ha_yr=-2.0)
+    assert s.baseline_tco2e == pytest.approx(-100.0)
+    assert s.leakage_tco2e == 0.0
+    assert s.net_tco2e == pytest.approx(1100.0)
+    assert s.half_width_tco2e == pytest.approx(164.48536, abs=1e-4)
+    assert s.uncertainty_pct == pytest.approx(14.953215, abs=1e-5)
+    assert s.uncertainty_factor == 0.25
+    assert s.uncertainty_deduction_tco2e == pytest.approx(41.12134, abs=1e-4)
+    assert s.buffer_tco2e == 0.0
+    assert s.credits_tco2e == pytest.approx(1058.87866, abs=1e-4)
+
+
+def test_credit_steps_by_hand_bamboo_management_steady_state():
+    # AR-CM-005 file as it stands. A managed Moso stand near its steady state: baseline 0,
+    # a small stock change with a wide interval from 20 re-measured plots (19 df):
+    #   P = 300, sd_P = 100; t(0.90 two-sided, 19 df) = 1.729133 (tables: 1.729)
+    #   N = 300; half-width = 172.9133; U = 57.64 % -> last band: the whole half-width
+    #   deduction = 172.9133; credits = 300 - 172.9133 = 127.0867
+    s = _steps(BAMBOO_MANAGEMENT, project_tco2e=300.0, baseline_rate_tco2e_ha_yr=0.0, df=19.0)
+    assert s.net_tco2e == pytest.approx(300.0)
+    assert s.t_value == pytest.approx(1.729133, abs=1e-6)
+    assert s.half_width_tco2e == pytest.approx(172.9133, abs=1e-3)
+    assert s.uncertainty_pct == pytest.approx(57.6378, abs=1e-3)
+    assert s.uncertainty_factor == 1.0
+    assert s.uncertainty_deduction_tco2e == pytest.approx(172.9133, abs=1e-3)
+    assert s.credits_tco2e == pytest.approx(127.0867, abs=1e-3)
 
 
 def test_half_width_uses_the_estimate_degrees_of_freedom():

@@ -1,8 +1,8 @@
 """Stage ``credits``: net removals, uncertainty deduction and buffer for the project area.
 
 The arithmetic is :func:`models.credits.credit_steps`; the rules come from the
-methodology file named by ``stages.credits.methodology`` (``configs/methodology/ccer.yaml``
-or ``vm0047.yaml``), resolved into the frozen job before any work.
+methodology file named by ``stages.credits.methodology`` (one of ``configs/methodology/*.yaml``,
+described in ``docs/methodologies.md``), resolved into the frozen job before any work.
 
 The credited line is the project ``TOTAL``. Its project removals are the project's stock
 change as estimated from its monitoring plots (``estimates/totals.csv``, sample
