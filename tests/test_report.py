@@ -23,6 +23,7 @@ from shapely.geometry import LineString, box
 from shapely.ops import split
 
 from models.credits import load_methodology
+from models.spatial_error import Correlogram
 from pipeline import io
 from pipeline.config import ReportParams, SinkParams
 from pipeline.contracts import (
@@ -32,6 +33,7 @@ from pipeline.contracts import (
     CreditsJob,
     SinkJob,
     quicklook_relpath,
+    rollup_relpath,
 )
 from pipeline.report.build import ReportJob
 from pipeline.sink import stock_change_sink
@@ -47,6 +49,8 @@ SINK_JOB = SinkJob.from_params(
     epochs=("2019", "2024"),
     reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
 )
+#: a map-error correlogram as the parcels stage fits one (parcels/error_correlogram.json)
+CORRELOGRAM = Correlogram(nugget=0.3, shared=0.2, range_m=60.0)
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -101,6 +105,8 @@ def report_inputs() -> dict:
     parcels = gpd.GeoDataFrame(
         {
             "parcel_id": [f"NP-{i:03d}" for i in range(len(pieces))],
+            "township": ["峡阳镇", "峡阳镇", "南山镇", "南山镇"][: len(pieces)],
+            "village": ["峡阳镇1村", "峡阳镇2村", "南山镇1村", None][: len(pieces)],
             "forest_type": ["chinese_fir", "masson_pine", "broadleaf", "moso_bamboo"][
                 : len(pieces)
             ],
@@ -108,7 +114,7 @@ def report_inputs() -> dict:
         geometry=list(pieces),
         crs=CRS,
     )
-    parcel_sink = parcel_sink_table(SINK_JOB, parcels=parcels, **epochs)
+    parcel_sink = parcel_sink_table(SINK_JOB, parcels=parcels, correlogram=CORRELOGRAM, **epochs)
     project = parcels.iloc[:2][["parcel_id", "geometry"]].copy()
     project["baseline_tco2e_ha_yr"] = [0.5, 1.0]
     ccer = load_methodology(REPO / "configs/methodology/ccer.yaml")
@@ -142,9 +148,13 @@ def report_inputs() -> dict:
         credits=credits_job,
         rgb_bands=ReportParams().rgb_bands,
         rgb_stretch_percentiles=ReportParams().rgb_stretch_percentiles,
+        language="en",
+        rollups=("township", "village", "forest_type"),
     )
     return {
         "job": job,
+        **epochs,
+        "error_correlogram": {**CORRELOGRAM.record(), "form": "as the parcels stage writes it"},
         "sink": sink,
         "parcel_sink": parcel_sink,
         "credits": credits,
@@ -189,7 +199,9 @@ def test_report_content_and_quicklooks(report_inputs):
     assert isinstance(html, str)
     assert 'id="simulated-banner"' in html
     assert "ab" * 32 in html
-    names = {k for k in out if k not in {REPORT_RELPATH, TABLES_XLSX_RELPATH}}
+    rollups = {rollup_relpath(a) for a in report_inputs["job"].rollups}
+    assert rollups <= out.keys()
+    names = {k for k in out if k not in {REPORT_RELPATH, TABLES_XLSX_RELPATH, *rollups}}
     assert names == {
         quicklook_relpath(n)
         for n in ("rgb", "chm", "agb", "carbon", "sink", "sink_sd", "parcels",
@@ -206,7 +218,7 @@ def test_report_content_and_quicklooks(report_inputs):
     # the credited total and its steps are shown with the numbers of credits.csv
     total = report_inputs["credits"].set_index("parcel_id").loc[TOTAL_ID]
     assert f"{total['credits_tco2e']:,.1f} t CO2e" in html
-    assert html.count("<li>") == 10  # one per credit step, the reversal included
+    assert html.count('<li id="step-') == 10  # one per credit step, the reversal included
     assert "AR-TOOL14" in html  # the rule's source is stated
     assert "satellite_model.candidates.random_forest.spatial_cv.rmse_mg_ha" in html
     assert "satellite_model: random_forest" in html  # inventory names the chosen model
@@ -242,7 +254,10 @@ def test_report_is_byte_identical_on_rerun(report_inputs, tmp_path):
     first, second = run_report(report_inputs), run_report(report_inputs)
     assert first.keys() == second.keys()
     for key in first.keys() - {TABLES_XLSX_RELPATH}:
-        assert first[key] == second[key], key
+        if isinstance(first[key], pd.DataFrame):
+            pd.testing.assert_frame_equal(first[key], second[key], check_exact=True)
+        else:
+            assert first[key] == second[key], key
     # the workbook's container is time-stamped: its cells are what must not change
     sums = []
     for n, out in enumerate((first, second)):
@@ -291,7 +306,11 @@ def test_tables_workbook_holds_the_csvs_numbers(report_inputs, tmp_path):
     out = run_report({**report_inputs, **read_back})
     xlsx = tmp_path / "tables.xlsx"
     io.write_output(out[TABLES_XLSX_RELPATH], xlsx)
-    assert_workbook_matches_csvs(xlsx, {n: tmp_path / f"{n}.csv" for n in tables})
+    csvs = {n: tmp_path / f"{n}.csv" for n in tables}
+    for attr in report_inputs["job"].rollups:  # the roll-ups, written as the runner does
+        csvs[f"rollup_{attr}"] = tmp_path / f"rollup_{attr}.csv"
+        io.write_output(out[rollup_relpath(attr)], csvs[f"rollup_{attr}"])
+    assert_workbook_matches_csvs(xlsx, csvs)
 
 
 def test_report_renders_in_headless_chromium(report_inputs, tmp_path):
