@@ -64,14 +64,18 @@ def rollup_tables(
     Group rows are in the order of their attribute values; missing values form a group
     of their own (empty attribute cell).
     """
+    geometry = parcel_sink.geometry.name
     missing = [a for a in attributes if a not in parcel_sink.columns]
     if missing:
-        have = [str(c) for c in parcel_sink.columns if parcel_sink[c].dtype == object]
+        have = [
+            str(c)
+            for c in parcel_sink.columns
+            if c != geometry and not pd.api.types.is_numeric_dtype(parcel_sink[c])
+        ]
         raise ConfigError(
             f"stages.report.rollups: {missing} are not columns of the parcel layer "
             f"(sources.parcels); its text columns are {have}"
         )
-    geometry = parcel_sink.geometry.name
     frames, counts = [], {}
     for attr in attributes:
         keyed = parcel_sink[[attr, geometry]].copy()
