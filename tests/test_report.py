@@ -25,7 +25,7 @@ import rioxarray  # noqa: F401
 import shapely
 import xarray as xr
 from fontTools.ttLib import TTCollection, TTFont
-from helpers import assert_workbook_matches_csvs
+from helpers import CHROMIUM_FLAGS, assert_workbook_matches_csvs
 from shapely.geometry import LineString, box
 from shapely.ops import split
 
@@ -60,15 +60,6 @@ SINK_JOB = SinkJob.from_params(
 )
 #: a map-error correlogram as the parcels stage fits one (parcels/error_correlogram.json)
 CORRELOGRAM = Correlogram(nugget=0.3, shared=0.2, range_m=60.0)
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-)
 
 
 def raster(values: np.ndarray, band: list) -> xr.DataArray:
