@@ -150,6 +150,7 @@ def report_inputs() -> dict:
         rgb_stretch_percentiles=ReportParams().rgb_stretch_percentiles,
         language="en",
         rollups=("township", "village", "forest_type"),
+        parcel_page_rows=ReportParams().parcel_page_rows,
     )
     return {
         "job": job,

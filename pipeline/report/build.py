@@ -78,9 +78,9 @@ class ReportJob:
     rgb_stretch_percentiles: tuple[float, float]
     language: Language
     #: parcel-layer attributes to total by (``stages.report.rollups``)
-    rollups: tuple[str, ...] = ()
-    #: rows per page of the per-parcel table
-    parcel_page_rows: int = 50
+    rollups: tuple[str, ...]
+    #: rows per page of the per-parcel table (``stages.report.parcel_page_rows``)
+    parcel_page_rows: int
 
     @property
     def words(self) -> Words:
