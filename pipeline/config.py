@@ -113,6 +113,9 @@ class SimulateParams(Section):
     #: Sentinel-2 and Landsat scenes per epoch
     n_s2_scenes: int = Field(default=6, ge=1)
     n_landsat_scenes: int = Field(default=3, ge=0)
+    #: parcels (sub-compartments) per km2; default that of ``simulation.yaml``. Smaller
+    #: parcels make a prefecture-sized parcel table on a small region (report benchmark)
+    parcels_per_km2: float | None = Field(default=None, gt=0)
 
 
 class AcquireParams(Section):
@@ -404,6 +407,14 @@ class ReportParams(Section):
     rgb_bands: tuple[str, str, str] = ("red", "green", "blue")
     #: percentiles of the reflectance stretch of the RGB quicklook
     rgb_stretch_percentiles: tuple[float, float] = (2.0, 98.0)
+    #: language of the report; unset: that of the region's ``country``
+    #: (``pipeline/report/strings.yaml``: CN -> zh), else en
+    language: Literal["zh", "en"] | None = None
+    #: parcel-layer attributes to total by, each group with its interval (e.g.
+    #: ``[township, village, compartment, forest_type, owner]``)
+    rollups: tuple[str, ...] = ()
+    #: rows per page of the report's per-parcel table
+    parcel_page_rows: int = Field(default=50, ge=1)
 
 
 class StageParams(Section):
@@ -453,6 +464,9 @@ class Config(Section):
     region: str = Field(min_length=1, pattern=r"^[a-z0-9_\-]+$")
     #: inputs are simulated (the demo region); stated in the manifest and the report
     simulated: bool = False
+    #: country of the region, ISO 3166-1 alpha-2 (e.g. CN); sets the report's language
+    #: unless ``stages.report.language`` does
+    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     aoi: Path
     crs: str = Field(pattern=r"^EPSG:\d+$")
     resolution_m: float = Field(gt=0)

@@ -115,6 +115,11 @@ def map_relpath(name: str, epoch: str) -> str:
     return f"rasters/{name}_{epoch}.tif"
 
 
+def rollup_relpath(attribute: str) -> str:
+    """The report's totals by one parcel attribute (:mod:`pipeline.report.rollups`)."""
+    return f"report/rollup_{attribute}.csv"
+
+
 def quicklook_relpath(name: str) -> str:
     """A PNG quicklook of the report."""
     return f"report/quicklooks/{name}.png"

@@ -7,7 +7,9 @@ its operations this way on both backends; :func:`assert_numpy_equals_dask` is ou
 version, :func:`dask_chunked` makes the Dask-backed inputs and
 :func:`assert_same_result` compares two results of any shape the operations return.
 
-:func:`assert_workbook_matches_csvs` checks an XLSX workbook cell by cell against CSVs.
+:func:`assert_workbook_matches_csvs` checks an XLSX workbook cell by cell against CSVs;
+:data:`CHROMIUM_FLAGS` run the headless browser the report tests (and its benchmark) open
+the report in.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ import pandas as pd
 import xarray as xr
 
 Chunks = int | tuple[int, int]
+
+#: headless Chromium (``scripts/install-report-deps.sh``) without network, sync or updates
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
 
 
 def _yx(chunks: Chunks) -> tuple[int, int]:

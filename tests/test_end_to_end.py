@@ -21,6 +21,7 @@ from markupsafe import escape
 from run_folder_checks import check_catalog, check_raster_style, check_vector_style
 
 from pipeline.cli import main
+from pipeline.config import load_config
 from pipeline.contracts import (
     CREDITS_RELPATH,
     ESTIMATES_RELPATH,
@@ -31,9 +32,11 @@ from pipeline.contracts import (
     SAMPLE_PLAN_RELPATH,
     SINK_RELPATH,
     TABLES_XLSX_RELPATH,
+    TOTAL_ID,
     composite_relpath,
     items_relpath,
     map_relpath,
+    rollup_relpath,
     style_relpath,
 )
 from pipeline.stages import STAGES
@@ -177,18 +180,27 @@ def test_second_run_skips_and_reproduce_is_identical(tiny_run, capsys):
 
 def test_bureau_tables_open_in_excel(tiny_run):
     """The CSVs start with a byte-order mark (Excel reads them as UTF-8), plain UTF-8
-    readers get clean column names, areas come in ha and 亩, and the workbook holds the
-    CSVs' numbers."""
-    _, run = tiny_run
+    readers get clean column names, areas come in ha and 亩, the workbook holds the
+    CSVs' numbers, and the roll-ups' groups add up to all parcels'."""
+    cfg, run = tiny_run
     csvs = {
         "parcels": run / PARCEL_SINK_CSV_RELPATH,
         "credits": run / CREDITS_RELPATH,
         "estimates": run / ESTIMATES_RELPATH,
         "sample_plan": run / SAMPLE_PLAN_RELPATH,
     }
+    rollups = load_config(cfg).stages.report.rollups
+    assert rollups, "the tiny region totals by its parcels' attributes"
+    csvs.update({f"rollup_{attr}": run / rollup_relpath(attr) for attr in rollups})
     for path in csvs.values():
         assert path.read_bytes()[:3] == b"\xef\xbb\xbf", path
-        assert pd.read_csv(path, encoding="utf-8").columns[0] in {"parcel_id", "sample"}
+        assert pd.read_csv(path, encoding="utf-8").columns[0] in {"parcel_id", "sample", *rollups}
+    for attr in rollups:
+        table = pd.read_csv(run / rollup_relpath(attr), encoding="utf-8-sig", dtype={attr: str})
+        groups, total = table.iloc[:-1], table.iloc[-1]
+        assert total[attr] == TOTAL_ID
+        for col in ("area_grid_ha", "forest_area_ha", "carbon_2024_mg_c", "sink_tco2e_yr"):
+            assert groups[col].sum() == pytest.approx(total[col], rel=1e-9), (attr, col)
     for rel in (PARCEL_SINK_CSV_RELPATH, CREDITS_RELPATH):
         table = pd.read_csv(run / rel, encoding="utf-8-sig")
         for ha in [c for c in table.columns if c.endswith("_ha") and "area" in c]:

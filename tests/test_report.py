@@ -5,10 +5,15 @@ Chromium comes from ``scripts/install-report-deps.sh`` (Debian package ``chromiu
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import json
 import re
 import shutil
+import string
 import subprocess
+from dataclasses import replace
+from html import unescape
 from pathlib import Path
 
 import geopandas as gpd
@@ -17,14 +22,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import rioxarray  # noqa: F401
+import shapely
 import xarray as xr
-from helpers import assert_workbook_matches_csvs
+from fontTools.ttLib import TTCollection, TTFont
+from helpers import CHROMIUM_FLAGS, assert_workbook_matches_csvs
 from shapely.geometry import LineString, box
 from shapely.ops import split
 
 from models.credits import load_methodology
+from models.spatial_error import Correlogram
 from pipeline import io
-from pipeline.config import ReportParams, SinkParams
+from pipeline.config import ReportParams, SinkParams, load_config
 from pipeline.contracts import (
     REPORT_RELPATH,
     TABLES_XLSX_RELPATH,
@@ -32,12 +40,15 @@ from pipeline.contracts import (
     CreditsJob,
     SinkJob,
     quicklook_relpath,
+    rollup_relpath,
 )
+from pipeline.errors import ConfigError
 from pipeline.report.build import ReportJob
+from pipeline.report.words import LANGUAGES, default_language, strings
 from pipeline.sink import stock_change_sink
 from pipeline.stages.credits import credits_table
 from pipeline.stages.parcels import parcel_sink_table
-from pipeline.stages.report import report_stage
+from pipeline.stages.report import report_job, report_stage
 
 REPO = Path(__file__).resolve().parent.parent
 RES_M, X0, Y0, CRS = 10.0, 500_000.0, 3_000_000.0, "EPSG:32650"
@@ -47,15 +58,8 @@ SINK_JOB = SinkJob.from_params(
     epochs=("2019", "2024"),
     reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
 )
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-)
+#: a map-error correlogram as the parcels stage fits one (parcels/error_correlogram.json)
+CORRELOGRAM = Correlogram(nugget=0.3, shared=0.2, range_m=60.0)
 
 
 def raster(values: np.ndarray, band: list) -> xr.DataArray:
@@ -101,6 +105,8 @@ def report_inputs() -> dict:
     parcels = gpd.GeoDataFrame(
         {
             "parcel_id": [f"NP-{i:03d}" for i in range(len(pieces))],
+            "township": ["峡阳镇", "峡阳镇", "南山镇", "南山镇"][: len(pieces)],
+            "village": ["峡阳镇1村", "峡阳镇2村", "南山镇1村", None][: len(pieces)],
             "forest_type": ["chinese_fir", "masson_pine", "broadleaf", "moso_bamboo"][
                 : len(pieces)
             ],
@@ -108,7 +114,7 @@ def report_inputs() -> dict:
         geometry=list(pieces),
         crs=CRS,
     )
-    parcel_sink = parcel_sink_table(SINK_JOB, parcels=parcels, **epochs)
+    parcel_sink = parcel_sink_table(SINK_JOB, parcels=parcels, correlogram=CORRELOGRAM, **epochs)
     project = parcels.iloc[:2][["parcel_id", "geometry"]].copy()
     project["baseline_tco2e_ha_yr"] = [0.5, 1.0]
     ccer = load_methodology(REPO / "configs/methodology/ccer.yaml")
@@ -142,9 +148,14 @@ def report_inputs() -> dict:
         credits=credits_job,
         rgb_bands=ReportParams().rgb_bands,
         rgb_stretch_percentiles=ReportParams().rgb_stretch_percentiles,
+        language="en",
+        rollups=("township", "village", "forest_type"),
+        parcel_page_rows=ReportParams().parcel_page_rows,
     )
     return {
         "job": job,
+        **epochs,
+        "error_correlogram": {**CORRELOGRAM.record(), "form": "as the parcels stage writes it"},
         "sink": sink,
         "parcel_sink": parcel_sink,
         "credits": credits,
@@ -164,6 +175,19 @@ def report_inputs() -> dict:
             },
         },
         "plot_features": plots,
+        # the shape of the estimate stage's estimates/totals.csv: one chosen estimate each
+        "estimates": pd.DataFrame(
+            {"sample": ["inventory", "inventory", "project"],
+             "quantity": ["stock_2024", "stock_2024", "change_2019_2024"],
+             "unit": ["Mg C", "Mg C", "t CO2e"], "estimator": ["stratified", "difference",
+             "stratified"], "chosen": [False, True, True], "total": [5210.3, 5187.65, 1234.56],
+             "se": [400.0, 150.0, 98.7], "df": [5.0, 5.0, 19.0], "confidence": [0.9] * 3,
+             "half_width": [806.0, 302.25, 170.66], "lower": [4404.3, 4885.4, 1063.9],
+             "upper": [6016.3, 5489.9, 1405.22], "relative_half_width": [0.15, 0.06, 0.14],
+             "mean_per_ha": [43.4, 43.2, 39.6], "area_ha": [120.0, 120.0, 31.2],
+             "n_plots": [12, 12, 20], "relative_efficiency": [1.0, 7.1, 1.0],
+             "map_total": [5228.29] * 2 + [1200.0]}
+        ),
         "items_end": items,
         "lidar_tiles": pd.DataFrame({"tile": ["500_3000.laz", "501_3000.laz"]}),
         "plot_biomass": pd.DataFrame({"plot_id": ["P00", "P01", "P00"],
@@ -189,7 +213,9 @@ def test_report_content_and_quicklooks(report_inputs):
     assert isinstance(html, str)
     assert 'id="simulated-banner"' in html
     assert "ab" * 32 in html
-    names = {k for k in out if k not in {REPORT_RELPATH, TABLES_XLSX_RELPATH}}
+    rollups = {rollup_relpath(a) for a in report_inputs["job"].rollups}
+    assert rollups <= out.keys()
+    names = {k for k in out if k not in {REPORT_RELPATH, TABLES_XLSX_RELPATH, *rollups}}
     assert names == {
         quicklook_relpath(n)
         for n in ("rgb", "chm", "agb", "carbon", "sink", "sink_sd", "parcels",
@@ -206,7 +232,7 @@ def test_report_content_and_quicklooks(report_inputs):
     # the credited total and its steps are shown with the numbers of credits.csv
     total = report_inputs["credits"].set_index("parcel_id").loc[TOTAL_ID]
     assert f"{total['credits_tco2e']:,.1f} t CO2e" in html
-    assert html.count("<li>") == 10  # one per credit step, the reversal included
+    assert html.count('<li id="step-') == 10  # one per credit step, the reversal included
     assert "AR-TOOL14" in html  # the rule's source is stated
     assert "satellite_model.candidates.random_forest.spatial_cv.rmse_mg_ha" in html
     assert "satellite_model: random_forest" in html  # inventory names the chosen model
@@ -242,7 +268,10 @@ def test_report_is_byte_identical_on_rerun(report_inputs, tmp_path):
     first, second = run_report(report_inputs), run_report(report_inputs)
     assert first.keys() == second.keys()
     for key in first.keys() - {TABLES_XLSX_RELPATH}:
-        assert first[key] == second[key], key
+        if isinstance(first[key], pd.DataFrame):
+            pd.testing.assert_frame_equal(first[key], second[key], check_exact=True)
+        else:
+            assert first[key] == second[key], key
     # the workbook's container is time-stamped: its cells are what must not change
     sums = []
     for n, out in enumerate((first, second)):
@@ -291,7 +320,11 @@ def test_tables_workbook_holds_the_csvs_numbers(report_inputs, tmp_path):
     out = run_report({**report_inputs, **read_back})
     xlsx = tmp_path / "tables.xlsx"
     io.write_output(out[TABLES_XLSX_RELPATH], xlsx)
-    assert_workbook_matches_csvs(xlsx, {n: tmp_path / f"{n}.csv" for n in tables})
+    csvs = {n: tmp_path / f"{n}.csv" for n in tables}
+    for attr in report_inputs["job"].rollups:  # the roll-ups, written as the runner does
+        csvs[f"rollup_{attr}"] = tmp_path / f"rollup_{attr}.csv"
+        io.write_output(out[rollup_relpath(attr)], csvs[f"rollup_{attr}"])
+    assert_workbook_matches_csvs(xlsx, csvs)
 
 
 def test_report_renders_in_headless_chromium(report_inputs, tmp_path):
@@ -342,3 +375,196 @@ def test_report_renders_in_headless_chromium(report_inputs, tmp_path):
     assert (np.abs(top - [179, 38, 30]).sum(axis=-1) < 12).mean() > 0.5
     # and the page below is not blank
     assert img[400:2400, :, :3].std() > 0.05
+
+
+# -- the report's languages ----------------------------------------------------------
+
+
+def test_every_text_is_in_every_language_with_the_same_placeholders():
+    data = strings()
+    formatter = string.Formatter()
+    for section in ("text", "columns", "estimators", "forest_types"):
+        for key, entry in data[section].items():
+            assert set(LANGUAGES) <= set(entry), (section, key)
+            fields = {
+                lang: {f for _, f, _, _ in formatter.parse(str(entry[lang])) if f}
+                for lang in LANGUAGES
+            }
+            assert fields["zh"] == fields["en"], (section, key, fields)
+    assert all("latin" in entry for entry in data["forest_types"].values())
+    assert default_language("CN") == "zh" and default_language(None) == "en"
+
+
+def test_the_report_language_follows_the_country_unless_set():
+    config = load_config(REPO / "configs/regions/tiny.yaml")
+    assert config.country == "CN"
+    zh = report_job(config)
+    assert zh.language == "zh" and zh.title == "森林碳储量与碳汇：tiny"
+    assert report_job(config.model_copy(update={"country": None})).language == "en"
+    english = config.stages.model_copy(update={"report": ReportParams(language="en")})
+    assert report_job(config.model_copy(update={"stages": english})).language == "en"
+
+
+def headline_values(html: str) -> dict[str, str]:
+    """The value of every headline card, by the card's id."""
+    cards = re.findall(r'<div class="card" id="(h-[^"]+)">.*?<div class="v">([^<]*)</div>', html)
+    return dict(cards)
+
+
+def test_the_chinese_report_states_the_same_numbers(report_inputs):
+    html = {}
+    for lang in ("en", "zh"):
+        job = replace(report_inputs["job"], language=lang)
+        out = run_report({**report_inputs, "job": job})[REPORT_RELPATH]
+        assert isinstance(out, str)
+        html[lang] = out
+    zh, en = html["zh"], html["en"]
+    assert '<html lang="zh-CN">' in zh and "主要结果" in zh and "Headline numbers" not in zh
+    # the same headline numbers (units may be translated), the same credit steps' values
+    cards_en, cards_zh = headline_values(en), headline_values(zh)
+    assert cards_en.keys() == cards_zh.keys() and len(cards_en) == 6
+    for key, value in cards_en.items():
+        numbers = re.findall(r"-?[\d,]+\.\d+", value)
+        assert numbers and numbers == re.findall(r"-?[\d,]+\.\d+", cards_zh[key]), key
+    steps = [re.findall(r'<li id="step-[^"]+">.*?<b>([^<]*)</b>', h) for h in (en, zh)]
+    assert steps[0] == steps[1] and len(steps[0]) == 10
+    # species by Chinese and Latin names; the roll-ups by township with Chinese headers
+    assert "杉木 (Cunninghamia lanceolata)" in zh and "Chinese fir (Cunninghamia lanceolata)" in en
+    assert "按乡镇" in zh and '<th class="l">乡镇</th>' in zh and "全部小班" in zh
+
+
+# -- roll-ups --------------------------------------------------------------------------
+
+
+def test_rollups_add_up_and_take_the_covariance_between_parcels(report_inputs):
+    inputs = report_inputs
+    out = run_report(inputs)
+    parcels = inputs["parcel_sink"]
+    e2 = SINK_JOB.epoch_end
+    sums = ["area_grid_ha", "area_grid_mu", "forest_area_ha", f"carbon_{e2}_mg_c", "sink_tco2e_yr"]
+    for attr in inputs["job"].rollups:
+        table = out[rollup_relpath(attr)]
+        assert isinstance(table, pd.DataFrame)
+        groups, total = table.iloc[:-1], table.iloc[-1]
+        assert total[attr] == TOTAL_ID and total["n_parcels"] == len(parcels)
+        assert groups["n_parcels"].sum() == len(parcels)
+        for col in sums:  # groups partition the parcels: their totals add up to the AOI's
+            assert groups[col].sum() == pytest.approx(total[col], rel=1e-9), (attr, col)
+            in_ha = parcels[col.replace("_mu", "_ha")].sum()
+            assert total[col] == pytest.approx(in_ha * (15 if "_mu" in col else 1), rel=1e-9)
+    # a group of one parcel has the parcel's figures (the same error model)
+    village = out[rollup_relpath("village")].set_index("village")
+    one = parcels.set_index("village").loc["峡阳镇1村"]
+    for col in (f"carbon_{e2}_mg_c", f"carbon_sd_{e2}_mg_c", "sink_sd_tco2e_yr"):
+        assert village.loc["峡阳镇1村", col] == pytest.approx(one[col], rel=1e-9)
+    assert village.loc["", "n_parcels"] == 1  # the parcel without a village is a group too
+    # a township of two parcels: the double sum over every pair of its pixels, computed
+    # here from the geometry (cell shares by shapely) and the correlogram, pair by pair
+    town = out[rollup_relpath("township")].set_index("township")
+    members = parcels[parcels["township"] == "峡阳镇"]
+    assert len(members) == 2
+    union = shapely.union_all(members.geometry.to_numpy())
+    ny, nx = SHAPE
+    xs = X0 + RES_M * np.arange(nx)
+    ys = Y0 - RES_M * np.arange(ny)
+    cells = shapely.box(*np.meshgrid(xs, ys - RES_M), *np.meshgrid(xs + RES_M, ys))
+    share = (shapely.area(shapely.intersection(cells, union)) / RES_M**2).reshape(-1)
+    c = inputs["carbon_end"].values[0].reshape(-1)
+    sd = inputs["carbon_sd_end"].values[0].reshape(-1)
+    quality = inputs["quality_end"].values[0].reshape(-1)
+    good = np.isfinite(c) & np.isfinite(sd) & (quality >= SINK_JOB.min_quality)
+    keep = good & (share > 0)
+    ws = share[keep] * sd[keep] * RES_M**2 / 10_000  # Mg C
+    cx, cy = np.meshgrid(xs + RES_M / 2, ys - RES_M / 2)
+    px, py = cx.reshape(-1)[keep], cy.reshape(-1)[keep]
+    rho = CORRELOGRAM(np.hypot(px[:, None] - px[None, :], py[:, None] - py[None, :]))
+    want = float(np.sqrt(ws @ rho @ ws))
+    got = town.loc["峡阳镇", f"carbon_sd_{e2}_mg_c"]
+    assert got == pytest.approx(want, rel=1e-6)
+    parcel_sds = members[f"carbon_sd_{e2}_mg_c"].to_numpy()
+    # covariances between the parcels count: above the root sum of squares of the parcels'
+    # SDs, below their sum (the fully correlated bound)
+    assert np.sqrt(np.sum(parcel_sds**2)) * 1.01 < got < parcel_sds.sum() * 0.99
+
+
+def test_a_rollup_by_an_attribute_the_parcels_lack_names_the_setting(report_inputs):
+    job = replace(report_inputs["job"], rollups=("owner",))
+    with pytest.raises(ConfigError, match=r"stages\.report\.rollups: \['owner'\].*township"):
+        run_report({**report_inputs, "job": job})
+
+
+def test_the_parcel_table_is_paged_with_every_parcel_in_its_data(report_inputs):
+    job = replace(report_inputs["job"], parcel_page_rows=2)
+    html = run_report({**report_inputs, "job": job})[REPORT_RELPATH]
+    assert isinstance(html, str)
+    table = html.split('id="parcel-table"')[1].split("</table>")[0]
+    assert table.count("<tr>") == 3
+    data = html.split('<script type="application/json" id="parcel-data">')[1].split("</script>")[0]
+    rows = json.loads(data)
+    assert [r[0] for r in rows] == list(report_inputs["parcel_sink"]["parcel_id"])
+
+
+def font_cmap(family: str) -> set[int]:
+    """Code points of the font fontconfig picks for ``family`` (the face of that family
+    in a collection)."""
+    path = subprocess.run(
+        ["fc-match", "-f", "%{file}", family], capture_output=True, text=True, check=True
+    ).stdout
+    fonts = TTCollection(path).fonts if path.endswith(".ttc") else [TTFont(path)]
+    face = next((f for f in fonts if f["name"].getDebugName(1) == family), fonts[0])
+    return set(face.getBestCmap())
+
+
+def test_the_chinese_report_renders_every_glyph_and_the_csvs_numbers(report_inputs, tmp_path):
+    """Headless Chromium renders the Chinese report; every character of the page as
+    rendered is in a font of the page's font stack (no missing glyphs), and the headline
+    numbers of the rendered page are those of credits.csv and totals.csv, read back."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is missing: run scripts/install-report-deps.sh"
+    csvs = {name: tmp_path / f"{name}.csv" for name in ("credits", "estimates")}
+    for name, path in csvs.items():
+        io.write_output(report_inputs[name], path)
+    read = {name: io.read_input(path, chunk_px=256) for name, path in csvs.items()}
+    job = replace(report_inputs["job"], language="zh", parcel_page_rows=2)
+    html = run_report({**report_inputs, **read, "job": job})[REPORT_RELPATH]
+    assert isinstance(html, str)
+    probe = (
+        "<script>window.addEventListener('load', () => { const r = {text:"
+        " document.body.innerText, cards: {}, rows: document.getElementById('parcel-table')"
+        ".rows.length}; for (const c of document.querySelectorAll('.card')) {"
+        " r.cards[c.id] = c.querySelector('.v').innerText; }"
+        " const d = document.createElement('pre'); d.id = 'probe';"
+        " d.textContent = JSON.stringify(r); document.body.appendChild(d); });</script>"
+    )
+    page = tmp_path / "report_zh.html"
+    page.write_text(html.replace("</body>", probe + "</body>"), encoding="utf-8")
+    dom = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=180, check=True,
+    ).stdout  # fmt: skip
+    probed = json.loads(unescape(dom.split('<pre id="probe">')[1].split("</pre>")[0]))
+    text = probed["text"]
+    assert "主要结果" in text and "分组汇总" in text and "杉木" in text
+    covered = font_cmap("DejaVu Sans") | font_cmap("Noto Sans CJK SC")
+    missing = sorted({ch for ch in text if not ch.isspace() and ord(ch) not in covered})
+    assert not missing, f"no glyph for {missing}"
+    assert probed["rows"] == 3  # the paging script ran: a page of 2 parcels and the header
+    # the headline numbers as rendered equal the CSVs' (read with the csv module)
+    with csvs["credits"].open(encoding="utf-8-sig", newline="") as f:
+        total = next(r for r in csv.DictReader(f) if r["parcel_id"] == TOTAL_ID)
+    with csvs["estimates"].open(encoding="utf-8-sig", newline="") as f:
+        chosen = [r for r in csv.DictReader(f) if r["chosen"] == "True"]
+
+    def number(text: str) -> float:
+        return float(text.replace(",", ""))
+
+    cards = probed["cards"]
+    assert number(cards["h-credits"].split()[0]) == round(float(total["credits_tco2e"]), 1)
+    assert number(cards["h-net"].split()[0]) == round(float(total["net_tco2e"]), 1)
+    assert len(chosen) == 2
+    for r in chosen:
+        value, pm, half, *unit = cards[f"h-survey-{r['sample']}-{r['quantity']}"].split()
+        assert pm == "±" and " ".join(unit) == r["unit"]
+        assert number(value) == round(float(r["total"]), 1)
+        assert number(half) == round(float(r["half_width"]), 1)

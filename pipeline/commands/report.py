@@ -4,8 +4,9 @@
     forest-carbon report --config FILE [--out RUN_DIR]
 
 Reads the run folder's outputs (sink, parcel table, credits and whatever else exists:
-composites, CHM, maps, model card, items, plots) and writes RUN_DIR/report/report.html and
-RUN_DIR/report/quicklooks/*.png. The config gives the title, the epochs, the methodology
+composites, CHM, maps, model card, items, plots) and writes RUN_DIR/report/report.html,
+RUN_DIR/report/quicklooks/*.png, the roll-ups RUN_DIR/report/rollup_*.csv and
+RUN_DIR/report/tables.xlsx. The config gives the title, the epochs, the methodology
 and the config hash shown in the report.
 """
 

@@ -6,12 +6,18 @@ step with every parameter's source, model diagnostics, the data inventory and th
 hash). Images are base64-embedded, so ``report.html`` is one file that opens offline.
 Rendering is deterministic: no timestamps, fixed figure metadata, inputs in input order.
 What the report states about the run comes in one frozen :class:`ReportJob` (built from
-the config by the ``report`` stage, :mod:`pipeline.stages.report`).
+the config by the ``report`` stage, :mod:`pipeline.stages.report`). Every text is taken
+from ``strings.yaml`` in the job's language (:mod:`pipeline.report.words`); the numbers
+are the same in every language. The per-parcel table is embedded as JSON and shown a page
+at a time with a search box (a few lines of script in the template), so a prefecture's
+10^5 parcels keep the report small; the full table is ``parcels/parcel_sink.csv`` and
+the ``parcels`` sheet of ``report/tables.xlsx``.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,14 +26,16 @@ from typing import Any
 
 import geopandas as gpd
 import jinja2
+import markupsafe
 import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy.stats import norm
 
 from models.plot_biomass import SPECIES_TABLE_FIELD
-from pipeline.contracts import TOTAL_ID, CreditsJob, SinkJob
+from pipeline.contracts import PARCEL_SINK_CSV_RELPATH, TOTAL_ID, CreditsJob, SinkJob
 from pipeline.report import figures
+from pipeline.report.words import Language, Words
 from pipeline.sink import as_band, named_band
 
 #: longest side of a map quicklook in pixels (larger maps are subsampled)
@@ -68,6 +76,15 @@ class ReportJob:
     credits: CreditsJob
     rgb_bands: tuple[str, str, str]
     rgb_stretch_percentiles: tuple[float, float]
+    language: Language
+    #: parcel-layer attributes to total by (``stages.report.rollups``)
+    rollups: tuple[str, ...]
+    #: rows per page of the per-parcel table (``stages.report.parcel_page_rows``)
+    parcel_page_rows: int
+
+    @property
+    def words(self) -> Words:
+        return Words(self.language)
 
     @property
     def sink(self) -> SinkJob:
@@ -216,19 +233,20 @@ def cv_metric_rows(card: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return rows[:80]
 
 
-def _items_summary(items: Any) -> str:
+def _items_summary(items: Any, w: Words) -> str:
     feats = items.get("features", []) if isinstance(items, Mapping) else []
     by_coll: dict[str, int] = {}
     for f in feats:
         coll = str(f.get("collection", "?"))
         by_coll[coll] = by_coll.get(coll, 0) + 1
     ids = [str(f.get("id")) for f in feats]
-    shown = ", ".join(ids[:6]) + (f", ... ({len(ids)} in all)" if len(ids) > 6 else "")
+    shown = ", ".join(ids[:6]) + (f", ... ({len(ids)})" if len(ids) > 6 else "")
     colls = "; ".join(f"{k}: {v}" for k, v in sorted(by_coll.items()))
-    return f"{len(feats)} scenes ({colls}). {shown}"
+    return w("inv_scenes_text", n=len(feats), collections=colls, ids=shown)
 
 
 def inventory_rows(
+    w: Words,
     *,
     items: Mapping[str, Any],
     lidar_tiles: pd.DataFrame | None,
@@ -239,22 +257,22 @@ def inventory_rows(
 ) -> list[tuple[str, str]]:
     rows = []
     for epoch, coll in items.items():
-        rows.append((f"satellite scenes, epoch {epoch}", _items_summary(coll)))
+        rows.append((w("inv_scenes", epoch=epoch), _items_summary(coll, w)))
     if lidar_tiles is not None:
         name_col = _pick(list(lidar_tiles.columns), ("tile", "name", "path", "file"))
         names = [str(v) for v in lidar_tiles[name_col]] if name_col else []
         shown = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
-        rows.append(("LiDAR tiles", f"{len(lidar_tiles)} tiles. {shown}"))
+        rows.append((w("inv_lidar"), w("inv_lidar_text", n=len(lidar_tiles), names=shown)))
     else:
-        rows.append(("LiDAR tiles", "none in this run"))
+        rows.append((w("inv_lidar"), w("inv_no_lidar")))
     if plot_biomass is not None and "plot_id" in plot_biomass.columns:
         if "epoch" in plot_biomass.columns:
             per = plot_biomass.groupby("epoch", sort=True)["plot_id"].nunique()
-            text = "; ".join(f"epoch {e}: {n} plots" for e, n in per.items())
+            text = "; ".join(w("inv_plots_epoch", epoch=e, n=n) for e, n in per.items())
         else:
-            text = f"{plot_biomass['plot_id'].nunique()} plots"
-        rows.append(("field plots", text))
-    rows.append(("parcels", f"{len(parcels)} parcels; {project_rows} project parcels credited"))
+            text = w("inv_plots_text", n=plot_biomass["plot_id"].nunique())
+        rows.append((w("inv_plots"), text))
+    rows.append((w("inv_parcels"), w("inv_parcels_text", n=len(parcels), project=project_rows)))
     if model_card:
         chosen = [
             f"{key}: {model_card[key].get('chosen')}"
@@ -262,19 +280,19 @@ def inventory_rows(
             if isinstance(model_card.get(key), Mapping) and model_card[key].get("chosen")
         ]
         name = "; ".join(chosen) or model_card.get("selected_model", "see model_card.json")
-        rows.append(("biomass model", str(name)))
+        rows.append((w("inv_model"), str(name)))
     return rows
 
 
-def species_table_rows(plots_qa: pd.DataFrame | None) -> list[tuple[str, str]]:
+def species_table_rows(plots_qa: pd.DataFrame | None, w: Words) -> list[tuple[str, str]]:
     """The plots stage's summary of the trees whose species is outside the species table."""
     if plots_qa is None or "field" not in plots_qa.columns:
         return []
     rows = plots_qa.loc[plots_qa["field"] == SPECIES_TABLE_FIELD, "reason"]
-    return [("field trees outside the species table", str(text)) for text in rows]
+    return [(w("inv_species"), str(text)) for text in rows]
 
 
-def coverage_rows(map_coverage: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+def coverage_rows(map_coverage: Mapping[str, Any] | None, w: Words) -> list[tuple[str, str]]:
     """Per epoch, the share of forest-land cells each model mapped and the share left
     without a value (``rasters/coverage.json`` of the ``predict`` stage)."""
     rows = []
@@ -284,10 +302,9 @@ def coverage_rows(map_coverage: Mapping[str, Any] | None) -> list[tuple[str, str
             for v in cov["by_model_source"].values()
             if v["cells"]
         ]
-        rows.append(
-            (f"map cells by model, epoch {epoch}", f"{cov['cells']:,} {cov['cells_are']} cells: "
-             + "; ".join(parts))
-        )  # fmt: skip
+        rows.append((w("inv_coverage", epoch=epoch), w("inv_coverage_text",
+                     cells=f"{cov['cells']:,}", cells_are=cov["cells_are"],
+                     parts="; ".join(parts))))  # fmt: skip
     return rows
 
 
@@ -308,51 +325,51 @@ def warning_rows(
     return rows, n_library
 
 
-def credit_step_list(total: Mapping[str, Any]) -> list[dict[str, str]]:
+def credit_step_list(total: Mapping[str, Any], w: Words) -> list[dict[str, str]]:
     """The project's credit calculation as ordered, labelled steps."""
 
     def t(key: str) -> str:
         return f"{fmt(total[key])} t CO2e"
 
-    period, area = fmt(total["period_yr"], 3), fmt(total["area_ha"], 2)
-    rate = fmt(total["baseline_rate_tco2e_ha_yr"], 3)
     steps = [
-        ("Project removals P (sink x period)", t("project_tco2e"),
-         f"SD {t('project_sd_tco2e')}; period {period} yr; area {area} ha"),
-        ("Baseline B (stated rate x area x period)", t("baseline_tco2e"),
-         f"{rate} t CO2e/ha/yr (area-weighted)"),
-        ("Leakage L", t("leakage_tco2e"),
-         f"{fmt(100 * total['leakage_fraction'], 1)} % of max(P - B, 0)"),
-        ("Net removals N = P - B - L", t("net_tco2e"), f"SD {t('net_sd_tco2e')}"),
-        ("Uncertainty U (CI half-width / N)", f"{fmt(total['uncertainty_pct'], 2)} %",
-         f"half-width = t {fmt(total['t_value'], 4)} (df {fmt(total['df'], 1)}) x SD = "
-         f"{t('half_width_tco2e')}; {total['estimator']}"),
-        ("Uncertainty deduction", t("uncertainty_deduction_tco2e"),
-         f"factor {fmt(total['uncertainty_factor'], 4)} (see the rule above)"),
-        ("After the uncertainty deduction", t("after_uncertainty_tco2e"), "N - deduction"),
-        ("Non-permanence buffer", t("buffer_tco2e"),
-         f"{fmt(100 * total['buffer_fraction'], 1)} % of the value after deduction"),
-        ("Credits", t("credits_tco2e"), "after deduction - buffer, never below 0"),
-        ("Reversal", t("reversal_tco2e"), "-N where net removals are negative, else 0"),
+        ("step_project", t("project_tco2e"), {"sd": t("project_sd_tco2e"),
+         "period": fmt(total["period_yr"], 3), "area": fmt(total["area_ha"], 2)}),
+        ("step_baseline", t("baseline_tco2e"),
+         {"rate": fmt(total["baseline_rate_tco2e_ha_yr"], 3)}),
+        ("step_leakage", t("leakage_tco2e"), {"pct": fmt(100 * total["leakage_fraction"], 1)}),
+        ("step_net", t("net_tco2e"), {"sd": t("net_sd_tco2e")}),
+        ("step_u", f"{fmt(total['uncertainty_pct'], 2)} %", {"t": fmt(total["t_value"], 4),
+         "df": fmt(total["df"], 1), "hw": t("half_width_tco2e"),
+         "estimator": total["estimator"]}),
+        ("step_deduction", t("uncertainty_deduction_tco2e"),
+         {"factor": fmt(total["uncertainty_factor"], 4)}),
+        ("step_after", t("after_uncertainty_tco2e"), {}),
+        ("step_buffer", t("buffer_tco2e"), {"pct": fmt(100 * total["buffer_fraction"], 1)}),
+        ("step_credits", t("credits_tco2e"), {}),
+        ("step_reversal", t("reversal_tco2e"), {}),
     ]  # fmt: skip
-    return [{"label": a, "value": v, "formula": f} for a, v, f in steps]
+    return [
+        {"key": key, "label": w(key), "value": v, "formula": w(f"{key}_f", **kw)}
+        for key, v, kw in steps
+    ]
 
 
 def rule_text(job: ReportJob) -> str:
+    w = job.words
     rule = job.credits.methodology.uncertainty_rule
     if rule.kind == "discount_table":
         parts = []
         lower = 0.0
         for b in rule.bands:
-            upper = "" if b.max_uncertainty is None else f" to {100 * b.max_uncertainty:g} %"
-            parts.append(f"U above {100 * lower:g}%{upper}: {100 * b.share_of_half_width:g} %")
+            upper = (
+                "" if b.max_uncertainty is None
+                else w("rule_band_upper", upper=f"{100 * b.max_uncertainty:g}")
+            )  # fmt: skip
+            parts.append(w("rule_band", lower=f"{100 * lower:g}", upper=upper,
+                           share=f"{100 * b.share_of_half_width:g}"))  # fmt: skip
             lower = b.max_uncertainty or lower
-        return (
-            "deduct a share of the 90 % CI half-width by band of U ("
-            + "; ".join(parts)
-            + f"). Source: {rule.source}"
-        )
-    return f"deduct max(0, U - {100 * (rule.threshold or 0):g} %) x N. Source: {rule.source}"
+        return w("rule_table", bands="; ".join(parts), source=rule.source)
+    return w("rule_threshold", threshold=f"{100 * (rule.threshold or 0):g}", source=rule.source)
 
 
 def report_maps(
@@ -365,8 +382,12 @@ def report_maps(
     agb: xr.DataArray | None,
     carbon: xr.DataArray | None,
 ) -> tuple[list[Figure], list[str]]:
-    """The report's maps, and the titles of those left out for lack of an input."""
-    sj = job.sink
+    """The report's maps, and the titles of those left out for lack of an input.
+
+    The PNGs' own titles and units are in English (their font has no CJK glyphs); the
+    report's captions are in the report's language.
+    """
+    sj, w = job.sink, job.words
     e1, e2 = sj.epoch_start, sj.epoch_end
     maps: list[Figure] = []
     missing: list[str] = []
@@ -383,41 +404,41 @@ def report_maps(
             percentiles=job.rgb_stretch_percentiles,
         )
         lo, hi = job.rgb_stretch_percentiles
-        caption = f"Seasonal median, bands {'/'.join(job.rgb_bands)}, {lo:g}-{hi:g} % stretch."
-        maps.append(Figure("rgb", f"Satellite composite {e2}", caption, png))
+        caption = w("map_rgb_caption", bands="/".join(job.rgb_bands), lo=f"{lo:g}", hi=f"{hi:g}")
+        maps.append(Figure("rgb", w("map_rgb", epoch=e2), caption, png))
     else:
-        missing.append("RGB composite")
+        missing.append(w("map_rgb", epoch=e2))
     optional = [
-        ("chm", chm, "Canopy height (LiDAR)", "m", "Canopy height model from LiDAR returns."),
-        ("agb", agb, f"Aboveground biomass {e2}", "Mg/ha", "Wall-to-wall AGB prediction."),
-        ("carbon", carbon, f"Carbon density {e2}", "Mg C/ha", "AGB + BGB carbon."),
+        ("chm", chm, "Canopy height (LiDAR)", "m", {}),
+        ("agb", agb, f"Aboveground biomass {e2}", "Mg/ha", {"epoch": e2}),
+        ("carbon", carbon, f"Carbon density {e2}", "Mg C/ha", {"epoch": e2}),
     ]
-    for name, raster, title, units, caption in optional:
+    for name, raster, png_title, units, kw in optional:
         if raster is None:
-            missing.append(title)
+            missing.append(w(f"map_{name}", **kw))
             continue
-        maps.append(
-            _map(name, raster, band=None, title=title, units=units, caption=caption, cmap="YlGn")
-        )
-    maps.append(_map("sink", sink, band="sink_tco2e_ha_yr", title=f"Annual sink {e1}-{e2}",
-                     units="t CO2e/ha/yr", caption="Stock difference per pixel; masked where "
-                     "either epoch is not forest or of poor quality.", cmap="RdYlGn",
-                     diverging=True))  # fmt: skip
-    maps.append(_map("sink_sd", sink, band="sink_sd_tco2e_ha_yr", title="Sink uncertainty (SD)",
-                     units="t CO2e/ha/yr", caption="Standard deviation of the annual sink "
-                     f"(epoch error correlation {sj.epoch_error_correlation:g}).",
-                     cmap="magma"))  # fmt: skip
+        fig = _map(name, raster, band=None, title=png_title, units=units, caption="",
+                   cmap="YlGn")  # fmt: skip
+        maps.append(Figure(name, w(f"map_{name}", **kw), w(f"map_{name}_caption"), fig.png))
+    sink_png = _map("sink", sink, band="sink_tco2e_ha_yr", title=f"Annual sink {e1}-{e2}",
+                    units="t CO2e/ha/yr", caption="", cmap="RdYlGn", diverging=True)  # fmt: skip
+    maps.append(Figure("sink", w("map_sink", start=e1, end=e2), w("map_sink_caption"),
+                       sink_png.png))  # fmt: skip
+    sd_png = _map("sink_sd", sink, band="sink_sd_tco2e_ha_yr", title="Sink uncertainty (SD)",
+                  units="t CO2e/ha/yr", caption="", cmap="magma")  # fmt: skip
+    rho = f"{sj.epoch_error_correlation:g}"
+    maps.append(Figure("sink_sd", w("map_sink_sd"), w("map_sink_sd_caption", rho=rho),
+                       sd_png.png))  # fmt: skip
     parcels_png = figures.parcels_png(
         parcel_sink, column="sink_tco2e_ha_yr", title="Parcels by sink per forest hectare",
         units="t CO2e/ha/yr",
     )  # fmt: skip
-    maps.append(Figure("parcels", "Parcels coloured by sink", "Fractional-coverage zonal sums "
-                       "divided by the parcel's forest area.", parcels_png))  # fmt: skip
+    maps.append(Figure("parcels", w("map_parcels"), w("map_parcels_caption"), parcels_png))
     return maps, missing
 
 
 def diagnostic_figures(
-    model_card: Mapping[str, Any] | None, plot_features: pd.DataFrame | None
+    model_card: Mapping[str, Any] | None, plot_features: pd.DataFrame | None, w: Words
 ) -> list[Figure]:
     """Observed vs predicted AGB and the residual map of the cross-validated plots."""
     diagnostics: list[Figure] = []
@@ -425,119 +446,154 @@ def diagnostic_figures(
     if pairs is not None and len(pairs):
         resid = pairs["predicted"] - pairs["observed"]
         rmse = float(np.sqrt(np.mean(resid**2)))
-        diagnostics.append(Figure("observed_vs_predicted", "Observed vs predicted AGB",
-                                  f"Cross-validated plot predictions (n = {len(pairs)}, RMSE "
-                                  f"{rmse:.1f} Mg/ha).", figures.scatter_png(
+        diagnostics.append(Figure("observed_vs_predicted", w("obs_pred"),
+                                  w("obs_pred_caption", n=len(pairs), rmse=f"{rmse:.1f}"),
+                                  figures.scatter_png(
                                       pairs["observed"], pairs["predicted"],
                                       title="Cross-validated AGB", units="Mg/ha")))  # fmt: skip
         if "x" in pairs.columns:
-            diagnostics.append(Figure("residuals", "Residual map",
-                                      "Predicted minus observed AGB at the plots.",
+            diagnostics.append(Figure("residuals", w("residual_map"), w("residual_map_caption"),
                                       figures.residual_map_png(
                                           pairs["x"], pairs["y"], resid,
                                           title="CV residuals", units="Mg/ha")))  # fmt: skip
     return diagnostics
 
 
-#: how the report names the plot samples of ``estimates/totals.csv``
-SAMPLE_LABELS = {"inventory": "forest land (inventory plots)", "project": "project area"}
-
-
-def survey_rows(estimates: pd.DataFrame | None) -> list[dict[str, str]]:
+def survey_rows(estimates: pd.DataFrame | None, w: Words) -> list[dict[str, str]]:
     """Headline cards of the chosen survey estimates: total, interval, estimator, map sum."""
     if estimates is None or estimates.empty:
-        return [{"label": "Survey estimates", "value": "none",
-                 "detail": "no plot design (sources.plot_design): the totals below are map "
-                           "sums, whose SDs are upper bounds"}]  # fmt: skip
+        return [{"key": "survey-none", "label": w("survey_none"),
+                 "value": w("survey_none_value"), "detail": w("survey_none_detail")}]  # fmt: skip
     rows = []
     for r in estimates[estimates["chosen"].astype(bool)].itertuples():
+        kind, _, rest = str(r.quantity).partition("_")
         what = (
-            str(r.quantity).replace("stock_", "Carbon stock ").replace("change_", "Stock change ")
-        )
-        pct = fmt(100 * float(r.confidence), 0)
+            w("quantity_stock", epoch=rest) if kind == "stock"
+            else w("quantity_change", period=rest.replace("_", "-"))
+        )  # fmt: skip
+        sample = w(f"sample_{r.sample}") if r.sample in ("inventory", "project") else r.sample
         rows.append(
             {
-                "label": f"{what.replace('_', '-')}, {SAMPLE_LABELS.get(r.sample, r.sample)}",
+                "key": f"survey-{r.sample}-{r.quantity}",
+                "label": w("survey_label", quantity=what, sample=sample),
                 "value": f"{fmt(r.total)} ± {fmt(r.half_width)} {r.unit}",
-                "detail": f"{pct} % interval {fmt(r.lower)} to {fmt(r.upper)}; {r.estimator} "
-                f"estimator, {r.n_plots} plots, efficiency {fmt(r.relative_efficiency, 2)}x "
-                f"plot-only; map sum {fmt(r.map_total)}",
+                "detail": w("survey_detail", pct=fmt(100 * float(r.confidence), 0),
+                            lower=fmt(r.lower), upper=fmt(r.upper),
+                            estimator=w.estimator(str(r.estimator)), n=r.n_plots,
+                            eff=fmt(r.relative_efficiency, 2), map_total=fmt(r.map_total)),
             }
-        )
+        )  # fmt: skip
     return rows
 
 
 def headline_rows(
-    job: ReportJob, *, parcel_sink: gpd.GeoDataFrame, total: Mapping[str, Any]
+    job: ReportJob, *, aoi: Mapping[str, Any], total: Mapping[str, Any]
 ) -> list[dict[str, str]]:
-    """Headline numbers over all parcels, and the credited project ``total``."""
-    sj = job.sink
+    """Headline numbers over all parcels (``aoi``: the all-parcels row of
+    :func:`pipeline.report.rollups.rollup_tables`, its SDs by the spatial error model),
+    and the credited project ``total``."""
+    sj, w = job.sink, job.words
     e1, e2 = sj.epoch_start, sj.epoch_end
-    agg = sj.parcel_error_aggregation
-    z = job.z_value
-    sink_sum = float(parcel_sink["sink_tco2e_yr"].sum())
-    sds = parcel_sink["sink_sd_tco2e_yr"].to_numpy(dtype=float)
-    # parcels' errors add up as fully correlated unless pixel errors are independent: a
-    # spatial model's shared part and neighbouring parcels' errors are correlated
-    sink_sd = float(sds.sum()) if agg != "independent" else float(np.sqrt((sds**2).sum()))
-    c_end = float(parcel_sink[f"carbon_{e2}_mg_c"].sum())
-    c_sds = parcel_sink[f"carbon_sd_{e2}_mg_c"].to_numpy(dtype=float)
-    c_sd = float(c_sds.sum()) if agg != "independent" else float(np.sqrt((c_sds**2).sum()))
-    forest_ha = fmt(float(parcel_sink["forest_area_ha"].sum()))
-    grid_ha = fmt(float(parcel_sink["area_grid_ha"].sum()))
-    lo_txt, hi_txt = fmt(sink_sum - z * sink_sd), fmt(sink_sum + z * sink_sd)
+    sink_sum, sink_sd = float(aoi["sink_tco2e_yr"]), float(aoi["sink_sd_tco2e_yr"])
     return [
-        {"label": f"Annual sink {e1}-{e2}, all parcels (map sum)",
-         "value": f"{fmt(sink_sum)} t CO2e/yr",
-         "detail": f"± {fmt(sink_sd)} (SD); {job.interval_pct} % interval {lo_txt} to {hi_txt}"},
-        {"label": f"Carbon stock {e2} (map sum)", "value": f"{fmt(c_end)} Mg C",
-         "detail": f"± {fmt(c_sd)} (SD); {forest_ha} ha forest of {grid_ha} ha"},
-        {"label": "Net removals, project area", "value": f"{fmt(total['net_tco2e'])} t CO2e",
-         "detail": f"over {fmt(total['period_yr'], 2)} yr; "
-                   f"U = {fmt(total['uncertainty_pct'], 1)} %; {total['estimator']}"},
-        {"label": f"Credits ({job.credits.methodology.id})",
+        {"key": "map-sink", "label": w("head_sink", start=e1, end=e2),
+         "value": f"{fmt(sink_sum)} {w('unit_per_year')}",
+         "detail": w("head_sink_detail", sd=fmt(sink_sd), pct=job.interval_pct,
+                     lo=fmt(aoi["sink_lo_tco2e_yr"]), hi=fmt(aoi["sink_hi_tco2e_yr"]))},
+        {"key": "map-stock", "label": w("head_stock", epoch=e2),
+         "value": f"{fmt(aoi[f'carbon_{e2}_mg_c'])} Mg C",
+         "detail": w("head_stock_detail", sd=fmt(aoi[f"carbon_sd_{e2}_mg_c"]),
+                     forest=fmt(aoi["forest_area_ha"]), grid=fmt(aoi["area_grid_ha"]))},
+        {"key": "net", "label": w("head_net"), "value": f"{fmt(total['net_tco2e'])} t CO2e",
+         "detail": w("head_net_detail", period=fmt(total["period_yr"], 2),
+                     u=fmt(total["uncertainty_pct"], 1), estimator=total["estimator"])},
+        {"key": "credits", "label": w("head_credits", methodology=job.credits.methodology.id),
          "value": f"{fmt(total['credits_tco2e'])} t CO2e",
-         "detail": f"after {fmt(total['uncertainty_deduction_tco2e'])} uncertainty deduction "
-                   f"and {fmt(total['buffer_tco2e'])} buffer"},
+         "detail": w("head_credits_detail", deduction=fmt(total["uncertainty_deduction_tco2e"]),
+                     buffer=fmt(total["buffer_tco2e"]))},
     ]  # fmt: skip
+
+
+def _columns(
+    table: pd.DataFrame, spec: Sequence[tuple[str, str, int]], w: Words
+) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted rows of ``spec``'s columns present in ``table``: (column,
+    header, digits); text columns are shown by :meth:`Words.value`."""
+    spec = [c for c in spec if c[0] in table.columns]
+    numeric = {c: pd.api.types.is_numeric_dtype(table[c]) for c, _, _ in spec}
+    rows = [
+        [fmt(r[c], d) if numeric[c] else w.value(c, r[c]) for c, _, d in spec]
+        for _, r in table.iterrows()
+    ]
+    return [header for _, header, _ in spec], rows
 
 
 def parcel_table(
-    parcel_sink: gpd.GeoDataFrame, *, epoch_start: str, epoch_end: str
+    parcel_sink: gpd.GeoDataFrame, w: Words, *, epoch_start: str, epoch_end: str
 ) -> tuple[list[str], list[list[str]]]:
     """Column headers and formatted rows of the per-parcel table."""
     e1, e2 = epoch_start, epoch_end
+    c = w.column
     pcols = [
-        ("parcel_id", "parcel", 0), ("forest_type", "forest type", 0),
-        ("area_grid_ha", "area (ha)", 2), ("forest_area_ha", "forest (ha)", 2),
-        (f"carbon_{e1}_mg_c", f"C {e1} (Mg C)", 0), (f"carbon_{e2}_mg_c", f"C {e2} (Mg C)", 0),
-        ("sink_tco2e_yr", "sink (t CO2e/yr)", 1), ("sink_sd_tco2e_yr", "SD", 1),
-        ("sink_lo_tco2e_yr", "lower", 1), ("sink_hi_tco2e_yr", "upper", 1),
-        ("sink_tco2e_ha_yr", "t CO2e/ha/yr", 2), (f"mean_quality_{e2}", "quality", 2),
-        ("lidar_share", "LiDAR share", 2),
+        ("parcel_id", c("parcel_id"), 0), ("township", c("township"), 0),
+        ("village", c("village"), 0), ("compartment", c("compartment"), 0),
+        ("forest_type", c("forest_type"), 0), ("area_grid_ha", c("area_grid_ha"), 2),
+        ("forest_area_ha", c("forest_area_ha"), 2),
+        (f"carbon_{e1}_mg_c", c("carbon_mg_c", epoch=e1), 0),
+        (f"carbon_{e2}_mg_c", c("carbon_mg_c", epoch=e2), 0),
+        ("sink_tco2e_yr", c("sink_tco2e_yr"), 1), ("sink_sd_tco2e_yr", c("sink_sd_tco2e_yr"), 1),
+        ("sink_lo_tco2e_yr", c("sink_lo_tco2e_yr"), 1),
+        ("sink_hi_tco2e_yr", c("sink_hi_tco2e_yr"), 1),
+        ("sink_tco2e_ha_yr", c("sink_tco2e_ha_yr"), 2),
+        (f"mean_quality_{e2}", c("mean_quality"), 2), ("lidar_share", c("lidar_share"), 2),
     ]  # fmt: skip
-    pcols = [c for c in pcols if c[0] in parcel_sink.columns]
-    rows = [
-        [fmt(r[c], d) if d or not isinstance(r[c], str) else r[c] for c, _, d in pcols]
-        for _, r in parcel_sink.iterrows()
-    ]
-    return [c[1] for c in pcols], rows
+    return _columns(parcel_sink, pcols, w)
 
 
-def credit_table(credits: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def rollup_table(
+    table: pd.DataFrame, attribute: str, w: Words, *, epoch_end: str
+) -> tuple[list[str], list[list[str]]]:
+    """Column headers and formatted rows of one roll-up (the last row: all parcels)."""
+    e2, c = epoch_end, w.column
+    spec = [
+        (attribute, c(attribute), 0), ("n_parcels", c("n_parcels"), 0),
+        ("area_grid_ha", c("area_grid_ha"), 2), ("area_grid_mu", c("area_mu"), 1),
+        ("forest_area_ha", c("forest_area_ha"), 2),
+        (f"carbon_{e2}_mg_c", c("carbon_mg_c", epoch=e2), 0),
+        (f"carbon_sd_{e2}_mg_c", c("carbon_sd_mg_c", epoch=e2), 0),
+        ("sink_tco2e_yr", c("sink_tco2e_yr"), 1), ("sink_sd_tco2e_yr", c("sink_sd_tco2e_yr"), 1),
+        ("sink_lo_tco2e_yr", c("sink_lo_tco2e_yr"), 1),
+        ("sink_hi_tco2e_yr", c("sink_hi_tco2e_yr"), 1),
+    ]  # fmt: skip
+    headers, rows = _columns(table, spec, w)
+    for row, value in zip(rows, table[attribute], strict=True):
+        if value == "":
+            row[0] = w("no_value")
+    rows[-1][0] = w("all_parcels")
+    return headers, rows
+
+
+def credit_table(credits: pd.DataFrame, w: Words) -> tuple[list[str], list[list[str]]]:
     """Column headers and formatted rows of the credit table (parcels and the total)."""
-    ccols = [
-        ("parcel_id", "unit", 0), ("scope", "scope", 0), ("area_ha", "area (ha)", 2),
-        ("project_tco2e", "P", 1), ("baseline_tco2e", "B", 1), ("leakage_tco2e", "L", 1),
-        ("net_tco2e", "N", 1), ("uncertainty_pct", "U (%)", 2),
-        ("uncertainty_deduction_tco2e", "deduction", 1), ("buffer_tco2e", "buffer", 1),
-        ("credits_tco2e", "credits", 1), ("reversal_tco2e", "reversal", 1),
-    ]  # fmt: skip
-    rows = [
-        [r[c] if c in ("parcel_id", "scope") else fmt(r[c], d) for c, _, d in ccols]
-        for _, r in credits.iterrows()
+    c = w.column
+    ccols = [("parcel_id", c("unit"), 0), ("scope", c("scope"), 0), ("area_ha", c("area_ha"), 2)]
+    ccols += [
+        (n, c(n), 1) for n in ("project_tco2e", "baseline_tco2e", "leakage_tco2e", "net_tco2e")
     ]
-    return [c[1] for c in ccols], rows
+    ccols += [("uncertainty_pct", c("uncertainty_pct"), 2)]
+    ccols += [
+        (n, c(n), 1)
+        for n in ("uncertainty_deduction_tco2e", "buffer_tco2e", "credits_tco2e", "reversal_tco2e")
+    ]
+    return _columns(credits, ccols, w)
+
+
+def _json_script(data: Any) -> markupsafe.Markup:
+    """``data`` as JSON safe inside a ``<script type="application/json">`` element."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    for ch, esc in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+        text = text.replace(ch, esc)
+    return markupsafe.Markup(text)
 
 
 def build_report(
@@ -546,6 +602,9 @@ def build_report(
     sink: xr.DataArray | xr.Dataset,
     parcel_sink: gpd.GeoDataFrame,
     credits: pd.DataFrame,
+    aoi: Mapping[str, Any],
+    rollups: Mapping[str, pd.DataFrame],
+    rollup_files: Sequence[str] = (),
     estimates: pd.DataFrame | None = None,
     composite: xr.DataArray | None = None,
     chm: xr.DataArray | None = None,
@@ -560,8 +619,13 @@ def build_report(
     plots_qa: pd.DataFrame | None = None,
     warnings: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[str, dict[str, bytes]]:
-    """The report HTML and its quicklooks ``{name: png bytes}``."""
-    sj = job.sink
+    """The report HTML and its quicklooks ``{name: png bytes}``.
+
+    ``aoi`` and ``rollups`` are the all-parcels row and the per-attribute tables of
+    :func:`pipeline.report.rollups.rollup_tables`; ``rollup_files`` the run-folder paths
+    of the roll-up CSVs, named in the report.
+    """
+    sj, w = job.sink, job.words
     maps, missing = report_maps(
         job,
         sink=sink,
@@ -571,14 +635,15 @@ def build_report(
         agb=agb,
         carbon=carbon,
     )
-    diagnostics = diagnostic_figures(model_card, plot_features)
+    diagnostics = diagnostic_figures(model_card, plot_features, w)
     total = credits.loc[credits["parcel_id"] == TOTAL_ID].iloc[0].to_dict()
     parcel_columns, parcel_rows = parcel_table(
-        parcel_sink, epoch_start=sj.epoch_start, epoch_end=sj.epoch_end
+        parcel_sink, w, epoch_start=sj.epoch_start, epoch_end=sj.epoch_end
     )
-    credit_columns, credit_rows = credit_table(credits)
+    credit_columns, credit_rows = credit_table(credits, w)
     inventory = (
         inventory_rows(
+            w,
             items=items or {},
             lidar_tiles=lidar_tiles,
             plot_biomass=plot_biomass,
@@ -586,8 +651,8 @@ def build_report(
             project_rows=len(credits) - 1,
             model_card=model_card,
         )
-        + species_table_rows(plots_qa)
-        + coverage_rows(map_coverage)
+        + species_table_rows(plots_qa, w)
+        + coverage_rows(map_coverage, w)
     )
     warning_list, n_library_warnings = warning_rows(warnings)
     method = job.credits.methodology
@@ -595,41 +660,45 @@ def build_report(
     template = env.from_string(
         resources.files("pipeline.report").joinpath("template.html").read_text(encoding="utf-8")
     )
+    agg = sj.parcel_error_aggregation
     html = template.render(
+        t=w.texts(),
         title=job.title,
         simulated=job.simulated,
-        region=job.region,
-        epoch_start=sj.epoch_start,
-        epoch_end=sj.epoch_end,
-        reference_start=sj.reference_start.isoformat(),
-        reference_end=sj.reference_end.isoformat(),
-        years=sj.years,
+        run_line=w("run_line", region=job.region, start=sj.epoch_start, end=sj.epoch_end,
+                   ref_start=sj.reference_start.isoformat(),
+                   ref_end=sj.reference_end.isoformat(), years=f"{sj.years:.3f}"),
         config_sha256=job.config_sha256,
-        interval_pct=job.interval_pct,
-        aggregation=sj.parcel_error_aggregation,
-        epoch_error_correlation=sj.epoch_error_correlation,
-        headline=[
-            *survey_rows(estimates),
-            *headline_rows(job, parcel_sink=parcel_sink, total=total),
-        ],
+        interval_note=w("interval_note", pct=job.interval_pct, aggregation=agg,
+                        how=w(f"aggregation_{agg}"), rho=sj.epoch_error_correlation),
+        headline=[*survey_rows(estimates, w), *headline_rows(job, aoi=aoi, total=total)],
         maps=maps,
-        missing_maps=missing,
+        missing_maps=w("not_available", what=", ".join(missing)) if missing else "",
         diagnostics=diagnostics,
         cv_metrics=cv_metric_rows(model_card),
+        rollups=[
+            (w("rollup_by", attribute=w.column(attr)),
+             *rollup_table(table, attr, w, epoch_end=sj.epoch_end))
+            for attr, table in rollups.items()
+        ],
+        rollups_note=w("rollups_note", files=", ".join(rollup_files)),
         parcel_columns=parcel_columns,
-        parcel_rows=parcel_rows,
-        credit_steps=credit_step_list(total),
+        parcel_rows=parcel_rows[: job.parcel_page_rows],
+        parcel_data=_json_script(parcel_rows),
+        parcel_pages=w("parcel_pages", shown="{shown}", n=len(parcel_rows),
+                       file=PARCEL_SINK_CSV_RELPATH),
+        page_rows=job.parcel_page_rows,
+        credit_steps=credit_step_list(total, w),
         credit_columns=credit_columns,
         credit_rows=credit_rows,
-        methodology={
-            "name": method.name,
-            "file": job.credits.methodology_file,
-            "rule": rule_text(job),
-            "provenance": list(method.provenance),
-        },
+        methodology_line=w("methodology_line", name=method.name,
+                           file=job.credits.methodology_file, rule=rule_text(job)),
+        methodology_name=method.name,
+        provenance=list(method.provenance),
         inventory=inventory,
         warnings=warning_list,
+        library_warnings=w("library_warnings", n=n_library_warnings),
         n_library_warnings=n_library_warnings,
-    )
+    )  # fmt: skip
     quicklooks = {f.name: f.png for f in [*maps, *diagnostics]}
     return html, quicklooks

@@ -39,13 +39,16 @@ def make_parcels(
     *,
     crs: str,
     epoch_years: list[float],
+    parcels_per_km2: float | None = None,
 ) -> gpd.GeoDataFrame:
-    """Parcels with their type, age, disturbances and per-epoch stand descriptors."""
+    """Parcels with their type, age, disturbances, per-epoch stand descriptors and
+    administrative units; ``parcels_per_km2`` overrides ``simulation.yaml``'s density."""
     c = coefficients()
     land = c["landscape"]
     xmin, ymin, xmax, ymax = grid.boundingbox
     area_km2 = (xmax - xmin) * (ymax - ymin) / 1e6
-    n = max(int(land["min_parcels"]), round(area_km2 * float(land["parcels_per_km2"])))
+    density = float(land["parcels_per_km2"]) if parcels_per_km2 is None else parcels_per_km2
+    n = max(int(land["min_parcels"]), round(area_km2 * density))
     pts = np.column_stack([rng.uniform(xmin, xmax, n), rng.uniform(ymin, ymax, n)])
     aoi = box(xmin, ymin, xmax, ymax)
     cells = shapely.voronoi_polygons(shapely.MultiPoint(pts), extend_to=aoi)
@@ -109,7 +112,44 @@ def make_parcels(
     df["forest_type"] = np.where(np.isin(last, FOREST_TYPES), last, NON_FOREST)
     df["land_class"] = np.where(np.isin(last, FOREST_TYPES), "forest", last)
     df.insert(0, "parcel_id", [f"NP{i + 1:04d}" for i in range(n)])
+    for i, (column, values) in enumerate(admin_units(rep, land).items()):
+        df.insert(1 + i, column, values)
     return gpd.GeoDataFrame(df, geometry=polys, crs=crs)
+
+
+def _block_rank(xy: npt.NDArray[np.float64], side_m: float) -> npt.NDArray[np.int64]:
+    """0-based rank of each point's ``side_m`` block (aligned on the CRS origin), blocks
+    ordered north to south, then west to east."""
+    ix, iy = np.floor(xy[:, 0] / side_m), np.floor(xy[:, 1] / side_m)
+    _, rank = np.unique(np.column_stack([-iy, ix]), axis=0, return_inverse=True)
+    return rank.reshape(-1).astype(np.int64)
+
+
+def admin_units(rep: npt.NDArray[np.float64], land: dict) -> dict[str, list[str]]:
+    """Township (乡镇), village (村) and compartment (林班) labels of parcels by their
+    representative points (``landscape`` of ``simulation.yaml``): ``township`` a name of
+    ``township_names`` (numbered past the list's end), ``village`` the township's name and
+    the village's number in it, ``compartment`` a three-digit number unique in the AOI."""
+    names = list(land["township_names"])
+    town = _block_rank(rep, 1000 * float(land["township_km"]))
+    village = _block_rank(rep, 1000 * float(land["village_km"]))
+    comp = _block_rank(rep, 1000 * float(land["compartment_km"]))
+    town_names = [
+        names[t % len(names)] + (str(t // len(names) + 1) if t >= len(names) else "") for t in town
+    ]
+    # a village's number within its township, in block order
+    number: dict[tuple[int, int], int] = {}
+    for t, v in sorted(set(zip(town.tolist(), village.tolist(), strict=True)), key=lambda k: k[1]):
+        number[(t, v)] = sum(1 for key in number if key[0] == t) + 1
+    villages = [
+        f"{town_names[i]}{number[(t, v)]}村"
+        for i, (t, v) in enumerate(zip(town.tolist(), village.tolist(), strict=True))
+    ]
+    return {
+        "township": town_names,
+        "village": villages,
+        "compartment": [f"{c + 1:03d}" for c in comp],
+    }
 
 
 def make_roads(rng: np.random.Generator, grid: GeoBox) -> list[LineString]:

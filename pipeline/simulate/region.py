@@ -198,7 +198,14 @@ def _landscape(config: Config, grid: GeoBox, rs: _Streams) -> _Landscape:
     xx, yy = np.meshgrid(*cell_centres(grid))
     elev = terrain.elevation(xx, yy)
     slope, aspect = terrain.slope_aspect_deg(xx, yy)
-    parcels = make_parcels(rs.parcels, grid, terrain, crs=config.crs, epoch_years=years)
+    parcels = make_parcels(
+        rs.parcels,
+        grid,
+        terrain,
+        crs=config.crs,
+        epoch_years=years,
+        parcels_per_km2=config.simulate.parcels_per_km2,
+    )
     roads = make_roads(rs.roads, grid)
     pidx = rasterise(parcels, roads, grid)
     land = coefficients()["landscape"]
@@ -292,7 +299,9 @@ def _write_parcels(
     ptruth["sink_tco2e_yr"] = np.round(sink_t, 3)
     ptruth.to_csv(tdir / "parcels.csv", index=False)
     (out_dir / "parcels").mkdir()
-    pub = parcels[["parcel_id", "forest_type", "land_class"]].copy()
+    pub = parcels[
+        ["parcel_id", "township", "village", "compartment", "forest_type", "land_class"]
+    ].copy()
     pub["area_ha"] = np.round(area_ha, 4)
     write_gpkg(
         out_dir / "parcels" / "parcels.gpkg",

@@ -1,5 +1,8 @@
-"""Stage ``report``: one self-contained ``report/report.html`` plus PNG quicklooks, and the
-run's tables in one workbook, ``report/tables.xlsx`` (:mod:`pipeline.report.tables`).
+"""Stage ``report``: one self-contained ``report/report.html`` plus PNG quicklooks, totals
+by parcel attribute (``report/rollup_<attribute>.csv``, :mod:`pipeline.report.rollups`)
+and the run's tables in one workbook, ``report/tables.xlsx`` (:mod:`pipeline.report.tables`).
+The report is in English or Chinese (``stages.report.language``, by default from the
+region's ``country``: :mod:`pipeline.report.words`).
 
 Assembly, and the report's parameters (:class:`~pipeline.report.build.ReportJob`), are
 in :mod:`pipeline.report.build` (maps, model diagnostics, per-parcel table,
@@ -10,11 +13,15 @@ inputs writes the same bytes (the workbook: the same cells; its container is tim
 Signatures
 ----------
 ``report_job(config) -> ReportJob``
-    title, region, ``simulated`` flag, config sha256, the resolved sink and credits jobs.
+    title, region, ``simulated`` flag, config sha256, the resolved sink and credits jobs,
+    language, roll-up attributes.
 ``report_inputs(config, layout) -> {name: Path}``
     required: ``sink`` = ``rasters/sink.tif``, ``parcel_sink`` =
     ``parcels/parcel_sink.gpkg``, ``credits`` = ``credits/credits.csv``, ``estimates`` =
-    ``estimates/totals.csv``, ``sample_plan`` = ``estimates/sample_plan.csv``; used when present:
+    ``estimates/totals.csv``, ``sample_plan`` = ``estimates/sample_plan.csv``, the six
+    epoch rasters of the parcels stage (``carbon_start`` ... ``quality_end``, for the
+    roll-ups' totals and SDs); used when present: ``error_correlogram`` =
+    ``parcels/error_correlogram.json``, ``lidar_metrics`` = ``lidar/metrics.tif``,
     ``composite`` = ``composites/<end epoch>.tif``, ``chm`` = ``lidar/chm.tif``, ``agb`` /
     ``carbon`` = ``rasters/agb_<end>.tif`` / ``rasters/carbon_<end>.tif``, ``model_card`` =
     ``model/model_card.json``, ``plot_features`` = ``model/plot_features.csv``,
@@ -26,8 +33,8 @@ Signatures
 ``report_stage(job, *, sink, parcel_sink, credits, **optional) -> {relpath: str | bytes}``
     ``report/report.html`` and ``report/quicklooks/<name>.png`` (rgb, chm, agb, carbon,
     sink, sink_sd, parcels, observed_vs_predicted, residuals; those whose inputs exist),
-    and ``report/tables.xlsx`` (sheets parcels, credits, estimates, sample_plan; those
-    given).
+    ``report/rollup_<attribute>.csv`` per roll-up attribute, and ``report/tables.xlsx``
+    (sheets parcels, credits, estimates, sample_plan, those given, and ``rollup_<attribute>``).
 
 Run: ``forest-carbon run --region nanping --stages report`` or ``forest-carbon report``.
 """
@@ -43,8 +50,10 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.contracts import (
     CREDITS_RELPATH,
+    ERROR_CORRELOGRAM_RELPATH,
     ESTIMATES_RELPATH,
     LIDAR_CHM_RELPATH,
+    LIDAR_METRICS_RELPATH,
     LIDAR_TILES_RELPATH,
     MAP_COVERAGE_RELPATH,
     MODEL_CARD_RELPATH,
@@ -59,20 +68,25 @@ from pipeline.contracts import (
     RunLayout,
     composite_relpath,
     credits_job,
+    epoch_raster_inputs,
     items_relpath,
     map_relpath,
     quicklook_relpath,
     resolve_correlation,
+    rollup_relpath,
 )
 from pipeline.report.build import ReportJob, build_report
+from pipeline.report.rollups import correlogram_from_record, rollup_tables
 from pipeline.report.tables import SHEETS, tables_workbook
+from pipeline.report.words import Words, default_language
 from pipeline.stage import Stage
 
 
 def report_job(config: Config) -> ReportJob:
     """Resolve the report's parameters from a run config."""
     params = config.stages.report
-    title = params.title or f"Forest carbon stock and sink: {config.region}"
+    language = params.language or default_language(config.country)
+    title = params.title or Words(language)("default_title", region=config.region)
     return ReportJob(
         title=title,
         region=config.region,
@@ -81,6 +95,9 @@ def report_job(config: Config) -> ReportJob:
         credits=credits_job(config),
         rgb_bands=params.rgb_bands,
         rgb_stretch_percentiles=params.rgb_stretch_percentiles,
+        language=language,
+        rollups=params.rollups,
+        parcel_page_rows=params.parcel_page_rows,
     )
 
 
@@ -93,6 +110,7 @@ def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         "credits": layout.path(CREDITS_RELPATH),
         "estimates": layout.path(ESTIMATES_RELPATH),
         "sample_plan": layout.path(SAMPLE_PLAN_RELPATH),
+        **epoch_raster_inputs(sj, layout),
     }
     optional = {
         "composite": layout.path(composite_relpath(sj.epoch_end)),
@@ -107,9 +125,23 @@ def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         "plot_biomass": layout.path(PLOT_BIOMASS_RELPATH),
         "plots_qa": layout.path(PLOTS_QA_RELPATH),
         "map_coverage": layout.path(MAP_COVERAGE_RELPATH),
+        "error_correlogram": layout.path(ERROR_CORRELOGRAM_RELPATH),
+        "lidar_metrics": layout.path(LIDAR_METRICS_RELPATH),
         "warnings": layout.warnings,
     }
     return {**required, **{k: p for k, p in optional.items() if p.exists()}}
+
+
+#: the parcels stage's rasters the roll-ups are summed from
+ROLLUP_RASTERS = (
+    "carbon_start",
+    "carbon_end",
+    "carbon_sd_start",
+    "carbon_sd_end",
+    "quality_start",
+    "quality_end",
+    "lidar_metrics",
+)
 
 
 def report_stage(
@@ -119,10 +151,12 @@ def report_stage(
     items_start: dict[str, Any] | None = None,
     items_end: dict[str, Any] | None = None,
     sample_plan: pd.DataFrame | None = None,
+    error_correlogram: dict[str, Any] | None = None,
     **inputs: Any,
-) -> dict[str, str | bytes]:
+) -> dict[str, Any]:
     """The ``report`` stage: the inputs of :func:`report_inputs`, by name, into
-    :func:`pipeline.report.build.build_report` (which documents them)."""
+    :func:`pipeline.report.rollups.rollup_tables` and
+    :func:`pipeline.report.build.build_report` (which document them)."""
     sink_job = resolve_correlation(job.sink, model_card)
     job = replace(job, credits=replace(job.credits, sink=sink_job))
     items = {}
@@ -130,14 +164,33 @@ def report_stage(
         items[job.sink.epoch_start] = items_start
     if items_end is not None:
         items[job.sink.epoch_end] = items_end
-    html, quicklooks = build_report(job, model_card=model_card, items=items, **inputs)
-    out: dict[str, str | bytes] = {REPORT_RELPATH: html}
+    rasters = {k: inputs.pop(k) for k in ROLLUP_RASTERS if k in inputs}
+    aoi, rollups = rollup_tables(
+        sink_job,
+        job.rollups,
+        parcel_sink=inputs["parcel_sink"],
+        rasters=rasters,
+        correlogram=correlogram_from_record(error_correlogram),
+    )
+    files = {attr: rollup_relpath(attr) for attr in rollups}
+    html, quicklooks = build_report(
+        job,
+        model_card=model_card,
+        items=items,
+        aoi=aoi,
+        rollups=rollups,
+        rollup_files=list(files.values()),
+        **inputs,
+    )
+    out: dict[str, Any] = {REPORT_RELPATH: html}
     for name, png in quicklooks.items():
         out[quicklook_relpath(name)] = png
+    for attr, table in rollups.items():
+        out[files[attr]] = table
     tables = {**inputs, "sample_plan": sample_plan}
-    out[TABLES_XLSX_RELPATH] = tables_workbook(
-        {sheet: tables[name] for name, sheet in SHEETS.items() if tables.get(name) is not None}
-    )
+    sheets = {sheet: tables[name] for name, sheet in SHEETS.items() if tables.get(name) is not None}
+    sheets.update({f"rollup_{attr}"[:31]: table for attr, table in rollups.items()})
+    out[TABLES_XLSX_RELPATH] = tables_workbook(sheets)
     return out
 
 
