@@ -30,7 +30,7 @@ import xarray as xr
 from models.spatial_error import Correlogram
 from pipeline.contracts import TOTAL_ID, SinkJob
 from pipeline.errors import ConfigError
-from pipeline.stages.parcels import parcel_sink_table
+from pipeline.parcel_sums import parcel_sink_table
 from pipeline.units import with_mu_areas
 
 #: columns of the parcel table that are not sums over an area (left out of roll-ups)

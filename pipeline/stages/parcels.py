@@ -77,14 +77,11 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
-import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
-from scipy.stats import norm
 
-from models.allometry import co2_per_c
-from models.spatial_error import Correlogram, weighted_covariance
+from models.spatial_error import Correlogram
 from pipeline.config import Config
 from pipeline.contracts import (
     ERROR_CORRELOGRAM_RELPATH,
@@ -101,18 +98,11 @@ from pipeline.contracts import (
     resolve_correlation,
     sink_job,
 )
-from pipeline.errors import ConfigError, InputDataError
+from pipeline.errors import ConfigError
 from pipeline.map_errors import fit_map_errors, lidar_residuals
-from pipeline.sink import (
-    as_band,
-    named_band,
-    quality_band,
-    stock_change_sink,
-    support_sd_band,
-)
+from pipeline.parcel_sums import parcel_sink_table
 from pipeline.stage import Stage
-from pipeline.units import M2_PER_HA, with_mu_areas
-from pipeline.zonal import Coverage, coverage_cells, covered_fraction_sum, weighted_sum
+from pipeline.units import with_mu_areas
 
 LIDAR_FRACTION_BAND = "lidar_fraction"
 
@@ -138,179 +128,6 @@ def parcels_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
                 out[f"agb_sd_maps.{e.name}"] = layout.path(map_relpath("agb_sd", e.name))
                 out[f"quality_maps.{e.name}"] = layout.path(map_relpath("quality", e.name))
     return out
-
-
-def _box(cov: Coverage, values: np.ndarray, *, nx: int) -> np.ndarray:
-    """``values x fraction`` of the covered cells on their bounding box (NaN and
-    uncovered cells 0)."""
-    if cov.cell.size == 0:
-        return np.zeros((1, 1))
-    rows, cols = np.divmod(cov.cell, nx)
-    r0, c0 = rows.min(), cols.min()
-    out = np.zeros((int(rows.max() - r0) + 1, int(cols.max() - c0) + 1))
-    v = values.reshape(-1)[cov.cell]
-    out[rows - r0, cols - c0] = np.where(np.isfinite(v), v * cov.fraction, 0.0)
-    return out
-
-
-def _box_shape(covs: list[Coverage], *, nx: int) -> tuple[int, int]:
-    """The largest bounding box (rows, columns) of the parcels' covered cells."""
-    extents = [np.ptp(np.divmod(c.cell, nx), axis=1) + 1 for c in covs if c.cell.size]
-    if not extents:
-        return 1, 1
-    ny_max, nx_max = np.max(extents, axis=0)
-    return int(ny_max), int(nx_max)
-
-
-def parcel_sink_table(
-    job: SinkJob,
-    *,
-    parcels: gpd.GeoDataFrame,
-    carbon_start: xr.DataArray,
-    carbon_end: xr.DataArray,
-    carbon_sd_start: xr.DataArray,
-    carbon_sd_end: xr.DataArray,
-    quality_start: xr.DataArray,
-    quality_end: xr.DataArray,
-    lidar_metrics: xr.DataArray | None = None,
-    correlogram: Correlogram | None = None,
-) -> gpd.GeoDataFrame:
-    """Per-parcel carbon stocks, sink and their uncertainty (see the module docstring).
-
-    ``correlogram`` is the map errors' correlation model; without one a ``spatial``
-    aggregation falls back to the fully correlated bound.
-    """
-    if "parcel_id" not in parcels.columns:
-        raise InputDataError("parcels: the parcel layer has no 'parcel_id' column")
-    if parcels["parcel_id"].duplicated().any():
-        dup = parcels.loc[parcels["parcel_id"].duplicated(), "parcel_id"].tolist()[:5]
-        raise InputDataError(f"parcels: duplicate parcel_id values {dup}")
-    sink_ds = stock_change_sink(
-        carbon_start,
-        carbon_end,
-        carbon_sd_start,
-        carbon_sd_end,
-        quality_start,
-        quality_end,
-        years=job.years,
-        epoch_error_correlation=job.correlation,
-        min_quality=job.min_quality,
-    )
-    # zonal sums need pixel values: this is the stage's one compute
-    arrays: dict[str, Any] = {
-        "sink": sink_ds["sink_mg_c_ha_yr"],
-        "sink_sd": sink_ds["sink_sd_mg_c_ha_yr"],
-    }
-    stock_inputs = {
-        "start": (carbon_start, carbon_sd_start, quality_start),
-        "end": (carbon_end, carbon_sd_end, quality_end),
-    }
-    for role, (c, s, q) in stock_inputs.items():
-        cb, sb = as_band(c, name="carbon"), support_sd_band(s, name="carbon SD")
-        qb = quality_band(q, name="quality")
-        ok = cb.notnull() & sb.notnull() & (qb >= job.min_quality)
-        arrays[f"c_{role}"] = cb.where(ok)
-        arrays[f"s_{role}"] = sb.where(ok)
-    arrays["q_end"] = quality_band(quality_end, name="quality (end epoch)")
-    if lidar_metrics is not None:
-        lf = named_band(lidar_metrics, LIDAR_FRACTION_BAND, source=LIDAR_METRICS_RELPATH)
-        arrays["lidar"] = as_band(lf, name="lidar_fraction")
-    computed = {k: np.asarray(v.values, dtype=np.float64) for k, v in arrays.items()}
-
-    ref = carbon_end
-    transform = ref.rio.transform(recalc=True)
-    crs = ref.rio.crs
-    if crs is None:
-        raise InputDataError("the carbon rasters have no CRS; they must be on the model grid")
-    px_ha = abs(transform.a * transform.e) / M2_PER_HA
-    shape = computed["sink"].shape
-    nx = shape[1]
-    covs = coverage_cells(parcels, transform=transform, shape=shape, crs=crs.to_string())
-    z = float(norm.ppf(0.5 + job.interval / 2))
-    co2 = co2_per_c()
-    sink_valid = np.isfinite(computed["sink"])
-    # the epochs' SDs where the sink is valid: its spatial variance (module docstring)
-    for role in ("start", "end"):
-        computed[f"sink_s_{role}"] = np.where(sink_valid, computed[f"s_{role}"], np.nan)
-    rho_epochs = job.correlation
-    e1, e2 = job.epoch_start, job.epoch_end
-    spatial = job.parcel_error_aggregation == "spatial" and correlogram is not None
-    chosen = "independent" if job.parcel_error_aggregation == "independent" else "correlated"
-    kernel = (
-        correlogram.kernel(_box_shape(covs, nx=nx), cell_m=abs(transform.a))
-        if spatial and correlogram is not None
-        else None
-    )
-
-    def sds(ws: np.ndarray, variance: float | None) -> dict[str, float]:
-        """Correlated, independent and (with a kernel) spatial SD of a sum, value x ha."""
-        out = {
-            "correlated": float(ws.sum()) * px_ha,
-            "independent": float(np.sqrt(np.sum(ws**2))) * px_ha,
-        }
-        if variance is not None:
-            out["spatial"] = float(np.sqrt(max(variance, 0.0))) * px_ha
-        return out
-
-    rows = []
-    for cov in covs:
-        row: dict[str, float] = {}
-        row["area_grid_ha"] = covered_fraction_sum(cov) * px_ha
-        row["forest_area_ha"] = covered_fraction_sum(cov, sink_valid) * px_ha
-        for role, epoch in (("start", e1), ("end", e2)):
-            total = weighted_sum(cov, computed[f"c_{role}"]) * px_ha
-            ws = _box(cov, computed[f"s_{role}"], nx=nx)
-            by = sds(ws, weighted_covariance(ws, ws, kernel) if kernel is not None else None)
-            sd = by["spatial" if spatial else chosen]
-            row[f"carbon_{epoch}_mg_c"] = total
-            row[f"carbon_sd_{epoch}_mg_c"] = sd
-            row[f"carbon_sd_correlated_{epoch}_mg_c"] = by["correlated"]
-            row[f"carbon_sd_independent_{epoch}_mg_c"] = by["independent"]
-            row[f"carbon_{epoch}_lo_mg_c"] = total - z * sd
-            row[f"carbon_{epoch}_hi_mg_c"] = total + z * sd
-        sink_c = weighted_sum(cov, computed["sink"]) * px_ha
-        ws = _box(cov, computed["sink_sd"], nx=nx)
-        variance = None
-        if kernel is not None:
-            a = _box(cov, computed["sink_s_start"], nx=nx)
-            b = _box(cov, computed["sink_s_end"], nx=nx)
-            variance = (
-                weighted_covariance(a, a, kernel)
-                + weighted_covariance(b, b, kernel)
-                - 2 * rho_epochs * weighted_covariance(a, b, kernel)
-            ) / job.years**2
-        by = sds(ws, variance)
-        sd = by["spatial" if spatial else chosen]
-        row["sink_mg_c_yr"] = sink_c
-        row["sink_sd_mg_c_yr"] = sd
-        row["sink_tco2e_yr"] = sink_c * co2
-        row["sink_sd_tco2e_yr"] = sd * co2
-        row["sink_sd_correlated_tco2e_yr"] = by["correlated"] * co2
-        row["sink_sd_independent_tco2e_yr"] = by["independent"] * co2
-        row["sink_lo_tco2e_yr"] = (sink_c - z * sd) * co2
-        row["sink_hi_tco2e_yr"] = (sink_c + z * sd) * co2
-        forest = row["forest_area_ha"]
-        row["sink_tco2e_ha_yr"] = row["sink_tco2e_yr"] / forest if forest > 0 else np.nan
-        covered = covered_fraction_sum(cov)
-        q_cov = covered_fraction_sum(cov, np.isfinite(computed["q_end"]))
-        row[f"mean_quality_{e2}"] = (
-            weighted_sum(cov, computed["q_end"]) / q_cov if q_cov > 0 else np.nan
-        )
-        if "lidar" in computed:
-            row["lidar_share"] = weighted_sum(cov, computed["lidar"]) / covered if covered else 0.0
-        else:
-            row["lidar_share"] = 0.0
-        rows.append(row)
-    stats = pd.DataFrame(rows, index=parcels.index)
-    keep = [c for c in parcels.columns if c != parcels.geometry.name]
-    out = pd.concat([parcels[keep], stats], axis=1)
-    out.attrs = {
-        "interval": job.interval,
-        "error_aggregation": "spatial" if spatial else chosen,
-        "error_correlogram": correlogram.record() if spatial and correlogram else None,
-        "epochs": [e1, e2],
-    }
-    return gpd.GeoDataFrame(out, geometry=parcels.geometry, crs=parcels.crs)
 
 
 def parcels_stage(
