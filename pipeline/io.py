@@ -21,6 +21,7 @@ such as GeoPackage timestamps therefore does not count as a difference.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ import pandas as pd
 import rioxarray
 import xarray as xr
 
-from pipeline.errors import InputDataError
+from pipeline.errors import InputDataError, RunFolderError
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
 
@@ -63,28 +64,51 @@ def tmp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
 
 
+#: called with a temporary's path before it is created (the run folder's journal,
+#: :class:`pipeline.run_folder.Journal`)
+TemporaryJournal = Callable[[Path], None]
+
+#: errno values of a full disk or an exhausted quota
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_no_space(err: BaseException) -> bool:
+    # GDAL reports a failed write as a RasterioIOError (an OSError) without errno
+    return getattr(err, "errno", None) in NO_SPACE_ERRNOS or "no space left" in str(err).lower()
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path; rename it to ``path`` when the block succeeds."""
+def full_disk_named(path: Path) -> Iterator[None]:
+    """Turn a full disk while writing ``path`` into a :class:`RunFolderError` naming it."""
+    try:
+        yield
+    except OSError as err:
+        if not _is_no_space(err):
+            raise
+        raise RunFolderError(
+            f"{path}: no space left on the device while writing it (nothing was written under "
+            "that name); free some space or give an output folder on another disk"
+        ) from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, *, journal: TemporaryJournal | None = None) -> Iterator[Path]:
+    """Yield a temporary path; rename it to ``path`` when the block succeeds.
+
+    ``journal`` records the temporary before it exists (see :mod:`pipeline.run_folder`).
+    A full disk raises :class:`~pipeline.errors.RunFolderError` naming ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
+    if journal is not None:
+        journal(tmp)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with full_disk_named(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def remove_stale_temporaries(root: Path) -> int:
-    """Delete temporaries left by killed runs under ``root``; returns how many."""
-    n = 0
-    if root.is_dir():
-        for p in root.rglob(".*.tmp-*"):
-            if p.is_file():
-                p.unlink()
-                n += 1
-    return n
 
 
 def file_sha256(path: Path) -> str:
@@ -192,6 +216,7 @@ def write_cog(
     progress: ProgressCallback | None = None,
     tags: Mapping[str, str] | None = None,
     band_tags: Mapping[str, str] | None = None,
+    journal: TemporaryJournal | None = None,
 ) -> None:
     """Write a georeferenced DataArray/Dataset as a COG, block by block, atomically.
 
@@ -216,6 +241,8 @@ def write_cog(
         ``progress(done, total)`` is called after each block is written.
     tags, band_tags
         GDAL metadata items of the dataset, and of every band.
+    journal
+        Records each temporary before it is created (see :func:`atomic_path`).
     """
     import rasterio
     import rasterio.shutil
@@ -256,8 +283,11 @@ def write_cog(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     stage_tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.blocks{path.suffix}")
+    if journal is not None:
+        journal(stage_tmp)
     try:
         with (
+            full_disk_named(path),
             rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES),  # bytes, not MB, in rasterio
             rasterio.open(stage_tmp, "w", **profile) as dst,
         ):
@@ -283,7 +313,10 @@ def write_cog(
                 dst.write(values, indexes=list(range(b + 1, b + 1 + values.shape[0])), window=win)
                 if progress is not None:
                     progress(done, total)
-        with atomic_path(path) as tmp, rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES):
+        with (
+            atomic_path(path, journal=journal) as tmp,
+            rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES),
+        ):
             rasterio.shutil.copy(
                 stage_tmp,
                 tmp,
@@ -343,15 +376,20 @@ def _computed_blocks(
 
 
 def write_output(
-    obj: Any, path: Path, *, client: Any = None, progress: ProgressCallback | None = None
+    obj: Any,
+    path: Path,
+    *,
+    client: Any = None,
+    progress: ProgressCallback | None = None,
+    journal: TemporaryJournal | None = None,
 ) -> None:
     """Write one stage output by its type (see :mod:`pipeline.stage`), atomically."""
     import geopandas as gpd
 
     if isinstance(obj, xr.DataArray | xr.Dataset):
-        write_cog(obj, path, client=client, progress=progress)
+        write_cog(obj, path, client=client, progress=progress, journal=journal)
         return
-    with atomic_path(path) as tmp:
+    with atomic_path(path, journal=journal) as tmp:
         if isinstance(obj, gpd.GeoDataFrame):
             driver = "GeoJSON" if path.suffix.lower() == ".geojson" else "GPKG"
             obj.to_file(tmp, driver=driver, layer=path.stem if driver == "GPKG" else None)

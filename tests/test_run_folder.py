@@ -1,0 +1,242 @@
+"""The run folder, safe (issue 18): one run at a time (real processes), only a killed
+run's own temporaries cleaned, no writing into system folders or a user's folder, stale
+stages marked, the dashboard on this machine only, no unchecked pickle, a full disk named,
+and ``reproduce`` from anywhere with its exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import toy_stages
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.errors import ConfigError, RunFolderError
+from pipeline.run_folder import check_output_dir
+from pipeline.runner import Runner, RunOptions
+
+TESTS = Path(__file__).parent
+
+
+def _run(cfg_path: Path, **options) -> dict:
+    config = load_config(cfg_path)
+    return Runner(config, toy_stages.stages(), options=RunOptions(quiet=True, **options)).run()
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+    }
+
+
+#: a toy run whose noise stage sleeps in every block (so it can be caught running)
+SLOW_RUN = """
+import sys, toy_stages
+from pathlib import Path
+from pipeline.config import load_config
+from pipeline.runner import RunOptions, Runner
+Runner(load_config(Path(sys.argv[1])), toy_stages.stages(pause_s=float(sys.argv[2])),
+       options=RunOptions(quiet=True)).run()
+"""
+
+
+def _start_slow_run(cfg: Path, lock: Path) -> subprocess.Popen:
+    """A toy run in another process, returned once it holds the run folder's lock."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_RUN, str(cfg), "0.3"], env=_env(), start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while not (lock.is_file() and lock.read_text().strip()):
+        assert proc.poll() is None, "the first run ended before it held the lock"
+        assert time.monotonic() < deadline, "the first run never took the lock"
+        time.sleep(0.05)
+    return proc
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_folder(tmp_path, capsys):
+    cfg = toy_stages.write_config(tmp_path, size_px=512)
+    out = tmp_path / "out"
+    lock = out / ".state/lock"
+    first = _start_slow_run(cfg, lock)
+    try:
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == first.pid
+        # a second, real process through the command line
+        second = subprocess.run(
+            [sys.executable, "-m", "pipeline", "run", "--config", str(cfg), "--quiet"],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 2, second.stderr
+        assert f"in use by another run (PID {first.pid} on host" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.poll() is None, "the refused run must not disturb the first"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    # the killed holder's record stays in the lock file: the next run takes it over
+    assert json.loads(lock.read_text())["pid"] == first.pid
+    capsys.readouterr()
+    m = _run(cfg)
+    err = capsys.readouterr().err
+    assert f"taking over the stale lock of PID {first.pid}" in err
+    assert m["stages"]["noise"]["status"] == "ran"
+    assert lock.read_text() == "", "a finished run leaves the folder unlocked"
+    assert not list(out.rglob(".*.tmp-*"))
+
+
+def test_a_lock_recorded_on_another_host_is_not_taken_over(tmp_path):
+    cfg = toy_stages.write_config(tmp_path)
+    lock = tmp_path / "out/.state/lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": 1, "host": "another-host", "started": "2026-01-01"}))
+    with pytest.raises(RunFolderError, match=r"another-host.*delete the lock file"):
+        _run(cfg)
+
+
+# --------------------------------------------------------------------------- temporaries
+
+
+def test_only_the_killed_runs_own_temporaries_are_removed(tmp_path):
+    cfg = toy_stages.write_config(tmp_path, size_px=512)
+    out = tmp_path / "out"
+    _run(cfg)  # a run folder
+    # a user's file that looks like a temporary, in the run folder
+    mine = out / "toy/.notes.tmp-1.txt"
+    mine.write_text("mine")
+    first = _start_slow_run(
+        toy_stages.write_config(tmp_path, size_px=512, scale=3.0), out / ".state/lock"
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "toy").glob(f".noise.tmp-{first.pid}*")):
+            assert time.monotonic() < deadline, "no temporary file appeared"
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    journal = out / ".state/temporaries"
+    recorded = journal.read_text().split()
+    assert f"toy/.noise.tmp-{first.pid}.blocks.tif" in recorded
+    # an edited journal naming files outside the folder, or not temporaries, deletes nothing
+    outside = tmp_path / ".victim.tmp-9.txt"
+    outside.write_text("keep")
+    with journal.open("a") as f:
+        f.write("../.victim.tmp-9.txt\ntoy/summary.json\n")
+    _run(cfg)
+    assert mine.read_text() == "mine"
+    assert outside.read_text() == "keep"
+    assert not list(out.rglob(f".*.tmp-{first.pid}*"))
+    assert not journal.exists()
+
+
+# --------------------------------------------------------------------------- where
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["/etc", "/usr/local/share/forest", "/var/lib/x", "/", "../../etc", "a/../../b"],
+)
+def test_system_folders_and_relative_escapes_are_refused(given, tmp_path):
+    with pytest.raises(RunFolderError, match="output_dir"):
+        check_output_dir(Path(given), cwd=tmp_path / "project")
+
+
+def test_a_link_into_a_system_folder_is_refused_and_an_absolute_path_elsewhere_is_not(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "outputs").symlink_to("/etc")
+    with pytest.raises(RunFolderError, match="inside the system folder /etc"):
+        check_output_dir(Path("outputs/tiny"), cwd=project)
+    elsewhere = tmp_path / "other-disk/run"
+    assert check_output_dir(elsewhere, cwd=project) == elsewhere
+    assert check_output_dir(Path("/var/tmp/run"), cwd=project) == Path("/var/tmp/run")
+    assert check_output_dir(Path("outputs2/../out"), cwd=project) == project / "out"
+
+
+def test_a_folder_that_is_not_empty_and_not_a_run_folder_is_refused(tmp_path, capsys):
+    cfg = toy_stages.write_config(tmp_path)
+    mine = tmp_path / "my-documents"
+    mine.mkdir()
+    (mine / "thesis.docx").write_bytes(b"chapter 1")
+    (mine / ".draft.tmp-12.txt").write_text("keep me")
+    before = _snapshot(mine)
+    code = main(["run", "--config", str(cfg), "--out", str(mine), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{mine}: the folder is not empty and is not a run folder" in err
+    assert "give another output_dir or --out" in err
+    assert _snapshot(mine) == before
+    assert not (mine / ".state").exists()
+
+
+# --------------------------------------------------------------------------- stale stages
+
+
+def test_a_stage_left_out_whose_input_changed_is_marked_stale_then_redone(tmp_path, capsys):
+    cfg = toy_stages.write_config(tmp_path)
+    first = _run(cfg)
+    toy_stages.write_config(tmp_path, scale=2.0)  # the noise stage's input changes
+    m = _run(cfg, stages=("noise",))
+    err = capsys.readouterr().err
+    assert "summary: stale, input(s) raster changed since it ran" in err  # also under --quiet
+    assert m["stages"]["noise"]["status"] == "ran"
+    # summary.json was computed from the old noise: not described as this run's output
+    assert m["stages"]["summary"]["status"] == "stale: input(s) raster changed since it ran"
+    assert "toy/summary.json" not in m["outputs"]
+    assert (
+        m["stale"]["summary"]["outputs"]["toy/summary.json"] == first["outputs"]["toy/summary.json"]
+    )
+    on_disk = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert on_disk["stages"]["summary"]["status"].startswith("stale")
+    catalog = json.loads((tmp_path / "out/catalog.json").read_text())
+    assert not any("summary" in link["href"] for link in catalog["links"])
+    # a run of everything redoes it
+    m = _run(cfg)
+    assert m["stages"]["summary"]["status"] == "ran"
+    assert "summary" not in m.get("stale", {})
+    assert (
+        m["outputs"]["toy/summary.json"]["checksum"]
+        != first["outputs"]["toy/summary.json"]["checksum"]
+    )
+
+
+def test_a_stage_that_would_read_a_stale_stages_outputs_is_refused(tmp_path):
+    cfg = toy_stages.write_config(tmp_path)
+    _run(cfg)
+    toy_stages.write_config(tmp_path, scale=2.0)
+    with pytest.raises(
+        ConfigError,
+        match=r"stage summary reads outputs of stale stage\(s\) noise "
+        r"\(noise: input\(s\) params changed since it ran\); add them to --stages",
+    ):
+        _run(cfg, stages=("summary",))
+
+
+def test_a_stale_stage_whose_inputs_are_back_gets_its_records_back(tmp_path):
+    cfg = toy_stages.write_config(tmp_path)
+    first = _run(cfg)
+    toy_stages.write_config(tmp_path, scale=2.0)
+    _run(cfg, stages=("noise",))
+    toy_stages.write_config(tmp_path, scale=1.0)  # back to the first run's input
+    m = _run(cfg, stages=("noise",))
+    assert m["stages"]["summary"]["status"] == "skipped (unchanged)"
+    assert m["outputs"] == first["outputs"]
+    assert m.get("stale") == {}
