@@ -13,11 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import toy_stages
 
 from pipeline.cli import main
-from pipeline.config import load_config
+from pipeline.config import DaskSettings, load_config
 from pipeline.errors import ConfigError, RunFolderError
 from pipeline.run_folder import check_output_dir
 from pipeline.runner import Runner, RunOptions
@@ -240,3 +241,32 @@ def test_a_stale_stage_whose_inputs_are_back_gets_its_records_back(tmp_path):
     assert m["stages"]["summary"]["status"] == "skipped (unchanged)"
     assert m["outputs"] == first["outputs"]
     assert m.get("stale") == {}
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def _listening_ips(port: int) -> set[str]:
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
+
+
+def test_the_dashboard_listens_on_this_machine_only_unless_the_config_asks(tmp_path):
+    from pipeline.cluster import dask_client
+
+    settings = DaskSettings(n_workers=1, threads_per_worker=1, memory_limit="1GiB")
+    with dask_client(settings) as c:
+        port = c.scheduler_info()["services"]["dashboard"]
+        assert _listening_ips(port) == {"127.0.0.1"}
+    with dask_client(settings.model_copy(update={"dashboard_address": "0.0.0.0:0"})) as c:
+        assert _listening_ips(c.scheduler_info()["services"]["dashboard"]) == {"0.0.0.0"}
+    # where to watch a run is not what it computes: the config hash ignores it
+    cfg = toy_stages.write_config(tmp_path)
+    exposed = cfg.read_text().replace("chunk_px: 128}", "chunk_px: 128, dashboard_address: ':0'}")
+    other = tmp_path / "exposed.yaml"
+    other.write_text(exposed)
+    assert load_config(other).dask.dashboard_address == ":0"
+    assert load_config(other).sha256 == load_config(cfg).sha256
