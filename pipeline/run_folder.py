@@ -31,14 +31,15 @@ import fcntl
 import json
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import psutil
 
-from pipeline.errors import RunFolderError
+from pipeline import io
+from pipeline.errors import InputDataError, RunFolderError
 
 #: folders of the operating system a run never writes into (nor under). ``/var/tmp`` is
 #: the one exception under ``/var`` (a temporary folder like ``/tmp``).
@@ -269,3 +270,54 @@ def claim(output_dir: Path, *, say: Callable[[str], None]) -> Iterator[Journal]:
             yield journal
         finally:
             journal.clean()
+
+
+# --------------------------------------------------------------------------- records
+
+MANIFEST_NAME = "manifest.json"
+
+
+def recorded_sha256(path: Path) -> str:
+    """The sha256 of ``path`` recorded by the nearest ``manifest.json`` above it.
+
+    The manifest's ``outputs.<path relative to its folder>.file_sha256``, as the runner
+    (and :func:`record_outputs`) writes it.
+
+    Raises
+    ------
+    InputDataError
+        No manifest above ``path``, or one that records no checksum of it.
+    """
+    resolved = path.resolve()
+    for root in resolved.parents:
+        manifest = root / MANIFEST_NAME
+        if not manifest.is_file():
+            continue
+        rel = resolved.relative_to(root).as_posix()
+        try:
+            entry = json.loads(manifest.read_text(encoding="utf-8")).get("outputs", {}).get(rel)
+        except (json.JSONDecodeError, AttributeError):
+            entry = None
+        if isinstance(entry, dict) and isinstance(entry.get("file_sha256"), str):
+            return str(entry["file_sha256"])
+        raise InputDataError(
+            f"{path}: {manifest} records no checksum of {rel}, so the file cannot be "
+            "checked; rerun the stage or command that writes it into this folder"
+        )
+    raise InputDataError(
+        f"{path}: no {MANIFEST_NAME} in the folders above it records its checksum, so the "
+        "file cannot be checked; use it where the run or command that wrote it put it"
+    )
+
+
+def record_outputs(root: Path, relpaths: Iterable[str], *, command: str) -> None:
+    """Record the sha256 of files a stand-alone command wrote under ``root`` in
+    ``root/manifest.json`` (``outputs.<relpath>``, merged into what is there)."""
+    manifest = root / MANIFEST_NAME
+    data: dict[str, Any] = {}
+    if manifest.is_file():
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    outputs = data.setdefault("outputs", {})
+    for rel in relpaths:
+        outputs[rel] = {"stage": command, "file_sha256": io.file_sha256(root / rel)}
+    io.write_output(data, manifest)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -19,8 +20,9 @@ import toy_stages
 
 from pipeline.cli import main
 from pipeline.config import DaskSettings, load_config
-from pipeline.errors import ConfigError, RunFolderError
-from pipeline.run_folder import check_output_dir
+from pipeline.contracts import MODELS_RELPATH, load_models
+from pipeline.errors import ConfigError, InputDataError, RunFolderError
+from pipeline.run_folder import check_output_dir, record_outputs
 from pipeline.runner import Runner, RunOptions
 
 TESTS = Path(__file__).parent
@@ -270,3 +272,39 @@ def test_the_dashboard_listens_on_this_machine_only_unless_the_config_asks(tmp_p
     other.write_text(exposed)
     assert load_config(other).dask.dashboard_address == ":0"
     assert load_config(other).sha256 == load_config(cfg).sha256
+
+
+# --------------------------------------------------------------------------- pickles
+
+
+class _Planted:
+    """A pickle that creates a file when it is loaded (what a tampered models.pkl can do)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (str(self.target), "w"))
+
+
+def test_a_models_file_changed_after_the_run_is_not_unpickled(tmp_path):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    models = run / MODELS_RELPATH
+    models.write_bytes(pickle.dumps({"mapper": "not a mapper"}))
+    record_outputs(run, [MODELS_RELPATH], command="fit")
+    # the recorded file is unpickled (and then found not to be a models file)
+    with pytest.raises(InputDataError, match="not a models file"):
+        load_models(models)
+    planted = tmp_path / "planted"
+    models.write_bytes(pickle.dumps(_Planted(planted)))
+    with pytest.raises(
+        InputDataError,
+        match=rf"{models}: its sha256 \(.*\) is not the one the manifest recorded",
+    ):
+        load_models(models)
+    assert not planted.exists()
+    (run / "manifest.json").unlink()
+    with pytest.raises(InputDataError, match=r"no manifest\.json in the folders above it"):
+        load_models(models)
+    assert not planted.exists()
