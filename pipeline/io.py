@@ -70,20 +70,31 @@ TemporaryJournal = Callable[[Path], None]
 
 #: errno values of a full disk or an exhausted quota
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+#: free space (bytes) under which a failed write is put down to a full disk: GDAL reports
+#: ENOSPC only on stderr (libtiff) and raises "Write failed" without an errno
+FULL_DISK_BYTES = 16 * 2**20
 
 
-def _is_no_space(err: BaseException) -> bool:
-    # GDAL reports a failed write as a RasterioIOError (an OSError) without errno
-    return getattr(err, "errno", None) in NO_SPACE_ERRNOS or "no space left" in str(err).lower()
+def _is_no_space(err: BaseException, path: Path) -> bool:
+    if getattr(err, "errno", None) in NO_SPACE_ERRNOS:
+        return True
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize < FULL_DISK_BYTES
 
 
 @contextlib.contextmanager
 def full_disk_named(path: Path) -> Iterator[None]:
-    """Turn a full disk while writing ``path`` into a :class:`RunFolderError` naming it."""
+    """Turn a full disk while writing ``path`` into a :class:`RunFolderError` naming it.
+
+    Used inside the temporaries' cleanup, so the disk is judged before they are removed.
+    """
     try:
         yield
     except OSError as err:
-        if not _is_no_space(err):
+        if not _is_no_space(err, path):
             raise
         raise RunFolderError(
             f"{path}: no space left on the device while writing it (nothing was written under "

@@ -308,3 +308,38 @@ def test_a_models_file_changed_after_the_run_is_not_unpickled(tmp_path):
     with pytest.raises(InputDataError, match=r"no manifest\.json in the folders above it"):
         load_models(models)
     assert not planted.exists()
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 320 KiB tmpfs (mounting needs root; skipped otherwise)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_ends_in_exit_2_naming_the_path_and_leaves_no_partial_file(
+    tmp_path, small_disk, monkeypatch, capsys
+):
+    import pipeline.stages
+
+    monkeypatch.setattr(pipeline.stages, "STAGES", toy_stages.stages())
+    cfg = toy_stages.write_config(tmp_path, size_px=512)  # 1 MiB of incompressible float32
+    out = small_disk / "run"
+    code = main(["run", "--config", str(cfg), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{out / 'toy/noise.tif'}: no space left on the device" in err
+    assert "Traceback" not in err
+    left = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert "toy/noise.tif" not in left
+    assert not [p for p in left if ".tmp-" in p], left
