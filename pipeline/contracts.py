@@ -51,7 +51,7 @@ from pipeline import io
 from pipeline.config import Config, CreditsParams, SinkParams
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.features import with_band_names
-from pipeline.run_folder import recorded_sha256
+from pipeline.run_folder import PINNED_ITEMS_ROOT, recorded_sha256
 from pipeline.sink import years_between
 
 # -- the run folder ---------------------------------------------------------------------
@@ -59,7 +59,7 @@ from pipeline.sink import years_between
 #: frozen STAC items of the acquire stage, one ``<epoch>.json`` each
 ITEMS_DIR = "items"
 #: where ``reproduce`` puts the original run's frozen items (see :mod:`pipeline.reproduce`)
-PINNED_ITEMS_DIR = "pinned/items"
+PINNED_ITEMS_DIR = f"{PINNED_ITEMS_ROOT}/items"
 #: key of the DEM items next to the epochs' (``items/terrain.json``)
 TERRAIN_KEY = "terrain"
 

@@ -130,10 +130,11 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def input_checksum(spec: Path | tuple[Path, ...]) -> str:
-    """sha256 of an input file, of every file under a directory, or of a tuple of paths."""
+def input_file_sha256(spec: Path | tuple[Path, ...]) -> dict[Path, str]:
+    """The sha256 of every file of an input: a file, the files under a directory, or a
+    tuple of such paths (in :func:`input_checksum`'s order)."""
     paths = spec if isinstance(spec, tuple) else (spec,)
-    h = hashlib.sha256()
+    out: dict[Path, str] = {}
     for p in paths:
         if p.is_dir():
             files = sorted(q for q in p.rglob("*") if q.is_file())
@@ -141,9 +142,24 @@ def input_checksum(spec: Path | tuple[Path, ...]) -> str:
             files = [p]
         else:
             raise InputDataError(f"{p}: input not found")
-        for q in files:
-            h.update(str(q.relative_to(p) if p.is_dir() else q.name).encode())
-            h.update(file_sha256(q).encode())
+        out.update({q: file_sha256(q) for q in files})
+    return out
+
+
+def input_checksum(
+    spec: Path | tuple[Path, ...], *, files: Mapping[Path, str] | None = None
+) -> str:
+    """sha256 of an input file, of every file under a directory, or of a tuple of paths:
+    of each file's name (relative to its directory) and sha256. ``files`` are those of
+    :func:`input_file_sha256` when already computed."""
+    if files is None:
+        files = input_file_sha256(spec)
+    paths = spec if isinstance(spec, tuple) else (spec,)
+    h = hashlib.sha256()
+    for q, sha in files.items():
+        folder = next((p for p in paths if p.is_dir() and p in q.parents), None)
+        h.update(str(q.relative_to(folder) if folder else q.name).encode())
+        h.update(sha.encode())
     return h.hexdigest()
 
 

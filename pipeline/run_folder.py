@@ -9,7 +9,8 @@ temporaries cleaned.
    path whose ``..`` parts leave the working directory it is resolved against (an absolute
    path is an explicit choice and may point anywhere else).
 2. **What.** A folder that exists, is not empty and is not a run folder (no ``.state/``,
-   no ``manifest.json``) is refused: a run never writes into, or cleans, a user's folder.
+   no ``manifest.json``, no ``pinned/`` of a reproduction) is refused: a run never writes
+   into, or cleans, a user's folder.
 3. **Who.** ``.state/lock`` is locked with ``flock`` (atomic; the kernel releases it when
    its process dies, however it dies) and holds the holder's PID, host and start time. A
    second run exits 2 naming the holder. A lock file left with a record by a process that
@@ -65,6 +66,9 @@ SYSTEM_DIRS = tuple(
 SYSTEM_DIR_EXCEPTIONS = (Path("/var/tmp"),)
 
 STATE_DIR = ".state"
+MANIFEST_NAME = "manifest.json"
+#: the folder of a reproduction's pinned STAC items (:data:`pipeline.contracts.PINNED_ITEMS_DIR`)
+PINNED_ITEMS_ROOT = "pinned"
 LOCK_NAME = "lock"
 JOURNAL_NAME = "temporaries"
 #: what every temporary of :mod:`pipeline.io` is called: ``.<stem>.tmp-<pid>...``
@@ -112,8 +116,9 @@ def check_output_dir(output_dir: Path, *, cwd: Path | None = None) -> Path:
 
 
 def is_run_folder(root: Path) -> bool:
-    """Whether ``root`` is a run folder (a run has started in it)."""
-    return (root / STATE_DIR).is_dir() or (root / "manifest.json").is_file()
+    """Whether ``root`` is a run folder: a run has started in it (``.state/``), recorded
+    itself (``manifest.json``) or a reproduction has pinned its items (``pinned/``)."""
+    return any((root / name).exists() for name in (STATE_DIR, MANIFEST_NAME, PINNED_ITEMS_ROOT))
 
 
 def check_usable(root: Path) -> None:
@@ -123,8 +128,8 @@ def check_usable(root: Path) -> None:
     if root.is_dir() and any(root.iterdir()) and not is_run_folder(root):
         raise RunFolderError(
             f"output_dir {root}: the folder is not empty and is not a run folder (it has no "
-            f"{STATE_DIR}/ and no manifest.json); a run writes only into a new or empty "
-            "folder or its own run folder: give another output_dir or --out"
+            f"{STATE_DIR}/, no {MANIFEST_NAME}, no {PINNED_ITEMS_ROOT}/); a run writes only "
+            "into a new or empty folder or its own run folder: give another output_dir or --out"
         )
 
 
@@ -273,8 +278,6 @@ def claim(output_dir: Path, *, say: Callable[[str], None]) -> Iterator[Journal]:
 
 
 # --------------------------------------------------------------------------- records
-
-MANIFEST_NAME = "manifest.json"
 
 
 def recorded_sha256(path: Path) -> str:

@@ -126,6 +126,18 @@ class RunOptions:
     pinned_items: Path | None = None
 
 
+@dataclass(frozen=True)
+class Fingerprint:
+    """A stage's parameters and inputs as they are now, and the hash of them and the code."""
+
+    params: Any
+    specs: dict[str, Path | tuple[Path, ...]]
+    #: per input, every file with its sha256 (:func:`pipeline.io.input_file_sha256`)
+    files: dict[str, dict[Path, str]]
+    checksums: dict[str, str]
+    value: str
+
+
 @dataclass
 class StageRecord:
     status: str
@@ -406,6 +418,8 @@ class Runner:
                 "packages": package_versions(),
                 "seeds": {"seed": self.config.seed},
                 "run_datetime": utc_now(),
+                # what the config's relative paths are resolved against (``reproduce``)
+                "working_dir": str(Path.cwd()),
             }
         )
         manifest.setdefault("inputs", {})
@@ -429,17 +443,18 @@ class Runner:
 
     # stale stages ----------------------------------------------------------------------
 
-    def _fingerprint(
-        self, stage: Stage, source_hash: str
-    ) -> tuple[Any, dict[str, Path | tuple[Path, ...]], dict[str, str], str]:
-        """The stage's parameters, input specs, input checksums and fingerprint."""
+    def _fingerprint(self, stage: Stage, source_hash: str) -> Fingerprint:
+        """The stage's parameters and inputs now, and their fingerprint."""
         params = stage.params(self.config)
         specs = dict(stage.inputs(self.config, self.layout))
-        checksums = {name: io.input_checksum(spec) for name, spec in specs.items()}
-        fingerprint = hashlib.sha256(
+        files = {name: io.input_file_sha256(spec) for name, spec in specs.items()}
+        checksums = {
+            name: io.input_checksum(spec, files=files[name]) for name, spec in specs.items()
+        }
+        value = hashlib.sha256(
             canonical([stage.name, params, checksums, source_hash]).encode()
         ).hexdigest()
-        return params, specs, checksums, fingerprint
+        return Fingerprint(params, specs, files, checksums, value)
 
     def _reads(
         self, specs: Mapping[str, Path | tuple[Path, ...]], owners: Mapping[str, str]
@@ -466,18 +481,18 @@ class Runner:
             if stage.name in selected or state is None:
                 continue
             try:
-                _, specs, checksums, fingerprint = self._fingerprint(stage, source_hash)
+                now = self._fingerprint(stage, source_hash)
             except ForestCarbonError as err:
                 reason = f"its inputs cannot be read now ({err})"
             else:
-                upstream = self._reads(specs, owners)
+                upstream = self._reads(now.specs, owners)
                 if upstream:
                     reason = f"it reads outputs of stale stage(s) {', '.join(sorted(upstream))}"
-                elif self._is_current(stage, fingerprint):
+                elif self._is_current(stage, now.value):
                     continue
                 else:
                     recorded = state.get("input_checksums", {})
-                    changed = [n for n, c in checksums.items() if recorded.get(n) != c]
+                    changed = [n for n, c in now.checksums.items() if recorded.get(n) != c]
                     reason = (
                         f"input(s) {', '.join(changed)} changed since it ran"
                         if changed and recorded
@@ -561,8 +576,8 @@ class Runner:
     ) -> None:
         t0 = time.perf_counter()
         self._write_warnings_before(stage)
-        params, specs, checksums, fingerprint = self._fingerprint(stage, source_hash)
-        if not self.options.force and self._is_current(stage, fingerprint):
+        now = self._fingerprint(stage, source_hash)
+        if not self.options.force and self._is_current(stage, now.value):
             self._restore(stage, manifest)
             state = self._load_state(stage) or {}
             manifest["stages"][stage.name] = {
@@ -577,14 +592,16 @@ class Runner:
             self._print_warnings(stage, manifest["stages"][stage.name])
             return
         self.console.print(f"▶ {stage.name:<10} running")
-        # raw inputs (outside the run folder) are recorded with their checksums
+        # raw inputs (outside the run folder) are recorded with their checksums, and each
+        # of their files with its own (``reproduce`` names a changed file)
         root = self.layout.root.resolve()
-        for name, spec in specs.items():
+        for name, spec in now.specs.items():
             paths = spec if isinstance(spec, tuple) else (spec,)
             if not any(root in p.resolve().parents for p in paths):
                 manifest["inputs"][f"{stage.name}.{name}"] = {
                     "paths": [str(p) for p in paths],
-                    "sha256": checksums[name],
+                    "sha256": now.checksums[name],
+                    "files": {str(p): sha for p, sha in now.files[name].items()},
                 }
         from distributed.diagnostics import MemorySampler
 
@@ -601,9 +618,9 @@ class Runner:
                 warnings.simplefilter("always", ModelsWarning)
                 loaded = {
                     name: io.read_input(spec, chunk_px=self.config.dask.chunk_px)
-                    for name, spec in specs.items()
+                    for name, spec in now.specs.items()
                 }
-                outputs = dict(stage.func(params, **group_inputs(loaded)))
+                outputs = dict(stage.func(now.params, **group_inputs(loaded)))
                 with Progress(
                     TextColumn("  {task.description}"),
                     BarColumn(),
@@ -663,10 +680,10 @@ class Runner:
         manifest["stages"][stage.name] = dataclasses.asdict(record)
         manifest.get("stale", {}).pop(stage.name, None)
         state = {
-            "fingerprint": fingerprint,
+            "fingerprint": now.value,
             "record": dataclasses.asdict(record),
             "file_sha256": file_sha256,
-            "input_checksums": checksums,
+            "input_checksums": now.checksums,
         }
         with io.atomic_path(self._state_path(stage), journal=self.journal) as tmp:
             tmp.write_text(json.dumps(state, indent=2, sort_keys=True))

@@ -343,3 +343,76 @@ def test_a_full_disk_ends_in_exit_2_naming_the_path_and_leaves_no_partial_file(
     left = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert "toy/noise.tif" not in left
     assert not [p for p in left if ".tmp-" in p], left
+
+
+# --------------------------------------------------------------------------- reproduce
+
+
+@pytest.fixture
+def relative_toy_run(tmp_path, monkeypatch):
+    """A toy run made from ``tmp_path`` with a config of relative paths; the command line
+    runs the toy stages."""
+    import pipeline.stages
+
+    monkeypatch.setattr(pipeline.stages, "STAGES", toy_stages.stages())
+    cfg = toy_stages.write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace(f"{tmp_path}/", ""))
+    assert "output_dir: out\n" in cfg.read_text()
+    monkeypatch.chdir(tmp_path)
+    _run(cfg)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    return tmp_path / "out"
+
+
+def test_reproduce_works_from_inside_the_run_folder_and_from_elsewhere(
+    relative_toy_run, monkeypatch, capsys
+):
+    run = relative_toy_run
+    monkeypatch.chdir(run)
+    assert main(["reproduce", "manifest.json", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[:2] == ["identical  toy/noise.tif", "identical  toy/summary.json"]
+    assert (run.parent / "out-reproduce/toy/summary.json").is_file()
+    monkeypatch.chdir(run.parent / "elsewhere")
+    assert main(["reproduce", str(run / "manifest.json"), "--out", "again", "--quiet"]) == 0
+    assert (run.parent / "elsewhere/again/toy/summary.json").is_file()
+
+
+def test_reproduce_retries_over_a_failed_attempt_and_refuses_a_users_folder(
+    relative_toy_run, capsys
+):
+    run = relative_toy_run
+    failed = run.parent / "retry"
+    (failed / "pinned/items").mkdir(parents=True)  # what an interrupted attempt leaves
+    assert main(["reproduce", str(run / "manifest.json"), "--out", str(failed), "--quiet"]) == 0
+    mine = run.parent / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    code = main(["reproduce", str(run / "manifest.json"), "--out", str(mine), "--quiet"])
+    assert code == 2
+    assert "is not an earlier reproduction" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_reproduce_exit_codes(relative_toy_run, capsys):
+    run = relative_toy_run
+    manifest = run / "manifest.json"
+    recorded = json.loads(manifest.read_text())
+    # 3: an output differs from the recorded one
+    recorded["outputs"]["toy/summary.json"]["checksum"] = "0" * 64
+    manifest.write_text(json.dumps(recorded))
+    assert main(["reproduce", str(manifest), "--out", str(run.parent / "r3"), "--quiet"]) == 3
+    assert "different  toy/summary.json" in capsys.readouterr().out
+    # 2: an input file changed since the run, named by its path before any rerun
+    params = run.parent / "data" / toy_stages.PARAMS_CSV
+    params.write_text(params.read_text().replace("1.0", "1.5"))
+    assert main(["reproduce", str(manifest), "--out", str(run.parent / "r2"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"data/{toy_stages.PARAMS_CSV}: changed" in err
+    assert "Traceback" not in err
+    assert not (run.parent / "r2").exists()
+    # 2: not a manifest
+    (run.parent / "bad.json").write_text("{truncated")
+    assert main(["reproduce", str(run.parent / "bad.json"), "--quiet"]) == 2
+    assert "not a run manifest (not JSON" in capsys.readouterr().err
