@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import toy_stages
 
 from pipeline.cli import main
-from pipeline.config import DaskSettings, load_config
+from pipeline.config import DaskSettings, load_config, region_config_path
 from pipeline.contracts import MODELS_RELPATH, load_models
 from pipeline.errors import ConfigError, InputDataError, RunFolderError
 from pipeline.run_folder import check_output_dir, record_outputs
@@ -416,3 +417,62 @@ def test_reproduce_exit_codes(relative_toy_run, capsys):
     (run.parent / "bad.json").write_text("{truncated")
     assert main(["reproduce", str(run.parent / "bad.json"), "--quiet"]) == 2
     assert "not a run manifest (not JSON" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the tiny region
+
+
+@pytest.mark.slow
+def test_tiny_new_lidar_marks_model_and_predict_stale_then_a_run_redoes_them(
+    tiny_data, tmp_path, capsys
+):
+    import laspy
+    import numpy as np
+
+    data = tmp_path / "tiny"
+    shutil.copytree(tiny_data, data)
+    text = region_config_path("tiny").read_text()
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        text.replace("data/tiny", str(data)).replace("outputs/tiny", str(tmp_path / "run"))
+    )
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(cfg), "--quiet"]) == 0
+    first = json.loads((run / "manifest.json").read_text())
+    # new LiDAR: the canopy returns of one tile 3 m higher
+    tile = sorted((data / "lidar").glob("*.laz"))[0]
+    las = laspy.read(tile)
+    canopy = np.asarray(las.classification) != 2
+    las.z = np.where(canopy, np.asarray(las.z) + 3.0, np.asarray(las.z))
+    las.write(tile)
+    assert main(["run", "--config", str(cfg), "--stages", "lidar", "--quiet"]) == 0
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["stages"]["lidar"]["status"] == "ran"
+    assert m["stages"]["model"]["status"] == "stale: input(s) lidar_metrics changed since it ran"
+    assert m["stages"]["predict"]["status"].startswith("stale: it reads outputs of stale stage(s)")
+    for rel, rec in first["outputs"].items():
+        if rec["stage"] in ("model", "predict"):
+            assert rel not in m["outputs"], rel
+            assert rel in m["stale"][rec["stage"]]["outputs"]
+    err = capsys.readouterr().err
+    assert "model: stale, input(s) lidar_metrics changed" in err
+    # a stage that would read them is refused, naming the stale one
+    assert main(["run", "--config", str(cfg), "--stages", "predict", "--quiet"]) == 2
+    assert "stage predict reads outputs of stale stage(s) model" in capsys.readouterr().err
+    # a run of everything redoes them from the new LiDAR
+    assert main(["run", "--config", str(cfg), "--quiet"]) == 0
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["stages"]["model"]["status"] == "ran"
+    assert m["stages"]["predict"]["status"] == "ran"
+    assert not any(m["stale"].values())
+    assert set(m["outputs"]) == set(first["outputs"])
+    # the predict command refuses the run's models.pkl once it is changed
+    models = run / MODELS_RELPATH
+    models.write_bytes(models.read_bytes() + b"\x00")
+    argv = [
+        "predict", "--models", str(models), "--terrain", str(run / "composites/terrain.tif"),
+        "--composite", f"2019={run / 'composites/2019.tif'}",
+        "--composite", f"2024={run / 'composites/2024.tif'}", "--out", str(tmp_path / "p"),
+    ]  # fmt: skip
+    assert main(argv) == 2
+    assert f"{models}: its sha256" in capsys.readouterr().err
