@@ -346,6 +346,15 @@ def test_a_full_disk_ends_in_exit_2_naming_the_path_and_leaves_no_partial_file(
     assert not [p for p in left if ".tmp-" in p], left
 
 
+def test_a_full_disk_while_writing_a_table_names_it_and_leaves_nothing(small_disk):
+    from pipeline import io
+
+    path = small_disk / "tables/big.json"
+    with pytest.raises(RunFolderError, match=rf"{path}: no space left on the device"):
+        io.write_output({"rows": ["x" * 1000] * 1000}, path)  # ~1 MB of JSON
+    assert list(path.parent.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- reproduce
 
 
