@@ -4,8 +4,10 @@ By default a ``distributed.LocalCluster`` of worker processes sized to the machi
 single-threaded worker per available core (GDAL and the LAZ decoder are not thread-safe
 in every build, and processes sidestep the GIL for numpy-light code), each allowed an
 equal share of 80% of physical memory. The config's ``dask`` section overrides each
-figure; ``--scheduler tcp://HOST:PORT`` connects to an existing cluster instead, which is
-how a run outgrows one machine.
+figure, and its ``dashboard_address`` where the dashboard listens (by default
+``127.0.0.1`` on a free port: the dashboard has no authentication, so it is not offered
+to the network unless the config asks); ``--scheduler tcp://HOST:PORT`` connects to an
+existing cluster instead, which is how a run outgrows one machine.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iter
             threads_per_worker=threads,
             memory_limit=memory,
             processes=True,
-            dashboard_address=":0",  # a free port: never clashes with another cluster
+            # 127.0.0.1:0 by default: this machine only (no login), a free port
+            dashboard_address=settings.dashboard_address,
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,

@@ -36,6 +36,7 @@ The run folder (``outputs/<region>/`` by default)::
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -50,6 +51,7 @@ from pipeline import io
 from pipeline.config import Config, CreditsParams, SinkParams
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.features import with_band_names
+from pipeline.run_folder import PINNED_ITEMS_ROOT, recorded_sha256
 from pipeline.sink import years_between
 
 # -- the run folder ---------------------------------------------------------------------
@@ -57,7 +59,7 @@ from pipeline.sink import years_between
 #: frozen STAC items of the acquire stage, one ``<epoch>.json`` each
 ITEMS_DIR = "items"
 #: where ``reproduce`` puts the original run's frozen items (see :mod:`pipeline.reproduce`)
-PINNED_ITEMS_DIR = "pinned/items"
+PINNED_ITEMS_DIR = f"{PINNED_ITEMS_ROOT}/items"
 #: key of the DEM items next to the epochs' (``items/terrain.json``)
 TERRAIN_KEY = "terrain"
 
@@ -359,11 +361,34 @@ def credits_job(config: Config) -> CreditsJob:
 def load_models(models: Path | bytes | Mapping[str, Any]) -> dict[str, Any]:
     """The ``{"mapper", "conversion", "support_px"}`` bundle of ``model/models.pkl``.
 
-    Only load model files your own runs wrote: unpickling runs code.
+    Unpickling runs code, so a file is unpickled only when its bytes have the sha256 the
+    manifest of its folder recorded when the model stage (or ``fit``) wrote it
+    (:func:`pipeline.run_folder.recorded_sha256`): a pickle changed or swapped after the
+    run is refused. The check cannot tell a malicious run folder from a genuine one (its
+    sender writes the manifest too): only load run folders you trust. ``bytes`` are the
+    model stage's own output in this process.
+
+    Raises
+    ------
+    InputDataError
+        The file is not the one recorded, no manifest records it, or it is not a models
+        file.
     """
     if isinstance(models, Mapping):
         return dict(models)
-    blob = models if isinstance(models, bytes) else Path(models).read_bytes()
+    if isinstance(models, bytes):
+        blob = models
+    else:
+        path = Path(models)
+        blob = path.read_bytes()
+        recorded = recorded_sha256(path)
+        actual = hashlib.sha256(blob).hexdigest()
+        if actual != recorded:
+            raise InputDataError(
+                f"{path}: its sha256 ({actual[:16]}...) is not the one the manifest recorded "
+                f"when it was written ({recorded[:16]}...): the file was changed after the run "
+                "and is not loaded (unpickling runs code); rerun the model stage or `fit`"
+            )
     bundle = pickle.loads(blob)
     if not isinstance(bundle, dict) or not isinstance(bundle.get("mapper"), BiomassMapper):
         raise InputDataError(f"{MODELS_RELPATH}: not a models file of the model stage; rerun `fit`")

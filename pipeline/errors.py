@@ -28,6 +28,11 @@ class ScienceDomainError(ForestCarbonError):
     """Inputs fall outside the domain in which a method or equation is valid."""
 
 
+class RunFolderError(ForestCarbonError):
+    """The output folder cannot be used: another run holds it, it is not a run folder, it
+    lies in a system folder, or its disk is full (see :mod:`pipeline.run_folder`)."""
+
+
 class PipelineWarning(UserWarning):
     """Something the user should know about a run's inputs or results that does not stop it.
 

@@ -21,6 +21,7 @@ such as GeoPackage timestamps therefore does not count as a difference.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ import pandas as pd
 import rioxarray
 import xarray as xr
 
-from pipeline.errors import InputDataError
+from pipeline.errors import InputDataError, RunFolderError
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
 
@@ -63,28 +64,62 @@ def tmp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
 
 
+#: called with a temporary's path before it is created (the run folder's journal,
+#: :class:`pipeline.run_folder.Journal`)
+TemporaryJournal = Callable[[Path], None]
+
+#: errno values of a full disk or an exhausted quota
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+#: free space (bytes) under which a failed write is put down to a full disk: GDAL reports
+#: ENOSPC only on stderr (libtiff) and raises "Write failed" without an errno
+FULL_DISK_BYTES = 16 * 2**20
+
+
+def _is_no_space(err: BaseException, path: Path) -> bool:
+    if getattr(err, "errno", None) in NO_SPACE_ERRNOS:
+        return True
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize < FULL_DISK_BYTES
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path; rename it to ``path`` when the block succeeds."""
+def full_disk_named(path: Path) -> Iterator[None]:
+    """Turn a full disk while writing ``path`` into a :class:`RunFolderError` naming it.
+
+    Used inside the temporaries' cleanup, so the disk is judged before they are removed.
+    """
+    try:
+        yield
+    except OSError as err:
+        if not _is_no_space(err, path):
+            raise
+        raise RunFolderError(
+            f"{path}: no space left on the device while writing it (nothing was written under "
+            "that name); free some space or give an output folder on another disk"
+        ) from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, *, journal: TemporaryJournal | None = None) -> Iterator[Path]:
+    """Yield a temporary path; rename it to ``path`` when the block succeeds.
+
+    ``journal`` records the temporary before it exists (see :mod:`pipeline.run_folder`).
+    A full disk raises :class:`~pipeline.errors.RunFolderError` naming ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
+    if journal is not None:
+        journal(tmp)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with full_disk_named(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def remove_stale_temporaries(root: Path) -> int:
-    """Delete temporaries left by killed runs under ``root``; returns how many."""
-    n = 0
-    if root.is_dir():
-        for p in root.rglob(".*.tmp-*"):
-            if p.is_file():
-                p.unlink()
-                n += 1
-    return n
 
 
 def file_sha256(path: Path) -> str:
@@ -95,10 +130,11 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def input_checksum(spec: Path | tuple[Path, ...]) -> str:
-    """sha256 of an input file, of every file under a directory, or of a tuple of paths."""
+def input_file_sha256(spec: Path | tuple[Path, ...]) -> dict[Path, str]:
+    """The sha256 of every file of an input: a file, the files under a directory, or a
+    tuple of such paths (in :func:`input_checksum`'s order)."""
     paths = spec if isinstance(spec, tuple) else (spec,)
-    h = hashlib.sha256()
+    out: dict[Path, str] = {}
     for p in paths:
         if p.is_dir():
             files = sorted(q for q in p.rglob("*") if q.is_file())
@@ -106,9 +142,24 @@ def input_checksum(spec: Path | tuple[Path, ...]) -> str:
             files = [p]
         else:
             raise InputDataError(f"{p}: input not found")
-        for q in files:
-            h.update(str(q.relative_to(p) if p.is_dir() else q.name).encode())
-            h.update(file_sha256(q).encode())
+        out.update({q: file_sha256(q) for q in files})
+    return out
+
+
+def input_checksum(
+    spec: Path | tuple[Path, ...], *, files: Mapping[Path, str] | None = None
+) -> str:
+    """sha256 of an input file, of every file under a directory, or of a tuple of paths:
+    of each file's name (relative to its directory) and sha256. ``files`` are those of
+    :func:`input_file_sha256` when already computed."""
+    if files is None:
+        files = input_file_sha256(spec)
+    paths = spec if isinstance(spec, tuple) else (spec,)
+    h = hashlib.sha256()
+    for q, sha in files.items():
+        folder = next((p for p in paths if p.is_dir() and p in q.parents), None)
+        h.update(str(q.relative_to(folder) if folder else q.name).encode())
+        h.update(sha.encode())
     return h.hexdigest()
 
 
@@ -195,6 +246,7 @@ def write_cog(
     progress: ProgressCallback | None = None,
     tags: Mapping[str, str] | None = None,
     band_tags: Mapping[str, str] | None = None,
+    journal: TemporaryJournal | None = None,
 ) -> None:
     """Write a georeferenced DataArray/Dataset as a COG, block by block, atomically.
 
@@ -219,6 +271,8 @@ def write_cog(
         ``progress(done, total)`` is called after each block is written.
     tags, band_tags
         GDAL metadata items of the dataset, and of every band.
+    journal
+        Records each temporary before it is created (see :func:`atomic_path`).
     """
     import rasterio
     import rasterio.shutil
@@ -259,8 +313,11 @@ def write_cog(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     stage_tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.blocks{path.suffix}")
+    if journal is not None:
+        journal(stage_tmp)
     try:
         with (
+            full_disk_named(path),
             rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES),  # bytes, not MB, in rasterio
             rasterio.open(stage_tmp, "w", **profile) as dst,
         ):
@@ -286,7 +343,10 @@ def write_cog(
                 dst.write(values, indexes=list(range(b + 1, b + 1 + values.shape[0])), window=win)
                 if progress is not None:
                     progress(done, total)
-        with atomic_path(path) as tmp, rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES):
+        with (
+            atomic_path(path, journal=journal) as tmp,
+            rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES),
+        ):
             rasterio.shutil.copy(
                 stage_tmp,
                 tmp,
@@ -346,15 +406,20 @@ def _computed_blocks(
 
 
 def write_output(
-    obj: Any, path: Path, *, client: Any = None, progress: ProgressCallback | None = None
+    obj: Any,
+    path: Path,
+    *,
+    client: Any = None,
+    progress: ProgressCallback | None = None,
+    journal: TemporaryJournal | None = None,
 ) -> None:
     """Write one stage output by its type (see :mod:`pipeline.stage`), atomically."""
     import geopandas as gpd
 
     if isinstance(obj, xr.DataArray | xr.Dataset):
-        write_cog(obj, path, client=client, progress=progress)
+        write_cog(obj, path, client=client, progress=progress, journal=journal)
         return
-    with atomic_path(path) as tmp:
+    with atomic_path(path, journal=journal) as tmp:
         if isinstance(obj, gpd.GeoDataFrame):
             driver = "GeoJSON" if path.suffix.lower() == ".geojson" else "GPKG"
             obj.to_file(tmp, driver=driver, layer=path.stem if driver == "GPKG" else None)

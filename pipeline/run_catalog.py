@@ -71,10 +71,15 @@ ROLES: dict[str, list[str]] = {".png": ["overview"], STYLE_SUFFIX: ["style"]}
 
 
 class AtomicStacIO(DefaultStacIO):
-    """pystac's file I/O, writing every file under a temporary name first."""
+    """pystac's file I/O, writing every file under a temporary name first (recorded in
+    ``journal``, see :func:`pipeline.io.atomic_path`)."""
+
+    def __init__(self, journal: io.TemporaryJournal | None = None) -> None:
+        super().__init__()
+        self.journal = journal
 
     def write_text_to_href(self, href: str, txt: str) -> None:
-        with io.atomic_path(Path(href)) as tmp:
+        with io.atomic_path(Path(href), journal=self.journal) as tmp:
             tmp.write_text(txt, encoding="utf-8")
 
 
@@ -280,7 +285,9 @@ def build_catalog(manifest: Mapping[str, Any], root: Path) -> pystac.Catalog:
     return catalog
 
 
-def write_catalog(manifest: Mapping[str, Any], layout: RunLayout) -> pystac.Catalog:
+def write_catalog(
+    manifest: Mapping[str, Any], layout: RunLayout, *, journal: io.TemporaryJournal | None = None
+) -> pystac.Catalog:
     """Rebuild the run's catalog from ``manifest`` and save it, self-contained, atomically.
 
     ``catalog.json`` is written last, so it never lists an item file that is not there;
@@ -297,7 +304,7 @@ def write_catalog(manifest: Mapping[str, Any], layout: RunLayout) -> pystac.Cata
     )
     catalog.make_all_asset_hrefs_relative()
     # pystac saves the items first and the catalog last
-    catalog.save(pystac.CatalogType.SELF_CONTAINED, stac_io=AtomicStacIO())
+    catalog.save(pystac.CatalogType.SELF_CONTAINED, stac_io=AtomicStacIO(journal))
     keep = {f"{item.id}.json" for item in catalog.get_items()}
     for stale in items_dir.glob("*.json"):
         if stale.name not in keep:

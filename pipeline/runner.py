@@ -15,7 +15,19 @@ For each selected stage the runner
 
 A run killed at any point leaves complete files or none under their final names; the
 stage that was running has no new state record, so the next call reruns it and skips the
-ones before it. Temporaries left by a killed run are removed at the start of the next.
+ones before it. Before writing anything the runner claims the run folder
+(:func:`pipeline.run_folder.claim`): it refuses system folders and folders that are not
+run folders, locks the folder against a second run, and removes the temporaries a killed
+run recorded in its journal (and only those).
+
+Stale stages: with ``--stages``, the stages left out are checked too. One whose inputs,
+parameters or code changed since it ran, or which reads the outputs of such a stage, is
+*stale*: before the run, a selected stage that reads a stale stage's outputs is refused
+(add that stage to ``--stages``); after it, every stale stage is marked
+``stale: <reason>`` in ``stages`` and its outputs (with their STAC items and results) move
+from ``outputs`` to ``stale.<stage>``, so the manifest never lists an output the current
+config and inputs did not produce. A later run reruns it (its fingerprint differs) or,
+if its inputs are back to what they were, moves its records back.
 
 The manifest (DESIGN §3) holds the resolved config and its hash, the code version, key
 package versions, every input with its checksum (STAC items by id and href), every output
@@ -42,6 +54,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -67,10 +80,10 @@ from rich.progress import (
 )
 
 from models.errors import ModelsWarning
-from pipeline import io
+from pipeline import io, run_folder
 from pipeline.config import Config
-from pipeline.contracts import RunLayout
-from pipeline.errors import ConfigError, PipelineWarning
+from pipeline.contracts import PINNED_ITEMS_DIR, RunLayout
+from pipeline.errors import ConfigError, ForestCarbonError, PipelineWarning
 from pipeline.run_catalog import write_catalog
 from pipeline.stage import Stage
 
@@ -109,6 +122,20 @@ class RunOptions:
     force: bool = False
     scheduler: str | None = None
     quiet: bool = False
+    #: frozen STAC items to copy to ``pinned/items`` first (``reproduce``: no new search)
+    pinned_items: Path | None = None
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A stage's parameters and inputs as they are now, and the hash of them and the code."""
+
+    params: Any
+    specs: dict[str, Path | tuple[Path, ...]]
+    #: per input, every file with its sha256 (:func:`pipeline.io.input_file_sha256`)
+    files: dict[str, dict[Path, str]]
+    checksums: dict[str, str]
+    value: str
 
 
 @dataclass
@@ -280,6 +307,8 @@ class Runner:
         self.console = console or Console(stderr=True, quiet=options.quiet)
         #: warnings are printed also under --quiet
         self.alerts = Console(stderr=True) if self.console.quiet else self.console
+        #: records the temporaries of the run in progress (:mod:`pipeline.run_folder`)
+        self.journal: io.TemporaryJournal | None = None
         known = [s.name for s in self.stages]
         if options.stages is not None:
             unknown = [s for s in options.stages if s not in known]
@@ -326,7 +355,7 @@ class Runner:
             own, other = record.get("warnings", []), record.get("library_warnings", [])
             if own or other:
                 before.append({"stage": s.name, "warnings": own, "library_warnings": other})
-        with io.atomic_path(self.layout.warnings) as tmp:
+        with io.atomic_path(self.layout.warnings, journal=self.journal) as tmp:
             tmp.write_text(json.dumps(before, indent=2) + "\n")
 
     def _print_warnings(self, stage: Stage, record: Mapping[str, Any]) -> None:
@@ -350,19 +379,34 @@ class Runner:
 
     def _write_manifest(self, manifest: Mapping[str, Any]) -> None:
         """Write the manifest, then the catalog rebuilt from it (both atomically)."""
-        with io.atomic_path(self.layout.manifest) as tmp:
+        with io.atomic_path(self.layout.manifest, journal=self.journal) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        write_catalog(manifest, self.layout)
+        write_catalog(manifest, self.layout, journal=self.journal)
 
     # run -----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Run the selected stages; returns the manifest."""
+        """Run the selected stages in the claimed run folder; returns the manifest."""
+        with run_folder.claim(self.layout.root, say=self._log) as journal:
+            self.journal = journal
+            try:
+                return self._run()
+            finally:
+                self.journal = None
+
+    def _log(self, message: str) -> None:
+        """A line about the run folder, printed also under --quiet."""
+        self.alerts.print(f"[dim]{escape(message)}[/]", highlight=False)
+
+    def _run(self) -> dict[str, Any]:
         from pipeline.cluster import dask_client
 
-        self.layout.root.mkdir(parents=True, exist_ok=True)
-        io.remove_stale_temporaries(self.layout.root)
+        if self.options.pinned_items is not None:
+            pinned = self.layout.path(PINNED_ITEMS_DIR)
+            shutil.rmtree(pinned, ignore_errors=True)
+            shutil.copytree(self.options.pinned_items, pinned)
         code = code_version()
+        self._refuse_stale_inputs(code["source_sha256"])
         manifest = self._manifest()
         manifest.update(
             {
@@ -374,6 +418,8 @@ class Runner:
                 "packages": package_versions(),
                 "seeds": {"seed": self.config.seed},
                 "run_datetime": utc_now(),
+                # what the config's relative paths are resolved against (``reproduce``)
+                "working_dir": str(Path.cwd()),
             }
         )
         manifest.setdefault("inputs", {})
@@ -390,20 +436,149 @@ class Runner:
             for stage in self.selected():
                 self._run_stage(stage, client, code["source_sha256"], manifest)
                 self._write_manifest(manifest)
+        if self.options.stages is not None:
+            self._mark_stale(self._stale(code["source_sha256"]), manifest)
+            self._write_manifest(manifest)
         return manifest
+
+    # stale stages ----------------------------------------------------------------------
+
+    def _fingerprint(self, stage: Stage, source_hash: str) -> Fingerprint:
+        """The stage's parameters and inputs now, and their fingerprint."""
+        params = stage.params(self.config)
+        specs = dict(stage.inputs(self.config, self.layout))
+        files = {name: io.input_file_sha256(spec) for name, spec in specs.items()}
+        checksums = {
+            name: io.input_checksum(spec, files=files[name]) for name, spec in specs.items()
+        }
+        value = hashlib.sha256(
+            canonical([stage.name, params, checksums, source_hash]).encode()
+        ).hexdigest()
+        return Fingerprint(params, specs, files, checksums, value)
+
+    def _reads(
+        self, specs: Mapping[str, Path | tuple[Path, ...]], owners: Mapping[str, str]
+    ) -> set[str]:
+        """The stages among ``owners`` (output relpath -> stage) whose outputs ``specs`` read."""
+        paths = [
+            p for spec in specs.values() for p in (spec if isinstance(spec, tuple) else (spec,))
+        ]
+        return {
+            owner
+            for rel, owner in owners.items()
+            for p in paths
+            if self.layout.path(rel) == p or p in self.layout.path(rel).parents
+        }
+
+    def _stale(self, source_hash: str) -> dict[str, str]:
+        """The stages left out of ``--stages`` whose recorded outputs no longer follow from
+        the config, inputs and code: ``{stage: reason}``, in pipeline order."""
+        selected = {s.name for s in self.selected()}
+        stale: dict[str, str] = {}
+        owners: dict[str, str] = {}  # outputs of stale stages -> their stage
+        for stage in self.stages:
+            state = self._load_state(stage)
+            if stage.name in selected or state is None:
+                continue
+            try:
+                now = self._fingerprint(stage, source_hash)
+            except ForestCarbonError as err:
+                reason = f"its inputs cannot be read now ({err})"
+            else:
+                upstream = self._reads(now.specs, owners)
+                if upstream:
+                    reason = f"it reads outputs of stale stage(s) {', '.join(sorted(upstream))}"
+                elif self._is_current(stage, now.value):
+                    continue
+                else:
+                    recorded = state.get("input_checksums", {})
+                    changed = [n for n, c in now.checksums.items() if recorded.get(n) != c]
+                    reason = (
+                        f"input(s) {', '.join(changed)} changed since it ran"
+                        if changed and recorded
+                        else "its inputs, parameters or code changed since it ran"
+                    )
+            stale[stage.name] = reason
+            owners.update(dict.fromkeys(state.get("file_sha256", {}), stage.name))
+        return stale
+
+    def _refuse_stale_inputs(self, source_hash: str) -> None:
+        """Refuse a ``--stages`` run whose stages would read outputs of a stale stage."""
+        if self.options.stages is None:
+            return
+        stale = self._stale(source_hash)
+        owners = {
+            rel: s.name
+            for s in self.stages
+            if s.name in stale
+            for rel in (self._load_state(s) or {}).get("file_sha256", {})
+        }
+        for stage in self.selected():
+            try:
+                specs = dict(stage.inputs(self.config, self.layout))
+            except ForestCarbonError:
+                continue  # the stage itself reports it when it runs
+            upstream = sorted(self._reads(specs, owners))
+            if upstream:
+                reasons = "; ".join(f"{u}: {stale[u]}" for u in upstream)
+                raise ConfigError(
+                    f"--stages: stage {stage.name} reads outputs of stale stage(s) "
+                    f"{', '.join(upstream)} ({reasons}); add them to --stages, or run all stages"
+                )
+
+    def _mark_stale(self, stale: Mapping[str, str], manifest: dict[str, Any]) -> None:
+        """Move the records of stale stages out of ``outputs``, ``stac_items`` and
+        ``results`` into ``stale.<stage>``, and say so."""
+        for stage in self.stages:
+            if stage.name not in stale:
+                if stage.name not in {s.name for s in self.selected()}:
+                    self._restore(stage, manifest)
+                continue
+            state = self._load_state(stage) or {}
+            held = manifest.setdefault("stale", {}).setdefault(
+                stage.name, {"outputs": {}, "stac_items": {}, "results": None}
+            )
+            for rel in state.get("file_sha256", {}):
+                if rel in manifest["outputs"]:
+                    held["outputs"][rel] = manifest["outputs"].pop(rel)
+                if rel in manifest["stac_items"]:
+                    held["stac_items"][rel] = manifest["stac_items"].pop(rel)
+            if stage.name in manifest.get("results", {}):
+                held["results"] = manifest["results"].pop(stage.name)
+            held["reason"] = stale[stage.name]
+            manifest["stages"][stage.name] = {
+                **state.get("record", {}),
+                "status": f"stale: {stale[stage.name]}",
+            }
+            self.alerts.print(
+                f"[yellow]⚠[/] {stage.name}: stale, {escape(stale[stage.name])}: its outputs "
+                "are no longer in the manifest; `run` without --stages redoes it",
+                highlight=False,
+            )
+
+    def _restore(self, stage: Stage, manifest: dict[str, Any]) -> None:
+        """Move the records a stage had when it was marked stale back (it is current)."""
+        held = manifest.get("stale", {}).pop(stage.name, None)
+        if held is None:
+            return
+        manifest["outputs"].update(held["outputs"])
+        manifest["stac_items"].update(held["stac_items"])
+        if held["results"] is not None:
+            manifest.setdefault("results", {})[stage.name] = held["results"]
+        state = self._load_state(stage) or {}
+        manifest["stages"][stage.name] = {
+            **state.get("record", {}),
+            "status": "skipped (unchanged)",
+        }
 
     def _run_stage(
         self, stage: Stage, client: Any, source_hash: str, manifest: dict[str, Any]
     ) -> None:
         t0 = time.perf_counter()
         self._write_warnings_before(stage)
-        params = stage.params(self.config)
-        specs = dict(stage.inputs(self.config, self.layout))
-        checksums = {name: io.input_checksum(spec) for name, spec in specs.items()}
-        fingerprint = hashlib.sha256(
-            canonical([stage.name, params, checksums, source_hash]).encode()
-        ).hexdigest()
-        if not self.options.force and self._is_current(stage, fingerprint):
+        now = self._fingerprint(stage, source_hash)
+        if not self.options.force and self._is_current(stage, now.value):
+            self._restore(stage, manifest)
             state = self._load_state(stage) or {}
             manifest["stages"][stage.name] = {
                 **state.get("record", {}),
@@ -417,14 +592,16 @@ class Runner:
             self._print_warnings(stage, manifest["stages"][stage.name])
             return
         self.console.print(f"▶ {stage.name:<10} running")
-        # raw inputs (outside the run folder) are recorded with their checksums
+        # raw inputs (outside the run folder) are recorded with their checksums, and each
+        # of their files with its own (``reproduce`` names a changed file)
         root = self.layout.root.resolve()
-        for name, spec in specs.items():
+        for name, spec in now.specs.items():
             paths = spec if isinstance(spec, tuple) else (spec,)
             if not any(root in p.resolve().parents for p in paths):
                 manifest["inputs"][f"{stage.name}.{name}"] = {
                     "paths": [str(p) for p in paths],
-                    "sha256": checksums[name],
+                    "sha256": now.checksums[name],
+                    "files": {str(p): sha for p, sha in now.files[name].items()},
                 }
         from distributed.diagnostics import MemorySampler
 
@@ -441,9 +618,9 @@ class Runner:
                 warnings.simplefilter("always", ModelsWarning)
                 loaded = {
                     name: io.read_input(spec, chunk_px=self.config.dask.chunk_px)
-                    for name, spec in specs.items()
+                    for name, spec in now.specs.items()
                 }
-                outputs = dict(stage.func(params, **group_inputs(loaded)))
+                outputs = dict(stage.func(now.params, **group_inputs(loaded)))
                 with Progress(
                     TextColumn("  {task.description}"),
                     BarColumn(),
@@ -458,7 +635,13 @@ class Runner:
                         def advance(done: int, total: int, task: TaskID = task) -> None:
                             bar.update(task, completed=done, total=total)
 
-                        io.write_output(obj, self.layout.path(rel), client=client, progress=advance)
+                        io.write_output(
+                            obj,
+                            self.layout.path(rel),
+                            client=client,
+                            progress=advance,
+                            journal=self.journal,
+                        )
         except Exception:
             # a failed stage records nothing, but what it warned may explain the failure
             own, other = sort_warnings(caught)
@@ -495,12 +678,14 @@ class Runner:
         if stage.results is not None:
             manifest.setdefault("results", {})[stage.name] = stage.results(outputs)
         manifest["stages"][stage.name] = dataclasses.asdict(record)
+        manifest.get("stale", {}).pop(stage.name, None)
         state = {
-            "fingerprint": fingerprint,
+            "fingerprint": now.value,
             "record": dataclasses.asdict(record),
             "file_sha256": file_sha256,
+            "input_checksums": now.checksums,
         }
-        with io.atomic_path(self._state_path(stage)) as tmp:
+        with io.atomic_path(self._state_path(stage), journal=self.journal) as tmp:
             tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
         self._print_warnings(stage, manifest["stages"][stage.name])
         peak = f", peak {record.peak_rss_mb:.0f} MB" if record.peak_rss_mb else ""

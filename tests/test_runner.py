@@ -22,7 +22,7 @@ import toy_stages
 
 from models.errors import ModelsWarning
 from pipeline.config import load_config
-from pipeline.errors import PipelineWarning
+from pipeline.errors import InputDataError, PipelineWarning
 from pipeline.reproduce import reproduce
 from pipeline.runner import Runner, RunOptions
 
@@ -284,10 +284,21 @@ def test_reproduce_identical_then_different_after_input_change(tmp_path):
     assert same.identical
     assert [v for _, v in same.outputs] == ["identical", "identical"]
     toy_stages.write_config(tmp_path, scale=1.5)  # alter an input of the recorded run
-    diff = reproduce(manifest, toy_stages.stages(), out=tmp_path / "again2", quiet=True)
+    params = tmp_path / "data" / toy_stages.PARAMS_CSV
+    # checked before anything reruns, and named by its path
+    with pytest.raises(InputDataError, match=f"input files differ .*: {params}: changed;"):
+        reproduce(manifest, toy_stages.stages(), out=tmp_path / "again2", quiet=True)
+    assert not (tmp_path / "again2").exists()
+    diff = reproduce(
+        manifest,
+        toy_stages.stages(),
+        out=tmp_path / "again2",
+        quiet=True,
+        allow_changed_inputs=True,
+    )
     assert not diff.identical
     assert dict(diff.outputs)["toy/noise.tif"] == "different"
-    assert diff.changed_inputs == ("noise.params",)
+    assert diff.changed_inputs == (f"{params}: changed",)
 
 
 def test_local_cluster_does_not_time_out_workers_busy_in_compiled_code():

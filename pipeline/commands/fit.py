@@ -6,7 +6,8 @@
         [--lidar-epoch 2019] [--cv-block-m 1000] [--seed 0] --out DIR
 
 Writes DIR/model/model_card.json (CV metrics per candidate, spatial and random split),
-DIR/model/plot_features.csv and DIR/model/models.pkl (for ``forest-carbon predict``).
+DIR/model/plot_features.csv and DIR/model/models.pkl (for ``forest-carbon predict``), and
+records their sha256 in DIR/manifest.json (``predict`` unpickles only the recorded file).
 The science is in :mod:`models.biomass`; the stage in :mod:`pipeline.stages.model`.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from pipeline.commands import make_params, param_option, read_input, write_outputs
 from pipeline.config import ModelParams, PredictParams, StandaloneParams
 from pipeline.errors import ConfigError
+from pipeline.run_folder import record_outputs
 
 
 def epoch_paths(items: list[str], *, option: str) -> dict[str, Path]:
@@ -95,4 +97,5 @@ def main(args: argparse.Namespace) -> int:
         lidar_metrics=read_input(args.lidar_metrics) if args.lidar_metrics else None,
     )
     write_outputs({args.out / rel: obj for rel, obj in outputs.items()})
+    record_outputs(args.out, outputs, command="fit")  # `predict` checks models.pkl by it
     return 0

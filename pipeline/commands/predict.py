@@ -7,8 +7,9 @@
 
 Writes, per epoch, DIR/rasters/agb_<epoch>.tif, agb_sd_, agb_interval_, carbon_,
 carbon_sd_, co2e_ and quality_<epoch>.tif (COGs); with ``--parcels``, values only where
-a cell's centre lies in a parcel whose ``land_class`` is a forest class. Only load a
-models.pkl that your own ``forest-carbon fit`` wrote: unpickling runs code.
+a cell's centre lies in a parcel whose ``land_class`` is a forest class. models.pkl is
+unpickled only when its sha256 is the one recorded in the manifest.json of the folder
+``fit`` or ``run`` wrote it to; unpickling runs code, so use only folders you trust.
 Stage: :mod:`pipeline.stages.predict`.
 """
 

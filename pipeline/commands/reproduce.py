@@ -1,16 +1,21 @@
 """``forest-carbon reproduce RUN/manifest.json``: rerun a recorded run and compare.
 
-Prints, per output, identical, different or missing; exit 0 only when every output is
-identical (see :mod:`pipeline.reproduce`).
+Checks the recorded input files first, then reruns into ``--out`` (default: the run
+folder's name with ``-reproduce``, beside it; an earlier reproduction there is reused) and
+prints, per output, identical, different or missing. Works from any working directory.
+Exit 0: every output identical; 3: some different or missing; 2: bad input (the manifest,
+a changed input file, the output folder); 1: internal error. See :mod:`pipeline.reproduce`.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from pipeline.commands.run import add_run_options
+
+#: exit code of a reproduction whose outputs are not all identical
+EXIT_DIFFERENT = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        help="new folder for the reproduction (default: RUN-reproduce, replaced)",
+        help="folder for the reproduction (default: RUN-reproduce beside the run folder)",
+    )
+    p.add_argument(
+        "--allow-changed-inputs",
+        action="store_true",
+        help="rerun even when input files differ from the recorded ones (they are listed)",
     )
     add_run_options(p)
     p.set_defaults(func=main)
@@ -29,12 +39,16 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.reproduce import reproduce
     from pipeline.stages import STAGES
 
-    out = args.out
-    if out is None:
-        out = args.manifest.parent.with_name(args.manifest.parent.name + "-reproduce")
-        if out.exists():
-            shutil.rmtree(out)
-    result = reproduce(args.manifest, STAGES, out=out, scheduler=args.scheduler, quiet=args.quiet)
+    run_dir = args.manifest.absolute().parent
+    out = args.out or run_dir.with_name(run_dir.name + "-reproduce")
+    result = reproduce(
+        args.manifest,
+        STAGES,
+        out=out,
+        scheduler=args.scheduler,
+        quiet=args.quiet,
+        allow_changed_inputs=args.allow_changed_inputs,
+    )
     for rel, verdict in result.outputs:
         print(f"{verdict:<10} {rel}")
     for name in result.changed_inputs:
@@ -42,4 +56,4 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"reproduction in {out}: {'all outputs identical' if result.identical else 'NOT identical'}"
     )
-    return 0 if result.identical else 1
+    return 0 if result.identical else EXIT_DIFFERENT

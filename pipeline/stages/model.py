@@ -43,7 +43,9 @@ Signature (the runner passes ``.tif`` inputs as lazy DataArrays, dims ``band, y,
 
 ``models.pkl`` is a pickle of ``{"mapper": BiomassMapper, "conversion": {...},
 "support_px": int, "parcel_classes": {"column", "classes"} | None,
-"non_forest_parcels": {epoch: [parcel_id, ...]}}`` read by the ``predict`` stage.
+"non_forest_parcels": {epoch: [parcel_id, ...]}}`` read by the ``predict`` stage, which
+unpickles it only when its sha256 is the one the run's manifest recorded
+(:func:`pipeline.contracts.load_models`).
 Command: ``forest-carbon fit`` (see :mod:`pipeline.commands.fit`).
 """
 
