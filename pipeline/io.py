@@ -136,8 +136,11 @@ def read_input(spec: Path | tuple[Path, ...], *, chunk_px: int) -> Any:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV table, UTF-8 with or without a byte-order mark (never part of a column name)."""
-    return pd.read_csv(path, encoding=CSV_ENCODING)
+    """A CSV table, UTF-8 with or without a byte-order mark (never part of a column name),
+    or a detected Chinese encoding, warned (:func:`pipeline.inputs.read_csv_text`)."""
+    from pipeline.inputs import read_csv_text
+
+    return read_csv_text(path)
 
 
 def open_raster(path: Path, *, chunk_px: int = 1024) -> xr.DataArray:

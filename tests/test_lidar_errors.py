@@ -27,10 +27,11 @@ X0, Y0 = 500_000.0, 2_900_000.0
 GRID = north_up_geobox((10, 20), x0_m=X0, ytop_m=Y0 + 100, res_m=10.0)
 
 
-def job(crs: str = "EPSG:32650", tile_crs: str | None = None) -> LidarJob:
-    return LidarJob(
-        LidarParams(chunk_size_m=50.0, buffer_m=10.0), crs=crs, resolution_m=10.0, tile_crs=tile_crs
-    )
+def job(
+    crs: str = "EPSG:32650", tile_crs: str | None = None, *, allow_skips: bool = False
+) -> LidarJob:
+    params = LidarParams(chunk_size_m=50.0, buffer_m=10.0, allow_skipped_tiles=allow_skips)
+    return LidarJob(params, crs=crs, resolution_m=10.0, tile_crs=tile_crs)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_tile_without_crs_is_an_error_naming_it_unless_a_crs_is_given(
     ):
         run_lidar(job(), tiles=tuple(paths), model_grid=GRID)
     out = run_lidar(job(tile_crs="EPSG:32650"), tiles=tuple(paths), model_grid=GRID)
-    assert out[LIDAR_TILES_RELPATH]["crs_source"].str.startswith("assumed").all()  # type: ignore[index]
+    assert out[LIDAR_TILES_RELPATH]["crs_source"].str.startswith("stated").all()  # type: ignore[index]
 
 
 def test_conflicting_crs_records_are_an_error(tmp_path: Path) -> None:
@@ -75,8 +76,13 @@ def test_feet_units_are_an_error_saying_to_convert(tmp_path: Path) -> None:
     las.y = np.array([Y0 + 1.0])
     las.z = np.array([300.0])
     las.write(path)
-    with pytest.raises(InputDataError, match=r"feet\.laz: CRS EPSG:2264 has .*foot.*metric CRS"):
+    with pytest.raises(
+        InputDataError, match=r"feet\.laz: CRS EPSG:2264 has axes in .*foot.*in metres"
+    ) as err:
         index_tiles([path])
+    # the advice is the tile's own UTM zone, not the demo region's: the point lies at
+    # 84.45 W, 41.59 N (pyproj), and floor((lon + 180) / 6) + 1 = zone 16
+    assert "UTM zone EPSG:32616" in str(err.value)
 
 
 def test_tiles_in_another_crs_than_the_model_grid(scene: Scene, tmp_path: Path) -> None:
@@ -96,7 +102,13 @@ def test_corrupt_tile_is_listed_and_other_tiles_keep_their_results(
     bad.write_bytes(data[: len(data) // 2])  # truncated LAZ: header intact, points cut
     garbage = tmp_path / "garbage.laz"
     garbage.write_bytes(b"not a LAS file at all" * 10)
-    out = run_lidar(job(), tiles=(*paths, garbage), model_grid=GRID)
+    with pytest.raises(
+        InputDataError, match=r"garbage\.laz: cannot read the header.*allow_skipped"
+    ):
+        run_lidar(job(), tiles=(*paths, garbage), model_grid=GRID)
+    with pytest.raises(InputDataError, match=rf"{bad.name}: .*corrupt or truncated.*allow_skipped"):
+        run_lidar(job(), tiles=tuple(paths), model_grid=GRID)
+    out = run_lidar(job(allow_skips=True), tiles=(*paths, garbage), model_grid=GRID)
     qa = out[LIDAR_QA_RELPATH]
     assert set(qa["failed_tiles"]) == {bad.name, garbage.name}  # type: ignore[index]
     assert "corrupt or truncated" in qa["failed_tiles"][bad.name]  # type: ignore[index]
@@ -118,10 +130,13 @@ def test_empty_tile_is_reported_and_all_empty_is_an_error(scene: Scene, tmp_path
     empty = tmp_path / "empty.laz"
     with laspy.open(empty, mode="w", header=las_header()) as w:
         w.write_points(laspy.ScaleAwarePointRecord.zeros(0, header=w.header))
-    out = run_lidar(job(), tiles=(*paths, empty), model_grid=GRID)
+    with pytest.raises(InputDataError, match=r"empty\.laz: the tile has no points.*allow_skipped"):
+        run_lidar(job(), tiles=(*paths, empty), model_grid=GRID)
+    out = run_lidar(job(allow_skips=True), tiles=(*paths, empty), model_grid=GRID)
     qa = out[LIDAR_QA_RELPATH]
     assert qa["empty_tiles"] == ["empty.laz"]  # type: ignore[index]
-    assert "empty.laz: the tile has no points; skipped" in qa["messages"]  # type: ignore[index]
+    skipped = "empty.laz: the tile has no points; skipped (stages.lidar.allow_skipped_tiles)"
+    assert skipped in qa["messages"]  # type: ignore[index]
     assert qa["n_tiles_ok"] == 1  # type: ignore[index]
     only_empty = tmp_path / "e2"
     only_empty.mkdir()
@@ -129,7 +144,7 @@ def test_empty_tile_is_reported_and_all_empty_is_an_error(scene: Scene, tmp_path
     with pytest.raises(
         InputDataError, match=r"no LiDAR tile has readable points: a\.laz: the tile has no points"
     ):
-        run_lidar(job(), tiles=(only_empty / "a.laz",), model_grid=GRID)
+        run_lidar(job(allow_skips=True), tiles=(only_empty / "a.laz",), model_grid=GRID)
 
 
 def test_no_tiles_is_an_error() -> None:

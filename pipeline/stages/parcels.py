@@ -6,8 +6,10 @@ partition an area add up to the area's total.
 
 Per parcel (units in the column names):
 
-- ``area_grid_ha``: area covered by the map grid; ``forest_area_ha``: area where the sink
-  is valid (forest with good quality at both epochs), the area the sink is summed over;
+- ``area_grid_ha``: area covered by the map grid, ``grid_fraction`` its share of
+  the parcel (below 1: partly off the grid, warned; 0 is refused); ``forest_area_ha``:
+  area where the sink is valid (forest with good quality at both epochs), the area the
+  sink is summed over;
 - ``carbon_<epoch>_mg_c`` per compared epoch, over pixels with a valid estimate at that
   epoch, with its SD (``carbon_sd_<epoch>_mg_c``, by the chosen aggregation), both
   bounds (``carbon_sd_correlated_<epoch>_mg_c``, ``carbon_sd_independent_<epoch>_mg_c``)
@@ -72,6 +74,7 @@ Run: ``forest-carbon run --region nanping --stages parcels``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,7 +104,8 @@ from pipeline.contracts import (
     resolve_correlation,
     sink_job,
 )
-from pipeline.errors import ConfigError, InputDataError
+from pipeline.errors import ConfigError, InputDataError, PipelineWarning
+from pipeline.inputs import refuse_off_grid
 from pipeline.map_errors import fit_map_errors, lidar_residuals
 from pipeline.sink import (
     as_band,
@@ -112,9 +116,18 @@ from pipeline.sink import (
 )
 from pipeline.stage import Stage
 from pipeline.units import M2_PER_HA, with_mu_areas
-from pipeline.zonal import Coverage, coverage_cells, covered_fraction_sum, weighted_sum
+from pipeline.zonal import (
+    Coverage,
+    coverage_cells,
+    covered_fraction_sum,
+    grid_fraction,
+    weighted_sum,
+)
 
 LIDAR_FRACTION_BAND = "lidar_fraction"
+#: a parcel counts as wholly on the grid from this share on (float sums of coverage
+#: fractions of a parcel inside the grid fall short of 1 by rounding only)
+FULLY_ON_GRID = 0.999
 
 
 def parcels_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
@@ -226,6 +239,26 @@ def parcel_sink_table(
     shape = computed["sink"].shape
     nx = shape[1]
     covs = coverage_cells(parcels, transform=transform, shape=shape, crs=crs.to_string())
+    areas_m2 = parcels.geometry.to_crs(crs.to_string()).area.to_numpy()
+    on_grid = np.array(
+        [
+            grid_fraction(c, polygon_area_m2=a, cell_area_m2=px_ha * M2_PER_HA)
+            for c, a in zip(covs, areas_m2, strict=True)
+        ]
+    )
+    refuse_off_grid(on_grid, parcels, where="parcels", id_column="parcel_id")
+    partly = np.flatnonzero(on_grid < FULLY_ON_GRID)
+    if partly.size:
+        listing = ", ".join(
+            f"{parcels['parcel_id'].iloc[i]} ({on_grid[i]:.0%})" for i in partly[:10]
+        )
+        warnings.warn(
+            f"parcels: {partly.size} of {len(parcels)} parcels lie partly off the map grid "
+            f"(share on it: {listing}); their totals cover only that share (column "
+            "grid_fraction): clip the parcel layer to the AOI or widen the AOI",
+            PipelineWarning,
+            stacklevel=2,
+        )
     z = float(norm.ppf(0.5 + job.interval / 2))
     co2 = co2_per_c()
     sink_valid = np.isfinite(computed["sink"])
@@ -256,6 +289,7 @@ def parcel_sink_table(
     for cov in covs:
         row: dict[str, float] = {}
         row["area_grid_ha"] = covered_fraction_sum(cov) * px_ha
+        row["grid_fraction"] = float(on_grid[len(rows)])
         row["forest_area_ha"] = covered_fraction_sum(cov, sink_valid) * px_ha
         for role, epoch in (("start", e1), ("end", e2)):
             total = weighted_sum(cov, computed[f"c_{role}"]) * px_ha

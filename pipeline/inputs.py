@@ -1,0 +1,246 @@
+"""A region's own input files, read and checked before any stage runs.
+
+``forest-carbon run`` (and ``forest-carbon check``) call :func:`check_inputs` before the
+runner touches the run folder, so a bad input ends in exit 2 with the file, the feature
+or column and what to do, and the run folder has nothing new. What is checked (the
+user's guide is ``docs/input_checks.md``):
+
+- the AOI, parcel and project layers are vector files GDAL reads (:func:`read_polygons`),
+  with a CRS, at least one feature, only Polygon/MultiPolygon features, none empty and
+  none invalid (a self-intersecting ring gives shapely an area of 0 and exactextract a
+  non-zero one, so the two would disagree silently);
+- every parcel and project polygon lies at least partly on the model grid (a wrong CRS
+  label or a layer of another place gives parcels 0 t of carbon); the ``parcels`` stage
+  flags the partly covered ones (:func:`pipeline.zonal.grid_fractions`);
+- the plots lie in the AOI (plots outside it have no predictors);
+- the tree list is UTF-8, or its encoding is detected (GBK/GB18030, as many Chinese
+  bureaus save CSV files) and said (:func:`read_csv_text`);
+- the LiDAR tile headers (readable, with points, in one metric CRS; the stage decodes the
+  points and fails on a corrupt tile unless ``stages.lidar.allow_skipped_tiles``).
+
+Each check is where the file is read, so the stages and stand-alone commands that read
+the same file say the same thing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from pyogrio.errors import DataLayerError, DataSourceError
+
+from pipeline.config import Config
+from pipeline.errors import InputDataError, PipelineWarning
+from pipeline.grid import region_geobox
+from pipeline.zonal import grid_fractions
+
+POLYGON_TYPES = ("Polygon", "MultiPolygon")
+
+#: a tree list's encodings besides UTF-8 that are read (after detection) rather than
+#: refused: the Chinese national encodings (GB18030 decodes GBK and GB2312 text)
+CHINESE_ENCODINGS = {"gb18030": "gb18030", "gbk": "gb18030", "gb2312": "gb18030"}
+
+
+def _feature(gdf: gpd.GeoDataFrame, i: int, id_column: str | None) -> str:
+    """How a message names feature ``i``: its id when the layer has one, else its index."""
+    if id_column is not None and id_column in gdf.columns:
+        return f"feature {i} ({id_column} {gdf[id_column].iloc[i]!r})"
+    return f"feature {i}"
+
+
+def read_polygons(path: Path, *, setting: str, id_column: str | None = None) -> gpd.GeoDataFrame:
+    """A polygon layer (AOI, parcels, project area), checked.
+
+    Parameters
+    ----------
+    path
+        A vector file GDAL reads (GeoPackage, GeoJSON, Shapefile, FlatGeobuf, ...).
+    setting
+        The config key or option that names the file, for the messages.
+    id_column
+        The column that names a feature in messages (e.g. ``parcel_id``).
+
+    Raises
+    ------
+    InputDataError
+        Not a vector file, no CRS, no features, a feature that is not a polygon, empty
+        or invalid; the message names the file, the feature and what to do.
+    """
+    where = f"{path} ({setting})"
+    if not path.is_file():
+        raise InputDataError(f"{where}: file not found")
+    try:
+        gdf = gpd.read_file(path)
+    except (DataSourceError, DataLayerError, ValueError) as err:
+        raise InputDataError(
+            f"{where}: not a vector file GDAL can read ({err}); give a GeoPackage, GeoJSON, "
+            "Shapefile or FlatGeobuf of polygons"
+        ) from None
+    if not isinstance(gdf, gpd.GeoDataFrame) or gdf.geometry is None:
+        raise InputDataError(f"{where}: the file has no geometry column")
+    if len(gdf) == 0:
+        raise InputDataError(f"{where}: the layer has no features")
+    if gdf.crs is None:
+        raise InputDataError(
+            f"{where}: the layer has no CRS; write it with one (GeoJSON: WGS84 longitude/latitude)"
+        )
+    geoms = gdf.geometry.array
+    missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise InputDataError(
+            f"{where}: {_feature(gdf, i, id_column)} has an empty geometry "
+            f"({int(missing.sum())} of {len(gdf)} features); delete or redraw them"
+        )
+    types = gdf.geometry.geom_type.to_numpy()
+    wrong = ~np.isin(types, POLYGON_TYPES)
+    if wrong.any():
+        i = int(np.flatnonzero(wrong)[0])
+        raise InputDataError(
+            f"{where}: {_feature(gdf, i, id_column)} is a {types[i]}; this input must be "
+            f"polygons ({' or '.join(POLYGON_TYPES)}), e.g. the boundary of the area"
+        )
+    valid = shapely.is_valid(geoms)
+    if not valid.all():
+        i = int(np.flatnonzero(~valid)[0])
+        raise InputDataError(
+            f"{where}: {_feature(gdf, i, id_column)} is an invalid polygon "
+            f"({shapely.is_valid_reason(geoms[i])}; {int((~valid).sum())} of {len(gdf)} "
+            "features invalid): its area is undefined. Repair the layer, e.g. "
+            "`ogr2ogr -makevalid OUT.gpkg IN.gpkg` or QGIS 'Fix geometries', and check the result"
+        )
+    return gdf
+
+
+def read_csv_text(path: Path) -> pd.DataFrame:
+    """A CSV table, UTF-8 (with or without a byte-order mark) or a detected Chinese encoding.
+
+    Many bureaus' tools save CSV in GBK (Excel on a Chinese Windows does). A file that is
+    not UTF-8 is given to charset-normalizer; GBK/GB18030/GB2312 text is read as GB18030
+    (a superset of the others) with a warning that says so; anything else is refused.
+
+    Raises
+    ------
+    InputDataError
+        The text is neither UTF-8 nor a detected Chinese encoding, or not a CSV table.
+    """
+    from charset_normalizer import from_path
+
+    try:
+        return pd.read_csv(path, encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputDataError(f"{path}: not a CSV table ({err})") from None
+    best = from_path(path).best()
+    detected = best.encoding if best is not None else None
+    encoding = CHINESE_ENCODINGS.get(detected or "")
+    if encoding is None:
+        raise InputDataError(
+            f"{path}: the text is not UTF-8 (detected: {detected or 'unknown'}); save the "
+            "file as 'CSV UTF-8' (Excel: Save As > CSV UTF-8)"
+        )
+    try:
+        table = pd.read_csv(path, encoding=encoding)
+    except UnicodeDecodeError as err:
+        raise InputDataError(
+            f"{path}: neither UTF-8 nor {encoding} ({err}); save the file as 'CSV UTF-8'"
+        ) from None
+    warnings.warn(
+        f"{path}: the text is not UTF-8; read it as {detected.upper()} (detected), as "
+        "Chinese Excel saves CSV; save it as 'CSV UTF-8' to silence this",
+        PipelineWarning,
+        stacklevel=2,
+    )
+    return table
+
+
+def refuse_off_grid(
+    fractions: np.ndarray, polygons: gpd.GeoDataFrame, *, where: str, id_column: str
+) -> None:
+    """Polygons with no part on the model grid are an error naming them."""
+    off = np.flatnonzero(fractions <= 0)
+    if off.size:
+        names = [_feature(polygons, int(i), id_column) for i in off[:5]]
+        raise InputDataError(
+            f"{where}: {off.size} of {len(polygons)} polygons lie entirely off the model grid "
+            f"(the AOI's extent), e.g. {', '.join(names)}: they would get 0 t of carbon. "
+            "Check the layer's CRS label, or clip the layer to the AOI"
+        )
+
+
+def _check_plots(path: Path, aoi: gpd.GeoDataFrame, crs: str) -> None:
+    try:
+        plots = gpd.read_file(path)
+    except (DataSourceError, DataLayerError, ValueError) as err:
+        raise InputDataError(
+            f"{path} (sources.plot_locations): not a vector file ({err})"
+        ) from None
+    if plots.crs is None:
+        raise InputDataError(f"{path} (sources.plot_locations): the layer has no CRS")
+    area = aoi.to_crs(crs).union_all()
+    inside = plots.to_crs(crs).intersects(area).to_numpy()
+    if not inside.any():
+        raise InputDataError(
+            f"{path} (sources.plot_locations): none of its {len(plots)} plots lies in the AOI "
+            "(config: aoi); check the plots' CRS label and that the AOI is the right one"
+        )
+
+
+def _check_lidar(config: Config) -> None:
+    from pipeline.contracts import RunLayout
+    from pipeline.lidar.index import index_tiles
+    from pipeline.stages.lidar import lidar_inputs, refuse_skips
+
+    tiles = lidar_inputs(config, RunLayout(Path(config.output_dir)))["tiles"]
+    assert isinstance(tiles, tuple)  # for mypy: the glob's matches
+    index = index_tiles(list(tiles), assume_crs=config.sources.lidar_crs)
+    refuse_skips([t.error for t in index if t.status != "ok"], config.stages.lidar)
+
+
+def check_inputs(config: Config, stages: Sequence[str]) -> list[str]:
+    """Read and check the inputs that ``stages`` of ``config`` use (module docstring).
+
+    Returns
+    -------
+    list of str
+        The warnings raised by the checks (e.g. a tree list read as GBK), in order.
+
+    Raises
+    ------
+    ForestCarbonError
+        The first problem found, naming the file, feature or setting.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PipelineWarning)
+        _check(config, stages)
+    return [str(w.message) for w in caught if issubclass(w.category, PipelineWarning)]
+
+
+def _check(config: Config, stages: Sequence[str]) -> None:
+    s = config.sources
+    aoi = read_polygons(config.aoi, setting="aoi")
+    grid = region_geobox(aoi, crs=config.crs, resolution_m=config.resolution_m)
+    layers = [(s.parcels, "sources.parcels"), (s.project_area, "sources.project_area")]
+    for path, setting in layers:
+        if path is None:
+            continue
+        polygons = read_polygons(path, setting=setting, id_column="parcel_id")
+        fractions = grid_fractions(polygons, grid=grid)
+        refuse_off_grid(fractions, polygons, where=f"{path} ({setting})", id_column="parcel_id")
+    if s.plot_locations is not None and "plots" in stages:
+        if not s.plot_locations.is_file():
+            raise InputDataError(f"{s.plot_locations} (sources.plot_locations): file not found")
+        _check_plots(s.plot_locations, aoi, config.crs)
+    if s.trees is not None and "plots" in stages:
+        if not s.trees.is_file():
+            raise InputDataError(f"{s.trees} (sources.trees): file not found")
+        if s.trees.suffix.lower() == ".csv":
+            read_csv_text(s.trees)
+    if "lidar" in stages:
+        _check_lidar(config)
