@@ -10,8 +10,9 @@ user's guide is ``docs/input_checks.md``):
   none invalid (a self-intersecting ring gives shapely an area of 0 and exactextract a
   non-zero one, so the two would disagree silently);
 - every parcel and project polygon lies at least partly on the model grid (a wrong CRS
-  label or a layer of another place gives parcels 0 t of carbon); the ``parcels`` stage
-  flags the partly covered ones (:func:`pipeline.zonal.grid_fractions`);
+  label or a layer of another place gives parcels 0 t of carbon); those partly on it are
+  warned about, here and by the ``parcels`` stage, whose table flags them (column
+  ``grid_fraction``; :func:`pipeline.zonal.grid_fractions`);
 - the plots lie in the AOI (plots outside it have no predictors);
 - the tree list is UTF-8, or its encoding is detected (GBK/GB18030, as many Chinese
   bureaus save CSV files) and said (:func:`read_csv_text`);
@@ -40,6 +41,9 @@ from pipeline.grid import region_geobox
 from pipeline.zonal import grid_fractions
 
 POLYGON_TYPES = ("Polygon", "MultiPolygon")
+#: a polygon counts as wholly on the grid from this share on (float sums of coverage
+#: fractions of a polygon inside the grid fall short of 1 by rounding only)
+FULLY_ON_GRID = 0.999
 
 #: a tree list's encodings besides UTF-8 that are read (after detection) rather than
 #: refused: the Chinese national encodings (GB18030 decodes GBK and GB2312 text)
@@ -174,6 +178,24 @@ def refuse_off_grid(
         )
 
 
+def warn_partly_off_grid(
+    fractions: np.ndarray, polygons: gpd.GeoDataFrame, *, where: str, id_column: str
+) -> None:
+    """A warning naming the polygons partly off the model grid, with their share on it."""
+    partly = np.flatnonzero(fractions < FULLY_ON_GRID)
+    if partly.size:
+        listing = ", ".join(
+            f"{_feature(polygons, int(i), id_column)}: {fractions[i]:.0%}" for i in partly[:10]
+        )
+        warnings.warn(
+            f"{where}: {partly.size} of {len(polygons)} polygons lie partly off the map grid "
+            f"(share on it: {listing}); their totals cover only that share (column "
+            "grid_fraction of the parcel table): clip the layer to the AOI or widen the AOI",
+            PipelineWarning,
+            stacklevel=2,
+        )
+
+
 def _check_plots(path: Path, aoi: gpd.GeoDataFrame, crs: str) -> None:
     try:
         plots = gpd.read_file(path)
@@ -195,11 +217,12 @@ def _check_plots(path: Path, aoi: gpd.GeoDataFrame, crs: str) -> None:
 def _check_lidar(config: Config) -> None:
     from pipeline.contracts import RunLayout
     from pipeline.lidar.index import index_tiles
-    from pipeline.stages.lidar import lidar_inputs, refuse_skips
+    from pipeline.stages.lidar import check_tile_crs, lidar_inputs, refuse_skips
 
     tiles = lidar_inputs(config, RunLayout(Path(config.output_dir)))["tiles"]
     assert isinstance(tiles, tuple)  # for mypy: the glob's matches
     index = index_tiles(list(tiles), assume_crs=config.sources.lidar_crs)
+    check_tile_crs(index, config.crs)
     refuse_skips([t.error for t in index if t.status != "ok"], config.stages.lidar)
 
 
@@ -232,7 +255,9 @@ def _check(config: Config, stages: Sequence[str]) -> None:
             continue
         polygons = read_polygons(path, setting=setting, id_column="parcel_id")
         fractions = grid_fractions(polygons, grid=grid)
-        refuse_off_grid(fractions, polygons, where=f"{path} ({setting})", id_column="parcel_id")
+        where = f"{path} ({setting})"
+        refuse_off_grid(fractions, polygons, where=where, id_column="parcel_id")
+        warn_partly_off_grid(fractions, polygons, where=where, id_column="parcel_id")
     if s.plot_locations is not None and "plots" in stages:
         if not s.plot_locations.is_file():
             raise InputDataError(f"{s.plot_locations} (sources.plot_locations): file not found")

@@ -132,7 +132,8 @@ def ground_algorithm(p: LidarParams) -> CSF | SMRF:
     )
 
 
-def _check_crs(tiles: list[TileInfo], crs: str) -> None:
+def check_tile_crs(tiles: list[TileInfo], crs: str) -> None:
+    """Every tile is in the model grid's CRS, or an error naming the tile."""
     want = pyproj.CRS.from_user_input(crs)
     for t in tiles:
         if t.crs is not None and not pyproj.CRS.from_user_input(t.crs).equals(
@@ -311,7 +312,16 @@ def _tiles_table(tiles: list[TileInfo], failures: dict[str, str]) -> pd.DataFram
 
 def refuse_skips(problems: list[str], params: LidarParams) -> None:
     """All tiles or fail: tiles that cannot be used are an error unless skips are allowed."""
-    if problems and not params.allow_skipped_tiles:
+    if not problems:
+        return
+    if params.allow_skipped_tiles:
+        warnings.warn(
+            f"lidar: {len(problems)} LiDAR tile(s) will be skipped "
+            f"(stages.lidar.allow_skipped_tiles): {'; '.join(problems)}",
+            PipelineWarning,
+            stacklevel=2,
+        )
+    else:
         raise InputDataError(
             f"{len(problems)} LiDAR tile(s) cannot be used: {'; '.join(problems)}; replace or "
             "remove them, or set stages.lidar.allow_skipped_tiles: true to run without them"
@@ -339,7 +349,7 @@ def run_lidar(
 ) -> dict[str, object]:
     """The stage on an explicit model grid (the command's entry point)."""
     index = index_tiles(list(tiles), assume_crs=job.tile_crs)
-    _check_crs(index, job.crs)
+    check_tile_crs(index, job.crs)
     refuse_skips([t.error for t in index if t.status != "ok"], job.params)
     ok = [t for t in index if t.status == "ok"]
     if not ok:

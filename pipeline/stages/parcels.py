@@ -74,7 +74,6 @@ Run: ``forest-carbon run --region nanping --stages parcels``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -104,8 +103,8 @@ from pipeline.contracts import (
     resolve_correlation,
     sink_job,
 )
-from pipeline.errors import ConfigError, InputDataError, PipelineWarning
-from pipeline.inputs import refuse_off_grid
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.inputs import refuse_off_grid, warn_partly_off_grid
 from pipeline.map_errors import fit_map_errors, lidar_residuals
 from pipeline.sink import (
     as_band,
@@ -125,9 +124,6 @@ from pipeline.zonal import (
 )
 
 LIDAR_FRACTION_BAND = "lidar_fraction"
-#: a parcel counts as wholly on the grid from this share on (float sums of coverage
-#: fractions of a parcel inside the grid fall short of 1 by rounding only)
-FULLY_ON_GRID = 0.999
 
 
 def parcels_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
@@ -247,18 +243,7 @@ def parcel_sink_table(
         ]
     )
     refuse_off_grid(on_grid, parcels, where="parcels", id_column="parcel_id")
-    partly = np.flatnonzero(on_grid < FULLY_ON_GRID)
-    if partly.size:
-        listing = ", ".join(
-            f"{parcels['parcel_id'].iloc[i]} ({on_grid[i]:.0%})" for i in partly[:10]
-        )
-        warnings.warn(
-            f"parcels: {partly.size} of {len(parcels)} parcels lie partly off the map grid "
-            f"(share on it: {listing}); their totals cover only that share (column "
-            "grid_fraction): clip the parcel layer to the AOI or widen the AOI",
-            PipelineWarning,
-            stacklevel=2,
-        )
+    warn_partly_off_grid(on_grid, parcels, where="parcels", id_column="parcel_id")
     z = float(norm.ppf(0.5 + job.interval / 2))
     co2 = co2_per_c()
     sink_valid = np.isfinite(computed["sink"])
