@@ -144,7 +144,7 @@ def read_csv_text(path: Path) -> pd.DataFrame:
     best = from_path(path).best()
     detected = best.encoding if best is not None else None
     encoding = CHINESE_ENCODINGS.get(detected or "")
-    if encoding is None:
+    if detected is None or encoding is None:
         raise InputDataError(
             f"{path}: the text is not UTF-8 (detected: {detected or 'unknown'}); save the "
             "file as 'CSV UTF-8' (Excel: Save As > CSV UTF-8)"

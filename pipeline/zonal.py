@@ -115,7 +115,8 @@ def grid_fraction(cov: Coverage, *, polygon_area_m2: float, cell_area_m2: float)
 def grid_fractions(polygons: gpd.GeoDataFrame, *, grid: GeoBox) -> np.ndarray:
     """:func:`grid_fraction` of every polygon on a north-up ``grid`` (with a CRS)."""
     crs = str(grid.crs)
-    covs = coverage_cells(polygons, transform=grid.affine, shape=grid.shape, crs=crs)
+    ny, nx = grid.shape
+    covs = coverage_cells(polygons, transform=grid.affine, shape=(ny, nx), crs=crs)
     areas = polygons.geometry.to_crs(crs).area.to_numpy()
     cell = abs(grid.affine.a * grid.affine.e)
     return np.array(

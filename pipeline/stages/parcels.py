@@ -271,10 +271,10 @@ def parcel_sink_table(
         return out
 
     rows = []
-    for cov in covs:
+    for i, cov in enumerate(covs):
         row: dict[str, float] = {}
         row["area_grid_ha"] = covered_fraction_sum(cov) * px_ha
-        row["grid_fraction"] = float(on_grid[len(rows)])
+        row["grid_fraction"] = float(on_grid[i])
         row["forest_area_ha"] = covered_fraction_sum(cov, sink_valid) * px_ha
         for role, epoch in (("start", e1), ("end", e2)):
             total = weighted_sum(cov, computed[f"c_{role}"]) * px_ha
