@@ -42,7 +42,7 @@ from pipeline.zonal import grid_fractions
 
 POLYGON_TYPES = ("Polygon", "MultiPolygon")
 #: a polygon counts as wholly on the grid from this share on (float sums of coverage
-#: fractions of a polygon inside the grid fall short of 1 by rounding only)
+#: fractions, float32 in exactextract, fall short of 1 by rounding only)
 FULLY_ON_GRID = 0.999
 
 #: a tree list's encodings besides UTF-8 that are read (after detection) rather than
