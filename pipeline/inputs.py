@@ -8,7 +8,9 @@ user's guide is ``docs/input_checks.md``):
 - the AOI, parcel and project layers are vector files GDAL reads (:func:`read_polygons`),
   with a CRS, at least one feature, only Polygon/MultiPolygon features, none empty and
   none invalid (a self-intersecting ring gives shapely an area of 0 and exactextract a
-  non-zero one, so the two would disagree silently);
+  non-zero one, so the two would disagree silently), unless ``sources.repair_geometry``
+  asks to repair them: then every stage gets the repaired layer (:func:`read_vector`, on
+  which :func:`pipeline.io.read_input` reads vector inputs) and warns;
 - every parcel and project polygon lies at least partly on the model grid (a wrong CRS
   label or a layer of another place gives parcels 0 t of carbon); those partly on it are
   warned about, here and by the ``parcels`` stage, whose table flags them (column
@@ -57,7 +59,49 @@ def _feature(gdf: gpd.GeoDataFrame, i: int, id_column: str | None) -> str:
     return f"feature {i}"
 
 
-def read_polygons(path: Path, *, setting: str, id_column: str | None = None) -> gpd.GeoDataFrame:
+def valid_polygons(
+    gdf: gpd.GeoDataFrame, *, where: str, id_column: str | None, repair: bool
+) -> gpd.GeoDataFrame:
+    """``gdf`` if its geometries are valid; else repaired (``repair``, warned) or refused.
+
+    The repair is shapely's ``make_valid`` with the ``structure`` method, keeping only
+    polygonal parts (a bow-tie becomes its two triangles).
+    """
+    geoms = gdf.geometry.array
+    valid = shapely.is_valid(geoms) | shapely.is_missing(geoms)
+    if valid.all():
+        return gdf
+    bad = np.flatnonzero(~valid)
+    names = ", ".join(_feature(gdf, int(i), id_column) for i in bad[:5])
+    if not repair:
+        i = int(bad[0])
+        raise InputDataError(
+            f"{where}: {_feature(gdf, i, id_column)} is an invalid polygon "
+            f"({shapely.is_valid_reason(geoms[i])}; {bad.size} of {len(gdf)} features "
+            "invalid): its area is undefined. Repair the layer, e.g. `ogr2ogr -makevalid "
+            "OUT.gpkg IN.gpkg` or QGIS 'Fix geometries', and check the result; or set "
+            "sources.repair_geometry: true"
+        )
+    fixed = shapely.make_valid(geoms, method="structure", keep_collapsed=False)
+    warnings.warn(
+        f"{where}: {bad.size} invalid polygon(s) repaired with shapely.make_valid "
+        f"(sources.repair_geometry): {names}; check their areas",
+        PipelineWarning,
+        stacklevel=2,
+    )
+    return gdf.set_geometry(gpd.GeoSeries(fixed, index=gdf.index, crs=gdf.crs))
+
+
+def read_vector(path: Path, *, repair: bool = False) -> gpd.GeoDataFrame:
+    """A vector input as the stages get it: its polygons valid, or repaired if asked
+    (:func:`valid_polygons`; the layer's other checks are :func:`read_polygons`')."""
+    gdf = gpd.read_file(path)
+    return valid_polygons(gdf, where=str(path), id_column="parcel_id", repair=repair)
+
+
+def read_polygons(
+    path: Path, *, setting: str, id_column: str | None = None, repair: bool = False
+) -> gpd.GeoDataFrame:
     """A polygon layer (AOI, parcels, project area), checked.
 
     Parameters
@@ -68,6 +112,8 @@ def read_polygons(path: Path, *, setting: str, id_column: str | None = None) -> 
         The config key or option that names the file, for the messages.
     id_column
         The column that names a feature in messages (e.g. ``parcel_id``).
+    repair
+        Repair invalid polygons (warned) rather than refuse them.
 
     Raises
     ------
@@ -109,16 +155,7 @@ def read_polygons(path: Path, *, setting: str, id_column: str | None = None) -> 
             f"{where}: {_feature(gdf, i, id_column)} is a {types[i]}; this input must be "
             f"polygons ({' or '.join(POLYGON_TYPES)}), e.g. the boundary of the area"
         )
-    valid = shapely.is_valid(geoms)
-    if not valid.all():
-        i = int(np.flatnonzero(~valid)[0])
-        raise InputDataError(
-            f"{where}: {_feature(gdf, i, id_column)} is an invalid polygon "
-            f"({shapely.is_valid_reason(geoms[i])}; {int((~valid).sum())} of {len(gdf)} "
-            "features invalid): its area is undefined. Repair the layer, e.g. "
-            "`ogr2ogr -makevalid OUT.gpkg IN.gpkg` or QGIS 'Fix geometries', and check the result"
-        )
-    return gdf
+    return valid_polygons(gdf, where=where, id_column=id_column, repair=repair)
 
 
 def read_csv_text(path: Path) -> pd.DataFrame:
@@ -247,13 +284,14 @@ def check_inputs(config: Config, stages: Sequence[str]) -> list[str]:
 
 def _check(config: Config, stages: Sequence[str]) -> None:
     s = config.sources
-    aoi = read_polygons(config.aoi, setting="aoi")
+    repair = s.repair_geometry
+    aoi = read_polygons(config.aoi, setting="aoi", repair=repair)
     grid = region_geobox(aoi, crs=config.crs, resolution_m=config.resolution_m)
     layers = [(s.parcels, "sources.parcels"), (s.project_area, "sources.project_area")]
     for path, setting in layers:
         if path is None:
             continue
-        polygons = read_polygons(path, setting=setting, id_column="parcel_id")
+        polygons = read_polygons(path, setting=setting, id_column="parcel_id", repair=repair)
         fractions = grid_fractions(polygons, grid=grid)
         where = f"{path} ({setting})"
         refuse_off_grid(fractions, polygons, where=where, id_column="parcel_id")

@@ -115,8 +115,11 @@ def input_checksum(spec: Path | tuple[Path, ...]) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def read_input(spec: Path | tuple[Path, ...], *, chunk_px: int) -> Any:
-    """Load an input the way :mod:`pipeline.stage` documents (by suffix)."""
+def read_input(
+    spec: Path | tuple[Path, ...], *, chunk_px: int, repair_geometry: bool = False
+) -> Any:
+    """Load an input the way :mod:`pipeline.stage` documents (by suffix); invalid polygons
+    are refused, or repaired with ``repair_geometry`` (:func:`pipeline.inputs.read_vector`)."""
     if isinstance(spec, tuple) or spec.is_dir():
         return spec
     suffix = spec.suffix.lower()
@@ -125,9 +128,9 @@ def read_input(spec: Path | tuple[Path, ...], *, chunk_px: int) -> Any:
     if suffix in RASTER_SUFFIXES:
         return open_raster(spec, chunk_px=chunk_px)
     if suffix in VECTOR_SUFFIXES:
-        import geopandas as gpd
+        from pipeline.inputs import read_vector
 
-        return gpd.read_file(spec)
+        return read_vector(spec, repair=repair_geometry)
     if suffix == ".csv":
         return read_table(spec)
     if suffix == ".json":

@@ -41,6 +41,7 @@ from shapely.geometry.base import BaseGeometry
 
 from pipeline.cli import main
 from pipeline.config import region_config_path
+from pipeline.errors import PipelineWarning
 
 
 @dataclass
@@ -333,6 +334,16 @@ CASES: tuple[Case, ...] = (
         ("parcels.gpkg (sources.parcels): feature 0 (parcel_id", "invalid polygon"),
     ),
     Case(
+        "parcels-self-intersecting-repaired",
+        lambda r: (
+            layer("parcels", first_geometry(bowtie))(r),
+            setting("sources.repair_geometry", True)(r),
+        ),
+        ("(sources.parcels): 1 invalid polygon(s) repaired with shapely.make_valid", "parcel_id 'NP0001'"),
+        command="check",
+        exit=0,
+    ),
+    Case(
         "parcels-not-vector",
         text_file("parcels", b"parcel_id,area\nA1,3.2\n"),
         ("parcels.gpkg (sources.parcels): not a vector file",),
@@ -579,3 +590,25 @@ def test_bad_input(case: Case, region: Region, capsys: pytest.CaptureFixture[str
         recorded = " ".join(" ".join(manifest["stages"][case.stages or ""]["warnings"]).split())
         for needle in case.says:
             assert needle in recorded, (needle, recorded)
+
+
+def test_a_stage_reads_invalid_polygons_refused_or_repaired_as_asked(tmp_path: Path) -> None:
+    """What the stages get (``io.read_input``): a bow-tie refused, or its two triangles.
+
+    Independent reference: the bow-tie over the unit square crosses itself at (0.5, 0.5);
+    its two triangles have areas 1/4 each (base 1, height 1/2), so the repair has area 1/2
+    where shapely gives the invalid ring an area of 0.
+    """
+    from pipeline import io
+    from pipeline.errors import InputDataError
+
+    ring = Polygon([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)])
+    assert ring.area == 0.0
+    path = tmp_path / "p.gpkg"
+    gpd.GeoDataFrame({"parcel_id": ["A"]}, geometry=[ring], crs="EPSG:32650").to_file(path)
+    with pytest.raises(InputDataError, match=r"p\.gpkg: feature 0 \(parcel_id 'A'\) is an invalid"):
+        io.read_input(path, chunk_px=256)
+    with pytest.warns(PipelineWarning, match=r"repaired with shapely\.make_valid.*'A'"):
+        got = io.read_input(path, chunk_px=256, repair_geometry=True)
+    assert got.geometry.iloc[0].is_valid
+    assert got.geometry.iloc[0].area == pytest.approx(0.5)
