@@ -339,7 +339,10 @@ CASES: tuple[Case, ...] = (
             layer("parcels", first_geometry(bowtie))(r),
             setting("sources.repair_geometry", True)(r),
         ),
-        ("(sources.parcels): 1 invalid polygon(s) repaired with shapely.make_valid", "parcel_id 'NP0001'"),
+        (
+            "(sources.parcels): 1 invalid polygon(s) repaired with shapely.make_valid",
+            "parcel_id 'NP0001'",
+        ),
         command="check",
         exit=0,
     ),
@@ -612,3 +615,36 @@ def test_a_stage_reads_invalid_polygons_refused_or_repaired_as_asked(tmp_path: P
         got = io.read_input(path, chunk_px=256, repair_geometry=True)
     assert got.geometry.iloc[0].is_valid
     assert got.geometry.iloc[0].area == pytest.approx(0.5)
+
+
+def test_maps_on_different_grids_are_refused_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``forest-carbon sink`` with one map on another grid: exit 2 naming that file."""
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    def write(name: str, nx: int) -> str:
+        da = xr.DataArray(
+            np.full((1, 4, nx), 50.0, np.float32),
+            dims=("band", "y", "x"),
+            coords={
+                "band": [1],
+                "y": 3e6 - 10 * (np.arange(4) + 0.5),
+                "x": 5e5 + 10 * (np.arange(nx) + 0.5),
+            },
+        ).rio.write_crs("EPSG:32650")
+        path = tmp_path / f"{name}.tif"
+        da.rio.to_raster(path)
+        return str(path)
+
+    maps = [write(n, 5 if n == "sd_end" else 4) for n in ("c1", "c2", "sd1", "sd_end", "q1", "q2")]
+    out = tmp_path / "out"
+    code = main(
+        ["sink", "--carbon", *maps[:2], "--sd", *maps[2:4], "--quality", *maps[4:],
+         "--dates", "2019-07-01", "2024-07-01", "--out", str(out)]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"carbon SD (end epoch) ({maps[3]}) is not on the same grid as carbon (start" in err
+    assert "Traceback" not in err and not out.exists()
