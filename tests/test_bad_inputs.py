@@ -471,6 +471,12 @@ CASES: tuple[Case, ...] = (
         ("610_2942.laz: cannot read the header", "allow_skipped_tiles"),
     ),
     Case(
+        "lidar-truncated-header",
+        tile_edit(lambda p: p.write_bytes(p.read_bytes()[:300])),
+        ("609_2942.laz: the header is truncated (the file has 300 bytes",),
+        not_says=("no CRS",),
+    ),
+    Case(
         "lidar-skips-allowed",
         lambda r: (tile_edit(no_points)(r), setting("stages.lidar.allow_skipped_tiles", True)(r)),
         ("will be skipped (stages.lidar.allow_skipped_tiles)", "609_2942.laz"),

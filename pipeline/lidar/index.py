@@ -136,6 +136,11 @@ def _stated_crs(path: Path, header: laspy.LasHeader, stated: str) -> tuple[pypro
     return crs, "stated (--crs / sources.lidar_crs)"
 
 
+def _unreadable(path: Path, error: str) -> TileInfo:
+    """A tile whose header cannot be used."""
+    return TileInfo(path, "failed", error, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, "none", -1, "")
+
+
 def read_tile_info(path: Path, *, assume_crs: str | None = None) -> TileInfo:
     """Read one tile's header.
 
@@ -152,21 +157,14 @@ def read_tile_info(path: Path, *, assume_crs: str | None = None) -> TileInfo:
     except FileNotFoundError:
         raise InputDataError(f"{path}: LiDAR tile not found") from None
     except Exception as err:  # laspy raises LaspyException, ValueError, OSError, ...
-        return TileInfo(
+        return _unreadable(path, f"{path.name}: cannot read the header: {err}")
+    size = path.stat().st_size
+    if size < header.offset_to_point_data:
+        # cut inside the header's records: what is left of them (e.g. the CRS) is partial
+        return _unreadable(
             path,
-            "failed",
-            f"{path.name}: cannot read the header: {err}",
-            0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            None,
-            "none",
-            -1,
-            "",
+            f"{path.name}: the header is truncated (the file has {size} bytes, its point "
+            f"records start at byte {header.offset_to_point_data}); re-download or re-export it",
         )
     mins, maxs = header.mins, header.maxs
     bounds = (float(mins[0]), float(mins[1]), float(maxs[0]), float(maxs[1]))
