@@ -654,3 +654,22 @@ def test_maps_on_different_grids_are_refused_naming_the_file(
     assert code == 2, err
     assert f"carbon SD (end epoch) ({maps[3]}) is not on the same grid as carbon (start" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_a_gbk_tree_list_reads_as_the_same_table_as_its_utf8_copy(tmp_path: Path) -> None:
+    """What the plots stage gets from a GBK file: the table of its UTF-8 copy, and a warning."""
+    import pandas as pd
+
+    from pipeline import io
+
+    text = (
+        "plot_id,tree_id,species,dbh_cm,备注\n"
+        "P1,T1,杉木,12.5,福建南平人工林\n"
+        "P1,T2,马尾松,20.1,林缘\n"
+    )
+    gbk, utf8 = tmp_path / "gbk.csv", tmp_path / "utf8.csv"
+    gbk.write_bytes(text.encode("gbk"))
+    utf8.write_text(text, encoding="utf-8")
+    with pytest.warns(PipelineWarning, match=r"gbk\.csv: the text is not UTF-8; read it as GB"):
+        got = io.read_input(gbk, chunk_px=256)
+    pd.testing.assert_frame_equal(got, pd.read_csv(utf8))
