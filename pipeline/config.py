@@ -102,7 +102,6 @@ class Sources(Section):
     #: invalid polygons (a self-intersecting ring, ...) of the AOI, parcel and project
     #: layers are refused, naming the feature; ``true`` repairs them instead (shapely's
     #: ``make_valid``, polygonal parts kept) wherever they are read, with a warning
-
     repair_geometry: bool = False
 
     @field_validator("lidar_crs")

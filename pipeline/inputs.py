@@ -172,8 +172,10 @@ def read_csv_text(path: Path) -> pd.DataFrame:
     """
     from charset_normalizer import from_path
 
+    from pipeline.io import CSV_ENCODING  # io reads tables through here
+
     try:
-        return pd.read_csv(path, encoding="utf-8-sig")
+        return pd.read_csv(path, encoding=CSV_ENCODING)
     except UnicodeDecodeError:
         pass
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
