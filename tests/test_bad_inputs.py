@@ -565,6 +565,17 @@ def test_the_matrix_has_at_least_40_cases_with_unique_ids() -> None:
     assert len(ids) >= 40 and len(set(ids)) == len(ids)
 
 
+def test_the_unbroken_region_passes_the_checks(
+    region: Region, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The control of the matrix: the region each case breaks passes, with no warning."""
+    cfg = region.work / "config.yaml"
+    cfg.write_text(yaml.safe_dump(region.config))
+    assert main(["check", "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out.strip().endswith("inputs checked, 0 warning(s)")
+    assert not Path(region.config["output_dir"]).exists()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, region: Region, capsys: pytest.CaptureFixture[str]) -> None:
     case.make(region)
