@@ -684,3 +684,47 @@ def test_a_gbk_tree_list_reads_as_the_same_table_as_its_utf8_copy(tmp_path: Path
     with pytest.warns(PipelineWarning, match=r"gbk\.csv: the text is not UTF-8; read it as GB"):
         got = io.read_input(gbk, chunk_px=256)
     pd.testing.assert_frame_equal(got, pd.read_csv(utf8))
+
+
+@pytest.mark.parametrize("command", ["lidar", "composite"])
+def test_a_point_aoi_is_refused_by_the_stand_alone_commands(
+    command: str, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    aoi = tmp_path / "aoi.geojson"
+    gpd.GeoDataFrame(
+        geometry=[Polygon([(0, 0), (1, 0), (1, 1)]).centroid], crs="EPSG:4326"
+    ).to_file(aoi)
+    out = tmp_path / "out"
+    if command == "lidar":
+        argv = ["lidar", str(tiny_data / "lidar"), "--aoi", str(aoi), "--out", str(out)]
+    else:
+        argv = ["composite", "items.json", "--aoi", str(aoi), "--crs", "EPSG:32650"]
+        argv += ["--out", str(out)]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{aoi} (--aoi): feature 0 is a Point" in err and not out.exists()
+
+
+def test_a_real_process_refuses_with_one_line_and_no_traceback(region: Region) -> None:
+    """In a subprocess, as a user runs it: exit 2, one line on stderr, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    layer("aoi", all_geometries(lambda g: g.centroid))(region)
+    cfg = region.work / "config.yaml"
+    cfg.write_text(yaml.safe_dump(region.config))
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        # this checkout's code, whichever the environment installed
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "(aoi): feature 0 is a Point" in lines[0], done.stderr
+    assert not Path(region.config["output_dir"]).exists()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands import make_params, param_option, read_input, write_outputs
+from pipeline.commands import make_params, param_option, write_outputs
 from pipeline.config import LidarParams, StandaloneParams
 
 
@@ -74,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.contracts import LIDAR_QA_RELPATH
     from pipeline.errors import InputDataError
     from pipeline.grid import region_geobox
+    from pipeline.inputs import read_polygons
     from pipeline.lidar.index import index_tiles
     from pipeline.stages.lidar import LidarJob, model_grid_for_tiles, run_lidar
 
@@ -95,7 +96,8 @@ def main(args: argparse.Namespace) -> int:
     )
     job = LidarJob(params, crs=crs, resolution_m=args.grid_resolution, tile_crs=args.crs)
     if args.aoi is not None:
-        grid = region_geobox(read_input(args.aoi), crs=crs, resolution_m=args.grid_resolution)
+        aoi = read_polygons(args.aoi, setting="--aoi")
+        grid = region_geobox(aoi, crs=crs, resolution_m=args.grid_resolution)
     else:
         grid = model_grid_for_tiles(index, resolution_m=args.grid_resolution)
     with dask_client(DaskSettings(), scheduler=args.scheduler):
