@@ -18,7 +18,7 @@ from pipeline.contracts import (
     LIDAR_QA_RELPATH,
     LIDAR_TILES_RELPATH,
 )
-from pipeline.errors import InputDataError
+from pipeline.errors import InputDataError, PipelineWarning
 from pipeline.grid import north_up_geobox
 from pipeline.lidar.index import index_tiles
 from pipeline.stages.lidar import LidarJob, run_lidar
@@ -66,6 +66,31 @@ def test_conflicting_crs_records_are_an_error(tmp_path: Path) -> None:
         InputDataError, match=r"conflict\.laz: conflicting CRS records.*EPSG:32650.*EPSG:32651"
     ):
         index_tiles([path])
+
+
+def test_a_stated_crs_overrides_conflicting_and_wrong_headers(scene: Scene, tmp_path: Path) -> None:
+    """As the messages say: --crs (sources.lidar_crs) wins over the header, with a warning
+    per tile whose header said otherwise; the result equals that of correct headers."""
+    conflict = tmp_path / "conflict.laz"
+    header = las_header("EPSG:32650")
+    other = laspy.LasHeader(point_format=1, version="1.2")
+    other.add_crs(pyproj.CRS.from_epsg(32651))
+    header.vlrs.extend(other.vlrs)
+    las = laspy.LasData(header)
+    las.x, las.y, las.z = np.array([X0 + 1.0]), np.array([Y0 + 1.0]), np.array([300.0])
+    las.write(conflict)
+    with pytest.warns(PipelineWarning, match=r"conflict\.laz: the header says .*conflicting"):
+        (info,) = index_tiles([conflict], assume_crs="EPSG:32650")
+    assert info.crs == "EPSG:32650" and info.crs_source.startswith("stated")
+    good = write_tiles(scene, tmp_path / "good", tile_m=100.0)
+    wrong = write_tiles(scene, tmp_path / "wrong", tile_m=100.0, crs="EPSG:32651")
+    with pytest.warns(PipelineWarning, match=r"the header says EPSG:32651; using EPSG:32650"):
+        got = run_lidar(job(tile_crs="EPSG:32650"), tiles=tuple(wrong), model_grid=GRID)
+    want = run_lidar(job(), tiles=tuple(good), model_grid=GRID)
+    np.testing.assert_array_equal(
+        got[LIDAR_METRICS_RELPATH].values,  # type: ignore[attr-defined]
+        want[LIDAR_METRICS_RELPATH].values,  # type: ignore[attr-defined]
+    )
 
 
 def test_feet_units_are_an_error_saying_to_convert(tmp_path: Path) -> None:
