@@ -15,7 +15,8 @@ user's guide is ``docs/input_checks.md``):
   label or a layer of another place gives parcels 0 t of carbon); those partly on it are
   warned about, here and by the ``parcels`` stage, whose table flags them (column
   ``grid_fraction``; :func:`pipeline.zonal.grid_fractions`);
-- the plots lie in the AOI (plots outside it have no predictors);
+- the plots lie on the model grid, the AOI's extent (refused when none does, warned for
+  those off it: they have no predictors);
 - the tree list is UTF-8, or its encoding is detected (GBK/GB18030, as many Chinese
   bureaus save CSV files) and said (:func:`read_csv_text`);
 - the LiDAR tile headers (readable, with points, in one metric CRS; the stage decodes the
@@ -35,6 +36,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+from odc.geo.geobox import GeoBox
 from pyogrio.errors import DataLayerError, DataSourceError
 
 from pipeline.config import Config
@@ -235,7 +237,8 @@ def warn_partly_off_grid(
         )
 
 
-def _check_plots(path: Path, aoi: gpd.GeoDataFrame, crs: str) -> None:
+def _check_plots(path: Path, grid: GeoBox) -> None:
+    """Plots on the model grid (the AOI's extent): refused when none is, warned for those off it."""
     try:
         plots = gpd.read_file(path)
     except (DataSourceError, DataLayerError, ValueError) as err:
@@ -244,12 +247,20 @@ def _check_plots(path: Path, aoi: gpd.GeoDataFrame, crs: str) -> None:
         ) from None
     if plots.crs is None:
         raise InputDataError(f"{path} (sources.plot_locations): the layer has no CRS")
-    area = aoi.to_crs(crs).union_all()
-    inside = plots.to_crs(crs).intersects(area).to_numpy()
-    if not inside.any():
+    on_grid = plots.to_crs(str(grid.crs)).intersects(shapely.box(*grid.boundingbox)).to_numpy()
+    if not on_grid.any():
         raise InputDataError(
-            f"{path} (sources.plot_locations): none of its {len(plots)} plots lies in the AOI "
-            "(config: aoi); check the plots' CRS label and that the AOI is the right one"
+            f"{path} (sources.plot_locations): none of its {len(plots)} plots lies in the AOI's "
+            "extent (config: aoi); check the plots' CRS label and that the AOI is the right one"
+        )
+    if not on_grid.all():
+        off = np.flatnonzero(~on_grid)
+        names = ", ".join(_feature(plots, int(i), "plot_id") for i in off[:10])
+        warnings.warn(
+            f"{path} (sources.plot_locations): {off.size} of {len(plots)} plots lie outside the "
+            f"AOI's extent ({names}): they have no predictors and do not train the maps",
+            PipelineWarning,
+            stacklevel=2,
         )
 
 
@@ -301,7 +312,7 @@ def _check(config: Config, stages: Sequence[str]) -> None:
     if s.plot_locations is not None and "plots" in stages:
         if not s.plot_locations.is_file():
             raise InputDataError(f"{s.plot_locations} (sources.plot_locations): file not found")
-        _check_plots(s.plot_locations, aoi, config.crs)
+        _check_plots(s.plot_locations, grid)
     if s.trees is not None and "plots" in stages:
         if not s.trees.is_file():
             raise InputDataError(f"{s.trees} (sources.trees): file not found")
