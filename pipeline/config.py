@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError
 
@@ -80,7 +87,8 @@ class Sources(Section):
     catalog: CatalogSource = CatalogSource()
     #: glob of LAS/LAZ tiles, relative to the run directory
     lidar_tiles: str | None = None
-    #: CRS to assume for tiles whose header has none (otherwise such a tile is an error)
+    #: CRS of the LiDAR tiles: overrides what their headers say (a warning names each tile
+    #: whose header disagrees); without it a tile whose header has no CRS is an error
     lidar_crs: str | None = None
     trees: Path | None = None
     plot_locations: Path | None = None
@@ -91,6 +99,19 @@ class Sources(Section):
     plot_design: Path | None = None
     parcels: Path | None = None
     project_area: Path | None = None
+    #: invalid polygons (a self-intersecting ring, ...) of the AOI, parcel and project
+    #: layers are refused, naming the feature; ``true`` repairs them instead (shapely's
+    #: ``make_valid``, polygonal parts kept) wherever they are read, with a warning
+    repair_geometry: bool = False
+
+    @field_validator("lidar_crs")
+    @classmethod
+    def _lidar_crs(cls, value: str | None) -> str | None:
+        from pipeline.crs import check_model_crs
+
+        if value is not None:
+            check_model_crs(value)
+        return value
 
 
 class SimulateParams(Section):
@@ -231,6 +252,13 @@ class LidarParams(Section):
     cover_threshold_m: float = Field(default=2.0, ge=0)
     #: points decoded per read (bounds the memory of one decode step)
     points_per_read: int = Field(default=1_000_000, ge=10_000)
+    #: a tile that cannot be read or has no usable points fails the run (naming the tile);
+    #: ``true`` skips such tiles instead, listed in the log, the manifest and the report
+    allow_skipped_tiles: bool = False
+    #: a CHM whose 99th percentile exceeds this is implausible and warned about (Z in US
+    #: survey feet read as metres gives 3.28 times the height); the tallest measured living
+    #: tree is a coast redwood of about 116 m, and no forest canopy reaches 100 m
+    max_canopy_height_m: float = Field(default=100.0, gt=0)
 
 
 class PlotsParams(Section):
@@ -484,6 +512,14 @@ class Config(Section):
     stages: StageParams = StageParams()
     dask: DaskSettings = DaskSettings()
 
+    @field_validator("crs")
+    @classmethod
+    def _projected_metres(cls, value: str) -> str:
+        from pipeline.crs import check_model_crs  # pyproj: only once a config is validated
+
+        check_model_crs(value)
+        return value
+
     @model_validator(mode="after")
     def _epochs(self) -> Config:
         names = [e.name for e in self.epochs]
@@ -518,6 +554,25 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _section_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config section a key path ends in (``None`` if the path leaves the model tree)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        inner = field.annotation
+        # tuple[Epoch, ...] and Optional sections: find the section class among the args
+        candidates = [inner, *getattr(inner, "__args__", ())]
+        sections = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not sections:
+            return None
+        model = sections[0]
+    return model
+
+
 def _format_validation(source: str, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -527,6 +582,9 @@ def _format_validation(source: str, err: ValidationError) -> str:
         allowed = ""
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+            section = _section_at(loc[:-1])
+            if section is not None:
+                allowed = f" (allowed: {', '.join(section.model_fields)})"
         if e["type"] == "literal_error" and "expected" in (e.get("ctx") or {}):
             allowed = f" (allowed: {e['ctx']['expected']})"
         lines.append(f"{source}: {_key_path(loc)}: {msg}{allowed}")

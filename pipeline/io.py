@@ -166,8 +166,11 @@ def input_checksum(
 # --------------------------------------------------------------------------- reading
 
 
-def read_input(spec: Path | tuple[Path, ...], *, chunk_px: int) -> Any:
-    """Load an input the way :mod:`pipeline.stage` documents (by suffix)."""
+def read_input(
+    spec: Path | tuple[Path, ...], *, chunk_px: int, repair_geometry: bool = False
+) -> Any:
+    """Load an input the way :mod:`pipeline.stage` documents (by suffix); invalid polygons
+    are refused, or repaired with ``repair_geometry`` (:func:`pipeline.inputs.read_vector`)."""
     if isinstance(spec, tuple) or spec.is_dir():
         return spec
     suffix = spec.suffix.lower()
@@ -176,9 +179,9 @@ def read_input(spec: Path | tuple[Path, ...], *, chunk_px: int) -> Any:
     if suffix in RASTER_SUFFIXES:
         return open_raster(spec, chunk_px=chunk_px)
     if suffix in VECTOR_SUFFIXES:
-        import geopandas as gpd
+        from pipeline.inputs import read_vector
 
-        return gpd.read_file(spec)
+        return read_vector(spec, repair=repair_geometry)
     if suffix == ".csv":
         return read_table(spec)
     if suffix == ".json":
@@ -190,8 +193,11 @@ def read_input(spec: Path | tuple[Path, ...], *, chunk_px: int) -> Any:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV table, UTF-8 with or without a byte-order mark (never part of a column name)."""
-    return pd.read_csv(path, encoding=CSV_ENCODING)
+    """A CSV table, UTF-8 with or without a byte-order mark (never part of a column name),
+    or a detected Chinese encoding, warned (:func:`pipeline.inputs.read_csv_text`)."""
+    from pipeline.inputs import read_csv_text
+
+    return read_csv_text(path)
 
 
 def open_raster(path: Path, *, chunk_px: int = 1024) -> xr.DataArray:

@@ -24,6 +24,7 @@ from pipeline.contracts import (
     SinkJob,
 )
 from pipeline.errors import InputDataError
+from pipeline.inputs import refuse_off_grid, warn_partly_off_grid
 from pipeline.sink import (
     as_band,
     named_band,
@@ -32,7 +33,13 @@ from pipeline.sink import (
     support_sd_band,
 )
 from pipeline.units import M2_PER_HA
-from pipeline.zonal import Coverage, coverage_cells, covered_fraction_sum, weighted_sum
+from pipeline.zonal import (
+    Coverage,
+    coverage_cells,
+    covered_fraction_sum,
+    grid_fraction,
+    weighted_sum,
+)
 
 LIDAR_FRACTION_BAND = "lidar_fraction"
 
@@ -123,6 +130,15 @@ def parcel_sink_table(
     shape = computed["sink"].shape
     nx = shape[1]
     covs = coverage_cells(parcels, transform=transform, shape=shape, crs=crs.to_string())
+    areas_m2 = parcels.geometry.to_crs(crs.to_string()).area.to_numpy()
+    on_grid = np.array(
+        [
+            grid_fraction(c, polygon_area_m2=a, cell_area_m2=px_ha * M2_PER_HA)
+            for c, a in zip(covs, areas_m2, strict=True)
+        ]
+    )
+    refuse_off_grid(on_grid, parcels, where="parcels", id_column="parcel_id")
+    warn_partly_off_grid(on_grid, parcels, where="parcels", id_column="parcel_id")
     z = float(norm.ppf(0.5 + job.interval / 2))
     co2 = co2_per_c()
     sink_valid = np.isfinite(computed["sink"])
@@ -150,9 +166,10 @@ def parcel_sink_table(
         return out
 
     rows = []
-    for cov in covs:
+    for i, cov in enumerate(covs):
         row: dict[str, float] = {}
         row["area_grid_ha"] = covered_fraction_sum(cov) * px_ha
+        row["grid_fraction"] = float(on_grid[i])
         row["forest_area_ha"] = covered_fraction_sum(cov, sink_valid) * px_ha
         for role, epoch in (("start", e1), ("end", e2)):
             total = weighted_sum(cov, computed[f"c_{role}"]) * px_ha

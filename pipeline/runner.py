@@ -617,7 +617,11 @@ class Runner:
                 warnings.simplefilter("always", PipelineWarning)
                 warnings.simplefilter("always", ModelsWarning)
                 loaded = {
-                    name: io.read_input(spec, chunk_px=self.config.dask.chunk_px)
+                    name: io.read_input(
+                        spec,
+                        chunk_px=self.config.dask.chunk_px,
+                        repair_geometry=self.config.sources.repair_geometry,
+                    )
                     for name, spec in now.specs.items()
                 }
                 outputs = dict(stage.func(now.params, **group_inputs(loaded)))

@@ -126,7 +126,12 @@ def support_sd_band(carbon_sd: xr.DataArray, *, name: str) -> xr.DataArray:
     return _band_or_only(carbon_sd, SUPPORT_SD_BAND, name=name)
 
 
-def _check_same_grid(arrays: dict[str, xr.DataArray]) -> None:
+def _check_same_grid(arrays: dict[str, xr.DataArray], files: dict[str, str | None]) -> None:
+    """The maps share one grid, or an error naming the two (and their files, if read)."""
+
+    def named(name: str) -> str:
+        return f"{name} ({files[name]})" if files.get(name) else name
+
     ref_name, ref = next(iter(arrays.items()))
     for name, da in arrays.items():
         if da.shape != ref.shape or not (
@@ -134,8 +139,9 @@ def _check_same_grid(arrays: dict[str, xr.DataArray]) -> None:
             and np.allclose(da["y"].values, ref["y"].values)
         ):
             raise InputDataError(
-                f"{name} is not on the same grid as {ref_name} ({da.shape} vs {ref.shape}); "
-                "all maps must be on the region's model grid (pipeline.grid.region_geobox)"
+                f"{named(name)} is not on the same grid as {named(ref_name)} ({da.shape} vs "
+                f"{ref.shape}); all maps must be on the region's model grid "
+                "(pipeline.grid.region_geobox)"
             )
 
 
@@ -187,7 +193,11 @@ def stock_change_sink(
         "quality (start epoch)": quality_band(quality_start, name="quality (start epoch)"),
         "quality (end epoch)": quality_band(quality_end, name="quality (end epoch)"),
     }
-    _check_same_grid(arrays)
+    read = (carbon_start, carbon_end, carbon_sd_start, carbon_sd_end, quality_start, quality_end)
+    # rasters read from files carry their path (xarray's encoding["source"])
+    _check_same_grid(
+        arrays, {k: da.encoding.get("source") for k, da in zip(arrays, read, strict=True)}
+    )
     c1, c2, s1, s2, q1, q2 = arrays.values()
     valid = (
         c1.notnull()

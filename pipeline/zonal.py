@@ -22,6 +22,7 @@ import numpy as np
 from affine import Affine
 from exactextract import exact_extract
 from exactextract.raster import NumPyRasterSource
+from odc.geo.geobox import GeoBox
 
 from pipeline.errors import InputDataError
 
@@ -104,3 +105,23 @@ def fraction_raster(cov: Coverage, shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape[0] * shape[1], dtype=np.float64)
     out[cov.cell] = cov.fraction
     return out.reshape(shape)
+
+
+def grid_fraction(cov: Coverage, *, polygon_area_m2: float, cell_area_m2: float) -> float:
+    """The share of a polygon's area on the grid: 1 inside it, 0 entirely off it."""
+    return min(covered_fraction_sum(cov) * cell_area_m2 / polygon_area_m2, 1.0)
+
+
+def grid_fractions(polygons: gpd.GeoDataFrame, *, grid: GeoBox) -> np.ndarray:
+    """:func:`grid_fraction` of every polygon on a north-up ``grid`` (with a CRS)."""
+    crs = str(grid.crs)
+    ny, nx = grid.shape
+    covs = coverage_cells(polygons, transform=grid.affine, shape=(ny, nx), crs=crs)
+    areas = polygons.geometry.to_crs(crs).area.to_numpy()
+    cell = abs(grid.affine.a * grid.affine.e)
+    return np.array(
+        [
+            grid_fraction(c, polygon_area_m2=a, cell_area_m2=cell)
+            for c, a in zip(covs, areas, strict=True)
+        ]
+    )

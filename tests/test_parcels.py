@@ -24,7 +24,7 @@ from pipeline.contracts import (
     PARCEL_SINK_GPKG_RELPATH,
     SinkJob,
 )
-from pipeline.errors import InputDataError
+from pipeline.errors import InputDataError, PipelineWarning
 from pipeline.sink import stock_change_sink
 from pipeline.stages.parcels import parcel_sink_table, parcels_stage
 from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
@@ -286,3 +286,37 @@ def test_missing_lidar_band_is_named():
             lidar_metrics=raster(np.zeros((1, 20, 24)), band=["h_mean"]),
             **epoch_inputs(1),
         )
+
+
+def test_parcels_partly_off_the_grid_are_flagged_and_warned_and_wholly_off_refused():
+    # a 2 x 2 grid of 10 m cells (20 m x 20 m); parcel "in" lies inside, "edge" sticks out
+    # 30 m east of a 10 m overlap (a quarter on the grid by shapely's own intersection),
+    # "off" lies 1 km away
+    inputs = {
+        k: raster(np.full((2, 2), v))
+        for k, v in {
+            "carbon_start": 100.0,
+            "carbon_end": 110.0,
+            "carbon_sd_start": 3.0,
+            "carbon_sd_end": 4.0,
+            "quality_start": 1.0,
+            "quality_end": 1.0,
+        }.items()
+    }
+    grid = box(X0, Y0 - 20, X0 + 20, Y0)
+    inside = box(X0 + 2, Y0 - 18, X0 + 12, Y0 - 8)
+    edge = box(X0 + 10, Y0 - 20, X0 + 50, Y0 - 10)
+    parcels = gpd.GeoDataFrame({"parcel_id": ["in", "edge"]}, geometry=[inside, edge], crs=CRS)
+    with pytest.warns(PipelineWarning, match=r"1 of 2 polygons lie partly off.*'edge'.*25%"):
+        table = parcel_sink_table(JOB, parcels=parcels, **inputs)
+    want = [g.intersection(grid).area / g.area for g in (inside, edge)]
+    # exactextract gives coverage fractions in float32
+    np.testing.assert_allclose(table["grid_fraction"], want, rtol=1e-6)
+    assert want[1] == pytest.approx(0.25)
+    off = gpd.GeoDataFrame(
+        {"parcel_id": ["in", "off"]},
+        geometry=[inside, box(X0 + 1000, Y0, X0 + 1010, Y0 + 10)],
+        crs=CRS,
+    )
+    with pytest.raises(InputDataError, match=r"1 of 2 polygons lie entirely off.*'off'"):
+        parcel_sink_table(JOB, parcels=off, **inputs)

@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pipeline.inputs import read_polygons
     from pipeline.stages.composite import CompositeJob, composite
 
     params = make_params(
@@ -51,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
     job = CompositeJob(params, (name,), args.crs, args.resolution, args.chunk, args.provider)
     out = composite(
         job,
-        aoi=read_input(args.aoi),
+        aoi=read_polygons(args.aoi, setting="--aoi"),
         items={name: read_input(args.items)},
         terrain_items=read_input(args.dem_items) if args.dem_items else None,
     )

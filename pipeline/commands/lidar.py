@@ -8,7 +8,7 @@ Example::
 Writes ``DIR/dtm.tif`` and ``DIR/chm.tif`` (``--resolution`` cells over the tiles),
 ``DIR/metrics.tif`` (``--grid-resolution`` cells over ``--aoi``, or over the tiles; bands
 h_mean ... lidar_fraction), ``DIR/qa.json`` and ``DIR/tiles.csv``. The CRS is the tiles'
-own (``--crs`` states it for tiles whose header has none). Tiles that fail to decode are
+own (``--crs`` states it, overriding their headers). Tiles that fail to decode are
 listed in the QA; the others' results are written and the command then exits with 2.
 Runs on a local Dask cluster sized to the machine, or on ``--scheduler ADDR``.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands import make_params, param_option, read_input, write_outputs
+from pipeline.commands import make_params, param_option, write_outputs
 from pipeline.config import LidarParams, StandaloneParams
 
 
@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "resolution_m",
         help="metrics (model grid) cell, metres",
     )
-    p.add_argument("--crs", help="CRS of tiles whose header has none, e.g. EPSG:32650")
+    p.add_argument(
+        "--crs", help="CRS of the tiles, e.g. EPSG:32650: overrides their headers (warned)"
+    )
     p.add_argument("--aoi", type=Path, help="AOI vector file: the metrics grid covers it")
     param_option(p, "--chm", LidarParams, "chm_algorithm", help="CHM algorithm")
     param_option(
@@ -72,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.contracts import LIDAR_QA_RELPATH
     from pipeline.errors import InputDataError
     from pipeline.grid import region_geobox
+    from pipeline.inputs import read_polygons
     from pipeline.lidar.index import index_tiles
     from pipeline.stages.lidar import LidarJob, model_grid_for_tiles, run_lidar
 
@@ -88,10 +91,13 @@ def main(args: argparse.Namespace) -> int:
         chunk_size_m=args.chunk_size,
         chm_algorithm=args.chm,
         ground_algorithm=args.ground,
+        # the command writes the other tiles' results, then exits 2 naming the failures
+        allow_skipped_tiles=True,
     )
     job = LidarJob(params, crs=crs, resolution_m=args.grid_resolution, tile_crs=args.crs)
     if args.aoi is not None:
-        grid = region_geobox(read_input(args.aoi), crs=crs, resolution_m=args.grid_resolution)
+        aoi = read_polygons(args.aoi, setting="--aoi")
+        grid = region_geobox(aoi, crs=crs, resolution_m=args.grid_resolution)
     else:
         grid = model_grid_for_tiles(index, resolution_m=args.grid_resolution)
     with dask_client(DaskSettings(), scheduler=args.scheduler):

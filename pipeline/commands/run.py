@@ -28,7 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from pipeline.errors import ConfigError
+    from pipeline.inputs import check_inputs
     from pipeline.runner import Runner, RunOptions
     from pipeline.stages import STAGES
 
@@ -42,6 +45,9 @@ def main(args: argparse.Namespace) -> int:
         stages=stages, force=args.force, scheduler=args.scheduler, quiet=args.quiet
     )
     runner = Runner(config, STAGES, options=options)
+    # the inputs are checked before the run folder is touched (docs/input_checks.md)
+    for message in check_inputs(config, [s.name for s in runner.selected()]):
+        runner.alerts.print(f"[yellow]⚠[/] {escape(message)}", highlight=False)
     runner.run()
     runner.console.print(f"run folder: {runner.layout.root}  (config sha256 {config.sha256[:12]})")
     return 0

@@ -2,12 +2,17 @@
 
 Like lidR's ``readLAScatalog`` this reads headers only (no points), checks that every
 tile has one usable, metric CRS, and decides which tiles can be processed at all. A tile
-whose header cannot be read is kept in the index with ``status="failed"`` and its error,
-so the run goes on with the other tiles and the QA lists it.
+whose header cannot be read is kept in the index with ``status="failed"`` and its error
+(the stage then fails, or skips it when ``stages.lidar.allow_skipped_tiles`` says so).
+
+A CRS stated by the user (``--crs``, ``sources.lidar_crs``) overrides the header's; a
+header that disagrees is named in a warning. CRS advice names the UTM zone of the tile's
+own location (:mod:`pipeline.crs`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +21,8 @@ import laspy
 import pyproj
 from laspy.vlrs.known import GeoKeyDirectoryVlr, WktCoordinateSystemVlr
 
-from pipeline.errors import InputDataError
-
-METRE_UNITS = ("metre", "meter", "metres", "meters")
+from pipeline.crs import horizontal, label, non_metre_axes, utm_advice
+from pipeline.errors import InputDataError, PipelineWarning
 
 
 @dataclass(frozen=True)
@@ -58,17 +62,6 @@ class TileInfo:
         )
 
 
-def _crs_label(crs: pyproj.CRS) -> str:
-    epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg is not None else crs.to_wkt()
-
-
-def _horizontal(crs: pyproj.CRS) -> pyproj.CRS:
-    if crs.is_compound and crs.sub_crs_list:
-        return crs.sub_crs_list[0]
-    return crs
-
-
 def _header_crs(path: Path, header: laspy.LasHeader) -> tuple[pyproj.CRS | None, str]:
     """The CRS of a header, checking that its WKT and GeoTIFF records agree."""
     found: list[tuple[str, pyproj.CRS]] = []
@@ -87,33 +80,65 @@ def _header_crs(path: Path, header: laspy.LasHeader) -> tuple[pyproj.CRS | None,
         return None, "none"
     first_kind, first = found[0]
     for kind, other in found[1:]:
-        if not _horizontal(first).equals(_horizontal(other), ignore_axis_order=True):
+        if not horizontal(first).equals(horizontal(other), ignore_axis_order=True):
             raise InputDataError(
                 f"{path}: conflicting CRS records in the header: {first_kind} says "
-                f"{_crs_label(first)}, {kind} says {_crs_label(other)}; fix the header (e.g. "
+                f"{label(first)}, {kind} says {label(other)}; fix the header (e.g. "
                 "`pdal translate IN OUT --writers.las.a_srs=EPSG:n`) or state the CRS with --crs "
                 "(config: sources.lidar_crs)"
             )
     return first, first_kind
 
 
-def _check_units(path: Path, crs: pyproj.CRS) -> None:
-    """Metric horizontal and vertical units, or a clear error."""
-    horiz = _horizontal(crs)
-    if horiz.is_geographic:
+def _check_units(path: Path, crs: pyproj.CRS, bounds: tuple[float, float, float, float]) -> None:
+    """Metric horizontal and vertical units, or a clear error with the tile's UTM zone."""
+    advice = utm_advice(crs, bounds)
+    reproject = (
+        "reproject them (`pdal translate IN OUT reprojection "
+        '--filters.reprojection.out_srs="EPSG:n"`, with Z converted to metres)'
+    )
+    if horizontal(crs).is_geographic:
         raise InputDataError(
-            f"{path}: CRS {_crs_label(crs)} is geographic (degrees); LiDAR tiles must be in a "
-            "projected metric CRS; reproject them (e.g. `pdal translate IN OUT reprojection "
-            '--filters.reprojection.out_srs="EPSG:32650"`)'
+            f"{path}: CRS {label(crs)} is geographic (degrees); LiDAR tiles must be in a "
+            f"projected CRS in metres: {reproject}; {advice}"
         )
-    for axis in crs.axis_info:
-        if axis.unit_name.lower() not in METRE_UNITS:
-            raise InputDataError(
-                f"{path}: CRS {_crs_label(crs)} has {axis.direction} axis units "
-                f"'{axis.unit_name}'; this pipeline computes heights and densities in metres: "
-                "convert the tiles to a metric CRS (e.g. `pdal translate IN OUT reprojection "
-                '--filters.reprojection.out_srs="EPSG:32650"`) before running it'
-            )
+    odd = non_metre_axes(crs)
+    if odd:
+        raise InputDataError(
+            f"{path}: CRS {label(crs)} has axes in {', '.join(odd)}; this pipeline computes "
+            f"heights and densities in metres: {reproject}; {advice}"
+        )
+
+
+def _stated_crs(path: Path, header: laspy.LasHeader, stated: str) -> tuple[pyproj.CRS, str]:
+    """The CRS the user stated, warning when the header says otherwise."""
+    try:
+        crs = pyproj.CRS.from_user_input(stated)
+    except pyproj.exceptions.CRSError:
+        raise InputDataError(
+            f"--crs / sources.lidar_crs: {stated} is not a CRS known to PROJ"
+        ) from None
+    try:
+        said, _ = _header_crs(path, header)
+        disagree = said is not None and not horizontal(said).equals(
+            horizontal(crs), ignore_axis_order=True
+        )
+        what = label(said) if said is not None else ""
+    except InputDataError as err:  # conflicting or unreadable records: overridden too
+        disagree, what = True, str(err)
+    if disagree:
+        warnings.warn(
+            f"lidar: {path.name}: the header says {what}; using {label(crs)} as stated "
+            "(--crs / sources.lidar_crs)",
+            PipelineWarning,
+            stacklevel=3,
+        )
+    return crs, "stated (--crs / sources.lidar_crs)"
+
+
+def _unreadable(path: Path, error: str) -> TileInfo:
+    """A tile whose header cannot be used."""
+    return TileInfo(path, "failed", error, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, "none", -1, "")
 
 
 def read_tile_info(path: Path, *, assume_crs: str | None = None) -> TileInfo:
@@ -132,39 +157,34 @@ def read_tile_info(path: Path, *, assume_crs: str | None = None) -> TileInfo:
     except FileNotFoundError:
         raise InputDataError(f"{path}: LiDAR tile not found") from None
     except Exception as err:  # laspy raises LaspyException, ValueError, OSError, ...
-        return TileInfo(
+        return _unreadable(path, f"{path.name}: cannot read the header: {err}")
+    size = path.stat().st_size
+    if size < header.offset_to_point_data:
+        # cut inside the header's records: what is left of them (e.g. the CRS) is partial
+        return _unreadable(
             path,
-            "failed",
-            f"{path.name}: cannot read the header: {err}",
-            0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            None,
-            "none",
-            -1,
-            "",
+            f"{path.name}: the header is truncated (the file has {size} bytes, its point "
+            f"records start at byte {header.offset_to_point_data}); re-download or re-export it",
         )
-    crs, source = _header_crs(path, header)
-    if crs is None:
-        if assume_crs is None:
+    mins, maxs = header.mins, header.maxs
+    bounds = (float(mins[0]), float(mins[1]), float(maxs[0]), float(maxs[1]))
+    if assume_crs is not None:
+        crs, source = _stated_crs(path, header, assume_crs)
+    else:
+        found, source = _header_crs(path, header)
+        if found is None:
             raise InputDataError(
                 f"{path}: the tile's header has no CRS; state it with --crs EPSG:n "
                 "(config: sources.lidar_crs) or add it to the file "
-                "(`pdal translate IN OUT --writers.las.a_srs=EPSG:n`)"
+                "(`pdal translate IN OUT --writers.las.a_srs=EPSG:n`); " + utm_advice(None, bounds)
             )
-        crs = pyproj.CRS.from_user_input(assume_crs)
-        source = "assumed (--crs / sources.lidar_crs)"
-    _check_units(path, crs)
+        crs = found
+    _check_units(path, crs, bounds)
     count = int(header.point_count)
-    mins, maxs = header.mins, header.maxs
     return TileInfo(
         path=path,
         status="ok" if count > 0 else "empty",
-        error="" if count > 0 else f"{path.name}: the tile has no points; skipped",
+        error="" if count > 0 else f"{path.name}: the tile has no points",
         point_count=count,
         xmin=float(mins[0]),
         ymin=float(mins[1]),
@@ -172,7 +192,7 @@ def read_tile_info(path: Path, *, assume_crs: str | None = None) -> TileInfo:
         ymax=float(maxs[1]),
         zmin=float(mins[2]),
         zmax=float(maxs[2]),
-        crs=_crs_label(_horizontal(crs)),
+        crs=label(horizontal(crs)),
         crs_source=source,
         point_format=int(header.point_format.id),
         version=str(header.version),

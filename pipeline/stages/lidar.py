@@ -132,7 +132,8 @@ def ground_algorithm(p: LidarParams) -> CSF | SMRF:
     )
 
 
-def _check_crs(tiles: list[TileInfo], crs: str) -> None:
+def check_tile_crs(tiles: list[TileInfo], crs: str) -> None:
+    """Every tile is in the model grid's CRS, or an error naming the tile."""
     want = pyproj.CRS.from_user_input(crs)
     for t in tiles:
         if t.crs is not None and not pyproj.CRS.from_user_input(t.crs).equals(
@@ -233,9 +234,10 @@ def _qa(
         return sum(int(str(c.get(k, 0))) for c in chunks)
 
     normalised = [c["chunk"] for c in chunks if c.get("input_normalised")]
-    messages = [t.error for t in tiles if t.status == "empty"]
-    messages += [f"{name}: failed: {msg}" for name, msg in sorted(failures.items())]
-    messages += [t.error for t in tiles if t.status == "failed"]
+    skipped = "; skipped (stages.lidar.allow_skipped_tiles)"
+    messages = [t.error + skipped for t in tiles if t.status == "empty"]
+    messages += [f"{name}: failed: {msg}{skipped}" for name, msg in sorted(failures.items())]
+    messages += [t.error + skipped for t in tiles if t.status == "failed"]
     if normalised:
         messages.append(
             f"chunks {', '.join(map(str, normalised))}: the input is already height-normalised "
@@ -308,12 +310,47 @@ def _tiles_table(tiles: list[TileInfo], failures: dict[str, str]) -> pd.DataFram
     return pd.DataFrame(rows, columns=cols)
 
 
+def refuse_skips(problems: list[str], params: LidarParams) -> None:
+    """All tiles or fail: tiles that cannot be used are an error unless skips are allowed."""
+    if not problems:
+        return
+    if params.allow_skipped_tiles:
+        warnings.warn(
+            f"lidar: {len(problems)} LiDAR tile(s) will be skipped "
+            f"(stages.lidar.allow_skipped_tiles): {'; '.join(problems)}",
+            PipelineWarning,
+            stacklevel=2,
+        )
+    else:
+        raise InputDataError(
+            f"{len(problems)} LiDAR tile(s) cannot be used: {'; '.join(problems)}; replace or "
+            "remove them, or set stages.lidar.allow_skipped_tiles: true to run without them"
+        )
+
+
+def _implausible_canopy(chm: np.ndarray, max_m: float) -> list[str]:
+    """A message when the canopy is implausibly tall (Z in feet read as metres?)."""
+    heights = chm[np.isfinite(chm)]
+    if heights.size == 0:
+        return []
+    p99 = float(np.percentile(heights, 99))
+    if p99 <= max_m:
+        return []
+    return [
+        f"the canopy is implausibly tall: 99th percentile of the CHM {p99:.1f} m, above "
+        f"stages.lidar.max_canopy_height_m = {max_m:g} m; are the Z values in feet (US survey "
+        "feet read as metres give 3.28 times the height)? Check the header's vertical unit "
+        "and convert Z to metres"
+    ]
+
+
 def run_lidar(
     job: LidarJob, *, tiles: tuple[Path, ...], model_grid: GeoBox, use_dask: bool = True
 ) -> dict[str, object]:
     """The stage on an explicit model grid (the command's entry point)."""
     index = index_tiles(list(tiles), assume_crs=job.tile_crs)
-    _check_crs(index, job.crs)
+    check_tile_crs(index, job.crs)
+    refuse_skips([t.error for t in index if t.status != "ok"], job.params)
     ok = [t for t in index if t.status == "ok"]
     if not ok:
         detail = "; ".join(t.error for t in index)
@@ -322,11 +359,13 @@ def run_lidar(
     settings = engine_settings(job, model_grid=model_grid, lidar_grid=lgrid)
     results = engine.run_dask(index, settings) if use_dask else engine.run_serial(index, settings)
     dtm, chm, metrics, failures = assemble(results, index, settings)
+    refuse_skips([f"{k}: {v}" for k, v in sorted(failures.items())], job.params)
     if len(failures) + sum(t.status != "ok" for t in index) == len(index):
         raise InputDataError(
             "every LiDAR tile failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items())
         )
     qa = _qa(index, results, failures, settings, chm)
+    qa["messages"] += _implausible_canopy(chm, job.params.max_canopy_height_m)
     for message in qa["messages"]:
         warnings.warn(f"lidar: {message}", PipelineWarning, stacklevel=2)
     units = [BAND_UNITS[b] for b in BAND_NAMES]

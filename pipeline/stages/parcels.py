@@ -6,8 +6,10 @@ partition an area add up to the area's total.
 
 Per parcel (units in the column names):
 
-- ``area_grid_ha``: area covered by the map grid; ``forest_area_ha``: area where the sink
-  is valid (forest with good quality at both epochs), the area the sink is summed over;
+- ``area_grid_ha``: area covered by the map grid, ``grid_fraction`` its share of
+  the parcel (below 1: partly off the grid, warned; 0 is refused); ``forest_area_ha``:
+  area where the sink is valid (forest with good quality at both epochs), the area the
+  sink is summed over;
 - ``carbon_<epoch>_mg_c`` per compared epoch, over pixels with a valid estimate at that
   epoch, with its SD (``carbon_sd_<epoch>_mg_c``, by the chosen aggregation), both
   bounds (``carbon_sd_correlated_<epoch>_mg_c``, ``carbon_sd_independent_<epoch>_mg_c``)

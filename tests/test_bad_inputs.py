@@ -1,0 +1,746 @@
+"""The bad-input matrix: every bad input a clear refusal (exit 2) or a logged warning.
+
+Each case takes the tiny simulated region (built once per session), breaks one input (a
+copy of the file, in the case's own folder; the config is a dict to edit), runs the
+command line in-process and asserts
+
+- the exit code: 2 for a refusal, 0 where the input is usable and the issue asks for a
+  warning (then the warning is asserted);
+- that the message names the file, key or field (each of ``says`` is in the output);
+- no traceback and no "internal error" (no ``--debug``);
+- that the run folder has nothing new or changed: for a refusal the folder is not even
+  created, as the inputs are checked before the runner touches it. The one exception is
+  a case the header checks cannot see (``in_stage``: a tile whose point records are
+  corrupt): there the stage fails, and only the runner's bookkeeping under ``.state/``
+  may appear, no output.
+
+Adding a case is one :class:`Case` entry in ``CASES``. Cases that ``check`` (the checks
+``run`` makes first, :mod:`pipeline.inputs`) cost a fraction of a second; ``run`` cases
+that refuse cost the same, as nothing runs; only the in-stage LiDAR cases start Dask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import laspy
+import numpy as np
+import pyproj
+import pytest
+import yaml
+from laspy.vlrs.known import GeoKeyDirectoryVlr, WktCoordinateSystemVlr
+from shapely.geometry import LineString, Polygon
+from shapely.geometry.base import BaseGeometry
+
+from pipeline.cli import main
+from pipeline.config import region_config_path
+from pipeline.errors import PipelineWarning
+
+
+@dataclass
+class Region:
+    """A case's copy of the tiny region: its config (a dict) and its own folder."""
+
+    data: Path
+    work: Path
+    config: dict[str, Any]
+
+    def own(self, key: str) -> Path:
+        """Copy the file of ``sources.<key>`` (or ``aoi``) into the case's folder."""
+        holder = self.config if key == "aoi" else self.config["sources"]
+        src = Path(holder[key])
+        dst = self.work / "inputs" / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+        holder[key] = str(dst)
+        return dst
+
+    def tiles(self) -> list[Path]:
+        """Copy the LiDAR tiles into the case's folder; their paths."""
+        src = sorted(Path(p) for p in Path(self.data / "lidar").glob("*.laz"))
+        dst = self.work / "lidar"
+        dst.mkdir(parents=True, exist_ok=True)
+        for p in src:
+            shutil.copy(p, dst / p.name)
+        self.config["sources"]["lidar_tiles"] = str(dst / "*.laz")
+        return [dst / p.name for p in src]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: how to make it, what must be said, and how the CLI must end."""
+
+    id: str
+    make: Callable[[Region], None]
+    says: tuple[str, ...]
+    command: str = "run"
+    stages: str | None = None
+    exit: int = 2
+    in_stage: bool = False
+    #: for exit 0: what must not be said (e.g. an error)
+    not_says: tuple[str, ...] = field(default=())
+
+
+# --------------------------------------------------------------------------- makers
+
+
+def setting(path: str, value: Any) -> Callable[[Region], None]:
+    """Set a config key (dotted path) to ``value``."""
+
+    def make(r: Region) -> None:
+        *parents, last = path.split(".")
+        node = r.config
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+
+    return make
+
+
+def unknown_key(path: str) -> Callable[[Region], None]:
+    return setting(f"{path}.bogus_key" if path else "bogus_key", 1)
+
+
+def layer(
+    key: str, edit: Callable[[gpd.GeoDataFrame], gpd.GeoDataFrame]
+) -> Callable[[Region], None]:
+    """Rewrite the layer of ``key`` (``aoi`` or a ``sources`` key) through ``edit``."""
+
+    def make(r: Region) -> None:
+        path = r.own(key)
+        out = edit(gpd.read_file(path))
+        path.unlink()
+        out.to_file(path, driver="GeoJSON" if path.suffix == ".geojson" else "GPKG")
+
+    return make
+
+
+def text_file(key: str, text: bytes, suffix: str | None = None) -> Callable[[Region], None]:
+    """Replace the file of ``key`` with ``text`` (optionally under another suffix)."""
+
+    def make(r: Region) -> None:
+        path = r.own(key)
+        if suffix is not None:
+            path.unlink()
+            path = path.with_suffix(suffix)
+            holder = r.config if key == "aoi" else r.config["sources"]
+            holder[key] = str(path)
+        path.write_bytes(text)
+
+    return make
+
+
+def bowtie(gdf: gpd.GeoDataFrame) -> BaseGeometry:
+    """A self-intersecting ring over the first feature's bounding box."""
+    x0, y0, x1, y1 = gdf.geometry.iloc[0].bounds
+    return Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1), (x0, y0)])
+
+
+def first_geometry(make_geom: Callable[[gpd.GeoDataFrame], BaseGeometry | None]) -> Callable:
+    def edit(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        geoms = list(gdf.geometry)
+        geoms[0] = make_geom(gdf)
+        return gdf.set_geometry(gpd.GeoSeries(geoms, crs=gdf.crs))
+
+    return edit
+
+
+def all_geometries(make_geom: Callable[[BaseGeometry], BaseGeometry]) -> Callable:
+    def edit(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        return gdf.set_geometry(gpd.GeoSeries([make_geom(g) for g in gdf.geometry], crs=gdf.crs))
+
+    return edit
+
+
+def shifted(dx: float, dy: float) -> Callable:
+    from shapely import affinity
+
+    return all_geometries(lambda g: affinity.translate(g, dx, dy))
+
+
+def relabelled(crs: str) -> Callable:
+    return lambda gdf: gdf.set_crs(crs, allow_override=True)
+
+
+def no_crs(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    return gdf.set_crs(None, allow_override=True)
+
+
+def no_features(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    return gdf.iloc[:0]
+
+
+def half_off_grid(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The first parcel stretched across the AOI's west edge (about half off the grid)."""
+    x0 = gdf.total_bounds[0]
+    geoms = list(gdf.geometry)
+    _, gy0, _, gy1 = geoms[0].bounds
+    geoms[0] = Polygon([(x0 - 100, gy0), (x0 + 100, gy0), (x0 + 100, gy1), (x0 - 100, gy1)])
+    return gdf.set_geometry(gpd.GeoSeries(geoms, crs=gdf.crs))
+
+
+def trees_reencoded(encoding: str, extra: str) -> Callable[[Region], None]:
+    """The tree list with a remark column of ``extra``, saved in ``encoding``."""
+
+    def make(r: Region) -> None:
+        path = r.own("trees")
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        lines = [f"{lines[0]},remark"] + [f"{ln},{extra}" for ln in lines[1:]]
+        path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+
+    return make
+
+
+def tile_edit(edit: Callable[[Path], None], which: int | None = 0) -> Callable[[Region], None]:
+    """Copy the LiDAR tiles into the case folder and edit tile ``which`` (None: all)."""
+
+    def make(r: Region) -> None:
+        tiles = r.tiles()
+        for path in tiles if which is None else [tiles[which]]:
+            edit(path)
+
+    return make
+
+
+def rewrite_las(path: Path, change: Callable[[laspy.LasData], laspy.LasData]) -> None:
+    las = laspy.read(path)
+    out = change(las)
+    out.write(path)
+
+
+def crs_vlrs_removed(las: laspy.LasData) -> laspy.LasData:
+    kept = [
+        v for v in las.header.vlrs if not isinstance(v, WktCoordinateSystemVlr | GeoKeyDirectoryVlr)
+    ]
+    las.header.vlrs.clear()
+    las.header.vlrs.extend(kept)
+    las.header.global_encoding.wkt = False
+    return las
+
+
+def crs_set(epsg: int) -> Callable[[laspy.LasData], laspy.LasData]:
+    def change(las: laspy.LasData) -> laspy.LasData:
+        las = crs_vlrs_removed(las)
+        las.header.add_crs(pyproj.CRS.from_epsg(epsg))
+        return las
+
+    return change
+
+
+def no_points(path: Path) -> None:
+    las = laspy.read(path)
+    empty = laspy.LasData(las.header, points=las.points[:0])
+    empty.write(path)
+
+
+def truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # header intact, point records cut
+
+
+def garbage(path: Path) -> None:
+    path.write_bytes(b"not a LAS file at all" * 10)
+
+
+def z_in_feet(las: laspy.LasData) -> laspy.LasData:
+    # US survey feet per metre (1 ft = 1200/3937 m, NIST Handbook 44)
+    las.z = np.asarray(las.z) * (3937 / 1200)
+    return las
+
+
+# --------------------------------------------------------------------------- the matrix
+
+LIDAR = "lidar"
+CASES: tuple[Case, ...] = (
+    # config: CRS and keys
+    Case("crs-geographic", setting("crs", "EPSG:4326"), ("crs: EPSG:4326 is geographic", "UTM")),
+    Case("crs-unknown", setting("crs", "EPSG:999999"), ("crs: EPSG:999999 is not a CRS",)),
+    Case("crs-feet", setting("crs", "EPSG:2227"), ("crs: EPSG:2227", "US survey foot")),
+    Case(
+        "lidar-crs-geographic",
+        setting("sources.lidar_crs", "EPSG:4326"),
+        ("sources.lidar_crs: EPSG:4326 is geographic",),
+    ),
+    Case(
+        "lidar-crs-unknown",
+        setting("sources.lidar_crs", "EPSG:999999"),
+        ("sources.lidar_crs: EPSG:999999 is not a CRS",),
+    ),
+    Case("key-top", unknown_key(""), ("bogus_key: unknown key (allowed: region,", "seed")),
+    Case("key-sources", unknown_key("sources"), ("sources.bogus_key", "allowed:", "lidar_tiles")),
+    Case(
+        "key-lidar", unknown_key("stages.lidar"), ("stages.lidar.bogus_key", "allow_skipped_tiles")
+    ),
+    Case("key-dask", unknown_key("dask"), ("dask.bogus_key", "allowed: n_workers")),
+    Case(
+        "key-epoch",
+        lambda r: r.config["epochs"][0].update(bogus_key=1),
+        ("epochs[0].bogus_key: unknown key (allowed: name, start, end, reference_date)",),
+    ),
+    # the AOI
+    Case("aoi-missing", setting("aoi", "nowhere/aoi.geojson"), ("nowhere/aoi.geojson (aoi)",)),
+    Case(
+        "aoi-point",
+        layer("aoi", all_geometries(lambda g: g.centroid)),
+        ("tiny.geojson (aoi): feature 0 is a Point", "polygons"),
+    ),
+    Case(
+        "aoi-line",
+        layer("aoi", all_geometries(lambda g: LineString(g.exterior.coords))),
+        ("(aoi): feature 0 is a LineString",),
+    ),
+    Case(
+        "aoi-not-geojson",
+        text_file("aoi", b"the area is the county of Shunchang\n"),
+        ("tiny.geojson (aoi): not a vector file",),
+    ),
+    Case(
+        "aoi-truncated-json",
+        text_file("aoi", b'{"type": "FeatureCollection", "features": [{"type": "Fea'),
+        ("(aoi): not a vector file",),
+    ),
+    Case("aoi-no-features", layer("aoi", no_features), ("(aoi): the layer has no features",)),
+    Case(
+        "aoi-empty-geometry",
+        layer("aoi", first_geometry(lambda g: Polygon())),
+        ("(aoi): feature 0 has an empty geometry",),
+    ),
+    Case(
+        "aoi-self-intersecting",
+        layer("aoi", first_geometry(bowtie)),
+        ("(aoi): feature 0 is an invalid polygon", "Self-intersection", "-makevalid"),
+    ),
+    Case(
+        "aoi-gpkg-without-crs",
+        lambda r: (
+            gpd.read_file(r.config["aoi"])
+            .set_crs(None, allow_override=True)
+            .to_file(r.work / "aoi.gpkg"),
+            r.config.update(aoi=str(r.work / "aoi.gpkg")),
+        ),
+        ("aoi.gpkg (aoi): the layer has no CRS",),
+    ),
+    # the parcel layer
+    Case(
+        "parcels-self-intersecting",
+        layer("parcels", first_geometry(bowtie)),
+        ("parcels.gpkg (sources.parcels): feature 0 (parcel_id", "invalid polygon"),
+    ),
+    Case(
+        "parcels-self-intersecting-repaired",
+        lambda r: (
+            layer("parcels", first_geometry(bowtie))(r),
+            setting("sources.repair_geometry", True)(r),
+        ),
+        (
+            "(sources.parcels): 1 invalid polygon(s) repaired with shapely.make_valid",
+            "parcel_id 'NP0001'",
+        ),
+        command="check",
+        exit=0,
+    ),
+    Case(
+        "parcels-not-vector",
+        text_file("parcels", b"parcel_id,area\nA1,3.2\n"),
+        ("parcels.gpkg (sources.parcels): not a vector file",),
+    ),
+    Case(
+        "parcels-empty-geometry",
+        layer("parcels", first_geometry(lambda g: None)),
+        ("(sources.parcels): feature 0 (parcel_id", "empty geometry"),
+    ),
+    Case(
+        "parcels-no-features",
+        layer("parcels", no_features),
+        ("(sources.parcels): the layer has no",),
+    ),
+    Case(
+        "parcels-points",
+        layer("parcels", all_geometries(lambda g: g.centroid)),
+        ("(sources.parcels): feature 0 (parcel_id", "is a Point"),
+    ),
+    Case(
+        "parcels-wrong-crs-label",
+        layer("parcels", relabelled("EPSG:32651")),
+        ("(sources.parcels): 6 of 6 polygons lie entirely off the model grid", "CRS label"),
+    ),
+    Case(
+        "parcels-elsewhere",
+        layer("parcels", shifted(50_000, 0)),
+        ("(sources.parcels): 6 of 6 polygons lie entirely off", "0 t of carbon"),
+    ),
+    Case(
+        "parcels-one-outside",
+        layer(
+            "parcels",
+            lambda g: g.assign(
+                geometry=[shifted(5_000, 0)(g.iloc[:1]).geometry.iloc[0], *g.geometry.iloc[1:]]
+            ),
+        ),
+        ("(sources.parcels): 1 of 6 polygons lie entirely off", "parcel_id"),
+    ),
+    Case(
+        "parcels-partly-off-grid",
+        layer("parcels", half_off_grid),
+        ("(sources.parcels): 1 of 6 polygons lie partly off the map grid", "grid_fraction"),
+        command="check",
+        exit=0,
+    ),
+    Case("parcels-no-crs", layer("parcels", no_crs), ("(sources.parcels): the layer has no CRS",)),
+    # the project area
+    Case(
+        "project-self-intersecting",
+        layer("project_area", first_geometry(bowtie)),
+        ("project.gpkg (sources.project_area): feature 0 (parcel_id", "Self-intersection"),
+    ),
+    Case(
+        "project-not-vector",
+        text_file("project_area", b"\x89PNG\r\n\x1a\n" + bytes(64)),
+        ("project.gpkg (sources.project_area): not a vector file",),
+    ),
+    Case(
+        "project-csv-instead",
+        text_file("project_area", b"parcel_id,baseline\nP1,1.0\n", suffix=".csv"),
+        ("project.csv (sources.project_area)",),
+    ),
+    Case(
+        "project-empty-geometry",
+        layer("project_area", first_geometry(lambda g: Polygon())),
+        ("(sources.project_area): feature 0 (parcel_id", "empty geometry"),
+    ),
+    Case(
+        "project-off-grid",
+        layer("project_area", shifted(0, -20_000)),
+        ("(sources.project_area): 1 of 1 polygons lie entirely off the model grid",),
+    ),
+    Case(
+        "project-missing",
+        setting("sources.project_area", "nowhere/project.gpkg"),
+        ("nowhere/project.gpkg (sources.project_area): file not found",),
+    ),
+    # plots and trees
+    Case(
+        "plots-outside-aoi",
+        layer("plot_locations", shifted(30_000, 30_000)),
+        ("plots.gpkg (sources.plot_locations): none of its 26 plots lies in the AOI's extent",),
+        not_says=("cv_block_m",),
+    ),
+    Case(
+        "plots-one-outside-aoi",
+        layer(
+            "plot_locations",
+            lambda g: g.set_geometry(
+                [shifted(30_000, 0)(g.iloc[:1]).geometry.iloc[0], *g.geometry.iloc[1:]]
+            ),
+        ),
+        ("(sources.plot_locations): ", "plots lie outside the AOI's extent", "plot_id 'P001'"),
+        command="check",
+        exit=0,
+    ),
+    Case(
+        "plots-missing",
+        setting("sources.plot_locations", "nowhere/plots.gpkg"),
+        ("nowhere/plots.gpkg (sources.plot_locations): file not found",),
+    ),
+    Case(
+        "trees-gbk",
+        trees_reencoded("gbk", "杉木人工林，福建南平"),
+        ("trees.csv: the text is not UTF-8; read it as", "GB"),
+        command="check",
+        exit=0,
+    ),
+    Case(
+        "trees-cp1252",
+        trees_reencoded("cp1252", "Forêt domaniale, relevé été"),
+        ("trees.csv: the text is not UTF-8", "CSV UTF-8"),
+    ),
+    Case(
+        "trees-missing",
+        setting("sources.trees", "nowhere/trees.csv"),
+        ("nowhere/trees.csv (sources.trees): file not found",),
+    ),
+    # LiDAR tiles: header checks before the run
+    Case(
+        "lidar-no-match",
+        setting("sources.lidar_tiles", "nowhere/*.laz"),
+        ("sources.lidar_tiles: no file matches 'nowhere/*.laz'",),
+    ),
+    Case(
+        "lidar-empty-tile",
+        tile_edit(no_points),
+        ("609_2942.laz: the tile has no points", "allow_skipped_tiles"),
+    ),
+    Case(
+        "lidar-garbage-tile",
+        tile_edit(garbage, which=1),
+        ("610_2942.laz: cannot read the header", "allow_skipped_tiles"),
+    ),
+    Case(
+        "lidar-truncated-header",
+        tile_edit(lambda p: p.write_bytes(p.read_bytes()[:300])),
+        ("609_2942.laz: the header is truncated (the file has 300 bytes",),
+        not_says=("no CRS",),
+    ),
+    Case(
+        "lidar-skips-allowed",
+        lambda r: (tile_edit(no_points)(r), setting("stages.lidar.allow_skipped_tiles", True)(r)),
+        ("will be skipped (stages.lidar.allow_skipped_tiles)", "609_2942.laz"),
+        command="check",
+        exit=0,
+    ),
+    Case(
+        "lidar-no-crs",
+        tile_edit(lambda p: rewrite_las(p, crs_vlrs_removed)),
+        ("609_2942.laz: the tile's header has no CRS", "--crs", "cannot be told"),
+    ),
+    Case(
+        "lidar-other-crs",
+        tile_edit(lambda p: rewrite_las(p, crs_set(32651)), which=None),
+        ("609_2942.laz: the tile is in EPSG:32651 but the model grid is in EPSG:32650", "pdal"),
+    ),
+    Case(
+        "lidar-mixed-crs",
+        tile_edit(lambda p: rewrite_las(p, crs_set(32651))),
+        ("different CRSs (609_2942.laz has EPSG:32651, 610_2942.laz has EPSG:32650)",),
+    ),
+    Case(
+        "lidar-geographic-header",
+        tile_edit(lambda p: rewrite_las(p, crs_set(4326))),
+        ("609_2942.laz: CRS EPSG:4326 is geographic",),
+    ),
+    Case(
+        "lidar-feet-header",
+        tile_edit(lambda p: rewrite_las(p, crs_set(2227))),
+        ("609_2942.laz: CRS EPSG:2227 has axes in", "US survey foot"),
+    ),
+    Case(
+        "lidar-crs-overrides-header",
+        lambda r: (
+            tile_edit(lambda p: rewrite_las(p, crs_set(32651)))(r),
+            setting("sources.lidar_crs", "EPSG:32650")(r),
+        ),
+        ("609_2942.laz: the header says EPSG:32651; using EPSG:32650 as stated",),
+        command="check",
+        stages=LIDAR,
+        exit=0,
+    ),
+    # LiDAR tiles: what only decoding the points shows
+    Case(
+        "lidar-corrupt-points",
+        tile_edit(truncated),
+        ("609_2942.laz", "corrupt or truncated", "allow_skipped_tiles"),
+        stages=LIDAR,
+        in_stage=True,
+    ),
+    Case(
+        "lidar-z-in-feet",
+        tile_edit(lambda p: rewrite_las(p, z_in_feet), which=None),
+        ("the canopy is implausibly tall", "feet"),
+        stages=LIDAR,
+        exit=0,
+        in_stage=True,
+    ),
+)
+
+
+# --------------------------------------------------------------------------- the test
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (empty if it does not exist)."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def region(tiny_data: Path, tmp_path: Path) -> Region:
+    text = region_config_path("tiny").read_text().replace("data/tiny", str(tiny_data))
+    config = yaml.safe_load(text)
+    config["output_dir"] = str(tmp_path / "run")
+    return Region(tiny_data, tmp_path, config)
+
+
+def test_the_matrix_has_at_least_40_cases_with_unique_ids() -> None:
+    ids = [c.id for c in CASES]
+    assert len(ids) >= 40 and len(set(ids)) == len(ids)
+
+
+def test_the_unbroken_region_passes_the_checks(
+    region: Region, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The control of the matrix: the region each case breaks passes."""
+    cfg = region.work / "config.yaml"
+    cfg.write_text(yaml.safe_dump(region.config))
+    assert main(["check", "--config", str(cfg)]) == 0
+    # the simulator places the project plot J016 just west of the grid (its square ends
+    # 3 cm short of it): the one warning, a finding of these checks
+    out = capsys.readouterr().out.strip()
+    assert out.endswith("inputs checked, 1 warning(s)"), out
+    assert "1 of 26 plots lie outside the AOI's extent (feature 21 (plot_id 'J016'))" in out
+    assert not Path(region.config["output_dir"]).exists()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, region: Region, capsys: pytest.CaptureFixture[str]) -> None:
+    case.make(region)
+    cfg = region.work / "config.yaml"
+    cfg.write_text(yaml.safe_dump(region.config, allow_unicode=True))
+    run_folder = Path(region.config["output_dir"])
+    before = snapshot(run_folder)
+    argv = [case.command, "--config", str(cfg)]
+    if case.stages:
+        argv += ["--stages", case.stages]
+    if case.command == "run":
+        argv.append("--quiet")
+    code = main(argv)
+    captured = capsys.readouterr()
+    # the console wraps long lines: compare with whitespace runs as single spaces
+    text = " ".join((captured.out + captured.err).split())
+    assert code == case.exit, text
+    for needle in case.says:
+        assert needle in text, (needle, text)
+    for needle in case.not_says:
+        assert needle not in text, (needle, text)
+    assert "Traceback" not in text and "internal error" not in text, text
+    after = snapshot(run_folder)
+    if case.exit == 2:
+        if case.in_stage:
+            new = {k: v for k, v in after.items() if before.get(k) != v}
+            assert all(k.startswith(".state") for k in new), sorted(new)
+        else:
+            assert after == before, sorted(set(after) ^ set(before))
+    if case.in_stage and case.exit == 0:
+        manifest = json.loads((run_folder / "manifest.json").read_text())
+        recorded = " ".join(" ".join(manifest["stages"][case.stages or ""]["warnings"]).split())
+        for needle in case.says:
+            assert needle in recorded, (needle, recorded)
+
+
+def test_a_stage_reads_invalid_polygons_refused_or_repaired_as_asked(tmp_path: Path) -> None:
+    """What the stages get (``io.read_input``): a bow-tie refused, or its two triangles.
+
+    Independent reference: the bow-tie over the unit square crosses itself at (0.5, 0.5);
+    its two triangles have areas 1/4 each (base 1, height 1/2), so the repair has area 1/2
+    where shapely gives the invalid ring an area of 0.
+    """
+    from pipeline import io
+    from pipeline.errors import InputDataError
+
+    ring = Polygon([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)])
+    assert ring.area == 0.0
+    path = tmp_path / "p.gpkg"
+    gpd.GeoDataFrame({"parcel_id": ["A"]}, geometry=[ring], crs="EPSG:32650").to_file(path)
+    with pytest.raises(InputDataError, match=r"p\.gpkg: feature 0 \(parcel_id 'A'\) is an invalid"):
+        io.read_input(path, chunk_px=256)
+    with pytest.warns(PipelineWarning, match=r"repaired with shapely\.make_valid.*'A'"):
+        got = io.read_input(path, chunk_px=256, repair_geometry=True)
+    assert got.geometry.iloc[0].is_valid
+    assert got.geometry.iloc[0].area == pytest.approx(0.5)
+
+
+def test_maps_on_different_grids_are_refused_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``forest-carbon sink`` with one map on another grid: exit 2 naming that file."""
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    def write(name: str, nx: int) -> str:
+        da = xr.DataArray(
+            np.full((1, 4, nx), 50.0, np.float32),
+            dims=("band", "y", "x"),
+            coords={
+                "band": [1],
+                "y": 3e6 - 10 * (np.arange(4) + 0.5),
+                "x": 5e5 + 10 * (np.arange(nx) + 0.5),
+            },
+        ).rio.write_crs("EPSG:32650")
+        path = tmp_path / f"{name}.tif"
+        da.rio.to_raster(path)
+        return str(path)
+
+    maps = [write(n, 5 if n == "sd_end" else 4) for n in ("c1", "c2", "sd1", "sd_end", "q1", "q2")]
+    out = tmp_path / "out"
+    code = main(
+        ["sink", "--carbon", *maps[:2], "--sd", *maps[2:4], "--quality", *maps[4:],
+         "--dates", "2019-07-01", "2024-07-01", "--out", str(out)]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"carbon SD (end epoch) ({maps[3]}) is not on the same grid as carbon (start" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_a_gbk_tree_list_reads_as_the_same_table_as_its_utf8_copy(tmp_path: Path) -> None:
+    """What the plots stage gets from a GBK file: the table of its UTF-8 copy, and a warning."""
+    import pandas as pd
+
+    from pipeline import io
+
+    text = (
+        "plot_id,tree_id,species,dbh_cm,备注\n"
+        "P1,T1,杉木,12.5,福建南平人工林\n"
+        "P1,T2,马尾松,20.1,林缘\n"
+    )
+    gbk, utf8 = tmp_path / "gbk.csv", tmp_path / "utf8.csv"
+    gbk.write_bytes(text.encode("gbk"))
+    utf8.write_text(text, encoding="utf-8")
+    with pytest.warns(PipelineWarning, match=r"gbk\.csv: the text is not UTF-8; read it as GB"):
+        got = io.read_input(gbk, chunk_px=256)
+    pd.testing.assert_frame_equal(got, pd.read_csv(utf8))
+
+
+@pytest.mark.parametrize("command", ["lidar", "composite"])
+def test_a_point_aoi_is_refused_by_the_stand_alone_commands(
+    command: str, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    aoi = tmp_path / "aoi.geojson"
+    gpd.GeoDataFrame(
+        geometry=[Polygon([(0, 0), (1, 0), (1, 1)]).centroid], crs="EPSG:4326"
+    ).to_file(aoi)
+    out = tmp_path / "out"
+    if command == "lidar":
+        argv = ["lidar", str(tiny_data / "lidar"), "--aoi", str(aoi), "--out", str(out)]
+    else:
+        argv = ["composite", "items.json", "--aoi", str(aoi), "--crs", "EPSG:32650"]
+        argv += ["--out", str(out)]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{aoi} (--aoi): feature 0 is a Point" in err and not out.exists()
+
+
+def test_a_real_process_refuses_with_one_line_and_no_traceback(region: Region) -> None:
+    """In a subprocess, as a user runs it: exit 2, one line on stderr, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    layer("aoi", all_geometries(lambda g: g.centroid))(region)
+    cfg = region.work / "config.yaml"
+    cfg.write_text(yaml.safe_dump(region.config))
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        # this checkout's code, whichever the environment installed
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "(aoi): feature 0 is a Point" in lines[0], done.stderr
+    assert not Path(region.config["output_dir"]).exists()
