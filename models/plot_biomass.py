@@ -6,7 +6,9 @@ wood_density_g_cm3, age_yr; without an ``epoch`` column the list is one census, 
 
 1. **QA** (``models/data/qa_rules.yaml``): implausible rows are reported with a reason and
    an action (exclude the tree, discard the height, discard a wood density override, or
-   keep with a warning). A plot left without a usable tree is an error naming the plot.
+   keep with a warning); a cell that is not a number is a QA row too and counts as blank.
+   A plot whose rows all lack a measurable stem (DBH blank or 0) has zero biomass; a plot
+   left without a usable tree for any other reason is an error naming the plot.
 2. **Heights**: trees without a (plausible) height get one from an H-D model
    (:mod:`models.hd`, BIOMASS ``modelHD`` forms) fitted per plot/epoch/species group when
    it has >= 15 measured heights, else per species group and epoch over all plots, else
@@ -141,6 +143,38 @@ def _qa_row(r: pd.Series, field: str, value: object, reason: str, action: str) -
     }
 
 
+#: numeric columns of a tree list and the QA action for a cell that is not a number (such a
+#: cell counts as missing: a DBH excludes its tree, the others fall back as when blank)
+NUMERIC_COLUMNS = {
+    "dbh_cm": "exclude",
+    "height_m": "drop_height",
+    "wood_density_g_cm3": "drop_override",
+    "age_yr": "drop_age",
+}
+
+
+def _not_numbers(column: pd.Series, name: str) -> tuple[pd.Series, pd.Series]:
+    """The cells of ``column`` that hold something other than a number or a blank, and the
+    column as numbers (NaN there and where blank).
+
+    Raises
+    ------
+    PlotDataError
+        No cell of the column holds a number although some hold text (decimal commas or
+        units in the cells, or the wrong column): the message names the column.
+    """
+    values = pd.to_numeric(column, errors="coerce")
+    text = column.astype("string").str.strip()
+    bad = values.isna() & text.notna() & (text != "")
+    if bad.any() and values.notna().sum() == 0:
+        examples = ", ".join(repr(v) for v in pd.unique(column[bad])[:3])
+        raise PlotDataError(
+            f"column {name!r} holds no number ({examples}, ...): write plain numbers in "
+            "the column's unit, with a decimal point and no unit text"
+        )
+    return bad, values
+
+
 def check_trees(
     trees: pd.DataFrame, options: PlotBiomassOptions
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -149,7 +183,7 @@ def check_trees(
     Raises
     ------
     PlotDataError
-        A required column is missing.
+        A required column is missing, or a numeric column holds no number at all.
     """
     missing = [c for c in TREE_COLUMNS if c not in trees.columns]
     if missing:
@@ -162,16 +196,25 @@ def check_trees(
     for col in OPTIONAL_COLUMNS:
         if col not in t.columns:
             t[col] = np.nan
-    for col in ("dbh_cm", "height_m", "wood_density_g_cm3", "age_yr", "plot_area_ha"):
-        t[col] = pd.to_numeric(t[col], errors="coerce")
+    qa: list[dict[str, Any]] = []
+    not_number = pd.Series(False, index=t.index)
+    for col, action in NUMERIC_COLUMNS.items():
+        bad, values = _not_numbers(t[col], col)
+        qa += [_qa_row(r, col, r[col], "not a number", action) for _, r in t[bad].iterrows()]
+        if col == "dbh_cm":
+            not_number = bad
+        t[col] = values
+    # a cell that is not a number leaves its plot without an area: refused by _plot_areas
+    t["plot_area_ha"] = _not_numbers(t["plot_area_ha"], "plot_area_ha")[1]
     t["species"] = t["species"].map(allometry.normalise_species)
     t["height_measured_m"] = t["height_m"]
-    t["usable"] = True
-    qa: list[dict[str, Any]] = []
+    t["usable"] = ~not_number
+    # no stem to measure at breast height (seedlings, a young stand): DBH blank or 0
+    t["no_stem"] = (t["dbh_cm"].isna() & ~not_number) | (t["dbh_cm"] == 0)
 
     d_rule = rules["dbh_cm"]
     bad_d = ~(t["dbh_cm"] > d_rule["min_exclusive"]) | (t["dbh_cm"] > d_rule["max"])
-    for _, r in t[bad_d].iterrows():
+    for _, r in t[bad_d & ~not_number].iterrows():
         reason = (
             "dbh missing"
             if pd.isna(r["dbh_cm"])
@@ -507,8 +550,9 @@ def plot_biomass(
         ``options.chave_e`` is not set.
     PlotDataError
         Missing columns, a plot without area, or a plot/epoch whose trees are all unusable
-        (a plot measured with no trees is recorded as one row with ``plot_id`` and
-        ``epoch`` and neither species nor DBH: it gets zero biomass, see
+        for a reason other than having no measurable stem (a plot measured with no trees,
+        recorded as one row with ``plot_id`` and ``epoch`` and neither species nor DBH,
+        or whose rows all have a blank DBH or DBH 0, gets zero biomass, see
         :func:`empty_plot_rows`).
     """
     trees, empty_plots = split_empty_plots(with_epoch(trees, options.tree_epoch))
@@ -526,17 +570,14 @@ def plot_biomass(
     keys, models = hm.keys, hm.models
     qa_rows += _assign_equations(t, options)
     qa_rows += _exclude_trees_lacking_inputs(t, options)
+    no_stems = _plots_without_stems(t)
+    if not no_stems.empty:
+        zeros = pd.concat([zeros, empty_plot_rows(no_stems, None, options)], ignore_index=True)
     counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
-    empty = counts[counts == 0]
-    if len(empty):
-        names = ", ".join(f"{p} (epoch {e})" for p, e in empty.index)
-        raise PlotDataError(
-            f"plot(s) without any usable tree: {names}; see the QA reasons of its rows"
-        )
     _tree_values(t, options)
 
     seeds = np.random.SeedSequence(options.seed)
-    plot_keys = sorted(counts.index, key=lambda k: (str(k[0]), str(k[1])))
+    plot_keys = sorted(counts.index[counts > 0], key=lambda k: (str(k[0]), str(k[1])))
     children = seeds.spawn(len(plot_keys))
     t["bgb_kg"] = np.nan
     t["root_shoot_ratio"] = np.nan
@@ -545,13 +586,14 @@ def plot_biomass(
         for (pid, epoch), child in zip(plot_keys, children, strict=True)
     ]
     t["carbon_kg"] = t["agb_kg"] * t["carbon_fraction_agb"] + t["bgb_kg"] * t["carbon_fraction_bgb"]
-    t = t.drop(columns=["height_measured_m", "bgb_eq_kg"])
+    t = t.drop(columns=["height_measured_m", "bgb_eq_kg", "no_stem"])
     qa_all = pd.concat(
         [
             _species_table_qa(t),
             qa,
             pd.DataFrame(qa_rows, columns=list(QA_COLUMNS)),
             _empty_plot_qa(empty_plots),
+            _empty_plot_qa(no_stems),
         ],
         ignore_index=True,
     )
@@ -615,13 +657,63 @@ def split_empty_plots(trees: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return trees.loc[~marker], empty.reset_index(drop=True)
 
 
+def _plots_without_stems(t: pd.DataFrame) -> pd.DataFrame:
+    """The plot-epochs left without a usable tree whose rows all lack a measurable stem
+    (DBH blank or 0: seedlings below breast height, a young stand, a clear-cut), with
+    ``plot_area_ha``, ``n_rows_excluded`` and the QA ``reason``; each also a warning.
+
+    Such a plot is a legitimate zero of the sample. A plot left without a usable tree
+    for any other reason (a DBH out of range or not a number, a culm age or a height its
+    equation needs) is refused: a zero there would be a wrong number.
+
+    Raises
+    ------
+    PlotDataError
+        A plot-epoch has no usable tree and some of its rows have a stem (named).
+    """
+    key = ["plot_id", "epoch"]
+    per_plot = (
+        t.groupby(key, sort=False)
+        .agg(
+            n_usable=("usable", "sum"),
+            all_no_stem=("no_stem", "all"),
+            n_rows_excluded=("usable", "size"),
+            plot_area_ha=("plot_area_ha", "first"),
+        )
+        .reset_index()
+    )
+    empty = per_plot[per_plot["n_usable"] == 0]
+    refused = empty[~empty["all_no_stem"]]
+    if len(refused):
+        names = ", ".join(f"{p} (epoch {e})" for p, e in refused[key].itertuples(index=False))
+        raise PlotDataError(
+            f"plot(s) without any usable tree: {names}; see the QA reasons of its rows"
+        )
+    out = empty[empty["all_no_stem"]].reset_index(drop=True)
+    out["reason"] = [
+        f"no measurable stem: all {n} rows have a blank DBH or DBH 0 (zero biomass)"
+        for n in out["n_rows_excluded"]
+    ]
+    for r in out.itertuples(index=False):
+        warnings.warn(
+            f"plot {r.plot_id} (epoch {r.epoch}): {r.reason}; a DBH left blank by mistake "
+            "would make this zero wrong",
+            ModelsWarning,
+            stacklevel=3,
+        )
+    return out[[*key, "plot_area_ha", "n_rows_excluded", "reason"]]
+
+
 def empty_plot_rows(
     empty: pd.DataFrame,
     plot_area_ha: Mapping[Any, float] | pd.Series | None,
     options: PlotBiomassOptions,
 ) -> pd.DataFrame:
-    """Plot rows of zero biomass (exactly, SD 0) for plots measured with no trees."""
+    """Plot rows of zero biomass (exactly, SD 0, every Monte Carlo draw 0) for plots
+    measured with no trees or with no measurable stem (``empty``: plot_id, epoch, optional
+    plot_area_ha and n_rows_excluded)."""
     areas = _area_lookup(empty, plot_area_ha).to_numpy()
+    excluded = empty["n_rows_excluded"] if "n_rows_excluded" in empty else [0] * len(empty)
     zero_cols = [c for c in PLOT_COLUMNS if c not in ("plot_id", "epoch")]
     rows = [
         {
@@ -631,20 +723,22 @@ def empty_plot_rows(
             "n_stems": 0,
             "agb_mc_mean_mg_ha": 0.0,
             "plot_area_ha": area,
-            "n_rows_excluded": 0,
+            "n_rows_excluded": int(n_excluded),
             "n_heights_predicted": 0,
             "mc_draws": options.n_draws,
         }
-        for r, area in zip(empty.itertuples(index=False), areas, strict=True)
+        for r, area, n_excluded in zip(empty.itertuples(index=False), areas, excluded, strict=True)
     ]
     return pd.DataFrame(rows)
 
 
 def _empty_plot_qa(empty: pd.DataFrame) -> pd.DataFrame:
+    """QA rows of zero-biomass plots (their ``reason`` column, else measured with no trees)."""
+    reasons = empty["reason"] if "reason" in empty else ["measured with no trees"] * len(empty)
     rows = [
         {"plot_id": r.plot_id, "epoch": r.epoch, "tree_id": None, "field": "plot",
-         "value": 0.0, "reason": "measured with no trees", "action": "zero_biomass"}
-        for r in empty.itertuples(index=False)
+         "value": 0.0, "reason": reason, "action": "zero_biomass"}
+        for r, reason in zip(empty.itertuples(index=False), reasons, strict=True)
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=list(QA_COLUMNS))
 

@@ -156,6 +156,56 @@ def test_plot_measured_with_no_trees_has_zero_biomass_and_leaves_the_others_alon
     assert qa.set_index("plot_id").loc["P002", "action"] == "zero_biomass"
 
 
+@pytest.mark.parametrize("dbh", [0.0, np.nan])
+def test_plot_with_no_measurable_stem_has_zero_biomass_and_leaves_the_others_alone(
+    dbh: float,
+) -> None:
+    # issue 17 defect 3: a young stand (stems below breast height: DBH 0 or blank) is a
+    # legitimate plot of zero biomass, not a reason to abort the stage
+    trees, _ = _simulate(n_plots=2, n_trees=15, seed=4)
+    areas = {"P000": AREA_HA, "P001": AREA_HA, "P002": AREA_HA}
+    opts = _options(n_draws=50, seed=3)
+    _, before, _ = plot_biomass(trees, areas, options=opts)
+    young = pd.DataFrame(
+        {"plot_id": "P002", "epoch": "2019", "tree_id": range(4), "species": "Pinus massoniana"}
+    ).assign(dbh_cm=dbh, height_m=0.8)
+    with pytest.warns(UserWarning, match="P002 \\(epoch 2019\\): no measurable stem"):
+        tree_out, plots, qa = plot_biomass(pd.concat([young, trees]), areas, options=opts)
+    row = plots.set_index("plot_id").loc["P002"]
+    zero = [c for c in PLOT_COLUMNS if c not in ("plot_id", "epoch")] + ["agb_mc_mean_mg_ha"]
+    assert (row[zero] == 0.0).all() and row["n_stems"] == 0 and row["n_rows_excluded"] == 4
+    assert row["plot_area_ha"] == AREA_HA
+    pd.testing.assert_frame_equal(
+        plots[plots["plot_id"] != "P002"].reset_index(drop=True), before, check_dtype=False
+    )
+    plot_qa = qa[(qa["plot_id"] == "P002") & (qa["field"] == "plot")]
+    assert list(plot_qa["action"]) == ["zero_biomass"]
+    assert tree_out.loc[tree_out["plot_id"] == "P002", "agb_kg"].isna().all()
+
+
+def test_non_numeric_cells_are_qa_rows_and_a_column_of_text_is_refused() -> None:
+    # issue 18 item 8: a height of "abc" became missing with no QA row
+    trees, _ = _simulate(n_plots=1, n_trees=20, seed=5)
+    trees = trees.astype({"height_m": object, "dbh_cm": object})
+    trees.loc[0, "height_m"] = "abc"
+    trees.loc[1, "dbh_cm"] = "12,5"
+    tree_out, plots, qa = plot_biomass(trees, {"P000": AREA_HA}, options=_options(n_draws=20))
+    rows = qa.set_index("field")
+    assert rows.loc["height_m", ["value", "reason", "action"]].tolist() == [
+        "abc", "not a number", "drop_height"
+    ]  # fmt: skip
+    assert rows.loc["dbh_cm", ["value", "reason", "action"]].tolist() == [
+        "12,5", "not a number", "exclude"
+    ]  # fmt: skip
+    assert tree_out.loc[0, "height_source"] != "measured" and not tree_out.loc[1, "usable"]
+    assert plots.loc[0, "n_stems"] == 19
+    trees["height_m"] = [
+        f"{h:.1f} m" for h in _simulate(n_plots=1, n_trees=20, seed=5)[0]["height_m"]
+    ]
+    with pytest.raises(PlotDataError, match="column 'height_m' holds no number"):
+        plot_biomass(trees, {"P000": AREA_HA}, options=_options(n_draws=20))
+
+
 def test_empty_plot_row_beside_trees_is_refused() -> None:
     trees, _ = _simulate(n_plots=1, n_trees=5, seed=4)
     empty = pd.DataFrame([{"plot_id": "P000", "epoch": "2019", "species": None, "dbh_cm": None}])
