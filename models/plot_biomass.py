@@ -165,7 +165,7 @@ def _not_numbers(column: pd.Series, name: str) -> tuple[pd.Series, pd.Series]:
     """
     values = pd.to_numeric(column, errors="coerce")
     text = column.astype("string").str.strip()
-    bad = values.isna() & text.notna() & (text != "")
+    bad = pd.Series((values.isna() & text.notna() & (text != "")).to_numpy(bool), column.index)
     if bad.any() and values.notna().sum() == 0:
         examples = ", ".join(repr(v) for v in pd.unique(column[bad])[:3])
         raise PlotDataError(
@@ -295,6 +295,22 @@ class HeightModels:
     models: dict[tuple[Any, ...], HDModel]
     rejected: dict[tuple[Any, ...], str]
 
+    def rows_by_key(self) -> dict[tuple[Any, ...], npt.NDArray[np.intp]]:
+        """The positions (in ``keys``) of the trees of each model (not of the trees without
+        one), in one pass."""
+        codes, uniques = pd.factorize(self.keys.to_numpy(dtype=object))
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+        return {uniques[i]: order[bounds[i] : bounds[i + 1]] for i in range(len(uniques))}
+
+
+#: the scopes of H-D models, tried in order: their name and the columns that define them
+HD_SCOPES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("plot", ("plot_id", "epoch", "_group")),
+    ("epoch", ("epoch", "_group")),
+    ("group", ("_group",)),
+)
+
 
 def assign_height_models(
     t: pd.DataFrame, choice: HDChoice, *, rows: pd.Series | None = None
@@ -303,52 +319,45 @@ def assign_height_models(
 
     Scopes tried in order: (plot, epoch, group), (epoch, group), (group); a scope whose
     fits are all implausible (:meth:`models.hd.HDModel.implausibility` over the scope's
-    diameters, heights up to ``qa_rules.yaml`` ``height_m.max``) falls to the next.
+    diameters, heights up to ``qa_rules.yaml`` ``height_m.max``) falls to the next. A
+    model is fitted once per scope that a tree needs, from the usable trees of the scope
+    (in table order); trees are matched to scopes by grouping, so the cost grows with the
+    number of trees, not its square.
     """
     max_h = float(data_yaml("qa_rules.yaml")["height_m"]["max"])
-    groups = t["species"].map(lambda s: allometry.resolve_taxon(str(s)).group)
-    t = t.assign(_group=groups)
-    usable = t[t["usable"]]
+    species = t["species"].astype(str)
+    group_of = {s: allometry.resolve_taxon(s).group for s in pd.unique(species)}
+    t = t.assign(_group=species.map(group_of))
+    usable = t[t["usable"].to_numpy(dtype=bool)]
+    dbh, height = usable["dbh_cm"].to_numpy(dtype=float), usable["height_m"].to_numpy(dtype=float)
     models: dict[tuple[Any, ...], HDModel] = {}
-    failed: set[tuple[Any, ...]] = set()
     rejected: dict[tuple[Any, ...], str] = {}
-
-    def model_for(key: tuple[Any, ...], sub: pd.DataFrame) -> HDModel | None:
-        if key in models:
-            return models[key]
-        if key in failed:
-            return None
-        try:
-            models[key] = select_hd(sub["dbh_cm"], sub["height_m"], choice, max_height_m=max_h)
-            return models[key]
-        except ImplausibleHDError as err:
-            rejected[key] = str(err)
-        except HDFitError:
-            pass
-        failed.add(key)
-        return None
-
-    keys = pd.Series([None] * len(t), index=t.index, dtype=object)
-    need = t["usable"] & t["height_m"].isna() if rows is None else rows
-    for idx, r in t[need].iterrows():
-        scopes: list[tuple[tuple[Any, ...], pd.Series]] = [
-            (
-                ("plot", r["plot_id"], r["epoch"], r["_group"]),
-                (usable["plot_id"] == r["plot_id"])
-                & (usable["epoch"] == r["epoch"])
-                & (usable["_group"] == r["_group"]),
-            ),
-            (
-                ("epoch", r["epoch"], r["_group"]),
-                (usable["epoch"] == r["epoch"]) & (usable["_group"] == r["_group"]),
-            ),
-            (("group", r["_group"]), usable["_group"] == r["_group"]),
-        ]
-        for key, sel in scopes:
-            if model_for(key, usable[sel]) is not None:
-                keys[idx] = key
-                break
-    return HeightModels(keys, models, rejected)
+    keys = np.full(len(t), None, dtype=object)
+    need = (t["usable"] & t["height_m"].isna() if rows is None else rows).to_numpy(dtype=bool)
+    todo = np.flatnonzero(need)  # positions still without a model
+    for scope, cols in HD_SCOPES:
+        if todo.size == 0:
+            break
+        members = usable.groupby(list(cols), sort=False).indices
+        wanted = t.iloc[todo].groupby(list(cols), sort=False).indices
+        fitted = np.zeros(todo.size, bool)
+        for value, at in wanted.items():
+            value_t = value if isinstance(value, tuple) else (value,)
+            key = (scope, *value_t)
+            sub = members.get(value, np.empty(0, np.intp))
+            try:
+                models[key] = select_hd(dbh[sub], height[sub], choice, max_height_m=max_h)
+            except ImplausibleHDError as err:
+                rejected[key] = str(err)
+                continue
+            except HDFitError:
+                continue
+            holder = np.empty(1, dtype=object)
+            holder[0] = key
+            keys[todo[at]] = holder.repeat(at.size)
+            fitted[at] = True
+        todo = todo[~fitted]
+    return HeightModels(pd.Series(keys, index=t.index, dtype=object), models, rejected)
 
 
 def _scope_qa(key: tuple[Any, ...]) -> dict[str, Any]:
@@ -373,29 +382,26 @@ def flag_measured_heights(t: pd.DataFrame, choice: HDChoice) -> list[dict[str, A
     z, floor = float(rule["outlier_robust_z"]), float(rule["outlier_min_log_sd"])
     measured = t["usable"] & t["height_m"].notna()
     hm = assign_height_models(t, choice, rows=measured)
-    ratio = pd.Series(np.nan, index=t.index)
-    for key in {k for k in hm.keys if k is not None}:
-        rows = (hm.keys == key).to_numpy()
-        pred = hm.models[key].predict(t.loc[rows, "dbh_cm"].to_numpy())
-        ratio[rows] = np.log(t.loc[rows, "height_m"].to_numpy() / pred)
+    dbh, height = t["dbh_cm"].to_numpy(dtype=float), t["height_m"].to_numpy(dtype=float)
+    drop = np.zeros(len(t), bool)
     qa_rows: list[dict[str, Any]] = []
-    for key in {k for k in hm.keys if k is not None}:
-        rows = hm.keys == key
-        res = ratio[rows]
+    for key, at in hm.rows_by_key().items():
+        res = np.log(height[at] / hm.models[key].predict(dbh[at]))
         scale = max(1.4826 * float(np.median(np.abs(res - np.median(res)))), floor)
-        bad = rows & (np.abs(ratio - np.median(res)) > z * scale)
-        for _, r in t[bad].iterrows():
+        bad = np.abs(res - np.median(res)) > z * scale
+        for pos, r in zip(at[bad], res[bad], strict=True):
             qa_rows.append(
                 _qa_row(
-                    r,
+                    t.iloc[pos],
                     "height_m",
-                    r["height_m"],
-                    f"measured height {np.exp(ratio[r.name]):.2g} x the H-D model's "
+                    height[pos],
+                    f"measured height {np.exp(r):.2g} x the H-D model's "
                     f"({hm.models[key].describe()}), beyond {z:g} robust SDs of its scope",
                     "drop_height",
                 )
             )
-        t.loc[bad, "height_m"] = np.nan
+        drop[at[bad]] = True
+    t.loc[drop, "height_m"] = np.nan
     return qa_rows
 
 
@@ -566,7 +572,7 @@ def plot_biomass(
         return trees, zeros, _empty_plot_qa(empty_plots)
     t, qa = check_trees(trees, options)
     t["plot_area_ha"] = _plot_areas(t, plot_area_ha)
-    hm, qa_rows = _predict_heights(t, options.hd_model)
+    hm, qa_rows = _predict_heights(t, options.hd_model, options.equation)
     keys, models = hm.keys, hm.models
     qa_rows += _assign_equations(t, options)
     qa_rows += _exclude_trees_lacking_inputs(t, options)
@@ -581,9 +587,10 @@ def plot_biomass(
     children = seeds.spawn(len(plot_keys))
     t["bgb_kg"] = np.nan
     t["root_shoot_ratio"] = np.nan
+    at = t.groupby(["plot_id", "epoch"], sort=False).indices  # positions, one pass
     plot_rows = [
-        _plot_estimate(t, pid, epoch, np.random.default_rng(child), keys, models, options)
-        for (pid, epoch), child in zip(plot_keys, children, strict=True)
+        _plot_estimate(t, at[k], np.random.default_rng(child), keys, models, options)
+        for k, child in zip(plot_keys, children, strict=True)
     ]
     t["carbon_kg"] = t["agb_kg"] * t["carbon_fraction_agb"] + t["bgb_kg"] * t["carbon_fraction_bgb"]
     t = t.drop(columns=["height_measured_m", "bgb_eq_kg", "no_stem"])
@@ -774,29 +781,58 @@ def _plot_areas(t: pd.DataFrame, plot_area_ha: Mapping[Any, float] | pd.Series |
     return area
 
 
+def _height_matters(species: pd.Series, equation: str) -> pd.Series:
+    """True for the trees whose biomass depends on a height: the AGB or root equation
+    they get with a height uses it, or differs from the one they get without."""
+    names = pd.unique(species.astype(str))
+    with_h = allometry.tree_equations(names, np.ones(len(names)), equation=equation)
+    without = allometry.tree_equations(names, np.full(len(names), np.nan), equation=equation)
+    bgb_with = allometry.tree_bgb_equations(names, np.ones(len(names)), equation=equation)
+    bgb_without = allometry.tree_bgb_equations(
+        names, np.full(len(names), np.nan), equation=equation
+    )
+
+    def uses_height(name: object) -> bool:
+        return name is not None and "height_m" in allometry.get_equation(str(name)).required
+
+    matters = {
+        str(sp): bool(a != b or c != d or uses_height(a) or uses_height(c))
+        for sp, a, b, c, d in zip(names, with_h, without, bgb_with, bgb_without, strict=True)
+    }
+    return species.astype(str).map(matters).astype(bool)
+
+
 def _predict_heights(
-    t: pd.DataFrame, choice: HDChoice
+    t: pd.DataFrame, choice: HDChoice, equation: str
 ) -> tuple[HeightModels, list[dict[str, Any]]]:
     """Fill ``height_used_m`` (measured, else from an H-D model) and record each tree's
     H-D model (``hd_model``, ``hd_scope``) and ``height_source``, after discarding the
     measured heights far off their model (:func:`flag_measured_heights`); returns the
     models (:func:`assign_height_models`) and QA rows for the discarded heights and the
-    refused fits (each refused fit also raised as a warning)."""
+    refused fits (each refused fit also raised as a warning).
+
+    Heights are predicted only for trees whose biomass depends on one (the AGB
+    ``equation`` option and the species' equations, :func:`_height_matters`)."""
     qa_rows = flag_measured_heights(t, choice)
-    hm = assign_height_models(t, choice)
-    keys, models = hm.keys, hm.models
+    missing = t["usable"] & t["height_m"].isna()
+    hm = assign_height_models(t, choice, rows=missing & _height_matters(t["species"], equation))
+    models = hm.models
     for key, why in hm.rejected.items():
         scope = "/".join(str(v) for v in key)
         text = f"H-D model of {scope} refused (next scope, else no-height equation): {why}"
         warnings.warn(text, ModelsWarning, stacklevel=3)
         qa_rows.append({**_scope_qa(key), "tree_id": None, "field": "hd_model",
                         "value": scope, "reason": text, "action": "fallback"})  # fmt: skip
-    t["hd_model"] = [None if k is None else models[k].describe() for k in keys]
-    t["hd_scope"] = [None if k is None else "/".join(str(v) for v in k) for k in keys]
+    hd_model = np.full(len(t), None, dtype=object)
+    hd_scope = np.full(len(t), None, dtype=object)
     pred_h = np.full(len(t), np.nan)
-    for key in {k for k in keys if k is not None}:
-        rows = np.array([k == key for k in keys])
-        pred_h[rows] = models[key].predict(t.loc[rows, "dbh_cm"].to_numpy())
+    dbh = t["dbh_cm"].to_numpy(dtype=float)
+    for key, at in hm.rows_by_key().items():
+        hd_model[at] = models[key].describe()
+        hd_scope[at] = "/".join(str(v) for v in key)
+        pred_h[at] = models[key].predict(dbh[at])
+    t["hd_model"] = hd_model
+    t["hd_scope"] = hd_scope
     t["height_source"] = np.where(
         t["height_m"].notna(), "measured", np.where(np.isfinite(pred_h), "hd_model", "none")
     )
@@ -1023,17 +1059,18 @@ def _species_table_qa(t: pd.DataFrame) -> pd.DataFrame:
 
 def _plot_estimate(
     t: pd.DataFrame,
-    pid: Any,
-    epoch: Any,
+    rows: npt.NDArray[np.intp],
     rng: np.random.Generator,
     keys: pd.Series,
     models: Mapping[Any, HDModel],
     opts: PlotBiomassOptions,
 ) -> dict[str, Any]:
-    """One plot and epoch: its trees' BGB (``bgb_kg``, ``root_shoot_ratio`` set in ``t``)
-    and its row of the plot table, the SDs and quantiles from the Monte Carlo draws."""
-    sel = (t["plot_id"] == pid) & (t["epoch"] == epoch) & t["usable"]
-    sub = t[sel]
+    """One plot and epoch (the positions ``rows`` of its trees in ``t``): its trees' BGB
+    (``bgb_kg``, ``root_shoot_ratio`` set in ``t``) and its row of the plot table, the SDs
+    and quantiles from the Monte Carlo draws."""
+    sel = rows[t["usable"].to_numpy(dtype=bool)[rows]]
+    sub = t.iloc[sel]
+    pid, epoch = sub["plot_id"].iloc[0], sub["epoch"].iloc[0]
     area_ha = float(sub["plot_area_ha"].iloc[0])
     sp = sub["species"].to_numpy(dtype=object)
     agb_mg_ha = float(sub["agb_kg"].sum()) / KG_PER_MG / area_ha
@@ -1041,8 +1078,8 @@ def _plot_estimate(
     by_ratio = pd.isna(bgb_names)
     ratio = np.where(by_ratio, allometry.root_shoot_ratio(sp, agb_mg_ha), np.nan)
     bgb_kg = np.where(by_ratio, sub["agb_kg"].to_numpy() * ratio, sub["bgb_eq_kg"].to_numpy())
-    t.loc[sel, "bgb_kg"] = bgb_kg
-    t.loc[sel, "root_shoot_ratio"] = ratio
+    t.iloc[sel, t.columns.get_loc("bgb_kg")] = bgb_kg
+    t.iloc[sel, t.columns.get_loc("root_shoot_ratio")] = ratio
     cf_agb = sub["carbon_fraction_agb"].to_numpy()
     cf_bgb = sub["carbon_fraction_bgb"].to_numpy()
     carbon_kg = sub["agb_kg"].to_numpy() * cf_agb + bgb_kg * cf_bgb
@@ -1052,7 +1089,7 @@ def _plot_estimate(
         species=sp,
         dbh_cm=sub["dbh_cm"].to_numpy(),
         height_m=sub["height_m"].to_numpy(dtype=float),
-        hd_keys=[keys[i] for i in sub.index],
+        hd_keys=keys.iloc[sel].tolist(),
         wood_density_g_cm3=sub["wood_density_used_g_cm3"].to_numpy(),
         wd_sd=sub["wood_density_sd_g_cm3"].to_numpy(dtype=float),
         age_yr=sub["age_yr"].to_numpy(dtype=float),
@@ -1094,9 +1131,7 @@ def _plot_estimate(
         "agb_p95_mg_ha": float(q_hi),
         "agb_mc_mean_mg_ha": float(np.mean(plot_agb)),
         "plot_area_ha": area_ha,
-        "n_rows_excluded": int(
-            ((t["plot_id"] == pid) & (t["epoch"] == epoch) & ~t["usable"]).sum()
-        ),
+        "n_rows_excluded": len(rows) - len(sel),
         "n_heights_predicted": int((sub["height_source"] == "hd_model").sum()),
         "mc_draws": opts.n_draws,
     }
