@@ -15,7 +15,7 @@ import laspy
 import numpy as np
 import pytest
 from helpers import assert_same_result
-from lidar_fixtures import Scene, iter_points, make_scene, write_tiles
+from lidar_fixtures import Scene, iter_points, las_header, make_scene, write_tiles
 from shapely.geometry import box
 
 from pipeline.config import LidarParams
@@ -375,3 +375,58 @@ def test_footprint_fraction_is_the_exact_overlap_area() -> None:
     frac = footprint_fraction([(5.0, 0.0, 15.0, 12.0), (15.0, 0.0, 25.0, 12.0)], grid)
     want = np.array([[0, 0, 0], [0.1, 0.2, 0.1], [0.5, 1.0, 0.5]])
     np.testing.assert_allclose(frac, want, atol=1e-12)
+
+
+def _sparse_ground_tile(path: Path, side_m: float, gap: str, *, seed: int = 3) -> Path:
+    """A LAS 1.4 (point format 8) tile of sparse ground returns (one per 200 m2, as the
+    186 KB tile of issue 17 defect 6) on a plane, with a gap where water gives no return:
+    ``lake`` (a disc of 0.35 x the side in radius), ``river`` (a diagonal band of 0.6 x
+    the side) or ``none``."""
+    rng = np.random.default_rng(seed)
+    n = int(side_m * side_m / 200.0)
+    x, y = rng.uniform(0, side_m, (2, 4 * n))
+    if gap == "lake":
+        keep = np.hypot(x - side_m / 2, y - side_m / 2) > 0.35 * side_m
+    elif gap == "river":
+        keep = np.abs(x - y) / np.sqrt(2) > 0.3 * side_m
+    else:
+        keep = np.ones(x.shape, bool)
+    x, y = x[keep][:n], y[keep][:n]  # the same number of returns whatever the gap
+    header = las_header(point_format=8)
+    rec = laspy.ScaleAwarePointRecord.zeros(x.size, header=header)
+    rec.x, rec.y, rec.z = X0 + x, Y0 + y, 300.0 + 0.05 * x
+    rec.classification = np.full(x.size, 2, np.uint8)
+    rec.return_number = rec.number_of_returns = np.ones(x.size, np.uint8)
+    with laspy.open(path, mode="w", header=header) as w:
+        w.write_points(rec)
+    return path
+
+
+def test_terrain_memory_is_set_by_the_grid_not_by_a_gap_in_the_ground(tmp_path: Path) -> None:
+    """Issue 17 defect 6: a small tile with sparse ground or a lake took gigabytes, because
+    each long thin triangle over the gap had every cell of its bounding box tested at once.
+    Here a tile with a lake or a river needs no more memory (traced) than the same tile
+    with its returns spread everywhere: the grid sets the bound."""
+    import tracemalloc
+
+    side = 600.0
+    model = north_up_geobox((60, 60), x0_m=X0, ytop_m=Y0 + side, res_m=10.0)
+    peaks, dtms = {}, {}
+    for gap in ("none", "lake", "river"):
+        tile = _sparse_ground_tile(tmp_path / f"{gap}.las", side, gap)
+        tracemalloc.start()
+        out = run_lidar(job(chunk_size_m=side), tiles=(tile,), model_grid=model, use_dask=False)
+        peaks[gap] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        dtms[gap] = values(out, LIDAR_DTM_RELPATH)[0]
+    for gap in ("lake", "river"):
+        assert peaks[gap] <= 1.25 * peaks["none"], (gap, peaks)
+        # the terrain is the plane the returns lie on, but for the IDW extrapolation beyond
+        # their hull (the stage leaves the DTM empty where the tile has no returns, so the
+        # gap itself is NaN)
+        xc, _ = cell_centres(north_up_geobox(dtms[gap].shape, x0_m=0.0, ytop_m=side, res_m=1.0))
+        truth = 300.0 + 0.05 * np.broadcast_to(xc, dtms[gap].shape)
+        ok = np.isfinite(dtms[gap])
+        assert ok.mean() > 0.5
+        assert np.mean(np.abs(dtms[gap][ok] - truth[ok]) < 0.02) > 0.8
+
