@@ -430,3 +430,56 @@ def test_terrain_memory_is_set_by_the_grid_not_by_a_gap_in_the_ground(tmp_path: 
         assert ok.mean() > 0.5
         assert np.mean(np.abs(dtms[gap][ok] - truth[ok]) < 0.02) > 0.8
 
+
+def _cloud(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> PointSet:
+    ones = np.ones(x.shape[0], np.uint8)
+    f32 = [np.asarray(v, np.float32) for v in (x, y, z)]
+    return PointSet(*f32, ones, ones, ones, (0.0, 0.0))
+
+
+def test_outlier_filter_equals_a_brute_force_reference_with_duplicates() -> None:
+    """The statistical outlier filter (collapsing exact duplicates before its k-d tree,
+    issue 18 item 12) flags the returns of PDAL's rule computed by brute force: the mean
+    distance to the k nearest other returns, duplicates counted at distance 0."""
+    from scipy.spatial.distance import cdist
+
+    from pipeline.lidar.noise import duplicate_groups, statistical_outlier_mask
+
+    rng = np.random.default_rng(11)
+    x, y = rng.uniform(0, 30, (2, 1500))
+    z = 100 + 0.2 * x + rng.normal(0, 0.3, 1500)
+    z[:5] += 40.0  # birds
+    for cloud in ("plain", "duplicates"):
+        if cloud == "duplicates":  # 300 returns twice, 20 a hundred times
+            again = np.concatenate([np.arange(100, 400), np.repeat(np.arange(400, 420), 99)])
+            x, y, z = (np.append(v, v[again]) for v in (x, y, z))
+        pts = _cloud(x, y, z)
+        assert (duplicate_groups(pts) is None) == (cloud == "plain")
+        xyz = np.column_stack([pts.x_m, pts.y_m, pts.z_m]).astype(np.float64)
+        d = np.sort(cdist(xyz, xyz), axis=1)[:, 1:9].mean(axis=1)
+        expected = d > d.mean() + 2.0 * d.std()
+        got = statistical_outlier_mask(pts, k=8, multiplier=2.0, column_m=0.0, sample=10**6)
+        np.testing.assert_array_equal(got, expected)
+        assert got[:5].all()
+        # the column shortcut finds the same birds
+        columns = statistical_outlier_mask(pts, k=8, multiplier=2.0, sample=10**6)
+        assert columns[:5].all() and columns.sum() <= expected.sum()
+
+
+@pytest.mark.timeout(300)
+def test_outlier_filter_completes_on_many_returns_at_one_xyz() -> None:
+    """Issue 18 item 12: 574,000 returns at one XYZ never finished (each k-d tree query
+    scanned them all: quadratic)."""
+    from pipeline.lidar.noise import statistical_outlier_mask
+
+    rng = np.random.default_rng(12)
+    x, y = rng.uniform(0, 30, (2, 3000))
+    z = 100 + rng.normal(0, 0.3, 3000)
+    n_same = 574_000
+    pts = _cloud(
+        np.concatenate([x, np.full(n_same, 15.0), [15.0]]),
+        np.concatenate([y, np.full(n_same, 15.0), [15.0]]),
+        np.concatenate([z, np.full(n_same, 100.0), [160.0]]),  # and a bird above them
+    )
+    out = statistical_outlier_mask(pts, k=8, multiplier=2.0)
+    assert out[-1] and not out[3000:-1].any()
