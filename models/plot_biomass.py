@@ -198,12 +198,23 @@ def check_trees(
             t[col] = np.nan
     qa: list[dict[str, Any]] = []
     not_number = pd.Series(False, index=t.index)
+    texts: dict[str, int] = {}
     for col, action in NUMERIC_COLUMNS.items():
         bad, values = _not_numbers(t[col], col)
         qa += [_qa_row(r, col, r[col], "not a number", action) for _, r in t[bad].iterrows()]
+        if bad.any():
+            texts[col] = int(bad.sum())
         if col == "dbh_cm":
             not_number = bad
         t[col] = values
+    if texts:
+        counts = ", ".join(f"{c}: {n}" for c, n in texts.items())
+        warnings.warn(
+            f"tree list: cells that are not numbers ({counts}) were taken as blank; see the "
+            "rows of plots/qa.csv with reason 'not a number'",
+            ModelsWarning,
+            stacklevel=3,
+        )
     # a cell that is not a number leaves its plot without an area: refused by _plot_areas
     t["plot_area_ha"] = _not_numbers(t["plot_area_ha"], "plot_area_ha")[1]
     t["species"] = t["species"].map(allometry.normalise_species)

@@ -194,7 +194,8 @@ def test_non_numeric_cells_are_qa_rows_and_a_column_of_text_is_refused() -> None
     trees = trees.astype({"height_m": object, "dbh_cm": object})
     trees.loc[0, "height_m"] = "abc"
     trees.loc[1, "dbh_cm"] = "12,5"
-    tree_out, plots, qa = plot_biomass(trees, {"P000": AREA_HA}, options=_options(n_draws=20))
+    with pytest.warns(UserWarning, match=r"not numbers \(dbh_cm: 1, height_m: 1\)"):
+        tree_out, plots, qa = plot_biomass(trees, {"P000": AREA_HA}, options=_options(n_draws=20))
     rows = qa.set_index("field")
     assert rows.loc["height_m", ["value", "reason", "action"]].tolist() == [
         "abc", "not a number", "drop_height"
