@@ -30,13 +30,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import laspy
 import numpy as np
 
 from pipeline.config import LidarParams
 from pipeline.grid import north_up_geobox
 from pipeline.lidar.noise import statistical_outlier_mask
-from pipeline.lidar.points import PointSet
 from pipeline.stages.lidar import LidarJob, run_lidar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,38 +42,16 @@ X0, Y0, SIDE = 500_000.0, 2_900_000.0, 1000.0
 SEED = 20261201
 
 
-def sparse_tile(path: Path, gap: str) -> Path:
-    """The benchmark tile with gap ``none``, ``lake`` or ``river`` (see the docstring)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from lidar_fixtures import las_header
-
-    rng = np.random.default_rng(SEED)
-    n = int(SIDE * SIDE / 200.0)
-    x, y = rng.uniform(0, SIDE, (2, 4 * n))
-    if gap == "lake":
-        keep = np.hypot(x - SIDE / 2, y - SIDE / 2) > 0.35 * SIDE
-    elif gap == "river":
-        keep = np.abs(x - y) / np.sqrt(2) > 0.3 * SIDE
-    else:
-        keep = np.ones(x.shape, bool)
-    x, y = x[keep][:n], y[keep][:n]
-    header = las_header(point_format=8)
-    rec = laspy.ScaleAwarePointRecord.zeros(x.size, header=header)
-    rec.x, rec.y, rec.z = X0 + x, Y0 + y, 300.0 + 0.05 * x
-    rec.classification = np.full(x.size, 2, np.uint8)
-    rec.return_number = rec.number_of_returns = np.ones(x.size, np.uint8)
-    with laspy.open(path, mode="w", header=header) as w:
-        w.write_points(rec)
-    return path
-
-
 def terrain() -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from lidar_fixtures import sparse_ground_tile
+
     model = north_up_geobox((100, 100), x0_m=X0, ytop_m=Y0 + SIDE, res_m=10.0)
     job = LidarJob(LidarParams(), crs="EPSG:32650", resolution_m=10.0)
     peaks = {}
     with tempfile.TemporaryDirectory() as tmp:
         for gap in ("none", "lake", "river"):
-            tile = sparse_tile(Path(tmp) / f"{gap}.las", gap)
+            tile = sparse_ground_tile(Path(tmp) / f"{gap}.las", SIDE, gap, seed=SEED)
             tracemalloc.start()
             t0 = time.process_time()
             run_lidar(job, tiles=(tile,), model_grid=model, use_dask=False)
@@ -92,20 +68,17 @@ def terrain() -> None:
             print(json.dumps(row), flush=True)
 
 
-def _cloud(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> PointSet:
-    ones = np.ones(x.shape[0], np.uint8)
-    f32 = [np.asarray(v, np.float32) for v in (x, y, z)]
-    return PointSet(*f32, ones, ones, ones, (0.0, 0.0))
-
-
 def outliers() -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from lidar_fixtures import point_set
+
     rng = np.random.default_rng(SEED)
     n = 200_000
     x, y = rng.uniform(0, 100, (2, n))
     z = 100 + rng.normal(0, 0.3, n)
-    spread = _cloud(x, y, z)
+    spread = point_set(x, y, z)
     x[: n // 2], y[: n // 2], z[: n // 2] = 50.0, 50.0, 100.0
-    stacked = _cloud(x, y, z)
+    stacked = point_set(x, y, z)
     times = {}
     for name, pts in (("spread", spread), ("half_at_one_xyz", stacked)):
         t0 = time.process_time()

@@ -15,7 +15,14 @@ import laspy
 import numpy as np
 import pytest
 from helpers import assert_same_result
-from lidar_fixtures import Scene, iter_points, las_header, make_scene, write_tiles
+from lidar_fixtures import (
+    Scene,
+    iter_points,
+    make_scene,
+    point_set,
+    sparse_ground_tile,
+    write_tiles,
+)
 from shapely.geometry import box
 
 from pipeline.config import LidarParams
@@ -150,7 +157,7 @@ def test_numpy_and_dask_results_are_equal(tiles4: list[Path]) -> None:
     assert_same_result(par, serial)
 
 
-def test_metrics_equal_numpy_on_a_normalised_cloud(scene: Scene, tmp_path: Path) -> None:
+def test_metrics_equal_numpy_on_a_normalisedpoint_set(scene: Scene, tmp_path: Path) -> None:
     paths = write_tiles(scene, tmp_path, tile_m=200.0, normalised=True)
     # the empty DTM is said: a warning (which the runner records and the report lists)
     with pytest.warns(PipelineWarning, match=r"already height-normalised.*dtm\.tif is NaN"):
@@ -377,31 +384,6 @@ def test_footprint_fraction_is_the_exact_overlap_area() -> None:
     np.testing.assert_allclose(frac, want, atol=1e-12)
 
 
-def _sparse_ground_tile(path: Path, side_m: float, gap: str, *, seed: int = 3) -> Path:
-    """A LAS 1.4 (point format 8) tile of sparse ground returns (one per 200 m2, as the
-    186 KB tile of issue 17 defect 6) on a plane, with a gap where water gives no return:
-    ``lake`` (a disc of 0.35 x the side in radius), ``river`` (a diagonal band of 0.6 x
-    the side) or ``none``."""
-    rng = np.random.default_rng(seed)
-    n = int(side_m * side_m / 200.0)
-    x, y = rng.uniform(0, side_m, (2, 4 * n))
-    if gap == "lake":
-        keep = np.hypot(x - side_m / 2, y - side_m / 2) > 0.35 * side_m
-    elif gap == "river":
-        keep = np.abs(x - y) / np.sqrt(2) > 0.3 * side_m
-    else:
-        keep = np.ones(x.shape, bool)
-    x, y = x[keep][:n], y[keep][:n]  # the same number of returns whatever the gap
-    header = las_header(point_format=8)
-    rec = laspy.ScaleAwarePointRecord.zeros(x.size, header=header)
-    rec.x, rec.y, rec.z = X0 + x, Y0 + y, 300.0 + 0.05 * x
-    rec.classification = np.full(x.size, 2, np.uint8)
-    rec.return_number = rec.number_of_returns = np.ones(x.size, np.uint8)
-    with laspy.open(path, mode="w", header=header) as w:
-        w.write_points(rec)
-    return path
-
-
 def test_terrain_memory_is_set_by_the_grid_not_by_a_gap_in_the_ground(tmp_path: Path) -> None:
     """Issue 17 defect 6: a small tile with sparse ground or a lake took gigabytes, because
     each long thin triangle over the gap had every cell of its bounding box tested at once.
@@ -413,7 +395,7 @@ def test_terrain_memory_is_set_by_the_grid_not_by_a_gap_in_the_ground(tmp_path: 
     model = north_up_geobox((60, 60), x0_m=X0, ytop_m=Y0 + side, res_m=10.0)
     peaks, dtms = {}, {}
     for gap in ("none", "lake", "river"):
-        tile = _sparse_ground_tile(tmp_path / f"{gap}.las", side, gap)
+        tile = sparse_ground_tile(tmp_path / f"{gap}.las", side, gap)
         tracemalloc.start()
         out = run_lidar(job(chunk_size_m=side), tiles=(tile,), model_grid=model, use_dask=False)
         peaks[gap] = tracemalloc.get_traced_memory()[1]
@@ -429,12 +411,6 @@ def test_terrain_memory_is_set_by_the_grid_not_by_a_gap_in_the_ground(tmp_path: 
         ok = np.isfinite(dtms[gap])
         assert ok.mean() > 0.5
         assert np.mean(np.abs(dtms[gap][ok] - truth[ok]) < 0.02) > 0.8
-
-
-def _cloud(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> PointSet:
-    ones = np.ones(x.shape[0], np.uint8)
-    f32 = [np.asarray(v, np.float32) for v in (x, y, z)]
-    return PointSet(*f32, ones, ones, ones, (0.0, 0.0))
 
 
 def test_outlier_filter_equals_a_brute_force_reference_with_duplicates() -> None:
@@ -453,7 +429,7 @@ def test_outlier_filter_equals_a_brute_force_reference_with_duplicates() -> None
         if cloud == "duplicates":  # 300 returns twice, 20 a hundred times
             again = np.concatenate([np.arange(100, 400), np.repeat(np.arange(400, 420), 99)])
             x, y, z = (np.append(v, v[again]) for v in (x, y, z))
-        pts = _cloud(x, y, z)
+        pts = point_set(x, y, z)
         assert (duplicate_groups(pts) is None) == (cloud == "plain")
         xyz = np.column_stack([pts.x_m, pts.y_m, pts.z_m]).astype(np.float64)
         d = np.sort(cdist(xyz, xyz), axis=1)[:, 1:9].mean(axis=1)
@@ -476,7 +452,7 @@ def test_outlier_filter_completes_on_many_returns_at_one_xyz() -> None:
     x, y = rng.uniform(0, 30, (2, 3000))
     z = 100 + rng.normal(0, 0.3, 3000)
     n_same = 574_000
-    pts = _cloud(
+    pts = point_set(
         np.concatenate([x, np.full(n_same, 15.0), [15.0]]),
         np.concatenate([y, np.full(n_same, 15.0), [15.0]]),
         np.concatenate([z, np.full(n_same, 100.0), [160.0]]),  # and a bird above them
