@@ -13,9 +13,9 @@ groups), heights on a Michaelis-Menten curve measured for every tree in one plot
 ten (which get their own H-D models) and for a fifth of the trees elsewhere (too few for
 a plot model: their trees take the epoch's).
 
-Figures of 1 December 2026 (shared 2-core machine): 0.10 s, 0.35 s and 4.1 s for
-10^4, 10^5 and 10^6 trees, peaks 1.2, 11 and 120 MB; the tree-by-tree version took 83 s
-for 10^4 trees in the same conditions.
+Figures of 1 December 2026 (shared 2-core machine, best of 3): 0.04 s, 0.21 s and 1.6 s
+for 10^4, 10^5 and 10^6 trees (ratio to the merge 12, 33 and 30), peaks 1.2, 11 and
+120 MB; the tree-by-tree version took 83 s for 10^4 trees (ratio 5270).
 
 Run: ``.venv/bin/python benchmarks/bench_plots.py [--sizes 10000 100000 1000000]``
 (``make bench`` runs every benchmark).
