@@ -6,7 +6,9 @@ wood_density_g_cm3, age_yr; without an ``epoch`` column the list is one census, 
 
 1. **QA** (``models/data/qa_rules.yaml``): implausible rows are reported with a reason and
    an action (exclude the tree, discard the height, discard a wood density override, or
-   keep with a warning). A plot left without a usable tree is an error naming the plot.
+   keep with a warning); a cell that is not a number is a QA row too and counts as blank.
+   A plot whose rows all lack a measurable stem (DBH blank or 0) has zero biomass; a plot
+   left without a usable tree for any other reason is an error naming the plot.
 2. **Heights**: trees without a (plausible) height get one from an H-D model
    (:mod:`models.hd`, BIOMASS ``modelHD`` forms) fitted per plot/epoch/species group when
    it has >= 15 measured heights, else per species group and epoch over all plots, else
@@ -141,6 +143,38 @@ def _qa_row(r: pd.Series, field: str, value: object, reason: str, action: str) -
     }
 
 
+#: numeric columns of a tree list and the QA action for a cell that is not a number (such a
+#: cell counts as missing: a DBH excludes its tree, the others fall back as when blank)
+NUMERIC_COLUMNS = {
+    "dbh_cm": "exclude",
+    "height_m": "drop_height",
+    "wood_density_g_cm3": "drop_override",
+    "age_yr": "drop_age",
+}
+
+
+def _not_numbers(column: pd.Series, name: str) -> tuple[pd.Series, pd.Series]:
+    """The cells of ``column`` that hold something other than a number or a blank, and the
+    column as numbers (NaN there and where blank).
+
+    Raises
+    ------
+    PlotDataError
+        No cell of the column holds a number although some hold text (decimal commas or
+        units in the cells, or the wrong column): the message names the column.
+    """
+    values = pd.to_numeric(column, errors="coerce")
+    text = column.astype("string").str.strip()
+    bad = pd.Series((values.isna() & text.notna() & (text != "")).to_numpy(bool), column.index)
+    if bad.any() and values.notna().sum() == 0:
+        examples = ", ".join(repr(v) for v in pd.unique(column[bad])[:3])
+        raise PlotDataError(
+            f"column {name!r} holds no number ({examples}, ...): write plain numbers in "
+            "the column's unit, with a decimal point and no unit text"
+        )
+    return bad, values
+
+
 def check_trees(
     trees: pd.DataFrame, options: PlotBiomassOptions
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -149,7 +183,7 @@ def check_trees(
     Raises
     ------
     PlotDataError
-        A required column is missing.
+        A required column is missing, or a numeric column holds no number at all.
     """
     missing = [c for c in TREE_COLUMNS if c not in trees.columns]
     if missing:
@@ -162,16 +196,36 @@ def check_trees(
     for col in OPTIONAL_COLUMNS:
         if col not in t.columns:
             t[col] = np.nan
-    for col in ("dbh_cm", "height_m", "wood_density_g_cm3", "age_yr", "plot_area_ha"):
-        t[col] = pd.to_numeric(t[col], errors="coerce")
+    qa: list[dict[str, Any]] = []
+    not_number = pd.Series(False, index=t.index)
+    texts: dict[str, int] = {}
+    for col, action in NUMERIC_COLUMNS.items():
+        bad, values = _not_numbers(t[col], col)
+        qa += [_qa_row(r, col, r[col], "not a number", action) for _, r in t[bad].iterrows()]
+        if bad.any():
+            texts[col] = int(bad.sum())
+        if col == "dbh_cm":
+            not_number = bad
+        t[col] = values
+    if texts:
+        counts = ", ".join(f"{c}: {n}" for c, n in texts.items())
+        warnings.warn(
+            f"tree list: cells that are not numbers ({counts}) were taken as blank; see the "
+            "rows of plots/qa.csv with reason 'not a number'",
+            ModelsWarning,
+            stacklevel=3,
+        )
+    # a cell that is not a number leaves its plot without an area: refused by _plot_areas
+    t["plot_area_ha"] = _not_numbers(t["plot_area_ha"], "plot_area_ha")[1]
     t["species"] = t["species"].map(allometry.normalise_species)
     t["height_measured_m"] = t["height_m"]
-    t["usable"] = True
-    qa: list[dict[str, Any]] = []
+    t["usable"] = ~not_number
+    # no stem to measure at breast height (seedlings, a young stand): DBH blank or 0
+    t["no_stem"] = (t["dbh_cm"].isna() & ~not_number) | (t["dbh_cm"] == 0)
 
     d_rule = rules["dbh_cm"]
     bad_d = ~(t["dbh_cm"] > d_rule["min_exclusive"]) | (t["dbh_cm"] > d_rule["max"])
-    for _, r in t[bad_d].iterrows():
+    for _, r in t[bad_d & ~not_number].iterrows():
         reason = (
             "dbh missing"
             if pd.isna(r["dbh_cm"])
@@ -252,6 +306,22 @@ class HeightModels:
     models: dict[tuple[Any, ...], HDModel]
     rejected: dict[tuple[Any, ...], str]
 
+    def rows_by_key(self) -> dict[tuple[Any, ...], npt.NDArray[np.intp]]:
+        """The positions (in ``keys``) of the trees of each model (not of the trees without
+        one), in one pass."""
+        codes, uniques = pd.factorize(self.keys.to_numpy(dtype=object))
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+        return {uniques[i]: order[bounds[i] : bounds[i + 1]] for i in range(len(uniques))}
+
+
+#: the scopes of H-D models, tried in order: their name and the columns that define them
+HD_SCOPES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("plot", ("plot_id", "epoch", "_group")),
+    ("epoch", ("epoch", "_group")),
+    ("group", ("_group",)),
+)
+
 
 def assign_height_models(
     t: pd.DataFrame, choice: HDChoice, *, rows: pd.Series | None = None
@@ -260,52 +330,45 @@ def assign_height_models(
 
     Scopes tried in order: (plot, epoch, group), (epoch, group), (group); a scope whose
     fits are all implausible (:meth:`models.hd.HDModel.implausibility` over the scope's
-    diameters, heights up to ``qa_rules.yaml`` ``height_m.max``) falls to the next.
+    diameters, heights up to ``qa_rules.yaml`` ``height_m.max``) falls to the next. A
+    model is fitted once per scope that a tree needs, from the usable trees of the scope
+    (in table order); trees are matched to scopes by grouping, so the cost grows with the
+    number of trees, not its square.
     """
     max_h = float(data_yaml("qa_rules.yaml")["height_m"]["max"])
-    groups = t["species"].map(lambda s: allometry.resolve_taxon(str(s)).group)
-    t = t.assign(_group=groups)
-    usable = t[t["usable"]]
+    species = t["species"].astype(str)
+    group_of = {s: allometry.resolve_taxon(s).group for s in pd.unique(species)}
+    t = t.assign(_group=species.map(group_of))
+    usable = t[t["usable"].to_numpy(dtype=bool)]
+    dbh, height = usable["dbh_cm"].to_numpy(dtype=float), usable["height_m"].to_numpy(dtype=float)
     models: dict[tuple[Any, ...], HDModel] = {}
-    failed: set[tuple[Any, ...]] = set()
     rejected: dict[tuple[Any, ...], str] = {}
-
-    def model_for(key: tuple[Any, ...], sub: pd.DataFrame) -> HDModel | None:
-        if key in models:
-            return models[key]
-        if key in failed:
-            return None
-        try:
-            models[key] = select_hd(sub["dbh_cm"], sub["height_m"], choice, max_height_m=max_h)
-            return models[key]
-        except ImplausibleHDError as err:
-            rejected[key] = str(err)
-        except HDFitError:
-            pass
-        failed.add(key)
-        return None
-
-    keys = pd.Series([None] * len(t), index=t.index, dtype=object)
-    need = t["usable"] & t["height_m"].isna() if rows is None else rows
-    for idx, r in t[need].iterrows():
-        scopes: list[tuple[tuple[Any, ...], pd.Series]] = [
-            (
-                ("plot", r["plot_id"], r["epoch"], r["_group"]),
-                (usable["plot_id"] == r["plot_id"])
-                & (usable["epoch"] == r["epoch"])
-                & (usable["_group"] == r["_group"]),
-            ),
-            (
-                ("epoch", r["epoch"], r["_group"]),
-                (usable["epoch"] == r["epoch"]) & (usable["_group"] == r["_group"]),
-            ),
-            (("group", r["_group"]), usable["_group"] == r["_group"]),
-        ]
-        for key, sel in scopes:
-            if model_for(key, usable[sel]) is not None:
-                keys[idx] = key
-                break
-    return HeightModels(keys, models, rejected)
+    keys = np.full(len(t), None, dtype=object)
+    need = (t["usable"] & t["height_m"].isna() if rows is None else rows).to_numpy(dtype=bool)
+    todo = np.flatnonzero(need)  # positions still without a model
+    for scope, cols in HD_SCOPES:
+        if todo.size == 0:
+            break
+        members = usable.groupby(list(cols), sort=False).indices
+        wanted = t.iloc[todo].groupby(list(cols), sort=False).indices
+        fitted = np.zeros(todo.size, bool)
+        for value, at in wanted.items():
+            value_t = value if isinstance(value, tuple) else (value,)
+            key = (scope, *value_t)
+            sub = members.get(value, np.empty(0, np.intp))
+            try:
+                models[key] = select_hd(dbh[sub], height[sub], choice, max_height_m=max_h)
+            except ImplausibleHDError as err:
+                rejected[key] = str(err)
+                continue
+            except HDFitError:
+                continue
+            holder = np.empty(1, dtype=object)
+            holder[0] = key
+            keys[todo[at]] = holder.repeat(at.size)
+            fitted[at] = True
+        todo = todo[~fitted]
+    return HeightModels(pd.Series(keys, index=t.index, dtype=object), models, rejected)
 
 
 def _scope_qa(key: tuple[Any, ...]) -> dict[str, Any]:
@@ -330,29 +393,26 @@ def flag_measured_heights(t: pd.DataFrame, choice: HDChoice) -> list[dict[str, A
     z, floor = float(rule["outlier_robust_z"]), float(rule["outlier_min_log_sd"])
     measured = t["usable"] & t["height_m"].notna()
     hm = assign_height_models(t, choice, rows=measured)
-    ratio = pd.Series(np.nan, index=t.index)
-    for key in {k for k in hm.keys if k is not None}:
-        rows = (hm.keys == key).to_numpy()
-        pred = hm.models[key].predict(t.loc[rows, "dbh_cm"].to_numpy())
-        ratio[rows] = np.log(t.loc[rows, "height_m"].to_numpy() / pred)
+    dbh, height = t["dbh_cm"].to_numpy(dtype=float), t["height_m"].to_numpy(dtype=float)
+    drop = np.zeros(len(t), bool)
     qa_rows: list[dict[str, Any]] = []
-    for key in {k for k in hm.keys if k is not None}:
-        rows = hm.keys == key
-        res = ratio[rows]
+    for key, at in hm.rows_by_key().items():
+        res = np.log(height[at] / hm.models[key].predict(dbh[at]))
         scale = max(1.4826 * float(np.median(np.abs(res - np.median(res)))), floor)
-        bad = rows & (np.abs(ratio - np.median(res)) > z * scale)
-        for _, r in t[bad].iterrows():
+        bad = np.abs(res - np.median(res)) > z * scale
+        for pos, r in zip(at[bad], res[bad], strict=True):
             qa_rows.append(
                 _qa_row(
-                    r,
+                    t.iloc[pos],
                     "height_m",
-                    r["height_m"],
-                    f"measured height {np.exp(ratio[r.name]):.2g} x the H-D model's "
+                    height[pos],
+                    f"measured height {np.exp(r):.2g} x the H-D model's "
                     f"({hm.models[key].describe()}), beyond {z:g} robust SDs of its scope",
                     "drop_height",
                 )
             )
-        t.loc[bad, "height_m"] = np.nan
+        drop[at[bad]] = True
+    t.loc[drop, "height_m"] = np.nan
     return qa_rows
 
 
@@ -507,8 +567,9 @@ def plot_biomass(
         ``options.chave_e`` is not set.
     PlotDataError
         Missing columns, a plot without area, or a plot/epoch whose trees are all unusable
-        (a plot measured with no trees is recorded as one row with ``plot_id`` and
-        ``epoch`` and neither species nor DBH: it gets zero biomass, see
+        for a reason other than having no measurable stem (a plot measured with no trees,
+        recorded as one row with ``plot_id`` and ``epoch`` and neither species nor DBH,
+        or whose rows all have a blank DBH or DBH 0, gets zero biomass, see
         :func:`empty_plot_rows`).
     """
     trees, empty_plots = split_empty_plots(with_epoch(trees, options.tree_epoch))
@@ -522,36 +583,35 @@ def plot_biomass(
         return trees, zeros, _empty_plot_qa(empty_plots)
     t, qa = check_trees(trees, options)
     t["plot_area_ha"] = _plot_areas(t, plot_area_ha)
-    hm, qa_rows = _predict_heights(t, options.hd_model)
+    hm, qa_rows = _predict_heights(t, options.hd_model, options.equation)
     keys, models = hm.keys, hm.models
     qa_rows += _assign_equations(t, options)
     qa_rows += _exclude_trees_lacking_inputs(t, options)
+    no_stems = _plots_without_stems(t)
+    if not no_stems.empty:
+        zeros = pd.concat([zeros, empty_plot_rows(no_stems, None, options)], ignore_index=True)
     counts = t.groupby(["plot_id", "epoch"])["usable"].sum()
-    empty = counts[counts == 0]
-    if len(empty):
-        names = ", ".join(f"{p} (epoch {e})" for p, e in empty.index)
-        raise PlotDataError(
-            f"plot(s) without any usable tree: {names}; see the QA reasons of its rows"
-        )
     _tree_values(t, options)
 
     seeds = np.random.SeedSequence(options.seed)
-    plot_keys = sorted(counts.index, key=lambda k: (str(k[0]), str(k[1])))
+    plot_keys = sorted(counts.index[counts > 0], key=lambda k: (str(k[0]), str(k[1])))
     children = seeds.spawn(len(plot_keys))
     t["bgb_kg"] = np.nan
     t["root_shoot_ratio"] = np.nan
+    at = t.groupby(["plot_id", "epoch"], sort=False).indices  # positions, one pass
     plot_rows = [
-        _plot_estimate(t, pid, epoch, np.random.default_rng(child), keys, models, options)
-        for (pid, epoch), child in zip(plot_keys, children, strict=True)
+        _plot_estimate(t, at[k], np.random.default_rng(child), keys, models, options)
+        for k, child in zip(plot_keys, children, strict=True)
     ]
     t["carbon_kg"] = t["agb_kg"] * t["carbon_fraction_agb"] + t["bgb_kg"] * t["carbon_fraction_bgb"]
-    t = t.drop(columns=["height_measured_m", "bgb_eq_kg"])
+    t = t.drop(columns=["height_measured_m", "bgb_eq_kg", "no_stem"])
     qa_all = pd.concat(
         [
             _species_table_qa(t),
             qa,
             pd.DataFrame(qa_rows, columns=list(QA_COLUMNS)),
             _empty_plot_qa(empty_plots),
+            _empty_plot_qa(no_stems),
         ],
         ignore_index=True,
     )
@@ -615,13 +675,63 @@ def split_empty_plots(trees: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return trees.loc[~marker], empty.reset_index(drop=True)
 
 
+def _plots_without_stems(t: pd.DataFrame) -> pd.DataFrame:
+    """The plot-epochs left without a usable tree whose rows all lack a measurable stem
+    (DBH blank or 0: seedlings below breast height, a young stand, a clear-cut), with
+    ``plot_area_ha``, ``n_rows_excluded`` and the QA ``reason``; each also a warning.
+
+    Such a plot is a legitimate zero of the sample. A plot left without a usable tree
+    for any other reason (a DBH out of range or not a number, a culm age or a height its
+    equation needs) is refused: a zero there would be a wrong number.
+
+    Raises
+    ------
+    PlotDataError
+        A plot-epoch has no usable tree and some of its rows have a stem (named).
+    """
+    key = ["plot_id", "epoch"]
+    per_plot = (
+        t.groupby(key, sort=False)
+        .agg(
+            n_usable=("usable", "sum"),
+            all_no_stem=("no_stem", "all"),
+            n_rows_excluded=("usable", "size"),
+            plot_area_ha=("plot_area_ha", "first"),
+        )
+        .reset_index()
+    )
+    empty = per_plot[per_plot["n_usable"] == 0]
+    refused = empty[~empty["all_no_stem"]]
+    if len(refused):
+        names = ", ".join(f"{p} (epoch {e})" for p, e in refused[key].itertuples(index=False))
+        raise PlotDataError(
+            f"plot(s) without any usable tree: {names}; see the QA reasons of its rows"
+        )
+    out = empty[empty["all_no_stem"]].reset_index(drop=True)
+    out["reason"] = [
+        f"no measurable stem: all {n} rows have a blank DBH or DBH 0 (zero biomass)"
+        for n in out["n_rows_excluded"]
+    ]
+    for r in out.itertuples(index=False):
+        warnings.warn(
+            f"plot {r.plot_id} (epoch {r.epoch}): {r.reason}; a DBH left blank by mistake "
+            "would make this zero wrong",
+            ModelsWarning,
+            stacklevel=3,
+        )
+    return out[[*key, "plot_area_ha", "n_rows_excluded", "reason"]]
+
+
 def empty_plot_rows(
     empty: pd.DataFrame,
     plot_area_ha: Mapping[Any, float] | pd.Series | None,
     options: PlotBiomassOptions,
 ) -> pd.DataFrame:
-    """Plot rows of zero biomass (exactly, SD 0) for plots measured with no trees."""
+    """Plot rows of zero biomass (exactly, SD 0, every Monte Carlo draw 0) for plots
+    measured with no trees or with no measurable stem (``empty``: plot_id, epoch, optional
+    plot_area_ha and n_rows_excluded)."""
     areas = _area_lookup(empty, plot_area_ha).to_numpy()
+    excluded = empty["n_rows_excluded"] if "n_rows_excluded" in empty else [0] * len(empty)
     zero_cols = [c for c in PLOT_COLUMNS if c not in ("plot_id", "epoch")]
     rows = [
         {
@@ -631,20 +741,22 @@ def empty_plot_rows(
             "n_stems": 0,
             "agb_mc_mean_mg_ha": 0.0,
             "plot_area_ha": area,
-            "n_rows_excluded": 0,
+            "n_rows_excluded": int(n_excluded),
             "n_heights_predicted": 0,
             "mc_draws": options.n_draws,
         }
-        for r, area in zip(empty.itertuples(index=False), areas, strict=True)
+        for r, area, n_excluded in zip(empty.itertuples(index=False), areas, excluded, strict=True)
     ]
     return pd.DataFrame(rows)
 
 
 def _empty_plot_qa(empty: pd.DataFrame) -> pd.DataFrame:
+    """QA rows of zero-biomass plots (their ``reason`` column, else measured with no trees)."""
+    reasons = empty["reason"] if "reason" in empty else ["measured with no trees"] * len(empty)
     rows = [
         {"plot_id": r.plot_id, "epoch": r.epoch, "tree_id": None, "field": "plot",
-         "value": 0.0, "reason": "measured with no trees", "action": "zero_biomass"}
-        for r in empty.itertuples(index=False)
+         "value": 0.0, "reason": reason, "action": "zero_biomass"}
+        for r, reason in zip(empty.itertuples(index=False), reasons, strict=True)
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=list(QA_COLUMNS))
 
@@ -680,29 +792,58 @@ def _plot_areas(t: pd.DataFrame, plot_area_ha: Mapping[Any, float] | pd.Series |
     return area
 
 
+def _height_matters(species: pd.Series, equation: str) -> pd.Series:
+    """True for the trees whose biomass depends on a height: the AGB or root equation
+    they get with a height uses it, or differs from the one they get without."""
+    names = pd.unique(species.astype(str))
+    with_h = allometry.tree_equations(names, np.ones(len(names)), equation=equation)
+    without = allometry.tree_equations(names, np.full(len(names), np.nan), equation=equation)
+    bgb_with = allometry.tree_bgb_equations(names, np.ones(len(names)), equation=equation)
+    bgb_without = allometry.tree_bgb_equations(
+        names, np.full(len(names), np.nan), equation=equation
+    )
+
+    def uses_height(name: object) -> bool:
+        return name is not None and "height_m" in allometry.get_equation(str(name)).required
+
+    matters = {
+        str(sp): bool(a != b or c != d or uses_height(a) or uses_height(c))
+        for sp, a, b, c, d in zip(names, with_h, without, bgb_with, bgb_without, strict=True)
+    }
+    return species.astype(str).map(matters).astype(bool)
+
+
 def _predict_heights(
-    t: pd.DataFrame, choice: HDChoice
+    t: pd.DataFrame, choice: HDChoice, equation: str
 ) -> tuple[HeightModels, list[dict[str, Any]]]:
     """Fill ``height_used_m`` (measured, else from an H-D model) and record each tree's
     H-D model (``hd_model``, ``hd_scope``) and ``height_source``, after discarding the
     measured heights far off their model (:func:`flag_measured_heights`); returns the
     models (:func:`assign_height_models`) and QA rows for the discarded heights and the
-    refused fits (each refused fit also raised as a warning)."""
+    refused fits (each refused fit also raised as a warning).
+
+    Heights are predicted only for trees whose biomass depends on one (the AGB
+    ``equation`` option and the species' equations, :func:`_height_matters`)."""
     qa_rows = flag_measured_heights(t, choice)
-    hm = assign_height_models(t, choice)
-    keys, models = hm.keys, hm.models
+    missing = t["usable"] & t["height_m"].isna()
+    hm = assign_height_models(t, choice, rows=missing & _height_matters(t["species"], equation))
+    models = hm.models
     for key, why in hm.rejected.items():
         scope = "/".join(str(v) for v in key)
         text = f"H-D model of {scope} refused (next scope, else no-height equation): {why}"
         warnings.warn(text, ModelsWarning, stacklevel=3)
         qa_rows.append({**_scope_qa(key), "tree_id": None, "field": "hd_model",
                         "value": scope, "reason": text, "action": "fallback"})  # fmt: skip
-    t["hd_model"] = [None if k is None else models[k].describe() for k in keys]
-    t["hd_scope"] = [None if k is None else "/".join(str(v) for v in k) for k in keys]
+    hd_model = np.full(len(t), None, dtype=object)
+    hd_scope = np.full(len(t), None, dtype=object)
     pred_h = np.full(len(t), np.nan)
-    for key in {k for k in keys if k is not None}:
-        rows = np.array([k == key for k in keys])
-        pred_h[rows] = models[key].predict(t.loc[rows, "dbh_cm"].to_numpy())
+    dbh = t["dbh_cm"].to_numpy(dtype=float)
+    for key, at in hm.rows_by_key().items():
+        hd_model[at] = models[key].describe()
+        hd_scope[at] = "/".join(str(v) for v in key)
+        pred_h[at] = models[key].predict(dbh[at])
+    t["hd_model"] = hd_model
+    t["hd_scope"] = hd_scope
     t["height_source"] = np.where(
         t["height_m"].notna(), "measured", np.where(np.isfinite(pred_h), "hd_model", "none")
     )
@@ -929,17 +1070,18 @@ def _species_table_qa(t: pd.DataFrame) -> pd.DataFrame:
 
 def _plot_estimate(
     t: pd.DataFrame,
-    pid: Any,
-    epoch: Any,
+    rows: npt.NDArray[np.intp],
     rng: np.random.Generator,
     keys: pd.Series,
     models: Mapping[Any, HDModel],
     opts: PlotBiomassOptions,
 ) -> dict[str, Any]:
-    """One plot and epoch: its trees' BGB (``bgb_kg``, ``root_shoot_ratio`` set in ``t``)
-    and its row of the plot table, the SDs and quantiles from the Monte Carlo draws."""
-    sel = (t["plot_id"] == pid) & (t["epoch"] == epoch) & t["usable"]
-    sub = t[sel]
+    """One plot and epoch (the positions ``rows`` of its trees in ``t``): its trees' BGB
+    (``bgb_kg``, ``root_shoot_ratio`` set in ``t``) and its row of the plot table, the SDs
+    and quantiles from the Monte Carlo draws."""
+    sel = rows[t["usable"].to_numpy(dtype=bool)[rows]]
+    sub = t.iloc[sel]
+    pid, epoch = sub["plot_id"].iloc[0], sub["epoch"].iloc[0]
     area_ha = float(sub["plot_area_ha"].iloc[0])
     sp = sub["species"].to_numpy(dtype=object)
     agb_mg_ha = float(sub["agb_kg"].sum()) / KG_PER_MG / area_ha
@@ -947,8 +1089,8 @@ def _plot_estimate(
     by_ratio = pd.isna(bgb_names)
     ratio = np.where(by_ratio, allometry.root_shoot_ratio(sp, agb_mg_ha), np.nan)
     bgb_kg = np.where(by_ratio, sub["agb_kg"].to_numpy() * ratio, sub["bgb_eq_kg"].to_numpy())
-    t.loc[sel, "bgb_kg"] = bgb_kg
-    t.loc[sel, "root_shoot_ratio"] = ratio
+    t.iloc[sel, t.columns.get_loc("bgb_kg")] = bgb_kg
+    t.iloc[sel, t.columns.get_loc("root_shoot_ratio")] = ratio
     cf_agb = sub["carbon_fraction_agb"].to_numpy()
     cf_bgb = sub["carbon_fraction_bgb"].to_numpy()
     carbon_kg = sub["agb_kg"].to_numpy() * cf_agb + bgb_kg * cf_bgb
@@ -958,7 +1100,7 @@ def _plot_estimate(
         species=sp,
         dbh_cm=sub["dbh_cm"].to_numpy(),
         height_m=sub["height_m"].to_numpy(dtype=float),
-        hd_keys=[keys[i] for i in sub.index],
+        hd_keys=keys.iloc[sel].tolist(),
         wood_density_g_cm3=sub["wood_density_used_g_cm3"].to_numpy(),
         wd_sd=sub["wood_density_sd_g_cm3"].to_numpy(dtype=float),
         age_yr=sub["age_yr"].to_numpy(dtype=float),
@@ -1000,9 +1142,7 @@ def _plot_estimate(
         "agb_p95_mg_ha": float(q_hi),
         "agb_mc_mean_mg_ha": float(np.mean(plot_agb)),
         "plot_area_ha": area_ha,
-        "n_rows_excluded": int(
-            ((t["plot_id"] == pid) & (t["epoch"] == epoch) & ~t["usable"]).sum()
-        ),
+        "n_rows_excluded": len(rows) - len(sel),
         "n_heights_predicted": int((sub["height_source"] == "hd_model").sum()),
         "mc_draws": opts.n_draws,
     }

@@ -21,6 +21,8 @@ import laspy
 import numpy as np
 import pyproj
 
+from pipeline.lidar.points import PointSet
+
 FINE_M = 0.25  # resolution of the true canopy raster
 
 
@@ -212,3 +214,43 @@ def write_tiles(
         for w in writers.values():
             w.close()
     return [paths[k] for k in sorted(paths)]
+
+
+def sparse_ground_tile(
+    path: Path,
+    side_m: float,
+    gap: str,
+    *,
+    seed: int = 3,
+    origin: tuple[float, float] = (500_000.0, 2_900_000.0),
+) -> Path:
+    """A LAS 1.4 (point format 8) tile of sparse ground returns (one per 200 m2, as the
+    186 KB tile of issue 17 defect 6) on a plane, with a gap where water gives no return:
+    ``lake`` (a disc of 0.35 x the side in radius), ``river`` (a diagonal band of 0.6 x
+    the side) or ``none``; the same number of returns whatever the gap, on the plane
+    z = 300 + 0.05 x (m, x from the west edge)."""
+    rng = np.random.default_rng(seed)
+    n = int(side_m * side_m / 200.0)
+    x, y = rng.uniform(0, side_m, (2, 4 * n))
+    if gap == "lake":
+        keep = np.hypot(x - side_m / 2, y - side_m / 2) > 0.35 * side_m
+    elif gap == "river":
+        keep = np.abs(x - y) / np.sqrt(2) > 0.3 * side_m
+    else:
+        keep = np.ones(x.shape, bool)
+    x, y = x[keep][:n], y[keep][:n]  # the same number of returns whatever the gap
+    header = las_header(point_format=8)
+    rec = laspy.ScaleAwarePointRecord.zeros(x.size, header=header)
+    rec.x, rec.y, rec.z = origin[0] + x, origin[1] + y, 300.0 + 0.05 * x
+    rec.classification = np.full(x.size, 2, np.uint8)
+    rec.return_number = rec.number_of_returns = np.ones(x.size, np.uint8)
+    with laspy.open(path, mode="w", header=header) as w:
+        w.write_points(rec)
+    return path
+
+
+def point_set(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> PointSet:
+    """Unclassified single returns at ``x, y, z`` (chunk coordinates, float32)."""
+    ones = np.ones(np.shape(x)[0], np.uint8)
+    f32 = [np.asarray(v, np.float32) for v in (x, y, z)]
+    return PointSet(*f32, ones, ones, ones, (0.0, 0.0))

@@ -15,7 +15,14 @@ import laspy
 import numpy as np
 import pytest
 from helpers import assert_same_result
-from lidar_fixtures import Scene, iter_points, make_scene, write_tiles
+from lidar_fixtures import (
+    Scene,
+    iter_points,
+    make_scene,
+    point_set,
+    sparse_ground_tile,
+    write_tiles,
+)
 from shapely.geometry import box
 
 from pipeline.config import LidarParams
@@ -150,7 +157,7 @@ def test_numpy_and_dask_results_are_equal(tiles4: list[Path]) -> None:
     assert_same_result(par, serial)
 
 
-def test_metrics_equal_numpy_on_a_normalised_cloud(scene: Scene, tmp_path: Path) -> None:
+def test_metrics_equal_numpy_on_a_normalisedpoint_set(scene: Scene, tmp_path: Path) -> None:
     paths = write_tiles(scene, tmp_path, tile_m=200.0, normalised=True)
     # the empty DTM is said: a warning (which the runner records and the report lists)
     with pytest.warns(PipelineWarning, match=r"already height-normalised.*dtm\.tif is NaN"):
@@ -375,3 +382,80 @@ def test_footprint_fraction_is_the_exact_overlap_area() -> None:
     frac = footprint_fraction([(5.0, 0.0, 15.0, 12.0), (15.0, 0.0, 25.0, 12.0)], grid)
     want = np.array([[0, 0, 0], [0.1, 0.2, 0.1], [0.5, 1.0, 0.5]])
     np.testing.assert_allclose(frac, want, atol=1e-12)
+
+
+def test_terrain_memory_is_set_by_the_grid_not_by_a_gap_in_the_ground(tmp_path: Path) -> None:
+    """Issue 17 defect 6: a small tile with sparse ground or a lake took gigabytes, because
+    each long thin triangle over the gap had every cell of its bounding box tested at once.
+    Here a tile with a lake or a river needs no more memory (traced) than the same tile
+    with its returns spread everywhere: the grid sets the bound."""
+    import tracemalloc
+
+    side = 600.0
+    model = north_up_geobox((60, 60), x0_m=X0, ytop_m=Y0 + side, res_m=10.0)
+    peaks, dtms = {}, {}
+    for gap in ("none", "lake", "river"):
+        tile = sparse_ground_tile(tmp_path / f"{gap}.las", side, gap)
+        tracemalloc.start()
+        out = run_lidar(job(chunk_size_m=side), tiles=(tile,), model_grid=model, use_dask=False)
+        peaks[gap] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        dtms[gap] = values(out, LIDAR_DTM_RELPATH)[0]
+    for gap in ("lake", "river"):
+        assert peaks[gap] <= 1.25 * peaks["none"], (gap, peaks)
+        # the terrain is the plane the returns lie on, but for the IDW extrapolation beyond
+        # their hull (the stage leaves the DTM empty where the tile has no returns, so the
+        # gap itself is NaN)
+        xc, _ = cell_centres(north_up_geobox(dtms[gap].shape, x0_m=0.0, ytop_m=side, res_m=1.0))
+        truth = 300.0 + 0.05 * np.broadcast_to(xc, dtms[gap].shape)
+        ok = np.isfinite(dtms[gap])
+        assert ok.mean() > 0.5
+        assert np.mean(np.abs(dtms[gap][ok] - truth[ok]) < 0.02) > 0.8
+
+
+def test_outlier_filter_equals_a_brute_force_reference_with_duplicates() -> None:
+    """The statistical outlier filter (collapsing exact duplicates before its k-d tree,
+    issue 18 item 12) flags the returns of PDAL's rule computed by brute force: the mean
+    distance to the k nearest other returns, duplicates counted at distance 0."""
+    from scipy.spatial.distance import cdist
+
+    from pipeline.lidar.noise import duplicate_groups, statistical_outlier_mask
+
+    rng = np.random.default_rng(11)
+    x, y = rng.uniform(0, 30, (2, 1500))
+    z = 100 + 0.2 * x + rng.normal(0, 0.3, 1500)
+    z[:5] += 40.0  # birds
+    for cloud in ("plain", "duplicates"):
+        if cloud == "duplicates":  # 300 returns twice, 20 a hundred times
+            again = np.concatenate([np.arange(100, 400), np.repeat(np.arange(400, 420), 99)])
+            x, y, z = (np.append(v, v[again]) for v in (x, y, z))
+        pts = point_set(x, y, z)
+        assert (duplicate_groups(pts) is None) == (cloud == "plain")
+        xyz = np.column_stack([pts.x_m, pts.y_m, pts.z_m]).astype(np.float64)
+        d = np.sort(cdist(xyz, xyz), axis=1)[:, 1:9].mean(axis=1)
+        expected = d > d.mean() + 2.0 * d.std()
+        got = statistical_outlier_mask(pts, k=8, multiplier=2.0, column_m=0.0, sample=10**6)
+        np.testing.assert_array_equal(got, expected)
+        assert got[:5].all()
+        # the column shortcut finds the same birds
+        columns = statistical_outlier_mask(pts, k=8, multiplier=2.0, sample=10**6)
+        assert columns[:5].all() and columns.sum() <= expected.sum()
+
+
+@pytest.mark.timeout(300)
+def test_outlier_filter_completes_on_many_returns_at_one_xyz() -> None:
+    """Issue 18 item 12: 574,000 returns at one XYZ never finished (each k-d tree query
+    scanned them all: quadratic)."""
+    from pipeline.lidar.noise import statistical_outlier_mask
+
+    rng = np.random.default_rng(12)
+    x, y = rng.uniform(0, 30, (2, 3000))
+    z = 100 + rng.normal(0, 0.3, 3000)
+    n_same = 574_000
+    pts = point_set(
+        np.concatenate([x, np.full(n_same, 15.0), [15.0]]),
+        np.concatenate([y, np.full(n_same, 15.0), [15.0]]),
+        np.concatenate([z, np.full(n_same, 100.0), [160.0]]),  # and a bird above them
+    )
+    out = statistical_outlier_mask(pts, k=8, multiplier=2.0)
+    assert out[-1] and not out[3000:-1].any()

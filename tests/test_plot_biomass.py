@@ -24,7 +24,12 @@ import pytest
 from models import allometry
 from models.errors import HDFitError, ModelsWarning, PlotDataError
 from models.hd import HDModel, fit_hd, select_hd
-from models.plot_biomass import PLOT_COLUMNS, PlotBiomassOptions, plot_biomass
+from models.plot_biomass import (
+    PLOT_COLUMNS,
+    PlotBiomassOptions,
+    assign_height_models,
+    plot_biomass,
+)
 from pipeline.config import PlotsParams
 from pipeline.stages.plots import options_from_params
 
@@ -154,6 +159,57 @@ def test_plot_measured_with_no_trees_has_zero_biomass_and_leaves_the_others_alon
     # the plots with trees keep their values and random draws
     pd.testing.assert_frame_equal(plots[plots["plot_id"] != "P002"], before)
     assert qa.set_index("plot_id").loc["P002", "action"] == "zero_biomass"
+
+
+@pytest.mark.parametrize("dbh", [0.0, np.nan])
+def test_plot_with_no_measurable_stem_has_zero_biomass_and_leaves_the_others_alone(
+    dbh: float,
+) -> None:
+    # issue 17 defect 3: a young stand (stems below breast height: DBH 0 or blank) is a
+    # legitimate plot of zero biomass, not a reason to abort the stage
+    trees, _ = _simulate(n_plots=2, n_trees=15, seed=4)
+    areas = {"P000": AREA_HA, "P001": AREA_HA, "P002": AREA_HA}
+    opts = _options(n_draws=50, seed=3)
+    _, before, _ = plot_biomass(trees, areas, options=opts)
+    young = pd.DataFrame(
+        {"plot_id": "P002", "epoch": "2019", "tree_id": range(4), "species": "Pinus massoniana"}
+    ).assign(dbh_cm=dbh, height_m=0.8)
+    with pytest.warns(UserWarning, match="P002 \\(epoch 2019\\): no measurable stem"):
+        tree_out, plots, qa = plot_biomass(pd.concat([young, trees]), areas, options=opts)
+    row = plots.set_index("plot_id").loc["P002"]
+    zero = [c for c in PLOT_COLUMNS if c not in ("plot_id", "epoch")] + ["agb_mc_mean_mg_ha"]
+    assert (row[zero] == 0.0).all() and row["n_stems"] == 0 and row["n_rows_excluded"] == 4
+    assert row["plot_area_ha"] == AREA_HA
+    pd.testing.assert_frame_equal(
+        plots[plots["plot_id"] != "P002"].reset_index(drop=True), before, check_dtype=False
+    )
+    plot_qa = qa[(qa["plot_id"] == "P002") & (qa["field"] == "plot")]
+    assert list(plot_qa["action"]) == ["zero_biomass"]
+    assert tree_out.loc[tree_out["plot_id"] == "P002", "agb_kg"].isna().all()
+
+
+def test_non_numeric_cells_are_qa_rows_and_a_column_of_text_is_refused() -> None:
+    # issue 18 item 8: a height of "abc" became missing with no QA row
+    trees, _ = _simulate(n_plots=1, n_trees=20, seed=5)
+    trees = trees.astype({"height_m": object, "dbh_cm": object})
+    trees.loc[0, "height_m"] = "abc"
+    trees.loc[1, "dbh_cm"] = "12,5"
+    with pytest.warns(UserWarning, match=r"not numbers \(dbh_cm: 1, height_m: 1\)"):
+        tree_out, plots, qa = plot_biomass(trees, {"P000": AREA_HA}, options=_options(n_draws=20))
+    rows = qa.set_index("field")
+    assert rows.loc["height_m", ["value", "reason", "action"]].tolist() == [
+        "abc", "not a number", "drop_height"
+    ]  # fmt: skip
+    assert rows.loc["dbh_cm", ["value", "reason", "action"]].tolist() == [
+        "12,5", "not a number", "exclude"
+    ]  # fmt: skip
+    assert tree_out.loc[0, "height_source"] != "measured" and not tree_out.loc[1, "usable"]
+    assert plots.loc[0, "n_stems"] == 19
+    trees["height_m"] = [
+        f"{h:.1f} m" for h in _simulate(n_plots=1, n_trees=20, seed=5)[0]["height_m"]
+    ]
+    with pytest.raises(PlotDataError, match="column 'height_m' holds no number"):
+        plot_biomass(trees, {"P000": AREA_HA}, options=_options(n_draws=20))
 
 
 def test_empty_plot_row_beside_trees_is_refused() -> None:
@@ -381,3 +437,77 @@ def test_measured_height_far_off_its_stand_is_dropped() -> None:
     flagged = qa[(qa["field"] == "height_m") & (qa["action"] == "drop_height")]
     assert list(flagged["tree_id"]) == [row["tree_id"]]
     assert (t["height_source"] == "measured").sum() == 39  # no other height discarded
+
+
+def _reference_height_models(t: pd.DataFrame, need: pd.Series) -> dict[Any, tuple[Any, ...] | None]:
+    """Each needing tree's H-D scope, tree by tree: the first of its (plot, epoch, group),
+    (epoch, group) and (group) scopes whose usable trees give a plausible fit."""
+    group = t["species"].map(lambda s: allometry.resolve_taxon(str(s)).group)
+    usable = t["usable"]
+    out: dict[Any, tuple[Any, ...] | None] = {}
+    for i in t.index[need]:
+        p, e, g = t.at[i, "plot_id"], t.at[i, "epoch"], group[i]
+        out[i] = None
+        for key, sel in (
+            (("plot", p, e, g), (t["plot_id"] == p) & (t["epoch"] == e) & (group == g)),
+            (("epoch", e, g), (t["epoch"] == e) & (group == g)),
+            (("group", g), group == g),
+        ):
+            sub = t[sel & usable]
+            try:
+                select_hd(sub["dbh_cm"], sub["height_m"], "best", max_height_m=120.0)
+            except HDFitError:
+                continue
+            out[i] = key
+            break
+    return out
+
+
+def test_height_models_match_a_tree_by_tree_reference() -> None:
+    # issue 18 item 12: the assignment is grouped now (it compared every tree with every
+    # other); the scopes and models must be those of the tree-by-tree rule
+    rows = _stand("A", 30, seed=4) + _stand("B", 10, seed=5) + _stand("C", 12, seed=6)
+    rows += _stand("D", 40, seed=7, species="Pinus massoniana")
+    rows += [{**r, "epoch": "2025"} for r in _stand("A", 8, seed=8)]
+    trees = pd.DataFrame(rows)
+    rng = np.random.default_rng(9)
+    trees.loc[rng.uniform(size=len(trees)) < 0.4, "height_m"] = np.nan
+    trees.loc[3, "usable"] = False
+    trees["usable"] = trees["usable"].fillna(True).astype(bool)
+    need = trees["usable"] & trees["height_m"].isna()
+    hm = assign_height_models(trees, "best")
+    expected = _reference_height_models(trees, need)
+    assert {i: hm.keys[i] for i in expected} == expected
+    assert hm.keys[~need].isna().all()
+    scopes = {k[0] for k in expected.values() if k is not None}
+    assert scopes == {"plot", "epoch", "group"}  # every scope of the chain is exercised
+    for i, key in expected.items():
+        if key is not None:
+            group = trees["species"].map(lambda s: allometry.resolve_taxon(str(s)).group)
+            sel = pd.Series(True, index=trees.index)
+            cols = {"plot": ["plot_id", "epoch"], "epoch": ["epoch"], "group": []}[key[0]]
+            for c, v in zip(cols, key[1:], strict=False):
+                sel &= trees[c] == v
+            sub = trees[sel & (group == key[-1]) & trees["usable"]]
+            ref = select_hd(sub["dbh_cm"], sub["height_m"], "best", max_height_m=120.0)
+            assert hm.models[key] == ref, i
+
+
+def test_no_height_model_for_trees_whose_equation_needs_no_height() -> None:
+    # issue 17 defect 5: heights were predicted for every tree, used or not
+    trees = pd.DataFrame(_stand("A", 40, seed=10))
+    trees.loc[::2, "height_m"] = np.nan
+    t, plots, _ = plot_biomass(trees, options=_options(n_draws=20, equation="zeng2018_onevar"))
+    missing = t["height_m"].isna()
+    assert (t.loc[missing, "height_source"] == "none").all()
+    assert t.loc[missing, "hd_model"].isna().all() and plots.loc[0, "n_heights_predicted"] == 0
+    # the trees' biomass does not depend on a height: the equation applied to DBH alone
+    ref = allometry.tree_agb_kg(
+        t["species"].to_numpy(dtype=object), t["dbh_cm"].to_numpy(), np.full(40, np.nan),
+        np.full(40, np.nan), wood_density_g_cm3=t["wood_density_used_g_cm3"].to_numpy(),
+        equation="zeng2018_onevar",
+    )  # fmt: skip
+    np.testing.assert_allclose(t["agb_kg"], ref, rtol=1e-12)
+    # with the species' own D-H equation the missing heights are predicted
+    t, _, _ = plot_biomass(trees, options=_options(n_draws=20))
+    assert (t.loc[missing, "height_source"] == "hd_model").all()

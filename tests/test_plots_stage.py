@@ -71,9 +71,35 @@ def test_area_from_polygons_when_no_area_column() -> None:
 
 def test_plot_without_usable_tree_is_input_error_naming_plot() -> None:
     trees = _trees()
-    trees.loc[trees["plot_id"] == "P1", "dbh_cm"] = np.nan
+    trees.loc[trees["plot_id"] == "P1", "dbh_cm"] = -1.0
     with pytest.raises(InputDataError, match="P1"):
         plots(PlotsParams(mc_draws=20), trees=trees, plot_locations=_locations())
+
+
+def test_command_writes_a_plot_without_measurable_stems_as_zero_with_its_qa(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # issue 17 defect 3: a young stand recorded with species and no DBH aborted the stage
+    import argparse
+
+    trees = _trees()
+    young = trees["plot_id"] == "P1"
+    trees.loc[young, "dbh_cm"] = np.nan
+    trees.loc[young, "height_m"] = 1.0
+    trees.to_csv(tmp_path / "trees.csv", index=False)
+    _locations().to_file(tmp_path / "plots.gpkg", driver="GPKG")
+    parser = argparse.ArgumentParser()
+    plots_command.register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["plots", str(tmp_path / "trees.csv"), "--plots", str(tmp_path / "plots.gpkg"),
+         "--draws", "20", "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="P1 \\(epoch 2019\\): no measurable stem"):
+        assert args.func(args) == 0
+    pb = pd.read_csv(tmp_path / "out" / "plot_biomass.csv").set_index("plot_id")
+    assert pb.loc["P1", "agb_mg_ha"] == 0.0 and pb.loc["P1", "carbon_sd_mg_ha"] == 0.0
+    assert pb.loc["P0", "agb_mg_ha"] > 0
+    qa = pd.read_csv(tmp_path / "out" / "qa.csv")
+    plot_row = qa[(qa["plot_id"] == "P1") & (qa["field"] == "plot")]
+    assert list(plot_row["action"]) == ["zero_biomass"]
 
 
 def test_unknown_equation_is_config_error() -> None:

@@ -19,7 +19,10 @@ extreme; a return between others of its column is not isolated in height. With
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import pandas as pd
 from scipy.spatial import cKDTree
 
 from pipeline.lidar.points import HIGH_NOISE, LOW_NOISE, PointSet
@@ -80,27 +83,97 @@ def statistical_outlier_mask(
     if column_m > 0:  # before the tree is built: keeps the peak memory down
         key, size = _column_keys(points, column_m)
         test = column_extremes(points.z_m, key, size, np.arange(n))
-    xyz = np.column_stack([points.x_m, points.y_m, points.z_m]).astype(np.float64)
-    # an unbalanced tree without compacted nodes builds three times faster and queries as fast
-    tree = cKDTree(xyz, balanced_tree=False, compact_nodes=False)
+    mean_knn = _mean_knn_distance(points, k)
     if n > sample:
         ref = np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
     else:
         ref = np.arange(n)
-    dist, _ = tree.query(xyz[ref], k=k + 1)
-    ref_d = dist[:, 1:].mean(axis=1)
+    ref_d = mean_knn(ref)
     threshold = ref_d.mean() + multiplier * ref_d.std()
     if column_m <= 0:
-        dist, _ = tree.query(xyz, k=k + 1)
-        return np.asarray(dist[:, 1:].mean(axis=1) > threshold)
+        return np.asarray(mean_knn(np.arange(n)) > threshold)
     # a column may hold several outliers (e.g. two birds): after its extremes are found to
     # be outliers, the next extremes of that column are tested, until none is
     while test.shape[0]:
-        dist, _ = tree.query(xyz[test], k=k + 1)
-        new = test[dist[:, 1:].mean(axis=1) > threshold]
+        new = test[mean_knn(test) > threshold]
         if new.shape[0] == 0:
             break
         out[new] = True
         again = np.nonzero(~out & np.isin(key, np.unique(key[new])))[0]
         test = column_extremes(points.z_m, key, size, again)
     return out
+
+
+def duplicate_groups(points: PointSet) -> tuple[np.ndarray, np.ndarray] | None:
+    """For clouds with points at identical XYZ: each point's group (``codes``, numbered in
+    order of first appearance) and the index of each group's first point; None when every
+    point is unique.
+
+    One pass of hashing (pandas' hash table on a 64-bit mix of the coordinates' bits), no
+    sort; groups are then checked coordinate by coordinate, and a hash collision (two
+    different points with one hash) falls back to an exact sort.
+    """
+    x, y, z = (np.ascontiguousarray(v, np.float32) for v in (points.x_m, points.y_m, points.z_m))
+    bits = [v.view(np.uint32).astype(np.uint64) for v in (x, y, z)]
+    # odd 64-bit constants (splitmix64's) spread the three 32-bit patterns over the word
+    mixed = (
+        bits[0] * np.uint64(0x9E3779B97F4A7C15)
+        ^ bits[1] * np.uint64(0xBF58476D1CE4E5B9)
+        ^ bits[2] * np.uint64(0x94D049BB133111EB)
+    )
+    codes, uniques = pd.factorize(mixed)
+    if len(uniques) == len(mixed):
+        return None
+    first = pd.Series(codes).drop_duplicates().index.to_numpy()
+    exact = all(np.array_equal(v, v[first][codes]) for v in (x, y, z))
+    if not exact:
+        _, first, codes = np.unique(
+            np.column_stack([x, y, z]), axis=0, return_index=True, return_inverse=True
+        )
+        codes = codes.reshape(-1)
+    return codes.astype(np.intp), np.asarray(first, np.intp)
+
+
+def _mean_knn_distance(points: PointSet, k: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function giving, for point indices, the mean distance to their ``k`` nearest
+    neighbours (as PDAL: the ``k + 1`` nearest including the point, less the first).
+
+    Exact duplicates (several returns at one XYZ: a sensor fault, or tiles merged twice)
+    are collapsed into one tree point with a count before the k-d tree is built: a k-d
+    tree cannot split identical points, so each query would scan all of them (574,000
+    returns at one XYZ never finished). The distances are those of the full cloud: a
+    point's neighbours are its group's other members at 0, then the nearest other groups,
+    each as many times as it has members.
+    """
+    xyz = np.column_stack([points.x_m, points.y_m, points.z_m]).astype(np.float64)
+    groups = duplicate_groups(points)
+    if groups is None:
+        # an unbalanced tree without compacted nodes builds three times faster and
+        # queries as fast
+        tree = cKDTree(xyz, balanced_tree=False, compact_nodes=False)
+
+        def plain(idx: np.ndarray) -> np.ndarray:
+            dist, _ = tree.query(xyz[idx], k=k + 1)
+            return np.asarray(dist[:, 1:].mean(axis=1))
+
+        return plain
+    codes, first = groups
+    # members per group; the extra 0 is the count of the "missing neighbour" index that
+    # cKDTree returns when fewer than k + 1 groups exist
+    counts = np.append(np.bincount(codes, minlength=first.shape[0]), 0)
+    unique_xyz = xyz[first]
+    tree = cKDTree(unique_xyz, balanced_tree=False, compact_nodes=False)
+
+    def collapsed(idx: np.ndarray) -> np.ndarray:
+        dist, nb = tree.query(unique_xyz[codes[idx]], k=k + 1)
+        reach = np.cumsum(counts[nb], axis=1)  # points covered by the nearest 1, 2, .. groups
+        # the j-th nearest point (j = 0 .. k) belongs to the first group whose reach > j
+        d = np.column_stack(
+            [
+                np.take_along_axis(dist, np.minimum((reach <= j).sum(axis=1), k)[:, None], 1)
+                for j in range(1, k + 1)
+            ]
+        )
+        return np.asarray(d.mean(axis=1))
+
+    return collapsed

@@ -87,8 +87,10 @@ def plots(
     Raises
     ------
     InputDataError
-        Missing columns, a plot without area, or a plot/epoch without any usable tree
-        (named in the message).
+        Missing columns, a numeric column without a number, a plot without area, or a
+        plot/epoch without any usable tree for a reason other than having no measurable
+        stem (named in the message; a plot whose rows all have a blank DBH or DBH 0 is a
+        zero-biomass plot with a QA row).
     ConfigError
         ``stages.plots.equation`` is not a registered equation, or an eq. 7 equation is
         chosen without ``stages.plots.chave_e``.
