@@ -60,23 +60,22 @@ from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from benchmarks.estimator_sampling import (
+    ESTIMATE_COLUMNS,
     Population,
     draw_centres,
     population,
     print_scores,
+    rule_rows,
     score,
     square_means,
 )
 from models.allometry import co2_per_c
 from models.biomass import blocked_folds, epoch_corrections, make_model, out_of_fold
-from models.survey.totals import MOST_PRECISE, choose, sample_totals
+from models.survey.totals import sample_totals
 from pipeline.config import load_config, region_config_path
 from pipeline.contracts import MODEL_CARD_RELPATH, PLOT_BIOMASS_RELPATH, map_relpath
 from pipeline.model_steps import settings_from
 from pipeline.zonal import coverage_cells, weighted_sum
-
-#: estimate rules printed: the estimator names of :mod:`models.survey.totals`
-RULES = ("stratified", "difference", "greg", MOST_PRECISE)
 
 
 def _coarsen(values: NDArray[np.float64], k: int) -> NDArray[np.float64]:
@@ -170,8 +169,7 @@ def main() -> None:
                 )
             )  # fmt: skip
     loop = time.perf_counter() - loop_start
-    cols = ["draw", "quantity", "rule", "estimator", "total", "se", "df", "half_width"]
-    table = pd.DataFrame(rows, columns=[*cols, "lower", "upper", "u", "rel_eff", "values"])
+    table = pd.DataFrame(rows, columns=[*ESTIMATE_COLUMNS, "values"])
     for values in ("in_sample", "cross_fitted"):
         part = table[table["values"] == values].drop(columns="values")
         print(f"== map values at the plots: {values.replace('_', ' ')}")
@@ -276,16 +274,7 @@ def _one_draw(
             design, plot_values=y, map_at_plots=values, map_stratum_mean=means, epochs=epochs,
             stock_unit="Mg C", change_factor=factor, change_unit="t CO2e", confidence=confidence,
         )  # fmt: skip
-        ran = {t.estimate.estimator for t in totals} | {MOST_PRECISE}
-        for quantity in dict.fromkeys(t.quantity for t in totals):
-            for rule in (r for r in RULES if r in ran):
-                t = choose(totals, quantity, rule)
-                est = t.estimate
-                rows.append(
-                    (d, quantity, rule, est.estimator, est.total, est.se, est.df, est.half_width,
-                     est.lower, est.upper, est.half_width / abs(est.total), t.relative_efficiency,
-                     label)
-                )  # fmt: skip
+        rows.extend((*row, label) for row in rule_rows(d, totals))
     return rows
 
 

@@ -60,6 +60,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -77,6 +78,7 @@ from models.survey.totals import (
     ESTIMATORS,
     MOST_PRECISE,
     PLOT_ONLY,
+    SampleTotal,
     change_quantity,
     choose,
     is_change,
@@ -381,17 +383,8 @@ def run_draws(
             change_unit=change_unit,
             confidence=confidence,
         )
-        ran = {t.estimate.estimator for t in totals} | {MOST_PRECISE}
-        for quantity in dict.fromkeys(t.quantity for t in totals):
-            for rule in (r for r in RULES if r in ran):
-                t = choose(totals, quantity, rule)
-                est = t.estimate
-                rows.append(
-                    (d, quantity, rule, est.estimator, est.total, est.se, est.df, est.half_width,
-                     est.lower, est.upper, relative_half_width(est), t.relative_efficiency)
-                )  # fmt: skip
-    columns = ["draw", "quantity", "rule", "estimator", "total", "se", "df", "half_width", "lower"]
-    estimates = pd.DataFrame(rows, columns=[*columns, "upper", "u", "rel_eff"])
+        rows.extend(rule_rows(d, totals))
+    estimates = pd.DataFrame(rows, columns=list(ESTIMATE_COLUMNS))
     support = []
     start = 0
     for s in pop.strata:
@@ -406,6 +399,29 @@ def run_draws(
     cols = ["stratum", "epoch", "frame_mean", "plot_mean", "plot_mean_se", "map_frame_mean"]
     cols.append("map_plot_mean")
     return Draws(estimates, pd.DataFrame(support, columns=cols))
+
+
+#: one row of a draw's estimates (:func:`rule_rows`)
+ESTIMATE_COLUMNS = (
+    "draw", "quantity", "rule", "estimator", "total", "se", "df", "half_width", "lower",
+    "upper", "u", "rel_eff",
+)  # fmt: skip
+
+
+def rule_rows(draw: int, totals: list[SampleTotal]) -> list[tuple[Any, ...]]:
+    """The estimate each rule of :data:`RULES` picks, per quantity, from one draw's totals
+    (columns :data:`ESTIMATE_COLUMNS`)."""
+    rows = []
+    ran = {t.estimate.estimator for t in totals} | {MOST_PRECISE}
+    for quantity in dict.fromkeys(t.quantity for t in totals):
+        for rule in (r for r in RULES if r in ran):
+            t = choose(totals, quantity, rule)
+            est = t.estimate
+            rows.append(
+                (draw, quantity, rule, est.estimator, est.total, est.se, est.df, est.half_width,
+                 est.lower, est.upper, relative_half_width(est), t.relative_efficiency)
+            )  # fmt: skip
+    return rows
 
 
 def score(estimates: pd.DataFrame, truth: Mapping[str, float]) -> pd.DataFrame:
