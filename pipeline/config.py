@@ -399,10 +399,10 @@ class EstimateParams(Section):
     as chosen for the report (a project's credits use the methodology file's estimator).
     """
 
-    #: the estimator of the stocks for samples the map may assist (a sample that trained
-    #: the map always gets ``stratified``): ``difference`` (exactly design-unbiased for a
-    #: map not fitted to the sample), ``greg``, ``stratified`` (plot-only, AR-TOOL14) or
-    #: ``most_precise`` (the smallest standard error of the three)
+    #: the estimator of the stocks: ``difference`` (exactly design-unbiased for a map not
+    #: fitted to the sample; for the sample that trained the map, with cross-fitted map
+    #: values at its plots, docs/estimation.md), ``greg``, ``stratified`` (plot-only,
+    #: AR-TOOL14) or ``most_precise`` (the smallest standard error of the three)
     estimator: Literal["most_precise", "stratified", "difference", "greg"] = "difference"
     #: the estimator of a stock change (a project's comes from its methodology file):
     #: ``stratified``, AR-TOOL14's direct estimation from the re-measured plots, because

@@ -176,6 +176,13 @@ def _still_running(holder: dict[str, Any]) -> bool:
     return created <= started
 
 
+def _in_use(root: Path, path: Path, f: IO[str]) -> RunFolderError:
+    return RunFolderError(
+        f"{root}: the run folder is in use by another run ({_describe(_read_holder(f))}; "
+        f"lock file {path}); wait for it to finish, or give another output_dir or --out"
+    )
+
+
 @contextlib.contextmanager
 def _lock(root: Path, *, say: Callable[[str], None]) -> Iterator[None]:
     path = root / STATE_DIR / LOCK_NAME
@@ -183,10 +190,7 @@ def _lock(root: Path, *, say: Callable[[str], None]) -> Iterator[None]:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunFolderError(
-                f"{root}: the run folder is in use by another run ({_describe(_read_holder(f))}; "
-                f"lock file {path}); wait for it to finish, or give another output_dir or --out"
-            ) from None
+            raise _in_use(root, path, f) from None
         previous = _read_holder(f)
         if previous:
             if previous.get("host") != socket.gethostname() or _still_running(previous):
@@ -255,6 +259,23 @@ class Journal:
                     n += 1
         self.path.unlink()
         return n
+
+
+def check_available(output_dir: Path) -> None:
+    """Refuse, without writing anything, a run folder that :func:`claim` would refuse as
+    unusable or as held by a live run: the command line asks this before it checks the
+    inputs, so that a second run is told the folder is in use whatever its inputs."""
+    root = check_output_dir(output_dir)
+    check_usable(root)
+    path = root / STATE_DIR / LOCK_NAME
+    if not path.is_file():
+        return
+    with path.open("r", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(root, path, f) from None
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

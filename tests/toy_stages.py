@@ -7,6 +7,7 @@ With ``pause_s``, ``noise`` sleeps in every block, so a test can kill a run mid-
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,11 @@ def write_config(tmp: Path, *, size_px: int = 256, scale: float = 1.0, n_workers
     data = tmp / "data"
     data.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"size_px": [size_px], "scale": [scale]}).to_csv(data / PARAMS_CSV, index=False)
+    # a small AOI at the demo's place: `run` checks the AOI before any stage
+    aoi = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+        [[118.10, 26.60], [118.11, 26.60], [118.11, 26.61], [118.10, 26.61], [118.10, 26.60]]
+    ]}}  # fmt: skip
+    (tmp / "aoi.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [aoi]}))
     cfg = tmp / "toy.yaml"
     cfg.write_text(
         f"""region: toy

@@ -32,6 +32,7 @@ def main(args: argparse.Namespace) -> int:
 
     from pipeline.errors import ConfigError
     from pipeline.inputs import check_inputs
+    from pipeline.run_folder import check_available
     from pipeline.runner import Runner, RunOptions
     from pipeline.stages import STAGES
 
@@ -45,7 +46,9 @@ def main(args: argparse.Namespace) -> int:
         stages=stages, force=args.force, scheduler=args.scheduler, quiet=args.quiet
     )
     runner = Runner(config, STAGES, options=options)
-    # the inputs are checked before the run folder is touched (docs/input_checks.md)
+    # a folder that is in use or not a run folder is refused first, then the inputs are
+    # checked before the run folder is touched (docs/input_checks.md, docs/run_folder.md)
+    check_available(runner.layout.root)
     for message in check_inputs(config, [s.name for s in runner.selected()]):
         runner.alerts.print(f"[yellow]⚠[/] {escape(message)}", highlight=False)
     runner.run()
