@@ -35,7 +35,8 @@ The items of issue 18 and where each is tested (the matrix's case ids, else the 
 5. the lock (two real processes): ``test_run_folder.py::
    test_a_second_run_is_refused_while_the_first_holds_the_folder``.
 6. LiDAR tiles, all or fail: ``lidar-empty-tile`` (0 points in the header),
-   ``lidar-garbage-tile``, ``lidar-corrupt-points``, ``lidar-skips-allowed``.
+   ``lidar-garbage-tile``, ``lidar-corrupt-points``, ``lidar-only-noise`` (points, none
+   usable), ``lidar-skips-allowed``, ``lidar-only-noise-skipped``.
 7. stale outputs (needs earlier runs): ``test_run_folder.py::
    test_a_stage_left_out_whose_input_changed_is_marked_stale_then_redone`` and the tests
    beside it.
@@ -105,7 +106,7 @@ from shapely.geometry.base import BaseGeometry
 from pipeline import catalog
 from pipeline.cli import main
 from pipeline.config import region_config_path
-from pipeline.contracts import ITEMS_DIR, PLOTS_QA_RELPATH
+from pipeline.contracts import ITEMS_DIR, LIDAR_TILES_RELPATH, PLOTS_QA_RELPATH
 from pipeline.errors import PipelineWarning
 
 
@@ -323,6 +324,22 @@ def truncated(path: Path) -> None:
 
 def garbage(path: Path) -> None:
     path.write_bytes(b"not a LAS file at all" * 10)
+
+
+def all_noise(las: laspy.LasData) -> laspy.LasData:
+    """Every point classified as noise (ASPRS 7 low noise, 18 high noise, alternately)."""
+    las.classification = np.where(np.arange(len(las.points)) % 2 == 0, 7, 18).astype(np.uint8)
+    return las
+
+
+def tiles_table_says(name: str, status: str) -> Callable[[Path], None]:
+    """``lidar/tiles.csv`` gives tile ``name`` the ``status``."""
+
+    def then(run: Path) -> None:
+        tiles = pd.read_csv(run / LIDAR_TILES_RELPATH).set_index("name")
+        assert tiles.loc[name, "status"] == status, tiles
+
+    return then
 
 
 def z_in_feet(las: laspy.LasData) -> laspy.LasData:
@@ -699,6 +716,25 @@ CASES: tuple[Case, ...] = (
         ("609_2942.laz", "corrupt or truncated", "allow_skipped_tiles"),
         stages=LIDAR,
         in_stage=True,
+    ),
+    Case(
+        "lidar-only-noise",
+        tile_edit(lambda p: rewrite_las(p, all_noise)),
+        ("609_2942.laz: none of its", "points is usable: all are classified as noise"),
+        stages=LIDAR,
+        in_stage=True,
+    ),
+    Case(
+        "lidar-only-noise-skipped",
+        lambda r: (
+            tile_edit(lambda p: rewrite_las(p, all_noise))(r),
+            setting("stages.lidar.allow_skipped_tiles", True)(r),
+        ),
+        ("609_2942.laz: failed: none of its", "skipped (stages.lidar.allow_skipped_tiles)"),
+        stages=LIDAR,
+        exit=0,
+        in_stage=True,
+        then=tiles_table_says("609_2942.laz", "failed"),
     ),
     Case(
         "lidar-z-in-feet",
