@@ -5,14 +5,16 @@ copy of the file, in the case's own folder; the config is a dict to edit), runs 
 command line in-process and asserts
 
 - the exit code: 2 for a refusal, 0 where the input is usable and the issue asks for a
-  warning (then the warning is asserted);
+  warning (then the warning is asserted, also in the manifest for a stage's warning, and
+  ``then`` checks what the stage wrote, e.g. a QA row);
 - that the message names the file, key or field (each of ``says`` is in the output);
 - no traceback and no "internal error" (no ``--debug``);
-- that the run folder has nothing new or changed: for a refusal the folder is not even
-  created, as the inputs are checked before the runner touches it. The one exception is
-  a case the header checks cannot see (``in_stage``: a tile whose point records are
-  corrupt): there the stage fails, and only the runner's bookkeeping under ``.state/``
-  may appear, no output.
+- that the run folder (or ``reproduce``'s ``--out``; of a system folder, its entries)
+  has nothing new or changed: for a refusal the folder is not even created, as the
+  inputs are checked before the runner touches it. The exception is a case only a stage
+  can see (``in_stage``: a tile whose point records are corrupt or all noise, a local
+  catalog the ``acquire`` stage searches): there the stage fails, and only the runner's
+  bookkeeping under ``.state/`` may appear, no output.
 
 Adding a case is one :class:`Case` entry in ``CASES``. Cases that ``check`` (the checks
 ``run`` makes first, :mod:`pipeline.inputs`) cost a fraction of a second; ``run`` cases
