@@ -5,33 +5,99 @@ copy of the file, in the case's own folder; the config is a dict to edit), runs 
 command line in-process and asserts
 
 - the exit code: 2 for a refusal, 0 where the input is usable and the issue asks for a
-  warning (then the warning is asserted);
+  warning (then the warning is asserted, also in the manifest for a stage's warning, and
+  ``then`` checks what the stage wrote, e.g. a QA row);
 - that the message names the file, key or field (each of ``says`` is in the output);
 - no traceback and no "internal error" (no ``--debug``);
-- that the run folder has nothing new or changed: for a refusal the folder is not even
-  created, as the inputs are checked before the runner touches it. The one exception is
-  a case the header checks cannot see (``in_stage``: a tile whose point records are
-  corrupt): there the stage fails, and only the runner's bookkeeping under ``.state/``
-  may appear, no output.
+- that the run folder (or ``reproduce``'s ``--out``; of a system folder, its entries)
+  has nothing new or changed: for a refusal the folder is not even created, as the
+  inputs are checked before the runner touches it. The exception is a case only a stage
+  can see (``in_stage``: a tile whose point records are corrupt or all noise, a local
+  catalog the ``acquire`` stage searches): there the stage fails, and only the runner's
+  bookkeeping under ``.state/`` may appear, no output.
 
 Adding a case is one :class:`Case` entry in ``CASES``. Cases that ``check`` (the checks
 ``run`` makes first, :mod:`pipeline.inputs`) cost a fraction of a second; ``run`` cases
-that refuse cost the same, as nothing runs; only the in-stage LiDAR cases start Dask.
+that refuse cost the same, as nothing runs; the in-stage cases (a LiDAR, plots or
+acquire stage) share one Dask cluster (``--scheduler``) for the module.
+
+The items of issue 18 and where each is tested (the matrix's case ids, else the test):
+
+1. a STAC ``next`` link that loops: needs a server; ``test_stac_api.py::
+   test_a_next_link_that_loops_stops_with_a_warning_and_each_item_once``; an item twice
+   in a local catalog: ``catalog-item-twice``.
+2. parcels that miss the grid: ``parcels-wrong-crs-label``, ``parcels-elsewhere``,
+   ``parcels-one-outside``, ``parcels-partly-off-grid``, ``project-off-grid``.
+3. invalid geometry: ``aoi-self-intersecting``, ``parcels-self-intersecting(-repaired)``,
+   ``project-self-intersecting``; what the stages read:
+   ``test_a_stage_reads_invalid_polygons_refused_or_repaired_as_asked`` (below).
+4. the output folder: ``output-system-folder`` (``/etc``), ``output-relative-escape``
+   (``../../x``), ``output-users-folder``; only a run's own temporaries cleaned (needs a
+   killed run): ``test_run_folder.py::test_only_the_killed_runs_own_temporaries_are_removed``.
+5. the lock (two real processes): ``test_run_folder.py::
+   test_a_second_run_is_refused_while_the_first_holds_the_folder``.
+6. LiDAR tiles, all or fail: ``lidar-empty-tile`` (0 points in the header),
+   ``lidar-garbage-tile``, ``lidar-corrupt-points``, ``lidar-only-noise`` (points, none
+   usable), ``lidar-skips-allowed``, ``lidar-only-noise-skipped``.
+7. stale outputs (needs earlier runs): ``test_run_folder.py::
+   test_a_stage_left_out_whose_input_changed_is_marked_stale_then_redone`` and the tests
+   beside it.
+8. a height of ``abc``: ``trees-height-not-a-number`` (a warning and a QA row).
+9. the dashboard: ``test_run_folder.py::
+   test_the_dashboard_listens_on_this_machine_only_unless_the_config_asks``.
+10. pickles (needs a fitted model): ``test_run_folder.py::
+    test_a_models_file_changed_after_the_run_is_not_unpickled``.
+11. STAC timeouts and retries (needs a server): ``test_stac_api.py::
+    test_429_and_503_are_retried_with_each_attempt_warned``,
+    ``test_a_server_that_keeps_failing_ends_with_its_last_answer``,
+    ``test_a_server_that_never_answers_is_exit_2_naming_url_and_query``.
+12. quadratic hot spots (performance, not input): ``benchmarks/bench_plots.py`` and
+    ``test_plot_biomass.py::test_height_models_match_a_tree_by_tree_reference``;
+    ``test_lidar.py::test_outlier_filter_completes_on_many_returns_at_one_xyz``.
+13. exit 1 where the input is at fault: ``crs-geographic``, ``crs-unknown``,
+    ``aoi-point``, ``aoi-not-geojson``, ``aoi-truncated-json``, ``project-not-vector``,
+    ``aoi-empty-geometry``, ``trees-gbk``, ``trees-cp1252``, ``catalog-not-json``,
+    ``catalog-line-not-json``; an HTML body or truncated JSON from a STAC API (needs a
+    server): ``test_stac_api.py::test_a_body_that_is_not_stac_json_is_exit_2``; a non-JSON
+    items file of ``forest-carbon composite``: ``test_catalog.py::
+    test_a_non_json_items_file_is_exit_2_naming_it``; ``reproduce`` from inside the run
+    folder: ``test_run_folder.py::
+    test_reproduce_works_from_inside_the_run_folder_and_from_elsewhere``; a full disk (a
+    small tmpfs): ``test_run_folder.py::
+    test_a_full_disk_ends_in_exit_2_naming_the_path_and_leaves_no_partial_file``.
+14. misleading messages: an empty AOI ``aoi-no-features``, ``aoi-empty-geometry``; a
+    truncated LAZ header ``lidar-truncated-header``; plots outside the AOI
+    ``plots-outside-aoi``; a missing catalog ``catalog-missing``; unknown keys ``key-*``;
+    grid mismatch ``test_maps_on_different_grids_are_refused_naming_the_file`` (below);
+    0 points ``lidar-empty-tile``; ``reproduce`` of a changed input
+    ``reproduce-input-changed``, its other exit codes ``test_run_folder.py::
+    test_reproduce_exit_codes``, a retry over a failed attempt ``test_run_folder.py::
+    test_reproduce_retries_over_a_failed_attempt_and_refuses_a_users_folder``; STAC errors
+    naming the query (needs a server): ``test_stac_api.py::
+    test_empty_api_search_raises_with_details``.
+15. relative asset hrefs: ``catalog-s3-self-links`` (local assets stay local files);
+    a moved data folder: ``test_simulate.py::
+    test_a_moved_data_folder_still_searches_and_composites``; byte-identical data in two
+    folders: ``test_simulate.py::test_same_seed_same_bytes_other_seed_differs``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import geopandas as gpd
 import laspy
 import numpy as np
+import pandas as pd
 import pyproj
 import pytest
 import yaml
@@ -39,18 +105,29 @@ from laspy.vlrs.known import GeoKeyDirectoryVlr, WktCoordinateSystemVlr
 from shapely.geometry import LineString, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from pipeline import catalog
 from pipeline.cli import main
 from pipeline.config import region_config_path
+from pipeline.contracts import ITEMS_DIR, LIDAR_TILES_RELPATH, PLOTS_QA_RELPATH
 from pipeline.errors import PipelineWarning
 
 
 @dataclass
 class Region:
-    """A case's copy of the tiny region: its config (a dict) and its own folder."""
+    """A case's copy of the tiny region: its config (a dict) and its own folder.
+
+    A case whose command is not ``<command> --config <the case's config>`` sets ``argv``
+    (and ``watch``, the output folder that must stay untouched, when it is not the
+    config's ``output_dir``); ``scheduler`` is the module's Dask cluster, for a case that
+    makes its input with a run.
+    """
 
     data: Path
     work: Path
     config: dict[str, Any]
+    scheduler: str
+    argv: list[str] | None = None
+    watch: Path | None = None
 
     def own(self, key: str) -> Path:
         """Copy the file of ``sources.<key>`` (or ``aoi``) into the case's folder."""
@@ -86,6 +163,8 @@ class Case:
     in_stage: bool = False
     #: for exit 0: what must not be said (e.g. an error)
     not_says: tuple[str, ...] = field(default=())
+    #: for exit 0: a check of the run folder (what the stage wrote)
+    then: Callable[[Path], None] | None = None
 
 
 # --------------------------------------------------------------------------- makers
@@ -249,15 +328,116 @@ def garbage(path: Path) -> None:
     path.write_bytes(b"not a LAS file at all" * 10)
 
 
+def all_noise(las: laspy.LasData) -> laspy.LasData:
+    """Every point classified as noise (ASPRS 7 low noise, 18 high noise, alternately)."""
+    las.classification = np.where(np.arange(len(las.points)) % 2 == 0, 7, 18).astype(np.uint8)
+    return las
+
+
+def tiles_table_says(name: str, status: str) -> Callable[[Path], None]:
+    """``lidar/tiles.csv`` gives tile ``name`` the ``status``."""
+
+    def then(run: Path) -> None:
+        tiles = pd.read_csv(run / LIDAR_TILES_RELPATH).set_index("name")
+        assert tiles.loc[name, "status"] == status, tiles
+
+    return then
+
+
 def z_in_feet(las: laspy.LasData) -> laspy.LasData:
     # US survey feet per metre (1 ft = 1200/3937 m, NIST Handbook 44)
     las.z = np.asarray(las.z) * (3937 / 1200)
     return las
 
 
+def local_catalog(edit: Callable[[list[str]], list[str]]) -> Callable[[Region], None]:
+    """The local catalog's lines passed through ``edit``, in a copy beside a link to the
+    scenes (the items' asset hrefs are relative to the catalog file)."""
+
+    def make(r: Region) -> None:
+        source = r.config["sources"]["catalog"]
+        src = Path(source["location"])
+        dst = r.work / "catalog" / src.name
+        dst.parent.mkdir(parents=True)
+        (r.work / "scenes").symlink_to(src.parent.parent / "scenes")
+        dst.write_text("".join(f"{line}\n" for line in edit(src.read_text().splitlines())))
+        source["location"] = str(dst)
+
+    return make
+
+
+def s3_self_links(lines: list[str]) -> list[str]:
+    """Each item with the ``s3://`` self link Earth Search publishes."""
+    out = []
+    for line in lines:
+        item = json.loads(line)
+        href = f"s3://sentinel-cogs/sentinel-s2-l2a-cogs/{item['id']}/{item['id']}.json"
+        links = [link for link in item.get("links", []) if link.get("rel") != "self"]
+        item["links"] = [*links, {"rel": "self", "href": href, "type": "application/json"}]
+        out.append(json.dumps(item))
+    return out
+
+
+def frozen_assets_are_local_files(run: Path) -> None:
+    """Every asset of the items ``acquire`` froze is a local file, none an S3 URL."""
+    frozen = sorted((run / ITEMS_DIR).glob("*.json"))
+    assert frozen
+    for path in frozen:
+        for item in catalog.item_collection_from_dict(json.loads(path.read_text())):
+            for asset in item.assets.values():
+                href = asset.get_absolute_href() or ""
+                assert urlparse(href).scheme == "file", href
+                assert Path(urlparse(href).path).is_file(), href
+
+
+def users_folder(r: Region) -> None:
+    """``output_dir`` is a folder of the user's own (not empty, not a run folder)."""
+    out = Path(r.config["output_dir"])
+    out.mkdir()
+    (out / "notes.txt").write_text("field notes, not a run")
+
+
+def recorded_then_changed(r: Region) -> None:
+    """A recorded run (``acquire``), then its AOI edited: ``reproduce`` its manifest."""
+    aoi = r.own("aoi")
+    cfg = r.work / "recorded.yaml"
+    cfg.write_text(yaml.safe_dump(r.config))
+    argv = ["run", "--config", str(cfg), "--stages", "acquire", "--scheduler", r.scheduler]
+    assert main([*argv, "--quiet"]) == 0
+    aoi.write_text(aoi.read_text() + "\n")
+    r.watch = r.work / "again"
+    manifest = Path(r.config["output_dir"]) / "manifest.json"
+    r.argv = ["reproduce", str(manifest), "--out", str(r.watch), "--quiet"]
+
+
+def tree_cell(row: int, column: str, value: str) -> Callable[[Region], None]:
+    """The tree list with the cell of ``column`` in data row ``row`` set to ``value``."""
+
+    def make(r: Region) -> None:
+        path = r.own("trees")
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table.loc[row, column] = value
+        table.to_csv(path, index=False)
+
+    return make
+
+
+def qa_row(tree_id: str, column: str, value: str, reason: str) -> Callable[[Path], None]:
+    """``plots/qa.csv`` has the row of ``tree_id``'s ``column`` holding ``value``."""
+
+    def then(run: Path) -> None:
+        qa = pd.read_csv(run / PLOTS_QA_RELPATH, dtype=str)
+        rows = qa[(qa["tree_id"] == tree_id) & (qa["field"] == column)]
+        assert rows[["value", "reason"]].values.tolist() == [[value, reason]], qa
+
+    return then
+
+
 # --------------------------------------------------------------------------- the matrix
 
 LIDAR = "lidar"
+PLOTS = "plots"
+ACQUIRE = "acquire"
 CASES: tuple[Case, ...] = (
     # config: CRS and keys
     Case("crs-geographic", setting("crs", "EPSG:4326"), ("crs: EPSG:4326 is geographic", "UTM")),
@@ -540,6 +720,25 @@ CASES: tuple[Case, ...] = (
         in_stage=True,
     ),
     Case(
+        "lidar-only-noise",
+        tile_edit(lambda p: rewrite_las(p, all_noise)),
+        ("609_2942.laz: none of its", "points is usable: all are classified as noise"),
+        stages=LIDAR,
+        in_stage=True,
+    ),
+    Case(
+        "lidar-only-noise-skipped",
+        lambda r: (
+            tile_edit(lambda p: rewrite_las(p, all_noise))(r),
+            setting("stages.lidar.allow_skipped_tiles", True)(r),
+        ),
+        ("609_2942.laz: failed: none of its", "skipped (stages.lidar.allow_skipped_tiles)"),
+        stages=LIDAR,
+        exit=0,
+        in_stage=True,
+        then=tiles_table_says("609_2942.laz", "failed"),
+    ),
+    Case(
         "lidar-z-in-feet",
         tile_edit(lambda p: rewrite_las(p, z_in_feet), which=None),
         ("the canopy is implausibly tall", "feet"),
@@ -547,16 +746,91 @@ CASES: tuple[Case, ...] = (
         exit=0,
         in_stage=True,
     ),
+    # the tree list, in the plots stage
+    Case(
+        "trees-height-not-a-number",
+        tree_cell(0, "height_m", "abc"),
+        ("tree list: cells that are not numbers (height_m: 1)", "plots/qa.csv"),
+        stages=PLOTS,
+        exit=0,
+        in_stage=True,
+        then=qa_row("P001-T0001", "height_m", "abc", "not a number"),
+    ),
+    # the local catalog, searched by the acquire stage
+    Case(
+        "catalog-missing",
+        setting("sources.catalog.location", "nowhere/items.ndjson"),
+        ("sources.catalog.location: the local catalog nowhere/items.ndjson does not exist",),
+        stages=ACQUIRE,
+        in_stage=True,
+    ),
+    Case(
+        "catalog-line-not-json",
+        local_catalog(lambda lines: [*lines, '{"type": "Feature", "id": "TRUNC']),
+        ("items.ndjson: cannot read the local catalog",),
+        stages=ACQUIRE,
+        in_stage=True,
+    ),
+    Case(
+        "catalog-not-json",
+        local_catalog(lambda lines: ["<html><body>502 Bad Gateway</body></html>"]),
+        ("items.ndjson: cannot read the local catalog",),
+        stages=ACQUIRE,
+        in_stage=True,
+    ),
+    Case(
+        "catalog-item-twice",
+        local_catalog(lambda lines: [*lines, *lines]),
+        ("local catalog ", "item(s) came more than once; each is used once"),
+        stages=ACQUIRE,
+        exit=0,
+        in_stage=True,
+    ),
+    Case(
+        "catalog-s3-self-links",
+        local_catalog(s3_self_links),
+        (),
+        stages=ACQUIRE,
+        exit=0,
+        in_stage=True,
+        then=frozen_assets_are_local_files,
+    ),
+    # the run folder
+    Case(
+        "output-system-folder",
+        setting("output_dir", "/etc"),
+        ("output_dir /etc: resolves to /etc, inside the system folder /etc",),
+    ),
+    Case(
+        "output-relative-escape",
+        setting("output_dir", "../../x"),
+        ("output_dir ../../x: the relative path leaves the working directory",),
+    ),
+    Case(
+        "output-users-folder",
+        users_folder,
+        ("the folder is not empty and is not a run folder",),
+    ),
+    # reproduce
+    Case(
+        "reproduce-input-changed",
+        recorded_then_changed,
+        ("input files differ from the recorded run's", "tiny.geojson: changed"),
+        command="reproduce",
+    ),
 )
 
 
 # --------------------------------------------------------------------------- the test
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (empty if it does not exist)."""
+def snapshot(folder: Path, *, mine: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (empty if it does not exist); of a folder
+    not under ``mine`` (a system folder) only its entries and their modification times."""
     if not folder.exists():
         return {}
+    if not folder.resolve().is_relative_to(mine):
+        return {p.name: str(p.lstat().st_mtime_ns) for p in sorted(folder.iterdir())}
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
@@ -564,17 +838,37 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[str]:
+    """One Dask cluster for the cases that run a stage (a cluster per run costs seconds)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
 @pytest.fixture
-def region(tiny_data: Path, tmp_path: Path) -> Region:
+def region(
+    tiny_data: Path, tmp_path: Path, scheduler: str, monkeypatch: pytest.MonkeyPatch
+) -> Region:
+    """A case's region, run from its own folder (a relative ``output_dir`` lands there)."""
     text = region_config_path("tiny").read_text().replace("data/tiny", str(tiny_data))
     config = yaml.safe_load(text)
     config["output_dir"] = str(tmp_path / "run")
-    return Region(tiny_data, tmp_path, config)
+    config["aoi"] = str(Path(__file__).resolve().parents[1] / config["aoi"])  # the repo's
+    monkeypatch.chdir(tmp_path)
+    return Region(tiny_data, tmp_path, config, scheduler)
 
 
-def test_the_matrix_has_at_least_40_cases_with_unique_ids() -> None:
+def test_the_matrix_has_at_least_60_cases_with_unique_ids() -> None:
     ids = [c.id for c in CASES]
-    assert len(ids) >= 40 and len(set(ids)) == len(ids)
+    assert len(ids) >= 60 and len(set(ids)) == len(ids)
 
 
 def test_the_unbroken_region_passes_the_checks(
@@ -595,13 +889,16 @@ def test_the_unbroken_region_passes_the_checks(
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, region: Region, capsys: pytest.CaptureFixture[str]) -> None:
     case.make(region)
+    capsys.readouterr()  # what making the input printed (a recorded run) is not the case's
     cfg = region.work / "config.yaml"
     cfg.write_text(yaml.safe_dump(region.config, allow_unicode=True))
-    run_folder = Path(region.config["output_dir"])
-    before = snapshot(run_folder)
-    argv = [case.command, "--config", str(cfg)]
+    run_folder = region.watch or Path(os.path.abspath(region.config["output_dir"]))
+    before = snapshot(run_folder, mine=region.work)
+    argv = region.argv or [case.command, "--config", str(cfg)]
     if case.stages:
         argv += ["--stages", case.stages]
+    if case.in_stage:
+        argv += ["--scheduler", region.scheduler]
     if case.command == "run":
         argv.append("--quiet")
     code = main(argv)
@@ -614,7 +911,7 @@ def test_bad_input(case: Case, region: Region, capsys: pytest.CaptureFixture[str
     for needle in case.not_says:
         assert needle not in text, (needle, text)
     assert "Traceback" not in text and "internal error" not in text, text
-    after = snapshot(run_folder)
+    after = snapshot(run_folder, mine=region.work)
     if case.exit == 2:
         if case.in_stage:
             new = {k: v for k, v in after.items() if before.get(k) != v}
@@ -626,6 +923,8 @@ def test_bad_input(case: Case, region: Region, capsys: pytest.CaptureFixture[str
         recorded = " ".join(" ".join(manifest["stages"][case.stages or ""]["warnings"]).split())
         for needle in case.says:
             assert needle in recorded, (needle, recorded)
+    if case.then is not None:
+        case.then(run_folder)
 
 
 def test_a_stage_reads_invalid_polygons_refused_or_repaired_as_asked(tmp_path: Path) -> None:

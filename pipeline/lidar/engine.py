@@ -113,6 +113,9 @@ class ChunkResult:
     n_returns: np.ndarray
     stats: dict[str, object] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    #: returns of each core tile kept (not noise) in the chunk's buffered box: a tile
+    #: with none in every chunk has no usable point
+    usable: dict[str, int] = field(default_factory=dict)
 
 
 def chunk_side(chunk_size_m: float, *resolutions_m: float) -> float:
@@ -193,7 +196,7 @@ def _read_chunk(
     spec: ChunkSpec,
     halos: list[tuple[dict[tuple[int, int], PointSet], dict[str, str]]],
     settings: EngineSettings,
-) -> tuple[PointSet, dict[str, str], int]:
+) -> tuple[PointSet, dict[str, str], int, dict[str, int]]:
     origin = (spec.core[0], spec.core[1])
     failures: dict[str, str] = {}
     pieces = []
@@ -203,7 +206,9 @@ def _read_chunk(
             pieces.append(pieces_by_chunk[spec.key])
     capacity = sum(t.point_count for t in spec.core_tiles) + sum(len(p) for p in pieces)
     sink = PointSink(capacity)
+    usable: dict[str, int] = {}
     for t in spec.core_tiles:
+        before = sink.n
         try:
             read_targets(
                 t.path,
@@ -212,10 +217,11 @@ def _read_chunk(
             )
         except InputDataError as err:
             failures[t.name] = str(err)
+        usable[t.name] = sink.n - before
     for p in pieces:
         sink.add_points(p)
     pts = sink.points(origin) if sink.n else empty_points(origin)
-    return pts, failures, sink.n_noise
+    return pts, failures, sink.n_noise, usable
 
 
 def _drop_noise(pts: PointSet, stats: dict[str, object], *, n_noise_read: int) -> PointSet:
@@ -375,9 +381,10 @@ def process_chunk(
     settings: EngineSettings,
 ) -> ChunkResult:
     """Read and process one chunk (a Dask task)."""
-    pts, failures, n_noise = _read_chunk(spec, halos, settings)
+    pts, failures, n_noise, usable = _read_chunk(spec, halos, settings)
     result = process_points(pts, spec, settings, n_noise_read=n_noise)
     result.failures = failures
+    result.usable = usable
     return result
 
 

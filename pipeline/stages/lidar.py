@@ -14,10 +14,13 @@ with the composites. Tiles are processed in buffered chunks on the active Dask s
 
 Outputs (run-folder relpaths): ``lidar/dtm.tif``, ``lidar/chm.tif`` (LiDAR resolution,
 over the tiles), ``lidar/metrics.tif`` (model grid), ``lidar/qa.json``, ``lidar/tiles.csv``.
-Every message of the QA (empty, unreadable or failed tiles; chunks whose input is already
-height-normalised, where the cloud holds no terrain and ``lidar/dtm.tif`` is NaN) is also a
-warning, which the runner records in the manifest and the report lists: the heights and
-metrics of a normalised cloud are used as they are, but its empty DTM is never silent.
+All tiles or fail: a tile that is empty, unreadable, corrupt or has no usable point (every
+point classified noise) is an error naming it, unless ``stages.lidar.allow_skipped_tiles``
+(then it is skipped with a warning). Every message of the QA (skipped tiles; chunks whose
+input is already height-normalised, where the cloud holds no terrain and
+``lidar/dtm.tif`` is NaN) is also a warning, which the runner records in the manifest and
+the report lists: the heights and metrics of a normalised cloud are used as they are, but
+its empty DTM is never silent.
 
 Standalone: ``forest-carbon lidar TILES... --resolution 1 --out DIR``.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import glob
 import math
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -186,15 +190,18 @@ def assemble(
     tiles: list[TileInfo],
     settings: engine.EngineSettings,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str]]:
-    """Mosaic chunk results: DTM, CHM, metrics (13 bands) and the failed tiles."""
+    """Mosaic chunk results: DTM, CHM, metrics (13 bands) and the failed tiles (those
+    that could not be decoded, or gave no point that is not noise)."""
     lg, mg = settings.lidar_grid, settings.model_grid
     dtm = np.full(lg.shape, np.nan, np.float32)
     chm = np.full(lg.shape, np.nan, np.float32)
     metrics = np.full((len(BAND_NAMES), *mg.shape), np.nan, np.float32)
     n_returns = np.zeros(mg.shape, np.int64)
     failures: dict[str, str] = {}
+    usable: Counter[str] = Counter()
     for r in results:
         failures.update(r.failures)
+        usable.update(r.usable)
         r0, r1, c0, c1 = r.lidar_window
         if r1 > r0 and c1 > c0:
             dtm[r0:r1, c0:c1] = r.dtm_m
@@ -203,6 +210,13 @@ def assemble(
         if r1 > r0 and c1 > c0:
             metrics[:N_POINT_BANDS, r0:r1, c0:c1] = r.metrics
             n_returns[r0:r1, c0:c1] = r.n_returns
+    for t in tiles:
+        # a tile read whole (every chunk under it) that gave no point: all were noise
+        if t.status == "ok" and t.name not in failures and usable[t.name] == 0:
+            failures[t.name] = (
+                f"none of its {t.point_count} points is usable: all are classified as "
+                "noise (ASPRS classes 7 and 18)"
+            )
     good = [
         (t.xmin, t.ymin, t.xmax, t.ymax)
         for t in tiles
