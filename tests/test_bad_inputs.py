@@ -31,9 +31,10 @@ The items of issue 18 and where each is tested (the matrix's case ids, else the 
 3. invalid geometry: ``aoi-self-intersecting``, ``parcels-self-intersecting(-repaired)``,
    ``project-self-intersecting``; what the stages read:
    ``test_a_stage_reads_invalid_polygons_refused_or_repaired_as_asked`` (below).
-4. the output folder: ``output-system-folder`` (``/etc``), ``output-relative-escape``
-   (``../../x``), ``output-users-folder``; only a run's own temporaries cleaned (needs a
-   killed run): ``test_run_folder.py::test_only_the_killed_runs_own_temporaries_are_removed``.
+4. the output folder: ``output-system-folder`` (``/sys/forest-carbon-test``),
+   ``output-relative-escape`` (``../../x``), ``output-users-folder``; only a run's own
+   temporaries cleaned (needs a killed run): ``test_run_folder.py::
+   test_only_the_killed_runs_own_temporaries_are_removed``.
 5. the lock (two real processes): ``test_run_folder.py::
    test_a_second_run_is_refused_while_the_first_holds_the_folder``.
 6. LiDAR tiles, all or fail: ``lidar-empty-tile`` (0 points in the header),
@@ -798,8 +799,10 @@ CASES: tuple[Case, ...] = (
     # the run folder
     Case(
         "output-system-folder",
-        setting("output_dir", "/etc"),
-        ("output_dir /etc: resolves to /etc, inside the system folder /etc",),
+        # a folder that cannot be created even by root: should the check ever break, the
+        # run fails there instead of writing into a system folder
+        setting("output_dir", "/sys/forest-carbon-test"),
+        ("resolves to /sys/forest-carbon-test, inside the system folder /sys",),
     ),
     Case(
         "output-relative-escape",
