@@ -7,6 +7,8 @@ that the map's mean over a plot or a frame is a plain numpy mean of cells.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -196,15 +198,19 @@ def test_a_sample_that_trained_the_map_is_cross_fitted_by_the_held_out_shift(sce
     features["held_out_mg_ha"] = features["fitted_mg_ha"] + rng.normal(0, 20, len(features))
     conversion = {"root_to_shoot": 0.25, "carbon_fraction": 0.47}
     factor = 1.25 * 0.47
-    table = estimate(
-        JOB,
-        plot_biomass=scene["biomass"],
-        plot_locations=scene["plots"],
-        design=scene["frames"],
-        carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
-        plot_features=features,
-        model_card={"conversion": conversion},
-    )[ESTIMATES_RELPATH].set_index(["quantity", "estimator"])
+
+    def run(job: EstimateJob) -> pd.DataFrame:
+        return estimate(
+            job,
+            plot_biomass=scene["biomass"],
+            plot_locations=scene["plots"],
+            design=scene["frames"],
+            carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
+            plot_features=features,
+            model_card={"conversion": conversion},
+        )[ESTIMATES_RELPATH].set_index(["quantity", "estimator"])
+
+    table = run(replace(JOB, cross_fit=True))
     h = _by_hand(scene, "2019")
     f = features[features["epoch"] == "2019"].set_index("plot_id").loc[ids]
     crossed = h["m"] + (f["held_out_mg_ha"] - f["fitted_mg_ha"]).to_numpy() * factor
@@ -220,6 +226,11 @@ def test_a_sample_that_trained_the_map_is_cross_fitted_by_the_held_out_shift(sce
     # the config's rule (GREG here) is chosen again, as for a sample that did not train the map
     chosen = table[table["chosen"]]
     assert set(chosen.index.get_level_values("estimator")) == {"greg"}
+    # by default (stages.estimate.cross_fit false) the same rows are written, not chosen
+    off = run(JOB)
+    assert off.loc[("stock_2019", "difference"), "total"] == pytest.approx(total, rel=1e-12)
+    assert set(off[off["chosen"]].index.get_level_values("estimator")) == {"stratified"}
+    assert off.loc[("stock_2019", "difference"), "note"].startswith("cross-fitted, not chosen")
 
 
 def test_sample_plan_is_ar_tool03_eq2_on_the_sample_sds(scene: dict) -> None:

@@ -126,6 +126,11 @@ IN_SAMPLE_NOTE = (
 )
 #: how a model-assisted estimate of a sample that trained the map was made valid
 CROSS_FITTED_NOTE = "cross-fitted: out-of-fold map values at the plots that trained the map"
+#: why it is not chosen unless ``stages.estimate.cross_fit`` asks
+CROSS_FIT_OFF_NOTE = (
+    "cross-fitted, not chosen (stages.estimate.cross_fit is false): the fold models can "
+    "differ systematically from the map fitted on all plots (docs/estimation.md)"
+)
 #: the columns of ``model/plot_features.csv`` that cross-fitting needs
 CROSS_FIT_COLUMNS = ("plot_id", "epoch", "fitted_mg_ha", "held_out_mg_ha")
 
@@ -143,6 +148,9 @@ class EstimateJob:
     change_estimator: str
     #: estimator rule of the project sample's stock change (the methodology's ``estimator``)
     project_change_estimator: str
+    #: whether a sample that trained the map may take its cross-fitted model-assisted
+    #: estimates (``stages.estimate.cross_fit``); otherwise they are shown, not chosen
+    cross_fit: bool = False
 
 
 def estimate_job(config: Config) -> EstimateJob:
@@ -158,6 +166,7 @@ def estimate_job(config: Config) -> EstimateJob:
         estimator=p.estimator,
         change_estimator=p.change_estimator,
         project_change_estimator=project_rule,
+        cross_fit=p.cross_fit,
     )
 
 
@@ -242,24 +251,22 @@ def _rows(
     rules: tuple[str, str],
     area_ha: float,
     *,
-    assisted_note: str | None,
+    assisted_note: str,
+    may_assist: bool,
     target: float,
 ) -> list[dict[str, Any]]:
     """Table rows of a sample's totals; ``rules`` choose the (stock, change) estimates.
 
-    ``assisted_note`` is the note of the model-assisted rows: ``""`` for a sample that did
-    not train the map, :data:`CROSS_FITTED_NOTE` for one that did, ``None`` when the map's
-    values at the plots are in sample (the plot-only estimate is then chosen)."""
+    ``assisted_note`` is the note of the model-assisted rows (``""`` for a sample that did
+    not train the map); unless ``may_assist``, the plot-only estimate is chosen."""
 
     def rule(quantity: str) -> str:
-        if assisted_note is None:
+        if not may_assist:
             return PLOT_ONLY
         return rules[1] if is_change(quantity) else rules[0]
 
     def note(estimator: str) -> str:
-        if estimator == PLOT_ONLY:
-            return ""
-        return IN_SAMPLE_NOTE if assisted_note is None else assisted_note
+        return "" if estimator == PLOT_ONLY else assisted_note
 
     quantities = dict.fromkeys(t.quantity for t in totals)
     chosen = {choose(totals, q, rule(q)).estimate for q in quantities}
@@ -349,10 +356,12 @@ def estimate(
         shares = [fraction_raster(c, grid_shape) for c in frame_cover]
         plot_share = [shares[h] for h in sample_design.plot_stratum]
         at_plots = {e: _at_plots(plot_cover, plot_share, maps[e]) for e in job.epochs}
-        assisted_note: str | None = ""
+        assisted_note, may_assist = "", True
         if name != PROJECT_SAMPLE:
-            assisted_note = None if shifts is None else CROSS_FITTED_NOTE
+            assisted_note, may_assist = IN_SAMPLE_NOTE, False
             if shifts is not None:
+                assisted_note = CROSS_FITTED_NOTE if job.cross_fit else CROSS_FIT_OFF_NOTE
+                may_assist = job.cross_fit
                 inside = _at_plots(plot_cover, plot_share, np.ones(grid_shape))
                 for e in job.epochs:
                     shift = shifts.get(e, pd.Series(dtype=np.float64))
@@ -379,7 +388,7 @@ def estimate(
             rows.extend(
                 _rows(
                     str(name), totals, rule, float(frames["area_ha"].sum()),
-                    assisted_note=assisted_note, target=job.target,
+                    assisted_note=assisted_note, may_assist=may_assist, target=job.target,
                 )
             )  # fmt: skip
             plan.extend(_plan(str(name), sample_design, y, job, plot_area_ha))
