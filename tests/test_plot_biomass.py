@@ -344,6 +344,7 @@ def test_trees_outside_the_species_table_are_reported_loudly() -> None:
     and AGB fell outside the species table and what they got."""
     from models.plot_biomass import SPECIES_TABLE_FIELD
     from pipeline.report.build import species_table_rows
+    from pipeline.report.words import Words
 
     trees = _european_inventory()
     with pytest.warns(UserWarning, match=r"42 of 60 trees \(70%\).*not in models/data/spec"):
@@ -365,7 +366,10 @@ def test_trees_outside_the_species_table_are_reported_loudly() -> None:
     assert float(row["value"].iloc[0]) == pytest.approx(share, abs=1e-4)
     reason = str(row["reason"].iloc[0])
     assert "chave2014_eq4 (42)" in reason and "genus means" in reason
-    assert species_table_rows(qa) == [("field trees outside the species table", reason)]
+    assert species_table_rows(qa, Words("en")) == [
+        ("field trees outside the species table", reason)
+    ]
+    assert species_table_rows(qa, Words("zh")) == [("树种表以外的样木", reason)]
 
 
 def test_no_species_table_summary_when_every_species_is_known() -> None:
