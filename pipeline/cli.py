@@ -17,6 +17,7 @@ from pipeline.errors import ForestCarbonError
 
 COMMAND_MODULES = (
     "pipeline.commands.run",
+    "pipeline.commands.init",
     "pipeline.commands.check",
     "pipeline.commands.reproduce",
     "pipeline.commands.simulate",
