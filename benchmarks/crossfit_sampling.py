@@ -49,7 +49,9 @@ import argparse
 import json
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -70,12 +72,20 @@ from benchmarks.estimator_sampling import (
     square_means,
 )
 from models.allometry import co2_per_c
-from models.biomass import blocked_folds, epoch_corrections, make_model, out_of_fold
+from models.biomass import (
+    CandidateName,
+    ModelSettings,
+    blocked_folds,
+    epoch_corrections,
+    make_model,
+    out_of_fold,
+)
+from models.survey.design import StratifiedDesign
 from models.survey.totals import sample_totals
 from pipeline.config import load_config, region_config_path
 from pipeline.contracts import MODEL_CARD_RELPATH, PLOT_BIOMASS_RELPATH, map_relpath
 from pipeline.model_steps import settings_from
-from pipeline.zonal import coverage_cells, weighted_sum
+from pipeline.zonal import Coverage, coverage_cells, weighted_sum
 
 
 def _coarsen(values: NDArray[np.float64], k: int) -> NDArray[np.float64]:
@@ -194,42 +204,42 @@ def _one_draw(
     pop: Population,
     rng: np.random.Generator,
     *,
-    design,
-    epochs,
-    names,
-    feats,
-    grids,
-    cells,
-    share,
-    covs,
-    cell_ha,
-    rel_sd,
-    candidate,
-    settings,
-    seed,
-    factor,
-    confidence,
-) -> list[tuple]:
+    design: StratifiedDesign,
+    epochs: list[str],
+    names: list[str],
+    feats: Mapping[str, Mapping[str, NDArray[np.float64]]],
+    grids: Mapping[str, pd.DataFrame],
+    cells: Mapping[str, NDArray[np.int64]],
+    share: Mapping[str, NDArray[np.float64]],
+    covs: list[Coverage],
+    cell_ha: float,
+    rel_sd: float,
+    candidate: CandidateName,
+    settings: ModelSettings,
+    seed: int,
+    factor: float,
+    confidence: float,
+) -> list[tuple[Any, ...]]:
     """One sample, its refitted map and both sets of estimates (rows for the score)."""
-    centres = np.concatenate(
-        [
-            draw_centres(rng, s, s.n_plots, transform=pop.transform, half_side_m=pop.half_side_m)
-            for s in pop.strata
-        ]
-    )
-    strata = [s for s in pop.strata for _ in range(s.n_plots)]
+    # plots ordered by stratum, as the design's
+    per_stratum = [
+        draw_centres(rng, s, s.n_plots, transform=pop.transform, half_side_m=pop.half_side_m)
+        for s in pop.strata
+    ]
+    centres = np.concatenate(per_stratum)
 
     def at_plots(values: NDArray[np.float64], *, masked: bool = True) -> NDArray[np.float64]:
         """Plot means of densities as the plots see them (inside their frame, ``masked``)
         or of predictors (over the whole square, as the model stage extracts them)."""
-        out = np.empty(len(centres))
-        for s in pop.strata:
-            idx = np.array([i for i, t in enumerate(strata) if t is s])
-            out[idx] = square_means(
-                s.masked(values) if masked else values, centres[idx], transform=pop.transform,
-                half_side_m=pop.half_side_m,
-            )  # fmt: skip
-        return out
+        return np.concatenate(
+            [
+                square_means(
+                    s.masked(values) if masked else values, c, transform=pop.transform,
+                    half_side_m=pop.half_side_m,
+                )
+                for s, c in zip(pop.strata, per_stratum, strict=True)
+            ]
+        )  # fmt: skip
 
     y = {
         e: at_plots(pop.truth[e]) * (1.0 + rel_sd * rng.standard_normal(len(centres)))
