@@ -261,21 +261,23 @@ class Journal:
         return n
 
 
-def check_available(output_dir: Path) -> None:
-    """Refuse, without writing anything, a run folder that :func:`claim` would refuse as
-    unusable or as held by a live run: the command line asks this before it checks the
-    inputs, so that a second run is told the folder is in use whatever its inputs."""
+def check_available(output_dir: Path) -> Path:
+    """The run folder ``output_dir`` names, or :class:`RunFolderError` for one that is not
+    usable or is held by a live run; writes nothing. The command line asks this before it
+    checks the inputs, so that a second run is told the folder is in use whatever its
+    inputs; :func:`claim` asks it before it takes the lock."""
     root = check_output_dir(output_dir)
     check_usable(root)
     path = root / STATE_DIR / LOCK_NAME
     if not path.is_file():
-        return
+        return root
     with path.open("r", encoding="utf-8") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             raise _in_use(root, path, f) from None
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return root
 
 
 @contextlib.contextmanager
@@ -284,8 +286,7 @@ def claim(output_dir: Path, *, say: Callable[[str], None]) -> Iterator[Journal]:
 
     ``say`` prints a log line (the take-over of a stale lock, temporaries cleaned).
     """
-    root = check_output_dir(output_dir)
-    check_usable(root)
+    root = check_available(output_dir)
     (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
     with _lock(root, say=say):
         journal = Journal(root)
