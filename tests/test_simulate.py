@@ -378,15 +378,34 @@ def test_inventory_strata_follow_the_lidar_block(tiny: Path) -> None:
 def test_project_sample_is_the_ar_tool03_plan(tiny: Path) -> None:
     rec = json.loads((tiny / "truth/summary.json").read_text())["project_sample"]
     assert rec["relative_error"] == 0.1 and rec["confidence"] == 0.9
+    assert rec["sized_for"] == ["stock", "change"]
     strata = rec["strata"]
-    plan = ar_tool03_sample_size(
-        [s["centre_area_ha"] for s in strata.values()],
-        [s["sd_mg_c_ha"] for s in strata.values()],
-        [s["mean_mg_c_ha"] for s in strata.values()],
-        plot_area_ha=rec["plot_area_ha"],
-    )
-    assert plan.n_plots == rec["n_plots"] > 0
-    assert list(plan.plots) == [s["n_plots"] for s in strata.values()]
+    areas = [s["centre_area_ha"] for s in strata.values()]
+    wanted = np.zeros(len(strata), dtype=int)
+    for quantity in rec["sized_for"]:
+        mean = [s[quantity]["mean_mg_c_ha"] for s in strata.values()]
+        if np.dot(areas, mean) <= 0:  # a change that is not positive has no relative target
+            assert quantity in rec["not_sized_for"]
+            continue
+        plan = ar_tool03_sample_size(
+            areas,
+            [s[quantity]["sd_mg_c_ha"] for s in strata.values()],
+            mean,
+            plot_area_ha=rec["plot_area_ha"],
+        )
+        assert plan.n_plots == rec["plans"][quantity]["n_plots"] > 0
+        plots = plan.plots
+        # the change plan is capped at 5 % of the possible plots (the tiny project holds
+        # about 25), at least 2 a stratum; the stock plan never is
+        most = 0.05 * sum(areas) / rec["plot_area_ha"]
+        if quantity == "change" and plan.n_plots > most:
+            assert quantity in rec["capped"]
+            plots = np.maximum(np.floor(plots * most / plots.sum()), 2).astype(int)
+        wanted = np.maximum(wanted, plots)
+    assert rec["plans"], "the tiny region's sample is sized for at least its stock"
+    # each stratum takes the larger allocation
+    assert [s["n_plots"] for s in strata.values()] == list(wanted)
+    assert rec["n_plots"] == wanted.sum()
     plots = _plots_with_truth(tiny)
     project = plots[plots["sample"] == "project"]
     assert list(project.plot_id) == [f"J{i:03d}" for i in range(1, len(project) + 1)]
@@ -414,7 +433,7 @@ def test_project_sample_places_plots_meeting_a_frame_smaller_than_a_plot() -> No
     carbon = np.random.default_rng(0).gamma(4.0, 20.0, (40, 40))
     big = Stratum("project", "big", MultiPolygon([box(0, 0, 300, 300)]))
     small = Stratum("project", "small", MultiPolygon([box(350, 350, 370, 370)]))
-    sample = project_sample(np.random.default_rng(1), [big, small], grid, carbon)
+    sample = project_sample(np.random.default_rng(1), [big, small], grid, (carbon, carbon * 1.1))
     assert [s.name for s in sample.strata] == ["big", "small"]
     side = math.sqrt(667.0)
     # the centre region of a rectangle is the rectangle grown by the plot's side
@@ -432,6 +451,26 @@ def test_project_sample_places_plots_meeting_a_frame_smaller_than_a_plot() -> No
     spike = np.zeros((5, 5))
     spike[2, 2] = 1.0
     assert plot_support_mean(spike, 10.0).sum() == pytest.approx(1.0)
+
+
+def test_project_sample_change_plan_falls_back_and_caps() -> None:
+    grid = north_up_geobox((100, 100), x0_m=0.0, ytop_m=1000.0, res_m=10.0, crs="EPSG:32650")
+    carbon = np.random.default_rng(0).gamma(4.0, 20.0, (100, 100))
+    strata = [Stratum("project", "a", MultiPolygon([box(0, 0, 990, 990)]))]
+    # a stand that loses carbon: no relative precision for the change, the stock plan only
+    losing = project_sample(np.random.default_rng(1), strata, grid, (carbon, carbon * 0.9))
+    assert "change" in losing.record["not_sized_for"]
+    assert set(losing.record["plans"]) == {"stock"}
+    assert losing.record["n_plots"] == losing.record["plans"]["stock"]["n_plots"]
+    # a change near zero asks for more plots than the cap: scaled down to 5 % of the
+    # possible plots (centre area / plot area), above the stock's plan, and recorded
+    noise = np.random.default_rng(2).normal(0.5, 10.0, carbon.shape)
+    still = project_sample(np.random.default_rng(1), strata, grid, (carbon, carbon + noise))
+    most = 0.05 * still.strata[0].centre_area_ha / 0.0667
+    assert still.record["plans"]["change"]["n_plots"] > most
+    assert "change" in still.record["capped"]
+    assert still.record["plans"]["stock"]["n_plots"] < math.floor(most)
+    assert still.record["n_plots"] == math.floor(most) == len(still.centers)
 
 
 def test_centre_region_is_the_minkowski_sum_with_the_plot_square() -> None:

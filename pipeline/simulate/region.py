@@ -710,7 +710,7 @@ def _simulate_plots(
         rs.project_plots,
         sampling.project_strata(land.parcels, project),
         grid,
-        truth.maps[0].carbon_mg_ha,
+        (truth.maps[0].carbon_mg_ha, truth.maps[-1].carbon_mg_ha),
     )
     project_ids = [f"J{i + 1:03d}" for i in range(len(sample.centers))]
     project_plots, project_gps = plots_mod.plot_polygons(

@@ -17,7 +17,9 @@ is the sample's population. Every plot of ``plots/plots.gpkg`` carries its ``sam
   one stratum per forest type. The number of plots and their Neyman allocation follow CDM
   AR-TOOL03 (:func:`models.survey.sample_size.ar_tool03_sample_size`) for the target in
   ``simulation.yaml`` (``project_sample``), from each stratum's area and the mean and SD of
-  the first-epoch true carbon density at plot support (:func:`plot_support_mean`). The
+  the true carbon density at plot support (:func:`plot_support_mean`): one plan for the
+  first-epoch stock and one for the stock change to the last epoch (the credited
+  quantity), each stratum taking the larger allocation (``sized_for``). The
   plots are a stratified simple random sample with the *buffer method* of boundary
   correction (Gregoire & Valentine 2008, Sampling Strategies for Natural Resources and the
   Environment, ch. 7, "boundary overlap"): centres uniform over the positions whose plot
@@ -55,7 +57,7 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, box
 from shapely.geometry.base import BaseGeometry
 
-from models.survey.sample_size import ar_tool03_sample_size
+from models.survey.sample_size import MIN_PLOTS_PER_STRATUM, ar_tool03_sample_size
 from pipeline.simulate.plots import plot_half_side_m
 from pipeline.simulate.science import FOREST_TYPES, coefficients
 from pipeline.units import M2_PER_HA
@@ -64,6 +66,9 @@ INVENTORY = "inventory"
 PROJECT = "project"
 LIDAR_BLOCK = "lidar_block"
 OUTSIDE = "outside"
+#: the quantities a project sample can be sized for (``project_sample.sized_for``)
+STOCK = "stock"
+CHANGE = "change"
 #: random centres tried per plot before a stratum's frame counts as full
 _TRIES_PER_PLOT = 1000
 
@@ -180,16 +185,23 @@ def project_sample(
     rng: np.random.Generator,
     strata: list[Stratum],
     grid: GeoBox,
-    carbon_mg_ha: npt.NDArray[np.float64],
+    carbon_mg_ha: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
 ) -> ProjectSample:
     """Size the project sample by AR-TOOL03 and place it as a stratified random sample.
 
     A real developer sizes the sample from a pilot survey or a prior map; the simulator
-    plays that role with the first-epoch truth (``carbon_mg_ha``, Mg C/ha on ``grid``) at
-    plot support. Sampling error alone is sized for: the simulated measurement errors are
-    small beside the spread of plot densities. A frame too small for its allocation (a
-    random packing of non-overlapping squares fills little more than half of an area) gets
-    the plots it holds, and the shortfall is recorded.
+    plays that role with the true carbon density (``carbon_mg_ha``: first and last epoch,
+    Mg C/ha on ``grid``) at plot support. Each quantity of ``sized_for`` in
+    ``simulation.yaml`` (the first-epoch stock, the stock change from the first to the last
+    epoch) gets its own AR-TOOL03 plan with Neyman allocation, and each stratum takes the
+    larger of its allocations, so that the sample meets the target for every quantity. A
+    change whose mean is not positive has no relative precision and is not sized for (the
+    record says so); a plan other than the stock's (AR-TOOL03's own) is capped at
+    ``max_sampling_fraction`` of the possible plots, so a change near zero cannot ask for an
+    unbounded sample. Sampling error alone is sized for: the simulated measurement errors are small
+    beside the spread of plot densities. A frame too small for its allocation (a random
+    packing of non-overlapping squares fills little more than half of an area) gets the
+    plots it holds, and the shortfall is recorded.
     """
     target = coefficients()["project_sample"]
     plot_area_ha = float(coefficients()["plots"]["plot_area_ha"])
@@ -197,16 +209,25 @@ def project_sample(
     regions = [centre_region(s.frame, half) for s in strata]
     kept = [Stratum(s.sample, s.name, s.frame, r) for s, r in zip(strata, regions, strict=True)]
     record: dict[str, Any] = {
-        "method": "CDM AR-TOOL03 v02.1.0 Eq. 1, Neyman allocation, at least 2 plots a stratum",
+        "method": (
+            "CDM AR-TOOL03 v02.1.0 Eq. 1, Neyman allocation, at least 2 plots a stratum; "
+            "one plan per quantity of sized_for, each stratum the larger allocation"
+        ),
         "density": (
-            "first-epoch true carbon density (Mg C/ha) of the frame's cells, mean over the "
-            "plot square centred on each model-grid cell of the stratum's centre region "
-            "(cells weighted by their area in the square; cells outside the frame as 0)"
+            "true carbon density (Mg C/ha) of the frame's cells, mean over the plot square "
+            "centred on each model-grid cell of the stratum's centre region (cells weighted "
+            "by their area in the square; cells outside the frame as 0): the first epoch's "
+            "for the stock, the last minus the first for the change"
         ),
         "boundary": "buffer method: centres over the frame dilated by the plot square",
         "relative_error": float(target["relative_error"]),
         "confidence": float(target["confidence"]),
+        "sized_for": list(target["sized_for"]),
+        "max_sampling_fraction": float(target["max_sampling_fraction"]),
         "plot_area_ha": plot_area_ha,
+        "plans": {},
+        "not_sized_for": {},
+        "capped": {},
         "short_strata": {},
         "strata": {},
         "n_plots": 0,
@@ -220,53 +241,87 @@ def project_sample(
             [(geom, 1)], out_shape=grid.shape, transform=grid.affine, fill=0, dtype="uint8"
         ).astype(bool)
 
-    stats = []
-    for s, region in zip(kept, regions, strict=True):
-        density = plot_support_mean(np.where(cells(s.frame), carbon_mg_ha, 0.0), grid.resolution.x)
-        inside = density[cells(region)]
-        stats.append((float(inside.mean()), float(inside.std())))
-    mean, sd = (np.array(v) for v in zip(*stats, strict=True))
-    plan = ar_tool03_sample_size(
-        [s.centre_area_ha for s in kept],
-        sd,
-        mean,
-        relative_error=float(target["relative_error"]),
-        confidence=float(target["confidence"]),
-        plot_area_ha=plot_area_ha,
-    )
+    first, last = carbon_mg_ha
+    res = grid.resolution.x
+    densities = {STOCK: first, CHANGE: last - first}
+    masks = [(cells(s.frame), cells(r)) for s, r in zip(kept, regions, strict=True)]
+    areas = [s.centre_area_ha for s in kept]
+    plots = np.zeros(len(kept), dtype=np.intp)
+    most = record["max_sampling_fraction"] * sum(areas) / plot_area_ha
+    for quantity in record["sized_for"]:
+        stats = [
+            _mean_sd(plot_support_mean(np.where(frame, densities[quantity], 0.0), res)[centres])
+            for frame, centres in masks
+        ]
+        mean, sd = (np.array(v) for v in zip(*stats, strict=True))
+        for s, m, d in zip(kept, mean, sd, strict=True):
+            record["strata"].setdefault(s.name, {})[quantity] = {
+                "mean_mg_c_ha": round(float(m), 4),
+                "sd_mg_c_ha": round(float(d), 4),
+            }
+        weighted_mean = float(np.dot(areas, mean) / sum(areas))
+        if weighted_mean <= 0.0:
+            record["not_sized_for"][quantity] = (
+                f"the area-weighted mean is {weighted_mean:.4f} Mg C/ha, not positive: no "
+                "relative precision exists"
+            )
+            continue
+        plan = ar_tool03_sample_size(
+            areas,
+            sd,
+            mean,
+            relative_error=record["relative_error"],
+            confidence=record["confidence"],
+            plot_area_ha=plot_area_ha,
+        )
+        record["plans"][quantity] = {
+            "n_plots": plan.n_plots,
+            "n_required": round(plan.n_required, 4),
+            "t_value": round(plan.t_value, 6),
+            "df": None if math.isinf(plan.df) else plan.df,
+            "allowable_error_mg_c_ha": round(plan.allowable_error, 4),
+            "plots": {s.name: int(n) for s, n in zip(kept, plan.plots, strict=True)},
+        }
+        wanted = plan.plots
+        if quantity != STOCK and plan.n_plots > most:
+            record["capped"][quantity] = (
+                f"{plan.n_plots} plots planned, scaled down to at most {most:.1f}"
+            )
+            wanted = _capped(wanted, most)
+        plots = np.maximum(plots, wanted)
+    if not record["plans"]:  # nothing to size for: the minimum of the design
+        plots = np.full(len(kept), MIN_PLOTS_PER_STRATUM, dtype=np.intp)
     centers: list[npt.NDArray[np.float64]] = []
     labels: list[str] = []
-    for s, region, m, d, a, n in zip(
-        kept, regions, mean, sd, plan.allocation, plan.plots, strict=True
-    ):
+    for s, region, n in zip(kept, regions, plots, strict=True):
         xy = _place(rng, region, int(n))
         centers.append(xy)
         labels.extend([s.name] * len(xy))
-        record["strata"][s.name] = {
-            "area_ha": round(s.area_ha, 4),
-            "centre_area_ha": round(s.centre_area_ha, 4),
-            "mean_mg_c_ha": round(m, 4),
-            "sd_mg_c_ha": round(d, 4),
-            "allocation": round(float(a), 4),
-            "n_plots": int(n),
-            "n_placed": len(xy),
-        }
+        record["strata"][s.name].update(
+            {
+                "area_ha": round(s.area_ha, 4),
+                "centre_area_ha": round(s.centre_area_ha, 4),
+                "n_plots": int(n),
+                "n_placed": len(xy),
+            }
+        )
         if len(xy) < n:
             record["short_strata"][s.name] = (
                 f"the centre region ({s.centre_area_ha:.4f} ha) took {len(xy)} of the {int(n)} "
                 "plots at random without overlap"
             )
-    record.update(
-        {
-            "n_plots": plan.n_plots,
-            "n_placed": len(labels),
-            "n_required": round(plan.n_required, 4),
-            "t_value": round(plan.t_value, 6),
-            "df": None if math.isinf(plan.df) else plan.df,
-            "allowable_error_mg_c_ha": round(plan.allowable_error, 4),
-        }
-    )
+    record.update({"n_plots": int(plots.sum()), "n_placed": len(labels)})
     return ProjectSample(kept, np.concatenate(centers), labels, record)
+
+
+def _mean_sd(values: npt.NDArray[np.float64]) -> tuple[float, float]:
+    return float(values.mean()), float(values.std())
+
+
+def _capped(plots: npt.NDArray[np.intp], most: float) -> npt.NDArray[np.intp]:
+    """``plots`` scaled down in proportion to at most ``most`` in all (at least 2 a stratum)."""
+    scaled = np.floor(plots * most / plots.sum()).astype(np.intp)
+    return np.maximum(scaled, MIN_PLOTS_PER_STRATUM)
 
 
 def _place(rng: np.random.Generator, centres: BaseGeometry, n: int) -> npt.NDArray[np.float64]:
