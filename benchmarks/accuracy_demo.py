@@ -269,8 +269,9 @@ def totals(run: Path, truth: Path, design_path: Path | None, epochs: list[str]) 
         print(
             f"  credits {total['credits_tco2e']:,.0f} t CO2e ({total['estimator']}; U "
             f"{total['uncertainty_pct']:.1f} %) against true net removals {net:,.0f} t CO2e "
-            f"(estimated {total['net_tco2e']:,.0f}); sample meets its target: "
-            f"{total.get('sample_meets_target', 'not recorded')}"
+            f"(estimated {total['net_tco2e']:,.0f}); sample meets its target for the stock: "
+            f"{total.get('sample_meets_target', 'not recorded')}, for the change: "
+            f"{total.get('change_meets_target', 'not recorded')}"
         )
 
 

@@ -295,6 +295,7 @@ def test_credits_warn_when_the_project_sample_misses_its_target():
             job, sink=_sink_raster(10.0, 1.0), project=ONE_PARCEL, estimates=estimates
         )[CREDITS_RELPATH]
     assert not table.set_index("parcel_id").loc[TOTAL_ID, "sample_meets_target"]
+    assert not table.set_index("parcel_id").loc[TOTAL_ID, "change_meets_target"]
 
 
 def test_credits_total_is_the_project_sample_estimate():
@@ -310,7 +311,7 @@ def test_credits_total_is_the_project_sample_estimate():
             "total": [25.0, 20.0, 999.0, 300.0],
             "se": [5.0, 2.0, 1.0, 10.0],
             "df": [15.0, 14.0, 70.0, 14.0],
-            "meets_target": [False, False, False, True],
+            "meets_target": [True, False, True, True],
         }
     )
     table = credits_stage(
@@ -322,7 +323,9 @@ def test_credits_total_is_the_project_sample_estimate():
     assert total["t_value"] == pytest.approx(1.7613, abs=1e-4)
     assert total["project_half_width_tco2e"] == pytest.approx(2.0 * 1.7613, abs=1e-3)
     assert total["estimator"] == "greg (project plots)"
+    # the flags follow the chosen project rows only (the stratified change meets it)
     assert total["sample_meets_target"]
+    assert not total["change_meets_target"]
     assert total["baseline_tco2e"] == pytest.approx(2.0 * 0.5 * job.sink.years, rel=1e-9)
 
 

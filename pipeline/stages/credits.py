@@ -79,16 +79,19 @@ def credits_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
     }
 
 
+#: the TOTAL row's flags: the project sample's stock at the last epoch (CDM AR-TOOL03's
+#: target) and its credited stock change reach the target precision
+TARGET_COLUMNS = ("sample_meets_target", "change_meets_target")
 #: the estimator name of a total taken from the maps (no project plot sample)
 MAP_SUM = "map_sum_correlated_bound"
 
 
-def sample_meets_target(job: CreditsJob, estimates: pd.DataFrame) -> bool:
-    """Whether the project sample's chosen stock estimate at the last epoch reaches the
-    target precision (``meets_target`` of the estimate stage: CDM AR-TOOL03)."""
+def sample_meets_target(job: CreditsJob, estimates: pd.DataFrame, quantity: str) -> bool:
+    """Whether the project sample's chosen estimate of ``quantity`` reaches the target
+    precision (``meets_target`` of the estimate stage: CDM AR-TOOL03)."""
     rows = estimates[
         (estimates["sample"] == PROJECT_SAMPLE)
-        & (estimates["quantity"] == stock_quantity(job.sink.epoch_end))
+        & (estimates["quantity"] == quantity)
         & estimates["chosen"].astype(bool)
     ]
     return bool(len(rows) and rows["meets_target"].astype(bool).all())
@@ -184,10 +187,16 @@ def credits_table(
         sums["baseline"] += float(base_rate) * float(area)
     total_area = sums["area"]
     survey = project_change(job, estimates)
-    meets_target: bool | None = None
+    # the stock at the last epoch (AR-TOOL03's target) and the credited change
+    meets_target: tuple[bool, bool] | None = None
     if survey is not None and estimates is not None:
-        meets_target = sample_meets_target(job, estimates)
-        if not meets_target:
+        meets_target = (
+            sample_meets_target(job, estimates, stock_quantity(job.sink.epoch_end)),
+            sample_meets_target(
+                job, estimates, change_quantity(job.sink.epoch_start, job.sink.epoch_end)
+            ),
+        )
+        if not meets_target[0]:
             warnings.warn(
                 f"credits: the project's plot sample misses its target precision for the stock "
                 f"(see {SAMPLE_PLAN_RELPATH} for the plots it needs)",
@@ -217,9 +226,10 @@ def credits_table(
     )
     rows.append(_steps_row(TOTAL_ID, "project (credited)", total))
     table = pd.DataFrame(rows)
-    table["sample_meets_target"] = pd.Series(dtype="boolean")
-    if meets_target is not None:
-        table.loc[table["parcel_id"] == TOTAL_ID, "sample_meets_target"] = meets_target
+    for column, met in zip(TARGET_COLUMNS, meets_target or (None, None), strict=True):
+        table[column] = pd.Series(dtype="boolean")
+        if met is not None:
+            table.loc[table["parcel_id"] == TOTAL_ID, column] = met
     table.insert(2, "methodology", method.id)
     table.insert(3, "epochs", f"{job.sink.epoch_start}-{job.sink.epoch_end}")
     return table
