@@ -22,6 +22,14 @@ the whole project area) over one monitoring period:
    - ``excess_over_threshold`` (VM0047 v1.0 section 8.4 as encoded in the methodology file):
      deduction = max(0, U - threshold) x N;
 
+   and, when the run asks for it (``at_most_lower_bound``, the pipeline's default), at
+   least the whole half-width: the credits never exceed the lower end of the net
+   removals' interval. A discount table deducts only a share of the half-width below
+   U = 30 % (none below 10 %), so credits from a precise sample would exceed the true net
+   removals in far more than the interval's lower tail of the samples (measured in
+   ``benchmarks/estimator_sampling.py``); a project may always claim less than its
+   methodology allows, never more;
+
 7. buffer = buffer fraction x (N - deduction) (the non-permanence risk withholding);
 8. credits = N - deduction - buffer.
 
@@ -85,12 +93,20 @@ class Methodology:
     estimator: str
     #: parameter name -> (source, verified)
     provenance: tuple[tuple[str, str, bool], ...] = ()
+    #: deduct at least the whole half-width, so credits never exceed the lower end of the
+    #: net removals' interval (a run policy: ``stages.credits.at_most_lower_bound``)
+    at_most_lower_bound: bool = False
 
     def with_overrides(
-        self, *, leakage_fraction: float | None = None, buffer_fraction: float | None = None
+        self,
+        *,
+        leakage_fraction: float | None = None,
+        buffer_fraction: float | None = None,
+        at_most_lower_bound: bool | None = None,
     ) -> Methodology:
-        """A copy with the run config's overrides of leakage and buffer applied."""
+        """A copy with the run config's overrides of leakage, buffer and the floor applied."""
         prov = list(self.provenance)
+        floor = self.at_most_lower_bound if at_most_lower_bound is None else at_most_lower_bound
         lf, bf = self.leakage_fraction, self.buffer_fraction
         if leakage_fraction is not None:
             lf = leakage_fraction
@@ -110,6 +126,7 @@ class Methodology:
             baseline_column=self.baseline_column,
             estimator=self.estimator,
             provenance=tuple(prov),
+            at_most_lower_bound=floor,
         )
 
 
@@ -268,6 +285,10 @@ class CreditSteps:
     half_width_tco2e: float
     uncertainty_pct: float
     uncertainty_factor: float
+    #: the methodology's own deduction (its rule alone)
+    rule_deduction_tco2e: float
+    #: the deduction applied: the rule's, or the whole half-width when the run keeps credits
+    #: at most the interval's lower end and that is more
     uncertainty_deduction_tco2e: float
     after_uncertainty_tco2e: float
     buffer_fraction: float
@@ -306,7 +327,12 @@ def credit_steps(
     t_value = t_quantile(methodology.confidence_level, df)
     half_width = t_value * net_sd
     u_pct = 100.0 * half_width / net if net > 0 else math.nan
-    deduction, factor = uncertainty_deduction_tco2e(net, half_width, methodology.uncertainty_rule)
+    rule_deduction, factor = uncertainty_deduction_tco2e(
+        net, half_width, methodology.uncertainty_rule
+    )
+    deduction = rule_deduction
+    if methodology.at_most_lower_bound and net > 0:
+        deduction = max(rule_deduction, min(half_width, net))
     after = net - deduction
     buffer = methodology.buffer_fraction * after if after > 0 else 0.0
     return CreditSteps(
@@ -327,6 +353,7 @@ def credit_steps(
         half_width_tco2e=half_width,
         uncertainty_pct=u_pct,
         uncertainty_factor=factor,
+        rule_deduction_tco2e=rule_deduction,
         uncertainty_deduction_tco2e=deduction,
         after_uncertainty_tco2e=after,
         buffer_fraction=methodology.buffer_fraction,

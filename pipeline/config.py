@@ -432,6 +432,11 @@ class CreditsParams(Section):
     #: overrides the methodology's default non-permanence buffer (e.g. the project's own
     #: VCS AFOLU Non-Permanence Risk Tool result)
     buffer_fraction: float | None = Field(default=None, ge=0, le=1)
+    #: deduct at least the whole half-width of the net removals' interval, whatever the
+    #: methodology's uncertainty rule allows, so that credits never exceed the interval's
+    #: lower end (docs/methodologies.md: a discount table alone over-credits a precise
+    #: sample); false follows the methodology's rule alone
+    at_most_lower_bound: bool = True
 
 
 class ReportParams(Section):

@@ -343,7 +343,9 @@ class CreditsJob:
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
         method = method.with_overrides(
-            leakage_fraction=params.leakage_fraction, buffer_fraction=params.buffer_fraction
+            leakage_fraction=params.leakage_fraction,
+            buffer_fraction=params.buffer_fraction,
+            at_most_lower_bound=params.at_most_lower_bound,
         )
         return cls(method, str(params.methodology), sink)
 

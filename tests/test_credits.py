@@ -23,7 +23,7 @@ from models.credits import (
     methodology_from_mapping,
     uncertainty_deduction_tco2e,
 )
-from pipeline.config import SinkParams, parse_config
+from pipeline.config import CreditsParams, SinkParams, parse_config
 from pipeline.contracts import CREDITS_RELPATH, TOTAL_ID, CreditsJob, SinkJob, credits_job
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.stages.credits import credits_stage
@@ -129,6 +129,33 @@ def test_credit_steps_by_hand_vm0047_threshold():
     assert s.after_uncertainty_tco2e == pytest.approx(679.963174, abs=1e-5)
     assert s.buffer_tco2e == pytest.approx(67.996317, abs=1e-5)
     assert s.credits_tco2e == pytest.approx(611.966857, abs=1e-5)
+
+
+def test_credit_steps_floor_at_the_lower_end_of_the_interval():
+    # The CCER hand example above with the run's floor (stages.credits.at_most_lower_bound):
+    #   the table deducts 0.75 x 148.036826 = 111.027620; the floor raises it to the whole
+    #   half-width 148.036826: after = 720 - 148.036826 = 571.963174, the interval's lower
+    #   end; buffer 0.05 x 571.963174 = 28.598159; credits = 543.365015
+    m = CCER.with_overrides(leakage_fraction=0.10, buffer_fraction=0.05, at_most_lower_bound=True)
+    s = _steps(m)
+    assert s.rule_deduction_tco2e == pytest.approx(111.027620, abs=1e-5)
+    assert s.uncertainty_factor == 0.75  # the rule's own factor is still reported
+    assert s.uncertainty_deduction_tco2e == pytest.approx(148.036826, abs=1e-5)
+    assert s.after_uncertainty_tco2e == pytest.approx(571.963174, abs=1e-5)
+    assert s.credits_tco2e == pytest.approx(543.365015, abs=1e-5)
+    # where the rule already deducts the whole half-width (U > 30 %) the floor changes nothing
+    wide = _steps(m, project_sd_tco2e=200.0)
+    assert wide.uncertainty_deduction_tco2e == wide.rule_deduction_tco2e
+    assert wide.uncertainty_deduction_tco2e == pytest.approx(wide.half_width_tco2e)
+    # never more than the net removals; VM0047's threshold rule gets the same floor
+    assert _steps(m, project_sd_tco2e=600.0).credits_tco2e == 0.0
+    vm = VM0047.with_overrides(
+        leakage_fraction=0.10, buffer_fraction=0.10, at_most_lower_bound=True
+    )
+    assert _steps(vm).uncertainty_deduction_tco2e == pytest.approx(148.036826, abs=1e-5)
+    # the methodology file alone does not floor; the run config does, by default
+    assert not CCER.at_most_lower_bound
+    assert CreditsParams().at_most_lower_bound
 
 
 def test_credit_steps_by_hand_forest_management_negative_baseline():

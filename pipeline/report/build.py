@@ -342,14 +342,17 @@ def credit_step_list(total: Mapping[str, Any], w: Words) -> list[dict[str, str]]
          "df": fmt(total["df"], 1), "hw": t("half_width_tco2e"),
          "estimator": total["estimator"]}),
         ("step_deduction", t("uncertainty_deduction_tco2e"),
-         {"factor": fmt(total["uncertainty_factor"], 4)}),
+         {"factor": fmt(total["uncertainty_factor"], 4), "rule": t("rule_deduction_tco2e")}),
         ("step_after", t("after_uncertainty_tco2e"), {}),
         ("step_buffer", t("buffer_tco2e"), {"pct": fmt(100 * total["buffer_fraction"], 1)}),
         ("step_credits", t("credits_tco2e"), {}),
         ("step_reversal", t("reversal_tco2e"), {}),
     ]  # fmt: skip
+    # the deduction step says when the run's floor raised the methodology's own deduction
+    floored = total["uncertainty_deduction_tco2e"] > total.get("rule_deduction_tco2e", math.inf)
+    formula = {"step_deduction": "step_deduction_floor_f" if floored else "step_deduction_f"}
     return [
-        {"key": key, "label": w(key), "value": v, "formula": w(f"{key}_f", **kw)}
+        {"key": key, "label": w(key), "value": v, "formula": w(formula.get(key, f"{key}_f"), **kw)}
         for key, v, kw in steps
     ]
 
