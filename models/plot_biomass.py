@@ -131,6 +131,26 @@ def _truncnorm(
 
 
 # ----------------------------------------------------------------------------- QA
+#: how a translation names the language of the name it translated
+NAME_LANGUAGES = {"zh": "Chinese name", "pinyin": "pinyin", "latin synonym": "Latin synonym"}
+
+
+def species_translations(species: pd.Series) -> dict[str, str]:
+    """The names of a tree list's ``species`` column that are not the tables' Latin names
+    but translate to one (``models/data/species_names.csv``), each with a line that says
+    to what, how many trees carry it and the source of the translation."""
+    counts = species.dropna().astype(str).value_counts(sort=False)
+    out = {}
+    for name, n in counts.items():
+        latin, entry = allometry.translate_species(name)
+        if entry is not None:
+            out[str(name)] = (
+                f"{str(name).strip()} read as {latin} ({NAME_LANGUAGES[entry.language]}, "
+                f"{n} tree(s); source: {entry.source})"
+            )
+    return out
+
+
 def _qa_row(r: pd.Series, field: str, value: object, reason: str, action: str) -> dict[str, Any]:
     return {
         "plot_id": r["plot_id"],
@@ -217,6 +237,9 @@ def check_trees(
         )
     # a cell that is not a number leaves its plot without an area: refused by _plot_areas
     t["plot_area_ha"] = _not_numbers(t["plot_area_ha"], "plot_area_ha")[1]
+    for name, line in species_translations(t["species"]).items():
+        qa.append({"plot_id": None, "epoch": None, "tree_id": None, "field": "species",
+                   "value": name, "reason": line, "action": "translate"})  # fmt: skip
     t["species"] = t["species"].map(allometry.normalise_species)
     t["height_measured_m"] = t["height_m"]
     t["usable"] = ~not_number

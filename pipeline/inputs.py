@@ -18,7 +18,9 @@ user's guide is ``docs/input_checks.md``):
 - the plots lie on the model grid, the AOI's extent (refused when none does, warned for
   those off it: they have no predictors);
 - the tree list is UTF-8, or its encoding is detected (GBK/GB18030, as many Chinese
-  bureaus save CSV files) and said (:func:`read_csv_text`);
+  bureaus save CSV files) and said (:func:`read_csv_text`); its species names given in
+  Chinese, pinyin or as a Latin synonym are said with the Latin name they were read as
+  (``models/data/species_names.csv``);
 - the LiDAR tile headers (readable, with points, in one metric CRS; the stage decodes the
   points and fails on a corrupt tile unless ``stages.lidar.allow_skipped_tiles``).
 
@@ -264,6 +266,22 @@ def _check_plots(path: Path, grid: GeoBox) -> None:
         )
 
 
+def _check_trees(path: Path, trees: pd.DataFrame) -> None:
+    """Species names of the tree list that were translated to Latin are said (a warning:
+    the bureau checks that 杉木 became the species it meant)."""
+    from models.plot_biomass import species_translations
+
+    if "species" in trees.columns:
+        lines = species_translations(trees["species"])
+        if lines:
+            warnings.warn(
+                f"{path} (sources.trees): {len(lines)} species name(s) read through "
+                f"models/data/species_names.csv: {'; '.join(lines.values())}",
+                PipelineWarning,
+                stacklevel=2,
+            )
+
+
 def _check_lidar(config: Config) -> None:
     from pipeline.contracts import RunLayout
     from pipeline.lidar.index import index_tiles
@@ -317,6 +335,6 @@ def _check(config: Config, stages: Sequence[str]) -> None:
         if not s.trees.is_file():
             raise InputDataError(f"{s.trees} (sources.trees): file not found")
         if s.trees.suffix.lower() == ".csv":
-            read_csv_text(s.trees)
+            _check_trees(s.trees, read_csv_text(s.trees))
     if "lidar" in stages:
         _check_lidar(config)
