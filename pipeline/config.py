@@ -99,10 +99,27 @@ class Sources(Section):
     plot_design: Path | None = None
     parcels: Path | None = None
     project_area: Path | None = None
+    #: the parcel layer's own field names: the pipeline's name of a column -> the layer's
+    #: field holding it, e.g. ``{parcel_id: 小班号, land_class: 地类, forest_type: 优势树种}``
+    #: (docs/parcel_layers.md). Applied to ``parcels`` (which must have every mapped field)
+    #: and ``project_area`` (which must have the one mapped to ``parcel_id``)
+    parcel_fields: dict[str, str] = Field(default_factory=dict)
     #: invalid polygons (a self-intersecting ring, ...) of the AOI, parcel and project
     #: layers are refused, naming the feature; ``true`` repairs them instead (shapely's
     #: ``make_valid``, polygonal parts kept) wherever they are read, with a warning
     repair_geometry: bool = False
+
+    @field_validator("parcel_fields")
+    @classmethod
+    def _parcel_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        empty = [k for k, v in value.items() if not k.strip() or not str(v).strip()]
+        if empty:
+            raise ValueError(f"empty name in the mapping of {empty}")
+        theirs = list(value.values())
+        twice = sorted({v for v in theirs if theirs.count(v) > 1})
+        if twice:
+            raise ValueError(f"the layer's field(s) {twice} are mapped to more than one name")
+        return value
 
     @field_validator("lidar_crs")
     @classmethod

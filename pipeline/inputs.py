@@ -31,7 +31,8 @@ the same file say the same thing.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
@@ -41,7 +42,7 @@ import shapely
 from odc.geo.geobox import GeoBox
 from pyogrio.errors import DataLayerError, DataSourceError
 
-from pipeline.config import Config
+from pipeline.config import Config, Sources
 from pipeline.errors import InputDataError, PipelineWarning
 from pipeline.grid import region_geobox
 from pipeline.zonal import grid_fractions
@@ -96,15 +97,101 @@ def valid_polygons(
     return gdf.set_geometry(gpd.GeoSeries(fixed, index=gdf.index, crs=gdf.crs))
 
 
-def read_vector(path: Path, *, repair: bool = False) -> gpd.GeoDataFrame:
-    """A vector input as the stages get it: its polygons valid, or repaired if asked
-    (:func:`valid_polygons`; the layer's other checks are :func:`read_polygons`')."""
-    gdf = gpd.read_file(path)
+#: suffixes of GeoParquet files (read by pyarrow: the GDAL of pyogrio's wheels has no
+#: Parquet driver)
+GEOPARQUET_SUFFIXES = (".parquet", ".geoparquet")
+
+
+def read_layer(path: Path) -> gpd.GeoDataFrame:
+    """A vector file: GeoParquet through pyarrow, any other format through GDAL (GeoPackage,
+    Shapefile in the encoding its ``.cpg`` names, FlatGeobuf, GeoJSON, ...)."""
+    if path.suffix.lower() in GEOPARQUET_SUFFIXES:
+        return gpd.read_parquet(path)
+    return gpd.read_file(path)
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """How a layer's own field names become the pipeline's (``sources.parcel_fields``)."""
+
+    #: the pipeline's name -> the layer's field
+    fields: Mapping[str, str]
+    #: the pipeline's names whose field the layer must have
+    required: frozenset[str]
+    #: a required column may instead be under the pipeline's own name (a project layer
+    #: drawn with the pipeline's names beside a bureau's parcel layer)
+    own_names: bool = False
+
+
+def layer_fields(sources: Sources, path: Path) -> FieldMapping | None:
+    """The field mapping of the layer at ``path``: ``sources.parcel_fields`` for the parcel
+    layer (every field required) and the project layer (the id's field, or a ``parcel_id``
+    column, required); None for any other file or without a mapping."""
+    fields = sources.parcel_fields
+    if not fields:
+        return None
+    if path == sources.parcels:
+        return FieldMapping(fields, frozenset(fields))
+    if path == sources.project_area:
+        return FieldMapping(fields, frozenset(fields) & {"parcel_id"}, own_names=True)
+    return None
+
+
+def map_fields(gdf: gpd.GeoDataFrame, mapping: FieldMapping, *, where: str) -> gpd.GeoDataFrame:
+    """``gdf`` with its fields renamed to the pipeline's names (:class:`FieldMapping`).
+
+    Raises
+    ------
+    InputDataError
+        A required field is not in the layer (the message lists the layer's fields and,
+        for a Shapefile without a ``.cpg``, says how its encoding is told), or the layer
+        has both a mapped field and a column of the pipeline's name.
+    """
+    have = [str(c) for c in gdf.columns if c != gdf.geometry.name]
+    rename = {}
+    for ours, theirs in mapping.fields.items():
+        if theirs not in gdf.columns:
+            if ours in mapping.required and not (mapping.own_names and ours in gdf.columns):
+                hint = ""
+                if where.endswith(".shp") or ".shp " in where:
+                    hint = (
+                        "; a Shapefile's field names are decoded in the encoding of its "
+                        ".cpg file (e.g. one line GBK), else of its DBF header, else as "
+                        "ISO-8859-1: if the names above are garbled, add that file"
+                    )
+                raise InputDataError(
+                    f"{where}: no field {theirs!r} (sources.parcel_fields.{ours}); the "
+                    f"layer's fields are {have}{hint}"
+                )
+            continue
+        if ours != theirs and ours in gdf.columns:
+            raise InputDataError(
+                f"{where}: the layer has both {theirs!r} (sources.parcel_fields.{ours}) and "
+                f"a field {ours!r}; map only one of them"
+            )
+        rename[theirs] = ours
+    return gdf.rename(columns=rename)
+
+
+def read_vector(
+    path: Path, *, repair: bool = False, fields: FieldMapping | None = None
+) -> gpd.GeoDataFrame:
+    """A vector input as the stages get it: its fields named as ``fields`` maps them
+    (:func:`map_fields`), its polygons valid, or repaired if asked (:func:`valid_polygons`;
+    the layer's other checks are :func:`read_polygons`')."""
+    gdf = read_layer(path)
+    if fields is not None:
+        gdf = map_fields(gdf, fields, where=str(path))
     return valid_polygons(gdf, where=str(path), id_column="parcel_id", repair=repair)
 
 
 def read_polygons(
-    path: Path, *, setting: str, id_column: str | None = None, repair: bool = False
+    path: Path,
+    *,
+    setting: str,
+    id_column: str | None = None,
+    repair: bool = False,
+    fields: FieldMapping | None = None,
 ) -> gpd.GeoDataFrame:
     """A polygon layer (AOI, parcels, project area), checked.
 
@@ -118,6 +205,8 @@ def read_polygons(
         The column that names a feature in messages (e.g. ``parcel_id``).
     repair
         Repair invalid polygons (warned) rather than refuse them.
+    fields
+        The layer's fields renamed to the pipeline's names (:func:`map_fields`).
 
     Raises
     ------
@@ -129,11 +218,11 @@ def read_polygons(
     if not path.is_file():
         raise InputDataError(f"{where}: file not found")
     try:
-        gdf = gpd.read_file(path)
+        gdf = read_layer(path)
     except (DataSourceError, DataLayerError, ValueError) as err:
         raise InputDataError(
             f"{where}: not a vector file GDAL can read ({err}); give a GeoPackage, GeoJSON, "
-            "Shapefile or FlatGeobuf of polygons"
+            "Shapefile, FlatGeobuf or GeoParquet file of polygons"
         ) from None
     if not isinstance(gdf, gpd.GeoDataFrame) or gdf.geometry is None:
         raise InputDataError(f"{where}: the file has no geometry column")
@@ -143,6 +232,8 @@ def read_polygons(
         raise InputDataError(
             f"{where}: the layer has no CRS; write it with one (GeoJSON: WGS84 longitude/latitude)"
         )
+    if fields is not None:
+        gdf = map_fields(gdf, fields, where=where)
     geoms = gdf.geometry.array
     missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
     if missing.any():
@@ -322,7 +413,13 @@ def _check(config: Config, stages: Sequence[str]) -> None:
     for path, setting in layers:
         if path is None:
             continue
-        polygons = read_polygons(path, setting=setting, id_column="parcel_id", repair=repair)
+        polygons = read_polygons(
+            path,
+            setting=setting,
+            id_column="parcel_id",
+            repair=repair,
+            fields=layer_fields(s, path),
+        )
         fractions = grid_fractions(polygons, grid=grid)
         where = f"{path} ({setting})"
         refuse_off_grid(fractions, polygons, where=where, id_column="parcel_id")

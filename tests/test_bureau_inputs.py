@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import geopandas as gpd
 import pandas as pd
 import pytest
 import yaml
@@ -44,3 +45,139 @@ def test_check_says_which_species_names_were_translated(
     assert "1 species name(s) read through models/data/species_names.csv" in said
     assert f"杉木 read as Cunninghamia lanceolata (Chinese name, {n_fir} tree(s)" in said
     assert "Flora of China Vol. 4" in said
+
+
+# ------------------------------------------------------------------ parcel layers
+#: the parcel layer's fields as a Chinese bureau names them
+BUREAU_FIELDS = {"parcel_id": "小班号", "land_class": "地类", "forest_type": "优势树种"}
+
+
+def _bureau_layer(tiny_data: Path, path: Path, **write: object) -> gpd.GeoDataFrame:
+    """The tiny parcel layer with the bureau's field names, written to ``path``."""
+    parcels = gpd.read_file(tiny_data / "parcels" / "parcels.gpkg")
+    renamed = parcels.rename(columns=BUREAU_FIELDS)
+    if path.suffix == ".shp":  # a DBF field name holds at most 10 bytes
+        renamed = renamed[[c for c in renamed.columns if len(c.encode("gbk")) <= 10]]
+    if path.suffix == ".parquet":
+        renamed.to_parquet(path)
+    else:
+        renamed.to_file(path, **write)  # type: ignore[arg-type]
+    return parcels
+
+
+@pytest.mark.parametrize(
+    ("name", "write"),
+    [
+        ("parcels.shp", {"encoding": "GBK"}),
+        ("parcels.gpkg", {}),
+        ("parcels.fgb", {}),
+        ("parcels.parquet", {}),
+    ],
+    ids=["shapefile-gbk", "geopackage", "flatgeobuf", "geoparquet"],
+)
+def test_a_parcel_layer_with_its_own_field_names_reads_as_the_pipelines(
+    name: str,
+    write: dict[str, object],
+    tiny_config: Path,
+    tiny_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipeline import io
+    from pipeline.config import load_config
+    from pipeline.inputs import layer_fields
+
+    path = tmp_path / name
+    original = _bureau_layer(tiny_data, path, **write)
+    if name.endswith(".shp"):
+        # what makes it a Chinese bureau's Shapefile: a .cpg naming GBK and GBK bytes
+        assert path.with_suffix(".cpg").read_text().strip().upper() == "GBK"
+        dbf = path.with_suffix(".dbf").read_bytes()
+        assert "小班号".encode("gbk") in dbf and "小班号".encode() not in dbf
+    cfg = _config(tiny_config, parcels=path, parcel_fields=BUREAU_FIELDS)
+    code, said = _check(cfg, capsys)
+    assert code == 0, said
+    # what a stage gets: the runner's call (io.read_input with the layer's mapping)
+    sources = load_config(cfg).sources
+    got = io.read_input(path, chunk_px=256, fields=layer_fields(sources, path))
+    # (FlatGeobuf's spatial index orders the features anew)
+    columns = ["land_class", "forest_type"]
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(got.set_index("parcel_id")[columns]).sort_index(),
+        pd.DataFrame(original.set_index("parcel_id")[columns]).sort_index(),
+        check_dtype=False,
+    )
+    assert got.geometry.area.sum() == pytest.approx(original.geometry.area.sum(), rel=1e-9)
+    # the project layer keeps the pipeline's names (parcel_id): read as it is
+    assert sources.project_area is not None
+    project = io.read_input(
+        sources.project_area, chunk_px=256, fields=layer_fields(sources, sources.project_area)
+    )
+    assert "parcel_id" in project.columns
+
+
+def test_a_parcel_layer_without_the_mapped_id_field_is_refused_naming_both(
+    tiny_config: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An acceptance point of issue #17: the file and the field are named."""
+    path = tmp_path / "parcels.shp"
+    _bureau_layer(tiny_data, path, encoding="GBK")
+    fields = {**BUREAU_FIELDS, "parcel_id": "小班编号"}
+    code, said = _check(_config(tiny_config, parcels=path, parcel_fields=fields), capsys)
+    assert code == 2
+    assert (
+        f"{path} (sources.parcels): no field '小班编号' (sources.parcel_fields.parcel_id)" in said
+    )
+    assert "'小班号'" in said and "Traceback" not in said
+
+
+def test_a_shapefile_without_its_cpg_says_how_its_encoding_is_told(
+    tiny_config: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "parcels.shp"
+    _bureau_layer(tiny_data, path, encoding="GBK")
+    path.with_suffix(".cpg").unlink()
+    code, said = _check(_config(tiny_config, parcels=path, parcel_fields=BUREAU_FIELDS), capsys)
+    # read as ISO-8859-1, 小班号 is garbled: the first mapped field is not found
+    assert code == 2 and "(sources.parcel_fields." in said
+    assert ".cpg file (e.g. one line GBK)" in said
+
+
+def test_a_field_mapped_to_two_names_is_a_config_error(
+    tiny_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fields = {"parcel_id": "小班号", "compartment": "小班号"}
+    code, said = _check(_config(tiny_config, parcel_fields=fields), capsys)
+    assert code == 2 and "sources.parcel_fields" in said and "'小班号'" in said
+
+
+def test_init_writes_the_field_mapping_commented_and_it_loads_uncommented(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    from pipeline.commands.init import render
+    from pipeline.config import parse_config
+
+    text = render("bureau", aoi=tiny_data / "aoi.geojson", crs="EPSG:32650", country="CN")
+    lines = [ln for ln in text.splitlines() if "parcel_fields:" in ln]
+    assert len(lines) == 1 and lines[0].lstrip().startswith("# parcel_fields:")
+    uncommented = text.replace("# parcel_fields:", "parcel_fields:")
+    config = parse_config(yaml.safe_load(uncommented), source="init")
+    assert config.sources.parcel_fields["parcel_id"] == "小班号"
+
+
+def test_a_shapefiles_checksum_covers_its_attributes_and_encoding(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Editing the .dbf (attributes) or .cpg of a Shapefile changes the input's checksum,
+    so the stages that read it are not skipped as unchanged."""
+    from pipeline import io
+
+    path = tmp_path / "parcels.shp"
+    _bureau_layer(tiny_data, path, encoding="GBK")
+    files = io.input_file_sha256(path)
+    assert {p.suffix for p in files} == {".shp", ".dbf", ".shx", ".prj", ".cpg"}
+    before = io.input_checksum(path)
+    layer = gpd.read_file(path)
+    layer.loc[0, "地类"] = "farmland"
+    layer.to_file(path, encoding="GBK")
+    assert io.input_checksum(path) != before
