@@ -195,6 +195,23 @@ def _not_numbers(column: pd.Series, name: str) -> tuple[pd.Series, pd.Series]:
     return bad, values
 
 
+def require_tree_columns(trees: pd.DataFrame) -> None:
+    """Refuse a tree list that lacks a required column (``epoch`` may be missing: such a
+    list is one census, :func:`with_epoch`).
+
+    Raises
+    ------
+    PlotDataError
+        Naming the missing columns and those required and optional.
+    """
+    missing = [c for c in TREE_COLUMNS if c not in trees.columns and c != "epoch"]
+    if missing:
+        raise PlotDataError(
+            f"tree list lacks column(s) {missing}; required: {list(TREE_COLUMNS)} (epoch "
+            f"only for re-measured plots), optional: {list(OPTIONAL_COLUMNS)}"
+        )
+
+
 def check_trees(
     trees: pd.DataFrame, options: PlotBiomassOptions
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -205,12 +222,7 @@ def check_trees(
     PlotDataError
         A required column is missing, or a numeric column holds no number at all.
     """
-    missing = [c for c in TREE_COLUMNS if c not in trees.columns]
-    if missing:
-        raise PlotDataError(
-            f"tree list lacks column(s) {missing}; required: {list(TREE_COLUMNS)}, "
-            f"optional: {list(OPTIONAL_COLUMNS)}"
-        )
+    require_tree_columns(trees)
     rules = data_yaml("qa_rules.yaml")
     t = trees.copy().reset_index(drop=True)
     for col in OPTIONAL_COLUMNS:

@@ -90,7 +90,10 @@ class Sources(Section):
     #: CRS of the LiDAR tiles: overrides what their headers say (a warning names each tile
     #: whose header disagrees); without it a tile whose header has no CRS is an error
     lidar_crs: str | None = None
+    #: the field tree list: CSV (UTF-8 or GBK) or XLSX (docs/tree_lists.md)
     trees: Path | None = None
+    #: the sheet of an XLSX tree list (default: the first)
+    trees_sheet: str | None = None
     plot_locations: Path | None = None
     #: the plot samples' designs (GeoPackage, layer ``strata``): one row per sample and
     #: stratum with ``sample``, ``stratum``, ``area_ha`` and the stratum's sampling frame

@@ -18,7 +18,9 @@ user's guide is ``docs/input_checks.md``):
 - the plots lie on the model grid, the AOI's extent (refused when none does, warned for
   those off it: they have no predictors);
 - the tree list is UTF-8, or its encoding is detected (GBK/GB18030, as many Chinese
-  bureaus save CSV files) and said (:func:`read_csv_text`); its species names given in
+  bureaus save CSV files) and said (:func:`read_csv_text`), or a sheet of an XLSX
+  workbook (:func:`read_xlsx`); it has the columns the ``plots`` stage requires; its
+  species names given in
   Chinese, pinyin or as a Latin synonym are said with the Latin name they were read as
   (``models/data/species_names.csv``);
 - the LiDAR tile headers (readable, with points, in one metric CRS; the stage decodes the
@@ -34,6 +36,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -135,6 +138,19 @@ def layer_fields(sources: Sources, path: Path) -> FieldMapping | None:
     if path == sources.project_area:
         return FieldMapping(fields, frozenset(fields) & {"parcel_id"}, own_names=True)
     return None
+
+
+def read_settings(sources: Sources, spec: Path | tuple[Path, ...]) -> dict[str, Any]:
+    """How the config says an input file is read: the keyword arguments of
+    :func:`pipeline.io.read_input` (repair of polygons, a layer's field mapping, a
+    workbook's sheet) for the input ``spec``."""
+    if isinstance(spec, tuple):
+        return {}
+    return {
+        "repair_geometry": sources.repair_geometry,
+        "fields": layer_fields(sources, spec),
+        "sheet": sources.trees_sheet if spec == sources.trees else None,
+    }
 
 
 def map_fields(gdf: gpd.GeoDataFrame, mapping: FieldMapping, *, where: str) -> gpd.GeoDataFrame:
@@ -298,6 +314,36 @@ def read_csv_text(path: Path) -> pd.DataFrame:
     return table
 
 
+def read_xlsx(path: Path, *, sheet: str | None = None) -> pd.DataFrame:
+    """A sheet of an XLSX workbook (openpyxl), the first when ``sheet`` is None; the table
+    a CSV export of that sheet would give (header in the first row, empty cells missing).
+
+    Raises
+    ------
+    InputDataError
+        The file is not an XLSX workbook, or has no sheet ``sheet`` (its sheets are listed).
+    """
+    from zipfile import BadZipFile
+
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        book = pd.ExcelFile(path, engine="openpyxl")
+    except (BadZipFile, InvalidFileException, ValueError, KeyError, OSError) as err:
+        raise InputDataError(
+            f"{path}: not an XLSX workbook ({err}); save it from Excel or WPS as .xlsx, or "
+            "as 'CSV UTF-8'"
+        ) from None
+    with book:
+        names = [str(n) for n in book.sheet_names]
+        if sheet is not None and sheet not in names:
+            raise InputDataError(
+                f"{path}: no sheet {sheet!r} (sources.trees_sheet or --sheet); its sheets are "
+                f"{names}"
+            )
+        return book.parse(sheet if sheet is not None else names[0])
+
+
 def refuse_off_grid(
     fractions: np.ndarray, polygons: gpd.GeoDataFrame, *, where: str, id_column: str
 ) -> None:
@@ -357,20 +403,31 @@ def _check_plots(path: Path, grid: GeoBox) -> None:
         )
 
 
-def _check_trees(path: Path, trees: pd.DataFrame) -> None:
-    """Species names of the tree list that were translated to Latin are said (a warning:
-    the bureau checks that 杉木 became the species it meant)."""
-    from models.plot_biomass import species_translations
+def _check_trees(path: Path, *, sheet: str | None) -> None:
+    """The tree list read as the ``plots`` stage reads it (CSV or XLSX), with the columns
+    it requires; species names translated to Latin are said (a warning: the bureau checks
+    that 杉木 became the species it meant)."""
+    from models.errors import PlotDataError
+    from models.plot_biomass import require_tree_columns, species_translations
+    from pipeline.io import TABLE_SUFFIXES, read_table
 
-    if "species" in trees.columns:
-        lines = species_translations(trees["species"])
-        if lines:
-            warnings.warn(
-                f"{path} (sources.trees): {len(lines)} species name(s) read through "
-                f"models/data/species_names.csv: {'; '.join(lines.values())}",
-                PipelineWarning,
-                stacklevel=2,
-            )
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        return
+    trees = read_table(path, sheet=sheet)
+    try:
+        require_tree_columns(trees)
+    except PlotDataError as err:
+        raise InputDataError(
+            f"{path} (sources.trees): {err}; its columns are {list(trees.columns)}"
+        ) from None
+    lines = species_translations(trees["species"])
+    if lines:
+        warnings.warn(
+            f"{path} (sources.trees): {len(lines)} species name(s) read through "
+            f"models/data/species_names.csv: {'; '.join(lines.values())}",
+            PipelineWarning,
+            stacklevel=2,
+        )
 
 
 def _check_lidar(config: Config) -> None:
@@ -431,7 +488,6 @@ def _check(config: Config, stages: Sequence[str]) -> None:
     if s.trees is not None and "plots" in stages:
         if not s.trees.is_file():
             raise InputDataError(f"{s.trees} (sources.trees): file not found")
-        if s.trees.suffix.lower() == ".csv":
-            _check_trees(s.trees, read_csv_text(s.trees))
+        _check_trees(s.trees, sheet=s.trees_sheet)
     if "lidar" in stages:
         _check_lidar(config)

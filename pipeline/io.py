@@ -58,6 +58,8 @@ WRITER_GDAL_CACHE_BYTES = 32 * 2**20
 VECTOR_SUFFIXES = {".gpkg", ".geojson", ".shp"}
 #: vector formats read as inputs: those the pipeline writes, FlatGeobuf and GeoParquet
 VECTOR_INPUT_SUFFIXES = VECTOR_SUFFIXES | {".fgb", ".parquet", ".geoparquet"}
+#: tables read as inputs (:func:`read_table`)
+TABLE_SUFFIXES = {".csv", ".xlsx"}
 #: the files of a Shapefile beside its ``.shp`` that an input's checksum covers (its
 #: attributes, index, CRS and encoding)
 SHAPEFILE_SIDECARS = (".dbf", ".shx", ".prj", ".cpg")
@@ -183,10 +185,12 @@ def read_input(
     chunk_px: int,
     repair_geometry: bool = False,
     fields: FieldMapping | None = None,
+    sheet: str | None = None,
 ) -> Any:
     """Load an input the way :mod:`pipeline.stage` documents (by suffix); invalid polygons
     are refused, or repaired with ``repair_geometry``, and a layer's fields are renamed as
-    ``fields`` maps them (:func:`pipeline.inputs.read_vector`)."""
+    ``fields`` maps them (:func:`pipeline.inputs.read_vector`); a table is read from CSV or
+    from ``sheet`` of a workbook (:func:`read_table`)."""
     if isinstance(spec, tuple) or spec.is_dir():
         return spec
     suffix = spec.suffix.lower()
@@ -198,8 +202,8 @@ def read_input(
         from pipeline.inputs import read_vector
 
         return read_vector(spec, repair=repair_geometry, fields=fields)
-    if suffix == ".csv":
-        return read_table(spec)
+    if suffix in TABLE_SUFFIXES:
+        return read_table(spec, sheet=sheet)
     if suffix == ".json":
         try:
             return json.loads(spec.read_text(encoding="utf-8"))
@@ -208,11 +212,14 @@ def read_input(
     return spec
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV table, UTF-8 with or without a byte-order mark (never part of a column name),
-    or a detected Chinese encoding, warned (:func:`pipeline.inputs.read_csv_text`)."""
-    from pipeline.inputs import read_csv_text
+def read_table(path: Path, *, sheet: str | None = None) -> pd.DataFrame:
+    """A table: CSV, UTF-8 with or without a byte-order mark (never part of a column name),
+    or a detected Chinese encoding, warned (:func:`pipeline.inputs.read_csv_text`); or
+    ``sheet`` (default: the first) of an XLSX workbook (:func:`pipeline.inputs.read_xlsx`)."""
+    from pipeline.inputs import read_csv_text, read_xlsx
 
+    if path.suffix.lower() == ".xlsx":
+        return read_xlsx(path, sheet=sheet)
     return read_csv_text(path)
 
 

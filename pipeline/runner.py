@@ -84,7 +84,7 @@ from pipeline import io, run_folder
 from pipeline.config import Config
 from pipeline.contracts import PINNED_ITEMS_DIR, RunLayout
 from pipeline.errors import ConfigError, ForestCarbonError, PipelineWarning
-from pipeline.inputs import layer_fields
+from pipeline.inputs import read_settings
 from pipeline.run_catalog import write_catalog
 from pipeline.stage import Stage
 
@@ -621,10 +621,7 @@ class Runner:
                     name: io.read_input(
                         spec,
                         chunk_px=self.config.dask.chunk_px,
-                        repair_geometry=self.config.sources.repair_geometry,
-                        fields=None
-                        if isinstance(spec, tuple)
-                        else layer_fields(self.config.sources, spec),
+                        **read_settings(self.config.sources, spec),
                     )
                     for name, spec in now.specs.items()
                 }

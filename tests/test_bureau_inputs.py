@@ -181,3 +181,80 @@ def test_a_shapefiles_checksum_covers_its_attributes_and_encoding(
     layer.loc[0, "地类"] = "farmland"
     layer.to_file(path, encoding="GBK")
     assert io.input_checksum(path) != before
+
+
+# ------------------------------------------------------------------ XLSX tree lists
+def _workbook(trees: pd.DataFrame, path: Path, *, sheets: tuple[str, ...] = ("样木",)) -> None:
+    """``trees`` written cell by cell with openpyxl into sheet ``sheets[-1]``, after
+    sheets holding something else (a cover sheet, as bureaus' workbooks have)."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    assert book.active is not None
+    book.remove(book.active)
+    for name in sheets[:-1]:
+        book.create_sheet(name).append(["南平市森林资源调查", "2024"])
+    sheet = book.create_sheet(sheets[-1])
+    sheet.append(list(trees.columns))
+    for row in trees.itertuples(index=False):
+        sheet.append([None if pd.isna(v) else v for v in row])
+    book.save(path)
+
+
+@pytest.mark.parametrize("sheets", [("样木",), ("封面", "样木")], ids=["first", "named"])
+def test_an_xlsx_tree_list_reads_as_its_csv_and_runs_the_plots_stage(
+    sheets: tuple[str, ...],
+    tiny_config: Path,
+    tiny_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipeline import io
+    from pipeline.config import load_config
+    from pipeline.inputs import read_settings
+
+    csv = tiny_data / "plots" / "trees.csv"
+    trees = pd.read_csv(csv)
+    xlsx = tmp_path / "trees.xlsx"
+    _workbook(trees, xlsx, sheets=sheets)
+    sheet = sheets[-1] if len(sheets) > 1 else None
+    cfg = _config(tiny_config, trees=xlsx, trees_sheet=sheet)
+    code, said = _check(cfg, capsys)
+    assert code == 0, said
+    config = load_config(cfg)
+    got = io.read_input(xlsx, chunk_px=256, **read_settings(config.sources, xlsx))
+    pd.testing.assert_frame_equal(got, io.read_input(csv, chunk_px=256), check_dtype=False)
+    # the stand-alone plots command on the workbook gives the plots of the CSV
+    out_x, out_c = tmp_path / "from_xlsx", tmp_path / "from_csv"
+    plots = str(tiny_data / "plots" / "plots.gpkg")
+    argv = ["plots", "--plots", plots, "--draws", "20"]
+    sheet_args = ["--sheet", sheet] if sheet else []
+    assert main([*argv, str(xlsx), *sheet_args, "--out", str(out_x)]) == 0
+    assert main([*argv, str(csv), "--out", str(out_c)]) == 0
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out_x / "plot_biomass.csv"), pd.read_csv(out_c / "plot_biomass.csv")
+    )
+
+
+def test_an_xlsx_tree_list_is_checked_for_its_sheet_and_columns(
+    tiny_config: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trees = pd.read_csv(tiny_data / "plots" / "trees.csv")
+    xlsx = tmp_path / "trees.xlsx"
+    _workbook(trees, xlsx, sheets=("封面", "样木"))
+    code, said = _check(_config(tiny_config, trees=xlsx, trees_sheet="Sheet1"), capsys)
+    assert code == 2
+    assert f"{xlsx}: no sheet 'Sheet1' (sources.trees_sheet or --sheet)" in said
+    assert "['封面', '样木']" in said
+    # the first sheet is the cover: no tree-list columns, refused naming them
+    code, said = _check(_config(tiny_config, trees=xlsx, trees_sheet=None), capsys)
+    assert code == 2
+    assert f"{xlsx} (sources.trees): tree list lacks column(s) ['plot_id', 'tree_id'" in said
+    # a column renamed: the same check as a CSV's
+    renamed = tmp_path / "renamed.csv"
+    trees.rename(columns={"species": "树种"}).to_csv(renamed, index=False)
+    code, said = _check(_config(tiny_config, trees=renamed, trees_sheet=None), capsys)
+    assert code == 2 and "lacks column(s) ['species']" in said and "'树种'" in said
+    xlsx.write_bytes(b"plot_id,tree_id\n")
+    code, said = _check(_config(tiny_config, trees=xlsx), capsys)
+    assert code == 2 and "not an XLSX workbook" in said

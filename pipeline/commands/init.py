@@ -40,8 +40,10 @@ sources:
   catalog: {{kind: earth-search}}
   # airborne LiDAR tiles (LAS/LAZ), a glob; lidar_crs when their headers lack a CRS
   # lidar_tiles: data/{region}/lidar/*.laz
-  # field tree lists, one row per tree (docs/tree_lists.md); CSV in UTF-8 or GBK
+  # field tree lists, one row per tree (docs/tree_lists.md); CSV in UTF-8 or GBK, or
+  # XLSX (the first sheet, or trees_sheet); species in Latin, Chinese or pinyin
   # trees: data/{region}/plots/trees.csv
+  # trees_sheet: 样木
   # plot squares with plot_id, sample and stratum (docs/estimation.md)
   # plot_locations: data/{region}/plots/plots.gpkg
   # the plot samples' designs, layer strata (docs/estimation.md)
