@@ -387,7 +387,11 @@ def translate_species(name: object) -> tuple[str, SpeciesName | None]:
     """
     if name is None or (isinstance(name, float) and math.isnan(name)):
         return "", None
-    text = str(name).strip()
+    return _translate(str(name).strip())
+
+
+@cache  # a tree list repeats a few names over many trees
+def _translate(text: str) -> tuple[str, SpeciesName | None]:
     names = _species_names()
     for key in (text, _pinyin_key(text), _binomial(text)):
         if key and key in names:
