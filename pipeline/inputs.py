@@ -20,9 +20,10 @@ user's guide is ``docs/input_checks.md``):
 - the tree list is UTF-8, or its encoding is detected (GBK/GB18030, as many Chinese
   bureaus save CSV files) and said (:func:`read_csv_text`), or a sheet of an XLSX
   workbook (:func:`read_xlsx`); it has the columns the ``plots`` stage requires; its
-  species names given in
-  Chinese, pinyin or as a Latin synonym are said with the Latin name they were read as
-  (``models/data/species_names.csv``);
+  species names given in Chinese, pinyin or as a Latin synonym are said with the Latin
+  name they were read as (``models/data/species_names.csv``);
+- a parcel layer with its own field names has the fields ``sources.parcel_fields`` maps
+  (:func:`map_fields`);
 - the LiDAR tile headers (readable, with points, in one metric CRS; the stage decodes the
   points and fails on a corrupt tile unless ``stages.lidar.allow_skipped_tiles``).
 
@@ -153,8 +154,11 @@ def read_settings(sources: Sources, spec: Path | tuple[Path, ...]) -> dict[str, 
     }
 
 
-def map_fields(gdf: gpd.GeoDataFrame, mapping: FieldMapping, *, where: str) -> gpd.GeoDataFrame:
-    """``gdf`` with its fields renamed to the pipeline's names (:class:`FieldMapping`).
+def map_fields(
+    gdf: gpd.GeoDataFrame, mapping: FieldMapping, *, path: Path, where: str
+) -> gpd.GeoDataFrame:
+    """``gdf``, read from ``path``, with its fields renamed to the pipeline's names
+    (:class:`FieldMapping`); ``where`` names the file in messages.
 
     Raises
     ------
@@ -169,11 +173,11 @@ def map_fields(gdf: gpd.GeoDataFrame, mapping: FieldMapping, *, where: str) -> g
         if theirs not in gdf.columns:
             if ours in mapping.required and not (mapping.own_names and ours in gdf.columns):
                 hint = ""
-                if where.endswith(".shp") or ".shp " in where:
+                if path.suffix.lower() == ".shp" and not path.with_suffix(".cpg").exists():
                     hint = (
-                        "; a Shapefile's field names are decoded in the encoding of its "
-                        ".cpg file (e.g. one line GBK), else of its DBF header, else as "
-                        "ISO-8859-1: if the names above are garbled, add that file"
+                        "; the Shapefile has no .cpg file, so its field names were decoded "
+                        "in the encoding its DBF header names, else as ISO-8859-1: if the "
+                        "names above are garbled, add a .cpg file (e.g. one line GBK)"
                     )
                 raise InputDataError(
                     f"{where}: no field {theirs!r} (sources.parcel_fields.{ours}); the "
@@ -197,7 +201,7 @@ def read_vector(
     the layer's other checks are :func:`read_polygons`')."""
     gdf = read_layer(path)
     if fields is not None:
-        gdf = map_fields(gdf, fields, where=str(path))
+        gdf = map_fields(gdf, fields, path=path, where=str(path))
     return valid_polygons(gdf, where=str(path), id_column="parcel_id", repair=repair)
 
 
@@ -249,7 +253,7 @@ def read_polygons(
             f"{where}: the layer has no CRS; write it with one (GeoJSON: WGS84 longitude/latitude)"
         )
     if fields is not None:
-        gdf = map_fields(gdf, fields, where=where)
+        gdf = map_fields(gdf, fields, path=path, where=where)
     geoms = gdf.geometry.array
     missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
     if missing.any():
@@ -379,7 +383,7 @@ def warn_partly_off_grid(
 def _check_plots(path: Path, grid: GeoBox) -> None:
     """Plots on the model grid (the AOI's extent): refused when none is, warned for those off it."""
     try:
-        plots = gpd.read_file(path)
+        plots = read_layer(path)
     except (DataSourceError, DataLayerError, ValueError) as err:
         raise InputDataError(
             f"{path} (sources.plot_locations): not a vector file ({err})"

@@ -129,6 +129,7 @@ def test_a_parcel_layer_without_the_mapped_id_field_is_refused_naming_both(
         f"{path} (sources.parcels): no field '小班编号' (sources.parcel_fields.parcel_id)" in said
     )
     assert "'小班号'" in said and "Traceback" not in said
+    assert ".cpg" not in said  # it has one: no advice on encodings
 
 
 def test_a_shapefile_without_its_cpg_says_how_its_encoding_is_told(
@@ -140,7 +141,7 @@ def test_a_shapefile_without_its_cpg_says_how_its_encoding_is_told(
     code, said = _check(_config(tiny_config, parcels=path, parcel_fields=BUREAU_FIELDS), capsys)
     # read as ISO-8859-1, 小班号 is garbled: the first mapped field is not found
     assert code == 2 and "(sources.parcel_fields." in said
-    assert ".cpg file (e.g. one line GBK)" in said
+    assert "the Shapefile has no .cpg file" in said and "(e.g. one line GBK)" in said
 
 
 def test_a_field_mapped_to_two_names_is_a_config_error(
@@ -258,3 +259,34 @@ def test_an_xlsx_tree_list_is_checked_for_its_sheet_and_columns(
     xlsx.write_bytes(b"plot_id,tree_id\n")
     code, said = _check(_config(tiny_config, trees=xlsx), capsys)
     assert code == 2 and "not an XLSX workbook" in said
+
+
+def test_a_run_reads_the_bureaus_workbook_as_its_csv(
+    tiny_config: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """The runner reads the tree list through the config's settings (the sheet): the
+    ``plots`` stage of a run on a workbook with Chinese species names gives the plots of
+    the same run on the CSV in Latin names."""
+    trees = pd.read_csv(tiny_data / "plots" / "trees.csv")
+    zh = {"Cunninghamia lanceolata": "杉木", "Pinus massoniana": "马尾松", "Schima superba": "木荷"}
+    xlsx = tmp_path / "trees.xlsx"
+    _workbook(trees.replace({"species": zh}), xlsx, sheets=("封面", "样木"))
+    runs = {}
+    for name, sources in {
+        "csv": {},
+        "xlsx": {"trees": xlsx, "trees_sheet": "样木"},
+    }.items():
+        cfg = _config(tiny_config, **sources)
+        config = yaml.safe_load(cfg.read_text())
+        config["output_dir"] = str(tmp_path / name)
+        cfg.write_text(yaml.safe_dump(config, allow_unicode=True))
+        assert main(["run", "--config", str(cfg), "--stages", "plots", "--quiet"]) == 0
+        runs[name] = tmp_path / name / "plots"
+    pd.testing.assert_frame_equal(
+        pd.read_csv(runs["xlsx"] / "plot_biomass.csv"),
+        pd.read_csv(runs["csv"] / "plot_biomass.csv"),
+    )
+    qa = pd.read_csv(runs["xlsx"] / "qa.csv")
+    assert set(qa.loc[qa["action"] == "translate", "value"]) == set(zh.values()) & set(
+        trees["species"].replace(zh)
+    )
