@@ -8,7 +8,9 @@ wood_density_g_cm3, age_yr; without an ``epoch`` column the list is one census, 
    an action (exclude the tree, discard the height, discard a wood density override, or
    keep with a warning); a cell that is not a number is a QA row too and counts as blank.
    A plot whose rows all lack a measurable stem (DBH blank or 0) has zero biomass; a plot
-   left without a usable tree for any other reason is an error naming the plot.
+   left without a usable tree for any other reason is an error naming the plot. Species
+   named in Chinese, pinyin or by a Latin synonym are read as their Latin name
+   (:func:`models.allometry.translate_species`), one QA row per name translated.
 2. **Heights**: trees without a (plausible) height get one from an H-D model
    (:mod:`models.hd`, BIOMASS ``modelHD`` forms) fitted per plot/epoch/species group when
    it has >= 15 measured heights, else per species group and epoch over all plots, else
