@@ -11,6 +11,10 @@ fraction. Every coefficient lives in the data files of :mod:`models` (``models/d
 ``species.csv`` / ``genus.csv``
     The taxonomy (species -> genus -> family -> group) and each species' default
     equations (with and without height).
+``species_names.csv``
+    The other names a tree list may give a species by (Chinese, pinyin, Latin
+    synonyms), each with its source (Flora of China); :func:`normalise_species` reads
+    them as the Latin name the tables use.
 ``wood_density.csv``, ``carbon_fraction.csv``, ``root_shoot.csv``
     Tables by species/genus/family/group/region with sources.
 ``wood_density_gwdd.csv``
@@ -50,10 +54,11 @@ Rejou-Mechain M. et al. (2017) Methods Ecol. Evol. 8, 1163-1167. doi:10.1111/204
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -335,14 +340,70 @@ def co2_per_c() -> float:
     return float(data_yaml("defaults.yaml")["co2_per_c"])
 
 
-def normalise_species(name: object) -> str:
+SpeciesNameLanguage = Literal["zh", "pinyin", "latin synonym"]
+
+
+@dataclass(frozen=True)
+class SpeciesName:
+    """A name of ``species_names.csv``: the Latin species it stands for, and why."""
+
+    species: str
+    language: SpeciesNameLanguage
+    source: str
+
+
+def _binomial(name: str) -> str:
     """``'pinus  Massoniana'`` -> ``'Pinus massoniana'`` (binomial capitalisation)."""
+    parts = name.split()
+    return " ".join([parts[0].capitalize(), *[p.lower() for p in parts[1:]]]) if parts else ""
+
+
+def _pinyin_key(name: str) -> str:
+    """``'Shān mù'``, ``'shanmu'``, ``'SHAN-MU'`` -> ``'shanmu'``: pinyin compared without
+    tone marks, case, spaces or hyphens (inventories write it every way)."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    return "".join(c for c in plain.lower() if c.isalnum())
+
+
+@cache
+def _species_names() -> dict[str, SpeciesName]:
+    """``species_names.csv`` keyed as :func:`translate_species` looks names up."""
+    out: dict[str, SpeciesName] = {}
+    for r in data_csv("species_names.csv").itertuples():
+        name = str(r.name)
+        key = {"zh": name.strip(), "pinyin": _pinyin_key(name)}.get(r.language, _binomial(name))
+        language = cast(SpeciesNameLanguage, str(r.language))
+        out[key] = SpeciesName(str(r.species), language, str(r.source))
+    return out
+
+
+def translate_species(name: object) -> tuple[str, SpeciesName | None]:
+    """The Latin name a tree list's species name stands for, and the entry of
+    ``species_names.csv`` that translated it (None: the name was taken as Latin).
+
+    A Chinese name (``杉木``), its pinyin (``shanmu``, ``shan mu``, tone marks or not)
+    and the Latin synonyms of ``species_names.csv`` give the species' name in the
+    tables; any other name is a Latin binomial with its capitalisation normalised.
+    """
     if name is None or (isinstance(name, float) and math.isnan(name)):
-        return ""
-    parts = str(name).strip().split()
-    if not parts:
-        return ""
-    return " ".join([parts[0].capitalize(), *[p.lower() for p in parts[1:]]])
+        return "", None
+    return _translate(str(name).strip())
+
+
+@cache  # a tree list repeats a few names over many trees
+def _translate(text: str) -> tuple[str, SpeciesName | None]:
+    names = _species_names()
+    for key in (text, _pinyin_key(text), _binomial(text)):
+        if key and key in names:
+            entry = names[key]
+            return entry.species, entry
+    return _binomial(text), None
+
+
+def normalise_species(name: object) -> str:
+    """The species name the tables use: ``'pinus  Massoniana'`` -> ``'Pinus massoniana'``,
+    ``'杉木'`` or ``'shanmu'`` -> ``'Cunninghamia lanceolata'`` (:func:`translate_species`)."""
+    return translate_species(name)[0]
 
 
 def resolve_taxon(species: str) -> Taxon:

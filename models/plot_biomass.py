@@ -8,7 +8,9 @@ wood_density_g_cm3, age_yr; without an ``epoch`` column the list is one census, 
    an action (exclude the tree, discard the height, discard a wood density override, or
    keep with a warning); a cell that is not a number is a QA row too and counts as blank.
    A plot whose rows all lack a measurable stem (DBH blank or 0) has zero biomass; a plot
-   left without a usable tree for any other reason is an error naming the plot.
+   left without a usable tree for any other reason is an error naming the plot. Species
+   named in Chinese, pinyin or by a Latin synonym are read as their Latin name
+   (:func:`models.allometry.translate_species`), one QA row per name translated.
 2. **Heights**: trees without a (plausible) height get one from an H-D model
    (:mod:`models.hd`, BIOMASS ``modelHD`` forms) fitted per plot/epoch/species group when
    it has >= 15 measured heights, else per species group and epoch over all plots, else
@@ -131,6 +133,26 @@ def _truncnorm(
 
 
 # ----------------------------------------------------------------------------- QA
+#: how a translation names the language of the name it translated
+NAME_LANGUAGES = {"zh": "Chinese name", "pinyin": "pinyin", "latin synonym": "Latin synonym"}
+
+
+def species_translations(species: pd.Series) -> dict[str, str]:
+    """The names of a tree list's ``species`` column that are not the tables' Latin names
+    but translate to one (``models/data/species_names.csv``), each with a line that says
+    to what, how many trees carry it and the source of the translation."""
+    counts = species.dropna().astype(str).value_counts(sort=False)
+    out = {}
+    for name, n in counts.items():
+        latin, entry = allometry.translate_species(name)
+        if entry is not None:
+            out[str(name)] = (
+                f"{str(name).strip()} read as {latin} ({NAME_LANGUAGES[entry.language]}, "
+                f"{n} tree(s); source: {entry.source})"
+            )
+    return out
+
+
 def _qa_row(r: pd.Series, field: str, value: object, reason: str, action: str) -> dict[str, Any]:
     return {
         "plot_id": r["plot_id"],
@@ -175,6 +197,23 @@ def _not_numbers(column: pd.Series, name: str) -> tuple[pd.Series, pd.Series]:
     return bad, values
 
 
+def require_tree_columns(trees: pd.DataFrame) -> None:
+    """Refuse a tree list that lacks a required column (``epoch`` may be missing: such a
+    list is one census, :func:`with_epoch`).
+
+    Raises
+    ------
+    PlotDataError
+        Naming the missing columns and those required and optional.
+    """
+    missing = [c for c in TREE_COLUMNS if c not in trees.columns and c != "epoch"]
+    if missing:
+        raise PlotDataError(
+            f"tree list lacks column(s) {missing}; required: {list(TREE_COLUMNS)} (epoch "
+            f"only for re-measured plots), optional: {list(OPTIONAL_COLUMNS)}"
+        )
+
+
 def check_trees(
     trees: pd.DataFrame, options: PlotBiomassOptions
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -185,12 +224,7 @@ def check_trees(
     PlotDataError
         A required column is missing, or a numeric column holds no number at all.
     """
-    missing = [c for c in TREE_COLUMNS if c not in trees.columns]
-    if missing:
-        raise PlotDataError(
-            f"tree list lacks column(s) {missing}; required: {list(TREE_COLUMNS)}, "
-            f"optional: {list(OPTIONAL_COLUMNS)}"
-        )
+    require_tree_columns(trees)
     rules = data_yaml("qa_rules.yaml")
     t = trees.copy().reset_index(drop=True)
     for col in OPTIONAL_COLUMNS:
@@ -217,6 +251,9 @@ def check_trees(
         )
     # a cell that is not a number leaves its plot without an area: refused by _plot_areas
     t["plot_area_ha"] = _not_numbers(t["plot_area_ha"], "plot_area_ha")[1]
+    for name, line in species_translations(t["species"]).items():
+        qa.append({"plot_id": None, "epoch": None, "tree_id": None, "field": "species",
+                   "value": name, "reason": line, "action": "translate"})  # fmt: skip
     t["species"] = t["species"].map(allometry.normalise_species)
     t["height_measured_m"] = t["height_m"]
     t["usable"] = ~not_number

@@ -90,7 +90,10 @@ class Sources(Section):
     #: CRS of the LiDAR tiles: overrides what their headers say (a warning names each tile
     #: whose header disagrees); without it a tile whose header has no CRS is an error
     lidar_crs: str | None = None
+    #: the field tree list: CSV (UTF-8 or GBK) or XLSX (docs/tree_lists.md)
     trees: Path | None = None
+    #: the sheet of an XLSX tree list (default: the first)
+    trees_sheet: str | None = None
     plot_locations: Path | None = None
     #: the plot samples' designs (GeoPackage, layer ``strata``): one row per sample and
     #: stratum with ``sample``, ``stratum``, ``area_ha`` and the stratum's sampling frame
@@ -99,10 +102,27 @@ class Sources(Section):
     plot_design: Path | None = None
     parcels: Path | None = None
     project_area: Path | None = None
+    #: the parcel layer's own field names: the pipeline's name of a column -> the layer's
+    #: field holding it, e.g. ``{parcel_id: 小班号, land_class: 地类, forest_type: 优势树种}``
+    #: (docs/parcel_layers.md). Applied to ``parcels`` (which must have every mapped field)
+    #: and ``project_area`` (which must have the one mapped to ``parcel_id``)
+    parcel_fields: dict[str, str] = Field(default_factory=dict)
     #: invalid polygons (a self-intersecting ring, ...) of the AOI, parcel and project
     #: layers are refused, naming the feature; ``true`` repairs them instead (shapely's
     #: ``make_valid``, polygonal parts kept) wherever they are read, with a warning
     repair_geometry: bool = False
+
+    @field_validator("parcel_fields")
+    @classmethod
+    def _parcel_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        empty = [k for k, v in value.items() if not k.strip() or not str(v).strip()]
+        if empty:
+            raise ValueError(f"empty name in the mapping of {empty}")
+        theirs = list(value.values())
+        twice = sorted({v for v in theirs if theirs.count(v) > 1})
+        if twice:
+            raise ValueError(f"the layer's field(s) {twice} are mapped to more than one name")
+        return value
 
     @field_validator("lidar_crs")
     @classmethod

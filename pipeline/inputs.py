@@ -18,7 +18,12 @@ user's guide is ``docs/input_checks.md``):
 - the plots lie on the model grid, the AOI's extent (refused when none does, warned for
   those off it: they have no predictors);
 - the tree list is UTF-8, or its encoding is detected (GBK/GB18030, as many Chinese
-  bureaus save CSV files) and said (:func:`read_csv_text`);
+  bureaus save CSV files) and said (:func:`read_csv_text`), or a sheet of an XLSX
+  workbook (:func:`read_xlsx`); it has the columns the ``plots`` stage requires; its
+  species names given in Chinese, pinyin or as a Latin synonym are said with the Latin
+  name they were read as (``models/data/species_names.csv``);
+- a parcel layer with its own field names has the fields ``sources.parcel_fields`` maps
+  (:func:`map_fields`);
 - the LiDAR tile headers (readable, with points, in one metric CRS; the stage decodes the
   points and fails on a corrupt tile unless ``stages.lidar.allow_skipped_tiles``).
 
@@ -29,8 +34,10 @@ the same file say the same thing.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -39,7 +46,7 @@ import shapely
 from odc.geo.geobox import GeoBox
 from pyogrio.errors import DataLayerError, DataSourceError
 
-from pipeline.config import Config
+from pipeline.config import Config, Sources
 from pipeline.errors import InputDataError, PipelineWarning
 from pipeline.grid import region_geobox
 from pipeline.zonal import grid_fractions
@@ -94,15 +101,117 @@ def valid_polygons(
     return gdf.set_geometry(gpd.GeoSeries(fixed, index=gdf.index, crs=gdf.crs))
 
 
-def read_vector(path: Path, *, repair: bool = False) -> gpd.GeoDataFrame:
-    """A vector input as the stages get it: its polygons valid, or repaired if asked
-    (:func:`valid_polygons`; the layer's other checks are :func:`read_polygons`')."""
-    gdf = gpd.read_file(path)
+#: suffixes of GeoParquet files (read by pyarrow: the GDAL of pyogrio's wheels has no
+#: Parquet driver)
+GEOPARQUET_SUFFIXES = (".parquet", ".geoparquet")
+
+
+def read_layer(path: Path) -> gpd.GeoDataFrame:
+    """A vector file: GeoParquet through pyarrow, any other format through GDAL (GeoPackage,
+    Shapefile in the encoding its ``.cpg`` names, FlatGeobuf, GeoJSON, ...)."""
+    if path.suffix.lower() in GEOPARQUET_SUFFIXES:
+        return gpd.read_parquet(path)
+    return gpd.read_file(path)
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """How a layer's own field names become the pipeline's (``sources.parcel_fields``)."""
+
+    #: the pipeline's name -> the layer's field
+    fields: Mapping[str, str]
+    #: the pipeline's names whose field the layer must have
+    required: frozenset[str]
+    #: a required column may instead be under the pipeline's own name (a project layer
+    #: drawn with the pipeline's names beside a bureau's parcel layer)
+    own_names: bool = False
+
+
+def layer_fields(sources: Sources, path: Path) -> FieldMapping | None:
+    """The field mapping of the layer at ``path``: ``sources.parcel_fields`` for the parcel
+    layer (every field required) and the project layer (the id's field, or a ``parcel_id``
+    column, required); None for any other file or without a mapping."""
+    fields = sources.parcel_fields
+    if not fields:
+        return None
+    if path == sources.parcels:
+        return FieldMapping(fields, frozenset(fields))
+    if path == sources.project_area:
+        return FieldMapping(fields, frozenset(fields) & {"parcel_id"}, own_names=True)
+    return None
+
+
+def read_settings(sources: Sources, spec: Path | tuple[Path, ...]) -> dict[str, Any]:
+    """How the config says an input file is read: the keyword arguments of
+    :func:`pipeline.io.read_input` (repair of polygons, a layer's field mapping, a
+    workbook's sheet) for the input ``spec``."""
+    if isinstance(spec, tuple):
+        return {}
+    return {
+        "repair_geometry": sources.repair_geometry,
+        "fields": layer_fields(sources, spec),
+        "sheet": sources.trees_sheet if spec == sources.trees else None,
+    }
+
+
+def map_fields(
+    gdf: gpd.GeoDataFrame, mapping: FieldMapping, *, path: Path, where: str
+) -> gpd.GeoDataFrame:
+    """``gdf``, read from ``path``, with its fields renamed to the pipeline's names
+    (:class:`FieldMapping`); ``where`` names the file in messages.
+
+    Raises
+    ------
+    InputDataError
+        A required field is not in the layer (the message lists the layer's fields and,
+        for a Shapefile without a ``.cpg``, says how its encoding is told), or the layer
+        has both a mapped field and a column of the pipeline's name.
+    """
+    have = [str(c) for c in gdf.columns if c != gdf.geometry.name]
+    rename = {}
+    for ours, theirs in mapping.fields.items():
+        if theirs not in gdf.columns:
+            if ours in mapping.required and not (mapping.own_names and ours in gdf.columns):
+                hint = ""
+                if path.suffix.lower() == ".shp" and not path.with_suffix(".cpg").exists():
+                    hint = (
+                        "; the Shapefile has no .cpg file, so its field names were decoded "
+                        "in the encoding its DBF header names, else as ISO-8859-1: if the "
+                        "names above are garbled, add a .cpg file (e.g. one line GBK)"
+                    )
+                raise InputDataError(
+                    f"{where}: no field {theirs!r} (sources.parcel_fields.{ours}); the "
+                    f"layer's fields are {have}{hint}"
+                )
+            continue
+        if ours != theirs and ours in gdf.columns:
+            raise InputDataError(
+                f"{where}: the layer has both {theirs!r} (sources.parcel_fields.{ours}) and "
+                f"a field {ours!r}; map only one of them"
+            )
+        rename[theirs] = ours
+    return gdf.rename(columns=rename)
+
+
+def read_vector(
+    path: Path, *, repair: bool = False, fields: FieldMapping | None = None
+) -> gpd.GeoDataFrame:
+    """A vector input as the stages get it: its fields named as ``fields`` maps them
+    (:func:`map_fields`), its polygons valid, or repaired if asked (:func:`valid_polygons`;
+    the layer's other checks are :func:`read_polygons`')."""
+    gdf = read_layer(path)
+    if fields is not None:
+        gdf = map_fields(gdf, fields, path=path, where=str(path))
     return valid_polygons(gdf, where=str(path), id_column="parcel_id", repair=repair)
 
 
 def read_polygons(
-    path: Path, *, setting: str, id_column: str | None = None, repair: bool = False
+    path: Path,
+    *,
+    setting: str,
+    id_column: str | None = None,
+    repair: bool = False,
+    fields: FieldMapping | None = None,
 ) -> gpd.GeoDataFrame:
     """A polygon layer (AOI, parcels, project area), checked.
 
@@ -116,6 +225,8 @@ def read_polygons(
         The column that names a feature in messages (e.g. ``parcel_id``).
     repair
         Repair invalid polygons (warned) rather than refuse them.
+    fields
+        The layer's fields renamed to the pipeline's names (:func:`map_fields`).
 
     Raises
     ------
@@ -127,11 +238,11 @@ def read_polygons(
     if not path.is_file():
         raise InputDataError(f"{where}: file not found")
     try:
-        gdf = gpd.read_file(path)
+        gdf = read_layer(path)
     except (DataSourceError, DataLayerError, ValueError) as err:
         raise InputDataError(
             f"{where}: not a vector file GDAL can read ({err}); give a GeoPackage, GeoJSON, "
-            "Shapefile or FlatGeobuf of polygons"
+            "Shapefile, FlatGeobuf or GeoParquet file of polygons"
         ) from None
     if not isinstance(gdf, gpd.GeoDataFrame) or gdf.geometry is None:
         raise InputDataError(f"{where}: the file has no geometry column")
@@ -141,6 +252,8 @@ def read_polygons(
         raise InputDataError(
             f"{where}: the layer has no CRS; write it with one (GeoJSON: WGS84 longitude/latitude)"
         )
+    if fields is not None:
+        gdf = map_fields(gdf, fields, path=path, where=where)
     geoms = gdf.geometry.array
     missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
     if missing.any():
@@ -205,6 +318,36 @@ def read_csv_text(path: Path) -> pd.DataFrame:
     return table
 
 
+def read_xlsx(path: Path, *, sheet: str | None = None) -> pd.DataFrame:
+    """A sheet of an XLSX workbook (openpyxl), the first when ``sheet`` is None; the table
+    a CSV export of that sheet would give (header in the first row, empty cells missing).
+
+    Raises
+    ------
+    InputDataError
+        The file is not an XLSX workbook, or has no sheet ``sheet`` (its sheets are listed).
+    """
+    from zipfile import BadZipFile
+
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        book = pd.ExcelFile(path, engine="openpyxl")
+    except (BadZipFile, InvalidFileException, ValueError, KeyError, OSError) as err:
+        raise InputDataError(
+            f"{path}: not an XLSX workbook ({err}); save it from Excel or WPS as .xlsx, or "
+            "as 'CSV UTF-8'"
+        ) from None
+    with book:
+        names = [str(n) for n in book.sheet_names]
+        if sheet is not None and sheet not in names:
+            raise InputDataError(
+                f"{path}: no sheet {sheet!r} (sources.trees_sheet or --sheet); its sheets are "
+                f"{names}"
+            )
+        return book.parse(sheet if sheet is not None else names[0])
+
+
 def refuse_off_grid(
     fractions: np.ndarray, polygons: gpd.GeoDataFrame, *, where: str, id_column: str
 ) -> None:
@@ -240,7 +383,7 @@ def warn_partly_off_grid(
 def _check_plots(path: Path, grid: GeoBox) -> None:
     """Plots on the model grid (the AOI's extent): refused when none is, warned for those off it."""
     try:
-        plots = gpd.read_file(path)
+        plots = read_layer(path)
     except (DataSourceError, DataLayerError, ValueError) as err:
         raise InputDataError(
             f"{path} (sources.plot_locations): not a vector file ({err})"
@@ -259,6 +402,33 @@ def _check_plots(path: Path, grid: GeoBox) -> None:
         warnings.warn(
             f"{path} (sources.plot_locations): {off.size} of {len(plots)} plots lie outside the "
             f"AOI's extent ({names}): they have no predictors and do not train the maps",
+            PipelineWarning,
+            stacklevel=2,
+        )
+
+
+def _check_trees(path: Path, *, sheet: str | None) -> None:
+    """The tree list read as the ``plots`` stage reads it (CSV or XLSX), with the columns
+    it requires; species names translated to Latin are said (a warning: the bureau checks
+    that 杉木 became the species it meant)."""
+    from models.errors import PlotDataError
+    from models.plot_biomass import require_tree_columns, species_translations
+    from pipeline.io import TABLE_SUFFIXES, read_table
+
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        return
+    trees = read_table(path, sheet=sheet)
+    try:
+        require_tree_columns(trees)
+    except PlotDataError as err:
+        raise InputDataError(
+            f"{path} (sources.trees): {err}; its columns are {list(trees.columns)}"
+        ) from None
+    lines = species_translations(trees["species"])
+    if lines:
+        warnings.warn(
+            f"{path} (sources.trees): {len(lines)} species name(s) read through "
+            f"models/data/species_names.csv: {'; '.join(lines.values())}",
             PipelineWarning,
             stacklevel=2,
         )
@@ -304,7 +474,13 @@ def _check(config: Config, stages: Sequence[str]) -> None:
     for path, setting in layers:
         if path is None:
             continue
-        polygons = read_polygons(path, setting=setting, id_column="parcel_id", repair=repair)
+        polygons = read_polygons(
+            path,
+            setting=setting,
+            id_column="parcel_id",
+            repair=repair,
+            fields=layer_fields(s, path),
+        )
         fractions = grid_fractions(polygons, grid=grid)
         where = f"{path} ({setting})"
         refuse_off_grid(fractions, polygons, where=where, id_column="parcel_id")
@@ -316,7 +492,6 @@ def _check(config: Config, stages: Sequence[str]) -> None:
     if s.trees is not None and "plots" in stages:
         if not s.trees.is_file():
             raise InputDataError(f"{s.trees} (sources.trees): file not found")
-        if s.trees.suffix.lower() == ".csv":
-            read_csv_text(s.trees)
+        _check_trees(s.trees, sheet=s.trees_sheet)
     if "lidar" in stages:
         _check_lidar(config)

@@ -27,7 +27,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
@@ -36,6 +36,9 @@ import rioxarray
 import xarray as xr
 
 from pipeline.errors import InputDataError, RunFolderError
+
+if TYPE_CHECKING:
+    from pipeline.inputs import FieldMapping
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
 
@@ -53,6 +56,13 @@ CSV_ENCODING = "utf-8-sig"
 #: which costs time, not results.
 WRITER_GDAL_CACHE_BYTES = 32 * 2**20
 VECTOR_SUFFIXES = {".gpkg", ".geojson", ".shp"}
+#: vector formats read as inputs: those the pipeline writes, FlatGeobuf and GeoParquet
+VECTOR_INPUT_SUFFIXES = VECTOR_SUFFIXES | {".fgb", ".parquet", ".geoparquet"}
+#: tables read as inputs (:func:`read_table`)
+TABLE_SUFFIXES = {".csv", ".xlsx"}
+#: the files of a Shapefile beside its ``.shp`` that an input's checksum covers (its
+#: attributes, index, CRS and encoding)
+SHAPEFILE_SIDECARS = (".dbf", ".shx", ".prj", ".cpg")
 
 
 # --------------------------------------------------------------------------- paths
@@ -139,7 +149,10 @@ def input_file_sha256(spec: Path | tuple[Path, ...]) -> dict[Path, str]:
         if p.is_dir():
             files = sorted(q for q in p.rglob("*") if q.is_file())
         elif p.is_file():
-            files = [p]
+            sidecars = (
+                [p.with_suffix(x) for x in SHAPEFILE_SIDECARS] if p.suffix.lower() == ".shp" else []
+            )
+            files = [p, *(q for q in sidecars if q.is_file())]
         else:
             raise InputDataError(f"{p}: input not found")
         out.update({q: file_sha256(q) for q in files})
@@ -167,10 +180,17 @@ def input_checksum(
 
 
 def read_input(
-    spec: Path | tuple[Path, ...], *, chunk_px: int, repair_geometry: bool = False
+    spec: Path | tuple[Path, ...],
+    *,
+    chunk_px: int,
+    repair_geometry: bool = False,
+    fields: FieldMapping | None = None,
+    sheet: str | None = None,
 ) -> Any:
     """Load an input the way :mod:`pipeline.stage` documents (by suffix); invalid polygons
-    are refused, or repaired with ``repair_geometry`` (:func:`pipeline.inputs.read_vector`)."""
+    are refused, or repaired with ``repair_geometry``, and a layer's fields are renamed as
+    ``fields`` maps them (:func:`pipeline.inputs.read_vector`); a table is read from CSV or
+    from ``sheet`` of a workbook (:func:`read_table`)."""
     if isinstance(spec, tuple) or spec.is_dir():
         return spec
     suffix = spec.suffix.lower()
@@ -178,12 +198,12 @@ def read_input(
         raise InputDataError(f"{spec}: input not found")
     if suffix in RASTER_SUFFIXES:
         return open_raster(spec, chunk_px=chunk_px)
-    if suffix in VECTOR_SUFFIXES:
+    if suffix in VECTOR_INPUT_SUFFIXES:
         from pipeline.inputs import read_vector
 
-        return read_vector(spec, repair=repair_geometry)
-    if suffix == ".csv":
-        return read_table(spec)
+        return read_vector(spec, repair=repair_geometry, fields=fields)
+    if suffix in TABLE_SUFFIXES:
+        return read_table(spec, sheet=sheet)
     if suffix == ".json":
         try:
             return json.loads(spec.read_text(encoding="utf-8"))
@@ -192,11 +212,14 @@ def read_input(
     return spec
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV table, UTF-8 with or without a byte-order mark (never part of a column name),
-    or a detected Chinese encoding, warned (:func:`pipeline.inputs.read_csv_text`)."""
-    from pipeline.inputs import read_csv_text
+def read_table(path: Path, *, sheet: str | None = None) -> pd.DataFrame:
+    """A table: CSV, UTF-8 with or without a byte-order mark (never part of a column name),
+    or a detected Chinese encoding, warned (:func:`pipeline.inputs.read_csv_text`); or
+    ``sheet`` (default: the first) of an XLSX workbook (:func:`pipeline.inputs.read_xlsx`)."""
+    from pipeline.inputs import read_csv_text, read_xlsx
 
+    if path.suffix.lower() == ".xlsx":
+        return read_xlsx(path, sheet=sheet)
     return read_csv_text(path)
 
 

@@ -84,6 +84,7 @@ from pipeline import io, run_folder
 from pipeline.config import Config
 from pipeline.contracts import PINNED_ITEMS_DIR, RunLayout
 from pipeline.errors import ConfigError, ForestCarbonError, PipelineWarning
+from pipeline.inputs import read_settings
 from pipeline.run_catalog import write_catalog
 from pipeline.stage import Stage
 
@@ -620,7 +621,7 @@ class Runner:
                     name: io.read_input(
                         spec,
                         chunk_px=self.config.dask.chunk_px,
-                        repair_geometry=self.config.sources.repair_geometry,
+                        **read_settings(self.config.sources, spec),
                     )
                     for name, spec in now.specs.items()
                 }

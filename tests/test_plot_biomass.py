@@ -125,7 +125,8 @@ def test_bad_rows_are_reported_and_handled() -> None:
     trees.loc[0, "dbh_cm"] = -4.0
     trees.loc[1, "dbh_cm"] = 900.0
     trees.loc[2, "height_m"] = 300.0
-    trees.loc[3, "species"] = "Quercus glauca"
+    # not Quercus glauca: that is Cyclobalanopsis glauca, in the table (species_names.csv)
+    trees.loc[3, "species"] = "Quercus robur"
     trees.loc[4, "tree_id"] = trees.loc[5, "tree_id"]
     tree_out, plots, qa = plot_biomass(trees, {"P000": AREA_HA}, options=_options(n_draws=20))
     by_field = qa.set_index("field")

@@ -86,14 +86,15 @@ def parse_dates(texts: list[str]) -> tuple[dt.date, dt.date]:
     return start, end
 
 
-def read_input(path: Path, *, dask: DaskSettings | None = None) -> Any:
+def read_input(path: Path, *, dask: DaskSettings | None = None, sheet: str | None = None) -> Any:
     """Load an input file by its suffix, as ``run`` does.
 
-    Rasters come in the chunks of ``dask`` (a config's settings; default: the defaults).
+    Rasters come in the chunks of ``dask`` (a config's settings; default: the defaults); a
+    workbook's table from ``sheet`` (default: the first).
     """
     from pipeline import io  # heavy (xarray, Dask): not needed to parse the command line
 
-    return io.read_input(path, chunk_px=(dask or DaskSettings()).chunk_px)
+    return io.read_input(path, chunk_px=(dask or DaskSettings()).chunk_px, sheet=sheet)
 
 
 def write_outputs(outputs: Mapping[Path, Any]) -> None:

@@ -40,14 +40,20 @@ sources:
   catalog: {{kind: earth-search}}
   # airborne LiDAR tiles (LAS/LAZ), a glob; lidar_crs when their headers lack a CRS
   # lidar_tiles: data/{region}/lidar/*.laz
-  # field tree lists, one row per tree (docs/tree_lists.md); CSV in UTF-8 or GBK
+  # field tree lists, one row per tree (docs/tree_lists.md); CSV in UTF-8 or GBK, or
+  # XLSX (the first sheet, or trees_sheet); species in Latin, Chinese or pinyin
   # trees: data/{region}/plots/trees.csv
+  # trees_sheet: 样木
   # plot squares with plot_id, sample and stratum (docs/estimation.md)
   # plot_locations: data/{region}/plots/plots.gpkg
   # the plot samples' designs, layer strata (docs/estimation.md)
   # plot_design: data/{region}/plots/design.gpkg
-  # parcels (小班) with parcel_id and the attributes the roll-ups name (docs/bureau-tables.md)
+  # parcels (小班): GeoPackage, Shapefile, FlatGeobuf or GeoParquet with parcel_id,
+  # land_class and the attributes the roll-ups name (docs/parcel_layers.md)
   # parcels: data/{region}/parcels/parcels.gpkg
+  # the layer's own field names for those columns (pipeline name: the layer's field);
+  # a Shapefile with Chinese field names needs its .cpg (e.g. GBK)
+  # parcel_fields: {{parcel_id: 小班号, land_class: 地类, forest_type: 优势树种}}
   # a carbon project's parcels, for credits (docs/methodologies.md)
   # project_area: data/{region}/parcels/project.gpkg
 """

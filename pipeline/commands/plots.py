@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "areas). One row with plot_id, epoch and neither species nor dbh_cm records a plot "
         "measured with no trees.",
     )
-    p.add_argument("trees", type=Path, nargs="?", help="tree list (CSV or GeoPackage)")
+    p.add_argument("trees", type=Path, nargs="?", help="tree list (CSV, XLSX or GeoPackage)")
+    p.add_argument("--sheet", help="sheet of an XLSX tree list (default: the first)")
     p.add_argument("--plots", type=Path, help="plot layer with plot_id and plot_area_ha")
     param_option(
         p,
@@ -87,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     )
     outputs = plots(
         params,
-        trees=read_input(args.trees),
+        trees=read_input(args.trees, sheet=args.sheet),
         plot_locations=read_input(args.plots) if args.plots else None,
     )
     write_outputs({args.out / Path(rel).name: df for rel, df in outputs.items()})

@@ -5,13 +5,15 @@ live in :mod:`models`): it joins plot areas from the plot layer, maps ``PlotsPar
 model options and turns model errors into :class:`~pipeline.errors.InputDataError` /
 :class:`~pipeline.errors.ConfigError`.
 
-Inputs (loaded by the runner): ``trees`` (CSV -> DataFrame: plot_id, tree_id, species,
+Inputs (loaded by the runner): ``trees`` (CSV or a sheet of an XLSX workbook,
+``sources.trees_sheet`` -> DataFrame: plot_id, tree_id, species,
 dbh_cm, optional epoch (absent: one census, ``stages.plots.tree_epoch`` or the config's only
 epoch), height_m, wood_density_g_cm3, age_yr, plot_area_ha) and
 ``plot_locations`` (GeoPackage -> GeoDataFrame with plot_id and plot_area_ha, or None).
 Outputs: ``plots/trees.csv``, ``plots/plot_biomass.csv``, ``plots/qa.csv``.
 
-Command line: ``forest-carbon plots TREES.csv [--plots PLOTS.gpkg] --out DIR``.
+Command line: ``forest-carbon plots TREES.csv|TREES.xlsx [--sheet NAME] [--plots PLOTS.gpkg]
+--out DIR``.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def plots_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
     """
     if config.sources.trees is None:
         raise ConfigError(
-            "sources.trees: no tree list configured; the plots stage needs a CSV/GeoPackage "
+            "sources.trees: no tree list configured; the plots stage needs a CSV/XLSX "
             "with plot_id, epoch, tree_id, species, dbh_cm"
         )
     inputs = {"trees": config.sources.trees}
