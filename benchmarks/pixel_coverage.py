@@ -2,12 +2,14 @@
 
 The maps' intervals refer to the plot-sized window around each cell (the models' support,
 bands ``agb_lower_support``/``agb_upper_support`` of ``agb_interval_<epoch>.tif``), so the
-truth they are compared with is the truth AGB averaged over the same window. Per epoch
-and ``model_source`` (and splits that can explain a miss: window-AGB bin of the map,
-inside/outside the LiDAR block, disturbance of the parcel) it prints the share of cells
-whose interval covers the truth, the mean square of the standardised error
-``z = (map - truth) / SD`` (1 when the SDs are right) and the mean error. Only tests and
-benchmarks read ``truth/``.
+truth they are compared with is the truth AGB averaged over the same window
+(``coverage``; ``coverage_cell``: the single cell's interval, bands 1-2, against the
+cell's truth). Per epoch and ``model_source``, and by splits that can explain a miss (the
+map's AGB, the truth's AGB, inside/outside the LiDAR block, the parcel's disturbance), it
+prints the share of cells whose interval covers the truth, the mean square of the
+standardised error ``z = (map - truth) / SD`` (SD: ``agb_sd_support``; 1 when the SDs are
+right) and the mean error, and how much of the mean square the cells with ``|z| > 3``
+carry. Only tests and benchmarks read ``truth/``.
 
 Usage: ``python benchmarks/pixel_coverage.py --data data/s20261130 --run outputs/s20261130``
 """
@@ -51,6 +53,7 @@ def cells(run: Path, data: Path, epoch: str, window_px: int) -> pd.DataFrame:
     sd = read(run / map_relpath("agb_sd", epoch), 2)
     iv = run / map_relpath("agb_interval", epoch)
     lo, hi = read(iv, 3), read(iv, 4)
+    lo_cell, hi_cell = read(iv, 1), read(iv, 2)
     source = read(run / map_relpath("quality", epoch), 1)
     design = gpd.read_file(data / "plots" / "design.gpkg")
     block = design[(design["sample"] == "inventory") & (design["stratum"] == "lidar_block")]
@@ -70,6 +73,7 @@ def cells(run: Path, data: Path, epoch: str, window_px: int) -> pd.DataFrame:
             "truth": truth_w[ok],
             "sd": sd[ok],
             "covered": (lo[ok] <= truth_w[ok]) & (truth_w[ok] <= hi[ok]),
+            "covered_cell": (lo_cell[ok] <= truth[ok]) & (truth[ok] <= hi_cell[ok]),
             "lidar_block": in_block[ok].astype(bool),
             "disturbance": pd.Series(dist[ok]).map(names).to_numpy(),
         }
@@ -84,6 +88,7 @@ def summary(t: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         .agg(
             cells=("covered", "size"),
             coverage=("covered", "mean"),
+            coverage_cell=("covered_cell", "mean"),
             mean_z2=("z2", "mean"),
             bias_mg_ha=("err", "mean"),
         )
@@ -108,6 +113,19 @@ def main() -> None:
     print("== satellite-mapped cells (sources 2-4, 6) by the map's AGB")
     bins = pd.cut(sat["map"], [0, 50, 100, 150, 200, 300, np.inf], right=False)
     print(summary(sat.assign(map_agb=bins), ["epoch", "map_agb"]).to_string())
+    print("== satellite-mapped cells by the truth's AGB (at the maps' support)")
+    bins = pd.cut(sat["truth"], [-np.inf, 50, 100, 200, 300, 400, np.inf], right=False)
+    print(summary(sat.assign(truth_agb=bins), ["epoch", "truth_agb"]).to_string())
+    print("== the tail: satellite-mapped cells with |z| > 3 (3 SDs off; 0.3 % if normal)")
+    z2 = ((sat["map"] - sat["truth"]) / sat["sd"]) ** 2
+    tail = sat.assign(z2=z2, tail=z2 > 9, under=sat["map"] < sat["truth"])
+    for epoch, g in tail.groupby("epoch"):
+        print(
+            f"  {epoch}: {g['tail'].mean():.1%} of the cells, carrying "
+            f"{g.loc[g['tail'], 'z2'].sum() / g['z2'].sum():.0%} of the sum of z^2; "
+            f"{g.loc[g['tail'], 'under'].mean():.0%} of them below the truth; mean z^2 of "
+            f"the other cells {g.loc[~g['tail'], 'z2'].mean():.2f}"
+        )
     print("== satellite-mapped cells inside / outside the LiDAR block (a sampling stratum)")
     print(summary(sat, ["epoch", "lidar_block"]).to_string())
     print("== satellite-mapped cells by the parcel's disturbance (truth)")
