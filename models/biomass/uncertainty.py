@@ -19,8 +19,9 @@ prediction: Vovk, Gammerman & Shafer 2005, *Algorithmic Learning in a Random Wor
 Springer, §4.5; for regression with normalised scores, Boström & Johansson 2020, PMLR
 128:114-133). A conformal interval covers at its nominal rate on average over the
 population its scores come from; a one-line difficulty model does not make the
-normalised scores alike at every AGB (measured: the held-out scores of low predictions
-are several times those of mid-range ones, `docs/parcel_uncertainty.md`), so one set of
+normalised scores alike at every AGB (measured on a simulated region: the held-out scores
+of predictions below 50 Mg/ha have a mean square 2 to 6 times that of the higher bins,
+``docs/parcel_uncertainty.md``), so one set of
 quantiles under-covers low-AGB cells and over-covers the rest, and a map whose share of
 low-AGB cells differs from the plots' inherits the mix. Per bin of the prediction, which
 every cell has, the coverage holds within each bin, whatever the map's mix of bins.
