@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ from models.biomass import (
     thinned_sample,
     training_set,
 )
-from models.biomass.uncertainty import _conformal_quantile
+from models.biomass.uncertainty import _conformal_quantile, min_scores_per_bin
 from models.errors import ModelDomainError
 
 SAT_FEATURES = ["ndvi", "nbr", "elevation", "slope_deg"]
@@ -143,6 +144,63 @@ def test_calibration_of_heteroscedastic_errors_covers_new_data() -> None:
     # SD tracks the true error SD 5 + 0.15 pred
     true_sd = 5 + 0.15 * pred[2000:]
     assert np.median(new.sd / true_sd) == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("interval", [0.5, 0.8, 0.9, 0.95])
+def test_fewest_scores_per_bin_keep_a_score_beyond_each_tail_quantile(interval: float) -> None:
+    # with l = (1 + interval) / 2, ceil((n + 1) l) <= n - 1 from n = (1 + l) / (1 - l) on:
+    # 7, 19, 39, 79 for these intervals (in fractions, so that no rounding decides)
+    level = (1 + Fraction(interval).limit_denominator(100)) / 2
+    n = math.ceil((1 + level) / (1 - level))
+    assert min_scores_per_bin(interval) == n
+    # with n scores a tail's conformal quantile is not the largest; with n - 1 it is
+    assert _conformal_quantile(np.arange(1.0, n + 1), float(level)) < n
+    assert _conformal_quantile(np.arange(1.0, n), float(level)) == n - 1
+
+
+def test_mondrian_calibration_covers_each_bin_whatever_the_populations_mix() -> None:
+    # errors a straight line through the absolute residuals misfits: SD 20 Mg/ha below
+    # 60 Mg/ha (young and sparse stands), 0.1 pred above; 15 % of the plots are low
+    rng = np.random.default_rng(11)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        low = rng.uniform(size=n) < 0.15
+        pred = np.where(low, rng.uniform(5, 60, n), rng.uniform(60, 350, n))
+        # AGB is never negative (the intervals are clipped at zero)
+        return pred, np.clip(pred + rng.normal(0, np.where(low, 20.0, 0.1 * pred)), 0, None)
+
+    new_pred, new_obs = draw(40_000)  # the map's cells
+    # conformal coverage holds on average over calibration samples: 200 of 400 plots
+    covered: dict[str, list[float]] = {"lowest bin": [], "other bins": [], "one bin": []}
+    for _ in range(200):
+        pred, obs = draw(400)
+        cal = calibrate_conformal(obs, pred, interval=0.9)
+        assert len(cal.k_sd) == len(cal.edges) + 1 == 400 // 39
+        assert min(cal.n_per_bin) >= 39 and sum(cal.n_per_bin) == 400
+        out = cal.apply(new_pred)
+        inside = (new_obs >= out.lower) & (new_obs <= out.upper)
+        lowest = new_pred < cal.edges[0]
+        covered["lowest bin"].append(inside[lowest].mean())
+        covered["other bins"].append(inside[~lowest].mean())
+        # one set of quantiles for all scores (the former calibration)
+        z = (obs - pred) / cal.sigma(pred)
+        one = replace(
+            cal,
+            edges=(),
+            k_sd=(1.0,),
+            q_lo=(-_conformal_quantile(-z, 0.95),),
+            q_hi=(_conformal_quantile(z, 0.95),),
+        ).apply(new_pred)
+        covered["one bin"].append(((new_obs >= one.lower) & (new_obs <= one.upper))[lowest].mean())
+    mean = {k: float(np.mean(v)) for k, v in covered.items()}
+    # per bin at least nominal, at most nominal + 2 / (n_bin + 1) (Lei et al. 2018, Thm 2.2)
+    assert 0.89 <= mean["lowest bin"] <= 0.95
+    assert 0.89 <= mean["other bins"] <= 0.95
+    # a map with more low cells than the plots is under-covered by one set of quantiles
+    assert mean["one bin"] < 0.8
+    # the SD is the root mean square error within each bin (true SD 20 Mg/ha below 60)
+    low = new_pred < min(60.0, cal.edges[0])
+    assert np.sqrt(np.mean(out.sd[low] ** 2)) == pytest.approx(20.0, rel=0.3)
 
 
 def test_auxiliary_samples_share_the_folds_of_their_blocks_and_their_weight() -> None:
@@ -327,7 +385,7 @@ def test_epoch_error_correlation_recovers_a_known_correlation_whatever_the_sd_sc
     rng = np.random.default_rng(8)
     n, rho = 4000, 0.7
     pred = rng.uniform(50, 300, n)
-    sigma = ConformalCalibration(5.0, 0.1, 1.0, 1.0, -1.645, 1.645, 0.9, n).sigma(pred)
+    sigma = ConformalCalibration(5.0, 0.1, 1.0, (1.0,), (-1.645,), (1.645,), 0.9, n).sigma(pred)
     z1 = rng.standard_normal(n)
     z2 = rho * z1 + math.sqrt(1 - rho**2) * rng.standard_normal(n)
     ids = [f"P{i}" for i in range(n)] * 2
