@@ -46,6 +46,8 @@ of the run that made its outputs. Before each stage the runner writes
 ``.state/warnings.json``: the warnings of the stages before it in pipeline order, which the
 ``report`` stage reads as an input (so the report reruns only when they change). Warnings
 raised inside Dask tasks on worker processes are printed by the workers, not caught here.
+The warnings of the input checks before the run (:meth:`Runner.check_inputs`) join those
+of the first selected stage that reads the file they are about.
 """
 
 from __future__ import annotations
@@ -309,6 +311,8 @@ class Runner:
         self.alerts = Console(stderr=True) if self.console.quiet else self.console
         #: records the temporaries of the run in progress (:mod:`pipeline.run_folder`)
         self.journal: io.TemporaryJournal | None = None
+        #: the warnings of :meth:`check_inputs`, by the stage whose record they join
+        self.checked: dict[str, list[str]] = {}
         known = [s.name for s in self.stages]
         if options.stages is not None:
             unknown = [s for s in options.stages if s not in known]
@@ -359,7 +363,10 @@ class Runner:
             tmp.write_text(json.dumps(before, indent=2) + "\n")
 
     def _print_warnings(self, stage: Stage, record: Mapping[str, Any]) -> None:
+        said = {m for messages in self.checked.values() for m in messages}
         for message in record.get("warnings", []):
+            if message in said:
+                continue  # printed by check_inputs before the run
             # most of the pipeline's messages already start with their stage's name
             named = message.startswith(f"{stage.name}:")
             text = escape(message if named else f"{stage.name}: {message}")
@@ -368,6 +375,43 @@ class Runner:
             self.alerts.print(
                 f"[dim]⚠ {stage.name} (library): {escape(message)}[/]", highlight=False
             )
+
+    # input checks --------------------------------------------------------------------
+
+    def check_inputs(self) -> None:
+        """Read and check the selected stages' inputs, before the run folder is touched
+        (:func:`pipeline.inputs.check_inputs`; a bad input raises).
+
+        Each warning is printed now and joins the warnings of the first selected stage
+        that reads one of its files, when that stage runs: so it is in the stage's state,
+        ``stages.<stage>.warnings`` of the manifest and the report, and stays there while
+        the stage is skipped, like the stage's own. A warning about a file no selected
+        stage reads (``--stages``) is printed only.
+        """
+        from pipeline.inputs import check_inputs
+
+        selected = self.selected()
+        reads: dict[str, list[Path]] = {}
+        for stage in selected:
+            try:
+                specs = stage.inputs(self.config, self.layout).values()
+            except ForestCarbonError:
+                continue  # the stage itself reports it when it runs
+            paths = [p for spec in specs for p in (spec if isinstance(spec, tuple) else (spec,))]
+            reads[stage.name] = [p.resolve() for p in paths]
+        for found in check_inputs(self.config, [s.name for s in selected]):
+            self.alerts.print(f"[yellow]⚠[/] {escape(found.message)}", highlight=False)
+            files = [f.resolve() for f in found.files]
+            owner = next(
+                (
+                    name
+                    for name, paths in reads.items()
+                    if any(p == f or p in f.parents for p in paths for f in files)
+                ),
+                None,
+            )
+            if owner is not None:
+                self.checked.setdefault(owner, []).append(found.message)
 
     # manifest ------------------------------------------------------------------------
 
@@ -659,7 +703,9 @@ class Runner:
             peak_cluster_mb=None if cluster_peak is None else round(float(cluster_peak) / 2**20, 1),
             finished=utc_now(),
         )
-        record.warnings, record.library_warnings = sort_warnings(caught)
+        own, record.library_warnings = sort_warnings(caught)
+        # the input checks' warnings about this stage's inputs first, each message once
+        record.warnings = list(dict.fromkeys([*self.checked.get(stage.name, ()), *own]))
         file_sha256 = {rel: io.file_sha256(self.layout.path(rel)) for rel in outputs}
         for rel in outputs:
             checksum = io.content_checksum(self.layout.path(rel))

@@ -626,6 +626,21 @@ CASES: tuple[Case, ...] = (
         exit=0,
     ),
     Case(
+        # the same warning of the checks before a run: recorded with the plots stage (the
+        # first that reads the file), so the manifest and the report have it
+        "plots-one-outside-aoi-run",
+        layer(
+            "plot_locations",
+            lambda g: g.set_geometry(
+                [shifted(30_000, 0)(g.iloc[:1]).geometry.iloc[0], *g.geometry.iloc[1:]]
+            ),
+        ),
+        ("(sources.plot_locations): ", "plots lie outside the AOI's extent", "plot_id 'P001'"),
+        stages=PLOTS,
+        exit=0,
+        in_stage=True,
+    ),
+    Case(
         "plots-missing",
         setting("sources.plot_locations", "nowhere/plots.gpkg"),
         ("nowhere/plots.gpkg (sources.plot_locations): file not found",),

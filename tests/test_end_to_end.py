@@ -159,6 +159,10 @@ def test_the_stages_warnings_are_in_the_manifest_and_the_report(tiny_run):
         (s, m) for s, rec in manifest["stages"].items() if s != "report" for m in rec["warnings"]
     ]
     assert said, "the tiny region leaves cells without a value: predict says so"
+    # a warning of the checks before the run (no stage raises it) is recorded with the
+    # first stage that reads the file: the plot J016 just off the grid, with ``plots``
+    off_grid = "1 of 26 plots lie outside the AOI's extent (feature 21 (plot_id 'J016'))"
+    assert [m for s, m in said if off_grid in m and s == "plots"], said
     section = (run / REPORT_RELPATH).read_text().split('id="warnings"')[1].split('id="headline"')[0]
     for _, message in said:
         assert str(escape(message)) in section
