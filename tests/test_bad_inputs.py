@@ -466,6 +466,19 @@ def qa_row(tree_id: str, column: str, value: str, reason: str) -> Callable[[Path
     return then
 
 
+one_plot_outside_aoi = layer(
+    "plot_locations",
+    lambda g: g.set_geometry(
+        [shifted(30_000, 0)(g.iloc[:1]).geometry.iloc[0], *g.geometry.iloc[1:]]
+    ),
+)
+ONE_PLOT_OUTSIDE_AOI = (
+    "(sources.plot_locations): ",
+    "plots lie outside the AOI's extent",
+    "plot_id 'P001'",
+)
+
+
 # --------------------------------------------------------------------------- the matrix
 
 LIDAR = "lidar"
@@ -647,13 +660,8 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "plots-one-outside-aoi",
-        layer(
-            "plot_locations",
-            lambda g: g.set_geometry(
-                [shifted(30_000, 0)(g.iloc[:1]).geometry.iloc[0], *g.geometry.iloc[1:]]
-            ),
-        ),
-        ("(sources.plot_locations): ", "plots lie outside the AOI's extent", "plot_id 'P001'"),
+        one_plot_outside_aoi,
+        ONE_PLOT_OUTSIDE_AOI,
         command="check",
         exit=0,
     ),
@@ -661,13 +669,8 @@ CASES: tuple[Case, ...] = (
         # the same warning of the checks before a run: recorded with the plots stage (the
         # first that reads the file), so the manifest and the report have it
         "plots-one-outside-aoi-run",
-        layer(
-            "plot_locations",
-            lambda g: g.set_geometry(
-                [shifted(30_000, 0)(g.iloc[:1]).geometry.iloc[0], *g.geometry.iloc[1:]]
-            ),
-        ),
-        ("(sources.plot_locations): ", "plots lie outside the AOI's extent", "plot_id 'P001'"),
+        one_plot_outside_aoi,
+        ONE_PLOT_OUTSIDE_AOI,
         stages=PLOTS,
         exit=0,
         in_stage=True,
