@@ -43,6 +43,11 @@ class Words:
     def __call__(self, key: str, **values: Any) -> str:
         return str(strings()["text"][key][self.language]).format(**values)
 
+    @property
+    def script(self) -> str:
+        """The script the language is written in, as ``strings.yaml`` names its fonts."""
+        return str(strings()["script"][self.language])
+
     def texts(self) -> dict[str, str]:
         """Every text of the language, unformatted (for the template)."""
         return {k: str(v[self.language]) for k, v in strings()["text"].items()}
