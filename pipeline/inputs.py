@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -202,9 +203,12 @@ def read_csv_text(path: Path) -> pd.DataFrame:
             f"{path}: neither UTF-8 nor {encoding} ({err}); save the file as 'CSV UTF-8'"
         ) from None
     warnings.warn(
-        f"{path}: the text is not UTF-8; read it as {detected.upper()} (detected), as "
-        "Chinese Excel saves CSV; save it as 'CSV UTF-8' to silence this",
-        PipelineWarning,
+        PipelineWarning(
+            f"{path}: the text is not UTF-8; read it as {detected.upper()} (detected), as "
+            "Chinese Excel saves CSV; save it as 'CSV UTF-8' to silence this",
+            code="csv_not_utf8",
+            values={"path": str(path), "encoding": detected.upper()},
+        ),
         stacklevel=2,
     )
     return table
@@ -234,10 +238,18 @@ def warn_partly_off_grid(
             f"{_feature(polygons, int(i), id_column)}: {fractions[i]:.0%}" for i in partly[:10]
         )
         warnings.warn(
-            f"{where}: {partly.size} of {len(polygons)} polygons lie partly off the map grid "
-            f"(share on it: {listing}); their totals cover only that share (column "
-            "grid_fraction of the parcel table): clip the layer to the AOI or widen the AOI",
-            PipelineWarning,
+            PipelineWarning(
+                f"{where}: {partly.size} of {len(polygons)} polygons lie partly off the map grid "
+                f"(share on it: {listing}); their totals cover only that share (column "
+                "grid_fraction of the parcel table): clip the layer to the AOI or widen the AOI",
+                code="partly_off_grid",
+                values={
+                    "where": where,
+                    "partly": int(partly.size),
+                    "n": len(polygons),
+                    "listing": listing,
+                },
+            ),
             stacklevel=2,
         )
 
@@ -262,9 +274,12 @@ def _check_plots(path: Path, grid: GeoBox) -> None:
         off = np.flatnonzero(~on_grid)
         names = ", ".join(_feature(plots, int(i), "plot_id") for i in off[:10])
         warnings.warn(
-            f"{path} (sources.plot_locations): {off.size} of {len(plots)} plots lie outside the "
-            f"AOI's extent ({names}): they have no predictors and do not train the maps",
-            PipelineWarning,
+            PipelineWarning(
+                f"{path} (sources.plot_locations): {off.size} of {len(plots)} plots lie outside "
+                f"the AOI's extent ({names}): they have no predictors and do not train the maps",
+                code="plots_outside_aoi",
+                values={"path": str(path), "off": int(off.size), "n": len(plots), "names": names},
+            ),
             stacklevel=2,
         )
 
@@ -290,6 +305,8 @@ class CheckWarning:
 
     files: tuple[Path, ...]
     message: str
+    #: its code and values, when it has them (:meth:`PipelineWarning.coded`)
+    code: dict[str, Any] | None = None
 
 
 def check_inputs(config: Config, stages: Sequence[str]) -> list[CheckWarning]:
@@ -315,9 +332,9 @@ def check_inputs(config: Config, stages: Sequence[str]) -> list[CheckWarning]:
             warnings.simplefilter("always", PipelineWarning)
             yield
         found.extend(
-            CheckWarning(files, str(w.message))
+            CheckWarning(files, str(w.message), w.message.coded())
             for w in caught
-            if issubclass(w.category, PipelineWarning)
+            if isinstance(w.message, PipelineWarning)
         )
 
     _check(config, stages, about)

@@ -18,6 +18,7 @@ from html import unescape
 from pathlib import Path
 
 import geopandas as gpd
+import markupsafe
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
@@ -634,3 +635,56 @@ def test_without_a_cjk_font_the_chinese_figures_are_english_with_a_warning(
     assert quicklooks(zh) == quicklooks(en)
     html = zh[REPORT_RELPATH]
     assert isinstance(html, str) and "主要结果" in html  # the page itself stays Chinese
+
+
+def test_a_coded_warning_is_said_in_the_reports_language(report_inputs):
+    """A warning with a code is shown in Chinese in the Chinese report, with its values;
+    the English report, and a warning without a code, show the message itself."""
+    message = "plots.gpkg (sources.plot_locations): 2 of 30 plots lie outside the AOI's extent"
+    values = {"path": "plots.gpkg", "off": 2, "n": 30, "names": "P1, P2"}
+    recorded = [
+        {"stage": "plots", "warnings": [message, "plots: no code here"], "library_warnings": [],
+         "warning_codes": {message: {"code": "plots_outside_aoi", "values": values}}},
+    ]  # fmt: skip
+    zh_job = replace(report_inputs["job"], language="zh")
+    pages = {
+        lang: run_report({**report_inputs, "job": job, "warnings": recorded})[REPORT_RELPATH]
+        for lang, job in (("en", report_inputs["job"]), ("zh", zh_job))
+    }
+    tables = {
+        k: str(v).split('id="warning-table"')[1].split("</table>")[0] for k, v in pages.items()
+    }
+    shown = str(markupsafe.escape(message))
+    assert shown in tables["en"] and "no code here" in tables["en"]
+    assert shown not in tables["zh"] and "no code here" in tables["zh"]
+    assert (
+        "plots.gpkg（sources.plot_locations）：30 个样地中有 2 个位于 AOI 范围之外（P1, P2）"
+        in (tables["zh"])
+    )
+
+
+def test_every_coded_warning_has_a_text_in_every_other_language_with_its_values():
+    """Each ``PipelineWarning(..., code=C, values={...})`` of the code has a text for C in
+    every language but English, naming exactly the keys of its values."""
+    import ast
+
+    texts = strings()["warnings"]
+    formatter = string.Formatter()
+    found = {}
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "PipelineWarning"):
+                continue
+            kw = {k.arg: k.value for k in node.keywords}
+            if "code" not in kw:
+                continue
+            code = ast.literal_eval(kw["code"])
+            values = kw["values"]
+            assert isinstance(values, ast.Dict), (path, code)
+            found[code] = {ast.literal_eval(k) for k in values.keys if k is not None}
+    assert {"plots_outside_aoi", "partly_off_grid", "csv_not_utf8"} <= found.keys()
+    assert found.keys() == texts.keys()
+    for code, keys in found.items():
+        for lang in set(LANGUAGES) - {"en"}:
+            named = {f for _, f, _, _ in formatter.parse(str(texts[code][lang])) if f}
+            assert named == keys, (code, lang, named, keys)

@@ -349,18 +349,22 @@ def coverage_rows(map_coverage: Mapping[str, Any] | None, w: Words) -> list[tupl
 
 
 def warning_rows(
-    recorded: Sequence[Mapping[str, Any]] | None,
+    recorded: Sequence[Mapping[str, Any]] | None, w: Words
 ) -> tuple[list[tuple[str, str]], int]:
     """The pipeline's own warnings as ``(stage, message)`` rows, and how many others.
 
     ``recorded`` is the runner's ``.state/warnings.json``: per stage, its ``warnings`` (the
-    pipeline's own, all shown) and ``library_warnings`` (library noise such as distributed's
-    "Sending large graph", only counted here; they are listed in the manifest).
+    pipeline's own, all shown: in the report's language when they have a code it has a
+    text for, :meth:`Words.warning`, ``warning_codes``) and ``library_warnings`` (library
+    noise such as distributed's "Sending large graph", only counted here; they are listed
+    in the manifest).
     """
     rows: list[tuple[str, str]] = []
     n_library = 0
     for entry in recorded or ():
-        rows += [(str(entry["stage"]), str(m)) for m in entry.get("warnings", [])]
+        codes = entry.get("warning_codes", {})
+        rows += [(str(entry["stage"]), w.warning(str(m), codes.get(m)))
+                 for m in entry.get("warnings", [])]  # fmt: skip
         n_library += len(entry.get("library_warnings", []))
     return rows, n_library
 
@@ -704,7 +708,7 @@ def build_report(
         + species_table_rows(plots_qa, w)
         + coverage_rows(map_coverage, w)
     )
-    warning_list, n_library_warnings = warning_rows(warnings)
+    warning_list, n_library_warnings = warning_rows(warnings, w)
     method = job.credits.methodology
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(
