@@ -7,6 +7,9 @@ else is an internal error (exit 1).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class ForestCarbonError(Exception):
     """Base of every error the user can fix by changing an input, a file or a setting."""
@@ -41,4 +44,27 @@ class PipelineWarning(UserWarning):
     manifest (``stages.<stage>.warnings``), prints it also under ``--quiet``, and the report
     lists it; warnings of other kinds (from libraries) go to
     ``stages.<stage>.library_warnings``.
+
+    A warning may carry a ``code`` and the ``values`` its message states (numbers, names,
+    paths): the runner records them beside the message (``stages.<stage>.warning_codes``)
+    and a report in another language says the warning with the text ``strings.yaml`` has
+    for the code (``warnings``), filled with the values. The message stays the English
+    text, as printed on the console.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        values: Mapping[str, str | int | float] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.values = dict(values or {})
+
+    def coded(self) -> dict[str, Any] | None:
+        """``{"code": ..., "values": {...}}`` as the manifest records it, or None."""
+        if self.code is None:
+            return None
+        return {"code": self.code, "values": self.values}

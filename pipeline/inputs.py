@@ -34,7 +34,8 @@ the same file say the same thing.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ FULLY_ON_GRID = 0.999
 #: a tree list's encodings besides UTF-8 that are read (after detection) rather than
 #: refused: the Chinese national encodings (GB18030 decodes GBK and GB2312 text)
 CHINESE_ENCODINGS = {"gb18030": "gb18030", "gbk": "gb18030", "gb2312": "gb18030"}
+
+#: ``about(*files)``: a block whose warnings are about ``files`` (:func:`check_inputs`)
+About = Callable[..., AbstractContextManager[None]]
 
 
 def _feature(gdf: gpd.GeoDataFrame, i: int, id_column: str | None) -> str:
@@ -310,9 +314,12 @@ def read_csv_text(path: Path) -> pd.DataFrame:
             f"{path}: neither UTF-8 nor {encoding} ({err}); save the file as 'CSV UTF-8'"
         ) from None
     warnings.warn(
-        f"{path}: the text is not UTF-8; read it as {detected.upper()} (detected), as "
-        "Chinese Excel saves CSV; save it as 'CSV UTF-8' to silence this",
-        PipelineWarning,
+        PipelineWarning(
+            f"{path}: the text is not UTF-8; read it as {detected.upper()} (detected), as "
+            "Chinese Excel saves CSV; save it as 'CSV UTF-8' to silence this",
+            code="csv_not_utf8",
+            values={"path": str(path), "encoding": detected.upper()},
+        ),
         stacklevel=2,
     )
     return table
@@ -372,10 +379,18 @@ def warn_partly_off_grid(
             f"{_feature(polygons, int(i), id_column)}: {fractions[i]:.0%}" for i in partly[:10]
         )
         warnings.warn(
-            f"{where}: {partly.size} of {len(polygons)} polygons lie partly off the map grid "
-            f"(share on it: {listing}); their totals cover only that share (column "
-            "grid_fraction of the parcel table): clip the layer to the AOI or widen the AOI",
-            PipelineWarning,
+            PipelineWarning(
+                f"{where}: {partly.size} of {len(polygons)} polygons lie partly off the map grid "
+                f"(share on it: {listing}); their totals cover only that share (column "
+                "grid_fraction of the parcel table): clip the layer to the AOI or widen the AOI",
+                code="partly_off_grid",
+                values={
+                    "where": where,
+                    "partly": int(partly.size),
+                    "n": len(polygons),
+                    "listing": listing,
+                },
+            ),
             stacklevel=2,
         )
 
@@ -400,9 +415,12 @@ def _check_plots(path: Path, grid: GeoBox) -> None:
         off = np.flatnonzero(~on_grid)
         names = ", ".join(_feature(plots, int(i), "plot_id") for i in off[:10])
         warnings.warn(
-            f"{path} (sources.plot_locations): {off.size} of {len(plots)} plots lie outside the "
-            f"AOI's extent ({names}): they have no predictors and do not train the maps",
-            PipelineWarning,
+            PipelineWarning(
+                f"{path} (sources.plot_locations): {off.size} of {len(plots)} plots lie outside "
+                f"the AOI's extent ({names}): they have no predictors and do not train the maps",
+                code="plots_outside_aoi",
+                values={"path": str(path), "off": int(off.size), "n": len(plots), "names": names},
+            ),
             stacklevel=2,
         )
 
@@ -434,64 +452,94 @@ def _check_trees(path: Path, *, sheet: str | None) -> None:
         )
 
 
-def _check_lidar(config: Config) -> None:
+def _check_lidar(config: Config, about: About) -> None:
     from pipeline.contracts import RunLayout
     from pipeline.lidar.index import index_tiles
     from pipeline.stages.lidar import check_tile_crs, lidar_inputs, refuse_skips
 
     tiles = lidar_inputs(config, RunLayout(Path(config.output_dir)))["tiles"]
     assert isinstance(tiles, tuple)  # for mypy: the glob's matches
-    index = index_tiles(list(tiles), assume_crs=config.sources.lidar_crs)
-    check_tile_crs(index, config.crs)
-    refuse_skips([t.error for t in index if t.status != "ok"], config.stages.lidar)
+    with about(*tiles):
+        index = index_tiles(list(tiles), assume_crs=config.sources.lidar_crs)
+        check_tile_crs(index, config.crs)
+        refuse_skips([t.error for t in index if t.status != "ok"], config.stages.lidar)
 
 
-def check_inputs(config: Config, stages: Sequence[str]) -> list[str]:
+@dataclass(frozen=True)
+class CheckWarning:
+    """A warning of the checks and the input files it is about (the runner records it
+    with the first stage that reads one of them, so it reaches the manifest and the
+    report as that stage's warning)."""
+
+    files: tuple[Path, ...]
+    message: str
+    #: its code and values, when it has them (:meth:`PipelineWarning.coded`)
+    code: dict[str, Any] | None = None
+
+
+def check_inputs(config: Config, stages: Sequence[str]) -> list[CheckWarning]:
     """Read and check the inputs that ``stages`` of ``config`` use (module docstring).
 
     Returns
     -------
-    list of str
-        The warnings raised by the checks (e.g. a tree list read as GBK), in order.
+    list of CheckWarning
+        The warnings raised by the checks (e.g. a tree list read as GBK), in order, each
+        with the files it is about.
 
     Raises
     ------
     ForestCarbonError
         The first problem found, naming the file, feature or setting.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PipelineWarning)
-        _check(config, stages)
-    return [str(w.message) for w in caught if issubclass(w.category, PipelineWarning)]
+    found: list[CheckWarning] = []
+
+    @contextmanager
+    def about(*files: Path) -> Iterator[None]:
+        """Keep the pipeline's warnings raised in the block, as about ``files``."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PipelineWarning)
+            yield
+        found.extend(
+            CheckWarning(files, str(w.message), w.message.coded())
+            for w in caught
+            if isinstance(w.message, PipelineWarning)
+        )
+
+    _check(config, stages, about)
+    return found
 
 
-def _check(config: Config, stages: Sequence[str]) -> None:
+def _check(config: Config, stages: Sequence[str], about: About) -> None:
     s = config.sources
     repair = s.repair_geometry
-    aoi = read_polygons(config.aoi, setting="aoi", repair=repair)
+    with about(config.aoi):
+        aoi = read_polygons(config.aoi, setting="aoi", repair=repair)
     grid = region_geobox(aoi, crs=config.crs, resolution_m=config.resolution_m)
     layers = [(s.parcels, "sources.parcels"), (s.project_area, "sources.project_area")]
     for path, setting in layers:
         if path is None:
             continue
-        polygons = read_polygons(
-            path,
-            setting=setting,
-            id_column="parcel_id",
-            repair=repair,
-            fields=layer_fields(s, path),
-        )
-        fractions = grid_fractions(polygons, grid=grid)
-        where = f"{path} ({setting})"
-        refuse_off_grid(fractions, polygons, where=where, id_column="parcel_id")
-        warn_partly_off_grid(fractions, polygons, where=where, id_column="parcel_id")
+        with about(path):
+            polygons = read_polygons(
+                path,
+                setting=setting,
+                id_column="parcel_id",
+                repair=repair,
+                fields=layer_fields(s, path),
+            )
+            fractions = grid_fractions(polygons, grid=grid)
+            where = f"{path} ({setting})"
+            refuse_off_grid(fractions, polygons, where=where, id_column="parcel_id")
+            warn_partly_off_grid(fractions, polygons, where=where, id_column="parcel_id")
     if s.plot_locations is not None and "plots" in stages:
         if not s.plot_locations.is_file():
             raise InputDataError(f"{s.plot_locations} (sources.plot_locations): file not found")
-        _check_plots(s.plot_locations, grid)
+        with about(s.plot_locations):
+            _check_plots(s.plot_locations, grid)
     if s.trees is not None and "plots" in stages:
         if not s.trees.is_file():
             raise InputDataError(f"{s.trees} (sources.trees): file not found")
-        _check_trees(s.trees, sheet=s.trees_sheet)
+        with about(s.trees):
+            _check_trees(s.trees, sheet=s.trees_sheet)
     if "lidar" in stages:
-        _check_lidar(config)
+        _check_lidar(config, about)

@@ -1,10 +1,14 @@
 """Rerun a recorded run from its manifest into another folder and compare its outputs.
 
-1. **Inputs first.** Every input file the manifest recorded (``inputs.<stage.input>``,
-   each file with its sha256) is checked before anything is rerun: a file changed or
-   missing is named by its path, and the reproduction stops (exit 2), since its outputs
-   could only differ. ``allow_changed_inputs`` reruns anyway and lists them beside the
-   verdicts.
+1. **Inputs first.** The inputs are read and checked as ``run`` checks them
+   (:meth:`pipeline.runner.Runner.check_inputs`, for the recorded stages): an input that
+   is invalid now stops the reproduction (exit 2) naming the file and the problem, also
+   with ``allow_changed_inputs``. Then every file the manifest pins is compared with its
+   recorded sha256: the input files (``inputs.<stage.input>``) and the STAC items the run
+   froze (``items/`` of the run folder, which the rerun searches instead of the catalog);
+   a file changed or missing is named by its path, and the reproduction stops (exit 2),
+   since its outputs could only differ. ``allow_changed_inputs`` reruns anyway and lists
+   them beside the verdicts.
 2. **From anywhere.** The config's relative paths are resolved against the folder the
    recorded run resolved them against: the folder above the run folder when the run
    folder sits at the config's relative ``output_dir`` (so a moved project still works),
@@ -64,9 +68,18 @@ def recorded_working_dir(run_dir: Path, recorded: Mapping[str, Any]) -> Path:
     return Path.cwd()
 
 
-def changed_inputs(recorded: Mapping[str, Any]) -> list[str]:
-    """The recorded input files whose sha256 changed, or that are gone (by path)."""
+def changed_inputs(recorded: Mapping[str, Any], run_dir: Path) -> list[str]:
+    """The recorded input files whose sha256 changed, or that are gone (by path), and the
+    frozen STAC items of ``run_dir`` the same (``items/``, recorded as outputs)."""
     changed = []
+    for rel, rec in sorted(recorded.get("outputs", {}).items()):
+        if Path(rel).parts[0] != ITEMS_DIR or "file_sha256" not in rec:
+            continue
+        path = run_dir / rel
+        if not path.is_file():
+            changed.append(f"{path}: missing")
+        elif io.file_sha256(path) != rec["file_sha256"]:
+            changed.append(f"{path}: changed")
     for rec in recorded.get("inputs", {}).values():
         found = []
         for name, sha in (rec.get("files") or {}).items():
@@ -129,13 +142,6 @@ def reproduce(
             raise ConfigError(
                 f"{manifest_path}: the stored config does not match its recorded hash"
             )
-        changed = changed_inputs(recorded)
-        if changed and not allow_changed_inputs:
-            raise InputDataError(
-                f"{manifest_path}: input files differ from the recorded run's: "
-                f"{'; '.join(changed)}; restore them, or add --allow-changed-inputs to "
-                "rerun and compare anyway"
-            )
         items = RunLayout(run_dir).path(ITEMS_DIR)
         options = RunOptions(
             stages=tuple(recorded.get("stages", {})) or None,
@@ -144,7 +150,16 @@ def reproduce(
             quiet=quiet,
             pinned_items=items if items.is_dir() else None,
         )
-        Runner(config, stages, options=options).run()
+        runner = Runner(config, stages, options=options)
+        runner.check_inputs()
+        changed = changed_inputs(recorded, run_dir)
+        if changed and not allow_changed_inputs:
+            raise InputDataError(
+                f"{manifest_path}: input files differ from the recorded run's: "
+                f"{'; '.join(changed)}; restore them, or add --allow-changed-inputs to "
+                "rerun and compare anyway"
+            )
+        runner.run()
     verdicts = []
     for rel, rec in sorted(recorded.get("outputs", {}).items()):
         path = out / rel

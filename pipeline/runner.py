@@ -46,6 +46,10 @@ of the run that made its outputs. Before each stage the runner writes
 ``.state/warnings.json``: the warnings of the stages before it in pipeline order, which the
 ``report`` stage reads as an input (so the report reruns only when they change). Warnings
 raised inside Dask tasks on worker processes are printed by the workers, not caught here.
+The warnings of the input checks before the run (:meth:`Runner.check_inputs`) join those
+of the first selected stage that reads the file they are about. A warning with a code
+(:class:`~pipeline.errors.PipelineWarning`) has it recorded beside its message, in
+``stages.<stage>.warning_codes``, so a report in another language can say it.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from pydantic import BaseModel
@@ -87,6 +91,9 @@ from pipeline.errors import ConfigError, ForestCarbonError, PipelineWarning
 from pipeline.inputs import read_settings
 from pipeline.run_catalog import write_catalog
 from pipeline.stage import Stage
+
+if TYPE_CHECKING:
+    from pipeline.inputs import CheckWarning
 
 #: packages whose versions go into the manifest
 KEY_PACKAGES = (
@@ -152,6 +159,8 @@ class StageRecord:
     warnings: list[str] = field(default_factory=list)
     #: other warnings (libraries): ``"Category (module file:line): message"``
     library_warnings: list[str] = field(default_factory=list)
+    #: the codes of those of ``warnings`` that have one: ``{message: {"code", "values"}}``
+    warning_codes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -241,19 +250,26 @@ def group_inputs(loaded: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def sort_warnings(caught: Sequence[warnings.WarningMessage]) -> tuple[list[str], list[str]]:
-    """The pipeline's own warnings and the others (libraries), each message once, in order."""
+def sort_warnings(
+    caught: Sequence[warnings.WarningMessage],
+) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
+    """The pipeline's own warnings and the others (libraries), each message once, in order,
+    and the codes of the own ones that have one, by message (:class:`PipelineWarning`)."""
     own: list[str] = []
     other: list[str] = []
+    codes: dict[str, dict[str, Any]] = {}
     for w in caught:
         if issubclass(w.category, PipelineWarning | ModelsWarning):
             message, into = str(w.message), own
+            coded = w.message.coded() if isinstance(w.message, PipelineWarning) else None
+            if coded is not None:
+                codes[message] = coded
         else:
             where = "/".join(Path(w.filename).parts[-2:])
             message, into = f"{w.category.__name__} ({where}:{w.lineno}): {w.message}", other
         if message not in into:
             into.append(message)
-    return own, other
+    return own, other, codes
 
 
 # --------------------------------------------------------------------------- memory
@@ -310,6 +326,8 @@ class Runner:
         self.alerts = Console(stderr=True) if self.console.quiet else self.console
         #: records the temporaries of the run in progress (:mod:`pipeline.run_folder`)
         self.journal: io.TemporaryJournal | None = None
+        #: the warnings of :meth:`check_inputs`, by the stage whose record they join
+        self.checked: dict[str, list[CheckWarning]] = {}
         known = [s.name for s in self.stages]
         if options.stages is not None:
             unknown = [s for s in options.stages if s not in known]
@@ -355,12 +373,18 @@ class Runner:
             record = (self._load_state(s) or {}).get("record", {})
             own, other = record.get("warnings", []), record.get("library_warnings", [])
             if own or other:
-                before.append({"stage": s.name, "warnings": own, "library_warnings": other})
+                entry = {"stage": s.name, "warnings": own, "library_warnings": other}
+                if record.get("warning_codes"):
+                    entry["warning_codes"] = record["warning_codes"]
+                before.append(entry)
         with io.atomic_path(self.layout.warnings, journal=self.journal) as tmp:
             tmp.write_text(json.dumps(before, indent=2) + "\n")
 
     def _print_warnings(self, stage: Stage, record: Mapping[str, Any]) -> None:
+        said = {c.message for checked in self.checked.values() for c in checked}
         for message in record.get("warnings", []):
+            if message in said:
+                continue  # printed by check_inputs before the run
             # most of the pipeline's messages already start with their stage's name
             named = message.startswith(f"{stage.name}:")
             text = escape(message if named else f"{stage.name}: {message}")
@@ -369,6 +393,43 @@ class Runner:
             self.alerts.print(
                 f"[dim]⚠ {stage.name} (library): {escape(message)}[/]", highlight=False
             )
+
+    # input checks --------------------------------------------------------------------
+
+    def check_inputs(self) -> None:
+        """Read and check the selected stages' inputs, before the run folder is touched
+        (:func:`pipeline.inputs.check_inputs`; a bad input raises).
+
+        Each warning is printed now and joins the warnings of the first selected stage
+        that reads one of its files, when that stage runs: so it is in the stage's state,
+        ``stages.<stage>.warnings`` of the manifest and the report, and stays there while
+        the stage is skipped, like the stage's own. A warning about a file no selected
+        stage reads (``--stages``) is printed only.
+        """
+        from pipeline.inputs import check_inputs
+
+        selected = self.selected()
+        reads: dict[str, list[Path]] = {}
+        for stage in selected:
+            try:
+                specs = stage.inputs(self.config, self.layout).values()
+            except ForestCarbonError:
+                continue  # the stage itself reports it when it runs
+            paths = [p for spec in specs for p in (spec if isinstance(spec, tuple) else (spec,))]
+            reads[stage.name] = [p.resolve() for p in paths]
+        for found in check_inputs(self.config, [s.name for s in selected]):
+            self.alerts.print(f"[yellow]⚠[/] {escape(found.message)}", highlight=False)
+            files = [f.resolve() for f in found.files]
+            owner = next(
+                (
+                    name
+                    for name, paths in reads.items()
+                    if any(p == f or p in f.parents for p in paths for f in files)
+                ),
+                None,
+            )
+            if owner is not None:
+                self.checked.setdefault(owner, []).append(found)
 
     # manifest ------------------------------------------------------------------------
 
@@ -649,7 +710,7 @@ class Runner:
                         )
         except Exception:
             # a failed stage records nothing, but what it warned may explain the failure
-            own, other = sort_warnings(caught)
+            own, other, _ = sort_warnings(caught)
             self._print_warnings(stage, {"warnings": own, "library_warnings": other})
             raise
         cluster_peak = sampler.to_pandas().max().max() if sampler.samples.get(stage.name) else None
@@ -660,7 +721,12 @@ class Runner:
             peak_cluster_mb=None if cluster_peak is None else round(float(cluster_peak) / 2**20, 1),
             finished=utc_now(),
         )
-        record.warnings, record.library_warnings = sort_warnings(caught)
+        own, record.library_warnings, codes = sort_warnings(caught)
+        # the input checks' warnings about this stage's inputs first, each message once
+        checked = self.checked.get(stage.name, [])
+        record.warnings = list(dict.fromkeys([*(c.message for c in checked), *own]))
+        record.warning_codes = {c.message: c.code for c in checked if c.code is not None}
+        record.warning_codes.update(codes)
         file_sha256 = {rel: io.file_sha256(self.layout.path(rel)) for rel in outputs}
         for rel in outputs:
             checksum = io.content_checksum(self.layout.path(rel))

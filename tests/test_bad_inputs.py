@@ -71,8 +71,10 @@ The items of issue 18 and where each is tested (the matrix's case ids, else the 
     ``plots-outside-aoi``; a missing catalog ``catalog-missing``; unknown keys ``key-*``;
     grid mismatch ``test_maps_on_different_grids_are_refused_naming_the_file`` (below);
     0 points ``lidar-empty-tile``; ``reproduce`` of a changed input
-    ``reproduce-input-changed``, its other exit codes ``test_run_folder.py::
-    test_reproduce_exit_codes``, a retry over a failed attempt ``test_run_folder.py::
+    ``reproduce-input-changed``, of one the checks refuse ``reproduce-input-invalid(-*)``,
+    of changed frozen items ``reproduce-frozen-items-changed``, its other exit codes
+    ``test_run_folder.py::test_reproduce_exit_codes``, a retry over a failed attempt
+    ``test_run_folder.py::
     test_reproduce_retries_over_a_failed_attempt_and_refuses_a_users_folder``; STAC errors
     naming the query (needs a server): ``test_stac_api.py::
     test_empty_api_search_raises_with_details``.
@@ -398,17 +400,47 @@ def users_folder(r: Region) -> None:
     (out / "notes.txt").write_text("field notes, not a run")
 
 
-def recorded_then_changed(r: Region) -> None:
-    """A recorded run (``acquire``), then its AOI edited: ``reproduce`` its manifest."""
-    aoi = r.own("aoi")
-    cfg = r.work / "recorded.yaml"
-    cfg.write_text(yaml.safe_dump(r.config))
-    argv = ["run", "--config", str(cfg), "--stages", "acquire", "--scheduler", r.scheduler]
-    assert main([*argv, "--quiet"]) == 0
+def recorded_then(
+    change: Callable[[Region, Path], None], *options: str
+) -> Callable[[Region], None]:
+    """A recorded run (``acquire``), then ``change(region, run folder)``: ``reproduce``
+    its manifest (with ``options``) into a new folder."""
+
+    def make(r: Region) -> None:
+        r.own("aoi")
+        cfg = r.work / "recorded.yaml"
+        cfg.write_text(yaml.safe_dump(r.config))
+        argv = ["run", "--config", str(cfg), "--stages", "acquire", "--scheduler", r.scheduler]
+        assert main([*argv, "--quiet"]) == 0
+        run = Path(r.config["output_dir"])
+        change(r, run)
+        r.watch = r.work / "again"
+        r.argv = ["reproduce", str(run / "manifest.json"), "--out", str(r.watch), "--quiet"]
+        r.argv += options
+
+    return make
+
+
+def aoi_line_added(r: Region, run: Path) -> None:
+    """The AOI file changed (a line added), still valid."""
+    aoi = Path(r.config["aoi"])
     aoi.write_text(aoi.read_text() + "\n")
-    r.watch = r.work / "again"
-    manifest = Path(r.config["output_dir"]) / "manifest.json"
-    r.argv = ["reproduce", str(manifest), "--out", str(r.watch), "--quiet"]
+
+
+def aoi_made_a_point(r: Region, run: Path) -> None:
+    """The AOI file changed into an invalid one: its polygon replaced by a point."""
+    aoi = Path(r.config["aoi"])
+    points = all_geometries(lambda g: g.centroid)(gpd.read_file(aoi))
+    aoi.unlink()
+    points.to_file(aoi, driver="GeoJSON")
+
+
+def frozen_items_edited(r: Region, run: Path) -> None:
+    """A STAC item the run froze (``items/<epoch>.json``) edited: a scene's cloud cover."""
+    path = sorted((run / ITEMS_DIR).glob("*.json"))[0]
+    items = json.loads(path.read_text())
+    items["features"][0]["properties"]["eo:cloud_cover"] = 99.0
+    path.write_text(json.dumps(items))
 
 
 def tree_cell(row: int, column: str, value: str) -> Callable[[Region], None]:
@@ -432,6 +464,19 @@ def qa_row(tree_id: str, column: str, value: str, reason: str) -> Callable[[Path
         assert rows[["value", "reason"]].values.tolist() == [[value, reason]], qa
 
     return then
+
+
+one_plot_outside_aoi = layer(
+    "plot_locations",
+    lambda g: g.set_geometry(
+        [shifted(30_000, 0)(g.iloc[:1]).geometry.iloc[0], *g.geometry.iloc[1:]]
+    ),
+)
+ONE_PLOT_OUTSIDE_AOI = (
+    "(sources.plot_locations): ",
+    "plots lie outside the AOI's extent",
+    "plot_id 'P001'",
+)
 
 
 # --------------------------------------------------------------------------- the matrix
@@ -615,15 +660,20 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "plots-one-outside-aoi",
-        layer(
-            "plot_locations",
-            lambda g: g.set_geometry(
-                [shifted(30_000, 0)(g.iloc[:1]).geometry.iloc[0], *g.geometry.iloc[1:]]
-            ),
-        ),
-        ("(sources.plot_locations): ", "plots lie outside the AOI's extent", "plot_id 'P001'"),
+        one_plot_outside_aoi,
+        ONE_PLOT_OUTSIDE_AOI,
         command="check",
         exit=0,
+    ),
+    Case(
+        # the same warning of the checks before a run: recorded with the plots stage (the
+        # first that reads the file), so the manifest and the report have it
+        "plots-one-outside-aoi-run",
+        one_plot_outside_aoi,
+        ONE_PLOT_OUTSIDE_AOI,
+        stages=PLOTS,
+        exit=0,
+        in_stage=True,
     ),
     Case(
         "plots-missing",
@@ -817,8 +867,27 @@ CASES: tuple[Case, ...] = (
     # reproduce
     Case(
         "reproduce-input-changed",
-        recorded_then_changed,
+        recorded_then(aoi_line_added),
         ("input files differ from the recorded run's", "tiny.geojson: changed"),
+        command="reproduce",
+    ),
+    Case(
+        "reproduce-input-invalid",
+        recorded_then(aoi_made_a_point),
+        ("tiny.geojson (aoi): feature 0 is a Point", "polygons"),
+        command="reproduce",
+        not_says=("differ from the recorded run's",),
+    ),
+    Case(
+        "reproduce-input-invalid-changes-allowed",
+        recorded_then(aoi_made_a_point, "--allow-changed-inputs"),
+        ("tiny.geojson (aoi): feature 0 is a Point",),
+        command="reproduce",
+    ),
+    Case(
+        "reproduce-frozen-items-changed",
+        recorded_then(frozen_items_edited),
+        ("input files differ from the recorded run's", ".json: changed", "/items/"),
         command="reproduce",
     ),
 )

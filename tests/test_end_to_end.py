@@ -159,9 +159,20 @@ def test_the_stages_warnings_are_in_the_manifest_and_the_report(tiny_run):
         (s, m) for s, rec in manifest["stages"].items() if s != "report" for m in rec["warnings"]
     ]
     assert said, "the tiny region leaves cells without a value: predict says so"
+    # a warning of the checks before the run (no stage raises it) is recorded with the
+    # first stage that reads the file: the plot J016 just off the grid, with ``plots``,
+    # and with its code, so the (Chinese) report says it in Chinese
+    off_grid = "1 of 26 plots lie outside the AOI's extent (feature 21 (plot_id 'J016'))"
+    (message,) = [m for s, m in said if off_grid in m and s == "plots"]
+    coded = manifest["stages"]["plots"]["warning_codes"][message]
+    assert coded["code"] == "plots_outside_aoi"
+    assert (coded["values"]["off"], coded["values"]["n"]) == (1, 26)
     section = (run / REPORT_RELPATH).read_text().split('id="warnings"')[1].split('id="headline"')[0]
-    for _, message in said:
-        assert str(escape(message)) in section
+    assert "26 个样地中有 1 个位于 AOI 范围之外（feature 21 (plot_id &#39;J016&#39;)）" in section
+    assert off_grid not in section
+    for stage, message in said:
+        if message not in manifest["stages"][stage].get("warning_codes", {}):
+            assert str(escape(message)) in section
 
 
 def test_second_run_skips_and_reproduce_is_identical(tiny_run, capsys):

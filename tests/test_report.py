@@ -12,11 +12,13 @@ import re
 import shutil
 import string
 import subprocess
+import warnings
 from dataclasses import replace
 from html import unescape
 from pathlib import Path
 
 import geopandas as gpd
+import markupsafe
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
@@ -26,6 +28,7 @@ import shapely
 import xarray as xr
 from fontTools.ttLib import TTCollection, TTFont
 from helpers import CHROMIUM_FLAGS, assert_workbook_matches_csvs
+from matplotlib import font_manager
 from shapely.geometry import LineString, box
 from shapely.ops import split
 
@@ -42,8 +45,10 @@ from pipeline.contracts import (
     quicklook_relpath,
     rollup_relpath,
 )
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineWarning
+from pipeline.report import figures
 from pipeline.report.build import ReportJob
+from pipeline.report.figures import FigureText, installed_font
 from pipeline.report.words import LANGUAGES, default_language, strings
 from pipeline.sink import stock_change_sink
 from pipeline.stages.credits import credits_table
@@ -568,3 +573,118 @@ def test_the_chinese_report_renders_every_glyph_and_the_csvs_numbers(report_inpu
         assert pm == "±" and " ".join(unit) == r["unit"]
         assert number(value) == round(float(r["total"]), 1)
         assert number(half) == round(float(r["half_width"]), 1)
+
+
+#: the figures' words as they were drawn before the report had languages (the reference
+#: for "the English figures are unchanged")
+ENGLISH_TEXT = FigureText(
+    easting="easting (m)",
+    northing="northing (m)",
+    observed="observed ({units})",
+    predicted="predicted ({units})",
+    no_valid_pixels="no valid pixels",
+)
+
+
+def quicklooks(out: dict) -> dict[str, bytes]:
+    return {k: v for k, v in out.items() if k.endswith(".png")}
+
+
+def test_the_chinese_figures_are_drawn_with_a_cjk_font_and_the_english_ones_unchanged(
+    report_inputs,
+):
+    """The Chinese report's PNGs are drawn with the CJK font fontconfig has for Noto Sans
+    CJK SC (the font of the page's test), with no "missing glyph" warning; the English
+    report's are those drawn with the English words of before."""
+    en = run_report(report_inputs)
+    job = replace(report_inputs["job"], language="zh")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        zh = run_report({**report_inputs, "job": job})
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "missing from font" in m or "no CJK font" in m], said
+    family = installed_font(strings()["fonts"]["cjk"])
+    assert family == "Noto Sans CJK SC"
+    fc_file = subprocess.run(
+        ["fc-match", "-f", "%{file}", family], capture_output=True, text=True, check=True
+    ).stdout
+    assert font_manager.findfont(font_manager.FontProperties(family=family)) == fc_file
+    assert quicklooks(zh).keys() == quicklooks(en).keys()
+    for key, png in quicklooks(zh).items():
+        assert png != en[key], key  # its words are Chinese
+    # the English quicklooks: as drawn with the English literals of before
+    parcels = report_inputs["parcel_sink"]
+    before = figures.parcels_png(parcels, column="sink_tco2e_ha_yr",
+                                 title="Parcels by sink per forest hectare",
+                                 units="t CO2e/ha/yr", text=ENGLISH_TEXT)  # fmt: skip
+    assert en[quicklook_relpath("parcels")] == before
+    # the check above can fail: Chinese drawn in matplotlib's default font lacks glyphs
+    with pytest.warns(UserWarning, match="missing from font"):
+        figures.parcels_png(parcels, column="sink_tco2e_ha_yr", title="各小班碳汇",
+                            units="t CO2e/ha/yr", text=ENGLISH_TEXT)  # fmt: skip
+
+
+def test_without_a_cjk_font_the_chinese_figures_are_english_with_a_warning(
+    report_inputs, monkeypatch
+):
+    monkeypatch.setitem(strings()["fonts"], "cjk", ["No Such Font CJK"])
+    en = run_report(report_inputs)
+    job = replace(report_inputs["job"], language="zh")
+    with pytest.warns(PipelineWarning, match=r"no CJK font found .*No Such Font CJK.*English"):
+        zh = run_report({**report_inputs, "job": job})
+    assert quicklooks(zh) == quicklooks(en)
+    html = zh[REPORT_RELPATH]
+    assert isinstance(html, str) and "主要结果" in html  # the page itself stays Chinese
+
+
+def test_a_coded_warning_is_said_in_the_reports_language(report_inputs):
+    """A warning with a code is shown in Chinese in the Chinese report, with its values;
+    the English report, and a warning without a code, show the message itself."""
+    message = "plots.gpkg (sources.plot_locations): 2 of 30 plots lie outside the AOI's extent"
+    values = {"path": "plots.gpkg", "off": 2, "n": 30, "names": "P1, P2"}
+    recorded = [
+        {"stage": "plots", "warnings": [message, "plots: no code here"], "library_warnings": [],
+         "warning_codes": {message: {"code": "plots_outside_aoi", "values": values}}},
+    ]  # fmt: skip
+    zh_job = replace(report_inputs["job"], language="zh")
+    pages = {
+        lang: run_report({**report_inputs, "job": job, "warnings": recorded})[REPORT_RELPATH]
+        for lang, job in (("en", report_inputs["job"]), ("zh", zh_job))
+    }
+    tables = {
+        k: str(v).split('id="warning-table"')[1].split("</table>")[0] for k, v in pages.items()
+    }
+    shown = str(markupsafe.escape(message))
+    assert shown in tables["en"] and "no code here" in tables["en"]
+    assert shown not in tables["zh"] and "no code here" in tables["zh"]
+    assert (
+        "plots.gpkg（sources.plot_locations）：30 个样地中有 2 个位于 AOI 范围之外（P1, P2）"
+        in (tables["zh"])
+    )
+
+
+def test_every_coded_warning_has_a_text_in_every_other_language_with_its_values():
+    """Each ``PipelineWarning(..., code=C, values={...})`` of the code has a text for C in
+    every language but English, naming exactly the keys of its values."""
+    import ast
+
+    texts = strings()["warnings"]
+    formatter = string.Formatter()
+    found = {}
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "PipelineWarning"):
+                continue
+            kw = {k.arg: k.value for k in node.keywords}
+            if "code" not in kw:
+                continue
+            code = ast.literal_eval(kw["code"])
+            values = kw["values"]
+            assert isinstance(values, ast.Dict), (path, code)
+            found[code] = {ast.literal_eval(k) for k in values.keys if k is not None}
+    assert {"plots_outside_aoi", "partly_off_grid", "csv_not_utf8"} <= found.keys()
+    assert found.keys() == texts.keys()
+    for code, keys in found.items():
+        for lang in set(LANGUAGES) - {"en"}:
+            named = {f for _, f, _, _ in formatter.parse(str(texts[code][lang])) if f}
+            assert named == keys, (code, lang, named, keys)

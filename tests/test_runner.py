@@ -64,6 +64,8 @@ def _warning_noise(job, *, params):
     warnings.warn("noise: the parameters look odd", PipelineWarning, stacklevel=2)
     warnings.warn("the science took a fallback", ModelsWarning, stacklevel=2)
     warnings.warn("a library speaks", UserWarning, stacklevel=2)
+    coded = PipelineWarning("noise: 3 cells look odd", code="toy_odd_cells", values={"n": 3})
+    warnings.warn(coded, stacklevel=2)
     return toy_stages.noise(job, params=params)
 
 
@@ -77,8 +79,15 @@ def test_stage_warnings_reach_console_manifest_and_the_next_stages(tmp_path, cap
         return Runner(config, stages, options=RunOptions(quiet=True)).run()
 
     first = run()
-    own = ["noise: the parameters look odd", "the science took a fallback"]
+    own = [
+        "noise: the parameters look odd",
+        "the science took a fallback",
+        "noise: 3 cells look odd",
+    ]
     assert first["stages"]["noise"]["warnings"] == own
+    # a warning with a code has it recorded beside its message, with its values
+    codes = {"noise: 3 cells look odd": {"code": "toy_odd_cells", "values": {"n": 3}}}
+    assert first["stages"]["noise"]["warning_codes"] == codes
     # libraries the stage calls may add their own (deprecations...): ours is among them
     library = first["stages"]["noise"]["library_warnings"]
     (speaks,) = [w for w in library if w.endswith("a library speaks")]
@@ -88,7 +97,9 @@ def test_stage_warnings_reach_console_manifest_and_the_next_stages(tmp_path, cap
     assert "noise: the parameters look odd" in capsys.readouterr().err  # also under --quiet
     # what the stages after it read (the report does)
     before_summary = json.loads((tmp_path / "out/.state/warnings.json").read_text())
-    assert before_summary == [{"stage": "noise", "warnings": own, "library_warnings": library}]
+    assert before_summary == [
+        {"stage": "noise", "warnings": own, "library_warnings": library, "warning_codes": codes}
+    ]
     # a skipped stage keeps its warnings, and says them again
     second = run()
     assert second["stages"]["noise"]["status"].startswith("skipped")
@@ -112,6 +123,8 @@ def test_the_projects_warnings_are_all_of_its_own_classes():
             for kw in node.keywords:
                 if kw.arg == "category":
                     category = kw.value
+            if category is None and node.args and isinstance(node.args[0], ast.Call):
+                category = node.args[0].func  # warnings.warn(PipelineWarning(...)): a code
             expected = own[path.relative_to(root).parts[0]]
             if category is None or ast.unparse(category) != expected:
                 wrong.append(f"{path.relative_to(root)}:{node.lineno} (use {expected})")

@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else None
     # the runner resolves --stages as run does (it touches no file until it runs)
     runner = Runner(config, STAGES, options=RunOptions(stages=stages, quiet=True))
-    messages = check_inputs(config, [s.name for s in runner.selected()])
+    messages = [w.message for w in check_inputs(config, [s.name for s in runner.selected()])]
     for message in messages:
         print(f"warning: {message}")
     print(f"{path}: inputs checked, {len(messages)} warning(s)")

@@ -1,10 +1,11 @@
 """``forest-carbon reproduce RUN/manifest.json``: rerun a recorded run and compare.
 
-Checks the recorded input files first, then reruns into ``--out`` (default: the run
-folder's name with ``-reproduce``, beside it; an earlier reproduction there is reused) and
-prints, per output, identical, different or missing. Works from any working directory.
-Exit 0: every output identical; 3: some different or missing; 2: bad input (the manifest,
-a changed input file, the output folder); 1: internal error. See :mod:`pipeline.reproduce`.
+Checks the inputs as ``run`` does, and the recorded input files and frozen STAC items
+against their checksums, then reruns into ``--out`` (default: the run folder's name with
+``-reproduce``, beside it; an earlier reproduction there is reused) and prints, per
+output, identical, different or missing. Works from any working directory. Exit 0: every
+output identical; 3: some different or missing; 2: bad input (the manifest, an invalid or
+changed input file, the output folder); 1: internal error. See :mod:`pipeline.reproduce`.
 """
 
 from __future__ import annotations

@@ -28,10 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.markup import escape
-
     from pipeline.errors import ConfigError
-    from pipeline.inputs import check_inputs
     from pipeline.run_folder import check_available
     from pipeline.runner import Runner, RunOptions
     from pipeline.stages import STAGES
@@ -49,8 +46,7 @@ def main(args: argparse.Namespace) -> int:
     # a folder that is in use or not a run folder is refused first, then the inputs are
     # checked before the run folder is touched (docs/input_checks.md, docs/run_folder.md)
     check_available(runner.layout.root)
-    for message in check_inputs(config, [s.name for s in runner.selected()]):
-        runner.alerts.print(f"[yellow]⚠[/] {escape(message)}", highlight=False)
+    runner.check_inputs()
     runner.run()
     runner.console.print(f"run folder: {runner.layout.root}  (config sha256 {config.sha256[:12]})")
     return 0

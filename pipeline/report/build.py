@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -34,8 +35,9 @@ from scipy.stats import norm
 
 from models.plot_biomass import SPECIES_TABLE_FIELD
 from pipeline.contracts import PARCEL_SINK_CSV_RELPATH, TOTAL_ID, CreditsJob, SinkJob
+from pipeline.errors import PipelineWarning
 from pipeline.report import figures
-from pipeline.report.words import Language, Words
+from pipeline.report.words import Language, Words, strings
 from pipeline.sink import as_band, named_band
 
 #: longest side of a map quicklook in pixels (larger maps are subsampled)
@@ -146,15 +148,53 @@ def _map(
     band: str | None,
     title: str,
     units: str,
-    caption: str,
+    text: figures.FigureText,
     cmap: str = "viridis",
     diverging: bool = False,
-) -> Figure:
+) -> bytes:
+    """The PNG of a raster's band (or first band), subsampled for the report."""
     values, extent = _thumb(_band_or_first(raster, band, name))
-    png = figures.map_png(
-        values, extent=extent, title=title, units=units, cmap=cmap, diverging=diverging
+    return figures.map_png(
+        values, extent=extent, title=title, units=units, text=text, cmap=cmap, diverging=diverging
     )
-    return Figure(name, title, caption, png)
+
+
+def figure_words(language: Language) -> tuple[Words, figures.FigureText]:
+    """The words the figures draw (titles, axes, legends) and the fonts to draw them with.
+
+    A language written in a CJK script (``strings.yaml``: ``script``) is drawn with the
+    Latin font and the first CJK font of ``fonts`` that is installed; when none is, the
+    figures are drawn in English and a warning says so (it reaches the manifest and the
+    report's Warnings). The captions under the figures are in the report's language anyway.
+    """
+    w = Words(language)
+    fonts: tuple[str, ...] = ()
+    if w.script == "cjk":
+        families = strings()["fonts"]
+        cjk = figures.installed_font(families["cjk"])
+        if cjk is None:
+            warnings.warn(
+                f"report: no CJK font found for the figures of the {language} report (looked "
+                f"for {', '.join(families['cjk'])} with matplotlib and fontconfig), so their "
+                "titles, axis labels and legends are in English; install one (Debian: "
+                "fonts-noto-cjk, see scripts/install-report-deps.sh) and rerun "
+                "`forest-carbon run --stages report --force`",
+                PipelineWarning,
+                stacklevel=2,
+            )
+            w = Words("en")
+        else:
+            fonts = (*families["latin"], cjk)
+    texts = w.texts()
+    text = figures.FigureText(
+        easting=texts["fig_easting"],
+        northing=texts["fig_northing"],
+        observed=texts["fig_observed"],
+        predicted=texts["fig_predicted"],
+        no_valid_pixels=texts["fig_no_valid_pixels"],
+        fonts=fonts,
+    )
+    return w, text
 
 
 def _pick(columns: Sequence[str], names: Sequence[str]) -> str | None:
@@ -309,18 +349,22 @@ def coverage_rows(map_coverage: Mapping[str, Any] | None, w: Words) -> list[tupl
 
 
 def warning_rows(
-    recorded: Sequence[Mapping[str, Any]] | None,
+    recorded: Sequence[Mapping[str, Any]] | None, w: Words
 ) -> tuple[list[tuple[str, str]], int]:
     """The pipeline's own warnings as ``(stage, message)`` rows, and how many others.
 
     ``recorded`` is the runner's ``.state/warnings.json``: per stage, its ``warnings`` (the
-    pipeline's own, all shown) and ``library_warnings`` (library noise such as distributed's
-    "Sending large graph", only counted here; they are listed in the manifest).
+    pipeline's own, all shown: in the report's language when they have a code it has a
+    text for, :meth:`Words.warning`, ``warning_codes``) and ``library_warnings`` (library
+    noise such as distributed's "Sending large graph", only counted here; they are listed
+    in the manifest).
     """
     rows: list[tuple[str, str]] = []
     n_library = 0
     for entry in recorded or ():
-        rows += [(str(entry["stage"]), str(m)) for m in entry.get("warnings", [])]
+        codes = entry.get("warning_codes", {})
+        rows += [(str(entry["stage"]), w.warning(str(m), codes.get(m)))
+                 for m in entry.get("warnings", [])]  # fmt: skip
         n_library += len(entry.get("library_warnings", []))
     return rows, n_library
 
@@ -384,14 +428,18 @@ def report_maps(
     chm: xr.DataArray | None,
     agb: xr.DataArray | None,
     carbon: xr.DataArray | None,
+    figure: tuple[Words, figures.FigureText],
 ) -> tuple[list[Figure], list[str]]:
     """The report's maps, and the titles of those left out for lack of an input.
 
-    The PNGs' own titles and units are in English (their font has no CJK glyphs); the
-    report's captions are in the report's language.
+    ``figure`` is :func:`figure_words`: the words and fonts the PNGs are drawn with (the
+    report's language unless no font has its glyphs); the headings and captions beside
+    them are in the report's language.
     """
     sj, w = job.sink, job.words
+    fw, text = figure
     e1, e2 = sj.epoch_start, sj.epoch_end
+    per_ha = fw.column("sink_tco2e_ha_yr")
     maps: list[Figure] = []
     missing: list[str] = []
     if composite is not None:
@@ -403,8 +451,9 @@ def report_maps(
         png = figures.rgb_png(
             rgb,
             extent=parts[0][1],
-            title=f"Satellite composite {e2} (true colour)",
+            title=fw("fig_rgb", epoch=e2),
             percentiles=job.rgb_stretch_percentiles,
+            text=text,
         )
         lo, hi = job.rgb_stretch_percentiles
         caption = w("map_rgb_caption", bands="/".join(job.rgb_bands), lo=f"{lo:g}", hi=f"{hi:g}")
@@ -412,38 +461,40 @@ def report_maps(
     else:
         missing.append(w("map_rgb", epoch=e2))
     optional = [
-        ("chm", chm, "Canopy height (LiDAR)", "m", {}),
-        ("agb", agb, f"Aboveground biomass {e2}", "Mg/ha", {"epoch": e2}),
-        ("carbon", carbon, f"Carbon density {e2}", "Mg C/ha", {"epoch": e2}),
+        ("chm", chm, "m", {}),
+        ("agb", agb, "Mg/ha", {"epoch": e2}),
+        ("carbon", carbon, "Mg C/ha", {"epoch": e2}),
     ]
-    for name, raster, png_title, units, kw in optional:
+    for name, raster, units, kw in optional:
         if raster is None:
             missing.append(w(f"map_{name}", **kw))
             continue
-        fig = _map(name, raster, band=None, title=png_title, units=units, caption="",
-                   cmap="YlGn")  # fmt: skip
-        maps.append(Figure(name, w(f"map_{name}", **kw), w(f"map_{name}_caption"), fig.png))
-    sink_png = _map("sink", sink, band="sink_tco2e_ha_yr", title=f"Annual sink {e1}-{e2}",
-                    units="t CO2e/ha/yr", caption="", cmap="RdYlGn", diverging=True)  # fmt: skip
-    maps.append(Figure("sink", w("map_sink", start=e1, end=e2), w("map_sink_caption"),
-                       sink_png.png))  # fmt: skip
-    sd_png = _map("sink_sd", sink, band="sink_sd_tco2e_ha_yr", title="Sink uncertainty (SD)",
-                  units="t CO2e/ha/yr", caption="", cmap="magma")  # fmt: skip
+        png = _map(name, raster, band=None, title=fw(f"map_{name}", **kw), units=units,
+                   text=text, cmap="YlGn")  # fmt: skip
+        maps.append(Figure(name, w(f"map_{name}", **kw), w(f"map_{name}_caption"), png))
+    png = _map("sink", sink, band="sink_tco2e_ha_yr", title=fw("map_sink", start=e1, end=e2),
+               units=per_ha, text=text, cmap="RdYlGn", diverging=True)  # fmt: skip
+    maps.append(Figure("sink", w("map_sink", start=e1, end=e2), w("map_sink_caption"), png))
+    png = _map("sink_sd", sink, band="sink_sd_tco2e_ha_yr", title=fw("map_sink_sd"),
+               units=per_ha, text=text, cmap="magma")  # fmt: skip
     rho = f"{sj.epoch_error_correlation:g}"
-    maps.append(Figure("sink_sd", w("map_sink_sd"), w("map_sink_sd_caption", rho=rho),
-                       sd_png.png))  # fmt: skip
-    parcels_png = figures.parcels_png(
-        parcel_sink, column="sink_tco2e_ha_yr", title="Parcels by sink per forest hectare",
-        units="t CO2e/ha/yr",
-    )  # fmt: skip
-    maps.append(Figure("parcels", w("map_parcels"), w("map_parcels_caption"), parcels_png))
+    maps.append(Figure("sink_sd", w("map_sink_sd"), w("map_sink_sd_caption", rho=rho), png))
+    png = figures.parcels_png(
+        parcel_sink, column="sink_tco2e_ha_yr", title=fw("fig_parcels"), units=per_ha, text=text
+    )
+    maps.append(Figure("parcels", w("map_parcels"), w("map_parcels_caption"), png))
     return maps, missing
 
 
 def diagnostic_figures(
-    model_card: Mapping[str, Any] | None, plot_features: pd.DataFrame | None, w: Words
+    model_card: Mapping[str, Any] | None,
+    plot_features: pd.DataFrame | None,
+    w: Words,
+    figure: tuple[Words, figures.FigureText],
 ) -> list[Figure]:
-    """Observed vs predicted AGB and the residual map of the cross-validated plots."""
+    """Observed vs predicted AGB and the residual map of the cross-validated plots
+    (``figure``: the words and fonts of the PNGs, :func:`figure_words`)."""
+    fw, text = figure
     diagnostics: list[Figure] = []
     pairs = observed_predicted(model_card, plot_features)
     if pairs is not None and len(pairs):
@@ -453,12 +504,13 @@ def diagnostic_figures(
                                   w("obs_pred_caption", n=len(pairs), rmse=f"{rmse:.1f}"),
                                   figures.scatter_png(
                                       pairs["observed"], pairs["predicted"],
-                                      title="Cross-validated AGB", units="Mg/ha")))  # fmt: skip
+                                      title=fw("fig_cv"), units="Mg/ha", text=text)))  # fmt: skip
         if "x" in pairs.columns:
             diagnostics.append(Figure("residuals", w("residual_map"), w("residual_map_caption"),
                                       figures.residual_map_png(
                                           pairs["x"], pairs["y"], resid,
-                                          title="CV residuals", units="Mg/ha")))  # fmt: skip
+                                          title=fw("fig_residuals"), units="Mg/ha",
+                                          text=text)))  # fmt: skip
     return diagnostics
 
 
@@ -629,6 +681,7 @@ def build_report(
     of the roll-up CSVs, named in the report.
     """
     sj, w = job.sink, job.words
+    figure = figure_words(job.language)
     maps, missing = report_maps(
         job,
         sink=sink,
@@ -637,8 +690,9 @@ def build_report(
         chm=chm,
         agb=agb,
         carbon=carbon,
+        figure=figure,
     )
-    diagnostics = diagnostic_figures(model_card, plot_features, w)
+    diagnostics = diagnostic_figures(model_card, plot_features, w, figure)
     total = credits.loc[credits["parcel_id"] == TOTAL_ID].iloc[0].to_dict()
     parcel_columns, parcel_rows = parcel_table(
         parcel_sink, w, epoch_start=sj.epoch_start, epoch_end=sj.epoch_end
@@ -657,15 +711,18 @@ def build_report(
         + species_table_rows(plots_qa, w)
         + coverage_rows(map_coverage, w)
     )
-    warning_list, n_library_warnings = warning_rows(warnings)
+    warning_list, n_library_warnings = warning_rows(warnings, w)
     method = job.credits.methodology
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(
         resources.files("pipeline.report").joinpath("template.html").read_text(encoding="utf-8")
     )
     agg = sj.parcel_error_aggregation
+    fonts = strings()["fonts"]
     html = template.render(
         t=w.texts(),
+        # the page's font stack, every script's fonts (the names are strings.yaml's own)
+        font_stack=markupsafe.Markup(", ".join(f'"{f}"' for f in fonts["latin"] + fonts["cjk"])),
         title=job.title,
         simulated=job.simulated,
         run_line=w("run_line", region=job.region, start=sj.epoch_start, end=sj.epoch_end,

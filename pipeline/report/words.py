@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, cast
@@ -43,6 +44,11 @@ class Words:
     def __call__(self, key: str, **values: Any) -> str:
         return str(strings()["text"][key][self.language]).format(**values)
 
+    @property
+    def script(self) -> str:
+        """The script the language is written in, as ``strings.yaml`` names its fonts."""
+        return str(strings()["script"][self.language])
+
     def texts(self) -> dict[str, str]:
         """Every text of the language, unformatted (for the template)."""
         return {k: str(v[self.language]) for k, v in strings()["text"].items()}
@@ -51,6 +57,14 @@ class Words:
         """Header of a report table's column (the column name itself when not listed)."""
         entry = strings()["columns"].get(name)
         return name if entry is None else str(entry[self.language]).format(**values)
+
+    def warning(self, message: str, coded: Mapping[str, Any] | None) -> str:
+        """A stage's warning as the report says it: the language's text for its code
+        (``warnings`` of ``strings.yaml``) filled with its values, else its message."""
+        entry = strings()["warnings"].get(coded["code"]) if coded else None
+        if coded is None or entry is None or self.language not in entry:
+            return message
+        return str(entry[self.language]).format(**coded["values"])
 
     def estimator(self, name: str) -> str:
         """A survey estimator's name; in Chinese with the name of ``totals.csv`` beside it."""
