@@ -432,6 +432,10 @@ class CreditsParams(Section):
     #: overrides the methodology's default non-permanence buffer (e.g. the project's own
     #: VCS AFOLU Non-Permanence Risk Tool result)
     buffer_fraction: float | None = Field(default=None, ge=0, le=1)
+    #: further methodology files computed side by side on the same run, each written to
+    #: ``credits/credits_<methodology id>.csv`` and shown in the report (the overrides
+    #: above apply to ``methodology`` only: each compared file keeps its own values)
+    compare: tuple[Path, ...] = ()
 
 
 class ReportParams(Section):

@@ -26,7 +26,8 @@ The run folder (``outputs/<region>/`` by default)::
       forest_carbon_index.tif
     parcels/parcel_sink.gpkg, .csv,          parcels
       error_correlogram.json
-    credits/credits.csv                      credits
+    credits/credits.csv,                     credits (``credits_<id>.csv``: the
+      credits_<methodology id>.csv           methodologies of stages.credits.compare)
     report/report.html,                      report
       report/quicklooks/<name>.png,
       report/tables.xlsx
@@ -96,6 +97,12 @@ SAMPLE_PLAN_RELPATH = "estimates/sample_plan.csv"
 PROJECT_SAMPLE = "project"
 
 CREDITS_RELPATH = "credits/credits.csv"
+
+
+def compared_credits_relpath(methodology_id: str) -> str:
+    """The credit table of a methodology of ``stages.credits.compare``."""
+    return f"credits/credits_{methodology_id}.csv"
+
 
 REPORT_RELPATH = "report/report.html"
 #: the run's tables in one workbook, one sheet per table (:mod:`pipeline.report.tables`)
@@ -328,30 +335,56 @@ class CreditsJob:
     methodology: Methodology
     methodology_file: str
     sink: SinkJob
+    #: the methodologies computed side by side (``stages.credits.compare``): (rules, file)
+    compare: tuple[tuple[Methodology, str], ...] = ()
+    #: the run's epochs up to the sink's start epoch, oldest first, at which a land rule
+    #: (:mod:`pipeline.eligibility`) is checked; empty: the start epoch alone
+    epochs_before_start: tuple[str, ...] = ()
+    #: the epoch the parcel layer describes (``model.parcels_epoch``; None: the last)
+    parcels_epoch: str | None = None
+    forest_land_classes: tuple[str, ...] = ("forest",)
 
     @classmethod
     def from_params(cls, params: CreditsParams, sink: SinkJob, *, key: str) -> CreditsJob:
-        """Load the methodology file of ``params`` and apply its overrides.
+        """Load the methodology files of ``params`` and apply its overrides to the first.
 
         Raises
         ------
         ConfigError
-            The methodology file is missing or invalid (the message names ``key`` and it).
+            A methodology file is missing or invalid, or two share an id (the message
+            names ``key`` and the file).
         """
         try:
             method = load_methodology(params.methodology)
+            compare = tuple((load_methodology(p), str(p)) for p in params.compare)
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
+        ids = [method.id, *(m.id for m, _ in compare)]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(
+                f"{key.rsplit('.', 1)[0]}.compare: each methodology may appear once (ids {ids})"
+            )
         method = method.with_overrides(
             leakage_fraction=params.leakage_fraction, buffer_fraction=params.buffer_fraction
         )
-        return cls(method, str(params.methodology), sink)
+        return cls(method, str(params.methodology), sink, compare=compare)
+
+    @property
+    def methodologies(self) -> tuple[tuple[Methodology, str], ...]:
+        """The run's methodology first, then the compared ones."""
+        return ((self.methodology, self.methodology_file), *self.compare)
 
 
 def credits_job(config: Config) -> CreditsJob:
     """Resolve ``stages.credits`` and the sink's epochs from a run config."""
-    return CreditsJob.from_params(
-        config.stages.credits, sink_job(config), key="stages.credits.methodology"
+    sj = sink_job(config)
+    job = CreditsJob.from_params(config.stages.credits, sj, key="stages.credits.methodology")
+    start = next(e.reference for e in config.epochs if e.name == sj.epoch_start)
+    return replace(
+        job,
+        epochs_before_start=tuple(e.name for e in config.epochs if e.reference <= start),
+        parcels_epoch=config.stages.model.parcels_epoch or config.epochs[-1].name,
+        forest_land_classes=tuple(config.stages.predict.forest_land_classes),
     )
 
 
