@@ -326,6 +326,9 @@ def epoch_raster_inputs(job: SinkJob, layout: RunLayout) -> dict[str, Path]:
 
 #: ``parcel_id`` of the credited project total's row in ``credits/credits.csv``
 TOTAL_ID = "TOTAL"
+#: ``parcel_id`` of the project sample's estimate over the declared project area, shown
+#: beside a ``TOTAL`` from which parcels were refused (not credited: it covers them too)
+DECLARED_ID = "DECLARED"
 
 
 @dataclass(frozen=True)

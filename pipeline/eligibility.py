@@ -58,27 +58,32 @@ class LandUseData:
     forest_land_classes: tuple[str, ...]
 
 
+def _pieces(project: gpd.GeoDataFrame, layer: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The intersections of the project parcels with the layer's parcels: the layer's
+    columns, the project parcel's row (``_row``) and the piece's area (``_area``)."""
+    proj = project[["geometry"]].reset_index(drop=True).assign(_row=lambda d: d.index)
+    parts = gpd.overlay(proj, layer.to_crs(project.crs), how="intersection", keep_geom_type=True)
+    return parts.assign(_area=parts.geometry.area)
+
+
 def _shares(project: gpd.GeoDataFrame, layer: gpd.GeoDataFrame, flag: pd.Series) -> pd.DataFrame:
     """Per project parcel (in order), the area shares in layer parcels where ``flag`` is
     True (``forest``) and where it is NA or outside the layer (``unknown``)."""
-    proj = project[["geometry"]].reset_index(drop=True).assign(_row=lambda d: d.index)
-    lay = layer[["geometry"]].assign(_flag=flag.to_numpy()).to_crs(project.crs)
-    parts = gpd.overlay(proj, lay, how="intersection", keep_geom_type=True)
-    total = proj.geometry.area.to_numpy()
-    parts["_area"] = parts.geometry.area
+    parts = _pieces(project, layer[["geometry"]].assign(_flag=flag.to_numpy()))
+    index = pd.RangeIndex(len(project))
+    total = project.geometry.area.to_numpy()
     forest = parts.loc[parts["_flag"].eq(True).fillna(False)].groupby("_row")["_area"].sum()
     known = parts.loc[parts["_flag"].notna()].groupby("_row")["_area"].sum()
-    index = pd.RangeIndex(len(proj))
     f = forest.reindex(index, fill_value=0.0).to_numpy() / total
     k = known.reindex(index, fill_value=0.0).to_numpy() / total
     return pd.DataFrame({"forest": f, "unknown": (1.0 - k).clip(min=0.0)})
 
 
-def _forest_flags(data: LandUseData, epoch: str) -> tuple[pd.Series | None, str]:
+def _forest_flags(
+    layer: gpd.GeoDataFrame, data: LandUseData, epoch: str
+) -> tuple[pd.Series | None, str]:
     """Per parcel of the layer, forest at ``epoch`` (True/False/NA), or ``None`` with
     the reason no judgement exists."""
-    layer = data.parcels
-    assert layer is not None
     forest_land = layer["land_class"].astype(str).isin(data.forest_land_classes)
     if epoch == data.parcels_epoch:
         return forest_land.astype("boolean"), "declared land class"
@@ -100,21 +105,22 @@ def _forest_flags(data: LandUseData, epoch: str) -> tuple[pd.Series | None, str]
 def _not_forest_before_start(
     project: gpd.GeoDataFrame, data: LandUseData, share: float
 ) -> list[tuple[bool | None, str]]:
-    if data.parcels is None:
+    layer = data.parcels
+    if layer is None:
         return [(UNCHECKED, "unchecked: no parcel layer (sources.parcels)")] * len(project)
-    missing = {"parcel_id", "land_class"} - set(data.parcels.columns)
+    missing = {"parcel_id", "land_class"} - set(layer.columns)
     if missing:
         why = f"unchecked: the parcel layer has no {sorted(missing)} column"
         return [(UNCHECKED, why)] * len(project)
     forest_at: list[list[str]] = [[] for _ in range(len(project))]
     unknown_at: list[list[str]] = [[] for _ in range(len(project))]
     for epoch in data.epochs_before_start:
-        flags, how = _forest_flags(data, epoch)
+        flags, how = _forest_flags(layer, data, epoch)
         if flags is None:
             for lst in unknown_at:
                 lst.append(how)
             continue
-        shares = _shares(project, data.parcels, flags)
+        shares = _shares(project, layer, flags)
         for i, (f, u) in enumerate(zip(shares["forest"], shares["unknown"], strict=True)):
             if f >= share:
                 forest_at[i].append(f"forest at {epoch} ({how}: {100 * f:.0f} % of its area)")
@@ -140,13 +146,10 @@ def _forest_types(project: gpd.GeoDataFrame, layer: gpd.GeoDataFrame | None) -> 
         return [None if pd.isna(v) else str(v) for v in project["forest_type"]]
     if layer is None or "forest_type" not in layer.columns:
         return [None] * len(project)
-    proj = project[["geometry"]].reset_index(drop=True).assign(_row=lambda d: d.index)
-    lay = layer[["forest_type", "geometry"]].to_crs(project.crs)
-    parts = gpd.overlay(proj, lay, how="intersection", keep_geom_type=True)
-    parts["_area"] = parts.geometry.area
+    parts = _pieces(project, layer[["forest_type", "geometry"]])
     by_type = parts.groupby(["_row", "forest_type"])["_area"].sum().reset_index()
     top = by_type.sort_values("_area").groupby("_row")["forest_type"].last()
-    return [None if i not in top.index else str(top[i]) for i in range(len(proj))]
+    return [None if i not in top.index else str(top[i]) for i in range(len(project))]
 
 
 def parcel_eligibility(

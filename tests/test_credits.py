@@ -222,6 +222,17 @@ def _sink_raster(rate: float, sd: float) -> xr.DataArray:
     return da.rio.write_crs("EPSG:32650")
 
 
+#: parcels A (0.5 ha, baseline 2) and B (0.1 ha, baseline 0)
+TWO_PARCELS = gpd.GeoDataFrame(
+    {"parcel_id": ["A", "B"], "baseline_tco2e_ha_yr": [2.0, 0.0]},
+    geometry=[
+        box(500_000, 2_999_900, 500_050, 3_000_000),
+        box(500_060, 2_999_950, 500_085, 2_999_990),
+    ],
+    crs="EPSG:32650",
+)
+
+
 def test_credits_stage_on_a_uniform_sink():
     # sink 10 t CO2e/ha/yr (sd 1) everywhere; parcels A = 50 x 100 m = 0.5 ha (baseline 2),
     # B = 25 x 40 m = 0.1 ha (baseline 0); 5.0021 years between the reference dates.
@@ -233,14 +244,7 @@ def test_credits_stage_on_a_uniform_sink():
     )
     years = sink_job.years
     job = CreditsJob(CCER, "configs/methodology/ccer.yaml", sink_job)
-    project = gpd.GeoDataFrame(
-        {"parcel_id": ["A", "B"], "baseline_tco2e_ha_yr": [2.0, 0.0]},
-        geometry=[
-            box(500_000, 2_999_900, 500_050, 3_000_000),
-            box(500_060, 2_999_950, 500_085, 2_999_990),
-        ],
-        crs="EPSG:32650",
-    )
+    project = TWO_PARCELS
     with pytest.warns(UserWarning, match="no project plot sample"):
         table = credits_stage(job, sink=_sink_raster(10.0, 1.0), project=project)[CREDITS_RELPATH]
     rows = table.set_index("parcel_id")
@@ -386,16 +390,6 @@ def test_credits_command_takes_the_epochs_from_the_estimates(tmp_path: Path) -> 
 
 
 # -- eligibility on the data (pipeline.eligibility) -------------------------------------
-
-#: parcels A (0.5 ha, baseline 2) and B (0.1 ha, baseline 0) of the uniform-sink test
-TWO_PARCELS = gpd.GeoDataFrame(
-    {"parcel_id": ["A", "B"], "baseline_tco2e_ha_yr": [2.0, 0.0]},
-    geometry=[
-        box(500_000, 2_999_900, 500_050, 3_000_000),
-        box(500_060, 2_999_950, 500_085, 2_999_990),
-    ],
-    crs="EPSG:32650",
-)
 
 
 def _layer(forest_types: list[str], land_classes: list[str]) -> gpd.GeoDataFrame:

@@ -13,6 +13,14 @@ geometry, in the map CRS) and the period (years between the two epochs' referenc
 Without a project plot sample the total falls back to the sink map's sum with the fully
 correlated SD bound (normal quantile), and the stage warns: a verifier will not accept it.
 
+Land rules (:mod:`pipeline.eligibility`): a methodology file's ``eligibility`` (afforestation:
+not forest before the start, judged on the parcel layer and the model card's land-use
+classification) and ``applies_to`` (forest types) refuse project parcels with a named
+reason (columns ``eligible`` and ``ineligible_reason``). A refused parcel leaves the
+credited total: the ``TOTAL`` is then the eligible parcels' map sum, and the project
+sample's estimate, which covers the declared area, is the ``DECLARED`` row beside it, not
+credited. A parcel the data cannot judge stays in, with a warning.
+
 Parcel rows are informative: the fractional-coverage zonal sum of the sink map (t CO2e/yr,
 :mod:`pipeline.zonal`) times the period, with the SD aggregation of ``SinkParams``
 (correlated: SDs add up; independent: root sum of squares).
@@ -23,9 +31,13 @@ Signatures
     loads and validates the methodology (``ConfigError`` naming the file on problems) and
     applies ``stages.credits.leakage_fraction`` / ``buffer_fraction`` overrides.
 ``credits_inputs(config, layout) -> {"sink": rasters/sink.tif, "project": sources.project_area,
-"estimates": estimates/totals.csv}``
-``credits_stage(job, *, sink, project, estimates=None) -> {"credits/credits.csv": DataFrame}``
-    one row per parcel and a ``TOTAL`` row, every step's value in its own column.
+"estimates": estimates/totals.csv}``, with a land rule in a methodology also ``"parcels":
+sources.parcels`` (when set) and ``"model_card": model/model_card.json``
+``credits_stage(job, *, sink, project, estimates=None, parcels=None, model_card=None)
+-> {"credits/credits.csv": DataFrame, "credits/credits_<id>.csv": DataFrame, ...}``
+    one row per parcel and a ``TOTAL`` row (and ``DECLARED`` when parcels are refused),
+    every step's value in its own column; one table per methodology of
+    ``stages.credits.compare`` beside the run's.
 
 Run: ``forest-carbon run --region nanping --stages credits`` or ``forest-carbon credits``.
 """
@@ -50,6 +62,7 @@ from models.survey.totals import change_quantity, stock_quantity
 from pipeline.config import Config
 from pipeline.contracts import (
     CREDITS_RELPATH,
+    DECLARED_ID,
     ESTIMATES_RELPATH,
     MODEL_CARD_RELPATH,
     PROJECT_SAMPLE,
@@ -97,9 +110,6 @@ TARGET_COLUMNS = ("sample_meets_target", "change_meets_target")
 MAP_SUM = "map_sum_correlated_bound"
 #: the scope of the credited TOTAL when parcels are refused: the eligible parcels' map sum
 ELIGIBLE_SCOPE = "eligible parcels (credited, map sum)"
-#: the row of the project sample's estimate over the declared project area, shown beside
-#: a TOTAL from which parcels were refused (not credited: it covers refused land)
-DECLARED_ID = "DECLARED"
 DECLARED_SCOPE = "declared project area (survey; covers refused parcels; not credited)"
 
 
@@ -255,7 +265,7 @@ def credits_table(
             f"{ids[i]} ({eligibility['ineligible_reason'][i]})" for i in np.flatnonzero(unchecked)
         ]
         _warn(
-            f"credits ({method.id}): the eligibility of project parcels {', '.join(listed)} "
+            f"credits: under {method.id}, the eligibility of project parcels {', '.join(listed)} "
             "could not be checked on the data; they stay in the credited total, which a "
             "verifier must confirm (docs/methodologies.md, 'Eligibility on the data')"
         )
@@ -287,7 +297,7 @@ def credits_table(
             rows.append(_steps_row(DECLARED_ID, DECLARED_SCOPE, total("all", *survey)))
             survey_row = len(rows) - 1
         _warn(
-            f"credits ({method.id}): project parcels {', '.join(listed)} are not eligible "
+            f"credits: under {method.id}, project parcels {', '.join(listed)} are not eligible "
             "and leave the credited total; the credited TOTAL is the eligible parcels' map "
             "sum (fully correlated SD bound)"
             + (
