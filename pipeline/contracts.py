@@ -357,16 +357,18 @@ class CreditsJob:
             A methodology file is missing or invalid, or two share an id (the message
             names ``key`` and the file).
         """
+        compare_key = f"{key.rsplit('.', 1)[0]}.compare"
         try:
             method = load_methodology(params.methodology)
-            compare = tuple((load_methodology(p), str(p)) for p in params.compare)
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
+        try:
+            compare = tuple((load_methodology(p), str(p)) for p in params.compare)
+        except ValueError as err:
+            raise ConfigError(f"{compare_key}: {err}") from None
         ids = [method.id, *(m.id for m, _ in compare)]
         if len(set(ids)) != len(ids):
-            raise ConfigError(
-                f"{key.rsplit('.', 1)[0]}.compare: each methodology may appear once (ids {ids})"
-            )
+            raise ConfigError(f"{compare_key}: each methodology may appear once (ids {ids})")
         method = method.with_overrides(
             leakage_fraction=params.leakage_fraction, buffer_fraction=params.buffer_fraction
         )

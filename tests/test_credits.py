@@ -508,6 +508,9 @@ def test_compared_methodologies_must_differ():
     )
     with pytest.raises(ConfigError, match="compare: each methodology may appear once"):
         CreditsJob.from_params(params, _one_parcel_job().sink, key="stages.credits.methodology")
+    params = CreditsParams(compare=(Path("configs/methodology/nope.yaml"),))
+    with pytest.raises(ConfigError, match=r"^stages\.credits\.compare: .*nope\.yaml: .*not found"):
+        CreditsJob.from_params(params, _one_parcel_job().sink, key="stages.credits.methodology")
 
 
 def test_land_rules_must_cite_their_clause():
