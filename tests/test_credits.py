@@ -522,3 +522,26 @@ def test_land_rules_must_cite_their_clause():
     data["eligibility"]["rule"] = "not_forest_for_10_years"
     with pytest.raises(ValueError, match=r"eligibility\.rule"):
         methodology_from_mapping(data, source="m.yaml")
+
+
+def test_a_parcel_partly_outside_the_layer_is_judged_by_area_shares():
+    # Project parcel A (50 x 100 m) overlaps layer parcel P1 (judged forest in 2019) over
+    # 60 % of its area: refused. Parcel B (25 x 40 m) overlaps it over 40 %, the rest of B
+    # lies outside the layer: 40 % forest < 50 % but 40 % + 60 % unknown >= 50 %: unchecked.
+    from pipeline.eligibility import LandUseData, parcel_eligibility
+
+    layer = gpd.GeoDataFrame(
+        {"parcel_id": ["P1"], "land_class": ["forest"]},
+        geometry=[box(500_000, 2_999_940, 500_070, 3_000_000)],  # A: 60 of 100 m; B: 10 of 25
+        crs="EPSG:32650",
+    )
+    data = LandUseData(
+        parcels=layer, land_use={"2019": {"non_forest_parcels": []}},
+        epochs_before_start=("2019",), parcels_epoch="2024", forest_land_classes=("forest",),
+    )  # fmt: skip
+    table = parcel_eligibility(TWO_PARCELS, CCER, data)
+    assert not table["eligible"].iloc[0] and table["eligible"].isna().iloc[1]
+    assert table["ineligible_reason"][0] == "forest at 2019 (land-use classifier: 60 % of its area)"
+    assert table["ineligible_reason"][1] == (
+        "unchecked: land use at 2019 unknown for 60 % of its area (land-use classifier)"
+    )
