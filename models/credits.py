@@ -38,6 +38,12 @@ the shortfall ``-N`` is reported as ``reversal_tco2e`` (net emissions against th
 baseline are shown, not hidden; how they are compensated, e.g. from a buffer pool, is
 the registry's business).
 
+Which land a methodology credits at all is data of its file too: an ``eligibility`` rule
+on the land's history (:class:`LandEligibility`, afforestation: not forest before the
+start) and an ``applies_to`` rule on the forest type (:class:`ForestTypeRule`, bamboo
+management: bamboo only). This module parses them; the credits stage checks them on the
+run's data (:mod:`pipeline.eligibility`).
+
 This module imports nothing from :mod:`pipeline` so it can be used on its own; it raises
 ``ValueError`` for malformed methodology data and the pipeline turns that into a
 ``ConfigError`` naming the file.
@@ -47,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +83,32 @@ class UncertaintyRule:
     source: str = ""
 
 
+#: the land-history rules the pipeline can check on the data (``eligibility.rule``)
+LAND_RULES = ("not_forest_before_start",)
+
+
+@dataclass(frozen=True)
+class LandEligibility:
+    """A rule on the land's history: ``not_forest_before_start`` = the parcel was not
+    forest at the run's epochs up to the project start (the methodology's period, when
+    its clause was not read, is not invented: every earlier epoch of the run counts)."""
+
+    rule: Literal["not_forest_before_start"]
+    clause: str
+    source: str
+    verified: bool
+
+
+@dataclass(frozen=True)
+class ForestTypeRule:
+    """The forest types (the parcel layer's ``forest_type``) a methodology credits."""
+
+    forest_types: tuple[str, ...]
+    clause: str
+    source: str
+    verified: bool
+
+
 @dataclass(frozen=True)
 class Methodology:
     """The parameters of a crediting methodology, each with its source."""
@@ -96,6 +128,10 @@ class Methodology:
     #: deduct at least the whole half-width, so credits never exceed the lower end of the
     #: net removals' interval (a run policy: ``stages.credits.at_most_lower_bound``)
     at_most_lower_bound: bool = False
+    #: the land-history rule checked on the data, if the file declares one
+    eligibility: LandEligibility | None = None
+    #: the forest types credited, if the file restricts them
+    applies_to: ForestTypeRule | None = None
 
     def with_overrides(
         self,
@@ -116,15 +152,10 @@ class Methodology:
             bf = buffer_fraction
             prov = [p for p in prov if p[0] != "buffer_fraction"]
             prov.append(("buffer_fraction", "run config stages.credits.buffer_fraction", True))
-        return Methodology(
-            id=self.id,
-            name=self.name,
-            confidence_level=self.confidence_level,
-            uncertainty_rule=self.uncertainty_rule,
+        return replace(
+            self,
             leakage_fraction=lf,
             buffer_fraction=bf,
-            baseline_column=self.baseline_column,
-            estimator=self.estimator,
             provenance=tuple(prov),
             at_most_lower_bound=floor,
         )
@@ -144,6 +175,41 @@ def _fraction(entry: Mapping[str, Any], key: str, source: str) -> float:
     if not isinstance(value, int | float) or not 0 <= value <= 1:
         raise ValueError(f"{source}: '{key}.value' must be a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def _clause(data: Mapping[str, Any], key: str, source: str) -> tuple[str, str, bool]:
+    """``clause``, ``source`` and ``verified`` of a land rule (all required)."""
+    entry = data[key]
+    for field in ("clause", "source"):
+        if not isinstance(entry.get(field), str) or not entry[field].strip():
+            raise ValueError(f"{source}: '{key}.{field}' must be a non-empty string")
+    if not isinstance(entry.get("verified"), bool):
+        raise ValueError(f"{source}: '{key}.verified' must be true or false")
+    return str(entry["clause"]), str(entry["source"]), bool(entry["verified"])
+
+
+def land_rules(
+    data: Mapping[str, Any], *, source: str
+) -> tuple[LandEligibility | None, ForestTypeRule | None]:
+    """The optional ``eligibility`` and ``applies_to`` rules of a methodology file."""
+    eligibility = applies_to = None
+    if data.get("eligibility") is not None:
+        if not isinstance(data["eligibility"], Mapping):
+            raise ValueError(f"{source}: 'eligibility' must be a mapping")
+        rule = data["eligibility"].get("rule")
+        if rule not in LAND_RULES:
+            raise ValueError(
+                f"{source}: 'eligibility.rule' must be one of {LAND_RULES}, got {rule!r}"
+            )
+        eligibility = LandEligibility(rule, *_clause(data, "eligibility", source))
+    if data.get("applies_to") is not None:
+        if not isinstance(data["applies_to"], Mapping):
+            raise ValueError(f"{source}: 'applies_to' must be a mapping")
+        types = data["applies_to"].get("forest_types")
+        if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
+            raise ValueError(f"{source}: 'applies_to.forest_types' must be a list of names")
+        applies_to = ForestTypeRule(tuple(types), *_clause(data, "applies_to", source))
+    return eligibility, applies_to
 
 
 def methodology_from_mapping(data: Mapping[str, Any], *, source: str) -> Methodology:
@@ -213,6 +279,10 @@ def methodology_from_mapping(data: Mapping[str, Any], *, source: str) -> Methodo
             f"{source}: uncertainty_rule.kind must be 'discount_table' or "
             f"'excess_over_threshold', got {kind!r}"
         )
+    eligibility, applies_to = land_rules(data, source=source)
+    for key, land_rule in (("eligibility", eligibility), ("applies_to", applies_to)):
+        if land_rule is not None:
+            prov.append((key, f"{land_rule.clause} ({land_rule.source})", land_rule.verified))
     return Methodology(
         id=str(data["id"]),
         name=str(data["name"]),
@@ -223,6 +293,8 @@ def methodology_from_mapping(data: Mapping[str, Any], *, source: str) -> Methodo
         baseline_column=column,
         estimator=str(estimator),
         provenance=tuple(prov),
+        eligibility=eligibility,
+        applies_to=applies_to,
     )
 
 

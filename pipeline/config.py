@@ -457,6 +457,10 @@ class CreditsParams(Section):
     #: lower end (docs/methodologies.md: a discount table alone over-credits a precise
     #: sample); false follows the methodology's rule alone
     at_most_lower_bound: bool = True
+    #: further methodology files computed side by side on the same run, each written to
+    #: ``credits/credits_<methodology id>.csv`` and shown in the report (the overrides
+    #: above apply to ``methodology`` only: each compared file keeps its own values)
+    compare: tuple[Path, ...] = ()
 
 
 class ReportParams(Section):

@@ -26,7 +26,8 @@ The run folder (``outputs/<region>/`` by default)::
       forest_carbon_index.tif
     parcels/parcel_sink.gpkg, .csv,          parcels
       error_correlogram.json
-    credits/credits.csv                      credits
+    credits/credits.csv,                     credits (``credits_<id>.csv``: the
+      credits_<methodology id>.csv           methodologies of stages.credits.compare)
     report/report.html,                      report
       report/quicklooks/<name>.png,
       report/tables.xlsx
@@ -96,6 +97,12 @@ SAMPLE_PLAN_RELPATH = "estimates/sample_plan.csv"
 PROJECT_SAMPLE = "project"
 
 CREDITS_RELPATH = "credits/credits.csv"
+
+
+def compared_credits_relpath(methodology_id: str) -> str:
+    """The credit table of a methodology of ``stages.credits.compare``."""
+    return f"credits/credits_{methodology_id}.csv"
+
 
 REPORT_RELPATH = "report/report.html"
 #: the run's tables in one workbook, one sheet per table (:mod:`pipeline.report.tables`)
@@ -319,6 +326,9 @@ def epoch_raster_inputs(job: SinkJob, layout: RunLayout) -> dict[str, Path]:
 
 #: ``parcel_id`` of the credited project total's row in ``credits/credits.csv``
 TOTAL_ID = "TOTAL"
+#: ``parcel_id`` of the project sample's estimate over the declared project area, shown
+#: beside a ``TOTAL`` from which parcels were refused (not credited: it covers them too)
+DECLARED_ID = "DECLARED"
 
 
 @dataclass(frozen=True)
@@ -328,32 +338,65 @@ class CreditsJob:
     methodology: Methodology
     methodology_file: str
     sink: SinkJob
+    #: the methodologies computed side by side (``stages.credits.compare``): (rules, file)
+    compare: tuple[tuple[Methodology, str], ...] = ()
+    #: the run's epochs up to the sink's start epoch, oldest first, at which a land rule
+    #: (:mod:`pipeline.eligibility`) is checked; empty: the start epoch alone
+    epochs_before_start: tuple[str, ...] = ()
+    #: the epoch the parcel layer describes (``model.parcels_epoch``; None: the last)
+    parcels_epoch: str | None = None
+    forest_land_classes: tuple[str, ...] = ("forest",)
 
     @classmethod
     def from_params(cls, params: CreditsParams, sink: SinkJob, *, key: str) -> CreditsJob:
-        """Load the methodology file of ``params`` and apply its overrides.
+        """Load the methodology files of ``params`` and apply its overrides to the first.
 
         Raises
         ------
         ConfigError
-            The methodology file is missing or invalid (the message names ``key`` and it).
+            A methodology file is missing or invalid, or two share an id (the message
+            names ``key`` and the file).
         """
+        compare_key = f"{key.rsplit('.', 1)[0]}.compare"
         try:
             method = load_methodology(params.methodology)
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
+        try:
+            # the run's floor is a policy of the run, so compared files follow it too
+            floor = params.at_most_lower_bound
+            compare = tuple(
+                (load_methodology(p).with_overrides(at_most_lower_bound=floor), str(p))
+                for p in params.compare
+            )
+        except ValueError as err:
+            raise ConfigError(f"{compare_key}: {err}") from None
+        ids = [method.id, *(m.id for m, _ in compare)]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{compare_key}: each methodology may appear once (ids {ids})")
         method = method.with_overrides(
             leakage_fraction=params.leakage_fraction,
             buffer_fraction=params.buffer_fraction,
             at_most_lower_bound=params.at_most_lower_bound,
         )
-        return cls(method, str(params.methodology), sink)
+        return cls(method, str(params.methodology), sink, compare=compare)
+
+    @property
+    def methodologies(self) -> tuple[tuple[Methodology, str], ...]:
+        """The run's methodology first, then the compared ones."""
+        return ((self.methodology, self.methodology_file), *self.compare)
 
 
 def credits_job(config: Config) -> CreditsJob:
     """Resolve ``stages.credits`` and the sink's epochs from a run config."""
-    return CreditsJob.from_params(
-        config.stages.credits, sink_job(config), key="stages.credits.methodology"
+    sj = sink_job(config)
+    job = CreditsJob.from_params(config.stages.credits, sj, key="stages.credits.methodology")
+    start = next(e.reference for e in config.epochs if e.name == sj.epoch_start)
+    return replace(
+        job,
+        epochs_before_start=tuple(e.name for e in config.epochs if e.reference <= start),
+        parcels_epoch=config.stages.model.parcels_epoch or config.epochs[-1].name,
+        forest_land_classes=tuple(config.stages.predict.forest_land_classes),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
+import yaml
 from shapely.geometry import box
 
 from models.credits import (
@@ -247,6 +249,17 @@ def _sink_raster(rate: float, sd: float) -> xr.DataArray:
     return da.rio.write_crs("EPSG:32650")
 
 
+#: parcels A (0.5 ha, baseline 2) and B (0.1 ha, baseline 0)
+TWO_PARCELS = gpd.GeoDataFrame(
+    {"parcel_id": ["A", "B"], "baseline_tco2e_ha_yr": [2.0, 0.0]},
+    geometry=[
+        box(500_000, 2_999_900, 500_050, 3_000_000),
+        box(500_060, 2_999_950, 500_085, 2_999_990),
+    ],
+    crs="EPSG:32650",
+)
+
+
 def test_credits_stage_on_a_uniform_sink():
     # sink 10 t CO2e/ha/yr (sd 1) everywhere; parcels A = 50 x 100 m = 0.5 ha (baseline 2),
     # B = 25 x 40 m = 0.1 ha (baseline 0); 5.0021 years between the reference dates.
@@ -258,14 +271,7 @@ def test_credits_stage_on_a_uniform_sink():
     )
     years = sink_job.years
     job = CreditsJob(CCER, "configs/methodology/ccer.yaml", sink_job)
-    project = gpd.GeoDataFrame(
-        {"parcel_id": ["A", "B"], "baseline_tco2e_ha_yr": [2.0, 0.0]},
-        geometry=[
-            box(500_000, 2_999_900, 500_050, 3_000_000),
-            box(500_060, 2_999_950, 500_085, 2_999_990),
-        ],
-        crs="EPSG:32650",
-    )
+    project = TWO_PARCELS
     with pytest.warns(UserWarning, match="no project plot sample"):
         table = credits_stage(job, sink=_sink_raster(10.0, 1.0), project=project)[CREDITS_RELPATH]
     rows = table.set_index("parcel_id")
@@ -408,3 +414,161 @@ def test_credits_command_takes_the_epochs_from_the_estimates(tmp_path: Path) -> 
     assert table.loc[TOTAL_ID, "epochs"] == "2019-2024"
     assert table.loc[TOTAL_ID, "project_tco2e"] == 20.0
     assert table.loc[TOTAL_ID, "estimator"] == "stratified (project plots)"
+
+
+# -- eligibility on the data (pipeline.eligibility) -------------------------------------
+
+
+def _layer(forest_types: list[str], land_classes: list[str]) -> gpd.GeoDataFrame:
+    """A parcel layer with the two project parcels' geometries (ids P1, P2: the project's
+    ids need not be the layer's) in geographic coordinates (the check reprojects)."""
+    return gpd.GeoDataFrame(
+        {"parcel_id": ["P1", "P2"], "forest_type": forest_types, "land_class": land_classes},
+        geometry=list(TWO_PARCELS.geometry),
+        crs="EPSG:32650",
+    ).to_crs("EPSG:4326")
+
+
+def _survey(total: float, se: float, df: float) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"sample": ["project"] * 2, "quantity": ["change_2019_2024", "stock_2024"],
+         "estimator": ["stratified"] * 2, "chosen": [True, True], "total": [total, 300.0],
+         "se": [se, 10.0], "df": [df, df], "meets_target": [True, True]}
+    )  # fmt: skip
+
+
+def test_afforestation_refuses_a_parcel_that_was_forest_at_the_start():
+    # The classifier found P1 (= A) not forest in 2019 and P2 (= B) forest: B is refused.
+    # TOTAL = A's map sum: P = 10 x 0.5 x T, B = 2 x 0.5 x T, SD = 1 x 0.5 x T (correlated)
+    # N = 4 T; U = 1.6449 x 0.5 T / 4 T = 20.6 % -> band 20-30 %, 75 % of the half-width.
+    # The survey estimate (40 +- 3, 9 df) over the declared 0.6 ha is the DECLARED row.
+    job = _one_parcel_job()
+    years = job.sink.years
+    card = {"land_use": {"2019": {"non_forest_parcels": ["P1"], "parcels_judged": 2}}}
+    with pytest.warns(UserWarning, match=r"B \(forest at 2019 \(land-use classifier"):
+        table = credits_stage(
+            job, sink=_sink_raster(10.0, 1.0), project=TWO_PARCELS, estimates=_survey(40, 3, 9),
+            parcels=_layer(["chinese_fir"] * 2, ["forest"] * 2), model_card=card,
+        )[CREDITS_RELPATH]  # fmt: skip
+    rows = table.set_index("parcel_id")
+    assert bool(rows.loc["A", "eligible"]) and rows.loc["A", "ineligible_reason"] == ""
+    assert not rows.loc["B", "eligible"]
+    assert (
+        "forest at 2019 (land-use classifier: 100 % of its area)"
+        in rows.loc["B", "ineligible_reason"]
+    )
+    total = rows.loc[TOTAL_ID]
+    assert total["scope"] == "eligible parcels (credited, map sum)"
+    assert total["area_ha"] == pytest.approx(0.5, rel=1e-9)
+    assert total["project_tco2e"] == pytest.approx(5.0 * years, rel=1e-6)
+    assert total["baseline_tco2e"] == pytest.approx(1.0 * years, rel=1e-9)
+    net, half = 4.0 * years, 1.6448536 * 0.5 * years
+    assert total["net_tco2e"] == pytest.approx(net, rel=1e-6)
+    assert total["uncertainty_factor"] == 0.75
+    assert total["credits_tco2e"] == pytest.approx(net - 0.75 * half, rel=1e-5)
+    assert pd.isna(total["change_meets_target"])
+    declared = rows.loc["DECLARED"]
+    assert declared["project_tco2e"] == 40.0 and declared["area_ha"] == pytest.approx(0.6)
+    assert declared["baseline_tco2e"] == pytest.approx(1.0 * years, rel=1e-9)
+    assert "not credited" in declared["scope"] and declared["change_meets_target"]
+
+
+def test_afforestation_takes_the_declared_land_class_at_the_layer_epoch():
+    # the parcel layer describes 2019 (the start): A is declared farmland, B forest land
+    job = replace(_one_parcel_job(), epochs_before_start=("2019",), parcels_epoch="2019")
+    with pytest.warns(UserWarning, match="not eligible"):
+        table = credits_stage(
+            job, sink=_sink_raster(10.0, 1.0), project=TWO_PARCELS, estimates=_survey(40, 3, 9),
+            parcels=_layer(["non_forest", "chinese_fir"], ["farmland", "forest"]), model_card={},
+        )[CREDITS_RELPATH]  # fmt: skip
+    rows = table.set_index("parcel_id")
+    assert list(rows["eligible"].iloc[:2]) == [True, False]
+    assert rows.loc["B", "ineligible_reason"].startswith("forest at 2019 (declared land class")
+
+
+def test_afforestation_without_a_land_use_map_says_unchecked():
+    # no model card: the start epoch cannot be judged; the parcels stay in, loudly
+    job = _one_parcel_job()
+    with pytest.warns(UserWarning, match="could not be checked on the data"):
+        table = credits_stage(
+            job, sink=_sink_raster(10.0, 1.0), project=TWO_PARCELS, estimates=_survey(40, 3, 9),
+            parcels=_layer(["chinese_fir"] * 2, ["forest"] * 2),
+        )[CREDITS_RELPATH]  # fmt: skip
+    rows = table.set_index("parcel_id")
+    assert rows["eligible"].iloc[:2].isna().all()
+    assert (
+        "no land-use classification at epoch 2019 (no model card)"
+        in rows.loc["A", "ineligible_reason"]
+    )
+    assert rows.loc[TOTAL_ID, "project_tco2e"] == 40.0  # the survey total, both parcels
+    assert "DECLARED" not in rows.index
+
+
+def test_bamboo_management_credits_only_bamboo_parcels():
+    # A is Moso bamboo, B Chinese fir: under AR-CM-005 B is refused; under AR-CM-003 A is
+    sink_job = _one_parcel_job().sink
+    layer = _layer(["moso_bamboo", "chinese_fir"], ["forest"] * 2)
+    job = CreditsJob(
+        BAMBOO_MANAGEMENT, "bamboo_management.yaml", sink_job,
+        compare=((FOREST_MANAGEMENT, "forest_management.yaml"),),
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="not eligible"):
+        out = credits_stage(job, sink=_sink_raster(10.0, 1.0), project=TWO_PARCELS, parcels=layer)
+    assert set(out) == {CREDITS_RELPATH, "credits/credits_ar-cm-003.csv"}
+    bamboo = out[CREDITS_RELPATH].set_index("parcel_id")
+    forest = out["credits/credits_ar-cm-003.csv"].set_index("parcel_id")
+    assert list(bamboo["eligible"].iloc[:2]) == [True, False]
+    assert "forest type chinese_fir" in bamboo.loc["B", "ineligible_reason"]
+    assert list(forest["eligible"].iloc[:2]) == [False, True]
+    years = sink_job.years
+    # bamboo: A alone (10 x 0.5 x T); forest management: B alone (10 x 0.1 x T, baseline 0)
+    assert bamboo.loc[TOTAL_ID, "project_tco2e"] == pytest.approx(5.0 * years, rel=1e-6)
+    assert forest.loc[TOTAL_ID, "project_tco2e"] == pytest.approx(1.0 * years, rel=1e-6)
+    assert forest.loc[TOTAL_ID, "baseline_tco2e"] == 0.0
+    assert (forest["methodology"] == "ar-cm-003").all()
+
+
+def test_compared_methodologies_must_differ():
+    params = CreditsParams(
+        methodology=REPO / "configs/methodology/ccer.yaml",
+        compare=(REPO / "configs/methodology/ccer.yaml",),
+    )
+    with pytest.raises(ConfigError, match="compare: each methodology may appear once"):
+        CreditsJob.from_params(params, _one_parcel_job().sink, key="stages.credits.methodology")
+    params = CreditsParams(compare=(Path("configs/methodology/nope.yaml"),))
+    with pytest.raises(ConfigError, match=r"^stages\.credits\.compare: .*nope\.yaml: .*not found"):
+        CreditsJob.from_params(params, _one_parcel_job().sink, key="stages.credits.methodology")
+
+
+def test_land_rules_must_cite_their_clause():
+    data = yaml.safe_load((REPO / "configs/methodology/ccer.yaml").read_text())
+    del data["eligibility"]["clause"]
+    with pytest.raises(ValueError, match=r"'eligibility\.clause' must be a non-empty string"):
+        methodology_from_mapping(data, source="m.yaml")
+    data = yaml.safe_load((REPO / "configs/methodology/ccer.yaml").read_text())
+    data["eligibility"]["rule"] = "not_forest_for_10_years"
+    with pytest.raises(ValueError, match=r"eligibility\.rule"):
+        methodology_from_mapping(data, source="m.yaml")
+
+
+def test_a_parcel_partly_outside_the_layer_is_judged_by_area_shares():
+    # Project parcel A (50 x 100 m) overlaps layer parcel P1 (judged forest in 2019) over
+    # 60 % of its area: refused. Parcel B (25 x 40 m) overlaps it over 40 %, the rest of B
+    # lies outside the layer: 40 % forest < 50 % but 40 % + 60 % unknown >= 50 %: unchecked.
+    from pipeline.eligibility import LandUseData, parcel_eligibility
+
+    layer = gpd.GeoDataFrame(
+        {"parcel_id": ["P1"], "land_class": ["forest"]},
+        geometry=[box(500_000, 2_999_940, 500_070, 3_000_000)],  # A: 60 of 100 m; B: 10 of 25
+        crs="EPSG:32650",
+    )
+    data = LandUseData(
+        parcels=layer, land_use={"2019": {"non_forest_parcels": []}},
+        epochs_before_start=("2019",), parcels_epoch="2024", forest_land_classes=("forest",),
+    )  # fmt: skip
+    table = parcel_eligibility(TWO_PARCELS, CCER, data)
+    assert not table["eligible"].iloc[0] and table["eligible"].isna().iloc[1]
+    assert table["ineligible_reason"][0] == "forest at 2019 (land-use classifier: 60 % of its area)"
+    assert table["ineligible_reason"][1] == (
+        "unchecked: land use at 2019 unknown for 60 % of its area (land-use classifier)"
+    )

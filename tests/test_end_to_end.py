@@ -218,3 +218,70 @@ def test_bureau_tables_open_in_excel(tiny_run):
             mu = table[ha.removesuffix("_ha") + "_mu"]
             np.testing.assert_allclose(mu, table[ha] * 10_000 / (6000 / 9), rtol=1e-12)
     assert_workbook_matches_csvs(run / TABLES_XLSX_RELPATH, csvs)
+
+
+def test_compared_methodologies_are_credited_side_by_side(tiny_run, tiny_data):
+    """``stages.credits.compare`` rerunning credits and report of the run: forest and
+    bamboo management tables beside credits.csv, in the manifest and the report, their
+    TOTAL recomputed by hand from the stage's inputs (the project sample's chosen
+    estimate, the project parcels' stated baselines and areas, the epochs' reference
+    dates). The run's own config is rerun afterwards, so the fixture's run is as before."""
+    cfg, run_dir = tiny_run
+    text = cfg.read_text() + (
+        "  credits:\n    compare: [configs/methodology/forest_management.yaml, "
+        "configs/methodology/bamboo_management.yaml]\n"
+    )
+    cfg2 = cfg.parent / "tiny_compare.yaml"
+    cfg2.write_text(text)
+    try:
+        assert main(["run", "--config", str(cfg2), "--stages", "credits,report", "--quiet"]) == 0
+        _check_compared(run_dir, tiny_data)
+    finally:
+        assert main(["run", "--config", str(cfg), "--stages", "credits,report", "--quiet"]) == 0
+
+
+def _check_compared(run_dir: Path, tiny_data: Path) -> None:
+    from datetime import date
+
+    from scipy.stats import t as student_t
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    fm, bamboo = (
+        run_dir / "credits/credits_ar-cm-003.csv",
+        run_dir / "credits/credits_ar-cm-005.csv",
+    )
+    assert {"credits/credits_ar-cm-003.csv", "credits/credits_ar-cm-005.csv"} <= set(
+        manifest["outputs"]
+    )
+    # by hand: P, SE, df of the chosen project change; B = sum(rate x area) x years
+    est = pd.read_csv(run_dir / ESTIMATES_RELPATH)
+    chosen = est[(est["sample"] == "project") & (est["quantity"] == "change_2019_2024")
+                 & est["chosen"]].iloc[0]  # fmt: skip
+    project = gpd.read_file(tiny_data / "parcels/project.gpkg").to_crs("EPSG:32650")
+    years = (date(2024, 7, 1) - date(2019, 7, 1)).days / 365.25
+    baseline = float((project["baseline_tco2e_ha_yr"] * project.area / 1e4).sum()) * years
+    net = float(chosen["total"]) - baseline  # leakage 0
+    half = float(student_t.ppf(0.95, chosen["df"])) * float(chosen["se"])
+    u = half / net if net > 0 else float("inf")
+    bands = [(0.10, 0.0), (0.15, 0.25), (0.20, 0.5), (0.30, 0.75), (float("inf"), 1.0)]
+    share = next(s for upper, s in bands if u <= upper)
+    expected = max(net - min(share * half, net), 0.0) if net > 0 else 0.0  # buffer 0
+    total = pd.read_csv(fm).set_index("parcel_id").loc[TOTAL_ID]
+    assert total["net_tco2e"] == pytest.approx(net, rel=1e-6)
+    assert total["half_width_tco2e"] == pytest.approx(half, rel=1e-6)
+    assert total["credits_tco2e"] == pytest.approx(expected, abs=1e-6)
+    # bamboo management credits the bamboo parcels only: the tiny project has none
+    forest_type = gpd.read_file(tiny_data / "parcels/parcels.gpkg").set_index("parcel_id")
+    rows = pd.read_csv(bamboo, dtype={"parcel_id": str}).set_index("parcel_id")
+    parcels = rows.drop(index=[TOTAL_ID, "DECLARED"], errors="ignore")
+    is_bamboo = forest_type.loc[parcels.index, "forest_type"].eq("moso_bamboo")
+    assert list(parcels["eligible"].astype(bool)) == list(is_bamboo)
+    credited = project.set_index("parcel_id").loc[parcels.index[is_bamboo.to_numpy()]]
+    assert rows.loc[TOTAL_ID, "area_ha"] == pytest.approx(float(credited.area.sum()) / 1e4)
+    if not is_bamboo.all():
+        assert rows.loc["DECLARED", "project_tco2e"] == pytest.approx(float(chosen["total"]))
+        assert rows.loc[TOTAL_ID, "estimator"] == "map_sum_correlated_bound"
+    html = (run_dir / REPORT_RELPATH).read_text()
+    section = html.split('id="compared-credits"')[1].split("</table>")[0]
+    assert "ar-cm-003" in section and "ar-cm-005" in section
+    assert f"{total['credits_tco2e']:,.1f}" in section

@@ -16,6 +16,7 @@ import warnings
 from dataclasses import replace
 from html import unescape
 from pathlib import Path
+from types import SimpleNamespace
 
 import geopandas as gpd
 import markupsafe
@@ -237,7 +238,11 @@ def test_report_content_and_quicklooks(report_inputs):
     # the credited total and its steps are shown with the numbers of credits.csv
     total = report_inputs["credits"].set_index("parcel_id").loc[TOTAL_ID]
     assert f"{total['credits_tco2e']:,.1f} t CO2e" in html
-    assert html.count('<li id="step-') == 10  # one per credit step, the reversal included
+    # one per credit step, the reversal included, and the land rules' (ccer: eligibility)
+    assert html.count('<li id="step-') == 11
+    step = html.split('<li id="step-eligibility">')[1].split("</li>")[0]
+    assert "<b>2 / 2</b>" in step and "(6.22 ha credited)" in step
+    assert "Not checkable on the data" in step and "no parcel layer" in step
     assert "AR-TOOL14" in html  # the rule's source is stated
     assert "satellite_model.candidates.random_forest.spatial_cv.rmse_mg_ha" in html
     assert "satellite_model: random_forest" in html  # inventory names the chosen model
@@ -432,7 +437,7 @@ def test_the_chinese_report_states_the_same_numbers(report_inputs):
         numbers = re.findall(r"-?[\d,]+\.\d+", value)
         assert numbers and numbers == re.findall(r"-?[\d,]+\.\d+", cards_zh[key]), key
     steps = [re.findall(r'<li id="step-[^"]+">.*?<b>([^<]*)</b>', h) for h in (en, zh)]
-    assert steps[0] == steps[1] and len(steps[0]) == 10
+    assert steps[0] == steps[1] and len(steps[0]) == 11
     # species by Chinese and Latin names; the roll-ups by township with Chinese headers
     assert "杉木 (Cunninghamia lanceolata)" in zh and "Chinese fir (Cunninghamia lanceolata)" in en
     assert "按乡镇" in zh and '<th class="l">乡镇</th>' in zh and "全部小班" in zh
@@ -688,3 +693,32 @@ def test_every_coded_warning_has_a_text_in_every_other_language_with_its_values(
         for lang in set(LANGUAGES) - {"en"}:
             named = {f for _, f, _, _ in formatter.parse(str(texts[code][lang])) if f}
             assert named == keys, (code, lang, named, keys)
+
+
+def test_credit_section_names_refused_parcels_and_compared_methodologies():
+    from pipeline.report.build import compared_table, eligibility_step
+    from pipeline.report.words import Words
+
+    # as read back from credits.csv: parcel A credited, B refused, then DECLARED and TOTAL
+    credits = pd.DataFrame(
+        {"parcel_id": ["A", "B", "DECLARED", "TOTAL"], "area_ha": [0.5, 0.1, 0.6, 0.5],
+         "eligible": [True, False, np.nan, np.nan],
+         "ineligible_reason": [np.nan, "forest at 2019 (land-use classifier)", np.nan, np.nan],
+         "project_tco2e": [25.0, 5.0, 40.0, 25.0], "baseline_tco2e": [5.0, 0.0, 5.0, 5.0],
+         "net_tco2e": [20.0, 5.0, 35.0, 20.0], "uncertainty_pct": [20.6, 9.0, 12.0, 20.6],
+         "uncertainty_deduction_tco2e": [7.7, 0.0, 1.0, 7.7], "buffer_tco2e": [0.0] * 4,
+         "credits_tco2e": [12.3, 5.0, 34.0, 12.3]}
+    )  # fmt: skip
+    step = eligibility_step(credits, Words("en"))
+    assert step is not None and step["value"] == "1 / 2"
+    assert "(0.50 ha credited)" in step["formula"]
+    assert "Refused, not credited: B (forest at 2019 (land-use classifier))" in step["formula"]
+    assert "row DECLARED, not credited" in step["formula"]
+    fm = load_methodology(REPO / "configs/methodology/forest_management.yaml")
+    job = SimpleNamespace(
+        words=Words("en"), credits=SimpleNamespace(compare=((fm, "forest_management.yaml"),))
+    )
+    headers, rows = compared_table({"ar-cm-003": credits}, job)  # type: ignore[arg-type]
+    assert headers[:3] == ["methodology", "file", "parcels credited"]
+    assert rows == [["ar-cm-003", "forest_management.yaml", "1 / 2", "0.50", "25.0", "5.0",
+                     "20.0", "20.60", "7.7", "0.0", "12.3"]]  # fmt: skip

@@ -7,6 +7,9 @@
 Writes DIR/credits/credits.csv: per project parcel and for the project total, every step
 (project removals, baseline, leakage, net removals, uncertainty and its deduction,
 buffer, credits). The arithmetic is :mod:`models.credits`, the rules the methodology file.
+The command has no parcel layer nor land-use classification: a methodology's land rules
+(:mod:`pipeline.eligibility`) come out ``unchecked``, with a warning, unless the project
+layer has its own ``forest_type``; a run (``forest-carbon run``) checks them.
 """
 
 from __future__ import annotations

@@ -34,7 +34,13 @@ import xarray as xr
 from scipy.stats import norm
 
 from models.plot_biomass import SPECIES_TABLE_FIELD
-from pipeline.contracts import PARCEL_SINK_CSV_RELPATH, TOTAL_ID, CreditsJob, SinkJob
+from pipeline.contracts import (
+    DECLARED_ID,
+    PARCEL_SINK_CSV_RELPATH,
+    TOTAL_ID,
+    CreditsJob,
+    SinkJob,
+)
 from pipeline.errors import PipelineWarning
 from pipeline.report import figures
 from pipeline.report.words import Language, Words, strings
@@ -401,6 +407,76 @@ def credit_step_list(total: Mapping[str, Any], w: Words) -> list[dict[str, str]]
     ]
 
 
+def _parcel_rows(credits: pd.DataFrame) -> pd.DataFrame:
+    """The project parcels' rows of a credit table (not TOTAL nor DECLARED)."""
+    return credits.loc[~credits["parcel_id"].astype(str).isin([TOTAL_ID, DECLARED_ID])]
+
+
+def _verdict(value: Any) -> str:
+    """``yes``, ``no`` or ``unchecked`` of an ``eligible`` cell (CSV: True/False/empty)."""
+    if value is None or pd.isna(value):
+        return "unchecked"
+    return "yes" if str(value).lower() in ("true", "1", "1.0") else "no"
+
+
+def _credited(parcels: pd.DataFrame) -> list[bool]:
+    """Per parcel row, whether it is in the credited total (not refused)."""
+    if "eligible" not in parcels.columns:
+        return [True] * len(parcels)
+    return [_verdict(v) != "no" for v in parcels["eligible"]]
+
+
+def eligibility_step(credits: pd.DataFrame, w: Words) -> dict[str, str] | None:
+    """The step that says which project parcels the methodology's land rules refused or
+    could not check (:mod:`pipeline.eligibility`); ``None`` without the columns."""
+    if "eligible" not in credits.columns:
+        return None
+    parcels = _parcel_rows(credits)
+    listed: dict[str, list[str]] = {"no": [], "unchecked": []}
+    for p, v, r in zip(parcels["parcel_id"], parcels["eligible"], parcels["ineligible_reason"],
+                       strict=True):  # fmt: skip
+        listed.setdefault(_verdict(v), []).append(f"{p} ({r})")
+    credited = _credited(parcels)
+    area = fmt(parcels.loc[credited, "area_ha"].sum(), 2)
+    parts = [w("eligibility_value", area=area)]
+    if listed["no"]:
+        parts.append(w("eligibility_refused", parcels="; ".join(listed["no"])))
+    if listed["unchecked"]:
+        parts.append(w("eligibility_unchecked", parcels="; ".join(listed["unchecked"])))
+    if listed["no"] and (credits["parcel_id"] == DECLARED_ID).any():
+        parts.append(w("eligibility_declared", row=DECLARED_ID))
+    if len(parts) == 1:
+        parts.append(w("eligibility_all"))
+    return {
+        "key": "eligibility",
+        "label": w("step_eligibility"),
+        "value": f"{sum(credited)} / {len(parcels)}",
+        "formula": " ".join(parts),
+    }
+
+
+def compared_table(
+    compared: Mapping[str, pd.DataFrame], job: ReportJob
+) -> tuple[list[str], list[list[str]]]:
+    """One row per methodology of ``stages.credits.compare``: its credited TOTAL."""
+    w, c = job.words, job.words.column
+    files = {m.id: f for m, f in job.credits.compare}
+    shown = ("project_tco2e", "baseline_tco2e", "net_tco2e", "uncertainty_pct",
+             "uncertainty_deduction_tco2e", "buffer_tco2e", "credits_tco2e")  # fmt: skip
+    headers = [c("methodology"), w("file"), c("parcels_credited"), c("area_ha"),
+               *(c(n) for n in shown)]  # fmt: skip
+    rows = []
+    for mid, table in compared.items():
+        total = table.loc[table["parcel_id"] == TOTAL_ID].iloc[0]
+        parcels = _parcel_rows(table)
+        rows.append(
+            [mid, files.get(mid, ""), f"{sum(_credited(parcels))} / {len(parcels)}",
+             fmt(total["area_ha"], 2),
+             *(fmt(total[n], 2 if n == "uncertainty_pct" else 1) for n in shown)]
+        )  # fmt: skip
+    return headers, rows
+
+
 def rule_text(job: ReportJob) -> str:
     w = job.words
     rule = job.credits.methodology.uncertainty_rule
@@ -631,6 +707,13 @@ def rollup_table(
 def credit_table(credits: pd.DataFrame, w: Words) -> tuple[list[str], list[list[str]]]:
     """Column headers and formatted rows of the credit table (parcels and the total)."""
     c = w.column
+    if "eligible" in credits.columns:
+        parcel = credits.index.isin(_parcel_rows(credits).index)
+        credits = credits.assign(
+            eligible=[w(f"eligible_{_verdict(v)}") if p else "" for v, p in
+                      zip(credits["eligible"], parcel, strict=True)],
+            ineligible_reason=credits["ineligible_reason"].fillna(""),
+        )  # fmt: skip
     ccols = [("parcel_id", c("unit"), 0), ("scope", c("scope"), 0), ("area_ha", c("area_ha"), 2)]
     ccols += [
         (n, c(n), 1) for n in ("project_tco2e", "baseline_tco2e", "leakage_tco2e", "net_tco2e")
@@ -640,6 +723,7 @@ def credit_table(credits: pd.DataFrame, w: Words) -> tuple[list[str], list[list[
         (n, c(n), 1)
         for n in ("uncertainty_deduction_tco2e", "buffer_tco2e", "credits_tco2e", "reversal_tco2e")
     ]
+    ccols += [("eligible", c("eligible"), 0), ("ineligible_reason", c("ineligible_reason"), 0)]
     return _columns(credits, ccols, w)
 
 
@@ -673,12 +757,14 @@ def build_report(
     map_coverage: Mapping[str, Any] | None = None,
     plots_qa: pd.DataFrame | None = None,
     warnings: Sequence[Mapping[str, Any]] | None = None,
+    compared: Mapping[str, pd.DataFrame] | None = None,
 ) -> tuple[str, dict[str, bytes]]:
     """The report HTML and its quicklooks ``{name: png bytes}``.
 
     ``aoi`` and ``rollups`` are the all-parcels row and the per-attribute tables of
     :func:`pipeline.report.rollups.rollup_tables`; ``rollup_files`` the run-folder paths
-    of the roll-up CSVs, named in the report.
+    of the roll-up CSVs, named in the report; ``compared`` the credit tables of the
+    methodologies of ``stages.credits.compare`` by id.
     """
     sj, w = job.sink, job.words
     figure = figure_words(job.language)
@@ -698,6 +784,8 @@ def build_report(
         parcel_sink, w, epoch_start=sj.epoch_start, epoch_end=sj.epoch_end
     )
     credit_columns, credit_rows = credit_table(credits, w)
+    compared_columns, compared_rows = compared_table(compared or {}, job)
+    eligibility = eligibility_step(credits, w)
     inventory = (
         inventory_rows(
             w,
@@ -705,7 +793,7 @@ def build_report(
             lidar_tiles=lidar_tiles,
             plot_biomass=plot_biomass,
             parcels=parcel_sink,
-            project_rows=len(credits) - 1,
+            project_rows=sum(_credited(_parcel_rows(credits))),
             model_card=model_card,
         )
         + species_table_rows(plots_qa, w)
@@ -748,7 +836,9 @@ def build_report(
         parcel_pages=w("parcel_pages", shown="{shown}", n=len(parcel_rows),
                        file=PARCEL_SINK_CSV_RELPATH),
         page_rows=job.parcel_page_rows,
-        credit_steps=credit_step_list(total, w),
+        credit_steps=[*([eligibility] if eligibility else []), *credit_step_list(total, w)],
+        compared_columns=compared_columns,
+        compared_rows=compared_rows,
         credit_columns=credit_columns,
         credit_rows=credit_rows,
         methodology_line=w("methodology_line", name=method.name,

@@ -13,6 +13,14 @@ geometry, in the map CRS) and the period (years between the two epochs' referenc
 Without a project plot sample the total falls back to the sink map's sum with the fully
 correlated SD bound (normal quantile), and the stage warns: a verifier will not accept it.
 
+Land rules (:mod:`pipeline.eligibility`): a methodology file's ``eligibility`` (afforestation:
+not forest before the start, judged on the parcel layer and the model card's land-use
+classification) and ``applies_to`` (forest types) refuse project parcels with a named
+reason (columns ``eligible`` and ``ineligible_reason``). A refused parcel leaves the
+credited total: the ``TOTAL`` is then the eligible parcels' map sum, and the project
+sample's estimate, which covers the declared area, is the ``DECLARED`` row beside it, not
+credited. A parcel the data cannot judge stays in, with a warning.
+
 Parcel rows are informative: the fractional-coverage zonal sum of the sink map (t CO2e/yr,
 :mod:`pipeline.zonal`) times the period, with the SD aggregation of ``SinkParams``
 (correlated: SDs add up; independent: root sum of squares).
@@ -23,9 +31,13 @@ Signatures
     loads and validates the methodology (``ConfigError`` naming the file on problems) and
     applies ``stages.credits.leakage_fraction`` / ``buffer_fraction`` overrides.
 ``credits_inputs(config, layout) -> {"sink": rasters/sink.tif, "project": sources.project_area,
-"estimates": estimates/totals.csv}``
-``credits_stage(job, *, sink, project, estimates=None) -> {"credits/credits.csv": DataFrame}``
-    one row per parcel and a ``TOTAL`` row, every step's value in its own column.
+"estimates": estimates/totals.csv}``, with a land rule in a methodology also ``"parcels":
+sources.parcels`` (when set) and ``"model_card": model/model_card.json``
+``credits_stage(job, *, sink, project, estimates=None, parcels=None, model_card=None)
+-> {"credits/credits.csv": DataFrame, "credits/credits_<id>.csv": DataFrame, ...}``
+    one row per parcel and a ``TOTAL`` row (and ``DECLARED`` when parcels are refused),
+    every step's value in its own column; one table per methodology of
+    ``stages.credits.compare`` beside the run's.
 
 Run: ``forest-carbon run --region nanping --stages credits`` or ``forest-carbon credits``.
 """
@@ -35,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +57,24 @@ import pandas as pd
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from models.credits import CreditSteps, credit_steps
+from models.credits import CreditSteps, Methodology, credit_steps
 from models.survey.totals import change_quantity, stock_quantity
 from pipeline.config import Config
 from pipeline.contracts import (
     CREDITS_RELPATH,
+    DECLARED_ID,
     ESTIMATES_RELPATH,
+    MODEL_CARD_RELPATH,
     PROJECT_SAMPLE,
     SAMPLE_PLAN_RELPATH,
     SINK_RELPATH,
     TOTAL_ID,
     CreditsJob,
     RunLayout,
+    compared_credits_relpath,
     credits_job,
 )
+from pipeline.eligibility import LandUseData, parcel_eligibility
 from pipeline.errors import ConfigError, InputDataError, PipelineWarning
 from pipeline.sink import as_band, named_band
 from pipeline.stage import Stage
@@ -72,11 +89,18 @@ def credits_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
             "sources.project_area: the credits stage needs the project parcels "
             "(e.g. data/<region>/parcels/project.gpkg)"
         )
-    return {
+    inputs = {
         "sink": layout.path(SINK_RELPATH),
         "project": config.sources.project_area,
         "estimates": layout.path(ESTIMATES_RELPATH),
     }
+    methods = [m for m, _ in credits_job(config).methodologies]
+    if any(m.eligibility is not None or m.applies_to is not None for m in methods):
+        # the land rules are checked on the parcel layer and the land-use classifier
+        if config.sources.parcels is not None:
+            inputs["parcels"] = config.sources.parcels
+        inputs["model_card"] = layout.path(MODEL_CARD_RELPATH)
+    return inputs
 
 
 #: the TOTAL row's flags: the project sample's stock at the last epoch (CDM AR-TOOL03's
@@ -84,6 +108,9 @@ def credits_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
 TARGET_COLUMNS = ("sample_meets_target", "change_meets_target")
 #: the estimator name of a total taken from the maps (no project plot sample)
 MAP_SUM = "map_sum_correlated_bound"
+#: the scope of the credited TOTAL when parcels are refused: the eligible parcels' map sum
+ELIGIBLE_SCOPE = "eligible parcels (credited, map sum)"
+DECLARED_SCOPE = "declared project area (survey; covers refused parcels; not credited)"
 
 
 def sample_meets_target(job: CreditsJob, estimates: pd.DataFrame, quantity: str) -> bool:
@@ -124,21 +151,47 @@ def _steps_row(unit_id: str, scope: str, steps: CreditSteps) -> dict[str, Any]:
     return {"parcel_id": unit_id, "scope": scope, **dataclasses.asdict(steps)}
 
 
+def land_use_data(
+    job: CreditsJob,
+    *,
+    parcels: gpd.GeoDataFrame | None = None,
+    model_card: Mapping[str, Any] | None = None,
+) -> LandUseData:
+    """What the run knows of the parcels' land use before the start (the parcel layer
+    and the model card's land-use record, when given)."""
+    return LandUseData(
+        parcels=parcels,
+        land_use=None if model_card is None else model_card.get("land_use", {}),
+        epochs_before_start=job.epochs_before_start or (job.sink.epoch_start,),
+        parcels_epoch=job.parcels_epoch or job.sink.epoch_end,
+        forest_land_classes=job.forest_land_classes,
+    )
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, PipelineWarning, stacklevel=3)
+
+
 def credits_table(
     job: CreditsJob,
     *,
     sink: xr.DataArray | xr.Dataset,
     project: gpd.GeoDataFrame,
     estimates: pd.DataFrame | None = None,
+    land: LandUseData | None = None,
+    methodology: Methodology | None = None,
 ) -> pd.DataFrame:
-    """Credit calculation per project parcel and for the project total."""
-    method = job.methodology
+    """Credit calculation per project parcel and for the project total under
+    ``methodology`` (default: the job's), with each parcel's eligibility under its land
+    rules checked on ``land`` (:mod:`pipeline.eligibility`)."""
+    method = methodology or job.methodology
     col = method.baseline_column
     for needed in ("parcel_id", col):
         if needed not in project.columns:
             raise InputDataError(
                 f"project area: no '{needed}' column (needed by methodology '{method.id}', "
-                f"{job.methodology_file}); columns: {list(project.columns)}"
+                f"{dict((m.id, f) for m, f in job.methodologies)[method.id]}); "
+                f"columns: {list(project.columns)}"
             )
     if project[col].isna().any():
         bad = project.loc[project[col].isna(), "parcel_id"].tolist()[:5]
@@ -159,11 +212,16 @@ def credits_table(
     # credits' map rows (informative) keep the fully correlated bound under it
     correlated = job.sink.parcel_error_aggregation != "independent"
     aggregation = "correlated" if correlated else "independent"
+    eligibility = parcel_eligibility(
+        project.to_crs(crs.to_string()), method, land or land_use_data(job)
+    )
+    refused = eligibility["eligible"].eq(False).fillna(False).to_numpy(dtype=bool)
 
     rows = []
-    sums = {"project": 0.0, "sd_lin": 0.0, "sd_sq": 0.0, "area": 0.0, "baseline": 0.0}
-    for pid, base_rate, area, cov in zip(
-        project["parcel_id"], project[col].astype(float), areas_ha, covs, strict=True
+    # sums over every declared parcel and over the parcels not refused
+    sums = {k: dict.fromkeys(("project", "sd_lin", "area", "baseline"), 0.0) for k in ("all", "ok")}
+    for i, (pid, base_rate, area, cov) in enumerate(
+        zip(project["parcel_id"], project[col].astype(float), areas_ha, covs, strict=True)
     ):
         proj_yr = weighted_sum(cov, rate_v) * px_ha
         sd_lin = weighted_sum(cov, sd_v) * px_ha
@@ -180,12 +238,37 @@ def credits_table(
             estimator=f"map ({aggregation} pixel errors)",
         )
         rows.append(_steps_row(str(pid), "parcel (informative)", steps))
-        sums["project"] += proj_yr * years
-        sums["sd_lin"] += sd_lin * years
-        sums["sd_sq"] += (sd_rss * years) ** 2
-        sums["area"] += float(area)
-        sums["baseline"] += float(base_rate) * float(area)
-    total_area = sums["area"]
+        for key in ("all",) if refused[i] else ("all", "ok"):
+            sums[key]["project"] += proj_yr * years
+            sums[key]["sd_lin"] += sd_lin * years
+            sums[key]["area"] += float(area)
+            sums[key]["baseline"] += float(base_rate) * float(area)
+
+    def total(key: str, change: float, change_sd: float, df: float, estimator: str) -> CreditSteps:
+        area = sums[key]["area"]
+        return credit_steps(
+            area_ha=area,
+            period_yr=years,
+            project_tco2e=change,
+            project_sd_tco2e=change_sd,
+            # area-weighted mean stated rate, so that rate x area x period = sum of parcels
+            baseline_rate_tco2e_ha_yr=sums[key]["baseline"] / area if area > 0 else 0.0,
+            methodology=method,
+            df=df,
+            estimator=estimator,
+        )
+
+    ids = project["parcel_id"].astype(str).tolist()
+    unchecked = eligibility["eligible"].isna().to_numpy(dtype=bool)
+    if unchecked.any():
+        listed = [
+            f"{ids[i]} ({eligibility['ineligible_reason'][i]})" for i in np.flatnonzero(unchecked)
+        ]
+        _warn(
+            f"credits: under {method.id}, the eligibility of project parcels {', '.join(listed)} "
+            "could not be checked on the data; they stay in the credited total, which a "
+            "verifier must confirm (docs/methodologies.md, 'Eligibility on the data')"
+        )
     survey = project_change(job, estimates)
     # the stock at the last epoch (AR-TOOL03's target) and the credited change
     meets_target: tuple[bool, bool] | None = None
@@ -197,39 +280,56 @@ def credits_table(
             ),
         )
         if not meets_target[0]:
-            warnings.warn(
+            _warn(
                 f"credits: the project's plot sample misses its target precision for the stock "
-                f"(see {SAMPLE_PLAN_RELPATH} for the plots it needs)",
-                PipelineWarning,
-                stacklevel=2,
+                f"(see {SAMPLE_PLAN_RELPATH} for the plots it needs)"
             )
-    if survey is None:
-        warnings.warn(
-            f"credits: no project plot sample in {ESTIMATES_RELPATH}; the project total is the "
-            "sink map's sum with the fully correlated SD bound, which a verifier will not "
-            "accept (declare the project's monitoring plots in sources.plot_design)",
-            PipelineWarning,
-            stacklevel=2,
+    map_sum = ("ok", sums["ok"]["project"], sums["ok"]["sd_lin"], math.inf, MAP_SUM)
+    #: the row that takes the project sample's estimate (its target flags go there)
+    survey_row: int | None = None
+    if refused.any():
+        listed = [
+            f"{ids[i]} ({eligibility['ineligible_reason'][i]})" for i in np.flatnonzero(refused)
+        ]
+        if survey is not None:
+            # the project sample's frames cover the declared area, refused parcels too: its
+            # estimate is shown, not credited; the credited line is the eligible parcels' map
+            rows.append(_steps_row(DECLARED_ID, DECLARED_SCOPE, total("all", *survey)))
+            survey_row = len(rows) - 1
+        _warn(
+            f"credits: under {method.id}, project parcels {', '.join(listed)} are not eligible "
+            "and leave the credited total; the credited TOTAL is the eligible parcels' map "
+            "sum (fully correlated SD bound)"
+            + (
+                f", and the project plot sample's estimate, which covers the declared project "
+                f"area, is the {DECLARED_ID} row beside it, not credited"
+                if survey is not None
+                else ""
+            )
         )
-        survey = (sums["project"], sums["sd_lin"], math.inf, MAP_SUM)
-    change, change_sd, df, estimator = survey
-    total = credit_steps(
-        area_ha=total_area,
-        period_yr=years,
-        project_tco2e=change,
-        project_sd_tco2e=change_sd,
-        # area-weighted mean stated rate, so that rate x area x period = sum of parcels
-        baseline_rate_tco2e_ha_yr=sums["baseline"] / total_area if total_area > 0 else 0.0,
-        methodology=method,
-        df=df,
-        estimator=estimator,
-    )
-    rows.append(_steps_row(TOTAL_ID, "project (credited)", total))
+        rows.append(_steps_row(TOTAL_ID, ELIGIBLE_SCOPE, total(*map_sum)))
+    else:
+        if survey is None:
+            survey_row = None
+            _warn(
+                f"credits: no project plot sample in {ESTIMATES_RELPATH}; the project total is "
+                "the sink map's sum with the fully correlated SD bound, which a verifier will "
+                "not accept (declare the project's monitoring plots in sources.plot_design)"
+            )
+            survey = map_sum[1:]
+        else:
+            survey_row = len(rows)
+        rows.append(_steps_row(TOTAL_ID, "project (credited)", total("all", *survey)))
     table = pd.DataFrame(rows)
+    n = len(project)
+    table["eligible"] = pd.array(
+        [*eligibility["eligible"], *[pd.NA] * (len(table) - n)], dtype="boolean"
+    )
+    table["ineligible_reason"] = [*eligibility["ineligible_reason"], *[""] * (len(table) - n)]
     for column, met in zip(TARGET_COLUMNS, meets_target or (None, None), strict=True):
         table[column] = pd.Series(dtype="boolean")
-        if met is not None:
-            table.loc[table["parcel_id"] == TOTAL_ID, column] = met
+        if met is not None and survey_row is not None:
+            table.loc[survey_row, column] = met
     table.insert(2, "methodology", method.id)
     table.insert(3, "epochs", f"{job.sink.epoch_start}-{job.sink.epoch_end}")
     return table
@@ -241,10 +341,21 @@ def credits_stage(
     sink: xr.DataArray | xr.Dataset,
     project: gpd.GeoDataFrame,
     estimates: pd.DataFrame | None = None,
+    parcels: gpd.GeoDataFrame | None = None,
+    model_card: Mapping[str, Any] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """The ``credits`` stage: ``credits/credits.csv``."""
-    table = credits_table(job, sink=sink, project=project, estimates=estimates)
-    return {CREDITS_RELPATH: with_mu_areas(table)}
+    """The ``credits`` stage: ``credits/credits.csv`` and, per methodology of
+    ``stages.credits.compare``, ``credits/credits_<id>.csv``."""
+    land = land_use_data(job, parcels=parcels, model_card=model_card)
+    out = {}
+    for i, (method, _) in enumerate(job.methodologies):
+        table = credits_table(
+            job, sink=sink, project=project, estimates=estimates, land=land, methodology=method
+        )
+        out[CREDITS_RELPATH if i == 0 else compared_credits_relpath(method.id)] = with_mu_areas(
+            table
+        )
+    return out
 
 
 STAGE = Stage(name="credits", func=credits_stage, params=credits_job, inputs=credits_inputs)

@@ -20,7 +20,8 @@ Signatures
     ``parcels/parcel_sink.gpkg``, ``credits`` = ``credits/credits.csv``, ``estimates`` =
     ``estimates/totals.csv``, ``sample_plan`` = ``estimates/sample_plan.csv``, the six
     epoch rasters of the parcels stage (``carbon_start`` ... ``quality_end``, for the
-    roll-ups' totals and SDs); used when present: ``error_correlogram`` =
+    roll-ups' totals and SDs), ``compared.<id>`` = ``credits/credits_<id>.csv`` per
+    methodology of ``stages.credits.compare``; used when present: ``error_correlogram`` =
     ``parcels/error_correlogram.json``, ``lidar_metrics`` = ``lidar/metrics.tif``,
     ``composite`` = ``composites/<end epoch>.tif``, ``chm`` = ``lidar/chm.tif``, ``agb`` /
     ``carbon`` = ``rasters/agb_<end>.tif`` / ``rasters/carbon_<end>.tif``, ``model_card`` =
@@ -34,7 +35,8 @@ Signatures
     ``report/report.html`` and ``report/quicklooks/<name>.png`` (rgb, chm, agb, carbon,
     sink, sink_sd, parcels, observed_vs_predicted, residuals; those whose inputs exist),
     ``report/rollup_<attribute>.csv`` per roll-up attribute, and ``report/tables.xlsx``
-    (sheets parcels, credits, estimates, sample_plan, those given, and ``rollup_<attribute>``).
+    (sheets parcels, credits, estimates, sample_plan, those given, ``credits_<id>`` per
+    compared methodology, and ``rollup_<attribute>``).
 
 Run: ``forest-carbon run --region nanping --stages report`` or ``forest-carbon report``.
 """
@@ -66,6 +68,7 @@ from pipeline.contracts import (
     SINK_RELPATH,
     TABLES_XLSX_RELPATH,
     RunLayout,
+    compared_credits_relpath,
     composite_relpath,
     credits_job,
     epoch_raster_inputs,
@@ -103,7 +106,8 @@ def report_job(config: Config) -> ReportJob:
 
 def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
     """Input files of the ``report`` stage (optional ones only when they exist)."""
-    sj = credits_job(config).sink
+    cj = credits_job(config)
+    sj = cj.sink
     required = {
         "sink": layout.path(SINK_RELPATH),
         "parcel_sink": layout.path(PARCEL_SINK_GPKG_RELPATH),
@@ -111,6 +115,7 @@ def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         "estimates": layout.path(ESTIMATES_RELPATH),
         "sample_plan": layout.path(SAMPLE_PLAN_RELPATH),
         **epoch_raster_inputs(sj, layout),
+        **{f"compared.{m.id}": layout.path(compared_credits_relpath(m.id)) for m, _ in cj.compare},
     }
     optional = {
         "composite": layout.path(composite_relpath(sj.epoch_end)),
@@ -189,6 +194,7 @@ def report_stage(
         out[files[attr]] = table
     tables = {**inputs, "sample_plan": sample_plan}
     sheets = {sheet: tables[name] for name, sheet in SHEETS.items() if tables.get(name) is not None}
+    sheets.update({f"credits_{mid}"[:31]: t for mid, t in (inputs.get("compared") or {}).items()})
     sheets.update({f"rollup_{attr}"[:31]: table for attr, table in rollups.items()})
     out[TABLES_XLSX_RELPATH] = tables_workbook(sheets)
     return out
