@@ -37,6 +37,8 @@ from pipeline.contracts import (
     PROJECT_SAMPLE,
     TOTAL_ID,
     composite_relpath,
+    credits_job,
+    domain_sample,
     items_relpath,
     map_relpath,
 )
@@ -226,7 +228,13 @@ def parcels(run: Path, truth: Path, epochs: list[str]) -> None:
     )
 
 
-def totals(run: Path, truth: Path, design_path: Path | None, epochs: list[str]) -> None:
+def totals(
+    run: Path,
+    truth: Path,
+    design_path: Path | None,
+    epochs: list[str],
+    domains: dict[str, tuple[str, ...]],
+) -> None:
     """The chosen survey estimates of each sample's totals against the truth over its frames,
     and the project's credits against its true net removals."""
     print("== totals: chosen survey estimates against the truth over each sample's population")
@@ -237,7 +245,15 @@ def totals(run: Path, truth: Path, design_path: Path | None, epochs: list[str]) 
     design = gpd.read_file(design_path)
     est = pd.read_csv(est_path)
     true: dict[tuple[str, str], float] = {}
-    for sample, frames in design.groupby("sample"):
+    # each methodology's domain of the project sample: the strata of its forest types
+    samples = {str(k): v for k, v in design.groupby("sample")}
+    if PROJECT_SAMPLE in samples:
+        frames = samples[PROJECT_SAMPLE]
+        for method_id, types in domains.items():
+            samples[domain_sample(method_id)] = frames[frames["stratum"].isin(types)]
+    for sample, frames in samples.items():
+        if frames.empty:
+            continue
         for e in epochs:
             with rasterio.open(truth / f"carbon_{e}.tif") as src:
                 values = src.read(1).astype(np.float64)
@@ -264,8 +280,14 @@ def totals(run: Path, truth: Path, design_path: Path | None, epochs: list[str]) 
     credits = pd.read_csv(run / CREDITS_RELPATH)
     total = credits[credits["parcel_id"] == TOTAL_ID].iloc[0]
     change = change_quantity(epochs[0], epochs[-1])
-    if (PROJECT_SAMPLE, change) in true:
-        net = true[(PROJECT_SAMPLE, change)] - total["baseline_tco2e"]
+    # the credited TOTAL is the project sample's estimate, or that of the strata of the
+    # eligible parcels (the estimator names the sample)
+    credited = next(
+        (d for d in map(domain_sample, domains) if f"of {d})" in str(total["estimator"])),
+        PROJECT_SAMPLE,
+    )
+    if (credited, change) in true:
+        net = true[(credited, change)] - total["baseline_tco2e"]
         print(
             f"  credits {total['credits_tco2e']:,.0f} t CO2e ({total['estimator']}; U "
             f"{total['uncertainty_pct']:.1f} %) against true net removals {net:,.0f} t CO2e "
@@ -293,7 +315,14 @@ def main() -> None:
     model_card(run)
     maps(run, truth, epochs, int(card.get("support_window_px", 1)))
     parcels(run, truth, epochs)
-    totals(run, truth, cfg.sources.plot_design, epochs)
+    domains = {}
+    if cfg.sources.project_area is not None:
+        domains = {
+            m.id: tuple(m.applies_to.forest_types)
+            for m, _ in credits_job(cfg).methodologies
+            if m.applies_to is not None
+        }
+    totals(run, truth, cfg.sources.plot_design, epochs, domains)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,12 @@ PROJECT_SAMPLE = "project"
 CREDITS_RELPATH = "credits/credits.csv"
 
 
+def domain_sample(methodology_id: str) -> str:
+    """The ``sample`` of ``estimates/totals.csv`` that holds the project sample's estimates
+    over the strata a methodology credits (its ``applies_to`` forest types)."""
+    return f"{PROJECT_SAMPLE}:{methodology_id}"
+
+
 def compared_credits_relpath(methodology_id: str) -> str:
     """The credit table of a methodology of ``stages.credits.compare``."""
     return f"credits/credits_{methodology_id}.csv"

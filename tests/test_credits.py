@@ -15,6 +15,7 @@ import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
 import yaml
+from scipy.stats import t as student_t
 from shapely.geometry import box
 
 from models.credits import (
@@ -526,6 +527,47 @@ def test_bamboo_management_credits_only_bamboo_parcels():
     assert forest.loc[TOTAL_ID, "project_tco2e"] == pytest.approx(1.0 * years, rel=1e-6)
     assert forest.loc[TOTAL_ID, "baseline_tco2e"] == 0.0
     assert (forest["methodology"] == "ar-cm-003").all()
+
+
+def test_refused_strata_leave_the_survey_estimate_of_the_credited_strata():
+    # The project sample is stratified by forest type; the estimate stage wrote each
+    # methodology's strata (project:<id>). AR-CM-005 refuses B (fir): its TOTAL is the
+    # survey of the bamboo stratum (A, 0.5 ha: 30 +- 2, 6 df), not A's map sum; AR-CM-003's
+    # domain row has the wrong area (0.3 ha, not B's 0.1 ha), so it falls back to B's map sum
+    sink_job = _one_parcel_job().sink
+    years = sink_job.years
+    layer = _layer(["moso_bamboo", "chinese_fir"], ["forest"] * 2)
+    job = CreditsJob(
+        BAMBOO_MANAGEMENT, "bamboo_management.yaml", sink_job,
+        compare=((FOREST_MANAGEMENT, "forest_management.yaml"),),
+    )  # fmt: skip
+    domains = pd.DataFrame(
+        {"sample": ["project:ar-cm-005", "project:ar-cm-003"],
+         "quantity": ["change_2019_2024"] * 2, "estimator": ["stratified"] * 2,
+         "chosen": [True, True], "total": [30.0, 8.0], "se": [2.0, 1.0], "df": [6.0, 3.0],
+         "meets_target": [False, False], "area_ha": [0.5, 0.3]}
+    )  # fmt: skip
+    estimates = pd.concat([_survey(40, 3, 9).assign(area_ha=0.6), domains], ignore_index=True)
+    with pytest.warns(UserWarning, match="survey estimate|estimate over the strata"):
+        out = credits_stage(
+            job, sink=_sink_raster(10.0, 1.0), project=TWO_PARCELS, estimates=estimates,
+            parcels=layer,
+        )  # fmt: skip
+    bamboo = out[CREDITS_RELPATH].set_index("parcel_id")
+    total = bamboo.loc[TOTAL_ID]
+    assert total["scope"] == "eligible parcels (credited, survey of their strata)"
+    assert total["project_tco2e"] == 30.0 and total["project_sd_tco2e"] == 2.0
+    assert total["df"] == 6.0
+    assert total["estimator"] == "stratified (project plots of project:ar-cm-005)"
+    # the eligible parcel's area and stated baseline (A: 2 t/ha/yr x 0.5 ha)
+    assert total["area_ha"] == pytest.approx(0.5, rel=1e-9)
+    assert total["baseline_tco2e"] == pytest.approx(1.0 * years, rel=1e-9)
+    t6 = student_t.ppf(0.95, 6.0)
+    assert total["project_half_width_tco2e"] == pytest.approx(2.0 * t6, rel=1e-9)
+    assert bamboo.loc["DECLARED", "project_tco2e"] == 40.0
+    forest = out["credits/credits_ar-cm-003.csv"].set_index("parcel_id")
+    assert forest.loc[TOTAL_ID, "scope"] == "eligible parcels (credited, map sum)"
+    assert forest.loc[TOTAL_ID, "project_tco2e"] == pytest.approx(1.0 * years, rel=1e-6)
 
 
 def test_compared_methodologies_must_differ():

@@ -339,3 +339,32 @@ def test_bad_design_inputs_are_refused_naming_the_file_and_field(
     spoil(scene)
     with pytest.raises(InputDataError, match=message):
         _run(scene)
+
+
+def test_a_methodology_that_credits_some_strata_gets_their_domain_estimate(scene: dict) -> None:
+    # a methodology crediting the "west" forest type: the project sample's west stratum is
+    # a simple random sample of it, so the domain's stratified change is 8 ha x the mean
+    # of the west plots' differences, and its SE that stratum's alone (n_h - 1 df)
+    job = replace(JOB, domains=(("m-west", ("west",)), ("m-both", ("west", "east", "x")),
+                                ("m-none", ("north",))))  # fmt: skip
+    out = estimate(
+        job,
+        plot_biomass=scene["biomass"],
+        plot_locations=scene["plots"],
+        design=scene["frames"],
+        carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
+    )[ESTIMATES_RELPATH]
+    # a domain of every stratum, or of none, adds nothing: the sample's rows serve
+    assert set(out["sample"]) == {"project", "project:m-west"}
+    a, b = _by_hand(scene, "2019"), _by_hand(scene, "2024")
+    d = ((b["y"] - a["y"]) * co2_per_c())[a["west"]]
+    rows = out[out["sample"] == "project:m-west"].set_index(["quantity", "estimator"])
+    row = rows.loc[("change_2019_2024", "stratified")]
+    assert row["total"] == pytest.approx(8.0 * d.mean(), rel=1e-9)
+    assert row["se"] == pytest.approx(8.0 * d.std(ddof=1) / np.sqrt(d.size), rel=1e-9)
+    assert row["df"] == d.size - 1
+    assert row["area_ha"] == pytest.approx(8.0)
+    assert row["n_plots"] == d.size
+    assert "strata that m-west credits: west" in row["note"]
+    # the project rule is chosen for the domain's change, as for the sample's
+    assert rows.loc[("change_2019_2024", "greg"), "chosen"]

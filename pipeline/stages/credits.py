@@ -73,6 +73,7 @@ from pipeline.contracts import (
     RunLayout,
     compared_credits_relpath,
     credits_job,
+    domain_sample,
 )
 from pipeline.eligibility import LandUseData, parcel_eligibility
 from pipeline.errors import ConfigError, InputDataError, PipelineWarning
@@ -108,8 +109,13 @@ def credits_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
 TARGET_COLUMNS = ("sample_meets_target", "change_meets_target")
 #: the estimator name of a total taken from the maps (no project plot sample)
 MAP_SUM = "map_sum_correlated_bound"
-#: the scope of the credited TOTAL when parcels are refused: the eligible parcels' map sum
+#: the scope of the credited TOTAL when parcels are refused: the eligible parcels' map sum,
+#: or the project sample's estimate over the strata of the eligible parcels
 ELIGIBLE_SCOPE = "eligible parcels (credited, map sum)"
+DOMAIN_SCOPE = "eligible parcels (credited, survey of their strata)"
+#: relative difference allowed between a domain's strata frames and the eligible parcels'
+#: area (geometry round-off; a refused parcel of a credited type is far larger)
+DOMAIN_AREA_TOLERANCE = 0.005
 DECLARED_SCOPE = "declared project area (survey; covers refused parcels; not credited)"
 
 
@@ -125,26 +131,54 @@ def sample_meets_target(job: CreditsJob, estimates: pd.DataFrame, quantity: str)
 
 
 def project_change(
-    job: CreditsJob, estimates: pd.DataFrame | None
+    job: CreditsJob, estimates: pd.DataFrame | None, *, sample: str = PROJECT_SAMPLE
 ) -> tuple[float, float, float, str] | None:
     """The chosen survey estimate of the project's stock change: total, SE, df, estimator.
 
-    ``None`` when ``estimates`` has no ``project`` sample (no project plots).
+    ``sample`` is the project sample or one of its domains (:func:`domain_sample`).
+    ``None`` when ``estimates`` has no such sample (no project plots).
     """
+    row = _chosen_change(job, estimates, sample)
+    if row is None:
+        return None
+    where = "project plots" if sample == PROJECT_SAMPLE else f"project plots of {sample}"
+    return float(row["total"]), float(row["se"]), float(row["df"]), f"{row['estimator']} ({where})"
+
+
+def _chosen_change(
+    job: CreditsJob, estimates: pd.DataFrame | None, sample: str
+) -> pd.Series | None:
     if estimates is None or estimates.empty:
         return None
     quantity = change_quantity(job.sink.epoch_start, job.sink.epoch_end)
     rows = estimates[
-        (estimates["sample"] == PROJECT_SAMPLE)
+        (estimates["sample"] == sample)
         & (estimates["quantity"] == quantity)
         & estimates["chosen"].astype(bool)
     ]
     if rows.empty:
         return None
     if len(rows) > 1:
-        raise InputDataError(f"{ESTIMATES_RELPATH}: more than one chosen estimate of {quantity}")
-    r = rows.iloc[0]
-    return float(r["total"]), float(r["se"]), float(r["df"]), f"{r['estimator']} (project plots)"
+        raise InputDataError(
+            f"{ESTIMATES_RELPATH}: more than one chosen estimate of {quantity} ({sample})"
+        )
+    return rows.iloc[0]
+
+
+def domain_change(
+    job: CreditsJob, estimates: pd.DataFrame | None, method_id: str, eligible_area_ha: float
+) -> tuple[float, float, float, str] | None:
+    """The project sample's estimate over the strata ``method_id`` credits, when those
+    strata are the eligible parcels: their frames' area within
+    :data:`DOMAIN_AREA_TOLERANCE` of the eligible parcels' (parcels refused for another
+    reason than their forest type make the two differ)."""
+    sample = domain_sample(method_id)
+    row = _chosen_change(job, estimates, sample)
+    if row is None or eligible_area_ha <= 0:
+        return None
+    if abs(float(row["area_ha"]) / eligible_area_ha - 1.0) > DOMAIN_AREA_TOLERANCE:
+        return None
+    return project_change(job, estimates, sample=sample)
 
 
 def _steps_row(unit_id: str, scope: str, steps: CreditSteps) -> dict[str, Any]:
@@ -296,18 +330,30 @@ def credits_table(
             # estimate is shown, not credited; the credited line is the eligible parcels' map
             rows.append(_steps_row(DECLARED_ID, DECLARED_SCOPE, total("all", *survey)))
             survey_row = len(rows) - 1
-        _warn(
-            f"credits: under {method.id}, project parcels {', '.join(listed)} are not eligible "
-            "and leave the credited total; the credited TOTAL is the eligible parcels' map "
-            "sum (fully correlated SD bound)"
-            + (
-                f", and the project plot sample's estimate, which covers the declared project "
-                f"area, is the {DECLARED_ID} row beside it, not credited"
-                if survey is not None
-                else ""
+        domain = domain_change(job, estimates, method.id, sums["ok"]["area"])
+        if domain is not None:
+            _warn(
+                f"credits: under {method.id}, project parcels {', '.join(listed)} are not "
+                "eligible and leave the credited total; the credited TOTAL is the project "
+                "plot sample's estimate over the strata of the eligible parcels, and the "
+                f"estimate over the declared project area is the {DECLARED_ID} row beside "
+                "it, not credited"
             )
-        )
-        rows.append(_steps_row(TOTAL_ID, ELIGIBLE_SCOPE, total(*map_sum)))
+            rows.append(_steps_row(TOTAL_ID, DOMAIN_SCOPE, total("ok", *domain)))
+        else:
+            _warn(
+                f"credits: under {method.id}, project parcels {', '.join(listed)} are not "
+                "eligible and leave the credited total; the credited TOTAL is the eligible "
+                "parcels' map sum (fully correlated SD bound)"
+                + (
+                    f", and the project plot sample's estimate, which covers the declared "
+                    f"project area, is the {DECLARED_ID} row beside it, not credited (its "
+                    "strata are not the eligible parcels)"
+                    if survey is not None
+                    else ""
+                )
+            )
+            rows.append(_steps_row(TOTAL_ID, ELIGIBLE_SCOPE, total(*map_sum)))
     else:
         if survey is None:
             survey_row = None

@@ -98,6 +98,7 @@ from pipeline.contracts import (
     SAMPLE_PLAN_RELPATH,
     RunLayout,
     credits_job,
+    domain_sample,
     map_relpath,
 )
 from pipeline.errors import ConfigError, InputDataError, PipelineWarning
@@ -151,14 +152,24 @@ class EstimateJob:
     #: whether a sample that trained the map may take its cross-fitted model-assisted
     #: estimates (``stages.estimate.cross_fit``); otherwise they are shown, not chosen
     cross_fit: bool = False
+    #: the project's domains: (methodology id, forest types it credits) of every
+    #: methodology with an ``applies_to`` rule (:func:`domain_sample`)
+    domains: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def estimate_job(config: Config) -> EstimateJob:
     """The stage's frozen parameters from a run config."""
     p = config.stages.estimate
     project_rule: str = p.change_estimator
+    domains: tuple[tuple[str, tuple[str, ...]], ...] = ()
     if config.sources.project_area is not None:
-        project_rule = credits_job(config).methodology.estimator
+        credits = credits_job(config)
+        project_rule = credits.methodology.estimator
+        domains = tuple(
+            (m.id, tuple(m.applies_to.forest_types))
+            for m, _ in credits.methodologies
+            if m.applies_to is not None
+        )
     return EstimateJob(
         epochs=tuple(e.name for e in config.epochs),
         confidence=p.confidence,
@@ -167,6 +178,7 @@ def estimate_job(config: Config) -> EstimateJob:
         change_estimator=p.change_estimator,
         project_change_estimator=project_rule,
         cross_fit=p.cross_fit,
+        domains=domains,
     )
 
 
@@ -343,61 +355,118 @@ def estimate(
         float(plot_biomass["plot_area_ha"].median()) if "plot_area_ha" in plot_biomass else None
     )
     shifts = _cross_fit_shifts(plot_features, model_card)
+    context = _Context(job, values, maps, cover, cell_ha, grid_shape, shifts)
     for name, frames in design.groupby("sample", sort=True):
         plots = plot_locations[plot_locations["sample"] == name].reset_index(drop=True)
         plots = plots[plots["plot_id"].isin(values.index)].reset_index(drop=True)
         if plots.empty:
             raise InputDataError(f"plot design: sample {name!r} has no plot with a plot estimate")
-        frames = frames.reset_index(drop=True)
-        sample_design = _sample_design(str(name), frames, plots)
-        order = list(sample_design.stratum_names)
-        frames = frames.set_index(frames["stratum"].astype(str)).loc[order].reset_index(drop=True)
-        plot_cover, frame_cover = cover(plots), cover(frames)
-        shares = [fraction_raster(c, grid_shape) for c in frame_cover]
-        plot_share = [shares[h] for h in sample_design.plot_stratum]
-        at_plots = {e: _at_plots(plot_cover, plot_share, maps[e]) for e in job.epochs}
-        assisted_note, may_assist = "", True
+        sample_rows, sample_plan = _sample_rows(context, str(name), frames, plots, plot_area_ha)
+        rows.extend(sample_rows)
+        plan.extend(sample_plan)
         if name != PROJECT_SAMPLE:
-            assisted_note, may_assist = IN_SAMPLE_NOTE, False
-            if shifts is not None:
-                assisted_note = CROSS_FITTED_NOTE if job.cross_fit else CROSS_FIT_OFF_NOTE
-                may_assist = job.cross_fit
-                inside = _at_plots(plot_cover, plot_share, np.ones(grid_shape))
-                for e in job.epochs:
-                    shift = shifts.get(e, pd.Series(dtype=np.float64))
-                    at_plots[e] = at_plots[e] + inside * np.nan_to_num(
-                        shift.reindex(plots["plot_id"].astype(str)).to_numpy(dtype=np.float64)
-                    )
-        frame_means = {
-            e: np.array([weighted_sum(c, maps[e]) for c in frame_cover])
-            * cell_ha
-            / sample_design.stratum_area_ha
-            for e in job.epochs
-        }
-        y = {e: values.reindex(plots["plot_id"])[e].to_numpy(dtype=np.float64) for e in job.epochs}
-        try:
-            totals = sample_totals(
-                sample_design, plot_values=y, map_at_plots=at_plots, map_stratum_mean=frame_means,
-                epochs=job.epochs, stock_unit="Mg C", change_factor=co2_per_c(),
-                change_unit="t CO2e", confidence=job.confidence,
-            )  # fmt: skip
-            change_rule = (
-                job.project_change_estimator if name == PROJECT_SAMPLE else job.change_estimator
+            continue
+        # the project sample restricted to the strata each methodology credits is itself a
+        # stratified sample of those strata (strata are sampled independently): its
+        # estimates are the domain's, with every estimator's variance
+        strata = set(frames["stratum"].astype(str))
+        for method_id, types in job.domains:
+            kept = strata & set(types)
+            if not kept or kept == strata:
+                continue  # the whole sample, or none of it: no domain to add
+            in_kept = frames["stratum"].astype(str).isin(kept)
+            domain_rows, _ = _sample_rows(
+                context,
+                domain_sample(method_id),
+                frames[in_kept],
+                plots[plots["stratum"].astype(str).isin(kept)].reset_index(drop=True),
+                plot_area_ha,
+                note=f"the project sample's strata that {method_id} credits: "
+                + ", ".join(sorted(kept)),
             )
-            rule = (job.estimator, change_rule)
-            rows.extend(
-                _rows(
-                    str(name), totals, rule, float(frames["area_ha"].sum()),
-                    assisted_note=assisted_note, may_assist=may_assist, target=job.target,
-                )
-            )  # fmt: skip
-            plan.extend(_plan(str(name), sample_design, y, job, plot_area_ha))
-        except SurveyError as err:
-            raise _refused(str(name), err) from None
+            rows.extend(domain_rows)
     return {
         ESTIMATES_RELPATH: pd.DataFrame(rows, columns=list(COLUMNS)),
         SAMPLE_PLAN_RELPATH: pd.DataFrame(plan, columns=list(PLAN_COLUMNS)),
     }
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every sample's estimates share: the job, plot values and maps."""
+
+    job: EstimateJob
+    values: pd.DataFrame
+    maps: dict[str, np.ndarray]
+    cover: Any
+    cell_ha: float
+    grid_shape: tuple[int, int]
+    shifts: dict[str, pd.Series] | None
+
+
+def _sample_rows(
+    context: _Context,
+    name: str,
+    frames: gpd.GeoDataFrame,
+    plots: gpd.GeoDataFrame,
+    plot_area_ha: float | None,
+    *,
+    note: str = "",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One sample's rows of ``totals.csv`` and of ``sample_plan.csv``."""
+    job, values, maps, shifts = context.job, context.values, context.maps, context.shifts
+    cover, cell_ha, grid_shape = context.cover, context.cell_ha, context.grid_shape
+    rows: list[dict[str, Any]] = []
+    plan: list[dict[str, Any]] = []
+    frames = frames.reset_index(drop=True)
+    sample_design = _sample_design(str(name), frames, plots)
+    order = list(sample_design.stratum_names)
+    frames = frames.set_index(frames["stratum"].astype(str)).loc[order].reset_index(drop=True)
+    plot_cover, frame_cover = cover(plots), cover(frames)
+    shares = [fraction_raster(c, grid_shape) for c in frame_cover]
+    plot_share = [shares[h] for h in sample_design.plot_stratum]
+    at_plots = {e: _at_plots(plot_cover, plot_share, maps[e]) for e in job.epochs}
+    project = name == PROJECT_SAMPLE or name.startswith(f"{PROJECT_SAMPLE}:")
+    assisted_note, may_assist = "", True
+    if not project:
+        assisted_note, may_assist = IN_SAMPLE_NOTE, False
+        if shifts is not None:
+            assisted_note = CROSS_FITTED_NOTE if job.cross_fit else CROSS_FIT_OFF_NOTE
+            may_assist = job.cross_fit
+            inside = _at_plots(plot_cover, plot_share, np.ones(grid_shape))
+            for e in job.epochs:
+                shift = shifts.get(e, pd.Series(dtype=np.float64))
+                at_plots[e] = at_plots[e] + inside * np.nan_to_num(
+                    shift.reindex(plots["plot_id"].astype(str)).to_numpy(dtype=np.float64)
+                )
+    frame_means = {
+        e: np.array([weighted_sum(c, maps[e]) for c in frame_cover])
+        * cell_ha
+        / sample_design.stratum_area_ha
+        for e in job.epochs
+    }
+    y = {e: values.reindex(plots["plot_id"])[e].to_numpy(dtype=np.float64) for e in job.epochs}
+    try:
+        totals = sample_totals(
+            sample_design, plot_values=y, map_at_plots=at_plots, map_stratum_mean=frame_means,
+            epochs=job.epochs, stock_unit="Mg C", change_factor=co2_per_c(),
+            change_unit="t CO2e", confidence=job.confidence,
+        )  # fmt: skip
+        change_rule = job.project_change_estimator if project else job.change_estimator
+        rule = (job.estimator, change_rule)
+        rows.extend(
+            _rows(
+                str(name), totals, rule, float(frames["area_ha"].sum()),
+                assisted_note=assisted_note, may_assist=may_assist, target=job.target,
+            )
+        )  # fmt: skip
+        plan.extend(_plan(str(name), sample_design, y, job, plot_area_ha))
+    except SurveyError as err:
+        raise _refused(str(name), err) from None
+    if note:
+        for row in rows:
+            row["note"] = "; ".join(filter(None, (note, row["note"])))
+    return rows, plan
 
 
 def _cross_fit_shifts(
