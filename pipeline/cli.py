@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "pipeline.commands.predict",
     "pipeline.commands.sink",
     "pipeline.commands.credits",
+    "pipeline.commands.plan",
     "pipeline.commands.report",
 )
 

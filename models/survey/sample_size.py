@@ -148,3 +148,32 @@ def _positive(values: ArrayLike, name: str) -> NDArray[np.float64]:
     if array.ndim != 1 or not (np.isfinite(array) & (array > 0)).all():
         raise SurveyError(f"{name} must be positive and finite, one value per stratum: {array}")
     return array
+
+
+def prior_from_map(
+    predicted: ArrayLike, sd: ArrayLike, weight: ArrayLike | None = None
+) -> tuple[float, float]:
+    """Mean and SD of a stratum's plot densities expected from a map, before any plot.
+
+    A map predicts the density ``m`` of every cell at plot support with an error SD ``s``;
+    a plot's value is ``y = m + e``. By the law of total variance the SD of ``y`` over the
+    stratum is ``sqrt(Var(m) + E[s^2])``: the spread of the predictions plus the mean error
+    variance (the map alone is smoother than the plots, so ``Var(m)`` alone under-sizes the
+    sample). The SDs must be calibrated at plot support (the pipeline's are: split-conformal
+    on held-out plots). For a change, pass the predicted change and the SD of the change
+    (``sqrt(s1^2 + s2^2)`` for uncorrelated epoch errors, an upper bound for positively
+    correlated ones). ``weight`` (e.g. the cells' covered fractions) weights each cell;
+    NaN cells are left out.
+    """
+    m = np.asarray(predicted, dtype=np.float64).ravel()
+    s = np.asarray(sd, dtype=np.float64).ravel()
+    w = np.ones_like(m) if weight is None else np.asarray(weight, dtype=np.float64).ravel()
+    if not (m.shape == s.shape == w.shape):
+        raise SurveyError("predicted, sd and weight need one value per cell")
+    ok = np.isfinite(m) & np.isfinite(s) & (w > 0)
+    if not ok.any():
+        raise SurveyError("the stratum has no mapped cell")
+    m, s, w = m[ok], s[ok], w[ok]
+    mean = float(np.average(m, weights=w))
+    variance = float(np.average((m - mean) ** 2, weights=w) + np.average(s**2, weights=w))
+    return mean, math.sqrt(variance)
