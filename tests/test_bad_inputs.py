@@ -86,6 +86,7 @@ The items of issue 18 and where each is tested (the matrix's case ids, else the 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -956,6 +957,18 @@ def test_the_unbroken_region_passes_the_checks(
     assert out.endswith("inputs checked, 1 warning(s)"), out
     assert "1 of 26 plots lie outside the AOI's extent (feature 21 (plot_id 'J016'))" in out
     assert not Path(region.config["output_dir"]).exists()
+    # the table of what was found, against the files read independently
+    sources = region.config["sources"]
+    trees = pd.read_csv(sources["trees"])
+    parcels = gpd.read_file(sources["parcels"])
+    assert (
+        f"{len(trees)} trees in {trees['plot_id'].nunique()} plots, epochs ['2019', '2024']" in out
+    )
+    assert (
+        f"{sources['parcels']}: {len(parcels)} features, EPSG:32650, 100% of them meet the AOI"
+        in out
+    )
+    assert f"{len(glob.glob(sources['lidar_tiles']))} tile(s)" in out
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

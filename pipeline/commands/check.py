@@ -2,7 +2,9 @@
 
 The same checks ``run`` makes before any stage (:func:`pipeline.inputs.check_inputs`):
 exit 2 with the first problem (file, feature or setting, and what to do), or exit 0 with
-the warnings, if any. Writes nothing.
+the warnings, if any, and a table of what was found for each configured input (format,
+CRS, count, extent and its overlap with the AOI's; for a tree list its plots, epochs and
+the trees whose species the species table knows). Writes nothing.
 
     forest-carbon check --config configs/regions/myregion.yaml
 """
@@ -39,5 +41,49 @@ def main(args: argparse.Namespace) -> int:
     messages = [w.message for w in check_inputs(config, [s.name for s in runner.selected()])]
     for message in messages:
         print(f"warning: {message}")
+    print(found_table(config))
     print(f"{path}: inputs checked, {len(messages)} warning(s)")
     return 0
+
+
+def found_table(config: object) -> str:
+    """What each configured input holds, one line per input (module docstring)."""
+    import glob
+
+    from models.allometry import is_known_species, normalise_species
+    from pipeline.config import Config
+    from pipeline.inputs import read_layer
+    from pipeline.io import read_table
+
+    assert isinstance(config, Config)
+    s = config.sources
+    aoi = read_layer(config.aoi).to_crs(config.crs).union_all()
+
+    def vector(path: Path) -> str:
+        layer = read_layer(path)
+        inside = layer.to_crs(config.crs).intersects(aoi).mean() if len(layer) else 0.0
+        crs = layer.crs.to_string() if layer.crs is not None else "no CRS"
+        fields = [c for c in layer.columns if c != layer.geometry.name]
+        return f"{len(layer)} features, {crs}, {inside:.0%} of them meet the AOI; fields {fields}"
+
+    rows: list[tuple[str, object, str]] = [("aoi", config.aoi, vector(config.aoi))]
+    for name in ("plot_locations", "plot_design", "parcels", "project_area"):
+        path = getattr(s, name)
+        if path is not None:
+            rows.append((f"sources.{name}", path, vector(path)))
+    if s.trees is not None:
+        trees = read_table(s.trees, sheet=s.trees_sheet)
+        known = trees["species"].map(lambda v: is_known_species(normalise_species(v)))
+        epochs = sorted(trees["epoch"].astype(str).unique()) if "epoch" in trees else ["one"]
+        rows.append(("sources.trees", s.trees,
+                     f"{len(trees)} trees in {trees['plot_id'].nunique()} plots, epochs "
+                     f"{epochs}; {known.mean():.0%} of the trees of species in the species "
+                     "table"))  # fmt: skip
+    if s.lidar_tiles is not None:
+        tiles = sorted(glob.glob(s.lidar_tiles))
+        rows.append(("sources.lidar_tiles", s.lidar_tiles, f"{len(tiles)} tile(s)"))
+    where = s.catalog.location or s.catalog.kind
+    rows.append(("sources.catalog", where, f"{s.catalog.kind}, collections "
+                 f"{list(s.catalog.collections)}"))  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {k:<{width}}  {p}: {what}" for k, p, what in rows)
