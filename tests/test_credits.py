@@ -614,3 +614,13 @@ def test_a_parcel_partly_outside_the_layer_is_judged_by_area_shares():
     assert table["ineligible_reason"][1] == (
         "unchecked: land use at 2019 unknown for 60 % of its area (land-use classifier)"
     )
+
+
+def test_refused_parcels_are_named_by_reason_five_at_most():
+    from pipeline.stages.credits import _by_reason
+
+    ids = [f"P{i}" for i in range(8)]
+    reasons = ["bamboo"] * 7 + ["fir"]
+    text = _by_reason(ids, reasons, np.array([True] * 8))
+    assert text == "P0, P1, P2, P3, P4 and 2 more (bamboo); P7 (fir)"
+    assert _by_reason(ids, reasons, np.array([False] * 7 + [True])) == "P7 (fir)"

@@ -202,6 +202,23 @@ def land_use_data(
     )
 
 
+#: parcel ids a warning names per reason; the rest are counted (credits.csv has them all)
+LISTED_IDS = 5
+
+
+def _by_reason(ids: list[str], reasons: Any, mask: np.ndarray) -> str:
+    """``ids`` under ``mask`` grouped by their reason: "NP1, NP2 and 3 more (reason); ..."."""
+    groups: dict[str, list[str]] = {}
+    for i in np.flatnonzero(mask):
+        groups.setdefault(str(reasons[i]), []).append(ids[i])
+    parts = []
+    for reason, members in groups.items():
+        shown = ", ".join(members[:LISTED_IDS])
+        more = len(members) - LISTED_IDS
+        parts.append(f"{shown}{f' and {more} more' if more > 0 else ''} ({reason})")
+    return "; ".join(parts)
+
+
 def _warn(message: str) -> None:
     warnings.warn(message, PipelineWarning, stacklevel=3)
 
@@ -295,11 +312,9 @@ def credits_table(
     ids = project["parcel_id"].astype(str).tolist()
     unchecked = eligibility["eligible"].isna().to_numpy(dtype=bool)
     if unchecked.any():
-        listed = [
-            f"{ids[i]} ({eligibility['ineligible_reason'][i]})" for i in np.flatnonzero(unchecked)
-        ]
+        listed = _by_reason(ids, eligibility["ineligible_reason"], unchecked)
         _warn(
-            f"credits: under {method.id}, the eligibility of project parcels {', '.join(listed)} "
+            f"credits: under {method.id}, the eligibility of project parcels {listed} "
             "could not be checked on the data; they stay in the credited total, which a "
             "verifier must confirm (docs/methodologies.md, 'Eligibility on the data')"
         )
@@ -322,9 +337,7 @@ def credits_table(
     #: the row that takes the project sample's estimate (its target flags go there)
     survey_row: int | None = None
     if refused.any():
-        listed = [
-            f"{ids[i]} ({eligibility['ineligible_reason'][i]})" for i in np.flatnonzero(refused)
-        ]
+        listed = _by_reason(ids, eligibility["ineligible_reason"], refused)
         if survey is not None:
             # the project sample's frames cover the declared area, refused parcels too: its
             # estimate is shown, not credited; the credited line is the eligible parcels' map
@@ -333,7 +346,7 @@ def credits_table(
         domain = domain_change(job, estimates, method.id, sums["ok"]["area"])
         if domain is not None:
             _warn(
-                f"credits: under {method.id}, project parcels {', '.join(listed)} are not "
+                f"credits: under {method.id}, project parcels {listed} are not "
                 "eligible and leave the credited total; the credited TOTAL is the project "
                 "plot sample's estimate over the strata of the eligible parcels, and the "
                 f"estimate over the declared project area is the {DECLARED_ID} row beside "
@@ -342,7 +355,7 @@ def credits_table(
             rows.append(_steps_row(TOTAL_ID, DOMAIN_SCOPE, total("ok", *domain)))
         else:
             _warn(
-                f"credits: under {method.id}, project parcels {', '.join(listed)} are not "
+                f"credits: under {method.id}, project parcels {listed} are not "
                 "eligible and leave the credited total; the credited TOTAL is the eligible "
                 "parcels' map sum (fully correlated SD bound)"
                 + (
