@@ -52,8 +52,8 @@ LOCAL_WALLS = "local-threads-walls.json"
 CORES = len(os.sched_getaffinity(0))
 #: name -> the config's ``dask`` section (``None``: the in-process threaded scheduler)
 SCHEDULERS: dict[str, dict[str, Any] | None] = {
-    "processes": {"n_workers": CORES, "threads_per_worker": 1},
-    "threads": {"n_workers": 1, "threads_per_worker": CORES},
+    "processes": {"n_workers": CORES, "threads_per_worker": 1, "processes": True},
+    "threads": {"n_workers": 1, "threads_per_worker": CORES, "processes": True},
     "in-process": {"n_workers": 1, "threads_per_worker": CORES, "processes": False},
     "local-threads": None,
 }
