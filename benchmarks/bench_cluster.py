@@ -23,7 +23,7 @@ of the tree (sampled with psutil every 50 ms), then each stage's wall time (the 
 manifest's). It then compares the sha256 of every output file of the measured stages
 across the runs and names any file that differs.
 
-Run: ``.venv/bin/python benchmarks/bench_cluster.py`` (about 2-3 minutes on two cores).
+Run: ``.venv/bin/python benchmarks/bench_cluster.py`` (about 3-4 minutes on two cores).
 """
 
 from __future__ import annotations
