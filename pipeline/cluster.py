@@ -4,8 +4,9 @@ By default a ``distributed.LocalCluster`` of one worker inside the run's own pro
 with one thread per available core, allowed 80% of physical memory. Measured on the
 run's own stages (``benchmarks/bench_cluster.py``, docs/performance.md), it cost 0.47
 to 0.92 of the CPU time and half the peak memory of one single-threaded worker process
-per core, with bit-identical outputs: the stages' work is numpy, GDAL, scipy and the LAZ decoder, which release the GIL, and threads spare the
-pickling of every block between processes. Threads are safe here: GDAL functions are
+per core, with bit-identical outputs: the stages' work is numpy, GDAL, scipy and the
+LAZ decoder, which release the GIL, and threads spare the pickling of every block
+between processes. Threads are safe here: GDAL functions are
 re-entrant as long as each thread uses its own dataset (every task opens its own), and
 each LiDAR task decodes its tiles with its own ``laspy`` reader. ``processes: true`` in
 the config's ``dask`` section gives one single-threaded worker process per core (for
