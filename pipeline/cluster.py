@@ -1,10 +1,17 @@
 """The Dask cluster a run computes on.
 
-By default a ``distributed.LocalCluster`` of worker processes sized to the machine: one
-single-threaded worker per available core (GDAL and the LAZ decoder are not thread-safe
-in every build, and processes sidestep the GIL for numpy-light code), each allowed an
-equal share of 80% of physical memory. The config's ``dask`` section overrides each
-figure, and its ``dashboard_address`` where the dashboard listens (by default
+By default a ``distributed.LocalCluster`` of one worker inside the run's own process,
+with one thread per available core, allowed 80% of physical memory. Measured on the
+run's own stages (``benchmarks/bench_cluster.py``, docs/performance.md), it cost 0.47
+to 0.92 of the CPU time and half the peak memory of one single-threaded worker process
+per core, with bit-identical outputs: the stages' work is numpy, GDAL, scipy and the
+LAZ decoder, which release the GIL, and threads spare the pickling of every block
+between processes. Threads are safe here: GDAL functions are
+re-entrant as long as each thread uses its own dataset (every task opens its own), and
+each LiDAR task decodes its tiles with its own ``laspy`` reader. ``processes: true`` in
+the config's ``dask`` section gives one single-threaded worker process per core (for
+work that holds the GIL); the section overrides each figure, and its
+``dashboard_address`` where the dashboard listens (by default
 ``127.0.0.1`` on a free port: the dashboard has no authentication, so it is not offered
 to the network unless the config asks); ``--scheduler tcp://HOST:PORT`` connects to an
 existing cluster instead, which is how a run outgrows one machine.
@@ -30,7 +37,7 @@ MEMORY_SHARE = 0.8
 def local_cluster_size(settings: DaskSettings) -> tuple[int, int, int | str]:
     """(workers, threads per worker, memory limit per worker) for this machine."""
     cores = len(os.sched_getaffinity(0))
-    n_workers = settings.n_workers or cores
+    n_workers = settings.n_workers or (cores if settings.processes else 1)
     threads = settings.threads_per_worker or max(1, cores // n_workers)
     memory: int | str = settings.memory_limit or int(
         psutil.virtual_memory().total * MEMORY_SHARE / n_workers
@@ -64,7 +71,7 @@ def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iter
             n_workers=n_workers,
             threads_per_worker=threads,
             memory_limit=memory,
-            processes=True,
+            processes=settings.processes,
             # 127.0.0.1:0 by default: this machine only (no login), a free port
             dashboard_address=settings.dashboard_address,
             silence_logs=logging.ERROR,

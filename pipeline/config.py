@@ -499,6 +499,11 @@ class DaskSettings(Section):
 
     n_workers: int | None = Field(default=None, ge=1)
     threads_per_worker: int | None = Field(default=None, ge=1)
+    #: worker processes of their own (``True``), or one worker in the run's own process
+    #: running a thread per core (``False``, the default: measured cheaper, see
+    #: docs/performance.md). Left out of the config hash and the manifest like
+    #: ``dashboard_address``: the outputs are the same bit for bit either way.
+    processes: bool = Field(default=False, exclude=True)
     #: per-worker memory limit, e.g. ``"4GiB"``
     memory_limit: str | None = None
     #: raster chunk side in pixels

@@ -322,3 +322,20 @@ def test_local_cluster_does_not_time_out_workers_busy_in_compiled_code():
 
     with dask_client(DaskSettings(n_workers=1, threads_per_worker=1, memory_limit="1GiB")) as c:
         assert c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.worker_ttl) is None
+
+
+def test_default_cluster_is_one_in_process_worker_with_a_thread_per_core(monkeypatch):
+    # chosen by benchmarks/bench_cluster.py (docs/performance.md); processes: true gives
+    # the former single-threaded worker process per core, and the sizes still override
+    from pipeline import cluster
+    from pipeline.config import DaskSettings
+
+    monkeypatch.setattr(cluster.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert cluster.local_cluster_size(DaskSettings(memory_limit="1GiB")) == (1, 4, "1GiB")
+    procs = DaskSettings(processes=True, memory_limit="1GiB")
+    assert cluster.local_cluster_size(procs) == (4, 1, "1GiB")
+    sized = DaskSettings(processes=True, n_workers=2, memory_limit="1GiB")
+    assert cluster.local_cluster_size(sized) == (2, 2, "1GiB")
+    with cluster.dask_client(DaskSettings(threads_per_worker=2, memory_limit="1GiB")) as c:
+        assert c.scheduler.address.startswith("inproc://")
+        assert list(c.nthreads().values()) == [2]
