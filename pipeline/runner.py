@@ -675,9 +675,12 @@ class Runner:
                 peak_rss() as rss,
                 sampler.sample(stage.name, client=client, measure="process"),
             ):
-                # the project's own warnings are never filtered out (nor shown only once)
-                warnings.simplefilter("always", PipelineWarning)
-                warnings.simplefilter("always", ModelsWarning)
+                # every warning is recorded each time it is raised (the record keeps each
+                # message once): with Python's default "once per location" filter a library
+                # warning already raised earlier in this process (an earlier run, or the
+                # tasks of the in-process Dask worker) would go unrecorded, and the
+                # manifest and report would depend on the process's history
+                warnings.simplefilter("always")
                 loaded = {
                     name: io.read_input(
                         spec,
