@@ -94,9 +94,9 @@ JOB = EstimateJob(
 )
 
 
-def _outputs(scene: dict) -> dict[str, pd.DataFrame]:
+def _outputs(scene: dict, job: EstimateJob = JOB) -> dict[str, pd.DataFrame]:
     return estimate(
-        JOB,
+        job,
         plot_biomass=scene["biomass"],
         plot_locations=scene["plots"],
         design=scene["frames"],
@@ -347,13 +347,7 @@ def test_a_methodology_that_credits_some_strata_gets_their_domain_estimate(scene
     # of the west plots' differences, and its SE that stratum's alone (n_h - 1 df)
     job = replace(JOB, domains=(("m-west", ("west",)), ("m-both", ("west", "east", "x")),
                                 ("m-none", ("north",))))  # fmt: skip
-    out = estimate(
-        job,
-        plot_biomass=scene["biomass"],
-        plot_locations=scene["plots"],
-        design=scene["frames"],
-        carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
-    )[ESTIMATES_RELPATH]
+    out = _outputs(scene, job)[ESTIMATES_RELPATH]
     # a domain of every stratum, or of none, adds nothing: the sample's rows serve
     assert set(out["sample"]) == {"project", "project:m-west"}
     a, b = _by_hand(scene, "2019"), _by_hand(scene, "2024")

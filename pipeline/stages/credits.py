@@ -119,14 +119,19 @@ DOMAIN_AREA_TOLERANCE = 0.005
 DECLARED_SCOPE = "declared project area (survey; covers refused parcels; not credited)"
 
 
-def sample_meets_target(job: CreditsJob, estimates: pd.DataFrame, quantity: str) -> bool:
-    """Whether the project sample's chosen estimate of ``quantity`` reaches the target
-    precision (``meets_target`` of the estimate stage: CDM AR-TOOL03)."""
-    rows = estimates[
-        (estimates["sample"] == PROJECT_SAMPLE)
+def _chosen(estimates: pd.DataFrame, sample: str, quantity: str) -> pd.DataFrame:
+    """The chosen estimates of ``quantity`` of ``sample`` in ``estimates/totals.csv``."""
+    return estimates[
+        (estimates["sample"] == sample)
         & (estimates["quantity"] == quantity)
         & estimates["chosen"].astype(bool)
     ]
+
+
+def sample_meets_target(job: CreditsJob, estimates: pd.DataFrame, quantity: str) -> bool:
+    """Whether the project sample's chosen estimate of ``quantity`` reaches the target
+    precision (``meets_target`` of the estimate stage: CDM AR-TOOL03)."""
+    rows = _chosen(estimates, PROJECT_SAMPLE, quantity)
     return bool(len(rows) and rows["meets_target"].astype(bool).all())
 
 
@@ -139,8 +144,11 @@ def project_change(
     ``None`` when ``estimates`` has no such sample (no project plots).
     """
     row = _chosen_change(job, estimates, sample)
-    if row is None:
-        return None
+    return None if row is None else _survey(row, sample)
+
+
+def _survey(row: pd.Series, sample: str) -> tuple[float, float, float, str]:
+    """Total, SE, df and estimator of a chosen change estimate of ``sample``."""
     where = "project plots" if sample == PROJECT_SAMPLE else f"project plots of {sample}"
     return float(row["total"]), float(row["se"]), float(row["df"]), f"{row['estimator']} ({where})"
 
@@ -151,11 +159,7 @@ def _chosen_change(
     if estimates is None or estimates.empty:
         return None
     quantity = change_quantity(job.sink.epoch_start, job.sink.epoch_end)
-    rows = estimates[
-        (estimates["sample"] == sample)
-        & (estimates["quantity"] == quantity)
-        & estimates["chosen"].astype(bool)
-    ]
+    rows = _chosen(estimates, sample, quantity)
     if rows.empty:
         return None
     if len(rows) > 1:
@@ -178,7 +182,7 @@ def domain_change(
         return None
     if abs(float(row["area_ha"]) / eligible_area_ha - 1.0) > DOMAIN_AREA_TOLERANCE:
         return None
-    return project_change(job, estimates, sample=sample)
+    return _survey(row, sample)
 
 
 def _steps_row(unit_id: str, scope: str, steps: CreditSteps) -> dict[str, Any]:
