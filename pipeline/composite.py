@@ -12,8 +12,11 @@ The science, per scene (STAC item) and then per season:
    QA_PIXEL bits (``data_catalog/collections/*.yaml``); cloud and shadow masks grow by
    ``cloud_dilation_px`` pixels (a disk), since cloud edges and thin shadows escape both
    classifiers.
-4. **Harmonise** Landsat OLI to Sentinel-2 MSI with NASA HLS bandpass coefficients
-   (published as MSI to OLI; we apply the inverse).
+4. **Harmonise** Landsat to Sentinel-2 MSI: OLI with NASA HLS bandpass coefficients
+   (published as MSI to OLI; we apply the inverse); ETM+ (Landsat 7) and TM (Landsat 4/5)
+   first to OLI with Roy et al. (2016)'s coefficients, since HLS harmonises OLI only
+   (``data_catalog/collections/landsat-c2-l2.yaml``; the instrument from the item's
+   ``platform``).
 5. **Median** per band over the season's valid observations (``nanmedian`` per pixel,
    chunked in space, one chunk in time: never the whole stack in memory), the count of
    valid observations ``n_valid``, and indices NDVI, EVI, NBR, NDMI, NDRE
@@ -151,6 +154,29 @@ def harmonisation_coefficients(target: str) -> dict[str, tuple[float, float]]:
     return {b: (float(c["slope"]), float(c["offset"])) for b, c in table[target].items()}
 
 
+def landsat_sensor(item: pystac.Item) -> str:
+    """The instrument (``oli``, ``etm+`` or ``tm``) of a Landsat item, from its STAC
+    ``platform`` and the profile's ``sensors`` table."""
+    sensors = catalog.collection_profile("landsat-c2-l2")["sensors"]
+    platform = str(item.properties.get("platform", "")).lower().replace("_", "-")
+    if platform not in sensors:
+        raise CatalogError(
+            f"item {item.id!r}: platform {item.properties.get('platform')!r} is not a Landsat "
+            f"platform of data_catalog/collections/landsat-c2-l2.yaml (sensors: "
+            f"{', '.join(sorted(sensors))}); fix the item's properties.platform"
+        )
+    return str(sensors[platform])
+
+
+def etm_to_oli_coefficients(sensor: str) -> dict[str, tuple[float, float]]:
+    """Roy et al. (2016) ETM+ to OLI coefficients (slope, offset) for a TM or ETM+ item's
+    bands (``oli = slope * etm + offset``); empty for OLI."""
+    table = catalog.collection_profile("landsat-c2-l2")["etm_to_oli"]
+    if sensor not in table["applies_to"]:
+        return {}
+    return {b: (float(c["slope"]), float(c["offset"])) for b, c in table["bands"].items()}
+
+
 def harmonised_bands() -> frozenset[str]:
     """Reflectance bands both sensors deliver on one scale: the bands of the Landsat
     profile's HLS harmonisation table (``data_catalog/collections/landsat-c2-l2.yaml``)."""
@@ -181,6 +207,11 @@ def single_sensor_bands() -> tuple[str, ...]:
         for b in (*REFLECTANCE_BANDS, *INDEX_NAMES)
         if (b in REFLECTANCE_BANDS and b not in common) or (b in inputs and not inputs[b] <= common)
     )
+
+
+def etm_to_oli(etm: Any, *, slope: float, offset: float) -> Any:
+    """Roy et al. (2016)'s ``oli = slope * etm + offset``: the OLI-equivalent reflectance."""
+    return etm * np.float32(slope) + np.float32(offset)
 
 
 def landsat_to_sentinel2(oli: Any, *, slope: float, offset: float) -> Any:
@@ -297,7 +328,9 @@ class Scene:
     collection: str
     bands: dict[str, da.Array]
     radiometry: catalog.Radiometry
-    harmonised: bool
+    #: the chain of scales the reflectance went through, e.g. ``etm+>oli>msi``; empty when
+    #: the scene was not harmonised (Sentinel-2, or ``harmonise_landsat: false``)
+    harmonised: str
 
 
 def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings) -> Scene:
@@ -345,6 +378,12 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
     invalid = invalid | dilate(grow, settings.cloud_dilation_px)
     harmonise = settings.harmonise_landsat and coll == "landsat-c2-l2"
     coeffs = harmonisation_coefficients(settings.harmonise_to) if harmonise else {}
+    # TM and ETM+ first go to the OLI scale (HLS harmonises OLI only)
+    sensor = landsat_sensor(item) if harmonise else ""
+    to_oli = etm_to_oli_coefficients(sensor) if harmonise else {}
+    if to_oli and sensor == "tm":
+        note = catalog.collection_profile("landsat-c2-l2")["etm_to_oli"]["tm_note"]
+        warnings.warn(f"item {item.id!r}: {note}", PipelineWarning, stacklevel=2)
     bands: dict[str, da.Array] = {}
     for b in REFLECTANCE_BANDS:
         if b not in ours:
@@ -359,11 +398,15 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
             nodata_dn=rad.nodata_dn,
             dtype="float32",
         )
+        if b in to_oli:
+            slope, offset = to_oli[b]
+            refl = etm_to_oli(refl, slope=slope, offset=offset)
         if harmonise and b in coeffs:
             slope, offset = coeffs[b]
             refl = landsat_to_sentinel2(refl, slope=slope, offset=offset)
         bands[b] = da.where(invalid, np.float32(np.nan), refl).astype("float32")
-    return Scene(item.id, coll, bands, rad, harmonise)
+    chain = [sensor] + (["oli"] if to_oli else []) + ["msi"] if harmonise else []
+    return Scene(item.id, coll, bands, rad, ">".join(chain))
 
 
 def _nanmedian_block(block: np.ndarray) -> np.ndarray:

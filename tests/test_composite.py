@@ -326,6 +326,74 @@ def test_hls_coefficients_match_published_table() -> None:
     assert C.harmonisation_coefficients("sentinel-2b")["green"] == (1.0075, -0.0008)
 
 
+def _landsat_item(
+    root: Path, item_id: str, platform: str, truth: dict[str, np.ndarray], *, etm: bool
+) -> pystac.Item:
+    """A clear Landsat item whose reflectance is the published forward models of the MSI
+    truth: HLS's MSI -> OLI, and for ETM+/TM then Roy et al.'s ETM+ -> OLI inverted."""
+    hls = C.harmonisation_coefficients("sentinel-2a")
+    roy = C.etm_to_oli_coefficients("etm+")
+    assets = {}
+    for b in LS_KEYS:
+        refl = truth[b] * hls[b][0] + hls[b][1]
+        if etm:
+            refl = (refl - roy[b][1]) / roy[b][0]
+        assets[b] = root / item_id / f"{b}.tif"
+        _write(assets[b], np.round((refl + 0.2) / 0.0000275).astype("uint16"), nodata=0)
+    assets["qa_pixel"] = root / item_id / "qa_pixel.tif"
+    _write(assets["qa_pixel"], np.full((N, N), 1 << 6, dtype="uint16"), nodata=1)
+    props = {"eo:cloud_cover": 5.0, "platform": platform}
+    return pystac.Item.from_dict(
+        _item_dict(item_id, "landsat-c2-l2", dt.datetime(2012, 8, 1), props, assets)
+    )
+
+
+LANDSAT_ONLY = C.CompositeSettings.from_params(
+    CompositeParams(cloud_dilation_px=0, resampling="nearest"), chunk_px=20, default_provider=None
+)
+
+
+@pytest.mark.parametrize("platform", ["landsat-7", "LANDSAT_7"])
+def test_etm_plus_goes_to_msi_through_oli(
+    tmp_path: Path, scenes: tuple[list[pystac.Item], dict[str, Any]], platform: str
+) -> None:
+    truth = scenes[1]["truth"]
+    item = _landsat_item(tmp_path, "LE07_X", platform, truth, etm=True)
+    comp, _ = C.seasonal_composite([item], _geobox(), settings=LANDSAT_ONLY)
+    for b in ("blue", "nir08", "swir22"):
+        # DN rounding is 0.0000275 ETM+ reflectance, about 2.4e-5 after the slope of 0.85
+        np.testing.assert_allclose(comp.sel(band=b).values, truth[b], atol=3e-5)
+    # read as OLI (the former behaviour), the NIR would sit 0.04 + 15 % off
+    oli_read = _landsat_item(tmp_path, "LC08_X", "landsat-8", truth, etm=True)
+    wrong, _ = C.seasonal_composite([oli_read], _geobox(), settings=LANDSAT_ONLY)
+    assert np.median(np.abs(wrong.sel(band="nir08").values - truth["nir08"])) > 0.01
+
+
+def test_tm_scenes_take_etm_coefficients_and_say_so(
+    tmp_path: Path, scenes: tuple[list[pystac.Item], dict[str, Any]]
+) -> None:
+    item = _landsat_item(tmp_path, "LT05_X", "landsat-5", scenes[1]["truth"], etm=True)
+    with pytest.warns(PipelineWarning, match="LT05_X.*Roy et al"):
+        scene = C.load_scene(item, _geobox(), settings=LANDSAT_ONLY)
+    assert scene.harmonised == "tm>oli>msi"
+
+
+def test_landsat_item_of_unknown_platform_is_refused(
+    tmp_path: Path, scenes: tuple[list[pystac.Item], dict[str, Any]]
+) -> None:
+    item = _landsat_item(tmp_path, "LX_X", "landsat-10", scenes[1]["truth"], etm=False)
+    with pytest.raises(CatalogError, match=r"LX_X.*landsat-10.*landsat-c2-l2\.yaml"):
+        C.load_scene(item, _geobox(), settings=LANDSAT_ONLY)
+
+
+def test_roy_coefficients_match_published_table() -> None:
+    # Roy et al. 2016, Remote Sens. Environ. 185:57-70, Table 2, OLS ETM+ -> OLI
+    c = C.etm_to_oli_coefficients("etm+")
+    assert c["blue"] == (0.8474, 0.0003) and c["red"] == (0.9047, 0.0061)
+    assert c["nir08"] == (0.8462, 0.0412) and c["swir22"] == (0.9071, 0.0172)
+    assert C.etm_to_oli_coefficients("oli") == {}
+
+
 def test_indices_closed_form() -> None:
     # the NIR indices use the narrow NIR (B8A / OLI B5, "nir08"), NDRE the broad one (B08)
     v = {
