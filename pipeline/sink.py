@@ -59,6 +59,13 @@ from pipeline.errors import InputDataError
 DAYS_PER_YEAR = 365.25
 
 
+def decimal_year(d: dt.date) -> float:
+    """A date as a decimal year, at the middle of its day (2019-07-02 -> 2019.4986)."""
+    start = dt.date(d.year, 1, 1)
+    days = (dt.date(d.year + 1, 1, 1) - start).days
+    return d.year + ((d - start).days + 0.5) / days
+
+
 def years_between(start: dt.date, end: dt.date) -> float:
     """Time between two reference dates in (Julian) years."""
     years = (end - start).days / DAYS_PER_YEAR

@@ -15,6 +15,9 @@ centre), leaving out parcels clear-cut in the period (forest management projects
 to no clear-cutting in the project area; assumption), with a stated baseline removal
 rate per parcel: ``baseline_factor`` times the parcel's true sink with multiplicative
 noise (assumption; a methodology would derive it from a business-as-usual scenario).
+
+Each forest parcel also carries its sub-compartment (小班) inventory record
+(:func:`survey_record`), as a bureau's forest management inventory holds it.
 """
 
 from __future__ import annotations
@@ -28,8 +31,16 @@ from odc.geo.geobox import GeoBox
 from rasterio import features
 from shapely.geometry import LineString, box
 
+from models.datafiles import data_csv
 from pipeline.simulate.science import FOREST_TYPES, NON_FOREST, coefficients
 from pipeline.simulate.terrain import Terrain
+from pipeline.simulate.truth import StandTally
+
+#: columns of the sub-compartment record in the parcel layer
+SURVEY_COLUMNS = (
+    "dominant_species", "origin", "survey_year", "age_yr", "culm_age_yr",
+    "mean_dbh_cm", "mean_height_m", "stems_per_ha",
+)  # fmt: skip
 
 
 def make_parcels(
@@ -218,3 +229,58 @@ def choose_project(
         geometry=chosen.geometry.to_numpy(),
         crs=parcels.crs,
     )
+
+
+def survey_record(
+    parcels: pd.DataFrame,
+    tally: StandTally,
+    stand_area_ha: npt.NDArray[np.float64],
+    years: list[float],
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """The sub-compartment (小班) inventory record of each parcel (``SURVEY_COLUMNS``).
+
+    Describes the first epoch's stand (``tally``: its trees >= the DBH threshold; dated to
+    that epoch's year), as measured with the errors of ``simulation.yaml`` (``xiaoban``):
+    the dominant species by its Chinese name (the type's most common species), origin,
+    stand age (years; empty for bamboo, whose stands are uneven-aged: their mean culm age
+    is recorded instead), quadratic mean DBH, Lorey's mean height and stems per ha.
+    ``stand_area_ha`` is each parcel's area on the grid (its cells), over which ``tally``
+    counted. Non-forest parcels have an empty record.
+    """
+    p = coefficients()["xiaoban"]
+    ftypes = coefficients()["forest_types"]
+    names = data_csv("species_names.csv")
+    chinese = dict(zip(names.loc[names["language"] == "zh", "species"],
+                       names.loc[names["language"] == "zh", "name"], strict=True))  # fmt: skip
+    n = len(parcels)
+    kind = parcels["type_0"].to_numpy()
+    forest = np.isin(kind, FOREST_TYPES) & (tally.stems > 0)
+    bamboo = np.asarray([bool(ftypes.get(k, {}).get("culm_age_max_yr")) for k in kind])
+    z = rng.standard_normal((4, n))
+
+    def noisy(true: np.ndarray, sd_rel: float, row: int, digits: int) -> np.ndarray:
+        val = true * np.exp(sd_rel * z[row] - 0.5 * sd_rel**2)
+        return np.where(forest, np.round(val, digits), np.nan)
+
+    age = np.round(parcels["age_0"].to_numpy(dtype=np.float64) + p["age_error_sd_yr"] * z[3])
+    culm_age = tally.culm_age_yr / np.maximum(tally.stems, 1.0)
+    dominant = [
+        chinese[max(ftypes[k]["species"], key=ftypes[k]["species"].get)] if f else None
+        for k, f in zip(kind, forest, strict=True)
+    ]
+    return pd.DataFrame(
+        {
+            "dominant_species": dominant,
+            "origin": [p["origin"][k] if f else None for k, f in zip(kind, forest, strict=True)],
+            "survey_year": np.where(forest, np.floor(years[0]), np.nan),
+            "age_yr": np.where(forest & ~bamboo, np.maximum(age, 1.0), np.nan),
+            "culm_age_yr": np.where(forest & bamboo, np.round(culm_age, 1), np.nan),
+            "mean_dbh_cm": noisy(tally.quadratic_mean_dbh_cm(), p["dbh_error_sd_rel"], 0, 1),
+            "mean_height_m": noisy(tally.lorey_height_m(), p["height_error_sd_rel"], 1, 1),
+            "stems_per_ha": noisy(
+                tally.stems / np.maximum(stand_area_ha, 1e-9), p["stems_error_sd_rel"], 2, 0
+            ),
+        },
+        index=parcels.index,
+    )[list(SURVEY_COLUMNS)]

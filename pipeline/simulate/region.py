@@ -47,20 +47,21 @@ from pipeline.simulate import sampling, stac_items
 from pipeline.simulate import satellite as sat
 from pipeline.simulate.io import raster, write_gpkg, write_json
 from pipeline.simulate.noise import gaussian_field
-from pipeline.simulate.parcels import choose_project, make_parcels, make_roads, rasterise
+from pipeline.simulate.parcels import (
+    choose_project,
+    make_parcels,
+    make_roads,
+    rasterise,
+    survey_record,
+)
 from pipeline.simulate.science import FOREST_TYPES, coefficients, type_codes
 from pipeline.simulate.stands import StandEpoch, generate_trees, stand_epochs
 from pipeline.simulate.terrain import Terrain, make_terrain
 from pipeline.simulate.truth import EpochTruth, epoch_truth
+from pipeline.sink import decimal_year
 from pipeline.units import M2_PER_HA
 
 _BLOCK_M = 60.0  # AOI sides are multiples of 60 m so 10, 20 and 60 m grids nest
-
-
-def _year_fraction(d: dt.date) -> float:
-    start = dt.date(d.year, 1, 1)
-    days = (dt.date(d.year + 1, 1, 1) - start).days
-    return d.year + ((d - start).days + 0.5) / days
 
 
 def aoi_grid(config: Config) -> GeoBox:
@@ -139,15 +140,18 @@ class _Streams:
     #: the project's monitoring plots (placement, GPS, measurement); spawned last, so the
     #: other streams are those of a simulator without it
     project_plots: np.random.Generator
+    #: the parcel layer's sub-compartment survey errors; spawned after project_plots
+    xiaoban: np.random.Generator
     #: key of the counter-based numbers of the trees (keyed by pixel)
     tree_seed: int
 
 
 def _streams(seed: int) -> _Streams:
     ss = np.random.SeedSequence(seed)
-    terrain, parcels, roads, stock, scenes, plots, measure, project, dem, lidar, project_plots = (
-        np.random.default_rng(s) for s in ss.spawn(11)
-    )
+    (
+        terrain, parcels, roads, stock, scenes, plots, measure, project, dem, lidar,
+        project_plots, xiaoban,
+    ) = (np.random.default_rng(s) for s in ss.spawn(12))  # fmt: skip
     return _Streams(
         terrain=terrain,
         parcels=parcels,
@@ -160,6 +164,7 @@ def _streams(seed: int) -> _Streams:
         dem=dem,
         lidar=lidar,
         project_plots=project_plots,
+        xiaoban=xiaoban,
         tree_seed=int(ss.generate_state(1, dtype=np.uint64)[0]),
     )
 
@@ -192,7 +197,7 @@ class _Truth:
 
 
 def _landscape(config: Config, grid: GeoBox, rs: _Streams) -> _Landscape:
-    years = [_year_fraction(e.reference) for e in config.epochs]
+    years = [decimal_year(e.reference) for e in config.epochs]
     xmin, ymin, xmax, ymax = grid.boundingbox
     terrain = make_terrain(rs.terrain, center_x_m=(xmin + xmax) / 2, center_y_m=(ymin + ymax) / 2)
     xx, yy = np.meshgrid(*cell_centres(grid))
@@ -275,7 +280,12 @@ def _write_truth_maps(land: _Landscape, truth: _Truth, tdir: Path) -> None:
 
 
 def _write_parcels(
-    land: _Landscape, truth: _Truth, rng: np.random.Generator, out_dir: Path, tdir: Path
+    land: _Landscape,
+    truth: _Truth,
+    rng: np.random.Generator,
+    xiaoban_rng: np.random.Generator,
+    out_dir: Path,
+    tdir: Path,
 ) -> gpd.GeoDataFrame:
     """``parcels/`` (parcels, project) and ``truth/parcels.csv``; returns the project."""
     parcels, pidx = land.parcels, land.parcel_idx
@@ -303,6 +313,8 @@ def _write_parcels(
         ["parcel_id", "township", "village", "compartment", "forest_type", "land_class"]
     ].copy()
     pub["area_ha"] = np.round(area_ha, 4)
+    stand_ha = np.bincount(pidx[valid], minlength=len(parcels)).astype(np.float64) * cell_ha
+    pub = pub.join(survey_record(parcels, truth.maps[0].stands, stand_ha, land.years, xiaoban_rng))
     write_gpkg(
         out_dir / "parcels" / "parcels.gpkg",
         gpd.GeoDataFrame(pub, geometry=parcels.geometry, crs=land.grid.crs),
@@ -823,7 +835,7 @@ def simulate_region(config: Config, out_dir: Path, *, seed: int) -> dict[str, An
     truth = _truth(land, rs.tree_seed)
     lap("truth")
     _write_truth_maps(land, truth, tdir)
-    project = _write_parcels(land, truth, rs.project, out_dir, tdir)
+    project = _write_parcels(land, truth, rs.project, rs.xiaoban, out_dir, tdir)
     lap("parcels")
     items, n_scenes = _simulate_scenes(config, land, truth, rs.scenes, out_dir=out_dir)
     lap("satellite")
