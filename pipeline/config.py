@@ -342,6 +342,11 @@ class ModelParams(Section):
     #: Optical reflectance saturates in dense forest; the forest type tells stands of
     #: the same greenness apart. null, or no parcel layer: not used
     parcel_class_column: str | None = "forest_type"
+    #: when the parcel layer carries the sub-compartment (小班) inventory record
+    #: (``docs/parcel_layers.md``), its mean-tree AGB density of each parcel becomes a
+    #: satellite-model predictor (``pipeline.subcompartment``): stocking that optical
+    #: reflectance does not see in dense stands
+    parcel_inventory: bool = True
     #: judge, at the epochs other than the parcel layer's, whether each forest-land
     #: parcel was forest then (``models.landuse``); parcels that were not (farmland
     #: afforested since) get no estimate at that epoch, so no false loss of carbon.

@@ -335,6 +335,20 @@ def parcel_index(parcels: gpd.GeoDataFrame, like: xr.DataArray) -> np.ndarray:
     return _burn(parcels, like, values=range(1, len(parcels) + 1), dtype="int32")
 
 
+def burn_values(
+    parcels: gpd.GeoDataFrame, like: xr.DataArray, values: np.ndarray
+) -> dask.array.Array:
+    """float32 grid of ``like`` (lazy, chunked like it): where a cell's centre lies in a
+    parcel, that parcel's entry of ``values`` (one per row of ``parcels``), 0 elsewhere."""
+    index = parcel_index(parcels, like)
+    table = np.concatenate([[0.0], np.asarray(values, dtype=np.float32)]).astype(np.float32)
+    band = like.isel(band=0) if "band" in like.dims else like
+    chunks = band.data.chunksize if isinstance(band.data, dask.array.Array) else index.shape
+    return dask.array.from_array(index, chunks=chunks).map_blocks(
+        lambda block: table[block], dtype=np.float32
+    )
+
+
 def forest_land_mask(
     parcels: gpd.GeoDataFrame,
     like: xr.DataArray,

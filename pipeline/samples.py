@@ -50,6 +50,7 @@ from pipeline.features import (
     support_window_px,
     with_band_names,
 )
+from pipeline.subcompartment import SURVEY_FIELDS, has_record, inventory_layer
 
 #: name of the forest-land mask band added to the predictor stack
 FOREST_BAND = "forest_land"
@@ -61,28 +62,50 @@ def satellite_stacks(
     parcels: gpd.GeoDataFrame | None,
     *,
     class_column: str | None,
+    inventory: bool = False,
 ) -> tuple[dict[str, xr.DataArray], dict[str, xr.DataArray], dict[str, Any] | None]:
     """Per epoch the spectral predictors (composite and terrain) and the satellite
-    predictors (with, given a parcel layer and ``class_column``, the share of each of its
-    classes: ``pipeline.features.class_layers``), and those classes' record."""
+    predictors, and the record of the parcel layers among them (``None``: none).
+
+    Given a parcel layer, the satellite predictors add the share of each class of its
+    ``class_column`` (:func:`pipeline.features.class_layers`) and, with ``inventory`` and
+    a layer that carries the sub-compartment record, the record's AGB density
+    (:func:`pipeline.subcompartment.inventory_layer`).
+    """
     spectral = {
         e: predictor_stack(comp, terrain, sources=(composite_relpath(e), TERRAIN_RELPATH))
         for e, comp in composites.items()
     }
-    if class_column is None or parcels is None:
-        return spectral, spectral, None
-    classes: dict[str, Any] = {
+    spec: dict[str, Any] = {
         "column": class_column,
-        "classes": parcel_classes(parcels, column=class_column),
-    }
-    class_bands = class_layers(parcels, terrain, **classes)
+        "classes": [] if parcels is None or class_column is None
+        else parcel_classes(parcels, column=class_column),
+        "inventory": inventory and has_record(parcels),
+    }  # fmt: skip
+    layers = parcel_layers(spec, parcels, terrain)
+    if layers is None:
+        return spectral, spectral, None
     stacks = {
-        e: concat_aligned(
-            [st, class_bands], sources=(composite_relpath(e), f"parcels ({class_column})")
-        )
+        e: concat_aligned([st, layers], sources=(composite_relpath(e), "parcels"))
         for e, st in spectral.items()
     }
-    return spectral, stacks, classes
+    return spectral, stacks, spec
+
+
+def parcel_layers(
+    spec: Mapping[str, Any], parcels: gpd.GeoDataFrame | None, like: xr.DataArray
+) -> xr.DataArray | None:
+    """The parcel-layer predictor bands ``spec`` asks for (``column`` and ``classes``:
+    class shares; ``inventory``: the sub-compartment record's AGB density), on the grid
+    of ``like``; ``None`` when it asks for none."""
+    layers = []
+    if spec.get("column") is not None and parcels is not None:
+        layers.append(class_layers(parcels, like, column=spec["column"], classes=spec["classes"]))
+    if spec.get("inventory") and parcels is not None:
+        layers.append(inventory_layer(parcels, like))
+    if not layers:
+        return None
+    return xr.concat(layers, dim="band") if len(layers) > 1 else layers[0]
 
 
 def lidar_predictors(lidar: xr.DataArray, features: Sequence[str]) -> list[str]:
@@ -307,21 +330,28 @@ def epoch_stack(
 def bundle_class_layers(
     bundle: Mapping[str, Any], parcels: gpd.GeoDataFrame | None, terrain: xr.DataArray
 ) -> xr.DataArray | None:
-    """The parcel-class predictor layers the fitted models of ``bundle`` (``models.pkl``,
-    :func:`pipeline.contracts.load_models`) use, on the grid of ``terrain``; ``None``
-    when they use none.
+    """The parcel-layer predictor bands (:func:`parcel_layers`) the fitted models of
+    ``bundle`` (``models.pkl``, :func:`pipeline.contracts.load_models`) use, on the grid
+    of ``terrain``; ``None`` when they use none.
 
     Raises
     ------
     InputDataError
-        The models use parcel classes and ``parcels`` is ``None``.
+        The models use the parcel layer and ``parcels`` is ``None``, or lacks the
+        sub-compartment record they were fitted with.
     """
     spec = bundle.get("parcel_classes")
     if spec is None:
         return None
     if parcels is None:
         raise InputDataError(
-            f"{MODELS_RELPATH}: the models use the parcel layer's {spec['column']!r} "
-            "classes as predictors; give the parcel layer (sources.parcels, or --parcels)"
+            f"{MODELS_RELPATH}: the models use the parcel layer's attributes as predictors; "
+            "give the parcel layer (sources.parcels, or --parcels)"
         )
-    return class_layers(parcels, terrain, column=spec["column"], classes=spec["classes"])
+    if spec.get("inventory") and not has_record(parcels):
+        raise InputDataError(
+            f"{MODELS_RELPATH}: the models use the sub-compartment record "
+            f"({', '.join(SURVEY_FIELDS)}) as a predictor and the parcel layer lacks it; "
+            "give the layer the models were fitted with, or rerun the model stage"
+        )
+    return parcel_layers(spec, parcels, terrain)

@@ -133,7 +133,7 @@ def model(
     comps = composites_by_epoch(composites, job.epochs)
     terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
     spectral, sat_stacks, classes = satellite_stacks(
-        comps, terr, parcels, class_column=p.parcel_class_column
+        comps, terr, parcels, class_column=p.parcel_class_column, inventory=p.parcel_inventory
     )
     lidar_epoch: str | None = None
     lidar: xr.DataArray | None = None
@@ -153,7 +153,10 @@ def model(
         "epochs": list(job.epochs),
         "seed": job.seed,
         "parcel_classes": classes
-        or {"skipped": "no parcel layer, or model.parcel_class_column is null"},
+        or {
+            "skipped": "no parcel layer, or neither model.parcel_class_column nor a "
+            "sub-compartment record (model.parcel_inventory) to use"
+        },
     }
     lidar_model: FittedModel | None = None
     lidar_plots = table.iloc[:0]
@@ -262,7 +265,8 @@ def model_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Pa
         **predictor_inputs(config, layout),
     }
     p = config.stages.model
-    if config.sources.parcels is not None and (p.parcel_class_column or p.land_use_change):
+    uses_layer = p.parcel_class_column or p.land_use_change or p.parcel_inventory
+    if config.sources.parcels is not None and uses_layer:
         inputs["parcels"] = config.sources.parcels
     return inputs
 

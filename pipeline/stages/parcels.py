@@ -104,6 +104,7 @@ from pipeline.errors import ConfigError
 from pipeline.map_errors import fit_map_errors, lidar_residuals
 from pipeline.parcel_sums import parcel_sink_table
 from pipeline.stage import Stage
+from pipeline.subcompartment import has_record, inventory_estimate
 from pipeline.units import with_mu_areas
 
 LIDAR_FRACTION_BAND = "lidar_fraction"
@@ -175,13 +176,26 @@ def parcels_stage(
         lidar_metrics=lidar_metrics,
         correlogram=correlogram,
     )
-    table = with_mu_areas(table)
+    table = with_mu_areas(with_inventory_estimate(table))
     csv = pd.DataFrame(table.drop(columns=table.geometry.name))
     return {
         PARCEL_SINK_GPKG_RELPATH: table,
         PARCEL_SINK_CSV_RELPATH: csv,
         ERROR_CORRELOGRAM_RELPATH: record,
     }
+
+
+def with_inventory_estimate(table: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Add the sub-compartment record's own estimate of each parcel's carbon beside the
+    maps' (:func:`pipeline.subcompartment.inventory_estimate`, at the record's
+    ``survey_year``): ``inventory_agb_mg_ha``, ``inventory_carbon_mg_ha`` and
+    ``inventory_carbon_mg_c`` (density x ``area_ha``). A layer without the record is
+    returned unchanged."""
+    if not has_record(table):
+        return table
+    out = table.join(inventory_estimate(table))
+    out["inventory_carbon_mg_c"] = out["inventory_carbon_mg_ha"] * out["area_ha"]
+    return out
 
 
 def parcel_error_model(
