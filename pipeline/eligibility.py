@@ -10,6 +10,10 @@ A methodology file may restrict the land it credits (:mod:`models.credits`):
     forest land); at the other epochs the model stage's land-use classifier does
     (``model/model_card.json``, ``land_use.<epoch>.non_forest_parcels``:
     :mod:`models.landuse`), which judges the layer's forest-land parcels only.
+    With a parcel layer that carries the sub-compartment record
+    (``docs/parcel_layers.md``), a stand the record dates before the start (its
+    ``survey_year`` minus its ``age_yr``) refuses the parcel too: a young plantation is
+    not yet forest to the classifier, but its land is not afforestation land.
 ``applies_to: {forest_types: [...]}`` (bamboo or tree forest management)
     a project parcel whose dominant forest type (the parcel layer's ``forest_type``, or
     the project layer's own column) is not listed is refused.
@@ -38,6 +42,7 @@ import pandas as pd
 
 from models.credits import Methodology
 from models.datafiles import data_yaml
+from pipeline.subcompartment import has_record
 
 #: ``eligible`` of a parcel whose eligibility the data cannot show (``pd.NA`` in the table)
 UNCHECKED = None
@@ -56,6 +61,9 @@ class LandUseData:
     #: the epoch the parcel layer describes (``model.parcels_epoch`` or the last epoch)
     parcels_epoch: str
     forest_land_classes: tuple[str, ...]
+    #: the start epoch's reference date as a decimal year, for the sub-compartment
+    #: record's stand ages (``None``: not used)
+    start_year: float | None = None
 
 
 def _pieces(project: gpd.GeoDataFrame, layer: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
@@ -102,6 +110,28 @@ def _forest_flags(
     return flags, "land-use classifier"
 
 
+def _recorded_stand_before(layer: gpd.GeoDataFrame, start_year: float) -> pd.Series:
+    """Per parcel of the layer, whether its sub-compartment record shows a stand before
+    ``start_year`` (True), or cannot say (NA; never False: a record is evidence of a
+    stand, its absence is not evidence of none).
+
+    A stand of ``age_yr`` years surveyed in ``survey_year`` was established in
+    ``survey_year - age_yr``; a stand recorded without an age (bamboo) existed at its
+    survey. A young plantation that the land-use classifier cannot yet see as forest is
+    caught here.
+    """
+    stand = layer["dominant_species"].notna() & (
+        layer["dominant_species"].astype(str).str.strip() != ""
+    )
+    if "survey_year" not in layer.columns:
+        return pd.Series(pd.NA, index=layer.index, dtype="boolean")
+    survey = pd.to_numeric(layer["survey_year"], errors="coerce")
+    age = pd.to_numeric(layer["age_yr"], errors="coerce") if "age_yr" in layer else 0.0 * survey
+    established = survey - age.fillna(0.0)
+    before = stand & (established < start_year)
+    return before.astype("boolean").where(before, pd.NA)
+
+
 def _not_forest_before_start(
     project: gpd.GeoDataFrame, data: LandUseData, share: float
 ) -> list[tuple[bool | None, str]]:
@@ -127,6 +157,14 @@ def _not_forest_before_start(
             elif f + u >= share:
                 unknown_at[i].append(
                     f"land use at {epoch} unknown for {100 * u:.0f} % of its area ({how})"
+                )
+    if data.start_year is not None and has_record(layer):
+        shares = _shares(project, layer, _recorded_stand_before(layer, data.start_year))
+        for i, f in enumerate(shares["forest"]):
+            if f >= share:
+                forest_at[i].append(
+                    "a stand established before the start by the sub-compartment record "
+                    f"({100 * f:.0f} % of its area)"
                 )
     out: list[tuple[bool | None, str]] = []
     for forest, unknown in zip(forest_at, unknown_at, strict=True):

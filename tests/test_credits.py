@@ -487,6 +487,36 @@ def test_afforestation_takes_the_declared_land_class_at_the_layer_epoch():
     assert rows.loc["B", "ineligible_reason"].startswith("forest at 2019 (declared land class")
 
 
+def test_afforestation_refuses_a_young_plantation_its_sub_compartment_record_dates():
+    # The classifier sees neither parcel as forest in 2019 (a young plantation's canopy is
+    # not closed), but B's sub-compartment record of 2019 says 7-year-old Chinese fir:
+    # established in 2012, before the start (2019-07-01), so its land is no afforestation
+    # land. A's record is empty (no stand at the survey): eligible.
+    job = _one_parcel_job()
+    card = {"land_use": {"2019": {"non_forest_parcels": ["P1", "P2"], "parcels_judged": 2}}}
+    layer = _layer(["chinese_fir"] * 2, ["forest"] * 2).assign(
+        dominant_species=[None, "杉木"], mean_dbh_cm=[np.nan, 6.0], mean_height_m=[np.nan, 5.5],
+        stems_per_ha=[np.nan, 2400.0], survey_year=[np.nan, 2019.0], age_yr=[np.nan, 7.0],
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="not eligible"):
+        table = credits_stage(
+            job, sink=_sink_raster(10.0, 1.0), project=TWO_PARCELS, estimates=_survey(40, 3, 9),
+            parcels=layer, model_card=card,
+        )[CREDITS_RELPATH]  # fmt: skip
+    rows = table.set_index("parcel_id")
+    assert list(rows["eligible"].iloc[:2]) == [True, False]
+    assert rows.loc["B", "ineligible_reason"] == (
+        "a stand established before the start by the sub-compartment record (100 % of its area)"
+    )
+    # the same stand planted in 2020 (surveyed in 2021 at age 1) is after the start
+    later = layer.assign(survey_year=[np.nan, 2021.0], age_yr=[np.nan, 1.0])
+    table = credits_stage(
+        job, sink=_sink_raster(10.0, 1.0), project=TWO_PARCELS, estimates=_survey(40, 3, 9),
+        parcels=later, model_card=card,
+    )[CREDITS_RELPATH]  # fmt: skip
+    assert list(table.set_index("parcel_id")["eligible"].iloc[:2]) == [True, True]
+
+
 def test_afforestation_without_a_land_use_map_says_unchecked():
     # no model card: the start epoch cannot be judged; the parcels stay in, loudly
     job = _one_parcel_job()

@@ -77,7 +77,7 @@ from pipeline.contracts import (
 )
 from pipeline.eligibility import LandUseData, parcel_eligibility
 from pipeline.errors import ConfigError, InputDataError, PipelineWarning
-from pipeline.sink import as_band, named_band
+from pipeline.sink import as_band, decimal_year, named_band
 from pipeline.stage import Stage
 from pipeline.units import M2_PER_HA, with_mu_areas
 from pipeline.zonal import coverage_cells, weighted_sum
@@ -203,6 +203,7 @@ def land_use_data(
         epochs_before_start=job.epochs_before_start or (job.sink.epoch_start,),
         parcels_epoch=job.parcels_epoch or job.sink.epoch_end,
         forest_land_classes=job.forest_land_classes,
+        start_year=decimal_year(job.sink.reference_start),
     )
 
 
