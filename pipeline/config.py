@@ -343,10 +343,11 @@ class ModelParams(Section):
     #: the same greenness apart. null, or no parcel layer: not used
     parcel_class_column: str | None = "forest_type"
     #: when the parcel layer carries the sub-compartment (小班) inventory record
-    #: (``docs/parcel_layers.md``), its mean-tree AGB density of each parcel becomes a
-    #: satellite-model predictor (``pipeline.subcompartment``): stocking that optical
-    #: reflectance does not see in dense stands
-    parcel_inventory: bool = True
+    #: (``docs/parcel_layers.md``), make its mean-tree AGB density of each parcel a
+    #: satellite-model predictor (``pipeline.subcompartment``). Off by default: on the
+    #: demo region it made the parcel totals worse and the spatial CV optimistic (a
+    #: parcel-constant predictor leaks across CV blocks; docs/parcel_layers.md)
+    parcel_inventory: bool = False
     #: judge, at the epochs other than the parcel layer's, whether each forest-land
     #: parcel was forest then (``models.landuse``); parcels that were not (farmland
     #: afforested since) get no estimate at that epoch, so no false loss of carbon.

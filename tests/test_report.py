@@ -268,7 +268,10 @@ def test_report_lists_the_pipelines_warnings_and_counts_library_noise(report_inp
     assert table.count("<tr>") == 3
     assert "182 cells have no value" in table and "misses its target precision" in table
     assert "Sending large graph" not in html
-    assert "1 warning(s) from libraries" in html
+    assert "Warnings from software libraries" in html
+    # how many a library raised depends on its caches in the process: not in the report
+    noisier = [{**recorded[0], "library_warnings": ["a"] * 3}, recorded[1]]
+    assert run_report({**report_inputs, "warnings": noisier})[REPORT_RELPATH] == html
     quiet = run_report(report_inputs)[REPORT_RELPATH]
     assert isinstance(quiet, str)
     assert "The stages raised no warnings." in quiet and "warning-table" not in quiet

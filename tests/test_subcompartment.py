@@ -113,7 +113,7 @@ def test_inventory_layer_burns_each_parcels_density() -> None:
 
 def test_models_fitted_with_the_record_refuse_a_layer_without_it() -> None:
     bundle = {"parcel_classes": {"column": None, "classes": [], "inventory": True}}
-    with pytest.raises(InputDataError, match="sub-compartment record.*mean_dbh_cm"):
+    with pytest.raises(InputDataError, match=r"sub-compartment record.*mean_dbh_cm"):
         bundle_class_layers(bundle, _layer().drop(columns=["mean_dbh_cm"]), _grid())
     got = bundle_class_layers(bundle, _layer(), _grid())
     assert got is not None and list(got["band"].values) == [INVENTORY_BAND]
