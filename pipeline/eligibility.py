@@ -42,7 +42,7 @@ import pandas as pd
 
 from models.credits import Methodology
 from models.datafiles import data_yaml
-from pipeline.subcompartment import has_record
+from pipeline.subcompartment import has_record, recorded_stand
 
 #: ``eligible`` of a parcel whose eligibility the data cannot show (``pd.NA`` in the table)
 UNCHECKED = None
@@ -120,9 +120,7 @@ def _recorded_stand_before(layer: gpd.GeoDataFrame, start_year: float) -> pd.Ser
     survey. A young plantation that the land-use classifier cannot yet see as forest is
     caught here.
     """
-    stand = layer["dominant_species"].notna() & (
-        layer["dominant_species"].astype(str).str.strip() != ""
-    )
+    stand = recorded_stand(layer)
     if "survey_year" not in layer.columns:
         return pd.Series(pd.NA, index=layer.index, dtype="boolean")
     survey = pd.to_numeric(layer["survey_year"], errors="coerce")

@@ -34,14 +34,18 @@ def has_record(parcels: gpd.GeoDataFrame | None) -> bool:
     return parcels is not None and set(SURVEY_FIELDS) <= set(parcels.columns)
 
 
+def recorded_stand(parcels: gpd.GeoDataFrame) -> pd.Series:
+    """Per parcel, whether its record describes a stand (names a dominant species)."""
+    species = parcels["dominant_species"]
+    return species.notna() & (species.astype(str).str.strip() != "")
+
+
 def inventory_estimate(parcels: gpd.GeoDataFrame) -> pd.DataFrame:
     """Per parcel (index of ``parcels``): ``inventory_agb_mg_ha`` and
     ``inventory_carbon_mg_ha`` by the mean-tree method; 0 where the record is empty (no
     dominant species: not forest at the survey); NaN where a forest record lacks its DBH
     or stems."""
-    known = parcels["dominant_species"].notna() & (
-        parcels["dominant_species"].astype(str).str.strip() != ""
-    )
+    known = recorded_stand(parcels)
     culm = parcels["culm_age_yr"].to_numpy(dtype=float) if "culm_age_yr" in parcels else None
     agb, carbon = mean_tree_stand(
         parcels["dominant_species"].where(known, "").to_numpy(dtype=object),
