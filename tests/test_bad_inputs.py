@@ -111,7 +111,7 @@ from shapely.geometry.base import BaseGeometry
 
 from pipeline import catalog
 from pipeline.cli import main
-from pipeline.config import region_config_path
+from pipeline.config import AcquireParams, region_config_path
 from pipeline.contracts import ITEMS_DIR, LIDAR_TILES_RELPATH, PLOTS_QA_RELPATH
 from pipeline.errors import PipelineWarning
 
@@ -969,6 +969,20 @@ def test_the_unbroken_region_passes_the_checks(
         in out
     )
     assert f"{len(glob.glob(sources['lidar_tiles']))} tile(s)" in out
+    stands = int(parcels["dominant_species"].notna().sum())
+    assert f"sub-compartment record: {stands} stands, survey years [2019]" in out
+    # scenes per epoch: the catalog's lines dated in each epoch's window, under the cloud
+    # limit (every item of the simulated catalog meets the AOI)
+    lines = Path(sources["catalog"]["location"]).read_text().splitlines()
+    props = [json.loads(line)["properties"] for line in lines]
+    limit = AcquireParams().max_cloud_cover
+    for epoch in region.config["epochs"]:
+        n = sum(
+            str(epoch["start"]) <= p["datetime"][:10] <= str(epoch["end"])
+            and p.get("eo:cloud_cover", 0.0) <= limit
+            for p in props
+        )
+        assert f"epoch {epoch['name']}: {n} scenes (" in out
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -46,6 +46,44 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def catalog_coverage(config: object) -> str:
+    """Per epoch, the scenes a local catalog holds for it (the acquire stage's own
+    search): how many, from which platforms, between which dates; a remote catalog is
+    searched by the run, not here (no network in a check)."""
+    from collections import Counter
+
+    from pipeline import catalog
+    from pipeline.config import Config
+    from pipeline.errors import CatalogError
+    from pipeline.inputs import read_layer
+    from pipeline.stages.acquire import AcquireJob, aoi_bbox_wgs84
+
+    assert isinstance(config, Config)
+    if config.sources.catalog.kind != "local":
+        return "a remote catalog: searched when the run starts"
+    job = AcquireJob.from_config(config)
+    bbox = aoi_bbox_wgs84(read_layer(config.aoi))
+    parts = []
+    for epoch in job.epochs:
+        req = catalog.SearchRequest(
+            collections=job.collections, bbox=bbox, start=epoch.start, end=epoch.end,
+            max_cloud_cover=job.params.max_cloud_cover, max_items=job.params.max_items,
+            page_size=job.params.page_size, timeout_s=job.params.timeout_s,
+            retries=job.params.retries,
+        )  # fmt: skip
+        try:
+            items = list(catalog.search(req, kind="local", location=job.source.location))
+        except CatalogError:
+            parts.append(f"epoch {epoch.name}: NO scene in {epoch.start}..{epoch.end}")
+            continue
+        dates = sorted(i.datetime.date() for i in items if i.datetime is not None)
+        platforms = Counter(str(i.properties.get("platform", "?")) for i in items)
+        which = ", ".join(f"{n} {p}" for p, n in sorted(platforms.items()))
+        span = f"{dates[0]}..{dates[-1]}" if dates else "undated"
+        parts.append(f"epoch {epoch.name}: {len(items)} scenes ({which}) {span}")
+    return "; ".join(parts)
+
+
 def found_table(config: object) -> str:
     """What each configured input holds, one line per input (module docstring)."""
     import glob
@@ -54,6 +92,7 @@ def found_table(config: object) -> str:
     from pipeline.config import Config
     from pipeline.inputs import read_layer
     from pipeline.io import read_table
+    from pipeline.subcompartment import has_record, recorded_stand
 
     assert isinstance(config, Config)
     s = config.sources
@@ -66,11 +105,20 @@ def found_table(config: object) -> str:
         fields = [c for c in layer.columns if c != layer.geometry.name]
         return f"{len(layer)} features, {crs}, {inside:.0%} of them meet the AOI; fields {fields}"
 
+    def record(path: Path) -> str:
+        layer = read_layer(path)
+        if not has_record(layer):
+            return "; no sub-compartment record (docs/parcel_layers.md)"
+        stands = recorded_stand(layer)
+        years = sorted({int(y) for y in layer.get("survey_year", []) if y == y})
+        return f"; sub-compartment record: {int(stands.sum())} stands, survey years {years}"
+
     rows: list[tuple[str, object, str]] = [("aoi", config.aoi, vector(config.aoi))]
     for name in ("plot_locations", "plot_design", "parcels", "project_area"):
         path = getattr(s, name)
         if path is not None:
-            rows.append((f"sources.{name}", path, vector(path)))
+            extra = record(path) if name == "parcels" else ""
+            rows.append((f"sources.{name}", path, vector(path) + extra))
     if s.trees is not None:
         trees = read_table(s.trees, sheet=s.trees_sheet)
         known = trees["species"].map(lambda v: is_known_species(normalise_species(v)))
@@ -84,6 +132,6 @@ def found_table(config: object) -> str:
         rows.append(("sources.lidar_tiles", s.lidar_tiles, f"{len(tiles)} tile(s)"))
     where = s.catalog.location or s.catalog.kind
     rows.append(("sources.catalog", where, f"{s.catalog.kind}, collections "
-                 f"{list(s.catalog.collections)}"))  # fmt: skip
+                 f"{list(s.catalog.collections)}; {catalog_coverage(config)}"))  # fmt: skip
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"  {k:<{width}}  {p}: {what}" for k, p, what in rows)
