@@ -86,12 +86,11 @@ def catalog_coverage(config: object) -> str:
 
 def found_table(config: object) -> str:
     """What each configured input holds, one line per input (module docstring)."""
-    import glob
-
     from models.allometry import is_known_species, normalise_species
     from pipeline.config import Config
     from pipeline.inputs import read_layer
     from pipeline.io import read_table
+    from pipeline.lidar.index import tiles_of
     from pipeline.subcompartment import has_record, recorded_stand
 
     assert isinstance(config, Config)
@@ -128,7 +127,7 @@ def found_table(config: object) -> str:
                      f"{epochs}; {known.mean():.0%} of the trees of species in the species "
                      "table"))  # fmt: skip
     if s.lidar_tiles is not None:
-        tiles = sorted(glob.glob(s.lidar_tiles))
+        tiles = tiles_of(s.lidar_tiles)
         rows.append(("sources.lidar_tiles", s.lidar_tiles, f"{len(tiles)} tile(s)"))
     where = s.catalog.location or s.catalog.kind
     rows.append(("sources.catalog", where, f"{s.catalog.kind}, collections "

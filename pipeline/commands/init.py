@@ -38,7 +38,8 @@ sources:
   # satellite scenes: Earth Search's STAC API, or a local catalog of your own items
   # (docs/scene_catalogs.md): {{kind: local, location: data/{region}/catalog/items.ndjson}}
   catalog: {{kind: earth-search}}
-  # airborne LiDAR tiles (LAS/LAZ), a glob; lidar_crs when their headers lack a CRS
+  # airborne LiDAR tiles (LAS/LAZ): a glob, or a .vpc virtual point cloud
+  # (docs/input_checks.md); lidar_crs when their headers lack a CRS
   # lidar_tiles: data/{region}/lidar/*.laz
   # field tree lists, one row per tree (docs/tree_lists.md); CSV in UTF-8 or GBK, or
   # XLSX (the first sheet, or trees_sheet); species in Latin, Chinese or pinyin

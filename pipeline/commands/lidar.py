@@ -24,7 +24,9 @@ from pipeline.config import LidarParams, StandaloneParams
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lidar", help="DTM, CHM and area-based metrics from LAS/LAZ tiles")
-    p.add_argument("tiles", type=Path, nargs="+", help="LAS/LAZ files, or folders of them")
+    p.add_argument(
+        "tiles", type=Path, nargs="+", help="LAS/LAZ files, folders of them, or a .vpc file"
+    )
     param_option(p, "--resolution", LidarParams, "resolution_m", help="DTM/CHM cell, metres")
     param_option(
         p,
@@ -54,11 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _expand(paths: list[Path]) -> tuple[Path, ...]:
     from pipeline.errors import InputDataError
+    from pipeline.lidar.index import tiles_of
 
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
             out += sorted(q for q in p.iterdir() if q.suffix.lower() in (".las", ".laz"))
+        elif p.suffix.lower() == ".vpc":
+            out += tiles_of(str(p), setting="TILES")
         elif p.is_file():
             out.append(p)
         else:

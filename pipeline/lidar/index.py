@@ -1,4 +1,5 @@
-"""Index of LAS/LAZ tile headers: bounds, point counts, CRS, point format.
+"""Index of LAS/LAZ tile headers: bounds, point counts, CRS, point format; and the tiles a
+setting names (a glob, or a virtual point cloud file).
 
 Like lidR's ``readLAScatalog`` this reads headers only (no points), checks that every
 tile has one usable, metric CRS, and decides which tiles can be processed at all. A tile
@@ -12,10 +13,13 @@ own location (:mod:`pipeline.crs`).
 
 from __future__ import annotations
 
+import glob
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import laspy
 import pyproj
@@ -223,3 +227,55 @@ def index_tiles(paths: Sequence[Path], *, assume_crs: str | None = None) -> list
             f"LiDAR tiles are in different CRSs ({listing}); reproject them to one CRS first"
         )
     return tiles
+
+
+def tiles_of(spec: str, *, setting: str = "sources.lidar_tiles") -> tuple[Path, ...]:
+    """The LAS/LAZ files ``spec`` names: a glob pattern (``data/lidar/*.laz``), or a
+    virtual point cloud file (``.vpc``, the STAC ItemCollection of point-cloud tiles that
+    PDAL's ``pdal_wrench build_vpc`` and QGIS write: one Feature per tile whose ``data``
+    asset's href is the tile, relative to the ``.vpc`` or absolute).
+
+    Raises
+    ------
+    InputDataError
+        Nothing matches, the ``.vpc`` cannot be read, or it names a tile that is missing;
+        the message names ``setting`` and the file.
+    """
+    if not spec.lower().endswith(".vpc"):
+        tiles = tuple(Path(p) for p in sorted(glob.glob(spec)))
+        if not tiles:
+            raise InputDataError(
+                f"{setting}: no file matches {spec!r}; check the path or build the demo "
+                "data (forest-carbon simulate)"
+            )
+        return tiles
+    vpc = Path(spec)
+    try:
+        doc = json.loads(vpc.read_text(encoding="utf-8"))
+        features = doc["features"] if doc.get("type") == "FeatureCollection" else None
+    except (OSError, ValueError, AttributeError, KeyError) as err:
+        raise InputDataError(
+            f"{setting}: {vpc} is not a readable virtual point cloud ({err}); it must be the "
+            "JSON FeatureCollection that pdal_wrench build_vpc or QGIS writes"
+        ) from None
+    if not features:
+        raise InputDataError(f"{setting}: {vpc} lists no tile (no features)")
+    out = []
+    for k, feature in enumerate(features):
+        href = (feature.get("assets", {}).get("data") or {}).get("href")
+        if not isinstance(href, str):
+            raise InputDataError(
+                f"{setting}: {vpc}: feature {k} ({feature.get('id')!r}) has no assets.data.href"
+            )
+        url = urlparse(href)
+        if url.scheme not in ("", "file"):
+            raise InputDataError(
+                f"{setting}: {vpc}: tile {href!r} is remote; download the tiles and point the "
+                "virtual point cloud at local files"
+            )
+        path = Path(unquote(url.path)) if url.scheme == "file" else Path(href)
+        path = path if path.is_absolute() else vpc.parent / path
+        if not path.is_file():
+            raise InputDataError(f"{setting}: {vpc}: tile {path} (feature {k}) does not exist")
+        out.append(path)
+    return tuple(out)

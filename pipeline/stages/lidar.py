@@ -27,7 +27,6 @@ Standalone: ``forest-carbon lidar TILES... --resolution 1 --out DIR``.
 
 from __future__ import annotations
 
-import glob
 import math
 import warnings
 from collections import Counter
@@ -57,7 +56,7 @@ from pipeline.grid import cell_centres, north_up_geobox, region_geobox, snapped_
 from pipeline.lidar import engine
 from pipeline.lidar.chm import P2R, PitFree
 from pipeline.lidar.ground import CSF, SMRF
-from pipeline.lidar.index import TileInfo, index_tiles
+from pipeline.lidar.index import TileInfo, index_tiles, tiles_of
 from pipeline.lidar.metrics import BAND_NAMES, BAND_UNITS, N_POINT_BANDS, footprint_fraction
 from pipeline.stage import Stage
 
@@ -458,17 +457,13 @@ def lidar_job(config: Config) -> LidarJob:
 
 
 def lidar_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Path, ...]]:
-    """The AOI and the LAS/LAZ tiles matched by ``sources.lidar_tiles``."""
+    """The AOI and the LAS/LAZ tiles ``sources.lidar_tiles`` names (a glob or a ``.vpc``)."""
     pattern = config.sources.lidar_tiles
     if pattern is None:
-        raise ConfigError("sources.lidar_tiles: the lidar stage needs a glob of LAS/LAZ tiles")
-    tiles = tuple(Path(p) for p in sorted(glob.glob(pattern)))
-    if not tiles:
-        raise InputDataError(
-            f"sources.lidar_tiles: no file matches {pattern!r}; check the path or build the "
-            "demo data (forest-carbon simulate)"
+        raise ConfigError(
+            "sources.lidar_tiles: the lidar stage needs a glob of LAS/LAZ tiles or a .vpc file"
         )
-    return {"aoi": config.aoi, "tiles": tiles}
+    return {"aoi": config.aoi, "tiles": tiles_of(pattern)}
 
 
 STAGE = Stage(name="lidar", func=lidar, params=lidar_job, inputs=lidar_inputs)
