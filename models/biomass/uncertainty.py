@@ -117,14 +117,41 @@ class ConformalCalibration:
 
 
 def calibration_record(
-    obs_mg_ha: FloatArray, oof_pred_mg_ha: FloatArray, *, interval: float
+    obs_mg_ha: FloatArray,
+    oof_pred_mg_ha: FloatArray,
+    *,
+    interval: float,
+    independent: tuple[FloatArray, FloatArray] | None = None,
 ) -> tuple[ConformalCalibration, dict[str, Any]]:
     """:func:`calibrate_conformal` and its model-card record, with the coverage its
-    intervals reach on the held-out predictions it was fitted on."""
-    cal = calibrate_conformal(obs_mg_ha, oof_pred_mg_ha, interval=interval)
-    cover = cal.apply(oof_pred_mg_ha)
-    inside = (obs_mg_ha >= cover.lower) & (obs_mg_ha <= cover.upper)
-    return cal, {**cal.describe(), "oof_coverage": float(np.mean(inside))}
+    intervals reach on the held-out predictions it was fitted on.
+
+    ``independent``: observed values and the *final* model's predictions at plots that
+    trained no model (a carbon project's monitoring sample). They are out-of-sample
+    errors of the map itself, the calibration set of textbook split-conformal
+    prediction (Lei et al. 2018, §2.2), so the calibration pools them with the spatial-CV
+    residuals, per bin as before; the record gives each set's size and the coverage the
+    pooled intervals reach on each.
+    """
+    obs, pred = obs_mg_ha, oof_pred_mg_ha
+    if independent is not None:
+        obs = np.concatenate([obs_mg_ha, independent[0]])
+        pred = np.concatenate([oof_pred_mg_ha, independent[1]])
+    cal = calibrate_conformal(obs, pred, interval=interval)
+
+    def coverage(o: FloatArray, p: FloatArray) -> float:
+        ok = np.isfinite(o) & np.isfinite(p)
+        cover = cal.apply(p[ok])
+        inside = (o[ok] >= cover.lower) & (o[ok] <= cover.upper)
+        return float(np.mean(inside)) if ok.any() else math.nan
+
+    record = {**cal.describe(), "oof_coverage": coverage(obs_mg_ha, oof_pred_mg_ha)}
+    if independent is not None:
+        record["method"] += "; pooled with the final map's residuals at independent plots"
+        record["n_held_out"] = int(np.isfinite(obs_mg_ha - oof_pred_mg_ha).sum())
+        record["n_independent"] = int(np.isfinite(independent[0] - independent[1]).sum())
+        record["independent_coverage"] = coverage(*independent)
+    return cal, record
 
 
 def _conformal_quantile(scores: FloatArray, level: float) -> float:
