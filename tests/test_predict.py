@@ -29,6 +29,7 @@ from models.biomass import (
     SOURCE_SATELLITE_COMMON,
     SOURCE_SATELLITE_PLOTS,
     SOURCE_SATELLITE_UPSCALED,
+    calibrate_conformal,
 )
 from pipeline.config import ModelParams, PredictParams, SinkParams
 from pipeline.contracts import (
@@ -47,7 +48,7 @@ from pipeline.contracts import (
 from pipeline.errors import InputDataError
 from pipeline.features import terrain_features
 from pipeline.map_errors import lidar_residuals
-from pipeline.samples import epoch_stack
+from pipeline.samples import epoch_stack, plot_table, satellite_stacks
 from pipeline.stages.model import ModelJob, model
 from pipeline.stages.parcels import parcels_stage
 from pipeline.stages.predict import (
@@ -427,6 +428,74 @@ def test_without_lidar_the_satellite_model_learns_from_plots(scene: dict) -> Non
     )
     src = maps[map_relpath("quality", "2019")].sel(band="model_source").to_numpy()
     assert (src == SOURCE_SATELLITE_PLOTS).all()
+
+
+def test_monitoring_plots_calibrate_the_sds_and_leave_the_maps_alone(scene: dict) -> None:
+    # 30 of the 90 plots are a project's monitoring sample: the model stage trains on the
+    # other 60 exactly as if the 30 were absent, and pools the final map's residuals at
+    # them with the held-out residuals in the SD calibration and the epochs' correlation
+    inp = {k: v for k, v in scene["inputs"].items() if k != "lidar_metrics"}
+    job = scene["job"]
+    job = dataclasses.replace(
+        job, params=job.params.model_copy(update={"satellite_training": "plots"})
+    )
+    plots = inp["plot_locations"]
+    project = plots["plot_id"].isin(plots["plot_id"].iloc[::3])
+    sampled = plots.assign(sample=np.where(project, "project", "inventory"))
+    card_of = {}
+    mapper_of = {}
+    for name, locations in (("with", sampled), ("without", plots[~project])):
+        biomass = inp["plot_biomass"]
+        if name == "without":
+            biomass = biomass[biomass["plot_id"].isin(locations["plot_id"])]
+        out = model(job, **{**inp, "plot_locations": locations, "plot_biomass": biomass})
+        card_of[name] = out[MODEL_CARD_RELPATH]
+        mapper_of[name] = pickle.loads(out[MODELS_RELPATH])["mapper"]
+        if name == "without":
+            features = out[PLOT_FEATURES_RELPATH]
+    with_, without = card_of["with"], card_of["without"]
+    assert with_["independent_plots"]["n_plot_epochs"] == 60
+    assert without["independent_plots"]["use"].startswith("none")
+    assert (
+        with_["satellite_model"]["cv_predictions"] == without["satellite_model"]["cv_predictions"]
+    )
+    unc = with_["satellite_model"]["uncertainty"]
+    assert unc["n_held_out"] == 120 and unc["n_independent"] == 60
+    assert "n_independent" not in without["satellite_model"]["uncertainty"]
+    # the maps' values are the same; only their SDs took the monitoring plots' residuals
+    m_with, m_without = mapper_of["with"], mapper_of["without"]
+    for e in EPOCHS:
+        rows = features[features["epoch"] == e]
+        a, _ = m_with.predict(rows, epoch=e)
+        b, _ = m_without.predict(rows, epoch=e)
+        np.testing.assert_array_equal(a.mean, b.mean)
+    # the pooled calibration is the held-out residuals' (in the training rows' order) plus
+    # the monitoring plots', each predicted by the final satellite model with its offset
+    held = pd.DataFrame(without["satellite_model"]["cv_predictions"])
+    off = m_without.epoch_offsets
+    shift = np.array([off.get(e, 0.0) for e in features["epoch"].astype(str)])
+    _, stacks, _ = satellite_stacks(
+        inp["composites"], terrain_features(inp["terrain"], source=TERRAIN_RELPATH), None,
+        class_column=None,
+    )  # fmt: skip
+    bio = inp["plot_biomass"][inp["plot_biomass"]["plot_id"].isin(plots.loc[project, "plot_id"])]
+    mon = plot_table(bio.assign(epoch=bio["epoch"].astype(str)), stacks, plots[project])
+    mon_shift = np.array([off.get(e, 0.0) for e in mon["epoch"]])
+    expected = calibrate_conformal(
+        np.concatenate([held["observed"].to_numpy(), mon["agb_mg_ha"].to_numpy()]),
+        np.concatenate(
+            [
+                np.clip(held["predicted"].to_numpy() + shift, 0, None),
+                np.clip(m_without.satellite.model.predict(mon) + mon_shift, 0, None),
+            ]
+        ),
+        interval=job.params.interval,
+    )
+    got = m_with.satellite.calibration
+    for name in ("s0", "s1", "sigma_floor", "k_sd", "q_lo", "q_hi", "edges"):
+        np.testing.assert_allclose(getattr(got, name), getattr(expected, name), rtol=1e-9)
+    assert got.n_per_bin == expected.n_per_bin and got.n == 180
+    assert m_with.satellite.calibration != m_without.satellite.calibration
 
 
 def test_maps_cover_forest_land_parcels_only(scene: dict, maps: dict) -> None:
