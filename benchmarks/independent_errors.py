@@ -8,9 +8,10 @@ carbon), the standardised error
 
     z = (plot value - map at the plot square) / support SD at the plot
 
-(the map's value at a plot is the estimate stage's: the mean over the plot square by exact
-cell coverage; the SD is the maps' window-support SD, band ``*_sd_support``, averaged the
-same way; the change's SD is ``sqrt(s1^2 + s2^2 - 2 rho s1 s2)`` with the model card's
+(:func:`pipeline.map_errors.plot_errors`, which the parcels stage uses too: the map's value
+at a plot is its mean over the plot square by exact cell coverage, as the estimate stage
+takes it; the SD is the maps' window-support SD, band ``*_sd_support``, averaged the same
+way; the change's SD is ``sqrt(s1^2 + s2^2 - 2 rho s1 s2)`` with the model card's
 epoch error correlation ``rho``), and compares it with what the pipeline assumes:
 
 - mean z^2 overall, by model source and per bin of the satellite calibration's bins
@@ -41,92 +42,58 @@ import numpy as np
 import pandas as pd
 import rasterio
 
-from models.biomass.mapping import SOURCE_NAMES
+from models.biomass.mapping import SOURCE_LIDAR, SOURCE_NAMES
 from models.spatial_error import Correlogram
 from models.variance_components import one_way_components
 from pipeline.config import load_config
-from pipeline.contracts import MODEL_CARD_RELPATH, PLOT_BIOMASS_RELPATH, PROJECT_SAMPLE, map_relpath
-from pipeline.stages.estimate import _at_plots
-from pipeline.zonal import coverage_cells
+from pipeline.contracts import (
+    ERROR_CORRELOGRAM_RELPATH,
+    MODEL_CARD_RELPATH,
+    PLOT_BIOMASS_RELPATH,
+    PROJECT_SAMPLE,
+    map_relpath,
+    open_raster,
+)
+from pipeline.map_errors import plot_errors
+from pipeline.sink import as_band, named_band
 
-#: bands (1-based) of the support SD in the predict stage's SD rasters
-SUPPORT_SD_BAND = 2
 
-
-def _read(path: Path, band: int = 1) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read(band, out_dtype="float64", masked=True).filled(np.nan)
-
-
-def plot_errors(cfg: Any, run: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One row per monitoring plot-epoch: observed and mapped AGB and carbon, their
-    support SDs at the plot, the model source at the plot centre and the parcel."""
+def errors(cfg: Any, run: Path, rho: float) -> pd.DataFrame:
+    """:func:`pipeline.map_errors.plot_errors` of AGB and carbon at the monitoring plots
+    (columns ``z_agb``, ``z_carbon``, ``agb_map``) with the model source at each plot's
+    centre cell (``source``, of the last epoch for the change)."""
     epochs = [e.name for e in cfg.epochs]
     plots = gpd.read_file(cfg.sources.plot_locations)
     plots = plots[plots["sample"] == PROJECT_SAMPLE].reset_index(drop=True)
-    parcels = gpd.read_file(cfg.sources.parcels)[["parcel_id", "geometry"]]
-    centres = gpd.GeoDataFrame(plots[["plot_id"]], geometry=plots.centroid, crs=plots.crs)
-    joined = gpd.sjoin(centres, parcels.to_crs(plots.crs), how="left", predicate="within")
-    parcel_of = joined.drop_duplicates("plot_id").set_index("plot_id")["parcel_id"]
-    card = json.loads((run / MODEL_CARD_RELPATH).read_text())
+    parcels = gpd.read_file(cfg.sources.parcels)
     biomass = pd.read_csv(run / PLOT_BIOMASS_RELPATH, dtype={"epoch": str})
-    rows = []
-    for e in epochs:
-        ref = run / map_relpath("agb", e)
-        with rasterio.open(ref) as src:
-            transform, shape, crs = src.transform, (src.height, src.width), str(src.crs)
-        cover = coverage_cells(plots, transform=transform, shape=shape, crs=crs)
-        ones = [np.ones(shape)] * len(plots)
-        mean = {
-            "agb_map": _read(ref),
-            "agb_sd": _read(run / map_relpath("agb_sd", e), SUPPORT_SD_BAND),
-            "carbon_map": _read(run / map_relpath("carbon", e)),
-            "carbon_sd": _read(run / map_relpath("carbon_sd", e), SUPPORT_SD_BAND),
-        }
-        source = _read(run / map_relpath("quality", e))
-        rows_, cols_ = rasterio.transform.rowcol(transform, centres.geometry.x, centres.geometry.y)
-        inside = (0 <= np.asarray(rows_)) & (np.asarray(rows_) < shape[0])
-        inside &= (0 <= np.asarray(cols_)) & (np.asarray(cols_) < shape[1])
-        at = np.where(
-            inside, source[np.clip(rows_, 0, shape[0] - 1), np.clip(cols_, 0, shape[1] - 1)], 0
-        )
-        obs = biomass[biomass["epoch"] == e].set_index("plot_id")
-        rows.append(
-            pd.DataFrame(
-                {
-                    "plot_id": plots["plot_id"],
-                    "parcel_id": plots["plot_id"].map(parcel_of).to_numpy(),
-                    "epoch": e,
-                    "source": np.nan_to_num(at).astype(int),
-                    "agb_obs": obs["agb_mg_ha"].reindex(plots["plot_id"]).to_numpy(),
-                    "carbon_obs": obs["carbon_mg_ha"].reindex(plots["plot_id"]).to_numpy(),
-                    **{k: _at_plots(cover, ones, v) for k, v in mean.items()},
-                    "x": centres.geometry.x,
-                    "y": centres.geometry.y,
-                }
-            )
-        )
-    return pd.concat(rows, ignore_index=True), card
-
-
-def standardised(t: pd.DataFrame, rho: float, epochs: list[str]) -> pd.DataFrame:
-    """``z`` of AGB and carbon per plot-epoch, and rows ``epoch == "change"`` for the
-    change from the first to the last epoch."""
-    out = t.assign(
-        z_agb=(t["agb_obs"] - t["agb_map"]) / t["agb_sd"],
-        z_carbon=(t["carbon_obs"] - t["carbon_map"]) / t["carbon_sd"],
-    )
-    a = t[t["epoch"] == epochs[0]].set_index("plot_id")
-    b = t[t["epoch"] == epochs[-1]].set_index("plot_id")
-    change = b[["parcel_id", "source", "x", "y"]].copy()
-    change["epoch"] = "change"
+    out = None
     for q in ("agb", "carbon"):
-        sa, sb = a[f"{q}_sd"], b[f"{q}_sd"]
-        sd = np.sqrt(sa**2 + sb**2 - 2.0 * rho * sa * sb)
-        r = (b[f"{q}_obs"] - a[f"{q}_obs"]) - (b[f"{q}_map"] - a[f"{q}_map"])
-        change[f"z_{q}"] = r / sd
-        change[f"{q}_map"] = b[f"{q}_map"]
-    return pd.concat([out, change.reset_index()], ignore_index=True)
+        maps = {
+            e: (
+                as_band(open_raster(run / map_relpath(q, e)), name=q),
+                named_band(
+                    open_raster(run / map_relpath(f"{q}_sd", e)), f"{q}_sd_support", source=q
+                ),
+            )
+            for e in epochs
+        }
+        t = plot_errors(
+            plots, biomass, value=f"{q}_mg_ha", maps=maps, parcels=parcels,
+            first=epochs[0], last=epochs[-1], rho=rho,
+        ).rename(columns={"z": f"z_{q}", "map": f"{q}_map"})  # fmt: skip
+        keys = ["plot_id", "epoch"]
+        out = t if out is None else out.merge(t[[*keys, f"z_{q}"]], on=keys, how="outer")
+    assert out is not None
+    source = {}
+    for e in epochs:
+        with rasterio.open(run / map_relpath("quality", e)) as src:
+            source[e] = pd.Series(
+                [int(v[0]) for v in src.sample(zip(out["x_m"], out["y_m"], strict=True))],
+                index=out.index,
+            )
+    out["source"] = np.where(out["epoch"] == epochs[0], source[epochs[0]], source[epochs[-1]])
+    return out
 
 
 def _mean_z2(z: pd.Series) -> str:
@@ -142,10 +109,11 @@ def report(z: pd.DataFrame, card: dict[str, Any], correlogram: dict[str, Any] | 
     k_sd = np.atleast_1d(np.asarray(unc["k_sd"]))
     model = None
     if correlogram and "shared" in correlogram:
+        # the LiDAR cover's fit (``shared_lidar`` once the monitoring plots replaced it)
+        shared = correlogram.get("shared_lidar", correlogram["shared"])
         model = Correlogram(
-            nugget=correlogram["nugget"], shared=correlogram["shared"],
-            range_m=correlogram["range_m"],
-        )  # fmt: skip
+            nugget=correlogram["nugget"], shared=shared, range_m=correlogram["range_m"]
+        )
         print(
             f"LiDAR correlogram (within parcel): nugget {model.nugget:.2f} shared "
             f"{model.shared:.2f} range {model.range_m:.0f} m ({correlogram['n_parcels']} parcels)"
@@ -158,7 +126,8 @@ def report(z: pd.DataFrame, card: dict[str, Any], correlogram: dict[str, Any] | 
             print(
                 f"  agb    source {s} {SOURCE_NAMES.get(s, '?')[:28]:28s}: {_mean_z2(gs['z_agb'])}"
             )
-        sat = g[g["source"] != 1]
+        # the calibration's bins are of the stock map's AGB: stocks only
+        sat = g[(g["source"] != SOURCE_LIDAR) & (epoch != "change")]
         bins = np.digitize(np.nan_to_num(sat["agb_map"]), edges)
         for b in range(edges.size + 1):
             zb = sat["z_agb"][bins == b]
@@ -170,18 +139,18 @@ def report(z: pd.DataFrame, card: dict[str, Any], correlogram: dict[str, Any] | 
                     f"{_mean_z2(zb)}"
                 )
         for q in ("agb", "carbon"):
-            ok = g[np.isfinite(g[f"z_{q}"]) & g["parcel_id"].notna()]
-            comp = one_way_components(ok[f"z_{q}"], ok["parcel_id"])
+            ok = g[np.isfinite(g[f"z_{q}"]) & (g["parcel"] > 0)]
+            comp = one_way_components(ok[f"z_{q}"], ok["parcel"])
             print(
                 f"  {q:6s} by parcel ({comp.groups} parcels, n0 {comp.n0:.1f}): between "
                 f"{comp.between:.2f} within {comp.within:.2f} share {comp.between_share:.2f}"
                 f" uncentred {comp.uncentred_share:.2f}"
             )
         if model is not None:
-            ok = g[g["parcel_id"].notna()]
+            ok = g[g["parcel"] > 0]
             rhos = []
-            for _, p in ok.groupby("parcel_id"):
-                xy = p[["x", "y"]].to_numpy()
+            for _, p in ok.groupby("parcel"):
+                xy = p[["x_m", "y_m"]].to_numpy()
                 d = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
                 rhos.extend(model(d[np.triu_indices(len(p), 1)]).tolist())
             print(
@@ -197,12 +166,12 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.config)
     epochs = [e.name for e in cfg.epochs]
-    t, card = plot_errors(cfg, args.run)
-    rho = card["epoch_error_correlation"][f"{epochs[0]}/{epochs[-1]}"]["rho"]
-    z = standardised(t, float(rho), epochs)
-    path = args.run / "parcels" / "error_correlogram.json"
+    card = json.loads((args.run / MODEL_CARD_RELPATH).read_text())
+    rho = float(card["epoch_error_correlation"][f"{epochs[0]}/{epochs[-1]}"]["rho"])
+    z = errors(cfg, args.run, rho)
+    path = args.run / ERROR_CORRELOGRAM_RELPATH
     correlogram = json.loads(path.read_text()) if path.exists() else None
-    print(f"{args.run}: {t['plot_id'].nunique()} monitoring plots, rho {rho:.2f}")
+    print(f"{args.run}: {z['plot_id'].nunique()} monitoring plots mapped, rho {rho:.2f}")
     report(z, card, correlogram)
 
 

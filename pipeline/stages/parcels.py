@@ -91,6 +91,8 @@ from pipeline.contracts import (
     MODELS_RELPATH,
     PARCEL_SINK_CSV_RELPATH,
     PARCEL_SINK_GPKG_RELPATH,
+    PLOT_BIOMASS_RELPATH,
+    PROJECT_SAMPLE,
     RunLayout,
     SinkJob,
     correlation_input,
@@ -101,8 +103,14 @@ from pipeline.contracts import (
     sink_job,
 )
 from pipeline.errors import ConfigError
-from pipeline.map_errors import fit_map_errors, lidar_residuals
+from pipeline.map_errors import (
+    fit_map_errors,
+    lidar_residuals,
+    plot_errors,
+    plot_shared_parts,
+)
 from pipeline.parcel_sums import parcel_sink_table
+from pipeline.sink import as_band, support_sd_band
 from pipeline.stage import Stage
 from pipeline.units import with_mu_areas
 
@@ -129,6 +137,10 @@ def parcels_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
                 out[f"agb_maps.{e.name}"] = layout.path(map_relpath("agb", e.name))
                 out[f"agb_sd_maps.{e.name}"] = layout.path(map_relpath("agb_sd", e.name))
                 out[f"quality_maps.{e.name}"] = layout.path(map_relpath("quality", e.name))
+            if config.sources.plot_locations is not None:
+                # the parcel-shared part from the project's monitoring plots
+                out["plot_locations"] = config.sources.plot_locations
+                out["plot_biomass"] = layout.path(PLOT_BIOMASS_RELPATH)
     return out
 
 
@@ -150,9 +162,12 @@ def parcels_stage(
     agb_maps: Mapping[str, xr.DataArray] | None = None,
     agb_sd_maps: Mapping[str, xr.DataArray] | None = None,
     quality_maps: Mapping[str, xr.DataArray] | None = None,
+    plot_locations: gpd.GeoDataFrame | None = None,
+    plot_biomass: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """The ``parcels`` stage: the per-parcel sink table as GeoPackage and CSV, and the
     map-error correlogram its SDs use (``spatial`` aggregation)."""
+    job = resolve_correlation(job, model_card)
     correlogram, record = parcel_error_model(
         job,
         models=models,
@@ -163,8 +178,21 @@ def parcels_stage(
         quality_maps=quality_maps,
         parcels=parcels,
     )
+    sink_correlogram = None
+    if correlogram is not None and plot_locations is not None and plot_biomass is not None:
+        carbon = {
+            job.epoch_start: (carbon_start, carbon_sd_start),
+            job.epoch_end: (carbon_end, carbon_sd_end),
+        }
+        correlogram, sink_correlogram, record["monitoring_plots"] = plot_error_model(
+            job, correlogram, plot_locations, plot_biomass, carbon=carbon, parcels=parcels
+        )
+        if sink_correlogram is not None:
+            record["shared_lidar"] = record["shared"]
+            record["shared"] = correlogram.shared
+            record["sink"] = sink_correlogram.record()
     table = parcel_sink_table(
-        resolve_correlation(job, model_card),
+        job,
         parcels=parcels,
         carbon_start=carbon_start,
         carbon_end=carbon_end,
@@ -174,6 +202,7 @@ def parcels_stage(
         quality_end=quality_end,
         lidar_metrics=lidar_metrics,
         correlogram=correlogram,
+        sink_correlogram=sink_correlogram,
     )
     table = with_mu_areas(table)
     csv = pd.DataFrame(table.drop(columns=table.geometry.name))
@@ -228,6 +257,47 @@ def parcel_error_model(
         "of their difference (pipeline.map_errors)"
     )
     return correlogram, record
+
+
+def plot_error_model(
+    job: SinkJob,
+    lidar: Correlogram,
+    plot_locations: gpd.GeoDataFrame,
+    plot_biomass: pd.DataFrame,
+    *,
+    carbon: Mapping[str, tuple[xr.DataArray, xr.DataArray]],
+    parcels: gpd.GeoDataFrame,
+) -> tuple[Correlogram, Correlogram | None, dict[str, Any]]:
+    """The stocks' and the sink's correlograms with the parcel-shared parts measured at the
+    project's monitoring plots (:func:`pipeline.map_errors.plot_shared_parts`), and the
+    record; without a monitoring sample (or too few parcels with two plots) the LiDAR fit
+    for both, and the record says why."""
+    if "sample" not in plot_locations.columns:
+        return lidar, None, {"skipped": "the plot layer has no 'sample' column"}
+    project = plot_locations[plot_locations["sample"] == PROJECT_SAMPLE]
+    if project.empty:
+        return (
+            lidar,
+            None,
+            {"skipped": "no project monitoring sample: the shared part is the LiDAR cover's"},
+        )
+    maps = {
+        e: (as_band(c, name=map_relpath("carbon", e)), support_sd_band(s, name="carbon SD"))
+        for e, (c, s) in carbon.items()
+    }
+    errors = plot_errors(
+        project, plot_biomass, value="carbon_mg_ha", maps=maps, parcels=parcels,
+        first=job.epoch_start, last=job.epoch_end, rho=job.correlation,
+    )  # fmt: skip
+    found = plot_shared_parts(errors, lidar, stocks=(job.epoch_start, job.epoch_end))
+    if isinstance(found, str):
+        return lidar, None, {"skipped": f"{found}: the shared part is the LiDAR cover's"}
+    stocks, change, record = found
+    record["n_plots"] = int(errors["plot_id"].nunique())
+    record["population"] = (
+        "the project area's parcels (the monitoring plots sample it only); applied to every parcel"
+    )
+    return stocks, change, record
 
 
 STAGE = Stage(name="parcels", func=parcels_stage, params=sink_job, inputs=parcels_inputs)
