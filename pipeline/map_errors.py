@@ -30,6 +30,15 @@ What this assumes, and how it can err:
 With no LiDAR model, or fewer residual cells than ``map_errors.min_cells`` of
 ``models/data/model_rules.yaml``, nothing is fitted and the parcels keep the fully
 correlated bound; the record says why.
+
+The parcel-shared part, the one that matters most for a parcel's SD, rests on the dozen or
+two parcels inside the cover. Where the run has a carbon project's monitoring sample
+(plots that trained no model, re-measured at both epochs, a few per parcel over about a
+hundred parcels), :func:`plot_errors` and :func:`plot_shared_parts` measure it from the
+final maps' errors at those plots grouped by parcel, for the stocks and, separately, for
+the change; the nugget and range stay the cover's (two plots of one parcel lie further
+apart than the range). The plots sample the project area only; their shared parts are
+applied to every parcel, which assumes the other parcels' errors are alike.
 """
 
 from __future__ import annotations

@@ -2,9 +2,13 @@
 
 Normalised split-conformal prediction (Lei et al. 2018, doi:10.1080/01621459.2017.1307116;
 Papadopoulos et al. 2011 for the normalised score) calibrated on the out-of-fold
-residuals of the *spatial* cross-validation. Why this and not a bootstrap ensemble:
-bootstrap and quantile-forest spreads measure the variance of the fit around the
-training plots, not the error of prediction far from them, and are known to under-cover
+residuals of the *spatial* cross-validation and, where the run has them, on the final
+map's residuals at plots that trained no model (a carbon project's monitoring sample:
+:func:`calibration_record`). Those sample the project area only, and outnumber the
+training plots several-fold, so the pooled calibration describes mostly the project
+area's errors; without them it describes the training plots' region. Why this and not a
+bootstrap ensemble: bootstrap and quantile-forest spreads measure the variance of the fit
+around the training plots, not the error of prediction far from them, and under-cover
 under spatial autocorrelation (Ploton et al. 2020, doi:10.1038/s41467-020-18321-y);
 conformal intervals calibrated on held-out spatial blocks carry the error the map really
 makes away from plots, with a finite-sample coverage guarantee for exchangeable blocks.

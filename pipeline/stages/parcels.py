@@ -43,7 +43,13 @@ with ``w`` the pixel area inside the parcel (ha), ``s`` the support SD, ``a``, `
 the start and end epochs' ``w s`` where the sink is valid and ``r`` the epochs' error
 correlation of the sink (:mod:`pipeline.sink`): the sink's errors are assumed to share
 the stocks' spatial shape (a separable model). Each double sum is one FFT convolution
-on the parcel's bounding box (:func:`models.spatial_error.weighted_covariance`). Where
+on the parcel's bounding box (:func:`models.spatial_error.weighted_covariance`). With a
+project monitoring sample in ``sources.plot_locations`` (``sample == "project"``) the
+``shared`` parts come from the maps' errors at those plots instead, one for the stocks and
+one for the sink, which then replaces ``rho(d)`` in the sink's sum
+(:func:`pipeline.map_errors.plot_shared_parts`; the JSON file's ``monitoring_plots``,
+``shared_lidar`` and ``sink``); without one, or with too few parcels holding two plots,
+the LiDAR cover's fit serves both, as the file says. Where
 no correlogram can be fitted (no LiDAR model, too small a cover) ``spatial`` falls back
 to the correlated bound and the JSON file says why. Across parcels the errors stay
 correlated (neighbours, the shared part): sum parcel SDs, or use the survey estimates
@@ -61,11 +67,12 @@ Signatures
     ``lidar_metrics`` = ``lidar/metrics.tif``; for the ``spatial`` aggregation also the
     predictor rasters (``composites.<epoch>``, ``terrain``), ``models`` =
     ``model/models.pkl`` and every epoch's ``agb_maps``, ``agb_sd_maps`` and
-    ``quality_maps`` of the predict stage.
+    ``quality_maps`` of the predict stage, and with ``sources.plot_locations`` that layer
+    (``plot_locations``) and ``plot_biomass`` = ``plots/plot_biomass.csv``.
 ``parcels_stage(job: SinkJob, *, parcels, carbon_start, carbon_end, carbon_sd_start,
 carbon_sd_end, quality_start, quality_end, lidar_metrics=None, model_card=None,
 models=None, composites=None, terrain=None, agb_maps=None, agb_sd_maps=None,
-quality_maps=None) -> {relpath: table}``
+quality_maps=None, plot_locations=None, plot_biomass=None) -> {relpath: table}``
     ``parcels/parcel_sink.gpkg`` (GeoDataFrame), ``parcels/parcel_sink.csv`` and
     ``parcels/error_correlogram.json`` (dict).
 
