@@ -31,6 +31,7 @@ from models.biomass import (
     SOURCE_SATELLITE_UPSCALED,
     calibrate_conformal,
 )
+from models.spatial_error import Correlogram
 from pipeline.config import ModelParams, PredictParams, SinkParams
 from pipeline.contracts import (
     ERROR_CORRELOGRAM_RELPATH,
@@ -48,6 +49,7 @@ from pipeline.contracts import (
 from pipeline.errors import InputDataError
 from pipeline.features import terrain_features
 from pipeline.map_errors import lidar_residuals
+from pipeline.parcel_sums import parcel_sink_table
 from pipeline.samples import epoch_stack, plot_table, satellite_stacks
 from pipeline.stages.model import ModelJob, model
 from pipeline.stages.parcels import parcels_stage
@@ -630,6 +632,78 @@ def test_parcels_stage_fits_the_error_model_inside_the_lidar_cover(scene: dict, 
     sd = table["sink_sd_tco2e_yr"]
     assert (sd <= table["sink_sd_correlated_tco2e_yr"] * (1 + 1e-9)).all()
     assert (sd >= table["sink_sd_independent_tco2e_yr"] * (1 - 1e-9)).all()
+
+
+def test_parcels_stage_takes_the_shared_parts_from_the_monitoring_plots(
+    scene: dict, maps: dict
+) -> None:
+    # 24 strips with three monitoring plots each: the stocks' and the sink's shared parts
+    # come from the plots (the LiDAR fit's nugget and range), and the parcel SDs are the
+    # parcel sums' with those two correlograms; without a project sample, the LiDAR fit's
+    inp = scene["inputs"]
+    job = SinkJob.from_params(
+        SinkParams(epoch_error_correlation=0.5),
+        epochs=EPOCHS,
+        reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
+    )
+    rasters = {
+        f"{name}_{role}": maps[map_relpath(name, e)]
+        for role, e in zip(("start", "end"), EPOCHS, strict=True)
+        for name in ("carbon", "carbon_sd", "quality")
+    }
+    parcels = strips(inp, 24)
+    rng = np.random.default_rng(8)
+    centres = [
+        (geom.bounds[0] + 16.5, Y0 - 100.0 - 250.0 * k)
+        for geom in parcels.geometry
+        for k in range(3)
+    ]
+    plots = gpd.GeoDataFrame(
+        {"plot_id": [f"M{i}" for i in range(len(centres))], "sample": "project"},
+        geometry=[box(x - 12.9, y - 12.9, x + 12.9, y + 12.9) for x, y in centres],
+        crs=CRS,
+    )
+    effect = np.repeat(rng.normal(0, 20, 24), 3)
+    biomass = pd.DataFrame(
+        [
+            (pid, e, 90.0 + 10 * i + effect[k] + rng.normal(0, 15))
+            for k, pid in enumerate(plots["plot_id"])
+            for i, e in enumerate(EPOCHS)
+        ],
+        columns=["plot_id", "epoch", "carbon_mg_ha"],
+    )
+    common = {
+        "parcels": parcels,
+        **rasters,
+        "models": scene["out"][MODELS_RELPATH],
+        "composites": inp["composites"],
+        "terrain": inp["terrain"],
+        "agb_maps": {e: maps[map_relpath("agb", e)] for e in EPOCHS},
+        "agb_sd_maps": {e: maps[map_relpath("agb_sd", e)] for e in EPOCHS},
+        "quality_maps": {e: maps[map_relpath("quality", e)] for e in EPOCHS},
+    }
+    out = parcels_stage(job, **common, plot_locations=plots, plot_biomass=biomass)
+    record = out[ERROR_CORRELOGRAM_RELPATH]
+    plot_record = record["monitoring_plots"]
+    assert plot_record["n_parcels_with_pairs"] == 24 and plot_record["n_plots"] == 72
+    assert record["shared"] == plot_record["stocks"]["shared"]
+    assert record["shared_lidar"] == plot_record["lidar_shared"]
+    stocks = Correlogram(record["nugget"], record["shared"], record["range_m"])
+    sink = Correlogram(**record["sink"])
+    assert (sink.nugget, sink.range_m) == (stocks.nugget, stocks.range_m)
+    assert sink.shared == plot_record["change"]["shared"]
+    expected = parcel_sink_table(
+        job, parcels=parcels, **rasters, correlogram=stocks, sink_correlogram=sink
+    )
+    table = out[PARCEL_SINK_CSV_RELPATH]
+    for col in ("carbon_sd_2019_mg_c", "carbon_sd_2024_mg_c", "sink_sd_tco2e_yr"):
+        np.testing.assert_allclose(table[col], expected[col], rtol=1e-9)
+    # no project sample: the LiDAR cover's fit, and the record says so
+    inventory = plots.assign(sample="inventory")
+    alone = parcels_stage(job, **common, plot_locations=inventory, plot_biomass=biomass)
+    record = alone[ERROR_CORRELOGRAM_RELPATH]
+    assert "no project monitoring sample" in record["monitoring_plots"]["skipped"]
+    assert "sink" not in record and "shared_lidar" not in record
 
 
 def test_cells_seen_only_by_landsat_take_the_common_band_model(scene: dict) -> None:
