@@ -601,8 +601,8 @@ def test_error_model_predicts_like_the_predict_stage_inside_the_cover(
     assert set(np.unique(labels)) == {1, 2}  # the two strips of the LiDAR half
 
 
-def test_parcels_stage_fits_the_error_model_inside_the_lidar_cover(scene: dict, maps: dict) -> None:
-    inp = scene["inputs"]
+def parcels_job_and_rasters(maps: dict) -> tuple[SinkJob, dict[str, xr.DataArray]]:
+    """The sink job (epoch correlation 0.5) and the six epoch rasters of the parcels stage."""
     job = SinkJob.from_params(
         SinkParams(epoch_error_correlation=0.5),
         epochs=EPOCHS,
@@ -613,6 +613,12 @@ def test_parcels_stage_fits_the_error_model_inside_the_lidar_cover(scene: dict, 
         for role, e in zip(("start", "end"), EPOCHS, strict=True)
         for name in ("carbon", "carbon_sd", "quality")
     }
+    return job, rasters
+
+
+def test_parcels_stage_fits_the_error_model_inside_the_lidar_cover(scene: dict, maps: dict) -> None:
+    inp = scene["inputs"]
+    job, rasters = parcels_job_and_rasters(maps)
     out = parcels_stage(
         job,
         parcels=strips(inp, 8),
@@ -641,16 +647,7 @@ def test_parcels_stage_takes_the_shared_parts_from_the_monitoring_plots(
     # come from the plots (the LiDAR fit's nugget and range), and the parcel SDs are the
     # parcel sums' with those two correlograms; without a project sample, the LiDAR fit's
     inp = scene["inputs"]
-    job = SinkJob.from_params(
-        SinkParams(epoch_error_correlation=0.5),
-        epochs=EPOCHS,
-        reference_dates=(dt.date(2019, 7, 1), dt.date(2024, 7, 1)),
-    )
-    rasters = {
-        f"{name}_{role}": maps[map_relpath(name, e)]
-        for role, e in zip(("start", "end"), EPOCHS, strict=True)
-        for name in ("carbon", "carbon_sd", "quality")
-    }
+    job, rasters = parcels_job_and_rasters(maps)
     parcels = strips(inp, 24)
     rng = np.random.default_rng(8)
     centres = [
