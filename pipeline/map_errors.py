@@ -30,11 +30,20 @@ What this assumes, and how it can err:
 With no LiDAR model, or fewer residual cells than ``map_errors.min_cells`` of
 ``models/data/model_rules.yaml``, nothing is fitted and the parcels keep the fully
 correlated bound; the record says why.
+
+The parcel-shared part, the one that matters most for a parcel's SD, rests on the dozen or
+two parcels inside the cover. Where the run has a carbon project's monitoring sample
+(plots that trained no model, re-measured at both epochs, a few per parcel over about a
+hundred parcels), :func:`plot_errors` and :func:`plot_shared_parts` measure it from the
+final maps' errors at those plots grouped by parcel, for the stocks and, separately, for
+the change; the nugget and range stay the cover's (two plots of one parcel lie further
+apart than the range). The plots sample the project area only; their shared parts are
+applied to every parcel, which assumes the other parcels' errors are alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +51,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import xarray as xr
+from rasterio.transform import rowcol
 
 from models.biomass import SOURCE_LIDAR
 from models.datafiles import data_yaml
@@ -52,6 +62,7 @@ from models.spatial_error import (
     empirical_correlogram,
     fit_correlogram,
 )
+from models.variance_components import one_way_components
 from pipeline.contracts import (
     MODELS_RELPATH,
     TERRAIN_RELPATH,
@@ -63,6 +74,7 @@ from pipeline.errors import InputDataError
 from pipeline.features import grid_extent, parcel_index, terrain_features
 from pipeline.samples import bundle_class_layers, epoch_stack
 from pipeline.sink import as_band, named_band
+from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
 
 #: band of the predict stage's quality raster with the model that mapped a cell
 MODEL_SOURCE_BAND = "model_source"
@@ -172,3 +184,138 @@ def fit_map_errors(
         "bin_m": cell_m,
     }
     return models["within_parcel"], record
+
+
+def plot_errors(
+    plots: gpd.GeoDataFrame,
+    observed: pd.DataFrame,
+    *,
+    value: str,
+    maps: Mapping[str, tuple[xr.DataArray, xr.DataArray]],
+    parcels: gpd.GeoDataFrame,
+    first: str,
+    last: str,
+    rho: float,
+) -> pd.DataFrame:
+    """Standardised errors of the maps at plots that trained no model.
+
+    ``plots``: the plot squares (``plot_id``); ``observed``: ``plot_id``, ``epoch`` and the
+    plot's ``value``; ``maps``: per epoch the map and its support SD (single-band, the
+    same grid). The map's value at a plot is its mean over the square by exact cell
+    coverage (:mod:`pipeline.zonal`, as the estimate stage takes it), the SD likewise;
+    plots whose square has an unmapped cell are left out. Rows: one per plot and epoch
+    ``first`` and ``last``, ``z = (plot - map) / SD``, and one per plot with epoch
+    ``"change"``, ``z`` of the change with SD ``sqrt(s1^2 + s2^2 - 2 rho s1 s2)``
+    (``rho``: the epochs' error correlation the sink uses). Columns ``plot_id``,
+    ``parcel`` (1 + row of ``parcels`` of the plot's centre cell, 0 in none), ``x_m``,
+    ``y_m``, ``epoch``, ``map`` (the map, or its change, at the plot), ``z``.
+    """
+    ref = maps[last][0]
+    transform = ref.rio.transform(recalc=True)
+    shape = (ref.sizes["y"], ref.sizes["x"])
+    covs = coverage_cells(plots, transform=transform, shape=shape, crs=str(ref.rio.crs))
+    centres = plots.geometry.centroid
+    rows, cols = rowcol(transform, centres.x.to_numpy(), centres.y.to_numpy())
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+    labels = parcel_index(parcels, ref)
+    parcel = np.where(
+        inside, labels[np.clip(rows, 0, shape[0] - 1), np.clip(cols, 0, shape[1] - 1)], 0
+    )
+
+    def at_plots(grid: xr.DataArray) -> np.ndarray:
+        values = np.asarray(grid.values, dtype=np.float64)
+        mapped = np.isfinite(values)
+        return np.array(
+            [
+                weighted_sum(c, values) / covered_fraction_sum(c)
+                if covered_fraction_sum(c) > 0
+                and covered_fraction_sum(c, mapped) == covered_fraction_sum(c)
+                else np.nan
+                for c in covs
+            ]
+        )
+
+    ids = plots["plot_id"].astype(str).to_numpy()
+    obs = observed.assign(
+        plot_id=observed["plot_id"].astype(str), epoch=observed["epoch"].astype(str)
+    )
+    resid, sd, mapped = {}, {}, {}
+    for e in (first, last):
+        y = obs[obs["epoch"] == e].drop_duplicates("plot_id").set_index("plot_id")[value]
+        mapped[e], sd[e] = (at_plots(g) for g in maps[e])
+        resid[e] = y.reindex(ids).to_numpy(dtype=np.float64) - mapped[e]
+    change_sd = np.sqrt(sd[first] ** 2 + sd[last] ** 2 - 2.0 * rho * sd[first] * sd[last])
+    with np.errstate(invalid="ignore", divide="ignore"):  # no SD: dropped below
+        z = {
+            first: (mapped[first], resid[first] / sd[first]),
+            last: (mapped[last], resid[last] / sd[last]),
+            "change": (mapped[last] - mapped[first], (resid[last] - resid[first]) / change_sd),
+        }
+    base = {
+        "plot_id": ids,
+        "parcel": parcel,
+        "x_m": centres.x.to_numpy(),
+        "y_m": centres.y.to_numpy(),
+    }
+    out = pd.concat(
+        [pd.DataFrame({**base, "epoch": k, "map": m, "z": v}) for k, (m, v) in z.items()]
+    )
+    return out[np.isfinite(out["z"])].reset_index(drop=True)
+
+
+def plot_shared_parts(
+    errors: pd.DataFrame, lidar: Correlogram, *, stocks: Sequence[str]
+) -> tuple[Correlogram, Correlogram, dict[str, Any]] | str:
+    """The parcel-shared part of the stocks' and of the change's errors from the plots'
+    standardised errors grouped by parcel (:func:`plot_errors`), as correlograms with the
+    LiDAR fit's nugget and range; or why there are none.
+
+    The plots sample the errors of the final map against the ground in the parcels they lie
+    in, wherever the map comes from; the LiDAR cover holds a dozen or two parcels and its
+    residuals mix the LiDAR model's errors in. Two plots of one parcel lie further apart
+    than the errors' range, so they cannot resolve the nugget and range (taken from the
+    LiDAR fit), but their errors' uncentred intra-parcel correlation ``r``
+    (:func:`models.variance_components.one_way_components`, groups: parcel and epoch for
+    the stocks, parcel for the change) is the model's correlation averaged over their pairs:
+    ``r = shared + (1 - nugget - shared) E`` with ``E`` the mean of ``exp(-d / range)`` over
+    the pairs of plots of one parcel, so ``shared = (r - (1 - nugget) E) / (1 - E)``,
+    within ``[0, 1 - nugget]``. The change's errors get their own shared part: the plots
+    are re-measured, so it is measured rather than assumed to be the stocks'.
+    With fewer parcels holding two plots than ``map_errors.min_plot_parcels``
+    (``models/data/model_rules.yaml``), nothing is estimated.
+    """
+    least = int(data_yaml("model_rules.yaml")["map_errors"]["min_plot_parcels"])
+    in_parcel = errors[errors["parcel"] > 0]
+    per_parcel = in_parcel[in_parcel["epoch"] == "change"].groupby("parcel").size()
+    n_parcels = int((per_parcel >= 2).sum())
+    if n_parcels < least:
+        return f"{n_parcels} parcels hold two or more monitoring plots, fewer than {least}"
+    pairs = []
+    for _, p in in_parcel[in_parcel["epoch"] == "change"].groupby("parcel"):
+        xy = p[["x_m", "y_m"]].to_numpy()
+        i, j = np.triu_indices(len(p), 1)
+        pairs.append(np.hypot(*(xy[i] - xy[j]).T))
+    e_mean = float(np.mean(np.exp(-np.concatenate(pairs) / lidar.range_m)))
+    fitted: dict[str, Correlogram] = {}
+    record: dict[str, Any] = {
+        "method": "uncentred intra-parcel correlation of the plots' standardised errors "
+        "(one-way random effects, ANOVA), shared = (r - (1 - nugget) E) / (1 - E), E the mean "
+        "exp(-d / range) over pairs of plots of one parcel; nugget and range of the LiDAR fit",
+        "n_parcels_with_pairs": n_parcels,
+        "mean_exp_pairs": e_mean,
+        "lidar_shared": lidar.shared,
+    }
+    for key, rows in (
+        ("stocks", in_parcel[in_parcel["epoch"].isin(list(stocks))]),
+        ("change", in_parcel[in_parcel["epoch"] == "change"]),
+    ):
+        groups = rows["parcel"].astype(str) + "/" + rows["epoch"].astype(str)
+        comp = one_way_components(rows["z"].to_numpy(), groups.to_numpy())
+        r = comp.uncentred_share
+        shared = float(
+            np.clip((r - (1.0 - lidar.nugget) * e_mean) / (1.0 - e_mean), 0.0, 1.0 - lidar.nugget)
+        )
+        fitted[key] = Correlogram(nugget=lidar.nugget, shared=shared, range_m=lidar.range_m)
+        record[key] = {**comp.record(), "shared": shared, "mean_z2": float(np.mean(rows["z"] ** 2))}
+    return fitted["stocks"], fitted["change"], record

@@ -78,11 +78,14 @@ def parcel_sink_table(
     quality_end: xr.DataArray,
     lidar_metrics: xr.DataArray | None = None,
     correlogram: Correlogram | None = None,
+    sink_correlogram: Correlogram | None = None,
 ) -> gpd.GeoDataFrame:
     """Per-parcel carbon stocks, sink and their uncertainty (see the module docstring).
 
     ``correlogram`` is the map errors' correlation model; without one a ``spatial``
-    aggregation falls back to the fully correlated bound.
+    aggregation falls back to the fully correlated bound. ``sink_correlogram``, when
+    given, replaces it in the sink's variance (the change errors' own correlation,
+    :func:`pipeline.map_errors.plot_shared_parts`).
     """
     if "parcel_id" not in parcels.columns:
         raise InputDataError("parcels: the parcel layer has no 'parcel_id' column")
@@ -154,6 +157,11 @@ def parcel_sink_table(
         if spatial and correlogram is not None
         else None
     )
+    sink_kernel = (
+        sink_correlogram.kernel(_box_shape(covs, nx=nx), cell_m=abs(transform.a))
+        if spatial and sink_correlogram is not None
+        else kernel
+    )
 
     def sds(ws: np.ndarray, variance: float | None) -> dict[str, float]:
         """Correlated, independent and (with a kernel) spatial SD of a sum, value x ha."""
@@ -185,13 +193,13 @@ def parcel_sink_table(
         sink_c = weighted_sum(cov, computed["sink"]) * px_ha
         ws = _box(cov, computed["sink_sd"], nx=nx)
         variance = None
-        if kernel is not None:
+        if sink_kernel is not None:
             a = _box(cov, computed["sink_s_start"], nx=nx)
             b = _box(cov, computed["sink_s_end"], nx=nx)
             variance = (
-                weighted_covariance(a, a, kernel)
-                + weighted_covariance(b, b, kernel)
-                - 2 * rho_epochs * weighted_covariance(a, b, kernel)
+                weighted_covariance(a, a, sink_kernel)
+                + weighted_covariance(b, b, sink_kernel)
+                - 2 * rho_epochs * weighted_covariance(a, b, sink_kernel)
             ) / job.years**2
         by = sds(ws, variance)
         sd = by["spatial" if spatial else chosen]
@@ -222,6 +230,9 @@ def parcel_sink_table(
         "interval": job.interval,
         "error_aggregation": "spatial" if spatial else chosen,
         "error_correlogram": correlogram.record() if spatial and correlogram else None,
+        "sink_error_correlogram": (
+            sink_correlogram.record() if spatial and sink_correlogram else None
+        ),
         "epochs": [e1, e2],
     }
     return gpd.GeoDataFrame(out, geometry=parcels.geometry, crs=parcels.crs)

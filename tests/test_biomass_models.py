@@ -24,6 +24,7 @@ from models.biomass import (
     accuracy,
     blocked_folds,
     calibrate_conformal,
+    calibration_record,
     cell_support,
     cross_fitted_at_plots,
     epoch_corrections,
@@ -201,6 +202,49 @@ def test_mondrian_calibration_covers_each_bin_whatever_the_populations_mix() -> 
     # the SD is the root mean square error within each bin (true SD 20 Mg/ha below 60)
     low = new_pred < min(60.0, cal.edges[0])
     assert np.sqrt(np.mean(out.sd[low] ** 2)) == pytest.approx(20.0, rel=0.3)
+
+
+def test_calibration_pools_independent_residuals_like_a_numpy_reference() -> None:
+    # 80 held-out residuals of a model and 300 of the final map at independent plots,
+    # whose errors are twice as large: the pooled calibration is the textbook one on
+    # the 380 scores, written here with numpy alone
+    rng = np.random.default_rng(5)
+    p_cv, p_ind = rng.uniform(20, 300, 80), rng.uniform(20, 300, 300)
+    o_cv = p_cv + rng.normal(0, 0.1 * p_cv)
+    o_ind = p_ind + rng.normal(0, 0.2 * p_ind)
+    cal, record = calibration_record(o_cv, p_cv, interval=0.9, independent=(o_ind, p_ind))
+    o, p = np.concatenate([o_cv, o_ind]), np.concatenate([p_cv, p_ind])
+    r = o - p
+    s1, s0 = np.polyfit(p, np.abs(r), 1)
+    sigma = np.maximum(s0 + s1 * p, 0.1 * np.abs(r).mean())
+    z = r / sigma
+    # bins: the most quantile bins of the predictions that keep 39 scores in each
+    n_bins = max(
+        k
+        for k in range(1, 380 // 39 + 1)
+        if np.all(
+            np.bincount(np.digitize(p, np.quantile(p, np.linspace(0, 1, k + 1)[1:-1])), minlength=k)
+            >= 39
+        )
+    )
+    edges = np.quantile(p, np.linspace(0, 1, n_bins + 1)[1:-1])
+    assert np.allclose(cal.edges, edges)
+    b = np.digitize(p, edges)
+    for i in range(n_bins):
+        zb = np.sort(z[b == i])
+        rank = int(np.ceil((zb.size + 1) * 0.95)) - 1
+        assert cal.k_sd[i] == pytest.approx(np.sqrt(np.mean(zb**2)))
+        assert cal.q_hi[i] == pytest.approx(zb[rank])
+        assert cal.q_lo[i] == pytest.approx(-np.sort(-zb)[rank])
+    assert record["n_held_out"] == 80 and record["n_independent"] == 300
+    assert record["n_calibration"] == 380
+    out = cal.apply(p_ind)
+    inside = (o_ind >= out.lower) & (o_ind <= out.upper)
+    assert record["independent_coverage"] == pytest.approx(inside.mean())
+    # without the independent set: the held-out residuals alone, as before
+    alone, rec = calibration_record(o_cv, p_cv, interval=0.9)
+    assert alone == calibrate_conformal(o_cv, p_cv, interval=0.9)
+    assert "n_independent" not in rec and alone.n == 80
 
 
 def test_auxiliary_samples_share_the_folds_of_their_blocks_and_their_weight() -> None:

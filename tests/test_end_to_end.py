@@ -25,9 +25,11 @@ from pipeline.config import load_config
 from pipeline.contracts import (
     CREDITS_RELPATH,
     ESTIMATES_RELPATH,
+    MODEL_CARD_RELPATH,
     PARCEL_SINK_CSV_RELPATH,
     PARCEL_SINK_GPKG_RELPATH,
     PLOT_BIOMASS_RELPATH,
+    PLOT_FEATURES_RELPATH,
     REPORT_RELPATH,
     SAMPLE_PLAN_RELPATH,
     SINK_RELPATH,
@@ -118,6 +120,28 @@ def test_plot_biomass_close_to_truth(tiny_run, tiny_data):
     assert len(m) == len(truth)
     bias = m["agb_mg_ha"].sum() / m["agb_mg_ha_true"].sum() - 1
     assert abs(bias) < 0.05
+
+
+def test_monitoring_plots_calibrate_the_sds_on_the_tiny_region(tiny_run, tiny_data):
+    """The project's monitoring plots train no model; their plot-epochs are pooled in the
+    satellite models' calibration, as the model card says."""
+    _, run = tiny_run
+    card = json.loads((run / MODEL_CARD_RELPATH).read_text())
+    plots = gpd.read_file(tiny_data / "plots/plots.gpkg")
+    project = set(plots.loc[plots["sample"] == "project", "plot_id"])
+    biomass = pd.read_csv(run / PLOT_BIOMASS_RELPATH)
+    n_project = int(biomass["plot_id"].isin(project).sum())
+    assert n_project > 0 and card["independent_plots"]["n_plot_epochs"] == n_project
+    pooled = [card["satellite_model"]["uncertainty"]]
+    pooled += [card["common_band_model"].get("uncertainty", {})]
+    n_independent = sum(u.get("n_independent", 0) for u in pooled)
+    # every monitoring plot-epoch mapped by a satellite model, none by another
+    assert 0 < n_independent <= n_project
+    assert card["satellite_model"]["uncertainty"]["n_held_out"] == len(
+        card["satellite_model"]["cv_predictions"]
+    )
+    features = pd.read_csv(run / PLOT_FEATURES_RELPATH)
+    assert not features["plot_id"].isin(project).any()
 
 
 def test_parcel_totals_add_up_to_the_map(tiny_run, tiny_data):

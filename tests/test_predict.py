@@ -29,7 +29,9 @@ from models.biomass import (
     SOURCE_SATELLITE_COMMON,
     SOURCE_SATELLITE_PLOTS,
     SOURCE_SATELLITE_UPSCALED,
+    calibrate_conformal,
 )
+from models.spatial_error import Correlogram
 from pipeline.config import ModelParams, PredictParams, SinkParams
 from pipeline.contracts import (
     ERROR_CORRELOGRAM_RELPATH,
@@ -47,7 +49,8 @@ from pipeline.contracts import (
 from pipeline.errors import InputDataError
 from pipeline.features import terrain_features
 from pipeline.map_errors import lidar_residuals
-from pipeline.samples import epoch_stack
+from pipeline.parcel_sums import parcel_sink_table
+from pipeline.samples import epoch_stack, plot_table, satellite_stacks
 from pipeline.stages.model import ModelJob, model
 from pipeline.stages.parcels import parcels_stage
 from pipeline.stages.predict import (
@@ -429,6 +432,74 @@ def test_without_lidar_the_satellite_model_learns_from_plots(scene: dict) -> Non
     assert (src == SOURCE_SATELLITE_PLOTS).all()
 
 
+def test_monitoring_plots_calibrate_the_sds_and_leave_the_maps_alone(scene: dict) -> None:
+    # 30 of the 90 plots are a project's monitoring sample: the model stage trains on the
+    # other 60 exactly as if the 30 were absent, and pools the final map's residuals at
+    # them with the held-out residuals in the SD calibration and the epochs' correlation
+    inp = {k: v for k, v in scene["inputs"].items() if k != "lidar_metrics"}
+    job = scene["job"]
+    job = dataclasses.replace(
+        job, params=job.params.model_copy(update={"satellite_training": "plots"})
+    )
+    plots = inp["plot_locations"]
+    project = plots["plot_id"].isin(plots["plot_id"].iloc[::3])
+    sampled = plots.assign(sample=np.where(project, "project", "inventory"))
+    card_of = {}
+    mapper_of = {}
+    for name, locations in (("with", sampled), ("without", plots[~project])):
+        biomass = inp["plot_biomass"]
+        if name == "without":
+            biomass = biomass[biomass["plot_id"].isin(locations["plot_id"])]
+        out = model(job, **{**inp, "plot_locations": locations, "plot_biomass": biomass})
+        card_of[name] = out[MODEL_CARD_RELPATH]
+        mapper_of[name] = pickle.loads(out[MODELS_RELPATH])["mapper"]
+        if name == "without":
+            features = out[PLOT_FEATURES_RELPATH]
+    with_, without = card_of["with"], card_of["without"]
+    assert with_["independent_plots"]["n_plot_epochs"] == 60
+    assert without["independent_plots"]["use"].startswith("none")
+    assert (
+        with_["satellite_model"]["cv_predictions"] == without["satellite_model"]["cv_predictions"]
+    )
+    unc = with_["satellite_model"]["uncertainty"]
+    assert unc["n_held_out"] == 120 and unc["n_independent"] == 60
+    assert "n_independent" not in without["satellite_model"]["uncertainty"]
+    # the maps' values are the same; only their SDs took the monitoring plots' residuals
+    m_with, m_without = mapper_of["with"], mapper_of["without"]
+    for e in EPOCHS:
+        rows = features[features["epoch"] == e]
+        a, _ = m_with.predict(rows, epoch=e)
+        b, _ = m_without.predict(rows, epoch=e)
+        np.testing.assert_array_equal(a.mean, b.mean)
+    # the pooled calibration is the held-out residuals' (in the training rows' order) plus
+    # the monitoring plots', each predicted by the final satellite model with its offset
+    held = pd.DataFrame(without["satellite_model"]["cv_predictions"])
+    off = m_without.epoch_offsets
+    shift = np.array([off.get(e, 0.0) for e in features["epoch"].astype(str)])
+    _, stacks, _ = satellite_stacks(
+        inp["composites"], terrain_features(inp["terrain"], source=TERRAIN_RELPATH), None,
+        class_column=None,
+    )  # fmt: skip
+    bio = inp["plot_biomass"][inp["plot_biomass"]["plot_id"].isin(plots.loc[project, "plot_id"])]
+    mon = plot_table(bio.assign(epoch=bio["epoch"].astype(str)), stacks, plots[project])
+    mon_shift = np.array([off.get(e, 0.0) for e in mon["epoch"]])
+    expected = calibrate_conformal(
+        np.concatenate([held["observed"].to_numpy(), mon["agb_mg_ha"].to_numpy()]),
+        np.concatenate(
+            [
+                np.clip(held["predicted"].to_numpy() + shift, 0, None),
+                np.clip(m_without.satellite.model.predict(mon) + mon_shift, 0, None),
+            ]
+        ),
+        interval=job.params.interval,
+    )
+    got = m_with.satellite.calibration
+    for name in ("s0", "s1", "sigma_floor", "k_sd", "q_lo", "q_hi", "edges"):
+        np.testing.assert_allclose(getattr(got, name), getattr(expected, name), rtol=1e-9)
+    assert got.n_per_bin == expected.n_per_bin and got.n == 180
+    assert m_with.satellite.calibration != m_without.satellite.calibration
+
+
 def test_maps_cover_forest_land_parcels_only(scene: dict, maps: dict) -> None:
     inp = scene["inputs"]
     minx, miny, maxx, maxy = inp["terrain"].rio.bounds()
@@ -530,8 +601,8 @@ def test_error_model_predicts_like_the_predict_stage_inside_the_cover(
     assert set(np.unique(labels)) == {1, 2}  # the two strips of the LiDAR half
 
 
-def test_parcels_stage_fits_the_error_model_inside_the_lidar_cover(scene: dict, maps: dict) -> None:
-    inp = scene["inputs"]
+def parcels_job_and_rasters(maps: dict) -> tuple[SinkJob, dict[str, xr.DataArray]]:
+    """The sink job (epoch correlation 0.5) and the six epoch rasters of the parcels stage."""
     job = SinkJob.from_params(
         SinkParams(epoch_error_correlation=0.5),
         epochs=EPOCHS,
@@ -542,6 +613,12 @@ def test_parcels_stage_fits_the_error_model_inside_the_lidar_cover(scene: dict, 
         for role, e in zip(("start", "end"), EPOCHS, strict=True)
         for name in ("carbon", "carbon_sd", "quality")
     }
+    return job, rasters
+
+
+def test_parcels_stage_fits_the_error_model_inside_the_lidar_cover(scene: dict, maps: dict) -> None:
+    inp = scene["inputs"]
+    job, rasters = parcels_job_and_rasters(maps)
     out = parcels_stage(
         job,
         parcels=strips(inp, 8),
@@ -561,6 +638,69 @@ def test_parcels_stage_fits_the_error_model_inside_the_lidar_cover(scene: dict, 
     sd = table["sink_sd_tco2e_yr"]
     assert (sd <= table["sink_sd_correlated_tco2e_yr"] * (1 + 1e-9)).all()
     assert (sd >= table["sink_sd_independent_tco2e_yr"] * (1 - 1e-9)).all()
+
+
+def test_parcels_stage_takes_the_shared_parts_from_the_monitoring_plots(
+    scene: dict, maps: dict
+) -> None:
+    # 24 strips with three monitoring plots each: the stocks' and the sink's shared parts
+    # come from the plots (the LiDAR fit's nugget and range), and the parcel SDs are the
+    # parcel sums' with those two correlograms; without a project sample, the LiDAR fit's
+    inp = scene["inputs"]
+    job, rasters = parcels_job_and_rasters(maps)
+    parcels = strips(inp, 24)
+    rng = np.random.default_rng(8)
+    centres = [
+        (geom.bounds[0] + 16.5, Y0 - 100.0 - 250.0 * k)
+        for geom in parcels.geometry
+        for k in range(3)
+    ]
+    plots = gpd.GeoDataFrame(
+        {"plot_id": [f"M{i}" for i in range(len(centres))], "sample": "project"},
+        geometry=[box(x - 12.9, y - 12.9, x + 12.9, y + 12.9) for x, y in centres],
+        crs=CRS,
+    )
+    effect = np.repeat(rng.normal(0, 20, 24), 3)
+    biomass = pd.DataFrame(
+        [
+            (pid, e, 90.0 + 10 * i + effect[k] + rng.normal(0, 15))
+            for k, pid in enumerate(plots["plot_id"])
+            for i, e in enumerate(EPOCHS)
+        ],
+        columns=["plot_id", "epoch", "carbon_mg_ha"],
+    )
+    common = {
+        "parcels": parcels,
+        **rasters,
+        "models": scene["out"][MODELS_RELPATH],
+        "composites": inp["composites"],
+        "terrain": inp["terrain"],
+        "agb_maps": {e: maps[map_relpath("agb", e)] for e in EPOCHS},
+        "agb_sd_maps": {e: maps[map_relpath("agb_sd", e)] for e in EPOCHS},
+        "quality_maps": {e: maps[map_relpath("quality", e)] for e in EPOCHS},
+    }
+    out = parcels_stage(job, **common, plot_locations=plots, plot_biomass=biomass)
+    record = out[ERROR_CORRELOGRAM_RELPATH]
+    plot_record = record["monitoring_plots"]
+    assert plot_record["n_parcels_with_pairs"] == 24 and plot_record["n_plots"] == 72
+    assert record["shared"] == plot_record["stocks"]["shared"]
+    assert record["shared_lidar"] == plot_record["lidar_shared"]
+    stocks = Correlogram(record["nugget"], record["shared"], record["range_m"])
+    sink = Correlogram(**record["sink"])
+    assert (sink.nugget, sink.range_m) == (stocks.nugget, stocks.range_m)
+    assert sink.shared == plot_record["change"]["shared"]
+    expected = parcel_sink_table(
+        job, parcels=parcels, **rasters, correlogram=stocks, sink_correlogram=sink
+    )
+    table = out[PARCEL_SINK_CSV_RELPATH]
+    for col in ("carbon_sd_2019_mg_c", "carbon_sd_2024_mg_c", "sink_sd_tco2e_yr"):
+        np.testing.assert_allclose(table[col], expected[col], rtol=1e-9)
+    # no project sample: the LiDAR cover's fit, and the record says so
+    inventory = plots.assign(sample="inventory")
+    alone = parcels_stage(job, **common, plot_locations=inventory, plot_biomass=biomass)
+    record = alone[ERROR_CORRELOGRAM_RELPATH]
+    assert "no project monitoring sample" in record["monitoring_plots"]["skipped"]
+    assert "sink" not in record and "shared_lidar" not in record
 
 
 def test_cells_seen_only_by_landsat_take_the_common_band_model(scene: dict) -> None:

@@ -17,7 +17,11 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from models.biomass.mapping import BiomassMapper
+from models.biomass.mapping import (
+    SATELLITE_SOURCE_CODES,
+    SOURCE_SATELLITE_COMMON,
+    BiomassMapper,
+)
 from models.biomass.selection import FittedModel
 from models.biomass.uncertainty import calibration_record
 from models.datafiles import data_yaml
@@ -114,6 +118,7 @@ def correct_epochs(
     interval: float,
     bias_correction: bool,
     common_plots: pd.DataFrame | None = None,
+    independent: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Per-epoch bias correction of the satellite maps and the epochs' error correlations.
 
@@ -125,6 +130,16 @@ def correct_epochs(
     on ``common_plots``) gets the same from its own residuals, into
     ``common_epoch_offsets`` and its own card.
 
+    ``independent``: plot-epochs that trained no model (a carbon project's monitoring
+    sample; predictors, ``epoch``, ``plot_id``, ``agb_mg_ha``). Each model's residuals
+    there, of the final (bias-corrected) model at the rows it maps
+    (:meth:`BiomassMapper.sources`), are pooled with its held-out residuals in its
+    calibration (:func:`calibration_record`) and in the epochs' error correlation; the
+    offsets stay those of the held-out residuals, so the maps' values do not depend on
+    the independent plots. The monitoring plots sample the project area only: the pooled
+    calibration weighs the project area's errors by its plots' number. Without them
+    (``None`` or no row), the held-out residuals alone, as the card says.
+
     Returns
     -------
     dict
@@ -132,15 +147,33 @@ def correct_epochs(
         and ``n_plots`` per pair of epochs (``rho`` None when too few plots were measured
         at both).
     """
+    mapped = _mapped_by(mapper, independent, epochs)
     mapper.epoch_offsets, pairs = _correct_model(
-        mapper.satellite, plots, epochs, interval=interval, bias_correction=bias_correction
-    )
+        mapper.satellite, plots, epochs, interval=interval, bias_correction=bias_correction,
+        independent=mapped.get(SATELLITE_SOURCE_CODES[mapper.satellite_source]),
+    )  # fmt: skip
     if mapper.common is not None and common_plots is not None:
         mapper.common_epoch_offsets, common_pairs = _correct_model(
-            mapper.common, common_plots, epochs, interval=interval, bias_correction=bias_correction
-        )
+            mapper.common, common_plots, epochs, interval=interval,
+            bias_correction=bias_correction, independent=mapped.get(SOURCE_SATELLITE_COMMON),
+        )  # fmt: skip
         mapper.common.card["epoch_error_correlation"] = common_pairs
     return pairs
+
+
+def _mapped_by(
+    mapper: BiomassMapper, independent: pd.DataFrame | None, epochs: Sequence[str]
+) -> dict[int, pd.DataFrame]:
+    """The rows of ``independent`` by the ``model_source`` code of the model that maps
+    them (each epoch's rule of :meth:`BiomassMapper.sources`)."""
+    if independent is None or independent.empty:
+        return {}
+    parts = []
+    for e in epochs:
+        rows = independent[independent["epoch"].astype(str) == e]
+        parts.append(rows.assign(_source=mapper.sources(rows, epoch=e)))
+    table = pd.concat(parts, ignore_index=True)
+    return {int(k): g.drop(columns="_source") for k, g in table.groupby("_source")}
 
 
 def _correct_model(
@@ -150,14 +183,17 @@ def _correct_model(
     *,
     interval: float,
     bias_correction: bool,
+    independent: pd.DataFrame | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """:func:`correct_epochs` for one model: its epoch offsets (empty without
     ``bias_correction``; the model is recalibrated and its card updated in place) and its
-    ``epoch_error_correlation`` record."""
+    ``epoch_error_correlation`` record. ``independent``: the rows of independent plots
+    this model maps."""
     held_out = pd.DataFrame(fitted.card["cv_predictions"])
     obs = held_out["observed"].to_numpy(dtype=np.float64)
     pred = held_out["predicted"].to_numpy(dtype=np.float64)
     plot_epochs = plots["epoch"].astype(str).tolist()
+    plot_ids = plots["plot_id"].astype(str).tolist()
     corrections = epoch_corrections(obs, pred, plot_epochs)
     offsets: dict[str, float] = {}
     if bias_correction:
@@ -165,9 +201,25 @@ def _correct_model(
         # intervals around the corrected map: calibrate on the corrected predictions
         shift = np.array([offsets.get(e, 0.0) for e in plot_epochs])
         pred = np.clip(pred + shift, 0.0, None)
-        cal, record = calibration_record(obs, pred, interval=interval)
+    pooled: tuple[FloatArray, FloatArray] | None = None
+    ind_epochs: list[str] = []
+    ind_ids: list[str] = []
+    if independent is not None and not independent.empty:
+        ind_epochs = independent["epoch"].astype(str).tolist()
+        ind_ids = independent["plot_id"].astype(str).tolist()
+        ind_shift = np.array([offsets.get(e, 0.0) for e in ind_epochs])
+        ind_pred = np.clip(fitted.model.predict(independent) + ind_shift, 0.0, None)
+        pooled = (independent["agb_mg_ha"].to_numpy(dtype=np.float64), ind_pred)
+    if bias_correction or pooled is not None:
+        cal, record = calibration_record(obs, pred, interval=interval, independent=pooled)
         fitted.calibration = cal
-        fitted.card["uncertainty"] = {**record, "after": "the epoch bias correction"}
+        after = "the epoch bias correction" if bias_correction else "model selection"
+        fitted.card["uncertainty"] = {**record, "after": after}
+    if pooled is not None:
+        # the epochs' error correlation from every out-of-sample residual as well
+        obs, pred = np.concatenate([obs, pooled[0]]), np.concatenate([pred, pooled[1]])
+        plot_epochs = plot_epochs + ind_epochs
+        plot_ids = plot_ids + ind_ids
     fitted.card["epoch_bias_correction"] = {
         "applied": bias_correction,
         "method": "mean held-out residual of the epoch's plots (model-assisted, GREG)",
@@ -180,7 +232,7 @@ def _correct_model(
                 obs,
                 pred,
                 epochs=plot_epochs,
-                plot_ids=plots["plot_id"].astype(str).tolist(),
+                plot_ids=plot_ids,
                 first=first,
                 second=second,
             )
@@ -189,5 +241,6 @@ def _correct_model(
     return offsets, {
         **pairs,
         "method": "uncentred correlation sum(r1 r2) / sqrt(sum(r1^2) sum(r2^2)) of the "
-        "satellite model's held-out residuals r at plots measured at both epochs",
+        "satellite model's held-out residuals r at plots measured at both epochs"
+        + ("" if pooled is None else ", and of its residuals at the independent plots"),
     }

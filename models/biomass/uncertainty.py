@@ -2,9 +2,13 @@
 
 Normalised split-conformal prediction (Lei et al. 2018, doi:10.1080/01621459.2017.1307116;
 Papadopoulos et al. 2011 for the normalised score) calibrated on the out-of-fold
-residuals of the *spatial* cross-validation. Why this and not a bootstrap ensemble:
-bootstrap and quantile-forest spreads measure the variance of the fit around the
-training plots, not the error of prediction far from them, and are known to under-cover
+residuals of the *spatial* cross-validation and, where the run has them, on the final
+map's residuals at plots that trained no model (a carbon project's monitoring sample:
+:func:`calibration_record`). Those sample the project area only, and outnumber the
+training plots several-fold, so the pooled calibration describes mostly the project
+area's errors; without them it describes the training plots' region. Why this and not a
+bootstrap ensemble: bootstrap and quantile-forest spreads measure the variance of the fit
+around the training plots, not the error of prediction far from them, and under-cover
 under spatial autocorrelation (Ploton et al. 2020, doi:10.1038/s41467-020-18321-y);
 conformal intervals calibrated on held-out spatial blocks carry the error the map really
 makes away from plots, with a finite-sample coverage guarantee for exchangeable blocks.
@@ -117,14 +121,41 @@ class ConformalCalibration:
 
 
 def calibration_record(
-    obs_mg_ha: FloatArray, oof_pred_mg_ha: FloatArray, *, interval: float
+    obs_mg_ha: FloatArray,
+    oof_pred_mg_ha: FloatArray,
+    *,
+    interval: float,
+    independent: tuple[FloatArray, FloatArray] | None = None,
 ) -> tuple[ConformalCalibration, dict[str, Any]]:
     """:func:`calibrate_conformal` and its model-card record, with the coverage its
-    intervals reach on the held-out predictions it was fitted on."""
-    cal = calibrate_conformal(obs_mg_ha, oof_pred_mg_ha, interval=interval)
-    cover = cal.apply(oof_pred_mg_ha)
-    inside = (obs_mg_ha >= cover.lower) & (obs_mg_ha <= cover.upper)
-    return cal, {**cal.describe(), "oof_coverage": float(np.mean(inside))}
+    intervals reach on the held-out predictions it was fitted on.
+
+    ``independent``: observed values and the *final* model's predictions at plots that
+    trained no model (a carbon project's monitoring sample). They are out-of-sample
+    errors of the map itself, the calibration set of textbook split-conformal
+    prediction (Lei et al. 2018, §2.2), so the calibration pools them with the spatial-CV
+    residuals, per bin as before; the record gives each set's size and the coverage the
+    pooled intervals reach on each.
+    """
+    obs, pred = obs_mg_ha, oof_pred_mg_ha
+    if independent is not None:
+        obs = np.concatenate([obs_mg_ha, independent[0]])
+        pred = np.concatenate([oof_pred_mg_ha, independent[1]])
+    cal = calibrate_conformal(obs, pred, interval=interval)
+
+    def coverage(o: FloatArray, p: FloatArray) -> float:
+        ok = np.isfinite(o) & np.isfinite(p)
+        cover = cal.apply(p[ok])
+        inside = (o[ok] >= cover.lower) & (o[ok] <= cover.upper)
+        return float(np.mean(inside)) if ok.any() else math.nan
+
+    record = {**cal.describe(), "oof_coverage": coverage(obs_mg_ha, oof_pred_mg_ha)}
+    if independent is not None:
+        record["method"] += "; pooled with the final map's residuals at independent plots"
+        record["n_held_out"] = int(np.isfinite(obs_mg_ha - oof_pred_mg_ha).sum())
+        record["n_independent"] = int(np.isfinite(independent[0] - independent[1]).sum())
+        record["independent_coverage"] = coverage(*independent)
+    return cal, record
 
 
 def _conformal_quantile(scores: FloatArray, level: float) -> float:

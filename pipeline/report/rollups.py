@@ -56,11 +56,13 @@ def rollup_tables(
     parcel_sink: gpd.GeoDataFrame,
     rasters: Mapping[str, xr.DataArray],
     correlogram: Correlogram | None,
+    sink_correlogram: Correlogram | None = None,
 ) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """The all-parcels totals (one row as a dict) and, per attribute, its groups' table.
 
     ``rasters`` are the parcels stage's six epoch rasters (``carbon_start`` ...
-    ``quality_end``); ``job`` is the sink job with the epochs' error correlation resolved.
+    ``quality_end``); ``job`` is the sink job with the epochs' error correlation resolved;
+    ``sink_correlogram``: the sink's own, when the parcels stage measured one.
     Group rows are in the order of their attribute values; missing values form a group
     of their own (empty attribute cell).
     """
@@ -89,9 +91,13 @@ def rollup_tables(
     )
     areas = gpd.GeoDataFrame(pd.concat([*frames, whole], ignore_index=True), crs=parcel_sink.crs)
     table = pd.DataFrame(
-        parcel_sink_table(job, parcels=areas, correlogram=correlogram, **rasters).drop(
-            columns=geometry
-        )
+        parcel_sink_table(
+            job,
+            parcels=areas,
+            correlogram=correlogram,
+            sink_correlogram=sink_correlogram,
+            **rasters,
+        ).drop(columns=geometry)
     )
     keep = [c for c in table.columns if c != "parcel_id" and not c.startswith(NOT_SUMS)]
     total = table.iloc[-1][keep].to_dict()

@@ -3,11 +3,11 @@
 What it does, in order (predictor tables in :mod:`pipeline.samples`; the science in
 :mod:`models.biomass`, :mod:`models.landuse` and :mod:`models.plot_biomass`):
 
-1. Extracts predictors at every plot square, area-weighted, leaving out the plots of a
-   carbon project's monitoring sample (``sample == "project"`` in the plot layer): the
-   maps are its auxiliary data, and a model-assisted estimate is design-unbiased only
+1. Extracts predictors at every plot square, area-weighted. The plots of a carbon
+   project's monitoring sample (``sample == "project"`` in the plot layer) train no model:
+   the maps are its auxiliary data, and a model-assisted estimate is design-unbiased only
    when the auxiliary values do not depend on the sample (Särndal et al. 1992 §6.3; see
-   :mod:`pipeline.stages.estimate`). Per epoch the composite
+   :mod:`pipeline.stages.estimate`); their residuals serve step 4. Per epoch the composite
    bands and indices plus terrain and, with a parcel layer, the share of the plot in
    each class of its ``model.parcel_class_column`` (forest type); from
    ``lidar/metrics.tif`` the LiDAR metrics and ``lidar_fraction``.
@@ -21,8 +21,13 @@ What it does, in order (predictor tables in :mod:`pipeline.samples`; the science
    second, fallback satellite model on the predictors both Sentinel-2 and Landsat give
    (``common_band_model`` of the card, ``model_source`` 6) maps the cells whose season was
    clear only in Landsat scenes, where the Sentinel-2-only bands are empty.
-4. Corrects each epoch's satellite map bias and estimates the epochs' error correlation,
-   describes the change of support to one cell and, with a parcel layer, judges which
+4. Corrects each epoch's satellite map bias and estimates the epochs' error correlation;
+   the satellite models' SD calibration and that correlation pool the held-out residuals
+   with the final maps' residuals at the monitoring plots, independent errors of the maps
+   themselves (:func:`models.biomass.correct_epochs`; the maps' values, and so the
+   estimate stage's auxiliary data, do not depend on them; without a monitoring sample,
+   the held-out residuals alone, as the card's ``independent_plots`` says); describes
+   the change of support to one cell and, with a parcel layer, judges which
    forest-land parcels were not yet forest at the other epochs.
 5. Writes the maps' rule at every training plot-epoch into ``plot_features.csv``: its
    in-sample prediction (``fitted_mg_ha``), its cross-fitted one (``held_out_mg_ha``,
@@ -128,8 +133,9 @@ def model(
     if missing:
         raise InputDataError(f"{PLOT_BIOMASS_RELPATH}: column(s) {missing} missing")
     biomass = plot_biomass.assign(epoch=plot_biomass["epoch"].astype(str))
+    project_ids: set[str] = set()
     if "sample" in plot_locations.columns:
-        plot_locations = plot_locations[plot_locations["sample"] != PROJECT_SAMPLE]
+        project_ids = set(plot_locations.loc[plot_locations["sample"] == PROJECT_SAMPLE, "plot_id"])
     comps = composites_by_epoch(composites, job.epochs)
     terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
     spectral, sat_stacks, classes = satellite_stacks(
@@ -148,6 +154,9 @@ def model(
         biomass, sat_stacks, plot_locations, lidar=lidar, lidar_features=lidar_feats,
         lidar_epoch=lidar_epoch,
     )  # fmt: skip
+    # the monitoring plots train nothing; their residuals calibrate the SDs (step 4)
+    is_project = table["plot_id"].isin(project_ids).to_numpy()
+    independent, table = table.loc[is_project], table.loc[~is_project].reset_index(drop=True)
     card: dict[str, Any] = {
         "n_plot_epochs": len(table),
         "epochs": list(job.epochs),
@@ -164,7 +173,8 @@ def model(
         lidar_model, lidar_plots = steps.lidar_model(
             table, lidar_epoch, lidar_feats, p, job.seed, card
         )
-    support_px = plot_support_px(plot_locations, sat_stacks[job.epochs[0]])
+    training_squares = plot_locations[~plot_locations["plot_id"].isin(project_ids)]
+    support_px = plot_support_px(training_squares, sat_stacks[job.epochs[0]])
     card["support_window_px"] = support_px
     sat_features = [str(b) for b in sat_stacks[job.epochs[0]]["band"].to_numpy()]
     ok = table[sat_features].notna().all(axis=1) & np.isfinite(table["agb_mg_ha"])
@@ -190,7 +200,15 @@ def model(
     card["epoch_error_correlation"] = correct_epochs(
         mapper, sat_plots, job.epochs, interval=p.interval,
         bias_correction=p.epoch_bias_correction, common_plots=common_plots,
+        independent=independent[np.isfinite(independent["agb_mg_ha"])],
     )  # fmt: skip
+    card["independent_plots"] = {
+        "n_plot_epochs": len(independent),
+        "use": "pooled with the held-out residuals in the satellite models' calibration and "
+        "epoch error correlation"
+        if len(independent)
+        else "none (no project monitoring sample): calibrated on the held-out residuals alone",
+    }
     if lidar is not None and cover is not None:
         mapper.cell_support, card["cell_support"] = steps.cell_support(
             lidar, cover, lidar_plots, p, support_px

@@ -43,7 +43,13 @@ with ``w`` the pixel area inside the parcel (ha), ``s`` the support SD, ``a``, `
 the start and end epochs' ``w s`` where the sink is valid and ``r`` the epochs' error
 correlation of the sink (:mod:`pipeline.sink`): the sink's errors are assumed to share
 the stocks' spatial shape (a separable model). Each double sum is one FFT convolution
-on the parcel's bounding box (:func:`models.spatial_error.weighted_covariance`). Where
+on the parcel's bounding box (:func:`models.spatial_error.weighted_covariance`). With a
+project monitoring sample in ``sources.plot_locations`` (``sample == "project"``) the
+``shared`` parts come from the maps' errors at those plots instead, one for the stocks and
+one for the sink, which then replaces ``rho(d)`` in the sink's sum
+(:func:`pipeline.map_errors.plot_shared_parts`; the JSON file's ``monitoring_plots``,
+``shared_lidar`` and ``sink``); without one, or with too few parcels holding two plots,
+the LiDAR cover's fit serves both, as the file says. Where
 no correlogram can be fitted (no LiDAR model, too small a cover) ``spatial`` falls back
 to the correlated bound and the JSON file says why. Across parcels the errors stay
 correlated (neighbours, the shared part): sum parcel SDs, or use the survey estimates
@@ -61,11 +67,12 @@ Signatures
     ``lidar_metrics`` = ``lidar/metrics.tif``; for the ``spatial`` aggregation also the
     predictor rasters (``composites.<epoch>``, ``terrain``), ``models`` =
     ``model/models.pkl`` and every epoch's ``agb_maps``, ``agb_sd_maps`` and
-    ``quality_maps`` of the predict stage.
+    ``quality_maps`` of the predict stage, and with ``sources.plot_locations`` that layer
+    (``plot_locations``) and ``plot_biomass`` = ``plots/plot_biomass.csv``.
 ``parcels_stage(job: SinkJob, *, parcels, carbon_start, carbon_end, carbon_sd_start,
 carbon_sd_end, quality_start, quality_end, lidar_metrics=None, model_card=None,
 models=None, composites=None, terrain=None, agb_maps=None, agb_sd_maps=None,
-quality_maps=None) -> {relpath: table}``
+quality_maps=None, plot_locations=None, plot_biomass=None) -> {relpath: table}``
     ``parcels/parcel_sink.gpkg`` (GeoDataFrame), ``parcels/parcel_sink.csv`` and
     ``parcels/error_correlogram.json`` (dict).
 
@@ -91,6 +98,8 @@ from pipeline.contracts import (
     MODELS_RELPATH,
     PARCEL_SINK_CSV_RELPATH,
     PARCEL_SINK_GPKG_RELPATH,
+    PLOT_BIOMASS_RELPATH,
+    PROJECT_SAMPLE,
     RunLayout,
     SinkJob,
     correlation_input,
@@ -101,8 +110,14 @@ from pipeline.contracts import (
     sink_job,
 )
 from pipeline.errors import ConfigError
-from pipeline.map_errors import fit_map_errors, lidar_residuals
+from pipeline.map_errors import (
+    fit_map_errors,
+    lidar_residuals,
+    plot_errors,
+    plot_shared_parts,
+)
 from pipeline.parcel_sums import parcel_sink_table
+from pipeline.sink import as_band, support_sd_band
 from pipeline.stage import Stage
 from pipeline.subcompartment import has_record, inventory_estimate
 from pipeline.units import with_mu_areas
@@ -130,6 +145,10 @@ def parcels_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
                 out[f"agb_maps.{e.name}"] = layout.path(map_relpath("agb", e.name))
                 out[f"agb_sd_maps.{e.name}"] = layout.path(map_relpath("agb_sd", e.name))
                 out[f"quality_maps.{e.name}"] = layout.path(map_relpath("quality", e.name))
+            if config.sources.plot_locations is not None:
+                # the parcel-shared part from the project's monitoring plots
+                out["plot_locations"] = config.sources.plot_locations
+                out["plot_biomass"] = layout.path(PLOT_BIOMASS_RELPATH)
     return out
 
 
@@ -151,9 +170,12 @@ def parcels_stage(
     agb_maps: Mapping[str, xr.DataArray] | None = None,
     agb_sd_maps: Mapping[str, xr.DataArray] | None = None,
     quality_maps: Mapping[str, xr.DataArray] | None = None,
+    plot_locations: gpd.GeoDataFrame | None = None,
+    plot_biomass: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """The ``parcels`` stage: the per-parcel sink table as GeoPackage and CSV, and the
     map-error correlogram its SDs use (``spatial`` aggregation)."""
+    job = resolve_correlation(job, model_card)
     correlogram, record = parcel_error_model(
         job,
         models=models,
@@ -164,8 +186,21 @@ def parcels_stage(
         quality_maps=quality_maps,
         parcels=parcels,
     )
+    sink_correlogram = None
+    if correlogram is not None and plot_locations is not None and plot_biomass is not None:
+        carbon = {
+            job.epoch_start: (carbon_start, carbon_sd_start),
+            job.epoch_end: (carbon_end, carbon_sd_end),
+        }
+        correlogram, sink_correlogram, record["monitoring_plots"] = plot_error_model(
+            job, correlogram, plot_locations, plot_biomass, carbon=carbon, parcels=parcels
+        )
+        if sink_correlogram is not None:
+            record["shared_lidar"] = record["shared"]
+            record["shared"] = correlogram.shared
+            record["sink"] = sink_correlogram.record()
     table = parcel_sink_table(
-        resolve_correlation(job, model_card),
+        job,
         parcels=parcels,
         carbon_start=carbon_start,
         carbon_end=carbon_end,
@@ -175,6 +210,7 @@ def parcels_stage(
         quality_end=quality_end,
         lidar_metrics=lidar_metrics,
         correlogram=correlogram,
+        sink_correlogram=sink_correlogram,
     )
     table = with_mu_areas(with_inventory_estimate(table))
     csv = pd.DataFrame(table.drop(columns=table.geometry.name))
@@ -242,6 +278,47 @@ def parcel_error_model(
         "of their difference (pipeline.map_errors)"
     )
     return correlogram, record
+
+
+def plot_error_model(
+    job: SinkJob,
+    lidar: Correlogram,
+    plot_locations: gpd.GeoDataFrame,
+    plot_biomass: pd.DataFrame,
+    *,
+    carbon: Mapping[str, tuple[xr.DataArray, xr.DataArray]],
+    parcels: gpd.GeoDataFrame,
+) -> tuple[Correlogram, Correlogram | None, dict[str, Any]]:
+    """The stocks' and the sink's correlograms with the parcel-shared parts measured at the
+    project's monitoring plots (:func:`pipeline.map_errors.plot_shared_parts`), and the
+    record; without a monitoring sample (or too few parcels with two plots) the LiDAR fit
+    for both, and the record says why."""
+    if "sample" not in plot_locations.columns:
+        return lidar, None, {"skipped": "the plot layer has no 'sample' column"}
+    project = plot_locations[plot_locations["sample"] == PROJECT_SAMPLE]
+    if project.empty:
+        return (
+            lidar,
+            None,
+            {"skipped": "no project monitoring sample: the shared part is the LiDAR cover's"},
+        )
+    maps = {
+        e: (as_band(c, name=map_relpath("carbon", e)), support_sd_band(s, name="carbon SD"))
+        for e, (c, s) in carbon.items()
+    }
+    errors = plot_errors(
+        project, plot_biomass, value="carbon_mg_ha", maps=maps, parcels=parcels,
+        first=job.epoch_start, last=job.epoch_end, rho=job.correlation,
+    )  # fmt: skip
+    found = plot_shared_parts(errors, lidar, stocks=(job.epoch_start, job.epoch_end))
+    if isinstance(found, str):
+        return lidar, None, {"skipped": f"{found}: the shared part is the LiDAR cover's"}
+    stocks, change, record = found
+    record["n_plots"] = int(errors["plot_id"].nunique())
+    record["population"] = (
+        "the project area's parcels (the monitoring plots sample it only); applied to every parcel"
+    )
+    return stocks, change, record
 
 
 STAGE = Stage(name="parcels", func=parcels_stage, params=sink_job, inputs=parcels_inputs)

@@ -176,6 +176,7 @@ def report_stage(
         parcel_sink=inputs["parcel_sink"],
         rasters=rasters,
         correlogram=correlogram_from_record(error_correlogram),
+        sink_correlogram=correlogram_from_record((error_correlogram or {}).get("sink")),
     )
     files = {attr: rollup_relpath(attr) for attr in rollups}
     html, quicklooks = build_report(
