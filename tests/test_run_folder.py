@@ -314,16 +314,38 @@ def test_a_models_file_changed_after_the_run_is_not_unpickled(tmp_path):
 # --------------------------------------------------------------------------- full disk
 
 
+#: CAP_SYS_ADMIN, the capability mount(2) needs (linux/capability.h)
+CAP_SYS_ADMIN = 21
+
+
+def _why_no_mount() -> str | None:
+    """Why this process cannot mount a file system (None: it can, so it must)."""
+    if os.geteuid() != 0:
+        return f"mounting a tmpfs needs root; this test runs as uid {os.geteuid()}"
+    status = Path("/proc/self/status").read_text().splitlines()
+    effective = int(next(ln for ln in status if ln.startswith("CapEff:")).split()[1], 16)
+    if not effective >> CAP_SYS_ADMIN & 1:
+        return "root without CAP_SYS_ADMIN (a container started without it) cannot mount"
+    if shutil.which("mount") is None:
+        return "no mount command on this machine"
+    return None
+
+
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 320 KiB tmpfs (mounting needs root; skipped otherwise)."""
+def small_disk(request, tmp_path):
+    """A tmpfs of 320 KiB (or ``request.param``). Skipped only where mounting is
+    impossible (not root, or without CAP_SYS_ADMIN); where it is possible a failed mount
+    fails the test."""
+    why = _why_no_mount()
+    if why is not None:
+        pytest.skip(f"cannot mount a tmpfs here: {why}")
     disk = tmp_path / "disk"
     disk.mkdir()
+    size = getattr(request, "param", "320k")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(disk)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
     )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    assert mounted.returncode == 0, f"root with CAP_SYS_ADMIN, yet: {mounted.stderr.decode()}"
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=True)
 
@@ -353,6 +375,33 @@ def test_a_full_disk_while_writing_a_table_names_it_and_leaves_nothing(small_dis
     with pytest.raises(RunFolderError, match=rf"{path}: no space left on the device"):
         io.write_output({"rows": ["x" * 1000] * 1000}, path)  # ~1 MB of JSON
     assert list(path.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("small_disk", ["600k"], indirect=True)
+def test_a_tiny_run_on_a_full_disk_exits_2_naming_the_file_and_leaves_no_partial_file(
+    tiny_config, small_disk
+):
+    """A real process of the tiny region's run on a 600 KiB disk: acquire's STAC items
+    fit, a composite's blocks too, but not the GeoTIFF's directory written as it closes,
+    where GDAL raises a ``CPLE_AppDefinedError`` ("IO error writing tag data"), not an
+    OSError (on 320 KiB the toy test above meets the other failure, "Write failed")."""
+    out = small_disk / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--config", str(tiny_config), "--out", str(out),
+         "--quiet"],
+        capture_output=True, text=True, timeout=300, env=_env(), check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("forest-carbon: error: "), done.stderr[-3000:]
+    assert ": no space left on the device while writing it" in last, last
+    named = Path(last.removeprefix("forest-carbon: error: ").split(": no space left")[0])
+    assert named.is_relative_to(out) and named.suffix == ".tif", named
+    assert not named.exists()
+    assert "Traceback" not in done.stderr
+    left = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()]
+    assert not [p for p in left if ".tmp-" in p], left
+    assert json.loads((out / "manifest.json").read_text())["stages"]["acquire"]["status"] == "ran"
 
 
 # --------------------------------------------------------------------------- reproduce
