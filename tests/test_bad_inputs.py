@@ -50,7 +50,9 @@ The items of issue 18 and where each is tested (the matrix's case ids, else the 
 9. the dashboard: ``test_run_folder.py::
    test_the_dashboard_listens_on_this_machine_only_unless_the_config_asks``.
 10. pickles (needs a fitted model): ``test_run_folder.py::
-    test_a_models_file_changed_after_the_run_is_not_unpickled``.
+    test_a_models_file_changed_after_the_run_is_not_unpickled``; that no other code loads
+    a pickle: ``test_run_folder.py::
+    test_the_only_unpickling_in_the_code_is_the_checked_models_file``.
 11. STAC timeouts and retries: ``stac-api-never-answers``, ``stac-api-keeps-failing``;
     ``test_stac_api.py::test_429_and_503_are_retried_with_each_attempt_warned``,
     ``test_a_server_that_keeps_failing_ends_with_its_last_answer``.
@@ -62,28 +64,30 @@ The items of issue 18 and where each is tested (the matrix's case ids, else the 
     ``aoi-empty-geometry``, ``trees-gbk``, ``trees-cp1252``, ``catalog-not-json``,
     ``catalog-line-not-json``; an HTML body or truncated JSON from a STAC API:
     ``stac-api-html-body``, ``stac-api-truncated-json``; a non-JSON items file of
-    ``forest-carbon composite``: ``composite-items-not-json``; ``reproduce`` from inside the run
-    folder: ``test_run_folder.py::
+    ``forest-carbon composite``: ``composite-items-not-json``; ``reproduce`` from inside
+    the run folder: ``test_run_folder.py::
     test_reproduce_works_from_inside_the_run_folder_and_from_elsewhere``; a full disk (a
     small tmpfs): ``test_run_folder.py::
-    test_a_full_disk_ends_in_exit_2_naming_the_path_and_leaves_no_partial_file``.
+    test_a_tiny_run_on_a_full_disk_exits_2_naming_the_file_and_leaves_no_partial_file``
+    (a real process) and the two toy tests beside it.
 14. misleading messages: an empty AOI ``aoi-no-features``, ``aoi-empty-geometry``; a
     truncated LAZ header ``lidar-truncated-header``; plots outside the AOI
     ``plots-outside-aoi``; a missing catalog ``catalog-missing``; unknown keys ``key-*``;
-    grid mismatch ``sink-maps-on-two-grids``;
-    0 points ``lidar-empty-tile``; ``reproduce`` of a changed input
-    ``reproduce-input-changed``, of one the checks refuse ``reproduce-input-invalid(-*)``,
-    of a file that is not a manifest ``reproduce-not-a-manifest``,
-    of changed frozen items ``reproduce-frozen-items-changed``, its other exit codes
-    ``test_run_folder.py::test_reproduce_exit_codes``, a retry over a failed attempt
-    ``test_run_folder.py::
+    grid mismatch ``sink-maps-on-two-grids``; 0 points ``lidar-empty-tile``;
+    ``reproduce`` of a changed input ``reproduce-input-changed``, of one the checks refuse
+    ``reproduce-input-invalid(-*)``, of a file that is not a manifest
+    ``reproduce-not-a-manifest``, of changed frozen items ``reproduce-frozen-items-changed``,
+    its other exit codes (3 different, 2, 1 internal error) ``test_run_folder.py::
+    test_reproduce_exit_codes``, a retry over a failed attempt ``test_run_folder.py::
     test_reproduce_retries_over_a_failed_attempt_and_refuses_a_users_folder``; STAC errors
     naming the query: the ``stac-api-*`` cases, and of an empty search (a real STAC API):
     ``test_stac_api.py::test_empty_api_search_raises_with_details``.
 15. relative asset hrefs: ``catalog-s3-self-links`` (local assets stay local files);
-    a moved data folder: ``test_simulate.py::
-    test_a_moved_data_folder_still_searches_and_composites``; byte-identical data in two
-    folders: ``test_simulate.py::test_same_seed_same_bytes_other_seed_differs``.
+    a moved data folder runs (real processes, also killed and resumed):
+    ``test_end_to_end.py::
+    test_a_moved_data_folder_killed_at_several_points_resumes_to_identical_outputs``;
+    byte-identical data in two folders (a real process): ``test_simulate.py::
+    test_same_seed_same_bytes_other_seed_differs``.
 """
 
 from __future__ import annotations
@@ -449,6 +453,17 @@ def frozen_items_edited(r: Region, run: Path) -> None:
     items = json.loads(path.read_text())
     items["features"][0]["properties"]["eo:cloud_cover"] = 99.0
     path.write_text(json.dumps(items))
+
+
+def manifest_warning_names(stage: str, name: str) -> Callable[[Path], None]:
+    """A warning of ``stage`` in the manifest names ``name`` (the console may wrap a long
+    path inside a word)."""
+
+    def then(run: Path) -> None:
+        said = json.loads((run / "manifest.json").read_text())["stages"][stage]["warnings"]
+        assert any(name in w for w in said), said
+
+    return then
 
 
 def tree_cell(row: int, column: str, value: str) -> Callable[[Region], None]:
@@ -891,7 +906,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "lidar-z-in-feet",
         tile_edit(lambda p: rewrite_las(p, z_in_feet), which=None),
-        ("the canopy is implausibly tall", "feet"),
+        ("the canopy is implausibly tall", "stages.lidar.max_canopy_height_m", "feet"),
         stages=LIDAR,
         exit=0,
         in_stage=True,
@@ -935,6 +950,7 @@ CASES: tuple[Case, ...] = (
         stages=ACQUIRE,
         exit=0,
         in_stage=True,
+        then=manifest_warning_names(ACQUIRE, "catalog/items.ndjson: "),
     ),
     Case(
         "catalog-s3-self-links",
@@ -961,7 +977,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "output-users-folder",
         users_folder,
-        ("the folder is not empty and is not a run folder",),
+        ("/run: the folder is not empty and is not a run folder", "output_dir or --out"),
     ),
     # reproduce
     Case(

@@ -311,6 +311,89 @@ def test_a_models_file_changed_after_the_run_is_not_unpickled(tmp_path):
     assert not planted.exists()
 
 
+#: calls that load a pickle (or run one): modules and the functions of theirs
+UNPICKLERS = {
+    "pickle": {"load", "loads", "Unpickler"},
+    "_pickle": {"load", "loads", "Unpickler"},
+    "cloudpickle": {"load", "loads"},
+    "dill": {"load", "loads"},
+    "joblib": {"load"},
+    "pandas": {"read_pickle"},
+    "pd": {"read_pickle"},
+    "numpy": {"load"},
+    "np": {"load"},
+    "torch": {"load"},
+    "shelve": {"open"},
+    "marshal": {"load", "loads"},
+    "skops.io": {"load"},
+}
+
+
+def _unpickling_calls(path: Path) -> list[tuple[str, int, str]]:
+    """``(innermost function, line, call)`` of each call in ``path`` that loads a pickle,
+    found on the syntax tree: ``module.func(...)``, any ``.read_pickle(...)``, names
+    imported from such modules (``from pickle import loads``); ``numpy.load`` only with
+    ``allow_pickle``."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    imported = {
+        alias.asname or alias.name: f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module in UNPICKLERS
+        for alias in node.names
+        if alias.name in UNPICKLERS[node.module]
+    }
+
+    def what(call: ast.Call) -> str | None:
+        f = call.func
+        if isinstance(f, ast.Name):
+            return imported.get(f.id)
+        if not isinstance(f, ast.Attribute):
+            return None
+        owner = ast.unparse(f.value)
+        if owner in ("np", "numpy") and not any(k.arg == "allow_pickle" for k in call.keywords):
+            return None
+        if f.attr in UNPICKLERS.get(owner, ()) or f.attr == "read_pickle":
+            return f"{owner}.{f.attr}"
+        return None
+
+    found = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            function = getattr(node, "name", "<lambda>")
+        if isinstance(node, ast.Call) and (call := what(node)):
+            found.append((function, node.lineno, call))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(tree, "<module>")
+    return found
+
+
+def test_the_only_unpickling_in_the_code_is_the_checked_models_file():
+    """Every call in ``pipeline/`` and ``models/`` that loads a pickle is the one of
+    :func:`load_models`, after it compared the file's sha256 with the manifest's (the
+    behaviour: the test above and ``test_predict.py``)."""
+    root = TESTS.parent
+    calls = {
+        (str(path.relative_to(root)), *call)
+        for package in ("pipeline", "models")
+        for path in sorted((root / package).rglob("*.py"))
+        for call in _unpickling_calls(path)
+    }
+    names = {(file, func, what) for file, func, _, what in calls}
+    assert names == {("pipeline/contracts.py", "load_models", "pickle.loads")}, sorted(calls)
+    source = (root / "pipeline/contracts.py").read_text().splitlines()
+    line = next(line for file, _, line, _ in calls)
+    body = "\n".join(source[:line])
+    body = body[body.rindex("def load_models(") :]
+    # the bytes of a file are unpickled only after the recorded sha256 was compared
+    assert body.index("recorded_sha256(path)") < body.index("if actual != recorded:")
+    assert "raise InputDataError" in body[body.index("if actual != recorded:") :]
+
+
 # --------------------------------------------------------------------------- full disk
 
 
@@ -454,7 +537,11 @@ def test_reproduce_retries_over_a_failed_attempt_and_refuses_a_users_folder(
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
-def test_reproduce_exit_codes(relative_toy_run, capsys):
+def test_reproduce_exit_codes(relative_toy_run, capsys, monkeypatch):
+    import dataclasses
+
+    import pipeline.stages
+
     run = relative_toy_run
     manifest = run / "manifest.json"
     recorded = json.loads(manifest.read_text())
@@ -463,6 +550,22 @@ def test_reproduce_exit_codes(relative_toy_run, capsys):
     manifest.write_text(json.dumps(recorded))
     assert main(["reproduce", str(manifest), "--out", str(run.parent / "r3"), "--quiet"]) == 3
     assert "different  toy/summary.json" in capsys.readouterr().out
+
+    # 1: an internal error (a bug in a stage): one line, the traceback only with --debug
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug in the stage")
+
+    broken = [
+        dataclasses.replace(s, func=bug) if s.name == "summary" else s for s in toy_stages.stages()
+    ]
+    monkeypatch.setattr(pipeline.stages, "STAGES", broken)
+    assert main(["reproduce", str(manifest), "--out", str(run.parent / "r1"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: a bug in the stage (rerun with --debug" in err
+    assert "Traceback" not in err
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", "reproduce", str(manifest), "--out", str(run.parent / "r1b"), "--quiet"])
+    monkeypatch.setattr(pipeline.stages, "STAGES", toy_stages.stages())
     # 2: an input file changed since the run, named by its path before any rerun
     params = run.parent / "data" / toy_stages.PARAMS_CSV
     params.write_text(params.read_text().replace("1.0", "1.5"))
