@@ -249,23 +249,33 @@ def test_a_stale_stage_whose_inputs_are_back_gets_its_records_back(tmp_path):
 # --------------------------------------------------------------------------- dashboard
 
 
-def _listening_ips(port: int) -> set[str]:
+def _listening() -> set[tuple[str, int]]:
+    """The addresses this process and its children listen on."""
+    me = psutil.Process()
+    pids = {me.pid, *(p.pid for p in me.children(recursive=True))}
     return {
-        c.laddr.ip
+        (c.laddr.ip, c.laddr.port)
         for c in psutil.net_connections("inet")
-        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
     }
 
 
 def test_the_dashboard_listens_on_this_machine_only_unless_the_config_asks(tmp_path):
+    """Every port the cluster opens (scheduler, its dashboard, the workers' HTTP servers,
+    in the run's process or in worker processes) is on 127.0.0.1, unless the config asks
+    for another address."""
     from pipeline.cluster import dask_client
 
     settings = DaskSettings(n_workers=1, threads_per_worker=1, memory_limit="1GiB")
-    with dask_client(settings) as c:
-        port = c.scheduler_info()["services"]["dashboard"]
-        assert _listening_ips(port) == {"127.0.0.1"}
+    before = _listening()
+    for processes in (False, True):
+        with dask_client(settings.model_copy(update={"processes": processes})) as c:
+            opened = _listening() - before
+            assert c.scheduler_info()["services"]["dashboard"] in {port for _, port in opened}
+            assert {ip for ip, _ in opened} == {"127.0.0.1"}, (processes, opened)
     with dask_client(settings.model_copy(update={"dashboard_address": "0.0.0.0:0"})) as c:
-        assert _listening_ips(c.scheduler_info()["services"]["dashboard"]) == {"0.0.0.0"}
+        port = c.scheduler_info()["services"]["dashboard"]
+        assert ("0.0.0.0", port) in _listening()
     # where to watch a run is not what it computes: the config hash ignores it
     cfg = toy_stages.write_config(tmp_path)
     exposed = cfg.read_text().replace("chunk_px: 128}", "chunk_px: 128, dashboard_address: ':0'}")
