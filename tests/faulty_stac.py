@@ -147,7 +147,10 @@ class _Handler(BaseHTTPRequestHandler):
 @contextmanager
 def faulty_api(search: Callable[[FaultyApi, int], tuple[int, str, str]]) -> Iterator[FaultyApi]:
     server = FaultyApi(search)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # polled every 50 ms: shutdown() waits for the poll (0.5 s by default)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield server
