@@ -299,9 +299,9 @@ def _check_compared(run_dir: Path, tiny_data: Path) -> None:
 
 
 #: where a run is killed, in order: each ``(what, seen)`` kills the run as soon as
-#: ``seen(run folder)`` is true. The resumed runs go on from the interrupted stage. (A
-#: raster being written, the gap between two stages, a small file being written: each
-#: costs a start of the run, about 10 s of the test's 50 s on an idle 2-core machine.)
+#: ``seen(run folder)`` is true. The resumed runs go on from the interrupted stage. A
+#: raster being written, the gap between two stages and a small file being written; each
+#: point costs one more start of the run (imports, input checks, a cluster).
 KILL_POINTS: tuple[tuple[str, Callable[[Path], bool]], ...] = (
     ("while a composite is written", lambda run: any(run.glob("composites/.*.tmp-*"))),
     (
