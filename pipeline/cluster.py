@@ -13,7 +13,9 @@ the config's ``dask`` section gives one single-threaded worker process per core 
 work that holds the GIL); the section overrides each figure, and its
 ``dashboard_address`` where the dashboard listens (by default
 ``127.0.0.1`` on a free port: the dashboard has no authentication, so it is not offered
-to the network unless the config asks); ``--scheduler tcp://HOST:PORT`` connects to an
+to the network unless the config asks), and with it the workers' own HTTP servers
+(metrics, health, their diagnostic pages), which a worker in the run's process would
+otherwise open on every interface; ``--scheduler tcp://HOST:PORT`` connects to an
 existing cluster instead, which is how a run outgrows one machine.
 """
 
@@ -62,6 +64,7 @@ def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iter
             yield client
         return
     n_workers, threads, memory = local_cluster_size(settings)
+    host = settings.dashboard_address.rpartition(":")[0]
     with (
         # a compiled filter (e.g. the cloth simulation filter on a 1 km chunk) can hold
         # the GIL for longer than the default 5-minute worker TTL; the scheduler would then
@@ -74,6 +77,8 @@ def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iter
             processes=settings.processes,
             # 127.0.0.1:0 by default: this machine only (no login), a free port
             dashboard_address=settings.dashboard_address,
+            # the workers' HTTP servers on the same host, each on a free port
+            worker_dashboard_address=f"{host}:0",
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,

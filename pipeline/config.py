@@ -516,7 +516,8 @@ class DaskSettings(Section):
     chunk_px: int = Field(default=1024, ge=64)
     #: where the local cluster's dashboard listens, ``HOST:PORT`` (port 0: a free one).
     #: This machine only by default: the dashboard has no login, and ``:PORT`` or
-    #: ``0.0.0.0:PORT`` (all interfaces) shows the run to the network. Left out of the
+    #: ``0.0.0.0:PORT`` (all interfaces) shows the run to the network; the workers' own
+    #: HTTP servers listen on the same host (:mod:`pipeline.cluster`). Left out of the
     #: config hash and the manifest (how to watch a run, not what it computes).
     dashboard_address: str = Field(default="127.0.0.1:0", min_length=1, exclude=True)
 

@@ -52,7 +52,7 @@ from pipeline import io
 from pipeline.config import Config, CreditsParams, SinkParams
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.features import with_band_names
-from pipeline.run_folder import PINNED_ITEMS_ROOT, recorded_sha256
+from pipeline.run_folder import PINNED_ITEMS_ROOT, WARNINGS_NAME, recorded_sha256
 from pipeline.sink import years_between
 
 # -- the run folder ---------------------------------------------------------------------
@@ -199,7 +199,7 @@ class RunLayout:
     @property
     def warnings(self) -> Path:
         """The warnings of the stages before the one running (written by the runner)."""
-        return self.state_dir / "warnings.json"
+        return self.state_dir / WARNINGS_NAME
 
 
 # -- the sink's epochs and error model (stages sink, parcels, credits, report) ---------

@@ -35,7 +35,7 @@ import pandas as pd
 import rioxarray
 import xarray as xr
 
-from pipeline.errors import InputDataError, RunFolderError
+from pipeline.errors import ForestCarbonError, InputDataError, RunFolderError
 
 if TYPE_CHECKING:
     from pipeline.inputs import FieldMapping
@@ -81,13 +81,17 @@ TemporaryJournal = Callable[[Path], None]
 #: errno values of a full disk or an exhausted quota
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 #: free space (bytes) under which a failed write is put down to a full disk: GDAL reports
-#: ENOSPC only on stderr (libtiff) and raises "Write failed" without an errno
+#: ENOSPC only on stderr (libtiff) and raises "Write failed" without an errno, or, when
+#: the disk fills while it closes a GeoTIFF, a ``CPLE_AppDefinedError`` ("IO error
+#: writing tag data") that is no OSError at all
 FULL_DISK_BYTES = 16 * 2**20
 
 
 def _is_no_space(err: BaseException, path: Path) -> bool:
     if getattr(err, "errno", None) in NO_SPACE_ERRNOS:
         return True
+    if isinstance(err, ForestCarbonError):  # the pipeline's own error, full disk or not
+        return False
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -103,7 +107,7 @@ def full_disk_named(path: Path) -> Iterator[None]:
     """
     try:
         yield
-    except OSError as err:
+    except Exception as err:  # GDAL's and pyogrio's write errors are not all OSErrors
         if not _is_no_space(err, path):
             raise
         raise RunFolderError(

@@ -23,6 +23,9 @@ temporaries cleaned.
    deleted, and nothing else: a recorded path must lie in the run folder and have a
    temporary's name (``.<name>.tmp-<pid>...``), so an edited journal cannot delete other
    files. A run that ends, well or not, clears its own journal.
+5. **Nothing left by a failure.** A run that created the folder and fails before any
+   stage finished (an input only a stage can judge: a corrupt LiDAR tile, an unreadable
+   catalog) removes the folder again, so a failed first run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -71,6 +75,8 @@ MANIFEST_NAME = "manifest.json"
 PINNED_ITEMS_ROOT = "pinned"
 LOCK_NAME = "lock"
 JOURNAL_NAME = "temporaries"
+#: the warnings of the stages before the one running (``RunLayout.warnings``)
+WARNINGS_NAME = "warnings.json"
 #: what every temporary of :mod:`pipeline.io` is called: ``.<stem>.tmp-<pid>...``
 TEMPORARY_MARK = ".tmp-"
 
@@ -287,6 +293,7 @@ def claim(output_dir: Path, *, say: Callable[[str], None]) -> Iterator[Journal]:
     ``say`` prints a log line (the take-over of a stale lock, temporaries cleaned).
     """
     root = check_available(output_dir)
+    created = not root.exists()
     (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
     with _lock(root, say=say):
         journal = Journal(root)
@@ -295,8 +302,26 @@ def claim(output_dir: Path, *, say: Callable[[str], None]) -> Iterator[Journal]:
             say(f"run folder {root}: removed {n} temporary file(s) left by a killed run")
         try:
             yield journal
+        except BaseException:
+            journal.clean()
+            if created and _only_bookkeeping(root):
+                # a run that failed before any stage finished leaves no folder behind
+                # (removed while this run still holds the lock)
+                shutil.rmtree(root)
+            raise
         finally:
             journal.clean()
+
+
+#: what a run writes in its folder before a stage has finished: the lock, the journal of
+#: temporaries and the warnings of the stages before the first
+BOOKKEEPING = frozenset(
+    {STATE_DIR, *(f"{STATE_DIR}/{name}" for name in (LOCK_NAME, JOURNAL_NAME, WARNINGS_NAME))}
+)
+
+
+def _only_bookkeeping(root: Path) -> bool:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")} <= BOOKKEEPING
 
 
 # --------------------------------------------------------------------------- records

@@ -15,7 +15,10 @@ For each selected stage the runner
 
 A run killed at any point leaves complete files or none under their final names; the
 stage that was running has no new state record, so the next call reruns it and skips the
-ones before it. Before writing anything the runner claims the run folder
+ones before it. A stage's state holds everything the manifest says of it (outputs with
+their checksums, STAC items, results), so a run killed after a stage's state was written
+but before the manifest was gets the manifest's records back from the state when the
+next call skips the stage. Before writing anything the runner claims the run folder
 (:func:`pipeline.run_folder.claim`): it refuses system folders and folders that are not
 run folders, locks the folder against a second run, and removes the temporaries a killed
 run recorded in its journal (and only those).
@@ -633,6 +636,21 @@ class Runner:
             "status": "skipped (unchanged)",
         }
 
+    @staticmethod
+    def _records_from_state(stage: Stage, state: dict[str, Any], manifest: dict[str, Any]) -> None:
+        """The manifest's records of a skipped stage's outputs, STAC items and results,
+        from its state (the manifest may be older than the state: a run killed between
+        writing the two)."""
+        checksums = state.get("record", {}).get("outputs", {})
+        for rel, sha in state.get("file_sha256", {}).items():
+            entry = manifest["outputs"].setdefault(rel, {"stage": stage.name})
+            entry["file_sha256"] = sha
+            if rel in checksums:
+                entry["checksum"] = checksums[rel]
+        manifest["stac_items"].update(state.get("stac_items", {}))
+        if state.get("results") is not None:
+            manifest.setdefault("results", {})[stage.name] = state["results"]
+
     def _run_stage(
         self, stage: Stage, client: Any, source_hash: str, manifest: dict[str, Any]
     ) -> None:
@@ -646,8 +664,7 @@ class Runner:
                 **state.get("record", {}),
                 "status": "skipped (unchanged)",
             }
-            for rel, sha in state.get("file_sha256", {}).items():
-                manifest["outputs"].setdefault(rel, {"stage": stage.name})["file_sha256"] = sha
+            self._records_from_state(stage, state, manifest)
             self.console.print(
                 f"[dim]↷ {stage.name:<10} skipped: inputs and parameters unchanged[/]"
             )
@@ -758,9 +775,13 @@ class Runner:
             "record": dataclasses.asdict(record),
             "file_sha256": file_sha256,
             "input_checksums": now.checksums,
+            "stac_items": {
+                r: manifest["stac_items"][r] for r in outputs if r in manifest["stac_items"]
+            },
+            "results": manifest.get("results", {}).get(stage.name) if stage.results else None,
         }
         with io.atomic_path(self._state_path(stage), journal=self.journal) as tmp:
-            tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+            tmp.write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
         self._print_warnings(stage, manifest["stages"][stage.name])
         peak = f", peak {record.peak_rss_mb:.0f} MB" if record.peak_rss_mb else ""
         self.console.print(f"[green]✓[/] {stage.name:<10} {record.wall_s:8.1f} s{peak}")

@@ -313,20 +313,6 @@ def test_an_empty_aoi_says_so_not_bbox_nan(tmp_path: Path) -> None:
         catalog.SearchRequest(("x",), (float("nan"), 1.0, 2.0, 3.0), None, None, None)
 
 
-def test_a_non_json_items_file_is_exit_2_naming_it(tmp_path: Path, capsys) -> None:
-    from pipeline.cli import main
-
-    bad = tmp_path / "2024.json"
-    bad.write_text("<html>not json</html>")
-    out = str(tmp_path / "o")
-    rc = main(
-        ["composite", str(bad), "--aoi", "aoi/tiny.geojson", "--crs", "EPSG:32650", "--out", out]
-    )
-    err = capsys.readouterr().err
-    assert rc == 2 and f"{bad}: not a JSON file" in err and "internal error" not in err
-    assert not (tmp_path / "o").exists()
-
-
 def test_a_local_catalog_line_that_is_not_json_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "items.ndjson"
     _write_catalog(path)

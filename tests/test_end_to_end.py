@@ -2,12 +2,21 @@
 
 Runs ``forest-carbon run`` through the CLI, checks every stage's outputs against the
 region's known truth where a tight check is possible on a 600 m region, then checks that
-a second run skips everything and that ``reproduce`` finds every output identical.
+a second run skips everything and that ``reproduce`` finds every output identical, and
+that a run from a moved copy of the data, killed (SIGKILL) at several points and resumed,
+ends with the same outputs.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import geopandas as gpd
@@ -330,3 +339,91 @@ def _check_compared(run_dir: Path, tiny_data: Path) -> None:
     section = html.split('id="compared-credits"')[1].split("</table>")[0]
     assert "ar-cm-003" in section and "ar-cm-005" in section
     assert f"{total['credits_tco2e']:,.1f}" in section
+
+
+#: where a run is killed, in order: each ``(what, seen)`` kills the run as soon as
+#: ``seen(run folder)`` is true. The resumed runs go on from the interrupted stage. A
+#: raster being written, the gap between two stages and a small file being written; each
+#: point costs one more start of the run (imports, input checks, a cluster).
+KILL_POINTS: tuple[tuple[str, Callable[[Path], bool]], ...] = (
+    ("while a composite is written", lambda run: any(run.glob("composites/.*.tmp-*"))),
+    (
+        "between two stages (composite recorded)",
+        lambda run: (run / ".state/composite.json").is_file(),
+    ),
+    (
+        "while the models file is written",
+        lambda run: "model/" in _read(run / ".state/temporaries"),
+    ),
+)
+#: the stages the killed run makes (predict and later are the reference run's business)
+KILLED_STAGES = ("acquire", "composite", "lidar", "plots", "model")
+#: outputs that name the files they were made from: the frozen STAC items (absolute asset
+#: hrefs) and the LiDAR tile table (each tile's path)
+NAME_THE_DATA_FOLDER = ("items/", "lidar/tiles.csv")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def test_a_moved_data_folder_killed_at_several_points_resumes_to_identical_outputs(
+    tiny_run, tiny_data, tmp_path
+):
+    """Real processes of ``python -m pipeline run``, killed with SIGKILL at each of
+    :data:`KILL_POINTS` and started again, on a copy of the data moved to another folder
+    (its STAC catalog's hrefs are relative): the outputs of the killed stages have the
+    checksums of the uninterrupted reference run on the original folder; the frozen STAC
+    items differ only by the data folder their hrefs name."""
+    cfg, reference = tiny_run
+    copied = tmp_path / "disk1/tiny"
+    shutil.copytree(tiny_data, copied)
+    moved = tmp_path / "disk2/copied-to-laptop"
+    moved.parent.mkdir()
+    shutil.move(copied, moved)
+    run = tmp_path / "run"
+    config = tmp_path / "moved.yaml"
+    config.write_text(
+        cfg.read_text().replace(str(tiny_data), str(moved)).replace(str(reference), str(run))
+    )
+    argv = [sys.executable, "-m", "pipeline", "run", "--config", str(config), "--quiet",
+            "--stages", ",".join(KILLED_STAGES)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for what, seen in KILL_POINTS:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 240
+            while not seen(run):
+                assert proc.poll() is None, (what, proc.communicate()[1].decode()[-3000:])
+                assert time.monotonic() < deadline, f"never reached: {what}"
+                time.sleep(0.02)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not [p for p in run.rglob("*") if ".tmp-" in p.name]
+    want = json.loads((reference / "manifest.json").read_text())
+    got = json.loads((run / "manifest.json").read_text())
+    statuses = {s: r["status"] for s, r in got["stages"].items()}
+    assert set(statuses) == set(KILLED_STAGES)
+    # the last start resumed: what the killed ones finished is skipped
+    assert statuses["composite"] == "skipped (unchanged)", statuses
+    assert set(statuses.values()) <= {"ran", "skipped (unchanged)"}, statuses
+    expected = {rel: rec for rel, rec in want["outputs"].items() if rec["stage"] in KILLED_STAGES}
+    assert set(got["outputs"]) == set(expected)
+    for rel, rec in expected.items():
+        if rel.startswith(NAME_THE_DATA_FOLDER):
+            moved_text = (reference / rel).read_text().replace(str(tiny_data), str(moved))
+            assert (run / rel).read_text() == moved_text, rel
+        else:
+            assert got["outputs"][rel]["file_sha256"] == rec["file_sha256"], rel
+            assert got["outputs"][rel]["checksum"] == rec["checksum"], rel
+    moved_items = json.dumps(want["stac_items"]).replace(str(tiny_data), str(moved))
+    assert got["stac_items"] == json.loads(moved_items)

@@ -249,23 +249,33 @@ def test_a_stale_stage_whose_inputs_are_back_gets_its_records_back(tmp_path):
 # --------------------------------------------------------------------------- dashboard
 
 
-def _listening_ips(port: int) -> set[str]:
+def _listening() -> set[tuple[str, int]]:
+    """The addresses this process and its children listen on."""
+    me = psutil.Process()
+    pids = {me.pid, *(p.pid for p in me.children(recursive=True))}
     return {
-        c.laddr.ip
+        (c.laddr.ip, c.laddr.port)
         for c in psutil.net_connections("inet")
-        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
     }
 
 
 def test_the_dashboard_listens_on_this_machine_only_unless_the_config_asks(tmp_path):
+    """Every port the cluster opens (scheduler, its dashboard, the workers' HTTP servers,
+    in the run's process or in worker processes) is on 127.0.0.1, unless the config asks
+    for another address."""
     from pipeline.cluster import dask_client
 
     settings = DaskSettings(n_workers=1, threads_per_worker=1, memory_limit="1GiB")
-    with dask_client(settings) as c:
-        port = c.scheduler_info()["services"]["dashboard"]
-        assert _listening_ips(port) == {"127.0.0.1"}
+    before = _listening()
+    for processes in (False, True):
+        with dask_client(settings.model_copy(update={"processes": processes})) as c:
+            opened = _listening() - before
+            assert c.scheduler_info()["services"]["dashboard"] in {port for _, port in opened}
+            assert {ip for ip, _ in opened} == {"127.0.0.1"}, (processes, opened)
     with dask_client(settings.model_copy(update={"dashboard_address": "0.0.0.0:0"})) as c:
-        assert _listening_ips(c.scheduler_info()["services"]["dashboard"]) == {"0.0.0.0"}
+        port = c.scheduler_info()["services"]["dashboard"]
+        assert ("0.0.0.0", port) in _listening()
     # where to watch a run is not what it computes: the config hash ignores it
     cfg = toy_stages.write_config(tmp_path)
     exposed = cfg.read_text().replace("chunk_px: 128}", "chunk_px: 128, dashboard_address: ':0'}")
@@ -311,19 +321,124 @@ def test_a_models_file_changed_after_the_run_is_not_unpickled(tmp_path):
     assert not planted.exists()
 
 
+#: calls that load a pickle (or run one): modules and the functions of theirs
+UNPICKLERS = {
+    "pickle": {"load", "loads", "Unpickler"},
+    "_pickle": {"load", "loads", "Unpickler"},
+    "cloudpickle": {"load", "loads"},
+    "dill": {"load", "loads"},
+    "joblib": {"load"},
+    "pandas": {"read_pickle"},
+    "pd": {"read_pickle"},
+    "numpy": {"load"},
+    "np": {"load"},
+    "torch": {"load"},
+    "shelve": {"open"},
+    "marshal": {"load", "loads"},
+    "skops.io": {"load"},
+}
+
+
+def _unpickling_calls(path: Path) -> list[tuple[str, int, str]]:
+    """``(innermost function, line, call)`` of each call in ``path`` that loads a pickle,
+    found on the syntax tree: ``module.func(...)``, any ``.read_pickle(...)``, names
+    imported from such modules (``from pickle import loads``); ``numpy.load`` only with
+    ``allow_pickle``."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    imported = {
+        alias.asname or alias.name: f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module in UNPICKLERS
+        for alias in node.names
+        if alias.name in UNPICKLERS[node.module]
+    }
+
+    def what(call: ast.Call) -> str | None:
+        f = call.func
+        if isinstance(f, ast.Name):
+            return imported.get(f.id)
+        if not isinstance(f, ast.Attribute):
+            return None
+        owner = ast.unparse(f.value)
+        if owner in ("np", "numpy") and not any(k.arg == "allow_pickle" for k in call.keywords):
+            return None
+        if f.attr in UNPICKLERS.get(owner, ()) or f.attr == "read_pickle":
+            return f"{owner}.{f.attr}"
+        return None
+
+    found = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            function = getattr(node, "name", "<lambda>")
+        if isinstance(node, ast.Call) and (call := what(node)):
+            found.append((function, node.lineno, call))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(tree, "<module>")
+    return found
+
+
+def test_the_only_unpickling_in_the_code_is_the_checked_models_file():
+    """Every call in ``pipeline/`` and ``models/`` that loads a pickle is the one of
+    :func:`load_models`, after it compared the file's sha256 with the manifest's (the
+    behaviour: the test above and ``test_predict.py``)."""
+    root = TESTS.parent
+    calls = {
+        (str(path.relative_to(root)), *call)
+        for package in ("pipeline", "models")
+        for path in sorted((root / package).rglob("*.py"))
+        for call in _unpickling_calls(path)
+    }
+    names = {(file, func, what) for file, func, _, what in calls}
+    assert names == {("pipeline/contracts.py", "load_models", "pickle.loads")}, sorted(calls)
+    source = (root / "pipeline/contracts.py").read_text().splitlines()
+    line = next(line for file, _, line, _ in calls)
+    body = "\n".join(source[:line])
+    body = body[body.rindex("def load_models(") :]
+    # the bytes of a file are unpickled only after the recorded sha256 was compared
+    assert body.index("recorded_sha256(path)") < body.index("if actual != recorded:")
+    assert "raise InputDataError" in body[body.index("if actual != recorded:") :]
+
+
 # --------------------------------------------------------------------------- full disk
 
 
+#: CAP_SYS_ADMIN, the capability mount(2) needs (linux/capability.h)
+CAP_SYS_ADMIN = 21
+
+
+def _why_no_mount() -> str | None:
+    """Why this process cannot mount a file system (None: it can, so it must)."""
+    if os.geteuid() != 0:
+        return f"mounting a tmpfs needs root; this test runs as uid {os.geteuid()}"
+    status = Path("/proc/self/status").read_text().splitlines()
+    effective = int(next(ln for ln in status if ln.startswith("CapEff:")).split()[1], 16)
+    if not effective >> CAP_SYS_ADMIN & 1:
+        return "root without CAP_SYS_ADMIN (a container started without it) cannot mount"
+    if shutil.which("mount") is None:
+        return "no mount command on this machine"
+    return None
+
+
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 320 KiB tmpfs (mounting needs root; skipped otherwise)."""
+def small_disk(request, tmp_path):
+    """A tmpfs of 320 KiB (or ``request.param``). Skipped only where mounting is
+    impossible (not root, or without CAP_SYS_ADMIN); where it is possible a failed mount
+    fails the test."""
+    why = _why_no_mount()
+    if why is not None:
+        pytest.skip(f"cannot mount a tmpfs here: {why}")
     disk = tmp_path / "disk"
     disk.mkdir()
+    size = getattr(request, "param", "320k")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(disk)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
     )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    assert mounted.returncode == 0, f"root with CAP_SYS_ADMIN, yet: {mounted.stderr.decode()}"
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=True)
 
@@ -353,6 +468,33 @@ def test_a_full_disk_while_writing_a_table_names_it_and_leaves_nothing(small_dis
     with pytest.raises(RunFolderError, match=rf"{path}: no space left on the device"):
         io.write_output({"rows": ["x" * 1000] * 1000}, path)  # ~1 MB of JSON
     assert list(path.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("small_disk", ["600k"], indirect=True)
+def test_a_tiny_run_on_a_full_disk_exits_2_naming_the_file_and_leaves_no_partial_file(
+    tiny_config, small_disk
+):
+    """A real process of the tiny region's run on a 600 KiB disk: acquire's STAC items
+    fit, a composite's blocks too, but not the GeoTIFF's directory written as it closes,
+    where GDAL raises a ``CPLE_AppDefinedError`` ("IO error writing tag data"), not an
+    OSError (on 320 KiB the toy test above meets the other failure, "Write failed")."""
+    out = small_disk / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--config", str(tiny_config), "--out", str(out),
+         "--quiet"],
+        capture_output=True, text=True, timeout=300, env=_env(), check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("forest-carbon: error: "), done.stderr[-3000:]
+    assert ": no space left on the device while writing it" in last, last
+    named = Path(last.removeprefix("forest-carbon: error: ").split(": no space left")[0])
+    assert named.is_relative_to(out) and named.suffix == ".tif", named
+    assert not named.exists()
+    assert "Traceback" not in done.stderr
+    left = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()]
+    assert not [p for p in left if ".tmp-" in p], left
+    assert json.loads((out / "manifest.json").read_text())["stages"]["acquire"]["status"] == "ran"
 
 
 # --------------------------------------------------------------------------- reproduce
@@ -405,7 +547,11 @@ def test_reproduce_retries_over_a_failed_attempt_and_refuses_a_users_folder(
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
-def test_reproduce_exit_codes(relative_toy_run, capsys):
+def test_reproduce_exit_codes(relative_toy_run, capsys, monkeypatch):
+    import dataclasses
+
+    import pipeline.stages
+
     run = relative_toy_run
     manifest = run / "manifest.json"
     recorded = json.loads(manifest.read_text())
@@ -414,6 +560,22 @@ def test_reproduce_exit_codes(relative_toy_run, capsys):
     manifest.write_text(json.dumps(recorded))
     assert main(["reproduce", str(manifest), "--out", str(run.parent / "r3"), "--quiet"]) == 3
     assert "different  toy/summary.json" in capsys.readouterr().out
+
+    # 1: an internal error (a bug in a stage): one line, the traceback only with --debug
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug in the stage")
+
+    broken = [
+        dataclasses.replace(s, func=bug) if s.name == "summary" else s for s in toy_stages.stages()
+    ]
+    monkeypatch.setattr(pipeline.stages, "STAGES", broken)
+    assert main(["reproduce", str(manifest), "--out", str(run.parent / "r1"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: a bug in the stage (rerun with --debug" in err
+    assert "Traceback" not in err
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", "reproduce", str(manifest), "--out", str(run.parent / "r1b"), "--quiet"])
+    monkeypatch.setattr(pipeline.stages, "STAGES", toy_stages.stages())
     # 2: an input file changed since the run, named by its path before any rerun
     params = run.parent / "data" / toy_stages.PARAMS_CSV
     params.write_text(params.read_text().replace("1.0", "1.5"))

@@ -222,6 +222,23 @@ def test_sigkill_while_writing_leaves_no_partial_file_and_resumes(tmp_path):
     assert not list((tmp_path / "out").rglob(".*.tmp-*"))
 
 
+def test_a_run_killed_between_a_stages_state_and_the_manifest_gets_its_records_back(tmp_path):
+    """The state of ``summary`` was written, the manifest was not (what SIGKILL between the
+    two leaves): the next run skips the stage and the manifest has its records again,
+    content checksum included (``reproduce`` compares those)."""
+    cfg = toy_stages.write_config(tmp_path)
+    first = _run(cfg)
+    path = tmp_path / "out/manifest.json"
+    older = json.loads(path.read_text())
+    older["outputs"] = {r: o for r, o in older["outputs"].items() if o["stage"] != "summary"}
+    del older["stages"]["summary"]
+    path.write_text(json.dumps(older))
+    again = _run(cfg)
+    assert again["stages"]["summary"]["status"] == "skipped (unchanged)"
+    assert again["outputs"] == first["outputs"]
+    assert json.loads(path.read_text())["outputs"] == first["outputs"]
+
+
 @pytest.fixture
 def external_scheduler(tmp_path):
     sched_file = tmp_path / "scheduler.json"
