@@ -59,6 +59,7 @@ from models.biomass.mapping import (
     SatelliteSource,
     accuracy_at_plots,
     cross_fitted_at_plots,
+    fold_map_values,
 )
 from models.biomass.selection import FittedModel, fit_plots, select_and_fit
 from models.biomass.uncertainty import (
@@ -76,7 +77,9 @@ from models.biomass.validation import (
     accuracy,
     block_keys,
     blocked_folds,
+    fold_models,
     out_of_fold,
+    predict_out_of_fold,
     random_folds,
     spatial_block_ids,
     training_set,
@@ -122,7 +125,10 @@ __all__ = [
     "fit_satellite_model",
     "lidar_cell_support",
     "make_model",
+    "fold_map_values",
+    "fold_models",
     "out_of_fold",
+    "predict_out_of_fold",
     "random_folds",
     "select_and_fit",
     "spatial_block_ids",

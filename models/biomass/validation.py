@@ -124,6 +124,35 @@ def training_set(
     return table, y, np.concatenate([np.ones(n_p), np.full(n_a, w_aux)])
 
 
+def fold_models(
+    factory: Callable[[], BiomassModel],
+    x: pd.DataFrame,
+    agb_mg_ha: FloatArray,
+    folds: NDArray[np.int64],
+    auxiliary: Auxiliary | None = None,
+    aux_folds: NDArray[np.int64] | None = None,
+) -> dict[int, BiomassModel]:
+    """Per fold, the model fitted without that fold's plots and auxiliary samples (see
+    :class:`Auxiliary`): the fold models of the cross-validation."""
+    models = {}
+    for f in np.unique(folds):
+        aux_rows = None if aux_folds is None else aux_folds != f
+        tx, ty, tw = training_set(x, agb_mg_ha, folds != f, auxiliary, aux_rows)
+        models[int(f)] = factory().fit(tx, ty, tw)
+    return models
+
+
+def predict_out_of_fold(
+    models: dict[int, BiomassModel], x: pd.DataFrame, folds: NDArray[np.int64]
+) -> FloatArray:
+    """Each row of ``x`` predicted by the model of its fold (of :func:`fold_models`)."""
+    pred = np.full(len(x), np.nan)
+    for f, model in models.items():
+        test = folds == f
+        pred[test] = model.predict(x.loc[test])
+    return pred
+
+
 def out_of_fold(
     factory: Callable[[], BiomassModel],
     x: pd.DataFrame,
@@ -134,14 +163,8 @@ def out_of_fold(
 ) -> FloatArray:
     """Out-of-fold predictions at the plots: each fold predicted by a model fitted on the
     other folds' plots and auxiliary samples (see :class:`Auxiliary`)."""
-    pred = np.full(len(x), np.nan)
-    for f in np.unique(folds):
-        test = folds == f
-        aux_rows = None if aux_folds is None else aux_folds != f
-        tx, ty, tw = training_set(x, agb_mg_ha, ~test, auxiliary, aux_rows)
-        model = factory().fit(tx, ty, tw)
-        pred[test] = model.predict(x.loc[test])
-    return pred
+    models = fold_models(factory, x, agb_mg_ha, folds, auxiliary, aux_folds)
+    return predict_out_of_fold(models, x, folds)
 
 
 def accuracy(obs_mg_ha: FloatArray, pred_mg_ha: FloatArray) -> dict[str, float]:
