@@ -355,6 +355,11 @@ class ModelParams(Section):
     #: bins of window AGB in which the cell-vs-window deviations of the per-cell
     #: uncertainty are described (``models.biomass.cell_support``; needs LiDAR)
     cell_support_bins: int = Field(default=10, ge=1)
+    #: cells of the grid in the systematic sample (seeded random start) on which the
+    #: stage writes the map and its spatial-CV fold maps at every epoch
+    #: (``model/fold_maps.csv``, its forest-land cells): the estimate stage's population
+    #: correction of the cross-fitted inventory estimate (``models.survey.crossfit``)
+    fold_map_cells: int = Field(default=40000, ge=100)
     rf_n_estimators: int = Field(default=300, ge=10)
     rf_min_samples_leaf: int = Field(default=3, ge=1)
     gb_max_iter: int = Field(default=200, ge=10)

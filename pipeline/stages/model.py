@@ -27,9 +27,16 @@ What it does, in order (predictor tables in :mod:`pipeline.samples`; the science
 5. Writes the maps' rule at every training plot-epoch into ``plot_features.csv``: its
    in-sample prediction (``fitted_mg_ha``), its cross-fitted one (``held_out_mg_ha``,
    the spatial-CV out-of-fold prediction of the model that maps the plot, with the
-   map's epoch offset) and the ``model_source``; the estimate stage uses the difference
-   to make the maps usable as auxiliary data at the plots that trained them.
-6. Derives the plot table's own conversion factors as ratio estimators (no factor sits
+   map's epoch offset), the ``model_source`` and the plot's ``fold`` (in which that
+   model held it out); the estimate stage uses the difference to make the maps usable as
+   auxiliary data at the plots that trained them.
+6. Writes the map and its fold maps (each model the plots trained replaced by its
+   spatial-CV fold model, :func:`models.biomass.fold_map_values`) at the forest-land
+   cells of a systematic sample of the grid (``model.fold_map_cells``), every epoch's
+   predictors built as the ``predict`` stage builds them, into ``fold_maps.csv``
+   (:func:`pipeline.model_steps.fold_map_sample`): the estimate stage's population
+   correction of the cross-fitted estimate (:mod:`models.survey.crossfit`).
+7. Derives the plot table's own conversion factors as ratio estimators (no factor sits
    here: they come from the species tables of the plots stage).
 
 Signature (the runner passes ``.tif`` inputs as lazy DataArrays, dims ``band, y, x``)::
@@ -39,7 +46,7 @@ Signature (the runner passes ``.tif`` inputs as lazy DataArrays, dims ``band, y,
           terrain: DataArray, lidar_metrics: DataArray | None = None,
           parcels: GeoDataFrame | None = None)
     -> {"model/model_card.json": dict, "model/plot_features.csv": DataFrame,
-        "model/models.pkl": bytes}
+        "model/fold_maps.csv": DataFrame, "model/models.pkl": bytes}
 
 ``models.pkl`` is a pickle of ``{"mapper": BiomassMapper, "conversion": {...},
 "support_px": int, "parcel_classes": {"column", "classes"} | None,
@@ -74,6 +81,7 @@ from models.plot_biomass import conversion_factors
 from pipeline import model_steps as steps
 from pipeline.config import Config, ModelParams
 from pipeline.contracts import (
+    FOLD_MAPS_RELPATH,
     MODEL_CARD_RELPATH,
     MODELS_RELPATH,
     PLOT_BIOMASS_RELPATH,
@@ -93,6 +101,7 @@ from pipeline.samples import (
     lidar_predictors,
     plot_support_px,
     plot_table,
+    predictor_stacks,
     satellite_stacks,
 )
 from pipeline.stage import Stage
@@ -226,15 +235,24 @@ def model(
     else:
         card["land_use"] = {"skipped": "no parcel layer, or model.land_use_change is off"}
     bundle = {
-        "mapper": mapper,
+        "mapper": mapper.without_fold_models(),
         "conversion": conversion,
         "support_px": support_px,
         "parcel_classes": classes,
         "non_forest_parcels": non_forest,
     }
+    # the map and its fold maps at a sample of the cells the predict stage maps
+    stacks = predictor_stacks(
+        bundle, composites=composites, terrain=terrain, lidar_metrics=lidar_metrics,
+        parcels=parcels, epochs=job.epochs, forest_land_classes=job.forest_land_classes,
+    )  # fmt: skip
+    fold_maps, card["fold_maps"] = steps.fold_map_sample(
+        mapper, stacks, target_cells=p.fold_map_cells, seed=job.seed
+    )
     return {
         MODEL_CARD_RELPATH: card,
         PLOT_FEATURES_RELPATH: table,
+        FOLD_MAPS_RELPATH: fold_maps,
         MODELS_RELPATH: pickle.dumps(bundle, protocol=5),
     }
 
@@ -261,8 +279,7 @@ def model_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Pa
         "plot_locations": config.sources.plot_locations,
         **predictor_inputs(config, layout),
     }
-    p = config.stages.model
-    if config.sources.parcels is not None and (p.parcel_class_column or p.land_use_change):
+    if config.sources.parcels is not None:  # classes, land use, the fold maps' forest land
         inputs["parcels"] = config.sources.parcels
     return inputs
 
