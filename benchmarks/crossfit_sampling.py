@@ -64,8 +64,8 @@ import numpy as np
 import pandas as pd
 import rasterio
 from affine import Affine
-from rasterio.features import rasterize
 from numpy.typing import NDArray
+from rasterio.features import rasterize
 from threadpoolctl import threadpool_limits
 
 from benchmarks.estimator_sampling import (

@@ -356,7 +356,7 @@ def predictor_stacks(
     lidar_metrics: xr.DataArray | Path | None,
     parcels: gpd.GeoDataFrame | None,
     epochs: Sequence[str],
-    forest_land_classes: Sequence[str],
+    forest_land_classes: tuple[str, ...],
 ) -> dict[str, xr.DataArray]:
     """Per epoch, the lazy predictor stack (:func:`pipeline.samples.epoch_stack`) the maps
     of the models of ``bundle`` (``models.pkl``) are predicted from, with the forest-land

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -241,7 +241,6 @@ def cross_fitted_at_plots(
     for fitted, rows in training:
         if not _plot_trained(fitted):
             continue  # plots scored it but never trained it
-        assert fitted is not None
         oofs = [float(r["predicted"]) for r in fitted.card["cv_predictions"]]
         folds = [-1] * len(oofs) if fitted.folds is None else fitted.folds.tolist()
         trained = zip(rows["plot_id"].astype(str), rows["epoch"].astype(str), strict=True)
@@ -276,7 +275,7 @@ def cross_fitted_at_plots(
     return pd.concat(parts, ignore_index=True)
 
 
-def _plot_trained(fitted: FittedModel | None) -> bool:
+def _plot_trained(fitted: FittedModel | None) -> TypeGuard[FittedModel]:
     """Whether the field plots trained ``fitted`` (not: absent, or trained on auxiliary
     samples alone, the plots only scoring it)."""
     return fitted is not None and fitted.card.get("auxiliary_share") != 1.0
@@ -307,7 +306,7 @@ def fold_map_values(
     folds = np.repeat(pred.mean[:, None], n_folds, axis=1)
     for code, (fitted, offsets, clipped) in models.items():
         rows = source == code
-        if fitted is None or not _plot_trained(fitted) or not rows.any():
+        if not _plot_trained(fitted) or not rows.any():
             continue
         for k, model in fitted.fold_models.items():
             value = model.predict(table.loc[rows]) + offsets.get(epoch, 0.0)

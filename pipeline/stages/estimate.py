@@ -43,15 +43,28 @@ valid variance, only when the map's values at the sample plots do not depend on 
 sample (Särndal et al. 1992 §6.3). The ``model`` stage trains the maps on every plot except
 the project's monitoring sample, so the project's estimates use the map as it is. At the
 plots that trained it (the region's inventory) the map's values are in-sample fits, whose
-residuals understate the variance several-fold; there the stage cross-fits: each training
-plot's map value is shifted by the difference between the cross-fitted and the in-sample
-prediction of the model that maps it (``held_out_mg_ha - fitted_mg_ha`` of
-``model/plot_features.csv``, the spatially blocked out-of-fold prediction, converted to
-carbon by the model card's factors and weighted by the plot's share inside its frame;
-:func:`models.biomass.cross_fitted_at_plots`), and its row says so (``note``). Without
-those columns (a run folder of an older model stage) the plot-only ``stratified``
-estimate is chosen for such a sample, and the model-assisted rows say why they are not
-used.
+residuals understate the variance several-fold; there the stage cross-fits (the difference
+estimator of double machine learning, :mod:`models.survey.crossfit`):
+
+* each training plot's map value is shifted by the difference between the cross-fitted and
+  the in-sample prediction of the model that maps it (``held_out_mg_ha - fitted_mg_ha`` of
+  ``model/plot_features.csv``, the spatially blocked out-of-fold prediction, converted to
+  carbon by the model card's factors and weighted by the plot's share inside its frame;
+  :func:`models.biomass.cross_fitted_at_plots`);
+* each stratum's map mean is corrected by the fold maps' (``model/fold_maps.csv``: the map
+  and the map of each fold's models at a systematic sample of forest-land cells): the
+  share of the stratum's plots in fold ``k`` (``fold`` of ``plot_features.csv``) times
+  fold ``k``'s map mean minus the map's, over the sampled cells whose centre lies in the
+  stratum's frame (:func:`models.survey.crossfit.fold_map_correction`). The stock change
+  takes the corrected means of both epochs.
+
+The rows say so (``note``), with the correction of the total and its own sampling SE from
+the cell sample, which the estimate's SE leaves out: with tens of thousands of cells it is
+a few tenths of a percent of it (the demo: see docs/estimation.md). They are chosen when
+``stages.estimate.cross_fit`` is true. Without ``fold_maps.csv`` (a run folder of an
+older model stage) they are written without the correction and not chosen; without the
+held-out columns neither; the plot-only ``stratified`` estimate is then chosen for such a
+sample, and the model-assisted rows say why.
 
 A region without ``sources.plot_design`` gets an empty table; the credits stage then falls
 back to the map and says so.
