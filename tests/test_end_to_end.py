@@ -25,6 +25,8 @@ from pipeline.config import load_config
 from pipeline.contracts import (
     CREDITS_RELPATH,
     ESTIMATES_RELPATH,
+    FOLD_MAPS_RELPATH,
+    MODEL_CARD_RELPATH,
     PARCEL_SINK_CSV_RELPATH,
     PARCEL_SINK_GPKG_RELPATH,
     PLOT_BIOMASS_RELPATH,
@@ -95,6 +97,17 @@ def test_every_stage_ran_and_wrote_its_outputs(tiny_run):
     assert len(recorded) == len(totals) > 0
     assert np.allclose(recorded["total"], totals["total"], rtol=1e-12, atol=0)
     assert set(recorded["estimator"]) == {"stratified", "difference", "greg"}
+    # the model stage's fold maps at a sample of forest-land cells, and the inventory's
+    # cross-fitted estimates corrected by them
+    assert FOLD_MAPS_RELPATH in manifest["outputs"]
+    cells = pd.read_csv(run / FOLD_MAPS_RELPATH)
+    card = json.loads((run / MODEL_CARD_RELPATH).read_text())["fold_maps"]
+    assert sorted(cells["epoch"].astype(str).unique()) == ["2019", "2024"]
+    assert len(cells) == sum(card["forest_cells"].values()) > 100
+    assert card["n_folds"] >= 2 and 0 < card["inclusion_probability"] <= 1
+    inventory = totals[(totals["sample"] == "inventory") & (totals["estimator"] == "difference")]
+    stocks = inventory[inventory["quantity"].str.startswith("stock_")]
+    assert len(stocks) == 2 and stocks["note"].str.contains("fold maps' correction").all()
 
 
 def test_composite_matches_clear_sky_truth(tiny_run, tiny_data):

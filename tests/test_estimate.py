@@ -8,6 +8,7 @@ that the map's mean over a plot or a frame is a plain numpy mean of cells.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -94,13 +95,14 @@ JOB = EstimateJob(
 )
 
 
-def _outputs(scene: dict, job: EstimateJob = JOB) -> dict[str, pd.DataFrame]:
+def _outputs(scene: dict, job: EstimateJob = JOB, **inputs: Any) -> dict[str, pd.DataFrame]:
     return estimate(
         job,
         plot_biomass=scene["biomass"],
         plot_locations=scene["plots"],
         design=scene["frames"],
         carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
+        **inputs,
     )
 
 
@@ -219,14 +221,7 @@ def _cross_fit_inputs(scene: dict, fold_offsets: tuple[float, ...]) -> dict:
 
 
 def _cross_fitted(scene: dict, job: EstimateJob, inputs: dict) -> pd.DataFrame:
-    return estimate(
-        job,
-        plot_biomass=scene["biomass"],
-        plot_locations=scene["plots"],
-        design=scene["frames"],
-        carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
-        **inputs,
-    )[ESTIMATES_RELPATH].set_index(["quantity", "estimator"])
+    return _outputs(scene, job, **inputs)[ESTIMATES_RELPATH].set_index(["quantity", "estimator"])
 
 
 #: the maps' AGB-to-carbon factor of :func:`_cross_fit_inputs`' conversion

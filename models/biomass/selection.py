@@ -30,7 +30,6 @@ from models.biomass.validation import (
     accuracy,
     blocked_folds,
     fold_models,
-    out_of_fold,
     predict_out_of_fold,
     random_folds,
     spatial_block_ids,
@@ -143,17 +142,15 @@ def select_and_fit(
         )
     chosen: CandidateName = min(oof, key=lambda n: results[n]["spatial_cv"]["rmse_mg_ha"])
     # the random split, for the chosen candidate: what an unblocked CV would have claimed
-    results[chosen]["random_cv"] = accuracy(
+    random_models = fold_models(
+        lambda: make_model(chosen, features, settings=settings, seed=seed),
+        x,
         y,
-        out_of_fold(
-            lambda: make_model(chosen, features, settings=settings, seed=seed),
-            x,
-            y,
-            folds_r,
-            auxiliary,
-            aux_r,
-        ),
+        folds_r,
+        auxiliary,
+        aux_r,
     )
+    results[chosen]["random_cv"] = accuracy(y, predict_out_of_fold(random_models, x, folds_r))
     every = np.ones(len(y), dtype=bool)
     all_aux = None if auxiliary is None else np.ones(len(auxiliary.agb_mg_ha), dtype=bool)
     model = make_model(chosen, features, settings=settings, seed=seed).fit(

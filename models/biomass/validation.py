@@ -145,26 +145,13 @@ def fold_models(
 def predict_out_of_fold(
     models: dict[int, BiomassModel], x: pd.DataFrame, folds: NDArray[np.int64]
 ) -> FloatArray:
-    """Each row of ``x`` predicted by the model of its fold (of :func:`fold_models`)."""
+    """Out-of-fold predictions: each row of ``x`` predicted by the model of its fold, fitted
+    without it (:func:`fold_models`)."""
     pred = np.full(len(x), np.nan)
     for f, model in models.items():
         test = folds == f
         pred[test] = model.predict(x.loc[test])
     return pred
-
-
-def out_of_fold(
-    factory: Callable[[], BiomassModel],
-    x: pd.DataFrame,
-    agb_mg_ha: FloatArray,
-    folds: NDArray[np.int64],
-    auxiliary: Auxiliary | None = None,
-    aux_folds: NDArray[np.int64] | None = None,
-) -> FloatArray:
-    """Out-of-fold predictions at the plots: each fold predicted by a model fitted on the
-    other folds' plots and auxiliary samples (see :class:`Auxiliary`)."""
-    models = fold_models(factory, x, agb_mg_ha, folds, auxiliary, aux_folds)
-    return predict_out_of_fold(models, x, folds)
 
 
 def accuracy(obs_mg_ha: FloatArray, pred_mg_ha: FloatArray) -> dict[str, float]:
