@@ -213,8 +213,8 @@ def main() -> None:
     corrected = table[table["values"] == "corrected"]
     print("== population correction of the corrected estimate (mean over draws)")
     for (q, r), part in corrected.groupby(["quantity", "rule"]):
-        if r != "difference":
-            continue
+        if r != "difference" or part["correction"].isna().all():
+            continue  # the stock change takes the corrected means of its two epochs
         print(
             f"    {q:18s} correction {100 * part['correction'].mean() / true[q]:+6.2f} % of the "
             f"truth (SD {100 * part['correction'].std() / true[q]:.2f} %); its sampling SE "
