@@ -130,6 +130,11 @@ def main() -> None:
     ap.add_argument(
         "--cells", type=int, default=20000, help="forest cells per epoch for the fold maps' means"
     )
+    ap.add_argument("--table", type=Path, help="also write every draw's estimates to this CSV")
+    ap.add_argument(
+        "--from-tables", type=Path, nargs="+",
+        help="score the draws of these --table files (runs with other seeds) instead of drawing",
+    )  # fmt: skip
     args = ap.parse_args()
     started = time.perf_counter()
     cfg = load_config(args.config or region_config_path(args.region))
@@ -195,6 +200,8 @@ def main() -> None:
     design = pop.design()
     rows = []
     loop_start = time.perf_counter()
+    if args.from_tables:
+        args.draws = 0
     # one thread per fit: on 160 plot-epochs, OpenMP's threads in the gradient boosting
     # cost far more than they save (measured: 20x slower on a loaded 2-core machine)
     with threadpool_limits(limits=1):
@@ -210,6 +217,14 @@ def main() -> None:
             )  # fmt: skip
     loop = time.perf_counter() - loop_start
     table = pd.DataFrame(rows, columns=[*ESTIMATE_COLUMNS, "values", "correction", "corr_se"])
+    if args.table:
+        table.to_csv(args.table, index=False)
+    if args.from_tables:
+        # draw numbers made unique across the runs (each run counts from 0)
+        parts = [pd.read_csv(t).assign(draw=lambda t, i=i: f"{i}:" + t["draw"].astype(str))
+                 for i, t in enumerate(args.from_tables)]  # fmt: skip
+        table = pd.concat(parts, ignore_index=True)
+        print(f"   scored from {len(args.from_tables)} tables: {table['draw'].nunique()} draws")
     corrected = table[table["values"] == "corrected"]
     print("== population correction of the corrected estimate (mean over draws)")
     for (q, r), part in corrected.groupby(["quantity", "rule"]):
@@ -236,7 +251,7 @@ def main() -> None:
             print(f"    {q:18s} {r:13s} {100 * v:5.1f} %")
     print(
         f"== wall time {time.perf_counter() - started:.1f} s; draws {loop:.1f} s "
-        f"({args.draws / loop:.2f} draws per second)"
+        f"({args.draws / max(loop, 1e-9):.2f} draws per second)"
     )
 
 
