@@ -118,6 +118,10 @@ def _bands(path: Path, k: int) -> tuple[dict[str, NDArray[np.float64]], Affine, 
         return out, src.transform * Affine.scale(k), src.crs.to_string()
 
 
+#: columns of the table of every draw's estimates (``--table``)
+TABLE_COLUMNS = [*ESTIMATE_COLUMNS, "values", "correction", "corr_se"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="simulated region, e.g. data/nanping")
@@ -215,8 +219,10 @@ def main() -> None:
                     factor=factor, confidence=cfg.stages.estimate.confidence,
                 )
             )  # fmt: skip
+            if args.table and (d + 1) % 10 == 0:  # every 10 draws: a long run can be cut short
+                pd.DataFrame(rows, columns=TABLE_COLUMNS).to_csv(args.table, index=False)
     loop = time.perf_counter() - loop_start
-    table = pd.DataFrame(rows, columns=[*ESTIMATE_COLUMNS, "values", "correction", "corr_se"])
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     if args.table:
         table.to_csv(args.table, index=False)
     if args.from_tables:
