@@ -382,7 +382,7 @@ def estimate(
         float(plot_biomass["plot_area_ha"].median()) if "plot_area_ha" in plot_biomass else None
     )
     cross_fit = _cross_fit(plot_features, fold_maps, model_card)
-    context = _Context(job, values, maps, cover, cell_ha, grid_shape, cross_fit)
+    context = _Context(job, values, maps, cover, cell_ha, grid_shape, str(grid.rio.crs), cross_fit)
     for name, frames in design.groupby("sample", sort=True):
         plots = plot_locations[plot_locations["sample"] == name].reset_index(drop=True)
         plots = plots[plots["plot_id"].isin(values.index)].reset_index(drop=True)
@@ -428,6 +428,8 @@ class _Context:
     cover: Any
     cell_ha: float
     grid_shape: tuple[int, int]
+    #: the maps' CRS, that of the fold maps' cell coordinates
+    crs: str
     cross_fit: _CrossFit | None
 
 
@@ -482,7 +484,9 @@ def _sample_rows(
                     shift.reindex(ids).to_numpy(dtype=np.float64)
                 )
                 measured = sample_design.subset(np.isfinite(y[e]))
-                correction = cross_fit.correction(e, frames, measured, ids[np.isfinite(y[e])])
+                correction = cross_fit.correction(
+                    e, frames.to_crs(context.crs), measured, ids[np.isfinite(y[e])]
+                )
                 if correction is not None:
                     frame_means[e] = frame_means[e] + correction.mean_per_ha
                     corrections[e] = correction, measured
