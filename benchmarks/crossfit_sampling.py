@@ -140,6 +140,8 @@ def main() -> None:
         help="score the draws of these --table files (runs with other seeds) instead of drawing",
     )  # fmt: skip
     args = ap.parse_args()
+    if args.from_tables:
+        args.draws = 0  # the draws are those of the tables
     started = time.perf_counter()
     cfg = load_config(args.config or region_config_path(args.region))
     epochs = [e.name for e in cfg.epochs]
@@ -204,8 +206,6 @@ def main() -> None:
     design = pop.design()
     rows = []
     loop_start = time.perf_counter()
-    if args.from_tables:
-        args.draws = 0
     # one thread per fit: on 160 plot-epochs, OpenMP's threads in the gradient boosting
     # cost far more than they save (measured: 20x slower on a loaded 2-core machine)
     with threadpool_limits(limits=1):
