@@ -46,7 +46,9 @@ SD), the share of draws within 5 % of the truth, and for the corrected estimate 
 population correction and its own sampling SE against the estimate's.
 
 Usage: ``python benchmarks/crossfit_sampling.py --data data/nanping --run outputs/nanping
-[--region nanping] [--draws 500] [--seed 1] [--coarsen 3] [--cells 20000]``
+[--region nanping] [--draws 500] [--seed 1] [--coarsen 3] [--cells 20000] [--table T.csv]``;
+runs with other ``--seed`` s on other cores, each with its ``--table``, are scored together
+by the same command with ``--from-tables T1.csv T2.csv ...`` instead of drawing.
 """
 
 from __future__ import annotations
