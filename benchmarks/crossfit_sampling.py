@@ -24,9 +24,14 @@ refitting the map on it*, every draw; this harness does, on a simulated region:
    :func:`models.biomass.epoch_corrections`); the map is the fit plus the offset,
    clipped at 0, over forest land.
 4. Estimates by :func:`models.survey.totals.sample_totals` (what the estimate stage runs)
-   twice: with the map's values at the plots in sample (what a naive analyst would do),
-   and cross-fitted: shifted by the out-of-fold minus the in-sample prediction at the
-   plot, as the estimate stage does.
+   three times: with the map's values at the plots in sample (what a naive analyst would
+   do); cross-fitted, shifted by the out-of-fold minus the in-sample prediction at the
+   plot, with the full map's stratum means (the estimate stage before the population
+   correction); and cross-fitted with each stratum's map mean corrected by the fold maps'
+   population means (:func:`models.survey.crossfit.fold_map_correction`, as the estimate
+   stage does it): the fold models predict a systematic sample of about ``--cells`` forest
+   cells per epoch (:func:`models.survey.crossfit.systematic_cells`), each cell in the
+   stratum whose frame holds its centre.
 
 What it leaves out of the pipeline's map, to stay fast: the LiDAR model inside the LiDAR
 block, the common-band fallback, the parcel-class predictors, candidate selection per
@@ -37,10 +42,13 @@ does not depend on these.
 
 Printed per quantity and estimator: relative bias, relative RMSE, 90 % interval coverage
 with its Monte Carlo SE, the SE ratio (root mean estimated variance over the empirical
-SD), and the share of draws within 5 % of the truth.
+SD), the share of draws within 5 % of the truth, and for the corrected estimate the mean
+population correction and its own sampling SE against the estimate's.
 
 Usage: ``python benchmarks/crossfit_sampling.py --data data/nanping --run outputs/nanping
-[--region nanping] [--draws 500] [--seed 1] [--coarsen 3]``
+[--region nanping] [--draws 500] [--seed 1] [--coarsen 3] [--cells 20000] [--table T.csv]``;
+runs with other ``--seed`` s on other cores, each with its ``--table``, are scored together
+by the same command with ``--from-tables T1.csv T2.csv ...`` instead of drawing.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ import pandas as pd
 import rasterio
 from affine import Affine
 from numpy.typing import NDArray
+from rasterio.features import rasterize
 from threadpoolctl import threadpool_limits
 
 from benchmarks.estimator_sampling import (
@@ -77,9 +86,11 @@ from models.biomass import (
     ModelSettings,
     blocked_folds,
     epoch_corrections,
+    fold_models,
     make_model,
-    out_of_fold,
+    predict_out_of_fold,
 )
+from models.survey.crossfit import NO_STRATUM, fold_map_correction, systematic_cells
 from models.survey.design import StratifiedDesign
 from models.survey.totals import sample_totals
 from pipeline.config import load_config, region_config_path
@@ -109,6 +120,10 @@ def _bands(path: Path, k: int) -> tuple[dict[str, NDArray[np.float64]], Affine, 
         return out, src.transform * Affine.scale(k), src.crs.to_string()
 
 
+#: columns of the table of every draw's estimates (``--table``)
+TABLE_COLUMNS = [*ESTIMATE_COLUMNS, "values", "correction", "corr_se"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="simulated region, e.g. data/nanping")
@@ -118,7 +133,17 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--coarsen", type=int, default=3, help="grid coarsening factor")
+    ap.add_argument(
+        "--cells", type=int, default=20000, help="forest cells per epoch for the fold maps' means"
+    )
+    ap.add_argument("--table", type=Path, help="also write every draw's estimates to this CSV")
+    ap.add_argument(
+        "--from-tables", type=Path, nargs="+",
+        help="score the draws of these --table files (runs with other seeds) instead of drawing",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.from_tables:
+        args.draws = 0  # the draws are those of the tables
     started = time.perf_counter()
     cfg = load_config(args.config or region_config_path(args.region))
     epochs = [e.name for e in cfg.epochs]
@@ -162,6 +187,23 @@ def main() -> None:
     )
     cells = {e: np.flatnonzero(share[e] > 0) for e in epochs}
     grids = {e: pd.DataFrame({n: feats[e][n].reshape(-1)[cells[e]] for n in names}) for e in epochs}
+    # the fold maps' cell sample: a systematic grid over the forest cells, and the stratum
+    # whose frame holds each cell's centre
+    strata = rasterize(
+        ((g, h) for h, g in enumerate(frames.geometry)), out_shape=shape, transform=transform,
+        fill=NO_STRATUM, dtype="int32",
+    )  # fmt: skip
+    rows_s, cols_s, pi = systematic_cells(
+        target_cells=args.cells, candidates=len(cells[epochs[0]]), seed=cfg.seed
+    )
+    sampled = np.zeros(shape, dtype=bool)
+    sampled[rows_s, cols_s] = True
+    cell_sample = {e: np.flatnonzero(sampled.reshape(-1)[cells[e]]) for e in epochs}
+    cell_strata = {e: strata.reshape(-1)[cells[e][cell_sample[e]]] for e in epochs}
+    print(
+        f"   fold maps' cell sample: {len(cell_sample[epochs[0]])} forest cells, inclusion "
+        f"probability {pi:.4g}"
+    )
     rng = np.random.default_rng(args.seed)
     design = pop.design()
     rows = []
@@ -174,13 +216,35 @@ def main() -> None:
                 _one_draw(
                     d, pop, rng, design=design, epochs=epochs, names=names, feats=feats,
                     grids=grids, cells=cells, share=share, covs=covs, cell_ha=cell_ha,
+                    cell_sample=cell_sample, cell_strata=cell_strata, pi=pi,
                     rel_sd=rel_sd, candidate=candidate, settings=settings, seed=cfg.seed,
                     factor=factor, confidence=cfg.stages.estimate.confidence,
                 )
             )  # fmt: skip
+            if args.table and (d + 1) % 10 == 0:  # every 10 draws: a long run can be cut short
+                pd.DataFrame(rows, columns=TABLE_COLUMNS).to_csv(args.table, index=False)
     loop = time.perf_counter() - loop_start
-    table = pd.DataFrame(rows, columns=[*ESTIMATE_COLUMNS, "values"])
-    for values in ("in_sample", "cross_fitted"):
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    if args.table:
+        table.to_csv(args.table, index=False)
+    if args.from_tables:
+        # draw numbers made unique across the runs (each run counts from 0)
+        parts = [pd.read_csv(t).assign(draw=lambda t, i=i: f"{i}:" + t["draw"].astype(str))
+                 for i, t in enumerate(args.from_tables)]  # fmt: skip
+        table = pd.concat(parts, ignore_index=True)
+        print(f"   scored from {len(args.from_tables)} tables: {table['draw'].nunique()} draws")
+    corrected = table[table["values"] == "corrected"]
+    print("== population correction of the corrected estimate (mean over draws)")
+    for (q, r), part in corrected.groupby(["quantity", "rule"]):
+        if r != "difference" or part["correction"].isna().all():
+            continue  # the stock change takes the corrected means of its two epochs
+        print(
+            f"    {q:18s} correction {100 * part['correction'].mean() / true[q]:+6.2f} % of the "
+            f"truth (SD {100 * part['correction'].std() / true[q]:.2f} %); its sampling SE "
+            f"{100 * (part['corr_se'] / part['se']).mean():.2f} % of the estimate's SE"
+        )
+    table = table.drop(columns=["correction", "corr_se"])
+    for values in ("in_sample", "cross_fitted", "corrected"):
         part = table[table["values"] == values].drop(columns="values")
         print(f"== map values at the plots: {values.replace('_', ' ')}")
         print_scores(
@@ -195,7 +259,7 @@ def main() -> None:
             print(f"    {q:18s} {r:13s} {100 * v:5.1f} %")
     print(
         f"== wall time {time.perf_counter() - started:.1f} s; draws {loop:.1f} s "
-        f"({args.draws / loop:.2f} draws per second)"
+        f"({args.draws / max(loop, 1e-9):.2f} draws per second)"
     )
 
 
@@ -213,6 +277,9 @@ def _one_draw(
     share: Mapping[str, NDArray[np.float64]],
     covs: list[Coverage],
     cell_ha: float,
+    cell_sample: Mapping[str, NDArray[np.int64]],
+    cell_strata: Mapping[str, NDArray[np.int32]],
+    pi: float,
     rel_sd: float,
     candidate: CandidateName,
     settings: ModelSettings,
@@ -258,17 +325,39 @@ def _one_draw(
         return make_model(candidate, names, settings=settings, seed=seed)
 
     folds = blocked_folds(xm, ym, block_m=settings.cv_block_m, n_folds=settings.cv_folds, seed=seed)
-    oof = out_of_fold(factory, x, target, folds)
+    by_fold = fold_models(factory, x, target, folds)
+    oof = predict_out_of_fold(by_fold, x, folds)
     full = factory().fit(x, target)
     fitted = full.predict(x)
     offsets = {e: c.offset_mg_ha for e, c in epoch_corrections(target, oof, plot_epochs).items()}
     inside = at_plots(np.ones_like(pop.truth[epochs[0]]))
-    in_sample, crossed, means = {}, {}, {}
+    in_sample, crossed, means, corrected = {}, {}, {}, {}
+    corrections = {}
     n = len(centres)
     for j, e in enumerate(epochs):
         grid = np.zeros(pop.truth[e].shape)
         pred = np.clip(full.predict(grids[e]) + offsets.get(e, 0.0), 0.0, None)
         grid.reshape(-1)[cells[e]] = pred * share[e].reshape(-1)[cells[e]]
+        # the fold maps minus the map at the sampled cells (forest share as in the map;
+        # cells without a value are 0 in every map)
+        sub = grids[e].iloc[cell_sample[e]]
+        weight = share[e].reshape(-1)[cells[e][cell_sample[e]]]
+        shifts = np.nan_to_num(
+            np.column_stack(
+                [
+                    (
+                        np.clip(by_fold[k].predict(sub) + offsets.get(e, 0.0), 0.0, None)
+                        - pred[cell_sample[e]]
+                    )
+                    * weight
+                    for k in sorted(by_fold)
+                ]
+            )
+        )
+        corrections[e] = fold_map_correction(
+            design, folds[j * len(centres) : (j + 1) * len(centres)], cell_stratum=cell_strata[e],
+            cell_shift=shifts, cell_ha=cell_ha, inclusion_probability=pi,
+        )  # fmt: skip
         means[e] = (
             np.array([weighted_sum(c, grid) for c in covs]) * cell_ha / design.stratum_area_ha
         )
@@ -278,13 +367,26 @@ def _one_draw(
             fitted[part] + offsets.get(e, 0.0), 0.0, None
         )
         crossed[e] = in_sample[e] + inside * shift
+        corrected[e] = means[e] + corrections[e].mean_per_ha
     rows = []
-    for label, values in (("in_sample", in_sample), ("cross_fitted", crossed)):
+    for label, values, mean in (
+        ("in_sample", in_sample, means),
+        ("cross_fitted", crossed, means),
+        ("corrected", crossed, corrected),
+    ):
         totals = sample_totals(
-            design, plot_values=y, map_at_plots=values, map_stratum_mean=means, epochs=epochs,
+            design, plot_values=y, map_at_plots=values, map_stratum_mean=mean, epochs=epochs,
             stock_unit="Mg C", change_factor=factor, change_unit="t CO2e", confidence=confidence,
         )  # fmt: skip
-        rows.extend((*row, label) for row in rule_rows(d, totals))
+        for row in rule_rows(d, totals):
+            quantity = row[ESTIMATE_COLUMNS.index("quantity")]
+            epoch = quantity.removeprefix("stock_")
+            c = corrections.get(epoch)
+            if label != "corrected" or c is None:
+                rows.append((*row, label, np.nan, np.nan))
+                continue
+            total_c = float(design.stratum_area_ha @ c.mean_per_ha)
+            rows.append((*row, label, total_c, c.total_se(design)))
     return rows
 
 

@@ -19,7 +19,8 @@ The run folder (``outputs/<region>/`` by default)::
     plots/trees.csv, plot_biomass.csv,       plots
       qa.csv
     model/model_card.json,                   model
-      plot_features.csv, models.pkl
+      plot_features.csv, fold_maps.csv,
+      models.pkl
     rasters/<map>_<epoch>.tif                predict (agb, agb_sd, agb_interval, carbon,
                                              carbon_sd, co2e, quality)
     rasters/sink.tif,                        sink
@@ -79,6 +80,19 @@ PLOTS_QA_RELPATH = "plots/qa.csv"
 
 MODEL_CARD_RELPATH = "model/model_card.json"
 PLOT_FEATURES_RELPATH = "model/plot_features.csv"
+#: the map and its fold maps at a systematic sample of forest-land cells, per epoch
+FOLD_MAPS_RELPATH = "model/fold_maps.csv"
+#: prefix of the fold maps' columns of :data:`FOLD_MAPS_RELPATH`
+FOLD_MAP_PREFIX = "agb_fold_"
+#: the columns of :data:`FOLD_MAPS_RELPATH` before the folds' maps
+FOLD_MAP_BASE_COLUMNS = ("epoch", "x_m", "y_m", "model_source", "agb_mg_ha")
+
+
+def fold_map_column(fold: int) -> str:
+    """The column of :data:`FOLD_MAPS_RELPATH` with fold ``fold``'s map (AGB, Mg/ha)."""
+    return f"{FOLD_MAP_PREFIX}{fold}_mg_ha"
+
+
 MODELS_RELPATH = "model/models.pkl"
 
 SINK_RELPATH = "rasters/sink.tif"

@@ -20,25 +20,37 @@ import pandas as pd
 import xarray as xr
 
 from models.biomass import (
+    SOURCE_BASELINE,
     SOURCE_SATELLITE_COMMON,
+    BiomassMapper,
     CellSupport,
     FittedModel,
     ModelSettings,
     SatelliteSource,
     fit_plots,
     fit_satellite_model,
+    fold_map_values,
     lidar_cell_support,
     upscaled_sample,
 )
 from models.datafiles import data_yaml
 from models.errors import ModelDomainError
 from models.landuse import fit_land_use, judge_parcels
+from models.survey.crossfit import systematic_cells
 from pipeline.composite import single_sensor_bands
 from pipeline.config import ModelParams
-from pipeline.contracts import LIDAR_METRICS_RELPATH
+from pipeline.contracts import FOLD_MAP_PREFIX, LIDAR_METRICS_RELPATH, fold_map_column
 from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
-from pipeline.features import focal_mean
-from pipeline.samples import cover_box, land_use_cells, upscaling_cells
+from pipeline.features import focal_mean, grid_extent
+from pipeline.samples import (
+    FOREST_BAND,
+    block_table,
+    cover_box,
+    land_use_cells,
+    sampled_cells,
+    upscaling_cells,
+)
+from pipeline.units import M2_PER_HA
 
 
 def settings_from(params: ModelParams) -> ModelSettings:
@@ -235,3 +247,65 @@ def cell_support(
     except ModelDomainError as err:
         return None, {"skipped": str(err)}
     return cs, cs.describe()
+
+
+def fold_map_sample(
+    mapper: BiomassMapper, stacks: Mapping[str, xr.DataArray], *, target_cells: int, seed: int
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The map and its fold maps (:func:`models.biomass.fold_map_values`, AGB in Mg/ha) at
+    the forest-land cells of a systematic sample of the grid
+    (:func:`models.survey.crossfit.systematic_cells`, about ``target_cells`` cells of the
+    grid, the same cells at every epoch), and its model-card record.
+
+    ``stacks`` are the epochs' predictor stacks as the ``predict`` stage builds them
+    (:func:`pipeline.samples.predictor_stacks`), so a cell's values are the map's. Columns:
+    ``epoch``, ``x_m``, ``y_m`` (the cell's centre), ``model_source``, ``agb_mg_ha`` and
+    ``agb_fold_<k>_mg_ha`` per fold ``k``. Land not yet forest at an epoch holds the
+    baseline stock 0 in every map (``model_source`` 5); a cell without a value is empty in
+    every map.
+    """
+    grid = next(iter(stacks.values()))
+    ny, nx = grid.sizes["y"], grid.sizes["x"]
+    rows, cols, probability = systematic_cells(
+        target_cells=target_cells, candidates=ny * nx, seed=seed
+    )
+    rr, cc = np.meshgrid(np.arange(ny)[rows], np.arange(nx)[cols], indexing="ij")
+    parts = []
+    for epoch, stack in stacks.items():
+        cells = sampled_cells(stack, rr.reshape(-1), cc.reshape(-1))
+        names = [str(b) for b in stack["band"].to_numpy()]
+        table, baseline = block_table(cells[names].to_numpy().T[:, :, None], names=names)
+        forest = (
+            np.ones(len(table), dtype=bool)
+            if FOREST_BAND not in names
+            else (cells[FOREST_BAND] != 0).to_numpy()
+        )
+        full, source, folds = fold_map_values(mapper, table.loc[forest], epoch=epoch)
+        source[baseline[forest]] = SOURCE_BASELINE
+        full[baseline[forest]] = 0.0
+        folds[baseline[forest]] = 0.0
+        part = pd.DataFrame(
+            {
+                "epoch": epoch,
+                "x_m": cells["x_m"].to_numpy()[forest],
+                "y_m": cells["y_m"].to_numpy()[forest],
+                "model_source": source,
+                "agb_mg_ha": full,
+            }
+        )
+        for k in range(folds.shape[1]):
+            part[fold_map_column(k)] = folds[:, k]
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True)
+    _, _, _, _, res_x, res_y = grid_extent(grid)
+    record = {
+        "method": "systematic sample of the grid's cells with a seeded random start; the "
+        "forest-land cells are written (models.survey.crossfit)",
+        "grid_cells": int(rr.size),
+        "forest_cells": {e: int((table["epoch"] == e).sum()) for e in stacks},
+        "spacing_cells": int(rows.step),
+        "inclusion_probability": probability,
+        "cell_ha": abs(res_x * res_y) / M2_PER_HA,
+        "n_folds": int(sum(c.startswith(FOLD_MAP_PREFIX) for c in table.columns)),
+    }
+    return table, record

@@ -11,7 +11,10 @@ tables is in :mod:`models.biomass` and :mod:`models.landuse`):
   model, and the parcels' cells that train and apply the land-use classifier;
 - the LiDAR cover and the single-cell LiDAR metrics of the per-cell uncertainty;
 - the predictor stack of an epoch that the ``predict`` stage maps, cell by cell, and the
-  parcels stage's error model predicts on inside the LiDAR cover (:func:`epoch_stack`).
+  parcels stage's error model predicts on inside the LiDAR cover (:func:`epoch_stack`),
+  with every epoch's forest-land mask (:func:`predictor_stacks`; the ``model`` stage
+  samples the same stacks for its fold maps), and a block of it as a table of cells
+  (:func:`block_table`).
 
 I/O-free like :mod:`pipeline.features`; only :func:`sampled_cells` and the cover
 computations compute Dask arrays, at the size of a sample or of the LiDAR cover.
@@ -20,6 +23,7 @@ computations compute Dask arrays, at the size of a sample or of the LiDAR cover.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -28,19 +32,23 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from models.biomass import thinned_sample
+from models.biomass import BiomassMapper, thinned_sample
 from pipeline.contracts import (
     LIDAR_METRICS_RELPATH,
     MODELS_RELPATH,
     PLOT_BIOMASS_RELPATH,
     TERRAIN_RELPATH,
     composite_relpath,
+    composites_by_epoch,
+    lidar_for_epoch,
+    open_raster,
 )
 from pipeline.errors import InputDataError
 from pipeline.features import (
     class_layers,
     concat_aligned,
     focal_mean,
+    forest_land_mask,
     gather_cells,
     grid_extent,
     parcel_classes,
@@ -48,6 +56,7 @@ from pipeline.features import (
     plot_features,
     predictor_stack,
     support_window_px,
+    terrain_features,
     with_band_names,
 )
 from pipeline.subcompartment import SURVEY_FIELDS, has_record, inventory_layer
@@ -355,3 +364,66 @@ def bundle_class_layers(
             "give the layer the models were fitted with, or rerun the model stage"
         )
     return parcel_layers(spec, parcels, terrain)
+
+
+def block_table(block: np.ndarray, *, names: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """One block's cells as a table (one row per cell, columns ``names``), emptied where
+    :data:`FOREST_BAND` is 0 or negative, and the cells of land not yet forest (negative)."""
+    nb = block.shape[0]
+    table = pd.DataFrame(block.reshape(nb, -1).T.astype(np.float64), columns=list(names))
+    baseline = np.zeros(len(table), dtype=bool)
+    if FOREST_BAND in table.columns:
+        baseline = (table[FOREST_BAND] < 0).to_numpy()
+        table.loc[table[FOREST_BAND] <= 0, [n for n in names if n != FOREST_BAND]] = np.nan
+    return table, baseline
+
+
+def predictor_stacks(
+    bundle: Mapping[str, Any],
+    *,
+    composites: Mapping[str, Any] | Sequence[Any],
+    terrain: xr.DataArray | Path,
+    lidar_metrics: xr.DataArray | Path | None,
+    parcels: gpd.GeoDataFrame | None,
+    epochs: Sequence[str],
+    forest_land_classes: tuple[str, ...],
+) -> dict[str, xr.DataArray]:
+    """Per epoch, the lazy predictor stack (:func:`pipeline.samples.epoch_stack`) the maps
+    of the models of ``bundle`` (``models.pkl``) are predicted from, with the forest-land
+    mask of that epoch; the ``model`` stage samples the same stacks for its fold maps."""
+    mapper: BiomassMapper = bundle["mapper"]
+    comps = composites_by_epoch(composites, epochs)
+    terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
+    lidar: xr.DataArray | None = None
+    lidar_epoch: str | None = None
+    if lidar_metrics is not None and mapper.lidar is not None:
+        lidar_epoch, lidar = lidar_for_epoch(
+            open_raster(lidar_metrics), epochs=epochs, lidar_epoch=mapper.lidar_epoch
+        )
+    # one grid for every epoch: the mask is rasterised once, and again for an epoch at
+    # which some forest-land parcels were not forest yet (the model stage's judgement)
+    forest = (
+        None
+        if parcels is None
+        else forest_land_mask(parcels, terr, land_classes=forest_land_classes)
+    )
+    non_forest: Mapping[str, Sequence[str]] = bundle.get("non_forest_parcels") or {}
+    classes = bundle_class_layers(bundle, parcels, terr)
+    stacks = {}
+    for e in epochs:
+        forest_e = forest
+        if forest is not None and parcels is not None and non_forest.get(e):
+            not_yet = parcels[parcels["parcel_id"].astype(str).isin(non_forest[e])]
+            not_yet_mask = forest_land_mask(not_yet, terr, land_classes=forest_land_classes)
+            # 1 forest land, 0 not forest land, -1 forest land not yet forest at this epoch
+            forest_e = forest.astype(np.int8) - 2 * (forest & not_yet_mask).astype(np.int8)
+        stacks[e] = epoch_stack(
+            comps[e],
+            terr,
+            lidar if e == lidar_epoch else None,
+            epoch=e,
+            support_px=bundle["support_px"],
+            forest=forest_e,
+            classes=classes,
+        )
+    return stacks

@@ -13,6 +13,7 @@ from synthetic_landscape import make_landscape, pixel_table, sample_plots
 
 from models.biomass import (
     SOURCE_LIDAR,
+    SOURCE_SATELLITE_PLOTS,
     SOURCE_SATELLITE_UPSCALED,
     Auxiliary,
     BiomassMapper,
@@ -29,6 +30,7 @@ from models.biomass import (
     cross_fitted_at_plots,
     epoch_corrections,
     epoch_error_correlation,
+    fold_map_values,
     make_model,
     select_and_fit,
     spatial_block_ids,
@@ -487,15 +489,29 @@ def test_cross_fitted_values_are_the_models_own_held_out_predictions_with_the_of
     # an independent reference: refit the chosen candidate fold by fold
     folds = blocked_folds(xy["x_m"][train], xy["y_m"][train], block_m=750.0, n_folds=5, seed=5)
     oof = np.empty(int(train.sum()))
+    refits = {}
     for f in np.unique(folds):
-        fitted = make_model(sat.card["chosen"], SAT_FEATURES, settings=ONE, seed=5).fit(
+        refits[f] = make_model(sat.card["chosen"], SAT_FEATURES, settings=ONE, seed=5).fit(
             table[train][folds != f], obs[train][folds != f]
         )
-        oof[folds == f] = fitted.predict(table[train][folds == f])
+        oof[folds == f] = refits[f].predict(table[train][folds == f])
     np.testing.assert_allclose(out["held_out_mg_ha"][train], np.clip(oof - 4.0, 0, None))
     in_map = mapper.predict(table, epoch="2024")[0].mean
     np.testing.assert_allclose(out["fitted_mg_ha"], in_map)
     np.testing.assert_array_equal(out["held_out_mg_ha"][~train], in_map[~train])
+    # each training plot's fold is the one that held it out; the others have none
+    np.testing.assert_array_equal(out["fold"][train], folds)
+    assert (out["fold"][~train] == -1).all()
+    # the fold maps are the refitted fold models with the map's offset and clipping, the
+    # map itself being unchanged by them (the fold models are dropped for the maps)
+    full, source, by_fold = fold_map_values(mapper, table, epoch="2024")
+    np.testing.assert_array_equal(full, in_map)
+    assert (source == SOURCE_SATELLITE_PLOTS).all() and by_fold.shape == (len(table), len(refits))
+    for f, refit in refits.items():
+        np.testing.assert_allclose(by_fold[:, f], np.clip(refit.predict(table) - 4.0, 0, None))
+    lean = mapper.without_fold_models()
+    assert lean.satellite.fold_models == {} and len(mapper.satellite.fold_models) == len(refits)
+    np.testing.assert_array_equal(lean.predict(table, epoch="2024")[0].mean, in_map)
     # in sample the fit follows the plots: its residuals are smaller than the held-out ones
     r_in = obs[train] - out["fitted_mg_ha"][train]
     r_out = obs[train] - out["held_out_mg_ha"][train]

@@ -34,6 +34,7 @@ from pipeline.config import load_config
 from pipeline.contracts import (
     CREDITS_RELPATH,
     ESTIMATES_RELPATH,
+    FOLD_MAPS_RELPATH,
     MODEL_CARD_RELPATH,
     PARCEL_SINK_CSV_RELPATH,
     PARCEL_SINK_GPKG_RELPATH,
@@ -106,6 +107,17 @@ def test_every_stage_ran_and_wrote_its_outputs(tiny_run):
     assert len(recorded) == len(totals) > 0
     assert np.allclose(recorded["total"], totals["total"], rtol=1e-12, atol=0)
     assert set(recorded["estimator"]) == {"stratified", "difference", "greg"}
+    # the fold maps are made only when the cross-fitted estimate is to be chosen
+    # (stages.estimate.cross_fit, false by default: tests/test_predict.py makes them); the
+    # inventory's cross-fitted rows are then shown uncorrected, not chosen
+    assert FOLD_MAPS_RELPATH in manifest["outputs"]
+    assert pd.read_csv(run / FOLD_MAPS_RELPATH).empty
+    card = json.loads((run / MODEL_CARD_RELPATH).read_text())["fold_maps"]
+    assert card == {"skipped": "stages.estimate.cross_fit is false"}
+    inventory = totals[(totals["sample"] == "inventory") & (totals["estimator"] == "difference")]
+    stocks = inventory[inventory["quantity"].str.startswith("stock_")]
+    assert len(stocks) == 2 and not stocks["chosen"].any()
+    assert not stocks["note"].str.contains("fold maps' correction").any()
 
 
 def test_composite_matches_clear_sky_truth(tiny_run, tiny_data):

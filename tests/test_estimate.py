@@ -8,6 +8,7 @@ that the map's mean over a plot or a frame is a plain numpy mean of cells.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -94,13 +95,14 @@ JOB = EstimateJob(
 )
 
 
-def _outputs(scene: dict, job: EstimateJob = JOB) -> dict[str, pd.DataFrame]:
+def _outputs(scene: dict, job: EstimateJob = JOB, **inputs: Any) -> dict[str, pd.DataFrame]:
     return estimate(
         job,
         plot_biomass=scene["biomass"],
         plot_locations=scene["plots"],
         design=scene["frames"],
         carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
+        **inputs,
     )
 
 
@@ -184,53 +186,121 @@ def test_a_sample_that_trained_the_map_gets_the_plot_only_estimate(scene: dict) 
     assert (assisted["note"].str.startswith("not used: the map was trained")).all()
 
 
-def test_a_sample_that_trained_the_map_is_cross_fitted_by_the_held_out_shift(scene: dict) -> None:
-    """With the model stage's in-sample and held-out predictions at the training plots, the
-    difference estimator uses map + (held-out - fitted) x the carbon factor at each plot."""
+def _cross_fit_inputs(scene: dict, fold_offsets: tuple[float, ...]) -> dict:
+    """The model stage's records for a scene whose plots trained the map: in-sample and
+    held-out predictions with a fold per plot-epoch, and fold maps at every other cell
+    (probability 1/4) equal to the map plus ``fold_offsets[k]`` (Mg/ha AGB) in the west
+    frame and twice that in the east."""
     scene["plots"]["sample"] = "inventory"
     scene["frames"]["sample"] = "inventory"
     rng = np.random.default_rng(7)
     ids = scene["plots"]["plot_id"].tolist()
     features = pd.DataFrame(
         {"plot_id": ids * 2, "epoch": [e for e in EPOCHS for _ in ids],
-         "fitted_mg_ha": rng.uniform(50, 150, 2 * len(ids))}
+         "fitted_mg_ha": rng.uniform(50, 150, 2 * len(ids)),
+         "fold": rng.integers(-1, len(fold_offsets), 2 * len(ids))}
     )  # fmt: skip
     features["held_out_mg_ha"] = features["fitted_mg_ha"] + rng.normal(0, 20, len(features))
-    conversion = {"root_to_shoot": 0.25, "carbon_fraction": 0.47}
-    factor = 1.25 * 0.47
+    r, c = np.meshgrid(np.arange(0, N, 2), np.arange(1, N, 2), indexing="ij")
+    r, c = r.reshape(-1), c.reshape(-1)
+    cells = []
+    for e in EPOCHS:
+        agb = rng.uniform(50, 150, r.size)
+        part = pd.DataFrame(
+            {"epoch": e, "x_m": X0 + RES * (c + 0.5), "y_m": Y1 - RES * (r + 0.5),
+             "model_source": 3, "agb_mg_ha": agb}
+        )  # fmt: skip
+        for k, offset in enumerate(fold_offsets):
+            part[f"agb_fold_{k}_mg_ha"] = agb + offset * np.where(c < 20, 1.0, 2.0)
+        cells.append(part)
+    card = {
+        "conversion": {"root_to_shoot": 0.25, "carbon_fraction": 0.47},
+        "fold_maps": {"cell_ha": 0.01, "inclusion_probability": 0.25},
+    }
+    return {"plot_features": features, "fold_maps": pd.concat(cells), "model_card": card}
 
-    def run(job: EstimateJob) -> pd.DataFrame:
-        return estimate(
-            job,
-            plot_biomass=scene["biomass"],
-            plot_locations=scene["plots"],
-            design=scene["frames"],
-            carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
-            plot_features=features,
-            model_card={"conversion": conversion},
-        )[ESTIMATES_RELPATH].set_index(["quantity", "estimator"])
 
-    table = run(replace(JOB, cross_fit=True))
+def _cross_fitted(scene: dict, job: EstimateJob, inputs: dict) -> pd.DataFrame:
+    return _outputs(scene, job, **inputs)[ESTIMATES_RELPATH].set_index(["quantity", "estimator"])
+
+
+#: the maps' AGB-to-carbon factor of :func:`_cross_fit_inputs`' conversion
+FACTOR_C = 1.25 * 0.47
+
+
+def _cross_fitted_by_hand(scene: dict, features: pd.DataFrame, correction: np.ndarray) -> tuple:
+    """The 2019 difference estimate with held-out values at the plots and the stratum
+    means corrected by ``correction`` (Mg C/ha per stratum, west and east), and its SE."""
     h = _by_hand(scene, "2019")
+    ids = scene["plots"]["plot_id"].tolist()
     f = features[features["epoch"] == "2019"].set_index("plot_id").loc[ids]
-    crossed = h["m"] + (f["held_out_mg_ha"] - f["fitted_mg_ha"]).to_numpy() * factor
+    crossed = h["m"] + (f["held_out_mg_ha"] - f["fitted_mg_ha"]).to_numpy() * FACTOR_C
     e = h["y"] - crossed
-    total = 8.0 * ((h["M"][0] + e[h["west"]].mean()) + (h["M"][1] + e[~h["west"]].mean()))
+    means = h["M"] + correction
+    total = 8.0 * ((means[0] + e[h["west"]].mean()) + (means[1] + e[~h["west"]].mean()))
     var = (
         e[h["west"]].var(ddof=1) / h["west"].sum() + e[~h["west"]].var(ddof=1) / (~h["west"]).sum()
     )
+    return total, 8.0 * np.sqrt(var)
+
+
+def test_a_sample_that_trained_the_map_is_cross_fitted_by_the_held_out_shift(scene: dict) -> None:
+    """With the model stage's in-sample and held-out predictions at the training plots, the
+    difference estimator uses map + (held-out - fitted) x the carbon factor at each plot;
+    fold maps equal to the map leave the stratum means exactly as they are."""
+    inputs = _cross_fit_inputs(scene, fold_offsets=(0.0, 0.0, 0.0))
+    table = _cross_fitted(scene, replace(JOB, cross_fit=True), inputs)
+    total, se = _cross_fitted_by_hand(scene, inputs["plot_features"], np.zeros(2))
     row = table.loc[("stock_2019", "difference")]
-    assert row["total"] == pytest.approx(total, rel=1e-9)
-    assert row["se"] == pytest.approx(8.0 * np.sqrt(var), rel=1e-9)
-    assert row["note"].startswith("cross-fitted")
+    assert row["total"] == pytest.approx(total, rel=1e-12)
+    assert row["se"] == pytest.approx(se, rel=1e-9)
+    assert row["note"].startswith("cross-fitted: ")
+    assert "fold maps' correction +0 Mg C (+0.0%)" in row["note"]
     # the config's rule (GREG here) is chosen again, as for a sample that did not train the map
     chosen = table[table["chosen"]]
     assert set(chosen.index.get_level_values("estimator")) == {"greg"}
-    # by default (stages.estimate.cross_fit false) the same rows are written, not chosen
-    off = run(JOB)
+    # with stages.estimate.cross_fit false the same rows are written, not chosen
+    off = _cross_fitted(scene, JOB, inputs)
     assert off.loc[("stock_2019", "difference"), "total"] == pytest.approx(total, rel=1e-12)
     assert set(off[off["chosen"]].index.get_level_values("estimator")) == {"stratified"}
     assert off.loc[("stock_2019", "difference"), "note"].startswith("cross-fitted, not chosen")
+
+
+def test_the_fold_maps_correct_the_stratum_means_by_their_plots_folds(scene: dict) -> None:
+    """Eq. (2) of models.survey.crossfit against numpy: per stratum, the share of its plots
+    in each fold times that fold map's mean shift over the stratum, here a constant per
+    frame (offset k in the west, 2 x offset k in the east), in carbon."""
+    offsets = (4.0, -2.0, 10.0)
+    inputs = _cross_fit_inputs(scene, fold_offsets=offsets)
+    table = _cross_fitted(scene, replace(JOB, cross_fit=True, estimator="difference"), inputs)
+    f = inputs["plot_features"]
+    f = f[f["epoch"] == "2019"].set_index("plot_id").loc[scene["plots"]["plot_id"], "fold"]
+    west = (scene["plots"]["stratum"] == "west").to_numpy()
+    # the sampled cells are every other column and row: 20 x 20 cells at 1/4 stand for
+    # the 1,600 cells, 800 per frame of 8 ha; a plot of no fold (-1) has no shift
+    shift = np.array([offsets[k] if k >= 0 else 0.0 for k in f])
+    correction = np.array([shift[west].mean(), 2.0 * shift[~west].mean()]) * FACTOR_C
+    total, se = _cross_fitted_by_hand(scene, inputs["plot_features"], correction)
+    row = table.loc[("stock_2019", "difference")]
+    assert abs(correction).max() > 0.5
+    assert row["total"] == pytest.approx(total, rel=1e-12)
+    assert row["se"] == pytest.approx(se, rel=1e-9)  # the correction's own SE is not added
+    assert f"fold maps' correction {8.0 * correction.sum():+,.0f} Mg C" in row["note"]
+    assert table.loc[("stock_2019", "difference"), "chosen"]
+
+
+def test_without_fold_maps_the_cross_fitted_estimate_is_not_chosen(scene: dict) -> None:
+    """A model stage that wrote no fold maps (an older run folder): the cross-fitted rows
+    are written without the correction, and the plot-only estimate is chosen."""
+    inputs = _cross_fit_inputs(scene, fold_offsets=(5.0, 5.0))
+    inputs["plot_features"] = inputs["plot_features"].drop(columns="fold")
+    del inputs["fold_maps"]
+    table = _cross_fitted(scene, replace(JOB, cross_fit=True), inputs)
+    total, _ = _cross_fitted_by_hand(scene, inputs["plot_features"], np.zeros(2))
+    row = table.loc[("stock_2019", "difference")]
+    assert row["total"] == pytest.approx(total, rel=1e-12)
+    assert row["note"].startswith("cross-fitted without the fold maps' population correction")
+    assert set(table[table["chosen"]].index.get_level_values("estimator")) == {"stratified"}
 
 
 def test_sample_plan_is_ar_tool03_eq2_on_the_sample_sds(scene: dict) -> None:

@@ -35,6 +35,7 @@ from models.spatial_error import Correlogram
 from pipeline.config import ModelParams, PredictParams, SinkParams
 from pipeline.contracts import (
     ERROR_CORRELOGRAM_RELPATH,
+    FOLD_MAPS_RELPATH,
     MAP_COVERAGE_RELPATH,
     MODEL_CARD_RELPATH,
     MODELS_RELPATH,
@@ -139,6 +140,7 @@ def scene() -> dict[str, object]:
         upscale_spacing_m=30.0,
         min_lidar_plots=20,
         satellite_training="lidar_upscaled",
+        fold_map_cells=N * N // 9,  # every third cell in each direction
     )
     job = ModelJob(
         params=params,
@@ -146,6 +148,7 @@ def scene() -> dict[str, object]:
         seed=7,
         crs=CRS,
         forest_land_classes=PredictParams().forest_land_classes,
+        fold_maps=True,  # as with stages.estimate.cross_fit: true
     )
     inputs = {
         "plot_biomass": plot_biomass,
@@ -160,7 +163,9 @@ def scene() -> dict[str, object]:
 
 def test_model_stage_outputs_and_card(scene: dict) -> None:
     out = scene["out"]
-    assert set(out) == {MODEL_CARD_RELPATH, PLOT_FEATURES_RELPATH, MODELS_RELPATH}
+    assert set(out) == {
+        MODEL_CARD_RELPATH, PLOT_FEATURES_RELPATH, FOLD_MAPS_RELPATH, MODELS_RELPATH,
+    }  # fmt: skip
     card = out[MODEL_CARD_RELPATH]
     assert card["satellite_source"] == "lidar_upscaled" and card["lidar_epoch"] == "2019"
     lid = card["lidar_model"]
@@ -235,6 +240,42 @@ def test_predict_outputs_are_lazy_with_crs_and_model_source(maps: dict) -> None:
     rel = sd.sel(band="agb_sd_support").to_numpy() / maps[map_relpath("agb", "2019")].to_numpy()[0]
     # the flag judges the window estimate, not the cell's within-window variation
     np.testing.assert_array_equal(good == 1, rel < 0.2)
+
+
+def test_fold_maps_are_the_predict_stages_map_and_its_fold_models_at_a_systematic_sample(
+    scene: dict, maps: dict
+) -> None:
+    """``model/fold_maps.csv``: at every third cell of the grid (no parcel layer: all land),
+    the map's AGB as the predict stage maps it, and per fold the map with the fold models
+    (LiDAR model in its cover at 2019, the satellite model trained on the LiDAR sample alone
+    elsewhere, which the plots never trained: there the fold maps are the map)."""
+    out = scene["out"]
+    cells, record = out[FOLD_MAPS_RELPATH], out[MODEL_CARD_RELPATH]["fold_maps"]
+    assert record["spacing_cells"] == 3 and record["inclusion_probability"] == pytest.approx(1 / 9)
+    assert record["cell_ha"] == pytest.approx(RES * RES / 1e4)
+    folds = [c for c in cells.columns if c.startswith("agb_fold_")]
+    assert len(folds) == record["n_folds"] >= 2
+    for e in EPOCHS:
+        part = cells[cells["epoch"] == e]
+        assert len(part) == record["forest_cells"][e] == record["grid_cells"]
+        assert (N // 3) ** 2 <= len(part) <= (N // 3 + 1) ** 2
+        agb = maps[map_relpath("agb", e)]
+        at = agb.sel(
+            x=xr.DataArray(part["x_m"].to_numpy(), dims="cell"),
+            y=xr.DataArray(part["y_m"].to_numpy(), dims="cell"),
+        ).compute()
+        np.testing.assert_allclose(part["agb_mg_ha"], at.to_numpy()[0], rtol=1e-5)
+        q = maps[map_relpath("quality", e)].sel(band="model_source")
+        source = q.sel(
+            x=xr.DataArray(part["x_m"].to_numpy(), dims="cell"),
+            y=xr.DataArray(part["y_m"].to_numpy(), dims="cell"),
+        ).compute()
+        np.testing.assert_array_equal(part["model_source"], source.to_numpy())
+        satellite = (part["model_source"] == SOURCE_SATELLITE_UPSCALED).to_numpy()
+        shift = part[folds].to_numpy() - part[["agb_mg_ha"]].to_numpy()
+        assert (shift[satellite] == 0.0).all()
+        if e == "2019":  # the LiDAR model's fold models differ from it in its cover
+            assert (~satellite).any() and (np.abs(shift[~satellite]) > 0).mean() > 0.9
 
 
 def test_carbon_and_co2e_follow_the_conversion_factors(scene: dict, maps: dict) -> None:

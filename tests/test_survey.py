@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from models.errors import SurveyError
 from models.survey.assisted import difference_estimate, greg_estimate, post_stratified_estimate
+from models.survey.crossfit import fold_map_correction, fold_shares, systematic_cells
 from models.survey.design import (
     StratifiedDesign,
     relative_efficiency,
@@ -334,3 +336,98 @@ def test_errors_name_the_problem() -> None:
         difference_estimate(design, y, y, [1.0])
     with pytest.raises(ValueError, match="confidence must be in"):
         stratified_estimate(design, y, confidence=90)
+
+
+def _fold_population() -> dict:
+    """Two strata of a 40 x 60 grid of 0.01 ha cells (west: columns < 20, east: the rest),
+    a full map and three fold maps, each fold map the full map plus a constant per stratum
+    and fold and a zero-mean pattern that a grid of spacing 2 samples exactly."""
+    rng = np.random.default_rng(11)
+    rows, cols = 40, 60
+    full = rng.uniform(20, 200, (rows, cols))
+    offset = np.array([[3.0, -1.0, 5.0], [-2.0, 4.0, 0.5]])  # (stratum, fold)
+    stratum = np.where(np.arange(cols) < 20, 0, 1)[None, :].repeat(rows, axis=0)
+    checker = np.where((np.add.outer(np.arange(rows), np.arange(cols)) % 2) == 0, 1.0, -1.0)
+    folds = np.stack([full + offset[stratum, k] for k in range(3)], axis=-1)
+    folds[..., 1] += 7.0 * checker  # averages to 0 over each stratum and each 2 x 2 block
+    design = StratifiedDesign.from_labels(
+        ["w"] * 5 + ["e"] * 8, {"w": rows * 20 * 0.01, "e": rows * 40 * 0.01}
+    )
+    # plots of the west: folds 0, 0, 1, 2, none; of the east: 0, 1, 1, 1, 2, 2, 2, 2
+    plot_fold = np.array([0, 0, 1, 2, -1, 0, 1, 1, 1, 2, 2, 2, 2])
+    return {"full": full, "folds": folds, "stratum": stratum, "offset": offset,
+            "design": design, "plot_fold": plot_fold}  # fmt: skip
+
+
+def test_fold_map_correction_is_the_share_weighted_fold_offset() -> None:
+    """Eq. (2) in closed form: the fold maps differ from the map by a constant per stratum
+    and fold (the checker pattern averages out), so c_h = sum_k (n_hk / n_h) offset_hk, as
+    a census (probability 1) gives it; a systematic grid of spacing 2 (probability 1/4)
+    sees one sign of the pattern, and its four random starts average to the same."""
+    p = _fold_population()
+    design = p["design"]
+    shares = np.array([[2 / 5, 1 / 5, 1 / 5], [1 / 8, 3 / 8, 4 / 8]])
+    np.testing.assert_allclose(fold_shares(design, p["plot_fold"], 3), shares)
+    expected = (shares * p["offset"]).sum(axis=1)
+    shift = (p["folds"] - p["full"][..., None]).reshape(-1, 3)
+    census = fold_map_correction(
+        design, p["plot_fold"], cell_stratum=p["stratum"].reshape(-1), cell_shift=shift,
+        cell_ha=0.01, inclusion_probability=1.0,
+    )  # fmt: skip
+    np.testing.assert_allclose(census.mean_per_ha, expected, rtol=1e-12)
+    np.testing.assert_array_equal(census.se_per_ha, 0.0)  # a census has no sampling error
+    # a systematic grid of spacing 2: each start samples one sign of the checker pattern,
+    # so one start is off by +-7 x the fold-1 share; the four starts average to the truth
+    starts = []
+    for r0 in (0, 1):
+        for c0 in (0, 1):
+            cells = np.zeros(p["full"].shape, dtype=bool)
+            cells[r0::2, c0::2] = True
+            sub = fold_map_correction(
+                design, p["plot_fold"], cell_stratum=p["stratum"][cells],
+                cell_shift=(p["folds"] - p["full"][..., None])[cells], cell_ha=0.01,
+                inclusion_probability=0.25,
+            )  # fmt: skip
+            sign = 1.0 if (r0 + c0) % 2 == 0 else -1.0
+            np.testing.assert_allclose(
+                sub.mean_per_ha, expected + sign * 7.0 * shares[:, 1], rtol=1e-12
+            )
+            # eq. (4) by hand: (1 - pi) sum (a D / pi)^2 / A^2 per stratum
+            d = ((p["folds"] - p["full"][..., None])[cells] * shares[p["stratum"][cells]]).sum(1)
+            h = p["stratum"][cells]
+            var = [
+                0.75 * np.sum((0.01 * d[h == s] / 0.25) ** 2) / design.stratum_area_ha[s] ** 2
+                for s in (0, 1)
+            ]
+            np.testing.assert_allclose(sub.se_per_ha, np.sqrt(var), rtol=1e-12)
+            starts.append(sub.mean_per_ha)
+    np.testing.assert_allclose(np.mean(starts, axis=0), expected, rtol=1e-12)
+
+
+def test_fold_maps_equal_to_the_map_need_no_correction() -> None:
+    p = _fold_population()
+    out = fold_map_correction(
+        p["design"], p["plot_fold"], cell_stratum=p["stratum"].reshape(-1),
+        cell_shift=np.zeros((p["full"].size, 3)), cell_ha=0.01, inclusion_probability=0.1,
+    )  # fmt: skip
+    assert (out.mean_per_ha == 0.0).all() and (out.se_per_ha == 0.0).all()
+
+
+def test_fold_map_correction_refuses_folds_beyond_the_fold_maps() -> None:
+    p = _fold_population()
+    with pytest.raises(SurveyError, match="plot_fold must be in"):
+        fold_map_correction(
+            p["design"], p["plot_fold"] + 1, cell_stratum=p["stratum"].reshape(-1),
+            cell_shift=np.zeros((p["full"].size, 3)), cell_ha=0.01, inclusion_probability=1.0,
+        )  # fmt: skip
+
+
+def test_systematic_cells_take_about_the_target_with_a_seeded_start() -> None:
+    rows, cols, pi = systematic_cells(target_cells=1000, candidates=100 * 100, seed=3)
+    assert rows.step == cols.step == 3 and pi == pytest.approx(1 / 9)
+    assert 0 <= rows.start < 3 and 0 <= cols.start < 3
+    grid = np.zeros((100, 100))
+    grid[rows, cols] = 1
+    assert grid.sum() == pytest.approx(100 * 100 * pi, rel=0.1)
+    assert systematic_cells(target_cells=1000, candidates=100 * 100, seed=3) == (rows, cols, pi)
+    assert systematic_cells(target_cells=10**6, candidates=100, seed=3)[2] == 1.0

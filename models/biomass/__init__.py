@@ -59,6 +59,7 @@ from models.biomass.mapping import (
     SatelliteSource,
     accuracy_at_plots,
     cross_fitted_at_plots,
+    fold_map_values,
 )
 from models.biomass.selection import FittedModel, fit_plots, select_and_fit
 from models.biomass.uncertainty import (
@@ -76,7 +77,8 @@ from models.biomass.validation import (
     accuracy,
     block_keys,
     blocked_folds,
-    out_of_fold,
+    fold_models,
+    predict_out_of_fold,
     random_folds,
     spatial_block_ids,
     training_set,
@@ -120,9 +122,11 @@ __all__ = [
     "epoch_error_correlation",
     "fit_plots",
     "fit_satellite_model",
+    "fold_map_values",
+    "fold_models",
     "lidar_cell_support",
     "make_model",
-    "out_of_fold",
+    "predict_out_of_fold",
     "random_folds",
     "select_and_fit",
     "spatial_block_ids",

@@ -15,8 +15,8 @@ widens them to one cell).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from models.biomass.selection import FittedModel
 from models.biomass.uncertainty import CellSupport, Prediction
 from models.biomass.validation import accuracy
+from models.survey.crossfit import NO_FOLD
 
 #: codes of the ``model_source`` quality band
 SOURCE_NONE = 0
@@ -100,6 +101,31 @@ class BiomassMapper:
     cell_support: CellSupport | None = None
     common: FittedModel | None = None
     common_epoch_offsets: dict[str, float] = field(default_factory=dict)
+
+    def without_fold_models(self) -> BiomassMapper:
+        """The same rule with the models' fold models dropped (:class:`FittedModel`): what
+        the maps need, a fraction of the size."""
+
+        def strip(fitted: FittedModel | None) -> FittedModel | None:
+            return None if fitted is None else fitted.without_fold_models()
+
+        return replace(
+            self,
+            satellite=self.satellite.without_fold_models(),
+            lidar=strip(self.lidar),
+            common=strip(self.common),
+        )
+
+    def models_by_source(self) -> dict[int, tuple[FittedModel | None, dict[str, float], bool]]:
+        """Per ``model_source`` code of a model: the model, its epoch offsets and whether
+        the map clips its prediction at 0 (as :meth:`predict` applies them)."""
+        return {
+            SATELLITE_SOURCE_CODES[self.satellite_source]: (
+                self.satellite, self.epoch_offsets, True
+            ),
+            SOURCE_SATELLITE_COMMON: (self.common, self.common_epoch_offsets, True),
+            SOURCE_LIDAR: (self.lidar, {}, False),
+        }  # fmt: skip
 
     def sources(self, table: pd.DataFrame, *, epoch: str) -> NDArray[np.uint8]:
         """The ``model_source`` code each row of ``table`` gets: the first model of LiDAR
@@ -204,39 +230,36 @@ def cross_fitted_at_plots(
     ``training`` pairs each fitted model with its training rows (columns ``plot_id`` and
     ``epoch``); a plot-epoch a model did not train on keeps its prediction, which is then
     out of sample already. Returns ``plot_id``, ``epoch``, ``model_source``,
-    ``fitted_mg_ha`` (the map's rule, in sample) and ``held_out_mg_ha`` (cross-fitted) per
-    row of ``table``.
+    ``fitted_mg_ha`` (the map's rule, in sample), ``held_out_mg_ha`` (cross-fitted) and
+    ``fold`` (the spatial-CV fold of the model that maps the plot in which it was held
+    out; :data:`NO_FOLD` where the value is out of sample already) per row of ``table``.
 
     The epoch offsets are means of all plots' held-out residuals, so they keep a share 1/n
     of each plot's own residual: a second-order term left in, as in the map.
     """
-    held: dict[int, dict[tuple[str, str], float]] = {}
+    held: dict[int, dict[tuple[str, str], tuple[float, int]]] = {}
     for fitted, rows in training:
-        if fitted is None or fitted.card.get("auxiliary_share") == 1.0:
+        if not _plot_trained(fitted):
             continue  # plots scored it but never trained it
         oofs = [float(r["predicted"]) for r in fitted.card["cv_predictions"]]
+        folds = [-1] * len(oofs) if fitted.folds is None else fitted.folds.tolist()
         trained = zip(rows["plot_id"].astype(str), rows["epoch"].astype(str), strict=True)
-        held[id(fitted)] = dict(zip(trained, oofs, strict=True))
-    # per source code: the model, its epoch offsets, and whether the map clips it at 0
-    models: dict[int, tuple[FittedModel | None, dict[str, float], bool]] = {
-        SATELLITE_SOURCE_CODES[mapper.satellite_source]: (
-            mapper.satellite, mapper.epoch_offsets, True
-        ),
-        SOURCE_SATELLITE_COMMON: (mapper.common, mapper.common_epoch_offsets, True),
-        SOURCE_LIDAR: (mapper.lidar, {}, False),
-    }  # fmt: skip
+        held[id(fitted)] = dict(zip(trained, zip(oofs, folds, strict=True), strict=True))
+    models = mapper.models_by_source()
     parts = []
     for epoch in epochs:
         rows = table.loc[table["epoch"].astype(str) == epoch]
         pred, source = mapper.predict(rows, epoch=epoch)
         out = pred.mean.copy()
+        fold = np.full(len(rows), NO_FOLD, dtype=np.int64)
         keys = list(zip(rows["plot_id"].astype(str), [epoch] * len(rows), strict=True))
         for i, (code, key) in enumerate(zip(source, keys, strict=True)):
             fitted, offsets, clipped = models.get(int(code), (None, {}, False))
             oof = held.get(id(fitted), {}).get(key) if fitted is not None else None
             if oof is not None:
-                shifted = oof + offsets.get(epoch, 0.0)
+                shifted = oof[0] + offsets.get(epoch, 0.0)
                 out[i] = max(shifted, 0.0) if clipped else shifted
+                fold[i] = oof[1]
         parts.append(
             pd.DataFrame(
                 {
@@ -245,7 +268,47 @@ def cross_fitted_at_plots(
                     "model_source": source,
                     "fitted_mg_ha": pred.mean,
                     "held_out_mg_ha": out,
+                    "fold": fold,
                 }
             )
         )
     return pd.concat(parts, ignore_index=True)
+
+
+def _plot_trained(fitted: FittedModel | None) -> TypeGuard[FittedModel]:
+    """Whether the field plots trained ``fitted`` (not: absent, or trained on auxiliary
+    samples alone, the plots only scoring it)."""
+    return fitted is not None and fitted.card.get("auxiliary_share") != 1.0
+
+
+def fold_map_values(
+    mapper: BiomassMapper, table: pd.DataFrame, *, epoch: str
+) -> tuple[NDArray[np.float64], NDArray[np.uint8], NDArray[np.float64]]:
+    """The map rule and its fold maps at the rows of ``table`` (AGB, Mg/ha): the map's
+    value, its ``model_source`` code, and per fold ``k`` the value of the fold map
+    ``map_{-k}`` (array ``(rows, K)``, ``K`` the most folds of any model).
+
+    ``map_{-k}`` is the map rule with every model the plots trained replaced by its fold-k
+    model (:attr:`FittedModel.fold_models`), with the same source per row, epoch offsets
+    and clipping as the map (:meth:`BiomassMapper.predict`); a model the plots did not
+    train, or one with fewer than ``k + 1`` folds, keeps its full fit. The fold maps'
+    population means are what the cross-fitted difference estimator needs
+    (:mod:`models.survey.crossfit`): the fold of a plot is the fold in which the model that
+    maps it held it out (``fold`` of :func:`cross_fitted_at_plots`), so group ``k`` of the
+    plots is every plot held out in fold ``k`` of its own model, and ``map_{-k}`` is fitted
+    without each of them by the model that maps it.
+    """
+    pred, source = mapper.predict(table, epoch=epoch)
+    models = mapper.models_by_source()
+    n_folds = max(
+        (len(m.fold_models) for m, _, _ in models.values() if _plot_trained(m)), default=0
+    )
+    folds = np.repeat(pred.mean[:, None], n_folds, axis=1)
+    for code, (fitted, offsets, clipped) in models.items():
+        rows = source == code
+        if not _plot_trained(fitted) or not rows.any():
+            continue
+        for k, model in fitted.fold_models.items():
+            value = model.predict(table.loc[rows]) + offsets.get(epoch, 0.0)
+            folds[rows, k] = np.clip(value, 0.0, None) if clipped else value
+    return pred.mean, source, folds

@@ -10,7 +10,7 @@ same predictions bit for bit.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,8 @@ from models.biomass.validation import (
     Auxiliary,
     accuracy,
     blocked_folds,
-    out_of_fold,
+    fold_models,
+    predict_out_of_fold,
     random_folds,
     spatial_block_ids,
     training_set,
@@ -41,15 +42,28 @@ FloatArray = NDArray[np.float64]
 
 @dataclass
 class FittedModel:
-    """A selected model fitted on all data, with its calibration and validation record."""
+    """A selected model fitted on all data, with its calibration and validation record.
+
+    ``folds`` is the spatial-CV fold of each training sample (``None`` when unknown) and
+    ``fold_models`` the model of each fold, fitted without it (the chosen candidate's
+    cross-validation models), for cross-fitted estimation
+    (:func:`models.biomass.fold_map_values`); :meth:`without_fold_models` drops them where
+    only the map is needed.
+    """
 
     model: BiomassModel
     calibration: ConformalCalibration
     card: dict[str, Any]
+    folds: NDArray[np.int64] | None = None
+    fold_models: dict[int, BiomassModel] = field(default_factory=dict)
 
     @property
     def features(self) -> tuple[str, ...]:
         return self.model.features
+
+    def without_fold_models(self) -> FittedModel:
+        """The same fitted model without its fold models (smaller, for the maps)."""
+        return replace(self, fold_models={})
 
     def predict(self, x: pd.DataFrame) -> Prediction:
         mean = self.model.predict(x)
@@ -105,6 +119,7 @@ def select_and_fit(
         aux_r = np.full(len(auxiliary.agb_mg_ha), -1, dtype=np.int64)  # random split: all
     results: dict[str, Any] = {}
     oof: dict[CandidateName, FloatArray] = {}
+    folds_of: dict[CandidateName, dict[int, BiomassModel]] = {}
     for name in settings.candidates:
         if not candidate_applicable(name, features, settings):
             results[name] = {"skipped": "needs LiDAR height and cover features"}
@@ -114,11 +129,12 @@ def select_and_fit(
             return make_model(name, features, settings=settings, seed=seed)
 
         try:
-            pred_b = out_of_fold(factory, x, y, folds_b, auxiliary, aux_b)
+            models = fold_models(factory, x, y, folds_b, auxiliary, aux_b)
+            pred_b = predict_out_of_fold(models, x, folds_b)
         except ModelDomainError as err:
             results[name] = {"skipped": str(err)}
             continue
-        oof[name] = pred_b
+        oof[name], folds_of[name] = pred_b, models
         results[name] = {"spatial_cv": accuracy(y, pred_b)}
     if not oof:
         raise ModelDomainError(
@@ -126,17 +142,15 @@ def select_and_fit(
         )
     chosen: CandidateName = min(oof, key=lambda n: results[n]["spatial_cv"]["rmse_mg_ha"])
     # the random split, for the chosen candidate: what an unblocked CV would have claimed
-    results[chosen]["random_cv"] = accuracy(
+    random_models = fold_models(
+        lambda: make_model(chosen, features, settings=settings, seed=seed),
+        x,
         y,
-        out_of_fold(
-            lambda: make_model(chosen, features, settings=settings, seed=seed),
-            x,
-            y,
-            folds_r,
-            auxiliary,
-            aux_r,
-        ),
+        folds_r,
+        auxiliary,
+        aux_r,
     )
+    results[chosen]["random_cv"] = accuracy(y, predict_out_of_fold(random_models, x, folds_r))
     every = np.ones(len(y), dtype=bool)
     all_aux = None if auxiliary is None else np.ones(len(auxiliary.agb_mg_ha), dtype=bool)
     model = make_model(chosen, features, settings=settings, seed=seed).fit(
@@ -164,7 +178,7 @@ def select_and_fit(
             for o, q, a, b in zip(y, oof[chosen], x_m, y_m, strict=True)
         ],
     }
-    return FittedModel(model, cal, card)
+    return FittedModel(model, cal, card, folds=folds_b, fold_models=folds_of[chosen])
 
 
 def fit_plots(

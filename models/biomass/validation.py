@@ -124,22 +124,32 @@ def training_set(
     return table, y, np.concatenate([np.ones(n_p), np.full(n_a, w_aux)])
 
 
-def out_of_fold(
+def fold_models(
     factory: Callable[[], BiomassModel],
     x: pd.DataFrame,
     agb_mg_ha: FloatArray,
     folds: NDArray[np.int64],
     auxiliary: Auxiliary | None = None,
     aux_folds: NDArray[np.int64] | None = None,
-) -> FloatArray:
-    """Out-of-fold predictions at the plots: each fold predicted by a model fitted on the
-    other folds' plots and auxiliary samples (see :class:`Auxiliary`)."""
-    pred = np.full(len(x), np.nan)
+) -> dict[int, BiomassModel]:
+    """Per fold, the model fitted without that fold's plots and auxiliary samples (see
+    :class:`Auxiliary`): the fold models of the cross-validation."""
+    models = {}
     for f in np.unique(folds):
-        test = folds == f
         aux_rows = None if aux_folds is None else aux_folds != f
-        tx, ty, tw = training_set(x, agb_mg_ha, ~test, auxiliary, aux_rows)
-        model = factory().fit(tx, ty, tw)
+        tx, ty, tw = training_set(x, agb_mg_ha, folds != f, auxiliary, aux_rows)
+        models[int(f)] = factory().fit(tx, ty, tw)
+    return models
+
+
+def predict_out_of_fold(
+    models: dict[int, BiomassModel], x: pd.DataFrame, folds: NDArray[np.int64]
+) -> FloatArray:
+    """Out-of-fold predictions: each row of ``x`` predicted by the model of its fold, fitted
+    without it (:func:`fold_models`)."""
+    pred = np.full(len(x), np.nan)
+    for f, model in models.items():
+        test = folds == f
         pred[test] = model.predict(x.loc[test])
     return pred
 

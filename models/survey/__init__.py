@@ -12,6 +12,9 @@ pixels. This package holds that science, as pure functions on numpy arrays:
   stock change from re-measured plots (CDM AR-TOOL14; Cochran 1977 ch. 5);
 - :mod:`models.survey.assisted`: model-assisted estimators with a wall-to-wall map as the
   auxiliary variable (difference, GREG, post-stratification; Särndal et al. 1992 ch. 6-7);
+- :mod:`models.survey.crossfit`: the cross-fitted difference estimator for plots that also
+  trained the map (double machine learning, Chernozhukov et al. 2018): the fold maps'
+  correction of the map's stratum means, from a sample of cells;
 - :mod:`models.survey.hybrid`: hybrid inference when LiDAR covers only a sample of the
   area (Ståhl et al. 2016);
 - :mod:`models.survey.sample_size`: the number of plots and its allocation to strata

@@ -43,15 +43,28 @@ valid variance, only when the map's values at the sample plots do not depend on 
 sample (Särndal et al. 1992 §6.3). The ``model`` stage trains the maps on every plot except
 the project's monitoring sample, so the project's estimates use the map as it is. At the
 plots that trained it (the region's inventory) the map's values are in-sample fits, whose
-residuals understate the variance several-fold; there the stage cross-fits: each training
-plot's map value is shifted by the difference between the cross-fitted and the in-sample
-prediction of the model that maps it (``held_out_mg_ha - fitted_mg_ha`` of
-``model/plot_features.csv``, the spatially blocked out-of-fold prediction, converted to
-carbon by the model card's factors and weighted by the plot's share inside its frame;
-:func:`models.biomass.cross_fitted_at_plots`), and its row says so (``note``). Without
-those columns (a run folder of an older model stage) the plot-only ``stratified``
-estimate is chosen for such a sample, and the model-assisted rows say why they are not
-used.
+residuals understate the variance several-fold; there the stage cross-fits (the difference
+estimator of double machine learning, :mod:`models.survey.crossfit`):
+
+* each training plot's map value is shifted by the difference between the cross-fitted and
+  the in-sample prediction of the model that maps it (``held_out_mg_ha - fitted_mg_ha`` of
+  ``model/plot_features.csv``, the spatially blocked out-of-fold prediction, converted to
+  carbon by the model card's factors and weighted by the plot's share inside its frame;
+  :func:`models.biomass.cross_fitted_at_plots`);
+* each stratum's map mean is corrected by the fold maps' (``model/fold_maps.csv``: the map
+  and the map of each fold's models at a systematic sample of forest-land cells): the
+  share of the stratum's plots in fold ``k`` (``fold`` of ``plot_features.csv``) times
+  fold ``k``'s map mean minus the map's, over the sampled cells whose centre lies in the
+  stratum's frame (:func:`models.survey.crossfit.fold_map_correction`). The stock change
+  takes the corrected means of both epochs.
+
+The rows say so (``note``), with the correction of the total and its own sampling SE from
+the cell sample, which the estimate's SE leaves out: with tens of thousands of cells it is
+a few tenths of a percent of it (the demo: see docs/estimation.md). They are chosen when
+``stages.estimate.cross_fit`` is true. Without ``fold_maps.csv`` (a run folder of an
+older model stage) they are written without the correction and not chosen; without the
+held-out columns neither; the plot-only ``stratified`` estimate is then chosen for such a
+sample, and the model-assisted rows say why.
 
 A region without ``sources.plot_design`` gets an empty table; the credits stage then falls
 back to the map and says so.
@@ -72,11 +85,13 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 import xarray as xr
 
 from models.allometry import co2_per_c
 from models.errors import SurveyError
 from models.plot_biomass import carbon_per_agb
+from models.survey.crossfit import NO_FOLD, NO_STRATUM, FoldCorrection, fold_map_correction
 from models.survey.design import StratifiedDesign, relative_half_width
 from models.survey.sample_size import ar_tool03_sample_size
 from models.survey.totals import (
@@ -91,6 +106,8 @@ from models.survey.totals import (
 from pipeline.config import Config
 from pipeline.contracts import (
     ESTIMATES_RELPATH,
+    FOLD_MAP_PREFIX,
+    FOLD_MAPS_RELPATH,
     MODEL_CARD_RELPATH,
     PLOT_BIOMASS_RELPATH,
     PLOT_FEATURES_RELPATH,
@@ -126,14 +143,22 @@ IN_SAMPLE_NOTE = (
     "not used: the map was trained on these plots, so their residuals understate the variance"
 )
 #: how a model-assisted estimate of a sample that trained the map was made valid
-CROSS_FITTED_NOTE = "cross-fitted: out-of-fold map values at the plots that trained the map"
-#: why it is not chosen unless ``stages.estimate.cross_fit`` asks
-CROSS_FIT_OFF_NOTE = (
-    "cross-fitted, not chosen (stages.estimate.cross_fit is false): the fold models can "
-    "differ systematically from the map fitted on all plots (docs/estimation.md)"
+CROSS_FITTED_NOTE = (
+    "cross-fitted: out-of-fold map values at the plots that trained the map, and the fold "
+    "maps' stratum means (models.survey.crossfit)"
 )
-#: the columns of ``model/plot_features.csv`` that cross-fitting needs
+#: why it is not chosen unless ``stages.estimate.cross_fit`` asks
+CROSS_FIT_OFF_NOTE = "cross-fitted, not chosen (stages.estimate.cross_fit is false)"
+#: why it is not chosen when the model stage wrote no fold maps
+NO_FOLD_MAPS_NOTE = (
+    "cross-fitted without the fold maps' population correction (the model stage wrote no "
+    f"{FOLD_MAPS_RELPATH}), not chosen: the fold models can differ systematically from the "
+    "map fitted on all plots (docs/estimation.md)"
+)
+#: the columns of ``model/plot_features.csv`` that cross-fitting needs, and the one the
+#: fold maps' correction needs besides (each plot's fold)
 CROSS_FIT_COLUMNS = ("plot_id", "epoch", "fitted_mg_ha", "held_out_mg_ha")
+FOLD_COLUMN = "fold"
 
 
 @dataclass(frozen=True)
@@ -196,6 +221,7 @@ def estimate_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         "plot_locations": config.sources.plot_locations,
         "design": config.sources.plot_design,
         "plot_features": layout.path(PLOT_FEATURES_RELPATH),
+        "fold_maps": layout.path(FOLD_MAPS_RELPATH),
         "model_card": layout.path(MODEL_CARD_RELPATH),
         **{f"carbon.{e.name}": layout.path(map_relpath("carbon", e.name)) for e in config.epochs},
     }
@@ -317,6 +343,7 @@ def estimate(
     design: gpd.GeoDataFrame | None = None,
     carbon: Mapping[str, xr.DataArray] | None = None,
     plot_features: pd.DataFrame | None = None,
+    fold_maps: pd.DataFrame | None = None,
     model_card: Mapping[str, Any] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The ``estimate`` stage: ``estimates/totals.csv``."""
@@ -354,8 +381,8 @@ def estimate(
     plot_area_ha = (
         float(plot_biomass["plot_area_ha"].median()) if "plot_area_ha" in plot_biomass else None
     )
-    shifts = _cross_fit_shifts(plot_features, model_card)
-    context = _Context(job, values, maps, cover, cell_ha, grid_shape, shifts)
+    cross_fit = _cross_fit(plot_features, fold_maps, model_card)
+    context = _Context(job, values, maps, cover, cell_ha, grid_shape, str(grid.rio.crs), cross_fit)
     for name, frames in design.groupby("sample", sort=True):
         plots = plot_locations[plot_locations["sample"] == name].reset_index(drop=True)
         plots = plots[plots["plot_id"].isin(values.index)].reset_index(drop=True)
@@ -401,7 +428,9 @@ class _Context:
     cover: Any
     cell_ha: float
     grid_shape: tuple[int, int]
-    shifts: dict[str, pd.Series] | None
+    #: the maps' CRS, that of the fold maps' cell coordinates
+    crs: str
+    cross_fit: _CrossFit | None
 
 
 def _sample_rows(
@@ -414,7 +443,7 @@ def _sample_rows(
     note: str = "",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One sample's rows of ``totals.csv`` and of ``sample_plan.csv``."""
-    job, values, maps, shifts = context.job, context.values, context.maps, context.shifts
+    job, values, maps, cross_fit = context.job, context.values, context.maps, context.cross_fit
     cover, cell_ha, grid_shape = context.cover, context.cell_ha, context.grid_shape
     rows: list[dict[str, Any]] = []
     plan: list[dict[str, Any]] = []
@@ -427,18 +456,6 @@ def _sample_rows(
     plot_share = [shares[h] for h in sample_design.plot_stratum]
     at_plots = {e: _at_plots(plot_cover, plot_share, maps[e]) for e in job.epochs}
     project = name == PROJECT_SAMPLE or name.startswith(f"{PROJECT_SAMPLE}:")
-    assisted_note, may_assist = "", True
-    if not project:
-        assisted_note, may_assist = IN_SAMPLE_NOTE, False
-        if shifts is not None:
-            assisted_note = CROSS_FITTED_NOTE if job.cross_fit else CROSS_FIT_OFF_NOTE
-            may_assist = job.cross_fit
-            inside = _at_plots(plot_cover, plot_share, np.ones(grid_shape))
-            for e in job.epochs:
-                shift = shifts.get(e, pd.Series(dtype=np.float64))
-                at_plots[e] = at_plots[e] + inside * np.nan_to_num(
-                    shift.reindex(plots["plot_id"].astype(str)).to_numpy(dtype=np.float64)
-                )
     frame_means = {
         e: np.array([weighted_sum(c, maps[e]) for c in frame_cover])
         * cell_ha
@@ -446,6 +463,33 @@ def _sample_rows(
         for e in job.epochs
     }
     y = {e: values.reindex(plots["plot_id"])[e].to_numpy(dtype=np.float64) for e in job.epochs}
+    assisted_note, may_assist = "", True
+    corrections: dict[str, tuple[FoldCorrection, StratifiedDesign]] = {}
+    if not project:
+        assisted_note, may_assist = IN_SAMPLE_NOTE, False
+        if cross_fit is not None:
+            may_assist = job.cross_fit and cross_fit.cells is not None
+            assisted_note = (
+                NO_FOLD_MAPS_NOTE
+                if cross_fit.cells is None
+                else CROSS_FITTED_NOTE
+                if job.cross_fit
+                else CROSS_FIT_OFF_NOTE
+            )
+            inside = _at_plots(plot_cover, plot_share, np.ones(grid_shape))
+            ids = plots["plot_id"].astype(str)
+            for e in job.epochs:
+                shift = cross_fit.shifts.get(e, pd.Series(dtype=np.float64))
+                at_plots[e] = at_plots[e] + inside * np.nan_to_num(
+                    shift.reindex(ids).to_numpy(dtype=np.float64)
+                )
+                measured = sample_design.subset(np.isfinite(y[e]))
+                correction = cross_fit.correction(
+                    e, frames.to_crs(context.crs), measured, ids[np.isfinite(y[e])]
+                )
+                if correction is not None:
+                    frame_means[e] = frame_means[e] + correction.mean_per_ha
+                    corrections[e] = correction, measured
     try:
         totals = sample_totals(
             sample_design, plot_values=y, map_at_plots=at_plots, map_stratum_mean=frame_means,
@@ -460,6 +504,7 @@ def _sample_rows(
                 assisted_note=assisted_note, may_assist=may_assist, target=job.target,
             )
         )  # fmt: skip
+        _note_corrections(rows, totals, corrections)
         plan.extend(_plan(str(name), sample_design, y, job, plot_area_ha))
     except SurveyError as err:
         raise _refused(str(name), err) from None
@@ -469,13 +514,60 @@ def _sample_rows(
     return rows, plan
 
 
-def _cross_fit_shifts(
-    plot_features: pd.DataFrame | None, model_card: Mapping[str, Any] | None
-) -> dict[str, pd.Series] | None:
-    """Per epoch, the carbon density (Mg C/ha) to add to the map's value at each training
-    plot (index ``plot_id``) to make it cross-fitted: the model stage's held-out minus
-    in-sample prediction (Mg/ha AGB) times the maps' AGB-to-carbon factor. ``None`` when the
-    model stage did not record them."""
+@dataclass(frozen=True)
+class _CrossFit:
+    """What the cross-fitted estimates of a sample that trained the map need from the model
+    stage: per epoch each training plot's shift to its out-of-fold map value (Mg C/ha) and
+    its fold, and the map and fold maps at the sampled cells (``None``: no fold maps)."""
+
+    shifts: dict[str, pd.Series]
+    folds: dict[str, pd.Series]
+    cells: pd.DataFrame | None
+    factor_c: float
+    cell_ha: float
+    inclusion_probability: float
+
+    def correction(
+        self, epoch: str, frames: gpd.GeoDataFrame, design: StratifiedDesign, plot_ids: pd.Series
+    ) -> FoldCorrection | None:
+        """The fold maps' correction of the stratum means of ``frames`` (in the order of
+        ``design``'s strata) at ``epoch`` for the plots ``plot_ids`` of ``design``
+        (:func:`models.survey.crossfit.fold_map_correction`): each sampled cell in the
+        stratum whose frame holds its centre; ``None`` without fold maps."""
+        if self.cells is None:
+            return None
+        cells = self.cells[self.cells["epoch"] == epoch]
+        x, y = cells["x_m"].to_numpy(), cells["y_m"].to_numpy()
+        stratum = np.full(len(cells), NO_STRATUM, dtype=np.int64)
+        for h, geometry in enumerate(frames.geometry):
+            stratum[shapely.contains_xy(geometry, x, y)] = h
+        columns = [c for c in cells.columns if c.startswith(FOLD_MAP_PREFIX)]
+        # a cell without a value is 0 in every map: no shift
+        shift = cells[columns].to_numpy(dtype=np.float64) - cells[["agb_mg_ha"]].to_numpy()
+        fold = self.folds.get(epoch, pd.Series(dtype=np.int64)).reindex(plot_ids)
+        try:
+            return fold_map_correction(
+                design,
+                fold.fillna(NO_FOLD).to_numpy(dtype=np.int64),
+                cell_stratum=stratum,
+                cell_shift=np.nan_to_num(shift) * self.factor_c,
+                cell_ha=self.cell_ha,
+                inclusion_probability=self.inclusion_probability,
+            )
+        except SurveyError as err:
+            raise InputDataError(f"{FOLD_MAPS_RELPATH}: {err}") from None
+
+
+def _cross_fit(
+    plot_features: pd.DataFrame | None,
+    fold_maps: pd.DataFrame | None,
+    model_card: Mapping[str, Any] | None,
+) -> _CrossFit | None:
+    """The model stage's cross-fitting records (:class:`_CrossFit`): the carbon density
+    (Mg C/ha) to add to the map's value at each training plot (index ``plot_id``) to make
+    it cross-fitted, the model stage's held-out minus in-sample prediction (Mg/ha AGB)
+    times the maps' AGB-to-carbon factor, with the plot's fold; and the fold maps.
+    ``None`` when the model stage did not record the plots' values."""
     if plot_features is None or model_card is None:
         return None
     if not set(CROSS_FIT_COLUMNS) <= set(plot_features.columns):
@@ -486,10 +578,43 @@ def _cross_fit_shifts(
         epoch=plot_features["epoch"].astype(str),
         shift=(plot_features["held_out_mg_ha"] - plot_features["fitted_mg_ha"]) * factor_c,
     )
-    return {
-        str(e): part.set_index("plot_id")["shift"].astype(np.float64)
-        for e, part in table.groupby("epoch", sort=False)
-    }
+    record = model_card.get("fold_maps")
+    if record is not None and "skipped" in record:
+        record = None  # the model stage made no fold maps (stages.estimate.cross_fit false)
+    if fold_maps is not None and record is not None and FOLD_COLUMN in table:
+        fold_maps = fold_maps.assign(epoch=fold_maps["epoch"].astype(str))
+    else:  # a model stage before the fold maps: cross-fitted rows without the correction
+        fold_maps, table[FOLD_COLUMN] = None, NO_FOLD
+    by_epoch = {str(e): part.set_index("plot_id") for e, part in table.groupby("epoch", sort=False)}
+    return _CrossFit(
+        shifts={e: part["shift"].astype(np.float64) for e, part in by_epoch.items()},
+        folds={e: part[FOLD_COLUMN].astype(np.int64) for e, part in by_epoch.items()},
+        cells=fold_maps,
+        factor_c=factor_c,
+        cell_ha=float(record["cell_ha"]) if record else np.nan,
+        inclusion_probability=float(record["inclusion_probability"]) if record else np.nan,
+    )
+
+
+def _note_corrections(
+    rows: list[dict[str, Any]],
+    totals: list[SampleTotal],
+    corrections: Mapping[str, tuple[FoldCorrection, StratifiedDesign]],
+) -> None:
+    """Append to the model-assisted stock rows the fold maps' correction of the total and
+    its own sampling SE, beside the estimate's SE (which leaves it out, being negligible)."""
+    stocks = {stock_quantity(e): c for e, c in corrections.items()}
+    for row, total in zip(rows, totals, strict=True):
+        if row["estimator"] == PLOT_ONLY or row["quantity"] not in stocks:
+            continue
+        correction, design = stocks[row["quantity"]]
+        shift = float(design.stratum_area_ha @ correction.mean_per_ha)
+        se = correction.total_se(design)
+        row["note"] = (
+            f"{row['note']}; fold maps' correction {shift:+,.0f} {total.unit} "
+            f"({shift / row['total']:+.1%}), its sampling SE {se:,.0f} "
+            f"({se / row['se']:.1%} of the estimate's SE, not added)"
+        )
 
 
 def _plan(

@@ -32,9 +32,16 @@ What it does, in order (predictor tables in :mod:`pipeline.samples`; the science
 5. Writes the maps' rule at every training plot-epoch into ``plot_features.csv``: its
    in-sample prediction (``fitted_mg_ha``), its cross-fitted one (``held_out_mg_ha``,
    the spatial-CV out-of-fold prediction of the model that maps the plot, with the
-   map's epoch offset) and the ``model_source``; the estimate stage uses the difference
-   to make the maps usable as auxiliary data at the plots that trained them.
-6. Derives the plot table's own conversion factors as ratio estimators (no factor sits
+   map's epoch offset), the ``model_source`` and the plot's ``fold`` (in which that
+   model held it out); the estimate stage uses the difference to make the maps usable as
+   auxiliary data at the plots that trained them.
+6. Writes the map and its fold maps (each model the plots trained replaced by its
+   spatial-CV fold model, :func:`models.biomass.fold_map_values`) at the forest-land
+   cells of a systematic sample of the grid (``model.fold_map_cells``), every epoch's
+   predictors built as the ``predict`` stage builds them, into ``fold_maps.csv``
+   (:func:`pipeline.model_steps.fold_map_sample`): the estimate stage's population
+   correction of the cross-fitted estimate (:mod:`models.survey.crossfit`).
+7. Derives the plot table's own conversion factors as ratio estimators (no factor sits
    here: they come from the species tables of the plots stage).
 
 Signature (the runner passes ``.tif`` inputs as lazy DataArrays, dims ``band, y, x``)::
@@ -44,7 +51,7 @@ Signature (the runner passes ``.tif`` inputs as lazy DataArrays, dims ``band, y,
           terrain: DataArray, lidar_metrics: DataArray | None = None,
           parcels: GeoDataFrame | None = None)
     -> {"model/model_card.json": dict, "model/plot_features.csv": DataFrame,
-        "model/models.pkl": bytes}
+        "model/fold_maps.csv": DataFrame, "model/models.pkl": bytes}
 
 ``models.pkl`` is a pickle of ``{"mapper": BiomassMapper, "conversion": {...},
 "support_px": int, "parcel_classes": {"column", "classes"} | None,
@@ -79,6 +86,8 @@ from models.plot_biomass import conversion_factors
 from pipeline import model_steps as steps
 from pipeline.config import Config, ModelParams
 from pipeline.contracts import (
+    FOLD_MAP_BASE_COLUMNS,
+    FOLD_MAPS_RELPATH,
     MODEL_CARD_RELPATH,
     MODELS_RELPATH,
     PLOT_BIOMASS_RELPATH,
@@ -98,6 +107,7 @@ from pipeline.samples import (
     lidar_predictors,
     plot_support_px,
     plot_table,
+    predictor_stacks,
     satellite_stacks,
 )
 from pipeline.stage import Stage
@@ -115,6 +125,9 @@ class ModelJob:
     crs: str
     #: land classes of the parcel layer that are forest land (``PredictParams``)
     forest_land_classes: tuple[str, ...]
+    #: write the fold maps (``stages.estimate.cross_fit``: the estimate stage chooses the
+    #: cross-fitted inventory estimate, which needs them)
+    fold_maps: bool = False
 
 
 def model(
@@ -247,15 +260,30 @@ def model(
     else:
         card["land_use"] = {"skipped": "no parcel layer, or model.land_use_change is off"}
     bundle = {
-        "mapper": mapper,
+        "mapper": mapper.without_fold_models(),
         "conversion": conversion,
         "support_px": support_px,
         "parcel_classes": classes,
         "non_forest_parcels": non_forest,
     }
+    # the map and its fold maps at a sample of the cells the predict stage maps, for the
+    # estimate stage's cross-fitted inventory estimate; only when it is to be chosen
+    # (building the predictors over the grid costs minutes)
+    fold_maps = pd.DataFrame(columns=list(FOLD_MAP_BASE_COLUMNS))
+    if job.fold_maps:
+        stacks = predictor_stacks(
+            bundle, composites=composites, terrain=terrain, lidar_metrics=lidar_metrics,
+            parcels=parcels, epochs=job.epochs, forest_land_classes=job.forest_land_classes,
+        )  # fmt: skip
+        fold_maps, card["fold_maps"] = steps.fold_map_sample(
+            mapper, stacks, target_cells=p.fold_map_cells, seed=job.seed
+        )
+    else:
+        card["fold_maps"] = {"skipped": "stages.estimate.cross_fit is false"}
     return {
         MODEL_CARD_RELPATH: card,
         PLOT_FEATURES_RELPATH: table,
+        FOLD_MAPS_RELPATH: fold_maps,
         MODELS_RELPATH: pickle.dumps(bundle, protocol=5),
     }
 
@@ -268,6 +296,7 @@ def model_job(config: Config) -> ModelJob:
         seed=config.seed,
         crs=config.crs,
         forest_land_classes=config.stages.predict.forest_land_classes,
+        fold_maps=config.stages.estimate.cross_fit,
     )
 
 
@@ -282,9 +311,7 @@ def model_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Pa
         "plot_locations": config.sources.plot_locations,
         **predictor_inputs(config, layout),
     }
-    p = config.stages.model
-    uses_layer = p.parcel_class_column or p.land_use_change or p.parcel_inventory
-    if config.sources.parcels is not None and uses_layer:
+    if config.sources.parcels is not None:  # classes, land use, the fold maps' forest land
         inputs["parcels"] = config.sources.parcels
     return inputs
 

@@ -76,7 +76,6 @@ from typing import Any
 import dask.array as darr
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import rioxarray  # noqa: F401  (registers the .rio accessor used to write the CRS)
 import xarray as xr
 from dask.base import tokenize
@@ -93,18 +92,13 @@ from pipeline.config import Config, PredictParams
 from pipeline.contracts import (
     MAP_COVERAGE_RELPATH,
     MODELS_RELPATH,
-    TERRAIN_RELPATH,
     RunLayout,
-    composites_by_epoch,
-    lidar_for_epoch,
     load_models,
     map_relpath,
-    open_raster,
     predictor_inputs,
 )
 from pipeline.errors import PipelineWarning
-from pipeline.features import forest_land_mask, terrain_features
-from pipeline.samples import FOREST_BAND, bundle_class_layers, epoch_stack
+from pipeline.samples import FOREST_BAND, block_table, predictor_stacks
 from pipeline.stage import Stage
 
 #: float layers produced per block, in order
@@ -136,18 +130,6 @@ class PredictJob:
     epochs: tuple[str, ...]
     seed: int
     crs: str
-
-
-def block_table(block: np.ndarray, *, names: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """One block's cells as a table (one row per cell, columns ``names``), emptied where
-    :data:`FOREST_BAND` is 0 or negative, and the cells of land not yet forest (negative)."""
-    nb = block.shape[0]
-    table = pd.DataFrame(block.reshape(nb, -1).T.astype(np.float64), columns=list(names))
-    baseline = np.zeros(len(table), dtype=bool)
-    if FOREST_BAND in table.columns:
-        baseline = (table[FOREST_BAND] < 0).to_numpy()
-        table.loc[table[FOREST_BAND] <= 0, [n for n in names if n != FOREST_BAND]] = np.nan
-    return table, baseline
 
 
 def source_block(
@@ -285,43 +267,13 @@ def predict(
     bundle = load_models(models)
     mapper: BiomassMapper = bundle["mapper"]
     conversion = bundle["conversion"]
-    comps = composites_by_epoch(composites, job.epochs)
-    terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
-    lidar: xr.DataArray | None = None
-    lidar_epoch: str | None = None
-    if lidar_metrics is not None and mapper.lidar is not None:
-        lidar_epoch, lidar = lidar_for_epoch(
-            open_raster(lidar_metrics), epochs=job.epochs, lidar_epoch=mapper.lidar_epoch
-        )
-    # one grid for every epoch: the mask is rasterised once, and again for an epoch at
-    # which some forest-land parcels were not forest yet (the model stage's judgement)
-    forest = (
-        None
-        if parcels is None
-        else forest_land_mask(parcels, terr, land_classes=job.params.forest_land_classes)
-    )
-    non_forest: Mapping[str, Sequence[str]] = bundle.get("non_forest_parcels") or {}
-    classes = bundle_class_layers(bundle, parcels, terr)
+    stacks = predictor_stacks(
+        bundle, composites=composites, terrain=terrain, lidar_metrics=lidar_metrics,
+        parcels=parcels, epochs=job.epochs, forest_land_classes=job.params.forest_land_classes,
+    )  # fmt: skip
     out: dict[str, Any] = {}
     coverage: dict[str, dict[str, Any]] = {}
-    for e in job.epochs:
-        forest_e = forest
-        if forest is not None and parcels is not None and non_forest.get(e):
-            not_yet = parcels[parcels["parcel_id"].astype(str).isin(non_forest[e])]
-            not_yet_mask = forest_land_mask(
-                not_yet, terr, land_classes=job.params.forest_land_classes
-            )
-            # 1 forest land, 0 not forest land, -1 forest land not yet forest at this epoch
-            forest_e = forest.astype(np.int8) - 2 * (forest & not_yet_mask).astype(np.int8)
-        stack = epoch_stack(
-            comps[e],
-            terr,
-            lidar if e == lidar_epoch else None,
-            epoch=e,
-            support_px=bundle["support_px"],
-            forest=forest_e,
-            classes=classes,
-        )
+    for e, stack in stacks.items():
         maps = predict_maps(
             stack, mapper=mapper, epoch=e, conversion=conversion, params=job.params, crs=job.crs
         )
