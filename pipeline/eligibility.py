@@ -124,7 +124,7 @@ def _recorded_stand_before(layer: gpd.GeoDataFrame, start_year: float) -> pd.Ser
     if "survey_year" not in layer.columns:
         return pd.Series(pd.NA, index=layer.index, dtype="boolean")
     survey = pd.to_numeric(layer["survey_year"], errors="coerce")
-    age = pd.to_numeric(layer["age_yr"], errors="coerce") if "age_yr" in layer else 0.0 * survey
+    age = pd.to_numeric(layer.get("age_yr", pd.Series(0.0, index=layer.index)), errors="coerce")
     established = survey - age.fillna(0.0)
     before = stand & (established < start_year)
     return before.astype("boolean").where(before, pd.NA)

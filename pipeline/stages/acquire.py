@@ -42,6 +42,22 @@ class AcquireJob:
         src = config.sources.catalog
         return cls(config.stages.acquire, src, config.epochs, src.collections, src.dem_collection)
 
+    def epoch_request(
+        self, bbox: tuple[float, float, float, float], epoch: Epoch
+    ) -> catalog.SearchRequest:
+        """The search for ``epoch``'s scenes over ``bbox`` (WGS84), with the stage's limits."""
+        return catalog.SearchRequest(
+            collections=self.collections,
+            bbox=bbox,
+            start=epoch.start,
+            end=epoch.end,
+            max_cloud_cover=self.params.max_cloud_cover,
+            max_items=self.params.max_items,
+            page_size=self.params.page_size,
+            timeout_s=self.params.timeout_s,
+            retries=self.params.retries,
+        )
+
 
 def aoi_bbox_wgs84(aoi: gpd.GeoDataFrame) -> tuple[float, float, float, float]:
     """The AOI's bounding box in WGS84 (lon/lat) as STAC searches expect."""
@@ -86,18 +102,9 @@ def acquire(
     location = str(catalog_file) if catalog_file is not None else job.source.location
     out: dict[str, dict[str, Any]] = {}
     for epoch in job.epochs:
-        req = catalog.SearchRequest(
-            collections=job.collections,
-            bbox=bbox,
-            start=epoch.start,
-            end=epoch.end,
-            max_cloud_cover=job.params.max_cloud_cover,
-            max_items=job.params.max_items,
-            page_size=job.params.page_size,
-            timeout_s=job.params.timeout_s,
-            retries=job.params.retries,
+        found = catalog.search(
+            job.epoch_request(bbox, epoch), kind=job.source.kind, location=location
         )
-        found = catalog.search(req, kind=job.source.kind, location=location)
         out[items_relpath(epoch.name)] = found.to_dict()
     if job.dem_collection:
         req = catalog.SearchRequest(
