@@ -3,15 +3,19 @@ record and its error model, and the record as a predictor layer."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import yaml
 from shapely.geometry import box
 from test_allometry import STEMANALYSIS_TREE8
 
 from models.stand_inventory import mean_tree_stand
+from pipeline.cli import main
 from pipeline.errors import InputDataError
 from pipeline.samples import bundle_class_layers
 from pipeline.simulate.parcels import SURVEY_COLUMNS, survey_record
@@ -117,3 +121,28 @@ def test_models_fitted_with_the_record_refuse_a_layer_without_it() -> None:
         bundle_class_layers(bundle, _layer().drop(columns=["mean_dbh_cm"]), _grid())
     got = bundle_class_layers(bundle, _layer(), _grid())
     assert got is not None and list(got["band"].values) == [INVENTORY_BAND]
+
+
+def test_check_reads_the_record_under_a_bureaus_own_field_names(
+    tiny_config: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A layer whose record keeps its Chinese field names, mapped by sources.parcel_fields,
+    is reported with its record (the check reads it as the stages do)."""
+    names = {
+        "dominant_species": "优势树种",
+        "mean_dbh_cm": "平均胸径",
+        "mean_height_m": "平均树高",
+        "stems_per_ha": "每公顷株数",
+        "survey_year": "调查年度",
+    }
+    layer = gpd.read_file(tiny_data / "parcels/parcels.gpkg")
+    stands = int(layer["dominant_species"].notna().sum())
+    own = tmp_path / "xiaoban.gpkg"
+    layer.rename(columns=names).to_file(own)
+    config = yaml.safe_load(tiny_config.read_text())
+    config["sources"].update(parcels=str(own), parcel_fields=names)
+    cfg = tmp_path / "own.yaml"
+    cfg.write_text(yaml.safe_dump(config, allow_unicode=True))
+    assert main(["check", "--config", str(cfg), "--stages", "parcels"]) == 0
+    out = capsys.readouterr().out
+    assert f"sub-compartment record: {stands} stands, survey years [2019]" in out

@@ -65,12 +65,7 @@ def catalog_coverage(config: object) -> str:
     bbox = aoi_bbox_wgs84(read_layer(config.aoi))
     parts = []
     for epoch in job.epochs:
-        req = catalog.SearchRequest(
-            collections=job.collections, bbox=bbox, start=epoch.start, end=epoch.end,
-            max_cloud_cover=job.params.max_cloud_cover, max_items=job.params.max_items,
-            page_size=job.params.page_size, timeout_s=job.params.timeout_s,
-            retries=job.params.retries,
-        )  # fmt: skip
+        req = job.epoch_request(bbox, epoch)
         try:
             items = list(catalog.search(req, kind="local", location=job.source.location))
         except CatalogError:
@@ -86,9 +81,12 @@ def catalog_coverage(config: object) -> str:
 
 def found_table(config: object) -> str:
     """What each configured input holds, one line per input (module docstring)."""
+    import geopandas as gpd
+    import pandas as pd
+
     from models.allometry import is_known_species, normalise_species
     from pipeline.config import Config
-    from pipeline.inputs import read_layer
+    from pipeline.inputs import layer_fields, map_fields, read_layer
     from pipeline.io import read_table
     from pipeline.lidar.index import tiles_of
     from pipeline.subcompartment import has_record, recorded_stand
@@ -97,27 +95,30 @@ def found_table(config: object) -> str:
     s = config.sources
     aoi = read_layer(config.aoi).to_crs(config.crs).union_all()
 
-    def vector(path: Path) -> str:
-        layer = read_layer(path)
+    def vector(layer: gpd.GeoDataFrame) -> str:
         inside = layer.to_crs(config.crs).intersects(aoi).mean() if len(layer) else 0.0
         crs = layer.crs.to_string() if layer.crs is not None else "no CRS"
         fields = [c for c in layer.columns if c != layer.geometry.name]
         return f"{len(layer)} features, {crs}, {inside:.0%} of them meet the AOI; fields {fields}"
 
-    def record(path: Path) -> str:
-        layer = read_layer(path)
+    def record(layer: gpd.GeoDataFrame, path: Path) -> str:
+        """The sub-compartment record, under the pipeline's names (sources.parcel_fields)."""
+        mapping = layer_fields(s, path)
+        if mapping is not None:
+            layer = map_fields(layer, mapping, path=path, where=str(path))
         if not has_record(layer):
             return "; no sub-compartment record (docs/parcel_layers.md)"
         stands = recorded_stand(layer)
-        years = sorted({int(y) for y in layer.get("survey_year", []) if y == y})
+        years = sorted({int(y) for y in layer.get("survey_year", pd.Series()).dropna()})
         return f"; sub-compartment record: {int(stands.sum())} stands, survey years {years}"
 
-    rows: list[tuple[str, object, str]] = [("aoi", config.aoi, vector(config.aoi))]
+    rows: list[tuple[str, object, str]] = [("aoi", config.aoi, vector(read_layer(config.aoi)))]
     for name in ("plot_locations", "plot_design", "parcels", "project_area"):
         path = getattr(s, name)
         if path is not None:
-            extra = record(path) if name == "parcels" else ""
-            rows.append((f"sources.{name}", path, vector(path) + extra))
+            layer = read_layer(path)
+            extra = record(layer, path) if name == "parcels" else ""
+            rows.append((f"sources.{name}", path, vector(layer) + extra))
     if s.trees is not None:
         trees = read_table(s.trees, sheet=s.trees_sheet)
         known = trees["species"].map(lambda v: is_known_species(normalise_species(v)))
