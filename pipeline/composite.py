@@ -305,7 +305,8 @@ def _load(
     import odc.stac
 
     return odc.stac.load(
-        items,
+        # signed here, just before reading, so the frozen items never hold expiring tokens
+        catalog.readable_items(items, default_provider=settings.default_provider),
         bands=list(assets),
         geobox=geobox,
         chunks={"x": settings.chunk_px, "y": settings.chunk_px},
