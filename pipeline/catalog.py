@@ -325,10 +325,10 @@ class SearchRequest:
 
 
 def _cloud_ok(item: pystac.Item, limit: float | None) -> bool:
-    if limit is None:
-        return True
+    """Within the cloud limit; an item that states no cloud cover (a bureau's own scene,
+    catalogued by ``forest-carbon catalog``) is kept, as the local search's query keeps it."""
     cc = item.properties.get("eo:cloud_cover")
-    return cc is not None and float(cc) <= limit
+    return limit is None or cc is None or float(cc) <= limit
 
 
 def _finish(items: Sequence[pystac.Item], req: SearchRequest, *, where: str) -> list[pystac.Item]:

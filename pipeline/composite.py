@@ -332,6 +332,8 @@ class Scene:
     #: the chain of scales the reflectance went through, e.g. ``etm+>oli>msi``; empty when
     #: the scene was not harmonised (Sentinel-2, or ``harmonise_landsat: false``)
     harmonised: str
+    #: the reflectance bands read from the item (the others in ``bands`` are all NaN)
+    bands_read: tuple[str, ...]
 
 
 def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings) -> Scene:
@@ -343,7 +345,11 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
     rad = catalog.radiometry(item, provider=provider)
     profiled = [b for b in REFLECTANCE_BANDS if b in keys]
     ours = [b for b in profiled if keys[b] in item.assets]
-    if keys["mask"] not in item.assets or not ours:
+    rule = profile["mask"]
+    # a collection without a cloud mask (a bureau's own GF-1/GF-6 WFV scenes) says so in
+    # its profile (mask kind "none"); every other scene without its mask is refused
+    masked = rule["kind"] != "none"
+    if (masked and keys["mask"] not in item.assets) or not ours:
         need = "its mask asset" if ours else "any reflectance asset"
         raise CatalogError(
             f"item {item.id!r} ({provider}) lacks {need}; its collection profile "
@@ -359,24 +365,34 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
             stacklevel=2,
         )
     resampling = {keys[b]: settings.resampling for b in ours}
-    resampling[keys["mask"]] = "nearest"
+    if masked:
+        resampling[keys["mask"]] = "nearest"
     ds = _load(
         [item],
-        [keys[b] for b in ours] + [keys["mask"]],
+        list(resampling),
         geobox,
         settings=settings,
         resampling=resampling,
     )
     ds = ds.isel(time=0)
-    mask_raw = ds[keys["mask"]].data
-    rule = profile["mask"]
-    if rule["kind"] == "classes":
-        invalid = da.map_blocks(scl_invalid, mask_raw, classes=rule["invalid"], dtype=bool)
-        grow = da.map_blocks(scl_invalid, mask_raw, classes=rule["dilate"], dtype=bool)
+    if not masked:
+        warnings.warn(
+            f"item {item.id!r}: collection {coll!r} has no cloud mask "
+            f"(data_catalog/collections/{coll}.yaml): its clouds and cloud shadows are not "
+            f"removed before the median; catalog only cloud-free scenes of it",
+            PipelineWarning,
+            stacklevel=2,
+        )
+        invalid = da.zeros_like(ds[keys[ours[0]]].data, dtype=bool)
     else:
-        invalid = da.map_blocks(qa_bits_set, mask_raw, bits=rule["invalid_bits"], dtype=bool)
-        grow = da.map_blocks(qa_bits_set, mask_raw, bits=rule["dilate_bits"], dtype=bool)
-    invalid = invalid | dilate(grow, settings.cloud_dilation_px)
+        mask_raw = ds[keys["mask"]].data
+        if rule["kind"] == "classes":
+            invalid = da.map_blocks(scl_invalid, mask_raw, classes=rule["invalid"], dtype=bool)
+            grow = da.map_blocks(scl_invalid, mask_raw, classes=rule["dilate"], dtype=bool)
+        else:
+            invalid = da.map_blocks(qa_bits_set, mask_raw, bits=rule["invalid_bits"], dtype=bool)
+            grow = da.map_blocks(qa_bits_set, mask_raw, bits=rule["dilate_bits"], dtype=bool)
+        invalid = invalid | dilate(grow, settings.cloud_dilation_px)
     harmonise = settings.harmonise_landsat and coll == "landsat-c2-l2"
     coeffs = harmonisation_coefficients(settings.harmonise_to) if harmonise else {}
     # TM and ETM+ first go to the OLI scale (HLS harmonises OLI only)
@@ -407,7 +423,7 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
             refl = landsat_to_sentinel2(refl, slope=slope, offset=offset)
         bands[b] = da.where(invalid, np.float32(np.nan), refl).astype("float32")
     chain = [sensor] + (["oli"] if to_oli else []) + ["msi"] if harmonise else []
-    return Scene(item.id, coll, bands, rad, ">".join(chain))
+    return Scene(item.id, coll, bands, rad, ">".join(chain), tuple(ours))
 
 
 def _nanmedian_block(block: np.ndarray) -> np.ndarray:
@@ -459,6 +475,7 @@ def seasonal_composite(
     if not refl_items:
         raise CatalogError("no reflectance items to composite (check the frozen items file)")
     scenes = [load_scene(i, geobox, settings=settings) for i in refl_items]
+    warn_absent_indices(scenes)
     bands: dict[str, xr.DataArray] = {}
     n_valid = None
     for b in REFLECTANCE_BANDS:
@@ -474,6 +491,29 @@ def seasonal_composite(
     out.attrs.update({"_FillValue": np.float32(np.nan), "units": "1"})
     out = out.rio.write_crs(str(geobox.crs))
     return out, scenes
+
+
+def warn_absent_indices(scenes: Sequence[Scene]) -> None:
+    """Warn when no scene has a band an index needs: that index is NaN in the whole composite.
+
+    Scenes with four bands (GF-1 WFV: blue, green, red, broad NIR) have no narrow NIR and
+    no SWIR; a season made only of them has none of NDVI, EVI, NBR, NDMI, NDRE. That is
+    not an error (the reflectance bands are valid), but a model that uses these indices
+    will have nothing to use, and the run should say so.
+    """
+    read = {b for s in scenes for b in s.bands_read}
+    absent = {name: sorted(need - read) for name, need in index_inputs().items() if need - read}
+    if absent:
+        missing = sorted({b for bands in absent.values() for b in bands})
+        collections = sorted({s.collection for s in scenes})
+        warnings.warn(
+            f"no scene of this season ({', '.join(collections)}) has the band(s) "
+            f"{', '.join(missing)}, so the index(es) {', '.join(sorted(absent))} are NaN in "
+            f"its whole composite (data_catalog/indices.yaml); add scenes with those bands "
+            f"to the catalog if the model needs them",
+            PipelineWarning,
+            stacklevel=3,
+        )
 
 
 def require_clear_pixels(composite: xr.DataArray, *, epoch: str, n_scenes: int) -> None:
