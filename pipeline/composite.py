@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -334,6 +334,8 @@ class Scene:
     harmonised: str
     #: the reflectance bands read from the item (the others in ``bands`` are all NaN)
     bands_read: tuple[str, ...]
+    #: whether clouds were masked (False: the collection has no cloud mask)
+    masked: bool
 
 
 def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings) -> Scene:
@@ -375,14 +377,7 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
         resampling=resampling,
     )
     ds = ds.isel(time=0)
-    if not masked:
-        warnings.warn(
-            f"item {item.id!r}: collection {coll!r} has no cloud mask "
-            f"(data_catalog/collections/{coll}.yaml): its clouds and cloud shadows are not "
-            f"removed before the median; catalog only cloud-free scenes of it",
-            PipelineWarning,
-            stacklevel=2,
-        )
+    if not masked:  # said once per season by seasonal_composite
         invalid = da.zeros_like(ds[keys[ours[0]]].data, dtype=bool)
     else:
         mask_raw = ds[keys["mask"]].data
@@ -423,7 +418,7 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
             refl = landsat_to_sentinel2(refl, slope=slope, offset=offset)
         bands[b] = da.where(invalid, np.float32(np.nan), refl).astype("float32")
     chain = [sensor] + (["oli"] if to_oli else []) + ["msi"] if harmonise else []
-    return Scene(item.id, coll, bands, rad, ">".join(chain), tuple(ours))
+    return Scene(item.id, coll, bands, rad, ">".join(chain), tuple(ours), masked)
 
 
 def _nanmedian_block(block: np.ndarray) -> np.ndarray:
@@ -475,7 +470,26 @@ def seasonal_composite(
     if not refl_items:
         raise CatalogError("no reflectance items to composite (check the frozen items file)")
     scenes = [load_scene(i, geobox, settings=settings) for i in refl_items]
-    warn_absent_indices(scenes)
+    unmasked = sorted({s.collection for s in scenes if not s.masked})
+    if unmasked:
+        n = sum(not s.masked for s in scenes)
+        warnings.warn(
+            f"{n} of the season's {len(scenes)} scene(s) ({', '.join(unmasked)}) have no "
+            f"cloud mask (data_catalog/collections/): their clouds and cloud shadows are not "
+            f"removed before the median; catalog only cloud-free scenes of such collections",
+            PipelineWarning,
+            stacklevel=2,
+        )
+    absent = absent_bands({b for s in scenes for b in s.bands_read})
+    if absent:
+        colls = ", ".join(sorted({s.collection for s in scenes}))
+        warnings.warn(
+            f"no scene of this season ({colls}) has the band(s) "
+            f"{', '.join(b for b in absent if b in REFLECTANCE_BANDS)}: the composite's "
+            f"{', '.join(absent)} are NaN throughout (indices: data_catalog/indices.yaml)",
+            PipelineWarning,
+            stacklevel=2,
+        )
     bands: dict[str, xr.DataArray] = {}
     n_valid = None
     for b in REFLECTANCE_BANDS:
@@ -493,26 +507,44 @@ def seasonal_composite(
     return out, scenes
 
 
-def warn_absent_indices(scenes: Sequence[Scene]) -> None:
-    """Warn when no scene has a band an index needs: that index is NaN in the whole composite.
+def absent_bands(read: Collection[str]) -> list[str]:
+    """Composite bands that scenes with only the reflectance bands ``read`` cannot give:
+    the other reflectance bands, and the indices made from one of those.
 
     Scenes with four bands (GF-1 WFV: blue, green, red, broad NIR) have no narrow NIR and
-    no SWIR; a season made only of them has none of NDVI, EVI, NBR, NDMI, NDRE. That is
-    not an error (the reflectance bands are valid), but a model that uses these indices
-    will have nothing to use, and the run should say so.
+    no SWIR, so a season made only of them has none of NDVI, EVI, NBR, NDMI, NDRE.
     """
-    read = {b for s in scenes for b in s.bands_read}
-    absent = {name: sorted(need - read) for name, need in index_inputs().items() if need - read}
-    if absent:
-        missing = sorted({b for bands in absent.values() for b in bands})
-        collections = sorted({s.collection for s in scenes})
-        warnings.warn(
-            f"no scene of this season ({', '.join(collections)}) has the band(s) "
-            f"{', '.join(missing)}, so the index(es) {', '.join(sorted(absent))} are NaN in "
-            f"its whole composite (data_catalog/indices.yaml); add scenes with those bands "
-            f"to the catalog if the model needs them",
-            PipelineWarning,
-            stacklevel=3,
+    inputs = index_inputs()
+    return [
+        b
+        for b in (*REFLECTANCE_BANDS, *INDEX_NAMES)
+        if (b in REFLECTANCE_BANDS and b not in read) or (b in inputs and inputs[b] - read)
+    ]
+
+
+def model_gaps(absent: Sequence[str]) -> list[str]:
+    """The bands of ``absent`` the satellite model cannot do without: all but the
+    Sentinel-2-only ones (:func:`single_sensor_bands`)."""
+    single = set(single_sensor_bands())
+    return [b for b in absent if b not in single]
+
+
+def require_model_bands(scenes: Sequence[Scene], *, epoch: str) -> None:
+    """Refuse a season whose scenes lack a band the satellite model needs at every plot.
+
+    The model may miss only the Sentinel-2-only bands (:func:`single_sensor_bands`, left
+    out by its common-band variant where only Landsat saw the ground); any other band
+    that no scene gives would leave it no plot to train on.
+    """
+    needed = model_gaps(absent_bands({b for s in scenes for b in s.bands_read}))
+    if needed:
+        have = sorted({s.collection for s in scenes})
+        raise InputDataError(
+            f"epoch {epoch}: its {len(scenes)} scene(s) ({', '.join(have)}) give no "
+            f"{', '.join(needed)}, which the satellite model needs at every plot (only "
+            f"Sentinel-2-only bands may be missing). Add Sentinel-2 or Landsat scenes to this "
+            f"epoch (sources.catalog.collections); scenes without narrow NIR and SWIR, such "
+            f"as GF-1 WFV, cannot make a season on their own"
         )
 
 

@@ -351,7 +351,8 @@ class CatalogSummary:
     items: list[pystac.Item]
     crs: list[str]
     skipped: list[Path]
-    absent_indices: dict[str, list[str]]
+    #: composite bands (reflectance and indices) no scene gives
+    absent: list[str]
     notes: list[str]
 
 
@@ -375,7 +376,7 @@ def build_catalog(
     ConfigError
         An unknown collection, or a platform the collection does not know.
     """
-    from pipeline.composite import index_inputs  # imported here: Dask comes with it
+    from pipeline.composite import absent_bands  # imported here: Dask comes with it
 
     table = BandTable.of(collection)
     platform = platform or table.profile.get("platform")
@@ -408,8 +409,7 @@ def build_catalog(
             lines.append(json.dumps(data, ensure_ascii=False))
         (tmp / ITEMS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
         _write_stac_tree(items, tmp, final, collection=table.collection)
-    read = {b for parts in scenes.values() for b in (p.band for p in parts)}
-    absent = {name: sorted(need - read) for name, need in index_inputs().items() if need - read}
+    absent = absent_bands({p.band for parts in scenes.values() for p in parts})
     notes = []
     if table.profile.get("verified") is False:
         notes.append(

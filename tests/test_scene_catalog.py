@@ -31,7 +31,7 @@ from pipeline import catalog
 from pipeline import composite as C
 from pipeline.cli import main
 from pipeline.config import CompositeParams
-from pipeline.errors import PipelineWarning
+from pipeline.errors import InputDataError, PipelineWarning
 
 N = 24  # pixels per side
 RES = 16.0  # GF-1 WFV
@@ -138,7 +138,8 @@ def test_scenes_become_a_catalog_the_local_search_reads(
     assert "3 gf1-wfv scene(s), 2019-03-30 to 2019-05-02" in log
     assert "2 CRSs (EPSG:32650, EPSG:32651)" in log
     assert "1 file(s) that are not .tif/.tiff were skipped" in log
-    assert "no scene has nir08, rededge1, swir16, swir22" in log and "ndvi" in log
+    assert "no scene gives rededge1, rededge2, rededge3, nir08, swir16, swir22, ndvi," in log
+    assert "the satellite model needs nir08, swir16, swir22, ndvi, evi, nbr, ndmi" in log
     assert "verified: false" in log
     items = {i.id: i for i in _search(out / "items.ndjson")}
     assert sorted(items) == sorted(truth)
@@ -194,9 +195,16 @@ def test_a_catalogued_four_band_scene_composites_with_warnings(tmp_path: Path) -
             [item], _geobox(*truth[MULTI[0]]["grid"]), settings=settings
         )
     messages = " | ".join(str(w.message) for w in record)
-    assert f"item '{item.id}': collection 'gf1-wfv' has no cloud mask" in messages
-    assert "has the band(s) nir08, rededge1, swir16, swir22" in messages
-    assert "evi, nbr, ndmi, ndre, ndvi are NaN" in messages
+    assert "1 of the season's 1 scene(s) (gf1-wfv) have no cloud mask" in messages
+    assert "has the band(s) rededge1, rededge2, rededge3, nir08, swir16, swir22:" in messages
+    assert "ndvi, evi, nbr, ndmi, ndre are NaN throughout" in messages
+    # the model needs the narrow NIR and SWIR everywhere: such a season alone is refused
+    with pytest.raises(
+        InputDataError,
+        match=r"epoch 2019: its 1 scene\(s\) \(gf1-wfv\) give no nir08, swir16, swir22, "
+        r"ndvi, evi, nbr, ndmi, which the satellite model needs",
+    ):
+        C.require_model_bands(scenes, epoch="2019")
     assert scenes[0].radiometry.scale == 1e-4 and scenes[0].radiometry.offset == 0.0
     for band in BANDS:
         dn = truth[MULTI[0]]["dn"][band]

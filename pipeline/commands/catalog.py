@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pipeline.composite import model_gaps
     from pipeline.scene_catalog import build_catalog
 
     done = build_catalog(
@@ -63,12 +64,14 @@ def main(args: argparse.Namespace) -> int:
         )
     if done.skipped:
         print(f"note: {len(done.skipped)} file(s) that are not .tif/.tiff were skipped")
-    if done.absent_indices:
-        missing = sorted({b for bands in done.absent_indices.values() for b in bands})
-        print(
-            f"note: no scene has {', '.join(missing)}: composites made only of these scenes "
-            f"have no {', '.join(sorted(done.absent_indices))}"
-        )
+    if done.absent:
+        print(f"note: no scene gives {', '.join(done.absent)} (NaN in their composites)")
+        gaps = model_gaps(done.absent)
+        if gaps:
+            print(
+                f"note: the satellite model needs {', '.join(gaps)}: an epoch made only of "
+                f"these scenes is refused; use them with Sentinel-2 or Landsat scenes"
+            )
     for note in done.notes:
         print(f"note: {note}")
     print(
