@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -507,7 +508,7 @@ def seasonal_composite(
     return out, scenes
 
 
-def absent_bands(read: Collection[str]) -> list[str]:
+def absent_bands(read: AbstractSet[str]) -> list[str]:
     """Composite bands that scenes with only the reflectance bands ``read`` cannot give:
     the other reflectance bands, and the indices made from one of those.
 
