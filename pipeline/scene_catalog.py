@@ -118,6 +118,8 @@ class BandFile:
     band: str
     index: int
     n_bands: int
+    #: named by the profile's band numbers (the file's bands have no descriptions)
+    by_number: bool = False
 
 
 def _open_checked(path: Path, table: BandTable) -> tuple[int, tuple[str | None, ...]]:
@@ -204,7 +206,7 @@ def scan(scenes_dir: Path, table: BandTable) -> tuple[dict[str, list[BandFile]],
                     f"{table.collection} (known: {known})"
                 )
             bands = [str(b) for b, _ in named]
-        elif not any(descriptions) and len(table.numbers) == count:
+        elif not any(descriptions) and set(table.numbers) == set(range(1, count + 1)):
             bands = [table.numbers[n] for n in range(1, count + 1)]
         else:
             raise InputDataError(
@@ -213,7 +215,8 @@ def scan(scenes_dir: Path, table: BandTable) -> tuple[dict[str, list[BandFile]],
                 f"description (one of {known})"
             )
         scenes.setdefault(path.stem, []).extend(
-            BandFile(path, b, i, count) for i, b in enumerate(bands, start=1)
+            BandFile(path, b, i, count, by_number=not any(descriptions))
+            for i, b in enumerate(bands, start=1)
         )
     for scene, parts in scenes.items():
         seen: dict[str, Path] = {}
@@ -418,11 +421,12 @@ def build_catalog(
             f"data_catalog/collections/{collection}.yaml)"
         )
     if table.profile.get("band_order_verified") is False and any(
-        p.n_bands > 1 for parts in scenes.values() for p in parts
+        p.by_number for parts in scenes.values() for p in parts
     ):
         notes.append(
-            f"collection {collection}: bands of multi-band files without descriptions are "
-            f"named by the profile's band numbers, which could not be verified; check them"
+            f"collection {collection}: the bands of files without band descriptions were "
+            f"named by the profile's band numbers, which could not be verified "
+            f"(band_order_verified: false); check them, or give the bands descriptions"
         )
     crs = sorted(
         {

@@ -297,3 +297,28 @@ def test_datetime_option_and_an_existing_catalog(
     assert main([*args, "--datetime", "2019-04-02", "--force"]) == 0
     (item,) = _search(out / "items.ndjson")
     assert item.datetime == dt.datetime(2019, 4, 2, tzinfo=dt.UTC)
+
+
+def test_gf6_wfv_eight_bands_by_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """GF-6 WFV: eight bands; red edge 1 and 2 are read, coastal and yellow catalogued."""
+    dn = np.concatenate([_dn(5), _dn(6)])
+    write_tif(tmp_path / "scenes" / "GF6_WFV_E119.5_N26.3_20200415_L1A1119912345.tif", dn)
+    out = tmp_path / "catalog"
+    assert (
+        main(["catalog", str(tmp_path / "scenes"), "--out", str(out), "--collection", "gf6-wfv"])
+        == 0
+    )
+    assert "band_order_verified: false" in capsys.readouterr().out
+    (item,) = catalog.search_local(
+        out / "items.ndjson",
+        catalog.SearchRequest(("gf6-wfv",), (118.0, 25.0, 121.0, 28.0), None, None, None),
+    )
+    order = ("blue", "green", "red", "nir", "rededge1", "rededge2", "coastal", "yellow")
+    assert sorted(item.assets) == sorted(order)
+    assert item.properties["platform"] == "gf-6"
+    for k, band in enumerate(order):
+        with rasterio.open(item.assets[band].href.removeprefix("file://")) as src:
+            np.testing.assert_array_equal(src.read(1), dn[k])
+    assert item.assets["rededge1"].extra_fields["eo:bands"][0]["center_wavelength"] == 0.71
+    keys = catalog.asset_keys(item)  # the composite reads the red edge, not coastal/yellow
+    assert keys["rededge1"] == "rededge1" and "coastal" not in keys
