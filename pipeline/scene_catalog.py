@@ -386,8 +386,8 @@ def build_catalog(
     sensors = table.profile.get("sensors")
     if sensors is not None and str(platform).lower().replace("_", "-") not in sensors:
         raise ConfigError(
-            f"--platform {platform}: collection {collection} needs the platform of its "
-            f"scenes, one of {', '.join(sensors)}"
+            f"--platform {platform or '(not given)'}: collection {collection} needs the "
+            f"platform of its scenes, one of {', '.join(sensors)}"
         )
     scenes, skipped = scan(scenes_dir, table)
     final = out_dir.resolve()
