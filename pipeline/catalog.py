@@ -8,9 +8,13 @@ searches:
   server, no network, no DuckDB extensions (``json`` is built in). Asset hrefs may be
   relative to that file, so a data folder can be moved or copied whole.
 - ``earth-search``, ``planetary-computer``, ``stac-api``: any STAC API through
-  pystac-client; Planetary Computer hrefs are signed with ``planetary_computer``.
-  Servers that ignore the ``query`` extension return unfiltered items, so the cloud
-  limit is enforced again on what comes back.
+  pystac-client. Servers that ignore the ``query`` extension return unfiltered items, so
+  the cloud limit is enforced again on what comes back.
+
+Items are searched and frozen unsigned. Planetary Computer hrefs need a SAS token that
+expires within hours, so they are signed only just before they are read
+(:func:`readable_items`, called by the composite's loader): a frozen ``items/<epoch>.json``
+stays valid for ``reproduce`` and resumed runs.
 
 It also resolves, per item, the DN-to-reflectance scale and offset (the Sentinel-2
 processing-baseline 04.00 offset and whether the provider already removed it: the most
@@ -204,6 +208,75 @@ def radiometry(item: pystac.Item, *, provider: str | None = None) -> Radiometry:
     return Radiometry(float(profile["scale"]), 0.0, nodata, f"{why} < offset baseline")
 
 
+# --------------------------------------------------------------------------- reading
+
+
+def signer_of(item: pystac.Item, *, default_provider: str | None = None) -> str | None:
+    """How an item's hrefs must be signed before they are read, or None.
+
+    The scheme is the ``sign`` of the ``data_catalog/catalogs.yaml`` entry of the item's
+    provider (:func:`provider_of`): Planetary Computer items need ``planetary_computer``,
+    wherever they were found (its API, or a local catalog of items copied from it).
+    """
+    prov = provider_of(item, default=default_provider)
+    for entry in catalogs().values():
+        if entry.get("provider") == prov and entry.get("sign"):
+            return str(entry["sign"])
+    return None
+
+
+def readable_items(
+    items: Sequence[pystac.Item], *, default_provider: str | None = None
+) -> list[pystac.Item]:
+    """The items as a reader must open them: signed copies where the provider needs it.
+
+    Called just before the pixels are read (odc-stac in :mod:`pipeline.composite`), so
+    the items that were searched, frozen and recorded keep their unsigned hrefs, and a
+    SAS token (valid for an hour or so) is fetched when it is used. Items that need no
+    signing are returned as they are; the argument is never changed.
+
+    Raises
+    ------
+    CatalogError
+        An item needs signing and the signer cannot be imported or fails; the message
+        names the item and what to do.
+    """
+    out: list[pystac.Item] = []
+    for item in items:
+        scheme = signer_of(item, default_provider=default_provider)
+        out.append(item if scheme is None else _signed(item, scheme))
+    return out
+
+
+def _signed(item: pystac.Item, scheme: str) -> pystac.Item:
+    """A copy of ``item`` with its hrefs signed by ``scheme`` (``catalogs.yaml`` ``sign``)."""
+    if scheme != "planetary_computer":
+        raise ConfigError(
+            f"data_catalog/catalogs.yaml: unknown signing scheme {scheme!r} for item "
+            f"{item.id!r} (known: planetary_computer)"
+        )
+    need = (
+        f"item {item.id!r}: its assets are in Planetary Computer's storage and are signed "
+        f"(a SAS token) just before they are read"
+    )
+    try:
+        import planetary_computer  # imported here: only Planetary Computer items need it
+    except ImportError as err:
+        raise CatalogError(
+            f"{need}, but the planetary_computer package cannot be imported ({err}); install "
+            f"the project's requirements.lock into this environment"
+        ) from None
+    try:
+        signed: pystac.Item = planetary_computer.sign(item, copy=True)
+    except (OSError, ValueError, KeyError) as err:  # requests' errors are OSErrors
+        raise CatalogError(
+            f"{need}, and signing failed ({type(err).__name__}: {err}). The token service "
+            f"(planetarycomputer.microsoft.com/api/sas) must be reachable while scenes are "
+            f"read; the frozen items hold unsigned hrefs, so rerun or resume the run later"
+        ) from None
+    return signed
+
+
 # --------------------------------------------------------------------------- search
 
 
@@ -252,10 +325,10 @@ class SearchRequest:
 
 
 def _cloud_ok(item: pystac.Item, limit: float | None) -> bool:
-    if limit is None:
-        return True
+    """Within the cloud limit; an item that states no cloud cover (a bureau's own scene,
+    catalogued by ``forest-carbon catalog``) is kept, as the local search's query keeps it."""
     cc = item.properties.get("eo:cloud_cover")
-    return cc is not None and float(cc) <= limit
+    return limit is None or cc is None or float(cc) <= limit
 
 
 def _finish(items: Sequence[pystac.Item], req: SearchRequest, *, where: str) -> list[pystac.Item]:
@@ -432,8 +505,11 @@ def _page_items(pages: Iterable[Mapping[str, Any]], *, where: str) -> list[pysta
     return items
 
 
-def search_api(url: str, req: SearchRequest, *, sign: str | None = None) -> list[pystac.Item]:
+def search_api(url: str, req: SearchRequest) -> list[pystac.Item]:
     """Search a STAC API with pystac-client (POST, paging followed to ``max_items``).
+
+    The items come back as the server sent them: hrefs that need signing are signed at
+    load time (:func:`readable_items`), never here, so frozen items do not expire.
 
     Each request waits at most ``req.timeout_s`` for the server and is retried up to
     ``req.retries`` times, with exponential backoff, on a connection fault, a timeout or a
@@ -449,11 +525,6 @@ def search_api(url: str, req: SearchRequest, *, sign: str | None = None) -> list
     from pystac_client.exceptions import APIError
     from pystac_client.stac_api_io import StacApiIO
 
-    modifier = None
-    if sign == "planetary_computer":
-        import planetary_computer
-
-        modifier = planetary_computer.sign_inplace
     retry = _LoggedRetry(
         total=req.retries,
         backoff_factor=req.backoff_s,
@@ -476,7 +547,6 @@ def search_api(url: str, req: SearchRequest, *, sign: str | None = None) -> list
     try:
         client = pystac_client.Client.open(
             url,
-            modifier=modifier,
             stac_io=StacApiIO(timeout=req.timeout_s, max_retries=retry),
             timeout=req.timeout_s,
         )
@@ -521,7 +591,7 @@ def search(req: SearchRequest, *, kind: str, location: str | None = None) -> pys
         if not url:
             raise ConfigError("sources.catalog.location: a stac-api catalog needs its root URL")
         name = f"{kind} {url}"
-        items = search_api(url, req, sign=entry.get("sign"))
+        items = search_api(url, req)
     if not items:
         raise CatalogError(
             f"no items found: {req.describe(name)}. Widen the date window, raise "

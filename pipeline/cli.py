@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "pipeline.commands.reproduce",
     "pipeline.commands.simulate",
     "pipeline.commands.search",
+    "pipeline.commands.catalog",
     "pipeline.commands.composite",
     "pipeline.commands.lidar",
     "pipeline.commands.plots",

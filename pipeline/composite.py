@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -305,7 +306,8 @@ def _load(
     import odc.stac
 
     return odc.stac.load(
-        items,
+        # signed here, just before reading, so the frozen items never hold expiring tokens
+        catalog.readable_items(items, default_provider=settings.default_provider),
         bands=list(assets),
         geobox=geobox,
         chunks={"x": settings.chunk_px, "y": settings.chunk_px},
@@ -331,6 +333,10 @@ class Scene:
     #: the chain of scales the reflectance went through, e.g. ``etm+>oli>msi``; empty when
     #: the scene was not harmonised (Sentinel-2, or ``harmonise_landsat: false``)
     harmonised: str
+    #: the reflectance bands read from the item (the others in ``bands`` are all NaN)
+    bands_read: tuple[str, ...]
+    #: whether clouds were masked (False: the collection has no cloud mask)
+    masked: bool
 
 
 def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings) -> Scene:
@@ -342,7 +348,11 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
     rad = catalog.radiometry(item, provider=provider)
     profiled = [b for b in REFLECTANCE_BANDS if b in keys]
     ours = [b for b in profiled if keys[b] in item.assets]
-    if keys["mask"] not in item.assets or not ours:
+    rule = profile["mask"]
+    # a collection without a cloud mask (a bureau's own GF-1/GF-6 WFV scenes) says so in
+    # its profile (mask kind "none"); every other scene without its mask is refused
+    masked = rule["kind"] != "none"
+    if (masked and keys["mask"] not in item.assets) or not ours:
         need = "its mask asset" if ours else "any reflectance asset"
         raise CatalogError(
             f"item {item.id!r} ({provider}) lacks {need}; its collection profile "
@@ -358,24 +368,27 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
             stacklevel=2,
         )
     resampling = {keys[b]: settings.resampling for b in ours}
-    resampling[keys["mask"]] = "nearest"
+    if masked:
+        resampling[keys["mask"]] = "nearest"
     ds = _load(
         [item],
-        [keys[b] for b in ours] + [keys["mask"]],
+        list(resampling),
         geobox,
         settings=settings,
         resampling=resampling,
     )
     ds = ds.isel(time=0)
-    mask_raw = ds[keys["mask"]].data
-    rule = profile["mask"]
-    if rule["kind"] == "classes":
-        invalid = da.map_blocks(scl_invalid, mask_raw, classes=rule["invalid"], dtype=bool)
-        grow = da.map_blocks(scl_invalid, mask_raw, classes=rule["dilate"], dtype=bool)
+    if not masked:  # said once per season by seasonal_composite
+        invalid = da.zeros_like(ds[keys[ours[0]]].data, dtype=bool)
     else:
-        invalid = da.map_blocks(qa_bits_set, mask_raw, bits=rule["invalid_bits"], dtype=bool)
-        grow = da.map_blocks(qa_bits_set, mask_raw, bits=rule["dilate_bits"], dtype=bool)
-    invalid = invalid | dilate(grow, settings.cloud_dilation_px)
+        mask_raw = ds[keys["mask"]].data
+        if rule["kind"] == "classes":
+            invalid = da.map_blocks(scl_invalid, mask_raw, classes=rule["invalid"], dtype=bool)
+            grow = da.map_blocks(scl_invalid, mask_raw, classes=rule["dilate"], dtype=bool)
+        else:
+            invalid = da.map_blocks(qa_bits_set, mask_raw, bits=rule["invalid_bits"], dtype=bool)
+            grow = da.map_blocks(qa_bits_set, mask_raw, bits=rule["dilate_bits"], dtype=bool)
+        invalid = invalid | dilate(grow, settings.cloud_dilation_px)
     harmonise = settings.harmonise_landsat and coll == "landsat-c2-l2"
     coeffs = harmonisation_coefficients(settings.harmonise_to) if harmonise else {}
     # TM and ETM+ first go to the OLI scale (HLS harmonises OLI only)
@@ -406,7 +419,7 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
             refl = landsat_to_sentinel2(refl, slope=slope, offset=offset)
         bands[b] = da.where(invalid, np.float32(np.nan), refl).astype("float32")
     chain = [sensor] + (["oli"] if to_oli else []) + ["msi"] if harmonise else []
-    return Scene(item.id, coll, bands, rad, ">".join(chain))
+    return Scene(item.id, coll, bands, rad, ">".join(chain), tuple(ours), masked)
 
 
 def _nanmedian_block(block: np.ndarray) -> np.ndarray:
@@ -458,6 +471,26 @@ def seasonal_composite(
     if not refl_items:
         raise CatalogError("no reflectance items to composite (check the frozen items file)")
     scenes = [load_scene(i, geobox, settings=settings) for i in refl_items]
+    unmasked = sorted({s.collection for s in scenes if not s.masked})
+    if unmasked:
+        n = sum(not s.masked for s in scenes)
+        warnings.warn(
+            f"{n} of the season's {len(scenes)} scene(s) ({', '.join(unmasked)}) have no "
+            f"cloud mask (data_catalog/collections/): their clouds and cloud shadows are not "
+            f"removed before the median; catalog only cloud-free scenes of such collections",
+            PipelineWarning,
+            stacklevel=2,
+        )
+    absent = absent_bands({b for s in scenes for b in s.bands_read})
+    if absent:
+        colls = ", ".join(sorted({s.collection for s in scenes}))
+        warnings.warn(
+            f"no scene of this season ({colls}) has the band(s) "
+            f"{', '.join(b for b in absent if b in REFLECTANCE_BANDS)}: the composite's "
+            f"{', '.join(absent)} are NaN throughout (indices: data_catalog/indices.yaml)",
+            PipelineWarning,
+            stacklevel=2,
+        )
     bands: dict[str, xr.DataArray] = {}
     n_valid = None
     for b in REFLECTANCE_BANDS:
@@ -473,6 +506,47 @@ def seasonal_composite(
     out.attrs.update({"_FillValue": np.float32(np.nan), "units": "1"})
     out = out.rio.write_crs(str(geobox.crs))
     return out, scenes
+
+
+def absent_bands(read: AbstractSet[str]) -> list[str]:
+    """Composite bands that scenes with only the reflectance bands ``read`` cannot give:
+    the other reflectance bands, and the indices made from one of those.
+
+    Scenes with four bands (GF-1 WFV: blue, green, red, broad NIR) have no narrow NIR and
+    no SWIR, so a season made only of them has none of NDVI, EVI, NBR, NDMI, NDRE.
+    """
+    inputs = index_inputs()
+    return [
+        b
+        for b in (*REFLECTANCE_BANDS, *INDEX_NAMES)
+        if (b in REFLECTANCE_BANDS and b not in read) or (b in inputs and inputs[b] - read)
+    ]
+
+
+def model_gaps(absent: Sequence[str]) -> list[str]:
+    """The bands of ``absent`` the satellite model cannot do without: all but the
+    Sentinel-2-only ones (:func:`single_sensor_bands`)."""
+    single = set(single_sensor_bands())
+    return [b for b in absent if b not in single]
+
+
+def require_model_bands(scenes: Sequence[Scene], *, epoch: str) -> None:
+    """Refuse a season whose scenes lack a band the satellite model needs at every plot.
+
+    The model may miss only the Sentinel-2-only bands (:func:`single_sensor_bands`, left
+    out by its common-band variant where only Landsat saw the ground); any other band
+    that no scene gives would leave it no plot to train on.
+    """
+    needed = model_gaps(absent_bands({b for s in scenes for b in s.bands_read}))
+    if needed:
+        have = sorted({s.collection for s in scenes})
+        raise InputDataError(
+            f"epoch {epoch}: its {len(scenes)} scene(s) ({', '.join(have)}) give no "
+            f"{', '.join(needed)}, which the satellite model needs at every plot (only "
+            f"Sentinel-2-only bands may be missing). Add Sentinel-2 or Landsat scenes to this "
+            f"epoch (sources.catalog.collections); scenes without narrow NIR and SWIR, such "
+            f"as GF-1 WFV, cannot make a season on their own"
+        )
 
 
 def require_clear_pixels(composite: xr.DataArray, *, epoch: str, n_scenes: int) -> None:

@@ -25,6 +25,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,6 +135,37 @@ def atomic_path(path: Path, *, journal: TemporaryJournal | None = None) -> Itera
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; rename it to ``path`` when the block succeeds.
+
+    A folder that exists at ``path`` is replaced only with ``replace`` (it is moved aside,
+    the new one renamed into place, then the old one removed), otherwise refused before
+    any work. A failed block leaves ``path`` as it was and no temporary folder.
+
+    Raises
+    ------
+    RunFolderError
+        ``path`` exists and ``replace`` is false.
+    """
+    if path.exists() and not replace:
+        raise RunFolderError(f"{path} exists; remove it, give another folder, or replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with full_disk_named(path):
+            yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def file_sha256(path: Path) -> str:

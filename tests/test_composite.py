@@ -615,3 +615,134 @@ def test_an_item_with_some_bands_is_used_for_those_with_a_warning(
     del no_mask.assets["scl"]
     with pytest.raises(CatalogError, match=r"lacks its mask asset"):
         C.load_scene(no_mask, _geobox(), settings=SETTINGS)
+
+
+# --------------------------------------------------------------------------- signing at load
+
+PC_KEYS = dict(
+    zip(
+        S2_KEYS, ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"), strict=True
+    )
+)
+PC_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
+PC_BLOB = "https://sentinel2l2a01.blob.core.windows.net/sentinel2-l2"
+
+
+def _planetary_computer_copy(item: pystac.Item) -> tuple[pystac.Item, dict[str, str]]:
+    """``item`` as Planetary Computer publishes it (unsigned blob hrefs, its asset keys),
+    and each blob href's local file (what the fake signer hands the reader)."""
+    data = item.to_dict()
+    data["id"] = item.id.replace("_L2A", "_PC_L2A")
+    data["links"] = [
+        {"rel": "self", "href": f"{PC_API}/collections/sentinel-2-l2a/items/{data['id']}"}
+    ]
+    local: dict[str, str] = {}
+    assets = {}
+    for ours, asset in data["assets"].items():
+        key = "SCL" if ours == "scl" else PC_KEYS[ours]
+        href = f"{PC_BLOB}/{data['id']}/{key}.tif"
+        local[href] = asset["href"]
+        assets[key] = {**asset, "href": href}
+    data["assets"] = assets
+    return pystac.Item.from_dict(data), local
+
+
+class _FakeSigner:
+    """Stands in for ``planetary_computer.sign``: a signed copy whose hrefs lead to the
+    local files (so the reader can open them), and a record of what it signed."""
+
+    def __init__(self, local: dict[str, str]) -> None:
+        self.local = local
+        self.signed: list[str] = []
+
+    def __call__(self, obj: pystac.Item, copy: bool = True) -> pystac.Item:
+        assert copy, "the frozen item must not be signed in place"
+        out = obj.clone()
+        for asset in out.assets.values():
+            asset.href = self.local[asset.href]
+        self.signed.append(obj.id)
+        return out
+
+
+def test_planetary_computer_items_are_frozen_unsigned_and_signed_at_load(
+    scenes: tuple[list[pystac.Item], dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import planetary_computer
+    from faulty_stac import GEOJSON, faulty_api
+
+    items, data = scenes
+    plain = next(i for i in items if i.id == "S2A_PRE_0_L2A")
+    pc_item, local = _planetary_computer_copy(plain)
+    signer = _FakeSigner(local)
+    monkeypatch.setattr(planetary_computer, "sign", signer)
+    body = json.dumps({"type": "FeatureCollection", "features": [pc_item.to_dict()], "links": []})
+    req = catalog.SearchRequest(
+        collections=("sentinel-2-l2a",),
+        bbox=(118.9, 26.5, 119.2, 26.8),
+        start=dt.date(2021, 5, 1),
+        end=dt.date(2021, 7, 1),
+        max_cloud_cover=None,
+    )
+    with faulty_api(lambda api, call: (200, GEOJSON, body)) as api:
+        found = catalog.search(req, kind="planetary-computer", location=api.url)
+    frozen = found.to_dict()
+    hrefs = [a["href"] for f in frozen["features"] for a in f["assets"].values()]
+    assert signer.signed == [] and sorted(hrefs) == sorted(local)  # searched, frozen unsigned
+    before = json.dumps(frozen, sort_keys=True)
+    out = composite(
+        CompositeJob(
+            params=CompositeParams(cloud_dilation_px=2, resampling="nearest"),
+            epochs=("2021",),
+            crs=CRS,
+            resolution_m=RES,
+            chunk_px=20,
+            default_provider=None,
+        ),
+        aoi=gpd.GeoDataFrame(geometry=[box(X0, Y0 - N * RES, X0 + N * RES, Y0)], crs=CRS),
+        items={"2021": frozen},
+    )
+    assert signer.signed == [pc_item.id]  # the reader got the signed hrefs
+    assert json.dumps(frozen, sort_keys=True) == before  # the frozen items stay unsigned
+    ref, _ = _reference([plain], data, "red")
+    got = out["composites/2021.tif"].sel(band="red").values
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)
+
+
+def test_items_that_need_no_signing_are_read_as_they_are(
+    scenes: tuple[list[pystac.Item], dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import planetary_computer
+
+    def refuse(obj: Any, copy: bool = True) -> Any:
+        raise AssertionError(f"{obj.id} was signed")
+
+    monkeypatch.setattr(planetary_computer, "sign", refuse)
+    items, _ = scenes
+    assert catalog.readable_items(items) == items
+    C.load_scene(items[0], _geobox(), settings=SETTINGS)
+
+
+@pytest.mark.parametrize("fault", ["no package", "token service down"])
+def test_a_failing_signer_is_refused_naming_the_item(
+    scenes: tuple[list[pystac.Item], dict[str, Any]], monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    import sys
+
+    import planetary_computer
+    import requests
+
+    pc_item, _ = _planetary_computer_copy(scenes[0][0])
+    if fault == "no package":
+        monkeypatch.setitem(sys.modules, "planetary_computer", None)  # import fails
+        match = r"planetary_computer package cannot be imported.*requirements.lock"
+    else:
+
+        def down(obj: Any, copy: bool = True) -> Any:
+            raise requests.ConnectionError("Max retries exceeded with url: /api/sas/v1/token")
+
+        monkeypatch.setattr(planetary_computer, "sign", down)
+        match = r"signing failed \(ConnectionError.*rerun or resume the run later"
+    with pytest.raises(CatalogError, match=rf"item '{pc_item.id}': .*{match}"):
+        C.load_scene(pc_item, _geobox(), settings=SETTINGS)

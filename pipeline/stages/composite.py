@@ -100,6 +100,7 @@ def composite(
     for epoch in job.epochs:
         ic = catalog.item_collection_from_dict(items[epoch])
         comp, scenes = science.seasonal_composite(list(ic), geobox, settings=settings)
+        science.require_model_bands(scenes, epoch=epoch)
         science.require_clear_pixels(comp, epoch=epoch, n_scenes=len(scenes))
         out[composite_relpath(epoch)] = comp
         if job.params.dark_object_check != "off":
