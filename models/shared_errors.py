@@ -63,6 +63,25 @@ TREE_COLUMNS = (
 )  # fmt: skip
 
 
+#: how the draws are made, and the factors drawn and not drawn, for the run's record
+SAMPLING = "Latin hypercube (scipy.stats.qmc), one draw for every plot and epoch"
+INCLUDED = {
+    "carbon_fraction": "carbon_fraction.csv: normal(value, sd) of each tree's row; one "
+    "deviate per draw moves every row, above- and belowground",
+    "root_shoot_ratio": "root_shoot.csv: triangular(low, value, high) of the row of the "
+    "plot's AGB class, trees whose BGB is a ratio; one uniform per draw for every row",
+}
+NOT_INCLUDED = {
+    "allometric_coefficients": "no equation of allometry.yaml gives parameter SEs or a "
+    "covariance matrix (the per-tree residual error is independent between trees: in the "
+    "sampling SE)",
+    "wood_density_means": "wood_density.csv and uncertainty.yaml give the within-taxon SD, "
+    "not the SE of a taxon mean",
+    "height_diameter_models": "fitted from the run's own trees; their parameter error is "
+    "not propagated",
+}
+
+
 @dataclass(frozen=True)
 class SharedDraws:
     """The draws of the shared factors (one value per draw)."""
@@ -128,35 +147,34 @@ def shared_factor_shifts(trees: pd.DataFrame, draws: SharedDraws) -> pd.DataFram
     sd_bgb = allometry.carbon_fraction_sd(species, "belowground")
     z = draws.carbon_fraction_z[None, :]
     # carbon = AGB cf_a + BGB cf_b; a draw moves cf by z sd and, for trees whose BGB is
-    # AGB x ratio, the ratio by dr: BGB' = BGB + AGB dr, so
-    # carbon' - carbon = z (AGB sd_a + BGB sd_b) + AGB dr (cf_b + z sd_b)
+    # AGB x ratio, BGB to AGB x the drawn ratio r: with dB = AGB r - BGB,
+    # carbon' - carbon = z (AGB sd_a + BGB sd_b) + dB (cf_b + z sd_b)
     shift = z * (agb * sd_agb + bgb * sd_bgb)[:, None]
     ratio = t["root_shoot_ratio"].to_numpy(dtype=np.float64)
     by_ratio = np.isfinite(ratio)
     if by_ratio.any():
         plot_agb = pd.Series(agb * per_ha).groupby([k.to_numpy() for k in key]).transform("sum")
-        dr = _ratio_shifts(species, plot_agb.to_numpy(), draws.root_shoot_u)
-        shift += np.where(
-            by_ratio[:, None], (agb[:, None] * dr) * (cf_bgb[:, None] + z * sd_bgb[:, None]), 0.0
-        )
+        ratios = _ratio_draws(species[by_ratio], plot_agb.to_numpy()[by_ratio], draws.root_shoot_u)
+        d_bgb = agb[by_ratio, None] * ratios - bgb[by_ratio, None]
+        shift[by_ratio] += d_bgb * (cf_bgb[by_ratio, None] + z * sd_bgb[by_ratio, None])
     out = pd.DataFrame(
         shift * per_ha[:, None], index=pd.MultiIndex.from_arrays(key, names=["plot_id", "epoch"])
     )
     return out.groupby(level=["plot_id", "epoch"], sort=True).sum()
 
 
-def _ratio_shifts(
+def _ratio_draws(
     species: npt.NDArray[np.object_], plot_agb_mg_ha: FloatArray, u: FloatArray
 ) -> FloatArray:
     """Per tree and draw, the drawn root-to-shoot ratio of the tree's row (the class of its
-    plot's AGB) minus the row's value."""
-    out = np.zeros((species.size, u.size))
+    plot's AGB, as the plots stage chooses it)."""
+    out = np.full((species.size, u.size), np.nan)
     for sp in pd.unique(species):
         rows = species == sp
         for lo, hi, value, low, high in allometry.root_shoot_classes(str(sp)):
             cls = rows & (plot_agb_mg_ha >= lo) & (plot_agb_mg_ha < hi)
             dist = triang((value - low) / (high - low), loc=low, scale=high - low)
-            out[cls] = dist.ppf(u) - value
+            out[cls] = dist.ppf(u)
     return out
 
 

@@ -46,6 +46,9 @@ with the run's seed (:mod:`models.shared_errors`, :func:`models.survey.totals.sy
 the maps, converted from biomass with the same factors, scale with each draw), and the
 combined SD ``sqrt(se^2 + systematic_sd^2)`` with its interval (``combined_*``, the
 sampling estimate's t quantile). The credits keep the sampling interval (docs/estimation.md).
+``estimates/systematic.json`` records the draws, the factors included and not included, and
+``map_relative_sd``: the relative systematic SD that any sum of a carbon or sink map carries
+(fully correlated, apart from the map's own SD), which the report gives beside the map sums.
 
 Which samples the map may assist: a model-assisted estimator is design-unbiased, with a
 valid variance, only when the map's values at the sample plots do not depend on the
@@ -100,7 +103,14 @@ import xarray as xr
 from models.allometry import co2_per_c
 from models.errors import PlotDataError, SurveyError
 from models.plot_biomass import carbon_per_agb
-from models.shared_errors import SharedDraws, map_factor_shifts, shared_factor_shifts
+from models.shared_errors import (
+    INCLUDED,
+    NOT_INCLUDED,
+    SAMPLING,
+    SharedDraws,
+    map_factor_shifts,
+    shared_factor_shifts,
+)
 from models.survey.crossfit import NO_FOLD, NO_STRATUM, FoldCorrection, fold_map_correction
 from models.survey.design import StratifiedDesign, combine_systematic, relative_half_width
 from models.survey.sample_size import ar_tool03_sample_size
@@ -124,6 +134,7 @@ from pipeline.contracts import (
     PLOT_FEATURES_RELPATH,
     PROJECT_SAMPLE,
     SAMPLE_PLAN_RELPATH,
+    SYSTEMATIC_RELPATH,
     TREES_RELPATH,
     RunLayout,
     credits_job,
@@ -396,6 +407,7 @@ def estimate(
         return {
             ESTIMATES_RELPATH: pd.DataFrame(columns=list(COLUMNS)),
             SAMPLE_PLAN_RELPATH: pd.DataFrame(columns=list(PLAN_COLUMNS)),
+            SYSTEMATIC_RELPATH: _systematic_record(job, None),
         }
     for table, name, cols in (
         (plot_locations, "plot locations", ("plot_id", "sample", "stratum")),
@@ -457,6 +469,7 @@ def estimate(
     return {
         ESTIMATES_RELPATH: pd.DataFrame(rows, columns=list(COLUMNS)),
         SAMPLE_PLAN_RELPATH: pd.DataFrame(plan, columns=list(PLAN_COLUMNS)),
+        SYSTEMATIC_RELPATH: _systematic_record(job, shared),
     }
 
 
@@ -509,6 +522,20 @@ def _shared_draws(
     return _Shared(
         {e: shifts.xs(e, level="epoch") if e in epochs else empty for e in job.epochs}, scales
     )
+
+
+def _systematic_record(job: EstimateJob, shared: _Shared | None) -> dict[str, Any]:
+    """``estimates/systematic.json``: how the shared error was drawn, what it includes and
+    what not, and ``map_relative_sd``, the relative systematic SD of any sum of a carbon or
+    sink map (:func:`models.shared_errors.map_factor_shifts`; null when not computed)."""
+    return {
+        "draws": job.systematic_draws,
+        "seed": job.seed,
+        "sampling": SAMPLING,
+        "included": INCLUDED,
+        "not_included": NOT_INCLUDED,
+        "map_relative_sd": None if shared is None else float(np.std(shared.map_scales, ddof=1)),
+    }
 
 
 def _sample_rows(
