@@ -221,6 +221,12 @@ def test_the_systematic_sd_is_reproducible_from_the_seed(scene: dict) -> None:
     assert not np.allclose(runs[0]["systematic_sd"], runs[2]["systematic_sd"])
 
 
+def test_a_tree_table_without_a_column_is_refused_naming_the_file(scene: dict) -> None:
+    trees = _scene_trees(scene).drop(columns="plot_area_ha")
+    with pytest.raises(InputDataError, match=r"plots/trees.csv.*plot_area_ha"):
+        _outputs(scene, trees=trees)
+
+
 def test_a_plot_in_an_undeclared_stratum_is_refused(scene: dict) -> None:
     scene["plots"].loc[0, "stratum"] = "north"
     with pytest.raises(InputDataError, match="strata \\['north'\\]"):

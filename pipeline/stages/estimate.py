@@ -514,9 +514,12 @@ def _shared_draws(
         return None
     try:
         shifts = shared_factor_shifts(trees, SharedDraws.draw(job.systematic_draws, job.seed))
-        scales = 1.0 + map_factor_shifts(plot_biomass, shifts)
     except PlotDataError as err:
         raise InputDataError(f"{TREES_RELPATH}: {err}") from None
+    try:
+        scales = 1.0 + map_factor_shifts(plot_biomass, shifts)
+    except PlotDataError as err:
+        raise InputDataError(f"{PLOT_BIOMASS_RELPATH}: {err}") from None
     empty = pd.DataFrame(columns=shifts.columns, dtype=np.float64)  # an epoch without trees
     epochs = set(shifts.index.get_level_values("epoch"))
     return _Shared(
