@@ -2,13 +2,14 @@
 
 The plots' Monte Carlo (:mod:`models.plot_biomass`, BIOMASS ``AGBmonteCarlo``) draws a
 carbon fraction per tree and a root-to-shoot ratio per plot, independently for each plot:
-errors that differ from plot to plot are part of the plot-to-plot variance, and so of a
-survey estimator's sampling SE. But every tree of a species takes the same row of
+errors that differ from tree to tree or plot to plot average out over the population's
+many trees and plots. But every tree of a species takes the same row of
 ``models/data/carbon_fraction.csv`` and every stand of a biomass class the same row of
 ``root_shoot.csv``: the error of those table values is shared by all plots and epochs, does
-not average out over plots and is in no sampling SE (IPCC 2006 Guidelines Vol. 1 Ch. 3:
-a systematic component, combined with the sampling one by Approach 1 or 2; McRoberts &
-Westfall 2014, Forest Science 60:34-42, doi:10.5849/forsci.12-141, for the model part).
+not average out and is in no sampling SE (IPCC 2006 Guidelines Vol. 1 Ch. 3: a component of
+its own, combined with the sampling one by Approach 1 or 2; McRoberts & Westfall 2014,
+Forest Science 60:34-42, for the model part: the residual part negligible over a large
+area, the parameters' part not).
 
 :func:`shared_factor_shifts` draws these factors ONCE per draw for every plot and epoch
 (IPCC Approach 2, Monte Carlo) and gives the change of each plot-epoch's carbon density
@@ -35,7 +36,7 @@ estimate of the systematic component.
 
 Not included (no published figure to draw from): the allometric equations' coefficient
 errors (no equation of ``allometry.yaml`` gives parameter SEs or a covariance matrix; the
-per-tree residual error is independent between trees and already in the sampling SE), the
+per-tree residual error is independent between trees and averages out over them), the
 error of the wood density tables' taxon means (``wood_density.csv`` and
 ``uncertainty.yaml`` give the within-taxon SD, not the SE of a mean), and the H-D models'
 parameters (fitted from the run's own trees).
@@ -73,8 +74,8 @@ INCLUDED = {
 }
 NOT_INCLUDED = {
     "allometric_coefficients": "no equation of allometry.yaml gives parameter SEs or a "
-    "covariance matrix (the per-tree residual error is independent between trees: in the "
-    "sampling SE)",
+    "covariance matrix (the per-tree residual error is independent between trees and "
+    "averages out over them)",
     "wood_density_means": "wood_density.csv and uncertainty.yaml give the within-taxon SD, "
     "not the SE of a taxon mean",
     "height_diameter_models": "fitted from the run's own trees; their parameter error is "
