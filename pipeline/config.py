@@ -454,6 +454,11 @@ class EstimateParams(Section):
     #: estimate (CDM AR-TOOL03: ±10 % at 90 % confidence); the plan of
     #: ``estimates/sample_plan.csv`` sizes each sample for it
     target_relative_half_width: float = Field(default=0.10, gt=0, lt=1)
+    #: Monte Carlo draws of the conversion factors' shared error (carbon fraction,
+    #: root-to-shoot ratio: one draw for every plot and epoch, seeded with the run's
+    #: ``seed``): the totals' systematic SD beside their sampling SE
+    #: (``models.shared_errors``, docs/estimation.md)
+    systematic_draws: int = Field(default=200, ge=2)
 
 
 class CreditsParams(Section):

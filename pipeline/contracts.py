@@ -107,6 +107,8 @@ ERROR_CORRELOGRAM_RELPATH = "parcels/error_correlogram.json"
 
 ESTIMATES_RELPATH = "estimates/totals.csv"
 SAMPLE_PLAN_RELPATH = "estimates/sample_plan.csv"
+#: the conversion factors' shared error: draws, factors included and not, the maps' share
+SYSTEMATIC_RELPATH = "estimates/systematic.json"
 #: the plot sample (``sample`` of the plot design) whose stock change the credits take
 PROJECT_SAMPLE = "project"
 

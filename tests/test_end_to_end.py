@@ -43,6 +43,7 @@ from pipeline.contracts import (
     REPORT_RELPATH,
     SAMPLE_PLAN_RELPATH,
     SINK_RELPATH,
+    SYSTEMATIC_RELPATH,
     TABLES_XLSX_RELPATH,
     TOTAL_ID,
     composite_relpath,
@@ -107,6 +108,14 @@ def test_every_stage_ran_and_wrote_its_outputs(tiny_run):
     assert len(recorded) == len(totals) > 0
     assert np.allclose(recorded["total"], totals["total"], rtol=1e-12, atol=0)
     assert set(recorded["estimator"]) == {"stratified", "difference", "greg"}
+    # every total carries the conversion factors' shared error, a few percent of it (the
+    # carbon fraction's 0.0128 / 0.47 = 2.7 % at least), in the manifest too
+    assert np.allclose(recorded["systematic_sd"], totals["systematic_sd"], rtol=1e-12)
+    relative = totals["systematic_sd"] / totals["total"].abs()
+    assert relative.between(0.02, 0.06).all(), relative.tolist()
+    assert (totals["combined_half_width"] > totals["half_width"]).all()
+    systematic = json.loads((run / SYSTEMATIC_RELPATH).read_text())
+    assert 0.02 < systematic["map_relative_sd"] < 0.06
     # the fold maps are made only when the cross-fitted estimate is to be chosen
     # (stages.estimate.cross_fit, false by default: tests/test_predict.py makes them); the
     # inventory's cross-fitted rows are then shown uncorrected, not chosen

@@ -16,11 +16,12 @@ import pandas as pd
 import pytest
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
+from scipy.stats import norm, qmc
 from scipy.stats import t as student_t
 from shapely.geometry import box
 
 from models.allometry import co2_per_c
-from pipeline.contracts import ESTIMATES_RELPATH, SAMPLE_PLAN_RELPATH
+from pipeline.contracts import ESTIMATES_RELPATH, SAMPLE_PLAN_RELPATH, SYSTEMATIC_RELPATH
 from pipeline.errors import InputDataError
 from pipeline.stages.estimate import EstimateJob, estimate
 
@@ -162,6 +163,68 @@ def test_change_is_in_co2e_from_plots_measured_at_both_epochs(scene: dict) -> No
         "change_2019_2024", "stock_2019", "stock_2024",
     ]  # fmt: skip
     assert set(chosen.index.get_level_values("estimator")) == {"greg"}
+
+
+def _scene_trees(scene: dict) -> pd.DataFrame:
+    """One Schima superba tree per plot and epoch carrying the plot's carbon density, its
+    BGB from a root equation (so only the carbon fraction is drawn: the broadleaf row)."""
+    cf = 0.47  # carbon_fraction.csv, broadleaf group row
+    area = 0.04
+    b = scene["biomass"]
+    biomass_kg = b["carbon_mg_ha"] / cf * 1000 * area
+    return pd.DataFrame({"plot_id": b["plot_id"], "epoch": b["epoch"], "species": "Schima superba",
+                         "usable": True, "plot_area_ha": area, "agb_kg": 0.8 * biomass_kg,
+                         "bgb_kg": 0.2 * biomass_kg, "root_shoot_ratio": np.nan})  # fmt: skip
+
+
+def test_the_systematic_sd_of_a_common_carbon_fraction_error_is_r_times_each_total(
+    scene: dict,
+) -> None:
+    """Closed form: every plot shifted by r z_k of its carbon (r = sd / value of the
+    carbon_fraction.csv row, 0.0128 / 0.47) and the maps scaled alike give every estimate
+    r |T| sd(z), the change r |T2 - T1| (its total); z are the Latin hypercube normal
+    deviates of the run's seed. The sampling columns (the credits' inputs) do not move."""
+    job = replace(JOB, systematic_draws=50, seed=11)
+    with pytest.warns(UserWarning, match="no tree table"):
+        without = _outputs(scene, job)
+    out = _outputs(scene, job, trees=_scene_trees(scene))
+    table = out[ESTIMATES_RELPATH]
+    z = norm.ppf(qmc.LatinHypercube(d=2, seed=11).random(50)[:, 0])
+    r = 0.0128 / 0.47
+    np.testing.assert_allclose(
+        table["systematic_sd"], r * table["total"].abs() * np.std(z, ddof=1), rtol=1e-9
+    )
+    h1, h2 = _by_hand(scene, "2019"), _by_hand(scene, "2024")
+    d = (h2["y"] - h1["y"]) * co2_per_c()
+    change = 8.0 * (d[h1["west"]].mean() + d[~h1["west"]].mean())
+    row = table.set_index(["quantity", "estimator"]).loc[("change_2019_2024", "stratified")]
+    assert row["systematic_sd"] == pytest.approx(r * abs(change) * np.std(z, ddof=1), rel=1e-9)
+    assert out[SYSTEMATIC_RELPATH]["map_relative_sd"] == pytest.approx(r * np.std(z, ddof=1))
+    sampling = ["total", "se", "df", "half_width", "lower", "upper", "chosen"]
+    pd.testing.assert_frame_equal(table[sampling], without[ESTIMATES_RELPATH][sampling])
+    assert without[ESTIMATES_RELPATH]["systematic_sd"].isna().all()
+    combined = np.hypot(table["se"], table["systematic_sd"])
+    np.testing.assert_allclose(table["combined_sd"], combined, rtol=1e-12)
+    t = student_t.ppf(0.95, table["df"])
+    np.testing.assert_allclose(table["combined_half_width"], t * combined, rtol=1e-12)
+    np.testing.assert_allclose(table["combined_lower"], table["total"] - t * combined, rtol=1e-12)
+
+
+def test_the_systematic_sd_is_reproducible_from_the_seed(scene: dict) -> None:
+    trees = _scene_trees(scene)
+    trees.loc[trees["plot_id"] == "J1", "root_shoot_ratio"] = 0.2  # a ratio tree too
+    runs = [
+        _outputs(scene, replace(JOB, systematic_draws=30, seed=s), trees=trees)[ESTIMATES_RELPATH]
+        for s in (4, 4, 5)
+    ]
+    pd.testing.assert_frame_equal(runs[0], runs[1])
+    assert not np.allclose(runs[0]["systematic_sd"], runs[2]["systematic_sd"])
+
+
+def test_a_tree_table_without_a_column_is_refused_naming_the_file(scene: dict) -> None:
+    trees = _scene_trees(scene).drop(columns="plot_area_ha")
+    with pytest.raises(InputDataError, match=r"plots/trees.csv.*plot_area_ha"):
+        _outputs(scene, trees=trees)
 
 
 def test_a_plot_in_an_undeclared_stratum_is_refused(scene: dict) -> None:

@@ -213,6 +213,38 @@ def run_report(inputs: dict) -> dict:
     return report_stage(inputs["job"], **args)
 
 
+def _card(html: str, key: str) -> str:
+    """The text of headline card ``key`` (label, value and detail)."""
+    match = re.search(rf'<div class="card" id="h-{key}">(.*?)</div></div>', html, re.S)
+    assert match, key
+    return re.sub(r"<[^>]+>", " ", match.group(1))
+
+
+def test_the_cards_show_the_combined_interval_and_the_maps_systematic_sd(report_inputs):
+    """With the estimate stage's systematic SDs: each survey card gives the combined
+    interval beside the sampling one, the map sums their share of the conversion factors'
+    shared error (relative SD x the sum), and the note says what it is; without, nothing."""
+    plain = run_report(report_inputs)[REPORT_RELPATH]
+    assert "shared" not in _card(plain, "survey-project-change_2019_2024")
+    assert "systematic" not in _card(plain, "map-stock")
+    estimates = report_inputs["estimates"].assign(
+        systematic_sd=[30.0, 28.0, 5.5], combined_sd=[401.1, 152.6, 98.85],
+        combined_half_width=[808.2, 307.4, 170.9], combined_lower=[4402.1, 4880.25, 1063.66],
+        combined_upper=[6018.5, 5495.05, 1405.46],
+    )  # fmt: skip
+    record = {"draws": 200, "map_relative_sd": 0.025}
+    html = run_report({**report_inputs, "estimates": estimates, "systematic": record})[
+        REPORT_RELPATH
+    ]
+    card = _card(html, "survey-project-change_2019_2024")
+    assert "± 170.7 t CO2e" in card  # the sampling interval stays the card's value
+    assert "systematic SD 5.5" in card and "± 170.9, 1,063.7 to 1,405.5" in card
+    stock = float(_card(html, "map-stock").split("Mg C")[0].split()[-1].replace(",", ""))
+    assert f"2.5 % ({0.025 * stock:,.1f})" in _card(html, "map-stock")
+    assert "2.5 %" in _card(html, "map-sink")
+    assert "200 draws" in html
+
+
 def test_report_content_and_quicklooks(report_inputs):
     out = run_report(report_inputs)
     html = out[REPORT_RELPATH]

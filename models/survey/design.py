@@ -299,6 +299,43 @@ def satterthwaite_df(
     return total**2 / denominator
 
 
+@dataclass(frozen=True)
+class Combined:
+    """An estimate's interval with a systematic error added to its sampling error."""
+
+    #: SD of the systematic (shared) error of the total
+    systematic_sd: float
+    #: ``sqrt(se^2 + systematic_sd^2)``: the two errors are independent
+    sd: float
+    #: the sampling estimate's Student-t quantile x ``sd``
+    half_width: float
+    lower: float
+    upper: float
+
+
+def combine_systematic(estimate: Estimate, systematic_sd: float) -> Combined:
+    """The estimate's interval with an independent systematic SD added in quadrature.
+
+    IPCC 2006 Guidelines Vol. 1 Ch. 3, Approach 1 (eq. 3.1): independent components of
+    one quantity add as variances. The interval keeps the sampling estimate's Student-t
+    quantile (``estimate.df``): Satterthwaite's degrees of freedom of the sum would be
+    larger (the systematic part, from a Monte Carlo of published factor distributions, has
+    no sampling error of its own) and could make the combined interval narrower than the
+    sampling one; keeping ``df`` is the conservative choice.
+    """
+    if not systematic_sd >= 0:
+        raise SurveyError(f"systematic SD must be a non-negative number, got {systematic_sd}")
+    sd = math.hypot(estimate.se, systematic_sd)
+    half_width = t_quantile(estimate.confidence, estimate.df) * sd
+    return Combined(
+        systematic_sd=float(systematic_sd),
+        sd=sd,
+        half_width=half_width,
+        lower=estimate.total - half_width,
+        upper=estimate.total + half_width,
+    )
+
+
 def relative_half_width(estimate: Estimate) -> float:
     """``U = half_width / |total|``: the relative uncertainty of an estimate.
 

@@ -201,3 +201,52 @@ def choose(totals: Sequence[SampleTotal], quantity: str, rule: str) -> SampleTot
         f"estimator {rule!r} could not run on this sample (GREG needs 3 plots and varying map "
         "values in every stratum)"
     )
+
+
+def systematic_sd(
+    design: StratifiedDesign,
+    *,
+    plot_value_draws: Sequence[Mapping[str, NDArray[np.float64]]],
+    map_scales: NDArray[np.float64],
+    map_at_plots: Mapping[str, NDArray[np.float64]],
+    map_stratum_mean: Mapping[str, NDArray[np.float64]],
+    epochs: Sequence[str],
+    change_factor: float,
+) -> dict[tuple[str, str], float]:
+    """The SD over draws of every estimate of :func:`sample_totals` under an error shared
+    by every plot (one draw of the conversion factors for all plots and epochs).
+
+    Draw ``k`` takes the plot values ``plot_value_draws[k]`` (per epoch, as
+    ``plot_values`` of :func:`sample_totals`) and the map times ``map_scales[k]`` (maps
+    converted from biomass with the same factors move with them). The estimators are
+    rerun on every draw, so a stock change takes the draw of both epochs and its SD
+    follows from the estimator, not from an assumption of how the error cancels.
+
+    Returns
+    -------
+    dict
+        ``(quantity, estimator)`` -> SD over the draws (unit of the estimate).
+
+    Raises
+    ------
+    SurveyError
+        Fewer than two draws, or not one map scale per draw.
+    """
+    n = len(plot_value_draws)
+    if n < 2 or np.shape(map_scales) != (n,):
+        raise SurveyError(
+            f"the systematic SD needs at least 2 draws and one map scale per draw; got {n} "
+            f"draws and map scales of shape {np.shape(map_scales)}"
+        )
+    totals: dict[tuple[str, str], list[float]] = {}
+    for values, scale in zip(plot_value_draws, map_scales, strict=True):
+        # units and the confidence level do not change a total
+        for t in sample_totals(
+            design, plot_values=values,
+            map_at_plots={e: m * scale for e, m in map_at_plots.items()},
+            map_stratum_mean={e: m * scale for e, m in map_stratum_mean.items()},
+            epochs=epochs, stock_unit="", change_factor=change_factor, change_unit="",
+            confidence=0.9,
+        ):  # fmt: skip
+            totals.setdefault((t.quantity, t.estimate.estimator), []).append(t.estimate.total)
+    return {key: float(np.std(v, ddof=1)) for key, v in totals.items()}

@@ -606,6 +606,12 @@ def survey_rows(estimates: pd.DataFrame | None, w: Words) -> list[dict[str, str]
             else w("quantity_change", period=rest.replace("_", "-"))
         )  # fmt: skip
         sample = w(f"sample_{r.sample}") if r.sample in ("inventory", "project") else r.sample
+        systematic = float(getattr(r, "systematic_sd", np.nan))
+        combined = (
+            w("survey_combined", sys=fmt(systematic), hw=fmt(r.combined_half_width),
+              lower=fmt(r.combined_lower), upper=fmt(r.combined_upper))
+            if math.isfinite(systematic) else ""
+        )  # fmt: skip
         rows.append(
             {
                 "key": f"survey-{r.sample}-{r.quantity}",
@@ -614,30 +620,46 @@ def survey_rows(estimates: pd.DataFrame | None, w: Words) -> list[dict[str, str]
                 "detail": w("survey_detail", pct=fmt(100 * float(r.confidence), 0),
                             lower=fmt(r.lower), upper=fmt(r.upper),
                             estimator=w.estimator(str(r.estimator)), n=r.n_plots,
-                            eff=fmt(r.relative_efficiency, 2), map_total=fmt(r.map_total)),
+                            eff=fmt(r.relative_efficiency, 2), map_total=fmt(r.map_total))
+                          + combined,
             }
         )  # fmt: skip
     return rows
 
 
 def headline_rows(
-    job: ReportJob, *, aoi: Mapping[str, Any], total: Mapping[str, Any]
+    job: ReportJob,
+    *,
+    aoi: Mapping[str, Any],
+    total: Mapping[str, Any],
+    map_relative_sd: float | None = None,
 ) -> list[dict[str, str]]:
     """Headline numbers over all parcels (``aoi``: the all-parcels row of
     :func:`pipeline.report.rollups.rollup_tables`, its SDs by the spatial error model),
-    and the credited project ``total``."""
+    and the credited project ``total``; the map sums with the conversion factors'
+    relative systematic SD ``map_relative_sd`` as a separate term when it is known."""
     sj, w = job.sink, job.words
     e1, e2 = sj.epoch_start, sj.epoch_end
     sink_sum, sink_sd = float(aoi["sink_tco2e_yr"]), float(aoi["sink_sd_tco2e_yr"])
+    stock_sum = float(aoi[f"carbon_{e2}_mg_c"])
+
+    def systematic(value: float) -> str:
+        if map_relative_sd is None:
+            return ""
+        return w("head_systematic", pct=fmt(100 * map_relative_sd, 1),
+                 sd=fmt(map_relative_sd * abs(value)))  # fmt: skip
+
     return [
         {"key": "map-sink", "label": w("head_sink", start=e1, end=e2),
          "value": f"{fmt(sink_sum)} {w('unit_per_year')}",
          "detail": w("head_sink_detail", sd=fmt(sink_sd), pct=job.interval_pct,
-                     lo=fmt(aoi["sink_lo_tco2e_yr"]), hi=fmt(aoi["sink_hi_tco2e_yr"]))},
+                     lo=fmt(aoi["sink_lo_tco2e_yr"]), hi=fmt(aoi["sink_hi_tco2e_yr"]))
+                   + systematic(sink_sum)},
         {"key": "map-stock", "label": w("head_stock", epoch=e2),
-         "value": f"{fmt(aoi[f'carbon_{e2}_mg_c'])} Mg C",
+         "value": f"{fmt(stock_sum)} Mg C",
          "detail": w("head_stock_detail", sd=fmt(aoi[f"carbon_sd_{e2}_mg_c"]),
-                     forest=fmt(aoi["forest_area_ha"]), grid=fmt(aoi["area_grid_ha"]))},
+                     forest=fmt(aoi["forest_area_ha"]), grid=fmt(aoi["area_grid_ha"]))
+                   + systematic(stock_sum)},
         {"key": "net", "label": w("head_net"), "value": f"{fmt(total['net_tco2e'])} t CO2e",
          "detail": w("head_net_detail", period=fmt(total["period_yr"], 2),
                      u=fmt(total["uncertainty_pct"], 1), estimator=total["estimator"])},
@@ -761,16 +783,19 @@ def build_report(
     plots_qa: pd.DataFrame | None = None,
     warnings: Sequence[Mapping[str, Any]] | None = None,
     compared: Mapping[str, pd.DataFrame] | None = None,
+    systematic: Mapping[str, Any] | None = None,
 ) -> tuple[str, dict[str, bytes]]:
     """The report HTML and its quicklooks ``{name: png bytes}``.
 
     ``aoi`` and ``rollups`` are the all-parcels row and the per-attribute tables of
     :func:`pipeline.report.rollups.rollup_tables`; ``rollup_files`` the run-folder paths
     of the roll-up CSVs, named in the report; ``compared`` the credit tables of the
-    methodologies of ``stages.credits.compare`` by id.
+    methodologies of ``stages.credits.compare`` by id; ``systematic`` the estimate stage's
+    record of the conversion factors' shared error (``estimates/systematic.json``).
     """
     sj, w = job.sink, job.words
     figure = figure_words(job.language)
+    map_relative_sd = None if systematic is None else systematic.get("map_relative_sd")
     maps, missing = report_maps(
         job,
         sink=sink,
@@ -821,8 +846,11 @@ def build_report(
                    ref_end=sj.reference_end.isoformat(), years=f"{sj.years:.3f}"),
         config_sha256=job.config_sha256,
         interval_note=w("interval_note", pct=job.interval_pct, aggregation=agg,
-                        how=w(f"aggregation_{agg}"), rho=sj.epoch_error_correlation),
-        headline=[*survey_rows(estimates, w), *headline_rows(job, aoi=aoi, total=total)],
+                        how=w(f"aggregation_{agg}"), rho=sj.epoch_error_correlation)
+                      + (w("systematic_note", draws=systematic["draws"])
+                         if map_relative_sd is not None and systematic else ""),
+        headline=[*survey_rows(estimates, w),
+                  *headline_rows(job, aoi=aoi, total=total, map_relative_sd=map_relative_sd)],
         maps=maps,
         missing_maps=w("not_available", what=", ".join(missing)) if missing else "",
         diagnostics=diagnostics,

@@ -38,6 +38,18 @@ the estimate the report and the credits use: ``stages.estimate.estimator`` for s
 ``stages.estimate.change_estimator`` for a change, and the methodology file's
 ``estimator`` for the ``project`` sample's change (the credited quantity).
 
+The SE is the sampling error: it holds what differs from plot to plot, not an error that
+every plot shares. Each row also has ``systematic_sd``, the SD of the estimate over
+``stages.estimate.systematic_draws`` draws of the conversion factors (carbon fraction,
+root-to-shoot ratio) drawn once per draw for every plot and epoch of every sample, seeded
+with the run's seed (:mod:`models.shared_errors`, :func:`models.survey.totals.systematic_sd`;
+the maps, converted from biomass with the same factors, scale with each draw), and the
+combined SD ``sqrt(se^2 + systematic_sd^2)`` with its interval (``combined_*``, the
+sampling estimate's t quantile). The credits keep the sampling interval (docs/estimation.md).
+``estimates/systematic.json`` records the draws, the factors included and not included, and
+``map_relative_sd``: the relative systematic SD that any sum of a carbon or sink map carries
+(fully correlated, apart from the map's own SD), which the report gives beside the map sums.
+
 Which samples the map may assist: a model-assisted estimator is design-unbiased, with a
 valid variance, only when the map's values at the sample plots do not depend on the
 sample (Särndal et al. 1992 §6.3). The ``model`` stage trains the maps on every plot except
@@ -89,10 +101,18 @@ import shapely
 import xarray as xr
 
 from models.allometry import co2_per_c
-from models.errors import SurveyError
+from models.errors import PlotDataError, SurveyError
 from models.plot_biomass import carbon_per_agb
+from models.shared_errors import (
+    INCLUDED,
+    NOT_INCLUDED,
+    SAMPLING,
+    SharedDraws,
+    map_factor_shifts,
+    shared_factor_shifts,
+)
 from models.survey.crossfit import NO_FOLD, NO_STRATUM, FoldCorrection, fold_map_correction
-from models.survey.design import StratifiedDesign, relative_half_width
+from models.survey.design import StratifiedDesign, combine_systematic, relative_half_width
 from models.survey.sample_size import ar_tool03_sample_size
 from models.survey.totals import (
     PLOT_ONLY,
@@ -102,6 +122,7 @@ from models.survey.totals import (
     is_change,
     sample_totals,
     stock_quantity,
+    systematic_sd,
 )
 from pipeline.config import Config
 from pipeline.contracts import (
@@ -113,6 +134,8 @@ from pipeline.contracts import (
     PLOT_FEATURES_RELPATH,
     PROJECT_SAMPLE,
     SAMPLE_PLAN_RELPATH,
+    SYSTEMATIC_RELPATH,
+    TREES_RELPATH,
     RunLayout,
     credits_job,
     domain_sample,
@@ -132,7 +155,12 @@ from pipeline.zonal import (
 COLUMNS = (
     "sample", "quantity", "unit", "estimator", "chosen", "total", "se", "df", "confidence",
     "half_width", "lower", "upper", "relative_half_width", "mean_per_ha", "area_ha",
-    "n_plots", "relative_efficiency", "map_total", "meets_target", "note",
+    "n_plots", "relative_efficiency", "map_total", "meets_target", "systematic_sd",
+    "combined_sd", "combined_half_width", "combined_lower", "combined_upper", "note",
+)  # fmt: skip
+#: the columns of the systematic SD and the combined interval
+COMBINED_COLUMNS = (
+    "systematic_sd", "combined_sd", "combined_half_width", "combined_lower", "combined_upper",
 )  # fmt: skip
 PLAN_COLUMNS = (
     "sample", "quantity", "stratum", "area_ha", "n_plots", "sd_per_ha", "mean_per_ha",
@@ -180,6 +208,10 @@ class EstimateJob:
     #: the project's domains: (methodology id, forest types it credits) of every
     #: methodology with an ``applies_to`` rule (:func:`domain_sample`)
     domains: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: draws of the conversion factors' shared error (``stages.estimate.systematic_draws``)
+    systematic_draws: int = 200
+    #: seed of those draws (the run's ``seed``)
+    seed: int = 0
 
 
 def estimate_job(config: Config) -> EstimateJob:
@@ -204,11 +236,13 @@ def estimate_job(config: Config) -> EstimateJob:
         project_change_estimator=project_rule,
         cross_fit=p.cross_fit,
         domains=domains,
+        systematic_draws=p.systematic_draws,
+        seed=config.seed,
     )
 
 
 def estimate_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
-    """The plot table, plot squares and design, and every epoch's carbon map."""
+    """The plot and tree tables, plot squares and design, and every epoch's carbon map."""
     if config.sources.plot_design is None:
         return {}
     if config.sources.plot_locations is None:
@@ -218,6 +252,7 @@ def estimate_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         )
     return {
         "plot_biomass": layout.path(PLOT_BIOMASS_RELPATH),
+        "trees": layout.path(TREES_RELPATH),
         "plot_locations": config.sources.plot_locations,
         "design": config.sources.plot_design,
         "plot_features": layout.path(PLOT_FEATURES_RELPATH),
@@ -292,11 +327,14 @@ def _rows(
     assisted_note: str,
     may_assist: bool,
     target: float,
+    systematic: Mapping[tuple[str, str], float] | None,
 ) -> list[dict[str, Any]]:
     """Table rows of a sample's totals; ``rules`` choose the (stock, change) estimates.
 
     ``assisted_note`` is the note of the model-assisted rows (``""`` for a sample that did
-    not train the map); unless ``may_assist``, the plot-only estimate is chosen."""
+    not train the map); unless ``may_assist``, the plot-only estimate is chosen.
+    ``systematic`` is each estimate's systematic SD by (quantity, estimator)
+    (:func:`models.survey.totals.systematic_sd`; ``None``: not computed, NaN columns)."""
 
     def rule(quantity: str) -> str:
         if not may_assist:
@@ -305,6 +343,16 @@ def _rows(
 
     def note(estimator: str) -> str:
         return "" if estimator == PLOT_ONLY else assisted_note
+
+    def combined(t: SampleTotal) -> dict[str, float]:
+        if systematic is None:
+            return dict.fromkeys(COMBINED_COLUMNS, np.nan)
+        c = combine_systematic(t.estimate, systematic[(t.quantity, t.estimate.estimator)])
+        return {
+            "systematic_sd": c.systematic_sd, "combined_sd": c.sd,
+            "combined_half_width": c.half_width, "combined_lower": c.lower,
+            "combined_upper": c.upper,
+        }  # fmt: skip
 
     quantities = dict.fromkeys(t.quantity for t in totals)
     chosen = {choose(totals, q, rule(q)).estimate for q in quantities}
@@ -329,6 +377,7 @@ def _rows(
             "relative_efficiency": t.relative_efficiency,
             "map_total": t.map_total,
             "meets_target": bool(relative_half_width(t.estimate) <= target),
+            **combined(t),
             "note": note(t.estimate.estimator),
         }
         for t in totals
@@ -339,6 +388,7 @@ def estimate(
     job: EstimateJob,
     *,
     plot_biomass: pd.DataFrame | None = None,
+    trees: pd.DataFrame | None = None,
     plot_locations: gpd.GeoDataFrame | None = None,
     design: gpd.GeoDataFrame | None = None,
     carbon: Mapping[str, xr.DataArray] | None = None,
@@ -357,6 +407,7 @@ def estimate(
         return {
             ESTIMATES_RELPATH: pd.DataFrame(columns=list(COLUMNS)),
             SAMPLE_PLAN_RELPATH: pd.DataFrame(columns=list(PLAN_COLUMNS)),
+            SYSTEMATIC_RELPATH: _systematic_record(job, None),
         }
     for table, name, cols in (
         (plot_locations, "plot locations", ("plot_id", "sample", "stratum")),
@@ -382,7 +433,10 @@ def estimate(
         float(plot_biomass["plot_area_ha"].median()) if "plot_area_ha" in plot_biomass else None
     )
     cross_fit = _cross_fit(plot_features, fold_maps, model_card)
-    context = _Context(job, values, maps, cover, cell_ha, grid_shape, str(grid.rio.crs), cross_fit)
+    shared = _shared_draws(job, trees, plot_biomass)
+    context = _Context(
+        job, values, maps, cover, cell_ha, grid_shape, str(grid.rio.crs), cross_fit, shared
+    )
     for name, frames in design.groupby("sample", sort=True):
         plots = plot_locations[plot_locations["sample"] == name].reset_index(drop=True)
         plots = plots[plots["plot_id"].isin(values.index)].reset_index(drop=True)
@@ -415,6 +469,7 @@ def estimate(
     return {
         ESTIMATES_RELPATH: pd.DataFrame(rows, columns=list(COLUMNS)),
         SAMPLE_PLAN_RELPATH: pd.DataFrame(plan, columns=list(PLAN_COLUMNS)),
+        SYSTEMATIC_RELPATH: _systematic_record(job, shared),
     }
 
 
@@ -431,6 +486,59 @@ class _Context:
     #: the maps' CRS, that of the fold maps' cell coordinates
     crs: str
     cross_fit: _CrossFit | None
+    #: the conversion factors' shared draws, or None without a tree table
+    shared: _Shared | None
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """The conversion factors' shared draws: per epoch, each plot's shift of its carbon
+    density (index plot_id as text, one column per draw), and per draw the maps' scale."""
+
+    shifts: dict[str, pd.DataFrame]
+    map_scales: np.ndarray
+
+
+def _shared_draws(
+    job: EstimateJob, trees: pd.DataFrame | None, plot_biomass: pd.DataFrame
+) -> _Shared | None:
+    """The conversion factors' shared draws (:mod:`models.shared_errors`); None, with a
+    warning, without the plots stage's tree table."""
+    if trees is None:
+        warnings.warn(
+            f"estimate: no tree table ({TREES_RELPATH}), so the totals' systematic SD (the "
+            "conversion factors' shared error) is not computed: its columns are empty",
+            PipelineWarning,
+            stacklevel=3,
+        )
+        return None
+    try:
+        shifts = shared_factor_shifts(trees, SharedDraws.draw(job.systematic_draws, job.seed))
+    except PlotDataError as err:
+        raise InputDataError(f"{TREES_RELPATH}: {err}") from None
+    try:
+        scales = 1.0 + map_factor_shifts(plot_biomass, shifts)
+    except PlotDataError as err:
+        raise InputDataError(f"{PLOT_BIOMASS_RELPATH}: {err}") from None
+    empty = pd.DataFrame(columns=shifts.columns, dtype=np.float64)  # an epoch without trees
+    epochs = set(shifts.index.get_level_values("epoch"))
+    return _Shared(
+        {e: shifts.xs(e, level="epoch") if e in epochs else empty for e in job.epochs}, scales
+    )
+
+
+def _systematic_record(job: EstimateJob, shared: _Shared | None) -> dict[str, Any]:
+    """``estimates/systematic.json``: how the shared error was drawn, what it includes and
+    what not, and ``map_relative_sd``, the relative systematic SD of any sum of a carbon or
+    sink map (:func:`models.shared_errors.map_factor_shifts`; null when not computed)."""
+    return {
+        "draws": job.systematic_draws,
+        "seed": job.seed,
+        "sampling": SAMPLING,
+        "included": INCLUDED,
+        "not_included": NOT_INCLUDED,
+        "map_relative_sd": None if shared is None else float(np.std(shared.map_scales, ddof=1)),
+    }
 
 
 def _sample_rows(
@@ -498,10 +606,18 @@ def _sample_rows(
         )  # fmt: skip
         change_rule = job.project_change_estimator if project else job.change_estimator
         rule = (job.estimator, change_rule)
+        systematic = None
+        if context.shared is not None:
+            systematic = systematic_sd(
+                sample_design, plot_value_draws=_draws(context.shared.shifts, plots, y),
+                map_scales=context.shared.map_scales, map_at_plots=at_plots,
+                map_stratum_mean=frame_means, epochs=job.epochs, change_factor=co2_per_c(),
+            )  # fmt: skip
         rows.extend(
             _rows(
                 str(name), totals, rule, float(frames["area_ha"].sum()),
                 assisted_note=assisted_note, may_assist=may_assist, target=job.target,
+                systematic=systematic,
             )
         )  # fmt: skip
         _note_corrections(rows, totals, corrections)
@@ -512,6 +628,19 @@ def _sample_rows(
         for row in rows:
             row["note"] = "; ".join(filter(None, (note, row["note"])))
     return rows, plan
+
+
+def _draws(
+    shifts: Mapping[str, pd.DataFrame], plots: gpd.GeoDataFrame, y: Mapping[str, np.ndarray]
+) -> list[dict[str, np.ndarray]]:
+    """The plot values of each shared draw: per epoch, ``y`` plus the draw's shift of each
+    plot (0 for a plot without trees: zero biomass has no conversion error)."""
+    ids = plots["plot_id"].astype(str)
+    by_epoch = {
+        e: y[e][:, None] + shifts[e].reindex(ids).fillna(0.0).to_numpy(dtype=np.float64) for e in y
+    }
+    n = len(next(iter(shifts.values())).columns)
+    return [{e: v[:, k] for e, v in by_epoch.items()} for k in range(n)]
 
 
 @dataclass(frozen=True)
@@ -665,7 +794,8 @@ def _plan(
 #: the columns of ``estimates/totals.csv`` the manifest records for every estimate
 RESULT_COLUMNS = (
     "sample", "quantity", "unit", "estimator", "chosen", "total", "se", "df", "half_width",
-    "lower", "upper", "relative_efficiency", "map_total", "meets_target",
+    "lower", "upper", "relative_efficiency", "map_total", "meets_target", "systematic_sd",
+    "combined_half_width",
 )  # fmt: skip
 
 

@@ -22,7 +22,8 @@ Signatures
     epoch rasters of the parcels stage (``carbon_start`` ... ``quality_end``, for the
     roll-ups' totals and SDs), ``compared.<id>`` = ``credits/credits_<id>.csv`` per
     methodology of ``stages.credits.compare``; used when present: ``error_correlogram`` =
-    ``parcels/error_correlogram.json``, ``lidar_metrics`` = ``lidar/metrics.tif``,
+    ``parcels/error_correlogram.json``, ``systematic`` = ``estimates/systematic.json`` (the
+    conversion factors' shared error), ``lidar_metrics`` = ``lidar/metrics.tif``,
     ``composite`` = ``composites/<end epoch>.tif``, ``chm`` = ``lidar/chm.tif``, ``agb`` /
     ``carbon`` = ``rasters/agb_<end>.tif`` / ``rasters/carbon_<end>.tif``, ``model_card`` =
     ``model/model_card.json``, ``plot_features`` = ``model/plot_features.csv``,
@@ -66,6 +67,7 @@ from pipeline.contracts import (
     REPORT_RELPATH,
     SAMPLE_PLAN_RELPATH,
     SINK_RELPATH,
+    SYSTEMATIC_RELPATH,
     TABLES_XLSX_RELPATH,
     RunLayout,
     compared_credits_relpath,
@@ -131,6 +133,7 @@ def report_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         "plots_qa": layout.path(PLOTS_QA_RELPATH),
         "map_coverage": layout.path(MAP_COVERAGE_RELPATH),
         "error_correlogram": layout.path(ERROR_CORRELOGRAM_RELPATH),
+        "systematic": layout.path(SYSTEMATIC_RELPATH),
         "lidar_metrics": layout.path(LIDAR_METRICS_RELPATH),
         "warnings": layout.warnings,
     }
