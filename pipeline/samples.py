@@ -30,6 +30,7 @@ import dask
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 import xarray as xr
 
 from models.biomass import BiomassMapper, thinned_sample
@@ -179,6 +180,38 @@ def plot_table(
             f"{list(sat_stacks)} (check plot_id and epoch values)"
         )
     return table
+
+
+def whole_in_frame(plots: gpd.GeoDataFrame, design: gpd.GeoDataFrame | None) -> np.ndarray:
+    """Whether each plot's square lies wholly inside its stratum's sampling frame.
+
+    A sample laid out with the buffer method (centres drawn over the frame dilated by the
+    square; :mod:`pipeline.stages.estimate`) tallies, in a square that straddles the
+    frame's edge, only the trees inside the frame, so its value is not the AGB of its
+    square: half of it on average, where the stand beyond the edge is another parcel's.
+    The estimators compare such a plot with the map inside the frame only; a comparison
+    of a plot with a prediction or map value over its whole square (the SD calibration,
+    the map errors at plots) must leave it out. A plot whose sample and stratum the design
+    does not list, or any plot without a design or without ``sample`` and ``stratum``
+    columns, counts as whole. Tolerance: a millionth of the square's area.
+    """
+    whole = np.ones(len(plots), dtype=bool)
+    if design is None or not {"sample", "stratum"} <= set(plots.columns):
+        return whole
+    frames = design.to_crs(plots.crs) if plots.crs is not None else design
+    squares = plots.geometry.to_numpy()
+    keys = plots["sample"].astype(str) + "\0" + plots["stratum"].astype(str)
+    for a, b, frame in zip(frames["sample"], frames["stratum"], frames.geometry, strict=True):
+        at = np.flatnonzero((keys == f"{a}\0{b}").to_numpy())
+        if at.size == 0 or frame is None:
+            continue
+        shapely.prepare(frame)
+        inside = shapely.covers(frame, squares[at])
+        # squares not covered exactly: whole if all but a sliver of their area is inside
+        rest = at[~inside]
+        outside = shapely.area(shapely.difference(squares[rest], frame))
+        whole[rest] = outside <= 1e-6 * shapely.area(squares[rest])
+    return whole
 
 
 def plot_support_px(plots: gpd.GeoDataFrame, grid: xr.DataArray) -> int:
