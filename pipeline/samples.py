@@ -309,23 +309,6 @@ def land_use_cells(
     )
 
 
-def cover_box(
-    lidar: xr.DataArray, in_cover: np.ndarray, bands: Sequence[str], *, support_px: int
-) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """Single-cell ``bands`` of the LiDAR cover's bounding box (the rest of the grid has
-    no LiDAR), the cover inside the box, and the maps' moving-window mean on the box."""
-    rows, cols = np.flatnonzero(in_cover.any(axis=1)), np.flatnonzero(in_cover.any(axis=0))
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    sub = lidar.isel(y=box[0], x=box[1])
-    (metrics,) = dask.compute(sub.sel(band=list(bands)).data)
-
-    def window_mean(field: np.ndarray) -> np.ndarray:
-        window = focal_mean(sub.isel(band=[0]).copy(data=field[None]), size_px=support_px)
-        return np.asarray(window.values)[0]
-
-    return np.asarray(metrics), in_cover[box], window_mean
-
-
 def epoch_stack(
     composite: xr.DataArray,
     terrain: xr.DataArray,

@@ -104,7 +104,7 @@ from pipeline.contracts import (
     predictor_inputs,
 )
 from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
-from pipeline.features import terrain_features
+from pipeline.features import grid_extent, terrain_features
 from pipeline.samples import (
     lidar_cover,
     lidar_predictors,
@@ -233,15 +233,10 @@ def model(
         if len(independent)
         else "none (no project monitoring sample): calibrated on the held-out residuals alone",
     }
-    if lidar is not None and cover is not None:
-        mapper.cell_support, card["cell_support"] = steps.cell_support(
-            lidar, cover, lidar_plots, p, support_px
-        )
-    else:
-        card["cell_support"] = {
-            "skipped": "no LiDAR model: per-cell SDs and intervals are those of the "
-            "plot-sized window (the maps' support)"
-        }
+    _, _, _, _, cell_m, _ = grid_extent(sat_stacks[job.epochs[0]])
+    mapper.cell_support, card["cell_support"] = steps.cell_support(
+        biomass, p, support_px=support_px, cell_m=float(cell_m)
+    )
     card["satellite_model"] = satellite.card
     card["satellite_source"] = source
     card["lidar_epoch"] = lidar_epoch
