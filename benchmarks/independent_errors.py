@@ -22,8 +22,13 @@ epoch error correlation ``rho``), and compares it with what the pipeline assumes
   ``shared`` (``parcels/error_correlogram.json``) and its mean value at the distances of
   the plot pairs within a parcel.
 
-It reads the run folder and the config's plot layer and parcels, never ``truth/``.
-The monitoring plots sample the project area only; the figures describe the maps there.
+It reads the run folder and the config's plot layer and parcels; ``truth/`` only with
+``--truth`` on a simulated region, for a diagnosis printed under its own heading: each
+plot's residual split into the plot's own departure from the true carbon over its square
+(``plot - truth``: tree-level granularity, the pixels the square cuts, allometry) and the
+map's error (``truth - map``), each with its mean z^2 and its uncentred covariance ``C``
+between two plots of one parcel (what the parcels' shared part is solved from). The
+monitoring plots sample the project area only; the figures describe the maps there.
 
 Usage (from the repo whose config paths are relative to it):
 ``python benchmarks/independent_errors.py --config configs/regions/nanping.yaml
@@ -55,7 +60,21 @@ from pipeline.contracts import (
     open_raster,
 )
 from pipeline.map_errors import plot_errors
+from pipeline.samples import whole_in_frame
 from pipeline.sink import as_band, named_band
+
+
+def monitoring_plots(cfg: Any) -> gpd.GeoDataFrame:
+    """The monitoring plots the pipeline compares with the maps: those whose square lies
+    wholly inside its stratum's frame (:func:`pipeline.samples.whole_in_frame`)."""
+    plots = gpd.read_file(cfg.sources.plot_locations)
+    design = gpd.read_file(cfg.sources.plot_design) if cfg.sources.plot_design else None
+    keep = (plots["sample"] == PROJECT_SAMPLE).to_numpy() & whole_in_frame(plots, design)
+    print(
+        f"monitoring plots: {int(keep.sum())} whole in their frames, "
+        f"{int((plots['sample'] == PROJECT_SAMPLE).sum() - keep.sum())} straddling left out"
+    )
+    return plots[keep].reset_index(drop=True)
 
 
 def errors(cfg: Any, run: Path, rho: float) -> pd.DataFrame:
@@ -63,8 +82,7 @@ def errors(cfg: Any, run: Path, rho: float) -> pd.DataFrame:
     (columns ``z_agb``, ``z_carbon``, ``agb_map``) with the model source at each plot's
     centre cell (``source``, of the last epoch for the change)."""
     epochs = [e.name for e in cfg.epochs]
-    plots = gpd.read_file(cfg.sources.plot_locations)
-    plots = plots[plots["sample"] == PROJECT_SAMPLE].reset_index(drop=True)
+    plots = monitoring_plots(cfg)
     parcels = gpd.read_file(cfg.sources.parcels)
     biomass = pd.read_csv(run / PLOT_BIOMASS_RELPATH, dtype={"epoch": str})
     out = None
@@ -159,10 +177,51 @@ def report(z: pd.DataFrame, card: dict[str, Any], correlogram: dict[str, Any] | 
             )
 
 
+def truth_split(cfg: Any, run: Path, truth: Path, rho: float) -> None:
+    """The diagnosis of the module docstring (``--truth``): ``plot - map``, ``plot - truth``
+    and ``truth - map`` at the monitoring plots, standardised by the carbon map's support
+    SD, per epoch and for the change."""
+    epochs = [e.name for e in cfg.epochs]
+    plots = monitoring_plots(cfg)
+    parcels = gpd.read_file(cfg.sources.parcels)
+    biomass = pd.read_csv(run / PLOT_BIOMASS_RELPATH, dtype={"epoch": str})
+    mapped, true, sd = {}, {}, {}
+    for e in epochs:
+        mapped[e] = as_band(open_raster(run / map_relpath("carbon", e)), name="carbon")
+        sd[e] = named_band(
+            open_raster(run / map_relpath("carbon_sd", e)), "carbon_sd_support", source="carbon"
+        )
+        true[e] = as_band(
+            open_raster(truth / f"carbon_{e}.tif"), name="carbon"
+        ).rio.reproject_match(mapped[e])
+    kw = {"parcels": parcels, "first": epochs[0], "last": epochs[-1], "rho": rho}
+
+    def split(observed: pd.DataFrame, grids: dict[str, Any]) -> pd.DataFrame:
+        maps = {e: (grids[e], sd[e]) for e in epochs}
+        return plot_errors(plots, observed, value="carbon_mg_ha", maps=maps, **kw)
+
+    plot_truth = split(biomass, true)
+    at_plots = plot_truth[plot_truth["epoch"] != "change"][["plot_id", "epoch", "map"]]
+    rows = {
+        "plot - map": split(biomass, mapped),
+        "plot - truth (plot noise)": plot_truth,
+        "truth - map (map error)": split(at_plots.rename(columns={"map": "carbon_mg_ha"}), mapped),
+    }
+    print("\n== DIAGNOSIS with the truth (carbon, z in the map's support SDs)")
+    for name, z in rows.items():
+        for epoch, g in z[z["parcel"] > 0].groupby("epoch", sort=False):
+            comp = one_way_components(g["z"], g["parcel"])
+            print(
+                f"  {name:26s} {epoch:7s} mean z^2 {np.mean(g['z'] ** 2):.3f}  "
+                f"C {comp.uncentred_between:.3f}  within {comp.within:.3f}"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, required=True, help="the run's region config")
     ap.add_argument("--run", type=Path, required=True, help="the run folder")
+    ap.add_argument("--truth", type=Path, help="a simulated region's truth/ folder (diagnosis)")
     args = ap.parse_args()
     cfg = load_config(args.config)
     epochs = [e.name for e in cfg.epochs]
@@ -173,6 +232,8 @@ def main() -> None:
     correlogram = json.loads(path.read_text()) if path.exists() else None
     print(f"{args.run}: {z['plot_id'].nunique()} monitoring plots mapped, rho {rho:.2f}")
     report(z, card, correlogram)
+    if args.truth is not None:
+        truth_split(cfg, args.run, args.truth, rho)
 
 
 if __name__ == "__main__":

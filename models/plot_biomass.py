@@ -38,6 +38,7 @@ Run from the command line: ``forest-carbon plots TREES.csv --plots PLOTS.gpkg --
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ PLOT_COLUMNS = (
     "agb_p05_mg_ha",
     "agb_p95_mg_ha",
 )
+#: column of the plot table with each plot's stem granularity (:func:`stem_granularity_m2`)
+GRANULARITY_COLUMN = "agb_granularity_m2"
 QA_COLUMNS = ("plot_id", "epoch", "tree_id", "field", "value", "reason", "action")
 #: QA ``field`` of the run's summary of the trees outside the species table (one row)
 SPECIES_TABLE_FIELD = "species_table"
@@ -96,6 +99,7 @@ WOOD_DENSITY_SOURCES = {
 }
 KG_PER_MG = 1000.0
 CM2_PER_M2 = 10000.0
+M2_PER_HA = 10000.0
 
 
 @dataclass(frozen=True)
@@ -777,6 +781,7 @@ def empty_plot_rows(
             **dict.fromkeys(zero_cols, 0.0),
             "n_stems": 0,
             "agb_mc_mean_mg_ha": 0.0,
+            GRANULARITY_COLUMN: math.nan,  # no stem: no granularity
             "plot_area_ha": area,
             "n_rows_excluded": int(n_excluded),
             "n_heights_predicted": 0,
@@ -1178,11 +1183,33 @@ def _plot_estimate(
         "agb_p05_mg_ha": float(q_lo),
         "agb_p95_mg_ha": float(q_hi),
         "agb_mc_mean_mg_ha": float(np.mean(plot_agb)),
+        GRANULARITY_COLUMN: stem_granularity_m2(sub["agb_kg"].to_numpy(), area_ha),
         "plot_area_ha": area_ha,
         "n_rows_excluded": len(rows) - len(sel),
         "n_heights_predicted": int((sub["height_source"] == "hd_model").sum()),
         "mc_draws": opts.n_draws,
     }
+
+
+def stem_granularity_m2(agb_kg: npt.ArrayLike, area_ha: float) -> float:
+    """How grainy a plot's biomass is: ``A sum(m_i^2) / (sum m_i)^2`` (m^2), ``A`` the plot
+    area and ``m_i`` its trees' AGB; NaN for a plot without biomass.
+
+    If stems stand at random (a marked Poisson process), Campbell's theorem gives the
+    variance of the AGB on an area ``B``, ``lambda |B| E[m^2]`` (Stoyan, Kendall & Mecke
+    1995, *Stochastic Geometry and its Applications*, 2nd ed., Wiley, §4.2), and the plot
+    estimates ``lambda E[m^2]`` by ``sum m_i^2 / A`` and the density ``lambda E[m]`` by
+    ``sum m_i / A``. A cell of area ``a`` inside a window of area ``W`` then departs from the
+    window's AGB density by a relative variance ``g (1 / a - 1 / W)``, ``g`` this value
+    (:func:`models.biomass.granularity_cell_support`). Few large trees make it large;
+    many even-sized stems small. Plantations planted on a grid are more regular than
+    random (the formula overstates their cell variation), clumped natural stands less.
+    """
+    m = np.asarray(agb_kg, dtype=np.float64)
+    total = float(np.sum(m))
+    if not total > 0:
+        return math.nan
+    return area_ha * M2_PER_HA * float(np.sum(m * m)) / total**2
 
 
 def conversion_factors(plots: pd.DataFrame, *, source: str) -> dict[str, Any]:

@@ -23,8 +23,10 @@ Two correlations follow. ``between_share = sigma_b^2 / (sigma_b^2 + sigma_w^2)``
 intra-class correlation of the centred errors. A parcel's SD also carries the errors' mean
 ``mu`` (a bias of the map over the groups' population, which does not average out over a
 parcel either): the *uncentred* correlation of two members of one group,
-``(mu^2 + sigma_b^2) / (mu^2 + sigma_b^2 + sigma_w^2)``, is what the uncentred correlogram
-of :mod:`models.spatial_error` calls its ``shared`` part.
+``(mu^2 + sigma_b^2) / (mu^2 + sigma_b^2 + sigma_w^2)``, and their uncentred covariance
+``mu^2 + sigma_b^2``. For standardised errors whose variance is 1, as a correlogram of
+:mod:`models.spatial_error` assumes, the two are equal; where the SDs misstate the errors'
+size, the covariance is what a sum's variance needs (``pipeline.map_errors``).
 """
 
 from __future__ import annotations
@@ -61,16 +63,23 @@ class OneWayComponents:
         return b / (b + self.within) if b + self.within > 0 else float("nan")
 
     @property
+    def uncentred_between(self) -> float:
+        """Covariance of two members of one group about zero, ``mu^2 + sigma_b^2`` (in the
+        values' own units, not a share of their variance)."""
+        return max(self.between, 0.0) + self.mean**2
+
+    @property
     def uncentred_share(self) -> float:
         """Correlation of two members of one group about zero, ``(mu^2 + sigma_b^2) /
         (mu^2 + sigma_b^2 + sigma_w^2)``."""
-        b = max(self.between, 0.0) + self.mean**2
+        b = self.uncentred_between
         return b / (b + self.within) if b + self.within > 0 else float("nan")
 
     def record(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "between_share": self.between_share,
+            "uncentred_between": self.uncentred_between,
             "uncentred_share": self.uncentred_share,
             "method": "one-way random effects, ANOVA estimators for unbalanced groups "
             "(Searle, Casella & McCulloch 1992, §3.5)",

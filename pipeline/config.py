@@ -358,8 +358,8 @@ class ModelParams(Section):
     #: spacing of the systematic cell samples that train the land-use classifier
     #: (per kind of land, at most ``upscale_max_samples`` each) and judge the parcels
     land_use_spacing_m: float = Field(default=30.0, gt=0)
-    #: bins of window AGB in which the cell-vs-window deviations of the per-cell
-    #: uncertainty are described (``models.biomass.cell_support``; needs LiDAR)
+    #: most bins of plot AGB in which the cell-vs-window deviations of the per-cell
+    #: uncertainty are described (``models.biomass.granularity_cell_support``)
     cell_support_bins: int = Field(default=10, ge=1)
     #: cells of the grid in the systematic sample (seeded random start) on which the
     #: stage writes the map and its spatial-CV fold maps at every epoch

@@ -275,13 +275,22 @@ def plot_shared_parts(
     in, wherever the map comes from; the LiDAR cover holds a dozen or two parcels and its
     residuals mix the LiDAR model's errors in. Two plots of one parcel lie further apart
     than the errors' range, so they cannot resolve the nugget and range (taken from the
-    LiDAR fit), but their errors' uncentred intra-parcel correlation ``r``
-    (:func:`models.variance_components.one_way_components`, groups: parcel and epoch for
-    the stocks, parcel for the change) is the model's correlation averaged over their pairs:
-    ``r = shared + (1 - nugget - shared) E`` with ``E`` the mean of ``exp(-d / range)`` over
-    the pairs of plots of one parcel, so ``shared = (r - (1 - nugget) E) / (1 - E)``,
-    within ``[0, 1 - nugget]``. The change's errors get their own shared part: the plots
-    are re-measured, so it is measured rather than assumed to be the stocks'.
+    LiDAR fit), but the uncentred covariance ``C`` of the standardised errors of two plots
+    of one parcel (:func:`models.variance_components.one_way_components`, groups: parcel and
+    epoch for the stocks, parcel for the change) is the model's ``E[z_i z_j]`` averaged
+    over their pairs: ``C = shared + (1 - nugget - shared) E`` with ``E`` the mean of
+    ``exp(-d / range)`` over the pairs of plots of one parcel, so ``shared = (C - (1 -
+    nugget) E) / (1 - E)``, within ``[0, 1 - nugget]`` (the record says when the bound
+    cut it). Why the covariance and not the correlation ``C / E[z^2]``: a parcel's variance
+    is ``sum_ij w_i s_i w_j s_j E[z_i z_j]`` with ``s`` the maps' SDs
+    (:mod:`models.spatial_error`, eq. 1), and for a large parcel the shared term dominates,
+    ``C (sum_i w_i s_i)^2``; the correlation equals ``C`` only where the SDs standardise
+    the plots' errors to variance 1. The change's SD comes from the epochs' SDs and their
+    error correlation, not from a calibration at these plots, and its ``E[z^2]`` there
+    departs from 1 (0.72 on the demo region): the correlation would carry that
+    misstatement of scale into every large parcel's SD. The change's errors get their own
+    shared part: the plots are re-measured, so it is measured rather than assumed to be
+    the stocks'.
     With fewer parcels holding two plots than ``map_errors.min_plot_parcels``
     (``models/data/model_rules.yaml``), nothing is estimated.
     """
@@ -299,8 +308,8 @@ def plot_shared_parts(
     e_mean = float(np.mean(np.exp(-np.concatenate(pairs) / lidar.range_m)))
     fitted: dict[str, Correlogram] = {}
     record: dict[str, Any] = {
-        "method": "uncentred intra-parcel correlation of the plots' standardised errors "
-        "(one-way random effects, ANOVA), shared = (r - (1 - nugget) E) / (1 - E), E the mean "
+        "method": "uncentred intra-parcel covariance C of the plots' standardised errors "
+        "(one-way random effects, ANOVA), shared = (C - (1 - nugget) E) / (1 - E), E the mean "
         "exp(-d / range) over pairs of plots of one parcel; nugget and range of the LiDAR fit",
         "n_parcels_with_pairs": n_parcels,
         "mean_exp_pairs": e_mean,
@@ -312,10 +321,13 @@ def plot_shared_parts(
     ):
         groups = rows["parcel"].astype(str) + "/" + rows["epoch"].astype(str)
         comp = one_way_components(rows["z"].to_numpy(), groups.to_numpy())
-        r = comp.uncentred_share
-        shared = float(
-            np.clip((r - (1.0 - lidar.nugget) * e_mean) / (1.0 - e_mean), 0.0, 1.0 - lidar.nugget)
-        )
+        solved = (comp.uncentred_between - (1.0 - lidar.nugget) * e_mean) / (1.0 - e_mean)
+        shared = float(np.clip(solved, 0.0, 1.0 - lidar.nugget))
         fitted[key] = Correlogram(nugget=lidar.nugget, shared=shared, range_m=lidar.range_m)
-        record[key] = {**comp.record(), "shared": shared, "mean_z2": float(np.mean(rows["z"] ** 2))}
+        record[key] = {
+            **comp.record(),
+            "shared": shared,
+            "shared_unbounded": float(solved),
+            "mean_z2": float(np.mean(rows["z"] ** 2)),
+        }
     return fitted["stocks"], fitted["change"], record

@@ -30,22 +30,26 @@ from models.biomass import (
     fit_plots,
     fit_satellite_model,
     fold_map_values,
-    lidar_cell_support,
+    granularity_cell_support,
     upscaled_sample,
 )
 from models.datafiles import data_yaml
 from models.errors import ModelDomainError
 from models.landuse import fit_land_use, judge_parcels
+from models.plot_biomass import GRANULARITY_COLUMN
 from models.survey.crossfit import systematic_cells
 from pipeline.composite import single_sensor_bands
 from pipeline.config import ModelParams
-from pipeline.contracts import FOLD_MAP_PREFIX, LIDAR_METRICS_RELPATH, fold_map_column
+from pipeline.contracts import (
+    FOLD_MAP_PREFIX,
+    PLOT_BIOMASS_RELPATH,
+    fold_map_column,
+)
 from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
 from pipeline.features import focal_mean, grid_extent
 from pipeline.samples import (
     FOREST_BAND,
     block_table,
-    cover_box,
     land_use_cells,
     sampled_cells,
     upscaling_cells,
@@ -227,22 +231,23 @@ def land_use(
 
 
 def cell_support(
-    lidar: xr.DataArray, in_cover: np.ndarray, plots: pd.DataFrame, p: ModelParams, support_px: int
+    plot_biomass: pd.DataFrame, p: ModelParams, *, support_px: int, cell_m: float
 ) -> tuple[CellSupport | None, dict[str, Any]]:
-    """Change of support from the maps' window to one cell (see
-    :func:`models.biomass.lidar_cell_support`), with its model-card record."""
-    height, cover = p.powerlaw_height, p.powerlaw_cover
-    if not {height, cover} <= {str(b) for b in lidar["band"].to_numpy()}:
-        return None, {"skipped": f"{LIDAR_METRICS_RELPATH} lacks {height!r} or {cover!r}"}
-    if not in_cover.any():
-        return None, {"skipped": "no cell inside the LiDAR cover"}
-    metrics, box_cover, window_mean = cover_box(
-        lidar, in_cover, [height, cover], support_px=support_px
-    )
+    """Change of support from the maps' window to one cell from the plots' stem
+    granularity (:func:`models.biomass.granularity_cell_support`; every plot-epoch of the
+    plot table, monitoring plots included: it describes the stands, not the map), with
+    its model-card record."""
+    if GRANULARITY_COLUMN not in plot_biomass.columns:
+        return None, {
+            "skipped": f"{PLOT_BIOMASS_RELPATH} has no {GRANULARITY_COLUMN!r} column (a plot "
+            "table from before it existed): per-cell SDs are those of the window"
+        }
     try:
-        cs = lidar_cell_support(
-            plots, metrics, box_cover, height=height, cover=cover, support_px=support_px,
-            window_mean=window_mean, interval=p.interval, n_bins=p.cell_support_bins,
+        cs = granularity_cell_support(
+            plot_biomass["agb_mg_ha"].to_numpy(dtype=np.float64),
+            plot_biomass[GRANULARITY_COLUMN].to_numpy(dtype=np.float64),
+            cell_m2=cell_m**2, window_m2=(support_px * cell_m) ** 2,
+            interval=p.interval, n_bins=p.cell_support_bins,
         )  # fmt: skip
     except ModelDomainError as err:
         return None, {"skipped": str(err)}

@@ -30,6 +30,7 @@ import dask
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 import xarray as xr
 
 from models.biomass import BiomassMapper, thinned_sample
@@ -181,6 +182,38 @@ def plot_table(
     return table
 
 
+def whole_in_frame(plots: gpd.GeoDataFrame, design: gpd.GeoDataFrame | None) -> np.ndarray:
+    """Whether each plot's square lies wholly inside its stratum's sampling frame.
+
+    A sample laid out with the buffer method (centres drawn over the frame dilated by the
+    square; :mod:`pipeline.stages.estimate`) tallies, in a square that straddles the
+    frame's edge, only the trees inside the frame, so its value is not the AGB of its
+    square: half of it on average, where the stand beyond the edge is another parcel's.
+    The estimators compare such a plot with the map inside the frame only; a comparison
+    of a plot with a prediction or map value over its whole square (the SD calibration,
+    the map errors at plots) must leave it out. A plot whose sample and stratum the design
+    does not list, or any plot without a design or without ``sample`` and ``stratum``
+    columns, counts as whole. Tolerance: a millionth of the square's area.
+    """
+    whole = np.ones(len(plots), dtype=bool)
+    if design is None or not {"sample", "stratum"} <= set(plots.columns):
+        return whole
+    frames = design.to_crs(plots.crs) if plots.crs is not None else design
+    squares = plots.geometry.to_numpy()
+    keys = plots["sample"].astype(str) + "\0" + plots["stratum"].astype(str)
+    for a, b, frame in zip(frames["sample"], frames["stratum"], frames.geometry, strict=True):
+        at = np.flatnonzero((keys == f"{a}\0{b}").to_numpy())
+        if at.size == 0 or frame is None:
+            continue
+        shapely.prepare(frame)
+        inside = shapely.covers(frame, squares[at])
+        # squares not covered exactly: whole if all but a sliver of their area is inside
+        rest = at[~inside]
+        outside = shapely.area(shapely.difference(squares[rest], frame))
+        whole[rest] = outside <= 1e-6 * shapely.area(squares[rest])
+    return whole
+
+
 def plot_support_px(plots: gpd.GeoDataFrame, grid: xr.DataArray) -> int:
     """Window (cells) of the plots' support: median plot side over the grid resolution."""
     _, _, _, _, res_x, _ = grid_extent(grid)
@@ -274,23 +307,6 @@ def land_use_cells(
         cells(other, grid, seed + 1, max_samples),
         at_epoch,
     )
-
-
-def cover_box(
-    lidar: xr.DataArray, in_cover: np.ndarray, bands: Sequence[str], *, support_px: int
-) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """Single-cell ``bands`` of the LiDAR cover's bounding box (the rest of the grid has
-    no LiDAR), the cover inside the box, and the maps' moving-window mean on the box."""
-    rows, cols = np.flatnonzero(in_cover.any(axis=1)), np.flatnonzero(in_cover.any(axis=0))
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    sub = lidar.isel(y=box[0], x=box[1])
-    (metrics,) = dask.compute(sub.sel(band=list(bands)).data)
-
-    def window_mean(field: np.ndarray) -> np.ndarray:
-        window = focal_mean(sub.isel(band=[0]).copy(data=field[None]), size_px=support_px)
-        return np.asarray(window.values)[0]
-
-    return np.asarray(metrics), in_cover[box], window_mean
 
 
 def epoch_stack(

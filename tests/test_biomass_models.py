@@ -17,6 +17,7 @@ from models.biomass import (
     SOURCE_SATELLITE_UPSCALED,
     Auxiliary,
     BiomassMapper,
+    CellSupport,
     ConformalCalibration,
     LogLinearRidge,
     ModelSettings,
@@ -26,11 +27,11 @@ from models.biomass import (
     blocked_folds,
     calibrate_conformal,
     calibration_record,
-    cell_support,
     cross_fitted_at_plots,
     epoch_corrections,
     epoch_error_correlation,
     fold_map_values,
+    granularity_cell_support,
     make_model,
     select_and_fit,
     spatial_block_ids,
@@ -39,6 +40,7 @@ from models.biomass import (
 )
 from models.biomass.uncertainty import _conformal_quantile, min_scores_per_bin
 from models.errors import ModelDomainError
+from models.plot_biomass import stem_granularity_m2
 
 SAT_FEATURES = ["ndvi", "nbr", "elevation", "slope_deg"]
 FAST = ModelSettings(
@@ -518,25 +520,39 @@ def test_cross_fitted_values_are_the_models_own_held_out_predictions_with_the_of
     assert np.sqrt(np.mean(r_in**2)) < 0.8 * np.sqrt(np.mean(r_out**2))
 
 
-def test_cell_support_recovers_a_known_relative_deviation() -> None:
-    # cells depart from their window mean by r ~ U(-0.6, 0.8) at every AGB level: the
-    # 5 % and 95 % quantiles are -0.53 and 0.73, the RMS sqrt(1.4^2 / 12 + 0.1^2)
-    rng = np.random.default_rng(3)
-    window = rng.uniform(20.0, 400.0, 200_000)
-    cell = window * (1.0 + rng.uniform(-0.6, 0.8, window.size))
-    cs = cell_support(cell, window, interval=0.9, n_bins=5, reference="test")
-    assert len(cs.edges) == 4 and cs.n_cells == window.size
-    np.testing.assert_allclose(cs.q_lo, -0.53, atol=0.01)
-    np.testing.assert_allclose(cs.q_hi, 0.73, atol=0.01)
-    np.testing.assert_allclose(cs.rms, math.sqrt(1.4**2 / 12 + 0.01), atol=0.005)
-    # cells of windows without positive AGB or with NaN do not count
-    window[:10] = 0.0
-    cell[10:20] = np.nan
-    assert cell_support(cell, window, interval=0.9, n_bins=5, reference="t").n_cells == (
-        window.size - 20
-    )
-    with pytest.raises(ModelDomainError, match="at least 150 cells"):
-        cell_support(cell[:100], window[:100], interval=0.9, n_bins=5, reference="t")
+def _random_stems(rng: np.random.Generator, side_m: float, n: int) -> tuple[np.ndarray, ...]:
+    """``n`` squares of ``side_m`` with stems at random (Poisson, 0.15 per m^2) and
+    lognormal AGB (kg): the stems' x, y, AGB and square index."""
+    count = rng.poisson(0.15 * side_m**2, n)
+    which = np.repeat(np.arange(n), count)
+    xy = rng.uniform(0.0, side_m, (which.size, 2))
+    return xy[:, 0], xy[:, 1], rng.lognormal(4.0, 0.9, which.size), which
+
+
+def test_granularity_cell_support_predicts_the_cells_of_random_stems() -> None:
+    # field plots of 667 m2 give each plot's stem granularity; windows of 30 x 30 m of the
+    # same kind of stand, cut into 10 m cells, show how far a cell departs from its window:
+    # the RMS the plots predict matches the RMS the cells show (simulated, independent)
+    rng = np.random.default_rng(5)
+    side = math.sqrt(667.0)
+    _, _, m, which = _random_stems(rng, side, 400)
+    area_ha = 667.0 / 10_000.0
+    g = np.array([stem_granularity_m2(m[which == i], area_ha) for i in range(400)])
+    agb = np.bincount(which, weights=m, minlength=400) / 1000.0 / area_ha
+    cs = granularity_cell_support(agb, g, cell_m2=100.0, window_m2=900.0, interval=0.9, n_bins=1)
+    x, y, mw, ww = _random_stems(rng, 30.0, 4000)
+    cell = (np.floor(x / 10.0) * 3 + np.floor(y / 10.0)).astype(int)
+    cells = np.zeros((4000, 9))
+    np.add.at(cells, (ww, cell), mw)
+    window = cells.mean(axis=1, keepdims=True)
+    r = (cells / window - 1.0).ravel()
+    assert cs.rms[0] == pytest.approx(float(np.sqrt(np.mean(r**2))), rel=0.05)
+    # closed form for one plot: A sum(m^2) / (sum m)^2
+    assert stem_granularity_m2([1.0, 3.0], 0.1) == pytest.approx(1000.0 * 10.0 / 16.0)
+    assert math.isnan(stem_granularity_m2([0.0], 0.1))
+    with pytest.raises(ModelDomainError, match="at least 20 plots"):
+        granularity_cell_support(agb[:5], g[:5], cell_m2=100.0, window_m2=900.0,
+                                 interval=0.9, n_bins=1)  # fmt: skip
 
 
 def test_widened_intervals_cover_single_cells_at_the_nominal_rate() -> None:
@@ -547,13 +563,14 @@ def test_widened_intervals_cover_single_cells_at_the_nominal_rate() -> None:
     n = 100_000
     window = rng.uniform(30.0, 350.0, n)
     spread = np.where(window < 150.0, 0.25, 0.5)
-    cells = window * (1.0 + spread * rng.standard_normal(n)).clip(0.0)
-    cs = cell_support(cells, window, interval=0.9, n_bins=8, reference="test")
+    z = 1.6449
+    cs = CellSupport(
+        edges=(150.0,), rms=(0.25, 0.5), q_lo=(-z * 0.25, -z * 0.5), q_hi=(z * 0.25, z * 0.5),
+        interval=0.9, n_cells=n, reference="test",
+    )  # fmt: skip
     sd = 0.15 * window
     est = window + sd * rng.standard_normal(n)
-    z = 1.6449
     pred = Prediction(est, sd, est - z * sd, est + z * sd)
-    # new cells of the same landscape, not the ones the deviations were fitted on
     fresh = window * (1.0 + spread * rng.standard_normal(n)).clip(0.0)
 
     def coverage(p: Prediction) -> float:

@@ -1,5 +1,6 @@
 """The map errors at independent plots and the parcel-shared part they give
-(pipeline.map_errors.plot_errors, plot_shared_parts)."""
+(pipeline.map_errors.plot_errors, plot_shared_parts), and which plots may be compared with
+a map over their square (pipeline.samples.whole_in_frame)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from shapely.geometry import box
 
 from models.spatial_error import Correlogram
 from pipeline.map_errors import plot_errors, plot_shared_parts
+from pipeline.samples import whole_in_frame
 
 CRS = "EPSG:32650"
 
@@ -61,17 +63,17 @@ def test_plot_errors_standardise_by_the_mean_over_the_square() -> None:
     assert out.loc[("A", "1"), "parcel"] == 1 and out.loc[("B", "1"), "parcel"] == 0
 
 
-def test_shared_part_from_plot_pairs_solves_the_correlogram_at_their_distance() -> None:
-    # 300 parcels of two plots 100 m apart, errors with a parcel effect of variance 0.5
-    # and a plot effect of 0.5 (intra-parcel correlation 0.5). With the LiDAR fit's
-    # nugget 0.2 and range 100 m, E = exp(-1): r = shared + (0.8 - shared) E
+def _pair_errors(scale: float) -> pd.DataFrame:
+    """2,000 parcels of two plots 100 m apart, standardised errors with a parcel effect of
+    variance 0.5 and a plot effect of 0.5, times ``scale`` (SDs misstating the errors'
+    size: variance ``scale**2``)."""
     rng = np.random.default_rng(2)
-    n = 300
+    n = 2000
     parcel = np.repeat(np.arange(1, n + 1), 2)
     effect = rng.normal(0, np.sqrt(0.5), n)[parcel - 1]
     rows = []
     for epoch in ("2019", "2024", "change"):
-        z = effect + rng.normal(0, np.sqrt(0.5), 2 * n)
+        z = scale * (effect + rng.normal(0, np.sqrt(0.5), 2 * n))
         rows.append(
             pd.DataFrame(
                 {
@@ -85,7 +87,13 @@ def test_shared_part_from_plot_pairs_solves_the_correlogram_at_their_distance() 
                 }
             )
         )
-    errors = pd.concat(rows, ignore_index=True)
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_shared_part_from_plot_pairs_solves_the_correlogram_at_their_distance() -> None:
+    # With the LiDAR fit's nugget 0.2 and range 100 m, E = exp(-1): the plots' covariance
+    # C = shared + (0.8 - shared) E
+    errors = _pair_errors(1.0)
     lidar = Correlogram(nugget=0.2, shared=0.5, range_m=100.0)
     found = plot_shared_parts(errors, lidar, stocks=("2019", "2024"))
     assert not isinstance(found, str)
@@ -93,14 +101,62 @@ def test_shared_part_from_plot_pairs_solves_the_correlogram_at_their_distance() 
     e = np.exp(-1.0)
     assert record["mean_exp_pairs"] == pytest.approx(e)
     for fitted, key in ((stocks, "stocks"), (change, "change")):
-        r = record[key]["uncentred_share"]
-        assert fitted.shared == pytest.approx((r - 0.8 * e) / (1 - e))
+        c = record[key]["uncentred_between"]
+        assert fitted.shared == pytest.approx((c - 0.8 * e) / (1 - e))
         assert (fitted.nugget, fitted.range_m) == (0.2, 100.0)
-        # the model then gives the plots' correlation at their distance
-        assert float(fitted(100.0)) == pytest.approx(r)
+        # the model then gives the plots' covariance at their distance
+        assert float(fitted(100.0)) == pytest.approx(c)
     # the true shared part: (0.5 - 0.8 e) / (1 - e) = 0.326
     assert stocks.shared == pytest.approx((0.5 - 0.8 * e) / (1 - e), abs=0.1)
     assert change.shared == pytest.approx((0.5 - 0.8 * e) / (1 - e), abs=0.1)
     # too few parcels with two plots: nothing estimated, and why
-    few = errors[errors["parcel"] <= 5]
+    few = _pair_errors(1.0)
+    few = few[few["parcel"] <= 5]
     assert "fewer than 20" in plot_shared_parts(few, lidar, stocks=("2019", "2024"))
+
+
+def test_shared_part_is_the_plots_covariance_when_the_sds_overstate_the_errors() -> None:
+    # the same errors with SDs 1/sqrt(0.6) too large (E[z^2] = 0.6): the parcel effect's
+    # variance in the SDs' units is 0.5 * 0.6 = 0.3, and a large parcel's variance,
+    # shared * (sum w s)^2, must carry 0.3, not the correlation 0.5 the plots also show
+    lidar = Correlogram(nugget=0.2, shared=0.5, range_m=100.0)
+    found = plot_shared_parts(_pair_errors(np.sqrt(0.6)), lidar, stocks=("2019", "2024"))
+    assert not isinstance(found, str)
+    e = np.exp(-1.0)
+    for fitted, key in zip(found[:2], ("stocks", "change"), strict=True):
+        assert found[2][key]["uncentred_share"] == pytest.approx(0.5, abs=0.08)
+        assert fitted.shared == pytest.approx((0.3 - 0.8 * e) / (1 - e), abs=0.06)
+
+
+def test_plots_straddling_their_frame_are_not_whole() -> None:
+    # frame of stratum "a": x 0-100; squares of 20 m wholly inside, touching the edge from
+    # inside, straddling it, of another stratum the design does not list, and of the
+    # inventory sample whose frame is elsewhere
+    frames = gpd.GeoDataFrame(
+        {"sample": ["project", "inventory"], "stratum": ["a", "b"], "area_ha": [1.0, 1.0]},
+        geometry=[box(0, 0, 100, 100), box(500, 500, 600, 600)],
+        crs=CRS,
+    )
+    plots = gpd.GeoDataFrame(
+        {
+            "plot_id": ["in", "edge", "across", "unlisted", "elsewhere"],
+            "sample": ["project", "project", "project", "project", "inventory"],
+            "stratum": ["a", "a", "a", "z", "b"],
+        },
+        geometry=[
+            box(10, 10, 30, 30),
+            box(80, 10, 100, 30),
+            box(90, 10, 110, 30),
+            box(90, 10, 110, 30),
+            box(590, 590, 610, 610),
+        ],
+        crs=CRS,
+    )
+    np.testing.assert_array_equal(whole_in_frame(plots, frames), [True, True, False, True, False])
+    # no design, or plots without strata: every square counts as whole
+    assert whole_in_frame(plots, None).all()
+    assert whole_in_frame(plots.drop(columns="stratum"), frames).all()
+    # a design in another CRS is brought to the plots'
+    np.testing.assert_array_equal(
+        whole_in_frame(plots, frames.to_crs("EPSG:4326")), [True, True, False, True, False]
+    )

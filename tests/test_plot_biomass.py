@@ -104,6 +104,11 @@ def test_plot_totals_equal_tree_sums_and_columns() -> None:
         ba = np.sum(np.pi * (grp["dbh_cm"] / 200) ** 2) / AREA_HA
         assert row["basal_area_m2_ha"] == pytest.approx(ba)
         assert row["n_stems"] == len(grp)
+        # stem granularity A sum(m^2) / (sum m)^2, in m2
+        m = grp["agb_kg"].to_numpy()
+        assert row["agb_granularity_m2"] == pytest.approx(
+            AREA_HA * 1e4 * (m**2).sum() / m.sum() ** 2
+        )
         # IPCC 2006 Table 4.4 subtropical humid forest: 0.20 below 125 t/ha, 0.24 above
         expected_r = 0.20 if row["agb_mg_ha"] < 125 else 0.24
         assert row["bgb_mg_ha"] == pytest.approx(expected_r * row["agb_mg_ha"])

@@ -484,26 +484,43 @@ def test_monitoring_plots_calibrate_the_sds_and_leave_the_maps_alone(scene: dict
     )
     plots = inp["plot_locations"]
     project = plots["plot_id"].isin(plots["plot_id"].iloc[::3])
-    sampled = plots.assign(sample=np.where(project, "project", "inventory"))
+    sampled = plots.assign(
+        sample=np.where(project, "project", "inventory"),
+        stratum=np.where(project, "all", "region"),
+    )
+    # the project's frame: the whole scene but the left half of the first monitoring
+    # plot's square, which therefore straddles the frame's edge (buffer method) and is
+    # left out of the calibration: its value would not be its square's
+    first = plots.geometry[project].iloc[0]
+    cut = box(first.bounds[0] - 1.0, first.bounds[1] - 1.0, first.centroid.x, first.bounds[3] + 1.0)
+    scene_box = box(*gpd.GeoSeries(plots.geometry).total_bounds).buffer(100.0)
+    design = gpd.GeoDataFrame(
+        {"sample": ["project"], "stratum": ["all"], "area_ha": [1.0]},
+        geometry=[scene_box.difference(cut)],
+        crs=plots.crs,
+    )
+    straddling = plots.loc[project, "plot_id"].iloc[0]
     card_of = {}
     mapper_of = {}
     for name, locations in (("with", sampled), ("without", plots[~project])):
         biomass = inp["plot_biomass"]
+        extra = {"design": design} if name == "with" else {}
         if name == "without":
             biomass = biomass[biomass["plot_id"].isin(locations["plot_id"])]
-        out = model(job, **{**inp, "plot_locations": locations, "plot_biomass": biomass})
+        out = model(job, **{**inp, "plot_locations": locations, "plot_biomass": biomass, **extra})
         card_of[name] = out[MODEL_CARD_RELPATH]
         mapper_of[name] = pickle.loads(out[MODELS_RELPATH])["mapper"]
         if name == "without":
             features = out[PLOT_FEATURES_RELPATH]
     with_, without = card_of["with"], card_of["without"]
-    assert with_["independent_plots"]["n_plot_epochs"] == 60
+    assert with_["independent_plots"]["n_plot_epochs"] == 58  # 30 plots x 2 epochs, less one
+    assert with_["independent_plots"]["n_straddling_plots_left_out"] == 1
     assert without["independent_plots"]["use"].startswith("none")
     assert (
         with_["satellite_model"]["cv_predictions"] == without["satellite_model"]["cv_predictions"]
     )
     unc = with_["satellite_model"]["uncertainty"]
-    assert unc["n_held_out"] == 120 and unc["n_independent"] == 60
+    assert unc["n_held_out"] == 120 and unc["n_independent"] == 58
     assert "n_independent" not in without["satellite_model"]["uncertainty"]
     # the maps' values are the same; only their SDs took the monitoring plots' residuals
     m_with, m_without = mapper_of["with"], mapper_of["without"]
@@ -521,8 +538,9 @@ def test_monitoring_plots_calibrate_the_sds_and_leave_the_maps_alone(scene: dict
         inp["composites"], terrain_features(inp["terrain"], source=TERRAIN_RELPATH), None,
         class_column=None,
     )  # fmt: skip
-    bio = inp["plot_biomass"][inp["plot_biomass"]["plot_id"].isin(plots.loc[project, "plot_id"])]
-    mon = plot_table(bio.assign(epoch=bio["epoch"].astype(str)), stacks, plots[project])
+    whole = project & (plots["plot_id"] != straddling)
+    bio = inp["plot_biomass"][inp["plot_biomass"]["plot_id"].isin(plots.loc[whole, "plot_id"])]
+    mon = plot_table(bio.assign(epoch=bio["epoch"].astype(str)), stacks, plots[whole])
     mon_shift = np.array([off.get(e, 0.0) for e in mon["epoch"]])
     expected = calibrate_conformal(
         np.concatenate([held["observed"].to_numpy(), mon["agb_mg_ha"].to_numpy()]),
@@ -537,7 +555,7 @@ def test_monitoring_plots_calibrate_the_sds_and_leave_the_maps_alone(scene: dict
     got = m_with.satellite.calibration
     for name in ("s0", "s1", "sigma_floor", "k_sd", "q_lo", "q_hi", "edges"):
         np.testing.assert_allclose(getattr(got, name), getattr(expected, name), rtol=1e-9)
-    assert got.n_per_bin == expected.n_per_bin and got.n == 180
+    assert got.n_per_bin == expected.n_per_bin and got.n == 178
     assert m_with.satellite.calibration != m_without.satellite.calibration
 
 

@@ -68,8 +68,7 @@ from models.biomass.uncertainty import (
     Prediction,
     calibrate_conformal,
     calibration_record,
-    cell_support,
-    lidar_cell_support,
+    granularity_cell_support,
 )
 from models.biomass.upscaling import fit_satellite_model, thinned_sample, upscaled_sample
 from models.biomass.validation import (
@@ -115,7 +114,6 @@ __all__ = [
     "calibrate_conformal",
     "calibration_record",
     "candidate_applicable",
-    "cell_support",
     "correct_epochs",
     "cross_fitted_at_plots",
     "epoch_corrections",
@@ -124,7 +122,7 @@ __all__ = [
     "fit_satellite_model",
     "fold_map_values",
     "fold_models",
-    "lidar_cell_support",
+    "granularity_cell_support",
     "make_model",
     "predict_out_of_fold",
     "random_folds",

@@ -26,7 +26,10 @@ What it does, in order (predictor tables in :mod:`pipeline.samples`; the science
    with the final maps' residuals at the monitoring plots, independent errors of the maps
    themselves (:func:`models.biomass.correct_epochs`; the maps' values, and so the
    estimate stage's auxiliary data, do not depend on them; without a monitoring sample,
-   the held-out residuals alone, as the card's ``independent_plots`` says); describes
+   the held-out residuals alone, as the card's ``independent_plots`` says). A monitoring
+   plot whose square straddles its stratum's frame in ``sources.plot_design`` tallied
+   only the trees inside the frame (the buffer method) and is left out of both
+   (:func:`pipeline.samples.whole_in_frame`): its value is not its square's. Describes
    the change of support to one cell and, with a parcel layer, judges which
    forest-land parcels were not yet forest at the other epochs.
 5. Writes the maps' rule at every training plot-epoch into ``plot_features.csv``: its
@@ -49,7 +52,7 @@ Signature (the runner passes ``.tif`` inputs as lazy DataArrays, dims ``band, y,
     model(job: ModelJob, *, plot_biomass: DataFrame, plot_locations: GeoDataFrame,
           composites: Mapping[epoch, DataArray] | Sequence[DataArray] (job.epochs order),
           terrain: DataArray, lidar_metrics: DataArray | None = None,
-          parcels: GeoDataFrame | None = None)
+          parcels: GeoDataFrame | None = None, design: GeoDataFrame | None = None)
     -> {"model/model_card.json": dict, "model/plot_features.csv": DataFrame,
         "model/fold_maps.csv": DataFrame, "model/models.pkl": bytes}
 
@@ -101,7 +104,7 @@ from pipeline.contracts import (
     predictor_inputs,
 )
 from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
-from pipeline.features import terrain_features
+from pipeline.features import grid_extent, terrain_features
 from pipeline.samples import (
     lidar_cover,
     lidar_predictors,
@@ -109,6 +112,7 @@ from pipeline.samples import (
     plot_table,
     predictor_stacks,
     satellite_stacks,
+    whole_in_frame,
 )
 from pipeline.stage import Stage
 
@@ -139,6 +143,7 @@ def model(
     terrain: xr.DataArray | Path,
     lidar_metrics: xr.DataArray | Path | None = None,
     parcels: gpd.GeoDataFrame | None = None,
+    design: gpd.GeoDataFrame | None = None,
 ) -> dict[str, Any]:
     """Fit the biomass models of a run (see the module docstring)."""
     p = job.params
@@ -147,8 +152,12 @@ def model(
         raise InputDataError(f"{PLOT_BIOMASS_RELPATH}: column(s) {missing} missing")
     biomass = plot_biomass.assign(epoch=plot_biomass["epoch"].astype(str))
     project_ids: set[str] = set()
+    straddling: set[str] = set()
     if "sample" in plot_locations.columns:
-        project_ids = set(plot_locations.loc[plot_locations["sample"] == PROJECT_SAMPLE, "plot_id"])
+        is_monitoring = (plot_locations["sample"] == PROJECT_SAMPLE).to_numpy()
+        project_ids = set(plot_locations.loc[is_monitoring, "plot_id"])
+        whole = whole_in_frame(plot_locations, design)
+        straddling = set(plot_locations.loc[is_monitoring & ~whole, "plot_id"])
     comps = composites_by_epoch(composites, job.epochs)
     terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
     spectral, sat_stacks, classes = satellite_stacks(
@@ -170,6 +179,7 @@ def model(
     # the monitoring plots train nothing; their residuals calibrate the SDs (step 4)
     is_project = table["plot_id"].isin(project_ids).to_numpy()
     independent, table = table.loc[is_project], table.loc[~is_project].reset_index(drop=True)
+    independent = independent[~independent["plot_id"].isin(straddling)]
     card: dict[str, Any] = {
         "n_plot_epochs": len(table),
         "epochs": list(job.epochs),
@@ -217,20 +227,16 @@ def model(
     )  # fmt: skip
     card["independent_plots"] = {
         "n_plot_epochs": len(independent),
+        "n_straddling_plots_left_out": len(straddling),
         "use": "pooled with the held-out residuals in the satellite models' calibration and "
         "epoch error correlation"
         if len(independent)
         else "none (no project monitoring sample): calibrated on the held-out residuals alone",
     }
-    if lidar is not None and cover is not None:
-        mapper.cell_support, card["cell_support"] = steps.cell_support(
-            lidar, cover, lidar_plots, p, support_px
-        )
-    else:
-        card["cell_support"] = {
-            "skipped": "no LiDAR model: per-cell SDs and intervals are those of the "
-            "plot-sized window (the maps' support)"
-        }
+    _, _, _, _, cell_m, _ = grid_extent(sat_stacks[job.epochs[0]])
+    mapper.cell_support, card["cell_support"] = steps.cell_support(
+        biomass, p, support_px=support_px, cell_m=float(cell_m)
+    )
     card["satellite_model"] = satellite.card
     card["satellite_source"] = source
     card["lidar_epoch"] = lidar_epoch
@@ -313,6 +319,8 @@ def model_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Pa
     }
     if config.sources.parcels is not None:  # classes, land use, the fold maps' forest land
         inputs["parcels"] = config.sources.parcels
+    if config.sources.plot_design is not None:  # which monitoring plots straddle a frame
+        inputs["design"] = config.sources.plot_design
     return inputs
 
 

@@ -45,8 +45,9 @@ correlation of the sink (:mod:`pipeline.sink`): the sink's errors are assumed to
 the stocks' spatial shape (a separable model). Each double sum is one FFT convolution
 on the parcel's bounding box (:func:`models.spatial_error.weighted_covariance`). With a
 project monitoring sample in ``sources.plot_locations`` (``sample == "project"``) the
-``shared`` parts come from the maps' errors at those plots instead, one for the stocks and
-one for the sink, which then replaces ``rho(d)`` in the sink's sum
+``shared`` parts come from the maps' errors at those plots instead (those whose square
+lies wholly inside its stratum's frame), one for the stocks and one for the sink, which
+then replaces ``rho(d)`` in the sink's sum
 (:func:`pipeline.map_errors.plot_shared_parts`; the JSON file's ``monitoring_plots``,
 ``shared_lidar`` and ``sink``); without one, or with too few parcels holding two plots,
 the LiDAR cover's fit serves both, as the file says. Where
@@ -117,6 +118,7 @@ from pipeline.map_errors import (
     plot_shared_parts,
 )
 from pipeline.parcel_sums import parcel_sink_table
+from pipeline.samples import whole_in_frame
 from pipeline.sink import as_band, support_sd_band
 from pipeline.stage import Stage
 from pipeline.subcompartment import has_record, inventory_estimate
@@ -149,6 +151,8 @@ def parcels_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
                 # the parcel-shared part from the project's monitoring plots
                 out["plot_locations"] = config.sources.plot_locations
                 out["plot_biomass"] = layout.path(PLOT_BIOMASS_RELPATH)
+                if config.sources.plot_design is not None:
+                    out["design"] = config.sources.plot_design
     return out
 
 
@@ -172,6 +176,7 @@ def parcels_stage(
     quality_maps: Mapping[str, xr.DataArray] | None = None,
     plot_locations: gpd.GeoDataFrame | None = None,
     plot_biomass: pd.DataFrame | None = None,
+    design: gpd.GeoDataFrame | None = None,
 ) -> dict[str, Any]:
     """The ``parcels`` stage: the per-parcel sink table as GeoPackage and CSV, and the
     map-error correlogram its SDs use (``spatial`` aggregation)."""
@@ -193,8 +198,9 @@ def parcels_stage(
             job.epoch_end: (carbon_end, carbon_sd_end),
         }
         correlogram, sink_correlogram, record["monitoring_plots"] = plot_error_model(
-            job, correlogram, plot_locations, plot_biomass, carbon=carbon, parcels=parcels
-        )
+            job, correlogram, plot_locations, plot_biomass, carbon=carbon, parcels=parcels,
+            design=design,
+        )  # fmt: skip
         if sink_correlogram is not None:
             record["shared_lidar"] = record["shared"]
             record["shared"] = correlogram.shared
@@ -288,14 +294,18 @@ def plot_error_model(
     *,
     carbon: Mapping[str, tuple[xr.DataArray, xr.DataArray]],
     parcels: gpd.GeoDataFrame,
+    design: gpd.GeoDataFrame | None = None,
 ) -> tuple[Correlogram, Correlogram | None, dict[str, Any]]:
     """The stocks' and the sink's correlograms with the parcel-shared parts measured at the
     project's monitoring plots (:func:`pipeline.map_errors.plot_shared_parts`), and the
     record; without a monitoring sample (or too few parcels with two plots) the LiDAR fit
-    for both, and the record says why."""
+    for both, and the record says why. Plots whose square straddles their stratum's frame
+    in ``design`` are left out (:func:`pipeline.samples.whole_in_frame`)."""
     if "sample" not in plot_locations.columns:
         return lidar, None, {"skipped": "the plot layer has no 'sample' column"}
-    project = plot_locations[plot_locations["sample"] == PROJECT_SAMPLE]
+    monitoring = (plot_locations["sample"] == PROJECT_SAMPLE).to_numpy()
+    whole = whole_in_frame(plot_locations, design)
+    project = plot_locations[monitoring & whole]
     if project.empty:
         return (
             lidar,
@@ -315,6 +325,7 @@ def plot_error_model(
         return lidar, None, {"skipped": f"{found}: the shared part is the LiDAR cover's"}
     stocks, change, record = found
     record["n_plots"] = int(errors["plot_id"].nunique())
+    record["n_straddling_plots_left_out"] = int((monitoring & ~whole).sum())
     record["population"] = (
         "the project area's parcels (the monitoring plots sample it only); applied to every parcel"
     )
