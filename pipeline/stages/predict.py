@@ -24,9 +24,10 @@ centred on it (:func:`pipeline.features.focal_mean`), the support the models are
 calibrated at. The first band of each SD and interval raster is for the cell itself: it
 adds the within-window variation of the stand (``BiomassMapper.cell_support``, estimated
 from the plots' stem granularity in the ``model`` stage), so a 10 m cell's 90 % interval
-covers the AGB of that cell. The ``*_support`` bands are the window estimate's own error: that error is shared
-by neighbouring cells and by both epochs, the within-window variation is not (it
-averages out over areas and largely persists between epochs), so sums over parcels and
+covers the AGB of that cell. The ``*_support`` bands are the window estimate's own
+error: that error is shared by neighbouring cells and by both epochs, the within-window
+variation is not (it averages out over areas and largely persists between epochs), so
+sums over parcels and
 the sink use the ``*_support`` bands (:func:`pipeline.sink.support_sd_band`), and so does
 the quality flag.
 
