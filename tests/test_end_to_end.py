@@ -154,14 +154,24 @@ def test_plot_biomass_close_to_truth(tiny_run, tiny_data):
 
 def test_monitoring_plots_calibrate_the_sds_on_the_tiny_region(tiny_run, tiny_data):
     """The project's monitoring plots train no model; their plot-epochs are pooled in the
-    satellite models' calibration, as the model card says."""
+    satellite models' calibration, as the model card says, except those whose square
+    straddles its stratum's frame (buffer method: they tallied part of their square)."""
     _, run = tiny_run
     card = json.loads((run / MODEL_CARD_RELPATH).read_text())
     plots = gpd.read_file(tiny_data / "plots/plots.gpkg")
-    project = set(plots.loc[plots["sample"] == "project", "plot_id"])
+    frames = gpd.read_file(tiny_data / "plots/design.gpkg").query("sample == 'project'")
+    frame_of = frames.set_index("stratum").geometry
+    monitoring = plots[plots["sample"] == "project"]
+    outside = [
+        sq.difference(frame_of[st]).area
+        for sq, st in zip(monitoring.geometry, monitoring["stratum"], strict=True)
+    ]
+    whole = set(monitoring.loc[np.asarray(outside) < 1e-3, "plot_id"])
+    straddling = len(monitoring) - len(whole)
     biomass = pd.read_csv(run / PLOT_BIOMASS_RELPATH)
-    n_project = int(biomass["plot_id"].isin(project).sum())
+    n_project = int(biomass["plot_id"].isin(whole).sum())
     assert n_project > 0 and card["independent_plots"]["n_plot_epochs"] == n_project
+    assert card["independent_plots"]["n_straddling_plots_left_out"] == straddling
     pooled = [card["satellite_model"]["uncertainty"]]
     pooled += [card["common_band_model"].get("uncertainty", {})]
     n_independent = sum(u.get("n_independent", 0) for u in pooled)
@@ -171,7 +181,7 @@ def test_monitoring_plots_calibrate_the_sds_on_the_tiny_region(tiny_run, tiny_da
         card["satellite_model"]["cv_predictions"]
     )
     features = pd.read_csv(run / PLOT_FEATURES_RELPATH)
-    assert not features["plot_id"].isin(project).any()
+    assert not features["plot_id"].isin(monitoring["plot_id"]).any()
 
 
 def test_parcel_totals_add_up_to_the_map(tiny_run, tiny_data):
