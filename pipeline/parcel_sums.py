@@ -28,6 +28,7 @@ from pipeline.inputs import refuse_off_grid, warn_partly_off_grid
 from pipeline.sink import (
     as_band,
     named_band,
+    observed_band,
     quality_band,
     stock_change_sink,
     support_sd_band,
@@ -119,6 +120,12 @@ def parcel_sink_table(
         arrays[f"c_{role}"] = cb.where(ok)
         arrays[f"s_{role}"] = sb.where(ok)
     arrays["q_end"] = quality_band(quality_end, name="quality (end epoch)")
+    # the forest-land cells each epoch should have mapped (n_valid >= 0; a single-band
+    # quality raster does not say, and the mapped cells are then taken as all of them)
+    for role, q in (("start", quality_start), ("end", quality_end)):
+        observed = observed_band(q)
+        if observed is not None:
+            arrays[f"want_{role}"] = observed >= 0
     if lidar_metrics is not None:
         lf = named_band(lidar_metrics, LIDAR_FRACTION_BAND, source=LIDAR_METRICS_RELPATH)
         arrays["lidar"] = as_band(lf, name="lidar_fraction")
@@ -173,6 +180,25 @@ def parcel_sink_table(
             out["spatial"] = float(np.sqrt(max(variance, 0.0))) * px_ha
         return out
 
+    summed = {role: np.isfinite(computed[f"c_{role}"]) for role in ("start", "end")}
+    wanted = {
+        role: (computed[f"want_{role}"] > 0) | summed[role] if f"want_{role}" in computed else None
+        for role in ("start", "end")
+    }
+    sink_wanted = wanted["end"] | sink_valid if wanted["end"] is not None else sink_valid
+
+    def mapped(cov: Coverage, done: np.ndarray, want: np.ndarray | None) -> tuple[float, float]:
+        """The share of the parcel's forest land with a value, and what its sums are
+        multiplied by: 1, or NaN where it has forest land and none of it has a value (a
+        sum of nothing is not a stock of 0)."""
+        if want is None:
+            return 1.0, 1.0
+        whole = covered_fraction_sum(cov, want)
+        if whole <= 0:
+            return float("nan"), 1.0
+        share = covered_fraction_sum(cov, done) / whole
+        return share, 1.0 if share > 0 else float("nan")
+
     rows = []
     for i, cov in enumerate(covs):
         row: dict[str, float] = {}
@@ -180,9 +206,12 @@ def parcel_sink_table(
         row["grid_fraction"] = float(on_grid[i])
         row["forest_area_ha"] = covered_fraction_sum(cov, sink_valid) * px_ha
         for role, epoch in (("start", e1), ("end", e2)):
-            total = weighted_sum(cov, computed[f"c_{role}"]) * px_ha
+            share, known = mapped(cov, summed[role], wanted[role])
+            row[f"mapped_share_{epoch}"] = share
+            total = weighted_sum(cov, computed[f"c_{role}"]) * px_ha * known
             ws = _box(cov, computed[f"s_{role}"], nx=nx)
             by = sds(ws, weighted_covariance(ws, ws, kernel) if kernel is not None else None)
+            by = {k: v * known for k, v in by.items()}
             sd = by["spatial" if spatial else chosen]
             row[f"carbon_{epoch}_mg_c"] = total
             row[f"carbon_sd_{epoch}_mg_c"] = sd
@@ -190,7 +219,9 @@ def parcel_sink_table(
             row[f"carbon_sd_independent_{epoch}_mg_c"] = by["independent"]
             row[f"carbon_{epoch}_lo_mg_c"] = total - z * sd
             row[f"carbon_{epoch}_hi_mg_c"] = total + z * sd
-        sink_c = weighted_sum(cov, computed["sink"]) * px_ha
+        share, known = mapped(cov, sink_valid, sink_wanted)
+        row["sink_mapped_share"] = share
+        sink_c = weighted_sum(cov, computed["sink"]) * px_ha * known
         ws = _box(cov, computed["sink_sd"], nx=nx)
         variance = None
         if sink_kernel is not None:
@@ -201,7 +232,7 @@ def parcel_sink_table(
                 + weighted_covariance(b, b, sink_kernel)
                 - 2 * rho_epochs * weighted_covariance(a, b, sink_kernel)
             ) / job.years**2
-        by = sds(ws, variance)
+        by = {k: v * known for k, v in sds(ws, variance).items()}
         sd = by["spatial" if spatial else chosen]
         row["sink_mg_c_yr"] = sink_c
         row["sink_sd_mg_c_yr"] = sd

@@ -125,6 +125,20 @@ def quality_band(quality: xr.DataArray, *, name: str) -> xr.DataArray:
     return _band_or_only(quality, QUALITY_BAND, name=name)
 
 
+#: band of the predict stage's quality raster with the clear observations of a cell (0: a
+#: forest-land cell no scene saw clear, so it has no value; negative: no value wanted)
+N_VALID_BAND = "n_valid"
+
+
+def observed_band(quality: xr.DataArray | xr.Dataset) -> xr.DataArray | None:
+    """Band ``n_valid`` of a multi-band quality raster, or None (a single-band quality
+    raster does not say which cells should have had a value)."""
+    try:
+        return as_band(named_band(quality, N_VALID_BAND, source="quality"), name="n_valid")
+    except InputDataError:
+        return None
+
+
 def support_sd_band(carbon_sd: xr.DataArray, *, name: str) -> xr.DataArray:
     """The carbon SD to sum over areas and difference over epochs: band
     ``carbon_sd_support`` of the predict stage's SD raster (the error of the plot-sized

@@ -26,7 +26,7 @@ from pipeline.contracts import (
 )
 from pipeline.errors import InputDataError, PipelineWarning
 from pipeline.sink import stock_change_sink
-from pipeline.stages.parcels import parcel_sink_table, parcels_stage
+from pipeline.stages.parcels import parcel_sink_table, parcels_stage, warn_unmapped
 from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
 
 RES_M = 10.0
@@ -320,3 +320,57 @@ def test_parcels_partly_off_the_grid_are_flagged_and_warned_and_wholly_off_refus
     )
     with pytest.raises(InputDataError, match=r"1 of 2 polygons lie entirely off.*'off'"):
         parcel_sink_table(JOB, parcels=off, **inputs)
+
+
+def test_parcels_partly_or_not_mapped_say_so_and_are_nan_not_zero():
+    # 4 x 6 grid of 100 Mg C/ha at 2019, 110 at 2024. Parcel A (columns 0-1): forest land,
+    # its left column never seen clear (n_valid 0, no value); B (columns 2-3): forest land
+    # with no clear scene at 2019; C (columns 4-5): farmland (n_valid -1, no value wanted)
+    shape = (4, 6)
+    n_valid = np.ones(shape)
+    n_valid[:, 0] = 0.0
+    n_valid[:, 4:] = -1.0
+    start_valid = n_valid.copy()
+    start_valid[:, 2:4] = 0.0
+    c1 = np.where(start_valid > 0, 100.0, np.nan)
+    c2 = np.where(n_valid > 0, 110.0, np.nan)
+
+    def quality(valid: np.ndarray) -> xr.DataArray:
+        good = np.where(valid > 0, 1.0, 0.0)
+        return raster(np.stack([np.where(valid > 0, 3.0, 0.0), valid, good]),
+                      band=["model_source", "n_valid", "good"])  # fmt: skip
+
+    inputs = {
+        "carbon_start": raster(c1),
+        "carbon_end": raster(c2),
+        "carbon_sd_start": raster(np.where(np.isfinite(c1), 10.0, np.nan)),
+        "carbon_sd_end": raster(np.where(np.isfinite(c2), 10.0, np.nan)),
+        "quality_start": quality(start_valid),
+        "quality_end": quality(n_valid),
+    }
+    cols = [box(X0 + 20 * k, Y0 - 40, X0 + 20 * (k + 1), Y0) for k in range(3)]
+    parcels = gpd.GeoDataFrame({"parcel_id": ["A", "B", "C"]}, geometry=cols, crs=CRS)
+    job = replace(JOB, parcel_error_aggregation="correlated")
+    t = parcel_sink_table(job, parcels=parcels, **inputs).set_index("parcel_id")
+    px_ha, whole_ha = 0.01, 8 * 0.01  # 8 cells of 100 m2 per parcel
+    # A: half mapped: the totals are the mapped half's, and the table says it is half
+    assert t.loc["A", "mapped_share_2019"] == pytest.approx(0.5)
+    assert t.loc["A", "sink_mapped_share"] == pytest.approx(0.5)
+    assert t.loc["A", "carbon_2019_mg_c"] == pytest.approx(100.0 * whole_ha / 2)
+    assert t.loc["A", "carbon_sd_2024_mg_c"] == pytest.approx(10.0 * whole_ha / 2)  # correlated
+    assert t.loc["A", "sink_mg_c_yr"] == pytest.approx(10.0 / job.years * whole_ha / 2)
+    assert t.loc["A", "forest_area_ha"] == pytest.approx(whole_ha / 2)
+    # B: nothing mapped at 2019, so its 2019 stock and its sink are unknown, not 0
+    assert t.loc["B", "mapped_share_2019"] == 0.0 and t.loc["B", "mapped_share_2024"] == 1.0
+    assert np.isnan(t.loc["B", ["carbon_2019_mg_c", "carbon_sd_2019_mg_c"]].astype(float)).all()
+    assert np.isnan(t.loc["B", "sink_tco2e_yr"]) and t.loc["B", "sink_mapped_share"] == 0.0
+    assert t.loc["B", "carbon_2024_mg_c"] == pytest.approx(110.0 * 8 * px_ha)
+    # C: farmland, no value wanted: no forest carbon, share undefined
+    assert t.loc["C", "carbon_2024_mg_c"] == 0.0 and np.isnan(t.loc["C", "mapped_share_2024"])
+    with pytest.warns(PipelineWarning) as caught:
+        warn_unmapped(t.reset_index(), ("2019", "2024"))
+    text = " ".join(str(w.message) for w in caught)
+    assert (
+        "mapped_share_2019: 1 parcel(s) partly mapped" in text and "1 with no mapped cell" in text
+    )
+    assert "B 0%" in text

@@ -34,7 +34,13 @@ from pipeline.parcel_sums import parcel_sink_table
 from pipeline.units import with_mu_areas
 
 #: columns of the parcel table that are not sums over an area (left out of roll-ups)
-NOT_SUMS = ("mean_quality_", "lidar_share", "sink_tco2e_ha_yr")
+NOT_SUMS = (
+    "mean_quality_",
+    "lidar_share",
+    "sink_tco2e_ha_yr",
+    "mapped_share_",
+    "sink_mapped_share",
+)
 
 
 def correlogram_from_record(record: Mapping[str, Any] | None) -> Correlogram | None:

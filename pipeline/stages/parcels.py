@@ -10,10 +10,17 @@ Per parcel (units in the column names):
   the parcel (below 1: partly off the grid, warned; 0 is refused); ``forest_area_ha``:
   area where the sink is valid (forest with good quality at both epochs), the area the
   sink is summed over;
-- ``carbon_<epoch>_mg_c`` per compared epoch, over pixels with a valid estimate at that
-  epoch, with its SD (``carbon_sd_<epoch>_mg_c``, by the chosen aggregation), both
-  bounds (``carbon_sd_correlated_<epoch>_mg_c``, ``carbon_sd_independent_<epoch>_mg_c``)
-  and interval bounds;
+- ``mapped_share_<epoch>`` and ``sink_mapped_share``: the share of the parcel's forest
+  land (cells whose ``n_valid`` band of the quality raster is not negative) that has a
+  valid estimate; forest land no clear scene saw, or below ``min_quality``, has none.
+  The totals are sums over the mapped cells, so below 1 they cover that share of the
+  parcel only (they add up over any partition of the parcels, which a per-parcel
+  imputation of the rest would not); with no mapped cell they are NaN, never 0. The
+  stage warns how many parcels are partly or not mapped. Without an ``n_valid`` band the
+  share is 1;
+- ``carbon_<epoch>_mg_c`` per compared epoch, with its SD (``carbon_sd_<epoch>_mg_c``,
+  by the chosen aggregation), both bounds (``carbon_sd_correlated_<epoch>_mg_c``,
+  ``carbon_sd_independent_<epoch>_mg_c``) and interval bounds;
 - ``sink_mg_c_yr``, ``sink_tco2e_yr``, their SDs (``sink_sd_*``, chosen aggregation;
   ``sink_sd_correlated_tco2e_yr``, ``sink_sd_independent_tco2e_yr``) and interval
   bounds, and the sink per forest hectare;
@@ -82,6 +89,7 @@ Run: ``forest-carbon run --region nanping --stages parcels``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,7 +118,7 @@ from pipeline.contracts import (
     resolve_correlation,
     sink_job,
 )
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineWarning
 from pipeline.map_errors import (
     fit_map_errors,
     lidar_residuals,
@@ -218,6 +226,7 @@ def parcels_stage(
         correlogram=correlogram,
         sink_correlogram=sink_correlogram,
     )
+    warn_unmapped(table, (job.epoch_start, job.epoch_end))
     table = with_mu_areas(with_inventory_estimate(table))
     csv = pd.DataFrame(table.drop(columns=table.geometry.name))
     return {
@@ -225,6 +234,28 @@ def parcels_stage(
         PARCEL_SINK_CSV_RELPATH: csv,
         ERROR_CORRELOGRAM_RELPATH: record,
     }
+
+
+def warn_unmapped(table: pd.DataFrame, epochs: tuple[str, str]) -> None:
+    """Say how many parcels' forest land was partly or not at all mapped at each epoch
+    (their totals cover the mapped share, or are NaN; the module docstring)."""
+    for col in (*(f"mapped_share_{e}" for e in epochs), "sink_mapped_share"):
+        share = table[col]
+        part, none = int(((share > 0) & (share < 1 - 1e-9)).sum()), int((share == 0).sum())
+        if part or none:
+            worst = table.loc[share < 1 - 1e-9].sort_values(col).head(5)
+            listed = ", ".join(
+                f"{pid} {v:.0%}" for pid, v in zip(worst["parcel_id"], worst[col], strict=True)
+            )
+            warnings.warn(
+                f"parcels: {col}: {part} parcel(s) partly mapped (their totals cover the "
+                f"mapped share only) and {none} with no mapped cell (totals NaN); lowest: "
+                f"{listed}. Forest land without a value had no clear scene, a predictor "
+                f"missing (as at the grid's edge) or a quality below stages.sink.min_quality "
+                f"(rasters/coverage.json, rasters/quality_<epoch>.tif)",
+                PipelineWarning,
+                stacklevel=2,
+            )
 
 
 def with_inventory_estimate(table: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
