@@ -117,8 +117,10 @@ class Methodology:
     name: str
     confidence_level: float
     uncertainty_rule: UncertaintyRule
-    leakage_fraction: float
-    buffer_fraction: float
+    #: None where the file makes it project specific (``project_specific: true``, no
+    #: value): the project's own assessment must be given (:meth:`with_overrides`)
+    leakage_fraction: float | None
+    buffer_fraction: float | None
     baseline_column: str
     #: the survey estimator of the project's stock change (a name of
     #: :data:`models.survey.totals.ESTIMATORS`, or ``most_precise``)
@@ -160,6 +162,10 @@ class Methodology:
             at_most_lower_bound=floor,
         )
 
+    def unset(self) -> list[str]:
+        """The project-specific parameters still without a value."""
+        return [k for k in ("leakage_fraction", "buffer_fraction") if getattr(self, k) is None]
+
 
 def _param(data: Mapping[str, Any], key: str, source: str) -> Mapping[str, Any]:
     value = data.get(key)
@@ -175,6 +181,14 @@ def _fraction(entry: Mapping[str, Any], key: str, source: str) -> float:
     if not isinstance(value, int | float) or not 0 <= value <= 1:
         raise ValueError(f"{source}: '{key}.value' must be a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def _project_fraction(entry: Mapping[str, Any], key: str, source: str) -> float | None:
+    """A fraction, or None where the methodology leaves it to the project
+    (``value: null`` with ``project_specific: true``)."""
+    if entry.get("value") is None and entry.get("project_specific") is True:
+        return None
+    return _fraction(entry, key, source)
 
 
 def _clause(data: Mapping[str, Any], key: str, source: str) -> tuple[str, str, bool]:
@@ -288,8 +302,8 @@ def methodology_from_mapping(data: Mapping[str, Any], *, source: str) -> Methodo
         name=str(data["name"]),
         confidence_level=confidence,
         uncertainty_rule=rule,
-        leakage_fraction=_fraction(entries["leakage_fraction"], "leakage_fraction", source),
-        buffer_fraction=_fraction(entries["buffer_fraction"], "buffer_fraction", source),
+        leakage_fraction=_project_fraction(entries["leakage_fraction"], "leakage_fraction", source),
+        buffer_fraction=_project_fraction(entries["buffer_fraction"], "buffer_fraction", source),
         baseline_column=column,
         estimator=str(estimator),
         provenance=tuple(prov),
@@ -391,7 +405,12 @@ def credit_steps(
         raise ValueError(f"the monitoring period must be positive, got {period_yr} years")
     if project_sd_tco2e < 0:
         raise ValueError(f"a standard deviation cannot be negative, got {project_sd_tco2e}")
-    lf = methodology.leakage_fraction
+    lf, bf = methodology.leakage_fraction, methodology.buffer_fraction
+    if lf is None or bf is None:
+        raise ValueError(
+            f"methodology {methodology.id!r}: {', '.join(methodology.unset())} is project "
+            "specific and has no value"
+        )
     baseline = baseline_rate_tco2e_ha_yr * area_ha * period_yr
     leakage = lf * max(project_tco2e - baseline, 0.0)
     net = project_tco2e - baseline - leakage
@@ -406,7 +425,7 @@ def credit_steps(
     if methodology.at_most_lower_bound and net > 0:
         deduction = max(rule_deduction, min(half_width, net))
     after = net - deduction
-    buffer = methodology.buffer_fraction * after if after > 0 else 0.0
+    buffer = bf * after if after > 0 else 0.0
     return CreditSteps(
         area_ha=area_ha,
         period_yr=period_yr,
@@ -428,7 +447,7 @@ def credit_steps(
         rule_deduction_tco2e=rule_deduction,
         uncertainty_deduction_tco2e=deduction,
         after_uncertainty_tco2e=after,
-        buffer_fraction=methodology.buffer_fraction,
+        buffer_fraction=bf,
         buffer_tco2e=buffer,
         credits_tco2e=max(after - buffer, 0.0),
         reversal_tco2e=max(-net, 0.0),

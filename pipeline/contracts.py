@@ -353,6 +353,16 @@ TOTAL_ID = "TOTAL"
 DECLARED_ID = "DECLARED"
 
 
+def _project_values(method: Methodology, params: CreditsParams) -> Methodology:
+    """``method`` with the run's leakage and buffer for the parameters its file leaves to
+    the project (its own defaults stay where it has them)."""
+    unset = method.unset()
+    return method.with_overrides(
+        leakage_fraction=params.leakage_fraction if "leakage_fraction" in unset else None,
+        buffer_fraction=params.buffer_fraction if "buffer_fraction" in unset else None,
+    )
+
+
 @dataclass(frozen=True)
 class CreditsJob:
     """The resolved methodology plus the sink's epochs and error aggregation."""
@@ -385,10 +395,16 @@ class CreditsJob:
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
         try:
-            # the run's floor is a policy of the run, so compared files follow it too
+            # the run's floor is a policy of the run, so compared files follow it too; a
+            # compared file's project-specific values are the project's, from the overrides
             floor = params.at_most_lower_bound
             compare = tuple(
-                (load_methodology(p).with_overrides(at_most_lower_bound=floor), str(p))
+                (
+                    _project_values(load_methodology(p), params).with_overrides(
+                        at_most_lower_bound=floor
+                    ),
+                    str(p),
+                )
                 for p in params.compare
             )
         except ValueError as err:
@@ -401,6 +417,18 @@ class CreditsJob:
             buffer_fraction=params.buffer_fraction,
             at_most_lower_bound=params.at_most_lower_bound,
         )
+        for m, path in ((method, str(params.methodology)), *compare):
+            unset = m.unset()
+            if unset:
+                settings = [
+                    f"--{u.replace('_', '-')}" if key.startswith("--") else f"{compare_key[:-7]}{u}"
+                    for u in unset
+                ]
+                raise ConfigError(
+                    f"{path}: {', '.join(unset)} of methodology {m.id!r} is project specific "
+                    f"(the file gives no default; see its source): set "
+                    f"{' and '.join(settings)} to the project's own assessment"
+                )
         return cls(method, str(params.methodology), sink, compare=compare)
 
     @property

@@ -654,3 +654,39 @@ def test_refused_parcels_are_named_by_reason_five_at_most():
     text = _by_reason(ids, reasons, np.array([True] * 8))
     assert text == "P0, P1, P2, P3, P4 and 2 more (bamboo); P7 (fir)"
     assert _by_reason(ids, reasons, np.array([False] * 7 + [True])) == "P7 (fir)"
+
+
+def test_vm0047_leakage_and_buffer_are_the_projects_own_and_a_run_without_them_is_refused():
+    # VM0047 has area-based projects quantify leakage with VMD0054 and the buffer with the
+    # project's NPRT v4.2 score: the file gives no default (0 % leakage is not allowed)
+    assert VM0047.leakage_fraction is None and VM0047.buffer_fraction is None
+    assert VM0047.unset() == ["leakage_fraction", "buffer_fraction"]
+    sink = _one_parcel_job().sink
+    vm = REPO / "configs/methodology/vm0047.yaml"
+    with pytest.raises(
+        ConfigError, match=r"stages\.credits\.leakage_fraction and stages\.credits\.buffer_fraction"
+    ):
+        CreditsJob.from_params(
+            CreditsParams(methodology=vm), sink, key="stages.credits.methodology"
+        )
+    with pytest.raises(ConfigError, match=r"--buffer-fraction"):
+        CreditsJob.from_params(
+            CreditsParams(methodology=vm, leakage_fraction=0.05), sink, key="--methodology"
+        )
+    job = CreditsJob.from_params(
+        CreditsParams(methodology=vm, leakage_fraction=0.05, buffer_fraction=0.2),
+        sink,
+        key="stages.credits.methodology",
+    )
+    assert (job.methodology.leakage_fraction, job.methodology.buffer_fraction) == (0.05, 0.2)
+    # compared under a run of another methodology: the project's values fill VM0047's gaps
+    # (the run's own methodology takes them as its overrides, as before)
+    compare = CreditsParams(compare=(vm,), leakage_fraction=0.05, buffer_fraction=0.2)
+    job = CreditsJob.from_params(compare, sink, key="stages.credits.methodology")
+    ((vm_method, _),) = job.compare
+    assert (vm_method.leakage_fraction, vm_method.buffer_fraction) == (0.05, 0.2)
+    with pytest.raises(ConfigError, match="vm0047"):
+        CreditsJob.from_params(CreditsParams(compare=(vm,)), sink, key="stages.credits.methodology")
+    # the credit arithmetic itself refuses a methodology with a gap
+    with pytest.raises(ValueError, match="project specific"):
+        _steps(VM0047)
