@@ -248,12 +248,15 @@ def warn_unmapped(table: pd.DataFrame, epochs: tuple[str, str]) -> None:
                 f"{pid} {v:.0%}" for pid, v in zip(worst["parcel_id"], worst[col], strict=True)
             )
             warnings.warn(
-                f"parcels: {col}: {part} parcel(s) partly mapped (their totals cover the "
-                f"mapped share only) and {none} with no mapped cell (totals NaN); lowest: "
-                f"{listed}. Forest land without a value had no clear scene, a predictor "
-                f"missing (as at the grid's edge) or a quality below stages.sink.min_quality "
-                f"(rasters/coverage.json, rasters/quality_<epoch>.tif)",
-                PipelineWarning,
+                PipelineWarning(
+                    f"parcels: {col}: {part} parcel(s) partly mapped (their totals cover the "
+                    f"mapped share only) and {none} with no mapped cell (totals NaN); lowest: "
+                    f"{listed}. Forest land without a value had no clear scene, a predictor "
+                    f"missing (as at the grid's edge) or a quality below "
+                    f"stages.sink.min_quality (rasters/coverage.json, rasters/quality_<epoch>.tif)",
+                    code="parcels_partly_mapped",
+                    values={"column": col, "part": part, "none": none, "listing": listed},
+                ),
                 stacklevel=2,
             )
 
