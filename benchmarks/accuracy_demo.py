@@ -195,6 +195,13 @@ def model_card(run: Path) -> None:
     print(f"  final at plots: {card.get('final_at_plots')}")
 
 
+def _unvalued(values: pd.Series) -> str:
+    """How many parcels have no value (no mapped forest land: RMSE leaves them out, the
+    coverage counts them as misses)."""
+    n = int(values.isna().sum())
+    return f"; {n} without a value (counted as misses, not in the RMSE)" if n else ""
+
+
 def parcels(run: Path, truth: Path, epochs: list[str]) -> None:
     print("== parcels: carbon stock and sink against truth")
     est = pd.read_csv(run / PARCEL_SINK_CSV_RELPATH)
@@ -208,7 +215,7 @@ def parcels(run: Path, truth: Path, epochs: list[str]) -> None:
         print(
             f"  {e}: {len(forest)} forest parcels, carbon RMSE {rmse:,.0f} Mg C "
             f"({rmse / t.mean():.1%} of the mean parcel stock), 90% interval coverage "
-            f"{inside.mean():.1%}"
+            f"{inside.mean():.1%}{_unvalued(c)}"
         )
     s, t = forest["sink_tco2e_yr"], forest["sink_tco2e_yr_true"]
     rmse = np.sqrt(np.mean((s - t) ** 2))
@@ -217,7 +224,7 @@ def parcels(run: Path, truth: Path, epochs: list[str]) -> None:
     print(
         f"  sink: RMSE {rmse:,.1f} t CO2e/yr ({rmse / t.abs().mean():.1%} of the mean |sink|), "
         f"bias {np.mean(s - t):+.1f}, 90% interval coverage {inside.mean():.1%} (undisturbed "
-        f"parcels {inside[calm].mean():.1%})"
+        f"parcels {inside[calm].mean():.1%}){_unvalued(s)}"
     )
     cut = forest[forest["disturbance"] == "clearcut"]
     sig = (cut["sink_hi_tco2e_yr"] < 0).mean() if len(cut) else float("nan")
