@@ -55,34 +55,32 @@ from pipeline.contracts import (
     ERROR_CORRELOGRAM_RELPATH,
     MODEL_CARD_RELPATH,
     PLOT_BIOMASS_RELPATH,
-    PROJECT_SAMPLE,
     map_relpath,
     open_raster,
 )
 from pipeline.map_errors import plot_errors
-from pipeline.samples import whole_in_frame
+from pipeline.samples import monitoring_plots
 from pipeline.sink import as_band, named_band
 
 
-def monitoring_plots(cfg: Any) -> gpd.GeoDataFrame:
+def compared_plots(cfg: Any) -> gpd.GeoDataFrame:
     """The monitoring plots the pipeline compares with the maps: those whose square lies
-    wholly inside its stratum's frame (:func:`pipeline.samples.whole_in_frame`)."""
+    wholly inside its stratum's frame (:func:`pipeline.samples.monitoring_plots`)."""
     plots = gpd.read_file(cfg.sources.plot_locations)
     design = gpd.read_file(cfg.sources.plot_design) if cfg.sources.plot_design else None
-    keep = (plots["sample"] == PROJECT_SAMPLE).to_numpy() & whole_in_frame(plots, design)
+    monitoring, compared = monitoring_plots(plots, design)
     print(
-        f"monitoring plots: {int(keep.sum())} whole in their frames, "
-        f"{int((plots['sample'] == PROJECT_SAMPLE).sum() - keep.sum())} straddling left out"
+        f"monitoring plots: {int(compared.sum())} whole in their frames, "
+        f"{int((monitoring & ~compared).sum())} straddling left out"
     )
-    return plots[keep].reset_index(drop=True)
+    return plots[compared].reset_index(drop=True)
 
 
-def errors(cfg: Any, run: Path, rho: float) -> pd.DataFrame:
+def errors(cfg: Any, plots: gpd.GeoDataFrame, run: Path, rho: float) -> pd.DataFrame:
     """:func:`pipeline.map_errors.plot_errors` of AGB and carbon at the monitoring plots
     (columns ``z_agb``, ``z_carbon``, ``agb_map``) with the model source at each plot's
     centre cell (``source``, of the last epoch for the change)."""
     epochs = [e.name for e in cfg.epochs]
-    plots = monitoring_plots(cfg)
     parcels = gpd.read_file(cfg.sources.parcels)
     biomass = pd.read_csv(run / PLOT_BIOMASS_RELPATH, dtype={"epoch": str})
     out = None
@@ -177,12 +175,11 @@ def report(z: pd.DataFrame, card: dict[str, Any], correlogram: dict[str, Any] | 
             )
 
 
-def truth_split(cfg: Any, run: Path, truth: Path, rho: float) -> None:
+def truth_split(cfg: Any, plots: gpd.GeoDataFrame, run: Path, truth: Path, rho: float) -> None:
     """The diagnosis of the module docstring (``--truth``): ``plot - map``, ``plot - truth``
     and ``truth - map`` at the monitoring plots, standardised by the carbon map's support
     SD, per epoch and for the change."""
     epochs = [e.name for e in cfg.epochs]
-    plots = monitoring_plots(cfg)
     parcels = gpd.read_file(cfg.sources.parcels)
     biomass = pd.read_csv(run / PLOT_BIOMASS_RELPATH, dtype={"epoch": str})
     mapped, true, sd = {}, {}, {}
@@ -227,13 +224,14 @@ def main() -> None:
     epochs = [e.name for e in cfg.epochs]
     card = json.loads((args.run / MODEL_CARD_RELPATH).read_text())
     rho = float(card["epoch_error_correlation"][f"{epochs[0]}/{epochs[-1]}"]["rho"])
-    z = errors(cfg, args.run, rho)
+    plots = compared_plots(cfg)
+    z = errors(cfg, plots, args.run, rho)
     path = args.run / ERROR_CORRELOGRAM_RELPATH
     correlogram = json.loads(path.read_text()) if path.exists() else None
     print(f"{args.run}: {z['plot_id'].nunique()} monitoring plots mapped, rho {rho:.2f}")
     report(z, card, correlogram)
     if args.truth is not None:
-        truth_split(cfg, args.run, args.truth, rho)
+        truth_split(cfg, plots, args.run, args.truth, rho)
 
 
 if __name__ == "__main__":

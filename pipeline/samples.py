@@ -9,7 +9,8 @@ tables is in :mod:`models.biomass` and :mod:`models.landuse`):
 - systematic samples of cells (:func:`models.biomass.thinned_sample`) with their
   predictors at plot support: the LiDAR-model map sample that can train the satellite
   model, and the parcels' cells that train and apply the land-use classifier;
-- the LiDAR cover and the single-cell LiDAR metrics of the per-cell uncertainty;
+- the LiDAR cover (:func:`lidar_cover`);
+- which monitoring plots the map errors are measured at (:func:`monitoring_plots`);
 - the predictor stack of an epoch that the ``predict`` stage maps, cell by cell, and the
   parcels stage's error model predicts on inside the LiDAR cover (:func:`epoch_stack`),
   with every epoch's forest-land mask (:func:`predictor_stacks`; the ``model`` stage
@@ -38,6 +39,7 @@ from pipeline.contracts import (
     LIDAR_METRICS_RELPATH,
     MODELS_RELPATH,
     PLOT_BIOMASS_RELPATH,
+    PROJECT_SAMPLE,
     TERRAIN_RELPATH,
     composite_relpath,
     composites_by_epoch,
@@ -212,6 +214,19 @@ def whole_in_frame(plots: gpd.GeoDataFrame, design: gpd.GeoDataFrame | None) -> 
         outside = shapely.area(shapely.difference(squares[rest], frame))
         whole[rest] = outside <= 1e-6 * shapely.area(squares[rest])
     return whole
+
+
+def monitoring_plots(
+    plots: gpd.GeoDataFrame, design: gpd.GeoDataFrame | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two masks over ``plots``: the carbon project's monitoring plots (``sample ==
+    "project"``; none without a ``sample`` column), and those of them the maps' errors are
+    measured at, whose square lies wholly inside its frame (:func:`whole_in_frame`)."""
+    if "sample" not in plots.columns:
+        none = np.zeros(len(plots), dtype=bool)
+        return none, none
+    monitoring = (plots["sample"] == PROJECT_SAMPLE).to_numpy()
+    return monitoring, monitoring & whole_in_frame(plots, design)
 
 
 def plot_support_px(plots: gpd.GeoDataFrame, grid: xr.DataArray) -> int:

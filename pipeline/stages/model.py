@@ -29,7 +29,7 @@ What it does, in order (predictor tables in :mod:`pipeline.samples`; the science
    the held-out residuals alone, as the card's ``independent_plots`` says). A monitoring
    plot whose square straddles its stratum's frame in ``sources.plot_design`` tallied
    only the trees inside the frame (the buffer method) and is left out of both
-   (:func:`pipeline.samples.whole_in_frame`): its value is not its square's. Describes
+   (:func:`pipeline.samples.monitoring_plots`): its value is not its square's. Describes
    the change of support to one cell and, with a parcel layer, judges which
    forest-land parcels were not yet forest at the other epochs.
 5. Writes the maps' rule at every training plot-epoch into ``plot_features.csv``: its
@@ -95,7 +95,6 @@ from pipeline.contracts import (
     MODELS_RELPATH,
     PLOT_BIOMASS_RELPATH,
     PLOT_FEATURES_RELPATH,
-    PROJECT_SAMPLE,
     TERRAIN_RELPATH,
     RunLayout,
     composites_by_epoch,
@@ -108,11 +107,11 @@ from pipeline.features import grid_extent, terrain_features
 from pipeline.samples import (
     lidar_cover,
     lidar_predictors,
+    monitoring_plots,
     plot_support_px,
     plot_table,
     predictor_stacks,
     satellite_stacks,
-    whole_in_frame,
 )
 from pipeline.stage import Stage
 
@@ -151,13 +150,9 @@ def model(
     if missing:
         raise InputDataError(f"{PLOT_BIOMASS_RELPATH}: column(s) {missing} missing")
     biomass = plot_biomass.assign(epoch=plot_biomass["epoch"].astype(str))
-    project_ids: set[str] = set()
-    straddling: set[str] = set()
-    if "sample" in plot_locations.columns:
-        is_monitoring = (plot_locations["sample"] == PROJECT_SAMPLE).to_numpy()
-        project_ids = set(plot_locations.loc[is_monitoring, "plot_id"])
-        whole = whole_in_frame(plot_locations, design)
-        straddling = set(plot_locations.loc[is_monitoring & ~whole, "plot_id"])
+    monitoring, compared = monitoring_plots(plot_locations, design)
+    project_ids = set(plot_locations.loc[monitoring, "plot_id"])
+    straddling = set(plot_locations.loc[monitoring & ~compared, "plot_id"])
     comps = composites_by_epoch(composites, job.epochs)
     terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
     spectral, sat_stacks, classes = satellite_stacks(

@@ -108,7 +108,6 @@ from pipeline.contracts import (
     PARCEL_SINK_CSV_RELPATH,
     PARCEL_SINK_GPKG_RELPATH,
     PLOT_BIOMASS_RELPATH,
-    PROJECT_SAMPLE,
     RunLayout,
     SinkJob,
     correlation_input,
@@ -126,7 +125,7 @@ from pipeline.map_errors import (
     plot_shared_parts,
 )
 from pipeline.parcel_sums import parcel_sink_table
-from pipeline.samples import whole_in_frame
+from pipeline.samples import monitoring_plots
 from pipeline.sink import as_band, support_sd_band
 from pipeline.stage import Stage
 from pipeline.subcompartment import has_record, inventory_estimate
@@ -334,12 +333,11 @@ def plot_error_model(
     project's monitoring plots (:func:`pipeline.map_errors.plot_shared_parts`), and the
     record; without a monitoring sample (or too few parcels with two plots) the LiDAR fit
     for both, and the record says why. Plots whose square straddles their stratum's frame
-    in ``design`` are left out (:func:`pipeline.samples.whole_in_frame`)."""
+    in ``design`` are left out (:func:`pipeline.samples.monitoring_plots`)."""
     if "sample" not in plot_locations.columns:
         return lidar, None, {"skipped": "the plot layer has no 'sample' column"}
-    monitoring = (plot_locations["sample"] == PROJECT_SAMPLE).to_numpy()
-    whole = whole_in_frame(plot_locations, design)
-    project = plot_locations[monitoring & whole]
+    monitoring, compared = monitoring_plots(plot_locations, design)
+    project = plot_locations[compared]
     if project.empty:
         return (
             lidar,
@@ -359,7 +357,7 @@ def plot_error_model(
         return lidar, None, {"skipped": f"{found}: the shared part is the LiDAR cover's"}
     stocks, change, record = found
     record["n_plots"] = int(errors["plot_id"].nunique())
-    record["n_straddling_plots_left_out"] = int((monitoring & ~whole).sum())
+    record["n_straddling_plots_left_out"] = int((monitoring & ~compared).sum())
     record["population"] = (
         "the project area's parcels (the monitoring plots sample it only); applied to every parcel"
     )
