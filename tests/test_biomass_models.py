@@ -564,10 +564,7 @@ def test_widened_intervals_cover_single_cells_at_the_nominal_rate() -> None:
     window = rng.uniform(30.0, 350.0, n)
     spread = np.where(window < 150.0, 0.25, 0.5)
     z = 1.6449
-    cs = CellSupport(
-        edges=(150.0,), rms=(0.25, 0.5), q_lo=(-z * 0.25, -z * 0.5), q_hi=(z * 0.25, z * 0.5),
-        interval=0.9, n_cells=n, reference="test",
-    )  # fmt: skip
+    cs = CellSupport(edges=(150.0,), rms=(0.25, 0.5), interval=0.9, n_cells=n, reference="test")
     sd = 0.15 * window
     est = window + sd * rng.standard_normal(n)
     pred = Prediction(est, sd, est - z * sd, est + z * sd)

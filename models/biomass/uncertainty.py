@@ -252,23 +252,21 @@ class CellSupport:
     the relative deviation ``r = (cell - window) / window``, per bin of window AGB
     (:func:`granularity_cell_support`), and is taken independent of the window
     estimate's error: variances add, and each side's interval half-width adds in
-    quadrature with ``|q| * AGB`` (normal approximation of the convolution).
+    quadrature with ``z * rms * AGB``, ``z`` the normal quantile of the two-sided
+    ``interval`` (a normal approximation of ``r`` and of the convolution).
 
     Attributes
     ----------
     edges
-        Interior bin edges of the window AGB (Mg/ha); bin ``k`` holds ``rms[k]`` etc.
-    rms, q_lo, q_hi
-        Root mean square and the ``(1 - interval) / 2`` and ``(1 + interval) / 2``
-        quantiles of ``r`` in each bin.
+        Interior bin edges of the window AGB (Mg/ha); bin ``k`` holds ``rms[k]``.
+    rms
+        Root mean square of ``r`` in each bin.
     n_cells
         How many observations (plot-epochs) described it.
     """
 
     edges: tuple[float, ...]
     rms: tuple[float, ...]
-    q_lo: tuple[float, ...]
-    q_hi: tuple[float, ...]
     interval: float
     n_cells: int
     reference: str
@@ -276,10 +274,10 @@ class CellSupport:
     def widen(self, pred: Prediction) -> Prediction:
         """The prediction of one cell from that of its window (same mean)."""
         m = pred.mean
-        k = np.digitize(np.nan_to_num(m), np.asarray(self.edges))
-        rms, q_lo, q_hi = (np.asarray(v)[k] for v in (self.rms, self.q_lo, self.q_hi))
-        lower = np.clip(m - np.hypot(m - pred.lower, q_lo * m), 0.0, None)
-        upper = m + np.hypot(pred.upper - m, q_hi * m)
+        rms = np.asarray(self.rms)[np.digitize(np.nan_to_num(m), np.asarray(self.edges))]
+        half = float(norm.ppf(0.5 + self.interval / 2.0)) * rms * m
+        lower = np.clip(m - np.hypot(m - pred.lower, half), 0.0, None)
+        upper = m + np.hypot(pred.upper - m, half)
         return Prediction(m, np.hypot(pred.sd, rms * m), lower, upper)
 
     def describe(self) -> dict[str, Any]:
@@ -289,8 +287,6 @@ class CellSupport:
             "reference": self.reference,
             "window_agb_bin_edges_mg_ha": list(self.edges),
             "rms_relative": list(self.rms),
-            "q_lo_relative": list(self.q_lo),
-            "q_hi_relative": list(self.q_hi),
             "interval": self.interval,
             "n_cells": self.n_cells,
         }
@@ -313,8 +309,8 @@ def granularity_cell_support(
     (:func:`models.plot_biomass.stem_granularity_m2`, Campbell's theorem). Per bin of plot
     AGB (quantiles, as many bins up to ``n_bins`` as keep
     ``cell_support.min_plots_per_bin`` plots in each, ``model_rules.yaml``) the RMS is the
-    square root of the bin's mean relative variance, and the interval's relative quantiles
-    are ``-/+ z RMS`` (normal approximation, ``z`` of the two-sided ``interval``).
+    square root of the bin's mean relative variance (the interval follows from it,
+    :class:`CellSupport`).
 
     Why the plots and not the LiDAR canopy: canopy height and cover spread each crown over
     the cells around its stem, so a model of AGB on single-cell canopy metrics does not
@@ -348,13 +344,9 @@ def granularity_cell_support(
     bins = max(1, min(n_bins, n // least))
     edges = np.unique(np.quantile(agb, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
     k = np.digitize(agb, edges)
-    rms = tuple(float(np.sqrt(np.mean(rel_var[k == i]))) for i in range(edges.size + 1))
-    z = float(norm.ppf(0.5 + interval / 2.0))
     return CellSupport(
         edges=tuple(float(e) for e in edges),
-        rms=rms,
-        q_lo=tuple(-z * r for r in rms),
-        q_hi=tuple(z * r for r in rms),
+        rms=tuple(float(np.sqrt(np.mean(rel_var[k == i]))) for i in range(edges.size + 1)),
         interval=interval,
         n_cells=n,
         reference=f"stem granularity of {n} plot-epochs, stems at random (Campbell's "
