@@ -40,6 +40,7 @@ from pipeline.contracts import (
     credits_job,
     domain_sample,
     items_relpath,
+    lidar_repeat_relpath,
     map_relpath,
 )
 from pipeline.units import M2_PER_HA
@@ -93,7 +94,7 @@ def composites(run: Path, truth: Path, epochs: list[str]) -> None:
         print(f"  {e}: cloud residue where a scene was clear {residue:.4%}, no value {missing:.4%}")
 
 
-def lidar(run: Path, truth: Path, epoch: str) -> None:
+def lidar(run: Path, truth: Path, epoch: str, repeats: list[str]) -> None:
     print("== lidar: DTM and CHM against truth at the LiDAR resolution")
     ref = truth / "dem_lidar.tif"
     dem = read(ref)
@@ -107,12 +108,29 @@ def lidar(run: Path, truth: Path, epoch: str) -> None:
         f"  DTM RMSE {np.sqrt(np.nanmean(d[ok] ** 2)):.3f} m (all), under canopy "
         f"{np.sqrt(np.nanmean(d[ok & under] ** 2)):.3f} m, bias {np.nanmean(d[ok]):+.3f} m"
     )
-    c = chm - chm_true
-    ok = np.isfinite(c)
-    print(
-        f"  CHM RMSE {np.sqrt(np.mean(c[ok] ** 2)):.3f} m, bias {np.mean(c[ok]):+.3f} m "
-        f"({ok.sum()} cells)"
-    )
+    flights = [(epoch, chm, chm_true)] + [
+        (
+            e,
+            read_on(run / lidar_repeat_relpath("chm", e), ref),
+            read_on(truth / f"chm_lidar_{e}.tif", ref),
+        )
+        for e in repeats
+    ]
+    for e, est, true in flights:
+        c = est - true
+        ok = np.isfinite(c)
+        print(
+            f"  CHM {e} RMSE {np.sqrt(np.mean(c[ok] ** 2)):.3f} m, bias {np.mean(c[ok]):+.3f} m "
+            f"({ok.sum()} cells)"
+        )
+    for e, est, true in flights[1:]:
+        grew, grew_true = est - chm, true - chm_true
+        ok = np.isfinite(grew) & np.isfinite(grew_true)
+        print(
+            f"  height growth {epoch}->{e} (CHM difference, {ok.sum()} cells flown twice): "
+            f"mean {np.mean(grew[ok]):+.2f} m vs truth {np.mean(grew_true[ok]):+.2f} m, "
+            f"RMSE {np.sqrt(np.mean((grew[ok] - grew_true[ok]) ** 2)):.2f} m"
+        )
 
 
 def plots(run: Path, truth: Path) -> None:
@@ -172,6 +190,7 @@ def maps(run: Path, truth: Path, epochs: list[str], window_px: int) -> None:
             f"{tot_true - tot_forest:,.0f} Mg C ({(tot_true - tot_forest) / tot_true:.1%} of "
             f"the AOI's {tot_true:,.0f}; map vs the whole AOI {tot / tot_true - 1:+.2%})"
         )
+    change_by_lidar_cover(run, truth, epochs)
     true_rmse = float(np.sqrt(np.mean(np.concatenate(true_sq))))
     blocked, naive = cv["spatial_cv"]["rmse_mg_ha"], cv["random_cv"]["rmse_mg_ha"]
     print(
@@ -179,6 +198,29 @@ def maps(run: Path, truth: Path, epochs: list[str], window_px: int) -> None:
         f"support) {true_rmse:.1f} Mg/ha; spatial CV {blocked:.1f} (ratio "
         f"{blocked / true_rmse:.2f}), random CV {naive:.1f} (ratio {naive / true_rmse:.2f})"
     )
+
+
+def change_by_lidar_cover(run: Path, truth: Path, epochs: list[str]) -> None:
+    """The map's carbon change against the truth's where the LiDAR model mapped both
+    epochs, one of them, or neither (``model_source`` 1 of the quality rasters)."""
+    first, last = epochs[0], epochs[-1]
+    lidar = {e: read(run / map_relpath("quality", e), 1) == 1 for e in (first, last)}
+    change = read(run / map_relpath("carbon", last)) - read(run / map_relpath("carbon", first))
+    true = read(truth / f"carbon_{last}.tif") - read(truth / f"carbon_{first}.tif")
+    ok = np.isfinite(change) & np.isfinite(true)
+    kinds = {
+        "LiDAR at both epochs": lidar[first] & lidar[last],
+        f"LiDAR at {first} only": lidar[first] & ~lidar[last],
+        f"LiDAR at {last} only": ~lidar[first] & lidar[last],
+        "satellite at both": ~lidar[first] & ~lidar[last],
+    }
+    for name, cells in kinds.items():
+        cells = cells & ok
+        if cells.any():
+            print(
+                f"  carbon change {first}->{last}, {name} ({cells.sum()} cells): map "
+                f"{np.mean(change[cells]):+.2f} Mg C/ha vs truth {np.mean(true[cells]):+.2f}"
+            )
 
 
 def model_card(run: Path) -> None:
@@ -317,7 +359,7 @@ def main() -> None:
     epochs = [e.name for e in cfg.epochs]
     card = json.loads((run / MODEL_CARD_RELPATH).read_text())
     composites(run, truth, epochs)
-    lidar(run, truth, card.get("lidar_epoch", epochs[0]))
+    lidar(run, truth, card.get("lidar_epoch", epochs[0]), card.get("lidar_repeat_epochs", []))
     plots(run, truth)
     model_card(run)
     maps(run, truth, epochs, int(card.get("support_window_px", 1)))

@@ -85,8 +85,11 @@ class Sources(Section):
     """Input data of a region: catalogs, point clouds, field plots, parcels."""
 
     catalog: CatalogSource = CatalogSource()
-    #: glob of LAS/LAZ tiles, relative to the run directory
+    #: glob of LAS/LAZ tiles, relative to the run directory, flown in ``model.lidar_epoch``
     lidar_tiles: str | None = None
+    #: the same area flown again: epoch name -> glob of that flight's LAS/LAZ tiles
+    #: (docs/lidar.md); each epoch's LiDAR model map then covers that flight's cells
+    lidar_repeat: dict[str, str] = Field(default_factory=dict)
     #: CRS of the LiDAR tiles: overrides what their headers say (a warning names each tile
     #: whose header disagrees); without it a tile whose header has no CRS is an error
     lidar_crs: str | None = None
@@ -319,7 +322,7 @@ class ModelParams(Section):
     powerlaw_cover: str = "cover_2m"
     #: LiDAR predictors of the RF/GB candidates (empty = every h_* and cover* band)
     lidar_features: tuple[str, ...] = ()
-    #: epoch the LiDAR was flown in (unsuffixed metrics); default: the first epoch
+    #: epoch ``sources.lidar_tiles`` was flown in; default: the first epoch
     lidar_epoch: str | None = None
     #: a cell/plot counts as inside the LiDAR cover from this coverage fraction on
     lidar_min_fraction: float = Field(default=0.95, gt=0, le=1)
@@ -587,6 +590,28 @@ class Config(Section):
             raise ValueError(f"epoch names must be unique, got {names}")
         if any(b.start <= a.start for a, b in zip(self.epochs, self.epochs[1:], strict=False)):
             raise ValueError("epochs must be in chronological order of their start dates")
+        return self
+
+    @model_validator(mode="after")
+    def _lidar_epochs(self) -> Config:
+        names = [e.name for e in self.epochs]
+        first = self.stages.model.lidar_epoch or names[0]
+        if self.stages.model.lidar_epoch is not None and first not in names:
+            raise ValueError(f"stages.model.lidar_epoch {first!r} is not one of the epochs {names}")
+        repeat = self.sources.lidar_repeat
+        if repeat and self.sources.lidar_tiles is None:
+            raise ValueError(
+                "sources.lidar_repeat needs sources.lidar_tiles (the first flight, whose "
+                "plots fit the LiDAR model)"
+            )
+        unknown = sorted(set(repeat) - set(names))
+        if unknown:
+            raise ValueError(f"sources.lidar_repeat: {unknown} are not epochs of the run {names}")
+        if first in repeat:
+            raise ValueError(
+                f"sources.lidar_repeat: epoch {first!r} is the epoch of sources.lidar_tiles "
+                "(stages.model.lidar_epoch); a repeat flight belongs to another epoch"
+            )
         return self
 
     def canonical_json(self) -> str:

@@ -14,8 +14,8 @@ The run folder (``outputs/<region>/`` by default)::
     pinned/items/<epoch>.json                reproduce: the recorded items, never searched
     composites/<epoch>.tif, terrain.tif,     composite
       qa.json
-    lidar/dtm.tif, chm.tif, metrics.tif,     lidar
-      qa.json, tiles.csv
+    lidar/dtm.tif, chm.tif, metrics.tif,     lidar (a repeat flight of another epoch:
+      qa.json, tiles.csv                       chm_<epoch>.tif, metrics_<epoch>.tif)
     plots/trees.csv, plot_biomass.csv,       plots
       qa.csv
     model/model_card.json,                   model
@@ -139,6 +139,12 @@ def items_relpath(epoch: str) -> str:
 def composite_relpath(epoch: str) -> str:
     """Seasonal composite of an epoch."""
     return f"composites/{epoch}.tif"
+
+
+def lidar_repeat_relpath(name: str, epoch: str) -> str:
+    """A raster (``chm``, ``metrics``) of the LiDAR flight of a repeat epoch
+    (``sources.lidar_repeat``); the first flight's are ``lidar/<name>.tif``."""
+    return f"lidar/{name}_{epoch}.tif"
 
 
 def map_relpath(name: str, epoch: str) -> str:
@@ -495,11 +501,14 @@ def load_models(models: Path | bytes | Mapping[str, Any]) -> dict[str, Any]:
 
 def predictor_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
     """The predictor rasters: each epoch's composite (``composites.<epoch>``), the
-    terrain and, when LiDAR tiles are configured, the LiDAR metrics."""
+    terrain and, when LiDAR tiles are configured, the LiDAR metrics, with those of each
+    repeat flight (``lidar_repeat.<epoch>``)."""
     inputs = {f"composites.{e.name}": layout.path(composite_relpath(e.name)) for e in config.epochs}
     inputs["terrain"] = layout.path(TERRAIN_RELPATH)
     if config.sources.lidar_tiles is not None:
         inputs["lidar_metrics"] = layout.path(LIDAR_METRICS_RELPATH)
+        for epoch in config.sources.lidar_repeat:
+            inputs[f"lidar_repeat.{epoch}"] = layout.path(lidar_repeat_relpath("metrics", epoch))
     return inputs
 
 
@@ -525,30 +534,29 @@ def composites_by_epoch(
     return {e: open_raster(c) for e, c in zip(epochs, items, strict=True)}
 
 
-def lidar_for_epoch(
-    lidar_metrics: xr.DataArray, *, epochs: Sequence[str], lidar_epoch: str | None
-) -> tuple[str, xr.DataArray]:
-    """The LiDAR epoch and its metrics with plain band names.
+def lidar_by_epoch(
+    lidar_metrics: xr.DataArray | Path | str,
+    lidar_repeat: Mapping[str, xr.DataArray | Path | str] | None,
+    *,
+    epochs: Sequence[str],
+    lidar_epoch: str | None,
+) -> dict[str, xr.DataArray]:
+    """The LiDAR metrics of each epoch that has a flight, with their band names: the first
+    flight's (``lidar/metrics.tif``) at ``lidar_epoch`` (default: the first epoch), each
+    repeat flight's at its own epoch.
 
-    Metrics of a second LiDAR epoch carry ``_<epoch>`` suffixes; the configured
-    ``lidar_epoch`` (or the first suffixed epoch) is used. Unsuffixed metrics belong to
-    ``lidar_epoch``, by default the first epoch.
+    Raises
+    ------
+    InputDataError
+        ``lidar_epoch`` or a repeat's epoch is not one of ``epochs``.
     """
-    da = with_band_names(lidar_metrics, source=LIDAR_METRICS_RELPATH)
-    names = [str(b) for b in da["band"].to_numpy()]
-    suffixed = [e for e in epochs if any(n.endswith(f"_{e}") for n in names)]
-    if not suffixed:
-        epoch = lidar_epoch or epochs[0]
-        if epoch not in epochs:
-            raise InputDataError(
-                f"model.lidar_epoch {epoch!r} is not one of the epochs {list(epochs)}"
-            )
-        return epoch, da
-    epoch = lidar_epoch or suffixed[0]
-    keep = [n for n in names if n.endswith(f"_{epoch}")]
-    if not keep:
-        raise InputDataError(
-            f"{LIDAR_METRICS_RELPATH} has no bands with suffix _{epoch} (has {names})"
-        )
-    sub = da.sel(band=keep)
-    return epoch, sub.assign_coords(band=[n.removesuffix(f"_{epoch}") for n in keep])
+    first = lidar_epoch or epochs[0]
+    repeat = dict(lidar_repeat or {})
+    unknown = [e for e in (first, *repeat) if e not in epochs]
+    if unknown:
+        raise InputDataError(f"LiDAR epoch(s) {unknown} are not epochs of the run {list(epochs)}")
+    out = {first: with_band_names(open_raster(lidar_metrics), source=LIDAR_METRICS_RELPATH)}
+    for epoch, metrics in repeat.items():
+        source = lidar_repeat_relpath("metrics", epoch)
+        out[epoch] = with_band_names(open_raster(metrics), source=source)
+    return {e: out[e] for e in epochs if e in out}

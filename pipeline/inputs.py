@@ -457,12 +457,16 @@ def _check_lidar(config: Config, about: About) -> None:
     from pipeline.lidar.index import index_tiles
     from pipeline.stages.lidar import check_tile_crs, lidar_inputs, refuse_skips
 
-    tiles = lidar_inputs(config, RunLayout(Path(config.output_dir)))["tiles"]
-    assert isinstance(tiles, tuple)  # for mypy: the glob's matches
-    with about(*tiles):
-        index = index_tiles(list(tiles), assume_crs=config.sources.lidar_crs)
-        check_tile_crs(index, config.crs)
-        refuse_skips([t.error for t in index if t.status != "ok"], config.stages.lidar)
+    inputs = lidar_inputs(config, RunLayout(Path(config.output_dir)))
+    # the first flight's tiles and each repeat flight's (``repeat_tiles.<epoch>``)
+    for name, tiles in inputs.items():
+        if name == "aoi":
+            continue
+        assert isinstance(tiles, tuple)  # for mypy: the glob's matches
+        with about(*tiles):
+            index = index_tiles(list(tiles), assume_crs=config.sources.lidar_crs)
+            check_tile_crs(index, config.crs)
+            refuse_skips([t.error for t in index if t.status != "ok"], config.stages.lidar)
 
 
 @dataclass(frozen=True)

@@ -64,23 +64,25 @@ def settings_from(params: ModelParams) -> ModelSettings:
 
 def lidar_model(
     table: pd.DataFrame,
-    epoch: str | None,
+    epochs: tuple[str, ...],
     features: list[str],
     p: ModelParams,
     seed: int,
     card: dict[str, Any],
 ) -> tuple[FittedModel | None, pd.DataFrame]:
-    """The plot->LiDAR model, fitted on the ``epoch`` plots inside the LiDAR cover when
-    there are ``model.min_lidar_plots`` of them, and those plots (recorded in ``card``)."""
+    """The plot->LiDAR model, fitted on the plot-epochs of the LiDAR ``epochs`` inside that
+    epoch's flight (``lidar_fraction`` of the epoch) when there are ``model.min_lidar_plots``
+    of them, and those plot-epochs (recorded in ``card``, by epoch)."""
     plots = table.loc[
         (
-            (table["epoch"] == epoch)
+            table["epoch"].isin(epochs)
             & (table["lidar_fraction"].fillna(0) >= p.lidar_min_fraction)
             & table[features].notna().all(axis=1)
             & np.isfinite(table["agb_mg_ha"])
         ).to_numpy()
     ]
     card["lidar_plots"] = len(plots)
+    card["lidar_plots_by_epoch"] = {e: int((plots["epoch"] == e).sum()) for e in epochs}
     if len(plots) < p.min_lidar_plots:
         card["lidar_model"] = {
             "skipped": f"{len(plots)} plots inside the LiDAR cover, "

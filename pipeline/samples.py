@@ -43,7 +43,7 @@ from pipeline.contracts import (
     TERRAIN_RELPATH,
     composite_relpath,
     composites_by_epoch,
-    lidar_for_epoch,
+    lidar_by_epoch,
     open_raster,
 )
 from pipeline.errors import InputDataError
@@ -145,14 +145,15 @@ def plot_table(
     sat_stacks: Mapping[str, xr.DataArray],
     plot_locations: gpd.GeoDataFrame,
     *,
-    lidar: xr.DataArray | None = None,
+    lidar: Mapping[str, xr.DataArray] | None = None,
     lidar_features: Sequence[str] = (),
-    lidar_epoch: str | None = None,
 ) -> pd.DataFrame:
     """Field AGB and predictors per plot and epoch (epochs: ``sat_stacks``' keys).
 
     The satellite features' ``valid_fraction`` becomes ``sat_valid_fraction``; the LiDAR
-    metrics ``lidar_features`` and ``lidar_fraction`` are joined at ``lidar_epoch``.
+    metrics ``lidar_features`` and ``lidar_fraction`` of each epoch with a flight
+    (``lidar``: metrics by epoch, :func:`pipeline.contracts.lidar_by_epoch`) are joined at
+    that epoch.
 
     Raises
     ------
@@ -166,12 +167,14 @@ def plot_table(
         )
         tables.append(t.assign(epoch=e))
     feats = pd.concat(tables, ignore_index=True)
-    if lidar is not None:
-        if "lidar_fraction" not in lidar["band"].to_numpy():
-            raise InputDataError(f"{LIDAR_METRICS_RELPATH}: band 'lidar_fraction' missing")
-        lt = plot_features(lidar.sel(band=[*lidar_features, "lidar_fraction"]), plot_locations)
-        lt = lt.drop(columns=["x_m", "y_m", "valid_fraction"]).assign(epoch=lidar_epoch)
-        feats = feats.merge(lt, on=["plot_id", "epoch"], how="left")
+    flights = []
+    for epoch, metrics in (lidar or {}).items():
+        if "lidar_fraction" not in metrics["band"].to_numpy():
+            raise InputDataError(f"LiDAR metrics of {epoch}: band 'lidar_fraction' missing")
+        lt = plot_features(metrics.sel(band=[*lidar_features, "lidar_fraction"]), plot_locations)
+        flights.append(lt.drop(columns=["x_m", "y_m", "valid_fraction"]).assign(epoch=epoch))
+    if flights:
+        feats = feats.merge(pd.concat(flights), on=["plot_id", "epoch"], how="left")
     keep_cols = [
         c for c in ("plot_id", "epoch", "agb_mg_ha", "agb_sd_mg_ha") if c in biomass.columns
     ]
@@ -418,6 +421,7 @@ def predictor_stacks(
     parcels: gpd.GeoDataFrame | None,
     epochs: Sequence[str],
     forest_land_classes: tuple[str, ...],
+    lidar_repeat: Mapping[str, xr.DataArray | Path] | None = None,
 ) -> dict[str, xr.DataArray]:
     """Per epoch, the lazy predictor stack (:func:`pipeline.samples.epoch_stack`) the maps
     of the models of ``bundle`` (``models.pkl``) are predicted from, with the forest-land
@@ -425,11 +429,11 @@ def predictor_stacks(
     mapper: BiomassMapper = bundle["mapper"]
     comps = composites_by_epoch(composites, epochs)
     terr = terrain_features(open_raster(terrain), source=TERRAIN_RELPATH)
-    lidar: xr.DataArray | None = None
-    lidar_epoch: str | None = None
+    lidars: dict[str, xr.DataArray] = {}
     if lidar_metrics is not None and mapper.lidar is not None:
-        lidar_epoch, lidar = lidar_for_epoch(
-            open_raster(lidar_metrics), epochs=epochs, lidar_epoch=mapper.lidar_epoch
+        repeat = {e: m for e, m in (lidar_repeat or {}).items() if e in mapper.lidar_epochs}
+        lidars = lidar_by_epoch(
+            lidar_metrics, repeat, epochs=epochs, lidar_epoch=mapper.lidar_epoch
         )
     # one grid for every epoch: the mask is rasterised once, and again for an epoch at
     # which some forest-land parcels were not forest yet (the model stage's judgement)
@@ -451,7 +455,7 @@ def predictor_stacks(
         stacks[e] = epoch_stack(
             comps[e],
             terr,
-            lidar if e == lidar_epoch else None,
+            lidars.get(e),
             epoch=e,
             support_px=bundle["support_px"],
             forest=forest_e,

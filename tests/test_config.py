@@ -99,3 +99,29 @@ def test_pinned_region_configs_load():
         cfg = load_config(region_config_path(region))
         assert cfg.region == region
         assert len(cfg.sha256) == 64
+
+
+@pytest.mark.parametrize(
+    ("sources", "model", "says"),
+    [
+        ({"lidar_tiles": "l/*.laz", "lidar_repeat": {"2030": "r/*.laz"}}, {}, "['2030']"),
+        ({"lidar_tiles": "l/*.laz", "lidar_repeat": {"2019": "r/*.laz"}}, {}, "epoch '2019'"),
+        (
+            {"lidar_tiles": "l/*.laz", "lidar_repeat": {"2024": "r/*.laz"}},
+            {"lidar_epoch": "2024"},
+            "epoch '2024'",
+        ),
+        ({"lidar_repeat": {"2024": "r/*.laz"}}, {}, "needs sources.lidar_tiles"),
+        ({"lidar_tiles": "l/*.laz"}, {"lidar_epoch": "2020"}, "'2020' is not one of"),
+    ],
+)
+def test_lidar_repeat_epochs_are_checked(tmp_path, capsys, sources, model, says):
+    data = {**GOOD, "sources": sources, "stages": {"model": model}}
+    code, err = _run_cli(capsys, _write(tmp_path, data))
+    assert code == 2 and says in err and "Traceback" not in err
+
+
+def test_lidar_repeat_of_a_later_epoch_is_accepted(tmp_path):
+    sources = {"lidar_tiles": "l/*.laz", "lidar_repeat": {"2024": "r/*.laz"}}
+    cfg = load_config(_write(tmp_path, {**GOOD, "sources": sources}))
+    assert cfg.sources.lidar_repeat == {"2024": "r/*.laz"}

@@ -7,6 +7,7 @@ whose heights are known exactly (an already normalised cloud).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import dask
@@ -459,3 +460,39 @@ def test_outlier_filter_completes_on_many_returns_at_one_xyz() -> None:
     )
     out = statistical_outlier_mask(pts, k=8, multiplier=2.0)
     assert out[-1] and not out[3000:-1].any()
+
+
+def test_repeat_flight_gives_its_epoch_metrics_over_its_own_cover(
+    scene: Scene, tiles4: list[Path], tmp_path: Path
+) -> None:
+    # the same ground flown again after the canopy grew by 10 %, over the western half
+    # only, without a ground class (its own ground filter): metrics on the same grid
+    grown = dataclasses.replace(scene, canopy_m=scene.canopy_m * 1.1, seed=scene.seed + 1)
+    again = write_tiles(grown, tmp_path / "2024", tile_m=100.0, classified=False)
+    west = tuple(p for p in again if p.name.startswith(f"{int(X0)}_"))
+    assert len(west) == 2
+    aoi = gpd.GeoDataFrame(geometry=[box(X0, Y0, X0 + SIDE, Y0 + SIDE)], crs="EPSG:32650")
+    first_job = LidarJob(LidarParams(chunk_size_m=100.0), "EPSG:32650", 10.0, epoch="2019")
+    out = lidar(first_job, tiles=tuple(tiles4), aoi=aoi, repeat_tiles={"2024": west})
+    first, rep = out[LIDAR_METRICS_RELPATH], out["lidar/metrics_2024.tif"]
+    assert rep.shape == first.shape  # type: ignore[attr-defined]
+    frac = rep.sel(band="lidar_fraction").values  # type: ignore[attr-defined]
+    assert np.allclose(frac[:, :10], 1.0, atol=1e-3) and (frac[:, 10:] == 0).all()
+    h0 = first.sel(band="h_max").values[:, :10]  # type: ignore[attr-defined]
+    h1 = rep.sel(band="h_max").values[:, :10]  # type: ignore[attr-defined]
+    assert np.isnan(rep.sel(band="h_max").values[:, 10:]).all()  # type: ignore[attr-defined]
+    tall = h0 > 5.0
+    assert tall.sum() > 50
+    assert np.median(h1[tall] / h0[tall]) == pytest.approx(1.1, abs=0.02)
+    # the repeat CHM against the grown scene's truth, as the first flight's (above)
+    chm = values(out, "lidar/chm_2024.tif")[0]
+    assert chm.shape == (200, 100)
+    truth = grown.true_chm(X0, Y0 + SIDE, 1.0, chm.shape)
+    assert rmse(chm, truth) < 2.5 and -1.0 < float(np.nanmean(chm - truth)) < 0.0
+    # same ground: the two DTMs agree where both flew
+    qa = out[LIDAR_QA_RELPATH]["repeats"]["2024"]  # type: ignore[index]
+    diff = qa["dtm_difference_m"]
+    assert diff["cells"] == 100 * 200 and abs(diff["mean"]) < 0.1 and diff["sd"] < 0.3
+    assert qa["n_tiles"] == 2 and qa["ground_source"] == ["SMRF"]
+    tiles = out[LIDAR_TILES_RELPATH]
+    assert tiles["epoch"].tolist() == ["2019"] * 4 + ["2024"] * 2  # type: ignore[index]

@@ -816,3 +816,47 @@ def test_cells_seen_only_by_landsat_take_the_common_band_model(scene: dict) -> N
     a, b = (m[map_relpath("agb", "2019")].to_numpy()[0] for m in (maps, plain))
     np.testing.assert_array_equal(a[~gap], b[~gap])
     assert np.isnan(b[gap]).all()
+
+
+def test_repeat_flight_plots_join_the_lidar_model_which_maps_its_cover_at_its_epoch(
+    scene: dict,
+) -> None:
+    # the north-west quarter flown again in 2024 (the scene's AGB does not change)
+    inp = scene["inputs"]
+    first = inp["lidar_metrics"]
+    frac = np.zeros((N, N))
+    frac[: N // 2, : N // 2] = 1.0
+    inside = xr.DataArray(frac > 0, dims=("y", "x"), coords={"y": first.y, "x": first.x})
+    repeat = first.where(inside)
+    repeat.loc[{"band": "lidar_fraction"}] = frac
+    out = model(scene["job"], **inp, lidar_repeat={"2024": repeat})
+    card = out[MODEL_CARD_RELPATH]
+    assert card["lidar_repeat_epochs"] == ["2024"]
+    # a plot is inside a flight when its 25.8 m square lies in the flown cells (the
+    # square reaches 7.9 m into the next cell: at that edge the covered share is 0.69)
+    plots = inp["plot_locations"].set_index("plot_id")
+    col = ((plots.geometry.centroid.x - X0) // RES).astype(int)
+    row = ((Y0 - plots.geometry.centroid.y) // RES).astype(int)
+    in_first = set(plots.index[col <= N // 2 - 2])
+    in_repeat = set(plots.index[(col <= N // 2 - 2) & (row <= N // 2 - 2)])
+    assert card["lidar_plots_by_epoch"] == {"2019": len(in_first), "2024": len(in_repeat)}
+    assert (
+        card["lidar_plots"] == len(in_first) + len(in_repeat) > card["lidar_plots_by_epoch"]["2019"]
+    )
+    pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
+    maps = predict(pjob, models=out[MODELS_RELPATH], **inp_maps(inp), lidar_repeat={"2024": repeat})
+    src = {e: maps[map_relpath("quality", e)].sel(band="model_source").to_numpy() for e in EPOCHS}
+    assert (src["2019"][:, : N // 2] == SOURCE_LIDAR).all()
+    assert (src["2024"][: N // 2, : N // 2] == SOURCE_LIDAR).all()
+    assert (src["2024"][N // 2 :, :] != SOURCE_LIDAR).all()
+    assert (src["2024"][:, N // 2 :] != SOURCE_LIDAR).all()
+    # where both epochs were flown the change is one model's, from the same metrics: 0
+    # (but on the repeat's last row, whose plot-sized window reaches cells not flown again)
+    agb = {e: maps[map_relpath("agb", e)].to_numpy()[0] for e in EPOCHS}
+    both = (src["2019"] == SOURCE_LIDAR) & (src["2024"] == SOURCE_LIDAR)
+    assert both.sum() == (N // 2) ** 2
+    both[N // 2 - 1, :] = False
+    np.testing.assert_array_equal(agb["2024"][both], agb["2019"][both])
+    # where only 2019 was flown the change mixes the LiDAR and the satellite model
+    mixed = (src["2019"] == SOURCE_LIDAR) & (src["2024"] != SOURCE_LIDAR)
+    assert np.abs(agb["2024"][mixed] - agb["2019"][mixed]).mean() > 1.0

@@ -73,7 +73,12 @@ class BiomassMapper:
     lidar
         Plot->LiDAR model, or ``None`` when there is no usable LiDAR.
     lidar_epoch
-        Epoch the LiDAR was acquired in (the LiDAR model applies to it only).
+        Epoch of the LiDAR flight whose plots fitted the LiDAR model.
+    lidar_repeat_epochs
+        Epochs of repeat flights over the same area (their plots fitted the model too):
+        the LiDAR model maps a cell at any of these epochs where that epoch's flight
+        covers it, so a cell flown at both epochs of a change has its change from one
+        model.
     lidar_min_fraction
         Minimum LiDAR coverage fraction of a cell for the LiDAR model to be used there.
     cell_support
@@ -97,10 +102,17 @@ class BiomassMapper:
     lidar: FittedModel | None = None
     lidar_epoch: str | None = None
     lidar_min_fraction: float = 0.95
+    lidar_repeat_epochs: tuple[str, ...] = ()
     epoch_offsets: dict[str, float] = field(default_factory=dict)
     cell_support: CellSupport | None = None
     common: FittedModel | None = None
     common_epoch_offsets: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def lidar_epochs(self) -> tuple[str, ...]:
+        """Every epoch with a LiDAR flight the LiDAR model maps."""
+        first = () if self.lidar_epoch is None else (self.lidar_epoch,)
+        return (*first, *self.lidar_repeat_epochs)
 
     def without_fold_models(self) -> BiomassMapper:
         """The same rule with the models' fold models dropped (:class:`FittedModel`): what
@@ -129,14 +141,14 @@ class BiomassMapper:
 
     def sources(self, table: pd.DataFrame, *, epoch: str) -> NDArray[np.uint8]:
         """The ``model_source`` code each row of ``table`` gets: the first model of LiDAR
-        (in its cover at its epoch), satellite, common-band satellite whose predictors the
-        row has, else :data:`SOURCE_NONE`. Decided by the predictors alone, so that the
-        share of each source is known without predicting."""
+        (in the cover of the epoch's flight, ``lidar_fraction``), satellite, common-band
+        satellite whose predictors the row has, else :data:`SOURCE_NONE`. Decided by the
+        predictors alone, so that the share of each source is known without predicting."""
         source = np.full(len(table), SOURCE_NONE, dtype=np.uint8)
         if self.common is not None:
             source[_has(table, self.common.features)] = SOURCE_SATELLITE_COMMON
         source[_has(table, self.satellite.features)] = SATELLITE_SOURCE_CODES[self.satellite_source]
-        if self.lidar is not None and epoch == self.lidar_epoch and "lidar_fraction" in table:
+        if self.lidar is not None and epoch in self.lidar_epochs and "lidar_fraction" in table:
             frac = np.nan_to_num(table["lidar_fraction"].to_numpy(dtype=np.float64))
             source[(frac >= self.lidar_min_fraction) & _has(table, self.lidar.features)] = (
                 SOURCE_LIDAR

@@ -130,6 +130,9 @@ def found_table(config: object) -> str:
     if s.lidar_tiles is not None:
         tiles = tiles_of(s.lidar_tiles)
         rows.append(("sources.lidar_tiles", s.lidar_tiles, f"{len(tiles)} tile(s)"))
+        for epoch, spec in s.lidar_repeat.items():
+            setting = f"sources.lidar_repeat.{epoch}"
+            rows.append((setting, spec, f"{len(tiles_of(spec, setting=setting))} tile(s)"))
     where = s.catalog.location or s.catalog.kind
     rows.append(("sources.catalog", where, f"{s.catalog.kind}, collections "
                  f"{list(s.catalog.collections)}; {catalog_coverage(config)}"))  # fmt: skip

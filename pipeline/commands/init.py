@@ -41,6 +41,8 @@ sources:
   # airborne LiDAR tiles (LAS/LAZ): a glob, or a .vpc virtual point cloud
   # (docs/input_checks.md); lidar_crs when their headers lack a CRS
   # lidar_tiles: data/{region}/lidar/*.laz
+  # the same area flown again at a later epoch (docs/lidar.md)
+  # lidar_repeat: {{"2024": data/{region}/lidar_2024/*.laz}}
   # field tree lists, one row per tree (docs/tree_lists.md); CSV in UTF-8 or GBK, or
   # XLSX (the first sheet, or trees_sheet); species in Latin, Chinese or pinyin
   # trees: data/{region}/plots/trees.csv

@@ -13,7 +13,9 @@ with the composites. Tiles are processed in buffered chunks on the active Dask s
 (:mod:`pipeline.lidar.engine`), so tile edges leave no seams.
 
 Outputs (run-folder relpaths): ``lidar/dtm.tif``, ``lidar/chm.tif`` (LiDAR resolution,
-over the tiles), ``lidar/metrics.tif`` (model grid), ``lidar/qa.json``, ``lidar/tiles.csv``.
+over the tiles), ``lidar/metrics.tif`` (model grid), ``lidar/qa.json``, ``lidar/tiles.csv``;
+a repeat flight of another epoch (``sources.lidar_repeat``, docs/lidar.md) adds its
+``lidar/chm_<epoch>.tif`` and ``lidar/metrics_<epoch>.tif``.
 All tiles or fail: a tile that is empty, unreadable, corrupt or has no usable point (every
 point classified noise) is an error naming it, unless ``stages.lidar.allow_skipped_tiles``
 (then it is skipped with a warning). Every message of the QA (skipped tiles; chunks whose
@@ -30,9 +32,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import geopandas as gpd
 import numpy as np
@@ -50,6 +53,7 @@ from pipeline.contracts import (
     LIDAR_QA_RELPATH,
     LIDAR_TILES_RELPATH,
     RunLayout,
+    lidar_repeat_relpath,
 )
 from pipeline.errors import ConfigError, InputDataError, PipelineWarning
 from pipeline.grid import cell_centres, north_up_geobox, region_geobox, snapped_bounds
@@ -75,12 +79,15 @@ class LidarJob:
         Model-grid resolution (the metrics' cell size).
     tile_crs
         CRS assumed for tiles whose header has none (``sources.lidar_crs``), or None.
+    epoch
+        Epoch of the first flight (``model.lidar_epoch``; the tile table's ``epoch``).
     """
 
     params: LidarParams
     crs: str
     resolution_m: float
     tile_crs: str | None = None
+    epoch: str | None = None
 
 
 def engine_settings(
@@ -358,9 +365,15 @@ def _implausible_canopy(chm: np.ndarray, max_m: float) -> list[str]:
 
 
 def run_lidar(
-    job: LidarJob, *, tiles: tuple[Path, ...], model_grid: GeoBox, use_dask: bool = True
+    job: LidarJob,
+    *,
+    tiles: tuple[Path, ...],
+    model_grid: GeoBox,
+    use_dask: bool = True,
+    label: str = "lidar",
 ) -> dict[str, object]:
-    """The stage on an explicit model grid (the command's entry point)."""
+    """The stage on an explicit model grid (the command's entry point); ``label`` starts
+    its warnings."""
     index = index_tiles(list(tiles), assume_crs=job.tile_crs)
     check_tile_crs(index, job.crs)
     refuse_skips([t.error for t in index if t.status != "ok"], job.params)
@@ -380,7 +393,7 @@ def run_lidar(
     qa = _qa(index, results, failures, settings, chm)
     qa["messages"] += _implausible_canopy(chm, job.params.max_canopy_height_m)
     for message in qa["messages"]:
-        warnings.warn(f"lidar: {message}", PipelineWarning, stacklevel=2)
+        warnings.warn(f"{label}: {message}", PipelineWarning, stacklevel=2)
     units = [BAND_UNITS[b] for b in BAND_NAMES]
     return {
         LIDAR_DTM_RELPATH: _dataarray(
@@ -416,8 +429,15 @@ def model_grid_for_tiles(tiles: list[TileInfo], *, resolution_m: float) -> GeoBo
     return g
 
 
-def lidar(job: LidarJob, *, tiles: tuple[Path, ...], aoi: gpd.GeoDataFrame) -> dict[str, object]:
-    """LiDAR stage: ``lidar/{dtm,chm,metrics}.tif``, ``lidar/qa.json``, ``lidar/tiles.csv``.
+def lidar(
+    job: LidarJob,
+    *,
+    tiles: tuple[Path, ...],
+    aoi: gpd.GeoDataFrame,
+    repeat_tiles: Mapping[str, tuple[Path, ...]] | None = None,
+) -> dict[str, object]:
+    """LiDAR stage: ``lidar/{dtm,chm,metrics}.tif``, ``lidar/qa.json``, ``lidar/tiles.csv``,
+    and for each repeat flight ``lidar/{chm,metrics}_<epoch>.tif``.
 
     Parameters
     ----------
@@ -425,6 +445,11 @@ def lidar(job: LidarJob, *, tiles: tuple[Path, ...], aoi: gpd.GeoDataFrame) -> d
         :class:`LidarJob` (LiDAR params, model CRS and resolution, assumed tile CRS).
     tiles
         LAS/LAZ tile paths.
+    repeat_tiles
+        Per epoch, the tiles of a repeat flight (``sources.lidar_repeat``): processed
+        alone, the same way, on the same model grid (each flight's heights above its own
+        ground); the tile table gains their rows (column ``epoch``), ``qa.json`` their QA
+        under ``repeats`` with the two flights' DTM difference where they overlap.
     aoi
         Area of interest; the metrics' model grid is ``region_geobox(aoi, ...)``.
 
@@ -443,7 +468,44 @@ def lidar(job: LidarJob, *, tiles: tuple[Path, ...], aoi: gpd.GeoDataFrame) -> d
     if not math.isfinite(job.resolution_m) or job.resolution_m <= 0:
         raise InputDataError(f"model resolution must be positive, got {job.resolution_m}")
     grid = region_geobox(aoi, crs=job.crs, resolution_m=job.resolution_m)
-    return run_lidar(job, tiles=tiles, model_grid=grid)
+    out = run_lidar(job, tiles=tiles, model_grid=grid)
+    tables = [cast(pd.DataFrame, out[LIDAR_TILES_RELPATH]).assign(epoch=job.epoch)]
+    qa = cast(dict[str, Any], out[LIDAR_QA_RELPATH])
+    for epoch, paths in (repeat_tiles or {}).items():
+        flight = run_lidar(job, tiles=paths, model_grid=grid, label=f"lidar ({epoch} flight)")
+        qa.setdefault("repeats", {})[epoch] = {
+            **cast(dict[str, Any], flight[LIDAR_QA_RELPATH]),
+            "dtm_difference_m": dtm_difference(
+                cast(xr.DataArray, out[LIDAR_DTM_RELPATH]),
+                cast(xr.DataArray, flight[LIDAR_DTM_RELPATH]),
+            ),
+        }
+        tables.append(cast(pd.DataFrame, flight[LIDAR_TILES_RELPATH]).assign(epoch=epoch))
+        out[lidar_repeat_relpath("chm", epoch)] = flight[LIDAR_CHM_RELPATH]
+        out[lidar_repeat_relpath("metrics", epoch)] = flight[LIDAR_METRICS_RELPATH]
+    out[LIDAR_TILES_RELPATH] = pd.concat(tables, ignore_index=True)
+    return out
+
+
+def dtm_difference(first: xr.DataArray, repeat: xr.DataArray) -> dict[str, float | int | None]:
+    """The repeat flight's DTM minus the first's where both have one (both DTM grids are
+    snapped to the model grid, so their cells coincide): cells, mean, SD and the 1st and
+    99th percentiles (m). Each flight's heights are above its own ground, so a shift
+    between them does not enter the heights; a large one says the flights' vertical datums
+    or ground filters differ."""
+    a, b = xr.align(first.squeeze("band", drop=True), repeat.squeeze("band", drop=True))
+    diff = np.asarray(b.values - a.values, dtype=np.float64)
+    diff = diff[np.isfinite(diff)]
+    if diff.size == 0:
+        return {"cells": 0, "mean": None, "sd": None, "p01": None, "p99": None}
+    p01, p99 = np.percentile(diff, [1, 99])
+    return {
+        "cells": int(diff.size),
+        "mean": float(diff.mean()),
+        "sd": float(diff.std()),
+        "p01": float(p01),
+        "p99": float(p99),
+    }
 
 
 def lidar_job(config: Config) -> LidarJob:
@@ -453,6 +515,7 @@ def lidar_job(config: Config) -> LidarJob:
         crs=config.crs,
         resolution_m=config.resolution_m,
         tile_crs=config.sources.lidar_crs,
+        epoch=config.stages.model.lidar_epoch or config.epochs[0].name,
     )
 
 
@@ -463,7 +526,10 @@ def lidar_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Pa
         raise ConfigError(
             "sources.lidar_tiles: the lidar stage needs a glob of LAS/LAZ tiles or a .vpc file"
         )
-    return {"aoi": config.aoi, "tiles": tiles_of(pattern)}
+    inputs: dict[str, Path | tuple[Path, ...]] = {"aoi": config.aoi, "tiles": tiles_of(pattern)}
+    for epoch, spec in config.sources.lidar_repeat.items():
+        inputs[f"repeat_tiles.{epoch}"] = tiles_of(spec, setting=f"sources.lidar_repeat.{epoch}")
+    return inputs
 
 
 STAGE = Stage(name="lidar", func=lidar, params=lidar_job, inputs=lidar_inputs)

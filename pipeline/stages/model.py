@@ -13,7 +13,10 @@ What it does, in order (predictor tables in :mod:`pipeline.samples`; the science
    ``lidar/metrics.tif`` the LiDAR metrics and ``lidar_fraction``.
 2. Where enough plots of the LiDAR epoch lie inside the LiDAR cover
    (``lidar_fraction >= lidar_min_fraction``), fits the plot->LiDAR model: candidates
-   (``model.candidates``) compared by spatially blocked CV.
+   (``model.candidates``) compared by spatially blocked CV. A repeat flight of another
+   epoch (``sources.lidar_repeat``, ``lidar/metrics_<epoch>.tif``) adds its epoch's plots
+   inside its cover to the same model (one relation of AGB to canopy structure, as the
+   indirect approach to change assumes), and the model maps that epoch there too.
 3. LiDAR-assisted upscaling: a sample of the LiDAR-model map thinned to one cell per
    ``upscale_spacing_m`` can train the satellite-only model, which is trained on the
    field plots, that sample, or both (``satellite_training``; ``auto``: the lowest
@@ -52,6 +55,7 @@ Signature (the runner passes ``.tif`` inputs as lazy DataArrays, dims ``band, y,
     model(job: ModelJob, *, plot_biomass: DataFrame, plot_locations: GeoDataFrame,
           composites: Mapping[epoch, DataArray] | Sequence[DataArray] (job.epochs order),
           terrain: DataArray, lidar_metrics: DataArray | None = None,
+          lidar_repeat: Mapping[epoch, DataArray] | None = None,
           parcels: GeoDataFrame | None = None, design: GeoDataFrame | None = None)
     -> {"model/model_card.json": dict, "model/plot_features.csv": DataFrame,
         "model/fold_maps.csv": DataFrame, "model/models.pkl": bytes}
@@ -98,7 +102,7 @@ from pipeline.contracts import (
     TERRAIN_RELPATH,
     RunLayout,
     composites_by_epoch,
-    lidar_for_epoch,
+    lidar_by_epoch,
     open_raster,
     predictor_inputs,
 )
@@ -141,6 +145,7 @@ def model(
     composites: Mapping[str, Any] | Sequence[Any],
     terrain: xr.DataArray | Path,
     lidar_metrics: xr.DataArray | Path | None = None,
+    lidar_repeat: Mapping[str, xr.DataArray | Path] | None = None,
     parcels: gpd.GeoDataFrame | None = None,
     design: gpd.GeoDataFrame | None = None,
 ) -> dict[str, Any]:
@@ -159,18 +164,20 @@ def model(
         comps, terr, parcels, class_column=p.parcel_class_column, inventory=p.parcel_inventory
     )
     lidar_epoch: str | None = None
-    lidar: xr.DataArray | None = None
+    lidars: dict[str, xr.DataArray] = {}
     lidar_feats: list[str] = []
     if lidar_metrics is not None:
-        lidar_epoch, lidar = lidar_for_epoch(
-            open_raster(lidar_metrics), epochs=job.epochs, lidar_epoch=p.lidar_epoch
-        )
-        lidar = lidar.astype(np.float32)
-        lidar_feats = lidar_predictors(lidar, p.lidar_features)
+        lidar_epoch = p.lidar_epoch or job.epochs[0]
+        lidars = {
+            e: m.astype(np.float32)
+            for e, m in lidar_by_epoch(
+                lidar_metrics, lidar_repeat, epochs=job.epochs, lidar_epoch=lidar_epoch
+            ).items()
+        }
+        lidar_feats = lidar_predictors(lidars[lidar_epoch], p.lidar_features)
     table = plot_table(
-        biomass, sat_stacks, plot_locations, lidar=lidar, lidar_features=lidar_feats,
-        lidar_epoch=lidar_epoch,
-    )  # fmt: skip
+        biomass, sat_stacks, plot_locations, lidar=lidars, lidar_features=lidar_feats
+    )
     # the monitoring plots train nothing; their residuals calibrate the SDs (step 4)
     is_project = table["plot_id"].isin(project_ids).to_numpy()
     independent, table = table.loc[is_project], table.loc[~is_project].reset_index(drop=True)
@@ -187,9 +194,9 @@ def model(
     }
     lidar_model: FittedModel | None = None
     lidar_plots = table.iloc[:0]
-    if lidar is not None:
+    if lidars:
         lidar_model, lidar_plots = steps.lidar_model(
-            table, lidar_epoch, lidar_feats, p, job.seed, card
+            table, tuple(lidars), lidar_feats, p, job.seed, card
         )
     training_squares = plot_locations[~plot_locations["plot_id"].isin(project_ids)]
     support_px = plot_support_px(training_squares, sat_stacks[job.epochs[0]])
@@ -200,7 +207,8 @@ def model(
     cover: np.ndarray | None = None
     sample: pd.DataFrame | None = None
     sample_info: dict[str, Any] = {}
-    if lidar_model is not None and lidar is not None and lidar_epoch is not None:
+    if lidar_model is not None and lidar_epoch is not None:
+        lidar = lidars[lidar_epoch]
         cover = lidar_cover(lidar, min_fraction=p.lidar_min_fraction)
         sample, sample_info = steps.upscaling_sample(
             lidar, cover, sat_stacks[lidar_epoch], lidar_model, lidar_feats, sat_features,
@@ -213,8 +221,9 @@ def model(
         table, sample, sample_info, sat_features, source, p, job.seed
     )
     mapper = BiomassMapper(
-        satellite, source, lidar_model, lidar_epoch, p.lidar_min_fraction, common=common
-    )
+        satellite, source, lidar_model, lidar_epoch, p.lidar_min_fraction,
+        lidar_repeat_epochs=tuple(e for e in lidars if e != lidar_epoch), common=common,
+    )  # fmt: skip
     card["epoch_error_correlation"] = correct_epochs(
         mapper, sat_plots, job.epochs, interval=p.interval,
         bias_correction=p.epoch_bias_correction, common_plots=common_plots,
@@ -235,6 +244,7 @@ def model(
     card["satellite_model"] = satellite.card
     card["satellite_source"] = source
     card["lidar_epoch"] = lidar_epoch
+    card["lidar_repeat_epochs"] = list(mapper.lidar_repeat_epochs)
     card["final_at_plots"] = accuracy_at_plots(mapper, table, job.epochs)
     # the maps' values at the training plots, in sample and cross-fitted (estimate stage)
     training = [(satellite, sat_plots), (common, common_plots), (lidar_model, lidar_plots)]
@@ -274,7 +284,8 @@ def model(
     if job.fold_maps:
         stacks = predictor_stacks(
             bundle, composites=composites, terrain=terrain, lidar_metrics=lidar_metrics,
-            parcels=parcels, epochs=job.epochs, forest_land_classes=job.forest_land_classes,
+            lidar_repeat=lidar_repeat, parcels=parcels, epochs=job.epochs,
+            forest_land_classes=job.forest_land_classes,
         )  # fmt: skip
         fold_maps, card["fold_maps"] = steps.fold_map_sample(
             mapper, stacks, target_cells=p.fold_map_cells, seed=job.seed

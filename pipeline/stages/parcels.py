@@ -148,7 +148,14 @@ def parcels_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
         out["lidar_metrics"] = layout.path(LIDAR_METRICS_RELPATH)
         if job.parcel_error_aggregation == "spatial":
             # the map-error model: the satellite model inside the LiDAR cover
-            out.update(predictor_inputs(config, layout))
+            # (the first flight's: repeat flights do not enter the error model)
+            out.update(
+                {
+                    k: v
+                    for k, v in predictor_inputs(config, layout).items()
+                    if not k.startswith("lidar_repeat.")
+                }
+            )
             out["models"] = layout.path(MODELS_RELPATH)
             for e in config.epochs:
                 out[f"agb_maps.{e.name}"] = layout.path(map_relpath("agb", e.name))

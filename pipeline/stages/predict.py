@@ -2,8 +2,9 @@
 
 Per epoch, the fitted :class:`~models.biomass.BiomassMapper` from the ``model`` stage is
 applied lazily, chunk by chunk (``dask.array.map_blocks`` with ``meta=``, graph layers
-named by ``tokenize`` so reruns hit the same keys): the LiDAR model where the LiDAR epoch
-has LiDAR cover, the satellite model elsewhere, and where a cell lacks one of the
+named by ``tokenize`` so reruns hit the same keys): the LiDAR model where the epoch has a
+LiDAR flight (the first, ``sources.lidar_tiles``, or a repeat, ``sources.lidar_repeat``)
+covering the cell, the satellite model elsewhere, and where a cell lacks one of the
 satellite model's predictors (its season was clear only in Landsat scenes, which have no
 red edge nor B08) the common-band satellite model (``model_source`` 6, see
 :class:`~models.biomass.BiomassMapper`). With a parcel layer, only cells whose
@@ -36,6 +37,7 @@ Signature::
     predict(job: PredictJob, *, models: Path | bytes,
             composites: Mapping[epoch, DataArray] | Sequence[DataArray],
             terrain: DataArray, lidar_metrics: DataArray | None = None,
+            lidar_repeat: Mapping[epoch, DataArray] | None = None,
             parcels: GeoDataFrame | None = None)
     -> {"rasters/agb_<epoch>.tif": DataArray (Mg/ha),
         "rasters/agb_sd_<epoch>.tif": DataArray, bands agb_sd, agb_sd_support (Mg/ha),
@@ -261,6 +263,7 @@ def predict(
     composites: Mapping[str, Any] | Sequence[Any],
     terrain: xr.DataArray | Path,
     lidar_metrics: xr.DataArray | Path | None = None,
+    lidar_repeat: Mapping[str, xr.DataArray | Path] | None = None,
     parcels: gpd.GeoDataFrame | None = None,
 ) -> dict[str, Any]:
     """Lazy wall-to-wall maps for every epoch and their coverage record (see the module
@@ -270,7 +273,8 @@ def predict(
     conversion = bundle["conversion"]
     stacks = predictor_stacks(
         bundle, composites=composites, terrain=terrain, lidar_metrics=lidar_metrics,
-        parcels=parcels, epochs=job.epochs, forest_land_classes=job.params.forest_land_classes,
+        lidar_repeat=lidar_repeat, parcels=parcels, epochs=job.epochs,
+        forest_land_classes=job.params.forest_land_classes,
     )  # fmt: skip
     out: dict[str, Any] = {}
     coverage: dict[str, dict[str, Any]] = {}
