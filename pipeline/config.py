@@ -332,7 +332,8 @@ class ModelParams(Section):
     upscale_spacing_m: float = Field(default=50.0, gt=0)
     upscale_max_samples: int = Field(default=3000, ge=30)
     #: what trains the satellite model: field plots, the LiDAR-map sample, both, or
-    #: "auto" (the one with the lowest spatial-CV RMSE at held-out field plots)
+    #: "auto" (the plots alone unless the source with the lowest spatial-CV RMSE at
+    #: held-out field plots beats them by more than one standard error)
     satellite_training: Literal["auto", "plots", "lidar_upscaled", "plots+lidar_upscaled"] = "auto"
     #: share of the training weight of the LiDAR-map sample when trained with the plots
     upscale_share: float = Field(default=0.5, gt=0, lt=1)

@@ -578,3 +578,44 @@ def test_widened_intervals_cover_single_cells_at_the_nominal_rate() -> None:
     assert 0.86 <= coverage(wide) <= 0.94
     np.testing.assert_array_equal(wide.mean, pred.mean)
     assert (wide.sd >= pred.sd).all() and (wide.lower >= 0).all()
+
+
+def test_training_source_is_the_plots_unless_another_wins_by_one_standard_error() -> None:
+    from types import SimpleNamespace
+
+    from models.biomass.upscaling import simplest_within_one_se
+
+    rng = np.random.default_rng(3)
+    observed = rng.uniform(50, 250, 60)
+    e_plots = rng.normal(0, 40, 60)
+
+    def card(errors: np.ndarray) -> SimpleNamespace:
+        rows = [{"observed": o, "predicted": o + e} for o, e in zip(observed, errors, strict=True)]
+        return SimpleNamespace(card={"cv_predictions": rows})
+
+    def rmse_of(fitted: dict) -> object:
+        def rmse(src: str) -> float:
+            rows = fitted[src].card["cv_predictions"]
+            return float(np.sqrt(np.mean([(r["predicted"] - r["observed"]) ** 2 for r in rows])))
+
+        return rmse
+
+    # a hair better (the same errors at other plots, 0.1 % smaller): the lowest CV RMSE,
+    # but its gain is CV noise, and the plots are kept
+    other = 0.999 * rng.permutation(e_plots)
+    near = {"plots": card(e_plots), "plots+lidar_upscaled": card(other)}
+    kept, rule = simplest_within_one_se(near, rmse_of(near))  # type: ignore[arg-type]
+    d = e_plots**2 - other**2
+    assert rule["lowest_cv_rmse"] == "plots+lidar_upscaled" and kept == rule["kept"] == "plots"
+    assert rule["se_of_gain_mg2_ha2"] == pytest.approx(d.std(ddof=1) / np.sqrt(60))
+    assert rule["mse_gain_mg2_ha2"] == pytest.approx(d.mean()) and 0 < d.mean()
+    # clearly better (half the error at every plot): the better source is kept
+    far = {"plots": card(e_plots), "lidar_upscaled": card(e_plots * 0.5)}
+    kept, rule = simplest_within_one_se(far, rmse_of(far))  # type: ignore[arg-type]
+    assert kept == "lidar_upscaled" and rule["kept"] == "lidar_upscaled"
+    assert rule["mse_gain_mg2_ha2"] == pytest.approx(np.mean(0.75 * e_plots**2))
+    # the plots best already: nothing to decide
+    assert simplest_within_one_se(far, lambda s: {"plots": 1.0, "lidar_upscaled": 2.0}[s]) == (
+        "plots",
+        {},
+    )

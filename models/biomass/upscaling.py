@@ -20,7 +20,7 @@ scores slightly optimistic. Thresholds: ``models/data/model_rules.yaml`` (``upsc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -134,7 +134,7 @@ def fit_satellite_model(
         c = fitted[src].card
         return float(c["candidates"][c["chosen"]]["spatial_cv"]["rmse_mg_ha"])
 
-    best = min(fitted, key=rmse)
+    best, rule = simplest_within_one_se(fitted, rmse)
     compared: dict[str, Any] = {
         src: {
             "chosen_candidate": f.card["chosen"],
@@ -151,5 +151,40 @@ def fit_satellite_model(
         **({"lidar_sample": sample_info} if best != "plots" else {}),
         "scored_at": f"{len(plots)} field plot-epochs (spatially blocked CV)",
         "sources_compared": compared,
+        **({"one_standard_error_rule": rule} if rule else {}),
     }
     return best, fitted[best]
+
+
+def simplest_within_one_se(
+    fitted: Mapping[SatelliteSource, FittedModel], rmse: Callable[[SatelliteSource], float]
+) -> tuple[SatelliteSource, dict[str, Any]]:
+    """The training source to keep: the field plots alone, unless the source of the lowest
+    spatial-CV RMSE beats them by more than one standard error.
+
+    The "one-standard-error rule" (Hastie, Tibshirani & Friedman 2009, *The Elements of
+    Statistical Learning*, 2nd ed., §7.10): among models whose CV error is within one SE
+    of the best, take the simplest. Here the simplest is the model trained on the field
+    plots alone (no LiDAR-map sample, so no second model's error in its targets). Both
+    are scored at the same held-out plots, so the SE is that of the paired difference of
+    their squared errors, ``sd(d) / sqrt(n)`` with ``d_i = e_plots,i^2 - e_best,i^2``. A
+    source that wins by less than that is noise of the CV: choosing it anyway would let
+    a small change of the inputs flip the maps. Returns the source and what the rule saw
+    (empty when there was nothing to compare).
+    """
+    best = min(fitted, key=rmse)
+    if best == "plots" or "plots" not in fitted:
+        return best, {}
+    err = {
+        src: np.array([r["predicted"] - r["observed"] for r in fitted[src].card["cv_predictions"]])
+        for src in ("plots", best)
+    }
+    d = err["plots"] ** 2 - err[best] ** 2
+    se = float(d.std(ddof=1) / np.sqrt(d.size))
+    kept: SatelliteSource = best if float(d.mean()) > se else "plots"
+    return kept, {
+        "lowest_cv_rmse": best,
+        "mse_gain_mg2_ha2": float(d.mean()),
+        "se_of_gain_mg2_ha2": se,
+        "kept": kept,
+    }

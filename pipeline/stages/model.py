@@ -19,8 +19,10 @@ What it does, in order (predictor tables in :mod:`pipeline.samples`; the science
    indirect approach to change assumes), and the model maps that epoch there too.
 3. LiDAR-assisted upscaling: a sample of the LiDAR-model map thinned to one cell per
    ``upscale_spacing_m`` can train the satellite-only model, which is trained on the
-   field plots, that sample, or both (``satellite_training``; ``auto``: the lowest
-   spatial-CV error), and always scored and calibrated at held-out field plots. A
+   field plots, that sample, or both (``satellite_training``; ``auto``: the plots alone
+   unless a source with the sample lowers the spatial-CV error by more than one standard
+   error, :func:`models.biomass.upscaling.simplest_within_one_se`), and always scored and
+   calibrated at held-out field plots. A
    second, fallback satellite model on the predictors both Sentinel-2 and Landsat give
    (``common_band_model`` of the card, ``model_source`` 6) maps the cells whose season was
    clear only in Landsat scenes, where the Sentinel-2-only bands are empty.
