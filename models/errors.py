@@ -10,6 +10,9 @@ unusable.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class ModelsError(ValueError):
     """Base of every error raised by the science in :mod:`models`."""
@@ -45,7 +48,36 @@ class SurveyError(ModelsError):
     """A plot sample, its design or its auxiliary data cannot give a survey estimate."""
 
 
-class ModelsWarning(UserWarning):
+class CodedWarning(UserWarning):
+    """Base of the project's own warnings (:class:`ModelsWarning` here,
+    :class:`pipeline.errors.PipelineWarning` in the pipeline), which may carry a ``code``
+    and the ``values`` their message states (numbers, names, paths).
+
+    The pipeline's runner records the code and values beside the message, and a report in
+    another language says the warning with its own text for the code, filled with the
+    values (``docs/warnings.md``). The message stays the English text, as printed on the
+    console.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        values: Mapping[str, str | int | float] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.values = dict(values or {})
+
+    def coded(self) -> dict[str, Any] | None:
+        """``{"code": ..., "values": {...}}`` as the manifest records it, or None."""
+        if self.code is None:
+            return None
+        return {"code": self.code, "values": self.values}
+
+
+class ModelsWarning(CodedWarning):
     """Something about the science's inputs or results the user should know, that does not
     stop it (e.g. a fallback taken). The pipeline's runner records these as the project's own
     warnings (with :class:`pipeline.errors.PipelineWarning`), never as library noise."""

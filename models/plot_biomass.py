@@ -248,9 +248,12 @@ def check_trees(
     if texts:
         counts = ", ".join(f"{c}: {n}" for c, n in texts.items())
         warnings.warn(
-            f"tree list: cells that are not numbers ({counts}) were taken as blank; see the "
-            "rows of plots/qa.csv with reason 'not a number'",
-            ModelsWarning,
+            ModelsWarning(
+                f"tree list: cells that are not numbers ({counts}) were taken as blank; see "
+                "the rows of plots/qa.csv with reason 'not a number'",
+                code="tree_cells_not_numbers",
+                values={"counts": counts},
+            ),
             stacklevel=3,
         )
     # a cell that is not a number leaves its plot without an area: refused by _plot_areas
@@ -674,10 +677,13 @@ def with_epoch(trees: pd.DataFrame, epoch: str) -> pd.DataFrame:
     if "epoch" in trees.columns:
         return trees
     warnings.warn(
-        f"tree list has no 'epoch' column: all {len(trees)} rows taken as one census, "
-        f"epoch {epoch!r} (name it with stages.plots.tree_epoch or --epoch; add an epoch "
-        "column for re-measured plots)",
-        ModelsWarning,
+        ModelsWarning(
+            f"tree list has no 'epoch' column: all {len(trees)} rows taken as one census, "
+            f"epoch {epoch!r} (name it with stages.plots.tree_epoch or --epoch; add an epoch "
+            "column for re-measured plots)",
+            code="no_epoch_column",
+            values={"rows": len(trees), "epoch": epoch},
+        ),
         stacklevel=3,
     )
     return trees.assign(epoch=epoch)
@@ -755,9 +761,16 @@ def _plots_without_stems(t: pd.DataFrame) -> pd.DataFrame:
     ]
     for r in out.itertuples(index=False):
         warnings.warn(
-            f"plot {r.plot_id} (epoch {r.epoch}): {r.reason}; a DBH left blank by mistake "
-            "would make this zero wrong",
-            ModelsWarning,
+            ModelsWarning(
+                f"plot {r.plot_id} (epoch {r.epoch}): {r.reason}; a DBH left blank by mistake "
+                "would make this zero wrong",
+                code="plot_without_stems",
+                values={
+                    "plot": str(r.plot_id),
+                    "epoch": str(r.epoch),
+                    "rows": int(r.n_rows_excluded),
+                },
+            ),
             stacklevel=3,
         )
     return out[[*key, "plot_area_ha", "n_rows_excluded", "reason"]]
@@ -873,7 +886,10 @@ def _predict_heights(
     for key, why in hm.rejected.items():
         scope = "/".join(str(v) for v in key)
         text = f"H-D model of {scope} refused (next scope, else no-height equation): {why}"
-        warnings.warn(text, ModelsWarning, stacklevel=3)
+        warnings.warn(
+            ModelsWarning(text, code="hd_model_refused", values={"scope": scope, "why": why}),
+            stacklevel=3,
+        )
         qa_rows.append({**_scope_qa(key), "tree_id": None, "field": "hd_model",
                         "value": scope, "reason": text, "action": "fallback"})  # fmt: skip
     hd_model = np.full(len(t), None, dtype=object)
@@ -984,7 +1000,7 @@ def _exclude_trees_lacking_inputs(
                     _qa_row(r, "age_yr", r["age_yr"], f"culm age required by {name}", "exclude")
                 )
             t.loc[no_age, "usable"] = False
-            _warn_excluded(int(no_age.sum()), name, "a culm age (age_yr)")
+            _warn_excluded(int(no_age.sum()), name, "a culm age (age_yr)", "age_yr")
         if "height_m" in eq.required:
             no_h = rows & t["usable"] & t["height_used_m"].isna()
             for _, r in t[no_h].iterrows():
@@ -999,7 +1015,9 @@ def _exclude_trees_lacking_inputs(
                     )
                 )
             t.loc[no_h, "usable"] = False
-            _warn_excluded(int(no_h.sum()), name, "a height (height_m, or an H-D model)")
+            _warn_excluded(
+                int(no_h.sum()), name, "a height (height_m, or an H-D model)", "height_m"
+            )
         if not eq.domain:
             continue
         inputs = {
@@ -1022,15 +1040,19 @@ def _exclude_trees_lacking_inputs(
     return qa_rows
 
 
-def _warn_excluded(n: int, equation: str, needs: str) -> None:
+def _warn_excluded(n: int, equation: str, needs: str, column: str) -> None:
     """Say that ``n`` trees were left out of their plots because ``equation`` needs an input
-    they lack: their plots' biomass reads low by what those trees carry."""
+    they lack (``needs``, of the tree list's ``column``): their plots' biomass reads low by
+    what those trees carry."""
     if n:
         warnings.warn(
-            f"{n} trees whose equation {equation} needs {needs} lack it and are left out of "
-            "their plots' biomass (QA action 'exclude'), so those plots read low: record the "
-            "input, or set the species' equation in models/data/species.csv",
-            ModelsWarning,
+            ModelsWarning(
+                f"{n} trees whose equation {equation} needs {needs} lack it and are left out "
+                "of their plots' biomass (QA action 'exclude'), so those plots read low: "
+                "record the input, or set the species' equation in models/data/species.csv",
+                code="trees_lack_equation_input",
+                values={"n": n, "equation": equation, "column": column},
+            ),
             stacklevel=4,
         )
 
@@ -1067,10 +1089,11 @@ def _tree_values(t: pd.DataFrame, opts: PlotBiomassOptions) -> None:
     t["carbon_fraction_bgb"] = allometry.carbon_fraction(species, "belowground")
 
 
-def species_table_summary(t: pd.DataFrame) -> tuple[float, str] | None:
-    """Share of AGB and one line on the usable trees whose species is not in
-    ``models/data/species.csv``: their share of trees and of AGB, the equations and the
-    wood density sources they got; None when every species is in the table.
+def _species_table_qa(t: pd.DataFrame) -> pd.DataFrame:
+    """The QA row, also raised as a warning, on the usable trees whose species is not in
+    ``models/data/species.csv``: their share of trees and of AGB (the row's value), the
+    equations and the wood density sources they got; none when every species is in the
+    table.
 
     ``t`` is the tree table with ``equation``, ``wood_density_level`` and ``agb_kg``.
     """
@@ -1078,35 +1101,41 @@ def species_table_summary(t: pd.DataFrame) -> tuple[float, str] | None:
     known = u["species"].map(lambda s: allometry.resolve_taxon(str(s)).known_species)
     out = u[~known.astype(bool)]
     if out.empty:
-        return None
+        return pd.DataFrame(columns=list(QA_COLUMNS))
     agb_share = float(out["agb_kg"].sum() / u["agb_kg"].sum())
 
     def counts(col: pd.Series, names: Mapping[str, str] | None = None) -> str:
         parts = col.value_counts()
         return ", ".join(f"{(names or {}).get(str(k), k)} ({n})" for k, n in parts.items())
 
-    species = counts(out["species"])
+    species, equations = counts(out["species"]), counts(out["equation"])
+    sources = counts(out["wood_density_level"], WOOD_DENSITY_SOURCES)
+    tree_pct, agb_pct = f"{len(out) / len(u):.0%}", f"{agb_share:.0%}"
     text = (
-        f"{len(out)} of {len(u)} trees ({len(out) / len(u):.0%}) carrying {agb_share:.0%} of "
-        f"the AGB have a species not in models/data/species.csv: {species}. They got the "
-        f"group default equations: {counts(out['equation'])}; wood density from "
-        f"{counts(out['wood_density_level'], WOOD_DENSITY_SOURCES)}. Their biomass and its "
+        f"{len(out)} of {len(u)} trees ({tree_pct}) carrying {agb_pct} of the AGB have a "
+        f"species not in models/data/species.csv: {species}. They got the group default "
+        f"equations: {equations}; wood density from {sources}. Their biomass and its "
         "uncertainty rest on generic equations: add the species to species.csv with a "
         "regional equation"
     )
-    return agb_share, text
-
-
-def _species_table_qa(t: pd.DataFrame) -> pd.DataFrame:
-    """The QA row of :func:`species_table_summary` (none when every species is known),
-    also raised as a warning."""
-    summary = species_table_summary(t)
-    if summary is None:
-        return pd.DataFrame(columns=list(QA_COLUMNS))
-    share, text = summary
-    warnings.warn(text, ModelsWarning, stacklevel=3)
+    warnings.warn(
+        ModelsWarning(
+            text,
+            code="species_not_in_table",
+            values={
+                "n": len(out),
+                "total": len(u),
+                "tree_pct": tree_pct,
+                "agb_pct": agb_pct,
+                "species": species,
+                "equations": equations,
+                "sources": sources,
+            },
+        ),
+        stacklevel=3,
+    )
     row = {"plot_id": None, "epoch": None, "tree_id": None, "field": SPECIES_TABLE_FIELD,
-           "value": round(share, 4), "reason": text, "action": "keep"}  # fmt: skip
+           "value": round(agb_share, 4), "reason": text, "action": "keep"}  # fmt: skip
     return pd.DataFrame([row], columns=list(QA_COLUMNS))
 
 

@@ -345,8 +345,11 @@ def _finish(items: Sequence[pystac.Item], req: SearchRequest, *, where: str) -> 
     repeats = len(items) - len(unique)
     if repeats:
         warnings.warn(
-            f"{where}: {repeats} item(s) came more than once; each is used once",
-            PipelineWarning,
+            PipelineWarning(
+                f"{where}: {repeats} item(s) came more than once; each is used once",
+                code="stac_items_repeated",
+                values={"where": where, "repeats": repeats},
+            ),
             stacklevel=3,
         )
     kept = [i for i in unique.values() if _cloud_ok(i, req.max_cloud_cover)]
@@ -466,10 +469,21 @@ class _LoggedRetry(Retry):
         where = f"{_pool.scheme}://{_pool.host}:{_pool.port}{url or ''}" if _pool else url
         why = f"HTTP {response.status}" if response is not None else f"{error!r}"
         attempt = len(new.history) + 1
+        wait = f"{new.get_backoff_time():.1f}"
         warnings.warn(
-            f"STAC API {method} {where}: {why}; attempt {attempt} of {self.total_attempts} "
-            f"in {new.get_backoff_time():.1f} s",
-            PipelineWarning,
+            PipelineWarning(
+                f"STAC API {method} {where}: {why}; attempt {attempt} of {self.total_attempts} "
+                f"in {wait} s",
+                code="stac_retry",
+                values={
+                    "method": str(method),
+                    "where": str(where),
+                    "why": why,
+                    "attempt": attempt,
+                    "attempts": self.total_attempts,
+                    "wait": wait,
+                },
+            ),
             stacklevel=2,
         )
         return new
@@ -494,9 +508,12 @@ def _page_items(pages: Iterable[Mapping[str, Any]], *, where: str) -> list[pysta
         key = tuple(str(f.get("id")) for f in features)
         if key in seen_pages:
             warnings.warn(
-                f"{where}: page {n} repeats an earlier page (its 'next' link loops); "
-                f"stopped paging after page {n - 1}",
-                PipelineWarning,
+                PipelineWarning(
+                    f"{where}: page {n} repeats an earlier page (its 'next' link loops); "
+                    f"stopped paging after page {n - 1}",
+                    code="stac_page_repeated",
+                    values={"where": where, "page": n, "last": n - 1},
+                ),
                 stacklevel=2,
             )
             break

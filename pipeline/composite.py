@@ -359,12 +359,15 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
             f"data_catalog/collections/{coll}.yaml expects {sorted(keys.values())}"
         )
     if len(ours) < len(profiled):  # a partial download: use what is there, say what is not
-        lacking = [f"{b} ({keys[b]})" for b in profiled if b not in ours]
+        lacking = ", ".join(f"{b} ({keys[b]})" for b in profiled if b not in ours)
         warnings.warn(
-            f"item {item.id!r} lacks the assets of {', '.join(lacking)}: the composite uses "
-            f"its other bands, and these bands (and indices made from them) come from the "
-            f"epoch's other scenes only",
-            PipelineWarning,
+            PipelineWarning(
+                f"item {item.id!r} lacks the assets of {lacking}: the composite uses its other "
+                f"bands, and these bands (and indices made from them) come from the epoch's "
+                f"other scenes only",
+                code="scene_lacks_bands",
+                values={"item": item.id, "bands": lacking},
+            ),
             stacklevel=2,
         )
     resampling = {keys[b]: settings.resampling for b in ours}
@@ -396,7 +399,12 @@ def load_scene(item: pystac.Item, geobox: GeoBox, *, settings: CompositeSettings
     to_oli = etm_to_oli_coefficients(sensor) if harmonise else {}
     if to_oli and sensor == "tm":
         note = catalog.collection_profile("landsat-c2-l2")["etm_to_oli"]["tm_note"]
-        warnings.warn(f"item {item.id!r}: {note}", PipelineWarning, stacklevel=2)
+        warnings.warn(
+            PipelineWarning(
+                f"item {item.id!r}: {note}", code="tm_as_etm", values={"item": item.id}
+            ),
+            stacklevel=2,
+        )
     bands: dict[str, da.Array] = {}
     for b in REFLECTANCE_BANDS:
         if b not in ours:
@@ -474,21 +482,29 @@ def seasonal_composite(
     unmasked = sorted({s.collection for s in scenes if not s.masked})
     if unmasked:
         n = sum(not s.masked for s in scenes)
+        colls = ", ".join(unmasked)
         warnings.warn(
-            f"{n} of the season's {len(scenes)} scene(s) ({', '.join(unmasked)}) have no "
-            f"cloud mask (data_catalog/collections/): their clouds and cloud shadows are not "
-            f"removed before the median; catalog only cloud-free scenes of such collections",
-            PipelineWarning,
+            PipelineWarning(
+                f"{n} of the season's {len(scenes)} scene(s) ({colls}) have no cloud mask "
+                f"(data_catalog/collections/): their clouds and cloud shadows are not removed "
+                f"before the median; catalog only cloud-free scenes of such collections",
+                code="scenes_without_cloud_mask",
+                values={"n": n, "total": len(scenes), "collections": colls},
+            ),
             stacklevel=2,
         )
     absent = absent_bands({b for s in scenes for b in s.bands_read})
     if absent:
         colls = ", ".join(sorted({s.collection for s in scenes}))
+        missing = ", ".join(b for b in absent if b in REFLECTANCE_BANDS)
+        nan_layers = ", ".join(absent)
         warnings.warn(
-            f"no scene of this season ({colls}) has the band(s) "
-            f"{', '.join(b for b in absent if b in REFLECTANCE_BANDS)}: the composite's "
-            f"{', '.join(absent)} are NaN throughout (indices: data_catalog/indices.yaml)",
-            PipelineWarning,
+            PipelineWarning(
+                f"no scene of this season ({colls}) has the band(s) {missing}: the "
+                f"composite's {nan_layers} are NaN throughout (indices: data_catalog/indices.yaml)",
+                code="bands_absent",
+                values={"collections": colls, "bands": missing, "layers": nan_layers},
+            ),
             stacklevel=2,
         )
     bands: dict[str, xr.DataArray] = {}

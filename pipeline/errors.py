@@ -7,8 +7,7 @@ else is an internal error (exit 1).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from models.errors import CodedWarning
 
 
 class ForestCarbonError(Exception):
@@ -36,35 +35,14 @@ class RunFolderError(ForestCarbonError):
     lies in a system folder, or its disk is full (see :mod:`pipeline.run_folder`)."""
 
 
-class PipelineWarning(UserWarning):
+class PipelineWarning(CodedWarning):
     """Something the user should know about a run's inputs or results that does not stop it.
 
     The runner records every warning of this kind, and of :class:`models.errors.ModelsWarning`
     (the science's, as :mod:`models` imports nothing from here), under its stage in the
     manifest (``stages.<stage>.warnings``), prints it also under ``--quiet``, and the report
     lists it; warnings of other kinds (from libraries) go to
-    ``stages.<stage>.library_warnings``.
-
-    A warning may carry a ``code`` and the ``values`` its message states (numbers, names,
-    paths): the runner records them beside the message (``stages.<stage>.warning_codes``)
-    and a report in another language says the warning with the text ``strings.yaml`` has
-    for the code (``warnings``), filled with the values. The message stays the English
-    text, as printed on the console.
+    ``stages.<stage>.library_warnings``. Its ``code`` and ``values`` (of
+    :class:`~models.errors.CodedWarning`, the base of both) go to
+    ``stages.<stage>.warning_codes``.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        values: Mapping[str, str | int | float] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.values = dict(values or {})
-
-    def coded(self) -> dict[str, Any] | None:
-        """``{"code": ..., "values": {...}}`` as the manifest records it, or None."""
-        if self.code is None:
-            return None
-        return {"code": self.code, "values": self.values}

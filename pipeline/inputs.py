@@ -97,9 +97,12 @@ def valid_polygons(
         )
     fixed = shapely.make_valid(geoms, method="structure", keep_collapsed=False)
     warnings.warn(
-        f"{where}: {bad.size} invalid polygon(s) repaired with shapely.make_valid "
-        f"(sources.repair_geometry): {names}; check their areas",
-        PipelineWarning,
+        PipelineWarning(
+            f"{where}: {bad.size} invalid polygon(s) repaired with shapely.make_valid "
+            f"(sources.repair_geometry): {names}; check their areas",
+            code="geometry_repaired",
+            values={"where": where, "n": int(bad.size), "names": names},
+        ),
         stacklevel=2,
     )
     return gdf.set_geometry(gpd.GeoSeries(fixed, index=gdf.index, crs=gdf.crs))
@@ -444,10 +447,14 @@ def _check_trees(path: Path, *, sheet: str | None) -> None:
         ) from None
     lines = species_translations(trees["species"])
     if lines:
+        listing = "; ".join(lines.values())
         warnings.warn(
-            f"{path} (sources.trees): {len(lines)} species name(s) read through "
-            f"models/data/species_names.csv: {'; '.join(lines.values())}",
-            PipelineWarning,
+            PipelineWarning(
+                f"{path} (sources.trees): {len(lines)} species name(s) read through "
+                f"models/data/species_names.csv: {listing}",
+                code="species_names_translated",
+                values={"path": str(path), "n": len(lines), "listing": listing},
+            ),
             stacklevel=2,
         )
 

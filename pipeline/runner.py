@@ -50,9 +50,9 @@ of the run that made its outputs. Before each stage the runner writes
 ``report`` stage reads as an input (so the report reruns only when they change). Warnings
 raised inside Dask tasks on worker processes are printed by the workers, not caught here.
 The warnings of the input checks before the run (:meth:`Runner.check_inputs`) join those
-of the first selected stage that reads the file they are about. A warning with a code
-(:class:`~pipeline.errors.PipelineWarning`) has it recorded beside its message, in
-``stages.<stage>.warning_codes``, so a report in another language can say it.
+of the first selected stage that reads the file they are about. A warning's code and
+values (:class:`~models.errors.CodedWarning`, the base of both classes) are recorded beside
+its message, in ``stages.<stage>.warning_codes``, so a report in another language can say it.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from models.errors import ModelsWarning
+from models.errors import CodedWarning, ModelsWarning
 from pipeline import io, run_folder
 from pipeline.config import Config
 from pipeline.contracts import PINNED_ITEMS_DIR, RunLayout
@@ -257,14 +257,14 @@ def sort_warnings(
     caught: Sequence[warnings.WarningMessage],
 ) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
     """The pipeline's own warnings and the others (libraries), each message once, in order,
-    and the codes of the own ones that have one, by message (:class:`PipelineWarning`)."""
+    and the codes of the own ones that have one, by message (:class:`CodedWarning`)."""
     own: list[str] = []
     other: list[str] = []
     codes: dict[str, dict[str, Any]] = {}
     for w in caught:
         if issubclass(w.category, PipelineWarning | ModelsWarning):
             message, into = str(w.message), own
-            coded = w.message.coded() if isinstance(w.message, PipelineWarning) else None
+            coded = w.message.coded() if isinstance(w.message, CodedWarning) else None
             if coded is not None:
                 codes[message] = coded
         else:

@@ -703,33 +703,6 @@ def test_a_coded_warning_is_said_in_the_reports_language(report_inputs):
     )
 
 
-def test_every_coded_warning_has_a_text_in_every_other_language_with_its_values():
-    """Each ``PipelineWarning(..., code=C, values={...})`` of the code has a text for C in
-    every language but English, naming exactly the keys of its values."""
-    import ast
-
-    texts = strings()["warnings"]
-    formatter = string.Formatter()
-    found = {}
-    for path in sorted((REPO / "pipeline").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "PipelineWarning"):
-                continue
-            kw = {k.arg: k.value for k in node.keywords}
-            if "code" not in kw:
-                continue
-            code = ast.literal_eval(kw["code"])
-            values = kw["values"]
-            assert isinstance(values, ast.Dict), (path, code)
-            found[code] = {ast.literal_eval(k) for k in values.keys if k is not None}
-    assert {"plots_outside_aoi", "partly_off_grid", "csv_not_utf8"} <= found.keys()
-    assert found.keys() == texts.keys()
-    for code, keys in found.items():
-        for lang in set(LANGUAGES) - {"en"}:
-            named = {f for _, f, _, _ in formatter.parse(str(texts[code][lang])) if f}
-            assert named == keys, (code, lang, named, keys)
-
-
 def test_credit_section_names_refused_parcels_and_compared_methodologies():
     from pipeline.report.build import compared_table, eligibility_step
     from pipeline.report.words import Words

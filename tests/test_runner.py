@@ -3,7 +3,6 @@ an external scheduler, the manifest, and reproduce."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import signal
@@ -106,29 +105,6 @@ def test_stage_warnings_reach_console_manifest_and_the_next_stages(tmp_path, cap
     assert second["stages"]["noise"]["warnings"] == own
     assert "noise: the parameters look odd" in capsys.readouterr().err
     assert json.loads((tmp_path / "out/manifest.json").read_text())["stages"] == second["stages"]
-
-
-def test_the_projects_warnings_are_all_of_its_own_classes():
-    """The report shows PipelineWarning and ModelsWarning and counts the rest as library
-    noise: a warning of the project's own code raised with another class would be hidden."""
-    root = TESTS.parent
-    wrong = []
-    own = {"pipeline": "PipelineWarning", "models": "ModelsWarning"}
-    paths = [p for package in own for p in sorted((root / package).rglob("*.py"))]
-    for path in paths:
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "warnings.warn"):
-                continue
-            category = node.args[1] if len(node.args) > 1 else None
-            for kw in node.keywords:
-                if kw.arg == "category":
-                    category = kw.value
-            if category is None and node.args and isinstance(node.args[0], ast.Call):
-                category = node.args[0].func  # warnings.warn(PipelineWarning(...)): a code
-            expected = own[path.relative_to(root).parts[0]]
-            if category is None or ast.unparse(category) != expected:
-                wrong.append(f"{path.relative_to(root)}:{node.lineno} (use {expected})")
-    assert not wrong, f"warnings.warn of another class: {wrong}"
 
 
 def test_force_and_stage_subset(tmp_path):

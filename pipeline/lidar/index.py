@@ -132,9 +132,12 @@ def _stated_crs(path: Path, header: laspy.LasHeader, stated: str) -> tuple[pypro
         disagree, what = True, str(err)
     if disagree:
         warnings.warn(
-            f"lidar: {path.name}: the header says {what}; using {label(crs)} as stated "
-            "(--crs / sources.lidar_crs)",
-            PipelineWarning,
+            PipelineWarning(
+                f"lidar: {path.name}: the header says {what}; using {label(crs)} as stated "
+                "(--crs / sources.lidar_crs)",
+                code="lidar_crs_overridden",
+                values={"file": path.name, "header": what, "crs": label(crs)},
+            ),
             stacklevel=3,
         )
     return crs, "stated (--crs / sources.lidar_crs)"

@@ -179,13 +179,17 @@ def figure_words(language: Language) -> tuple[Words, figures.FigureText]:
         families = strings()["fonts"]
         cjk = figures.installed_font(families["cjk"])
         if cjk is None:
+            looked = ", ".join(families["cjk"])
             warnings.warn(
-                f"report: no CJK font found for the figures of the {language} report (looked "
-                f"for {', '.join(families['cjk'])} with matplotlib and fontconfig), so their "
-                "titles, axis labels and legends are in English; install one (Debian: "
-                "fonts-noto-cjk, see scripts/install-report-deps.sh) and rerun "
-                "`forest-carbon run --stages report --force`",
-                PipelineWarning,
+                PipelineWarning(
+                    f"report: no CJK font found for the figures of the {language} report "
+                    f"(looked for {looked} with matplotlib and fontconfig), so their titles, "
+                    "axis labels and legends are in English; install one (Debian: "
+                    "fonts-noto-cjk, see scripts/install-report-deps.sh) and rerun "
+                    "`forest-carbon run --stages report --force`",
+                    code="no_cjk_font",
+                    values={"language": language, "fonts": looked},
+                ),
                 stacklevel=2,
             )
             w = Words("en")

@@ -81,6 +81,41 @@ def _qa_line(record: Mapping[str, Any]) -> str:
     )
 
 
+def _warn_dark_object(epoch: str, record: Mapping[str, Any]) -> None:
+    """Warn of a scene the dark-object check did not pass: without clear pixels where it
+    samples, or with dark objects too bright or negative."""
+    message = (
+        f"composite: epoch {epoch}: dark-object check: {_qa_line(record)}; see "
+        f"{COMPOSITE_QA_RELPATH}"
+    )
+    item = record["item_id"]
+    if record["dark_object_reflectance"] is None:
+        warnings.warn(
+            PipelineWarning(
+                message,
+                code="dark_object_no_clear_pixels",
+                values={"epoch": epoch, "item": item, "qa": COMPOSITE_QA_RELPATH},
+            ),
+            stacklevel=3,
+        )
+    else:
+        warnings.warn(
+            PipelineWarning(
+                message,
+                code="dark_object_suspect",
+                values={
+                    "epoch": epoch,
+                    "item": item,
+                    "qa": COMPOSITE_QA_RELPATH,
+                    "p1": record["dark_object_reflectance"],
+                    "offset": record["offset"],
+                    "reason": record["offset_reason"],
+                },
+            ),
+            stacklevel=3,
+        )
+
+
 def composite(
     job: CompositeJob,
     *,
@@ -115,12 +150,7 @@ def composite(
                 )
             for r in records:
                 if r["status"] != "ok":
-                    warnings.warn(
-                        f"composite: epoch {epoch}: dark-object check: {_qa_line(r)}; see "
-                        f"{COMPOSITE_QA_RELPATH}",
-                        PipelineWarning,
-                        stacklevel=2,
-                    )
+                    _warn_dark_object(epoch, r)
         else:
             qa["epochs"][epoch] = [
                 {

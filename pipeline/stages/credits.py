@@ -224,10 +224,6 @@ def _by_reason(ids: list[str], reasons: Any, mask: np.ndarray) -> str:
     return "; ".join(parts)
 
 
-def _warn(message: str) -> None:
-    warnings.warn(message, PipelineWarning, stacklevel=3)
-
-
 def credits_table(
     job: CreditsJob,
     *,
@@ -318,10 +314,15 @@ def credits_table(
     unchecked = eligibility["eligible"].isna().to_numpy(dtype=bool)
     if unchecked.any():
         listed = _by_reason(ids, eligibility["ineligible_reason"], unchecked)
-        _warn(
-            f"credits: under {method.id}, the eligibility of project parcels {listed} "
-            "could not be checked on the data; they stay in the credited total, which a "
-            "verifier must confirm (docs/methodologies.md, 'Eligibility on the data')"
+        warnings.warn(
+            PipelineWarning(
+                f"credits: under {method.id}, the eligibility of project parcels {listed} "
+                "could not be checked on the data; they stay in the credited total, which a "
+                "verifier must confirm (docs/methodologies.md, 'Eligibility on the data')",
+                code="eligibility_unchecked",
+                values={"methodology": method.id, "parcels": listed},
+            ),
+            stacklevel=2,
         )
     survey = project_change(job, estimates)
     # the stock at the last epoch (AR-TOOL03's target) and the credited change
@@ -334,9 +335,14 @@ def credits_table(
             ),
         )
         if not meets_target[0]:
-            _warn(
-                f"credits: the project's plot sample misses its target precision for the stock "
-                f"(see {SAMPLE_PLAN_RELPATH} for the plots it needs)"
+            warnings.warn(
+                PipelineWarning(
+                    f"credits: the project's plot sample misses its target precision for the "
+                    f"stock (see {SAMPLE_PLAN_RELPATH} for the plots it needs)",
+                    code="sample_misses_target",
+                    values={"plan": SAMPLE_PLAN_RELPATH},
+                ),
+                stacklevel=2,
             )
     map_sum = ("ok", sums["ok"]["project"], sums["ok"]["sd_lin"], math.inf, MAP_SUM)
     #: the row that takes the project sample's estimate (its target flags go there)
@@ -350,35 +356,63 @@ def credits_table(
             survey_row = len(rows) - 1
         domain = domain_change(job, estimates, method.id, sums["ok"]["area"])
         if domain is not None:
-            _warn(
-                f"credits: under {method.id}, project parcels {listed} are not "
-                "eligible and leave the credited total; the credited TOTAL is the project "
-                "plot sample's estimate over the strata of the eligible parcels, and the "
-                f"estimate over the declared project area is the {DECLARED_ID} row beside "
-                "it, not credited"
+            warnings.warn(
+                PipelineWarning(
+                    f"credits: under {method.id}, project parcels {listed} are not "
+                    "eligible and leave the credited total; the credited TOTAL is the project "
+                    "plot sample's estimate over the strata of the eligible parcels, and the "
+                    f"estimate over the declared project area is the {DECLARED_ID} row beside "
+                    "it, not credited",
+                    code="ineligible_sample_domain",
+                    values={"methodology": method.id, "parcels": listed, "declared": DECLARED_ID},
+                ),
+                stacklevel=2,
             )
             rows.append(_steps_row(TOTAL_ID, DOMAIN_SCOPE, total("ok", *domain)))
         else:
-            _warn(
+            message = (
                 f"credits: under {method.id}, project parcels {listed} are not "
                 "eligible and leave the credited total; the credited TOTAL is the eligible "
                 "parcels' map sum (fully correlated SD bound)"
-                + (
-                    f", and the project plot sample's estimate, which covers the declared "
-                    f"project area, is the {DECLARED_ID} row beside it, not credited (its "
-                    "strata are not the eligible parcels)"
-                    if survey is not None
-                    else ""
-                )
             )
+            if survey is None:
+                warnings.warn(
+                    PipelineWarning(
+                        message,
+                        code="ineligible_map_sum",
+                        values={"methodology": method.id, "parcels": listed},
+                    ),
+                    stacklevel=2,
+                )
+            else:
+                warnings.warn(
+                    PipelineWarning(
+                        f"{message}, and the project plot sample's estimate, which covers the "
+                        f"declared project area, is the {DECLARED_ID} row beside it, not "
+                        "credited (its strata are not the eligible parcels)",
+                        code="ineligible_map_sum_beside_sample",
+                        values={
+                            "methodology": method.id,
+                            "parcels": listed,
+                            "declared": DECLARED_ID,
+                        },
+                    ),
+                    stacklevel=2,
+                )
             rows.append(_steps_row(TOTAL_ID, ELIGIBLE_SCOPE, total(*map_sum)))
     else:
         if survey is None:
             survey_row = None
-            _warn(
-                f"credits: no project plot sample in {ESTIMATES_RELPATH}; the project total is "
-                "the sink map's sum with the fully correlated SD bound, which a verifier will "
-                "not accept (declare the project's monitoring plots in sources.plot_design)"
+            warnings.warn(
+                PipelineWarning(
+                    f"credits: no project plot sample in {ESTIMATES_RELPATH}; the project total "
+                    "is the sink map's sum with the fully correlated SD bound, which a verifier "
+                    "will not accept (declare the project's monitoring plots in "
+                    "sources.plot_design)",
+                    code="no_project_sample",
+                    values={"estimates": ESTIMATES_RELPATH},
+                ),
+                stacklevel=2,
             )
             survey = map_sum[1:]
         else:

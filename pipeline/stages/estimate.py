@@ -399,9 +399,13 @@ def estimate(
     """The ``estimate`` stage: ``estimates/totals.csv``."""
     if design is None or plot_biomass is None or plot_locations is None or carbon is None:
         warnings.warn(
-            "estimate: no plot design (sources.plot_design), so no survey estimates; totals "
-            "in the report and the credits fall back to map sums, whose SDs are upper bounds",
-            PipelineWarning,
+            PipelineWarning(
+                "estimate: no plot design (sources.plot_design), so no survey estimates; "
+                "totals in the report and the credits fall back to map sums, whose SDs are "
+                "upper bounds",
+                code="no_plot_design",
+                values={},
+            ),
             stacklevel=2,
         )
         return {
@@ -506,9 +510,12 @@ def _shared_draws(
     warning, without the plots stage's tree table."""
     if trees is None:
         warnings.warn(
-            f"estimate: no tree table ({TREES_RELPATH}), so the totals' systematic SD (the "
-            "conversion factors' shared error) is not computed: its columns are empty",
-            PipelineWarning,
+            PipelineWarning(
+                f"estimate: no tree table ({TREES_RELPATH}), so the totals' systematic SD (the "
+                "conversion factors' shared error) is not computed: its columns are empty",
+                code="no_tree_table",
+                values={"trees": TREES_RELPATH},
+            ),
             stacklevel=3,
         )
         return None
