@@ -254,17 +254,9 @@ def _qa(
         return sum(int(str(c.get(k, 0))) for c in chunks)
 
     normalised = [c["chunk"] for c in chunks if c.get("input_normalised")]
-    skipped = "; skipped (stages.lidar.allow_skipped_tiles)"
-    messages = [t.error + skipped for t in tiles if t.status == "empty"]
-    messages += [f"{name}: failed: {msg}{skipped}" for name, msg in sorted(failures.items())]
-    messages += [t.error + skipped for t in tiles if t.status == "failed"]
-    if normalised:
-        messages.append(
-            f"chunks {', '.join(map(str, normalised))}: the input is already height-normalised "
-            f"(ground returns at 0 m); normalisation skipped and no DTM produced there, so "
-            f"{LIDAR_DTM_RELPATH} is NaN on them (take the terrain from the provider's DTM; "
-            f"if the heights are elevations, set stages.lidar.normalised_input: no)"
-        )
+    skipped = [t.error for t in tiles if t.status == "empty"]
+    skipped += [f"{name}: failed: {msg}" for name, msg in sorted(failures.items())]
+    skipped += [t.error for t in tiles if t.status == "failed"]
     n_out = total("n_points_out")
     return {
         "n_tiles": len(tiles),
@@ -285,6 +277,7 @@ def _qa(
         "share_heights_below_tolerance": (total("n_below_tolerance") / n_out) if n_out else 0.0,
         "negative_tolerance_m": settings.negative_tolerance_m,
         "normalised_input_chunks": normalised,
+        "skipped_tiles": skipped,
         "ground_source": sorted({str(c["ground_source"]) for c in chunks}),
         "chm_max_m": float(np.nanmax(chm)) if np.isfinite(chm).any() else None,
         "chm_min_m": float(np.nanmin(chm)) if np.isfinite(chm).any() else None,
@@ -295,7 +288,6 @@ def _qa(
         ),
         "chunk_side_m": settings.chunk_size_m,
         "buffer_m": settings.buffer_m,
-        "messages": messages,
         "chunks": chunks,
     }
 
@@ -335,10 +327,14 @@ def refuse_skips(problems: list[str], params: LidarParams) -> None:
     if not problems:
         return
     if params.allow_skipped_tiles:
+        listing = "; ".join(problems)
         warnings.warn(
-            f"lidar: {len(problems)} LiDAR tile(s) will be skipped "
-            f"(stages.lidar.allow_skipped_tiles): {'; '.join(problems)}",
-            PipelineWarning,
+            PipelineWarning(
+                f"lidar: {len(problems)} LiDAR tile(s) will be skipped "
+                f"(stages.lidar.allow_skipped_tiles): {listing}",
+                code="lidar_tiles_to_skip",
+                values={"n": len(problems), "problems": listing},
+            ),
             stacklevel=2,
         )
     else:
@@ -348,20 +344,56 @@ def refuse_skips(problems: list[str], params: LidarParams) -> None:
         )
 
 
-def _implausible_canopy(chm: np.ndarray, max_m: float) -> list[str]:
-    """A message when the canopy is implausibly tall (Z in feet read as metres?)."""
+def warn_qa(qa: dict[str, Any], chm: np.ndarray, max_m: float, label: str) -> list[str]:
+    """Warn, each with its code and ``label`` first, what the QA of a flight found that the
+    user must know (its tiles skipped, chunks already height-normalised, a canopy
+    implausibly tall: Z in feet read as metres?), and return the messages (``qa.json``'s
+    ``messages``, without the label)."""
+    said = []
+    for problem in qa["skipped_tiles"]:
+        said.append(f"{problem}; skipped (stages.lidar.allow_skipped_tiles)")
+        warnings.warn(
+            PipelineWarning(
+                f"{label}: {said[-1]}",
+                code="lidar_tile_skipped",
+                values={"label": label, "problem": problem},
+            ),
+            stacklevel=3,
+        )
+    if qa["normalised_input_chunks"]:
+        chunks = ", ".join(map(str, qa["normalised_input_chunks"]))
+        said.append(
+            f"chunks {chunks}: the input is already height-normalised (ground returns at "
+            f"0 m); normalisation skipped and no DTM produced there, so {LIDAR_DTM_RELPATH} is "
+            "NaN on them (take the terrain from the provider's DTM; if the heights are "
+            "elevations, set stages.lidar.normalised_input: no)"
+        )
+        warnings.warn(
+            PipelineWarning(
+                f"{label}: {said[-1]}",
+                code="lidar_input_normalised",
+                values={"label": label, "chunks": chunks, "dtm": LIDAR_DTM_RELPATH},
+            ),
+            stacklevel=3,
+        )
     heights = chm[np.isfinite(chm)]
-    if heights.size == 0:
-        return []
-    p99 = float(np.percentile(heights, 99))
-    if p99 <= max_m:
-        return []
-    return [
-        f"the canopy is implausibly tall: 99th percentile of the CHM {p99:.1f} m, above "
-        f"stages.lidar.max_canopy_height_m = {max_m:g} m; are the Z values in feet (US survey "
-        "feet read as metres give 3.28 times the height)? Check the header's vertical unit "
-        "and convert Z to metres"
-    ]
+    p99 = float(np.percentile(heights, 99)) if heights.size else 0.0
+    if p99 > max_m:
+        said.append(
+            f"the canopy is implausibly tall: 99th percentile of the CHM {p99:.1f} m, above "
+            f"stages.lidar.max_canopy_height_m = {max_m:g} m; are the Z values in feet (US "
+            "survey feet read as metres give 3.28 times the height)? Check the header's "
+            "vertical unit and convert Z to metres"
+        )
+        warnings.warn(
+            PipelineWarning(
+                f"{label}: {said[-1]}",
+                code="lidar_canopy_implausible",
+                values={"label": label, "p99": f"{p99:.1f}", "max_m": f"{max_m:g}"},
+            ),
+            stacklevel=3,
+        )
+    return said
 
 
 def run_lidar(
@@ -391,9 +423,7 @@ def run_lidar(
             "every LiDAR tile failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items())
         )
     qa = _qa(index, results, failures, settings, chm)
-    qa["messages"] += _implausible_canopy(chm, job.params.max_canopy_height_m)
-    for message in qa["messages"]:
-        warnings.warn(f"{label}: {message}", PipelineWarning, stacklevel=2)
+    qa["messages"] = warn_qa(qa, chm, job.params.max_canopy_height_m, label)
     units = [BAND_UNITS[b] for b in BAND_NAMES]
     return {
         LIDAR_DTM_RELPATH: _dataarray(

@@ -184,20 +184,36 @@ def map_coverage(stack: xr.DataArray, *, mapper: BiomassMapper, epoch: str) -> d
     }
 
 
-def coverage_warning(epoch: str, coverage: Mapping[str, Any]) -> str | None:
-    """The warning of :func:`predict` for one epoch's :func:`map_coverage`, or ``None``
-    when every cell got a value from one of the main models."""
+def warn_coverage(epoch: str, coverage: Mapping[str, Any]) -> None:
+    """Warn (:func:`predict`) of one epoch's :func:`map_coverage` when a cell took the
+    common-band model or has no value."""
     by = coverage["by_model_source"]
     common, none = by[str(SOURCE_SATELLITE_COMMON)], by[str(SOURCE_NONE)]
     if not common["cells"] and not none["cells"]:
-        return None
-    return (
-        f"predict: epoch {epoch}: of {coverage['cells']:,} {coverage['cells_are']} cells, "
-        f"{common['cells']:,} ({common['share']:.1%}) lack a Sentinel-2-only band (seen clear "
-        f"only by Landsat) and are mapped by the common-band model (model_source "
-        f"{SOURCE_SATELLITE_COMMON}); {none['cells']:,} ({none['share']:.1%}) have no value "
-        f"(no clear observation, or a predictor missing; model_source {SOURCE_NONE}). See "
-        f"{MAP_COVERAGE_RELPATH}."
+        return
+    cells, n_common, n_none = (
+        f"{n:,}" for n in (coverage["cells"], common["cells"], none["cells"])
+    )
+    common_share, none_share = f"{common['share']:.1%}", f"{none['share']:.1%}"
+    warnings.warn(
+        PipelineWarning(
+            f"predict: epoch {epoch}: of {cells} {coverage['cells_are']} cells, {n_common} "
+            f"({common_share}) lack a Sentinel-2-only band (seen clear only by Landsat) and are "
+            f"mapped by the common-band model (model_source {SOURCE_SATELLITE_COMMON}); "
+            f"{n_none} ({none_share}) have no value (no clear observation, or a predictor "
+            f"missing; model_source {SOURCE_NONE}). See {MAP_COVERAGE_RELPATH}.",
+            code="map_cells_fallback_or_empty",
+            values={
+                "epoch": epoch,
+                "cells": cells,
+                "common": n_common,
+                "common_share": common_share,
+                "none": n_none,
+                "none_share": none_share,
+                "coverage": MAP_COVERAGE_RELPATH,
+            },
+        ),
+        stacklevel=3,
     )
 
 
@@ -284,9 +300,7 @@ def predict(
         )
         out.update({map_relpath(k, e): v for k, v in maps.items()})
         coverage[e] = map_coverage(stack, mapper=mapper, epoch=e)
-        message = coverage_warning(e, coverage[e])
-        if message is not None:
-            warnings.warn(message, PipelineWarning, stacklevel=2)
+        warn_coverage(e, coverage[e])
     out[MAP_COVERAGE_RELPATH] = {
         "epochs": coverage,
         "model_source": {str(c): n for c, n in SOURCE_NAMES.items()},
