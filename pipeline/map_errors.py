@@ -2,13 +2,14 @@
 
 A parcel's SD needs the correlation of the map's errors between the parcel's pixels
 (:mod:`models.spatial_error`). The run has dense evidence of it in one place: inside the
-LiDAR cover at the LiDAR epoch the map is the LiDAR model's, and the satellite model,
-which maps everywhere else, can be applied there too. Their difference, standardised by
-the SD of a difference of two independent estimates,
+first LiDAR flight at its epoch both the LiDAR model and the satellite model, which maps
+everywhere else, can be applied. Their difference, standardised by the SD of a
+difference of two independent estimates,
 
     z = (AGB_satellite - AGB_LiDAR) / sqrt(sd_satellite^2 + sd_LiDAR^2)
 
-(the support SDs, band ``agb_sd_support``), is a dense field of map residuals. Their
+(the models' SDs at the plot-sized window, the maps' ``agb_sd_support``), is a dense
+field of map residuals. Their
 empirical correlogram over pairs of cells *in the same parcel* (a parcel's variance
 involves no other pairs, and a stand's pixels share errors beyond what their distance
 says) is fitted with the nugget + exponential + shared form of
@@ -53,7 +54,7 @@ import pandas as pd
 import xarray as xr
 from rasterio.transform import rowcol
 
-from models.biomass import SOURCE_LIDAR
+from models.biomass import SOURCE_BASELINE, SOURCE_NONE
 from models.datafiles import data_yaml
 from models.errors import ModelDomainError
 from models.spatial_error import (
@@ -64,6 +65,7 @@ from models.spatial_error import (
 )
 from models.variance_components import one_way_components
 from pipeline.contracts import (
+    LIDAR_METRICS_RELPATH,
     MODELS_RELPATH,
     TERRAIN_RELPATH,
     load_models,
@@ -71,15 +73,13 @@ from pipeline.contracts import (
     open_raster,
 )
 from pipeline.errors import InputDataError
-from pipeline.features import grid_extent, parcel_index, terrain_features
-from pipeline.samples import bundle_class_layers, epoch_stack
+from pipeline.features import grid_extent, parcel_index, terrain_features, with_band_names
+from pipeline.samples import bundle_class_layers, epoch_stack, lidar_cover
 from pipeline.sink import as_band, named_band
 from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
 
 #: band of the predict stage's quality raster with the model that mapped a cell
 MODEL_SOURCE_BAND = "model_source"
-#: band of the predict stage's AGB SD raster with the window estimate's own error
-AGB_SUPPORT_SD_BAND = "agb_sd_support"
 
 
 def lidar_residuals(
@@ -87,34 +87,41 @@ def lidar_residuals(
     *,
     composites: Mapping[str, xr.DataArray],
     terrain: xr.DataArray,
-    agb: Mapping[str, xr.DataArray],
-    agb_sd: Mapping[str, xr.DataArray],
+    lidar_metrics: xr.DataArray | Path,
     quality: Mapping[str, xr.DataArray],
     parcels: gpd.GeoDataFrame,
 ) -> tuple[np.ndarray, np.ndarray, float, str] | str:
-    """Standardised satellite-minus-LiDAR residuals on the LiDAR-mapped cells' bounding
-    box (NaN elsewhere), the parcel of each of its cells (1 + row of ``parcels``, 0 in
-    none; by cell centre), the cell size (m) and the LiDAR epoch; or why there are none.
+    """Standardised satellite-minus-LiDAR residuals on the bounding box of the mapped cells
+    the first LiDAR flight covers (NaN elsewhere), the parcel of each of its cells (1 + row
+    of ``parcels``, 0 in none; by cell centre), the cell size (m) and the LiDAR epoch; or
+    why there are none.
 
-    ``composites``, ``agb``, ``agb_sd`` and ``quality`` hold each epoch's composite and
-    predict-stage maps; only the LiDAR epoch's are read.
+    Both models are applied here to the flight's epoch, as the predict stage applies them
+    (the satellite model to the stack without LiDAR, the LiDAR model to the stack with the
+    flight's metrics): the maps themselves take the LiDAR model only where every epoch was
+    flown (:func:`pipeline.samples.joint_cover`), and the satellite model's errors are to
+    be measured over the whole flight. ``quality`` holds each epoch's quality raster; the
+    LiDAR epoch's marks the cells a model maps (forest land with a clear observation, not
+    the baseline stock of land not yet forest).
     """
     bundle = load_models(models)
     mapper = bundle["mapper"]
     epoch = mapper.lidar_epoch
     if mapper.lidar is None or epoch is None:
         return f"{MODELS_RELPATH} has no LiDAR model"
-    given = {"composite": composites, "agb": agb, "agb_sd": agb_sd, "quality": quality}
-    missing = [name for name, maps in given.items() if epoch not in maps]
-    if missing:
-        raise InputDataError(f"no {missing} map of the LiDAR epoch {epoch} for the error model")
+    if epoch not in composites or epoch not in quality:
+        raise InputDataError(f"no composite or quality map of the LiDAR epoch {epoch}")
     src_name = map_relpath("quality", epoch)
     source = as_band(named_band(quality[epoch], MODEL_SOURCE_BAND, source=src_name), name=src_name)
-    lidar_cells = np.asarray(source.values) == SOURCE_LIDAR
+    metrics = with_band_names(open_raster(lidar_metrics), source=LIDAR_METRICS_RELPATH)
+    flown = lidar_cover(metrics, min_fraction=mapper.lidar_min_fraction)
+    # the cells a model maps (not those without a value, nor the baseline stock of land
+    # not yet forest, which no model predicts)
+    cells = flown & ~np.isin(np.asarray(source.values), (SOURCE_NONE, SOURCE_BASELINE))
     least = int(data_yaml("model_rules.yaml")["map_errors"]["min_cells"])
-    if lidar_cells.sum() < least:
-        return f"{int(lidar_cells.sum())} LiDAR-mapped cells at {epoch}, fewer than {least}"
-    rows, cols = np.flatnonzero(lidar_cells.any(axis=1)), np.flatnonzero(lidar_cells.any(axis=0))
+    if cells.sum() < least:
+        return f"{int(cells.sum())} mapped cells in the LiDAR flight of {epoch}, fewer than {least}"
+    rows, cols = np.flatnonzero(cells.any(axis=1)), np.flatnonzero(cells.any(axis=0))
     box = {"y": slice(rows[0], rows[-1] + 1), "x": slice(cols[0], cols[-1] + 1)}
     # predictors on the box plus the moving window's reach (the window means inside the
     # box are then the predict stage's), not on the whole grid
@@ -127,25 +134,22 @@ def lidar_residuals(
     }
     terr = terrain_features(open_raster(terrain).isel(padded), source=TERRAIN_RELPATH)
     classes = bundle_class_layers(bundle, parcels, terr)
-    # the predict stage's stack without LiDAR: the satellite model's prediction, as it
-    # maps every cell outside the cover
     stack = epoch_stack(
-        open_raster(composites[epoch]).isel(padded), terr, None, epoch=epoch,
+        open_raster(composites[epoch]).isel(padded), terr, metrics.isel(padded), epoch=epoch,
         support_px=bundle["support_px"], classes=classes,
     ).isel(inner)  # fmt: skip
     names = [str(b) for b in stack["band"].to_numpy()]
     values = np.asarray(stack.values, dtype=np.float64)
     nb, ny, nx = values.shape
     table = pd.DataFrame(values.reshape(nb, -1).T, columns=names)
-    satellite, _ = mapper.predict(table, epoch=epoch)
-    sd_name = map_relpath("agb_sd", epoch)
-    lid = np.asarray(as_band(agb[epoch], name=map_relpath("agb", epoch)).isel(box).values)
-    lid_sd = as_band(named_band(agb_sd[epoch], AGB_SUPPORT_SD_BAND, source=sd_name), name=sd_name)
-    lid_s = np.asarray(lid_sd.isel(box).values, dtype=np.float64)
+    # without the cover band the rule picks the satellite models, as outside the cover
+    satellite, _ = mapper.predict(table.drop(columns="lidar_fraction"), epoch=epoch)
+    lidar = mapper.lidar.predict(table)
     sat, sat_s = satellite.mean.reshape(ny, nx), satellite.sd.reshape(ny, nx)
+    lid, lid_s = lidar.mean.reshape(ny, nx), lidar.sd.reshape(ny, nx)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (sat - lid) / np.hypot(sat_s, lid_s)
-    z = np.where(lidar_cells[box["y"], box["x"]], z, np.nan)
+    z = np.where(cells[box["y"], box["x"]], z, np.nan)
     z[~np.isfinite(z)] = np.nan
     labels = parcel_index(parcels, source)[box["y"], box["x"]]
     _, _, _, _, cell_m, _ = grid_extent(source)

@@ -10,6 +10,7 @@ support), and fails with :class:`~pipeline.errors.ScienceDomainError` where it c
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
@@ -45,12 +46,14 @@ from pipeline.contracts import (
     PLOT_BIOMASS_RELPATH,
     fold_map_column,
 )
-from pipeline.errors import ConfigError, InputDataError, ScienceDomainError
+from pipeline.errors import ConfigError, InputDataError, PipelineWarning, ScienceDomainError
 from pipeline.features import focal_mean, grid_extent
 from pipeline.samples import (
     FOREST_BAND,
     block_table,
+    joint_cover,
     land_use_cells,
+    lidar_cover,
     sampled_cells,
     upscaling_cells,
 )
@@ -71,12 +74,12 @@ def lidar_model(
     card: dict[str, Any],
 ) -> tuple[FittedModel | None, pd.DataFrame]:
     """The plot->LiDAR model, fitted on the plot-epochs of the LiDAR ``epochs`` inside that
-    epoch's flight (``lidar_fraction`` of the epoch) when there are ``model.min_lidar_plots``
+    epoch's flight (``lidar_flight_fraction``) when there are ``model.min_lidar_plots``
     of them, and those plot-epochs (recorded in ``card``, by epoch)."""
     plots = table.loc[
         (
             table["epoch"].isin(epochs)
-            & (table["lidar_fraction"].fillna(0) >= p.lidar_min_fraction)
+            & (table["lidar_flight_fraction"].fillna(0) >= p.lidar_min_fraction)
             & table[features].notna().all(axis=1)
             & np.isfinite(table["agb_mg_ha"])
         ).to_numpy()
@@ -95,6 +98,38 @@ def lidar_model(
         raise ScienceDomainError(f"LiDAR model: {err}") from None
     card["lidar_model"] = fitted.card
     return fitted, plots
+
+
+def warn_flown_once(
+    lidars: Mapping[str, xr.DataArray], epochs: Sequence[str], min_fraction: float
+) -> dict[str, Any]:
+    """Count the cells the first flight covers and those every epoch's flight covers (the
+    maps' LiDAR cells, :func:`pipeline.samples.joint_cover`), and warn when the first
+    flight covers cells the maps then give to the satellite model."""
+    first = lidar_cover(next(iter(lidars.values())), min_fraction=min_fraction)
+    joint = joint_cover(lidars, epochs)
+    every = lidar_cover(next(iter(joint.values())), min_fraction=min_fraction) if joint else None
+    n_first, n_every = int(first.sum()), 0 if every is None else int(every.sum())
+    if n_every < n_first:
+        unflown = ", ".join(e for e in epochs if e not in lidars) or "none"
+        warnings.warn(
+            PipelineWarning(
+                f"model: {n_first - n_every:,} of the {n_first:,} cells of the first LiDAR "
+                f"flight were not flown at every epoch of the run (epochs without a flight: "
+                f"{unflown}); the satellite model maps them at every epoch, so that no cell's "
+                "change mixes two models (docs/lidar.md); the LiDAR model maps "
+                f"{n_every:,} cells",
+                code="lidar_cells_flown_once",
+                values={
+                    "once": f"{n_first - n_every:,}",
+                    "first": f"{n_first:,}",
+                    "unflown": unflown,
+                    "every": f"{n_every:,}",
+                },
+            ),
+            stacklevel=2,
+        )
+    return {"first_flight": n_first, "every_epoch": n_every}
 
 
 def upscaling_sample(

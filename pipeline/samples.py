@@ -151,9 +151,11 @@ def plot_table(
     """Field AGB and predictors per plot and epoch (epochs: ``sat_stacks``' keys).
 
     The satellite features' ``valid_fraction`` becomes ``sat_valid_fraction``; the LiDAR
-    metrics ``lidar_features`` and ``lidar_fraction`` of each epoch with a flight
-    (``lidar``: metrics by epoch, :func:`pipeline.contracts.lidar_by_epoch`) are joined at
-    that epoch.
+    metrics ``lidar_features`` of each epoch with a flight (``lidar``: metrics by epoch,
+    :func:`pipeline.contracts.lidar_by_epoch`) are joined at that epoch, with the share of
+    the plot that flight covers as ``lidar_flight_fraction`` (the LiDAR model's training
+    plots) and the share every epoch's flight covers as ``lidar_fraction``
+    (:func:`joint_cover`: where the maps take the LiDAR model).
 
     Raises
     ------
@@ -174,7 +176,15 @@ def plot_table(
         lt = plot_features(metrics.sel(band=[*lidar_features, "lidar_fraction"]), plot_locations)
         flights.append(lt.drop(columns=["x_m", "y_m", "valid_fraction"]).assign(epoch=epoch))
     if flights:
-        feats = feats.merge(pd.concat(flights), on=["plot_id", "epoch"], how="left")
+        own = pd.concat(flights).rename(columns={"lidar_fraction": "lidar_flight_fraction"})
+        feats = feats.merge(own, on=["plot_id", "epoch"], how="left")
+        every = (
+            own.pivot(index="plot_id", columns="epoch", values="lidar_flight_fraction")
+            .reindex(columns=list(sat_stacks))
+            .fillna(0.0)
+            .min(axis=1)
+        )
+        feats["lidar_fraction"] = feats["plot_id"].map(every).fillna(0.0).to_numpy()
     keep_cols = [
         c for c in ("plot_id", "epoch", "agb_mg_ha", "agb_sd_mg_ha") if c in biomass.columns
     ]
@@ -412,6 +422,30 @@ def block_table(block: np.ndarray, *, names: Sequence[str]) -> tuple[pd.DataFram
     return table, baseline
 
 
+def joint_cover(
+    lidars: Mapping[str, xr.DataArray], epochs: Sequence[str]
+) -> dict[str, xr.DataArray]:
+    """The flights' metrics for the maps: each with its ``lidar_fraction`` replaced by the
+    share of the cell that every epoch's flight covers (the least of their fractions), or
+    none at all when an epoch of the run has no flight.
+
+    The maps take the LiDAR model at a cell only where every epoch was flown, so that a
+    cell's change always comes from one model: a change from the LiDAR model at one epoch
+    and the satellite model at the other holds the difference of their biases (time-series
+    consistency, IPCC 2006 Guidelines Vol. 1 Ch. 5; docs/lidar.md gives the demo's figures).
+    """
+    if not lidars or any(e not in lidars for e in epochs):
+        return {}
+    fractions = [lidars[e].sel(band="lidar_fraction").drop_vars("band") for e in epochs]
+    every = xr.concat(fractions, dim="flight").min(dim="flight", skipna=False)
+    out = {}
+    for e in epochs:
+        m = lidars[e]
+        rest = m.sel(band=[b for b in m["band"].to_numpy() if b != "lidar_fraction"])
+        out[e] = xr.concat([rest, every.expand_dims(band=["lidar_fraction"])], dim="band")
+    return out
+
+
 def predictor_stacks(
     bundle: Mapping[str, Any],
     *,
@@ -432,8 +466,9 @@ def predictor_stacks(
     lidars: dict[str, xr.DataArray] = {}
     if lidar_metrics is not None and mapper.lidar is not None:
         repeat = {e: m for e, m in (lidar_repeat or {}).items() if e in mapper.lidar_epochs}
-        lidars = lidar_by_epoch(
-            lidar_metrics, repeat, epochs=epochs, lidar_epoch=mapper.lidar_epoch
+        lidars = joint_cover(
+            lidar_by_epoch(lidar_metrics, repeat, epochs=epochs, lidar_epoch=mapper.lidar_epoch),
+            epochs,
         )
     # one grid for every epoch: the mask is rasterised once, and again for an epoch at
     # which some forest-land parcels were not forest yet (the model stage's judgement)

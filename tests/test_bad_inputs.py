@@ -350,11 +350,12 @@ def all_noise(las: laspy.LasData) -> laspy.LasData:
 
 
 def tiles_table_says(name: str, status: str) -> Callable[[Path], None]:
-    """``lidar/tiles.csv`` gives tile ``name`` the ``status``."""
+    """``lidar/tiles.csv`` gives tile ``name`` of the first flight the ``status``."""
 
     def then(run: Path) -> None:
-        tiles = pd.read_csv(run / LIDAR_TILES_RELPATH).set_index("name")
-        assert tiles.loc[name, "status"] == status, tiles
+        tiles = pd.read_csv(run / LIDAR_TILES_RELPATH, dtype={"epoch": str})
+        first = tiles[tiles["epoch"] == tiles["epoch"].iloc[0]].set_index("name")
+        assert first.loc[name, "status"] == status, tiles
 
     return then
 

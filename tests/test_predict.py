@@ -47,7 +47,7 @@ from pipeline.contracts import (
     load_models,
     map_relpath,
 )
-from pipeline.errors import InputDataError
+from pipeline.errors import InputDataError, PipelineWarning
 from pipeline.features import terrain_features
 from pipeline.map_errors import lidar_residuals
 from pipeline.parcel_sums import parcel_sink_table
@@ -156,6 +156,8 @@ def scene() -> dict[str, object]:
         "composites": comps,
         "terrain": terrain,
         "lidar_metrics": lidar,
+        # the same half flown again at the last epoch (the scene does not change)
+        "lidar_repeat": {"2024": lidar},
     }
     out = model(job, **inputs)
     return {"land": land, "job": job, "inputs": inputs, "out": out}
@@ -190,8 +192,13 @@ def test_model_stage_outputs_and_card(scene: dict) -> None:
     assert len(card["satellite_model"]["cv_predictions"]) == 2 * 90
     table = out[PLOT_FEATURES_RELPATH]
     assert {"ndvi", "northness", "h_mean", "lidar_fraction", "agb_mg_ha"} <= set(table.columns)
-    # LiDAR metrics only for the LiDAR epoch, and only inside the cover
-    assert table.loc[table["epoch"] == "2024", "h_mean"].isna().all()
+    # LiDAR metrics at both flights' epochs, only inside the cover; the plots of both
+    # train the LiDAR model
+    share = table["lidar_flight_fraction"]
+    assert table.loc[share == 0, "h_mean"].isna().all()
+    assert table.loc[share >= 0.95, "h_mean"].notna().all()
+    by_epoch = card["lidar_plots_by_epoch"]
+    assert by_epoch["2019"] == by_epoch["2024"] == card["lidar_plots"] / 2 > 20
     pb = scene["inputs"]["plot_biomass"]
     conv = card["conversion"]
     assert conv["root_to_shoot"] == pytest.approx(pb["bgb_mg_ha"].sum() / pb["agb_mg_ha"].sum())
@@ -204,24 +211,18 @@ def test_model_stage_outputs_and_card(scene: dict) -> None:
 def maps(scene: dict) -> dict[str, xr.DataArray]:
     pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
     inp = scene["inputs"]
-    return predict(
-        pjob,
-        models=scene["out"][MODELS_RELPATH],
-        composites=inp["composites"],
-        terrain=inp["terrain"],
-        lidar_metrics=inp["lidar_metrics"],
-    )
+    return predict(pjob, models=scene["out"][MODELS_RELPATH], **inp_maps(inp))
 
 
 def test_predict_outputs_are_lazy_with_crs_and_model_source(maps: dict) -> None:
     names = {"agb", "agb_sd", "agb_interval", "carbon", "carbon_sd", "co2e", "quality"}
     assert set(maps) == {map_relpath(n, e) for n in names for e in EPOCHS} | {MAP_COVERAGE_RELPATH}
-    # no parcel layer: every cell counts; 2019 half LiDAR, half satellite, 2024 satellite
+    # no parcel layer: every cell counts; half LiDAR (flown at both epochs), half satellite
     cov = maps[MAP_COVERAGE_RELPATH]["epochs"]
     assert cov["2019"]["cells"] == N * N and cov["2019"]["cells_are"] == "all cells"
     by19, by24 = cov["2019"]["by_model_source"], cov["2024"]["by_model_source"]
     assert by19[str(SOURCE_LIDAR)]["cells"] == by19[str(SOURCE_SATELLITE_UPSCALED)]["cells"]
-    assert by24[str(SOURCE_SATELLITE_UPSCALED)]["share"] == 1.0
+    assert by24[str(SOURCE_LIDAR)]["cells"] == by24[str(SOURCE_SATELLITE_UPSCALED)]["cells"]
     assert by24[str(SOURCE_NONE)]["cells"] == by24[str(SOURCE_SATELLITE_COMMON)]["cells"] == 0
     agb = maps[map_relpath("agb", "2019")]
     assert agb.chunks is not None and agb.rio.crs.to_string() == CRS
@@ -233,7 +234,7 @@ def test_predict_outputs_are_lazy_with_crs_and_model_source(maps: dict) -> None:
     assert (src[:, N // 2 :] == SOURCE_SATELLITE_UPSCALED).all()
     assert (q19.sel(band="n_valid").to_numpy() == 12).all()
     q24 = maps[map_relpath("quality", "2024")].sel(band="model_source").compute().to_numpy()
-    assert (q24 == SOURCE_SATELLITE_UPSCALED).all()
+    np.testing.assert_array_equal(q24, src)
     good = q19.sel(band="good").to_numpy()
     sd = maps[map_relpath("agb_sd", "2019")].compute()
     assert list(sd["band"].to_numpy()) == ["agb_sd", "agb_sd_support"]
@@ -444,6 +445,7 @@ def test_maps_do_not_depend_on_chunking(scene: dict, maps: dict, chunk_px: int) 
         composites={e: rechunk(c) for e, c in inp["composites"].items()},
         terrain=rechunk(inp["terrain"]),
         lidar_metrics=rechunk(inp["lidar_metrics"]),
+        lidar_repeat={e: rechunk(m) for e, m in inp["lidar_repeat"].items()},
     )
     assert out[map_relpath("agb", "2019")].chunks[1][0] == chunk_px
     for key in (
@@ -455,7 +457,7 @@ def test_maps_do_not_depend_on_chunking(scene: dict, maps: dict, chunk_px: int) 
 
 
 def test_without_lidar_the_satellite_model_learns_from_plots(scene: dict) -> None:
-    inp = {k: v for k, v in scene["inputs"].items() if k != "lidar_metrics"}
+    inp = {k: v for k, v in scene["inputs"].items() if k not in ("lidar_metrics", "lidar_repeat")}
     job = scene["job"]
     params = job.params.model_copy(update={"satellite_training": "auto"})
     out = model(dataclasses.replace(job, params=params), **inp)
@@ -477,7 +479,7 @@ def test_monitoring_plots_calibrate_the_sds_and_leave_the_maps_alone(scene: dict
     # 30 of the 90 plots are a project's monitoring sample: the model stage trains on the
     # other 60 exactly as if the 30 were absent, and pools the final map's residuals at
     # them with the held-out residuals in the SD calibration and the epochs' correlation
-    inp = {k: v for k, v in scene["inputs"].items() if k != "lidar_metrics"}
+    inp = {k: v for k, v in scene["inputs"].items() if k not in ("lidar_metrics", "lidar_repeat")}
     job = scene["job"]
     job = dataclasses.replace(
         job, params=job.params.model_copy(update={"satellite_training": "plots"})
@@ -617,7 +619,7 @@ def test_parcels_judged_not_yet_forest_hold_the_baseline_stock_at_that_epoch(
 
 def inp_maps(inp: dict) -> dict:
     """The predictor inputs of ``predict`` from the scene's inputs."""
-    keys = ("composites", "terrain", "lidar_metrics")
+    keys = ("composites", "terrain", "lidar_metrics", "lidar_repeat")
     return {k: inp[k] for k in keys if k in inp}
 
 
@@ -639,24 +641,31 @@ def test_error_model_predicts_like_the_predict_stage_inside_the_cover(
     # the error model's satellite prediction there must equal it, residuals all zero
     inp = scene["inputs"]
     pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
-    satellite = predict(
-        pjob, models=scene["out"][MODELS_RELPATH], **{**inp_maps(inp), "lidar_metrics": None}
-    )
+    models = scene["out"][MODELS_RELPATH]
+    satellite = predict(pjob, models=models, **{**inp_maps(inp), "lidar_metrics": None})
     found = lidar_residuals(
-        scene["out"][MODELS_RELPATH],
+        models,
         composites=inp["composites"],
         terrain=inp["terrain"],
-        agb={e: satellite[map_relpath("agb", e)] for e in EPOCHS},
-        agb_sd={e: satellite[map_relpath("agb_sd", e)] for e in EPOCHS},
+        lidar_metrics=inp["lidar_metrics"],
         quality={e: maps[map_relpath("quality", e)] for e in EPOCHS},
         parcels=strips(inp, 4),
     )
     assert not isinstance(found, str)
     z, labels, cell_m, epoch = found
-    lidar_cells = maps[map_relpath("quality", "2019")].sel(band="model_source").to_numpy() == 1
     assert epoch == "2019" and cell_m == RES and z.shape == (N, N // 2)
-    assert np.isfinite(z).sum() == lidar_cells.sum() > 1000
-    assert np.nanmax(np.abs(z)) < 1e-4
+    # the residuals are the satellite map minus the LiDAR map (as the predict stage maps
+    # the flown half), over the SD of their difference
+    lidar_cells = maps[map_relpath("quality", "2019")].sel(band="model_source").to_numpy() == 1
+    assert np.isfinite(z).sum() == lidar_cells.sum() == N * N // 2
+
+    def support(out: dict, name: str) -> np.ndarray:
+        da = out[map_relpath(name, "2019")]
+        return (da.sel(band="agb_sd_support") if name == "agb_sd" else da[0]).to_numpy()
+
+    sat, lid = support(satellite, "agb"), support(maps, "agb")
+    expected = (sat - lid) / np.hypot(support(satellite, "agb_sd"), support(maps, "agb_sd"))
+    np.testing.assert_allclose(z, expected[:, : N // 2], rtol=1e-4, atol=1e-4)
     assert set(np.unique(labels)) == {1, 2}  # the two strips of the LiDAR half
 
 
@@ -685,8 +694,7 @@ def test_parcels_stage_fits_the_error_model_inside_the_lidar_cover(scene: dict, 
         models=scene["out"][MODELS_RELPATH],
         composites=inp["composites"],
         terrain=inp["terrain"],
-        agb_maps={e: maps[map_relpath("agb", e)] for e in EPOCHS},
-        agb_sd_maps={e: maps[map_relpath("agb_sd", e)] for e in EPOCHS},
+        lidar_metrics=inp["lidar_metrics"],
         quality_maps={e: maps[map_relpath("quality", e)] for e in EPOCHS},
     )
     record = out[ERROR_CORRELOGRAM_RELPATH]
@@ -734,8 +742,7 @@ def test_parcels_stage_takes_the_shared_parts_from_the_monitoring_plots(
         "models": scene["out"][MODELS_RELPATH],
         "composites": inp["composites"],
         "terrain": inp["terrain"],
-        "agb_maps": {e: maps[map_relpath("agb", e)] for e in EPOCHS},
-        "agb_sd_maps": {e: maps[map_relpath("agb_sd", e)] for e in EPOCHS},
+        "lidar_metrics": inp["lidar_metrics"],
         "quality_maps": {e: maps[map_relpath("quality", e)] for e in EPOCHS},
     }
     out = parcels_stage(job, **common, plot_locations=plots, plot_biomass=biomass)
@@ -765,7 +772,7 @@ def test_parcels_stage_takes_the_shared_parts_from_the_monitoring_plots(
 def test_cells_seen_only_by_landsat_take_the_common_band_model(scene: dict) -> None:
     # a red-edge band (Sentinel-2 only) that carries signal; in a block of cells the
     # season was clear only in Landsat scenes: no red edge, no NDRE, the rest present
-    inp = {k: v for k, v in scene["inputs"].items() if k != "lidar_metrics"}
+    inp = {k: v for k, v in scene["inputs"].items() if k not in ("lidar_metrics", "lidar_repeat")}
     land = scene["land"]
     rng = np.random.default_rng(3)
     gap = np.zeros((N, N), dtype=bool)
@@ -818,10 +825,9 @@ def test_cells_seen_only_by_landsat_take_the_common_band_model(scene: dict) -> N
     assert np.isnan(b[gap]).all()
 
 
-def test_repeat_flight_plots_join_the_lidar_model_which_maps_its_cover_at_its_epoch(
-    scene: dict,
-) -> None:
-    # the north-west quarter flown again in 2024 (the scene's AGB does not change)
+def test_the_maps_take_the_lidar_model_only_where_every_epoch_was_flown(scene: dict) -> None:
+    # the second flight covers only the north-west quarter of the first (the scene's AGB
+    # does not change)
     inp = scene["inputs"]
     first = inp["lidar_metrics"]
     frac = np.zeros((N, N))
@@ -829,9 +835,12 @@ def test_repeat_flight_plots_join_the_lidar_model_which_maps_its_cover_at_its_ep
     inside = xr.DataArray(frac > 0, dims=("y", "x"), coords={"y": first.y, "x": first.x})
     repeat = first.where(inside)
     repeat.loc[{"band": "lidar_fraction"}] = frac
-    out = model(scene["job"], **inp, lidar_repeat={"2024": repeat})
+    inp = {**inp, "lidar_repeat": {"2024": repeat}}
+    with pytest.warns(PipelineWarning, match="1,600 of the 3,200 cells of the first LiDAR"):
+        out = model(scene["job"], **inp)
     card = out[MODEL_CARD_RELPATH]
     assert card["lidar_repeat_epochs"] == ["2024"]
+    assert card["lidar_cells"] == {"first_flight": N * N // 2, "every_epoch": N * N // 4}
     # a plot is inside a flight when its 25.8 m square lies in the flown cells (the
     # square reaches 7.9 m into the next cell: at that edge the covered share is 0.69)
     plots = inp["plot_locations"].set_index("plot_id")
@@ -840,23 +849,25 @@ def test_repeat_flight_plots_join_the_lidar_model_which_maps_its_cover_at_its_ep
     in_first = set(plots.index[col <= N // 2 - 2])
     in_repeat = set(plots.index[(col <= N // 2 - 2) & (row <= N // 2 - 2)])
     assert card["lidar_plots_by_epoch"] == {"2019": len(in_first), "2024": len(in_repeat)}
-    assert (
-        card["lidar_plots"] == len(in_first) + len(in_repeat) > card["lidar_plots_by_epoch"]["2019"]
-    )
+    assert card["lidar_plots"] == len(in_first) + len(in_repeat)
     pjob = PredictJob(params=PredictParams(), epochs=EPOCHS, seed=7, crs=CRS)
-    maps = predict(pjob, models=out[MODELS_RELPATH], **inp_maps(inp), lidar_repeat={"2024": repeat})
+    maps = predict(pjob, models=out[MODELS_RELPATH], **inp_maps(inp))
     src = {e: maps[map_relpath("quality", e)].sel(band="model_source").to_numpy() for e in EPOCHS}
-    assert (src["2019"][:, : N // 2] == SOURCE_LIDAR).all()
-    assert (src["2024"][: N // 2, : N // 2] == SOURCE_LIDAR).all()
-    assert (src["2024"][N // 2 :, :] != SOURCE_LIDAR).all()
-    assert (src["2024"][:, N // 2 :] != SOURCE_LIDAR).all()
-    # where both epochs were flown the change is one model's, from the same metrics: 0
-    # (but on the repeat's last row, whose plot-sized window reaches cells not flown again)
+    # the LiDAR model maps the quarter flown twice, at both epochs, and nothing else: the
+    # rest of the first flight takes the satellite model at both epochs, so no cell's
+    # change mixes the two models
+    lidar = np.zeros((N, N), dtype=bool)
+    lidar[: N // 2, : N // 2] = True
+    for e in EPOCHS:
+        np.testing.assert_array_equal(src[e] == SOURCE_LIDAR, lidar)
+    # and the change of a cell flown twice is the one model's on the same metrics: 0 (but
+    # on the quarter's edge, whose plot-sized window reaches cells flown once)
     agb = {e: maps[map_relpath("agb", e)].to_numpy()[0] for e in EPOCHS}
-    both = (src["2019"] == SOURCE_LIDAR) & (src["2024"] == SOURCE_LIDAR)
-    assert both.sum() == (N // 2) ** 2
-    both[N // 2 - 1, :] = False
-    np.testing.assert_array_equal(agb["2024"][both], agb["2019"][both])
-    # where only 2019 was flown the change mixes the LiDAR and the satellite model
-    mixed = (src["2019"] == SOURCE_LIDAR) & (src["2024"] != SOURCE_LIDAR)
-    assert np.abs(agb["2024"][mixed] - agb["2019"][mixed]).mean() > 1.0
+    inner = lidar.copy()
+    inner[N // 2 - 1, :] = inner[:, N // 2 - 1] = False
+    np.testing.assert_array_equal(agb["2024"][inner], agb["2019"][inner])
+    # the plot table: the flight's own share trains, the share flown at every epoch maps
+    table = out[PLOT_FEATURES_RELPATH].set_index(["plot_id", "epoch"])
+    for pid in in_first - in_repeat:
+        assert table.loc[(pid, "2019"), "lidar_flight_fraction"] >= 0.95
+        assert table.loc[(pid, "2019"), "lidar_fraction"] < 0.95

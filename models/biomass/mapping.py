@@ -76,9 +76,9 @@ class BiomassMapper:
         Epoch of the LiDAR flight whose plots fitted the LiDAR model.
     lidar_repeat_epochs
         Epochs of repeat flights over the same area (their plots fitted the model too):
-        the LiDAR model maps a cell at any of these epochs where that epoch's flight
-        covers it, so a cell flown at both epochs of a change has its change from one
-        model.
+        the LiDAR model maps a row of any of these epochs whose ``lidar_fraction`` (the
+        caller's cover: the pipeline gives the share flown at every epoch of the run)
+        reaches ``lidar_min_fraction``.
     lidar_min_fraction
         Minimum LiDAR coverage fraction of a cell for the LiDAR model to be used there.
     cell_support
@@ -141,9 +141,10 @@ class BiomassMapper:
 
     def sources(self, table: pd.DataFrame, *, epoch: str) -> NDArray[np.uint8]:
         """The ``model_source`` code each row of ``table`` gets: the first model of LiDAR
-        (in the cover of the epoch's flight, ``lidar_fraction``), satellite, common-band
-        satellite whose predictors the row has, else :data:`SOURCE_NONE`. Decided by the
-        predictors alone, so that the share of each source is known without predicting."""
+        (at its epochs, where ``lidar_fraction`` reaches ``lidar_min_fraction``),
+        satellite, common-band satellite whose predictors the row has, else
+        :data:`SOURCE_NONE`. Decided by the predictors alone, so that the share of each
+        source is known without predicting."""
         source = np.full(len(table), SOURCE_NONE, dtype=np.uint8)
         if self.common is not None:
             source[_has(table, self.common.features)] = SOURCE_SATELLITE_COMMON

@@ -200,6 +200,8 @@ def model(
         lidar_model, lidar_plots = steps.lidar_model(
             table, tuple(lidars), lidar_feats, p, job.seed, card
         )
+    if lidar_model is not None:
+        card["lidar_cells"] = steps.warn_flown_once(lidars, job.epochs, p.lidar_min_fraction)
     training_squares = plot_locations[~plot_locations["plot_id"].isin(project_ids)]
     support_px = plot_support_px(training_squares, sat_stacks[job.epochs[0]])
     card["support_window_px"] = support_px

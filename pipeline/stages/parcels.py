@@ -74,13 +74,13 @@ Signatures
     ``parcels`` = ``config.sources.parcels`` and, when LiDAR tiles are configured,
     ``lidar_metrics`` = ``lidar/metrics.tif``; for the ``spatial`` aggregation also the
     predictor rasters (``composites.<epoch>``, ``terrain``), ``models`` =
-    ``model/models.pkl`` and every epoch's ``agb_maps``, ``agb_sd_maps`` and
-    ``quality_maps`` of the predict stage, and with ``sources.plot_locations`` that layer
-    (``plot_locations``) and ``plot_biomass`` = ``plots/plot_biomass.csv``.
+    ``model/models.pkl`` and every epoch's ``quality_maps`` of the predict stage, and with
+    ``sources.plot_locations`` that layer (``plot_locations``) and ``plot_biomass`` =
+    ``plots/plot_biomass.csv``.
 ``parcels_stage(job: SinkJob, *, parcels, carbon_start, carbon_end, carbon_sd_start,
 carbon_sd_end, quality_start, quality_end, lidar_metrics=None, model_card=None,
-models=None, composites=None, terrain=None, agb_maps=None, agb_sd_maps=None,
-quality_maps=None, plot_locations=None, plot_biomass=None) -> {relpath: table}``
+models=None, composites=None, terrain=None, quality_maps=None, plot_locations=None,
+plot_biomass=None) -> {relpath: table}``
     ``parcels/parcel_sink.gpkg`` (GeoDataFrame), ``parcels/parcel_sink.csv`` and
     ``parcels/error_correlogram.json`` (dict).
 
@@ -158,8 +158,6 @@ def parcels_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
             )
             out["models"] = layout.path(MODELS_RELPATH)
             for e in config.epochs:
-                out[f"agb_maps.{e.name}"] = layout.path(map_relpath("agb", e.name))
-                out[f"agb_sd_maps.{e.name}"] = layout.path(map_relpath("agb_sd", e.name))
                 out[f"quality_maps.{e.name}"] = layout.path(map_relpath("quality", e.name))
             if config.sources.plot_locations is not None:
                 # the parcel-shared part from the project's monitoring plots
@@ -185,8 +183,6 @@ def parcels_stage(
     models: Path | bytes | None = None,
     composites: Mapping[str, xr.DataArray] | None = None,
     terrain: xr.DataArray | None = None,
-    agb_maps: Mapping[str, xr.DataArray] | None = None,
-    agb_sd_maps: Mapping[str, xr.DataArray] | None = None,
     quality_maps: Mapping[str, xr.DataArray] | None = None,
     plot_locations: gpd.GeoDataFrame | None = None,
     plot_biomass: pd.DataFrame | None = None,
@@ -200,8 +196,7 @@ def parcels_stage(
         models=models,
         composites=composites,
         terrain=terrain,
-        agb_maps=agb_maps,
-        agb_sd_maps=agb_sd_maps,
+        lidar_metrics=lidar_metrics,
         quality_maps=quality_maps,
         parcels=parcels,
     )
@@ -286,8 +281,7 @@ def parcel_error_model(
     models: Path | bytes | None,
     composites: Mapping[str, xr.DataArray] | None,
     terrain: xr.DataArray | None,
-    agb_maps: Mapping[str, xr.DataArray] | None,
-    agb_sd_maps: Mapping[str, xr.DataArray] | None,
+    lidar_metrics: xr.DataArray | None,
     quality_maps: Mapping[str, xr.DataArray] | None,
     parcels: gpd.GeoDataFrame,
 ) -> tuple[Correlogram | None, dict[str, Any]]:
@@ -299,8 +293,7 @@ def parcel_error_model(
         models is None
         or composites is None
         or terrain is None
-        or agb_maps is None
-        or agb_sd_maps is None
+        or lidar_metrics is None
         or quality_maps is None
     ):
         return None, {
@@ -310,8 +303,7 @@ def parcel_error_model(
         models,
         composites=composites,
         terrain=terrain,
-        agb=agb_maps,
-        agb_sd=agb_sd_maps,
+        lidar_metrics=lidar_metrics,
         quality=quality_maps,
         parcels=parcels,
     )
@@ -320,8 +312,8 @@ def parcel_error_model(
     residuals, labels, cell_m, epoch = found
     correlogram, record = fit_map_errors(residuals, labels, cell_m=cell_m)
     record["residuals"] = (
-        f"satellite model minus LiDAR map inside the LiDAR cover at {epoch}, over the SD "
-        "of their difference (pipeline.map_errors)"
+        f"satellite model minus LiDAR model inside the first LiDAR flight at {epoch}, over "
+        "the SD of their difference (pipeline.map_errors)"
     )
     return correlogram, record
 

@@ -2,9 +2,10 @@
 
 Per epoch, the fitted :class:`~models.biomass.BiomassMapper` from the ``model`` stage is
 applied lazily, chunk by chunk (``dask.array.map_blocks`` with ``meta=``, graph layers
-named by ``tokenize`` so reruns hit the same keys): the LiDAR model where the epoch has a
-LiDAR flight (the first, ``sources.lidar_tiles``, or a repeat, ``sources.lidar_repeat``)
-covering the cell, the satellite model elsewhere, and where a cell lacks one of the
+named by ``tokenize`` so reruns hit the same keys): the LiDAR model where every epoch's
+LiDAR flight (the first, ``sources.lidar_tiles``, and the repeats, ``sources.lidar_repeat``)
+covers the cell (:func:`pipeline.samples.joint_cover`: a cell's change comes from one
+model), the satellite model elsewhere, and where a cell lacks one of the
 satellite model's predictors (its season was clear only in Landsat scenes, which have no
 red edge nor B08) the common-band satellite model (``model_source`` 6, see
 :class:`~models.biomass.BiomassMapper`). With a parcel layer, only cells whose
