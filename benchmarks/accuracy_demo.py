@@ -28,6 +28,7 @@ from models.survey.totals import change_quantity, stock_quantity
 from pipeline.config import load_config, region_config_path
 from pipeline.contracts import (
     CREDITS_RELPATH,
+    DECLARED_ID,
     ESTIMATES_RELPATH,
     LIDAR_CHM_RELPATH,
     LIDAR_DTM_RELPATH,
@@ -328,6 +329,13 @@ def totals(
         )
     credits = pd.read_csv(run / CREDITS_RELPATH)
     total = credits[credits["parcel_id"] == TOTAL_ID].iloc[0]
+    # the sample's check is on the row of the estimate over the declared project area
+    # (DECLARED when only some parcels are credited, else TOTAL)
+    rows = credits[credits["parcel_id"].isin([DECLARED_ID, TOTAL_ID])]
+    flags = {
+        c: next((v for v in rows[c] if pd.notna(v)), "not recorded")
+        for c in ("sample_meets_target", "change_meets_target")
+    }
     change = change_quantity(epochs[0], epochs[-1])
     # the credited TOTAL is the project sample's estimate, or that of the strata of the
     # eligible parcels (the estimator names the sample)
@@ -341,8 +349,7 @@ def totals(
             f"  credits {total['credits_tco2e']:,.0f} t CO2e ({total['estimator']}; U "
             f"{total['uncertainty_pct']:.1f} %) against true net removals {net:,.0f} t CO2e "
             f"(estimated {total['net_tco2e']:,.0f}); sample meets its target for the stock: "
-            f"{total.get('sample_meets_target', 'not recorded')}, for the change: "
-            f"{total.get('change_meets_target', 'not recorded')}"
+            f"{flags['sample_meets_target']}, for the change: {flags['change_meets_target']}"
         )
 
 
