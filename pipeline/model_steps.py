@@ -111,19 +111,20 @@ def warn_flown_once(
     every = lidar_cover(next(iter(joint.values())), min_fraction=min_fraction) if joint else None
     n_first, n_every = int(first.sum()), 0 if every is None else int(every.sum())
     if n_every < n_first:
-        unflown = ", ".join(e for e in epochs if e not in lidars) or "none"
+        flown = ", ".join(lidars)
         warnings.warn(
             PipelineWarning(
                 f"model: {n_first - n_every:,} of the {n_first:,} cells of the first LiDAR "
-                f"flight were not flown at every epoch of the run (epochs without a flight: "
-                f"{unflown}); the satellite model maps them at every epoch, so that no cell's "
-                "change mixes two models (docs/lidar.md); the LiDAR model maps "
+                f"flight were not flown at every epoch of the run (flights: {flown}; epochs: "
+                f"{', '.join(epochs)}); the satellite model maps them at every epoch, so that "
+                "no cell's change mixes two models (docs/lidar.md); the LiDAR model maps "
                 f"{n_every:,} cells",
                 code="lidar_cells_flown_once",
                 values={
                     "once": f"{n_first - n_every:,}",
                     "first": f"{n_first:,}",
-                    "unflown": unflown,
+                    "flown": flown,
+                    "epochs": ", ".join(epochs),
                     "every": f"{n_every:,}",
                 },
             ),
