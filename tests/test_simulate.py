@@ -18,6 +18,7 @@ import pystac
 import pytest
 import rasterio
 import shapely
+import yaml
 from shapely import affinity
 from shapely.geometry import MultiPolygon, box
 
@@ -539,3 +540,25 @@ def test_a_plot_without_trees_is_recorded_as_an_empty_plot_row() -> None:
     kept, empty = split_empty_plots(trees)
     assert kept["plot_id"].tolist() == ["A"]
     assert empty[["plot_id", "epoch"]].values.tolist() == [["B", "2024"]]
+
+
+def test_parcels_smaller_than_a_cell_get_an_empty_record(tmp_path: Path) -> None:
+    """At a prefecture's parcel density on the tiny region, some parcels own no cell (the
+    cell-centre rule); the survey record is still one row per parcel, empty for those
+    (the simulator failed on them: the tree tally had one row per parcel up to the last
+    one owning a cell)."""
+    from pipeline.simulate.region import simulate_region
+
+    raw = yaml.safe_load(region_config_path("tiny").read_text())
+    base = load_config(region_config_path("tiny"))
+    many = {**raw["simulate"], "parcels_per_km2": 20_000 / base.simulate.size_km**2}
+    config = load_config(region_config_path("tiny"), overrides={"simulate": many})
+    simulate_region(config, tmp_path, seed=config.seed)
+    parcels = gpd.read_file(tmp_path / "parcels" / "parcels.gpkg")
+    truth = pd.read_csv(tmp_path / "truth" / "parcels.csv")
+    assert len(parcels) == len(truth) > 10_000
+    # a parcel without carbon in the truth owns no cell: its record is empty
+    cellless = truth["carbon_2019_mg"].to_numpy() == 0
+    assert cellless.any()
+    assert parcels.loc[cellless, "dominant_species"].isna().all()
+    assert parcels.loc[~cellless, "dominant_species"].notna().any()

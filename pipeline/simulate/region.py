@@ -240,7 +240,10 @@ def _landscape(config: Config, grid: GeoBox, rs: _Streams) -> _Landscape:
 
 def _truth(land: _Landscape, tree_seed: int) -> _Truth:
     pidx = land.parcel_idx
-    maps = [epoch_truth(tree_seed, land.grid, pidx, land.stocking, st) for st in land.stands]
+    maps = [
+        epoch_truth(tree_seed, land.grid, pidx, land.stocking, st, n_parcels=len(land.parcels))
+        for st in land.stands
+    ]
     use = []
     for i in range(len(land.epochs)):
         u = np.asarray(land.parcels[f"type_{i}"].to_numpy(), dtype=object)[np.maximum(pidx, 0)]

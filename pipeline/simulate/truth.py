@@ -57,16 +57,17 @@ def epoch_truth(
     stocking: FloatArray,
     stand: StandEpoch,
     *,
+    n_parcels: int,
     rows_per_block: int = 64,
 ) -> EpochTruth:
-    """Truth rasters (y, x) of one epoch on the model grid, and each parcel's tree tally."""
+    """Truth rasters (y, x) of one epoch on the model grid, and the tree tally of each of the
+    ``n_parcels`` parcels (zero for a parcel that owns no cell: one smaller than a cell)."""
     agb = np.zeros(grid.height * grid.width)
     carbon = np.zeros_like(agb)
     height = np.zeros_like(agb)
     n_trees = 0
     flat_parcel = parcel_idx.ravel()
     flat_stock = stocking.ravel()
-    n_parcels = int(flat_parcel.max()) + 1 if flat_parcel.size else 0
     tally = np.zeros((4, n_parcels))
     for r0 in range(0, grid.height, rows_per_block):
         r1 = min(grid.height, r0 + rows_per_block)
