@@ -499,15 +499,17 @@ def load_models(models: Path | bytes | Mapping[str, Any]) -> dict[str, Any]:
 # -- predictor rasters (stages model and predict) --------------------------------------
 
 
-def predictor_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
+def predictor_inputs(
+    config: Config, layout: RunLayout, *, repeat_flights: bool = True
+) -> dict[str, Path]:
     """The predictor rasters: each epoch's composite (``composites.<epoch>``), the
     terrain and, when LiDAR tiles are configured, the LiDAR metrics, with those of each
-    repeat flight (``lidar_repeat.<epoch>``)."""
+    repeat flight (``lidar_repeat.<epoch>``) unless ``repeat_flights`` is false."""
     inputs = {f"composites.{e.name}": layout.path(composite_relpath(e.name)) for e in config.epochs}
     inputs["terrain"] = layout.path(TERRAIN_RELPATH)
     if config.sources.lidar_tiles is not None:
         inputs["lidar_metrics"] = layout.path(LIDAR_METRICS_RELPATH)
-        for epoch in config.sources.lidar_repeat:
+        for epoch in config.sources.lidar_repeat if repeat_flights else ():
             inputs[f"lidar_repeat.{epoch}"] = layout.path(lidar_repeat_relpath("metrics", epoch))
     return inputs
 

@@ -101,12 +101,15 @@ def lidar_model(
 
 
 def warn_flown_once(
-    lidars: Mapping[str, xr.DataArray], epochs: Sequence[str], min_fraction: float
+    first: np.ndarray,
+    lidars: Mapping[str, xr.DataArray],
+    epochs: Sequence[str],
+    min_fraction: float,
 ) -> dict[str, Any]:
-    """Count the cells the first flight covers and those every epoch's flight covers (the
-    maps' LiDAR cells, :func:`pipeline.samples.joint_cover`), and warn when the first
-    flight covers cells the maps then give to the satellite model."""
-    first = lidar_cover(next(iter(lidars.values())), min_fraction=min_fraction)
+    """Count the cells the first flight covers (``first``, its :func:`lidar_cover`) and
+    those every epoch's flight covers (the maps' LiDAR cells,
+    :func:`pipeline.samples.joint_cover`), and warn when the first flight covers cells the
+    maps then give to the satellite model."""
     joint = joint_cover(lidars, epochs)
     every = lidar_cover(next(iter(joint.values())), min_fraction=min_fraction) if joint else None
     n_first, n_every = int(first.sum()), 0 if every is None else int(every.sum())

@@ -10,9 +10,11 @@ What it does, in order (predictor tables in :mod:`pipeline.samples`; the science
    :mod:`pipeline.stages.estimate`); their residuals serve step 4. Per epoch the composite
    bands and indices plus terrain and, with a parcel layer, the share of the plot in
    each class of its ``model.parcel_class_column`` (forest type); from
-   ``lidar/metrics.tif`` the LiDAR metrics and ``lidar_fraction``.
+   ``lidar/metrics.tif`` (and each repeat flight's) the LiDAR metrics, the share of the
+   plot its flight covers (``lidar_flight_fraction``) and the share every epoch's flight
+   covers (``lidar_fraction``, where the maps take the LiDAR model).
 2. Where enough plots of the LiDAR epoch lie inside the LiDAR cover
-   (``lidar_fraction >= lidar_min_fraction``), fits the plot->LiDAR model: candidates
+   (``lidar_flight_fraction >= lidar_min_fraction``), fits the plot->LiDAR model: candidates
    (``model.candidates``) compared by spatially blocked CV. A repeat flight of another
    epoch (``sources.lidar_repeat``, ``lidar/metrics_<epoch>.tif``) adds its epoch's plots
    inside its cover to the same model (one relation of AGB to canopy structure, as the
@@ -200,8 +202,6 @@ def model(
         lidar_model, lidar_plots = steps.lidar_model(
             table, tuple(lidars), lidar_feats, p, job.seed, card
         )
-    if lidar_model is not None:
-        card["lidar_cells"] = steps.warn_flown_once(lidars, job.epochs, p.lidar_min_fraction)
     training_squares = plot_locations[~plot_locations["plot_id"].isin(project_ids)]
     support_px = plot_support_px(training_squares, sat_stacks[job.epochs[0]])
     card["support_window_px"] = support_px
@@ -214,6 +214,7 @@ def model(
     if lidar_model is not None and lidar_epoch is not None:
         lidar = lidars[lidar_epoch]
         cover = lidar_cover(lidar, min_fraction=p.lidar_min_fraction)
+        card["lidar_cells"] = steps.warn_flown_once(cover, lidars, job.epochs, p.lidar_min_fraction)
         sample, sample_info = steps.upscaling_sample(
             lidar, cover, sat_stacks[lidar_epoch], lidar_model, lidar_feats, sat_features,
             p, job.seed, support_px,

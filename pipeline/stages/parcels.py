@@ -147,15 +147,9 @@ def parcels_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
     if config.sources.lidar_tiles is not None:
         out["lidar_metrics"] = layout.path(LIDAR_METRICS_RELPATH)
         if job.parcel_error_aggregation == "spatial":
-            # the map-error model: the satellite model inside the LiDAR cover
-            # (the first flight's: repeat flights do not enter the error model)
-            out.update(
-                {
-                    k: v
-                    for k, v in predictor_inputs(config, layout).items()
-                    if not k.startswith("lidar_repeat.")
-                }
-            )
+            # the map-error model: both models inside the first LiDAR flight (repeat
+            # flights do not enter it)
+            out.update(predictor_inputs(config, layout, repeat_flights=False))
             out["models"] = layout.path(MODELS_RELPATH)
             for e in config.epochs:
                 out[f"quality_maps.{e.name}"] = layout.path(map_relpath("quality", e.name))
