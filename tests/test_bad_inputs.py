@@ -42,7 +42,9 @@ The items of issue 18 and where each is tested (the matrix's case ids, else the 
    test_a_second_run_is_refused_while_the_first_holds_the_folder``.
 6. LiDAR tiles, all or fail: ``lidar-empty-tile`` (0 points in the header),
    ``lidar-garbage-tile``, ``lidar-corrupt-points``, ``lidar-only-noise`` (points, none
-   usable), ``lidar-skips-allowed``, ``lidar-only-noise-skipped``.
+   usable), ``lidar-skips-allowed``, ``lidar-only-noise-skipped``; a repeat flight's
+   (``sources.lidar_repeat``): ``lidar-repeat-no-match``, ``lidar-repeat-first-epoch``,
+   ``lidar-repeat-other-crs``.
 7. stale outputs (needs earlier runs): ``test_run_folder.py::
    test_a_stage_left_out_whose_input_changed_is_marked_stale_then_redone`` and the tests
    beside it.
@@ -154,14 +156,19 @@ class Region:
         holder[key] = str(dst)
         return dst
 
-    def tiles(self) -> list[Path]:
-        """Copy the LiDAR tiles into the case's folder; their paths."""
-        src = sorted(Path(p) for p in Path(self.data / "lidar").glob("*.laz"))
-        dst = self.work / "lidar"
+    def tiles(self, repeat: str | None = None) -> list[Path]:
+        """Copy the LiDAR tiles (of the repeat flight of epoch ``repeat``) into the case's
+        folder; their paths."""
+        folder = "lidar" if repeat is None else f"lidar_{repeat}"
+        src = sorted(Path(p) for p in Path(self.data / folder).glob("*.laz"))
+        dst = self.work / folder
         dst.mkdir(parents=True, exist_ok=True)
         for p in src:
             shutil.copy(p, dst / p.name)
-        self.config["sources"]["lidar_tiles"] = str(dst / "*.laz")
+        if repeat is None:
+            self.config["sources"]["lidar_tiles"] = str(dst / "*.laz")
+        else:
+            self.config["sources"]["lidar_repeat"] = {repeat: str(dst / "*.laz")}
         return [dst / p.name for p in src]
 
 
@@ -292,11 +299,14 @@ def trees_reencoded(encoding: str, extra: str) -> Callable[[Region], None]:
     return make
 
 
-def tile_edit(edit: Callable[[Path], None], which: int | None = 0) -> Callable[[Region], None]:
-    """Copy the LiDAR tiles into the case folder and edit tile ``which`` (None: all)."""
+def tile_edit(
+    edit: Callable[[Path], None], which: int | None = 0, repeat: str | None = None
+) -> Callable[[Region], None]:
+    """Copy the LiDAR tiles (of the repeat flight of epoch ``repeat``) into the case folder
+    and edit tile ``which`` (None: all)."""
 
     def make(r: Region) -> None:
-        tiles = r.tiles()
+        tiles = r.tiles(repeat)
         for path in tiles if which is None else [tiles[which]]:
             edit(path)
 
@@ -817,6 +827,21 @@ CASES: tuple[Case, ...] = (
         "lidar-no-match",
         setting("sources.lidar_tiles", "nowhere/*.laz"),
         ("sources.lidar_tiles: no file matches 'nowhere/*.laz'",),
+    ),
+    Case(
+        "lidar-repeat-no-match",
+        setting("sources.lidar_repeat", {"2024": "nowhere/*.laz"}),
+        ("sources.lidar_repeat.2024: no file matches 'nowhere/*.laz'",),
+    ),
+    Case(
+        "lidar-repeat-first-epoch",
+        setting("sources.lidar_repeat", {"2019": "nowhere/*.laz"}),
+        ("sources.lidar_repeat: epoch '2019' is the epoch of sources.lidar_tiles",),
+    ),
+    Case(
+        "lidar-repeat-other-crs",
+        tile_edit(lambda p: rewrite_las(p, crs_set(32651)), which=None, repeat="2024"),
+        ("609_2942.laz: the tile is in EPSG:32651 but the model grid is in EPSG:32650",),
     ),
     Case(
         "lidar-empty-tile",
