@@ -9,7 +9,9 @@ leaves either the previous file or no file under the final name, never a partial
 Rasters are computed block by block: each Dask block is computed on the cluster and
 written by this process into a tiled GeoTIFF, which GDAL then converts to a Cloud
 Optimized GeoTIFF (``driver="COG"``). Memory therefore stays at a few blocks whatever
-the raster size, and the same code works with a remote cluster that shares no disk.
+the raster size, and the same code works with a remote cluster that shares no disk. The
+rasters of one stage are computed in one pass (:func:`write_cogs`), so the work their
+blocks share (one prediction per chunk for seven maps) runs once.
 
 Content checksums (:func:`content_checksum`) are what ``reproduce`` compares: for a raster
 a hash of its pixels, dtype, nodata, CRS and transform; for a table a hash of its rows
@@ -315,13 +317,14 @@ def write_cog(
 ) -> None:
     """Write a georeferenced DataArray/Dataset as a COG, block by block, atomically.
 
-    Every COG of the project (run outputs and the simulated demo data) is written here:
-    deflate with the predictor that suits the data type, 512 px blocks and overviews
-    resampled as :func:`overview_resampling` says (averages of continuous quantities,
-    nearest neighbour where a band holds classes or flags). Band names come from the
-    ``band`` coordinate, units from ``attrs["units"]`` (one, or one per band), nodata
-    from ``attrs``/``encoding`` (``nodata``, ``_FillValue``; ``None`` writes none; NaN
-    for floats by default).
+    Every COG of the project (run outputs and the simulated demo data) is written here or
+    by :func:`write_cogs`, which writes several at once: deflate with the predictor that
+    suits the data type, 512 px blocks and overviews resampled as
+    :func:`overview_resampling` says (averages of continuous quantities, nearest
+    neighbour where a band holds classes or flags). Band names come from the ``band``
+    coordinate, units from ``attrs["units"]`` (one, or one per band), nodata from
+    ``attrs``/``encoding`` (``nodata``, ``_FillValue``; ``None`` writes none; NaN for
+    floats by default).
 
     Parameters
     ----------
@@ -339,53 +342,140 @@ def write_cog(
     journal
         Records each temporary before it is created (see :func:`atomic_path`).
     """
+    write_cogs(
+        {path: arr_in},
+        client=client,
+        progress=None if progress is None else {path: progress},
+        tags=tags,
+        band_tags=band_tags,
+        journal=journal,
+    )
+
+
+def write_cogs(
+    arrays: Mapping[Path, xr.DataArray | xr.Dataset],
+    *,
+    client: Any = None,
+    progress: Mapping[Path, ProgressCallback] | None = None,
+    tags: Mapping[str, str] | None = None,
+    band_tags: Mapping[str, str] | None = None,
+    journal: TemporaryJournal | None = None,
+) -> None:
+    """Write several COGs (:func:`write_cog`, one per ``arrays`` item) in one pass.
+
+    A stage's rasters usually come from one graph: the ``predict`` stage's seven maps
+    of an epoch are bands of one prediction per chunk. Written one file at a time, each
+    file's blocks would compute that prediction again (seven times the model and the
+    reads of its predictors); here the blocks of every file are computed together, so
+    the tasks they share run once per chunk, and each block is written to its file's
+    staging GeoTIFF as it arrives. ``progress`` maps a path to its ``progress(done,
+    total)``. Each file is then converted to a COG and replaced atomically.
+    """
     import rasterio
     import rasterio.shutil
     from rasterio.windows import Window
 
-    arr = _as_band_array(arr_in).transpose("band", "y", "x")
-    crs = arr.rio.crs
-    if crs is None:
-        raise ValueError(f"{path}: raster has no CRS (set it with .rio.write_crs)")
-    transform = arr.rio.transform(recalc=True)
-    nodata = _nodata_of(arr)
-    data = arr.data if isinstance(arr.data, da.Array) else da.from_array(np.asarray(arr.data))
-    data = data.rechunk({0: 1})
-    bands, height, width = data.shape
-    block = 512
-    # The staging file's blocks are the Dask blocks, one band each (GTiff wants multiples
-    # of 16), so every computed block fills whole GDAL blocks: none waits in the bounded
-    # cache for a neighbour or another band, whatever order blocks finish in. The COG's own
-    # layout is set by the conversion below.
-    stage_y, stage_x = data.chunks[1][0], data.chunks[2][0]
-    if stage_y % 16 or stage_x % 16:
-        stage_y = stage_x = block
-    profile = {
-        "driver": "GTiff",
-        "dtype": str(data.dtype),
-        "count": bands,
-        "height": height,
-        "width": width,
-        "crs": crs,
-        "transform": transform,
-        "nodata": nodata,
-        "tiled": True,
-        "blockxsize": stage_x,
-        "blockysize": stage_y,
-        "interleave": "band",
-        "compress": "deflate",
-        "BIGTIFF": "IF_SAFER",
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage_tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.blocks{path.suffix}")
-    if journal is not None:
-        journal(stage_tmp)
+    files = [_CogFile.prepare(arr, path) for path, arr in arrays.items()]
+    progress = progress or {}
     try:
         with (
-            full_disk_named(path),
+            contextlib.ExitStack() as stack,
             rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES),  # bytes, not MB, in rasterio
-            rasterio.open(stage_tmp, "w", **profile) as dst,
         ):
+            dsts = []
+            for f in files:
+                stack.enter_context(full_disk_named(f.path))
+                if journal is not None:
+                    journal(f.stage_tmp)
+                dsts.append(stack.enter_context(f.open_staging(tags, band_tags)))
+            done = [0] * len(files)
+            for i, (b, y0, x0), values in _computed_blocks([f.data for f in files], client):
+                win = Window(x0, y0, values.shape[2], values.shape[1])
+                dsts[i].write(
+                    values, indexes=list(range(b + 1, b + 1 + values.shape[0])), window=win
+                )
+                done[i] += 1
+                callback = progress.get(files[i].path)
+                if callback is not None:
+                    callback(done[i], int(np.prod(files[i].data.numblocks)))
+        for f in files:
+            with (
+                full_disk_named(f.path),
+                atomic_path(f.path, journal=journal) as tmp,
+                rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES),
+            ):
+                rasterio.shutil.copy(
+                    f.stage_tmp,
+                    tmp,
+                    driver="COG",
+                    COMPRESS="DEFLATE",
+                    # floating-point prediction for floats, horizontal differencing for integers
+                    PREDICTOR="YES",
+                    BLOCKSIZE=COG_BLOCK_PX,
+                    OVERVIEWS="AUTO",
+                    OVERVIEW_RESAMPLING=f.resampling,
+                    NUM_THREADS=1,
+                )
+    finally:
+        for f in files:
+            if f.stage_tmp.exists():
+                f.stage_tmp.unlink()
+
+
+#: block size (px) of every COG the project writes
+COG_BLOCK_PX = 512
+
+
+class _CogFile:
+    """One COG being written by :func:`write_cogs`: its band array (a Dask array with one
+    band per block), its staging GeoTIFF and the metadata both get."""
+
+    def __init__(self, arr: xr.DataArray, data: da.Array, path: Path, resampling: str) -> None:
+        self.arr, self.data, self.path, self.resampling = arr, data, path, resampling
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stage_tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.blocks{path.suffix}")
+
+    @classmethod
+    def prepare(cls, arr_in: xr.DataArray | xr.Dataset, path: Path) -> _CogFile:
+        arr = _as_band_array(arr_in).transpose("band", "y", "x")
+        if arr.rio.crs is None:
+            raise ValueError(f"{path}: raster has no CRS (set it with .rio.write_crs)")
+        data = arr.data if isinstance(arr.data, da.Array) else da.from_array(np.asarray(arr.data))
+        return cls(arr, data.rechunk({0: 1}), path, overview_resampling(arr_in))
+
+    @contextlib.contextmanager
+    def open_staging(
+        self, tags: Mapping[str, str] | None, band_tags: Mapping[str, str] | None
+    ) -> Iterator[Any]:
+        """The staging GeoTIFF, open for writing, with band names, units and tags set."""
+        import rasterio
+
+        arr, data = self.arr, self.data
+        bands, height, width = data.shape
+        # The staging file's blocks are the Dask blocks, one band each (GTiff wants
+        # multiples of 16), so every computed block fills whole GDAL blocks: none waits in
+        # the bounded cache for a neighbour or another band, whatever order blocks finish
+        # in. The COG's own layout is set by the conversion.
+        stage_y, stage_x = data.chunks[1][0], data.chunks[2][0]
+        if stage_y % 16 or stage_x % 16:
+            stage_y = stage_x = COG_BLOCK_PX
+        profile = {
+            "driver": "GTiff",
+            "dtype": str(data.dtype),
+            "count": bands,
+            "height": height,
+            "width": width,
+            "crs": arr.rio.crs,
+            "transform": arr.rio.transform(recalc=True),
+            "nodata": _nodata_of(arr),
+            "tiled": True,
+            "blockxsize": stage_x,
+            "blockysize": stage_y,
+            "interleave": "band",
+            "compress": "deflate",
+            "BIGTIFF": "IF_SAFER",
+        }
+        with rasterio.open(self.stage_tmp, "w", **profile) as dst:
             names = [str(b) for b in arr.coords["band"].values] if "band" in arr.coords else []
             for i, name in enumerate(names, start=1):
                 dst.set_band_description(i, name)
@@ -400,33 +490,7 @@ def write_cog(
                     dst.update_tags(i, **band_tags)
             if tags:
                 dst.update_tags(**tags)
-            total = int(np.prod(data.numblocks))
-            for done, ((b, y0, x0), values) in enumerate(
-                _computed_blocks(data, client=client), start=1
-            ):
-                win = Window(x0, y0, values.shape[2], values.shape[1])
-                dst.write(values, indexes=list(range(b + 1, b + 1 + values.shape[0])), window=win)
-                if progress is not None:
-                    progress(done, total)
-        with (
-            atomic_path(path, journal=journal) as tmp,
-            rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES),
-        ):
-            rasterio.shutil.copy(
-                stage_tmp,
-                tmp,
-                driver="COG",
-                COMPRESS="DEFLATE",
-                # floating-point prediction for floats, horizontal differencing for integers
-                PREDICTOR="YES",
-                BLOCKSIZE=block,
-                OVERVIEWS="AUTO",
-                OVERVIEW_RESAMPLING=overview_resampling(arr_in),
-                NUM_THREADS=1,
-            )
-    finally:
-        if stage_tmp.exists():
-            stage_tmp.unlink()
+            yield dst
 
 
 def overview_resampling(obj: xr.DataArray | xr.Dataset) -> str:
@@ -450,23 +514,46 @@ def overview_resampling(obj: xr.DataArray | xr.Dataset) -> str:
 
 
 def _computed_blocks(
-    data: da.Array, *, client: Any
-) -> Iterator[tuple[tuple[int, int, int], np.ndarray]]:
-    """Yield ``((band0, y0, x0), block)`` as blocks finish computing."""
-    offsets = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in data.chunks]
-    keys = list(np.ndindex(*data.numblocks))
-    delayed = data.to_delayed()
-    starts = [(int(offsets[0][k[0]]), int(offsets[1][k[1]]), int(offsets[2][k[2]])) for k in keys]
+    arrays: list[da.Array], client: Any
+) -> Iterator[tuple[int, tuple[int, int, int], np.ndarray]]:
+    """Yield ``(array index, (band0, y0, x0), block)`` for every block of ``arrays``.
+
+    With a client, every block is submitted at once and yielded as it finishes, so the
+    scheduler runs the tasks the arrays share once. Without one, the blocks that start
+    at the same place in every array are computed together by the synchronous
+    scheduler (one shared computation per chunk), one place at a time.
+    """
+    blocks = []
+    for i, data in enumerate(arrays):
+        offsets = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in data.chunks]
+        delayed = data.to_delayed()
+        for key in np.ndindex(*data.numblocks):
+            start = (int(offsets[0][key[0]]), int(offsets[1][key[1]]), int(offsets[2][key[2]]))
+            blocks.append((i, start, delayed[key]))
     if client is None:
-        for start, key in zip(starts, keys, strict=True):
-            yield start, np.asarray(delayed[key].compute(scheduler="sync"))
+        import dask
+
+        places: dict[tuple[int, int], list[tuple[int, tuple[int, int, int], Any]]] = {}
+        for block in blocks:
+            places.setdefault(block[1][1:], []).append(block)
+        for group in places.values():
+            values = dask.compute(*(d for _, _, d in group), scheduler="sync")
+            for (i, start, _), value in zip(group, values, strict=True):
+                yield i, start, np.asarray(value)
         return
     from distributed import as_completed
 
-    futures = client.compute([delayed[k] for k in keys])
-    where = {f.key: s for f, s in zip(futures, starts, strict=True)}
-    for fut in as_completed(futures):
-        yield where[fut.key], np.asarray(fut.result())
+    # one future per distinct key: two arrays may hold the very same block
+    wanted: dict[Any, list[tuple[int, tuple[int, int, int]]]] = {}
+    unique = []
+    for i, start, d in blocks:
+        if d.key not in wanted:
+            unique.append(d)
+        wanted.setdefault(d.key, []).append((i, start))
+    for fut in as_completed(client.compute(unique)):
+        value = np.asarray(fut.result())
+        for i, start in wanted[fut.key]:
+            yield i, start, value
         fut.release()
 
 
@@ -500,10 +587,21 @@ def write_output(
             raise TypeError(f"{path}: cannot write an output of type {type(obj).__name__}")
 
 
-def write_outputs(outputs: Mapping[Path, Any], *, client: Any = None) -> None:
-    """Write several outputs (for the stand-alone commands and the runner)."""
+def write_outputs(
+    outputs: Mapping[Path, Any],
+    *,
+    client: Any = None,
+    progress: Mapping[Path, ProgressCallback] | None = None,
+    journal: TemporaryJournal | None = None,
+) -> None:
+    """Write a stage's outputs (the runner and the stand-alone commands): its rasters in
+    one pass (:func:`write_cogs`, with ``progress`` per raster path), then the rest."""
+    rasters = {p: o for p, o in outputs.items() if isinstance(o, xr.DataArray | xr.Dataset)}
+    if rasters:
+        write_cogs(rasters, client=client, progress=progress, journal=journal)
     for path, obj in outputs.items():
-        write_output(obj, path, client=client)
+        if path not in rasters:
+            write_output(obj, path, client=client, journal=journal)
 
 
 # --------------------------------------------------------------------------- checksums

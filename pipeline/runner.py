@@ -715,19 +715,20 @@ class Runner:
                     console=self.console,
                     transient=True,
                 ) as bar:
-                    for rel, obj in outputs.items():
+                    advance: dict[Path, io.ProgressCallback] = {}
+                    for rel in outputs:
                         task = bar.add_task(rel, total=None)
 
-                        def advance(done: int, total: int, task: TaskID = task) -> None:
+                        def step(done: int, total: int, task: TaskID = task) -> None:
                             bar.update(task, completed=done, total=total)
 
-                        io.write_output(
-                            obj,
-                            self.layout.path(rel),
-                            client=client,
-                            progress=advance,
-                            journal=self.journal,
-                        )
+                        advance[self.layout.path(rel)] = step
+                    io.write_outputs(
+                        {self.layout.path(rel): obj for rel, obj in outputs.items()},
+                        client=client,
+                        progress=advance,
+                        journal=self.journal,
+                    )
         except Exception:
             # a failed stage records nothing, but what it warned may explain the failure
             own, other, _ = sort_warnings(caught)

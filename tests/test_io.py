@@ -138,3 +138,82 @@ def test_categorical_overviews_hold_only_values_of_the_data(tmp_path: Path) -> N
     io.write_cog(ds, path)
     got = _overview(path)
     assert set(np.unique(got[1])) <= {0.0, 1.0, 2.0}
+
+
+#: calls of each :class:`_Counting` by its name: a module global, because a Dask cluster
+#: runs a deserialised copy of the function (in this process, for an in-process worker)
+_CALLS: dict[str, list[tuple[int, ...]]] = {}
+
+
+class _Counting:
+    """A block function that counts its calls, per chunk."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        _CALLS[name] = []
+
+    @property
+    def calls(self) -> list[tuple[int, ...]]:
+        return _CALLS[self.name]
+
+    def __call__(self, block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        if block_info is not None:
+            _CALLS[self.name].append(tuple(block_info[0]["chunk-location"]))
+        return np.stack([block[0] * 2.0, block[0] + 1.0]).astype(np.float32)
+
+
+def _shared_maps(count: _Counting) -> tuple[np.ndarray, dict[str, xr.DataArray]]:
+    """Two rasters, each a band of one shared block computation (like predict's maps)."""
+    import dask.array as dsa
+
+    rng = np.random.default_rng(3)
+    values = rng.gamma(4.0, 20.0, size=(1, SIZE, SIZE)).astype(np.float32)
+    data = dsa.from_array(values, chunks=(1, 256, 256))
+    both = data.map_blocks(count, chunks=((2,), *data.chunks[1:]), dtype=np.float32)
+    base = _raster(values, ["v"], nodata=float("nan"))
+    maps = {
+        name: xr.DataArray(
+            both[[i]], dims=("band", "y", "x"), coords={**base.coords, "band": [name]}
+        ).rio.write_crs("EPSG:32650")
+        for i, name in enumerate(["double", "plus_one"])
+    }
+    return values, maps
+
+
+@pytest.mark.parametrize("with_client", [False, True])
+def test_rasters_of_one_graph_compute_their_shared_blocks_once(
+    tmp_path: Path, with_client: bool
+) -> None:
+    """``write_cogs`` computes a block two rasters share once per chunk, with the
+    synchronous scheduler and on a Dask cluster; writing the same rasters one at a time
+    computes it once per raster (what the predict stage did: seven maps per epoch). The
+    files hold the values computed directly with numpy."""
+    n_chunks = (SIZE // 256) ** 2
+    client = None
+    if with_client:
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False)
+        client = Client(cluster)
+    try:
+        count = _Counting(f"together-{with_client}")
+        values, maps = _shared_maps(count)
+        io.write_cogs({tmp_path / f"{k}.tif": v for k, v in maps.items()}, client=client)
+        assert sorted(count.calls) == sorted({c for c in count.calls})  # each chunk once
+        assert len(count.calls) == n_chunks
+        with (
+            rasterio.open(tmp_path / "double.tif") as a,
+            rasterio.open(tmp_path / "plus_one.tif") as b,
+        ):
+            np.testing.assert_array_equal(a.read(1), values[0] * 2.0)
+            np.testing.assert_array_equal(b.read(1), values[0] + 1.0)
+
+        one_by_one = _Counting(f"one-by-one-{with_client}")
+        _, maps = _shared_maps(one_by_one)
+        for k, v in maps.items():
+            io.write_cog(v, tmp_path / f"single_{k}.tif", client=client)
+        assert len(one_by_one.calls) == 2 * n_chunks
+    finally:
+        if client is not None:
+            client.close()
+            cluster.close()
