@@ -18,14 +18,13 @@ import pandas as pd
 import pytest
 import rasterio
 import toy_stages
+from helpers import subprocess_env
 
 from models.errors import ModelsWarning
 from pipeline.config import load_config
 from pipeline.errors import InputDataError, PipelineWarning
 from pipeline.reproduce import reproduce
 from pipeline.runner import Runner, RunOptions
-
-TESTS = Path(__file__).parent
 
 
 def _run(cfg_path: Path, **options) -> dict:
@@ -160,13 +159,6 @@ def test_manifest_records_config_inputs_outputs_and_costs(tmp_path):
         assert m["stages"][name]["peak_cluster_mb"] > 0
 
 
-def _env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    }
-
-
 KILLABLE = """
 import sys, toy_stages
 from pathlib import Path
@@ -181,7 +173,9 @@ def test_sigkill_while_writing_leaves_no_partial_file_and_resumes(tmp_path):
     cfg = toy_stages.write_config(tmp_path, size_px=512)
     final = tmp_path / "out/toy/noise.tif"
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLABLE, str(cfg), "0.4"], env=_env(), start_new_session=True
+        [sys.executable, "-c", KILLABLE, str(cfg), "0.4"],
+        env=subprocess_env(),
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -218,64 +212,11 @@ def test_a_run_killed_between_a_stages_state_and_the_manifest_gets_its_records_b
     assert json.loads(path.read_text())["outputs"] == first["outputs"]
 
 
-@pytest.fixture
-def external_scheduler(tmp_path):
-    sched_file = tmp_path / "scheduler.json"
-    dask = Path(sys.executable).with_name("dask")
-    procs = [
-        subprocess.Popen(
-            [
-                str(dask),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(sched_file),
-            ],
-            env=_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    deadline = time.monotonic() + 60
-    while not sched_file.exists():
-        assert time.monotonic() < deadline, "dask scheduler did not start"
-        time.sleep(0.2)
-    procs.append(
-        subprocess.Popen(
-            [
-                str(dask),
-                "worker",
-                "--scheduler-file",
-                str(sched_file),
-                "--nthreads",
-                "1",
-                "--no-dashboard",
-                "--memory-limit",
-                "2GiB",
-            ],
-            env=_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
-    yield json.loads(sched_file.read_text())["address"]
-    for p in procs:
-        p.terminate()
-        p.wait(timeout=30)
-
-
-def test_runs_through_an_external_scheduler(tmp_path, external_scheduler):
+def test_runs_through_an_external_scheduler(tmp_path, external_cluster):
     cfg = toy_stages.write_config(tmp_path)
-    from distributed import Client
-
-    with Client(external_scheduler, timeout="30s") as c:
-        c.wait_for_workers(1, timeout=60)
-    m = _run(cfg, scheduler=external_scheduler)
-    assert m["cluster"] == {"scheduler": external_scheduler, "workers": 1, "threads": 1}
+    address = external_cluster(workers=1)
+    m = _run(cfg, scheduler=address)
+    assert m["cluster"] == {"scheduler": address, "workers": 1, "threads": 1}
     assert (tmp_path / "out/toy/summary.json").is_file()
 
 
