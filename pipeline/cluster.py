@@ -24,7 +24,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import dask
 import psutil
@@ -84,3 +87,23 @@ def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iter
         Client(cluster) as client,
     ):
         yield client
+
+
+def dashboard_link(
+    client: Any, settings: DaskSettings, *, scheduler: str | None = None
+) -> str | None:
+    """The address of the cluster's dashboard, or None if its scheduler runs none.
+
+    The port is the scheduler's; the host is where the local cluster's dashboard listens
+    (``settings.dashboard_address``; this machine's name when that is every interface),
+    or the host of ``scheduler``.
+    """
+    port = client.scheduler_info()["services"].get("dashboard")
+    if port is None:
+        return None
+    host = (
+        urlsplit(scheduler).hostname if scheduler else settings.dashboard_address.rpartition(":")[0]
+    )
+    if host in (None, "", "0.0.0.0", "::", "[::]"):
+        host = socket.gethostname()
+    return f"http://{host}:{port}/status"

@@ -3,12 +3,15 @@ an external scheduler, the manifest, and reproduce."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +27,7 @@ from models.errors import ModelsWarning
 from pipeline.config import load_config
 from pipeline.errors import InputDataError, PipelineWarning
 from pipeline.reproduce import reproduce
-from pipeline.runner import Runner, RunOptions
+from pipeline.runner import Runner, RunOptions, peak_worker_rss
 
 
 def _run(cfg_path: Path, **options) -> dict:
@@ -106,6 +109,46 @@ def test_stage_warnings_reach_console_manifest_and_the_next_stages(tmp_path, cap
     assert json.loads((tmp_path / "out/manifest.json").read_text())["stages"] == second["stages"]
 
 
+def test_the_console_shows_the_dashboard_and_run_log_keeps_every_runs_lines(tmp_path, capsys):
+    cfg = toy_stages.write_config(tmp_path)
+    config = load_config(cfg)
+    Runner(config, toy_stages.stages(), options=RunOptions()).run()
+    shown = capsys.readouterr().err
+    assert re.search(r"^Dask dashboard: http://127\.0\.0\.1:\d+/status$", shown, re.M), shown
+    Runner(config, toy_stages.stages(), options=RunOptions(quiet=True)).run()
+    assert "skipped" not in capsys.readouterr().err  # quiet
+    log = (tmp_path / "out/run.log").read_text()
+    runs = re.split(r"^── .*$\n", log, flags=re.M)
+    assert runs[0] == "" and len(runs) == 3
+    # the first run's lines as the console showed them (which wraps them), the second's
+    # also under --quiet
+    assert runs[1].split() == shown.split()
+    assert "✓ noise" in runs[1] and "✓ summary" in runs[1]
+    assert runs[2].count("skipped: inputs and parameters unchanged") == 2
+    assert log.startswith(f"── {datetime.date.today().year}")
+    assert "region toy, stages noise, summary\n" in log
+
+
+def test_a_failed_run_logs_its_error(tmp_path):
+    cfg = toy_stages.write_config(tmp_path)
+    _run(cfg)
+    noise, summary = toy_stages.stages()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the toy broke")
+
+    config = load_config(cfg)
+    with pytest.raises(RuntimeError):
+        Runner(
+            config, (replace(noise, func=fail), summary), options=RunOptions(quiet=True, force=True)
+        ).run()
+    assert (
+        (tmp_path / "out/run.log")
+        .read_text()
+        .endswith("▶ noise      running\nfailed: RuntimeError: the toy broke\n")
+    )
+
+
 def test_force_and_stage_subset(tmp_path):
     cfg = toy_stages.write_config(tmp_path)
     first = _run(cfg)
@@ -157,6 +200,7 @@ def test_manifest_records_config_inputs_outputs_and_costs(tmp_path):
         assert m["stages"][name]["wall_s"] > 0
         assert m["stages"][name]["peak_rss_mb"] > 0
         assert m["stages"][name]["peak_cluster_mb"] > 0
+        assert m["stages"][name]["peak_worker_mb"] > 0
 
 
 KILLABLE = """
@@ -217,7 +261,47 @@ def test_runs_through_an_external_scheduler(tmp_path, external_cluster):
     address = external_cluster(workers=1)
     m = _run(cfg, scheduler=address)
     assert m["cluster"] == {"scheduler": address, "workers": 1, "threads": 1}
+    assert m["stages"]["noise"]["peak_worker_mb"] > 0
     assert (tmp_path / "out/toy/summary.json").is_file()
+
+
+def test_peak_worker_rss_is_the_peak_of_the_busiest_worker():
+    # a task holds 300 MB on one of two worker processes for 2 s (the monitors sample every
+    # 0.5 s): the peak is that worker's memory before the task plus 300 MB, give or take
+    # what the task's other objects take
+    from pipeline.cluster import dask_client
+    from pipeline.config import DaskSettings
+
+    size = 300 * 2**20
+
+    def hold(nbytes: int) -> int:
+        block = np.ones(nbytes, dtype=np.uint8)  # written: every page resident
+        time.sleep(2.0)
+        return int(block[-1])
+
+    settings = DaskSettings(processes=True, n_workers=2, threads_per_worker=1, memory_limit="2GiB")
+    with dask_client(settings) as c:
+        with peak_worker_rss(c) as peak:
+            before = c.run(lambda dask_worker: dask_worker.monitor.proc.memory_info().rss)
+            busy = min(before)
+            assert c.submit(hold, size, workers=[busy], pure=False).result() == 1
+    assert peak[0] is not None
+    expected = (before[busy] + size) / 2**20
+    assert expected - 10 < peak[0] < max(expected, max(before.values()) / 2**20) + 60
+
+
+def test_dashboard_link_is_where_the_dashboard_answers():
+    # distributed's own Client.dashboard_link names the machine's network address, where
+    # the default dashboard (127.0.0.1 only) does not listen
+    from pipeline.cluster import dashboard_link, dask_client
+    from pipeline.config import DaskSettings
+
+    settings = DaskSettings(memory_limit="1GiB")
+    with dask_client(settings) as c:
+        link = dashboard_link(c, settings)
+        assert link is not None and link.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(link, timeout=30) as answer:
+            assert answer.status == 200
 
 
 def test_bad_scheduler_address_is_a_clear_error(tmp_path):
