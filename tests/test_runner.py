@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import rasterio
 import toy_stages
@@ -27,7 +28,7 @@ from models.errors import ModelsWarning
 from pipeline.config import load_config
 from pipeline.errors import InputDataError, PipelineWarning
 from pipeline.reproduce import reproduce
-from pipeline.runner import Runner, RunOptions, peak_worker_rss
+from pipeline.runner import TREE_INTERVAL_S, Runner, RunOptions, peak_rss, peak_worker_rss
 
 
 def _run(cfg_path: Path, **options) -> dict:
@@ -263,6 +264,17 @@ def test_runs_through_an_external_scheduler(tmp_path, external_cluster):
     assert m["cluster"] == {"scheduler": address, "workers": 1, "threads": 1}
     assert m["stages"]["noise"]["peak_worker_mb"] > 0
     assert (tmp_path / "out/toy/summary.json").is_file()
+
+
+def test_peak_rss_counts_a_process_started_inside_the_block():
+    # the sampler walks the process tree every TREE_INTERVAL_S only: a child that holds
+    # 200 MB for longer than that is counted on top of this process
+    hold = "import time, numpy; a = numpy.ones(200 * 2**20, 'u1'); time.sleep(3)"
+    with peak_rss() as peak:
+        mine = psutil.Process().memory_info().rss / 2**20
+        subprocess.run([sys.executable, "-c", hold], check=True)
+    assert TREE_INTERVAL_S < 3
+    assert peak[0] > mine + 200
 
 
 def test_peak_worker_rss_is_the_peak_of_the_busiest_worker():
