@@ -25,7 +25,8 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,8 +52,11 @@ def local_cluster_size(settings: DaskSettings) -> tuple[int, int, int | str]:
 
 
 @contextlib.contextmanager
-def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iterator[object]:
-    """A ``distributed.Client`` on a new local cluster, or on ``scheduler`` if given."""
+def dask_client(
+    settings: DaskSettings, *, scheduler: str | None = None, shared: Sequence[Path] = ()
+) -> Iterator[object]:
+    """A ``distributed.Client`` on a new local cluster, or on ``scheduler`` if given,
+    whose workers must see the existing ones of the ``shared`` paths (:func:`check_shared`)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -64,6 +68,7 @@ def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iter
                 "start one with `dask scheduler` or omit --scheduler for a local cluster"
             ) from None
         with client:
+            check_shared(client, shared, scheduler=scheduler)
             yield client
         return
     n_workers, threads, memory = local_cluster_size(settings)
@@ -87,6 +92,30 @@ def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iter
         Client(cluster) as client,
     ):
         yield client
+
+
+def _existing(paths: Sequence[str]) -> tuple[str, list[bool]]:
+    """This process's working directory, and whether each of ``paths`` exists here."""
+    return os.getcwd(), [os.path.exists(p) for p in paths]
+
+
+def check_shared(client: Any, paths: Sequence[Path], *, scheduler: str) -> None:
+    """Refuse a cluster on which a worker does not see one of ``paths`` that this process
+    sees. The run gives the workers paths as the config has them, and a relative path is
+    resolved against each process's own working directory: workers on other machines need
+    the data and run folders on a shared file system, under the same paths, and are
+    started in the run's working directory when the config's paths are relative."""
+    here = [str(p) for p in paths if p.exists()]
+    for worker, (cwd, found) in client.run(_existing, here).items():
+        missing = [p for p, ok in zip(here, found, strict=True) if not ok]
+        if missing:
+            raise ConfigError(
+                f"--scheduler {scheduler}: worker {worker} does not see {', '.join(missing)} "
+                f"(its working directory is {cwd}, this run's {os.getcwd()}): every worker "
+                "needs the data and run folders under the same paths (a shared file system); "
+                "start the workers in this directory or give absolute paths in the config "
+                "(docs/cluster.md)"
+            )
 
 
 def dashboard_link(

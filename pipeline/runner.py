@@ -585,7 +585,10 @@ class Runner:
         manifest.setdefault("outputs", {})
         manifest.setdefault("stages", {})
         manifest.setdefault("stac_items", {})
-        with dask_client(self.config.dask, scheduler=self.options.scheduler) as client:
+        shared = (Path(self.config.data_dir), self.layout.root)
+        with dask_client(
+            self.config.dask, scheduler=self.options.scheduler, shared=shared
+        ) as client:
             nthreads = client.nthreads()  # type: ignore[attr-defined]
             manifest["cluster"] = {
                 "scheduler": client.scheduler.address,  # type: ignore[attr-defined]

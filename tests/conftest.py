@@ -53,22 +53,24 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 @pytest.fixture
 def external_cluster(tmp_path: Path) -> Iterator[Callable[..., str]]:
     """Starts ``dask scheduler`` and ``workers`` single-threaded ``dask worker`` processes
-    on 127.0.0.1 (the venv's ``dask`` executable), waits for the workers and returns the
-    scheduler's address; everything is stopped after the test."""
+    on 127.0.0.1 (the venv's ``dask`` executable; the workers in ``cwd``, by default this
+    process's working directory), waits for the workers and returns the scheduler's
+    address; everything is stopped after the test."""
     dask = Path(sys.executable).with_name("dask")
     procs: list[subprocess.Popen[bytes]] = []
 
-    def launch(*args: str) -> None:
+    def launch(*args: str, cwd: Path | None = None) -> None:
         procs.append(
             subprocess.Popen(
                 [str(dask), *args, "--no-dashboard"],
+                cwd=cwd,
                 env=subprocess_env(),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
         )
 
-    def start(workers: int = 1, memory_limit: str = "2GiB") -> str:
+    def start(workers: int = 1, memory_limit: str = "2GiB", cwd: Path | None = None) -> str:
         from distributed import Client
 
         sched_file = tmp_path / "scheduler.json"
@@ -88,6 +90,7 @@ def external_cluster(tmp_path: Path) -> Iterator[Callable[..., str]]:
                 "1",
                 "--memory-limit",
                 memory_limit,
+                cwd=cwd,
             )
         address: str = json.loads(sched_file.read_text())["address"]
         with Client(address, timeout="30s") as client:

@@ -36,6 +36,11 @@ def test_tiny_region_through_a_scheduler_and_two_workers_matches_the_local_run(
     ]
     assert differ == []
 
+    # the workers' own peak memory, which the run's process tree does not include here
+    ran = [s for s in remote["stages"].values() if s["status"] == "ran"]
+    assert len(ran) == len(local["stages"])
+    assert all(50 < s["peak_worker_mb"] < 2048 for s in ran), ran  # workers: 2 GiB each
+
     with Client(address, timeout="30s") as client:
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
     # (about 6,500 tasks each when measured): neither worker is left idle

@@ -26,7 +26,7 @@ from helpers import subprocess_env
 
 from models.errors import ModelsWarning
 from pipeline.config import load_config
-from pipeline.errors import InputDataError, PipelineWarning
+from pipeline.errors import ConfigError, InputDataError, PipelineWarning
 from pipeline.reproduce import reproduce
 from pipeline.runner import TREE_INTERVAL_S, Runner, RunOptions, peak_rss, peak_worker_rss
 
@@ -314,6 +314,23 @@ def test_dashboard_link_is_where_the_dashboard_answers():
         assert link is not None and link.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(link, timeout=30) as answer:
             assert answer.status == 200
+
+
+def test_workers_that_do_not_see_the_runs_paths_are_refused(
+    tmp_path, external_cluster, monkeypatch
+):
+    # the config's paths relative to the run's working directory; the worker runs elsewhere
+    cfg = toy_stages.write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace(f"{tmp_path}/", ""))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    address = external_cluster(workers=1, cwd=elsewhere)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ConfigError, match=rf"does not see data, out \(its working directory is {elsewhere},"
+    ):
+        _run(cfg, scheduler=address)
+    assert not (tmp_path / "out").exists()  # a failed first run leaves no folder
 
 
 def test_bad_scheduler_address_is_a_clear_error(tmp_path):
