@@ -22,6 +22,7 @@ existing cluster instead, which is how a run outgrows one machine.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import socket
@@ -118,14 +119,22 @@ def check_shared(client: Any, paths: Sequence[Path], *, scheduler: str) -> None:
             )
 
 
+def _has_bokeh() -> bool:
+    """Whether this process can draw the dashboard's pages (bokeh is installed)."""
+    return importlib.util.find_spec("bokeh") is not None
+
+
 def dashboard_link(
     client: Any, settings: DaskSettings, *, scheduler: str | None = None
 ) -> str | None:
-    """The address of the cluster's dashboard, or None if its scheduler runs none.
+    """The address of the cluster's dashboard, or None if its scheduler runs none, with a
+    note when the scheduler's environment lacks bokeh (the lock file has none): then the
+    address shows only Dask's request to install it.
 
     The port is the scheduler's; the host is where the local cluster's dashboard listens
     (``settings.dashboard_address``; this machine's name when that is every interface),
-    or the host of ``scheduler``.
+    or the host of ``scheduler``. (``Client.dashboard_link`` names the machine's network
+    address, where the default dashboard, on 127.0.0.1, does not listen.)
     """
     port = client.scheduler_info()["services"].get("dashboard")
     if port is None:
@@ -135,4 +144,7 @@ def dashboard_link(
     )
     if host in (None, "", "0.0.0.0", "::", "[::]"):
         host = socket.gethostname()
-    return f"http://{host}:{port}/status"
+    link = f"http://{host}:{port}/status"
+    if not client.run_on_scheduler(_has_bokeh):
+        link += " (its pages need bokeh, which is not installed: pip install bokeh)"
+    return link
