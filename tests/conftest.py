@@ -11,10 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import subprocess_env
+from helpers import subprocess_env, write_tiny_config
 
 from pipeline.cli import main
-from pipeline.config import region_config_path
 
 
 @pytest.fixture(scope="session")
@@ -23,15 +22,6 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("region") / "tiny"
     assert main(["simulate", "--region", "tiny", "--out", str(out)]) == 0
     return out
-
-
-def write_tiny_config(tiny_data: Path, folder: Path) -> Path:
-    """The pinned tiny config, reading ``tiny_data`` and writing into ``folder/run``."""
-    text = region_config_path("tiny").read_text()
-    text = text.replace("data/tiny", str(tiny_data)).replace("outputs/tiny", str(folder / "run"))
-    cfg = folder / "tiny.yaml"
-    cfg.write_text(text)
-    return cfg
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import write_tiny_config
 
 from pipeline.cli import main
 
@@ -17,7 +18,6 @@ pytestmark = pytest.mark.slow
 def test_tiny_region_through_a_scheduler_and_two_workers_matches_the_local_run(
     tiny_run, tiny_data, tmp_path, external_cluster
 ):
-    from conftest import write_tiny_config
     from distributed import Client
 
     address = external_cluster(workers=2)
