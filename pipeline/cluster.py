@@ -22,9 +22,14 @@ existing cluster instead, which is how a run outgrows one machine.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import dask
 import psutil
@@ -48,8 +53,11 @@ def local_cluster_size(settings: DaskSettings) -> tuple[int, int, int | str]:
 
 
 @contextlib.contextmanager
-def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iterator[object]:
-    """A ``distributed.Client`` on a new local cluster, or on ``scheduler`` if given."""
+def dask_client(
+    settings: DaskSettings, *, scheduler: str | None = None, shared: Sequence[Path] = ()
+) -> Iterator[object]:
+    """A ``distributed.Client`` on a new local cluster, or on ``scheduler`` if given,
+    whose workers must see the existing ones of the ``shared`` paths (:func:`check_shared`)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -61,6 +69,7 @@ def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iter
                 "start one with `dask scheduler` or omit --scheduler for a local cluster"
             ) from None
         with client:
+            check_shared(client, shared, scheduler=scheduler)
             yield client
         return
     n_workers, threads, memory = local_cluster_size(settings)
@@ -84,3 +93,58 @@ def dask_client(settings: DaskSettings, *, scheduler: str | None = None) -> Iter
         Client(cluster) as client,
     ):
         yield client
+
+
+def _existing(paths: Sequence[str]) -> tuple[str, list[bool]]:
+    """This process's working directory, and whether each of ``paths`` exists here."""
+    return os.getcwd(), [os.path.exists(p) for p in paths]
+
+
+def check_shared(client: Any, paths: Sequence[Path], *, scheduler: str) -> None:
+    """Refuse a cluster on which a worker does not see one of ``paths`` that this process
+    sees. The run gives the workers paths as the config has them, and a relative path is
+    resolved against each process's own working directory: workers on other machines need
+    the data and run folders on a shared file system, under the same paths, and are
+    started in the run's working directory when the config's paths are relative."""
+    here = [str(p) for p in paths if p.exists()]
+    for worker, (cwd, found) in client.run(_existing, here).items():
+        missing = [p for p, ok in zip(here, found, strict=True) if not ok]
+        if missing:
+            raise ConfigError(
+                f"--scheduler {scheduler}: worker {worker} does not see {', '.join(missing)} "
+                f"(its working directory is {cwd}, this run's {os.getcwd()}): every worker "
+                "needs the data and run folders under the same paths (a shared file system); "
+                "start the workers in this directory or give absolute paths in the config "
+                "(docs/cluster.md)"
+            )
+
+
+def _has_bokeh() -> bool:
+    """Whether this process can draw the dashboard's pages (bokeh is installed)."""
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def dashboard_link(
+    client: Any, settings: DaskSettings, *, scheduler: str | None = None
+) -> str | None:
+    """The address of the cluster's dashboard, or None if its scheduler runs none, with a
+    note when the scheduler's environment lacks bokeh (the lock file has none): then the
+    address shows only Dask's request to install it.
+
+    The port is the scheduler's; the host is where the local cluster's dashboard listens
+    (``settings.dashboard_address``; this machine's name when that is every interface),
+    or the host of ``scheduler``. (``Client.dashboard_link`` names the machine's network
+    address, where the default dashboard, on 127.0.0.1, does not listen.)
+    """
+    port = client.scheduler_info()["services"].get("dashboard")
+    if port is None:
+        return None
+    host = (
+        urlsplit(scheduler).hostname if scheduler else settings.dashboard_address.rpartition(":")[0]
+    )
+    if host in (None, "", "0.0.0.0", "::", "[::]"):
+        host = socket.gethostname()
+    link = f"http://{host}:{port}/status"
+    if not client.run_on_scheduler(_has_bokeh):
+        link += " (its pages need bokeh, which is not installed: pip install bokeh)"
+    return link

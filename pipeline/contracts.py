@@ -53,7 +53,7 @@ from pipeline import io
 from pipeline.config import Config, CreditsParams, SinkParams
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.features import with_band_names
-from pipeline.run_folder import PINNED_ITEMS_ROOT, WARNINGS_NAME, recorded_sha256
+from pipeline.run_folder import PINNED_ITEMS_ROOT, RUN_LOG_NAME, WARNINGS_NAME, recorded_sha256
 from pipeline.sink import years_between
 
 # -- the run folder ---------------------------------------------------------------------
@@ -222,6 +222,11 @@ class RunLayout:
     def warnings(self) -> Path:
         """The warnings of the stages before the one running (written by the runner)."""
         return self.state_dir / WARNINGS_NAME
+
+    @property
+    def run_log(self) -> Path:
+        """The console's lines of every run in the folder, appended (written by the runner)."""
+        return self.root / RUN_LOG_NAME
 
 
 # -- the sink's epochs and error model (stages sink, parcels, credits, report) ---------

@@ -25,7 +25,8 @@ temporaries cleaned.
    files. A run that ends, well or not, clears its own journal.
 5. **Nothing left by a failure.** A run that created the folder and fails before any
    stage finished (an input only a stage can judge: a corrupt LiDAR tile, an unreadable
-   catalog) removes the folder again, so a failed first run leaves nothing behind.
+   catalog) removes the folder again, its run log with it, so a failed first run leaves
+   nothing behind.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ LOCK_NAME = "lock"
 JOURNAL_NAME = "temporaries"
 #: the warnings of the stages before the one running (``RunLayout.warnings``)
 WARNINGS_NAME = "warnings.json"
+#: the console's lines of every run in the folder, appended (``RunLayout.run_log``)
+RUN_LOG_NAME = "run.log"
 #: what every temporary of :mod:`pipeline.io` is called: ``.<stem>.tmp-<pid>...``
 TEMPORARY_MARK = ".tmp-"
 
@@ -314,9 +317,13 @@ def claim(output_dir: Path, *, say: Callable[[str], None]) -> Iterator[Journal]:
 
 
 #: what a run writes in its folder before a stage has finished: the lock, the journal of
-#: temporaries and the warnings of the stages before the first
+#: temporaries, the warnings of the stages before the first and the run log
 BOOKKEEPING = frozenset(
-    {STATE_DIR, *(f"{STATE_DIR}/{name}" for name in (LOCK_NAME, JOURNAL_NAME, WARNINGS_NAME))}
+    {
+        STATE_DIR,
+        RUN_LOG_NAME,
+        *(f"{STATE_DIR}/{name}" for name in (LOCK_NAME, JOURNAL_NAME, WARNINGS_NAME)),
+    }
 )
 
 

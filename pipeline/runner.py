@@ -35,8 +35,16 @@ if its inputs are back to what they were, moves its records back.
 The manifest (DESIGN §3) holds the resolved config and its hash, the code version, key
 package versions, every input with its checksum (STAC items by id and href), every output
 with a content checksum (and the sha256 of its bytes), the seed, when the run started and
-each stage finished, each stage's wall time and peak memory, the warnings each stage raised,
-and the key figures of the stages that declare them (``results``: the survey totals).
+each stage finished, each stage's wall time and peak memory (of the run's process tree, of
+the Dask workers together and of the busiest worker: the last also with ``--scheduler``,
+where the workers are not in the run's process tree), the warnings each stage raised, and
+the key figures of the stages that declare them (``results``: the survey totals).
+
+The console's lines (the dashboard's address, each stage started, skipped or finished,
+the warnings) go also, without colours and also under ``--quiet``, into ``run.log`` in the
+run folder, appended per run after a line with the time, the region and the stages; the
+lines before the folder is claimed (the input checks' warnings) are kept until it is, and
+a run that fails ends its part with the error.
 
 Warnings: the Python warnings raised in this process while a stage loads its inputs, runs
 and has its outputs written are caught (:func:`warnings.catch_warnings`), printed on the
@@ -70,6 +78,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
+from io import StringIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,8 +162,12 @@ class Fingerprint:
 class StageRecord:
     status: str
     wall_s: float
+    #: peak resident memory of the run's process tree (MB)
     peak_rss_mb: float | None = None
+    #: peak of the Dask workers' summed memory (MB, the scheduler's view)
     peak_cluster_mb: float | None = None
+    #: peak resident memory of the busiest Dask worker (MB, the workers' own samples)
+    peak_worker_mb: float | None = None
     #: when the stage finished (UTC, ISO 8601): the ``created`` time of its outputs
     finished: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
@@ -278,23 +291,42 @@ def sort_warnings(
 # --------------------------------------------------------------------------- memory
 
 
+#: seconds between two samples of the run's memory
+RSS_INTERVAL_S = 0.1
+#: seconds between two walks of the process tree for its processes (a walk reads every
+#: process of the machine; the tree changes only when a local cluster's worker process
+#: starts or restarts)
+TREE_INTERVAL_S = 2.0
+
+
 @contextmanager
 def peak_rss() -> Iterator[list[float]]:
-    """Sample this process tree's resident memory; yields a one-element list of the peak (MB)."""
+    """Sample this process tree's resident memory; yields a one-element list of the peak (MB).
+
+    Every :data:`RSS_INTERVAL_S` the sampler reads the memory of the processes it knows
+    (``/proc/<pid>/statm``, microseconds each), and every :data:`TREE_INTERVAL_S` it walks
+    the tree for them again: a walk at every sample cost 3.1 to 3.3 % of a tiny run's
+    CPU time, this costs 0.5 to 0.6 % (docs/performance.md).
+    """
     peak = [0.0]
     stop = threading.Event()
     me = psutil.Process()
 
     def sample() -> None:
+        procs: list[psutil.Process] = []
+        walk_at = 0.0
         while True:
-            rss = me.memory_info().rss
-            for child in me.children(recursive=True):
+            if time.monotonic() >= walk_at:
+                procs = [me, *me.children(recursive=True)]
+                walk_at = time.monotonic() + TREE_INTERVAL_S
+            rss = 0
+            for proc in procs:
                 try:
-                    rss += child.memory_info().rss
+                    rss += proc.memory_info().rss
                 except psutil.Error:
                     continue
             peak[0] = max(peak[0], rss / 2**20)
-            if stop.wait(0.1):
+            if stop.wait(RSS_INTERVAL_S):
                 return
 
     t = threading.Thread(target=sample, daemon=True)
@@ -304,6 +336,38 @@ def peak_rss() -> Iterator[list[float]]:
     finally:
         stop.set()
         t.join()
+
+
+def _monitor_count(dask_worker: Any) -> int:
+    """How many samples a worker's system monitor has taken."""
+    count: int = dask_worker.monitor.count
+    return count
+
+
+def _monitor_peak(since: Mapping[str, int], dask_worker: Any) -> float:
+    """A worker's peak resident memory (bytes) in its monitor's samples after ``since``,
+    or its latest sample if it took none since."""
+    monitor = dask_worker.monitor
+    samples = monitor.range_query(since.get(dask_worker.address, 0))["memory"]
+    return max((m for m in samples if m is not None), default=monitor.quantities["memory"][-1])
+
+
+@contextmanager
+def peak_worker_rss(client: Any) -> Iterator[list[float | None]]:
+    """The peak resident memory (MB) of the busiest Dask worker while the block runs;
+    yields a one-element list, filled on exit.
+
+    Read from the samples every worker's own system monitor takes anyway
+    (``distributed.admin.system-monitor``: every 0.5 s, the last 7,200 kept, one hour),
+    so it costs two calls to the workers and no sampling of its own; of a stage longer
+    than an hour it is the peak of the last hour. A worker that cannot answer (it died or
+    is restarting) is left out rather than failing the stage.
+    """
+    peak: list[float | None] = [None]
+    since = client.run(_monitor_count, on_error="ignore")
+    yield peak
+    peaks = client.run(_monitor_peak, since, on_error="ignore")
+    peak[0] = max(peaks.values()) / 2**20 if peaks else None
 
 
 # --------------------------------------------------------------------------- the run
@@ -327,6 +391,9 @@ class Runner:
         self.console = console or Console(stderr=True, quiet=options.quiet)
         #: warnings are printed also under --quiet
         self.alerts = Console(stderr=True) if self.console.quiet else self.console
+        #: every line of :meth:`say`, plain, also under --quiet, until appended to the run
+        #: log (lines said before the run folder is claimed wait here for it)
+        self.log = Console(file=StringIO(), color_system=None, soft_wrap=True)
         #: records the temporaries of the run in progress (:mod:`pipeline.run_folder`)
         self.journal: io.TemporaryJournal | None = None
         #: the warnings of :meth:`check_inputs`, by the stage whose record they join
@@ -338,6 +405,8 @@ class Runner:
                 raise ConfigError(
                     f"--stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(known)})"
                 )
+        names = ", ".join(s.name for s in self.selected())
+        self.log.print(f"── {utc_now()} region {config.region}, stages {names}", markup=False)
 
     def selected(self) -> list[Stage]:
         if self.options.stages is None:
@@ -391,11 +460,9 @@ class Runner:
             # most of the pipeline's messages already start with their stage's name
             named = message.startswith(f"{stage.name}:")
             text = escape(message if named else f"{stage.name}: {message}")
-            self.alerts.print(f"[yellow]⚠[/] {text}", highlight=False)
+            self.say(f"[yellow]⚠[/] {text}", alert=True)
         for message in record.get("library_warnings", []):
-            self.alerts.print(
-                f"[dim]⚠ {stage.name} (library): {escape(message)}[/]", highlight=False
-            )
+            self.say(f"[dim]⚠ {stage.name} (library): {escape(message)}[/]", alert=True)
 
     # input checks --------------------------------------------------------------------
 
@@ -421,7 +488,7 @@ class Runner:
             paths = [p for spec in specs for p in (spec if isinstance(spec, tuple) else (spec,))]
             reads[stage.name] = [p.resolve() for p in paths]
         for found in check_inputs(self.config, [s.name for s in selected]):
-            self.alerts.print(f"[yellow]⚠[/] {escape(found.message)}", highlight=False)
+            self.say(f"[yellow]⚠[/] {escape(found.message)}", alert=True)
             files = [f.resolve() for f in found.files]
             owner = next(
                 (
@@ -456,15 +523,43 @@ class Runner:
             self.journal = journal
             try:
                 return self._run()
+            except Exception as err:
+                self.log.print(f"failed: {type(err).__name__}: {err}", markup=False)
+                raise
             finally:
+                self._append_log()
                 self.journal = None
 
     def _log(self, message: str) -> None:
         """A line about the run folder, printed also under --quiet."""
-        self.alerts.print(f"[dim]{escape(message)}[/]", highlight=False)
+        self.say(f"[dim]{escape(message)}[/]", alert=True)
+
+    def say(self, text: str, *, alert: bool = False) -> None:
+        """Print a line (rich markup) on the console, an ``alert`` also under --quiet, and
+        into the run log."""
+        (self.alerts if alert else self.console).print(text, highlight=False if alert else None)
+        self.log.print(text, highlight=False)
+
+    def _append_log(self) -> None:
+        """Append the lines said since the last call to the run folder's ``run.log``.
+
+        A log that cannot be written (a full disk) does not stop the run nor hide its
+        error: its lines wait for the next call."""
+        buffer = self.log.file
+        assert isinstance(buffer, StringIO)
+        try:
+            with self.layout.run_log.open("a", encoding="utf-8") as f:
+                f.write(buffer.getvalue())
+        except OSError as err:
+            self.alerts.print(
+                f"[dim]{escape(f'run log {self.layout.run_log}: not written ({err})')}[/]"
+            )
+            return
+        buffer.seek(0)
+        buffer.truncate()
 
     def _run(self) -> dict[str, Any]:
-        from pipeline.cluster import dask_client
+        from pipeline.cluster import dashboard_link, dask_client
 
         if self.options.pinned_items is not None:
             pinned = self.layout.path(PINNED_ITEMS_DIR)
@@ -491,14 +586,21 @@ class Runner:
         manifest.setdefault("outputs", {})
         manifest.setdefault("stages", {})
         manifest.setdefault("stac_items", {})
-        with dask_client(self.config.dask, scheduler=self.options.scheduler) as client:
+        shared = (Path(self.config.data_dir), self.layout.root)
+        with dask_client(
+            self.config.dask, scheduler=self.options.scheduler, shared=shared
+        ) as client:
             nthreads = client.nthreads()  # type: ignore[attr-defined]
             manifest["cluster"] = {
                 "scheduler": client.scheduler.address,  # type: ignore[attr-defined]
                 "workers": len(nthreads),
                 "threads": sum(nthreads.values()),
             }
+            dashboard = dashboard_link(client, self.config.dask, scheduler=self.options.scheduler)
+            if dashboard:
+                self.say(f"Dask dashboard: {dashboard}")
             for stage in self.selected():
+                self._append_log()
                 self._run_stage(stage, client, code["source_sha256"], manifest)
                 self._write_manifest(manifest)
         if self.options.stages is not None:
@@ -615,10 +717,10 @@ class Runner:
                 **state.get("record", {}),
                 "status": f"stale: {stale[stage.name]}",
             }
-            self.alerts.print(
+            self.say(
                 f"[yellow]⚠[/] {stage.name}: stale, {escape(stale[stage.name])}: its outputs "
                 "are no longer in the manifest; `run` without --stages redoes it",
-                highlight=False,
+                alert=True,
             )
 
     def _restore(self, stage: Stage, manifest: dict[str, Any]) -> None:
@@ -665,12 +767,10 @@ class Runner:
                 "status": "skipped (unchanged)",
             }
             self._records_from_state(stage, state, manifest)
-            self.console.print(
-                f"[dim]↷ {stage.name:<10} skipped: inputs and parameters unchanged[/]"
-            )
+            self.say(f"[dim]↷ {stage.name:<10} skipped: inputs and parameters unchanged[/]")
             self._print_warnings(stage, manifest["stages"][stage.name])
             return
-        self.console.print(f"▶ {stage.name:<10} running")
+        self.say(f"▶ {stage.name:<10} running")
         # raw inputs (outside the run folder) are recorded with their checksums, and each
         # of their files with its own (``reproduce`` names a changed file)
         root = self.layout.root.resolve()
@@ -690,6 +790,7 @@ class Runner:
             with (
                 warnings.catch_warnings(record=True) as caught,
                 peak_rss() as rss,
+                peak_worker_rss(client) as worker_rss,
                 sampler.sample(stage.name, client=client, measure="process"),
             ):
                 # every warning is recorded each time it is raised (the record keeps each
@@ -740,6 +841,7 @@ class Runner:
             wall_s=round(time.perf_counter() - t0, 3),
             peak_rss_mb=round(rss[0], 1),
             peak_cluster_mb=None if cluster_peak is None else round(float(cluster_peak) / 2**20, 1),
+            peak_worker_mb=None if worker_rss[0] is None else round(worker_rss[0], 1),
             finished=utc_now(),
         )
         own, record.library_warnings, codes = sort_warnings(caught)
@@ -785,4 +887,6 @@ class Runner:
             tmp.write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
         self._print_warnings(stage, manifest["stages"][stage.name])
         peak = f", peak {record.peak_rss_mb:.0f} MB" if record.peak_rss_mb else ""
-        self.console.print(f"[green]✓[/] {stage.name:<10} {record.wall_s:8.1f} s{peak}")
+        if record.peak_worker_mb:
+            peak += f", busiest worker {record.peak_worker_mb:.0f} MB"
+        self.say(f"[green]✓[/] {stage.name:<10} {record.wall_s:8.1f} s{peak}")

@@ -9,7 +9,8 @@ version, :func:`dask_chunked` makes the Dask-backed inputs and
 
 :func:`assert_workbook_matches_csvs` checks an XLSX workbook cell by cell against CSVs;
 :data:`CHROMIUM_FLAGS` run the headless browser the report tests (and its benchmark) open
-the report in.
+the report in. :func:`subprocess_env` is the environment of the processes tests start;
+:func:`write_tiny_config` the tiny region's config for a test's own folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,30 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from pipeline.config import region_config_path
+
 Chunks = int | tuple[int, int]
+
+TESTS = Path(__file__).parent
+
+
+def write_tiny_config(tiny_data: Path, folder: Path) -> Path:
+    """The pinned tiny config, reading ``tiny_data`` and writing into ``folder/run``."""
+    text = region_config_path("tiny").read_text()
+    text = text.replace("data/tiny", str(tiny_data)).replace("outputs/tiny", str(folder / "run"))
+    cfg = folder / "tiny.yaml"
+    cfg.write_text(text)
+    return cfg
+
+
+def subprocess_env() -> dict[str, str]:
+    """This process's environment with ``tests/`` importable (the toy stages), for the
+    runs and Dask workers that tests start as processes."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+
 
 #: headless Chromium (``scripts/install-report-deps.sh``) without network, sync or updates
 CHROMIUM_FLAGS = (

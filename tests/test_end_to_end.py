@@ -57,19 +57,6 @@ from pipeline.stages import STAGES
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from pipeline.config import region_config_path
-
-    tmp = tmp_path_factory.mktemp("e2e")
-    text = region_config_path("tiny").read_text()
-    text = text.replace("data/tiny", str(tiny_data)).replace("outputs/tiny", str(tmp / "run"))
-    cfg = tmp / "tiny.yaml"
-    cfg.write_text(text)
-    assert main(["run", "--config", str(cfg), "--quiet"]) == 0
-    return cfg, tmp / "run"
-
-
 def test_run_folder_is_a_valid_stac_catalog_with_qgis_styles(tiny_run):
     _, run = tiny_run
     check_catalog(run)

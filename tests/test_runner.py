@@ -3,29 +3,32 @@ an external scheduler, the manifest, and reproduce."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import rasterio
 import toy_stages
+from helpers import subprocess_env
 
 from models.errors import ModelsWarning
 from pipeline.config import load_config
-from pipeline.errors import InputDataError, PipelineWarning
+from pipeline.errors import ConfigError, InputDataError, PipelineWarning
 from pipeline.reproduce import reproduce
-from pipeline.runner import Runner, RunOptions
-
-TESTS = Path(__file__).parent
+from pipeline.runner import TREE_INTERVAL_S, Runner, RunOptions, peak_rss, peak_worker_rss
 
 
 def _run(cfg_path: Path, **options) -> dict:
@@ -107,6 +110,46 @@ def test_stage_warnings_reach_console_manifest_and_the_next_stages(tmp_path, cap
     assert json.loads((tmp_path / "out/manifest.json").read_text())["stages"] == second["stages"]
 
 
+def test_the_console_shows_the_dashboard_and_run_log_keeps_every_runs_lines(tmp_path, capsys):
+    cfg = toy_stages.write_config(tmp_path)
+    config = load_config(cfg)
+    Runner(config, toy_stages.stages(), options=RunOptions()).run()
+    shown = capsys.readouterr().err
+    assert re.search(r"^Dask dashboard: http://127\.0\.0\.1:\d+/status\b", shown, re.M), shown
+    Runner(config, toy_stages.stages(), options=RunOptions(quiet=True)).run()
+    assert "skipped" not in capsys.readouterr().err  # quiet
+    log = (tmp_path / "out/run.log").read_text()
+    runs = re.split(r"^── .*$\n", log, flags=re.M)
+    assert runs[0] == "" and len(runs) == 3
+    # the first run's lines as the console showed them (which wraps them), the second's
+    # also under --quiet
+    assert runs[1].split() == shown.split()
+    assert "✓ noise" in runs[1] and "✓ summary" in runs[1]
+    assert runs[2].count("skipped: inputs and parameters unchanged") == 2
+    assert log.startswith(f"── {datetime.date.today().year}")
+    assert "region toy, stages noise, summary\n" in log
+
+
+def test_a_failed_run_logs_its_error(tmp_path):
+    cfg = toy_stages.write_config(tmp_path)
+    _run(cfg)
+    noise, summary = toy_stages.stages()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the toy broke")
+
+    config = load_config(cfg)
+    with pytest.raises(RuntimeError):
+        Runner(
+            config, (replace(noise, func=fail), summary), options=RunOptions(quiet=True, force=True)
+        ).run()
+    assert (
+        (tmp_path / "out/run.log")
+        .read_text()
+        .endswith("▶ noise      running\nfailed: RuntimeError: the toy broke\n")
+    )
+
+
 def test_force_and_stage_subset(tmp_path):
     cfg = toy_stages.write_config(tmp_path)
     first = _run(cfg)
@@ -158,13 +201,7 @@ def test_manifest_records_config_inputs_outputs_and_costs(tmp_path):
         assert m["stages"][name]["wall_s"] > 0
         assert m["stages"][name]["peak_rss_mb"] > 0
         assert m["stages"][name]["peak_cluster_mb"] > 0
-
-
-def _env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    }
+        assert m["stages"][name]["peak_worker_mb"] > 0
 
 
 KILLABLE = """
@@ -181,7 +218,9 @@ def test_sigkill_while_writing_leaves_no_partial_file_and_resumes(tmp_path):
     cfg = toy_stages.write_config(tmp_path, size_px=512)
     final = tmp_path / "out/toy/noise.tif"
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLABLE, str(cfg), "0.4"], env=_env(), start_new_session=True
+        [sys.executable, "-c", KILLABLE, str(cfg), "0.4"],
+        env=subprocess_env(),
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -218,65 +257,89 @@ def test_a_run_killed_between_a_stages_state_and_the_manifest_gets_its_records_b
     assert json.loads(path.read_text())["outputs"] == first["outputs"]
 
 
-@pytest.fixture
-def external_scheduler(tmp_path):
-    sched_file = tmp_path / "scheduler.json"
-    dask = Path(sys.executable).with_name("dask")
-    procs = [
-        subprocess.Popen(
-            [
-                str(dask),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(sched_file),
-            ],
-            env=_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    deadline = time.monotonic() + 60
-    while not sched_file.exists():
-        assert time.monotonic() < deadline, "dask scheduler did not start"
-        time.sleep(0.2)
-    procs.append(
-        subprocess.Popen(
-            [
-                str(dask),
-                "worker",
-                "--scheduler-file",
-                str(sched_file),
-                "--nthreads",
-                "1",
-                "--no-dashboard",
-                "--memory-limit",
-                "2GiB",
-            ],
-            env=_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
-    yield json.loads(sched_file.read_text())["address"]
-    for p in procs:
-        p.terminate()
-        p.wait(timeout=30)
-
-
-def test_runs_through_an_external_scheduler(tmp_path, external_scheduler):
+def test_runs_through_an_external_scheduler(tmp_path, external_cluster):
     cfg = toy_stages.write_config(tmp_path)
-    from distributed import Client
-
-    with Client(external_scheduler, timeout="30s") as c:
-        c.wait_for_workers(1, timeout=60)
-    m = _run(cfg, scheduler=external_scheduler)
-    assert m["cluster"] == {"scheduler": external_scheduler, "workers": 1, "threads": 1}
+    address = external_cluster(workers=1)
+    m = _run(cfg, scheduler=address)
+    assert m["cluster"] == {"scheduler": address, "workers": 1, "threads": 1}
+    assert m["stages"]["noise"]["peak_worker_mb"] > 0
     assert (tmp_path / "out/toy/summary.json").is_file()
+
+
+def test_peak_rss_counts_a_process_started_inside_the_block():
+    # the sampler walks the process tree every TREE_INTERVAL_S only: a child that holds
+    # 200 MB for longer than that is counted on top of this process
+    hold = "import time, numpy; a = numpy.ones(200 * 2**20, 'u1'); time.sleep(3)"
+    with peak_rss() as peak:
+        mine = psutil.Process().memory_info().rss / 2**20
+        subprocess.run([sys.executable, "-c", hold], check=True)
+    assert TREE_INTERVAL_S < 3
+    assert peak[0] > mine + 200
+
+
+def test_peak_worker_rss_is_the_peak_of_the_busiest_worker():
+    # a task holds 300 MB on one of two worker processes for 2 s (the monitors sample every
+    # 0.5 s): the peak is that worker's memory before the task plus 300 MB, give or take
+    # what the task's other objects take
+    from pipeline.cluster import dask_client
+    from pipeline.config import DaskSettings
+
+    size = 300 * 2**20
+
+    def hold(nbytes: int) -> int:
+        block = np.ones(nbytes, dtype=np.uint8)  # written: every page resident
+        time.sleep(2.0)
+        return int(block[-1])
+
+    settings = DaskSettings(processes=True, n_workers=2, threads_per_worker=1, memory_limit="2GiB")
+    with dask_client(settings) as c:
+        with peak_worker_rss(c) as peak:
+            before = c.run(lambda dask_worker: dask_worker.monitor.proc.memory_info().rss)
+            busy = min(before)
+            assert c.submit(hold, size, workers=[busy], pure=False).result() == 1
+    assert peak[0] is not None
+    expected = (before[busy] + size) / 2**20
+    assert expected - 10 < peak[0] < max(expected, max(before.values()) / 2**20) + 60
+
+
+def test_dashboard_link_is_where_the_dashboard_answers():
+    # distributed's own Client.dashboard_link names the machine's network address, where
+    # the default dashboard (127.0.0.1 only) does not listen; without bokeh (not in the
+    # lock file) the page asks for it, and the link says so
+    import importlib.util
+
+    from pipeline.cluster import dashboard_link, dask_client
+    from pipeline.config import DaskSettings
+
+    settings = DaskSettings(memory_limit="1GiB")
+    with dask_client(settings) as c:
+        link = dashboard_link(c, settings)
+        assert link is not None and link.startswith("http://127.0.0.1:")
+        url, _, note = link.partition(" ")
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            page = answer.read().decode()
+        if importlib.util.find_spec("bokeh") is None:
+            assert "Dask needs bokeh" in page
+            assert note == "(its pages need bokeh, which is not installed: pip install bokeh)"
+        else:
+            assert "Dask needs bokeh" not in page and note == ""
+
+
+def test_workers_that_do_not_see_the_runs_paths_are_refused(
+    tmp_path, external_cluster, monkeypatch
+):
+    # the config's paths relative to the run's working directory; the worker runs elsewhere
+    cfg = toy_stages.write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace(f"{tmp_path}/", ""))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    address = external_cluster(workers=1, cwd=elsewhere)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ConfigError, match=rf"does not see data, out \(its working directory is {elsewhere},"
+    ):
+        _run(cfg, scheduler=address)
+    assert not (tmp_path / "out").exists()  # a failed first run leaves no folder
 
 
 def test_bad_scheduler_address_is_a_clear_error(tmp_path):
