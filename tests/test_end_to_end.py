@@ -103,17 +103,18 @@ def test_every_stage_ran_and_wrote_its_outputs(tiny_run):
     assert (totals["combined_half_width"] > totals["half_width"]).all()
     systematic = json.loads((run / SYSTEMATIC_RELPATH).read_text())
     assert 0.02 < systematic["map_relative_sd"] < 0.06
-    # the fold maps are made only when the cross-fitted estimate is to be chosen
-    # (stages.estimate.cross_fit, false by default: tests/test_predict.py makes them); the
-    # inventory's cross-fitted rows are then shown uncorrected, not chosen
-    assert FOLD_MAPS_RELPATH in manifest["outputs"]
-    assert pd.read_csv(run / FOLD_MAPS_RELPATH).empty
+    # the inventory's stocks are its cross-fitted difference estimates by default
+    # (stages.estimate.cross_fit), corrected by the fold maps the model stage made; its
+    # change stays plot-only (stages.estimate.change_estimator)
+    assert not pd.read_csv(run / FOLD_MAPS_RELPATH).empty
     card = json.loads((run / MODEL_CARD_RELPATH).read_text())["fold_maps"]
-    assert card == {"skipped": "stages.estimate.cross_fit is false"}
-    inventory = totals[(totals["sample"] == "inventory") & (totals["estimator"] == "difference")]
+    assert "skipped" not in card
+    inventory = totals[(totals["sample"] == "inventory") & totals["chosen"]]
     stocks = inventory[inventory["quantity"].str.startswith("stock_")]
-    assert len(stocks) == 2 and not stocks["chosen"].any()
-    assert not stocks["note"].str.contains("fold maps' correction").any()
+    assert len(stocks) == 2 and (stocks["estimator"] == "difference").all()
+    assert stocks["note"].str.contains("fold maps' correction").all()
+    change = inventory[inventory["quantity"].str.startswith("change_")]
+    assert change["estimator"].tolist() == ["stratified"]
 
 
 def test_composite_matches_clear_sky_truth(tiny_run, tiny_data):
