@@ -45,6 +45,9 @@ from pathlib import Path
 
 import psutil
 import yaml
+from pyproj import Transformer
+
+from pipeline.config import ModelParams
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "configs" / "regions" / "nanping.yaml"
@@ -58,6 +61,8 @@ MIN_LIDAR_KM = 0.4
 PREFECTURE_KM2 = 26_300.0
 #: share of the prefecture flown with LiDAR, once
 LIDAR_SHARE = 0.10
+#: the model stage's default ``cv_block_m``
+CV_BLOCK_M = ModelParams().cv_block_m
 #: a realistic count of Sentinel-2 + Landsat scenes per season over a prefecture
 SCENES_PER_SEASON = (60, 90)
 MACHINE_CORES = 2
@@ -136,6 +141,15 @@ def scaled_config(tmp: Path, factor: float, design: Design) -> Path:
     sim["lidar_km"] = design.lidar_side_share * side_km
     sim["lidar2_km"] = repeat_share * sim["lidar_km"]
     sim["n_plots"] = round(design.plots_per_km2 * side_km**2)
+    # the model's spatial cross-validation needs the LiDAR plots in two of its blocks: the
+    # copy (and the LiDAR block at its centre) is centred on a corner of those blocks
+    block_m = cfg.get("stages", {}).get("model", {}).get("cv_block_m", CV_BLOCK_M)
+    to_crs = Transformer.from_crs("EPSG:4326", cfg["crs"], always_xy=True)
+    x, y = to_crs.transform(sim["center_lon"], sim["center_lat"])
+    lon, lat = to_crs.transform(
+        round(x / block_m) * block_m, round(y / block_m) * block_m, direction="INVERSE"
+    )
+    sim["center_lon"], sim["center_lat"] = float(lon), float(lat)
     cfg["aoi"] = str(tmp / "data" / "aoi.geojson")
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))

@@ -20,6 +20,7 @@ from benchmarks.scale import (
     scaled_config,
 )
 from pipeline.config import load_config
+from pipeline.simulate.region import aoi_grid
 
 
 def test_design_keeps_the_demo_where_the_smallest_copy_allows() -> None:
@@ -44,6 +45,11 @@ def test_scaled_config_scales_the_area_and_keeps_the_design(tmp_path: Path) -> N
     # everything else is the demo's
     assert (sim.n_s2_scenes, sim.n_landsat_scenes) == (6, 3)
     assert config.epochs == load_config(Path("configs/regions/nanping.yaml")).epochs
+    # centred on a corner of the model's 1 km cross-validation blocks (to the 60 m the
+    # simulator snaps its AOI to), so the LiDAR block, at the centre, lies in four of them
+    left, bottom, right, top = aoi_grid(config).boundingbox
+    for centre_m in ((left + right) / 2, (bottom + top) / 2):
+        assert abs(centre_m - round(centre_m / 1000) * 1000) <= 30
     # and reads and writes under the temporary folder only
     assert config.aoi == tmp_path / "data" / "aoi.geojson"
     assert config.sources.parcels == tmp_path / "data" / "parcels" / "parcels.gpkg"
