@@ -56,38 +56,49 @@ def test_scaled_config_scales_the_area_and_keeps_the_design(tmp_path: Path) -> N
     assert config.output_dir == tmp_path / "run"
 
 
-def _copy(factor: float, *, predict_mb: float) -> Copy:
-    """A run of ``factor`` x 10 km2 with 1 km2 flown per 10 km2 and 9 scenes per season."""
+def _copy(factor: float, *, predict_mb: float, lidar_mb: float = 2000.0) -> Copy:
+    """A run of ``factor`` x 10 km2 with 1 km2 flown and 8 plots per 10 km2 and 9 scenes
+    per season."""
     return Copy(
         factor=factor,
         area_km2=10.0 * factor,
         flown_km2=1.0 * factor,
-        n_plots=8,
+        n_plots=round(8 * factor),
         scenes_per_season=9.0,
         stages={
             "composite": StageCost(cpu_s=20.0 * factor, wall_s=1.0, peak_mb=1000.0),
-            "lidar": StageCost(cpu_s=50.0 * factor, wall_s=1.0, peak_mb=2000.0),
+            "lidar": StageCost(cpu_s=50.0 * factor, wall_s=1.0, peak_mb=lidar_mb),
+            "plots": StageCost(cpu_s=16.0 * factor, wall_s=1.0, peak_mb=1000.0),
             "predict": StageCost(cpu_s=30.0 * factor, wall_s=1.0, peak_mb=predict_mb),
         },
     )
 
 
-def test_prefecture_cpu_by_area_flown_area_and_scenes() -> None:
-    cpu = prefecture_cpu_s(_copy(4.0, predict_mb=0.0), scenes_per_season=90.0)
+def test_prefecture_cpu_by_area_flown_area_plots_and_scenes() -> None:
+    top = _copy(4.0, predict_mb=0.0)
+    cpu = prefecture_cpu_s(top, scenes_per_season=90.0, plots_per_km2=0.8)
     # composite: 2 CPU-s per km2 for 9 scenes, 20 for 90, over 26,300 km2
     assert cpu["composite"] == pytest.approx(20.0 * 26_300)
     # lidar: 50 CPU-s per km2 flown, over 2,630 km2
     assert cpu["lidar"] == pytest.approx(50.0 * 2_630)
+    # plots: 64 CPU-s for 32 plots, 2 a plot, for 0.8 x 26,300 = 21,040 plots
+    assert cpu["plots"] == pytest.approx(2.0 * 21_040)
     # predict: 3 CPU-s per km2, wall to wall
     assert cpu["predict"] == pytest.approx(3.0 * 26_300)
 
 
-def test_prefecture_memory_carries_the_growth_per_km2() -> None:
-    # predict grows 300 MB from 10 to 40 km2: 10 MB per km2, 26,260 km2 more to come
-    one, top = _copy(1.0, predict_mb=1500.0), _copy(4.0, predict_mb=1800.0)
+def test_prefecture_memory_carries_the_growth_beyond_the_goal() -> None:
+    # predict grows 300 MB (20 %) from 10 to 40 km2: 10 MB per km2, 26,260 km2 more to come
+    one = _copy(1.0, predict_mb=1500.0, lidar_mb=2000.0)
+    top = _copy(4.0, predict_mb=1800.0, lidar_mb=2200.0)
     memory = prefecture_memory_mb(one, top)
     assert memory["predict"] == pytest.approx(1800.0 + 10.0 * 26_260)
+    # lidar grew 10 %, within the goal: flat at its peak; composite did not grow
+    assert memory["lidar"] == pytest.approx(2200.0)
     assert memory["composite"] == pytest.approx(1000.0)
+    # lidar's growth is by the km2 flown: 600 MB from 1 to 4 km2, 2,626 km2 more to fly
+    flown = prefecture_memory_mb(one, _copy(4.0, predict_mb=1800.0, lidar_mb=2600.0))
+    assert flown["lidar"] == pytest.approx(2600.0 + 200.0 * 2_626)
     # a peak that fell is not extrapolated downwards
     fell = prefecture_memory_mb(_copy(1.0, predict_mb=1800.0), _copy(4.0, predict_mb=1500.0))
     assert fell["predict"] == pytest.approx(1500.0)
