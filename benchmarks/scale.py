@@ -7,7 +7,9 @@ LiDAR block covers the same share of its side (the demo's 2 of 10 km, the repeat
 half of that) and the inventory plots have the same density (the demo's 0.8 per km2),
 both raised for all copies where the smallest copy would get a LiDAR block under
 ``MIN_LIDAR_KM`` or fewer than ``MIN_PLOTS`` plots: with fewer, its inventory LiDAR
-stratum or its satellite model has too few plots to fit. Parcels are the simulator's
+stratum or its satellite model has too few plots to fit. Each copy is centred on a
+corner of the model's cross-validation blocks (``stages.model.cv_block_m``), so that its
+LiDAR block, at the centre, spans more than one. Parcels are the simulator's
 (``simulation.yaml``'s density).
 
 Each copy's whole pipeline runs in a fresh process (``python -m pipeline run``) into its
@@ -67,10 +69,11 @@ LIDAR_SHARE = 0.10
 CV_BLOCK_M = ModelParams().cv_block_m
 #: a realistic count of Sentinel-2 + Landsat scenes per season over a prefecture
 SCENES_PER_SEASON = (60, 90)
+#: the one machine of the estimate
 MACHINE_CORES = 2
 MACHINE_MEMORY_GB = 24.0
-#: a stage's memory "grows with the area" when the prefecture would add more than this
-#: share to its peak (issue #19's goal for 1x to 4x, carried to the prefecture)
+#: a stage's memory "grows with the area" when its peak grew by more than this share from
+#: 1x to the largest copy (issue #19's goal)
 FLAT_GROWTH = 0.15
 #: GDAL's raster block cache of the measured runs (MB). GDAL's default, 5 % of the RAM
 #: (1.2 GB on 24 GB), fills as a run reads rasters and would show as memory growing with
