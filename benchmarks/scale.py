@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "configs" / "regions" / "nanping.yaml"
 FACTORS = (0.25, 1.0, 4.0, 16.0)
 #: fewest inventory plots a copy gets: with 12 on 1.4 km2, the satellite model of one
-#: seed had 2 plots with a clear composite to fit on
+#: seed had 2 training rows with a clear composite to fit on
 MIN_PLOTS = 20
 #: shortest side of a copy's LiDAR block (the tiny region's): with a 0.25 km block the
 #: inventory's LiDAR stratum got no plot, and its variance needs two
