@@ -39,6 +39,7 @@ test: $(STAMP) $(SYSDEPS)
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@echo "== benchmarks/scale.py"; $(BIN)/python benchmarks/scale.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline models tests benchmarks
