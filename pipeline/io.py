@@ -384,6 +384,7 @@ def write_cogs(
         ):
             dsts = []
             for f in files:
+                # entered just before its file, so closing that file is named by it
                 stack.enter_context(full_disk_named(f.path))
                 if journal is not None:
                     journal(f.stage_tmp)
@@ -391,9 +392,11 @@ def write_cogs(
             done = [0] * len(files)
             for i, (b, y0, x0), values in _computed_blocks([f.data for f in files], client):
                 win = Window(x0, y0, values.shape[2], values.shape[1])
-                dsts[i].write(
-                    values, indexes=list(range(b + 1, b + 1 + values.shape[0])), window=win
-                )
+                # a write names its own file (the stack's innermost handler is the last file's)
+                with full_disk_named(files[i].path):
+                    dsts[i].write(
+                        values, indexes=list(range(b + 1, b + 1 + values.shape[0])), window=win
+                    )
                 done[i] += 1
                 callback = progress.get(files[i].path)
                 if callback is not None:

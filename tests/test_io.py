@@ -6,7 +6,9 @@ from __future__ import annotations
 import codecs
 import csv
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -217,3 +219,39 @@ def test_rasters_of_one_graph_compute_their_shared_blocks_once(
         if client is not None:
             client.close()
             cluster.close()
+
+
+def test_a_full_disk_while_writing_one_of_several_rasters_names_that_raster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write_cogs`` holds every staging file open at once: the no-space error of a block
+    write names the file being written, not the last one opened, and leaves no file."""
+    import contextlib
+    import errno
+
+    from pipeline.errors import RunFolderError
+
+    real = io._CogFile.open_staging
+
+    @contextlib.contextmanager
+    def staging(self: io._CogFile, tags: Any, band_tags: Any) -> Iterator[Any]:
+        with real(self, tags, band_tags) as dst:
+            if self.path.name != "first.tif":
+                yield dst
+                return
+
+            class Full:
+                def write(self, *args: Any, **kwargs: Any) -> None:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+
+            yield Full()
+
+    monkeypatch.setattr(io._CogFile, "open_staging", staging)
+    values = np.ones((1, SIZE, SIZE), dtype=np.float32)
+    rasters = {
+        tmp_path / name: _raster(values, ["v"], nodata=float("nan"))
+        for name in ("first.tif", "second.tif")
+    }
+    with pytest.raises(RunFolderError, match=r"first\.tif: no space left"):
+        io.write_cogs(rasters)
+    assert not list(tmp_path.iterdir())
