@@ -93,6 +93,8 @@ JOB = EstimateJob(
     estimator="greg",
     change_estimator="greg",
     project_change_estimator="greg",
+    # off here; the cross-fitting tests turn it on (replace(JOB, cross_fit=True))
+    cross_fit=False,
 )
 
 

@@ -203,8 +203,9 @@ class EstimateJob:
     #: estimator rule of the project sample's stock change (the methodology's ``estimator``)
     project_change_estimator: str
     #: whether a sample that trained the map may take its cross-fitted model-assisted
-    #: estimates (``stages.estimate.cross_fit``); otherwise they are shown, not chosen
-    cross_fit: bool = False
+    #: estimates (``stages.estimate.cross_fit``, on by default); otherwise they are shown,
+    #: not chosen
+    cross_fit: bool = True
     #: the project's domains: (methodology id, forest types it credits) of every
     #: methodology with an ``applies_to`` rule (:func:`domain_sample`)
     domains: tuple[tuple[str, tuple[str, ...]], ...] = ()
