@@ -12,16 +12,22 @@ corner of the model's cross-validation blocks (``stages.model.cv_block_m``), so 
 LiDAR block, at the centre, spans more than one. Parcels are the simulator's
 (``simulation.yaml``'s density).
 
-Each copy's whole pipeline runs in a fresh process (``python -m pipeline run``) into its
-own run folder in a temporary directory, with GDAL's read cache held at
-``READ_CACHE_MB`` (a bounded cache would otherwise pass for memory growing with the
-area). The run manifest records each stage's wall time and peak memory
-(``peak_rss_mb``: the peak resident memory of the run's process tree while the stage ran,
-so it includes what earlier stages left allocated) but no CPU time: the benchmark reads
-the run's console and takes the CPU time (user + system) of the run's process tree when a
-stage starts and when it ends. With the default Dask cluster (one worker inside the run's
-process) the driver and the worker are one process, so the peak is the driver's and the
-worker's.
+Each copy is simulated and run into its own run folder in a temporary directory, one
+stage per fresh process (``python -m pipeline run --stages S``), with GDAL's read cache
+held at ``READ_CACHE_MB`` (a bounded cache would otherwise pass for memory growing with
+the area). The run manifest records each stage's wall time and peak memory
+(``peak_rss_mb``: the peak resident memory of the process tree while the stage ran; one
+stage per process keeps it the stage's own, plus the interpreter and its imports) but no
+CPU time: the benchmark reads the console and takes the CPU time (user + system) of the
+process tree when a stage starts and when it ends. With the default Dask cluster (one
+worker inside the run's process) the driver and the worker are one process, so the peak
+is the driver's and the worker's.
+
+Memory bounded by the chunks in flight shows as flat only where every copy has several
+chunks: the demo's raster chunks (1024 cells, 10 km) and LiDAR chunks (1 km) would make
+every small copy one chunk. The copies therefore share chunks sized to split the smallest
+copy's side (and its LiDAR block's) in ``CHUNKS_PER_SIDE``: smaller chunks than a real
+run's, so the CPU per km2 carries more per-chunk overhead than the prefecture would.
 
 It prints, per stage, the CPU seconds per km2 (LiDAR: per km2 flown) at each factor with
 the ratio to 1x (issue #19's goal: within +-20 %) and the peak memory at each factor with
@@ -52,6 +58,7 @@ import yaml
 from pyproj import Transformer
 
 from pipeline.config import ModelParams
+from pipeline.stages import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "configs" / "regions" / "nanping.yaml"
@@ -79,6 +86,8 @@ FLAT_GROWTH = 0.15
 #: (1.2 GB on 24 GB), fills as a run reads rasters and would show as memory growing with
 #: the area up to that bound; the pipeline's writer sets its own (``pipeline.io``)
 READ_CACHE_MB = 64
+#: chunks along the side of the smallest copy (its grid, and its LiDAR block)
+CHUNKS_PER_SIDE = 2
 #: a console line of the runner: "▶ stage  running" or "✓ stage  12.3 s, peak ..."
 STAGE_LINE = re.compile(r"^([▶✓]) (\w+)\s")
 
@@ -86,24 +95,44 @@ STAGE_LINE = re.compile(r"^([▶✓]) (\w+)\s")
 @dataclass(frozen=True)
 class Design:
     """What every copy shares: the side of the 1x copy (km), the density of inventory
-    plots (per km2) and the side of the first LiDAR block as a share of the region's."""
+    plots (per km2), the side of the first LiDAR block as a share of the region's, and the
+    processing chunks: raster chunks of ``chunk_px`` cells and LiDAR chunks of
+    ``lidar_chunk_m`` (None: the demo's)."""
 
     base_km: float
     plots_per_km2: float
     lidar_side_share: float
+    chunk_px: int | None = None
+    lidar_chunk_m: float | None = None
 
     @classmethod
     def for_factors(cls, factors: list[float], *, base_km: float) -> Design:
         """The demo's plot density and LiDAR share, raised for all copies where the
         smallest would get fewer than ``MIN_PLOTS`` plots or a LiDAR block with a side
         under ``MIN_LIDAR_KM``."""
-        demo = yaml.safe_load(DEMO.read_text())["simulate"]
+        config = yaml.safe_load(DEMO.read_text())
+        demo = config["simulate"]
         smallest_km = base_km * math.sqrt(min(factors))
+        lidar_side_share = max(demo["lidar_km"] / demo["size_km"], MIN_LIDAR_KM / smallest_km)
         return cls(
             base_km=base_km,
             plots_per_km2=max(demo_plots_per_km2(), MIN_PLOTS / smallest_km**2),
-            lidar_side_share=max(demo["lidar_km"] / demo["size_km"], MIN_LIDAR_KM / smallest_km),
+            lidar_side_share=lidar_side_share,
+            chunk_px=chunk_px_for(smallest_km * 1000 / config["resolution_m"]),
+            lidar_chunk_m=smallest_km * 1000 * lidar_side_share / CHUNKS_PER_SIDE,
         )
+
+
+def chunk_px_for(side_px: float) -> int:
+    """The largest power-of-two raster chunk that splits a grid of ``side_px`` cells into
+    at least ``CHUNKS_PER_SIDE`` chunks a side (never under the settings' 64).
+
+    A stage whose memory is bounded by its chunks in flight can only show it when every
+    copy has more than one chunk: with the demo's 1024-cell chunks (10 km at 10 m) every
+    copy of a small benchmark is one chunk, whose memory grows with the area by
+    construction.
+    """
+    return max(64, 2 ** math.floor(math.log2(side_px / CHUNKS_PER_SIDE)))
 
 
 @dataclass(frozen=True)
@@ -160,6 +189,11 @@ def scaled_config(tmp: Path, factor: float, design: Design) -> Path:
     )
     sim["center_lon"], sim["center_lat"] = float(lon), float(lat)
     cfg["aoi"] = str(tmp / "data" / "aoi.geojson")
+    if design.chunk_px is not None:
+        cfg.setdefault("dask", {})["chunk_px"] = design.chunk_px
+    if design.lidar_chunk_m is not None:
+        stages = cfg.setdefault("stages", {})
+        stages.setdefault("lidar", {})["chunk_size_m"] = design.lidar_chunk_m
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     return path
@@ -183,8 +217,18 @@ def _tree_cpu_s(proc: psutil.Process) -> float:
 
 
 def run_pipeline(config: Path, out: Path) -> dict[str, float]:
-    """Run the whole pipeline on ``config`` in a fresh process; CPU seconds per stage."""
-    cmd = [sys.executable, "-m", "pipeline", "run", "--config", str(config), "--out", str(out)]
+    """Run the pipeline on ``config``, each stage in a fresh process (``--stages``), so that
+    a stage's peak memory is its own and not what earlier stages left allocated; CPU
+    seconds per stage, from the console's stage marks (imports not counted)."""
+    cpu: dict[str, float] = {}
+    for stage in STAGES:
+        cpu |= _run_stage(config, out, stage.name)
+    return cpu
+
+
+def _run_stage(config: Path, out: Path, stage: str) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "pipeline", "run", "--config", str(config), "--out", str(out),
+           "--stages", stage]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GDAL_CACHEMAX": str(READ_CACHE_MB)}
     child = psutil.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -196,12 +240,12 @@ def run_pipeline(config: Path, out: Path) -> dict[str, float]:
         for line in child.stderr or ():
             tail = [*tail[-20:], line]
             if m := STAGE_LINE.match(line):
-                mark, stage = m.groups()
+                mark, name = m.groups()
                 now = _tree_cpu_s(child)
                 if mark == "▶":
-                    started[stage] = now
-                elif stage in started:
-                    cpu[stage] = now - started[stage]
+                    started[name] = now
+                elif name in started:
+                    cpu[name] = now - started[name]
     except BaseException:  # interrupted: the run must not outlive the benchmark
         child.kill()
         raise
@@ -314,14 +358,15 @@ def print_scaling(copies: list[Copy]) -> None:
     per = [c.cpu_s / c.area_km2 for c in copies]
     ref = one.cpu_s / one.area_km2
     print(f"{'all':<11}" + "".join(f"{_cell(v, ref):>16}" for v in per))
+    low = copies[0]
     print(
-        f"\npeak memory of the run's process tree while the stage ran, MB; growth from 1x "
-        f"to {top.factor:g}x (goal < 15 %) and per km2 (lidar: flown)"
+        f"\npeak memory of the stage's process tree, MB; growth from {low.factor:g}x to "
+        f"{top.factor:g}x (goal < 15 %) and per km2 from 1x (lidar: flown)"
     )
     print(f"{'stage':<11}{heads}{'growth':>9}{'MB/km2':>9}")
     for name in one.stages:
         peaks = "".join(f"{c.stages[name].peak_mb:16.0f}" for c in copies)
-        growth = top.stages[name].peak_mb / one.stages[name].peak_mb - 1
+        growth = top.stages[name].peak_mb / low.stages[name].peak_mb - 1
         print(f"{name:<11}{peaks}{growth:9.0%}{mb_per_km2(one, top, name):9.2f}")
 
 

@@ -34,9 +34,25 @@ def test_design_keeps_the_demo_where_the_smallest_copy_allows() -> None:
     assert small.lidar_side_share == pytest.approx(0.32)
 
 
+def test_design_splits_the_smallest_copy_into_chunks() -> None:
+    # 0.25 x 10 km squared: a 500-cell side at 10 m, halved is 250: 128-cell chunks; its
+    # 1 km LiDAR block in two 500 m chunks
+    demo = Design.for_factors([0.25, 1.0, 4.0], base_km=10.0)
+    assert demo.chunk_px == 128
+    assert demo.lidar_chunk_m == pytest.approx(500.0)
+    # a 125-cell side halved is 62.5: the settings' floor of 64; a 0.4 km block in 200 m
+    small = Design.for_factors([0.25, 1.0, 4.0], base_km=2.5)
+    assert small.chunk_px == 64
+    assert small.lidar_chunk_m == pytest.approx(200.0)
+
+
 def test_scaled_config_scales_the_area_and_keeps_the_design(tmp_path: Path) -> None:
-    design = Design(base_km=2.5, plots_per_km2=12.8, lidar_side_share=0.32)
+    design = Design(
+        base_km=2.5, plots_per_km2=12.8, lidar_side_share=0.32, chunk_px=64, lidar_chunk_m=200
+    )
     config = load_config(scaled_config(tmp_path, 4.0, design))
+    assert config.dask.chunk_px == 64
+    assert config.stages.lidar.chunk_size_m == 200
     sim = config.simulate
     assert sim.size_km == pytest.approx(5.0)
     assert sim.lidar_km == pytest.approx(1.6)
