@@ -20,8 +20,9 @@ refitting the map on it*, every draw; this harness does, on a simulated region:
 3. The map of that draw, as the model stage makes it: the run's chosen satellite
    candidate (``model_card.json``) with the config's hyper-parameters fitted on every
    plot-epoch; its spatially blocked out-of-fold predictions (the config's blocks and
-   folds); the per-epoch offset (mean held-out residual,
-   :func:`models.biomass.epoch_corrections`); the map is the fit plus the offset,
+   folds) for the per-epoch offset (mean held-out residual,
+   :func:`models.biomass.epoch_corrections`), and the out-of-fold predictions of the random
+   split of whole plots for the cross-fitting; the map is the fit plus the offset,
    clipped at 0, over forest land.
 4. Estimates by :func:`models.survey.totals.sample_totals` (what the estimate stage runs)
    three times: with the map's values at the plots in sample (what a naive analyst would
@@ -88,6 +89,7 @@ from models.biomass import (
     epoch_corrections,
     fold_models,
     make_model,
+    plot_random_folds,
     predict_out_of_fold,
 )
 from models.survey.crossfit import NO_STRATUM, fold_map_correction, systematic_cells
@@ -324,12 +326,20 @@ def _one_draw(
     def factory():
         return make_model(candidate, names, settings=settings, seed=seed)
 
-    folds = blocked_folds(xm, ym, block_m=settings.cv_block_m, n_folds=settings.cv_folds, seed=seed)
+    # the epoch offsets from the spatially blocked CV, the cross-fitting from the random
+    # split of whole plots, as model selection makes them
+    blocked = blocked_folds(
+        xm, ym, block_m=settings.cv_block_m, n_folds=settings.cv_folds, seed=seed
+    )
+    oof_blocked = predict_out_of_fold(fold_models(factory, x, target, blocked), x, blocked)
+    folds = plot_random_folds(xm, ym, n_folds=settings.cv_folds, seed=seed)
     by_fold = fold_models(factory, x, target, folds)
     oof = predict_out_of_fold(by_fold, x, folds)
     full = factory().fit(x, target)
     fitted = full.predict(x)
-    offsets = {e: c.offset_mg_ha for e, c in epoch_corrections(target, oof, plot_epochs).items()}
+    offsets = {
+        e: c.offset_mg_ha for e, c in epoch_corrections(target, oof_blocked, plot_epochs).items()
+    }
     inside = at_plots(np.ones_like(pop.truth[epochs[0]]))
     in_sample, crossed, means, corrected = {}, {}, {}, {}
     corrections = {}

@@ -366,7 +366,7 @@ class ModelParams(Section):
     #: uncertainty are described (``models.biomass.granularity_cell_support``)
     cell_support_bins: int = Field(default=10, ge=1)
     #: cells of the grid in the systematic sample (seeded random start) on which the
-    #: stage writes the map and its spatial-CV fold maps at every epoch
+    #: stage writes the map and its fold maps at every epoch
     #: (``model/fold_maps.csv``, its forest-land cells; only with
     #: ``stages.estimate.cross_fit: true``): the estimate stage's population
     #: correction of the cross-fitted inventory estimate (``models.survey.crossfit``)

@@ -33,6 +33,7 @@ from models.biomass import (
     fold_map_values,
     granularity_cell_support,
     make_model,
+    plot_random_folds,
     select_and_fit,
     spatial_block_ids,
     thinned_sample,
@@ -116,6 +117,20 @@ def test_log_linear_clips_predictors_to_the_training_range_and_skips_missing() -
     assert top == pytest.approx(y.max(), rel=1e-6)
     with pytest.raises(ModelDomainError, match="at least 3"):
         LogLinearRidge(("ndvi",)).fit(x.iloc[:2], y[:2])
+
+
+def test_plot_random_folds_keep_a_plots_epochs_together_and_are_seeded() -> None:
+    # 23 plots, measured at two epochs (rows 23..45 repeat rows 0..22's places)
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0, 5000, 23), rng.uniform(0, 5000, 23)
+    folds = plot_random_folds(np.tile(x, 2), np.tile(y, 2), n_folds=5, seed=7)
+    np.testing.assert_array_equal(folds[:23], folds[23:])
+    # whole plots dealt round the folds: sizes 5, 5, 5, 4, 4 plots
+    assert sorted(np.bincount(folds[:23]).tolist()) == [4, 4, 5, 5, 5]
+    again = plot_random_folds(np.tile(x, 2), np.tile(y, 2), n_folds=5, seed=7)
+    np.testing.assert_array_equal(folds, again)
+    other = plot_random_folds(np.tile(x, 2), np.tile(y, 2), n_folds=5, seed=8)
+    assert (folds != other).any()
 
 
 def test_blocked_folds_keep_blocks_whole_and_are_seeded() -> None:
@@ -350,7 +365,9 @@ def test_blocked_cv_tracks_true_map_error_random_split_is_optimistic(landscape_f
     blocked, naive = cv["spatial_cv"]["rmse_mg_ha"], cv["random_cv"]["rmse_mg_ha"]
     print(f"chosen={chosen} true={true_rmse:.1f} blocked={blocked:.1f} random={naive:.1f}")
     assert true_rmse / 1.5 <= blocked <= true_rmse * 1.5
-    assert naive < 0.9 * true_rmse
+    # the random split deals whole plots (17 of the 240 samples share a place with another:
+    # they go together); plots a few cells apart still train each other's model
+    assert naive < true_rmse
     assert naive < blocked
 
 
@@ -474,9 +491,10 @@ def test_mapper_shifts_the_satellite_map_of_a_corrected_epoch_only() -> None:
 
 
 def test_cross_fitted_values_are_the_models_own_held_out_predictions_with_the_offset() -> None:
-    """At the plots a model trained on, the cross-fitted value is its spatial-CV prediction
-    (``select_and_fit`` recomputed here by the fold rule) plus the epoch offset, clipped as
-    the map; at plots it never saw, the map's own prediction."""
+    """At the plots a model trained on, the cross-fitted value is its out-of-fold prediction
+    in the random split of whole plots (``select_and_fit`` recomputed here by the fold rule)
+    plus the epoch offset, clipped as the map; at plots it never saw, the map's own
+    prediction."""
     land = make_landscape(5, n=40, cell_m=25.0)
     table, obs, _ = sample_plots(land, 105, n_clusters=20, per_cluster=2, spread_px=2)
     table = table.assign(plot_id=[f"P{i}" for i in range(len(table))], epoch="2024")
@@ -489,7 +507,7 @@ def test_cross_fitted_values_are_the_models_own_held_out_predictions_with_the_of
     mapper = BiomassMapper(sat, "plots", epoch_offsets={"2024": -4.0})
     out = cross_fitted_at_plots(mapper, table, ["2024"], [(sat, table[train])])
     # an independent reference: refit the chosen candidate fold by fold
-    folds = blocked_folds(xy["x_m"][train], xy["y_m"][train], block_m=750.0, n_folds=5, seed=5)
+    folds = plot_random_folds(xy["x_m"][train], xy["y_m"][train], n_folds=5, seed=5)
     oof = np.empty(int(train.sum()))
     refits = {}
     for f in np.unique(folds):

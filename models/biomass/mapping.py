@@ -235,17 +235,17 @@ def cross_fitted_at_plots(
     Cross-fitting (the sample splitting of Chernozhukov et al. 2018, Econometrics J.
     21:C1–C68; on model-assisted estimation with machine-learned predictions, Breidt &
     Opsomer 2017, Statist. Sci. 32:190–205) replaces each training plot's auxiliary value
-    by the prediction of the model fitted without the plot's fold: here the spatially
-    blocked out-of-fold prediction that model selection already made
-    (``card["cv_predictions"]``, in the order of the model's training rows), with the same
-    epoch offset and clipping the map applies.
+    by the prediction of the model fitted without the plot's fold: here the out-of-fold
+    prediction of model selection's random split of whole plots (:class:`FittedModel`'s
+    ``held_out``, in the order of the model's training rows), with the same epoch offset
+    and clipping the map applies.
 
     ``training`` pairs each fitted model with its training rows (columns ``plot_id`` and
     ``epoch``); a plot-epoch a model did not train on keeps its prediction, which is then
     out of sample already. Returns ``plot_id``, ``epoch``, ``model_source``,
     ``fitted_mg_ha`` (the map's rule, in sample), ``held_out_mg_ha`` (cross-fitted) and
-    ``fold`` (the spatial-CV fold of the model that maps the plot in which it was held
-    out; :data:`NO_FOLD` where the value is out of sample already) per row of ``table``.
+    ``fold`` (the fold of the model that maps the plot in which it was held out;
+    :data:`NO_FOLD` where the value is out of sample already) per row of ``table``.
 
     The epoch offsets are means of all plots' held-out residuals, so they keep a share 1/n
     of each plot's own residual: a second-order term left in, as in the map.
@@ -254,8 +254,9 @@ def cross_fitted_at_plots(
     for fitted, rows in training:
         if not _plot_trained(fitted):
             continue  # plots scored it but never trained it
-        oofs = [float(r["predicted"]) for r in fitted.card["cv_predictions"]]
-        folds = [-1] * len(oofs) if fitted.folds is None else fitted.folds.tolist()
+        if fitted.held_out is None or fitted.folds is None:
+            continue  # no cross-fitting partition: its plots keep the map's value
+        oofs, folds = fitted.held_out.tolist(), fitted.folds.tolist()
         trained = zip(rows["plot_id"].astype(str), rows["epoch"].astype(str), strict=True)
         held[id(fitted)] = dict(zip(trained, zip(oofs, folds, strict=True), strict=True))
     models = mapper.models_by_source()

@@ -30,8 +30,8 @@ from models.biomass.validation import (
     accuracy,
     blocked_folds,
     fold_models,
+    plot_random_folds,
     predict_out_of_fold,
-    random_folds,
     spatial_block_ids,
     training_set,
 )
@@ -44,11 +44,17 @@ FloatArray = NDArray[np.float64]
 class FittedModel:
     """A selected model fitted on all data, with its calibration and validation record.
 
-    ``folds`` is the spatial-CV fold of each training sample (``None`` when unknown) and
-    ``fold_models`` the model of each fold, fitted without it (the chosen candidate's
-    cross-validation models), for cross-fitted estimation
-    (:func:`models.biomass.fold_map_values`); :meth:`without_fold_models` drops them where
-    only the map is needed.
+    The cross-fitting partition, for model-assisted estimation from the samples that
+    trained the model (:func:`models.biomass.cross_fitted_at_plots`,
+    :func:`models.biomass.fold_map_values`): ``folds`` is the fold of each training sample
+    in a random split of whole plots (``None`` when unknown), ``fold_models`` the chosen
+    candidate fitted without each fold, and ``held_out`` each sample's prediction by the
+    model of its fold. The split is random, not spatially blocked: sample splitting is
+    design-valid when each fold is a random subsample of the probability sample
+    (Chernozhukov et al. 2018, Econometrics J. 21:C1-C68, def. 3.1), which whole spatial
+    blocks are not. The spatially blocked CV stays the measure of the map's accuracy
+    (``card``). :meth:`without_fold_models` drops the fold models where only the map is
+    needed.
     """
 
     model: BiomassModel
@@ -56,6 +62,7 @@ class FittedModel:
     card: dict[str, Any]
     folds: NDArray[np.int64] | None = None
     fold_models: dict[int, BiomassModel] = field(default_factory=dict)
+    held_out: FloatArray | None = None
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -112,14 +119,13 @@ def select_and_fit(
     folds_b = blocked_folds(
         x_m, y_m, block_m=settings.cv_block_m, n_folds=settings.cv_folds, seed=seed
     )
-    folds_r = random_folds(len(y), n_folds=settings.cv_folds, seed=seed)
+    folds_r = plot_random_folds(x_m, y_m, n_folds=settings.cv_folds, seed=seed)
     aux_b = aux_r = None
     if auxiliary is not None:
         aux_b = auxiliary.folds(x_m, y_m, folds_b, block_m=settings.cv_block_m)
         aux_r = np.full(len(auxiliary.agb_mg_ha), -1, dtype=np.int64)  # random split: all
     results: dict[str, Any] = {}
     oof: dict[CandidateName, FloatArray] = {}
-    folds_of: dict[CandidateName, dict[int, BiomassModel]] = {}
     for name in settings.candidates:
         if not candidate_applicable(name, features, settings):
             results[name] = {"skipped": "needs LiDAR height and cover features"}
@@ -134,14 +140,15 @@ def select_and_fit(
         except ModelDomainError as err:
             results[name] = {"skipped": str(err)}
             continue
-        oof[name], folds_of[name] = pred_b, models
+        oof[name] = pred_b
         results[name] = {"spatial_cv": accuracy(y, pred_b)}
     if not oof:
         raise ModelDomainError(
             f"no model candidate could be fitted ({results}); check the training data"
         )
     chosen: CandidateName = min(oof, key=lambda n: results[n]["spatial_cv"]["rmse_mg_ha"])
-    # the random split, for the chosen candidate: what an unblocked CV would have claimed
+    # the random split of whole plots, for the chosen candidate: what an unblocked CV would
+    # have claimed, and the cross-fitting partition
     random_models = fold_models(
         lambda: make_model(chosen, features, settings=settings, seed=seed),
         x,
@@ -150,7 +157,8 @@ def select_and_fit(
         auxiliary,
         aux_r,
     )
-    results[chosen]["random_cv"] = accuracy(y, predict_out_of_fold(random_models, x, folds_r))
+    held_out = predict_out_of_fold(random_models, x, folds_r)
+    results[chosen]["random_cv"] = accuracy(y, held_out)
     every = np.ones(len(y), dtype=bool)
     all_aux = None if auxiliary is None else np.ones(len(auxiliary.agb_mg_ha), dtype=bool)
     model = make_model(chosen, features, settings=settings, seed=seed).fit(
@@ -178,7 +186,9 @@ def select_and_fit(
             for o, q, a, b in zip(y, oof[chosen], x_m, y_m, strict=True)
         ],
     }
-    return FittedModel(model, cal, card, folds=folds_b, fold_models=folds_of[chosen])
+    return FittedModel(
+        model, cal, card, folds=folds_r, fold_models=random_models, held_out=held_out
+    )
 
 
 def fit_plots(

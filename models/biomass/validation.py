@@ -76,6 +76,18 @@ def random_folds(n: int, *, n_folds: int, seed: int) -> NDArray[np.int64]:
     return (rng.permutation(n) % min(n_folds, n)).astype(np.int64)
 
 
+def plot_random_folds(
+    x_m: FloatArray, y_m: FloatArray, *, n_folds: int, seed: int
+) -> NDArray[np.int64]:
+    """Fold index per point for a random K-fold split of whole plots: the points at one
+    location (a plot measured at several epochs) share a fold, so a plot's other epochs
+    never train the model that predicts it."""
+    _, plot = np.unique(np.column_stack([x_m, y_m]), axis=0, return_inverse=True)
+    plot = plot.reshape(-1)
+    n_plots = int(plot.max()) + 1 if plot.size else 0
+    return random_folds(n_plots, n_folds=n_folds, seed=seed)[plot]
+
+
 @dataclass(frozen=True)
 class Auxiliary:
     """Training samples that are not observations (e.g. a thinned sample of a LiDAR-model

@@ -6,7 +6,7 @@
         [--lidar-epoch 2019] [--cv-block-m 1000] [--seed 0] --out DIR
 
 Writes DIR/model/model_card.json (CV metrics per candidate, spatial and random split),
-DIR/model/plot_features.csv, DIR/model/fold_maps.csv (the map and its spatial-CV fold maps
+DIR/model/plot_features.csv, DIR/model/fold_maps.csv (the map and its cross-fitting fold maps
 at a systematic sample of cells) and DIR/model/models.pkl (for ``forest-carbon predict``), and
 records their sha256 in DIR/manifest.json (``predict`` unpickles only the recorded file).
 The science is in :mod:`models.biomass`; the stage in :mod:`pipeline.stages.model`.

@@ -60,8 +60,9 @@ estimator of double machine learning, :mod:`models.survey.crossfit`):
 
 * each training plot's map value is shifted by the difference between the cross-fitted and
   the in-sample prediction of the model that maps it (``held_out_mg_ha - fitted_mg_ha`` of
-  ``model/plot_features.csv``, the spatially blocked out-of-fold prediction, converted to
-  carbon by the model card's factors and weighted by the plot's share inside its frame;
+  ``model/plot_features.csv``, the out-of-fold prediction of a random split of whole
+  plots, converted to carbon by the model card's factors and weighted by the plot's share
+  inside its frame;
   :func:`models.biomass.cross_fitted_at_plots`);
 * each stratum's map mean is corrected by the fold maps' (``model/fold_maps.csv``: the map
   and the map of each fold's models at a systematic sample of forest-land cells): the

@@ -41,12 +41,12 @@ What it does, in order (predictor tables in :mod:`pipeline.samples`; the science
    forest-land parcels were not yet forest at the other epochs.
 5. Writes the maps' rule at every training plot-epoch into ``plot_features.csv``: its
    in-sample prediction (``fitted_mg_ha``), its cross-fitted one (``held_out_mg_ha``,
-   the spatial-CV out-of-fold prediction of the model that maps the plot, with the
-   map's epoch offset), the ``model_source`` and the plot's ``fold`` (in which that
-   model held it out); the estimate stage uses the difference to make the maps usable as
-   auxiliary data at the plots that trained them.
+   the out-of-fold prediction of the model that maps the plot in its random split of
+   whole plots, with the map's epoch offset), the ``model_source`` and the plot's
+   ``fold`` (in which that model held it out); the estimate stage uses the difference to
+   make the maps usable as auxiliary data at the plots that trained them.
 6. Writes the map and its fold maps (each model the plots trained replaced by its
-   spatial-CV fold model, :func:`models.biomass.fold_map_values`) at the forest-land
+   fold model of that split, :func:`models.biomass.fold_map_values`) at the forest-land
    cells of a systematic sample of the grid (``model.fold_map_cells``), every epoch's
    predictors built as the ``predict`` stage builds them, into ``fold_maps.csv``
    (:func:`pipeline.model_steps.fold_map_sample`): the estimate stage's population
