@@ -48,6 +48,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -76,7 +77,7 @@ from pipeline.errors import InputDataError
 from pipeline.features import grid_extent, parcel_index, terrain_features, with_band_names
 from pipeline.samples import bundle_class_layers, epoch_stack, lidar_cover
 from pipeline.sink import as_band, named_band
-from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
+from pipeline.zonal import block_shape, coverage_windows, covered_fraction_sum, weighted_sum
 
 #: band of the predict stage's quality raster with the model that mapped a cell
 MODEL_SOURCE_BAND = "model_source"
@@ -213,32 +214,36 @@ def plot_errors(
     (``rho``: the epochs' error correlation the sink uses). Columns ``plot_id``,
     ``parcel`` (1 + row of ``parcels`` of the plot's centre cell, 0 in none), ``x_m``,
     ``y_m``, ``epoch``, ``map`` (the map, or its change, at the plot), ``z``.
+
+    The maps are read, and the parcels rasterised, on the windows of groups of plots only
+    (:func:`pipeline.zonal.coverage_windows`).
     """
     ref = maps[last][0]
     transform = ref.rio.transform(recalc=True)
     shape = (ref.sizes["y"], ref.sizes["x"])
-    covs = coverage_cells(plots, transform=transform, shape=shape, crs=str(ref.rio.crs))
     centres = plots.geometry.centroid
     rows, cols = rowcol(transform, centres.x.to_numpy(), centres.y.to_numpy())
     rows, cols = np.asarray(rows), np.asarray(cols)
     inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
-    labels = parcel_index(parcels, ref)
-    parcel = np.where(
-        inside, labels[np.clip(rows, 0, shape[0] - 1), np.clip(cols, 0, shape[1] - 1)], 0
-    )
-
-    def at_plots(grid: xr.DataArray) -> np.ndarray:
-        values = np.asarray(grid.values, dtype=np.float64)
-        mapped = np.isfinite(values)
-        return np.array(
-            [
-                weighted_sum(c, values) / covered_fraction_sum(c)
-                if covered_fraction_sum(c) > 0
-                and covered_fraction_sum(c, mapped) == covered_fraction_sum(c)
-                else np.nan
-                for c in covs
-            ]
-        )
+    parcel = np.zeros(len(plots), dtype=np.int32)
+    # per epoch the map and its SD at each plot, read on the windows of groups of plots
+    at_plots = {(e, k): np.full(len(plots), np.nan) for e in (first, last) for k in (0, 1)}
+    for win in coverage_windows(
+        plots, transform=transform, shape=shape, crs=str(ref.rio.crs), block=block_shape(ref)
+    ):
+        cut = [
+            np.asarray(v, dtype=np.float64)
+            for v in dask.compute(*(win.grid(maps[e][k]).data for e, k in at_plots))
+        ]
+        # a plot's square covers its centre's cell, so the window holds that cell
+        labels = parcel_index(parcels, win.grid(ref)) if inside[win.members].any() else None
+        for i, cov in zip(win.members, win.covs, strict=True):
+            if labels is not None and inside[i]:
+                parcel[i] = labels[rows[i] - win.y.start, cols[i] - win.x.start]
+            whole = covered_fraction_sum(cov)
+            for key, values in zip(at_plots, cut, strict=True):
+                if whole > 0 and covered_fraction_sum(cov, np.isfinite(values)) == whole:
+                    at_plots[key][i] = weighted_sum(cov, values) / whole
 
     ids = plots["plot_id"].astype(str).to_numpy()
     obs = observed.assign(
@@ -247,7 +252,7 @@ def plot_errors(
     resid, sd, mapped = {}, {}, {}
     for e in (first, last):
         y = obs[obs["epoch"] == e].drop_duplicates("plot_id").set_index("plot_id")[value]
-        mapped[e], sd[e] = (at_plots(g) for g in maps[e])
+        mapped[e], sd[e] = at_plots[(e, 0)], at_plots[(e, 1)]
         resid[e] = y.reindex(ids).to_numpy(dtype=np.float64) - mapped[e]
     change_sd = np.sqrt(sd[first] ** 2 + sd[last] ** 2 - 2.0 * rho * sd[first] * sd[last])
     with np.errstate(invalid="ignore", divide="ignore"):  # no SD: dropped below
