@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import dask.array
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -75,9 +76,9 @@ from pipeline.contracts import (
 )
 from pipeline.errors import InputDataError
 from pipeline.features import grid_extent, parcel_index, terrain_features, with_band_names
-from pipeline.samples import bundle_class_layers, epoch_stack, lidar_cover
+from pipeline.samples import bundle_class_layers, epoch_stack
 from pipeline.sink import as_band, named_band
-from pipeline.zonal import block_shape, coverage_windows, covered_fraction_sum, weighted_sum
+from pipeline.zonal import block_shape, coverage_windows, covered_fraction_sum, cut, weighted_sum
 
 #: band of the predict stage's quality raster with the model that mapped a cell
 MODEL_SOURCE_BAND = "model_source"
@@ -115,14 +116,19 @@ def lidar_residuals(
     src_name = map_relpath("quality", epoch)
     source = as_band(named_band(quality[epoch], MODEL_SOURCE_BAND, source=src_name), name=src_name)
     metrics = with_band_names(open_raster(lidar_metrics), source=LIDAR_METRICS_RELPATH)
-    flown = lidar_cover(metrics, min_fraction=mapper.lidar_min_fraction)
-    # the cells a model maps (not those without a value, nor the baseline stock of land
-    # not yet forest, which no model predicts)
-    cells = flown & ~np.isin(np.asarray(source.values), (SOURCE_NONE, SOURCE_BASELINE))
+    # the cells inside the flight (as :func:`pipeline.samples.lidar_cover`) that a model
+    # maps (not those without a value, nor the baseline stock of land not yet forest,
+    # which no model predicts), lazily: only their count and the rows and columns they
+    # occupy are computed on the whole grid, block by block
+    fraction = dask.array.asarray(metrics.sel(band="lidar_fraction").data).astype(np.float64)
+    cells = (dask.array.nan_to_num(fraction) >= mapper.lidar_min_fraction) & ~dask.array.isin(
+        dask.array.asarray(source.data), [SOURCE_NONE, SOURCE_BASELINE]
+    )
+    n_cells, in_rows, in_cols = dask.compute(cells.sum(), cells.any(axis=1), cells.any(axis=0))
     least = int(data_yaml("model_rules.yaml")["map_errors"]["min_cells"])
-    if cells.sum() < least:
-        return f"{int(cells.sum())} mapped cells in the LiDAR flight of {epoch}, fewer than {least}"
-    rows, cols = np.flatnonzero(cells.any(axis=1)), np.flatnonzero(cells.any(axis=0))
+    if n_cells < least:
+        return f"{int(n_cells)} mapped cells in the LiDAR flight of {epoch}, fewer than {least}"
+    rows, cols = np.flatnonzero(in_rows), np.flatnonzero(in_cols)
     box = {"y": slice(rows[0], rows[-1] + 1), "x": slice(cols[0], cols[-1] + 1)}
     # predictors on the box plus the moving window's reach (the window means inside the
     # box are then the predict stage's), not on the whole grid
@@ -150,9 +156,9 @@ def lidar_residuals(
     lid, lid_s = lidar.mean.reshape(ny, nx), lidar.sd.reshape(ny, nx)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (sat - lid) / np.hypot(sat_s, lid_s)
-    z = np.where(cells[box["y"], box["x"]], z, np.nan)
+    z = np.where(cells[box["y"], box["x"]].compute(), z, np.nan)
     z[~np.isfinite(z)] = np.nan
-    labels = parcel_index(parcels, source)[box["y"], box["x"]]
+    labels = parcel_index(parcels, cut(source, **box))
     _, _, _, _, cell_m, _ = grid_extent(source)
     return z, labels, float(cell_m), str(epoch)
 

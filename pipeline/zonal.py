@@ -150,17 +150,22 @@ class Window:
     covs: list[Coverage]
     y: slice
     x: slice
-    #: the transform of the window's top-left cell
-    transform: Affine
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.y.stop - self.y.start, self.x.stop - self.x.start
 
     def grid(self, raster: xr.DataArray) -> xr.DataArray:
-        """``raster`` (on the whole grid) cut to the window, georeferenced as the window
-        (lazy if ``raster`` is)."""
-        return raster.isel(y=self.y, x=self.x).rio.write_transform(self.transform)
+        """``raster`` (on the whole grid) cut to the window (:func:`cut`)."""
+        return cut(raster, y=self.y, x=self.x)
+
+
+def cut(raster: xr.DataArray, *, y: slice, x: slice) -> xr.DataArray:
+    """``raster`` cut to rows ``y`` and columns ``x`` (lazy if ``raster`` is), georeferenced
+    as the cut: its transform is written, since one row or column of cell centres does not
+    give it."""
+    transform = raster.rio.transform(recalc=True) @ Affine.translation(x.start, y.start)
+    return raster.isel(y=y, x=x).rio.write_transform(transform)
 
 
 def block_shape(raster: xr.DataArray) -> tuple[int, int]:
@@ -208,10 +213,4 @@ def coverage_windows(
             Coverage((r - r0) * (c1 - c0) + (c - c0), cov.fraction)
             for (r, c), cov in zip(rows_cols, covs, strict=True)
         ]
-        yield Window(
-            members=members,
-            covs=local,
-            y=slice(r0, r1),
-            x=slice(c0, c1),
-            transform=transform @ Affine.translation(c0, r0),
-        )
+        yield Window(members=members, covs=local, y=slice(r0, r1), x=slice(c0, c1))
