@@ -168,12 +168,21 @@ def cut(raster: xr.DataArray, *, y: slice, x: slice) -> xr.DataArray:
     return raster.isel(y=y, x=x).rio.write_transform(transform)
 
 
+#: the largest side (cells) of the blocks windows are grouped by: a window's layers and
+#: the graph computing them take a few hundred bytes a cell in the parcels stage, some
+#: 100 MB for a block of 512 (a window reads only its own cells of a file's chunks)
+MAX_BLOCK_PX = 512
+
+
 def block_shape(raster: xr.DataArray) -> tuple[int, int]:
-    """The block a raster is read in: its Dask chunk (rows, columns), or the whole grid."""
+    """The block a raster is read in (rows, columns): its Dask chunk, or the whole grid,
+    at most :data:`MAX_BLOCK_PX` a side."""
     if isinstance(raster.data, dask.array.Array):
         chunks = dict(zip(raster.dims, raster.data.chunksize, strict=True))
-        return int(chunks["y"]), int(chunks["x"])
-    return int(raster.sizes["y"]), int(raster.sizes["x"])
+        ny, nx = chunks["y"], chunks["x"]
+    else:
+        ny, nx = raster.sizes["y"], raster.sizes["x"]
+    return min(int(ny), MAX_BLOCK_PX), min(int(nx), MAX_BLOCK_PX)
 
 
 def coverage_windows(
