@@ -169,8 +169,8 @@ def cut(raster: xr.DataArray, *, y: slice, x: slice) -> xr.DataArray:
 
 
 #: the largest side (cells) of the blocks windows are grouped by: a window's layers and
-#: the graph computing them take a few hundred bytes a cell in the parcels stage, some
-#: 100 MB for a block of 512 (a window reads only its own cells of a file's chunks)
+#: the graph computing them take about 300 bytes a cell in the parcels stage, some 80 MB
+#: for a block of 512 (a window reads only its own cells of a file's chunks)
 MAX_BLOCK_PX = 512
 
 
