@@ -13,7 +13,8 @@ value arrays on the same grid are then plain numpy (:func:`weighted_sum`), which
 allows non-linear aggregates such as the root sum of squares of pixel SDs.
 
 Over a large grid the value arrays are not held whole: :func:`coverage_windows` groups the
-polygons by the raster block (the rasters' Dask chunk) their bounding box starts in and
+polygons by the raster block (the rasters' Dask chunk, at most :data:`MAX_BLOCK_PX` a side)
+their bounding box starts in and
 gives each group's coverage on the window its cells span, so a caller reads its rasters
 one window at a time (:meth:`Window.grid`) and memory follows a block and the largest
 polygon, not the grid. A polygon's cells are the same on the window as on the whole grid,
@@ -208,8 +209,9 @@ def coverage_windows(
     key = np.clip(row, 0, ny - 1).astype(np.int64) // by * (nx // bx + 1) + (
         np.clip(col, 0, nx - 1).astype(np.int64) // bx
     )
-    for k in np.unique(key):
-        members = np.flatnonzero(key == k)
+    # the groups in the order of their blocks, each polygon's rows ascending (stable sort)
+    order = np.argsort(key, kind="stable")
+    for members in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
         covs = coverage_cells(geoms.iloc[members], transform=transform, shape=shape, crs=crs)
         rows_cols = [np.divmod(c.cell, nx) for c in covs]
         cells = np.concatenate([c.cell for c in covs])
