@@ -171,10 +171,10 @@ def _window_rows(
     aggregation: str,
     correlogram: Correlogram | None,
     sink_correlogram: Correlogram | None,
-) -> list[dict[str, float]]:
-    """The table's rows of the window's parcels (``win.members``), from its layers
-    (:func:`_window_layers`); ``aggregation`` is the SD reported (``spatial`` needs a
-    ``correlogram``)."""
+) -> pd.DataFrame:
+    """The table's rows of the window's parcels (indexed by ``win.members``), from its
+    layers (:func:`_window_layers`); ``aggregation`` is the SD reported (``spatial`` needs
+    a ``correlogram``)."""
     nx = win.shape[1]
     z = float(norm.ppf(0.5 + job.interval / 2))
     co2 = co2_per_c()
@@ -252,7 +252,7 @@ def _window_rows(
         else:
             row["lidar_share"] = 0.0
         rows.append(row)
-    return rows
+    return pd.DataFrame(rows, index=win.members)
 
 
 def parcel_sink_table(
@@ -304,7 +304,8 @@ def parcel_sink_table(
     areas_m2 = parcels.geometry.to_crs(crs.to_string()).area.to_numpy()
     spatial = job.parcel_error_aggregation == "spatial" and correlogram is not None
     chosen = "independent" if job.parcel_error_aggregation == "independent" else "correlated"
-    rows: list[dict[str, float]] = [{} for _ in range(len(parcels))]
+    # a table per window (a row of Python floats takes ten times its table's memory)
+    tables = []
     for win in coverage_windows(
         parcels,
         transform=transform,
@@ -312,23 +313,26 @@ def parcel_sink_table(
         crs=crs.to_string(),
         block=block_shape(carbon_end),
     ):
-        found = _window_rows(
-            job,
-            win,
-            _window_layers(job, win, inputs, lidar_metrics),
-            areas_m2=areas_m2,
-            px_ha=px_ha,
-            cell_m=abs(transform.a),
-            aggregation="spatial" if spatial else chosen,
-            correlogram=correlogram if spatial else None,
-            sink_correlogram=sink_correlogram if spatial else None,
+        tables.append(
+            _window_rows(
+                job,
+                win,
+                _window_layers(job, win, inputs, lidar_metrics),
+                areas_m2=areas_m2,
+                px_ha=px_ha,
+                cell_m=abs(transform.a),
+                aggregation="spatial" if spatial else chosen,
+                correlogram=correlogram if spatial else None,
+                sink_correlogram=sink_correlogram if spatial else None,
+            )
         )
-        for i, row in zip(win.members, found, strict=True):
-            rows[i] = row
-    on_grid = np.array([row["grid_fraction"] for row in rows])
-    refuse_off_grid(on_grid, parcels, where="parcels", id_column="parcel_id")
-    warn_partly_off_grid(on_grid, parcels, where="parcels", id_column="parcel_id")
-    stats = pd.DataFrame(rows, index=parcels.index)
+    if tables:
+        stats = pd.concat(tables).sort_index().set_axis(parcels.index)
+        on_grid = stats["grid_fraction"].to_numpy()
+        refuse_off_grid(on_grid, parcels, where="parcels", id_column="parcel_id")
+        warn_partly_off_grid(on_grid, parcels, where="parcels", id_column="parcel_id")
+    else:  # no parcels
+        stats = pd.DataFrame(index=parcels.index)
     keep = [c for c in parcels.columns if c != parcels.geometry.name]
     out = pd.concat([parcels[keep], stats], axis=1)
     out.attrs = {

@@ -202,6 +202,8 @@ def coverage_windows(
         raise InputDataError("the parcel polygons have no CRS; write the GeoPackage with one")
     ny, nx = shape
     geoms = polygons[[polygons.geometry.name]].to_crs(crs).reset_index(drop=True)
+    if len(geoms) == 0:
+        return
     bounds = geoms.geometry.bounds
     col = np.floor((bounds["minx"].to_numpy() - transform.c) / transform.a)
     row = np.floor((bounds["maxy"].to_numpy() - transform.f) / transform.e)
