@@ -245,6 +245,11 @@ def test_parcel_sums_over_many_windows_equal_the_whole_grids():
                              correlogram=model, sink_correlogram=sink_model, **inputs)  # fmt: skip
 
 
+def test_a_layer_without_parcels_gives_an_empty_table():
+    table = parcel_sink_table(JOB, parcels=partition().iloc[:0], **epoch_inputs(3))
+    assert len(table) == 0 and list(table.columns) == ["parcel_id", "forest_type", "geometry"]
+
+
 def test_stage_returns_gpkg_and_csv_tables():
     out = parcels_stage(JOB, parcels=partition(), **epoch_inputs(3))
     gdf, csv = out[PARCEL_SINK_GPKG_RELPATH], out[PARCEL_SINK_CSV_RELPATH]
