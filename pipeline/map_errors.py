@@ -48,6 +48,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
+import dask.array
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -74,9 +76,9 @@ from pipeline.contracts import (
 )
 from pipeline.errors import InputDataError
 from pipeline.features import grid_extent, parcel_index, terrain_features, with_band_names
-from pipeline.samples import bundle_class_layers, epoch_stack, lidar_cover
+from pipeline.samples import bundle_class_layers, epoch_stack
 from pipeline.sink import as_band, named_band
-from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
+from pipeline.zonal import block_shape, coverage_windows, covered_fraction_sum, cut, weighted_sum
 
 #: band of the predict stage's quality raster with the model that mapped a cell
 MODEL_SOURCE_BAND = "model_source"
@@ -114,14 +116,19 @@ def lidar_residuals(
     src_name = map_relpath("quality", epoch)
     source = as_band(named_band(quality[epoch], MODEL_SOURCE_BAND, source=src_name), name=src_name)
     metrics = with_band_names(open_raster(lidar_metrics), source=LIDAR_METRICS_RELPATH)
-    flown = lidar_cover(metrics, min_fraction=mapper.lidar_min_fraction)
-    # the cells a model maps (not those without a value, nor the baseline stock of land
-    # not yet forest, which no model predicts)
-    cells = flown & ~np.isin(np.asarray(source.values), (SOURCE_NONE, SOURCE_BASELINE))
+    # the cells inside the flight (as :func:`pipeline.samples.lidar_cover`) that a model
+    # maps (not those without a value, nor the baseline stock of land not yet forest,
+    # which no model predicts), lazily: only their count and the rows and columns they
+    # occupy are computed on the whole grid, block by block
+    fraction = dask.array.asarray(metrics.sel(band="lidar_fraction").data).astype(np.float64)
+    cells = (dask.array.nan_to_num(fraction) >= mapper.lidar_min_fraction) & ~dask.array.isin(
+        dask.array.asarray(source.data), [SOURCE_NONE, SOURCE_BASELINE]
+    )
+    n_cells, in_rows, in_cols = dask.compute(cells.sum(), cells.any(axis=1), cells.any(axis=0))
     least = int(data_yaml("model_rules.yaml")["map_errors"]["min_cells"])
-    if cells.sum() < least:
-        return f"{int(cells.sum())} mapped cells in the LiDAR flight of {epoch}, fewer than {least}"
-    rows, cols = np.flatnonzero(cells.any(axis=1)), np.flatnonzero(cells.any(axis=0))
+    if n_cells < least:
+        return f"{int(n_cells)} mapped cells in the LiDAR flight of {epoch}, fewer than {least}"
+    rows, cols = np.flatnonzero(in_rows), np.flatnonzero(in_cols)
     box = {"y": slice(rows[0], rows[-1] + 1), "x": slice(cols[0], cols[-1] + 1)}
     # predictors on the box plus the moving window's reach (the window means inside the
     # box are then the predict stage's), not on the whole grid
@@ -149,9 +156,9 @@ def lidar_residuals(
     lid, lid_s = lidar.mean.reshape(ny, nx), lidar.sd.reshape(ny, nx)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (sat - lid) / np.hypot(sat_s, lid_s)
-    z = np.where(cells[box["y"], box["x"]], z, np.nan)
+    z = np.where(cells[box["y"], box["x"]].compute(), z, np.nan)
     z[~np.isfinite(z)] = np.nan
-    labels = parcel_index(parcels, source)[box["y"], box["x"]]
+    labels = parcel_index(parcels, cut(source, **box))
     _, _, _, _, cell_m, _ = grid_extent(source)
     return z, labels, float(cell_m), str(epoch)
 
@@ -213,32 +220,36 @@ def plot_errors(
     (``rho``: the epochs' error correlation the sink uses). Columns ``plot_id``,
     ``parcel`` (1 + row of ``parcels`` of the plot's centre cell, 0 in none), ``x_m``,
     ``y_m``, ``epoch``, ``map`` (the map, or its change, at the plot), ``z``.
+
+    The maps are read, and the parcels rasterised, on the windows of groups of plots only
+    (:func:`pipeline.zonal.coverage_windows`).
     """
     ref = maps[last][0]
     transform = ref.rio.transform(recalc=True)
     shape = (ref.sizes["y"], ref.sizes["x"])
-    covs = coverage_cells(plots, transform=transform, shape=shape, crs=str(ref.rio.crs))
     centres = plots.geometry.centroid
     rows, cols = rowcol(transform, centres.x.to_numpy(), centres.y.to_numpy())
     rows, cols = np.asarray(rows), np.asarray(cols)
     inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
-    labels = parcel_index(parcels, ref)
-    parcel = np.where(
-        inside, labels[np.clip(rows, 0, shape[0] - 1), np.clip(cols, 0, shape[1] - 1)], 0
-    )
-
-    def at_plots(grid: xr.DataArray) -> np.ndarray:
-        values = np.asarray(grid.values, dtype=np.float64)
-        mapped = np.isfinite(values)
-        return np.array(
-            [
-                weighted_sum(c, values) / covered_fraction_sum(c)
-                if covered_fraction_sum(c) > 0
-                and covered_fraction_sum(c, mapped) == covered_fraction_sum(c)
-                else np.nan
-                for c in covs
-            ]
-        )
+    parcel = np.zeros(len(plots), dtype=np.int32)
+    # per epoch the map and its SD at each plot, read on the windows of groups of plots
+    at_plots = {(e, k): np.full(len(plots), np.nan) for e in (first, last) for k in (0, 1)}
+    for win in coverage_windows(
+        plots, transform=transform, shape=shape, crs=str(ref.rio.crs), block=block_shape(ref)
+    ):
+        cut = [
+            np.asarray(v, dtype=np.float64)
+            for v in dask.compute(*(win.grid(maps[e][k]).data for e, k in at_plots))
+        ]
+        # a plot's square covers its centre's cell, so the window holds that cell
+        labels = parcel_index(parcels, win.grid(ref)) if inside[win.members].any() else None
+        for i, cov in zip(win.members, win.covs, strict=True):
+            if labels is not None and inside[i]:
+                parcel[i] = labels[rows[i] - win.y.start, cols[i] - win.x.start]
+            whole = covered_fraction_sum(cov)
+            for key, values in zip(at_plots, cut, strict=True):
+                if whole > 0 and covered_fraction_sum(cov, np.isfinite(values)) == whole:
+                    at_plots[key][i] = weighted_sum(cov, values) / whole
 
     ids = plots["plot_id"].astype(str).to_numpy()
     obs = observed.assign(
@@ -247,7 +258,7 @@ def plot_errors(
     resid, sd, mapped = {}, {}, {}
     for e in (first, last):
         y = obs[obs["epoch"] == e].drop_duplicates("plot_id").set_index("plot_id")[value]
-        mapped[e], sd[e] = (at_plots(g) for g in maps[e])
+        mapped[e], sd[e] = at_plots[(e, 0)], at_plots[(e, 1)]
         resid[e] = y.reindex(ids).to_numpy(dtype=np.float64) - mapped[e]
     change_sd = np.sqrt(sd[first] ** 2 + sd[last] ** 2 - 2.0 * rho * sd[first] * sd[last])
     with np.errstate(invalid="ignore", divide="ignore"):  # no SD: dropped below

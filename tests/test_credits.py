@@ -15,6 +15,7 @@ import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
 import yaml
+from helpers import assert_numpy_equals_dask
 from scipy.stats import t as student_t
 from shapely.geometry import box
 
@@ -297,6 +298,28 @@ def test_credits_stage_on_a_uniform_sink():
     assert rows.loc["A", "area_mu"] == pytest.approx(5000 / (6000 / 9), rel=1e-12)
     assert rows.loc["B", "area_mu"] == pytest.approx(1000 / (6000 / 9), rel=1e-12)
     assert total["area_mu"] == pytest.approx(9.0, rel=1e-12)
+
+
+def test_credits_read_the_sink_on_the_parcels_windows_alike():
+    # a varying sink in chunks of 3 px: each parcel is summed on its own window, and the
+    # table equals the one from the whole raster to the bit
+    rng = np.random.default_rng(5)
+    sink = _sink_raster(10.0, 1.0).copy(data=rng.uniform(0, 12, (4, 10, 10)).astype(np.float32))
+    third = gpd.GeoDataFrame(
+        {"parcel_id": ["C"], "baseline_tco2e_ha_yr": [1.0]},
+        geometry=[box(500_040, 2_999_850, 500_090, 2_999_950)],  # half off the grid
+        crs="EPSG:32650",
+    )
+    project = pd.concat([TWO_PARCELS, third], ignore_index=True)
+    job = _one_parcel_job()
+    with pytest.warns(UserWarning, match="no project plot sample"):
+        table = assert_numpy_equals_dask(credits_stage, job, chunks=3, sink=sink, project=project)
+    rows = table[CREDITS_RELPATH].set_index("parcel_id")
+    # parcel B by hand: x 60-85 m, y 10-50 m below the top: rows 1-4, columns 6 and 7
+    # whole and column 8 half; 0.01 ha a cell
+    rate = sink.sel(band="sink_tco2e_ha_yr").values.astype(np.float64)
+    by_hand = (rate[1:5, 6:8].sum() + 0.5 * rate[1:5, 8].sum()) * 0.01 * job.sink.years
+    assert rows.loc["B", "project_tco2e"] == pytest.approx(by_hand, rel=1e-12)
 
 
 #: one project parcel of 0.5 ha with a stated baseline of 2 t CO2e/ha/yr

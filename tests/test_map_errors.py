@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
+from helpers import assert_numpy_equals_dask
 from shapely.geometry import box
 
 from models.spatial_error import Correlogram
@@ -61,6 +62,42 @@ def test_plot_errors_standardise_by_the_mean_over_the_square() -> None:
     assert out.loc[("A", "change"), "map"] == pytest.approx(30.0)
     # A's centre lies in the parcel, B's (x 55) outside it
     assert out.loc[("A", "1"), "parcel"] == 1 and out.loc[("B", "1"), "parcel"] == 0
+
+
+def test_plot_errors_on_windows_of_plots_equal_the_whole_maps() -> None:
+    # 30 plots of 2.5 x 2.5 cells over a 40 x 40 grid cut into two parcels, the maps in
+    # chunks of 6 px: each group of plots is read (and the parcels rasterised) on its
+    # window only, and the errors equal those from the whole maps to the bit
+    rng = np.random.default_rng(8)
+    maps = {
+        e: (grid(rng.uniform(50, 150, (40, 40))), grid(rng.uniform(5, 15, (40, 40))))
+        for e in ("1", "2")
+    }
+    x, y = rng.uniform(0, 375, 30), rng.uniform(600, 975, 30)
+    plots = gpd.GeoDataFrame(
+        {"plot_id": [f"P{i}" for i in range(30)]},
+        geometry=[box(a, b, a + 25, b + 25) for a, b in zip(x, y, strict=True)],
+        crs=CRS,
+    )
+    parcels = gpd.GeoDataFrame(
+        {"parcel_id": ["w", "e"]}, geometry=[box(0, 600, 203, 1000), box(203, 600, 400, 1000)],
+        crs=CRS,
+    )  # fmt: skip
+    observed = pd.DataFrame(
+        {
+            "plot_id": [f"P{i}" for i in range(30)] * 2,
+            "epoch": ["1"] * 30 + ["2"] * 30,
+            "v": rng.uniform(50, 150, 60),
+        }
+    )
+    out = assert_numpy_equals_dask(
+        plot_errors, plots, observed, value="v", maps=maps, parcels=parcels, first="1",
+        last="2", rho=0.3, chunks=6,
+    )  # fmt: skip
+    assert len(out) == 90
+    # the parcel of the plot's centre cell, by that cell's centre
+    west = np.floor(out["x_m"] / 10) * 10 + 5 < 203
+    np.testing.assert_array_equal(out["parcel"], np.where(west, 1, 2))
 
 
 def _pair_errors(scale: float) -> pd.DataFrame:

@@ -25,9 +25,10 @@ from pipeline.contracts import (
     SinkJob,
 )
 from pipeline.errors import InputDataError, PipelineWarning
+from pipeline.features import parcel_index
 from pipeline.sink import stock_change_sink
 from pipeline.stages.parcels import parcel_sink_table, parcels_stage, warn_unmapped
-from pipeline.zonal import coverage_cells, covered_fraction_sum, weighted_sum
+from pipeline.zonal import coverage_cells, coverage_windows, covered_fraction_sum, weighted_sum
 
 RES_M = 10.0
 X0, Y0 = 500_000.0, 3_000_000.0
@@ -170,6 +171,83 @@ def test_parcel_totals_add_up_to_the_aoi_total():
     np.testing.assert_allclose(table["lidar_share"], 0.25)
     # the independent SD is the lower bound
     assert (table["sink_sd_independent_tco2e_yr"] < table["sink_sd_tco2e_yr"]).all()
+
+
+def squares(n: int, side_px: int) -> gpd.GeoDataFrame:
+    """``n`` x ``n`` squares of ``side_px`` cells, each shifted by a third of a cell (so
+    they cut cells), a strip one cell wide down the grid's left edge and a square off it."""
+    cells = [
+        box(X0 + RES_M * (j * side_px + 1 / 3), Y0 - RES_M * ((i + 1) * side_px - 1 / 3),
+            X0 + RES_M * ((j + 1) * side_px - 2 / 3), Y0 - RES_M * (i * side_px + 1 / 3))
+        for i in range(n) for j in range(n)
+    ]  # fmt: skip
+    strip = box(X0 + 0.2 * RES_M, Y0 - RES_M * n * side_px, X0 + 0.8 * RES_M, Y0)
+    off = box(X0 - 100 * RES_M, Y0 + 50 * RES_M, X0 - 90 * RES_M, Y0 + 60 * RES_M)
+    polys = [*cells, strip, off]
+    return gpd.GeoDataFrame({"parcel_id": [f"S{i}" for i in range(len(polys))]}, geometry=polys,
+                            crs=CRS)  # fmt: skip
+
+
+def test_coverage_windows_give_each_polygon_its_cells_on_a_window_near_its_block():
+    # 6 x 6 squares of 4 cells on a 24 x 24 grid, read in blocks of 8: a window spans at
+    # most a block plus its largest polygon (the strip makes one window as tall as the
+    # grid), and each polygon's cells and fractions are those of the whole grid, in order
+    shape, transform = (24, 24), Affine(RES_M, 0, X0, 0, -RES_M, Y0)
+    polys = squares(6, 4)
+    want = coverage_cells(polys, transform=transform, shape=shape, crs=CRS)
+    extents = [np.ptp(np.divmod(c.cell, 24), axis=1) + 1 if c.cell.size else (0, 0) for c in want]
+    seen = []
+    sizes = []
+    for win in coverage_windows(polys, transform=transform, shape=shape, crs=CRS, block=(8, 8)):
+        ny, nx = win.shape
+        largest = np.max([extents[i] for i in win.members], axis=0)
+        assert ny <= 8 + largest[0] and nx <= 8 + largest[1]
+        sizes.append(ny * nx)
+        for i, cov in zip(win.members, win.covs, strict=True):
+            rows, cols = np.divmod(cov.cell, nx)
+            cells = (rows + win.y.start) * shape[1] + cols + win.x.start
+            np.testing.assert_array_equal(cells, want[i].cell)
+            np.testing.assert_array_equal(cov.fraction, want[i].fraction)
+            seen.append(i)
+    assert sorted(seen) == list(range(len(polys)))
+    assert len(sizes) == 9 and sorted(sizes)[-2] <= 12 * 12  # one window per block
+    assert want[-1].cell.size == 0  # the square off the grid has no cell
+
+
+def test_window_grids_are_georeferenced_as_their_windows():
+    # rasterising on a window (one cell wide for the strip, alone in its block) equals
+    # the whole grid's cut
+    values = raster(np.zeros((24, 24)))
+    polys = squares(6, 4).iloc[[36, 20, 35, 37]]
+    transform = values.rio.transform()
+    whole = parcel_index(polys, values)
+    windows = list(
+        coverage_windows(polys, transform=transform, shape=(24, 24), crs=CRS, block=(8, 8))
+    )
+    assert min(w.shape[1] for w in windows if w.shape[0]) == 1
+    for win in windows:
+        if win.shape[0]:
+            np.testing.assert_array_equal(
+                parcel_index(polys, win.grid(values)), whole[win.y, win.x]
+            )
+
+
+def test_parcel_sums_over_many_windows_equal_the_whole_grids():
+    # the squares in chunks of 5 px: dozens of windows, among them the one-cell strip
+    parcels = squares(5, 4)
+    inputs = epoch_inputs(5, shape=(20, 20))
+    assert_numpy_equals_dask(parcel_sink_table, JOB, chunks=5, parcels=parcels.iloc[:-1],
+                             **inputs)  # fmt: skip
+    # the spatial SDs too (each window's kernel is cropped to each parcel's box)
+    model = Correlogram(nugget=0.3, shared=0.2, range_m=25.0)
+    sink_model = Correlogram(nugget=0.3, shared=0.5, range_m=25.0)
+    assert_numpy_equals_dask(parcel_sink_table, SPATIAL, chunks=5, parcels=partition((20, 20)),
+                             correlogram=model, sink_correlogram=sink_model, **inputs)  # fmt: skip
+
+
+def test_a_layer_without_parcels_gives_an_empty_table():
+    table = parcel_sink_table(JOB, parcels=partition().iloc[:0], **epoch_inputs(3))
+    assert len(table) == 0 and list(table.columns) == ["parcel_id", "forest_type", "geometry"]
 
 
 def test_stage_returns_gpkg_and_csv_tables():

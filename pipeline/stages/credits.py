@@ -23,7 +23,8 @@ credited. A parcel the data cannot judge stays in, with a warning.
 
 Parcel rows are informative: the fractional-coverage zonal sum of the sink map (t CO2e/yr,
 :mod:`pipeline.zonal`) times the period, with the SD aggregation of ``SinkParams``
-(correlated: SDs add up; independent: root sum of squares).
+(correlated: SDs add up; independent: root sum of squares). The sink raster is read on the
+windows of the project's parcels only (:func:`pipeline.zonal.coverage_windows`).
 
 Signatures
 ----------
@@ -51,6 +52,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import dask
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -80,7 +82,7 @@ from pipeline.errors import ConfigError, InputDataError, PipelineWarning
 from pipeline.sink import as_band, decimal_year, named_band
 from pipeline.stage import Stage
 from pipeline.units import M2_PER_HA, with_mu_areas
-from pipeline.zonal import coverage_cells, weighted_sum
+from pipeline.zonal import block_shape, coverage_windows, weighted_sum
 
 
 def credits_inputs(config: Config, layout: RunLayout) -> dict[str, Path]:
@@ -254,10 +256,27 @@ def credits_table(
     if crs is None:
         raise InputDataError(f"{SINK_RELPATH}: the sink raster has no CRS")
     transform = rate.rio.transform(recalc=True)
-    rate_v = np.asarray(rate.values, dtype=np.float64)
-    sd_v = np.asarray(sd.values, dtype=np.float64)
     px_ha = abs(transform.a * transform.e) / M2_PER_HA
-    covs = coverage_cells(project, transform=transform, shape=rate_v.shape, crs=crs.to_string())
+    # the sink's zonal sums per parcel (t CO2e/yr): its value and SD, and the SD's root sum
+    # of squares, read on the windows of the project's parcels only
+    zonal = np.zeros((len(project), 3))
+    for win in coverage_windows(
+        project,
+        transform=transform,
+        shape=(rate.sizes["y"], rate.sizes["x"]),
+        crs=crs.to_string(),
+        block=block_shape(rate),
+    ):
+        rate_v, sd_v = (
+            np.asarray(v, dtype=np.float64)
+            for v in dask.compute(win.grid(rate).data, win.grid(sd).data)
+        )
+        for i, cov in zip(win.members, win.covs, strict=True):
+            zonal[i] = (
+                weighted_sum(cov, rate_v) * px_ha,
+                weighted_sum(cov, sd_v) * px_ha,
+                math.sqrt(weighted_sum(cov, sd_v, power=2)) * px_ha,
+            )
     areas_ha = project.geometry.to_crs(crs.to_string()).area.to_numpy() / M2_PER_HA
     years = job.sink.years
     # the spatial error model is fitted by the parcels stage, for the parcels' SDs; the
@@ -272,12 +291,9 @@ def credits_table(
     rows = []
     # sums over every declared parcel and over the parcels not refused
     sums = {k: dict.fromkeys(("project", "sd_lin", "area", "baseline"), 0.0) for k in ("all", "ok")}
-    for i, (pid, base_rate, area, cov) in enumerate(
-        zip(project["parcel_id"], project[col].astype(float), areas_ha, covs, strict=True)
+    for i, (pid, base_rate, area, (proj_yr, sd_lin, sd_rss)) in enumerate(
+        zip(project["parcel_id"], project[col].astype(float), areas_ha, zonal, strict=True)
     ):
-        proj_yr = weighted_sum(cov, rate_v) * px_ha
-        sd_lin = weighted_sum(cov, sd_v) * px_ha
-        sd_rss = math.sqrt(weighted_sum(cov, sd_v, power=2)) * px_ha
         sd_yr = sd_lin if correlated else sd_rss
         steps = credit_steps(
             area_ha=float(area),
