@@ -24,10 +24,13 @@ worker inside the run's process) the driver and the worker are one process, so t
 is the driver's and the worker's.
 
 Memory bounded by the chunks in flight shows as flat only where every copy has several
-chunks: the demo's raster chunks (1024 cells, 10 km) and LiDAR chunks (1 km) would make
-every small copy one chunk. The copies therefore share chunks sized to split the smallest
-copy's side (and its LiDAR block's) in ``CHUNKS_PER_SIDE``: smaller chunks than a real
-run's, so the CPU per km2 carries more per-chunk overhead than the prefecture would.
+chunks: with the demo's raster chunks (1024 cells, 10 km) and LiDAR chunks (1 km) every
+copy of a small benchmark is one chunk, whose memory grows with the area by construction.
+``--split-chunks`` gives the copies chunks sized to split the smallest copy's side (and its
+LiDAR block's) in ``CHUNKS_PER_SIDE``; at the default ``--base-km`` those are the settings'
+smallest (64 cells, 200 m), whose per-chunk overhead makes a run many times slower (the
+first copy's composite took 11 minutes on a loaded machine), so it is opt-in and the CPU per
+km2 it prints carries more per-chunk overhead than the prefecture would.
 
 It prints, per stage, the CPU seconds per km2 (LiDAR: per km2 flown) at each factor with
 the ratio to 1x (issue #19's goal: within +-20 %) and the peak memory at each factor with
@@ -52,6 +55,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
@@ -106,7 +110,9 @@ class Design:
     lidar_chunk_m: float | None = None
 
     @classmethod
-    def for_factors(cls, factors: list[float], *, base_km: float) -> Design:
+    def for_factors(
+        cls, factors: list[float], *, base_km: float, split_chunks: bool = False
+    ) -> Design:
         """The demo's plot density and LiDAR share, raised for all copies where the
         smallest would get fewer than ``MIN_PLOTS`` plots or a LiDAR block with a side
         under ``MIN_LIDAR_KM``."""
@@ -114,12 +120,17 @@ class Design:
         demo = config["simulate"]
         smallest_km = base_km * math.sqrt(min(factors))
         lidar_side_share = max(demo["lidar_km"] / demo["size_km"], MIN_LIDAR_KM / smallest_km)
+        chunks: dict[str, Any] = {}
+        if split_chunks:
+            chunks = {
+                "chunk_px": chunk_px_for(smallest_km * 1000 / config["resolution_m"]),
+                "lidar_chunk_m": smallest_km * 1000 * lidar_side_share / CHUNKS_PER_SIDE,
+            }
         return cls(
             base_km=base_km,
             plots_per_km2=max(demo_plots_per_km2(), MIN_PLOTS / smallest_km**2),
             lidar_side_share=lidar_side_share,
-            chunk_px=chunk_px_for(smallest_km * 1000 / config["resolution_m"]),
-            lidar_chunk_m=smallest_km * 1000 * lidar_side_share / CHUNKS_PER_SIDE,
+            **chunks,
         )
 
 
@@ -430,11 +441,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-km", type=float, default=2.5,
                         help="side of the 1x copy in km (10: the demo's area)")  # fmt: skip
     parser.add_argument("--max-factor", type=float, choices=(4, 16), default=4)
+    parser.add_argument("--split-chunks", action="store_true",
+                        help="chunks splitting the smallest copy in two a side (slow)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=50)
     parser.add_argument("--worker-cores", type=int, default=4)
     args = parser.parse_args(argv)
     factors = [f for f in FACTORS if f <= args.max_factor]
-    design = Design.for_factors(factors, base_km=args.base_km)
+    design = Design.for_factors(factors, base_km=args.base_km, split_chunks=args.split_chunks)
     copies = []
     for factor in factors:
         with tempfile.TemporaryDirectory() as tmp:

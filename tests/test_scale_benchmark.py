@@ -37,11 +37,12 @@ def test_design_keeps_the_demo_where_the_smallest_copy_allows() -> None:
 def test_design_splits_the_smallest_copy_into_chunks() -> None:
     # 0.25 x 10 km squared: a 500-cell side at 10 m, halved is 250: 128-cell chunks; its
     # 1 km LiDAR block in two 500 m chunks
-    demo = Design.for_factors([0.25, 1.0, 4.0], base_km=10.0)
+    assert Design.for_factors([0.25, 1.0, 4.0], base_km=10.0).chunk_px is None  # the demo's
+    demo = Design.for_factors([0.25, 1.0, 4.0], base_km=10.0, split_chunks=True)
     assert demo.chunk_px == 128
     assert demo.lidar_chunk_m == pytest.approx(500.0)
     # a 125-cell side halved is 62.5: the settings' floor of 64; a 0.4 km block in 200 m
-    small = Design.for_factors([0.25, 1.0, 4.0], base_km=2.5)
+    small = Design.for_factors([0.25, 1.0, 4.0], base_km=2.5, split_chunks=True)
     assert small.chunk_px == 64
     assert small.lidar_chunk_m == pytest.approx(200.0)
 
