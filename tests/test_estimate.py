@@ -352,6 +352,13 @@ def test_the_fold_maps_correct_the_stratum_means_by_their_plots_folds(scene: dic
     assert row["se"] == pytest.approx(se, rel=1e-9)  # the correction's own SE is not added
     assert f"fold maps' correction {8.0 * correction.sum():+,.0f} Mg C" in row["note"]
     assert table.loc[("stock_2019", "difference"), "chosen"]
+    # map_total stays the map's own sum: the same as with fold maps equal to the map
+    plain = _cross_fitted(
+        scene, replace(JOB, cross_fit=True, estimator="difference"),
+        _cross_fit_inputs(scene, fold_offsets=(0.0, 0.0, 0.0)),
+    )  # fmt: skip
+    for key in table.index:
+        assert table.loc[key, "map_total"] == pytest.approx(plain.loc[key, "map_total"]), key
 
 
 def test_without_fold_maps_the_cross_fitted_estimate_is_not_chosen(scene: dict) -> None:

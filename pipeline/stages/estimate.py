@@ -89,7 +89,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -629,7 +629,7 @@ def _sample_rows(
                 systematic=systematic,
             )
         )  # fmt: skip
-        _note_corrections(rows, totals, corrections)
+        _note_corrections(rows, totals, corrections, job.epochs)
         plan.extend(_plan(str(name), sample_design, y, job, plot_area_ha))
     except SurveyError as err:
         raise _refused(str(name), err) from None
@@ -738,15 +738,29 @@ def _note_corrections(
     rows: list[dict[str, Any]],
     totals: list[SampleTotal],
     corrections: Mapping[str, tuple[FoldCorrection, StratifiedDesign]],
+    epochs: Sequence[str],
 ) -> None:
     """Append to the model-assisted stock rows the fold maps' correction of the total and
-    its own sampling SE, beside the estimate's SE (which leaves it out, being negligible)."""
-    stocks = {stock_quantity(e): c for e, c in corrections.items()}
+    its own sampling SE, beside the estimate's SE (which leaves it out, being negligible),
+    and take the correction out of every row's ``map_total``, which is the map's own sum
+    (the estimators took the corrected stratum means)."""
+    shifts = {
+        e: float(design.stratum_area_ha @ correction.mean_per_ha)
+        for e, (correction, design) in corrections.items()
+    }
+    stocks = {stock_quantity(e): e for e in corrections}
+    first, last = epochs[0], epochs[-1]
+    change = change_quantity(first, last)
+    change_shift = (shifts.get(last, 0.0) - shifts.get(first, 0.0)) * co2_per_c()
     for row, total in zip(rows, totals, strict=True):
+        if row["quantity"] in stocks:
+            row["map_total"] -= shifts[stocks[row["quantity"]]]
+        elif row["quantity"] == change:
+            row["map_total"] -= change_shift
         if row["estimator"] == PLOT_ONLY or row["quantity"] not in stocks:
             continue
-        correction, design = stocks[row["quantity"]]
-        shift = float(design.stratum_area_ha @ correction.mean_per_ha)
+        correction, design = corrections[stocks[row["quantity"]]]
+        shift = shifts[stocks[row["quantity"]]]
         se = correction.total_se(design)
         row["note"] = (
             f"{row['note']}; fold maps' correction {shift:+,.0f} {total.unit} "
