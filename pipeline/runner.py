@@ -93,6 +93,7 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 from models.errors import CodedWarning, ModelsWarning
@@ -813,6 +814,7 @@ class Runner:
                     BarColumn(),
                     MofNCompleteColumn(),
                     TimeElapsedColumn(),
+                    TimeRemainingColumn(),
                     console=self.console,
                     transient=True,
                 ) as bar:
