@@ -12,6 +12,13 @@ density and the LiDAR-covered share of each cell) are computed on the model grid
 with the composites. Tiles are processed in buffered chunks on the active Dask scheduler
 (:mod:`pipeline.lidar.engine`), so tile edges leave no seams.
 
+Memory does not grow with the area flown: each chunk task writes its rasters into a
+staging folder (the run folder's scratch folder of the stage) and returns only its QA
+counts; the returned rasters are lazy, read back from there in 1024 px blocks, with the
+footprint mask, return density and covered share computed per block, and the QA's CHM
+range and 99th percentile and the flights' DTM difference are exact statistics computed
+block by block (:mod:`pipeline.lidar.stats`).
+
 Outputs (run-folder relpaths): ``lidar/dtm.tif``, ``lidar/chm.tif`` (LiDAR resolution,
 over the tiles), ``lidar/metrics.tif`` (model grid), ``lidar/qa.json``, ``lidar/tiles.csv``;
 a repeat flight of another epoch (``sources.lidar_repeat``, docs/lidar.md) adds its
@@ -198,8 +205,11 @@ def _dataarray(
 
 
 #: side (px) of the blocks in which the stage's rasters are read back from the staged
-#: chunks: two 512 px COG blocks, so the writer's staging blocks are whole
-BLOCK_PX = 1024
+#: chunks: one COG block (1 MB of a 1 m raster). The writer stages in blocks of this
+#: size, as it did for the whole arrays before (whose sides are rarely multiples of 16
+#: px), and GDAL's averaged overviews depend on that layout: with 1024 px they differed
+#: from the earlier files' in the last bits
+BLOCK_PX = 512
 
 
 def tile_failures(results: list[engine.ChunkResult], tiles: list[TileInfo]) -> dict[str, str]:
