@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
-import numpy as np
 import pandas as pd
 import pytest
 from faulty_stac import GEOJSON, FaultyApi, faulty_api
