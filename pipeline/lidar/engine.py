@@ -432,7 +432,7 @@ def process_chunk(
     """Read and process one chunk and stage its rasters in ``folder`` (a Dask task)."""
     pts, failures, n_noise, usable = _read_chunk(spec, halos, settings)
     result, rasters = process_points(pts, spec, settings, n_noise_read=n_noise)
-    del pts
+    del pts  # the chunk's points are not needed while its rasters are written
     rasters.save(folder, spec.key)
     result.failures = failures
     result.usable = usable
