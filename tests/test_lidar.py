@@ -164,6 +164,29 @@ def test_numpy_and_dask_results_are_equal(tiles4: list[Path], tmp_path: Path) ->
         assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "dask" / name).read_bytes()
 
 
+def test_staged_rasters_are_lazy_and_equal_whatever_the_blocks(
+    tiles4: list[Path], out4: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dask.array as da
+
+    from pipeline.stages import lidar as stage
+
+    # 16 px blocks: the 100 m chunks and the tiles' footprint straddle them
+    monkeypatch.setattr(stage, "BLOCK_PX", 16)
+    out = run_lidar(
+        job(chunk_size_m=100.0), tiles=tuple(tiles4), model_grid=MODEL, staging=tmp_path
+    )
+    for key in (LIDAR_DTM_RELPATH, LIDAR_CHM_RELPATH, LIDAR_METRICS_RELPATH):
+        got = out[key]
+        assert isinstance(got.data, da.Array) and got.data.numblocks[1] > 1  # type: ignore[attr-defined]
+        # the same cells, bit for bit, as one block per raster (out4, loaded)
+        assert_same_result(got.values, values(out4, key))  # type: ignore[attr-defined]
+        assert got.rio.transform() == out4[key].rio.transform()  # type: ignore[attr-defined]
+    assert out[LIDAR_QA_RELPATH] == out4[LIDAR_QA_RELPATH]
+    # each of the 4 chunks staged its DTM, CHM, metrics and return counts
+    assert len(list(tmp_path.glob("chunk_*.npy"))) == 4 * 4
+
+
 def test_metrics_equal_numpy_on_a_normalisedpoint_set(scene: Scene, tmp_path: Path) -> None:
     paths = write_tiles(scene, tmp_path, tile_m=200.0, normalised=True)
     # the empty DTM is said: a warning (which the runner records and the report lists)
