@@ -266,8 +266,27 @@ class Journal:
                 if (p.name == name or p.name.startswith(name + ".")) and p.is_file():
                     p.unlink()
                     n += 1
+                elif p.name == name and p.is_dir():  # a stage's scratch folder
+                    shutil.rmtree(p)
+                    n += 1
         self.path.unlink()
         return n
+
+
+@contextlib.contextmanager
+def scratch_folder(root: Path, name: str, journal: io.TemporaryJournal | None) -> Iterator[Path]:
+    """An empty folder ``.state/.<name>.tmp-<pid>`` of the run folder ``root`` for a
+    stage's working files, recorded in ``journal`` before it exists (so a killed run's is
+    removed on the next claim) and removed when the block ends."""
+    path = root / STATE_DIR / f".{name}{TEMPORARY_MARK}{os.getpid()}"
+    if journal is not None:
+        journal(path)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def check_available(output_dir: Path) -> Path:

@@ -65,6 +65,7 @@ its message, in ``stages.<stage>.warning_codes``, so a report in another languag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -793,6 +794,7 @@ class Runner:
                 peak_rss() as rss,
                 peak_worker_rss(client) as worker_rss,
                 sampler.sample(stage.name, client=client, measure="process"),
+                contextlib.ExitStack() as scratch,
             ):
                 # every warning is recorded each time it is raised (the record keeps each
                 # message once): with Python's default "once per location" filter a library
@@ -808,6 +810,10 @@ class Runner:
                     )
                     for name, spec in now.specs.items()
                 }
+                if stage.scratch:
+                    loaded["scratch"] = scratch.enter_context(
+                        run_folder.scratch_folder(self.layout.root, stage.name, self.journal)
+                    )
                 outputs = dict(stage.func(now.params, **group_inputs(loaded)))
                 with Progress(
                     TextColumn("  {task.description}"),

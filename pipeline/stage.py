@@ -67,6 +67,11 @@ class Stage:
         Optional ``results(outputs) -> JSON-able``: the figures of the stage's outputs that
         the manifest records under ``results.<stage>`` (e.g. the survey totals), so that a
         verifier reads them beside the checksums.
+    scratch
+        The stage is also called with ``scratch=``: an empty folder in the run folder, that
+        every Dask worker sees, for working files its lazy outputs read (the LiDAR stage's
+        staged chunks); the runner removes it once the outputs are written
+        (:func:`pipeline.run_folder.scratch_folder`).
     """
 
     name: str
@@ -74,3 +79,4 @@ class Stage:
     params: Callable[[Config], Any]
     inputs: Callable[[Config, RunLayout], Mapping[str, InputSpec]]
     results: Callable[[Mapping[str, Any]], Any] | None = None
+    scratch: bool = False

@@ -78,6 +78,8 @@ def test_every_stage_ran_and_wrote_its_outputs(tiny_run):
     assert all(rec["status"] == "ran" for rec in manifest["stages"].values())
     for rel in manifest["outputs"]:
         assert (run / rel).is_file(), rel
+    # no temporary left, such as the LiDAR stage's scratch folder of staged chunks
+    assert not list(run.rglob(".*.tmp-*"))
     for rel in (
         composite_relpath("2019"),
         map_relpath("carbon", "2024"),

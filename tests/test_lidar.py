@@ -143,19 +143,48 @@ def test_tiled_run_equals_single_tile_run_away_from_the_border(
     np.testing.assert_allclose(m4, m1, atol=2e-3)
 
 
-def test_numpy_and_dask_results_are_equal(tiles4: list[Path]) -> None:
+def test_numpy_and_dask_results_are_equal(tiles4: list[Path], tmp_path: Path) -> None:
     j = job(chunk_size_m=100.0, buffer_m=10.0)
     from pipeline.lidar.index import index_tiles
 
     index = index_tiles(tiles4)
     lg = lidar_grid_for(index, res_m=1.0, anchor_m=10.0)
     settings = engine_settings(j, model_grid=MODEL, lidar_grid=lg)
-    serial = engine.run_serial(index, settings)
+    for folder in ("serial", "dask"):
+        (tmp_path / folder).mkdir()
+    serial = engine.run_serial(index, settings, tmp_path / "serial")
     with dask.config.set(scheduler="threads", num_workers=2):
-        par = engine.run_dask(index, settings)
+        par = engine.run_dask(index, settings, tmp_path / "dask")
     assert len(serial) == 4
-    # every chunk's rasters, windows, counts and failures
+    # every chunk's windows, counts and failures, and its staged rasters byte for byte
     assert_same_result(par, serial)
+    staged = sorted(p.name for p in (tmp_path / "serial").iterdir())
+    assert len(staged) == 4 * 4 and staged == sorted(p.name for p in (tmp_path / "dask").iterdir())
+    for name in staged:
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "dask" / name).read_bytes()
+
+
+def test_staged_rasters_are_lazy_and_equal_whatever_the_blocks(
+    tiles4: list[Path], out4: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dask.array as da
+
+    from pipeline.stages import lidar as stage
+
+    # 16 px blocks: the 100 m chunks and the tiles' footprint straddle them
+    monkeypatch.setattr(stage, "BLOCK_PX", 16)
+    out = run_lidar(
+        job(chunk_size_m=100.0), tiles=tuple(tiles4), model_grid=MODEL, staging=tmp_path
+    )
+    for key in (LIDAR_DTM_RELPATH, LIDAR_CHM_RELPATH, LIDAR_METRICS_RELPATH):
+        got = out[key]
+        assert isinstance(got.data, da.Array) and got.data.numblocks[1] > 1  # type: ignore[attr-defined]
+        # the same cells, bit for bit, as one block per raster (out4, loaded)
+        assert_same_result(got.values, values(out4, key))  # type: ignore[attr-defined]
+        assert got.rio.transform() == out4[key].rio.transform()  # type: ignore[attr-defined]
+    assert out[LIDAR_QA_RELPATH] == out4[LIDAR_QA_RELPATH]
+    # each of the 4 chunks staged its DTM, CHM, metrics and return counts
+    assert len(list(tmp_path.glob("chunk_*.npy"))) == 4 * 4
 
 
 def test_metrics_equal_numpy_on_a_normalisedpoint_set(scene: Scene, tmp_path: Path) -> None:
@@ -383,6 +412,33 @@ def test_footprint_fraction_is_the_exact_overlap_area() -> None:
     frac = footprint_fraction([(5.0, 0.0, 15.0, 12.0), (15.0, 0.0, 25.0, 12.0)], grid)
     want = np.array([[0, 0, 0], [0.1, 0.2, 0.1], [0.5, 1.0, 0.5]])
     np.testing.assert_allclose(frac, want, atol=1e-12)
+    # a window of the grid (the stage's blocks) has the same cells, bit for bit
+    part = footprint_fraction([(5.0, 0.0, 15.0, 12.0)], grid, (1, 3, 1, 3))
+    whole = footprint_fraction([(5.0, 0.0, 15.0, 12.0)], grid)
+    np.testing.assert_array_equal(part, whole[1:3, 1:3])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_block_summary_equals_numpy_on_the_whole_array(seed: int) -> None:
+    import dask.array as da
+
+    from pipeline.lidar.stats import summarise
+
+    rng = np.random.default_rng(seed)
+    # ties, negatives, zeros, NaNs and one huge value, in uneven blocks
+    values = np.round(rng.normal(3.0, 4.0, (97, 131)), 1).astype(np.float32)
+    values[rng.random(values.shape) < 0.2] = np.nan
+    values[5, 7], values[50, 3] = 0.0, 3.0e7
+    arr = da.from_array(values, chunks=((40, 57), (10, 100, 21)))
+    got = summarise(arr, [1, 50, 99, 100])
+    finite = values[np.isfinite(values)].astype(np.float64)
+    assert got.n == finite.size
+    assert (got.min, got.max) == (finite.min(), finite.max())
+    assert got.percentiles == tuple(np.percentile(finite, [1, 50, 99, 100]))
+    # sums of block sums: numpy's pairwise sum of the whole array, to rounding
+    assert got.mean == pytest.approx(finite.mean(), rel=1e-14)
+    assert got.sd == pytest.approx(finite.std(), rel=1e-14)
+    assert summarise(da.full((3, 3), np.nan, chunks=2), [99]).percentiles == (None,)
 
 
 def test_terrain_memory_is_set_by_the_grid_not_by_a_gap_in_the_ground(tmp_path: Path) -> None:

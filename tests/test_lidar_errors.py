@@ -217,3 +217,4 @@ def test_command_writes_cogs_and_reports_a_failed_tile(scene: Scene, tmp_path: P
         chm = src.read(1)
         assert src.res == (1.0, 1.0) and np.isfinite(chm).mean() > 0.5
     assert (out / "qa.json").is_file() and (out / "tiles.csv").is_file()
+    assert not list(out.glob(".lidar-staging-*"))  # the staged chunks are gone

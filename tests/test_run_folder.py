@@ -151,6 +151,29 @@ def test_only_the_killed_runs_own_temporaries_are_removed(tmp_path):
     assert not journal.exists()
 
 
+def test_a_stages_scratch_folder_goes_when_the_stage_ends_or_on_the_claim_after_a_kill(tmp_path):
+    from pipeline.run_folder import Journal, scratch_folder
+
+    root = tmp_path / "run"
+    (root / ".state").mkdir(parents=True)
+    journal = Journal(root)
+    with scratch_folder(root, "lidar", journal) as scratch:
+        (scratch / "first").mkdir()
+        (scratch / "first/chunk.npy").write_bytes(b"x")
+        assert journal.path.read_text().split() == [f".state/.lidar.tmp-{os.getpid()}"]
+    assert not scratch.exists()
+    # a killed run's scratch folder (its block never ended) and its files are removed on the
+    # next claim; a folder the journal does not name is kept
+    killed = root / ".state/.lidar.tmp-999999"
+    journal(killed)
+    (killed / "first").mkdir(parents=True)
+    (killed / "first/chunk.npy").write_bytes(b"x")
+    other = root / ".state/.lidar.tmp-1"
+    other.mkdir()
+    assert journal.clean() == 1
+    assert not killed.exists() and other.exists()
+
+
 # --------------------------------------------------------------------------- where
 
 

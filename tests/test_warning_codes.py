@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
-import numpy as np
 import pandas as pd
 import pytest
 from faulty_stac import GEOJSON, FaultyApi, faulty_api
@@ -162,7 +161,7 @@ def test_a_repeat_flights_qa_warnings_are_said_in_chinese_with_the_flight_named(
 
     qa = {"skipped_tiles": ["e.laz: the tile has no points"], "normalised_input_chunks": [3, 5]}
     with pytest.warns(PipelineWarning) as caught:
-        said = warn_qa(qa, np.full((4, 4), 80.0), 60.0, "lidar (2024 flight)")
+        said = warn_qa(qa, 80.0, 60.0, "lidar (2024 flight)")
     assert len(said) == len(caught.list) == 3
     assert [str(w.message) for w in caught.list] == [f"lidar (2024 flight): {m}" for m in said]
     assert _chinese(caught.list, "lidar_tile_skipped") == [

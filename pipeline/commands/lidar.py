@@ -16,6 +16,7 @@ Runs on a local Dask cluster sized to the machine, or on ``--scheduler ADDR``.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from pipeline.commands import make_params, param_option, write_outputs
@@ -105,9 +106,12 @@ def main(args: argparse.Namespace) -> int:
         grid = region_geobox(aoi, crs=crs, resolution_m=args.grid_resolution)
     else:
         grid = model_grid_for_tiles(index, resolution_m=args.grid_resolution)
-    with dask_client(DaskSettings(), scheduler=args.scheduler):
-        out = run_lidar(job, tiles=tiles, model_grid=grid)
-    write_outputs({args.out / Path(rel).name: obj for rel, obj in out.items()})
+    args.out.mkdir(parents=True, exist_ok=True)
+    # the rasters are read from the staged chunks while they are written
+    with tempfile.TemporaryDirectory(prefix=".lidar-staging-", dir=args.out) as staging:
+        with dask_client(DaskSettings(), scheduler=args.scheduler):
+            out = run_lidar(job, tiles=tiles, model_grid=grid, staging=Path(staging))
+        write_outputs({args.out / Path(rel).name: obj for rel, obj in out.items()})
     qa = out[LIDAR_QA_RELPATH]
     failed = qa["failed_tiles"]  # type: ignore[index]
     if failed:

@@ -32,14 +32,22 @@ distributed client, or the threaded scheduler). A chunk task holds one chunk's p
 blocks, so memory depends on the chunk size, not on the number of tiles: about 1.5 GB
 for a 1 km chunk of 20 million returns (benchmarks/bench_lidar.py). Halo results are
 small (the rings) and released once their chunks are done.
+A chunk task writes its rasters (:class:`ChunkRasters`, cropped to the output grids) as
+``.npy`` files into a staging folder that every worker sees, and returns only its windows
+and QA counts (:class:`ChunkResult`), so nothing that grows with the area is gathered;
+:func:`paste_staged` reads them back window by window (``mmap``), for the stage to build
+its rasters block by block.
 A tile that fails to decode is reported, and the other tiles' results stand.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Literal
 
 import dask
@@ -100,22 +108,65 @@ class ChunkSpec:
         return (self.core[0] - b, self.core[1] - b, self.core[2] + b, self.core[3] + b)
 
 
+#: rows ``r0:r1`` and columns ``c0:c1`` of an output grid, as ``(r0, r1, c0, c1)``
+Window = tuple[int, int, int, int]
+
+
 @dataclass
 class ChunkResult:
-    """Products of one chunk, with the windows they go to in the output grids."""
+    """What a chunk task returns: the windows its rasters fill in the output grids (the
+    rasters themselves are staged, :class:`ChunkRasters`), its QA counts and failures."""
 
     key: tuple[int, int]
-    lidar_window: tuple[int, int, int, int]
-    dtm_m: np.ndarray
-    chm_m: np.ndarray
-    model_window: tuple[int, int, int, int]
-    metrics: np.ndarray
-    n_returns: np.ndarray
+    lidar_window: Window
+    model_window: Window
     stats: dict[str, object] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     #: returns of each core tile kept (not noise) in the chunk's buffered box: a tile
     #: with none in every chunk has no usable point
     usable: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ChunkRasters:
+    """One chunk's rasters, cropped to its windows of the output grids: DTM and CHM in
+    its ``lidar_window``, the point metrics (``N_POINT_BANDS`` bands) and the return
+    counts in its ``model_window``."""
+
+    dtm_m: np.ndarray
+    chm_m: np.ndarray
+    metrics: np.ndarray
+    n_returns: np.ndarray
+
+    def save(self, folder: Path, key: tuple[int, int]) -> None:
+        """Write each raster to its :func:`staged_path` (renamed into place when whole)."""
+        for name, arr in vars(self).items():
+            path = staged_path(folder, key, name)
+            tmp = path.with_name(f".{path.name}")
+            np.save(tmp, arr)
+            os.replace(tmp, path)
+
+
+def staged_path(folder: Path, key: tuple[int, int], name: str) -> Path:
+    """The ``.npy`` file of raster ``name`` (a :class:`ChunkRasters` field) of chunk ``key``."""
+    return folder / f"chunk_{key[0]}_{key[1]}_{name}.npy"
+
+
+def paste_staged(
+    out: np.ndarray, window: Window, pieces: Sequence[tuple[Path, Window]]
+) -> np.ndarray:
+    """Fill ``out`` (the cells of ``window`` of an output grid, bands first) with the parts
+    of the staged rasters ``pieces`` (each a file and the chunk's window in that grid) that
+    fall inside it; cells outside every piece keep their value."""
+    r0, r1, c0, c1 = window
+    for path, (a0, a1, b0, b1) in pieces:
+        y0, y1, x0, x1 = max(r0, a0), min(r1, a1), max(c0, b0), min(c1, b1)
+        if y1 > y0 and x1 > x0:
+            src = np.load(path, mmap_mode="r")
+            out[..., y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] = src[
+                ..., y0 - a0 : y1 - a0, x0 - b0 : x1 - b0
+            ]
+    return out
 
 
 def chunk_side(chunk_size_m: float, *resolutions_m: float) -> float:
@@ -294,7 +345,7 @@ def _metrics_grid(
 
 def process_points(
     pts: PointSet, spec: ChunkSpec, settings: EngineSettings, *, n_noise_read: int = 0
-) -> ChunkResult:
+) -> tuple[ChunkResult, ChunkRasters]:
     """Noise -> ground -> DTM -> normalise -> CHM -> metrics for one chunk's points.
 
     ``n_noise_read`` counts the noise returns of the core already dropped by the reader.
@@ -363,26 +414,26 @@ def process_points(
         cover_threshold_m=settings.cover_threshold_m,
     )
     stats["n_points_out"] = len(pts)
-    return ChunkResult(
-        key=spec.key,
-        lidar_window=lw,
+    rasters = ChunkRasters(
         dtm_m=np.ascontiguousarray(dtm_core[sl]),
         chm_m=np.ascontiguousarray(chm_core[sl]),
-        model_window=mw,
         metrics=metrics,
         n_returns=n_returns,
-        stats=stats,
     )
+    return ChunkResult(key=spec.key, lidar_window=lw, model_window=mw, stats=stats), rasters
 
 
 def process_chunk(
     spec: ChunkSpec,
     halos: list[tuple[dict[tuple[int, int], PointSet], dict[str, str]]],
     settings: EngineSettings,
+    folder: Path,
 ) -> ChunkResult:
-    """Read and process one chunk (a Dask task)."""
+    """Read and process one chunk and stage its rasters in ``folder`` (a Dask task)."""
     pts, failures, n_noise, usable = _read_chunk(spec, halos, settings)
-    result = process_points(pts, spec, settings, n_noise_read=n_noise)
+    result, rasters = process_points(pts, spec, settings, n_noise_read=n_noise)
+    del pts  # the chunk's points are not needed while its rasters are written
+    rasters.save(folder, spec.key)
     result.failures = failures
     result.usable = usable
     return result
@@ -397,8 +448,9 @@ def halo_plan(specs: list[ChunkSpec]) -> dict[str, tuple[TileInfo, list[ChunkSpe
     return plan
 
 
-def build_tasks(tiles: list[TileInfo], settings: EngineSettings) -> list[object]:
-    """One ``dask.delayed`` task per chunk (depending on the halo tasks it needs)."""
+def build_tasks(tiles: list[TileInfo], settings: EngineSettings, folder: Path) -> list[object]:
+    """One ``dask.delayed`` task per chunk (depending on the halo tasks it needs), staging
+    its rasters in ``folder``."""
     side = settings.chunk_size_m
     specs = plan_chunks(tiles, side_m=side, buffer_m=settings.buffer_m)
     halo = {
@@ -408,34 +460,41 @@ def build_tasks(tiles: list[TileInfo], settings: EngineSettings) -> list[object]
     tasks = []
     for s in specs:
         deps = [halo[str(t.path)] for t in s.ring_tiles]
-        tasks.append(dask.delayed(process_chunk, pure=True)(s, deps, settings))
+        tasks.append(dask.delayed(process_chunk, pure=True)(s, deps, settings, folder))
     return tasks
 
 
-def run_serial(tiles: list[TileInfo], settings: EngineSettings) -> list[ChunkResult]:
+def run_serial(tiles: list[TileInfo], settings: EngineSettings, folder: Path) -> list[ChunkResult]:
     """The same computation without Dask (plain function calls, for tests and debugging)."""
     specs = plan_chunks(tiles, side_m=settings.chunk_size_m, buffer_m=settings.buffer_m)
     halo = {k: read_halo(t, c, settings) for k, (t, c) in halo_plan(specs).items()}
-    return [process_chunk(s, [halo[str(t.path)] for t in s.ring_tiles], settings) for s in specs]
+    return [
+        process_chunk(s, [halo[str(t.path)] for t in s.ring_tiles], settings, folder) for s in specs
+    ]
 
 
-def run_dask(tiles: list[TileInfo], settings: EngineSettings) -> list[ChunkResult]:
-    """Run the chunk tasks on the active Dask scheduler."""
-    tasks = build_tasks(tiles, settings)
+def run_dask(tiles: list[TileInfo], settings: EngineSettings, folder: Path) -> list[ChunkResult]:
+    """Run the chunk tasks on the active Dask scheduler, staging their rasters in
+    ``folder`` (which every worker must see); returns the chunks' results in plan order."""
+    tasks = build_tasks(tiles, settings, folder)
     if not tasks:
         return []
     return list(dask.compute(*tasks))
 
 
 __all__ = [
+    "ChunkRasters",
     "ChunkResult",
     "ChunkSpec",
     "EngineSettings",
     "NormaliseStats",
+    "Window",
     "build_tasks",
     "chunk_side",
+    "paste_staged",
     "plan_chunks",
     "process_chunk",
     "run_dask",
     "run_serial",
+    "staged_path",
 ]

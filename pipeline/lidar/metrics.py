@@ -120,18 +120,25 @@ def point_metrics(
     return out.reshape(shape).astype(np.float32), n_returns.reshape(grid.shape)
 
 
-def footprint_fraction(boxes: list[tuple[float, float, float, float]], grid: GeoBox) -> np.ndarray:
-    """Share of each cell covered by the union of non-overlapping tile bounds."""
-    frac = np.zeros(grid.shape, np.float64)
+def footprint_fraction(
+    boxes: list[tuple[float, float, float, float]],
+    grid: GeoBox,
+    window: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """Share of each cell covered by the union of non-overlapping tile bounds, over the
+    whole grid or over ``window`` (rows ``r0:r1``, columns ``c0:c1``) of it: the same
+    values as the whole grid's there, bit for bit."""
+    r0, r1, c0, c1 = (0, grid.height, 0, grid.width) if window is None else window
+    frac = np.zeros((r1 - r0, c1 - c0), np.float64)
     a = grid.affine
-    xe = a.c + np.arange(grid.width + 1) * a.a
-    ye = a.f - np.arange(grid.height + 1) * a.a
+    xe = a.c + np.arange(c0, c1 + 1) * a.a
+    ye = a.f - np.arange(r0, r1 + 1) * a.a
     for b in boxes:
         ox = np.clip(np.minimum(xe[1:], b[2]) - np.maximum(xe[:-1], b[0]), 0, None)
         oy = np.clip(np.minimum(ye[:-1], b[3]) - np.maximum(ye[1:], b[1]), 0, None)
         cols = np.nonzero(ox)[0]
         rows = np.nonzero(oy)[0]
         if cols.size and rows.size:  # touch only the tile's window of the grid
-            c0, c1, r0, r1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
-            frac[r0:r1, c0:c1] += np.outer(oy[r0:r1], ox[c0:c1])
+            j0, j1, i0, i1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
+            frac[i0:i1, j0:j1] += np.outer(oy[i0:i1], ox[j0:j1])
     return np.clip(frac / a.a**2, 0.0, 1.0)

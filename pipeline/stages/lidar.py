@@ -12,6 +12,13 @@ density and the LiDAR-covered share of each cell) are computed on the model grid
 with the composites. Tiles are processed in buffered chunks on the active Dask scheduler
 (:mod:`pipeline.lidar.engine`), so tile edges leave no seams.
 
+Memory does not grow with the area flown: each chunk task writes its rasters into a
+staging folder (the run folder's scratch folder of the stage) and returns only its QA
+counts; the returned rasters are lazy, read back from there in 1024 px blocks, with the
+footprint mask, return density and covered share computed per block, and the QA's CHM
+range and 99th percentile and the flights' DTM difference are exact statistics computed
+block by block (:mod:`pipeline.lidar.stats`).
+
 Outputs (run-folder relpaths): ``lidar/dtm.tif``, ``lidar/chm.tif`` (LiDAR resolution,
 over the tiles), ``lidar/metrics.tif`` (model grid), ``lidar/qa.json``, ``lidar/tiles.csv``;
 a repeat flight of another epoch (``sources.lidar_repeat``, docs/lidar.md) adds its
@@ -30,19 +37,23 @@ Standalone: ``forest-carbon lidar TILES... --resolution 1 --out DIR``.
 from __future__ import annotations
 
 import math
+import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import dask
+import dask.array as da
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyproj
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
+from dask.delayed import Delayed
 from odc.geo.geobox import GeoBox
 
 from pipeline.config import Config, LidarParams
@@ -62,6 +73,8 @@ from pipeline.lidar.chm import P2R, PitFree
 from pipeline.lidar.ground import CSF, SMRF
 from pipeline.lidar.index import TileInfo, index_tiles, tiles_of
 from pipeline.lidar.metrics import BAND_NAMES, BAND_UNITS, N_POINT_BANDS, footprint_fraction
+from pipeline.lidar.read import Box
+from pipeline.lidar.stats import Summary, summarise
 from pipeline.stage import Stage
 
 
@@ -172,7 +185,7 @@ def lidar_grid_for(tiles: list[TileInfo], *, res_m: float, anchor_m: float) -> G
 
 
 def _dataarray(
-    data: np.ndarray,
+    data: np.ndarray | da.Array,
     grid: GeoBox,
     crs: str,
     bands: list[str],
@@ -191,31 +204,21 @@ def _dataarray(
     return da.rio.write_nodata(np.nan, encoded=False)
 
 
-def assemble(
-    results: list[engine.ChunkResult],
-    tiles: list[TileInfo],
-    settings: engine.EngineSettings,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str]]:
-    """Mosaic chunk results: DTM, CHM, metrics (13 bands) and the failed tiles (those
-    that could not be decoded, or gave no point that is not noise)."""
-    lg, mg = settings.lidar_grid, settings.model_grid
-    dtm = np.full(lg.shape, np.nan, np.float32)
-    chm = np.full(lg.shape, np.nan, np.float32)
-    metrics = np.full((len(BAND_NAMES), *mg.shape), np.nan, np.float32)
-    n_returns = np.zeros(mg.shape, np.int64)
+#: side (px) of the blocks in which the stage's rasters are read back from the staged
+#: chunks: one COG block (1 MB of a 1 m raster). The writer stages in blocks of this
+#: size, as it did for the whole arrays before (whose sides are rarely multiples of 16
+#: px), and GDAL's averaged overviews depend on that layout: with 1024 px they differed
+#: from the earlier files' in the last bits
+BLOCK_PX = 512
+
+
+def tile_failures(results: list[engine.ChunkResult], tiles: list[TileInfo]) -> dict[str, str]:
+    """The tiles that could not be decoded, or gave no point that is not noise."""
     failures: dict[str, str] = {}
     usable: Counter[str] = Counter()
     for r in results:
         failures.update(r.failures)
         usable.update(r.usable)
-        r0, r1, c0, c1 = r.lidar_window
-        if r1 > r0 and c1 > c0:
-            dtm[r0:r1, c0:c1] = r.dtm_m
-            chm[r0:r1, c0:c1] = r.chm_m
-        r0, r1, c0, c1 = r.model_window
-        if r1 > r0 and c1 > c0:
-            metrics[:N_POINT_BANDS, r0:r1, c0:c1] = r.metrics
-            n_returns[r0:r1, c0:c1] = r.n_returns
     for t in tiles:
         # a tile read whole (every chunk under it) that gave no point: all were noise
         if t.status == "ok" and t.name not in failures and usable[t.name] == 0:
@@ -223,22 +226,111 @@ def assemble(
                 f"none of its {t.point_count} points is usable: all are classified as "
                 "noise (ASPRS classes 7 and 18)"
             )
+    return failures
+
+
+def _terrain_block(
+    window: engine.Window, pieces: list[tuple[Path, engine.Window]], boxes: list[Box], grid: GeoBox
+) -> np.ndarray:
+    """A block of the DTM or CHM: the staged chunks' cells, NaN outside every processed
+    tile (IDW extrapolation stops there)."""
+    r0, r1, c0, c1 = window
+    out = engine.paste_staged(np.full((1, r1 - r0, c1 - c0), np.nan, np.float32), window, pieces)
+    out[0, footprint_fraction(boxes, grid, window) == 0] = np.nan
+    return out
+
+
+def _metrics_block(
+    window: engine.Window,
+    metrics: list[tuple[Path, engine.Window]],
+    counts: list[tuple[Path, engine.Window]],
+    boxes: list[Box],
+    grid: GeoBox,
+) -> np.ndarray:
+    """A block of the metrics (all bands): the staged chunks' point metrics where the
+    tiles cover a cell, the return density and the covered share."""
+    r0, r1, c0, c1 = window
+    out = np.full((len(BAND_NAMES), r1 - r0, c1 - c0), np.nan, np.float32)
+    engine.paste_staged(out[:N_POINT_BANDS], window, metrics)
+    n_returns = engine.paste_staged(np.zeros((r1 - r0, c1 - c0), np.int64), window, counts)
+    frac = footprint_fraction(boxes, grid, window)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        density = np.where(frac > 0, n_returns / (frac * grid.affine.a**2), np.nan)
+    out[:N_POINT_BANDS, frac == 0] = np.nan
+    out[N_POINT_BANDS] = density
+    out[N_POINT_BANDS + 1] = frac
+    return out
+
+
+def _lazy(grid: GeoBox, bands: int, task: Callable[[engine.Window], Delayed]) -> da.Array:
+    """A lazy ``(bands, y, x)`` float32 raster over ``grid`` whose ``BLOCK_PX`` blocks are
+    ``task(window)``."""
+    rows = [
+        [
+            da.from_delayed(task(w), shape=(bands, w[1] - w[0], w[3] - w[2]), dtype=np.float32)
+            for w in (
+                (r, min(r + BLOCK_PX, grid.height), c, min(c + BLOCK_PX, grid.width))
+                for c in range(0, grid.width, BLOCK_PX)
+            )
+        ]
+        for r in range(0, grid.height, BLOCK_PX)
+    ]
+    return da.block([rows])
+
+
+def _overlaps(a: engine.Window, b: engine.Window) -> bool:
+    return max(a[0], b[0]) < min(a[1], b[1]) and max(a[2], b[2]) < min(a[3], b[3])
+
+
+def _boxes_in(boxes: list[Box], grid: GeoBox, w: engine.Window) -> list[Box]:
+    """The boxes with area in window ``w`` of ``grid`` (the others add nothing to it)."""
+    a = grid.affine
+    x0, x1 = a.c + w[2] * a.a, a.c + w[3] * a.a
+    y0, y1 = a.f - w[1] * a.a, a.f - w[0] * a.a
+    return [b for b in boxes if b[0] < x1 and b[2] > x0 and b[1] < y1 and b[3] > y0]
+
+
+def staged_rasters(
+    results: list[engine.ChunkResult],
+    tiles: list[TileInfo],
+    failures: dict[str, str],
+    settings: engine.EngineSettings,
+    folder: Path,
+) -> tuple[da.Array, da.Array, da.Array]:
+    """DTM, CHM and metrics (13 bands) as lazy rasters read block by block from the
+    chunks' rasters staged in ``folder``, without the failed tiles' cover."""
+    lg, mg = settings.lidar_grid, settings.model_grid
     good = [
         (t.xmin, t.ymin, t.xmax, t.ymax)
         for t in tiles
         if t.status == "ok" and t.name not in failures
     ]
-    # cells outside every processed tile: no DTM/CHM (IDW extrapolation stops there)
-    cover_l = footprint_fraction(good, lg) > 0
-    dtm[~cover_l] = np.nan
-    chm[~cover_l] = np.nan
-    frac = footprint_fraction(good, mg)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        density = np.where(frac > 0, n_returns / (frac * mg.affine.a**2), np.nan)
-    metrics[:N_POINT_BANDS, frac == 0] = np.nan
-    metrics[N_POINT_BANDS] = density
-    metrics[N_POINT_BANDS + 1] = frac
-    return dtm, chm, metrics, failures
+
+    def staged(name: str, w: engine.Window) -> list[tuple[Path, engine.Window]]:
+        on_lidar_grid = name in ("dtm_m", "chm_m")
+        return [
+            (engine.staged_path(folder, r.key, name), cw)
+            for r in results
+            if _overlaps(w, cw := r.lidar_window if on_lidar_grid else r.model_window)
+        ]
+
+    def terrain(name: str) -> da.Array:
+        return _lazy(
+            lg,
+            1,
+            lambda w: dask.delayed(_terrain_block, pure=True)(
+                w, staged(name, w), _boxes_in(good, lg, w), lg
+            ),
+        )
+
+    metrics = _lazy(
+        mg,
+        len(BAND_NAMES),
+        lambda w: dask.delayed(_metrics_block, pure=True)(
+            w, staged("metrics", w), staged("n_returns", w), _boxes_in(good, mg, w), mg
+        ),
+    )
+    return terrain("dtm_m"), terrain("chm_m"), metrics
 
 
 def _qa(
@@ -246,7 +338,7 @@ def _qa(
     results: list[engine.ChunkResult],
     failures: dict[str, str],
     settings: engine.EngineSettings,
-    chm: np.ndarray,
+    heights: Summary,
 ) -> dict[str, Any]:
     chunks = [r.stats for r in results]
 
@@ -279,8 +371,8 @@ def _qa(
         "normalised_input_chunks": normalised,
         "skipped_tiles": skipped,
         "ground_source": sorted({str(c["ground_source"]) for c in chunks}),
-        "chm_max_m": float(np.nanmax(chm)) if np.isfinite(chm).any() else None,
-        "chm_min_m": float(np.nanmin(chm)) if np.isfinite(chm).any() else None,
+        "chm_max_m": heights.max,
+        "chm_min_m": heights.min,
         "metrics_returns": (
             f"height statistics from first returns with height >= "
             f"{settings.metrics_min_height_m} m; cover_2m = share of first returns above "
@@ -344,11 +436,11 @@ def refuse_skips(problems: list[str], params: LidarParams) -> None:
         )
 
 
-def warn_qa(qa: dict[str, Any], chm: np.ndarray, max_m: float, label: str) -> list[str]:
+def warn_qa(qa: dict[str, Any], p99: float, max_m: float, label: str) -> list[str]:
     """Warn, each with its code and ``label`` first, what the QA of a flight found that the
     user must know (its tiles skipped, chunks already height-normalised, a canopy
-    implausibly tall: Z in feet read as metres?), and return the messages (``qa.json``'s
-    ``messages``, without the label)."""
+    implausibly tall: ``p99``, the CHM's 99th percentile, above ``max_m``: Z in feet read
+    as metres?), and return the messages (``qa.json``'s ``messages``, without the label)."""
     said = []
     for problem in qa["skipped_tiles"]:
         said.append(f"{problem}; skipped (stages.lidar.allow_skipped_tiles)")
@@ -376,8 +468,6 @@ def warn_qa(qa: dict[str, Any], chm: np.ndarray, max_m: float, label: str) -> li
             ),
             stacklevel=3,
         )
-    heights = chm[np.isfinite(chm)]
-    p99 = float(np.percentile(heights, 99)) if heights.size else 0.0
     if p99 > max_m:
         said.append(
             f"the canopy is implausibly tall: 99th percentile of the CHM {p99:.1f} m, above "
@@ -401,11 +491,31 @@ def run_lidar(
     *,
     tiles: tuple[Path, ...],
     model_grid: GeoBox,
+    staging: Path | None = None,
     use_dask: bool = True,
     label: str = "lidar",
 ) -> dict[str, object]:
     """The stage on an explicit model grid (the command's entry point); ``label`` starts
-    its warnings."""
+    its warnings.
+
+    The chunks' rasters are staged in the folder ``staging`` (created if needed; every
+    Dask worker must see it), which the returned rasters read lazily, block by block: it
+    must outlive them (the runner gives the stage a scratch folder that it removes once
+    the outputs are written). Without one, they are staged in a temporary folder and
+    returned loaded in memory.
+    """
+    if staging is None:
+        with tempfile.TemporaryDirectory(prefix="lidar-staging-") as tmp:
+            out = run_lidar(
+                job,
+                tiles=tiles,
+                model_grid=model_grid,
+                staging=Path(tmp),
+                use_dask=use_dask,
+                label=label,
+            )
+            return {k: v.load() if isinstance(v, xr.DataArray) else v for k, v in out.items()}
+    staging.mkdir(parents=True, exist_ok=True)
     index = index_tiles(list(tiles), assume_crs=job.tile_crs)
     check_tile_crs(index, job.crs)
     refuse_skips([t.error for t in index if t.status != "ok"], job.params)
@@ -415,19 +525,23 @@ def run_lidar(
         raise InputDataError(f"no LiDAR tile has readable points: {detail}")
     lgrid = lidar_grid_for(index, res_m=job.params.resolution_m, anchor_m=job.resolution_m)
     settings = engine_settings(job, model_grid=model_grid, lidar_grid=lgrid)
-    results = engine.run_dask(index, settings) if use_dask else engine.run_serial(index, settings)
-    dtm, chm, metrics, failures = assemble(results, index, settings)
+    run = engine.run_dask if use_dask else engine.run_serial
+    results = run(index, settings, staging)
+    failures = tile_failures(results, index)
     refuse_skips([f"{k}: {v}" for k, v in sorted(failures.items())], job.params)
     if len(failures) + sum(t.status != "ok" for t in index) == len(index):
         raise InputDataError(
             "every LiDAR tile failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items())
         )
-    qa = _qa(index, results, failures, settings, chm)
-    qa["messages"] = warn_qa(qa, chm, job.params.max_canopy_height_m, label)
+    dtm, chm, metrics = staged_rasters(results, index, failures, settings, staging)
+    heights = summarise(chm, [99])
+    qa = _qa(index, results, failures, settings, heights)
+    p99 = heights.percentiles[0]
+    qa["messages"] = warn_qa(qa, p99 or 0.0, job.params.max_canopy_height_m, label)
     units = [BAND_UNITS[b] for b in BAND_NAMES]
     return {
         LIDAR_DTM_RELPATH: _dataarray(
-            dtm[None],
+            dtm,
             lgrid,
             job.crs,
             ["elevation"],
@@ -435,7 +549,7 @@ def run_lidar(
             "terrain elevation (TIN of ground returns)",
         ),
         LIDAR_CHM_RELPATH: _dataarray(
-            chm[None],
+            chm,
             lgrid,
             job.crs,
             ["canopy_height"],
@@ -465,6 +579,7 @@ def lidar(
     tiles: tuple[Path, ...],
     aoi: gpd.GeoDataFrame,
     repeat_tiles: Mapping[str, tuple[Path, ...]] | None = None,
+    scratch: Path | None = None,
 ) -> dict[str, object]:
     """LiDAR stage: ``lidar/{dtm,chm,metrics}.tif``, ``lidar/qa.json``, ``lidar/tiles.csv``,
     and for each repeat flight ``lidar/{chm,metrics}_<epoch>.tif``.
@@ -482,6 +597,10 @@ def lidar(
         under ``repeats`` with the two flights' DTM difference where they overlap.
     aoi
         Area of interest; the metrics' model grid is ``region_geobox(aoi, ...)``.
+    scratch
+        A folder that outlives the returned rasters (the runner's scratch folder of the
+        stage), where each flight's chunks are staged (:func:`run_lidar`'s ``staging``);
+        without one the rasters are returned in memory.
 
     Returns
     -------
@@ -498,11 +617,21 @@ def lidar(
     if not math.isfinite(job.resolution_m) or job.resolution_m <= 0:
         raise InputDataError(f"model resolution must be positive, got {job.resolution_m}")
     grid = region_geobox(aoi, crs=job.crs, resolution_m=job.resolution_m)
-    out = run_lidar(job, tiles=tiles, model_grid=grid)
+
+    def staging(flight: str) -> Path | None:
+        return None if scratch is None else scratch / flight
+
+    out = run_lidar(job, tiles=tiles, model_grid=grid, staging=staging("first"))
     tables = [cast(pd.DataFrame, out[LIDAR_TILES_RELPATH]).assign(epoch=job.epoch)]
     qa = cast(dict[str, Any], out[LIDAR_QA_RELPATH])
     for epoch, paths in (repeat_tiles or {}).items():
-        flight = run_lidar(job, tiles=paths, model_grid=grid, label=f"lidar ({epoch} flight)")
+        flight = run_lidar(
+            job,
+            tiles=paths,
+            model_grid=grid,
+            staging=staging(f"repeat_{epoch}"),
+            label=f"lidar ({epoch} flight)",
+        )
         qa.setdefault("repeats", {})[epoch] = {
             **cast(dict[str, Any], flight[LIDAR_QA_RELPATH]),
             "dtm_difference_m": dtm_difference(
@@ -522,19 +651,15 @@ def dtm_difference(first: xr.DataArray, repeat: xr.DataArray) -> dict[str, float
     snapped to the model grid, so their cells coincide): cells, mean, SD and the 1st and
     99th percentiles (m). Each flight's heights are above its own ground, so a shift
     between them does not enter the heights; a large one says the flights' vertical datums
-    or ground filters differ."""
+    or ground filters differ. Computed block by block (:func:`pipeline.lidar.stats.summarise`)."""
     a, b = xr.align(first.squeeze("band", drop=True), repeat.squeeze("band", drop=True))
-    diff = np.asarray(b.values - a.values, dtype=np.float64)
-    diff = diff[np.isfinite(diff)]
-    if diff.size == 0:
-        return {"cells": 0, "mean": None, "sd": None, "p01": None, "p99": None}
-    p01, p99 = np.percentile(diff, [1, 99])
+    diff = summarise((b - a).data, [1, 99])
     return {
-        "cells": int(diff.size),
-        "mean": float(diff.mean()),
-        "sd": float(diff.std()),
-        "p01": float(p01),
-        "p99": float(p99),
+        "cells": diff.n,
+        "mean": diff.mean,
+        "sd": diff.sd,
+        "p01": diff.percentiles[0],
+        "p99": diff.percentiles[1],
     }
 
 
@@ -562,4 +687,4 @@ def lidar_inputs(config: Config, layout: RunLayout) -> dict[str, Path | tuple[Pa
     return inputs
 
 
-STAGE = Stage(name="lidar", func=lidar, params=lidar_job, inputs=lidar_inputs)
+STAGE = Stage(name="lidar", func=lidar, params=lidar_job, inputs=lidar_inputs, scratch=True)
