@@ -398,3 +398,38 @@ def test_default_cluster_is_one_in_process_worker_with_a_thread_per_core(monkeyp
     with cluster.dask_client(DaskSettings(threads_per_worker=2, memory_limit="1GiB")) as c:
         assert c.scheduler.address.startswith("inproc://")
         assert list(c.nthreads().values()) == [2]
+
+
+#: two threads allocate and free arrays of 0.2-24 MB with small survivors between them,
+#: as chunk tasks do; prints the process's resident MB at the end
+_FREED_HEAP = """
+import sys, threading
+import numpy as np, psutil
+if sys.argv[1] == "trim":
+    from pipeline.cluster import trim_freed_heap
+    assert trim_freed_heap()
+def work(seed):
+    rng, keep = np.random.default_rng(seed), []
+    for _ in range(200):
+        a = np.ones(int(rng.integers(20_000, 3_000_000)))
+        keep.append(np.ones(1000))
+        del a
+threads = [threading.Thread(target=work, args=(s,)) for s in range(2)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(psutil.Process().memory_info().rss / 2**20)
+"""
+
+
+def _resident_mb(mode: str) -> float:
+    argv = [sys.executable, "-c", _FREED_HEAP, mode]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, env=subprocess_env())
+    return float(done.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_in_process_worker_hands_freed_heap_back() -> None:
+    # glibc keeps what threads free (measured: 111 MB resident against 56 MB with the
+    # threshold the run sets, as Dask's nanny sets it for its worker processes)
+    rss = {mode: _resident_mb(mode) for mode in ("keep", "trim")}
+    assert rss["trim"] < 0.8 * rss["keep"], rss
