@@ -76,7 +76,7 @@ from pipeline.contracts import (
 )
 from pipeline.errors import InputDataError
 from pipeline.features import grid_extent, parcel_index, terrain_features, with_band_names
-from pipeline.samples import bundle_class_layers, epoch_stack
+from pipeline.samples import bundle_class_layers, epoch_stack, lazy_lidar_cover
 from pipeline.sink import as_band, named_band
 from pipeline.zonal import block_shape, coverage_windows, covered_fraction_sum, cut, weighted_sum
 
@@ -116,12 +116,11 @@ def lidar_residuals(
     src_name = map_relpath("quality", epoch)
     source = as_band(named_band(quality[epoch], MODEL_SOURCE_BAND, source=src_name), name=src_name)
     metrics = with_band_names(open_raster(lidar_metrics), source=LIDAR_METRICS_RELPATH)
-    # the cells inside the flight (as :func:`pipeline.samples.lidar_cover`) that a model
-    # maps (not those without a value, nor the baseline stock of land not yet forest,
-    # which no model predicts), lazily: only their count and the rows and columns they
-    # occupy are computed on the whole grid, block by block
-    fraction = dask.array.asarray(metrics.sel(band="lidar_fraction").data).astype(np.float64)
-    cells = (dask.array.nan_to_num(fraction) >= mapper.lidar_min_fraction) & ~dask.array.isin(
+    # the cells inside the flight that a model maps (not those without a value, nor the
+    # baseline stock of land not yet forest, which no model predicts), lazily: only their
+    # count and the rows and columns they occupy are computed on the whole grid, block by
+    # block
+    cells = lazy_lidar_cover(metrics, min_fraction=mapper.lidar_min_fraction) & ~dask.array.isin(
         dask.array.asarray(source.data), [SOURCE_NONE, SOURCE_BASELINE]
     )
     n_cells, in_rows, in_cols = dask.compute(cells.sum(), cells.any(axis=1), cells.any(axis=0))
@@ -237,7 +236,7 @@ def plot_errors(
     for win in coverage_windows(
         plots, transform=transform, shape=shape, crs=str(ref.rio.crs), block=block_shape(ref)
     ):
-        cut = [
+        window_maps = [
             np.asarray(v, dtype=np.float64)
             for v in dask.compute(*(win.grid(maps[e][k]).data for e, k in at_plots))
         ]
@@ -247,7 +246,7 @@ def plot_errors(
             if labels is not None and inside[i]:
                 parcel[i] = labels[rows[i] - win.y.start, cols[i] - win.x.start]
             whole = covered_fraction_sum(cov)
-            for key, values in zip(at_plots, cut, strict=True):
+            for key, values in zip(at_plots, window_maps, strict=True):
                 if whole > 0 and covered_fraction_sum(cov, np.isfinite(values)) == whole:
                     at_plots[key][i] = weighted_sum(cov, values) / whole
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import dask.array as da
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -250,10 +251,16 @@ def plot_support_px(plots: gpd.GeoDataFrame, grid: xr.DataArray) -> int:
     return support_window_px(float(np.sqrt(np.median(areas))), res_x)
 
 
+def lazy_lidar_cover(lidar: xr.DataArray, *, min_fraction: float) -> da.Array:
+    """Cells inside the LiDAR cover (``lidar_fraction >= min_fraction``), lazily."""
+    frac = da.asarray(lidar.sel(band="lidar_fraction").data).astype(np.float64)
+    return da.nan_to_num(frac) >= min_fraction
+
+
 def lidar_cover(lidar: xr.DataArray, *, min_fraction: float) -> np.ndarray:
-    """Cells inside the LiDAR cover (``lidar_fraction >= min_fraction``)."""
-    (frac,) = dask.compute(lidar.sel(band="lidar_fraction").data)
-    return np.nan_to_num(np.asarray(frac, dtype=np.float64)) >= min_fraction
+    """Cells inside the LiDAR cover (:func:`lazy_lidar_cover`), computed."""
+    (cover,) = dask.compute(lazy_lidar_cover(lidar, min_fraction=min_fraction))
+    return np.asarray(cover)
 
 
 def sampled_cells(stack: xr.DataArray, rows: np.ndarray, cols: np.ndarray) -> pd.DataFrame:

@@ -14,7 +14,7 @@ with the composites. Tiles are processed in buffered chunks on the active Dask s
 
 Memory does not grow with the area flown: each chunk task writes its rasters into a
 staging folder (the run folder's scratch folder of the stage) and returns only its QA
-counts; the returned rasters are lazy, read back from there in 1024 px blocks, with the
+counts; the returned rasters are lazy, read back from there in ``BLOCK_PX`` blocks, with the
 footprint mask, return density and covered share computed per block, and the QA's CHM
 range and 99th percentile and the flights' DTM difference are exact statistics computed
 block by block (:mod:`pipeline.lidar.stats`).
