@@ -541,7 +541,9 @@ def _simulate_trees(
         h_sim[measured] = _truncnorm(
             rng, h_sim[measured], h_sim[measured] * rel_h, float(unc["height"]["lower_m"]), upper
         )
-    for key in {k for k in x.hd_keys if k is not None}:
+    # in the keys' first order: a set's order follows the process's string hashes, and
+    # each model's draws come from the one generator in turn
+    for key in dict.fromkeys(k for k in x.hd_keys if k is not None):
         rows = np.array([k == key for k in x.hd_keys])
         h_sim[rows] = models[key].predict(d_sim[rows], rng)
     inputs: dict[str, Any] = {
