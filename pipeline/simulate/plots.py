@@ -1,13 +1,9 @@
 """Permanent field plots: tree lists with measurement errors, plot squares with GPS error.
 
-Square plots of 0.0667 ha (the Chinese national forest inventory plot size) are placed in
-forest (a share inside the LiDAR block) and measured at every epoch. The region's inventory
-plots (:func:`choose_plots`) sit at random cells whose 5 x 5 neighbourhood lies inside one
-forest parcel, so they avoid parcel edges and roads: an approximation of simple random
-sampling in their strata's frames (:mod:`pipeline.simulate.sampling`) that the estimator
-validation benchmark quantifies. The project's plots are placed by
-:mod:`pipeline.simulate.sampling` and measured alike, except that a square straddling its
-stratum's frame tallies only the trees inside the frame (the buffer method). The tallied trees are
+Square plots of 0.0667 ha (the Chinese national forest inventory plot size) are placed by
+:mod:`pipeline.simulate.sampling` (the region's inventory, a share inside the LiDAR block,
+and the project's sample) and measured at every epoch; a square straddling its stratum's
+frame tallies only the trees inside the frame (the buffer method). The tallied trees are
 exactly the simulated trees whose stems fall inside the true square
 (:mod:`pipeline.simulate.stands`), so plot AGB from error-free trees equals the truth
 raster's biomass there up to the square's partial pixels. Measurement model
@@ -37,7 +33,6 @@ from odc.geo.geobox import GeoBox
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
-from pipeline.grid import cell_centres
 from pipeline.simulate.science import coefficients
 from pipeline.simulate.stands import StandEpoch, Trees, generate_trees
 from pipeline.units import M2_PER_HA
@@ -46,50 +41,6 @@ from pipeline.units import M2_PER_HA
 def plot_half_side_m() -> float:
     """Half the side of the square plot (m)."""
     return math.sqrt(float(coefficients()["plots"]["plot_area_ha"]) * M2_PER_HA) / 2.0
-
-
-def choose_plots(
-    rng: np.random.Generator,
-    grid: GeoBox,
-    parcel_idx: npt.NDArray[np.int64],
-    forest0: npt.NDArray[np.bool_],
-    lidar_bounds: tuple[float, float, float, float] | None,
-    n_plots: int,
-) -> npt.NDArray[np.float64]:
-    """True plot centres (n, 2), in forest, each square inside one parcel, not overlapping."""
-    p = coefficients()["plots"]
-    half = plot_half_side_m()
-    # a pixel qualifies when its 5 x 5 neighbourhood is one forest parcel
-    ok = forest0.copy()
-    pad = np.pad(parcel_idx, 2, mode="edge")
-    fpad = np.pad(forest0, 2, mode="constant")
-    for di in range(5):
-        for dj in range(5):
-            sl = (slice(di, di + grid.height), slice(dj, dj + grid.width))
-            ok &= (pad[sl] == parcel_idx) & fpad[sl]
-    ok[:3, :] = ok[-3:, :] = False
-    ok[:, :3] = ok[:, -3:] = False
-    xs, ys = np.meshgrid(*cell_centres(grid))
-    cand = np.flatnonzero(ok)
-    inside = np.zeros(cand.shape, dtype=bool)
-    if lidar_bounds is not None:
-        x, y = xs.ravel()[cand], ys.ravel()[cand]
-        b = lidar_bounds
-        inside = (x > b[0] + half) & (x < b[2] - half) & (y > b[1] + half) & (y < b[3] - half)
-    n_in = min(round(float(p["lidar_share"]) * n_plots), int(inside.sum()))
-    chosen: list[tuple[float, float]] = []
-    for pool, want in ((cand[inside], n_in), (cand[~inside], n_plots - n_in)):
-        order = rng.permutation(pool)
-        got = 0
-        for k in order:
-            if got >= want:
-                break
-            x = xs.ravel()[k] + rng.uniform(-0.5, 0.5) * grid.resolution.x
-            y = ys.ravel()[k] + rng.uniform(-0.5, 0.5) * grid.resolution.x
-            if all(max(abs(x - a), abs(y - b)) > 2.5 * half for a, b in chosen):
-                chosen.append((x, y))
-                got += 1
-    return np.array(chosen, dtype=np.float64).reshape(-1, 2)
 
 
 def plot_trees(

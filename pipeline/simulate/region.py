@@ -54,7 +54,7 @@ from pipeline.simulate.parcels import (
     rasterise,
     survey_record,
 )
-from pipeline.simulate.science import FOREST_TYPES, coefficients, type_codes
+from pipeline.simulate.science import coefficients, type_codes
 from pipeline.simulate.stands import StandEpoch, generate_trees, stand_epochs
 from pipeline.simulate.terrain import Terrain, make_terrain
 from pipeline.simulate.truth import EpochTruth, epoch_truth
@@ -707,18 +707,25 @@ def _simulate_plots(
     sample's sizing record (see :mod:`pipeline.simulate.sampling`).
     """
     grid = land.grid
-    forest0 = np.isin(truth.use[0], FOREST_TYPES)
-    n_plots = config.simulate.n_plots
-    centers = plots_mod.choose_plots(
-        rs.plots, grid, land.parcel_idx, forest0, lidar_bounds, n_plots
+    inventory_strata, centers, labels = sampling.inventory_sample(
+        rs.plots,
+        sampling.inventory_strata(land.parcels, lidar_bounds),
+        config.simulate.n_plots,
     )
     inventory_ids = [f"P{i + 1:03d}" for i in range(len(centers))]
     inventory, inventory_gps = plots_mod.plot_polygons(rs.plots, centers, inventory_ids, config.crs)
-    inventory_strata = sampling.inventory_strata(land.parcels, lidar_bounds)
     inventory["sample"] = sampling.INVENTORY
-    inventory["stratum"] = sampling.inventory_labels(centers, lidar_bounds)
+    inventory["stratum"] = labels
+    inventory_frames = {s.name: s.frame for s in inventory_strata}
     inventory_trees, inventory_truth = _measure_plots(
-        land, rs.tree_seed, rs.measure, sampling.INVENTORY, inventory_ids, centers, inventory_gps
+        land,
+        rs.tree_seed,
+        rs.measure,
+        sampling.INVENTORY,
+        inventory_ids,
+        centers,
+        inventory_gps,
+        frames=[inventory_frames[label] for label in labels],
     )
     # the project sample's own stream places, locates and measures its plots
     sample = sampling.project_sample(
