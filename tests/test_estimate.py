@@ -504,3 +504,60 @@ def test_a_methodology_that_credits_some_strata_gets_their_domain_estimate(scene
     assert "strata that m-west credits: west" in row["note"]
     # the project rule is chosen for the domain's change, as for the sample's
     assert rows.loc[("change_2019_2024", "greg"), "chosen"]
+
+
+def test_the_inventory_outside_the_project_plus_the_project_sample_estimate_the_union(
+    scene: dict,
+) -> None:
+    # the region's inventory over the whole grid (one stratum, 16 ha, 7 plots) and the
+    # project's sample over the west half (8 ha): "inventory+project" is the inventory's
+    # estimate of the east half (its 2 west plots count as 0) plus the project's of the
+    # west, variances added (two independent samples of disjoint parts)
+    rng = np.random.default_rng(11)
+    corners = [(3, 25), (12, 33), (21, 22), (36, 28), (28, 37), (8, 3), (30, 14)]
+    m = np.nan_to_num(scene["maps"]["2019"])
+    inventory = gpd.GeoDataFrame(
+        {"plot_id": [f"I{i}" for i in range(len(corners))], "sample": "inventory",
+         "stratum": "all"},
+        geometry=[_square(r, c) for r, c in corners], crs="EPSG:32650",
+    )  # fmt: skip
+    y_inv = np.array([m[_cells(r, c)].mean() for r, c in corners]) + rng.normal(0, 5, 7)
+    project = scene["plots"][scene["plots"]["stratum"] == "west"].assign(stratum="w")
+    west = scene["frames"].iloc[[0]].assign(stratum="w")
+    whole = gpd.GeoDataFrame(
+        {"sample": ["inventory"], "stratum": ["all"], "area_ha": [16.0]},
+        geometry=[box(X0, Y1 - 400, X0 + 400, Y1)], crs="EPSG:32650",
+    )  # fmt: skip
+    biomass = pd.concat(
+        [scene["biomass"], *(pd.DataFrame({"plot_id": inventory["plot_id"], "epoch": e,
+                                           "carbon_mg_ha": y_inv + k})
+                             for k, e in enumerate(EPOCHS))],
+    )  # fmt: skip
+    out = estimate(
+        JOB,
+        plot_biomass=biomass,
+        plot_locations=pd.concat([project, inventory], ignore_index=True),
+        design=pd.concat([west, whole], ignore_index=True),
+        carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
+    )[ESTIMATES_RELPATH]
+    rows = out[out["sample"] == "inventory+project"].set_index(["quantity", "estimator"])
+    in_east = np.arange(7) < 5  # the first five inventory plots lie in the east half
+    z = np.where(in_east, y_inv, 0.0)
+    h = _by_hand(scene, "2019")
+    y_west = h["y"][h["west"]]
+    row = rows.loc[("stock_2019", "stratified")]
+    assert row["total"] == pytest.approx(16.0 * z.mean() + 8.0 * y_west.mean(), rel=1e-9)
+    v = np.array([256.0 * z.var(ddof=1) / 7, 64.0 * y_west.var(ddof=1) / y_west.size])
+    assert row["se"] == pytest.approx(np.sqrt(v.sum()), rel=1e-9)
+    df = v.sum() ** 2 / (v[0] ** 2 / 6 + v[1] ** 2 / (y_west.size - 1))  # Satterthwaite
+    assert row["df"] == pytest.approx(df, rel=1e-9)
+    assert row["area_ha"] == pytest.approx(16.0) and row["n_plots"] == 7 + y_west.size
+    assert "5 of its 7 plots" in row["note"]
+    # the difference estimator: the map's total over each part plus the plots' residuals
+    m_inv = np.where(in_east, [m[_cells(r, c)].mean() for r, c in corners], 0.0)
+    diff = 8.0 * m[:, 20:].mean() + 16.0 * (z - m_inv).mean()
+    diff += 8.0 * (h["M"][0] + (y_west - h["m"][h["west"]]).mean())
+    assert rows.loc[("stock_2019", "difference"), "total"] == pytest.approx(diff, rel=1e-9)
+    # the inventory trained the map (no cross-fitting here): its plot-only sum is chosen
+    assert rows.loc[("stock_2019", "stratified"), "chosen"]
+    assert not rows.loc[("stock_2019", "difference"), "chosen"]

@@ -11,15 +11,19 @@ import math
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 from affine import Affine
 from shapely.geometry import MultiPolygon, box
 
 from benchmarks.estimator_sampling import (
+    ESTIMATE_COLUMNS,
     Population,
+    domain,
     draw_centres,
     exact_square_means,
     population,
+    rule_rows,
     run_draws,
     score,
     square_means,
@@ -126,3 +130,37 @@ def test_verdict_reads_a_figure_at_its_monte_carlo_precision() -> None:
     assert verdict(89.3, 0.7, 86.0, 94.0) == "ok"
     assert verdict(4.9, 0.5, 0.0, 5.0) == "undecided at this many draws"  # 3.92 .. 5.88
     assert verdict(4.0, 0.4, 0.0, 5.0) == "ok"  # 3.22 .. 4.78
+
+
+def test_the_domain_outside_another_frame_is_estimated_without_bias() -> None:
+    # the part of both strata outside a "project" box over the north-west quarter and a
+    # strip of the east: each draw's plots in the box count as 0 (about 3 and 0.6 of the 6
+    # per stratum), and the difference and stratified estimates of the domain's stocks and
+    # change are unbiased with about nominal coverage
+    pop = synthetic_population()
+    half = SIZE * RES / 2
+    outside = box(X0, Y0 - half, X0 + 1.2 * half, Y0)
+    frames = gpd.GeoDataFrame(
+        {"stratum": [s.name for s in pop.strata]}, geometry=[s.frame for s in pop.strata], crs=CRS
+    )
+    part = domain(pop, frames, outside, crs=CRS)
+    # the parts' true totals: 25 ha of the west's level (80) and 45 ha of the east's (140)
+    assert part.truth_total["west"]["t0"] == pytest.approx(25.0 * 80.0, rel=0.01)
+    assert part.truth_total["east"]["t0"] == pytest.approx(45.0 * 140.0, rel=0.01)
+    draws = run_draws(
+        pop, draws=300, rng=np.random.default_rng(5), plot_rel_sd=0.05, confidence=0.90,
+        change_factor=1.0, part=part,
+    )  # fmt: skip
+    assert draws.domain_totals is not None and len(draws.domain_totals) == 300
+    rows = [r for d, t in enumerate(draws.domain_totals) for r in rule_rows(d, t)]
+    estimates = pd.DataFrame(rows, columns=list(ESTIMATE_COLUMNS))
+    scores = score(estimates, part.true_totals(1.0)).set_index(["quantity", "rule"])
+    for quantity in ("stock_t0", "stock_t1", "change_t0_t1"):
+        for rule in ("stratified", "difference"):
+            s = scores.loc[(quantity, rule)]
+            assert abs(s["bias_pct"]) <= 3 * s["bias_mcse_pct"], (quantity, rule, s.to_dict())
+            assert 82.0 <= s["coverage_pct"] <= 97.0, (quantity, rule, s.to_dict())
+    # against the whole population's totals the domain estimates are far off: they are of
+    # the domain, not of the strata
+    whole = pop.true_totals(1.0)["stock_t0"]
+    assert scores.loc[("stock_t0", "difference"), "truth"] < 0.8 * whole

@@ -19,6 +19,7 @@ from models.survey.design import (
 from models.survey.hybrid import hybrid_estimate
 from models.survey.sample_size import ar_tool03_sample_size
 from models.survey.stratified import stratified_change_estimate, stratified_estimate
+from models.survey.totals import SampleTotal, independent_sum
 
 # California Academic Performance Index 2000 of the stratified sample `apistrat` shipped with
 # the R package survey (Lumley; data from the California Department of Education), column
@@ -431,3 +432,30 @@ def test_systematic_cells_take_about_the_target_with_a_seeded_start() -> None:
     assert grid.sum() == pytest.approx(100 * 100 * pi, rel=0.1)
     assert systematic_cells(target_cells=1000, candidates=100 * 100, seed=3) == (rows, cols, pi)
     assert systematic_cells(target_cells=10**6, candidates=100, seed=3)[2] == 1.0
+
+
+def test_independent_samples_of_disjoint_parts_add_as_strata() -> None:
+    """Two independent single-stratum samples of disjoint parts, summed, are the stratified
+    estimate of the union with the parts as strata (Cochran 1977 §5.2), with Satterthwaite's
+    degrees of freedom (§5.4)."""
+    design, y, _ = two_strata_sample()
+    whole = stratified_estimate(design, y, df="satterthwaite")
+    parts = []
+    for label, area, values in (("a", 600.0, y[:12]), ("b", 250.0, y[12:])):
+        one = StratifiedDesign.from_labels([label] * values.size, {label: area})
+        est = stratified_estimate(one, values)
+        parts.append([SampleTotal("stock_2019", "Mg C", est, math.nan, 1000.0 * area)])
+    (summed,) = independent_sum(parts, area_ha=850.0)
+    assert summed.estimate.total == pytest.approx(whole.total, rel=1e-12)
+    assert summed.estimate.se == pytest.approx(whole.se, rel=1e-12)
+    assert summed.estimate.df == pytest.approx(whole.df, rel=1e-12)
+    assert summed.estimate.half_width == pytest.approx(whole.half_width, rel=1e-12)
+    assert summed.estimate.mean_per_ha == pytest.approx(whole.mean_per_ha, rel=1e-12)
+    assert summed.estimate.n == y.size
+    assert summed.map_total == pytest.approx(850_000.0)
+    assert summed.relative_efficiency == pytest.approx(1.0)  # plot-only against itself
+    # a (quantity, estimator) missing from one part is missing from the sum
+    other = SampleTotal("stock_2024", "Mg C", whole, 1.0, 0.0)
+    assert independent_sum([[*parts[0], other], parts[1]], area_ha=850.0) == [summed]
+    with pytest.raises(SurveyError, match="positive area"):
+        independent_sum(parts, area_ha=0.0)

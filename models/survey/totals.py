@@ -37,7 +37,13 @@ from numpy.typing import NDArray
 
 from models.errors import SurveyError
 from models.survey.assisted import difference_estimate, greg_estimate
-from models.survey.design import Estimate, Quantity, StratifiedDesign
+from models.survey.design import (
+    Estimate,
+    Quantity,
+    StratifiedDesign,
+    estimate_from_mean,
+    satterthwaite_df,
+)
 from models.survey.stratified import stratified_estimate
 
 #: estimator names, plot-only first (the reference of the relative efficiency)
@@ -178,6 +184,51 @@ def sample_totals(
         float(np.sum(design.stratum_area_ha * dm_mean)),
     )
     return rows
+
+
+def independent_sum(parts: Sequence[Sequence[SampleTotal]], *, area_ha: float) -> list[SampleTotal]:
+    """Totals over the union of disjoint populations, each estimated from its own sample.
+
+    Independent samples of disjoint parts of a population (e.g. the region's inventory
+    plots estimating the domain outside a project, and the project's own plots inside it)
+    give the whole population's total as the sum of the parts' totals, with the sum of
+    their variances (the samples are drawn independently: no covariance term). This is
+    stratified estimation with the parts as strata (Cochran 1977 §5.2; Särndal et al.
+    1992 §3.7 and §10.3 for a domain total from a stratified sample); the interval's
+    degrees of freedom are Satterthwaite's for the sum of the parts' variances (Cochran
+    1977 §5.4).
+
+    Each part must hold the same estimators of the same quantities; a (quantity,
+    estimator) missing from a part is missing from the result. The relative efficiency is
+    recomputed against the summed plot-only estimate, and ``area_ha`` (the union's area)
+    gives the mean density.
+    """
+    if not parts or area_ha <= 0:
+        raise SurveyError(f"independent_sum needs parts and a positive area, got {area_ha}")
+    keyed = [{(t.quantity, t.estimate.estimator): t for t in part} for part in parts]
+    keys = [k for k in keyed[0] if all(k in other for other in keyed[1:])]
+    summed: dict[tuple[str, str], tuple[Estimate, float, str]] = {}
+    for key in keys:
+        members = [part[key] for part in keyed]
+        ests = [t.estimate for t in members]
+        variances = np.array([e.se**2 for e in ests])
+        total = float(sum(e.total for e in ests))
+        estimate = estimate_from_mean(
+            key[1], ests[0].quantity, mean_per_ha=total / area_ha,
+            var_mean=float(variances.sum()) / area_ha**2, area_ha=area_ha,
+            df=satterthwaite_df(variances, np.array([e.df for e in ests])),
+            n=sum(e.n for e in ests), confidence=ests[0].confidence,
+        )  # fmt: skip
+        map_total = float(sum(t.map_total for t in members))
+        summed[key] = estimate, map_total, members[0].unit
+    out = []
+    for (quantity, _), (estimate, map_total, unit) in summed.items():
+        ref = summed.get((quantity, PLOT_ONLY))
+        eff = float("nan")
+        if ref is not None:
+            eff = ref[0].se ** 2 / estimate.se**2 if estimate.se > 0 else float("inf")
+        out.append(SampleTotal(quantity, unit, estimate, eff, map_total))
+    return out
 
 
 def choose(totals: Sequence[SampleTotal], quantity: str, rule: str) -> SampleTotal:

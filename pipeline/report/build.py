@@ -609,7 +609,8 @@ def survey_rows(estimates: pd.DataFrame | None, w: Words) -> list[dict[str, str]
             w("quantity_stock", epoch=rest) if kind == "stock"
             else w("quantity_change", period=rest.replace("_", "-"))
         )  # fmt: skip
-        sample = w(f"sample_{r.sample}") if r.sample in ("inventory", "project") else r.sample
+        named = ("inventory", "project", "inventory+project")
+        sample = w(f"sample_{r.sample}") if r.sample in named else r.sample
         systematic = float(getattr(r, "systematic_sd", np.nan))
         combined = (
             w("survey_combined", sys=fmt(systematic), hw=fmt(r.combined_half_width),

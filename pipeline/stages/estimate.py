@@ -100,6 +100,7 @@ import numpy as np
 import pandas as pd
 import shapely
 import xarray as xr
+from shapely.geometry.base import BaseGeometry
 
 from models.allometry import co2_per_c
 from models.errors import PlotDataError, SurveyError
@@ -120,6 +121,7 @@ from models.survey.totals import (
     SampleTotal,
     change_quantity,
     choose,
+    independent_sum,
     is_change,
     sample_totals,
     stock_quantity,
@@ -443,16 +445,20 @@ def estimate(
     context = _Context(
         job, values, maps, cover, cell_ha, grid_shape, str(grid.rio.crs), cross_fit, shared
     )
+    samples = {}
+    project: _SampleResult | None = None
     for name, frames in design.groupby("sample", sort=True):
         plots = plot_locations[plot_locations["sample"] == name].reset_index(drop=True)
         plots = plots[plots["plot_id"].isin(values.index)].reset_index(drop=True)
         if plots.empty:
             raise InputDataError(f"plot design: sample {name!r} has no plot with a plot estimate")
-        sample_rows, sample_plan = _sample_rows(context, str(name), frames, plots, plot_area_ha)
-        rows.extend(sample_rows)
-        plan.extend(sample_plan)
+        samples[str(name)] = frames, plots
+        result = _sample_rows(context, str(name), frames, plots, plot_area_ha)
+        rows.extend(result.rows)
+        plan.extend(result.plan)
         if name != PROJECT_SAMPLE:
             continue
+        project = result
         # the project sample restricted to the strata each methodology credits is itself a
         # stratified sample of those strata (strata are sampled independently): its
         # estimates are the domain's, with every estimator's variance
@@ -462,7 +468,7 @@ def estimate(
             if not kept or kept == strata:
                 continue  # the whole sample, or none of it: no domain to add
             in_kept = frames["stratum"].astype(str).isin(kept)
-            domain_rows, _ = _sample_rows(
+            domain = _sample_rows(
                 context,
                 domain_sample(method_id),
                 frames[in_kept],
@@ -471,12 +477,77 @@ def estimate(
                 note=f"the project sample's strata that {method_id} credits: "
                 + ", ".join(sorted(kept)),
             )
-            rows.extend(domain_rows)
+            rows.extend(domain.rows)
+    if project is not None:
+        rows.extend(_with_project(context, samples, project, plot_area_ha))
     return {
         ESTIMATES_RELPATH: pd.DataFrame(rows, columns=list(COLUMNS)),
         SAMPLE_PLAN_RELPATH: pd.DataFrame(plan, columns=list(PLAN_COLUMNS)),
         SYSTEMATIC_RELPATH: _systematic_record(job, shared),
     }
+
+
+def _with_project(
+    context: _Context,
+    samples: Mapping[str, tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]],
+    project: _SampleResult,
+    plot_area_ha: float | None,
+) -> list[dict[str, Any]]:
+    """Rows of sample ``<S>+project`` for every other sample ``S`` (the region's
+    inventory): ``S``'s estimate of its population outside the project sample's frames plus
+    the project sample's estimate inside them, two independent samples of disjoint parts
+    (:func:`models.survey.totals.independent_sum`). The project's own, denser sample
+    replaces the few plots of ``S`` that fall in the project area.
+
+    ``S``'s part is the domain of its population outside the project's frames, estimated
+    from all of ``S``'s plots, those with a centre in the project counting as 0
+    (:func:`_sample_rows` with ``exclude``): design-unbiased whatever number of plots falls
+    in the domain, where dividing by the domain's own plots (post-stratifying) is not when
+    a stratum's part gets one plot or none. It costs variance only through the spread of
+    the domain indicator times the plots' mean, small for residuals and stock changes.
+    Each estimator is summed with its namesake; the chosen one follows the stage's rules
+    for ``S``. The systematic SDs (one draw of the conversion factors for both samples)
+    are added as fully correlated: an upper bound."""
+    frames_p, _ = samples[PROJECT_SAMPLE]
+    outside = shapely.union_all(frames_p.to_crs(context.crs).geometry.to_numpy())
+    rows: list[dict[str, Any]] = []
+    for name, (frames, plots) in samples.items():
+        if name == PROJECT_SAMPLE:
+            continue
+        combined_name = f"{name}+{PROJECT_SAMPLE}"
+        frames, plots = frames.to_crs(context.crs), plots.to_crs(context.crs)
+        part = _sample_rows(context, combined_name, frames, plots, plot_area_ha, exclude=outside)
+        parts = frames.geometry.difference(outside)
+        area_ha = float(parts.area.sum()) / M2_PER_HA + float(
+            samples[PROJECT_SAMPLE][0]["area_ha"].sum()
+        )
+        centres = plots.geometry.centroid
+        n_outside = int((~shapely.contains_xy(outside, centres.x, centres.y)).sum())
+        try:
+            totals = independent_sum([part.totals, project.totals], area_ha=area_ha)
+        except SurveyError as err:
+            raise _refused(combined_name, err) from None
+        systematic = None
+        if part.systematic is not None and project.systematic is not None:
+            systematic = {
+                key: part.systematic[key] + project.systematic[key]
+                for key in part.systematic.keys() & project.systematic.keys()
+            }
+        note = (
+            f"the {name} sample's estimate of its population outside the {PROJECT_SAMPLE} "
+            f"sample's frames ({n_outside} of its {len(plots)} plots lie there; the others "
+            f"count as 0) plus the {PROJECT_SAMPLE} sample's inside them: independent samples "
+            "of disjoint parts, variances added"
+        )
+        combined = _rows(
+            combined_name, totals, (context.job.estimator, context.job.change_estimator),
+            area_ha, assisted_note=part.assisted_note, may_assist=part.may_assist,
+            target=context.job.target, systematic=systematic,
+        )  # fmt: skip
+        for row in combined:
+            row["note"] = "; ".join(filter(None, (note, row["note"])))
+        rows.extend(combined)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -558,8 +629,16 @@ def _sample_rows(
     plot_area_ha: float | None,
     *,
     note: str = "",
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One sample's rows of ``totals.csv`` and of ``sample_plan.csv``."""
+    exclude: BaseGeometry | None = None,
+) -> _SampleResult:
+    """One sample's rows of ``totals.csv`` and of ``sample_plan.csv``.
+
+    With ``exclude``, the rows estimate the domain of the sample's population outside it
+    (Särndal et al. 1992 §10.3, eq. 10.3.4, the domain total with its size unknown): a plot
+    whose centre lies in ``exclude`` counts as 0 (plot value and map value), the map's
+    stratum totals are taken over each frame minus ``exclude``, and the strata keep their
+    expansion areas and plot counts; each plot still sees its stratum's whole frame, as it
+    was measured. No plan rows then."""
     job, values, maps, cross_fit = context.job, context.values, context.maps, context.cross_fit
     cover, cell_ha, grid_shape = context.cover, context.cell_ha, context.grid_shape
     rows: list[dict[str, Any]] = []
@@ -568,13 +647,18 @@ def _sample_rows(
     sample_design = _sample_design(str(name), frames, plots)
     order = list(sample_design.stratum_names)
     frames = frames.set_index(frames["stratum"].astype(str)).loc[order].reset_index(drop=True)
+    population, in_domain = frames, np.ones(len(plots), dtype=bool)
+    if exclude is not None:
+        population = frames.assign(geometry=frames.geometry.difference(exclude))
+        centres = plots.geometry.centroid
+        in_domain = ~shapely.contains_xy(exclude, centres.x.to_numpy(), centres.y.to_numpy())
     plot_cover, frame_cover = cover(plots), cover(frames)
     shares = [fraction_raster(c, grid_shape) for c in frame_cover]
     plot_share = [shares[h] for h in sample_design.plot_stratum]
     at_plots = {e: _at_plots(plot_cover, plot_share, maps[e]) for e in job.epochs}
     project = name == PROJECT_SAMPLE or name.startswith(f"{PROJECT_SAMPLE}:")
     frame_means = {
-        e: np.array([weighted_sum(c, maps[e]) for c in frame_cover])
+        e: np.array([weighted_sum(c, maps[e]) for c in cover(population)])
         * cell_ha
         / sample_design.stratum_area_ha
         for e in job.epochs
@@ -602,11 +686,14 @@ def _sample_rows(
                 )
                 measured = sample_design.subset(np.isfinite(y[e]))
                 correction = cross_fit.correction(
-                    e, frames.to_crs(context.crs), measured, ids[np.isfinite(y[e])]
+                    e, population.to_crs(context.crs), measured, ids[np.isfinite(y[e])]
                 )
                 if correction is not None:
                     frame_means[e] = frame_means[e] + correction.mean_per_ha
                     corrections[e] = correction, measured
+    for e in job.epochs:  # a plot outside the domain adds 0 (it stays in the sample)
+        y[e] = np.where(in_domain | np.isnan(y[e]), y[e], 0.0)
+        at_plots[e] = np.where(in_domain, at_plots[e], 0.0)
     try:
         totals = sample_totals(
             sample_design, plot_values=y, map_at_plots=at_plots, map_stratum_mean=frame_means,
@@ -617,8 +704,12 @@ def _sample_rows(
         rule = (job.estimator, change_rule)
         systematic = None
         if context.shared is not None:
+            draws = [
+                {e: np.where(in_domain, v, 0.0) for e, v in draw.items()}
+                for draw in _draws(context.shared.shifts, plots, y)
+            ]
             systematic = systematic_sd(
-                sample_design, plot_value_draws=_draws(context.shared.shifts, plots, y),
+                sample_design, plot_value_draws=draws,
                 map_scales=context.shared.map_scales, map_at_plots=at_plots,
                 map_stratum_mean=frame_means, epochs=job.epochs, change_factor=co2_per_c(),
             )  # fmt: skip
@@ -630,13 +721,27 @@ def _sample_rows(
             )
         )  # fmt: skip
         _note_corrections(rows, totals, corrections, job.epochs)
-        plan.extend(_plan(str(name), sample_design, y, job, plot_area_ha))
+        if exclude is None:
+            plan.extend(_plan(str(name), sample_design, y, job, plot_area_ha))
     except SurveyError as err:
         raise _refused(str(name), err) from None
     if note:
         for row in rows:
             row["note"] = "; ".join(filter(None, (note, row["note"])))
-    return rows, plan
+    return _SampleResult(rows, plan, totals, systematic, assisted_note, may_assist)
+
+
+@dataclass(frozen=True)
+class _SampleResult:
+    """One sample's (or domain's) rows and plan, and what a sum over samples needs."""
+
+    rows: list[dict[str, Any]]
+    plan: list[dict[str, Any]]
+    totals: list[SampleTotal]
+    #: systematic SD by (quantity, estimator), or None
+    systematic: dict[tuple[str, str], float] | None
+    assisted_note: str
+    may_assist: bool
 
 
 def _draws(
