@@ -276,8 +276,8 @@ def _ratio_rows(
 ) -> tuple[npt.NDArray[np.intp], FloatArray]:
     """Per tree, its root-to-shoot row (the class of its plot's AGB, as the plots stage
     chooses it), and per row the drawn ratio of each draw. ``species`` is each tree's index
-    into ``names``. Row 0 is NaN: the row of a tree
-    without a ratio or without a class (whose shifts are NaN, left out of its plot's sum)."""
+    into ``names``. Row 0 is NaN: the row of a tree without a ratio or without a class
+    (whose shifts are NaN, left out of its plot's sum)."""
     row = np.zeros(species.size, dtype=np.intp)
     draws = [np.full(u.size, np.nan)]
     for sp in np.unique(species[by_ratio]):

@@ -104,12 +104,12 @@ def _mixed_trees() -> pd.DataFrame:
     rng = np.random.default_rng(11)
     rows = []
     for plot, epoch, n, mean_agb_kg in [
-        ("P1", "2019", 7, 80.0),
-        ("P1", "2024", 5, 160.0),
-        ("P2", "2019", 6, 300.0),
-        ("P2", "2024", 4, 20.0),
-        ("P3", "2019", 9, 150.0),
-        ("P3", "2024", 3, 600.0),
+        ("P1", "2019", 7, 300.0),
+        ("P1", "2024", 5, 400.0),
+        ("P2", "2019", 6, 2000.0),
+        ("P2", "2024", 4, 100.0),
+        ("P3", "2019", 9, 1500.0),
+        ("P3", "2024", 3, 4000.0),
     ]:
         for i in range(n):
             species = ("Cunninghamia lanceolata", "Schima superba", "Phyllostachys edulis")[i % 3]
@@ -169,6 +169,8 @@ def test_block_sums_equal_a_tree_by_tree_reference_and_one_block_to_the_bit(
 ) -> None:
     """Blocks of 1, 3 and 5 trees split plot-epochs of 3-9 trees; 40 takes them all."""
     trees = _mixed_trees()
+    plot_agb = trees.groupby(["plot_id", "epoch"])["agb_kg"].sum() / 1000 / AREA_HA
+    assert (plot_agb < 125).sum() == 3 and (plot_agb > 125).sum() == 3  # both IPCC classes
     draws = SharedDraws.draw(12, seed=4)
     shifts = shared_factor_shifts(trees, draws, chunk_values=trees_per_block * 12)
     reference = _tree_by_tree_shifts(trees, draws)
