@@ -57,6 +57,9 @@ from models.errors import PlotDataError
 FloatArray = npt.NDArray[np.float64]
 
 KG_PER_MG = 1000.0
+#: tree-draw values of a block of :func:`shared_factor_shifts`: 2 MB for each float64
+#: array of a block (1,310 trees at 200 draws), whatever the number of trees
+CHUNK_VALUES = 2**18
 #: the columns of the plots stage's tree table (``plots/trees.csv``) the draws need
 TREE_COLUMNS = (
     "plot_id", "epoch", "species", "usable", "plot_area_ha", "agb_kg", "bgb_kg",
@@ -107,9 +110,21 @@ class SharedDraws:
         u = qmc.LatinHypercube(d=2, seed=seed).random(n_draws)
         return cls(norm.ppf(u[:, 0]), u[:, 1])
 
+    @property
+    def n_draws(self) -> int:
+        """The number of draws."""
+        return int(self.carbon_fraction_z.size)
 
-def shared_factor_shifts(trees: pd.DataFrame, draws: SharedDraws) -> pd.DataFrame:
+
+def shared_factor_shifts(
+    trees: pd.DataFrame, draws: SharedDraws, *, chunk_values: int = CHUNK_VALUES
+) -> pd.DataFrame:
     """The change of each plot-epoch's carbon density (Mg C/ha) under each shared draw.
+
+    The trees are taken in blocks of at most ``chunk_values`` tree-draw values and each
+    block added to its plot-epochs' running sums, so the memory follows the block and the
+    result (plot-epochs x draws), not the trees times the draws. The sums are compensated
+    (Kahan) in the table's order: the same numbers for every block size, to the bit.
 
     Parameters
     ----------
@@ -118,6 +133,8 @@ def shared_factor_shifts(trees: pd.DataFrame, draws: SharedDraws) -> pd.DataFram
         whose ``root_shoot_ratio`` is empty has its BGB from a root equation).
     draws
         The shared factors' draws (:meth:`SharedDraws.draw`).
+    chunk_values
+        Tree-draw values of a block (:data:`CHUNK_VALUES`): at least one tree a block.
 
     Returns
     -------
@@ -137,46 +154,141 @@ def shared_factor_shifts(trees: pd.DataFrame, draws: SharedDraws) -> pd.DataFram
             f"tree table: column(s) {missing} missing (the plots stage writes them to "
             "plots/trees.csv)"
         )
-    t = trees[trees["usable"].astype(str).str.lower() == "true"]
-    key = [t["plot_id"].astype(str), t["epoch"].astype(str)]
-    species = t["species"].astype(str).to_numpy(dtype=object)
+    t = trees.loc[trees["usable"].astype(str).str.lower() == "true", list(TREE_COLUMNS)]
     agb = t["agb_kg"].to_numpy(dtype=np.float64)
-    bgb = t["bgb_kg"].to_numpy(dtype=np.float64)
     per_ha = 1.0 / (KG_PER_MG * t["plot_area_ha"].to_numpy(dtype=np.float64))
-    cf_bgb = allometry.carbon_fraction(species, "belowground")
-    sd_agb = allometry.carbon_fraction_sd(species, "aboveground")
-    sd_bgb = allometry.carbon_fraction_sd(species, "belowground")
-    z = draws.carbon_fraction_z[None, :]
-    # carbon = AGB cf_a + BGB cf_b; a draw moves cf by z sd and, for trees whose BGB is
-    # AGB x ratio, BGB to AGB x the drawn ratio r: with dB = AGB r - BGB,
-    # carbon' - carbon = z (AGB sd_a + BGB sd_b) + dB (cf_b + z sd_b)
-    shift = z * (agb * sd_agb + bgb * sd_bgb)[:, None]
-    ratio = t["root_shoot_ratio"].to_numpy(dtype=np.float64)
-    by_ratio = np.isfinite(ratio)
-    if by_ratio.any():
-        plot_agb = pd.Series(agb * per_ha).groupby([k.to_numpy() for k in key]).transform("sum")
-        ratios = _ratio_draws(species[by_ratio], plot_agb.to_numpy()[by_ratio], draws.root_shoot_u)
-        d_bgb = agb[by_ratio, None] * ratios - bgb[by_ratio, None]
-        shift[by_ratio] += d_bgb * (cf_bgb[by_ratio, None] + z * sd_bgb[by_ratio, None])
-    out = pd.DataFrame(
-        shift * per_ha[:, None], index=pd.MultiIndex.from_arrays(key, names=["plot_id", "epoch"])
+    plot_epochs = pd.Series(agb * per_ha, index=t.index).groupby(
+        [t["plot_id"].astype(str), t["epoch"].astype(str)], sort=True
     )
-    return out.groupby(level=["plot_id", "epoch"], sort=True).sum()
+    # the class of a ratio tree's row is chosen by its whole plot's AGB, not its block's
+    terms = _TreeTerms.of(t, plot_epochs.transform("sum").to_numpy(), per_ha, draws.root_shoot_u)
+    total = _KahanSums(plot_epochs.ngroup().to_numpy(), plot_epochs.ngroups, draws.n_draws)
+    size = max(1, chunk_values // draws.n_draws)
+    for start in range(0, len(t), size):
+        rows = slice(start, min(start + size, len(t)))
+        total.add(rows, terms.shifts(rows, draws.carbon_fraction_z))
+    index = plot_epochs.size().index.set_names(["plot_id", "epoch"])
+    # not copied: pandas keeps the draws of a plot-epoch together in memory, as a group
+    # sum leaves them, which sets the order in which the columns' sums add (map_factor_shifts)
+    return pd.DataFrame(total.sums, index=index, copy=False)
 
 
-def _ratio_draws(
-    species: npt.NDArray[np.object_], plot_agb_mg_ha: FloatArray, u: FloatArray
-) -> FloatArray:
-    """Per tree and draw, the drawn root-to-shoot ratio of the tree's row (the class of its
-    plot's AGB, as the plots stage chooses it)."""
-    out = np.full((species.size, u.size), np.nan)
-    for sp in pd.unique(species):
-        rows = species == sp
-        for lo, hi, value, low, high in allometry.root_shoot_classes(str(sp)):
-            cls = rows & (plot_agb_mg_ha >= lo) & (plot_agb_mg_ha < hi)
-            dist = triang((value - low) / (high - low), loc=low, scale=high - low)
-            out[cls] = dist.ppf(u)
-    return out
+class _KahanSums:
+    """Per group and draw, the compensated (Kahan) sum of its rows' values in the rows'
+    order, NaN left out, as pandas' group sum makes it (``groupby(...).sum()`` of groups
+    that are not sorted), to the bit; fed a block of rows at a time."""
+
+    def __init__(self, group: npt.NDArray[np.intp], n_groups: int, n_draws: int) -> None:
+        self.group = group
+        self.sums = np.zeros((n_groups, n_draws))
+        self.compensation = np.zeros((n_groups, n_draws))
+
+    def add(self, rows: slice, values: FloatArray) -> None:
+        """Add the rows ``rows`` of the table (one row of ``values`` each) to their groups."""
+        group = self.group[rows]
+        order = np.argsort(group, kind="stable")
+        run_start = np.flatnonzero(np.diff(group[order], prepend=-1))
+        run_length = np.diff(np.append(run_start, order.size))
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size) - np.repeat(run_start, run_length)
+        # each pass takes every group's next row, so a group's rows go in their order
+        for r in range(int(rank.max(initial=-1)) + 1):
+            row = np.flatnonzero(rank == r)
+            g = group[row]
+            value = values[row]
+            s, c = self.sums[g], self.compensation[g]
+            y = value - c
+            t = s + y
+            new_c = (t - s) - y
+            new_c[np.isnan(new_c)] = 0.0  # an infinite sum: no compensation (as pandas)
+            skip = np.isnan(value)
+            self.sums[g] = np.where(skip, s, t)
+            self.compensation[g] = np.where(skip, c, new_c)
+
+
+@dataclass(frozen=True)
+class _TreeTerms:
+    """Per tree, what a draw's shift of its carbon needs (one value a tree; the tree-draw
+    values are made a block at a time)."""
+
+    #: AGB sd_a + BGB sd_b (kg): the carbon a unit carbon fraction deviate moves
+    own_sd_kg: FloatArray
+    agb_kg: FloatArray
+    bgb_kg: FloatArray
+    cf_bgb: FloatArray
+    sd_bgb: FloatArray
+    #: 1 / (1000 plot area): kg per tree to Mg/ha
+    per_ha: FloatArray
+    #: trees whose BGB is AGB x a ratio, and the row of each: index into ``ratio_draws``
+    by_ratio: npt.NDArray[np.bool_]
+    ratio_row: npt.NDArray[np.intp]
+    #: per ratio row (species and AGB class), the drawn ratio of each draw
+    ratio_draws: FloatArray
+
+    @classmethod
+    def of(
+        cls, t: pd.DataFrame, plot_agb_mg_ha: FloatArray, per_ha: FloatArray, u: FloatArray
+    ) -> _TreeTerms:
+        # each species looked up once (a code per tree, not a name)
+        species, names = pd.factorize(t["species"].astype(str))
+        names = np.asarray(names, dtype=object)
+        agb = t["agb_kg"].to_numpy(dtype=np.float64)
+        bgb = t["bgb_kg"].to_numpy(dtype=np.float64)
+        sd_bgb = allometry.carbon_fraction_sd(names, "belowground")[species]
+        sd_agb = allometry.carbon_fraction_sd(names, "aboveground")[species]
+        by_ratio = np.isfinite(t["root_shoot_ratio"].to_numpy(dtype=np.float64))
+        row, ratio_draws = _ratio_rows(species, names, plot_agb_mg_ha, by_ratio, u)
+        return cls(
+            own_sd_kg=agb * sd_agb + bgb * sd_bgb,
+            agb_kg=agb,
+            bgb_kg=bgb,
+            cf_bgb=allometry.carbon_fraction(names, "belowground")[species],
+            sd_bgb=sd_bgb,
+            per_ha=per_ha,
+            by_ratio=by_ratio,
+            ratio_row=row,
+            ratio_draws=ratio_draws,
+        )
+
+    def shifts(self, rows: slice, carbon_fraction_z: FloatArray) -> FloatArray:
+        """The trees ``rows``' shift of their plot's carbon density (Mg C/ha) per draw."""
+        z = carbon_fraction_z[None, :]
+        # carbon = AGB cf_a + BGB cf_b; a draw moves cf by z sd and, for trees whose BGB is
+        # AGB x ratio, BGB to AGB x the drawn ratio r: with dB = AGB r - BGB,
+        # carbon' - carbon = z (AGB sd_a + BGB sd_b) + dB (cf_b + z sd_b)
+        shift = z * self.own_sd_kg[rows, None]
+        ratio = np.flatnonzero(self.by_ratio[rows])
+        if ratio.size:
+            tree = ratio + rows.start
+            ratios = self.ratio_draws[self.ratio_row[tree]]
+            d_bgb = self.agb_kg[tree, None] * ratios - self.bgb_kg[tree, None]
+            shift[ratio] += d_bgb * (self.cf_bgb[tree, None] + z * self.sd_bgb[tree, None])
+        shift *= self.per_ha[rows, None]
+        return shift
+
+
+def _ratio_rows(
+    species: npt.NDArray[np.intp],
+    names: npt.NDArray[np.object_],
+    plot_agb_mg_ha: FloatArray,
+    by_ratio: npt.NDArray[np.bool_],
+    u: FloatArray,
+) -> tuple[npt.NDArray[np.intp], FloatArray]:
+    """Per tree, its root-to-shoot row (the class of its plot's AGB, as the plots stage
+    chooses it), and per row the drawn ratio of each draw. ``species`` is each tree's index
+    into ``names``. Row 0 is NaN: the row of a tree without a ratio or without a class
+    (whose shifts are NaN, left out of its plot's sum)."""
+    row = np.zeros(species.size, dtype=np.intp)
+    draws = [np.full(u.size, np.nan)]
+    for sp in np.unique(species[by_ratio]):
+        trees = by_ratio & (species == sp)
+        for lo, hi, value, low, high in allometry.root_shoot_classes(str(names[sp])):
+            cls = trees & (plot_agb_mg_ha >= lo) & (plot_agb_mg_ha < hi)
+            if cls.any():
+                dist = triang((value - low) / (high - low), loc=low, scale=high - low)
+                row[cls] = len(draws)
+                draws.append(dist.ppf(u))
+    return row, np.asarray(draws, dtype=np.float64)
 
 
 def map_factor_shifts(plots: pd.DataFrame, shifts: pd.DataFrame) -> FloatArray:

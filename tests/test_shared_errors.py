@@ -3,6 +3,7 @@ against closed forms and a tree-by-tree numpy reference."""
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 
 import numpy as np
@@ -10,7 +11,12 @@ import pandas as pd
 import pytest
 
 from models.errors import PlotDataError, SurveyError
-from models.shared_errors import SharedDraws, map_factor_shifts, shared_factor_shifts
+from models.shared_errors import (
+    SharedDraws,
+    _KahanSums,
+    map_factor_shifts,
+    shared_factor_shifts,
+)
 from models.survey.design import StratifiedDesign, combine_systematic, t_quantile
 from models.survey.totals import sample_totals, systematic_sd
 
@@ -46,6 +52,14 @@ def _trees(carbon_mg_ha: dict[tuple[str, str], float], ratio: float | None = Non
     return pd.DataFrame(rows)
 
 
+def _triangular_ppf(u: float, low: float, mode: float, high: float) -> float:
+    """The inverse CDF of the triangular distribution, written out."""
+    a, c, b = low, mode, high
+    if u < (c - a) / (b - a):
+        return float(a + np.sqrt(u * (b - a) * (c - a)))
+    return float(b - np.sqrt((1 - u) * (b - a) * (b - c)))
+
+
 def test_a_shared_carbon_fraction_error_shifts_every_plot_by_the_same_relative_amount() -> None:
     carbon = {("A", "2019"): 100.0, ("A", "2024"): 130.0, ("B", "2019"): 40.0}
     draws = SharedDraws.draw(50, seed=1)
@@ -76,17 +90,114 @@ def test_root_to_shoot_draws_equal_a_tree_by_tree_reference() -> None:
         a, c, b = float(row["low"]), float(row["root_shoot_ratio"]), float(row["high"])
         expected = []
         for z, u in zip(draws.carbon_fraction_z, draws.root_shoot_u, strict=True):
-            # inverse CDF of the triangular distribution, written out
-            f = (c - a) / (b - a)
-            r = (
-                a + np.sqrt(u * (b - a) * (c - a))
-                if u < f
-                else b - np.sqrt((1 - u) * (b - a) * (b - c))
-            )
-            bgb = t.agb_kg * r
+            bgb = t.agb_kg * _triangular_ppf(u, a, c, b)
             carbon_kg = (t.agb_kg + bgb) * (cf + z * sd) - (t.agb_kg + t.bgb_kg) * cf
             expected.append(carbon_kg / 1000 / t.plot_area_ha)
         np.testing.assert_allclose(shifts.loc[(t.plot_id, t.epoch)], expected, rtol=1e-9)
+
+
+def _mixed_trees() -> pd.DataFrame:
+    """Three plots at two epochs, their trees interleaved in the table: Chinese fir (its own
+    carbon fractions, BGB by the IPCC ratio), Schima superba (BGB by a root equation) and
+    Moso bamboo (its own ratio row); plots below and above the 125 Mg/ha AGB class limit,
+    and a tree that is not usable."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for plot, epoch, n, mean_agb_kg in [
+        ("P1", "2019", 7, 300.0),
+        ("P1", "2024", 5, 400.0),
+        ("P2", "2019", 6, 2000.0),
+        ("P2", "2024", 4, 100.0),
+        ("P3", "2019", 9, 1500.0),
+        ("P3", "2024", 3, 4000.0),
+    ]:
+        for i in range(n):
+            species = ("Cunninghamia lanceolata", "Schima superba", "Phyllostachys edulis")[i % 3]
+            agb = mean_agb_kg * rng.uniform(0.5, 1.5)
+            ratio = np.nan if species == "Schima superba" else 0.25
+            rows.append({"plot_id": plot, "epoch": epoch, "species": species,
+                         "usable": not (plot == "P2" and i == 1), "plot_area_ha": AREA_HA,
+                         "agb_kg": agb, "bgb_kg": agb * (0.3 if np.isnan(ratio) else ratio),
+                         "root_shoot_ratio": ratio})  # fmt: skip
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=3).reset_index(drop=True)
+
+
+def _tree_by_tree_shifts(trees: pd.DataFrame, draws: SharedDraws) -> pd.DataFrame:
+    """The shifts summed tree by tree in a plain loop, with the rows of models/data read
+    here: carbon' - carbon of each tree under each draw, per plot-epoch (exact sums)."""
+    usable = trees[trees["usable"]]
+    plot_agb = (
+        (usable["agb_kg"] / 1000 / usable["plot_area_ha"])
+        .groupby([usable["plot_id"], usable["epoch"]])
+        .sum()
+    )
+    fir = {c: _data_row("carbon_fraction.csv", taxon="Cunninghamia lanceolata", component=c)
+           for c in ("aboveground", "belowground")}  # fmt: skip
+    bamboo = _data_row("carbon_fraction.csv", taxon="bamboo")
+    cf_rows = {
+        "Cunninghamia lanceolata": (fir["aboveground"], fir["belowground"]),
+        "Schima superba": (BROADLEAF, BROADLEAF),
+        "Phyllostachys edulis": (bamboo, bamboo),
+    }
+    bamboo_rs = _data_row("root_shoot.csv", taxon="Phyllostachys edulis")
+    region_rs = {lo: _data_row("root_shoot.csv", level="region", agb_min_mg_ha=lo)
+                 for lo in ("0", "125")}  # fmt: skip
+    sums: dict[tuple[str, str], list[list[float]]] = {}
+    for t in usable.itertuples():
+        row_a, row_b = cf_rows[t.species]
+        cf_a, sd_a = float(row_a["carbon_fraction"]), float(row_a["sd"])
+        cf_b, sd_b = float(row_b["carbon_fraction"]), float(row_b["sd"])
+        if t.species == "Phyllostachys edulis":
+            rs = bamboo_rs
+        else:
+            rs = region_rs["0" if plot_agb[(t.plot_id, t.epoch)] < 125 else "125"]
+        terms = sums.setdefault((t.plot_id, t.epoch), [[] for _ in range(draws.n_draws)])
+        for k, (z, u) in enumerate(zip(draws.carbon_fraction_z, draws.root_shoot_u, strict=True)):
+            bgb = t.bgb_kg
+            if np.isfinite(t.root_shoot_ratio):
+                bgb = t.agb_kg * _triangular_ppf(u, float(rs["low"]), float(rs["root_shoot_ratio"]),
+                                                 float(rs["high"]))  # fmt: skip
+            carbon_kg = t.agb_kg * (cf_a + z * sd_a) + bgb * (cf_b + z * sd_b)
+            terms[k].append((carbon_kg - t.agb_kg * cf_a - t.bgb_kg * cf_b) / 1000 / AREA_HA)
+    return pd.DataFrame({key: [math.fsum(v) for v in per_draw]
+                         for key, per_draw in sorted(sums.items())}).T  # fmt: skip
+
+
+@pytest.mark.parametrize("trees_per_block", [1, 3, 5, 40])
+def test_block_sums_equal_a_tree_by_tree_reference_and_one_block_to_the_bit(
+    trees_per_block: int,
+) -> None:
+    """Blocks of 1, 3 and 5 trees split plot-epochs of 3-9 trees; 40 takes them all."""
+    trees = _mixed_trees()
+    plot_agb = trees.groupby(["plot_id", "epoch"])["agb_kg"].sum() / 1000 / AREA_HA
+    assert (plot_agb < 125).sum() == 3 and (plot_agb > 125).sum() == 3  # both IPCC classes
+    draws = SharedDraws.draw(12, seed=4)
+    shifts = shared_factor_shifts(trees, draws, chunk_values=trees_per_block * 12)
+    reference = _tree_by_tree_shifts(trees, draws)
+    assert shifts.index.tolist() == reference.index.tolist()
+    assert len(reference) == 6
+    np.testing.assert_allclose(shifts.to_numpy(), reference.to_numpy(), rtol=1e-12, atol=1e-12)
+    one_block = shared_factor_shifts(trees, draws, chunk_values=10**6)
+    assert np.array_equal(shifts.to_numpy(), one_block.to_numpy())
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 2, 7, 100])
+def test_the_running_sums_are_compensated_in_row_order_and_leave_nan_out(
+    rows_per_block: int,
+) -> None:
+    """1 + ten times 1e-16: a plain sum stays at 1, the compensated sum is the exact one
+    (math.fsum); the same sums pandas' group sum makes of unsorted groups, which the shifts
+    were summed with before they were taken in blocks."""
+    values = np.array([[1.0], [5.0], *[[1e-16]] * 10, [np.nan], [2.0], [1e-16]])
+    group = np.array([0, 1, *[0] * 10, 0, 1, 1])
+    sums = _KahanSums(group, n_groups=2, n_draws=1)
+    for start in range(0, len(group), rows_per_block):
+        rows = slice(start, min(start + rows_per_block, len(group)))
+        sums.add(rows, values[rows])
+    assert sum([1.0] + [1e-16] * 10) == 1.0
+    assert sums.sums[:, 0].tolist() == [math.fsum([1.0] + [1e-16] * 10), math.fsum([7.0, 1e-16])]
+    pandas = pd.DataFrame(values).groupby(group).sum().to_numpy()
+    assert np.array_equal(sums.sums, pandas)
 
 
 def test_latin_hypercube_draws_are_reproducible_and_match_their_distributions() -> None:
