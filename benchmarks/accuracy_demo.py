@@ -43,6 +43,7 @@ from pipeline.contracts import (
     items_relpath,
     lidar_repeat_relpath,
     map_relpath,
+    with_project_sample,
 )
 from pipeline.units import M2_PER_HA
 from pipeline.zonal import coverage_cells, weighted_sum
@@ -301,6 +302,10 @@ def totals(
         frames = samples[PROJECT_SAMPLE]
         for method_id, types in domains.items():
             samples[domain_sample(method_id)] = frames[frames["stratum"].isin(types)]
+        # each other sample's estimate outside the project plus the project's: their union
+        for name in [str(s) for s in design["sample"].unique() if s != PROJECT_SAMPLE]:
+            both = pd.concat([samples[name], frames])
+            samples[with_project_sample(name)] = both.dissolve().reset_index(drop=True)
     for sample, frames in samples.items():
         if frames.empty:
             continue

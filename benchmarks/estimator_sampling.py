@@ -93,7 +93,12 @@ from models.survey.totals import (
     stock_quantity,
 )
 from pipeline.config import load_config, region_config_path
-from pipeline.contracts import PLOT_BIOMASS_RELPATH, credits_job, map_relpath
+from pipeline.contracts import (
+    PLOT_BIOMASS_RELPATH,
+    credits_job,
+    map_relpath,
+    with_project_sample,
+)
 from pipeline.simulate.sampling import centre_region
 from pipeline.units import M2_PER_HA
 from pipeline.zonal import coverage_cells, covered_fraction_sum, fraction_raster, weighted_sum
@@ -103,7 +108,7 @@ RULES = (*ESTIMATORS, MOST_PRECISE)
 #: how the report names each sample's population
 POPULATION_NAMES = {"inventory": "AOI forest land", "project": "project"}
 #: the sum of the inventory outside the project and the project sample (``estimate`` stage)
-COMBINED = "inventory+project"
+COMBINED = with_project_sample("inventory")
 #: how the report names the sum's population
 COMBINED_NAME = "AOI and project"
 #: squares checked against exactextract before the run
@@ -852,10 +857,20 @@ def main() -> None:
 def check_square_support(pop: Population, rng: np.random.Generator, *, crs: str) -> None:
     """Print the largest difference of :func:`square_means` from exactextract's means."""
     s = max(pop.strata, key=lambda s: s.area_ha)
-    centres = draw_centres(
-        rng, s, CHECKED_SQUARES, transform=pop.transform, half_side_m=pop.half_side_m
-    )
     values = pop.truth[pop.epochs[0]]
+    # squares wholly on the grid: beyond it exactextract averages the covered part only,
+    # where square_means (like a plot's tally) counts it as 0
+    h, t = pop.half_side_m, pop.transform
+    x0, y1 = t.c, t.f
+    x1, y0 = x0 + t.a * values.shape[1], y1 + t.e * values.shape[0]
+    centres = draw_centres(
+        rng, s, 4 * CHECKED_SQUARES, transform=pop.transform, half_side_m=pop.half_side_m
+    )
+    on_grid = (
+        (centres[:, 0] - h >= x0) & (centres[:, 0] + h <= x1)
+        & (centres[:, 1] - h >= y0) & (centres[:, 1] + h <= y1)
+    )  # fmt: skip
+    centres = centres[on_grid][:CHECKED_SQUARES]
     fast = square_means(values, centres, transform=pop.transform, half_side_m=pop.half_side_m)
     exact = exact_square_means(
         values, centres, crs=crs, transform=pop.transform, half_side_m=pop.half_side_m

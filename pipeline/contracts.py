@@ -121,6 +121,12 @@ def domain_sample(methodology_id: str) -> str:
     return f"{PROJECT_SAMPLE}:{methodology_id}"
 
 
+def with_project_sample(sample: str) -> str:
+    """The ``sample`` of ``estimates/totals.csv`` that holds ``sample``'s estimate outside
+    the project's frames plus the project sample's inside them (the union of both)."""
+    return f"{sample}+{PROJECT_SAMPLE}"
+
+
 def compared_credits_relpath(methodology_id: str) -> str:
     """The credit table of a methodology of ``stages.credits.compare``."""
     return f"credits/credits_{methodology_id}.csv"

@@ -561,3 +561,30 @@ def test_the_inventory_outside_the_project_plus_the_project_sample_estimate_the_
     # the inventory trained the map (no cross-fitting here): its plot-only sum is chosen
     assert rows.loc[("stock_2019", "stratified"), "chosen"]
     assert not rows.loc[("stock_2019", "difference"), "chosen"]
+
+
+def test_a_plot_over_the_grid_edge_sees_the_map_over_its_whole_square(scene: dict) -> None:
+    """A buffer-method plot half beyond the grid's west edge: its density is its tally over
+    the whole square, so the map's value there must be too (cells beyond the grid, outside
+    every frame, as 0); then plot values equal to the map make the difference estimate the
+    map's total exactly, with no residual."""
+    scene["frames"]["centre_area_ha"] = [8.4, 8.4]
+    corners = scene["corners"] + [(10, -1), (30, -1)]
+    strata = ["west" if c < 20 else "east" for _, c in corners]
+    scene["plots"] = gpd.GeoDataFrame(
+        {"plot_id": [f"J{i}" for i in range(len(corners))], "sample": "project",
+         "stratum": strata},
+        geometry=[_square(r, c) for r, c in corners], crs="EPSG:32650",
+    )  # fmt: skip
+    rows = []
+    for e in EPOCHS:
+        m = np.pad(np.nan_to_num(scene["maps"][e]), ((0, 0), (1, 0)))  # a column beyond
+        west = np.arange(N + 1) < 21
+        for pid, (r, c), s in zip(scene["plots"]["plot_id"], corners, strata, strict=True):
+            inside = west if s == "west" else ~west
+            v = (m * inside[None, :])[_cells(r, c + 1)].mean()  # over the whole square
+            rows.append({"plot_id": pid, "epoch": e, "carbon_mg_ha": v})
+    scene["biomass"] = pd.DataFrame(rows)
+    diff = _run(scene).loc[("stock_2019", "difference")]
+    assert diff["total"] == pytest.approx(diff["map_total"], rel=1e-9)
+    assert diff["se"] == pytest.approx(0.0, abs=1e-6 * diff["map_total"])

@@ -37,9 +37,11 @@ from models.plot_biomass import SPECIES_TABLE_FIELD
 from pipeline.contracts import (
     DECLARED_ID,
     PARCEL_SINK_CSV_RELPATH,
+    PROJECT_SAMPLE,
     TOTAL_ID,
     CreditsJob,
     SinkJob,
+    with_project_sample,
 )
 from pipeline.errors import PipelineWarning
 from pipeline.report import figures
@@ -609,7 +611,7 @@ def survey_rows(estimates: pd.DataFrame | None, w: Words) -> list[dict[str, str]
             w("quantity_stock", epoch=rest) if kind == "stock"
             else w("quantity_change", period=rest.replace("_", "-"))
         )  # fmt: skip
-        named = ("inventory", "project", "inventory+project")
+        named = ("inventory", PROJECT_SAMPLE, with_project_sample("inventory"))
         sample = w(f"sample_{r.sample}") if r.sample in named else r.sample
         systematic = float(getattr(r, "systematic_sd", np.nan))
         combined = (

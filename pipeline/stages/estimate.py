@@ -143,6 +143,7 @@ from pipeline.contracts import (
     credits_job,
     domain_sample,
     map_relpath,
+    with_project_sample,
 )
 from pipeline.errors import ConfigError, InputDataError, PipelineWarning
 from pipeline.stage import Stage
@@ -150,7 +151,6 @@ from pipeline.units import M2_PER_HA
 from pipeline.zonal import (
     Coverage,
     coverage_cells,
-    covered_fraction_sum,
     fraction_raster,
     weighted_sum,
 )
@@ -271,15 +271,19 @@ def _band(carbon: xr.DataArray) -> xr.DataArray:
 
 
 def _at_plots(
-    plot_cover: list[Coverage], frame_share: list[np.ndarray], values: np.ndarray
+    plot_cover: list[Coverage],
+    frame_share: list[np.ndarray],
+    values: np.ndarray,
+    plot_cells: np.ndarray,
 ) -> np.ndarray:
     """Mean over each plot square of ``values`` inside the plot's frame (share per cell),
-    cells outside the frame and unmapped cells (NaN) as 0."""
+    cells outside the frame and unmapped cells (NaN) as 0. The mean is over the whole
+    square (``plot_cells``: its area in cells), as the plot's density is its tally over
+    the whole square: a part beyond the grid counts as 0, as it lies outside any frame."""
     flat = values.reshape(-1)
     means = []
-    for cov, share in zip(plot_cover, frame_share, strict=True):
+    for cov, share, cells in zip(plot_cover, frame_share, plot_cells, strict=True):
         v = np.nan_to_num(flat[cov.cell]) * share.reshape(-1)[cov.cell]
-        cells = covered_fraction_sum(cov)
         means.append(float(np.sum(v * cov.fraction)) / cells if cells > 0 else np.nan)
     return np.asarray(means, dtype=np.float64)
 
@@ -514,7 +518,7 @@ def _with_project(
     for name, (frames, plots) in samples.items():
         if name == PROJECT_SAMPLE:
             continue
-        combined_name = f"{name}+{PROJECT_SAMPLE}"
+        combined_name = with_project_sample(name)
         frames, plots = frames.to_crs(context.crs), plots.to_crs(context.crs)
         part = _sample_rows(context, combined_name, frames, plots, plot_area_ha, exclude=outside)
         parts = frames.geometry.difference(outside)
@@ -634,7 +638,7 @@ def _sample_rows(
     """One sample's rows of ``totals.csv`` and of ``sample_plan.csv``.
 
     With ``exclude``, the rows estimate the domain of the sample's population outside it
-    (Särndal et al. 1992 §10.3, eq. 10.3.4, the domain total with its size unknown): a plot
+    (Särndal et al. 1992 §10.3, the domain total with its size unknown to the estimator): a plot
     whose centre lies in ``exclude`` counts as 0 (plot value and map value), the map's
     stratum totals are taken over each frame minus ``exclude``, and the strata keep their
     expansion areas and plot counts; each plot still sees its stratum's whole frame, as it
@@ -655,7 +659,8 @@ def _sample_rows(
     plot_cover, frame_cover = cover(plots), cover(frames)
     shares = [fraction_raster(c, grid_shape) for c in frame_cover]
     plot_share = [shares[h] for h in sample_design.plot_stratum]
-    at_plots = {e: _at_plots(plot_cover, plot_share, maps[e]) for e in job.epochs}
+    plot_cells = plots.to_crs(context.crs).geometry.area.to_numpy() / (cell_ha * M2_PER_HA)
+    at_plots = {e: _at_plots(plot_cover, plot_share, maps[e], plot_cells) for e in job.epochs}
     project = name == PROJECT_SAMPLE or name.startswith(f"{PROJECT_SAMPLE}:")
     frame_means = {
         e: np.array([weighted_sum(c, maps[e]) for c in cover(population)])
@@ -677,7 +682,7 @@ def _sample_rows(
                 if job.cross_fit
                 else CROSS_FIT_OFF_NOTE
             )
-            inside = _at_plots(plot_cover, plot_share, np.ones(grid_shape))
+            inside = _at_plots(plot_cover, plot_share, np.ones(grid_shape), plot_cells)
             ids = plots["plot_id"].astype(str)
             for e in job.epochs:
                 shift = cross_fit.shifts.get(e, pd.Series(dtype=np.float64))
