@@ -589,7 +589,7 @@ def _computed_blocks(
             unfinished.update(dict.fromkeys(keys, waiting))
             in_flight.update(client.get(tasks_of(keys), keys, sync=False))
 
-    for _ in range(PLACES_PER_THREAD * sum(client.nthreads().values())):
+    for _ in range(min(PLACES_PER_THREAD * sum(client.nthreads().values()), len(places))):
         submit_next()
     for fut in in_flight:
         key, value = fut.key, np.asarray(fut.result())
