@@ -46,7 +46,7 @@ from odc.geo.geom import BoundingBox
 from rasterio.transform import from_origin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from process_tree import run_sampled, tree_rss
+from process_tree import run_sampled, tree_rss, two_worker_processes
 
 from pipeline import composite as C
 from pipeline.config import CompositeParams
@@ -155,10 +155,6 @@ def throughput() -> None:
 
 def _measure_child(items_path: Path, n_px: int, out: Path) -> None:
     """In a fresh process: the composite of the top-left ``n_px`` square, written as a run does."""
-    import logging
-
-    from distributed import Client, LocalCluster
-
     from pipeline.io import write_cog
 
     items = [pystac.Item.from_dict(f) for f in json.loads(items_path.read_text())["features"]]
@@ -166,16 +162,7 @@ def _measure_child(items_path: Path, n_px: int, out: Path) -> None:
         CompositeParams(cloud_dilation_px=2), chunk_px=MEM_CHUNK_PX, default_provider=None
     )
     t0 = time.perf_counter()
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with two_worker_processes() as client:
         idle, _ = tree_rss(psutil.Process())
         comp, _ = C.seasonal_composite(items, _geobox(n_px), settings=settings)
         graph = {"tasks": len(comp.data.__dask_graph__()), "chunks": comp.data.npartitions}

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from process_tree import run_sampled
+from process_tree import run_sampled, two_worker_processes
 
 #: blocks per side of the large grid (SIDE**2 blocks of BLOCK_PX); the small one has half
 SIDE = 40
@@ -41,13 +41,10 @@ BLOCK_PX = 512
 
 def _child(side: int, window: str, out: Path) -> None:
     """In a fresh process: write the ``side`` x ``side``-block raster on a local cluster."""
-    import logging
-
     import dask.array as da
     import numpy as np
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
-    from distributed import Client, LocalCluster
 
     from pipeline import io
 
@@ -63,16 +60,7 @@ def _child(side: int, window: str, out: Path) -> None:
         "x": 500_000 + 10.0 * (np.arange(n) + 0.5),
     }
     arr = xr.DataArray(data, dims=("band", "y", "x"), coords=coords).rio.write_crs("EPSG:32650")
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with two_worker_processes() as client:
         t0 = time.perf_counter()
         io.write_cog(arr, out, client=client)
         seconds = time.perf_counter() - t0

@@ -7,20 +7,43 @@ set size (RSS) of the child and of every descendant: the worker processes of a
 each process's own peak, by role: the ``driver`` is the child itself (it holds the client,
 the writer and, in a ``LocalCluster``, the scheduler and the nannies), a ``worker`` a
 process started by multiprocessing's spawn (a Dask worker). The child's last line of
-output is a JSON object, returned with the figures.
+output is a JSON object, returned with the figures. The children compute on
+:func:`two_worker_processes`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import subprocess
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
 
 #: seconds between two samples of the process tree
 SAMPLE_S = 0.05
+
+
+@contextlib.contextmanager
+def two_worker_processes() -> Iterator[Any]:
+    """A client of a ``LocalCluster`` of two single-threaded worker processes (what
+    :mod:`pipeline.cluster` gives a run on two cores with ``processes: true``)."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
 
 
 def tree_rss(proc: psutil.Process) -> tuple[int, int]:
