@@ -593,7 +593,7 @@ def _computed_blocks(
         submit_next()
     for fut in in_flight:
         key, value = fut.key, np.asarray(fut.result())
-        fut.release()  # the worker may free the block: from here on it is this one
+        fut.release()  # the worker may drop its copy: the writer holds the block now
         waiting = unfinished.pop(key)
         waiting.discard(key)
         if not waiting:
