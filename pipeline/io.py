@@ -535,8 +535,10 @@ def _computed_blocks(
     places is in flight (:data:`PLACES_PER_THREAD` per thread of the cluster): the next
     place is submitted when one has finished, and each block is released once it has been
     taken. (Submitting every block at once let the finished blocks that the writer had not
-    taken yet, and the graph of the whole grid, pile up in memory.) The writer puts each
-    block at its own place, so the order blocks finish in does not change a file.
+    taken yet, and the graph of the whole grid, pile up in memory.) A task that several
+    places need is kept from the first of them to the last, so it runs once: with
+    ``map_overlap``, about one row of chunks under the blocks. The writer puts each block
+    at its own place, so the order blocks finish in does not change a file.
     """
     import dask
     from dask.core import get_dependencies
@@ -578,16 +580,31 @@ def _computed_blocks(
         return
     from distributed import as_completed
 
-    queue = iter(places.values())
+    plan = [(keys, tasks_of(keys)) for keys in places.values()]
+    # A task that several places need (the cells around a chunk that ``map_overlap``
+    # reads from its neighbours) is held from the first of them until the last has been
+    # submitted: released in between, the next place would compute it again (4 times
+    # each on a grid of 16 x 16 chunks with a one-cell overlap).
+    last_needed: dict[Any, int] = {}
+    for n, (_, tasks) in enumerate(plan):
+        last_needed.update(dict.fromkeys(tasks, n))
+    held: dict[Any, Any] = {}  # key -> its future
+    queue = iter(enumerate(plan))
     in_flight = as_completed()
     unfinished: dict[Any, set[Any]] = {}  # key -> the keys of its place not finished yet
 
     def submit_next() -> None:
-        keys = next(queue, None)
-        if keys is not None:
-            waiting = set(keys)
-            unfinished.update(dict.fromkeys(keys, waiting))
-            in_flight.update(client.get(tasks_of(keys), keys, sync=False))
+        n, (keys, tasks) = next(queue, (-1, ([], {})))
+        if n < 0:
+            return
+        waiting = set(keys)
+        unfinished.update(dict.fromkeys(keys, waiting))
+        shared = [k for k in tasks if last_needed[k] > n and k not in held and k not in waiting]
+        futures = client.get(tasks, [*keys, *shared], sync=False)
+        in_flight.update(futures[: len(keys)])
+        held.update(zip(shared, futures[len(keys) :], strict=True))
+        for k in [k for k in held if last_needed[k] == n]:
+            held.pop(k).release()
 
     for _ in range(min(PLACES_PER_THREAD * sum(client.nthreads().values()), len(places))):
         submit_next()
