@@ -580,23 +580,23 @@ def _computed_blocks(
         return
     from distributed import as_completed
 
-    plan = [(keys, tasks_of(keys)) for keys in places.values()]
     # A task that several places need (the cells around a chunk that ``map_overlap``
     # reads from its neighbours) is held from the first of them until the last has been
-    # submitted: released in between, the next place would compute it again (4 times
-    # each on a grid of 16 x 16 chunks with a one-cell overlap).
+    # submitted: released in between, the next place would compute it again (on average
+    # 4.2 times on a grid of 16 x 16 chunks with a one-cell overlap).
     last_needed: dict[Any, int] = {}
-    for n, (_, tasks) in enumerate(plan):
-        last_needed.update(dict.fromkeys(tasks, n))
+    for n, keys in enumerate(places.values()):
+        last_needed.update(dict.fromkeys(tasks_of(keys), n))
     held: dict[Any, Any] = {}  # key -> its future
-    queue = iter(enumerate(plan))
+    queue = enumerate(places.values())
     in_flight = as_completed()
     unfinished: dict[Any, set[Any]] = {}  # key -> the keys of its place not finished yet
 
     def submit_next() -> None:
-        n, (keys, tasks) = next(queue, (-1, ([], {})))
+        n, keys = next(queue, (-1, []))
         if n < 0:
             return
+        tasks = tasks_of(keys)
         waiting = set(keys)
         unfinished.update(dict.fromkeys(keys, waiting))
         shared = [k for k in tasks if last_needed[k] > n and k not in held and k not in waiting]
