@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,8 @@ from odc.geo.geom import BoundingBox
 from rasterio.transform import from_origin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from process_tree import run_sampled, tree_rss, two_worker_processes
+
 from pipeline import composite as C
 from pipeline.config import CompositeParams
 
@@ -59,7 +60,6 @@ BANDS = C.REFLECTANCE_BANDS
 MEM_PX = 512
 MEM_SCENES = 6
 MEM_CHUNK_PX = 256
-MEM_SAMPLE_S = 0.05
 
 
 def _write(path: Path, arr: np.ndarray) -> None:
@@ -155,10 +155,6 @@ def throughput() -> None:
 
 def _measure_child(items_path: Path, n_px: int, out: Path) -> None:
     """In a fresh process: the composite of the top-left ``n_px`` square, written as a run does."""
-    import logging
-
-    from distributed import Client, LocalCluster
-
     from pipeline.io import write_cog
 
     items = [pystac.Item.from_dict(f) for f in json.loads(items_path.read_text())["features"]]
@@ -166,17 +162,8 @@ def _measure_child(items_path: Path, n_px: int, out: Path) -> None:
         CompositeParams(cloud_dilation_px=2), chunk_px=MEM_CHUNK_PX, default_provider=None
     )
     t0 = time.perf_counter()
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        idle, _ = _tree_rss(psutil.Process())
+    with two_worker_processes() as client:
+        idle, _ = tree_rss(psutil.Process())
         comp, _ = C.seasonal_composite(items, _geobox(n_px), settings=settings)
         graph = {"tasks": len(comp.data.__dask_graph__()), "chunks": comp.data.npartitions}
         write_cog(comp, out, client=client)
@@ -184,68 +171,9 @@ def _measure_child(items_path: Path, n_px: int, out: Path) -> None:
     print(json.dumps({"seconds": seconds, "idle_rss_mb": idle / 2**20, **graph}))
 
 
-def _tree_rss(proc: psutil.Process) -> tuple[int, int]:
-    """(total RSS in bytes, number of processes) of ``proc`` and its descendants."""
-    procs = [proc]
-    try:
-        procs += proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0, 0
-    total, n = 0, 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-            n += 1
-        except psutil.NoSuchProcess:
-            pass
-    return total, n
-
-
-def _role(proc: psutil.Process, driver: psutil.Process) -> str:
-    """Which part of the cluster a process of the measured tree is."""
-    if proc.pid == driver.pid:
-        # LocalCluster keeps the scheduler and the nannies in the client's process
-        return "driver"
-    try:
-        cmd = " ".join(proc.cmdline())
-    except psutil.Error:
-        return "other"
-    return "worker" if "spawn_main" in cmd else "other"
-
-
 def _run_measured(items_path: Path, n_px: int, out: Path) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", str(items_path)]
-    cmd += [str(n_px), str(out)]
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    proc = psutil.Process(child.pid)
-    peak, peak_n = 0, 0
-    per_pid: dict[int, tuple[str, int]] = {}  # pid: (role, peak RSS)
-    while child.poll() is None:
-        rss, n = _tree_rss(proc)
-        if rss > peak:
-            peak, peak_n = rss, n
-        try:
-            procs = [proc, *proc.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
-        for p in procs:
-            try:
-                p_rss = p.memory_info().rss
-                role = per_pid[p.pid][0] if p.pid in per_pid else _role(p, proc)
-            except psutil.NoSuchProcess:
-                continue
-            per_pid[p.pid] = (role, max(p_rss, per_pid.get(p.pid, ("", 0))[1]))
-        time.sleep(MEM_SAMPLE_S)
-    stdout = child.stdout.read() if child.stdout else ""
-    if child.returncode != 0:
-        raise RuntimeError(f"memory child for {n_px} px failed (exit {child.returncode})")
-    report = json.loads(stdout.strip().splitlines()[-1])
-    return {
-        "peak_rss_mb": peak / 2**20,
-        "processes": peak_n,
-        "peaks_mb": sorted((r, m / 2**20) for r, m in per_pid.values()),
-        **report,
-    }
+    return run_sampled([*cmd, str(n_px), str(out)])
 
 
 def memory() -> None:

@@ -3,6 +3,7 @@ content checksums, COG overviews (averaged for continuous bands, nearest for cla
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
 import warnings
@@ -164,13 +165,15 @@ class _Counting:
         return np.stack([block[0] * 2.0, block[0] + 1.0]).astype(np.float32)
 
 
-def _shared_maps(count: _Counting) -> tuple[np.ndarray, dict[str, xr.DataArray]]:
+def _shared_maps(
+    count: _Counting, *, chunk_px: int = 256
+) -> tuple[np.ndarray, dict[str, xr.DataArray]]:
     """Two rasters, each a band of one shared block computation (like predict's maps)."""
     import dask.array as dsa
 
     rng = np.random.default_rng(3)
     values = rng.gamma(4.0, 20.0, size=(1, SIZE, SIZE)).astype(np.float32)
-    data = dsa.from_array(values, chunks=(1, 256, 256))
+    data = dsa.from_array(values, chunks=(1, chunk_px, chunk_px))
     both = data.map_blocks(count, chunks=((2,), *data.chunks[1:]), dtype=np.float32)
     base = _raster(values, ["v"], nodata=float("nan"))
     maps = {
@@ -219,6 +222,85 @@ def test_rasters_of_one_graph_compute_their_shared_blocks_once(
         if client is not None:
             client.close()
             cluster.close()
+
+
+def test_a_cluster_computes_a_bounded_window_of_blocks_into_the_same_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Dask cluster ``write_cogs`` keeps ``PLACES_PER_THREAD`` places per thread in
+    flight (a place: the blocks of both rasters at one chunk), not the whole grid: the
+    client never holds more futures of blocks than that while 256 chunks are written. Each chunk is
+    still computed once, and the files are byte for byte those of the synchronous
+    scheduler, which computes one place at a time, and hold the numpy values."""
+    from distributed import Client, LocalCluster
+
+    chunk_px, threads = 64, 2
+    real = io._computed_blocks
+    held: list[int] = []  # the client's block futures each time the writer takes a block
+
+    def watched(arrays: list[Any], client: Any) -> Iterator[Any]:
+        names = {a.name for a in arrays}  # the tasks all places share are held too
+        for item in real(arrays, client):
+            # a future's release reaches the client on its event loop: let it get there
+            client.sync(asyncio.sleep, 0)
+            held.append(sum(1 for key in client.futures if key[0] in names))
+            yield item
+
+    count = _Counting("bounded-sync")
+    values, maps = _shared_maps(count, chunk_px=chunk_px)
+    io.write_cogs({tmp_path / "sync" / f"{k}.tif": v for k, v in maps.items()})
+    monkeypatch.setattr(io, "_computed_blocks", watched)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=threads, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        count = _Counting("bounded-cluster")
+        _, maps = _shared_maps(count, chunk_px=chunk_px)
+        io.write_cogs(
+            {tmp_path / "cluster" / f"{k}.tif": v for k, v in maps.items()}, client=client
+        )
+    n_chunks = (SIZE // chunk_px) ** 2
+    assert len(count.calls) == len(set(count.calls)) == n_chunks
+    assert len(held) == 2 * n_chunks
+    # two blocks (one per raster) of each place in flight
+    assert 2 < max(held) <= io.PLACES_PER_THREAD * threads * 2
+    for name, want in (("double", values[0] * 2.0), ("plus_one", values[0] + 1.0)):
+        cluster_bytes = (tmp_path / "cluster" / f"{name}.tif").read_bytes()
+        assert cluster_bytes == (tmp_path / "sync" / f"{name}.tif").read_bytes()
+        with rasterio.open(tmp_path / "cluster" / f"{name}.tif") as src:
+            np.testing.assert_array_equal(src.read(1), want)
+
+
+def _shift_sum(block: np.ndarray) -> np.ndarray:
+    """Each cell plus its western neighbour (``map_overlap`` gives the block a halo)."""
+    return block + np.roll(block, 1, axis=2)
+
+
+def test_a_cluster_computes_the_chunks_that_overlapping_blocks_share_once(
+    tmp_path: Path,
+) -> None:
+    """A ``map_overlap`` block reads its neighbours' edges, so the chunk under a block is
+    needed by nine places. On a cluster each such chunk is computed once (held until the
+    last place that needs it is submitted, not computed again for each neighbour), and
+    the raster holds the numpy result."""
+    from distributed import Client, LocalCluster
+
+    count = _Counting("overlap")
+    values, maps = _shared_maps(count, chunk_px=64)
+    double = maps["double"]
+    out = double.data.map_overlap(
+        _shift_sum, depth={0: 0, 1: 1, 2: 1}, boundary="nearest", dtype=np.float32
+    )
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        io.write_cog(double.copy(data=out), tmp_path / "shifted.tif", client=client)
+    assert len(count.calls) == len(set(count.calls)) == (SIZE // 64) ** 2
+    want = values[0] * 2.0
+    want = want + np.concatenate([want[:, :1], want[:, :-1]], axis=1)
+    with rasterio.open(tmp_path / "shifted.tif") as src:
+        np.testing.assert_array_equal(src.read(1), want)
 
 
 def test_a_full_disk_while_writing_one_of_several_rasters_names_that_raster(
