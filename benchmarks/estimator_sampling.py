@@ -492,8 +492,9 @@ def rule_rows(draw: int, totals: list[SampleTotal]) -> list[tuple[Any, ...]]:
     """The estimate each rule of :data:`RULES` picks, per quantity, from one draw's totals
     (columns :data:`ESTIMATE_COLUMNS`)."""
     rows = []
-    ran = {t.estimate.estimator for t in totals} | {MOST_PRECISE}
     for quantity in dict.fromkeys(t.quantity for t in totals):
+        # an estimator that could not run on this draw's quantity (GREG) is left out
+        ran = {t.estimate.estimator for t in totals if t.quantity == quantity} | {MOST_PRECISE}
         for rule in (r for r in RULES if r in ran):
             t = choose(totals, quantity, rule)
             est = t.estimate
