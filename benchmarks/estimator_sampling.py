@@ -379,11 +379,15 @@ def domain(
     shape = next(iter(pop.truth.values())).shape
     cell_ha = abs(pop.transform.a * pop.transform.e) / M2_PER_HA
     parts = frames.assign(geometry=frames.geometry.difference(outside))
-    covs = coverage_cells(parts, transform=pop.transform, shape=shape, crs=crs)
+    left = ~parts.geometry.is_empty.to_numpy()  # a stratum wholly outside has no part
+    covs = iter(coverage_cells(parts[left], transform=pop.transform, shape=shape, crs=crs))
     map_total, truth_total = {}, {}
-    for s, cov in zip(pop.strata, covs, strict=True):
-        map_total[s.name] = {e: weighted_sum(cov, v) * cell_ha for e, v in pop.maps.items()}
-        truth_total[s.name] = {e: weighted_sum(cov, v) * cell_ha for e, v in pop.truth.items()}
+    for s, has_part in zip(pop.strata, left, strict=True):
+        cov = next(covs) if has_part else None
+        for out, values in ((map_total, pop.maps), (truth_total, pop.truth)):
+            out[s.name] = {
+                e: 0.0 if cov is None else weighted_sum(cov, v) * cell_ha for e, v in values.items()
+            }
     shapely.prepare(outside)
     return Domain(outside, map_total, truth_total)
 

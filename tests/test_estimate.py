@@ -588,3 +588,31 @@ def test_a_plot_over_the_grid_edge_sees_the_map_over_its_whole_square(scene: dic
     diff = _run(scene).loc[("stock_2019", "difference")]
     assert diff["total"] == pytest.approx(diff["map_total"], rel=1e-9)
     assert diff["se"] == pytest.approx(0.0, abs=1e-6 * diff["map_total"])
+
+
+def test_an_estimator_that_cannot_run_outside_the_project_is_refused_naming_the_sum(
+    scene: dict,
+) -> None:
+    # the project's frame is the inventory's whole east stratum, so every east inventory
+    # plot counts as 0 in the inventory's part outside the project: GREG has no varying
+    # map values to fit there, though it runs on the inventory and the project alone
+    inputs = _cross_fit_inputs(scene, (0.0, 0.0))
+    corners = [(3, 25), (20, 30), (35, 36)]
+    project = gpd.GeoDataFrame(
+        {"plot_id": ["Q0", "Q1", "Q2"], "sample": "project", "stratum": "east"},
+        geometry=[_square(r, c) for r, c in corners], crs="EPSG:32650",
+    )  # fmt: skip
+    rows = [{"plot_id": p, "epoch": e, "carbon_mg_ha": 40.0 + 10 * i + k}
+            for k, e in enumerate(EPOCHS) for i, p in enumerate(project["plot_id"])]  # fmt: skip
+    with pytest.raises(InputDataError, match=r"sample 'inventory\+project'.*'greg'"):
+        estimate(
+            replace(JOB, cross_fit=True),
+            plot_biomass=pd.concat([scene["biomass"], pd.DataFrame(rows)]),
+            plot_locations=pd.concat([scene["plots"], project], ignore_index=True),
+            design=pd.concat(
+                [scene["frames"], scene["frames"].iloc[[1]].assign(sample="project")],
+                ignore_index=True,
+            ),
+            carbon={e: _raster(scene["maps"][e]) for e in EPOCHS},
+            **inputs,
+        )

@@ -164,3 +164,15 @@ def test_the_domain_outside_another_frame_is_estimated_without_bias() -> None:
     # the domain, not of the strata
     whole = pop.true_totals(1.0)["stock_t0"]
     assert scores.loc[("stock_t0", "difference"), "truth"] < 0.8 * whole
+
+
+def test_a_stratum_wholly_inside_the_other_frame_has_no_part() -> None:
+    pop = synthetic_population()
+    half = SIZE * RES / 2
+    frames = gpd.GeoDataFrame(
+        {"stratum": [s.name for s in pop.strata]}, geometry=[s.frame for s in pop.strata], crs=CRS
+    )
+    part = domain(pop, frames, box(X0 - 10, Y0 - 2 * half - 10, X0 + half, Y0 + 10), crs=CRS)
+    assert part.truth_total["west"] == {"t0": 0.0, "t1": 0.0}
+    assert part.map_total["west"] == {"t0": 0.0, "t1": 0.0}
+    assert part.truth_total["east"]["t0"] == pytest.approx(50.0 * 140.0, rel=0.01)

@@ -527,10 +527,6 @@ def _with_project(
         )
         centres = plots.geometry.centroid
         n_outside = int((~shapely.contains_xy(outside, centres.x, centres.y)).sum())
-        try:
-            totals = independent_sum([part.totals, project.totals], area_ha=area_ha)
-        except SurveyError as err:
-            raise _refused(combined_name, err) from None
         systematic = None
         if part.systematic is not None and project.systematic is not None:
             systematic = {
@@ -543,11 +539,15 @@ def _with_project(
             f"count as 0) plus the {PROJECT_SAMPLE} sample's inside them: independent samples "
             "of disjoint parts, variances added"
         )
-        combined = _rows(
-            combined_name, totals, (context.job.estimator, context.job.change_estimator),
-            area_ha, assisted_note=part.assisted_note, may_assist=part.may_assist,
-            target=context.job.target, systematic=systematic,
-        )  # fmt: skip
+        try:
+            combined = _rows(
+                combined_name, independent_sum([part.totals, project.totals], area_ha=area_ha),
+                (context.job.estimator, context.job.change_estimator), area_ha,
+                assisted_note=part.assisted_note, may_assist=part.may_assist,
+                target=context.job.target, systematic=systematic,
+            )  # fmt: skip
+        except SurveyError as err:
+            raise _refused(combined_name, err) from None
         for row in combined:
             row["note"] = "; ".join(filter(None, (note, row["note"])))
         rows.extend(combined)
@@ -662,8 +662,15 @@ def _sample_rows(
     plot_cells = plots.to_crs(context.crs).geometry.area.to_numpy() / (cell_ha * M2_PER_HA)
     at_plots = {e: _at_plots(plot_cover, plot_share, maps[e], plot_cells) for e in job.epochs}
     project = name == PROJECT_SAMPLE or name.startswith(f"{PROJECT_SAMPLE}:")
+    # a stratum wholly in ``exclude`` has no part left: its map total there is 0
+    left = np.flatnonzero(~population.geometry.is_empty.to_numpy())
+    population_cover = dict(zip(left.tolist(), cover(population.iloc[left]), strict=True))
+
+    def map_total(values: np.ndarray, h: int) -> float:
+        return weighted_sum(population_cover[h], values) if h in population_cover else 0.0
+
     frame_means = {
-        e: np.array([weighted_sum(c, maps[e]) for c in cover(population)])
+        e: np.array([map_total(maps[e], h) for h in range(len(population))])
         * cell_ha
         / sample_design.stratum_area_ha
         for e in job.epochs
