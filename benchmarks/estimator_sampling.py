@@ -170,11 +170,18 @@ class Population:
     def true_totals(self, change_factor: float) -> dict[str, float]:
         """True stock per epoch and change from the first to the last (x ``change_factor``)."""
         stock = {e: sum(s.area_ha * s.truth_mean[e] for s in self.strata) for e in self.epochs}
-        first, last = self.epochs[0], self.epochs[-1]
-        return {
-            **{stock_quantity(e): v for e, v in stock.items()},
-            change_quantity(first, last): (stock[last] - stock[first]) * change_factor,
-        }
+        return stock_and_change(stock, change_factor)
+
+
+def stock_and_change(stock: Mapping[str, float], change_factor: float) -> dict[str, float]:
+    """Totals keyed by quantity: the stock per epoch (``stock``, in time order) and the
+    change from the first to the last epoch times ``change_factor``."""
+    epochs = list(stock)
+    return {
+        **{stock_quantity(e): v for e, v in stock.items()},
+        change_quantity(epochs[0], epochs[-1]): (stock[epochs[-1]] - stock[epochs[0]])
+        * change_factor,
+    }
 
 
 def population(
@@ -365,11 +372,7 @@ class Domain:
         """True stock per epoch over the domain and change (x ``change_factor``)."""
         epochs = list(next(iter(self.truth_total.values())))
         stock = {e: sum(t[e] for t in self.truth_total.values()) for e in epochs}
-        first, last = epochs[0], epochs[-1]
-        return {
-            **{stock_quantity(e): v for e, v in stock.items()},
-            change_quantity(first, last): (stock[last] - stock[first]) * change_factor,
-        }
+        return stock_and_change(stock, change_factor)
 
 
 def domain(

@@ -521,12 +521,7 @@ def _with_project(
         combined_name = with_project_sample(name)
         frames, plots = frames.to_crs(context.crs), plots.to_crs(context.crs)
         part = _sample_rows(context, combined_name, frames, plots, plot_area_ha, exclude=outside)
-        parts = frames.geometry.difference(outside)
-        area_ha = float(parts.area.sum()) / M2_PER_HA + float(
-            samples[PROJECT_SAMPLE][0]["area_ha"].sum()
-        )
-        centres = plots.geometry.centroid
-        n_outside = int((~shapely.contains_xy(outside, centres.x, centres.y)).sum())
+        area_ha = part.domain_area_ha + float(frames_p["area_ha"].sum())
         systematic = None
         if part.systematic is not None and project.systematic is not None:
             systematic = {
@@ -535,9 +530,9 @@ def _with_project(
             }
         note = (
             f"the {name} sample's estimate of its population outside the {PROJECT_SAMPLE} "
-            f"sample's frames ({n_outside} of its {len(plots)} plots lie there; the others "
-            f"count as 0) plus the {PROJECT_SAMPLE} sample's inside them: independent samples "
-            "of disjoint parts, variances added"
+            f"sample's frames ({part.plots_in_domain} of its {len(plots)} plots lie there; "
+            f"the others count as 0) plus the {PROJECT_SAMPLE} sample's inside them: "
+            "independent samples of disjoint parts, variances added"
         )
         try:
             combined = _rows(
@@ -740,7 +735,11 @@ def _sample_rows(
     if note:
         for row in rows:
             row["note"] = "; ".join(filter(None, (note, row["note"])))
-    return _SampleResult(rows, plan, totals, systematic, assisted_note, may_assist)
+    return _SampleResult(
+        rows, plan, totals, systematic, assisted_note, may_assist,
+        domain_area_ha=float(population.geometry.area.sum()) / M2_PER_HA,
+        plots_in_domain=int(in_domain.sum()),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -754,6 +753,10 @@ class _SampleResult:
     systematic: dict[tuple[str, str], float] | None
     assisted_note: str
     may_assist: bool
+    #: the geometric area (ha) of the frames' part estimated (minus ``exclude``), and the
+    #: plots whose centre lies in it
+    domain_area_ha: float
+    plots_in_domain: int
 
 
 def _draws(
